@@ -1,0 +1,267 @@
+"""Run configuration: typed dataclasses, YAML files with ``base:`` inheritance, dotted command-line
+overrides, strict validation.
+
+    cfg = load_config("configs/mqar/attention.yaml", ["train.steps=100", "model.d_model=64"])
+
+Unknown or misspelled keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+dotted key and suggesting the nearest valid one. ``to_dict(cfg)`` gives the resolved config that each
+run writes to ``config.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .model import ModelConfig
+from .validation import ConfigError, coerce, unknown_key
+
+
+def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    return field(metadata={"min": lo, "max": hi}, **kw)
+
+
+@dataclass
+class MQARConfig:
+    """Multi-query associative recall (zoology-style). Keys come from ``[1, vocab/2)``, values from
+    ``[vocab/2, vocab)``; each example lists ``num_kv_pairs`` pairs then queries each key once at a
+    power-law distributed gap. A list of ``num_kv_pairs`` trains on a mixture and reports accuracy
+    per number of pairs."""
+
+    vocab_size: int = _range(8, default=8192)
+    num_kv_pairs: list[int] = field(default_factory=lambda: [4])
+    power_a: float = _range(0.0, 1.0, default=0.01)
+    random_non_queries: bool = True
+    num_train: int = _range(1, default=100_000)
+    num_test: int = _range(1, default=1_000)
+
+
+@dataclass
+class TextConfig:
+    """Local text: ``.txt``/``.jsonl``/``.parquet`` through Hugging Face ``datasets`` (offline), or a
+    pre-tokenized ``.bin`` (uint16 or uint32 tokens, see ``dtype``). ``tokenizer: byte`` needs no
+    download; any other value is a Hugging Face tokenizer name or path."""
+
+    tokenizer: str = "byte"
+    text_field: str = "text"
+    val_fraction: float = _range(0.0, 0.5, default=0.05)
+    dtype: Literal["uint16", "uint32"] = "uint16"
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["mqar", "text"] = "mqar"
+    seq_len: int = _range(2, default=64)
+    path: str | None = None
+    mqar: MQARConfig = field(default_factory=MQARConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    num_workers: int = _range(0, default=0)
+
+
+@dataclass
+class TrainConfig:
+    """``batch_size`` is the global batch in sequences per optimizer step; ``micro_batch_size`` (per
+    process) splits it into gradient-accumulation steps."""
+
+    steps: int = _range(1, default=1000)
+    batch_size: int = _range(1, default=32)
+    micro_batch_size: int | None = None
+    lr: float = _range(0.0, default=1e-3)
+    min_lr_ratio: float = _range(0.0, 1.0, default=0.1)
+    warmup_steps: int = _range(0, default=100)
+    weight_decay: float = _range(0.0, default=0.1)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = _range(0.0, default=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    max_bad_steps: int = _range(1, default=10)
+    eval_every: int = _range(1, default=200)
+    eval_batches: int = _range(1, default=8)
+    early_stop_accuracy: float | None = None
+    log_every: int = _range(1, default=10)
+    checkpoint_every: int = _range(1, default=500)
+    keep_checkpoints: int = _range(1, default=2)
+    init_from: str | None = None
+    trainable: list[str] | None = None
+
+
+@dataclass
+class RunConfig:
+    """``dir`` may use ``{name}``: the config file's stem unless ``name`` is set."""
+
+    name: str | None = None
+    dir: str = "runs/{name}"
+    seed: int = 0
+    resume: Literal["auto", "never"] = "auto"
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "memnets"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise unknown_key(path, key, fields)
+        sub = f"{path}.{key}" if path else key
+        ann = hints[key]
+        if dataclasses.is_dataclass(ann):
+            kwargs[key] = _from_dict(ann, value if value is not None else {}, sub)
+            continue
+        value = coerce(sub, value, ann)
+        meta = fields[key].metadata
+        lo, hi = meta.get("min"), meta.get("max")
+        if value is not None and lo is not None and value < lo:
+            raise ConfigError(f"{sub}={value} is out of range; must be >= {lo}")
+        if value is not None and hi is not None and value > hi:
+            raise ConfigError(f"{sub}={value} is out of range; must be <= {hi}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    cfg = _from_dict(ModelConfig, data, "model")
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _from_dict(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span fields (the per-field ranges are checked on load)."""
+    cfg.model.validate()
+    t, d = cfg.train, cfg.data
+    if t.micro_batch_size is not None and (t.micro_batch_size < 1 or t.batch_size % t.micro_batch_size):
+        raise ConfigError(
+            f"train.micro_batch_size={t.micro_batch_size} must be >= 1 and divide train.batch_size={t.batch_size}"
+        )
+    if t.early_stop_accuracy is not None and not 0 < t.early_stop_accuracy <= 1:
+        raise ConfigError(f"train.early_stop_accuracy={t.early_stop_accuracy} must be in (0, 1]")
+    if d.kind == "text" and not d.path:
+        raise ConfigError("data.path is required when data.kind=text (a .txt/.jsonl/.parquet/.bin file)")
+    if d.kind == "mqar":
+        if d.path is not None:
+            raise ConfigError(f"data.path={d.path!r} is only used with data.kind=text (data.kind=mqar)")
+        m = d.mqar
+        if not m.num_kv_pairs or min(m.num_kv_pairs) < 1:
+            raise ConfigError(f"data.mqar.num_kv_pairs={m.num_kv_pairs} must list numbers >= 1")
+        if d.seq_len % 2:
+            raise ConfigError(f"data.seq_len={d.seq_len} must be even for MQAR (key/value pairs)")
+        if 4 * max(m.num_kv_pairs) > d.seq_len:
+            raise ConfigError(
+                f"data.mqar.num_kv_pairs={m.num_kv_pairs} needs data.seq_len >= {4 * max(m.num_kv_pairs)} "
+                f"(pairs plus one query per key), got {d.seq_len}"
+            )
+        if m.vocab_size <= d.seq_len:
+            raise ConfigError(
+                f"data.mqar.vocab_size={m.vocab_size} must exceed data.seq_len={d.seq_len} (distinct keys)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loops: {' -> '.join(str(p) for p in (*seen, path))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = [base] if isinstance(base, str) else base
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = _merge(merged, _load_yaml(path.parent / b, (*seen, path)))
+    return _merge(merged, data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = dict(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: '{'.'.join(keys[: i + 1])}' is not a section")
+            node[k] = dict(nxt)
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data = _load_yaml(Path(path)) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data)
+    if cfg.run.name is None and path is not None:
+        cfg.run.name = Path(path).stem
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

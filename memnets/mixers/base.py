@@ -1,0 +1,77 @@
+"""The contract every token mixer follows.
+
+* ``__init__(self, d_model: int, num_heads: int, *, <options>)`` — every option is a keyword with a
+  type hint and a default; configs pass them by name and the registry checks names and types.
+  Memory mixers take ``chunk_size: int`` and ``backend: Backend``.
+* ``forward(x [B, T, d_model], state=None, cu_seqlens=None) -> (y [B, T, d_model], state)`` — ``state``
+  is the mixer's recurrent state (``None`` = start of sequence); the returned state continues the
+  sequence exactly, both for another ``forward`` and for ``step``. ``cu_seqlens`` (int ``[N + 1]``,
+  with B = 1) marks packed independent sequences; mixers that do not support it raise.
+* ``step(x_t [B, d_model], state) -> (y_t [B, d_model], state)`` — decode one token. Feeding a sequence
+  token by token through ``step`` equals ``forward`` on the whole sequence.
+* Optional attribute ``aux_loss`` (scalar tensor) set during ``forward`` in training, added to the LM
+  loss by the trainer (e.g. MoM load balancing).
+* Optional ``state_size(seq_len) -> int``: numbers of recurrent state per sequence (recall vs state).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "reference", "chunked", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
+
+log = logging.getLogger("memnets")
+_announced: set[tuple[str, str]] = set()
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton kernels run on CUDA devices, or anywhere under ``TRITON_INTERPRET=1`` (tests)."""
+    import os
+
+    if os.environ.get("MEMNETS_DISABLE_TRITON") == "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(
+    owner: str, backend: str, device: torch.device, supported: tuple[str, ...] = ("reference", "chunked")
+) -> str:
+    """Turn ``backend`` into the implementation to run and say once per (mixer, path) which ran.
+
+    ``auto`` picks ``triton`` on CUDA when the mixer supports it, else ``chunked``. Asking explicitly
+    for an unsupported backend is an error, never a silent fallback."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}: backend={backend!r} is not one of {list(BACKENDS)}")
+    if backend == "auto":
+        chosen = "triton" if "triton" in supported and triton_available(device) else "chunked"
+        if chosen not in supported:
+            chosen = supported[0]
+    elif backend not in supported:
+        raise ValueError(f"{owner}: backend={backend!r} is not implemented; supported: {list(supported)}")
+    else:
+        chosen = backend
+    if (owner, chosen) not in _announced:
+        _announced.add((owner, chosen))
+        log.info("%s: running the %s backend (asked for %s on %s)", owner, chosen, backend, device.type)
+    return chosen
+
+
+def check_cu_seqlens(owner: str, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> None:
+    if cu_seqlens is None:
+        return
+    if x.shape[0] != 1:
+        raise ValueError(
+            f"{owner}: cu_seqlens needs a packed batch of size 1, got x of shape {tuple(x.shape)}"
+        )
+    if cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != x.shape[1]:
+        raise ValueError(
+            f"{owner}: cu_seqlens must be 1-D, start at 0 and end at T={x.shape[1]}; got {cu_seqlens.tolist()}"
+        )

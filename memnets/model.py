@@ -1,0 +1,199 @@
+"""The language model shared by every family: token embedding, a stack of pre-norm blocks
+(norm -> token mixer -> residual; norm -> SwiGLU MLP -> residual), final RMSNorm, tied head."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .modules import RMSNorm, SwiGLU
+from .registry import build_mixer, check_mixer_options
+from .validation import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """``mixer`` is one registered name for every layer, or a list cycled over the layers for hybrids
+    (``[titans, titans, titans, attention]`` puts attention in every fourth layer). ``mixer_options``
+    maps a mixer name to the keyword options of its constructor."""
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 2
+    num_heads: int = 2
+    mixer: str | list[str] = "attention"
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlp_ratio: float = 4.0
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    def layer_mixers(self) -> list[str]:
+        names = [self.mixer] if isinstance(self.mixer, str) else list(self.mixer)
+        if not names:
+            raise ConfigError("model.mixer must name at least one mixer")
+        return [names[i % len(names)] for i in range(self.n_layers)]
+
+    def validate(self) -> None:
+        for key in ("vocab_size", "d_model", "n_layers", "num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
+            )
+        if self.mlp_ratio < 0:
+            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be >= 0 (0 drops the MLP)")
+        used = set(self.layer_mixers())
+        for name in used:
+            check_mixer_options(name, self.mixer_options.get(name, {}), f"model.mixer_options.{name}")
+        for name in self.mixer_options:
+            if name not in used:
+                raise ConfigError(
+                    f"model.mixer_options.{name} is given but no layer uses mixer '{name}' "
+                    f"(model.mixer={self.mixer})"
+                )
+
+
+def mlp_hidden(d_model: int, ratio: float) -> int:
+    """SwiGLU hidden width: 2/3 of ``ratio * d_model`` (same parameter count as a GELU MLP of that
+    ratio), rounded up to a multiple of 32."""
+    return int(math.ceil(ratio * d_model * 2 / 3 / 32) * 32)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: str) -> None:
+        super().__init__()
+        self.mixer_name = mixer
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = build_mixer(mixer, cfg.d_model, cfg.num_heads, **cfg.mixer_options.get(mixer, {}))
+        self.mlp = None
+        if cfg.mlp_ratio > 0:
+            self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.mlp = SwiGLU(cfg.d_model, mlp_hidden(cfg.d_model, cfg.mlp_ratio))
+
+    def forward(self, x: Tensor, state: Any = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Any]:
+        y, state = self.mixer(self.norm1(x), state=state, cu_seqlens=cu_seqlens)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        y, state = self.mixer.step(self.norm1(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, name) for name in cfg.layer_mixers())
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init_weights(self) -> None:
+        """Normal(0, init_std) for embeddings and the standard linear layers' weights; output
+        projections of residual branches are scaled by 1/sqrt(2 * n_layers) (GPT-2). Mixers that need
+        their own initialisation (gate biases, memory weights) do it in their constructors, which this
+        does not override: only ``nn.Linear`` weights named ``out``/``w_down``/... are touched here."""
+        std = self.config.init_std
+        nn.init.normal_(self.embed.weight, std=std)
+        for block in self.blocks:
+            if block.mlp is not None:
+                for lin in (block.mlp.w_gate, block.mlp.w_up):
+                    nn.init.normal_(lin.weight, std=std)
+                nn.init.normal_(block.mlp.w_down.weight, std=std / math.sqrt(2 * self.config.n_layers))
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.head.weight, std=std)
+
+    @property
+    def aux_loss(self) -> Tensor | None:
+        """Sum of the auxiliary losses the mixers set in the last forward (``None`` when none did)."""
+        losses = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        states: list[Any] | None = None,
+        cu_seqlens: Tensor | None = None,
+        return_states: bool = False,
+    ) -> Tensor | tuple[Tensor, list[Any]]:
+        """``input_ids [B, T] -> logits [B, T, V]`` (and the per-layer states when asked)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+        x = self.embed(input_ids)
+        states = states if states is not None else [None] * len(self.blocks)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block(x, state, cu_seqlens)
+            new_states.append(state)
+        logits = self.head(self.norm(x))
+        return (logits, new_states) if return_states else logits
+
+    def step(self, token: Tensor, states: list[Any]) -> tuple[Tensor, list[Any]]:
+        """One decoding step: ``token [B] -> logits [B, V]``."""
+        x = self.embed(token)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block.step(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Prefill with the parallel forward, then decode with the recurrent states. Greedy when
+        ``temperature`` is 0. Returns ``[B, T + max_new_tokens]``."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        logits, states = self(input_ids, return_states=True)
+        next_logits = logits[:, -1]
+        out = [input_ids]
+        for i in range(max_new_tokens):
+            token = _sample(next_logits, temperature, top_k, generator)
+            out.append(token[:, None])
+            if i + 1 < max_new_tokens:
+                next_logits, states = self.step(token, states)
+        return torch.cat(out, dim=1)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def state_size(self, seq_len: int) -> int:
+        """Recurrent-state numbers per sequence summed over layers (KV cache for attention)."""
+        return sum(b.mixer.state_size(seq_len) for b in self.blocks if hasattr(b.mixer, "state_size"))
+
+
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]

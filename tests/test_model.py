@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+import memnets
+from memnets.model import ModelConfig
+from memnets.validation import ConfigError
+
+
+def tiny(**kw) -> memnets.LM:
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, num_heads=2, **kw)
+    return memnets.build_model(cfg)
+
+
+def test_forward_shapes_and_registry():
+    assert "attention" in memnets.list_mixers()
+    model = tiny()
+    ids = torch.randint(0, 64, (3, 17))
+    assert model(ids).shape == (3, 17, 64)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_generate_greedy_matches_full_forward_argmax(window):
+    model = tiny(mixer_options={"attention": {"window": window}}).eval()
+    prompt = torch.randint(0, 64, (2, 7))
+    out = model.generate(prompt, max_new_tokens=12, temperature=0.0)
+    for t in range(prompt.shape[1], out.shape[1]):
+        logits = model(out[:, :t])
+        assert torch.equal(out[:, t], logits[:, -1].argmax(-1)), f"token {t} differs from full-forward argmax"
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_attention_step_equals_forward(window):
+    mixer = memnets.build_mixer("attention", d_model=32, num_heads=4, window=window).double()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    y, _ = mixer(x)
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        yt, state = mixer.step(x[:, t], state)
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y)
+    # a sequence split in two pieces equals one call
+    y1, s = mixer(x[:, :6])
+    y2, _ = mixer(x[:, 6:], s)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+
+
+def test_attention_packed_equals_padded():
+    mixer = memnets.build_mixer("attention", d_model=16, num_heads=2).double()
+    a, b = torch.randn(1, 5, 16, dtype=torch.float64), torch.randn(1, 9, 16, dtype=torch.float64)
+    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 14]))
+    torch.testing.assert_close(packed[:, :5], mixer(a)[0])
+    torch.testing.assert_close(packed[:, 5:], mixer(b)[0])
+
+
+def test_hybrid_pattern_and_option_errors():
+    model = tiny(mixer=["attention", "attention"], mixer_options={"attention": {"window": 3}})
+    assert [b.mixer.window for b in model.blocks] == [3, 3]
+    with pytest.raises(ConfigError, match="did you mean 'window'"):
+        tiny(mixer_options={"attention": {"windo": 3}})
+    with pytest.raises(ConfigError, match=r"unknown mixer 'atention'.*did you mean 'attention'"):
+        tiny(mixer="atention")
+    with pytest.raises(ConfigError, match="window"):
+        tiny(mixer_options={"attention": {"window": "big"}})
