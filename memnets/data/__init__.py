@@ -1,0 +1,1 @@
+"""Data: synthetic recall tasks (MQAR) generated on the fly, and local text corpora."""
