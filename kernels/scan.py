@@ -110,8 +110,8 @@ def _transpose(a: Tensor, block: bool) -> Tensor:
 def _scan_loop(a: Tensor, b: Tensor, h0: Tensor | None, block: bool) -> Tensor:
     h = h0 if h0 is not None else b.new_zeros(b.shape[0], *b.shape[2:])
     out = []
-    for t in range(b.shape[1]):
-        h = _apply(a[:, t], h, block) + b[:, t]
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1)):  # not a[:, t]: its backward would be O(T^2)
+        h = _apply(a_t, h, block) + b_t
         out.append(h)
     return torch.stack(out, 1)
 
