@@ -53,7 +53,8 @@ class Cell(nn.Module):
     """A recurrent cell ``h_t = f(h_{t-1}, u_t)`` with a structured exact Jacobian.
 
     ``structure``: ``"diag"`` (state ``[..., D]``, Jacobian ``[..., D]``) or ``"block2"`` (state
-    ``[..., D, 2]``, Jacobian ``[..., D, 2, 2]`` with ``J[..., i, j] = d h'_i / d h_j``). ``u`` carries the
+    ``[..., 2, D]``, Jacobian ``[..., 2, 2, D]`` with ``J[..., i, j, d] = d h'[i, d] / d h[j, d]``: the
+    component-major layout of ``linear_scan``). ``u`` carries the
     time dimension in the same place as the state, so every method works on one step ``[B, ...]`` and on
     a whole sequence ``[B, T, ...]`` alike."""
 
@@ -75,10 +76,8 @@ class Cell(nn.Module):
 
     def zero_state(self, u: Tensor) -> Tensor:
         """Zeros shaped like the state for inputs ``u [..., G, D]`` (G projections per channel)."""
-        shape = u.shape[:-2] + u.shape[-1:]
-        if self.structure == "block2":
-            shape = (*shape, 2)
-        return u.new_zeros(shape)
+        two = (2,) if self.structure == "block2" else ()
+        return u.new_zeros(*u.shape[:-2], *two, u.shape[-1])
 
 
 @dataclass
@@ -107,7 +106,7 @@ def _previous(H: Tensor, h0: Tensor, keep: Tensor | None) -> Tensor:
 
 
 def _transpose(J: Tensor, structure: str) -> Tensor:
-    return J.transpose(-1, -2) if structure == "block2" else J
+    return J.transpose(-3, -2) if structure == "block2" else J
 
 
 def sequential_solve(cell: Cell, u: Tensor, h0: Tensor | None = None, reset: Tensor | None = None) -> Tensor:
@@ -129,7 +128,7 @@ class NewtonOptions:
     tol: float | None = None
     on_fail: Literal["fallback", "raise"] = "fallback"
     scan_backend: str = "chunked"
-    chunk_size: int = 64
+    chunk_size: int = 8
 
 
 def newton_solve(

@@ -90,10 +90,10 @@ def test_jacobian_matches_autograd(kind):
         full = torch.autograd.functional.jacobian(lambda hb, b=b: cell.f(hb, u[b]), h[b])
         if cell.structure == "diag":  # [5] -> [5]: diagonal
             expect = torch.diag_embed(J[b])
-        else:  # [5, 2] -> [5, 2]: 2x2 block per channel
-            expect = torch.zeros(5, 2, 5, 2, dtype=torch.float64)
+        else:  # [2, 5] -> [2, 5]: a 2x2 block per channel
+            expect = torch.zeros(2, 5, 2, 5, dtype=torch.float64)
             for d in range(5):
-                expect[d, :, d, :] = J[b, d]
+                expect[:, d, :, d] = J[b, :, :, d]
         assert_close(f"jacobian[{b}]", full, expect, atol=1e-14)
 
 

@@ -102,7 +102,7 @@ class ParaGRUCell(Cell):
 
 class ParaLSTMCell(Cell):
     """Diagonal CIFG-LSTM with peepholes (eq. 3.1b). ``u [..., 3, D]`` rows (f, z, o); state
-    ``[..., D, 2]`` = (c, h) per channel; the Jacobian is ``[..., D, 2, 2]`` (rows c', h'; columns c, h)."""
+    ``[..., 2, D]`` = (c, h); the Jacobian is ``[..., 2, 2, D]`` (rows c', h'; columns c, h)."""
 
     structure = "block2"
 
@@ -118,7 +118,7 @@ class ParaLSTMCell(Cell):
         a_f, a_z, a_o = _clamp(self.a, self.clip).to(u.dtype).unbind(0)
         p_f, p_o = _clamp(self.p, self.clip).to(u.dtype).unbind(0)
         u_f, u_z, u_o = u.unbind(-2)
-        c, h = s.unbind(-1)
+        c, h = s.unbind(-2)
         f = torch.sigmoid(a_f * h + p_f * c + u_f)
         z = torch.tanh(a_z * h + u_z)
         c_new = f * c + (1 - f) * z
@@ -128,7 +128,7 @@ class ParaLSTMCell(Cell):
 
     def f(self, h_prev: Tensor, u: Tensor) -> Tensor:
         _, (_, _, _, _, c_new, o, tc) = self._gates(h_prev, u)
-        return torch.stack([c_new, o * tc], -1)
+        return torch.stack([c_new, o * tc], -2)
 
     def f_and_jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         (a_f, a_z, a_o, p_f, p_o), (c, _, f, z, c_new, o, tc) = self._gates(h_prev, u)
@@ -140,20 +140,20 @@ class ParaLSTMCell(Cell):
         dh_dc = tc * do * p_o + o * (1 - tc * tc)  # d h' / d c' (through o and tanh)
         j_hc = dh_dc * j_cc
         j_hh = tc * do * a_o + dh_dc * j_ch
-        J = torch.stack([torch.stack([j_cc, j_ch], -1), torch.stack([j_hc, j_hh], -1)], -2)
-        return torch.stack([c_new, o * tc], -1), J
+        J = torch.stack([torch.stack([j_cc, j_ch], -2), torch.stack([j_hc, j_hh], -2)], -3)
+        return torch.stack([c_new, o * tc], -2), J
 
     def jacobian(self, h_prev: Tensor, u: Tensor) -> Tensor:
         return self.f_and_jacobian(h_prev, u)[1]
 
     def output(self, s: Tensor) -> Tensor:
-        return s[..., 1]
+        return s[..., 1, :]
 
 
 @dataclass
 class ParaRNNState:
     conv: Tensor | None  # ShortConv window [B, conv_size - 1, d_h]
-    h: Tensor  # cell state [B, d_h] (GRU) or [B, d_h, 2] (LSTM)
+    h: Tensor  # cell state [B, d_h] (GRU) or [B, 2, d_h] = (c, h) (LSTM)
 
 
 class _ParaRNN(nn.Module):
@@ -173,7 +173,7 @@ class _ParaRNN(nn.Module):
         newton_iters: int = 3,
         newton_tol: float | None = None,
         on_fail: Literal["fallback", "raise"] = "fallback",
-        chunk_size: int = 64,
+        chunk_size: int = 8,
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
