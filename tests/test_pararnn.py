@@ -4,11 +4,13 @@ decode, continue states and pack sequences exactly like their parallel forward."
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+from memnets.config import load_config
 from memnets.mixers.pararnn import ParaGRUCell, ParaLSTMCell, ParaRNNState
 from memnets.model import LM, ModelConfig
 from memnets.newton import (
@@ -269,3 +271,26 @@ def test_lm_trains_and_generates(name):
     out = model.generate(ids[:, :5], max_new_tokens=6)
     full = model(out[:, :-1]).argmax(-1)[:, 4:]  # greedy decoding equals the parallel forward's argmax
     assert torch.equal(out[:, 5:], full)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "mqar/paragru",
+        "mqar/paralstm",
+        "lm/paragru-tiny",
+        "lm/paralstm-tiny",
+        "lm/paragru-400m",
+        "lm/paralstm-400m",
+    ],
+)
+def test_configs_load(path):
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / f"configs/{path}.yaml", ["data.path=corpus.bin"] if path.startswith("lm/") else []
+    )
+    assert cfg.model.mixer in ("paragru", "paralstm")
+    if path.endswith("400m"):  # the paper's 400M models have 406M parameters (Table 3)
+        with torch.device("meta"):
+            n = LM(cfg.model).num_params()
+        assert abs(n - 406e6) / 406e6 < 0.02, n
