@@ -189,27 +189,36 @@ def _mixer(name: str, **kw):
     return build_mixer(name, d_model=8, num_heads=2, **kw).double()
 
 
-def _all_grads(m, x, y, state, cot, cot_state):
-    loss = (y * cot).sum() + (state.h * cot_state).sum()
-    return torch.autograd.grad(loss, [x, *m.parameters()])
+def _all_grads(m, inputs, y, state, cots):
+    loss = (y * cots[0]).sum() + (state.h * cots[1]).sum() + (state.conv * cots[2]).sum()
+    return torch.autograd.grad(loss, [*inputs, *m.parameters()])
 
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 @pytest.mark.parametrize("T", [1, 65])
-def test_mixer_parallel_equals_reference(name, T):
+@pytest.mark.parametrize("with_state", [False, True])
+def test_mixer_parallel_equals_reference(name, T, with_state):
+    """Outputs, final state and the gradients of x, the initial state (cell and conv) and every parameter."""
     m = _mixer(name, newton_iters=6)
     x = torch.randn(2, T, 8, dtype=torch.float64, requires_grad=True)
+    inputs = [x]
+    state = None
+    if with_state:
+        _, s0 = m(torch.randn(2, 5, 8, dtype=torch.float64))
+        state = ParaRNNState(s0.conv.detach().requires_grad_(), s0.h.detach().requires_grad_())
+        inputs += [state.conv, state.h]
     m.backend = "reference"
-    y_ref, s_ref = m(x)
-    cot, cot_s = torch.randn_like(y_ref), torch.randn_like(s_ref.h)
-    g_ref = _all_grads(m, x, y_ref, s_ref, cot, cot_s)
+    y_ref, s_ref = m(x, state)
+    cots = [torch.randn_like(t) for t in (y_ref, s_ref.h, s_ref.conv)]
+    g_ref = _all_grads(m, inputs, y_ref, s_ref, cots)
     m.backend = "chunked"
-    y, s = m(x)
+    y, s = m(x, state)
     assert m.last_stats.converged and not m.last_stats.fallback
     assert_close("y", y_ref, y)
     assert_close("state", s_ref.h, s.h)
-    names = ["x"] + [n for n, _ in m.named_parameters()]
-    for n, r, o in zip(names, g_ref, _all_grads(m, x, y, s, cot, cot_s)):
+    assert_close("conv state", s_ref.conv, s.conv)
+    names = ["x", "conv0", "h0"][: len(inputs)] + [n for n, _ in m.named_parameters()]
+    for n, r, o in zip(names, g_ref, _all_grads(m, inputs, y, s, cots)):
         assert_close(f"grad {n}", r, o)
 
 

@@ -87,14 +87,10 @@ class ParaGRUCell(Cell):
 
     def f_and_jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         a_z, a_r, a_c, z, r, c = self._gates(h_prev, u)
-        h = h_prev + z * (c - h_prev)
+        d = c - h_prev
         # eq. 3.2a: d/dh of (1 - z) h + z c through z(h), r(h) and c(h, r(h))
-        J = (
-            (1 - z)
-            + (c - h_prev) * z * (1 - z) * a_z
-            + z * (1 - c * c) * a_c * (r + h_prev * r * (1 - r) * a_r)
-        )
-        return h, J
+        J = (1 - z) * (1 + d * z * a_z) + z * (1 - c * c) * a_c * (r + h_prev * r * (1 - r) * a_r)
+        return h_prev + z * d, J
 
     def jacobian(self, h_prev: Tensor, u: Tensor) -> Tensor:
         return self.f_and_jacobian(h_prev, u)[1]
@@ -133,14 +129,14 @@ class ParaLSTMCell(Cell):
     def f_and_jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         (a_f, a_z, a_o, p_f, p_o), (c, _, f, z, c_new, o, tc) = self._gates(h_prev, u)
         # eq. 3.2b
-        df = f * (1 - f)
-        j_cc = f + (c - z) * df * p_f
-        j_ch = (c - z) * df * a_f + (1 - f) * (1 - z * z) * a_z
-        do = o * (1 - o)
-        dh_dc = tc * do * p_o + o * (1 - tc * tc)  # d h' / d c' (through o and tanh)
+        g = (c - z) * (f * (1 - f))
+        j_cc = f + g * p_f
+        j_ch = g * a_f + (1 - f) * (1 - z * z) * a_z
+        t_do = tc * (o * (1 - o))
+        dh_dc = t_do * p_o + o * (1 - tc * tc)  # d h' / d c' (through o and tanh)
         j_hc = dh_dc * j_cc
-        j_hh = tc * do * a_o + dh_dc * j_ch
-        J = torch.stack([torch.stack([j_cc, j_ch], -2), torch.stack([j_hc, j_hh], -2)], -3)
+        j_hh = t_do * a_o + dh_dc * j_ch
+        J = torch.stack([j_cc, j_ch, j_hc, j_hh], -2).unflatten(-2, (2, 2))
         return torch.stack([c_new, o * tc], -2), J
 
     def jacobian(self, h_prev: Tensor, u: Tensor) -> Tensor:
