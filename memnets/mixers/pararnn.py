@@ -178,6 +178,7 @@ class _ParaRNN(nn.Module):
             ("expand", expand, 1),
             ("conv_size", conv_size, 0),
             ("chunk_size", chunk_size, 2),
+            ("newton_iters", newton_iters, 0),
         ):
             if value < lo:
                 raise ValueError(f"{self.name}: {key}={value} must be >= {lo}")
