@@ -307,3 +307,13 @@ def test_configs_load(path):
         with torch.device("meta"):
             n = LM(cfg.model).num_params()
         assert abs(n - 406e6) / 406e6 < 0.02, n
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_bfloat16_inputs_solve_in_float32(kind):
+    cell, g = _cell(kind, 4, torch.float32)
+    u = torch.randn(2, 200, g, 4)
+    ref = sequential_solve(cell, u.bfloat16().float())
+    out = newton_solve(cell, u.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert_close("H", ref, out.float(), ratio=2e-2)
