@@ -26,7 +26,8 @@ Backends (the signature is shared by every backend and stays stable):
   small chunks (the default 8) do the least work on CPUs.
   Its backward is itself one reverse scan (``grad_b_t = grad_h_t + A_{t+1}^T grad_b_{t+1}``,
   ``grad_A_t = grad_b_t h_{t-1}^T``), so only ``a``, ``h0`` and the output are saved.
-* ``"triton"``: reserved for the Triton kernel (same signature); not implemented on this branch.
+* ``"triton"``: :mod:`memnets.kernels.scan_triton` (CUDA, or TRITON_INTERPRET=1 on CPU); ``chunk_size``
+  is ignored there (the kernel picks its own tile).
 
 float16/bfloat16 inputs are scanned in float32 and the result cast back.
 """
@@ -53,11 +54,6 @@ def linear_scan(
 
     Returns ``h`` with the shape of ``b``. See the module docstring for layouts and backends."""
     block = _check(a, b, h0, backend, chunk_size)
-    if backend == "triton":
-        raise NotImplementedError(
-            "linear_scan: backend='triton' is not implemented yet (kernel issue); "
-            "use backend='chunked' or 'reference'"
-        )
     out_dtype = b.dtype
     if b.dtype in (torch.float16, torch.bfloat16):
         a, b = a.float(), b.float()
@@ -66,6 +62,10 @@ def linear_scan(
         a, b = a.flip(1), b.flip(1)
     if backend == "reference":
         h = _scan_loop(a, b, h0, block)
+    elif backend == "triton":
+        from memnets.kernels.scan_triton import triton_linear_scan
+
+        h = triton_linear_scan(a, b, h0, block)
     else:
         h = _ChunkedScan.apply(a, b, h0, block, chunk_size)
     if reverse:
