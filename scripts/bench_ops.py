@@ -1,5 +1,6 @@
-"""Time the gated delta rule op: forward and forward+backward, per backend, printing ms, TFLOP/s and GB/s.
+"""Time memnets ops forward and forward+backward, per backend, printing ms, TFLOP/s and GB/s.
 
+``--op gated_delta`` (default): the gated delta rule.
 Backends: ``chunked`` (PyTorch chunk form), ``triton`` (CUDA only) and fla's ``chunk_gated_delta_rule``
 when the ``fla`` package is importable. FLOPs and bytes follow docs/specs performance.md section 2.3
 (WY/UT delta rule, per token-head)::
@@ -11,10 +12,16 @@ when the ``fla`` package is importable. FLOPs and bytes follow docs/specs perfor
 On CUDA the timer is ``triton.testing.do_bench`` (median with p20/p80, inputs prepared outside the timed
 call, a warm-up call first so Triton compiles before timing); on CPU ``torch.utils.benchmark``.
 
+``--op scan``: the linear-recurrence scan of ParaRNN (``memnets.kernels.scan``), backends ``chunked`` and
+``triton``; a shape B,T,H,D scans H*D channels (``--scan-block`` for 2x2 blocks: H*D blocks). Model FLOPs
+count the sequential recurrence (per channel-step: diagonal 2 fwd, 5 fwd+bwd; 2x2 block 8 fwd, 20
+fwd+bwd); bytes read a, b and write h (diagonal 3 elt fwd, 8 fwd+bwd; block 8 and 22).
+
 Examples::
 
     python scripts/bench_ops.py                                  # defaults for the device found
     python scripts/bench_ops.py --shapes 4,2048,16,128 --chunk-size 64 --dtype bf16 --out bench.json
+    python scripts/bench_ops.py --op scan --ops chunked,triton --dtype fp32 --shapes 8,4096,1,1024
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from memnets.kernels.gated_delta import gated_delta_rule
+from memnets.kernels.scan import linear_scan
 
 # fla's registry shapes (B, T, H, D) for direct comparison with its tables; CPU gets one tiny shape.
 CUDA_SHAPES = [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128), (8, 2048, 32, 256), (8, 1024, 8, 64)]  # fmt: skip
@@ -47,6 +55,23 @@ def min_bytes(B: int, T: int, H: int, K: int, V: int, elt: int, mode: str) -> fl
     return fwd if mode == "fwd" else fwd + B * T * H * (4 * K + 3 * V + 4) * elt
 
 
+def scan_flops_bytes(B: int, T: int, S: int, block: bool, elt: int, mode: str) -> tuple[float, float]:
+    per = (8, 20, 8, 22) if block else (2, 5, 3, 8)
+    f, by = (per[0], per[2]) if mode == "fwd" else (per[1], per[3])
+    return B * T * S * f, B * T * S * by * elt
+
+
+def make_scan_inputs(
+    B: int, T: int, S: int, block: bool, dtype: torch.dtype, device: str
+) -> list[torch.Tensor]:
+    if block:  # 2x2 transitions near 0.3 I + noise, so long scans stay finite
+        a = torch.rand(B, T, 2, 2, S, device=device) * 0.7 + 0.3 * torch.eye(2, device=device)[:, :, None]
+        b = torch.randn(B, T, 2, S, device=device)
+    else:
+        a, b = torch.rand(B, T, S, device=device), torch.randn(B, T, S, device=device)
+    return [t.to(dtype).requires_grad_() for t in (a, b)]
+
+
 def make_inputs(B: int, T: int, H: int, D: int, dtype: torch.dtype, device: str) -> list[torch.Tensor]:
     q = F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)
     k = F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)
@@ -56,8 +81,12 @@ def make_inputs(B: int, T: int, H: int, D: int, dtype: torch.dtype, device: str)
     return [t.to(dtype).requires_grad_() for t in (q, k, v, g, beta)]
 
 
-def op_fn(name: str, chunk_size: int) -> Callable[..., torch.Tensor] | None:
-    """The op as f(q, k, v, g, beta) -> o, or None when it cannot run here."""
+def op_fn(name: str, chunk_size: int, scan: bool) -> Callable[..., torch.Tensor] | None:
+    """The op as f(*inputs) -> output, or None when it cannot run here."""
+    if scan:
+        if name not in ("chunked", "triton", "reference"):
+            raise ValueError(f"unknown scan backend {name!r}; choose from chunked, triton, reference")
+        return lambda a, b: linear_scan(a, b, backend=name, chunk_size=max(2, chunk_size))
     if name in ("chunked", "triton"):
         return lambda q, k, v, g, beta: gated_delta_rule(
             q, k, v, g, beta, chunk_size=chunk_size, backend=name
@@ -93,10 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--op", choices=["gated_delta", "scan"], default="gated_delta")
+    parser.add_argument("--scan-block", action="store_true", help="scan 2x2 blocks instead of diagonal")
     parser.add_argument("--shapes", nargs="*", help="B,T,H,D (K = V = D); default depends on the device")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--ops", default="chunked,triton,fla")
+    parser.add_argument("--ops", default="chunked,triton,fla", help="backends (fla: gated_delta only)")
     parser.add_argument("--modes", default="fwd,fwdbwd")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="write the rows as JSON here")
@@ -108,14 +139,19 @@ def main() -> None:
     shapes = shapes or (CUDA_SHAPES if device == "cuda" else CPU_SHAPES)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     peak = next((p for key, p in PEAKS.items() if key in name), None)
-    print(f"Machine: {name} | torch {torch.__version__} | dtype {dtype} | chunk {args.chunk_size}")
+    scan = args.op == "scan"
+    print(
+        f"Machine: {name} | torch {torch.__version__} | op {args.op} | dtype {dtype} | chunk {args.chunk_size}"
+    )
 
     ops = {}
     for op in args.ops.split(","):
         if op == "triton" and device != "cuda":
             print("note: skipping triton (needs CUDA; the CPU interpreter is for tests, not timing)")
             continue
-        fn = op_fn(op, args.chunk_size)
+        if op == "fla" and scan:
+            continue
+        fn = op_fn(op, args.chunk_size, scan)
         if fn is None:
             print(f"note: skipping {op} (package not importable)")
             continue
@@ -125,8 +161,12 @@ def main() -> None:
     print(header + ("  %peak(TF, BW)" if peak else ""))
     rows = []
     for B, T, H, D in shapes:
-        inputs = make_inputs(B, T, H, D, dtype, device)
-        do = torch.randn(B, T, H, D, device=device, dtype=dtype)
+        if scan:
+            inputs = make_scan_inputs(B, T, H * D, args.scan_block, dtype, device)
+            do = torch.randn_like(inputs[1])
+        else:
+            inputs = make_inputs(B, T, H, D, dtype, device)
+            do = torch.randn(B, T, H, D, device=device, dtype=dtype)
         for op, fn in ops.items():
             for mode in args.modes.split(","):
                 if mode == "fwd":
@@ -147,14 +187,18 @@ def main() -> None:
                         f"{op:8} {mode:7} {B:>3} {T:>6} {H:>3} {D:>4}  failed: {str(err).splitlines()[0][:80]}"
                     )
                     continue
-                tflops = flops(B, T, H, D, D, args.chunk_size, mode) / p50 / 1e9
-                gbps = min_bytes(B, T, H, D, D, dtype.itemsize, mode) / p50 / 1e6
+                if scan:
+                    n_flop, n_byte = scan_flops_bytes(B, T, H * D, args.scan_block, dtype.itemsize, mode)
+                else:
+                    n_flop = flops(B, T, H, D, D, args.chunk_size, mode)
+                    n_byte = min_bytes(B, T, H, D, D, dtype.itemsize, mode)
+                tflops, gbps = n_flop / p50 / 1e9, n_byte / p50 / 1e6
                 line = f"{op:8} {mode:7} {B:>3} {T:>6} {H:>3} {D:>4} {p50:>9.3f} ({p20:.3f}-{p80:.3f}) {tflops:>8.2f} {gbps:>8.1f}"
                 if peak:
                     line += f"  {100 * tflops / peak[0]:.1f}%, {100 * gbps / (1e3 * peak[1]):.1f}%"
                 print(line)
                 rows.append(
-                    dict(op=op, mode=mode, B=B, T=T, H=H, K=D, V=D, chunk_size=args.chunk_size, dtype=str(dtype),
+                    dict(op=args.op, backend=op, block=args.scan_block if scan else None, mode=mode, B=B, T=T, H=H, K=D, V=D, chunk_size=args.chunk_size, dtype=str(dtype),
                          ms_p50=p50, ms_p20=p20, ms_p80=p80, tflops=tflops, gbps=gbps, device=name,
                          torch=torch.__version__)
                 )  # fmt: skip
