@@ -309,3 +309,14 @@ def test_stage_two_from_a_stage_one_checkpoint(tmp_path):
     w3 = load_file(s2 / "model.safetensors")
     assert all(torch.equal(w1[n], w3[n]) for n in w1 if n not in trained)
     assert any(not torch.equal(w2[n], w3[n]) for n in trained)
+
+
+def test_configs_load_and_150m_is_near_the_paper_size():
+    from memnets.config import load_config
+
+    for name in ("mqar/tnt.yaml", "lm/tnt-stage1-tiny.yaml", "lm/tnt-stage2-tiny.yaml"):
+        load_config(ROOT / "configs" / name, ["data.path=x.txt"] if "lm/" in name else [])
+    cfg = load_config(ROOT / "configs/lm/tnt-150m.yaml", ["data.path=x.bin"])
+    with torch.device("meta"):
+        n = sum(p.numel() for p in memnets.build_model(cfg.model).parameters())
+    assert 140e6 < n < 160e6, n
