@@ -73,8 +73,9 @@ def sharded_memory(
     """Run the reset memory over ``q, k, v [B, T, H, D]`` with step sizes ``lr [B, T, H]``.
 
     ``projection``: ``None`` reads with the raw query; otherwise the Q-K projection with that
-    normalisation. ``backend="reference"`` uses the engine's token-by-token loop and the explicit d×d
-    projection; ``fold=False`` loops over shards instead of folding them into the batch (for tests).
+    normalisation. ``backend="reference"`` loops over shards, each with the engine's token-by-token
+    loop and the explicit d×d projection; ``fold=False`` loops over shards with the chunked engine
+    instead of folding them into the batch (for tests).
     Returns ``y [B, T, H, D]`` and the state after the last token."""
     if chunk_size < 1 or shard_size < 1:
         raise ValueError(f"sharded_memory: chunk_size={chunk_size} and shard_size={shard_size} must be >= 1")
@@ -83,6 +84,7 @@ def sharded_memory(
         raise ValueError(f"sharded_memory: state.pos={state.pos} must lie in [0, shard_size={shard_size})")
     B, T, H, D = q.shape
     reference = backend == "reference"
+    fold = fold and not reference  # the reference is the plain per-shard loop
     run = memory_reference if reference else memory_chunked
     project = qk_project_reference if reference else qk_project
     dtype = arch.init_weights[0].dtype
