@@ -55,6 +55,11 @@ def shard_segments(pos: int, T: int, shard_size: int) -> list[tuple[int, int]]:
     return segs
 
 
+def _fold(t: Tensor, start: int, end: int, n: int) -> Tensor:
+    """``t[:, start:end]`` of ``n`` whole shards as ``n`` sequences: ``[B, n·S, ...] -> [B·n, S, ...]``."""
+    return t[:, start:end].reshape(t.shape[0] * n, (end - start) // n, *t.shape[2:])
+
+
 def sharded_memory(
     arch: MemoryMLP,
     q: Tensor,
@@ -100,30 +105,20 @@ def sharded_memory(
         y, mem = run(arch, qs, ks, vs, lrs, state=st.memory, chunk_size=chunk_size)
         return y, mem, gram
 
-    segs = shard_segments(state.pos, T, shard_size)
-    # whole shards that start at a boundary: everything but a continued head and an unfinished tail
-    first = 1 if segs and state.pos else 0
-    last = len(segs) - 1 if segs and segs[-1][1] - segs[-1][0] < shard_size else len(segs)
-    if first > last:  # one segment that is both the continued head and the unfinished tail
-        last = first
+    # pieces of work: consecutive whole shards (which start at a boundary) merge into one piece
+    pieces: list[tuple[int, int, int]] = []  # (start, end, shards folded into the batch)
+    for s, e in shard_segments(state.pos, T, shard_size):
+        prev = pieces[-1] if pieces else None
+        if fold and e - s == shard_size and prev and prev[1] - prev[0] == prev[2] * shard_size:
+            pieces[-1] = (prev[0], e, prev[2] + 1)
+        else:
+            pieces.append((s, e, 1))
     ys: list[Tensor] = []
     mem, gram = state.memory, state.gram
-    for i, (s, e) in enumerate(segs):
-        if fold and first <= i < last:
-            if i > first:
-                continue  # folded with segment `first`
-            s, e = segs[first][0], segs[last - 1][1]
-            n = (e - s) // shard_size
-
-            def f(t: Tensor) -> Tensor:
-                return t[:, s:e].reshape(B * n, shard_size, *t.shape[2:])  # noqa: B023
-
-            y, mem, gram = segment(f(q), f(k), f(v), f(lr), ShardState())
-            ys.append(y.reshape(B, n * shard_size, H, D))
-            continue
-        st = ShardState(state.pos, state.memory, state.gram) if i == 0 else ShardState()
-        y, mem, gram = segment(q[:, s:e], k[:, s:e], v[:, s:e], lr[:, s:e], st)
-        ys.append(y)
+    for s, e, n in pieces:
+        args = (_fold(t, s, e, n) for t in (q, k, v, lr))
+        y, mem, gram = segment(*args, st=state if s == 0 else ShardState())
+        ys.append(y.reshape(B, e - s, H, D))
     pos = (state.pos + T) % shard_size
     y = torch.cat(ys, 1).to(q.dtype) if ys else q.new_zeros(B, 0, H, D)
     if pos == 0:
