@@ -225,6 +225,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compare", default=None, metavar="REF", help="also run git revision REF and print ratios"
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)"
+    )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -232,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if os.environ.get("MEMNETS_BENCH_ROOT"):
         _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
 
