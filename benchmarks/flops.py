@@ -52,16 +52,19 @@ def _memory_shapes(D: int, expansion: float, depth: int) -> list[tuple[int, int]
     return [(D, hidden)] + [(hidden, hidden)] * (depth - 2) + [(hidden, D)]
 
 
-def mlp_memory_fwd(B: int, T: int, H: int, D: int, C: int, expansion: float, depth: int) -> float:
+def mlp_memory_fwd(
+    B: int, T: int, H: int, D: int, C: int, expansion: float, depth: int, intra: bool = True
+) -> float:
     """§2.4 generalised to ``depth`` layers (D → E·D → … → D; depth 1 is a D×D linear memory):
     per token, write = forward GEMMs + weight gradients + input gradients of all but the first layer,
     read = forward GEMMs through the updated memory, intra-chunk correction 2C(in+out) per layer,
-    and the per-chunk momentum/decay update, ~6·E·D² fp32 FLOP per chunk for depth 2 (3 per weight)."""
+    and the per-chunk momentum/decay update, ~6·E·D² fp32 FLOP per chunk for depth 2 (3 per weight).
+    ``intra=False`` for memories read at the chunk-start state (no in-chunk causal correction)."""
     shapes = _memory_shapes(D, expansion, depth)
     gemm = sum(2.0 * a * b for a, b in shapes)
     write = gemm + gemm + sum(2.0 * a * b for a, b in shapes[1:])
     read = gemm
-    intra = sum(2.0 * C * (a + b) for a, b in shapes)
+    intra = sum(2.0 * C * (a + b) for a, b in shapes) if intra else 0.0
     update = 3.0 * sum(a * b for a, b in shapes) / C
     return B * H * T * (write + read + intra + update)
 
@@ -90,6 +93,19 @@ def _titans_mac(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     return _titans(o, B, T, d, H) + attn + retrieval
 
 
+def _tnt(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
+    # one MLP memory per local chunk size (in-chunk correction) + the global memory, which reads at
+    # its chunk-start state (no in-chunk term); the Q-K projections are not counted.
+    D = _head_dims(o, d, H)
+    E, depth = o.get("memory_expansion", 4.0), o.get("memory_depth", 2)
+    locals_ = o.get("chunk_size", 16)
+    locals_ = [locals_] if isinstance(locals_, int) else list(locals_)
+    total = sum(mlp_memory_fwd(B, T, H, D, c, E, depth) for c in locals_)
+    if o.get("global_memory", True):
+        total += mlp_memory_fwd(B, T, H, D, min(o.get("global_chunk_size", 2048), T), E, depth, intra=False)
+    return total
+
+
 def _gated_deltanet(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     K = _head_dims(o, d, H)
     return gated_delta_fwd(B, T, H, K, int(K * o.get("expand_v", 1.0)), o.get("chunk_size", 64))
@@ -108,6 +124,12 @@ MIXER_FLOPS: dict[str, Callable[[dict[str, Any], int, int, int, int], float]] = 
     "titans_mag": _titans_windowed,
     "titans_mal": _titans_windowed,
     "titans_mac": _titans_mac,
+    # Miras variants: the same MLP-memory GEMMs as Titans; their losses/retention add only
+    # elementwise and SFU work (§2.5), not counted.
+    "moneta": _titans,
+    "yaad": _titans,
+    "memora": _titans,
+    "tnt": _tnt,
     "gated_deltanet": _gated_deltanet,
     "mom": _mom,
 }

@@ -40,7 +40,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _use_tree(root: Path) -> None:
     """Make ``import memnets`` (and ``memnets.kernels``, which the package maps to ``kernels/``) load
-    from ``root`` instead of the editable install, for ``--compare``'s child process."""
+    from ``root`` instead of the editable install: ``--compare``'s child process, or any run with
+    ``MEMNETS_BENCH_ROOT=/other/checkout``."""
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__name__", "").lower()]
     kernels = root / "kernels"

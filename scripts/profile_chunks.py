@@ -26,6 +26,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.env import environment, resolve_device, title  # noqa: E402
 from benchmarks.registry import Bench, Shape, lm_case, mixer_case  # noqa: E402
-from benchmarks.run import DTYPES, run_benches  # noqa: E402
+from benchmarks.run import DTYPES, _use_tree, run_benches  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
 
 DEFAULTS = {
@@ -83,12 +84,12 @@ class Target:
     def __init__(self, kind: str, name: str, cfg: Any = None) -> None:
         self.kind, self.name, self.cfg = kind, name, cfg
 
-    def chunk_mixers(self) -> list[str]:
-        """The mixers whose ``chunk_size`` the sweep sets."""
+    def chunk_mixers(self, option: str) -> list[str]:
+        """The mixers whose ``option`` (``chunk_size`` by default) the sweep sets."""
         from memnets.registry import mixer_options
 
         names = [self.name] if self.kind == "mixer" else sorted(set(self.cfg.model.layer_mixers()))
-        return [n for n in names if "chunk_size" in mixer_options(n)]
+        return [n for n in names if option in mixer_options(n)]
 
     def bench(self, args: argparse.Namespace) -> Bench:
         if self.kind == "mixer":
@@ -99,9 +100,11 @@ class Target:
 
             model_cfg = copy.deepcopy(self.cfg.model)
             model_cfg.vocab_size = model_cfg.vocab_size or _vocab(self.cfg)
-            for m in self.chunk_mixers():
-                if "chunk_size" in overrides:
-                    model_cfg.mixer_options.setdefault(m, {})["chunk_size"] = overrides["chunk_size"]
+            for m in self.chunk_mixers(args.chunk_option):
+                if args.chunk_option in overrides:
+                    model_cfg.mixer_options.setdefault(m, {})[args.chunk_option] = overrides[
+                        args.chunk_option
+                    ]
             return lm_case(model_cfg, shape, device, dtype)
 
         return Bench(self.name, "config", build)
@@ -159,7 +162,8 @@ def _train(
     else:
         path = Path(target.name)
     if chunk is not None:
-        over += [f"model.mixer_options.{m}.chunk_size={chunk}" for m in target.chunk_mixers()]
+        opt = args.chunk_option
+        over += [f"model.mixer_options.{m}.{opt}={chunk}" for m in target.chunk_mixers(opt)]
     cfg = load_config(path, over + list(args.train_overrides))
     cfg.run.name = tag
     trainer = Trainer(cfg)
@@ -185,16 +189,17 @@ def profile(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, A
     budget = Budget.fast() if args.fast else Budget()
     env = environment(device)
     env["dtype"] = str(dtype).removeprefix("torch.")
+    env["chunk_option"] = args.chunk_option
     print(f"# {title(env)} | dtype {env['dtype']}", flush=True)
 
     rows = []
     for target in resolve_targets(args):
-        sweep: list[int | None] = chunks if target.chunk_mixers() else [None]
+        sweep: list[int | None] = chunks if target.chunk_mixers(args.chunk_option) else [None]
         if sweep == [None]:
-            print(f"{target.name}: no chunk_size option; timed once per sequence length", flush=True)
+            print(f"{target.name}: no {args.chunk_option} option; timed once per sequence length", flush=True)
         bench = target.bench(args)
         for chunk in sweep:
-            overrides = {} if chunk is None else {"chunk_size": chunk}
+            overrides = {} if chunk is None else {args.chunk_option: chunk}
             shapes = [Shape(args.batch, T, args.heads, args.head_dim) for T in seq_lens]
             timed = run_benches([bench], shapes, device, dtype, ("fwd", "fwdbwd"), budget, overrides)
             trained = _safe_train(target, chunk, args, device) if args.train_steps else {}
@@ -326,7 +331,7 @@ def plot(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) -> list[Pat
             ]
             if flat:
                 ax.axhline(flat[0], ls="--", lw=1, color="gray", label=f"{Path(t).stem} T={T} (no chunk)")
-    ax.set(xscale="log", yscale="log", xlabel="chunk size", ylabel="fwd+bwd time (ms, median)")
+    ax.set(yscale="log", xlabel=env.get("chunk_option", "chunk_size"), ylabel="fwd+bwd time (ms, median)")
     ax.set_xscale("log", base=2)
     _finish(fig, ax, f"fwd+bwd time vs chunk size\n{head}")
     files.append(out / "time_vs_chunk.png")
@@ -362,7 +367,7 @@ def plot(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) -> list[Pat
             flat = [r["val_loss"] for r in trained if r["target"] == t and not r["chunk_size"]]
             if flat:
                 ax.axhline(flat[0], ls="--", lw=1, color="gray", label=f"{Path(t).stem} (no chunk)")
-        ax.set(xlabel="chunk size", ylabel="MQAR validation loss")
+        ax.set(xlabel=env.get("chunk_option", "chunk_size"), ylabel="MQAR validation loss")
         ax.set_xscale("log", base=2)
         _finish(fig, ax, f"MQAR validation loss vs chunk size\n{head}")
         files.append(out / "loss_vs_chunk.png")
@@ -384,6 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixers", default=None, help="comma list of registered mixer names")
     p.add_argument("--configs", default=None, help="comma list of YAML configs (whole models)")
     p.add_argument("--chunk-sizes", default=None, help="comma list (default CPU 16,32,64; GPU 16..256)")
+    p.add_argument(
+        "--chunk-option", default="chunk_size", help="the option swept (e.g. tnt's global_chunk_size)"
+    )
     p.add_argument("--seq-lens", default=None, help="comma list (default CPU 64,128; GPU 1024..8192)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--heads", type=int, default=None, help="mixer targets: number of heads")
@@ -409,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if os.environ.get("MEMNETS_BENCH_ROOT"):  # profile another checkout's memnets (as --compare does)
+        _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
     rows, env = profile(args)
     if not rows:
         print("nothing to profile (no requested mixer is registered)", file=sys.stderr)
