@@ -78,6 +78,16 @@ def title(env: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def configure_threads(threads: int | None, device: torch.device) -> None:
+    """CPU runs default to ONE torch thread: on a shared machine (our 2-core CI box runs several jobs)
+    OpenMP threads spin against each other and a 2-thread run can be 30× slower and wildly noisy.
+    Pass ``--threads N`` on a quiet machine to use more."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(1)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

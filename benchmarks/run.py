@@ -236,16 +236,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if os.environ.get("MEMNETS_BENCH_ROOT"):
         _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
 
-    from .env import environment, resolve_device, title
+    from .env import configure_threads, environment, resolve_device, title
     from .registry import Shape, all_benches
     from .timing import Budget
 
     device = resolve_device(args.device)
+    configure_threads(args.threads, device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     shapes = args.shapes.split(",") if args.shapes else None
     shapes = shapes or (FAST_SHAPES if args.fast else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)

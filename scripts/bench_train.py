@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.env import environment, title  # noqa: E402
+from benchmarks.env import configure_threads, environment, title  # noqa: E402
 from benchmarks.flops import model_flops, peak_tflops  # noqa: E402
 
 
@@ -88,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=16 train.device=cpu")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU, see benchmarks/env.py)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available() and not any(o.startswith("train.device=cpu") for o in args.overrides)
+    configure_threads(args.threads, torch.device("cuda" if cuda else "cpu"))
     r = bench_train(args.config, args.overrides, args.warmup, args.steps)
     fmt = lambda x, s: "n/a" if x is None else format(x, s)
     print(f"# {title(r['env'])} | {r['precision']}")

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.env import environment, resolve_device, title  # noqa: E402
+from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.registry import Bench, Shape, lm_case, mixer_case  # noqa: E402
 from benchmarks.run import DTYPES, _use_tree, run_benches  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
@@ -415,8 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads, resolve_device(args.device))
     if os.environ.get("MEMNETS_BENCH_ROOT"):  # profile another checkout's memnets (as --compare does)
         _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
     rows, env = profile(args)
