@@ -227,7 +227,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compare", default=None, metavar="REF", help="also run git revision REF and print ratios"
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU, see benchmarks/env.py)",
     )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)

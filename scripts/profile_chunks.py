@@ -399,7 +399,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU, see benchmarks/env.py)",
     )
     p.add_argument("--fast", action="store_true", help="few repetitions (smoke test)")
     p.add_argument("--train-steps", type=int, default=0, help="also train each setting N steps on MQAR")
