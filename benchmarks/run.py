@@ -38,7 +38,7 @@ FAST_SHAPES = ["B1_T32_H2_D8"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _use_tree(root: Path) -> None:
+def use_tree(root: Path) -> None:
     """Make ``import memnets`` (and ``memnets.kernels``, which the package maps to ``kernels/``) load
     from ``root`` instead of the editable install: ``--compare``'s child process, or any run with
     ``MEMNETS_BENCH_ROOT=/other/checkout``."""
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if os.environ.get("MEMNETS_BENCH_ROOT"):
-        _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
+        use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
 
     from .env import configure_threads, environment, resolve_device, title
     from .registry import Shape, all_benches

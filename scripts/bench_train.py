@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 
 from benchmarks.env import configure_threads, environment, title  # noqa: E402
 from benchmarks.flops import model_flops, peak_tflops  # noqa: E402
+from benchmarks.run import use_tree  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not any(o.startswith("train.device=cpu") for o in args.overrides)
     configure_threads(args.threads, torch.device("cuda" if cuda else "cpu"))
+    if os.environ.get("MEMNETS_BENCH_ROOT"):  # another checkout's memnets, as profile_chunks allows
+        use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
     r = bench_train(args.config, args.overrides, args.warmup, args.steps)
     fmt = lambda x, s: "n/a" if x is None else format(x, s)
     print(f"# {title(r['env'])} | {r['precision']}")

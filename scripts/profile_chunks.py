@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.registry import Bench, Shape, lm_case, mixer_case  # noqa: E402
-from benchmarks.run import DTYPES, _use_tree, run_benches  # noqa: E402
+from benchmarks.run import DTYPES, use_tree, run_benches  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
 
 DEFAULTS = {
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads(args.threads, resolve_device(args.device))
     if os.environ.get("MEMNETS_BENCH_ROOT"):  # profile another checkout's memnets (as --compare does)
-        _use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
+        use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
     rows, env = profile(args)
     if not rows:
         print("nothing to profile (no requested mixer is registered)", file=sys.stderr)
