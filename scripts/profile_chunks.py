@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.registry import Bench, Shape, lm_case, mixer_case  # noqa: E402
-from benchmarks.run import DTYPES, use_tree, run_benches  # noqa: E402
+from benchmarks.run import DTYPES, run_benches, use_tree  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
 
 DEFAULTS = {
