@@ -6,7 +6,8 @@
     python -m benchmarks.run --compare main                    # same table for main, speed ratio
 
 Per row: median ms with p20/p80, tokens/s, model TFLOP/s (benchmarks/flops.py; "n/a" without a
-formula) and % of the dtype's datasheet peak on a known GPU, memory (GPU: peak MiB allocated during
+formula) and % of the dtype's datasheet peak on a known GPU (pct_peak) and of an 8192³ GEMM measured at
+the start of the run (pct_gemm), memory (GPU: peak MiB allocated during
 the call; CPU: MiB saved for backward). ``--compare REF`` checks REF out in a temporary git worktree,
 runs this same harness against that tree's memnets in a subprocess, and prints ref/current time
 ratios (> 1: the current tree is faster).
@@ -79,9 +80,10 @@ def run_benches(
 ) -> list[dict[str, Any]]:
     """Time every (bench, shape, mode); unavailable or failing entries give a row with a status."""
     from .flops import peak_tflops
-    from .timing import bench, peak_memory_mb, saved_for_backward_mb
+    from .timing import bench, gemm_ceiling_tflops, peak_memory_mb, saved_for_backward_mb
 
     peak = peak_tflops(device, dtype)
+    ceiling = gemm_ceiling_tflops(device, dtype)
     rows = []
     for b in benches:
         why = b.unavailable(device)
@@ -108,9 +110,9 @@ def run_benches(
                     row["tokens_per_s"] = shape.B * shape.T / (t.median_ms / 1e3)
                     flops = None if case.flops is None else case.flops[0 if mode == "fwd" else 1]
                     row["tflops"] = None if flops is None else flops / (t.median_ms / 1e3) / 1e12
-                    row["pct_peak"] = (
-                        None if row["tflops"] is None or peak is None else 100 * row["tflops"] / peak
-                    )
+                    tf = row["tflops"]
+                    row["pct_peak"] = None if tf is None or peak is None else 100 * tf / peak
+                    row["pct_gemm"] = None if tf is None or ceiling is None else 100 * tf / ceiling
                     row["peak_mem_mb"] = peak_memory_mb(fn, device)
                     if mode == "fwdbwd" and case.forward_with_grad is not None:
                         row["saved_mb"] = saved_for_backward_mb(case.forward_with_grad, case.grads)
@@ -140,6 +142,7 @@ COLUMNS = [
     ("tokens_per_s", ">12", ",.0f"),
     ("tflops", ">8", ".3f"),
     ("pct_peak", ">7", ".1f"),
+    ("pct_gemm", ">7", ".1f"),
     ("peak_mem_mb", ">9", ".1f"),
     ("saved_mb", ">9", ".1f"),
 ]

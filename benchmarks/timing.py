@@ -134,3 +134,14 @@ def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch
         out = forward()
     del out
     return sum(seen.values()) / 2**20
+
+
+def gemm_ceiling_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192) -> float | None:
+    """Measured matmul TFLOP/s of an n³ GEMM on random data (never zeros, performance.md §1.2) in
+    ``dtype``: the "% of achievable" denominator. GPU only (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = bench(lambda: a @ b, device, Budget(warmup=3))
+    return 2.0 * n**3 / (t.median_ms / 1e3) / 1e12

@@ -69,6 +69,7 @@ FIELDS = [
     "fwd_tflops",
     "fwdbwd_tflops",
     "fwdbwd_pct_peak",
+    "fwdbwd_pct_gemm",
     "peak_mem_mb",
     "saved_mb",
     "val_loss",
@@ -233,6 +234,7 @@ def _merge(target: Target, chunk: int | None, T: int, B: int, timed: list[dict[s
         row[f"{m}_tokens_per_s"], row[f"{m}_tflops"] = r["tokens_per_s"], r["tflops"]
         if m == "fwdbwd":
             row["fwdbwd_pct_peak"], row["saved_mb"] = r["pct_peak"], r.get("saved_mb")
+            row["fwdbwd_pct_gemm"] = r["pct_gemm"]
             row["peak_mem_mb"] = r["peak_mem_mb"]
     bad = [s for s in statuses if s != "ok"]
     row["status"] = bad[0] if bad else "ok"
