@@ -161,6 +161,22 @@ def format_rows(rows: list[dict[str, Any]], header: bool = True) -> str:
     return "\n".join(lines)
 
 
+def markdown_rows(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown (for benchmarks/RESULTS.md)."""
+    names = [c for c, _, _ in COLUMNS]
+    lines = [
+        "| " + " | ".join(names) + " |",
+        "|" + "|".join("---" if f is None else "---:" for _, _, f in COLUMNS) + "|",
+    ]
+    for r in rows:
+        if r.get("status", "ok") != "ok":
+            cells = [str(r[c]) for c in names[:3]] + [r["status"][:80]] + [""] * (len(names) - 4)
+        else:
+            cells = [str(r[c]) if f is None else _fmt(r.get(c), f) for c, _, f in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def compare_rows(cur: list[dict[str, Any]], ref: list[dict[str, Any]]) -> str:
     """Table of ref/current median time per (name, shape, mode) present and ok in both."""
     key = lambda r: (r["name"], r["shape"], r["mode"])
@@ -226,6 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=None, help="chunk_size for every entry that takes one")
     p.add_argument("--fast", action="store_true", help="tiny shapes and few repetitions (smoke test)")
     p.add_argument("--json", default=None, help="write rows and the environment header here")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     p.add_argument(
         "--compare", default=None, metavar="REF", help="also run git revision REF and print ratios"
     )
@@ -279,10 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_rows(rows))
     result = {"env": env, "dtype": str(dtype), "args": vars(args), "rows": rows}
     if args.compare:
-        ref = run_reference(args.compare, _strip_option(_strip_option(argv, "--compare"), "--json"))
+        child_argv = _strip_option(_strip_option(_strip_option(argv, "--compare"), "--json"), "--markdown")
+        ref = run_reference(args.compare, child_argv)
         result["compare"] = {"ref": args.compare, "env": ref["env"], "rows": ref["rows"]}
         print(f"\n# speed ratio vs {args.compare} ({ref['env'].get('git')}): ref_ms / current_ms")
         print(compare_rows(rows, ref["rows"]))
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"{title(env)} | dtype {str(dtype).removeprefix('torch.')}\n\n" + markdown_rows(rows)
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))

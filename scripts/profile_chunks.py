@@ -15,7 +15,7 @@ is set on every layer mixer that takes one). Mixers without a ``chunk_size`` opt
 length. ``--train-steps N`` also trains each setting for N steps on MQAR (configs/mqar/_base.yaml, or
 the config itself) with memnets.trainer and reports the validation loss and accuracy.
 
-Writes DIR/profile.csv, DIR/profile.json (rows + environment header) and PNG plots: time vs chunk
+Writes DIR/profile.csv, DIR/profile.json (rows + environment header), DIR/profile.md and PNG plots: time vs chunk
 size, tokens/s vs sequence length, and (with --train-steps) validation loss vs chunk size.
 """
 
@@ -293,6 +293,18 @@ def format_table(rows: list[dict[str, Any]], header: bool = True) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    """The screen table as a Markdown table (for benchmarks/RESULTS.md)."""
+    lines = [f"{title(env)} | {env.get('dtype', '')}", "", "| " + " | ".join(HEADER) + " |"]
+    lines.append("|" + "|".join("---" if i < 1 else "---:" for i in range(len(HEADER))) + "|")
+    for r in rows:
+        cells = [_cell(r.get(k), f) for k, _, f in TABLE]
+        if r.get("status", "ok") != "ok":
+            cells[-1] += f" ({r['status'][:60]})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> list[Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,10 +313,11 @@ def write_outputs(rows: list[dict[str, Any]], env: dict[str, Any], args: argpars
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*FIELDS, "train_status"]})
+    (out / "profile.md").write_text(format_markdown(rows, env))
     (out / "profile.json").write_text(
         json.dumps({"env": env, "args": vars(args), "rows": rows}, indent=2, default=str)
     )
-    return [out / "profile.csv", out / "profile.json", *plot(rows, env, out)]
+    return [out / "profile.csv", out / "profile.json", out / "profile.md", *plot(rows, env, out)]
 
 
 def plot(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) -> list[Path]:
