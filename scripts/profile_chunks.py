@@ -320,83 +320,79 @@ def write_outputs(rows: list[dict[str, Any]], env: dict[str, Any], args: argpars
     return [out / "profile.csv", out / "profile.json", out / "profile.md", *plot(rows, env, out)]
 
 
+STYLES = ["-", "--", ":", "-."]
+
+
 def plot(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) -> list[Path]:
+    """One colour per target; line style per sequence length (time plot) or chunk size (tokens plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     head = f"{title(env)} | {env.get('dtype', '')}"
-    files = []
+    xlabel = env.get("chunk_option", "chunk_size")
     ok = [r for r in rows if r.get("fwdbwd_ms") is not None]
     targets = list(dict.fromkeys(r["target"] for r in rows))
+    cmap = plt.get_cmap("tab20" if len(targets) > 10 else "tab10")
+    color = {t: cmap(i % cmap.N) for i, t in enumerate(targets)}
+    name = lambda t: Path(t).stem
+    files = []
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    def save(fig: Any, ax: Any, text: str, filename: str) -> None:
+        ax.set_title(text, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        files.append(out / filename)
+        fig.savefig(files[-1], dpi=80)
+        plt.close(fig)
+
+    seq_lens = sorted({r["seq_len"] for r in ok})
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for t in targets:
-        for T in sorted({r["seq_len"] for r in ok if r["target"] == t}):
-            pts = sorted(
-                (r["chunk_size"], r["fwdbwd_ms"])
-                for r in ok
-                if r["target"] == t and r["seq_len"] == T and r["chunk_size"]
-            )
+        for i, T in enumerate(seq_lens):
+            sel = [r for r in ok if r["target"] == t and r["seq_len"] == T]
+            pts = sorted((r["chunk_size"], r["fwdbwd_ms"]) for r in sel if r["chunk_size"])
+            style = {"color": color[t], "ls": STYLES[i % len(STYLES)]}
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{Path(t).stem} T={T}")
-            flat = [
-                r["fwdbwd_ms"] for r in ok if r["target"] == t and r["seq_len"] == T and not r["chunk_size"]
-            ]
+                ax.plot(*zip(*pts), marker="o", ms=3, label=f"{name(t)} T={T}", **style)
+            flat = [r["fwdbwd_ms"] for r in sel if not r["chunk_size"]]
             if flat:
-                ax.axhline(flat[0], ls="--", lw=1, color="gray", label=f"{Path(t).stem} T={T} (no chunk)")
-    ax.set(yscale="log", xlabel=env.get("chunk_option", "chunk_size"), ylabel="fwd+bwd time (ms, median)")
+                ax.axhline(flat[0], lw=1, label=f"{name(t)} T={T} (no {xlabel})", **style)
+    ax.set(yscale="log", xlabel=xlabel, ylabel="fwd+bwd time (ms, median)")
     ax.set_xscale("log", base=2)
-    _finish(fig, ax, f"fwd+bwd time vs chunk size\n{head}")
-    files.append(out / "time_vs_chunk.png")
-    fig.savefig(files[-1], dpi=90)
-    plt.close(fig)
+    save(fig, ax, f"fwd+bwd time vs {xlabel}\n{head}", "time_vs_chunk.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    chunks = sorted({r["chunk_size"] or 0 for r in ok})
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for t in targets:
-        for c in sorted({r["chunk_size"] or 0 for r in ok if r["target"] == t}):
-            pts = sorted(
-                (r["seq_len"], r["fwdbwd_tokens_per_s"])
-                for r in ok
-                if r["target"] == t and (r["chunk_size"] or 0) == c
-            )
-            label = f"{Path(t).stem} C={c}" if c else Path(t).stem
-            ax.plot(*zip(*pts), marker="o", label=label)
+        for i, c in enumerate(chunks):
+            sel = [r for r in ok if r["target"] == t and (r["chunk_size"] or 0) == c]
+            pts = sorted((r["seq_len"], r["fwdbwd_tokens_per_s"]) for r in sel)
+            if pts:
+                label = f"{name(t)} C={c}" if c else name(t)
+                ax.plot(*zip(*pts), marker="o", ms=3, color=color[t], ls=STYLES[i % len(STYLES)], label=label)
     ax.set(yscale="log", xlabel="sequence length T", ylabel="fwd+bwd tokens/s")
     ax.set_xscale("log", base=2)
-    _finish(fig, ax, f"fwd+bwd throughput vs sequence length\n{head}")
-    files.append(out / "tokens_vs_seqlen.png")
-    fig.savefig(files[-1], dpi=90)
-    plt.close(fig)
+    save(fig, ax, f"fwd+bwd throughput vs sequence length\n{head}", "tokens_vs_seqlen.png")
 
     trained = [r for r in rows if r.get("val_loss") is not None]
     if trained:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
         for t in targets:
-            pts = sorted(
-                {(r["chunk_size"], r["val_loss"]) for r in trained if r["target"] == t and r["chunk_size"]}
-            )
+            sel = [r for r in trained if r["target"] == t]
+            pts = sorted({(r["chunk_size"], r["val_loss"]) for r in sel if r["chunk_size"]})
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=Path(t).stem)
-            flat = [r["val_loss"] for r in trained if r["target"] == t and not r["chunk_size"]]
+                ax.plot(*zip(*pts), marker="o", color=color[t], label=name(t))
+            flat = [r["val_loss"] for r in sel if not r["chunk_size"]]
             if flat:
-                ax.axhline(flat[0], ls="--", lw=1, color="gray", label=f"{Path(t).stem} (no chunk)")
-        ax.set(xlabel=env.get("chunk_option", "chunk_size"), ylabel="MQAR validation loss")
+                ax.axhline(flat[0], ls="--", lw=1, color=color[t], label=f"{name(t)} (no {xlabel})")
+        ax.set(xlabel=xlabel, ylabel="MQAR validation loss")
         ax.set_xscale("log", base=2)
-        _finish(fig, ax, f"MQAR validation loss vs chunk size\n{head}")
-        files.append(out / "loss_vs_chunk.png")
-        fig.savefig(files[-1], dpi=90)
-        plt.close(fig)
+        save(fig, ax, f"MQAR validation loss vs {xlabel}\n{head}", "loss_vs_chunk.png")
     return files
-
-
-def _finish(fig: Any, ax: Any, text: str) -> None:
-    ax.set_title(text, fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
