@@ -342,8 +342,11 @@ def plot(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) -> list[Pat
     def save(fig: Any, ax: Any, text: str, filename: str) -> None:
         ax.set_title(text, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        entries = len(ax.get_legend_handles_labels()[0])
+        if entries:
+            ncol = 1 + (entries - 1) // 18
+            fig.set_size_inches(7 + 2 * ncol, 4.5)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol)
         fig.tight_layout()
         files.append(out / filename)
         fig.savefig(files[-1], dpi=80)
