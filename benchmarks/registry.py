@@ -157,7 +157,7 @@ def lm_case(cfg: Any, shape: Shape, device: torch.device, dtype: torch.dtype) ->
     return Case(fwd, fwdbwd, params, model_flops(model, shape.B, shape.T), forward_with_grad=loss)
 
 
-def _model_case(name: str) -> Callable[[Shape, torch.device, torch.dtype, dict[str, Any]], Case]:
+def model_case(name: str) -> Callable[[Shape, torch.device, torch.dtype, dict[str, Any]], Case]:
     def build(shape: Shape, device: torch.device, dtype: torch.dtype, overrides: dict[str, Any]) -> Case:
         from memnets.model import ModelConfig
 
@@ -291,6 +291,6 @@ def all_benches() -> list[Bench]:
     names = list_mixers()
     return (
         [Bench(f"mixer:{n}", "mixer", mixer_case(n)) for n in names]
-        + [Bench(f"model:{n}", "model", _model_case(n)) for n in names]
+        + [Bench(f"model:{n}", "model", model_case(n)) for n in names]
         + PEERS
     )

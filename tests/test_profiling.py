@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.flops import gated_delta_fwd, mixer_flops, mlp_memory_fwd  # noqa: E402
-from benchmarks.registry import PEERS, Bench, Shape, _model_case, all_benches  # noqa: E402
+from benchmarks.registry import PEERS, Bench, Shape, all_benches, model_case  # noqa: E402
 from benchmarks.run import compare_rows, run_benches  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
 from memnets import list_mixers  # noqa: E402
@@ -131,7 +131,7 @@ def test_profile_chunks_training_and_config(tmp_path):
 def test_registry_times_every_mixer():
     benches = [b for b in all_benches() if b.kind == "mixer"]
     assert {b.name for b in benches} == {f"mixer:{n}" for n in list_mixers()}
-    benches += [Bench("model:attention", "model", _model_case("attention")), *PEERS]
+    benches += [Bench("model:attention", "model", model_case("attention")), *PEERS]
     rows = run_benches(
         benches, [Shape(1, 16, 2, 8)], torch.device("cpu"), torch.float32, budget=Budget.fast()
     )
