@@ -255,7 +255,7 @@ def _titans_pytorch(
 
 
 def _pararnn_torch(shape: Shape, device: torch.device, dtype: torch.dtype, overrides: dict[str, Any]) -> Case:
-    # The package was not installable here, so this adapter's constructor call is unverified: if its API
+    # Not installed where this was written, so the constructor call is unverified: if the API
     # differs the row reports "failed: ..." instead of a timing; fix it on the first machine that has it.
     import pararnn_torch
 
