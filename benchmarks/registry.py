@@ -242,6 +242,8 @@ def _fla_delta(shape: Shape, device: torch.device, dtype: torch.dtype, overrides
 def _titans_pytorch(
     shape: Shape, device: torch.device, dtype: torch.dtype, overrides: dict[str, Any]
 ) -> Case:
+    # Not installed where this was written: NeuralMemory(dim, chunk_size, heads, dim_head) returning
+    # (retrieved, state) follows its README; a mismatch shows as a "failed: ..." row, not a crash.
     from titans_pytorch import NeuralMemory
 
     d = shape.H * shape.D
