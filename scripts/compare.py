@@ -7,6 +7,7 @@ Arguments containing ``=`` are dotted overrides applied to every config (``--ste
 ``train.steps``). Each config trains through :mod:`memnets.trainer` into ``OUT/runs/NAME`` (NAME is the
 file's stem, prefixed by its folder when stems collide). A config whose mixer is not registered in this
 tree is skipped with a message; one that fails to load or train is reported and the rest still run.
+``--resume`` continues runs already in ``OUT/runs`` (a finished one is only evaluated again).
 
 For each run the table gives the final evaluation (MQAR: ``val_accuracy``; text: ``val_loss`` and
 ``val_bpb``), parameters, recurrent state per sequence at ``data.seq_len`` (``LM.state_size``: the KV
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="+", help="config files, then optional dotted overrides (key.sub=value)")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every config")
     p.add_argument("--out", type=Path, required=True, help="folder for runs/, results.json/.csv, compare.png")
+    p.add_argument(
+        "--resume", action="store_true", help="continue (or reuse, when finished) runs already in OUT/runs"
+    )
     args = p.parse_intermixed_args(argv)
     overrides = [i for i in args.items if "=" in i]
     paths = [Path(i) for i in args.items if "=" not in i]
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
         overrides.append(f"train.steps={args.steps}")
+    if args.resume:
+        overrides.append("run.resume=auto")
     try:
         names = run_names(paths)
     except ValueError as e:
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {name}: {path}")
         try:
             rows.append(train_one(path, name, overrides, args.out))
-        except (ConfigError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        except (ConfigError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+            # one broken config (bad option, divergence, out of memory) must not lose the others' results
             failed.append({"config": str(path), "error": f"{type(e).__name__}: {e}"})
             print(f"FAILED {path}: {e}", file=sys.stderr)
 

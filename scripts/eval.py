@@ -344,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in results["needle"]["by_length"]:
                 acc = "skipped: " + r["skipped"] if r["accuracy"] is None else f"accuracy {r['accuracy']:.4f}"
                 print(f"  length {r['length']:>6}: {acc}")
+    except FileNotFoundError as e:
+        print(
+            f"error: {e} (paths in config.yaml are relative to where the run started; try --data)",
+            file=sys.stderr,
+        )
+        return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
