@@ -17,7 +17,8 @@ layer (``mixer.state_size(seq_len)`` where the mixer defines it; the KV cache fo
 Needle in a haystack (synthetic, exact recall). A key-value "needle" is placed at a depth drawn
 uniformly from the filler, and the key is repeated as the query at the very end of a context of exactly
 ``L`` tokens; the answer counts only if every value token is the model's argmax (teacher forced, which
-equals greedy decoding of the whole answer). The pieces follow the run's vocabulary:
+equals greedy decoding of the whole answer). Accuracy is reported per length and per quarter of depth
+(the fraction of the filler before the needle: 0% = start of the context, 100% = just before the query). The pieces follow the run's vocabulary:
 
 * MQAR runs: key one token from ``[1, V/2)``, value one token from ``[V/2, V)`` as in MQAR; the filler
   is random tokens other than the key and value (0s when the run trained with
@@ -57,6 +58,7 @@ _FILLER_TEXT = (
     "day did get come made may part over new sound take only little work know place year live me back"
 )
 NEEDLE_WORDS = _FILLER_TEXT.split()  # common English words for the text haystack
+DEPTH_BINS = ("0-25%", "25-50%", "50-75%", "75-100%")
 
 
 def _ints(text: str) -> list[int]:
@@ -181,8 +183,9 @@ def run_mqar(cfg, model, args) -> dict[str, Any]:
 # needle in a haystack
 
 
-def _needle_example(cfg, tokenizer, length: int, rng: np.random.Generator) -> tuple[list[int], int]:
-    """One context of ``length`` tokens ending in query + answer; returns (ids, answer length)."""
+def _needle_example(cfg, tokenizer, length: int, rng: np.random.Generator) -> tuple[list[int], int, float]:
+    """One context of ``length`` tokens ending in query + answer; returns (ids, answer length, depth as
+    the fraction of the filler placed before the needle)."""
     if cfg.data.kind == "mqar":
         v = cfg.data.mqar.vocab_size
         key, value = int(rng.integers(1, v // 2)), int(rng.integers(v // 2, v))
@@ -208,7 +211,7 @@ def _needle_example(cfg, tokenizer, length: int, rng: np.random.Generator) -> tu
         raise ValueError(f"--needle-lengths: {length} is too short for the needle and its query")
     depth = int(rng.integers(0, n_fill + 1))
     ids = filler[:depth] + needle + filler[depth:] + query + answer
-    return ids, len(answer)
+    return ids, len(answer), depth / n_fill if n_fill else 0.0
 
 
 @torch.no_grad()
@@ -229,16 +232,29 @@ def run_needle(cfg, model, args) -> dict[str, Any]:
             continue
         rng = np.random.default_rng([args.seed, length])
         examples = [_needle_example(cfg, tokenizer, length, rng) for _ in range(args.needle_samples)]
-        by_answer: dict[int, list[list[int]]] = {}
-        for ids, n_answer in examples:
-            by_answer.setdefault(n_answer, []).append(ids)
-        correct = 0
-        for n_answer, rows in by_answer.items():
-            for i in range(0, len(rows), args.batch_size):
-                ids = torch.tensor(rows[i : i + args.batch_size], device=device)
+        by_answer: dict[int, list[int]] = {}  # answer length -> example indices (batched together)
+        for j, (_, n_answer, _) in enumerate(examples):
+            by_answer.setdefault(n_answer, []).append(j)
+        correct = [False] * len(examples)
+        for n_answer, index in by_answer.items():
+            for i in range(0, len(index), args.batch_size):
+                chunk = index[i : i + args.batch_size]
+                ids = torch.tensor([examples[j][0] for j in chunk], device=device)
                 pred = model(ids)[:, -n_answer - 1 : -1].argmax(-1)
-                correct += int((pred == ids[:, -n_answer:]).all(-1).sum())
-        results.append({"length": length, "accuracy": correct / len(examples), "samples": len(examples)})
+                for j, ok in zip(chunk, (pred == ids[:, -n_answer:]).all(-1).tolist()):
+                    correct[j] = ok
+        by_depth = {}
+        for q, name in enumerate(DEPTH_BINS):
+            hits = [c for c, (_, _, d) in zip(correct, examples) if min(int(d * 4), 3) == q]
+            by_depth[name] = sum(hits) / len(hits) if hits else None
+        results.append(
+            {
+                "length": length,
+                "accuracy": sum(correct) / len(examples),
+                "samples": len(examples),
+                "accuracy_by_depth": by_depth,
+            }
+        )
     return {"kind": cfg.data.kind, "by_length": results}
 
 
@@ -342,8 +358,13 @@ def main(argv: list[str] | None = None) -> int:
             results["needle"] = run_needle(cfg, model, args)
             print("needle in a haystack (exact recall):")
             for r in results["needle"]["by_length"]:
-                acc = "skipped: " + r["skipped"] if r["accuracy"] is None else f"accuracy {r['accuracy']:.4f}"
-                print(f"  length {r['length']:>6}: {acc}")
+                if r["accuracy"] is None:
+                    print(f"  length {r['length']:>6}: skipped: {r['skipped']}")
+                    continue
+                depths = " ".join(
+                    f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in r["accuracy_by_depth"].items()
+                )
+                print(f"  length {r['length']:>6}: accuracy {r['accuracy']:.4f} | by depth: {depths}")
     except FileNotFoundError as e:
         print(
             f"error: {e} (paths in config.yaml are relative to where the run started; try --data)",

@@ -81,6 +81,7 @@ def test_eval_text_metrics_and_needle(text_run, tmp_path):
     needle = res["needle"]["by_length"]
     assert [r["length"] for r in needle] == [48, 96]
     assert all(_finite_fraction(r["accuracy"]) and r["samples"] == 4 for r in needle)
+    assert all(set(r["accuracy_by_depth"]) == set(eval_script.DEPTH_BINS) for r in needle)
     assert out.with_suffix(".png").stat().st_size > 1000
 
     other = tmp_path / "other.json"
@@ -144,19 +145,22 @@ def test_needle_examples_and_exact_recall_scoring(mqar_run, text_run):
     cfg, _ = load_run(mqar_run)
     rng = np.random.default_rng(0)
     for length in (4, 17, 50):
-        ids, n_answer = eval_script._needle_example(cfg, None, length, rng)
+        ids, n_answer, depth = eval_script._needle_example(cfg, None, length, rng)
         key, value = ids[-2], ids[-1]
         assert len(ids) == length and n_answer == 1
         assert 1 <= key < 32 <= value < 64
         pos = ids.index(key)
         assert pos < length - 2 and ids[pos + 1] == value and ids[:-2].count(key) == 1
+        assert depth == (pos / (length - 4) if length > 4 else 0.0)
     args = eval_script.argparse.Namespace(needle_lengths=[8, 32, 64], needle_samples=5, batch_size=4, seed=0)
     res = eval_script.run_needle(cfg, _Induction(64), args)
     assert [r["accuracy"] for r in res["by_length"]] == [1.0, 1.0, 1.0]
+    depths = [v for r in res["by_length"] for v in r["accuracy_by_depth"].values()]
+    assert set(depths) <= {1.0, None} and 1.0 in depths
 
     cfg, _ = load_run(text_run)
     tok = ByteTokenizer()
-    ids, n_answer = eval_script._needle_example(cfg, tok, 120, rng)
+    ids, n_answer, _ = eval_script._needle_example(cfg, tok, 120, rng)
     text = bytes(ids).decode()
     assert len(ids) == 120 and n_answer == 6
     answer = text[-6:]
