@@ -124,6 +124,10 @@ def sequential_solve(cell: Cell, u: Tensor, h0: Tensor | None = None, reset: Ten
 
 @dataclass(frozen=True)
 class NewtonOptions:
+    """``max_iters``: Newton steps at most (the paper's 3); ``tol``: residual tolerance relative to
+    ``max(1, max|H|)`` (``None`` = ``TOL`` for the compute dtype); ``on_fail``: ``"fallback"`` (warn, then
+    the sequential loop) or ``"raise"``; ``scan_backend`` / ``chunk_size``: passed to ``linear_scan``."""
+
     max_iters: int = 3
     tol: float | None = None
     on_fail: Literal["fallback", "raise"] = "fallback"
