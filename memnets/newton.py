@@ -11,8 +11,9 @@ O(T d) work and O(log T) depth.
 Convergence (the paper runs a fixed 3 iterations and never checks): here the residual
 ``max_t |F(H)_t|`` is measured before every step; the loop stops once it is at most
 ``tol * max(1, max|H|)`` and runs at most ``max_iters`` steps (default 3, the paper's count). If the
-residual is still above the tolerance (or not finite), a ``NewtonWarning`` names the residual and the
-trajectory is recomputed by the sequential loop (``on_fail="fallback"``), or ``NewtonDivergenceError`` is
+residual is still above the tolerance (or not finite), a ``NewtonWarning`` names the residual (on a
+cell's 1st, 2nd, 4th, 8th, ... fallback; ``cell.newton_fallbacks`` counts them all) and the trajectory is
+recomputed by the sequential loop (``on_fail="fallback"``), or ``NewtonDivergenceError`` is
 raised (``on_fail="raise"``). A state that is not finite after the fallback raises ``FloatingPointError``:
 no NaN passes silently. The check costs one host sync per iteration.
 
@@ -124,6 +125,10 @@ def sequential_solve(cell: Cell, u: Tensor, h0: Tensor | None = None, reset: Ten
 
 @dataclass(frozen=True)
 class NewtonOptions:
+    """``max_iters``: Newton steps at most (the paper's 3); ``tol``: residual tolerance relative to
+    ``max(1, max|H|)`` (``None`` = ``TOL`` for the compute dtype); ``on_fail``: ``"fallback"`` (warn, then
+    the sequential loop) or ``"raise"``; ``scan_backend`` / ``chunk_size``: passed to ``linear_scan``."""
+
     max_iters: int = 3
     tol: float | None = None
     on_fail: Literal["fallback", "raise"] = "fallback"
@@ -195,7 +200,16 @@ def _newton_forward(
     )
     if options.on_fail == "raise":
         raise NewtonDivergenceError(msg + "; raise max_iters or clip the recurrent weights")
-    warnings.warn(msg + "; recomputing with the sequential loop", NewtonWarning, stacklevel=4)
+    # count per cell and warn on the 1st, 2nd, 4th, 8th, ... fallback: visible without flooding a log
+    cell.newton_fallbacks = getattr(cell, "newton_fallbacks", 0) + 1
+    n = cell.newton_fallbacks
+    if n & (n - 1) == 0:
+        warnings.warn(
+            f"{msg}; recomputing with the sequential loop (fallback #{n} of this cell; more iterations "
+            "(newton_iters) or a smaller clip avoid it)",
+            NewtonWarning,
+            stacklevel=2,
+        )
     stats.fallback = True
     H = sequential_solve(cell, u, h0, reset)
     if not torch.isfinite(H).all():

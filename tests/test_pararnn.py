@@ -169,6 +169,12 @@ def test_nonconvergent_cell_falls_back_with_warning():
     assert_close("fallback H", ref, H)
     cot = torch.randn_like(H)
     assert_close("fallback grad", torch.autograd.grad(ref, u, cot)[0], torch.autograd.grad(H, u, cot)[0])
+    with pytest.warns(NewtonWarning, match="fallback #2 of this cell"):
+        newton_solve(cell, u)
+    with warnings.catch_warnings():  # the third fallback is counted, not announced
+        warnings.simplefilter("error", NewtonWarning)
+        newton_solve(cell, u)
+    assert cell.newton_fallbacks == 3
     with pytest.raises(NewtonDivergenceError, match="residual"):
         newton_solve(cell, u, options=NewtonOptions(on_fail="raise"))
 
