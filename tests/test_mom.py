@@ -103,6 +103,7 @@ def test_dispatch_groups_by_memory_then_sequence_in_time_order_and_inverts():
     assert d.token.tolist() == [t for toks in expect for t in toks]
     assert d.buckets.tolist() == [i for i, toks in enumerate(expect) if toks]
     assert d.cu_seqlens.tolist() == [0, *torch.tensor([len(t) for t in expect if t]).cumsum(0).tolist()]
+    assert d.longest == max(len(t) for t in expect)
     assert d.memory_sizes == [sum(len(expect[m * N + n]) for n in range(N)) for m in range(M)]
     # slot (t, j) sits at position inverse[t * k + j] of the stream, which holds token t and memory j
     stream_mem = slot_mem[torch.argsort(d.inverse)]
@@ -158,18 +159,28 @@ def dense_run(m: MoM):
     return run
 
 
-@pytest.mark.parametrize("shared_memory", [True, False])
-@pytest.mark.parametrize(("T", "with_state"), [(1, True), (21, False), (33, True)])
-def test_dispatched_equals_dense_reference(shared_memory, T, with_state):
-    m = mom(num_memories=3, topk=2, shared_memory=shared_memory).eval()
+@pytest.mark.parametrize(
+    ("T", "with_state", "shared_memory", "layout"),
+    [
+        (1, True, True, "packed"),
+        (1, True, False, "padded"),
+        (21, False, True, "padded"),
+        (21, False, False, "packed"),
+        (33, True, True, "packed"),
+        (33, True, True, "padded"),
+    ],
+)
+def test_dispatched_equals_dense_reference(T, with_state, shared_memory, layout):
+    m = mom(num_memories=3, topk=2, shared_memory=shared_memory, bucket_layout=layout).eval()
     x = torch.randn(2, T, D, dtype=torch.float64)
     state = random_state(m, x) if with_state else None
     ref = forward_backward(m, x, state, run=dense_run(m))
     assert_all_close(ref, forward_backward(m, x, state, run=dispatched_run(m)))
 
 
-def test_dispatched_equals_dense_reference_packed():
-    m = mom(num_memories=4, topk=2).eval()
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_dispatched_equals_dense_reference_packed(layout):
+    m = mom(num_memories=4, topk=2, bucket_layout=layout).eval()
     cu = torch.tensor([0, 1, 20, 26])
     x = torch.randn(1, 26, D, dtype=torch.float64)
     state = random_state(m, x, cu)

@@ -196,7 +196,6 @@ class GatedDeltaCore(nn.Module):
         initial_state: Tensor | None,
         cu_seqlens: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        backend = resolve_backend(self.owner, self.backend, q.device, supported=SUPPORTED_BACKENDS)
         o, final = gated_delta_rule(
             q,
             k,
@@ -207,9 +206,12 @@ class GatedDeltaCore(nn.Module):
             output_final_state=True,
             cu_seqlens=cu_seqlens,
             chunk_size=self.chunk_size,
-            backend=backend,
+            backend=self.resolved_backend(q.device),
         )
         return o, final
+
+    def resolved_backend(self, device: torch.device) -> str:
+        return resolve_backend(self.owner, self.backend, device, supported=SUPPORTED_BACKENDS)
 
     def readout(self, o: Tensor, x: Tensor) -> Tensor:
         gate = self.g_proj(x).unflatten(-1, (self.num_heads, self.head_dim_v))

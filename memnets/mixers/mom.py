@@ -21,7 +21,7 @@ the authors' code).
 Dispatch (A.7). The ``k`` copies of each token are sorted (memory, sequence, time); bucket
 ``m * N + n`` holds memory m's tokens of sequence n in time order. Every memory's projections run once
 over its contiguous slice of the sorted stream, and all non-empty buckets go through the recurrence
-op in one packed ``cu_seqlens`` call; outputs are gathered back with the inverse permutation and
+op in one call (packed with ``cu_seqlens``, or as a padded batch: ``bucket_layout`` below); outputs are gathered back with the inverse permutation and
 weighted. No token is dropped (no capacity limit).
 
 Decisions where the paper or its code leave room, or where we differ from the released code:
@@ -35,6 +35,12 @@ Decisions where the paper or its code leave room, or where we differ from the re
   slots routed to m (sums to k) and ``P_m`` the mean router probability, computed per layer (the
   released code pools the logits of all layers first; the trainer here sums per-layer losses).
   ``aux_loss_weight`` defaults to 0.01 as in the released configs; the paper's best ablation is 1e-3.
+* ``bucket_layout``: ``packed`` hands the buckets to the op with ``cu_seqlens`` (no compute on
+  padding; the layout the Triton kernel takes); ``padded`` lays them out as a right-padded
+  ``[P, longest]`` batch whose padding writes nothing (``k = 0, beta = 0, g = 0``). ``auto`` takes
+  ``packed`` for the triton backend and ``padded`` otherwise, because the PyTorch ``chunked`` op slices
+  packed sequences one by one in Python (with 256 buckets its backward was ~15x slower than the padded
+  batch on CPU).
 * State (``MoMState``): query conv history ``[N, K-1, H*dk]``, the routed memories' conv histories and
   matrices with leading dims ``[N, M]``, and the shared memory's with ``[N]``.
 
@@ -45,6 +51,7 @@ report of issue 7 (numbers filled in below once measured).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +100,7 @@ class Dispatch:
     memory_sizes: list[int]  # number of sorted positions of each memory (host ints)
     buckets: Tensor  # [P] ids m * N + n of the non-empty buckets, in stream order
     cu_seqlens: Tensor  # [P + 1] boundaries of the non-empty buckets in the sorted stream
+    longest: int  # length of the longest bucket
 
 
 def dispatch(selected: Tensor, seq_ids: Tensor, num_seqs: int, num_memories: int) -> Dispatch:
@@ -110,7 +118,7 @@ def dispatch(selected: Tensor, seq_ids: Tensor, num_seqs: int, num_memories: int
     buckets = counts.nonzero().flatten()
     cu = F.pad(counts[buckets].cumsum(0), (1, 0))
     sizes = counts.view(num_memories, num_seqs).sum(1).tolist()
-    return Dispatch(slot_token[order], inverse, sizes, buckets, cu)
+    return Dispatch(slot_token[order], inverse, sizes, buckets, cu, int(counts.max()))
 
 
 def _flat_buckets(t: Tensor) -> Tensor:
@@ -125,7 +133,7 @@ def _unflat_buckets(t: Tensor, N: int) -> Tensor:
 @register_mixer("mom")
 class MoM(GatedDeltaCore):
     """Mixture of gated-delta memories. Options: ``num_memories`` (M), ``topk`` (k), ``shared_memory``,
-    ``aux_loss_weight`` of the load-balancing loss, and the gated-delta options ``head_dim``,
+    ``aux_loss_weight`` of the load-balancing loss, ``bucket_layout`` of the recurrence call, and the gated-delta options ``head_dim``,
     ``expand_v``, ``conv_size``, ``chunk_size``, ``backend``, ``norm_eps``."""
 
     def __init__(
@@ -137,6 +145,7 @@ class MoM(GatedDeltaCore):
         topk: int = 2,
         shared_memory: bool = True,
         aux_loss_weight: float = 0.01,
+        bucket_layout: Literal["auto", "packed", "padded"] = "auto",
         head_dim: int | None = None,
         expand_v: float = 1.0,
         conv_size: int = 4,
@@ -153,7 +162,12 @@ class MoM(GatedDeltaCore):
             raise ValueError(f"mom: topk={topk} must be in [1, num_memories={num_memories}]")
         if aux_loss_weight < 0:
             raise ValueError(f"mom: aux_loss_weight must be >= 0, got {aux_loss_weight}")
+        if bucket_layout not in ("auto", "packed", "padded"):
+            raise ValueError(
+                f"mom: bucket_layout={bucket_layout!r} is not one of ['auto', 'packed', 'padded']"
+            )
         self.num_memories, self.topk, self.aux_loss_weight = num_memories, topk, aux_loss_weight
+        self.bucket_layout = bucket_layout
         self.router = nn.Linear(d_model, num_memories, bias=False)
         self.memories = nn.ModuleList(self.new_write(d_model) for _ in range(num_memories))
         self.shared = self.new_write(d_model) if shared_memory else None
@@ -221,8 +235,8 @@ class MoM(GatedDeltaCore):
         k, v, g, beta, new_ck, new_cv = self.keys_values(
             tuple(t[None] for t in kvba), conv_k[b], conv_v[b], d.cu_seqlens
         )
-        o, final = self.recur(
-            q[d.token][None], k, v, g, beta, None if memory is None else memory[b], d.cu_seqlens
+        o, final = self._recur_buckets(
+            q[d.token][None], k, v, g, beta, None if memory is None else memory[b], d
         )
         if memory is None:
             memory = final.new_zeros(self.num_memories * N, *final.shape[1:])
@@ -232,6 +246,28 @@ class MoM(GatedDeltaCore):
             _unflat_buckets(memory.index_copy(0, b, final.to(memory.dtype)), N),
         )
         return o[0], routed
+
+    def _recur_buckets(
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial: Tensor | None, d: Dispatch
+    ) -> tuple[Tensor, Tensor]:
+        """The recurrence over the packed buckets, either packed (``cu_seqlens``) or laid out as a
+        right-padded ``[P, longest]`` batch whose padding writes nothing (``k = 0, beta = 0, g = 0``
+        leave the memory as it is), so both give the same outputs and final states."""
+        layout = self.bucket_layout
+        if layout == "auto":
+            layout = "packed" if self.resolved_backend(q.device) == "triton" else "padded"
+        if layout == "packed":
+            return self.recur(q, k, v, g, beta, initial, d.cu_seqlens)
+        P, longest = d.buckets.numel(), d.longest
+        lens = d.cu_seqlens.diff()
+        row_bucket = torch.repeat_interleave(torch.arange(P, device=q.device), lens)
+        slot = row_bucket * longest + torch.arange(q.shape[1], device=q.device) - d.cu_seqlens[row_bucket]
+
+        def pad(t: Tensor) -> Tensor:
+            return t.new_zeros(P * longest, *t.shape[2:]).index_copy(0, slot, t[0]).unflatten(0, (P, longest))
+
+        o, final = self.recur(pad(q), pad(k), pad(v), pad(g), pad(beta), initial, None)
+        return o.flatten(0, 1)[slot][None], final
 
     def step(self, x: Tensor, state: MoMState | None) -> tuple[Tensor, MoMState]:
         y, state = self.forward(x[:, None], state)
