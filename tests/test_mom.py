@@ -1,4 +1,7 @@
 import itertools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend runs on CPU in the interpreter
 from dataclasses import dataclass
 
 import pytest
@@ -280,7 +283,9 @@ def test_key_value_conv_sees_only_its_memory():
 
 
 def test_options_and_errors():
-    m = memnets.build_mixer("mom", d_model=24, num_heads=3, num_memories=3, topk=1, expand_v=2.0)
+    m = memnets.build_mixer(
+        "mom", d_model=24, num_heads=3, num_memories=3, topk=1, expand_v=2.0, backend="chunked"
+    )
     y, state = m(torch.randn(2, 5, 24))
     assert y.shape == (2, 5, 24)
     assert state.routed.memory.shape == (2, 3, 3, 8, 16) and state.shared.memory.shape == (2, 3, 8, 16)
@@ -291,3 +296,12 @@ def test_options_and_errors():
         memnets.build_mixer("mom", d_model=24, num_heads=3, num_memories=0)
     with pytest.raises(ValueError, match="state holds 2 sequences"):
         m(torch.randn(1, 5, 24), state)
+
+
+def test_triton_packed_buckets_equal_chunked_float32():
+    m = memnets.build_mixer("mom", d_model=D, num_heads=H, chunk_size=16, backend="chunked")
+    x = torch.randn(2, 19, D)
+    state = random_state(m, x)
+    ref = forward_backward(m, x, state)
+    m.backend = "triton"  # auto layout: packed buckets through the kernel's cu_seqlens
+    assert_all_close(ref, forward_backward(m, x, state))
