@@ -8,7 +8,7 @@ shared query, short convolutions, decay parameters, recurrence call and gated ou
 Per head, with the memory ``S`` a ``[dk, dv]`` matrix mapping keys to values:
 
     q_t = l2norm(silu(conv_q(W_q x_t)))     k_t = l2norm(silu(conv_k(W_k x_t)))     v_t = silu(conv_v(W_v x_t))
-    beta_t = sigmoid(W_b x_t)                                write strength (beta_t in the paper)
+    beta_t = sigmoid(W_b x_t)                                write strength = inner step size lr (beta_t)
     g_t = -exp(A_log) * softplus(W_a x_t + dt_bias)          log keep; keep_t = exp(g_t) = alpha_t (paper §3)
     S_t = keep_t S_{t-1} + beta_t k_t (v_t - keep_t S_{t-1}^T k_t)^T
         = keep_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
