@@ -305,3 +305,23 @@ def test_triton_packed_buckets_equal_chunked_float32():
     ref = forward_backward(m, x, state)
     m.backend = "triton"  # auto layout: packed buckets through the kernel's cu_seqlens
     assert_all_close(ref, forward_backward(m, x, state))
+
+
+@pytest.mark.parametrize(
+    ("name", "millions"), [("mom-380m", 512.4), ("mom-1.3b", 1553.0), ("mom-tiny", None)]
+)
+def test_lm_configs_load_and_match_released_sizes(name, millions):
+    """The paper-size configs have the released configs' parameter counts (spec A.9)."""
+    from pathlib import Path
+
+    from memnets.config import load_config
+    from memnets.model import LM
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / f"configs/lm/{name}.yaml", ["data.path=corpus.txt", "model.vocab_size=32000"])
+    with torch.device("meta"):
+        model = LM(cfg.model)
+    if millions is not None:
+        assert round(model.num_params() / 1e6, 1) == millions
+    for mqar in ("gated_deltanet", "mom"):
+        assert load_config(root / f"configs/mqar/{mqar}.yaml").model.mixer == mqar
