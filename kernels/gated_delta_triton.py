@@ -35,6 +35,7 @@ backward holds full K x V tiles, and there is no autotuning.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -97,7 +98,7 @@ def _prepare_kernel(
     b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
     b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
     gam = tl.cumsum(_load_chunk_gates(g, t0, eos, i_h, H, C), 0)
-    kk = tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
+    kk = tl.dot(b_k, tl.trans(b_k), input_precision="tf32x3")
     b_a = b_beta[:, None] * kk * _decay_matrix(gam, C, True)
 
     # (I + A)^-1 row by row: Tm[i] = e_i - sum_{j<i} A[i, j] Tm[j]
@@ -166,14 +167,14 @@ def _forward_kernel(
         g_last = tl.sum(b_g, 0)
         b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
 
-        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="ieee")
-        b_u = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="ieee")
-        b_u -= tl.dot(b_w, b_s, input_precision="ieee")
+        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="tf32x3")
+        b_u = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
+        b_u -= tl.dot(b_w, b_s, input_precision="tf32x3")
         if STORE_O:
             b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
-            qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * _decay_matrix(gam, C, False)
-            b_o = tl.dot(b_q * tl.exp(gam)[:, None], b_s, input_precision="ieee")
-            b_o += tl.dot(qk, b_u, input_precision="ieee")
+            qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * _decay_matrix(gam, C, False)
+            b_o = tl.dot(b_q * tl.exp(gam)[:, None], b_s, input_precision="tf32x3")
+            b_o += tl.dot(qk, b_u, input_precision="tf32x3")
             o_mask = ((t0 + rows) < eos)[:, None] & (vs < V)[None, :]
             tl.store(
                 o + ((t0 + rows)[:, None] * H + i_h) * V + vs[None, :],
@@ -181,7 +182,7 @@ def _forward_kernel(
                 mask=o_mask,
             )
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
-        b_s = tl.exp(g_last) * b_s + tl.dot(tl.trans(b_kd), b_u, input_precision="ieee")
+        b_s = tl.exp(g_last) * b_s + tl.dot(tl.trans(b_kd), b_u, input_precision="tf32x3")
 
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + kv_offs, b_s, mask=kv_mask)
@@ -240,13 +241,13 @@ def _backward_state_kernel(
         g_last = tl.sum(b_g, 0)
         b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
 
-        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="ieee")
-        qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * _decay_matrix(gam, C, False)
+        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="tf32x3")
+        qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * _decay_matrix(gam, C, False)
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
-        b_du = scale * tl.dot(tl.trans(qk), b_do, input_precision="ieee")
-        b_du += tl.dot(b_kd, b_ds, input_precision="ieee")
-        b_ds = tl.exp(g_last) * b_ds - tl.dot(tl.trans(b_w), b_du, input_precision="ieee")
-        b_ds += scale * tl.dot(tl.trans(b_q * tl.exp(gam)[:, None]), b_do, input_precision="ieee")
+        b_du = scale * tl.dot(tl.trans(qk), b_do, input_precision="tf32x3")
+        b_du += tl.dot(b_kd, b_ds, input_precision="tf32x3")
+        b_ds = tl.exp(g_last) * b_ds - tl.dot(tl.trans(b_w), b_du, input_precision="tf32x3")
+        b_ds += scale * tl.dot(tl.trans(b_q * tl.exp(gam)[:, None]), b_do, input_precision="tf32x3")
 
     tl.store(dh0 + (i_n * H + i_h) * K * V + kv_offs, b_ds, mask=kv_mask)
 
@@ -305,41 +306,41 @@ def _backward_local_kernel(
     e_gam = tl.exp(gam)
     d_incl = _decay_matrix(gam, C, False)
     d_strict = _decay_matrix(gam, C, True)
-    kk = tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
-    qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+    kk = tl.dot(b_k, tl.trans(b_k), input_precision="tf32x3")
+    qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3")
     b_kb = b_k * (b_beta * e_gam)[:, None]
-    b_w = tl.dot(b_tm, b_kb, input_precision="ieee")
-    b_ub = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="ieee")
-    b_u = b_ub - tl.dot(b_w, b_s0, input_precision="ieee")
+    b_w = tl.dot(b_tm, b_kb, input_precision="tf32x3")
+    b_ub = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
+    b_u = b_ub - tl.dot(b_w, b_s0, input_precision="tf32x3")
     decay_end = tl.exp(g_last - gam)
     b_kd = b_k * decay_end[:, None]
 
     # dU from the output and from the chunk's end state
-    b_du = scale * tl.dot(tl.trans(qk * d_incl), b_do, input_precision="ieee")
-    b_du += tl.dot(b_kd, b_ds1, input_precision="ieee")
+    b_du = scale * tl.dot(tl.trans(qk * d_incl), b_do, input_precision="tf32x3")
+    b_du += tl.dot(b_kd, b_ds1, input_precision="tf32x3")
 
     # O = scale (E Q S0 + (Q K^T * Dm) U)
-    dou = tl.dot(b_do, tl.trans(b_u), input_precision="ieee")
-    b_dq = scale * e_gam[:, None] * tl.dot(b_do, tl.trans(b_s0), input_precision="ieee")
-    b_dq += scale * tl.dot(dou * d_incl, b_k, input_precision="ieee")
-    b_dk = scale * tl.dot(tl.trans(dou * d_incl), b_q, input_precision="ieee")
-    qs0 = tl.dot(b_q, b_s0, input_precision="ieee")
+    dou = tl.dot(b_do, tl.trans(b_u), input_precision="tf32x3")
+    b_dq = scale * e_gam[:, None] * tl.dot(b_do, tl.trans(b_s0), input_precision="tf32x3")
+    b_dq += scale * tl.dot(dou * d_incl, b_k, input_precision="tf32x3")
+    b_dk = scale * tl.dot(tl.trans(dou * d_incl), b_q, input_precision="tf32x3")
+    qs0 = tl.dot(b_q, b_s0, input_precision="tf32x3")
     b_dgam = scale * e_gam * tl.sum(qs0 * b_do, 1)
     dd = scale * qk * dou
 
     # S1 = exp(gam_C) S0 + Kd^T U
-    uds = tl.dot(b_u, tl.trans(b_ds1), input_precision="ieee")
+    uds = tl.dot(b_u, tl.trans(b_ds1), input_precision="tf32x3")
     b_dk += decay_end[:, None] * uds
     rho = tl.sum(b_kd * uds, 1)
     b_dgam -= rho
     dgam_last = tl.sum(rho, 0) + tl.exp(g_last) * tl.sum(tl.sum(b_s0 * b_ds1, 1), 0)
 
     # U = Ub - W S0, W = Tm Kb, Ub = Tm Vb, Tm = (I + A)^-1
-    b_dw = -tl.dot(b_du, tl.trans(b_s0), input_precision="ieee")
-    b_dkb = tl.dot(tl.trans(b_tm), b_dw, input_precision="ieee")
-    b_dvb = tl.dot(tl.trans(b_tm), b_du, input_precision="ieee")
-    b_da = -tl.dot(b_dkb, tl.trans(b_w), input_precision="ieee")
-    b_da -= tl.dot(b_dvb, tl.trans(b_ub), input_precision="ieee")
+    b_dw = -tl.dot(b_du, tl.trans(b_s0), input_precision="tf32x3")
+    b_dkb = tl.dot(tl.trans(b_tm), b_dw, input_precision="tf32x3")
+    b_dvb = tl.dot(tl.trans(b_tm), b_du, input_precision="tf32x3")
+    b_da = -tl.dot(b_dkb, tl.trans(b_w), input_precision="tf32x3")
+    b_da -= tl.dot(b_dvb, tl.trans(b_ub), input_precision="tf32x3")
     b_da = tl.where(rows[:, None] > rows[None, :], b_da, 0.0)
     b_dv = b_dvb * b_beta[:, None]
     dkb_k = tl.sum(b_dkb * b_k, 1)
@@ -350,7 +351,7 @@ def _backward_local_kernel(
     # A = strict_tril(diag(beta) (K K^T) * Dm)
     b_dbeta += tl.sum(b_da * d_strict * kk, 1)
     p = b_beta[:, None] * b_da * d_strict
-    b_dk += tl.dot(p, b_k, input_precision="ieee") + tl.dot(tl.trans(p), b_k, input_precision="ieee")
+    b_dk += tl.dot(p, b_k, input_precision="tf32x3") + tl.dot(tl.trans(p), b_k, input_precision="tf32x3")
     dd += b_beta[:, None] * b_da * kk
 
     # Dm[t, s] = exp(gam_t - gam_s): gradient goes to gam_t and (negated) to gam_s
@@ -376,18 +377,18 @@ def _block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def _chunk_layout(cu_seqlens: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, int]:
-    """chunk_indices [NC, 2] (sequence, chunk within it), chunk_offsets [N + 1], and NC."""
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]
-    n_chunks = (lens + chunk_size - 1) // chunk_size
-    offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)])
-    total = int(offsets[-1])
-    seq = torch.repeat_interleave(
-        torch.arange(len(lens), device=cu_seqlens.device), n_chunks, output_size=total
-    )
-    within = torch.arange(total, device=cu_seqlens.device) - offsets[seq]
-    indices = torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
-    return indices, offsets.to(torch.int32).contiguous(), total
+def _chunk_layout(lengths: list[int], chunk_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """cu_seqlens [N + 1], chunk_indices [NC, 2] (sequence, chunk within it) and chunk_offsets [N + 1]
+    (first chunk of each sequence), built on the host from the sequence lengths so no kernel launch
+    waits on a device-to-host copy."""
+    cu, offsets, indices = [0], [0], []
+    for n, length in enumerate(lengths):
+        n_chunks = -(-length // chunk_size)
+        indices += [(n, i) for i in range(n_chunks)]
+        cu.append(cu[-1] + length)
+        offsets.append(offsets[-1] + n_chunks)
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.int32, device=device)
+    return as_tensor(cu), as_tensor(indices).reshape(-1, 2), as_tensor(offsets)
 
 
 @torch.library.custom_op("memnets::gated_delta_fwd", mutates_args=())
@@ -399,6 +400,8 @@ def gated_delta_fwd(
     beta: Tensor,
     initial_state: Tensor | None,
     cu_seqlens: Tensor,
+    chunk_indices: Tensor,
+    chunk_offsets: Tensor,
     scale: float,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -407,15 +410,15 @@ def gated_delta_fwd(
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     C = chunk_size
-    indices, offsets, total = _chunk_layout(cu_seqlens, C)
+    total = chunk_indices.shape[0]
     tm = q.new_empty(T, H, C, dtype=torch.float32)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     BK, BV = _block(K), min(_block(V), 64)
     if total > 0:
-        _prepare_kernel[(total, H)](k, g, beta, tm, cu_seqlens, indices, H=H, K=K, C=C, BK=BK)
+        _prepare_kernel[(total, H)](k, g, beta, tm, cu_seqlens, chunk_indices, H=H, K=K, C=C, BK=BK)
     _forward_kernel[(N, H, triton.cdiv(V, BV))](
-        q, k, v, g, beta, tm, initial_state, o, ht, None, cu_seqlens, offsets, scale,
+        q, k, v, g, beta, tm, initial_state, o, ht, None, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_O=True, STORE_HT=True, STORE_H=False,
     )  # fmt: skip
@@ -423,7 +426,7 @@ def gated_delta_fwd(
 
 
 @gated_delta_fwd.register_fake
-def _(q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size):
+def _(q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size):
     T, H, K = q.shape
     N = cu_seqlens.shape[0] - 1
     o = torch.empty_like(v)
@@ -443,6 +446,8 @@ def gated_delta_bwd(
     do: Tensor,
     dht: Tensor | None,
     cu_seqlens: Tensor,
+    chunk_indices: Tensor,
+    chunk_offsets: Tensor,
     scale: float,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -451,34 +456,36 @@ def gated_delta_bwd(
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     C = chunk_size
-    indices, offsets, total = _chunk_layout(cu_seqlens, C)
+    total = chunk_indices.shape[0]
     BK, BV = _block(K), min(_block(V), 64)
     grid = (N, H, triton.cdiv(V, BV))
     # chunk-start states, recomputed rather than kept from the forward pass
     h = q.new_empty(total, H, K, V, dtype=torch.float32)
     _forward_kernel[grid](
-        q, k, v, g, beta, tm, initial_state, None, None, h, cu_seqlens, offsets, scale,
+        q, k, v, g, beta, tm, initial_state, None, None, h, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_O=False, STORE_HT=False, STORE_H=True,
     )  # fmt: skip
     dh = q.new_empty(total, H, K, V, dtype=torch.float32)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32)
     _backward_state_kernel[grid](
-        q, k, g, beta, tm, do, dht, dh, dh0, cu_seqlens, offsets, scale,
+        q, k, g, beta, tm, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV, USE_DHT=dht is not None,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg, dbeta = torch.empty_like(g), torch.empty_like(beta)
     if total > 0:
         _backward_local_kernel[(total, H)](
-            q, k, v, g, beta, tm, h, dh, do, dq, dk, dv, dg, dbeta, cu_seqlens, indices, scale,
+            q, k, v, g, beta, tm, h, dh, do, dq, dk, dv, dg, dbeta, cu_seqlens, chunk_indices, scale,
             H=H, K=K, V=V, C=C, BK=BK, BV=_block(V),
         )  # fmt: skip
     return dq, dk, dv, dg, dbeta, dh0
 
 
 @gated_delta_bwd.register_fake
-def _(q, k, v, g, beta, initial_state, tm, do, dht, cu_seqlens, scale, chunk_size):
+def _(
+    q, k, v, g, beta, initial_state, tm, do, dht, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size
+):
     N = cu_seqlens.shape[0] - 1
     dh0 = q.new_empty(N, q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
     return (
@@ -492,19 +499,22 @@ def _(q, k, v, g, beta, initial_state, tm, do, dht, cu_seqlens, scale, chunk_siz
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, g, beta, initial_state, output[2], cu_seqlens)
+    q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size = inputs
+    ctx.save_for_backward(
+        q, k, v, g, beta, initial_state, output[2], cu_seqlens, chunk_indices, chunk_offsets
+    )
     ctx.scale, ctx.chunk_size = scale, chunk_size
     ctx.has_h0 = initial_state is not None
 
 
 def _backward(ctx, do, dht, _dtm):
-    q, k, v, g, beta, initial_state, tm, cu_seqlens = ctx.saved_tensors
+    q, k, v, g, beta, initial_state, tm, cu_seqlens, chunk_indices, chunk_offsets = ctx.saved_tensors
     dq, dk, dv, dg, dbeta, dh0 = gated_delta_bwd(
         q, k, v, g, beta, initial_state, tm, do.contiguous(),
-        None if dht is None else dht.contiguous(), cu_seqlens, ctx.scale, ctx.chunk_size,
+        None if dht is None else dht.contiguous(), cu_seqlens, chunk_indices, chunk_offsets,
+        ctx.scale, ctx.chunk_size,
     )  # fmt: skip
-    return dq, dk, dv, dg, dbeta, (dh0 if ctx.has_h0 else None), None, None, None
+    return dq, dk, dv, dg, dbeta, (dh0 if ctx.has_h0 else None), None, None, None, None, None
 
 
 torch.library.register_autograd("memnets::gated_delta_fwd", _backward, setup_context=_setup_context)
@@ -538,11 +548,14 @@ def triton_gated_delta_rule(
         )
     B, T, H, _ = q.shape
     if cu_seqlens is None:
-        cu_seqlens = torch.arange(B + 1, device=q.device) * T
-    cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+        lengths = [T] * B
+    else:
+        bounds = cu_seqlens.tolist()
+        lengths = [e - s for s, e in itertools.pairwise(bounds)]
+    layout = _chunk_layout(lengths, chunk_size, q.device)
     packed = [t.reshape(B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, beta)]
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    o, ht, _ = gated_delta_fwd(*packed, h0, cu_seqlens, float(scale), int(chunk_size))
+    o, ht, _ = gated_delta_fwd(*packed, h0, *layout, float(scale), int(chunk_size))
     return o.reshape(B, T, H, -1), (ht if output_final_state else None)
 
 

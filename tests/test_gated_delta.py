@@ -187,7 +187,7 @@ def test_triton_matches_reference(T, chunk_size, dtype):
 
 def test_triton_varlen_matches_reference():
     cu = torch.tensor([0, 1, 40, 40, 105, 110], dtype=torch.int32)
-    inputs = make_inputs(1, 110, 1, 8, 4, torch.float32, N=5)
+    inputs = make_inputs(1, 110, 2, 8, 4, torch.float32, N=5)
     ref = run(inputs, "reference", cu_seqlens=cu)
     with nan_allocations():
         out = run(inputs, "triton", 32, cu_seqlens=cu)

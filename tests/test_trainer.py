@@ -132,8 +132,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert [r.get("skipped", 0) for r in records] == [0, 0, 1, 1, 1]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
-    common = [MQAR, *TINY_MQAR, "train.steps=6", "train.lr=1e-2"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, strategy):
+    common = [MQAR, *TINY_MQAR, "train.steps=6", "train.lr=1e-2", f"train.distributed={strategy}"]
     single = run_train([*common, f"run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env_cmd = [
@@ -181,3 +182,30 @@ def test_text_training_on_a_plain_file(tmp_path):
     losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert losses[-1] < losses[0] - 0.5
     assert result.metrics["val_bpb"] < 8 and cfg.model.vocab_size == 257
+
+    # the run folder alone rebuilds the model; generate.py decodes with the recurrent states
+    from memnets.checkpoint import load_run
+
+    saved_cfg, model = load_run(tmp_path / "run")
+    assert saved_cfg.model == cfg.model
+    ids = torch.tensor([list(b"line 1")])
+    greedy = model.generate(ids, 5)
+    for t in range(ids.shape[1], greedy.shape[1]):
+        assert greedy[0, t] == model(greedy[:, :t])[0, -1].argmax()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/generate.py"),
+            str(tmp_path / "run"),
+            "--prompt",
+            "line 1",
+            "--max-new-tokens",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("line 1") and out.stdout.rstrip("\n") == bytes(greedy[0].tolist()).decode(
+        errors="replace"
+    )

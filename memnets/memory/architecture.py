@@ -1,0 +1,155 @@
+"""Memory architecture: the small network M(x; W) whose weights W are the recurrent state.
+
+Row form, per (batch element, head), for depth L >= 1 (spec 1.1; Titans §3.1 "MLPs with L_M >= 1
+layers", Miras §5.3, TTT §2.7)::
+
+    Z^1 = x W^1,  Z^l = sigma(Z^{l-1}) W^l  (l = 2..L),   M(x) = [x +] [LN](Z^L)
+
+``W^l`` has shape ``[d_in, d_out]``: ``dim -> hidden -> ... -> hidden -> dim`` with
+``hidden = round(expansion * dim)``; depth 1 is the linear (matrix) memory. The fast weights carry no
+bias (lucidrains and the Titans paper write none). The optional LayerNorm's scale and shift are *outer*
+parameters, one per head (as in TTT: they are trained by the outer loop, not by the inner one). The
+residual makes the inner target effectively ``v - k`` (TTT).
+
+``MemoryMLP`` also owns the learnable initial weights ``W_0`` (one per head, broadcast over the batch;
+TTT: a learned ``W_0`` is needed for stable training) and the hand-written derivatives the chunked
+engine needs (activation derivative, LayerNorm backward), so nothing there calls autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Activation = Literal["gelu", "silu", "tanh"]
+ACTIVATIONS: tuple[str, ...] = ("gelu", "silu", "tanh")
+
+
+class MemoryMLP(nn.Module):
+    """Per-head memory network with learnable initial weights.
+
+    Args:
+        num_heads: independent memories per batch element.
+        dim: input and output width (the head dimension of keys, queries and values).
+        depth: number of weight matrices L (1 = linear matrix memory).
+        expansion: hidden width = ``round(expansion * dim)`` (unused for depth 1).
+        activation: nonlinearity between layers (smooth ones only: the outer backward differentiates
+            the inner gradient, which needs the activation's second derivative).
+        residual: ``M(x) = x + ...``.
+        layer_norm: LayerNorm on the last layer's output, with per-head outer scale and shift.
+        init_std: std of the initial weights, as a multiple of ``d_in ** -0.5``.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        dim: int,
+        depth: int = 2,
+        expansion: float = 4.0,
+        activation: Activation = "gelu",
+        residual: bool = True,
+        layer_norm: bool = True,
+        init_std: float = 1.0,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"MemoryMLP: depth must be >= 1, got {depth}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MemoryMLP: activation={activation!r} is not one of {list(ACTIVATIONS)}")
+        if depth > 1 and expansion <= 0:
+            raise ValueError(f"MemoryMLP: expansion must be > 0 for depth > 1, got {expansion}")
+        self.num_heads, self.dim, self.depth = num_heads, dim, depth
+        self.activation, self.residual, self.layer_norm, self.eps = activation, residual, layer_norm, eps
+        hidden = max(1, round(expansion * dim)) if depth > 1 else dim
+        widths = [dim] + [hidden] * (depth - 1) + [dim]
+        self.shapes = [(widths[i], widths[i + 1]) for i in range(depth)]
+        self.init_weights = nn.ParameterList(
+            nn.Parameter(torch.randn(num_heads, din, dout) * (init_std / math.sqrt(din)))
+            for din, dout in self.shapes
+        )
+        if layer_norm:
+            self.norm_weight = nn.Parameter(torch.ones(num_heads, dim))
+            self.norm_bias = nn.Parameter(torch.zeros(num_heads, dim))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, shapes={self.shapes}, activation={self.activation}, "
+            f"residual={self.residual}, layer_norm={self.layer_norm}"
+        )
+
+    def numel_per_head(self) -> int:
+        """Numbers in one head's fast weights (the state size, without momentum)."""
+        return sum(din * dout for din, dout in self.shapes)
+
+    # ---------------------------------------------------------------------------------------------
+    # pieces shared by the token-by-token reference and the chunked engine
+
+    def act(self, z: Tensor) -> Tensor:
+        if self.activation == "gelu":
+            return F.gelu(z)
+        if self.activation == "silu":
+            return F.silu(z)
+        return torch.tanh(z)
+
+    def act_grad(self, z: Tensor) -> Tensor:
+        """d act / d z, written out so the chunked engine needs no inner autograd."""
+        if self.activation == "gelu":
+            cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+            pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+            return cdf + z * pdf
+        if self.activation == "silu":
+            s = torch.sigmoid(z)
+            return s * (1.0 + z * (1.0 - s))
+        return 1.0 - torch.tanh(z) ** 2
+
+    def _affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # [H, d] -> [1, H, 1, d] to broadcast over [B, H, L, d]
+        return (
+            self.norm_weight.to(dtype)[None, :, None, :],
+            self.norm_bias.to(dtype)[None, :, None, :],
+        )
+
+    def output(self, z: Tensor, x: Tensor) -> Tensor:
+        """Memory output from the last layer's pre-output ``z`` and the memory input ``x``
+        (both ``[B, H, L, dim]``)."""
+        y = z
+        if self.layer_norm:
+            w, b = self._affine(z.dtype)
+            y = self._normalize(z)[0] * w + b
+        return x + y if self.residual else y
+
+    def _normalize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂, 1/σ) of a LayerNorm without affine; written out (F.layer_norm is slow on tiny CPU
+        tensors, and the backward below needs the same pieces)."""
+        mu = z.mean(-1, keepdim=True)
+        rstd = torch.rsqrt((z - mu).pow(2).mean(-1, keepdim=True) + self.eps)
+        return (z - mu) * rstd, rstd
+
+    def output_grad(self, z: Tensor, dy: Tensor) -> Tensor:
+        """Backward of :meth:`output` w.r.t. ``z`` (the residual does not depend on ``z``)."""
+        if not self.layer_norm:
+            return dy
+        w, _ = self._affine(z.dtype)
+        xhat, rstd = self._normalize(z)
+        g = dy * w
+        return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+
+    def read(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """``M(x; W)`` with fixed weights ``W`` (``[B, H, d_in, d_out]`` per layer), ``x [B, H, L, dim]``."""
+        h = x
+        for i, w in enumerate(weights):
+            h = h @ w
+            if i < self.depth - 1:
+                h = self.act(h)
+        return self.output(h, x)
+
+    def initial_weights(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+        """``W_0`` broadcast to ``[batch, H, d_in, d_out]`` (a view: gradients reach the parameters)."""
+        return tuple(
+            (w if dtype is None else w.to(dtype))[None].expand(batch, *w.shape) for w in self.init_weights
+        )

@@ -1,0 +1,345 @@
+"""The memory recurrence, token by token (reference) and chunk by chunk (parallel dual form).
+
+Semantics shared by both (spec 1.2-1.3): positions are split into chunks of ``chunk_size`` tokens
+counted from the start of the sequence; every token's inner gradient is taken at the weights the
+memory had at the start of its chunk, W_ref(t) = W_{t'}; momentum and retention then run per token
+(:mod:`memnets.memory.rule`) and token t reads ``y_t = M(q_t; W_t)``, the memory *after* its own write
+(Titans Eq. 15, TTT Eq. 5). ``chunk_size = 1`` is exact online gradient descent.
+
+The state crosses calls exactly: :class:`MemoryState` keeps the chunk-start weights (the gradient
+point) while a chunk is unfinished, so a sequence fed in pieces, or token by token for decoding, gives
+the same outputs as one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .architecture import MemoryMLP
+from .bias import AttentionalBias, L2Bias
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log
+
+Weights = tuple[Tensor, ...]
+ChunkEnd = Callable[[Weights], Weights]
+
+
+@dataclass
+class MemoryState:
+    """Recurrent state of a batch of per-head memories.
+
+    ``weights``: W_t per layer ``[B, H, d_in, d_out]`` after the last token seen.
+    ``momentum``: S_t per layer (same shapes), ``None`` for a rule without momentum.
+    ``anchor``: the weights at the start of the unfinished chunk (where the remaining tokens of the
+    chunk take their gradients); ``None`` when ``offset == 0``.
+    ``offset``: tokens of the current chunk already absorbed (0 = at a chunk boundary).
+    """
+
+    weights: Weights
+    momentum: Weights | None = None
+    anchor: Weights | None = None
+    offset: int = 0
+
+    def detach(self) -> MemoryState:
+        def d(ws: Weights | None) -> Weights | None:
+            return None if ws is None else tuple(w.detach() for w in ws)
+
+        return MemoryState(d(self.weights), d(self.momentum), d(self.anchor), self.offset)  # type: ignore[arg-type]
+
+
+def initial_state(
+    arch: MemoryMLP, batch: int, momentum: bool, dtype: torch.dtype | None = None
+) -> MemoryState:
+    """The learnable initial weights broadcast to the batch, zero momentum if the rule has one."""
+    weights = arch.initial_weights(batch, dtype)
+    mom = tuple(torch.zeros_like(w) for w in weights) if momentum else None
+    return MemoryState(weights, mom)
+
+
+# -------------------------------------------------------------------------------------------------
+# input checks shared by both paths
+
+
+def _check(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None,
+    keep: Tensor | None,
+    state: MemoryState | None,
+    chunk_size: int,
+) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"memory: chunk_size must be >= 1, got {chunk_size}")
+    if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(
+            f"memory: q, k, v must share the shape [B, T, H, D]; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    B, T, H, D = q.shape
+    if arch.num_heads != H or arch.dim != D:
+        raise ValueError(f"memory: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={arch.dim}")
+    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
+        if g is not None and tuple(g.shape) != (B, T, H):
+            raise ValueError(f"memory: {name} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+    if state is not None:
+        if (state.momentum is None) != (mom is None):
+            raise ValueError(
+                "memory: the state's momentum and the mom argument must be given together "
+                f"(state has momentum: {state.momentum is not None}, mom given: {mom is not None})"
+            )
+        if not 0 <= state.offset < chunk_size:
+            raise ValueError(f"memory: state.offset={state.offset} must lie in [0, chunk_size={chunk_size})")
+        if state.offset > 0 and state.anchor is None:
+            raise ValueError(f"memory: state.offset={state.offset} > 0 needs state.anchor")
+
+
+def _start(
+    arch: MemoryMLP, state: MemoryState | None, B: int, has_mom: bool, dtype: torch.dtype
+) -> MemoryState:
+    if state is None:
+        return initial_state(arch, B, has_mom, dtype)
+    return state
+
+
+def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype."""
+    return None if x is None else x.transpose(1, 2).to(dtype)
+
+
+# -------------------------------------------------------------------------------------------------
+# token-by-token reference
+
+
+def _inner_grad(
+    arch: MemoryMLP,
+    bias: AttentionalBias,
+    anchor: Weights,
+    k: Tensor,
+    v: Tensor,
+    params: Tensor | None,
+    create_graph: bool,
+) -> Weights:
+    """∂ℓ(M(k; W), v)/∂W at W = ``anchor`` by autograd, per (batch, head): the losses of independent
+    memories are summed, which leaves each memory's own gradient. The gradient is taken w.r.t. a
+    fresh alias of the weights, so it is the partial derivative even when k or v themselves depend
+    on earlier weights (Titans MAC writes projections of an attention output that read the memory)."""
+    anchor = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
+    loss = bias.loss(arch.read(anchor, k), v, params).sum()
+    return torch.autograd.grad(loss, anchor, create_graph=create_graph)
+
+
+def memory_reference(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+    bias: AttentionalBias | None = None,
+    bias_params: Tensor | None = None,
+    chunk_end: ChunkEnd | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """Token-by-token loop with the chunked semantics; the inner gradient comes from autograd on
+    ``bias.loss``. For tests: slow (T sequential steps with a double backward), readable, exact.
+
+    Shapes as in :func:`memory_chunked`."""
+    _check(arch, q, k, v, lr, mom, keep, state, chunk_size)
+    bias = bias or L2Bias()
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+    lr_, mom_, keep_ = (_bhl(g, dtype) for g in (lr, mom, keep))
+    bp = _bhl(bias_params, dtype)
+    st = _start(arch, state, B, mom is not None, dtype)
+    W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
+    create_graph = torch.is_grad_enabled()
+    ys = []
+    with torch.enable_grad():
+        for t in range(T):
+            if offset == 0:
+                anchor = W
+            sl = slice(t, t + 1)
+            u = _inner_grad(
+                arch,
+                bias,
+                anchor,
+                kh[:, :, sl],
+                vh[:, :, sl],
+                None if bp is None else bp[:, :, sl],
+                create_graph,
+            )
+            a = lr_[:, :, t, None, None]  # [B, H, 1, 1]
+            if mom_ is not None:
+                S = tuple(mom_[:, :, t, None, None] * s - a * g for s, g in zip(S, u))
+                step = S
+            else:
+                step = tuple(-a * g for g in u)
+            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
+            W = tuple(kp * w + s for w, s in zip(W, step))
+            ys.append(arch.read(W, qh[:, :, sl]))
+            offset = (offset + 1) % chunk_size
+            if offset == 0 and chunk_end is not None:
+                W = chunk_end(W)
+    y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
+    out = MemoryState(W, S, anchor if offset else None, offset)
+    if not create_graph:
+        y, out = y.detach(), out.detach()
+    return y.transpose(1, 2).to(q.dtype), out
+
+
+# -------------------------------------------------------------------------------------------------
+# chunked (parallel) dual form
+
+
+@dataclass
+class KeyPath:
+    """Per-layer rank-one factors of the tokens' gradients: u_j^l = xs[l][j]ᵀ deltas[l][j]."""
+
+    xs: list[Tensor]  # inputs of each layer on the key path, [B, H, L, d_in]
+    deltas: list[Tensor]  # d loss / d (layer output), [B, H, L, d_out]
+
+
+def key_path(
+    arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: AttentionalBias, params: Tensor | None
+) -> KeyPath:
+    """Forward the keys through M(·; W) and backpropagate the bias derivative by hand (spec 1.5):
+    gives every token's gradient in factored form without materialising it."""
+    xs, zs = [k], []
+    for i, w in enumerate(weights):
+        z = xs[-1] @ w
+        zs.append(z)
+        if i < arch.depth - 1:
+            xs.append(arch.act(z))
+    dout = bias.grad(arch.output(zs[-1], k), v, params)
+    delta = arch.output_grad(zs[-1], dout)
+    deltas = [delta]
+    for i in range(arch.depth - 2, -1, -1):
+        delta = (delta @ weights[i + 1].transpose(-1, -2)) * arch.act_grad(zs[i])
+        deltas.insert(0, delta)
+    return KeyPath(xs, deltas)
+
+
+def dual_read(
+    arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+) -> Tensor:
+    """Read every token of a segment with its own updated weights W_t = β_t W_0 + f_t S_0 − Σ_j G[t,j] u_j
+    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (spec 1.5)."""
+    h = q
+    for i in range(arch.depth):
+        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
+        if S0 is not None:
+            z = z + c.f[..., None] * (h @ S0[i])  # type: ignore[index]
+        h = arch.act(z) if i < arch.depth - 1 else z
+    return arch.output(h, q)
+
+
+def segment_end_state(
+    W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+) -> tuple[Weights, Weights | None]:
+    """(W_L, S_L) after the last token of the segment."""
+    g_last = c.G[..., -1, :, None]  # [B, H, L, 1]
+    W = tuple(
+        c.beta[..., -1, None, None] * w - x.transpose(-1, -2) @ (g_last * d)
+        for w, x, d in zip(W0, kp.xs, kp.deltas)
+    )
+    if S0 is None:
+        return W, None
+    W = tuple(w + c.f[..., -1, None, None] * s for w, s in zip(W, S0))  # type: ignore[index]
+    s_coef = c.s_coef[..., None]  # type: ignore[index]
+    S = tuple(
+        c.m_end[..., None, None] * s - x.transpose(-1, -2) @ (s_coef * d)  # type: ignore[index]
+        for s, x, d in zip(S0, kp.xs, kp.deltas)
+    )
+    return W, S
+
+
+def memory_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+    bias: AttentionalBias | None = None,
+    bias_params: Tensor | None = None,
+    chunk_end: ChunkEnd | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """Run the memory over a sequence chunk by chunk (parallel inside each chunk, sequential across).
+
+    Args:
+        arch: the memory network (owns W_0 and the LayerNorm's outer parameters).
+        q, k, v: ``[B, T, H, D]`` queries (read), keys and values (write).
+        lr: inner step size ``[B, T, H]`` (Titans θ_t, Miras/ATLAS/TNT η_t).
+        mom: momentum coefficient ``[B, T, H]`` (Titans η_t, ATLAS θ_t); ``None`` = no momentum state.
+        keep: multiplier on the old weights ``[B, T, H]`` (Titans 1 − α_t, Miras/ATLAS α_t);
+            ``None`` = 1.
+        state: :class:`MemoryState` to continue from; ``None`` = the learnable initial weights.
+        chunk_size: tokens per chunk (gradients at the chunk-start weights).
+        bias: attentional bias (default :class:`L2Bias`); ``bias_params``: its per-token
+            parameters ``[B, T, H, ...]`` if any.
+        chunk_end: optional map applied to the weights each time a chunk completes, after its last
+            token was read (e.g. Moneta's ℓ_q normalisation "at the end of each chunk", Miras §5.3);
+            the reference applies it at the same positions.
+
+    Returns ``y [B, T, H, D]`` (token t reads its own updated memory) and the state after the last
+    token. Runs in the dtype of ``arch``'s parameters with autocast off (the recurrence is
+    accumulated in float32 at least); ``y`` is cast back to ``q``'s dtype.
+    """
+    _check(arch, q, k, v, lr, mom, keep, state, chunk_size)
+    bias = bias or L2Bias()
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    with torch.autocast(q.device.type, enabled=False):
+        qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+        lr_ = _bhl(lr, dtype)
+        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
+        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        bp = _bhl(bias_params, dtype)
+        st = _start(arch, state, B, mom is not None, dtype)
+        W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
+        ys = []
+        start = 0
+        while start < T:
+            if offset == 0:
+                anchor = W
+            end = min(T, start + chunk_size - offset)
+            sl = slice(start, end)
+            kp = key_path(
+                arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None if bp is None else bp[:, :, sl]
+            )
+            c = chunk_coefficients(
+                lr_[:, :, sl],
+                None if log_keep is None else log_keep[:, :, sl],
+                None if log_mom is None else log_mom[:, :, sl],
+            )
+            ys.append(dual_read(arch, qh[:, :, sl], W, S, kp, c))
+            W, S = segment_end_state(W, S, kp, c)
+            offset = (offset + end - start) % chunk_size
+            if offset == 0 and chunk_end is not None:
+                W = chunk_end(W)
+            start = end
+        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
+    return y.transpose(1, 2).to(q.dtype), MemoryState(W, S, anchor if offset else None, offset)
+
+
+def memory_read(arch: MemoryMLP, state: MemoryState, x: Tensor) -> Tensor:
+    """Read ``x [B, T, H, D]`` with the state's current weights, no write (e.g. Titans MAC's retrieval
+    ``h_t = M*_{t-1}(q_t)``, Eq. 21)."""
+    dtype = state.weights[0].dtype
+    with torch.autocast(x.device.type, enabled=False):
+        y = arch.read(state.weights, _bhl(x, dtype))
+    return y.transpose(1, 2).to(x.dtype)

@@ -1,0 +1,267 @@
+"""The shared memory engine: chunked dual form == token-by-token reference (outputs, states and every
+gradient), chunk size 1 == the exact online recurrence, delta-rule limit, state continuation, gradcheck."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memnets.memory import (
+    L2Bias,
+    MemoryMLP,
+    MemoryState,
+    initial_state,
+    memory_chunked,
+    memory_read,
+    memory_reference,
+)
+from memnets.memory.rule import chunk_coefficients, safe_log
+from memnets.testing import assert_close
+
+F64 = torch.float64
+
+
+def make_inputs(B, T, H, D, momentum=True, requires_grad=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(B, T, H, D, generator=g, dtype=F64), dim=-1)
+    k = F.normalize(torch.randn(B, T, H, D, generator=g, dtype=F64), dim=-1)
+    v = torch.randn(B, T, H, D, generator=g, dtype=F64)
+    lr = 0.1 * torch.rand(B, T, H, generator=g, dtype=F64)
+    mom = 0.5 * torch.rand(B, T, H, generator=g, dtype=F64) if momentum else None
+    keep = 0.9 + 0.1 * torch.rand(B, T, H, generator=g, dtype=F64)
+    tensors = [t for t in (q, k, v, lr, mom, keep) if t is not None]
+    for t in tensors:
+        t.requires_grad_(requires_grad)
+    return q, k, v, lr, mom, keep
+
+
+def random_state(arch, B, momentum, seed=1):
+    """A non-trivial initial state with leaf tensors, so its gradient is tested too."""
+    g = torch.Generator().manual_seed(seed)
+    w = tuple(
+        (w0.detach()[None].expand(B, *w0.shape) + 0.1 * torch.randn(B, *w0.shape, generator=g, dtype=F64))
+        for w0 in arch.init_weights
+    )
+    s = tuple(0.1 * torch.randn_like(x) for x in w) if momentum else None
+    for t in (*w, *(s or ())):
+        t.requires_grad_(True)
+    return MemoryState(w, s)
+
+
+def run_and_grad(fn, arch, inputs, state, chunk_size, cot_seed=3):
+    """Forward, then backward a random cotangent through the outputs and the final state."""
+    q, k, v, lr, mom, keep = inputs
+    y, st = fn(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size)
+    g = torch.Generator().manual_seed(cot_seed)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=F64)).sum()
+    finals = [*st.weights, *(st.momentum or ())]
+    for t in finals:
+        loss = loss + (t * torch.randn(t.shape, generator=g, dtype=F64)).sum()
+    leaves = [t for t in inputs if t is not None] + list(arch.parameters())
+    if state is not None:
+        leaves += [*state.weights, *(state.momentum or ())]
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return y, st, grads
+
+
+def compare(ref, out):
+    (y1, s1, g1), (y2, s2, g2) = ref, out
+    assert_close("y", y1, y2)
+    assert s1.offset == s2.offset
+    for name, a, b in (
+        ("weights", s1.weights, s2.weights),
+        ("momentum", s1.momentum or (), s2.momentum or ()),
+    ):
+        for i, (x, z) in enumerate(zip(a, b)):
+            assert_close(f"final {name}[{i}]", x, z)
+    assert (s1.anchor is None) == (s2.anchor is None)
+    for i, (a, b) in enumerate(zip(g1, g2)):
+        if a is None and b is None:
+            continue
+        assert_close(f"grad[{i}]", a, b)
+
+
+@pytest.mark.parametrize("T", [1, 63, 65, 100])
+@pytest.mark.parametrize("C", [1, 2, 16, 64])
+def test_chunked_equals_reference(T, C):
+    arch = MemoryMLP(2, 4, depth=2, expansion=2.0, residual=True, layer_norm=True).double()
+    inputs = make_inputs(1, T, 2, 4)
+    state = random_state(arch, 1, momentum=True)
+    compare(
+        run_and_grad(memory_reference, arch, inputs, state, C),
+        run_and_grad(memory_chunked, arch, inputs, state, C),
+    )
+
+
+@pytest.mark.parametrize(
+    "depth,activation,residual,layer_norm,momentum",
+    [
+        (1, "gelu", False, False, False),
+        (1, "gelu", True, True, True),
+        (3, "silu", False, True, True),
+        (2, "tanh", True, False, False),
+    ],
+)
+def test_chunked_equals_reference_architectures(depth, activation, residual, layer_norm, momentum):
+    arch = MemoryMLP(
+        2, 4, depth=depth, expansion=1.5, activation=activation, residual=residual, layer_norm=layer_norm
+    ).double()
+    with torch.no_grad():
+        for p in arch.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # LN affine away from (1, 0)
+    inputs = make_inputs(2, 37, 2, 4, momentum=momentum)
+    compare(
+        run_and_grad(memory_reference, arch, inputs, None, 8),
+        run_and_grad(memory_chunked, arch, inputs, None, 8),
+    )
+
+
+@pytest.mark.parametrize("T", [13, 16])
+def test_chunk_end_hook_matches_reference(T):
+    """A post-chunk map on the weights (Moneta-style normalisation) is applied at the same places."""
+    arch = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
+    inputs = make_inputs(1, T, 2, 4)
+
+    def normalise(ws):
+        return tuple(w / w.pow(2).sum((-2, -1), keepdim=True).sqrt() for w in ws)
+
+    def run(fn):
+        q, k, v, lr, mom, keep = inputs
+        y, st = fn(arch, q, k, v, lr, mom, keep, chunk_size=4, chunk_end=normalise)
+        grads = torch.autograd.grad(y.sum() + st.weights[0].sum(), [q, k, lr, *arch.parameters()])
+        return y, st, grads
+
+    compare(run(memory_reference), run(memory_chunked))
+
+
+def _mlp(ws, x):
+    """Independent memory forward for the online test: depth-2 GELU MLP, residual + LayerNorm(affine)."""
+    (w1, w2), (g, b) = ws
+    z = F.gelu(x @ w1) @ w2
+    return x + F.layer_norm(z, (z.shape[-1],)) * g + b
+
+
+def test_chunk_size_one_is_exact_online_recurrence():
+    """Spec 1.2 written out: u_t = ∇ℓ(W_{t-1}), S_t = mom S_{t-1} - lr u_t, W_t = keep W_{t-1} + S_t, y_t = M(q_t; W_t)."""
+    H, D, T = 2, 4, 23
+    arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
+    q, k, v, lr, mom, keep = make_inputs(1, T, H, D, requires_grad=False)
+    y, st = memory_chunked(arch, q, k, v, lr, mom, keep, chunk_size=1)
+    affine = (arch.norm_weight.detach(), arch.norm_bias.detach())
+    for h in range(H):
+        W = [w[h].detach().clone() for w in arch.init_weights]
+        S = [torch.zeros_like(w) for w in W]
+        for t in range(T):
+            Wg = [w.clone().requires_grad_() for w in W]
+            loss = (_mlp((Wg, (affine[0][h], affine[1][h])), k[0, t, h]) - v[0, t, h]).pow(2).sum()
+            u = torch.autograd.grad(loss, Wg)
+            S = [mom[0, t, h] * s - lr[0, t, h] * g for s, g in zip(S, u)]
+            W = [keep[0, t, h] * w + s for w, s in zip(W, S)]
+            expect = _mlp((W, (affine[0][h], affine[1][h])), q[0, t, h])
+            assert_close(f"y[t={t}, h={h}]", expect, y[0, t, h])
+        for i in range(2):
+            assert_close(f"W[{i}] h={h}", W[i], st.weights[i][0, h])
+            assert_close(f"S[{i}] h={h}", S[i], st.momentum[i][0, h])
+
+
+@pytest.mark.parametrize("mom_zero", [True, False])
+def test_linear_memory_is_delta_rule(mom_zero):
+    """Linear memory, L2 bias, mom = 0 (or no momentum), keep = 1, C = 1: S_t = S_{t-1} - β_t kᵀ(k S_{t-1} - v), β_t = 2 lr_t."""
+    B, T, H, D = 2, 30, 3, 5
+    arch = MemoryMLP(H, D, depth=1, residual=False, layer_norm=False).double()
+    q, k, v, lr, _, _ = make_inputs(B, T, H, D, requires_grad=False)
+    mom = torch.zeros(B, T, H, dtype=F64) if mom_zero else None
+    y, st = memory_chunked(arch, q, k, v, lr, mom, None, chunk_size=1)
+    S = arch.init_weights[0].detach()[None].expand(B, H, D, D).clone()
+    for t in range(T):
+        kt, vt, qt = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t, :, None, :]  # [B, H, 1, D]
+        S = S - 2 * lr[:, t, :, None, None] * kt.transpose(-1, -2) @ (kt @ S - vt)
+        assert_close(f"y[{t}]", (qt @ S)[:, :, 0], y[:, t])
+    assert_close("final state", S, st.weights[0])
+
+
+@pytest.mark.parametrize("C", [1, 3, 8])
+def test_state_continuation_and_token_by_token(C):
+    """A sequence split anywhere (including inside a chunk), or fed one token at a time, equals one call."""
+    arch = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
+    q, k, v, lr, mom, keep = make_inputs(2, 21, 2, 4, requires_grad=False)
+    y, st = memory_chunked(arch, q, k, v, lr, mom, keep, chunk_size=C)
+    for cut in (5, 11):
+        y1, s1 = memory_chunked(
+            arch, q[:, :cut], k[:, :cut], v[:, :cut], lr[:, :cut], mom[:, :cut], keep[:, :cut], chunk_size=C
+        )
+        y2, s2 = memory_chunked(
+            arch,
+            q[:, cut:],
+            k[:, cut:],
+            v[:, cut:],
+            lr[:, cut:],
+            mom[:, cut:],
+            keep[:, cut:],
+            s1,
+            chunk_size=C,
+        )
+        assert_close(f"split at {cut}", y, torch.cat([y1, y2], 1))
+        for a, b in zip(st.weights, s2.weights):
+            assert_close("final weights", a, b)
+    state, ys = None, []
+    for t in range(q.shape[1]):
+        sl = slice(t, t + 1)
+        yt, state = memory_chunked(
+            arch, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], mom[:, sl], keep[:, sl], state, chunk_size=C
+        )
+        ys.append(yt)
+    assert_close("token by token", y, torch.cat(ys, 1))
+    # the reference continues from a chunked state too
+    yr, _ = memory_reference(
+        arch, q[:, 11:], k[:, 11:], v[:, 11:], lr[:, 11:], mom[:, 11:], keep[:, 11:], s1, chunk_size=C
+    )
+    assert_close("reference from chunked state", y[:, 11:], yr)
+
+
+def test_memory_read_uses_current_weights():
+    arch = MemoryMLP(2, 4, depth=2).double()
+    st = initial_state(arch, 3, momentum=False)
+    x = torch.randn(3, 5, 2, 4, dtype=F64)
+    expect = arch.read(st.weights, x.transpose(1, 2)).transpose(1, 2)
+    assert_close("read", expect, memory_read(arch, st, x))
+
+
+def test_extreme_gates_closed_form_is_finite():
+    """mom and keep exactly 0 or 1 (log = -inf or 0) give finite coefficients and gradients."""
+    L = 16
+    lr = torch.rand(1, 1, L, dtype=torch.float32, requires_grad=True)
+    gates = torch.tensor([0.0, 1.0, 1e-12, 1 - 1e-7] * 4, dtype=torch.float32)[None, None].requires_grad_()
+    c = chunk_coefficients(lr, safe_log(gates), safe_log(gates.flip(-1)))
+    total = c.G.sum() + c.beta.sum() + c.f.sum() + c.s_coef.sum() + c.m_end.sum()
+    total.backward()
+    for t in (c.G, c.beta, c.f, lr.grad, gates.grad):
+        assert torch.isfinite(t).all()
+    assert (lr.detach().max() * L + 1e-6 >= c.G).all()
+
+
+def test_gradcheck_float64():
+    arch = MemoryMLP(1, 3, depth=2, expansion=1.0).double()
+    q, k, v, lr, mom, keep = make_inputs(1, 5, 1, 3)
+
+    def f(q, k, v, lr, mom, keep, *params):
+        y, st = memory_chunked(arch, q, k, v, lr, mom, keep, chunk_size=2)
+        return y, *st.weights, *st.momentum
+
+    assert torch.autograd.gradcheck(f, (q, k, v, lr, mom, keep, *arch.parameters()), fast_mode=True)
+
+
+def test_bad_inputs_are_named():
+    arch = MemoryMLP(2, 4)
+    q = torch.randn(1, 3, 2, 4)
+    lr = torch.rand(1, 3, 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        memory_chunked(arch, q, q, q, lr, chunk_size=0)
+    with pytest.raises(ValueError, match="keep must have shape"):
+        memory_chunked(arch, q, q, q, lr, keep=torch.rand(1, 3))
+    with pytest.raises(ValueError, match="momentum"):
+        memory_chunked(
+            arch, q, q, q, lr, mom=torch.rand(1, 3, 2), state=initial_state(arch, 1, momentum=False)
+        )
+    with pytest.raises(ValueError, match="H=3"):
+        memory_chunked(MemoryMLP(3, 4), q, q, q, lr)
+    assert isinstance(L2Bias().grad(q, q), torch.Tensor)
