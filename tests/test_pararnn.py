@@ -26,15 +26,6 @@ from memnets.registry import build_mixer
 from memnets.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation on the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TanhCell(Cell):
     """A cell written only as f and its Jacobian: h' = tanh(w h + u_0) * sigmoid(u_1)."""
 

@@ -8,15 +8,6 @@ from memnets.kernels.scan import linear_scan
 from memnets.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation on the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs(T: int, block: bool, dtype: torch.dtype, with_h0: bool, B: int = 2, n: int = 3):
     state = (B, T, 2, n) if block else (B, T, n)
     # transitions of norm around 1 so long scans neither vanish nor blow up
