@@ -61,12 +61,12 @@ class PolynomialFeatures(nn.Module):
         degrees = ([0] if kernel == "exp" else []) + list(range(2, degree + 1))
         self.degrees = degrees
         init = [math.sqrt(1.0 / math.factorial(i)) if kernel == "exp" else 1.0 for i in degrees]
-        self.coef = nn.Parameter(torch.tensor(init)) if degrees else None
+        self.coef = nn.Parameter(torch.tensor(init, dtype=torch.get_default_dtype())) if degrees else None
         for i in range(2, degree + 1):
             combos = list(itertools.combinations_with_replacement(range(dim), i))
             index = torch.tensor(combos, dtype=torch.long)  # [M_i, i]
             counts = [math.prod(math.factorial(c.count(j)) for j in set(c)) for c in combos]
-            weight = torch.tensor([math.sqrt(math.factorial(i) / n) for n in counts])
+            weight = torch.tensor([math.sqrt(math.factorial(i) / n) for n in counts], dtype=torch.float64)
             self.register_buffer(f"index{i}", index, persistent=False)
             self.register_buffer(f"weight{i}", weight, persistent=False)
 

@@ -216,7 +216,7 @@ def omega_reference(
     lr_, mom_, keep_, gam = (_bhl(g, dtype) for g in (lr, mom, keep, win_gate))
     st = _start(arch, state, B, mom, muon, dtype)
     W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
-    O = st.direction
+    direc = st.direction
     buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
     create_graph = torch.is_grad_enabled()
     ys = []
@@ -242,15 +242,15 @@ def omega_reference(
             else:
                 S = tuple(mom_[:, :, t, None, None] * s - g for s, g in zip(S, u))  # type: ignore[index]
                 if muon == "token" or (offset + 1) % chunk_size == 0:
-                    O = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
-                step = tuple(a * o for o in O)  # type: ignore[union-attr]
+                    direc = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
+                step = tuple(a * o for o in direc)  # type: ignore[union-attr]
             W = tuple(kp * w + s for w, s in zip(W, step))
             ys.append(arch.read(W, qh[:, :, t : t + 1]))
             buf_k, buf_v = _tail(buf_k, window - 1), _tail(buf_v, window - 1)
             offset = (offset + 1) % chunk_size
     y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
     mem = MemoryState(W, S, anchor if offset else None, offset)
-    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), O if muon == "chunk" else None)
+    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
     if not create_graph:
         y, out = y.detach(), out.detach()
     return y.transpose(1, 2).to(q.dtype), out
@@ -327,7 +327,7 @@ def omega_chunked(
         log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
         st = _start(arch, state, B, mom, muon, dtype)
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
-        O = st.direction
+        direc = st.direction
         buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
         ys = []
         start = 0
@@ -377,21 +377,21 @@ def omega_chunked(
                         for s, x, d in zip(S, kp.xs, kp.deltas)  # type: ignore[arg-type]
                     )
                     D = (P @ lr_s[..., None])[..., 0]  # Σ_{i≤t} (β_t/β_i) lr_i along the old direction
-                    terms = [(beta, W), (D, O)]
+                    terms = [(beta, W), (D, direc)]
                     if (offset + L) % chunk_size == 0:  # the chunk's last token refreshes the direction
                         O_new = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
                         last = torch.zeros_like(D)
                         last[..., -1] = lr_s[..., -1]
-                        terms = [(beta, W), (D - last, O), (last, O_new)]
+                        terms = [(beta, W), (D - last, direc), (last, O_new)]
                     ys.append(_read_combination(arch, qh[:, :, sl], terms))  # type: ignore[arg-type]
                     W = tuple(
                         sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(arch.depth)
                     )  # type: ignore[misc]
-                    O = terms[-1][1]
+                    direc = terms[-1][1]
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
             offset = (offset + L) % chunk_size
             start = end
         y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
     mem = MemoryState(W, S, anchor if offset else None, offset)
-    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), O if muon == "chunk" else None)
+    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
     return y.transpose(1, 2).to(q.dtype), out

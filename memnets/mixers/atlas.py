@@ -146,7 +146,7 @@ class _OmegaMixer(nn.Module):
         gates = self.gates(x)
         win_gate = None
         if self.window > 1:
-            win_gate = torch.sigmoid(self.win_gate(x).float()).view(B, T, self.num_heads, self.window)
+            win_gate = torch.sigmoid(self.win_gate(x).to(dtype)).view(B, T, self.num_heads, self.window)
         run = omega_reference if backend == "reference" else omega_chunked
         y, mem = run(
             self.memory,
