@@ -12,6 +12,7 @@ import torch
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
+from memnets.memory.gated import GatedMemoryMLP
 from memnets.memory.muon import newton_schulz
 from memnets.memory.omega import OmegaState, omega_chunked, omega_reference, window_band
 from memnets.testing import assert_close
@@ -93,10 +94,13 @@ def test_feature_map_exp_starts_at_taylor():
 # the Omega rule
 
 
-def make_problem(B, T, H, d, degree, window, momentum, gated, seed=0):
+def make_problem(B, T, H, d, degree, window, momentum, gated, seed=0, memory="mlp"):
     g = torch.Generator().manual_seed(seed)
     phi = PolynomialFeatures(d, degree).double()
-    arch = FeatureMemoryMLP(H, d, phi.out_dim, depth=2, expansion=2.0).double()
+    if memory == "gated_mlp":
+        arch = GatedMemoryMLP(H, d, phi.out_dim, expansion=2.0).double()
+    else:
+        arch = FeatureMemoryMLP(H, d, phi.out_dim, depth=2, expansion=2.0).double()
     with torch.no_grad():
         arch.norm_weight.add_(0.1 * torch.randn(arch.norm_weight.shape, generator=g, dtype=F64))
     feats = lambda n: phi(
@@ -185,6 +189,24 @@ def test_chunked_equals_reference(case, muon):
         ref, ref_off, ref_g = run_with_grads(omega_reference, arch, inputs, state, **kw)
         out, off, g = run_with_grads(omega_chunked, arch, inputs, state, **kw)
         assert ref_off == off
+        for i, (a, b) in enumerate(zip(ref, out)):
+            assert_close(f"output {i}", a, b)
+        for n, a in ref_g.items():
+            if a is None:
+                assert g[n] is None or (g[n] == 0).all(), n
+            else:
+                assert_close(f"grad {n}", a, g[n])
+
+
+@pytest.mark.parametrize("muon", [None, "token", "chunk"])
+def test_gated_memory_chunked_equals_reference(muon):
+    """Atlas++ memory x + W₁(σ(W₂x) ⊙ W₃x): same checks, window across chunk boundaries."""
+    B, H, d, window, chunk_size, T = 2, 2, 3, 6, 4, 13
+    arch, inputs, feats = make_problem(B, T, H, d, 2, window, True, True, memory="gated_mlp")
+    kw = dict(window=window, chunk_size=chunk_size, muon=muon, ns_steps=3)
+    for state in (None, random_state(arch, B, window, chunk_size, True, muon, feats)):
+        ref, _, ref_g = run_with_grads(omega_reference, arch, inputs, state, **kw)
+        out, _, g = run_with_grads(omega_chunked, arch, inputs, state, **kw)
         for i, (a, b) in enumerate(zip(ref, out)):
             assert_close(f"output {i}", a, b)
         for n, a in ref_g.items():
@@ -284,7 +306,12 @@ def test_bad_arguments_raise():
 # -------------------------------------------------------------------------------------------------
 # mixers
 
-MIXERS = [("omeganet", {}), ("atlas", {}), ("atlas", {"muon": "chunk"})]
+MIXERS = [
+    ("omeganet", {}),
+    ("atlas", {}),
+    ("atlas", {"muon": "chunk"}),
+    ("omeganet", {"memory": "gated_mlp", "momentum": True}),
+]
 
 
 def tiny(name, **kw):

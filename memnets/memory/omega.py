@@ -53,7 +53,8 @@ from torch import Tensor
 
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import MemoryState, dual_read, initial_state, key_path, segment_end_state
+from .engine import KeyPath, MemoryState, dual_read, initial_state, key_path, segment_end_state
+from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
 from .rule import chunk_coefficients, safe_log, segsum
 
@@ -260,23 +261,43 @@ def omega_reference(
 # chunked (parallel inside a chunk, sequential across chunks)
 
 
-def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
-    """M(x_t; W_t) with one weight set per token: ``weights[l] [B, H, L, d_in, d_out]``, ``x [B, H, L, d]``."""
+def _layers(arch: MemoryMLP, x: Tensor, linear: Linear) -> Tensor:
+    """M(x) with ``linear(i, h)`` standing for ``h @ W^i`` (chain MLP or the gated memory)."""
+    if isinstance(arch, GatedMemoryMLP):
+        return arch.forward_layers(x, linear)
     h = x
-    for i, w in enumerate(weights):
-        h = torch.einsum("bhlx,bhlxy->bhly", h, w)
-        if i < arch.depth - 1:
-            h = arch.act(h)
+    for i in range(arch.depth):
+        z = linear(i, h)
+        h = arch.act(z) if i < arch.depth - 1 else z
     return arch.output(h, x)
+
+
+def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: AttentionalBias) -> KeyPath:
+    if isinstance(arch, GatedMemoryMLP):
+        return gated_key_path(arch, weights, k, v, bias)
+    return key_path(arch, weights, k, v, bias, None)
+
+
+def _dual_read(arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c) -> Tensor:
+    """The engine's dual form (spec 1.5), per weight matrix for the gated memory."""
+    if not isinstance(arch, GatedMemoryMLP):
+        return dual_read(arch, q, W0, S0, kp, c)
+
+    def linear(i: int, h: Tensor) -> Tensor:
+        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
+        return z if S0 is None else z + c.f[..., None] * (h @ S0[i])
+
+    return _layers(arch, q, linear)
+
+
+def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
+    """M(x_t; W_t) with one weight set per token: ``weights[i] [B, H, L, d_in, d_out]``, ``x [B, H, L, d]``."""
+    return _layers(arch, x, lambda i, h: torch.einsum("bhlx,bhlxy->bhly", h, weights[i]))
 
 
 def _read_combination(arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]]) -> Tensor:
     """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``), without forming W_t."""
-    h = x
-    for i in range(arch.depth):
-        z = sum(c[..., None] * (h @ ws[i]) for c, ws in terms)
-        h = arch.act(z) if i < arch.depth - 1 else z  # type: ignore[assignment]
-    return arch.output(h, x)  # type: ignore[arg-type]
+    return _layers(arch, x, lambda i, h: sum(c[..., None] * (h @ ws[i]) for c, ws in terms))  # type: ignore[arg-type, return-value]
 
 
 def omega_chunked(
@@ -300,8 +321,9 @@ def omega_chunked(
     """Run the Omega rule over a sequence chunk by chunk.
 
     Args:
-        arch: the memory (:class:`MemoryMLP`, or :class:`~memnets.memory.features.FeatureMemoryMLP`
-            when keys and queries are feature maps wider than the values).
+        arch: the memory (:class:`MemoryMLP`, :class:`~memnets.memory.features.FeatureMemoryMLP`
+            when keys and queries are feature maps wider than the values, or the Atlas++ gated
+            memory :class:`~memnets.memory.gated.GatedMemoryMLP`).
         q, k: ``[B, T, H, Dk]`` queries and keys (already through the feature map, if any).
         v: ``[B, T, H, Dv]`` values.
         lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1).
@@ -338,7 +360,7 @@ def omega_chunked(
             sl = slice(start, end)
             L, prefix = end - start, buf_k.shape[2]
             kx, vx = torch.cat([buf_k, kh[:, :, sl]], 2), torch.cat([buf_v, vh[:, :, sl]], 2)
-            kp = key_path(arch, anchor, kx, vx, bias, None)
+            kp = _key_path(arch, anchor, kx, vx, bias)
             band = window_band(None if gam is None else gam[:, :, sl], prefix, L, window, kx)
             lm = None if log_mom is None else log_mom[:, :, sl]
             lk = None if log_keep is None else log_keep[:, :, sl]
@@ -349,7 +371,7 @@ def omega_chunked(
                     G=c.G @ band,
                     s_coef=None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :],
                 )
-                ys.append(dual_read(arch, qh[:, :, sl], W, S, kp, c))
+                ys.append(_dual_read(arch, qh[:, :, sl], W, S, kp, c))
                 W, S = segment_end_state(W, S, kp, c)
             else:
                 lk = torch.zeros_like(lr_[:, :, sl]) if lk is None else lk
@@ -384,9 +406,7 @@ def omega_chunked(
                         last[..., -1] = lr_s[..., -1]
                         terms = [(beta, W), (D - last, direc), (last, O_new)]
                     ys.append(_read_combination(arch, qh[:, :, sl], terms))  # type: ignore[arg-type]
-                    W = tuple(
-                        sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(arch.depth)
-                    )  # type: ignore[misc]
+                    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
                     direc = terms[-1][1]
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
             offset = (offset + L) % chunk_size

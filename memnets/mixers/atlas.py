@@ -22,7 +22,8 @@ Choices where the paper is silent (spec §4, §9), each an option:
   taken at the same weights, and a plain sum would apply each token's gradient c times.
 * Features: ``feature_degree`` 2, ``feature_kernel`` "poly" (or "exp" for the exponential-kernel
   approximation with learnable Taylor coefficients); see :mod:`memnets.memory.features`.
-* Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42). "Layer norm at the end of each chunk"
+* Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
+  gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end of each chunk"
   (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
   ``memory_norm=False`` gives Eq. 42 literally.
 * ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from ..memory.architecture import Activation
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
+from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
@@ -75,6 +77,7 @@ class _OmegaMixer(nn.Module):
         window: int,
         feature_degree: int,
         feature_kernel: FeatureKernel,
+        memory: str,
         memory_depth: int,
         memory_expansion: float,
         memory_activation: Activation,
@@ -119,16 +122,33 @@ class _OmegaMixer(nn.Module):
             with torch.no_grad():
                 self.win_gate.weight.normal_(std=0.1 * d_model**-0.5)
                 self.win_gate.bias.fill_(-math.log(window - 1))  # sigmoid = 1 / window
-        self.memory = FeatureMemoryMLP(
-            num_heads,
-            head_dim,
-            self.features.out_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
-        )
+        if memory not in ("mlp", "gated_mlp"):
+            raise ValueError(f"{name}: memory={memory!r} is not one of ['mlp', 'gated_mlp']")
+        if memory == "gated_mlp":
+            if memory_depth != 2:
+                raise ValueError(
+                    f"{name}: memory='gated_mlp' has depth 2 (Eq. 43), got memory_depth={memory_depth}"
+                )
+            self.memory = GatedMemoryMLP(
+                num_heads,
+                head_dim,
+                self.features.out_dim,
+                memory_expansion,
+                memory_activation,
+                memory_residual,
+                memory_norm,
+            )
+        else:
+            self.memory = FeatureMemoryMLP(
+                num_heads,
+                head_dim,
+                self.features.out_dim,
+                memory_depth,
+                memory_expansion,
+                memory_activation,
+                memory_residual,
+                memory_norm,
+            )
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -205,6 +225,7 @@ class OmegaNet(_OmegaMixer):
         window: int = 8,
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
+        memory: Literal["mlp", "gated_mlp"] = "mlp",
         memory_depth: int = 2,
         memory_expansion: float = 4.0,
         memory_activation: Activation = "gelu",
@@ -225,6 +246,7 @@ class OmegaNet(_OmegaMixer):
             window,
             feature_degree,
             feature_kernel,
+            memory,
             memory_depth,
             memory_expansion,
             memory_activation,
@@ -255,6 +277,7 @@ class Atlas(_OmegaMixer):
         window: int = 8,
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
+        memory: Literal["mlp", "gated_mlp"] = "mlp",
         memory_depth: int = 2,
         memory_expansion: float = 4.0,
         memory_activation: Activation = "gelu",
@@ -279,6 +302,7 @@ class Atlas(_OmegaMixer):
             window,
             feature_degree,
             feature_kernel,
+            memory,
             memory_depth,
             memory_expansion,
             memory_activation,
