@@ -56,7 +56,7 @@ from .bias import AttentionalBias, L2Bias
 from .engine import KeyPath, MemoryState, dual_read, initial_state, key_path, segment_end_state
 from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
-from .rule import chunk_coefficients, safe_log, segsum
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
 
 Weights = tuple[Tensor, ...]
 Muon = Literal["token", "chunk"]
@@ -278,7 +278,9 @@ def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: Att
     return key_path(arch, weights, k, v, bias, None)
 
 
-def _dual_read(arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c) -> Tensor:
+def _dual_read(
+    arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+) -> Tensor:
     """The engine's dual form (spec 1.5), per weight matrix for the gated memory."""
     if not isinstance(arch, GatedMemoryMLP):
         return dual_read(arch, q, W0, S0, kp, c)
@@ -298,6 +300,102 @@ def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
 def _read_combination(arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]]) -> Tensor:
     """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``), without forming W_t."""
     return _layers(arch, x, lambda i, h: sum(c[..., None] * (h @ ws[i]) for c, ws in terms))  # type: ignore[arg-type, return-value]
+
+
+def _segment_plain(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights | None,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor | None,
+) -> tuple[Tensor, Weights, Weights | None]:
+    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef)."""
+    c = chunk_coefficients(lr, log_keep, log_mom)
+    s_coef = None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :]
+    c = replace(c, G=c.G @ band, s_coef=s_coef)
+    y = _dual_read(arch, q, W, S, kp, c)
+    W, S = segment_end_state(W, S, kp, c)
+    return y, W, S
+
+
+def _decays(lr: Tensor, log_keep: Tensor | None, log_mom: Tensor, band: Tensor):
+    """P[t, i] = β_t/β_i, β_t, and Q[t, e]: the coefficient of u_e in m_t S_0 − S_t (momentum without
+    step size, window applied), m_t."""
+    log_keep = torch.zeros_like(lr) if log_keep is None else log_keep
+    return (
+        segsum(log_keep).exp(),
+        log_keep.cumsum(-1).exp(),
+        segsum(log_mom).exp() @ band,
+        log_mom.cumsum(-1).exp(),
+    )
+
+
+def _segment_muon_token(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Tensor, Weights, Weights]:
+    """Every token's momentum S_t materialised ``[B, H, L, d_in, d_out]``, orthogonalised, and summed
+    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i)."""
+    P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    S_all = tuple(
+        m[..., None, None] * s[:, :, None] - torch.einsum("bhte,bhei,bheo->bhtio", Q, x, d)
+        for s, x, d in zip(S, kp.xs, kp.deltas)
+    )
+    O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
+    PL = P * lr[..., None, :]
+    W_all = tuple(
+        beta[..., None, None] * w[:, :, None] + torch.einsum("bhti,bhixy->bhtxy", PL, o)
+        for w, o in zip(W, O_all)
+    )
+    y = _read_per_token(arch, W_all, q)
+    return y, tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
+
+
+def _segment_muon_chunk(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights,
+    direc: Weights,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor,
+    refresh: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Tensor, Weights, Weights, Weights]:
+    """Tokens step along the current direction, W_t = β_t W_0 + (Σ_{i≤t} (β_t/β_i) lr_i) O; if the
+    segment ends its chunk, the last token steps along O_new = NS(S_end) instead."""
+    P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    S = tuple(
+        m[..., -1, None, None] * s - x.transpose(-1, -2) @ (Q[..., -1, :, None] * d)
+        for s, x, d in zip(S, kp.xs, kp.deltas)
+    )
+    D = (P @ lr[..., None])[..., 0]
+    terms = [(beta, W), (D, direc)]
+    if refresh:
+        O_new = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
+        last = torch.zeros_like(D)
+        last[..., -1] = lr[..., -1]
+        terms = [(beta, W), (D - last, direc), (last, O_new)]
+    y = _read_combination(arch, q, terms)
+    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
+    return y, W, S, terms[-1][1]
 
 
 def omega_chunked(
@@ -364,50 +462,31 @@ def omega_chunked(
             band = window_band(None if gam is None else gam[:, :, sl], prefix, L, window, kx)
             lm = None if log_mom is None else log_mom[:, :, sl]
             lk = None if log_keep is None else log_keep[:, :, sl]
+            q_s, lr_s = qh[:, :, sl], lr_[:, :, sl]
             if muon is None:
-                c = chunk_coefficients(lr_[:, :, sl], lk, lm)
-                c = replace(
-                    c,
-                    G=c.G @ band,
-                    s_coef=None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :],
-                )
-                ys.append(_dual_read(arch, qh[:, :, sl], W, S, kp, c))
-                W, S = segment_end_state(W, S, kp, c)
+                y_s, W, S = _segment_plain(arch, q_s, W, S, kp, band, lr_s, lk, lm)
+            elif muon == "token":
+                y_s, W, S = _segment_muon_token(
+                    arch, q_s, W, S, kp, band, lr_s, lk, lm, ns_steps, ns_coefficients
+                )  # type: ignore[arg-type]
             else:
-                lk = torch.zeros_like(lr_[:, :, sl]) if lk is None else lk
-                P = segsum(lk).exp()  # β_t / β_i
-                beta = lk.cumsum(-1).exp()
-                Q = segsum(lm).exp() @ band  # [B, H, L, E]: coefficient of u_e in −(S_t − m_t S_0)
-                m = lm.cumsum(-1).exp()  # type: ignore[union-attr]
-                lr_s = lr_[:, :, sl]
-                if muon == "token":
-                    S_all = tuple(
-                        m[..., None, None] * s[:, :, None] - torch.einsum("bhte,bhei,bheo->bhtio", Q, x, d)
-                        for s, x, d in zip(S, kp.xs, kp.deltas)  # type: ignore[arg-type]
-                    )
-                    O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
-                    PL = P * lr_s[..., None, :]
-                    W_all = tuple(
-                        beta[..., None, None] * w[:, :, None] + torch.einsum("bhti,bhixy->bhtxy", PL, o)
-                        for w, o in zip(W, O_all)
-                    )
-                    ys.append(_read_per_token(arch, W_all, qh[:, :, sl]))
-                    W, S = tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
-                else:
-                    S = tuple(
-                        m[..., -1, None, None] * s - x.transpose(-1, -2) @ (Q[..., -1, :, None] * d)
-                        for s, x, d in zip(S, kp.xs, kp.deltas)  # type: ignore[arg-type]
-                    )
-                    D = (P @ lr_s[..., None])[..., 0]  # Σ_{i≤t} (β_t/β_i) lr_i along the old direction
-                    terms = [(beta, W), (D, direc)]
-                    if (offset + L) % chunk_size == 0:  # the chunk's last token refreshes the direction
-                        O_new = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
-                        last = torch.zeros_like(D)
-                        last[..., -1] = lr_s[..., -1]
-                        terms = [(beta, W), (D - last, direc), (last, O_new)]
-                    ys.append(_read_combination(arch, qh[:, :, sl], terms))  # type: ignore[arg-type]
-                    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
-                    direc = terms[-1][1]
+                refresh = (offset + L) % chunk_size == 0  # the chunk's last token refreshes the direction
+                y_s, W, S, direc = _segment_muon_chunk(
+                    arch,
+                    q_s,
+                    W,
+                    S,
+                    direc,
+                    kp,
+                    band,
+                    lr_s,
+                    lk,
+                    lm,
+                    refresh,
+                    ns_steps,
+                    ns_coefficients,  # type: ignore[arg-type]
+                )
+            ys.append(y_s)
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
             offset = (offset + L) % chunk_size
             start = end
