@@ -400,3 +400,16 @@ def test_bf16_autocast_atlas_token_muon_is_finite():
         y, _ = mixer(x)
     y.float().pow(2).mean().backward()
     assert torch.isfinite(y.float()).all()
+
+
+def test_decoding_works_in_inference_mode():
+    """Serving stacks decode under eval() + inference_mode(): the memory must still learn there."""
+    mixer = tiny("atlas", memory="gated_mlp").eval()
+    x = torch.randn(1, 9, 16, dtype=F64)
+    y, _ = mixer(x)
+    with torch.inference_mode():
+        state, ys = None, []
+        for t in range(x.shape[1]):
+            yt, state = mixer.step(x[:, t], state)
+            ys.append(yt)
+    assert_close("inference-mode decode", y.detach(), torch.stack(ys, 1))
