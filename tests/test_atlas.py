@@ -11,6 +11,7 @@ import torch
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
+from memnets.memory.dotbias import DotBias
 from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
 from memnets.memory.gated import GatedMemoryMLP
 from memnets.memory.muon import newton_schulz
@@ -282,6 +283,23 @@ def test_windowed_loss_equals_brute_force(window):
             assert_close(f"{fn.__name__} brute-force window", a, b)
 
 
+def test_dot_loss_linear_memory_is_kernel_attention():
+    """DeepTransformer (ATLAS Eq. 25-26): linear memory, dot-product loss, no forgetting →
+    y_t = φ(q_t) W_0 + Σ_{i≤t} lr_i (φ(q_t)·φ(k_i)) v_i, exactly, for any chunk size."""
+    B, T, H, d = 1, 11, 2, 3
+    phi = PolynomialFeatures(d, 3, "exp").double()
+    arch = FeatureMemoryMLP(H, d, phi.out_dim, depth=1, residual=False, layer_norm=False).double()
+    q, k = (phi(torch.nn.functional.normalize(torch.randn(B, T, H, d, dtype=F64), dim=-1)) for _ in range(2))
+    v, lr = torch.randn(B, T, H, d, dtype=F64), torch.rand(B, T, H, dtype=F64)
+    scores = torch.einsum("bthf,bshf->bhts", q, k).tril() * lr.transpose(1, 2)[:, :, None, :]
+    expect = torch.einsum("bthf,hfd->bthd", q, arch.init_weights[0]) + torch.einsum(
+        "bhts,bshd->bthd", scores, v
+    )
+    for C in (1, 4, T):
+        y, _ = omega_chunked(arch, q, k, v, lr, chunk_size=C, bias=DotBias())
+        assert_close(f"kernel attention C={C}", expect, y)
+
+
 def test_window_band_matches_loops():
     B, H, L, prefix, window = 1, 2, 5, 3, 4
     gate = torch.rand(B, H, L, window, dtype=F64)
@@ -311,6 +329,7 @@ MIXERS = [
     ("atlas", {}),
     ("atlas", {"muon": "chunk"}),
     ("omeganet", {"memory": "gated_mlp", "momentum": True}),
+    ("omeganet", {"inner_loss": "dot", "forget": False}),  # SWLA / SWDT
 ]
 
 

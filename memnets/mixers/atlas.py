@@ -28,6 +28,10 @@ Choices where the paper is silent (spec §4, §9), each an option:
   ``memory_norm=False`` gives Eq. 42 literally.
 * ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
   whatever the gradient's size.
+* ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩, :mod:`memnets.memory.dotbias`).
+  The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
+  ``window=1``; SWLA = the same with ``window=c``; DeepTransformer = DLA with ``forget=False`` and
+  ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
   previous chunk recompute those gradients there.
 * Packed sequences (``cu_seqlens``) run sequence by sequence. Backends: ``reference`` (token loop) and
@@ -45,6 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from ..memory.architecture import Activation
+from ..memory.bias import L2Bias
+from ..memory.dotbias import DotBias
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
 from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
@@ -52,9 +58,41 @@ from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import Backend, check_cu_seqlens, resolve_backend
-from .titans import MemoryGates, MemoryProjections
+from .titans import MemoryProjections
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
+
+
+class OmegaGates(nn.Module):
+    """Per-token, per-head gates from one linear map of the block input, in the memory's compute dtype
+    (float32 or wider): lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t),
+    win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}). Biases start at lr = lr_max/2, mom ≈ 0.9,
+    keep ≈ 0.99 (as the Titans mixer) and win_gate = 1/window."""
+
+    def __init__(
+        self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool, window: int
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
+        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
+        self.window = window if window > 1 else 0  # window 1: the single gate is fixed at 1
+        self.proj = nn.Linear(d_model, (len(self.names) + self.window) * num_heads)
+        init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}
+        bias = [init[n] for n in self.names] + [-math.log(max(window - 1, 1))] * self.window
+        with torch.no_grad():
+            self.proj.weight.normal_(std=0.1 * d_model**-0.5)
+            self.proj.bias.copy_(torch.tensor(bias).repeat_interleave(num_heads))
+
+    def forward(self, x: Tensor, dtype: torch.dtype) -> dict[str, Tensor | None]:
+        B, T, _ = x.shape
+        raw = self.proj(x).to(torch.promote_types(dtype, torch.float32))
+        raw = torch.sigmoid(raw.view(B, T, len(self.names) + self.window, self.num_heads))
+        out: dict[str, Tensor | None] = dict.fromkeys(("lr", "mom", "keep", "win_gate"))
+        out.update(zip(self.names, raw.unbind(2)))
+        out["lr"] = self.lr_max * out["lr"]  # type: ignore[operator]
+        if self.window:
+            out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
+        return out
 
 
 @dataclass
@@ -77,6 +115,7 @@ class _OmegaMixer(nn.Module):
         window: int,
         feature_degree: int,
         feature_kernel: FeatureKernel,
+        inner_loss: str,
         memory: str,
         memory_depth: int,
         memory_expansion: float,
@@ -116,12 +155,10 @@ class _OmegaMixer(nn.Module):
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.features = PolynomialFeatures(head_dim, feature_degree, feature_kernel)
-        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
-        if window > 1:
-            self.win_gate = nn.Linear(d_model, num_heads * window)
-            with torch.no_grad():
-                self.win_gate.weight.normal_(std=0.1 * d_model**-0.5)
-                self.win_gate.bias.fill_(-math.log(window - 1))  # sigmoid = 1 / window
+        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window)
+        if inner_loss not in ("l2", "dot"):
+            raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
+        self.bias = L2Bias() if inner_loss == "l2" else DotBias()
         if memory not in ("mlp", "gated_mlp"):
             raise ValueError(f"{name}: memory={memory!r} is not one of ['mlp', 'gated_mlp']")
         if memory == "gated_mlp":
@@ -163,10 +200,7 @@ class _OmegaMixer(nn.Module):
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
-        gates = self.gates(x)
-        win_gate = None
-        if self.window > 1:
-            win_gate = torch.sigmoid(self.win_gate(x).to(dtype)).view(B, T, self.num_heads, self.window)
+        gates = self.gates(x, dtype)
         run = omega_reference if backend == "reference" else omega_chunked
         y, mem = run(
             self.memory,
@@ -176,13 +210,14 @@ class _OmegaMixer(nn.Module):
             gates["lr"],  # type: ignore[arg-type]
             gates["mom"],
             gates["keep"],
-            win_gate,
+            gates["win_gate"],
             None if state is None else state.memory,
             window=self.window,
             chunk_size=self.chunk_size,
             muon=self.muon,
             ns_steps=self.ns_steps,
             ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
+            bias=self.bias,
         )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y.to(x.dtype), gate).reshape(B, T, -1)
@@ -225,6 +260,7 @@ class OmegaNet(_OmegaMixer):
         window: int = 8,
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
+        inner_loss: Literal["l2", "dot"] = "l2",
         memory: Literal["mlp", "gated_mlp"] = "mlp",
         memory_depth: int = 2,
         memory_expansion: float = 4.0,
@@ -246,6 +282,7 @@ class OmegaNet(_OmegaMixer):
             window,
             feature_degree,
             feature_kernel,
+            inner_loss,
             memory,
             memory_depth,
             memory_expansion,
@@ -277,6 +314,7 @@ class Atlas(_OmegaMixer):
         window: int = 8,
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
+        inner_loss: Literal["l2", "dot"] = "l2",
         memory: Literal["mlp", "gated_mlp"] = "mlp",
         memory_depth: int = 2,
         memory_expansion: float = 4.0,
@@ -302,6 +340,7 @@ class Atlas(_OmegaMixer):
             window,
             feature_degree,
             feature_kernel,
+            inner_loss,
             memory,
             memory_depth,
             memory_expansion,
