@@ -11,9 +11,9 @@ Registered mixers:
 
 Block (§5.1 "Architectural Backbone", Fig. 3; the same as the Titans mixer's): q/k/v projections →
 depthwise causal conv (kernel 4) → SiLU, l2-normalised q and k per head, then φ on q and k; gates
-lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t), per token and head from
-linear maps of the block input; window gates win_gate = sigmoid(·) ∈ [0, 1]^window per token and head
-(γ^{(t)}); output RMSNorm(y) ⊙ silu(W_g x), then the output projection.
+lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t) and window gates
+win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}), per token and head from one linear map of the block
+input (:class:`OmegaGates`); output RMSNorm(y) ⊙ silu(W_g x), then the output projection.
 
 Choices where the paper is silent (spec §4, §9), each an option:
 
@@ -23,13 +23,13 @@ Choices where the paper is silent (spec §4, §9), each an option:
 * Features: ``feature_degree`` 2, ``feature_kernel`` "poly" (or "exp" for the exponential-kernel
   approximation with learnable Taylor coefficients); see :mod:`memnets.memory.features`.
 * Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
-  gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end of each chunk"
-  (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
+  gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end
+  of each chunk" (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
   ``memory_norm=False`` gives Eq. 42 literally.
 * ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
   whatever the gradient's size.
-* ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩, :mod:`memnets.memory.dotbias`).
-  The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
+* ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩,
+  :mod:`memnets.memory.dotbias`). The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
   ``window=1``; SWLA = the same with ``window=c``; DeepTransformer = DLA with ``forget=False`` and
   ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
