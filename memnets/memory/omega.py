@@ -1,0 +1,496 @@
+"""The Omega rule (sliding-window inner loss) with optional Muon momentum: the recurrence of OmegaNet
+and Atlas (ATLAS arXiv 2505.23735 §3.2–3.3, §5; spec memory-models.md §4.3–4.5).
+
+Per token t and head (neutral names; ATLAS letters beside them)::
+
+    u_t = Σ_{j=0..c−1} win_gate[t, j] · ∇_W ℓ(M(k_{t−j}; W_{t'}), v_{t−j})    Omega inner gradient, Eq. 9
+    (c = ``window``; win_gate = γ_{t−j}^{(t)}; tokens before the sequence start are absent)
+
+    rule without Muon (OmegaNet Eq. 10 / App. D.3 Eq. 56, Titans-style momentum optional):
+        S_t = mom_t S_{t−1} − lr_t u_t,   W_t = keep_t W_{t−1} + S_t      (no mom: W_t = keep_t W_{t−1} − lr_t u_t)
+    rule with Muon (Atlas Eq. 32–33; mom = θ_t, lr = η_t, keep = α_t):
+        S_t = mom_t S_{t−1} − u_t,        W_t = keep_t W_{t−1} + lr_t · O_t
+        muon="token": O_t = NS(S_t)                                          (Eq. 40, exact)
+        muon="chunk": O_t = NS(S_t) at the last token of each chunk, else O_{t−1}   (cheap, see below)
+
+    y_t = M(q_t; W_t)                                                       read after the write
+
+W_{t'} is the memory at the start of t's chunk (chunks of ``chunk_size`` tokens counted from the
+sequence start), as in the engine (:mod:`memnets.memory.engine`); ``chunk_size = 1`` is exact online
+descent. With ``window = 1``, no win_gate and no Muon this is exactly the engine's Titans memory.
+
+Choices where the paper is silent (spec §4.5, §9), decided here:
+
+* ``win_gate [B, T, H, window]``: token t owns c gates, one per window offset j (γ_{t−j}^{(t)}; "for
+  each token we need a constant number of gates"). ``None`` = all ones.
+* Windows that reach into earlier chunks (spec 4.5 option (a)): the earlier tokens' gradients are
+  recomputed at the current chunk-start weights, so every token's update is a gradient at one point.
+  The last c − 1 keys and values travel in the state (:class:`OmegaState`), so sequences fed in
+  pieces or token by token equal one call. Chunked form: the key path runs over the chunk plus that
+  prefix and the engine's coefficient matrix G becomes G·Γ with the band matrix
+  Γ[n, e] = win_gate[n, n − e] for 0 ≤ n − e < c (:func:`window_band`, Eq. 16's mask M_s with
+  gates): cost linear in T, nothing per-token materialised.
+* Muon: the step size lr sits outside Newton–Schulz (Eq. 32; a scale inside NS would be normalised
+  away) and NS is odd, so the sign convention S = mom·S − u, W += lr·NS(S) equals Eq. 32's. NS is
+  applied to each weight matrix of the memory separately.
+* ``muon="token"`` materialises every token's momentum inside a chunk (NS is non-linear, so the dual
+  form does not apply): memory C·|W| per chunk and head, compute ≈ 5 NS steps per token and matrix,
+  ≈100× the rest of the update at d = 64, d_h = 256 (spec 7.3).
+* ``muon="chunk"`` refreshes the orthogonalised direction once per chunk, from the momentum at the
+  chunk's last token; the other tokens keep stepping along the previous direction (zero before the
+  first refresh). It is causal, decodes exactly, costs one NS per chunk and matrix (C× fewer than
+  "token"; reads are the cheap dual form against three matrices) and equals "token" when
+  ``chunk_size = 1``. The price: a chunk's gradients steer the memory only from its last token on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .architecture import MemoryMLP
+from .bias import AttentionalBias, L2Bias
+from .engine import KeyPath, MemoryState, dual_read, initial_state, key_path, segment_end_state
+from .gated import GatedMemoryMLP, Linear, gated_key_path
+from .muon import MUON_COEFFICIENTS, newton_schulz
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
+
+Weights = tuple[Tensor, ...]
+Muon = Literal["token", "chunk"]
+MUON_MODES: tuple[str, ...] = ("token", "chunk")
+
+
+@dataclass
+class OmegaState:
+    """Recurrent state of the Omega rule.
+
+    ``memory``: the engine's :class:`MemoryState` (weights, momentum S, chunk-start anchor, offset).
+    ``window_k [B, n, H, Dk]``, ``window_v [B, n, H, Dv]``: the last n ≤ window − 1 keys and values
+    (their gradients re-enter the next tokens' windows). ``direction``: the orthogonalised momentum
+    in use (``muon="chunk"`` only, else ``None``).
+    """
+
+    memory: MemoryState
+    window_k: Tensor
+    window_v: Tensor
+    direction: Weights | None = None
+
+    def detach(self) -> OmegaState:
+        d = None if self.direction is None else tuple(w.detach() for w in self.direction)
+        return OmegaState(self.memory.detach(), self.window_k.detach(), self.window_v.detach(), d)
+
+
+def omega_initial_state(
+    arch: MemoryMLP, batch: int, *, momentum: bool, muon: Muon | None, dtype: torch.dtype | None = None
+) -> OmegaState:
+    mem = initial_state(arch, batch, momentum, dtype)
+    w = mem.weights[0]
+    H = arch.num_heads
+    empty_k = w.new_zeros(batch, 0, H, arch.shapes[0][0])
+    empty_v = w.new_zeros(batch, 0, H, arch.dim)
+    direction = tuple(torch.zeros_like(x) for x in mem.weights) if muon == "chunk" else None
+    return OmegaState(mem, empty_k, empty_v, direction)
+
+
+def window_band(win_gate: Tensor | None, prefix: int, length: int, window: int, like: Tensor) -> Tensor:
+    """Γ ``[B, H, L, prefix + L]`` (or ``[L, prefix + L]`` without gates): Γ[n, e] is the weight of
+    the gradient of extended token e (the ``prefix`` carried tokens, then the segment) in token n's
+    Omega sum, ``win_gate[n, prefix + n − e]`` when that offset lies in [0, window)."""
+    n = torch.arange(length, device=like.device)[:, None]
+    e = torch.arange(prefix + length, device=like.device)[None, :]
+    j = prefix + n - e
+    valid = (j >= 0) & (j < window)
+    if win_gate is None:
+        return valid.to(like.dtype)
+    idx = j.clamp(0, window - 1).expand(*win_gate.shape[:2], length, prefix + length)
+    return torch.gather(win_gate, -1, idx) * valid.to(win_gate.dtype)
+
+
+def _check(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None,
+    keep: Tensor | None,
+    win_gate: Tensor | None,
+    state: OmegaState | None,
+    window: int,
+    chunk_size: int,
+    muon: str | None,
+) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"omega: chunk_size must be >= 1, got {chunk_size}")
+    if window < 1:
+        raise ValueError(f"omega: window must be >= 1, got {window}")
+    if muon is not None and muon not in MUON_MODES:
+        raise ValueError(f"omega: muon={muon!r} is not one of {[None, *MUON_MODES]}")
+    if muon is not None and mom is None:
+        raise ValueError(
+            "omega: muon needs the momentum gate mom (pass zeros to orthogonalise raw gradients)"
+        )
+    if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3] or v.dim() != 4:
+        raise ValueError(
+            "omega: q, k must be [B, T, H, Dk] and v [B, T, H, Dv]; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    B, T, H, Dk = q.shape
+    if arch.num_heads != H or arch.shapes[0][0] != Dk or arch.dim != v.shape[-1]:
+        raise ValueError(
+            f"omega: got H={H}, Dk={Dk}, Dv={v.shape[-1]} but the memory has H={arch.num_heads}, "
+            f"input width {arch.shapes[0][0]}, output width {arch.dim}"
+        )
+    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
+        if g is not None and tuple(g.shape) != (B, T, H):
+            raise ValueError(f"omega: {name} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+    if win_gate is not None and tuple(win_gate.shape) != (B, T, H, window):
+        raise ValueError(
+            f"omega: win_gate must have shape [B, T, H, window] = {[B, T, H, window]}, got {tuple(win_gate.shape)}"
+        )
+    if state is not None:
+        mem = state.memory
+        if (mem.momentum is None) != (mom is None):
+            raise ValueError(
+                f"omega: the state has momentum: {mem.momentum is not None}, but mom given: {mom is not None}"
+            )
+        if (state.direction is None) != (muon != "chunk"):
+            raise ValueError("omega: state.direction must be given exactly when muon='chunk'")
+        if not 0 <= mem.offset < chunk_size:
+            raise ValueError(f"omega: state offset={mem.offset} must lie in [0, chunk_size={chunk_size})")
+        if mem.offset > 0 and mem.anchor is None:
+            raise ValueError(f"omega: state offset={mem.offset} > 0 needs an anchor")
+        if state.window_k.shape[1] > window - 1:
+            raise ValueError(
+                f"omega: the state carries {state.window_k.shape[1]} window tokens, more than window - 1 = {window - 1}"
+            )
+
+
+def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype."""
+    return None if x is None else x.transpose(1, 2).to(dtype)
+
+
+def _tail(x: Tensor, n: int) -> Tensor:
+    """The last ``n`` entries along dim 2 (n may be 0)."""
+    return x[:, :, max(0, x.shape[2] - n) :] if n > 0 else x[:, :, :0]
+
+
+def _start(arch, state, B, mom, muon, dtype) -> OmegaState:
+    if state is None:
+        return omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
+    return state
+
+
+# -------------------------------------------------------------------------------------------------
+# token-by-token reference
+
+
+def omega_reference(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    win_gate: Tensor | None = None,
+    state: OmegaState | None = None,
+    *,
+    window: int = 1,
+    chunk_size: int = 16,
+    muon: Muon | None = None,
+    ns_steps: int = 5,
+    ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+    bias: AttentionalBias | None = None,
+) -> tuple[Tensor, OmegaState]:
+    """Token-by-token loop; each token's windowed inner loss is differentiated with autograd. Slow,
+    readable, exact: the ground truth for :func:`omega_chunked` (same arguments and results)."""
+    _check(arch, q, k, v, lr, mom, keep, win_gate, state, window, chunk_size, muon)
+    bias = bias or L2Bias()
+    B, T, H, _ = q.shape
+    dtype = arch.init_weights[0].dtype
+    qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+    lr_, mom_, keep_, gam = (_bhl(g, dtype) for g in (lr, mom, keep, win_gate))
+    st = _start(arch, state, B, mom, muon, dtype)
+    W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
+    direc = st.direction
+    buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+    create_graph = torch.is_grad_enabled()
+    ys = []
+    with torch.enable_grad():
+        for t in range(T):
+            if offset == 0:
+                anchor = W
+            buf_k = torch.cat([buf_k, kh[:, :, t : t + 1]], 2)
+            buf_v = torch.cat([buf_v, vh[:, :, t : t + 1]], 2)
+            n = buf_k.shape[2]  # tokens t − n + 1 .. t, oldest first
+            weight = buf_k.new_ones(B, H, n) if gam is None else gam[:, :, t, :n].flip(-1)
+            point = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
+            loss = (weight * bias.loss(arch.read(point, buf_k), buf_v, None)).sum()
+            u = torch.autograd.grad(loss, point, create_graph=create_graph)
+            a = lr_[:, :, t, None, None]
+            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
+            if muon is None:
+                if mom_ is not None:
+                    S = tuple(mom_[:, :, t, None, None] * s - a * g for s, g in zip(S, u))
+                    step = S
+                else:
+                    step = tuple(-a * g for g in u)
+            else:
+                S = tuple(mom_[:, :, t, None, None] * s - g for s, g in zip(S, u))  # type: ignore[index]
+                if muon == "token" or (offset + 1) % chunk_size == 0:
+                    direc = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
+                step = tuple(a * o for o in direc)  # type: ignore[union-attr]
+            W = tuple(kp * w + s for w, s in zip(W, step))
+            ys.append(arch.read(W, qh[:, :, t : t + 1]))
+            buf_k, buf_v = _tail(buf_k, window - 1), _tail(buf_v, window - 1)
+            offset = (offset + 1) % chunk_size
+    y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
+    mem = MemoryState(W, S, anchor if offset else None, offset)
+    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
+    if not create_graph:
+        y, out = y.detach(), out.detach()
+    return y.transpose(1, 2).to(q.dtype), out
+
+
+# -------------------------------------------------------------------------------------------------
+# chunked (parallel inside a chunk, sequential across chunks)
+
+
+def _layers(arch: MemoryMLP, x: Tensor, linear: Linear) -> Tensor:
+    """M(x) with ``linear(i, h)`` standing for ``h @ W^i`` (chain MLP or the gated memory)."""
+    if isinstance(arch, GatedMemoryMLP):
+        return arch.forward_layers(x, linear)
+    h = x
+    for i in range(arch.depth):
+        z = linear(i, h)
+        h = arch.act(z) if i < arch.depth - 1 else z
+    return arch.output(h, x)
+
+
+def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: AttentionalBias) -> KeyPath:
+    if isinstance(arch, GatedMemoryMLP):
+        return gated_key_path(arch, weights, k, v, bias)
+    return key_path(arch, weights, k, v, bias, None)
+
+
+def _dual_read(
+    arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+) -> Tensor:
+    """The engine's dual form (spec 1.5), per weight matrix for the gated memory."""
+    if not isinstance(arch, GatedMemoryMLP):
+        return dual_read(arch, q, W0, S0, kp, c)
+
+    def linear(i: int, h: Tensor) -> Tensor:
+        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
+        return z if S0 is None else z + c.f[..., None] * (h @ S0[i])
+
+    return _layers(arch, q, linear)
+
+
+def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
+    """M(x_t; W_t) with one weight set per token: ``weights[i] [B, H, L, d_in, d_out]``, ``x [B, H, L, d]``."""
+    return _layers(arch, x, lambda i, h: torch.einsum("bhlx,bhlxy->bhly", h, weights[i]))
+
+
+def _read_combination(arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]]) -> Tensor:
+    """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``), without forming W_t."""
+    return _layers(arch, x, lambda i, h: sum(c[..., None] * (h @ ws[i]) for c, ws in terms))  # type: ignore[arg-type, return-value]
+
+
+def _segment_plain(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights | None,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor | None,
+) -> tuple[Tensor, Weights, Weights | None]:
+    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef)."""
+    c = chunk_coefficients(lr, log_keep, log_mom)
+    s_coef = None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :]
+    c = replace(c, G=c.G @ band, s_coef=s_coef)
+    y = _dual_read(arch, q, W, S, kp, c)
+    W, S = segment_end_state(W, S, kp, c)
+    return y, W, S
+
+
+def _decays(lr: Tensor, log_keep: Tensor | None, log_mom: Tensor, band: Tensor):
+    """P[t, i] = β_t/β_i, β_t, and Q[t, e]: the coefficient of u_e in m_t S_0 − S_t (momentum without
+    step size, window applied), m_t."""
+    log_keep = torch.zeros_like(lr) if log_keep is None else log_keep
+    return (
+        segsum(log_keep).exp(),
+        log_keep.cumsum(-1).exp(),
+        segsum(log_mom).exp() @ band,
+        log_mom.cumsum(-1).exp(),
+    )
+
+
+def _segment_muon_token(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Tensor, Weights, Weights]:
+    """Every token's momentum S_t materialised ``[B, H, L, d_in, d_out]``, orthogonalised, and summed
+    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i)."""
+    P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    S_all = tuple(
+        m[..., None, None] * s[:, :, None] - torch.einsum("bhte,bhei,bheo->bhtio", Q, x, d)
+        for s, x, d in zip(S, kp.xs, kp.deltas)
+    )
+    O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
+    PL = P * lr[..., None, :]
+    W_all = tuple(
+        beta[..., None, None] * w[:, :, None] + torch.einsum("bhti,bhixy->bhtxy", PL, o)
+        for w, o in zip(W, O_all)
+    )
+    y = _read_per_token(arch, W_all, q)
+    return y, tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
+
+
+def _segment_muon_chunk(
+    arch: MemoryMLP,
+    q: Tensor,
+    W: Weights,
+    S: Weights,
+    direc: Weights,
+    kp: KeyPath,
+    band: Tensor,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor,
+    refresh: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Tensor, Weights, Weights, Weights]:
+    """Tokens step along the current direction, W_t = β_t W_0 + (Σ_{i≤t} (β_t/β_i) lr_i) O; if the
+    segment ends its chunk, the last token steps along O_new = NS(S_end) instead."""
+    P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    S = tuple(
+        m[..., -1, None, None] * s - x.transpose(-1, -2) @ (Q[..., -1, :, None] * d)
+        for s, x, d in zip(S, kp.xs, kp.deltas)
+    )
+    D = (P @ lr[..., None])[..., 0]
+    terms = [(beta, W), (D, direc)]
+    if refresh:
+        O_new = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
+        last = torch.zeros_like(D)
+        last[..., -1] = lr[..., -1]
+        terms = [(beta, W), (D - last, direc), (last, O_new)]
+    y = _read_combination(arch, q, terms)
+    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
+    return y, W, S, terms[-1][1]
+
+
+def omega_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    win_gate: Tensor | None = None,
+    state: OmegaState | None = None,
+    *,
+    window: int = 1,
+    chunk_size: int = 16,
+    muon: Muon | None = None,
+    ns_steps: int = 5,
+    ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+    bias: AttentionalBias | None = None,
+) -> tuple[Tensor, OmegaState]:
+    """Run the Omega rule over a sequence chunk by chunk.
+
+    Args:
+        arch: the memory (:class:`MemoryMLP`, :class:`~memnets.memory.features.FeatureMemoryMLP`
+            when keys and queries are feature maps wider than the values, or the Atlas++ gated
+            memory :class:`~memnets.memory.gated.GatedMemoryMLP`).
+        q, k: ``[B, T, H, Dk]`` queries and keys (already through the feature map, if any).
+        v: ``[B, T, H, Dv]`` values.
+        lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1).
+        win_gate: ``[B, T, H, window]``, ``win_gate[t, j]`` weighs token t − j in token t's loss.
+        state: :class:`OmegaState` to continue from; ``None`` = the learnable initial weights.
+        window: c, tokens in each inner loss (1 = online rule).
+        chunk_size: tokens per chunk (gradients at the chunk-start weights).
+        muon: ``None``, ``"token"`` or ``"chunk"`` (module docstring); ``ns_steps`` and
+            ``ns_coefficients`` configure Newton–Schulz.
+        bias: attentional bias (default ‖M(k) − v‖²).
+
+    Returns ``y [B, T, H, Dv]`` in ``q``'s dtype and the state after the last token. Computes in the
+    dtype of ``arch``'s parameters with autocast off.
+    """
+    _check(arch, q, k, v, lr, mom, keep, win_gate, state, window, chunk_size, muon)
+    bias = bias or L2Bias()
+    B, T, H, _ = q.shape
+    dtype = arch.init_weights[0].dtype
+    with torch.autocast(q.device.type, enabled=False):
+        qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+        lr_, gam = _bhl(lr, dtype), _bhl(win_gate, dtype)
+        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
+        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        st = _start(arch, state, B, mom, muon, dtype)
+        W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
+        direc = st.direction
+        buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+        ys = []
+        start = 0
+        while start < T:
+            if offset == 0:
+                anchor = W
+            end = min(T, start + chunk_size - offset)
+            sl = slice(start, end)
+            L, prefix = end - start, buf_k.shape[2]
+            kx, vx = torch.cat([buf_k, kh[:, :, sl]], 2), torch.cat([buf_v, vh[:, :, sl]], 2)
+            kp = _key_path(arch, anchor, kx, vx, bias)
+            band = window_band(None if gam is None else gam[:, :, sl], prefix, L, window, kx)
+            lm = None if log_mom is None else log_mom[:, :, sl]
+            lk = None if log_keep is None else log_keep[:, :, sl]
+            q_s, lr_s = qh[:, :, sl], lr_[:, :, sl]
+            if muon is None:
+                y_s, W, S = _segment_plain(arch, q_s, W, S, kp, band, lr_s, lk, lm)
+            elif muon == "token":
+                y_s, W, S = _segment_muon_token(
+                    arch, q_s, W, S, kp, band, lr_s, lk, lm, ns_steps, ns_coefficients
+                )  # type: ignore[arg-type]
+            else:
+                refresh = (offset + L) % chunk_size == 0  # the chunk's last token refreshes the direction
+                y_s, W, S, direc = _segment_muon_chunk(
+                    arch,
+                    q_s,
+                    W,
+                    S,
+                    direc,
+                    kp,
+                    band,
+                    lr_s,
+                    lk,
+                    lm,
+                    refresh,
+                    ns_steps,
+                    ns_coefficients,  # type: ignore[arg-type]
+                )
+            ys.append(y_s)
+            buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
+            offset = (offset + L) % chunk_size
+            start = end
+        y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
+    mem = MemoryState(W, S, anchor if offset else None, offset)
+    out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
+    return y.transpose(1, 2).to(q.dtype), out

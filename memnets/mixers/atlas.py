@@ -1,0 +1,357 @@
+"""ATLAS (Behrouz et al., arXiv 2505.23735 v1): OmegaNet and Atlas. Spec: memory-models.md §4.
+
+Registered mixers:
+
+* ``omeganet`` — the Omega rule (§3.2, Eq. 10): the memory is trained on the gated sum of the last
+  ``window`` tokens' losses ‖M(φ(k_i)) − v_i‖², with polynomial features φ on keys and queries,
+  a forget gate and (optionally, off by default as in the paper's table) momentum.
+* ``atlas`` — Omega + polynomial features + Muon (§5, Eq. 32–33): momentum of the windowed gradients,
+  orthogonalised by Newton–Schulz before it is applied (``muon="token"``: every token, Eq. 40;
+  ``muon="chunk"``: once per chunk, the cheap schedule of :mod:`memnets.memory.omega`).
+
+Block (§5.1 "Architectural Backbone", Fig. 3; the same as the Titans mixer's): q/k/v projections →
+depthwise causal conv (kernel 4) → SiLU, l2-normalised q and k per head, then φ on q and k; gates
+lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t) and window gates
+win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}), per token and head from one linear map of the block
+input (:class:`OmegaGates`); output RMSNorm(y) ⊙ silu(W_g x), then the output projection.
+
+Choices where the paper is silent (spec §4, §9), each an option:
+
+* ``window`` c = 8 (Fig. 5: larger c is better, c = 16 ≈ c = 8); win_gate biases start at
+  sigmoid⁻¹(1/c), so the initial inner loss is the mean over the window: gradients inside a chunk are
+  taken at the same weights, and a plain sum would apply each token's gradient c times.
+* Features: ``feature_degree`` 2, ``feature_kernel`` "poly" (or "exp" for the exponential-kernel
+  approximation with learnable Taylor coefficients); see :mod:`memnets.memory.features`.
+* Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
+  gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end
+  of each chunk" (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
+  ``memory_norm=False`` gives Eq. 42 literally.
+* ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
+  whatever the gradient's size.
+* ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩,
+  :mod:`memnets.memory.dotbias`). The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
+  ``window=1``; SWLA = the same with ``window=c``; DeepTransformer = DLA with ``forget=False`` and
+  ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
+* ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
+  previous chunk recompute those gradients there.
+* Packed sequences (``cu_seqlens``) run sequence by sequence. Backends: ``reference`` (token loop) and
+  ``chunked``; a Triton kernel does not exist yet (asking for it raises).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..memory.architecture import Activation
+from ..memory.bias import L2Bias
+from ..memory.dotbias import DotBias
+from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
+from ..memory.gated import GatedMemoryMLP
+from ..memory.muon import MUON_COEFFICIENTS
+from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
+from ..modules import GatedRMSNorm
+from ..registry import register_mixer
+from .base import Backend, check_cu_seqlens, resolve_backend
+from .titans import MemoryProjections
+
+SUPPORTED_BACKENDS = ("reference", "chunked")
+
+
+class OmegaGates(nn.Module):
+    """Per-token, per-head gates from one linear map of the block input, in the memory's compute dtype
+    (float32 or wider): lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t),
+    win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}). Biases start at lr = lr_max/2, mom ≈ 0.9,
+    keep ≈ 0.99 (as the Titans mixer) and win_gate = 1/window."""
+
+    def __init__(
+        self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool, window: int
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
+        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
+        self.window = window if window > 1 else 0  # window 1: the single gate is fixed at 1
+        self.proj = nn.Linear(d_model, (len(self.names) + self.window) * num_heads)
+        init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}
+        bias = [init[n] for n in self.names] + [-math.log(max(window - 1, 1))] * self.window
+        with torch.no_grad():
+            self.proj.weight.normal_(std=0.1 * d_model**-0.5)
+            self.proj.bias.copy_(torch.tensor(bias).repeat_interleave(num_heads))
+
+    def forward(self, x: Tensor, dtype: torch.dtype) -> dict[str, Tensor | None]:
+        B, T, _ = x.shape
+        raw = self.proj(x).to(torch.promote_types(dtype, torch.float32))
+        raw = torch.sigmoid(raw.view(B, T, len(self.names) + self.window, self.num_heads))
+        out: dict[str, Tensor | None] = dict.fromkeys(("lr", "mom", "keep", "win_gate"))
+        out.update(zip(self.names, raw.unbind(2)))
+        out["lr"] = self.lr_max * out["lr"]  # type: ignore[operator]
+        if self.window:
+            out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
+        return out
+
+
+@dataclass
+class AtlasState:
+    conv: dict[str, Tensor]
+    memory: OmegaState
+
+
+class _OmegaMixer(nn.Module):
+    """The shared block of ``omeganet`` and ``atlas`` (module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        d_model: int,
+        num_heads: int,
+        head_dim: int | None,
+        chunk_size: int,
+        backend: str,
+        window: int,
+        feature_degree: int,
+        feature_kernel: FeatureKernel,
+        inner_loss: str,
+        memory: str,
+        memory_depth: int,
+        memory_expansion: float,
+        memory_activation: Activation,
+        memory_residual: bool,
+        memory_norm: bool,
+        momentum: bool,
+        forget: bool,
+        lr_max: float,
+        conv_size: int,
+        muon: Muon | None,
+        ns_steps: int,
+        ns_coefficients: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        for opt, value in (
+            ("chunk_size", chunk_size),
+            ("head_dim", head_dim),
+            ("conv_size", conv_size),
+            ("window", window),
+            ("feature_degree", feature_degree),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}: {opt} must be >= 1, got {value}")
+        if lr_max < 0:
+            raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
+        if ns_steps < 0:
+            raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
+        if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"{name}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
+                "(the Triton kernel comes with a later issue)"
+            )
+        self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
+        self.chunk_size, self.backend, self.window = chunk_size, backend, window
+        self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
+        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        self.features = PolynomialFeatures(head_dim, feature_degree, feature_kernel)
+        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window)
+        if inner_loss not in ("l2", "dot"):
+            raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
+        self.bias = L2Bias() if inner_loss == "l2" else DotBias()
+        if memory not in ("mlp", "gated_mlp"):
+            raise ValueError(f"{name}: memory={memory!r} is not one of ['mlp', 'gated_mlp']")
+        if memory == "gated_mlp":
+            if memory_depth != 2:
+                raise ValueError(
+                    f"{name}: memory='gated_mlp' has depth 2 (Eq. 43), got memory_depth={memory_depth}"
+                )
+            self.memory = GatedMemoryMLP(
+                num_heads,
+                head_dim,
+                self.features.out_dim,
+                memory_expansion,
+                memory_activation,
+                memory_residual,
+                memory_norm,
+            )
+        else:
+            self.memory = FeatureMemoryMLP(
+                num_heads,
+                head_dim,
+                self.features.out_dim,
+                memory_depth,
+                memory_expansion,
+                memory_activation,
+                memory_residual,
+                memory_norm,
+            )
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def forward(
+        self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, AtlasState]:
+        if cu_seqlens is not None:
+            return self._packed(x, cu_seqlens, state)
+        backend = resolve_backend(self.name, self.backend, x.device, SUPPORTED_BACKENDS)
+        B, T, _ = x.shape
+        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
+        q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
+        gates = self.gates(x, dtype)
+        run = omega_reference if backend == "reference" else omega_chunked
+        y, mem = run(
+            self.memory,
+            q,
+            k,
+            qkv["v"],
+            gates["lr"],  # type: ignore[arg-type]
+            gates["mom"],
+            gates["keep"],
+            gates["win_gate"],
+            None if state is None else state.memory,
+            window=self.window,
+            chunk_size=self.chunk_size,
+            muon=self.muon,
+            ns_steps=self.ns_steps,
+            ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
+            bias=self.bias,
+        )
+        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
+        y = self.norm(y.to(x.dtype), gate).reshape(B, T, -1)
+        return self.out(y), AtlasState(conv, mem)
+
+    def _packed(self, x: Tensor, cu_seqlens: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
+        """Packed sequences one by one, each from a fresh state (the memory restarts per sequence)."""
+        check_cu_seqlens(self.name, x, cu_seqlens)
+        if state is not None:
+            raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a recurrent state")
+        ys, last = [], None
+        for s, e in itertools.pairwise(cu_seqlens.tolist()):
+            y, last = self(x[:, s:e])
+            ys.append(y)
+        return torch.cat(ys, 1), last  # type: ignore[return-value]
+
+    def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        """Fast weights, momentum and the Muon direction, the window's keys and values, conv caches."""
+        copies = 1 + self.gates.momentum + (self.muon == "chunk")
+        window = (self.window - 1) * (self.features.out_dim + self.head_dim)
+        return self.num_heads * (copies * self.memory.numel_per_head() + window) + self.inputs.state_size()
+
+
+@register_mixer("omeganet")
+class OmegaNet(_OmegaMixer):
+    """OmegaNet: Omega rule + polynomial features + forget gate (ATLAS §3.2, Eq. 10)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        window: int = 8,
+        feature_degree: int = 2,
+        feature_kernel: FeatureKernel = "poly",
+        inner_loss: Literal["l2", "dot"] = "l2",
+        memory: Literal["mlp", "gated_mlp"] = "mlp",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        momentum: bool = False,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__(
+            "omeganet",
+            d_model,
+            num_heads,
+            head_dim,
+            chunk_size,
+            backend,
+            window,
+            feature_degree,
+            feature_kernel,
+            inner_loss,
+            memory,
+            memory_depth,
+            memory_expansion,
+            memory_activation,
+            memory_residual,
+            memory_norm,
+            momentum,
+            forget,
+            lr_max,
+            conv_size,
+            None,
+            0,
+            MUON_COEFFICIENTS,
+        )
+
+
+@register_mixer("atlas")
+class Atlas(_OmegaMixer):
+    """Atlas: Omega rule + polynomial features + Muon-orthogonalised momentum (ATLAS §5, Eq. 32–33)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        window: int = 8,
+        feature_degree: int = 2,
+        feature_kernel: FeatureKernel = "poly",
+        inner_loss: Literal["l2", "dot"] = "l2",
+        memory: Literal["mlp", "gated_mlp"] = "mlp",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        forget: bool = True,
+        lr_max: float = 0.1,
+        conv_size: int = 4,
+        muon: Literal["token", "chunk"] = "token",
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+    ) -> None:
+        if muon not in ("token", "chunk"):
+            raise ValueError(f"atlas: muon={muon!r} is not one of ['token', 'chunk']")
+        super().__init__(
+            "atlas",
+            d_model,
+            num_heads,
+            head_dim,
+            chunk_size,
+            backend,
+            window,
+            feature_degree,
+            feature_kernel,
+            inner_loss,
+            memory,
+            memory_depth,
+            memory_expansion,
+            memory_activation,
+            memory_residual,
+            memory_norm,
+            True,
+            forget,
+            lr_max,
+            conv_size,
+            muon,
+            ns_steps,
+            ns_coefficients,
+        )

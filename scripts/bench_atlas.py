@@ -1,0 +1,88 @@
+"""Time the Omega rule: forward + backward of ``omega_chunked`` without Muon, with Muon once per chunk
+and with Muon every token, for a few windows and chunk sizes. Prints a table and writes JSON.
+
+    python scripts/bench_atlas.py --out bench_atlas.json               # CPU, tiny
+    python scripts/bench_atlas.py --device cuda --T 4096 --heads 16 --dim 64 --degree 2
+
+The ``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's
+momentum is materialised and orthogonalised, C·|W| numbers per chunk and head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures
+from memnets.memory.omega import omega_chunked
+
+
+def bench(arch, phi, B, T, H, D, window, C, muon, device, repeats):
+    with torch.no_grad():
+        q, k = (phi(F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)) for _ in range(2))
+    q, k = q.requires_grad_(), k.requires_grad_()
+    v = torch.randn(B, T, H, D, device=device, requires_grad=True)
+    lr, mom, keep = (torch.rand(B, T, H, device=device).requires_grad_() for _ in range(3))
+    gate = torch.rand(B, T, H, window, device=device).requires_grad_() if window > 1 else None
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y, st = omega_chunked(
+            arch, q, k, v, lr * 0.1, mom if muon != "none" else None, keep, gate,
+            window=window, chunk_size=C, muon=None if muon == "none" else muon,
+        )  # fmt: skip
+        (y.float().sum() + sum(w.sum() for w in st.memory.weights)).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first run warms up
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--B", type=int, default=2)
+    p.add_argument("--T", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--degree", type=int, default=2)
+    p.add_argument("--expansion", type=float, default=1.0)
+    p.add_argument("--windows", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--chunks", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--muon", nargs="+", default=["none", "chunk", "token"])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default="bench_atlas.json")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    phi = PolynomialFeatures(a.dim, a.degree).to(device)
+    arch = FeatureMemoryMLP(a.heads, a.dim, phi.out_dim, depth=2, expansion=a.expansion).to(device)
+    rows = []
+    print(f"features {phi.out_dim}, memory shapes {arch.shapes}")
+    print(f"{'window':>6} {'C':>4} {'muon':>6} {'ms (fwd+bwd)':>13} {'tok/s':>10}")
+    for window in a.windows:
+        for C in a.chunks:
+            for muon in a.muon:
+                s = bench(arch, phi, a.B, a.T, a.heads, a.dim, window, C, muon, device, a.repeats)
+                row = {
+                    "window": window,
+                    "chunk_size": C,
+                    "muon": muon,
+                    "seconds": s,
+                    "tokens_per_s": a.B * a.T / s,
+                }
+                rows.append({**vars(a), **row, "feature_dim": phi.out_dim})
+                print(f"{window:>6} {C:>4} {muon:>6} {1e3 * s:>13.1f} {a.B * a.T / s:>10.0f}")
+    with open(a.out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
