@@ -147,7 +147,8 @@ class MemoryProjections(nn.Module):
 
 class MemoryGates(nn.Module):
     """Per-token, per-head gates: lr = lr_max·sigmoid(·) (θ_t), mom = sigmoid(·) (η_t),
-    keep = sigmoid(·) = 1 − α_t. Computed in float32."""
+    keep = sigmoid(·) = 1 − α_t. Computed in at least float32 (float64 models stay float64, so decoding
+    matches the parallel forward to float64 precision)."""
 
     def __init__(self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool) -> None:
         super().__init__()
@@ -162,7 +163,13 @@ class MemoryGates(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         B, T, _ = x.shape
         raw = dict(
-            zip(self.names, self.proj(x).float().view(B, T, len(self.names), self.num_heads).unbind(2))
+            zip(
+                self.names,
+                self.proj(x)
+                .to(torch.promote_types(x.dtype, torch.float32))
+                .view(B, T, len(self.names), self.num_heads)
+                .unbind(2),
+            )
         )
         return {
             "lr": self.lr_max * torch.sigmoid(raw["lr"]),
