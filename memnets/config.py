@@ -36,7 +36,6 @@ class MQARConfig:
     num_kv_pairs: list[int] = field(default_factory=lambda: [4])
     power_a: float = _range(0.0, 1.0, default=0.01)
     random_non_queries: bool = True
-    num_train: int = _range(1, default=100_000)
     num_test: int = _range(1, default=1_000)
 
 
@@ -93,12 +92,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """``dir`` may use ``{name}``: the config file's stem unless ``name`` is set."""
+    """``dir`` may use ``{name}``: the config file's stem unless ``name`` is set. ``resume=never`` refuses
+    to start in a folder that already has checkpoints; ``auto`` continues from the latest one."""
 
     name: str | None = None
     dir: str = "runs/{name}"
     seed: int = 0
-    resume: Literal["auto", "never"] = "auto"
+    resume: Literal["auto", "never"] = "never"
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "memnets"

@@ -21,7 +21,7 @@ class ModelConfig:
     (``[titans, titans, titans, attention]`` puts attention in every fourth layer). ``mixer_options``
     maps a mixer name to the keyword options of its constructor."""
 
-    vocab_size: int = 256
+    vocab_size: int | None = None  # None: taken from the data by the trainer
     d_model: int = 128
     n_layers: int = 2
     num_heads: int = 2
@@ -40,7 +40,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         for key in ("vocab_size", "d_model", "n_layers", "num_heads"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
         if self.d_model % self.num_heads:
             raise ConfigError(
@@ -95,6 +95,10 @@ class LM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
+        if cfg.vocab_size is None:
+            raise ConfigError(
+                "model.vocab_size is not set (the trainer fills it from the data; set it when building directly)"
+            )
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, name) for name in cfg.layer_mixers())

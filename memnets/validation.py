@@ -4,6 +4,7 @@ Every error names the full dotted key, the bad value and what is allowed."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import types
 import typing
@@ -84,6 +85,9 @@ def coerce(path: str, value: Any, annotation: Any) -> Any:
         vt = args[1] if args else Any
         return {k: coerce(f"{path}.{k}", v, vt) for k, v in value.items()}
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}={value!r} has the wrong type; expected a number")
         return float(value)

@@ -1,0 +1,634 @@
+"""The training loop behind ``train.py``.
+
+AdamW with linear warmup and cosine decay, gradient clipping and accumulation, bf16 autocast on CUDA,
+optional ``torch.compile``; DistributedDataParallel (or FSDP2 with ``train.distributed=fsdp``) under
+``torchrun``. Each run folder holds the resolved ``config.yaml``, ``meta.json`` (git commit, versions,
+device), ``metrics.jsonl`` (one JSON object per logged step and per evaluation), checkpoints and, at the
+end, ``model.safetensors``.
+
+Checkpoints hold model, optimizer, scheduler, step, RNG states and the config. Batches are a function of
+``(seed, step)``, so the step is the data position and a resumed run continues bitwise like an
+uninterrupted one on CPU. SIGTERM/SIGINT finish the current step, save a checkpoint and stop
+(``TrainResult.preempted``); ``run.resume=auto`` (``--resume``) continues. A step whose loss or gradient
+is not finite is skipped and counted; ``train.max_bad_steps`` in a row stop the run with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .config import Config, save_config, to_dict
+from .data import build_task
+from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
+from .model import LM
+from .validation import ConfigError
+
+log = logging.getLogger("memnets")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    preempted: int | None = None  # the signal number that stopped the run, if one did
+
+
+# ----------------------------------------------------------------------------------------------------
+# environment
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_cfg == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(int(os.environ.get("RANK", "0")), world, local), device
+
+
+def _setup_logging(main: bool) -> None:
+    if main and not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if main else logging.WARNING)
+
+
+def _git_info() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "memnets": __version__,
+    }
+    for mod in ("triton", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimisation pieces
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier on ``train.lr``: linear warmup over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
+    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch globs)."""
+    if patterns is None:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ConfigError(f"train.trainable pattern {pat!r} matches no parameter; e.g. {names[:5]}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+
+
+def load_model_weights(model: nn.Module, path: str) -> None:
+    """Load weights from a memnets checkpoint (``.pt``) or a ``.safetensors`` file (strict)."""
+    p = Path(path)
+    if p.is_dir():
+        found = load_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
+        if found is None:
+            raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint in {p / 'checkpoints'}")
+        state = found[0]["model"]
+    elif p.suffix == ".safetensors":
+        from safetensors.torch import load_model
+
+        load_model(model, str(p))
+        return
+    elif p.is_file():
+        state = torch.load(p, map_location="cpu", weights_only=False)["model"]
+    else:
+        raise FileNotFoundError(f"train.init_from={path!r} does not exist")
+    model.load_state_dict(state)
+
+
+def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters (check train.trainable)")
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+# ----------------------------------------------------------------------------------------------------
+# logging of metrics
+
+
+class MetricsLog:
+    """``metrics.jsonl`` always; TensorBoard and W&B when asked (imported lazily)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, resume_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop records past the checkpoint we resume from
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        if cfg.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("run.tensorboard=true needs: pip install 'memnets[tensorboard]'") from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.run.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("run.wandb=true needs: pip install 'memnets[wandb]'") from None
+            self.wandb = wandb.init(
+                project=cfg.run.wandb_project,
+                name=cfg.run.name,
+                config=to_dict(cfg),
+                dir=str(run_dir),
+                resume="allow",
+            )
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record["step"]
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.dist, self.device = _init_distributed(cfg.train.device)
+        _setup_logging(self.dist.main)
+        t = cfg.train
+        if t.batch_size % self.dist.world:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} must be divisible by the number of processes ({self.dist.world})"
+            )
+        self.local_batch = t.batch_size // self.dist.world
+        self.micro = t.micro_batch_size or self.local_batch
+        if self.local_batch % self.micro:
+            raise ConfigError(
+                f"train.micro_batch_size={self.micro} must divide the per-process batch {self.local_batch}"
+            )
+        self.accum = self.local_batch // self.micro
+
+        self.task = build_task(cfg.data, cfg.run.seed)
+        if cfg.model.vocab_size is None:
+            cfg.model.vocab_size = self.task.vocab_size
+        elif cfg.model.vocab_size < self.task.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary ({self.task.vocab_size})"
+            )
+
+        self.run_dir = Path(cfg.run.dir.format(name=cfg.run.name or "run"))
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        resume_state = self._resume_state()
+
+        torch.manual_seed(cfg.run.seed)
+        self.model = LM(cfg.model).to(self.device)
+        if t.init_from and resume_state is None:
+            load_model_weights(self.model, t.init_from)
+        _apply_trainable(self.model, t.trainable)
+        self.optimizer = _optimizer(self.model, t)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, t.warmup_steps, t.steps, t.min_lr_ratio)
+        )
+        self.step, self.bad_steps = 0, 0
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.forward_model = self._wrap(self.model)
+        self.amp = t.precision == "bf16" or (
+            t.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        if t.precision == "bf16" and self.device.type == "cpu":
+            log.info("train.precision=bf16 on CPU: autocast to bfloat16 on CPU")
+        self.stop_signal: int | None = None
+
+    # -- setup helpers -----------------------------------------------------------------------------
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        if not list_checkpoints(self.ckpt_dir):
+            return None
+        if self.cfg.run.resume == "never":
+            raise ConfigError(
+                f"run.dir={str(self.run_dir)!r} already has checkpoints; pass --resume (run.resume=auto) to "
+                "continue that run, or choose another run.dir / run.name"
+            )
+        found = load_latest(self.ckpt_dir)
+        if found is None:
+            raise RuntimeError(f"no loadable checkpoint in {self.ckpt_dir}")
+        state, path = found
+        saved, now = state["config"], to_dict(self.cfg)
+        for section in ("model", "data"):
+            diff = sorted(
+                k
+                for k in set(saved[section]) | set(now[section])
+                if saved[section].get(k) != now[section].get(k)
+            )
+            if diff:
+                raise ConfigError(
+                    f"cannot resume from {path}: {section}.{diff[0]} differs from the checkpoint "
+                    f"({saved[section].get(diff[0])!r} there, {now[section].get(diff[0])!r} now)"
+                )
+        log.info("resuming from %s (step %d)", path, state["step"])
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        t = self.cfg.train
+        if self.dist.world > 1:
+            if t.distributed == "fsdp":
+                from torch.distributed.fsdp import fully_shard
+
+                for block in model.blocks:
+                    fully_shard(block)
+                fully_shard(model)
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                model = DistributedDataParallel(model, device_ids=ids)
+        if t.compile:
+            model = torch.compile(model)
+        return model
+
+    def _state(self) -> dict[str, Any]:
+        if self.dist.world > 1 and self.cfg.train.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            model_sd, optim_sd = get_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+        return {
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self) -> None:
+        state = self._state()  # every rank joins the gather under FSDP
+        if self.dist.main:
+            path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
+            log.info("saved checkpoint %s", path)
+        if self.dist.world > 1:
+            dist.barrier()
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _loss(
+        self, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with self._autocast():
+            logits = model(ids)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        aux = self.model.aux_loss if model.training else None
+        return loss, aux
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over the global batch of ``self.step``; returns its log record."""
+        model, t = self.forward_model, self.cfg.train
+        model.train()
+        ids, labels = self.task.train_batch(self.step, t.batch_size)
+        lo = self.dist.rank * self.local_batch
+        ids, labels = (
+            ids[lo : lo + self.local_batch].to(self.device),
+            labels[lo : lo + self.local_batch].to(self.device),
+        )
+        total_loss = torch.zeros((), device=self.device)
+        total_aux = torch.zeros((), device=self.device)
+        for i in range(self.accum):
+            sl = slice(i * self.micro, (i + 1) * self.micro)
+            sync = i == self.accum - 1 or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss, aux = self._loss(model, ids[sl], labels[sl])
+                objective = loss if aux is None else loss + aux
+                (objective / self.accum).backward()
+            total_loss += loss.detach() / self.accum
+            if aux is not None:
+                total_aux += aux.detach() / self.accum
+        if self.dist.world > 1:
+            dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
+            dist.all_reduce(total_aux, op=dist.ReduceOp.AVG)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = {"step": self.step + 1, "loss": total_loss.item(), "lr": lr, "grad_norm": gnorm.item()}
+        if self.model.aux_loss is not None:
+            record["aux_loss"] = total_aux.item()
+        if math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"]):
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            record["skipped"] = 1
+            log.warning(
+                "step %d: non-finite loss %s or grad norm %s; step skipped (%d in a row)",
+                self.step + 1,
+                record["loss"],
+                record["grad_norm"],
+                self.bad_steps,
+            )
+            if self.bad_steps >= t.max_bad_steps:
+                raise FloatingPointError(
+                    f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
+                    f"(train.max_bad_steps={t.max_bad_steps}); lower train.lr or check the model/data"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        model = self.forward_model
+        model.eval()
+        bs = self.cfg.train.batch_size
+        if isinstance(self.task, MQARTask):
+            test = self.task.test_set()
+            losses, preds = [], []
+            for i in range(0, len(test.input_ids), bs):
+                ids = test.input_ids[i : i + bs].to(self.device)
+                labels = test.labels[i : i + bs].to(self.device)
+                with self._autocast():
+                    logits = model(ids).float()
+                losses.append(
+                    F.cross_entropy(
+                        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+                    )
+                )
+                preds.append(logits.argmax(-1).cpu())
+            n = (test.labels != IGNORE).sum()
+            out = {"val_loss": (torch.stack(losses).sum() / n).item()}
+            acc = accuracy_by_pairs(torch.cat(preds), test.labels, test.num_kv_pairs)
+            out.update({f"val_{k}": v for k, v in acc.items()})
+            return out
+        total, count = 0.0, 0
+        for ids, labels in self.task.val_batches(bs, self.cfg.train.eval_batches):
+            with self._autocast():
+                logits = model(ids.to(self.device)).float()
+            total += F.cross_entropy(
+                logits.flatten(0, 1), labels.to(self.device).flatten(), reduction="sum"
+            ).item()
+            count += labels.numel()
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_bpb": self.task.bits_per_byte(loss)}
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        meta = {
+            "git": _git_info(),
+            "versions": _versions(),
+            "device": _device_name(self.device),
+            "world_size": self.dist.world,
+            "argv": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "num_params": self.model.num_params(),
+        }
+        (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is None:
+            log.info(
+                "received %s: finishing step %d, then saving a checkpoint",
+                signal.Signals(signum).name,
+                self.step + 1,
+            )
+        self.stop_signal = signum
+
+    def _stop_requested(self) -> int | None:
+        if self.dist.world == 1:
+            return self.stop_signal
+        flag = torch.tensor([self.stop_signal or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def run(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.train
+        if self.dist.main:
+            self._write_run_files()
+        metrics = MetricsLog(self.run_dir, cfg, self.step, self.dist.main)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        tokens_per_step = t.batch_size * cfg.data.seq_len
+        log.info(
+            "model: %s layers of %s, %.2fM parameters | data: %s, seq_len %d | batch %d x %d accumulation x %d processes | device %s",
+            cfg.model.n_layers,
+            cfg.model.mixer,
+            self.model.num_params() / 1e6,
+            cfg.data.kind,
+            cfg.data.seq_len,
+            self.micro,
+            self.accum,
+            self.dist.world,
+            _device_name(self.device),
+        )
+        last_eval: dict[str, float] = {}
+        preempted = None
+        try:
+            t0, window_start, steps_in_window = time.time(), time.time(), 0
+            start_step = self.step
+            while self.step < t.steps:
+                record = self.train_step()
+                steps_in_window += 1
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    now = time.time()
+                    record["tokens_per_s"] = tokens_per_step * steps_in_window / max(now - window_start, 1e-9)
+                    eta = (now - t0) / (self.step - start_step) * (t.steps - self.step)
+                    metrics.write(record)
+                    aux = f" | aux {record['aux_loss']:.4f}" if "aux_loss" in record else ""
+                    log.info(
+                        "step %*d/%d (%5.1f%%) | loss %.4f%s | lr %.2e | gnorm %.3f | %s tok/s | eta %s",
+                        len(str(t.steps)),
+                        self.step,
+                        t.steps,
+                        100 * self.step / t.steps,
+                        record["loss"],
+                        aux,
+                        record["lr"],
+                        record["grad_norm"],
+                        f"{record['tokens_per_s']:,.0f}",
+                        _fmt_time(eta),
+                    )
+                    window_start, steps_in_window = now, 0
+                done = self.step == t.steps
+                if self.step % t.eval_every == 0 or done:
+                    last_eval = self.evaluate()
+                    metrics.write({"step": self.step, **last_eval})
+                    log.info(
+                        "eval step %d | %s",
+                        self.step,
+                        " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items()),
+                    )
+                    acc = last_eval.get("val_accuracy")
+                    if t.early_stop_accuracy is not None and acc is not None and acc >= t.early_stop_accuracy:
+                        log.info(
+                            "val_accuracy %.4f >= train.early_stop_accuracy %.4f: stopping",
+                            acc,
+                            t.early_stop_accuracy,
+                        )
+                        done = True
+                preempted = self._stop_requested()
+                if preempted or done or self.step % t.checkpoint_every == 0:
+                    self.save()
+                if preempted:
+                    log.info(
+                        "stopped by %s at step %d; rerun with --resume to continue",
+                        signal.Signals(preempted).name,
+                        self.step,
+                    )
+                    break
+                if done:
+                    break
+            if not last_eval and preempted is None:
+                last_eval = self.evaluate()
+                metrics.write({"step": self.step, **last_eval})
+            if self.dist.main and preempted is None:
+                self._export_weights()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            metrics.close()
+        return TrainResult(self.run_dir, self.step, last_eval, preempted)
+
+    def _export_weights(self) -> None:
+        from safetensors.torch import save_model
+
+        save_model(self.model, str(self.run_dir / "model.safetensors"))
+
+
+def train(cfg: Config) -> TrainResult:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,75 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from memnets.config import TextConfig
+from memnets.data.text import BYTE_EOS, TextTask
+
+
+def test_txt_is_byte_tokenized_with_eos_and_split(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("héllo world " * 50)
+    task = TextTask(TextConfig(val_fraction=0.1), str(path), seq_len=16, seed=0)
+    assert task.vocab_size == 257
+    stream = np.concatenate([task.train, task.val])
+    assert stream[-1] == BYTE_EOS and bytes(stream[:6].tolist()) == "héllo".encode()
+    x, y = task.train_batch(3, 4)
+    assert x.shape == y.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(task.train_batch(3, 4)[0], x), "a batch is a function of (seed, step)"
+    assert math.isclose(
+        task.bits_per_byte(math.log(2)), len(stream) / len("héllo world ".encode() * 50) * 1.0, rel_tol=1e-9
+    )
+
+
+def test_jsonl_documents_are_packed_with_eos(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    docs = [{"body": f"document number {i} " * 5} for i in range(30)]
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    task = TextTask(TextConfig(text_field="body", val_fraction=0.2), str(path), seq_len=32, seed=0)
+    stream = np.concatenate([task.train, task.val])
+    assert (stream == BYTE_EOS).sum() == 30
+    with pytest.raises(ValueError, match="text_field='text' is not a column"):
+        TextTask(TextConfig(), str(path), seq_len=32, seed=0)
+
+
+def test_pretokenized_bin_memmap(tmp_path):
+    path = tmp_path / "tokens.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    task = TextTask(TextConfig(dtype="uint16", val_fraction=0.1), str(path), seq_len=8, seed=1)
+    assert len(task.train) == 900 and task.val[0] == 900
+    batches = list(task.val_batches(batch_size=4, max_batches=2))
+    assert batches[0][0][0].tolist() == list(range(900, 908))
+
+
+def test_hf_tokenizer_from_a_local_file(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    text = "the cat sat on the mat and the dog sat on the log " * 20
+    tok.train_from_iterator(
+        [text], tokenizers.trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]", "</s>"])
+    )
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "c.txt").write_text(text)
+    task = TextTask(
+        TextConfig(tokenizer=str(tmp_path / "tokenizer.json"), val_fraction=0.2),
+        str(tmp_path / "c.txt"),
+        8,
+        0,
+    )
+    assert task.tokenizer.eos_id == tok.token_to_id("</s>") and task.vocab_size == tok.get_vocab_size()
+    assert task.bytes_per_token > 1
+
+
+def test_bad_inputs_name_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.path='nope.txt'"):
+        TextTask(TextConfig(), "nope.txt", 8, 0)
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ValueError, match="unsupported file type '.csv'"):
+        TextTask(TextConfig(), str(tmp_path / "x.csv"), 8, 0)
+    (tmp_path / "short.txt").write_text("tiny")
+    with pytest.raises(ValueError, match="too few for data.seq_len=64"):
+        TextTask(TextConfig(), str(tmp_path / "short.txt"), 64, 0)

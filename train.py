@@ -1,0 +1,53 @@
+"""Train any memnets model from a YAML config.
+
+    python train.py configs/mqar/attention.yaml
+    python train.py configs/lm/attention-tiny.yaml data.path=notes.txt train.steps=500
+    python train.py CONFIG --resume                       # continue the run in run.dir
+    torchrun --nproc_per_node 2 train.py CONFIG           # DistributedDataParallel (gloo on CPU)
+
+Overrides are dotted ``key.sub=value`` pairs parsed as YAML values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from memnets.config import load_config
+from memnets.trainer import train
+from memnets.validation import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 model.d_model=64"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in run.dir (same as run.resume=auto)"
+    )
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + (["run.resume=auto"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        result = train(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if result.preempted is not None:
+        return 128 + result.preempted
+    acc = result.metrics.get("val_accuracy")
+    summary = f"final step {result.step}: val_loss {result.metrics.get('val_loss', float('nan')):.4f}"
+    if acc is not None:
+        summary += f", val_accuracy {acc:.4f}"
+    if "val_bpb" in result.metrics:
+        summary += f", val_bpb {result.metrics['val_bpb']:.4f}"
+    print(f"{summary} (run folder: {result.run_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
