@@ -123,9 +123,11 @@ def _inner_grad(
     params: Tensor | None,
     create_graph: bool,
 ) -> Weights:
-    """∇_W ℓ(M(k; W), v) at W = ``anchor`` by autograd, per (batch, head): the losses of independent
-    memories are summed, which leaves each memory's own gradient."""
-    anchor = tuple(w if w.requires_grad else w.detach().requires_grad_() for w in anchor)
+    """∂ℓ(M(k; W), v)/∂W at W = ``anchor`` by autograd, per (batch, head): the losses of independent
+    memories are summed, which leaves each memory's own gradient. The gradient is taken w.r.t. a
+    fresh alias of the weights, so it is the partial derivative even when k or v themselves depend
+    on earlier weights (Titans MAC writes projections of an attention output that read the memory)."""
+    anchor = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
     loss = bias.loss(arch.read(anchor, k), v, params).sum()
     return torch.autograd.grad(loss, anchor, create_graph=create_graph)
 

@@ -1,0 +1,590 @@
+"""Titans (Behrouz, Zhong, Mirrokni, arXiv 2501.00663 v1): the neural long-term memory (LMM) and the
+three ways of combining it with attention, MAC, MAG and MAL. Spec: memory-models.md §2.
+
+Registered mixers:
+
+* ``titans`` — the LMM alone (§3.1, §4.4): q/k/v projections → depthwise causal conv (kernel 4) →
+  SiLU, l2-normalised q and k per head; data-dependent per-head gates; the memory (a
+  :class:`~memnets.memory.MemoryMLP` per head) trained online by ‖M(k) − v‖² with momentum and
+  forgetting; output GatedRMSNorm (RMSNorm(y) ⊙ silu(W_g x)) and output projection.
+* ``titans_mac`` — memory as a context (§4.1, Eq. 21–25): per segment, retrieve h = M*_{t−1}(q) from the
+  memory state before the segment, attend over [persistent ‖ h ‖ segment], write the attention output
+  y into the memory, output y ⊗ M*_t(y).
+* ``titans_mag`` — memory as a gate (§4.2, Eq. 26–28): sliding-window attention with a persistent
+  prefix, combined with the LMM branch.
+* ``titans_mal`` — memory as a layer (§4.3, Eq. 29–31): LMM, then sliding-window attention.
+
+Gates (per token and head; neutral names, Titans letters): ``lr = lr_max·sigmoid(W x + b)`` = θ_t,
+``mom = sigmoid(W x + b)`` = η_t, ``keep = 1 − sigmoid(W x + b)`` = 1 − α_t. Biases start at
+lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (spec 2.1 suggestion). ``lr_max = 0`` freezes the memory at
+its learned initial weights (the "frozen memory" baseline).
+
+Choices where the paper is silent (spec §9), each documented here and an option where people differ:
+
+* Memory: ``memory_depth`` 2, ``memory_expansion`` 4, GELU, residual + LayerNorm with per-head outer
+  affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
+  per head. Loss ‖M(k) − v‖² without ½ (Titans Eq. 12). Gates are scalars per head (not channel-wise).
+* Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
+  momentum/forgetting per token, reads after the token's own write (Eq. 15).
+* Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
+* Persistent memory (§3.3): ``num_persistent`` learnable key/value pairs per head prepended to every
+  attention window and visible to every query; they are position-free (no RoPE). They are not written
+  into the neural memory (its learnable initial weights already play that role), so x̃ = P ‖ x only
+  affects attention.
+* MAC: ``segment_size`` (default 64; must be a multiple of ``chunk_size``). Retrieval uses a separate
+  query projection of the segment input (Eq. 21). Causality: segment token j attends to the
+  persistent tokens, to the retrieved tokens h_i and segment tokens i with i ≤ j (h_i is a function
+  of token i, so seeing h_{i>j} would leak the future); h_i shares token i's rotary position.
+  Attention does not cross segments (long-range information flows through the memory). Only segment
+  rows of y are written to memory and output. The memory is written with k, v = projections of y
+  (Eq. 24, its own conv and gates) and read back per token with a projection of y as query, so token
+  j sees the memory after its own write; o = y ⊙ sigmoid(RMSNorm(W_r M*(y))) (the ⊗ of Eq. 25).
+* MAG: o = W_o(RMSNorm(y_attn) ⊙ sigmoid(RMSNorm(y_mem))) (``combine="gate"``, Titans ⊗) or
+  W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``combine="sum"``, ATLAS Fig. 3); ``window`` default 64.
+* MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
+  gives the residual variant).
+* Packed sequences (``cu_seqlens``): run sequence by sequence (exact, simple; a fused varlen path is
+  future work).
+
+MQAR (configs/mqar/titans*.yaml, T=64, 4 pairs, d_model 64, 2 layers) validation accuracy measured
+with train.py against the same model with ``lr_max=0`` (frozen memory): see the table in the branch
+report (filled in once train.py is on main).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..memory import MemoryMLP, MemoryState, initial_state, memory_chunked, memory_read, memory_reference
+from ..memory.architecture import Activation
+from ..modules import GatedRMSNorm, RMSNorm, ShortConv, l2norm
+from ..registry import register_mixer
+from .attention import Attention, KVCache, attention_mask
+from .base import Backend, check_cu_seqlens, resolve_backend
+
+SUPPORTED_BACKENDS = ("reference", "chunked")
+
+
+def _check_positive(owner: str, **values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+
+
+def _packed(mixer: nn.Module, x: Tensor, cu_seqlens: Tensor, state: object) -> tuple[Tensor, object]:
+    """Run packed sequences one by one from a fresh state (the memory restarts per sequence)."""
+    owner = type(mixer).__name__
+    check_cu_seqlens(owner, x, cu_seqlens)
+    if state is not None:
+        raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
+    bounds = cu_seqlens.tolist()
+    ys, last = [], None
+    for s, e in itertools.pairwise(bounds):
+        y, last = mixer(x[:, s:e])
+        ys.append(y)
+    return torch.cat(ys, 1), last
+
+
+# ---------------------------------------------------------------------------------------------------
+# the neural memory: projections, gates, memory, output norm
+
+
+class MemoryProjections(nn.Module):
+    """x → per-head q, k, v (Linear → causal depthwise conv → SiLU; l2-norm on q and k)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        head_dim: int,
+        conv_size: int,
+        names: tuple[str, ...] = ("q", "k", "v"),
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.names = num_heads, head_dim, names
+        inner = num_heads * head_dim
+        self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in names})
+        self.conv = nn.ModuleDict({n: ShortConv(inner, conv_size) for n in names})
+
+    def forward(
+        self, x: Tensor, conv_state: dict[str, Tensor] | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        B, T, _ = x.shape
+        conv_state = conv_state or {}
+        out, new_conv = {}, {}
+        for n in self.names:
+            h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n))
+            h = h.view(B, T, self.num_heads, self.head_dim)
+            out[n] = l2norm(h) if n in ("q", "k") else h
+        return out, new_conv
+
+    def state_size(self) -> int:
+        return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
+
+
+class MemoryGates(nn.Module):
+    """Per-token, per-head gates: lr = lr_max·sigmoid(·) (θ_t), mom = sigmoid(·) (η_t),
+    keep = sigmoid(·) = 1 − α_t. Computed in float32."""
+
+    def __init__(self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool) -> None:
+        super().__init__()
+        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
+        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
+        self.proj = nn.Linear(d_model, len(self.names) * num_heads)
+        with torch.no_grad():
+            self.proj.weight.normal_(std=0.1 * d_model**-0.5)
+            init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}  # lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99
+            self.proj.bias.copy_(torch.tensor([init[n] for n in self.names]).repeat_interleave(num_heads))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
+        B, T, _ = x.shape
+        raw = dict(
+            zip(self.names, self.proj(x).float().view(B, T, len(self.names), self.num_heads).unbind(2))
+        )
+        return {
+            "lr": self.lr_max * torch.sigmoid(raw["lr"]),
+            "mom": torch.sigmoid(raw["mom"]) if self.momentum else None,
+            "keep": torch.sigmoid(raw["keep"]) if self.forget else None,
+        }
+
+
+def _check_backend(owner: str, backend: str) -> None:
+    if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"{owner}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
+            "(the Triton kernel comes with a later issue)"
+        )
+
+
+def _run_memory(
+    backend: str,
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gates: dict[str, Tensor | None],
+    state: MemoryState | None,
+    chunk_size: int,
+) -> tuple[Tensor, MemoryState]:
+    fn = memory_reference if backend == "reference" else memory_chunked
+    return fn(arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state, chunk_size=chunk_size)  # type: ignore[arg-type]
+
+
+def _memory_arch(
+    num_heads: int, head_dim: int, depth: int, expansion: float, act: str, res: bool, norm: bool
+):
+    return MemoryMLP(num_heads, head_dim, depth, expansion, act, res, norm)  # type: ignore[arg-type]
+
+
+@dataclass
+class TitansState:
+    conv: dict[str, Tensor]
+    memory: MemoryState
+
+
+@register_mixer("titans")
+class Titans(nn.Module):
+    """Titans neural long-term memory (LMM) as a token mixer. See the module docstring for the options."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        momentum: bool = True,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        _check_positive("titans", chunk_size=chunk_size, head_dim=head_dim, conv_size=conv_size)
+        if lr_max < 0:
+            raise ValueError(f"titans: lr_max must be >= 0, got {lr_max}")
+        _check_backend("titans", backend)
+        self.num_heads, self.head_dim, self.chunk_size, self.backend = (
+            num_heads,
+            head_dim,
+            chunk_size,
+            backend,
+        )
+        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
+        self.memory = _memory_arch(
+            num_heads,
+            head_dim,
+            memory_depth,
+            memory_expansion,
+            memory_activation,
+            memory_residual,
+            memory_norm,
+        )
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def forward(
+        self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, TitansState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        backend = resolve_backend("titans", self.backend, x.device, SUPPORTED_BACKENDS)
+        B, T, _ = x.shape
+        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        gates = self.gates(x)
+        y, mem = _run_memory(
+            backend,
+            self.memory,
+            qkv["q"],
+            qkv["k"],
+            qkv["v"],
+            gates,
+            None if state is None else state.memory,
+            self.chunk_size,
+        )
+        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
+        y = self.norm(y, gate).reshape(B, T, -1)
+        return self.out(y), TitansState(conv, mem)
+
+    def step(self, x: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)
+        return self.num_heads * per_head + self.inputs.state_size()
+
+
+# ---------------------------------------------------------------------------------------------------
+# attention with a persistent prefix (MAG, MAL)
+
+
+class PersistentAttention(Attention):
+    """The ``attention`` mixer plus ``num_persistent`` learnable key/value pairs per head that every
+    query sees (Titans §3.3 persistent memory; position-free, so no rotary)."""
+
+    def __init__(self, d_model: int, num_heads: int, window: int | None, num_persistent: int) -> None:
+        super().__init__(d_model, num_heads, window=window)
+        self.num_persistent = num_persistent
+        if num_persistent:
+            self.persistent_k = nn.Parameter(torch.randn(num_persistent, num_heads, self.head_dim) * 0.02)
+            self.persistent_v = nn.Parameter(torch.randn(num_persistent, num_heads, self.head_dim) * 0.02)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, S: int, cu_seqlens: Tensor | None) -> Tensor:
+        if not self.num_persistent:
+            return super()._attend(q, k, v, S, cu_seqlens)
+        B, T = q.shape[:2]
+        pk = self.persistent_k.to(k.dtype)[None].expand(B, -1, -1, -1)
+        pv = self.persistent_v.to(v.dtype)[None].expand(B, -1, -1, -1)
+        mask = attention_mask(T, S, self.window, q.device, cu_seqlens)
+        mask = torch.cat([mask.new_ones(T, self.num_persistent), mask], 1)
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, torch.cat([pk, k], 1), torch.cat([pv, v], 1)))
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).transpose(1, 2)
+
+
+@dataclass
+class HybridState:
+    memory: TitansState | None
+    attention: KVCache | None
+
+
+@register_mixer("titans_mag")
+class TitansMAG(nn.Module):
+    """Memory as a Gate: sliding-window attention (with persistent prefix) ∥ LMM, combined."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        window: int = 64,
+        num_persistent: int = 4,
+        combine: Literal["gate", "sum"] = "gate",
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        momentum: bool = True,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__()
+        _check_positive("titans_mag", window=window)
+        if num_persistent < 0:
+            raise ValueError(f"titans_mag: num_persistent must be >= 0, got {num_persistent}")
+        self.combine = combine
+        self.memory = Titans(
+            d_model,
+            num_heads,
+            head_dim=head_dim,
+            chunk_size=chunk_size,
+            backend=backend,
+            memory_depth=memory_depth,
+            memory_expansion=memory_expansion,
+            memory_activation=memory_activation,
+            memory_residual=memory_residual,
+            memory_norm=memory_norm,
+            momentum=momentum,
+            forget=forget,
+            lr_max=lr_max,
+            conv_size=conv_size,
+        )
+        self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
+        self.norm_attention = RMSNorm(d_model)
+        self.norm_memory = RMSNorm(d_model)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(
+        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, HybridState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        state = state or HybridState(None, None)
+        y_mem, mem = self.memory(x, state.memory)
+        y_att, att = self.attention(x, state.attention)
+        a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
+        o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
+        return self.out(o), HybridState(mem, att)
+
+    def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
+
+
+@register_mixer("titans_mal")
+class TitansMAL(nn.Module):
+    """Memory as a Layer: LMM, then sliding-window attention with a persistent prefix."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        window: int = 64,
+        num_persistent: int = 4,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        momentum: bool = True,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__()
+        _check_positive("titans_mal", window=window)
+        if num_persistent < 0:
+            raise ValueError(f"titans_mal: num_persistent must be >= 0, got {num_persistent}")
+        self.memory = Titans(
+            d_model,
+            num_heads,
+            head_dim=head_dim,
+            chunk_size=chunk_size,
+            backend=backend,
+            memory_depth=memory_depth,
+            memory_expansion=memory_expansion,
+            memory_activation=memory_activation,
+            memory_residual=memory_residual,
+            memory_norm=memory_norm,
+            momentum=momentum,
+            forget=forget,
+            lr_max=lr_max,
+            conv_size=conv_size,
+        )
+        self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
+
+    def forward(
+        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, HybridState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        state = state or HybridState(None, None)
+        y, mem = self.memory(x, state.memory)
+        o, att = self.attention(y, state.attention)
+        return o, HybridState(mem, att)
+
+    def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MAC
+
+
+@dataclass
+class MACState:
+    pos: int  # tokens seen so far
+    conv_x: dict[str, Tensor]  # retrieval query conv
+    conv_y: dict[str, Tensor]  # memory write/read convs (input: attention output y)
+    memory: MemoryState
+    segment_memory: MemoryState  # memory at the start of the current segment (retrieval, Eq. 21)
+    seg_k: Tensor  # [B, S, H, D] keys of the current segment's tokens so far (rotary applied)
+    seg_v: Tensor
+    h_k: Tensor  # keys of the retrieved tokens h so far
+    h_v: Tensor
+
+
+@register_mixer("titans_mac")
+class TitansMAC(nn.Module):
+    """Memory as a Context: segment-wise attention over [persistent ‖ retrieved memory ‖ segment]."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        segment_size: int = 64,
+        num_persistent: int = 4,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        momentum: bool = True,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+        rope_base: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        _check_positive("titans_mac", segment_size=segment_size, chunk_size=chunk_size, head_dim=head_dim)
+        if segment_size % chunk_size:
+            raise ValueError(
+                f"titans_mac: segment_size={segment_size} must be a multiple of chunk_size={chunk_size} "
+                "(the retrieval reads the memory at segment starts, which must be chunk boundaries)"
+            )
+        if num_persistent < 0:
+            raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
+        _check_backend("titans_mac", backend)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
+        self.num_persistent = num_persistent
+        inner = num_heads * head_dim
+        # retrieval query from the segment input (Eq. 21)
+        self.retrieve = MemoryProjections(d_model, num_heads, head_dim, conv_size, names=("q",))
+        self.h_in = nn.Linear(inner, d_model, bias=False)  # retrieved tokens into the token space
+        self.attention = Attention(d_model, num_heads, rope_base=rope_base)  # qkv, rotary, out
+        if num_persistent:
+            self.persistent_k = nn.Parameter(
+                torch.randn(num_persistent, num_heads, d_model // num_heads) * 0.02
+            )
+            self.persistent_v = nn.Parameter(
+                torch.randn(num_persistent, num_heads, d_model // num_heads) * 0.02
+            )
+        # memory written and read with projections of the attention output (Eq. 24-25)
+        self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
+        self.memory = _memory_arch(
+            num_heads,
+            head_dim,
+            memory_depth,
+            memory_expansion,
+            memory_activation,
+            memory_residual,
+            memory_norm,
+        )
+        self.r_out = nn.Linear(inner, d_model, bias=False)
+        self.r_norm = RMSNorm(d_model)
+
+    def _initial_state(self, x: Tensor) -> MACState:
+        B = x.shape[0]
+        H, Da = self.num_heads, self.attention.head_dim
+        mem = initial_state(self.memory, B, self.gates.momentum, self.memory.init_weights[0].dtype)
+        empty = x.new_zeros(B, 0, H, Da)
+        return MACState(0, {}, {}, mem, mem, empty, empty, empty, empty)
+
+    def forward(
+        self, x: Tensor, state: MACState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, MACState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        backend = resolve_backend("titans_mac", self.backend, x.device, SUPPORTED_BACKENDS)
+        st = state or self._initial_state(x)
+        outs, start, T = [], 0, x.shape[1]
+        while start < T:
+            end = min(T, start + self.segment_size - st.pos % self.segment_size)
+            o, st = self._segment_piece(x[:, start:end], st, backend)
+            outs.append(o)
+            start = end
+        return torch.cat(outs, 1) if outs else x, st
+
+    def _segment_piece(self, x: Tensor, st: MACState, backend: str) -> tuple[Tensor, MACState]:
+        """Tokens that all lie in one segment, continuing from ``st``."""
+        B, L, _ = x.shape
+        H, Da = self.num_heads, self.attention.head_dim
+        offset = st.pos % self.segment_size  # tokens of this segment seen before
+        # 1. retrieve from the memory as it was at the segment start (Eq. 21)
+        qx, conv_x = self.retrieve(x, st.conv_x)
+        h = memory_read(self.memory, st.segment_memory, qx["q"]).reshape(B, L, -1)
+        h_tok = self.h_in(h)
+        # 2. attention over [persistent ‖ h ‖ segment] (Eq. 22-23), causal in the segment index
+        positions = torch.arange(offset, offset + L, device=x.device)
+        q, k, v = self.attention.qkv(x).view(B, L, 3, H, Da).unbind(2)
+        _, hk, hv = self.attention.qkv(h_tok).view(B, L, 3, H, Da).unbind(2)
+        q, k, hk = (self.attention.rotary(t, positions) for t in (q, k, hk))
+        seg_k, seg_v = torch.cat([st.seg_k, k], 1), torch.cat([st.seg_v, v], 1)
+        h_k, h_v = torch.cat([st.h_k, hk], 1), torch.cat([st.h_v, hv], 1)
+        causal = attention_mask(L, offset, None, x.device)  # [L, offset + L]
+        keys, values, masks = [h_k, seg_k], [h_v, seg_v], [causal, causal]
+        if self.num_persistent:
+            keys.insert(0, self.persistent_k.to(k.dtype)[None].expand(B, -1, -1, -1))
+            values.insert(0, self.persistent_v.to(v.dtype)[None].expand(B, -1, -1, -1))
+            masks.insert(0, causal.new_ones(L, self.num_persistent))
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, torch.cat(keys, 1), torch.cat(values, 1)))
+        att = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.cat(masks, 1)).transpose(1, 2)
+        y = self.attention.out(att.reshape(B, L, H * Da))
+        # 3. write y into the memory and read it back per token (Eq. 24-25)
+        kv, conv_y = self.write(y, st.conv_y)
+        r, mem = _run_memory(
+            backend, self.memory, kv["q"], kv["k"], kv["v"], self.gates(y), st.memory, self.chunk_size
+        )
+        o = y * torch.sigmoid(self.r_norm(self.r_out(r.reshape(B, L, -1))))
+        pos = st.pos + L
+        new = MACState(pos, conv_x, conv_y, mem, st.segment_memory, seg_k, seg_v, h_k, h_v)
+        if pos % self.segment_size == 0:  # segment finished: next retrieval sees the updated memory
+            empty = seg_k[:, :0]
+            new = replace(new, segment_memory=mem, seg_k=empty, seg_v=empty, h_k=empty, h_v=empty)
+        return o, new
+
+    def step(self, x: Tensor, state: MACState | None) -> tuple[Tensor, MACState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)
+        kv = 4 * min(seq_len, self.segment_size) * self.num_heads * self.attention.head_dim
+        return 2 * self.num_heads * per_head + kv

@@ -1,0 +1,137 @@
+"""Titans mixers (LMM, MAC, MAG, MAL): decoding equals the parallel forward, reference backend equals
+chunked (outputs and every parameter gradient), causality, packed sequences, bf16 stability."""
+
+import pytest
+import torch
+
+import memnets
+from memnets.mixers.titans import Titans
+from memnets.testing import assert_close
+
+F64 = torch.float64
+NAMES = ["titans", "titans_mac", "titans_mag", "titans_mal"]
+
+
+def tiny(name, **kw):
+    opts = {"chunk_size": 4, "memory_expansion": 2.0}
+    if name == "titans_mac":
+        opts["segment_size"] = 8
+    elif name != "titans":
+        opts["window"] = 5
+    opts.update(kw)
+    return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_equals_forward(name):
+    mixer = tiny(name)
+    x = torch.randn(2, 19, 16, dtype=F64)
+    y, final = mixer(x)
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        yt, state = mixer.step(x[:, t], state)
+        ys.append(yt)
+    assert_close(f"{name} decode", y, torch.stack(ys, 1))
+    # split inside a chunk and inside a segment, then continue
+    y1, s = mixer(x[:, :7])
+    y2, s2 = mixer(x[:, 7:], s)
+    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
+    # the final states agree: one more token gives the same output from either
+    assert_close(f"{name} next", mixer.step(x[:, 3], final)[0], mixer.step(x[:, 3], s2)[0])
+    assert_close(f"{name} next (decoded)", mixer.step(x[:, 3], final)[0], mixer.step(x[:, 3], state)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_backend_equals_chunked(name):
+    torch.manual_seed(0)
+    chunked = tiny(name)
+    reference = tiny(name, backend="reference")
+    reference.load_state_dict(chunked.state_dict())
+    x = torch.randn(1, 13, 16, dtype=F64)
+    cot = torch.randn(1, 13, 16, dtype=F64)
+    grads = []
+    for m in (reference, chunked):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        (y * cot).sum().backward()
+        grads.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", grads[0][0], grads[1][0])
+    assert_close("dx", grads[0][1], grads[1][1])
+    for n, g in grads[0][2].items():
+        assert_close(f"d{n}", g, grads[1][2][n])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal(name):
+    mixer = tiny(name)
+    x = torch.randn(1, 20, 16, dtype=F64)
+    y, _ = mixer(x)
+    x2 = x.clone()
+    x2[:, 11:] = torch.randn(1, 9, 16, dtype=F64)
+    y2, _ = mixer(x2)
+    assert_close("prefix unchanged", y[:, :11], y2[:, :11])
+    assert (y[:, 11:] - y2[:, 11:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", ["titans", "titans_mac"])
+def test_packed_equals_separate(name):
+    mixer = tiny(name)
+    a, b = torch.randn(1, 5, 16, dtype=F64), torch.randn(1, 10, 16, dtype=F64)
+    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
+    assert_close("first", mixer(a)[0], packed[:, :5])
+    assert_close("second", mixer(b)[0], packed[:, 5:])
+
+
+def test_backend_and_option_errors():
+    with pytest.raises(ValueError, match="backend='triton' is not implemented"):
+        memnets.build_mixer("titans", d_model=16, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="segment_size=6 must be a multiple of chunk_size=4"):
+        memnets.build_mixer("titans_mac", d_model=16, num_heads=2, segment_size=6, chunk_size=4)
+    with pytest.raises(ValueError, match="lr_max"):
+        memnets.build_mixer("titans", d_model=16, num_heads=2, lr_max=-1.0)
+
+
+def test_frozen_memory_keeps_initial_weights():
+    """lr_max = 0 without forgetting: the memory never moves from its learned initial weights."""
+    mixer = tiny("titans", lr_max=0.0, forget=False)
+    _, st = mixer(torch.randn(2, 9, 16, dtype=F64))
+    for w, w0 in zip(st.memory.weights, mixer.memory.init_weights):
+        assert_close("frozen", w0.expand_as(w), w)
+
+
+@pytest.mark.parametrize("keep_bias", [-12.0, 12.0])
+def test_bf16_autocast_long_sequence_extreme_gates_is_finite(keep_bias):
+    """T = 4096, lr at its max, keep ≈ 0 or ≈ 1, momentum ≈ 1: outputs and gradients stay finite."""
+    mixer = Titans(8, 1, chunk_size=64, memory_expansion=2.0)
+    n = mixer.gates.num_heads
+    with torch.no_grad():
+        mixer.gates.proj.bias[:n] = 12.0  # lr = lr_max
+        mixer.gates.proj.bias[n : 2 * n] = 12.0  # mom ≈ 1
+        mixer.gates.proj.bias[2 * n :] = keep_bias
+    x = torch.randn(1, 4096, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, st = mixer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in st.memory.weights)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lm_generate_matches_forward(name):
+    opts = {"chunk_size": 4, "memory_expansion": 2.0}
+    if name == "titans_mac":
+        opts["segment_size"] = 8
+    elif name != "titans":
+        opts["window"] = 6
+    cfg = memnets.ModelConfig(
+        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
+    )
+    model = memnets.build_model(cfg).double().eval()
+    prompt = torch.randint(0, 32, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8)
+    logits = model(out[:, :-1])
+    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
+    assert model.state_size(64) > 0
