@@ -54,6 +54,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
@@ -261,13 +262,28 @@ def miras_reference(
     return y.transpose(1, 2).to(q.dtype), out
 
 
-def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
-    """Read token t of ``x [B, H, L, d]`` with its own weights ``[B, H, L, d_in, d_out]``: the tokens
-    are moved into the batch so the memory's per-head LayerNorm still broadcasts over heads."""
-    B, H, L, D = x.shape
-    xs = x.permute(0, 2, 1, 3).reshape(B * L, H, 1, D)
-    ws = tuple(w.permute(0, 2, 1, 3, 4).reshape(B * L, H, *w.shape[-2:]) for w in weights)
-    return arch.read(ws, xs).reshape(B, L, H, D).permute(0, 2, 1, 3)
+class _RetainedRead:
+    """Read every token of a segment with its own weights φ(A_t), A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j
+    (materialised: φ is not linear, so the engine's dual form does not apply)."""
+
+    def __init__(self, arch: MemoryMLP, retention: Retention) -> None:
+        self.arch, self.retention = arch, retention
+
+    def __call__(self, q: Tensor, beta: Tensor, G: Tensor, *tensors: Tensor) -> Tensor:
+        n = self.arch.depth
+        A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
+        # (G[t, j] x_j)ᵀ δ_j summed over j: one batched matmul per token
+        acc = tuple(
+            beta[..., None, None] * a[:, :, None]
+            - (G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
+            for a, x, d in zip(A, xs, deltas)
+        )
+        weights = retained_weights(acc, self.retention)
+        # move the tokens into the batch so the memory's per-head LayerNorm still broadcasts over heads
+        B, H, L, D = q.shape
+        qs = q.permute(0, 2, 1, 3).reshape(B * L, H, 1, D)
+        ws = tuple(w.permute(0, 2, 1, 3, 4).reshape(B * L, H, *w.shape[-2:]) for w in weights)
+        return self.arch.read(ws, qs).reshape(B, L, H, D).permute(0, 2, 1, 3)
 
 
 def miras_chunked(
@@ -324,12 +340,13 @@ def miras_chunked(
             if retention is None:
                 ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c))
             else:
-                # A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of the segment
-                acc = tuple(
-                    c.beta[..., None, None] * a[:, :, None] - torch.einsum("bhtj,bhja,bhjc->bhtac", c.G, x, d)
-                    for a, x, d in zip(A, kp.xs, kp.deltas)
-                )
-                ys.append(_read_per_token(arch, retained_weights(acc, retention), qh[:, :, sl]))
+                read = _RetainedRead(arch, retention)
+                args = (qh[:, :, sl], c.beta, c.G, *A, *kp.xs, *kp.deltas)
+                if torch.is_grad_enabled():
+                    # the per-token weights are the big tensors: recompute them in the backward
+                    ys.append(checkpoint(read, *args, use_reentrant=False))
+                else:
+                    ys.append(read(*args))
             A, _ = segment_end_state(A, None, kp, c)
             offset = (offset + end - start) % chunk_size
             start = end
