@@ -22,12 +22,16 @@ accumulator ``A`` that the engine's linear rule updates, A_t = keep_t A_{t−1} 
 reads and differentiates the weights W = φ(A) (the FTRL / mirror-descent view, Miras §3 Prop. 3.2):
 
 * ``None`` — φ = identity: plain L2 retention / weight decay (Yaad, Eq. 26; Titans' forget gate).
-* :class:`LqNormalize` — Moneta (Eq. 24), per weight matrix and head: ``"paper"`` W = A/‖A‖_q^{q−2}
-  taken literally; ``"mirror"`` W = Sign(A)|A|^{q−1}/‖A‖_q^{q−2}, the p-norm mirror map of Miras'
-  L_q stability variant (§5.2 Variant 4; Shalev-Shwartz §2.6). The literal map is (3 − q)-homogeneous:
-  for q = 4, ‖W‖₄ = 1/‖A‖₄, so a growing accumulator *shrinks* the weights and retention (keep < 1)
-  *inflates* them; the mirror map is 1-homogeneous (‖W‖_{q/(q−1)} = ‖A‖_q). q = 2 is the identity in
-  both.
+* :class:`LqNormalize` — Moneta (Eq. 24), W = s(A)·A with one scalar per weight matrix and head
+  (entrywise ℓ_q): ``"paper"`` s = ‖A‖_q^{−(q−2)}, Eq. 24 taken literally; ``"unit"`` s = ‖A‖_q^{−1},
+  the projection onto the unit L_q sphere (the "ball" of Miras §3's memory-architecture choice). The
+  literal map is (3 − q)-homogeneous: for q = 4, ‖W‖₄ = 1/‖A‖₄, so a growing accumulator *shrinks*
+  the weights and retention (keep < 1) *inflates* them; the unit map is scale-free. q = 2 is the
+  identity for ``"paper"``. (The p-norm mirror map Sign(A)|A|^{q−1}/‖A‖_q^{q−2} of Miras' Variant 4
+  was tried and dropped: cubing entries of size ~d^{-1/2} makes the pre-LayerNorm output tiny, and
+  the LayerNorm backward then gives inner gradients that blew the weights up to ~10⁴ within 5 tokens.)
+  Being scalar maps, both read through the engine's dual form with per-token scales; only the norms
+  ‖A_t‖_q need each token's accumulator.
 * :class:`SimplexSoftmax` — Memora (Eq. 21/27): W = c·Softmax(A) with ``A`` the logits. Eq. 27,
   W_t = Softmax(keep_t log W_{t−1} − lr_t ∇ℓ(W_{t−1})), is exactly linear in the logits, because
   log Softmax(A) = A − logsumexp(A) and the softmax ignores the per-slice constant keep·logsumexp:
@@ -41,8 +45,8 @@ token t reads y_t = M(q_t; φ(A_t)) after its own write, so ``chunk_size = 1`` i
 and the gradient point is the only approximation. The paper applies Moneta's normalisation "at the end
 of each chunk" only and reads inside a chunk from un-normalised values; we keep reads exact instead
 (one rule, exact decoding at any chunk size) at the cost of materialising each token's weights inside
-a chunk (O(C·|W|) memory per chunk; identity retention keeps the engine's dual form and materialises
-nothing). ``lag=True`` is Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an
+a chunk for Memora (O(C·|W|) per chunk, recomputed in the backward; identity retention keeps the
+engine's dual form and materialises nothing, L_q normalisation materialises only for the norms). ``lag=True`` is Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an
 exact single-token step from W_{t'}, and the rest of the chunk takes its gradients at the weights
 after it (one sequential single-token step per chunk).
 """
@@ -166,23 +170,24 @@ class Retention(Protocol):
 
 
 class LqNormalize:
-    """Moneta's L_q retention (see the module docstring): ``map="paper"`` (Eq. 24 literally) or
-    ``"mirror"`` (the 1-homogeneous p-norm mirror map)."""
+    """Moneta's L_q retention, W = s(A)·A with one scalar per weight matrix and head (see the module
+    docstring): ``map="paper"`` s = ‖A‖_q^{−(q−2)} (Eq. 24 literally), ``"unit"`` s = ‖A‖_q^{−1}."""
 
-    def __init__(self, q: float = 4.0, map: Literal["paper", "mirror"] = "paper") -> None:
+    def __init__(self, q: float = 4.0, map: Literal["paper", "unit"] = "paper") -> None:
         if q < 2:
             raise ValueError(f"LqNormalize: q must be >= 2, got {q}")
-        if map not in ("paper", "mirror"):
-            raise ValueError(f"LqNormalize: map={map!r} is not one of ['paper', 'mirror']")
+        if map not in ("paper", "unit"):
+            raise ValueError(f"LqNormalize: map={map!r} is not one of ['paper', 'unit']")
         self.q, self.map = q, map
 
+    def scale(self, acc: Tensor) -> Tensor:
+        """s(A) for accumulators ``[..., d_in, d_out]`` -> ``[...]``."""
+        # the clamp only guards an all-zero accumulator
+        power = acc.abs().pow(self.q).sum((-2, -1)).clamp_min(1e-30)
+        return power.pow(-(self.q - 2 if self.map == "paper" else 1.0) / self.q)
+
     def __call__(self, acc: Tensor) -> Tensor:
-        # ‖A‖_q^{q−2} = (Σ|A|^q)^{(q−2)/q}; the clamp only guards an all-zero accumulator
-        power = acc.abs().pow(self.q).sum((-2, -1), keepdim=True).clamp_min(1e-30)
-        scale = power.pow(-(self.q - 2) / self.q)
-        if self.map == "paper":
-            return acc * scale
-        return torch.sign(acc) * acc.abs().pow(self.q - 1) * scale
+        return acc * self.scale(acc)[..., None, None]
 
     def __repr__(self) -> str:
         return f"LqNormalize(q={self.q}, map={self.map!r})"
@@ -262,6 +267,28 @@ def miras_reference(
     return y.transpose(1, 2).to(q.dtype), out
 
 
+def _token_accumulators(beta: Tensor, G: Tensor, A: Weights, xs: Weights, deltas: Weights) -> Weights:
+    """A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of a segment, ``[B, H, L, d_in, d_out]``
+    per layer (one batched matmul per token: [B, H, L, d_in, L] @ [B, H, 1, L, d_out])."""
+    return tuple(
+        beta[..., None, None] * a[:, :, None]
+        - (G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
+        for a, x, d in zip(A, xs, deltas)
+    )
+
+
+class _TokenScales:
+    """Per-token scales s(A_t) of an :class:`LqNormalize` map, one ``[B, H, L]`` per layer."""
+
+    def __init__(self, retention: LqNormalize) -> None:
+        self.retention = retention
+
+    def __call__(self, beta: Tensor, G: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+        n = len(tensors) // 3
+        acc = _token_accumulators(beta, G, tensors[:n], tensors[n : 2 * n], tensors[2 * n :])
+        return tuple(self.retention.scale(a) for a in acc)
+
+
 class _RetainedRead:
     """Read every token of a segment with its own weights φ(A_t), A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j
     (materialised: φ is not linear, so the engine's dual form does not apply)."""
@@ -272,12 +299,7 @@ class _RetainedRead:
     def __call__(self, q: Tensor, beta: Tensor, G: Tensor, *tensors: Tensor) -> Tensor:
         n = self.arch.depth
         A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
-        # (G[t, j] x_j)ᵀ δ_j summed over j: one batched matmul per token
-        acc = tuple(
-            beta[..., None, None] * a[:, :, None]
-            - (G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
-            for a, x, d in zip(A, xs, deltas)
-        )
+        acc = _token_accumulators(beta, G, A, xs, deltas)
         weights = retained_weights(acc, self.retention)
         # move the tokens into the batch so the memory's per-head LayerNorm still broadcasts over heads
         B, H, L, D = q.shape
@@ -339,6 +361,14 @@ def miras_chunked(
             c = chunk_coefficients(lr_[:, :, sl], None if log_keep is None else log_keep[:, :, sl], None)
             if retention is None:
                 ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c))
+            elif isinstance(retention, LqNormalize):
+                # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
+                norms = _TokenScales(retention)
+                args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
+                scales = (
+                    checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
+                )
+                ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c, scales))
             else:
                 read = _RetainedRead(arch, retention)
                 args = (qh[:, :, sl], c.beta, c.G, *A, *kp.xs, *kp.deltas)

@@ -33,9 +33,8 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
 * Moneta's normalisation is per weight matrix and head (entrywise ℓ_q). Taken literally (Eq. 24,
   ``normalize="paper"``) W = A/‖A‖_q^{q−2} has ‖W‖₄ = 1/‖A‖₄ at q = 4: the accumulator grows with every
   write, so the weights shrink toward 0, and retention keep < 1 inflates them instead of forgetting.
-  ``normalize="mirror"`` is the stabilised p-norm mirror map W = Sign(A)|A|^{q−1}/‖A‖_q^{q−2}
-  (1-homogeneous; Miras §5.2 Variant 4); ``"none"`` is plain L2 retention (weight decay).
-  Default chosen by the MQAR experiment below.
+  ``normalize="unit"`` is the stabilised variant W = A/‖A‖_q (scale-free: the unit L_q sphere);
+  ``"none"`` is plain L2 retention (weight decay). Default chosen by the MQAR experiment below.
 * Memora: softmax over each output unit's incoming weights (the rows of W in the paper's column
   form), every layer constrained, scale c = ``simplex_scale`` (1); the state carries the logits
   (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
@@ -234,7 +233,7 @@ class Moneta(MirasMemory):
         *,
         p: float = 3.0,
         q: float = 4.0,
-        normalize: Literal["paper", "mirror", "none"] = "mirror",
+        normalize: Literal["paper", "unit", "none"] = "unit",
         eps: float = 1e-6,
         head_dim: int | None = None,
         chunk_size: int = 16,
@@ -248,8 +247,8 @@ class Moneta(MirasMemory):
         gate_rank: int = 32,
         conv_size: int = 4,
     ) -> None:
-        if normalize not in ("paper", "mirror", "none"):
-            raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'mirror', 'none']")
+        if normalize not in ("paper", "unit", "none"):
+            raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
         super().__init__(
             d_model,
             num_heads,
