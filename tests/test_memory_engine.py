@@ -115,6 +115,24 @@ def test_chunked_equals_reference_architectures(depth, activation, residual, lay
     )
 
 
+@pytest.mark.parametrize("T", [13, 16])
+def test_chunk_end_hook_matches_reference(T):
+    """A post-chunk map on the weights (Moneta-style normalisation) is applied at the same places."""
+    arch = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
+    inputs = make_inputs(1, T, 2, 4)
+
+    def normalise(ws):
+        return tuple(w / w.pow(2).sum((-2, -1), keepdim=True).sqrt() for w in ws)
+
+    def run(fn):
+        q, k, v, lr, mom, keep = inputs
+        y, st = fn(arch, q, k, v, lr, mom, keep, chunk_size=4, chunk_end=normalise)
+        grads = torch.autograd.grad(y.sum() + st.weights[0].sum(), [q, k, lr, *arch.parameters()])
+        return y, st, grads
+
+    compare(run(memory_reference), run(memory_chunked))
+
+
 def _mlp(ws, x):
     """Independent memory forward for the online test: depth-2 GELU MLP, residual + LayerNorm(affine)."""
     (w1, w2), (g, b) = ws

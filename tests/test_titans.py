@@ -135,3 +135,15 @@ def test_lm_generate_matches_forward(name):
     logits = model(out[:, :-1])
     assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
     assert model.state_size(64) > 0
+
+
+def test_memory_learns_under_inference_mode():
+    """Serving stacks decode under inference_mode: the chunked memory needs no autograd, so test-time
+    learning still happens there (and equals the training-mode forward)."""
+    mixer = tiny("titans")
+    x = torch.randn(1, 10, 16, dtype=F64)
+    y, _ = mixer(x)
+    with torch.inference_mode():
+        yi, st = mixer(x)
+    assert_close("inference mode", y, yi)
+    assert not torch.equal(st.memory.weights[0], mixer.memory.init_weights[0].expand_as(st.memory.weights[0]))

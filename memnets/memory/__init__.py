@@ -34,12 +34,13 @@ Titans, Miras (Moneta/Yaad/Memora), ATLAS and TNT all compose these pieces (spec
 
 Entry points (tensors ``[B, T, H, D]``, gates ``[B, T, H]``)::
 
-    y, state = memory_chunked(arch, q, k, v, lr, mom=None, keep=None, state=None,
-                              chunk_size=16, bias=L2Bias(), bias_params=None)   # parallel PyTorch
+    y, state = memory_chunked(arch, q, k, v, lr, mom=None, keep=None, state=None, chunk_size=16,
+                              bias=L2Bias(), bias_params=None, chunk_end=None)  # parallel PyTorch
     y, state = memory_reference(...same arguments...)   # token-by-token loop, autograd inner gradient
     h = memory_read(arch, state, x)                       # read without writing (Titans MAC Eq. 21)
 
-Both run in the dtype of ``arch``'s parameters (float32 or float64) with autocast disabled and return
+``chunk_end(weights) -> weights`` is applied whenever a chunk completes (both paths), for rules that
+post-process the state per chunk (Moneta's ℓ_q normalisation, Memora's projection). Both run in the dtype of ``arch``'s parameters (float32 or float64) with autocast disabled and return
 ``y`` in ``q``'s dtype; gradients flow to q, k, v, the gates, ``arch``'s parameters and the initial
 state. Families that change the rule (Omega windows, Newton-Schulz on momentum, chunk-end
 normalisation, local resets) reuse ``key_path``/``dual_read``/``segment_end_state`` with their own

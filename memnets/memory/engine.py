@@ -13,6 +13,7 @@ the same outputs as one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from .bias import AttentionalBias, L2Bias
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log
 
 Weights = tuple[Tensor, ...]
+ChunkEnd = Callable[[Weights], Weights]
 
 
 @dataclass
@@ -145,6 +147,7 @@ def memory_reference(
     chunk_size: int = 16,
     bias: AttentionalBias | None = None,
     bias_params: Tensor | None = None,
+    chunk_end: ChunkEnd | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Token-by-token loop with the chunked semantics; the inner gradient comes from autograd on
     ``bias.loss``. For tests: slow (T sequential steps with a double backward), readable, exact.
@@ -185,6 +188,8 @@ def memory_reference(
             W = tuple(kp * w + s for w, s in zip(W, step))
             ys.append(arch.read(W, qh[:, :, sl]))
             offset = (offset + 1) % chunk_size
+            if offset == 0 and chunk_end is not None:
+                W = chunk_end(W)
     y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
     out = MemoryState(W, S, anchor if offset else None, offset)
     if not create_graph:
@@ -281,6 +286,7 @@ def memory_chunked(
     chunk_size: int = 16,
     bias: AttentionalBias | None = None,
     bias_params: Tensor | None = None,
+    chunk_end: ChunkEnd | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run the memory over a sequence chunk by chunk (parallel inside each chunk, sequential across).
 
@@ -295,6 +301,9 @@ def memory_chunked(
         chunk_size: tokens per chunk (gradients at the chunk-start weights).
         bias: attentional bias (default :class:`L2Bias`); ``bias_params``: its per-token
             parameters ``[B, T, H, ...]`` if any.
+        chunk_end: optional map applied to the weights each time a chunk completes, after its last
+            token was read (e.g. Moneta's ℓ_q normalisation "at the end of each chunk", Miras §5.3);
+            the reference applies it at the same positions.
 
     Returns ``y [B, T, H, D]`` (token t reads its own updated memory) and the state after the last
     token. Runs in the dtype of ``arch``'s parameters with autocast off (the recurrence is
@@ -330,6 +339,8 @@ def memory_chunked(
             ys.append(dual_read(arch, qh[:, :, sl], W, S, kp, c))
             W, S = segment_end_state(W, S, kp, c)
             offset = (offset + end - start) % chunk_size
+            if offset == 0 and chunk_end is not None:
+                W = chunk_end(W)
             start = end
         y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
     return y.transpose(1, 2).to(q.dtype), MemoryState(W, S, anchor if offset else None, offset)

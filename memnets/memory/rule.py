@@ -51,6 +51,11 @@ class ChunkCoefficients:
     ``beta[t]`` multiplies W_0, ``f[t]`` multiplies S_0 (``None`` without momentum), ``G[t, j]``
     multiplies u_j in W_t (zero for j > t). At the segment end: ``m_end`` multiplies S_0 and
     ``s_coef[j]`` = lr_j m_L/m_j multiplies u_j in S_L (both ``None`` without momentum).
+
+    The engine's ``dual_read`` and ``segment_end_state`` only need G as a ``[B, H, L_read, L_grad]``
+    matrix over the gradient rows they are given, so a rule whose gradient rows differ from the
+    read rows (e.g. ATLAS's Omega window, which adds the previous chunk's last c − 1 keys) can build
+    its own ``ChunkCoefficients`` with a rectangular G and ``s_coef`` of length L_grad.
     """
 
     beta: Tensor

@@ -554,7 +554,8 @@ class TitansMAC(nn.Module):
         # 2. attention over [persistent ‖ h ‖ segment] (Eq. 22-23), causal in the segment index
         positions = torch.arange(offset, offset + L, device=x.device)
         q, k, v = self.attention.qkv(x).view(B, L, 3, H, Da).unbind(2)
-        _, hk, hv = self.attention.qkv(h_tok).view(B, L, 3, H, Da).unbind(2)
+        d = H * Da  # the retrieved tokens only serve as keys and values: skip their query rows
+        hk, hv = F.linear(h_tok, self.attention.qkv.weight[d:]).view(B, L, 2, H, Da).unbind(2)
         q, k, hk = (self.attention.rotary(t, positions) for t in (q, k, hk))
         seg_k, seg_v = torch.cat([st.seg_k, k], 1), torch.cat([st.seg_v, v], 1)
         h_k, h_v = torch.cat([st.h_k, hk], 1), torch.cat([st.h_v, hv], 1)
