@@ -274,3 +274,17 @@ def test_lm_generate_matches_forward(name):
     logits = model(out[:, :-1])
     assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
     assert model.state_size(64) > 0
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_paper_sized_configs_have_the_papers_parameter_counts(name):
+    from pathlib import Path
+
+    from memnets.config import load_config
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "lm"
+    for size, target in (("340m", 340e6), ("760m", 760e6)):
+        cfg = load_config(root / f"{name}-{size}.yaml", ["data.path=corpus.bin"])
+        with torch.device("meta"):
+            n = memnets.build_model(cfg.model).num_params()
+        assert abs(n - target) / target < 0.02, f"{name}-{size}: {n / 1e6:.1f}M parameters"
