@@ -11,6 +11,7 @@ Overrides are dotted ``key.sub=value`` pairs parsed as YAML values.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from memnets.config import load_config
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result.preempted is not None:
         return 128 + result.preempted
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     acc = result.metrics.get("val_accuracy")
     summary = f"final step {result.step}: val_loss {result.metrics.get('val_loss', float('nan')):.4f}"
     if acc is not None:

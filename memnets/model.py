@@ -19,7 +19,9 @@ from .validation import ConfigError
 class ModelConfig:
     """``mixer`` is one registered name for every layer, or a list cycled over the layers for hybrids
     (``[titans, titans, titans, attention]`` puts attention in every fourth layer). ``mixer_options``
-    maps a mixer name to the keyword options of its constructor."""
+    maps a mixer name to the keyword options of its constructor. ``max_position_embeddings > 0`` adds
+    learned absolute position embeddings for that many positions (zoology's MQAR baselines use them;
+    memory mixers do not need them)."""
 
     vocab_size: int | None = None  # None: taken from the data by the trainer
     d_model: int = 128
@@ -28,6 +30,7 @@ class ModelConfig:
     mixer: str | list[str] = "attention"
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     mlp_ratio: float = 4.0
+    max_position_embeddings: int = 0
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -45,6 +48,10 @@ class ModelConfig:
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}"
+            )
+        if self.max_position_embeddings < 0:
+            raise ConfigError(
+                f"model.max_position_embeddings={self.max_position_embeddings} must be >= 0 (0 = none)"
             )
         if self.mlp_ratio < 0:
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be >= 0 (0 drops the MLP)")
@@ -101,6 +108,9 @@ class LM(nn.Module):
             )
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = (
+            nn.Embedding(cfg.max_position_embeddings, cfg.d_model) if cfg.max_position_embeddings else None
+        )
         self.blocks = nn.ModuleList(Block(cfg, name) for name in cfg.layer_mixers())
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -115,6 +125,8 @@ class LM(nn.Module):
         does not override: only ``nn.Linear`` weights named ``out``/``w_down``/... are touched here."""
         std = self.config.init_std
         nn.init.normal_(self.embed.weight, std=std)
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed.weight, std=std)
         for block in self.blocks:
             if block.mlp is not None:
                 for lin in (block.mlp.w_gate, block.mlp.w_up):
@@ -129,17 +141,35 @@ class LM(nn.Module):
         losses = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
         return torch.stack(losses).sum() if losses else None
 
+    def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            limit = self.config.max_position_embeddings
+            if int(positions.max()) >= limit:
+                raise ValueError(
+                    f"position {int(positions.max())} is beyond model.max_position_embeddings={limit}; "
+                    "use shorter sequences or a model without absolute positions"
+                )
+            x = x + self.pos_embed(positions)
+        return x
+
     def forward(
         self,
         input_ids: Tensor,
         states: list[Any] | None = None,
         cu_seqlens: Tensor | None = None,
         return_states: bool = False,
+        start_pos: int = 0,
     ) -> Tensor | tuple[Tensor, list[Any]]:
-        """``input_ids [B, T] -> logits [B, T, V]`` (and the per-layer states when asked)."""
+        """``input_ids [B, T] -> logits [B, T, V]`` (and the per-layer states when asked).
+        ``start_pos`` is the absolute position of the first token when continuing from ``states``."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
-        x = self.embed(input_ids)
+        positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
+        if cu_seqlens is not None:
+            seq = torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)
+            positions = positions - cu_seqlens[seq]
+        x = self._embed(input_ids, positions)
         states = states if states is not None else [None] * len(self.blocks)
         new_states = []
         for block, state in zip(self.blocks, states):
@@ -148,9 +178,9 @@ class LM(nn.Module):
         logits = self.head(self.norm(x))
         return (logits, new_states) if return_states else logits
 
-    def step(self, token: Tensor, states: list[Any]) -> tuple[Tensor, list[Any]]:
-        """One decoding step: ``token [B] -> logits [B, V]``."""
-        x = self.embed(token)
+    def step(self, token: Tensor, states: list[Any], pos: int) -> tuple[Tensor, list[Any]]:
+        """One decoding step for the token at absolute position ``pos``: ``token [B] -> logits [B, V]``."""
+        x = self._embed(token, torch.full_like(token, pos))
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block.step(x, state)
@@ -177,7 +207,7 @@ class LM(nn.Module):
             token = _sample(next_logits, temperature, top_k, generator)
             out.append(token[:, None])
             if i + 1 < max_new_tokens:
-                next_logits, states = self.step(token, states)
+                next_logits, states = self.step(token, states, input_ids.shape[1] + i)
         return torch.cat(out, dim=1)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

@@ -289,6 +289,10 @@ class Trainer:
         if t.init_from and resume_state is None:
             load_model_weights(self.model, t.init_from)
         _apply_trainable(self.model, t.trainable)
+        if resume_state is not None:
+            self.model.load_state_dict(resume_state["model"])
+        # FSDP2 swaps parameters for sharded ones, so the optimizer is built on the wrapped model
+        self.forward_model = self._wrap(self.model)
         self.optimizer = _optimizer(self.model, t)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, t.warmup_steps, t.steps, t.min_lr_ratio)
@@ -296,7 +300,6 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         if resume_state is not None:
             self._restore(resume_state)
-        self.forward_model = self._wrap(self.model)
         self.amp = t.precision == "bf16" or (
             t.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
@@ -334,8 +337,15 @@ class Trainer:
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Optimizer, scheduler, step and RNG states (the weights are loaded before wrapping)."""
+        if self._fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         rng = state["rng"]
@@ -363,8 +373,12 @@ class Trainer:
             model = torch.compile(model)
         return model
 
+    @property
+    def _fsdp(self) -> bool:
+        return self.dist.world > 1 and self.cfg.train.distributed == "fsdp"
+
     def _state(self) -> dict[str, Any]:
-        if self.dist.world > 1 and self.cfg.train.distributed == "fsdp":
+        if self._fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
             model_sd, optim_sd = get_state_dict(
@@ -611,7 +625,7 @@ class Trainer:
             if not last_eval and preempted is None:
                 last_eval = self.evaluate()
                 metrics.write({"step": self.step, **last_eval})
-            if self.dist.main and preempted is None:
+            if preempted is None:
                 self._export_weights()
         finally:
             for s, h in old.items():
@@ -620,9 +634,18 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, last_eval, preempted)
 
     def _export_weights(self) -> None:
+        """``model.safetensors`` beside ``config.yaml`` (gathered from the shards under FSDP)."""
         from safetensors.torch import save_model
 
-        save_model(self.model, str(self.run_dir / "model.safetensors"))
+        model = self.model
+        if self._fsdp:
+            full = self._state()["model"]  # a collective: every rank takes part
+            if not self.dist.main:
+                return
+            model = LM(self.cfg.model)
+            model.load_state_dict(full)
+        if self.dist.main:
+            save_model(model, str(self.run_dir / "model.safetensors"))
 
 
 def train(cfg: Config) -> TrainResult:

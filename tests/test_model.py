@@ -18,9 +18,9 @@ def test_forward_shapes_and_registry():
     assert model(ids).shape == (3, 17, 64)
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_generate_greedy_matches_full_forward_argmax(window):
-    model = tiny(mixer_options={"attention": {"window": window}}).eval()
+@pytest.mark.parametrize(("window", "positions"), [(None, 0), (5, 0), (None, 32)])
+def test_generate_greedy_matches_full_forward_argmax(window, positions):
+    model = tiny(mixer_options={"attention": {"window": window}}, max_position_embeddings=positions).eval()
     prompt = torch.randint(0, 64, (2, 7))
     out = model.generate(prompt, max_new_tokens=12, temperature=0.0)
     for t in range(prompt.shape[1], out.shape[1]):
@@ -61,3 +61,12 @@ def test_hybrid_pattern_and_option_errors():
         tiny(mixer="atention")
     with pytest.raises(ConfigError, match="window"):
         tiny(mixer_options={"attention": {"window": "big"}})
+
+
+def test_absolute_positions_are_bounded_and_reset_per_packed_sequence():
+    model = tiny(max_position_embeddings=8).eval()
+    with pytest.raises(ValueError, match="beyond model.max_position_embeddings=8"):
+        model(torch.randint(0, 64, (1, 9)))
+    a, b = torch.randint(0, 64, (1, 5)), torch.randint(0, 64, (1, 7))
+    packed = model(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 12]))
+    torch.testing.assert_close(packed[:, 5:], model(b))

@@ -132,8 +132,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert [r.get("skipped", 0) for r in records] == [0, 0, 1, 1, 1]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
-    common = [MQAR, *TINY_MQAR, "train.steps=6", "train.lr=1e-2"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, strategy):
+    common = [MQAR, *TINY_MQAR, "train.steps=6", "train.lr=1e-2", f"train.distributed={strategy}"]
     single = run_train([*common, f"run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr
     env_cmd = [

@@ -40,8 +40,11 @@ Entry points (tensors ``[B, T, H, D]``, gates ``[B, T, H]``)::
     h = memory_read(arch, state, x)                       # read without writing (Titans MAC Eq. 21)
 
 ``chunk_end(weights) -> weights`` is applied whenever a chunk completes (both paths), for rules that
-post-process the state per chunk (Moneta's ℓ_q normalisation, Memora's projection). Both run in the dtype of ``arch``'s parameters (float32 or float64) with autocast disabled and return
-``y`` in ``q``'s dtype; gradients flow to q, k, v, the gates, ``arch``'s parameters and the initial
+post-process the state per chunk (Moneta's ℓ_q normalisation, Memora's projection). Both run in the
+dtype of ``arch``'s parameters (float32 or float64) with autocast disabled and return ``y`` in
+``q``'s dtype. The chunked path uses no autograd, so the memory keeps learning under
+``torch.no_grad``/``torch.inference_mode`` (serving); the reference needs autograd (not under
+inference_mode). Gradients flow to q, k, v, the gates, ``arch``'s parameters and the initial
 state. Families that change the rule (Omega windows, Newton-Schulz on momentum, chunk-end
 normalisation, local resets) reuse ``key_path``/``dual_read``/``segment_end_state`` with their own
 coefficients or post-processing in their own chunk loop, and keep ``memory_reference``-style loops

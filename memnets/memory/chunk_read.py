@@ -1,0 +1,104 @@
+"""A memory read at the state of its chunk start: TNT's global memory (TNT §4.1.1 Eq. 5, Eq. 7).
+
+Plain gradient descent with large chunks, the write as in the shared engine (every token's gradient
+at the chunk-start weights), but the read of token t sees only the weights at the start of its chunk::
+
+    V_{(n+1)C} = V_{nC} − Σ_{t in chunk n} lr_t ∇_V ℓ(M(k_t; V_{nC}), v_t)     (Eq. 5; lr = TNT η_t)
+    y_t = M(q_t; V_{ξ(t, C)})                                                  (Eq. 7, global term)
+
+So a chunk costs one read and one key path at fixed weights (compute-bound matmuls, no C×C
+"attention" as in the engine's dual form), and only T / C steps are sequential. Decoding keeps the
+engine's :class:`~memnets.memory.MemoryState`: ``anchor`` holds the chunk-start weights every token of
+an unfinished chunk reads and differentiates at, ``weights`` accumulates the chunk's update, which
+becomes visible at the next chunk boundary. No momentum or retention (TNT evaluates plain GD, App. D).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .architecture import MemoryMLP
+from .bias import AttentionalBias, L2Bias
+from .engine import MemoryState, initial_state, key_path, memory_reference
+
+
+def _check(arch: MemoryMLP, q: Tensor, lr: Tensor, state: MemoryState | None, chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_read_memory: chunk_size must be >= 1, got {chunk_size}")
+    if tuple(lr.shape) != tuple(q.shape[:3]):
+        raise ValueError(
+            f"chunk_read_memory: lr must have shape [B, T, H] = {list(q.shape[:3])}, got {list(lr.shape)}"
+        )
+    if state is not None and (state.momentum is not None or not 0 <= state.offset < chunk_size):
+        raise ValueError(
+            f"chunk_read_memory: the state must have no momentum and offset in [0, {chunk_size}); "
+            f"got offset={state.offset}"
+        )
+
+
+def chunk_read_memory(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 2048,
+    bias: AttentionalBias | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """``q, k, v [B, T, H, D]``, ``lr [B, T, H]``; returns ``y [B, T, H, D]`` (in ``q``'s dtype) and the
+    state after the last token. Runs in ``arch``'s dtype with autocast off, like the engine."""
+    _check(arch, q, lr, state, chunk_size)
+    bias = bias or L2Bias()
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    with torch.autocast(q.device.type, enabled=False):
+        qh, kh, vh = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
+        lrh = lr.transpose(1, 2).to(dtype)[..., None]  # [B, H, T, 1]
+        st = state or initial_state(arch, B, False, dtype)
+        W, anchor, offset = st.weights, st.anchor, st.offset
+        ys, start = [], 0
+        while start < T:
+            if offset == 0:
+                anchor = W
+            end = min(T, start + chunk_size - offset)
+            sl = slice(start, end)
+            ys.append(arch.read(anchor, qh[:, :, sl]))
+            kp = key_path(arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None)
+            # Σ_j lr_j u_j with u_j = x_jᵀ δ_j (rank one per token, never materialised)
+            W = tuple(w - x.transpose(-1, -2) @ (lrh[:, :, sl] * d) for w, x, d in zip(W, kp.xs, kp.deltas))
+            offset = (offset + end - start) % chunk_size
+            start = end
+        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
+    return y.transpose(1, 2).to(q.dtype), MemoryState(W, None, anchor if offset else None, offset)
+
+
+def chunk_read_memory_reference(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 2048,
+    bias: AttentionalBias | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """Token by token: read with the chunk-start weights, then write the token with the engine's
+    reference (autograd inner gradient). For tests."""
+    _check(arch, q, lr, state, chunk_size)
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    st = state or initial_state(arch, B, False, dtype)
+    ys = []
+    for t in range(T):
+        sl = slice(t, t + 1)
+        read = st.weights if st.offset == 0 else st.anchor
+        ys.append(arch.read(read, q[:, sl].transpose(1, 2).to(dtype)).transpose(1, 2))  # type: ignore[arg-type]
+        _, st = memory_reference(
+            arch, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], state=st, chunk_size=chunk_size, bias=bias
+        )
+    y = torch.cat(ys, 1) if ys else q.new_zeros(B, 0, H, D)
+    return y.to(q.dtype), st

@@ -1,0 +1,235 @@
+"""TNT (Li, Behrouz et al., arXiv 2511.07343 v1, "Improving Chunkwise Training for Test-Time
+Memorization"): one global memory with large chunks plus N local memories that restart from a learnable
+initial state every shard, read with Q-K projected queries. Spec: memory-models.md §5.
+
+Registered mixer ``tnt``. Per token t and head (plain gradient descent on ‖M(k) − v‖², TNT App. D)::
+
+    global  V (chunk C_G = global_chunk_size):  y^G_t = M(q_t; V_{ξ(t,C_G)})            (Eq. 5, Eq. 7)
+    local   W^(i) (chunk C_i, shard S_i):       y^i_t = M(P^i_t q^i_t; W^(i)_t)         (Eq. 6, Eq. 15)
+            W^(i) reset to the learnable W^(i)_init at every multiple of S_i,
+            P^i_t = Σ_{τ = shard start..t} k^i_τ k^i_τᵀ (App. C; :mod:`memnets.memory.qk_projection`)
+    o_t = W_o( RMSNorm(y^G_t + Σ_i y^i_t) ⊙ silu(W_g x_t) )
+
+Engine pieces: :func:`~memnets.memory.chunk_read.chunk_read_memory` (global: reads at the chunk-start
+state) and :func:`~memnets.memory.sharded.sharded_memory` (local: whole shards of all sequences folded
+into the batch, so a local memory runs S_i / C_i sequential chunk steps instead of T / C_i).
+
+Options (neutral names; TNT letters): ``chunk_size`` = C_L, an int (one local memory) or a list (one
+local memory per entry, the paper's C_L = {8, 16}); ``shard_size`` = S_L, one int for all local
+memories or one per memory; ``global_chunk_size`` = C_G; ``lr_max`` bounds the inner step η_t =
+``lr_max·sigmoid(W x + b)`` (per token and head, one gate per memory). ``global_memory=False`` and
+``qk_projection=False`` are the paper's ablations (Table 3).
+
+Choices where the paper is silent (spec §9):
+
+* Each memory has its own q/k/v projections, short convs and step-size gate (Fig. 3 draws separate
+  boxes per memory); the memories share the head layout and the output norm, gate and projection.
+  Outputs are summed with no weights (Eq. 7).
+* Memory network as in ``titans`` (2-layer MLP, 4× width, GELU, residual + LayerNorm, learnable
+  initial weights per head); q and k l2-normalised after Linear → causal conv → SiLU.
+* Q-K projection sums from the shard start (App. C), not the chunk start (Eq. 7 as printed), and is
+  normalised by ``qk_norm``: ``"l2"`` (default: re-normalise P q to unit length, the scale of the raw
+  query the memory would otherwise see), ``"count"`` (divide by the number of keys) or ``"none"`` (the
+  paper as printed; the input norm grows with the position in the shard).
+* Chunks of a local memory are counted from its shard start; no momentum or forgetting (the paper's
+  evaluated models are plain GD).
+* Decoding: the global memory keeps its chunk semantics (the chunk's writes become visible at the next
+  global chunk boundary); local memories decode token by token exactly at their chunk size, which is
+  the paper's target after stage 2 (C_L = 1). ``step`` equals ``forward``.
+* Two-stage training (§4.2): stage 2 loads a stage-1 checkpoint (``train.init_from``), lowers
+  ``chunk_size`` and by default trains only ``*.mixer.local.*`` (``train.trainable``); see
+  configs/lm/tnt-stage2-tiny.yaml.
+* Packed sequences (``cu_seqlens``): run sequence by sequence, as ``titans``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..memory import MemoryMLP, MemoryState
+from ..memory.architecture import Activation
+from ..memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
+from ..memory.qk_projection import ProjectionNorm
+from ..memory.sharded import ShardState, sharded_memory
+from ..modules import GatedRMSNorm
+from ..registry import register_mixer
+from .base import Backend, resolve_backend
+from .titans import MemoryProjections, _packed
+
+SUPPORTED_BACKENDS = ("reference", "chunked")
+
+
+class TNTMemory(nn.Module):
+    """One memory's inputs and network: q/k/v projections (own convs), step-size gate
+    lr = lr_max·sigmoid(W x + b) per head (TNT η_t; b = 0 starts at lr_max / 2), MemoryMLP. The gate
+    runs in float32 or the model's wider dtype (float64 models stay exact)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        head_dim: int,
+        conv_size: int,
+        lr_max: float,
+        arch: dict,
+    ) -> None:
+        super().__init__()
+        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        self.lr_max = lr_max
+        self.lr_proj = nn.Linear(d_model, num_heads)
+        with torch.no_grad():
+            self.lr_proj.weight.normal_(std=0.1 * d_model**-0.5)
+            self.lr_proj.bias.zero_()
+        self.memory = MemoryMLP(num_heads, head_dim, **arch)
+
+    def forward(
+        self, x: Tensor, conv: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        qkv, conv = self.inputs(x, conv)
+        raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
+        return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
+
+
+@dataclass
+class TNTState:
+    """``conv``: short-conv states per memory (global first if present, then the locals);
+    ``glob``: the global memory's state; ``local``: one :class:`ShardState` per local memory."""
+
+    conv: list[dict[str, Tensor]]
+    glob: MemoryState | None
+    local: list[ShardState]
+
+
+def _sizes(name: str, value: int | tuple[int, ...], n: int | None) -> tuple[int, ...]:
+    sizes = (value,) if isinstance(value, int) else tuple(value)
+    if n is not None and len(sizes) == 1:
+        sizes = sizes * n
+    if not sizes or any(s < 1 for s in sizes) or (n is not None and len(sizes) != n):
+        need = "" if n is None else f" with 1 or {n} entries (one per local memory)"
+        raise ValueError(f"tnt: {name}={value!r} must be a positive int or a list of positive ints{need}")
+    return sizes
+
+
+@register_mixer("tnt")
+class TNT(nn.Module):
+    """TNT hierarchical memory: global (large chunks) + local memories (resets, Q-K projection)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        chunk_size: int | tuple[int, ...] = 16,
+        shard_size: int | tuple[int, ...] = 2048,
+        global_chunk_size: int = 2048,
+        global_memory: bool = True,
+        qk_projection: bool = True,
+        qk_norm: ProjectionNorm = "l2",
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        self.chunk_sizes = _sizes("chunk_size", chunk_size, None)
+        self.shard_sizes = _sizes("shard_size", shard_size, len(self.chunk_sizes))
+        if global_chunk_size < 1:
+            raise ValueError(f"tnt: global_chunk_size must be >= 1, got {global_chunk_size}")
+        if lr_max < 0:
+            raise ValueError(f"tnt: lr_max must be >= 0, got {lr_max}")
+        if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"tnt: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
+                "(the Triton kernel comes with a later issue)"
+            )
+        self.num_heads, self.head_dim, self.backend = num_heads, head_dim, backend
+        self.global_chunk_size = global_chunk_size
+        self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
+        arch = {
+            "depth": memory_depth,
+            "expansion": memory_expansion,
+            "activation": memory_activation,
+            "residual": memory_residual,
+            "layer_norm": memory_norm,
+        }
+
+        def memory() -> TNTMemory:
+            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, arch)
+
+        self.glob = memory() if global_memory else None
+        self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"global_chunk_size={self.global_chunk_size if self.glob is not None else None}, "
+            f"local chunk_sizes={self.chunk_sizes}, shard_sizes={self.shard_sizes}, qk_norm={self.qk_norm}"
+        )
+
+    def forward(
+        self, x: Tensor, state: TNTState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, TNTState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        backend = resolve_backend("tnt", self.backend, x.device, SUPPORTED_BACKENDS)
+        B, T, _ = x.shape
+        mems = ([self.glob] if self.glob is not None else []) + list(self.local)
+        convs = state.conv if state is not None else [None] * len(mems)
+        new_conv, y = [], None
+        glob_state = None
+        if self.glob is not None:
+            q, k, v, lr, c = self.glob(x, convs[0])
+            new_conv.append(c)
+            fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
+            y, glob_state = fn(
+                self.glob.memory,
+                q,
+                k,
+                v,
+                lr,
+                None if state is None else state.glob,
+                chunk_size=self.global_chunk_size,
+            )
+        local_states = []
+        offset = len(mems) - len(self.local)
+        for i, mem in enumerate(self.local):
+            q, k, v, lr, c = mem(x, convs[offset + i])
+            new_conv.append(c)
+            yl, st = sharded_memory(
+                mem.memory,
+                q,
+                k,
+                v,
+                lr,
+                None if state is None else state.local[i],
+                chunk_size=self.chunk_sizes[i],
+                shard_size=self.shard_sizes[i],
+                projection=self.qk_norm,
+                backend=backend,  # type: ignore[arg-type]
+            )
+            local_states.append(st)
+            y = yl if y is None else y + yl
+        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
+        out = self.out(self.norm(y, gate).reshape(B, T, -1))
+        return out, TNTState(new_conv, glob_state, local_states)
+
+    def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        mems = ([self.glob] if self.glob is not None else []) + list(self.local)
+        gram = len(self.local) * self.head_dim**2 if self.qk_norm is not None else 0
+        per_head = sum(m.memory.numel_per_head() for m in mems) + gram
+        return self.num_heads * per_head + sum(m.inputs.state_size() for m in mems)

@@ -1,0 +1,76 @@
+"""Test helpers for recurrent mixers whose states are (nested) dataclasses of tensors: run a forward and
+a backward with random cotangents on the output AND every tensor of the final state, and collect the
+outputs, final states and every gradient (input, initial state, parameters) by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from memnets.testing import assert_close
+
+
+def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return fn(state)
+    return dataclasses.replace(
+        state, **{f.name: map_state(fn, getattr(state, f.name)) for f in dataclasses.fields(state)}
+    )
+
+
+def state_tensors(state: Any, prefix: str = "state") -> dict[str, Tensor]:
+    if state is None:
+        return {}
+    if isinstance(state, Tensor):
+        return {prefix: state}
+    out: dict[str, Tensor] = {}
+    for f in dataclasses.fields(state):
+        out.update(state_tensors(getattr(state, f.name), f"{prefix}.{f.name}"))
+    return out
+
+
+def random_state(mixer: nn.Module, x: Tensor, cu_seqlens: Tensor | None = None, scale: float = 0.5) -> Any:
+    """A state of the right shapes with random entries (from a forward on random input)."""
+    with torch.no_grad():
+        _, state = mixer(torch.randn_like(x), cu_seqlens=cu_seqlens)
+    return map_state(lambda t: scale * torch.randn_like(t), state)
+
+
+def forward_backward(
+    mixer: nn.Module,
+    x: Tensor,
+    state: Any = None,
+    cu_seqlens: Tensor | None = None,
+    run: Callable[..., tuple[Tensor, Any]] | None = None,
+    seed: int = 1,
+) -> dict[str, Tensor]:
+    """Outputs, final state and gradients (``grad.x``, ``grad.state.*``, ``grad.<param>``) of
+    ``run(x, state, cu_seqlens)`` (default: ``mixer.forward``) under random cotangents."""
+    run = run or (lambda x, s, cu: mixer(x, state=s, cu_seqlens=cu))
+    x = x.detach().clone().requires_grad_()
+    state = map_state(lambda t: t.detach().clone().requires_grad_(), state)
+    mixer.zero_grad(set_to_none=True)
+    y, new_state = run(x, state, cu_seqlens)
+    outs = {"y": y, **state_tensors(new_state)}
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in outs.values())
+    loss.backward()
+    result = {name: t.detach() for name, t in outs.items()}
+    result["grad.x"] = x.grad
+    for name, t in state_tensors(state).items():
+        result[f"grad.{name}"] = t.grad
+    for name, p in mixer.named_parameters():
+        result[f"grad.{name}"] = p.grad if p.grad is not None else torch.zeros_like(p)
+    return result
+
+
+def assert_all_close(ref: dict[str, Tensor], out: dict[str, Tensor]) -> None:
+    assert ref.keys() == out.keys(), f"different results: {sorted(ref.keys() ^ out.keys())}"
+    for name in ref:
+        assert_close(name, ref[name], out[name])

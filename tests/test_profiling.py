@@ -1,0 +1,186 @@
+"""The profiling tools on tiny CPU shapes: scripts/profile_chunks.py (CSV/JSON/PNG contents), the
+benchmark registry over every registered mixer, scripts/bench_train.py, and the FLOP formulas against
+the worked numbers of performance.md §2. Speed itself is never asserted."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.flops import gated_delta_fwd, mixer_flops, mlp_memory_fwd  # noqa: E402
+from benchmarks.registry import PEERS, Bench, Shape, all_benches, model_case  # noqa: E402
+from benchmarks.run import compare_rows, run_benches  # noqa: E402
+from benchmarks.timing import Budget  # noqa: E402
+from memnets import list_mixers  # noqa: E402
+from memnets.registry import mixer_options  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _chunked_mixer() -> str | None:
+    return next((n for n in list_mixers() if "chunk_size" in mixer_options(n)), None)
+
+
+def test_profile_chunks_outputs(tmp_path, capsys):
+    chunked = _chunked_mixer()
+    mixers = ["attention", "not_a_mixer"] + ([chunked] if chunked else [])
+    prof = _script("profile_chunks")
+    argv = ["--mixers", ",".join(mixers), "--seq-lens", "16,24", "--chunk-sizes", "8,16"]
+    argv += [
+        "--batch",
+        "1",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--device",
+        "cpu",
+        "--fast",
+        "--out",
+        str(tmp_path),
+    ]
+    assert prof.main(argv) == 0
+    assert "mixer 'not_a_mixer' is not registered" in capsys.readouterr().out
+
+    rows = list(csv.DictReader((tmp_path / "profile.csv").read_text().splitlines()))
+    got = {(r["target"], r["chunk_size"], r["seq_len"]) for r in rows}
+    want = {("attention", "", "16"), ("attention", "", "24")}
+    if chunked:
+        want |= {(chunked, c, t) for c in ("8", "16") for t in ("16", "24")}
+    assert got == want and len(rows) == len(want)
+    for r in rows:
+        assert r["status"] == "ok", r
+        for mode in ("fwd", "fwdbwd"):
+            med, p20, p80 = (float(r[f"{mode}{k}_ms"]) for k in ("", "_p20", "_p80"))
+            assert 0 < p20 <= med <= p80
+            assert float(r[f"{mode}_tokens_per_s"]) > 0
+        assert float(r["saved_mb"]) > 0
+        assert r["fwdbwd_pct_peak"] == ""  # no peak on CPU
+
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["env"]["device_type"] == "cpu" and data["env"]["versions"]["torch"] == torch.__version__
+    assert len(data["rows"]) == len(want)
+    for name in ("time_vs_chunk.png", "tokens_vs_seqlen.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert not (tmp_path / "loss_vs_chunk.png").exists()  # no training asked
+
+
+def test_profile_chunks_training_and_config(tmp_path):
+    """--train-steps on a config target: every chunk size trains and reports a finite MQAR loss."""
+    chunked = _chunked_mixer() or "attention"
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        f"base: {ROOT / 'configs/mqar/_base.yaml'}\nmodel: {{mixer: {chunked}, d_model: 16, n_layers: 1}}\n"
+        "data: {seq_len: 16, mqar: {vocab_size: 32, num_kv_pairs: [2]}}\n"
+    )
+    prof = _script("profile_chunks")
+    argv = [
+        "--configs",
+        str(cfg),
+        "--seq-lens",
+        "16",
+        "--chunk-sizes",
+        "4,8",
+        "--batch",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    argv += [
+        "--fast",
+        "--train-steps",
+        "2",
+        "--train-overrides",
+        "train.batch_size=4",
+        "data.mqar.num_test=8",
+    ]
+    assert prof.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "profile.json").read_text())["rows"]
+    assert len(rows) == (2 if chunked != "attention" else 1)
+    for r in rows:
+        assert r["status"] == "ok" and r["kind"] == "config"
+        assert math.isfinite(r["val_loss"]) and 0 <= r["val_accuracy"] <= 1
+    assert (tmp_path / "out" / "loss_vs_chunk.png").read_bytes()[:8] == PNG
+
+
+def test_registry_times_every_mixer():
+    benches = [b for b in all_benches() if b.kind == "mixer"]
+    assert {b.name for b in benches} == {f"mixer:{n}" for n in list_mixers()}
+    benches += [Bench("model:attention", "model", model_case("attention")), *PEERS]
+    rows = run_benches(
+        benches, [Shape(1, 16, 2, 8)], torch.device("cpu"), torch.float32, budget=Budget.fast()
+    )
+    for r in rows:
+        if r["name"].startswith(("mixer:", "model:")) or r["name"] == "sdpa":
+            assert r["status"] == "ok", r
+            assert math.isfinite(r["median_ms"]) and r["median_ms"] > 0, r
+        else:  # peers that are not installed (or need CUDA) say so instead of failing
+            assert r["status"] == "ok" or r["status"].startswith("skipped:"), r
+    assert {r["name"] for r in rows} == {b.name for b in benches}
+
+
+def test_bench_train(tmp_path):
+    bt = _script("bench_train")
+    out = tmp_path / "bt.json"
+    over = ["train.device=cpu", "train.batch_size=4", "model.d_model=16", "data.mqar.num_test=8"]
+    assert (
+        bt.main(
+            [
+                str(ROOT / "configs/mqar/attention.yaml"),
+                *over,
+                "--warmup",
+                "1",
+                "--steps",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    assert r["tokens_per_s"] > 0 and len(r["step_s_all"]) == 2
+    assert r["achieved_tflops"] > 0 and r["mfu_pct"] is None  # no peak on CPU
+
+
+def test_flops_match_performance_spec():
+    # performance.md §2.4 worked numbers (fwd per token-head) and §2.3, §2.1.
+    assert mlp_memory_fwd(1, 1, 1, 128, 64, 4.0, 2) == pytest.approx(1.09e6, rel=0.01)
+    assert mlp_memory_fwd(1, 1, 1, 128, 16, 4.0, 2) == pytest.approx(983e3, rel=0.01)
+    assert mlp_memory_fwd(1, 1, 1, 64, 64, 4.0, 2) == pytest.approx(313e3, rel=0.01)
+    assert gated_delta_fwd(1, 1, 1, 128, 128, 64) == pytest.approx(183e3, rel=0.01)
+    fwd, fwdbwd = mixer_flops("attention", {}, 2, 128, 64, 4)
+    assert fwd == 4 * 2 * 4 * 128**2 * 16 / 2 and fwdbwd == 3.5 * fwd
+    assert mixer_flops("no_formula_mixer", {}, 1, 16, 16, 2) is None
+
+
+def test_compare_rows_ratio():
+    row = {"name": "x", "shape": "B1_T8_H1_D8", "mode": "fwd", "status": "ok"}
+    table = compare_rows([{**row, "median_ms": 2.0}], [{**row, "median_ms": 3.0}])
+    assert table.splitlines()[1].split()[-1] == "1.50"
+    assert str(Shape.parse("B2_T1024_H8_D64")) == "B2_T1024_H8_D64" == str(Shape.parse("2,1024,8,64"))

@@ -1,0 +1,197 @@
+"""scripts/eval.py and scripts/compare.py on tiny attention runs trained for a few steps on CPU."""
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, TINY_MQAR
+from torch import nn
+
+from memnets.config import load_config
+from memnets.trainer import train
+
+MQAR = ROOT / "configs/mqar/attention.yaml"
+TEXT = ROOT / "configs/lm/attention-tiny.yaml"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_script = _script("eval")
+compare_script = _script("compare")
+
+
+def _corpus(path):
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mqar_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("mqar") / "run"
+    train(
+        load_config(MQAR, [*TINY_MQAR, "train.steps=3", "model.max_position_embeddings=64", f"run.dir={run}"])
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    overrides = [
+        f"data.path={_corpus(folder / 'corpus.txt')}",
+        "data.seq_len=32",
+        "model.d_model=32",
+        "model.n_layers=1",
+        "train.steps=3",
+        "train.batch_size=4",
+        f"run.dir={folder / 'run'}",
+    ]
+    train(load_config(TEXT, overrides))
+    return folder / "run"
+
+
+def _finite_fraction(x) -> bool:
+    return isinstance(x, float) and 0.0 <= x <= 1.0
+
+
+def test_eval_text_metrics_and_needle(text_run, tmp_path):
+    out = tmp_path / "eval.json"
+    assert (
+        eval_script.main(
+            [str(text_run), "--needle-lengths", "48,96", "--needle-samples", "4", "--out", str(out)]
+        )
+        == 0
+    )
+    res = json.loads(out.read_text())
+    t = res["text"]
+    assert {"loss", "perplexity", "bits_per_byte", "tokens"} <= set(t)
+    assert all(math.isfinite(t[k]) and t[k] > 0 for k in ("loss", "perplexity", "bits_per_byte"))
+    assert t["perplexity"] == pytest.approx(math.exp(t["loss"]))
+    # byte-level: one token per byte (plus EOS), so bits per byte is loss in bits, give or take the EOS
+    assert t["bits_per_byte"] == pytest.approx(t["loss"] / math.log(2), rel=0.01)
+    assert t["loss"] < math.log(257) + 0.5, "3 steps from a near-uniform start"
+    needle = res["needle"]["by_length"]
+    assert [r["length"] for r in needle] == [48, 96]
+    assert all(_finite_fraction(r["accuracy"]) and r["samples"] == 4 for r in needle)
+    assert all(set(r["accuracy_by_depth"]) == set(eval_script.DEPTH_BINS) for r in needle)
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+    other = tmp_path / "other.json"
+    data = _corpus(tmp_path / "other.txt")
+    assert (
+        eval_script.main([str(text_run), "--data", str(data), "--max-batches", "1", "--out", str(other)]) == 0
+    )
+    t2 = json.loads(other.read_text())["text"]
+    assert t2["source"] == str(data) and t2["tokens"] == 16 * 32 and math.isfinite(t2["loss"])
+    assert not other.with_suffix(".png").exists(), "nothing to plot without MQAR or needle results"
+
+
+def test_eval_mqar_accuracy_by_pairs_with_state_size(mqar_run, tmp_path):
+    out = tmp_path / "eval.json"
+    args = [str(mqar_run), "--kv-pairs", "2,4", "--seq-len", "32", "--num-test", "16"]
+    args += ["--needle-lengths", "16,64,128", "--needle-samples", "8", "--out", str(out)]
+    assert eval_script.main(args) == 0
+    res = json.loads(out.read_text())
+    q = res["mqar"]
+    assert [r["kv_pairs"] for r in q["by_kv_pairs"]] == [2, 4]
+    assert [r["queries"] for r in q["by_kv_pairs"]] == [32, 64]
+    assert all(_finite_fraction(r["accuracy"]) and math.isfinite(r["loss"]) for r in q["by_kv_pairs"])
+    # attention keeps a KV cache: 2 (k and v) * seq_len * d_model numbers per layer
+    assert [r["state_size"] for r in q["state_size_per_layer"]] == [2 * 32 * 32] * 2
+    assert q["state_size"] == 2 * 2 * 32 * 32
+    needle = {r["length"]: r for r in res["needle"]["by_length"]}
+    assert _finite_fraction(needle[16]["accuracy"]) and _finite_fraction(needle[64]["accuracy"])
+    assert needle[128]["accuracy"] is None and "max_position_embeddings" in needle[128]["skipped"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_eval_rejects_flags_for_the_other_task(mqar_run, text_run):
+    with pytest.raises(SystemExit):
+        eval_script.main([str(text_run), "--kv-pairs", "4"])
+    with pytest.raises(SystemExit):
+        eval_script.main([str(mqar_run), "--data", "x.txt"])
+    assert eval_script.main([str(mqar_run), "--needle-lengths", "3"]) == 2  # too short for a needle
+
+
+class _Induction(nn.Module):
+    """Oracle: predicts the token that followed the previous occurrence of the current token."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        same = ids[:, :, None] == ids[:, None, :]  # [B, t, s]
+        same &= torch.ones(T, T, dtype=torch.bool).tril(-1)
+        last = torch.where(same, torch.arange(T), -1).amax(-1)  # previous occurrence or -1
+        nxt = ids.gather(1, (last + 1).clamp(max=T - 1))
+        return nn.functional.one_hot(torch.where(last >= 0, nxt, 0), self.vocab).float()
+
+
+def test_needle_examples_and_exact_recall_scoring(mqar_run, text_run):
+    from memnets.checkpoint import load_run
+    from memnets.data.text import ByteTokenizer
+
+    cfg, _ = load_run(mqar_run)
+    rng = np.random.default_rng(0)
+    for length in (4, 17, 50):
+        ids, n_answer, depth = eval_script._needle_example(cfg, None, length, rng)
+        key, value = ids[-2], ids[-1]
+        assert len(ids) == length and n_answer == 1
+        assert 1 <= key < 32 <= value < 64
+        pos = ids.index(key)
+        assert pos < length - 2 and ids[pos + 1] == value and ids[:-2].count(key) == 1
+        assert depth == (pos / (length - 4) if length > 4 else 0.0)
+    args = eval_script.argparse.Namespace(needle_lengths=[8, 32, 64], needle_samples=5, batch_size=4, seed=0)
+    res = eval_script.run_needle(cfg, _Induction(64), args)
+    assert [r["accuracy"] for r in res["by_length"]] == [1.0, 1.0, 1.0]
+    depths = [v for r in res["by_length"] for v in r["accuracy_by_depth"].values()]
+    assert set(depths) <= {1.0, None} and 1.0 in depths
+
+    cfg, _ = load_run(text_run)
+    tok = ByteTokenizer()
+    ids, n_answer, _ = eval_script._needle_example(cfg, tok, 120, rng)
+    text = bytes(ids).decode()
+    assert len(ids) == 120 and n_answer == 6
+    answer = text[-6:]
+    assert answer[0] == " " and answer[1:].isdigit()
+    assert f" The pass key is{answer}. " in text[:-22] and text.endswith(f" The pass key is{answer}")
+
+
+def test_compare_two_configs_and_skip_unregistered(tmp_path):
+    window = tmp_path / "window.yaml"
+    window.write_text(f"base: {MQAR}\nmodel:\n  mixer_options:\n    attention: {{window: 8}}\n")
+    missing = tmp_path / "not-here.yaml"
+    missing.write_text(f"base: {ROOT / 'configs/mqar/_base.yaml'}\nmodel:\n  mixer: no_such_mixer\n")
+    out = tmp_path / "cmp"
+    rc = compare_script.main(
+        [str(MQAR), str(window), str(missing), *TINY_MQAR, "--steps", "2", "--out", str(out)]
+    )
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [s["config"] for s in res["skipped"]] == [str(missing)] and "no_such_mixer" in res["skipped"][0][
+        "reason"
+    ]
+    assert res["failed"] == []
+    rows = {r["name"]: r for r in res["results"]}
+    assert set(rows) == {"attention", "window"}
+    for r in rows.values():
+        assert r["steps"] == 2 and r["task"] == "mqar" and r["mixer"] == "attention"
+        assert _finite_fraction(r["val_accuracy"]) and math.isfinite(r["val_loss"])
+        assert r["params"] > 0 and r["tokens_per_s"] > 0
+    # the window caps the KV cache at 8 positions of the 32
+    assert rows["attention"]["state_size"] == 2 * 2 * 32 * 32
+    assert rows["window"]["state_size"] == 2 * 2 * 8 * 32
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("name,") and len(csv_lines) == 3
+    assert (out / "compare.png").stat().st_size > 1000
