@@ -230,15 +230,25 @@ def key_path(
 
 
 def dual_read(
-    arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+    arch: MemoryMLP,
+    q: Tensor,
+    W0: Weights,
+    S0: Weights | None,
+    kp: KeyPath,
+    c: ChunkCoefficients,
+    scales: Weights | None = None,
 ) -> Tensor:
     """Read every token of a segment with its own updated weights W_t = β_t W_0 + f_t S_0 − Σ_j G[t,j] u_j
-    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (spec 1.5)."""
+    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (spec 1.5).
+    ``scales`` (optional, one ``[B, H, L]`` per layer) reads with s_t W_t instead (a per-token scalar
+    map of the weights, e.g. Moneta's L_q normalisation)."""
     h = q
     for i in range(arch.depth):
         z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
         if S0 is not None:
             z = z + c.f[..., None] * (h @ S0[i])  # type: ignore[index]
+        if scales is not None:
+            z = z * scales[i][..., None]
         h = arch.act(z) if i < arch.depth - 1 else z
     return arch.output(h, q)
 

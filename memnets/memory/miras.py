@@ -1,0 +1,384 @@
+"""Miras pieces for the shared memory engine: attentional biases and retention maps (Miras §5.1-5.3,
+arXiv 2504.13173; spec memory-models.md §3).
+
+**Attentional biases** (the :class:`~memnets.memory.AttentionalBias` interface; ``r = M(k) − v``). As
+:class:`~memnets.memory.L2Bias` they carry no ½ (the factor is absorbed by the learned step size), so
+each reduces to ``L2Bias`` in its quadratic limit:
+
+* :class:`LpBias` — ‖r‖_p^p (Miras Eq. 10, Moneta). |x|^p is smoothed as (x² + ε)^{p/2} (Remark 5
+  smooths |x| ≈ √(x² + ε)); its derivative p·x·(x² + ε)^{p/2−1} is p·Sign(x)|x|^{p−1} away from 0
+  (Eq. 11/25) and is a true gradient, so the autograd reference and the hand-written chunked path
+  agree. p = 2 is exactly ``L2Bias`` for any ε.
+* :class:`HuberBias` — Yaad (Eq. 16/26), two forms: ``"norm"``: the switch compares the scalar
+  ‖r‖₂ with a per-token, per-head δ_t: quadratic branch ‖r‖², otherwise 2δ_t·ℓ1 with the smooth
+  Sign(x) ≈ tanh(s·x) of Remark 5 (loss 2δ_t Σ log cosh(s r)/s); ``"coord"``: coordinate-wise Huber
+  of Eq. 13-14 with a channel-wise δ_t ∈ R^d (exact sign: the linear branch never meets 0). Both are
+  2·H_δ, continuous in the coord form; δ → ∞ gives ``L2Bias`` exactly.
+* :class:`KLBias` — KL(softmax(v) ‖ softmax(M(k))), the softmax/KL form (gradient
+  softmax(M(k)) − softmax(v)).
+
+**Retention maps** (the retention gate beyond the scalar ``keep``): every Miras model here keeps an
+accumulator ``A`` that the engine's linear rule updates, A_t = keep_t A_{t−1} − lr_t ∇ℓ(W_ref), and
+reads and differentiates the weights W = φ(A) (the FTRL / mirror-descent view, Miras §3 Prop. 3.2):
+
+* ``None`` — φ = identity: plain L2 retention / weight decay (Yaad, Eq. 26; Titans' forget gate).
+* :class:`LqNormalize` — Moneta (Eq. 24), W = s(A)·A with one scalar per weight matrix and head
+  (entrywise ℓ_q): ``"paper"`` s = ‖A‖_q^{−(q−2)}, Eq. 24 taken literally; ``"unit"`` s = ‖A‖_q^{−1},
+  the projection onto the unit L_q sphere (the "ball" of Miras §3's memory-architecture choice). The
+  literal map is (3 − q)-homogeneous: for q = 4, ‖W‖₄ = 1/‖A‖₄, so a growing accumulator *shrinks*
+  the weights and retention (keep < 1) *inflates* them; the unit map is scale-free. q = 2 is the
+  identity for ``"paper"``. (The p-norm mirror map Sign(A)|A|^{q−1}/‖A‖_q^{q−2} of Miras' Variant 4
+  was tried and dropped: cubing entries of size ~d^{-1/2} makes the pre-LayerNorm output tiny, and
+  the LayerNorm backward then gives inner gradients that blew the weights up to ~10⁴ within 5 tokens.)
+  Being scalar maps, both read through the engine's dual form with per-token scales; only the norms
+  ‖A_t‖_q need each token's accumulator.
+* :class:`SimplexSoftmax` — Memora (Eq. 21/27): W = c·Softmax(A) with ``A`` the logits. Eq. 27,
+  W_t = Softmax(keep_t log W_{t−1} − lr_t ∇ℓ(W_{t−1})), is exactly linear in the logits, because
+  log Softmax(A) = A − logsumexp(A) and the softmax ignores the per-slice constant keep·logsumexp:
+  A_t = keep_t A_{t−1} − lr_t ∇ℓ(W_{t−1}). The simplex is per output unit: in the paper's column form
+  M(k) = W k every row of W (one output's weights over the inputs) is on the c-scaled simplex; in our
+  row form ``out = in @ W`` that is softmax over the input axis (dim −2). Every layer is constrained.
+
+**Chunked semantics** (:func:`miras_chunked`; :func:`miras_reference` is the token loop): as in the
+engine, tokens take their inner gradient at the weights of their chunk start, W_ref = φ(A_{t'}), and
+token t reads y_t = M(q_t; φ(A_t)) after its own write, so ``chunk_size = 1`` is the exact online rule
+and the gradient point is the only approximation. The paper applies Moneta's normalisation "at the end
+of each chunk" only and reads inside a chunk from un-normalised values; we keep reads exact instead
+(one rule, exact decoding at any chunk size) at the cost of materialising each token's weights inside
+a chunk for Memora (O(C·|W|) per chunk, recomputed in the backward; identity retention keeps the
+engine's dual form and materialises nothing, L_q normalisation materialises only for the norms). ``lag=True`` is Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an
+exact single-token step from W_{t'}, and the rest of the chunk takes its gradients at the weights
+after it (one sequential single-token step per chunk).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .architecture import MemoryMLP
+from .bias import AttentionalBias, L2Bias
+from .engine import (
+    MemoryState,
+    _bhl,
+    _check,
+    _inner_grad,
+    dual_read,
+    initial_state,
+    key_path,
+    segment_end_state,
+)
+from .rule import chunk_coefficients, safe_log
+
+Weights = tuple[Tensor, ...]
+
+# -------------------------------------------------------------------------------------------------
+# attentional biases
+
+
+class LpBias:
+    """ℓ_p attentional bias Σ_j |r_j|^p, smoothed as (r_j² + ε)^{p/2} (see the module docstring)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        if p < 1:
+            raise ValueError(f"LpBias: p must be >= 1, got {p}")
+        if eps <= 0:
+            raise ValueError(f"LpBias: eps must be > 0, got {eps}")
+        self.p, self.eps = p, eps
+
+    def loss(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        return ((pred - target).pow(2) + self.eps).pow(self.p / 2).sum(-1)
+
+    def grad(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        r = pred - target
+        return self.p * r * (r.pow(2) + self.eps).pow(self.p / 2 - 1)
+
+    def __repr__(self) -> str:
+        return f"LpBias(p={self.p}, eps={self.eps})"
+
+
+def _log_cosh(x: Tensor) -> Tensor:
+    """log cosh(x) without overflow: |x| + log(1 + e^{−2|x|}) − log 2."""
+    a = x.abs()
+    return a + F.softplus(-2.0 * a) - 0.6931471805599453
+
+
+class HuberBias:
+    """Huber attentional bias of Yaad with a per-token threshold passed as ``params``:
+    ``[B, H, L]`` (``mode="norm"``) or ``[B, H, L, d]`` (``mode="coord"``). See the module docstring."""
+
+    def __init__(self, mode: Literal["norm", "coord"] = "norm", sharpness: float = 10.0) -> None:
+        if mode not in ("norm", "coord"):
+            raise ValueError(f"HuberBias: mode={mode!r} is not one of ['norm', 'coord']")
+        if sharpness <= 0:
+            raise ValueError(f"HuberBias: sharpness must be > 0, got {sharpness}")
+        self.mode, self.sharpness = mode, sharpness
+
+    def _delta(self, params: Tensor | None, r: Tensor) -> Tensor:
+        if params is None:
+            raise ValueError("HuberBias needs the threshold delta as bias_params")
+        return params if self.mode == "coord" else params[..., None]
+
+    def loss(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        r = pred - target
+        delta = self._delta(params, r)
+        if self.mode == "coord":
+            small = r.abs() <= delta
+            return torch.where(small, r.pow(2), 2 * delta * r.abs() - delta.pow(2)).sum(-1)
+        small = r.pow(2).sum(-1) <= delta[..., 0].pow(2)
+        lin = (2 * delta * _log_cosh(self.sharpness * r) / self.sharpness).sum(-1)
+        return torch.where(small, r.pow(2).sum(-1), lin)
+
+    def grad(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        r = pred - target
+        delta = self._delta(params, r)
+        if self.mode == "coord":
+            return torch.where(r.abs() <= delta, 2 * r, 2 * delta * torch.sign(r))
+        small = r.pow(2).sum(-1, keepdim=True) <= delta.pow(2)
+        return torch.where(small, 2 * r, 2 * delta * torch.tanh(self.sharpness * r))
+
+    def __repr__(self) -> str:
+        return f"HuberBias(mode={self.mode!r}, sharpness={self.sharpness})"
+
+
+class KLBias:
+    """KL(softmax(v) ‖ softmax(M(k))) over the feature axis."""
+
+    def loss(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        p = torch.softmax(target, -1)
+        return (p * (torch.log_softmax(target, -1) - torch.log_softmax(pred, -1))).sum(-1)
+
+    def grad(self, pred: Tensor, target: Tensor, params: Tensor | None = None) -> Tensor:
+        return torch.softmax(pred, -1) - torch.softmax(target, -1)
+
+    def __repr__(self) -> str:
+        return "KLBias()"
+
+
+# -------------------------------------------------------------------------------------------------
+# retention maps W = φ(A)
+
+
+class Retention(Protocol):
+    def __call__(self, acc: Tensor) -> Tensor:
+        """Weights from one layer's accumulator ``[..., d_in, d_out]`` (any leading dims)."""
+        ...
+
+
+class LqNormalize:
+    """Moneta's L_q retention, W = s(A)·A with one scalar per weight matrix and head (see the module
+    docstring): ``map="paper"`` s = ‖A‖_q^{−(q−2)} (Eq. 24 literally), ``"unit"`` s = ‖A‖_q^{−1}."""
+
+    def __init__(self, q: float = 4.0, map: Literal["paper", "unit"] = "paper") -> None:
+        if q < 2:
+            raise ValueError(f"LqNormalize: q must be >= 2, got {q}")
+        if map not in ("paper", "unit"):
+            raise ValueError(f"LqNormalize: map={map!r} is not one of ['paper', 'unit']")
+        self.q, self.map = q, map
+
+    def scale(self, acc: Tensor) -> Tensor:
+        """s(A) for accumulators ``[..., d_in, d_out]`` -> ``[...]``."""
+        # the clamp only guards an all-zero accumulator
+        power = acc.abs().pow(self.q).sum((-2, -1)).clamp_min(1e-30)
+        return power.pow(-(self.q - 2 if self.map == "paper" else 1.0) / self.q)
+
+    def __call__(self, acc: Tensor) -> Tensor:
+        return acc * self.scale(acc)[..., None, None]
+
+    def __repr__(self) -> str:
+        return f"LqNormalize(q={self.q}, map={self.map!r})"
+
+
+class SimplexSoftmax:
+    """Memora's KL retention: W = scale·Softmax(A) over the input axis (each output unit's weights)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise ValueError(f"SimplexSoftmax: scale must be > 0, got {scale}")
+        self.scale = scale
+
+    def __call__(self, acc: Tensor) -> Tensor:
+        return self.scale * torch.softmax(acc, -2)
+
+    def __repr__(self) -> str:
+        return f"SimplexSoftmax(scale={self.scale})"
+
+
+def retained_weights(acc: Weights, retention: Retention | None) -> Weights:
+    """W = φ(A) layer by layer (the accumulator itself without a retention map)."""
+    return acc if retention is None else tuple(retention(a) for a in acc)
+
+
+# -------------------------------------------------------------------------------------------------
+# token-by-token reference and chunked form
+
+
+def _refresh(offset: int, lag: bool) -> bool:
+    """Whether the gradient point moves here: at a chunk start, and after a chunk's lag token."""
+    return offset == 0 or (lag and offset == 1)
+
+
+def miras_reference(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+    bias: AttentionalBias | None = None,
+    bias_params: Tensor | None = None,
+    retention: Retention | None = None,
+    lag: bool = False,
+) -> tuple[Tensor, MemoryState]:
+    """Token-by-token loop (autograd inner gradient) with the chunked semantics of the module
+    docstring: the ground truth for :func:`miras_chunked`. Arguments as there."""
+    _check(arch, q, k, v, lr, None, keep, state, chunk_size)
+    bias = bias or L2Bias()
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+    lr_, keep_, bp = _bhl(lr, dtype), _bhl(keep, dtype), _bhl(bias_params, dtype)
+    st = state or initial_state(arch, B, False, dtype)
+    A, anchor, offset = st.weights, st.anchor, st.offset
+    create_graph = torch.is_grad_enabled()
+    ys = []
+    with torch.enable_grad():
+        for t in range(T):
+            if _refresh(offset, lag):
+                anchor = retained_weights(A, retention)
+            sl = slice(t, t + 1)
+            bpt = None if bp is None else bp[:, :, sl]
+            u = _inner_grad(arch, bias, anchor, kh[:, :, sl], vh[:, :, sl], bpt, create_graph)  # type: ignore[arg-type]
+            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
+            A = tuple(kp * a - lr_[:, :, t, None, None] * g for a, g in zip(A, u))
+            ys.append(arch.read(retained_weights(A, retention), qh[:, :, sl]))
+            offset = (offset + 1) % chunk_size
+    y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
+    out = MemoryState(A, None, anchor if offset else None, offset)
+    if not create_graph:
+        y, out = y.detach(), out.detach()
+    return y.transpose(1, 2).to(q.dtype), out
+
+
+def _token_accumulators(beta: Tensor, G: Tensor, A: Weights, xs: Weights, deltas: Weights) -> Weights:
+    """A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of a segment, ``[B, H, L, d_in, d_out]``
+    per layer (one batched matmul per token: [B, H, L, d_in, L] @ [B, H, 1, L, d_out])."""
+    return tuple(
+        beta[..., None, None] * a[:, :, None]
+        - (G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
+        for a, x, d in zip(A, xs, deltas)
+    )
+
+
+class _TokenScales:
+    """Per-token scales s(A_t) of an :class:`LqNormalize` map, one ``[B, H, L]`` per layer."""
+
+    def __init__(self, retention: LqNormalize) -> None:
+        self.retention = retention
+
+    def __call__(self, beta: Tensor, G: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+        n = len(tensors) // 3
+        acc = _token_accumulators(beta, G, tensors[:n], tensors[n : 2 * n], tensors[2 * n :])
+        return tuple(self.retention.scale(a) for a in acc)
+
+
+class _RetainedRead:
+    """Read every token of a segment with its own weights φ(A_t), A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j
+    (materialised: φ is not linear, so the engine's dual form does not apply)."""
+
+    def __init__(self, arch: MemoryMLP, retention: Retention) -> None:
+        self.arch, self.retention = arch, retention
+
+    def __call__(self, q: Tensor, beta: Tensor, G: Tensor, *tensors: Tensor) -> Tensor:
+        n = self.arch.depth
+        A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
+        acc = _token_accumulators(beta, G, A, xs, deltas)
+        weights = retained_weights(acc, self.retention)
+        # move the tokens into the batch so the memory's per-head LayerNorm still broadcasts over heads
+        B, H, L, D = q.shape
+        qs = q.permute(0, 2, 1, 3).reshape(B * L, H, 1, D)
+        ws = tuple(w.permute(0, 2, 1, 3, 4).reshape(B * L, H, *w.shape[-2:]) for w in weights)
+        return self.arch.read(ws, qs).reshape(B, L, H, D).permute(0, 2, 1, 3)
+
+
+def miras_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+    bias: AttentionalBias | None = None,
+    bias_params: Tensor | None = None,
+    retention: Retention | None = None,
+    lag: bool = False,
+) -> tuple[Tensor, MemoryState]:
+    """Run a Miras memory chunk by chunk (parallel inside a chunk, sequential across chunks).
+
+    Args:
+        arch: the memory network; its learnable initial weights are the initial accumulator A_0.
+        q, k, v: ``[B, T, H, D]``; lr: step size η_t ``[B, T, H]``; keep: retention α_t ``[B, T, H]``
+            (``None`` = 1). Plain gradient descent (Miras §5.3: no momentum).
+        state: :class:`~memnets.memory.MemoryState` whose ``weights`` are the accumulator A and whose
+            ``anchor`` is the current gradient point φ(A_{t'}); ``None`` = start of sequence.
+        bias, bias_params: attentional bias and its per-token parameters ``[B, T, H, ...]``.
+        retention: the map φ (``None`` = identity, the engine's dual form).
+        lag: Memora's lag token (module docstring).
+
+    Returns ``y [B, T, H, D]`` and the state after the last token. Computes in the dtype of
+    ``arch``'s parameters with autocast off, like the engine.
+    """
+    _check(arch, q, k, v, lr, None, keep, state, chunk_size)
+    bias = bias or L2Bias()
+    B, T, H, D = q.shape
+    dtype = arch.init_weights[0].dtype
+    with torch.autocast(q.device.type, enabled=False):
+        qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
+        lr_, bp = _bhl(lr, dtype), _bhl(bias_params, dtype)
+        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        st = state or initial_state(arch, B, False, dtype)
+        A, anchor, offset = st.weights, st.anchor, st.offset
+        ys, start = [], 0
+        while start < T:
+            if _refresh(offset, lag):
+                anchor = retained_weights(A, retention)
+            length = 1 if lag and offset == 0 else chunk_size - offset
+            end = min(T, start + length)
+            sl = slice(start, end)
+            kp = key_path(
+                arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None if bp is None else bp[:, :, sl]
+            )  # type: ignore[arg-type]
+            c = chunk_coefficients(lr_[:, :, sl], None if log_keep is None else log_keep[:, :, sl], None)
+            if retention is None:
+                ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c))
+            elif isinstance(retention, LqNormalize):
+                # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
+                norms = _TokenScales(retention)
+                args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
+                scales = (
+                    checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
+                )
+                ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c, scales))
+            else:
+                read = _RetainedRead(arch, retention)
+                args = (qh[:, :, sl], c.beta, c.G, *A, *kp.xs, *kp.deltas)
+                if torch.is_grad_enabled():
+                    # the per-token weights are the big tensors: recompute them in the backward
+                    ys.append(checkpoint(read, *args, use_reentrant=False))
+                else:
+                    ys.append(read(*args))
+            A, _ = segment_end_state(A, None, kp, c)
+            offset = (offset + end - start) % chunk_size
+            start = end
+        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
+    return y.transpose(1, 2).to(q.dtype), MemoryState(A, None, anchor if offset else None, offset)

@@ -1,0 +1,381 @@
+"""Miras (Behrouz, Razaviyayn, Zhong, Mirrokni, "It's All Connected", arXiv 2504.13173 v1): Moneta,
+Yaad and Memora as compositions of the shared memory engine. Spec: memory-models.md §3.
+
+Registered mixers (update rules Miras §5.3 / spec 3.4; neutral names: ``lr`` = η_t, ``keep`` = α_t
+(the retention multiplier on the old memory), ``delta`` = δ_t; r = M(k_t) − v_t)::
+
+    moneta:  A_t = keep_t A_{t−1} − lr_t ∇ℓ_p(W_ref; k_t, v_t),  W_t = A_t/‖A_t‖_q^{q−2}    (Eq. 24-25)
+    yaad:    W_t = keep_t W_{t−1} − lr_t ∇[‖r‖² if ‖r‖₂ ≤ δ_t else 2δ_t‖r‖₁](W_ref)            (Eq. 26)
+    memora:  W_t = Softmax(keep_t log W_{t−1} − lr_t ∇‖r‖²(W_ref))                          (Eq. 27)
+
+all plain gradient descent (no momentum), W_ref = the weights at the start of the token's chunk
+(``chunk_size``; 1 = exact online), and token t reads y_t = M(q_t; W_t) after its own write. The
+biases and retention maps live in :mod:`memnets.memory.miras`; its docstring explains the chunked
+semantics, Memora's lag token and the ℓ_p/Huber smoothing.
+
+Block (§5.4, Fig. 2): q/k/v projections → depthwise causal conv (``conv_size`` 4) → SiLU, l2-norm of
+q and k per head; gates from low-rank projections x → R^``gate_rank`` → R^H (RWKV-7 style, rank "32
+or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per-head outer LayerNorm
+affine, learnable initial weights); output RMSNorm gated by a linear layer, then the output
+projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
+softplus(·)`` (init √d for the norm switch, 1 per channel for the coordinate form).
+
+Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
+
+* Gates are per head, not channel-wise: the engine's step size and retention multiply whole
+  fast-weight matrices of the MLP memory, and the paper does not say which axis of which layer a
+  "channel" is. They keep the paper's low-rank form. Yaad's δ_t is a scalar per token and head for the
+  switch of Eq. 26 (which compares the scalar ‖r‖₂); ``huber="coord"`` gives the coordinate-wise
+  Huber of Eq. 14 with a channel-wise δ_t ∈ R^d.
+* Loss scale: no ½ anywhere (Titans Eq. 12 convention, absorbed by ``lr``); Yaad's ℓ1 branch is
+  2δ_t‖r‖₁ so that it continues ‖r‖² like 2·Huber. Smooth Sign ≈ tanh(``sign_sharpness``·x) (Remark 5;
+  α unspecified, default 10) in Yaad's norm form; Moneta's |x|^p ≈ (x² + ε)^{p/2}, ε = 1e-6 (§5.4).
+* Moneta's normalisation is per weight matrix and head (entrywise ℓ_q). Taken literally (Eq. 24,
+  ``normalize="paper"``) W = A/‖A‖_q^{q−2} has ‖W‖₄ = 1/‖A‖₄ at q = 4: the accumulator grows with every
+  write, so the weights shrink toward 0, and retention keep < 1 inflates them instead of forgetting.
+  ``normalize="unit"`` is the stabilised variant W = A/‖A‖_q (scale-free: the unit L_q sphere);
+  ``"none"`` is plain L2 retention (weight decay). Default ``"unit"``. On the small MQAR run below
+  the literal rule trained better (with the LayerNorm inside the memory the last layer's scale does
+  not matter; loss 3.51 vs 3.89, gradient norm ~1 vs 7-40), but under bf16 autocast at T = 4096 with
+  extreme gates (keep ≈ 0: the accumulator collapses and W = A/‖A‖₄² blows up) it is not finite,
+  while the unit map is (tests/test_miras.py). Stability decides the default; ``normalize="paper"``
+  remains one option away and is worth the ablation at scale.
+* Memora: softmax over each output unit's incoming weights (the rows of W in the paper's column
+  form), every layer constrained, scale c = ``simplex_scale`` (1); the state carries the logits
+  (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
+  initial weights. ``lag_token`` (default on) is the paper's lag token.
+* Packed sequences (``cu_seqlens``) run sequence by sequence from a fresh state.
+
+MQAR experiment (train.py on configs/mqar/NAME.yaml with tiny overrides so that it runs on 2 shared
+CPU cores: d_model 32, 2 heads, T = 24, vocab 64, 2 key-value pairs, batch 16, lr 5e-3, 100 steps,
+chunk_size 8, memory_expansion 2; chance accuracy 1/64). Runs this short only show that each model
+trains (loss falls from ln 64 = 4.16); accuracies are still near chance:
+
+    model                      train loss @75   val loss @100   val accuracy @100
+    moneta normalize=paper     3.50             3.51            0.051
+    moneta normalize=unit      3.91             3.89            0.047
+    yaad                       3.95             3.91            0.023
+    memora                     4.00             3.94            0.020
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..memory import AttentionalBias, L2Bias, MemoryMLP, MemoryState
+from ..memory.architecture import Activation
+from ..memory.miras import (
+    HuberBias,
+    LpBias,
+    LqNormalize,
+    Retention,
+    SimplexSoftmax,
+    miras_chunked,
+    miras_reference,
+)
+from ..modules import GatedRMSNorm
+from ..registry import register_mixer
+from .base import Backend, resolve_backend
+from .titans import MemoryProjections, _packed
+
+SUPPORTED_BACKENDS = ("reference", "chunked")
+
+
+class LowRankGates(nn.Module):
+    """Per-token gates from one low-rank projection x → R^rank → R^{H·width} per gate (Miras §5.4)."""
+
+    def __init__(self, d_model: int, num_heads: int, rank: int, gates: dict[str, tuple[int, float]]) -> None:
+        super().__init__()
+        self.num_heads, self.gates = num_heads, gates
+        total = sum(width for width, _ in gates.values()) * num_heads
+        self.down = nn.Linear(d_model, rank, bias=False)
+        self.up = nn.Linear(rank, total)
+        with torch.no_grad():
+            self.up.weight.normal_(std=0.1 * rank**-0.5)
+            self.up.bias.copy_(
+                torch.cat([torch.full((w * num_heads,), b) for w, b in gates.values()]).to(self.up.bias)
+            )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Raw (pre-activation) gates in float32: ``[B, T, H]`` for width 1, else ``[B, T, H, width]``."""
+        B, T, _ = x.shape
+        raw = self.up(self.down(x)).float()
+        out, i = {}, 0
+        for name, (width, _) in self.gates.items():
+            g = raw[..., i : i + width * self.num_heads].view(B, T, self.num_heads, width)
+            out[name] = g[..., 0] if width == 1 else g
+            i += width * self.num_heads
+        return out
+
+
+@dataclass
+class MirasState:
+    conv: dict[str, Tensor]
+    memory: MemoryState
+
+
+def _check_common(owner: str, backend: str, **positive: float) -> None:
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{owner}: {name} must be > 0, got {value}")
+    if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"{owner}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
+            "(the Triton kernel comes with a later issue)"
+        )
+
+
+class MirasMemory(nn.Module):
+    """The Miras block around one (bias, retention) memory; subclasses choose the pieces."""
+
+    name = "miras"
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        head_dim: int | None,
+        chunk_size: int,
+        backend: str,
+        memory_depth: int,
+        memory_expansion: float,
+        memory_activation: str,
+        memory_residual: bool,
+        memory_norm: bool,
+        lr_max: float,
+        gate_rank: int,
+        conv_size: int,
+        bias: AttentionalBias,
+        retention: Retention | None,
+        lag: bool = False,
+        extra_gates: dict[str, tuple[int, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        _check_common(
+            self.name,
+            backend,
+            chunk_size=chunk_size,
+            head_dim=head_dim,
+            gate_rank=gate_rank,
+            conv_size=conv_size,
+            lr_max=lr_max,
+        )
+        self.num_heads, self.head_dim, self.chunk_size, self.backend = (
+            num_heads,
+            head_dim,
+            chunk_size,
+            backend,
+        )
+        self.bias, self.retention, self.lag = bias, retention, lag
+        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        # lr starts at lr_max/2, keep at sigmoid(4.6) ≈ 0.99
+        self.gates = LowRankGates(
+            d_model, num_heads, gate_rank, {"lr": (1, 0.0), "keep": (1, 4.6), **(extra_gates or {})}
+        )
+        self.lr_max = lr_max
+        self.memory = MemoryMLP(
+            num_heads,
+            head_dim,
+            memory_depth,
+            memory_expansion,
+            memory_activation,  # type: ignore[arg-type]
+            memory_residual,
+            memory_norm,
+        )
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
+        return None
+
+    def forward(
+        self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, MirasState]:
+        if cu_seqlens is not None:
+            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        backend = resolve_backend(self.name, self.backend, x.device, SUPPORTED_BACKENDS)
+        B, T, _ = x.shape
+        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        raw = self.gates(x)
+        fn = miras_reference if backend == "reference" else miras_chunked
+        y, mem = fn(
+            self.memory,
+            qkv["q"],
+            qkv["k"],
+            qkv["v"],
+            self.lr_max * torch.sigmoid(raw["lr"]),
+            torch.sigmoid(raw["keep"]),
+            None if state is None else state.memory,
+            chunk_size=self.chunk_size,
+            bias=self.bias,
+            bias_params=self.bias_params(raw),
+            retention=self.retention,
+            lag=self.lag,
+        )
+        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
+        y = self.norm(y, gate).reshape(B, T, -1)
+        return self.out(y), MirasState(conv, mem)
+
+    def step(self, x: Tensor, state: MirasState | None) -> tuple[Tensor, MirasState]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.num_heads * self.memory.numel_per_head() + self.inputs.state_size()
+
+
+@register_mixer("moneta")
+class Moneta(MirasMemory):
+    """(p, q)-Moneta: ℓ_p attentional bias, L_q retention (Miras Eq. 24-25)."""
+
+    name = "moneta"
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        p: float = 3.0,
+        q: float = 4.0,
+        normalize: Literal["paper", "unit", "none"] = "unit",
+        eps: float = 1e-6,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        lr_max: float = 1.0,
+        gate_rank: int = 32,
+        conv_size: int = 4,
+    ) -> None:
+        if normalize not in ("paper", "unit", "none"):
+            raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
+        super().__init__(
+            d_model,
+            num_heads,
+            head_dim=head_dim,
+            chunk_size=chunk_size,
+            backend=backend,
+            memory_depth=memory_depth,
+            memory_expansion=memory_expansion,
+            memory_activation=memory_activation,
+            memory_residual=memory_residual,
+            memory_norm=memory_norm,
+            lr_max=lr_max,
+            gate_rank=gate_rank,
+            conv_size=conv_size,
+            bias=LpBias(p, eps),
+            retention=None if normalize == "none" else LqNormalize(q, normalize),
+        )
+
+
+@register_mixer("yaad")
+class Yaad(MirasMemory):
+    """Yaad: Huber attentional bias with a data-dependent threshold, L2 retention (Miras Eq. 26)."""
+
+    name = "yaad"
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        huber: Literal["norm", "coord"] = "norm",
+        sign_sharpness: float = 10.0,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        lr_max: float = 1.0,
+        gate_rank: int = 32,
+        conv_size: int = 4,
+    ) -> None:
+        hd = head_dim or d_model // num_heads
+        if huber not in ("norm", "coord"):
+            raise ValueError(f"yaad: huber={huber!r} is not one of ['norm', 'coord']")
+        # softplus⁻¹ of the initial threshold: √d for the norm switch (the typical size of ‖r‖₂ with a
+        # residual memory), 1 per channel for the coordinate form
+        init = math.sqrt(hd) if huber == "norm" else 1.0
+        width = 1 if huber == "norm" else hd
+        super().__init__(
+            d_model,
+            num_heads,
+            head_dim=head_dim,
+            chunk_size=chunk_size,
+            backend=backend,
+            memory_depth=memory_depth,
+            memory_expansion=memory_expansion,
+            memory_activation=memory_activation,
+            memory_residual=memory_residual,
+            memory_norm=memory_norm,
+            lr_max=lr_max,
+            gate_rank=gate_rank,
+            conv_size=conv_size,
+            bias=HuberBias(huber, sign_sharpness),
+            retention=None,
+            extra_gates={"delta": (width, math.log(math.expm1(init)))},
+        )
+
+    def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
+        return F.softplus(raw["delta"])
+
+
+@register_mixer("memora")
+class Memora(MirasMemory):
+    """Memora: ℓ2 attentional bias, KL (softmax) retention over the simplex (Miras Eq. 27)."""
+
+    name = "memora"
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        lag_token: bool = True,
+        simplex_scale: float = 1.0,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory_depth: int = 2,
+        memory_expansion: float = 4.0,
+        memory_activation: Activation = "gelu",
+        memory_residual: bool = True,
+        memory_norm: bool = True,
+        lr_max: float = 1.0,
+        gate_rank: int = 32,
+        conv_size: int = 4,
+    ) -> None:
+        super().__init__(
+            d_model,
+            num_heads,
+            head_dim=head_dim,
+            chunk_size=chunk_size,
+            backend=backend,
+            memory_depth=memory_depth,
+            memory_expansion=memory_expansion,
+            memory_activation=memory_activation,
+            memory_residual=memory_residual,
+            memory_norm=memory_norm,
+            lr_max=lr_max,
+            gate_rank=gate_rank,
+            conv_size=conv_size,
+            bias=L2Bias(),
+            retention=SimplexSoftmax(simplex_scale),
+            lag=lag_token,
+        )

@@ -1,0 +1,290 @@
+"""Miras (Moneta, Yaad, Memora): chunked == token-by-token reference (outputs, final state, every
+gradient), chunk size 1 == the paper's online rules written out here, decoding == forward, the limits
+that pin the algebra, and bf16 stability at T = 4096 with extreme gates."""
+
+import pytest
+import torch
+
+import memnets
+from memnets.memory import L2Bias, MemoryMLP, MemoryState, memory_chunked
+from memnets.memory.miras import (
+    HuberBias,
+    KLBias,
+    LpBias,
+    LqNormalize,
+    SimplexSoftmax,
+    miras_chunked,
+    miras_reference,
+    retained_weights,
+)
+from memnets.testing import assert_close
+
+F64 = torch.float64
+MIXERS = ["moneta", "yaad", "memora"]
+
+
+def rules(B, T, H, D):
+    """(bias, bias_params, retention, lag) for each model; extra pieces for the KL bias and the
+    coordinate Huber and the paper's literal Moneta map."""
+    return {
+        "moneta": (LpBias(3.0), None, LqNormalize(4.0, "unit"), False),
+        "moneta_paper": (LpBias(3.0), None, LqNormalize(4.0, "paper"), False),
+        "yaad": (HuberBias("norm"), 0.5 + torch.rand(B, T, H, dtype=F64), None, False),
+        "yaad_coord": (HuberBias("coord"), 0.1 + torch.rand(B, T, H, D, dtype=F64), None, False),
+        "memora": (L2Bias(), None, SimplexSoftmax(), True),
+        "kl": (KLBias(), None, None, False),
+    }
+
+
+def inputs(B, T, H, D, seed=0):
+    # step sizes stay moderate: the inner dynamics on random data are chaotic at large lr, which
+    # amplifies round-off differences between two exact algorithms exponentially in T
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, D, dtype=F64, generator=g) for _ in range(3))
+    k = k / k.norm(dim=-1, keepdim=True)
+    lr = 0.2 * torch.rand(B, T, H, dtype=F64, generator=g)
+    keep = 0.6 + 0.4 * torch.rand(B, T, H, dtype=F64, generator=g)
+    return q, k, v, lr, keep
+
+
+def run_with_grads(fn, arch, tensors, state0, cot_y, cot_w, **kw):
+    """Outputs, final state and the gradients of a random functional of both w.r.t. every input,
+    every parameter of ``arch`` and the initial state."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in tensors]
+    init = tuple(w.clone().requires_grad_() for w in state0)
+    q, k, v, lr, keep, bp = leaves
+    y, st = fn(arch, q, k, v, lr, keep, MemoryState(init), bias_params=bp, **kw)
+    loss = (y * cot_y).sum() + sum((w * c).sum() for w, c in zip(st.weights, cot_w))
+    # the given initial state replaces the learnable W_0 (its gradient is checked by the mixer tests)
+    params = [p for n, p in arch.named_parameters() if not n.startswith("init_weights")]
+    wrt = [t for t in leaves if t is not None] + list(init) + params
+    return y, st, torch.autograd.grad(loss, wrt)
+
+
+@pytest.mark.parametrize("rule", ["moneta", "moneta_paper", "yaad", "yaad_coord", "memora", "kl"])
+@pytest.mark.parametrize(("T", "chunk_size"), [(1, 4), (13, 5), (37, 8), (11, 1)])
+def test_chunked_equals_reference(rule, T, chunk_size):
+    B, H, D = 2, 2, 3
+    torch.manual_seed(1)
+    arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
+    q, k, v, lr, keep = inputs(B, T, H, D)
+    bias, bp, retention, lag = rules(B, T, H, D)[rule]
+    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
+    kw = dict(chunk_size=chunk_size, bias=bias, retention=retention, lag=lag)
+    cot_y = torch.randn(B, T, H, D, dtype=F64)
+    cot_w = tuple(torch.randn_like(w) for w in state0)
+    ref = run_with_grads(miras_reference, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
+    out = run_with_grads(miras_chunked, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
+    assert_close(f"{rule} y", ref[0], out[0])
+    for i, (a, b) in enumerate(zip(ref[1].weights, out[1].weights)):
+        assert_close(f"{rule} final A{i}", a, b)
+    assert ref[1].offset == out[1].offset == T % chunk_size
+    for i, (a, b) in enumerate(zip(ref[2], out[2])):
+        assert_close(f"{rule} grad #{i}", a, b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chunk size 1 == the paper's online rules, written out for a linear memory (row form: M(k) = k W)
+
+
+def online(rule, A0, W0, q, k, v, lr, keep, delta=None):
+    """Miras Eq. 24-27 token by token for one linear memory per (batch, head), from the accumulator
+    A0 (Moneta) or the weights W0; returns the reads y_t = M(q_t; W_t) and the last W."""
+    W, A, ys = W0, A0, []
+    for t in range(q.shape[1]):
+        kt, vt, qt = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t, :, None, :]  # [B, H, 1, D]
+        a, et = keep[:, t, :, None, None], lr[:, t, :, None, None]
+        r = kt @ W - vt
+        if rule == "moneta":  # Eq. 24-25: A_t = α A − η p (Sign(r) ⊙ |r|^{p−1}) kᵀ, W = A/‖A‖_4^2
+            A = a * A - et * kt.transpose(-1, -2) @ (3 * torch.sign(r) * r.abs().pow(2))
+            W = A / A.pow(4).sum((-2, -1), keepdim=True).pow(0.5)
+        elif rule == "yaad":  # Eq. 26 with ℓ2 = ‖r‖², ℓ1 = 2‖r‖₁ (smooth Sign = tanh(10 x))
+            d = delta[:, t, :, None, None]
+            small = r.norm(dim=-1, keepdim=True) <= d
+            err = torch.where(small, 2 * r, 2 * d * torch.tanh(10 * r))
+            W = a * W - et * kt.transpose(-1, -2) @ err
+        else:  # memora, Eq. 27: W_t = Softmax(α log W_{t−1} − η ∇‖r‖²), softmax over each output's inputs
+            W = torch.softmax(a * torch.log(W) - et * kt.transpose(-1, -2) @ (2 * r), dim=-2)
+        ys.append(qt @ W)
+    return torch.cat(ys, 2).transpose(1, 2), W
+
+
+@pytest.mark.parametrize("rule", ["moneta", "yaad", "memora"])
+def test_chunk_size_one_is_the_online_rule(rule):
+    B, T, H, D = 2, 17, 2, 4
+    arch = MemoryMLP(H, D, depth=1, residual=False, layer_norm=False).double()
+    q, k, v, lr, keep = inputs(B, T, H, D, seed=3)
+    A0 = torch.randn(B, H, D, D, dtype=F64)
+    delta = 0.2 + torch.rand(B, T, H, dtype=F64)
+    if rule == "moneta":
+        pieces = dict(bias=LpBias(3.0, eps=1e-14), retention=LqNormalize(4.0, "paper"))
+    elif rule == "yaad":
+        pieces = dict(bias=HuberBias("norm", 10.0), bias_params=delta)
+    else:
+        pieces = dict(retention=SimplexSoftmax())
+    retention = pieces.get("retention")
+    y_ref, W_ref = online(rule, A0, retained_weights((A0,), retention)[0], q, k, v, lr, keep, delta)
+    sizes = [(1, False), (1, True), (2, True)] if rule == "memora" else [(1, False)]
+    for chunk_size, lag in sizes:  # Memora: the lag token makes chunk size 2 exact too
+        y, st = miras_chunked(
+            arch, q, k, v, lr, keep, MemoryState((A0,)), chunk_size=chunk_size, lag=lag, **pieces
+        )
+        assert_close(f"{rule} C={chunk_size} y", y_ref, y, ratio=1e-8)
+        assert_close(
+            f"{rule} C={chunk_size} W", W_ref, retained_weights(st.weights, retention)[0], ratio=1e-8
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# limits
+
+
+def test_limits_reduce_to_the_l2_memory():
+    """Yaad with a huge δ, and Moneta with p = 2 and plain weight decay (or q = 2), are the L2 memory
+    with the same gates."""
+    B, T, H, D = 2, 19, 2, 4
+    arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
+    q, k, v, lr, keep = inputs(B, T, H, D, seed=5)
+    y_l2, st_l2 = memory_chunked(arch, q, k, v, lr, None, keep, chunk_size=4, bias=L2Bias())
+    big = torch.full((B, T, H), 1e6, dtype=F64)
+    for name, kw in {
+        "yaad δ=1e6": dict(bias=HuberBias("norm"), bias_params=big),
+        "yaad coord δ=1e6": dict(bias=HuberBias("coord"), bias_params=big[..., None].expand(B, T, H, D)),
+        "moneta p=2, L2": dict(bias=LpBias(2.0)),
+        "moneta p=2, q=2": dict(bias=LpBias(2.0), retention=LqNormalize(2.0, "paper")),
+    }.items():
+        y, st = miras_chunked(arch, q, k, v, lr, keep, chunk_size=4, **kw)
+        assert_close(f"{name} y", y_l2, y)
+        for a, b in zip(st_l2.weights, st.weights):
+            assert_close(f"{name} W", a, b)
+
+
+def test_memora_rows_stay_on_the_simplex():
+    mixer = tiny("memora", chunk_size=3)
+    x = torch.randn(2, 10, 16, dtype=F64)
+    state = None
+    for t in range(x.shape[1]):
+        _, state = mixer.step(x[:, t], state)
+        for w in retained_weights(state.memory.weights, mixer.retention):
+            assert (w >= 0).all()
+            assert_close("column sums", torch.ones_like(w.sum(-2)), w.sum(-2))
+
+
+def test_moneta_paper_map_is_scale_inverse():
+    """The documented instability: Eq. 24 taken literally at q = 4 gives ‖W‖₄ = 1/‖A‖₄; the unit map
+    is scale-free."""
+    A = torch.randn(3, 5, 7, dtype=F64)
+    for c in (0.1, 10.0):
+        n4 = (c * A).pow(4).sum((-2, -1)).pow(0.25)
+        paper, unit = LqNormalize(4.0, "paper")(c * A), LqNormalize(4.0, "unit")(c * A)
+        assert_close("paper", 1 / n4, paper.pow(4).sum((-2, -1)).pow(0.25))
+        assert_close("unit", torch.ones_like(n4), unit.pow(4).sum((-2, -1)).pow(0.25))
+        assert_close("direction", unit, LqNormalize(4.0, "unit")(A))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the mixers
+
+
+def tiny(name, **kw):
+    opts = {"chunk_size": 4, "memory_expansion": 2.0, "gate_rank": 4, **kw}
+    return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_step_equals_forward(name):
+    mixer = tiny(name)
+    x = torch.randn(2, 11, 16, dtype=F64)
+    y, final = mixer(x)
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        yt, state = mixer.step(x[:, t], state)
+        ys.append(yt)
+    assert_close(f"{name} decode", y, torch.stack(ys, 1))
+    y1, s = mixer(x[:, :6])
+    y2, s2 = mixer(x[:, 6:], s)
+    assert s2.memory.offset == final.memory.offset
+    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
+    nxt = torch.randn(2, 16, dtype=F64)
+    assert_close(f"{name} next", mixer.step(nxt, final)[0], mixer.step(nxt, state)[0])
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_reference_backend_equals_chunked(name):
+    torch.manual_seed(0)
+    chunked, reference = tiny(name), tiny(name, backend="reference")
+    reference.load_state_dict(chunked.state_dict())
+    x, cot = torch.randn(1, 9, 16, dtype=F64), torch.randn(1, 9, 16, dtype=F64)
+    res = []
+    for m in (reference, chunked):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        (y * cot).sum().backward()
+        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", res[0][0], res[1][0])
+    assert_close("dx", res[0][1], res[1][1])
+    for n, g in res[0][2].items():
+        assert_close(f"d{n}", g, res[1][2][n])
+
+
+def test_options_and_backend_errors():
+    for name in MIXERS:
+        with pytest.raises(ValueError, match="backend='triton' is not implemented"):
+            memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="q must be >= 2"):
+        memnets.build_mixer("moneta", d_model=16, num_heads=2, q=1.5)
+    with pytest.raises(ValueError, match="p must be >= 1"):
+        memnets.build_mixer("moneta", d_model=16, num_heads=2, p=0.5)
+    with pytest.raises(ValueError, match="simplex_scale|scale must be > 0"):
+        memnets.build_mixer("memora", d_model=16, num_heads=2, simplex_scale=0.0)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name):
+    """T = 4096, lr at its max, keep ≈ 0 in head 0 and ≈ 1 in head 1 (Yaad: δ tiny, then huge):
+    finite outputs and gradients under bf16 autocast."""
+    mixer = memnets.build_mixer(
+        name, d_model=8, num_heads=2, chunk_size=128, memory_expansion=2.0, gate_rank=4
+    )
+    extreme = torch.tensor([-12.0, 12.0])
+    with torch.no_grad():
+        mixer.gates.up.bias[:2] = 12.0  # lr = lr_max in both heads
+        mixer.gates.up.bias[2:4] = extreme  # keep
+        mixer.gates.up.bias[4:] = extreme.repeat_interleave(mixer.gates.up.bias[4:].numel() // 2)  # δ
+    x = torch.randn(1, 4096, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, st = mixer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in st.memory.weights)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_lm_generate_matches_forward(name):
+    opts = {"chunk_size": 4, "memory_expansion": 2.0, "gate_rank": 4}
+    cfg = memnets.ModelConfig(
+        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
+    )
+    model = memnets.build_model(cfg).double().eval()
+    prompt = torch.randint(0, 32, (2, 5))
+    out = model.generate(prompt, max_new_tokens=6)
+    logits = model(out[:, :-1])
+    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
+    assert model.state_size(64) > 0
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_paper_sized_configs_have_the_papers_parameter_counts(name):
+    from pathlib import Path
+
+    from memnets.config import load_config
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "lm"
+    for size, target in (("340m", 340e6), ("760m", 760e6)):
+        cfg = load_config(root / f"{name}-{size}.yaml", ["data.path=corpus.bin"])
+        with torch.device("meta"):
+            n = memnets.build_model(cfg.model).num_params()
+        assert abs(n - target) / target < 0.02, f"{name}-{size}: {n / 1e6:.1f}M parameters"
