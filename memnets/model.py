@@ -20,8 +20,8 @@ class ModelConfig:
     """``mixer`` is one registered name for every layer, or a list cycled over the layers for hybrids
     (``[titans, titans, titans, attention]`` puts attention in every fourth layer). ``mixer_options``
     maps a mixer name to the keyword options of its constructor. ``max_position_embeddings > 0`` adds
-    learned absolute position embeddings for that many positions (zoology's MQAR baselines use them;
-    memory mixers do not need them)."""
+    learned absolute position embeddings for that many positions (zoology's MQAR attention baselines
+    use them; memory mixers do not need them)."""
 
     vocab_size: int | None = None  # None: taken from the data by the trainer
     d_model: int = 128

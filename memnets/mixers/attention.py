@@ -64,12 +64,8 @@ def attention_mask(
 @register_mixer("attention")
 class Attention(nn.Module):
     """Multi-head causal attention. Options: ``window`` (sliding-window size, ``None`` = full),
-    ``rope_base``, ``qk_norm`` (RMS-normalise q and k per head before RoPE), ``qkv_bias``.
-
-    With RoPE and no biases a query cannot be content-independent, so a previous-token head (the
-    first half of an induction circuit, which recall tasks need) forms only once every embedding has
-    learned a shared direction; ``qkv_bias=True`` gives that direction for free and makes MQAR train
-    several times faster on small models."""
+    ``rope_base``, ``qk_norm`` (RMS-normalise q and k per head before RoPE), ``qkv_bias`` (biases on
+    the q/k/v projection)."""
 
     def __init__(
         self,
