@@ -59,3 +59,22 @@ def test_triton_scan_many_channel_blocks():
     assert_close("h", ref, out)
     for name, r, g in zip(("a", "b", "h0"), ref_grads, grads):
         assert_close(f"grad {name}", r, g)
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_pararnn_mixers_with_the_triton_scan_equal_chunked(name):
+    from memnets.registry import build_mixer
+
+    torch.manual_seed(0)
+    mixer = build_mixer(name, d_model=16, num_heads=2, backend="chunked")
+    x = torch.randn(2, 37, 16, requires_grad=True)
+    y_ref, s_ref = mixer(x)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *mixer.parameters()])
+    mixer.backend = "triton"
+    with nan_allocations():
+        y, s = mixer(x)
+    grads = torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])
+    assert_close("y", y_ref, y)
+    assert_close("h", s_ref.h, s.h)
+    for i, (a, b) in enumerate(zip(grads_ref, grads)):
+        assert_close(f"grad[{i}]", a, b)

@@ -36,7 +36,7 @@ associative scan with the implicit backward; ``triton`` is not implemented yet (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -231,7 +231,7 @@ class _ParaRNN(nn.Module):
         check_cu_seqlens(self.name, x, cu_seqlens)
         if cu_seqlens is not None and state is not None:
             raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a recurrent state")
-        backend = resolve_backend(self.name, self.backend, x.device, supported=("reference", "chunked"))
+        backend = resolve_backend(self.name, self.backend, x.device, supported=("reference", "chunked", "triton"))
         xc, gate = self.in_proj(x).chunk(2, -1)
         conv_state = None
         if self.conv is not None:
@@ -245,7 +245,8 @@ class _ParaRNN(nn.Module):
         if backend == "reference":
             S = sequential_solve(self.cell, u, h0, reset)
         else:
-            S = newton_solve(self.cell, u, h0, reset, self.options, self.last_stats)
+            options = replace(self.options, scan_backend=backend)  # chunked or triton scan inside Newton
+            S = newton_solve(self.cell, u, h0, reset, options, self.last_stats)
         return self._out(self.cell.output(S), xc, gate), ParaRNNState(conv_state, S[:, -1])
 
     def step(self, x: Tensor, state: ParaRNNState | None) -> tuple[Tensor, ParaRNNState]:
