@@ -231,7 +231,9 @@ class _ParaRNN(nn.Module):
         check_cu_seqlens(self.name, x, cu_seqlens)
         if cu_seqlens is not None and state is not None:
             raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a recurrent state")
-        backend = resolve_backend(self.name, self.backend, x.device, supported=("reference", "chunked", "triton"))
+        backend = resolve_backend(
+            self.name, self.backend, x.device, supported=("reference", "chunked", "triton")
+        )
         xc, gate = self.in_proj(x).chunk(2, -1)
         conv_state = None
         if self.conv is not None:
