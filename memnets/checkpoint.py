@@ -57,3 +57,28 @@ def load_latest(folder: Path) -> tuple[dict[str, Any], Path] | None:
         except Exception as e:  # a damaged file must not block resuming from an older one
             log.warning("skipping unreadable checkpoint %s: %s", path, e)
     return None
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained model from its run folder alone: ``config.yaml`` plus ``model.safetensors``
+    (or, when the run has not finished, its latest checkpoint). Returns ``(config, model)`` with the
+    model in eval mode."""
+    from .config import load_config
+    from .model import LM
+
+    run = Path(path)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
+    cfg = load_config(run / "config.yaml")
+    model = LM(cfg.model)
+    weights = run / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_model
+
+        load_model(model, str(weights))
+    else:
+        found = load_latest(run / "checkpoints")
+        if found is None:
+            raise FileNotFoundError(f"{run} has neither model.safetensors nor a loadable checkpoint")
+        model.load_state_dict(found[0]["model"])
+    return cfg, model.to(device).eval()

@@ -205,7 +205,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its `base:` chain merged in (not yet validated)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config inheritance loops: {' -> '.join(str(p) for p in (*seen, path))}")
@@ -220,7 +221,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = [base] if isinstance(base, str) else base
     merged: dict[str, Any] = {}
     for b in bases:
-        merged = _merge(merged, _load_yaml(path.parent / b, (*seen, path)))
+        merged = _merge(merged, load_yaml(path.parent / b, (*seen, path)))
     return _merge(merged, data)
 
 
@@ -255,7 +256,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    data = _load_yaml(Path(path)) if path is not None else {}
+    data = load_yaml(Path(path)) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     cfg = config_from_dict(data)
     if cfg.run.name is None and path is not None:

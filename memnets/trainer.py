@@ -455,11 +455,6 @@ class Trainer:
                 record["grad_norm"],
                 self.bad_steps,
             )
-            if self.bad_steps >= t.max_bad_steps:
-                raise FloatingPointError(
-                    f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
-                    f"(train.max_bad_steps={t.max_bad_steps}); lower train.lr or check the model/data"
-                )
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
@@ -559,7 +554,7 @@ class Trainer:
             while self.step < t.steps:
                 record = self.train_step()
                 steps_in_window += 1
-                if self.step % t.log_every == 0 or self.step == t.steps:
+                if self.step % t.log_every == 0 or self.step == t.steps or "skipped" in record:
                     now = time.time()
                     record["tokens_per_s"] = tokens_per_step * steps_in_window / max(now - window_start, 1e-9)
                     eta = (now - t0) / (self.step - start_step) * (t.steps - self.step)
@@ -579,6 +574,11 @@ class Trainer:
                         _fmt_time(eta),
                     )
                     window_start, steps_in_window = now, 0
+                if self.bad_steps >= t.max_bad_steps:
+                    raise FloatingPointError(
+                        f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
+                        f"(train.max_bad_steps={t.max_bad_steps}); lower train.lr or check the model and data"
+                    )
                 done = self.step == t.steps
                 if self.step % t.eval_every == 0 or done:
                     last_eval = self.evaluate()

@@ -181,3 +181,30 @@ def test_text_training_on_a_plain_file(tmp_path):
     losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert losses[-1] < losses[0] - 0.5
     assert result.metrics["val_bpb"] < 8 and cfg.model.vocab_size == 257
+
+    # the run folder alone rebuilds the model; generate.py decodes with the recurrent states
+    from memnets.checkpoint import load_run
+
+    saved_cfg, model = load_run(tmp_path / "run")
+    assert saved_cfg.model == cfg.model
+    ids = torch.tensor([list(b"line 1")])
+    greedy = model.generate(ids, 5)
+    for t in range(ids.shape[1], greedy.shape[1]):
+        assert greedy[0, t] == model(greedy[:, :t])[0, -1].argmax()
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/generate.py"),
+            str(tmp_path / "run"),
+            "--prompt",
+            "line 1",
+            "--max-new-tokens",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("line 1") and out.stdout.rstrip("\n") == bytes(greedy[0].tolist()).decode(
+        errors="replace"
+    )
