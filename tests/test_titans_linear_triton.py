@@ -1,0 +1,144 @@
+"""Triton kernels of the linear Titans memory == the engine's chunked PyTorch form (run in float64):
+outputs, final weights/momentum/anchor and every gradient, on awkward lengths and both chunk sizes."""
+
+import itertools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from memnets.memory import MemoryMLP, MemoryState, memory_chunked
+from memnets.testing import assert_close, nan_allocations
+
+triton_linear = pytest.importorskip("memnets.kernels.titans_linear_triton")
+
+H, D = 2, 16
+
+
+def _arch(residual: bool) -> MemoryMLP:
+    torch.manual_seed(0)
+    return MemoryMLP(H, D, depth=1, residual=residual, layer_norm=False)
+
+
+def _inputs(T: int, dtype: torch.dtype, gates: str, B: int = 1) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(T)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    qkv = [rnd(B, T, H, D) for _ in range(3)]
+    qkv[0], qkv[1] = (t / t.norm(dim=-1, keepdim=True) for t in qkv[:2])  # l2-normalised as in titans
+    return {
+        "q": qkv[0].to(dtype),
+        "k": qkv[1].to(dtype),
+        "v": qkv[2].to(dtype),
+        "lr": 0.5 * unit(B, T, H),
+        "mom": 0.8 + 0.2 * unit(B, T, H) if gates in ("mom", "both") else None,
+        "keep": 0.9 + 0.1 * unit(B, T, H) if gates in ("keep", "both") else None,
+        "w0": 0.3 * rnd(B, H, D, D),
+        "s0": 0.3 * rnd(B, H, D, D) if gates in ("mom", "both") else None,
+    }
+
+
+def _run(fn, arch, inputs, chunk_size, compute_dtype, split=None):
+    """Outputs and gradients of ``fn`` with random cotangents on y and every final-state tensor.
+    ``split``: feed the sequence in two calls (exercises the state's unfinished-chunk carry)."""
+    leaves = {
+        n: (t.to(compute_dtype) if n in ("lr", "mom", "keep", "w0", "s0") else t).clone().requires_grad_()
+        for n, t in inputs.items()
+        if t is not None
+    }
+    state = MemoryState((leaves["w0"],), (leaves["s0"],) if "s0" in leaves else None)
+    args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep")]
+    T = args[0].shape[1]
+    cuts = [0, T] if split is None else [0, split, T]
+    ys = []
+    for a, b in itertools.pairwise(cuts):
+        y, state = fn(arch, *(None if x is None else x[:, a:b] for x in args), state, chunk_size=chunk_size)
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    outs = {"y": y, "weights": state.weights[0]}
+    if state.momentum is not None:
+        outs["momentum"] = state.momentum[0]
+    if state.anchor is not None:
+        outs["anchor"] = state.anchor[0]
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
+    )
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
+    return outs
+
+
+def _compare(T, chunk_size, gates, dtype, residual=False, split=None):
+    arch = _arch(residual)
+    ref_arch = _arch(residual).double()
+    inputs = _inputs(T, dtype, gates)
+    ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, split)
+    with nan_allocations():
+        out = _run(triton_linear.titans_linear_chunked, arch, inputs, chunk_size, torch.float32, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        # float32 results against the float64 engine, half ones against their half-rounded reference
+        expected = ref[name].to(out[name].dtype)
+        assert_close(f"{name} (T={T}, chunk={chunk_size}, gates={gates}, {dtype})", expected, out[name])
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32])
+@pytest.mark.parametrize("T", [1, 63, 65, 100])
+def test_matches_engine_momentum_decay_float32(T, chunk_size):
+    _compare(T, chunk_size, "both", torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+@pytest.mark.parametrize("T,chunk_size", [(63, 16), (65, 32)])
+def test_matches_engine_gates_float32(T, chunk_size, gates):
+    _compare(T, chunk_size, gates, torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+@pytest.mark.parametrize("T,chunk_size", [(1, 16), (65, 16), (100, 32)])
+def test_matches_engine_float16(T, chunk_size, gates):
+    _compare(T, chunk_size, gates, torch.float16)
+
+
+def test_residual_memory():
+    _compare(65, 16, "both", torch.float32, residual=True)
+
+
+@pytest.mark.parametrize("split", [5, 37])
+def test_state_carry_mid_chunk(split):
+    """A sequence fed in two calls (the first ending mid-chunk) equals the engine fed the same way."""
+    _compare(70, 16, "both", torch.float32, split=split)
+
+
+def test_chunk_size_64():
+    _compare(70, 64, "both", torch.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depth": 2}, "memory depth 2"),
+        ({"depth": 1, "layer_norm": True}, "LayerNorm"),
+    ],
+)
+def test_unsupported_memory_raises(kwargs, match):
+    arch = MemoryMLP(H, D, **kwargs)
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match=match):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H))
+
+
+def test_bad_chunk_size_raises():
+    arch = _arch(False)
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match="chunk_size must be one of"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=8)
