@@ -382,8 +382,10 @@ class _TitansLinear(torch.autograd.Function):
         return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
 
 
-def supports(arch: MemoryMLP, bias: object = None) -> str | None:
-    """``None`` when the kernel covers this memory and bias, else the reason it does not."""
+def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
+    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
+    if chunk_size is not None and chunk_size not in CHUNK_SIZES:
+        return f"chunk_size {chunk_size} (the Triton kernel covers chunk sizes {list(CHUNK_SIZES)})"
     if arch.depth != 1:
         return f"memory depth {arch.depth} (the Triton kernel covers the linear memory, depth 1)"
     if arch.layer_norm:
