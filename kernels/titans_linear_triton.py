@@ -310,6 +310,7 @@ def _forward(
         BD=_block(D),
         HAS_MOM=has_mom,
         STORE=store,
+        num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return y, w_final, s_final, w_anchor, w_chunks, s_chunks
 
@@ -378,6 +379,7 @@ class _TitansLinear(torch.autograd.Function):
             L=L,
             BD=_block(D),
             HAS_MOM=has_mom,
+            num_stages=1,
         )
         return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
 
