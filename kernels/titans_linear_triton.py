@@ -33,6 +33,9 @@ A linear memory's residual (``M(x) = x + x W``) is handled outside the kernels: 
 recurrence with target ``v − k`` and output ``q + y``. The tail chunk is masked in the kernels (q, k, v
 loaded as 0 past T, stores masked).
 
+Both passes are ``torch.library`` custom ops (``memnets::titans_linear_fwd`` / ``_bwd``) with fake
+implementations (``torch.compile`` traces around them); ``register_autograd`` ties them together.
+
 Performance is untuned (written without a GPU): one program per (batch, head) holds full D x D tiles
 (D <= 128), dots run in tf32x3, no autotuning, no varlen.
 """
@@ -315,73 +318,154 @@ def _forward(
     return y, w_final, s_final, w_anchor, w_chunks, s_chunks
 
 
-class _TitansLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, chunk_size):  # type: ignore[override]
-        coef = (beta, f, G, m_end, s_coef)
-        y, w_final, s_final, w_anchor, _, _ = _forward(q, k, v, coef, w_init, s_init, chunk_size, False)
-        ctx.save_for_backward(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init)
-        ctx.chunk_size = chunk_size
-        return y, w_final, s_final, w_anchor
+@torch.library.custom_op("memnets::titans_linear_fwd", mutates_args=())
+def titans_linear_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    f: Tensor,
+    G: Tensor,
+    m_end: Tensor,
+    s_coef: Tensor,
+    w_init: Tensor,
+    s_init: Tensor | None,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``q, k, v [B, T, H, D]``, coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end, s_coef empty
+    without momentum), state ``[B, H, D, D]`` float32. Returns (y float32, W_final, S_final (empty
+    without momentum), the last chunk's start weights)."""
+    coef = (beta, f, G, m_end, s_coef)
+    y, w_final, s_final, w_anchor, _, _ = _forward(q, k, v, coef, w_init, s_init, chunk_size, False)
+    return y, w_final, s_final, w_anchor
 
-    @staticmethod
-    def backward(ctx, dy, dw_final, ds_final, dw_anchor):  # type: ignore[override]
-        q, k, v, beta, f, G, m_end, s_coef, w_init, s_init = ctx.saved_tensors
-        L = ctx.chunk_size
-        B, T, H, D = q.shape
-        NC = beta.shape[2]
-        has_mom = s_init is not None
-        _, _, _, _, w_chunks, s_chunks = _forward(
-            q, k, v, (beta, f, G, m_end, s_coef), w_init, s_init, L, True
-        )
-        zeros = w_init.new_zeros(B, H, D, D)
-        dy = torch.zeros_like(q) if dy is None else dy.contiguous()
-        dw_final = zeros if dw_final is None else dw_final.contiguous()
-        ds_final = zeros if (ds_final is None or not has_mom) else ds_final.contiguous()
-        dw_anchor = zeros if dw_anchor is None else dw_anchor.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
-        df = torch.empty_like(f) if has_mom else None
-        dm_end = torch.empty_like(m_end) if has_mom else None
-        ds_coef = torch.empty_like(s_coef) if has_mom else None
-        dw_init = torch.empty_like(w_init)
-        ds_init = torch.empty_like(w_init) if has_mom else None
-        dummy = w_init.new_empty(0)
-        _backward_kernel[(B * H,)](
-            q,
-            k,
-            v,
-            dy,
-            beta,
-            f,
-            G,
-            m_end,
-            s_coef,
-            w_chunks,
-            s_chunks,
-            dw_final,
-            ds_final,
-            dw_anchor,
-            dq,
-            dk,
-            dv,
-            dbeta,
-            dummy if df is None else df,
-            dG,
-            dummy if dm_end is None else dm_end,
-            dummy if ds_coef is None else ds_coef,
-            dw_init,
-            dummy if ds_init is None else ds_init,
-            T,
-            NC,
-            H=H,
-            D=D,
-            L=L,
-            BD=_block(D),
-            HAS_MOM=has_mom,
-            num_stages=1,
-        )
-        return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
+
+@titans_linear_fwd.register_fake
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, chunk_size):
+    B, T, H, D = q.shape
+    state = w_init.new_empty(B, H, D, D)
+    return (
+        w_init.new_empty(B, T, H, D),
+        state,
+        torch.empty_like(state) if s_init is not None else w_init.new_empty(0),
+        torch.empty_like(state),
+    )
+
+
+@torch.library.custom_op("memnets::titans_linear_bwd", mutates_args=())
+def titans_linear_bwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    f: Tensor,
+    G: Tensor,
+    m_end: Tensor,
+    s_coef: Tensor,
+    w_init: Tensor,
+    s_init: Tensor | None,
+    dy: Tensor,
+    dw_final: Tensor,
+    ds_final: Tensor,
+    dw_anchor: Tensor,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`titans_linear_fwd`
+    (empty for the momentum ones without momentum)."""
+    L = chunk_size
+    B, T, H, D = q.shape
+    NC = beta.shape[2]
+    has_mom = s_init is not None
+    coef = (beta, f, G, m_end, s_coef)
+    _, _, _, _, w_chunks, s_chunks = _forward(q, k, v, coef, w_init, s_init, L, True)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
+    df, dm_end, ds_coef = torch.empty_like(f), torch.empty_like(m_end), torch.empty_like(s_coef)
+    dw_init = torch.empty_like(w_init)
+    ds_init = torch.empty_like(w_init) if has_mom else w_init.new_empty(0)
+    _backward_kernel[(B * H,)](
+        q,
+        k,
+        v,
+        dy,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w_chunks,
+        s_chunks,
+        dw_final,
+        ds_final,
+        dw_anchor,
+        dq,
+        dk,
+        dv,
+        dbeta,
+        df,
+        dG,
+        dm_end,
+        ds_coef,
+        dw_init,
+        ds_init,
+        T,
+        NC,
+        H=H,
+        D=D,
+        L=L,
+        BD=_block(D),
+        HAS_MOM=has_mom,
+        num_stages=1,
+    )
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init
+
+
+@titans_linear_bwd.register_fake
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, dy, dw_final, ds_final, dw_anchor, chunk_size):
+    ds_init = torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0)
+    grads = (q, k, v, beta, f, G, m_end, s_coef, w_init)
+    return (*(torch.empty_like(t) for t in grads), ds_init)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    *tensors, chunk_size = inputs
+    ctx.has_mom = tensors[-1] is not None
+    ctx.save_for_backward(*tensors)
+    ctx.chunk_size = chunk_size
+
+
+def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
+    q, k, v, beta, f, G, m_end, s_coef, w_init, s_init = ctx.saved_tensors
+    B, T, H, D = q.shape
+
+    def cot(t: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+        return w_init.new_zeros(shape) if t is None else t.contiguous()
+
+    square = (B, H, D, D)
+    grads = titans_linear_bwd(
+        q,
+        k,
+        v,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w_init,
+        s_init,
+        cot(dy, (B, T, H, D)),
+        cot(dw_final, square),
+        cot(ds_final, square) if ctx.has_mom else w_init.new_zeros(0),
+        cot(dw_anchor, square),
+        ctx.chunk_size,
+    )
+    dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init = grads
+    if not ctx.has_mom:
+        df = dm_end = ds_coef = ds_init = None
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
+
+
+torch.library.register_autograd("memnets::titans_linear_fwd", _backward, setup_context=_setup_context)
 
 
 def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
@@ -496,7 +580,7 @@ def titans_linear_chunked(
             v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
         q, k, v = q.contiguous(), k.to(dtype).contiguous(), v.contiguous()
         dummy = c.beta.new_zeros(0)
-        y, w_final, s_final, w_anchor = _TitansLinear.apply(
+        y, w_final, s_final, w_anchor = titans_linear_fwd(
             q,
             k,
             v,
