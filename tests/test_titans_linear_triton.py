@@ -209,3 +209,31 @@ def test_mixer_triton_unsupported_config_raises():
     # auto falls back to the engine where the kernel does not apply (depth 2 here)
     y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, backend="auto")(torch.randn(1, 5, 32))
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
+    B, T, L = 1, 20, 16
+    NC = 2
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    beta, G = torch.rand(B, H, NC, L), torch.rand(B, H, NC, L, L)
+    w0 = torch.randn(B, H, D, D, requires_grad=True)
+    if momentum:
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), torch.rand(B, H, NC, L)
+        s0 = torch.randn(B, H, D, D, requires_grad=True)
+    else:
+        f = m_end = s_coef = torch.zeros(0)
+        s0 = None
+    args = (q.requires_grad_(), k, v, beta.requires_grad_(), f, G, m_end, s_coef, w0, s0, L)
+    torch.library.opcheck(
+        triton_linear.titans_linear_fwd,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    square = torch.randn(B, H, D, D)
+    cotangents = (torch.randn(B, T, H, D), square, square if momentum else torch.zeros(0), square)
+    bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]), *cotangents, L)
+    torch.library.opcheck(
+        triton_linear.titans_linear_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
+    )
