@@ -52,6 +52,9 @@ from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, m
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
+# largest head dim per chunk size whose kernels fit in an H100's 228 KB of shared memory, from the
+# sm_90 compile (num_stages=1): D=64, L=64 backward 128 KB; D=128, L=64 backward 352 KB (too big)
+MAX_DIM_FOR_CHUNK = {16: 128, 32: 128, 64: 64}
 
 
 @triton.jit
@@ -480,6 +483,11 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
         return f"attentional bias {bias!r} (the Triton kernel covers L2Bias only)"
     if arch.dim > MAX_DIM:
         return f"head dim {arch.dim} (the Triton kernel covers head dims up to {MAX_DIM})"
+    if chunk_size is not None and arch.dim > MAX_DIM_FOR_CHUNK[chunk_size]:
+        return (
+            f"head dim {arch.dim} with chunk_size {chunk_size} (its backward exceeds the GPU's shared "
+            f"memory; use a smaller chunk size or head dim <= {MAX_DIM_FOR_CHUNK[chunk_size]})"
+        )
     if arch.init_weights[0].dtype != torch.float32:
         return f"memory dtype {arch.init_weights[0].dtype} (the Triton kernel runs in float32)"
     return None
@@ -501,7 +509,7 @@ def titans_linear_chunked(
     the L2 bias, for a linear ``arch`` (depth 1, no LayerNorm, residual allowed). Same shapes and
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
     :class:`MemoryState` after the last token (float32)."""
-    reason = supports(arch)
+    reason = supports(arch, chunk_size=chunk_size if chunk_size in CHUNK_SIZES else None)
     if reason is not None:
         raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
     if chunk_size not in CHUNK_SIZES:

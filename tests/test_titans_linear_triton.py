@@ -237,3 +237,12 @@ def test_custom_op_opcheck(momentum):
     torch.library.opcheck(
         triton_linear.titans_linear_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
     )
+
+
+def test_shared_memory_limit_raises():
+    """D=128 with chunk 64 needs more shared memory than an H100 has (measured on the sm_90 compile)."""
+    arch = MemoryMLP(1, 128, depth=1, layer_norm=False)
+    assert triton_linear.supports(arch, chunk_size=32) is None
+    x = torch.randn(1, 4, 1, 128)
+    with pytest.raises(ValueError, match="head dim 128 with chunk_size 64"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
