@@ -43,6 +43,9 @@ Choices where the paper is silent (spec §9), each documented here and an option
   W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``combine="sum"``, ATLAS Fig. 3); ``window`` default 64.
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
+* Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``
+  (:mod:`memnets.kernels.titans_linear_triton`) for the linear memory (``memory_depth=1``,
+  ``memory_norm=False``, chunk size 16/32/64); ``auto`` picks ``triton`` on CUDA when it applies.
 * Packed sequences (``cu_seqlens``): run sequence by sequence (exact, simple; a fused varlen path is
   future work).
 
@@ -179,10 +182,34 @@ class MemoryGates(nn.Module):
 
 
 def _check_backend(owner: str, backend: str) -> None:
-    if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
         raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
-            "(the Triton kernel comes with a later issue)"
+            f"{owner}: backend={backend!r} is not implemented; "
+            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
+        )
+
+
+def _triton_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
+    """Why the Triton kernel cannot run this memory (``None`` if it can): it covers the linear
+    memory (``memory_depth=1``, ``memory_norm=False``) with chunk sizes 16/32/64."""
+    try:
+        from ..kernels import titans_linear_triton
+    except ImportError as e:
+        return f"Triton is not importable ({e})"
+    return titans_linear_triton.supports(arch, chunk_size=chunk_size)
+
+
+def _memory_backends(arch: MemoryMLP, chunk_size: int) -> tuple[str, ...]:
+    if _triton_unsupported(arch, chunk_size) is None:
+        return (*SUPPORTED_BACKENDS, "triton")
+    return SUPPORTED_BACKENDS
+
+
+def _check_triton(owner: str, backend: str, arch: MemoryMLP, chunk_size: int) -> None:
+    reason = _triton_unsupported(arch, chunk_size) if backend == "triton" else None
+    if reason is not None:
+        raise ValueError(
+            f"{owner}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
         )
 
 
@@ -196,7 +223,10 @@ def _run_memory(
     state: MemoryState | None,
     chunk_size: int,
 ) -> tuple[Tensor, MemoryState]:
-    fn = memory_reference if backend == "reference" else memory_chunked
+    if backend == "triton":
+        from ..kernels.titans_linear_triton import titans_linear_chunked as fn
+    else:
+        fn = memory_reference if backend == "reference" else memory_chunked
     return fn(arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state, chunk_size=chunk_size)  # type: ignore[arg-type]
 
 
@@ -257,6 +287,7 @@ class Titans(nn.Module):
             memory_residual,
             memory_norm,
         )
+        _check_triton("titans", backend, self.memory, chunk_size)
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -266,7 +297,9 @@ class Titans(nn.Module):
     ) -> tuple[Tensor, TitansState]:
         if cu_seqlens is not None:
             return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend("titans", self.backend, x.device, SUPPORTED_BACKENDS)
+        backend = resolve_backend(
+            "titans", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
+        )
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         gates = self.gates(x)
@@ -541,6 +574,7 @@ class TitansMAC(nn.Module):
             memory_residual,
             memory_norm,
         )
+        _check_triton("titans_mac", backend, self.memory, chunk_size)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)
 
@@ -556,7 +590,9 @@ class TitansMAC(nn.Module):
     ) -> tuple[Tensor, MACState]:
         if cu_seqlens is not None:
             return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend("titans_mac", self.backend, x.device, SUPPORTED_BACKENDS)
+        backend = resolve_backend(
+            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
+        )
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
         while start < T:

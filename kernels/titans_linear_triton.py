@@ -1,0 +1,611 @@
+"""Triton kernels for the memory engine's chunked form with a LINEAR memory and the L2 bias (Titans LMM
+with ``memory_depth=1``), forward and backward.
+
+Semantics are exactly those of :func:`memnets.memory.memory_chunked` for ``MemoryMLP(depth=1)`` without
+LayerNorm (with or without the residual), ``bias=L2Bias()``, per-token per-head ``lr`` (Titans θ_t),
+optional ``mom`` (η_t) and ``keep`` (1 − α_t). Per chunk of L tokens of one (sequence, head), with
+chunk-start weights W0 and momentum S0 ``[D, D]`` (row form, ``M(x) = x W``)::
+
+    Δ      = 2 (K W0 − V)                                   dℓ/dpred at the chunk-start weights (Eq. 12)
+    Y      = β ⊙ (Q W0) + f ⊙ (Q S0) − ((Q Kᵀ) ⊙ G) Δ        every token read with its own W_t (spec 1.5)
+    W_end  = β_L W0 + f_L S0 − Kᵀ (G[L, :]ᵀ ⊙ Δ)        index L = the chunk's last token
+    S_end  = m_end S0 − Kᵀ (s_coef ⊙ Δ)
+
+u_j = k_jᵀ Δ_j is token j's inner gradient, so the chunk is linear attention with a two-state carry
+(W, S). The coefficients β, f, G, m_end, s_coef are those of :func:`memnets.memory.chunk_coefficients`
+(spec 1.4, built from segment sums of log-gates, all in [0, 1]); they are computed in PyTorch on the
+gates padded to whole chunks (padding: lr = 0, keep = mom = 1, so m_end and s_coef are those of the
+last real token; the kernels take β, f and G's row at the tail chunk's last real token) and autograd
+takes their gradients back to lr, mom and keep. The kernels take and return gradients w.r.t.
+the coefficients.
+
+Kernels (grid: one program per (batch, head), chunks sequential; all math in float32, half inputs are
+upcast on load):
+
+1. ``_forward_kernel``: carries (W, S), writes ``y``, the final state and the start weights of the last
+   chunk (the engine's ``anchor`` when T is not a multiple of L). With ``STORE`` it instead writes every
+   chunk's start state and skips the reads: the backward re-runs it to recompute those states rather than
+   keeping them from the forward (memory).
+2. ``_backward_kernel``: chunks in reverse, carrying (dW, dS); gives the gradients of q, k, v, every
+   coefficient, and the initial state. The inner gradient's dependence on W0 (through Δ) is included.
+
+A linear memory's residual (``M(x) = x + x W``) is handled outside the kernels: it is the same
+recurrence with target ``v − k`` and output ``q + y``. The tail chunk is masked in the kernels (q, k, v
+loaded as 0 past T, stores masked).
+
+Both passes are ``torch.library`` custom ops (``memnets::titans_linear_fwd`` / ``_bwd``) with fake
+implementations (``torch.compile`` traces around them); ``register_autograd`` ties them together.
+
+Performance is untuned (written without a GPU): one program per (batch, head) holds full D x D tiles
+(D <= 128), dots run in tf32x3, no autotuning, no varlen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, memory_chunked, safe_log
+
+CHUNK_SIZES = (16, 32, 64)
+MAX_DIM = 128
+# largest head dim per chunk size whose kernels fit in an H100's 228 KB of shared memory, from the
+# sm_90 compile (num_stages=1): D=128, L=32 128 KB; D=64, L=64 128 KB; D=128, L=64 backward 352 KB
+MAX_DIM_FOR_CHUNK = {16: 128, 32: 128, 64: 64}
+
+
+@triton.jit
+def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor (0 past T and D)."""
+    rows = t0 + tl.arange(0, L)
+    cols = tl.arange(0, BD)
+    mask = (rows < T)[:, None] & (cols < D)[None, :]
+    offs = ((b * T + rows.to(tl.int64))[:, None] * H + h) * D + cols[None, :]
+    return offs, mask
+
+
+@triton.jit
+def _square(D: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of a ``[D, D]`` matrix."""
+    r = tl.arange(0, BD)
+    return r[:, None] * D + r[None, :], (r < D)[:, None] & (r < D)[None, :]
+
+
+@triton.jit
+def _forward_kernel(
+    q,
+    k,
+    v,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w_init,
+    s_init,
+    y,
+    w_final,
+    s_final,
+    w_anchor,
+    w_chunks,
+    s_chunks,
+    T,
+    NC,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    L: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+    STORE: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b = (i_bh // H).to(tl.int64)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    sq_offs, sq_mask = _square(D, BD)
+    W = tl.load(w_init + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    S = tl.zeros([BD, BD], dtype=tl.float32)
+    if HAS_MOM:
+        S = tl.load(s_init + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    li = tl.arange(0, L)
+    for c in range(NC):
+        cc = bh * NC + c  # index of this (batch, head, chunk)
+        if STORE:
+            tl.store(w_chunks + cc * D * D + sq_offs, W, mask=sq_mask)
+            if HAS_MOM:
+                tl.store(s_chunks + cc * D * D + sq_offs, S, mask=sq_mask)
+        if c == NC - 1:
+            tl.store(w_anchor + bh * D * D + sq_offs, W, mask=sq_mask)
+        row_offs, mask = _rows(b, c * L, h, T, H, D, L, BD)
+        b_k = tl.load(k + row_offs, mask=mask, other=0.0).to(tl.float32)
+        b_v = tl.load(v + row_offs, mask=mask, other=0.0).to(tl.float32)
+        delta = 2.0 * (tl.dot(b_k, W, input_precision="tf32x3") - b_v)
+        if not STORE:
+            b_q = tl.load(q + row_offs, mask=mask, other=0.0).to(tl.float32)
+            b_beta = tl.load(beta + cc * L + li)
+            b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :])
+            qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * b_G
+            b_y = b_beta[:, None] * tl.dot(b_q, W, input_precision="tf32x3")
+            b_y -= tl.dot(qk, delta, input_precision="tf32x3")
+            if HAS_MOM:
+                b_f = tl.load(f + cc * L + li)
+                b_y += b_f[:, None] * tl.dot(b_q, S, input_precision="tf32x3")
+            tl.store(y + row_offs, b_y.to(y.dtype.element_ty), mask=mask)
+        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        g_last = tl.load(G + cc * L * L + last * L + li)
+        beta_last = tl.load(beta + cc * L + last)
+        W_new = beta_last * W - tl.dot(tl.trans(b_k), g_last[:, None] * delta, input_precision="tf32x3")
+        if HAS_MOM:
+            f_last = tl.load(f + cc * L + last)
+            W_new += f_last * S
+            b_s = tl.load(s_coef + cc * L + li)
+            S = tl.load(m_end + cc) * S - tl.dot(
+                tl.trans(b_k), b_s[:, None] * delta, input_precision="tf32x3"
+            )
+        W = W_new
+    tl.store(w_final + bh * D * D + sq_offs, W, mask=sq_mask)
+    if HAS_MOM:
+        tl.store(s_final + bh * D * D + sq_offs, S, mask=sq_mask)
+
+
+@triton.jit
+def _backward_kernel(
+    q,
+    k,
+    v,
+    dy,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w_chunks,
+    s_chunks,
+    dw_final,
+    ds_final,
+    dw_anchor,
+    dq,
+    dk,
+    dv,
+    dbeta,
+    df,
+    dG,
+    dm_end,
+    ds_coef,
+    dw_init,
+    ds_init,
+    T,
+    NC,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    L: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b = (i_bh // H).to(tl.int64)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    sq_offs, sq_mask = _square(D, BD)
+    dW = tl.load(dw_final + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    dS = tl.zeros([BD, BD], dtype=tl.float32)
+    if HAS_MOM:
+        dS = tl.load(ds_final + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    li = tl.arange(0, L)
+    for i in range(NC):
+        c = NC - 1 - i
+        cc = bh * NC + c
+        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        is_last = li == last
+        W0 = tl.load(w_chunks + cc * D * D + sq_offs, mask=sq_mask, other=0.0)
+        row_offs, mask = _rows(b, c * L, h, T, H, D, L, BD)
+        b_q = tl.load(q + row_offs, mask=mask, other=0.0).to(tl.float32)
+        b_k = tl.load(k + row_offs, mask=mask, other=0.0).to(tl.float32)
+        b_v = tl.load(v + row_offs, mask=mask, other=0.0).to(tl.float32)
+        b_dy = tl.load(dy + row_offs, mask=mask, other=0.0).to(tl.float32)
+        b_beta = tl.load(beta + cc * L + li)
+        b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :])
+        g_last = tl.load(G + cc * L * L + last * L + li)
+        beta_last = tl.load(beta + cc * L + last)
+
+        delta = 2.0 * (tl.dot(b_k, W0, input_precision="tf32x3") - b_v)
+        qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3")
+        # reads: Y = β ⊙ (Q W0) [+ f ⊙ (Q S0)] − (QKᵀ ⊙ G) Δ
+        dA = -tl.dot(b_dy, tl.trans(delta), input_precision="tf32x3")
+        d_delta = -tl.dot(tl.trans(qk * b_G), b_dy, input_precision="tf32x3")
+        dqk = dA * b_G
+        b_dG = dA * qk
+        b_dq = b_beta[:, None] * tl.dot(b_dy, tl.trans(W0), input_precision="tf32x3")
+        b_dq += tl.dot(dqk, b_k, input_precision="tf32x3")
+        b_dk = tl.dot(tl.trans(dqk), b_q, input_precision="tf32x3")
+        b_dbeta = tl.sum(b_dy * tl.dot(b_q, W0, input_precision="tf32x3"), 1)
+        dW0 = tl.dot(tl.trans(b_q), b_beta[:, None] * b_dy, input_precision="tf32x3")
+        # chunk end: W_end = β_L W0 [+ f_L S0] − Kᵀ (g_last ⊙ Δ)
+        kdw = tl.dot(b_k, dW, input_precision="tf32x3")
+        d_delta -= g_last[:, None] * kdw
+        dg_last = -tl.sum(delta * kdw, 1)
+        b_dk -= tl.dot(g_last[:, None] * delta, tl.trans(dW), input_precision="tf32x3")
+        dbeta_last = tl.sum(tl.sum(dW * W0, 1), 0)
+        dW0 += beta_last * dW
+        b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
+        b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
+        if HAS_MOM:
+            S0 = tl.load(s_chunks + cc * D * D + sq_offs, mask=sq_mask, other=0.0)
+            b_f = tl.load(f + cc * L + li)
+            f_last = tl.load(f + cc * L + last)
+            b_m = tl.load(m_end + cc)
+            b_s = tl.load(s_coef + cc * L + li)
+            b_dq += b_f[:, None] * tl.dot(b_dy, tl.trans(S0), input_precision="tf32x3")
+            b_df = tl.sum(b_dy * tl.dot(b_q, S0, input_precision="tf32x3"), 1)
+            b_df = tl.where(is_last, b_df + tl.sum(tl.sum(dW * S0, 1), 0), b_df)
+            # S_end = m_end S0 − Kᵀ (s_coef ⊙ Δ)
+            kds = tl.dot(b_k, dS, input_precision="tf32x3")
+            d_delta -= b_s[:, None] * kds
+            b_ds = -tl.sum(delta * kds, 1)
+            b_dk -= tl.dot(b_s[:, None] * delta, tl.trans(dS), input_precision="tf32x3")
+            tl.store(dm_end + cc, tl.sum(tl.sum(dS * S0, 1), 0))
+            tl.store(df + cc * L + li, b_df)
+            tl.store(ds_coef + cc * L + li, b_ds)
+            dS = f_last * dW + b_m * dS + tl.dot(tl.trans(b_q), b_f[:, None] * b_dy, input_precision="tf32x3")
+        # Δ = 2 (K W0 − V): the inner gradient depends on the chunk-start weights
+        b_dk += 2.0 * tl.dot(d_delta, tl.trans(W0), input_precision="tf32x3")
+        dW0 += 2.0 * tl.dot(tl.trans(b_k), d_delta, input_precision="tf32x3")
+        if c == NC - 1:
+            dW0 += tl.load(dw_anchor + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+        tl.store(dq + row_offs, b_dq.to(dq.dtype.element_ty), mask=mask)
+        tl.store(dk + row_offs, b_dk.to(dk.dtype.element_ty), mask=mask)
+        tl.store(dv + row_offs, (-2.0 * d_delta).to(dv.dtype.element_ty), mask=mask)
+        tl.store(dbeta + cc * L + li, b_dbeta)
+        tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG)
+        dW = dW0
+    tl.store(dw_init + bh * D * D + sq_offs, dW, mask=sq_mask)
+    if HAS_MOM:
+        tl.store(ds_init + bh * D * D + sq_offs, dS, mask=sq_mask)
+
+
+def _block(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    coef: tuple[Tensor, ...],
+    w_init: Tensor,
+    s_init: Tensor | None,
+    L: int,
+    store: bool,
+) -> tuple[Tensor, ...]:
+    B, T, H, D = q.shape
+    beta, f, G, m_end, s_coef = coef
+    NC = beta.shape[2]
+    has_mom = s_init is not None
+    sq = (B, H, D, D)
+    y = w_init.new_empty(q.shape if not store else (0,))  # float32: the residual is added outside
+    w_final = w_init.new_empty(sq)
+    s_final = w_init.new_empty(sq) if has_mom else w_init.new_empty(0)
+    w_anchor = w_init.new_empty(sq)
+    w_chunks = w_init.new_empty((B, H, NC, D, D) if store else (0,))
+    s_chunks = w_init.new_empty((B, H, NC, D, D) if store and has_mom else (0,))
+    _forward_kernel[(B * H,)](
+        q,
+        k,
+        v,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w_init,
+        w_init if s_init is None else s_init,
+        y,
+        w_final,
+        s_final,
+        w_anchor,
+        w_chunks,
+        s_chunks,
+        T,
+        NC,
+        H=H,
+        D=D,
+        L=L,
+        BD=_block(D),
+        HAS_MOM=has_mom,
+        STORE=store,
+        num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
+    )
+    return y, w_final, s_final, w_anchor, w_chunks, s_chunks
+
+
+@torch.library.custom_op("memnets::titans_linear_fwd", mutates_args=())
+def titans_linear_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    f: Tensor,
+    G: Tensor,
+    m_end: Tensor,
+    s_coef: Tensor,
+    w_init: Tensor,
+    s_init: Tensor | None,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``q, k, v [B, T, H, D]``, coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end, s_coef empty
+    without momentum), state ``[B, H, D, D]`` float32. Returns (y float32, W_final, S_final (empty
+    without momentum), the last chunk's start weights)."""
+    coef = (beta, f, G, m_end, s_coef)
+    y, w_final, s_final, w_anchor, _, _ = _forward(q, k, v, coef, w_init, s_init, chunk_size, False)
+    return y, w_final, s_final, w_anchor
+
+
+@titans_linear_fwd.register_fake
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, chunk_size):
+    B, T, H, D = q.shape
+    state = w_init.new_empty(B, H, D, D)
+    return (
+        w_init.new_empty(B, T, H, D),
+        state,
+        torch.empty_like(state) if s_init is not None else w_init.new_empty(0),
+        torch.empty_like(state),
+    )
+
+
+@torch.library.custom_op("memnets::titans_linear_bwd", mutates_args=())
+def titans_linear_bwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    f: Tensor,
+    G: Tensor,
+    m_end: Tensor,
+    s_coef: Tensor,
+    w_init: Tensor,
+    s_init: Tensor | None,
+    dy: Tensor,
+    dw_final: Tensor,
+    ds_final: Tensor,
+    dw_anchor: Tensor,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`titans_linear_fwd`
+    (empty for the momentum ones without momentum)."""
+    L = chunk_size
+    B, T, H, D = q.shape
+    NC = beta.shape[2]
+    has_mom = s_init is not None
+    coef = (beta, f, G, m_end, s_coef)
+    _, _, _, _, w_chunks, s_chunks = _forward(q, k, v, coef, w_init, s_init, L, True)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
+    df, dm_end, ds_coef = torch.empty_like(f), torch.empty_like(m_end), torch.empty_like(s_coef)
+    dw_init = torch.empty_like(w_init)
+    ds_init = torch.empty_like(w_init) if has_mom else w_init.new_empty(0)
+    _backward_kernel[(B * H,)](
+        q,
+        k,
+        v,
+        dy,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w_chunks,
+        s_chunks,
+        dw_final,
+        ds_final,
+        dw_anchor,
+        dq,
+        dk,
+        dv,
+        dbeta,
+        df,
+        dG,
+        dm_end,
+        ds_coef,
+        dw_init,
+        ds_init,
+        T,
+        NC,
+        H=H,
+        D=D,
+        L=L,
+        BD=_block(D),
+        HAS_MOM=has_mom,
+        num_stages=1,
+    )
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init
+
+
+@titans_linear_bwd.register_fake
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, dy, dw_final, ds_final, dw_anchor, chunk_size):
+    ds_init = torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0)
+    grads = (q, k, v, beta, f, G, m_end, s_coef, w_init)
+    return (*(torch.empty_like(t) for t in grads), ds_init)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    *tensors, chunk_size = inputs
+    ctx.has_mom = tensors[-1] is not None
+    ctx.save_for_backward(*tensors)
+    ctx.chunk_size = chunk_size
+
+
+def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
+    q, k, v, beta, f, G, m_end, s_coef, w_init, s_init = ctx.saved_tensors
+    B, T, H, D = q.shape
+
+    def cot(t: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+        return w_init.new_zeros(shape) if t is None else t.contiguous()
+
+    square = (B, H, D, D)
+    grads = titans_linear_bwd(
+        q,
+        k,
+        v,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w_init,
+        s_init,
+        cot(dy, (B, T, H, D)),
+        cot(dw_final, square),
+        cot(ds_final, square) if ctx.has_mom else w_init.new_zeros(0),
+        cot(dw_anchor, square),
+        ctx.chunk_size,
+    )
+    dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init = grads
+    if not ctx.has_mom:
+        df = dm_end = ds_coef = ds_init = None
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
+
+
+torch.library.register_autograd("memnets::titans_linear_fwd", _backward, setup_context=_setup_context)
+
+
+def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
+    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
+    if chunk_size is not None and chunk_size not in CHUNK_SIZES:
+        return f"chunk_size {chunk_size} (the Triton kernel covers chunk sizes {list(CHUNK_SIZES)})"
+    if arch.depth != 1:
+        return f"memory depth {arch.depth} (the Triton kernel covers the linear memory, depth 1)"
+    if arch.layer_norm:
+        return "a memory LayerNorm (the Triton kernel covers the linear memory without LayerNorm)"
+    if bias is not None and not isinstance(bias, L2Bias):
+        return f"attentional bias {bias!r} (the Triton kernel covers L2Bias only)"
+    if arch.dim > MAX_DIM:
+        return f"head dim {arch.dim} (the Triton kernel covers head dims up to {MAX_DIM})"
+    if chunk_size is not None and arch.dim > MAX_DIM_FOR_CHUNK[chunk_size]:
+        return (
+            f"head dim {arch.dim} with chunk_size {chunk_size} (its backward exceeds the GPU's shared "
+            f"memory; use a smaller chunk size or head dim <= {MAX_DIM_FOR_CHUNK[chunk_size]})"
+        )
+    if arch.init_weights[0].dtype != torch.float32:
+        return f"memory dtype {arch.init_weights[0].dtype} (the Triton kernel runs in float32)"
+    return None
+
+
+def titans_linear_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+) -> tuple[Tensor, MemoryState]:
+    """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size)`` with
+    the L2 bias, for a linear ``arch`` (depth 1, no LayerNorm, residual allowed). Same shapes and
+    state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
+    :class:`MemoryState` after the last token (float32)."""
+    reason = supports(arch, chunk_size=chunk_size if chunk_size in CHUNK_SIZES else None)
+    if reason is not None:
+        raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"titans_linear_chunked: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+    if state is not None and state.offset > 0:
+        # finish the chunk the state is in with the PyTorch engine (at most chunk_size - 1 tokens,
+        # e.g. decoding), then continue from the chunk boundary with the kernels
+        n = min(q.shape[1], chunk_size - state.offset)
+        y0, state = memory_chunked(
+            arch,
+            q[:, :n],
+            k[:, :n],
+            v[:, :n],
+            lr[:, :n],
+            None if mom is None else mom[:, :n],
+            None if keep is None else keep[:, :n],
+            state,
+            chunk_size=chunk_size,
+        )
+        if n == q.shape[1]:
+            return y0, state
+        y1, state = titans_linear_chunked(
+            arch,
+            q[:, n:],
+            k[:, n:],
+            v[:, n:],
+            lr[:, n:],
+            None if mom is None else mom[:, n:],
+            None if keep is None else keep[:, n:],
+            state,
+            chunk_size=chunk_size,
+        )
+        return torch.cat([y0, y1], 1), state
+    B, T, H, D = q.shape
+    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
+        if g is not None and tuple(g.shape) != (B, T, H):
+            raise ValueError(
+                f"titans_linear_chunked: {name} must have shape {[B, T, H]}, got {tuple(g.shape)}"
+            )
+    if arch.num_heads != H or arch.dim != D:
+        raise ValueError(
+            f"titans_linear_chunked: q has H={H}, D={D}, the memory H={arch.num_heads}, D={arch.dim}"
+        )
+    if state is not None and (state.momentum is None) != (mom is None):
+        raise ValueError(
+            "titans_linear_chunked: the state's momentum and the mom argument must be given together"
+        )
+    if state is None:
+        w_init = arch.init_weights[0][None].expand(B, H, D, D)
+        s_init = torch.zeros(B, H, D, D, device=q.device) if mom is not None else None
+    else:
+        w_init = state.weights[0]
+        s_init = None if state.momentum is None else state.momentum[0]
+    if T == 0:
+        return q.new_zeros(q.shape), MemoryState((w_init,), None if s_init is None else (s_init,))
+    w_init = w_init.float().contiguous()
+    s_init = None if s_init is None else s_init.float().contiguous()
+    L = chunk_size
+    NC = triton.cdiv(T, L)
+    pad = NC * L - T
+
+    with torch.autocast(q.device.type, enabled=False):
+
+        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NC, L], padded with lr 0 / gate 1
+            x = x.float().transpose(1, 2)
+            x = safe_log(x) if log else x
+            return F.pad(x, (0, pad)).reshape(B, H, NC, L)
+
+        c = chunk_coefficients(
+            gate(lr, False),
+            None if keep is None else gate(keep, True),
+            None if mom is None else gate(mom, True),
+        )
+        dtype = q.dtype
+        if arch.residual:
+            v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
+        q, k, v = q.contiguous(), k.to(dtype).contiguous(), v.contiguous()
+        dummy = c.beta.new_zeros(0)
+        y, w_final, s_final, w_anchor = titans_linear_fwd(
+            q,
+            k,
+            v,
+            c.beta.contiguous(),
+            dummy if c.f is None else c.f.contiguous(),
+            c.G.contiguous(),
+            dummy if c.m_end is None else c.m_end.contiguous(),
+            dummy if c.s_coef is None else c.s_coef.contiguous(),
+            w_init,
+            s_init,
+            L,
+        )
+        if arch.residual:
+            y = y + q.float()
+        y = y.to(dtype)
+    offset = T % L
+    out = MemoryState(
+        (w_final,), None if s_init is None else (s_final,), (w_anchor,) if offset else None, offset
+    )
+    return y, out

@@ -1,0 +1,248 @@
+"""Triton kernels of the linear Titans memory == the engine's chunked PyTorch form (run in float64):
+outputs, final weights/momentum/anchor and every gradient, on awkward lengths and both chunk sizes."""
+
+import itertools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+import memnets
+from memnets.memory import MemoryMLP, MemoryState, memory_chunked
+from memnets.testing import assert_close, nan_allocations
+
+triton_linear = pytest.importorskip("memnets.kernels.titans_linear_triton")
+
+H, D = 2, 16
+
+
+def _arch(residual: bool) -> MemoryMLP:
+    torch.manual_seed(0)
+    return MemoryMLP(H, D, depth=1, residual=residual, layer_norm=False)
+
+
+def _inputs(T: int, dtype: torch.dtype, gates: str, B: int = 1) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(T)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    qkv = [rnd(B, T, H, D) for _ in range(3)]
+    qkv[0], qkv[1] = (t / t.norm(dim=-1, keepdim=True) for t in qkv[:2])  # l2-normalised as in titans
+    return {
+        "q": qkv[0].to(dtype),
+        "k": qkv[1].to(dtype),
+        "v": qkv[2].to(dtype),
+        "lr": 0.5 * unit(B, T, H),
+        "mom": 0.8 + 0.2 * unit(B, T, H) if gates in ("mom", "both") else None,
+        "keep": 0.9 + 0.1 * unit(B, T, H) if gates in ("keep", "both") else None,
+        "w0": 0.3 * rnd(B, H, D, D),
+        "s0": 0.3 * rnd(B, H, D, D) if gates in ("mom", "both") else None,
+    }
+
+
+def _run(fn, arch, inputs, chunk_size, compute_dtype, split=None):
+    """Outputs and gradients of ``fn`` with random cotangents on y and every final-state tensor.
+    ``split``: feed the sequence in two calls (exercises the state's unfinished-chunk carry)."""
+    leaves = {
+        n: (t.to(compute_dtype) if n in ("lr", "mom", "keep", "w0", "s0") else t).clone().requires_grad_()
+        for n, t in inputs.items()
+        if t is not None
+    }
+    state = MemoryState((leaves["w0"],), (leaves["s0"],) if "s0" in leaves else None)
+    args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep")]
+    T = args[0].shape[1]
+    cuts = [0, T] if split is None else [0, split, T]
+    ys = []
+    for a, b in itertools.pairwise(cuts):
+        y, state = fn(arch, *(None if x is None else x[:, a:b] for x in args), state, chunk_size=chunk_size)
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    outs = {"y": y, "weights": state.weights[0]}
+    if state.momentum is not None:
+        outs["momentum"] = state.momentum[0]
+    if state.anchor is not None:
+        outs["anchor"] = state.anchor[0]
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
+    )
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
+    return outs
+
+
+def _compare(T, chunk_size, gates, dtype, residual=False, split=None):
+    arch = _arch(residual)
+    ref_arch = _arch(residual).double()
+    inputs = _inputs(T, dtype, gates)
+    ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, split)
+    with nan_allocations():
+        out = _run(triton_linear.titans_linear_chunked, arch, inputs, chunk_size, torch.float32, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        # float32 results against the float64 engine, half ones against their half-rounded reference
+        expected = ref[name].to(out[name].dtype)
+        assert_close(f"{name} (T={T}, chunk={chunk_size}, gates={gates}, {dtype})", expected, out[name])
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32])
+@pytest.mark.parametrize("T", [1, 63, 65, 100])
+def test_matches_engine_momentum_decay_float32(T, chunk_size):
+    _compare(T, chunk_size, "both", torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+@pytest.mark.parametrize("T,chunk_size", [(63, 16), (65, 32)])
+def test_matches_engine_gates_float32(T, chunk_size, gates):
+    _compare(T, chunk_size, gates, torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+@pytest.mark.parametrize("T,chunk_size", [(1, 16), (65, 16), (100, 32)])
+def test_matches_engine_float16(T, chunk_size, gates):
+    _compare(T, chunk_size, gates, torch.float16)
+
+
+def test_residual_memory():
+    _compare(65, 16, "both", torch.float32, residual=True)
+
+
+@pytest.mark.parametrize("split", [5, 37])
+def test_state_carry_mid_chunk(split):
+    """A sequence fed in two calls (the first ending mid-chunk) equals the engine fed the same way."""
+    _compare(70, 16, "both", torch.float32, split=split)
+
+
+def test_chunk_size_64():
+    _compare(70, 64, "both", torch.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depth": 2}, "memory depth 2"),
+        ({"depth": 1, "layer_norm": True}, "LayerNorm"),
+    ],
+)
+def test_unsupported_memory_raises(kwargs, match):
+    arch = MemoryMLP(H, D, **kwargs)
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match=match):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H))
+
+
+def test_bad_chunk_size_raises():
+    arch = _arch(False)
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match="chunk_size must be one of"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=8)
+
+
+def _linear_titans(backend: str, name: str = "titans"):
+    torch.manual_seed(0)
+    opts = {"segment_size": 32} if name == "titans_mac" else {}
+    return memnets.build_mixer(
+        name,
+        d_model=32,
+        num_heads=2,
+        chunk_size=16,
+        backend=backend,
+        memory_depth=1,
+        memory_norm=False,
+        **opts,
+    )
+
+
+@pytest.mark.parametrize("name", ["titans", "titans_mac"])
+def test_mixer_triton_backend_equals_chunked(name):
+    """The mixer with backend='triton' (linear memory) equals backend='chunked': output, input and
+    every parameter gradient."""
+    chunked, fast = _linear_titans("chunked", name), _linear_titans("triton", name)
+    fast.load_state_dict(chunked.state_dict())
+    x = torch.randn(1, 21, 32)
+    cot = torch.randn(1, 21, 32)
+    results = []
+    for m in (chunked, fast):
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])
+
+
+def test_mixer_triton_decode_equals_forward():
+    mixer = _linear_titans("triton")
+    x = torch.randn(1, 18, 32)
+    with torch.no_grad():
+        y, _ = mixer(x)
+        state, ys = None, []
+        for t in range(x.shape[1]):
+            yt, state = mixer.step(x[:, t], state)
+            ys.append(yt)
+    assert_close("decode", y, torch.stack(ys, 1))
+
+
+def test_mixer_triton_unsupported_config_raises():
+    with pytest.raises(ValueError, match="backend='triton' does not support a memory LayerNorm"):
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=1, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support chunk_size 4"):
+        memnets.build_mixer(
+            "titans",
+            d_model=32,
+            num_heads=2,
+            memory_depth=1,
+            memory_norm=False,
+            chunk_size=4,
+            backend="triton",
+        )
+    # auto falls back to the engine where the kernel does not apply (depth 2 here)
+    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, backend="auto")(torch.randn(1, 5, 32))
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
+    B, T, L = 1, 20, 16
+    NC = 2
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    beta, G = torch.rand(B, H, NC, L), torch.rand(B, H, NC, L, L)
+    w0 = torch.randn(B, H, D, D, requires_grad=True)
+    if momentum:
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), torch.rand(B, H, NC, L)
+        s0 = torch.randn(B, H, D, D, requires_grad=True)
+    else:
+        f = m_end = s_coef = torch.zeros(0)
+        s0 = None
+    args = (q.requires_grad_(), k, v, beta.requires_grad_(), f, G, m_end, s_coef, w0, s0, L)
+    torch.library.opcheck(
+        triton_linear.titans_linear_fwd,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    square = torch.randn(B, H, D, D)
+    cotangents = (torch.randn(B, T, H, D), square, square if momentum else torch.zeros(0), square)
+    bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]), *cotangents, L)
+    torch.library.opcheck(
+        triton_linear.titans_linear_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_shared_memory_limit_raises():
+    """D=128 with chunk 64 needs more shared memory than an H100 has (measured on the sm_90 compile)."""
+    arch = MemoryMLP(1, 128, depth=1, layer_norm=False)
+    assert triton_linear.supports(arch, chunk_size=32) is None
+    x = torch.randn(1, 4, 1, 128)
+    with pytest.raises(ValueError, match="head dim 128 with chunk_size 64"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
