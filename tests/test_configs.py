@@ -39,11 +39,14 @@ def test_config_builds_and_small_ones_train_a_step(path, corpus):
     if cfg.data.kind == "mqar":
         cfg.data.mqar.num_kv_pairs = [min(cfg.data.mqar.num_kv_pairs)]
     ids, labels = build_task(cfg.data, seed=0).train_batch(0, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     loss = F.cross_entropy(model(ids).flatten(0, 1), labels.flatten(), ignore_index=-100)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 # stated sizes of the papers' settings each paper-sized config reproduces (millions of parameters)

@@ -255,8 +255,11 @@ def test_packed_sequences(name):
 
 
 def test_mixer_bad_options_and_backend():
-    with pytest.raises(ValueError, match="backend='triton' is not implemented"):
-        _mixer("paragru", backend="triton")(torch.randn(1, 4, 8, dtype=torch.float64))
+    with pytest.raises(
+        ValueError,
+        match=r"backend='cuda' is not allowed; choose one of \['auto', 'reference', 'chunked', 'triton'\]",
+    ):
+        _mixer("paragru", backend="cuda")(torch.randn(1, 4, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="clip"):
         _mixer("paralstm", clip=0.0)
     with pytest.raises(ValueError, match="num_heads"):
