@@ -391,3 +391,41 @@ def test_varlen_bad_input_raises():
         triton_linear.titans_linear_chunked(
             arch, x, x, x, lr, None, None, state, cu_seqlens=torch.tensor([0, 4, 10])
         )
+
+
+@pytest.mark.parametrize("lengths", [[1, 20, 17, 2], [16, 21]])
+def test_mixer_triton_packed_equals_chunked(lengths):
+    """titans with backend='triton' runs packed sequences in one kernel call; backend='chunked' runs them
+    one by one: same output, input and parameter gradients, and the same (last sequence's) state."""
+    chunked, fast = _linear_titans("chunked"), _linear_titans("triton")
+    fast.load_state_dict(chunked.state_dict())
+    T = sum(lengths)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)])
+    x, cot = torch.randn(1, T, 32), torch.randn(1, T, 32)
+    results = []
+    for m in (chunked, fast):
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, state = m(xi, cu_seqlens=cu)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}, state))
+    (y0, dx0, grads0, st0), (y1, dx1, grads1, st1) = results
+    assert_close("y", y0, y1)
+    assert_close("dx", dx0, dx1)
+    for n, g in grads0.items():
+        assert_close(f"d{n}", g, grads1[n])
+    assert st0.memory.offset == st1.memory.offset == lengths[-1] % 16
+    assert_close("state weights", st0.memory.weights[0].detach(), st1.memory.weights[0].detach())
+    assert_close("state momentum", st0.memory.momentum[0].detach(), st1.memory.momentum[0].detach())
+    if st0.memory.anchor is not None:
+        assert_close("state anchor", st0.memory.anchor[0].detach(), st1.memory.anchor[0].detach())
+    for n, c in st0.conv.items():
+        assert_close(f"conv state {n}", c.detach(), st1.conv[n].detach())
+
+
+def test_mixer_packed_with_state_raises():
+    mixer = _linear_titans("triton")
+    x = torch.randn(1, 8, 32)
+    _, state = mixer(x)
+    with pytest.raises(ValueError, match="cu_seqlens cannot be combined with a recurrent state"):
+        mixer(x, state, cu_seqlens=torch.tensor([0, 3, 8]))
