@@ -60,8 +60,9 @@ from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, m
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
-# largest head dim per chunk size whose kernels fit in an H100's 228 KB of shared memory, from the
-# sm_90 compile (num_stages=1): D=128, L=32 128 KB; D=64, L=64 128 KB; D=128, L=64 backward 352 KB
+# largest head dim per chunk size whose kernels fit in an H100's 227 KB of shared memory, from the
+# sm_90 compile (num_stages=1, scripts/check_kernels_compile.py): the backward needs 192 KB at D=128
+# with L=16 or 32 and 128 KB at D=64, L=64; D=128, L=64 would need 352 KB
 MAX_DIM_FOR_CHUNK = {16: 128, 32: 128, 64: 64}
 
 
