@@ -6,7 +6,7 @@ GPU's shared memory, on a machine with no GPU (CI, a laptop).
     python scripts/check_kernels_compile.py --only titans --json compile.json
     python scripts/check_kernels_compile.py --arch 80           # A100
 
-Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 64/128,
+Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
 chunk 16-64, every HAS_*/STORE_* branch the launchers use) with ``triton.compile`` on an ``ASTSource``
 for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
 which needs no driver. Pointer arguments get the 16-byte divisibility a real launch usually has.
@@ -68,13 +68,14 @@ class Case:
 
 
 def _titans_cases() -> list[Case]:
-    from memnets.kernels.titans_linear_triton import CHUNK_SIZES, MAX_DIM_FOR_CHUNK
+    from memnets.kernels.titans_linear_triton import MAX_DIM_FOR_CHUNK
 
     half = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "NC": "i32"}
     bwd = {**half, "dq": "*bf16", "dk": "*bf16", "dv": "*bf16"}
     cases = []
-    for L in CHUNK_SIZES:  # the largest head dim the kernels claim to support at each chunk size
-        D = MAX_DIM_FOR_CHUNK[L]
+    # the largest head dim the kernels claim to support at each chunk size, and a small one (quick to
+    # compile: the CI test's case)
+    for L, D in [(16, 32), *MAX_DIM_FOR_CHUNK.items()]:
         shape = {"H": 8, "D": D, "L": L, "BD": max(16, triton.next_power_of_2(D))}
         for mom in (True, False):
             for store in (False, True):
@@ -90,8 +91,8 @@ def _gated_delta_cases() -> list[Case]:
 
     cases = []
     mod = "gated_delta_triton"
-    for K in (64, 128):
-        V, C = K, 64
+    for K in (32, 64, 128):  # 32: small and quick to compile (the CI test's case)
+        V, C = K, min(K, 64)
         BK, BV = max(16, triton.next_power_of_2(K)), min(max(16, triton.next_power_of_2(V)), 64)
         shape = {"H": 8, "K": K, "C": C, "BK": BK}
         ints = {"cu_seqlens": "*i32", "chunk_indices": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
