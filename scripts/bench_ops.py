@@ -150,8 +150,8 @@ def op_fn(
             raise ValueError(f"unknown scan backend {name!r}; choose from chunked, triton, reference")
         return lambda a, b: linear_scan(a, b, backend=name, chunk_size=max(2, chunk_size))
 
-    def cu_on(t: torch.Tensor) -> torch.Tensor | None:
-        return None if cu is None else torch.tensor(cu, dtype=torch.int32, device=t.device)
+    def cu_on(t: torch.Tensor) -> torch.Tensor | None:  # int64, as fla documents
+        return None if cu is None else torch.tensor(cu, dtype=torch.long, device=t.device)
 
     if name in ("chunked", "triton"):
         return lambda q, k, v, g, beta: gated_delta_rule(
