@@ -2,6 +2,7 @@
 outputs, final weights/momentum/anchor and every gradient, on awkward lengths and several chunk sizes, dense
 and packed (cu_seqlens: each packed sequence against the engine run on it alone)."""
 
+import dataclasses
 import itertools
 import os
 
@@ -146,9 +147,10 @@ def test_bad_chunk_size_raises():
         triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=8)
 
 
-def _linear_titans(backend: str, name: str = "titans"):
+def _linear_titans(backend: str, name: str = "titans", **opts):
     torch.manual_seed(0)
-    opts = {"segment_size": 32} if name == "titans_mac" else {}
+    if name == "titans_mac":
+        opts["segment_size"] = 32
     return memnets.build_mixer(
         name,
         d_model=32,
@@ -393,11 +395,39 @@ def test_varlen_bad_input_raises():
         )
 
 
-@pytest.mark.parametrize("lengths", [[1, 20, 17, 2], [16, 21]])
-def test_mixer_triton_packed_equals_chunked(lengths):
-    """titans with backend='triton' runs packed sequences in one kernel call; backend='chunked' runs them
-    one by one: same output, input and parameter gradients, and the same (last sequence's) state."""
-    chunked, fast = _linear_titans("chunked"), _linear_titans("triton")
+def _flatten(state, prefix: str = "state") -> dict[str, object]:
+    """Every tensor and int of a (nested) mixer state, by path."""
+    if isinstance(state, torch.Tensor | int):
+        return {prefix: state}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, tuple | list):
+        items = enumerate(state)
+    elif dataclasses.is_dataclass(state):
+        items = ((f.name, getattr(state, f.name)) for f in dataclasses.fields(state))
+    else:
+        return {prefix: state}
+    out = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,lengths",
+    [
+        ("titans", [1, 20, 17, 2]),
+        ("titans", [16, 21]),
+        ("titans_mag", [5, 20, 2]),
+        ("titans_mal", [5, 20, 3]),
+    ],
+)
+def test_mixer_triton_packed_equals_chunked(name, lengths):
+    """titans (and MAG, MAL) with backend='triton' run packed sequences in one kernel call;
+    backend='chunked' runs them one by one: same output, input and parameter gradients, and the same
+    (last sequence's) state: memory, conv and, for the hybrids, a sliding window's KV cache."""
+    opts = {"window": 4, "num_persistent": 2} if name != "titans" else {}
+    chunked, fast = _linear_titans("chunked", name, **opts), _linear_titans("triton", name, **opts)
     fast.load_state_dict(chunked.state_dict())
     T = sum(lengths)
     cu = torch.tensor([0, *itertools.accumulate(lengths)])
@@ -408,19 +438,19 @@ def test_mixer_triton_packed_equals_chunked(lengths):
         with nan_allocations():
             y, state = m(xi, cu_seqlens=cu)
             (y * cot).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}, state))
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}, _flatten(state)))
     (y0, dx0, grads0, st0), (y1, dx1, grads1, st1) = results
     assert_close("y", y0, y1)
     assert_close("dx", dx0, dx1)
     for n, g in grads0.items():
         assert_close(f"d{n}", g, grads1[n])
-    assert st0.memory.offset == st1.memory.offset == lengths[-1] % 16
-    assert_close("state weights", st0.memory.weights[0].detach(), st1.memory.weights[0].detach())
-    assert_close("state momentum", st0.memory.momentum[0].detach(), st1.memory.momentum[0].detach())
-    if st0.memory.anchor is not None:
-        assert_close("state anchor", st0.memory.anchor[0].detach(), st1.memory.anchor[0].detach())
-    for n, c in st0.conv.items():
-        assert_close(f"conv state {n}", c.detach(), st1.conv[n].detach())
+    assert st0.keys() == st1.keys()
+    assert any(k.endswith("offset") and v == lengths[-1] % 16 for k, v in st1.items())
+    for key, ref in st0.items():
+        if isinstance(ref, torch.Tensor):
+            assert_close(key, ref.detach(), st1[key].detach())
+        else:
+            assert ref == st1[key], key
 
 
 def test_mixer_packed_with_state_raises():

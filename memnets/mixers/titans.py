@@ -47,8 +47,9 @@ Choices where the paper is silent (spec §9), each documented here and an option
   (:mod:`memnets.kernels.titans_linear_triton`) for the linear memory (``memory_depth=1``,
   ``memory_norm=False``, chunk size 16/32/64); ``auto`` picks ``triton`` on CUDA when it applies.
 * Packed sequences (``cu_seqlens``): the Triton backend runs them in one kernel call (each sequence
-  from the initial state, chunks restarting at its first token); the other backends, and the hybrids
-  MAC/MAG/MAL, run them sequence by sequence. Either way the state returned is the last sequence's.
+  from the initial state, chunks restarting at its first token), and so do MAG and MAL (their
+  attention masks the sequences); the other backends, and MAC, run them sequence by sequence. Either
+  way the state returned is the last sequence's.
 
 MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
 ``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
@@ -317,12 +318,18 @@ class Titans(nn.Module):
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
+    def _backend(self, device: torch.device) -> str:
+        return resolve_backend("titans", self.backend, device, _memory_backends(self.memory, self.chunk_size))
+
+    def packs_in_one_call(self, device: torch.device) -> bool:
+        """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
+        backend) rather than one by one."""
+        return self._backend(device) == "triton"
+
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        backend = resolve_backend(
-            "titans", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
-        )
+        backend = self._backend(x.device)
         if cu_seqlens is not None:
             if backend != "triton":
                 return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
@@ -381,6 +388,15 @@ class PersistentAttention(Attention):
         mask = torch.cat([mask.new_ones(T, self.num_persistent), mask], 1)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, torch.cat([pk, k], 1), torch.cat([pv, v], 1)))
         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).transpose(1, 2)
+
+
+def _last_sequence_cache(cache: KVCache, cu_seqlens: Tensor) -> KVCache:
+    """The KV cache of the last packed sequence alone (what running it by itself leaves): the packed
+    cache holds the last ``kept`` keys of the whole row; keep those of the last sequence."""
+    start, end = cu_seqlens[-2:].tolist()
+    kept = cache.k.shape[1]
+    first = max(start, end - kept) - (end - kept)
+    return KVCache(cache.k[:, first:], cache.v[:, first:], end - start)
 
 
 @dataclass
@@ -444,10 +460,14 @@ class TitansMAG(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            if not self.memory.packs_in_one_call(x.device):
+                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            _check_packed("titans_mag", x, cu_seqlens, state)
         state = state or HybridState(None, None)
-        y_mem, mem = self.memory(x, state.memory)
-        y_att, att = self.attention(x, state.attention)
+        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
+        y_att, att = self.attention(x, state.attention, cu_seqlens)
+        if cu_seqlens is not None:
+            att = _last_sequence_cache(att, cu_seqlens)
         a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
         o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
         return self.out(o), HybridState(mem, att)
@@ -510,10 +530,14 @@ class TitansMAL(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            if not self.memory.packs_in_one_call(x.device):
+                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            _check_packed("titans_mal", x, cu_seqlens, state)
         state = state or HybridState(None, None)
-        y, mem = self.memory(x, state.memory)
-        o, att = self.attention(y, state.attention)
+        y, mem = self.memory(x, state.memory, cu_seqlens)
+        o, att = self.attention(y, state.attention, cu_seqlens)
+        if cu_seqlens is not None:
+            att = _last_sequence_cache(att, cu_seqlens)
         return o, HybridState(mem, att)
 
     def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
