@@ -29,8 +29,9 @@ The forward and backward are ``torch.library`` custom ops (``memnets::gated_delt
 fake (meta) implementations, so ``torch.compile`` traces around them without graph breaks; the
 ``torch.autograd.Function`` ties them together. Only APIs present in Triton 3.6 are used.
 
-Performance is untuned (no GPU was available when this was written): dots run in IEEE fp32, the local
-backward holds full K x V tiles, and there is no autotuning.
+Performance is untuned (no GPU was available when this was written): dots run in tf32x3, the local
+backward loops over value blocks of 64 (a full 128 x 128 tile needs 416 KB of shared memory on sm_90),
+and there is no autotuning. ``scripts/check_kernels_compile.py`` compiles every kernel for sm_90.
 """
 
 from __future__ import annotations
@@ -287,19 +288,12 @@ def _backward_local_kernel(
     t0 = bos + i_t * C
     rows = tl.arange(0, C)
     ks = tl.arange(0, BK)
-    vs = tl.arange(0, BV)
-    kv_mask = (ks < K)[:, None] & (vs < V)[None, :]
-    kv_offs = (i_c * H + i_h) * K * V + ks[:, None] * V + vs[None, :]
 
     b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
     b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
-    b_v = _load_chunk_rows(v, t0, eos, i_h, 0, H, V, C, BV)
-    b_do = _load_chunk_rows(do, t0, eos, i_h, 0, H, V, C, BV)
     b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
     b_g = _load_chunk_gates(g, t0, eos, i_h, H, C)
     b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
-    b_s0 = tl.load(h + kv_offs, mask=kv_mask, other=0.0)
-    b_ds1 = tl.load(dh + kv_offs, mask=kv_mask, other=0.0)
 
     gam = tl.cumsum(b_g, 0)
     g_last = tl.sum(b_g, 0)
@@ -310,41 +304,68 @@ def _backward_local_kernel(
     qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3")
     b_kb = b_k * (b_beta * e_gam)[:, None]
     b_w = tl.dot(b_tm, b_kb, input_precision="tf32x3")
-    b_ub = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
-    b_u = b_ub - tl.dot(b_w, b_s0, input_precision="tf32x3")
     decay_end = tl.exp(g_last - gam)
     b_kd = b_k * decay_end[:, None]
+    valid = (t0 + rows) < eos
 
-    # dU from the output and from the chunk's end state
-    b_du = scale * tl.dot(tl.trans(qk * d_incl), b_do, input_precision="tf32x3")
-    b_du += tl.dot(b_kd, b_ds1, input_precision="tf32x3")
+    # the value dimension in blocks of BV (a full K x V tile of S0 and dS1 outgrows shared memory at
+    # K = V = 128): accumulate the products that sum over it, store dv block by block
+    dou = tl.zeros([C, C], dtype=tl.float32)  # dO U^T
+    dos0 = tl.zeros([C, BK], dtype=tl.float32)  # dO S0^T
+    qs0_do = tl.zeros([C], dtype=tl.float32)  # rowsum(Q S0 * dO)
+    uds = tl.zeros([C, BK], dtype=tl.float32)  # U dS1^T
+    s0_ds1 = tl.sum(tl.zeros([C], dtype=tl.float32), 0)  # sum(S0 * dS1)
+    b_dw = tl.zeros([C, BK], dtype=tl.float32)  # dL/dW = -dU S0^T
+    dvb_ub = tl.zeros([C, C], dtype=tl.float32)  # dVb Ub^T
+    dvb_v = tl.zeros([C], dtype=tl.float32)  # rowsum(dVb * V)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        vs = i_v * BV + tl.arange(0, BV)
+        kv_mask = (ks < K)[:, None] & (vs < V)[None, :]
+        kv_offs = (i_c * H + i_h) * K * V + ks[:, None] * V + vs[None, :]
+        b_v = _load_chunk_rows(v, t0, eos, i_h, i_v * BV, H, V, C, BV)
+        b_do = _load_chunk_rows(do, t0, eos, i_h, i_v * BV, H, V, C, BV)
+        b_s0 = tl.load(h + kv_offs, mask=kv_mask, other=0.0)
+        b_ds1 = tl.load(dh + kv_offs, mask=kv_mask, other=0.0)
+        b_ub = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
+        b_u = b_ub - tl.dot(b_w, b_s0, input_precision="tf32x3")
+
+        # dU from the output and from the chunk's end state
+        b_du = scale * tl.dot(tl.trans(qk * d_incl), b_do, input_precision="tf32x3")
+        b_du += tl.dot(b_kd, b_ds1, input_precision="tf32x3")
+
+        dou += tl.dot(b_do, tl.trans(b_u), input_precision="tf32x3")
+        dos0 += tl.dot(b_do, tl.trans(b_s0), input_precision="tf32x3")
+        qs0_do += tl.sum(tl.dot(b_q, b_s0, input_precision="tf32x3") * b_do, 1)
+        uds += tl.dot(b_u, tl.trans(b_ds1), input_precision="tf32x3")
+        s0_ds1 += tl.sum(tl.sum(b_s0 * b_ds1, 1), 0)
+        b_dw -= tl.dot(b_du, tl.trans(b_s0), input_precision="tf32x3")
+        b_dvb = tl.dot(tl.trans(b_tm), b_du, input_precision="tf32x3")
+        dvb_ub += tl.dot(b_dvb, tl.trans(b_ub), input_precision="tf32x3")
+        dvb_v += tl.sum(b_dvb * b_v, 1)
+        tv = ((t0 + rows)[:, None] * H + i_h) * V + vs[None, :]
+        b_dv = b_dvb * b_beta[:, None]
+        tl.store(dv + tv, b_dv.to(dv.dtype.element_ty), mask=valid[:, None] & (vs < V)[None, :])
 
     # O = scale (E Q S0 + (Q K^T * Dm) U)
-    dou = tl.dot(b_do, tl.trans(b_u), input_precision="tf32x3")
-    b_dq = scale * e_gam[:, None] * tl.dot(b_do, tl.trans(b_s0), input_precision="tf32x3")
+    b_dq = scale * e_gam[:, None] * dos0
     b_dq += scale * tl.dot(dou * d_incl, b_k, input_precision="tf32x3")
     b_dk = scale * tl.dot(tl.trans(dou * d_incl), b_q, input_precision="tf32x3")
-    qs0 = tl.dot(b_q, b_s0, input_precision="tf32x3")
-    b_dgam = scale * e_gam * tl.sum(qs0 * b_do, 1)
+    b_dgam = scale * e_gam * qs0_do
     dd = scale * qk * dou
 
     # S1 = exp(gam_C) S0 + Kd^T U
-    uds = tl.dot(b_u, tl.trans(b_ds1), input_precision="tf32x3")
     b_dk += decay_end[:, None] * uds
     rho = tl.sum(b_kd * uds, 1)
     b_dgam -= rho
-    dgam_last = tl.sum(rho, 0) + tl.exp(g_last) * tl.sum(tl.sum(b_s0 * b_ds1, 1), 0)
+    dgam_last = tl.sum(rho, 0) + tl.exp(g_last) * s0_ds1
 
     # U = Ub - W S0, W = Tm Kb, Ub = Tm Vb, Tm = (I + A)^-1
-    b_dw = -tl.dot(b_du, tl.trans(b_s0), input_precision="tf32x3")
     b_dkb = tl.dot(tl.trans(b_tm), b_dw, input_precision="tf32x3")
-    b_dvb = tl.dot(tl.trans(b_tm), b_du, input_precision="tf32x3")
     b_da = -tl.dot(b_dkb, tl.trans(b_w), input_precision="tf32x3")
-    b_da -= tl.dot(b_dvb, tl.trans(b_ub), input_precision="tf32x3")
+    b_da -= dvb_ub
     b_da = tl.where(rows[:, None] > rows[None, :], b_da, 0.0)
-    b_dv = b_dvb * b_beta[:, None]
     dkb_k = tl.sum(b_dkb * b_k, 1)
-    b_dbeta = tl.sum(b_dvb * b_v, 1) + e_gam * dkb_k
+    b_dbeta = dvb_v + e_gam * dkb_k
     b_dk += b_dkb * (b_beta * e_gam)[:, None]
     b_dgam += b_beta * e_gam * dkb_k
 
@@ -361,15 +382,19 @@ def _backward_local_kernel(
     # gam = cumsum(g): dg_t = sum_{s >= t} dgam_s
     b_dg = tl.sum(b_dgam, 0) - tl.cumsum(b_dgam, 0) + b_dgam
 
-    valid = (t0 + rows) < eos
     tk = ((t0 + rows)[:, None] * H + i_h) * K + ks[None, :]
     tk_mask = valid[:, None] & (ks < K)[None, :]
     tl.store(dq + tk, b_dq.to(dq.dtype.element_ty), mask=tk_mask)
     tl.store(dk + tk, b_dk.to(dk.dtype.element_ty), mask=tk_mask)
-    tv = ((t0 + rows)[:, None] * H + i_h) * V + vs[None, :]
-    tl.store(dv + tv, b_dv.to(dv.dtype.element_ty), mask=valid[:, None] & (vs < V)[None, :])
     tl.store(dg + (t0 + rows) * H + i_h, b_dg.to(dg.dtype.element_ty), mask=valid)
     tl.store(dbeta + (t0 + rows) * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=valid)
+
+
+# the kernels' loops (over chunks, carrying the state; over value blocks, carrying sums) run one
+# iteration after the other, so software pipelining (Triton's default 3 stages) only multiplies shared
+# memory: at K = V = 128, C = 64 the forward needs 241 KB with 3 stages and the local backward 288 KB,
+# more than an H100's 227 KB; 128 KB and 160 KB with 1 (sm_90, scripts/check_kernels_compile.py)
+SEQUENTIAL_STAGES = 1
 
 
 def _block(d: int) -> int:
@@ -421,6 +446,7 @@ def gated_delta_fwd(
         q, k, v, g, beta, tm, initial_state, o, ht, None, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_O=True, STORE_HT=True, STORE_H=False,
+        num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     return o, ht, tm
 
@@ -465,19 +491,20 @@ def gated_delta_bwd(
         q, k, v, g, beta, tm, initial_state, None, None, h, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_O=False, STORE_HT=False, STORE_H=True,
+        num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     dh = q.new_empty(total, H, K, V, dtype=torch.float32)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32)
     _backward_state_kernel[grid](
         q, k, g, beta, tm, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, USE_DHT=dht is not None,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, USE_DHT=dht is not None, num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg, dbeta = torch.empty_like(g), torch.empty_like(beta)
     if total > 0:
         _backward_local_kernel[(total, H)](
             q, k, v, g, beta, tm, h, dh, do, dq, dk, dv, dg, dbeta, cu_seqlens, chunk_indices, scale,
-            H=H, K=K, V=V, C=C, BK=BK, BV=_block(V),
+            H=H, K=K, V=V, C=C, BK=BK, BV=BV, num_stages=SEQUENTIAL_STAGES,
         )  # fmt: skip
     return dq, dk, dv, dg, dbeta, dh0
 

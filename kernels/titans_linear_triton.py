@@ -14,33 +14,41 @@ chunk-start weights W0 and momentum S0 ``[D, D]`` (row form, ``M(x) = x W``)::
 u_j = k_jᵀ Δ_j is token j's inner gradient, so the chunk is linear attention with a two-state carry
 (W, S). The coefficients β, f, G, m_end, s_coef are those of :func:`memnets.memory.chunk_coefficients`
 (spec 1.4, built from segment sums of log-gates, all in [0, 1]); they are computed in PyTorch on the
-gates padded to whole chunks (padding: lr = 0, keep = mom = 1, so m_end and s_coef are those of the
-last real token; the kernels take β, f and G's row at the tail chunk's last real token) and autograd
-takes their gradients back to lr, mom and keep. The kernels take and return gradients w.r.t.
-the coefficients.
+gates gathered into whole chunks per sequence (padding past a sequence's end: lr = 0, keep = mom = 1,
+so m_end and s_coef are those of the last real token; the kernels take β, f and G's row at the tail
+chunk's last real token) and autograd takes their gradients back to lr, mom and keep. The kernels take
+and return gradients w.r.t. the coefficients.
 
-Kernels (grid: one program per (batch, head), chunks sequential; all math in float32, half inputs are
-upcast on load):
+Packed sequences (``cu_seqlens``, B = 1, as fla): every sequence has its own initial and final state
+``[N, H, D, D]`` and its chunks start at its first token, so no chunk (and no coefficient, which is
+built per chunk) spans two sequences. A dense batch runs as B packed sequences of length T; the chunk
+layout (each sequence's first packed chunk, the gather index of the gates) is built on the host.
+
+Kernels (grid: one program per (sequence, head), chunks sequential; all math in float32, half inputs
+are upcast on load):
 
 1. ``_forward_kernel``: carries (W, S), writes ``y``, the final state and the start weights of the last
-   chunk (the engine's ``anchor`` when T is not a multiple of L). With ``STORE`` it instead writes every
+   chunk (the engine's ``anchor`` when T is not a multiple of L; the initial weights for an empty
+   sequence). With ``STORE`` it instead writes every
    chunk's start state and skips the reads: the backward re-runs it to recompute those states rather than
    keeping them from the forward (memory).
 2. ``_backward_kernel``: chunks in reverse, carrying (dW, dS); gives the gradients of q, k, v, every
    coefficient, and the initial state. The inner gradient's dependence on W0 (through Δ) is included.
 
 A linear memory's residual (``M(x) = x + x W``) is handled outside the kernels: it is the same
-recurrence with target ``v − k`` and output ``q + y``. The tail chunk is masked in the kernels (q, k, v
-loaded as 0 past T, stores masked).
+recurrence with target ``v − k`` and output ``q + y``. The tail chunk of every sequence is masked in
+the kernels (q, k, v loaded as 0 past its end, stores masked).
 
 Both passes are ``torch.library`` custom ops (``memnets::titans_linear_fwd`` / ``_bwd``) with fake
 implementations (``torch.compile`` traces around them); ``register_autograd`` ties them together.
 
 Performance is untuned (written without a GPU): one program per (batch, head) holds full D x D tiles
-(D <= 128), dots run in tf32x3, no autotuning, no varlen.
+(D <= 128), dots run in tf32x3, no autotuning.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -52,19 +60,34 @@ from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, m
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
-# largest head dim per chunk size whose kernels fit in an H100's 228 KB of shared memory, from the
-# sm_90 compile (num_stages=1): D=128, L=32 128 KB; D=64, L=64 128 KB; D=128, L=64 backward 352 KB
+# largest head dim per chunk size whose kernels fit in an H100's 227 KB of shared memory, from the
+# sm_90 compile (num_stages=1, scripts/check_kernels_compile.py): the backward needs 192 KB at D=128
+# with L=16 or 32 and 128 KB at D=64, L=64; D=128, L=64 would need 352 KB
 MAX_DIM_FOR_CHUNK = {16: 128, 32: 128, 64: 64}
 
 
 @triton.jit
-def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BD: tl.constexpr):
-    """Offsets and mask of rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor (0 past T and D)."""
+def _rows(bos, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of rows t0 .. t0+L of head h of the sequence starting at packed row ``bos`` of a
+    ``[T_total, H, D]`` tensor (0 past the sequence's length T and past D)."""
     rows = t0 + tl.arange(0, L)
     cols = tl.arange(0, BD)
     mask = (rows < T)[:, None] & (cols < D)[None, :]
-    offs = ((b * T + rows.to(tl.int64))[:, None] * H + h) * D + cols[None, :]
+    offs = ((bos + rows.to(tl.int64))[:, None] * H + h) * D + cols[None, :]
     return offs, mask
+
+
+@triton.jit
+def _sequence(cu_seqlens, chunk_offsets, L: tl.constexpr):
+    """This program's (sequence, head): the sequence's first packed row, length, chunk count and first
+    chunk, and the index of its ``[D, D]`` state."""
+    i_n = tl.program_id(0)
+    h = tl.program_id(1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    first = tl.load(chunk_offsets + i_n).to(tl.int64)
+    state = (i_n * tl.num_programs(1) + h).to(tl.int64)
+    return h, bos, T, tl.cdiv(T, L), first, state
 
 
 @triton.jit
@@ -92,7 +115,8 @@ def _forward_kernel(
     w_anchor,
     w_chunks,
     s_chunks,
-    T,
+    cu_seqlens,
+    chunk_offsets,
     NC,
     H: tl.constexpr,
     D: tl.constexpr,
@@ -101,25 +125,24 @@ def _forward_kernel(
     HAS_MOM: tl.constexpr,
     STORE: tl.constexpr,
 ):
-    i_bh = tl.program_id(0)
-    b = (i_bh // H).to(tl.int64)
-    h = i_bh % H
-    bh = i_bh.to(tl.int64)
+    h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
     sq_offs, sq_mask = _square(D, BD)
-    W = tl.load(w_init + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    W = tl.load(w_init + st * D * D + sq_offs, mask=sq_mask, other=0.0)
     S = tl.zeros([BD, BD], dtype=tl.float32)
     if HAS_MOM:
-        S = tl.load(s_init + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+        S = tl.load(s_init + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+    # an empty sequence's anchor is its initial weights (overwritten below by the last chunk's start)
+    tl.store(w_anchor + st * D * D + sq_offs, W, mask=sq_mask)
     li = tl.arange(0, L)
-    for c in range(NC):
-        cc = bh * NC + c  # index of this (batch, head, chunk)
+    for c in range(NCn):
+        cc = h * NC + first + c  # index of this (head, packed chunk) in the coefficients
         if STORE:
             tl.store(w_chunks + cc * D * D + sq_offs, W, mask=sq_mask)
             if HAS_MOM:
                 tl.store(s_chunks + cc * D * D + sq_offs, S, mask=sq_mask)
-        if c == NC - 1:
-            tl.store(w_anchor + bh * D * D + sq_offs, W, mask=sq_mask)
-        row_offs, mask = _rows(b, c * L, h, T, H, D, L, BD)
+        if c == NCn - 1:
+            tl.store(w_anchor + st * D * D + sq_offs, W, mask=sq_mask)
+        row_offs, mask = _rows(bos, c * L, h, T, H, D, L, BD)
         b_k = tl.load(k + row_offs, mask=mask, other=0.0).to(tl.float32)
         b_v = tl.load(v + row_offs, mask=mask, other=0.0).to(tl.float32)
         delta = 2.0 * (tl.dot(b_k, W, input_precision="tf32x3") - b_v)
@@ -146,9 +169,9 @@ def _forward_kernel(
                 tl.trans(b_k), b_s[:, None] * delta, input_precision="tf32x3"
             )
         W = W_new
-    tl.store(w_final + bh * D * D + sq_offs, W, mask=sq_mask)
+    tl.store(w_final + st * D * D + sq_offs, W, mask=sq_mask)
     if HAS_MOM:
-        tl.store(s_final + bh * D * D + sq_offs, S, mask=sq_mask)
+        tl.store(s_final + st * D * D + sq_offs, S, mask=sq_mask)
 
 
 @triton.jit
@@ -177,7 +200,8 @@ def _backward_kernel(
     ds_coef,
     dw_init,
     ds_init,
-    T,
+    cu_seqlens,
+    chunk_offsets,
     NC,
     H: tl.constexpr,
     D: tl.constexpr,
@@ -185,23 +209,22 @@ def _backward_kernel(
     BD: tl.constexpr,
     HAS_MOM: tl.constexpr,
 ):
-    i_bh = tl.program_id(0)
-    b = (i_bh // H).to(tl.int64)
-    h = i_bh % H
-    bh = i_bh.to(tl.int64)
+    h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
     sq_offs, sq_mask = _square(D, BD)
-    dW = tl.load(dw_final + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+    dW = tl.load(dw_final + st * D * D + sq_offs, mask=sq_mask, other=0.0)
     dS = tl.zeros([BD, BD], dtype=tl.float32)
     if HAS_MOM:
-        dS = tl.load(ds_final + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+        dS = tl.load(ds_final + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+    if NCn == 0:  # an empty sequence's anchor is its initial weights
+        dW += tl.load(dw_anchor + st * D * D + sq_offs, mask=sq_mask, other=0.0)
     li = tl.arange(0, L)
-    for i in range(NC):
-        c = NC - 1 - i
-        cc = bh * NC + c
+    for i in range(NCn):
+        c = NCn - 1 - i
+        cc = h * NC + first + c
         last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
         is_last = li == last
         W0 = tl.load(w_chunks + cc * D * D + sq_offs, mask=sq_mask, other=0.0)
-        row_offs, mask = _rows(b, c * L, h, T, H, D, L, BD)
+        row_offs, mask = _rows(bos, c * L, h, T, H, D, L, BD)
         b_q = tl.load(q + row_offs, mask=mask, other=0.0).to(tl.float32)
         b_k = tl.load(k + row_offs, mask=mask, other=0.0).to(tl.float32)
         b_v = tl.load(v + row_offs, mask=mask, other=0.0).to(tl.float32)
@@ -253,17 +276,17 @@ def _backward_kernel(
         # Δ = 2 (K W0 − V): the inner gradient depends on the chunk-start weights
         b_dk += 2.0 * tl.dot(d_delta, tl.trans(W0), input_precision="tf32x3")
         dW0 += 2.0 * tl.dot(tl.trans(b_k), d_delta, input_precision="tf32x3")
-        if c == NC - 1:
-            dW0 += tl.load(dw_anchor + bh * D * D + sq_offs, mask=sq_mask, other=0.0)
+        if c == NCn - 1:
+            dW0 += tl.load(dw_anchor + st * D * D + sq_offs, mask=sq_mask, other=0.0)
         tl.store(dq + row_offs, b_dq.to(dq.dtype.element_ty), mask=mask)
         tl.store(dk + row_offs, b_dk.to(dk.dtype.element_ty), mask=mask)
         tl.store(dv + row_offs, (-2.0 * d_delta).to(dv.dtype.element_ty), mask=mask)
         tl.store(dbeta + cc * L + li, b_dbeta)
         tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG)
         dW = dW0
-    tl.store(dw_init + bh * D * D + sq_offs, dW, mask=sq_mask)
+    tl.store(dw_init + st * D * D + sq_offs, dW, mask=sq_mask)
     if HAS_MOM:
-        tl.store(ds_init + bh * D * D + sq_offs, dS, mask=sq_mask)
+        tl.store(ds_init + st * D * D + sq_offs, dS, mask=sq_mask)
 
 
 def _block(D: int) -> int:
@@ -277,21 +300,23 @@ def _forward(
     coef: tuple[Tensor, ...],
     w_init: Tensor,
     s_init: Tensor | None,
+    cu_seqlens: Tensor,
+    chunk_offsets: Tensor,
     L: int,
     store: bool,
 ) -> tuple[Tensor, ...]:
-    B, T, H, D = q.shape
+    _, H, D = q.shape
+    N = w_init.shape[0]
     beta, f, G, m_end, s_coef = coef
-    NC = beta.shape[2]
+    NC = beta.shape[1]
     has_mom = s_init is not None
-    sq = (B, H, D, D)
     y = w_init.new_empty(q.shape if not store else (0,))  # float32: the residual is added outside
-    w_final = w_init.new_empty(sq)
-    s_final = w_init.new_empty(sq) if has_mom else w_init.new_empty(0)
-    w_anchor = w_init.new_empty(sq)
-    w_chunks = w_init.new_empty((B, H, NC, D, D) if store else (0,))
-    s_chunks = w_init.new_empty((B, H, NC, D, D) if store and has_mom else (0,))
-    _forward_kernel[(B * H,)](
+    w_final = torch.empty_like(w_init)
+    s_final = torch.empty_like(w_init) if has_mom else w_init.new_empty(0)
+    w_anchor = torch.empty_like(w_init)
+    w_chunks = w_init.new_empty((H, NC, D, D) if store else (0,))
+    s_chunks = w_init.new_empty((H, NC, D, D) if store and has_mom else (0,))
+    _forward_kernel[(N, H)](
         q,
         k,
         v,
@@ -308,7 +333,8 @@ def _forward(
         w_anchor,
         w_chunks,
         s_chunks,
-        T,
+        cu_seqlens,
+        chunk_offsets,
         NC,
         H=H,
         D=D,
@@ -333,25 +359,28 @@ def titans_linear_fwd(
     s_coef: Tensor,
     w_init: Tensor,
     s_init: Tensor | None,
+    cu_seqlens: Tensor,
+    chunk_offsets: Tensor,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``q, k, v [B, T, H, D]``, coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end, s_coef empty
-    without momentum), state ``[B, H, D, D]`` float32. Returns (y float32, W_final, S_final (empty
-    without momentum), the last chunk's start weights)."""
+    """Packed ``q, k, v [T, H, D]`` holding N sequences (``cu_seqlens [N + 1]``, sequence n's chunks
+    start at packed chunk ``chunk_offsets[n]``), coefficients ``[H, NC, L(, L)]`` float32 over the NC
+    packed chunks (f, m_end, s_coef empty without momentum), per-sequence states ``[N, H, D, D]``
+    float32. Returns (y float32, W_final, S_final (empty without momentum), each sequence's last chunk's
+    start weights (its initial weights if it is empty))."""
     coef = (beta, f, G, m_end, s_coef)
-    y, w_final, s_final, w_anchor, _, _ = _forward(q, k, v, coef, w_init, s_init, chunk_size, False)
+    out = _forward(q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size, False)
+    y, w_final, s_final, w_anchor, _, _ = out
     return y, w_final, s_final, w_anchor
 
 
 @titans_linear_fwd.register_fake
-def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, chunk_size):
-    B, T, H, D = q.shape
-    state = w_init.new_empty(B, H, D, D)
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size):
     return (
-        w_init.new_empty(B, T, H, D),
-        state,
-        torch.empty_like(state) if s_init is not None else w_init.new_empty(0),
-        torch.empty_like(state),
+        w_init.new_empty(q.shape),
+        torch.empty_like(w_init),
+        torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0),
+        torch.empty_like(w_init),
     )
 
 
@@ -367,6 +396,8 @@ def titans_linear_bwd(
     s_coef: Tensor,
     w_init: Tensor,
     s_init: Tensor | None,
+    cu_seqlens: Tensor,
+    chunk_offsets: Tensor,
     dy: Tensor,
     dw_final: Tensor,
     ds_final: Tensor,
@@ -376,17 +407,20 @@ def titans_linear_bwd(
     """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`titans_linear_fwd`
     (empty for the momentum ones without momentum)."""
     L = chunk_size
-    B, T, H, D = q.shape
-    NC = beta.shape[2]
+    _, H, D = q.shape
+    N = w_init.shape[0]
+    NC = beta.shape[1]
     has_mom = s_init is not None
     coef = (beta, f, G, m_end, s_coef)
-    _, _, _, _, w_chunks, s_chunks = _forward(q, k, v, coef, w_init, s_init, L, True)
+    _, _, _, _, w_chunks, s_chunks = _forward(
+        q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, L, True
+    )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
     df, dm_end, ds_coef = torch.empty_like(f), torch.empty_like(m_end), torch.empty_like(s_coef)
     dw_init = torch.empty_like(w_init)
     ds_init = torch.empty_like(w_init) if has_mom else w_init.new_empty(0)
-    _backward_kernel[(B * H,)](
+    _backward_kernel[(N, H)](
         q,
         k,
         v,
@@ -411,7 +445,8 @@ def titans_linear_bwd(
         ds_coef,
         dw_init,
         ds_init,
-        T,
+        cu_seqlens,
+        chunk_offsets,
         NC,
         H=H,
         D=D,
@@ -424,7 +459,25 @@ def titans_linear_bwd(
 
 
 @titans_linear_bwd.register_fake
-def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, dy, dw_final, ds_final, dw_anchor, chunk_size):
+def _(
+    q,
+    k,
+    v,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w_init,
+    s_init,
+    cu_seqlens,
+    chunk_offsets,
+    dy,
+    dw_final,
+    ds_final,
+    dw_anchor,
+    chunk_size,
+):
     ds_init = torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0)
     grads = (q, k, v, beta, f, G, m_end, s_coef, w_init)
     return (*(torch.empty_like(t) for t in grads), ds_init)
@@ -432,19 +485,17 @@ def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, dy, dw_final, ds_final
 
 def _setup_context(ctx, inputs, output) -> None:
     *tensors, chunk_size = inputs
-    ctx.has_mom = tensors[-1] is not None
+    ctx.has_mom = tensors[9] is not None
     ctx.save_for_backward(*tensors)
     ctx.chunk_size = chunk_size
 
 
 def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
-    q, k, v, beta, f, G, m_end, s_coef, w_init, s_init = ctx.saved_tensors
-    B, T, H, D = q.shape
+    q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets = ctx.saved_tensors
 
-    def cot(t: Tensor | None, shape: tuple[int, ...]) -> Tensor:
-        return w_init.new_zeros(shape) if t is None else t.contiguous()
+    def cot(t: Tensor | None, like: Tensor) -> Tensor:
+        return torch.zeros_like(like) if t is None else t.contiguous()
 
-    square = (B, H, D, D)
     grads = titans_linear_bwd(
         q,
         k,
@@ -456,16 +507,18 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
         s_coef,
         w_init,
         s_init,
-        cot(dy, (B, T, H, D)),
-        cot(dw_final, square),
-        cot(ds_final, square) if ctx.has_mom else w_init.new_zeros(0),
-        cot(dw_anchor, square),
+        cu_seqlens,
+        chunk_offsets,
+        cot(dy, q).float(),
+        cot(dw_final, w_init),
+        cot(ds_final, w_init) if ctx.has_mom else w_init.new_zeros(0),
+        cot(dw_anchor, w_init),
         ctx.chunk_size,
     )
     dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init = grads
     if not ctx.has_mom:
         df = dm_end = ds_coef = ds_init = None
-    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None, None, None
 
 
 torch.library.register_autograd("memnets::titans_linear_fwd", _backward, setup_context=_setup_context)
@@ -493,6 +546,36 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     return None
 
 
+def _chunk_layout(lengths: list[int], L: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """cu_seqlens and chunk_offsets ``[N + 1]`` (int32; sequence n's chunks are packed chunks
+    ``chunk_offsets[n] ..``) and the gather index ``[NC, L]`` of every packed chunk's tokens, pointing
+    past the last token (a padding slot) after a sequence's end. Built on the host from the lengths."""
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    cu = F.pad(lens.cumsum(0), (1, 0))
+    n_chunks = (lens + L - 1) // L
+    offsets = F.pad(n_chunks.cumsum(0), (1, 0))
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), n_chunks)  # each packed chunk's sequence
+    pos = (cu[seq] + (torch.arange(len(seq)) - offsets[seq]) * L)[:, None] + torch.arange(L)
+    index = torch.where(pos < cu[seq + 1][:, None], pos, cu[-1])
+    return cu.to(device, torch.int32), offsets.to(device, torch.int32), index.to(device)
+
+
+def _lengths(q: Tensor, cu_seqlens: Tensor | None) -> list[int]:
+    B, T = q.shape[:2]
+    if cu_seqlens is None:
+        return [T] * B
+    bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None
+    if B != 1 or bounds is None or cu_seqlens.is_floating_point() or bounds[0] != 0 or bounds[-1] != T:
+        raise ValueError(
+            "titans_linear_chunked: cu_seqlens must be 1-D integer offsets from 0 to T with a packed "
+            f"batch of size 1; got q of shape {tuple(q.shape)} and cu_seqlens {cu_seqlens.tolist()}"
+        )
+    lengths = [e - s for s, e in itertools.pairwise(bounds)]
+    if min(lengths, default=0) < 0:
+        raise ValueError(f"titans_linear_chunked: cu_seqlens must be non-decreasing, got {bounds}")
+    return lengths
+
+
 def titans_linear_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -504,46 +587,33 @@ def titans_linear_chunked(
     state: MemoryState | None = None,
     *,
     chunk_size: int = 16,
-) -> tuple[Tensor, MemoryState]:
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size)`` with
     the L2 bias, for a linear ``arch`` (depth 1, no LayerNorm, residual allowed). Same shapes and
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
-    :class:`MemoryState` after the last token (float32)."""
+    :class:`MemoryState` after the last token (float32).
+
+    ``cu_seqlens`` (``[N + 1]`` int32/int64 offsets, B = 1) packs N independent sequences: each starts
+    from its own state (``state`` holds ``[N, H, D, D]`` weights and momentum at a chunk boundary;
+    default the learned initial weights) and its chunks restart at its first token, so the result is
+    ``memory_chunked`` run on every sequence alone. The state returned is then the list of the N
+    sequences' final states (each ``[1, H, D, D]``, continuing its sequence exactly)."""
     reason = supports(arch, chunk_size=chunk_size if chunk_size in CHUNK_SIZES else None)
     if reason is not None:
         raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
     if chunk_size not in CHUNK_SIZES:
         raise ValueError(f"titans_linear_chunked: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+    lengths = _lengths(q, cu_seqlens)
     if state is not None and state.offset > 0:
-        # finish the chunk the state is in with the PyTorch engine (at most chunk_size - 1 tokens,
-        # e.g. decoding), then continue from the chunk boundary with the kernels
-        n = min(q.shape[1], chunk_size - state.offset)
-        y0, state = memory_chunked(
-            arch,
-            q[:, :n],
-            k[:, :n],
-            v[:, :n],
-            lr[:, :n],
-            None if mom is None else mom[:, :n],
-            None if keep is None else keep[:, :n],
-            state,
-            chunk_size=chunk_size,
-        )
-        if n == q.shape[1]:
-            return y0, state
-        y1, state = titans_linear_chunked(
-            arch,
-            q[:, n:],
-            k[:, n:],
-            v[:, n:],
-            lr[:, n:],
-            None if mom is None else mom[:, n:],
-            None if keep is None else keep[:, n:],
-            state,
-            chunk_size=chunk_size,
-        )
-        return torch.cat([y0, y1], 1), state
+        if cu_seqlens is not None:
+            raise ValueError(
+                f"titans_linear_chunked: with cu_seqlens the state must be at a chunk boundary, got "
+                f"offset {state.offset}"
+            )
+        return _finish_chunk(arch, q, k, v, lr, mom, keep, state, chunk_size)
     B, T, H, D = q.shape
+    N = len(lengths)
     for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
         if g is not None and tuple(g.shape) != (B, T, H):
             raise ValueError(
@@ -558,54 +628,99 @@ def titans_linear_chunked(
             "titans_linear_chunked: the state's momentum and the mom argument must be given together"
         )
     if state is None:
-        w_init = arch.init_weights[0][None].expand(B, H, D, D)
-        s_init = torch.zeros(B, H, D, D, device=q.device) if mom is not None else None
+        w_init = arch.init_weights[0][None].expand(N, H, D, D)
+        s_init = torch.zeros(N, H, D, D, device=q.device) if mom is not None else None
     else:
         w_init = state.weights[0]
         s_init = None if state.momentum is None else state.momentum[0]
-    if T == 0:
-        return q.new_zeros(q.shape), MemoryState((w_init,), None if s_init is None else (s_init,))
+        if tuple(w_init.shape) != (N, H, D, D):
+            raise ValueError(
+                f"titans_linear_chunked: the state's weights must have shape {[N, H, D, D]} (one per "
+                f"{'packed ' if cu_seqlens is not None else ''}sequence), got {tuple(w_init.shape)}"
+            )
     w_init = w_init.float().contiguous()
     s_init = None if s_init is None else s_init.float().contiguous()
     L = chunk_size
-    NC = triton.cdiv(T, L)
-    pad = NC * L - T
+    if T == 0:
+        y, w_final, s_final, w_anchor = q.new_zeros(q.shape), w_init, s_init, w_init
+    else:
+        cu, chunk_offsets, index = _chunk_layout(lengths, L, q.device)
+        with torch.autocast(q.device.type, enabled=False):
 
-    with torch.autocast(q.device.type, enabled=False):
+            def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L], padded with lr 0 / gate 1
+                x = x.reshape(B * T, H).float().t()
+                x = safe_log(x) if log else x
+                return F.pad(x, (0, 1))[:, index]
 
-        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NC, L], padded with lr 0 / gate 1
-            x = x.float().transpose(1, 2)
-            x = safe_log(x) if log else x
-            return F.pad(x, (0, pad)).reshape(B, H, NC, L)
+            c = chunk_coefficients(
+                gate(lr, False),
+                None if keep is None else gate(keep, True),
+                None if mom is None else gate(mom, True),
+            )
+            dtype = q.dtype
+            if arch.residual:
+                v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
+            q, k, v = (t.reshape(B * T, H, D).contiguous() for t in (q, k.to(dtype), v))
+            dummy = c.beta.new_zeros(0)
+            y, w_final, s_final, w_anchor = titans_linear_fwd(
+                q,
+                k,
+                v,
+                c.beta.contiguous(),
+                dummy if c.f is None else c.f.contiguous(),
+                c.G.contiguous(),
+                dummy if c.m_end is None else c.m_end.contiguous(),
+                dummy if c.s_coef is None else c.s_coef.contiguous(),
+                w_init,
+                s_init,
+                cu,
+                chunk_offsets,
+                L,
+            )
+            if arch.residual:
+                y = y + q.float()
+            y = y.to(dtype).reshape(B, T, H, D)
 
-        c = chunk_coefficients(
-            gate(lr, False),
-            None if keep is None else gate(keep, True),
-            None if mom is None else gate(mom, True),
+    def final(n: slice, offset: int) -> MemoryState:
+        return MemoryState(
+            (w_final[n],),
+            None if s_init is None else (s_final[n],),
+            (w_anchor[n],) if offset else None,
+            offset,
         )
-        dtype = q.dtype
-        if arch.residual:
-            v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
-        q, k, v = q.contiguous(), k.to(dtype).contiguous(), v.contiguous()
-        dummy = c.beta.new_zeros(0)
-        y, w_final, s_final, w_anchor = titans_linear_fwd(
-            q,
-            k,
-            v,
-            c.beta.contiguous(),
-            dummy if c.f is None else c.f.contiguous(),
-            c.G.contiguous(),
-            dummy if c.m_end is None else c.m_end.contiguous(),
-            dummy if c.s_coef is None else c.s_coef.contiguous(),
-            w_init,
-            s_init,
-            L,
-        )
-        if arch.residual:
-            y = y + q.float()
-        y = y.to(dtype)
-    offset = T % L
-    out = MemoryState(
-        (w_final,), None if s_init is None else (s_final,), (w_anchor,) if offset else None, offset
+
+    if cu_seqlens is None:
+        return y, final(slice(None), T % L)
+    return y, [final(slice(n, n + 1), length % L) for n, length in enumerate(lengths)]
+
+
+def _finish_chunk(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None,
+    keep: Tensor | None,
+    state: MemoryState,
+    chunk_size: int,
+) -> tuple[Tensor, MemoryState]:
+    """Finish the chunk the state is in with the PyTorch engine (at most chunk_size - 1 tokens, e.g.
+    decoding), then continue from the chunk boundary with the kernels."""
+    n = min(q.shape[1], chunk_size - state.offset)
+
+    def head(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[:, :n]
+
+    def tail(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[:, n:]
+
+    y0, state = memory_chunked(
+        arch, q[:, :n], k[:, :n], v[:, :n], lr[:, :n], head(mom), head(keep), state, chunk_size=chunk_size
     )
-    return y, out
+    if n == q.shape[1]:
+        return y0, state
+    y1, state = titans_linear_chunked(
+        arch, q[:, n:], k[:, n:], v[:, n:], lr[:, n:], tail(mom), tail(keep), state, chunk_size=chunk_size
+    )
+    return torch.cat([y0, y1], 1), state  # type: ignore[return-value]

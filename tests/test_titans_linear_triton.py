@@ -1,6 +1,8 @@
 """Triton kernels of the linear Titans memory == the engine's chunked PyTorch form (run in float64):
-outputs, final weights/momentum/anchor and every gradient, on awkward lengths and both chunk sizes."""
+outputs, final weights/momentum/anchor and every gradient, on awkward lengths and several chunk sizes, dense
+and packed (cu_seqlens: each packed sequence against the engine run on it alone)."""
 
+import dataclasses
 import itertools
 import os
 
@@ -145,9 +147,10 @@ def test_bad_chunk_size_raises():
         triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=8)
 
 
-def _linear_titans(backend: str, name: str = "titans"):
+def _linear_titans(backend: str, name: str = "titans", **opts):
     torch.manual_seed(0)
-    opts = {"segment_size": 32} if name == "titans_mac" else {}
+    if name == "titans_mac":
+        opts["segment_size"] = 32
     return memnets.build_mixer(
         name,
         d_model=32,
@@ -213,26 +216,44 @@ def test_mixer_triton_unsupported_config_raises():
 
 @pytest.mark.parametrize("momentum", [True, False])
 def test_custom_op_opcheck(momentum):
-    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
-    B, T, L = 1, 20, 16
-    NC = 2
-    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
-    beta, G = torch.rand(B, H, NC, L), torch.rand(B, H, NC, L, L)
-    w0 = torch.randn(B, H, D, D, requires_grad=True)
+    """Schema, fake (meta) implementation and autograd registration of the custom ops (two packed
+    sequences of 20 and 5 tokens: 3 chunks of 16)."""
+    T, L, N, NC = 25, 16, 2, 3
+    cu, chunk_offsets = (
+        torch.tensor([0, 20, 25], dtype=torch.int32),
+        torch.tensor([0, 2, 3], dtype=torch.int32),
+    )
+    q, k, v = (torch.randn(T, H, D) for _ in range(3))
+    beta, G = torch.rand(H, NC, L), torch.rand(H, NC, L, L)
+    w0 = torch.randn(N, H, D, D, requires_grad=True)
     if momentum:
-        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), torch.rand(B, H, NC, L)
-        s0 = torch.randn(B, H, D, D, requires_grad=True)
+        f, m_end, s_coef = torch.rand(H, NC, L), torch.rand(H, NC), torch.rand(H, NC, L)
+        s0 = torch.randn(N, H, D, D, requires_grad=True)
     else:
         f = m_end = s_coef = torch.zeros(0)
         s0 = None
-    args = (q.requires_grad_(), k, v, beta.requires_grad_(), f, G, m_end, s_coef, w0, s0, L)
+    args = (
+        q.requires_grad_(),
+        k,
+        v,
+        beta.requires_grad_(),
+        f,
+        G,
+        m_end,
+        s_coef,
+        w0,
+        s0,
+        cu,
+        chunk_offsets,
+        L,
+    )
     torch.library.opcheck(
         triton_linear.titans_linear_fwd,
         args,
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
-    square = torch.randn(B, H, D, D)
-    cotangents = (torch.randn(B, T, H, D), square, square if momentum else torch.zeros(0), square)
+    square = torch.randn(N, H, D, D)
+    cotangents = (torch.randn(T, H, D), square, square if momentum else torch.zeros(0), square)
     bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]), *cotangents, L)
     torch.library.opcheck(
         triton_linear.titans_linear_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
@@ -246,3 +267,195 @@ def test_shared_memory_limit_raises():
     x = torch.randn(1, 4, 1, 128)
     with pytest.raises(ValueError, match="head dim 128 with chunk_size 64"):
         triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
+
+
+# -------------------------------------------------------------------------------------------------
+# packed sequences (cu_seqlens): the kernels on N sequences at once == the engine on each sequence alone
+
+
+def _varlen_outputs(y: torch.Tensor, states: list[MemoryState]) -> dict[str, torch.Tensor]:
+    outs = {"y": y}
+    for n, st in enumerate(states):
+        outs[f"weights[{n}]"] = st.weights[0]
+        if st.momentum is not None:
+            outs[f"momentum[{n}]"] = st.momentum[0]
+        if st.anchor is not None:
+            outs[f"anchor[{n}]"] = st.anchor[0]
+        outs[f"offset[{n}]"] = torch.tensor(float(st.offset))
+    return outs
+
+
+def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype):
+    """Outputs and every gradient with random cotangents on y and on each sequence's final state;
+    ``packed``: one call with cu_seqlens, else the engine sequence by sequence."""
+    leaves = {
+        n: (t.to(compute_dtype) if n in ("lr", "mom", "keep", "w0", "s0") else t).clone().requires_grad_()
+        for n, t in inputs.items()
+        if t is not None
+    }
+    args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep")]
+    w0, s0 = leaves["w0"], leaves.get("s0")
+    if packed:
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+        state = MemoryState((w0,), None if s0 is None else (s0,))
+        y, states = triton_linear.titans_linear_chunked(
+            arch, *args, state, chunk_size=chunk_size, cu_seqlens=cu
+        )
+    else:
+        ys, states, start = [], [], 0
+        for n, length in enumerate(lengths):
+            sl = slice(start, start + length)
+            state = MemoryState((w0[n : n + 1],), None if s0 is None else (s0[n : n + 1],))
+            y, st = memory_chunked(
+                arch, *(None if x is None else x[:, sl] for x in args), state, chunk_size=chunk_size
+            )
+            ys.append(y)
+            states.append(st)
+            start += length
+        y = torch.cat(ys, 1)
+    outs = _varlen_outputs(y, states)
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
+        for name, o in outs.items()
+        if not name.startswith("offset")
+    )
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
+    return outs
+
+
+def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False):
+    N, T = len(lengths), sum(lengths)
+    inputs = _inputs(T, dtype, gates)
+    g = torch.Generator().manual_seed(2)
+    inputs["w0"] = 0.3 * torch.randn(N, H, D, D, generator=g, dtype=torch.float64)
+    if inputs["s0"] is not None:
+        inputs["s0"] = 0.3 * torch.randn(N, H, D, D, generator=g, dtype=torch.float64)
+    ref = _run_varlen(False, _arch(residual).double(), inputs, lengths, chunk_size, torch.float64)
+    with nan_allocations():
+        out = _run_varlen(True, _arch(residual), inputs, lengths, chunk_size, torch.float32)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        expected = ref[name].to(out[name].dtype)
+        assert_close(
+            f"{name} (lengths={lengths}, chunk={chunk_size}, gates={gates}, {dtype})", expected, out[name]
+        )
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+def test_varlen_matches_engine_per_sequence(chunk_size):
+    _compare_varlen([1, 63, 65, 17], chunk_size, "both", torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+def test_varlen_gates_float32(gates):
+    _compare_varlen([17, 1, 40], 16, gates, torch.float32)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+def test_varlen_float16(gates):
+    _compare_varlen([1, 63, 65, 17], 16, gates, torch.float16)
+
+
+def test_varlen_empty_sequences_and_residual():
+    """Empty sequences keep their initial state (weights, momentum and its gradient)."""
+    _compare_varlen([0, 33, 0, 16], 16, "both", torch.float32, residual=True)
+
+
+def test_dense_batch_matches_engine():
+    """B > 1 without cu_seqlens: each batch row is its own sequence."""
+    arch, ref_arch = _arch(False), _arch(False).double()
+    inputs = _inputs(37, torch.float32, "both", B=3)
+    ref = _run(memory_chunked, ref_arch, inputs, 16, torch.float64)
+    with nan_allocations():
+        out = _run(triton_linear.titans_linear_chunked, arch, inputs, 16, torch.float32)
+    for name in ref:
+        assert_close(f"{name} (B=3)", ref[name].to(out[name].dtype), out[name])
+
+
+def test_varlen_bad_input_raises():
+    arch = _arch(False)
+    x = torch.randn(1, 10, H, D)
+    lr = torch.rand(1, 10, H)
+    with pytest.raises(ValueError, match="cu_seqlens must be 1-D integer offsets from 0 to T"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, lr, cu_seqlens=torch.tensor([0, 4, 9]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        triton_linear.titans_linear_chunked(arch, x, x, x, lr, cu_seqlens=torch.tensor([0, 6, 4, 10]))
+    with pytest.raises(ValueError, match=r"state's weights must have shape \[2, 2, 16, 16\]"):
+        state = MemoryState((torch.zeros(1, H, D, D),))
+        triton_linear.titans_linear_chunked(
+            arch, x, x, x, lr, None, None, state, cu_seqlens=torch.tensor([0, 4, 10])
+        )
+    state = MemoryState((torch.zeros(2, H, D, D),), None, (torch.zeros(2, H, D, D),), 3)
+    with pytest.raises(ValueError, match="at a chunk boundary"):
+        triton_linear.titans_linear_chunked(
+            arch, x, x, x, lr, None, None, state, cu_seqlens=torch.tensor([0, 4, 10])
+        )
+
+
+def _flatten(state, prefix: str = "state") -> dict[str, object]:
+    """Every tensor and int of a (nested) mixer state, by path."""
+    if isinstance(state, torch.Tensor | int):
+        return {prefix: state}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, tuple | list):
+        items = enumerate(state)
+    elif dataclasses.is_dataclass(state):
+        items = ((f.name, getattr(state, f.name)) for f in dataclasses.fields(state))
+    else:
+        return {prefix: state}
+    out = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,lengths",
+    [
+        ("titans", [1, 20, 17, 2]),
+        ("titans", [16, 21]),
+        ("titans_mag", [5, 20, 2]),
+        ("titans_mal", [5, 20, 3]),
+    ],
+)
+def test_mixer_triton_packed_equals_chunked(name, lengths):
+    """titans (and MAG, MAL) with backend='triton' run packed sequences in one kernel call;
+    backend='chunked' runs them one by one: same output, input and parameter gradients, and the same
+    (last sequence's) state: memory, conv and, for the hybrids, a sliding window's KV cache."""
+    opts = {"window": 4, "num_persistent": 2} if name != "titans" else {}
+    chunked, fast = _linear_titans("chunked", name, **opts), _linear_titans("triton", name, **opts)
+    fast.load_state_dict(chunked.state_dict())
+    T = sum(lengths)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)])
+    x, cot = torch.randn(1, T, 32), torch.randn(1, T, 32)
+    results = []
+    for m in (chunked, fast):
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, state = m(xi, cu_seqlens=cu)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}, _flatten(state)))
+    (y0, dx0, grads0, st0), (y1, dx1, grads1, st1) = results
+    assert_close("y", y0, y1)
+    assert_close("dx", dx0, dx1)
+    for n, g in grads0.items():
+        assert_close(f"d{n}", g, grads1[n])
+    assert st0.keys() == st1.keys()
+    assert any(k.endswith("offset") and v == lengths[-1] % 16 for k, v in st1.items())
+    for key, ref in st0.items():
+        if isinstance(ref, torch.Tensor):
+            assert_close(key, ref.detach(), st1[key].detach())
+        else:
+            assert ref == st1[key], key
+
+
+def test_mixer_packed_with_state_raises():
+    mixer = _linear_titans("triton")
+    x = torch.randn(1, 8, 32)
+    _, state = mixer(x)
+    with pytest.raises(ValueError, match="cu_seqlens cannot be combined with a recurrent state"):
+        mixer(x, state, cu_seqlens=torch.tensor([0, 3, 8]))

@@ -46,8 +46,10 @@ Choices where the paper is silent (spec §9), each documented here and an option
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``
   (:mod:`memnets.kernels.titans_linear_triton`) for the linear memory (``memory_depth=1``,
   ``memory_norm=False``, chunk size 16/32/64); ``auto`` picks ``triton`` on CUDA when it applies.
-* Packed sequences (``cu_seqlens``): run sequence by sequence (exact, simple; a fused varlen path is
-  future work).
+* Packed sequences (``cu_seqlens``): the Triton backend runs them in one kernel call (each sequence
+  from the initial state, chunks restarting at its first token), and so do MAG and MAL (their
+  attention masks the sequences); the other backends, and MAC, run them sequence by sequence. Either
+  way the state returned is the last sequence's.
 
 MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
 ``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
@@ -101,12 +103,15 @@ def _check_positive(owner: str, **values: int) -> None:
             raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
-def _packed(mixer: nn.Module, x: Tensor, cu_seqlens: Tensor, state: object) -> tuple[Tensor, object]:
-    """Run packed sequences one by one from a fresh state (the memory restarts per sequence)."""
-    owner = type(mixer).__name__
+def _check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
     check_cu_seqlens(owner, x, cu_seqlens)
     if state is not None:
         raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
+
+
+def _packed(mixer: nn.Module, x: Tensor, cu_seqlens: Tensor, state: object) -> tuple[Tensor, object]:
+    """Run packed sequences one by one from a fresh state (the memory restarts per sequence)."""
+    _check_packed(type(mixer).__name__, x, cu_seqlens, state)
     bounds = cu_seqlens.tolist()
     ys, last = [], None
     for s, e in itertools.pairwise(bounds):
@@ -137,19 +142,30 @@ class MemoryProjections(nn.Module):
         self.conv = nn.ModuleDict({n: ShortConv(inner, conv_size) for n in names})
 
     def forward(
-        self, x: Tensor, conv_state: dict[str, Tensor] | None
+        self, x: Tensor, conv_state: dict[str, Tensor] | None, cu_seqlens: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         B, T, _ = x.shape
         conv_state = conv_state or {}
         out, new_conv = {}, {}
         for n in self.names:
-            h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n))
+            h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n), cu_seqlens)
             h = h.view(B, T, self.num_heads, self.head_dim)
             out[n] = l2norm(h) if n in ("q", "k") else h
         return out, new_conv
 
     def state_size(self) -> int:
         return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
+
+
+def _last_sequence_conv(conv: dict[str, Tensor], cu_seqlens: Tensor) -> dict[str, Tensor]:
+    """The conv state of the last packed sequence alone (what running it by itself leaves): the
+    state's inputs from before its first token are zeros."""
+    start, end = cu_seqlens[-2:].tolist()
+    out = {}
+    for n, s in conv.items():
+        pos = end - s.shape[1] + torch.arange(s.shape[1], device=s.device)
+        out[n] = s * (pos >= start).to(s.dtype)[None, :, None]
+    return out
 
 
 class MemoryGates(nn.Module):
@@ -226,12 +242,18 @@ def _run_memory(
     gates: dict[str, Tensor | None],
     state: MemoryState | None,
     chunk_size: int,
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, MemoryState]:
+    """The memory over ``q, k, v``; with ``cu_seqlens`` (Triton only: the kernel runs the packed
+    sequences in one call) the state returned is the last sequence's."""
+    args = (arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state)
     if backend == "triton":
-        from ..kernels.titans_linear_triton import titans_linear_chunked as fn
-    else:
-        fn = memory_reference if backend == "reference" else memory_chunked
-    return fn(arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state, chunk_size=chunk_size)  # type: ignore[arg-type]
+        from ..kernels.titans_linear_triton import titans_linear_chunked
+
+        y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
+        return y, mem[-1] if isinstance(mem, list) else mem
+    fn = memory_reference if backend == "reference" else memory_chunked
+    return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
 
 
 def _memory_arch(
@@ -296,16 +318,26 @@ class Titans(nn.Module):
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
+    def _backend(self, device: torch.device) -> str:
+        return resolve_backend("titans", self.backend, device, _memory_backends(self.memory, self.chunk_size))
+
+    def packs_in_one_call(self, device: torch.device) -> bool:
+        """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
+        backend) rather than one by one."""
+        return self._backend(device) == "triton"
+
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
+        backend = self._backend(x.device)
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend(
-            "titans", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
-        )
+            if backend != "triton":
+                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            _check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape
-        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+        if cu_seqlens is not None:
+            conv = _last_sequence_conv(conv, cu_seqlens)
         gates = self.gates(x)
         y, mem = _run_memory(
             backend,
@@ -316,6 +348,7 @@ class Titans(nn.Module):
             gates,
             None if state is None else state.memory,
             self.chunk_size,
+            cu_seqlens,
         )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y, gate).reshape(B, T, -1)
@@ -355,6 +388,15 @@ class PersistentAttention(Attention):
         mask = torch.cat([mask.new_ones(T, self.num_persistent), mask], 1)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, torch.cat([pk, k], 1), torch.cat([pv, v], 1)))
         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).transpose(1, 2)
+
+
+def _last_sequence_cache(cache: KVCache, cu_seqlens: Tensor) -> KVCache:
+    """The KV cache of the last packed sequence alone (what running it by itself leaves): the packed
+    cache holds the last ``kept`` keys of the whole row; keep those of the last sequence."""
+    start, end = cu_seqlens[-2:].tolist()
+    kept = cache.k.shape[1]
+    first = max(start, end - kept) - (end - kept)
+    return KVCache(cache.k[:, first:], cache.v[:, first:], end - start)
 
 
 @dataclass
@@ -418,10 +460,14 @@ class TitansMAG(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            if not self.memory.packs_in_one_call(x.device):
+                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            _check_packed("titans_mag", x, cu_seqlens, state)
         state = state or HybridState(None, None)
-        y_mem, mem = self.memory(x, state.memory)
-        y_att, att = self.attention(x, state.attention)
+        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
+        y_att, att = self.attention(x, state.attention, cu_seqlens)
+        if cu_seqlens is not None:
+            att = _last_sequence_cache(att, cu_seqlens)
         a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
         o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
         return self.out(o), HybridState(mem, att)
@@ -484,10 +530,14 @@ class TitansMAL(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            if not self.memory.packs_in_one_call(x.device):
+                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            _check_packed("titans_mal", x, cu_seqlens, state)
         state = state or HybridState(None, None)
-        y, mem = self.memory(x, state.memory)
-        o, att = self.attention(y, state.attention)
+        y, mem = self.memory(x, state.memory, cu_seqlens)
+        o, att = self.attention(y, state.attention, cu_seqlens)
+        if cu_seqlens is not None:
+            att = _last_sequence_cache(att, cu_seqlens)
         return o, HybridState(mem, att)
 
     def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:

@@ -1,0 +1,277 @@
+"""Compile every Triton kernel in ``kernels/`` for a GPU target, without a GPU, and report its shared
+memory and registers: catches kernels that stop compiling with a new Triton, or that outgrow the
+GPU's shared memory, on a machine with no GPU (CI, a laptop).
+
+    python scripts/check_kernels_compile.py                     # every case, sm_90 (H100)
+    python scripts/check_kernels_compile.py --only titans --json compile.json
+    python scripts/check_kernels_compile.py --arch 80           # A100
+
+Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
+chunk 16-64, every HAS_*/STORE_* branch the launchers use) with ``triton.compile`` on an ``ASTSource``
+for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
+which needs no driver. Pointer arguments get the 16-byte divisibility a real launch usually has.
+Registers and spills (stack bytes) come from the bundled ``cuobjdump``; shared memory is the dynamic
+shared memory Triton launches the kernel with. The exit code is 1 if any case fails to compile or
+needs more shared memory than the target has, or if a kernel has no case (so a new kernel cannot be
+left out silently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+
+# compile real kernels even when run from a shell (or test) that interprets them: under
+# TRITON_INTERPRET=1 @triton.jit makes interpreter functions, which cannot be compiled
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+
+MODULES = ("gated_delta_triton", "scan_triton", "titans_linear_triton")
+# opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+@dataclass
+class Case:
+    """One kernel at one set of constexprs. ``types``: the Triton type of every non-constexpr argument
+    that is not a float32 pointer (``"*bf16"``, ``"i32"``, ``"fp32"``); a constexpr ``None`` stands for
+    a pointer the launcher passes as ``None``."""
+
+    module: str
+    kernel: str
+    constexprs: dict[str, object]
+    types: dict[str, str] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.kernel}"
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.constexprs.items() if v is not None}
+        dtypes = sorted({t for t in self.types.values() if t.startswith("*")})
+        parts = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in shown.items()]
+        return " ".join(parts + dtypes + [f"w{self.num_warps}s{self.num_stages}"])
+
+
+def _titans_cases() -> list[Case]:
+    from memnets.kernels.titans_linear_triton import MAX_DIM_FOR_CHUNK
+
+    half = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "NC": "i32"}
+    bwd = {**half, "dq": "*bf16", "dk": "*bf16", "dv": "*bf16"}
+    cases = []
+    # the largest head dim the kernels claim to support at each chunk size, and a small one (quick to
+    # compile: the CI test's case)
+    for L, D in [(16, 32), *MAX_DIM_FOR_CHUNK.items()]:
+        shape = {"H": 8, "D": D, "L": L, "BD": max(16, triton.next_power_of_2(D))}
+        for mom in (True, False):
+            for store in (False, True):
+                c = {**shape, "HAS_MOM": mom, "STORE": store}
+                cases.append(Case("titans_linear_triton", "_forward_kernel", c, half, num_stages=1))
+            c = {**shape, "HAS_MOM": mom}
+            cases.append(Case("titans_linear_triton", "_backward_kernel", c, bwd, num_stages=1))
+    return cases
+
+
+def _gated_delta_cases() -> list[Case]:
+    from memnets.kernels.gated_delta_triton import SEQUENTIAL_STAGES as seq
+
+    cases = []
+    mod = "gated_delta_triton"
+    for K in (32, 64, 128):  # 32: small and quick to compile (the CI test's case)
+        V, C = K, min(K, 64)
+        BK, BV = max(16, triton.next_power_of_2(K)), min(max(16, triton.next_power_of_2(V)), 64)
+        shape = {"H": 8, "K": K, "C": C, "BK": BK}
+        ints = {"cu_seqlens": "*i32", "chunk_indices": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
+        io = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "o": "*bf16", "do": "*bf16"}
+        io.update({"dq": "*bf16", "dk": "*bf16", "dv": "*bf16"})
+        types = {**ints, **io}
+        cases.append(Case(mod, "_prepare_kernel", shape, types))
+        full = {**shape, "V": V, "BV": BV}
+        for h0 in (True, False):  # the forward pass: writes o and the final state
+            c = {**full, "h": None, "USE_H0": h0, "STORE_O": True, "STORE_HT": True, "STORE_H": False}
+            if not h0:
+                c["h0"] = None
+            cases.append(Case(mod, "_forward_kernel", c, types, num_stages=seq))
+        # the backward pass re-runs it to store the chunk-start states only
+        c = {
+            **full,
+            "o": None,
+            "ht": None,
+            "USE_H0": True,
+            "STORE_O": False,
+            "STORE_HT": False,
+            "STORE_H": True,
+        }
+        cases.append(Case(mod, "_forward_kernel", c, types, num_stages=seq))
+        for dht in (True, False):
+            c = {**full, "USE_DHT": dht} if dht else {**full, "dht": None, "USE_DHT": False}
+            cases.append(Case(mod, "_backward_state_kernel", c, types, num_stages=seq))
+        cases.append(Case(mod, "_backward_local_kernel", full, types, num_stages=seq))
+    return cases
+
+
+def _scan_cases() -> list[Case]:
+    from memnets.kernels.scan_triton import channel_block
+
+    cases = []
+    for dtype, itemsize in (("fp32", 4), ("fp64", 8)):
+        ptrs = {n: f"*{dtype}" for n in ("a", "b", "h0", "h")}
+        for block in (False, True):
+            for reverse in (False, True):
+                BS = channel_block(4096, itemsize)
+                c = {"BLOCK": block, "USE_H0": not reverse, "REVERSE": reverse, "BT": 64, "BS": BS}
+                if reverse:
+                    c["h0"] = None
+                cases.append(Case("scan_triton", "_scan_kernel", c, {**ptrs, "T": "i32", "S": "i32"}))
+    return cases
+
+
+def all_cases() -> list[Case]:
+    return _gated_delta_cases() + _scan_cases() + _titans_cases()
+
+
+def quick(cases: list[Case]) -> list[Case]:
+    """One case per kernel: the one with the smallest tiles (the cheapest to compile)."""
+
+    def size(c: Case) -> int:
+        return sum(v for v in c.constexprs.values() if isinstance(v, int) and not isinstance(v, bool))
+
+    chosen: dict[str, Case] = {}
+    for c in sorted(cases, key=size):
+        chosen.setdefault(c.name, c)
+    return [c for c in cases if chosen.get(c.name) is c]
+
+
+def launched_kernels() -> list[str]:
+    """Every top-level ``@triton.jit`` kernel (name ending in ``_kernel``; the others are helpers
+    inlined into them) of the modules in :data:`MODULES`."""
+    names = []
+    for mod_name in MODULES:
+        mod = importlib.import_module(f"memnets.kernels.{mod_name}")
+        for attr, obj in vars(mod).items():
+            if isinstance(obj, triton.runtime.jit.JITFunction) and attr.endswith("_kernel"):
+                names.append(f"{mod_name}.{attr}")
+    return names
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers per thread, stack bytes) from ``cuobjdump --dump-resource-usage``."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = dict(tok.split(":", 1) for tok in out.split() if tok.startswith(("REG:", "STACK:")))
+    reg, stack = fields.get("REG"), fields.get("STACK")
+    return (int(reg) if reg else None), (int(stack) if stack else None)
+
+
+def compile_case(case: Case, arch: int) -> dict[str, object]:
+    """Compile one case; the row of the report."""
+    fn = getattr(importlib.import_module(f"memnets.kernels.{case.module}"), case.kernel)
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in case.constexprs:
+            signature[arg] = "constexpr"
+        else:
+            signature[arg] = case.types.get(arg, "*fp32")
+    attrs = {(i,): backend.parse_attr("D") for i, arg in enumerate(fn.arg_names) if signature[arg][0] == "*"}
+    row: dict[str, object] = {"kernel": case.name, "constexprs": case.describe()}
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Triton's notices about changing defaults
+            kernel = triton.compile(
+                ASTSource(fn, signature, case.constexprs, attrs),
+                target=target,
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            )
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        row.update(status="error", error=f"{type(e).__name__}: {first}"[:300])
+        return row
+    shared = int(kernel.metadata.shared)
+    registers, stack = _resources(kernel.asm["cubin"])
+    limit = SHARED_LIMIT.get(arch)
+    status = "ok" if limit is None or shared <= limit else f"shared > {limit}"
+    row.update(status=status, shared=shared, registers=registers, stack=stack)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def environment_problem() -> str | None:
+    """Why this Triton cannot compile for NVIDIA targets here, or ``None``."""
+    if "nvidia" not in triton.backends.backends:
+        return "Triton has no NVIDIA backend"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
+        return f"no ptxas (looked for {ptxas} and TRITON_PTXAS_PATH)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100), 80 (A100)")
+    parser.add_argument("--only", default="", help="run the cases whose kernel name contains this")
+    parser.add_argument("--quick", action="store_true", help="one case per kernel, its smallest (for CI)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    problem = environment_problem()
+    if problem:
+        print(f"cannot compile: {problem}", file=sys.stderr)
+        return 2
+    cases = all_cases()
+    missing = sorted(set(launched_kernels()) - {c.name for c in cases})
+    cases = [c for c in cases if args.only in c.name]
+    if args.quick:
+        cases = quick(cases)
+    print(f"Triton {triton.__version__}, target sm_{args.arch}")
+    header = f"{'kernel':45} {'constexprs':62} {'status':8} {'shared B':>9} {'regs':>5} {'stack B':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for case in cases:
+        row = compile_case(case, args.arch)
+        rows.append(row)
+        cols = [str(row.get(k, "")) for k in ("shared", "registers", "stack")]
+        print(
+            f"{row['kernel']:45} {row['constexprs']:62} {row['status']:8} {cols[0]:>9} {cols[1]:>5} {cols[2]:>8}"
+        )
+        if "error" in row:
+            print(f"    {row['error']}")
+    for name in missing:
+        print(f"{name}: no compile case (add one in scripts/check_kernels_compile.py)")
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(
+        f"{len(rows) - len(failed)}/{len(rows)} compiled within limits"
+        + (f"; {len(missing)} kernels without a case" if missing else "")
+    )
+    if args.json:
+        meta = {"triton": triton.__version__, "arch": args.arch, "missing": missing}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 1 if failed or missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Every Triton kernel in kernels/ still compiles for an H100 (sm_90) with the installed Triton and fits
+its shared memory: scripts/check_kernels_compile.py --quick (one case per kernel) in a subprocess, since
+this test session may interpret the kernels (TRITON_INTERPRET=1), and interpreted kernels cannot be
+compiled."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+SCRIPT = ROOT / "scripts" / "check_kernels_compile.py"
+
+triton = pytest.importorskip("triton")
+
+
+def _nvidia_toolchain() -> str | None:
+    if "nvidia" not in triton.backends.backends:
+        return "Triton has no NVIDIA backend"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
+        return "Triton's bundled ptxas is missing"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _nvidia_toolchain() is not None, reason=f"cannot compile for sm_90: {_nvidia_toolchain()}"
+)
+def test_every_kernel_compiles_for_sm90(tmp_path):
+    out = tmp_path / "compile.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--arch", "90", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    kernels = {row["kernel"] for row in report["rows"]}
+    assert report["meta"]["missing"] == []
+    assert {"titans_linear_triton._forward_kernel", "titans_linear_triton._backward_kernel"} <= kernels
+    assert len(kernels) == 7, sorted(kernels)
+    for row in report["rows"]:
+        assert row["status"] == "ok" and 0 <= row["shared"] <= 227 * 1024, row
