@@ -1,0 +1,250 @@
+"""Triton kernels of the deep (two-layer MLP) Titans memory == the engine's chunked PyTorch form (run in
+float64): outputs, final weights/momenta/anchor and every gradient, on awkward lengths, several chunk
+sizes, with and without momentum and decay, residual on and off, each activation and bias."""
+
+import itertools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from memnets.memory import MemoryMLP, MemoryState, memory_chunked
+from memnets.memory.miras import HuberBias, LpBias
+from memnets.testing import assert_close, nan_allocations
+
+triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
+
+H, D = 2, 16
+
+
+def _arch(residual: bool = False, activation: str = "gelu", expansion: float = 4.0) -> MemoryMLP:
+    torch.manual_seed(0)
+    return MemoryMLP(
+        H, D, depth=2, expansion=expansion, activation=activation, residual=residual, layer_norm=False
+    )  # type: ignore[arg-type]
+
+
+def _inputs(
+    T: int, dtype: torch.dtype, gates: str, bias: object = None, B: int = 1
+) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(T)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    Dh = 4 * D
+    qkv = [rnd(B, T, H, D) for _ in range(3)]
+    qkv[0], qkv[1] = (t / t.norm(dim=-1, keepdim=True) for t in qkv[:2])  # l2-normalised as in titans
+    bp = None
+    if isinstance(bias, HuberBias):
+        # thresholds around the residual's size, so both branches of the switch are taken
+        shape = (B, T, H) if bias.mode == "norm" else (B, T, H, D)
+        bp = (4.0 if bias.mode == "norm" else 0.6) * (0.5 + unit(*shape))
+    return {
+        "q": qkv[0].to(dtype),
+        "k": qkv[1].to(dtype),
+        "v": qkv[2].to(dtype),
+        # a deep memory with momentum diverges for large steps (then float32 rounding is amplified
+        # without bound); these keep the states O(1) over a few hundred tokens
+        "lr": 0.1 * unit(B, T, H),
+        "mom": 0.5 + 0.4 * unit(B, T, H) if gates in ("mom", "both") else None,
+        "keep": 0.97 + 0.03 * unit(B, T, H) if gates in ("keep", "both") else None,
+        "bp": bp,
+        "w1": rnd(B, H, D, Dh) * D**-0.5,
+        "w2": rnd(B, H, Dh, D) * Dh**-0.5,
+        "s1": 0.1 * rnd(B, H, D, Dh) if gates in ("mom", "both") else None,
+        "s2": 0.1 * rnd(B, H, Dh, D) if gates in ("mom", "both") else None,
+    }
+
+
+FLOAT = ("lr", "mom", "keep", "bp", "w1", "w2", "s1", "s2")
+
+
+def _run(fn, arch, inputs, chunk_size, compute_dtype, bias=None, split=None):
+    """Outputs and gradients of ``fn`` with random cotangents on y and every final-state tensor.
+    ``split``: feed the sequence in two calls (exercises the state's unfinished-chunk carry)."""
+    leaves = {
+        n: (t.to(compute_dtype) if n in FLOAT else t).clone().requires_grad_()
+        for n, t in inputs.items()
+        if t is not None
+    }
+    momentum = (leaves["s1"], leaves["s2"]) if "s1" in leaves else None
+    state = MemoryState((leaves["w1"], leaves["w2"]), momentum)
+    args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep")]
+    bp = leaves.get("bp")
+    T = args[0].shape[1]
+    cuts = [0, T] if split is None else [0, split, T]
+    ys = []
+    for a, b in itertools.pairwise(cuts):
+        y, state = fn(
+            arch,
+            *(None if x is None else x[:, a:b] for x in args),
+            state,
+            chunk_size=chunk_size,
+            bias=bias,
+            bias_params=None if bp is None else bp[:, a:b],
+        )
+        ys.append(y)
+    outs = {"y": torch.cat(ys, 1)}
+    outs.update({f"w{i + 1}": w for i, w in enumerate(state.weights)})
+    if state.momentum is not None:
+        outs.update({f"s{i + 1}": s for i, s in enumerate(state.momentum)})
+    if state.anchor is not None:
+        outs.update({f"anchor{i + 1}": w for i, w in enumerate(state.anchor)})
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
+    )
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
+    return outs
+
+
+def _compare(
+    T, chunk_size, gates="both", dtype=torch.float32, residual=False, activation="gelu", bias=None, split=None
+):
+    arch = _arch(residual, activation)
+    ref_arch = _arch(residual, activation).double()
+    inputs = _inputs(T, dtype, gates, bias)
+    ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
+    with nan_allocations():
+        out = _run(triton_mlp.titans_mlp_chunked, arch, inputs, chunk_size, torch.float32, bias, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        # float32 results against the float64 engine, half ones against their half-rounded reference
+        expected = ref[name].to(out[name].dtype)
+        case = f"T={T}, chunk={chunk_size}, gates={gates}, {dtype}, residual={residual}, {activation}, {bias}"
+        assert_close(f"{name} ({case})", expected, out[name])
+
+
+@pytest.mark.parametrize("T,chunk_size", [(1, 16), (17, 8), (63, 16), (65, 32), (40, 64)])
+def test_matches_engine_momentum_decay_float32(T, chunk_size):
+    _compare(T, chunk_size)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+def test_matches_engine_gates_float32(gates):
+    _compare(33, 16, gates)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+@pytest.mark.parametrize("T,chunk_size", [(1, 16), (37, 16)])
+def test_matches_engine_float16(T, chunk_size, gates):
+    _compare(T, chunk_size, gates, torch.float16)
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_activations(activation):
+    _compare(21, 8, activation=activation)
+
+
+def test_residual_memory():
+    _compare(27, 8, residual=True)
+
+
+def test_odd_chunk_size():
+    """Chunk sizes below the 16-row tile and not powers of two are padded inside the kernels."""
+    _compare(23, 5)
+
+
+@pytest.mark.parametrize("split", [3, 20])
+def test_state_carry_mid_chunk(split):
+    """A sequence fed in two calls (the first ending mid-chunk) equals the engine fed the same way."""
+    _compare(30, 8, split=split)
+
+
+@pytest.mark.parametrize("p,T,chunk_size", [(3.0, 29, 8), (2.5, 33, 16)])
+def test_lp_bias(p, T, chunk_size):
+    """Moneta's ℓ_p bias (p a runtime float), forward and the second-order backward."""
+    _compare(T, chunk_size, bias=LpBias(p=p))
+
+
+@pytest.mark.parametrize("mode", ["norm", "coord"])
+@pytest.mark.parametrize("gates", ["none", "both"])
+def test_huber_bias(mode, gates):
+    """Yaad's Huber bias with a data-dependent threshold (its gradient is checked too)."""
+    _compare(29, 8, gates, bias=HuberBias(mode=mode))
+
+
+def test_huber_float16():
+    _compare(21, 16, dtype=torch.float16, bias=HuberBias(mode="norm"))
+
+
+@pytest.mark.parametrize("mode", ["norm", "coord"])
+def test_huber_takes_both_branches(mode):
+    """The test thresholds put tokens on both sides of the Huber switch (else the test is vacuous)."""
+    inputs = _inputs(29, torch.float32, "both", HuberBias(mode=mode))
+    r = _arch().double().read((inputs["w1"], inputs["w2"]), inputs["k"].double().transpose(1, 2))
+    r = r - inputs["v"].double().transpose(1, 2)
+    delta = inputs["bp"].transpose(1, 2)
+    small = r.pow(2).sum(-1) <= delta.pow(2) if mode == "norm" else r.abs() <= delta
+    assert 0.2 < small.double().mean() < 0.8
+
+
+@pytest.mark.parametrize(
+    "kwargs,bias,match",
+    [
+        ({"depth": 1}, None, "memory depth 1"),
+        ({"depth": 3}, None, "memory depth 3"),
+        ({"layer_norm": True}, None, "LayerNorm"),
+        ({}, object(), "attentional bias"),
+        ({"expansion": 32.0}, None, "hidden width 512"),
+    ],
+)
+def test_unsupported_raises(kwargs, bias, match):
+    arch = MemoryMLP(H, D, **{"depth": 2, "layer_norm": False, **kwargs})
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match=match):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=bias)
+
+
+def test_bad_chunk_size_and_missing_bias_params_raise():
+    arch = _arch()
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match="chunk_size 256"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=256)
+    with pytest.raises(ValueError, match="needs bias_params of shape"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
+    B, T, L, Dh = 1, 20, 16, 4 * D
+    NC = 2
+    q, k, v = (0.3 * torch.randn(B, T, H, D) for _ in range(3))
+    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, L)
+    w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
+    w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
+    if momentum:
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, L)
+        s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
+    else:
+        f = m_end = s_coef = torch.zeros(0)
+        s1 = s2 = None
+    tensors = (q.requires_grad_(), k, v, None, beta.requires_grad_(), f, G, m_end, s_coef, w1, w2, s1, s2)
+    config = (L, 0, 0, 2.0, 0.0, 0.0)
+    torch.library.opcheck(
+        triton_mlp.titans_mlp_fwd,
+        (*tensors, *config),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    cot = (
+        torch.randn(B, T, H, D),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+        torch.randn_like(w1) if momentum else torch.zeros(0),
+        torch.randn_like(w2) if momentum else torch.zeros(0),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+    )
+    torch.library.opcheck(
+        triton_mlp.titans_mlp_bwd, (*detached, *cot, *config), test_utils=("test_schema", "test_faketensor")
+    )
