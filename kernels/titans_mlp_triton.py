@@ -1,18 +1,20 @@
 """Triton kernels for the memory engine's chunked form with a DEEP memory: the two-layer MLP
 ``MemoryMLP(depth=2)`` (Titans' default memory, Miras' Moneta/Yaad memory), forward and backward.
 
-Semantics are exactly those of :func:`memnets.memory.memory_chunked` for ``MemoryMLP(depth=2,
-layer_norm=False)`` (residual on or off, activation gelu (erf form, as ``F.gelu``), silu or tanh),
-per-token per-head ``lr`` (Titans θ_t, Miras η_t), optional ``mom`` (Titans η_t) and ``keep`` (Titans
+Semantics are exactly those of :func:`memnets.memory.memory_chunked` for ``MemoryMLP(depth=2)``
+(residual and LayerNorm on or off, activation gelu (erf form, as ``F.gelu``), silu or tanh), per-token
+per-head ``lr`` (Titans θ_t, Miras η_t), optional ``mom`` (Titans η_t) and ``keep`` (Titans
 1 − α_t, Miras α_t), and the attentional biases ``L2Bias`` (Titans Eq. 12), ``LpBias`` (Moneta, Miras
 Eq. 10) and ``HuberBias`` (Yaad, Miras Eq. 16, both modes, data-dependent threshold δ_t as
 ``bias_params``). Per chunk of L tokens of one (sequence, head), with chunk-start weights
 W1 ``[D, Dh]``, W2 ``[Dh, D]`` and momenta S1, S2 (row form; spec memory-models.md 1.4-1.5)::
 
-    key path   Z1 = K W1,  A = σ(Z1),  R = A W2 − V,  Δ = ℓ'(R),  δ1 = (Δ W2ᵀ) ⊙ σ'(Z1)
+    key path   Z1 = K W1,  A = σ(Z1),  Z2 = A W2,  R = M(K) − V = [K +] [LN](Z2) − V
+               Δ = [LN backward of] ℓ'(R),  δ1 = (Δ W2ᵀ) ⊙ σ'(Z1)
                (u_j = k_jᵀ δ1_j and a_jᵀ Δ_j are token j's inner gradients of W1 and W2)
     query path Ẑ1 = β ⊙ (Q W1) + f ⊙ (Q S1) − ((Q Kᵀ) ⊙ G) δ1,   Â = σ(Ẑ1)
-               Y  = β ⊙ (Â W2) + f ⊙ (Â S2) − ((Â Aᵀ) ⊙ G) Δ    (every token read with its own W_t)
+               Ẑ2 = β ⊙ (Â W2) + f ⊙ (Â S2) − ((Â Aᵀ) ⊙ G) Δ,   Y = [Q +] [LN](Ẑ2)
+               (every token read with its own W_t)
     chunk end  W1' = β_L W1 + f_L S1 − Kᵀ (G[L, :]ᵀ ⊙ δ1),   S1' = m_end S1 − Kᵀ (s_coef ⊙ δ1)
                W2' = β_L W2 + f_L S2 − Aᵀ (G[L, :]ᵀ ⊙ Δ),    S2' = m_end S2 − Aᵀ (s_coef ⊙ Δ)
 
@@ -25,8 +27,10 @@ are then those of the last real token; the kernels take β, f and G's row at the
 real token) and autograd takes their gradients back to lr, mom and keep. The kernels take and return
 gradients w.r.t. the coefficients.
 
-The residual ``M(x) = x + A W2`` is handled outside the kernels (every bias here depends on
-R = M(k) − v only): the same recurrence with target ``v − k`` and output ``q + y``.
+LN(z) = γ ⊙ (z − mean z)/sqrt(var z + eps) + b with the per-head *outer* scale γ and shift b of
+``MemoryMLP(layer_norm=True)``; the kernels return their gradients too. The residual is formed in the
+kernels on the key path (R = (K + LN(Z2)) − V in the engine's order: pre-subtracting V − K rounds
+differently, which the ill-conditioned LayerNorm + Huber cases amplify) and outside on the reads.
 
 Kernels (grid: one program per (batch, head), chunks sequential inside; all math in float32, half
 inputs upcast on load; the chunk tile is padded to at least 16 rows, so any chunk size 1..128 works):
@@ -37,16 +41,16 @@ inputs upcast on load; the chunk tile is padded to at least 16 rows, so any chun
    states instead of keeping activations from the forward.
 2. ``_backward_kernel``: chunks in reverse, carrying the cotangents (dW1, dW2, dS1, dS2) of the chunk
    end state; recomputes the chunk's key and query paths from its stored start state and gives the
-   gradients of q, k, v, the bias parameters, every coefficient and the initial state. The
-   second-order terms are included: Δ depends on W1, W2 through R (ℓ'' of the bias), δ1 on W2 and on
-   Z1 (σ'' of the activation).
+   gradients of q, k, v, the bias parameters, the LayerNorm's γ and b, every coefficient and the
+   initial state. The second-order terms are included: Δ depends on W1, W2 through R (ℓ'' of the
+   bias) and through the LayerNorm's Jacobian at Z2, δ1 on W2 and on Z1 (σ'' of the activation).
 
 Both passes are ``torch.library`` custom ops (``memnets::titans_mlp_fwd`` / ``_bwd``) with fake
 implementations; ``register_autograd`` ties them together.
 
-Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): the
-memory LayerNorm (Titans' default ``memory_norm=True``), depth other than 2, other biases (KL),
-retention maps and chunk-end maps (Moneta's ℓ_q normalisation, Memora), float64 memories.
+Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
+other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ_q normalisation,
+Memora), float64 memories, D·Dh above ``MAX_STATE``, chunk sizes above ``MAX_CHUNK``.
 
 Performance is untuned and unmeasured (written without a GPU): one program per (batch, head) keeps
 the whole state on chip. Estimated on-chip footprint (float32, padded to powers of two): the backward
@@ -150,6 +154,30 @@ def _bias_grad(r, delta, p, eps, sharp, BIAS: tl.constexpr):
 
 
 @triton.jit
+def _ln(z, cmask, D: tl.constexpr, ln_eps):
+    """(x̂, 1/σ) of a row-wise LayerNorm without affine over the first D columns (0 beyond)."""
+    mu = tl.sum(z, 1) / D
+    zc = tl.where(cmask[None, :], z - mu[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, 1) / D + ln_eps)
+    return zc * rstd[:, None], rstd
+
+
+@triton.jit
+def _ln_bwd(xhat, rstd, g, cmask, D: tl.constexpr):
+    """J g for the LayerNorm Jacobian J = ∂x̂/∂z (symmetric): rstd (g − mean(g) − x̂ mean(g x̂))."""
+    out = rstd[:, None] * (g - (tl.sum(g, 1) / D)[:, None] - xhat * (tl.sum(g * xhat, 1) / D)[:, None])
+    return tl.where(cmask[None, :], out, 0.0)
+
+
+@triton.jit
+def _residual(out, x, RES: tl.constexpr):
+    """M(x) = x + out with the residual (the bias sees M(k) − v exactly as the engine forms it)."""
+    if RES:
+        out = out + x
+    return out
+
+
+@triton.jit
 def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
     """Offsets and mask of the chunk's rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor."""
     li = tl.arange(0, BL)
@@ -193,6 +221,8 @@ def _forward_kernel(
     w2_init,
     s1_init,
     s2_init,
+    ln_w,
+    ln_b,
     y,
     w1_final,
     w2_final,
@@ -209,6 +239,7 @@ def _forward_kernel(
     p,
     eps,
     sharp,
+    ln_eps,
     H: tl.constexpr,
     D: tl.constexpr,
     DH: tl.constexpr,
@@ -218,6 +249,8 @@ def _forward_kernel(
     BH: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
     STORE: tl.constexpr,
 ):
@@ -237,6 +270,13 @@ def _forward_kernel(
         S2 = tl.load(s2_init + bh * n + o2, mask=m2, other=0.0)
     li = tl.arange(0, BL)
     lmask = li < L
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    gamma = tl.zeros([BD], dtype=tl.float32)
+    shift = tl.zeros([BD], dtype=tl.float32)
+    if LN:
+        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
+        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     for c in range(NC):
         cc = bh * NC + c  # index of this (batch, head, chunk)
         if STORE:
@@ -259,8 +299,17 @@ def _forward_kernel(
         # key path at the chunk-start weights
         Z1 = _dot(b_k, W1)
         A = _act(Z1, ACT)
-        r = _dot(A, W2) - b_v
-        dd = tl.where(mask, _bias_grad(r, delta, p, eps, sharp, BIAS), 0.0)  # Δ
+        Z2 = _dot(A, W2)
+        if LN:
+            xk, rk = _ln(Z2, cmask, D, ln_eps)
+            out = xk * gamma[None, :] + shift[None, :]
+        else:
+            out = Z2
+        r = _residual(out, b_k, RES) - b_v
+        dd = _bias_grad(r, delta, p, eps, sharp, BIAS)
+        if LN:
+            dd = _ln_bwd(xk, rk, dd * gamma[None, :], cmask, D)
+        dd = tl.where(mask, dd, 0.0)  # Δ = δ2, the last layer's output gradient
         d1 = _dot(dd, tl.trans(W2)) * _act_grad(Z1, ACT)  # δ1
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
@@ -278,6 +327,9 @@ def _forward_kernel(
             b_y = b_beta[:, None] * _dot(a1, W2) - _dot(_dot(a1, tl.trans(A)) * b_G, dd)
             if HAS_MOM:
                 b_y += b_f[:, None] * _dot(a1, S2)
+            if LN:
+                xq, _ = _ln(b_y, cmask, D, ln_eps)
+                b_y = xq * gamma[None, :] + shift[None, :]
             tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
         last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
@@ -311,6 +363,8 @@ def _backward_kernel(
     k,
     v,
     bp,
+    ln_w,
+    ln_b,
     dy,
     beta,
     f,
@@ -331,6 +385,8 @@ def _backward_kernel(
     dk,
     dv,
     dbp,
+    dln_w,
+    dln_b,
     dbeta,
     df,
     dG,
@@ -345,6 +401,7 @@ def _backward_kernel(
     p,
     eps,
     sharp,
+    ln_eps,
     H: tl.constexpr,
     D: tl.constexpr,
     DH: tl.constexpr,
@@ -354,6 +411,8 @@ def _backward_kernel(
     BH: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
@@ -374,6 +433,15 @@ def _backward_kernel(
     li = tl.arange(0, BL)
     lmask = li < L
     gmask = lmask[:, None] & lmask[None, :]
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    gamma = tl.zeros([BD], dtype=tl.float32)
+    shift = tl.zeros([BD], dtype=tl.float32)
+    d_gamma = tl.zeros([BD], dtype=tl.float32)
+    d_shift = tl.zeros([BD], dtype=tl.float32)
+    if LN:
+        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
+        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     for i in range(NC):
         c = NC - 1 - i
         cc = bh * NC + c
@@ -399,8 +467,18 @@ def _backward_kernel(
         # recompute the key path
         Z1 = _dot(b_k, W1)
         A = _act(Z1, ACT)
-        r = _dot(A, W2) - b_v
-        dd = tl.where(mask, _bias_grad(r, delta, p, eps, sharp, BIAS), 0.0)  # Δ
+        Z2 = _dot(A, W2)
+        if LN:
+            xk, rk = _ln(Z2, cmask, D, ln_eps)
+            out = xk * gamma[None, :] + shift[None, :]
+        else:
+            out = Z2
+        r = _residual(out, b_k, RES) - b_v
+        dout = _bias_grad(r, delta, p, eps, sharp, BIAS)  # ℓ'(R), before the LayerNorm backward
+        dd = dout
+        if LN:
+            dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
+        dd = tl.where(mask, dd, 0.0)  # Δ = δ2
         E = _dot(dd, tl.trans(W2))
         sg = _act_grad(Z1, ACT)
         d1 = E * sg  # δ1
@@ -416,9 +494,21 @@ def _backward_kernel(
             z1 += b_f[:, None] * qs1
         a1 = _act(z1, ACT)
         aa = _dot(a1, tl.trans(A))
+        a1w2 = _dot(a1, W2)
+        if HAS_MOM:
+            a1s2 = _dot(a1, S2)
+        if LN:
+            # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
+            z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd)
+            if HAS_MOM:
+                z2 += b_f[:, None] * a1s2
+            xq, rq = _ln(z2, cmask, D, ln_eps)
+            d_gamma += tl.sum(b_dy * xq, 0)
+            d_shift += tl.sum(b_dy, 0)
+            b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
 
-        # layer 2 of the reads: Y = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-        b_dbeta = tl.sum(b_dy * _dot(a1, W2), 1)
+        # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
+        b_dbeta = tl.sum(b_dy * a1w2, 1)
         dP = -_dot(b_dy, tl.trans(dd))
         b_dG = dP * aa
         dP = dP * b_G
@@ -427,7 +517,7 @@ def _backward_kernel(
         dA = _dot(tl.trans(dP), a1)
         gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy)
         if HAS_MOM:
-            b_df = tl.sum(b_dy * _dot(a1, S2), 1)
+            b_df = tl.sum(b_dy * a1s2, 1)
             da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2))
         # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
         dz1 = da1 * _act_grad(z1, ACT)
@@ -482,23 +572,44 @@ def _backward_kernel(
         d_dd += _dot(dE, W2)
         gW2 += _dot(tl.trans(dE), dd)
         d_dd = tl.where(mask, d_dd, 0.0)
+        if LN:
+            # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
+            # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
+            # −(rstd/D) x̂ (w·Δ) − rstd (mean(g x̂) J w + mean(w x̂) Δ), g = γ ⊙ ℓ'(R)
+            Jw = _ln_bwd(xk, rk, d_dd, cmask, D)
+            g_k = dout * gamma[None, :]
+            dZ2 = -(rk / D)[:, None] * xk * tl.sum(d_dd * dd, 1)[:, None]
+            dZ2 -= rk[:, None] * (
+                (tl.sum(g_k * xk, 1) / D)[:, None] * Jw + (tl.sum(d_dd * xk, 1) / D)[:, None] * dd
+            )
+            d_gamma += tl.sum(dout * Jw, 0)
+            d_out = gamma[None, :] * Jw
+        else:
+            d_out = d_dd
         if BIAS == 0:
-            dr = 2.0 * d_dd
+            dr = 2.0 * d_out
         elif BIAS == 1:
-            dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_dd
+            dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_out
         elif BIAS == 2:
             small = tl.sum(r * r, 1) <= delta * delta
             th = _tanh(sharp * r)
-            dr = tl.where(small[:, None], 2.0 * d_dd, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_dd)
-            b_ddelta = tl.where(small, 0.0, tl.sum(2.0 * th * d_dd, 1))
+            dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
+            b_ddelta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
             tl.store(dbp + row_idx, b_ddelta.to(dbp.dtype.element_ty), mask=valid)
         else:
             small = tl.abs(r) <= delta
-            dr = tl.where(small, 2.0 * d_dd, 0.0)
-            b_ddelta = tl.where(small, 0.0, 2.0 * _sign(r) * d_dd)
+            dr = tl.where(small, 2.0 * d_out, 0.0)
+            b_ddelta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
             tl.store(dbp + offs, b_ddelta.to(dbp.dtype.element_ty), mask=mask)
-        dA += _dot(dr, tl.trans(W2))
-        gW2 += _dot(tl.trans(A), dr)
+        dr = tl.where(mask, dr, 0.0)
+        if LN:
+            d_gamma += tl.sum(dr * xk, 0)
+            d_shift += tl.sum(dr, 0)
+            dZ2 += _ln_bwd(xk, rk, dr * gamma[None, :], cmask, D)
+        else:
+            dZ2 = dr
+        dA += _dot(dZ2, tl.trans(W2))
+        gW2 += _dot(tl.trans(A), dZ2)
         dZ1 += dA * sg
         b_dk += _dot(dZ1, tl.trans(W1))
         gW1 += _dot(tl.trans(b_k), dZ1)
@@ -506,6 +617,8 @@ def _backward_kernel(
             gW1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
             gW2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
         tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
+        if RES:
+            b_dk += dr  # M(k) = k + ...: the residual's direct path
         tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=mask)
         tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
@@ -517,6 +630,9 @@ def _backward_kernel(
     if HAS_MOM:
         tl.store(ds1_init + bh * n + o1, cS1, mask=m1)
         tl.store(ds2_init + bh * n + o2, cS2, mask=m2)
+    if LN:
+        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
+        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -527,29 +643,46 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _meta(q: Tensor, w1: Tensor, L: int, act: int, bias_kind: int) -> dict:
+def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants of both kernels."""
+    chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual = config
     H, D = q.shape[2:]
     DH = w1.shape[-1]
-    return dict(H=H, D=D, DH=DH, L=L, BL=_block(L), BD=_block(D), BH=_block(DH), ACT=act, BIAS=bias_kind)
+    constants = dict(
+        H=H,
+        D=D,
+        DH=DH,
+        L=chunk_size,
+        BL=_block(chunk_size),
+        BD=_block(D),
+        BH=_block(DH),
+        ACT=activation,
+        BIAS=bias_kind,
+        LN=ln_w is not None,
+        RES=residual,
+        num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
+    )
+    return (p, eps, sharpness, ln_eps), constants
 
 
-def _forward(q, k, v, bp, coef, w1, w2, s1, s2, L, act, bias_kind, p, eps, sharp, store):
+def _forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config, store):
     B, T, H = q.shape[:3]
     beta, f, G, m_end, s_coef = coef
     NC = beta.shape[2]
     has_mom = s1 is not None
-    empty = w1.new_empty(0)
-    y = w1.new_empty(q.shape if not store else (0,))  # float32: the residual is added outside
-    w1_final, w2_final = torch.empty_like(w1), torch.empty_like(w2)
-    s1_final = torch.empty_like(w1) if has_mom else w1.new_empty(0)
-    s2_final = torch.empty_like(w2) if has_mom else w1.new_empty(0)
-    w1_anchor, w2_anchor = torch.empty_like(w1), torch.empty_like(w2)
-    chunks = (B, H, NC, *w1.shape[2:])
-    chunks2 = (B, H, NC, *w2.shape[2:])
-    w1_chunks = w1.new_empty(chunks if store else (0,))
-    w2_chunks = w1.new_empty(chunks2 if store else (0,))
-    s1_chunks = w1.new_empty(chunks if store and has_mom else (0,))
-    s2_chunks = w1.new_empty(chunks2 if store and has_mom else (0,))
+
+    def new(*shape: int) -> Tensor:
+        return w1.new_empty(shape)
+
+    y = new(*q.shape) if not store else new(0)  # float32: the read's residual is added outside
+    w1_final, w2_final, w1_anchor, w2_anchor = new(*w1.shape), new(*w2.shape), new(*w1.shape), new(*w2.shape)
+    s1_final, s2_final = (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
+    w1_chunks = new(B, H, NC, *w1.shape[2:]) if store else new(0)
+    w2_chunks = new(B, H, NC, *w2.shape[2:]) if store else new(0)
+    s1_chunks = new(B, H, NC, *w1.shape[2:]) if store and has_mom else new(0)
+    s2_chunks = new(B, H, NC, *w2.shape[2:]) if store and has_mom else new(0)
+    scalars, constants = _meta(q, w1, ln_w, config)
+    empty = new(0)
     _forward_kernel[(B * H,)](
         q,
         k,
@@ -564,6 +697,8 @@ def _forward(q, k, v, bp, coef, w1, w2, s1, s2, L, act, bias_kind, p, eps, sharp
         w2,
         w1 if s1 is None else s1,
         w2 if s2 is None else s2,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
         y,
         w1_final,
         w2_final,
@@ -577,13 +712,10 @@ def _forward(q, k, v, bp, coef, w1, w2, s1, s2, L, act, bias_kind, p, eps, sharp
         s2_chunks,
         T,
         NC,
-        p,
-        eps,
-        sharp,
-        **_meta(q, w1, L, act, bias_kind),
+        *scalars,
+        **constants,
         HAS_MOM=has_mom,
         STORE=store,
-        num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return (
         y,
@@ -598,6 +730,8 @@ def titans_mlp_fwd(
     k: Tensor,
     v: Tensor,
     bias_params: Tensor | None,
+    ln_w: Tensor | None,
+    ln_b: Tensor | None,
     beta: Tensor,
     f: Tensor,
     G: Tensor,
@@ -613,56 +747,25 @@ def titans_mlp_fwd(
     p: float,
     eps: float,
     sharpness: float,
+    ln_eps: float,
+    residual: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``q, k, v [B, T, H, D]``; ``bias_params`` the Huber threshold ``[B, T, H]`` (norm) or
-    ``[B, T, H, D]`` (coord), else ``None``; coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end,
-    s_coef empty without momentum); state ``w1, s1 [B, H, D, Dh]``, ``w2, s2 [B, H, Dh, D]`` float32.
-    Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
-    start)."""
+    ``[B, T, H, D]`` (coord), else ``None``; ``ln_w, ln_b [H, D]`` the memory LayerNorm's scale and
+    shift (``None``: no LayerNorm); coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end, s_coef
+    empty without momentum); state ``w1, s1 [B, H, D, Dh]``, ``w2, s2 [B, H, Dh, D]`` float32.
+    Scalars: chunk size, activation (``ACTIVATIONS``), bias kind, ℓ_p's p and ε, Huber's sharpness,
+    the LayerNorm's ε, the residual (the kernels form M(k) = k + ..., the read's ``+ q`` is left to
+    the caller). Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2
+    at the last chunk's start)."""
     coef = (beta, f, G, m_end, s_coef)
-    y, state, _ = _forward(
-        q,
-        k,
-        v,
-        bias_params,
-        coef,
-        w1,
-        w2,
-        s1,
-        s2,
-        chunk_size,
-        activation,
-        bias_kind,
-        p,
-        eps,
-        sharpness,
-        False,
-    )
+    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
+    y, state, _ = _forward(q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, False)
     return (y, *state)
 
 
 @titans_mlp_fwd.register_fake
-def _(
-    q,
-    k,
-    v,
-    bias_params,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w1,
-    w2,
-    s1,
-    s2,
-    chunk_size,
-    activation,
-    bias_kind,
-    p,
-    eps,
-    sharpness,
-):
+def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *config):
     has_mom = s1 is not None
     return (
         w1.new_empty(q.shape),
@@ -681,6 +784,8 @@ def titans_mlp_bwd(
     k: Tensor,
     v: Tensor,
     bias_params: Tensor | None,
+    ln_w: Tensor | None,
+    ln_b: Tensor | None,
     beta: Tensor,
     f: Tensor,
     G: Tensor,
@@ -703,29 +808,38 @@ def titans_mlp_bwd(
     p: float,
     eps: float,
     sharpness: float,
+    ln_eps: float,
+    residual: bool,
 ) -> list[Tensor]:
-    """Gradients (q, k, v, bias_params, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
+    """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
     :func:`titans_mlp_fwd` (empty for absent inputs)."""
     B, T, H = q.shape[:3]
     NC = beta.shape[2]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)
+    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
     _, _, (w1_chunks, w2_chunks, s1_chunks, s2_chunks) = _forward(
-        q, k, v, bias_params, coef, w1, w2, s1, s2, chunk_size, activation, bias_kind, p, eps, sharpness, True
+        q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, True
     )
+
+    def like(t: Tensor | None, present: bool = True) -> Tensor:
+        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
+
+    dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
+    # the LayerNorm's outer parameters: one partial sum per (batch, head), reduced below
+    dln_w = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
+    dln_b = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
+    dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
+    dw1, dw2, ds1, ds2 = like(w1), like(w2), like(w1, has_mom), like(w2, has_mom)
+    scalars, constants = _meta(q, w1, ln_w, config)
     empty = w1.new_empty(0)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dbp = w1.new_empty(0) if bias_params is None else torch.empty_like(bias_params)
-    dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
-    df, dm_end, ds_coef = torch.empty_like(f), torch.empty_like(m_end), torch.empty_like(s_coef)
-    dw1, dw2 = torch.empty_like(w1), torch.empty_like(w2)
-    ds1 = torch.empty_like(w1) if has_mom else w1.new_empty(0)
-    ds2 = torch.empty_like(w2) if has_mom else w1.new_empty(0)
     _backward_kernel[(B * H,)](
         q,
         k,
         v,
         empty if bias_params is None else bias_params,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
         dy,
         beta,
         f,
@@ -746,6 +860,8 @@ def titans_mlp_bwd(
         dk,
         dv,
         dbp,
+        dln_w,
+        dln_b,
         dbeta,
         df,
         dG,
@@ -757,74 +873,60 @@ def titans_mlp_bwd(
         ds2,
         T,
         NC,
-        p,
-        eps,
-        sharpness,
-        **_meta(q, w1, chunk_size, activation, bias_kind),
+        *scalars,
+        **constants,
         HAS_MOM=has_mom,
-        num_stages=1,
     )
-    return [dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2]
+    if ln_w is not None:
+        dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
+    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2]
 
 
 @titans_mlp_bwd.register_fake
-def _(q, k, v, bias_params, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *rest):
+def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *rest):
+    def like(t: Tensor | None, present: bool = True) -> Tensor:
+        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
+
     has_mom = s1 is not None
     return [
-        *(torch.empty_like(t) for t in (q, k, v)),
-        w1.new_empty(0) if bias_params is None else torch.empty_like(bias_params),
-        *(torch.empty_like(t) for t in (beta, f, G, m_end, s_coef, w1, w2)),
-        torch.empty_like(w1) if has_mom else w1.new_empty(0),
-        torch.empty_like(w2) if has_mom else w1.new_empty(0),
+        *(like(t) for t in (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2)),
+        like(w1, has_mom),
+        like(w2, has_mom),
     ]
 
 
-_TENSOR_INPUTS = 13  # q, k, v, bias_params, beta, f, G, m_end, s_coef, w1, w2, s1, s2
+_TENSOR_INPUTS = 15  # q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2
 
 
 def _setup_context(ctx, inputs, output) -> None:
     tensors, ctx.config = inputs[:_TENSOR_INPUTS], inputs[_TENSOR_INPUTS:]
-    ctx.has_bp = tensors[3] is not None
-    ctx.has_mom = tensors[11] is not None
+    ctx.absent = [t is None for t in tensors]
     ctx.save_for_backward(*tensors)
 
 
 def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor):
-    q, k, v, bp, beta, f, G, m_end, s_coef, w1, w2, s1, s2 = ctx.saved_tensors
+    tensors = ctx.saved_tensors
+    q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
 
     def cot(t: Tensor | None, like: Tensor) -> Tensor:
         return torch.zeros_like(like) if t is None else t.contiguous()
 
-    empty = w1.new_zeros(0)
+    has_mom = s1 is not None
     grads = titans_mlp_bwd(
-        q,
-        k,
-        v,
-        bp,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w1,
-        w2,
-        s1,
-        s2,
+        *tensors,
         cot(dy, w1.new_empty(q.shape)),
         cot(dw1_final, w1),
         cot(dw2_final, w2),
-        cot(ds1_final, w1) if ctx.has_mom else empty,
-        cot(ds2_final, w2) if ctx.has_mom else empty,
+        cot(ds1_final, w1) if has_mom else w1.new_zeros(0),
+        cot(ds2_final, w2) if has_mom else w1.new_zeros(0),
         cot(dw1_anchor, w1),
         cot(dw2_anchor, w2),
         *ctx.config,
     )
-    dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2 = grads
-    if not ctx.has_bp:
-        dbp = None
-    if not ctx.has_mom:
-        df = dm_end = ds_coef = ds1 = ds2 = None
-    return dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2, *(None,) * len(ctx.config)
+    grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
+    if not has_mom:  # f, m_end, s_coef are empty placeholders without momentum
+        grads[7] = grads[9] = grads[10] = None
+    return *grads, *(None,) * len(ctx.config)
 
 
 torch.library.register_autograd("memnets::titans_mlp_fwd", _backward, setup_context=_setup_context)
@@ -849,8 +951,6 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the MLP Triton kernel covers depth 2)"
-    if arch.layer_norm:
-        return "a memory LayerNorm (the MLP Triton kernel covers depth-2 memories without LayerNorm)"
     if arch.activation not in ACTIVATIONS:
         return f"activation {arch.activation!r} (the MLP Triton kernel covers {list(ACTIVATIONS)})"
     if _bias_config(bias) is None:
@@ -887,7 +987,7 @@ def titans_mlp_chunked(
     bias_params: Tensor | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
-    bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` without LayerNorm. Same shapes and
+    bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
     :class:`MemoryState` after the last token (float32)."""
     reason = supports(arch, bias, chunk_size)
@@ -978,15 +1078,18 @@ def titans_mlp_chunked(
             None if mom is None else gate(mom, True),
         )
         dtype = q.dtype
-        if arch.residual:
-            v = v.float() - k.float()  # M(x) = x + σ(x W1) W2: the inner target becomes v − k (float32)
         bp = None if kind in (L2, LP) else bias_params.float().contiguous()  # type: ignore[union-attr]
+        ln_w = ln_b = None
+        if arch.layer_norm:
+            ln_w, ln_b = arch.norm_weight.float().contiguous(), arch.norm_bias.float().contiguous()
         dummy = c.beta.new_zeros(0)
         y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_fwd(
             q.contiguous(),
             k.contiguous(),
             v.contiguous(),
             bp,
+            ln_w,
+            ln_b,
             c.beta.contiguous(),
             dummy if c.f is None else c.f.contiguous(),
             c.G.contiguous(),
@@ -1002,6 +1105,8 @@ def titans_mlp_chunked(
             p,
             eps,
             sharp,
+            float(arch.eps),
+            arch.residual,
         )
         if arch.residual:
             y = y + q.float()
