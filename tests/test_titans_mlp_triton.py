@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
+import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.testing import assert_close, nan_allocations
@@ -285,3 +286,61 @@ def test_layer_norm_no_gates_float16():
 )
 def test_layer_norm_with_bias(bias):
     _compare(19, 8, bias=bias, residual=True, layer_norm=True)
+
+
+def _mlp_titans(backend: str, name: str = "titans", **options):
+    torch.manual_seed(0)
+    opts = {"segment_size": 32} if name == "titans_mac" else {}
+    # the default memory (depth 2, expansion 4, GELU, residual + LayerNorm); small inner steps for a
+    # well-conditioned comparison (see _inputs: at lr_max 0.1 MAC's float32 engine is itself 1e-5
+    # off its float64 run)
+    return memnets.build_mixer(
+        name, d_model=32, num_heads=2, chunk_size=16, backend=backend, lr_max=0.02, **opts, **options
+    )
+
+
+@pytest.mark.parametrize("name", ["titans", "titans_mac"])
+def test_mixer_triton_backend_equals_chunked(name):
+    """The mixer with backend='triton' (default deep memory) equals backend='chunked': output, input
+    and every parameter gradient."""
+    chunked, fast = _mlp_titans("chunked", name), _mlp_titans("triton", name)
+    fast.load_state_dict(chunked.state_dict())
+    x = torch.randn(1, 21, 32)
+    cot = torch.randn(1, 21, 32)
+    results = []
+    for m in (chunked, fast):
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])
+
+
+def test_mixer_triton_decode_equals_forward():
+    mixer = _mlp_titans("triton")
+    x = torch.randn(1, 18, 32)
+    with torch.no_grad():
+        y, _ = mixer(x)
+        state, ys = None, []
+        for t in range(x.shape[1]):
+            yt, state = mixer.step(x[:, t], state)
+            ys.append(yt)
+    assert_close("decode", y, torch.stack(ys, 1))
+
+
+def test_mixer_triton_unsupported_config_raises():
+    with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
+    with pytest.raises(
+        ValueError, match="backend='triton' does not support head dim 64 with hidden width 256"
+    ):
+        memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
+    # auto: the engine on CPU (outside the interpreter the kernels need CUDA) or where no kernel applies
+    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="auto")(
+        torch.randn(1, 5, 32)
+    )
+    assert torch.isfinite(y).all()

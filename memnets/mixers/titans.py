@@ -43,9 +43,13 @@ Choices where the paper is silent (spec §9), each documented here and an option
   W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``combine="sum"``, ATLAS Fig. 3); ``window`` default 64.
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
-* Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``
-  (:mod:`memnets.kernels.titans_linear_triton`) for the linear memory (``memory_depth=1``,
-  ``memory_norm=False``, chunk size 16/32/64); ``auto`` picks ``triton`` on CUDA when it applies.
+* Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
+  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
+  ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
+  two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
+  activation, chunk size 1..128, head_dim x hidden <= 4096, e.g. head dim 32 at expansion 4);
+  ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
+  ``triton`` where neither applies raises, naming the option.
 * Packed sequences (``cu_seqlens``): run sequence by sequence (exact, simple; a fused varlen path is
   future work).
 
@@ -90,9 +94,10 @@ from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm, ShortConv, l2norm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, check_cu_seqlens, resolve_backend
+from .base import Backend, check_cu_seqlens, log, resolve_backend
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
+_announced_kernels: set[str] = set()
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -194,13 +199,18 @@ def _check_backend(owner: str, backend: str) -> None:
 
 
 def _triton_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
-    """Why the Triton kernel cannot run this memory (``None`` if it can): it covers the linear
-    memory (``memory_depth=1``, ``memory_norm=False``) with chunk sizes 16/32/64."""
+    """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
+    (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
+    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..128, head dim x hidden
+    width <= 4096)."""
+    if arch.depth not in (1, 2):
+        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:
-        from ..kernels import titans_linear_triton
+        from ..kernels import titans_linear_triton, titans_mlp_triton
     except ImportError as e:
         return f"Triton is not importable ({e})"
-    return titans_linear_triton.supports(arch, chunk_size=chunk_size)
+    kernel = titans_linear_triton if arch.depth == 1 else titans_mlp_triton
+    return kernel.supports(arch, chunk_size=chunk_size)
 
 
 def _memory_backends(arch: MemoryMLP, chunk_size: int) -> tuple[str, ...]:
@@ -228,7 +238,13 @@ def _run_memory(
     chunk_size: int,
 ) -> tuple[Tensor, MemoryState]:
     if backend == "triton":
-        from ..kernels.titans_linear_triton import titans_linear_chunked as fn
+        from ..kernels.titans_linear_triton import titans_linear_chunked
+        from ..kernels.titans_mlp_triton import titans_mlp_chunked
+
+        fn = titans_linear_chunked if arch.depth == 1 else titans_mlp_chunked
+        if fn.__name__ not in _announced_kernels:
+            _announced_kernels.add(fn.__name__)
+            log.info("titans: the memory runs in the Triton kernel %s (depth %d)", fn.__name__, arch.depth)
     else:
         fn = memory_reference if backend == "reference" else memory_chunked
     return fn(arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state, chunk_size=chunk_size)  # type: ignore[arg-type]
