@@ -14,7 +14,7 @@ import torch
 from helpers import ROOT
 
 import memnets
-from memnets.memory import MemoryMLP, MemoryState, memory_chunked
+from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.testing import assert_close, nan_allocations
 
@@ -368,3 +368,49 @@ def test_bench_script_smoke(tmp_path):
     assert any(r.get("skipped", "").startswith("unsupported chunk_size 256") for r in res["rows"])
     assert all(r["tflops"] > 0 for r in res["rows"] if "ms" in r)
     assert res["meta"]["depth"] == 2 and res["meta"]["layer_norm"]
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    # sign_sharpness 1: tanh(10 R) on the memory's LayerNorm outputs leaves the float32 engine itself
+    # 3e-5 off its float64 run (see test_layer_norm_with_bias)
+    [("yaad", {"sign_sharpness": 1.0}), ("yaad", {"huber": "coord"}), ("moneta", {"normalize": "none"})],
+)
+def test_miras_mixer_triton_backend_equals_chunked(name, options):
+    """Yaad and Moneta with identity retention run in the kernel: equal to backend='chunked' (output,
+    input and every parameter gradient, the Huber threshold's gate included)."""
+    mixers = []
+    for backend in ("chunked", "triton"):
+        torch.manual_seed(0)
+        mixers.append(
+            memnets.build_mixer(
+                name, d_model=32, num_heads=2, chunk_size=8, backend=backend, lr_max=0.02, **options
+            )
+        )
+    mixers[1].load_state_dict(mixers[0].state_dict())
+    x, cot = torch.randn(1, 19, 32), torch.randn(1, 19, 32)
+    results = []
+    for m in mixers:
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])
+
+
+def test_chunk_size_one_matches_token_reference():
+    """At chunk size 1 the kernel is exact online gradient descent: equal to the engine's token loop
+    (autograd inner gradients, float64), outputs, final state and every gradient."""
+    bias = HuberBias(mode="coord")
+    arch, ref_arch = _arch(True, layer_norm=True), _arch(True, layer_norm=True).double()
+    inputs = _inputs(9, torch.float32, "both", bias)
+    ref = _run(memory_reference, ref_arch, inputs, 1, torch.float64, bias)
+    with nan_allocations():
+        out = _run(triton_mlp.titans_mlp_chunked, arch, inputs, 1, torch.float32, bias)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(f"{name} (chunk 1 vs token loop)", ref[name].to(out[name].dtype), out[name])
