@@ -178,6 +178,15 @@ def test_state_carry_mid_chunk(split):
     _compare(30, 8, split=split)
 
 
+def test_state_carry_mid_chunk_with_bias_params():
+    """The unfinished chunk is completed by the engine with its slice of the Huber thresholds."""
+    _compare(30, 8, split=5, residual=True, layer_norm=True, bias=HuberBias(mode="coord"))
+
+
+def test_long_tail_chunk():
+    _compare(100, 32)
+
+
 @pytest.mark.parametrize("p,T,chunk_size", [(3.0, 29, 8), (2.5, 33, 16)])
 def test_lp_bias(p, T, chunk_size):
     """Moneta's ℓ_p bias (p a runtime float), forward and the second-order backward."""
