@@ -52,13 +52,23 @@ Not covered (``supports`` names the reason; the mixers then fall back to the PyT
 other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ_q normalisation,
 Memora), float64 memories, D·Dh above ``MAX_STATE``, chunk sizes above ``MAX_CHUNK``.
 
-Performance is untuned and unmeasured (written without a GPU): one program per (batch, head) keeps
-the whole state on chip. Estimated on-chip footprint (float32, padded to powers of two): the backward
-carries 8 state-sized tiles (W1, W2, S1, S2 and their cotangents, 8·D·Dh·4 B) plus about ten
-[L, Dh] chunk tiles; D = 16, Dh = 64: 32 KB + 40 KB·L/16; D = 32, Dh = 128: 128 KB + 80 KB·L/16;
-D = 64, Dh = 256 (Titans at head dim 64): 512 KB, above an H100's 228 KB of shared memory per SM, so
-that shape spills to local memory (tiling over Dh across programs is the follow-up; see spec 7.3).
-``MAX_STATE`` below gates the kernel at D·Dh <= 32·128 (an estimate, not a measured sm_90 limit).
+Performance is untuned and unmeasured (written without a GPU; only the interpreter ran it). One
+program per (batch, head) keeps the whole state on chip, so its footprint grows with D·Dh. Rough
+float32 live set of the backward (the larger pass; tiles padded to powers of two): the state and its
+cotangents 8·D·Dh, about twelve [L, Dh] chunk tiles, six [L, D] and three [L, L]:
+bytes ≈ 4·(8·D·Dh + 12·L·Dh + 6·L·D + 3·L²)::
+
+    D    Dh    L=16      L=32      L=64
+    16   64     91 KB    156 KB    303 KB
+    32   128   245 KB    365 KB    623 KB
+    64   256   749 KB    979 KB   1458 KB
+
+An H100 SM has 228 KB of shared memory and 256 KB of registers (one program of 4 warps can hold at
+most 128 KB in registers), so most of these spill to local memory (slow, not wrong) or may exceed
+shared memory at compile time; ``MAX_STATE`` (D·Dh <= 32·128) is
+where the state and its cotangents alone (128 KB) still fit. Titans at head dim 64-128 needs the
+state tiled over Dh across programs (layer-1 columns and layer-2 rows split cleanly; Z2 and the
+LayerNorm need a cross-tile reduction, spec 7.3): the follow-up for speed.
 """
 
 from __future__ import annotations
@@ -73,7 +83,7 @@ from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, m
 from memnets.memory.miras import HuberBias, LpBias
 
 MAX_CHUNK = 128
-# largest D·Dh whose backward state tiles (8·D·Dh·4 B) fit beside the chunk tiles in 228 KB (estimate)
+# largest D·Dh whose state and cotangent tiles (8·D·Dh·4 B = 128 KB) fit on an H100 SM (estimate)
 MAX_STATE = 32 * 128
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
 # bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
