@@ -33,7 +33,7 @@ kernels on the key path (R = (K + LN(Z2)) − V in the engine's order: pre-subtr
 differently, which the ill-conditioned LayerNorm + Huber cases amplify) and outside on the reads.
 
 Kernels (grid: one program per (batch, head), chunks sequential inside; all math in float32, half
-inputs upcast on load; the chunk tile is padded to at least 16 rows, so any chunk size 1..128 works):
+inputs upcast on load; the chunk tile is padded to at least 16 rows, so any chunk size 1..64 works):
 
 1. ``_forward_kernel``: carries (W1, W2, S1, S2), writes y, the final state and the last chunk's
    start weights (the engine's ``anchor`` when T is not a multiple of L). With ``STORE`` it instead
@@ -50,25 +50,25 @@ implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
 other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ_q normalisation,
-Memora), float64 memories, D·Dh above ``MAX_STATE``, chunk sizes above ``MAX_CHUNK``.
+Memora), float64 memories, D·Dh or chunk sizes beyond the shared-memory limits below.
 
-Performance is untuned and unmeasured (written without a GPU; only the interpreter ran it). One
-program per (batch, head) keeps the whole state on chip, so its footprint grows with D·Dh. Rough
-float32 live set of the backward (the larger pass; tiles padded to powers of two): the state and its
-cotangents 8·D·Dh, about twelve [L, Dh] chunk tiles, six [L, D] and three [L, L]:
-bytes ≈ 4·(8·D·Dh + 12·L·Dh + 6·L·D + 3·L²)::
+Performance is untuned and untimed (written without a GPU; the interpreter ran it, and both kernels
+were compiled ahead of time for sm_90, num_warps=4, num_stages=1). One program per (batch, head)
+keeps the whole state on chip, so the footprint grows with D·Dh and the chunk tile. Shared memory
+of that compile (forward / backward), and the backward's register spills per thread::
 
-    D    Dh    L=16      L=32      L=64
-    16   64     91 KB    156 KB    303 KB
-    32   128   245 KB    365 KB    623 KB
-    64   256   749 KB    979 KB   1458 KB
+    D    Dh    L=16            L=32            L=64             L=128
+    16   64    16 / 16 KB      24 / 32 KB      48 / 128 KB      96 / 304 KB
+    32   128   48 / 32 KB      64 / 64 KB      112 / 272 KB
+    64   256   160 / 128 KB
+    backward spills: 2.6 KB (16, 64, 16) ... 11 KB (32, 128, 32) ... 21 KB (64, 256, 16)
 
-An H100 SM has 228 KB of shared memory and 256 KB of registers (one program of 4 warps can hold at
-most 128 KB in registers), so most of these spill to local memory (slow, not wrong) or may exceed
-shared memory at compile time; ``MAX_STATE`` (D·Dh <= 32·128) is
-where the state and its cotangents alone (128 KB) still fit. Titans at head dim 64-128 needs the
-state tiled over Dh across programs (layer-1 columns and layer-2 rows split cleanly; Z2 and the
-LayerNorm need a cross-tile reduction, spec 7.3): the follow-up for speed.
+An H100 has 228 KB of shared memory per SM, so ``MAX_STATE_FOR_TILE`` admits D·Dh <= 32·128 for
+chunk tiles of 16 and 32 rows and D·Dh <= 16·64 for 64 rows (chunk sizes 33..64); 128-row tiles
+never fit (``MAX_CHUNK`` = 64). Every shape spills registers (255 per thread), so expect it to be
+slow; D = 64, Dh = 256 at L = 16 (Titans at head dim 64) would launch but is left to the PyTorch
+engine until timed. Speed needs the state tiled over Dh across programs (layer-1 columns and layer-2
+rows split cleanly; Z2 and the LayerNorm need a cross-tile reduction, spec 7.3).
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ from torch import Tensor
 from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, memory_chunked, safe_log
 from memnets.memory.miras import HuberBias, LpBias
 
-MAX_CHUNK = 128
-# largest D·Dh whose state and cotangent tiles (8·D·Dh·4 B = 128 KB) fit on an H100 SM (estimate)
-MAX_STATE = 32 * 128
+MAX_CHUNK = 64
+# largest D·Dh per padded chunk tile (rows) whose kernels fit an H100's 228 KB of shared memory (sm_90
+# compile, see the module docstring); 128-row tiles need 304 KB even at D·Dh = 16·64
+MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
 # bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
 L2, LP, HUBER_NORM, HUBER_COORD = 0, 1, 2, 3
@@ -968,10 +969,17 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK:
         return f"chunk_size {chunk_size} (the MLP Triton kernel covers chunk sizes 1..{MAX_CHUNK})"
     d_in, d_hidden = arch.shapes[0]
-    if d_in * d_hidden > MAX_STATE:
+    largest = max(MAX_STATE_FOR_TILE.values())
+    if d_in * d_hidden > largest:
         return (
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
-            f"on chip and covers head dim x hidden <= {MAX_STATE})"
+            f"on chip and covers head dim x hidden <= {largest})"
+        )
+    if chunk_size is not None and d_in * d_hidden > MAX_STATE_FOR_TILE[_block(chunk_size)]:
+        return (
+            f"head dim {d_in} with hidden width {d_hidden} at chunk_size {chunk_size} (its kernels exceed "
+            f"the GPU's shared memory; use chunk_size <= 32 or head dim x hidden <= "
+            f"{MAX_STATE_FOR_TILE[_block(chunk_size)]})"
         )
     if arch.init_weights[0].dtype != torch.float32:
         return f"memory dtype {arch.init_weights[0].dtype} (the MLP Triton kernel runs in float32)"

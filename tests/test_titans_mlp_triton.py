@@ -236,6 +236,12 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
     x = torch.randn(1, 4, H, D)
     with pytest.raises(ValueError, match="chunk_size 256"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=256)
+    with pytest.raises(ValueError, match="hidden width 128 at chunk_size 64"):
+        # 32 x 128 fits the GPU's shared memory with chunk tiles up to 32 rows, 16 x 64 with 64
+        wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
+        assert triton_mlp.supports(wide, chunk_size=32) is None
+        y = torch.randn(1, 4, H, 32)
+        triton_mlp.titans_mlp_chunked(wide, y, y, y, torch.rand(1, 4, H), chunk_size=64)
     with pytest.raises(ValueError, match="needs bias_params of shape"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
 

@@ -48,7 +48,7 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
   ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim x hidden <=
-  4096, chunk size <= 128). Moneta's L_q maps and Memora's softmax/lag token run in PyTorch; asking for
+  4096, chunk size <= 64; see :mod:`memnets.kernels.titans_mlp_triton` for the shared-memory limits). Moneta's L_q maps and Memora's softmax/lag token run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
 
 MQAR experiment (train.py on configs/mqar/NAME.yaml with tiny overrides so that it runs on 2 shared

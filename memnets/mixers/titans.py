@@ -47,7 +47,8 @@ Choices where the paper is silent (spec §9), each documented here and an option
   :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
   ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
   two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
-  activation, chunk size 1..128, head_dim x hidden <= 4096, e.g. head dim 32 at expansion 4);
+  activation, chunk size 1..64, head_dim x hidden <= 4096 (<= 1024 above chunk size 32), e.g. head
+  dim 32 at expansion 4 with chunk size 16 or 32);
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option.
 * Packed sequences (``cu_seqlens``): run sequence by sequence (exact, simple; a fused varlen path is
@@ -201,8 +202,8 @@ def _check_backend(owner: str, backend: str) -> None:
 def _triton_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
     """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
     (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
-    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..128, head dim x hidden
-    width <= 4096)."""
+    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim x hidden
+    width <= 4096, <= 1024 for chunk sizes above 32)."""
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:
