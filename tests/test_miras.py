@@ -228,9 +228,11 @@ def test_reference_backend_equals_chunked(name):
 
 
 def test_options_and_backend_errors():
-    for name in MIXERS:
-        with pytest.raises(ValueError, match="backend='triton' is not implemented"):
+    for name in ("moneta", "memora"):  # their retention maps run in PyTorch only
+        with pytest.raises(ValueError, match="backend='triton' does not support the retention map"):
             memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
+        memnets.build_mixer("yaad", d_model=16, num_heads=2, memory_depth=3, backend="triton")
     with pytest.raises(ValueError, match="q must be >= 2"):
         memnets.build_mixer("moneta", d_model=16, num_heads=2, q=1.5)
     with pytest.raises(ValueError, match="p must be >= 1"):

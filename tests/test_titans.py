@@ -83,8 +83,8 @@ def test_packed_equals_separate(name):
 
 
 def test_backend_and_option_errors():
-    with pytest.raises(ValueError, match="backend='triton' does not support memory depth 2"):
-        memnets.build_mixer("titans", d_model=16, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
+        memnets.build_mixer("titans", d_model=16, num_heads=2, memory_depth=3, backend="triton")
     with pytest.raises(ValueError, match="segment_size=6 must be a multiple of chunk_size=4"):
         memnets.build_mixer("titans_mac", d_model=16, num_heads=2, segment_size=6, chunk_size=4)
     with pytest.raises(ValueError, match="lr_max"):

@@ -45,6 +45,11 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
   initial weights. ``lag_token`` (default on) is the paper's lag token.
 * Packed sequences (``cu_seqlens``) run sequence by sequence from a fresh state.
+* Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
+  ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
+  (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim x hidden <=
+  4096, chunk size <= 64; see :mod:`memnets.kernels.titans_mlp_triton` for the shared-memory limits). Moneta's L_q maps and Memora's softmax/lag token run in PyTorch; asking for
+  ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
 
 MQAR experiment (train.py on configs/mqar/NAME.yaml with tiny overrides so that it runs on 2 shared
 CPU cores: d_model 32, 2 heads, T = 24, vocab 64, 2 key-value pairs, batch 16, lr 5e-3, 100 steps,
@@ -124,10 +129,10 @@ def _check_common(owner: str, backend: str, **positive: float) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
-    if backend != "auto" and backend not in SUPPORTED_BACKENDS:
+    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
         raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
-            "(the Triton kernel comes with a later issue)"
+            f"{owner}: backend={backend!r} is not implemented; "
+            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
         )
 
 
@@ -193,6 +198,26 @@ class MirasMemory(nn.Module):
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        reason = self._triton_unsupported() if backend == "triton" else None
+        if reason is not None:
+            raise ValueError(
+                f"{self.name}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
+            )
+
+    def _triton_unsupported(self) -> str | None:
+        """Why the MLP Triton kernel cannot run this memory (``None`` if it can): it covers plain
+        retention (Yaad; Moneta with ``normalize="none"``) on a depth-2 memory."""
+        if self.retention is not None:
+            return f"the retention map {self.retention!r} (the Triton kernel covers identity retention)"
+        if self.lag:
+            return "the lag token (the Triton kernel covers identity retention without it)"
+        if self.memory.depth != 2:
+            return f"memory depth {self.memory.depth} (the Triton kernel covers memory depth 2)"
+        try:
+            from ..kernels import titans_mlp_triton
+        except ImportError as e:
+            return f"Triton is not importable ({e})"
+        return titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size)
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
@@ -202,25 +227,46 @@ class MirasMemory(nn.Module):
     ) -> tuple[Tensor, MirasState]:
         if cu_seqlens is not None:
             return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend(self.name, self.backend, x.device, SUPPORTED_BACKENDS)
+        supported = SUPPORTED_BACKENDS if self._triton_unsupported() else (*SUPPORTED_BACKENDS, "triton")
+        backend = resolve_backend(self.name, self.backend, x.device, supported)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         raw = self.gates(x)
-        fn = miras_reference if backend == "reference" else miras_chunked
-        y, mem = fn(
-            self.memory,
-            qkv["q"],
-            qkv["k"],
-            qkv["v"],
-            self.lr_max * torch.sigmoid(raw["lr"]),
-            torch.sigmoid(raw["keep"]),
-            None if state is None else state.memory,
-            chunk_size=self.chunk_size,
-            bias=self.bias,
-            bias_params=self.bias_params(raw),
-            retention=self.retention,
-            lag=self.lag,
-        )
+        lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
+        memory = None if state is None else state.memory
+        if backend == "triton":
+            # identity retention, no momentum: the Titans memory rule, so the same kernel
+            from ..kernels.titans_mlp_triton import titans_mlp_chunked
+
+            y, mem = titans_mlp_chunked(
+                self.memory,
+                qkv["q"],
+                qkv["k"],
+                qkv["v"],
+                lr,
+                None,
+                keep,
+                memory,
+                chunk_size=self.chunk_size,
+                bias=self.bias,
+                bias_params=self.bias_params(raw),
+            )
+        else:
+            fn = miras_reference if backend == "reference" else miras_chunked
+            y, mem = fn(
+                self.memory,
+                qkv["q"],
+                qkv["k"],
+                qkv["v"],
+                lr,
+                keep,
+                memory,
+                chunk_size=self.chunk_size,
+                bias=self.bias,
+                bias_params=self.bias_params(raw),
+                retention=self.retention,
+                lag=self.lag,
+            )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y, gate).reshape(B, T, -1)
         return self.out(y), MirasState(conv, mem)

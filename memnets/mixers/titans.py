@@ -43,13 +43,18 @@ Choices where the paper is silent (spec §9), each documented here and an option
   W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``combine="sum"``, ATLAS Fig. 3); ``window`` default 64.
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
-* Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``
-  (:mod:`memnets.kernels.titans_linear_triton`) for the linear memory (``memory_depth=1``,
-  ``memory_norm=False``, chunk size 16/32/64); ``auto`` picks ``triton`` on CUDA when it applies.
-* Packed sequences (``cu_seqlens``): the Triton backend runs them in one kernel call (each sequence
-  from the initial state, chunks restarting at its first token), and so do MAG and MAL (their
-  attention masks the sequences); the other backends, and MAC, run them sequence by sequence. Either
-  way the state returned is the last sequence's.
+* Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
+  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
+  ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
+  two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
+  activation, chunk size 1..64, head_dim x hidden <= 4096 (<= 1024 above chunk size 32), e.g. head
+  dim 32 at expansion 4 with chunk size 16 or 32);
+  ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
+  ``triton`` where neither applies raises, naming the option.
+* Packed sequences (``cu_seqlens``): the linear-memory Triton kernel runs them in one kernel call
+  (each sequence from the initial state, chunks restarting at its first token), and so do MAG and
+  MAL on it (their attention masks the sequences); the MLP kernel, the other backends and MAC run
+  them sequence by sequence. Either way the state returned is the last sequence's.
 
 MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
 ``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
@@ -92,9 +97,16 @@ from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm, ShortConv, l2norm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, check_cu_seqlens, resolve_backend
+from .base import Backend, check_cu_seqlens, log, resolve_backend
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
+_announced_kernels: set[str] = set()
+
+
+def _announce(kernel: str, depth: int) -> None:
+    if kernel not in _announced_kernels:
+        _announced_kernels.add(kernel)
+        log.info("titans: the memory runs in the Triton kernel %s (depth %d)", kernel, depth)
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -210,13 +222,18 @@ def _check_backend(owner: str, backend: str) -> None:
 
 
 def _triton_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
-    """Why the Triton kernel cannot run this memory (``None`` if it can): it covers the linear
-    memory (``memory_depth=1``, ``memory_norm=False``) with chunk sizes 16/32/64."""
+    """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
+    (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
+    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim x hidden
+    width <= 4096, <= 1024 for chunk sizes above 32)."""
+    if arch.depth not in (1, 2):
+        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:
-        from ..kernels import titans_linear_triton
+        from ..kernels import titans_linear_triton, titans_mlp_triton
     except ImportError as e:
         return f"Triton is not importable ({e})"
-    return titans_linear_triton.supports(arch, chunk_size=chunk_size)
+    kernel = titans_linear_triton if arch.depth == 1 else titans_mlp_triton
+    return kernel.supports(arch, chunk_size=chunk_size)
 
 
 def _memory_backends(arch: MemoryMLP, chunk_size: int) -> tuple[str, ...]:
@@ -249,9 +266,16 @@ def _run_memory(
     args = (arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state)
     if backend == "triton":
         from ..kernels.titans_linear_triton import titans_linear_chunked
+        from ..kernels.titans_mlp_triton import titans_mlp_chunked
 
-        y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
-        return y, mem[-1] if isinstance(mem, list) else mem
+        if arch.depth == 1:
+            y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
+            _announce("titans_linear_chunked", arch.depth)
+            return y, mem[-1] if isinstance(mem, list) else mem
+        if cu_seqlens is not None:
+            raise ValueError("titans: packed sequences run in one call only with the linear-memory kernel")
+        _announce("titans_mlp_chunked", arch.depth)
+        return titans_mlp_chunked(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
     fn = memory_reference if backend == "reference" else memory_chunked
     return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
 
@@ -323,15 +347,15 @@ class Titans(nn.Module):
 
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
-        backend) rather than one by one."""
-        return self._backend(device) == "triton"
+        backend with the linear-memory kernel) rather than one by one."""
+        return self._backend(device) == "triton" and self.memory.depth == 1
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
         backend = self._backend(x.device)
         if cu_seqlens is not None:
-            if backend != "triton":
+            if not self.packs_in_one_call(x.device):
                 return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
             _check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape
