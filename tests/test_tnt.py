@@ -2,6 +2,10 @@
 memories with resets (folded shards == per-shard loop; one shard == the shared engine), the mixer
 (reference == chunked incl. every gradient, decoding == forward), two-stage training from configs."""
 
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the kernel test runs on CPU
+
 import pytest
 import torch
 from helpers import ROOT, run_train
@@ -20,7 +24,10 @@ H, D = 2, 4
 def grads_of(outputs, inputs, seed=1):
     """Gradients of Σ <output, random cotangent> w.r.t. ``inputs`` (None where unused)."""
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
+    # drawn in float64 and cast, so models in different dtypes get the same cotangents
+    loss = sum(
+        (o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outputs
+    )
     return torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=True)
 
 
@@ -232,9 +239,43 @@ def test_packed_sequences_and_generate():
     assert model.state_size(64) > 0
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"chunk_size": [4, 8], "shard_size": [8, 16]},
+        {"memory_depth": 1, "memory_norm": False, "chunk_size": [16, 32]},
+    ],
+)
+def test_triton_backend_equals_chunked(kw):
+    """backend='triton' (local memories in the Titans memory kernels, float32, under TRITON_INTERPRET=1)
+    equals the chunked engine (float64): outputs, every gradient, the carried state (a call split
+    mid-shard). A small inner step (lr_max) keeps the problem well conditioned: with the default 1.0 the
+    inner loop amplifies float32 rounding past float32's tolerance in either backend (see
+    tests/test_titans_mlp_triton.py)."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    kw = {"lr_max": 0.05, **kw}
+    chunked = memnets.build_mixer("tnt", d_model=16, num_heads=2, **{**TINY, **kw}).double()
+    triton = memnets.build_mixer("tnt", d_model=16, num_heads=2, backend="triton", **{**TINY, **kw})
+    triton.load_state_dict(chunked.state_dict())
+    x = torch.randn(2, 29, 16, dtype=F64)
+    outs = []
+    for m in (chunked, triton):
+        xi = x.clone().to(next(m.parameters()).dtype).requires_grad_()
+        y1, s = m(xi[:, :11])
+        y2, _ = m(xi[:, 11:], s)
+        y = torch.cat([y1, y2], 1)
+        names, params = zip(*m.named_parameters())
+        outs.append((y, *grads_of((y,), (xi, *params))))
+    assert_close("y", outs[0][0], outs[1][0])
+    assert_close("dx", outs[0][1], outs[1][1])
+    for n, a, b in zip(names, outs[0][2:], outs[1][2:]):
+        assert_close(f"d{n}", a, b)
+
+
 def test_option_errors():
-    with pytest.raises(ValueError, match="backend='triton' is not implemented"):
-        tiny(backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support local memory 0: memory depth 3"):
+        tiny(backend="triton", memory_depth=3)
     with pytest.raises(ValueError, match="shard_size"):
         tiny(chunk_size=[2, 4, 8], shard_size=[8, 8])
     with pytest.raises(ValueError, match="chunk_size"):

@@ -16,6 +16,7 @@ continued call, the unfinished last shard) runs on its own with its carried stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,13 +75,16 @@ def sharded_memory(
     backend: Literal["chunked", "reference"] = "chunked",
     fold: bool = True,
     projection_block: int = 64,
+    run: Callable[..., tuple[Tensor, MemoryState]] | None = None,
 ) -> tuple[Tensor, ShardState]:
     """Run the reset memory over ``q, k, v [B, T, H, D]`` with step sizes ``lr [B, T, H]``.
 
     ``projection``: ``None`` reads with the raw query; otherwise the Q-K projection with that
     normalisation. ``backend="reference"`` loops over shards, each with the engine's token-by-token
     loop and the explicit d×d projection; ``fold=False`` loops over shards with the chunked engine
-    instead of folding them into the batch (for tests).
+    instead of folding them into the batch (for tests). ``run`` replaces the chunked engine on the
+    folded shards by a function with :func:`~memnets.memory.memory_chunked`'s signature (a Triton
+    kernel of :mod:`memnets.kernels`).
     Returns ``y [B, T, H, D]`` and the state after the last token."""
     if chunk_size < 1 or shard_size < 1:
         raise ValueError(f"sharded_memory: chunk_size={chunk_size} and shard_size={shard_size} must be >= 1")
@@ -90,7 +94,11 @@ def sharded_memory(
     B, T, H, D = q.shape
     reference = backend == "reference"
     fold = fold and not reference  # the reference is the plain per-shard loop
-    run = memory_reference if reference else memory_chunked
+    if reference and run is not None:
+        raise ValueError(
+            "sharded_memory: run= replaces the chunked engine; it cannot be combined with the reference"
+        )
+    run = memory_reference if reference else run or memory_chunked
     project = qk_project_reference if reference else qk_project
     dtype = arch.init_weights[0].dtype
 

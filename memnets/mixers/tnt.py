@@ -39,11 +39,18 @@ Choices where the paper is silent (spec §9):
 * Two-stage training (§4.2): stage 2 loads a stage-1 checkpoint (``train.init_from``), lowers
   ``chunk_size`` and by default trains only ``*.mixer.local.*`` (``train.trainable``); see
   configs/lm/tnt-stage2-tiny.yaml.
+* Backends: ``chunked``, ``reference`` and ``triton``: the local memories (whole shards folded into
+  the batch) run in the Titans memory kernels (:mod:`memnets.kernels.titans_mlp_triton` for the
+  default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory_depth=1``) where
+  they apply (``titans``' limits per local chunk size); the global memory reads at chunk starts, a
+  different read than the kernels' per-token dual form, so it runs the chunked PyTorch engine either
+  way (logged). ``auto`` picks ``triton`` on CUDA when every local memory fits a kernel.
 * Packed sequences (``cu_seqlens``): run sequence by sequence, as ``titans``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +63,8 @@ from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState, sharded_memory
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import Backend, resolve_backend
-from .titans import MemoryProjections, _packed
+from .base import BACKENDS, Backend, log, resolve_backend
+from .titans import MemoryProjections, _packed, _triton_unsupported
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -91,6 +98,26 @@ class TNTMemory(nn.Module):
         qkv, conv = self.inputs(x, conv)
         raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
+
+
+def _kernel(arch: MemoryMLP) -> Callable[..., tuple[Tensor, MemoryState]]:
+    """The Titans memory kernel for a local memory (depth 1: linear, depth 2: MLP)."""
+    if arch.depth == 1:
+        from ..kernels.titans_linear_triton import titans_linear_chunked
+
+        return titans_linear_chunked
+    from ..kernels.titans_mlp_triton import titans_mlp_chunked
+
+    return titans_mlp_chunked
+
+
+_announced_global: list[bool] = []
+
+
+def _announce_global() -> None:
+    if not _announced_global:
+        _announced_global.append(True)
+        log.info("tnt: local memories run in the Triton kernels; the global memory runs the chunked engine")
 
 
 @dataclass
@@ -146,11 +173,6 @@ class TNT(nn.Module):
             raise ValueError(f"tnt: global_chunk_size must be >= 1, got {global_chunk_size}")
         if lr_max < 0:
             raise ValueError(f"tnt: lr_max must be >= 0, got {lr_max}")
-        if backend != "auto" and backend not in SUPPORTED_BACKENDS:
-            raise ValueError(
-                f"tnt: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
-                "(the Triton kernel comes with a later issue)"
-            )
         self.num_heads, self.head_dim, self.backend = num_heads, head_dim, backend
         self.global_chunk_size = global_chunk_size
         self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
@@ -167,6 +189,16 @@ class TNT(nn.Module):
 
         self.glob = memory() if global_memory else None
         self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
+        reasons = [
+            _triton_unsupported(mem.memory, c) for mem, c in zip(self.local, self.chunk_sizes, strict=True)
+        ]
+        self.triton_reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
+        if backend == "triton" and self.triton_reason is not None:
+            raise ValueError(
+                f"tnt: backend='triton' does not support {self.triton_reason}; use backend='chunked' or 'auto'"
+            )
+        if backend not in BACKENDS:
+            raise ValueError(f"tnt: backend={backend!r} is not one of {list(BACKENDS)}")
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -182,7 +214,7 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend("tnt", self.backend, x.device, SUPPORTED_BACKENDS)
+        backend = resolve_backend("tnt", self.backend, x.device, self._backends())
         B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
@@ -191,6 +223,8 @@ class TNT(nn.Module):
         if self.glob is not None:
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
+            if backend == "triton":
+                _announce_global()
             fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
             y, glob_state = fn(
                 self.glob.memory,
@@ -216,13 +250,17 @@ class TNT(nn.Module):
                 chunk_size=self.chunk_sizes[i],
                 shard_size=self.shard_sizes[i],
                 projection=self.qk_norm,
-                backend=backend,  # type: ignore[arg-type]
+                backend="reference" if backend == "reference" else "chunked",
+                run=_kernel(mem.memory) if backend == "triton" else None,
             )
             local_states.append(st)
             y = yl if y is None else y + yl
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         out = self.out(self.norm(y, gate).reshape(B, T, -1))
         return out, TNTState(new_conv, glob_state, local_states)
+
+    def _backends(self) -> tuple[str, ...]:
+        return SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
 
     def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
         y, state = self.forward(x[:, None], state)
