@@ -53,7 +53,7 @@ other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ
 Memora), float64 memories, D·Dh or chunk sizes beyond the shared-memory limits below.
 
 Performance is untuned and untimed (written without a GPU; the interpreter ran it, and both kernels
-were compiled ahead of time for sm_90 with ``scripts/kernel_resources.py``: num_warps=4,
+were compiled ahead of time for sm_90 with ``scripts/check_kernels_compile.py``: num_warps=4,
 num_stages=1, GELU, L2 bias, LayerNorm, residual, momentum). One program per (batch, head) keeps the
 whole state on chip, so the footprint grows with D·Dh and the chunk tile. Shared memory of that
 compile (forward / backward), and the backward's register spills per thread::

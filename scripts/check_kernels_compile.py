@@ -5,9 +5,12 @@ GPU's shared memory, on a machine with no GPU (CI, a laptop).
     python scripts/check_kernels_compile.py                     # every case, sm_90 (H100)
     python scripts/check_kernels_compile.py --only titans --json compile.json
     python scripts/check_kernels_compile.py --arch 80           # A100
+    python scripts/check_kernels_compile.py --only mlp --mlp 16,64,16 32,128,32   # MLP memory at (D, hidden, chunk)
 
 Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
-chunk 16-64, every HAS_*/STORE_* branch the launchers use) with ``triton.compile`` on an ``ASTSource``
+chunk 16-64, every HAS_*/STORE_* branch the launchers use; for the MLP-memory kernels the largest
+states ``titans_mlp_triton.supports`` admits per chunk tile, which is where its limits
+``MAX_STATE_FOR_TILE`` and ``MAX_CHUNK`` come from) with ``triton.compile`` on an ``ASTSource``
 for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
 which needs no driver. Pointer arguments get the 16-byte divisibility a real launch usually has.
 Registers and spills (stack bytes) come from the bundled ``cuobjdump``; shared memory is the dynamic
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,7 +42,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 
-MODULES = ("gated_delta_triton", "scan_triton", "titans_linear_triton")
+MODULES = ("gated_delta_triton", "scan_triton", "titans_linear_triton", "titans_mlp_triton")
 # opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
@@ -140,8 +144,50 @@ def _scan_cases() -> list[Case]:
     return cases
 
 
-def all_cases() -> list[Case]:
-    return _gated_delta_cases() + _scan_cases() + _titans_cases()
+def default_mlp_shapes() -> list[tuple[int, int, int]]:
+    """(D, hidden, chunk) of the MLP-memory cases: a small one (quick to compile: the CI test's case) and,
+    for every padded chunk tile, the largest state ``supports`` admits there at the Titans expansion
+    (hidden = 4 D), at a square state and at hidden = 16 D (the same D·hidden, other tile shapes)."""
+    from memnets.kernels.titans_mlp_triton import MAX_STATE_FOR_TILE
+
+    shapes = [(16, 64, 16)]
+    for tile, state in MAX_STATE_FOR_TILE.items():
+        for ratio in (4, 1, 16):
+            D = math.isqrt(state // ratio)
+            shapes.append((D, D * ratio, tile))
+    return shapes
+
+
+def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
+    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
+
+    mod = "titans_mlp_triton"
+    scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
+    half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
+    types = {**scalars, **half}
+    # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
+    # on-chip memory taken
+    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+    cases = []
+    for D, DH, L in shapes:
+        shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+        for store in (False, True):  # the forward pass; its recompute in the backward stores the states
+            c = {**shape, **full, "STORE": store}
+            cases.append(Case(mod, "_forward_kernel", c, types, num_stages=1))
+        cases.append(Case(mod, "_backward_kernel", {**shape, **full}, types, num_stages=1))
+    # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
+    # residual or momentum
+    D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
+    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+    bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
+    cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
+    cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
+    return cases
+
+
+def all_cases(mlp_shapes: list[tuple[int, int, int]] | None = None) -> list[Case]:
+    mlp = _mlp_cases(default_mlp_shapes() if mlp_shapes is None else mlp_shapes)
+    return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp
 
 
 def quick(cases: list[Case]) -> list[Case]:
@@ -227,6 +273,16 @@ def environment_problem() -> str | None:
     return None
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        D, hidden, chunk = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected D,HIDDEN,CHUNK (three integers), got {text!r}") from None
+    if min(D, hidden, chunk) < 1:
+        raise argparse.ArgumentTypeError(f"D, HIDDEN and CHUNK must be >= 1, got {text!r}")
+    return D, hidden, chunk
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -235,18 +291,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run the cases whose kernel name contains this")
     parser.add_argument("--quick", action="store_true", help="one case per kernel, its smallest (for CI)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--mlp",
+        nargs="+",
+        type=_shape,
+        default=None,
+        metavar="D,HIDDEN,CHUNK",
+        help="the MLP-memory kernels' shapes, instead of the defaults (e.g. --mlp 16,64,16 32,128,32)",
+    )
     args = parser.parse_args(argv)
     problem = environment_problem()
     if problem:
         print(f"cannot compile: {problem}", file=sys.stderr)
         return 2
-    cases = all_cases()
+    cases = all_cases(args.mlp)
     missing = sorted(set(launched_kernels()) - {c.name for c in cases})
     cases = [c for c in cases if args.only in c.name]
     if args.quick:
         cases = quick(cases)
     print(f"Triton {triton.__version__}, target sm_{args.arch}")
-    header = f"{'kernel':45} {'constexprs':62} {'status':8} {'shared B':>9} {'regs':>5} {'stack B':>8}"
+    wide = max([len("constexprs"), *(len(c.describe()) for c in cases)])
+    header = f"{'kernel':45} {'constexprs':{wide}} {'status':8} {'shared B':>9} {'regs':>5} {'stack B':>8}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -255,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         cols = [str(row.get(k, "")) for k in ("shared", "registers", "stack")]
         print(
-            f"{row['kernel']:45} {row['constexprs']:62} {row['status']:8} {cols[0]:>9} {cols[1]:>5} {cols[2]:>8}"
+            f"{row['kernel']:45} {row['constexprs']:{wide}} {row['status']:8} {cols[0]:>9} {cols[1]:>5} {cols[2]:>8}"
         )
         if "error" in row:
             print(f"    {row['error']}")
@@ -267,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {len(missing)} kernels without a case" if missing else "")
     )
     if args.json:
-        meta = {"triton": triton.__version__, "arch": args.arch, "missing": missing}
+        mlp_shapes = default_mlp_shapes() if args.mlp is None else args.mlp
+        meta = {"triton": triton.__version__, "arch": args.arch, "missing": missing, "mlp_shapes": mlp_shapes}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 1 if failed or missing else 0
