@@ -970,13 +970,16 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK:
         return f"chunk_size {chunk_size} (the MLP Triton kernel covers chunk sizes 1..{MAX_CHUNK})"
     d_in, d_hidden = arch.shapes[0]
+    # the kernels pad both widths to powers of two (>= 16): the padded state is what occupies the chip
+    # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
+    state = _block(d_in) * _block(d_hidden)
     largest = max(MAX_STATE_FOR_TILE.values())
-    if d_in * d_hidden > largest:
+    if state > largest:
         return (
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
-            f"on chip and covers head dim x hidden <= {largest})"
+            f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16)"
         )
-    if chunk_size is not None and d_in * d_hidden > MAX_STATE_FOR_TILE[_block(chunk_size)]:
+    if chunk_size is not None and state > MAX_STATE_FOR_TILE[_block(chunk_size)]:
         return (
             f"head dim {d_in} with hidden width {d_hidden} at chunk_size {chunk_size} (its kernels exceed "
             f"the GPU's shared memory; use chunk_size <= 32 or head dim x hidden <= "

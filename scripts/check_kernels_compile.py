@@ -148,13 +148,14 @@ def default_mlp_shapes() -> list[tuple[int, int, int]]:
     """(D, hidden, chunk) of the MLP-memory cases: a small one (quick to compile: the CI test's case) and,
     for every padded chunk tile, the largest state ``supports`` admits there at the Titans expansion
     (hidden = 4 D), at a square state and at hidden = 16 D (the same D·hidden, other tile shapes)."""
-    from memnets.kernels.titans_mlp_triton import MAX_STATE_FOR_TILE
+    from memnets.kernels.titans_mlp_triton import MAX_STATE_FOR_TILE, _block
 
     shapes = [(16, 64, 16)]
     for tile, state in MAX_STATE_FOR_TILE.items():
         for ratio in (4, 1, 16):
             D = math.isqrt(state // ratio)
-            shapes.append((D, D * ratio, tile))
+            if _block(D) * _block(D * ratio) <= state:  # what ``supports`` admits (padded widths)
+                shapes.append((D, D * ratio, tile))
     return shapes
 
 

@@ -350,6 +350,15 @@ def test_mixer_triton_decode_equals_forward():
     assert_close("decode", y, torch.stack(ys, 1))
 
 
+def test_supports_checks_the_padded_state():
+    """The kernels pad D and hidden to powers of two >= 16: D = 8, hidden 128 occupies a 16 x 128 state,
+    whose backward at chunk 64 needs 232 KB of shared memory (check_kernels_compile.py), so it is refused
+    there and admitted at chunk 32."""
+    arch = MemoryMLP(1, 8, depth=2, expansion=16.0)
+    assert "chunk_size 64" in triton_mlp.supports(arch, chunk_size=64)
+    assert triton_mlp.supports(arch, chunk_size=32) is None
+
+
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
         memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
