@@ -241,12 +241,27 @@ def test_options_and_backend_errors():
         memnets.build_mixer("memora", d_model=16, num_heads=2, simplex_scale=0.0)
 
 
-@pytest.mark.parametrize("name", MIXERS)
-def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name):
+def test_lq_floor_only_acts_below_it():
+    """The literal L_q map's floor (Moneta ``norm_floor``) changes nothing while ‖A‖_q >= floor, and
+    below it scales by floor^{-(q-2)}, so ‖W‖_q stays <= 1/floor."""
+    a = torch.randn(3, 4, 5, dtype=torch.float64)
+    norms = a.abs().pow(4).sum((-2, -1)).pow(0.25)
+    big, small = a / norms[:, None, None], 1e-3 * a / norms[:, None, None]  # ‖·‖_4 = 1 and 1e-3
+    exact, floored = LqNormalize(4.0, "paper"), LqNormalize(4.0, "paper", floor=0.1)
+    assert_close("above the floor", exact(big), floored(big))
+    assert_close("below the floor", small / 0.1**2, floored(small))
+    with pytest.raises(ValueError, match="floor must be >= 0"):
+        LqNormalize(4.0, "paper", floor=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "opts"), [("moneta", {}), ("moneta", {"normalize": "unit"}), ("yaad", {}), ("memora", {})]
+)
+def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name, opts):
     """T = 4096, lr at its max, keep ≈ 0 in head 0 and ≈ 1 in head 1 (Yaad: δ tiny, then huge):
     finite outputs and gradients under bf16 autocast."""
     mixer = memnets.build_mixer(
-        name, d_model=8, num_heads=2, chunk_size=128, memory_expansion=2.0, gate_rank=4
+        name, d_model=8, num_heads=2, chunk_size=128, memory_expansion=2.0, gate_rank=4, **opts
     )
     extreme = torch.tensor([-12.0, 12.0])
     with torch.no_grad():
