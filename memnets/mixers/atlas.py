@@ -40,7 +40,6 @@ Choices where the paper is silent (spec §4, §9), each an option:
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -57,8 +56,8 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import Backend, check_cu_seqlens, resolve_backend
-from .titans import MemoryProjections
+from .base import Backend, resolve_backend
+from .memory_block import MemoryProjections, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -194,7 +193,7 @@ class _OmegaMixer(nn.Module):
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
         if cu_seqlens is not None:
-            return self._packed(x, cu_seqlens, state)
+            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         backend = resolve_backend(self.name, self.backend, x.device, SUPPORTED_BACKENDS)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
@@ -222,17 +221,6 @@ class _OmegaMixer(nn.Module):
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y.to(x.dtype), gate).reshape(B, T, -1)
         return self.out(y), AtlasState(conv, mem)
-
-    def _packed(self, x: Tensor, cu_seqlens: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
-        """Packed sequences one by one, each from a fresh state (the memory restarts per sequence)."""
-        check_cu_seqlens(self.name, x, cu_seqlens)
-        if state is not None:
-            raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a recurrent state")
-        ys, last = [], None
-        for s, e in itertools.pairwise(cu_seqlens.tolist()):
-            y, last = self(x[:, s:e])
-            ys.append(y)
-        return torch.cat(ys, 1), last  # type: ignore[return-value]
 
     def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
         y, state = self.forward(x[:, None], state)

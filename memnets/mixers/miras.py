@@ -105,7 +105,7 @@ from ..memory.miras import (
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import Backend, resolve_backend
-from .titans import MemoryProjections, _packed
+from .memory_block import MemoryProjections, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -216,13 +216,13 @@ class MirasMemory(nn.Module):
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-        reason = self._triton_unsupported() if backend == "triton" else None
+        reason = self.memory_kernel_unsupported() if backend == "triton" else None
         if reason is not None:
             raise ValueError(
                 f"{self.name}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
             )
 
-    def _triton_unsupported(self) -> str | None:
+    def memory_kernel_unsupported(self) -> str | None:
         """Why the MLP Triton kernel cannot run this memory (``None`` if it can): it covers plain
         retention (Yaad; Moneta with ``normalize="none"``) on a depth-2 memory."""
         if self.retention is not None:
@@ -244,8 +244,10 @@ class MirasMemory(nn.Module):
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        supported = SUPPORTED_BACKENDS if self._triton_unsupported() else (*SUPPORTED_BACKENDS, "triton")
+            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+        supported = (
+            SUPPORTED_BACKENDS if self.memory_kernel_unsupported() else (*SUPPORTED_BACKENDS, "triton")
+        )
         backend = resolve_backend(self.name, self.backend, x.device, supported)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)

@@ -84,7 +84,6 @@ MAC learns slowest: its memory is written from attention outputs and read back t
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -94,10 +93,11 @@ from torch import Tensor, nn
 
 from ..memory import MemoryMLP, MemoryState, initial_state, memory_chunked, memory_read, memory_reference
 from ..memory.architecture import Activation
-from ..modules import GatedRMSNorm, RMSNorm, ShortConv, l2norm
+from ..modules import GatedRMSNorm, RMSNorm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, check_cu_seqlens, log, resolve_backend
+from .base import Backend, log, resolve_backend
+from .memory_block import MemoryProjections, check_packed, memory_kernel_unsupported, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 _announced_kernels: set[str] = set()
@@ -115,58 +115,8 @@ def _check_positive(owner: str, **values: int) -> None:
             raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
 
 
-def _check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
-    check_cu_seqlens(owner, x, cu_seqlens)
-    if state is not None:
-        raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
-
-
-def _packed(mixer: nn.Module, x: Tensor, cu_seqlens: Tensor, state: object) -> tuple[Tensor, object]:
-    """Run packed sequences one by one from a fresh state (the memory restarts per sequence)."""
-    _check_packed(type(mixer).__name__, x, cu_seqlens, state)
-    bounds = cu_seqlens.tolist()
-    ys, last = [], None
-    for s, e in itertools.pairwise(bounds):
-        y, last = mixer(x[:, s:e])
-        ys.append(y)
-    return torch.cat(ys, 1), last
-
-
 # ---------------------------------------------------------------------------------------------------
 # the neural memory: projections, gates, memory, output norm
-
-
-class MemoryProjections(nn.Module):
-    """x → per-head q, k, v (Linear → causal depthwise conv → SiLU; l2-norm on q and k)."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        head_dim: int,
-        conv_size: int,
-        names: tuple[str, ...] = ("q", "k", "v"),
-    ) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.names = num_heads, head_dim, names
-        inner = num_heads * head_dim
-        self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in names})
-        self.conv = nn.ModuleDict({n: ShortConv(inner, conv_size) for n in names})
-
-    def forward(
-        self, x: Tensor, conv_state: dict[str, Tensor] | None, cu_seqlens: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        B, T, _ = x.shape
-        conv_state = conv_state or {}
-        out, new_conv = {}, {}
-        for n in self.names:
-            h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n), cu_seqlens)
-            h = h.view(B, T, self.num_heads, self.head_dim)
-            out[n] = l2norm(h) if n in ("q", "k") else h
-        return out, new_conv
-
-    def state_size(self) -> int:
-        return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
 
 
 def _last_sequence_conv(conv: dict[str, Tensor], cu_seqlens: Tensor) -> dict[str, Tensor]:
@@ -221,29 +171,14 @@ def _check_backend(owner: str, backend: str) -> None:
         )
 
 
-def _triton_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
-    """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
-    (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
-    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim x hidden
-    width <= 4096, <= 1024 for chunk sizes above 32)."""
-    if arch.depth not in (1, 2):
-        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
-    try:
-        from ..kernels import titans_linear_triton, titans_mlp_triton
-    except ImportError as e:
-        return f"Triton is not importable ({e})"
-    kernel = titans_linear_triton if arch.depth == 1 else titans_mlp_triton
-    return kernel.supports(arch, chunk_size=chunk_size)
-
-
 def _memory_backends(arch: MemoryMLP, chunk_size: int) -> tuple[str, ...]:
-    if _triton_unsupported(arch, chunk_size) is None:
+    if memory_kernel_unsupported(arch, chunk_size) is None:
         return (*SUPPORTED_BACKENDS, "triton")
     return SUPPORTED_BACKENDS
 
 
 def _check_triton(owner: str, backend: str, arch: MemoryMLP, chunk_size: int) -> None:
-    reason = _triton_unsupported(arch, chunk_size) if backend == "triton" else None
+    reason = memory_kernel_unsupported(arch, chunk_size) if backend == "triton" else None
     if reason is not None:
         raise ValueError(
             f"{owner}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
@@ -356,8 +291,8 @@ class Titans(nn.Module):
         backend = self._backend(x.device)
         if cu_seqlens is not None:
             if not self.packs_in_one_call(x.device):
-                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            _check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
+                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         if cu_seqlens is not None:
@@ -485,8 +420,8 @@ class TitansMAG(nn.Module):
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
             if not self.memory.packs_in_one_call(x.device):
-                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            _check_packed("titans_mag", x, cu_seqlens, state)
+                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            check_packed("titans_mag", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y_mem, mem = self.memory(x, state.memory, cu_seqlens)
         y_att, att = self.attention(x, state.attention, cu_seqlens)
@@ -555,8 +490,8 @@ class TitansMAL(nn.Module):
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
             if not self.memory.packs_in_one_call(x.device):
-                return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            _check_packed("titans_mal", x, cu_seqlens, state)
+                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            check_packed("titans_mal", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y, mem = self.memory(x, state.memory, cu_seqlens)
         o, att = self.attention(y, state.attention, cu_seqlens)
@@ -667,7 +602,7 @@ class TitansMAC(nn.Module):
         self, x: Tensor, state: MACState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MACState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         backend = resolve_backend(
             "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
         )

@@ -64,7 +64,7 @@ from ..memory.sharded import ShardState, sharded_memory
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import BACKENDS, Backend, log, resolve_backend
-from .titans import MemoryProjections, _packed, _triton_unsupported
+from .memory_block import MemoryProjections, memory_kernel_unsupported, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -190,7 +190,8 @@ class TNT(nn.Module):
         self.glob = memory() if global_memory else None
         self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
         reasons = [
-            _triton_unsupported(mem.memory, c) for mem, c in zip(self.local, self.chunk_sizes, strict=True)
+            memory_kernel_unsupported(mem.memory, c)
+            for mem, c in zip(self.local, self.chunk_sizes, strict=True)
         ]
         self.triton_reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
         if backend == "triton" and self.triton_reason is not None:
@@ -213,7 +214,7 @@ class TNT(nn.Module):
         self, x: Tensor, state: TNTState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
-            return _packed(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         backend = resolve_backend("tnt", self.backend, x.device, self._backends())
         B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)

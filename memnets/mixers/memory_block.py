@@ -1,0 +1,81 @@
+"""Pieces the memory mixers (``titans``, ``moneta``/``yaad``/``memora``, ``omeganet``/``atlas``,
+``tnt``) share: the q/k/v input block, running packed sequences one at a time, and which Titans memory
+kernel (if any) covers a memory network."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor, nn
+
+from ..memory import MemoryMLP
+from ..modules import ShortConv, l2norm
+from .base import check_cu_seqlens
+
+
+def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
+    check_cu_seqlens(owner, x, cu_seqlens)
+    if state is not None:
+        raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
+
+
+def run_packed_one_by_one(
+    mixer: nn.Module, x: Tensor, cu_seqlens: Tensor, state: object
+) -> tuple[Tensor, object]:
+    """Run packed sequences one by one from a fresh state (the memory restarts per sequence)."""
+    check_packed(type(mixer).__name__, x, cu_seqlens, state)
+    bounds = cu_seqlens.tolist()
+    ys, last = [], None
+    for s, e in itertools.pairwise(bounds):
+        y, last = mixer(x[:, s:e])
+        ys.append(y)
+    return torch.cat(ys, 1), last
+
+
+class MemoryProjections(nn.Module):
+    """x → per-head q, k, v (Linear → causal depthwise conv → SiLU; l2-norm on q and k)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        head_dim: int,
+        conv_size: int,
+        names: tuple[str, ...] = ("q", "k", "v"),
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.names = num_heads, head_dim, names
+        inner = num_heads * head_dim
+        self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in names})
+        self.conv = nn.ModuleDict({n: ShortConv(inner, conv_size) for n in names})
+
+    def forward(
+        self, x: Tensor, conv_state: dict[str, Tensor] | None, cu_seqlens: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        B, T, _ = x.shape
+        conv_state = conv_state or {}
+        out, new_conv = {}, {}
+        for n in self.names:
+            h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n), cu_seqlens)
+            h = h.view(B, T, self.num_heads, self.head_dim)
+            out[n] = l2norm(h) if n in ("q", "k") else h
+        return out, new_conv
+
+    def state_size(self) -> int:
+        return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
+
+
+def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
+    """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
+    (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
+    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim x hidden
+    width <= 4096, <= 1024 for chunk sizes above 32)."""
+    if arch.depth not in (1, 2):
+        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
+    try:
+        from ..kernels import titans_linear_triton, titans_mlp_triton
+    except ImportError as e:
+        return f"Triton is not importable ({e})"
+    kernel = titans_linear_triton if arch.depth == 1 else titans_mlp_triton
+    return kernel.supports(arch, chunk_size=chunk_size)
