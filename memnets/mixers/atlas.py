@@ -49,8 +49,7 @@ batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk New
 
 OmegaNet learns recall; Atlas (orthogonalised steps, ``lr_max`` 0.1) starts much more slowly but
 learns too (in the longer run: accuracy 0.0535, 14x chance, and val loss 4.10 at step 1000, still
-rising). Whether a
-larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
+rising). Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
 """
 
 from __future__ import annotations
