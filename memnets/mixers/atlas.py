@@ -48,7 +48,8 @@ batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk New
     atlas      1500    0.007   0.019   0.036   0.0535 at 1000, 0.0818 at 1250, 0.0917 at 1500; val loss 3.7428  (second run, 1500-step schedule)
 
 OmegaNet learns recall; Atlas (orthogonalised steps, ``lr_max`` 0.1) starts much more slowly but
-learns too (the longer run ends at accuracy 0.092, 23x chance, val loss 3.74, still rising). Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
+learns too (the longer run ends at accuracy 0.092, 23x chance, val loss 3.74, still rising).
+Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
 """
 
 from __future__ import annotations
