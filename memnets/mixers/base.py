@@ -25,7 +25,15 @@ Backend = Literal["auto", "reference", "chunked", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 
 log = logging.getLogger("memnets")
-_announced: set[tuple[str, str]] = set()
+_announced: set[str] = set()
+
+
+def log_once(message: str, *args: object) -> None:
+    """Log ``message % args`` at INFO the first time this exact text comes up (which path ran)."""
+    text = message % args
+    if text not in _announced:
+        _announced.add(text)
+        log.info(text)
 
 
 def triton_available(device: torch.device) -> bool:
@@ -60,9 +68,7 @@ def resolve_backend(
         raise ValueError(f"{owner}: backend={backend!r} is not implemented; supported: {list(supported)}")
     else:
         chosen = backend
-    if (owner, chosen) not in _announced:
-        _announced.add((owner, chosen))
-        log.info("%s: running the %s backend (asked for %s on %s)", owner, chosen, backend, device.type)
+    log_once("%s: running the %s backend (asked for %s on %s)", owner, chosen, backend, device.type)
     return chosen
 
 

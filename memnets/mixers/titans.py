@@ -96,17 +96,10 @@ from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, log, resolve_backend
+from .base import Backend, log_once, resolve_backend
 from .memory_block import MemoryProjections, check_packed, memory_kernel_unsupported, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
-_announced_kernels: set[str] = set()
-
-
-def _announce(kernel: str, depth: int) -> None:
-    if kernel not in _announced_kernels:
-        _announced_kernels.add(kernel)
-        log.info("titans: the memory runs in the Triton kernel %s (depth %d)", kernel, depth)
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -205,11 +198,11 @@ def _run_memory(
 
         if arch.depth == 1:
             y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
-            _announce("titans_linear_chunked", arch.depth)
+            log_once("titans: the memory runs in the Triton kernel titans_linear_chunked (depth 1)")
             return y, mem[-1] if isinstance(mem, list) else mem
         if cu_seqlens is not None:
             raise ValueError("titans: packed sequences run in one call only with the linear-memory kernel")
-        _announce("titans_mlp_chunked", arch.depth)
+        log_once("titans: the memory runs in the Triton kernel titans_mlp_chunked (depth 2)")
         return titans_mlp_chunked(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
     fn = memory_reference if backend == "reference" else memory_chunked
     return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]

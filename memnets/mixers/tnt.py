@@ -63,7 +63,7 @@ from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState, sharded_memory
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, log, resolve_backend
+from .base import BACKENDS, Backend, log_once, resolve_backend
 from .memory_block import MemoryProjections, memory_kernel_unsupported, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
@@ -109,15 +109,6 @@ def _kernel(arch: MemoryMLP) -> Callable[..., tuple[Tensor, MemoryState]]:
     from ..kernels.titans_mlp_triton import titans_mlp_chunked
 
     return titans_mlp_chunked
-
-
-_announced_global: list[bool] = []
-
-
-def _announce_global() -> None:
-    if not _announced_global:
-        _announced_global.append(True)
-        log.info("tnt: local memories run in the Triton kernels; the global memory runs the chunked engine")
 
 
 @dataclass
@@ -225,7 +216,9 @@ class TNT(nn.Module):
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
             if backend == "triton":
-                _announce_global()
+                log_once(
+                    "tnt: local memories run in the Triton kernels; the global memory runs the chunked engine"
+                )
             fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
             y, glob_state = fn(
                 self.glob.memory,
