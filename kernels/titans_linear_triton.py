@@ -56,7 +56,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, memory_chunked, safe_log
+from memnets.memory import (
+    L2Bias,
+    MemoryMLP,
+    MemoryState,
+    chunk_coefficients,
+    finish_chunk_then,
+    safe_log,
+)
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
@@ -611,7 +618,9 @@ def titans_linear_chunked(
                 f"titans_linear_chunked: with cu_seqlens the state must be at a chunk boundary, got "
                 f"offset {state.offset}"
             )
-        return _finish_chunk(arch, q, k, v, lr, mom, keep, state, chunk_size)
+        return finish_chunk_then(
+            titans_linear_chunked, arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size
+        )
     B, T, H, D = q.shape
     N = len(lengths)
     for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
@@ -692,35 +701,3 @@ def titans_linear_chunked(
     if cu_seqlens is None:
         return y, final(slice(None), T % L)
     return y, [final(slice(n, n + 1), length % L) for n, length in enumerate(lengths)]
-
-
-def _finish_chunk(
-    arch: MemoryMLP,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    lr: Tensor,
-    mom: Tensor | None,
-    keep: Tensor | None,
-    state: MemoryState,
-    chunk_size: int,
-) -> tuple[Tensor, MemoryState]:
-    """Finish the chunk the state is in with the PyTorch engine (at most chunk_size - 1 tokens, e.g.
-    decoding), then continue from the chunk boundary with the kernels."""
-    n = min(q.shape[1], chunk_size - state.offset)
-
-    def head(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x[:, :n]
-
-    def tail(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x[:, n:]
-
-    y0, state = memory_chunked(
-        arch, q[:, :n], k[:, :n], v[:, :n], lr[:, :n], head(mom), head(keep), state, chunk_size=chunk_size
-    )
-    if n == q.shape[1]:
-        return y0, state
-    y1, state = titans_linear_chunked(
-        arch, q[:, n:], k[:, n:], v[:, n:], lr[:, n:], tail(mom), tail(keep), state, chunk_size=chunk_size
-    )
-    return torch.cat([y0, y1], 1), state  # type: ignore[return-value]

@@ -80,7 +80,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from memnets.memory import L2Bias, MemoryMLP, MemoryState, chunk_coefficients, memory_chunked, safe_log
+from memnets.memory import (
+    L2Bias,
+    MemoryMLP,
+    MemoryState,
+    chunk_coefficients,
+    finish_chunk_then,
+    safe_log,
+)
 from memnets.memory.miras import HuberBias, LpBias
 
 MAX_CHUNK = 64
@@ -1036,40 +1043,10 @@ def titans_mlp_chunked(
                 f"titans_mlp_chunked: {bias!r} needs bias_params of shape {list(want)}, got {got}"
             )
     if state is not None and state.offset > 0:
-        # finish the chunk the state is in with the PyTorch engine (at most chunk_size - 1 tokens,
-        # e.g. decoding), then continue from the chunk boundary with the kernels
-        n = min(T, chunk_size - state.offset)
-        head = slice(0, n)
-        y0, state = memory_chunked(
-            arch,
-            q[:, head],
-            k[:, head],
-            v[:, head],
-            lr[:, head],
-            _slice(mom, head),
-            _slice(keep, head),
-            state,
-            chunk_size=chunk_size,
-            bias=bias or L2Bias(),
-            bias_params=_slice(bias_params, head),  # type: ignore[arg-type]
-        )
-        if n == T:
-            return y0, state
-        tail = slice(n, T)
-        y1, state = titans_mlp_chunked(
-            arch,
-            q[:, tail],
-            k[:, tail],
-            v[:, tail],
-            lr[:, tail],
-            _slice(mom, tail),
-            _slice(keep, tail),
-            state,
-            chunk_size=chunk_size,
-            bias=bias,
-            bias_params=_slice(bias_params, tail),
-        )
-        return torch.cat([y0, y1], 1), state
+        return finish_chunk_then(
+            titans_mlp_chunked, arch, q, k, v, lr, mom, keep, state,
+            chunk_size=chunk_size, bias=bias, bias_params=bias_params,
+        )  # fmt: skip
     if state is None:
         w1, w2 = (w[None].expand(B, *w.shape) for w in arch.init_weights)
         s1 = s2 = None

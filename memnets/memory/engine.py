@@ -346,6 +346,47 @@ def memory_chunked(
     return y.transpose(1, 2).to(q.dtype), MemoryState(W, S, anchor if offset else None, offset)
 
 
+def finish_chunk_then(
+    run: Callable[..., tuple[Tensor, MemoryState]],
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None,
+    keep: Tensor | None,
+    state: MemoryState,
+    *,
+    chunk_size: int,
+    bias: AttentionalBias | None = None,
+    bias_params: Tensor | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """For kernels that start at chunk boundaries: finish the chunk ``state`` is in with
+    :func:`memory_chunked` (at most ``chunk_size - 1`` tokens, e.g. decoding), then continue from the
+    boundary with ``run`` (same signature as :func:`memory_chunked`; ``bias``/``bias_params`` are
+    passed on only when given)."""
+
+    def cut(x: Tensor | None, s: slice) -> Tensor | None:
+        return None if x is None else x[:, s]
+
+    n = min(q.shape[1], chunk_size - state.offset)
+    head, tail = slice(0, n), slice(n, None)
+    y0, state = memory_chunked(
+        arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head), state,
+        chunk_size=chunk_size, bias=bias, bias_params=cut(bias_params, head),
+    )  # fmt: skip
+    if n == q.shape[1]:
+        return y0, state
+    extra = (
+        {} if bias is None and bias_params is None else {"bias": bias, "bias_params": cut(bias_params, tail)}
+    )
+    y1, state = run(
+        arch, q[:, tail], k[:, tail], v[:, tail], lr[:, tail], cut(mom, tail), cut(keep, tail), state,
+        chunk_size=chunk_size, **extra,
+    )  # fmt: skip
+    return torch.cat([y0, y1], 1), state
+
+
 def memory_read(arch: MemoryMLP, state: MemoryState, x: Tensor) -> Tensor:
     """Read ``x [B, T, H, D]`` with the state's current weights, no write (e.g. Titans MAC's retrieval
     ``h_t = M*_{t-1}(q_t)``, Eq. 21)."""
