@@ -32,30 +32,51 @@ LN(z) = γ ⊙ (z − mean z)/sqrt(var z + eps) + b with the per-head *outer* sc
 kernels on the key path (R = (K + LN(Z2)) − V in the engine's order: pre-subtracting V − K rounds
 differently, which the ill-conditioned LayerNorm + Huber cases amplify) and outside on the reads.
 
-Kernels (grid: one program per (batch, head), chunks sequential inside; all math in float32, half
-inputs upcast on load; the chunk tile is padded to at least 16 rows, so any chunk size 1..64 works):
+Tiles. The kernels walk tiles of at most ``MAX_TILE`` = 64 tokens (padded to at least 16 rows). A
+chunk longer than a tile (or whose tile would not fit the chip, see below) runs as KE tiles of a
+divisor of its length: every token's inner gradient is still taken at the *chunk*-start weights (the
+key path uses those, refreshed every KE tiles), while the reads and the update walk tile by tile.
+That is exact, not an approximation: with the gradients u_s fixed at the chunk start, the recurrence
+S_t = mom_t S_{t−1} − lr_t u_s, W_t = keep_t W_{t−1} + S_t is linear, so splitting a chunk's dual form
+at any token gives the same W_t (the tile coefficients are ``chunk_coefficients`` at the tile size).
+Chunk sizes 8..256 (and TNT's global 2048) therefore all run; a chunk size with no divisor in
+8..64 whose tile fits (a prime above 64) is refused.
 
-1. ``_forward_kernel``: carries (W1, W2, S1, S2), writes y, the final state and the last chunk's
-   start weights (the engine's ``anchor`` when T is not a multiple of L). With ``STORE`` it instead
-   writes every chunk's start state and skips the reads: the backward re-runs it to recompute those
-   states instead of keeping activations from the forward.
-2. ``_backward_kernel``: chunks in reverse, carrying the cotangents (dW1, dW2, dS1, dS2) of the chunk
-   end state; recomputes the chunk's key and query paths from its stored start state and gives the
-   gradients of q, k, v, the bias parameters, the LayerNorm's γ and b, every coefficient and the
-   initial state. The second-order terms are included: Δ depends on W1, W2 through R (ℓ'' of the
-   bias) and through the LayerNorm's Jacobian at Z2, δ1 on W2 and on Z1 (σ'' of the activation).
+Reads at the chunk start (``READ_START``, TNT's global memory, :func:`chunk_read_mlp`, TNT Eq. 5, 7):
+Y = [LN](σ(Q W1) W2) at the chunk-start weights, plain gradient descent (no momentum or decay).
+
+Kernels (grid: one program per (batch, head), tiles sequential inside; all math in float32, half
+inputs upcast on load):
+
+1. ``_forward_kernel``: carries (W1, W2, S1, S2) over tiles C0 .. C0 + NC, writes y, the state after
+   them and the last chunk's start weights (the engine's ``anchor`` when T is not a multiple of the
+   chunk). With ``STORE`` it instead writes every tile's start state and skips the reads.
+2. ``_backward_kernel``: the same tiles in reverse, carrying the cotangents (dW1, dW2, dS1, dS2) of the
+   tile-end state; recomputes the tile's key and query paths from its stored start state (and its
+   chunk's start weights) and gives the gradients of q, k, v, the bias parameters, the LayerNorm's γ
+   and b, every coefficient and the start state. The second-order terms are included: Δ depends on
+   W1, W2 through R (ℓ'' of the bias) and through the LayerNorm's Jacobian at Z2, δ1 on W2 and on Z1
+   (σ'' of the activation). The key path's weight cotangents collect over a chunk's tiles and join
+   the state's at its first tile.
+
+Memory stays bounded at long T by checkpoint segments (``checkpoint_every`` chunks, default
+⌈√chunks⌉): the forward launches once per segment and keeps the state at each segment start; the
+backward walks the segments in reverse, re-running the forward from the segment's checkpoint with
+``STORE`` (that segment's tile states only) before its backward launch. Saved per (batch, head):
+⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass.
 
 Both passes are ``torch.library`` custom ops (``memnets::titans_mlp_fwd`` / ``_bwd``) with fake
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
 other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ_q normalisation,
-Memora), float64 memories, D·Dh or chunk sizes beyond the shared-memory limits below.
+Memora's softmax retention), the Omega rule's window (OmegaNet, Atlas), float64 memories, and states
+D·Dh beyond the shared-memory limits below.
 
 Performance is untuned and untimed (written without a GPU; the interpreter ran it, and both kernels
 were compiled ahead of time for sm_90 with ``scripts/check_kernels_compile.py``: num_warps=4,
 num_stages=1, GELU, L2 bias, LayerNorm, residual, momentum). One program per (batch, head) keeps the
-whole state on chip, so the footprint grows with D·Dh and the chunk tile. Shared memory of that
+whole state on chip, so the footprint grows with D·Dh and the tile. Shared memory of that
 compile (forward / backward), and the backward's register spills per thread::
 
     D    Dh    L=16            L=32            L=64             L=128
@@ -65,14 +86,18 @@ compile (forward / backward), and the backward's register spills per thread::
     backward spills: 2.6 KB (16, 64, 16) ... 11 KB (32, 128, 32) ... 21 KB (64, 256, 16)
 
 An H100 has 228 KB of shared memory per SM, so ``MAX_STATE_FOR_TILE`` admits D·Dh <= 32·128 for
-chunk tiles of 16 and 32 rows and D·Dh <= 16·64 for 64 rows (chunk sizes 33..64); 128-row tiles
-never fit (``MAX_CHUNK`` = 64). Every shape spills registers (255 per thread), so expect it to be
-slow; D = 64, Dh = 256 at L = 16 (Titans at head dim 64) would launch but is left to the PyTorch
-engine until timed. Speed needs the state tiled over Dh across programs (layer-1 columns and layer-2
-rows split cleanly; Z2 and the LayerNorm need a cross-tile reduction, spec 7.3).
+tiles of 16 and 32 rows and D·Dh <= 16·64 for 64 rows; 128-row tiles never fit (``MAX_TILE`` = 64;
+several tiles per chunk cost no more shared memory: KE = 4 compiles to the same 128 KB). Every
+shape spills registers (255 per thread), so expect it to be slow; D = 64, Dh = 256 at L = 16 (Titans
+at head dim 64) would launch but is left to the PyTorch engine until timed. Speed needs the state
+tiled over Dh (layer-1 columns and layer-2 rows split cleanly; Z2 and the LayerNorm need a cross-tile
+reduction, spec 7.3).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +113,11 @@ from memnets.memory import (
     finish_chunk_then,
     safe_log,
 )
+from memnets.memory.chunk_read import chunk_read_memory
 from memnets.memory.miras import HuberBias, LpBias
 
-MAX_CHUNK = 64
-# largest D·Dh per padded chunk tile (rows) whose kernels fit an H100's 228 KB of shared memory (sm_90
+MAX_TILE = 64
+# largest D·Dh per padded tile (rows) whose kernels fit an H100's 228 KB of shared memory (sm_90
 # compile, see the module docstring); 128-row tiles need 304 KB even at D·Dh = 16·64
 MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
@@ -254,7 +280,9 @@ def _forward_kernel(
     s1_chunks,
     s2_chunks,
     T,
+    C0,
     NC,
+    NCT,
     p,
     eps,
     sharp,
@@ -266,11 +294,13 @@ def _forward_kernel(
     BL: tl.constexpr,
     BD: tl.constexpr,
     BH: tl.constexpr,
+    KE: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr,
     STORE: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
@@ -296,18 +326,25 @@ def _forward_kernel(
     if LN:
         gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
         shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    K1 = W1  # the key path's weights: those at the start of the chunk (of KE tiles) the tile is in
+    K2 = W2
     for c in range(NC):
-        cc = bh * NC + c  # index of this (batch, head, chunk)
+        g = C0 + c  # the tile's index in the sequence
+        cc = bh * NCT + g  # index of this (batch, head, tile) in the coefficients
+        if g % KE == 0:
+            K1 = W1
+            K2 = W2
         if STORE:
-            tl.store(w1_chunks + cc * n + o1, W1, mask=m1)
-            tl.store(w2_chunks + cc * n + o2, W2, mask=m2)
+            sc = bh * NC + c
+            tl.store(w1_chunks + sc * n + o1, W1, mask=m1)
+            tl.store(w2_chunks + sc * n + o2, W2, mask=m2)
             if HAS_MOM:
-                tl.store(s1_chunks + cc * n + o1, S1, mask=m1)
-                tl.store(s2_chunks + cc * n + o2, S2, mask=m2)
-        if c == NC - 1:
-            tl.store(w1_anchor + bh * n + o1, W1, mask=m1)
-            tl.store(w2_anchor + bh * n + o2, W2, mask=m2)
-        offs, mask, valid, row_idx = _rows(b, c * L, h, T, H, D, L, BL, BD)
+                tl.store(s1_chunks + sc * n + o1, S1, mask=m1)
+                tl.store(s2_chunks + sc * n + o2, S2, mask=m2)
+        if g == NCT - 1:
+            tl.store(w1_anchor + bh * n + o1, K1, mask=m1)
+            tl.store(w2_anchor + bh * n + o2, K2, mask=m2)
+        offs, mask, valid, row_idx = _rows(b, g * L, h, T, H, D, L, BL, BD)
         b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
         b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
         delta = tl.zeros([BL], dtype=tl.float32)
@@ -316,9 +353,9 @@ def _forward_kernel(
         if BIAS == 3:
             delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
         # key path at the chunk-start weights
-        Z1 = _dot(b_k, W1)
+        Z1 = _dot(b_k, K1)
         A = _act(Z1, ACT)
-        Z2 = _dot(A, W2)
+        Z2 = _dot(A, K2)
         if LN:
             xk, rk = _ln(Z2, cmask, D, ln_eps)
             out = xk * gamma[None, :] + shift[None, :]
@@ -329,28 +366,31 @@ def _forward_kernel(
         if LN:
             dd = _ln_bwd(xk, rk, dd * gamma[None, :], cmask, D)
         dd = tl.where(mask, dd, 0.0)  # Δ = δ2, the last layer's output gradient
-        d1 = _dot(dd, tl.trans(W2)) * _act_grad(Z1, ACT)  # δ1
+        d1 = _dot(dd, tl.trans(K2)) * _act_grad(Z1, ACT)  # δ1
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-            b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-            b_G = tl.load(
-                G + cc * L * L + li[:, None] * L + li[None, :],
-                mask=lmask[:, None] & lmask[None, :],
-                other=0.0,
-            )
-            z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(_dot(b_q, tl.trans(b_k)) * b_G, d1)
-            if HAS_MOM:
-                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-                z1 += b_f[:, None] * _dot(b_q, S1)
-            a1 = _act(z1, ACT)
-            b_y = b_beta[:, None] * _dot(a1, W2) - _dot(_dot(a1, tl.trans(A)) * b_G, dd)
-            if HAS_MOM:
-                b_y += b_f[:, None] * _dot(a1, S2)
+            if READ_START:
+                b_y = _dot(_act(_dot(b_q, K1), ACT), K2)
+            else:
+                b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+                b_G = tl.load(
+                    G + cc * L * L + li[:, None] * L + li[None, :],
+                    mask=lmask[:, None] & lmask[None, :],
+                    other=0.0,
+                )
+                z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(_dot(b_q, tl.trans(b_k)) * b_G, d1)
+                if HAS_MOM:
+                    b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+                    z1 += b_f[:, None] * _dot(b_q, S1)
+                a1 = _act(z1, ACT)
+                b_y = b_beta[:, None] * _dot(a1, W2) - _dot(_dot(a1, tl.trans(A)) * b_G, dd)
+                if HAS_MOM:
+                    b_y += b_f[:, None] * _dot(a1, S2)
             if LN:
                 xq, _ = _ln(b_y, cmask, D, ln_eps)
                 b_y = xq * gamma[None, :] + shift[None, :]
             tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
-        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        last = tl.minimum(T - g * L, L) - 1  # the tile's last token (the tail tile is short)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1)
@@ -416,7 +456,9 @@ def _backward_kernel(
     ds1_init,
     ds2_init,
     T,
+    C0,
     NC,
+    NCT,
     p,
     eps,
     sharp,
@@ -428,11 +470,13 @@ def _backward_kernel(
     BL: tl.constexpr,
     BD: tl.constexpr,
     BH: tl.constexpr,
+    KE: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -461,14 +505,27 @@ def _backward_kernel(
     if LN:
         gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
         shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    # the key path's weights are those at the start of the tile's chunk of KE tiles: the cotangent
+    # they collect (acc) joins the state's at that chunk's first tile
+    acc1 = tl.zeros([BD, BH], dtype=tl.float32)
+    acc2 = tl.zeros([BH, BD], dtype=tl.float32)
     for i in range(NC):
         c = NC - 1 - i
-        cc = bh * NC + c
-        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        g = C0 + c  # the tile's index in the sequence
+        cc = bh * NCT + g
+        sc = bh * NC + c
+        last = tl.minimum(T - g * L, L) - 1  # the tile's last token (the tail tile is short)
         is_last = li == last
-        W1 = tl.load(w1_chunks + cc * n + o1, mask=m1, other=0.0)
-        W2 = tl.load(w2_chunks + cc * n + o2, mask=m2, other=0.0)
-        offs, mask, valid, row_idx = _rows(b, c * L, h, T, H, D, L, BL, BD)
+        W1 = tl.load(w1_chunks + sc * n + o1, mask=m1, other=0.0)
+        W2 = tl.load(w2_chunks + sc * n + o2, mask=m2, other=0.0)
+        if KE == 1:
+            K1 = W1
+            K2 = W2
+        else:
+            kc = sc - g % KE
+            K1 = tl.load(w1_chunks + kc * n + o1, mask=m1, other=0.0)
+            K2 = tl.load(w2_chunks + kc * n + o2, mask=m2, other=0.0)
+        offs, mask, valid, row_idx = _rows(b, g * L, h, T, H, D, L, BL, BD)
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
         b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
         b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
@@ -479,14 +536,13 @@ def _backward_kernel(
         if BIAS == 3:
             delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-        b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
 
         # recompute the key path
-        Z1 = _dot(b_k, W1)
+        Z1 = _dot(b_k, K1)
         A = _act(Z1, ACT)
-        Z2 = _dot(A, W2)
+        Z2 = _dot(A, K2)
         if LN:
             xk, rk = _ln(Z2, cmask, D, ln_eps)
             out = xk * gamma[None, :] + shift[None, :]
@@ -498,59 +554,82 @@ def _backward_kernel(
         if LN:
             dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
         dd = tl.where(mask, dd, 0.0)  # Δ = δ2
-        E = _dot(dd, tl.trans(W2))
+        E = _dot(dd, tl.trans(K2))
         sg = _act_grad(Z1, ACT)
         d1 = E * sg  # δ1
-        # recompute the query path
-        qw1 = _dot(b_q, W1)
-        qk = _dot(b_q, tl.trans(b_k))
-        z1 = b_beta[:, None] * qw1 - _dot(qk * b_G, d1)
-        if HAS_MOM:
-            S1 = tl.load(s1_chunks + cc * n + o1, mask=m1, other=0.0)
-            S2 = tl.load(s2_chunks + cc * n + o2, mask=m2, other=0.0)
-            b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-            qs1 = _dot(b_q, S1)
-            z1 += b_f[:, None] * qs1
-        a1 = _act(z1, ACT)
-        aa = _dot(a1, tl.trans(A))
-        a1w2 = _dot(a1, W2)
-        if HAS_MOM:
-            a1s2 = _dot(a1, S2)
-        if LN:
-            # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
-            z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd)
+        if READ_START:
+            # reads at the chunk-start weights: Y = [LN](σ(Q K1) K2)
+            z1 = _dot(b_q, K1)
+            a1 = _act(z1, ACT)
+            if LN:
+                xq, rq = _ln(_dot(a1, K2), cmask, D, ln_eps)
+                d_gamma += tl.sum(b_dy * xq, 0)
+                d_shift += tl.sum(b_dy, 0)
+                b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
+            dz1 = _dot(b_dy, tl.trans(K2)) * _act_grad(z1, ACT)
+            b_dq = _dot(dz1, tl.trans(K1))
+            rK1 = _dot(tl.trans(b_q), dz1)
+            rK2 = _dot(tl.trans(a1), b_dy)
+            b_dk = tl.zeros([BL, BD], dtype=tl.float32)
+            dA = tl.zeros([BL, BH], dtype=tl.float32)
+            d_d1 = tl.zeros([BL, BH], dtype=tl.float32)
+            d_dd = tl.zeros([BL, BD], dtype=tl.float32)
+            b_dbeta = tl.zeros([BL], dtype=tl.float32)
+            b_dG = tl.zeros([BL, BL], dtype=tl.float32)
+            gW1 = tl.zeros([BD, BH], dtype=tl.float32)
+            gW2 = tl.zeros([BH, BD], dtype=tl.float32)
+        else:
+            b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
+            # recompute the query path
+            qw1 = _dot(b_q, W1)
+            qk = _dot(b_q, tl.trans(b_k))
+            z1 = b_beta[:, None] * qw1 - _dot(qk * b_G, d1)
             if HAS_MOM:
-                z2 += b_f[:, None] * a1s2
-            xq, rq = _ln(z2, cmask, D, ln_eps)
-            d_gamma += tl.sum(b_dy * xq, 0)
-            d_shift += tl.sum(b_dy, 0)
-            b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
+                S1 = tl.load(s1_chunks + sc * n + o1, mask=m1, other=0.0)
+                S2 = tl.load(s2_chunks + sc * n + o2, mask=m2, other=0.0)
+                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+                qs1 = _dot(b_q, S1)
+                z1 += b_f[:, None] * qs1
+            a1 = _act(z1, ACT)
+            aa = _dot(a1, tl.trans(A))
+            a1w2 = _dot(a1, W2)
+            if HAS_MOM:
+                a1s2 = _dot(a1, S2)
+            if LN:
+                # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
+                z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd)
+                if HAS_MOM:
+                    z2 += b_f[:, None] * a1s2
+                xq, rq = _ln(z2, cmask, D, ln_eps)
+                d_gamma += tl.sum(b_dy * xq, 0)
+                d_shift += tl.sum(b_dy, 0)
+                b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
 
-        # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-        b_dbeta = tl.sum(b_dy * a1w2, 1)
-        dP = -_dot(b_dy, tl.trans(dd))
-        b_dG = dP * aa
-        dP = dP * b_G
-        d_dd = -_dot(tl.trans(aa * b_G), b_dy)  # dΔ
-        da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2)) + _dot(dP, A)
-        dA = _dot(tl.trans(dP), a1)
-        gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy)
-        if HAS_MOM:
-            b_df = tl.sum(b_dy * a1s2, 1)
-            da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2))
-        # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
-        dz1 = da1 * _act_grad(z1, ACT)
-        b_dbeta += tl.sum(dz1 * qw1, 1)
-        dP = -_dot(dz1, tl.trans(d1))
-        b_dG += dP * qk
-        dP = dP * b_G
-        d_d1 = -_dot(tl.trans(qk * b_G), dz1)  # dδ1
-        b_dq = b_beta[:, None] * _dot(dz1, tl.trans(W1)) + _dot(dP, b_k)
-        b_dk = _dot(tl.trans(dP), b_q)
-        gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1)
-        if HAS_MOM:
-            b_df += tl.sum(dz1 * qs1, 1)
-            b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1))
+            # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
+            b_dbeta = tl.sum(b_dy * a1w2, 1)
+            dP = -_dot(b_dy, tl.trans(dd))
+            b_dG = dP * aa
+            dP = dP * b_G
+            d_dd = -_dot(tl.trans(aa * b_G), b_dy)  # dΔ
+            da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2)) + _dot(dP, A)
+            dA = _dot(tl.trans(dP), a1)
+            gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy)
+            if HAS_MOM:
+                b_df = tl.sum(b_dy * a1s2, 1)
+                da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2))
+            # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
+            dz1 = da1 * _act_grad(z1, ACT)
+            b_dbeta += tl.sum(dz1 * qw1, 1)
+            dP = -_dot(dz1, tl.trans(d1))
+            b_dG += dP * qk
+            dP = dP * b_G
+            d_d1 = -_dot(tl.trans(qk * b_G), dz1)  # dδ1
+            b_dq = b_beta[:, None] * _dot(dz1, tl.trans(W1)) + _dot(dP, b_k)
+            b_dk = _dot(tl.trans(dP), b_q)
+            gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1)
+            if HAS_MOM:
+                b_df += tl.sum(dz1 * qs1, 1)
+                b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1))
 
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
         kw = _dot(b_k, cW1)
@@ -585,11 +664,20 @@ def _backward_kernel(
             cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1)
             cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy)
 
-        # key path backward (second order): δ1 = (Δ W2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A W2 − V), A = σ(K W1)
+        # key path backward (second order): δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A K2 − V), A = σ(K K1)
+        if KE == 1:
+            gK1 = gW1
+            gK2 = gW2
+        else:
+            gK1 = acc1
+            gK2 = acc2
+        if READ_START:
+            gK1 += rK1
+            gK2 += rK2
         dE = d_d1 * sg
         dZ1 = d_d1 * E * _act_grad2(Z1, ACT)
-        d_dd += _dot(dE, W2)
-        gW2 += _dot(tl.trans(dE), dd)
+        d_dd += _dot(dE, K2)
+        gK2 += _dot(tl.trans(dE), dd)
         d_dd = tl.where(mask, d_dd, 0.0)
         if LN:
             # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
@@ -627,14 +715,14 @@ def _backward_kernel(
             dZ2 += _ln_bwd(xk, rk, dr * gamma[None, :], cmask, D)
         else:
             dZ2 = dr
-        dA += _dot(dZ2, tl.trans(W2))
-        gW2 += _dot(tl.trans(A), dZ2)
+        dA += _dot(dZ2, tl.trans(K2))
+        gK2 += _dot(tl.trans(A), dZ2)
         dZ1 += dA * sg
-        b_dk += _dot(dZ1, tl.trans(W1))
-        gW1 += _dot(tl.trans(b_k), dZ1)
-        if c == NC - 1:
-            gW1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
-            gW2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
+        b_dk += _dot(dZ1, tl.trans(K1))
+        gK1 += _dot(tl.trans(b_k), dZ1)
+        if g == NCT - 1:
+            gK1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
+            gK2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
         tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
         if RES:
             b_dk += dr  # M(k) = k + ...: the residual's direct path
@@ -642,8 +730,19 @@ def _backward_kernel(
         tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
         tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
-        cW1 = gW1
-        cW2 = gW2
+        if KE == 1:
+            cW1 = gK1
+            cW2 = gK2
+        elif g % KE == 0:
+            cW1 = gW1 + gK1
+            cW2 = gW2 + gK2
+            acc1 = tl.zeros([BD, BH], dtype=tl.float32)
+            acc2 = tl.zeros([BH, BD], dtype=tl.float32)
+        else:
+            cW1 = gW1
+            cW2 = gW2
+            acc1 = gK1
+            acc2 = gK2
     tl.store(dw1_init + bh * n + o1, cW1, mask=m1)
     tl.store(dw2_init + bh * n + o2, cW2, mask=m2)
     if HAS_MOM:
@@ -664,42 +763,53 @@ def _block(n: int) -> int:
 
 def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
     """Runtime scalars and compile-time constants of both kernels."""
-    chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual = config
+    tile, activation, bias_kind, p, eps, sharpness, ln_eps, residual, tiles_per_chunk, read_start, _ = config
     H, D = q.shape[2:]
     DH = w1.shape[-1]
     constants = dict(
         H=H,
         D=D,
         DH=DH,
-        L=chunk_size,
-        BL=_block(chunk_size),
+        L=tile,
+        BL=_block(tile),
         BD=_block(D),
         BH=_block(DH),
+        KE=tiles_per_chunk,
         ACT=activation,
         BIAS=bias_kind,
         LN=ln_w is not None,
         RES=residual,
+        READ_START=read_start,
         num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return (p, eps, sharpness, ln_eps), constants
 
 
-def _forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config, store):
+def _segments(n_tiles: int, config: tuple) -> list[tuple[int, int]]:
+    """(first tile, number of tiles) of each checkpoint segment."""
+    every = config[-1]
+    return [(c0, min(every, n_tiles - c0)) for c0 in range(0, n_tiles, every)]
+
+
+def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, store):
+    """One launch over tiles c0 .. c0 + nc from ``state`` (w1, w2, s1, s2) at tile c0; writes the reads
+    into ``y`` (unless ``store``) and the last chunk's start weights into ``anchor``. Returns the state
+    after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
     B, T, H = q.shape[:3]
     beta, f, G, m_end, s_coef = coef
-    NC = beta.shape[2]
+    w1, w2, s1, s2 = state
     has_mom = s1 is not None
 
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    y = new(*q.shape) if not store else new(0)  # float32: the read's residual is added outside
-    w1_final, w2_final, w1_anchor, w2_anchor = new(*w1.shape), new(*w2.shape), new(*w1.shape), new(*w2.shape)
-    s1_final, s2_final = (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
-    w1_chunks = new(B, H, NC, *w1.shape[2:]) if store else new(0)
-    w2_chunks = new(B, H, NC, *w2.shape[2:]) if store else new(0)
-    s1_chunks = new(B, H, NC, *w1.shape[2:]) if store and has_mom else new(0)
-    s2_chunks = new(B, H, NC, *w2.shape[2:]) if store and has_mom else new(0)
+    final = (new(*w1.shape), new(*w2.shape)) + (
+        (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
+    )
+    w1_chunks = new(B, H, nc, *w1.shape[2:]) if store else new(0)
+    w2_chunks = new(B, H, nc, *w2.shape[2:]) if store else new(0)
+    s1_chunks = new(B, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
+    s2_chunks = new(B, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
     scalars, constants = _meta(q, w1, ln_w, config)
     empty = new(0)
     _forward_kernel[(B * H,)](
@@ -719,28 +829,22 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config, store):
         empty if ln_w is None else ln_w,
         empty if ln_b is None else ln_b,
         y,
-        w1_final,
-        w2_final,
-        s1_final,
-        s2_final,
-        w1_anchor,
-        w2_anchor,
+        *final,
+        *anchor,
         w1_chunks,
         w2_chunks,
         s1_chunks,
         s2_chunks,
         T,
-        NC,
+        c0,
+        nc,
+        beta.shape[2],
         *scalars,
         **constants,
         HAS_MOM=has_mom,
         STORE=store,
     )
-    return (
-        y,
-        (w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor),
-        (w1_chunks, w2_chunks, s1_chunks, s2_chunks),
-    )
+    return final if has_mom else (*final[:2], None, None), (w1_chunks, w2_chunks, s1_chunks, s2_chunks)
 
 
 @torch.library.custom_op("memnets::titans_mlp_fwd", mutates_args=())
@@ -760,7 +864,7 @@ def titans_mlp_fwd(
     w2: Tensor,
     s1: Tensor | None,
     s2: Tensor | None,
-    chunk_size: int,
+    tile: int,
     activation: int,
     bias_kind: int,
     p: float,
@@ -768,24 +872,53 @@ def titans_mlp_fwd(
     sharpness: float,
     ln_eps: float,
     residual: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    tiles_per_chunk: int,
+    read_start: bool,
+    checkpoint_every: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``q, k, v [B, T, H, D]``; ``bias_params`` the Huber threshold ``[B, T, H]`` (norm) or
     ``[B, T, H, D]`` (coord), else ``None``; ``ln_w, ln_b [H, D]`` the memory LayerNorm's scale and
-    shift (``None``: no LayerNorm); coefficients ``[B, H, NC, L(, L)]`` float32 (f, m_end, s_coef
-    empty without momentum); state ``w1, s1 [B, H, D, Dh]``, ``w2, s2 [B, H, Dh, D]`` float32.
-    Scalars: chunk size, activation (``ACTIVATIONS``), bias kind, ℓ_p's p and ε, Huber's sharpness,
-    the LayerNorm's ε, the residual (the kernels form M(k) = k + ..., the read's ``+ q`` is left to
-    the caller). Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2
-    at the last chunk's start)."""
+    shift (``None``: no LayerNorm); coefficients of tiles of ``tile`` tokens ``[B, H, NT, tile(, tile)]``
+    float32 (f, m_end, s_coef empty without momentum); state ``w1, s1 [B, H, D, Dh]``,
+    ``w2, s2 [B, H, Dh, D]`` float32. Scalars: the tile, activation (``ACTIVATIONS``), bias kind, ℓ_p's
+    p and ε, Huber's sharpness, the LayerNorm's ε, the residual (the kernels form M(k) = k + ..., the
+    read's ``+ q`` is left to the caller), tiles per chunk (the key path's weights are refreshed every
+    that many tiles), ``read_start`` (reads at the chunk-start weights, no momentum), and the tiles per
+    checkpoint segment. Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at
+    the last chunk's start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's
+    checkpoints))."""
     coef = (beta, f, G, m_end, s_coef)
-    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
-    y, state, _ = _forward(q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, False)
-    return (y, *state)
+    config = (
+        tile,
+        activation,
+        bias_kind,
+        p,
+        eps,
+        sharpness,
+        ln_eps,
+        residual,
+        tiles_per_chunk,
+        read_start,
+        checkpoint_every,
+    )
+    y = w1.new_empty(q.shape)
+    anchor = (torch.empty_like(w1), torch.empty_like(w2))
+    state = (w1, w2, s1, s2)
+    starts = []
+    for c0, nc in _segments(beta.shape[2], config):
+        starts.append(state)
+        state, _ = _forward(q, k, v, bias_params, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, False)
+    ckpt = [torch.stack([st[i] for st in starts]) for i in range(2)]
+    ckpt += [torch.stack([st[i] for st in starts]) if s1 is not None else w1.new_empty(0) for i in (2, 3)]
+    w1f, w2f, s1f, s2f = state
+    s1f, s2f = (w1.new_empty(0) if s is None else s for s in (s1f, s2f))  # distinct: outputs may not alias
+    return (y, w1f, w2f, s1f, s2f, *anchor, *ckpt)
 
 
 @titans_mlp_fwd.register_fake
 def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *config):
     has_mom = s1 is not None
+    ns = len(_segments(beta.shape[2], config))
     return (
         w1.new_empty(q.shape),
         torch.empty_like(w1),
@@ -794,6 +927,10 @@ def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s
         torch.empty_like(w2) if has_mom else w1.new_empty(0),
         torch.empty_like(w1),
         torch.empty_like(w2),
+        w1.new_empty(ns, *w1.shape),
+        w2.new_empty(ns, *w2.shape),
+        w1.new_empty(ns, *w1.shape) if has_mom else w1.new_empty(0),
+        w2.new_empty(ns, *w2.shape) if has_mom else w1.new_empty(0),
     )
 
 
@@ -814,6 +951,10 @@ def titans_mlp_bwd(
     w2: Tensor,
     s1: Tensor | None,
     s2: Tensor | None,
+    ckpt_w1: Tensor,
+    ckpt_w2: Tensor,
+    ckpt_s1: Tensor,
+    ckpt_s2: Tensor,
     dy: Tensor,
     dw1_final: Tensor,
     dw2_final: Tensor,
@@ -821,7 +962,7 @@ def titans_mlp_bwd(
     ds2_final: Tensor,
     dw1_anchor: Tensor,
     dw2_anchor: Tensor,
-    chunk_size: int,
+    tile: int,
     activation: int,
     bias_kind: int,
     p: float,
@@ -829,76 +970,93 @@ def titans_mlp_bwd(
     sharpness: float,
     ln_eps: float,
     residual: bool,
+    tiles_per_chunk: int,
+    read_start: bool,
+    checkpoint_every: int,
 ) -> list[Tensor]:
     """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
-    :func:`titans_mlp_fwd` (empty for absent inputs)."""
+    :func:`titans_mlp_fwd` (empty for absent inputs). Segments run in reverse: each re-runs its forward
+    from its checkpoint to recompute its tiles' start states (memory: one segment's states), then
+    takes the gradients back through it."""
     B, T, H = q.shape[:3]
-    NC = beta.shape[2]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)
-    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
-    _, _, (w1_chunks, w2_chunks, s1_chunks, s2_chunks) = _forward(
-        q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, True
+    config = (
+        tile,
+        activation,
+        bias_kind,
+        p,
+        eps,
+        sharpness,
+        ln_eps,
+        residual,
+        tiles_per_chunk,
+        read_start,
+        checkpoint_every,
     )
 
     def like(t: Tensor | None, present: bool = True) -> Tensor:
         return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
 
     dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
-    # the LayerNorm's outer parameters: one partial sum per (batch, head), reduced below
-    dln_w = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
-    dln_b = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
     dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
-    dw1, dw2, ds1, ds2 = like(w1), like(w2), like(w1, has_mom), like(w2, has_mom)
+    # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
+    dln_w, dln_b = (w1.new_zeros(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2))
+    carry = (dw1_final, dw2_final, ds1_final, ds2_final)
+    scratch = (torch.empty_like(w1), torch.empty_like(w2))  # the recompute's anchor, unused
     scalars, constants = _meta(q, w1, ln_w, config)
     empty = w1.new_empty(0)
-    _backward_kernel[(B * H,)](
-        q,
-        k,
-        v,
-        empty if bias_params is None else bias_params,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        dy,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w1_chunks,
-        w2_chunks,
-        s1_chunks,
-        s2_chunks,
-        dw1_final,
-        dw2_final,
-        ds1_final,
-        ds2_final,
-        dw1_anchor,
-        dw2_anchor,
-        dq,
-        dk,
-        dv,
-        dbp,
-        dln_w,
-        dln_b,
-        dbeta,
-        df,
-        dG,
-        dm_end,
-        ds_coef,
-        dw1,
-        dw2,
-        ds1,
-        ds2,
-        T,
-        NC,
-        *scalars,
-        **constants,
-        HAS_MOM=has_mom,
-    )
+    segments = _segments(beta.shape[2], config)
+    for s in reversed(range(len(segments))):
+        c0, nc = segments[s]
+        start = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
+        _, chunks = _forward(
+            q, k, v, bias_params, ln_w, ln_b, coef, start, config, c0, nc, scratch, empty, True
+        )
+        d_init = (like(w1), like(w2), like(w1, has_mom), like(w2, has_mom))
+        dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
+        _backward_kernel[(B * H,)](
+            q,
+            k,
+            v,
+            empty if bias_params is None else bias_params,
+            empty if ln_w is None else ln_w,
+            empty if ln_b is None else ln_b,
+            dy,
+            beta,
+            f,
+            G,
+            m_end,
+            s_coef,
+            *chunks,
+            *carry,
+            dw1_anchor,
+            dw2_anchor,
+            dq,
+            dk,
+            dv,
+            dbp,
+            *dln,
+            dbeta,
+            df,
+            dG,
+            dm_end,
+            ds_coef,
+            *d_init,
+            T,
+            c0,
+            nc,
+            beta.shape[2],
+            *scalars,
+            **constants,
+            HAS_MOM=has_mom,
+        )
+        carry = d_init
+        if ln_w is not None:
+            dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
     if ln_w is not None:
         dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
-    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2]
+    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, *carry]
 
 
 @titans_mlp_bwd.register_fake
@@ -920,11 +1078,12 @@ _TENSOR_INPUTS = 15  # q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_co
 def _setup_context(ctx, inputs, output) -> None:
     tensors, ctx.config = inputs[:_TENSOR_INPUTS], inputs[_TENSOR_INPUTS:]
     ctx.absent = [t is None for t in tensors]
-    ctx.save_for_backward(*tensors)
+    ctx.save_for_backward(*tensors, *output[7:])
 
 
-def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor):
-    tensors = ctx.saved_tensors
+def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor, *_):
+    saved = ctx.saved_tensors
+    tensors, ckpt = saved[:_TENSOR_INPUTS], saved[_TENSOR_INPUTS:]
     q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
 
     def cot(t: Tensor | None, like: Tensor) -> Tensor:
@@ -933,6 +1092,7 @@ def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, d
     has_mom = s1 is not None
     grads = titans_mlp_bwd(
         *tensors,
+        *ckpt,
         cot(dy, w1.new_empty(q.shape)),
         cot(dw1_final, w1),
         cot(dw2_final, w2),
@@ -966,6 +1126,17 @@ def _bias_config(bias: object) -> tuple[int, float, float, float] | None:
     return None
 
 
+def _tile(chunk_size: int, state: int) -> int | None:
+    """The tile of a chunk: the chunk itself, or its largest divisor in 8..``MAX_TILE``, whose padded
+    tile fits ``state`` (padded D·Dh) on chip; ``None`` if there is none."""
+    fits = [
+        t
+        for t in range(min(chunk_size, MAX_TILE), 0, -1)
+        if chunk_size % t == 0 and (t >= 8 or t == chunk_size) and state <= MAX_STATE_FOR_TILE[_block(t)]
+    ]
+    return fits[0] if fits else None
+
+
 def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
     """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
     if arch.depth != 2:
@@ -974,8 +1145,6 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
         return f"activation {arch.activation!r} (the MLP Triton kernel covers {list(ACTIVATIONS)})"
     if _bias_config(bias) is None:
         return f"attentional bias {bias!r} (the MLP Triton kernel covers L2Bias, LpBias and HuberBias)"
-    if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK:
-        return f"chunk_size {chunk_size} (the MLP Triton kernel covers chunk sizes 1..{MAX_CHUNK})"
     d_in, d_hidden = arch.shapes[0]
     # the kernels pad both widths to powers of two (>= 16): the padded state is what occupies the chip
     # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
@@ -986,90 +1155,73 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
             f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16)"
         )
-    if chunk_size is not None and state > MAX_STATE_FOR_TILE[_block(chunk_size)]:
+    if chunk_size is not None and (chunk_size < 1 or _tile(chunk_size, state) is None):
+        tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
         return (
-            f"head dim {d_in} with hidden width {d_hidden} at chunk_size {chunk_size} (its kernels exceed "
-            f"the GPU's shared memory; use chunk_size <= 32 or head dim x hidden <= "
-            f"{MAX_STATE_FOR_TILE[_block(chunk_size)]})"
+            f"chunk_size {chunk_size} with head dim {d_in} and hidden width {d_hidden} (a chunk runs in "
+            f"tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
+            f"tile fits the GPU's shared memory: {tiles})"
         )
     if arch.init_weights[0].dtype != torch.float32:
         return f"memory dtype {arch.init_weights[0].dtype} (the MLP Triton kernel runs in float32)"
     return None
 
 
-def _slice(x: Tensor | None, s: slice) -> Tensor | None:
-    return None if x is None else x[:, s]
+def _check_inputs(name: str, arch: MemoryMLP, q: Tensor, gates: dict[str, Tensor | None]) -> None:
+    B, T, H, D = q.shape
+    for gate, g in gates.items():
+        if g is not None and tuple(g.shape) != (B, T, H):
+            raise ValueError(f"{name}: {gate} must have shape {[B, T, H]}, got {tuple(g.shape)}")
+    if arch.num_heads != H or arch.dim != D:
+        raise ValueError(f"{name}: q has H={H}, D={D}, the memory H={arch.num_heads}, D={arch.dim}")
 
 
-def titans_mlp_chunked(
+def _check_bias_params(name: str, kind: int, bias: object, bias_params: Tensor | None, q: Tensor) -> None:
+    if kind in (HUBER_NORM, HUBER_COORD):
+        want = tuple(q.shape[:3]) if kind == HUBER_NORM else tuple(q.shape)
+        if bias_params is None or tuple(bias_params.shape) != want:
+            got = None if bias_params is None else tuple(bias_params.shape)
+            raise ValueError(f"{name}: {bias!r} needs bias_params of shape {list(want)}, got {got}")
+
+
+def _run(
     arch: MemoryMLP,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     lr: Tensor,
-    mom: Tensor | None = None,
-    keep: Tensor | None = None,
-    state: MemoryState | None = None,
+    mom: Tensor | None,
+    keep: Tensor | None,
+    state: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
     *,
-    chunk_size: int = 16,
-    bias: object = None,
-    bias_params: Tensor | None = None,
+    chunk_size: int,
+    bias: object,
+    bias_params: Tensor | None,
+    read_start: bool,
+    checkpoint_every: int | None,
 ) -> tuple[Tensor, MemoryState]:
-    """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
-    bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
-    state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
-    :class:`MemoryState` after the last token (float32)."""
-    reason = supports(arch, bias, chunk_size)
-    if reason is not None:
-        raise ValueError(f"titans_mlp_chunked: unsupported configuration: {reason}")
+    """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state."""
     B, T, H, D = q.shape
-    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"titans_mlp_chunked: {name} must have shape {[B, T, H]}, got {tuple(g.shape)}")
-    if arch.num_heads != H or arch.dim != D:
-        raise ValueError(
-            f"titans_mlp_chunked: q has H={H}, D={D}, the memory H={arch.num_heads}, D={arch.dim}"
-        )
-    if state is not None and (state.momentum is None) != (mom is None):
-        raise ValueError(
-            "titans_mlp_chunked: the state's momentum and the mom argument must be given together"
-        )
-    kind, p, eps, sharp = _bias_config(bias)  # type: ignore[misc]
-    if kind in (HUBER_NORM, HUBER_COORD):
-        want = (B, T, H) if kind == HUBER_NORM else (B, T, H, D)
-        if bias_params is None or tuple(bias_params.shape) != want:
-            got = None if bias_params is None else tuple(bias_params.shape)
-            raise ValueError(
-                f"titans_mlp_chunked: {bias!r} needs bias_params of shape {list(want)}, got {got}"
-            )
-    if state is not None and state.offset > 0:
-        return finish_chunk_then(
-            titans_mlp_chunked, arch, q, k, v, lr, mom, keep, state,
-            chunk_size=chunk_size, bias=bias, bias_params=bias_params,
-        )  # fmt: skip
-    if state is None:
-        w1, w2 = (w[None].expand(B, *w.shape) for w in arch.init_weights)
-        s1 = s2 = None
-        if mom is not None:
-            s1, s2 = torch.zeros_like(w1), torch.zeros_like(w2)
-    else:
-        w1, w2 = state.weights
-        s1, s2 = (None, None) if state.momentum is None else state.momentum
+    w1, w2, s1, s2 = state
     if T == 0:
-        return q.new_zeros(q.shape), MemoryState((w1, w2), None if s1 is None else (s1, s2))
+        return q.new_zeros(q.shape), MemoryState((w1, w2), None if s1 is None else (s1, s2))  # type: ignore[arg-type]
     w1, w2 = w1.float().contiguous(), w2.float().contiguous()
     if s1 is not None:
         s1, s2 = s1.float().contiguous(), s2.float().contiguous()  # type: ignore[union-attr]
-    L = chunk_size
-    NC = triton.cdiv(T, L)
-    pad = NC * L - T
+    L = _tile(chunk_size, _block(D) * _block(w1.shape[-1]))
+    assert L is not None  # supports() checked it
+    NT = triton.cdiv(T, L)
+    pad = NT * L - T
+    n_chunks = triton.cdiv(T, chunk_size)
+    every = checkpoint_every or math.isqrt(n_chunks - 1) + 1  # ⌈√chunks⌉: checkpoints ≈ one segment's states
+    kind, p, eps, sharp = _bias_config(bias)  # type: ignore[misc]
 
     with torch.autocast(q.device.type, enabled=False):
 
-        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NC, L], padded with lr 0 / gate 1
+        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NT, L], padded with lr 0 / gate 1
             x = x.float().transpose(1, 2)
             x = safe_log(x) if log else x
-            return F.pad(x, (0, pad)).reshape(B, H, NC, L)
+            return F.pad(x, (0, pad)).reshape(B, H, NT, L)
 
         c = chunk_coefficients(
             gate(lr, False),
@@ -1082,7 +1234,7 @@ def titans_mlp_chunked(
         if arch.layer_norm:
             ln_w, ln_b = arch.norm_weight.float().contiguous(), arch.norm_bias.float().contiguous()
         dummy = c.beta.new_zeros(0)
-        y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_fwd(
+        y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = titans_mlp_fwd(
             q.contiguous(),
             k.contiguous(),
             v.contiguous(),
@@ -1106,10 +1258,114 @@ def titans_mlp_chunked(
             sharp,
             float(arch.eps),
             arch.residual,
+            chunk_size // L,
+            read_start,
+            every * (chunk_size // L),
         )
         if arch.residual:
             y = y + q.float()
         y = y.to(dtype)
-    offset = T % L
+    offset = T % chunk_size
     out = MemoryState((w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a) if offset else None, offset)
     return y, out
+
+
+def _start(arch: MemoryMLP, B: int, state: MemoryState | None, momentum: bool) -> tuple:
+    if state is None:
+        w1, w2 = (w[None].expand(B, *w.shape) for w in arch.init_weights)
+        return (w1, w2, torch.zeros_like(w1), torch.zeros_like(w2)) if momentum else (w1, w2, None, None)
+    s1, s2 = (None, None) if state.momentum is None else state.momentum
+    return (*state.weights, s1, s2)
+
+
+def titans_mlp_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 16,
+    bias: object = None,
+    bias_params: Tensor | None = None,
+    checkpoint_every: int | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
+    bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
+    state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
+    :class:`MemoryState` after the last token (float32). ``checkpoint_every``: chunks between the
+    backward's saved states (default ⌈√chunks⌉)."""
+    name = "titans_mlp_chunked"
+    reason = supports(arch, bias, chunk_size)
+    if reason is not None:
+        raise ValueError(f"{name}: unsupported configuration: {reason}")
+    _check_inputs(name, arch, q, {"lr": lr, "mom": mom, "keep": keep})
+    if state is not None and (state.momentum is None) != (mom is None):
+        raise ValueError(f"{name}: the state's momentum and the mom argument must be given together")
+    _check_bias_params(name, _bias_config(bias)[0], bias, bias_params, q)  # type: ignore[index]
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
+    if state is not None and state.offset > 0:
+        return finish_chunk_then(
+            functools.partial(titans_mlp_chunked, checkpoint_every=checkpoint_every),
+            arch, q, k, v, lr, mom, keep, state,
+            chunk_size=chunk_size, bias=bias, bias_params=bias_params,
+        )  # fmt: skip
+    return _run(
+        arch, q, k, v, lr, mom, keep, _start(arch, q.shape[0], state, mom is not None),
+        chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
+        checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+
+
+def chunk_read_mlp(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: MemoryState | None = None,
+    *,
+    chunk_size: int = 2048,
+    bias: object = None,
+    checkpoint_every: int | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """Drop-in for :func:`memnets.memory.chunk_read.chunk_read_memory` (TNT's global memory: every token
+    reads the weights at its chunk's start, plain gradient descent) for a depth-2 ``arch`` with an L2
+    or ℓ_p bias (see :func:`supports`). A started chunk (decoding) is finished in PyTorch."""
+    name = "chunk_read_mlp"
+    reason = supports(arch, bias, chunk_size)
+    if reason is not None:
+        raise ValueError(f"{name}: unsupported configuration: {reason}")
+    if _bias_config(bias)[0] in (HUBER_NORM, HUBER_COORD):  # type: ignore[index]
+        raise ValueError(
+            f"{name}: {bias!r} needs per-token parameters, which chunk_read_memory does not take"
+        )
+    _check_inputs(name, arch, q, {"lr": lr})
+    if state is not None and state.momentum is not None:
+        raise ValueError(f"{name}: the state must have no momentum (plain gradient descent)")
+    y0 = None
+    if state is not None and state.offset > 0:
+        n = min(q.shape[1], chunk_size - state.offset)
+        y0, state = chunk_read_memory(
+            arch,
+            q[:, :n],
+            k[:, :n],
+            v[:, :n],
+            lr[:, :n],
+            state,
+            chunk_size=chunk_size,
+            bias=bias,  # type: ignore[arg-type]
+        )
+        q, k, v, lr = q[:, n:], k[:, n:], v[:, n:], lr[:, n:]
+        if q.shape[1] == 0:
+            return y0, state
+    y, out = _run(
+        arch, q, k, v, lr, None, None, _start(arch, q.shape[0], state, False),
+        chunk_size=chunk_size, bias=bias, bias_params=None, read_start=True,
+        checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    return (y if y0 is None else torch.cat([y0, y], 1)), out

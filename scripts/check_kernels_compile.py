@@ -10,7 +10,7 @@ GPU's shared memory, on a machine with no GPU (CI, a laptop).
 Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
 chunk 16-64, every HAS_*/STORE_* branch the launchers use; for the MLP-memory kernels the largest
 states ``titans_mlp_triton.supports`` admits per chunk tile, which is where its limits
-``MAX_STATE_FOR_TILE`` and ``MAX_CHUNK`` come from) with ``triton.compile`` on an ``ASTSource``
+``MAX_STATE_FOR_TILE`` and ``MAX_TILE`` come from) with ``triton.compile`` on an ``ASTSource``
 for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
 which needs no driver. Pointer arguments get the 16-byte divisibility a real launch usually has.
 Registers and spills (stack bytes) come from the bundled ``cuobjdump``; shared memory is the dynamic
@@ -163,12 +163,14 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
 
     mod = "titans_mlp_triton"
-    scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
+    scalars = {"T": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
+    scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
     types = {**scalars, **half}
     # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+    full |= {"KE": 1, "READ_START": False}
     cases = []
     for D, DH, L in shapes:
         shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
@@ -181,8 +183,17 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
     shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
+    bare |= {"KE": 1, "READ_START": False}
     cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
     cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
+    # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
+    # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
+    D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
+    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+    for read_start in (False, True):
+        c = {**shape, **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
+        cases.append(Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_stages=1))
+        cases.append(Case(mod, "_backward_kernel", c, types, num_stages=1))
     return cases
 
 

@@ -2,6 +2,7 @@
 float64): outputs, final weights/momenta/anchor and every gradient, on awkward lengths, several chunk
 sizes, with and without momentum and decay, residual on and off, each activation and bias."""
 
+import functools
 import importlib.util
 import itertools
 import json
@@ -15,6 +16,7 @@ from helpers import ROOT
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
+from memnets.memory.chunk_read import chunk_read_memory
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.testing import assert_close, nan_allocations
 
@@ -127,18 +129,20 @@ def _compare(
     bias=None,
     split=None,
     layer_norm=False,
+    **kernel_options,
 ):
     arch = _arch(residual, activation, layer_norm)
     ref_arch = _arch(residual, activation, layer_norm).double()
     inputs = _inputs(T, dtype, gates, bias)
     ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
     with nan_allocations():
-        out = _run(triton_mlp.titans_mlp_chunked, arch, inputs, chunk_size, torch.float32, bias, split)
+        fn = functools.partial(triton_mlp.titans_mlp_chunked, **kernel_options)
+        out = _run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
     assert ref.keys() == out.keys()
     for name in ref:
         # float32 results against the float64 engine, half ones against their half-rounded reference
         expected = ref[name].to(out[name].dtype)
-        case = f"T={T}, chunk={chunk_size}, gates={gates}, {dtype}, res={residual}, ln={layer_norm}, {activation}, {bias}"
+        case = f"T={T}, chunk={chunk_size}, gates={gates}, {dtype}, res={residual}, ln={layer_norm}, {activation}, {bias}, {kernel_options}"
         assert_close(f"{name} ({case})", expected, out[name])
 
 
@@ -185,6 +189,96 @@ def test_state_carry_mid_chunk_with_bias_params():
 
 def test_long_tail_chunk():
     _compare(100, 32)
+
+
+@pytest.mark.parametrize(
+    "T,chunk_size,gates",
+    [(100, 128, "both"), (70, 96, "mom"), (65, 256, "keep"), (1, 128, "none"), (63, 80, "both")],
+)
+def test_chunks_larger_than_a_tile(T, chunk_size, gates):
+    """Chunks beyond the 64-row tile run as several tiles whose key path stays at the chunk-start
+    weights (chunk 80 = 2 tiles of 40, 96 = 2 x 48, 128 = 2 x 64, 256 = 4 x 64)."""
+    _compare(T, chunk_size, gates, residual=True, layer_norm=True)
+
+
+def test_chunk_split_into_tiles_with_bias_and_carry():
+    """A state that does not fit a 64-row tile splits chunk 64 into 2 tiles of 32; the sequence is
+    fed in two calls, the first ending inside a tile of the second chunk."""
+    assert triton_mlp._tile(64, 32 * 128) == 32
+    _compare(90, 128, split=75, bias=HuberBias(mode="norm"), residual=True)
+
+
+@pytest.mark.parametrize(
+    "T,chunk_size,every", [(100, 16, 1), (100, 16, 3), (130, 128, 1), (40, 8, 2), (37, 16, 100)]
+)
+def test_checkpoint_segments(T, chunk_size, every):
+    """The backward recomputes chunk-start states from checkpoints every ``every`` chunks (1: a
+    checkpoint per chunk; more than the chunks: one segment) and matches the engine."""
+    _compare(T, chunk_size, "both", checkpoint_every=every, residual=True)
+
+
+def test_checkpoint_segments_do_not_change_results():
+    """Every segment length gives the same numbers: the recompute from a checkpoint is the forward's
+    own arithmetic (only the LayerNorm parameters' per-segment partial sums are added in another order)."""
+    arch = _arch(layer_norm=True)
+    inputs = _inputs(100, torch.float32, "both")
+    runs = []
+    for every in (1, 3, 100):
+        fn = functools.partial(triton_mlp.titans_mlp_chunked, checkpoint_every=every)
+        with nan_allocations():
+            runs.append(_run(fn, arch, inputs, 16, torch.float32))
+    for other in runs[1:]:
+        for name, ref in runs[0].items():
+            # dln: a float32 sum of per-segment partials, reordered: a few ulp apart
+            rtol = 1e-5 if name.startswith("dln") else 0.0
+            torch.testing.assert_close(other[name], ref, rtol=rtol, atol=0.0)
+
+
+def _as_memory_call(read_fn, **options):
+    """A chunk-start-read function with the engine's signature (no momentum or decay gates)."""
+
+    def run(arch, q, k, v, lr, mom, keep, state, *, chunk_size, bias=None, bias_params=None):
+        assert mom is None and keep is None and bias_params is None
+        return read_fn(arch, q, k, v, lr, state, chunk_size=chunk_size, bias=bias, **options)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "T,chunk_size,split,every",
+    [
+        (1, 16, None, None),
+        (100, 32, None, None),
+        (130, 128, None, 1),
+        (90, 32, 40, None),
+        (200, 128, 100, None),
+    ],
+)
+def test_chunk_start_reads_match_engine(T, chunk_size, split, every):
+    """TNT's global memory (every token reads its chunk's start weights, plain gradient descent):
+    ``chunk_read_mlp`` == ``chunk_read_memory`` in float64, with big chunks of several tiles, a
+    sequence fed in two calls (the second call's first chunk is finished in PyTorch) and checkpoints."""
+    arch = _arch(residual=True, layer_norm=True)
+    ref_arch = _arch(residual=True, layer_norm=True).double()
+    inputs = _inputs(T, torch.float32, "none")
+    ref = _run(_as_memory_call(chunk_read_memory), ref_arch, inputs, chunk_size, torch.float64, None, split)
+    fast = _as_memory_call(triton_mlp.chunk_read_mlp, checkpoint_every=every)
+    with nan_allocations():
+        out = _run(fast, arch, inputs, chunk_size, torch.float32, None, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(f"{name} (T={T}, chunk={chunk_size}, split={split})", ref[name].float(), out[name])
+
+
+def test_chunk_start_reads_lp_bias_float16():
+    arch, ref_arch = _arch(), _arch().double()
+    inputs = _inputs(40, torch.float16, "none")
+    bias = LpBias(p=3.0)
+    ref = _run(_as_memory_call(chunk_read_memory), ref_arch, inputs, 16, torch.float64, bias)
+    with nan_allocations():
+        out = _run(_as_memory_call(triton_mlp.chunk_read_mlp), arch, inputs, 16, torch.float32, bias)
+    for name in ref:
+        assert_close(f"{name} (lp, float16)", ref[name].to(out[name].dtype), out[name])
 
 
 @pytest.mark.parametrize("p,T,chunk_size", [(3.0, 29, 8), (2.5, 33, 16)])
@@ -234,14 +328,17 @@ def test_unsupported_raises(kwargs, bias, match):
 def test_bad_chunk_size_and_missing_bias_params_raise():
     arch = _arch()
     x = torch.randn(1, 4, H, D)
-    with pytest.raises(ValueError, match="chunk_size 256"):
-        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=256)
-    with pytest.raises(ValueError, match="hidden width 128 at chunk_size 64"):
-        # 32 x 128 fits the GPU's shared memory with chunk tiles up to 32 rows, 16 x 64 with 64
+    with pytest.raises(ValueError, match="chunk_size 67"):  # prime: no tile divides it
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=67)
+    with pytest.raises(ValueError, match="chunk_size 37 with head dim 32 and hidden width 128"):
+        # 32 x 128 fits the GPU's shared memory with chunk tiles up to 32 rows, 16 x 64 with 64:
+        # chunk 64 runs as 2 tiles of 32, chunk 37 (prime) has no tile of 8..32 rows
         wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
-        assert triton_mlp.supports(wide, chunk_size=32) is None
+        assert triton_mlp.supports(wide, chunk_size=64) is None
         y = torch.randn(1, 4, H, 32)
-        triton_mlp.titans_mlp_chunked(wide, y, y, y, torch.rand(1, 4, H), chunk_size=64)
+        triton_mlp.titans_mlp_chunked(wide, y, y, y, torch.rand(1, 4, H), chunk_size=37)
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), checkpoint_every=0)
     with pytest.raises(ValueError, match="needs bias_params of shape"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
 
@@ -264,13 +361,16 @@ def test_custom_op_opcheck(momentum):
     ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
     qr, beta = q.requires_grad_(), beta.requires_grad_()
     tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True)
+    # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
+    # chunk start, tiles per checkpoint segment (1: both tiles are segments)
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1)
     torch.library.opcheck(
         triton_mlp.titans_mlp_fwd,
         (*tensors, *config),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
     detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    checkpoints = triton_mlp.titans_mlp_fwd(*detached, *config)[7:]
     cot = (
         torch.randn(B, T, H, D),
         torch.randn_like(w1),
@@ -281,7 +381,9 @@ def test_custom_op_opcheck(momentum):
         torch.randn_like(w2),
     )
     torch.library.opcheck(
-        triton_mlp.titans_mlp_bwd, (*detached, *cot, *config), test_utils=("test_schema", "test_faketensor")
+        triton_mlp.titans_mlp_bwd,
+        (*detached, *checkpoints, *cot, *config),
+        test_utils=("test_schema", "test_faketensor"),
     )
 
 
@@ -352,11 +454,12 @@ def test_mixer_triton_decode_equals_forward():
 
 def test_supports_checks_the_padded_state():
     """The kernels pad D and hidden to powers of two >= 16: D = 8, hidden 128 occupies a 16 x 128 state,
-    whose backward at chunk 64 needs 232 KB of shared memory (check_kernels_compile.py), so it is refused
-    there and admitted at chunk 32."""
+    whose backward with a 64-row tile needs 232 KB of shared memory (check_kernels_compile.py): chunk 64
+    runs as 2 tiles of 32, chunk 61 (prime, a single 64-row tile) is refused."""
     arch = MemoryMLP(1, 8, depth=2, expansion=16.0)
-    assert "chunk_size 64" in triton_mlp.supports(arch, chunk_size=64)
-    assert triton_mlp.supports(arch, chunk_size=32) is None
+    assert triton_mlp._tile(64, 16 * 128) == 32
+    assert triton_mlp.supports(arch, chunk_size=64) is None
+    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61)
 
 
 def test_mixer_triton_unsupported_config_raises():
@@ -382,14 +485,14 @@ def test_bench_script_smoke(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    args = ["--depth", "2", "--T", "12", "--D", "16", "--chunk-sizes", "8", "256", "--repeats", "1"]
+    args = ["--depth", "2", "--T", "12", "--D", "16", "--chunk-sizes", "8", "67", "--repeats", "1"]
     bench.main([*args, "--triton", "--out", str(out)])
     res = json.loads(out.read_text())
     timed = {(r["backend"], r["chunk_size"], r["pass"]) for r in res["rows"] if "ms" in r}
     assert timed == {(b, 8, p) for b in ("chunked", "triton") for p in ("fwd", "fwd+bwd")} | {
-        ("chunked", 256, p) for p in ("fwd", "fwd+bwd")
+        ("chunked", 67, p) for p in ("fwd", "fwd+bwd")
     }
-    assert any(r.get("skipped", "").startswith("unsupported chunk_size 256") for r in res["rows"])
+    assert any(r.get("skipped", "").startswith("unsupported chunk_size 67") for r in res["rows"])
     assert all(r["tflops"] > 0 for r in res["rows"] if "ms" in r)
     assert res["meta"]["depth"] == 2 and res["meta"]["layer_norm"]
 

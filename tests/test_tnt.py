@@ -246,13 +246,21 @@ def test_packed_sequences_and_generate():
         {"memory_depth": 1, "memory_norm": False, "chunk_size": [16, 32]},
     ],
 )
-def test_triton_backend_equals_chunked(kw):
-    """backend='triton' (local memories in the Titans memory kernels, float32, under TRITON_INTERPRET=1)
-    equals the chunked engine (float64): outputs, every gradient, the carried state (a call split
-    mid-shard). A small inner step (lr_max) keeps the problem well conditioned: with the default 1.0 the
-    inner loop amplifies float32 rounding past float32's tolerance in either backend (see
+def test_triton_backend_equals_chunked(kw, monkeypatch):
+    """backend='triton' (local memories in the Titans memory kernels, the 2-layer global memory in the
+    chunk-start-read kernel, float32, under TRITON_INTERPRET=1) equals the chunked engine (float64):
+    outputs, every gradient, the carried state (a call split mid-shard and mid global chunk). A small
+    inner step (lr_max) keeps the problem well conditioned: with the default 1.0 the inner loop
+    amplifies float32 rounding past float32's tolerance in either backend (see
     tests/test_titans_mlp_triton.py)."""
     pytest.importorskip("triton")
+    from memnets.kernels import titans_mlp_triton
+
+    calls = []
+    kernel = titans_mlp_triton.chunk_read_mlp
+    monkeypatch.setattr(
+        titans_mlp_triton, "chunk_read_mlp", lambda *a, **k: calls.append(1) or kernel(*a, **k)
+    )
     torch.manual_seed(0)
     kw = {"lr_max": 0.05, **kw}
     chunked = memnets.build_mixer("tnt", d_model=16, num_heads=2, **{**TINY, **kw}).double()
@@ -271,6 +279,7 @@ def test_triton_backend_equals_chunked(kw):
     assert_close("dx", outs[0][1], outs[1][1])
     for n, a, b in zip(names, outs[0][2:], outs[1][2:]):
         assert_close(f"d{n}", a, b)
+    assert len(calls) == (2 if kw.get("memory_depth", 2) == 2 else 0)  # the global memory, both calls
 
 
 def test_option_errors():

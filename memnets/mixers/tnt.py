@@ -42,9 +42,11 @@ Choices where the paper is silent (spec §9):
 * Backends: ``chunked``, ``reference`` and ``triton``: the local memories (whole shards folded into
   the batch) run in the Titans memory kernels (:mod:`memnets.kernels.titans_mlp_triton` for the
   default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory_depth=1``) where
-  they apply (``titans``' limits per local chunk size); the global memory reads at chunk starts, a
-  different read than the kernels' per-token dual form, so it runs the chunked PyTorch engine either
-  way (logged). ``auto`` picks ``triton`` on CUDA when every local memory fits a kernel.
+  they apply (``titans``' limits per local chunk size); the global memory (2-layer) runs the MLP
+  kernel's chunk-start-read variant (:func:`~memnets.kernels.titans_mlp_triton.chunk_read_mlp`: large
+  chunks as tiles that keep the key path at the chunk-start weights) when it fits, else the chunked
+  PyTorch form (logged, with the reason). ``auto`` picks ``triton`` on CUDA when every local memory
+  fits a kernel.
 * Packed sequences (``cu_seqlens``): run sequence by sequence, as ``titans``.
 """
 
@@ -215,11 +217,20 @@ class TNT(nn.Module):
         if self.glob is not None:
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
-            if backend == "triton":
-                log_once(
-                    "tnt: local memories run in the Triton kernels; the global memory runs the chunked engine"
-                )
             fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
+            if backend == "triton":
+                reason = self._global_kernel_unsupported()
+                if reason is None:
+                    from ..kernels.titans_mlp_triton import chunk_read_mlp
+
+                    fn = chunk_read_mlp
+                    log_once("tnt: local and global memories run in the Triton kernels")
+                else:
+                    log_once(
+                        "tnt: local memories run in the Triton kernels; the global memory runs the chunked "
+                        "engine (the kernel does not cover %s)",
+                        reason,
+                    )
             y, glob_state = fn(
                 self.glob.memory,
                 q,
@@ -252,6 +263,12 @@ class TNT(nn.Module):
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         out = self.out(self.norm(y, gate).reshape(B, T, -1))
         return out, TNTState(new_conv, glob_state, local_states)
+
+    def _global_kernel_unsupported(self) -> str | None:
+        arch = self.glob.memory  # type: ignore[union-attr]
+        if arch.depth != 2:
+            return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
+        return memory_kernel_unsupported(arch, self.global_chunk_size)
 
     def _backends(self) -> tuple[str, ...]:
         return SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
