@@ -45,6 +45,15 @@ Chunk sizes 8..256 (and TNT's global 2048) therefore all run; a chunk size with 
 Reads at the chunk start (``READ_START``, TNT's global memory, :func:`chunk_read_mlp`, TNT Eq. 5, 7):
 Y = [LN](σ(Q W1) W2) at the chunk-start weights, plain gradient descent (no momentum or decay).
 
+The Omega rule (OmegaNet, ATLAS Eq. 9-10, :func:`omega_mlp_chunked`; spec 4.5): token t's inner
+gradient sums the gated gradients of the last c = ``window`` tokens, all at the chunk-start weights.
+A tile's key path then runs over P = c − 1 more rows, the tokens before it (from the previous tile,
+chunk or call: the state carries the last P keys and values, which lead ``k`` and ``v``), and the
+coefficient matrix becomes G·Γ ``[L, P + L]`` with the band Γ[n, e] = win_gate[n, P + n − e]
+(:func:`~memnets.memory.omega.window_band`, computed in PyTorch, so the window gates' gradients come
+from autograd), s_coef likewise s_coefᵀ Γ. Key rows overlap between tiles: the backward writes their
+gradients per tile and sums them (:func:`_fold_key_rows`).
+
 Kernels (grid: one program per (batch, head), tiles sequential inside; all math in float32, half
 inputs upcast on load):
 
@@ -69,9 +78,11 @@ Both passes are ``torch.library`` custom ops (``memnets::titans_mlp_fwd`` / ``_b
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
-other than 2, other biases (KL), retention maps and chunk-end maps (Moneta's ℓ_q normalisation,
-Memora's softmax retention), the Omega rule's window (OmegaNet, Atlas), float64 memories, and states
-D·Dh beyond the shared-memory limits below.
+other than 2, other biases (KL, the dot loss of DLA), retention maps and chunk-end maps (Moneta's ℓ_q
+normalisation, Memora's softmax retention: both act on each token's weights, which the dual form
+never forms), Muon (Atlas: Newton–Schulz of each chunk's momentum), the gated memory (Atlas++), keys
+wider than values (polynomial features of degree > 1, OmegaNet's default), the Huber bias with an
+Omega window, float64 memories, and states D·Dh beyond the shared-memory limits below.
 
 Performance is untuned and untimed (written without a GPU; the interpreter ran it, and both kernels
 were compiled ahead of time for sm_90 with ``scripts/check_kernels_compile.py``: num_warps=4,
@@ -114,7 +125,9 @@ from memnets.memory import (
     safe_log,
 )
 from memnets.memory.chunk_read import chunk_read_memory
+from memnets.memory.features import FeatureMemoryMLP
 from memnets.memory.miras import HuberBias, LpBias
+from memnets.memory.omega import OmegaState, omega_chunked, window_band
 
 MAX_TILE = 64
 # largest D·Dh per padded tile (rows) whose kernels fit an H100's 228 KB of shared memory (sm_90
@@ -224,11 +237,12 @@ def _residual(out, x, RES: tl.constexpr):
 
 @triton.jit
 def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
-    """Offsets and mask of the chunk's rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor."""
+    """Offsets and mask of rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor (rows outside
+    0 .. T−1 masked: t0 < 0 for a window reaching before the first token)."""
     li = tl.arange(0, BL)
     rows = t0 + li
     cols = tl.arange(0, BD)
-    valid = (li < L) & (rows < T)
+    valid = (li < L) & (rows >= 0) & (rows < T)
     mask = valid[:, None] & (cols < D)[None, :]
     offs = ((b * T + rows.to(tl.int64))[:, None] * H + h) * D + cols[None, :]
     return offs, mask, valid, ((b * T + rows.to(tl.int64)) * H + h)
@@ -280,6 +294,7 @@ def _forward_kernel(
     s1_chunks,
     s2_chunks,
     T,
+    P0,
     C0,
     NC,
     NCT,
@@ -295,6 +310,8 @@ def _forward_kernel(
     BD: tl.constexpr,
     BH: tl.constexpr,
     KE: tl.constexpr,
+    P: tl.constexpr,
+    BK: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
@@ -344,14 +361,19 @@ def _forward_kernel(
         if g == NCT - 1:
             tl.store(w1_anchor + bh * n + o1, K1, mask=m1)
             tl.store(w2_anchor + bh * n + o2, K2, mask=m2)
-        offs, mask, valid, row_idx = _rows(b, g * L, h, T, H, D, L, BL, BD)
-        b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BL], dtype=tl.float32)
+        offs, mask, _, _ = _rows(b, g * L, h, T, H, D, L, BL, BD)
+        # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
+        # whose first P0 rows are the state's carried window
+        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
+        lk = tl.arange(0, BK)
+        lkmask = lk < P + L
+        b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
+        b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
+        delta = tl.zeros([BK], dtype=tl.float32)
         if BIAS == 2:
-            delta = tl.load(bp + row_idx, mask=valid, other=0.0).to(tl.float32)
+            delta = tl.load(bp + krow, mask=kvalid, other=0.0).to(tl.float32)
         if BIAS == 3:
-            delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
+            delta = tl.load(bp + koffs, mask=kmask, other=0.0).to(tl.float32)
         # key path at the chunk-start weights
         Z1 = _dot(b_k, K1)
         A = _act(Z1, ACT)
@@ -365,7 +387,7 @@ def _forward_kernel(
         dd = _bias_grad(r, delta, p, eps, sharp, BIAS)
         if LN:
             dd = _ln_bwd(xk, rk, dd * gamma[None, :], cmask, D)
-        dd = tl.where(mask, dd, 0.0)  # Δ = δ2, the last layer's output gradient
+        dd = tl.where(kmask, dd, 0.0)  # Δ = δ2, the last layer's output gradient
         d1 = _dot(dd, tl.trans(K2)) * _act_grad(Z1, ACT)  # δ1
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
@@ -374,8 +396,8 @@ def _forward_kernel(
             else:
                 b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
                 b_G = tl.load(
-                    G + cc * L * L + li[:, None] * L + li[None, :],
-                    mask=lmask[:, None] & lmask[None, :],
+                    G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
+                    mask=lmask[:, None] & lkmask[None, :],
                     other=0.0,
                 )
                 z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(_dot(b_q, tl.trans(b_k)) * b_G, d1)
@@ -391,7 +413,7 @@ def _forward_kernel(
                 b_y = xq * gamma[None, :] + shift[None, :]
             tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
         last = tl.minimum(T - g * L, L) - 1  # the tile's last token (the tail tile is short)
-        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1)
         W2_new = beta_last * W2 - _dot(tl.trans(A), g_last[:, None] * dd)
@@ -399,7 +421,7 @@ def _forward_kernel(
             f_last = tl.load(f + cc * L + last)
             W1_new += f_last * S1
             W2_new += f_last * S2
-            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
             b_m = tl.load(m_end + cc)
             S1 = b_m * S1 - _dot(tl.trans(b_k), b_s[:, None] * d1)
             S2 = b_m * S2 - _dot(tl.trans(A), b_s[:, None] * dd)
@@ -456,6 +478,7 @@ def _backward_kernel(
     ds1_init,
     ds2_init,
     T,
+    P0,
     C0,
     NC,
     NCT,
@@ -471,6 +494,8 @@ def _backward_kernel(
     BD: tl.constexpr,
     BH: tl.constexpr,
     KE: tl.constexpr,
+    P: tl.constexpr,
+    BK: tl.constexpr,
     ACT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
@@ -495,7 +520,9 @@ def _backward_kernel(
         cS2 = tl.load(ds2_final + bh * n + o2, mask=m2, other=0.0)
     li = tl.arange(0, BL)
     lmask = li < L
-    gmask = lmask[:, None] & lmask[None, :]
+    lk = tl.arange(0, BK)
+    lkmask = lk < P + L
+    gmask = lmask[:, None] & lkmask[None, :]
     cols = tl.arange(0, BD)
     cmask = cols < D
     gamma = tl.zeros([BD], dtype=tl.float32)
@@ -525,18 +552,19 @@ def _backward_kernel(
             kc = sc - g % KE
             K1 = tl.load(w1_chunks + kc * n + o1, mask=m1, other=0.0)
             K2 = tl.load(w2_chunks + kc * n + o2, mask=m2, other=0.0)
-        offs, mask, valid, row_idx = _rows(b, g * L, h, T, H, D, L, BL, BD)
+        offs, mask, _, _ = _rows(b, g * L, h, T, H, D, L, BL, BD)
+        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
+        b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
+        b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BL], dtype=tl.float32)
+        delta = tl.zeros([BK], dtype=tl.float32)
         if BIAS == 2:
-            delta = tl.load(bp + row_idx, mask=valid, other=0.0).to(tl.float32)
+            delta = tl.load(bp + krow, mask=kvalid, other=0.0).to(tl.float32)
         if BIAS == 3:
-            delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
+            delta = tl.load(bp + koffs, mask=kmask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
 
         # recompute the key path
@@ -553,7 +581,7 @@ def _backward_kernel(
         dd = dout
         if LN:
             dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
-        dd = tl.where(mask, dd, 0.0)  # Δ = δ2
+        dd = tl.where(kmask, dd, 0.0)  # Δ = δ2
         E = _dot(dd, tl.trans(K2))
         sg = _act_grad(Z1, ACT)
         d1 = E * sg  # δ1
@@ -570,16 +598,16 @@ def _backward_kernel(
             b_dq = _dot(dz1, tl.trans(K1))
             rK1 = _dot(tl.trans(b_q), dz1)
             rK2 = _dot(tl.trans(a1), b_dy)
-            b_dk = tl.zeros([BL, BD], dtype=tl.float32)
-            dA = tl.zeros([BL, BH], dtype=tl.float32)
-            d_d1 = tl.zeros([BL, BH], dtype=tl.float32)
-            d_dd = tl.zeros([BL, BD], dtype=tl.float32)
+            b_dk = tl.zeros([BK, BD], dtype=tl.float32)
+            dA = tl.zeros([BK, BH], dtype=tl.float32)
+            d_d1 = tl.zeros([BK, BH], dtype=tl.float32)
+            d_dd = tl.zeros([BK, BD], dtype=tl.float32)
             b_dbeta = tl.zeros([BL], dtype=tl.float32)
-            b_dG = tl.zeros([BL, BL], dtype=tl.float32)
+            b_dG = tl.zeros([BL, BK], dtype=tl.float32)
             gW1 = tl.zeros([BD, BH], dtype=tl.float32)
             gW2 = tl.zeros([BH, BD], dtype=tl.float32)
         else:
-            b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
+            b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
             # recompute the query path
             qw1 = _dot(b_q, W1)
             qk = _dot(b_q, tl.trans(b_k))
@@ -647,7 +675,7 @@ def _backward_kernel(
         if HAS_MOM:
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
-            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
             b_df = tl.where(
                 is_last, b_df + tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0), b_df
             )
@@ -660,7 +688,7 @@ def _backward_kernel(
             dA -= _dot(b_s[:, None] * dd, tl.trans(cS2))
             tl.store(dm_end + cc, tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0))
             tl.store(df + cc * L + li, b_df, mask=lmask)
-            tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
+            tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
             cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1)
             cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy)
 
@@ -678,7 +706,7 @@ def _backward_kernel(
         dZ1 = d_d1 * E * _act_grad2(Z1, ACT)
         d_dd += _dot(dE, K2)
         gK2 += _dot(tl.trans(dE), dd)
-        d_dd = tl.where(mask, d_dd, 0.0)
+        d_dd = tl.where(kmask, d_dd, 0.0)
         if LN:
             # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
             # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
@@ -702,13 +730,13 @@ def _backward_kernel(
             th = _tanh(sharp * r)
             dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
             b_ddelta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
-            tl.store(dbp + row_idx, b_ddelta.to(dbp.dtype.element_ty), mask=valid)
+            tl.store(dbp + krow, b_ddelta.to(dbp.dtype.element_ty), mask=kvalid)
         else:
             small = tl.abs(r) <= delta
             dr = tl.where(small, 2.0 * d_out, 0.0)
             b_ddelta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
-            tl.store(dbp + offs, b_ddelta.to(dbp.dtype.element_ty), mask=mask)
-        dr = tl.where(mask, dr, 0.0)
+            tl.store(dbp + koffs, b_ddelta.to(dbp.dtype.element_ty), mask=kmask)
+        dr = tl.where(kmask, dr, 0.0)
         if LN:
             d_gamma += tl.sum(dr * xk, 0)
             d_shift += tl.sum(dr, 0)
@@ -726,10 +754,15 @@ def _backward_kernel(
         tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
         if RES:
             b_dk += dr  # M(k) = k + ...: the residual's direct path
-        tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=mask)
-        tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
+        if P == 0:
+            tl.store(dk + koffs, b_dk.to(dk.dtype.element_ty), mask=kmask)
+            tl.store(dv + koffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
+        else:  # key rows overlap the previous tile's: one block per tile, summed by the caller
+            toffs = (cc * (P + L) + lk)[:, None] * D + cols[None, :]
+            tl.store(dk + toffs, b_dk.to(dk.dtype.element_ty), mask=kmask)
+            tl.store(dv + toffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
-        tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
+        tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
         if KE == 1:
             cW1 = gK1
             cW2 = gK2
@@ -763,7 +796,20 @@ def _block(n: int) -> int:
 
 def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
     """Runtime scalars and compile-time constants of both kernels."""
-    tile, activation, bias_kind, p, eps, sharpness, ln_eps, residual, tiles_per_chunk, read_start, _ = config
+    (
+        tile,
+        activation,
+        bias_kind,
+        p,
+        eps,
+        sharpness,
+        ln_eps,
+        residual,
+        tiles_per_chunk,
+        read_start,
+        _,
+        prefix,
+    ) = config
     H, D = q.shape[2:]
     DH = w1.shape[-1]
     constants = dict(
@@ -775,6 +821,8 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
         BD=_block(D),
         BH=_block(DH),
         KE=tiles_per_chunk,
+        P=prefix,
+        BK=_block(prefix + tile),
         ACT=activation,
         BIAS=bias_kind,
         LN=ln_w is not None,
@@ -787,7 +835,7 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
 
 def _segments(n_tiles: int, config: tuple) -> list[tuple[int, int]]:
     """(first tile, number of tiles) of each checkpoint segment."""
-    every = config[-1]
+    every = config[10]
     return [(c0, min(every, n_tiles - c0)) for c0 in range(0, n_tiles, every)]
 
 
@@ -836,6 +884,7 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, st
         s1_chunks,
         s2_chunks,
         T,
+        k.shape[1] - T,
         c0,
         nc,
         beta.shape[2],
@@ -875,6 +924,7 @@ def titans_mlp_fwd(
     tiles_per_chunk: int,
     read_start: bool,
     checkpoint_every: int,
+    prefix: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``q, k, v [B, T, H, D]``; ``bias_params`` the Huber threshold ``[B, T, H]`` (norm) or
     ``[B, T, H, D]`` (coord), else ``None``; ``ln_w, ln_b [H, D]`` the memory LayerNorm's scale and
@@ -900,6 +950,7 @@ def titans_mlp_fwd(
         tiles_per_chunk,
         read_start,
         checkpoint_every,
+        prefix,
     )
     y = w1.new_empty(q.shape)
     anchor = (torch.empty_like(w1), torch.empty_like(w2))
@@ -973,6 +1024,7 @@ def titans_mlp_bwd(
     tiles_per_chunk: int,
     read_start: bool,
     checkpoint_every: int,
+    prefix: int,
 ) -> list[Tensor]:
     """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
     :func:`titans_mlp_fwd` (empty for absent inputs). Segments run in reverse: each re-runs its forward
@@ -993,12 +1045,16 @@ def titans_mlp_bwd(
         tiles_per_chunk,
         read_start,
         checkpoint_every,
+        prefix,
     )
 
     def like(t: Tensor | None, present: bool = True) -> Tensor:
         return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
 
     dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
+    NT, rows = beta.shape[2], prefix + tile
+    if prefix:  # each tile's key rows (they overlap), summed by _fold_key_rows; rows never written stay 0
+        dk, dv = (w1.new_zeros(B, H, NT, rows, x.shape[3]) for x in (k, v))
     dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
     # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
     dln_w, dln_b = (w1.new_zeros(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2))
@@ -1044,6 +1100,7 @@ def titans_mlp_bwd(
             ds_coef,
             *d_init,
             T,
+            k.shape[1] - T,
             c0,
             nc,
             beta.shape[2],
@@ -1056,7 +1113,22 @@ def titans_mlp_bwd(
             dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
     if ln_w is not None:
         dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
+    if prefix:
+        dk, dv = (_fold_key_rows(d, x, T, tile, prefix) for d, x in ((dk, k), (dv, v)))
     return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, *carry]
+
+
+def _fold_key_rows(per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: int) -> Tensor:
+    """Sum per-tile key-row gradients ``[B, H, NT, prefix + tile, D]`` into ``like``'s ``[B, Tk, H, D]``:
+    tile g's row e is row P0 + g·tile − prefix + e, P0 = Tk − T the carried window's rows."""
+    B, H, NT, rows, D = per_tile.shape
+    Tk = like.shape[1]
+    ar = functools.partial(torch.arange, device=like.device)
+    idx = (Tk - T) + ar(NT)[:, None] * tile - prefix + ar(rows)[None, :]
+    valid = (idx >= 0) & (idx < Tk)  # before the first carried row or in the last tile's padding: absent
+    out = per_tile.new_zeros(B, H, Tk, D)
+    out.index_add_(2, idx[valid], per_tile[:, :, valid])
+    return out.transpose(1, 2).to(like.dtype).contiguous()
 
 
 @titans_mlp_bwd.register_fake
@@ -1126,19 +1198,34 @@ def _bias_config(bias: object) -> tuple[int, float, float, float] | None:
     return None
 
 
-def _tile(chunk_size: int, state: int) -> int | None:
+def _tile(chunk_size: int, state: int, prefix: int = 0) -> int | None:
     """The tile of a chunk: the chunk itself, or its largest divisor in 8..``MAX_TILE``, whose padded
-    tile fits ``state`` (padded D·Dh) on chip; ``None`` if there is none."""
+    tile (with ``prefix`` more key rows: the Omega window's reach) fits ``state`` (padded D·Dh) on
+    chip; ``None`` if there is none."""
     fits = [
         t
         for t in range(min(chunk_size, MAX_TILE), 0, -1)
-        if chunk_size % t == 0 and (t >= 8 or t == chunk_size) and state <= MAX_STATE_FOR_TILE[_block(t)]
+        if chunk_size % t == 0
+        and (t >= 8 or t == chunk_size)
+        and state <= MAX_STATE_FOR_TILE.get(_block(t + prefix), 0)
     ]
     return fits[0] if fits else None
 
 
-def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
-    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
+def supports(
+    arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, window: int = 1
+) -> str | None:
+    """``None`` when the kernel covers this memory, bias, chunk size and Omega window, else the reason it
+    does not."""
+    if type(arch) not in (MemoryMLP, FeatureMemoryMLP):
+        return f"memory {type(arch).__name__} (the MLP Triton kernel covers the chain MLP memory)"
+    if arch.shapes[0][0] != arch.dim:
+        return (
+            f"key width {arch.shapes[0][0]} != value width {arch.dim} (feature maps of degree > 1: the MLP "
+            "Triton kernel needs them equal)"
+        )
+    if window > 1 and _bias_config(bias) is not None and _bias_config(bias)[0] in (HUBER_NORM, HUBER_COORD):  # type: ignore[index]
+        return f"attentional bias {bias!r} with an Omega window (per-token thresholds of the window's rows)"
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the MLP Triton kernel covers depth 2)"
     if arch.activation not in ACTIVATIONS:
@@ -1155,11 +1242,12 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
             f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16)"
         )
-    if chunk_size is not None and (chunk_size < 1 or _tile(chunk_size, state) is None):
+    if chunk_size is not None and (chunk_size < 1 or _tile(chunk_size, state, window - 1) is None):
         tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
+        reach = f" and window {window} ({window - 1} more key rows per tile)" if window > 1 else ""
         return (
-            f"chunk_size {chunk_size} with head dim {d_in} and hidden width {d_hidden} (a chunk runs in "
-            f"tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
+            f"chunk_size {chunk_size}{reach} with head dim {d_in} and hidden width {d_hidden} (a chunk runs "
+            f"in tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
             f"tile fits the GPU's shared memory: {tiles})"
         )
     if arch.init_weights[0].dtype != torch.float32:
@@ -1199,8 +1287,11 @@ def _run(
     bias_params: Tensor | None,
     read_start: bool,
     checkpoint_every: int | None,
+    window: int = 1,
+    win_gate: Tensor | None = None,
 ) -> tuple[Tensor, MemoryState]:
-    """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state."""
+    """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state. With an
+    Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows (``[B, P0 + T, H, D]``)."""
     B, T, H, D = q.shape
     w1, w2, s1, s2 = state
     if T == 0:
@@ -1208,7 +1299,8 @@ def _run(
     w1, w2 = w1.float().contiguous(), w2.float().contiguous()
     if s1 is not None:
         s1, s2 = s1.float().contiguous(), s2.float().contiguous()  # type: ignore[union-attr]
-    L = _tile(chunk_size, _block(D) * _block(w1.shape[-1]))
+    P = window - 1
+    L = _tile(chunk_size, _block(D) * _block(w1.shape[-1]), P)
     assert L is not None  # supports() checked it
     NT = triton.cdiv(T, L)
     pad = NT * L - T
@@ -1228,6 +1320,16 @@ def _run(
             None if keep is None else gate(keep, True),
             None if mom is None else gate(mom, True),
         )
+        G, s_coef = c.G, c.s_coef
+        if P:
+            # the Omega window: G -> G·Γ over each tile's P + L key rows (memnets.memory.omega)
+            gam = None
+            if win_gate is not None:
+                gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, pad)).reshape(B, H * NT, L, window)
+            band = window_band(gam, P, L, window, G)
+            band = band if gam is None else band.reshape(B, H, NT, L, P + L)
+            G = G @ band
+            s_coef = None if s_coef is None else (s_coef[..., None, :] @ band)[..., 0, :]
         dtype = q.dtype
         bp = None if kind in (L2, LP) else bias_params.float().contiguous()  # type: ignore[union-attr]
         ln_w = ln_b = None
@@ -1243,9 +1345,9 @@ def _run(
             ln_b,
             c.beta.contiguous(),
             dummy if c.f is None else c.f.contiguous(),
-            c.G.contiguous(),
+            G.contiguous(),
             dummy if c.m_end is None else c.m_end.contiguous(),
-            dummy if c.s_coef is None else c.s_coef.contiguous(),
+            dummy if s_coef is None else s_coef.contiguous(),
             w1,
             w2,
             s1,
@@ -1261,6 +1363,7 @@ def _run(
             chunk_size // L,
             read_start,
             every * (chunk_size // L),
+            P,
         )
         if arch.residual:
             y = y + q.float()
@@ -1368,4 +1471,71 @@ def chunk_read_mlp(
         chunk_size=chunk_size, bias=bias, bias_params=None, read_start=True,
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    return (y if y0 is None else torch.cat([y0, y], 1)), out
+
+
+def omega_mlp_chunked(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    mom: Tensor | None = None,
+    keep: Tensor | None = None,
+    win_gate: Tensor | None = None,
+    state: OmegaState | None = None,
+    *,
+    window: int = 1,
+    chunk_size: int = 16,
+    bias: object = None,
+    checkpoint_every: int | None = None,
+) -> tuple[Tensor, OmegaState]:
+    """Drop-in for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet, ATLAS Eq. 9-10)
+    for a depth-2 chain MLP memory with equal key and value widths (see :func:`supports` with
+    ``window``): each tile's key path runs over its tokens and the ``window − 1`` before them (the
+    carried window's rows first) and G becomes G·Γ with the band Γ of the window gates. A started
+    chunk (decoding) is finished in PyTorch."""
+    name = "omega_mlp_chunked"
+    reason = supports(arch, bias, chunk_size, window)
+    if reason is not None:
+        raise ValueError(f"{name}: unsupported configuration: {reason}")
+    _check_inputs(name, arch, q, {"lr": lr, "mom": mom, "keep": keep})
+    B, T, H, _ = q.shape
+    if win_gate is not None and tuple(win_gate.shape) != (B, T, H, window):
+        raise ValueError(f"{name}: win_gate must have shape {[B, T, H, window]}, got {tuple(win_gate.shape)}")
+    if state is not None and (state.memory.momentum is None) != (mom is None):
+        raise ValueError(f"{name}: the state's momentum and the mom argument must be given together")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
+    if state is not None and state.direction is not None:
+        raise ValueError(f"{name}: the state has a Muon direction; the kernel covers the rule without Muon")
+    omega = dict(window=window, chunk_size=chunk_size, bias=bias)
+    y0 = None
+    if state is not None and state.memory.offset > 0:
+        n = min(T, chunk_size - state.memory.offset)
+
+        def cut(x: Tensor | None, s: slice) -> Tensor | None:
+            return None if x is None else x[:, s]
+
+        head, rest = slice(0, n), slice(n, None)
+        y0, state = omega_chunked(
+            arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head),
+            cut(win_gate, head), state, **omega,  # type: ignore[arg-type]
+        )  # fmt: skip
+        if n == T:
+            return y0, state
+        q, k, v, lr, mom, keep, win_gate = (cut(x, rest) for x in (q, k, v, lr, mom, keep, win_gate))  # type: ignore[assignment]
+    if state is None:
+        start = _start(arch, B, None, mom is not None)
+        kx, vx = k, v
+    else:
+        start = _start(arch, B, state.memory, mom is not None)
+        # in float32, the memory's dtype, in which the carried rows are kept
+        kx, vx = (torch.cat([w.float(), x.float()], 1) for w, x in ((state.window_k, k), (state.window_v, v)))
+    y, mem = _run(
+        arch, q, kx, vx, lr, mom, keep, start, chunk_size=chunk_size, bias=bias, bias_params=None,
+        read_start=False, checkpoint_every=checkpoint_every, window=window, win_gate=win_gate,
+    )  # fmt: skip
+    keep_rows = max(0, kx.shape[1] - (window - 1))
+    out = OmegaState(mem, kx[:, keep_rows:].float(), vx[:, keep_rows:].float())
     return (y if y0 is None else torch.cat([y0, y], 1)), out

@@ -163,17 +163,18 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
 
     mod = "titans_mlp_triton"
-    scalars = {"T": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
+    scalars = {"T": "i32", "P0": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
     scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
     types = {**scalars, **half}
     # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
-    full |= {"KE": 1, "READ_START": False}
+    full |= {"KE": 1, "READ_START": False, "P": 0}
     cases = []
     for D, DH, L in shapes:
-        shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+        shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
+        shape["BH"] = _block(DH)
         for store in (False, True):  # the forward pass; its recompute in the backward stores the states
             c = {**shape, **full, "STORE": store}
             cases.append(Case(mod, "_forward_kernel", c, types, num_stages=1))
@@ -181,19 +182,28 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
+    shape["BH"] = _block(DH)
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
-    bare |= {"KE": 1, "READ_START": False}
+    bare |= {"KE": 1, "READ_START": False, "P": 0}
     cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
     cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BD": _block(D), "BH": _block(DH)}
+    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
+    shape["BH"] = _block(DH)
     for read_start in (False, True):
         c = {**shape, **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
         cases.append(Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_stages=1))
         cases.append(Case(mod, "_backward_kernel", c, types, num_stages=1))
+    # the Omega window (OmegaNet, window 8): 7 more key rows per tile, a 32-row key tile at chunk 16,
+    # at the largest state of 32-row tiles
+    D, DH, L = max((s for s in shapes if s[2] == 32), key=lambda s: s[0] * s[1], default=(D, DH, 16))
+    shape = {"H": 8, "D": D, "DH": DH, "L": 16, "BL": 16, "BK": 32, "BD": _block(D), "BH": _block(DH)}
+    c = {**shape, **full, "P": 7}
+    cases.append(Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_stages=1))
+    cases.append(Case(mod, "_backward_kernel", c, types, num_stages=1))
     return cases
 
 

@@ -396,8 +396,10 @@ def test_mixer_causal_and_packed():
 
 
 def test_mixer_options_and_errors():
-    with pytest.raises(ValueError, match="backend='triton' is not implemented"):
+    with pytest.raises(ValueError, match="backend='triton' does not support muon='token'"):
         memnets.build_mixer("atlas", d_model=16, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support key width 44 != value width 8"):
+        memnets.build_mixer("omeganet", d_model=16, num_heads=2, backend="triton")  # degree-2 features
     with pytest.raises(ValueError, match="window must be >= 1"):
         memnets.build_mixer("omeganet", d_model=16, num_heads=2, window=0)
     with pytest.raises(Exception, match="feature_kernel"):

@@ -18,6 +18,7 @@ import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from memnets.memory.chunk_read import chunk_read_memory
 from memnets.memory.miras import HuberBias, LpBias
+from memnets.memory.omega import OmegaState, omega_chunked
 from memnets.testing import assert_close, nan_allocations
 
 triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
@@ -281,6 +282,92 @@ def test_chunk_start_reads_lp_bias_float16():
         assert_close(f"{name} (lp, float16)", ref[name].to(out[name].dtype), out[name])
 
 
+def _run_omega(fn, arch, inputs, window, chunk_size, compute_dtype, split=None, bias=None):
+    """Outputs, final state (weights, momenta, anchor, carried window) and every gradient of an Omega-rule
+    function (``omega_chunked`` signature, no Muon), random cotangents on all of them."""
+    leaves = {
+        n: (t.to(compute_dtype) if n in (*FLOAT, "gam") else t).clone().requires_grad_()
+        for n, t in inputs.items()
+        if t is not None
+    }
+    momentum = (leaves["s1"], leaves["s2"]) if "s1" in leaves else None
+    q = leaves["q"]
+    empty = q.new_zeros(q.shape[0], 0, *q.shape[2:]).to(compute_dtype)
+    state = OmegaState(MemoryState((leaves["w1"], leaves["w2"]), momentum), empty, empty)
+    args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep", "gam")]
+    T = q.shape[1]
+    cuts = [0, T] if split is None else [0, split, T]
+    ys = []
+    for a, b in itertools.pairwise(cuts):
+        y, state = fn(
+            arch, *(None if x is None else x[:, a:b] for x in args), state,
+            window=window, chunk_size=chunk_size, bias=bias,
+        )  # fmt: skip
+        ys.append(y)
+    mem = state.memory
+    outs = {"y": torch.cat(ys, 1), "w1": mem.weights[0], "w2": mem.weights[1]}
+    if mem.momentum is not None:
+        outs.update(s1=mem.momentum[0], s2=mem.momentum[1])
+    if mem.anchor is not None:
+        outs.update(anchor1=mem.anchor[0], anchor2=mem.anchor[1])
+    outs.update(window_k=state.window_k, window_v=state.window_v)
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
+    )
+    if arch.layer_norm:
+        leaves.update(ln_w=arch.norm_weight, ln_b=arch.norm_bias)
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
+    return outs
+
+
+@pytest.mark.parametrize(
+    "T,window,chunk_size,gates,split",
+    [
+        (1, 4, 16, "both", None),
+        (40, 4, 16, "both", None),
+        (65, 8, 8, "mom", None),
+        (63, 3, 32, "keep", 20),
+        (100, 8, 128, "none", 37),
+        (30, 2, 5, "both", 12),
+    ],
+)
+def test_omega_window_matches_engine(T, window, chunk_size, gates, split):
+    """OmegaNet's rule (ATLAS Eq. 9-10: each token's loss sums the last ``window`` tokens' losses with
+    its window gates) in the kernel == ``omega_chunked`` in float64: outputs, weights, momenta, anchor,
+    the carried window rows and every gradient (window gates included); windows reaching into the
+    previous tile and chunk, and across a split call (the carried rows)."""
+    arch = _arch(residual=True, layer_norm=True)
+    ref_arch = _arch(residual=True, layer_norm=True).double()
+    inputs = _inputs(T, torch.float32, gates)
+    g = torch.Generator().manual_seed(2)
+    inputs["gam"] = 0.3 + 0.7 * torch.rand(1, T, H, window, generator=g, dtype=torch.float64)
+    ref = _run_omega(omega_chunked, ref_arch, inputs, window, chunk_size, torch.float64, split)
+    with nan_allocations():
+        out = _run_omega(triton_mlp.omega_mlp_chunked, arch, inputs, window, chunk_size, torch.float32, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        case = f"T={T}, window={window}, chunk={chunk_size}, gates={gates}, split={split}"
+        assert_close(f"{name} ({case})", ref[name].float(), out[name])
+
+
+@pytest.mark.parametrize("gates,window,bias", [("both", 5, None), ("none", 2, LpBias(p=3.0))])
+def test_omega_window_float16(gates, window, bias):
+    """Half inputs; ℓ_p only with a short window and no momentum: its gradient grows with the residual's
+    square, and with momentum or a 5-token window the inner loop on these inputs diverges in the
+    float64 engine itself."""
+    arch, ref_arch = _arch(), _arch().double()
+    inputs = _inputs(37, torch.float16, gates)
+    inputs["gam"] = None
+    ref = _run_omega(omega_chunked, ref_arch, inputs, window, 16, torch.float64, bias=bias)
+    with nan_allocations():
+        out = _run_omega(triton_mlp.omega_mlp_chunked, arch, inputs, window, 16, torch.float32, bias=bias)
+    for name in ref:
+        assert_close(f"{name} (omega, {bias}, float16)", ref[name].to(out[name].dtype), out[name])
+
+
 @pytest.mark.parametrize("p,T,chunk_size", [(3.0, 29, 8), (2.5, 33, 16)])
 def test_lp_bias(p, T, chunk_size):
     """Moneta's ℓ_p bias (p a runtime float), forward and the second-order backward."""
@@ -345,15 +432,17 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
 
 @pytest.mark.parametrize("momentum", [True, False])
 def test_custom_op_opcheck(momentum):
-    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
+    """Schema, fake (meta) implementation and autograd registration of the custom ops (with momentum:
+    an Omega window of 3, k and v leading with 2 carried rows)."""
     B, T, L, Dh = 1, 20, 16, 4 * D
-    NC = 2
-    q, k, v = (0.3 * torch.randn(B, T, H, D) for _ in range(3))
-    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, L)
+    NC, P, P0 = 2, (2 if momentum else 0), (2 if momentum else 0)
+    q = 0.3 * torch.randn(B, T, H, D)
+    k, v = (0.3 * torch.randn(B, P0 + T, H, D) for _ in range(2))
+    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, P + L)
     w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
     w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
     if momentum:
-        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, L)
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, P + L)
         s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
     else:
         f = m_end = s_coef = torch.zeros(0)
@@ -362,8 +451,8 @@ def test_custom_op_opcheck(momentum):
     qr, beta = q.requires_grad_(), beta.requires_grad_()
     tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
     # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
-    # chunk start, tiles per checkpoint segment (1: both tiles are segments)
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1)
+    # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P)
     torch.library.opcheck(
         triton_mlp.titans_mlp_fwd,
         (*tensors, *config),
@@ -438,6 +527,36 @@ def test_mixer_triton_backend_equals_chunked(name):
     assert_close("dx", results[0][1], results[1][1])
     for n, g in results[0][2].items():
         assert_close(f"d{n}", g, results[1][2][n])
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": True, "window": 3, "chunk_size": 8}])
+def test_omeganet_triton_backend_equals_chunked(options):
+    """OmegaNet without features (feature_degree 1) on backend='triton' (the Omega variant of the
+    kernel) equals backend='chunked': output, input and every parameter gradient (window gates
+    included), and decoding token by token equals the forward."""
+    torch.manual_seed(0)
+    kw = {"d_model": 32, "num_heads": 2, "feature_degree": 1, "lr_max": 0.05, **options}
+    chunked = memnets.build_mixer("omeganet", backend="chunked", **kw)
+    fast = memnets.build_mixer("omeganet", backend="triton", **kw)
+    fast.load_state_dict(chunked.state_dict())
+    x, cot = torch.randn(1, 21, 32), torch.randn(1, 21, 32)
+    results = []
+    for m in (chunked, fast):
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])
+    with torch.no_grad():
+        state, ys = None, []
+        for t in range(x.shape[1]):
+            yt, state = fast.step(x[:, t], state)
+            ys.append(yt)
+    assert_close("decode", results[1][0], torch.stack(ys, 1))
 
 
 def test_mixer_triton_decode_equals_forward():

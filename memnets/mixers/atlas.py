@@ -34,8 +34,13 @@ Choices where the paper is silent (spec §4, §9), each an option:
   ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
   previous chunk recompute those gradients there.
-* Packed sequences (``cu_seqlens``) run sequence by sequence. Backends: ``reference`` (token loop) and
-  ``chunked``; a Triton kernel does not exist yet (asking for it raises).
+* Packed sequences (``cu_seqlens``) run sequence by sequence. Backends: ``reference`` (token loop),
+  ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
+  (:func:`~memnets.kernels.titans_mlp_triton.omega_mlp_chunked`) for OmegaNet without Muon on the
+  2-layer chain memory with the l2 inner loss and keys as wide as values (``feature_degree=1``: the
+  polynomial features widen the keys, e.g. 560 at head dim 32, beyond a state kept on chip), within
+  its chunk/state limits; ``auto`` picks it on CUDA where it applies, ``triton`` elsewhere raises
+  with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``, wider features).
 
 MQAR (train.py on configs/mqar/{omeganet,atlas}.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
 batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk Newton–Schulz on the
@@ -70,7 +75,7 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import Backend, resolve_backend
+from .base import BACKENDS, Backend, resolve_backend
 from .memory_block import MemoryProjections, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
@@ -158,11 +163,8 @@ class _OmegaMixer(nn.Module):
             raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
         if ns_steps < 0:
             raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
-        if backend != "auto" and backend not in SUPPORTED_BACKENDS:
-            raise ValueError(
-                f"{name}: backend={backend!r} is not implemented; supported: {['auto', *SUPPORTED_BACKENDS]} "
-                "(the Triton kernel comes with a later issue)"
-            )
+        if backend not in BACKENDS:
+            raise ValueError(f"{name}: backend={backend!r} is not one of {list(BACKENDS)}")
         self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
         self.chunk_size, self.backend, self.window = chunk_size, backend, window
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
@@ -199,39 +201,61 @@ class _OmegaMixer(nn.Module):
                 memory_residual,
                 memory_norm,
             )
+        self.triton_reason = self._kernel_unsupported()
+        if backend == "triton" and self.triton_reason is not None:
+            raise ValueError(
+                f"{name}: backend='triton' does not support {self.triton_reason}; use backend='chunked' or 'auto'"
+            )
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def _kernel_unsupported(self) -> str | None:
+        """Why the deep-memory kernel's Omega variant cannot run this mixer (``None`` if it can)."""
+        if self.muon is not None:
+            return f"muon={self.muon!r} (Newton-Schulz steps are not in the kernel)"
+        try:
+            from ..kernels import titans_mlp_triton
+        except ImportError as e:
+            return f"Triton is not importable ({e})"
+        return titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size, self.window)
 
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend(self.name, self.backend, x.device, SUPPORTED_BACKENDS)
+        supported = SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
+        backend = resolve_backend(self.name, self.backend, x.device, supported)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
         gates = self.gates(x, dtype)
-        run = omega_reference if backend == "reference" else omega_chunked
-        y, mem = run(
-            self.memory,
-            q,
-            k,
-            qkv["v"],
-            gates["lr"],  # type: ignore[arg-type]
-            gates["mom"],
-            gates["keep"],
-            gates["win_gate"],
-            None if state is None else state.memory,
-            window=self.window,
-            chunk_size=self.chunk_size,
-            muon=self.muon,
-            ns_steps=self.ns_steps,
-            ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
-            bias=self.bias,
-        )
+        args = (self.memory, q, k, qkv["v"], gates["lr"], gates["mom"], gates["keep"], gates["win_gate"])
+        prev = None if state is None else state.memory
+        if backend == "triton":
+            from ..kernels.titans_mlp_triton import omega_mlp_chunked
+
+            y, mem = omega_mlp_chunked(
+                *args,
+                prev,
+                window=self.window,
+                chunk_size=self.chunk_size,
+                bias=self.bias,  # type: ignore[arg-type]
+            )
+        else:
+            run = omega_reference if backend == "reference" else omega_chunked
+            y, mem = run(
+                *args,  # type: ignore[arg-type]
+                prev,
+                window=self.window,
+                chunk_size=self.chunk_size,
+                muon=self.muon,
+                ns_steps=self.ns_steps,
+                ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
+                bias=self.bias,
+            )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y.to(x.dtype), gate).reshape(B, T, -1)
         return self.out(y), AtlasState(conv, mem)
