@@ -14,24 +14,35 @@ from torch import Tensor, nn
 from memnets.testing import assert_close
 
 
+def _children(state: Any) -> dict[str, Any]:
+    """The named parts of a state: dataclass fields, dict items, tuple/list entries; scalars have none."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if isinstance(state, dict):
+        return {str(k): v for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return {str(i): v for i, v in enumerate(state)}
+    return {}
+
+
 def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
-    if state is None:
-        return None
     if isinstance(state, Tensor):
         return fn(state)
-    return dataclasses.replace(
-        state, **{f.name: map_state(fn, getattr(state, f.name)) for f in dataclasses.fields(state)}
-    )
+    if dataclasses.is_dataclass(state):
+        return dataclasses.replace(state, **{n: map_state(fn, v) for n, v in _children(state).items()})
+    if isinstance(state, dict):
+        return {k: map_state(fn, v) for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return type(state)(map_state(fn, v) for v in state)
+    return state
 
 
 def state_tensors(state: Any, prefix: str = "state") -> dict[str, Tensor]:
-    if state is None:
-        return {}
     if isinstance(state, Tensor):
         return {prefix: state}
     out: dict[str, Tensor] = {}
-    for f in dataclasses.fields(state):
-        out.update(state_tensors(getattr(state, f.name), f"{prefix}.{f.name}"))
+    for name, part in _children(state).items():
+        out.update(state_tensors(part, f"{prefix}.{name}"))
     return out
 
 

@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+from mixer_checks import assert_all_close, forward_backward
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
@@ -166,22 +167,12 @@ def _linear_titans(backend: str, name: str = "titans", **opts):
 @pytest.mark.parametrize("name", ["titans", "titans_mac"])
 def test_mixer_triton_backend_equals_chunked(name):
     """The mixer with backend='triton' (linear memory) equals backend='chunked': output, input and
-    every parameter gradient."""
+    every parameter gradient, the final state and its gradient."""
     chunked, fast = _linear_titans("chunked", name), _linear_titans("triton", name)
     fast.load_state_dict(chunked.state_dict())
     x = torch.randn(1, 21, 32)
-    cot = torch.randn(1, 21, 32)
-    results = []
-    for m in (chunked, fast):
-        xi = x.clone().requires_grad_()
-        with nan_allocations():
-            y, _ = m(xi)
-            (y * cot).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", results[0][0], results[1][0])
-    assert_close("dx", results[0][1], results[1][1])
-    for n, g in results[0][2].items():
-        assert_close(f"d{n}", g, results[1][2][n])
+    with nan_allocations():
+        assert_all_close(forward_backward(chunked, x), forward_backward(fast, x))
 
 
 def test_mixer_triton_decode_equals_forward():

@@ -13,6 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 from helpers import ROOT
+from mixer_checks import assert_all_close, forward_backward
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -511,52 +512,34 @@ def _mlp_titans(backend: str, name: str = "titans", **options):
 @pytest.mark.parametrize("name", ["titans", "titans_mac"])
 def test_mixer_triton_backend_equals_chunked(name):
     """The mixer with backend='triton' (default deep memory) equals backend='chunked': output, input
-    and every parameter gradient."""
+    and every parameter gradient, the final state and its gradient."""
     chunked, fast = _mlp_titans("chunked", name), _mlp_titans("triton", name)
     fast.load_state_dict(chunked.state_dict())
     x = torch.randn(1, 21, 32)
-    cot = torch.randn(1, 21, 32)
-    results = []
-    for m in (chunked, fast):
-        xi = x.clone().requires_grad_()
-        with nan_allocations():
-            y, _ = m(xi)
-            (y * cot).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", results[0][0], results[1][0])
-    assert_close("dx", results[0][1], results[1][1])
-    for n, g in results[0][2].items():
-        assert_close(f"d{n}", g, results[1][2][n])
+    with nan_allocations():
+        assert_all_close(forward_backward(chunked, x), forward_backward(fast, x))
 
 
 @pytest.mark.parametrize("options", [{}, {"momentum": True, "window": 3, "chunk_size": 8}])
 def test_omeganet_triton_backend_equals_chunked(options):
     """OmegaNet without features (feature_degree 1) on backend='triton' (the Omega variant of the
-    kernel) equals backend='chunked': output, input and every parameter gradient (window gates
-    included), and decoding token by token equals the forward."""
+    kernel) equals backend='chunked': output, final state (the carried window rows included) and every
+    gradient (window gates included), and decoding token by token equals the forward."""
     torch.manual_seed(0)
     kw = {"d_model": 32, "num_heads": 2, "feature_degree": 1, "lr_max": 0.05, **options}
     chunked = memnets.build_mixer("omeganet", backend="chunked", **kw)
     fast = memnets.build_mixer("omeganet", backend="triton", **kw)
     fast.load_state_dict(chunked.state_dict())
-    x, cot = torch.randn(1, 21, 32), torch.randn(1, 21, 32)
-    results = []
-    for m in (chunked, fast):
-        xi = x.clone().requires_grad_()
-        with nan_allocations():
-            y, _ = m(xi)
-            (y * cot).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", results[0][0], results[1][0])
-    assert_close("dx", results[0][1], results[1][1])
-    for n, g in results[0][2].items():
-        assert_close(f"d{n}", g, results[1][2][n])
+    x = torch.randn(1, 21, 32)
+    with nan_allocations():
+        out = forward_backward(fast, x)
+    assert_all_close(forward_backward(chunked, x), out)
     with torch.no_grad():
         state, ys = None, []
         for t in range(x.shape[1]):
             yt, state = fast.step(x[:, t], state)
             ys.append(yt)
-    assert_close("decode", results[1][0], torch.stack(ys, 1))
+    assert_close("decode", out["y"], torch.stack(ys, 1))
 
 
 def test_mixer_triton_decode_equals_forward():
