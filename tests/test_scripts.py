@@ -278,4 +278,33 @@ def test_bench_titans_kernels_triton_in_the_interpreter(tmp_path):
     assert reason is not None, "the bench test needs a chunk size the kernel rejects"
     skipped = [r for r in res["rows"] if r["backend"] == "triton" and r["chunk_size"] == 1024]
     assert [r["skipped"] for r in skipped] == [f"unsupported {reason}"]
+    # the issue's targets: no verdict without a GPU peak or a compiled time; a skipped chunk size fails
+    assert [(g["chunk_size"], g["pass"], g["met"]) for g in res["targets"]] == [
+        (16, "fwd", None),
+        (16, "fwd+bwd", None),
+        (1024, None, False),
+    ]
     assert res["meta"]["triton_interpret"]
+
+
+def test_bench_titans_kernels_targets_verdicts():
+    """The issue's targets on GPU-like rows: >= 15% of bf16 peak at C = 64, >= 40% at C >= 256, faster
+    than compiled chunked PyTorch at every chunk size."""
+
+    def row(C, pct, over):
+        return dict(
+            backend="triton", chunk_size=C, pct_peak_bf16=pct, triton_over_compiled=over, **{"pass": "fwd"}
+        )
+
+    rows = [
+        dict(backend="chunked", chunk_size=64, ms=1.0, **{"pass": "fwd"}),
+        row(32, 3.0, 0.9),  # no % target at C = 32: faster is enough
+        row(32, 3.0, 1.1),
+        row(64, 16.0, 0.5),
+        row(64, 14.0, 0.5),
+        row(256, 41.0, 0.9),
+        row(512, 39.0, 0.9),
+        row(512, 41.0, 1.0),
+    ]
+    got = [g["met"] for g in bench_kernels.targets(rows)]
+    assert got == [True, False, True, False, True, False, False]
