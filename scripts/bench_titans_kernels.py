@@ -5,11 +5,15 @@ JSON and, with ``--png``, a plot of time against chunk size.
 Backends (each row is one backend, chunk size C and pass):
 
 * ``chunked``: ``memnets.memory.memory_chunked`` in eager PyTorch.
-* ``chunked_compiled``: the same function under ``torch.compile`` (``dynamic=False``, compiled afresh
-  per chunk size and pass; ``--compile-backend``, default inductor). Its first call, compile
-  included, is timed apart as ``compile_s``; the rows time the calls after warm-up. A failed compile
-  (common on CPU) becomes a skipped row with the error's first line; ``--no-compile`` leaves the
-  backend out.
+* ``chunked_compiled``: the same under ``torch.compile`` (``--compile-backend``, default inductor;
+  ``dynamic=False``; compiled afresh per chunk size and pass). ``--compile-scope chunk`` (default)
+  compiles the engine's per-chunk steps (key path, gate coefficients, dual-form read, chunk-end
+  state) and keeps the loop over chunks in Python: compile time does not grow with T.
+  ``--compile-scope function`` compiles all of ``memory_chunked``, which unrolls its T/C chunks
+  into one graph (no per-chunk Python or launch overhead, the stronger baseline) but compiles for
+  minutes once T/C reaches the hundreds. The first call, compile included, is timed apart as
+  ``compile_s``; the rows time the calls after warm-up. A failed compile (common on CPU) becomes a
+  skipped row with the error's first line; ``--no-compile`` leaves the backend out.
 * ``titans_pytorch`` (``--titans-pytorch``, the ``bench`` extra): lucidrains' ``NeuralMemory``. It
   includes its own projections and chunk-pooled gates, so its rows are a rough peer, not the same op;
   skipped with a message when it does not import.
@@ -73,11 +77,13 @@ if str(ROOT) not in sys.path:
 from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.flops import BWD_FACTOR, PEAKS, mlp_memory_fwd  # noqa: E402
 from benchmarks.timing import Budget, bench, gemm_ceiling_tflops  # noqa: E402
-from memnets.memory import MemoryMLP, memory_chunked  # noqa: E402
+from memnets.memory import MemoryMLP, engine, memory_chunked  # noqa: E402
 
 PASSES = ("fwd", "fwd+bwd")
 DEFAULT_CHUNKS = {1: [16, 32, 64], 2: [8, 16, 32, 64, 128, 256]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# the functions memory_chunked calls once per chunk, compiled one by one with --compile-scope chunk
+ENGINE_STEPS = ("key_path", "chunk_coefficients", "dual_read", "segment_end_state")
 
 
 def flops(B: int, T: int, H: int, D: int, C: int, backward: bool, depth: int, expansion: float) -> float:
@@ -141,18 +147,33 @@ def titans_pytorch_step(B: int, T: int, H: int, D: int, C: int, dtype: torch.dty
     return (forward_backward, [x, *mem.parameters()]) if backward else (forward, [])
 
 
-def compiled(fn: Callable, backend: str) -> tuple[Callable, dict]:
-    """``torch.compile(fn)`` with fixed shapes; the dict receives ``compile_s``, the first call's
-    seconds (tracing and code generation included), so the timer's warm-up never compiles."""
+def compiled(backend: str, scope: str) -> tuple[Callable, dict]:
+    """``memory_chunked`` under ``torch.compile`` (fixed shapes), and a dict that receives ``compile_s``,
+    the first call's seconds (tracing and code generation included), so the timer's warm-up never
+    compiles. ``scope="function"`` compiles the whole call, which unrolls the loop over chunks;
+    ``"chunk"`` compiles the engine's per-chunk steps (``ENGINE_STEPS``, swapped into
+    ``memnets.memory.engine`` during each call) and keeps the loop in Python."""
     torch._dynamo.reset()  # a fresh cache per chunk size and pass: no recompile limit, honest compile_s
-    fast = torch.compile(fn, backend=backend, dynamic=False)
+    if scope == "function":
+        run = torch.compile(memory_chunked, backend=backend, dynamic=False)
+    else:
+        steps = {n: torch.compile(getattr(engine, n), backend=backend, dynamic=False) for n in ENGINE_STEPS}
+
+        def run(*args, **kwargs):
+            eager = {n: getattr(engine, n) for n in ENGINE_STEPS}
+            vars(engine).update(steps)
+            try:
+                return memory_chunked(*args, **kwargs)
+            finally:
+                vars(engine).update(eager)
+
     info: dict = {}
 
     def call(*args, **kwargs):
         if "compile_s" in info:
-            return fast(*args, **kwargs)
+            return run(*args, **kwargs)
         start = time.perf_counter()
-        out = fast(*args, **kwargs)
+        out = run(*args, **kwargs)
         if out[0].is_cuda:
             torch.cuda.synchronize()
         info["compile_s"] = time.perf_counter() - start
@@ -259,6 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU, see benchmarks/env.py)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd chunked form")
     p.add_argument(
+        "--compile-scope",
+        choices=("chunk", "function"),
+        default="chunk",
+        help="compile the per-chunk steps (loop in Python) or all of memory_chunked (unrolls T/C chunks)",
+    )
+    p.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick, for tests)"
     )
     p.add_argument("--triton", action="store_true", help="time the kernels off CUDA too (TRITON_INTERPRET=1)")
@@ -349,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
                         step, leaves = titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward)
                     else:
                         run, info = (
-                            compiled(fn, a.compile_backend) if name == "chunked_compiled" else (fn, {})
+                            compiled(a.compile_backend, a.compile_scope)
+                            if name == "chunked_compiled"
+                            else (fn, {})
                         )
                         step, leaves = memory_step(run, arch, a.B, a.T, C, dtype, device, backward)
                     step()  # compiles (timed into info), autotunes and allocates outside the timed region
@@ -407,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         backends=list(backends),
         budget="fast" if a.fast else "default",
         compile_backend=None if a.no_compile else a.compile_backend,
+        compile_scope=None if a.no_compile else a.compile_scope,
         triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
         flop_formula=formula,
         peak_bf16_tflops=peak_bf16,

@@ -213,8 +213,11 @@ def _timed(rows: list[dict]) -> dict[tuple, dict]:
 
 
 def test_bench_titans_kernels_cpu_with_compile_and_plot(tmp_path):
-    """Eager and compiled (aot_eager: seconds, not inductor's minutes) chunked rows per chunk size and
-    pass with finite times and TFLOP/s, compile time apart, no % of peak on CPU, the env header, a plot."""
+    """Eager and compiled (per-chunk steps; aot_eager compiles in seconds, inductor in minutes) chunked
+    rows per chunk size and pass with finite times and TFLOP/s, compile time apart, no % of peak on
+    CPU, the env header, a plot; the engine's own functions are back in place afterwards."""
+    engine = bench_kernels.engine
+    eager_steps = {n: getattr(engine, n) for n in bench_kernels.ENGINE_STEPS}
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     args = ["--T", "16", "--D", "8", "--chunk-sizes", "8", "16", "--compile-backend", "aot_eager"]
     res = _bench_rows([*args, "--titans-pytorch", "--png", str(png)], out)
@@ -231,28 +234,43 @@ def test_bench_titans_kernels_cpu_with_compile_and_plot(tmp_path):
         assert r["triton_over_compiled"] is None and r["triton_over_eager"] is None  # no Triton rows
         assert (r["compile_s"] is not None and r["compile_s"] > 0) == (backend == "chunked_compiled")
     assert res["meta"]["chunk_sizes"] == [8, 16] and res["meta"]["compile_backend"] == "aot_eager"
+    assert res["meta"]["compile_scope"] == "chunk"
     assert res["meta"]["peak_bf16_tflops"] is None and res["meta"]["gemm_bf16_tflops"] is None
     env = res["env"]
     assert env["device"].startswith("CPU") and env["versions"]["torch"] == torch.__version__
     assert env["versions"]["triton"] and env["date"]
     assert png.stat().st_size > 1000
+    assert all(getattr(engine, n) is f for n, f in eager_steps.items())
 
 
-def test_bench_titans_kernels_failed_compile_is_a_skipped_row(tmp_path, monkeypatch):
+def test_bench_titans_kernels_compiles_the_whole_function(tmp_path):
+    args = ["--T", "8", "--D", "8", "--chunk-sizes", "8", "--compile-backend", "aot_eager"]
+    res = _bench_rows([*args, "--compile-scope", "function"], tmp_path / "bench.json")
+    rows = _timed(res["rows"])
+    assert {k for k in rows if k[0] == "chunked_compiled"} == {
+        ("chunked_compiled", 8, p) for p in ("fwd", "fwd+bwd")
+    }
+    assert all(
+        math.isfinite(r["ms"]) and r["compile_s"] > 0 for k, r in rows.items() if k[0] == "chunked_compiled"
+    )
+    assert res["meta"]["compile_scope"] == "function"
+
+
+@pytest.mark.parametrize("scope", ["chunk", "function"])
+def test_bench_titans_kernels_failed_compile_is_a_skipped_row(tmp_path, monkeypatch, scope):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here\nsecond line")
 
     monkeypatch.setattr(bench_kernels.torch, "compile", broken)
-    res = _bench_rows(["--T", "8", "--D", "8", "--chunk-sizes", "8"], tmp_path / "bench.json")
+    args = ["--T", "8", "--D", "8", "--chunk-sizes", "8", "--compile-scope", scope]
+    res = _bench_rows(args, tmp_path / "bench.json")
     skipped = [r for r in res["rows"] if "skipped" in r]
     assert [(r["backend"], r["pass"]) for r in skipped] == [
         ("chunked_compiled", p) for p in ("fwd", "fwd+bwd")
     ]
     assert all(r["skipped"] == "RuntimeError: no compiler here" for r in skipped)
     assert set(_timed(res["rows"])) == {("chunked", 8, p) for p in ("fwd", "fwd+bwd")}
-    no_compile = _bench_rows(
-        ["--T", "8", "--D", "8", "--chunk-sizes", "8", "--no-compile"], tmp_path / "b.json"
-    )
+    no_compile = _bench_rows([*args, "--no-compile"], tmp_path / "b.json")
     assert {r["backend"] for r in no_compile["rows"]} == {"chunked"}
 
 
