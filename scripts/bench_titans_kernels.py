@@ -12,7 +12,8 @@ Backends (each row is one backend, chunk size C and pass):
   ``--compile-scope function`` compiles all of ``memory_chunked``, which unrolls its T/C chunks
   into one graph (no per-chunk Python or launch overhead, the stronger baseline) but compiles for
   minutes once T/C reaches the hundreds. The first call, compile included, is timed apart as
-  ``compile_s``; the rows time the calls after warm-up. A failed compile (common on CPU) becomes a
+  ``compile_s`` (inductor's on-disk caches stay on: shapes compiled by an earlier run compile
+  faster); the rows time the calls after warm-up. A failed compile (common on CPU) becomes a
   skipped row with the error's first line; ``--no-compile`` leaves the backend out.
 * ``titans_pytorch`` (``--titans-pytorch``, the ``bench`` extra): lucidrains' ``NeuralMemory``. It
   includes its own projections and chunk-pooled gates, so its rows are a rough peer, not the same op;
@@ -182,6 +183,35 @@ def compiled(backend: str, scope: str) -> tuple[Callable, dict]:
     return call, info
 
 
+def build_step(
+    name: str, fn: Callable | None, a: argparse.Namespace, arch: MemoryMLP, C: int, dtype, device, backward
+):
+    """The timed closure of one backend, chunk size and pass, the leaves whose gradients the timer resets,
+    and a dict that receives the compiled backend's ``compile_s`` on the first call."""
+    if name == "titans_pytorch":
+        return (*titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward), {})
+    info: dict = {}
+    if name == "chunked_compiled":
+        fn, info = compiled(a.compile_backend, a.compile_scope)
+    return (*memory_step(fn, arch, a.B, a.T, C, dtype, device, backward), info)
+
+
+HEADER = (
+    f"{'backend':>16} {'C':>4} {'pass':>7} {'ms':>9} {'p20':>9} {'p80':>9} {'TFLOP/s':>9} "
+    f"{'%bf16':>6} {'%gemm':>6} {'%tf32':>6} {'tri/cmp':>7} {'tri/eag':>7} {'compile_s':>9}"
+)
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"{r['backend']:>16} {r['chunk_size']:>4} {r['pass']:>7} {r['ms']:>9.3f} {r['p20_ms']:>9.3f} "
+        f"{r['p80_ms']:>9.3f} "
+        f"{r['tflops']:>9.4f} {fmt(r['pct_peak_bf16'], '.2f'):>6} {fmt(r['pct_gemm_bf16'], '.2f'):>6} "
+        f"{fmt(r['pct_peak_tf32'], '.2f'):>6} {fmt(r['triton_over_compiled'], '.2f'):>7} "
+        f"{fmt(r['triton_over_eager'], '.2f'):>7} {fmt(r['compile_s'], '.1f'):>9}"
+    )
+
+
 def card(device: torch.device) -> dict[str, float] | None:
     """The device's ``PEAKS`` entry (datasheet peaks, table GEMM ceiling); None on CPU or unknown GPUs."""
     if device.type != "cuda":
@@ -305,11 +335,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         arch = MemoryMLP(a.H, a.D, depth=2, expansion=a.expansion, layer_norm=not a.no_layer_norm).to(device)
 
-    # backend name -> fn(arch, q, k, v, lr, mom, keep, chunk_size=C); None = titans-pytorch's module.
+    # backend name -> fn(arch, q, k, v, lr, mom, keep, chunk_size=C), None where build_step makes it.
     # The Triton kernel comes last so its rows can give the time ratios to the chunked forms.
     backends: dict[str, Callable | None] = {"chunked": memory_chunked}
     if not a.no_compile:
-        backends["chunked_compiled"] = memory_chunked
+        backends["chunked_compiled"] = None
     if a.titans_pytorch:
         try:
             import titans_pytorch  # noqa: F401
@@ -353,11 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"peaks TFLOP/s: bf16 {fmt(peak_bf16, '.1f')}, gemm {fmt(gemm, '.1f')}, tf32 {fmt(peak_tf32, '.1f')}"
     )
-    header = (
-        f"{'backend':>16} {'C':>4} {'pass':>7} {'ms':>9} {'p20':>9} {'p80':>9} {'TFLOP/s':>9} "
-        f"{'%bf16':>6} {'%gemm':>6} {'%tf32':>6} {'tri/cmp':>7} {'tri/eag':>7} {'compile_s':>9}"
-    )
-    print(header)
+    print(HEADER)
     rows: list[dict] = []
     for C in chunk_sizes:
         ms_at: dict[tuple[str, str], float] = {}  # (backend, pass) -> median ms at this C
@@ -370,17 +396,8 @@ def main(argv: list[str] | None = None) -> None:
                     continue
             for kind in PASSES:
                 backward = kind == "fwd+bwd"
-                info: dict = {}  # compile_s of the compiled backend
                 try:
-                    if fn is None:
-                        step, leaves = titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward)
-                    else:
-                        run, info = (
-                            compiled(a.compile_backend, a.compile_scope)
-                            if name == "chunked_compiled"
-                            else (fn, {})
-                        )
-                        step, leaves = memory_step(run, arch, a.B, a.T, C, dtype, device, backward)
+                    step, leaves, info = build_step(name, fn, a, arch, C, dtype, device, backward)
                     step()  # compiles (timed into info), autotunes and allocates outside the timed region
                     t = bench(step, device, budget, grad_to_none=leaves)
                 except Exception as e:  # torch.compile and titans-pytorch fail in many ways; the run goes on
@@ -410,12 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                     compile_s=info.get("compile_s"),
                 )
                 rows.append(row)
-                print(
-                    f"{name:>16} {C:>4} {kind:>7} {t.median_ms:>9.3f} {t.p20_ms:>9.3f} {t.p80_ms:>9.3f} "
-                    f"{tf:>9.4f} {fmt(row['pct_peak_bf16'], '.2f'):>6} {fmt(row['pct_gemm_bf16'], '.2f'):>6} "
-                    f"{fmt(row['pct_peak_tf32'], '.2f'):>6} {fmt(row['triton_over_compiled'], '.2f'):>7} "
-                    f"{fmt(row['triton_over_eager'], '.2f'):>7} {fmt(row['compile_s'], '.1f'):>9}"
-                )
+                print(format_row(row))
 
     formula = (
         "fwd 10D^2+4CD, fwd+bwd 46D^2+16CD"
