@@ -11,10 +11,11 @@ Backends (each row is one backend, chunk size C and pass):
   state) and keeps the loop over chunks in Python: compile time does not grow with T.
   ``--compile-scope function`` compiles all of ``memory_chunked``, which unrolls its T/C chunks
   into one graph (no per-chunk Python or launch overhead, the stronger baseline) but compiles for
-  minutes once T/C reaches the hundreds. The first call, compile included, is timed apart as
-  ``compile_s`` (inductor's on-disk caches stay on: shapes compiled by an earlier run compile
-  faster); the rows time the calls after warm-up. A failed compile (common on CPU) becomes a
-  skipped row with the error's first line; ``--no-compile`` leaves the backend out.
+  minutes once T/C reaches the hundreds. The first call (forward + backward for fwd+bwd), compile
+  included, is timed apart as ``compile_s`` (inductor's on-disk caches stay on: shapes that an
+  earlier run compiled compile faster); the rows time the calls after warm-up. A failed compile
+  (common on CPU) becomes a skipped row with the error's first line; ``--no-compile`` leaves the
+  backend out.
 * ``titans_pytorch`` (``--titans-pytorch``, the ``bench`` extra): lucidrains' ``NeuralMemory``. It
   includes its own projections and chunk-pooled gates, so its rows are a rough peer, not the same op;
   skipped with a message when it does not import.
@@ -148,52 +149,47 @@ def titans_pytorch_step(B: int, T: int, H: int, D: int, C: int, dtype: torch.dty
     return (forward_backward, [x, *mem.parameters()]) if backward else (forward, [])
 
 
-def compiled(backend: str, scope: str) -> tuple[Callable, dict]:
-    """``memory_chunked`` under ``torch.compile`` (fixed shapes), and a dict that receives ``compile_s``,
-    the first call's seconds (tracing and code generation included), so the timer's warm-up never
-    compiles. ``scope="function"`` compiles the whole call, which unrolls the loop over chunks;
-    ``"chunk"`` compiles the engine's per-chunk steps (``ENGINE_STEPS``, swapped into
-    ``memnets.memory.engine`` during each call) and keeps the loop in Python."""
+def compiled(backend: str, scope: str) -> Callable:
+    """``memory_chunked`` under ``torch.compile`` (fixed shapes). ``scope="function"`` compiles the
+    whole call, which unrolls the loop over chunks; ``"chunk"`` compiles the engine's per-chunk steps
+    (``ENGINE_STEPS``, swapped into ``memnets.memory.engine`` during each call) and keeps the loop in
+    Python."""
     torch._dynamo.reset()  # a fresh cache per chunk size and pass: no recompile limit, honest compile_s
     if scope == "function":
-        run = torch.compile(memory_chunked, backend=backend, dynamic=False)
-    else:
-        steps = {n: torch.compile(getattr(engine, n), backend=backend, dynamic=False) for n in ENGINE_STEPS}
+        return torch.compile(memory_chunked, backend=backend, dynamic=False)
+    steps = {n: torch.compile(getattr(engine, n), backend=backend, dynamic=False) for n in ENGINE_STEPS}
 
-        def run(*args, **kwargs):
-            eager = {n: getattr(engine, n) for n in ENGINE_STEPS}
-            vars(engine).update(steps)
-            try:
-                return memory_chunked(*args, **kwargs)
-            finally:
-                vars(engine).update(eager)
+    def run(*args, **kwargs):
+        eager = {n: getattr(engine, n) for n in ENGINE_STEPS}
+        vars(engine).update(steps)
+        try:
+            return memory_chunked(*args, **kwargs)
+        finally:
+            vars(engine).update(eager)
 
-    info: dict = {}
-
-    def call(*args, **kwargs):
-        if "compile_s" in info:
-            return run(*args, **kwargs)
-        start = time.perf_counter()
-        out = run(*args, **kwargs)
-        if out[0].is_cuda:
-            torch.cuda.synchronize()
-        info["compile_s"] = time.perf_counter() - start
-        return out
-
-    return call, info
+    return run
 
 
 def build_step(
     name: str, fn: Callable | None, a: argparse.Namespace, arch: MemoryMLP, C: int, dtype, device, backward
 ):
-    """The timed closure of one backend, chunk size and pass, the leaves whose gradients the timer resets,
-    and a dict that receives the compiled backend's ``compile_s`` on the first call."""
+    """The timed closure of one backend, chunk size and pass, and the leaves whose gradients the timer
+    resets between calls."""
     if name == "titans_pytorch":
-        return (*titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward), {})
-    info: dict = {}
+        return titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward)
     if name == "chunked_compiled":
-        fn, info = compiled(a.compile_backend, a.compile_scope)
-    return (*memory_step(fn, arch, a.B, a.T, C, dtype, device, backward), info)
+        fn = compiled(a.compile_backend, a.compile_scope)
+    return memory_step(fn, arch, a.B, a.T, C, dtype, device, backward)
+
+
+def first_call_s(step: Callable, device: torch.device) -> float:
+    """Seconds of the first call: compiling (forward and, on its first backward, the backward graph),
+    autotuning and allocating, all kept out of the timed calls."""
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 HEADER = (
@@ -397,8 +393,8 @@ def main(argv: list[str] | None = None) -> None:
             for kind in PASSES:
                 backward = kind == "fwd+bwd"
                 try:
-                    step, leaves, info = build_step(name, fn, a, arch, C, dtype, device, backward)
-                    step()  # compiles (timed into info), autotunes and allocates outside the timed region
+                    step, leaves = build_step(name, fn, a, arch, C, dtype, device, backward)
+                    first_s = first_call_s(step, device)
                     t = bench(step, device, budget, grad_to_none=leaves)
                 except Exception as e:  # torch.compile and titans-pytorch fail in many ways; the run goes on
                     if name not in ("chunked_compiled", "titans_pytorch"):
@@ -424,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
                     # Triton time over the chunked forms' at this C and pass (they ran first)
                     triton_over_compiled=ratio(t.median_ms, ms_at.get(("chunked_compiled", kind)), name),
                     triton_over_eager=ratio(t.median_ms, ms_at.get(("chunked", kind)), name),
-                    compile_s=info.get("compile_s"),
+                    compile_s=first_s if name == "chunked_compiled" else None,
                 )
                 rows.append(row)
                 print(format_row(row))
