@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
                 reason = kernel.supports(arch, chunk_size=C)  # type: ignore[union-attr]
                 if reason is not None:
                     print(f"{name:>16} {C:>4}   skipped: unsupported {reason}")
-                    rows.append(dict(backend=name, chunk_size=C, skipped=f"unsupported {reason}"))
+                    rows.append(
+                        dict(backend=name, chunk_size=C, **{"pass": None}, skipped=f"unsupported {reason}")
+                    )
                     continue
             for kind in PASSES:
                 backward = kind == "fwd+bwd"
