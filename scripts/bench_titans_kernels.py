@@ -261,6 +261,7 @@ def plot(rows: list[dict], path: str, heading: str) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         print(f"note: matplotlib is not installed, no plot written to {path}")
         return
@@ -274,6 +275,9 @@ def plot(rows: list[dict], path: str, heading: str) -> None:
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2x10^1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         chunks = sorted({r["chunk_size"] for r in rows})
         ax.set_xticks(chunks, [str(c) for c in chunks])
         ax.set_xlabel("chunk size")
