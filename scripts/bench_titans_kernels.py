@@ -201,8 +201,7 @@ HEADER = (
 def format_row(r: dict) -> str:
     return (
         f"{r['backend']:>16} {r['chunk_size']:>4} {r['pass']:>7} {r['ms']:>9.3f} {r['p20_ms']:>9.3f} "
-        f"{r['p80_ms']:>9.3f} "
-        f"{r['tflops']:>9.4f} {fmt(r['pct_peak_bf16'], '.2f'):>6} {fmt(r['pct_gemm_bf16'], '.2f'):>6} "
+        f"{r['p80_ms']:>9.3f} {r['tflops']:>9.4f} {fmt(r['pct_peak_bf16'], '.2f'):>6} {fmt(r['pct_gemm_bf16'], '.2f'):>6} "
         f"{fmt(r['pct_peak_tf32'], '.2f'):>6} {fmt(r['triton_over_compiled'], '.2f'):>7} "
         f"{fmt(r['triton_over_eager'], '.2f'):>7} {fmt(r['compile_s'], '.1f'):>9}"
     )
