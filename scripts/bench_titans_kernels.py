@@ -1,20 +1,43 @@
-"""Time the Titans memory kernels against the engine's chunked PyTorch form, forward and forward +
-backward, per chunk size. Prints a table and writes JSON.
+"""Time the Titans memory kernels against the engine's chunked PyTorch form (eager and compiled) and
+titans-pytorch, forward and forward + backward, per chunk size, in one run. Prints a table, writes
+JSON and, with ``--png``, a plot of time against chunk size.
 
-* ``--depth 1``: the linear memory (L2 bias, momentum + decay, no residual or LayerNorm):
-  ``memnets.kernels.titans_linear_triton`` (chunk sizes 16/32/64).
-* ``--depth 2``: the two-layer MLP memory (D → E·D → D, GELU, residual + LayerNorm: Titans' default
-  memory; ``--no-layer-norm`` drops the LayerNorm): ``memnets.kernels.titans_mlp_triton`` (chunk
-  sizes up to 128; larger ones are reported as unsupported rows). With ``--titans-pytorch`` the
-  ``NeuralMemory`` of lucidrains' titans-pytorch is timed beside them when it imports (skipped with a
-  message otherwise; it includes its own projections and chunk-pooled gates, so its rows are a rough
-  peer, not an identical op).
+Backends (each row is one backend, chunk size C and pass):
 
-    python scripts/bench_titans_kernels.py --out bench_titans_kernels.json      # CPU: PyTorch only
+* ``chunked``: ``memnets.memory.memory_chunked`` in eager PyTorch.
+* ``chunked_compiled``: the same under ``torch.compile`` (``--compile-backend``, default inductor;
+  ``dynamic=False``; compiled afresh per chunk size and pass). ``--compile-scope chunk`` (default)
+  compiles the engine's per-chunk steps (key path, gate coefficients, dual-form read, chunk-end
+  state) and keeps the loop over chunks in Python: compile time does not grow with T.
+  ``--compile-scope function`` compiles all of ``memory_chunked``, which unrolls its T/C chunks
+  into one graph (no per-chunk Python or launch overhead, the stronger baseline) but compiles for
+  minutes once T/C reaches the hundreds. The first call (forward + backward for fwd+bwd), compile
+  included, is timed apart as ``compile_s`` (inductor's on-disk caches stay on: shapes that an
+  earlier run compiled compile faster); the rows time the calls after warm-up. A failed compile
+  (common on CPU) becomes a skipped row with the error's first line; ``--no-compile`` leaves the
+  backend out.
+* ``titans_pytorch`` (``--titans-pytorch``, the ``bench`` extra): lucidrains' ``NeuralMemory``. It
+  includes its own projections and chunk-pooled gates, so its rows are a rough peer, not the same op;
+  skipped with a message when it does not import.
+* ``triton`` (on CUDA, or with ``--triton`` under ``TRITON_INTERPRET=1``): ``--depth 1`` the linear
+  memory kernel ``memnets.kernels.titans_linear_triton`` (L2 bias, momentum + decay, no residual or
+  LayerNorm); ``--depth 2`` the two-layer MLP kernel ``memnets.kernels.titans_mlp_triton`` (D → E·D →
+  D, GELU, residual + LayerNorm: Titans' default memory; ``--no-layer-norm`` drops the LayerNorm). The
+  kernel's own ``supports(arch, bias, chunk_size)`` decides which chunk sizes run; the others are
+  skipped rows that give its reason. Its rows also give ``tri/cmp`` and ``tri/eag``: the Triton time
+  over the compiled and the eager chunked time at the same C and pass (below 1: Triton is faster).
+
+    python scripts/bench_titans_kernels.py --depth 2 --out bench_titans_kernels.json   # CPU: PyTorch
     python scripts/bench_titans_kernels.py --device cuda --depth 2 --B 1 --T 8192 --H 16 --D 32 \\
-        --chunk-sizes 8 16 32 64 128 256 --titans-pytorch
+        --titans-pytorch --png bench_titans_kernels.png      # chunk sizes 8..256, bf16 inputs
+    python scripts/bench_titans_kernels.py --depth 2 --T 64 --chunk-sizes 8 16 --fast --no-compile
     TRITON_INTERPRET=1 python scripts/bench_titans_kernels.py --depth 2 --T 32 --chunk-sizes 16 \\
-        --repeats 1 --triton          # CPU smoke test of the kernels in Triton's interpreter
+        --fast --no-compile --triton      # CPU smoke test of the kernels in Triton's interpreter
+
+Timing: ``benchmarks.timing.bench`` (GPU: ``do_bench`` median with p20/p80 after a warm-up loop, with
+the gradients reset between calls; CPU: ``torch.utils.benchmark`` blocks, one thread unless
+``--threads``). fwd runs under ``torch.no_grad``; fwd+bwd backpropagates random cotangents of the
+output and of the final weights and momenta (never ones, performance.md §7.3).
 
 Model FLOP per token and head (1 multiply-add = 2 FLOP), C = chunk size:
 
@@ -26,9 +49,14 @@ Model FLOP per token and head (1 multiply-add = 2 FLOP), C = chunk size:
   read through the updated memory, the in-chunk correction 2·C·(d_in + d_out) per layer, and the
   per-chunk state update); fwd+bwd = 3.5 × fwd (``benchmarks.flops.BWD_FACTOR``, ±20%).
 
-TFLOP/s = model FLOP / time (not hardware FLOP). On a known GPU the JSON also gives % of the
-datasheet TF32 dense peak (``benchmarks.flops.PEAKS``): the kernels compute in float32 with tf32x3
-dots (three TF32 MMAs per product), so a third of that peak is their ceiling.
+TFLOP/s = model FLOP / time (not hardware FLOP). % of peak (performance.md §1.2, §2.6), on a GPU only
+("-" in the table and null in the JSON on CPU): ``%bf16`` of the datasheet dense bf16 peak (989.4 on
+H100/H200, ``benchmarks.flops.PEAKS``), ``%gemm`` of the bf16 GEMM ceiling (an 8192³ GEMM on random
+data timed at the start of the run; ``--table-ceiling``: the 798 / 788 measured earlier, from
+``PEAKS``), and ``%tf32`` of the datasheet TF32 peak: the kernels compute in float32 with tf32x3 dots
+(three TF32 MMAs per product), so a third of that peak is their ceiling.
+Issue targets: ≥ 15% of bf16 peak at C = 64 and ≥ 40% at C ≥ 256, faster than compiled chunked
+PyTorch at every chunk size.
 """
 
 from __future__ import annotations
@@ -36,9 +64,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,8 +76,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.flops import BWD_FACTOR, PEAKS, mlp_memory_fwd  # noqa: E402
-from memnets.memory import MemoryMLP, memory_chunked  # noqa: E402
+from benchmarks.timing import Budget, bench, gemm_ceiling_tflops  # noqa: E402
+from memnets.memory import MemoryMLP, engine, memory_chunked  # noqa: E402
+
+PASSES = ("fwd", "fwd+bwd")
+DEFAULT_CHUNKS = {1: [16, 32, 64], 2: [8, 16, 32, 64, 128, 256]}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# the functions memory_chunked calls once per chunk, compiled one by one with --compile-scope chunk
+ENGINE_STEPS = ("key_path", "chunk_coefficients", "dual_read", "segment_end_state")
 
 
 def flops(B: int, T: int, H: int, D: int, C: int, backward: bool, depth: int, expansion: float) -> float:
@@ -60,66 +96,204 @@ def flops(B: int, T: int, H: int, D: int, C: int, backward: bool, depth: int, ex
     return BWD_FACTOR * fwd if backward else fwd
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_time(step, device: torch.device, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        if i:  # the first run warms up (and compiles the kernels)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def bench(fn, arch, B, T, H, D, C, device, repeats, backward):
+def memory_step(fn: Callable, arch: MemoryMLP, B: int, T: int, C: int, dtype: torch.dtype, device, backward):
+    """One call of ``fn`` (memory_chunked or a drop-in kernel) as a closure, and the leaf tensors whose
+    gradients the timer resets between calls."""
     torch.manual_seed(0)
-    q, k, v = (F.normalize(torch.randn(B, T, H, D, device=device), dim=-1).requires_grad_() for _ in range(3))
-    lr = (0.1 * torch.rand(B, T, H, device=device)).requires_grad_()
-    mom = (0.8 + 0.2 * torch.rand(B, T, H, device=device)).requires_grad_()
-    keep = (0.9 + 0.1 * torch.rand(B, T, H, device=device)).requires_grad_()
+    H, D = arch.num_heads, arch.dim
+    q, k, v = (F.normalize(torch.randn(B, T, H, D, device=device), dim=-1).to(dtype) for _ in range(3))
+    lr = 0.1 * torch.rand(B, T, H, device=device)
+    mom = 0.8 + 0.2 * torch.rand(B, T, H, device=device)
+    keep = 0.9 + 0.1 * torch.rand(B, T, H, device=device)
+    inputs = [t.requires_grad_(backward) for t in (q, k, v, lr, mom, keep)]
+    if not backward:
 
-    def step() -> None:
-        with torch.set_grad_enabled(backward):
-            y, st = fn(arch, q, k, v, lr, mom, keep, chunk_size=C)
-            if backward:
-                loss = y.float().sum() + sum(w.sum() for w in (*st.weights, *st.momentum))
-                loss.backward()
+        def forward() -> None:
+            with torch.no_grad():
+                fn(arch, *inputs, chunk_size=C)
 
-    return _median_time(step, device, repeats)
+        return forward, []
+
+    # random cotangents for the output and the final weights and momenta (shapes from the engine)
+    with torch.no_grad():
+        y, st = memory_chunked(arch, *inputs, chunk_size=C)
+    cotangents = [torch.randn_like(t) for t in (y, *st.weights, *st.momentum)]
+
+    def forward_backward() -> None:
+        y, st = fn(arch, *inputs, chunk_size=C)
+        torch.autograd.backward([y, *st.weights, *st.momentum], cotangents)
+
+    return forward_backward, [*inputs, *arch.parameters()]
 
 
-def bench_titans_pytorch(B, T, H, D, C, device, repeats, backward):
+def titans_pytorch_step(B: int, T: int, H: int, D: int, C: int, dtype: torch.dtype, device, backward):
+    """titans-pytorch's ``NeuralMemory`` on ``x [B, T, H·D]``; float32 module and input, run under
+    autocast when ``dtype`` is bf16 (as a model trains), since it does not take bf16 input directly."""
     from titans_pytorch import NeuralMemory
 
+    torch.manual_seed(0)
     mem = NeuralMemory(dim=H * D, chunk_size=C, heads=H, dim_head=D).to(device)
-    x = torch.randn(B, T, H * D, device=device, requires_grad=True)
+    x = torch.randn(B, T, H * D, device=device, requires_grad=backward)
+    dy = torch.randn(B, T, H * D, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def step() -> None:
-        with torch.set_grad_enabled(backward):
+    def forward() -> None:
+        with torch.no_grad(), autocast:
+            mem(x)
+
+    def forward_backward() -> None:
+        with autocast:
             y = mem(x)[0]
-            if backward:
-                y.float().sum().backward()
+        y.backward(dy.to(y.dtype))
 
-    return _median_time(step, device, repeats)
+    return (forward_backward, [x, *mem.parameters()]) if backward else (forward, [])
 
 
-def _peak_tf32(device: torch.device) -> float | None:
+def compiled(backend: str, scope: str) -> Callable:
+    """``memory_chunked`` under ``torch.compile`` (fixed shapes). ``scope="function"`` compiles the
+    whole call, which unrolls the loop over chunks; ``"chunk"`` compiles the engine's per-chunk steps
+    (``ENGINE_STEPS``, swapped into ``memnets.memory.engine`` during each call) and keeps the loop in
+    Python."""
+    torch._dynamo.reset()  # a fresh cache per chunk size and pass: no recompile limit, honest compile_s
+    if scope == "function":
+        return torch.compile(memory_chunked, backend=backend, dynamic=False)
+    steps = {n: torch.compile(getattr(engine, n), backend=backend, dynamic=False) for n in ENGINE_STEPS}
+
+    def run(*args, **kwargs):
+        eager = {n: getattr(engine, n) for n in ENGINE_STEPS}
+        vars(engine).update(steps)
+        try:
+            return memory_chunked(*args, **kwargs)
+        finally:
+            vars(engine).update(eager)
+
+    return run
+
+
+def build_step(
+    name: str, fn: Callable | None, a: argparse.Namespace, arch: MemoryMLP, C: int, dtype, device, backward
+):
+    """The timed closure of one backend, chunk size and pass, and the leaves whose gradients the timer
+    resets between calls."""
+    if name == "titans_pytorch":
+        return titans_pytorch_step(a.B, a.T, a.H, a.D, C, dtype, device, backward)
+    if name == "chunked_compiled":
+        fn = compiled(a.compile_backend, a.compile_scope)
+    return memory_step(fn, arch, a.B, a.T, C, dtype, device, backward)
+
+
+def first_call_s(step: Callable, device: torch.device) -> float:
+    """Seconds of the first call: compiling (forward and, on its first backward, the backward graph),
+    autotuning and allocating, all kept out of the timed calls."""
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+HEADER = (
+    f"{'backend':>16} {'C':>4} {'pass':>7} {'ms':>9} {'p20':>9} {'p80':>9} {'TFLOP/s':>9} "
+    f"{'%bf16':>6} {'%gemm':>6} {'%tf32':>6} {'tri/cmp':>7} {'tri/eag':>7} {'compile_s':>9}"
+)
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"{r['backend']:>16} {r['chunk_size']:>4} {r['pass']:>7} {r['ms']:>9.3f} {r['p20_ms']:>9.3f} "
+        f"{r['p80_ms']:>9.3f} {r['tflops']:>9.4f} {fmt(r['pct_peak_bf16'], '.2f'):>6} {fmt(r['pct_gemm_bf16'], '.2f'):>6} "
+        f"{fmt(r['pct_peak_tf32'], '.2f'):>6} {fmt(r['triton_over_compiled'], '.2f'):>7} "
+        f"{fmt(r['triton_over_eager'], '.2f'):>7} {fmt(r['compile_s'], '.1f'):>9}"
+    )
+
+
+def card(device: torch.device) -> dict[str, float] | None:
+    """The device's ``PEAKS`` entry (datasheet peaks, table GEMM ceiling); None on CPU or unknown GPUs."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    card = next((v for k, v in PEAKS.items() if k in name), None)
-    return None if card is None else card["tf32"]
+    return next((v for k, v in PEAKS.items() if k in name), None)
+
+
+def pct(tflops: float, peak: float | None) -> float | None:
+    return None if peak is None else 100 * tflops / peak
+
+
+def ratio(ms: float, other_ms: float | None, backend: str) -> float | None:
+    return None if other_ms is None or backend != "triton" else ms / other_ms
+
+
+def target_pct(C: int) -> float | None:
+    """The issue's % of bf16 peak target for the depth-2 kernel at chunk size C (performance.md §8)."""
+    return 40.0 if C >= 256 else 15.0 if C == 64 else None
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Each Triton row (or chunk size it skips) against the issue's targets: the % of bf16 peak where
+    one is set, and faster than compiled chunked PyTorch (a skipped chunk size meets neither)."""
+    out = []
+    for r in rows:
+        if r["backend"] != "triton":
+            continue
+        if "skipped" in r:
+            out.append(dict(chunk_size=r["chunk_size"], **{"pass": None}, met=False, why=r["skipped"]))
+            continue
+        want, got, over = target_pct(r["chunk_size"]), r["pct_peak_bf16"], r["triton_over_compiled"]
+        checks, notes = [], []
+        if want is not None:
+            checks.append(None if got is None else got >= want)
+            notes.append(f"{'n/a' if got is None else f'{got:.1f}'}% of bf16 peak (target {want:.0f}%)")
+        checks.append(None if over is None else over < 1)
+        notes.append("no compiled time" if over is None else f"{over:.2f}x the compiled time")
+        met = None if None in checks else all(checks)
+        out.append(dict(chunk_size=r["chunk_size"], **{"pass": r["pass"]}, met=met, why=", ".join(notes)))
+    return out
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def plot(rows: list[dict], path: str, heading: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        print(f"note: matplotlib is not installed, no plot written to {path}")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind in zip(axes, PASSES):
+        for name in dict.fromkeys(r["backend"] for r in rows):
+            pts = sorted(
+                (r["chunk_size"], r["ms"]) for r in rows if r["backend"] == name and r["pass"] == kind
+            )
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2x10^1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        chunks = sorted({r["chunk_size"] for r in rows})
+        ax.set_xticks(chunks, [str(c) for c in chunks])
+        ax.set_xlabel("chunk size")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(kind)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(heading, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--depth", type=int, choices=(1, 2), default=1)
     p.add_argument("--expansion", type=float, default=4.0, help="hidden width / D (depth 2)")
     p.add_argument("--no-layer-norm", action="store_true", help="depth 2: memory without LayerNorm")
@@ -127,21 +301,54 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--T", type=int, default=256)
     p.add_argument("--H", type=int, default=2)
     p.add_argument("--D", type=int, default=32)
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="q, k, v dtype (default bf16 on CUDA, else fp32)")
+    p.add_argument(
+        "--chunk-sizes", type=int, nargs="+", help="default 16 32 64 (depth 1), 8 16 32 64 128 256 (depth 2)"
+    )
+    p.add_argument("--fast", action="store_true", help="short timing budget (smoke tests)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU, see benchmarks/env.py)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd chunked form")
+    p.add_argument(
+        "--compile-scope",
+        choices=("chunk", "function"),
+        default="chunk",
+        help="compile the per-chunk steps (loop in Python) or all of memory_chunked (unrolls T/C chunks)",
+    )
+    p.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick, for tests)"
+    )
     p.add_argument("--triton", action="store_true", help="time the kernels off CUDA too (TRITON_INTERPRET=1)")
     p.add_argument("--titans-pytorch", action="store_true", help="also time titans-pytorch's NeuralMemory")
+    p.add_argument(
+        "--table-ceiling", action="store_true", help="%%gemm of the GEMM ceiling in PEAKS, not one timed now"
+    )
     p.add_argument("--out", default="bench_titans_kernels.json")
+    p.add_argument("--png", help="also plot time against chunk size here")
     a = p.parse_args(argv)
-    device = torch.device(a.device)
+    device = resolve_device(a.device)
+    configure_threads(a.threads, device)
+    dtype = DTYPES[a.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    chunk_sizes = a.chunk_sizes or DEFAULT_CHUNKS[a.depth]
     if a.depth == 1:
         arch = MemoryMLP(a.H, a.D, depth=1, residual=False, layer_norm=False).to(device)
     else:
         arch = MemoryMLP(a.H, a.D, depth=2, expansion=a.expansion, layer_norm=not a.no_layer_norm).to(device)
-    backends = {"chunked": memory_chunked}
+
+    # backend name -> fn(arch, q, k, v, lr, mom, keep, chunk_size=C), None where build_step makes it.
+    # The Triton kernel comes last so its rows can give the time ratios to the chunked forms.
+    backends: dict[str, Callable | None] = {"chunked": memory_chunked}
+    if not a.no_compile:
+        backends["chunked_compiled"] = None
+    if a.titans_pytorch:
+        try:
+            import titans_pytorch  # noqa: F401
+
+            backends["titans_pytorch"] = None
+        except ImportError as e:
+            print(f"note: titans-pytorch is not installed ({e}); its rows are skipped")
     kernel = None
     if device.type == "cuda" or a.triton:
-        if a.triton and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit(
                 "--triton off CUDA needs TRITON_INTERPRET=1 (the kernels run in Triton's interpreter)"
             )
@@ -154,41 +361,75 @@ def main(argv: list[str] | None = None) -> None:
 
             backends["triton"] = kernel.titans_mlp_chunked
     else:
-        print("note: no CUDA device, timing the chunked PyTorch path only (the Triton kernels need a GPU)")
-    if a.titans_pytorch:
-        try:
-            import titans_pytorch  # noqa: F401
+        print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
 
-            backends["titans_pytorch"] = None  # type: ignore[assignment]
-        except ImportError as e:
-            print(f"note: titans-pytorch is not installed ({e}); its rows are skipped")
-    peak = _peak_tf32(device)
-    rows = []
-    print(f"depth={a.depth} B={a.B} T={a.T} H={a.H} D={a.D} device={device}")
-    print(f"{'backend':>14} {'C':>4} {'pass':>8} {'ms':>10} {'TFLOP/s':>9} {'%tf32':>6}")
-    for C in a.chunk_sizes:
+    env = environment(device)
+    peaks = card(device)
+    if a.table_ceiling:
+        gemm = None if peaks is None else peaks["measured_bf16"]
+        gemm_source = "benchmarks.flops.PEAKS (performance.md 1.2)"
+    else:
+        gemm = gemm_ceiling_tflops(device, torch.bfloat16)  # None on CPU
+        gemm_source = "an 8192^3 bf16 GEMM timed in this run"
+    peak_bf16 = None if peaks is None else peaks["bf16"]
+    peak_tf32 = None if peaks is None else peaks["tf32"]
+    budget = Budget.fast() if a.fast else Budget()
+
+    print(f"# {title(env)}")
+    print(
+        f"depth={a.depth} B={a.B} T={a.T} H={a.H} D={a.D} E={a.expansion if a.depth == 2 else '-'} dtype={dtype}"
+    )
+    print(
+        f"peaks TFLOP/s: bf16 {fmt(peak_bf16, '.1f')}, gemm {fmt(gemm, '.1f')}, tf32 {fmt(peak_tf32, '.1f')}"
+    )
+    print(HEADER)
+    rows: list[dict] = []
+    for C in chunk_sizes:
+        ms_at: dict[tuple[str, str], float] = {}  # (backend, pass) -> median ms at this C
         for name, fn in backends.items():
             if name == "triton":
                 reason = kernel.supports(arch, chunk_size=C)  # type: ignore[union-attr]
                 if reason is not None:
-                    print(f"{name:>14} {C:>4}   skipped: unsupported {reason}")
-                    rows.append(dict(backend=name, chunk_size=C, skipped=f"unsupported {reason}"))
-                    continue
-            for backward in (False, True):
-                if fn is None:
-                    t = bench_titans_pytorch(a.B, a.T, a.H, a.D, C, device, a.repeats, backward)
-                else:
-                    t = bench(fn, arch, a.B, a.T, a.H, a.D, C, device, a.repeats, backward)
-                tf = flops(a.B, a.T, a.H, a.D, C, backward, a.depth, a.expansion) / t / 1e12
-                pct = None if peak is None else 100 * tf / peak
-                kind = "fwd+bwd" if backward else "fwd"
-                pct_text = "n/a" if pct is None else f"{pct:.2f}"
-                print(f"{name:>14} {C:>4} {kind:>8} {t * 1e3:>10.3f} {tf:>9.4f} {pct_text:>6}")
-                rows.append(
-                    dict(
-                        backend=name, chunk_size=C, **{"pass": kind}, ms=t * 1e3, tflops=tf, pct_peak_tf32=pct
+                    print(f"{name:>16} {C:>4}   skipped: unsupported {reason}")
+                    rows.append(
+                        dict(backend=name, chunk_size=C, **{"pass": None}, skipped=f"unsupported {reason}")
                     )
+                    continue
+            for kind in PASSES:
+                backward = kind == "fwd+bwd"
+                try:
+                    step, leaves = build_step(name, fn, a, arch, C, dtype, device, backward)
+                    first_s = first_call_s(step, device)
+                    t = bench(step, device, budget, grad_to_none=leaves)
+                except Exception as e:  # torch.compile and titans-pytorch fail in many ways; the run goes on
+                    if name not in ("chunked_compiled", "titans_pytorch"):
+                        raise
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    why = f"{type(e).__name__}: {first}"
+                    print(f"{name:>16} {C:>4} {kind:>7}   skipped: {why}")
+                    rows.append(dict(backend=name, chunk_size=C, **{"pass": kind}, skipped=why))
+                    continue
+                ms_at[name, kind] = t.median_ms
+                tf = flops(a.B, a.T, a.H, a.D, C, backward, a.depth, a.expansion) / (t.median_ms / 1e3) / 1e12
+                row = dict(
+                    backend=name,
+                    chunk_size=C,
+                    **{"pass": kind},
+                    ms=t.median_ms,
+                    p20_ms=t.p20_ms,
+                    p80_ms=t.p80_ms,
+                    tflops=tf,
+                    pct_peak_bf16=pct(tf, peak_bf16),
+                    pct_gemm_bf16=pct(tf, gemm),
+                    pct_peak_tf32=pct(tf, peak_tf32),
+                    # Triton time over the chunked forms' at this C and pass (they ran first)
+                    triton_over_compiled=ratio(t.median_ms, ms_at.get(("chunked_compiled", kind)), name),
+                    triton_over_eager=ratio(t.median_ms, ms_at.get(("chunked", kind)), name),
+                    compile_s=first_s if name == "chunked_compiled" else None,
                 )
+                rows.append(row)
+                print(format_row(row))
+
     formula = (
         "fwd 10D^2+4CD, fwd+bwd 46D^2+16CD"
         if a.depth == 1
@@ -203,15 +444,36 @@ def main(argv: list[str] | None = None) -> None:
         T=a.T,
         H=a.H,
         D=a.D,
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        dtype=str(dtype),
+        chunk_sizes=chunk_sizes,
+        backends=list(backends),
+        budget="fast" if a.fast else "default",
+        compile_backend=None if a.no_compile else a.compile_backend,
+        compile_scope=None if a.no_compile else a.compile_scope,
         triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
         flop_formula=formula,
-        peak_tf32_tflops=peak,
+        peak_bf16_tflops=peak_bf16,
+        gemm_bf16_tflops=gemm,
+        gemm_bf16_source=gemm_source if gemm is not None else None,
+        peak_tf32_tflops=peak_tf32,
     )
+    goals = targets(rows) if a.depth == 2 else []
+    if goals:
+        print(
+            "issue targets (Triton, depth 2: >= 15% of bf16 peak at C=64, >= 40% at C>=256, faster than compiled):"
+        )
+        for g in goals:
+            verdict = {True: "met", False: "NOT met", None: "n/a"}[g["met"]]
+            print(f"  C={g['chunk_size']:<4} {g['pass'] or '':>7}  {verdict:>7}: {g['why']}")
     with open(a.out, "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        json.dump(dict(env=env, meta=meta, rows=rows, targets=goals), f, indent=1)
     print(f"wrote {a.out}")
+    if a.png:
+        plot(
+            [r for r in rows if "ms" in r],
+            a.png,
+            f"{title(env)}\ndepth {a.depth} B{a.B} T{a.T} H{a.H} D{a.D} {dtype}",
+        )
 
 
 if __name__ == "__main__":

@@ -3,16 +3,13 @@ float64): outputs, final weights/momenta/anchor and every gradient, on awkward l
 sizes, with and without momentum and decay, residual on and off, each activation and bias."""
 
 import functools
-import importlib.util
 import itertools
-import json
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from helpers import ROOT
 from mixer_checks import assert_all_close, forward_backward
 
 import memnets
@@ -576,27 +573,6 @@ def test_mixer_triton_unsupported_config_raises():
         torch.randn(1, 5, 32)
     )
     assert torch.isfinite(y).all()
-
-
-def test_bench_script_smoke(tmp_path):
-    """scripts/bench_titans_kernels.py times the depth-2 kernel (here in the interpreter, tiny shape)
-    beside the engine and writes its JSON; chunk sizes the kernel does not cover become skipped rows."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_titans_kernels", ROOT / "scripts/bench_titans_kernels.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = tmp_path / "bench.json"
-    args = ["--depth", "2", "--T", "12", "--D", "16", "--chunk-sizes", "8", "67", "--repeats", "1"]
-    bench.main([*args, "--triton", "--out", str(out)])
-    res = json.loads(out.read_text())
-    timed = {(r["backend"], r["chunk_size"], r["pass"]) for r in res["rows"] if "ms" in r}
-    assert timed == {(b, 8, p) for b in ("chunked", "triton") for p in ("fwd", "fwd+bwd")} | {
-        ("chunked", 67, p) for p in ("fwd", "fwd+bwd")
-    }
-    assert any(r.get("skipped", "").startswith("unsupported chunk_size 67") for r in res["rows"])
-    assert all(r["tflops"] > 0 for r in res["rows"] if "ms" in r)
-    assert res["meta"]["depth"] == 2 and res["meta"]["layer_norm"]
 
 
 @pytest.mark.parametrize(
