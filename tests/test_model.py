@@ -70,3 +70,21 @@ def test_absolute_positions_are_bounded_and_reset_per_packed_sequence():
     a, b = torch.randint(0, 64, (1, 5)), torch.randint(0, 64, (1, 7))
     packed = model(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 12]))
     torch.testing.assert_close(packed[:, 5:], model(b))
+
+
+def test_auto_backend_logs_why_no_kernel_ran(monkeypatch, caplog):
+    """On a device where ``auto`` could run the Triton kernels, a mixer they do not cover logs the
+    reason beside the path it runs; an explicit request for an unsupported backend raises."""
+    from memnets.mixers import base
+
+    monkeypatch.setattr(base, "triton_available", lambda device: True)
+    monkeypatch.setattr(base, "_announced", set())
+    with caplog.at_level("INFO", logger=base.log.name):
+        chosen = base.resolve_backend("mixer", "auto", torch.device("cpu"), no_kernel="memory depth 3")
+    assert chosen == "chunked"
+    assert (
+        "running the chunked backend (asked for auto on cpu; the Triton kernels do not cover memory depth 3)"
+        in caplog.text
+    )
+    with pytest.raises(ValueError, match="backend='triton' is not implemented"):
+        base.resolve_backend("mixer", "triton", torch.device("cpu"))

@@ -226,7 +226,7 @@ class _OmegaMixer(nn.Module):
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         supported = SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
-        backend = resolve_backend(self.name, self.backend, x.device, supported)
+        backend = resolve_backend(self.name, self.backend, x.device, supported, self.triton_reason)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype

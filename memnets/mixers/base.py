@@ -52,12 +52,18 @@ def triton_available(device: torch.device) -> bool:
 
 
 def resolve_backend(
-    owner: str, backend: str, device: torch.device, supported: tuple[str, ...] = ("reference", "chunked")
+    owner: str,
+    backend: str,
+    device: torch.device,
+    supported: tuple[str, ...] = ("reference", "chunked"),
+    no_kernel: str | None = None,
 ) -> str:
     """Turn ``backend`` into the implementation to run and say once per (mixer, path) which ran.
 
-    ``auto`` picks ``triton`` on CUDA when the mixer supports it, else ``chunked``. Asking explicitly
-    for an unsupported backend is an error, never a silent fallback."""
+    ``auto`` picks ``triton`` on CUDA when the mixer supports it, else ``chunked``; ``no_kernel`` (why
+    the Triton kernels do not cover this mixer's configuration) goes into the log when ``auto`` could
+    have run a kernel on this device but does not. Asking explicitly for an unsupported backend is an
+    error, never a silent fallback."""
     if backend not in BACKENDS:
         raise ValueError(f"{owner}: backend={backend!r} is not one of {list(BACKENDS)}")
     if backend == "auto":
@@ -68,7 +74,10 @@ def resolve_backend(
         raise ValueError(f"{owner}: backend={backend!r} is not implemented; supported: {list(supported)}")
     else:
         chosen = backend
-    log_once("%s: running the %s backend (asked for %s on %s)", owner, chosen, backend, device.type)
+    why = ""
+    if backend == "auto" and chosen != "triton" and no_kernel and triton_available(device):
+        why = f"; the Triton kernels do not cover {no_kernel}"
+    log_once("%s: running the %s backend (asked for %s on %s%s)", owner, chosen, backend, device.type, why)
     return chosen
 
 

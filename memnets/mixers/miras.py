@@ -251,10 +251,9 @@ class MirasMemory(nn.Module):
     ) -> tuple[Tensor, MirasState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        supported = (
-            SUPPORTED_BACKENDS if self.memory_kernel_unsupported() else (*SUPPORTED_BACKENDS, "triton")
-        )
-        backend = resolve_backend(self.name, self.backend, x.device, supported)
+        reason = self.memory_kernel_unsupported()
+        supported = SUPPORTED_BACKENDS if reason else (*SUPPORTED_BACKENDS, "triton")
+        backend = resolve_backend(self.name, self.backend, x.device, supported, reason)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv)
         raw = self.gates(x)

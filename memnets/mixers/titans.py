@@ -272,7 +272,10 @@ class Titans(nn.Module):
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
     def _backend(self, device: torch.device) -> str:
-        return resolve_backend("titans", self.backend, device, _memory_backends(self.memory, self.chunk_size))
+        return resolve_backend(
+            "titans", self.backend, device, _memory_backends(self.memory, self.chunk_size),
+            memory_kernel_unsupported(self.memory, self.chunk_size),
+        )  # fmt: skip
 
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
@@ -598,8 +601,9 @@ class TitansMAC(nn.Module):
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         backend = resolve_backend(
-            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size)
-        )
+            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size),
+            memory_kernel_unsupported(self.memory, self.chunk_size),
+        )  # fmt: skip
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
         while start < T:

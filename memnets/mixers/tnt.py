@@ -208,7 +208,7 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend("tnt", self.backend, x.device, self._backends())
+        backend = resolve_backend("tnt", self.backend, x.device, self._backends(), self.triton_reason)
         B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
