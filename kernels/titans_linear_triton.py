@@ -48,12 +48,11 @@ Performance is untuned (written without a GPU): one program per (batch, head) ho
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from memnets.kernels.packing import chunk_layout, sequence_lengths
 from torch import Tensor
 
 from memnets.memory import (
@@ -553,36 +552,6 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     return None
 
 
-def _chunk_layout(lengths: list[int], L: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """cu_seqlens and chunk_offsets ``[N + 1]`` (int32; sequence n's chunks are packed chunks
-    ``chunk_offsets[n] ..``) and the gather index ``[NC, L]`` of every packed chunk's tokens, pointing
-    past the last token (a padding slot) after a sequence's end. Built on the host from the lengths."""
-    lens = torch.tensor(lengths, dtype=torch.int64)
-    cu = F.pad(lens.cumsum(0), (1, 0))
-    n_chunks = (lens + L - 1) // L
-    offsets = F.pad(n_chunks.cumsum(0), (1, 0))
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), n_chunks)  # each packed chunk's sequence
-    pos = (cu[seq] + (torch.arange(len(seq)) - offsets[seq]) * L)[:, None] + torch.arange(L)
-    index = torch.where(pos < cu[seq + 1][:, None], pos, cu[-1])
-    return cu.to(device, torch.int32), offsets.to(device, torch.int32), index.to(device)
-
-
-def _lengths(q: Tensor, cu_seqlens: Tensor | None) -> list[int]:
-    B, T = q.shape[:2]
-    if cu_seqlens is None:
-        return [T] * B
-    bounds = cu_seqlens.tolist() if cu_seqlens.dim() == 1 else None
-    if B != 1 or bounds is None or cu_seqlens.is_floating_point() or bounds[0] != 0 or bounds[-1] != T:
-        raise ValueError(
-            "titans_linear_chunked: cu_seqlens must be 1-D integer offsets from 0 to T with a packed "
-            f"batch of size 1; got q of shape {tuple(q.shape)} and cu_seqlens {cu_seqlens.tolist()}"
-        )
-    lengths = [e - s for s, e in itertools.pairwise(bounds)]
-    if min(lengths, default=0) < 0:
-        raise ValueError(f"titans_linear_chunked: cu_seqlens must be non-decreasing, got {bounds}")
-    return lengths
-
-
 def titans_linear_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -611,7 +580,7 @@ def titans_linear_chunked(
         raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
     if chunk_size not in CHUNK_SIZES:
         raise ValueError(f"titans_linear_chunked: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
-    lengths = _lengths(q, cu_seqlens)
+    lengths = sequence_lengths("titans_linear_chunked", q, cu_seqlens)
     if state is not None and state.offset > 0:
         if cu_seqlens is not None:
             raise ValueError(
@@ -653,7 +622,7 @@ def titans_linear_chunked(
     if T == 0:
         y, w_final, s_final, w_anchor = q.new_zeros(q.shape), w_init, s_init, w_init
     else:
-        cu, chunk_offsets, index = _chunk_layout(lengths, L, q.device)
+        cu, chunk_offsets, index = chunk_layout(lengths, L, q.device)
         with torch.autocast(q.device.type, enabled=False):
 
             def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L], padded with lr 0 / gate 1

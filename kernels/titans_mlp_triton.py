@@ -114,6 +114,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from memnets.kernels.packing import chunk_layout, sequence_lengths
 from torch import Tensor
 
 from memnets.memory import (
@@ -249,6 +250,29 @@ def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl
 
 
 @triton.jit
+def _sequence(i_bh, cu, toff, T, NCT, H: tl.constexpr, VARLEN: tl.constexpr):
+    """Program (sequence, head)'s batch index, first row, length, first tile and tile count, and its
+    row in the coefficients: with ``VARLEN`` sequence n of the packed batch spans rows cu[n] .. cu[n+1]
+    and coefficient tiles toff[n] .. toff[n+1]; else batch entry b spans all T rows and NCT tiles."""
+    if VARLEN:
+        i_n = i_bh // H
+        bos = tl.load(cu + i_n).to(tl.int64)
+        Tn = (tl.load(cu + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        t_first = tl.load(toff + i_n)
+        n_tiles = tl.load(toff + i_n + 1) - t_first
+        b = bos * 0
+        crow = (i_bh % H).to(tl.int64)
+    else:
+        b = (i_bh // H).to(tl.int64)
+        bos = b * 0
+        Tn = T
+        t_first = 0
+        n_tiles = NCT
+        crow = i_bh.to(tl.int64)
+    return b, bos, Tn, t_first, n_tiles, crow
+
+
+@triton.jit
 def _mat(R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     """Offsets and mask of an ``[R, C]`` matrix in a ``[BR, BC]`` tile."""
     r = tl.arange(0, BR)
@@ -293,6 +317,8 @@ def _forward_kernel(
     w2_chunks,
     s1_chunks,
     s2_chunks,
+    cu,
+    toff,
     T,
     P0,
     C0,
@@ -318,10 +344,11 @@ def _forward_kernel(
     RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
     READ_START: tl.constexpr,
+    VARLEN: tl.constexpr,
     STORE: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
-    b = (i_bh // H).to(tl.int64)
+    b, bos, Tn, t_first, n_tiles, crow = _sequence(i_bh, cu, toff, T, NCT, H, VARLEN)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
     n = D * DH  # numbers per weight matrix
@@ -345,9 +372,9 @@ def _forward_kernel(
         shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     K1 = W1  # the key path's weights: those at the start of the chunk (of KE tiles) the tile is in
     K2 = W2
-    for c in range(NC):
+    for c in range(tl.minimum(NC, n_tiles - C0)):
         g = C0 + c  # the tile's index in the sequence
-        cc = bh * NCT + g  # index of this (batch, head, tile) in the coefficients
+        cc = crow * NCT + t_first + g  # index of this (batch, head, tile) in the coefficients
         if g % KE == 0:
             K1 = W1
             K2 = W2
@@ -358,13 +385,13 @@ def _forward_kernel(
             if HAS_MOM:
                 tl.store(s1_chunks + sc * n + o1, S1, mask=m1)
                 tl.store(s2_chunks + sc * n + o2, S2, mask=m2)
-        if g == NCT - 1:
+        if g == n_tiles - 1:
             tl.store(w1_anchor + bh * n + o1, K1, mask=m1)
             tl.store(w2_anchor + bh * n + o2, K2, mask=m2)
-        offs, mask, _, _ = _rows(b, g * L, h, T, H, D, L, BL, BD)
+        offs, mask, _, _ = _rows(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
         # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
         # whose first P0 rows are the state's carried window
-        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
+        koffs, kmask, kvalid, krow = _rows(b, bos + P0 + g * L - P, h, bos + P0 + Tn, H, D, P + L, BK, BD)
         lk = tl.arange(0, BK)
         lkmask = lk < P + L
         b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
@@ -412,7 +439,7 @@ def _forward_kernel(
                 xq, _ = _ln(b_y, cmask, D, ln_eps)
                 b_y = xq * gamma[None, :] + shift[None, :]
             tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
-        last = tl.minimum(T - g * L, L) - 1  # the tile's last token (the tail tile is short)
+        last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1)
@@ -477,6 +504,8 @@ def _backward_kernel(
     dw2_init,
     ds1_init,
     ds2_init,
+    cu,
+    toff,
     T,
     P0,
     C0,
@@ -502,9 +531,10 @@ def _backward_kernel(
     RES: tl.constexpr,
     HAS_MOM: tl.constexpr,
     READ_START: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
-    b = (i_bh // H).to(tl.int64)
+    b, bos, Tn, t_first, n_tiles, crow = _sequence(i_bh, cu, toff, T, NCT, H, VARLEN)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
     n = D * DH
@@ -536,12 +566,13 @@ def _backward_kernel(
     # they collect (acc) joins the state's at that chunk's first tile
     acc1 = tl.zeros([BD, BH], dtype=tl.float32)
     acc2 = tl.zeros([BH, BD], dtype=tl.float32)
-    for i in range(NC):
-        c = NC - 1 - i
+    n_here = tl.minimum(NC, n_tiles - C0)
+    for i in range(n_here):
+        c = n_here - 1 - i
         g = C0 + c  # the tile's index in the sequence
-        cc = bh * NCT + g
+        cc = crow * NCT + t_first + g
         sc = bh * NC + c
-        last = tl.minimum(T - g * L, L) - 1  # the tile's last token (the tail tile is short)
+        last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
         is_last = li == last
         W1 = tl.load(w1_chunks + sc * n + o1, mask=m1, other=0.0)
         W2 = tl.load(w2_chunks + sc * n + o2, mask=m2, other=0.0)
@@ -552,8 +583,8 @@ def _backward_kernel(
             kc = sc - g % KE
             K1 = tl.load(w1_chunks + kc * n + o1, mask=m1, other=0.0)
             K2 = tl.load(w2_chunks + kc * n + o2, mask=m2, other=0.0)
-        offs, mask, _, _ = _rows(b, g * L, h, T, H, D, L, BL, BD)
-        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
+        offs, mask, _, _ = _rows(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+        koffs, kmask, kvalid, krow = _rows(b, bos + P0 + g * L - P, h, bos + P0 + Tn, H, D, P + L, BK, BD)
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
         b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
         b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
@@ -748,7 +779,7 @@ def _backward_kernel(
         dZ1 += dA * sg
         b_dk += _dot(dZ1, tl.trans(K1))
         gK1 += _dot(tl.trans(b_k), dZ1)
-        if g == NCT - 1:
+        if g == n_tiles - 1:
             gK1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
             gK2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
         tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
@@ -796,20 +827,10 @@ def _block(n: int) -> int:
 
 def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
     """Runtime scalars and compile-time constants of both kernels."""
-    (
-        tile,
-        activation,
-        bias_kind,
-        p,
-        eps,
-        sharpness,
-        ln_eps,
-        residual,
-        tiles_per_chunk,
-        read_start,
-        _,
-        prefix,
-    ) = config
+    tile, activation, bias_kind, p, eps, sharpness, ln_eps, residual, tiles_per_chunk, read_start = config[
+        :10
+    ]
+    prefix = config[11]  # config[10], config[12]: checkpoint segment and longest sequence (in tiles)
     H, D = q.shape[2:]
     DH = w1.shape[-1]
     constants = dict(
@@ -834,19 +855,20 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
 
 
 def _segments(n_tiles: int, config: tuple) -> list[tuple[int, int]]:
-    """(first tile, number of tiles) of each checkpoint segment."""
+    """(first tile, number of tiles) of each checkpoint segment (``n_tiles``: of the longest sequence)."""
     every = config[10]
     return [(c0, min(every, n_tiles - c0)) for c0 in range(0, n_tiles, every)]
 
 
-def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, store):
+def _forward(q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store):
     """One launch over tiles c0 .. c0 + nc from ``state`` (w1, w2, s1, s2) at tile c0; writes the reads
     into ``y`` (unless ``store``) and the last chunk's start weights into ``anchor``. Returns the state
     after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
-    B, T, H = q.shape[:3]
+    T, H = q.shape[1:3]
     beta, f, G, m_end, s_coef = coef
     w1, w2, s1, s2 = state
     has_mom = s1 is not None
+    cu, toff = packing
 
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
@@ -854,13 +876,14 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, st
     final = (new(*w1.shape), new(*w2.shape)) + (
         (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
     )
-    w1_chunks = new(B, H, nc, *w1.shape[2:]) if store else new(0)
-    w2_chunks = new(B, H, nc, *w2.shape[2:]) if store else new(0)
-    s1_chunks = new(B, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
-    s2_chunks = new(B, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
+    N = w1.shape[0]  # programs per head: batch entries, or packed sequences
+    w1_chunks = new(N, H, nc, *w1.shape[2:]) if store else new(0)
+    w2_chunks = new(N, H, nc, *w2.shape[2:]) if store else new(0)
+    s1_chunks = new(N, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
+    s2_chunks = new(N, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
     scalars, constants = _meta(q, w1, ln_w, config)
     empty = new(0)
-    _forward_kernel[(B * H,)](
+    _forward_kernel[(w1.shape[0] * H,)](
         q,
         k,
         v,
@@ -883,6 +906,8 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, st
         w2_chunks,
         s1_chunks,
         s2_chunks,
+        empty if cu is None else cu,
+        empty if toff is None else toff,
         T,
         k.shape[1] - T,
         c0,
@@ -891,6 +916,7 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, st
         *scalars,
         **constants,
         HAS_MOM=has_mom,
+        VARLEN=cu is not None,
         STORE=store,
     )
     return final if has_mom else (*final[:2], None, None), (w1_chunks, w2_chunks, s1_chunks, s2_chunks)
@@ -913,6 +939,8 @@ def titans_mlp_fwd(
     w2: Tensor,
     s1: Tensor | None,
     s2: Tensor | None,
+    cu_seqlens: Tensor | None,
+    tile_offsets: Tensor | None,
     tile: int,
     activation: int,
     bias_kind: int,
@@ -925,6 +953,7 @@ def titans_mlp_fwd(
     read_start: bool,
     checkpoint_every: int,
     prefix: int,
+    max_tiles: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``q, k, v [B, T, H, D]``; ``bias_params`` the Huber threshold ``[B, T, H]`` (norm) or
     ``[B, T, H, D]`` (coord), else ``None``; ``ln_w, ln_b [H, D]`` the memory LayerNorm's scale and
@@ -951,14 +980,18 @@ def titans_mlp_fwd(
         read_start,
         checkpoint_every,
         prefix,
+        max_tiles,
     )
     y = w1.new_empty(q.shape)
     anchor = (torch.empty_like(w1), torch.empty_like(w2))
     state = (w1, w2, s1, s2)
     starts = []
-    for c0, nc in _segments(beta.shape[2], config):
+    packing = (cu_seqlens, tile_offsets)
+    for c0, nc in _segments(max_tiles, config):
         starts.append(state)
-        state, _ = _forward(q, k, v, bias_params, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, False)
+        state, _ = _forward(
+            q, k, v, bias_params, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, False
+        )
     ckpt = [torch.stack([st[i] for st in starts]) for i in range(2)]
     ckpt += [torch.stack([st[i] for st in starts]) if s1 is not None else w1.new_empty(0) for i in (2, 3)]
     w1f, w2f, s1f, s2f = state
@@ -967,9 +1000,9 @@ def titans_mlp_fwd(
 
 
 @titans_mlp_fwd.register_fake
-def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *config):
+def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *config):
     has_mom = s1 is not None
-    ns = len(_segments(beta.shape[2], config))
+    ns = len(_segments(config[-1], config))
     return (
         w1.new_empty(q.shape),
         torch.empty_like(w1),
@@ -1002,6 +1035,8 @@ def titans_mlp_bwd(
     w2: Tensor,
     s1: Tensor | None,
     s2: Tensor | None,
+    cu_seqlens: Tensor | None,
+    tile_offsets: Tensor | None,
     ckpt_w1: Tensor,
     ckpt_w2: Tensor,
     ckpt_s1: Tensor,
@@ -1025,6 +1060,7 @@ def titans_mlp_bwd(
     read_start: bool,
     checkpoint_every: int,
     prefix: int,
+    max_tiles: int,
 ) -> list[Tensor]:
     """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
     :func:`titans_mlp_fwd` (empty for absent inputs). Segments run in reverse: each re-runs its forward
@@ -1046,6 +1082,7 @@ def titans_mlp_bwd(
         read_start,
         checkpoint_every,
         prefix,
+        max_tiles,
     )
 
     def like(t: Tensor | None, present: bool = True) -> Tensor:
@@ -1057,21 +1094,24 @@ def titans_mlp_bwd(
         dk, dv = (w1.new_zeros(B, H, NT, rows, x.shape[3]) for x in (k, v))
     dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
     # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
-    dln_w, dln_b = (w1.new_zeros(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2))
+    dln_w, dln_b = (
+        w1.new_zeros(*w1.shape[:2], q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2)
+    )
     carry = (dw1_final, dw2_final, ds1_final, ds2_final)
     scratch = (torch.empty_like(w1), torch.empty_like(w2))  # the recompute's anchor, unused
     scalars, constants = _meta(q, w1, ln_w, config)
     empty = w1.new_empty(0)
-    segments = _segments(beta.shape[2], config)
+    segments = _segments(max_tiles, config)
+    packing = (cu_seqlens, tile_offsets)
     for s in reversed(range(len(segments))):
         c0, nc = segments[s]
         start = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
         _, chunks = _forward(
-            q, k, v, bias_params, ln_w, ln_b, coef, start, config, c0, nc, scratch, empty, True
+            q, k, v, bias_params, ln_w, ln_b, coef, packing, start, config, c0, nc, scratch, empty, True
         )
         d_init = (like(w1), like(w2), like(w1, has_mom), like(w2, has_mom))
         dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
-        _backward_kernel[(B * H,)](
+        _backward_kernel[(w1.shape[0] * H,)](
             q,
             k,
             v,
@@ -1099,6 +1139,8 @@ def titans_mlp_bwd(
             dm_end,
             ds_coef,
             *d_init,
+            empty if cu_seqlens is None else cu_seqlens,
+            empty if tile_offsets is None else tile_offsets,
             T,
             k.shape[1] - T,
             c0,
@@ -1107,6 +1149,7 @@ def titans_mlp_bwd(
             *scalars,
             **constants,
             HAS_MOM=has_mom,
+            VARLEN=cu_seqlens is not None,
         )
         carry = d_init
         if ln_w is not None:
@@ -1132,7 +1175,7 @@ def _fold_key_rows(per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: in
 
 
 @titans_mlp_bwd.register_fake
-def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *rest):
+def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *rest):
     def like(t: Tensor | None, present: bool = True) -> Tensor:
         return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
 
@@ -1144,7 +1187,8 @@ def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s
     ]
 
 
-_TENSOR_INPUTS = 15  # q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2
+# q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets
+_TENSOR_INPUTS = 17
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -1177,7 +1221,7 @@ def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, d
     grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
     if not has_mom:  # f, m_end, s_coef are empty placeholders without momentum
         grads[7] = grads[9] = grads[10] = None
-    return *grads, *(None,) * len(ctx.config)
+    return *grads, None, None, *(None,) * len(ctx.config)  # none for cu_seqlens, tile_offsets
 
 
 torch.library.register_autograd("memnets::titans_mlp_fwd", _backward, setup_context=_setup_context)
@@ -1289,9 +1333,13 @@ def _run(
     checkpoint_every: int | None,
     window: int = 1,
     win_gate: Tensor | None = None,
+    lengths: list[int] | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state. With an
-    Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows (``[B, P0 + T, H, D]``)."""
+    Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows (``[B, P0 + T, H, D]``).
+    With ``lengths`` (packed sequences, B = 1) every sequence's tiles start at its first token and the
+    state holds one entry per sequence (the returned offset and anchor are then per sequence only in
+    :func:`titans_mlp_chunked`'s list)."""
     B, T, H, D = q.shape
     w1, w2, s1, s2 = state
     if T == 0:
@@ -1302,18 +1350,22 @@ def _run(
     P = window - 1
     L = _tile(chunk_size, _block(D) * _block(w1.shape[-1]), P)
     assert L is not None  # supports() checked it
-    NT = triton.cdiv(T, L)
-    pad = NT * L - T
-    n_chunks = triton.cdiv(T, chunk_size)
-    every = checkpoint_every or math.isqrt(n_chunks - 1) + 1  # ⌈√chunks⌉: checkpoints ≈ one segment's states
+    seq_lengths = lengths or [T]
+    bounds, offsets, index = chunk_layout(seq_lengths, L, q.device)  # tiles of L tokens
+    index = index.flatten()
+    NT = index.numel() // L  # tiles per coefficient row
+    tiles = (offsets[1:] - offsets[:-1]).tolist()
+    n_chunks = max(triton.cdiv(n, chunk_size) for n in seq_lengths)
+    every = checkpoint_every or math.isqrt(max(n_chunks, 1) - 1) + 1  # ⌈√chunks⌉: ≈ one segment's states
     kind, p, eps, sharp = _bias_config(bias)  # type: ignore[misc]
+    packing = (bounds, offsets) if lengths else (None, None)
 
     with torch.autocast(q.device.type, enabled=False):
 
         def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NT, L], padded with lr 0 / gate 1
             x = x.float().transpose(1, 2)
             x = safe_log(x) if log else x
-            return F.pad(x, (0, pad)).reshape(B, H, NT, L)
+            return F.pad(x, (0, 1))[..., index].reshape(B, H, NT, L)  # index T: the padding slot
 
         c = chunk_coefficients(
             gate(lr, False),
@@ -1325,7 +1377,8 @@ def _run(
             # the Omega window: G -> G·Γ over each tile's P + L key rows (memnets.memory.omega)
             gam = None
             if win_gate is not None:
-                gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, pad)).reshape(B, H * NT, L, window)
+                gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, 1))[:, :, index]
+                gam = gam.reshape(B, H * NT, L, window)
             band = window_band(gam, P, L, window, G)
             band = band if gam is None else band.reshape(B, H, NT, L, P + L)
             G = G @ band
@@ -1352,6 +1405,7 @@ def _run(
             w2,
             s1,
             s2,
+            *packing,
             L,
             ACTIVATIONS[arch.activation],
             kind,
@@ -1364,12 +1418,16 @@ def _run(
             read_start,
             every * (chunk_size // L),
             P,
+            max(tiles),
         )
         if arch.residual:
             y = y + q.float()
         y = y.to(dtype)
     offset = T % chunk_size
-    out = MemoryState((w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a) if offset else None, offset)
+    keep_anchor = offset or lengths  # packed: the caller picks each sequence's
+    out = MemoryState(
+        (w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a) if keep_anchor else None, offset
+    )
     return y, out
 
 
@@ -1395,12 +1453,19 @@ def titans_mlp_chunked(
     bias: object = None,
     bias_params: Tensor | None = None,
     checkpoint_every: int | None = None,
-) -> tuple[Tensor, MemoryState]:
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
     :class:`MemoryState` after the last token (float32). ``checkpoint_every``: chunks between the
-    backward's saved states (default ⌈√chunks⌉)."""
+    backward's saved states (default ⌈√chunks⌉).
+
+    ``cu_seqlens`` (``[N + 1]`` offsets, B = 1) packs N independent sequences, all in one launch: each
+    starts from its own state (``state`` holds ``[N, H, ...]`` weights and momenta at a chunk boundary;
+    default the learned initial weights) and its chunks restart at its first token, so the result is
+    this function run on every sequence alone. The state returned is then the list of the N sequences'
+    final states (each ``[1, H, ...]``, continuing its sequence exactly)."""
     name = "titans_mlp_chunked"
     reason = supports(arch, bias, chunk_size)
     if reason is not None:
@@ -1411,17 +1476,42 @@ def titans_mlp_chunked(
     _check_bias_params(name, _bias_config(bias)[0], bias, bias_params, q)  # type: ignore[index]
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
+    lengths = None if cu_seqlens is None else sequence_lengths(name, q, cu_seqlens)
     if state is not None and state.offset > 0:
+        if lengths is not None:
+            raise ValueError(
+                f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.offset}"
+            )
         return finish_chunk_then(
             functools.partial(titans_mlp_chunked, checkpoint_every=checkpoint_every),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
         )  # fmt: skip
-    return _run(
-        arch, q, k, v, lr, mom, keep, _start(arch, q.shape[0], state, mom is not None),
+    start = _start(arch, q.shape[0] if lengths is None else len(lengths), state, mom is not None)
+    if lengths is not None and start[0].shape[0] != len(lengths):
+        raise ValueError(
+            f"{name}: the state must hold one entry per packed sequence ({len(lengths)}), got "
+            f"weights of shape {tuple(start[0].shape)}"
+        )
+    y, out = _run(
+        arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, lengths=lengths,
     )  # fmt: skip
+    if lengths is None:
+        return y, out
+    w1f, w2f = out.weights
+    s1f, s2f = out.momentum if out.momentum is not None else (None, None)
+    anchor = out.anchor
+
+    def final(n: int) -> MemoryState:
+        offset, sl = lengths[n] % chunk_size, slice(n, n + 1)
+        momentum = None if s1f is None else (s1f[sl], s2f[sl])  # type: ignore[index]
+        return MemoryState(
+            (w1f[sl], w2f[sl]), momentum, tuple(a[sl] for a in anchor) if offset else None, offset
+        )
+
+    return y, [final(n) for n in range(len(lengths))]
 
 
 def chunk_read_mlp(

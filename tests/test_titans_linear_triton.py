@@ -152,16 +152,8 @@ def _linear_titans(backend: str, name: str = "titans", **opts):
     torch.manual_seed(0)
     if name == "titans_mac":
         opts["segment_size"] = 32
-    return memnets.build_mixer(
-        name,
-        d_model=32,
-        num_heads=2,
-        chunk_size=16,
-        backend=backend,
-        memory_depth=1,
-        memory_norm=False,
-        **opts,
-    )
+    opts = {"memory_depth": 1, "memory_norm": False, **opts}
+    return memnets.build_mixer(name, d_model=32, num_heads=2, chunk_size=16, backend=backend, **opts)
 
 
 @pytest.mark.parametrize("name", ["titans", "titans_mac"])
@@ -405,19 +397,24 @@ def _flatten(state, prefix: str = "state") -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "name,lengths",
+    "name,lengths,depth",
     [
-        ("titans", [1, 20, 17, 2]),
-        ("titans", [16, 21]),
-        ("titans_mag", [5, 20, 2]),
-        ("titans_mal", [5, 20, 3]),
+        ("titans", [1, 20, 17, 2], 1),
+        ("titans", [16, 21], 1),
+        ("titans_mag", [5, 20, 2], 1),
+        ("titans_mal", [5, 20, 3], 1),
+        ("titans", [1, 20, 17, 2], 2),
+        ("titans_mag", [5, 20, 2], 2),
     ],
 )
-def test_mixer_triton_packed_equals_chunked(name, lengths):
-    """titans (and MAG, MAL) with backend='triton' run packed sequences in one kernel call;
+def test_mixer_triton_packed_equals_chunked(name, lengths, depth):
+    """titans (and MAG, MAL) with backend='triton' run packed sequences in one kernel call (the linear
+    memory's kernel at depth 1, the MLP memory's at depth 2, its default with residual + LayerNorm);
     backend='chunked' runs them one by one: same output, input and parameter gradients, and the same
     (last sequence's) state: memory, conv and, for the hybrids, a sliding window's KV cache."""
     opts = {"window": 4, "num_persistent": 2} if name != "titans" else {}
+    if depth == 2:  # small inner steps: a well-conditioned comparison (tests/test_titans_mlp_triton.py)
+        opts.update(memory_depth=2, memory_norm=True, lr_max=0.02)
     chunked, fast = _linear_titans("chunked", name, **opts), _linear_titans("triton", name, **opts)
     fast.load_state_dict(chunked.state_dict())
     T = sum(lengths)

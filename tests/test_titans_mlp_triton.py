@@ -233,6 +233,84 @@ def test_checkpoint_segments_do_not_change_results():
             torch.testing.assert_close(other[name], ref, rtol=rtol, atol=0.0)
 
 
+@pytest.mark.parametrize(
+    "chunk_size,every,layer_norm", [(16, None, True), (8, 1, False), (96, None, False), (40, 2, True)]
+)
+def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_norm):
+    """cu_seqlens: all sequences in one launch (each from its own state, chunks restarting at its first
+    token) == the float64 engine run on every sequence alone: outputs, every sequence's final weights,
+    momenta and anchor, and every gradient (the stacked initial states' included). Lengths 0 and 1,
+    ones shorter and longer than a chunk; chunk 96 runs as 2 tiles of 48, chunk 40 as 1 tile of 40."""
+    lengths = [5, 0, 37, 16, 1, 50]
+    N, T, Dh = len(lengths), sum(lengths), 4 * D
+    arch = _arch(residual=True, layer_norm=layer_norm)
+    ref_arch = _arch(residual=True, layer_norm=layer_norm).double()
+    inputs = _inputs(T, torch.float32, "both")
+    g = torch.Generator().manual_seed(3)
+    for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
+        inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+    for name, shape in (("s1", (N, H, D, Dh)), ("s2", (N, H, Dh, D))):
+        inputs[name] = 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    bounds = [0, *itertools.accumulate(lengths)]
+
+    def run(fast: bool) -> dict[str, torch.Tensor]:
+        dtype = torch.float32 if fast else torch.float64
+        a = arch if fast else ref_arch
+        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items() if t is not None}
+        gates = [leaves[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
+        if fast:
+            state = MemoryState((leaves["w1"], leaves["w2"]), (leaves["s1"], leaves["s2"]))
+            y, states = triton_mlp.titans_mlp_chunked(
+                a, *gates, state, chunk_size=chunk_size, checkpoint_every=every,
+                cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+            )  # fmt: skip
+        else:
+            ys, states = [], []
+            for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+                st = MemoryState(
+                    tuple(leaves[w][n : n + 1] for w in ("w1", "w2")),
+                    tuple(leaves[w][n : n + 1] for w in ("s1", "s2")),
+                )
+                yn, st = memory_chunked(a, *(x[:, lo:hi] for x in gates), st, chunk_size=chunk_size)
+                ys.append(yn)
+                states.append(st)
+            y = torch.cat(ys, 1)
+        outs = {"y": y}
+        for n, st in enumerate(states):
+            outs.update({f"seq{n}.w{i}": w for i, w in enumerate(st.weights)})
+            outs.update({f"seq{n}.s{i}": w for i, w in enumerate(st.momentum)})
+            outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(st.anchor or ())})
+        gen = torch.Generator().manual_seed(1)
+        loss = sum(
+            (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+            for o in outs.values()
+        )
+        if layer_norm:
+            leaves.update(ln_w=a.norm_weight, ln_b=a.norm_bias)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        outs.update({f"d{n}": gr for n, gr in zip(leaves, grads)})
+        return outs
+
+    ref = run(False)
+    with nan_allocations():
+        out = run(True)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(f"{name} (packed, chunk={chunk_size}, every={every})", ref[name].float(), out[name])
+
+
+def test_packed_sequences_errors():
+    arch = _arch()
+    x = torch.randn(1, 10, H, D)
+    with pytest.raises(ValueError, match="cu_seqlens must be 1-D integer offsets from 0 to T"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 10, H), cu_seqlens=torch.tensor([0, 4, 9]))
+    with pytest.raises(ValueError, match=r"one entry per packed sequence \(2\)"):
+        state = MemoryState(tuple(w[None].expand(3, *w.shape) for w in arch.init_weights), None)
+        triton_mlp.titans_mlp_chunked(
+            arch, x, x, x, torch.rand(1, 10, H), state=state, cu_seqlens=torch.tensor([0, 4, 10])
+        )
+
+
 def _as_memory_call(read_fn, **options):
     """A chunk-start-read function with the engine's signature (no momentum or decay gates)."""
 
@@ -447,10 +525,11 @@ def test_custom_op_opcheck(momentum):
         s1 = s2 = None
     ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
     qr, beta = q.requires_grad_(), beta.requires_grad_()
-    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
+    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, None, None)
     # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
-    # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P)
+    # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows,
+    # tiles of the longest sequence
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, NC)
     torch.library.opcheck(
         triton_mlp.titans_mlp_fwd,
         (*tensors, *config),

@@ -52,10 +52,10 @@ Choices where the paper is silent (spec §9), each documented here and an option
   chunk size 16, 32, 64 or 256);
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option.
-* Packed sequences (``cu_seqlens``): the linear-memory Triton kernel runs them in one kernel call
-  (each sequence from the initial state, chunks restarting at its first token), and so do MAG and
-  MAL on it (their attention masks the sequences); the MLP kernel, the other backends and MAC run
-  them sequence by sequence. Either way the state returned is the last sequence's.
+* Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
+  from the initial state, chunks restarting at its first token), and so do MAG and MAL on them (their
+  attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
+  way the state returned is the last sequence's.
 
 MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
 ``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
@@ -197,14 +197,10 @@ def _run_memory(
         from ..kernels.titans_linear_triton import titans_linear_chunked
         from ..kernels.titans_mlp_triton import titans_mlp_chunked
 
-        if arch.depth == 1:
-            y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
-            log_once("titans: the memory runs in the Triton kernel titans_linear_chunked (depth 1)")
-            return y, mem[-1] if isinstance(mem, list) else mem
-        if cu_seqlens is not None:
-            raise ValueError("titans: packed sequences run in one call only with the linear-memory kernel")
-        log_once("titans: the memory runs in the Triton kernel titans_mlp_chunked (depth 2)")
-        return titans_mlp_chunked(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
+        kernel = titans_linear_chunked if arch.depth == 1 else titans_mlp_chunked
+        y, mem = kernel(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[operator]
+        log_once("titans: the memory runs in the Triton kernel %s (depth %d)", kernel.__name__, arch.depth)
+        return y, mem[-1] if isinstance(mem, list) else mem
     fn = memory_reference if backend == "reference" else memory_chunked
     return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
 
@@ -279,8 +275,8 @@ class Titans(nn.Module):
 
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
-        backend with the linear-memory kernel) rather than one by one."""
-        return self._backend(device) == "triton" and self.memory.depth == 1
+        backend) rather than one by one."""
+        return self._backend(device) == "triton"
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
