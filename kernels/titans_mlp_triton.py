@@ -74,6 +74,8 @@ rows split cleanly; Z2 and the LayerNorm need a cross-tile reduction, spec 7.3).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -966,8 +968,11 @@ def _bias_config(bias: object) -> tuple[int, float, float, float] | None:
     return None
 
 
-def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
-    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
+def supports(
+    arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, hidden_block: int | None = None
+) -> str | None:
+    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not
+    (``hidden_block``: for the wide-state kernels with that hidden tiling)."""
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the MLP Triton kernel covers depth 2)"
     if arch.activation not in ACTIVATIONS:
@@ -980,6 +985,8 @@ def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None
     # the kernels pad both widths to powers of two (>= 16): the padded state is what occupies the chip
     # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
     state = _block(d_in) * _block(d_hidden)
+    if hidden_block is not None:
+        state = 0  # TODO wide limits
     largest = max(MAX_STATE_FOR_TILE.values())
     if state > largest:
         return (
@@ -1014,12 +1021,15 @@ def titans_mlp_chunked(
     chunk_size: int = 16,
     bias: object = None,
     bias_params: Tensor | None = None,
+    hidden_block: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
-    :class:`MemoryState` after the last token (float32)."""
-    reason = supports(arch, bias, chunk_size)
+    :class:`MemoryState` after the last token (float32). ``hidden_block``: run the wide-state kernels
+    of :mod:`memnets.kernels.titans_mlp_wide_triton` with the hidden width tiled in blocks of this
+    many columns."""
+    reason = supports(arch, bias, chunk_size, hidden_block)
     if reason is not None:
         raise ValueError(f"titans_mlp_chunked: unsupported configuration: {reason}")
     B, T, H, D = q.shape
@@ -1044,8 +1054,8 @@ def titans_mlp_chunked(
             )
     if state is not None and state.offset > 0:
         return finish_chunk_then(
-            titans_mlp_chunked, arch, q, k, v, lr, mom, keep, state,
-            chunk_size=chunk_size, bias=bias, bias_params=bias_params,
+            functools.partial(titans_mlp_chunked, hidden_block=hidden_block), arch, q, k, v, lr, mom, keep,
+            state, chunk_size=chunk_size, bias=bias, bias_params=bias_params,
         )  # fmt: skip
     if state is None:
         w1, w2 = (w[None].expand(B, *w.shape) for w in arch.init_weights)
@@ -1082,7 +1092,12 @@ def titans_mlp_chunked(
         if arch.layer_norm:
             ln_w, ln_b = arch.norm_weight.float().contiguous(), arch.norm_bias.float().contiguous()
         dummy = c.beta.new_zeros(0)
-        y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_fwd(
+        op, wide = titans_mlp_fwd, ()
+        if hidden_block is not None:
+            from .titans_mlp_wide_triton import titans_mlp_wide_fwd as op  # imports this module
+
+            wide = (hidden_block,)
+        y, w1f, w2f, s1f, s2f, w1a, w2a = op(
             q.contiguous(),
             k.contiguous(),
             v.contiguous(),
@@ -1106,6 +1121,7 @@ def titans_mlp_chunked(
             sharp,
             float(arch.eps),
             arch.residual,
+            *wide,
         )
         if arch.residual:
             y = y + q.float()

@@ -1,0 +1,177 @@
+"""The wide-state (hidden-tiled) Triton kernels of the deep Titans memory == the engine's chunked PyTorch
+form (run in float64): outputs, final weights/momenta/anchor and every gradient (random cotangents on y
+and every final-state tensor, so the initial state's gradients are tested), with the hidden width
+split into 2 to 4 blocks, on awkward lengths and several chunk sizes."""
+
+import functools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
+import torch
+
+from memnets.memory import MemoryMLP, memory_chunked
+from memnets.memory.miras import HuberBias, LpBias
+from memnets.testing import assert_close, nan_allocations
+
+triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
+wide = pytest.importorskip("memnets.kernels.titans_mlp_wide_triton")
+
+H, D = base.H, base.D  # hidden width 4 D = 64
+
+
+def _arch(residual: bool, activation: str, layer_norm: bool, hidden: int | None) -> MemoryMLP:
+    if hidden is None:
+        return base._arch(residual, activation, layer_norm)
+    torch.manual_seed(0)
+    arch = MemoryMLP(
+        H, D, depth=2, expansion=hidden / D, activation=activation, residual=residual, layer_norm=layer_norm
+    )  # type: ignore[arg-type]
+    if layer_norm:  # away from the identity affine, so its gradients are tested
+        with torch.no_grad():
+            arch.norm_weight.copy_(1 + 0.3 * torch.randn(H, D))
+            arch.norm_bias.copy_(0.2 * torch.randn(H, D))
+    return arch
+
+
+def _compare(
+    T,
+    chunk_size,
+    hidden_block=16,
+    gates="both",
+    dtype=torch.float32,
+    residual=False,
+    activation="gelu",
+    bias=None,
+    layer_norm=False,
+    split=None,
+    hidden=None,
+):
+    arch = _arch(residual, activation, layer_norm, hidden)
+    ref_arch = _arch(residual, activation, layer_norm, hidden).double()
+    inputs = base._inputs(T, dtype, gates, bias)
+    if hidden is not None:  # a hidden width that is not a multiple of the block: a partial last block
+        for n in ("w1", "s1"):
+            inputs[n] = None if inputs[n] is None else inputs[n][..., :hidden].contiguous()
+        for n in ("w2", "s2"):
+            inputs[n] = None if inputs[n] is None else inputs[n][..., :hidden, :].contiguous()
+    ref = base._run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
+    fn = functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=hidden_block)
+    with nan_allocations():
+        out = base._run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
+    assert ref.keys() == out.keys()
+    case = (
+        f"T={T}, chunk={chunk_size}, block={hidden_block}, gates={gates}, {dtype}, res={residual}, "
+        f"ln={layer_norm}, {activation}, {bias}"
+    )
+    for name in ref:
+        # float32 results against the float64 engine, half ones against their half-rounded reference
+        assert_close(f"{name} ({case})", ref[name].to(out[name].dtype), out[name])
+
+
+@pytest.mark.parametrize("T,chunk_size,hidden_block", [(1, 16, 16), (17, 8, 32), (40, 32, 16)])
+def test_matches_engine_momentum_decay(T, chunk_size, hidden_block):
+    _compare(T, chunk_size, hidden_block)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+def test_matches_engine_gates(gates):
+    _compare(33, 16, 32, gates)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+def test_matches_engine_float16(gates):
+    _compare(37, 16, 16, gates, torch.float16)
+
+
+def test_residual_layer_norm():
+    """Titans' default memory (residual + LayerNorm): the LayerNorm's second-order backward runs on
+    whole rows between the hidden passes."""
+    _compare(40, 16, 16, residual=True, layer_norm=True)
+
+
+@pytest.mark.parametrize("bias", [LpBias(p=3.0), HuberBias(mode="coord")])
+def test_biases_with_layer_norm(bias):
+    _compare(19, 8, 32, bias=bias, residual=True, layer_norm=True)
+
+
+def test_huber_norm_float16():
+    _compare(21, 16, 16, dtype=torch.float16, bias=HuberBias(mode="norm"))
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_activations(activation):
+    _compare(21, 8, 16, activation=activation)
+
+
+def test_partial_hidden_block():
+    """Hidden width 48 in blocks of 32: the last block is half masked."""
+    _compare(20, 8, 32, hidden=48, residual=True, layer_norm=True)
+
+
+def test_state_carry_mid_chunk():
+    """A sequence fed in two calls (the first ending mid-chunk): the engine finishes the chunk, the wide
+    kernels continue from the boundary."""
+    _compare(30, 8, 16, split=5, bias=HuberBias(mode="norm", sharpness=3.0))
+
+
+def test_equals_whole_state_kernel_float16():
+    """Same rounding path as the whole-state kernel up to float32 summation order."""
+    arch = base._arch(True, "gelu", True)
+    inputs = base._inputs(23, torch.float16, "both")
+    outs = []
+    for fn in (
+        triton_mlp.titans_mlp_chunked,
+        functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=16),
+    ):
+        with nan_allocations():
+            outs.append(base._run(fn, arch, inputs, 8, torch.float32))
+    for name in outs[0]:
+        assert_close(f"{name} (wide vs whole-state)", outs[0][name], outs[1][name])
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the wide custom ops."""
+    B, T, L, Dh = 1, 20, 16, 4 * D
+    NC = 2
+    q, k, v = (0.3 * torch.randn(B, T, H, D) for _ in range(3))
+    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, L)
+    w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
+    w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
+    if momentum:
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, L)
+        s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
+    else:
+        f = m_end = s_coef = torch.zeros(0)
+        s1 = s2 = None
+    ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
+    qr, beta = q.requires_grad_(), beta.requires_grad_()
+    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32)
+    torch.library.opcheck(
+        wide.titans_mlp_wide_fwd,
+        (*tensors, *config),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    cot = (
+        torch.randn(B, T, H, D),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+        torch.randn_like(w1) if momentum else torch.zeros(0),
+        torch.randn_like(w2) if momentum else torch.zeros(0),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+    )
+    torch.library.opcheck(
+        wide.titans_mlp_wide_bwd, (*detached, *cot, *config), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_bad_hidden_block_raises():
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match="hidden_block must be a power of two >= 16, got 24"):
+        triton_mlp.titans_mlp_chunked(base._arch(), x, x, x, torch.rand(1, 4, H), hidden_block=24)
