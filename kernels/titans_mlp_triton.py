@@ -67,9 +67,10 @@ compile (forward / backward), and the backward's register spills per thread::
 An H100 has 228 KB of shared memory per SM, so ``MAX_STATE_FOR_TILE`` admits D·Dh <= 32·128 for
 chunk tiles of 16 and 32 rows and D·Dh <= 16·64 for 64 rows (chunk sizes 33..64); 128-row tiles
 never fit (``MAX_CHUNK`` = 64). Every shape spills registers (255 per thread), so expect it to be
-slow; D = 64, Dh = 256 at L = 16 (Titans at head dim 64) would launch but is left to the PyTorch
-engine until timed. Speed needs the state tiled over Dh across programs (layer-1 columns and layer-2
-rows split cleanly; Z2 and the LayerNorm need a cross-tile reduction, spec 7.3).
+slow. Larger states (D = 64, Dh = 256: Titans at head dim 64) run the wide-state kernels of
+:mod:`memnets.kernels.titans_mlp_wide_triton` (state in global memory, hidden width tiled in blocks;
+same custom-op signature plus the block size): ``titans_mlp_chunked`` picks them where
+:func:`on_chip_state_too_large`, or where ``hidden_block`` is given.
 """
 
 from __future__ import annotations
@@ -968,6 +969,14 @@ def _bias_config(bias: object) -> tuple[int, float, float, float] | None:
     return None
 
 
+def on_chip_state_too_large(d_in: int, d_hidden: int, chunk_size: int | None) -> bool:
+    """Whether the whole-state kernels exceed the GPU's shared memory at this chunk size (``None``: at
+    the smallest tile), so that the wide-state kernels (:mod:`memnets.kernels.titans_mlp_wide_triton`)
+    run instead. Both widths are padded to powers of two (>= 16): the padded state is what occupies the
+    chip (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)."""
+    return _block(d_in) * _block(d_hidden) > MAX_STATE_FOR_TILE[_block(chunk_size or 1)]
+
+
 def supports(
     arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, hidden_block: int | None = None
 ) -> str | None:
@@ -982,23 +991,12 @@ def supports(
     if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK:
         return f"chunk_size {chunk_size} (the MLP Triton kernel covers chunk sizes 1..{MAX_CHUNK})"
     d_in, d_hidden = arch.shapes[0]
-    # the kernels pad both widths to powers of two (>= 16): the padded state is what occupies the chip
-    # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
-    state = _block(d_in) * _block(d_hidden)
-    if hidden_block is not None:
-        state = 0  # TODO wide limits
-    largest = max(MAX_STATE_FOR_TILE.values())
-    if state > largest:
-        return (
-            f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
-            f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16)"
-        )
-    if chunk_size is not None and state > MAX_STATE_FOR_TILE[_block(chunk_size)]:
-        return (
-            f"head dim {d_in} with hidden width {d_hidden} at chunk_size {chunk_size} (its kernels exceed "
-            f"the GPU's shared memory; use chunk_size <= 32 or head dim x hidden <= "
-            f"{MAX_STATE_FOR_TILE[_block(chunk_size)]})"
-        )
+    if hidden_block is not None or on_chip_state_too_large(d_in, d_hidden, chunk_size):
+        from .titans_mlp_wide_triton import supports_wide  # imports this module
+
+        reason = supports_wide(d_in, chunk_size, hidden_block)
+        if reason is not None:
+            return reason
     if arch.init_weights[0].dtype != torch.float32:
         return f"memory dtype {arch.init_weights[0].dtype} (the MLP Triton kernel runs in float32)"
     return None
@@ -1093,10 +1091,11 @@ def titans_mlp_chunked(
             ln_w, ln_b = arch.norm_weight.float().contiguous(), arch.norm_bias.float().contiguous()
         dummy = c.beta.new_zeros(0)
         op, wide = titans_mlp_fwd, ()
-        if hidden_block is not None:
-            from .titans_mlp_wide_triton import titans_mlp_wide_fwd as op  # imports this module
+        if hidden_block is not None or on_chip_state_too_large(D, arch.shapes[0][1], L):
+            from .titans_mlp_wide_triton import DEFAULT_HIDDEN_BLOCK
+            from .titans_mlp_wide_triton import titans_mlp_wide_fwd as op
 
-            wide = (hidden_block,)
+            wide = (DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block,)
         y, w1f, w2f, s1f, s2f, w1a, w2a = op(
             q.contiguous(),
             k.contiguous(),

@@ -54,10 +54,24 @@ Traffic per chunk and program: the chunk-start state read 4 times (2 D Dh floats
 read once.
 
 Not covered: everything :mod:`memnets.kernels.titans_mlp_triton` does not cover (its ``supports``
-names those); chunk tiles whose on-chip blocks exceed the GPU's shared memory (``MAX_TILE_FOR_D``,
-from ``scripts/check_kernels_compile.py``). Performance is untimed: written without a GPU, tested in
-the Triton interpreter (which does not exercise the barriers' cross-thread ordering) and compiled
-ahead of time for sm_90.
+names those: depth other than 2, the KL bias, retention and chunk-end maps, float64 memories, chunk
+sizes above 64), and head dims beyond ``MAX_WIDE_DIM_FOR_TILE`` (the chunk's rows exceed the shared
+memory). Never run on a GPU: tested in the Triton interpreter (which runs a program's block ops one
+after the other, so it does not exercise the barriers' cross-thread ordering), untimed, and compiled
+ahead of time for sm_90 with ``scripts/check_kernels_compile.py`` (num_warps=4, num_stages=1, hidden
+blocks of 32, GELU, L2 bias, LayerNorm, residual, momentum). Shared memory (forward / the backward's
+STORE recompute / backward) and register spills per thread (forward / backward)::
+
+    D    Dh    L=16               L=32               L=64
+    16   128   4 / 8 / 6 KB
+    64   256   21 / 32 / 28 KB    44 / 56 / 52 KB    112 / 144 / 112 KB
+    128  512   41 / 64 / 52 KB    76 / 112 / 96 KB   192 / 288 / 192 KB (over)
+    spills (64, 256): 4.0 / 4.7 KB (L=16), 4.8 / 7.8 KB (L=32), 4.0 / 9.5 KB (L=64);
+           (128, 512): 8.2 / 8.7 KB (L=16), 9.8 / 13.7 KB (L=32)
+
+Every shape spills (255 registers per thread; 8 warps spill about as much), the whole-state kernel
+at (64, 256, 16) spills 21 KB in the backward. An H100 has 228 KB per SM: ``MAX_WIDE_DIM_FOR_TILE``
+admits D <= 128 for chunk tiles of 16 and 32 rows and D <= 64 for 64 rows.
 """
 
 from __future__ import annotations
@@ -84,7 +98,34 @@ from .titans_mlp_triton import (
     _tanh,
 )
 
-DEFAULT_HIDDEN_BLOCK = 64
+# hidden columns per block: 16 spills a little less than 32 (D = 64, Dh = 256, chunk 16: 2.6 / 3.8 KB
+# per thread forward / backward against 4.0 / 4.8 KB) but runs its matmuls at the smallest MMA width;
+# 64 spills 5.8 / 6.5 KB (untimed: no GPU was at hand)
+DEFAULT_HIDDEN_BLOCK = 32
+NUM_WARPS = 4  # 8 warps spill about as much (the chunk's [L, D] rows and [L, L] tiles stay live)
+# largest head dim (padded) per padded chunk tile (rows) whose kernels fit an H100's 228 KB of shared
+# memory (sm_90 compile, see the module docstring): the chunk's [L, D] rows and [L, L] tiles stay on chip
+MAX_WIDE_DIM_FOR_TILE = {16: 128, 32: 128, 64: 64}
+
+
+def supports_wide(d_in: int, chunk_size: int | None, hidden_block: int | None) -> str | None:
+    """``None`` when the wide-state kernels cover head dim ``d_in`` (any hidden width) at this chunk size
+    (1..64; ``None``: at some chunk size) with this hidden block size, else the reason."""
+    if hidden_block is not None and (hidden_block < 16 or hidden_block & (hidden_block - 1)):
+        return f"hidden_block {hidden_block} (the wide-state MLP kernel takes powers of two >= 16)"
+    largest = max(MAX_WIDE_DIM_FOR_TILE.values())
+    if _block(d_in) > largest:
+        return (
+            f"head dim {d_in} (the wide-state MLP Triton kernel covers head dims <= {largest}: the "
+            "chunk's rows stay on chip)"
+        )
+    if chunk_size is not None and _block(d_in) > MAX_WIDE_DIM_FOR_TILE[_block(chunk_size)]:
+        return (
+            f"head dim {d_in} at chunk_size {chunk_size} (the wide-state MLP Triton kernel exceeds the "
+            f"GPU's shared memory; use chunk_size <= 32 or head dim <= "
+            f"{MAX_WIDE_DIM_FOR_TILE[_block(chunk_size)]})"
+        )
+    return None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -641,13 +682,11 @@ def _wide_backward_kernel(
 
 def _wide_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple, hidden_block: int):
     """The whole-state kernels' runtime scalars and constants, with the hidden tiling instead of BH."""
-    if hidden_block < 16 or hidden_block & (hidden_block - 1):
-        raise ValueError(f"hidden_block must be a power of two >= 16, got {hidden_block}")
     scalars, constants = _meta(q, w1, ln_w, config)
     del constants["BH"]
     DH = constants["DH"]
     BHB = min(hidden_block, _block(DH))
-    return scalars, {**constants, "BHB": BHB, "NB": triton.cdiv(DH, BHB)}
+    return scalars, {**constants, "BHB": BHB, "NB": triton.cdiv(DH, BHB), "num_warps": NUM_WARPS}
 
 
 def _forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config, hidden_block, store):

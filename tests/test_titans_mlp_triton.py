@@ -221,7 +221,6 @@ def test_huber_takes_both_branches(mode):
         ({"depth": 1}, None, "memory depth 1"),
         ({"depth": 3}, None, "memory depth 3"),
         ({}, object(), "attentional bias"),
-        ({"expansion": 32.0}, None, "hidden width 512"),
     ],
 )
 def test_unsupported_raises(kwargs, bias, match):
@@ -236,12 +235,6 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
     x = torch.randn(1, 4, H, D)
     with pytest.raises(ValueError, match="chunk_size 256"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=256)
-    with pytest.raises(ValueError, match="hidden width 128 at chunk_size 64"):
-        # 32 x 128 fits the GPU's shared memory with chunk tiles up to 32 rows, 16 x 64 with 64
-        wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
-        assert triton_mlp.supports(wide, chunk_size=32) is None
-        y = torch.randn(1, 4, H, 32)
-        triton_mlp.titans_mlp_chunked(wide, y, y, y, torch.rand(1, 4, H), chunk_size=64)
     with pytest.raises(ValueError, match="needs bias_params of shape"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
 
@@ -352,20 +345,17 @@ def test_mixer_triton_decode_equals_forward():
 
 def test_supports_checks_the_padded_state():
     """The kernels pad D and hidden to powers of two >= 16: D = 8, hidden 128 occupies a 16 x 128 state,
-    whose backward at chunk 64 needs 232 KB of shared memory (check_kernels_compile.py), so it is refused
-    there and admitted at chunk 32."""
-    arch = MemoryMLP(1, 8, depth=2, expansion=16.0)
-    assert "chunk_size 64" in triton_mlp.supports(arch, chunk_size=64)
-    assert triton_mlp.supports(arch, chunk_size=32) is None
+    whose backward at chunk 64 needs 232 KB of shared memory (check_kernels_compile.py), so the
+    wide-state kernels take it there and the whole-state ones at chunk 32."""
+    assert triton_mlp.on_chip_state_too_large(8, 128, 64)
+    assert not triton_mlp.on_chip_state_too_large(8, 128, 32)
 
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
         memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
-    with pytest.raises(
-        ValueError, match="backend='triton' does not support head dim 64 with hidden width 256"
-    ):
-        memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support head dim 256"):
+        memnets.build_mixer("titans", d_model=512, num_heads=2, backend="triton")
     # auto: the engine on CPU (outside the interpreter the kernels need CUDA) or where no kernel applies
     y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="auto")(
         torch.randn(1, 5, 32)

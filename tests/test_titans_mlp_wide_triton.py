@@ -12,6 +12,7 @@ import pytest
 import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
 import torch
 
+import memnets
 from memnets.memory import MemoryMLP, memory_chunked
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.testing import assert_close, nan_allocations
@@ -52,11 +53,15 @@ def _compare(
     arch = _arch(residual, activation, layer_norm, hidden)
     ref_arch = _arch(residual, activation, layer_norm, hidden).double()
     inputs = base._inputs(T, dtype, gates, bias)
-    if hidden is not None:  # a hidden width that is not a multiple of the block: a partial last block
-        for n in ("w1", "s1"):
-            inputs[n] = None if inputs[n] is None else inputs[n][..., :hidden].contiguous()
-        for n in ("w2", "s2"):
-            inputs[n] = None if inputs[n] is None else inputs[n][..., :hidden, :].contiguous()
+    if hidden is not None:  # another hidden width than base's 4 D
+        g = torch.Generator().manual_seed(hidden)
+
+        def rnd(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+        inputs["w1"], inputs["w2"] = rnd(1, H, D, hidden) * D**-0.5, rnd(1, H, hidden, D) * hidden**-0.5
+        if inputs["s1"] is not None:
+            inputs["s1"], inputs["s2"] = 0.1 * rnd(1, H, D, hidden), 0.1 * rnd(1, H, hidden, D)
     ref = base._run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
     fn = functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=hidden_block)
     with nan_allocations():
@@ -109,6 +114,39 @@ def test_activations(activation):
 def test_partial_hidden_block():
     """Hidden width 48 in blocks of 32: the last block is half masked."""
     _compare(20, 8, 32, hidden=48, residual=True, layer_norm=True)
+
+
+def test_too_large_state_runs_wide_kernels(monkeypatch):
+    """With no hidden_block, a state beyond the whole-state kernels' shared memory at the chunk tile
+    (16 x 80, padded 16 x 128, at chunk 40: a 64-row tile) runs the wide kernels, with the default
+    hidden block (here 3 blocks of 32, the last one half masked)."""
+    assert (
+        triton_mlp.on_chip_state_too_large(D, 80, 40)
+        and triton_mlp.supports(_arch(True, "gelu", True, 80), chunk_size=40) is None
+    )
+    calls = []
+    op = wide.titans_mlp_wide_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    _compare(45, 40, None, residual=True, layer_norm=True, hidden=80)
+    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+
+
+def test_head_dim_beyond_wide_limit_refused():
+    """Limits from scripts/check_kernels_compile.py: head dim 128 fits chunk tiles of 16 and 32 rows,
+    64 fits 64 rows; beyond, supports names the reason and the kernel refuses to run."""
+    assert "head dims <= 128" in triton_mlp.supports(MemoryMLP(1, 256, depth=2), chunk_size=16)
+    arch = MemoryMLP(1, 128, depth=2)
+    assert triton_mlp.supports(arch, chunk_size=32) is None
+    assert "head dim 128 at chunk_size 33" in triton_mlp.supports(arch, chunk_size=33)
+    assert triton_mlp.supports(MemoryMLP(1, 64, depth=2), chunk_size=64) is None
+    x = torch.randn(1, 4, 1, 128)
+    with pytest.raises(ValueError, match="unsupported configuration: head dim 128 at chunk_size 64"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
 
 
 def test_state_carry_mid_chunk():
@@ -173,5 +211,41 @@ def test_custom_op_opcheck(momentum):
 
 def test_bad_hidden_block_raises():
     x = torch.randn(1, 4, H, D)
-    with pytest.raises(ValueError, match="hidden_block must be a power of two >= 16, got 24"):
+    with pytest.raises(ValueError, match="hidden_block 24"):
         triton_mlp.titans_mlp_chunked(base._arch(), x, x, x, torch.rand(1, 4, H), hidden_block=24)
+
+
+def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
+    """The Titans mixer at head dim 64 (its default memory: hidden 256, residual + LayerNorm; before the
+    wide kernels, beyond the Triton backend): backend='triton' runs the wide kernels and equals
+    backend='chunked', output, input and every parameter gradient."""
+    calls = []
+    op = wide.titans_mlp_wide_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    mixers = []
+    for backend in ("chunked", "triton"):
+        torch.manual_seed(0)
+        mixers.append(
+            memnets.build_mixer(
+                "titans", d_model=64, num_heads=1, chunk_size=16, backend=backend, lr_max=0.02
+            )
+        )
+    mixers[1].load_state_dict(mixers[0].state_dict())
+    x, cot = torch.randn(1, 19, 64), torch.randn(1, 19, 64)
+    results = []
+    for m in mixers:
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])

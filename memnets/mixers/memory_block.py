@@ -69,8 +69,8 @@ class MemoryProjections(nn.Module):
 def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
     """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
     (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
-    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim x hidden
-    width <= 4096, <= 1024 for chunk sizes above 32)."""
+    (``memory_depth=2``, LayerNorm and residual on or off, chunk sizes 1..64, head dim <= 128, <= 64
+    for chunk sizes above 32)."""
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:

@@ -47,8 +47,9 @@ Choices where the paper is silent (spec §9), each documented here and an option
   :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
   ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
   two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
-  activation, chunk size 1..64, head_dim x hidden <= 4096 (<= 1024 above chunk size 32), e.g. head
-  dim 32 at expansion 4 with chunk size 16 or 32);
+  activation, chunk size 1..64; head_dim x hidden <= 4096 (<= 1024 above chunk size 32) keeps the
+  whole state on chip, larger states run :mod:`memnets.kernels.titans_mlp_wide_triton`, for head
+  dim <= 128 (<= 64 above chunk size 32));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option.
 * Packed sequences (``cu_seqlens``): the linear-memory Triton kernel runs them in one kernel call
