@@ -14,12 +14,14 @@ blocks. Layer-1 columns and layer-2 rows split cleanly per block j (W1_j ``[D, B
                gradients (β, f, G's last row, s_coef, m_end)
 
 Grid and state: still one program per (batch, head), chunks sequential inside, but the state lives in
-global memory (float32 working buffers: the outputs themselves, L2-resident on a GPU: 4 · D · Dh · 4
-bytes per program) and each chunk loops over the hidden blocks; only one block of each matrix, the
+global memory (float32 working buffers: the final-state outputs, 4 · D · Dh · 4 bytes per program with
+momentum, 256 KB at D = 64, Dh = 256, so B · H <= ~190 programs keep it in an H100's 50 MB L2) and
+each chunk loops over the hidden blocks; only one block of each matrix, the
 chunk's ``[L, D]`` rows and ``[L, L]`` tiles are on chip at a time. A program re-reads (and in the
 backward re-writes) its state blocks; a write followed by a read of the same global buffer by the same
 program is separated by ``tl.debug_barrier()`` (the threads that write an element are not those that
-read it back), and so is a read followed by an in-place overwrite.
+read it back), and so is a read followed by an in-place overwrite (the sm_90 PTX loads with plain
+``ld.global``, not the non-coherent ``.nc`` path, so ``bar.sync`` orders them).
 
 Forward, per chunk (``_wide_forward_kernel``):
 
@@ -30,9 +32,10 @@ Forward, per chunk (``_wide_forward_kernel``):
    chunk-end value (block j's old values are not needed by any later block);
 3. finish Ẑ2 (the Δ term), the LayerNorm, store y.
 
-With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value and skips
-the reads. Traffic per chunk and program: the state read twice (W1, W2, S1, S2: 4 D Dh floats each
-time, 2 in pass 1) and written once, plus the chunk's q, k, v rows.
+With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
+floats) and skips the reads. Traffic per chunk and program, with momentum: 6 D·Dh state floats read (2
+in pass 1, 4 in pass 2) and 4 D·Dh written (without momentum 4 and 2), plus the chunk's q, k, v rows;
+the whole-state kernel reads and writes the state once per call.
 
 Backward, chunks in reverse (``_wide_backward_kernel``), state cotangents (dW1, dW2, dS1, dS2) in the
 gradient outputs used as working buffers, chunk-start states from the STORE pass:
@@ -49,9 +52,10 @@ gradient outputs used as working buffers, chunk-start states from the STORE pass
 5. finishing pass over j: dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j), dW2_j += A_jᵀ dZ2,
    dW1_j += Kᵀ dZ1_j, dk += dZ1_j W1_jᵀ.
 
-Traffic per chunk and program: the chunk-start state read 4 times (2 D Dh floats in passes 1 and 5,
-4 D Dh in 2 and 3), the cotangents read twice and written twice, L · Dh scratch floats written and
-read once.
+Traffic per chunk and program, with momentum: 12 D·Dh floats of the chunk-start state read (2 in
+passes 1 and 5, 4 in passes 2 and 3), 6 D·Dh cotangent floats read and 6 D·Dh written (4 in pass 3,
+2 in pass 5), L·Dh scratch floats written and read once; plus the STORE recompute (a forward that
+writes 4 D·Dh per chunk).
 
 Not covered: everything :mod:`memnets.kernels.titans_mlp_triton` does not cover (its ``supports``
 names those: depth other than 2, the KL bias, retention and chunk-end maps, float64 memories, chunk
