@@ -1026,7 +1026,8 @@ def titans_mlp_chunked(
     state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
     :class:`MemoryState` after the last token (float32). ``hidden_block``: run the wide-state kernels
     of :mod:`memnets.kernels.titans_mlp_wide_triton` with the hidden width tiled in blocks of this
-    many columns."""
+    many columns (``None``: they run, with their default block, only where
+    :func:`on_chip_state_too_large`)."""
     reason = supports(arch, bias, chunk_size, hidden_block)
     if reason is not None:
         raise ValueError(f"titans_mlp_chunked: unsupported configuration: {reason}")
