@@ -825,12 +825,11 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
-    """Runtime scalars and compile-time constants of both kernels."""
-    tile, activation, bias_kind, p, eps, sharpness, ln_eps, residual, tiles_per_chunk, read_start = config[
-        :10
-    ]
-    prefix = config[11]  # config[10], config[12]: checkpoint segment and longest sequence (in tiles)
+def _common_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants shared with the wide-state kernels
+    (:mod:`memnets.kernels.titans_mlp_wide_triton`): ``config`` starts (tile, activation, bias kind,
+    p, eps, sharpness, LayerNorm eps, residual)."""
+    tile, activation, bias_kind, p, eps, sharpness, ln_eps, residual = config[:8]
     H, D = q.shape[2:]
     DH = w1.shape[-1]
     constants = dict(
@@ -841,17 +840,22 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
         BL=_block(tile),
         BD=_block(D),
         BH=_block(DH),
-        KE=tiles_per_chunk,
-        P=prefix,
-        BK=_block(prefix + tile),
         ACT=activation,
         BIAS=bias_kind,
         LN=ln_w is not None,
         RES=residual,
-        READ_START=read_start,
         num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return (p, eps, sharpness, ln_eps), constants
+
+
+def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants of both kernels; ``config`` goes on (tiles per
+    chunk, reads at chunk start, checkpoint segment, Omega prefix rows, longest sequence in tiles)."""
+    scalars, constants = _common_meta(q, w1, ln_w, config)
+    tiles_per_chunk, read_start, _, prefix = config[8:12]
+    constants |= dict(KE=tiles_per_chunk, P=prefix, BK=_block(prefix + config[0]), READ_START=read_start)
+    return scalars, constants
 
 
 def _segments(n_tiles: int, config: tuple) -> list[tuple[int, int]]:
@@ -1191,10 +1195,16 @@ def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s
 _TENSOR_INPUTS = 17
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    tensors, ctx.config = inputs[:_TENSOR_INPUTS], inputs[_TENSOR_INPUTS:]
+def _save_inputs(ctx, inputs: tuple, n_tensors: int, extra: tuple = ()) -> None:
+    """Save a forward op's first ``n_tensors`` inputs (and ``extra`` tensors) for its backward; the
+    rest of the inputs are its config."""
+    tensors, ctx.config = inputs[:n_tensors], inputs[n_tensors:]
     ctx.absent = [t is None for t in tensors]
-    ctx.save_for_backward(*tensors, *output[7:])
+    ctx.save_for_backward(*tensors, *extra)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _save_inputs(ctx, inputs, _TENSOR_INPUTS, output[7:])  # with the checkpoints
 
 
 def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor, *_):
@@ -1256,11 +1266,23 @@ def _tile(chunk_size: int, state: int, prefix: int = 0) -> int | None:
     return fits[0] if fits else None
 
 
+def on_chip_state_too_large(d_in: int, d_hidden: int, chunk_size: int | None, prefix: int = 0) -> bool:
+    """Whether no tile of this chunk size (``None``: of any) keeps the state on chip (both widths padded
+    to powers of two >= 16: the padded state is what occupies the chip), so that the wide-state kernels
+    (:mod:`memnets.kernels.titans_mlp_wide_triton`) run instead."""
+    state = _block(d_in) * _block(d_hidden)
+    if chunk_size is None:
+        return state > max(MAX_STATE_FOR_TILE.values())
+    return chunk_size < 1 or _tile(chunk_size, state, prefix) is None
+
+
 def supports(
-    arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, window: int = 1
+    arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, window: int = 1, wide: bool = True
 ) -> str | None:
-    """``None`` when the kernel covers this memory, bias, chunk size and Omega window, else the reason it
-    does not."""
+    """``None`` when the kernels cover this memory, bias, chunk size and Omega window, else the reason
+    they do not. States too large for the chip run the wide-state kernels where ``wide`` (they cover the
+    plain chunked form only: not the Omega window, chunk-start reads or packed sequences, chunk
+    sizes up to ``MAX_TILE``)."""
     if type(arch) not in (MemoryMLP, FeatureMemoryMLP):
         return f"memory {type(arch).__name__} (the MLP Triton kernel covers the chain MLP memory)"
     if arch.shapes[0][0] != arch.dim:
@@ -1276,15 +1298,28 @@ def supports(
         return f"activation {arch.activation!r} (the MLP Triton kernel covers {list(ACTIVATIONS)})"
     if _bias_config(bias) is None:
         return f"attentional bias {bias!r} (the MLP Triton kernel covers L2Bias, LpBias and HuberBias)"
+    if arch.init_weights[0].dtype != torch.float32:
+        return f"memory dtype {arch.init_weights[0].dtype} (the MLP Triton kernel runs in float32)"
     d_in, d_hidden = arch.shapes[0]
-    # the kernels pad both widths to powers of two (>= 16): the padded state is what occupies the chip
+    if not on_chip_state_too_large(d_in, d_hidden, chunk_size, window - 1):
+        return None
+    if wide and window == 1 and (chunk_size is None or chunk_size <= MAX_TILE):
+        from .titans_mlp_wide_triton import supports_wide  # it imports this module
+
+        return supports_wide(d_in, chunk_size, None)
+    if not wide:
+        note = "; the wide-state kernels do not run chunk-start reads or packed sequences"
+    elif window > 1:
+        note = "; the wide-state kernels have no Omega window"
+    else:
+        note = f"; the wide-state kernels cover chunk sizes up to {MAX_TILE}"
     # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
     state = _block(d_in) * _block(d_hidden)
     largest = max(MAX_STATE_FOR_TILE.values())
     if state > largest:
         return (
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
-            f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16)"
+            f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16{note})"
         )
     if chunk_size is not None and (chunk_size < 1 or _tile(chunk_size, state, window - 1) is None):
         tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
@@ -1292,10 +1327,8 @@ def supports(
         return (
             f"chunk_size {chunk_size}{reach} with head dim {d_in} and hidden width {d_hidden} (a chunk runs "
             f"in tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
-            f"tile fits the GPU's shared memory: {tiles})"
+            f"tile fits the GPU's shared memory: {tiles}{note})"
         )
-    if arch.init_weights[0].dtype != torch.float32:
-        return f"memory dtype {arch.init_weights[0].dtype} (the MLP Triton kernel runs in float32)"
     return None
 
 
@@ -1334,6 +1367,7 @@ def _run(
     window: int = 1,
     win_gate: Tensor | None = None,
     lengths: list[int] | None = None,
+    hidden_block: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state. With an
     Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows (``[B, P0 + T, H, D]``).
@@ -1348,8 +1382,10 @@ def _run(
     if s1 is not None:
         s1, s2 = s1.float().contiguous(), s2.float().contiguous()  # type: ignore[union-attr]
     P = window - 1
-    L = _tile(chunk_size, _block(D) * _block(w1.shape[-1]), P)
-    assert L is not None  # supports() checked it
+    wide = hidden_block is not None or on_chip_state_too_large(D, w1.shape[-1], chunk_size, P)
+    # the wide-state kernels walk whole chunks of <= MAX_TILE tokens (supports() checked)
+    L = chunk_size if wide else _tile(chunk_size, _block(D) * _block(w1.shape[-1]), P)
+    assert L is not None and not (wide and (P or read_start or lengths))
     seq_lengths = lengths or [T]
     bounds, offsets, index = chunk_layout(seq_lengths, L, q.device)  # tiles of L tokens
     index = index.flatten()
@@ -1389,7 +1425,7 @@ def _run(
         if arch.layer_norm:
             ln_w, ln_b = arch.norm_weight.float().contiguous(), arch.norm_bias.float().contiguous()
         dummy = c.beta.new_zeros(0)
-        y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = titans_mlp_fwd(
+        tensors = (
             q.contiguous(),
             k.contiguous(),
             v.contiguous(),
@@ -1405,21 +1441,25 @@ def _run(
             w2,
             s1,
             s2,
-            *packing,
-            L,
-            ACTIVATIONS[arch.activation],
-            kind,
-            p,
-            eps,
-            sharp,
-            float(arch.eps),
-            arch.residual,
-            chunk_size // L,
-            read_start,
-            every * (chunk_size // L),
-            P,
-            max(tiles),
         )
+        config = (L, ACTIVATIONS[arch.activation], kind, p, eps, sharp, float(arch.eps), arch.residual)
+        if wide:
+            from .titans_mlp_wide_triton import DEFAULT_HIDDEN_BLOCK, titans_mlp_wide_fwd
+
+            block = DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block
+            y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_wide_fwd(*tensors, *config, block)
+        else:
+            tiles_per_chunk = chunk_size // L
+            y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = titans_mlp_fwd(
+                *tensors,
+                *packing,
+                *config,
+                tiles_per_chunk,
+                read_start,
+                every * tiles_per_chunk,
+                P,
+                max(tiles),
+            )
         if arch.residual:
             y = y + q.float()
         y = y.to(dtype)
@@ -1454,6 +1494,7 @@ def titans_mlp_chunked(
     bias_params: Tensor | None = None,
     checkpoint_every: int | None = None,
     cu_seqlens: Tensor | None = None,
+    hidden_block: int | None = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports`). Same shapes and
@@ -1465,9 +1506,18 @@ def titans_mlp_chunked(
     starts from its own state (``state`` holds ``[N, H, ...]`` weights and momenta at a chunk boundary;
     default the learned initial weights) and its chunks restart at its first token, so the result is
     this function run on every sequence alone. The state returned is then the list of the N sequences'
-    final states (each ``[1, H, ...]``, continuing its sequence exactly)."""
+    final states (each ``[1, H, ...]``, continuing its sequence exactly).
+
+    ``hidden_block``: run the wide-state kernels (:mod:`memnets.kernels.titans_mlp_wide_triton`) with
+    the hidden width in blocks of this many columns; ``None``: they run, with their default block,
+    only where the state does not fit on chip (:func:`on_chip_state_too_large`)."""
     name = "titans_mlp_chunked"
-    reason = supports(arch, bias, chunk_size)
+    reason = supports(arch, bias, chunk_size, wide=cu_seqlens is None)
+    if reason is None and hidden_block is not None:
+        from .titans_mlp_wide_triton import supports_wide
+
+        reason = "packed sequences in the wide-state kernels" if cu_seqlens is not None else None
+        reason = reason or supports_wide(arch.shapes[0][0], chunk_size, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     _check_inputs(name, arch, q, {"lr": lr, "mom": mom, "keep": keep})
@@ -1483,7 +1533,7 @@ def titans_mlp_chunked(
                 f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.offset}"
             )
         return finish_chunk_then(
-            functools.partial(titans_mlp_chunked, checkpoint_every=checkpoint_every),
+            functools.partial(titans_mlp_chunked, checkpoint_every=checkpoint_every, hidden_block=hidden_block),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
         )  # fmt: skip
@@ -1496,7 +1546,7 @@ def titans_mlp_chunked(
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
-        checkpoint_every=checkpoint_every, lengths=lengths,
+        checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
     )  # fmt: skip
     if lengths is None:
         return y, out
@@ -1530,7 +1580,7 @@ def chunk_read_mlp(
     reads the weights at its chunk's start, plain gradient descent) for a depth-2 ``arch`` with an L2
     or ℓ_p bias (see :func:`supports`). A started chunk (decoding) is finished in PyTorch."""
     name = "chunk_read_mlp"
-    reason = supports(arch, bias, chunk_size)
+    reason = supports(arch, bias, chunk_size, wide=False)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     if _bias_config(bias)[0] in (HUBER_NORM, HUBER_COORD):  # type: ignore[index]

@@ -10,7 +10,8 @@ GPU's shared memory, on a machine with no GPU (CI, a laptop).
 Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
 chunk 16-64, every HAS_*/STORE_* branch the launchers use; for the MLP-memory kernels the largest
 states ``titans_mlp_triton.supports`` admits per chunk tile, which is where its limits
-``MAX_STATE_FOR_TILE`` and ``MAX_TILE`` come from) with ``triton.compile`` on an ``ASTSource``
+``MAX_STATE_FOR_TILE`` and ``MAX_TILE`` come from; for the wide-state ones Titans at head dim 64 and
+the largest head dims per tile, ``MAX_WIDE_DIM_FOR_TILE``) with ``triton.compile`` on an ``ASTSource``
 for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
 which needs no driver. Pointer arguments get the 16-byte divisibility a real launch usually has.
 Registers and spills (stack bytes) come from the bundled ``cuobjdump``; shared memory is the dynamic
@@ -42,7 +43,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 
-MODULES = ("gated_delta_triton", "scan_triton", "titans_linear_triton", "titans_mlp_triton")
+MODULES = (
+    "gated_delta_triton",
+    "scan_triton",
+    "titans_linear_triton",
+    "titans_mlp_triton",
+    "titans_mlp_wide_triton",
+)
 # opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
@@ -166,11 +173,11 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     scalars = {"T": "i32", "P0": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
     scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
-    types = {**scalars, **half}
+    types = {**scalars, **half, "cu": "*i32", "toff": "*i32"}
     # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
-    full |= {"KE": 1, "READ_START": False, "P": 0}
+    full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False}
     cases = []
     for D, DH, L in shapes:
         shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
@@ -185,7 +192,7 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
     shape["BH"] = _block(DH)
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
-    bare |= {"KE": 1, "READ_START": False, "P": 0}
+    bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True}  # and packed sequences
     cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
     cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
@@ -207,9 +214,59 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     return cases
 
 
+def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
+    """(D, hidden, chunk) of the wide-state MLP-memory cases: a small one with several hidden blocks (the
+    CI test's case), Titans at head dim 64 (hidden 256) at every chunk tile, and for every padded chunk
+    tile the largest head dim ``titans_mlp_wide_triton.supports_wide`` admits there (hidden 4 D)."""
+    from memnets.kernels.titans_mlp_wide_triton import MAX_WIDE_DIM_FOR_TILE
+
+    shapes = [(16, 128, 16), *((64, 256, L) for L in (16, 32, 64))]
+    shapes += [(D, 4 * D, L) for L, D in MAX_WIDE_DIM_FOR_TILE.items() if (D, 4 * D, L) not in shapes]
+    return shapes
+
+
+def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
+    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
+    from memnets.kernels.titans_mlp_wide_triton import DEFAULT_HIDDEN_BLOCK, NUM_WARPS
+
+    mod = "titans_mlp_wide_triton"
+    scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
+    types = {**scalars, **{n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}}
+    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+
+    def shape(D: int, DH: int, L: int) -> dict[str, int]:
+        BHB = min(DEFAULT_HIDDEN_BLOCK, _block(DH))
+        return {
+            "H": 8,
+            "D": D,
+            "DH": DH,
+            "L": L,
+            "BL": _block(L),
+            "BD": _block(D),
+            "BHB": BHB,
+            "NB": -(-DH // BHB),
+        }
+
+    def case(kernel: str, constexprs: dict[str, object]) -> Case:
+        return Case(mod, kernel, constexprs, types, num_warps=NUM_WARPS, num_stages=1)
+
+    cases = []
+    for D, DH, L in shapes:
+        for store in (False, True):
+            cases.append(case("_wide_forward_kernel", {**shape(D, DH, L), **full, "STORE": store}))
+        cases.append(case("_wide_backward_kernel", {**shape(D, DH, L), **full}))
+    # the other branches once, at the smallest shape
+    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]))
+    bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
+    cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
+    cases.append(case("_wide_backward_kernel", {**small, **bare}))
+    return cases
+
+
 def all_cases(mlp_shapes: list[tuple[int, int, int]] | None = None) -> list[Case]:
     mlp = _mlp_cases(default_mlp_shapes() if mlp_shapes is None else mlp_shapes)
-    return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp
+    wide = _mlp_wide_cases(default_mlp_wide_shapes() if mlp_shapes is None else mlp_shapes)
+    return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp + wide
 
 
 def quick(cases: list[Case]) -> list[Case]:

@@ -478,7 +478,6 @@ def test_huber_takes_both_branches(mode):
         ({"depth": 1}, None, "memory depth 1"),
         ({"depth": 3}, None, "memory depth 3"),
         ({}, object(), "attentional bias"),
-        ({"expansion": 32.0}, None, "hidden width 512"),
     ],
 )
 def test_unsupported_raises(kwargs, bias, match):
@@ -491,15 +490,17 @@ def test_unsupported_raises(kwargs, bias, match):
 def test_bad_chunk_size_and_missing_bias_params_raise():
     arch = _arch()
     x = torch.randn(1, 4, H, D)
-    with pytest.raises(ValueError, match="chunk_size 67"):  # prime: no tile divides it
+    with pytest.raises(ValueError, match="chunk_size 67"):  # prime, > 64: no tile divides it
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=67)
+    # 32 x 128 fits the GPU's shared memory with tiles up to 32 rows, 16 x 64 with 64: chunk 64 runs
+    # as 2 tiles of 32; chunk 37 (prime) has no tile of 8..32 rows and runs the wide-state kernels
+    wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
+    assert triton_mlp.supports(wide, chunk_size=64) is None
+    assert (
+        triton_mlp.on_chip_state_too_large(32, 128, 37) and triton_mlp.supports(wide, chunk_size=37) is None
+    )
     with pytest.raises(ValueError, match="chunk_size 37 with head dim 32 and hidden width 128"):
-        # 32 x 128 fits the GPU's shared memory with chunk tiles up to 32 rows, 16 x 64 with 64:
-        # chunk 64 runs as 2 tiles of 32, chunk 37 (prime) has no tile of 8..32 rows
-        wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
-        assert triton_mlp.supports(wide, chunk_size=64) is None
-        y = torch.randn(1, 4, H, 32)
-        triton_mlp.titans_mlp_chunked(wide, y, y, y, torch.rand(1, 4, H), chunk_size=37)
+        triton_mlp.chunk_read_mlp(wide, *(torch.randn(1, 4, H, 32),) * 3, torch.rand(1, 4, H), chunk_size=37)
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), checkpoint_every=0)
     with pytest.raises(ValueError, match="needs bias_params of shape"):
@@ -633,20 +634,22 @@ def test_mixer_triton_decode_equals_forward():
 def test_supports_checks_the_padded_state():
     """The kernels pad D and hidden to powers of two >= 16: D = 8, hidden 128 occupies a 16 x 128 state,
     whose backward with a 64-row tile needs 232 KB of shared memory (check_kernels_compile.py): chunk 64
-    runs as 2 tiles of 32, chunk 61 (prime, a single 64-row tile) is refused."""
+    runs as 2 tiles of 32 on chip, chunk 61 (prime, a single 64-row tile) in the wide-state kernels."""
     arch = MemoryMLP(1, 8, depth=2, expansion=16.0)
     assert triton_mlp._tile(64, 16 * 128) == 32
-    assert triton_mlp.supports(arch, chunk_size=64) is None
-    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61)
+    assert not triton_mlp.on_chip_state_too_large(8, 128, 64)
+    assert triton_mlp.on_chip_state_too_large(8, 128, 61)
+    assert (
+        triton_mlp.supports(arch, chunk_size=64) is None and triton_mlp.supports(arch, chunk_size=61) is None
+    )
+    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61, wide=False)
 
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
         memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
-    with pytest.raises(
-        ValueError, match="backend='triton' does not support head dim 64 with hidden width 256"
-    ):
-        memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' does not support head dim 256"):
+        memnets.build_mixer("titans", d_model=512, num_heads=2, backend="triton")
     # auto: the engine on CPU (outside the interpreter the kernels need CUDA) or where no kernel applies
     y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="auto")(
         torch.randn(1, 5, 32)

@@ -69,8 +69,10 @@ class MemoryProjections(nn.Module):
 def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
     """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
     (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
-    (``memory_depth=2``, LayerNorm and residual on or off, head dim x hidden width <= 4096; chunks
-    run in tiles of a divisor of the chunk size up to 64 rows, up to 32 rows at more than 1024)."""
+    (``memory_depth=2``, LayerNorm and residual on or off; chunks run in tiles of a divisor of the
+    chunk size up to 64 rows with the state on chip (head dim x hidden <= 4096, <= 1024 for 64-row
+    tiles), larger states in the wide-state kernels: head dim <= 128, chunk size <= 64 (<= 32 above
+    head dim 64))."""
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:

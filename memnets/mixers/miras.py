@@ -53,9 +53,9 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
 * Packed sequences (``cu_seqlens``) run sequence by sequence from a fresh state.
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
   ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
-  (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim x hidden <=
-  4096; see :mod:`memnets.kernels.titans_mlp_triton` for the chunk sizes and shared-memory limits).
-  Moneta's L_q maps and Memora's softmax/lag token run in PyTorch; asking for
+  (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
+  :mod:`memnets.kernels.titans_mlp_triton` for the chunk sizes and shared-memory limits). Moneta's
+  L_q maps and Memora's softmax/lag token run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
 
 MQAR experiments (train.py on configs/mqar/NAME.yaml, CPU, one seed, OMP_NUM_THREADS=1 on a shared

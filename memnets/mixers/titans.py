@@ -47,9 +47,10 @@ Choices where the paper is silent (spec §9), each documented here and an option
   :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
   ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
   two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
-  activation, head_dim x hidden <= 4096, chunk sizes with a divisor in 8..32 (or <= 32), or in 8..64
-  at head_dim x hidden <= 1024: longer chunks run as tiles, e.g. head dim 32 at expansion 4 with
-  chunk size 16, 32, 64 or 256);
+  activation; chunks run in tiles of a divisor of the chunk size up to 64 rows (e.g. chunk 256 as 4
+  tiles of 64) with the state on chip for head_dim x hidden <= 4096 (<= 1024 with 64-row tiles);
+  larger states run :mod:`memnets.kernels.titans_mlp_wide_triton` (head dim <= 128, chunk size <= 64,
+  <= 32 above head dim 64));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option.
 * Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
@@ -275,8 +276,14 @@ class Titans(nn.Module):
 
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
-        backend) rather than one by one."""
-        return self._backend(device) == "triton"
+        backend, with the state on chip) rather than one by one."""
+        if self._backend(device) != "triton":
+            return False
+        if self.memory.depth == 1:
+            return True
+        from ..kernels import titans_mlp_triton
+
+        return titans_mlp_triton.supports(self.memory, None, self.chunk_size, wide=False) is None
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None

@@ -268,7 +268,11 @@ class TNT(nn.Module):
         arch = self.glob.memory  # type: ignore[union-attr]
         if arch.depth != 2:
             return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
-        return memory_kernel_unsupported(arch, self.global_chunk_size)
+        try:
+            from ..kernels import titans_mlp_triton
+        except ImportError as e:
+            return f"Triton is not importable ({e})"
+        return titans_mlp_triton.supports(arch, None, self.global_chunk_size, wide=False)
 
     def _backends(self) -> tuple[str, ...]:
         return SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")

@@ -1,0 +1,251 @@
+"""The wide-state (hidden-tiled) Triton kernels of the deep Titans memory == the engine's chunked PyTorch
+form (run in float64): outputs, final weights/momenta/anchor and every gradient (random cotangents on y
+and every final-state tensor, so the initial state's gradients are tested), with the hidden width
+split into 2 to 4 blocks, on awkward lengths and several chunk sizes."""
+
+import functools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
+import torch
+
+import memnets
+from memnets.memory import MemoryMLP, memory_chunked
+from memnets.memory.miras import HuberBias, LpBias
+from memnets.testing import assert_close, nan_allocations
+
+triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
+wide = pytest.importorskip("memnets.kernels.titans_mlp_wide_triton")
+
+H, D = base.H, base.D  # hidden width 4 D = 64
+
+
+def _arch(residual: bool, activation: str, layer_norm: bool, hidden: int | None) -> MemoryMLP:
+    if hidden is None:
+        return base._arch(residual, activation, layer_norm)
+    torch.manual_seed(0)
+    arch = MemoryMLP(
+        H, D, depth=2, expansion=hidden / D, activation=activation, residual=residual, layer_norm=layer_norm
+    )  # type: ignore[arg-type]
+    if layer_norm:  # away from the identity affine, so its gradients are tested
+        with torch.no_grad():
+            arch.norm_weight.copy_(1 + 0.3 * torch.randn(H, D))
+            arch.norm_bias.copy_(0.2 * torch.randn(H, D))
+    return arch
+
+
+def _compare(
+    T,
+    chunk_size,
+    hidden_block=16,
+    gates="both",
+    dtype=torch.float32,
+    residual=False,
+    activation="gelu",
+    bias=None,
+    layer_norm=False,
+    split=None,
+    hidden=None,
+):
+    arch = _arch(residual, activation, layer_norm, hidden)
+    ref_arch = _arch(residual, activation, layer_norm, hidden).double()
+    inputs = base._inputs(T, dtype, gates, bias)
+    if hidden is not None:  # another hidden width than base's 4 D
+        g = torch.Generator().manual_seed(hidden)
+
+        def rnd(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+        inputs["w1"], inputs["w2"] = rnd(1, H, D, hidden) * D**-0.5, rnd(1, H, hidden, D) * hidden**-0.5
+        if inputs["s1"] is not None:
+            inputs["s1"], inputs["s2"] = 0.1 * rnd(1, H, D, hidden), 0.1 * rnd(1, H, hidden, D)
+    ref = base._run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
+    fn = functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=hidden_block)
+    with nan_allocations():
+        out = base._run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
+    assert ref.keys() == out.keys()
+    case = (
+        f"T={T}, chunk={chunk_size}, block={hidden_block}, gates={gates}, {dtype}, res={residual}, "
+        f"ln={layer_norm}, {activation}, {bias}"
+    )
+    for name in ref:
+        # float32 results against the float64 engine, half ones against their half-rounded reference
+        assert_close(f"{name} ({case})", ref[name].to(out[name].dtype), out[name])
+
+
+@pytest.mark.parametrize("T,chunk_size,hidden_block", [(1, 16, 16), (17, 8, 32), (40, 32, 16)])
+def test_matches_engine_momentum_decay(T, chunk_size, hidden_block):
+    _compare(T, chunk_size, hidden_block)
+
+
+@pytest.mark.parametrize("gates", ["none", "mom", "keep"])
+def test_matches_engine_gates(gates):
+    _compare(33, 16, 32, gates)
+
+
+@pytest.mark.parametrize("gates", ["none", "both"])
+def test_matches_engine_float16(gates):
+    _compare(37, 16, 16, gates, torch.float16)
+
+
+def test_residual_layer_norm():
+    """Titans' default memory (residual + LayerNorm): the LayerNorm's second-order backward runs on
+    whole rows between the hidden passes."""
+    _compare(40, 16, 16, residual=True, layer_norm=True)
+
+
+@pytest.mark.parametrize("bias", [LpBias(p=3.0), HuberBias(mode="coord")])
+def test_biases_with_layer_norm(bias):
+    _compare(19, 8, 32, bias=bias, residual=True, layer_norm=True)
+
+
+def test_huber_norm_float16():
+    _compare(21, 16, 16, dtype=torch.float16, bias=HuberBias(mode="norm"))
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_activations(activation):
+    _compare(21, 8, 16, activation=activation)
+
+
+def test_partial_hidden_block():
+    """Hidden width 48 in blocks of 32: the last block is half masked."""
+    _compare(20, 8, 32, hidden=48, residual=True, layer_norm=True)
+
+
+def test_too_large_state_runs_wide_kernels(monkeypatch):
+    """With no hidden_block, a state beyond the whole-state kernels' shared memory at every tile of the
+    chunk (16 x 80, padded 16 x 128, at chunk 37: prime, a single 64-row tile) runs the wide kernels,
+    with the default hidden block (here 3 blocks of 32, the last one half masked)."""
+    assert (
+        triton_mlp.on_chip_state_too_large(D, 80, 37)
+        and triton_mlp.supports(_arch(True, "gelu", True, 80), chunk_size=37) is None
+    )
+    calls = []
+    op = wide.titans_mlp_wide_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    _compare(45, 37, None, residual=True, layer_norm=True, hidden=80)
+    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+
+
+def test_head_dim_beyond_wide_limit_refused():
+    """Limits from scripts/check_kernels_compile.py: head dim 128 fits chunk tiles of 16 and 32 rows,
+    64 fits 64 rows; beyond, supports names the reason and the kernel refuses to run."""
+    assert "head dims <= 128" in triton_mlp.supports(MemoryMLP(1, 256, depth=2), chunk_size=16)
+    arch = MemoryMLP(1, 128, depth=2)
+    assert triton_mlp.supports(arch, chunk_size=32) is None
+    assert "head dim 128 at chunk_size 33" in triton_mlp.supports(arch, chunk_size=33)
+    assert triton_mlp.supports(MemoryMLP(1, 64, depth=2), chunk_size=64) is None
+    x = torch.randn(1, 4, 1, 128)
+    with pytest.raises(ValueError, match="unsupported configuration: head dim 128 at chunk_size 64"):
+        triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
+
+
+def test_state_carry_mid_chunk():
+    """A sequence fed in two calls (the first ending mid-chunk): the engine finishes the chunk, the wide
+    kernels continue from the boundary."""
+    _compare(30, 8, 16, split=5, bias=HuberBias(mode="norm", sharpness=3.0))
+
+
+def test_equals_whole_state_kernel_float16():
+    """Same rounding path as the whole-state kernel up to float32 summation order."""
+    arch = base._arch(True, "gelu", True)
+    inputs = base._inputs(23, torch.float16, "both")
+    outs = []
+    for fn in (
+        triton_mlp.titans_mlp_chunked,
+        functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=16),
+    ):
+        with nan_allocations():
+            outs.append(base._run(fn, arch, inputs, 8, torch.float32))
+    for name in outs[0]:
+        assert_close(f"{name} (wide vs whole-state)", outs[0][name], outs[1][name])
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the wide custom ops."""
+    B, T, L, Dh = 1, 20, 16, 4 * D
+    NC = 2
+    q, k, v = (0.3 * torch.randn(B, T, H, D) for _ in range(3))
+    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, L)
+    w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
+    w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
+    if momentum:
+        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, L)
+        s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
+    else:
+        f = m_end = s_coef = torch.zeros(0)
+        s1 = s2 = None
+    ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
+    qr, beta = q.requires_grad_(), beta.requires_grad_()
+    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32)
+    torch.library.opcheck(
+        wide.titans_mlp_wide_fwd,
+        (*tensors, *config),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    cot = (
+        torch.randn(B, T, H, D),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+        torch.randn_like(w1) if momentum else torch.zeros(0),
+        torch.randn_like(w2) if momentum else torch.zeros(0),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+    )
+    torch.library.opcheck(
+        wide.titans_mlp_wide_bwd, (*detached, *cot, *config), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_bad_hidden_block_raises():
+    x = torch.randn(1, 4, H, D)
+    with pytest.raises(ValueError, match="hidden_block 24"):
+        triton_mlp.titans_mlp_chunked(base._arch(), x, x, x, torch.rand(1, 4, H), hidden_block=24)
+
+
+def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
+    """The Titans mixer at head dim 64 (its default memory: hidden 256, residual + LayerNorm; before the
+    wide kernels, beyond the Triton backend): backend='triton' runs the wide kernels and equals
+    backend='chunked', output, input and every parameter gradient."""
+    calls = []
+    op = wide.titans_mlp_wide_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    mixers = []
+    for backend in ("chunked", "triton"):
+        torch.manual_seed(0)
+        mixers.append(
+            memnets.build_mixer(
+                "titans", d_model=64, num_heads=1, chunk_size=16, backend=backend, lr_max=0.02
+            )
+        )
+    mixers[1].load_state_dict(mixers[0].state_dict())
+    x, cot = torch.randn(1, 19, 64), torch.randn(1, 19, 64)
+    results = []
+    for m in mixers:
+        xi = x.clone().requires_grad_()
+        with nan_allocations():
+            y, _ = m(xi)
+            (y * cot).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+    assert_close("y", results[0][0], results[1][0])
+    assert_close("dx", results[0][1], results[1][1])
+    for n, g in results[0][2].items():
+        assert_close(f"d{n}", g, results[1][2][n])
