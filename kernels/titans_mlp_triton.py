@@ -99,10 +99,15 @@ compile (forward / backward), and the backward's register spills per thread::
 An H100 has 228 KB of shared memory per SM, so ``MAX_STATE_FOR_TILE`` admits D·Dh <= 32·128 for
 tiles of 16 and 32 rows and D·Dh <= 16·64 for 64 rows; 128-row tiles never fit (``MAX_TILE`` = 64;
 several tiles per chunk cost no more shared memory: KE = 4 compiles to the same 128 KB). Every
-shape spills registers (255 per thread), so expect it to be slow; D = 64, Dh = 256 at L = 16 (Titans
-at head dim 64) would launch but is left to the PyTorch engine until timed. Speed needs the state
-tiled over Dh (layer-1 columns and layer-2 rows split cleanly; Z2 and the LayerNorm need a cross-tile
-reduction, spec 7.3).
+shape spills registers (255 per thread), so expect it to be slow. States that fit no tile of the
+chunk (D = 64, Dh = 256: Titans at head dim 64) run the wide-state kernels of
+:mod:`memnets.kernels.titans_mlp_wide_triton` (state in global memory, hidden width in blocks; the
+plain chunked form, chunks of at most ``MAX_TILE``): :func:`titans_mlp_chunked` picks them where
+:func:`on_chip_state_too_large`, or where ``hidden_block`` is given.
+
+Packed sequences (``cu_seqlens``, B = 1, ``VARLEN``): one program per (sequence, head) walks that
+sequence's tiles, which restart at its first token (coefficients per sequence tile, gates padded per
+sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state.
 """
 
 from __future__ import annotations
