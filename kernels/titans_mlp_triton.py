@@ -234,6 +234,91 @@ def _ln_bwd(xhat, rstd, g, cmask, D: tl.constexpr):
 
 
 @triton.jit
+def _key_delta(
+    Z2,
+    b_k,
+    b_v,
+    delta,
+    gamma,
+    shift,
+    mask,
+    cmask,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    D: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+):
+    """(Δ, ℓ'(R), R, x̂, 1/σ) of the key path from Z2 (x̂ = Z2 and 1/σ unused without LayerNorm)."""
+    xk = Z2
+    rk = tl.sum(Z2, 1)
+    out = Z2
+    if LN:
+        xk, rk = _ln(Z2, cmask, D, ln_eps)
+        out = xk * gamma[None, :] + shift[None, :]
+    r = _residual(out, b_k, RES) - b_v
+    dout = _bias_grad(r, delta, p, eps, sharp, BIAS)
+    dd = dout
+    if LN:
+        dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
+    dd = tl.where(mask, dd, 0.0)
+    return dd, dout, r, xk, rk
+
+
+@triton.jit
+def _delta_backward(
+    d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp,
+    D: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
+):  # fmt: skip
+    """The cotangent ``d_dd`` of Δ = [LN backward of] ℓ'(R) (``dout`` = ℓ'(R), ``xk``, ``rk`` the key
+    path's LayerNorm at Z2) back to R and Z2, second order (ℓ'' of the bias, the LayerNorm's Jacobian
+    at Z2), over ``mask``'s rows. Returns (dZ2, dR, dγ, db, dδ): the LayerNorm's scale and shift
+    cotangents summed over rows, dδ the Huber threshold's (``[rows]`` "norm", ``[rows, D]`` "coord",
+    zeros for the other biases)."""
+    d_dd = tl.where(mask, d_dd, 0.0)
+    d_gamma = tl.sum(d_dd * 0.0, 0)
+    if LN:
+        # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
+        # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
+        # −(rstd/D) x̂ (w·Δ) − rstd (mean(g x̂) J w + mean(w x̂) Δ), g = γ ⊙ ℓ'(R)
+        Jw = _ln_bwd(xk, rk, d_dd, cmask, D)
+        g_k = dout * gamma[None, :]
+        dZ2 = -(rk / D)[:, None] * xk * tl.sum(d_dd * dd, 1)[:, None]
+        dZ2 -= rk[:, None] * (
+            (tl.sum(g_k * xk, 1) / D)[:, None] * Jw + (tl.sum(d_dd * xk, 1) / D)[:, None] * dd
+        )
+        d_gamma += tl.sum(dout * Jw, 0)
+        d_out = gamma[None, :] * Jw
+    else:
+        d_out = d_dd
+    d_delta = delta * 0.0
+    if BIAS == 0:
+        dr = 2.0 * d_out
+    elif BIAS == 1:
+        dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_out
+    elif BIAS == 2:
+        small = tl.sum(r * r, 1) <= delta * delta
+        th = _tanh(sharp * r)
+        dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
+        d_delta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
+    else:
+        small = tl.abs(r) <= delta
+        dr = tl.where(small, 2.0 * d_out, 0.0)
+        d_delta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
+    dr = tl.where(mask, dr, 0.0)
+    d_shift = tl.sum(dr, 0)
+    if LN:
+        d_gamma += tl.sum(dr * xk, 0)
+        dZ2 += _ln_bwd(xk, rk, dr * gamma[None, :], cmask, D)
+    else:
+        dZ2 = dr
+    return dZ2, dr, d_gamma, d_shift, d_delta
+
+
+@triton.jit
 def _residual(out, x, RES: tl.constexpr):
     """M(x) = x + out with the residual (the bias sees M(k) − v exactly as the engine forms it)."""
     if RES:
@@ -410,16 +495,9 @@ def _forward_kernel(
         Z1 = _dot(b_k, K1)
         A = _act(Z1, ACT)
         Z2 = _dot(A, K2)
-        if LN:
-            xk, rk = _ln(Z2, cmask, D, ln_eps)
-            out = xk * gamma[None, :] + shift[None, :]
-        else:
-            out = Z2
-        r = _residual(out, b_k, RES) - b_v
-        dd = _bias_grad(r, delta, p, eps, sharp, BIAS)
-        if LN:
-            dd = _ln_bwd(xk, rk, dd * gamma[None, :], cmask, D)
-        dd = tl.where(kmask, dd, 0.0)  # Δ = δ2, the last layer's output gradient
+        dd, _, _, _, _ = _key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )  # Δ = δ2, the last layer's output gradient
         d1 = _dot(dd, tl.trans(K2)) * _act_grad(Z1, ACT)  # δ1
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
@@ -607,17 +685,10 @@ def _backward_kernel(
         Z1 = _dot(b_k, K1)
         A = _act(Z1, ACT)
         Z2 = _dot(A, K2)
-        if LN:
-            xk, rk = _ln(Z2, cmask, D, ln_eps)
-            out = xk * gamma[None, :] + shift[None, :]
-        else:
-            out = Z2
-        r = _residual(out, b_k, RES) - b_v
-        dout = _bias_grad(r, delta, p, eps, sharp, BIAS)  # ℓ'(R), before the LayerNorm backward
-        dd = dout
-        if LN:
-            dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
-        dd = tl.where(kmask, dd, 0.0)  # Δ = δ2
+        # Δ = δ2, ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at Z2
+        dd, dout, r, xk, rk = _key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )
         E = _dot(dd, tl.trans(K2))
         sg = _act_grad(Z1, ACT)
         d1 = E * sg  # δ1
@@ -742,43 +813,16 @@ def _backward_kernel(
         dZ1 = d_d1 * E * _act_grad2(Z1, ACT)
         d_dd += _dot(dE, K2)
         gK2 += _dot(tl.trans(dE), dd)
-        d_dd = tl.where(kmask, d_dd, 0.0)
+        dZ2, dr, dg, db, b_ddelta = _delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, kmask, cmask, p, eps, sharp, D, BIAS, LN
+        )
         if LN:
-            # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
-            # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
-            # −(rstd/D) x̂ (w·Δ) − rstd (mean(g x̂) J w + mean(w x̂) Δ), g = γ ⊙ ℓ'(R)
-            Jw = _ln_bwd(xk, rk, d_dd, cmask, D)
-            g_k = dout * gamma[None, :]
-            dZ2 = -(rk / D)[:, None] * xk * tl.sum(d_dd * dd, 1)[:, None]
-            dZ2 -= rk[:, None] * (
-                (tl.sum(g_k * xk, 1) / D)[:, None] * Jw + (tl.sum(d_dd * xk, 1) / D)[:, None] * dd
-            )
-            d_gamma += tl.sum(dout * Jw, 0)
-            d_out = gamma[None, :] * Jw
-        else:
-            d_out = d_dd
-        if BIAS == 0:
-            dr = 2.0 * d_out
-        elif BIAS == 1:
-            dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_out
-        elif BIAS == 2:
-            small = tl.sum(r * r, 1) <= delta * delta
-            th = _tanh(sharp * r)
-            dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
-            b_ddelta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
+            d_gamma += dg
+            d_shift += db
+        if BIAS == 2:
             tl.store(dbp + krow, b_ddelta.to(dbp.dtype.element_ty), mask=kvalid)
-        else:
-            small = tl.abs(r) <= delta
-            dr = tl.where(small, 2.0 * d_out, 0.0)
-            b_ddelta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
+        if BIAS == 3:
             tl.store(dbp + koffs, b_ddelta.to(dbp.dtype.element_ty), mask=kmask)
-        dr = tl.where(kmask, dr, 0.0)
-        if LN:
-            d_gamma += tl.sum(dr * xk, 0)
-            d_shift += tl.sum(dr, 0)
-            dZ2 += _ln_bwd(xk, rk, dr * gamma[None, :], cmask, D)
-        else:
-            dZ2 = dr
         dA += _dot(dZ2, tl.trans(K2))
         gK2 += _dot(tl.trans(A), dZ2)
         dZ1 += dA * sg

@@ -89,17 +89,15 @@ from .titans_mlp_triton import (
     _act,
     _act_grad,
     _act_grad2,
-    _bias_grad,
     _block,
     _common_meta,
+    _delta_backward,
     _dot,
+    _key_delta,
     _ln,
     _ln_bwd,
-    _residual,
     _rows,
     _save_inputs,
-    _sign,
-    _tanh,
 )
 
 # hidden columns per block: 16 spills a little less than 32 (D = 64, Dh = 256, chunk 16: 2.6 / 3.8 KB
@@ -175,41 +173,6 @@ def _key_z2(
         W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
         Z2 += _dot(_act(_dot(b_k, W1), ACT), W2)
     return Z2
-
-
-@triton.jit
-def _key_delta(
-    Z2,
-    b_k,
-    b_v,
-    delta,
-    gamma,
-    shift,
-    mask,
-    cmask,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    D: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-):
-    """(Δ, ℓ'(R), R, x̂, 1/σ) of the key path from Z2 (x̂ = Z2 and 1/σ unused without LayerNorm)."""
-    xk = Z2
-    rk = tl.sum(Z2, 1)
-    out = Z2
-    if LN:
-        xk, rk = _ln(Z2, cmask, D, ln_eps)
-        out = xk * gamma[None, :] + shift[None, :]
-    r = _residual(out, b_k, RES) - b_v
-    dout = _bias_grad(r, delta, p, eps, sharp, BIAS)
-    dd = dout
-    if LN:
-        dd = _ln_bwd(xk, rk, dout * gamma[None, :], cmask, D)
-    dd = tl.where(mask, dd, 0.0)
-    return dd, dout, r, xk, rk
 
 
 # -------------------------------------------------------------------------------------------------
@@ -613,43 +576,16 @@ def _wide_backward_kernel(
             tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
 
         # pass 4 (whole rows): Δ = [LN backward of] ℓ'(R) back to R and Z2
-        d_dd = tl.where(mask, d_dd, 0.0)
+        dZ2, dr, dg, db, b_ddelta = _delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp, D, BIAS, LN
+        )
         if LN:
-            # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
-            # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
-            # −(rstd/D) x̂ (w·Δ) − rstd (mean(g x̂) J w + mean(w x̂) Δ), g = γ ⊙ ℓ'(R)
-            Jw = _ln_bwd(xk, rk, d_dd, cmask, D)
-            g_k = dout * gamma[None, :]
-            dZ2 = -(rk / D)[:, None] * xk * tl.sum(d_dd * dd, 1)[:, None]
-            dZ2 -= rk[:, None] * (
-                (tl.sum(g_k * xk, 1) / D)[:, None] * Jw + (tl.sum(d_dd * xk, 1) / D)[:, None] * dd
-            )
-            d_gamma += tl.sum(dout * Jw, 0)
-            d_out = gamma[None, :] * Jw
-        else:
-            d_out = d_dd
-        if BIAS == 0:
-            dr = 2.0 * d_out
-        elif BIAS == 1:
-            dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_out
-        elif BIAS == 2:
-            small = tl.sum(r * r, 1) <= delta * delta
-            th = _tanh(sharp * r)
-            dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
-            b_ddelta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
+            d_gamma += dg
+            d_shift += db
+        if BIAS == 2:
             tl.store(dbp + row_idx, b_ddelta.to(dbp.dtype.element_ty), mask=valid)
-        else:
-            small = tl.abs(r) <= delta
-            dr = tl.where(small, 2.0 * d_out, 0.0)
-            b_ddelta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
+        if BIAS == 3:
             tl.store(dbp + offs, b_ddelta.to(dbp.dtype.element_ty), mask=mask)
-        dr = tl.where(mask, dr, 0.0)
-        if LN:
-            d_gamma += tl.sum(dr * xk, 0)
-            d_shift += tl.sum(dr, 0)
-            dZ2 += _ln_bwd(xk, rk, dr * gamma[None, :], cmask, D)
-        else:
-            dZ2 = dr
         tl.debug_barrier()  # pass 3's writes (scratch, dW1, dW2) are read back by other threads
 
         # pass 5: Z2 = Σ_j A_j W2_j back to W1_j, W2_j and K
