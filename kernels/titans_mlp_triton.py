@@ -1256,31 +1256,41 @@ def _setup_context(ctx, inputs, output) -> None:
     _save_inputs(ctx, inputs, _TENSOR_INPUTS, output[7:])  # with the checkpoints
 
 
-def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor, *_):
+def _cotangents(ctx, tensors: tuple, outputs: tuple) -> tuple:
+    """The backward op's cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor): zeros for unused
+    outputs, empty momenta without momentum."""
+    q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
+    likes = (w1.new_empty(q.shape), w1, w2, w1, w2, w1, w2)
+    has_mom = s1 is not None
+    return tuple(
+        w1.new_zeros(0)
+        if i in (3, 4) and not has_mom
+        else torch.zeros_like(like)
+        if t is None
+        else t.contiguous()
+        for i, (t, like) in enumerate(zip(outputs, likes))
+    )
+
+
+def _input_grads(ctx, grads: list) -> list:
+    """The backward op's gradients as autograd wants them: ``None`` for absent inputs and for the
+    momentum coefficients' empty placeholders."""
+    grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
+    if ctx.absent[13]:  # no momentum: f, m_end, s_coef are empty placeholders
+        grads[7] = grads[9] = grads[10] = None
+    return grads
+
+
+def _backward(ctx, *cotangents):
     saved = ctx.saved_tensors
     tensors, ckpt = saved[:_TENSOR_INPUTS], saved[_TENSOR_INPUTS:]
-    q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
-
-    def cot(t: Tensor | None, like: Tensor) -> Tensor:
-        return torch.zeros_like(like) if t is None else t.contiguous()
-
-    has_mom = s1 is not None
-    grads = titans_mlp_bwd(
-        *tensors,
-        *ckpt,
-        cot(dy, w1.new_empty(q.shape)),
-        cot(dw1_final, w1),
-        cot(dw2_final, w2),
-        cot(ds1_final, w1) if has_mom else w1.new_zeros(0),
-        cot(ds2_final, w2) if has_mom else w1.new_zeros(0),
-        cot(dw1_anchor, w1),
-        cot(dw2_anchor, w2),
-        *ctx.config,
-    )
-    grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
-    if not has_mom:  # f, m_end, s_coef are empty placeholders without momentum
-        grads[7] = grads[9] = grads[10] = None
-    return *grads, None, None, *(None,) * len(ctx.config)  # none for cu_seqlens, tile_offsets
+    grads = titans_mlp_bwd(*tensors, *ckpt, *_cotangents(ctx, tensors, cotangents[:7]), *ctx.config)
+    return (
+        *_input_grads(ctx, grads),
+        None,
+        None,
+        *(None,) * len(ctx.config),
+    )  # none for cu_seqlens, tile_offsets
 
 
 torch.library.register_autograd("memnets::titans_mlp_fwd", _backward, setup_context=_setup_context)

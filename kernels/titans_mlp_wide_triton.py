@@ -91,8 +91,10 @@ from .titans_mlp_triton import (
     _act_grad2,
     _block,
     _common_meta,
+    _cotangents,
     _delta_backward,
     _dot,
+    _input_grads,
     _key_delta,
     _ln,
     _ln_bwd,
@@ -859,29 +861,10 @@ def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s
     ]
 
 
-def _backward(ctx, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor):
+def _backward(ctx, *cotangents):
     tensors = ctx.saved_tensors
-    q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
-
-    def cot(t: Tensor | None, like: Tensor) -> Tensor:
-        return torch.zeros_like(like) if t is None else t.contiguous()
-
-    has_mom = s1 is not None
-    grads = titans_mlp_wide_bwd(
-        *tensors,
-        cot(dy, w1.new_empty(q.shape)),
-        cot(dw1_final, w1),
-        cot(dw2_final, w2),
-        cot(ds1_final, w1) if has_mom else w1.new_zeros(0),
-        cot(ds2_final, w2) if has_mom else w1.new_zeros(0),
-        cot(dw1_anchor, w1),
-        cot(dw2_anchor, w2),
-        *ctx.config,
-    )
-    grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
-    if not has_mom:  # f, m_end, s_coef are empty placeholders without momentum
-        grads[7] = grads[9] = grads[10] = None
-    return *grads, *(None,) * len(ctx.config)
+    grads = titans_mlp_wide_bwd(*tensors, *_cotangents(ctx, tensors, cotangents), *ctx.config)
+    return *_input_grads(ctx, grads), *(None,) * len(ctx.config)
 
 
 def _setup_context(ctx, inputs, output) -> None:
