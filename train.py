@@ -11,8 +11,10 @@ Overrides are dotted ``key.sub=value`` pairs parsed as YAML values.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from typing import NoReturn
 
 from memnets.config import load_config
 from memnets.trainer import train
@@ -52,5 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_without_finalization(code: int) -> NoReturn:
+    """End a torchrun worker without interpreter finalization, after flushing the output.
+
+    gloo runs collectives on worker threads that can still hold a finished collective's buffers. Where
+    Python has already dropped such a tensor, the thread takes the GIL to free it, and Python ends any
+    thread that asks for the GIL once finalization has begun; that pthread_exit unwinds through a noexcept
+    destructor and aborts the process ("terminate called without an active exception", SIGABRT), after a
+    successful run. destroy_process_group does not stop these threads (the group stays referenced from
+    torch's DTensor and DeviceMesh caches), so a worker skips finalization: the run's files are written
+    and closed by now, and only the output streams need flushing.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_without_finalization(code)
+    sys.exit(code)

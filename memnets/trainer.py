@@ -649,9 +649,8 @@ class Trainer:
 
 
 def train(cfg: Config) -> TrainResult:
-    trainer = Trainer(cfg)
-    try:
-        return trainer.run()
+    try:  # Trainer() already joins the process group, and its checks can raise
+        return Trainer(cfg).run()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
