@@ -55,7 +55,7 @@ from autograd), s_coef likewise s_coefᵀ Γ. Key rows overlap between tiles: th
 gradients per tile and sums them (:func:`_fold_key_rows`).
 
 Kernels (grid: one program per (batch, head), tiles sequential inside; all math in float32, half
-inputs upcast on load):
+inputs upcast on load, matmul operands as ``dot_precision`` says, float32 by default):
 
 1. ``_forward_kernel``: carries (W1, W2, S1, S2) over tiles C0 .. C0 + NC, writes y, the state after
    them and the last chunk's start weights (the engine's ``anchor`` when T is not a multiple of the
@@ -140,6 +140,9 @@ MAX_TILE = 64
 # compile, see the module docstring); 128-row tiles need 304 KB even at D·Dh = 16·64
 MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
+# operands of the kernels' matmuls (compile-time, see _dot): float32 by default; on a GPU "tf32" or
+# the inputs' half type trade accuracy for tensor-core rate (a third / a sixth of tf32x3's cost)
+DOT_PRECISIONS = {"tf32x3": 0, "tf32": 1, "float16": 2, "bfloat16": 3}
 # bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
 L2, LP, HUBER_NORM, HUBER_COORD = 0, 1, 2, 3
 
@@ -371,8 +374,19 @@ def _mat(R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b):
-    return tl.dot(a, b, input_precision="tf32x3")
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b accumulated in float32, the operands as ``DOT_PRECISIONS`` says: 0 float32 (three TF32
+    products, tf32x3), 1 one TF32 product, 2 / 3 rounded to float16 / bfloat16 (as fla's kernels read
+    their float32 state against half inputs)."""
+    if DOT == 0:
+        out = tl.dot(a, b, input_precision="tf32x3")
+    elif DOT == 1:
+        out = tl.dot(a, b, input_precision="tf32")
+    elif DOT == 2:
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    return out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -429,6 +443,7 @@ def _forward_kernel(
     P: tl.constexpr,
     BK: tl.constexpr,
     ACT: tl.constexpr,
+    DOT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
@@ -492,17 +507,17 @@ def _forward_kernel(
         if BIAS == 3:
             delta = tl.load(bp + koffs, mask=kmask, other=0.0).to(tl.float32)
         # key path at the chunk-start weights
-        Z1 = _dot(b_k, K1)
+        Z1 = _dot(b_k, K1, DOT)
         A = _act(Z1, ACT)
-        Z2 = _dot(A, K2)
+        Z2 = _dot(A, K2, DOT)
         dd, _, _, _, _ = _key_delta(
             Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )  # Δ = δ2, the last layer's output gradient
-        d1 = _dot(dd, tl.trans(K2)) * _act_grad(Z1, ACT)  # δ1
+        d1 = _dot(dd, tl.trans(K2), DOT) * _act_grad(Z1, ACT)  # δ1
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
             if READ_START:
-                b_y = _dot(_act(_dot(b_q, K1), ACT), K2)
+                b_y = _dot(_act(_dot(b_q, K1, DOT), ACT), K2, DOT)
             else:
                 b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
                 b_G = tl.load(
@@ -510,14 +525,14 @@ def _forward_kernel(
                     mask=lmask[:, None] & lkmask[None, :],
                     other=0.0,
                 )
-                z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(_dot(b_q, tl.trans(b_k)) * b_G, d1)
+                z1 = b_beta[:, None] * _dot(b_q, W1, DOT) - _dot(_dot(b_q, tl.trans(b_k), DOT) * b_G, d1, DOT)
                 if HAS_MOM:
                     b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-                    z1 += b_f[:, None] * _dot(b_q, S1)
+                    z1 += b_f[:, None] * _dot(b_q, S1, DOT)
                 a1 = _act(z1, ACT)
-                b_y = b_beta[:, None] * _dot(a1, W2) - _dot(_dot(a1, tl.trans(A)) * b_G, dd)
+                b_y = b_beta[:, None] * _dot(a1, W2, DOT) - _dot(_dot(a1, tl.trans(A), DOT) * b_G, dd, DOT)
                 if HAS_MOM:
-                    b_y += b_f[:, None] * _dot(a1, S2)
+                    b_y += b_f[:, None] * _dot(a1, S2, DOT)
             if LN:
                 xq, _ = _ln(b_y, cmask, D, ln_eps)
                 b_y = xq * gamma[None, :] + shift[None, :]
@@ -525,16 +540,16 @@ def _forward_kernel(
         last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
-        W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1)
-        W2_new = beta_last * W2 - _dot(tl.trans(A), g_last[:, None] * dd)
+        W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+        W2_new = beta_last * W2 - _dot(tl.trans(A), g_last[:, None] * dd, DOT)
         if HAS_MOM:
             f_last = tl.load(f + cc * L + last)
             W1_new += f_last * S1
             W2_new += f_last * S2
             b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
             b_m = tl.load(m_end + cc)
-            S1 = b_m * S1 - _dot(tl.trans(b_k), b_s[:, None] * d1)
-            S2 = b_m * S2 - _dot(tl.trans(A), b_s[:, None] * dd)
+            S1 = b_m * S1 - _dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
+            S2 = b_m * S2 - _dot(tl.trans(A), b_s[:, None] * dd, DOT)
         W1 = W1_new
         W2 = W2_new
     tl.store(w1_final + bh * n + o1, W1, mask=m1)
@@ -609,6 +624,7 @@ def _backward_kernel(
     P: tl.constexpr,
     BK: tl.constexpr,
     ACT: tl.constexpr,
+    DOT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
@@ -682,29 +698,29 @@ def _backward_kernel(
         beta_last = tl.load(beta + cc * L + last)
 
         # recompute the key path
-        Z1 = _dot(b_k, K1)
+        Z1 = _dot(b_k, K1, DOT)
         A = _act(Z1, ACT)
-        Z2 = _dot(A, K2)
+        Z2 = _dot(A, K2, DOT)
         # Δ = δ2, ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at Z2
         dd, dout, r, xk, rk = _key_delta(
             Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
-        E = _dot(dd, tl.trans(K2))
+        E = _dot(dd, tl.trans(K2), DOT)
         sg = _act_grad(Z1, ACT)
         d1 = E * sg  # δ1
         if READ_START:
             # reads at the chunk-start weights: Y = [LN](σ(Q K1) K2)
-            z1 = _dot(b_q, K1)
+            z1 = _dot(b_q, K1, DOT)
             a1 = _act(z1, ACT)
             if LN:
-                xq, rq = _ln(_dot(a1, K2), cmask, D, ln_eps)
+                xq, rq = _ln(_dot(a1, K2, DOT), cmask, D, ln_eps)
                 d_gamma += tl.sum(b_dy * xq, 0)
                 d_shift += tl.sum(b_dy, 0)
                 b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
-            dz1 = _dot(b_dy, tl.trans(K2)) * _act_grad(z1, ACT)
-            b_dq = _dot(dz1, tl.trans(K1))
-            rK1 = _dot(tl.trans(b_q), dz1)
-            rK2 = _dot(tl.trans(a1), b_dy)
+            dz1 = _dot(b_dy, tl.trans(K2), DOT) * _act_grad(z1, ACT)
+            b_dq = _dot(dz1, tl.trans(K1), DOT)
+            rK1 = _dot(tl.trans(b_q), dz1, DOT)
+            rK2 = _dot(tl.trans(a1), b_dy, DOT)
             b_dk = tl.zeros([BK, BD], dtype=tl.float32)
             dA = tl.zeros([BK, BH], dtype=tl.float32)
             d_d1 = tl.zeros([BK, BH], dtype=tl.float32)
@@ -716,23 +732,23 @@ def _backward_kernel(
         else:
             b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
             # recompute the query path
-            qw1 = _dot(b_q, W1)
-            qk = _dot(b_q, tl.trans(b_k))
-            z1 = b_beta[:, None] * qw1 - _dot(qk * b_G, d1)
+            qw1 = _dot(b_q, W1, DOT)
+            qk = _dot(b_q, tl.trans(b_k), DOT)
+            z1 = b_beta[:, None] * qw1 - _dot(qk * b_G, d1, DOT)
             if HAS_MOM:
                 S1 = tl.load(s1_chunks + sc * n + o1, mask=m1, other=0.0)
                 S2 = tl.load(s2_chunks + sc * n + o2, mask=m2, other=0.0)
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-                qs1 = _dot(b_q, S1)
+                qs1 = _dot(b_q, S1, DOT)
                 z1 += b_f[:, None] * qs1
             a1 = _act(z1, ACT)
-            aa = _dot(a1, tl.trans(A))
-            a1w2 = _dot(a1, W2)
+            aa = _dot(a1, tl.trans(A), DOT)
+            a1w2 = _dot(a1, W2, DOT)
             if HAS_MOM:
-                a1s2 = _dot(a1, S2)
+                a1s2 = _dot(a1, S2, DOT)
             if LN:
                 # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
-                z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd)
+                z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd, DOT)
                 if HAS_MOM:
                     z2 += b_f[:, None] * a1s2
                 xq, rq = _ln(z2, cmask, D, ln_eps)
@@ -742,38 +758,38 @@ def _backward_kernel(
 
             # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
             b_dbeta = tl.sum(b_dy * a1w2, 1)
-            dP = -_dot(b_dy, tl.trans(dd))
+            dP = -_dot(b_dy, tl.trans(dd), DOT)
             b_dG = dP * aa
             dP = dP * b_G
-            d_dd = -_dot(tl.trans(aa * b_G), b_dy)  # dΔ
-            da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2)) + _dot(dP, A)
-            dA = _dot(tl.trans(dP), a1)
-            gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy)
+            d_dd = -_dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ
+            da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2), DOT) + _dot(dP, A, DOT)
+            dA = _dot(tl.trans(dP), a1, DOT)
+            gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
             if HAS_MOM:
                 b_df = tl.sum(b_dy * a1s2, 1)
-                da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2))
+                da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2), DOT)
             # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
             dz1 = da1 * _act_grad(z1, ACT)
             b_dbeta += tl.sum(dz1 * qw1, 1)
-            dP = -_dot(dz1, tl.trans(d1))
+            dP = -_dot(dz1, tl.trans(d1), DOT)
             b_dG += dP * qk
             dP = dP * b_G
-            d_d1 = -_dot(tl.trans(qk * b_G), dz1)  # dδ1
-            b_dq = b_beta[:, None] * _dot(dz1, tl.trans(W1)) + _dot(dP, b_k)
-            b_dk = _dot(tl.trans(dP), b_q)
-            gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1)
+            d_d1 = -_dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
+            b_dq = b_beta[:, None] * _dot(dz1, tl.trans(W1), DOT) + _dot(dP, b_k, DOT)
+            b_dk = _dot(tl.trans(dP), b_q, DOT)
+            gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
             if HAS_MOM:
                 b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1))
+                b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1), DOT)
 
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-        kw = _dot(b_k, cW1)
-        aw = _dot(A, cW2)
+        kw = _dot(b_k, cW1, DOT)
+        aw = _dot(A, cW2, DOT)
         d_d1 -= g_last[:, None] * kw
         d_dd -= g_last[:, None] * aw
         dg_last = -tl.sum(d1 * kw, 1) - tl.sum(dd * aw, 1)
-        b_dk -= _dot(g_last[:, None] * d1, tl.trans(cW1))
-        dA -= _dot(g_last[:, None] * dd, tl.trans(cW2))
+        b_dk -= _dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
+        dA -= _dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
         dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
         gW1 += beta_last * cW1
         gW2 += beta_last * cW2
@@ -786,18 +802,18 @@ def _backward_kernel(
             b_df = tl.where(
                 is_last, b_df + tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0), b_df
             )
-            ks = _dot(b_k, cS1)
-            As = _dot(A, cS2)
+            ks = _dot(b_k, cS1, DOT)
+            As = _dot(A, cS2, DOT)
             d_d1 -= b_s[:, None] * ks
             d_dd -= b_s[:, None] * As
             b_ds = -tl.sum(d1 * ks, 1) - tl.sum(dd * As, 1)
-            b_dk -= _dot(b_s[:, None] * d1, tl.trans(cS1))
-            dA -= _dot(b_s[:, None] * dd, tl.trans(cS2))
+            b_dk -= _dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
+            dA -= _dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
             tl.store(dm_end + cc, tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0))
             tl.store(df + cc * L + li, b_df, mask=lmask)
             tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
-            cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1)
-            cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy)
+            cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
+            cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
 
         # key path backward (second order): δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A K2 − V), A = σ(K K1)
         if KE == 1:
@@ -811,8 +827,8 @@ def _backward_kernel(
             gK2 += rK2
         dE = d_d1 * sg
         dZ1 = d_d1 * E * _act_grad2(Z1, ACT)
-        d_dd += _dot(dE, K2)
-        gK2 += _dot(tl.trans(dE), dd)
+        d_dd += _dot(dE, K2, DOT)
+        gK2 += _dot(tl.trans(dE), dd, DOT)
         dZ2, dr, dg, db, b_ddelta = _delta_backward(
             d_dd, dd, dout, r, delta, xk, rk, gamma, kmask, cmask, p, eps, sharp, D, BIAS, LN
         )
@@ -823,11 +839,11 @@ def _backward_kernel(
             tl.store(dbp + krow, b_ddelta.to(dbp.dtype.element_ty), mask=kvalid)
         if BIAS == 3:
             tl.store(dbp + koffs, b_ddelta.to(dbp.dtype.element_ty), mask=kmask)
-        dA += _dot(dZ2, tl.trans(K2))
-        gK2 += _dot(tl.trans(A), dZ2)
+        dA += _dot(dZ2, tl.trans(K2), DOT)
+        gK2 += _dot(tl.trans(A), dZ2, DOT)
         dZ1 += dA * sg
-        b_dk += _dot(dZ1, tl.trans(K1))
-        gK1 += _dot(tl.trans(b_k), dZ1)
+        b_dk += _dot(dZ1, tl.trans(K1), DOT)
+        gK1 += _dot(tl.trans(b_k), dZ1, DOT)
         if g == n_tiles - 1:
             gK1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
             gK2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
@@ -900,10 +916,13 @@ def _common_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> t
 
 def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tuple, dict]:
     """Runtime scalars and compile-time constants of both kernels; ``config`` goes on (tiles per
-    chunk, reads at chunk start, checkpoint segment, Omega prefix rows, longest sequence in tiles)."""
+    chunk, reads at chunk start, checkpoint segment, Omega prefix rows, longest sequence in tiles,
+    dot precision)."""
     scalars, constants = _common_meta(q, w1, ln_w, config)
-    tiles_per_chunk, read_start, _, prefix = config[8:12]
-    constants |= dict(KE=tiles_per_chunk, P=prefix, BK=_block(prefix + config[0]), READ_START=read_start)
+    tiles_per_chunk, read_start, _, prefix, _, dot = config[8:14]
+    constants |= dict(
+        KE=tiles_per_chunk, P=prefix, BK=_block(prefix + config[0]), READ_START=read_start, DOT=dot
+    )
     return scalars, constants
 
 
@@ -1007,6 +1026,7 @@ def titans_mlp_fwd(
     checkpoint_every: int,
     prefix: int,
     max_tiles: int,
+    dot_precision: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``q, k, v [B, T, H, D]``; ``bias_params`` the Huber threshold ``[B, T, H]`` (norm) or
     ``[B, T, H, D]`` (coord), else ``None``; ``ln_w, ln_b [H, D]`` the memory LayerNorm's scale and
@@ -1034,6 +1054,7 @@ def titans_mlp_fwd(
         checkpoint_every,
         prefix,
         max_tiles,
+        dot_precision,
     )
     y = w1.new_empty(q.shape)
     anchor = (torch.empty_like(w1), torch.empty_like(w2))
@@ -1055,7 +1076,7 @@ def titans_mlp_fwd(
 @titans_mlp_fwd.register_fake
 def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *config):
     has_mom = s1 is not None
-    ns = len(_segments(config[-1], config))
+    ns = len(_segments(config[12], config))
     return (
         w1.new_empty(q.shape),
         torch.empty_like(w1),
@@ -1114,6 +1135,7 @@ def titans_mlp_bwd(
     checkpoint_every: int,
     prefix: int,
     max_tiles: int,
+    dot_precision: int,
 ) -> list[Tensor]:
     """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
     :func:`titans_mlp_fwd` (empty for absent inputs). Segments run in reverse: each re-runs its forward
@@ -1136,6 +1158,7 @@ def titans_mlp_bwd(
         checkpoint_every,
         prefix,
         max_tiles,
+        dot_precision,
     )
 
     def like(t: Tensor | None, present: bool = True) -> Tensor:
@@ -1391,6 +1414,11 @@ def supports(
     return None
 
 
+def _check_dot_precision(name: str, dot_precision: str) -> None:
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"{name}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
+
+
 def _check_inputs(name: str, arch: MemoryMLP, q: Tensor, gates: dict[str, Tensor | None]) -> None:
     B, T, H, D = q.shape
     for gate, g in gates.items():
@@ -1427,6 +1455,7 @@ def _run(
     win_gate: Tensor | None = None,
     lengths: list[int] | None = None,
     hidden_block: int | None = None,
+    dot_precision: str = "tf32x3",
 ) -> tuple[Tensor, MemoryState]:
     """The kernels from a chunk boundary: tiles, coefficients, launch; returns y and the state. With an
     Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows (``[B, P0 + T, H, D]``).
@@ -1502,11 +1531,12 @@ def _run(
             s2,
         )
         config = (L, ACTIVATIONS[arch.activation], kind, p, eps, sharp, float(arch.eps), arch.residual)
+        dot = DOT_PRECISIONS[dot_precision]
         if wide:
             from .titans_mlp_wide_triton import DEFAULT_HIDDEN_BLOCK, titans_mlp_wide_fwd
 
             block = DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block
-            y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_wide_fwd(*tensors, *config, block)
+            y, w1f, w2f, s1f, s2f, w1a, w2a = titans_mlp_wide_fwd(*tensors, *config, block, dot)
         else:
             tiles_per_chunk = chunk_size // L
             y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = titans_mlp_fwd(
@@ -1518,6 +1548,7 @@ def _run(
                 every * tiles_per_chunk,
                 P,
                 max(tiles),
+                dot,
             )
         if arch.residual:
             y = y + q.float()
@@ -1552,6 +1583,7 @@ def titans_mlp_chunked(
     bias: object = None,
     bias_params: Tensor | None = None,
     checkpoint_every: int | None = None,
+    dot_precision: str = "tf32x3",
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
@@ -1569,8 +1601,15 @@ def titans_mlp_chunked(
 
     ``hidden_block``: run the wide-state kernels (:mod:`memnets.kernels.titans_mlp_wide_triton`) with
     the hidden width in blocks of this many columns; ``None``: they run, with their default block,
-    only where the state does not fit on chip (:func:`on_chip_state_too_large`)."""
+    only where the state does not fit on chip (:func:`on_chip_state_too_large`).
+
+    ``dot_precision`` (``DOT_PRECISIONS``): the matmuls' operands. "tf32x3" (default) keeps float32
+    accuracy; "tf32", "float16" and "bfloat16" round the operands (the state included, accumulation
+    stays float32) for 3x / 6x the tensor-core rate on a GPU. Float16 is tested here against float16's
+    tolerance; tf32 and bfloat16 only on a GPU (the interpreter computes tf32 in float32 and
+    mishandles bfloat16 dots)."""
     name = "titans_mlp_chunked"
+    _check_dot_precision(name, dot_precision)
     reason = supports(arch, bias, chunk_size, wide=cu_seqlens is None)
     if reason is None and hidden_block is not None:
         from .titans_mlp_wide_triton import supports_wide
@@ -1592,7 +1631,12 @@ def titans_mlp_chunked(
                 f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.offset}"
             )
         return finish_chunk_then(
-            functools.partial(titans_mlp_chunked, checkpoint_every=checkpoint_every, hidden_block=hidden_block),
+            functools.partial(
+                titans_mlp_chunked,
+                checkpoint_every=checkpoint_every,
+                hidden_block=hidden_block,
+                dot_precision=dot_precision,
+            ),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
         )  # fmt: skip
@@ -1606,6 +1650,7 @@ def titans_mlp_chunked(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
         checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
+        dot_precision=dot_precision,
     )  # fmt: skip
     if lengths is None:
         return y, out
@@ -1634,11 +1679,13 @@ def chunk_read_mlp(
     chunk_size: int = 2048,
     bias: object = None,
     checkpoint_every: int | None = None,
+    dot_precision: str = "tf32x3",
 ) -> tuple[Tensor, MemoryState]:
     """Drop-in for :func:`memnets.memory.chunk_read.chunk_read_memory` (TNT's global memory: every token
     reads the weights at its chunk's start, plain gradient descent) for a depth-2 ``arch`` with an L2
     or ℓ_p bias (see :func:`supports`). A started chunk (decoding) is finished in PyTorch."""
     name = "chunk_read_mlp"
+    _check_dot_precision(name, dot_precision)
     reason = supports(arch, bias, chunk_size, wide=False)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
@@ -1668,7 +1715,7 @@ def chunk_read_mlp(
     y, out = _run(
         arch, q, k, v, lr, None, None, _start(arch, q.shape[0], state, False),
         chunk_size=chunk_size, bias=bias, bias_params=None, read_start=True,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, dot_precision=dot_precision,
     )  # fmt: skip
     return (y if y0 is None else torch.cat([y0, y], 1)), out
 
@@ -1688,6 +1735,7 @@ def omega_mlp_chunked(
     chunk_size: int = 16,
     bias: object = None,
     checkpoint_every: int | None = None,
+    dot_precision: str = "tf32x3",
 ) -> tuple[Tensor, OmegaState]:
     """Drop-in for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet, ATLAS Eq. 9-10)
     for a depth-2 chain MLP memory with equal key and value widths (see :func:`supports` with
@@ -1695,6 +1743,7 @@ def omega_mlp_chunked(
     carried window's rows first) and G becomes G·Γ with the band Γ of the window gates. A started
     chunk (decoding) is finished in PyTorch."""
     name = "omega_mlp_chunked"
+    _check_dot_precision(name, dot_precision)
     reason = supports(arch, bias, chunk_size, window)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
@@ -1734,6 +1783,7 @@ def omega_mlp_chunked(
     y, mem = _run(
         arch, q, kx, vx, lr, mom, keep, start, chunk_size=chunk_size, bias=bias, bias_params=None,
         read_start=False, checkpoint_every=checkpoint_every, window=window, win_gate=win_gate,
+        dot_precision=dot_precision,
     )  # fmt: skip
     keep_rows = max(0, kx.shape[1] - (window - 1))
     out = OmegaState(mem, kx[:, keep_rows:].float(), vx[:, keep_rows:].float())

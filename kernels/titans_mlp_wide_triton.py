@@ -165,6 +165,7 @@ def _key_z2(
     BHB: tl.constexpr,
     NB: tl.constexpr,
     ACT: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base``."""
     Z2 = tl.zeros([BL, BD], dtype=tl.float32)
@@ -173,7 +174,7 @@ def _key_z2(
         o2, m2 = _w2_block(j, D, DH, BD, BHB)
         W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
         W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
-        Z2 += _dot(_act(_dot(b_k, W1), ACT), W2)
+        Z2 += _dot(_act(_dot(b_k, W1, DOT), ACT), W2, DOT)
     return Z2
 
 
@@ -220,6 +221,7 @@ def _wide_forward_kernel(
     BHB: tl.constexpr,
     NB: tl.constexpr,
     ACT: tl.constexpr,
+    DOT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
@@ -252,7 +254,7 @@ def _wide_forward_kernel(
         if BIAS == 3:
             delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
-        Z2 = _key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT)
+        Z2 = _key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = _key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
@@ -271,7 +273,7 @@ def _wide_forward_kernel(
                 mask=lmask[:, None] & lmask[None, :],
                 other=0.0,
             )
-            qkG = _dot(b_q, tl.trans(b_k)) * b_G
+            qkG = _dot(b_q, tl.trans(b_k), DOT) * b_G
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
         z2 = tl.zeros([BL, BD], dtype=tl.float32)  # the read's Ẑ2 without its Δ term
@@ -282,18 +284,18 @@ def _wide_forward_kernel(
             o2, m2 = _w2_block(j, D, DH, BD, BHB)
             W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
             W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
-            Z1 = _dot(b_k, W1)
+            Z1 = _dot(b_k, W1, DOT)
             A = _act(Z1, ACT)
-            d1 = _dot(dd, tl.trans(W2)) * _act_grad(Z1, ACT)  # δ1_j
-            W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1)
-            W2_new = beta_last * W2 - _dot(tl.trans(A), g_last[:, None] * dd)
+            d1 = _dot(dd, tl.trans(W2), DOT) * _act_grad(Z1, ACT)  # δ1_j
+            W1_new = beta_last * W1 - _dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+            W2_new = beta_last * W2 - _dot(tl.trans(A), g_last[:, None] * dd, DOT)
             if HAS_MOM:
                 S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
                 S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
                 W1_new += f_last * S1
                 W2_new += f_last * S2
-                S1_new = b_m * S1 - _dot(tl.trans(b_k), b_s[:, None] * d1)
-                S2_new = b_m * S2 - _dot(tl.trans(A), b_s[:, None] * dd)
+                S1_new = b_m * S1 - _dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
+                S2_new = b_m * S2 - _dot(tl.trans(A), b_s[:, None] * dd, DOT)
             if STORE:
                 tl.store(w1_chunks + cc * n + o1, W1, mask=m1)
                 tl.store(w2_chunks + cc * n + o2, W2, mask=m2)
@@ -301,14 +303,14 @@ def _wide_forward_kernel(
                     tl.store(s1_chunks + cc * n + o1, S1, mask=m1)
                     tl.store(s2_chunks + cc * n + o2, S2, mask=m2)
             else:
-                z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(qkG, d1)
+                z1 = b_beta[:, None] * _dot(b_q, W1, DOT) - _dot(qkG, d1, DOT)
                 if HAS_MOM:
-                    z1 += b_f[:, None] * _dot(b_q, S1)
+                    z1 += b_f[:, None] * _dot(b_q, S1, DOT)
                 a1 = _act(z1, ACT)
-                z2 += b_beta[:, None] * _dot(a1, W2)
+                z2 += b_beta[:, None] * _dot(a1, W2, DOT)
                 if HAS_MOM:
-                    z2 += b_f[:, None] * _dot(a1, S2)
-                aa += _dot(a1, tl.trans(A))
+                    z2 += b_f[:, None] * _dot(a1, S2, DOT)
+                aa += _dot(a1, tl.trans(A), DOT)
             if c == NC - 1:
                 tl.store(w1_anchor + base + o1, W1, mask=m1)
                 tl.store(w2_anchor + base + o2, W2, mask=m2)
@@ -320,7 +322,7 @@ def _wide_forward_kernel(
                 tl.store(s2 + base + o2, S2_new, mask=m2)
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
-            z2 -= _dot(aa * b_G, dd)
+            z2 -= _dot(aa * b_G, dd, DOT)
             if LN:
                 xq, _ = _ln(z2, cmask, D, ln_eps)
                 z2 = xq * gamma[None, :] + shift[None, :]
@@ -382,6 +384,7 @@ def _wide_backward_kernel(
     BHB: tl.constexpr,
     NB: tl.constexpr,
     ACT: tl.constexpr,
+    DOT: tl.constexpr,
     BIAS: tl.constexpr,
     LN: tl.constexpr,
     RES: tl.constexpr,
@@ -433,11 +436,11 @@ def _wide_backward_kernel(
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
             b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
-        qk = _dot(b_q, tl.trans(b_k))
+        qk = _dot(b_q, tl.trans(b_k), DOT)
         qkG = qk * b_G
 
         # pass 1: the key path
-        Z2 = _key_z2(b_k, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT)
+        Z2 = _key_z2(b_k, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, dout, r, xk, rk = _key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
@@ -451,22 +454,22 @@ def _wide_backward_kernel(
             o2, m2 = _w2_block(j, D, DH, BD, BHB)
             W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
             W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            Z1 = _dot(b_k, W1)
+            Z1 = _dot(b_k, W1, DOT)
             A = _act(Z1, ACT)
-            d1 = _dot(dd, tl.trans(W2)) * _act_grad(Z1, ACT)
-            z1 = b_beta[:, None] * _dot(b_q, W1) - _dot(qkG, d1)
+            d1 = _dot(dd, tl.trans(W2), DOT) * _act_grad(Z1, ACT)
+            z1 = b_beta[:, None] * _dot(b_q, W1, DOT) - _dot(qkG, d1, DOT)
             if HAS_MOM:
                 S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
                 S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
-                z1 += b_f[:, None] * _dot(b_q, S1)
+                z1 += b_f[:, None] * _dot(b_q, S1, DOT)
             a1 = _act(z1, ACT)
-            a1w2 += _dot(a1, W2)
-            aa += _dot(a1, tl.trans(A))
+            a1w2 += _dot(a1, W2, DOT)
+            aa += _dot(a1, tl.trans(A), DOT)
             if HAS_MOM:
-                a1s2 += _dot(a1, S2)
+                a1s2 += _dot(a1, S2, DOT)
         if LN:
             # Y = LN(Ẑ2) γ + b: the cotangent through the read's LayerNorm
-            z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd)
+            z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd, DOT)
             if HAS_MOM:
                 z2 += b_f[:, None] * a1s2
             xq, rq = _ln(z2, cmask, D, ln_eps)
@@ -475,10 +478,10 @@ def _wide_backward_kernel(
             b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
         # Ẑ2's terms on whole rows: β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
         b_dbeta = tl.sum(b_dy * a1w2, 1)
-        dP = -_dot(b_dy, tl.trans(dd))
+        dP = -_dot(b_dy, tl.trans(dd), DOT)
         b_dG = dP * aa
         dP = dP * b_G
-        d_dd = -_dot(tl.trans(aa * b_G), b_dy)  # dΔ, completed over the blocks in pass 3
+        d_dd = -_dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ, completed over the blocks in pass 3
         if HAS_MOM:
             b_df = tl.sum(b_dy * a1s2, 1)
             b_ds = tl.zeros([BL], dtype=tl.float32)
@@ -496,45 +499,45 @@ def _wide_backward_kernel(
             W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
             cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)  # cotangents of the chunk-end state
             cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
-            Z1 = _dot(b_k, W1)
+            Z1 = _dot(b_k, W1, DOT)
             A = _act(Z1, ACT)
             sg = _act_grad(Z1, ACT)
-            E = _dot(dd, tl.trans(W2))
+            E = _dot(dd, tl.trans(W2), DOT)
             d1 = E * sg
-            qw1 = _dot(b_q, W1)
-            z1 = b_beta[:, None] * qw1 - _dot(qkG, d1)
+            qw1 = _dot(b_q, W1, DOT)
+            z1 = b_beta[:, None] * qw1 - _dot(qkG, d1, DOT)
             if HAS_MOM:
                 S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
                 S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
                 cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
                 cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
-                qs1 = _dot(b_q, S1)
+                qs1 = _dot(b_q, S1, DOT)
                 z1 += b_f[:, None] * qs1
             a1 = _act(z1, ACT)
             # layer 2 of the reads, block j
-            da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2)) + _dot(dP, A)
-            dA = _dot(tl.trans(dP), a1)
-            gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy)
+            da1 = b_beta[:, None] * _dot(b_dy, tl.trans(W2), DOT) + _dot(dP, A, DOT)
+            dA = _dot(tl.trans(dP), a1, DOT)
+            gW2 = _dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
             if HAS_MOM:
-                da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2))
+                da1 += b_f[:, None] * _dot(b_dy, tl.trans(S2), DOT)
             # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
             dz1 = da1 * _act_grad(z1, ACT)
             b_dbeta += tl.sum(dz1 * qw1, 1)
-            dPq -= _dot(dz1, tl.trans(d1))
-            d_d1 = -_dot(tl.trans(qkG), dz1)  # dδ1_j
-            b_dq += b_beta[:, None] * _dot(dz1, tl.trans(W1))
-            gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1)
+            dPq -= _dot(dz1, tl.trans(d1), DOT)
+            d_d1 = -_dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
+            b_dq += b_beta[:, None] * _dot(dz1, tl.trans(W1), DOT)
+            gW1 = _dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
             if HAS_MOM:
                 b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1))
+                b_dq += b_f[:, None] * _dot(dz1, tl.trans(S1), DOT)
             # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-            kw = _dot(b_k, cW1)
-            aw = _dot(A, cW2)
+            kw = _dot(b_k, cW1, DOT)
+            aw = _dot(A, cW2, DOT)
             d_d1 -= g_last[:, None] * kw
             d_dd -= g_last[:, None] * aw
             dg_last -= tl.sum(d1 * kw, 1) + tl.sum(dd * aw, 1)
-            b_dk -= _dot(g_last[:, None] * d1, tl.trans(cW1))
-            dA -= _dot(g_last[:, None] * dd, tl.trans(cW2))
+            b_dk -= _dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
+            dA -= _dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
             dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
             b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
             gW1 += beta_last * cW1
@@ -542,21 +545,21 @@ def _wide_backward_kernel(
             if HAS_MOM:
                 df_last = tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0)
                 b_df = tl.where(is_last, b_df + df_last, b_df)
-                ks = _dot(b_k, cS1)
-                As = _dot(A, cS2)
+                ks = _dot(b_k, cS1, DOT)
+                As = _dot(A, cS2, DOT)
                 d_d1 -= b_s[:, None] * ks
                 d_dd -= b_s[:, None] * As
                 b_ds -= tl.sum(d1 * ks, 1) + tl.sum(dd * As, 1)
-                b_dk -= _dot(b_s[:, None] * d1, tl.trans(cS1))
-                dA -= _dot(b_s[:, None] * dd, tl.trans(cS2))
+                b_dk -= _dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
+                dA -= _dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
                 dm += tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0)
-                cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1)
-                cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy)
+                cS1 = f_last * cW1 + b_m * cS1 + _dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
+                cS2 = f_last * cW2 + b_m * cS2 + _dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
             # δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j and Z1_j (second order)
             dE = d_d1 * sg
             dZ1 = d_d1 * E * _act_grad2(Z1, ACT)
-            d_dd += _dot(dE, W2)
-            gW2 += _dot(tl.trans(dE), dd)
+            d_dd += _dot(dE, W2, DOT)
+            gW2 += _dot(tl.trans(dE), dd, DOT)
             if c == NC - 1:
                 gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
                 gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
@@ -569,8 +572,8 @@ def _wide_backward_kernel(
                 tl.store(ds2 + base + o2, cS2, mask=m2)
         b_dG += dPq * qk
         dPq = dPq * b_G
-        b_dq += _dot(dPq, b_k)
-        b_dk += _dot(tl.trans(dPq), b_q)
+        b_dq += _dot(dPq, b_k, DOT)
+        b_dk += _dot(tl.trans(dPq), b_q, DOT)
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
             tl.store(dm_end + cc, dm)
@@ -596,12 +599,12 @@ def _wide_backward_kernel(
             o2, m2 = _w2_block(j, D, DH, BD, BHB)
             W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
             W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            Z1 = _dot(b_k, W1)
+            Z1 = _dot(b_k, W1, DOT)
             A = _act(Z1, ACT)
-            dZ1 = tl.load(scratch + so + j * BHB) + _dot(dZ2, tl.trans(W2)) * _act_grad(Z1, ACT)
-            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + _dot(tl.trans(b_k), dZ1)
-            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + _dot(tl.trans(A), dZ2)
-            b_dk += _dot(dZ1, tl.trans(W1))
+            dZ1 = tl.load(scratch + so + j * BHB) + _dot(dZ2, tl.trans(W2), DOT) * _act_grad(Z1, ACT)
+            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + _dot(tl.trans(b_k), dZ1, DOT)
+            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + _dot(tl.trans(A), dZ2, DOT)
+            b_dk += _dot(dZ1, tl.trans(W1), DOT)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
             tl.store(dw1 + base + o1, gW1, mask=m1)
             tl.store(dw2 + base + o2, gW2, mask=m2)
@@ -628,7 +631,8 @@ def _wide_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple, hidden
     del constants["BH"]
     DH = constants["DH"]
     BHB = min(hidden_block, _block(DH))
-    return scalars, {**constants, "BHB": BHB, "NB": triton.cdiv(DH, BHB), "num_warps": NUM_WARPS}
+    constants |= {"BHB": BHB, "NB": triton.cdiv(DH, BHB), "DOT": config[8], "num_warps": NUM_WARPS}
+    return scalars, constants
 
 
 def _forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config, hidden_block, store):
@@ -718,11 +722,12 @@ def titans_mlp_wide_fwd(
     ln_eps: float,
     residual: bool,
     hidden_block: int,
+    dot_precision: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``memnets::titans_mlp_fwd`` (same arguments and outputs) with the hidden width tiled in blocks
     of ``hidden_block`` columns."""
     coef = (beta, f, G, m_end, s_coef)
-    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
+    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual, dot_precision)
     y, state, _ = _forward(
         q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, hidden_block, False
     )
@@ -776,12 +781,13 @@ def titans_mlp_wide_bwd(
     ln_eps: float,
     residual: bool,
     hidden_block: int,
+    dot_precision: int,
 ) -> list[Tensor]:
     """``memnets::titans_mlp_bwd`` (same arguments and outputs) with the hidden width tiled."""
     B, T, H = q.shape[:3]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)
-    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual)
+    config = (chunk_size, activation, bias_kind, p, eps, sharpness, ln_eps, residual, dot_precision)
     _, _, (w1_chunks, w2_chunks, s1_chunks, s2_chunks) = _forward(
         q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, hidden_block, True
     )

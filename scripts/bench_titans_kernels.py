@@ -62,6 +62,7 @@ PyTorch at every chunk size.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -318,6 +319,12 @@ def main(argv: list[str] | None = None) -> None:
         "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: quick, for tests)"
     )
     p.add_argument("--triton", action="store_true", help="time the kernels off CUDA too (TRITON_INTERPRET=1)")
+    p.add_argument(
+        "--dot-precision",
+        default="tf32x3",
+        choices=("tf32x3", "tf32", "float16", "bfloat16"),
+        help="depth 2: the MLP kernel's matmul operands (tf32x3: float32; the others trade accuracy for rate)",
+    )
     p.add_argument("--titans-pytorch", action="store_true", help="also time titans-pytorch's NeuralMemory")
     p.add_argument(
         "--table-ceiling", action="store_true", help="%%gemm of the GEMM ceiling in PEAKS, not one timed now"
@@ -359,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from memnets.kernels import titans_mlp_triton as kernel
 
-            backends["triton"] = kernel.titans_mlp_chunked
+            backends["triton"] = functools.partial(kernel.titans_mlp_chunked, dot_precision=a.dot_precision)
     else:
         print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
 
@@ -445,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         H=a.H,
         D=a.D,
         dtype=str(dtype),
+        dot_precision=a.dot_precision if a.depth == 2 else None,
         chunk_sizes=chunk_sizes,
         backends=list(backends),
         budget="fast" if a.fast else "default",

@@ -177,7 +177,7 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
-    full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False}
+    full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0}
     cases = []
     for D, DH, L in shapes:
         shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
@@ -192,7 +192,8 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
     shape["BH"] = _block(DH)
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
-    bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True}  # and packed sequences
+    # and packed sequences, with bfloat16 operands in the matmuls
+    bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3}
     cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
     cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
@@ -232,7 +233,7 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     mod = "titans_mlp_wide_triton"
     scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     types = {**scalars, **{n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}}
-    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True, "DOT": 0}
 
     def shape(D: int, DH: int, L: int) -> dict[str, int]:
         BHB = min(DEFAULT_HIDDEN_BLOCK, _block(DH))
@@ -257,7 +258,14 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
         cases.append(case("_wide_backward_kernel", {**shape(D, DH, L), **full}))
     # the other branches once, at the smallest shape
     small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]))
-    bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
+    bare = {
+        "ACT": ACTIVATIONS["silu"],
+        "BIAS": HUBER_COORD,
+        "LN": False,
+        "RES": False,
+        "HAS_MOM": False,
+        "DOT": 3,
+    }
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
     return cases

@@ -17,7 +17,7 @@ from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_refere
 from memnets.memory.chunk_read import chunk_read_memory
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.memory.omega import OmegaState, omega_chunked
-from memnets.testing import assert_close, nan_allocations
+from memnets.testing import RATIO, assert_close, nan_allocations
 
 triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
 
@@ -311,6 +311,30 @@ def test_packed_sequences_errors():
         )
 
 
+@pytest.mark.parametrize("kernel", ["on chip", "wide"])
+def test_half_precision_dots(kernel):
+    """dot_precision="float16" (the matmul operands rounded to float16, accumulated in float32, as on a
+    GPU's tensor cores) stays within float16's tolerance of the float64 engine, on chip and in the
+    wide-state kernels. ("bfloat16" is checked on a GPU only: the interpreter's tl.dot multiplies
+    bfloat16 bit patterns.)"""
+    fast = functools.partial(
+        triton_mlp.titans_mlp_chunked,
+        dot_precision="float16",
+        hidden_block=16 if kernel == "wide" else None,
+    )
+    arch, ref_arch = _arch(residual=True, layer_norm=True), _arch(residual=True, layer_norm=True).double()
+    inputs = _inputs(37, torch.float16, "both")
+    ref = _run(memory_chunked, ref_arch, inputs, 16, torch.float64)
+    with nan_allocations():
+        out = _run(fast, arch, inputs, 16, torch.float32)
+    for name in ref:
+        assert_close(f"{name} (float16 dots, {kernel})", ref[name], out[name], ratio=RATIO[torch.float16])
+    with pytest.raises(ValueError, match="dot_precision='fp8' is not one of"):
+        triton_mlp.titans_mlp_chunked(
+            arch, *(inputs[n].float() for n in ("q", "k", "v", "lr")), dot_precision="fp8"
+        )
+
+
 def _as_memory_call(read_fn, **options):
     """A chunk-start-read function with the engine's signature (no momentum or decay gates)."""
 
@@ -529,8 +553,8 @@ def test_custom_op_opcheck(momentum):
     tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, None, None)
     # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
     # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows,
-    # tiles of the longest sequence
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, NC)
+    # tiles of the longest sequence, dot precision
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, NC, 0)
     torch.library.opcheck(
         triton_mlp.titans_mlp_fwd,
         (*tensors, *config),

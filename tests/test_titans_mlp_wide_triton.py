@@ -128,7 +128,7 @@ def test_too_large_state_runs_wide_kernels(monkeypatch):
     op = wide.titans_mlp_wide_fwd
 
     def spy(*args):
-        calls.append(args[-1])
+        calls.append(args[-2])  # the hidden block (then the dot precision)
         return op(*args)
 
     monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
@@ -188,7 +188,7 @@ def test_custom_op_opcheck(momentum):
     ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
     qr, beta = q.requires_grad_(), beta.requires_grad_()
     tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32)
+    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32, 0)  # ..., hidden block, dot precision
     torch.library.opcheck(
         wide.titans_mlp_wide_fwd,
         (*tensors, *config),
@@ -223,7 +223,7 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     op = wide.titans_mlp_wide_fwd
 
     def spy(*args):
-        calls.append(args[-1])
+        calls.append(args[-2])  # the hidden block (then the dot precision)
         return op(*args)
 
     monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
