@@ -1,6 +1,13 @@
 """Triton kernels of the deep (two-layer MLP) Titans memory == the engine's chunked PyTorch form (run in
 float64): outputs, final weights/momenta/anchor and every gradient, on awkward lengths, several chunk
-sizes, with and without momentum and decay, residual on and off, each activation and bias."""
+sizes, with and without momentum and decay, residual on and off, each activation and bias.
+
+On CPU the kernels run in Triton's interpreter. On a GPU the same tests run the compiled kernels:
+
+    MEMNETS_KERNEL_TEST_DEVICE=cuda TRITON_INTERPRET=0 pytest tests/test_titans_mlp_triton.py \
+        tests/test_titans_mlp_wide_triton.py
+
+(every tensor and module is then made on that device; the bfloat16-operand test runs only there)."""
 
 import functools
 import itertools
@@ -22,6 +29,14 @@ from memnets.testing import RATIO, assert_close, nan_allocations
 triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
 
 H, D = 2, 16
+DEVICE = torch.device(os.environ.get("MEMNETS_KERNEL_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _on_device():
+    """Tensors and modules made in a test live on ``DEVICE``."""
+    with DEVICE:
+        yield
 
 
 def _arch(residual: bool = False, activation: str = "gelu", layer_norm: bool = False) -> MemoryMLP:
@@ -37,7 +52,7 @@ def _arch(residual: bool = False, activation: str = "gelu", layer_norm: bool = F
 def _inputs(
     T: int, dtype: torch.dtype, gates: str, bias: object = None, B: int = 1
 ) -> dict[str, torch.Tensor | None]:
-    g = torch.Generator().manual_seed(T)
+    g = torch.Generator(device=DEVICE).manual_seed(T)
 
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -106,7 +121,7 @@ def _run(fn, arch, inputs, chunk_size, compute_dtype, bias=None, split=None):
         outs.update({f"s{i + 1}": s for i, s in enumerate(state.momentum)})
     if state.anchor is not None:
         outs.update({f"anchor{i + 1}": w for i, w in enumerate(state.anchor)})
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=DEVICE).manual_seed(1)
     loss = sum(
         (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
     )
@@ -246,7 +261,7 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
     arch = _arch(residual=True, layer_norm=layer_norm)
     ref_arch = _arch(residual=True, layer_norm=layer_norm).double()
     inputs = _inputs(T, torch.float32, "both")
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(device=DEVICE).manual_seed(3)
     for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
         inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
     for name, shape in (("s1", (N, H, D, Dh)), ("s2", (N, H, Dh, D))):
@@ -280,7 +295,7 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
             outs.update({f"seq{n}.w{i}": w for i, w in enumerate(st.weights)})
             outs.update({f"seq{n}.s{i}": w for i, w in enumerate(st.momentum)})
             outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(st.anchor or ())})
-        gen = torch.Generator().manual_seed(1)
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
         loss = sum(
             (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
             for o in outs.values()
@@ -311,15 +326,27 @@ def test_packed_sequences_errors():
         )
 
 
+GPU_ONLY = pytest.mark.skipif(
+    DEVICE.type != "cuda", reason="the interpreter computes tf32 in float32 and mishandles bfloat16 dots"
+)
+
+
+@pytest.mark.parametrize(
+    "precision,tolerance",
+    [
+        ("float16", torch.float16),
+        pytest.param("tf32", torch.float16, marks=GPU_ONLY),  # 10 mantissa bits, as float16
+        pytest.param("bfloat16", torch.bfloat16, marks=GPU_ONLY),
+    ],
+)
 @pytest.mark.parametrize("kernel", ["on chip", "wide"])
-def test_half_precision_dots(kernel):
-    """dot_precision="float16" (the matmul operands rounded to float16, accumulated in float32, as on a
-    GPU's tensor cores) stays within float16's tolerance of the float64 engine, on chip and in the
-    wide-state kernels. ("bfloat16" is checked on a GPU only: the interpreter's tl.dot multiplies
-    bfloat16 bit patterns.)"""
+def test_reduced_precision_dots(kernel, precision, tolerance):
+    """dot_precision below float32 (the matmul operands rounded, accumulated in float32, as on a GPU's
+    tensor cores) stays within that precision's tolerance of the float64 engine, on chip and in the
+    wide-state kernels."""
     fast = functools.partial(
         triton_mlp.titans_mlp_chunked,
-        dot_precision="float16",
+        dot_precision=precision,
         hidden_block=16 if kernel == "wide" else None,
     )
     arch, ref_arch = _arch(residual=True, layer_norm=True), _arch(residual=True, layer_norm=True).double()
@@ -328,7 +355,7 @@ def test_half_precision_dots(kernel):
     with nan_allocations():
         out = _run(fast, arch, inputs, 16, torch.float32)
     for name in ref:
-        assert_close(f"{name} (float16 dots, {kernel})", ref[name], out[name], ratio=RATIO[torch.float16])
+        assert_close(f"{name} ({precision} dots, {kernel})", ref[name], out[name], ratio=RATIO[tolerance])
     with pytest.raises(ValueError, match="dot_precision='fp8' is not one of"):
         triton_mlp.titans_mlp_chunked(
             arch, *(inputs[n].float() for n in ("q", "k", "v", "lr")), dot_precision="fp8"
@@ -411,7 +438,7 @@ def _run_omega(fn, arch, inputs, window, chunk_size, compute_dtype, split=None, 
     if mem.anchor is not None:
         outs.update(anchor1=mem.anchor[0], anchor2=mem.anchor[1])
     outs.update(window_k=state.window_k, window_v=state.window_v)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=DEVICE).manual_seed(1)
     loss = sum(
         (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
     )
@@ -442,7 +469,7 @@ def test_omega_window_matches_engine(T, window, chunk_size, gates, split):
     arch = _arch(residual=True, layer_norm=True)
     ref_arch = _arch(residual=True, layer_norm=True).double()
     inputs = _inputs(T, torch.float32, gates)
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(device=DEVICE).manual_seed(2)
     inputs["gam"] = 0.3 + 0.7 * torch.rand(1, T, H, window, generator=g, dtype=torch.float64)
     ref = _run_omega(omega_chunked, ref_arch, inputs, window, chunk_size, torch.float64, split)
     with nan_allocations():

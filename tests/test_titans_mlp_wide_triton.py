@@ -11,6 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
 import torch
+from test_titans_mlp_triton import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 import memnets
 from memnets.memory import MemoryMLP, memory_chunked
@@ -54,7 +55,7 @@ def _compare(
     ref_arch = _arch(residual, activation, layer_norm, hidden).double()
     inputs = base._inputs(T, dtype, gates, bias)
     if hidden is not None:  # another hidden width than base's 4 D
-        g = torch.Generator().manual_seed(hidden)
+        g = torch.Generator(device=base.DEVICE).manual_seed(hidden)
 
         def rnd(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=g, dtype=torch.float64)
