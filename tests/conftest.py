@@ -10,3 +10,22 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_report_header(config) -> list[str]:
+    """Say up front when the kernel tests cannot pass in Triton's interpreter: Triton 3.6's interpreter
+    reads loop bounds with ``int()`` of a 1-element array, which NumPy 2.4 rejects (triton#9171, fixed
+    after 3.6)."""
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return []
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    np_major, np_minor = (int(x) for x in numpy.__version__.split(".")[:2])
+    if (major, minor) <= (3, 6) and (np_major, np_minor) >= (2, 4):
+        return [
+            f"WARNING: Triton {triton.__version__} with NumPy {numpy.__version__}: the kernel tests under "
+            "TRITON_INTERPRET=1 will fail (triton#9171); install 'numpy<2.4' beside Triton 3.6"
+        ]
+    return []
