@@ -249,18 +249,27 @@ def test_checkpoint_segments_do_not_change_results():
 
 
 @pytest.mark.parametrize(
-    "chunk_size,every,layer_norm", [(16, None, True), (8, 1, False), (96, None, False), (40, 2, True)]
+    "chunk_size,every,layer_norm,bias",
+    [
+        (16, None, True, None),
+        (8, 1, False, None),
+        (96, None, False, None),
+        (40, 2, True, None),
+        (16, None, False, HuberBias(mode="norm")),
+        (8, 2, True, HuberBias(mode="coord")),
+    ],
 )
-def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_norm):
+def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_norm, bias):
     """cu_seqlens: all sequences in one launch (each from its own state, chunks restarting at its first
     token) == the float64 engine run on every sequence alone: outputs, every sequence's final weights,
-    momenta and anchor, and every gradient (the stacked initial states' included). Lengths 0 and 1,
-    ones shorter and longer than a chunk; chunk 96 runs as 2 tiles of 48, chunk 40 as 1 tile of 40."""
+    momenta and anchor, and every gradient (the stacked initial states' and the packed Huber
+    thresholds' included). Lengths 0 and 1, ones shorter and longer than a chunk; chunk 96 runs as 2
+    tiles of 48, chunk 40 as 1 tile of 40."""
     lengths = [5, 0, 37, 16, 1, 50]
     N, T, Dh = len(lengths), sum(lengths), 4 * D
     arch = _arch(residual=True, layer_norm=layer_norm)
     ref_arch = _arch(residual=True, layer_norm=layer_norm).double()
-    inputs = _inputs(T, torch.float32, "both")
+    inputs = _inputs(T, torch.float32, "both", bias)
     g = torch.Generator(device=DEVICE).manual_seed(3)
     for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
         inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -273,10 +282,11 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
         a = arch if fast else ref_arch
         leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items() if t is not None}
         gates = [leaves[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
+        bp = leaves.get("bp")
         if fast:
             state = MemoryState((leaves["w1"], leaves["w2"]), (leaves["s1"], leaves["s2"]))
             y, states = triton_mlp.titans_mlp_chunked(
-                a, *gates, state, chunk_size=chunk_size, checkpoint_every=every,
+                a, *gates, state, chunk_size=chunk_size, checkpoint_every=every, bias=bias, bias_params=bp,
                 cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
             )  # fmt: skip
         else:
@@ -286,7 +296,10 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
                     tuple(leaves[w][n : n + 1] for w in ("w1", "w2")),
                     tuple(leaves[w][n : n + 1] for w in ("s1", "s2")),
                 )
-                yn, st = memory_chunked(a, *(x[:, lo:hi] for x in gates), st, chunk_size=chunk_size)
+                yn, st = memory_chunked(
+                    a, *(x[:, lo:hi] for x in gates), st, chunk_size=chunk_size, bias=bias,
+                    bias_params=None if bp is None else bp[:, lo:hi],
+                )  # fmt: skip
                 ys.append(yn)
                 states.append(st)
             y = torch.cat(ys, 1)
