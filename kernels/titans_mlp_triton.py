@@ -140,6 +140,10 @@ MAX_TILE = 64
 # compile, see the module docstring); 128-row tiles need 304 KB even at D·Dh = 16·64
 MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
+# whether backend="auto" may pick the wide-state kernels: their in-place global-memory updates rely on
+# barriers between a program's threads, which the interpreter cannot test; turn on once the kernel
+# tests have passed on a GPU (RESULTS §9). backend="triton" runs them either way.
+WIDE_IN_AUTO = False
 # operands of the kernels' matmuls (compile-time, see _dot): float32 by default; on a GPU "tf32" or
 # the inputs' half type trade accuracy for tensor-core rate (a third / a sixth of tf32x3's cost)
 DOT_PRECISIONS = {"tf32x3": 0, "tf32": 1, "float16": 2, "bfloat16": 3}
@@ -1359,12 +1363,16 @@ def on_chip_state_too_large(d_in: int, d_hidden: int, chunk_size: int | None, pr
 
 
 def supports(
-    arch: MemoryMLP, bias: object = None, chunk_size: int | None = None, window: int = 1, wide: bool = True
+    arch: MemoryMLP,
+    bias: object = None,
+    chunk_size: int | None = None,
+    window: int = 1,
+    no_wide: str | None = None,
 ) -> str | None:
     """``None`` when the kernels cover this memory, bias, chunk size and Omega window, else the reason
-    they do not. States too large for the chip run the wide-state kernels where ``wide`` (they cover the
-    plain chunked form only: not the Omega window, chunk-start reads or packed sequences, chunk
-    sizes up to ``MAX_TILE``)."""
+    they do not. States too large for the chip run the wide-state kernels (the plain chunked form only:
+    not the Omega window, chunk sizes up to ``MAX_TILE``) unless ``no_wide`` says why they may not
+    run here (chunk-start reads, packed sequences, ``backend="auto"`` while ``WIDE_IN_AUTO`` is off)."""
     if type(arch) not in (MemoryMLP, FeatureMemoryMLP):
         return f"memory {type(arch).__name__} (the MLP Triton kernel covers the chain MLP memory)"
     if arch.shapes[0][0] != arch.dim:
@@ -1385,12 +1393,12 @@ def supports(
     d_in, d_hidden = arch.shapes[0]
     if not on_chip_state_too_large(d_in, d_hidden, chunk_size, window - 1):
         return None
-    if wide and window == 1 and (chunk_size is None or chunk_size <= MAX_TILE):
+    if no_wide is None and window == 1 and (chunk_size is None or chunk_size <= MAX_TILE):
         from .titans_mlp_wide_triton import supports_wide  # it imports this module
 
         return supports_wide(d_in, chunk_size, None)
-    if not wide:
-        note = "; the wide-state kernels do not run chunk-start reads or packed sequences"
+    if no_wide is not None:
+        note = f"; the wide-state kernels do not run {no_wide}"
     elif window > 1:
         note = "; the wide-state kernels have no Omega window"
     else:
@@ -1610,7 +1618,7 @@ def titans_mlp_chunked(
     mishandles bfloat16 dots)."""
     name = "titans_mlp_chunked"
     _check_dot_precision(name, dot_precision)
-    reason = supports(arch, bias, chunk_size, wide=cu_seqlens is None)
+    reason = supports(arch, bias, chunk_size, no_wide=None if cu_seqlens is None else "packed sequences")
     if reason is None and hidden_block is not None:
         from .titans_mlp_wide_triton import supports_wide
 
@@ -1686,7 +1694,7 @@ def chunk_read_mlp(
     or ℓ_p bias (see :func:`supports`). A started chunk (decoding) is finished in PyTorch."""
     name = "chunk_read_mlp"
     _check_dot_precision(name, dot_precision)
-    reason = supports(arch, bias, chunk_size, wide=False)
+    reason = supports(arch, bias, chunk_size, no_wide="chunk-start reads")
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     if _bias_config(bias)[0] in (HUBER_NORM, HUBER_COORD):  # type: ignore[index]

@@ -706,7 +706,7 @@ def test_supports_checks_the_padded_state():
     assert (
         triton_mlp.supports(arch, chunk_size=64) is None and triton_mlp.supports(arch, chunk_size=61) is None
     )
-    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61, wide=False)
+    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61, no_wide="packed sequences")
 
 
 def test_mixer_triton_unsupported_config_raises():

@@ -250,3 +250,20 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     assert_close("dx", results[0][1], results[1][1])
     for n, g in results[0][2].items():
         assert_close(f"d{n}", g, results[1][2][n])
+
+
+def test_auto_leaves_wide_kernels_until_checked_on_a_gpu(monkeypatch, caplog):
+    """backend='auto' on a device where kernels could run does not pick the wide-state kernels while
+    WIDE_IN_AUTO is off (their barrier-ordered in-place updates are not testable in the interpreter):
+    the memory runs the chunked engine and the log says why; backend='triton' runs them."""
+    from memnets.mixers import base as mixer_base
+
+    monkeypatch.setattr(mixer_base, "triton_available", lambda device: True)
+    monkeypatch.setattr(mixer_base, "_announced", set())
+    assert not triton_mlp.WIDE_IN_AUTO
+    mixer = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="auto")  # head dim 64
+    with caplog.at_level("INFO", logger=mixer_base.log.name):
+        assert mixer._backend(torch.device("cpu")) == "chunked"
+    assert "the wide-state kernels do not run under backend='auto' until checked on a GPU" in caplog.text
+    explicit = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
+    assert explicit._backend(torch.device("cpu")) == "triton"

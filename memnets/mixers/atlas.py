@@ -76,7 +76,7 @@ from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import BACKENDS, Backend, resolve_backend
-from .memory_block import MemoryProjections, run_packed_one_by_one
+from .memory_block import MemoryProjections, no_wide_kernels, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -218,7 +218,9 @@ class _OmegaMixer(nn.Module):
             from ..kernels import titans_mlp_triton
         except ImportError as e:
             return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size, self.window)
+        return titans_mlp_triton.supports(
+            self.memory, self.bias, self.chunk_size, self.window, no_wide_kernels(self.backend)
+        )
 
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None

@@ -66,18 +66,29 @@ class MemoryProjections(nn.Module):
         return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
 
 
-def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int) -> str | None:
+def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int, backend: str = "triton") -> str | None:
     """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
     (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
     (``memory_depth=2``, LayerNorm and residual on or off; chunks run in tiles of a divisor of the
     chunk size up to 64 rows with the state on chip (head dim x hidden <= 4096, <= 1024 for 64-row
     tiles), larger states in the wide-state kernels: head dim <= 128, chunk size <= 64 (<= 32 above
-    head dim 64))."""
+    head dim 64), those only with ``backend="triton"`` until checked on a GPU:
+    ``titans_mlp_triton.WIDE_IN_AUTO``)."""
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     try:
         from ..kernels import titans_linear_triton, titans_mlp_triton
     except ImportError as e:
         return f"Triton is not importable ({e})"
-    kernel = titans_linear_triton if arch.depth == 1 else titans_mlp_triton
-    return kernel.supports(arch, chunk_size=chunk_size)
+    if arch.depth == 1:
+        return titans_linear_triton.supports(arch, chunk_size=chunk_size)
+    return titans_mlp_triton.supports(arch, chunk_size=chunk_size, no_wide=no_wide_kernels(backend))
+
+
+def no_wide_kernels(backend: str) -> str | None:
+    """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
+    from ..kernels import titans_mlp_triton
+
+    if backend == "auto" and not titans_mlp_triton.WIDE_IN_AUTO:
+        return "under backend='auto' until checked on a GPU (ask for backend='triton')"
+    return None

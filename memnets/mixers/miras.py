@@ -111,7 +111,7 @@ from ..memory.miras import (
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import Backend, resolve_backend
-from .memory_block import MemoryProjections, run_packed_one_by_one
+from .memory_block import MemoryProjections, no_wide_kernels, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -241,7 +241,9 @@ class MirasMemory(nn.Module):
             from ..kernels import titans_mlp_triton
         except ImportError as e:
             return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size)
+        return titans_mlp_triton.supports(
+            self.memory, self.bias, self.chunk_size, no_wide=no_wide_kernels(self.backend)
+        )
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None

@@ -50,7 +50,8 @@ Choices where the paper is silent (spec §9), each documented here and an option
   activation; chunks run in tiles of a divisor of the chunk size up to 64 rows (e.g. chunk 256 as 4
   tiles of 64) with the state on chip for head_dim x hidden <= 4096 (<= 1024 with 64-row tiles);
   larger states run :mod:`memnets.kernels.titans_mlp_wide_triton` (head dim <= 128, chunk size <= 64,
-  <= 32 above head dim 64));
+  <= 32 above head dim 64; with ``backend="triton"`` only until checked on a GPU:
+  ``titans_mlp_triton.WIDE_IN_AUTO``));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option.
 * Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
@@ -166,8 +167,8 @@ def _check_backend(owner: str, backend: str) -> None:
         )
 
 
-def _memory_backends(arch: MemoryMLP, chunk_size: int) -> tuple[str, ...]:
-    if memory_kernel_unsupported(arch, chunk_size) is None:
+def _memory_backends(arch: MemoryMLP, chunk_size: int, backend: str) -> tuple[str, ...]:
+    if memory_kernel_unsupported(arch, chunk_size, backend) is None:
         return (*SUPPORTED_BACKENDS, "triton")
     return SUPPORTED_BACKENDS
 
@@ -270,8 +271,8 @@ class Titans(nn.Module):
 
     def _backend(self, device: torch.device) -> str:
         return resolve_backend(
-            "titans", self.backend, device, _memory_backends(self.memory, self.chunk_size),
-            memory_kernel_unsupported(self.memory, self.chunk_size),
+            "titans", self.backend, device, _memory_backends(self.memory, self.chunk_size, self.backend),
+            memory_kernel_unsupported(self.memory, self.chunk_size, self.backend),
         )  # fmt: skip
 
     def packs_in_one_call(self, device: torch.device) -> bool:
@@ -283,7 +284,9 @@ class Titans(nn.Module):
             return True
         from ..kernels import titans_mlp_triton
 
-        return titans_mlp_triton.supports(self.memory, None, self.chunk_size, wide=False) is None
+        return (
+            titans_mlp_triton.supports(self.memory, None, self.chunk_size, no_wide="packed sequences") is None
+        )
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
@@ -604,8 +607,8 @@ class TitansMAC(nn.Module):
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         backend = resolve_backend(
-            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size),
-            memory_kernel_unsupported(self.memory, self.chunk_size),
+            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size, self.backend),
+            memory_kernel_unsupported(self.memory, self.chunk_size, self.backend),
         )  # fmt: skip
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]

@@ -183,7 +183,7 @@ class TNT(nn.Module):
         self.glob = memory() if global_memory else None
         self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
         reasons = [
-            memory_kernel_unsupported(mem.memory, c)
+            memory_kernel_unsupported(mem.memory, c, backend)
             for mem, c in zip(self.local, self.chunk_sizes, strict=True)
         ]
         self.triton_reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
@@ -272,7 +272,7 @@ class TNT(nn.Module):
             from ..kernels import titans_mlp_triton
         except ImportError as e:
             return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(arch, None, self.global_chunk_size, wide=False)
+        return titans_mlp_triton.supports(arch, None, self.global_chunk_size, no_wide="chunk-start reads")
 
     def _backends(self) -> tuple[str, ...]:
         return SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
