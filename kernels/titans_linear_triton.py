@@ -49,10 +49,9 @@ Performance is untuned (written without a GPU): one program per (batch, head) ho
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
-from memnets.kernels.packing import chunk_layout, sequence_lengths
+from memnets.kernels.packing import chunk_layout, sequence_lengths, sequence_states, tile_gate
 from torch import Tensor
 
 from memnets.memory import (
@@ -61,7 +60,6 @@ from memnets.memory import (
     MemoryState,
     chunk_coefficients,
     finish_chunk_then,
-    safe_log,
 )
 
 CHUNK_SIZES = (16, 32, 64)
@@ -625,10 +623,8 @@ def titans_linear_chunked(
         cu, chunk_offsets, index = chunk_layout(lengths, L, q.device)
         with torch.autocast(q.device.type, enabled=False):
 
-            def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L], padded with lr 0 / gate 1
-                x = x.reshape(B * T, H).float().t()
-                x = safe_log(x) if log else x
-                return F.pad(x, (0, 1))[:, index]
+            def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L]
+                return tile_gate(x.reshape(B * T, H).t(), index, log)
 
             c = chunk_coefficients(
                 gate(lr, False),
@@ -659,14 +655,7 @@ def titans_linear_chunked(
                 y = y + q.float()
             y = y.to(dtype).reshape(B, T, H, D)
 
-    def final(n: slice, offset: int) -> MemoryState:
-        return MemoryState(
-            (w_final[n],),
-            None if s_init is None else (s_final[n],),
-            (w_anchor[n],) if offset else None,
-            offset,
-        )
-
+    momentum = None if s_init is None else (s_final,)
     if cu_seqlens is None:
-        return y, final(slice(None), T % L)
-    return y, [final(slice(n, n + 1), length % L) for n, length in enumerate(lengths)]
+        return y, MemoryState((w_final,), momentum, (w_anchor,) if T % L else None, T % L)
+    return y, sequence_states((w_final,), momentum, (w_anchor,), lengths, L)

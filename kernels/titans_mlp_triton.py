@@ -119,7 +119,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from memnets.kernels.packing import chunk_layout, sequence_lengths
+from memnets.kernels.packing import chunk_layout, sequence_lengths, sequence_states, tile_gate
 from torch import Tensor
 
 from memnets.memory import (
@@ -128,7 +128,6 @@ from memnets.memory import (
     MemoryState,
     chunk_coefficients,
     finish_chunk_then,
-    safe_log,
 )
 from memnets.memory.chunk_read import chunk_read_memory
 from memnets.memory.features import FeatureMemoryMLP
@@ -1484,9 +1483,8 @@ def _run(
     assert L is not None and not (wide and (P or read_start or lengths))
     seq_lengths = lengths or [T]
     bounds, offsets, index = chunk_layout(seq_lengths, L, q.device)  # tiles of L tokens
-    index = index.flatten()
-    NT = index.numel() // L  # tiles per coefficient row
-    tiles = (offsets[1:] - offsets[:-1]).tolist()
+    NT = index.shape[0]  # tiles per coefficient row
+    tiles = [triton.cdiv(n, L) for n in seq_lengths]  # on the host: no device-to-host copy
     n_chunks = max(triton.cdiv(n, chunk_size) for n in seq_lengths)
     every = checkpoint_every or math.isqrt(max(n_chunks, 1) - 1) + 1  # ⌈√chunks⌉: ≈ one segment's states
     kind, p, eps, sharp = _bias_config(bias)  # type: ignore[misc]
@@ -1494,10 +1492,8 @@ def _run(
 
     with torch.autocast(q.device.type, enabled=False):
 
-        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NT, L], padded with lr 0 / gate 1
-            x = x.float().transpose(1, 2)
-            x = safe_log(x) if log else x
-            return F.pad(x, (0, 1))[..., index].reshape(B, H, NT, L)  # index T: the padding slot
+        def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NT, L]
+            return tile_gate(x.transpose(1, 2), index, log)
 
         c = chunk_coefficients(
             gate(lr, False),
@@ -1662,18 +1658,7 @@ def titans_mlp_chunked(
     )  # fmt: skip
     if lengths is None:
         return y, out
-    w1f, w2f = out.weights
-    s1f, s2f = out.momentum if out.momentum is not None else (None, None)
-    anchor = out.anchor
-
-    def final(n: int) -> MemoryState:
-        offset, sl = lengths[n] % chunk_size, slice(n, n + 1)
-        momentum = None if s1f is None else (s1f[sl], s2f[sl])  # type: ignore[index]
-        return MemoryState(
-            (w1f[sl], w2f[sl]), momentum, tuple(a[sl] for a in anchor) if offset else None, offset
-        )
-
-    return y, [final(n) for n in range(len(lengths))]
+    return y, sequence_states(out.weights, out.momentum, out.anchor, lengths, chunk_size)  # type: ignore[arg-type]
 
 
 def chunk_read_mlp(
