@@ -325,6 +325,13 @@ def _delta_backward(
 
 
 @triton.jit
+def _read_ln_bwd(z, dy, gamma, cmask, D: tl.constexpr, ln_eps):
+    """Cotangents of a read's output Y = γ ⊙ LN(z) + b: (dz, dγ, db), dγ and db summed over rows."""
+    xq, rq = _ln(z, cmask, D, ln_eps)
+    return _ln_bwd(xq, rq, dy * gamma[None, :], cmask, D), tl.sum(dy * xq, 0), tl.sum(dy, 0)
+
+
+@triton.jit
 def _residual(out, x, RES: tl.constexpr):
     """M(x) = x + out with the residual (the bias sees M(k) − v exactly as the engine forms it)."""
     if RES:
@@ -716,10 +723,9 @@ def _backward_kernel(
             z1 = _dot(b_q, K1, DOT)
             a1 = _act(z1, ACT)
             if LN:
-                xq, rq = _ln(_dot(a1, K2, DOT), cmask, D, ln_eps)
-                d_gamma += tl.sum(b_dy * xq, 0)
-                d_shift += tl.sum(b_dy, 0)
-                b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
+                b_dy, dg, db = _read_ln_bwd(_dot(a1, K2, DOT), b_dy, gamma, cmask, D, ln_eps)
+                d_gamma += dg
+                d_shift += db
             dz1 = _dot(b_dy, tl.trans(K2), DOT) * _act_grad(z1, ACT)
             b_dq = _dot(dz1, tl.trans(K1), DOT)
             rK1 = _dot(tl.trans(b_q), dz1, DOT)
@@ -754,10 +760,9 @@ def _backward_kernel(
                 z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd, DOT)
                 if HAS_MOM:
                     z2 += b_f[:, None] * a1s2
-                xq, rq = _ln(z2, cmask, D, ln_eps)
-                d_gamma += tl.sum(b_dy * xq, 0)
-                d_shift += tl.sum(b_dy, 0)
-                b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
+                b_dy, dg, db = _read_ln_bwd(z2, b_dy, gamma, cmask, D, ln_eps)
+                d_gamma += dg
+                d_shift += db
 
             # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
             b_dbeta = tl.sum(b_dy * a1w2, 1)

@@ -97,7 +97,7 @@ from .titans_mlp_triton import (
     _input_grads,
     _key_delta,
     _ln,
-    _ln_bwd,
+    _read_ln_bwd,
     _rows,
     _save_inputs,
 )
@@ -472,10 +472,9 @@ def _wide_backward_kernel(
             z2 = b_beta[:, None] * a1w2 - _dot(aa * b_G, dd, DOT)
             if HAS_MOM:
                 z2 += b_f[:, None] * a1s2
-            xq, rq = _ln(z2, cmask, D, ln_eps)
-            d_gamma += tl.sum(b_dy * xq, 0)
-            d_shift += tl.sum(b_dy, 0)
-            b_dy = _ln_bwd(xq, rq, b_dy * gamma[None, :], cmask, D)
+            b_dy, dg, db = _read_ln_bwd(z2, b_dy, gamma, cmask, D, ln_eps)
+            d_gamma += dg
+            d_shift += db
         # Ẑ2's terms on whole rows: β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
         b_dbeta = tl.sum(b_dy * a1w2, 1)
         dP = -_dot(b_dy, tl.trans(dd), DOT)
