@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -10,6 +12,16 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _memnets_logger():
+    """Give every test the ``memnets`` logger as it found it: an in-process training run attaches a
+    stdout handler and stops propagation, which would hide later tests' records from ``caplog``."""
+    log = logging.getLogger("memnets")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:], log.propagate, log.level = saved
 
 
 def pytest_report_header(config) -> list[str]:
