@@ -571,51 +571,80 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
 
 
-@pytest.mark.parametrize("momentum", [True, False])
-def test_custom_op_opcheck(momentum):
-    """Schema, fake (meta) implementation and autograd registration of the custom ops (with momentum:
-    an Omega window of 3, k and v leading with 2 carried rows)."""
-    B, T, L, Dh = 1, 20, 16, 4 * D
-    NC, P, P0 = 2, (2 if momentum else 0), (2 if momentum else 0)
+def op_tensors(momentum: bool, prefix: int = 0, carried: int = 0) -> tuple:
+    """Inputs (q .. s2) of the MLP kernels' forward ops: two tiles of 16 tokens, 20 of them real, at
+    ``D`` by ``4 D``; ``prefix`` Omega key rows per tile, ``carried`` window rows leading k and v."""
+    B, T, L, Dh, NC = 1, 20, 16, 4 * D, 2
     q = 0.3 * torch.randn(B, T, H, D)
-    k, v = (0.3 * torch.randn(B, P0 + T, H, D) for _ in range(2))
-    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, P + L)
+    k, v = (0.3 * torch.randn(B, carried + T, H, D) for _ in range(2))
+    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, prefix + L)
     w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
     w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
     if momentum:
-        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, P + L)
+        f, m_end, s_coef = (
+            torch.rand(B, H, NC, L),
+            torch.rand(B, H, NC),
+            0.1 * torch.rand(B, H, NC, prefix + L),
+        )
         s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
     else:
         f = m_end = s_coef = torch.zeros(0)
         s1 = s2 = None
     ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
-    qr, beta = q.requires_grad_(), beta.requires_grad_()
-    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, None, None)
+    return (
+        q.requires_grad_(),
+        k,
+        v,
+        None,
+        ln_w,
+        ln_b,
+        beta.requires_grad_(),
+        f,
+        G,
+        m_end,
+        s_coef,
+        w1,
+        w2,
+        s1,
+        s2,
+    )
+
+
+def opcheck_ops(fwd, bwd, tensors: tuple, config: tuple, saved: slice | None = None) -> None:
+    """``torch.library.opcheck`` of a forward op (schema, fake implementation, autograd registration)
+    and of its backward op on random cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor); the
+    forward's outputs at ``saved`` (the checkpoints) go to the backward after the inputs."""
+    torch.library.opcheck(
+        fwd, (*tensors, *config), test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
+    )
+    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    extra = fwd(*detached, *config)[saved] if saved is not None else ()
+    q, w1, w2, s1 = tensors[0], tensors[11], tensors[12], tensors[13]
+    cot = (
+        torch.randn(q.shape),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+        torch.randn_like(w1) if s1 is not None else torch.zeros(0),
+        torch.randn_like(w2) if s1 is not None else torch.zeros(0),
+        torch.randn_like(w1),
+        torch.randn_like(w2),
+    )
+    torch.library.opcheck(
+        bwd, (*detached, *extra, *cot, *config), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_custom_op_opcheck(momentum):
+    """Schema, fake (meta) implementation and autograd registration of the custom ops (with momentum:
+    an Omega window of 3, k and v leading with 2 carried rows)."""
+    P = 2 if momentum else 0
+    tensors = (*op_tensors(momentum, prefix=P, carried=P), None, None)  # not packed
     # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
     # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows,
     # tiles of the longest sequence, dot precision
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, NC, 0)
-    torch.library.opcheck(
-        triton_mlp.titans_mlp_fwd,
-        (*tensors, *config),
-        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-    )
-    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
-    checkpoints = triton_mlp.titans_mlp_fwd(*detached, *config)[7:]
-    cot = (
-        torch.randn(B, T, H, D),
-        torch.randn_like(w1),
-        torch.randn_like(w2),
-        torch.randn_like(w1) if momentum else torch.zeros(0),
-        torch.randn_like(w2) if momentum else torch.zeros(0),
-        torch.randn_like(w1),
-        torch.randn_like(w2),
-    )
-    torch.library.opcheck(
-        triton_mlp.titans_mlp_bwd,
-        (*detached, *checkpoints, *cot, *config),
-        test_utils=("test_schema", "test_faketensor"),
-    )
+    config = (16, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, 2, 0)
+    opcheck_ops(triton_mlp.titans_mlp_fwd, triton_mlp.titans_mlp_bwd, tensors, config, slice(7, None))
 
 
 @pytest.mark.parametrize("residual", [True, False])

@@ -174,40 +174,8 @@ def test_equals_whole_state_kernel_float16():
 @pytest.mark.parametrize("momentum", [True, False])
 def test_custom_op_opcheck(momentum):
     """Schema, fake (meta) implementation and autograd registration of the wide custom ops."""
-    B, T, L, Dh = 1, 20, 16, 4 * D
-    NC = 2
-    q, k, v = (0.3 * torch.randn(B, T, H, D) for _ in range(3))
-    beta, G = torch.rand(B, H, NC, L), 0.1 * torch.rand(B, H, NC, L, L)
-    w1 = (0.2 * torch.randn(B, H, D, Dh)).requires_grad_()
-    w2 = (0.2 * torch.randn(B, H, Dh, D)).requires_grad_()
-    if momentum:
-        f, m_end, s_coef = torch.rand(B, H, NC, L), torch.rand(B, H, NC), 0.1 * torch.rand(B, H, NC, L)
-        s1, s2 = (torch.zeros_like(w).requires_grad_() for w in (w1, w2))
-    else:
-        f = m_end = s_coef = torch.zeros(0)
-        s1 = s2 = None
-    ln_w, ln_b = torch.randn(H, D, requires_grad=True), torch.randn(H, D)
-    qr, beta = q.requires_grad_(), beta.requires_grad_()
-    tensors = (qr, k, v, None, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2)
-    config = (L, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32, 0)  # ..., hidden block, dot precision
-    torch.library.opcheck(
-        wide.titans_mlp_wide_fwd,
-        (*tensors, *config),
-        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-    )
-    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
-    cot = (
-        torch.randn(B, T, H, D),
-        torch.randn_like(w1),
-        torch.randn_like(w2),
-        torch.randn_like(w1) if momentum else torch.zeros(0),
-        torch.randn_like(w2) if momentum else torch.zeros(0),
-        torch.randn_like(w1),
-        torch.randn_like(w2),
-    )
-    torch.library.opcheck(
-        wide.titans_mlp_wide_bwd, (*detached, *cot, *config), test_utils=("test_schema", "test_faketensor")
-    )
+    config = (16, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32, 0)  # ..., hidden block, dot precision
+    base.opcheck_ops(wide.titans_mlp_wide_fwd, wide.titans_mlp_wide_bwd, base.op_tensors(momentum), config)
 
 
 def test_bad_hidden_block_raises():
