@@ -160,7 +160,7 @@ def _compare(
         assert_close(f"{name} ({case})", expected, out[name])
 
 
-@pytest.mark.parametrize("T,chunk_size", [(1, 16), (17, 8), (63, 16), (65, 32), (40, 64)])
+@pytest.mark.parametrize("T,chunk_size", [(1, 16), (17, 8), (63, 16), (65, 32), (40, 64), (100, 16)])
 def test_matches_engine_momentum_decay_float32(T, chunk_size):
     _compare(T, chunk_size)
 

@@ -77,7 +77,10 @@ def _compare(
         assert_close(f"{name} ({case})", ref[name].to(out[name].dtype), out[name])
 
 
-@pytest.mark.parametrize("T,chunk_size,hidden_block", [(1, 16, 16), (17, 8, 32), (40, 32, 16)])
+@pytest.mark.parametrize(
+    "T,chunk_size,hidden_block",
+    [(1, 16, 16), (17, 8, 32), (40, 32, 16), (63, 16, 32), (65, 32, 16), (100, 64, 32)],
+)
 def test_matches_engine_momentum_decay(T, chunk_size, hidden_block):
     _compare(T, chunk_size, hidden_block)
 
