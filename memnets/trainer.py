@@ -649,8 +649,12 @@ class Trainer:
 
 
 def train(cfg: Config) -> TrainResult:
+    """Train per ``cfg``; the ``memnets`` logger is left as it was found (a run attaches its stdout
+    handler), so a notebook or test that calls this keeps its own logging."""
+    saved = (list(log.handlers), log.propagate, log.level)
     try:  # Trainer() already joins the process group, and its checks can raise
         return Trainer(cfg).run()
     finally:
+        log.handlers[:], log.propagate, log.level = saved
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -16,10 +16,13 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _memnets_logger():
-    """Give every test the ``memnets`` logger as it found it: an in-process training run attaches a
-    stdout handler and stops propagation, which would hide later tests' records from ``caplog``."""
+    """Start every test with the ``memnets`` logger at its defaults: a training run in a module-scoped
+    fixture (scripts that build a ``Trainer`` themselves) attaches a stdout handler and stops
+    propagation, which would hide the test's records from ``caplog``."""
     log = logging.getLogger("memnets")
     saved = (list(log.handlers), log.propagate, log.level)
+    log.handlers.clear()
+    log.propagate, log.level = True, logging.NOTSET
     yield
     log.handlers[:], log.propagate, log.level = saved
 
