@@ -1081,10 +1081,8 @@ def titans_mlp_fwd(
     return (y, w1f, w2f, s1f, s2f, *anchor, *ckpt)
 
 
-@titans_mlp_fwd.register_fake
-def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *config):
-    has_mom = s1 is not None
-    ns = len(_segments(config[12], config))
+def _fake_outputs(q: Tensor, w1: Tensor, w2: Tensor, has_mom: bool) -> tuple[Tensor, ...]:
+    """The meta outputs the MLP forward ops share: y, W1, W2, S1, S2 final, W1, W2 anchor."""
     return (
         w1.new_empty(q.shape),
         torch.empty_like(w1),
@@ -1093,6 +1091,24 @@ def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s
         torch.empty_like(w2) if has_mom else w1.new_empty(0),
         torch.empty_like(w1),
         torch.empty_like(w2),
+    )
+
+
+def _fake_grads(inputs: tuple) -> list[Tensor]:
+    """The meta gradients of the MLP backward ops for the forward inputs (q .. s2): empty where an
+    input is absent."""
+    w1, s1 = inputs[11], inputs[13]
+    return [w1.new_empty(0) if t is None else torch.empty_like(t) for t in inputs[:13]] + [
+        torch.empty_like(w) if s1 is not None else w1.new_empty(0) for w in inputs[11:13]
+    ]
+
+
+@titans_mlp_fwd.register_fake
+def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *config):
+    has_mom = s1 is not None
+    ns = len(_segments(config[12], config))
+    return (
+        *_fake_outputs(q, w1, w2, has_mom),
         w1.new_empty(ns, *w1.shape),
         w2.new_empty(ns, *w2.shape),
         w1.new_empty(ns, *w1.shape) if has_mom else w1.new_empty(0),
@@ -1259,16 +1275,8 @@ def _fold_key_rows(per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: in
 
 
 @titans_mlp_bwd.register_fake
-def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu, toff, *rest):
-    def like(t: Tensor | None, present: bool = True) -> Tensor:
-        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
-
-    has_mom = s1 is not None
-    return [
-        *(like(t) for t in (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2)),
-        like(w1, has_mom),
-        like(w2, has_mom),
-    ]
+def _(*inputs):
+    return _fake_grads(inputs)
 
 
 # q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets

@@ -94,6 +94,8 @@ from .titans_mlp_triton import (
     _cotangents,
     _delta_backward,
     _dot,
+    _fake_grads,
+    _fake_outputs,
     _input_grads,
     _key_delta,
     _ln,
@@ -735,16 +737,7 @@ def titans_mlp_wide_fwd(
 
 @titans_mlp_wide_fwd.register_fake
 def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *config):
-    has_mom = s1 is not None
-    return (
-        w1.new_empty(q.shape),
-        torch.empty_like(w1),
-        torch.empty_like(w2),
-        torch.empty_like(w1) if has_mom else w1.new_empty(0),
-        torch.empty_like(w2) if has_mom else w1.new_empty(0),
-        torch.empty_like(w1),
-        torch.empty_like(w2),
-    )
+    return _fake_outputs(q, w1, w2, s1 is not None)
 
 
 @torch.library.custom_op("memnets::titans_mlp_wide_bwd", mutates_args=())
@@ -854,16 +847,8 @@ def titans_mlp_wide_bwd(
 
 
 @titans_mlp_wide_bwd.register_fake
-def _(q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, *rest):
-    def like(t: Tensor | None, present: bool = True) -> Tensor:
-        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
-
-    has_mom = s1 is not None
-    return [
-        *(like(t) for t in (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2)),
-        like(w1, has_mom),
-        like(w2, has_mom),
-    ]
+def _(*inputs):
+    return _fake_grads(inputs)
 
 
 def _backward(ctx, *cotangents):
