@@ -139,6 +139,10 @@ MAX_TILE = 64
 # compile, see the module docstring); 128-row tiles need 304 KB even at D·Dh = 16·64
 MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
+# warps per program: at (D, Dh, tile) = (32, 128, 16) an sm_90 compile spills 7.2 / 1.7 KB per thread
+# (backward / forward) at 4 warps and 5.9 / 0.8 KB at 8, but 8 warps at 255 registers fill an SM's
+# register file with one program; untimed (no GPU yet): the benchmark's --num-warps sets it
+NUM_WARPS = 4
 # whether backend="auto" may pick the wide-state kernels: their in-place global-memory updates rely on
 # barriers between a program's threads, which the interpreter cannot test; turn on once the kernel
 # tests have passed on a GPU (RESULTS §9). backend="triton" runs them either way.
@@ -929,7 +933,12 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
     scalars, constants = _common_meta(q, w1, ln_w, config)
     tiles_per_chunk, read_start, _, prefix, _, dot = config[8:14]
     constants |= dict(
-        KE=tiles_per_chunk, P=prefix, BK=_block(prefix + config[0]), READ_START=read_start, DOT=dot
+        KE=tiles_per_chunk,
+        P=prefix,
+        BK=_block(prefix + config[0]),
+        READ_START=read_start,
+        DOT=dot,
+        num_warps=NUM_WARPS,
     )
     return scalars, constants
 

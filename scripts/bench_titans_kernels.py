@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=("tf32x3", "tf32", "float16", "bfloat16"),
         help="depth 2: the MLP kernel's matmul operands (tf32x3: float32; the others trade accuracy for rate)",
     )
+    p.add_argument(
+        "--num-warps", type=int, help="depth 2: warps per kernel program (default: the kernels' NUM_WARPS, 4)"
+    )
     p.add_argument("--titans-pytorch", action="store_true", help="also time titans-pytorch's NeuralMemory")
     p.add_argument(
         "--table-ceiling", action="store_true", help="%%gemm of the GEMM ceiling in PEAKS, not one timed now"
@@ -365,7 +368,10 @@ def main(argv: list[str] | None = None) -> None:
             backends["triton"] = kernel.titans_linear_chunked
         else:
             from memnets.kernels import titans_mlp_triton as kernel
+            from memnets.kernels import titans_mlp_wide_triton as wide
 
+            if a.num_warps is not None:  # read at each launch: both kernel families
+                kernel.NUM_WARPS = wide.NUM_WARPS = a.num_warps
             backends["triton"] = functools.partial(kernel.titans_mlp_chunked, dot_precision=a.dot_precision)
     else:
         print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
@@ -453,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         D=a.D,
         dtype=str(dtype),
         dot_precision=a.dot_precision if a.depth == 2 else None,
+        num_warps=kernel.NUM_WARPS if "triton" in backends and a.depth == 2 else None,
         chunk_sizes=chunk_sizes,
         backends=list(backends),
         budget="fast" if a.fast else "default",

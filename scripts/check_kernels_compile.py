@@ -23,6 +23,7 @@ left out silently).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 
 # compile real kernels even when run from a shell (or test) that interprets them: under
 # TRITON_INTERPRET=1 @triton.jit makes interpreter functions, which cannot be compiled
@@ -54,7 +54,7 @@ MODULES = (
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
-@dataclass
+@dataclasses.dataclass
 class Case:
     """One kernel at one set of constexprs. ``types``: the Triton type of every non-constexpr argument
     that is not a float32 pointer (``"*bf16"``, ``"i32"``, ``"fp32"``); a constexpr ``None`` stands for
@@ -63,7 +63,7 @@ class Case:
     module: str
     kernel: str
     constexprs: dict[str, object]
-    types: dict[str, str] = field(default_factory=dict)
+    types: dict[str, str] = dataclasses.field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
 
@@ -167,7 +167,7 @@ def default_mlp_shapes() -> list[tuple[int, int, int]]:
 
 
 def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
-    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
+    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, NUM_WARPS, _block
 
     mod = "titans_mlp_triton"
     scalars = {"T": "i32", "P0": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
@@ -184,8 +184,10 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
         shape["BH"] = _block(DH)
         for store in (False, True):  # the forward pass; its recompute in the backward stores the states
             c = {**shape, **full, "STORE": store}
-            cases.append(Case(mod, "_forward_kernel", c, types, num_stages=1))
-        cases.append(Case(mod, "_backward_kernel", {**shape, **full}, types, num_stages=1))
+            cases.append(Case(mod, "_forward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
+        cases.append(
+            Case(mod, "_backward_kernel", {**shape, **full}, types, num_warps=NUM_WARPS, num_stages=1)
+        )
     # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
@@ -194,8 +196,17 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
     # and packed sequences, with bfloat16 operands in the matmuls
     bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3}
-    cases.append(Case(mod, "_forward_kernel", {**shape, **bare, "STORE": False}, types, num_stages=1))
-    cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_stages=1))
+    cases.append(
+        Case(
+            mod,
+            "_forward_kernel",
+            {**shape, **bare, "STORE": False},
+            types,
+            num_warps=NUM_WARPS,
+            num_stages=1,
+        )
+    )
+    cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_warps=NUM_WARPS, num_stages=1))
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
@@ -203,15 +214,19 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     shape["BH"] = _block(DH)
     for read_start in (False, True):
         c = {**shape, **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
-        cases.append(Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_stages=1))
-        cases.append(Case(mod, "_backward_kernel", c, types, num_stages=1))
+        cases.append(
+            Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
+        )
+        cases.append(Case(mod, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
     # the Omega window (OmegaNet, window 8): 7 more key rows per tile, a 32-row key tile at chunk 16,
     # at the largest state of 32-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 32), key=lambda s: s[0] * s[1], default=(D, DH, 16))
     shape = {"H": 8, "D": D, "DH": DH, "L": 16, "BL": 16, "BK": 32, "BD": _block(D), "BH": _block(DH)}
     c = {**shape, **full, "P": 7}
-    cases.append(Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_stages=1))
-    cases.append(Case(mod, "_backward_kernel", c, types, num_stages=1))
+    cases.append(
+        Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
+    )
+    cases.append(Case(mod, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
     return cases
 
 
@@ -386,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="D,HIDDEN,CHUNK",
         help="the MLP-memory kernels' shapes, instead of the defaults (e.g. --mlp 16,64,16 32,128,32)",
     )
+    parser.add_argument(
+        "--num-warps", type=int, default=None, help="compile every case at this many warps (spill studies)"
+    )
     args = parser.parse_args(argv)
     problem = environment_problem()
     if problem:
@@ -396,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in cases if args.only in c.name]
     if args.quick:
         cases = quick(cases)
+    if args.num_warps is not None:
+        cases = [dataclasses.replace(c, num_warps=args.num_warps) for c in cases]
     print(f"Triton {triton.__version__}, target sm_{args.arch}")
     wide = max([len("constexprs"), *(len(c.describe()) for c in cases)])
     header = f"{'kernel':45} {'constexprs':{wide}} {'status':8} {'shared B':>9} {'regs':>5} {'stack B':>8}"
