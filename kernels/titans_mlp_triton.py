@@ -85,8 +85,9 @@ wider than values (polynomial features of degree > 1, OmegaNet's default), the H
 Omega window, float64 memories, and states D·Dh beyond the shared-memory limits below.
 
 Performance is untuned and untimed (written without a GPU; the interpreter ran it, and both kernels
-were compiled ahead of time for sm_90 with ``scripts/check_kernels_compile.py``: num_warps=4,
-num_stages=1, GELU, L2 bias, LayerNorm, residual, momentum). One program per (batch, head) keeps the
+were compiled ahead of time for sm_90 with ``scripts/check_kernels_compile.py``: ``NUM_WARPS`` = 4
+(8 spills less at tiles of <= 32 rows, RESULTS §9), num_stages=1, GELU, L2 bias, LayerNorm, residual,
+momentum). One program per (batch, head) keeps the
 whole state on chip, so the footprint grows with D·Dh and the tile. Shared memory of that
 compile (forward / backward), and the backward's register spills per thread::
 
