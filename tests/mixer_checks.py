@@ -81,6 +81,20 @@ def forward_backward(
     return result
 
 
+def with_leaf_grads(outs: dict[str, Tensor], leaves: dict[str, Tensor], seed: int = 1) -> dict[str, Tensor]:
+    """``outs`` plus ``d<name>``, the gradient of every leaf (zeros where unused), under random float64
+    cotangents on every output (drawn in ``outs``' order on the default device)."""
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+    loss = sum(
+        (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs.values()
+    )
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {
+        **outs,
+        **{f"d{n}": torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(leaves, grads)},
+    }
+
+
 def assert_all_close(ref: dict[str, Tensor], out: dict[str, Tensor]) -> None:
     assert ref.keys() == out.keys(), f"different results: {sorted(ref.keys() ^ out.keys())}"
     for name in ref:

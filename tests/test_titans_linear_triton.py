@@ -10,7 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, forward_backward
+from mixer_checks import assert_all_close, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
@@ -71,14 +71,7 @@ def _run(fn, arch, inputs, chunk_size, compute_dtype, split=None):
         outs["momentum"] = state.momentum[0]
     if state.anchor is not None:
         outs["anchor"] = state.anchor[0]
-    g = torch.Generator().manual_seed(1)
-    loss = sum(
-        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
-    )
-    names = list(leaves)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
-    return outs
+    return with_leaf_grads(outs, leaves)
 
 
 def _compare(T, chunk_size, gates, dtype, residual=False, split=None):
@@ -296,17 +289,7 @@ def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype):
             states.append(st)
             start += length
         y = torch.cat(ys, 1)
-    outs = _varlen_outputs(y, states)
-    g = torch.Generator().manual_seed(1)
-    loss = sum(
-        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
-        for name, o in outs.items()
-        if not name.startswith("offset")
-    )
-    names = list(leaves)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
-    return outs
+    return with_leaf_grads(_varlen_outputs(y, states), leaves)  # the offsets: constants, no gradient
 
 
 def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False):

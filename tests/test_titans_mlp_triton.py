@@ -17,7 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, forward_backward
+from mixer_checks import assert_all_close, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -121,16 +121,9 @@ def _run(fn, arch, inputs, chunk_size, compute_dtype, bias=None, split=None):
         outs.update({f"s{i + 1}": s for i, s in enumerate(state.momentum)})
     if state.anchor is not None:
         outs.update({f"anchor{i + 1}": w for i, w in enumerate(state.anchor)})
-    g = torch.Generator(device=DEVICE).manual_seed(1)
-    loss = sum(
-        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
-    )
     if arch.layer_norm:
         leaves.update(ln_w=arch.norm_weight, ln_b=arch.norm_bias)
-    names = list(leaves)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
-    return outs
+    return with_leaf_grads(outs, leaves)
 
 
 def _compare(
@@ -308,16 +301,9 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
             outs.update({f"seq{n}.w{i}": w for i, w in enumerate(st.weights)})
             outs.update({f"seq{n}.s{i}": w for i, w in enumerate(st.momentum)})
             outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(st.anchor or ())})
-        gen = torch.Generator(device=DEVICE).manual_seed(1)
-        loss = sum(
-            (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
-            for o in outs.values()
-        )
         if layer_norm:
             leaves.update(ln_w=a.norm_weight, ln_b=a.norm_bias)
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        outs.update({f"d{n}": gr for n, gr in zip(leaves, grads)})
-        return outs
+        return with_leaf_grads(outs, leaves)
 
     ref = run(False)
     with nan_allocations():
@@ -451,16 +437,9 @@ def _run_omega(fn, arch, inputs, window, chunk_size, compute_dtype, split=None, 
     if mem.anchor is not None:
         outs.update(anchor1=mem.anchor[0], anchor2=mem.anchor[1])
     outs.update(window_k=state.window_k, window_v=state.window_v)
-    g = torch.Generator(device=DEVICE).manual_seed(1)
-    loss = sum(
-        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs.values()
-    )
     if arch.layer_norm:
         leaves.update(ln_w=arch.norm_weight, ln_b=arch.norm_bias)
-    names = list(leaves)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-    outs.update({f"d{n}": torch.zeros_like(leaves[n]) if gr is None else gr for n, gr in zip(names, grads)})
-    return outs
+    return with_leaf_grads(outs, leaves)
 
 
 @pytest.mark.parametrize(
