@@ -58,6 +58,7 @@ from memnets.memory import (
     L2Bias,
     MemoryMLP,
     MemoryState,
+    check_inputs,
     chunk_coefficients,
     finish_chunk_then,
 )
@@ -578,6 +579,7 @@ def titans_linear_chunked(
         raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
     if chunk_size not in CHUNK_SIZES:
         raise ValueError(f"titans_linear_chunked: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, "titans_linear_chunked")
     lengths = sequence_lengths("titans_linear_chunked", q, cu_seqlens)
     if state is not None and state.offset > 0:
         if cu_seqlens is not None:
@@ -590,19 +592,6 @@ def titans_linear_chunked(
         )
     B, T, H, D = q.shape
     N = len(lengths)
-    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(
-                f"titans_linear_chunked: {name} must have shape {[B, T, H]}, got {tuple(g.shape)}"
-            )
-    if arch.num_heads != H or arch.dim != D:
-        raise ValueError(
-            f"titans_linear_chunked: q has H={H}, D={D}, the memory H={arch.num_heads}, D={arch.dim}"
-        )
-    if state is not None and (state.momentum is None) != (mom is None):
-        raise ValueError(
-            "titans_linear_chunked: the state's momentum and the mom argument must be given together"
-        )
     if state is None:
         w_init = arch.init_weights[0][None].expand(N, H, D, D)
         s_init = torch.zeros(N, H, D, D, device=q.device) if mom is not None else None

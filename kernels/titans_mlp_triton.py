@@ -127,10 +127,11 @@ from memnets.memory import (
     L2Bias,
     MemoryMLP,
     MemoryState,
+    check_inputs,
     chunk_coefficients,
     finish_chunk_then,
 )
-from memnets.memory.chunk_read import chunk_read_memory
+from memnets.memory.chunk_read import check_read_inputs, chunk_read_memory
 from memnets.memory.features import FeatureMemoryMLP
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.memory.omega import OmegaState, omega_chunked, window_band
@@ -1449,15 +1450,6 @@ def _check_dot_precision(name: str, dot_precision: str) -> None:
         raise ValueError(f"{name}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
 
 
-def _check_inputs(name: str, arch: MemoryMLP, q: Tensor, gates: dict[str, Tensor | None]) -> None:
-    B, T, H, D = q.shape
-    for gate, g in gates.items():
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"{name}: {gate} must have shape {[B, T, H]}, got {tuple(g.shape)}")
-    if arch.num_heads != H or arch.dim != D:
-        raise ValueError(f"{name}: q has H={H}, D={D}, the memory H={arch.num_heads}, D={arch.dim}")
-
-
 def _check_bias_params(name: str, kind: int, bias: object, bias_params: Tensor | None, q: Tensor) -> None:
     if kind in (HUBER_NORM, HUBER_COORD):
         want = tuple(q.shape[:3]) if kind == HUBER_NORM else tuple(q.shape)
@@ -1645,9 +1637,7 @@ def titans_mlp_chunked(
         reason = reason or supports_wide(arch.shapes[0][0], chunk_size, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
-    _check_inputs(name, arch, q, {"lr": lr, "mom": mom, "keep": keep})
-    if state is not None and (state.momentum is None) != (mom is None):
-        raise ValueError(f"{name}: the state's momentum and the mom argument must be given together")
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
     _check_bias_params(name, _bias_config(bias)[0], bias, bias_params, q)  # type: ignore[index]
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
@@ -1709,9 +1699,7 @@ def chunk_read_mlp(
         raise ValueError(
             f"{name}: {bias!r} needs per-token parameters, which chunk_read_memory does not take"
         )
-    _check_inputs(name, arch, q, {"lr": lr})
-    if state is not None and state.momentum is not None:
-        raise ValueError(f"{name}: the state must have no momentum (plain gradient descent)")
+    check_read_inputs(arch, q, k, v, lr, state, chunk_size, name)
     y0 = None
     if state is not None and state.offset > 0:
         n = min(q.shape[1], chunk_size - state.offset)
@@ -1763,12 +1751,10 @@ def omega_mlp_chunked(
     reason = supports(arch, bias, chunk_size, window)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
-    _check_inputs(name, arch, q, {"lr": lr, "mom": mom, "keep": keep})
+    check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
     B, T, H, _ = q.shape
     if win_gate is not None and tuple(win_gate.shape) != (B, T, H, window):
         raise ValueError(f"{name}: win_gate must have shape {[B, T, H, window]}, got {tuple(win_gate.shape)}")
-    if state is not None and (state.memory.momentum is None) != (mom is None):
-        raise ValueError(f"{name}: the state's momentum and the mom argument must be given together")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
     if state is not None and state.direction is not None:

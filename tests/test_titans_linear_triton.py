@@ -139,6 +139,8 @@ def test_bad_chunk_size_raises():
     x = torch.randn(1, 4, H, D)
     with pytest.raises(ValueError, match="chunk_size must be one of"):
         triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, H), chunk_size=8)
+    with pytest.raises(ValueError, match="titans_linear_chunked: q, k, v must share the shape"):
+        triton_linear.titans_linear_chunked(arch, x, x[:, :3], x, torch.rand(1, 4, H), chunk_size=16)
 
 
 def _linear_titans(backend: str, name: str = "titans", **opts):

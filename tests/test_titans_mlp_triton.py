@@ -550,6 +550,21 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, H), bias=HuberBias())
 
 
+@pytest.mark.parametrize("fn", ["titans_mlp_chunked", "chunk_read_mlp", "omega_mlp_chunked"])
+def test_wrappers_check_inputs_as_the_engine(fn):
+    """The kernel wrappers make the engine's input checks (memnets.memory.check_inputs), named."""
+    run = getattr(triton_mlp, fn)
+    arch, x, lr = _arch(), torch.randn(1, 4, H, D), torch.rand(1, 4, H)
+    with pytest.raises(ValueError, match=rf"{fn}: q, k, v must share the shape .* \(1, 5, {H}, {D}\)"):
+        run(arch, x, torch.randn(1, 5, H, D), x, lr, chunk_size=16)
+    with pytest.raises(
+        ValueError, match=rf"{fn}: lr must have shape \[B, T, H\] = \[1, 4, {H}\], got \(1, 3, {H}\)"
+    ):
+        run(arch, x, x, x, torch.rand(1, 3, H), chunk_size=16)
+    with pytest.raises(ValueError, match=rf"{fn}: q has H={H}, D={D} but the memory has H={H}, D=8"):
+        run(MemoryMLP(H, 8, depth=2), x, x, x, lr, chunk_size=16)
+
+
 def op_tensors(momentum: bool, prefix: int = 0, carried: int = 0) -> tuple:
     """Inputs (q .. s2) of the MLP kernels' forward ops: two tiles of 16 tokens, 20 of them real, at
     ``D`` by ``4 D``; ``prefix`` Omega key rows per tile, ``carried`` window rows leading k and v."""

@@ -56,6 +56,7 @@ from .bias import AttentionalBias, L2Bias
 from .engine import (
     KeyPath,
     MemoryState,
+    check_inputs,
     dual_read,
     finish_chunk_then,
     initial_state,
@@ -76,6 +77,7 @@ __all__ = [
     "L2Bias",
     "MemoryMLP",
     "MemoryState",
+    "check_inputs",
     "chunk_coefficients",
     "dual_read",
     "finish_chunk_then",

@@ -20,21 +20,23 @@ from torch import Tensor
 
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import MemoryState, initial_state, key_path, memory_reference
+from .engine import MemoryState, check_inputs, initial_state, key_path, memory_reference
 
 
-def _check(arch: MemoryMLP, q: Tensor, lr: Tensor, state: MemoryState | None, chunk_size: int) -> None:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_read_memory: chunk_size must be >= 1, got {chunk_size}")
-    if tuple(lr.shape) != tuple(q.shape[:3]):
-        raise ValueError(
-            f"chunk_read_memory: lr must have shape [B, T, H] = {list(q.shape[:3])}, got {list(lr.shape)}"
-        )
-    if state is not None and (state.momentum is not None or not 0 <= state.offset < chunk_size):
-        raise ValueError(
-            f"chunk_read_memory: the state must have no momentum and offset in [0, {chunk_size}); "
-            f"got offset={state.offset}"
-        )
+def check_read_inputs(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: MemoryState | None,
+    chunk_size: int,
+    name: str = "chunk_read_memory",
+) -> None:
+    """The engine's input checks, and a state without momentum (plain gradient descent)."""
+    if state is not None and state.momentum is not None:
+        raise ValueError(f"{name}: the state must have no momentum (plain gradient descent)")
+    check_inputs(arch, q, k, v, lr, None, None, state, chunk_size, name)
 
 
 def chunk_read_memory(
@@ -50,7 +52,7 @@ def chunk_read_memory(
 ) -> tuple[Tensor, MemoryState]:
     """``q, k, v [B, T, H, D]``, ``lr [B, T, H]``; returns ``y [B, T, H, D]`` (in ``q``'s dtype) and the
     state after the last token. Runs in ``arch``'s dtype with autocast off, like the engine."""
-    _check(arch, q, lr, state, chunk_size)
+    check_read_inputs(arch, q, k, v, lr, state, chunk_size)
     bias = bias or L2Bias()
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype
@@ -88,7 +90,7 @@ def chunk_read_memory_reference(
 ) -> tuple[Tensor, MemoryState]:
     """Token by token: read with the chunk-start weights, then write the token with the engine's
     reference (autograd inner gradient). For tests."""
-    _check(arch, q, lr, state, chunk_size)
+    check_read_inputs(arch, q, k, v, lr, state, chunk_size)
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype
     st = state or initial_state(arch, B, False, dtype)

@@ -63,7 +63,7 @@ def initial_state(
 # input checks shared by both paths
 
 
-def _check(
+def check_inputs(
     arch: MemoryMLP,
     q: Tensor,
     k: Tensor,
@@ -73,30 +73,33 @@ def _check(
     keep: Tensor | None,
     state: MemoryState | None,
     chunk_size: int,
+    name: str = "memory",
 ) -> None:
+    """The checks every path of the memory makes on its inputs (the engine's and the Triton kernels'
+    wrappers); errors start with ``name``."""
     if chunk_size < 1:
-        raise ValueError(f"memory: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
     if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(
-            f"memory: q, k, v must share the shape [B, T, H, D]; got {tuple(q.shape)}, "
+            f"{name}: q, k, v must share the shape [B, T, H, D]; got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, T, H, D = q.shape
     if arch.num_heads != H or arch.dim != D:
-        raise ValueError(f"memory: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={arch.dim}")
-    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
+        raise ValueError(f"{name}: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={arch.dim}")
+    for gate, g in (("lr", lr), ("mom", mom), ("keep", keep)):
         if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"memory: {name} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+            raise ValueError(f"{name}: {gate} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
     if state is not None:
         if (state.momentum is None) != (mom is None):
             raise ValueError(
-                "memory: the state's momentum and the mom argument must be given together "
+                f"{name}: the state's momentum and the mom argument must be given together "
                 f"(state has momentum: {state.momentum is not None}, mom given: {mom is not None})"
             )
         if not 0 <= state.offset < chunk_size:
-            raise ValueError(f"memory: state.offset={state.offset} must lie in [0, chunk_size={chunk_size})")
+            raise ValueError(f"{name}: state.offset={state.offset} must lie in [0, chunk_size={chunk_size})")
         if state.offset > 0 and state.anchor is None:
-            raise ValueError(f"memory: state.offset={state.offset} > 0 needs state.anchor")
+            raise ValueError(f"{name}: state.offset={state.offset} > 0 needs state.anchor")
 
 
 def _start(
@@ -153,7 +156,7 @@ def memory_reference(
     ``bias.loss``. For tests: slow (T sequential steps with a double backward), readable, exact.
 
     Shapes as in :func:`memory_chunked`."""
-    _check(arch, q, k, v, lr, mom, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype
@@ -309,7 +312,7 @@ def memory_chunked(
     token. Runs in the dtype of ``arch``'s parameters with autocast off (the recurrence is
     accumulated in float32 at least); ``y`` is cast back to ``q``'s dtype.
     """
-    _check(arch, q, k, v, lr, mom, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype

@@ -65,8 +65,8 @@ from .bias import AttentionalBias, L2Bias
 from .engine import (
     MemoryState,
     _bhl,
-    _check,
     _inner_grad,
+    check_inputs,
     dual_read,
     initial_state,
     key_path,
@@ -248,7 +248,7 @@ def miras_reference(
 ) -> tuple[Tensor, MemoryState]:
     """Token-by-token loop (autograd inner gradient) with the chunked semantics of the module
     docstring: the ground truth for :func:`miras_chunked`. Arguments as there."""
-    _check(arch, q, k, v, lr, None, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype
@@ -347,7 +347,7 @@ def miras_chunked(
     Returns ``y [B, T, H, D]`` and the state after the last token. Computes in the dtype of
     ``arch``'s parameters with autocast off, like the engine.
     """
-    _check(arch, q, k, v, lr, None, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T, H, D = q.shape
     dtype = arch.init_weights[0].dtype
