@@ -493,6 +493,10 @@ def test_lp_bias(p, T, chunk_size):
     _compare(T, chunk_size, bias=LpBias(p=p))
 
 
+def test_lp_bias_float16():
+    _compare(25, 16, dtype=torch.float16, bias=LpBias(p=3.0))
+
+
 @pytest.mark.parametrize("mode", ["norm", "coord"])
 @pytest.mark.parametrize("gates", ["none", "both"])
 def test_huber_bias(mode, gates):
