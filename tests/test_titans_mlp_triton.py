@@ -792,3 +792,58 @@ def test_chunk_size_one_matches_token_reference():
     assert ref.keys() == out.keys()
     for name in ref:
         assert_close(f"{name} (chunk 1 vs token loop)", ref[name].to(out[name].dtype), out[name])
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("titans", {}),
+        ("titans_mag", {"window": 8}),
+        ("titans_mal", {"window": 8}),
+        ("titans_mac", {"segment_size": 16}),
+        ("yaad", {}),
+        ("moneta", {"normalize": "none"}),
+        ("omeganet", {"feature_degree": 1}),
+        ("tnt", {"chunk_size": 8, "shard_size": 16, "global_chunk_size": 16}),
+    ],
+)
+def test_mixer_dot_precision_reaches_the_kernels(monkeypatch, name, options):
+    """The mixers' ``dot_precision`` option is what every MLP kernel call they make receives (TNT: both
+    memories), and the output stays within float16's tolerance of the float32 kernels'."""
+    seen = []
+    for fn in ("titans_mlp_chunked", "chunk_read_mlp", "omega_mlp_chunked"):
+        original = getattr(triton_mlp, fn)
+
+        def spy(*args, _original=original, _fn=fn, **kwargs):
+            seen.append((_fn, kwargs.get("dot_precision")))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(triton_mlp, fn, spy)
+    outs = []
+    for precision in ("tf32x3", "float16"):
+        torch.manual_seed(0)
+        mixer = memnets.build_mixer(
+            name, d_model=32, num_heads=2, backend="triton", dot_precision=precision, **options
+        )
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outs.append(mixer(torch.randn(1, 19, 32))[0])
+        calls = {fn for fn, p in seen if p == precision}
+        assert calls and all(p == precision for _, p in seen), seen
+        assert name != "tnt" or calls == {"titans_mlp_chunked", "chunk_read_mlp"}
+        seen.clear()
+    assert_close("y (float16 operands)", outs[0].to(torch.float16), outs[1].to(torch.float16))
+
+
+def test_mixer_dot_precision_is_checked():
+    from memnets.mixers import memory_block
+
+    assert tuple(triton_mlp.DOT_PRECISIONS) == memory_block.DOT_PRECISIONS
+    with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['tf32x3'"):
+        memnets.build_mixer("yaad", d_model=32, num_heads=2, dot_precision="bf16")
+    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory_depth 2"):
+        memnets.build_mixer(
+            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory_depth=1, memory_norm=False
+        )
+    with pytest.raises(Exception, match="unknown option 'mixer_options.dot_precision' for mixer 'memora'"):
+        memnets.build_mixer("memora", d_model=32, num_heads=2, dot_precision="float16")

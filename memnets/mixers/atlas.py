@@ -41,6 +41,7 @@ Choices where the paper is silent (spec §4, §9), each an option:
   polynomial features widen the keys, e.g. 560 at head dim 32, beyond a state kept on chip), within
   its chunk/state limits; ``auto`` picks it on CUDA where it applies, ``triton`` elsewhere raises
   with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``, wider features).
+  ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
 MQAR (train.py on configs/mqar/{omeganet,atlas}.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
 batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk Newton–Schulz on the
@@ -76,7 +77,7 @@ from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import BACKENDS, Backend, resolve_backend
-from .memory_block import MemoryProjections, no_wide_kernels, run_packed_one_by_one
+from .memory_block import MemoryProjections, check_dot_precision, no_wide_kernels, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -147,6 +148,7 @@ class _OmegaMixer(nn.Module):
         muon: Muon | None,
         ns_steps: int,
         ns_coefficients: tuple[float, float, float],
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -201,6 +203,8 @@ class _OmegaMixer(nn.Module):
                 memory_residual,
                 memory_norm,
             )
+        check_dot_precision(name, dot_precision, self.memory)
+        self.dot_precision = dot_precision
         self.triton_reason = self._kernel_unsupported()
         if backend == "triton" and self.triton_reason is not None:
             raise ValueError(
@@ -245,6 +249,7 @@ class _OmegaMixer(nn.Module):
                 window=self.window,
                 chunk_size=self.chunk_size,
                 bias=self.bias,  # type: ignore[arg-type]
+                dot_precision=self.dot_precision,
             )
         else:
             run = omega_reference if backend == "reference" else omega_chunked
@@ -299,6 +304,7 @@ class OmegaNet(_OmegaMixer):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__(
             "omeganet",
@@ -324,6 +330,7 @@ class OmegaNet(_OmegaMixer):
             None,
             0,
             MUON_COEFFICIENTS,
+            dot_precision,
         )
 
 

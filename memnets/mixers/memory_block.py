@@ -85,6 +85,23 @@ def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int, backend: str = "
     return titans_mlp_triton.supports(arch, chunk_size=chunk_size, no_wide=no_wide_kernels(backend))
 
 
+# operands of the MLP memory kernels' matmuls (memnets.kernels.titans_mlp_triton.DOT_PRECISIONS, which a
+# test keeps equal): float32 by default; on a GPU TF32 or half operands (float32 accumulation, as fla's
+# kernels) trade accuracy for tensor-core rate
+DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")
+
+
+def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None:
+    """``dot_precision`` is one of ``DOT_PRECISIONS``, and not a half mode where no kernel reads it."""
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
+    if dot_precision != "tf32x3" and arch.depth != 2:
+        raise ValueError(
+            f"{owner}: dot_precision={dot_precision!r} needs memory_depth 2 (the MLP memory kernels); the "
+            f"linear memory kernel (memory_depth {arch.depth}) runs its matmuls in tf32x3 only"
+        )
+
+
 def no_wide_kernels(backend: str) -> str | None:
     """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
     from ..kernels import titans_mlp_triton

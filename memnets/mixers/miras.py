@@ -57,6 +57,7 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   :mod:`memnets.kernels.titans_mlp_triton` for the chunk sizes and shared-memory limits). Moneta's
   L_q maps and Memora's softmax/lag token run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
+  ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 
 MQAR experiments (train.py on configs/mqar/NAME.yaml, CPU, one seed, OMP_NUM_THREADS=1 on a shared
 2-core box; chance accuracy 1/vocab):
@@ -111,7 +112,7 @@ from ..memory.miras import (
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import Backend, resolve_backend
-from .memory_block import MemoryProjections, no_wide_kernels, run_packed_one_by_one
+from .memory_block import MemoryProjections, check_dot_precision, no_wide_kernels, run_packed_one_by_one
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -185,6 +186,7 @@ class MirasMemory(nn.Module):
         retention: Retention | None,
         lag: bool = False,
         extra_gates: dict[str, tuple[int, float]] | None = None,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -219,6 +221,8 @@ class MirasMemory(nn.Module):
             memory_residual,
             memory_norm,
         )
+        check_dot_precision(self.name, dot_precision, self.memory)
+        self.dot_precision = dot_precision
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -277,6 +281,7 @@ class MirasMemory(nn.Module):
                 chunk_size=self.chunk_size,
                 bias=self.bias,
                 bias_params=self.bias_params(raw),
+                dot_precision=self.dot_precision,
             )
         else:
             fn = miras_reference if backend == "reference" else miras_chunked
@@ -333,6 +338,7 @@ class Moneta(MirasMemory):
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         if normalize not in ("paper", "unit", "none"):
             raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
@@ -350,6 +356,7 @@ class Moneta(MirasMemory):
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
+            dot_precision=dot_precision,
             bias=LpBias(p, eps),
             retention=None if normalize == "none" else LqNormalize(q, normalize, norm_floor),
         )
@@ -379,6 +386,7 @@ class Yaad(MirasMemory):
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         hd = head_dim or d_model // num_heads
         if huber not in ("norm", "coord"):
@@ -401,6 +409,7 @@ class Yaad(MirasMemory):
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
+            dot_precision=dot_precision,
             bias=HuberBias(huber, sign_sharpness),
             retention=None,
             extra_gates={"delta": (width, math.log(math.expm1(init)))},

@@ -53,7 +53,11 @@ Choices where the paper is silent (spec §9), each documented here and an option
   <= 32 above head dim 64; with ``backend="triton"`` only until checked on a GPU:
   ``titans_mlp_triton.WIDE_IN_AUTO``));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
-  ``triton`` where neither applies raises, naming the option.
+  ``triton`` where neither applies raises, naming the option. ``dot_precision`` sets the MLP kernels'
+  matmul operands: ``"tf32x3"`` (default: float32, matches the engine to float32 rounding),
+  ``"tf32"``, ``"float16"`` or ``"bfloat16"`` (half operands, float32 accumulation, as fla's kernels:
+  up to 6x the tensor-core rate, at half rounding of the state in every product). It applies where
+  the MLP kernels run; the linear kernel and the PyTorch backends compute in float32.
 * Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
   from the initial state, chunks restarting at its first token), and so do MAG and MAL on them (their
   attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
@@ -100,7 +104,13 @@ from ..modules import GatedRMSNorm, RMSNorm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
 from .base import Backend, log_once, resolve_backend
-from .memory_block import MemoryProjections, check_packed, memory_kernel_unsupported, run_packed_one_by_one
+from .memory_block import (
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    memory_kernel_unsupported,
+    run_packed_one_by_one,
+)
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -191,17 +201,31 @@ def _run_memory(
     state: MemoryState | None,
     chunk_size: int,
     cu_seqlens: Tensor | None = None,
+    dot_precision: str = "tf32x3",
 ) -> tuple[Tensor, MemoryState]:
     """The memory over ``q, k, v``; with ``cu_seqlens`` (Triton only: the kernel runs the packed
-    sequences in one call) the state returned is the last sequence's."""
+    sequences in one call) the state returned is the last sequence's. ``dot_precision``: the MLP
+    kernel's matmul operands (the linear kernel's are tf32x3)."""
     args = (arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state)
     if backend == "triton":
-        from ..kernels.titans_linear_triton import titans_linear_chunked
-        from ..kernels.titans_mlp_triton import titans_mlp_chunked
+        if arch.depth == 1:
+            from ..kernels.titans_linear_triton import titans_linear_chunked
 
-        kernel = titans_linear_chunked if arch.depth == 1 else titans_mlp_chunked
-        y, mem = kernel(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[operator]
-        log_once("titans: the memory runs in the Triton kernel %s (depth %d)", kernel.__name__, arch.depth)
+            y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
+        else:
+            from ..kernels.titans_mlp_triton import titans_mlp_chunked
+
+            y, mem = titans_mlp_chunked(
+                *args,  # type: ignore[arg-type]
+                chunk_size=chunk_size,
+                cu_seqlens=cu_seqlens,
+                dot_precision=dot_precision,
+            )
+        log_once(
+            "titans: the memory runs in the Triton kernel for depth %d (matmul operands %s)",
+            arch.depth,
+            dot_precision,
+        )
         return y, mem[-1] if isinstance(mem, list) else mem
     fn = memory_reference if backend == "reference" else memory_chunked
     return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
@@ -240,6 +264,7 @@ class Titans(nn.Module):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -265,6 +290,8 @@ class Titans(nn.Module):
             memory_norm,
         )
         _check_triton("titans", backend, self.memory, chunk_size)
+        check_dot_precision("titans", dot_precision, self.memory)
+        self.dot_precision = dot_precision
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -311,6 +338,7 @@ class Titans(nn.Module):
             None if state is None else state.memory,
             self.chunk_size,
             cu_seqlens,
+            self.dot_precision,
         )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y, gate).reshape(B, T, -1)
@@ -391,6 +419,7 @@ class TitansMAG(nn.Module):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         _check_positive("titans_mag", window=window)
@@ -412,6 +441,7 @@ class TitansMAG(nn.Module):
             forget=forget,
             lr_max=lr_max,
             conv_size=conv_size,
+            dot_precision=dot_precision,
         )
         self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
         self.norm_attention = RMSNorm(d_model)
@@ -465,6 +495,7 @@ class TitansMAL(nn.Module):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         _check_positive("titans_mal", window=window)
@@ -485,6 +516,7 @@ class TitansMAL(nn.Module):
             forget=forget,
             lr_max=lr_max,
             conv_size=conv_size,
+            dot_precision=dot_precision,
         )
         self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
 
@@ -551,6 +583,7 @@ class TitansMAC(nn.Module):
         lr_max: float = 1.0,
         conv_size: int = 4,
         rope_base: float = 10000.0,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -591,6 +624,8 @@ class TitansMAC(nn.Module):
             memory_norm,
         )
         _check_triton("titans_mac", backend, self.memory, chunk_size)
+        check_dot_precision("titans_mac", dot_precision, self.memory)
+        self.dot_precision = dot_precision
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)
 
@@ -648,8 +683,9 @@ class TitansMAC(nn.Module):
         # 3. write y into the memory and read it back per token (Eq. 24-25)
         kv, conv_y = self.write(y, st.conv_y)
         r, mem = _run_memory(
-            backend, self.memory, kv["q"], kv["k"], kv["v"], self.gates(y), st.memory, self.chunk_size
-        )
+            backend, self.memory, kv["q"], kv["k"], kv["v"], self.gates(y), st.memory, self.chunk_size,
+            dot_precision=self.dot_precision,
+        )  # fmt: skip
         o = y * torch.sigmoid(self.r_norm(self.r_out(r.reshape(B, L, -1))))
         pos = st.pos + L
         new = MACState(pos, conv_x, conv_y, mem, st.segment_memory, seg_k, seg_v, h_k, h_v)

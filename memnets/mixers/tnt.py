@@ -46,12 +46,14 @@ Choices where the paper is silent (spec §9):
   kernel's chunk-start-read variant (:func:`~memnets.kernels.titans_mlp_triton.chunk_read_mlp`: large
   chunks as tiles that keep the key path at the chunk-start weights) when it fits, else the chunked
   PyTorch form (logged, with the reason). ``auto`` picks ``triton`` on CUDA when every local memory
-  fits a kernel.
+  fits a kernel. ``dot_precision`` sets the MLP kernels' matmul operands (both memories) as for
+  ``titans``.
 * Packed sequences (``cu_seqlens``): run sequence by sequence, as ``titans``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +68,12 @@ from ..memory.sharded import ShardState, sharded_memory
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
 from .base import BACKENDS, Backend, log_once, resolve_backend
-from .memory_block import MemoryProjections, memory_kernel_unsupported, run_packed_one_by_one
+from .memory_block import (
+    MemoryProjections,
+    check_dot_precision,
+    memory_kernel_unsupported,
+    run_packed_one_by_one,
+)
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -102,15 +109,16 @@ class TNTMemory(nn.Module):
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
 
 
-def _kernel(arch: MemoryMLP) -> Callable[..., tuple[Tensor, MemoryState]]:
-    """The Titans memory kernel for a local memory (depth 1: linear, depth 2: MLP)."""
+def _kernel(arch: MemoryMLP, dot_precision: str) -> Callable[..., tuple[Tensor, MemoryState]]:
+    """The Titans memory kernel for a local memory (depth 1: linear, depth 2: MLP with
+    ``dot_precision``)."""
     if arch.depth == 1:
         from ..kernels.titans_linear_triton import titans_linear_chunked
 
         return titans_linear_chunked
     from ..kernels.titans_mlp_triton import titans_mlp_chunked
 
-    return titans_mlp_chunked
+    return functools.partial(titans_mlp_chunked, dot_precision=dot_precision)
 
 
 @dataclass
@@ -157,6 +165,7 @@ class TNT(nn.Module):
         memory_norm: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        dot_precision: str = "tf32x3",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -182,6 +191,8 @@ class TNT(nn.Module):
 
         self.glob = memory() if global_memory else None
         self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
+        check_dot_precision("tnt", dot_precision, self.local[0].memory)
+        self.dot_precision = dot_precision
         reasons = [
             memory_kernel_unsupported(mem.memory, c, backend)
             for mem, c in zip(self.local, self.chunk_sizes, strict=True)
@@ -223,7 +234,7 @@ class TNT(nn.Module):
                 if reason is None:
                     from ..kernels.titans_mlp_triton import chunk_read_mlp
 
-                    fn = chunk_read_mlp
+                    fn = functools.partial(chunk_read_mlp, dot_precision=self.dot_precision)
                     log_once("tnt: local and global memories run in the Triton kernels")
                 else:
                     log_once(
@@ -256,7 +267,7 @@ class TNT(nn.Module):
                 shard_size=self.shard_sizes[i],
                 projection=self.qk_norm,
                 backend="reference" if backend == "reference" else "chunked",
-                run=_kernel(mem.memory) if backend == "triton" else None,
+                run=_kernel(mem.memory, self.dot_precision) if backend == "triton" else None,
             )
             local_states.append(st)
             y = yl if y is None else y + yl
