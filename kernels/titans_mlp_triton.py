@@ -114,6 +114,7 @@ sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial an
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import torch
@@ -359,6 +360,16 @@ def _rows(b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl
 
 
 @triton.jit
+def _key_base(i_bh, bos, P0, H: tl.constexpr, VARLEN: tl.constexpr):
+    """The sequence's first row in k and v: packed, every sequence's P0 carried window rows lead its
+    own rows (sequence n starts at cu[n] + n·P0); else row 0 of its batch entry."""
+    kb = bos
+    if VARLEN:
+        kb += (i_bh // H).to(tl.int64) * P0
+    return kb
+
+
+@triton.jit
 def _sequence(i_bh, cu, toff, T, NCT, H: tl.constexpr, VARLEN: tl.constexpr):
     """Program (sequence, head)'s batch index, first row, length, first tile and tile count, and its
     row in the coefficients: with ``VARLEN`` sequence n of the packed batch spans rows cu[n] .. cu[n+1]
@@ -470,6 +481,7 @@ def _forward_kernel(
 ):
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = _sequence(i_bh, cu, toff, T, NCT, H, VARLEN)
+    kb = _key_base(i_bh, bos, P0, H, VARLEN)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
     n = D * DH  # numbers per weight matrix
@@ -511,8 +523,10 @@ def _forward_kernel(
             tl.store(w2_anchor + bh * n + o2, K2, mask=m2)
         offs, mask, _, _ = _rows(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
         # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
-        # whose first P0 rows are the state's carried window
-        koffs, kmask, kvalid, krow = _rows(b, bos + P0 + g * L - P, h, bos + P0 + Tn, H, D, P + L, BK, BD)
+        # where the state's carried window (P0 rows) leads the sequence's rows
+        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+        koffs += kb * H * D
+        krow += kb * H
         lk = tl.arange(0, BK)
         lkmask = lk < P + L
         b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
@@ -650,6 +664,7 @@ def _backward_kernel(
 ):
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = _sequence(i_bh, cu, toff, T, NCT, H, VARLEN)
+    kb = _key_base(i_bh, bos, P0, H, VARLEN)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
     n = D * DH
@@ -699,7 +714,9 @@ def _backward_kernel(
             K1 = tl.load(w1_chunks + kc * n + o1, mask=m1, other=0.0)
             K2 = tl.load(w2_chunks + kc * n + o2, mask=m2, other=0.0)
         offs, mask, _, _ = _rows(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-        koffs, kmask, kvalid, krow = _rows(b, bos + P0 + g * L - P, h, bos + P0 + Tn, H, D, P + L, BK, BD)
+        koffs, kmask, kvalid, krow = _rows(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+        koffs += kb * H * D
+        krow += kb * H
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
         b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
         b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
@@ -945,6 +962,11 @@ def _meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: tuple) -> tuple[tu
     return scalars, constants
 
 
+def _carried_rows(k: Tensor, T: int, cu: Tensor | None) -> int:
+    """P0, the Omega window's carried rows that lead k and v (of each packed sequence)."""
+    return (k.shape[1] - T) // (1 if cu is None else cu.numel() - 1)
+
+
 def _segments(n_tiles: int, config: tuple) -> list[tuple[int, int]]:
     """(first tile, number of tiles) of each checkpoint segment (``n_tiles``: of the longest sequence)."""
     every = config[10]
@@ -1000,7 +1022,7 @@ def _forward(q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anch
         empty if cu is None else cu,
         empty if toff is None else toff,
         T,
-        k.shape[1] - T,
+        _carried_rows(k, T, cu),
         c0,
         nc,
         beta.shape[2],
@@ -1253,7 +1275,7 @@ def titans_mlp_bwd(
             empty if cu_seqlens is None else cu_seqlens,
             empty if tile_offsets is None else tile_offsets,
             T,
-            k.shape[1] - T,
+            _carried_rows(k, T, cu_seqlens),
             c0,
             nc,
             beta.shape[2],
@@ -1268,19 +1290,33 @@ def titans_mlp_bwd(
     if ln_w is not None:
         dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
     if prefix:
-        dk, dv = (_fold_key_rows(d, x, T, tile, prefix) for d, x in ((dk, k), (dv, v)))
+        dk, dv = (
+            _fold_key_rows(d, x, T, tile, prefix, cu_seqlens, tile_offsets) for d, x in ((dk, k), (dv, v))
+        )
     return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, *carry]
 
 
-def _fold_key_rows(per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: int) -> Tensor:
+def _fold_key_rows(
+    per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: int, cu: Tensor | None, toff: Tensor | None
+) -> Tensor:
     """Sum per-tile key-row gradients ``[B, H, NT, prefix + tile, D]`` into ``like``'s ``[B, Tk, H, D]``:
-    tile g's row e is row P0 + g·tile − prefix + e, P0 = Tk − T the carried window's rows."""
+    tile g of a sequence whose key rows start at kb (0, or packed cu[n] + n·P0) has row e at
+    kb + P0 + g·tile − prefix + e, P0 the carried window's rows; rows outside the sequence's
+    kb .. kb + P0 + length − 1 (before its first carried row, in its last tile's padding) are absent."""
     B, H, NT, rows, D = per_tile.shape
-    Tk = like.shape[1]
+    P0 = _carried_rows(like, T, cu)
     ar = functools.partial(torch.arange, device=like.device)
-    idx = (Tk - T) + ar(NT)[:, None] * tile - prefix + ar(rows)[None, :]
-    valid = (idx >= 0) & (idx < Tk)  # before the first carried row or in the last tile's padding: absent
-    out = per_tile.new_zeros(B, H, Tk, D)
+    tiles = ar(NT)
+    if cu is None:
+        first, length = torch.zeros_like(tiles), torch.full_like(tiles, T)
+        seq, in_seq = first, tiles
+    else:
+        cu, toff = cu.long(), toff.long()  # type: ignore[union-attr]
+        seq = torch.searchsorted(toff, tiles, right=True) - 1
+        first, length, in_seq = cu[seq] + seq * P0, (cu[1:] - cu[:-1])[seq], tiles - toff[seq]
+    idx = (first + P0 + in_seq * tile - prefix)[:, None] + ar(rows)[None, :]
+    valid = (idx >= first[:, None]) & (idx < (first + P0 + length)[:, None])
+    out = per_tile.new_zeros(B, H, like.shape[1], D)
     out.index_add_(2, idx[valid], per_tile[:, :, valid])
     return out.transpose(1, 2).to(like.dtype).contiguous()
 
@@ -1740,12 +1776,18 @@ def omega_mlp_chunked(
     bias: object = None,
     checkpoint_every: int | None = None,
     dot_precision: str = "tf32x3",
-) -> tuple[Tensor, OmegaState]:
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, OmegaState | list[OmegaState]]:
     """Drop-in for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet, ATLAS Eq. 9-10)
     for a depth-2 chain MLP memory with equal key and value widths (see :func:`supports` with
     ``window``): each tile's key path runs over its tokens and the ``window − 1`` before them (the
     carried window's rows first) and G becomes G·Γ with the band Γ of the window gates. A started
-    chunk (decoding) is finished in PyTorch."""
+    chunk (decoding) is finished in PyTorch.
+
+    ``cu_seqlens`` packs N sequences (B = 1) as in :func:`titans_mlp_chunked`: each runs from its own
+    state (``state`` at a chunk boundary with ``[N, ...]`` weights and ``[N, P0, H, D]`` carried window
+    rows; default the initial weights and no carried rows), its window never reaching into the
+    sequence before it; the state returned is then the list of the N sequences' final states."""
     name = "omega_mlp_chunked"
     _check_dot_precision(name, dot_precision)
     reason = supports(arch, bias, chunk_size, window)
@@ -1760,8 +1802,13 @@ def omega_mlp_chunked(
     if state is not None and state.direction is not None:
         raise ValueError(f"{name}: the state has a Muon direction; the kernel covers the rule without Muon")
     omega = dict(window=window, chunk_size=chunk_size, bias=bias)
+    lengths = None if cu_seqlens is None else sequence_lengths(name, q, cu_seqlens)
     y0 = None
     if state is not None and state.memory.offset > 0:
+        if lengths is not None:
+            raise ValueError(
+                f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.memory.offset}"
+            )
         n = min(T, chunk_size - state.memory.offset)
 
         def cut(x: Tensor | None, s: slice) -> Tensor | None:
@@ -1775,18 +1822,40 @@ def omega_mlp_chunked(
         if n == T:
             return y0, state
         q, k, v, lr, mom, keep, win_gate = (cut(x, rest) for x in (q, k, v, lr, mom, keep, win_gate))  # type: ignore[assignment]
+    seq_lengths = [q.shape[1]] if lengths is None else lengths  # (after a finished chunk's head)
+    bounds = list(itertools.accumulate([0, *seq_lengths]))
+    N = B if lengths is None else len(lengths)
+    start = _start(arch, N, None if state is None else state.memory, mom is not None)
+    if lengths is not None and start[0].shape[0] != len(lengths):
+        raise ValueError(
+            f"{name}: the state must hold one entry per packed sequence ({len(lengths)}), got "
+            f"weights of shape {tuple(start[0].shape)}"
+        )
     if state is None:
-        start = _start(arch, B, None, mom is not None)
         kx, vx = k, v
     else:
-        start = _start(arch, B, state.memory, mom is not None)
-        # in float32, the memory's dtype, in which the carried rows are kept
-        kx, vx = (torch.cat([w.float(), x.float()], 1) for w, x in ((state.window_k, k), (state.window_v, v)))
+        # in float32, the memory's dtype, in which the carried rows are kept; packed, each sequence's
+        # carried rows lead its own rows
+        pieces = [(slice(None), slice(None))]  # (the state's entries, their tokens)
+        if lengths is not None:
+            pieces = [(slice(n, n + 1), slice(bounds[n], bounds[n + 1])) for n in range(N)]
+        kx, vx = (
+            torch.cat([torch.cat([w[n].float(), x[:, t].float()], 1) for n, t in pieces], 1)
+            for w, x in ((state.window_k, k), (state.window_v, v))
+        )
     y, mem = _run(
         arch, q, kx, vx, lr, mom, keep, start, chunk_size=chunk_size, bias=bias, bias_params=None,
         read_start=False, checkpoint_every=checkpoint_every, window=window, win_gate=win_gate,
-        dot_precision=dot_precision,
+        lengths=lengths, dot_precision=dot_precision,
     )  # fmt: skip
-    keep_rows = max(0, kx.shape[1] - (window - 1))
-    out = OmegaState(mem, kx[:, keep_rows:].float(), vx[:, keep_rows:].float())
-    return (y if y0 is None else torch.cat([y0, y], 1)), out
+    y = y if y0 is None else torch.cat([y0, y], 1)
+    P0 = (kx.shape[1] - bounds[-1]) // len(seq_lengths)
+
+    def window_rows(x: Tensor, n: int) -> Tensor:  # the last window − 1 of sequence n's key rows
+        first, end = bounds[n] + n * P0, bounds[n + 1] + (n + 1) * P0
+        return x[:, max(first, end - (window - 1)) : end].float()
+
+    if lengths is None:
+        return y, OmegaState(mem, window_rows(kx, 0), window_rows(vx, 0))
+    mems = sequence_states(mem.weights, mem.momentum, mem.anchor, lengths, chunk_size)  # type: ignore[arg-type]
+    return y, [OmegaState(m, window_rows(kx, n), window_rows(vx, n)) for n, m in enumerate(mems)]

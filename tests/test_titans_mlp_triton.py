@@ -313,6 +313,80 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
         assert_close(f"{name} (packed, chunk={chunk_size}, every={every})", ref[name].float(), out[name])
 
 
+@pytest.mark.parametrize(
+    "window,chunk_size,carried,gates",
+    [(3, 16, 2, "both"), (5, 8, 0, "none"), (2, 96, 1, "keep"), (4, 16, 1, "mom")],
+)
+def test_packed_omega_matches_engine_per_sequence(window, chunk_size, carried, gates):
+    """The Omega window with cu_seqlens: all sequences in one launch == the float64 ``omega_chunked``
+    on every sequence alone (outputs, each sequence's final weights, momenta, anchor and window rows,
+    every gradient: the stacked initial states' and carried rows' included). A sequence's window never
+    reaches into the one before it; its carried rows (``carried`` of them, from its own state) lead
+    it. Lengths 0 and 1, shorter and longer than a chunk; chunk 96 runs as 2 tiles of 48."""
+    lengths = [5, 0, 37, 16, 1, 30]
+    N, T, Dh = len(lengths), sum(lengths), 4 * D
+    arch, ref_arch = _arch(residual=True, layer_norm=True), _arch(residual=True, layer_norm=True).double()
+    inputs = _inputs(T, torch.float32, gates)
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
+        inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+    if inputs["s1"] is not None:
+        for name, shape in (("s1", (N, H, D, Dh)), ("s2", (N, H, Dh, D))):
+            inputs[name] = 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    inputs["gam"] = 0.5 + 0.5 * torch.rand(1, T, H, window, generator=g, dtype=torch.float64)
+    for name in ("wk", "wv"):
+        inputs[name] = 0.3 * torch.randn(N, carried, H, D, generator=g, dtype=torch.float64)
+    bounds = [0, *itertools.accumulate(lengths)]
+
+    def run(fast: bool) -> dict[str, torch.Tensor]:
+        dtype = torch.float32 if fast else torch.float64
+        a = arch if fast else ref_arch
+        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items() if t is not None}
+        args = [leaves.get(n) for n in ("q", "k", "v", "lr", "mom", "keep", "gam")]
+        momentum = (leaves["s1"], leaves["s2"]) if "s1" in leaves else None
+        state = OmegaState(MemoryState((leaves["w1"], leaves["w2"]), momentum), leaves["wk"], leaves["wv"])
+        if fast:
+            y, states = triton_mlp.omega_mlp_chunked(
+                a, *args, state, window=window, chunk_size=chunk_size,
+                cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+            )  # fmt: skip
+        else:
+            ys, states = [], []
+            for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+                sl = slice(n, n + 1)
+                mem = MemoryState(
+                    tuple(w[sl] for w in state.memory.weights),
+                    None if momentum is None else tuple(s[sl] for s in momentum),
+                )
+                yn, st = omega_chunked(
+                    a, *(None if x is None else x[:, lo:hi] for x in args),
+                    OmegaState(mem, state.window_k[sl], state.window_v[sl]),
+                    window=window, chunk_size=chunk_size,
+                )  # fmt: skip
+                ys.append(yn)
+                states.append(st)
+            y = torch.cat(ys, 1)
+        outs = {"y": y}
+        for n, st in enumerate(states):
+            mem = st.memory
+            outs.update({f"seq{n}.w{i}": w for i, w in enumerate(mem.weights)})
+            outs.update({f"seq{n}.s{i}": w for i, w in enumerate(mem.momentum or ())})
+            outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(mem.anchor or ())})
+            outs.update({f"seq{n}.window_k": st.window_k, f"seq{n}.window_v": st.window_v})
+            assert mem.offset == lengths[n] % chunk_size
+        leaves.update(ln_w=a.norm_weight, ln_b=a.norm_bias)
+        return with_leaf_grads(outs, leaves)
+
+    ref = run(False)
+    with nan_allocations():
+        out = run(True)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(
+            f"{name} (packed omega, window={window}, chunk={chunk_size})", ref[name].float(), out[name]
+        )
+
+
 def test_packed_sequences_errors():
     arch = _arch()
     x = torch.randn(1, 10, H, D)
