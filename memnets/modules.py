@@ -71,6 +71,8 @@ class ShortConv(nn.Module):
         if state is None:
             state = x.new_zeros(B, K - 1, C)
         xp = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
+        if T == 0:  # an empty sequence (packed batches may hold one): the state passes through
+            return x.new_zeros(B, 0, C), xp
         windows = xp.unfold(1, K, 1)  # [B, T, C, K]; window t covers inputs t-K+1 .. t
         if cu_seqlens is not None:
             windows = windows * _same_sequence_mask(cu_seqlens, T, K, x.device).to(x.dtype)[None, :, None, :]

@@ -1,5 +1,8 @@
+import itertools
+
 import pytest
 import torch
+from mixer_checks import state_tensors
 
 import memnets
 from memnets.model import ModelConfig
@@ -42,6 +45,36 @@ def test_attention_step_equals_forward(window):
     y1, s = mixer(x[:, :6])
     y2, _ = mixer(x[:, 6:], s)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+
+
+def _mixer_names() -> list[str]:
+    from memnets.registry import _MIXERS, _import_all
+
+    _import_all()
+    return sorted(_MIXERS)
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 4], [6, 1], [7, 0]])
+@pytest.mark.parametrize("name", _mixer_names())
+def test_packed_equals_each_sequence_alone(name, lengths):
+    """Every mixer: a packed batch (empty sequences included) gives each sequence the output it gets
+    alone. The recurrent mixers that return one state for a packed batch return the last sequence's
+    own (what running it alone leaves; not every mixer runs an empty sequence alone); gated_deltanet and
+    mom return one per sequence (as fla) and attention its cache of the whole stream."""
+    torch.manual_seed(0)
+    mixer = memnets.build_mixer(name, d_model=32, num_heads=2).double()
+    bounds = [0, *itertools.accumulate(lengths)]
+    x = torch.randn(1, bounds[-1], 32, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = mixer(x, cu_seqlens=torch.tensor(bounds))
+        alone = [mixer(x[:, lo:hi]) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+    torch.testing.assert_close(y, torch.cat([a[0] for a in alone], 1))
+    if name in ("attention", "gated_deltanet", "mom") or lengths[-1] == 0:
+        return
+    got, want = state_tensors(state), state_tensors(alone[-1][1])
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], msg=f"{name}: {key}")
 
 
 def test_attention_packed_equals_padded():

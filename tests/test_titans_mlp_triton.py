@@ -784,6 +784,35 @@ def test_omeganet_triton_backend_equals_chunked(options):
     assert_close("decode", out["y"], torch.stack(ys, 1))
 
 
+@pytest.mark.parametrize(
+    "options,lengths",
+    [({"window": 3}, [5, 1, 23, 11]), ({"momentum": True, "window": 4, "chunk_size": 8}, [9, 0, 30])],
+)
+def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
+    """omeganet on backend='triton' runs packed sequences in one kernel call (backend='chunked' runs
+    them one by one): same output, last sequence's state (memory, window rows, conv) and every
+    gradient."""
+    calls = []
+    original = triton_mlp.omega_mlp_chunked
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seqlens"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_mlp, "omega_mlp_chunked", spy)
+    torch.manual_seed(0)
+    kw = {"d_model": 32, "num_heads": 2, "feature_degree": 1, "lr_max": 0.05, **options}
+    chunked = memnets.build_mixer("omeganet", backend="chunked", **kw)
+    fast = memnets.build_mixer("omeganet", backend="triton", **kw)
+    fast.load_state_dict(chunked.state_dict())
+    cu = torch.tensor([0, *itertools.accumulate(lengths)])
+    x = torch.randn(1, sum(lengths), 32)
+    with nan_allocations():
+        out = forward_backward(fast, x, cu_seqlens=cu)
+    assert len(calls) == 1 and torch.equal(calls[0], cu)
+    assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
+
+
 def test_mixer_triton_decode_equals_forward():
     mixer = _mlp_titans("triton")
     x = torch.randn(1, 18, 32)

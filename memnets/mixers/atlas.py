@@ -34,7 +34,9 @@ Choices where the paper is silent (spec §4, §9), each an option:
   ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
   previous chunk recompute those gradients there.
-* Packed sequences (``cu_seqlens``) run sequence by sequence. Backends: ``reference`` (token loop),
+* Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (each sequence from the
+  initial state, its window never reaching the one before it), else sequence by sequence; the state
+  returned is the last sequence's. Backends: ``reference`` (token loop),
   ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
   (:func:`~memnets.kernels.titans_mlp_triton.omega_mlp_chunked`) for OmegaNet without Muon on the
   2-layer chain memory with the l2 inner loss and keys as wide as values (``feature_degree=1``: the
@@ -76,8 +78,14 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, resolve_backend
-from .memory_block import MemoryProjections, check_dot_precision, no_wide_kernels, run_packed_one_by_one
+from .base import BACKENDS, Backend, last_sequence_conv, resolve_backend
+from .memory_block import (
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    no_wide_kernels,
+    run_packed_one_by_one,
+)
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -229,12 +237,16 @@ class _OmegaMixer(nn.Module):
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
-        if cu_seqlens is not None:
-            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         supported = SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
         backend = resolve_backend(self.name, self.backend, x.device, supported, self.triton_reason)
+        if cu_seqlens is not None:
+            if backend != "triton":
+                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape
-        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+        if cu_seqlens is not None:
+            conv = last_sequence_conv(conv, cu_seqlens)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
         gates = self.gates(x, dtype)
@@ -250,7 +262,9 @@ class _OmegaMixer(nn.Module):
                 chunk_size=self.chunk_size,
                 bias=self.bias,  # type: ignore[arg-type]
                 dot_precision=self.dot_precision,
+                cu_seqlens=cu_seqlens,
             )
+            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
         else:
             run = omega_reference if backend == "reference" else omega_chunked
             y, mem = run(
@@ -264,7 +278,7 @@ class _OmegaMixer(nn.Module):
                 bias=self.bias,
             )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y.to(x.dtype), gate).reshape(B, T, -1)
+        y = self.norm(y.to(x.dtype), gate).reshape(B, T, self.num_heads * self.head_dim)
         return self.out(y), AtlasState(conv, mem)
 
     def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:

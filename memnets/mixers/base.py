@@ -81,6 +81,17 @@ def resolve_backend(
     return chosen
 
 
+def last_sequence_conv(conv: dict[str, torch.Tensor], cu_seqlens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The conv states of the last packed sequence alone (what running it by itself leaves): the
+    states' inputs from before its first token are zeros."""
+    start, end = cu_seqlens[-2:].tolist()
+    out = {}
+    for n, s in conv.items():
+        pos = end - s.shape[1] + torch.arange(s.shape[1], device=s.device)
+        out[n] = s * (pos >= start).to(s.dtype)[None, :, None]
+    return out
+
+
 def check_cu_seqlens(owner: str, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> None:
     if cu_seqlens is None:
         return

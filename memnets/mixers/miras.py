@@ -300,7 +300,7 @@ class MirasMemory(nn.Module):
                 lag=self.lag,
             )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, -1)
+        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
         return self.out(y), MirasState(conv, mem)
 
     def step(self, x: Tensor, state: MirasState | None) -> tuple[Tensor, MirasState]:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..modules import GatedRMSNorm, ShortConv
 from ..newton import Cell, NewtonOptions, NewtonStats, newton_solve, sequential_solve
 from ..registry import register_mixer
-from .base import Backend, check_cu_seqlens, resolve_backend
+from .base import Backend, check_cu_seqlens, last_sequence_conv, resolve_backend
 
 Init = Literal["paper", "code"]
 
@@ -242,14 +242,21 @@ class _ParaRNN(nn.Module):
         reset = None
         if cu_seqlens is not None:
             reset = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
-            reset[0, cu_seqlens[:-1].long()] = True
+            starts = cu_seqlens[:-1].long()
+            reset[0, starts[starts < x.shape[1]]] = True  # an empty last sequence starts at T
         h0 = None if state is None else state.h
         if backend == "reference":
             S = sequential_solve(self.cell, u, h0, reset)
         else:
             options = replace(self.options, scan_backend=backend)  # chunked or triton scan inside Newton
             S = newton_solve(self.cell, u, h0, reset, options, self.last_stats)
-        return self._out(self.cell.output(S), xc, gate), ParaRNNState(conv_state, S[:, -1])
+        last = S[:, -1]
+        if cu_seqlens is not None:  # the last packed sequence's own state (what running it alone leaves)
+            if conv_state is not None:
+                conv_state = last_sequence_conv({"x": conv_state}, cu_seqlens)["x"]
+            if int(cu_seqlens[-1]) == int(cu_seqlens[-2]):
+                last = torch.zeros_like(last)
+        return self._out(self.cell.output(S), xc, gate), ParaRNNState(conv_state, last)
 
     def step(self, x: Tensor, state: ParaRNNState | None) -> tuple[Tensor, ParaRNNState]:
         xc, gate = self.in_proj(x).chunk(2, -1)

@@ -103,7 +103,7 @@ from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, log_once, resolve_backend
+from .base import Backend, last_sequence_conv, log_once, resolve_backend
 from .memory_block import (
     MemoryProjections,
     check_dot_precision,
@@ -123,17 +123,6 @@ def _check_positive(owner: str, **values: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # the neural memory: projections, gates, memory, output norm
-
-
-def _last_sequence_conv(conv: dict[str, Tensor], cu_seqlens: Tensor) -> dict[str, Tensor]:
-    """The conv state of the last packed sequence alone (what running it by itself leaves): the
-    state's inputs from before its first token are zeros."""
-    start, end = cu_seqlens[-2:].tolist()
-    out = {}
-    for n, s in conv.items():
-        pos = end - s.shape[1] + torch.arange(s.shape[1], device=s.device)
-        out[n] = s * (pos >= start).to(s.dtype)[None, :, None]
-    return out
 
 
 class MemoryGates(nn.Module):
@@ -326,7 +315,7 @@ class Titans(nn.Module):
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         if cu_seqlens is not None:
-            conv = _last_sequence_conv(conv, cu_seqlens)
+            conv = last_sequence_conv(conv, cu_seqlens)
         gates = self.gates(x)
         y, mem = _run_memory(
             backend,
@@ -341,7 +330,7 @@ class Titans(nn.Module):
             self.dot_precision,
         )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, -1)
+        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
         return self.out(y), TitansState(conv, mem)
 
     def step(self, x: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:

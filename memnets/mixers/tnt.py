@@ -272,7 +272,7 @@ class TNT(nn.Module):
             local_states.append(st)
             y = yl if y is None else y + yl
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        out = self.out(self.norm(y, gate).reshape(B, T, -1))
+        out = self.out(self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim))
         return out, TNTState(new_conv, glob_state, local_states)
 
     def _global_kernel_unsupported(self) -> str | None:
