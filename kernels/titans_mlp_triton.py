@@ -108,7 +108,9 @@ plain chunked form, chunks of at most ``MAX_TILE``): :func:`titans_mlp_chunked` 
 
 Packed sequences (``cu_seqlens``, B = 1, ``VARLEN``): one program per (sequence, head) walks that
 sequence's tiles, which restart at its first token (coefficients per sequence tile, gates padded per
-sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state.
+sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state. With
+the Omega window, each sequence's carried window rows lead its own rows in k and v (sequence n's key
+rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
 """
 
 from __future__ import annotations
