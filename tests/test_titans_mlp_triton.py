@@ -813,6 +813,37 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
     assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
 
 
+@pytest.mark.parametrize(
+    "name,options",
+    [("yaad", {"sign_sharpness": 1.0}), ("yaad", {"huber": "coord"}), ("moneta", {"normalize": "none"})],
+)
+def test_miras_triton_packed_equals_chunked(monkeypatch, name, options):
+    """Yaad and Moneta (identity retention) on backend='triton' run packed sequences in one kernel
+    call (backend='chunked' runs them one by one): same output, last sequence's state and every
+    gradient, the per-token Huber thresholds' gate included."""
+    calls = []
+    original = triton_mlp.titans_mlp_chunked
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seqlens"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_mlp, "titans_mlp_chunked", spy)
+    mixers = []
+    for backend in ("chunked", "triton"):
+        torch.manual_seed(0)
+        kw = {"d_model": 32, "num_heads": 2, "chunk_size": 8, "lr_max": 0.02, **options}
+        mixers.append(memnets.build_mixer(name, backend=backend, **kw))
+    mixers[1].load_state_dict(mixers[0].state_dict())
+    lengths = [7, 0, 19, 1, 10]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)])
+    x = torch.randn(1, sum(lengths), 32)
+    with nan_allocations():
+        out = forward_backward(mixers[1], x, cu_seqlens=cu)
+    assert len(calls) == 1 and torch.equal(calls[0], cu)
+    assert_all_close(forward_backward(mixers[0], x, cu_seqlens=cu), out)
+
+
 def test_mixer_triton_decode_equals_forward():
     mixer = _mlp_titans("triton")
     x = torch.randn(1, 18, 32)

@@ -50,7 +50,9 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax and the first
   outer gradient norm on MQAR was ~325 (embedding and key projection), at 0.1 it is ~2, and MQAR
   accuracy after 500 steps rose from chance to 3x chance (runs below).
-* Packed sequences (``cu_seqlens``) run sequence by sequence from a fresh state.
+* Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (Yaad, Moneta with
+  ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
+  returned is the last sequence's.
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
   ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
@@ -111,8 +113,14 @@ from ..memory.miras import (
 )
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import Backend, resolve_backend
-from .memory_block import MemoryProjections, check_dot_precision, no_wide_kernels, run_packed_one_by_one
+from .base import Backend, last_sequence_conv, resolve_backend
+from .memory_block import (
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    no_wide_kernels,
+    run_packed_one_by_one,
+)
 
 SUPPORTED_BACKENDS = ("reference", "chunked")
 
@@ -252,16 +260,32 @@ class MirasMemory(nn.Module):
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
 
+    def _packs_in_one_call(self, backend: str) -> bool:
+        """Whether packed sequences run in one kernel call (the Triton backend with the state on
+        chip) rather than one by one."""
+        if backend != "triton":
+            return False
+        from ..kernels import titans_mlp_triton
+
+        return (
+            titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size, no_wide="packed sequences")
+            is None
+        )
+
     def forward(
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
-        if cu_seqlens is not None:
-            return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         reason = self.memory_kernel_unsupported()
         supported = SUPPORTED_BACKENDS if reason else (*SUPPORTED_BACKENDS, "triton")
         backend = resolve_backend(self.name, self.backend, x.device, supported, reason)
+        if cu_seqlens is not None:
+            if not self._packs_in_one_call(backend):
+                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
+            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape
-        qkv, conv = self.inputs(x, None if state is None else state.conv)
+        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+        if cu_seqlens is not None:
+            conv = last_sequence_conv(conv, cu_seqlens)
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
         memory = None if state is None else state.memory
@@ -282,7 +306,9 @@ class MirasMemory(nn.Module):
                 bias=self.bias,
                 bias_params=self.bias_params(raw),
                 dot_precision=self.dot_precision,
+                cu_seqlens=cu_seqlens,
             )
+            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
         else:
             fn = miras_reference if backend == "reference" else miras_chunked
             y, mem = fn(
