@@ -47,15 +47,8 @@ def test_attention_step_equals_forward(window):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y)
 
 
-def _mixer_names() -> list[str]:
-    from memnets.registry import _MIXERS, _import_all
-
-    _import_all()
-    return sorted(_MIXERS)
-
-
 @pytest.mark.parametrize("lengths", [[3, 0, 4], [6, 1], [7, 0]])
-@pytest.mark.parametrize("name", _mixer_names())
+@pytest.mark.parametrize("name", memnets.list_mixers())
 def test_packed_equals_each_sequence_alone(name, lengths):
     """Every mixer: a packed batch (empty sequences included) gives each sequence the output it gets
     alone. The recurrent mixers that return one state for a packed batch return the last sequence's
