@@ -397,6 +397,29 @@ def test_packed_sequences_errors():
         triton_mlp.titans_mlp_chunked(
             arch, x, x, x, torch.rand(1, 10, H), state=state, cu_seqlens=torch.tensor([0, 4, 10])
         )
+    # the Omega variant: the same checks, and a state in the middle of a chunk
+    rows = torch.zeros(3, 1, H, D)
+    omega_state = OmegaState(state, rows, rows)
+    with pytest.raises(
+        ValueError, match=r"omega_mlp_chunked: the state must hold one entry per packed sequence \(2\)"
+    ):
+        triton_mlp.omega_mlp_chunked(
+            arch,
+            x,
+            x,
+            x,
+            torch.rand(1, 10, H),
+            state=omega_state,
+            window=2,
+            cu_seqlens=torch.tensor([0, 4, 10]),
+        )
+    with pytest.raises(
+        ValueError, match="omega_mlp_chunked: with cu_seqlens the state must be at a chunk boundary"
+    ):
+        mid = OmegaState(MemoryState(state.weights, None, state.weights, 3), rows, rows)
+        triton_mlp.omega_mlp_chunked(
+            arch, x, x, x, torch.rand(1, 10, H), state=mid, window=2, cu_seqlens=torch.tensor([0, 4, 10])
+        )
 
 
 GPU_ONLY = pytest.mark.skipif(
@@ -811,6 +834,8 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
         out = forward_backward(fast, x, cu_seqlens=cu)
     assert len(calls) == 1 and torch.equal(calls[0], cu)
     assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
+    with pytest.raises(ValueError, match="omeganet: cu_seqlens cannot be combined with a recurrent state"):
+        fast(x, fast(x[:, :4])[1], cu_seqlens=cu)
 
 
 @pytest.mark.parametrize(
