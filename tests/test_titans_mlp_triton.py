@@ -241,6 +241,25 @@ def test_checkpoint_segments_do_not_change_results():
             torch.testing.assert_close(other[name], ref, rtol=rtol, atol=0.0)
 
 
+def _state_outputs(prefix: str, mem: MemoryState) -> dict[str, torch.Tensor]:
+    """A memory state's tensors by name: weights, momenta, anchor."""
+    outs = {f"{prefix}.w{i}": w for i, w in enumerate(mem.weights)}
+    outs.update({f"{prefix}.s{i}": s for i, s in enumerate(mem.momentum or ())})
+    outs.update({f"{prefix}.anchor{i}": a for i, a in enumerate(mem.anchor or ())})
+    return outs
+
+
+def _assert_kernel_matches_reference(run, label: str) -> None:
+    """``run(True)`` (the kernel, fresh allocations NaN-filled) == ``run(False)`` (float64 reference),
+    result by result."""
+    ref = run(False)
+    with nan_allocations():
+        out = run(True)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(f"{name} ({label})", ref[name].float(), out[name])
+
+
 @pytest.mark.parametrize(
     "chunk_size,every,layer_norm,bias",
     [
@@ -298,19 +317,12 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
             y = torch.cat(ys, 1)
         outs = {"y": y}
         for n, st in enumerate(states):
-            outs.update({f"seq{n}.w{i}": w for i, w in enumerate(st.weights)})
-            outs.update({f"seq{n}.s{i}": w for i, w in enumerate(st.momentum)})
-            outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(st.anchor or ())})
+            outs.update(_state_outputs(f"seq{n}", st))
         if layer_norm:
             leaves.update(ln_w=a.norm_weight, ln_b=a.norm_bias)
         return with_leaf_grads(outs, leaves)
 
-    ref = run(False)
-    with nan_allocations():
-        out = run(True)
-    assert ref.keys() == out.keys()
-    for name in ref:
-        assert_close(f"{name} (packed, chunk={chunk_size}, every={every})", ref[name].float(), out[name])
+    _assert_kernel_matches_reference(run, f"packed, chunk={chunk_size}, every={every}")
 
 
 @pytest.mark.parametrize(
@@ -368,23 +380,13 @@ def test_packed_omega_matches_engine_per_sequence(window, chunk_size, carried, g
             y = torch.cat(ys, 1)
         outs = {"y": y}
         for n, st in enumerate(states):
-            mem = st.memory
-            outs.update({f"seq{n}.w{i}": w for i, w in enumerate(mem.weights)})
-            outs.update({f"seq{n}.s{i}": w for i, w in enumerate(mem.momentum or ())})
-            outs.update({f"seq{n}.anchor{i}": w for i, w in enumerate(mem.anchor or ())})
+            outs.update(_state_outputs(f"seq{n}", st.memory))
             outs.update({f"seq{n}.window_k": st.window_k, f"seq{n}.window_v": st.window_v})
-            assert mem.offset == lengths[n] % chunk_size
+            assert st.memory.offset == lengths[n] % chunk_size
         leaves.update(ln_w=a.norm_weight, ln_b=a.norm_bias)
         return with_leaf_grads(outs, leaves)
 
-    ref = run(False)
-    with nan_allocations():
-        out = run(True)
-    assert ref.keys() == out.keys()
-    for name in ref:
-        assert_close(
-            f"{name} (packed omega, window={window}, chunk={chunk_size})", ref[name].float(), out[name]
-        )
+    _assert_kernel_matches_reference(run, f"packed omega, window={window}, chunk={chunk_size}")
 
 
 def test_packed_sequences_errors():
@@ -807,6 +809,20 @@ def test_omeganet_triton_backend_equals_chunked(options):
     assert_close("decode", out["y"], torch.stack(ys, 1))
 
 
+def _spy_kernels(monkeypatch, *names: str) -> list[tuple[str, dict]]:
+    """Record (name, keyword arguments) of every call of these kernel wrappers, which still run."""
+    calls: list[tuple[str, dict]] = []
+    for name in names:
+        original = getattr(triton_mlp, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            calls.append((_name, kwargs))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(triton_mlp, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize(
     "options,lengths",
     [({"window": 3}, [5, 1, 23, 11]), ({"momentum": True, "window": 4, "chunk_size": 8}, [9, 0, 30])],
@@ -815,14 +831,7 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
     """omeganet on backend='triton' runs packed sequences in one kernel call (backend='chunked' runs
     them one by one): same output, last sequence's state (memory, window rows, conv) and every
     gradient."""
-    calls = []
-    original = triton_mlp.omega_mlp_chunked
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("cu_seqlens"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(triton_mlp, "omega_mlp_chunked", spy)
+    calls = _spy_kernels(monkeypatch, "omega_mlp_chunked")
     torch.manual_seed(0)
     kw = {"d_model": 32, "num_heads": 2, "feature_degree": 1, "lr_max": 0.05, **options}
     chunked = memnets.build_mixer("omeganet", backend="chunked", **kw)
@@ -832,7 +841,7 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
     x = torch.randn(1, sum(lengths), 32)
     with nan_allocations():
         out = forward_backward(fast, x, cu_seqlens=cu)
-    assert len(calls) == 1 and torch.equal(calls[0], cu)
+    assert len(calls) == 1 and torch.equal(calls[0][1]["cu_seqlens"], cu)
     assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
     with pytest.raises(ValueError, match="omeganet: cu_seqlens cannot be combined with a recurrent state"):
         fast(x, fast(x[:, :4])[1], cu_seqlens=cu)
@@ -846,14 +855,7 @@ def test_miras_triton_packed_equals_chunked(monkeypatch, name, options):
     """Yaad and Moneta (identity retention) on backend='triton' run packed sequences in one kernel
     call (backend='chunked' runs them one by one): same output, last sequence's state and every
     gradient, the per-token Huber thresholds' gate included."""
-    calls = []
-    original = triton_mlp.titans_mlp_chunked
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("cu_seqlens"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(triton_mlp, "titans_mlp_chunked", spy)
+    calls = _spy_kernels(monkeypatch, "titans_mlp_chunked")
     mixers = []
     for backend in ("chunked", "triton"):
         torch.manual_seed(0)
@@ -865,7 +867,7 @@ def test_miras_triton_packed_equals_chunked(monkeypatch, name, options):
     x = torch.randn(1, sum(lengths), 32)
     with nan_allocations():
         out = forward_backward(mixers[1], x, cu_seqlens=cu)
-    assert len(calls) == 1 and torch.equal(calls[0], cu)
+    assert len(calls) == 1 and torch.equal(calls[0][1]["cu_seqlens"], cu)
     assert_all_close(forward_backward(mixers[0], x, cu_seqlens=cu), out)
 
 
@@ -969,15 +971,7 @@ def test_chunk_size_one_matches_token_reference():
 def test_mixer_dot_precision_reaches_the_kernels(monkeypatch, name, options):
     """The mixers' ``dot_precision`` option is what every MLP kernel call they make receives (TNT: both
     memories), and the output stays within float16's tolerance of the float32 kernels'."""
-    seen = []
-    for fn in ("titans_mlp_chunked", "chunk_read_mlp", "omega_mlp_chunked"):
-        original = getattr(triton_mlp, fn)
-
-        def spy(*args, _original=original, _fn=fn, **kwargs):
-            seen.append((_fn, kwargs.get("dot_precision")))
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(triton_mlp, fn, spy)
+    seen = _spy_kernels(monkeypatch, "titans_mlp_chunked", "chunk_read_mlp", "omega_mlp_chunked")
     outs = []
     for precision in ("tf32x3", "float16"):
         torch.manual_seed(0)
@@ -987,8 +981,8 @@ def test_mixer_dot_precision_reaches_the_kernels(monkeypatch, name, options):
         torch.manual_seed(1)
         with torch.no_grad():
             outs.append(mixer(torch.randn(1, 19, 32))[0])
-        calls = {fn for fn, p in seen if p == precision}
-        assert calls and all(p == precision for _, p in seen), seen
+        calls = {fn for fn, kw in seen if kw.get("dot_precision") == precision}
+        assert calls and all(kw.get("dot_precision") == precision for _, kw in seen), seen
         assert name != "tnt" or calls == {"titans_mlp_chunked", "chunk_read_mlp"}
         seen.clear()
     assert_close("y (float16 operands)", outs[0].to(torch.float16), outs[1].to(torch.float16))
