@@ -11,6 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
 import torch
+from mixer_checks import assert_all_close, forward_backward
 from test_titans_mlp_triton import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 import memnets
@@ -190,7 +191,7 @@ def test_bad_hidden_block_raises():
 def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     """The Titans mixer at head dim 64 (its default memory: hidden 256, residual + LayerNorm; before the
     wide kernels, beyond the Triton backend): backend='triton' runs the wide kernels and equals
-    backend='chunked', output, input and every parameter gradient."""
+    backend='chunked', output, final state, input and every parameter gradient."""
     calls = []
     op = wide.titans_mlp_wide_fwd
 
@@ -199,28 +200,12 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
         return op(*args)
 
     monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
-    mixers = []
-    for backend in ("chunked", "triton"):
-        torch.manual_seed(0)
-        mixers.append(
-            memnets.build_mixer(
-                "titans", d_model=64, num_heads=1, chunk_size=16, backend=backend, lr_max=0.02
-            )
-        )
-    mixers[1].load_state_dict(mixers[0].state_dict())
-    x, cot = torch.randn(1, 19, 64), torch.randn(1, 19, 64)
-    results = []
-    for m in mixers:
-        xi = x.clone().requires_grad_()
-        with nan_allocations():
-            y, _ = m(xi)
-            (y * cot).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    chunked, fast = base.twin_mixers("titans", d_model=64, num_heads=1, chunk_size=16, lr_max=0.02)
+    x = torch.randn(1, 19, 64)
+    with nan_allocations():
+        out = forward_backward(fast, x)
     assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
-    assert_close("y", results[0][0], results[1][0])
-    assert_close("dx", results[0][1], results[1][1])
-    for n, g in results[0][2].items():
-        assert_close(f"d{n}", g, results[1][2][n])
+    assert_all_close(forward_backward(chunked, x), out)
 
 
 def test_auto_leaves_wide_kernels_until_checked_on_a_gpu(monkeypatch, caplog):
