@@ -39,9 +39,13 @@ def _on_device():
         yield
 
 
-def _arch(residual: bool = False, activation: str = "gelu", layer_norm: bool = False) -> MemoryMLP:
+def _arch(
+    residual: bool = False, activation: str = "gelu", layer_norm: bool = False, hidden: int = 4 * D
+) -> MemoryMLP:
     torch.manual_seed(0)
-    arch = MemoryMLP(H, D, depth=2, activation=activation, residual=residual, layer_norm=layer_norm)  # type: ignore[arg-type]
+    arch = MemoryMLP(
+        H, D, depth=2, expansion=hidden / D, activation=activation, residual=residual, layer_norm=layer_norm
+    )  # type: ignore[arg-type]
     if layer_norm:  # away from the identity affine, so its gradients are tested
         with torch.no_grad():
             arch.norm_weight.copy_(1 + 0.3 * torch.randn(H, D))

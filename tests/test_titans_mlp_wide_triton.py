@@ -25,18 +25,17 @@ wide = pytest.importorskip("memnets.kernels.titans_mlp_wide_triton")
 H, D = base.H, base.D  # hidden width 4 D = 64
 
 
-def _arch(residual: bool, activation: str, layer_norm: bool, hidden: int | None) -> MemoryMLP:
-    if hidden is None:
-        return base._arch(residual, activation, layer_norm)
-    torch.manual_seed(0)
-    arch = MemoryMLP(
-        H, D, depth=2, expansion=hidden / D, activation=activation, residual=residual, layer_norm=layer_norm
-    )  # type: ignore[arg-type]
-    if layer_norm:  # away from the identity affine, so its gradients are tested
-        with torch.no_grad():
-            arch.norm_weight.copy_(1 + 0.3 * torch.randn(H, D))
-            arch.norm_bias.copy_(0.2 * torch.randn(H, D))
-    return arch
+def _spy_hidden_blocks(monkeypatch) -> list[int]:
+    """Record the hidden block of every call of the wide forward op, which still runs."""
+    calls = []
+    op = wide.titans_mlp_wide_fwd
+
+    def spy(*args):
+        calls.append(args[-2])  # the hidden block (then the dot precision)
+        return op(*args)
+
+    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    return calls
 
 
 def _compare(
@@ -52,8 +51,8 @@ def _compare(
     split=None,
     hidden=None,
 ):
-    arch = _arch(residual, activation, layer_norm, hidden)
-    ref_arch = _arch(residual, activation, layer_norm, hidden).double()
+    arch = base._arch(residual, activation, layer_norm, hidden or 4 * D)
+    ref_arch = base._arch(residual, activation, layer_norm, hidden or 4 * D).double()
     inputs = base._inputs(T, dtype, gates, bias)
     if hidden is not None:  # another hidden width than base's 4 D
         g = torch.Generator(device=base.DEVICE).manual_seed(hidden)
@@ -127,16 +126,9 @@ def test_too_large_state_runs_wide_kernels(monkeypatch):
     with the default hidden block (here 3 blocks of 32, the last one half masked)."""
     assert (
         triton_mlp.on_chip_state_too_large(D, 80, 37)
-        and triton_mlp.supports(_arch(True, "gelu", True, 80), chunk_size=37) is None
+        and triton_mlp.supports(base._arch(True, "gelu", True, 80), chunk_size=37) is None
     )
-    calls = []
-    op = wide.titans_mlp_wide_fwd
-
-    def spy(*args):
-        calls.append(args[-2])  # the hidden block (then the dot precision)
-        return op(*args)
-
-    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    calls = _spy_hidden_blocks(monkeypatch)
     _compare(45, 37, None, residual=True, layer_norm=True, hidden=80)
     assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
 
@@ -192,14 +184,7 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     """The Titans mixer at head dim 64 (its default memory: hidden 256, residual + LayerNorm; before the
     wide kernels, beyond the Triton backend): backend='triton' runs the wide kernels and equals
     backend='chunked', output, final state, input and every parameter gradient."""
-    calls = []
-    op = wide.titans_mlp_wide_fwd
-
-    def spy(*args):
-        calls.append(args[-2])  # the hidden block (then the dot precision)
-        return op(*args)
-
-    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    calls = _spy_hidden_blocks(monkeypatch)
     chunked, fast = base.twin_mixers("titans", d_model=64, num_heads=1, chunk_size=16, lr_max=0.02)
     x = torch.randn(1, 19, 64)
     with nan_allocations():
