@@ -102,6 +102,17 @@ def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None
         )
 
 
+def kernel_packs_in_one_call(arch: MemoryMLP, chunk_size: int, bias: object = None) -> bool:
+    """Whether the Titans memory kernels run packed sequences (``cu_seqlens``) of this memory in one
+    call: the linear kernel always, the MLP kernel where the state stays on chip (the wide-state
+    kernels run no packed sequences)."""
+    if arch.depth == 1:
+        return True
+    from ..kernels import titans_mlp_triton
+
+    return titans_mlp_triton.supports(arch, bias, chunk_size, no_wide="packed sequences") is None
+
+
 def no_wide_kernels(backend: str) -> str | None:
     """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
     from ..kernels import titans_mlp_triton

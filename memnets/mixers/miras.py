@@ -118,6 +118,7 @@ from .memory_block import (
     MemoryProjections,
     check_dot_precision,
     check_packed,
+    kernel_packs_in_one_call,
     no_wide_kernels,
     run_packed_one_by_one,
 )
@@ -260,18 +261,6 @@ class MirasMemory(nn.Module):
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
 
-    def _packs_in_one_call(self, backend: str) -> bool:
-        """Whether packed sequences run in one kernel call (the Triton backend with the state on
-        chip) rather than one by one."""
-        if backend != "triton":
-            return False
-        from ..kernels import titans_mlp_triton
-
-        return (
-            titans_mlp_triton.supports(self.memory, self.bias, self.chunk_size, no_wide="packed sequences")
-            is None
-        )
-
     def forward(
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
@@ -279,7 +268,7 @@ class MirasMemory(nn.Module):
         supported = SUPPORTED_BACKENDS if reason else (*SUPPORTED_BACKENDS, "triton")
         backend = resolve_backend(self.name, self.backend, x.device, supported, reason)
         if cu_seqlens is not None:
-            if not self._packs_in_one_call(backend):
+            if backend != "triton" or not kernel_packs_in_one_call(self.memory, self.chunk_size, self.bias):
                 return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
             check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
         B, T, _ = x.shape

@@ -108,6 +108,7 @@ from .memory_block import (
     MemoryProjections,
     check_dot_precision,
     check_packed,
+    kernel_packs_in_one_call,
     memory_kernel_unsupported,
     run_packed_one_by_one,
 )
@@ -294,15 +295,7 @@ class Titans(nn.Module):
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
         backend, with the state on chip) rather than one by one."""
-        if self._backend(device) != "triton":
-            return False
-        if self.memory.depth == 1:
-            return True
-        from ..kernels import titans_mlp_triton
-
-        return (
-            titans_mlp_triton.supports(self.memory, None, self.chunk_size, no_wide="packed sequences") is None
-        )
+        return self._backend(device) == "triton" and kernel_packs_in_one_call(self.memory, self.chunk_size)
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
