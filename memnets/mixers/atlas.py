@@ -78,7 +78,7 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, last_sequence_conv, resolve_backend
+from .base import BACKENDS, Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
 from .memory_block import (
     MemoryProjections,
     check_dot_precision,
@@ -86,8 +86,6 @@ from .memory_block import (
     no_wide_kernels,
     run_packed_one_by_one,
 )
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
 
 
 class OmegaGates(nn.Module):
@@ -213,11 +211,7 @@ class _OmegaMixer(nn.Module):
             )
         check_dot_precision(name, dot_precision, self.memory)
         self.dot_precision = dot_precision
-        self.triton_reason = self._kernel_unsupported()
-        if backend == "triton" and self.triton_reason is not None:
-            raise ValueError(
-                f"{name}: backend='triton' does not support {self.triton_reason}; use backend='chunked' or 'auto'"
-            )
+        self.triton_reason = kernel_reason(name, backend, self._kernel_unsupported())
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -237,8 +231,7 @@ class _OmegaMixer(nn.Module):
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
-        supported = SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
-        backend = resolve_backend(self.name, self.backend, x.device, supported, self.triton_reason)
+        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
             if backend != "triton":
                 return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]

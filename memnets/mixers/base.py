@@ -81,6 +81,23 @@ def resolve_backend(
     return chosen
 
 
+def kernel_reason(owner: str, backend: str, no_kernel: str | None) -> str | None:
+    """``no_kernel`` (why the Triton kernels do not cover a mixer's configuration, ``None`` if they do),
+    refused when ``backend`` asks for them explicitly."""
+    if backend == "triton" and no_kernel is not None:
+        raise ValueError(
+            f"{owner}: backend='triton' does not support {no_kernel}; use backend='chunked' or 'auto'"
+        )
+    return no_kernel
+
+
+def resolve_kernel_backend(owner: str, backend: str, device: torch.device, no_kernel: str | None) -> str:
+    """:func:`resolve_backend` for a mixer with the reference and chunked PyTorch paths and, where
+    ``no_kernel`` is ``None``, a Triton kernel."""
+    supported = ("reference", "chunked") if no_kernel else ("reference", "chunked", "triton")
+    return resolve_backend(owner, backend, device, supported, no_kernel)
+
+
 def last_sequence_conv(conv: dict[str, torch.Tensor], cu_seqlens: torch.Tensor) -> dict[str, torch.Tensor]:
     """The conv states of the last packed sequence alone (what running it by itself leaves): the
     states' inputs from before its first token are zeros."""

@@ -113,7 +113,7 @@ from ..memory.miras import (
 )
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import Backend, last_sequence_conv, resolve_backend
+from .base import Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
 from .memory_block import (
     MemoryProjections,
     check_dot_precision,
@@ -235,11 +235,7 @@ class MirasMemory(nn.Module):
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-        reason = self.memory_kernel_unsupported() if backend == "triton" else None
-        if reason is not None:
-            raise ValueError(
-                f"{self.name}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
-            )
+        self.triton_reason = kernel_reason(self.name, backend, self.memory_kernel_unsupported())
 
     def memory_kernel_unsupported(self) -> str | None:
         """Why the MLP Triton kernel cannot run this memory (``None`` if it can): it covers plain
@@ -264,9 +260,7 @@ class MirasMemory(nn.Module):
     def forward(
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
-        reason = self.memory_kernel_unsupported()
-        supported = SUPPORTED_BACKENDS if reason else (*SUPPORTED_BACKENDS, "triton")
-        backend = resolve_backend(self.name, self.backend, x.device, supported, reason)
+        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
             if backend != "triton" or not kernel_packs_in_one_call(self.memory, self.chunk_size, self.bias):
                 return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]

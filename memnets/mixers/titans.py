@@ -103,7 +103,7 @@ from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, last_sequence_conv, log_once, resolve_backend
+from .base import Backend, kernel_reason, last_sequence_conv, log_once, resolve_kernel_backend
 from .memory_block import (
     MemoryProjections,
     check_dot_precision,
@@ -164,20 +164,6 @@ def _check_backend(owner: str, backend: str) -> None:
         raise ValueError(
             f"{owner}: backend={backend!r} is not implemented; "
             f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
-        )
-
-
-def _memory_backends(arch: MemoryMLP, chunk_size: int, backend: str) -> tuple[str, ...]:
-    if memory_kernel_unsupported(arch, chunk_size, backend) is None:
-        return (*SUPPORTED_BACKENDS, "triton")
-    return SUPPORTED_BACKENDS
-
-
-def _check_triton(owner: str, backend: str, arch: MemoryMLP, chunk_size: int) -> None:
-    reason = memory_kernel_unsupported(arch, chunk_size) if backend == "triton" else None
-    if reason is not None:
-        raise ValueError(
-            f"{owner}: backend='triton' does not support {reason}; use backend='chunked' or 'auto'"
         )
 
 
@@ -279,7 +265,9 @@ class Titans(nn.Module):
             memory_residual,
             memory_norm,
         )
-        _check_triton("titans", backend, self.memory, chunk_size)
+        self.triton_reason = kernel_reason(
+            "titans", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
+        )
         check_dot_precision("titans", dot_precision, self.memory)
         self.dot_precision = dot_precision
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
@@ -287,10 +275,7 @@ class Titans(nn.Module):
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
     def _backend(self, device: torch.device) -> str:
-        return resolve_backend(
-            "titans", self.backend, device, _memory_backends(self.memory, self.chunk_size, self.backend),
-            memory_kernel_unsupported(self.memory, self.chunk_size, self.backend),
-        )  # fmt: skip
+        return resolve_kernel_backend("titans", self.backend, device, self.triton_reason)
 
     def packs_in_one_call(self, device: torch.device) -> bool:
         """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
@@ -605,7 +590,9 @@ class TitansMAC(nn.Module):
             memory_residual,
             memory_norm,
         )
-        _check_triton("titans_mac", backend, self.memory, chunk_size)
+        self.triton_reason = kernel_reason(
+            "titans_mac", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
+        )
         check_dot_precision("titans_mac", dot_precision, self.memory)
         self.dot_precision = dot_precision
         self.r_out = nn.Linear(inner, d_model, bias=False)
@@ -623,10 +610,7 @@ class TitansMAC(nn.Module):
     ) -> tuple[Tensor, MACState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend(
-            "titans_mac", self.backend, x.device, _memory_backends(self.memory, self.chunk_size, self.backend),
-            memory_kernel_unsupported(self.memory, self.chunk_size, self.backend),
-        )  # fmt: skip
+        backend = resolve_kernel_backend("titans_mac", self.backend, x.device, self.triton_reason)
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
         while start < T:

@@ -67,15 +67,13 @@ from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState, sharded_memory
 from ..modules import GatedRMSNorm
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, log_once, resolve_backend
+from .base import BACKENDS, Backend, kernel_reason, log_once, resolve_kernel_backend
 from .memory_block import (
     MemoryProjections,
     check_dot_precision,
     memory_kernel_unsupported,
     run_packed_one_by_one,
 )
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
 
 
 class TNTMemory(nn.Module):
@@ -197,11 +195,9 @@ class TNT(nn.Module):
             memory_kernel_unsupported(mem.memory, c, backend)
             for mem, c in zip(self.local, self.chunk_sizes, strict=True)
         ]
-        self.triton_reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
-        if backend == "triton" and self.triton_reason is not None:
-            raise ValueError(
-                f"tnt: backend='triton' does not support {self.triton_reason}; use backend='chunked' or 'auto'"
-            )
+        reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
+        self.triton_reason = kernel_reason("tnt", backend, reason)
+        self.global_reason = self._global_kernel_unsupported()  # the global memory's own kernel
         if backend not in BACKENDS:
             raise ValueError(f"tnt: backend={backend!r} is not one of {list(BACKENDS)}")
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
@@ -219,7 +215,7 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_backend("tnt", self.backend, x.device, self._backends(), self.triton_reason)
+        backend = resolve_kernel_backend("tnt", self.backend, x.device, self.triton_reason)
         B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
@@ -230,8 +226,7 @@ class TNT(nn.Module):
             new_conv.append(c)
             fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
             if backend == "triton":
-                reason = self._global_kernel_unsupported()
-                if reason is None:
+                if self.global_reason is None:
                     from ..kernels.titans_mlp_triton import chunk_read_mlp
 
                     fn = functools.partial(chunk_read_mlp, dot_precision=self.dot_precision)
@@ -240,7 +235,7 @@ class TNT(nn.Module):
                     log_once(
                         "tnt: local memories run in the Triton kernels; the global memory runs the chunked "
                         "engine (the kernel does not cover %s)",
-                        reason,
+                        self.global_reason,
                     )
             y, glob_state = fn(
                 self.glob.memory,
@@ -276,7 +271,9 @@ class TNT(nn.Module):
         return out, TNTState(new_conv, glob_state, local_states)
 
     def _global_kernel_unsupported(self) -> str | None:
-        arch = self.glob.memory  # type: ignore[union-attr]
+        if self.glob is None:
+            return None
+        arch = self.glob.memory
         if arch.depth != 2:
             return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
         try:
@@ -284,9 +281,6 @@ class TNT(nn.Module):
         except ImportError as e:
             return f"Triton is not importable ({e})"
         return titans_mlp_triton.supports(arch, None, self.global_chunk_size, no_wide="chunk-start reads")
-
-    def _backends(self) -> tuple[str, ...]:
-        return SUPPORTED_BACKENDS if self.triton_reason else (*SUPPORTED_BACKENDS, "triton")
 
     def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
         y, state = self.forward(x[:, None], state)
