@@ -197,14 +197,14 @@ def test_auto_leaves_wide_kernels_until_checked_on_a_gpu(monkeypatch, caplog):
     """backend='auto' on a device where kernels could run does not pick the wide-state kernels while
     WIDE_IN_AUTO is off (their barrier-ordered in-place updates are not testable in the interpreter):
     the memory runs the chunked engine and the log says why; backend='triton' runs them."""
-    from memnets.mixers import base as mixer_base
+    from memnets import dispatch
 
-    monkeypatch.setattr(mixer_base, "triton_available", lambda device: True)
-    monkeypatch.setattr(mixer_base, "_announced", set())
+    monkeypatch.setattr(dispatch, "triton_available", lambda device: True)
+    monkeypatch.setattr(dispatch, "_announced", set())
     assert not triton_mlp.WIDE_IN_AUTO
     mixer = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="auto")  # head dim 64
-    with caplog.at_level("INFO", logger=mixer_base.log.name):
-        assert mixer._backend(torch.device("cpu")) == "chunked"
+    with caplog.at_level("INFO", logger=dispatch.log.name):
+        assert mixer.op.backend(mixer.backend, torch.device("cpu")) == "chunked"
     assert "the wide-state kernels do not run under backend='auto' until checked on a GPU" in caplog.text
     explicit = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
-    assert explicit._backend(torch.device("cpu")) == "triton"
+    assert explicit.op.backend(explicit.backend, torch.device("cpu")) == "triton"

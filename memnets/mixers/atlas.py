@@ -69,23 +69,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..dispatch import Backend, MemoryDispatch, check_backend
 from ..memory.architecture import Activation
 from ..memory.bias import L2Bias
 from ..memory.dotbias import DotBias
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
 from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
-from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
+from ..memory.omega import Muon, OmegaState
 from ..modules import GatedRMSNorm
+from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    check_packed,
-    no_wide_kernels,
-    run_packed_one_by_one,
-)
+from .base import last_sequence_conv
+from .memory_block import MemoryProjections, check_dot_precision, check_packed
 
 
 class OmegaGates(nn.Module):
@@ -171,8 +167,7 @@ class _OmegaMixer(nn.Module):
             raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
         if ns_steps < 0:
             raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
-        if backend not in BACKENDS:
-            raise ValueError(f"{name}: backend={backend!r} is not one of {list(BACKENDS)}")
+        check_backend(name, backend)
         self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
         self.chunk_size, self.backend, self.window = chunk_size, backend, window
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
@@ -210,32 +205,28 @@ class _OmegaMixer(nn.Module):
                 memory_norm,
             )
         check_dot_precision(name, dot_precision, self.memory)
-        self.dot_precision = dot_precision
-        self.triton_reason = kernel_reason(name, backend, self._kernel_unsupported())
+        self.op = MemoryDispatch(
+            name,
+            OMEGA_MEMORY,
+            self.memory,
+            window=window,
+            chunk_size=chunk_size,
+            muon=muon,
+            ns_steps=ns_steps,
+            ns_coefficients=self.ns_coefficients,
+            bias=self.bias,
+            dot_precision=dot_precision,
+        )
+        self.op.check(backend)
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
-    def _kernel_unsupported(self) -> str | None:
-        """Why the deep-memory kernel's Omega variant cannot run this mixer (``None`` if it can)."""
-        if self.muon is not None:
-            return f"muon={self.muon!r} (Newton-Schulz steps are not in the kernel)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(
-            self.memory, self.bias, self.chunk_size, self.window, no_wide_kernels(self.backend)
-        )
-
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
-        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
-            if backend != "triton":
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
+            check_packed(self.name, x, cu_seqlens, state)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         if cu_seqlens is not None:
@@ -243,33 +234,19 @@ class _OmegaMixer(nn.Module):
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
         gates = self.gates(x, dtype)
-        args = (self.memory, q, k, qkv["v"], gates["lr"], gates["mom"], gates["keep"], gates["win_gate"])
         prev = None if state is None else state.memory
-        if backend == "triton":
-            from ..kernels.titans_mlp_triton import omega_mlp_chunked
-
-            y, mem = omega_mlp_chunked(
-                *args,
-                prev,
-                window=self.window,
-                chunk_size=self.chunk_size,
-                bias=self.bias,  # type: ignore[arg-type]
-                dot_precision=self.dot_precision,
-                cu_seqlens=cu_seqlens,
-            )
-            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
-        else:
-            run = omega_reference if backend == "reference" else omega_chunked
-            y, mem = run(
-                *args,  # type: ignore[arg-type]
-                prev,
-                window=self.window,
-                chunk_size=self.chunk_size,
-                muon=self.muon,
-                ns_steps=self.ns_steps,
-                ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
-                bias=self.bias,
-            )
+        y, mem = self.op(
+            self.backend,
+            q,
+            k,
+            qkv["v"],
+            gates["lr"],
+            gates["mom"],
+            gates["keep"],
+            gates["win_gate"],
+            prev,
+            cu_seqlens=cu_seqlens,
+        )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y.to(x.dtype), gate).reshape(B, T, self.num_heads * self.head_dim)
         return self.out(y), AtlasState(conv, mem)

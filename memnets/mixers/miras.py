@@ -100,6 +100,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dispatch import Backend, MemoryDispatch
 from ..memory import AttentionalBias, L2Bias, MemoryMLP, MemoryState
 from ..memory.architecture import Activation
 from ..memory.miras import (
@@ -108,22 +109,12 @@ from ..memory.miras import (
     LqNormalize,
     Retention,
     SimplexSoftmax,
-    miras_chunked,
-    miras_reference,
 )
 from ..modules import GatedRMSNorm
+from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .base import Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    check_packed,
-    kernel_packs_in_one_call,
-    no_wide_kernels,
-    run_packed_one_by_one,
-)
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
+from .base import last_sequence_conv
+from .memory_block import MemoryProjections, check_dot_precision, check_packed
 
 
 class LowRankGates(nn.Module):
@@ -159,15 +150,10 @@ class MirasState:
     memory: MemoryState
 
 
-def _check_common(owner: str, backend: str, **positive: float) -> None:
+def _check_positive(owner: str, **positive: float) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
-    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
-        raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; "
-            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
-        )
 
 
 class MirasMemory(nn.Module):
@@ -199,9 +185,8 @@ class MirasMemory(nn.Module):
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
-        _check_common(
+        _check_positive(
             self.name,
-            backend,
             chunk_size=chunk_size,
             head_dim=head_dim,
             gate_rank=gate_rank,
@@ -231,28 +216,21 @@ class MirasMemory(nn.Module):
             memory_norm,
         )
         check_dot_precision(self.name, dot_precision, self.memory)
-        self.dot_precision = dot_precision
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-        self.triton_reason = kernel_reason(self.name, backend, self.memory_kernel_unsupported())
-
-    def memory_kernel_unsupported(self) -> str | None:
-        """Why the MLP Triton kernel cannot run this memory (``None`` if it can): it covers plain
-        retention (Yaad; Moneta with ``normalize="none"``) on a depth-2 memory."""
-        if self.retention is not None:
-            return f"the retention map {self.retention!r} (the Triton kernel covers identity retention)"
-        if self.lag:
-            return "the lag token (the Triton kernel covers identity retention without it)"
-        if self.memory.depth != 2:
-            return f"memory depth {self.memory.depth} (the Triton kernel covers memory depth 2)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(
-            self.memory, self.bias, self.chunk_size, no_wide=no_wide_kernels(self.backend)
+        # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
+        self.op = MemoryDispatch(
+            self.name,
+            MIRAS_MEMORY,
+            self.memory,
+            chunk_size=chunk_size,
+            bias=bias,
+            retention=retention,
+            lag=lag,
+            dot_precision=dot_precision,
         )
+        self.op.check(backend)
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
@@ -260,11 +238,8 @@ class MirasMemory(nn.Module):
     def forward(
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
-        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
-            if backend != "triton" or not kernel_packs_in_one_call(self.memory, self.chunk_size, self.bias):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
+            check_packed(self.name, x, cu_seqlens, state)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         if cu_seqlens is not None:
@@ -272,42 +247,17 @@ class MirasMemory(nn.Module):
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
         memory = None if state is None else state.memory
-        if backend == "triton":
-            # identity retention, no momentum: the Titans memory rule, so the same kernel
-            from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-            y, mem = titans_mlp_chunked(
-                self.memory,
-                qkv["q"],
-                qkv["k"],
-                qkv["v"],
-                lr,
-                None,
-                keep,
-                memory,
-                chunk_size=self.chunk_size,
-                bias=self.bias,
-                bias_params=self.bias_params(raw),
-                dot_precision=self.dot_precision,
-                cu_seqlens=cu_seqlens,
-            )
-            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
-        else:
-            fn = miras_reference if backend == "reference" else miras_chunked
-            y, mem = fn(
-                self.memory,
-                qkv["q"],
-                qkv["k"],
-                qkv["v"],
-                lr,
-                keep,
-                memory,
-                chunk_size=self.chunk_size,
-                bias=self.bias,
-                bias_params=self.bias_params(raw),
-                retention=self.retention,
-                lag=self.lag,
-            )
+        y, mem = self.op(
+            self.backend,
+            qkv["q"],
+            qkv["k"],
+            qkv["v"],
+            lr,
+            keep,
+            memory,
+            bias_params=self.bias_params(raw),
+            cu_seqlens=cu_seqlens,
+        )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
         return self.out(y), MirasState(conv, mem)

@@ -74,8 +74,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dispatch import Backend
 from ..registry import register_mixer
-from .base import Backend
 from .gated_deltanet import (
     GatedDeltaCore,
     MemoryState,
@@ -272,7 +272,8 @@ class MoM(GatedDeltaCore):
         leave the memory as it is), so both give the same outputs and final states."""
         layout = self.bucket_layout
         if layout == "auto":
-            layout = "packed" if self.resolved_backend(q.device) == "triton" else "padded"
+            # the kernel runs packed buckets in one launch; the PyTorch op would slice them one by one
+            layout = "packed" if self.op.backend(self.backend, q.device) == "triton" else "padded"
         if layout == "packed":
             return self.recur(q, k, v, g, beta, initial, d.cu_seqlens)
         P, longest = d.buckets.numel(), d.longest

@@ -98,22 +98,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..memory import MemoryMLP, MemoryState, initial_state, memory_chunked, memory_read, memory_reference
+from ..dispatch import Backend, MemoryDispatch
+from ..memory import MemoryMLP, MemoryState, initial_state, memory_read
 from ..memory.architecture import Activation
 from ..modules import GatedRMSNorm, RMSNorm
+from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, kernel_reason, last_sequence_conv, log_once, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    check_packed,
-    kernel_packs_in_one_call,
-    memory_kernel_unsupported,
-    run_packed_one_by_one,
-)
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
+from .base import last_sequence_conv
+from .memory_block import MemoryProjections, check_dot_precision, check_packed, run_packed_one_by_one
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -159,52 +152,12 @@ class MemoryGates(nn.Module):
         }
 
 
-def _check_backend(owner: str, backend: str) -> None:
-    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
-        raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; "
-            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
-        )
-
-
-def _run_memory(
-    backend: str,
-    arch: MemoryMLP,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    gates: dict[str, Tensor | None],
-    state: MemoryState | None,
-    chunk_size: int,
-    cu_seqlens: Tensor | None = None,
-    dot_precision: str = "tf32x3",
-) -> tuple[Tensor, MemoryState]:
-    """The memory over ``q, k, v``; with ``cu_seqlens`` (Triton only: the kernel runs the packed
-    sequences in one call) the state returned is the last sequence's. ``dot_precision``: the MLP
-    kernel's matmul operands (the linear kernel's are tf32x3)."""
-    args = (arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state)
-    if backend == "triton":
-        if arch.depth == 1:
-            from ..kernels.titans_linear_triton import titans_linear_chunked
-
-            y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
-        else:
-            from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-            y, mem = titans_mlp_chunked(
-                *args,  # type: ignore[arg-type]
-                chunk_size=chunk_size,
-                cu_seqlens=cu_seqlens,
-                dot_precision=dot_precision,
-            )
-        log_once(
-            "titans: the memory runs in the Triton kernel for depth %d (matmul operands %s)",
-            arch.depth,
-            dot_precision,
-        )
-        return y, mem[-1] if isinstance(mem, list) else mem
-    fn = memory_reference if backend == "reference" else memory_chunked
-    return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
+def titans_memory_op(owner: str, arch: MemoryMLP, backend: str, chunk_size: int, dot_precision: str):
+    """The Titans memory's dispatch for ``owner``, checked against ``backend``."""
+    op = MemoryDispatch(owner, TITANS_MEMORY, arch, chunk_size=chunk_size, dot_precision=dot_precision)
+    op.check(backend)
+    check_dot_precision(owner, dot_precision, arch)
+    return op
 
 
 def _memory_arch(
@@ -247,7 +200,6 @@ class Titans(nn.Module):
         _check_positive("titans", chunk_size=chunk_size, head_dim=head_dim, conv_size=conv_size)
         if lr_max < 0:
             raise ValueError(f"titans: lr_max must be >= 0, got {lr_max}")
-        _check_backend("titans", backend)
         self.num_heads, self.head_dim, self.chunk_size, self.backend = (
             num_heads,
             head_dim,
@@ -265,47 +217,31 @@ class Titans(nn.Module):
             memory_residual,
             memory_norm,
         )
-        self.triton_reason = kernel_reason(
-            "titans", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
-        )
-        check_dot_precision("titans", dot_precision, self.memory)
-        self.dot_precision = dot_precision
+        self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision)
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
-    def _backend(self, device: torch.device) -> str:
-        return resolve_kernel_backend("titans", self.backend, device, self.triton_reason)
-
-    def packs_in_one_call(self, device: torch.device) -> bool:
-        """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
-        backend, with the state on chip) rather than one by one."""
-        return self._backend(device) == "triton" and kernel_packs_in_one_call(self.memory, self.chunk_size)
-
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        backend = self._backend(x.device)
         if cu_seqlens is not None:
-            if not self.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
+            check_packed("titans", x, cu_seqlens, state)
         B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         if cu_seqlens is not None:
             conv = last_sequence_conv(conv, cu_seqlens)
-        gates = self.gates(x)
-        y, mem = _run_memory(
-            backend,
-            self.memory,
+        g = self.gates(x)
+        y, mem = self.op(
+            self.backend,
             qkv["q"],
             qkv["k"],
             qkv["v"],
-            gates,
+            g["lr"],
+            g["mom"],
+            g["keep"],
             None if state is None else state.memory,
-            self.chunk_size,
-            cu_seqlens,
-            self.dot_precision,
+            cu_seqlens=cu_seqlens,
         )
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
@@ -419,8 +355,6 @@ class TitansMAG(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            if not self.memory.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
             check_packed("titans_mag", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y_mem, mem = self.memory(x, state.memory, cu_seqlens)
@@ -491,8 +425,6 @@ class TitansMAL(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            if not self.memory.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
             check_packed("titans_mal", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y, mem = self.memory(x, state.memory, cu_seqlens)
@@ -562,7 +494,6 @@ class TitansMAC(nn.Module):
             )
         if num_persistent < 0:
             raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
-        _check_backend("titans_mac", backend)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
         self.num_persistent = num_persistent
@@ -590,11 +521,7 @@ class TitansMAC(nn.Module):
             memory_residual,
             memory_norm,
         )
-        self.triton_reason = kernel_reason(
-            "titans_mac", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
-        )
-        check_dot_precision("titans_mac", dot_precision, self.memory)
-        self.dot_precision = dot_precision
+        self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)
 
@@ -610,17 +537,16 @@ class TitansMAC(nn.Module):
     ) -> tuple[Tensor, MACState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_kernel_backend("titans_mac", self.backend, x.device, self.triton_reason)
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
         while start < T:
             end = min(T, start + self.segment_size - st.pos % self.segment_size)
-            o, st = self._segment_piece(x[:, start:end], st, backend)
+            o, st = self._segment_piece(x[:, start:end], st)
             outs.append(o)
             start = end
         return torch.cat(outs, 1) if outs else x, st
 
-    def _segment_piece(self, x: Tensor, st: MACState, backend: str) -> tuple[Tensor, MACState]:
+    def _segment_piece(self, x: Tensor, st: MACState) -> tuple[Tensor, MACState]:
         """Tokens that all lie in one segment, continuing from ``st``."""
         B, L, _ = x.shape
         H, Da = self.num_heads, self.attention.head_dim
@@ -648,10 +574,8 @@ class TitansMAC(nn.Module):
         y = self.attention.out(att.reshape(B, L, H * Da))
         # 3. write y into the memory and read it back per token (Eq. 24-25)
         kv, conv_y = self.write(y, st.conv_y)
-        r, mem = _run_memory(
-            backend, self.memory, kv["q"], kv["k"], kv["v"], self.gates(y), st.memory, self.chunk_size,
-            dot_precision=self.dot_precision,
-        )  # fmt: skip
+        g = self.gates(y)
+        r, mem = self.op(self.backend, kv["q"], kv["k"], kv["v"], g["lr"], g["mom"], g["keep"], st.memory)
         o = y * torch.sigmoid(self.r_norm(self.r_out(r.reshape(B, L, -1))))
         pos = st.pos + L
         new = MACState(pos, conv_x, conv_y, mem, st.segment_memory, seg_k, seg_v, h_k, h_v)

@@ -53,27 +53,20 @@ Choices where the paper is silent (spec §9):
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..dispatch import Backend, MemoryDispatch, check_backend, log_once
 from ..memory import MemoryMLP, MemoryState
 from ..memory.architecture import Activation
-from ..memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
 from ..memory.qk_projection import ProjectionNorm
-from ..memory.sharded import ShardState, sharded_memory
+from ..memory.sharded import ShardState
 from ..modules import GatedRMSNorm
+from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, kernel_reason, log_once, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    memory_kernel_unsupported,
-    run_packed_one_by_one,
-)
+from .memory_block import MemoryProjections, check_dot_precision, run_packed_one_by_one
 
 
 class TNTMemory(nn.Module):
@@ -105,18 +98,6 @@ class TNTMemory(nn.Module):
         qkv, conv = self.inputs(x, conv)
         raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
-
-
-def _kernel(arch: MemoryMLP, dot_precision: str) -> Callable[..., tuple[Tensor, MemoryState]]:
-    """The Titans memory kernel for a local memory (depth 1: linear, depth 2: MLP with
-    ``dot_precision``)."""
-    if arch.depth == 1:
-        from ..kernels.titans_linear_triton import titans_linear_chunked
-
-        return titans_linear_chunked
-    from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-    return functools.partial(titans_mlp_chunked, dot_precision=dot_precision)
 
 
 @dataclass
@@ -190,16 +171,32 @@ class TNT(nn.Module):
         self.glob = memory() if global_memory else None
         self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
         check_dot_precision("tnt", dot_precision, self.local[0].memory)
-        self.dot_precision = dot_precision
-        reasons = [
-            memory_kernel_unsupported(mem.memory, c, backend)
-            for mem, c in zip(self.local, self.chunk_sizes, strict=True)
+        check_backend("tnt", backend)
+        self.local_ops = [
+            MemoryDispatch(
+                "tnt",
+                SHARDED_MEMORY,
+                mem.memory,
+                part=f"local memory {i}",
+                chunk_size=c,
+                shard_size=s,
+                projection=self.qk_norm,
+                dot_precision=dot_precision,
+            )
+            for i, (mem, c, s) in enumerate(zip(self.local, self.chunk_sizes, self.shard_sizes, strict=True))
         ]
-        reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
-        self.triton_reason = kernel_reason("tnt", backend, reason)
-        self.global_reason = self._global_kernel_unsupported()  # the global memory's own kernel
-        if backend not in BACKENDS:
-            raise ValueError(f"tnt: backend={backend!r} is not one of {list(BACKENDS)}")
+        for op in self.local_ops:
+            op.check(backend)
+        self.glob_op = None
+        if self.glob is not None:
+            self.glob_op = MemoryDispatch(
+                "tnt",
+                CHUNK_READ_MEMORY,
+                self.glob.memory,
+                part="global memory",
+                chunk_size=global_chunk_size,
+                dot_precision=dot_precision,
+            )
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
@@ -215,7 +212,6 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_kernel_backend("tnt", self.backend, x.device, self.triton_reason)
         B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
@@ -224,63 +220,29 @@ class TNT(nn.Module):
         if self.glob is not None:
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
-            fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
-            if backend == "triton":
-                if self.global_reason is None:
-                    from ..kernels.titans_mlp_triton import chunk_read_mlp
-
-                    fn = functools.partial(chunk_read_mlp, dot_precision=self.dot_precision)
-                    log_once("tnt: local and global memories run in the Triton kernels")
-                else:
-                    log_once(
-                        "tnt: local memories run in the Triton kernels; the global memory runs the chunked "
-                        "engine (the kernel does not cover %s)",
-                        self.global_reason,
-                    )
-            y, glob_state = fn(
-                self.glob.memory,
-                q,
-                k,
-                v,
-                lr,
-                None if state is None else state.glob,
-                chunk_size=self.global_chunk_size,
+            y, glob_state = self.glob_op(  # type: ignore[misc]
+                self._global_backend(), q, k, v, lr, None if state is None else state.glob
             )
         local_states = []
         offset = len(mems) - len(self.local)
         for i, mem in enumerate(self.local):
             q, k, v, lr, c = mem(x, convs[offset + i])
             new_conv.append(c)
-            yl, st = sharded_memory(
-                mem.memory,
-                q,
-                k,
-                v,
-                lr,
-                None if state is None else state.local[i],
-                chunk_size=self.chunk_sizes[i],
-                shard_size=self.shard_sizes[i],
-                projection=self.qk_norm,
-                backend="reference" if backend == "reference" else "chunked",
-                run=_kernel(mem.memory, self.dot_precision) if backend == "triton" else None,
-            )
+            yl, st = self.local_ops[i](self.backend, q, k, v, lr, None if state is None else state.local[i])
             local_states.append(st)
             y = yl if y is None else y + yl
         gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
         out = self.out(self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim))
         return out, TNTState(new_conv, glob_state, local_states)
 
-    def _global_kernel_unsupported(self) -> str | None:
-        if self.glob is None:
-            return None
-        arch = self.glob.memory
-        if arch.depth != 2:
-            return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(arch, None, self.global_chunk_size, no_wide="chunk-start reads")
+    def _global_backend(self) -> str:
+        """The global memory follows ``backend``, except that ``triton`` (which the local memories
+        need) runs it in the chunked engine where the chunk-start-read kernel does not cover it."""
+        why = self.glob_op.no_kernel("triton") if self.backend == "triton" else None  # type: ignore[union-attr]
+        if why is None:
+            return self.backend
+        log_once("tnt: the global memory runs the chunked engine (the kernel does not cover %s)", why)
+        return "chunked"
 
     def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
         y, state = self.forward(x[:, None], state)
