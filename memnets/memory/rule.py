@@ -1,4 +1,6 @@
-"""Learning rule inside one chunk: momentum and retention in closed form (spec 1.4).
+"""Learning rule inside one chunk: momentum and retention in closed form (derived here; the papers write
+only the momentum-free case, Titans Eq. 16-17 and Miras Eq. 28-29, and leave momentum to an associative
+scan, Titans Eq. 18; fla's Titans reference code computes the same closed form).
 
 Per token i of a chunk (all per head; neutral names, paper letters beside them)::
 
