@@ -4,8 +4,9 @@ Counts are matmul FLOPs of a mixer's core op per forward pass (1 multiply-add = 
 batch and heads; projections, gates, norms and elementwise/SFU work are not counted (the fla / FA
 convention, so TFLOP/s compare with their tables). fwd+bwd = 3.5 × fwd for every op (exact for
 attention, as FlashAttention's benchmarks count it, and for chunked linear attention; an estimate, ±20%,
-for the delta rule and MLP memories, whose backward recomputes part of the forward). A mixer with no entry in ``MIXER_FLOPS`` reports "n/a" — add a line here when a
-family's formula is known, keyed by its registered name.
+for the delta rule and MLP memories, whose backward recomputes part of the forward). A mixer with no
+entry in ``MIXER_FLOPS`` reports "n/a" — add a line here when a family's formula is known, keyed by its
+registered name.
 
 ``model_flops`` adds the dense matmuls of a whole LM (every ``nn.Linear`` and the output head:
 2 FLOP per weight per token) to the mixers' core ops.

@@ -21,8 +21,8 @@ parameters ("input feature gating": a_i → 0 drops degree i). Choices where the
   weights anyway, degree 1 is then exactly the identity (Titans/OmegaNet without features), and the
   memory's residual connection can add the raw x (see :class:`FeatureMemoryMLP`).
 * Explicit features, no sketch (the paper reports neither the degree nor a sketch); the feature width
-  grows as C(d + p, p), so
-  keep ``degree * head_dim`` small (d = 32, p = 2: 560 features; d = 64, p = 2: 2,144).
+  grows as C(d + p, p), so keep ``degree * head_dim`` small (d = 32, p = 2: 560 features; d = 64,
+  p = 2: 2,144).
 * Inputs are l2-normalised before φ (as ATLAS normalises q and k), so every degree block has norm
   c_i and ‖φ(x)‖² = Σ a_i: the "normalisation" is the 1/i! weighting of the blocks.
 """

@@ -19,7 +19,8 @@ W_{t'} is the memory at the start of t's chunk (chunks of ``chunk_size`` tokens 
 sequence start), as in the engine (:mod:`memnets.memory.engine`); ``chunk_size = 1`` is exact online
 descent. With ``window = 1``, no win_gate and no Muon this is exactly the engine's Titans memory.
 
-Choices where the paper is silent (the γ parameterisation, windows that cross a chunk boundary), decided here:
+Choices where the paper is silent (the γ parameterisation, windows that cross a chunk boundary), decided
+here:
 
 * ``win_gate [B, T, H, window]``: token t owns c gates, one per window offset j (γ_{t−j}^{(t)}; "for
   each token we need a constant number of gates"). ``None`` = all ones.
@@ -281,7 +282,8 @@ def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: Att
 def _dual_read(
     arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
 ) -> Tensor:
-    """The engine's dual form (:func:`~memnets.memory.engine.dual_read`), per weight matrix for the gated memory."""
+    """The engine's dual form (:func:`~memnets.memory.engine.dual_read`) per weight matrix, for the gated
+    memory."""
     if not isinstance(arch, GatedMemoryMLP):
         return dual_read(arch, q, W0, S0, kp, c)
 

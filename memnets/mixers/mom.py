@@ -31,11 +31,12 @@ Decisions where the paper or its code leave room, or where we differ from the re
   which keeps eqs. 7-8 exact). Keys and values are conv'd over each memory's own routed sub-sequence
   with resets at bucket boundaries in training as in decoding, so nothing leaks across memories or
   sequences (the authors' released code convolves the packed stream without resets in training, so the
-  first 3 tokens of each bucket mix in the previous bucket's tail). Each memory
-  keeps its own conv history in the decoding state; the conv weights are shared (as released).
+  first 3 tokens of each bucket mix in the previous bucket's tail). Each memory keeps its own conv
+  history in the decoding state; the conv weights are shared (as released).
 * Load balancing (§4.2.6, "following Switch Transformer"; in the form of the released code): the
-  Switch/Mixtral loss ``M * sum_m f_m P_m`` with ``f_m`` the fraction of token slots routed to m (sums to k) and ``P_m`` the mean router probability, computed per layer (the
-  released code pools the logits of all layers first; the trainer here sums per-layer losses).
+  Switch/Mixtral loss ``M * sum_m f_m P_m`` with ``f_m`` the fraction of token slots routed to m (sums
+  to k) and ``P_m`` the mean router probability, computed per layer (the released code pools the
+  logits of all layers first; the trainer here sums per-layer losses).
   ``aux_loss_weight`` defaults to 0.01 as in the released configs; the paper's best ablation is 1e-3
   (Table 6).
 * ``bucket_layout``: ``packed`` hands the buckets to the op with ``cu_seqlens`` (no compute on
