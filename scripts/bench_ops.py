@@ -2,8 +2,8 @@
 
 ``--op gated_delta`` (default): the gated delta rule.
 Backends: ``chunked`` (PyTorch chunk form), ``triton`` (CUDA only) and fla's ``chunk_gated_delta_rule``
-when the ``fla`` package is importable. FLOPs and bytes follow docs/specs performance.md section 2.3
-(WY/UT delta rule, per token-head)::
+when the ``fla`` package is importable. FLOPs and bytes are counted from the chunked WY/UT delta rule, per
+token-head (:func:`benchmarks.flops.gated_delta_fwd`)::
 
     F_fwd     = 6CK + 4CV + 6KV + (2/3) C^2          F_fwd+bwd ~= 3.5 F_fwd (+-20%)
     bytes_fwd = (2K + 2V + 2) * elt                 (read q, k, v, g, beta; write o)
@@ -58,7 +58,7 @@ from memnets.memory import MemoryMLP, memory_chunked
 CUDA_SHAPES = [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128), (8, 2048, 32, 256), (8, 1024, 8, 64)]  # fmt: skip
 CPU_SHAPES = [(1, 512, 2, 64)]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# datasheet peaks (dense bf16 TFLOP/s, HBM TB/s), performance.md section 1.1
+# datasheet peaks (dense bf16 TFLOP/s, HBM TB/s; NVIDIA's H100 SXM and H200 datasheets)
 PEAKS = {"H100": (989.4, 3.35), "H200": (989.4, 4.8)}
 
 

@@ -23,8 +23,8 @@ F64 = torch.float64
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (5-10x slower on a
-    loaded 2-core machine)."""
+    """These tensors are tiny: a second intra-op thread only adds synchronisation (several times slower
+    on a loaded 2-core machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

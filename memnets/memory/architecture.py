@@ -1,6 +1,6 @@
 """Memory architecture: the small network M(x; W) whose weights W are the recurrent state.
 
-Row form, per (batch element, head), for depth L >= 1 (spec 1.1; Titans §3.1 "MLPs with L_M >= 1
+Row form, per (batch element, head), for depth L >= 1 (Titans §3.1 "MLPs with L_M >= 1
 layers", Miras §5.3, TTT §2.7)::
 
     Z^1 = x W^1,  Z^l = sigma(Z^{l-1}) W^l  (l = 2..L),   M(x) = [x +] [LN](Z^L)

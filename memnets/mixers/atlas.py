@@ -1,4 +1,5 @@
-"""ATLAS (Behrouz et al., arXiv 2505.23735 v1): OmegaNet and Atlas. Spec: memory-models.md §4.
+"""ATLAS (Behrouz et al., arXiv 2505.23735 v1): OmegaNet and Atlas. Sections and equations below are the
+paper's.
 
 Registered mixers:
 
@@ -15,7 +16,8 @@ lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (�
 win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}), per token and head from one linear map of the block
 input (:class:`OmegaGates`); output RMSNorm(y) ⊙ silu(W_g x), then the output projection.
 
-Choices where the paper is silent (spec §4, §9), each an option:
+Choices the paper leaves open (it reports no window c, chunk size or polynomial degree for its main runs,
+nor how the window gates γ are parameterised), each an option:
 
 * ``window`` c = 8 (Fig. 5: larger c is better, c = 16 ≈ c = 8); win_gate biases start at
   sigmoid⁻¹(1/c), so the initial inner loss is the mean over the window: gradients inside a chunk are
@@ -45,18 +47,9 @@ Choices where the paper is silent (spec §4, §9), each an option:
   with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``, wider features).
   ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
-MQAR (train.py on configs/mqar/{omeganet,atlas}.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
-batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk Newton–Schulz on the
-560-wide feature memory costs ~2.6 s on this CPU; one seed, val accuracy on 1,000 examples, chance
-1/256):
-
-    model      steps   250     500     750     final val loss
-    omeganet   750     0.048   0.188   0.274   2.74
-    atlas      500     0.009   0.019           4.75
-    atlas      1500    0.007   0.019   0.036   0.0535 at 1000, 0.0818 at 1250, 0.0917 at 1500; val loss 3.7428  (second run, 1500-step schedule)
-
-OmegaNet learns recall; Atlas (orthogonalised steps, ``lr_max`` 0.1) starts much more slowly but
-learns too (the longer run ends at accuracy 0.092, 23x chance, val loss 3.74, still rising).
+MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,
+``lr_max`` 0.1) starts much more slowly but learns too, still rising when the run ends. Figures and the
+cost of an Atlas step on CPU: ``benchmarks/RESULTS.md`` section 7 ("ATLAS runs").
 Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
 """
 

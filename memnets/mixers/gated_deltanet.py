@@ -1,6 +1,7 @@
 """Gated DeltaNet: a linear-attention memory written by the gated delta rule (Yang, Kautz and
-Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta Rule", ICLR 2025). It is also the
-memory that every MoM memory runs (spec ``mom-pararnn.md`` A.4), so the pieces MoM reuses live here:
+Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta Rule", arXiv 2412.06464, ICLR 2025). It
+is also the memory that every MoM memory runs (MoM, arXiv 2502.13685 §4.1), so the pieces MoM reuses
+live here:
 ``MemoryWrite`` (one memory's key/value/write-strength/decay projections), ``GatedDeltaCore`` (the
 shared query, short convolutions, decay parameters, recurrence call and gated output) and
 ``short_conv`` (a causal short convolution over packed sequences that each continue their own history).

@@ -1,7 +1,7 @@
 """Miras (Behrouz, Razaviyayn, Zhong, Mirrokni, "It's All Connected", arXiv 2504.13173 v1): Moneta,
-Yaad and Memora as compositions of the shared memory engine. Spec: memory-models.md §3.
+Yaad and Memora as compositions of the shared memory engine. Sections and equations below are the paper's.
 
-Registered mixers (update rules Miras §5.3 / spec 3.4; neutral names: ``lr`` = η_t, ``keep`` = α_t
+Registered mixers (update rules Miras §5.3, Eq. 24–27; neutral names: ``lr`` = η_t, ``keep`` = α_t
 (the retention multiplier on the old memory), ``delta`` = δ_t; r = M(k_t) − v_t)::
 
     moneta:  A_t = keep_t A_{t−1} − lr_t ∇ℓ_p(W_ref; k_t, v_t),  W_t = A_t/‖A_t‖_q^{q−2}    (Eq. 24-25)
@@ -20,7 +20,8 @@ affine, learnable initial weights); output RMSNorm gated by a linear layer, then
 projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
 softplus(·)`` (init √d for the norm switch, 1 per channel for the coordinate form).
 
-Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
+Choices where the paper is silent or ambiguous (§5.3–5.4 leave open the gates' channel axis, the norm
+Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 
 * Gates are per head, not channel-wise: the engine's step size and retention multiply whole
   fast-weight matrices of the MLP memory, and the paper does not say which axis of which layer a
@@ -34,22 +35,23 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   ``normalize="paper"``) W = A/‖A‖_q^{q−2} has ‖W‖₄ = 1/‖A‖₄ at q = 4: the accumulator grows with every
   write, so the weights shrink toward 0, and retention keep < 1 inflates them instead of forgetting.
   ``normalize="unit"`` is the stabilised variant W = A/‖A‖_q (scale-free: the unit L_q sphere);
-  ``"none"`` is plain L2 retention (weight decay). Default ``"paper"``, chosen by the MQAR runs below:
-  the literal rule learned faster in both (with the LayerNorm inside the memory the last layer's scale
-  does not matter). The literal map is unstable: with extreme gates (keep ≈ 0 collapses the
-  accumulator, and W = A/‖A‖₄² grows without limit) the bf16 stress test at T = 4096 went non-finite
-  for 8 seeds out of 8. ``norm_floor`` (default 0.1; 0 = Eq. 24 exactly) stabilises it:
+  ``"none"`` is plain L2 retention (weight decay). Default ``"paper"``, chosen by MQAR runs
+  (``benchmarks/RESULTS.md`` section 7, "Miras runs"): the literal rule learned faster in both (with the
+  LayerNorm inside the memory the last layer's scale does not matter). The literal map is unstable:
+  with extreme gates (keep ≈ 0 collapses the accumulator, and W = A/‖A‖₄² grows without limit) the bf16
+  stress test at T = 4096 (``tests/test_miras.py``) went non-finite without a floor.
+  ``norm_floor`` (default 0.1; 0 = Eq. 24 exactly) stabilises it:
   W = A/max(‖A‖_q, floor)^{q−2}, which changes nothing while ‖A‖_q >= 0.1 (the initial accumulator has
-  ‖A‖₄ ≈ 1.9 and 0.9 for the two layers at head dim 32, hidden 128) and bounds ‖W‖₄ by 1/floor at q = 4; with it 0 of 8 seeds went
-  non-finite. On MQAR the floored run is identical to the unfloored one (the floor never acts in
-  training). The unit map needs no floor.
+  ‖A‖₄ ≈ 1.9 and 0.9 for the two layers at head dim 32, hidden 128) and bounds ‖W‖₄ by 1/floor at q = 4,
+  and the stress test stays finite. On MQAR the floored run is identical to the unfloored one (the floor
+  never acts in training). The unit map needs no floor.
 * Memora: softmax over each output unit's incoming weights (the rows of W in the paper's column
   form), every layer constrained, scale c = ``simplex_scale`` (1); the state carries the logits
   (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
   initial weights. ``lag_token`` (default on) is the paper's lag token. ``lr_max`` defaults to 0.1
-  for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax and the first
-  outer gradient norm on MQAR was ~325 (embedding and key projection), at 0.1 it is ~2, and MQAR
-  accuracy after 500 steps rose from chance to 3x chance (runs below).
+  for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax, the first outer
+  gradients on MQAR (embedding and key projection) are far larger and MQAR accuracy stays at chance;
+  at 0.1 it rises above chance (RESULTS.md section 7, "Miras runs").
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (Yaad, Moneta with
   ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
   returned is the last sequence's.
@@ -61,33 +63,10 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 
-MQAR experiments (train.py on configs/mqar/NAME.yaml, CPU, one seed, OMP_NUM_THREADS=1 on a shared
-2-core box; chance accuracy 1/vocab):
-
-1. Tiny overrides (d_model 32, 2 heads, T = 24, vocab 64, 2 key-value pairs, batch 16, lr 5e-3, 100
-   steps, chunk_size 8, memory_expansion 2; loss starts at ln 64 = 4.16):
-
-    model                      train loss @75   val loss @100   val accuracy @100
-    moneta normalize=paper     3.50             3.51            0.051
-    moneta normalize=unit      3.91             3.89            0.047
-    yaad                       3.95             3.91            0.023
-    memora                     4.00             3.94            0.020
-
-2. The committed configs (configs/mqar/_base.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
-   val accuracy on 1,000 examples; Moneta and Memora at batch 32 and fewer steps because their
-   per-token retention maps cost 1.6-4.5 s per step on this CPU):
-
-    model (override)                          steps   val loss   val accuracy
-    moneta normalize=paper, batch 32          750     4.482      0.032   (0.022 at 500)
-    moneta normalize=unit,  batch 32          750     4.639      0.024   (0.012 at 500)
-    moneta default (paper, norm_floor 0.1)    750     4.482      0.032   (identical: the floor never acts)
-    yaad, batch 64                            1500    1.165      0.659   (0.302 at 500, 0.625 at 1000)
-    memora lr_max=1.0, batch 32               500     4.882      0.0045  (chance; gradient norm 5-390)
-    memora (default lr_max=0.1), batch 32     500     4.795      0.012   (0.012 at 250)
-
-   Moneta and Memora learn recall far more slowly than Yaad on this budget (Moneta: a likely cause,
-   not tested, is the ℓ_3 bias's gradient 3·r·|r|, small for small residuals); for Moneta the
-   literal map is ahead at every evaluation.
+MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
+more slowly on the same budget (for Moneta a likely cause, not tested, is the ℓ_3 bias's gradient
+3·r·|r|, small for small residuals), and for Moneta the literal map is ahead at every evaluation.
+Figures, settings and dates: ``benchmarks/RESULTS.md`` section 7 ("Miras runs").
 """
 
 from __future__ import annotations

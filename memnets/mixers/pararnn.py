@@ -1,5 +1,6 @@
 """ParaRNN mixers ``paragru`` and ``paralstm`` (Danieli et al., "ParaRNN: Unlocking Parallel Training of
-Nonlinear RNNs for Large Language Models", ICLR 2026; spec mom-pararnn.md part B).
+Nonlinear RNNs for Large Language Models", arXiv 2510.21450, ICLR 2026; sections and equations below are
+those of arXiv v2).
 
 Cells (paper §3, eqs. 3.1-3.2): GRU and CIFG-LSTM whose recurrent and peephole matrices are diagonal
 vectors, so the exact Jacobian ``d h_t / d h_{t-1}`` is diagonal (ParaGRU) or one 2x2 block per channel
@@ -30,7 +31,12 @@ Choices where the paper is open:
 * ``cu_seqlens``: the state is zeroed at every sequence start (the Jacobian there is 0).
 
 Backends: ``reference`` = the sequential loop (autograd through time); ``chunked`` = Newton + the PyTorch
-associative scan with the implicit backward; ``triton`` is not implemented yet (raises).
+associative scan with the implicit backward; ``triton`` = the same Newton iterations and implicit
+backward with every linear scan (forward solves and the reverse adjoint scan) in the Triton kernel
+:mod:`memnets.kernels.scan_triton` (diagonal and 2x2 block layouts), while the cell, its Jacobian and
+the residual stay in PyTorch. The kernel needs CUDA tensors (or ``TRITON_INTERPRET=1`` on CPU) and
+raises otherwise; ``auto`` picks ``triton`` on CUDA, else ``chunked``. Decoding (``step``) runs the cell
+one token at a time whatever the backend.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Titans (Behrouz, Zhong, Mirrokni, arXiv 2501.00663 v1): the neural long-term memory (LMM) and the
-three ways of combining it with attention, MAC, MAG and MAL. Spec: memory-models.md §2.
+three ways of combining it with attention, MAC, MAG and MAL. Sections and equations below are the paper's.
 
 Registered mixers:
 
@@ -16,10 +16,12 @@ Registered mixers:
 
 Gates (per token and head; neutral names, Titans letters): ``lr = lr_max·sigmoid(W x + b)`` = θ_t,
 ``mom = sigmoid(W x + b)`` = η_t, ``keep = 1 − sigmoid(W x + b)`` = 1 − α_t. Biases start at
-lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (spec 2.1 suggestion). ``lr_max = 0`` freezes the memory at
+lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (our choice: §3.2 makes the gates functions of x_t but gives no
+parameterisation). ``lr_max = 0`` freezes the memory at
 its learned initial weights (the "frozen memory" baseline).
 
-Choices where the paper is silent (spec §9), each documented here and an option where people differ:
+Choices the paper leaves open (memory width/activation/norm, chunk size, conv order, N_p, MAC segment and
+gate, MAG window), each documented here and an option where people differ:
 
 * Memory: ``memory_depth`` 2, ``memory_expansion`` 4, GELU, residual + LayerNorm with per-head outer
   affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
@@ -63,30 +65,12 @@ Choices where the paper is silent (spec §9), each documented here and an option
   attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
   way the state returned is the last sequence's.
 
-MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
-``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
-(OMP_NUM_THREADS=1), against the same model with ``lr_max=0`` (frozen memory, same parameters).
-Short runs, far from convergence; validation accuracy over 1,024 queries:
-
-==========================  =====  ==============  ===============
-config                      steps  memory learns   frozen (lr = 0)
-==========================  =====  ==============  ===============
-titans (LMM)                  200  0.078           0.007
-titans-mag (window 8)         300  0.103           0.081
-titans-mal (window 8)         300  0.093           0.010
-titans-mac (segment 8)        300  0.011           0.010
-titans-mac (segment 8)        500  0.015 (4.65)    0.012 (4.81)
-==========================  =====  ==============  ===============
-
-Full-length run of the committed ``configs/mqar/titans.yaml`` (vocab 256, batch 64, 1500 steps):
-0.9955 with the memory learning against 0.0403 frozen; MAC and the others are in
-``benchmarks/RESULTS.md`` section 7.
-
-(in brackets: validation loss; the MAC accuracy gap is within sampling noise, the loss gap is not).
-
-With a 16-token window/segment (earlier runs, 200 steps) attention alone covered most queries and the
-frozen models were level or ahead (MAG 0.109 vs 0.128, MAC 0.045 vs 0.047), hence the 8-token configs.
-MAC learns slowest: its memory is written from attention outputs and read back through attention.
+MQAR (``configs/mqar/titans*.yaml``): every variant ends ahead of the same model with ``lr_max=0`` (frozen
+memory, same parameters); the committed ``titans.yaml`` solves the task while its frozen twin stays near
+chance. MAC learns slowest: its memory is written from attention outputs and read back through
+attention. With 16-token windows/segments attention alone covered most queries and the frozen models
+were level or ahead, hence the 8-token configs. Figures, settings and dates: ``benchmarks/RESULTS.md``
+section 7 ("Titans variants against frozen memories").
 """
 
 from __future__ import annotations

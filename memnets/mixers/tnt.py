@@ -1,6 +1,6 @@
 """TNT (Li, Behrouz et al., arXiv 2511.07343 v1, "Improving Chunkwise Training for Test-Time
 Memorization"): one global memory with large chunks plus N local memories that restart from a learnable
-initial state every shard, read with Q-K projected queries. Spec: memory-models.md §5.
+initial state every shard, read with Q-K projected queries. Sections and equations below are the paper's.
 
 Registered mixer ``tnt``. Per token t and head (plain gradient descent on ‖M(k) − v‖², TNT App. D)::
 
@@ -20,7 +20,8 @@ memories or one per memory; ``global_chunk_size`` = C_G; ``lr_max`` bounds the i
 ``lr_max·sigmoid(W x + b)`` (per token and head, one gate per memory). ``global_memory=False`` and
 ``qk_projection=False`` are the paper's ablations (Table 3).
 
-Choices where the paper is silent (spec §9):
+Choices the paper leaves open (per-memory projections, output weighting, the Q-K projection's range and
+normalisation):
 
 * Each memory has its own q/k/v projections, short convs and step-size gate (Fig. 3 draws separate
   boxes per memory); the memories share the head layout and the output norm, gate and projection.
