@@ -73,11 +73,15 @@ def mlp_memory_fwd(
     return B * H * T * (write + read + intra + update)
 
 
+def _memory(o: dict[str, Any]) -> tuple[float, int]:
+    """The memory network's expansion and depth from a mixer's ``memory`` options (their defaults)."""
+    m = o.get("memory", {})
+    return m.get("expansion", 4.0), m.get("depth", 2)
+
+
 def _titans(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     D = _head_dims(o, d, H)
-    return mlp_memory_fwd(
-        B, T, H, D, o.get("chunk_size", 16), o.get("memory_expansion", 4.0), o.get("memory_depth", 2)
-    )
+    return mlp_memory_fwd(B, T, H, D, o.get("chunk_size", 16), *_memory(o))
 
 
 def _titans_windowed(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
@@ -91,7 +95,7 @@ def _titans_mac(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     # [persistent | retrieved | segment] (2S causal keys per query on average S) + the memory on y.
     D = _head_dims(o, d, H)
     S = min(o.get("segment_size", 64), T)
-    shapes = _memory_shapes(D, o.get("memory_expansion", 4.0), o.get("memory_depth", 2))
+    shapes = _memory_shapes(D, *_memory(o))
     retrieval = B * H * T * sum(2.0 * a * b for a, b in shapes)
     attn = 4.0 * B * H * T * (S + o.get("num_persistent", 0)) * D
     return _titans(o, B, T, d, H) + attn + retrieval
@@ -101,7 +105,7 @@ def _tnt(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     # one MLP memory per local chunk size (in-chunk correction) + the global memory, which reads at
     # its chunk-start state (no in-chunk term); the Q-K projections are not counted.
     D = _head_dims(o, d, H)
-    E, depth = o.get("memory_expansion", 4.0), o.get("memory_depth", 2)
+    E, depth = _memory(o)
     locals_ = o.get("chunk_size", 16)
     locals_ = [locals_] if isinstance(locals_, int) else list(locals_)
     total = sum(mlp_memory_fwd(B, T, H, D, c, E, depth) for c in locals_)

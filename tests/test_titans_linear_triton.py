@@ -147,7 +147,7 @@ def _linear_titans(backend: str, name: str = "titans", **opts):
     torch.manual_seed(0)
     if name == "titans_mac":
         opts["segment_size"] = 32
-    opts = {"memory_depth": 1, "memory_norm": False, **opts}
+    opts = {"memory": {"depth": 1, "norm": False}, **opts}
     return memnets.build_mixer(name, d_model=32, num_heads=2, chunk_size=16, backend=backend, **opts)
 
 
@@ -176,14 +176,13 @@ def test_mixer_triton_decode_equals_forward():
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support a memory LayerNorm"):
-        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=1, backend="triton")
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 1}, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support chunk_size 4"):
         memnets.build_mixer(
             "titans",
             d_model=32,
             num_heads=2,
-            memory_depth=1,
-            memory_norm=False,
+            memory={"depth": 1, "norm": False},
             chunk_size=4,
             backend="triton",
         )
@@ -399,7 +398,7 @@ def test_mixer_triton_packed_equals_chunked(name, lengths, depth):
     (last sequence's) state: memory, conv and, for the hybrids, a sliding window's KV cache."""
     opts = {"window": 4, "num_persistent": 2} if name != "titans" else {}
     if depth == 2:  # small inner steps: a well-conditioned comparison (tests/test_titans_mlp_triton.py)
-        opts.update(memory_depth=2, memory_norm=True, lr_max=0.02)
+        opts.update(memory={"depth": 2, "norm": True}, lr_max=0.02)
     chunked, fast = _linear_titans("chunked", name, **opts), _linear_titans("triton", name, **opts)
     fast.load_state_dict(chunked.state_dict())
     T = sum(lengths)

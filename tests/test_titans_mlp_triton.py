@@ -901,11 +901,11 @@ def test_supports_checks_the_padded_state():
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
-        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support head dim 256"):
         memnets.build_mixer("titans", d_model=512, num_heads=2, backend="triton")
     # auto: the engine on CPU (outside the interpreter the kernels need CUDA) or where no kernel applies
-    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="auto")(
+    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 3}, backend="auto")(
         torch.randn(1, 5, 32)
     )
     assert torch.isfinite(y).all()
@@ -980,9 +980,9 @@ def test_mixer_dot_precision_is_checked():
     assert tuple(triton_mlp.DOT_PRECISIONS) == memory_block.DOT_PRECISIONS
     with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['tf32x3'"):
         memnets.build_mixer("yaad", d_model=32, num_heads=2, dot_precision="bf16")
-    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory_depth 2"):
+    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory.depth 2"):
         memnets.build_mixer(
-            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory_depth=1, memory_norm=False
+            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory={"depth": 1, "norm": False}
         )
     with pytest.raises(Exception, match="unknown option 'mixer_options.dot_precision' for mixer 'memora'"):
         memnets.build_mixer("memora", d_model=32, num_heads=2, dot_precision="float16")

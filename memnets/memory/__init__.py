@@ -55,7 +55,7 @@ coefficients or post-processing in their own chunk loop, and keep ``memory_refer
 as their ground truth.
 """
 
-from .architecture import ACTIVATIONS, Activation, MemoryMLP
+from .architecture import ACTIVATIONS, Activation, MemoryMLP, MemorySpec
 from .bias import AttentionalBias, L2Bias
 from .engine import (
     KeyPath,
@@ -80,6 +80,7 @@ __all__ = [
     "KeyPath",
     "L2Bias",
     "MemoryMLP",
+    "MemorySpec",
     "MemoryState",
     "check_inputs",
     "chunk_coefficients",

@@ -27,7 +27,7 @@ nor how the window gates γ are parameterised), each an option:
 * Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
   gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end
   of each chunk" (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
-  ``memory_norm=False`` gives Eq. 42 literally.
+  ``memory: {norm: false}`` gives Eq. 42 literally.
 * ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
   whatever the gradient's size.
 * ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩,
@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dispatch import Backend, MemoryDispatch, check_backend
-from ..memory.architecture import Activation
+from ..memory.architecture import MemorySpec
 from ..memory.bias import L2Bias
 from ..memory.dotbias import DotBias
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
@@ -109,6 +109,30 @@ class OmegaGates(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class OmegaMemorySpec(MemorySpec):
+    """:class:`~memnets.memory.MemorySpec` plus ``kind``: ``mlp`` (Eq. 42 with ``norm: false``) or
+    ``gated_mlp`` (the gated two-layer memory of ATLAS Eq. 43, depth 2). Keys are the polynomial
+    features, so the first layer's input is the feature width."""
+
+    kind: Literal["mlp", "gated_mlp"] = "mlp"
+
+    def build_features(self, owner: str, num_heads: int, dim: int, in_dim: int) -> FeatureMemoryMLP:
+        if self.kind not in ("mlp", "gated_mlp"):
+            raise ValueError(f"{owner}: memory.kind={self.kind!r} is not one of ['mlp', 'gated_mlp']")
+        if self.kind == "mlp":
+            return FeatureMemoryMLP(
+                num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm
+            )
+        if self.depth != 2:
+            raise ValueError(
+                f"{owner}: memory.kind='gated_mlp' has depth 2 (Eq. 43), got memory.depth={self.depth}"
+            )
+        return GatedMemoryMLP(
+            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm
+        )
+
+
 @dataclass
 class AtlasState:
     conv: dict[str, Tensor]
@@ -130,12 +154,7 @@ class _OmegaMixer(nn.Module):
         feature_degree: int,
         feature_kernel: FeatureKernel,
         inner_loss: str,
-        memory: str,
-        memory_depth: int,
-        memory_expansion: float,
-        memory_activation: Activation,
-        memory_residual: bool,
-        memory_norm: bool,
+        memory: OmegaMemorySpec,
         momentum: bool,
         forget: bool,
         lr_max: float,
@@ -170,33 +189,7 @@ class _OmegaMixer(nn.Module):
         if inner_loss not in ("l2", "dot"):
             raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
         self.bias = L2Bias() if inner_loss == "l2" else DotBias()
-        if memory not in ("mlp", "gated_mlp"):
-            raise ValueError(f"{name}: memory={memory!r} is not one of ['mlp', 'gated_mlp']")
-        if memory == "gated_mlp":
-            if memory_depth != 2:
-                raise ValueError(
-                    f"{name}: memory='gated_mlp' has depth 2 (Eq. 43), got memory_depth={memory_depth}"
-                )
-            self.memory = GatedMemoryMLP(
-                num_heads,
-                head_dim,
-                self.features.out_dim,
-                memory_expansion,
-                memory_activation,
-                memory_residual,
-                memory_norm,
-            )
-        else:
-            self.memory = FeatureMemoryMLP(
-                num_heads,
-                head_dim,
-                self.features.out_dim,
-                memory_depth,
-                memory_expansion,
-                memory_activation,
-                memory_residual,
-                memory_norm,
-            )
+        self.memory = memory.build_features(name, num_heads, head_dim, self.features.out_dim)
         check_dot_precision(name, dot_precision, self.memory)
         self.op = MemoryDispatch(
             name,
@@ -271,12 +264,7 @@ class OmegaNet(_OmegaMixer):
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
         inner_loss: Literal["l2", "dot"] = "l2",
-        memory: Literal["mlp", "gated_mlp"] = "mlp",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: OmegaMemorySpec = OmegaMemorySpec(),
         momentum: bool = False,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -295,11 +283,6 @@ class OmegaNet(_OmegaMixer):
             feature_kernel,
             inner_loss,
             memory,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
             momentum,
             forget,
             lr_max,
@@ -327,12 +310,7 @@ class Atlas(_OmegaMixer):
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
         inner_loss: Literal["l2", "dot"] = "l2",
-        memory: Literal["mlp", "gated_mlp"] = "mlp",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: OmegaMemorySpec = OmegaMemorySpec(),
         forget: bool = True,
         lr_max: float = 0.1,
         conv_size: int = 4,
@@ -354,11 +332,6 @@ class Atlas(_OmegaMixer):
             feature_kernel,
             inner_loss,
             memory,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
             True,
             forget,
             lr_max,

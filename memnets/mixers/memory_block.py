@@ -78,6 +78,6 @@ def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None
         raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
     if dot_precision != "tf32x3" and arch.depth != 2:
         raise ValueError(
-            f"{owner}: dot_precision={dot_precision!r} needs memory_depth 2 (the MLP memory kernels); the "
-            f"linear memory kernel (memory_depth {arch.depth}) runs its matmuls in tf32x3 only"
+            f"{owner}: dot_precision={dot_precision!r} needs memory.depth 2 (the MLP memory kernels); the "
+            f"linear memory kernel (memory.depth {arch.depth}) runs its matmuls in tf32x3 only"
         )

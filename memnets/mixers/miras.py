@@ -80,8 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..dispatch import Backend, MemoryDispatch
-from ..memory import AttentionalBias, L2Bias, MemoryMLP, MemoryState
-from ..memory.architecture import Activation
+from ..memory import AttentionalBias, L2Bias, MemorySpec, MemoryState
 from ..memory.miras import (
     HuberBias,
     LpBias,
@@ -148,11 +147,7 @@ class MirasMemory(nn.Module):
         head_dim: int | None,
         chunk_size: int,
         backend: str,
-        memory_depth: int,
-        memory_expansion: float,
-        memory_activation: str,
-        memory_residual: bool,
-        memory_norm: bool,
+        memory: MemorySpec,
         lr_max: float,
         gate_rank: int,
         conv_size: int,
@@ -185,15 +180,7 @@ class MirasMemory(nn.Module):
             d_model, num_heads, gate_rank, {"lr": (1, 0.0), "keep": (1, 4.6), **(extra_gates or {})}
         )
         self.lr_max = lr_max
-        self.memory = MemoryMLP(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,  # type: ignore[arg-type]
-            memory_residual,
-            memory_norm,
-        )
+        self.memory = memory.build(num_heads, head_dim)
         check_dot_precision(self.name, dot_precision, self.memory)
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
@@ -268,11 +255,7 @@ class Moneta(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -286,11 +269,7 @@ class Moneta(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
@@ -316,11 +295,7 @@ class Yaad(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -339,11 +314,7 @@ class Yaad(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
@@ -373,11 +344,7 @@ class Memora(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 0.1,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -388,11 +355,7 @@ class Memora(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,

@@ -23,8 +23,8 @@ its learned initial weights (the "frozen memory" baseline).
 Choices the paper leaves open (memory width/activation/norm, chunk size, conv order, N_p, MAC segment and
 gate, MAG window), each documented here and an option where people differ:
 
-* Memory: ``memory_depth`` 2, ``memory_expansion`` 4, GELU, residual + LayerNorm with per-head outer
-  affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
+* Memory: ``memory`` (a :class:`~memnets.memory.MemorySpec`): depth 2, expansion 4, GELU, residual +
+  LayerNorm with per-head outer affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
   per head. Loss ‖M(k) − v‖² without ½ (Titans Eq. 12). Gates are scalars per head (not channel-wise).
 * Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
   momentum/forgetting per token, reads after the token's own write (Eq. 15).
@@ -46,9 +46,9 @@ gate, MAG window), each documented here and an option where people differ:
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
-  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
-  ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
-  two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
+  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory={"depth": 1,
+  "norm": False}``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
+  two-layer MLP memory (depth 2, the default, with or without LayerNorm/residual, any
   activation; chunks run in tiles of a divisor of the chunk size up to 64 rows (e.g. chunk 256 as 4
   tiles of 64) with the state on chip for head_dim x hidden <= 4096 (<= 1024 with 64-row tiles);
   larger states run :mod:`memnets.kernels.titans_mlp_wide_triton` (head dim <= 128, chunk size <= 64,
@@ -83,8 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..dispatch import Backend, MemoryDispatch
-from ..memory import MemoryMLP, MemoryState, initial_state, memory_read
-from ..memory.architecture import Activation
+from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_read
 from ..modules import GatedRMSNorm, RMSNorm
 from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
@@ -144,12 +143,6 @@ def titans_memory_op(owner: str, arch: MemoryMLP, backend: str, chunk_size: int,
     return op
 
 
-def _memory_arch(
-    num_heads: int, head_dim: int, depth: int, expansion: float, act: str, res: bool, norm: bool
-):
-    return MemoryMLP(num_heads, head_dim, depth, expansion, act, res, norm)  # type: ignore[arg-type]
-
-
 @dataclass
 class TitansState:
     conv: dict[str, Tensor]
@@ -168,11 +161,7 @@ class Titans(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -192,15 +181,7 @@ class Titans(nn.Module):
         )
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
-        self.memory = _memory_arch(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
-        )
+        self.memory = memory.build(num_heads, head_dim)
         self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision)
         self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
         self.norm = GatedRMSNorm(head_dim)
@@ -297,11 +278,7 @@ class TitansMAG(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -319,11 +296,7 @@ class TitansMAG(nn.Module):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             momentum=momentum,
             forget=forget,
             lr_max=lr_max,
@@ -371,11 +344,7 @@ class TitansMAL(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -392,11 +361,7 @@ class TitansMAL(nn.Module):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             momentum=momentum,
             forget=forget,
             lr_max=lr_max,
@@ -456,11 +421,7 @@ class TitansMAC(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -496,15 +457,7 @@ class TitansMAC(nn.Module):
         # memory written and read with projections of the attention output (Eq. 24-25)
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
-        self.memory = _memory_arch(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
-        )
+        self.memory = memory.build(num_heads, head_dim)
         self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)

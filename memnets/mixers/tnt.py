@@ -42,7 +42,7 @@ normalisation):
   configs/lm/tnt-stage2-tiny.yaml.
 * Backends: ``chunked``, ``reference`` and ``triton``: the local memories (whole shards folded into
   the batch) run in the Titans memory kernels (:mod:`memnets.kernels.titans_mlp_triton` for the
-  default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory_depth=1``) where
+  default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory: {depth: 1}``) where
   they apply (``titans``' limits per local chunk size); the global memory (2-layer) runs the MLP
   kernel's chunk-start-read variant (:func:`~memnets.kernels.titans_mlp_triton.chunk_read_mlp`: large
   chunks as tiles that keep the key path at the chunk-start weights) when it fits, else the chunked
@@ -60,8 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dispatch import Backend, MemoryDispatch, check_backend, log_once
-from ..memory import MemoryMLP, MemoryState
-from ..memory.architecture import Activation
+from ..memory import MemorySpec, MemoryState
 from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
 from ..modules import GatedRMSNorm
@@ -82,7 +81,7 @@ class TNTMemory(nn.Module):
         head_dim: int,
         conv_size: int,
         lr_max: float,
-        arch: dict,
+        spec: MemorySpec,
     ) -> None:
         super().__init__()
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
@@ -91,7 +90,7 @@ class TNTMemory(nn.Module):
         with torch.no_grad():
             self.lr_proj.weight.normal_(std=0.1 * d_model**-0.5)
             self.lr_proj.bias.zero_()
-        self.memory = MemoryMLP(num_heads, head_dim, **arch)
+        self.memory = spec.build(num_heads, head_dim)
 
     def forward(
         self, x: Tensor, conv: dict[str, Tensor] | None
@@ -138,11 +137,7 @@ class TNT(nn.Module):
         qk_projection: bool = True,
         qk_norm: ProjectionNorm = "l2",
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
@@ -158,19 +153,11 @@ class TNT(nn.Module):
         self.num_heads, self.head_dim, self.backend = num_heads, head_dim, backend
         self.global_chunk_size = global_chunk_size
         self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
-        arch = {
-            "depth": memory_depth,
-            "expansion": memory_expansion,
-            "activation": memory_activation,
-            "residual": memory_residual,
-            "layer_norm": memory_norm,
-        }
+        def block() -> TNTMemory:
+            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, memory)
 
-        def memory() -> TNTMemory:
-            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, arch)
-
-        self.glob = memory() if global_memory else None
-        self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
+        self.glob = block() if global_memory else None
+        self.local = nn.ModuleList(block() for _ in self.chunk_sizes)
         check_dot_precision("tnt", dot_precision, self.local[0].memory)
         check_backend("tnt", backend)
         self.local_ops = [
