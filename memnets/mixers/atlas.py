@@ -70,11 +70,9 @@ from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeature
 from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState
-from ..modules import GatedRMSNorm
 from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
-from .base import last_sequence_conv
-from .memory_block import MemoryProjections, check_dot_precision, check_packed
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
 
 
 class OmegaGates(nn.Module):
@@ -139,7 +137,7 @@ class AtlasState:
     memory: OmegaState
 
 
-class _OmegaMixer(nn.Module):
+class _OmegaMixer(GatedOutput):
     """The shared block of ``omeganet`` and ``atlas`` (module docstring)."""
 
     def __init__(
@@ -204,19 +202,14 @@ class _OmegaMixer(nn.Module):
             dot_precision=dot_precision,
         )
         self.op.check(backend)
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.init_output(d_model, num_heads, head_dim)
 
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
         if cu_seqlens is not None:
             check_packed(self.name, x, cu_seqlens, state)
-        B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
         gates = self.gates(x, dtype)
@@ -233,9 +226,7 @@ class _OmegaMixer(nn.Module):
             prev,
             cu_seqlens=cu_seqlens,
         )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y.to(x.dtype), gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), AtlasState(conv, mem)
+        return self.output(y.to(x.dtype), x), AtlasState(conv, mem)
 
     def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
         y, state = self.forward(x[:, None], state)

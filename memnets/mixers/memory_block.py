@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..memory import MemoryMLP
-from ..modules import ShortConv, l2norm
-from .base import check_cu_seqlens
+from ..modules import GatedRMSNorm, ShortConv, l2norm
+from .base import check_cu_seqlens, last_sequence_conv
 
 
 def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
@@ -53,6 +53,7 @@ class MemoryProjections(nn.Module):
     def forward(
         self, x: Tensor, conv_state: dict[str, Tensor] | None, cu_seqlens: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``q, k, v [B, T, H, D]`` and the conv states (with ``cu_seqlens``: the last sequence's)."""
         B, T, _ = x.shape
         conv_state = conv_state or {}
         out, new_conv = {}, {}
@@ -60,10 +61,25 @@ class MemoryProjections(nn.Module):
             h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n), cu_seqlens)
             h = h.view(B, T, self.num_heads, self.head_dim)
             out[n] = l2norm(h) if n in ("q", "k") else h
-        return out, new_conv
+        return out, new_conv if cu_seqlens is None else last_sequence_conv(new_conv, cu_seqlens)
 
     def state_size(self) -> int:
         return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
+
+
+class GatedOutput(nn.Module):
+    """The memory mixers' output: ``out(GatedRMSNorm(y, gate(x)))`` per head. Subclasses call
+    :meth:`init_output` in ``__init__`` (the parameters keep the names ``gate``, ``norm``, ``out``)."""
+
+    def init_output(self, d_model: int, num_heads: int, head_dim: int) -> None:
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def output(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y [B, T, H, D]`` (the memory's read) gated by the block input ``x [B, T, d_model]``."""
+        B, T, H, D = y.shape
+        return self.out(self.norm(y, self.gate(x).view(B, T, H, D)).reshape(B, T, H * D))
 
 
 # operands of the MLP memory kernels' matmuls (memnets.kernels.titans_mlp_triton.DOT_PRECISIONS, which a

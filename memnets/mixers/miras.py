@@ -88,11 +88,9 @@ from ..memory.miras import (
     Retention,
     SimplexSoftmax,
 )
-from ..modules import GatedRMSNorm
 from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .base import last_sequence_conv
-from .memory_block import MemoryProjections, check_dot_precision, check_packed
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
 
 
 class LowRankGates(nn.Module):
@@ -134,7 +132,7 @@ def _check_positive(owner: str, **positive: float) -> None:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
 
 
-class MirasMemory(nn.Module):
+class MirasMemory(GatedOutput):
     """The Miras block around one (bias, retention) memory; subclasses choose the pieces."""
 
     name = "miras"
@@ -182,9 +180,7 @@ class MirasMemory(nn.Module):
         self.lr_max = lr_max
         self.memory = memory.build(num_heads, head_dim)
         check_dot_precision(self.name, dot_precision, self.memory)
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.init_output(d_model, num_heads, head_dim)
         # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
         self.op = MemoryDispatch(
             self.name,
@@ -206,10 +202,7 @@ class MirasMemory(nn.Module):
     ) -> tuple[Tensor, MirasState]:
         if cu_seqlens is not None:
             check_packed(self.name, x, cu_seqlens, state)
-        B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
         memory = None if state is None else state.memory
@@ -224,9 +217,7 @@ class MirasMemory(nn.Module):
             bias_params=self.bias_params(raw),
             cu_seqlens=cu_seqlens,
         )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), MirasState(conv, mem)
+        return self.output(y, x), MirasState(conv, mem)
 
     def step(self, x: Tensor, state: MirasState | None) -> tuple[Tensor, MirasState]:
         y, state = self.forward(x[:, None], state)

@@ -84,12 +84,17 @@ from torch import Tensor, nn
 
 from ..dispatch import Backend, MemoryDispatch
 from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_read
-from ..modules import GatedRMSNorm, RMSNorm
+from ..modules import RMSNorm
 from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import last_sequence_conv
-from .memory_block import MemoryProjections, check_dot_precision, check_packed, run_packed_one_by_one
+from .memory_block import (
+    GatedOutput,
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    run_packed_one_by_one,
+)
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -150,7 +155,7 @@ class TitansState:
 
 
 @register_mixer("titans")
-class Titans(nn.Module):
+class Titans(GatedOutput):
     """Titans neural long-term memory (LMM) as a token mixer. See the module docstring for the options."""
 
     def __init__(
@@ -183,19 +188,14 @@ class Titans(nn.Module):
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
         self.memory = memory.build(num_heads, head_dim)
         self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision)
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.init_output(d_model, num_heads, head_dim)
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
         if cu_seqlens is not None:
             check_packed("titans", x, cu_seqlens, state)
-        B, T, _ = x.shape
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
         g = self.gates(x)
         y, mem = self.op(
             self.backend,
@@ -208,9 +208,7 @@ class Titans(nn.Module):
             None if state is None else state.memory,
             cu_seqlens=cu_seqlens,
         )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), TitansState(conv, mem)
+        return self.output(y, x), TitansState(conv, mem)
 
     def step(self, x: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:
         y, state = self.forward(x[:, None], state)

@@ -63,10 +63,9 @@ from ..dispatch import Backend, MemoryDispatch, check_backend, log_once
 from ..memory import MemorySpec, MemoryState
 from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
-from ..modules import GatedRMSNorm
 from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
-from .memory_block import MemoryProjections, check_dot_precision, run_packed_one_by_one
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, run_packed_one_by_one
 
 
 class TNTMemory(nn.Module):
@@ -121,7 +120,7 @@ def _sizes(name: str, value: int | tuple[int, ...], n: int | None) -> tuple[int,
 
 
 @register_mixer("tnt")
-class TNT(nn.Module):
+class TNT(GatedOutput):
     """TNT hierarchical memory: global (large chunks) + local memories (resets, Q-K projection)."""
 
     def __init__(
@@ -153,6 +152,7 @@ class TNT(nn.Module):
         self.num_heads, self.head_dim, self.backend = num_heads, head_dim, backend
         self.global_chunk_size = global_chunk_size
         self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
+
         def block() -> TNTMemory:
             return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, memory)
 
@@ -185,9 +185,7 @@ class TNT(nn.Module):
                 chunk_size=global_chunk_size,
                 dot_precision=dot_precision,
             )
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.init_output(d_model, num_heads, head_dim)
 
     def extra_repr(self) -> str:
         return (
@@ -200,7 +198,6 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
         new_conv, y = [], None
@@ -219,8 +216,7 @@ class TNT(nn.Module):
             yl, st = self.local_ops[i](self.backend, q, k, v, lr, None if state is None else state.local[i])
             local_states.append(st)
             y = yl if y is None else y + yl
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        out = self.out(self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim))
+        out = self.output(y, x)
         return out, TNTState(new_conv, glob_state, local_states)
 
     def _global_backend(self) -> str:
