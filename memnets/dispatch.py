@@ -103,11 +103,23 @@ class MemoryDispatch:
     """``op`` for one mixer: ``MemoryDispatch(owner, op, arch=..., **options)`` and ``check(backend)``
     at construction, then ``dispatch(backend, *inputs, cu_seqlens=None, **per_call)`` in ``forward``.
     ``arch`` (the memory network, if the op has one) is passed first, ``options`` by keyword to every
-    call; ``part`` names the piece of a mixer with several memories in messages. The backend is
-    passed per call so a mixer's ``backend`` attribute may change after construction."""
+    call; ``part`` names the piece of a mixer with several memories in messages. ``optional_kernel``:
+    a part whose kernel is not what ``backend="triton"`` asks for (TNT's global memory, when the local
+    memories are): there ``triton`` runs the chunked engine where the kernel does not cover the
+    configuration, and the log says so. The backend is passed per call so a mixer's ``backend``
+    attribute may change after construction."""
 
-    def __init__(self, owner: str, op: MemoryOp, arch: Any = None, part: str = "", **options: Any) -> None:
+    def __init__(
+        self,
+        owner: str,
+        op: MemoryOp,
+        arch: Any = None,
+        part: str = "",
+        optional_kernel: bool = False,
+        **options: Any,
+    ) -> None:
         self.owner, self.op, self.arch, self.part, self.options = owner, op, arch, part, options
+        self.optional_kernel = optional_kernel
         self._no_kernel: dict[str, str | None] = {}
 
     def no_kernel(self, backend: str) -> str | None:
@@ -124,7 +136,7 @@ class MemoryDispatch:
     def check(self, backend: str) -> None:
         """A known backend name, and no explicit ``triton`` for a configuration no kernel covers."""
         check_backend(self.owner, backend)
-        if backend != "triton":
+        if backend != "triton" or self.optional_kernel:
             return
         if self.op.triton is None:
             raise ValueError(
@@ -141,9 +153,13 @@ class MemoryDispatch:
         chosen = requested
         if requested == "auto":
             chosen = "triton" if self.no_kernel("auto") is None and triton_available(device) else "chunked"
+        elif requested == "triton" and self.optional_kernel and self.no_kernel("triton") is not None:
+            chosen = "chunked"
         why = ""
-        if requested == "auto" and chosen != "triton" and triton_available(device):
-            why = f"; the Triton kernels do not cover {self.no_kernel('auto')}"
+        if chosen == "chunked" and (
+            requested == "triton" or (requested == "auto" and triton_available(device))
+        ):
+            why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
         if chosen == "triton" and self.op.kernel_options:
             why = "; " + ", ".join(
                 f"{k}={self.options[k]}" for k in self.op.kernel_options if k in self.options

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..dispatch import Backend, MemoryDispatch, check_backend, log_once
+from ..dispatch import Backend, MemoryDispatch, check_backend
 from ..memory import MemorySpec, MemoryState
 from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
@@ -182,6 +182,7 @@ class TNT(GatedOutput):
                 CHUNK_READ_MEMORY,
                 self.glob.memory,
                 part="global memory",
+                optional_kernel=True,  # backend="triton" asks for the local memories' kernels
                 chunk_size=global_chunk_size,
                 dot_precision=dot_precision,
             )
@@ -206,7 +207,7 @@ class TNT(GatedOutput):
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
             y, glob_state = self.glob_op(  # type: ignore[misc]
-                self._global_backend(), q, k, v, lr, None if state is None else state.glob
+                self.backend, q, k, v, lr, None if state is None else state.glob
             )
         local_states = []
         offset = len(mems) - len(self.local)
@@ -218,15 +219,6 @@ class TNT(GatedOutput):
             y = yl if y is None else y + yl
         out = self.output(y, x)
         return out, TNTState(new_conv, glob_state, local_states)
-
-    def _global_backend(self) -> str:
-        """The global memory follows ``backend``, except that ``triton`` (which the local memories
-        need) runs it in the chunked engine where the chunk-start-read kernel does not cover it."""
-        why = self.glob_op.no_kernel("triton") if self.backend == "triton" else None  # type: ignore[union-attr]
-        if why is None:
-            return self.backend
-        log_once("tnt: the global memory runs the chunked engine (the kernel does not cover %s)", why)
-        return "chunked"
 
     def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
         y, state = self.forward(x[:, None], state)
