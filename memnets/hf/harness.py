@@ -5,10 +5,10 @@ pretrained=DIR,trust_remote_code=True`` does (the ``hf`` backend, ``AutoModelFor
 ``AutoTokenizer``). :func:`evaluate_run` is what ``scripts/eval.py RUN --lm-eval TASKS`` calls: export
 the run's newest checkpoint to ``RUN/hf``, evaluate, write the results JSON beside the run.
 
-The papers of the families here report zero-shot: ``wikitext`` (word perplexity), ``lambada_openai``
-(perplexity and accuracy), ``piqa``, ``hellaswag`` (``acc_norm``), ``winogrande``, ``arc_easy``,
-``arc_challenge`` (``acc_norm``), ``siqa``, ``boolq``; those tasks download their datasets from the Hub
-on first use."""
+The papers of the families here report this zero-shot set (e.g. Titans, arXiv:2501.00663, Table 1):
+``wikitext`` (word perplexity), ``lambada_openai`` (perplexity and accuracy), ``piqa``, ``hellaswag``
+(``acc_norm``), ``winogrande``, ``arc_easy``, ``arc_challenge`` (``acc_norm``), ``social_iqa`` (SIQA),
+``boolq``; lm-eval downloads their datasets from the Hub on first use."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ PAPER_TASKS = (
     "winogrande",
     "arc_easy",
     "arc_challenge",
-    "siqa",
+    "social_iqa",  # SIQA
     "boolq",
 )
 
