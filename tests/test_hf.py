@@ -181,3 +181,38 @@ def test_memnets_import_is_lazy_and_the_missing_extra_is_named():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'memnets[hf]'" in out.stdout
+
+
+def test_mqar_run_exports_without_tokenizer(tmp_path):
+    cfg = Config(
+        model=ModelConfig(vocab_size=64, d_model=32, n_layers=1, num_heads=2, mixer="gated_deltanet")
+    )
+    (tmp_path / "run").mkdir()
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    ref = memnets.LM(cfg.model).eval()
+    save_checkpoint({"model": ref.state_dict(), "step": 7}, tmp_path / "run" / "checkpoints", 7, keep=2)
+    info = export_run(tmp_path / "run", tmp_path / "hf")
+    assert info.tokenizer is None and not (tmp_path / "hf" / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_eos", [True, False])
+def test_tokenizer_json_run_keeps_its_ids_and_eos(tmp_path, with_eos):
+    """A run trained with a tokenizer.json: the exported tokenizer gives HFTokenizer's ids, and its
+    EOS (appended one past the vocabulary when the file has none, as memnets counts it)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from memnets.data.text import HFTokenizer
+
+    words = ["the", "quick", "brown", "fox", "[UNK]"] + (["</s>"] if with_eos else [])
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.save(str(tmp_path / "tokenizer.json"))
+    ref = HFTokenizer(str(tmp_path / "tokenizer.json"))
+    tok = build_hf_tokenizer(str(tmp_path / "tokenizer.json"))
+    text = "the quick brown fox jumps"
+    assert tok(text, add_special_tokens=False)["input_ids"] == ref.encode(text)
+    assert tok.eos_token_id == ref.eos_id and len(tok) == ref.vocab_size
