@@ -117,6 +117,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path 
     )
     model = MemnetsForCausalLM(config)
     model.lm.load_state_dict(state)  # strict: every weight of the run, nothing else
+    # A trust_remote_code load in this process marks the classes for copying their source files on
+    # save (transformers 4); the folder gets the two import-only modules below instead.
+    model._auto_class = config._auto_class = None
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     if tokenizer is not None:

@@ -67,5 +67,9 @@ def build_hf_tokenizer(name: str) -> PreTrainedTokenizerFast:
     token is EOS (padded positions are masked, their id does not matter)."""
     tok, eos = _byte_tokenizer() if name == "byte" else _named_tokenizer(name)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=eos, pad_token=eos, clean_up_tokenization_spaces=False
+        tokenizer_object=tok,
+        eos_token=eos,
+        pad_token=eos,
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: the model takes none
     )
