@@ -339,16 +339,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm_eval:
         from memnets.hf.harness import evaluate_run
 
-        evaluate_run(
-            args.run,
-            [t.strip() for t in args.lm_eval.split(",") if t.strip()],
-            args.out,
-            include_path=args.lm_eval_include,
-            batch_size=args.batch_size,
-            device=args.device,
-            limit=args.lm_eval_limit,
-            log_samples=args.lm_eval_samples,
-        )
+        try:
+            evaluate_run(
+                args.run,
+                [t.strip() for t in args.lm_eval.split(",") if t.strip()],
+                args.out,
+                include_path=args.lm_eval_include,
+                batch_size=args.batch_size,
+                device=args.device,
+                limit=args.lm_eval_limit,
+                log_samples=args.lm_eval_samples,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
 
     cfg, model = load_run(args.run, args.device)

@@ -104,3 +104,11 @@ def test_generations_equal_memnets_greedy(evaluated):
             new = new[: new.index(hf_tok.eos_token_id)]
         want = hf_tok.decode(new).split("\n")[0]
         assert sample["resps"][0][0] == want
+
+
+def test_mqar_run_is_refused(tmp_path, capsys):
+    cfg = Config(model=ModelConfig(vocab_size=64, d_model=32, n_layers=1, num_heads=2, mixer="attention"))
+    tmp_path.joinpath("run").mkdir()
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert _eval_script().main([str(tmp_path / "run"), "--lm-eval", "piqa"]) == 2
+    assert "lm-eval needs a text run" in capsys.readouterr().err

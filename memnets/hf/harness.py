@@ -85,9 +85,14 @@ def evaluate_run(
     """Export run ``run_dir`` (newest checkpoint) to ``RUN/hf``, run :func:`run_lm_eval` on it with
     ``kwargs`` and write ``{run, step, weights, tasks, results, ...}`` to ``out`` (default
     ``RUN/lm_eval.json``). Returns (what was written, its path)."""
+    _lm_eval()
     from lm_eval.utils import handle_non_serializable, make_table
 
+    from ..config import load_config
+
     run = Path(run_dir)
+    if (run / "config.yaml").is_file() and (kind := load_config(run / "config.yaml").data.kind) != "text":
+        raise ValueError(f"{run}: lm-eval needs a text run with a tokenizer; this one has data.kind={kind!r}")
     info = export_run(run, run / "hf")
     results = run_lm_eval(info.out_dir, tasks, **kwargs)
     print(make_table(results))
