@@ -216,3 +216,16 @@ def test_tokenizer_json_run_keeps_its_ids_and_eos(tmp_path, with_eos):
     text = "the quick brown fox jumps"
     assert tok(text, add_special_tokens=False)["input_ids"] == ref.encode(text)
     assert tok.eos_token_id == ref.eos_id and len(tok) == ref.vocab_size
+
+
+def test_loading_is_strict_about_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _fake_run(tmp_path / "run", "titans")
+    export_run(tmp_path / "run", tmp_path / "hf")
+    path = tmp_path / "hf" / "model.safetensors"
+    weights = load_file(str(path))
+    dropped = next(k for k in weights if ".mixer." in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "hf")

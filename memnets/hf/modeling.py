@@ -77,9 +77,8 @@ class MemnetsForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "lm"
     main_input_name = "input_ids"
     _no_split_modules: ClassVar[list[str]] = ["Block"]
-    _tied_weights_keys: ClassVar[dict[str, str]] = {
-        "lm.head.weight": "lm.embed.weight"
-    }  # used when tie_word_embeddings
+    # head -> embedding, applied only when config.tie_word_embeddings (memnets' tie_embeddings)
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm.head.weight": "lm.embed.weight"}
 
     def __init__(self, config: MemnetsConfig) -> None:
         super().__init__(config)
