@@ -66,7 +66,7 @@ class MemoryProjections(nn.Module):
         return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
 
 
-# operands of the MLP memory kernels' matmuls (memnets.kernels.titans_mlp_triton.DOT_PRECISIONS, which a
+# operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a
 # test keeps equal): float32 by default; on a GPU TF32 or half operands (float32 accumulation, as fla's
 # kernels) trade accuracy for tensor-core rate
 DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")
