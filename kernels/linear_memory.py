@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .memory_spec import MemorySpec
+from .specs import MemorySpec
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128

@@ -860,7 +860,15 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
     with nan_allocations():
         out = forward_backward(fast, x, cu_seqlens=cu)
     assert len(calls) == 1 and torch.equal(calls[0][1]["cu_seqlens"], cu)
-    assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
+    # Both runs are float32, and RATIO[float32] bounds each one's error against the exact (float64)
+    # result, so by the triangle inequality the two may differ by up to twice that. The gate bias
+    # gradient is the worst case: a sum over all 39 tokens of terms of both signs, each carried back
+    # through the whole Omega-window recurrence. Against a float64 engine run (float32 cotangents) the
+    # engine is 8.2e-6 off here and the kernel 5.8e-6, in opposite directions: 1.4e-5 apart.
+    ref = forward_backward(chunked, x, cu_seqlens=cu)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(name, ref[name], out[name], ratio=2 * RATIO[torch.float32])
     with pytest.raises(ValueError, match="omeganet: cu_seqlens cannot be combined with a recurrent state"):
         fast(x, fast(x[:, :4])[1], cu_seqlens=cu)
 

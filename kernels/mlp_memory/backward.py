@@ -20,10 +20,14 @@ from .common import (
     dot,
     key_base,
     key_delta,
+    key_value_rows,
+    ln_params,
+    load_matrices,
     mat_block,
     read_ln_backward,
     row_block,
     sequence_bounds,
+    store_matrices,
 )
 from .config import LaunchConfig
 from .forward import carried_rows, launch_forward, segments, whole_state_meta
@@ -107,13 +111,8 @@ def _backward_kernel(
     o1, m1 = mat_block(D, DH, BD, BH)
     o2, m2 = mat_block(DH, D, BH, BD)
     # cotangents of the state at the end of the current chunk
-    cW1 = tl.load(dw1_final + bh * n + o1, mask=m1, other=0.0)
-    cW2 = tl.load(dw2_final + bh * n + o2, mask=m2, other=0.0)
-    cS1 = tl.zeros([BD, BH], dtype=tl.float32)
-    cS2 = tl.zeros([BH, BD], dtype=tl.float32)
-    if HAS_MOM:
-        cS1 = tl.load(ds1_final + bh * n + o1, mask=m1, other=0.0)
-        cS2 = tl.load(ds2_final + bh * n + o2, mask=m2, other=0.0)
+    cW1, cW2 = load_matrices(dw1_final, dw2_final, bh * n, o1, m1, o2, m2, BD, BH, True)
+    cS1, cS2 = load_matrices(ds1_final, ds2_final, bh * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
     li = tl.arange(0, BL)
     lmask = li < L
     lk = tl.arange(0, BK)
@@ -121,13 +120,9 @@ def _backward_kernel(
     gmask = lmask[:, None] & lkmask[None, :]
     cols = tl.arange(0, BD)
     cmask = cols < D
-    gamma = tl.zeros([BD], dtype=tl.float32)
-    shift = tl.zeros([BD], dtype=tl.float32)
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     d_gamma = tl.zeros([BD], dtype=tl.float32)
     d_shift = tl.zeros([BD], dtype=tl.float32)
-    if LN:
-        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
-        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     # the key path's weights are those at the start of the tile's chunk of KE tiles: the cotangent
     # they collect (acc) joins the state's at that chunk's first tile
     acc1 = tl.zeros([BD, BH], dtype=tl.float32)
@@ -140,28 +135,20 @@ def _backward_kernel(
         sc = bh * NC + c
         last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
         is_last = li == last
-        W1 = tl.load(w1_chunks + sc * n + o1, mask=m1, other=0.0)
-        W2 = tl.load(w2_chunks + sc * n + o2, mask=m2, other=0.0)
+        W1, W2 = load_matrices(w1_chunks, w2_chunks, sc * n, o1, m1, o2, m2, BD, BH, True)
         if KE == 1:
             K1 = W1
             K2 = W2
         else:
             kc = sc - g % KE
-            K1 = tl.load(w1_chunks + kc * n + o1, mask=m1, other=0.0)
-            K2 = tl.load(w2_chunks + kc * n + o2, mask=m2, other=0.0)
+            K1, K2 = load_matrices(w1_chunks, w2_chunks, kc * n, o1, m1, o2, m2, BD, BH, True)
         offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
         koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
         koffs += kb * H * D
         krow += kb * H
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BK], dtype=tl.float32)
-        if BIAS == 2:
-            delta = tl.load(bp + krow, mask=kvalid, other=0.0).to(tl.float32)
-        if BIAS == 3:
-            delta = tl.load(bp + koffs, mask=kmask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
@@ -339,11 +326,8 @@ def _backward_kernel(
             cW2 = gW2
             acc1 = gK1
             acc2 = gK2
-    tl.store(dw1_init + bh * n + o1, cW1, mask=m1)
-    tl.store(dw2_init + bh * n + o2, cW2, mask=m2)
-    if HAS_MOM:
-        tl.store(ds1_init + bh * n + o1, cS1, mask=m1)
-        tl.store(ds2_init + bh * n + o2, cS2, mask=m2)
+    store_matrices(dw1_init, dw2_init, bh * n, cW1, cW2, o1, m1, o2, m2, True)
+    store_matrices(ds1_init, ds2_init, bh * n, cS1, cS2, o1, m1, o2, m2, HAS_MOM)
     if LN:
         tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
         tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)

@@ -262,3 +262,48 @@ def dot(a, b, DOT: tl.constexpr):
     else:
         out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     return out
+
+
+@triton.jit
+def ln_params(ln_w, ln_b, h, cols, cmask, D: tl.constexpr, BD: tl.constexpr, LN: tl.constexpr):
+    """Head h's memory LayerNorm scale γ and shift b ``[BD]`` (zeros without the LayerNorm)."""
+    gamma = tl.zeros([BD], dtype=tl.float32)
+    shift = tl.zeros([BD], dtype=tl.float32)
+    if LN:
+        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
+        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    return gamma, shift
+
+
+@triton.jit
+def key_value_rows(k, v, bp, offs, mask, rows, valid, BK: tl.constexpr, BIAS: tl.constexpr):
+    """A tile's keys and values (float32) at ``offs`` and its Huber thresholds δ: ``[BK]`` per token
+    ("norm", at ``rows``), ``[BK, BD]`` per channel ("coord"), zeros for the other biases."""
+    b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
+    b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.zeros([BK], dtype=tl.float32)
+    if BIAS == 2:
+        delta = tl.load(bp + rows, mask=valid, other=0.0).to(tl.float32)
+    if BIAS == 3:
+        delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
+    return b_k, b_v, delta
+
+
+@triton.jit
+def load_matrices(p1, p2, base, o1, m1, o2, m2, BD: tl.constexpr, BH: tl.constexpr, PRESENT: tl.constexpr):
+    """A ``[D, Dh]`` and a ``[Dh, D]`` matrix (W1, W2 or S1, S2, or their cotangents) at ``base`` of
+    ``p1`` and ``p2`` (zeros unless ``PRESENT``)."""
+    X1 = tl.zeros([BD, BH], dtype=tl.float32)
+    X2 = tl.zeros([BH, BD], dtype=tl.float32)
+    if PRESENT:
+        X1 = tl.load(p1 + base + o1, mask=m1, other=0.0)
+        X2 = tl.load(p2 + base + o2, mask=m2, other=0.0)
+    return X1, X2
+
+
+@triton.jit
+def store_matrices(p1, p2, base, X1, X2, o1, m1, o2, m2, PRESENT: tl.constexpr):
+    """Store a ``[D, Dh]`` and a ``[Dh, D]`` matrix at ``base`` of ``p1`` and ``p2`` if ``PRESENT``."""
+    if PRESENT:
+        tl.store(p1 + base + o1, X1, mask=m1)
+        tl.store(p2 + base + o2, X2, mask=m2)

@@ -10,7 +10,7 @@ from typing import NamedTuple, get_type_hints
 import triton
 from torch import Tensor
 
-from ..memory_spec import BIAS_KINDS
+from ..specs import BIAS_KINDS
 
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
 # operands of the kernels' matmuls (compile-time, see common.dot): float32 by default; on a GPU "tf32"

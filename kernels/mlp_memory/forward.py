@@ -9,7 +9,21 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import act, act_grad, dot, key_base, key_delta, ln_rows, mat_block, row_block, sequence_bounds
+from .common import (
+    act,
+    act_grad,
+    dot,
+    key_base,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    ln_rows,
+    load_matrices,
+    mat_block,
+    row_block,
+    sequence_bounds,
+    store_matrices,
+)
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
 
 
@@ -80,22 +94,13 @@ def _forward_kernel(
     n = D * DH  # numbers per weight matrix
     o1, m1 = mat_block(D, DH, BD, BH)  # W1 [D, Dh]
     o2, m2 = mat_block(DH, D, BH, BD)  # W2 [Dh, D]
-    W1 = tl.load(w1_init + bh * n + o1, mask=m1, other=0.0)
-    W2 = tl.load(w2_init + bh * n + o2, mask=m2, other=0.0)
-    S1 = tl.zeros([BD, BH], dtype=tl.float32)
-    S2 = tl.zeros([BH, BD], dtype=tl.float32)
-    if HAS_MOM:
-        S1 = tl.load(s1_init + bh * n + o1, mask=m1, other=0.0)
-        S2 = tl.load(s2_init + bh * n + o2, mask=m2, other=0.0)
+    W1, W2 = load_matrices(w1_init, w2_init, bh * n, o1, m1, o2, m2, BD, BH, True)
+    S1, S2 = load_matrices(s1_init, s2_init, bh * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
     li = tl.arange(0, BL)
     lmask = li < L
     cols = tl.arange(0, BD)
     cmask = cols < D
-    gamma = tl.zeros([BD], dtype=tl.float32)
-    shift = tl.zeros([BD], dtype=tl.float32)
-    if LN:
-        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
-        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     K1 = W1  # the key path's weights: those at the start of the chunk (of KE tiles) the tile is in
     K2 = W2
     for c in range(tl.minimum(NC, n_tiles - C0)):
@@ -106,14 +111,10 @@ def _forward_kernel(
             K2 = W2
         if STORE:
             sc = bh * NC + c
-            tl.store(w1_chunks + sc * n + o1, W1, mask=m1)
-            tl.store(w2_chunks + sc * n + o2, W2, mask=m2)
-            if HAS_MOM:
-                tl.store(s1_chunks + sc * n + o1, S1, mask=m1)
-                tl.store(s2_chunks + sc * n + o2, S2, mask=m2)
+            store_matrices(w1_chunks, w2_chunks, sc * n, W1, W2, o1, m1, o2, m2, True)
+            store_matrices(s1_chunks, s2_chunks, sc * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
         if g == n_tiles - 1:
-            tl.store(w1_anchor + bh * n + o1, K1, mask=m1)
-            tl.store(w2_anchor + bh * n + o2, K2, mask=m2)
+            store_matrices(w1_anchor, w2_anchor, bh * n, K1, K2, o1, m1, o2, m2, True)
         offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
         # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
         # where the state's carried window (P0 rows) leads the sequence's rows
@@ -122,13 +123,7 @@ def _forward_kernel(
         krow += kb * H
         lk = tl.arange(0, BK)
         lkmask = lk < P + L
-        b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + koffs, mask=kmask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BK], dtype=tl.float32)
-        if BIAS == 2:
-            delta = tl.load(bp + krow, mask=kvalid, other=0.0).to(tl.float32)
-        if BIAS == 3:
-            delta = tl.load(bp + koffs, mask=kmask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
         # key path at the chunk-start weights
         Z1 = dot(b_k, K1, DOT)
         A = act(Z1, ACT)
@@ -175,11 +170,8 @@ def _forward_kernel(
             S2 = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
         W1 = W1_new
         W2 = W2_new
-    tl.store(w1_final + bh * n + o1, W1, mask=m1)
-    tl.store(w2_final + bh * n + o2, W2, mask=m2)
-    if HAS_MOM:
-        tl.store(s1_final + bh * n + o1, S1, mask=m1)
-        tl.store(s2_final + bh * n + o2, S2, mask=m2)
+    store_matrices(w1_final, w2_final, bh * n, W1, W2, o1, m1, o2, m2, True)
+    store_matrices(s1_final, s2_final, bh * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
 
 
 def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:

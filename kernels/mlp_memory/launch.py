@@ -10,8 +10,8 @@ import math
 import triton
 from torch import Tensor
 
-from ..memory_spec import BIAS_KINDS, BiasSpec, MemorySpec
 from ..packing import chunk_layout
+from ..specs import BIAS_KINDS, BiasSpec, MemorySpec
 from . import ops
 from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig, block
 from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..memory_spec import BiasSpec, MemorySpec
+from ..specs import BiasSpec, MemorySpec
 from .config import ACTIVATIONS, block
 
 MAX_TILE = 64

@@ -9,7 +9,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import act, act_grad, act_grad2, delta_backward, dot, key_delta, read_ln_backward, row_block
+from .common import (
+    act,
+    act_grad,
+    act_grad2,
+    delta_backward,
+    dot,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    read_ln_backward,
+    row_block,
+)
 from .config import LaunchConfig
 from .wide_forward import key_z2, launch_wide_forward, w1_block, w2_block, wide_meta
 
@@ -85,13 +96,9 @@ def _wide_backward_kernel(
     # scratch: the partial cotangent of Z1_j [BL, BHB] of each block, passed from pass 3 to pass 5
     sw = NB * BHB
     so = bh * BL * sw + li[:, None] * sw + tl.arange(0, BHB)[None, :]
-    gamma = tl.zeros([BD], dtype=tl.float32)
-    shift = tl.zeros([BD], dtype=tl.float32)
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     d_gamma = tl.zeros([BD], dtype=tl.float32)
     d_shift = tl.zeros([BD], dtype=tl.float32)
-    if LN:
-        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
-        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     for i in range(NC):
         c = NC - 1 - i
         cc = bh * NC + c
@@ -100,14 +107,8 @@ def _wide_backward_kernel(
         is_last = li == last
         offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BL], dtype=tl.float32)
-        if BIAS == 2:
-            delta = tl.load(bp + row_idx, mask=valid, other=0.0).to(tl.float32)
-        if BIAS == 3:
-            delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
         b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)

@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import act, act_grad, dot, key_delta, ln_rows, row_block
+from .common import act, act_grad, dot, key_delta, key_value_rows, ln_params, ln_rows, row_block
 from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
 
 
@@ -172,21 +172,11 @@ def _wide_forward_kernel(
     lmask = li < L
     cols = tl.arange(0, BD)
     cmask = cols < D
-    gamma = tl.zeros([BD], dtype=tl.float32)
-    shift = tl.zeros([BD], dtype=tl.float32)
-    if LN:
-        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
-        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     for c in range(NC):
         cc = bh * NC + c  # index of this (batch, head, chunk)
         offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
-        b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-        b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.zeros([BL], dtype=tl.float32)
-        if BIAS == 2:
-            delta = tl.load(bp + row_idx, mask=valid, other=0.0).to(tl.float32)
-        if BIAS == 3:
-            delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
         Z2 = key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = key_delta(

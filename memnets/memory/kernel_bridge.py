@@ -1,7 +1,7 @@
 """The model side of the memory kernels: the entry points the mixers call with memnets' own objects
 (:class:`~memnets.memory.MemoryMLP`, the attentional biases, :class:`~memnets.memory.MemoryState`),
-turned into what the kernels take (plain tensors, :class:`~memnets.kernels.memory_spec.MemorySpec` and
-:class:`~memnets.kernels.memory_spec.BiasSpec`) and back.
+turned into what the kernels take (plain tensors, :class:`~memnets.kernels.specs.MemorySpec` and
+:class:`~memnets.kernels.specs.BiasSpec`) and back.
 
 Each entry point is a drop-in for its PyTorch chunked form, same arguments, shapes and state:
 
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import linear_memory, mlp_memory
-from ..kernels.memory_spec import BiasSpec, MemorySpec
 from ..kernels.packing import chunk_layout, sequence_lengths
+from ..kernels.specs import BiasSpec, MemorySpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
 from .features import FeatureMemoryMLP
