@@ -182,55 +182,51 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
     full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0}
+
+    def shape(D: int, DH: int, L: int, BK: int | None = None) -> dict[str, int]:
+        BK = BK or _block(L)
+        return {
+            "H": 8,
+            "D": D,
+            "DH": DH,
+            "L": L,
+            "BL": _block(L),
+            "BK": BK,
+            "BD": _block(D),
+            "BH": _block(DH),
+        }
+
+    def forward(constexprs: dict[str, object], store: bool = False) -> Case:
+        return Case(
+            fwd, "_forward_kernel", {**constexprs, "STORE": store}, types, num_warps=NUM_WARPS, num_stages=1
+        )
+
+    def backward(constexprs: dict[str, object]) -> Case:
+        return Case(bwd, "_backward_kernel", constexprs, types, num_warps=NUM_WARPS, num_stages=1)
+
     cases = []
     for D, DH, L in shapes:
-        shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-        shape["BH"] = _block(DH)
-        for store in (False, True):  # the forward pass; its recompute in the backward stores the states
-            c = {**shape, **full, "STORE": store}
-            cases.append(Case(fwd, "_forward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
-        cases.append(
-            Case(bwd, "_backward_kernel", {**shape, **full}, types, num_warps=NUM_WARPS, num_stages=1)
-        )
+        c = {**shape(D, DH, L), **full}
+        # the forward pass; its recompute in the backward stores the states
+        cases += [forward(c), forward(c, store=True), backward(c)]
     # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-    shape["BH"] = _block(DH)
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
     # and packed sequences, with bfloat16 operands in the matmuls
     bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3}
-    cases.append(
-        Case(
-            fwd,
-            "_forward_kernel",
-            {**shape, **bare, "STORE": False},
-            types,
-            num_warps=NUM_WARPS,
-            num_stages=1,
-        )
-    )
-    cases.append(Case(bwd, "_backward_kernel", {**shape, **bare}, types, num_warps=NUM_WARPS, num_stages=1))
+    cases += [forward({**shape(D, DH, L), **bare}), backward({**shape(D, DH, L), **bare})]
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-    shape["BH"] = _block(DH)
     for read_start in (False, True):
-        c = {**shape, **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
-        cases.append(
-            Case(fwd, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
-        )
-        cases.append(Case(bwd, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
+        c = {**shape(D, DH, L), **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
+        cases += [forward(c), backward(c)]
     # the Omega window (OmegaNet, window 8): 7 more key rows per tile, a 32-row key tile at chunk 16,
     # at the largest state of 32-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 32), key=lambda s: s[0] * s[1], default=(D, DH, 16))
-    shape = {"H": 8, "D": D, "DH": DH, "L": 16, "BL": 16, "BK": 32, "BD": _block(D), "BH": _block(DH)}
-    c = {**shape, **full, "P": 7}
-    cases.append(
-        Case(fwd, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
-    )
-    cases.append(Case(bwd, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
+    c = {**shape(D, DH, 16, BK=32), **full, "P": 7}
+    cases += [forward(c), backward(c)]
     return cases
 
 
