@@ -33,9 +33,9 @@ from .newton import NewtonOptions, newton_solve, sequential_solve
 
 def no_wide_kernels(backend: str) -> str | None:
     """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
-    from .kernels import titans_mlp_triton
+    from .memory import kernel_bridge
 
-    if backend == "auto" and not titans_mlp_triton.WIDE_IN_AUTO:
+    if backend == "auto" and not kernel_bridge.WIDE_IN_AUTO:
         return "under backend='auto' until checked on a GPU (ask for backend='triton')"
     return None
 
@@ -43,9 +43,9 @@ def no_wide_kernels(backend: str) -> str | None:
 def _mlp_supports(
     arch: MemoryMLP, bias: object, chunk_size: int, window: int = 1, no_wide: str | None = None
 ):
-    from .kernels import titans_mlp_triton
+    from .memory import kernel_bridge
 
-    return titans_mlp_triton.supports(arch, bias, chunk_size, window, no_wide)
+    return kernel_bridge.supports_mlp(arch, bias, chunk_size, window, no_wide)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -60,9 +60,9 @@ def _titans_supports(*, backend: str, arch: MemoryMLP, chunk_size: int, **_: Any
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     if arch.depth == 1:
-        from .kernels import titans_linear_triton
+        from .memory import kernel_bridge
 
-        return titans_linear_triton.supports(arch, chunk_size=chunk_size)
+        return kernel_bridge.supports_linear(arch, chunk_size=chunk_size)
     return _mlp_supports(arch, None, chunk_size, no_wide=no_wide_kernels(backend))
 
 
@@ -74,10 +74,10 @@ def _titans_packs(*, arch: MemoryMLP, chunk_size: int, bias: object = None, **_:
 
 def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "tf32x3", **options: Any):
     if arch.depth == 1:  # the linear kernel's matmuls are tf32x3 (check_dot_precision refuses others)
-        from .kernels.titans_linear_triton import titans_linear_chunked
+        from .memory.kernel_bridge import titans_linear_chunked
 
         return titans_linear_chunked(arch, *inputs, **options)
-    from .kernels.titans_mlp_triton import titans_mlp_chunked
+    from .memory.kernel_bridge import titans_mlp_chunked
 
     return titans_mlp_chunked(arch, *inputs, dot_precision=dot_precision, **options)
 
@@ -122,7 +122,7 @@ def _miras_kernel(
     lag: bool,
     **options: Any,
 ):
-    from .kernels.titans_mlp_triton import titans_mlp_chunked
+    from .memory.kernel_bridge import titans_mlp_chunked
 
     return titans_mlp_chunked(arch, q, k, v, lr, None, keep, state, **options)  # no momentum
 
@@ -151,7 +151,7 @@ def _omega_supports(
 
 
 def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: object, **options: Any):
-    from .kernels.titans_mlp_triton import omega_mlp_chunked
+    from .memory.kernel_bridge import omega_mlp_chunked
 
     return omega_mlp_chunked(*inputs, **options)  # muon is None where the kernel runs
 
@@ -177,7 +177,7 @@ def _chunk_read_supports(*, arch: MemoryMLP, chunk_size: int, **_: Any) -> str |
 
 
 def _chunk_read_kernel(*inputs: Any, **options: Any):
-    from .kernels.titans_mlp_triton import chunk_read_mlp
+    from .memory.kernel_bridge import chunk_read_mlp
 
     return chunk_read_mlp(*inputs, **options)
 

@@ -14,7 +14,7 @@ call, a warm-up call first so Triton compiles before timing); on CPU ``torch.uti
 
 ``--op titans_linear``: the linear Titans memory (depth 1, L2 bias, momentum and decay gates), backends
 ``chunked`` (the engine's PyTorch chunk form, ``memnets.memory.memory_chunked``), ``triton``
-(``memnets.kernels.titans_linear_triton``, CUDA only) and, as the peer with the same state size, fla's
+(``memnets.kernels.linear_memory``, CUDA only) and, as the peer with the same state size, fla's
 ``chunk_gated_delta_rule`` on the same shape. Model FLOPs per token-head (1 multiply-add = 2 FLOP, C =
 chunk size): fwd 10 D^2 + 4 C D, fwd+bwd 46 D^2 + 16 C D (``scripts/bench_titans_kernels.py``). Minimum
 bytes: fwd reads q, k, v and writes y (4 D elt) plus 3 float32 gates; the backward re-reads q, k, v,
@@ -101,7 +101,7 @@ def titans_fn(
 ) -> Callable[..., torch.Tensor]:
     """The linear Titans memory as f(q, k, v, lr, mom, keep) -> y."""
     if name == "triton":
-        from memnets.kernels.titans_linear_triton import titans_linear_chunked
+        from memnets.memory.kernel_bridge import titans_linear_chunked
 
         cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=arch.init_weights[0].device)
         return lambda *x: titans_linear_chunked(arch, *x, chunk_size=chunk_size, cu_seqlens=cu_t)[0]

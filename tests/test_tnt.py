@@ -252,15 +252,13 @@ def test_triton_backend_equals_chunked(kw, monkeypatch):
     outputs, every gradient, the carried state (a call split mid-shard and mid global chunk). A small
     inner step (lr_max) keeps the problem well conditioned: with the default 1.0 the inner loop
     amplifies float32 rounding past float32's tolerance in either backend (see
-    tests/test_titans_mlp_triton.py)."""
+    tests/test_mlp_memory.py)."""
     pytest.importorskip("triton")
-    from memnets.kernels import titans_mlp_triton
+    from memnets.memory import kernel_bridge
 
     calls = []
-    kernel = titans_mlp_triton.chunk_read_mlp
-    monkeypatch.setattr(
-        titans_mlp_triton, "chunk_read_mlp", lambda *a, **k: calls.append(1) or kernel(*a, **k)
-    )
+    kernel = kernel_bridge.chunk_read_mlp
+    monkeypatch.setattr(kernel_bridge, "chunk_read_mlp", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     torch.manual_seed(0)
     kw = {"lr_max": 0.05, **kw}
     chunked = memnets.build_mixer("tnt", d_model=16, num_heads=2, **{**TINY, **kw}).double()

@@ -40,7 +40,7 @@ nor how the window gates γ are parameterised), each an option:
   initial state, its window never reaching the one before it), else sequence by sequence; the state
   returned is the last sequence's. Backends: ``reference`` (token loop),
   ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
-  (:func:`~memnets.kernels.titans_mlp_triton.omega_mlp_chunked`) for OmegaNet without Muon on the
+  (:func:`~memnets.memory.kernel_bridge.omega_mlp_chunked`) for OmegaNet without Muon on the
   2-layer chain memory with the l2 inner loss and keys as wide as values (``feature_degree=1``: the
   polynomial features widen the keys, e.g. 560 at head dim 32, beyond a state kept on chip), within
   its chunk/state limits; ``auto`` picks it on CUDA where it applies, ``triton`` elsewhere raises

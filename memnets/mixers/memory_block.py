@@ -82,7 +82,7 @@ class GatedOutput(nn.Module):
         return self.out(self.norm(y, self.gate(x).view(B, T, H, D)).reshape(B, T, H * D))
 
 
-# operands of the MLP memory kernels' matmuls (memnets.kernels.titans_mlp_triton.DOT_PRECISIONS, which a
+# operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a
 # test keeps equal): float32 by default; on a GPU TF32 or half operands (float32 accumulation, as fla's
 # kernels) trade accuracy for tensor-core rate
 DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")

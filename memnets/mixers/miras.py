@@ -56,9 +56,9 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
   returned is the last sequence's.
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
-  ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
+  ``triton`` (:mod:`memnets.kernels.mlp_memory`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
-  :mod:`memnets.kernels.titans_mlp_triton` for the chunk sizes and shared-memory limits). Moneta's
+  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits). Moneta's
   L_q maps and Memora's softmax/lag token run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.

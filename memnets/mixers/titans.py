@@ -46,14 +46,14 @@ gate, MAG window), each documented here and an option where people differ:
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
-  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory={"depth": 1,
-  "norm": False}``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
+  :mod:`memnets.kernels.linear_memory` for the linear memory (``memory={"depth": 1,
+  "norm": False}``, chunk size 16/32/64) and :mod:`memnets.kernels.mlp_memory` for the
   two-layer MLP memory (depth 2, the default, with or without LayerNorm/residual, any
   activation; chunks run in tiles of a divisor of the chunk size up to 64 rows (e.g. chunk 256 as 4
   tiles of 64) with the state on chip for head_dim x hidden <= 4096 (<= 1024 with 64-row tiles);
-  larger states run :mod:`memnets.kernels.titans_mlp_wide_triton` (head dim <= 128, chunk size <= 64,
+  larger states run :mod:`memnets.kernels.mlp_memory` (wide-state) (head dim <= 128, chunk size <= 64,
   <= 32 above head dim 64; with ``backend="triton"`` only until checked on a GPU:
-  ``titans_mlp_triton.WIDE_IN_AUTO``));
+  ``kernel_bridge.WIDE_IN_AUTO``));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option. ``dot_precision`` sets the MLP kernels'
   matmul operands: ``"tf32x3"`` (default: float32, matches the engine to float32 rounding),

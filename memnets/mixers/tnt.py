@@ -41,10 +41,10 @@ normalisation):
   ``chunk_size`` and by default trains only ``*.mixer.local.*`` (``train.trainable``); see
   configs/lm/tnt-stage2-tiny.yaml.
 * Backends: ``chunked``, ``reference`` and ``triton``: the local memories (whole shards folded into
-  the batch) run in the Titans memory kernels (:mod:`memnets.kernels.titans_mlp_triton` for the
-  default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory: {depth: 1}``) where
+  the batch) run in the Titans memory kernels (:mod:`memnets.kernels.mlp_memory` for the
+  default 2-layer memory, :mod:`memnets.kernels.linear_memory` for ``memory: {depth: 1}``) where
   they apply (``titans``' limits per local chunk size); the global memory (2-layer) runs the MLP
-  kernel's chunk-start-read variant (:func:`~memnets.kernels.titans_mlp_triton.chunk_read_mlp`: large
+  kernel's chunk-start-read variant (:func:`~memnets.memory.kernel_bridge.chunk_read_mlp`: large
   chunks as tiles that keep the key path at the chunk-start weights) when it fits, else the chunked
   PyTorch form (logged, with the reason). ``auto`` picks ``triton`` on CUDA when every local memory
   fits a kernel. ``dot_precision`` sets the MLP kernels' matmul operands (both memories) as for
