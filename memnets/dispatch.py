@@ -29,6 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import self_check
+
 Backend = Literal["auto", "reference", "chunked", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 
@@ -180,12 +182,12 @@ class MemoryDispatch:
         self, backend: str, *inputs: Any, cu_seqlens: Tensor | None = None, **per_call: Any
     ) -> tuple[Tensor, Any]:
         device = next(t for t in inputs if isinstance(t, Tensor)).device
-        backend = self.backend(backend, device)
-        fn = getattr(self.op, backend)
-        options = {
-            k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
-        }
+        requested, backend = backend, self.backend(backend, device)
         head = () if self.arch is None else (self.arch,)
+        if backend == "triton" and requested == "auto" and not self._kernel_agrees(head, inputs, per_call):
+            backend = "chunked"
+        fn = getattr(self.op, backend)
+        options = self._options(backend)
         if cu_seqlens is None:
             return fn(*head, *inputs, **options, **per_call)
         if self.op.packed_inputs:
@@ -194,6 +196,24 @@ class MemoryDispatch:
             y, states = fn(*head, *inputs, **options, **per_call, cu_seqlens=cu_seqlens)
             return y, states[-1]  # the last sequence's state
         return self._one_by_one(fn, head, inputs, {**options, **per_call}, cu_seqlens)
+
+    def _options(self, backend: str) -> dict[str, Any]:
+        """The static options ``backend`` takes (the kernel-only ones go to the kernel alone)."""
+        return {
+            k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
+        }
+
+    def _kernel_agrees(self, head: tuple, inputs: tuple, per_call: dict[str, Any]) -> bool:
+        """The first-use self-check (:mod:`memnets.self_check`) of a kernel ``auto`` picked."""
+        return self_check.kernel_agrees(
+            f"{self.owner}: {self.op.name}",
+            self.op.triton,  # type: ignore[arg-type]
+            self.op.chunked,
+            head,
+            inputs,
+            {**self._options("triton"), **per_call},
+            {**self._options("chunked"), **per_call},
+        )
 
     @staticmethod
     def _one_by_one(
