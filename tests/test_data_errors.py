@@ -55,7 +55,9 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
 def test_a_missing_tokenizer_path_is_not_called_a_bad_hub_id(tmp_path):
     (tmp_path / "c.txt").write_text("text " * 100)
     t0 = time.time()
-    with pytest.raises(FileNotFoundError, match=r"tokenizer='nowhere/tokenizer\.json': no such tokenizer file"):
+    with pytest.raises(
+        FileNotFoundError, match=r"tokenizer='nowhere/tokenizer\.json': no such tokenizer file"
+    ):
         _task(tmp_path / "c.txt", tokenizer="nowhere/tokenizer.json")
     assert time.time() - t0 < 2, "no network attempt for a path"
 
@@ -72,7 +74,9 @@ def test_a_hub_tokenizer_name_fails_at_once_offline(tmp_path, monkeypatch):
 def test_gpt2_ids_read_with_the_byte_tokenizer_name_the_file(tmp_path):
     path = tmp_path / "gpt2.bin"
     np.random.default_rng(0).integers(0, 50257, size=4000).astype(np.uint16).tofile(path)
-    with pytest.raises(ValueError, match=r"gpt2\.bin: token id \d+ at position \d+ >= the tokenizer's vocabulary 257"):
+    with pytest.raises(
+        ValueError, match=r"gpt2\.bin: token id \d+ at position \d+ >= the tokenizer's vocabulary 257"
+    ):
         _task(path)
 
 
@@ -105,10 +109,14 @@ def test_a_bin_with_meta_json_is_read_and_checked_by_it(tmp_path):
     _describe(tmp_path, [("tokens.bin", 3000)], dtype="uint32")
     task = _task(path)  # dtype auto: from meta.json
     assert task.train.dtype == np.uint32 and task.bytes_per_token == 2.0
-    with pytest.raises(ValueError, match=r"data\.text\.dtype='uint16' but .*meta\.json states dtype 'uint32'"):
+    with pytest.raises(
+        ValueError, match=r"data\.text\.dtype='uint16' but .*meta\.json states dtype 'uint32'"
+    ):
         _task(path, dtype="uint16")
     _describe(tmp_path, [("tokens.bin", 3000)], dtype="uint32", vocab=50257, tokenizer="tiktoken:gpt2")
-    with pytest.raises(ValueError, match=r"tokenized with 'tiktoken:gpt2' \(vocabulary 50257\).*set data\.text\.tokenizer"):
+    with pytest.raises(
+        ValueError, match=r"tokenized with 'tiktoken:gpt2' \(vocabulary 50257\).*set data\.text\.tokenizer"
+    ):
         _task(path)
     _describe(tmp_path, [("tokens.bin", 2999)], dtype="uint32")
     with pytest.raises(ValueError, match=r"tokens\.bin: 12000 bytes, expected 2999 uint32 tokens"):

@@ -326,7 +326,10 @@ def prepare(opts: PrepareOptions, log: TextIO = sys.stderr) -> dict[str, Any]:
     if not val_closed:
         val.finish()
     if not shards:
-        raise DataError(f"input {opts.inputs}: every record went to the validation shard; lower --val-tokens")
+        raise DataError(
+            f"input {opts.inputs}: all {r} record(s) went to val.bin, none is left to train on; give more "
+            "input, or a smaller --val-tokens or larger --val-every"
+        )
     meta = {
         "format": FORMAT,
         "version": VERSION,

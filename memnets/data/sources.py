@@ -3,7 +3,7 @@ a dataset folder written by ``datasets.save_to_disk`` or a Hugging Face Hub data
 at a time so that memory does not grow with the corpus.
 
 A record is a piece of text plus whether it ends a document: a ``.txt`` file is one document read in
-pieces of about 1 MiB cut after a newline; every ``.jsonl``/``.parquet`` row is one document. Errors
+pieces of about 64 KiB cut after a newline; every ``.jsonl``/``.parquet`` row is one document. Errors
 name the file and the line (``.jsonl``), the row (``.parquet``) or the byte offset (``.txt``).
 Non-UTF-8 input is an error unless ``errors="replace"`` is asked for.
 """
@@ -22,7 +22,7 @@ from ..validation import ConfigError
 from .hub import check_reachable, require
 
 FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
-TXT_PIECE = 1 << 20
+TXT_PIECE = 1 << 16
 
 
 class DataError(ConfigError):
