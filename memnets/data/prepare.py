@@ -73,13 +73,30 @@ def _init_worker(spec: str) -> None:
     _TOKENIZER = build_tokenizer(spec, key="--tokenizer")
 
 
-def _tokenize(texts: list[str], dtype: str) -> list[tuple[np.ndarray, int]]:
+@dataclass
+class _Tokenized:
+    """A batch of records tokenized: ``flat`` holds them in order, an EOS after each that ends a
+    document; record ``i`` is ``flat[offsets[i]:offsets[i + 1]]``."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+    n_bytes: np.ndarray
+    ends: np.ndarray
+
+
+def _tokenize(texts: list[str], ends: list[bool], dtype: str) -> _Tokenized:
     assert _TOKENIZER is not None
-    out = []
-    for ids, text in zip(_TOKENIZER.encode_batch(texts), texts):
-        n_bytes = len(ids) if _TOKENIZER.name == "byte" else len(text.encode("utf-8"))
-        out.append((ids.astype(dtype, copy=False), n_bytes))
-    return out
+    eos = np.array([_TOKENIZER.eos_id], dtype=dtype)
+    parts, lens, n_bytes = [], [], []
+    for ids, text, end in zip(_TOKENIZER.encode_batch(texts), texts, ends):
+        parts.append(ids.astype(dtype, copy=False))
+        if end:
+            parts.append(eos)
+        lens.append(len(ids) + end)
+        n_bytes.append(len(ids) if _TOKENIZER.name == "byte" else len(text.encode("utf-8")))
+    offsets = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    return _Tokenized(flat, offsets, np.asarray(n_bytes, dtype=np.int64), np.asarray(ends, dtype=bool))
 
 
 class _InProcess(Executor):
@@ -110,13 +127,13 @@ class _Part:
     open_doc: bool = False  # training side: the last record written did not end its document
     handle: Any = field(default=None, repr=False)
 
-    def append(self, ids: np.ndarray, n_bytes: int, ends_doc: bool) -> None:
+    def append(self, ids: np.ndarray, n_bytes: int, documents: int) -> None:
         if self.handle is None:
             self.handle = open(self.tmp, "ab")  # noqa: SIM115 -- kept open across appends, closed in finish()
         self.handle.write(ids.tobytes())
         self.tokens += len(ids)
         self.bytes += n_bytes
-        self.documents += int(ends_doc)
+        self.documents += documents
         if len(ids):
             self.max_token_id = max(self.max_token_id, int(ids.max()))
 
@@ -281,7 +298,7 @@ def prepare(opts: PrepareOptions, log: TextIO = sys.stderr) -> dict[str, Any]:
         if opts.workers == 0
         else ProcessPoolExecutor(opts.workers, initializer=_init_worker, initargs=(opts.tokenizer,))
     )
-    inflight: deque[tuple[Future, list[bool], int]] = deque()
+    inflight: deque[tuple[Future, int]] = deque()
     batches = _batches(sources, opts, records_done, progress)
     try:
         while True:
@@ -289,35 +306,44 @@ def prepare(opts: PrepareOptions, log: TextIO = sys.stderr) -> dict[str, Any]:
                 nxt = next(batches, None)
                 if nxt is None:
                     break
-                inflight.append((pool.submit(_tokenize, nxt[0], dtype), nxt[1], nxt[2]))
+                inflight.append((pool.submit(_tokenize, nxt[0], nxt[1], dtype), nxt[2]))
             if not inflight:
                 break
-            fut, ends, done_bytes = inflight.popleft()
-            docs = toks = 0
-            for (ids, n_bytes), end in zip(fut.result(), ends):
-                to_val = not val_closed and r % opts.val_every == 0
-                r += 1
-                docs += int(end)
-                toks += len(ids) + int(end)
-                if to_val:  # a validation record always ends with EOS; a training document cut here too
-                    if train.open_doc:
-                        train.append(eos, 0, False)
+            fut, done_bytes = inflight.popleft()
+            b: _Tokenized = fut.result()
+            i, n = 0, len(b.ends)
+            while i < n:  # runs of training records go to disk in one write; validation ones one by one
+                if not val_closed and r % opts.val_every == 0:
+                    if (
+                        train.open_doc
+                    ):  # a validation record always ends with EOS; a training document cut here too
+                        train.append(eos, 0, 0)
                         train.open_doc = False
-                    val.append(ids, n_bytes, end)
-                    val.append(eos, 0, False)
+                    val.append(b.flat[b.offsets[i] : b.offsets[i + 1]], int(b.n_bytes[i]), int(b.ends[i]))
+                    if not b.ends[i]:
+                        val.append(eos, 0, 0)
                     if val.tokens >= opts.val_tokens:
                         val.finish()
                         val_closed = True
+                    i, r = i + 1, r + 1
                     continue
-                train.append(ids, n_bytes, end)
-                if end:
-                    train.append(eos, 0, False)
-                train.open_doc = not end
-                if train.tokens >= opts.shard_tokens:
+                j = n if val_closed else min(n, i + opts.val_every - r % opts.val_every)
+                reach = np.searchsorted(
+                    b.offsets[i + 1 : j + 1] - b.offsets[i], opts.shard_tokens - train.tokens
+                )
+                full = reach < j - i  # the shard fills up at record i + reach
+                j = i + int(reach) + 1 if full else j
+                train.append(
+                    b.flat[b.offsets[i] : b.offsets[j]], int(b.n_bytes[i:j].sum()), int(b.ends[i:j].sum())
+                )
+                train.open_doc = not b.ends[j - 1]
+                i, r = j, r + j - i
+                if full:
                     shards.append(train.finish())
                     val.sync()
                     train = _Part(out / f"train_{len(shards):05d}.bin", open_doc=train.open_doc)
                     save_state()
+            docs, toks = int(b.ends.sum()), len(b.flat)
             progress.update(docs, toks, done_bytes)
     finally:
         pool.shutdown(cancel_futures=True)
