@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .hub import check_reachable
 from .shards import FORMAT, VERSION, dtype_for_vocab, write_json_atomic
 from .sources import DataError, Source, expand_inputs, read_records
 from .tokenizer import build_tokenizer
@@ -165,14 +166,20 @@ class _Part:
 
 
 class _Progress:
+    """A line every ``every`` seconds: documents/s, tokens/s and, when the input size is known, the
+    share read and an ETA from the rate since this run started (skipped records on resume excluded)."""
+
     def __init__(self, total_bytes: int | None, every: float, stream: TextIO) -> None:
         self.total, self.every, self.stream = total_bytes, every, stream
         self.t0 = self.last = time.time()
         self.docs = self.tokens = 0
-        self.done_bytes = 0
+        self.start_bytes: int | None = None  # input read when the first batch came back (ETA rate)
+        self.t_start = self.t0
 
     def update(self, docs: int, tokens: int, done_bytes: int, force: bool = False) -> None:
-        self.docs, self.tokens, self.done_bytes = self.docs + docs, self.tokens + tokens, done_bytes
+        self.docs, self.tokens = self.docs + docs, self.tokens + tokens
+        if self.start_bytes is None and tokens:
+            self.t_start, self.start_bytes = time.time(), done_bytes
         now = time.time()
         if not force and now - self.last < self.every:
             return
@@ -180,9 +187,12 @@ class _Progress:
         dt = max(now - self.t0, 1e-9)
         line = f"{self.docs:,} documents ({self.docs / dt:,.0f}/s) | {self.tokens:,} tokens ({self.tokens / dt:,.0f}/s)"
         if self.total:
-            frac = min(1.0, done_bytes / self.total)
-            eta = dt / frac * (1 - frac) if frac > 0 else float("nan")
-            line += f" | {100 * frac:.1f}% of {self.total / 1e6:,.0f} MB | eta {_fmt(eta)}"
+            done = min(done_bytes, self.total)
+            rate = (done - (self.start_bytes or 0)) / max(now - self.t_start, 1e-9)
+            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            line += f" | {100 * done / self.total:.1f}% of {self.total / 1e6:,.0f} MB | eta {_fmt(eta)}"
+        else:
+            line += " | eta ? (input size unknown)"
         print(f"prepare: {line}", file=self.stream, flush=True)
 
 
@@ -249,6 +259,9 @@ def prepare(opts: PrepareOptions, log: TextIO = sys.stderr) -> dict[str, Any]:
     """Run (or finish) the preparation described by ``opts``; returns the ``meta.json`` contents."""
     opts.check()
     sources = expand_inputs(opts.inputs, key="input")
+    for src in sources:
+        if src.kind == "hub":  # before the output folder is made
+            check_reachable(f"the Hugging Face dataset {src.location!r}")
     tokenizer = build_tokenizer(opts.tokenizer, key="--tokenizer")
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     record = _options_record(opts, sources, tokenizer, dtype)
