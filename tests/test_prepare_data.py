@@ -4,6 +4,7 @@ finishes byte-identical, inputs of every kind, and train.py on the prepared fold
 import importlib.util
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -241,3 +242,24 @@ def test_train_py_reads_the_prepared_folder(reference, corpus, tmp_path, capsys)
     assert "set data.text.tokenizer=" in capsys.readouterr().err, (
         "the byte tokenizer on BPE shards: a clear error"
     )
+
+
+def test_a_transformers_tokenizer_folder_prepares_and_trains(corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok = tokenizers.Tokenizer.from_file(str(corpus / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="[UNK]")
+    fast.save_pretrained(str(tmp_path / "hf_tok"))
+    spec = f"hf:{tmp_path / 'hf_tok'}"
+    from memnets.data.tokenizer import build_tokenizer
+
+    wrapped = build_tokenizer(spec)
+    text = "alpha beta gamma delta"
+    assert wrapped.encode(text) == tok.encode(text, add_special_tokens=False).ids
+    assert wrapped.eos_id == tok.token_to_id("</s>") and wrapped.vocab_size == tok.get_vocab_size()
+    meta = prepare(_opts(corpus, tmp_path / "o", tokenizer=spec, workers=1), log=io.StringIO())
+    assert meta["tokenizer"] == spec and meta["tokenizer_fingerprint"].startswith("transformers:")
+    from memnets.config import TextConfig
+    from memnets.data.text import TextTask
+
+    task = TextTask(TextConfig(tokenizer=spec), str(tmp_path / "o"), 16, 0)
+    assert task.sampler.total > 0 and math.isfinite(task.bytes_per_token)

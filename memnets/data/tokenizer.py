@@ -3,6 +3,8 @@
 * ``byte``: token = UTF-8 byte, EOS = 256, vocabulary 257; nothing to download.
 * a path to a ``tokenizer.json`` (Hugging Face ``tokenizers``), or to a folder holding one.
 * ``tiktoken:ENCODING`` (e.g. ``tiktoken:gpt2``, ``tiktoken:cl100k_base``; extra ``memnets[tiktoken]``).
+* ``hf:NAME_OR_FOLDER``: ``transformers.AutoTokenizer`` (extra ``memnets[hf]``), for tokenizers that
+  ship no ``tokenizer.json`` (SentencePiece-only repositories and the like).
 * anything else is a Hugging Face Hub model id whose ``tokenizer.json`` is used (cached, or downloaded
   when the Hub can be reached; an offline machine gets an error at once, not after retries).
 
@@ -13,12 +15,13 @@ checked against the tokenizer a run asks for even when the two name it by differ
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .hub import hub_file, require
+from .hub import check_reachable, hub_file, require
 
 BYTE_EOS = 256
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -103,7 +106,41 @@ class TiktokenTokenizer:
         return self.enc.decode([i for i in ids if i != self.eos_id])
 
 
-Tokenizer = ByteTokenizer | HFTokenizer | TiktokenTokenizer
+class TransformersTokenizer:
+    """``transformers.AutoTokenizer`` from a local folder or a Hub id (the cache first; a Hub that cannot
+    be reached is an error at once). EOS is the tokenizer's ``eos_token_id``, else one id past it."""
+
+    def __init__(self, name: str, key: str) -> None:
+        transformers = require("transformers", "hf")
+        self.name = f"hf:{name}"
+        if Path(name).expanduser().is_dir():
+            tok = transformers.AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
+        else:
+            try:
+                tok = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+            except OSError:  # not cached
+                check_reachable(f"{key}={self.name!r}")
+                tok = transformers.AutoTokenizer.from_pretrained(name)
+        self.tok = tok
+        vocab = json.dumps(sorted(tok.get_vocab().items())).encode()
+        self.fingerprint = "transformers:" + hashlib.sha256(vocab).hexdigest()[:16]
+        n = len(tok)
+        self.vocab_size = n + (1 if tok.eos_token_id is None else 0)
+        self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else n
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [
+            np.asarray(ids, dtype=np.int64) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]
+        ]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i != self.eos_id])
+
+
+Tokenizer = ByteTokenizer | HFTokenizer | TiktokenTokenizer | TransformersTokenizer
 
 
 def build_tokenizer(name: str, key: str = "data.text.tokenizer") -> Tokenizer:
@@ -112,6 +149,8 @@ def build_tokenizer(name: str, key: str = "data.text.tokenizer") -> Tokenizer:
         return ByteTokenizer()
     if name.startswith("tiktoken:"):
         return TiktokenTokenizer(name.split(":", 1)[1])
+    if name.startswith("hf:"):
+        return TransformersTokenizer(name[3:], key)
     path = Path(name).expanduser()
     if path.is_file():
         return HFTokenizer(str(path))
@@ -124,7 +163,16 @@ def build_tokenizer(name: str, key: str = "data.text.tokenizer") -> Tokenizer:
         return HFTokenizer(str(path / "tokenizer.json"), name)
     if name.endswith(".json") or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise FileNotFoundError(
-            f"{key}={name!r}: no such tokenizer file; expected 'byte', 'tiktoken:ENCODING', a path to a "
-            "tokenizer.json (or a folder holding one) or a Hugging Face Hub model id"
+            f"{key}={name!r}: no such tokenizer file; expected 'byte', 'tiktoken:ENCODING', 'hf:NAME', a path "
+            "to a tokenizer.json (or a folder holding one) or a Hugging Face Hub model id"
         )
-    return HFTokenizer(hub_file(name, "tokenizer.json", f"{key}={name!r}"), name)
+    try:
+        file = hub_file(name, "tokenizer.json", f"{key}={name!r}")
+    except ConnectionError:
+        raise
+    except Exception as e:  # the repository or its tokenizer.json does not exist (class varies by version)
+        raise FileNotFoundError(
+            f"{key}={name!r}: no tokenizer.json in that Hub repository ({type(e).__name__}); for a tokenizer "
+            f"without one use {key}=hf:{name} (transformers)"
+        ) from None
+    return HFTokenizer(file, name)
