@@ -6,7 +6,8 @@
 
 Inputs: .txt (one document each), .jsonl/.json and .parquet (one document per row, --text-field) files,
 folders and globs of them, a folder written by ``datasets.save_to_disk`` or a Hub dataset name (streamed).
-Tokenizers: ``byte``, a tokenizer.json (or its folder), ``tiktoken:ENCODING``, a Hub model id.
+Tokenizers: ``byte``, a tokenizer.json (or its folder), ``tiktoken:ENCODING``, a Hub model id, or
+``hf:NAME_OR_FOLDER`` (transformers.AutoTokenizer).
 OUT gets train_00000.bin ..., val.bin and meta.json (see memnets/data/shards.py). Rerun the same command
 after a crash or kill to finish: completed shards are kept and the result is byte-identical.
 """
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+", help="files, folders, globs, a datasets folder or a Hub dataset name")
     p.add_argument("out", help="output folder")
     p.add_argument(
-        "--tokenizer", default=d.tokenizer, help="byte | tokenizer.json | tiktoken:NAME | Hub model id"
+        "--tokenizer",
+        default=d.tokenizer,
+        help="byte | tokenizer.json | tiktoken:NAME | Hub model id | hf:NAME",
     )
     p.add_argument("--workers", type=int, default=d.workers, help="tokenizing processes (0: in this one)")
     p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="tokens per training shard")
