@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from memnets.data.errors import DataError
 from memnets.data.prepare import PrepareOptions, prepare
-from memnets.data.sources import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         prepare(opts)
-    except (DataError, FileNotFoundError, ConnectionError, ImportError) as e:
+    except (DataError, ImportError) as e:
         print(f"prepare_data.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -151,3 +151,26 @@ def test_loading_a_txt_peaks_near_a_few_times_its_size(tmp_path):
     assert len(task.train) + len(task.val) == path.stat().st_size + 1
     assert peak < 6 * path.stat().st_size, f"peak {peak / path.stat().st_size:.1f}x the file (was ~22x)"
     assert math.isclose(task.bytes_per_token, path.stat().st_size / (path.stat().st_size + 1))
+
+
+def test_train_py_reports_data_errors_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "c.txt").write_text("text " * 100)
+    base = [str(ROOT / "configs/lm/attention-tiny.yaml"), f"run.dir={tmp_path / 'run'}"]
+    cases = [
+        ([f"data.path={tmp_path / 'missing.txt'}"], "missing.txt' does not exist"),
+        (
+            [f"data.path={tmp_path / 'c.txt'}", "data.text.tokenizer=no/such/tokenizer.json"],
+            "no such tokenizer file",
+        ),
+        ([f"data.path={tmp_path}"], "is a folder without meta.json"),
+    ]
+    for overrides, said in cases:
+        assert module.main([*base, *overrides]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("config error: ") and said in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "checked before the run folder is made"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
+from memnets.data.errors import DataError
 from memnets.data.prepare import PrepareOptions, prepare
 from memnets.data.shards import dtype_for_vocab
-from memnets.data.sources import DataError
 
 tokenizers = pytest.importorskip("tokenizers")
 WORDS = [

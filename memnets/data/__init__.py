@@ -3,8 +3,8 @@ token shards written by ``scripts/prepare_data.py``)."""
 
 from __future__ import annotations
 
+from .errors import DataError
 from .mqar import MQARTask
-from .sources import DataError
 from .text import TextTask
 
 

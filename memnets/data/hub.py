@@ -7,6 +7,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from .errors import HubUnreachable
+
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -25,11 +27,11 @@ def offline() -> bool:
 
 
 def check_reachable(what: str, timeout: float = 3.0) -> None:
-    """Raise ``ConnectionError`` naming ``what`` when the Hub cannot be used: offline mode is set, or
+    """Raise :class:`HubUnreachable` (a ``ConnectionError``) naming ``what`` when the Hub cannot be used: offline mode is set, or
     its host does not answer within ``timeout`` seconds."""
     if offline():
         set_vars = [v for v in OFFLINE_VARS if os.environ.get(v)]
-        raise ConnectionError(
+        raise HubUnreachable(
             f"{what} is not in the local Hugging Face cache and offline mode is on ({', '.join(set_vars)}); "
             "use a local path, or unset it on a machine with network access"
         )
@@ -38,7 +40,7 @@ def check_reachable(what: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
     except OSError as e:
-        raise ConnectionError(
+        raise HubUnreachable(
             f"{what} is not in the local Hugging Face cache and {host} cannot be reached ({e}); "
             "use a local path, or set HF_HUB_OFFLINE=1 to use only the cache"
         ) from None

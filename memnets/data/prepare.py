@@ -30,9 +30,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .errors import DataError
 from .hub import check_reachable
 from .shards import FORMAT, VERSION, dtype_for_vocab, write_json_atomic
-from .sources import DataError, Source, expand_inputs, read_records
+from .sources import Source, expand_inputs, read_records
 from .tokenizer import build_tokenizer
 
 BATCH_CHARS = 1 << 20

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import DataError
+from .errors import DataError
 
 log = logging.getLogger("memnets")
 

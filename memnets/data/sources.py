@@ -18,16 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..validation import ConfigError
+from .errors import DataError
 from .hub import check_reachable, require
 
 FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 TXT_PIECE = 1 << 16
-
-
-class DataError(ConfigError):
-    """Input data that cannot be used as it is; the message names the file and where in it. A
-    :class:`ConfigError`, so ``train.py`` reports it in one line before any run folder is made."""
 
 
 @dataclass(frozen=True)

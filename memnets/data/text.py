@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import DataError, MissingData
 from .shards import TokenFiles, dtype_for_vocab, open_bin, open_folder
-from .sources import FILE_KINDS, DataError, Source, read_records
+from .sources import FILE_KINDS, Source, read_records
 from .tokenizer import BYTE_EOS, ByteTokenizer, HFTokenizer, build_tokenizer
 from .windows import WindowSampler
 
@@ -113,7 +114,7 @@ class TextTask:
         if p.is_dir():
             files = open_folder(p, self.tokenizer, cfg.dtype)  # its val.bin: val_fraction does not apply
         elif not p.exists():
-            raise FileNotFoundError(f"data.path={path!r} does not exist")
+            raise MissingData(f"data.path={path!r} does not exist")
         elif p.suffix.lower() == ".bin":
             files = self._split(open_bin(p, self.tokenizer, cfg.dtype), cfg.val_fraction)
         elif p.suffix.lower() in FILE_KINDS:
@@ -123,7 +124,7 @@ class TextTask:
                 TokenFiles([stream], None, self.vocab_size, bpt, "tokenized now"), cfg.val_fraction
             )
         else:
-            raise ValueError(
+            raise DataError(
                 f"data.path={path!r}: unsupported file type {p.suffix!r}; use a folder from prepare_data.py, "
                 ".txt, .jsonl, .json, .parquet or .bin"
             )
@@ -132,7 +133,7 @@ class TextTask:
         val_needed = p.is_dir() or cfg.val_fraction > 0  # 0 only from scripts that evaluate a whole file
         self.sampler = WindowSampler([len(s) for s in files.train], seq_len, seed)
         if self.sampler.total < 1 or sum(len(s) for s in files.train) < need or (val_needed and n_val < need):
-            raise ValueError(
+            raise DataError(
                 f"data.path={path!r} has {sum(len(s) for s in files.train)} training tokens and "
                 f"{n_val} validation tokens: too few for "
                 f"data.seq_len={seq_len} with data.text.val_fraction={cfg.val_fraction} (each split needs >= {need})"

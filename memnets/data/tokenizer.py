@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HubUnreachable, MissingData
 from .hub import check_reachable, hub_file, require
 
 BYTE_EOS = 256
@@ -81,13 +82,13 @@ class TiktokenTokenizer:
     def __init__(self, encoding: str) -> None:
         tiktoken = require("tiktoken", "tiktoken")
         if encoding not in tiktoken.list_encoding_names():
-            raise FileNotFoundError(
+            raise MissingData(
                 f"tiktoken:{encoding}: no such encoding; available: {tiktoken.list_encoding_names()}"
             )
         try:
             self.enc = tiktoken.get_encoding(encoding)
         except Exception as e:  # its download raises requests' or urllib's errors, by version
-            raise ConnectionError(
+            raise HubUnreachable(
                 f"tiktoken:{encoding}: the encoding is not in tiktoken's cache (TIKTOKEN_CACHE_DIR) and "
                 f"could not be downloaded ({type(e).__name__}: {str(e)[:200]})"
             ) from None
@@ -156,22 +157,22 @@ def build_tokenizer(name: str, key: str = "data.text.tokenizer") -> Tokenizer:
         return HFTokenizer(str(path))
     if path.is_dir():
         if not (path / "tokenizer.json").is_file():
-            raise FileNotFoundError(
+            raise MissingData(
                 f"{key}={name!r} is a folder without a tokenizer.json; point to the file itself, or save one "
                 "there (transformers: AutoTokenizer.from_pretrained(...).save_pretrained(FOLDER))"
             )
         return HFTokenizer(str(path / "tokenizer.json"), name)
     if name.endswith(".json") or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
-        raise FileNotFoundError(
+        raise MissingData(
             f"{key}={name!r}: no such tokenizer file; expected 'byte', 'tiktoken:ENCODING', 'hf:NAME', a path "
             "to a tokenizer.json (or a folder holding one) or a Hugging Face Hub model id"
         )
     try:
         file = hub_file(name, "tokenizer.json", f"{key}={name!r}")
-    except ConnectionError:
+    except HubUnreachable:
         raise
     except Exception as e:  # the repository or its tokenizer.json does not exist (class varies by version)
-        raise FileNotFoundError(
+        raise MissingData(
             f"{key}={name!r}: no tokenizer.json in that Hub repository ({type(e).__name__}); for a tokenizer "
             f"without one use {key}=hf:{name} (transformers)"
         ) from None
