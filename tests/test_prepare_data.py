@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from helpers import ROOT
 
 from memnets.data.errors import DataError
@@ -263,3 +264,28 @@ def test_a_transformers_tokenizer_folder_prepares_and_trains(corpus, tmp_path):
 
     task = TextTask(TextConfig(tokenizer=spec), str(tmp_path / "o"), 16, 0)
     assert task.sampler.total > 0 and math.isfinite(task.bytes_per_token)
+
+
+def test_a_vocabulary_past_65536_gets_uint32_shards_that_train_reads(tmp_path):
+    vocab = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i + 2 for i in range(70_000)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    rows = [" ".join(f"w{i}" for i in rng.integers(60_000, 70_000, size=50)) for _ in range(200)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    spec = str(tmp_path / "tokenizer.json")
+    meta = prepare(
+        PrepareOptions([str(tmp_path / "d.jsonl")], str(tmp_path / "o"), tokenizer=spec, val_tokens=500),
+        log=io.StringIO(),
+    )
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_002
+    ids = np.fromfile(tmp_path / "o" / meta["shards"][0]["file"], dtype=np.uint32)
+    assert ids.max() >= 60_002 and (ids == 1).sum() == meta["shards"][0]["documents"]
+    from memnets.config import TextConfig
+    from memnets.data.text import TextTask
+
+    task = TextTask(TextConfig(tokenizer=spec), str(tmp_path / "o"), 16, 0)
+    x, y = task.train_batch(0, 4)
+    assert task.shards[0].dtype == np.uint32 and task.val.dtype == np.uint32
+    assert int(x.max()) >= 60_002 and torch.equal(x[:, 1:], y[:, :-1])
