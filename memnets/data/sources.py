@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, MissingData
 from .hub import check_reachable, require
 
 FILE_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -69,15 +69,10 @@ def expand_inputs(inputs: list[str], key: str = "input") -> list[Source]:
             if not files:
                 raise DataError(f"{key}={item!r}: the pattern matches no {'/'.join(FILE_KINDS)} file")
             out.extend(_file_source(p) for p in files)
-        elif (
-            "/" in item
-            and item.count("/") == 1
-            and not item.startswith((".", "/", "~"))
-            and path.suffix == ""
-        ):
-            out.append(Source("hub", item, None))
+        elif item.count("/") == 1 and not item.startswith((".", "/", "~")) and not path.parent.is_dir():
+            out.append(Source("hub", item, None))  # owner/name, with no local folder 'owner' to mean a path
         else:
-            raise DataError(f"{key}={item!r} does not exist (not a file, folder, glob or Hub dataset name)")
+            raise MissingData(f"{key}={item!r} does not exist (not a file, folder, glob or Hub dataset name)")
     return out
 
 
