@@ -108,6 +108,11 @@ def test_the_number_of_workers_does_not_change_the_shards(reference, corpus, tmp
     prepare(_opts(corpus, tmp_path / "w1", workers=1), log=io.StringIO())
     prepare(_opts(corpus, tmp_path / "w0", workers=0), log=io.StringIO())
     assert _files(tmp_path / "w1") == _files(reference) == _files(tmp_path / "w0")
+    log = io.StringIO()
+    assert prepare(_opts(corpus, tmp_path / "w1"), log=log)["shards"], "a finished folder is left as it is"
+    assert "already complete" in log.getvalue()
+    with pytest.raises(DataError, match="finished corpus prepared with other inputs or options"):
+        prepare(_opts(corpus, tmp_path / "w1", shard_tokens=5_000), log=io.StringIO())
 
 
 def test_a_killed_run_restarts_into_byte_identical_shards(reference, corpus, tmp_path):

@@ -4,7 +4,8 @@ at a time so that memory does not grow with the corpus.
 
 A record is a piece of text plus whether it ends a document: a ``.txt`` file is one document read in
 pieces of about 64 KiB cut after a newline; every ``.jsonl``/``.parquet`` row is one document. Errors
-name the file and the line (``.jsonl``), the row (``.parquet``) or the byte offset (``.txt``).
+name the file and the line (``.jsonl``), the row (``.parquet``) or the byte offset (``.txt``). A ``.json``
+holding one JSON array is the exception: it is parsed whole (use JSON lines for large corpora).
 Non-UTF-8 input is an error unless ``errors="replace"`` is asked for.
 """
 
