@@ -80,7 +80,8 @@ def title(env: dict[str, Any]) -> str:
 
 def configure_threads(threads: int | None, device: torch.device) -> None:
     """CPU runs default to ONE torch thread: on a shared machine (our 2-core CI box runs several jobs)
-    OpenMP threads spin against each other and a 2-thread run can be 30× slower and wildly noisy.
+    OpenMP threads spin against each other and a 2-thread run can be many times slower and wildly noisy
+    (``benchmarks/RESULTS.md``, introduction).
     Pass ``--threads N`` on a quiet machine to use more."""
     if threads:
         torch.set_num_threads(threads)

@@ -1,11 +1,12 @@
-"""Model-FLOP estimates (performance.md §2) and device peaks, in one place.
+"""Model-FLOP estimates (counted here from each op's matmuls) and device peaks, in one place.
 
 Counts are matmul FLOPs of a mixer's core op per forward pass (1 multiply-add = 2 FLOP), summed over
 batch and heads; projections, gates, norms and elementwise/SFU work are not counted (the fla / FA
 convention, so TFLOP/s compare with their tables). fwd+bwd = 3.5 × fwd for every op (exact for
-attention and chunked linear attention, §2.1-2.2; an estimate ±20% for the delta rule and MLP
-memories, §2.3-2.4). A mixer with no entry in ``MIXER_FLOPS`` reports "n/a" — add a line here when a
-family's formula is known, keyed by its registered name.
+attention, as FlashAttention's benchmarks count it, and for chunked linear attention; an estimate, ±20%,
+for the delta rule and MLP memories, whose backward recomputes part of the forward). A mixer with no
+entry in ``MIXER_FLOPS`` reports "n/a" — add a line here when a family's formula is known, keyed by its
+registered name.
 
 ``model_flops`` adds the dense matmuls of a whole LM (every ``nn.Linear`` and the output head:
 2 FLOP per weight per token) to the mixers' core ops.
@@ -21,7 +22,8 @@ import torch
 BWD_FACTOR = 3.5  # fwd+bwd / fwd
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s (datasheet, never the 2:4-sparse figure), fp32 CUDA-core
-# peaks, and the GEMM ceilings measured on our machines (performance.md §1.1-1.2).
+# peaks (NVIDIA datasheets), and the GEMM ceilings measured on our machines (an 8192³ bf16 GEMM on random
+# data, the denominator of "% of achievable").
 PEAKS: dict[str, dict[str, float]] = {
     "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9, "measured_bf16": 798.0},
     "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9, "measured_bf16": 788.0},
@@ -33,7 +35,7 @@ def _head_dims(options: dict[str, Any], d_model: int, num_heads: int) -> int:
 
 
 def attention_fwd(B: int, T: int, H: int, D: int, window: int | None = None, causal: bool = True) -> float:
-    """§2.1: 4·B·H·T²·D/2 causal (FlashAttention convention); a sliding window of W keys per query
+    """4·B·H·T²·D/2 causal (the FlashAttention benchmarks' convention); a sliding window of W keys per query
     gives 4·B·H·T·min(W, T)·D (its triangle ignored, as the causal /2 is)."""
     if window is not None and window < T:
         return 4.0 * B * H * T * window * D
@@ -41,7 +43,8 @@ def attention_fwd(B: int, T: int, H: int, D: int, window: int | None = None, cau
 
 
 def gated_delta_fwd(B: int, T: int, H: int, K: int, V: int, C: int) -> float:
-    """§2.3: per token-head 6CK + 4CV + 6KV + (2/3)C²."""
+    """Per token-head 6CK + 4CV + 6KV + (2/3)C², counted from the chunked WY/UT form: tril(βKKᵀ), its
+    triangular inverse, W and U, the state update and the output."""
     return B * H * T * (6.0 * C * K + 4.0 * C * V + 6.0 * K * V + 2.0 / 3.0 * C * C)
 
 
@@ -55,7 +58,8 @@ def _memory_shapes(D: int, expansion: float, depth: int) -> list[tuple[int, int]
 def mlp_memory_fwd(
     B: int, T: int, H: int, D: int, C: int, expansion: float, depth: int, intra: bool = True
 ) -> float:
-    """§2.4 generalised to ``depth`` layers (D → E·D → … → D; depth 1 is a D×D linear memory):
+    """The chunked MLP memory (gradients at the chunk-start weights, TTT-style dual-form reads) with
+    ``depth`` layers (D → E·D → … → D; depth 1 is a D×D linear memory):
     per token, write = forward GEMMs + weight gradients + input gradients of all but the first layer,
     read = forward GEMMs through the updated memory, intra-chunk correction 2C(in+out) per layer,
     and the per-chunk momentum/decay update, ~6·E·D² fp32 FLOP per chunk for depth 2 (3 per weight).
@@ -69,11 +73,15 @@ def mlp_memory_fwd(
     return B * H * T * (write + read + intra + update)
 
 
+def _memory(o: dict[str, Any]) -> tuple[float, int]:
+    """The memory network's expansion and depth from a mixer's ``memory`` options (their defaults)."""
+    m = o.get("memory", {})
+    return m.get("expansion", 4.0), m.get("depth", 2)
+
+
 def _titans(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     D = _head_dims(o, d, H)
-    return mlp_memory_fwd(
-        B, T, H, D, o.get("chunk_size", 16), o.get("memory_expansion", 4.0), o.get("memory_depth", 2)
-    )
+    return mlp_memory_fwd(B, T, H, D, o.get("chunk_size", 16), *_memory(o))
 
 
 def _titans_windowed(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
@@ -87,7 +95,7 @@ def _titans_mac(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     # [persistent | retrieved | segment] (2S causal keys per query on average S) + the memory on y.
     D = _head_dims(o, d, H)
     S = min(o.get("segment_size", 64), T)
-    shapes = _memory_shapes(D, o.get("memory_expansion", 4.0), o.get("memory_depth", 2))
+    shapes = _memory_shapes(D, *_memory(o))
     retrieval = B * H * T * sum(2.0 * a * b for a, b in shapes)
     attn = 4.0 * B * H * T * (S + o.get("num_persistent", 0)) * D
     return _titans(o, B, T, d, H) + attn + retrieval
@@ -97,7 +105,7 @@ def _tnt(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
     # one MLP memory per local chunk size (in-chunk correction) + the global memory, which reads at
     # its chunk-start state (no in-chunk term); the Q-K projections are not counted.
     D = _head_dims(o, d, H)
-    E, depth = o.get("memory_expansion", 4.0), o.get("memory_depth", 2)
+    E, depth = _memory(o)
     locals_ = o.get("chunk_size", 16)
     locals_ = [locals_] if isinstance(locals_, int) else list(locals_)
     total = sum(mlp_memory_fwd(B, T, H, D, c, E, depth) for c in locals_)
@@ -112,7 +120,7 @@ def _gated_deltanet(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
 
 
 def _mom(o: dict[str, Any], B: int, T: int, d: int, H: int) -> float:
-    # §2.5: (topk + shared) gated-delta passes over the tokens when routing is balanced.
+    # (topk + shared) gated-delta passes over the tokens when routing is balanced.
     copies = o.get("topk", 2) + (1 if o.get("shared_memory", True) else 0)
     return copies * _gated_deltanet(o, B, T, d, H)
 
@@ -125,7 +133,7 @@ MIXER_FLOPS: dict[str, Callable[[dict[str, Any], int, int, int, int], float]] = 
     "titans_mal": _titans_windowed,
     "titans_mac": _titans_mac,
     # Miras variants: the same MLP-memory GEMMs as Titans; their losses/retention add only
-    # elementwise and SFU work (§2.5), not counted.
+    # elementwise and SFU work, not counted.
     "moneta": _titans,
     "yaad": _titans,
     "memora": _titans,

@@ -88,7 +88,7 @@ def _backward_case(
     run: Callable[[], Tensor], params: list[Tensor], inputs: list[Tensor], flops: tuple[float, float] | None
 ) -> Case:
     """fwd under no_grad (inference), fwdbwd = forward + backward of a fixed random cotangent (never
-    ones: constant data runs faster, performance.md §7.3.7)."""
+    ones: constant data runs faster on GPUs and would flatter the timing)."""
     with torch.no_grad():
         cotangent = torch.randn_like(run())
 

@@ -1,7 +1,7 @@
 """Timing and memory measurement on the present device.
 
 GPU: ``triton.testing.do_bench`` with ``quantiles=[0.5, 0.2, 0.8]`` (median and p20/p80; its default
-return is the *mean*, performance.md §7.1), after a per-shape warm-up loop so autotuning and lazy
+``return_mode`` is the *mean*), after a per-shape warm-up loop so autotuning and lazy
 initialisation stay outside the timed region, with ``grad_to_none`` so fwd+bwd does not accumulate
 ``.grad``. Peak memory is ``torch.cuda.max_memory_allocated`` over one call, above what was allocated
 before it.
@@ -137,7 +137,7 @@ def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch
 
 
 def gemm_ceiling_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192) -> float | None:
-    """Measured matmul TFLOP/s of an n³ GEMM on random data (never zeros, performance.md §1.2) in
+    """Measured matmul TFLOP/s of an n³ GEMM on random data (never zeros, which run faster) in
     ``dtype``: the "% of achievable" denominator. GPU only (None on CPU)."""
     if device.type != "cuda":
         return None

@@ -286,7 +286,7 @@ def gated_delta_rule(
         return chunk_gated_delta_rule(
             q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size
         )
-    from memnets.kernels.gated_delta_triton import triton_gated_delta_rule
+    from .gated_delta_triton import triton_gated_delta_rule
 
     return triton_gated_delta_rule(
         q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size

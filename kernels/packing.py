@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from memnets.memory import MemoryState, safe_log
-
 
 def sequence_lengths(owner: str, q: Tensor, cu_seqlens: Tensor | None) -> list[int]:
     """The lengths of the sequences of ``q [B, T, ...]``: B of length T, or those ``cu_seqlens`` packs."""
@@ -42,33 +40,3 @@ def chunk_layout(lengths: list[int], L: int, device: torch.device) -> tuple[Tens
     pos = (cu[seq] + (torch.arange(len(seq)) - offsets[seq]) * L)[:, None] + torch.arange(L)
     index = torch.where(pos < cu[seq + 1][:, None], pos, cu[-1])
     return cu.to(device, torch.int32), offsets.to(device, torch.int32), index.to(device)
-
-
-def tile_gate(x: Tensor, index: Tensor, log: bool) -> Tensor:
-    """A gate ``[..., T]`` gathered by :func:`chunk_layout`'s ``index [NC, L]`` into ``[..., NC, L]``
-    (float32, as a log-gate with ``log``); padding slots hold 0: lr 0, or gate 1 for a log-gate."""
-    x = x.float()
-    x = safe_log(x) if log else x
-    return F.pad(x, (0, 1))[..., index]
-
-
-def sequence_states(
-    weights: tuple[Tensor, ...],
-    momentum: tuple[Tensor, ...] | None,
-    anchor: tuple[Tensor, ...],
-    lengths: list[int],
-    chunk_size: int,
-) -> list[MemoryState]:
-    """The final :class:`MemoryState` of each packed sequence from the kernels' ``[N, ...]`` states:
-    its own offset into its last chunk, and that chunk's start weights where the chunk is unfinished."""
-
-    def one(n: int) -> MemoryState:
-        offset, sl = lengths[n] % chunk_size, slice(n, n + 1)
-        return MemoryState(
-            tuple(w[sl] for w in weights),
-            None if momentum is None else tuple(s[sl] for s in momentum),
-            tuple(a[sl] for a in anchor) if offset else None,
-            offset,
-        )
-
-    return [one(n) for n in range(len(lengths))]

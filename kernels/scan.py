@@ -1,5 +1,6 @@
 """Linear-recurrence scan ``h_t = A_t h_{t-1} + b_t``: the inner solver of ParaRNN's Newton iterations
-(spec mom-pararnn.md B.4) and of its implicit backward (B.6).
+(ParaRNN, arXiv 2510.21450 §2, Algorithm 1b: the bidiagonal system of each Newton step) and of its
+implicit backward (the adjoint recursion, §2 Eq. 2.6).
 
 Layouts (time is always dim 1, any batch/channel dims after it):
 
@@ -63,7 +64,7 @@ def linear_scan(
     if backend == "reference":
         h = _scan_loop(a, b, h0, block)
     elif backend == "triton":
-        from memnets.kernels.scan_triton import triton_linear_scan
+        from .scan_triton import triton_linear_scan
 
         h = triton_linear_scan(a, b, h0, block)
     else:

@@ -1,5 +1,5 @@
 """Parallel-in-time solution of a nonlinear recurrence ``h_t = f(h_{t-1}, u_t)`` by Newton's method
-(ParaRNN, Danieli et al., ICLR 2026; spec mom-pararnn.md B.2-B.6).
+(ParaRNN, Danieli et al., arXiv 2510.21450 v2, §2 eqs. 2.1-2.6 and App. A).
 
 The whole trajectory ``H = (h_0 .. h_{T-1})`` is the root of ``F(H)_t = h_t - f(h_{t-1}, u_t)`` (eq. 2.2).
 From the initial guess ``h_t = f(0, u_t)`` (eq. A.1) each Newton step solves the linear recurrence

@@ -4,6 +4,7 @@ family means adding one file there, with no list to edit."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -69,9 +70,19 @@ def check_mixer_options(name: str, options: dict[str, Any], path: str = "mixer_o
     out = {}
     for key, value in options.items():
         if key not in allowed:
-            raise ConfigError(f"unknown option '{path}.{key}' for mixer '{name}'{suggest(key, allowed)}")
+            hint = _grouped(path, key, allowed) or suggest(key, allowed)
+            raise ConfigError(f"unknown option '{path}.{key}' for mixer '{name}'{hint}")
         out[key] = coerce(f"{path}.{key}", value, allowed[key][0])
     return out
+
+
+def _grouped(path: str, key: str, allowed: dict[str, tuple[Any, Any]]) -> str:
+    """Where a flat key of an option group now lives: ``memory_depth`` is ``memory.depth``."""
+    group, _, field = key.partition("_")
+    spec = allowed.get(group, (None,))[0]
+    if dataclasses.is_dataclass(spec) and field in {f.name for f in dataclasses.fields(spec)}:
+        return f" (the '{group}' options are one group: set '{path}.{group}.{field}')"
+    return ""
 
 
 def build_mixer(name: str, d_model: int, num_heads: int, **options: Any) -> nn.Module:

@@ -5,6 +5,7 @@ Every error names the full dotted key, the bad value and what is allowed."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import types
 import typing
@@ -103,6 +104,23 @@ def coerce(path: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path}={value!r} has the wrong type; expected a string")
         return value
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return _coerce_spec(path, value, annotation)
     if isinstance(annotation, type) and not isinstance(value, annotation):
         raise ConfigError(f"{path}={value!r} has the wrong type; expected {_type_name(annotation)}")
     return value
+
+
+def _coerce_spec(path: str, value: Any, spec: type) -> Any:
+    """A mapping of an option group (a frozen dataclass such as ``MemorySpec``) into the dataclass,
+    each field checked against its type; unset fields keep their defaults."""
+    if isinstance(value, spec):
+        return value
+    names = [f.name for f in dataclasses.fields(spec)]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}={value!r} has the wrong type; expected a mapping with keys from {names}")
+    hints = typing.get_type_hints(spec)
+    for key in value:
+        if key not in names:
+            raise unknown_key(path, key, names)
+    return spec(**{k: coerce(f"{path}.{k}", v, hints[k]) for k, v in value.items()})

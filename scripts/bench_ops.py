@@ -2,8 +2,8 @@
 
 ``--op gated_delta`` (default): the gated delta rule.
 Backends: ``chunked`` (PyTorch chunk form), ``triton`` (CUDA only) and fla's ``chunk_gated_delta_rule``
-when the ``fla`` package is importable. FLOPs and bytes follow docs/specs performance.md section 2.3
-(WY/UT delta rule, per token-head)::
+when the ``fla`` package is importable. FLOPs and bytes are counted from the chunked WY/UT delta rule, per
+token-head (:func:`benchmarks.flops.gated_delta_fwd`)::
 
     F_fwd     = 6CK + 4CV + 6KV + (2/3) C^2          F_fwd+bwd ~= 3.5 F_fwd (+-20%)
     bytes_fwd = (2K + 2V + 2) * elt                 (read q, k, v, g, beta; write o)
@@ -14,7 +14,7 @@ call, a warm-up call first so Triton compiles before timing); on CPU ``torch.uti
 
 ``--op titans_linear``: the linear Titans memory (depth 1, L2 bias, momentum and decay gates), backends
 ``chunked`` (the engine's PyTorch chunk form, ``memnets.memory.memory_chunked``), ``triton``
-(``memnets.kernels.titans_linear_triton``, CUDA only) and, as the peer with the same state size, fla's
+(``memnets.kernels.linear_memory``, CUDA only) and, as the peer with the same state size, fla's
 ``chunk_gated_delta_rule`` on the same shape. Model FLOPs per token-head (1 multiply-add = 2 FLOP, C =
 chunk size): fwd 10 D^2 + 4 C D, fwd+bwd 46 D^2 + 16 C D (``scripts/bench_titans_kernels.py``). Minimum
 bytes: fwd reads q, k, v and writes y (4 D elt) plus 3 float32 gates; the backward re-reads q, k, v,
@@ -58,7 +58,7 @@ from memnets.memory import MemoryMLP, memory_chunked
 CUDA_SHAPES = [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128), (8, 2048, 32, 256), (8, 1024, 8, 64)]  # fmt: skip
 CPU_SHAPES = [(1, 512, 2, 64)]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# datasheet peaks (dense bf16 TFLOP/s, HBM TB/s), performance.md section 1.1
+# datasheet peaks (dense bf16 TFLOP/s, HBM TB/s; NVIDIA's H100 SXM and H200 datasheets)
 PEAKS = {"H100": (989.4, 3.35), "H200": (989.4, 4.8)}
 
 
@@ -101,7 +101,7 @@ def titans_fn(
 ) -> Callable[..., torch.Tensor]:
     """The linear Titans memory as f(q, k, v, lr, mom, keep) -> y."""
     if name == "triton":
-        from memnets.kernels.titans_linear_triton import titans_linear_chunked
+        from memnets.memory.kernel_bridge import titans_linear_chunked
 
         cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=arch.init_weights[0].device)
         return lambda *x: titans_linear_chunked(arch, *x, chunk_size=chunk_size, cu_seqlens=cu_t)[0]

@@ -20,8 +20,8 @@ Backends (each row is one backend, chunk size C and pass):
   includes its own projections and chunk-pooled gates, so its rows are a rough peer, not the same op;
   skipped with a message when it does not import.
 * ``triton`` (on CUDA, or with ``--triton`` under ``TRITON_INTERPRET=1``): ``--depth 1`` the linear
-  memory kernel ``memnets.kernels.titans_linear_triton`` (L2 bias, momentum + decay, no residual or
-  LayerNorm); ``--depth 2`` the two-layer MLP kernel ``memnets.kernels.titans_mlp_triton`` (D → E·D →
+  memory kernel ``memnets.kernels.linear_memory`` (L2 bias, momentum + decay, no residual or
+  LayerNorm); ``--depth 2`` the two-layer MLP kernel ``memnets.kernels.mlp_memory`` (D → E·D →
   D, GELU, residual + LayerNorm: Titans' default memory; ``--no-layer-norm`` drops the LayerNorm). The
   kernel's own ``supports(arch, bias, chunk_size)`` decides which chunk sizes run; the others are
   skipped rows that give its reason. Its rows also give ``tri/cmp`` and ``tri/eag``: the Triton time
@@ -356,23 +356,28 @@ def main(argv: list[str] | None = None) -> None:
             backends["titans_pytorch"] = None
         except ImportError as e:
             print(f"note: titans-pytorch is not installed ({e}); its rows are skipped")
-    kernel = None
+
     if device.type == "cuda" or a.triton:
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit(
                 "--triton off CUDA needs TRITON_INTERPRET=1 (the kernels run in Triton's interpreter)"
             )
-        if a.depth == 1:
-            from memnets.kernels import titans_linear_triton as kernel
+        from memnets.memory import kernel_bridge
 
-            backends["triton"] = kernel.titans_linear_chunked
+        if a.depth == 1:
+            backends["triton"] = kernel_bridge.titans_linear_chunked
+            supports = kernel_bridge.supports_linear
         else:
-            from memnets.kernels import titans_mlp_triton as kernel
-            from memnets.kernels import titans_mlp_wide_triton as wide
+            from memnets.kernels.mlp_memory import forward as mlp_forward
+            from memnets.kernels.mlp_memory import wide_forward as mlp_wide
 
             if a.num_warps is not None:  # read at each launch: both kernel families
-                kernel.NUM_WARPS = wide.NUM_WARPS = a.num_warps
-            backends["triton"] = functools.partial(kernel.titans_mlp_chunked, dot_precision=a.dot_precision)
+                mlp_forward.NUM_WARPS = mlp_wide.WIDE_NUM_WARPS = a.num_warps
+            num_warps = mlp_forward.NUM_WARPS
+            backends["triton"] = functools.partial(
+                kernel_bridge.titans_mlp_chunked, dot_precision=a.dot_precision
+            )
+            supports = kernel_bridge.supports_mlp
     else:
         print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
 
@@ -401,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         ms_at: dict[tuple[str, str], float] = {}  # (backend, pass) -> median ms at this C
         for name, fn in backends.items():
             if name == "triton":
-                reason = kernel.supports(arch, chunk_size=C)  # type: ignore[union-attr]
+                reason = supports(arch, chunk_size=C)
                 if reason is not None:
                     print(f"{name:>16} {C:>4}   skipped: unsupported {reason}")
                     rows.append(
@@ -459,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         D=a.D,
         dtype=str(dtype),
         dot_precision=a.dot_precision if a.depth == 2 else None,
-        num_warps=kernel.NUM_WARPS if "triton" in backends and a.depth == 2 else None,
+        num_warps=num_warps if "triton" in backends and a.depth == 2 else None,
         chunk_sizes=chunk_sizes,
         backends=list(backends),
         budget="fast" if a.fast else "default",

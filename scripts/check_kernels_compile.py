@@ -9,7 +9,7 @@ GPU's shared memory, on a machine with no GPU (CI, a laptop).
 
 Each case compiles one ``@triton.jit`` kernel at representative constexpr values (head dims 32/64/128,
 chunk 16-64, every HAS_*/STORE_* branch the launchers use; for the MLP-memory kernels the largest
-states ``titans_mlp_triton.supports`` admits per chunk tile, which is where its limits
+states ``mlp_memory.supports`` admits per chunk tile, which is where its limits
 ``MAX_STATE_FOR_TILE`` and ``MAX_TILE`` come from; for the wide-state ones Titans at head dim 64 and
 the largest head dims per tile, ``MAX_WIDE_DIM_FOR_TILE``) with ``triton.compile`` on an ``ASTSource``
 for ``GPUTarget("cuda", arch, 32)``: Triton lowers to PTX and its bundled ``ptxas`` assembles the cubin,
@@ -46,9 +46,11 @@ from triton.compiler.compiler import make_backend
 MODULES = (
     "gated_delta_triton",
     "scan_triton",
-    "titans_linear_triton",
-    "titans_mlp_triton",
-    "titans_mlp_wide_triton",
+    "linear_memory",
+    "mlp_memory.forward",
+    "mlp_memory.backward",
+    "mlp_memory.wide_forward",
+    "mlp_memory.wide_backward",
 )
 # opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -79,7 +81,7 @@ class Case:
 
 
 def _titans_cases() -> list[Case]:
-    from memnets.kernels.titans_linear_triton import MAX_DIM_FOR_CHUNK
+    from memnets.kernels.linear_memory import MAX_DIM_FOR_CHUNK
 
     half = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "NC": "i32"}
     bwd = {**half, "dq": "*bf16", "dk": "*bf16", "dv": "*bf16"}
@@ -91,9 +93,9 @@ def _titans_cases() -> list[Case]:
         for mom in (True, False):
             for store in (False, True):
                 c = {**shape, "HAS_MOM": mom, "STORE": store}
-                cases.append(Case("titans_linear_triton", "_forward_kernel", c, half, num_stages=1))
+                cases.append(Case("linear_memory", "_forward_kernel", c, half, num_stages=1))
             c = {**shape, "HAS_MOM": mom}
-            cases.append(Case("titans_linear_triton", "_backward_kernel", c, bwd, num_stages=1))
+            cases.append(Case("linear_memory", "_backward_kernel", c, bwd, num_stages=1))
     return cases
 
 
@@ -155,7 +157,8 @@ def default_mlp_shapes() -> list[tuple[int, int, int]]:
     """(D, hidden, chunk) of the MLP-memory cases: a small one (quick to compile: the CI test's case) and,
     for every padded chunk tile, the largest state ``supports`` admits there at the Titans expansion
     (hidden = 4 D), at a square state and at hidden = 16 D (the same D·hidden, other tile shapes)."""
-    from memnets.kernels.titans_mlp_triton import MAX_STATE_FOR_TILE, _block
+    from memnets.kernels.mlp_memory import MAX_STATE_FOR_TILE
+    from memnets.kernels.mlp_memory.config import block as _block
 
     shapes = [(16, 64, 16)]
     for tile, state in MAX_STATE_FOR_TILE.items():
@@ -167,9 +170,10 @@ def default_mlp_shapes() -> list[tuple[int, int, int]]:
 
 
 def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
-    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, NUM_WARPS, _block
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, HUBER_COORD, L2, NUM_WARPS
+    from memnets.kernels.mlp_memory.config import block as _block
 
-    mod = "titans_mlp_triton"
+    fwd, bwd = "mlp_memory.forward", "mlp_memory.backward"
     scalars = {"T": "i32", "P0": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
     scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
@@ -178,63 +182,59 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # on-chip memory taken
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
     full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0}
+
+    def shape(D: int, DH: int, L: int, BK: int | None = None) -> dict[str, int]:
+        BK = BK or _block(L)
+        return {
+            "H": 8,
+            "D": D,
+            "DH": DH,
+            "L": L,
+            "BL": _block(L),
+            "BK": BK,
+            "BD": _block(D),
+            "BH": _block(DH),
+        }
+
+    def forward(constexprs: dict[str, object], store: bool = False) -> Case:
+        return Case(
+            fwd, "_forward_kernel", {**constexprs, "STORE": store}, types, num_warps=NUM_WARPS, num_stages=1
+        )
+
+    def backward(constexprs: dict[str, object]) -> Case:
+        return Case(bwd, "_backward_kernel", constexprs, types, num_warps=NUM_WARPS, num_stages=1)
+
     cases = []
     for D, DH, L in shapes:
-        shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-        shape["BH"] = _block(DH)
-        for store in (False, True):  # the forward pass; its recompute in the backward stores the states
-            c = {**shape, **full, "STORE": store}
-            cases.append(Case(mod, "_forward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
-        cases.append(
-            Case(mod, "_backward_kernel", {**shape, **full}, types, num_warps=NUM_WARPS, num_stages=1)
-        )
+        c = {**shape(D, DH, L), **full}
+        # the forward pass; its recompute in the backward stores the states
+        cases += [forward(c), forward(c, store=True), backward(c)]
     # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-    shape["BH"] = _block(DH)
     bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
     # and packed sequences, with bfloat16 operands in the matmuls
     bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3}
-    cases.append(
-        Case(
-            mod,
-            "_forward_kernel",
-            {**shape, **bare, "STORE": False},
-            types,
-            num_warps=NUM_WARPS,
-            num_stages=1,
-        )
-    )
-    cases.append(Case(mod, "_backward_kernel", {**shape, **bare}, types, num_warps=NUM_WARPS, num_stages=1))
+    cases += [forward({**shape(D, DH, L), **bare}), backward({**shape(D, DH, L), **bare})]
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
-    shape = {"H": 8, "D": D, "DH": DH, "L": L, "BL": _block(L), "BK": _block(L), "BD": _block(D)}
-    shape["BH"] = _block(DH)
     for read_start in (False, True):
-        c = {**shape, **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
-        cases.append(
-            Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
-        )
-        cases.append(Case(mod, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
+        c = {**shape(D, DH, L), **full, "KE": 4, "READ_START": read_start, "HAS_MOM": not read_start}
+        cases += [forward(c), backward(c)]
     # the Omega window (OmegaNet, window 8): 7 more key rows per tile, a 32-row key tile at chunk 16,
     # at the largest state of 32-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 32), key=lambda s: s[0] * s[1], default=(D, DH, 16))
-    shape = {"H": 8, "D": D, "DH": DH, "L": 16, "BL": 16, "BK": 32, "BD": _block(D), "BH": _block(DH)}
-    c = {**shape, **full, "P": 7}
-    cases.append(
-        Case(mod, "_forward_kernel", {**c, "STORE": False}, types, num_warps=NUM_WARPS, num_stages=1)
-    )
-    cases.append(Case(mod, "_backward_kernel", c, types, num_warps=NUM_WARPS, num_stages=1))
+    c = {**shape(D, DH, 16, BK=32), **full, "P": 7}
+    cases += [forward(c), backward(c)]
     return cases
 
 
 def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
     """(D, hidden, chunk) of the wide-state MLP-memory cases: a small one with several hidden blocks (the
     CI test's case), Titans at head dim 64 (hidden 256) at every chunk tile, and for every padded chunk
-    tile the largest head dim ``titans_mlp_wide_triton.supports_wide`` admits there (hidden 4 D)."""
-    from memnets.kernels.titans_mlp_wide_triton import MAX_WIDE_DIM_FOR_TILE
+    tile the largest head dim ``mlp_memory.supports_wide`` admits there (hidden 4 D)."""
+    from memnets.kernels.mlp_memory import MAX_WIDE_DIM_FOR_TILE
 
     shapes = [(16, 128, 16), *((64, 256, L) for L in (16, 32, 64))]
     shapes += [(D, 4 * D, L) for L, D in MAX_WIDE_DIM_FOR_TILE.items() if (D, 4 * D, L) not in shapes]
@@ -242,10 +242,11 @@ def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
 
 
 def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
-    from memnets.kernels.titans_mlp_triton import ACTIVATIONS, HUBER_COORD, L2, _block
-    from memnets.kernels.titans_mlp_wide_triton import DEFAULT_HIDDEN_BLOCK, NUM_WARPS
+    from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, HUBER_COORD, L2
+    from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
+    from memnets.kernels.mlp_memory.config import block as _block
 
-    mod = "titans_mlp_wide_triton"
     scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     types = {**scalars, **{n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}}
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True, "DOT": 0}
@@ -264,6 +265,7 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
         }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
+        mod = "mlp_memory.wide_forward" if "forward" in kernel else "mlp_memory.wide_backward"
         return Case(mod, kernel, constexprs, types, num_warps=NUM_WARPS, num_stages=1)
 
     cases = []

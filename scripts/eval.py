@@ -4,6 +4,7 @@
     python scripts/eval.py runs/attention-tiny --data other.txt     # the same on another file (all of it)
     python scripts/eval.py runs/attention --kv-pairs 4,8,16 --seq-len 128
     python scripts/eval.py runs/attention --needle-lengths 64,128,256 --out eval.json
+    python scripts/eval.py runs/titans-lm --lm-eval wikitext,lambada_openai,piqa   # lm-evaluation-harness
 
 Text runs get text metrics, MQAR runs get MQAR accuracy (by default at their training pairs and length);
 ``--needle-lengths`` adds the needle test for either. ``--out FILE.json`` writes every result and a PNG
@@ -319,11 +320,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, help="write the results as JSON here (and a PNG beside it)")
     p.add_argument("--plot", type=Path, help="PNG path (default: --out with .png)")
+    p.add_argument(
+        "--lm-eval",
+        metavar="TASKS",
+        help="instead of the above: lm-evaluation-harness tasks (comma-separated) on the run exported to "
+        "RUN/hf (newest checkpoint); results to --out or RUN/lm_eval.json (needs memnets[eval])",
+    )
+    p.add_argument("--lm-eval-include", type=Path, help="folder of extra lm-eval task YAMLs")
+    p.add_argument(
+        "--lm-eval-limit", type=int, default=None, help="lm-eval: documents per task (a smoke test)"
+    )
+    p.add_argument("--lm-eval-samples", action="store_true", help="lm-eval: keep per-document results")
     args = p.parse_args(argv)
     for name in ("num_test", "needle_samples", "batch_size", "max_batches", "seq_len"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.lm_eval:
+        from memnets.hf.harness import evaluate_run
+
+        try:
+            evaluate_run(
+                args.run,
+                [t.strip() for t in args.lm_eval.split(",") if t.strip()],
+                args.out,
+                include_path=args.lm_eval_include,
+                batch_size=args.batch_size,
+                device=args.device,
+                limit=args.lm_eval_limit,
+                log_samples=args.lm_eval_samples,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
 
     cfg, model = load_run(args.run, args.device)
     kind = cfg.data.kind

@@ -23,8 +23,8 @@ F64 = torch.float64
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (5-10x slower on a
-    loaded 2-core machine)."""
+    """These tensors are tiny: a second intra-op thread only adds synchronisation (several times slower
+    on a loaded 2-core machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -338,13 +338,13 @@ MIXERS = [
     ("omeganet", {}),
     ("atlas", {}),
     ("atlas", {"muon": "chunk"}),
-    ("omeganet", {"memory": "gated_mlp", "momentum": True}),
+    ("omeganet", {"memory": {"expansion": 2.0, "kind": "gated_mlp"}, "momentum": True}),
     ("omeganet", {"inner_loss": "dot", "forget": False}),  # SWLA / SWDT
 ]
 
 
 def tiny(name, **kw):
-    opts = {"chunk_size": 4, "window": 3, "memory_expansion": 2.0, **kw}
+    opts = {"chunk_size": 4, "window": 3, "memory": {"expansion": 2.0}, **kw}
     return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
 
 
@@ -412,7 +412,7 @@ def test_mixer_options_and_errors():
 @pytest.mark.parametrize("name,kw", [("omeganet", {}), ("atlas", {"muon": "chunk"})])
 def test_bf16_autocast_long_sequence_is_finite(name, kw):
     mixer = memnets.build_mixer(
-        name, d_model=16, num_heads=1, chunk_size=64, window=4, memory_expansion=1.0, **kw
+        name, d_model=16, num_heads=1, chunk_size=64, window=4, memory={"expansion": 1.0}, **kw
     )
     x = torch.randn(1, 4096, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -424,7 +424,7 @@ def test_bf16_autocast_long_sequence_is_finite(name, kw):
 
 def test_bf16_autocast_atlas_token_muon_is_finite():
     mixer = memnets.build_mixer(
-        "atlas", d_model=16, num_heads=1, chunk_size=16, window=4, memory_expansion=1.0
+        "atlas", d_model=16, num_heads=1, chunk_size=16, window=4, memory={"expansion": 1.0}
     )
     x = torch.randn(1, 1024, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -435,7 +435,7 @@ def test_bf16_autocast_atlas_token_muon_is_finite():
 
 def test_decoding_works_in_inference_mode():
     """Serving stacks decode under eval() + inference_mode(): the memory must still learn there."""
-    mixer = tiny("atlas", memory="gated_mlp").eval()
+    mixer = tiny("atlas", memory={"expansion": 2.0, "kind": "gated_mlp"}).eval()
     x = torch.randn(1, 9, 16, dtype=F64)
     y, _ = mixer(x)
     with torch.inference_mode():

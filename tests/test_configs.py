@@ -70,7 +70,7 @@ PAPER_SIZES = {
     "tnt-150m": 150,
     "gated_deltanet-1.3b": 1300,
     "mom-380m": 512.4,
-    "mom-1.3b": 1553,  # MoM: the released configs' true counts (spec A.9)
+    "mom-1.3b": 1553,  # MoM: the true counts of the authors' released configs (instantiated)
     "paragru-400m": 406,
     "paralstm-400m": 406,
 }

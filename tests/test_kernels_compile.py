@@ -50,19 +50,27 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     report = json.loads(out.read_text())
     kernels = {row["kernel"] for row in report["rows"]}
     assert report["meta"]["missing"] == []
-    assert {"titans_linear_triton._forward_kernel", "titans_linear_triton._backward_kernel"} <= kernels
+    assert {"linear_memory._forward_kernel", "linear_memory._backward_kernel"} <= kernels
     # the MLP-memory kernels at their smallest case, D=16, hidden=64, chunk 16
-    mlp = [row for row in report["rows"] if row["kernel"].startswith("titans_mlp_triton.")]
+    mlp = [
+        row
+        for row in report["rows"]
+        if row["kernel"].startswith(("mlp_memory.forward.", "mlp_memory.backward."))
+    ]
     assert {row["kernel"] for row in mlp} == {
-        "titans_mlp_triton._forward_kernel",
-        "titans_mlp_triton._backward_kernel",
+        "mlp_memory.forward._forward_kernel",
+        "mlp_memory.backward._backward_kernel",
     }
     assert all("D=16 DH=64 L=16" in row["constexprs"] for row in mlp), mlp
     # the wide-state ones at D=16, hidden=128 (blocks of 32), chunk 16
-    wide = [row for row in report["rows"] if row["kernel"].startswith("titans_mlp_wide_triton.")]
+    wide = [
+        row
+        for row in report["rows"]
+        if row["kernel"].startswith(("mlp_memory.wide_forward.", "mlp_memory.wide_backward."))
+    ]
     assert {row["kernel"] for row in wide} == {
-        "titans_mlp_wide_triton._wide_forward_kernel",
-        "titans_mlp_wide_triton._wide_backward_kernel",
+        "mlp_memory.wide_forward._wide_forward_kernel",
+        "mlp_memory.wide_backward._wide_backward_kernel",
     }
     assert all("D=16 DH=128 L=16" in row["constexprs"] for row in wide), wide
     assert len(kernels) == 11, sorted(kernels)

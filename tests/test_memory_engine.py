@@ -141,7 +141,7 @@ def _mlp(ws, x):
 
 
 def test_chunk_size_one_is_exact_online_recurrence():
-    """Spec 1.2 written out: u_t = ∇ℓ(W_{t-1}), S_t = mom S_{t-1} - lr u_t, W_t = keep W_{t-1} + S_t, y_t = M(q_t; W_t)."""
+    """Titans (arXiv 2501.00663) Eq. 13-15 written out: u_t = ∇ℓ(W_{t-1}), S_t = mom S_{t-1} - lr u_t, W_t = keep W_{t-1} + S_t, y_t = M(q_t; W_t)."""
     H, D, T = 2, 4, 23
     arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
     q, k, v, lr, mom, keep = make_inputs(1, T, H, D, requires_grad=False)

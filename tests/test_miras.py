@@ -187,7 +187,7 @@ def test_moneta_paper_map_is_scale_inverse():
 
 
 def tiny(name, **kw):
-    opts = {"chunk_size": 4, "memory_expansion": 2.0, "gate_rank": 4, **kw}
+    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4, **kw}
     return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
 
 
@@ -232,7 +232,7 @@ def test_options_and_backend_errors():
         with pytest.raises(ValueError, match="backend='triton' does not support the retention map"):
             memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
-        memnets.build_mixer("yaad", d_model=16, num_heads=2, memory_depth=3, backend="triton")
+        memnets.build_mixer("yaad", d_model=16, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="q must be >= 2"):
         memnets.build_mixer("moneta", d_model=16, num_heads=2, q=1.5)
     with pytest.raises(ValueError, match="p must be >= 1"):
@@ -261,7 +261,7 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name, opts):
     """T = 4096, lr at its max, keep ≈ 0 in head 0 and ≈ 1 in head 1 (Yaad: δ tiny, then huge):
     finite outputs and gradients under bf16 autocast."""
     mixer = memnets.build_mixer(
-        name, d_model=8, num_heads=2, chunk_size=128, memory_expansion=2.0, gate_rank=4, **opts
+        name, d_model=8, num_heads=2, chunk_size=128, memory={"expansion": 2.0}, gate_rank=4, **opts
     )
     extreme = torch.tensor([-12.0, 12.0])
     with torch.no_grad():
@@ -281,7 +281,7 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name, opts):
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_lm_generate_matches_forward(name):
-    opts = {"chunk_size": 4, "memory_expansion": 2.0, "gate_rank": 4}
+    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4}
     cfg = memnets.ModelConfig(
         vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
     )

@@ -101,16 +101,18 @@ def test_absolute_positions_are_bounded_and_reset_per_packed_sequence():
 def test_auto_backend_logs_why_no_kernel_ran(monkeypatch, caplog):
     """On a device where ``auto`` could run the Triton kernels, a mixer they do not cover logs the
     reason beside the path it runs; an explicit request for an unsupported backend raises."""
-    from memnets.mixers import base
+    from memnets import dispatch
 
-    monkeypatch.setattr(base, "triton_available", lambda device: True)
-    monkeypatch.setattr(base, "_announced", set())
-    with caplog.at_level("INFO", logger=base.log.name):
-        chosen = base.resolve_backend("mixer", "auto", torch.device("cpu"), no_kernel="memory depth 3")
+    monkeypatch.setattr(dispatch, "triton_available", lambda device: True)
+    monkeypatch.setattr(dispatch, "_announced", set())
+    run = lambda *inputs, **options: (inputs[0], None)
+    op = dispatch.MemoryOp("an op", run, run, triton=run, supports=lambda **config: "memory depth 3")
+    with caplog.at_level("INFO", logger=dispatch.log.name):
+        chosen = dispatch.MemoryDispatch("mixer", op).backend("auto", torch.device("cpu"))
     assert chosen == "chunked"
     assert (
         "running the chunked backend (asked for auto on cpu; the Triton kernels do not cover memory depth 3)"
         in caplog.text
     )
     with pytest.raises(ValueError, match="backend='triton' is not implemented"):
-        base.resolve_backend("mixer", "triton", torch.device("cpu"))
+        dispatch.MemoryDispatch("mixer", dispatch.MemoryOp("an op", run, run)).check("triton")

@@ -311,7 +311,8 @@ def test_triton_packed_buckets_equal_chunked_float32():
     ("name", "millions"), [("mom-380m", 512.4), ("mom-1.3b", 1553.0), ("mom-tiny", None)]
 )
 def test_lm_configs_load_and_match_released_sizes(name, millions):
-    """The paper-size configs have the released configs' parameter counts (spec A.9)."""
+    """The paper-size configs have the parameter counts of the authors' released configs
+    (OpenSparseLLMs/MoM ``training/configs/mom_{340M,1.3B}.json``, counted by instantiating them)."""
     from pathlib import Path
 
     from memnets.config import load_config

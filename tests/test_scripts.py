@@ -277,7 +277,7 @@ def test_bench_titans_kernels_failed_compile_is_a_skipped_row(tmp_path, monkeypa
 def test_bench_titans_kernels_triton_in_the_interpreter(tmp_path):
     """The Triton rows (here in the interpreter) beside the engine's, with the time ratios to it; a chunk
     size the kernel's supports() rejects is a skipped row with its reason."""
-    from memnets.kernels import titans_mlp_triton
+    from memnets.memory import kernel_bridge
 
     out = tmp_path / "bench.json"
     res = _bench_rows(
@@ -292,7 +292,7 @@ def test_bench_titans_kernels_triton_in_the_interpreter(tmp_path):
         assert math.isfinite(r["ms"]) and r["tflops"] > 0
         assert r["triton_over_eager"] == pytest.approx(r["ms"] / rows["chunked", 16, p]["ms"])
         assert r["triton_over_compiled"] is None  # --no-compile
-    reason = titans_mlp_triton.supports(MemoryMLP(2, 16, depth=2), chunk_size=67)
+    reason = kernel_bridge.supports_mlp(MemoryMLP(2, 16, depth=2), chunk_size=67)
     assert reason is not None, "the bench test needs a chunk size the kernel rejects"
     skipped = [r for r in res["rows"] if r["backend"] == "triton" and r["chunk_size"] == 67]
     assert [r["skipped"] for r in skipped] == [f"unsupported {reason}"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import memnets
+from memnets.memory import MemorySpec
 from memnets.mixers.titans import Titans
 from memnets.testing import assert_close
 
@@ -13,7 +14,7 @@ NAMES = ["titans", "titans_mac", "titans_mag", "titans_mal"]
 
 
 def tiny(name, **kw):
-    opts = {"chunk_size": 4, "memory_expansion": 2.0}
+    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}}
     if name == "titans_mac":
         opts["segment_size"] = 8
     elif name != "titans":
@@ -84,7 +85,7 @@ def test_packed_equals_separate(name):
 
 def test_backend_and_option_errors():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
-        memnets.build_mixer("titans", d_model=16, num_heads=2, memory_depth=3, backend="triton")
+        memnets.build_mixer("titans", d_model=16, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="segment_size=6 must be a multiple of chunk_size=4"):
         memnets.build_mixer("titans_mac", d_model=16, num_heads=2, segment_size=6, chunk_size=4)
     with pytest.raises(ValueError, match="lr_max"):
@@ -102,7 +103,7 @@ def test_frozen_memory_keeps_initial_weights():
 def test_bf16_autocast_long_sequence_extreme_gates_is_finite():
     """T = 4096 under bf16 autocast, lr at its max, mom ≈ 1, keep ≈ 0 (head 0) and keep ≈ 1 (head 1):
     outputs, final state and gradients stay finite."""
-    mixer = Titans(8, 2, head_dim=4, chunk_size=128, memory_expansion=2.0)
+    mixer = Titans(8, 2, head_dim=4, chunk_size=128, memory=MemorySpec(expansion=2.0))
     with torch.no_grad():
         mixer.gates.proj.bias[:2] = 12.0  # lr = lr_max
         mixer.gates.proj.bias[2:4] = 12.0  # mom ≈ 1
@@ -120,7 +121,7 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_lm_generate_matches_forward(name):
-    opts = {"chunk_size": 4, "memory_expansion": 2.0}
+    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}}
     if name == "titans_mac":
         opts["segment_size"] = 8
     elif name != "titans":

@@ -163,7 +163,7 @@ def test_local_memory_restarts_at_shard_boundaries():
 # ---------------------------------------------------------------------------------------------------
 # the mixer
 
-TINY = {"chunk_size": [2, 3], "shard_size": [8, 6], "global_chunk_size": 5, "memory_expansion": 2.0}
+TINY = {"chunk_size": [2, 3], "shard_size": [8, 6], "global_chunk_size": 5, "memory": {"expansion": 2.0}}
 
 
 def tiny(**kw):
@@ -243,7 +243,7 @@ def test_packed_sequences_and_generate():
     "kw",
     [
         {"chunk_size": [4, 8], "shard_size": [8, 16]},
-        {"memory_depth": 1, "memory_norm": False, "chunk_size": [16, 32]},
+        {"memory": {"depth": 1, "norm": False}, "chunk_size": [16, 32]},
     ],
 )
 def test_triton_backend_equals_chunked(kw, monkeypatch):
@@ -252,15 +252,13 @@ def test_triton_backend_equals_chunked(kw, monkeypatch):
     outputs, every gradient, the carried state (a call split mid-shard and mid global chunk). A small
     inner step (lr_max) keeps the problem well conditioned: with the default 1.0 the inner loop
     amplifies float32 rounding past float32's tolerance in either backend (see
-    tests/test_titans_mlp_triton.py)."""
+    tests/test_mlp_memory.py)."""
     pytest.importorskip("triton")
-    from memnets.kernels import titans_mlp_triton
+    from memnets.memory import kernel_bridge
 
     calls = []
-    kernel = titans_mlp_triton.chunk_read_mlp
-    monkeypatch.setattr(
-        titans_mlp_triton, "chunk_read_mlp", lambda *a, **k: calls.append(1) or kernel(*a, **k)
-    )
+    kernel = kernel_bridge.chunk_read_mlp
+    monkeypatch.setattr(kernel_bridge, "chunk_read_mlp", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     torch.manual_seed(0)
     kw = {"lr_max": 0.05, **kw}
     chunked = memnets.build_mixer("tnt", d_model=16, num_heads=2, **{**TINY, **kw}).double()
@@ -279,12 +277,12 @@ def test_triton_backend_equals_chunked(kw, monkeypatch):
     assert_close("dx", outs[0][1], outs[1][1])
     for n, a, b in zip(names, outs[0][2:], outs[1][2:]):
         assert_close(f"d{n}", a, b)
-    assert len(calls) == (2 if kw.get("memory_depth", 2) == 2 else 0)  # the global memory, both calls
+    assert len(calls) == (2 if kw.get("memory", {}).get("depth", 2) == 2 else 0)  # the global memory, both calls
 
 
 def test_option_errors():
     with pytest.raises(ValueError, match="backend='triton' does not support local memory 0: memory depth 3"):
-        tiny(backend="triton", memory_depth=3)
+        tiny(backend="triton", memory={"depth": 3})
     with pytest.raises(ValueError, match="shard_size"):
         tiny(chunk_size=[2, 4, 8], shard_size=[8, 8])
     with pytest.raises(ValueError, match="chunk_size"):

@@ -1,6 +1,8 @@
 """The shared test-time memory engine: memory = a small network trained online by its own inner loss.
 
-Titans, Miras (Moneta/Yaad/Memora), ATLAS and TNT all compose these pieces (spec memory-models.md §1):
+Titans, Miras (Moneta/Yaad/Memora), ATLAS and TNT all compose these pieces (the common core of Titans,
+arXiv 2501.00663 §3.1-3.2; Miras, arXiv 2504.13173 §5.3; ATLAS, arXiv 2505.23735 §3; TNT, arXiv
+2511.07343 §2.2):
 
 * **Architecture** — :class:`MemoryMLP` ``(num_heads, dim, depth, expansion, activation, residual,
   layer_norm)``: per-head fast weights ``W^l [B, H, d_in, d_out]`` (row form ``out = in @ W``), depth 1
@@ -21,12 +23,14 @@ Titans, Miras (Moneta/Yaad/Memora), ATLAS and TNT all compose these pieces (spec
       W_t = keep_t W_{t-1} + S_t            (Titans Eq. 13; without momentum: keep_t W_{t-1} − lr_t u_t)
       y_t = M(q_t; W_t)                     (read after the write, Titans Eq. 15)
 
-  :func:`chunk_coefficients` gives the closed form inside a chunk (β, f, G; spec 1.4) computed from
+  :func:`chunk_coefficients` gives the closed form inside a chunk (β, f, G; derived here, see
+  :mod:`memnets.memory.rule`) computed from
   segment sums of log-gates, so every ratio lies in [0, 1] (no overflow for any gate in [0, 1]).
 * **Chunked training form** — per chunk: :func:`key_path` (keys through M at the chunk-start
   weights, bias derivative backpropagated by hand: every token's gradient as rank-one factors
   ``xs[l][j]ᵀ deltas[l][j]``, never materialised), :func:`dual_read` (every token's read with its own
-  updated weights, spec 1.5), :func:`segment_end_state` (weights and momentum at the chunk end).
+  updated weights: TTT's dual form, arXiv 2407.04620 §2.5, extended here to momentum and decay),
+  :func:`segment_end_state` (weights and momentum at the chunk end).
   The state is carried sequentially between chunks.
 * **State** — :class:`MemoryState` ``(weights, momentum, anchor, offset)``: ``anchor`` holds the
   chunk-start weights while a chunk is unfinished (``offset`` tokens into it), so feeding a sequence
@@ -51,7 +55,7 @@ coefficients or post-processing in their own chunk loop, and keep ``memory_refer
 as their ground truth.
 """
 
-from .architecture import ACTIVATIONS, Activation, MemoryMLP
+from .architecture import ACTIVATIONS, Activation, MemoryMLP, MemorySpec
 from .bias import AttentionalBias, L2Bias
 from .engine import (
     KeyPath,
@@ -76,6 +80,7 @@ __all__ = [
     "KeyPath",
     "L2Bias",
     "MemoryMLP",
+    "MemorySpec",
     "MemoryState",
     "check_inputs",
     "chunk_coefficients",

@@ -1,6 +1,6 @@
 """Memory architecture: the small network M(x; W) whose weights W are the recurrent state.
 
-Row form, per (batch element, head), for depth L >= 1 (spec 1.1; Titans §3.1 "MLPs with L_M >= 1
+Row form, per (batch element, head), for depth L >= 1 (Titans §3.1 "MLPs with L_M >= 1
 layers", Miras §5.3, TTT §2.7)::
 
     Z^1 = x W^1,  Z^l = sigma(Z^{l-1}) W^l  (l = 2..L),   M(x) = [x +] [LN](Z^L)
@@ -19,6 +19,7 @@ engine needs (activation derivative, LayerNorm backward), so nothing there calls
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,6 +28,24 @@ from torch import Tensor, nn
 
 Activation = Literal["gelu", "silu", "tanh"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "silu", "tanh")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """The memory network of a memory mixer, one option ``memory`` (``memory: {depth: 1}`` in a
+    config, ``model.mixer_options.titans.memory.depth=1`` on the command line): ``depth`` weight
+    matrices (1 = linear matrix memory, Titans §3.1 "L_M >= 1"), hidden width ``expansion`` x head
+    dim, ``activation`` between layers, ``residual`` (``M(x) = x + ...``), ``norm`` (LayerNorm on the
+    output). See :class:`MemoryMLP`."""
+
+    depth: int = 2
+    expansion: float = 4.0
+    activation: Activation = "gelu"
+    residual: bool = True
+    norm: bool = True
+
+    def build(self, num_heads: int, dim: int) -> MemoryMLP:
+        return MemoryMLP(num_heads, dim, self.depth, self.expansion, self.activation, self.residual, self.norm)
 
 
 class MemoryMLP(nn.Module):

@@ -1,4 +1,4 @@
-"""Dot-product attentional bias ℓ(M(k); v) = −⟨M(k), v⟩ (ATLAS §4, Eq. 19–20, 25; spec 4.6).
+"""Dot-product attentional bias ℓ(M(k); v) = −⟨M(k), v⟩ (ATLAS arXiv 2505.23735 §4, Eq. 19–20, 25).
 
 With it the memory rule is "deep (gated) linear attention": a linear memory without forgetting
 accumulates W_t = W_{t−1} + lr_t kᵀ_t v_t, i.e. unnormalised linear attention, and with the

@@ -1,6 +1,7 @@
 """The memory recurrence, token by token (reference) and chunk by chunk (parallel dual form).
 
-Semantics shared by both (spec 1.2-1.3): positions are split into chunks of ``chunk_size`` tokens
+Semantics shared by both (Titans Eq. 13-16; the chunked training of TTT §2.4, Titans §3.2, Miras §5.3,
+ATLAS §3.3): positions are split into chunks of ``chunk_size`` tokens
 counted from the start of the sequence; every token's inner gradient is taken at the weights the
 memory had at the start of its chunk, W_ref(t) = W_{t'}; momentum and retention then run per token
 (:mod:`memnets.memory.rule`) and token t reads ``y_t = M(q_t; W_t)``, the memory *after* its own write
@@ -215,7 +216,8 @@ class KeyPath:
 def key_path(
     arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: AttentionalBias, params: Tensor | None
 ) -> KeyPath:
-    """Forward the keys through M(·; W) and backpropagate the bias derivative by hand (spec 1.5):
+    """Forward the keys through M(·; W) and backpropagate the bias derivative by hand (the key path of the
+    dual form, see :func:`dual_read`):
     gives every token's gradient in factored form without materialising it."""
     xs, zs = [k], []
     for i, w in enumerate(weights):
@@ -242,7 +244,8 @@ def dual_read(
     scales: Weights | None = None,
 ) -> Tensor:
     """Read every token of a segment with its own updated weights W_t = β_t W_0 + f_t S_0 − Σ_j G[t,j] u_j
-    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (spec 1.5).
+    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (TTT's dual form,
+    arXiv 2407.04620 §2.5, derived here with momentum and decay; β = 1, f = 0, G = tril(lr) gives TTT's).
     ``scales`` (optional, one ``[B, H, L]`` per layer) reads with s_t W_t instead (a per-token scalar
     map of the weights, e.g. Moneta's L_q normalisation)."""
     h = q

@@ -1,5 +1,5 @@
-"""Polynomial feature maps of keys and queries, and a memory MLP that reads them (ATLAS §3.1, §4.2;
-spec memory-models.md §4.2).
+"""Polynomial feature maps of keys and queries, and a memory MLP that reads them (ATLAS arXiv 2505.23735
+§3.1, §4.2).
 
 A degree-p map φ raises the capacity of a matrix memory from O(d) to O(d^p) pairs (ATLAS Prop. 2):
 the memory is written with φ(k_t) and read with φ(q_t). Features, per head, for ``x [..., d]``::
@@ -20,8 +20,9 @@ parameters ("input feature gating": a_i → 0 drops degree i). Choices where the
 * a_1 is fixed at 1 and x comes first, unscaled: the overall scale is absorbed by the memory's
   weights anyway, degree 1 is then exactly the identity (Titans/OmegaNet without features), and the
   memory's residual connection can add the raw x (see :class:`FeatureMemoryMLP`).
-* Explicit features, no sketch (spec 4.2 option (a)); the feature width grows as C(d + p, p), so
-  keep ``degree * head_dim`` small (d = 32, p = 2: 560 features; d = 64, p = 2: 2,144).
+* Explicit features, no sketch (the paper reports neither the degree nor a sketch); the feature width
+  grows as C(d + p, p), so keep ``degree * head_dim`` small (d = 32, p = 2: 560 features; d = 64,
+  p = 2: 2,144).
 * Inputs are l2-normalised before φ (as ATLAS normalises q and k), so every degree block has norm
   c_i and ‖φ(x)‖² = Σ a_i: the "normalisation" is the 1/i! weighting of the blocks.
 """

@@ -1,4 +1,4 @@
-"""Gated-MLP memory of Atlas++ (ATLAS Eq. 43; spec memory-models.md §4.4):
+"""Gated-MLP memory of Atlas++ (ATLAS, arXiv 2505.23735 §5.1, Eq. 43):
 
     M(x) = x + [LN]( (σ(x W_2) ⊙ (x W_3)) W_1 )          row form, per head, weights (W_2, W_3, W_1)
 

@@ -1,5 +1,5 @@
 """Miras pieces for the shared memory engine: attentional biases and retention maps (Miras §5.1-5.3,
-arXiv 2504.13173; spec memory-models.md §3).
+arXiv 2504.13173).
 
 **Attentional biases** (the :class:`~memnets.memory.AttentionalBias` interface; ``r = M(k) − v``). As
 :class:`~memnets.memory.L2Bias` they carry no ½ (the factor is absorbed by the learned step size), so

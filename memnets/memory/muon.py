@@ -1,5 +1,5 @@
-"""Newton–Schulz orthogonalisation of the memory's momentum (Muon; ATLAS §5, Eq. 32–33, 40, 57;
-spec memory-models.md §4.4).
+"""Newton–Schulz orthogonalisation of the memory's momentum (Muon; ATLAS arXiv 2505.23735 §5, Eq. 32–33,
+40, 57).
 
 ``newton_schulz(X)`` approximates the semi-orthogonal polar factor U Vᵀ of X = U Σ Vᵀ (all singular
 values pushed towards 1) with ``steps`` iterations of the odd polynomial
@@ -16,7 +16,8 @@ transpose for tall X) and on any leading batch dimensions. The Frobenius norm is
 √(‖X‖² + eps²), which is smooth at X = 0 (NS(0) = 0 with a zero gradient, not NaN).
 
 Cost for X of shape m×n (m ≤ n): per step 2 m²n + m³ + … ≈ 4 m²n multiply-adds; 5 steps on a 64×256
-matrix ≈ 24 MFLOP, about 100× the rest of one token's memory update (spec §7.3), which is why
+matrix ≈ 24 MFLOP, about 100× the rest of one token's memory update (our count: key path forward and
+backward, state update and dual-form read ≈ 0.3–0.5 MFLOP per token and head at that size), which is why
 :mod:`memnets.memory.omega` also offers a per-chunk schedule.
 """
 

@@ -1,5 +1,5 @@
 """The Omega rule (sliding-window inner loss) with optional Muon momentum: the recurrence of OmegaNet
-and Atlas (ATLAS arXiv 2505.23735 §3.2–3.3, §5; spec memory-models.md §4.3–4.5).
+and Atlas (ATLAS arXiv 2505.23735 §3.2–3.3, §5, App. D.3–D.4).
 
 Per token t and head (neutral names; ATLAS letters beside them)::
 
@@ -19,11 +19,12 @@ W_{t'} is the memory at the start of t's chunk (chunks of ``chunk_size`` tokens 
 sequence start), as in the engine (:mod:`memnets.memory.engine`); ``chunk_size = 1`` is exact online
 descent. With ``window = 1``, no win_gate and no Muon this is exactly the engine's Titans memory.
 
-Choices where the paper is silent (spec §4.5, §9), decided here:
+Choices where the paper is silent (the γ parameterisation, windows that cross a chunk boundary), decided
+here:
 
 * ``win_gate [B, T, H, window]``: token t owns c gates, one per window offset j (γ_{t−j}^{(t)}; "for
   each token we need a constant number of gates"). ``None`` = all ones.
-* Windows that reach into earlier chunks (spec 4.5 option (a)): the earlier tokens' gradients are
+* Windows that reach into earlier chunks (§3.3 does not say): the earlier tokens' gradients are
   recomputed at the current chunk-start weights, so every token's update is a gradient at one point.
   The last c − 1 keys and values travel in the state (:class:`OmegaState`), so sequences fed in
   pieces or token by token equal one call. Chunked form: the key path runs over the chunk plus that
@@ -35,7 +36,7 @@ Choices where the paper is silent (spec §4.5, §9), decided here:
   applied to each weight matrix of the memory separately.
 * ``muon="token"`` materialises every token's momentum inside a chunk (NS is non-linear, so the dual
   form does not apply): memory C·|W| per chunk and head, compute ≈ 5 NS steps per token and matrix,
-  ≈100× the rest of the update at d = 64, d_h = 256 (spec 7.3).
+  ≈100× the rest of the update at d = 64, d_h = 256 (our FLOP count, :mod:`memnets.memory.muon`).
 * ``muon="chunk"`` refreshes the orthogonalised direction once per chunk, from the momentum at the
   chunk's last token; the other tokens keep stepping along the previous direction (zero before the
   first refresh). It is causal, decodes exactly, costs one NS per chunk and matrix (C× fewer than
@@ -281,7 +282,8 @@ def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: Att
 def _dual_read(
     arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
 ) -> Tensor:
-    """The engine's dual form (spec 1.5), per weight matrix for the gated memory."""
+    """The engine's dual form (:func:`~memnets.memory.engine.dual_read`) per weight matrix, for the gated
+    memory."""
     if not isinstance(arch, GatedMemoryMLP):
         return dual_read(arch, q, W0, S0, kp, c)
 

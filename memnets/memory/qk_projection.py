@@ -1,4 +1,5 @@
-"""Q-K projection of queries onto the keys a memory has seen (TNT §4.1.2, Eq. 7, Eq. 15, App. C).
+"""Q-K projection of queries onto the keys a memory has seen (TNT arXiv 2511.07343 §4.1.2, Eq. 7, Eq. 15,
+App. C).
 
 A memory trained on keys but read with queries suffers a domain mismatch (TNT "Challenge 2"). TNT
 reads with the query projected onto the span of the keys written since the memory's last reset::
@@ -7,13 +8,14 @@ reads with the query projected onto the span of the keys written since the memor
     q̃_t = P_t q_t
 
 (with l2-normalised keys, k kᵀ/‖k‖² = k kᵀ). The sum runs from the reset, not from the chunk start as
-Eq. 7/15 print (App. B/C; spec 5.3). Never forming a per-token d×d matrix, the rows of a block of
-``block_size`` tokens are, with ``G`` the Gram sum of all earlier blocks (spec 5.3)::
+Eq. 7/15 print (App. B/C). Never forming a per-token d×d matrix, the rows of a block of
+``block_size`` tokens are, with ``G`` the Gram sum of all earlier blocks (derived here; App. C carries
+the d×d prefix sum instead)::
 
     Q̃ = Q Gᵀ + tril(Q Kᵀ) K         G ← G + Kᵀ K at the block end
 
 Σ k kᵀ is an orthogonal projector only for orthonormal keys; in general its scale grows with the number
-of keys since the reset, and so does the memory's input. The paper is silent (spec §9), so ``norm``
+of keys since the reset, and so does the memory's input. The paper is silent on this, so ``norm``
 offers ``"none"`` (the paper as printed), ``"l2"`` (re-normalise q̃ to unit length, the scale of an
 l2-normalised query) and ``"count"`` (divide by the number of keys since the reset: the mean of
 k kᵀ).

@@ -1,4 +1,7 @@
-"""Learning rule inside one chunk: momentum and retention in closed form (spec 1.4).
+"""Learning rule inside one chunk: momentum and retention in closed form (derived here: the papers write
+decay without momentum, Titans Eq. 16-17 and Miras Eq. 28-29, and momentum without decay, ATLAS Eq. 39,
+or leave momentum to an associative scan, Titans Eq. 18; fla's Titans reference code computes the same
+closed form).
 
 Per token i of a chunk (all per head; neutral names, paper letters beside them)::
 

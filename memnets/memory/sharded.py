@@ -5,7 +5,8 @@ Inside a shard the rule is the shared engine's chunkwise rule, chunks counted fr
 
     W_t = W_init                                           at every shard start (t ≡ 0 mod S)
     W_t = W_{ξ(t,C)} − Σ_{τ=ξ(t,C)..t} lr_τ ∇ℓ(M(k_τ; W_{ξ(t,C)}), v_τ)   otherwise (Eq. 6 read as
-                                                           the standard chunkwise form, spec 5.2)
+                                                           the standard chunkwise form of Eq. 3:
+                                                           as printed it sums the chunk twice)
     y_t = M(P_t q_t; W_t),   P_t = Σ_{τ = shard start..t} k_τ k_τᵀ   (optional, :mod:`.qk_projection`)
 
 Because every shard restarts from the same W_init, shards are independent: whole shards of all

@@ -1,4 +1,5 @@
-"""ATLAS (Behrouz et al., arXiv 2505.23735 v1): OmegaNet and Atlas. Spec: memory-models.md §4.
+"""ATLAS (Behrouz et al., arXiv 2505.23735 v1): OmegaNet and Atlas. Sections and equations below are the
+paper's.
 
 Registered mixers:
 
@@ -15,7 +16,8 @@ lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (�
 win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}), per token and head from one linear map of the block
 input (:class:`OmegaGates`); output RMSNorm(y) ⊙ silu(W_g x), then the output projection.
 
-Choices where the paper is silent (spec §4, §9), each an option:
+Choices the paper leaves open (it reports no window c, chunk size or polynomial degree for its main runs,
+nor how the window gates γ are parameterised), each an option:
 
 * ``window`` c = 8 (Fig. 5: larger c is better, c = 16 ≈ c = 8); win_gate biases start at
   sigmoid⁻¹(1/c), so the initial inner loss is the mean over the window: gradients inside a chunk are
@@ -25,7 +27,7 @@ Choices where the paper is silent (spec §4, §9), each an option:
 * Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
   gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end
   of each chunk" (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
-  ``memory_norm=False`` gives Eq. 42 literally.
+  ``memory: {norm: false}`` gives Eq. 42 literally.
 * ``lr_max``: omeganet 1.0; atlas 0.1, because an orthogonalised step has all singular values ≈ 1
   whatever the gradient's size.
 * ``inner_loss``: "l2" (‖M(φ(k)) − v‖², OmegaNet/Atlas) or "dot" (−⟨M(φ(k)), v⟩,
@@ -38,25 +40,16 @@ Choices where the paper is silent (spec §4, §9), each an option:
   initial state, its window never reaching the one before it), else sequence by sequence; the state
   returned is the last sequence's. Backends: ``reference`` (token loop),
   ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
-  (:func:`~memnets.kernels.titans_mlp_triton.omega_mlp_chunked`) for OmegaNet without Muon on the
+  (:func:`~memnets.memory.kernel_bridge.omega_mlp_chunked`) for OmegaNet without Muon on the
   2-layer chain memory with the l2 inner loss and keys as wide as values (``feature_degree=1``: the
   polynomial features widen the keys, e.g. 560 at head dim 32, beyond a state kept on chip), within
   its chunk/state limits; ``auto`` picks it on CUDA where it applies, ``triton`` elsewhere raises
   with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``, wider features).
   ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
-MQAR (train.py on configs/mqar/{omeganet,atlas}.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
-batch 32 instead of 64 and fewer steps, because an Atlas step with per-chunk Newton–Schulz on the
-560-wide feature memory costs ~2.6 s on this CPU; one seed, val accuracy on 1,000 examples, chance
-1/256):
-
-    model      steps   250     500     750     final val loss
-    omeganet   750     0.048   0.188   0.274   2.74
-    atlas      500     0.009   0.019           4.75
-    atlas      1500    0.007   0.019   0.036   0.0535 at 1000, 0.0818 at 1250, 0.0917 at 1500; val loss 3.7428  (second run, 1500-step schedule)
-
-OmegaNet learns recall; Atlas (orthogonalised steps, ``lr_max`` 0.1) starts much more slowly but
-learns too (the longer run ends at accuracy 0.092, 23x chance, val loss 3.74, still rising).
+MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,
+``lr_max`` 0.1) starts much more slowly but learns too, still rising when the run ends. Figures and the
+cost of an Atlas step on CPU: ``benchmarks/RESULTS.md`` section 7 ("ATLAS runs").
 Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
 """
 
@@ -69,23 +62,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..memory.architecture import Activation
+from ..dispatch import Backend, MemoryDispatch, check_backend
+from ..memory.architecture import MemorySpec
 from ..memory.bias import L2Bias
 from ..memory.dotbias import DotBias
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
 from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
-from ..memory.omega import Muon, OmegaState, omega_chunked, omega_reference
-from ..modules import GatedRMSNorm
+from ..memory.omega import Muon, OmegaState
+from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    check_packed,
-    no_wide_kernels,
-    run_packed_one_by_one,
-)
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
 
 
 class OmegaGates(nn.Module):
@@ -120,13 +107,37 @@ class OmegaGates(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class OmegaMemorySpec(MemorySpec):
+    """:class:`~memnets.memory.MemorySpec` plus ``kind``: ``mlp`` (Eq. 42 with ``norm: false``) or
+    ``gated_mlp`` (the gated two-layer memory of ATLAS Eq. 43, depth 2). Keys are the polynomial
+    features, so the first layer's input is the feature width."""
+
+    kind: Literal["mlp", "gated_mlp"] = "mlp"
+
+    def build_features(self, owner: str, num_heads: int, dim: int, in_dim: int) -> FeatureMemoryMLP:
+        if self.kind not in ("mlp", "gated_mlp"):
+            raise ValueError(f"{owner}: memory.kind={self.kind!r} is not one of ['mlp', 'gated_mlp']")
+        if self.kind == "mlp":
+            return FeatureMemoryMLP(
+                num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm
+            )
+        if self.depth != 2:
+            raise ValueError(
+                f"{owner}: memory.kind='gated_mlp' has depth 2 (Eq. 43), got memory.depth={self.depth}"
+            )
+        return GatedMemoryMLP(
+            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm
+        )
+
+
 @dataclass
 class AtlasState:
     conv: dict[str, Tensor]
     memory: OmegaState
 
 
-class _OmegaMixer(nn.Module):
+class _OmegaMixer(GatedOutput):
     """The shared block of ``omeganet`` and ``atlas`` (module docstring)."""
 
     def __init__(
@@ -141,12 +152,7 @@ class _OmegaMixer(nn.Module):
         feature_degree: int,
         feature_kernel: FeatureKernel,
         inner_loss: str,
-        memory: str,
-        memory_depth: int,
-        memory_expansion: float,
-        memory_activation: Activation,
-        memory_residual: bool,
-        memory_norm: bool,
+        memory: OmegaMemorySpec,
         momentum: bool,
         forget: bool,
         lr_max: float,
@@ -171,8 +177,7 @@ class _OmegaMixer(nn.Module):
             raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
         if ns_steps < 0:
             raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
-        if backend not in BACKENDS:
-            raise ValueError(f"{name}: backend={backend!r} is not one of {list(BACKENDS)}")
+        check_backend(name, backend)
         self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
         self.chunk_size, self.backend, self.window = chunk_size, backend, window
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
@@ -182,97 +187,46 @@ class _OmegaMixer(nn.Module):
         if inner_loss not in ("l2", "dot"):
             raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
         self.bias = L2Bias() if inner_loss == "l2" else DotBias()
-        if memory not in ("mlp", "gated_mlp"):
-            raise ValueError(f"{name}: memory={memory!r} is not one of ['mlp', 'gated_mlp']")
-        if memory == "gated_mlp":
-            if memory_depth != 2:
-                raise ValueError(
-                    f"{name}: memory='gated_mlp' has depth 2 (Eq. 43), got memory_depth={memory_depth}"
-                )
-            self.memory = GatedMemoryMLP(
-                num_heads,
-                head_dim,
-                self.features.out_dim,
-                memory_expansion,
-                memory_activation,
-                memory_residual,
-                memory_norm,
-            )
-        else:
-            self.memory = FeatureMemoryMLP(
-                num_heads,
-                head_dim,
-                self.features.out_dim,
-                memory_depth,
-                memory_expansion,
-                memory_activation,
-                memory_residual,
-                memory_norm,
-            )
+        self.memory = memory.build_features(name, num_heads, head_dim, self.features.out_dim)
         check_dot_precision(name, dot_precision, self.memory)
-        self.dot_precision = dot_precision
-        self.triton_reason = kernel_reason(name, backend, self._kernel_unsupported())
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-
-    def _kernel_unsupported(self) -> str | None:
-        """Why the deep-memory kernel's Omega variant cannot run this mixer (``None`` if it can)."""
-        if self.muon is not None:
-            return f"muon={self.muon!r} (Newton-Schulz steps are not in the kernel)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(
-            self.memory, self.bias, self.chunk_size, self.window, no_wide_kernels(self.backend)
+        self.op = MemoryDispatch(
+            name,
+            OMEGA_MEMORY,
+            self.memory,
+            window=window,
+            chunk_size=chunk_size,
+            muon=muon,
+            ns_steps=ns_steps,
+            ns_coefficients=self.ns_coefficients,
+            bias=self.bias,
+            dot_precision=dot_precision,
         )
+        self.op.check(backend)
+        self.init_output(d_model, num_heads, head_dim)
 
     def forward(
         self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, AtlasState]:
-        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
-            if backend != "triton":
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
-        B, T, _ = x.shape
+            check_packed(self.name, x, cu_seqlens, state)
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
         dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
         q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
         gates = self.gates(x, dtype)
-        args = (self.memory, q, k, qkv["v"], gates["lr"], gates["mom"], gates["keep"], gates["win_gate"])
         prev = None if state is None else state.memory
-        if backend == "triton":
-            from ..kernels.titans_mlp_triton import omega_mlp_chunked
-
-            y, mem = omega_mlp_chunked(
-                *args,
-                prev,
-                window=self.window,
-                chunk_size=self.chunk_size,
-                bias=self.bias,  # type: ignore[arg-type]
-                dot_precision=self.dot_precision,
-                cu_seqlens=cu_seqlens,
-            )
-            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
-        else:
-            run = omega_reference if backend == "reference" else omega_chunked
-            y, mem = run(
-                *args,  # type: ignore[arg-type]
-                prev,
-                window=self.window,
-                chunk_size=self.chunk_size,
-                muon=self.muon,
-                ns_steps=self.ns_steps,
-                ns_coefficients=self.ns_coefficients,  # type: ignore[arg-type]
-                bias=self.bias,
-            )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y.to(x.dtype), gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), AtlasState(conv, mem)
+        y, mem = self.op(
+            self.backend,
+            q,
+            k,
+            qkv["v"],
+            gates["lr"],
+            gates["mom"],
+            gates["keep"],
+            gates["win_gate"],
+            prev,
+            cu_seqlens=cu_seqlens,
+        )
+        return self.output(y.to(x.dtype), x), AtlasState(conv, mem)
 
     def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
         y, state = self.forward(x[:, None], state)
@@ -301,12 +255,7 @@ class OmegaNet(_OmegaMixer):
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
         inner_loss: Literal["l2", "dot"] = "l2",
-        memory: Literal["mlp", "gated_mlp"] = "mlp",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: OmegaMemorySpec = OmegaMemorySpec(),
         momentum: bool = False,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -325,11 +274,6 @@ class OmegaNet(_OmegaMixer):
             feature_kernel,
             inner_loss,
             memory,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
             momentum,
             forget,
             lr_max,
@@ -357,12 +301,7 @@ class Atlas(_OmegaMixer):
         feature_degree: int = 2,
         feature_kernel: FeatureKernel = "poly",
         inner_loss: Literal["l2", "dot"] = "l2",
-        memory: Literal["mlp", "gated_mlp"] = "mlp",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: OmegaMemorySpec = OmegaMemorySpec(),
         forget: bool = True,
         lr_max: float = 0.1,
         conv_size: int = 4,
@@ -384,11 +323,6 @@ class Atlas(_OmegaMixer):
             feature_kernel,
             inner_loss,
             memory,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
             True,
             forget,
             lr_max,

@@ -1,6 +1,7 @@
 """Gated DeltaNet: a linear-attention memory written by the gated delta rule (Yang, Kautz and
-Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta Rule", ICLR 2025). It is also the
-memory that every MoM memory runs (spec ``mom-pararnn.md`` A.4), so the pieces MoM reuses live here:
+Hatamizadeh, "Gated Delta Networks: Improving Mamba2 with Delta Rule", arXiv 2412.06464, ICLR 2025). It
+is also the memory that every MoM memory runs (MoM, arXiv 2502.13685 §4.1), so the pieces MoM reuses
+live here:
 ``MemoryWrite`` (one memory's key/value/write-strength/decay projections), ``GatedDeltaCore`` (the
 shared query, short convolutions, decay parameters, recurrence call and gated output) and
 ``short_conv`` (a causal short convolution over packed sequences that each continue their own history).
@@ -35,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..kernels.gated_delta import gated_delta_rule
+from ..dispatch import Backend, MemoryDispatch
 from ..modules import GatedRMSNorm, ShortConv, l2norm
+from ..ops import GATED_DELTA
 from ..registry import register_mixer
-from .base import Backend, check_cu_seqlens, resolve_backend
-
-SUPPORTED_BACKENDS = ("reference", "chunked", "triton")
+from .base import check_cu_seqlens
 
 
 @dataclass
@@ -139,6 +139,8 @@ class GatedDeltaCore(nn.Module):
         self.num_heads, self.head_dim, self.head_dim_v = num_heads, head_dim, int(head_dim_v)
         self.key_dim, self.value_dim = num_heads * head_dim, num_heads * self.head_dim_v
         self.chunk_size, self.backend = chunk_size, backend
+        self.op = MemoryDispatch(owner, GATED_DELTA, chunk_size=chunk_size)
+        self.op.check(backend)
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.q_conv = ShortConv(self.key_dim, conv_size)
         self.k_conv = ShortConv(self.key_dim, conv_size)
@@ -196,7 +198,8 @@ class GatedDeltaCore(nn.Module):
         initial_state: Tensor | None,
         cu_seqlens: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        o, final = gated_delta_rule(
+        return self.op(
+            self.backend,
             q,
             k,
             v,
@@ -205,13 +208,7 @@ class GatedDeltaCore(nn.Module):
             initial_state=initial_state,
             output_final_state=True,
             cu_seqlens=cu_seqlens,
-            chunk_size=self.chunk_size,
-            backend=self.resolved_backend(q.device),
         )
-        return o, final
-
-    def resolved_backend(self, device: torch.device) -> str:
-        return resolve_backend(self.owner, self.backend, device, supported=SUPPORTED_BACKENDS)
 
     def readout(self, o: Tensor, x: Tensor) -> Tensor:
         gate = self.g_proj(x).unflatten(-1, (self.num_heads, self.head_dim_v))

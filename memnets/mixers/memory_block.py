@@ -1,6 +1,6 @@
 """Pieces the memory mixers (``titans``, ``moneta``/``yaad``/``memora``, ``omeganet``/``atlas``,
-``tnt``) share: the q/k/v input block, running packed sequences one at a time, and which Titans memory
-kernel (if any) covers a memory network."""
+``tnt``) share: the q/k/v input block, running packed sequences one at a time (mixers whose pieces
+are not all per-token: MAC's segments, TNT's shards) and the kernels' matmul operand option."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..memory import MemoryMLP
-from ..modules import ShortConv, l2norm
-from .base import check_cu_seqlens
+from ..modules import GatedRMSNorm, ShortConv, l2norm
+from .base import check_cu_seqlens, last_sequence_conv
 
 
 def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
@@ -53,6 +53,7 @@ class MemoryProjections(nn.Module):
     def forward(
         self, x: Tensor, conv_state: dict[str, Tensor] | None, cu_seqlens: Tensor | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``q, k, v [B, T, H, D]`` and the conv states (with ``cu_seqlens``: the last sequence's)."""
         B, T, _ = x.shape
         conv_state = conv_state or {}
         out, new_conv = {}, {}
@@ -60,32 +61,28 @@ class MemoryProjections(nn.Module):
             h, new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n), cu_seqlens)
             h = h.view(B, T, self.num_heads, self.head_dim)
             out[n] = l2norm(h) if n in ("q", "k") else h
-        return out, new_conv
+        return out, new_conv if cu_seqlens is None else last_sequence_conv(new_conv, cu_seqlens)
 
     def state_size(self) -> int:
         return sum((c.kernel_size - 1) * c.weight.shape[0] for c in self.conv.values())
 
 
-def memory_kernel_unsupported(arch: MemoryMLP, chunk_size: int, backend: str = "triton") -> str | None:
-    """Why the Triton kernels cannot run this memory (``None`` if they can): the linear memory
-    (``memory_depth=1``, ``memory_norm=False``, chunk sizes 16/32/64) or the two-layer MLP memory
-    (``memory_depth=2``, LayerNorm and residual on or off; chunks run in tiles of a divisor of the
-    chunk size up to 64 rows with the state on chip (head dim x hidden <= 4096, <= 1024 for 64-row
-    tiles), larger states in the wide-state kernels: head dim <= 128, chunk size <= 64 (<= 32 above
-    head dim 64), those only with ``backend="triton"`` until checked on a GPU:
-    ``titans_mlp_triton.WIDE_IN_AUTO``)."""
-    if arch.depth not in (1, 2):
-        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
-    try:
-        from ..kernels import titans_linear_triton, titans_mlp_triton
-    except ImportError as e:
-        return f"Triton is not importable ({e})"
-    if arch.depth == 1:
-        return titans_linear_triton.supports(arch, chunk_size=chunk_size)
-    return titans_mlp_triton.supports(arch, chunk_size=chunk_size, no_wide=no_wide_kernels(backend))
+class GatedOutput(nn.Module):
+    """The memory mixers' output: ``out(GatedRMSNorm(y, gate(x)))`` per head. Subclasses call
+    :meth:`init_output` in ``__init__`` (the parameters keep the names ``gate``, ``norm``, ``out``)."""
+
+    def init_output(self, d_model: int, num_heads: int, head_dim: int) -> None:
+        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.norm = GatedRMSNorm(head_dim)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def output(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y [B, T, H, D]`` (the memory's read) gated by the block input ``x [B, T, d_model]``."""
+        B, T, H, D = y.shape
+        return self.out(self.norm(y, self.gate(x).view(B, T, H, D)).reshape(B, T, H * D))
 
 
-# operands of the MLP memory kernels' matmuls (memnets.kernels.titans_mlp_triton.DOT_PRECISIONS, which a
+# operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a
 # test keeps equal): float32 by default; on a GPU TF32 or half operands (float32 accumulation, as fla's
 # kernels) trade accuracy for tensor-core rate
 DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")
@@ -97,26 +94,6 @@ def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None
         raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
     if dot_precision != "tf32x3" and arch.depth != 2:
         raise ValueError(
-            f"{owner}: dot_precision={dot_precision!r} needs memory_depth 2 (the MLP memory kernels); the "
-            f"linear memory kernel (memory_depth {arch.depth}) runs its matmuls in tf32x3 only"
+            f"{owner}: dot_precision={dot_precision!r} needs memory.depth 2 (the MLP memory kernels); the "
+            f"linear memory kernel (memory.depth {arch.depth}) runs its matmuls in tf32x3 only"
         )
-
-
-def kernel_packs_in_one_call(arch: MemoryMLP, chunk_size: int, bias: object = None) -> bool:
-    """Whether the Titans memory kernels run packed sequences (``cu_seqlens``) of this memory in one
-    call: the linear kernel always, the MLP kernel where the state stays on chip (the wide-state
-    kernels run no packed sequences)."""
-    if arch.depth == 1:
-        return True
-    from ..kernels import titans_mlp_triton
-
-    return titans_mlp_triton.supports(arch, bias, chunk_size, no_wide="packed sequences") is None
-
-
-def no_wide_kernels(backend: str) -> str | None:
-    """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
-    from ..kernels import titans_mlp_triton
-
-    if backend == "auto" and not titans_mlp_triton.WIDE_IN_AUTO:
-        return "under backend='auto' until checked on a GPU (ask for backend='triton')"
-    return None

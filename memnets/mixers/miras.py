@@ -1,7 +1,7 @@
 """Miras (Behrouz, Razaviyayn, Zhong, Mirrokni, "It's All Connected", arXiv 2504.13173 v1): Moneta,
-Yaad and Memora as compositions of the shared memory engine. Spec: memory-models.md §3.
+Yaad and Memora as compositions of the shared memory engine. Sections and equations below are the paper's.
 
-Registered mixers (update rules Miras §5.3 / spec 3.4; neutral names: ``lr`` = η_t, ``keep`` = α_t
+Registered mixers (update rules Miras §5.3, Eq. 24–27; neutral names: ``lr`` = η_t, ``keep`` = α_t
 (the retention multiplier on the old memory), ``delta`` = δ_t; r = M(k_t) − v_t)::
 
     moneta:  A_t = keep_t A_{t−1} − lr_t ∇ℓ_p(W_ref; k_t, v_t),  W_t = A_t/‖A_t‖_q^{q−2}    (Eq. 24-25)
@@ -20,7 +20,8 @@ affine, learnable initial weights); output RMSNorm gated by a linear layer, then
 projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
 softplus(·)`` (init √d for the norm switch, 1 per channel for the coordinate form).
 
-Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
+Choices where the paper is silent or ambiguous (§5.3–5.4 leave open the gates' channel axis, the norm
+Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 
 * Gates are per head, not channel-wise: the engine's step size and retention multiply whole
   fast-weight matrices of the MLP memory, and the paper does not say which axis of which layer a
@@ -34,60 +35,38 @@ Choices where the paper is silent or ambiguous (spec §3.4-3.6, §9):
   ``normalize="paper"``) W = A/‖A‖_q^{q−2} has ‖W‖₄ = 1/‖A‖₄ at q = 4: the accumulator grows with every
   write, so the weights shrink toward 0, and retention keep < 1 inflates them instead of forgetting.
   ``normalize="unit"`` is the stabilised variant W = A/‖A‖_q (scale-free: the unit L_q sphere);
-  ``"none"`` is plain L2 retention (weight decay). Default ``"paper"``, chosen by the MQAR runs below:
-  the literal rule learned faster in both (with the LayerNorm inside the memory the last layer's scale
-  does not matter). The literal map is unstable: with extreme gates (keep ≈ 0 collapses the
-  accumulator, and W = A/‖A‖₄² grows without limit) the bf16 stress test at T = 4096 went non-finite
-  for 8 seeds out of 8. ``norm_floor`` (default 0.1; 0 = Eq. 24 exactly) stabilises it:
+  ``"none"`` is plain L2 retention (weight decay). Default ``"paper"``, chosen by MQAR runs
+  (``benchmarks/RESULTS.md`` section 7, "Miras runs"): the literal rule learned faster in both (with the
+  LayerNorm inside the memory the last layer's scale does not matter). The literal map is unstable:
+  with extreme gates (keep ≈ 0 collapses the accumulator, and W = A/‖A‖₄² grows without limit) the bf16
+  stress test at T = 4096 (``tests/test_miras.py``) went non-finite without a floor.
+  ``norm_floor`` (default 0.1; 0 = Eq. 24 exactly) stabilises it:
   W = A/max(‖A‖_q, floor)^{q−2}, which changes nothing while ‖A‖_q >= 0.1 (the initial accumulator has
-  ‖A‖₄ ≈ 1.9 and 0.9 for the two layers at head dim 32, hidden 128) and bounds ‖W‖₄ by 1/floor at q = 4; with it 0 of 8 seeds went
-  non-finite. On MQAR the floored run is identical to the unfloored one (the floor never acts in
-  training). The unit map needs no floor.
+  ‖A‖₄ ≈ 1.9 and 0.9 for the two layers at head dim 32, hidden 128) and bounds ‖W‖₄ by 1/floor at q = 4,
+  and the stress test stays finite. On MQAR the floored run is identical to the unfloored one (the floor
+  never acts in training). The unit map needs no floor.
 * Memora: softmax over each output unit's incoming weights (the rows of W in the paper's column
   form), every layer constrained, scale c = ``simplex_scale`` (1); the state carries the logits
   (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
   initial weights. ``lag_token`` (default on) is the paper's lag token. ``lr_max`` defaults to 0.1
-  for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax and the first
-  outer gradient norm on MQAR was ~325 (embedding and key projection), at 0.1 it is ~2, and MQAR
-  accuracy after 500 steps rose from chance to 3x chance (runs below).
+  for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax, the first outer
+  gradients on MQAR (embedding and key projection) are far larger and MQAR accuracy stays at chance;
+  at 0.1 it rises above chance (RESULTS.md section 7, "Miras runs").
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (Yaad, Moneta with
   ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
   returned is the last sequence's.
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
-  ``triton`` (:mod:`memnets.kernels.titans_mlp_triton`) where the retention is the identity: Yaad
+  ``triton`` (:mod:`memnets.kernels.mlp_memory`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
-  :mod:`memnets.kernels.titans_mlp_triton` for the chunk sizes and shared-memory limits). Moneta's
+  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits). Moneta's
   L_q maps and Memora's softmax/lag token run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 
-MQAR experiments (train.py on configs/mqar/NAME.yaml, CPU, one seed, OMP_NUM_THREADS=1 on a shared
-2-core box; chance accuracy 1/vocab):
-
-1. Tiny overrides (d_model 32, 2 heads, T = 24, vocab 64, 2 key-value pairs, batch 16, lr 5e-3, 100
-   steps, chunk_size 8, memory_expansion 2; loss starts at ln 64 = 4.16):
-
-    model                      train loss @75   val loss @100   val accuracy @100
-    moneta normalize=paper     3.50             3.51            0.051
-    moneta normalize=unit      3.91             3.89            0.047
-    yaad                       3.95             3.91            0.023
-    memora                     4.00             3.94            0.020
-
-2. The committed configs (configs/mqar/_base.yaml: d_model 64, 2 layers, T = 64, vocab 256, 4 pairs;
-   val accuracy on 1,000 examples; Moneta and Memora at batch 32 and fewer steps because their
-   per-token retention maps cost 1.6-4.5 s per step on this CPU):
-
-    model (override)                          steps   val loss   val accuracy
-    moneta normalize=paper, batch 32          750     4.482      0.032   (0.022 at 500)
-    moneta normalize=unit,  batch 32          750     4.639      0.024   (0.012 at 500)
-    moneta default (paper, norm_floor 0.1)    750     4.482      0.032   (identical: the floor never acts)
-    yaad, batch 64                            1500    1.165      0.659   (0.302 at 500, 0.625 at 1000)
-    memora lr_max=1.0, batch 32               500     4.882      0.0045  (chance; gradient norm 5-390)
-    memora (default lr_max=0.1), batch 32     500     4.795      0.012   (0.012 at 250)
-
-   Moneta and Memora learn recall far more slowly than Yaad on this budget (Moneta: a likely cause,
-   not tested, is the ℓ_3 bias's gradient 3·r·|r|, small for small residuals); for Moneta the
-   literal map is ahead at every evaluation.
+MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
+more slowly on the same budget (for Moneta a likely cause, not tested, is the ℓ_3 bias's gradient
+3·r·|r|, small for small residuals), and for Moneta the literal map is ahead at every evaluation.
+Figures, settings and dates: ``benchmarks/RESULTS.md`` section 7 ("Miras runs").
 """
 
 from __future__ import annotations
@@ -100,30 +79,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..memory import AttentionalBias, L2Bias, MemoryMLP, MemoryState
-from ..memory.architecture import Activation
+from ..dispatch import Backend, MemoryDispatch
+from ..memory import AttentionalBias, L2Bias, MemorySpec, MemoryState
 from ..memory.miras import (
     HuberBias,
     LpBias,
     LqNormalize,
     Retention,
     SimplexSoftmax,
-    miras_chunked,
-    miras_reference,
 )
-from ..modules import GatedRMSNorm
+from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .base import Backend, kernel_reason, last_sequence_conv, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    check_packed,
-    kernel_packs_in_one_call,
-    no_wide_kernels,
-    run_packed_one_by_one,
-)
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
 
 
 class LowRankGates(nn.Module):
@@ -159,18 +126,13 @@ class MirasState:
     memory: MemoryState
 
 
-def _check_common(owner: str, backend: str, **positive: float) -> None:
+def _check_positive(owner: str, **positive: float) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
-    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
-        raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; "
-            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
-        )
 
 
-class MirasMemory(nn.Module):
+class MirasMemory(GatedOutput):
     """The Miras block around one (bias, retention) memory; subclasses choose the pieces."""
 
     name = "miras"
@@ -183,11 +145,7 @@ class MirasMemory(nn.Module):
         head_dim: int | None,
         chunk_size: int,
         backend: str,
-        memory_depth: int,
-        memory_expansion: float,
-        memory_activation: str,
-        memory_residual: bool,
-        memory_norm: bool,
+        memory: MemorySpec,
         lr_max: float,
         gate_rank: int,
         conv_size: int,
@@ -199,9 +157,8 @@ class MirasMemory(nn.Module):
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
-        _check_common(
+        _check_positive(
             self.name,
-            backend,
             chunk_size=chunk_size,
             head_dim=head_dim,
             gate_rank=gate_rank,
@@ -221,38 +178,21 @@ class MirasMemory(nn.Module):
             d_model, num_heads, gate_rank, {"lr": (1, 0.0), "keep": (1, 4.6), **(extra_gates or {})}
         )
         self.lr_max = lr_max
-        self.memory = MemoryMLP(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,  # type: ignore[arg-type]
-            memory_residual,
-            memory_norm,
-        )
+        self.memory = memory.build(num_heads, head_dim)
         check_dot_precision(self.name, dot_precision, self.memory)
-        self.dot_precision = dot_precision
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-        self.triton_reason = kernel_reason(self.name, backend, self.memory_kernel_unsupported())
-
-    def memory_kernel_unsupported(self) -> str | None:
-        """Why the MLP Triton kernel cannot run this memory (``None`` if it can): it covers plain
-        retention (Yaad; Moneta with ``normalize="none"``) on a depth-2 memory."""
-        if self.retention is not None:
-            return f"the retention map {self.retention!r} (the Triton kernel covers identity retention)"
-        if self.lag:
-            return "the lag token (the Triton kernel covers identity retention without it)"
-        if self.memory.depth != 2:
-            return f"memory depth {self.memory.depth} (the Triton kernel covers memory depth 2)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(
-            self.memory, self.bias, self.chunk_size, no_wide=no_wide_kernels(self.backend)
+        self.init_output(d_model, num_heads, head_dim)
+        # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
+        self.op = MemoryDispatch(
+            self.name,
+            MIRAS_MEMORY,
+            self.memory,
+            chunk_size=chunk_size,
+            bias=bias,
+            retention=retention,
+            lag=lag,
+            dot_precision=dot_precision,
         )
+        self.op.check(backend)
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
@@ -260,57 +200,24 @@ class MirasMemory(nn.Module):
     def forward(
         self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MirasState]:
-        backend = resolve_kernel_backend(self.name, self.backend, x.device, self.triton_reason)
         if cu_seqlens is not None:
-            if backend != "triton" or not kernel_packs_in_one_call(self.memory, self.chunk_size, self.bias):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed(self.name, x, cu_seqlens, state)  # the kernel runs all sequences in one call
-        B, T, _ = x.shape
+            check_packed(self.name, x, cu_seqlens, state)
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
         memory = None if state is None else state.memory
-        if backend == "triton":
-            # identity retention, no momentum: the Titans memory rule, so the same kernel
-            from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-            y, mem = titans_mlp_chunked(
-                self.memory,
-                qkv["q"],
-                qkv["k"],
-                qkv["v"],
-                lr,
-                None,
-                keep,
-                memory,
-                chunk_size=self.chunk_size,
-                bias=self.bias,
-                bias_params=self.bias_params(raw),
-                dot_precision=self.dot_precision,
-                cu_seqlens=cu_seqlens,
-            )
-            mem = mem[-1] if isinstance(mem, list) else mem  # packed: the last sequence's state
-        else:
-            fn = miras_reference if backend == "reference" else miras_chunked
-            y, mem = fn(
-                self.memory,
-                qkv["q"],
-                qkv["k"],
-                qkv["v"],
-                lr,
-                keep,
-                memory,
-                chunk_size=self.chunk_size,
-                bias=self.bias,
-                bias_params=self.bias_params(raw),
-                retention=self.retention,
-                lag=self.lag,
-            )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), MirasState(conv, mem)
+        y, mem = self.op(
+            self.backend,
+            qkv["q"],
+            qkv["k"],
+            qkv["v"],
+            lr,
+            keep,
+            memory,
+            bias_params=self.bias_params(raw),
+            cu_seqlens=cu_seqlens,
+        )
+        return self.output(y, x), MirasState(conv, mem)
 
     def step(self, x: Tensor, state: MirasState | None) -> tuple[Tensor, MirasState]:
         y, state = self.forward(x[:, None], state)
@@ -339,11 +246,7 @@ class Moneta(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -357,11 +260,7 @@ class Moneta(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
@@ -387,11 +286,7 @@ class Yaad(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -410,11 +305,7 @@ class Yaad(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,
@@ -444,11 +335,7 @@ class Memora(MirasMemory):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 0.1,
         gate_rank: int = 32,
         conv_size: int = 4,
@@ -459,11 +346,7 @@ class Memora(MirasMemory):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
             conv_size=conv_size,

@@ -1,24 +1,25 @@
 """MoM: Mixture-of-Memories (Du et al., "MoM: Linear Sequence Modeling with Mixture-of-Memories",
-arXiv 2502.13685, ICLR 2026); spec ``mom-pararnn.md`` part A.
+arXiv 2502.13685, ICLR 2026). Sections and equations below are the paper's (arXiv v4).
 
 Each layer has ``M`` gated-delta memories plus one always-on shared memory. A linear router sends each
-token to its top-k memories (A.3, eqs. 3-4):
+token to its top-k memories (§3.2.1, Eq. 3-4):
 
     p_t = softmax(x_t W_r) (float32),   (w_t, sel_t) = TopK(p_t, k),   w_t <- w_t / sum(w_t)
 
 Memory m has its own key/value/beta/decay projections (``MemoryWrite``) and runs the gated delta rule
 (see ``gated_deltanet``) over the tokens routed to it only, in their original order; a memory a token
-did not pick is untouched at that step (A.4). The query ``q_t`` is shared, so mixing the memories and
-then reading equals reading each and mixing (A.6, eqs. 7-8):
+did not pick is untouched at that step (Eq. 5-6, Table 1; the experiments use Gated DeltaNet, §4.1).
+The query ``q_t`` is shared, so mixing the memories and then reading equals reading each and mixing
+(Eq. 7-8, §3.3):
 
     o_t = sum_{m in sel_t} w_{t,m} S^m_t^T q_t / sqrt(dk)  +  S^shared_t^T q_t / sqrt(dk)
     y_t = W_o [RMSNorm(o_t) * silu(W_g x_t)]
 
-The shared memory (A.5) is an ordinary gated-delta memory over every token with its own projections.
+The shared memory (§3.2.2) is an ordinary gated-delta memory over every token with its own projections.
 ``A_log``/``dt_bias``, the conv weights, ``W_q``, ``W_g`` and ``W_o`` are shared by all memories (as in
 the authors' code).
 
-Dispatch (A.7). The ``k`` copies of each token are sorted (memory, sequence, time); bucket
+Dispatch (§3.3, Fig. 2). The ``k`` copies of each token are sorted (memory, sequence, time); bucket
 ``m * N + n`` holds memory m's tokens of sequence n in time order. Every memory's projections run once
 over its contiguous slice of the sorted stream, and all non-empty buckets go through the recurrence
 op in one call (packed with ``cu_seqlens``, or as a padded batch: ``bucket_layout`` below); outputs are gathered back with the inverse permutation and
@@ -29,40 +30,29 @@ Decisions where the paper or its code leave room, or where we differ from the re
 * Short convolutions. The query is conv'd over the original sequence (once, shared by all memories,
   which keeps eqs. 7-8 exact). Keys and values are conv'd over each memory's own routed sub-sequence
   with resets at bucket boundaries in training as in decoding, so nothing leaks across memories or
-  sequences (the released code leaks 3 tokens across buckets in training, spec A.13.3). Each memory
-  keeps its own conv history in the decoding state; the conv weights are shared (as released).
-* Load balancing (A.8): Switch/Mixtral loss ``M * sum_m f_m P_m`` with ``f_m`` the fraction of token
-  slots routed to m (sums to k) and ``P_m`` the mean router probability, computed per layer (the
-  released code pools the logits of all layers first; the trainer here sums per-layer losses).
-  ``aux_loss_weight`` defaults to 0.01 as in the released configs; the paper's best ablation is 1e-3.
+  sequences (the authors' released code convolves the packed stream without resets in training, so the
+  first 3 tokens of each bucket mix in the previous bucket's tail). Each memory keeps its own conv
+  history in the decoding state; the conv weights are shared (as released).
+* Load balancing (§4.2.6, "following Switch Transformer"; in the form of the released code): the
+  Switch/Mixtral loss ``M * sum_m f_m P_m`` with ``f_m`` the fraction of token slots routed to m (sums
+  to k) and ``P_m`` the mean router probability, computed per layer (the released code pools the
+  logits of all layers first; the trainer here sums per-layer losses).
+  ``aux_loss_weight`` defaults to 0.01 as in the released configs; the paper's best ablation is 1e-3
+  (Table 6).
 * ``bucket_layout``: ``packed`` hands the buckets to the op with ``cu_seqlens`` (no compute on
   padding; the layout the Triton kernel takes); ``padded`` lays them out as a right-padded
   ``[P, longest]`` batch whose padding writes nothing (``k = 0, beta = 0, g = 0``). ``auto`` takes
   ``packed`` for the triton backend and ``padded`` otherwise, because the PyTorch ``chunked`` op slices
-  packed sequences one by one in Python (with 256 buckets its backward was ~15x slower than the padded
-  batch on CPU).
+  packed sequences one by one in Python (with many buckets its backward is much slower than the padded
+  batch on CPU: ``benchmarks/RESULTS.md`` section 6).
 * State (``MoMState``): query conv history ``[N, K-1, H*dk]``, the routed memories' conv histories and
   matrices with leading dims ``[N, M]``, and the shared memory's with ``[N]``.
 
-MQAR, measured on CPU with ``train.py`` (configs/mqar/{gated_deltanet,mom}.yaml: d_model 64, 2 heads,
-2 layers, vocab 256, T = 64, 4 kv pairs, batch 64, chunk 16, equal width: MoM has 0.20M parameters
-against 0.13M, its extra memories). Validation accuracy on 1,000 test examples; runs stop at 0.99:
-
-    schedule   seed  model            250    500    750    1000   1250   1500   1750   2000   final
-    1500 steps 0     gated_deltanet   0.011  0.082  0.204  0.533  0.739  0.851                 0.851
-    1500 steps 0     mom (M=4, k=2)   0.037  0.156  0.257  0.300  0.450  0.538                 0.538
-    3000 steps 0     gated_deltanet   0.009  0.047  0.133  0.265  0.391  0.825  0.941  0.964  0.991 @2750
-    3000 steps 0     mom (M=4, k=2)   0.036  0.477  0.925  0.974  0.990                        0.990 @1250
-    3000 steps 1     gated_deltanet   0.125  0.914  0.961  0.979  0.986  0.990  0.990         0.990 @1750
-    3000 steps 1     mom (M=4, k=2)   0.119  0.935  0.978  0.985  0.988  0.995                0.995 @1500
-
-With the 1500-step schedule neither model has converged when it ends (learning rate already decayed),
-and one seed put MoM behind. Trained to the 0.99 stop (the configs now use 3000 steps), both solve the
-task, and MoM gets there first on both seeds (1250 against 2750 steps, 1500 against 1750) with an
-equal or higher final accuracy: the paper's recall claim (MoM >= Gated DeltaNet at equal width) holds
-on this setting. Across seeds the step at which either
-model "clicks" varies by 2x or more, so single-seed step counts are noisy; final accuracy is the
-comparison. Runs used OMP_NUM_THREADS=1 on a shared CPU (2026-11-24).
+MQAR (``configs/mqar/{gated_deltanet,mom}.yaml``, equal width: MoM's extra memories add parameters):
+trained to the 0.99 stop, both solve the task and MoM gets there first on both seeds tried, with an equal
+or higher final accuracy, so the paper's recall claim (MoM >= Gated DeltaNet at equal width) holds on
+this setting. On a shorter schedule that ends before convergence one seed put MoM behind. Figures,
+settings and dates: ``benchmarks/RESULTS.md`` section 7 ("MoM runs").
 """
 
 from __future__ import annotations
@@ -74,8 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dispatch import Backend
 from ..registry import register_mixer
-from .base import Backend
 from .gated_deltanet import (
     GatedDeltaCore,
     MemoryState,
@@ -272,7 +262,8 @@ class MoM(GatedDeltaCore):
         leave the memory as it is), so both give the same outputs and final states."""
         layout = self.bucket_layout
         if layout == "auto":
-            layout = "packed" if self.resolved_backend(q.device) == "triton" else "padded"
+            # the kernel runs packed buckets in one launch; the PyTorch op would slice them one by one
+            layout = "packed" if self.op.backend(self.backend, q.device) == "triton" else "padded"
         if layout == "packed":
             return self.recur(q, k, v, g, beta, initial, d.cu_seqlens)
         P, longest = d.buckets.numel(), d.longest

@@ -1,5 +1,6 @@
 """ParaRNN mixers ``paragru`` and ``paralstm`` (Danieli et al., "ParaRNN: Unlocking Parallel Training of
-Nonlinear RNNs for Large Language Models", ICLR 2026; spec mom-pararnn.md part B).
+Nonlinear RNNs for Large Language Models", arXiv 2510.21450, ICLR 2026; sections and equations below are
+those of arXiv v2).
 
 Cells (paper §3, eqs. 3.1-3.2): GRU and CIFG-LSTM whose recurrent and peephole matrices are diagonal
 vectors, so the exact Jacobian ``d h_t / d h_{t-1}`` is diagonal (ParaGRU) or one 2x2 block per channel
@@ -30,22 +31,29 @@ Choices where the paper is open:
 * ``cu_seqlens``: the state is zeroed at every sequence start (the Jacobian there is 0).
 
 Backends: ``reference`` = the sequential loop (autograd through time); ``chunked`` = Newton + the PyTorch
-associative scan with the implicit backward; ``triton`` is not implemented yet (raises).
+associative scan with the implicit backward; ``triton`` = the same Newton iterations and implicit
+backward with every linear scan (forward solves and the reverse adjoint scan) in the Triton kernel
+:mod:`memnets.kernels.scan_triton` (diagonal and 2x2 block layouts), while the cell, its Jacobian and
+the residual stay in PyTorch. The kernel needs CUDA tensors (or ``TRITON_INTERPRET=1`` on CPU) and
+raises otherwise; ``auto`` picks ``triton`` on CUDA, else ``chunked``. Decoding (``step``) runs the cell
+one token at a time whatever the backend.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..dispatch import Backend, MemoryDispatch
 from ..modules import GatedRMSNorm, ShortConv
-from ..newton import Cell, NewtonOptions, NewtonStats, newton_solve, sequential_solve
+from ..newton import Cell, NewtonOptions, NewtonStats
+from ..ops import PARARNN
 from ..registry import register_mixer
-from .base import Backend, check_cu_seqlens, last_sequence_conv, resolve_backend
+from .base import check_cu_seqlens, last_sequence_conv
 
 Init = Literal["paper", "code"]
 
@@ -194,6 +202,8 @@ class _ParaRNN(nn.Module):
         self.options = NewtonOptions(
             max_iters=newton_iters, tol=newton_tol, on_fail=on_fail, chunk_size=chunk_size
         )
+        self.solve = MemoryDispatch(self.name, PARARNN)  # token loop, or Newton + chunked/Triton scan
+        self.solve.check(backend)
         self.in_proj = nn.Linear(d_model, 2 * d_h, bias=False)
         self.conv = ShortConv(d_h, conv_size) if conv_size > 0 else None
         head = d_h // num_heads
@@ -231,9 +241,6 @@ class _ParaRNN(nn.Module):
         check_cu_seqlens(self.name, x, cu_seqlens)
         if cu_seqlens is not None and state is not None:
             raise ValueError(f"{self.name}: cu_seqlens cannot be combined with a recurrent state")
-        backend = resolve_backend(
-            self.name, self.backend, x.device, supported=("reference", "chunked", "triton")
-        )
         xc, gate = self.in_proj(x).chunk(2, -1)
         conv_state = None
         if self.conv is not None:
@@ -245,11 +252,7 @@ class _ParaRNN(nn.Module):
             starts = cu_seqlens[:-1].long()
             reset[0, starts[starts < x.shape[1]]] = True  # an empty last sequence starts at T
         h0 = None if state is None else state.h
-        if backend == "reference":
-            S = sequential_solve(self.cell, u, h0, reset)
-        else:
-            options = replace(self.options, scan_backend=backend)  # chunked or triton scan inside Newton
-            S = newton_solve(self.cell, u, h0, reset, options, self.last_stats)
+        S = self.solve(self.backend, self.cell, u, h0, reset, options=self.options, stats=self.last_stats)
         last = S[:, -1]
         if cu_seqlens is not None:  # the last packed sequence's own state (what running it alone leaves)
             if conv_state is not None:

@@ -1,5 +1,5 @@
 """Titans (Behrouz, Zhong, Mirrokni, arXiv 2501.00663 v1): the neural long-term memory (LMM) and the
-three ways of combining it with attention, MAC, MAG and MAL. Spec: memory-models.md §2.
+three ways of combining it with attention, MAC, MAG and MAL. Sections and equations below are the paper's.
 
 Registered mixers:
 
@@ -16,13 +16,15 @@ Registered mixers:
 
 Gates (per token and head; neutral names, Titans letters): ``lr = lr_max·sigmoid(W x + b)`` = θ_t,
 ``mom = sigmoid(W x + b)`` = η_t, ``keep = 1 − sigmoid(W x + b)`` = 1 − α_t. Biases start at
-lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (spec 2.1 suggestion). ``lr_max = 0`` freezes the memory at
+lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (our choice: §3.2 makes the gates functions of x_t but gives no
+parameterisation). ``lr_max = 0`` freezes the memory at
 its learned initial weights (the "frozen memory" baseline).
 
-Choices where the paper is silent (spec §9), each documented here and an option where people differ:
+Choices the paper leaves open (memory width/activation/norm, chunk size, conv order, N_p, MAC segment and
+gate, MAG window), each documented here and an option where people differ:
 
-* Memory: ``memory_depth`` 2, ``memory_expansion`` 4, GELU, residual + LayerNorm with per-head outer
-  affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
+* Memory: ``memory`` (a :class:`~memnets.memory.MemorySpec`): depth 2, expansion 4, GELU, residual +
+  LayerNorm with per-head outer affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
   per head. Loss ‖M(k) − v‖² without ½ (Titans Eq. 12). Gates are scalars per head (not channel-wise).
 * Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
   momentum/forgetting per token, reads after the token's own write (Eq. 15).
@@ -44,14 +46,14 @@ Choices where the paper is silent (spec §9), each documented here and an option
 * MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
   gives the residual variant).
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
-  :mod:`memnets.kernels.titans_linear_triton` for the linear memory (``memory_depth=1``,
-  ``memory_norm=False``, chunk size 16/32/64) and :mod:`memnets.kernels.titans_mlp_triton` for the
-  two-layer MLP memory (``memory_depth=2``, the default, with or without LayerNorm/residual, any
+  :mod:`memnets.kernels.linear_memory` for the linear memory (``memory={"depth": 1,
+  "norm": False}``, chunk size 16/32/64) and :mod:`memnets.kernels.mlp_memory` for the
+  two-layer MLP memory (depth 2, the default, with or without LayerNorm/residual, any
   activation; chunks run in tiles of a divisor of the chunk size up to 64 rows (e.g. chunk 256 as 4
   tiles of 64) with the state on chip for head_dim x hidden <= 4096 (<= 1024 with 64-row tiles);
-  larger states run :mod:`memnets.kernels.titans_mlp_wide_triton` (head dim <= 128, chunk size <= 64,
+  larger states run :mod:`memnets.kernels.mlp_memory` (wide-state) (head dim <= 128, chunk size <= 64,
   <= 32 above head dim 64; with ``backend="triton"`` only until checked on a GPU:
-  ``titans_mlp_triton.WIDE_IN_AUTO``));
+  ``kernel_bridge.WIDE_IN_AUTO``));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option. ``dot_precision`` sets the MLP kernels'
   matmul operands: ``"tf32x3"`` (default: float32, matches the engine to float32 rounding),
@@ -63,30 +65,12 @@ Choices where the paper is silent (spec §9), each documented here and an option
   attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
   way the state returned is the last sequence's.
 
-MQAR check (configs/mqar/titans*.yaml: vocab 8192, T=64, 4 pairs, d_model 64, 2 layers), measured with
-``train.py CONFIG train.batch_size=16 train.warmup_steps=20 train.steps=N`` on a shared 2-core CPU
-(OMP_NUM_THREADS=1), against the same model with ``lr_max=0`` (frozen memory, same parameters).
-Short runs, far from convergence; validation accuracy over 1,024 queries:
-
-==========================  =====  ==============  ===============
-config                      steps  memory learns   frozen (lr = 0)
-==========================  =====  ==============  ===============
-titans (LMM)                  200  0.078           0.007
-titans-mag (window 8)         300  0.103           0.081
-titans-mal (window 8)         300  0.093           0.010
-titans-mac (segment 8)        300  0.011           0.010
-titans-mac (segment 8)        500  0.015 (4.65)    0.012 (4.81)
-==========================  =====  ==============  ===============
-
-Full-length run of the committed ``configs/mqar/titans.yaml`` (vocab 256, batch 64, 1500 steps):
-0.9955 with the memory learning against 0.0403 frozen; MAC and the others are in
-``benchmarks/RESULTS.md`` section 7.
-
-(in brackets: validation loss; the MAC accuracy gap is within sampling noise, the loss gap is not).
-
-With a 16-token window/segment (earlier runs, 200 steps) attention alone covered most queries and the
-frozen models were level or ahead (MAG 0.109 vs 0.128, MAC 0.045 vs 0.047), hence the 8-token configs.
-MAC learns slowest: its memory is written from attention outputs and read back through attention.
+MQAR (``configs/mqar/titans*.yaml``): every variant ends ahead of the same model with ``lr_max=0`` (frozen
+memory, same parameters); the committed ``titans.yaml`` solves the task while its frozen twin stays near
+chance. MAC learns slowest: its memory is written from attention outputs and read back through
+attention. With 16-token windows/segments attention alone covered most queries and the frozen models
+were level or ahead, hence the 8-token configs. Figures, settings and dates: ``benchmarks/RESULTS.md``
+section 7 ("Titans variants against frozen memories").
 """
 
 from __future__ import annotations
@@ -98,22 +82,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..memory import MemoryMLP, MemoryState, initial_state, memory_chunked, memory_read, memory_reference
-from ..memory.architecture import Activation
-from ..modules import GatedRMSNorm, RMSNorm
+from ..dispatch import Backend, MemoryDispatch
+from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_read
+from ..modules import RMSNorm
+from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
 from .attention import Attention, KVCache, attention_mask
-from .base import Backend, kernel_reason, last_sequence_conv, log_once, resolve_kernel_backend
 from .memory_block import (
+    GatedOutput,
     MemoryProjections,
     check_dot_precision,
     check_packed,
-    kernel_packs_in_one_call,
-    memory_kernel_unsupported,
     run_packed_one_by_one,
 )
-
-SUPPORTED_BACKENDS = ("reference", "chunked")
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -159,58 +140,12 @@ class MemoryGates(nn.Module):
         }
 
 
-def _check_backend(owner: str, backend: str) -> None:
-    if backend != "auto" and backend not in (*SUPPORTED_BACKENDS, "triton"):
-        raise ValueError(
-            f"{owner}: backend={backend!r} is not implemented; "
-            f"supported: {['auto', *SUPPORTED_BACKENDS, 'triton']}"
-        )
-
-
-def _run_memory(
-    backend: str,
-    arch: MemoryMLP,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    gates: dict[str, Tensor | None],
-    state: MemoryState | None,
-    chunk_size: int,
-    cu_seqlens: Tensor | None = None,
-    dot_precision: str = "tf32x3",
-) -> tuple[Tensor, MemoryState]:
-    """The memory over ``q, k, v``; with ``cu_seqlens`` (Triton only: the kernel runs the packed
-    sequences in one call) the state returned is the last sequence's. ``dot_precision``: the MLP
-    kernel's matmul operands (the linear kernel's are tf32x3)."""
-    args = (arch, q, k, v, gates["lr"], gates["mom"], gates["keep"], state)
-    if backend == "triton":
-        if arch.depth == 1:
-            from ..kernels.titans_linear_triton import titans_linear_chunked
-
-            y, mem = titans_linear_chunked(*args, chunk_size=chunk_size, cu_seqlens=cu_seqlens)  # type: ignore[arg-type]
-        else:
-            from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-            y, mem = titans_mlp_chunked(
-                *args,  # type: ignore[arg-type]
-                chunk_size=chunk_size,
-                cu_seqlens=cu_seqlens,
-                dot_precision=dot_precision,
-            )
-        log_once(
-            "titans: the memory runs in the Triton kernel for depth %d (matmul operands %s)",
-            arch.depth,
-            dot_precision,
-        )
-        return y, mem[-1] if isinstance(mem, list) else mem
-    fn = memory_reference if backend == "reference" else memory_chunked
-    return fn(*args, chunk_size=chunk_size)  # type: ignore[arg-type]
-
-
-def _memory_arch(
-    num_heads: int, head_dim: int, depth: int, expansion: float, act: str, res: bool, norm: bool
-):
-    return MemoryMLP(num_heads, head_dim, depth, expansion, act, res, norm)  # type: ignore[arg-type]
+def titans_memory_op(owner: str, arch: MemoryMLP, backend: str, chunk_size: int, dot_precision: str):
+    """The Titans memory's dispatch for ``owner``, checked against ``backend``."""
+    op = MemoryDispatch(owner, TITANS_MEMORY, arch, chunk_size=chunk_size, dot_precision=dot_precision)
+    op.check(backend)
+    check_dot_precision(owner, dot_precision, arch)
+    return op
 
 
 @dataclass
@@ -220,7 +155,7 @@ class TitansState:
 
 
 @register_mixer("titans")
-class Titans(nn.Module):
+class Titans(GatedOutput):
     """Titans neural long-term memory (LMM) as a token mixer. See the module docstring for the options."""
 
     def __init__(
@@ -231,11 +166,7 @@ class Titans(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -247,7 +178,6 @@ class Titans(nn.Module):
         _check_positive("titans", chunk_size=chunk_size, head_dim=head_dim, conv_size=conv_size)
         if lr_max < 0:
             raise ValueError(f"titans: lr_max must be >= 0, got {lr_max}")
-        _check_backend("titans", backend)
         self.num_heads, self.head_dim, self.chunk_size, self.backend = (
             num_heads,
             head_dim,
@@ -256,60 +186,29 @@ class Titans(nn.Module):
         )
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
-        self.memory = _memory_arch(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
-        )
-        self.triton_reason = kernel_reason(
-            "titans", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
-        )
-        check_dot_precision("titans", dot_precision, self.memory)
-        self.dot_precision = dot_precision
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
-
-    def _backend(self, device: torch.device) -> str:
-        return resolve_kernel_backend("titans", self.backend, device, self.triton_reason)
-
-    def packs_in_one_call(self, device: torch.device) -> bool:
-        """Whether packed sequences (``cu_seqlens``) run in one kernel call on ``device`` (the Triton
-        backend, with the state on chip) rather than one by one."""
-        return self._backend(device) == "triton" and kernel_packs_in_one_call(self.memory, self.chunk_size)
+        self.memory = memory.build(num_heads, head_dim)
+        self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision)
+        self.init_output(d_model, num_heads, head_dim)
 
     def forward(
         self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        backend = self._backend(x.device)
         if cu_seqlens is not None:
-            if not self.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-            check_packed("titans", x, cu_seqlens, state)  # the kernel runs all sequences in one call
-        B, T, _ = x.shape
+            check_packed("titans", x, cu_seqlens, state)
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        if cu_seqlens is not None:
-            conv = last_sequence_conv(conv, cu_seqlens)
-        gates = self.gates(x)
-        y, mem = _run_memory(
-            backend,
-            self.memory,
+        g = self.gates(x)
+        y, mem = self.op(
+            self.backend,
             qkv["q"],
             qkv["k"],
             qkv["v"],
-            gates,
+            g["lr"],
+            g["mom"],
+            g["keep"],
             None if state is None else state.memory,
-            self.chunk_size,
-            cu_seqlens,
-            self.dot_precision,
+            cu_seqlens=cu_seqlens,
         )
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        y = self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim)
-        return self.out(y), TitansState(conv, mem)
+        return self.output(y, x), TitansState(conv, mem)
 
     def step(self, x: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:
         y, state = self.forward(x[:, None], state)
@@ -377,11 +276,7 @@ class TitansMAG(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -399,11 +294,7 @@ class TitansMAG(nn.Module):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             momentum=momentum,
             forget=forget,
             lr_max=lr_max,
@@ -419,8 +310,6 @@ class TitansMAG(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            if not self.memory.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
             check_packed("titans_mag", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y_mem, mem = self.memory(x, state.memory, cu_seqlens)
@@ -453,11 +342,7 @@ class TitansMAL(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -474,11 +359,7 @@ class TitansMAL(nn.Module):
             head_dim=head_dim,
             chunk_size=chunk_size,
             backend=backend,
-            memory_depth=memory_depth,
-            memory_expansion=memory_expansion,
-            memory_activation=memory_activation,
-            memory_residual=memory_residual,
-            memory_norm=memory_norm,
+            memory=memory,
             momentum=momentum,
             forget=forget,
             lr_max=lr_max,
@@ -491,8 +372,6 @@ class TitansMAL(nn.Module):
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
         if cu_seqlens is not None:
-            if not self.memory.packs_in_one_call(x.device):
-                return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
             check_packed("titans_mal", x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y, mem = self.memory(x, state.memory, cu_seqlens)
@@ -540,11 +419,7 @@ class TitansMAC(nn.Module):
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         momentum: bool = True,
         forget: bool = True,
         lr_max: float = 1.0,
@@ -562,7 +437,6 @@ class TitansMAC(nn.Module):
             )
         if num_persistent < 0:
             raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
-        _check_backend("titans_mac", backend)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
         self.num_persistent = num_persistent
@@ -581,20 +455,8 @@ class TitansMAC(nn.Module):
         # memory written and read with projections of the attention output (Eq. 24-25)
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
-        self.memory = _memory_arch(
-            num_heads,
-            head_dim,
-            memory_depth,
-            memory_expansion,
-            memory_activation,
-            memory_residual,
-            memory_norm,
-        )
-        self.triton_reason = kernel_reason(
-            "titans_mac", backend, memory_kernel_unsupported(self.memory, chunk_size, backend)
-        )
-        check_dot_precision("titans_mac", dot_precision, self.memory)
-        self.dot_precision = dot_precision
+        self.memory = memory.build(num_heads, head_dim)
+        self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)
 
@@ -610,17 +472,16 @@ class TitansMAC(nn.Module):
     ) -> tuple[Tensor, MACState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_kernel_backend("titans_mac", self.backend, x.device, self.triton_reason)
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
         while start < T:
             end = min(T, start + self.segment_size - st.pos % self.segment_size)
-            o, st = self._segment_piece(x[:, start:end], st, backend)
+            o, st = self._segment_piece(x[:, start:end], st)
             outs.append(o)
             start = end
         return torch.cat(outs, 1) if outs else x, st
 
-    def _segment_piece(self, x: Tensor, st: MACState, backend: str) -> tuple[Tensor, MACState]:
+    def _segment_piece(self, x: Tensor, st: MACState) -> tuple[Tensor, MACState]:
         """Tokens that all lie in one segment, continuing from ``st``."""
         B, L, _ = x.shape
         H, Da = self.num_heads, self.attention.head_dim
@@ -648,10 +509,8 @@ class TitansMAC(nn.Module):
         y = self.attention.out(att.reshape(B, L, H * Da))
         # 3. write y into the memory and read it back per token (Eq. 24-25)
         kv, conv_y = self.write(y, st.conv_y)
-        r, mem = _run_memory(
-            backend, self.memory, kv["q"], kv["k"], kv["v"], self.gates(y), st.memory, self.chunk_size,
-            dot_precision=self.dot_precision,
-        )  # fmt: skip
+        g = self.gates(y)
+        r, mem = self.op(self.backend, kv["q"], kv["k"], kv["v"], g["lr"], g["mom"], g["keep"], st.memory)
         o = y * torch.sigmoid(self.r_norm(self.r_out(r.reshape(B, L, -1))))
         pos = st.pos + L
         new = MACState(pos, conv_x, conv_y, mem, st.segment_memory, seg_k, seg_v, h_k, h_v)

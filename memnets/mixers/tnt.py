@@ -1,6 +1,6 @@
 """TNT (Li, Behrouz et al., arXiv 2511.07343 v1, "Improving Chunkwise Training for Test-Time
 Memorization"): one global memory with large chunks plus N local memories that restart from a learnable
-initial state every shard, read with Q-K projected queries. Spec: memory-models.md §5.
+initial state every shard, read with Q-K projected queries. Sections and equations below are the paper's.
 
 Registered mixer ``tnt``. Per token t and head (plain gradient descent on ‖M(k) − v‖², TNT App. D)::
 
@@ -20,7 +20,8 @@ memories or one per memory; ``global_chunk_size`` = C_G; ``lr_max`` bounds the i
 ``lr_max·sigmoid(W x + b)`` (per token and head, one gate per memory). ``global_memory=False`` and
 ``qk_projection=False`` are the paper's ablations (Table 3).
 
-Choices where the paper is silent (spec §9):
+Choices the paper leaves open (per-memory projections, output weighting, the Q-K projection's range and
+normalisation):
 
 * Each memory has its own q/k/v projections, short convs and step-size gate (Fig. 3 draws separate
   boxes per memory); the memories share the head layout and the output norm, gate and projection.
@@ -40,10 +41,10 @@ Choices where the paper is silent (spec §9):
   ``chunk_size`` and by default trains only ``*.mixer.local.*`` (``train.trainable``); see
   configs/lm/tnt-stage2-tiny.yaml.
 * Backends: ``chunked``, ``reference`` and ``triton``: the local memories (whole shards folded into
-  the batch) run in the Titans memory kernels (:mod:`memnets.kernels.titans_mlp_triton` for the
-  default 2-layer memory, :mod:`memnets.kernels.titans_linear_triton` for ``memory_depth=1``) where
+  the batch) run in the Titans memory kernels (:mod:`memnets.kernels.mlp_memory` for the
+  default 2-layer memory, :mod:`memnets.kernels.linear_memory` for ``memory: {depth: 1}``) where
   they apply (``titans``' limits per local chunk size); the global memory (2-layer) runs the MLP
-  kernel's chunk-start-read variant (:func:`~memnets.kernels.titans_mlp_triton.chunk_read_mlp`: large
+  kernel's chunk-start-read variant (:func:`~memnets.memory.kernel_bridge.chunk_read_mlp`: large
   chunks as tiles that keep the key path at the chunk-start weights) when it fits, else the chunked
   PyTorch form (logged, with the reason). ``auto`` picks ``triton`` on CUDA when every local memory
   fits a kernel. ``dot_precision`` sets the MLP kernels' matmul operands (both memories) as for
@@ -53,27 +54,18 @@ Choices where the paper is silent (spec §9):
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..memory import MemoryMLP, MemoryState
-from ..memory.architecture import Activation
-from ..memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
+from ..dispatch import Backend, MemoryDispatch, check_backend
+from ..memory import MemorySpec, MemoryState
 from ..memory.qk_projection import ProjectionNorm
-from ..memory.sharded import ShardState, sharded_memory
-from ..modules import GatedRMSNorm
+from ..memory.sharded import ShardState
+from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
-from .base import BACKENDS, Backend, kernel_reason, log_once, resolve_kernel_backend
-from .memory_block import (
-    MemoryProjections,
-    check_dot_precision,
-    memory_kernel_unsupported,
-    run_packed_one_by_one,
-)
+from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, run_packed_one_by_one
 
 
 class TNTMemory(nn.Module):
@@ -88,7 +80,7 @@ class TNTMemory(nn.Module):
         head_dim: int,
         conv_size: int,
         lr_max: float,
-        arch: dict,
+        spec: MemorySpec,
     ) -> None:
         super().__init__()
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
@@ -97,7 +89,7 @@ class TNTMemory(nn.Module):
         with torch.no_grad():
             self.lr_proj.weight.normal_(std=0.1 * d_model**-0.5)
             self.lr_proj.bias.zero_()
-        self.memory = MemoryMLP(num_heads, head_dim, **arch)
+        self.memory = spec.build(num_heads, head_dim)
 
     def forward(
         self, x: Tensor, conv: dict[str, Tensor] | None
@@ -105,18 +97,6 @@ class TNTMemory(nn.Module):
         qkv, conv = self.inputs(x, conv)
         raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
-
-
-def _kernel(arch: MemoryMLP, dot_precision: str) -> Callable[..., tuple[Tensor, MemoryState]]:
-    """The Titans memory kernel for a local memory (depth 1: linear, depth 2: MLP with
-    ``dot_precision``)."""
-    if arch.depth == 1:
-        from ..kernels.titans_linear_triton import titans_linear_chunked
-
-        return titans_linear_chunked
-    from ..kernels.titans_mlp_triton import titans_mlp_chunked
-
-    return functools.partial(titans_mlp_chunked, dot_precision=dot_precision)
 
 
 @dataclass
@@ -140,7 +120,7 @@ def _sizes(name: str, value: int | tuple[int, ...], n: int | None) -> tuple[int,
 
 
 @register_mixer("tnt")
-class TNT(nn.Module):
+class TNT(GatedOutput):
     """TNT hierarchical memory: global (large chunks) + local memories (resets, Q-K projection)."""
 
     def __init__(
@@ -156,11 +136,7 @@ class TNT(nn.Module):
         qk_projection: bool = True,
         qk_norm: ProjectionNorm = "l2",
         backend: Backend = "auto",
-        memory_depth: int = 2,
-        memory_expansion: float = 4.0,
-        memory_activation: Activation = "gelu",
-        memory_residual: bool = True,
-        memory_norm: bool = True,
+        memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
@@ -176,33 +152,41 @@ class TNT(nn.Module):
         self.num_heads, self.head_dim, self.backend = num_heads, head_dim, backend
         self.global_chunk_size = global_chunk_size
         self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
-        arch = {
-            "depth": memory_depth,
-            "expansion": memory_expansion,
-            "activation": memory_activation,
-            "residual": memory_residual,
-            "layer_norm": memory_norm,
-        }
 
-        def memory() -> TNTMemory:
-            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, arch)
+        def block() -> TNTMemory:
+            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, memory)
 
-        self.glob = memory() if global_memory else None
-        self.local = nn.ModuleList(memory() for _ in self.chunk_sizes)
+        self.glob = block() if global_memory else None
+        self.local = nn.ModuleList(block() for _ in self.chunk_sizes)
         check_dot_precision("tnt", dot_precision, self.local[0].memory)
-        self.dot_precision = dot_precision
-        reasons = [
-            memory_kernel_unsupported(mem.memory, c, backend)
-            for mem, c in zip(self.local, self.chunk_sizes, strict=True)
+        check_backend("tnt", backend)
+        self.local_ops = [
+            MemoryDispatch(
+                "tnt",
+                SHARDED_MEMORY,
+                mem.memory,
+                part=f"local memory {i}",
+                chunk_size=c,
+                shard_size=s,
+                projection=self.qk_norm,
+                dot_precision=dot_precision,
+            )
+            for i, (mem, c, s) in enumerate(zip(self.local, self.chunk_sizes, self.shard_sizes, strict=True))
         ]
-        reason = next((f"local memory {i}: {r}" for i, r in enumerate(reasons) if r), None)
-        self.triton_reason = kernel_reason("tnt", backend, reason)
-        self.global_reason = self._global_kernel_unsupported()  # the global memory's own kernel
-        if backend not in BACKENDS:
-            raise ValueError(f"tnt: backend={backend!r} is not one of {list(BACKENDS)}")
-        self.gate = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.norm = GatedRMSNorm(head_dim)
-        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        for op in self.local_ops:
+            op.check(backend)
+        self.glob_op = None
+        if self.glob is not None:
+            self.glob_op = MemoryDispatch(
+                "tnt",
+                CHUNK_READ_MEMORY,
+                self.glob.memory,
+                part="global memory",
+                optional_kernel=True,  # backend="triton" asks for the local memories' kernels
+                chunk_size=global_chunk_size,
+                dot_precision=dot_precision,
+            )
+        self.init_output(d_model, num_heads, head_dim)
 
     def extra_repr(self) -> str:
         return (
@@ -215,8 +199,6 @@ class TNT(nn.Module):
     ) -> tuple[Tensor, TNTState]:
         if cu_seqlens is not None:
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
-        backend = resolve_kernel_backend("tnt", self.backend, x.device, self.triton_reason)
-        B, T, _ = x.shape
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
         convs = state.conv if state is not None else [None] * len(mems)
         new_conv, y = [], None
@@ -224,63 +206,19 @@ class TNT(nn.Module):
         if self.glob is not None:
             q, k, v, lr, c = self.glob(x, convs[0])
             new_conv.append(c)
-            fn = chunk_read_memory_reference if backend == "reference" else chunk_read_memory
-            if backend == "triton":
-                if self.global_reason is None:
-                    from ..kernels.titans_mlp_triton import chunk_read_mlp
-
-                    fn = functools.partial(chunk_read_mlp, dot_precision=self.dot_precision)
-                    log_once("tnt: local and global memories run in the Triton kernels")
-                else:
-                    log_once(
-                        "tnt: local memories run in the Triton kernels; the global memory runs the chunked "
-                        "engine (the kernel does not cover %s)",
-                        self.global_reason,
-                    )
-            y, glob_state = fn(
-                self.glob.memory,
-                q,
-                k,
-                v,
-                lr,
-                None if state is None else state.glob,
-                chunk_size=self.global_chunk_size,
+            y, glob_state = self.glob_op(  # type: ignore[misc]
+                self.backend, q, k, v, lr, None if state is None else state.glob
             )
         local_states = []
         offset = len(mems) - len(self.local)
         for i, mem in enumerate(self.local):
             q, k, v, lr, c = mem(x, convs[offset + i])
             new_conv.append(c)
-            yl, st = sharded_memory(
-                mem.memory,
-                q,
-                k,
-                v,
-                lr,
-                None if state is None else state.local[i],
-                chunk_size=self.chunk_sizes[i],
-                shard_size=self.shard_sizes[i],
-                projection=self.qk_norm,
-                backend="reference" if backend == "reference" else "chunked",
-                run=_kernel(mem.memory, self.dot_precision) if backend == "triton" else None,
-            )
+            yl, st = self.local_ops[i](self.backend, q, k, v, lr, None if state is None else state.local[i])
             local_states.append(st)
             y = yl if y is None else y + yl
-        gate = self.gate(x).view(B, T, self.num_heads, self.head_dim)
-        out = self.out(self.norm(y, gate).reshape(B, T, self.num_heads * self.head_dim))
+        out = self.output(y, x)
         return out, TNTState(new_conv, glob_state, local_states)
-
-    def _global_kernel_unsupported(self) -> str | None:
-        if self.glob is None:
-            return None
-        arch = self.glob.memory
-        if arch.depth != 2:
-            return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
-        try:
-            from ..kernels import titans_mlp_triton
-        except ImportError as e:
-            return f"Triton is not importable ({e})"
-        return titans_mlp_triton.supports(arch, None, self.global_chunk_size, no_wide="chunk-start reads")
 
     def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
         y, state = self.forward(x[:, None], state)

@@ -16,7 +16,8 @@ import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
 from memnets.testing import assert_close, nan_allocations
 
-triton_linear = pytest.importorskip("memnets.kernels.titans_linear_triton")
+triton_linear = pytest.importorskip("memnets.memory.kernel_bridge")
+linear_memory = pytest.importorskip("memnets.kernels.linear_memory")
 
 H, D = 2, 16
 
@@ -147,7 +148,7 @@ def _linear_titans(backend: str, name: str = "titans", **opts):
     torch.manual_seed(0)
     if name == "titans_mac":
         opts["segment_size"] = 32
-    opts = {"memory_depth": 1, "memory_norm": False, **opts}
+    opts = {"memory": {"depth": 1, "norm": False}, **opts}
     return memnets.build_mixer(name, d_model=32, num_heads=2, chunk_size=16, backend=backend, **opts)
 
 
@@ -176,14 +177,13 @@ def test_mixer_triton_decode_equals_forward():
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support a memory LayerNorm"):
-        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=1, backend="triton")
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 1}, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support chunk_size 4"):
         memnets.build_mixer(
             "titans",
             d_model=32,
             num_heads=2,
-            memory_depth=1,
-            memory_norm=False,
+            memory={"depth": 1, "norm": False},
             chunk_size=4,
             backend="triton",
         )
@@ -226,7 +226,7 @@ def test_custom_op_opcheck(momentum):
         L,
     )
     torch.library.opcheck(
-        triton_linear.titans_linear_fwd,
+        linear_memory.linear_memory_fwd,
         args,
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
@@ -234,14 +234,14 @@ def test_custom_op_opcheck(momentum):
     cotangents = (torch.randn(T, H, D), square, square if momentum else torch.zeros(0), square)
     bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]), *cotangents, L)
     torch.library.opcheck(
-        triton_linear.titans_linear_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
+        linear_memory.linear_memory_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
     )
 
 
 def test_shared_memory_limit_raises():
     """D=128 with chunk 64 needs more shared memory than an H100 has (measured on the sm_90 compile)."""
     arch = MemoryMLP(1, 128, depth=1, layer_norm=False)
-    assert triton_linear.supports(arch, chunk_size=32) is None
+    assert triton_linear.supports_linear(arch, chunk_size=32) is None
     x = torch.randn(1, 4, 1, 128)
     with pytest.raises(ValueError, match="head dim 128 with chunk_size 64"):
         triton_linear.titans_linear_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
@@ -398,8 +398,8 @@ def test_mixer_triton_packed_equals_chunked(name, lengths, depth):
     backend='chunked' runs them one by one: same output, input and parameter gradients, and the same
     (last sequence's) state: memory, conv and, for the hybrids, a sliding window's KV cache."""
     opts = {"window": 4, "num_persistent": 2} if name != "titans" else {}
-    if depth == 2:  # small inner steps: a well-conditioned comparison (tests/test_titans_mlp_triton.py)
-        opts.update(memory_depth=2, memory_norm=True, lr_max=0.02)
+    if depth == 2:  # small inner steps: a well-conditioned comparison (tests/test_mlp_memory.py)
+        opts.update(memory={"depth": 2, "norm": True}, lr_max=0.02)
     chunked, fast = _linear_titans("chunked", name, **opts), _linear_titans("triton", name, **opts)
     fast.load_state_dict(chunked.state_dict())
     T = sum(lengths)

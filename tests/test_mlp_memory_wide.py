@@ -9,18 +9,19 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
-import test_titans_mlp_triton as base  # the whole-state kernels' tests: same problems and harness
+import test_mlp_memory as base  # the whole-state kernels' tests: same problems and harness
 import torch
 from mixer_checks import assert_all_close, forward_backward
-from test_titans_mlp_triton import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
+from test_mlp_memory import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 import memnets
 from memnets.memory import MemoryMLP, memory_chunked
 from memnets.memory.miras import HuberBias, LpBias
 from memnets.testing import assert_close, nan_allocations
 
-triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
-wide = pytest.importorskip("memnets.kernels.titans_mlp_wide_triton")
+triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
+mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")
+ops = pytest.importorskip("memnets.kernels.mlp_memory.ops")
 
 H, D = base.H, base.D  # hidden width 4 D = 64
 
@@ -28,13 +29,14 @@ H, D = base.H, base.D  # hidden width 4 D = 64
 def _spy_hidden_blocks(monkeypatch) -> list[int]:
     """Record the hidden block of every call of the wide forward op, which still runs."""
     calls = []
-    op = wide.titans_mlp_wide_fwd
+    op = ops.mlp_memory_wide_fwd
+    n_scalars = len(mlp_memory.LaunchConfig._fields)
 
     def spy(*args):
-        calls.append(args[-2])  # the hidden block (then the dot precision)
+        calls.append(mlp_memory.LaunchConfig(*args[-n_scalars:]).hidden_block)
         return op(*args)
 
-    monkeypatch.setattr(wide, "titans_mlp_wide_fwd", spy)
+    monkeypatch.setattr(ops, "mlp_memory_wide_fwd", spy)
     return calls
 
 
@@ -126,21 +128,21 @@ def test_too_large_state_runs_wide_kernels(monkeypatch):
     with the default hidden block (here 3 blocks of 32, the last one half masked)."""
     assert (
         triton_mlp.on_chip_state_too_large(D, 80, 37)
-        and triton_mlp.supports(base._arch(True, "gelu", True, 80), chunk_size=37) is None
+        and triton_mlp.supports_mlp(base._arch(True, "gelu", True, 80), chunk_size=37) is None
     )
     calls = _spy_hidden_blocks(monkeypatch)
     _compare(45, 37, None, residual=True, layer_norm=True, hidden=80)
-    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+    assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
 
 
 def test_head_dim_beyond_wide_limit_refused():
     """Limits from scripts/check_kernels_compile.py: head dim 128 fits chunk tiles of 16 and 32 rows,
     64 fits 64 rows; beyond, supports names the reason and the kernel refuses to run."""
-    assert "head dims <= 128" in triton_mlp.supports(MemoryMLP(1, 256, depth=2), chunk_size=16)
+    assert "head dims <= 128" in triton_mlp.supports_mlp(MemoryMLP(1, 256, depth=2), chunk_size=16)
     arch = MemoryMLP(1, 128, depth=2)
-    assert triton_mlp.supports(arch, chunk_size=32) is None
-    assert "head dim 128 at chunk_size 33" in triton_mlp.supports(arch, chunk_size=33)
-    assert triton_mlp.supports(MemoryMLP(1, 64, depth=2), chunk_size=64) is None
+    assert triton_mlp.supports_mlp(arch, chunk_size=32) is None
+    assert "head dim 128 at chunk_size 33" in triton_mlp.supports_mlp(arch, chunk_size=33)
+    assert triton_mlp.supports_mlp(MemoryMLP(1, 64, depth=2), chunk_size=64) is None
     x = torch.randn(1, 4, 1, 128)
     with pytest.raises(ValueError, match="unsupported configuration: head dim 128 at chunk_size 64"):
         triton_mlp.titans_mlp_chunked(arch, x, x, x, torch.rand(1, 4, 1), chunk_size=64)
@@ -170,8 +172,9 @@ def test_equals_whole_state_kernel_float16():
 @pytest.mark.parametrize("momentum", [True, False])
 def test_custom_op_opcheck(momentum):
     """Schema, fake (meta) implementation and autograd registration of the wide custom ops."""
-    config = (16, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 32, 0)  # ..., hidden block, dot precision
-    base.opcheck_ops(wide.titans_mlp_wide_fwd, wide.titans_mlp_wide_bwd, base.op_tensors(momentum), config)
+    tensors = (*base.op_tensors(momentum), None, None)  # not packed
+    config = base.op_config(hidden_block=32)
+    base.opcheck_ops(ops.mlp_memory_wide_fwd, ops.mlp_memory_wide_bwd, tensors, config)
 
 
 def test_bad_hidden_block_raises():
@@ -189,7 +192,7 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     x = torch.randn(1, 19, 64)
     with nan_allocations():
         out = forward_backward(fast, x)
-    assert calls == [wide.DEFAULT_HIDDEN_BLOCK]
+    assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
     assert_all_close(forward_backward(chunked, x), out)
 
 
@@ -197,14 +200,14 @@ def test_auto_leaves_wide_kernels_until_checked_on_a_gpu(monkeypatch, caplog):
     """backend='auto' on a device where kernels could run does not pick the wide-state kernels while
     WIDE_IN_AUTO is off (their barrier-ordered in-place updates are not testable in the interpreter):
     the memory runs the chunked engine and the log says why; backend='triton' runs them."""
-    from memnets.mixers import base as mixer_base
+    from memnets import dispatch
 
-    monkeypatch.setattr(mixer_base, "triton_available", lambda device: True)
-    monkeypatch.setattr(mixer_base, "_announced", set())
+    monkeypatch.setattr(dispatch, "triton_available", lambda device: True)
+    monkeypatch.setattr(dispatch, "_announced", set())
     assert not triton_mlp.WIDE_IN_AUTO
     mixer = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="auto")  # head dim 64
-    with caplog.at_level("INFO", logger=mixer_base.log.name):
-        assert mixer._backend(torch.device("cpu")) == "chunked"
+    with caplog.at_level("INFO", logger=dispatch.log.name):
+        assert mixer.op.backend(mixer.backend, torch.device("cpu")) == "chunked"
     assert "the wide-state kernels do not run under backend='auto' until checked on a GPU" in caplog.text
     explicit = memnets.build_mixer("titans", d_model=128, num_heads=2, backend="triton")
-    assert explicit._backend(torch.device("cpu")) == "triton"
+    assert explicit.op.backend(explicit.backend, torch.device("cpu")) == "triton"

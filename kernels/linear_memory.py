@@ -1,19 +1,20 @@
-"""Triton kernels for the memory engine's chunked form with a LINEAR memory and the L2 bias (Titans LMM
-with ``memory_depth=1``), forward and backward.
+"""Triton kernels of the chunked update of a LINEAR memory with the ℓ2 bias (Titans' LMM with
+``memory: {depth: 1}``, arXiv 2501.00663 §3.1-3.2), forward and backward.
 
 Semantics are exactly those of :func:`memnets.memory.memory_chunked` for ``MemoryMLP(depth=1)`` without
 LayerNorm (with or without the residual), ``bias=L2Bias()``, per-token per-head ``lr`` (Titans θ_t),
 optional ``mom`` (η_t) and ``keep`` (1 − α_t). Per chunk of L tokens of one (sequence, head), with
 chunk-start weights W0 and momentum S0 ``[D, D]`` (row form, ``M(x) = x W``)::
 
-    Δ      = 2 (K W0 − V)                                   dℓ/dpred at the chunk-start weights (Eq. 12)
-    Y      = β ⊙ (Q W0) + f ⊙ (Q S0) − ((Q Kᵀ) ⊙ G) Δ        every token read with its own W_t (spec 1.5)
+    Δ      = 2 (K W0 − V)                                   dℓ/dpred at the chunk-start weights (Titans Eq. 12)
+    Y      = β ⊙ (Q W0) + f ⊙ (Q S0) − ((Q Kᵀ) ⊙ G) Δ        every token read with its own W_t
     W_end  = β_L W0 + f_L S0 − Kᵀ (G[L, :]ᵀ ⊙ Δ)        index L = the chunk's last token
     S_end  = m_end S0 − Kᵀ (s_coef ⊙ Δ)
 
 u_j = k_jᵀ Δ_j is token j's inner gradient, so the chunk is linear attention with a two-state carry
-(W, S). The coefficients β, f, G, m_end, s_coef are those of :func:`memnets.memory.chunk_coefficients`
-(spec 1.4, built from segment sums of log-gates, all in [0, 1]); they are computed in PyTorch on the
+(W, S) (the dual form of TTT, arXiv 2407.04620 §2.5, with Titans' momentum and decay, §3.1 Eq. 13-14).
+The coefficients β, f, G, m_end, s_coef are those of :func:`memnets.memory.chunk_coefficients`
+(segment sums of log-gates, all in [0, 1]); the caller (``memnets.memory.kernel_bridge``) computes them are computed in PyTorch on the
 gates gathered into whole chunks per sequence (padding past a sequence's end: lr = 0, keep = mom = 1,
 so m_end and s_coef are those of the last real token; the kernels take β, f and G's row at the tail
 chunk's last real token) and autograd takes their gradients back to lr, mom and keep. The kernels take
@@ -39,11 +40,11 @@ A linear memory's residual (``M(x) = x + x W``) is handled outside the kernels: 
 recurrence with target ``v − k`` and output ``q + y``. The tail chunk of every sequence is masked in
 the kernels (q, k, v loaded as 0 past its end, stores masked).
 
-Both passes are ``torch.library`` custom ops (``memnets::titans_linear_fwd`` / ``_bwd``) with fake
+Both passes are ``torch.library`` custom ops (``memnets::linear_memory_fwd`` / ``_bwd``) with fake
 implementations (``torch.compile`` traces around them); ``register_autograd`` ties them together.
 
-Performance is untuned (written without a GPU): one program per (batch, head) holds full D x D tiles
-(D <= 128), dots run in tf32x3, no autotuning.
+One program per (sequence, head) holds full D x D tiles (D <= 128), dots run in tf32x3, no autotuning;
+timings in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -51,17 +52,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from memnets.kernels.packing import chunk_layout, sequence_lengths, sequence_states, tile_gate
 from torch import Tensor
 
-from memnets.memory import (
-    L2Bias,
-    MemoryMLP,
-    MemoryState,
-    check_inputs,
-    chunk_coefficients,
-    finish_chunk_then,
-)
+from .specs import MemorySpec
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
@@ -352,8 +345,8 @@ def _forward(
     return y, w_final, s_final, w_anchor, w_chunks, s_chunks
 
 
-@torch.library.custom_op("memnets::titans_linear_fwd", mutates_args=())
-def titans_linear_fwd(
+@torch.library.custom_op("memnets::linear_memory_fwd", mutates_args=())
+def linear_memory_fwd(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -379,7 +372,7 @@ def titans_linear_fwd(
     return y, w_final, s_final, w_anchor
 
 
-@titans_linear_fwd.register_fake
+@linear_memory_fwd.register_fake
 def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size):
     return (
         w_init.new_empty(q.shape),
@@ -389,8 +382,8 @@ def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offs
     )
 
 
-@torch.library.custom_op("memnets::titans_linear_bwd", mutates_args=())
-def titans_linear_bwd(
+@torch.library.custom_op("memnets::linear_memory_bwd", mutates_args=())
+def linear_memory_bwd(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -409,7 +402,7 @@ def titans_linear_bwd(
     dw_anchor: Tensor,
     chunk_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`titans_linear_fwd`
+    """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`linear_memory_fwd`
     (empty for the momentum ones without momentum)."""
     L = chunk_size
     _, H, D = q.shape
@@ -463,7 +456,7 @@ def titans_linear_bwd(
     return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init
 
 
-@titans_linear_bwd.register_fake
+@linear_memory_bwd.register_fake
 def _(
     q,
     k,
@@ -501,7 +494,7 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
     def cot(t: Tensor | None, like: Tensor) -> Tensor:
         return torch.zeros_like(like) if t is None else t.contiguous()
 
-    grads = titans_linear_bwd(
+    grads = linear_memory_bwd(
         q,
         k,
         v,
@@ -526,125 +519,73 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
     return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None, None, None
 
 
-torch.library.register_autograd("memnets::titans_linear_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("memnets::linear_memory_fwd", _backward, setup_context=_setup_context)
 
 
-def supports(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
-    """``None`` when the kernel covers this memory, bias and chunk size, else the reason it does not."""
+def supports(memory: MemorySpec, chunk_size: int | None = None) -> str | None:
+    """``None`` when the kernel covers this memory (with the ℓ2 bias) and chunk size, else the reason."""
     if chunk_size is not None and chunk_size not in CHUNK_SIZES:
         return f"chunk_size {chunk_size} (the Triton kernel covers chunk sizes {list(CHUNK_SIZES)})"
-    if arch.depth != 1:
-        return f"memory depth {arch.depth} (the Triton kernel covers the linear memory, depth 1)"
-    if arch.layer_norm:
+    if memory.depth != 1:
+        return f"memory depth {memory.depth} (the Triton kernel covers the linear memory, depth 1)"
+    if memory.layer_norm:
         return "a memory LayerNorm (the Triton kernel covers the linear memory without LayerNorm)"
-    if bias is not None and not isinstance(bias, L2Bias):
-        return f"attentional bias {bias!r} (the Triton kernel covers L2Bias only)"
-    if arch.dim > MAX_DIM:
-        return f"head dim {arch.dim} (the Triton kernel covers head dims up to {MAX_DIM})"
-    if chunk_size is not None and arch.dim > MAX_DIM_FOR_CHUNK[chunk_size]:
+    if memory.d_out > MAX_DIM:
+        return f"head dim {memory.d_out} (the Triton kernel covers head dims up to {MAX_DIM})"
+    if chunk_size is not None and memory.d_out > MAX_DIM_FOR_CHUNK[chunk_size]:
         return (
-            f"head dim {arch.dim} with chunk_size {chunk_size} (its backward exceeds the GPU's shared "
+            f"head dim {memory.d_out} with chunk_size {chunk_size} (its backward exceeds the GPU's shared "
             f"memory; use a smaller chunk size or head dim <= {MAX_DIM_FOR_CHUNK[chunk_size]})"
         )
-    if arch.init_weights[0].dtype != torch.float32:
-        return f"memory dtype {arch.init_weights[0].dtype} (the Triton kernel runs in float32)"
+    if memory.dtype != torch.float32:
+        return f"memory dtype {memory.dtype} (the Triton kernel runs in float32)"
     return None
 
 
-def titans_linear_chunked(
-    arch: MemoryMLP,
+def linear_memory_chunked(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    lr: Tensor,
-    mom: Tensor | None = None,
-    keep: Tensor | None = None,
-    state: MemoryState | None = None,
-    *,
-    chunk_size: int = 16,
-    cu_seqlens: Tensor | None = None,
-) -> tuple[Tensor, MemoryState | list[MemoryState]]:
-    """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size)`` with
-    the L2 bias, for a linear ``arch`` (depth 1, no LayerNorm, residual allowed). Same shapes and
-    state: ``q, k, v [B, T, H, D]``, gates ``[B, T, H]``; returns ``y`` in ``q``'s dtype and the
-    :class:`MemoryState` after the last token (float32).
+    beta: Tensor,
+    f: Tensor | None,
+    G: Tensor,
+    m_end: Tensor | None,
+    s_coef: Tensor | None,
+    w_init: Tensor,
+    s_init: Tensor | None,
+    cu_seqlens: Tensor,
+    chunk_offsets: Tensor,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """The chunked update of a linear memory, forward and (through autograd) backward.
 
-    ``cu_seqlens`` (``[N + 1]`` int32/int64 offsets, B = 1) packs N independent sequences: each starts
-    from its own state (``state`` holds ``[N, H, D, D]`` weights and momentum at a chunk boundary;
-    default the learned initial weights) and its chunks restart at its first token, so the result is
-    ``memory_chunked`` run on every sequence alone. The state returned is then the list of the N
-    sequences' final states (each ``[1, H, D, D]``, continuing its sequence exactly)."""
-    reason = supports(arch, chunk_size=chunk_size if chunk_size in CHUNK_SIZES else None)
-    if reason is not None:
-        raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"titans_linear_chunked: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
-    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, "titans_linear_chunked")
-    lengths = sequence_lengths("titans_linear_chunked", q, cu_seqlens)
-    if state is not None and state.offset > 0:
-        if cu_seqlens is not None:
-            raise ValueError(
-                f"titans_linear_chunked: with cu_seqlens the state must be at a chunk boundary, got "
-                f"offset {state.offset}"
-            )
-        return finish_chunk_then(
-            titans_linear_chunked, arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size
-        )
-    B, T, H, D = q.shape
-    N = len(lengths)
-    if state is None:
-        w_init = arch.init_weights[0][None].expand(N, H, D, D)
-        s_init = torch.zeros(N, H, D, D, device=q.device) if mom is not None else None
-    else:
-        w_init = state.weights[0]
-        s_init = None if state.momentum is None else state.momentum[0]
-        if tuple(w_init.shape) != (N, H, D, D):
-            raise ValueError(
-                f"titans_linear_chunked: the state's weights must have shape {[N, H, D, D]} (one per "
-                f"{'packed ' if cu_seqlens is not None else ''}sequence), got {tuple(w_init.shape)}"
-            )
-    w_init = w_init.float().contiguous()
-    s_init = None if s_init is None else s_init.float().contiguous()
-    L = chunk_size
-    if T == 0:
-        y, w_final, s_final, w_anchor = q.new_zeros(q.shape), w_init, s_init, w_init
-    else:
-        cu, chunk_offsets, index = chunk_layout(lengths, L, q.device)
-        with torch.autocast(q.device.type, enabled=False):
+    Args:
+        q, k, v: packed ``[T, H, D]`` holding N sequences (``cu_seqlens [N + 1]``; sequence n's chunks
+            start at packed chunk ``chunk_offsets[n]``, see :func:`memnets.kernels.packing.chunk_layout`).
+        beta, f, G, m_end, s_coef: the coefficients ``[H, NC, L(, L)]`` float32 over the NC packed
+            chunks (f, m_end, s_coef ``None`` without momentum).
+        w_init, s_init: each sequence's state ``[N, H, D, D]`` float32 (``s_init`` ``None`` without
+            momentum).
+        chunk_size: L, one of ``CHUNK_SIZES``.
 
-            def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L]
-                return tile_gate(x.reshape(B * T, H).t(), index, log)
-
-            c = chunk_coefficients(
-                gate(lr, False),
-                None if keep is None else gate(keep, True),
-                None if mom is None else gate(mom, True),
-            )
-            dtype = q.dtype
-            if arch.residual:
-                v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
-            q, k, v = (t.reshape(B * T, H, D).contiguous() for t in (q, k.to(dtype), v))
-            dummy = c.beta.new_zeros(0)
-            y, w_final, s_final, w_anchor = titans_linear_fwd(
-                q,
-                k,
-                v,
-                c.beta.contiguous(),
-                dummy if c.f is None else c.f.contiguous(),
-                c.G.contiguous(),
-                dummy if c.m_end is None else c.m_end.contiguous(),
-                dummy if c.s_coef is None else c.s_coef.contiguous(),
-                w_init,
-                s_init,
-                cu,
-                chunk_offsets,
-                L,
-            )
-            if arch.residual:
-                y = y + q.float()
-            y = y.to(dtype).reshape(B, T, H, D)
-
-    momentum = None if s_init is None else (s_final,)
-    if cu_seqlens is None:
-        return y, MemoryState((w_final,), momentum, (w_anchor,) if T % L else None, T % L)
-    return y, sequence_states((w_final,), momentum, (w_anchor,), lengths, L)
+    Returns:
+        ``y`` float32 ``[T, H, D]``, the final weights and momentum (``None`` without momentum), and
+        each sequence's last chunk's start weights (its initial weights if it is empty).
+    """
+    dummy = beta.new_zeros(0)
+    y, w_final, s_final, w_anchor = linear_memory_fwd(
+        q,
+        k,
+        v,
+        beta.contiguous(),
+        dummy if f is None else f.contiguous(),
+        G.contiguous(),
+        dummy if m_end is None else m_end.contiguous(),
+        dummy if s_coef is None else s_coef.contiguous(),
+        w_init,
+        s_init,
+        cu_seqlens,
+        chunk_offsets,
+        chunk_size,
+    )
+    return y, w_final, None if s_init is None else s_final, w_anchor

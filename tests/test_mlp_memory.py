@@ -4,8 +4,8 @@ sizes, with and without momentum and decay, residual on and off, each activation
 
 On CPU the kernels run in Triton's interpreter. On a GPU the same tests run the compiled kernels:
 
-    MEMNETS_KERNEL_TEST_DEVICE=cuda TRITON_INTERPRET=0 pytest tests/test_titans_mlp_triton.py \
-        tests/test_titans_mlp_wide_triton.py
+    MEMNETS_KERNEL_TEST_DEVICE=cuda TRITON_INTERPRET=0 pytest tests/test_mlp_memory.py \
+        tests/test_mlp_memory_wide.py
 
 (every tensor and module is then made on that device; the bfloat16-operand test runs only there)."""
 
@@ -26,7 +26,9 @@ from memnets.memory.miras import HuberBias, LpBias
 from memnets.memory.omega import OmegaState, omega_chunked
 from memnets.testing import RATIO, assert_close, nan_allocations
 
-triton_mlp = pytest.importorskip("memnets.kernels.titans_mlp_triton")
+triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
+mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")
+ops = pytest.importorskip("memnets.kernels.mlp_memory.ops")
 
 H, D = 2, 16
 DEVICE = torch.device(os.environ.get("MEMNETS_KERNEL_TEST_DEVICE", "cpu"))
@@ -215,7 +217,7 @@ def test_chunks_larger_than_a_tile(T, chunk_size, gates):
 def test_chunk_split_into_tiles_with_bias_and_carry():
     """A state that does not fit a 64-row tile splits chunk 64 into 2 tiles of 32; the sequence is
     fed in two calls, the first ending inside a tile of the second chunk."""
-    assert triton_mlp._tile(64, 32 * 128) == 32
+    assert mlp_memory.tile(64, 32 * 128) == 32
     _compare(90, 128, split=75, bias=HuberBias(mode="norm"), residual=True)
 
 
@@ -645,9 +647,10 @@ def test_bad_chunk_size_and_missing_bias_params_raise():
     # 32 x 128 fits the GPU's shared memory with tiles up to 32 rows, 16 x 64 with 64: chunk 64 runs
     # as 2 tiles of 32; chunk 37 (prime) has no tile of 8..32 rows and runs the wide-state kernels
     wide = MemoryMLP(H, 32, depth=2, layer_norm=False)
-    assert triton_mlp.supports(wide, chunk_size=64) is None
+    assert triton_mlp.supports_mlp(wide, chunk_size=64) is None
     assert (
-        triton_mlp.on_chip_state_too_large(32, 128, 37) and triton_mlp.supports(wide, chunk_size=37) is None
+        triton_mlp.on_chip_state_too_large(32, 128, 37)
+        and triton_mlp.supports_mlp(wide, chunk_size=37) is None
     )
     with pytest.raises(ValueError, match="chunk_size 37 with head dim 32 and hidden width 128"):
         triton_mlp.chunk_read_mlp(wide, *(torch.randn(1, 4, H, 32),) * 3, torch.rand(1, 4, H), chunk_size=37)
@@ -711,6 +714,17 @@ def op_tensors(momentum: bool, prefix: int = 0, carried: int = 0) -> tuple:
     )
 
 
+def op_config(**changes) -> tuple:
+    """The custom ops' scalars for :func:`op_tensors`' problem: tiles of 16, GELU, L2 bias, the
+    residual, one tile per chunk, two tiles in all, float32 operands (``changes`` override fields)."""
+    config = mlp_memory.LaunchConfig(
+        tile=16, activation=0, bias_kind=0, p=2.0, eps=0.0, sharpness=0.0, ln_eps=1e-5, residual=True,
+        tiles_per_chunk=1, read_start=False, checkpoint_every=2, prefix=0, max_tiles=2, dot_precision=0,
+        hidden_block=0,
+    )  # fmt: skip
+    return tuple(config._replace(**changes))
+
+
 def opcheck_ops(fwd, bwd, tensors: tuple, config: tuple, saved: slice | None = None) -> None:
     """``torch.library.opcheck`` of a forward op (schema, fake implementation, autograd registration)
     and of its backward op on random cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor); the
@@ -741,11 +755,8 @@ def test_custom_op_opcheck(momentum):
     an Omega window of 3, k and v leading with 2 carried rows)."""
     P = 2 if momentum else 0
     tensors = (*op_tensors(momentum, prefix=P, carried=P), None, None)  # not packed
-    # tile, activation, bias kind, p, eps, sharpness, ln eps, residual, tiles per chunk, reads at
-    # chunk start, tiles per checkpoint segment (1: both tiles are segments), Omega prefix rows,
-    # tiles of the longest sequence, dot precision
-    config = (16, 0, 0, 2.0, 0.0, 0.0, 1e-5, True, 1, False, 1, P, 2, 0)
-    opcheck_ops(triton_mlp.titans_mlp_fwd, triton_mlp.titans_mlp_bwd, tensors, config, slice(7, None))
+    config = op_config(checkpoint_every=1, prefix=P)  # 1 tile per checkpoint segment: both are segments
+    opcheck_ops(ops.mlp_memory_fwd, ops.mlp_memory_bwd, tensors, config, slice(7, None))
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -849,7 +860,15 @@ def test_omeganet_triton_packed_equals_chunked(monkeypatch, options, lengths):
     with nan_allocations():
         out = forward_backward(fast, x, cu_seqlens=cu)
     assert len(calls) == 1 and torch.equal(calls[0][1]["cu_seqlens"], cu)
-    assert_all_close(forward_backward(chunked, x, cu_seqlens=cu), out)
+    # Both runs are float32, and RATIO[float32] bounds each one's error against the exact (float64)
+    # result, so by the triangle inequality the two may differ by up to twice that. The gate bias
+    # gradient is the worst case: a sum over all 39 tokens of terms of both signs, each carried back
+    # through the whole Omega-window recurrence. Against a float64 engine run (float32 cotangents) the
+    # engine is 8.2e-6 off here and the kernel 5.8e-6, in opposite directions: 1.4e-5 apart.
+    ref = forward_backward(chunked, x, cu_seqlens=cu)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        assert_close(name, ref[name], out[name], ratio=2 * RATIO[torch.float32])
     with pytest.raises(ValueError, match="omeganet: cu_seqlens cannot be combined with a recurrent state"):
         fast(x, fast(x[:, :4])[1], cu_seqlens=cu)
 
@@ -890,22 +909,23 @@ def test_supports_checks_the_padded_state():
     whose backward with a 64-row tile needs 232 KB of shared memory (check_kernels_compile.py): chunk 64
     runs as 2 tiles of 32 on chip, chunk 61 (prime, a single 64-row tile) in the wide-state kernels."""
     arch = MemoryMLP(1, 8, depth=2, expansion=16.0)
-    assert triton_mlp._tile(64, 16 * 128) == 32
+    assert mlp_memory.tile(64, 16 * 128) == 32
     assert not triton_mlp.on_chip_state_too_large(8, 128, 64)
     assert triton_mlp.on_chip_state_too_large(8, 128, 61)
     assert (
-        triton_mlp.supports(arch, chunk_size=64) is None and triton_mlp.supports(arch, chunk_size=61) is None
+        triton_mlp.supports_mlp(arch, chunk_size=64) is None
+        and triton_mlp.supports_mlp(arch, chunk_size=61) is None
     )
-    assert "chunk_size 61" in triton_mlp.supports(arch, chunk_size=61, no_wide="packed sequences")
+    assert "chunk_size 61" in triton_mlp.supports_mlp(arch, chunk_size=61, no_wide="packed sequences")
 
 
 def test_mixer_triton_unsupported_config_raises():
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
-        memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="triton")
+        memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support head dim 256"):
         memnets.build_mixer("titans", d_model=512, num_heads=2, backend="triton")
     # auto: the engine on CPU (outside the interpreter the kernels need CUDA) or where no kernel applies
-    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory_depth=3, backend="auto")(
+    y, _ = memnets.build_mixer("titans", d_model=32, num_heads=2, memory={"depth": 3}, backend="auto")(
         torch.randn(1, 5, 32)
     )
     assert torch.isfinite(y).all()
@@ -980,9 +1000,9 @@ def test_mixer_dot_precision_is_checked():
     assert tuple(triton_mlp.DOT_PRECISIONS) == memory_block.DOT_PRECISIONS
     with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['tf32x3'"):
         memnets.build_mixer("yaad", d_model=32, num_heads=2, dot_precision="bf16")
-    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory_depth 2"):
+    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory.depth 2"):
         memnets.build_mixer(
-            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory_depth=1, memory_norm=False
+            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory={"depth": 1, "norm": False}
         )
     with pytest.raises(Exception, match="unknown option 'mixer_options.dot_precision' for mixer 'memora'"):
         memnets.build_mixer("memora", d_model=32, num_heads=2, dot_precision="float16")

@@ -1,0 +1,139 @@
+"""Triton kernels of the chunked update of a two-layer MLP memory (Titans' deep memory, arXiv
+2501.00663 §3.1; Miras' Moneta and Yaad, arXiv 2504.13173 §5.3), forward and backward. Yaad, Moneta,
+TNT and OmegaNet run it as well as Titans, hence the name: what it computes, not who uses it.
+
+Semantics are exactly those of :func:`memnets.memory.memory_chunked` for ``MemoryMLP(depth=2)``
+(residual and LayerNorm on or off, activation gelu (erf form, as ``F.gelu``), silu or tanh), per-token
+per-head ``lr`` (Titans θ_t, Miras η_t), optional ``mom`` (Titans η_t) and ``keep`` (Titans
+1 − α_t, Miras α_t), and the attentional biases ``L2Bias`` (Titans §3.1 Eq. 12), ``LpBias`` (Moneta, Miras
+§5.1 Eq. 10) and ``HuberBias`` (Yaad, Miras §5.1 Eq. 16, both modes, data-dependent threshold δ_t as
+``bias_params``). Per chunk of L tokens of one (sequence, head), with chunk-start weights
+W1 ``[D, Dh]``, W2 ``[Dh, D]`` and momenta S1, S2 (row form; the dual form of TTT, arXiv 2407.04620 §2.5,
+with Titans' momentum and decay, §3.1 Eq. 13-14, unrolled inside the chunk)::
+
+    key path   Z1 = K W1,  A = σ(Z1),  Z2 = A W2,  R = M(K) − V = [K +] [LN](Z2) − V
+               Δ = [LN backward of] ℓ'(R),  δ1 = (Δ W2ᵀ) ⊙ σ'(Z1)
+               (u_j = k_jᵀ δ1_j and a_jᵀ Δ_j are token j's inner gradients of W1 and W2)
+    query path Ẑ1 = β ⊙ (Q W1) + f ⊙ (Q S1) − ((Q Kᵀ) ⊙ G) δ1,   Â = σ(Ẑ1)
+               Ẑ2 = β ⊙ (Â W2) + f ⊙ (Â S2) − ((Â Aᵀ) ⊙ G) Δ,   Y = [Q +] [LN](Ẑ2)
+               (every token read with its own W_t)
+    chunk end  W1' = β_L W1 + f_L S1 − Kᵀ (G[L, :]ᵀ ⊙ δ1),   S1' = m_end S1 − Kᵀ (s_coef ⊙ δ1)
+               W2' = β_L W2 + f_L S2 − Aᵀ (G[L, :]ᵀ ⊙ Δ),    S2' = m_end S2 − Aᵀ (s_coef ⊙ Δ)
+
+(index L = the chunk's last token). ℓ' is the bias derivative w.r.t. the memory output: 2R (L2),
+p R (R² + ε)^{p/2−1} (ℓ_p), and for Huber 2R on the quadratic branch, else 2δ tanh(s R) ("norm") or
+2δ Sign(R) ("coord"). The coefficients β, f, G, m_end, s_coef are those of
+:func:`memnets.memory.chunk_coefficients` (segment sums of log-gates, all in [0, 1]); they
+are computed in PyTorch on the gates padded to whole chunks (lr = 0, keep = mom = 1: m_end and s_coef
+are then those of the last real token; the kernels take β, f and G's row at the tail chunk's last
+real token) and autograd takes their gradients back to lr, mom and keep. The kernels take and return
+gradients w.r.t. the coefficients.
+
+LN(z) = γ ⊙ (z − mean z)/sqrt(var z + eps) + b with the per-head *outer* scale γ and shift b of
+``MemoryMLP(layer_norm=True)``; the kernels return their gradients too. The residual is formed in the
+kernels on the key path (R = (K + LN(Z2)) − V in the engine's order: pre-subtracting V − K rounds
+differently, which the ill-conditioned LayerNorm + Huber cases amplify) and outside on the reads.
+
+Tiles. The kernels walk tiles of at most ``MAX_TILE`` = 64 tokens (padded to at least 16 rows). A
+chunk longer than a tile (or whose tile would not fit the chip, see below) runs as KE tiles of a
+divisor of its length: every token's inner gradient is still taken at the *chunk*-start weights (the
+key path uses those, refreshed every KE tiles), while the reads and the update walk tile by tile.
+That is exact, not an approximation: with the gradients u_s fixed at the chunk start, the recurrence
+S_t = mom_t S_{t−1} − lr_t u_s, W_t = keep_t W_{t−1} + S_t is linear, so splitting a chunk's dual form
+at any token gives the same W_t (the tile coefficients are ``chunk_coefficients`` at the tile size).
+Chunk sizes 8..256 (and TNT's global 2048) therefore all run; a chunk size with no divisor in
+8..64 whose tile fits (a prime above 64) is refused.
+
+Reads at the chunk start (``READ_START``, TNT's global memory, arXiv 2511.07343 §4.1, Eq. 5 and 7):
+Y = [LN](σ(Q W1) W2) at the chunk-start weights, plain gradient descent (no momentum or decay).
+
+The Omega rule (OmegaNet, ATLAS arXiv 2505.23735 §3.2 Eq. 9-10, parallel form §3.3): token t's inner
+gradient sums the gated gradients of the last c = ``window`` tokens, all at the chunk-start weights.
+A tile's key path then runs over P = c − 1 more rows, the tokens before it (from the previous tile,
+chunk or call: the state carries the last P keys and values, which lead ``k`` and ``v``), and the
+coefficient matrix becomes G·Γ ``[L, P + L]`` with the band Γ[n, e] = win_gate[n, P + n − e]
+(:func:`~memnets.memory.omega.window_band`, computed in PyTorch, so the window gates' gradients come
+from autograd), s_coef likewise s_coefᵀ Γ. Key rows overlap between tiles: the backward writes their
+gradients per tile and sums them (``backward._fold_key_rows``).
+
+Kernels (grid: one program per (batch, head), tiles sequential inside; all math in float32, half
+inputs upcast on load, matmul operands as ``dot_precision`` says, float32 by default):
+
+1. ``_forward_kernel``: carries (W1, W2, S1, S2) over tiles C0 .. C0 + NC, writes y, the state after
+   them and the last chunk's start weights (the engine's ``anchor`` when T is not a multiple of the
+   chunk). With ``STORE`` it instead writes every tile's start state and skips the reads.
+2. ``_backward_kernel``: the same tiles in reverse, carrying the cotangents (dW1, dW2, dS1, dS2) of the
+   tile-end state; recomputes the tile's key and query paths from its stored start state (and its
+   chunk's start weights) and gives the gradients of q, k, v, the bias parameters, the LayerNorm's γ
+   and b, every coefficient and the start state. The second-order terms are included: Δ depends on
+   W1, W2 through R (ℓ'' of the bias) and through the LayerNorm's Jacobian at Z2, δ1 on W2 and on Z1
+   (σ'' of the activation). The key path's weight cotangents collect over a chunk's tiles and join
+   the state's at its first tile.
+
+Memory stays bounded at long T by checkpoint segments (``checkpoint_every`` chunks, default
+⌈√chunks⌉): the forward launches once per segment and keeps the state at each segment start; the
+backward walks the segments in reverse, re-running the forward from the segment's checkpoint with
+``STORE`` (that segment's tile states only) before its backward launch. Saved per (batch, head):
+⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass.
+
+Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory_fwd`` / ``_bwd``) with fake
+implementations; ``register_autograd`` ties them together.
+
+Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
+other than 2, other biases (KL, the dot loss of DLA), retention maps and chunk-end maps (Moneta's ℓ_q
+normalisation, Memora's softmax retention: both act on each token's weights, which the dual form
+never forms), Muon (Atlas: Newton–Schulz of each chunk's momentum), the gated memory (Atlas++), keys
+wider than values (polynomial features of degree > 1, OmegaNet's default), the Huber bias with an
+Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of :mod:`.limits`. States that fit no
+tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) run the wide-state kernels
+(:mod:`.wide_forward`, :mod:`.wide_backward`: state in global memory, hidden width in blocks, the plain
+chunked form, chunks of at most ``MAX_TILE``), picked by :func:`tile_layout` where
+:func:`on_chip_state_too_large`, or where ``hidden_block`` is given.
+
+Packed sequences (``cu_seqlens``, B = 1, ``VARLEN``): one program per (sequence, head) walks that
+sequence's tiles, which restart at its first token (coefficients per sequence tile, gates padded per
+sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state. With
+the Omega window, each sequence's carried window rows lead its own rows in k and v (sequence n's key
+rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
+
+Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
+:mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_backward`, :mod:`.limits`
+(tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point). The model
+side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
+into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9.
+"""
+
+from ..specs import BiasSpec, MemorySpec
+from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig
+from .launch import TileLayout, mlp_memory_chunked, tile_layout
+from .limits import (
+    DEFAULT_HIDDEN_BLOCK,
+    MAX_STATE_FOR_TILE,
+    MAX_TILE,
+    MAX_WIDE_DIM_FOR_TILE,
+    WIDE_IN_AUTO,
+    on_chip_state_too_large,
+    supports,
+    supports_wide,
+    tile,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_HIDDEN_BLOCK",
+    "DOT_PRECISIONS",
+    "MAX_STATE_FOR_TILE",
+    "MAX_TILE",
+    "MAX_WIDE_DIM_FOR_TILE",
+    "WIDE_IN_AUTO",
+    "BiasSpec",
+    "LaunchConfig",
+    "MemorySpec",
+    "TileLayout",
+    "mlp_memory_chunked",
+    "on_chip_state_too_large",
+    "supports",
+    "supports_wide",
+    "tile",
+    "tile_layout",
+]

@@ -1,0 +1,451 @@
+"""The MLP-memory backward kernel (whole state on chip) and its host side: checkpoint segments in
+reverse, each re-running the forward from its checkpoint with ``STORE`` to recompute its tiles' start
+states, then taking the gradients back through them (the equations are in the package's docstring,
+:mod:`memnets.kernels.mlp_memory`)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import (
+    act,
+    act_grad,
+    act_grad2,
+    delta_backward,
+    dot,
+    key_base,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    load_matrices,
+    mat_block,
+    read_ln_backward,
+    row_block,
+    sequence_bounds,
+    store_matrices,
+)
+from .config import LaunchConfig
+from .forward import carried_rows, launch_forward, segments, whole_state_meta
+
+
+@triton.jit
+def _backward_kernel(
+    q,
+    k,
+    v,
+    bp,
+    ln_w,
+    ln_b,
+    dy,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w1_chunks,
+    w2_chunks,
+    s1_chunks,
+    s2_chunks,
+    dw1_final,
+    dw2_final,
+    ds1_final,
+    ds2_final,
+    dw1_anchor,
+    dw2_anchor,
+    dq,
+    dk,
+    dv,
+    dbp,
+    dln_w,
+    dln_b,
+    dbeta,
+    df,
+    dG,
+    dm_end,
+    ds_coef,
+    dw1_init,
+    dw2_init,
+    ds1_init,
+    ds2_init,
+    cu,
+    toff,
+    T,
+    P0,
+    C0,
+    NC,
+    NCT,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    L: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BH: tl.constexpr,
+    KE: tl.constexpr,
+    P: tl.constexpr,
+    BK: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr,
+    VARLEN: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
+    kb = key_base(i_bh, bos, P0, H, VARLEN)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    n = D * DH
+    o1, m1 = mat_block(D, DH, BD, BH)
+    o2, m2 = mat_block(DH, D, BH, BD)
+    # cotangents of the state at the end of the current chunk
+    cW1, cW2 = load_matrices(dw1_final, dw2_final, bh * n, o1, m1, o2, m2, BD, BH, True)
+    cS1, cS2 = load_matrices(ds1_final, ds2_final, bh * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+    li = tl.arange(0, BL)
+    lmask = li < L
+    lk = tl.arange(0, BK)
+    lkmask = lk < P + L
+    gmask = lmask[:, None] & lkmask[None, :]
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
+    d_gamma = tl.zeros([BD], dtype=tl.float32)
+    d_shift = tl.zeros([BD], dtype=tl.float32)
+    # the key path's weights are those at the start of the tile's chunk of KE tiles: the cotangent
+    # they collect (acc) joins the state's at that chunk's first tile
+    acc1 = tl.zeros([BD, BH], dtype=tl.float32)
+    acc2 = tl.zeros([BH, BD], dtype=tl.float32)
+    n_here = tl.minimum(NC, n_tiles - C0)
+    for i in range(n_here):
+        c = n_here - 1 - i
+        g = C0 + c  # the tile's index in the sequence
+        cc = crow * NCT + t_first + g
+        sc = bh * NC + c
+        last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
+        is_last = li == last
+        W1, W2 = load_matrices(w1_chunks, w2_chunks, sc * n, o1, m1, o2, m2, BD, BH, True)
+        if KE == 1:
+            K1 = W1
+            K2 = W2
+        else:
+            kc = sc - g % KE
+            K1, K2 = load_matrices(w1_chunks, w2_chunks, kc * n, o1, m1, o2, m2, BD, BH, True)
+        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+        koffs += kb * H * D
+        krow += kb * H
+        b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+        b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
+        beta_last = tl.load(beta + cc * L + last)
+
+        # recompute the key path
+        Z1 = dot(b_k, K1, DOT)
+        A = act(Z1, ACT)
+        Z2 = dot(A, K2, DOT)
+        # Δ = δ2, ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at Z2
+        dd, dout, r, xk, rk = key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )
+        E = dot(dd, tl.trans(K2), DOT)
+        sg = act_grad(Z1, ACT)
+        d1 = E * sg  # δ1
+        if READ_START:
+            # reads at the chunk-start weights: Y = [LN](σ(Q K1) K2)
+            z1 = dot(b_q, K1, DOT)
+            a1 = act(z1, ACT)
+            if LN:
+                b_dy, dg, db = read_ln_backward(dot(a1, K2, DOT), b_dy, gamma, cmask, D, ln_eps)
+                d_gamma += dg
+                d_shift += db
+            dz1 = dot(b_dy, tl.trans(K2), DOT) * act_grad(z1, ACT)
+            b_dq = dot(dz1, tl.trans(K1), DOT)
+            rK1 = dot(tl.trans(b_q), dz1, DOT)
+            rK2 = dot(tl.trans(a1), b_dy, DOT)
+            b_dk = tl.zeros([BK, BD], dtype=tl.float32)
+            dA = tl.zeros([BK, BH], dtype=tl.float32)
+            d_d1 = tl.zeros([BK, BH], dtype=tl.float32)
+            d_dd = tl.zeros([BK, BD], dtype=tl.float32)
+            b_dbeta = tl.zeros([BL], dtype=tl.float32)
+            b_dG = tl.zeros([BL, BK], dtype=tl.float32)
+            gW1 = tl.zeros([BD, BH], dtype=tl.float32)
+            gW2 = tl.zeros([BH, BD], dtype=tl.float32)
+        else:
+            b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
+            # recompute the query path
+            qw1 = dot(b_q, W1, DOT)
+            qk = dot(b_q, tl.trans(b_k), DOT)
+            z1 = b_beta[:, None] * qw1 - dot(qk * b_G, d1, DOT)
+            if HAS_MOM:
+                S1 = tl.load(s1_chunks + sc * n + o1, mask=m1, other=0.0)
+                S2 = tl.load(s2_chunks + sc * n + o2, mask=m2, other=0.0)
+                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+                qs1 = dot(b_q, S1, DOT)
+                z1 += b_f[:, None] * qs1
+            a1 = act(z1, ACT)
+            aa = dot(a1, tl.trans(A), DOT)
+            a1w2 = dot(a1, W2, DOT)
+            if HAS_MOM:
+                a1s2 = dot(a1, S2, DOT)
+            if LN:
+                # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
+                z2 = b_beta[:, None] * a1w2 - dot(aa * b_G, dd, DOT)
+                if HAS_MOM:
+                    z2 += b_f[:, None] * a1s2
+                b_dy, dg, db = read_ln_backward(z2, b_dy, gamma, cmask, D, ln_eps)
+                d_gamma += dg
+                d_shift += db
+
+            # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
+            b_dbeta = tl.sum(b_dy * a1w2, 1)
+            dP = -dot(b_dy, tl.trans(dd), DOT)
+            b_dG = dP * aa
+            dP = dP * b_G
+            d_dd = -dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ
+            da1 = b_beta[:, None] * dot(b_dy, tl.trans(W2), DOT) + dot(dP, A, DOT)
+            dA = dot(tl.trans(dP), a1, DOT)
+            gW2 = dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
+            if HAS_MOM:
+                b_df = tl.sum(b_dy * a1s2, 1)
+                da1 += b_f[:, None] * dot(b_dy, tl.trans(S2), DOT)
+            # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
+            dz1 = da1 * act_grad(z1, ACT)
+            b_dbeta += tl.sum(dz1 * qw1, 1)
+            dP = -dot(dz1, tl.trans(d1), DOT)
+            b_dG += dP * qk
+            dP = dP * b_G
+            d_d1 = -dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
+            b_dq = b_beta[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
+            b_dk = dot(tl.trans(dP), b_q, DOT)
+            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
+            if HAS_MOM:
+                b_df += tl.sum(dz1 * qs1, 1)
+                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+
+        # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
+        kw = dot(b_k, cW1, DOT)
+        aw = dot(A, cW2, DOT)
+        d_d1 -= g_last[:, None] * kw
+        d_dd -= g_last[:, None] * aw
+        dg_last = -tl.sum(d1 * kw, 1) - tl.sum(dd * aw, 1)
+        b_dk -= dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
+        dA -= dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
+        dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
+        gW1 += beta_last * cW1
+        gW2 += beta_last * cW2
+        b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
+        b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
+        if HAS_MOM:
+            f_last = tl.load(f + cc * L + last)
+            b_m = tl.load(m_end + cc)
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+            b_df = tl.where(
+                is_last, b_df + tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0), b_df
+            )
+            ks = dot(b_k, cS1, DOT)
+            As = dot(A, cS2, DOT)
+            d_d1 -= b_s[:, None] * ks
+            d_dd -= b_s[:, None] * As
+            b_ds = -tl.sum(d1 * ks, 1) - tl.sum(dd * As, 1)
+            b_dk -= dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
+            dA -= dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
+            tl.store(dm_end + cc, tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0))
+            tl.store(df + cc * L + li, b_df, mask=lmask)
+            tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
+            cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
+            cS2 = f_last * cW2 + b_m * cS2 + dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
+
+        # key path backward (second order): δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A K2 − V), A = σ(K K1)
+        if KE == 1:
+            gK1 = gW1
+            gK2 = gW2
+        else:
+            gK1 = acc1
+            gK2 = acc2
+        if READ_START:
+            gK1 += rK1
+            gK2 += rK2
+        dE = d_d1 * sg
+        dZ1 = d_d1 * E * act_grad2(Z1, ACT)
+        d_dd += dot(dE, K2, DOT)
+        gK2 += dot(tl.trans(dE), dd, DOT)
+        dZ2, dr, dg, db, b_ddelta = delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, kmask, cmask, p, eps, sharp, D, BIAS, LN
+        )
+        if LN:
+            d_gamma += dg
+            d_shift += db
+        if BIAS == 2:
+            tl.store(dbp + krow, b_ddelta.to(dbp.dtype.element_ty), mask=kvalid)
+        if BIAS == 3:
+            tl.store(dbp + koffs, b_ddelta.to(dbp.dtype.element_ty), mask=kmask)
+        dA += dot(dZ2, tl.trans(K2), DOT)
+        gK2 += dot(tl.trans(A), dZ2, DOT)
+        dZ1 += dA * sg
+        b_dk += dot(dZ1, tl.trans(K1), DOT)
+        gK1 += dot(tl.trans(b_k), dZ1, DOT)
+        if g == n_tiles - 1:
+            gK1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
+            gK2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
+        tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
+        if RES:
+            b_dk += dr  # M(k) = k + ...: the residual's direct path
+        if P == 0:
+            tl.store(dk + koffs, b_dk.to(dk.dtype.element_ty), mask=kmask)
+            tl.store(dv + koffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
+        else:  # key rows overlap the previous tile's: one block per tile, summed by the caller
+            toffs = (cc * (P + L) + lk)[:, None] * D + cols[None, :]
+            tl.store(dk + toffs, b_dk.to(dk.dtype.element_ty), mask=kmask)
+            tl.store(dv + toffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
+        tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
+        tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
+        if KE == 1:
+            cW1 = gK1
+            cW2 = gK2
+        elif g % KE == 0:
+            cW1 = gW1 + gK1
+            cW2 = gW2 + gK2
+            acc1 = tl.zeros([BD, BH], dtype=tl.float32)
+            acc2 = tl.zeros([BH, BD], dtype=tl.float32)
+        else:
+            cW1 = gW1
+            cW2 = gW2
+            acc1 = gK1
+            acc2 = gK2
+    store_matrices(dw1_init, dw2_init, bh * n, cW1, cW2, o1, m1, o2, m2, True)
+    store_matrices(ds1_init, ds2_init, bh * n, cS1, cS2, o1, m1, o2, m2, HAS_MOM)
+    if LN:
+        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
+        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+
+
+def run_backward(
+    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
+    ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
+    config: LaunchConfig,
+) -> list[Tensor]:  # fmt: skip
+    """The backward op's work (``memnets::mlp_memory_bwd``): gradients (q, k, v, bias_params, ln_w, ln_b,
+    beta, f, G, m_end, s_coef, w1, w2, s1, s2) of the forward (empty for absent inputs) from the
+    checkpoints and the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor)."""
+    B, T, H = q.shape[:3]
+    has_mom = s1 is not None
+    coef = (beta, f, G, m_end, s_coef)
+
+    def like(t: Tensor | None, present: bool = True) -> Tensor:
+        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
+
+    dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
+    NT, rows = beta.shape[2], config.prefix + config.tile
+    if (
+        config.prefix
+    ):  # each tile's key rows (they overlap), summed by _fold_key_rows; rows never written stay 0
+        dk, dv = (w1.new_zeros(B, H, NT, rows, x.shape[3]) for x in (k, v))
+    dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
+    # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
+    dln_w, dln_b = (
+        w1.new_zeros(*w1.shape[:2], q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2)
+    )
+    carry = (dw1_final, dw2_final, ds1_final, ds2_final)
+    scratch = (torch.empty_like(w1), torch.empty_like(w2))  # the recompute's anchor, unused
+    scalars, constants = whole_state_meta(q, w1, ln_w, config)
+    empty = w1.new_empty(0)
+    tiles = segments(config)
+    packing = (cu_seqlens, tile_offsets)
+    for s in reversed(range(len(tiles))):
+        c0, nc = tiles[s]
+        start = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
+        _, chunks = launch_forward(
+            q, k, v, bias_params, ln_w, ln_b, coef, packing, start, config, c0, nc, scratch, empty, True
+        )
+        d_init = (like(w1), like(w2), like(w1, has_mom), like(w2, has_mom))
+        dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
+        _backward_kernel[(w1.shape[0] * H,)](
+            q,
+            k,
+            v,
+            empty if bias_params is None else bias_params,
+            empty if ln_w is None else ln_w,
+            empty if ln_b is None else ln_b,
+            dy,
+            beta,
+            f,
+            G,
+            m_end,
+            s_coef,
+            *chunks,
+            *carry,
+            dw1_anchor,
+            dw2_anchor,
+            dq,
+            dk,
+            dv,
+            dbp,
+            *dln,
+            dbeta,
+            df,
+            dG,
+            dm_end,
+            ds_coef,
+            *d_init,
+            empty if cu_seqlens is None else cu_seqlens,
+            empty if tile_offsets is None else tile_offsets,
+            T,
+            carried_rows(k, T, cu_seqlens),
+            c0,
+            nc,
+            beta.shape[2],
+            *scalars,
+            **constants,
+            HAS_MOM=has_mom,
+            VARLEN=cu_seqlens is not None,
+        )
+        carry = d_init
+        if ln_w is not None:
+            dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
+    if ln_w is not None:
+        dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
+    if config.prefix:
+        dk, dv = (
+            _fold_key_rows(d, x, T, config.tile, config.prefix, cu_seqlens, tile_offsets)
+            for d, x in ((dk, k), (dv, v))
+        )
+    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, *carry]
+
+
+def _fold_key_rows(
+    per_tile: Tensor, like: Tensor, T: int, tile: int, prefix: int, cu: Tensor | None, toff: Tensor | None
+) -> Tensor:
+    """Sum per-tile key-row gradients ``[B, H, NT, prefix + tile, D]`` into ``like``'s ``[B, Tk, H, D]``:
+    tile g of a sequence whose key rows start at kb (0, or packed cu[n] + n·P0) has row e at
+    kb + P0 + g·tile − prefix + e, P0 the carried window's rows; rows outside the sequence's
+    kb .. kb + P0 + length − 1 (before its first carried row, in its last tile's padding) are absent."""
+    B, H, NT, rows, D = per_tile.shape
+    P0 = carried_rows(like, T, cu)
+    ar = functools.partial(torch.arange, device=like.device)
+    tiles = ar(NT)
+    if cu is None:
+        first, length = torch.zeros_like(tiles), torch.full_like(tiles, T)
+        seq, in_seq = first, tiles
+    else:
+        cu, toff = cu.long(), toff.long()  # type: ignore[union-attr]
+        seq = torch.searchsorted(toff, tiles, right=True) - 1
+        first, length, in_seq = cu[seq] + seq * P0, (cu[1:] - cu[:-1])[seq], tiles - toff[seq]
+    idx = (first + P0 + in_seq * tile - prefix)[:, None] + ar(rows)[None, :]
+    valid = (idx >= first[:, None]) & (idx < (first + P0 + length)[:, None])
+    out = per_tile.new_zeros(B, H, like.shape[1], D)
+    out.index_add_(2, idx[valid], per_tile[:, :, valid])
+    return out.transpose(1, 2).to(like.dtype).contiguous()

@@ -1,0 +1,309 @@
+"""``@triton.jit`` pieces shared by the MLP-memory kernels (whole-state and wide-state, forward and
+backward): the activations and their derivatives, the attentional biases' derivatives ℓ'(R) and their
+backward, the memory LayerNorm and its Jacobian, row and matrix offsets, packed-sequence bounds and
+the matmul at a chosen operand precision. Each is inlined into the kernels that call it."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def act(z, ACT: tl.constexpr):
+    """σ(z): 0 gelu (erf form), 1 silu, 2 tanh."""
+    if ACT == 0:
+        out = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    elif ACT == 1:
+        out = z * tl.sigmoid(z)
+    else:
+        out = _tanh(z)
+    return out
+
+
+@triton.jit
+def act_grad(z, ACT: tl.constexpr):
+    """σ'(z)."""
+    if ACT == 0:
+        pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+        out = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * pdf
+    elif ACT == 1:
+        s = tl.sigmoid(z)
+        out = s * (1.0 + z * (1.0 - s))
+    else:
+        t = _tanh(z)
+        out = 1.0 - t * t
+    return out
+
+
+@triton.jit
+def act_grad2(z, ACT: tl.constexpr):
+    """σ''(z): gelu φ(z)(2 − z²), silu s(1 − s)(2 + z(1 − 2s)), tanh −2t(1 − t²)."""
+    if ACT == 0:
+        out = tl.exp(-0.5 * z * z) * 0.3989422804014327 * (2.0 - z * z)
+    elif ACT == 1:
+        s = tl.sigmoid(z)
+        out = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    else:
+        t = _tanh(z)
+        out = -2.0 * t * (1.0 - t * t)
+    return out
+
+
+@triton.jit
+def _sign(x):
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@triton.jit
+def _bias_grad(r, delta, p, eps, sharp, BIAS: tl.constexpr):
+    """ℓ'(R) for R ``[BL, BD]`` (0 in padded entries); ``delta``: the Huber threshold, ``[BL]`` (norm)
+    or ``[BL, BD]`` (coord), unused otherwise."""
+    if BIAS == 0:
+        out = 2.0 * r
+    elif BIAS == 1:
+        out = p * r * tl.exp((0.5 * p - 1.0) * tl.log(r * r + eps))
+    elif BIAS == 2:
+        small = tl.sum(r * r, 1) <= delta * delta
+        out = tl.where(small[:, None], 2.0 * r, 2.0 * delta[:, None] * _tanh(sharp * r))
+    else:
+        out = tl.where(tl.abs(r) <= delta, 2.0 * r, 2.0 * delta * _sign(r))
+    return out
+
+
+@triton.jit
+def ln_rows(z, cmask, D: tl.constexpr, ln_eps):
+    """(x̂, 1/σ) of a row-wise LayerNorm without affine over the first D columns (0 beyond)."""
+    mu = tl.sum(z, 1) / D
+    zc = tl.where(cmask[None, :], z - mu[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, 1) / D + ln_eps)
+    return zc * rstd[:, None], rstd
+
+
+@triton.jit
+def ln_backward(xhat, rstd, g, cmask, D: tl.constexpr):
+    """J g for the LayerNorm Jacobian J = ∂x̂/∂z (symmetric): rstd (g − mean(g) − x̂ mean(g x̂))."""
+    out = rstd[:, None] * (g - (tl.sum(g, 1) / D)[:, None] - xhat * (tl.sum(g * xhat, 1) / D)[:, None])
+    return tl.where(cmask[None, :], out, 0.0)
+
+
+@triton.jit
+def key_delta(
+    Z2,
+    b_k,
+    b_v,
+    delta,
+    gamma,
+    shift,
+    mask,
+    cmask,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    D: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+):
+    """(Δ, ℓ'(R), R, x̂, 1/σ) of the key path from Z2 (x̂ = Z2 and 1/σ unused without LayerNorm)."""
+    xk = Z2
+    rk = tl.sum(Z2, 1)
+    out = Z2
+    if LN:
+        xk, rk = ln_rows(Z2, cmask, D, ln_eps)
+        out = xk * gamma[None, :] + shift[None, :]
+    r = _residual(out, b_k, RES) - b_v
+    dout = _bias_grad(r, delta, p, eps, sharp, BIAS)
+    dd = dout
+    if LN:
+        dd = ln_backward(xk, rk, dout * gamma[None, :], cmask, D)
+    dd = tl.where(mask, dd, 0.0)
+    return dd, dout, r, xk, rk
+
+
+@triton.jit
+def delta_backward(
+    d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp,
+    D: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
+):  # fmt: skip
+    """The cotangent ``d_dd`` of Δ = [LN backward of] ℓ'(R) (``dout`` = ℓ'(R), ``xk``, ``rk`` the key
+    path's LayerNorm at Z2) back to R and Z2, second order (ℓ'' of the bias, the LayerNorm's Jacobian
+    at Z2), over ``mask``'s rows. Returns (dZ2, dR, dγ, db, dδ): the LayerNorm's scale and shift
+    cotangents summed over rows, dδ the Huber threshold's (``[rows]`` "norm", ``[rows, D]`` "coord",
+    zeros for the other biases)."""
+    d_dd = tl.where(mask, d_dd, 0.0)
+    d_gamma = tl.sum(d_dd * 0.0, 0)
+    if LN:
+        # Δ = J(Z2) (γ ⊙ ℓ'(R)) with J the LayerNorm Jacobian (symmetric), R = x̂ γ + b − V:
+        # the cotangent w of Δ reaches ℓ'(R) as γ ⊙ J w, and Z2 directly (second order) as
+        # −(rstd/D) x̂ (w·Δ) − rstd (mean(g x̂) J w + mean(w x̂) Δ), g = γ ⊙ ℓ'(R)
+        Jw = ln_backward(xk, rk, d_dd, cmask, D)
+        g_k = dout * gamma[None, :]
+        dZ2 = -(rk / D)[:, None] * xk * tl.sum(d_dd * dd, 1)[:, None]
+        dZ2 -= rk[:, None] * (
+            (tl.sum(g_k * xk, 1) / D)[:, None] * Jw + (tl.sum(d_dd * xk, 1) / D)[:, None] * dd
+        )
+        d_gamma += tl.sum(dout * Jw, 0)
+        d_out = gamma[None, :] * Jw
+    else:
+        d_out = d_dd
+    d_delta = delta * 0.0
+    if BIAS == 0:
+        dr = 2.0 * d_out
+    elif BIAS == 1:
+        dr = p * tl.exp((0.5 * p - 2.0) * tl.log(r * r + eps)) * ((p - 1.0) * r * r + eps) * d_out
+    elif BIAS == 2:
+        small = tl.sum(r * r, 1) <= delta * delta
+        th = _tanh(sharp * r)
+        dr = tl.where(small[:, None], 2.0 * d_out, 2.0 * delta[:, None] * sharp * (1.0 - th * th) * d_out)
+        d_delta = tl.where(small, 0.0, tl.sum(2.0 * th * d_out, 1))
+    else:
+        small = tl.abs(r) <= delta
+        dr = tl.where(small, 2.0 * d_out, 0.0)
+        d_delta = tl.where(small, 0.0, 2.0 * _sign(r) * d_out)
+    dr = tl.where(mask, dr, 0.0)
+    d_shift = tl.sum(dr, 0)
+    if LN:
+        d_gamma += tl.sum(dr * xk, 0)
+        dZ2 += ln_backward(xk, rk, dr * gamma[None, :], cmask, D)
+    else:
+        dZ2 = dr
+    return dZ2, dr, d_gamma, d_shift, d_delta
+
+
+@triton.jit
+def read_ln_backward(z, dy, gamma, cmask, D: tl.constexpr, ln_eps):
+    """Cotangents of a read's output Y = γ ⊙ LN(z) + b: (dz, dγ, db), dγ and db summed over rows."""
+    xq, rq = ln_rows(z, cmask, D, ln_eps)
+    return ln_backward(xq, rq, dy * gamma[None, :], cmask, D), tl.sum(dy * xq, 0), tl.sum(dy, 0)
+
+
+@triton.jit
+def _residual(out, x, RES: tl.constexpr):
+    """M(x) = x + out with the residual (the bias sees M(k) − v exactly as the engine forms it)."""
+    if RES:
+        out = out + x
+    return out
+
+
+@triton.jit
+def row_block(
+    b, t0, h, T, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr
+):
+    """Offsets and mask of rows t0 .. t0+L of head h in a ``[B, T, H, D]`` tensor (rows outside
+    0 .. T−1 masked: t0 < 0 for a window reaching before the first token)."""
+    li = tl.arange(0, BL)
+    rows = t0 + li
+    cols = tl.arange(0, BD)
+    valid = (li < L) & (rows >= 0) & (rows < T)
+    mask = valid[:, None] & (cols < D)[None, :]
+    offs = ((b * T + rows.to(tl.int64))[:, None] * H + h) * D + cols[None, :]
+    return offs, mask, valid, ((b * T + rows.to(tl.int64)) * H + h)
+
+
+@triton.jit
+def key_base(i_bh, bos, P0, H: tl.constexpr, VARLEN: tl.constexpr):
+    """The sequence's first row in k and v: packed, every sequence's P0 carried window rows lead its
+    own rows (sequence n starts at cu[n] + n·P0); else row 0 of its batch entry."""
+    kb = bos
+    if VARLEN:
+        kb += (i_bh // H).to(tl.int64) * P0
+    return kb
+
+
+@triton.jit
+def sequence_bounds(i_bh, cu, toff, T, NCT, H: tl.constexpr, VARLEN: tl.constexpr):
+    """Program (sequence, head)'s batch index, first row, length, first tile and tile count, and its
+    row in the coefficients: with ``VARLEN`` sequence n of the packed batch spans rows cu[n] .. cu[n+1]
+    and coefficient tiles toff[n] .. toff[n+1]; else batch entry b spans all T rows and NCT tiles."""
+    if VARLEN:
+        i_n = i_bh // H
+        bos = tl.load(cu + i_n).to(tl.int64)
+        Tn = (tl.load(cu + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+        t_first = tl.load(toff + i_n)
+        n_tiles = tl.load(toff + i_n + 1) - t_first
+        b = bos * 0
+        crow = (i_bh % H).to(tl.int64)
+    else:
+        b = (i_bh // H).to(tl.int64)
+        bos = b * 0
+        Tn = T
+        t_first = 0
+        n_tiles = NCT
+        crow = i_bh.to(tl.int64)
+    return b, bos, Tn, t_first, n_tiles, crow
+
+
+@triton.jit
+def mat_block(R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """Offsets and mask of an ``[R, C]`` matrix in a ``[BR, BC]`` tile."""
+    r = tl.arange(0, BR)
+    c = tl.arange(0, BC)
+    return r[:, None] * C + c[None, :], (r < R)[:, None] & (c < C)[None, :]
+
+
+@triton.jit
+def dot(a, b, DOT: tl.constexpr):
+    """a @ b accumulated in float32, the operands as ``DOT_PRECISIONS`` says: 0 float32 (three TF32
+    products, tf32x3), 1 one TF32 product, 2 / 3 rounded to float16 / bfloat16 (as fla's kernels read
+    their float32 state against half inputs)."""
+    if DOT == 0:
+        out = tl.dot(a, b, input_precision="tf32x3")
+    elif DOT == 1:
+        out = tl.dot(a, b, input_precision="tf32")
+    elif DOT == 2:
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    return out
+
+
+@triton.jit
+def ln_params(ln_w, ln_b, h, cols, cmask, D: tl.constexpr, BD: tl.constexpr, LN: tl.constexpr):
+    """Head h's memory LayerNorm scale γ and shift b ``[BD]`` (zeros without the LayerNorm)."""
+    gamma = tl.zeros([BD], dtype=tl.float32)
+    shift = tl.zeros([BD], dtype=tl.float32)
+    if LN:
+        gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
+        shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
+    return gamma, shift
+
+
+@triton.jit
+def key_value_rows(k, v, bp, offs, mask, rows, valid, BK: tl.constexpr, BIAS: tl.constexpr):
+    """A tile's keys and values (float32) at ``offs`` and its Huber thresholds δ: ``[BK]`` per token
+    ("norm", at ``rows``), ``[BK, BD]`` per channel ("coord"), zeros for the other biases."""
+    b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
+    b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.zeros([BK], dtype=tl.float32)
+    if BIAS == 2:
+        delta = tl.load(bp + rows, mask=valid, other=0.0).to(tl.float32)
+    if BIAS == 3:
+        delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
+    return b_k, b_v, delta
+
+
+@triton.jit
+def load_matrices(p1, p2, base, o1, m1, o2, m2, BD: tl.constexpr, BH: tl.constexpr, PRESENT: tl.constexpr):
+    """A ``[D, Dh]`` and a ``[Dh, D]`` matrix (W1, W2 or S1, S2, or their cotangents) at ``base`` of
+    ``p1`` and ``p2`` (zeros unless ``PRESENT``)."""
+    X1 = tl.zeros([BD, BH], dtype=tl.float32)
+    X2 = tl.zeros([BH, BD], dtype=tl.float32)
+    if PRESENT:
+        X1 = tl.load(p1 + base + o1, mask=m1, other=0.0)
+        X2 = tl.load(p2 + base + o2, mask=m2, other=0.0)
+    return X1, X2
+
+
+@triton.jit
+def store_matrices(p1, p2, base, X1, X2, o1, m1, o2, m2, PRESENT: tl.constexpr):
+    """Store a ``[D, Dh]`` and a ``[Dh, D]`` matrix at ``base`` of ``p1`` and ``p2`` if ``PRESENT``."""
+    if PRESENT:
+        tl.store(p1 + base + o1, X1, mask=m1)
+        tl.store(p2 + base + o2, X2, mask=m2)

@@ -1,0 +1,83 @@
+"""The MLP-memory kernels' launch configuration: one named structure (:class:`LaunchConfig`) from the
+launcher down to the compile-time constants, flattened into scalars only at the ``torch.library``
+custom-op boundary (whose arguments must be tensors and scalars): :func:`op_schema` writes the ops'
+schemas from its fields, and the ops rebuild it with ``LaunchConfig(*scalars)``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, get_type_hints
+
+import triton
+from torch import Tensor
+
+from ..specs import BIAS_KINDS
+
+ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
+# operands of the kernels' matmuls (compile-time, see common.dot): float32 by default; on a GPU "tf32"
+# or the inputs' half type trade accuracy for tensor-core rate
+DOT_PRECISIONS = {"tf32x3": 0, "tf32": 1, "float16": 2, "bfloat16": 3}
+# bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
+L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "huber_norm", "huber_coord"))
+# warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
+# benchmarks/RESULTS.md §9 for the register spills at 4 and 8)
+NUM_WARPS = 4
+# warps per program of the wide-state kernels (8 spill about as much: the chunk's [L, D] rows and
+# [L, L] tiles stay live)
+WIDE_NUM_WARPS = 4
+
+
+class LaunchConfig(NamedTuple):
+    """Everything but the tensors that a launch of the MLP-memory kernels needs."""
+
+    tile: int  # tokens per tile (the wide-state kernels: per chunk)
+    activation: int  # ACTIVATIONS
+    bias_kind: int  # L2, LP, HUBER_NORM, HUBER_COORD
+    p: float  # ℓ_p's exponent
+    eps: float  # ℓ_p's smoothing
+    sharpness: float  # Huber "norm" mode's tanh sharpness
+    ln_eps: float  # the memory LayerNorm's epsilon
+    residual: bool  # M(k) = k + ... on the key path (the read's + q is the caller's)
+    tiles_per_chunk: int  # the key path's weights are refreshed every that many tiles
+    read_start: bool  # every token reads its chunk-start weights (no momentum)
+    checkpoint_every: int  # tiles per checkpoint segment of the backward
+    prefix: int  # the Omega window's key rows before each tile (window - 1)
+    max_tiles: int  # tiles of the longest sequence
+    dot_precision: int  # DOT_PRECISIONS
+    hidden_block: int  # hidden columns per block of the wide-state kernels; 0: the whole-state kernels
+
+
+_SCHEMA_TYPES = {int: "SymInt", float: "float", bool: "bool"}
+
+
+def op_schema(tensors: str, returns: str) -> str:
+    """The schema of a custom op taking ``tensors`` (schema text) and then :class:`LaunchConfig`'s
+    fields as scalars."""
+    scalars = ", ".join(f"{_SCHEMA_TYPES[t]} {n}" for n, t in get_type_hints(LaunchConfig).items())
+    return f"({tensors}, {scalars}) -> {returns}"
+
+
+def block(n: int) -> int:
+    """A width padded to the power of two >= 16 that the kernels' tiles have."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def kernel_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants shared by the whole-state and wide-state kernels."""
+    H, D = q.shape[2:]
+    DH = w1.shape[-1]
+    constants = dict(
+        H=H,
+        D=D,
+        DH=DH,
+        L=config.tile,
+        BL=block(config.tile),
+        BD=block(D),
+        BH=block(DH),
+        ACT=config.activation,
+        BIAS=config.bias_kind,
+        LN=ln_w is not None,
+        RES=config.residual,
+        DOT=config.dot_precision,
+        num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
+    )
+    return (config.p, config.eps, config.sharpness, config.ln_eps), constants

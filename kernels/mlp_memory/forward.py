@@ -1,0 +1,287 @@
+"""The MLP-memory forward kernel (whole state on chip) and its host side: one launch per checkpoint
+segment of tiles, and the checkpoints the backward restarts from (the equations are in the package's
+docstring, :mod:`memnets.kernels.mlp_memory`)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import (
+    act,
+    act_grad,
+    dot,
+    key_base,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    ln_rows,
+    load_matrices,
+    mat_block,
+    row_block,
+    sequence_bounds,
+    store_matrices,
+)
+from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
+
+
+@triton.jit
+def _forward_kernel(
+    q,
+    k,
+    v,
+    bp,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w1_init,
+    w2_init,
+    s1_init,
+    s2_init,
+    ln_w,
+    ln_b,
+    y,
+    w1_final,
+    w2_final,
+    s1_final,
+    s2_final,
+    w1_anchor,
+    w2_anchor,
+    w1_chunks,
+    w2_chunks,
+    s1_chunks,
+    s2_chunks,
+    cu,
+    toff,
+    T,
+    P0,
+    C0,
+    NC,
+    NCT,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    L: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BH: tl.constexpr,
+    KE: tl.constexpr,
+    P: tl.constexpr,
+    BK: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr,
+    VARLEN: tl.constexpr,
+    STORE: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
+    kb = key_base(i_bh, bos, P0, H, VARLEN)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    n = D * DH  # numbers per weight matrix
+    o1, m1 = mat_block(D, DH, BD, BH)  # W1 [D, Dh]
+    o2, m2 = mat_block(DH, D, BH, BD)  # W2 [Dh, D]
+    W1, W2 = load_matrices(w1_init, w2_init, bh * n, o1, m1, o2, m2, BD, BH, True)
+    S1, S2 = load_matrices(s1_init, s2_init, bh * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+    li = tl.arange(0, BL)
+    lmask = li < L
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
+    K1 = W1  # the key path's weights: those at the start of the chunk (of KE tiles) the tile is in
+    K2 = W2
+    for c in range(tl.minimum(NC, n_tiles - C0)):
+        g = C0 + c  # the tile's index in the sequence
+        cc = crow * NCT + t_first + g  # index of this (batch, head, tile) in the coefficients
+        if g % KE == 0:
+            K1 = W1
+            K2 = W2
+        if STORE:
+            sc = bh * NC + c
+            store_matrices(w1_chunks, w2_chunks, sc * n, W1, W2, o1, m1, o2, m2, True)
+            store_matrices(s1_chunks, s2_chunks, sc * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
+        if g == n_tiles - 1:
+            store_matrices(w1_anchor, w2_anchor, bh * n, K1, K2, o1, m1, o2, m2, True)
+        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+        # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
+        # where the state's carried window (P0 rows) leads the sequence's rows
+        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+        koffs += kb * H * D
+        krow += kb * H
+        lk = tl.arange(0, BK)
+        lkmask = lk < P + L
+        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+        # key path at the chunk-start weights
+        Z1 = dot(b_k, K1, DOT)
+        A = act(Z1, ACT)
+        Z2 = dot(A, K2, DOT)
+        dd, _, _, _, _ = key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )  # Δ = δ2, the last layer's output gradient
+        d1 = dot(dd, tl.trans(K2), DOT) * act_grad(Z1, ACT)  # δ1
+        if not STORE:
+            b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
+            if READ_START:
+                b_y = dot(act(dot(b_q, K1, DOT), ACT), K2, DOT)
+            else:
+                b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+                b_G = tl.load(
+                    G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
+                    mask=lmask[:, None] & lkmask[None, :],
+                    other=0.0,
+                )
+                z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(dot(b_q, tl.trans(b_k), DOT) * b_G, d1, DOT)
+                if HAS_MOM:
+                    b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+                    z1 += b_f[:, None] * dot(b_q, S1, DOT)
+                a1 = act(z1, ACT)
+                b_y = b_beta[:, None] * dot(a1, W2, DOT) - dot(dot(a1, tl.trans(A), DOT) * b_G, dd, DOT)
+                if HAS_MOM:
+                    b_y += b_f[:, None] * dot(a1, S2, DOT)
+            if LN:
+                xq, _ = ln_rows(b_y, cmask, D, ln_eps)
+                b_y = xq * gamma[None, :] + shift[None, :]
+            tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
+        last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
+        beta_last = tl.load(beta + cc * L + last)
+        W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+        W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
+        if HAS_MOM:
+            f_last = tl.load(f + cc * L + last)
+            W1_new += f_last * S1
+            W2_new += f_last * S2
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+            b_m = tl.load(m_end + cc)
+            S1 = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
+            S2 = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
+        W1 = W1_new
+        W2 = W2_new
+    store_matrices(w1_final, w2_final, bh * n, W1, W2, o1, m1, o2, m2, True)
+    store_matrices(s1_final, s2_final, bh * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
+
+
+def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants of the whole-state forward and backward kernels."""
+    scalars, constants = kernel_meta(q, w1, ln_w, config)
+    constants |= dict(
+        KE=config.tiles_per_chunk,
+        P=config.prefix,
+        BK=block(config.prefix + config.tile),
+        READ_START=config.read_start,
+        num_warps=NUM_WARPS,
+    )
+    return scalars, constants
+
+
+def carried_rows(k: Tensor, T: int, cu: Tensor | None) -> int:
+    """P0, the Omega window's carried rows that lead k and v (of each packed sequence)."""
+    return (k.shape[1] - T) // (1 if cu is None else cu.numel() - 1)
+
+
+def segments(config: LaunchConfig) -> list[tuple[int, int]]:
+    """(first tile, number of tiles) of each checkpoint segment of the longest sequence."""
+    every, n_tiles = config.checkpoint_every, config.max_tiles
+    return [(c0, min(every, n_tiles - c0)) for c0 in range(0, n_tiles, every)]
+
+
+def launch_forward(
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
+):
+    """One launch over tiles c0 .. c0 + nc from ``state`` (w1, w2, s1, s2) at tile c0; writes the reads
+    into ``y`` (unless ``store``) and the last chunk's start weights into ``anchor``. Returns the state
+    after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
+    T, H = q.shape[1:3]
+    beta, f, G, m_end, s_coef = coef
+    w1, w2, s1, s2 = state
+    has_mom = s1 is not None
+    cu, toff = packing
+
+    def new(*shape: int) -> Tensor:
+        return w1.new_empty(shape)
+
+    final = (new(*w1.shape), new(*w2.shape)) + (
+        (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
+    )
+    N = w1.shape[0]  # programs per head: batch entries, or packed sequences
+    w1_chunks = new(N, H, nc, *w1.shape[2:]) if store else new(0)
+    w2_chunks = new(N, H, nc, *w2.shape[2:]) if store else new(0)
+    s1_chunks = new(N, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
+    s2_chunks = new(N, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
+    scalars, constants = whole_state_meta(q, w1, ln_w, config)
+    empty = new(0)
+    _forward_kernel[(w1.shape[0] * H,)](
+        q,
+        k,
+        v,
+        empty if bp is None else bp,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w1,
+        w2,
+        w1 if s1 is None else s1,
+        w2 if s2 is None else s2,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
+        y,
+        *final,
+        *anchor,
+        w1_chunks,
+        w2_chunks,
+        s1_chunks,
+        s2_chunks,
+        empty if cu is None else cu,
+        empty if toff is None else toff,
+        T,
+        carried_rows(k, T, cu),
+        c0,
+        nc,
+        beta.shape[2],
+        *scalars,
+        **constants,
+        HAS_MOM=has_mom,
+        VARLEN=cu is not None,
+        STORE=store,
+    )
+    return final if has_mom else (*final[:2], None, None), (w1_chunks, w2_chunks, s1_chunks, s2_chunks)
+
+
+def run_forward(
+    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
+    config: LaunchConfig,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The forward op's work (``memnets::mlp_memory_fwd``, arguments there): every checkpoint segment in
+    turn. Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
+    start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints))."""
+    coef = (beta, f, G, m_end, s_coef)
+    y = w1.new_empty(q.shape)
+    anchor = (torch.empty_like(w1), torch.empty_like(w2))
+    state = (w1, w2, s1, s2)
+    starts = []
+    packing = (cu_seqlens, tile_offsets)
+    for c0, nc in segments(config):
+        starts.append(state)
+        state, _ = launch_forward(
+            q, k, v, bias_params, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, False
+        )
+    ckpt = [torch.stack([st[i] for st in starts]) for i in range(2)]
+    ckpt += [torch.stack([st[i] for st in starts]) if s1 is not None else w1.new_empty(0) for i in (2, 3)]
+    w1f, w2f, s1f, s2f = state
+    s1f, s2f = (w1.new_empty(0) if s is None else s for s in (s1f, s2f))  # distinct: outputs may not alias
+    return (y, w1f, w2f, s1f, s2f, *anchor, *ckpt)

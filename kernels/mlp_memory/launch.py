@@ -1,0 +1,183 @@
+"""The MLP-memory kernels' public entry: how a call is tiled (:func:`tile_layout`, which the caller needs
+to build the per-tile coefficients) and the launch itself (:func:`mlp_memory_chunked`), plain tensors
+in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import triton
+from torch import Tensor
+
+from ..packing import chunk_layout
+from ..specs import BIAS_KINDS, BiasSpec, MemorySpec
+from . import ops
+from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig, block
+from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile
+
+
+@dataclasses.dataclass(frozen=True)
+class TileLayout:
+    """How a call's tokens run: in tiles of ``tile`` tokens, whole-state or ``wide``-state kernels;
+    ``index [NT, tile]`` gathers every tile's tokens (past a sequence's end: the padding slot T, see
+    :func:`memnets.kernels.packing.chunk_layout`); packed sequences' ``cu_seqlens`` and first tiles
+    ``tile_offsets`` (``None`` for a dense batch); the longest sequence's tiles and chunks."""
+
+    tile: int
+    wide: bool
+    index: Tensor
+    cu_seqlens: Tensor | None
+    tile_offsets: Tensor | None
+    max_tiles: int
+    max_chunks: int
+
+
+def tile_layout(
+    memory: MemorySpec,
+    chunk_size: int,
+    lengths: list[int],
+    device,
+    *,
+    packed: bool = False,
+    window: int = 1,
+    hidden_block: int | None = None,
+) -> TileLayout:
+    """The layout of sequences of ``lengths`` (``packed``: one packed batch, else a dense batch of equal
+    lengths) in chunks of ``chunk_size`` for a memory :func:`~memnets.kernels.mlp_memory.supports`
+    covers: the largest tile that keeps the state on chip (with the Omega window's ``window − 1`` more
+    key rows), else (or with ``hidden_block``) whole chunks in the wide-state kernels."""
+    P = window - 1
+    wide = hidden_block is not None or on_chip_state_too_large(memory.d_in, memory.d_hidden, chunk_size, P)
+    # the wide-state kernels walk whole chunks of <= MAX_TILE tokens (supports() checked)
+    L = chunk_size if wide else tile(chunk_size, block(memory.d_in) * block(memory.d_hidden), P)
+    assert L is not None and not (wide and (P or packed))
+    cu, offsets, index = chunk_layout(lengths, L, device)  # tiles of L tokens
+    return TileLayout(
+        L,
+        wide,
+        index,
+        cu if packed else None,
+        offsets if packed else None,
+        max(triton.cdiv(n, L) for n in lengths),  # on the host: no device-to-host copy
+        max(triton.cdiv(n, chunk_size) for n in lengths),
+    )
+
+
+def mlp_memory_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    f: Tensor | None,
+    G: Tensor,
+    m_end: Tensor | None,
+    s_coef: Tensor | None,
+    w1: Tensor,
+    w2: Tensor,
+    s1: Tensor | None = None,
+    s2: Tensor | None = None,
+    *,
+    memory: MemorySpec,
+    bias: BiasSpec,
+    layout: TileLayout,
+    chunk_size: int,
+    bias_params: Tensor | None = None,
+    ln_weight: Tensor | None = None,
+    ln_bias: Tensor | None = None,
+    read_start: bool = False,
+    window: int = 1,
+    checkpoint_every: int | None = None,
+    dot_precision: str = "tf32x3",
+    hidden_block: int | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor]]:
+    """The chunked update of a depth-2 MLP memory from a chunk boundary, forward and (through autograd)
+    backward.
+
+    Args:
+        q, k, v: ``[B, T, H, D]``; with an Omega window of c tokens, ``k`` and ``v`` lead with the P0
+            carried rows of the call before (``[B, P0 + T, H, D]``; packed: before each sequence's rows).
+        beta, f, G, m_end, s_coef: the per-tile coefficients of the dual form at ``layout.tile``
+            (``[B, H, NT, L]``, ``G [B, H, NT, L, P + L]``, ``m_end [B, H, NT]``, ``s_coef
+            [B, H, NT, P + L]``; f, m_end, s_coef ``None`` without momentum), float32.
+        w1, w2, s1, s2: the state at the first token, ``[N, H, D, Dh]`` / ``[N, H, Dh, D]`` (N: batch
+            entries or packed sequences; momenta ``None`` without momentum).
+        memory, bias: the memory network and its attentional bias; ``bias_params`` the Huber
+            threshold (``[B, T, H]`` "norm", ``[B, T, H, D]`` "coord"); ``ln_weight, ln_bias [H, D]``
+            the memory LayerNorm's scale and shift (with ``memory.layer_norm``).
+        layout: from :func:`tile_layout` (the same the coefficients were built with).
+        read_start: every token reads its chunk-start weights (TNT's global memory, no momentum).
+        window: the Omega rule's window c (ATLAS, arXiv 2505.23735 §3, Eq. 9): each token's inner
+            gradient sums the last c tokens' (``G`` then covers P = c − 1 more key rows per tile).
+        checkpoint_every: chunks per checkpoint segment of the backward (default ⌈√chunks⌉).
+        dot_precision: the matmuls' operands (``DOT_PRECISIONS``).
+        hidden_block: hidden columns per block of the wide-state kernels (when ``layout.wide``).
+
+    Returns:
+        ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
+        (W1, W2), momenta (S1, S2) or ``None``, and the last chunk's start weights (float32).
+
+    Example::
+
+        layout = tile_layout(memory, 16, [T] * B, q.device)
+        # coefficients of lr, keep, mom gathered by layout.index into tiles of layout.tile tokens
+        y, weights, momentum, anchor = mlp_memory_chunked(
+            q, k, v, beta, f, G, m_end, s_coef, w1, w2, s1, s2,
+            memory=memory, bias=BiasSpec(), layout=layout, chunk_size=16,
+        )
+    """
+    w1, w2 = w1.float().contiguous(), w2.float().contiguous()
+    if s1 is not None:
+        s1, s2 = s1.float().contiguous(), s2.float().contiguous()  # type: ignore[union-attr]
+    dtype = q.dtype
+    bp = bias_params.float().contiguous() if bias.per_token else None  # type: ignore[union-attr]
+    ln_w = ln_b = None
+    if memory.layer_norm:
+        ln_w, ln_b = ln_weight.float().contiguous(), ln_bias.float().contiguous()  # type: ignore[union-attr]
+    dummy = beta.new_zeros(0)
+    tensors = (
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        bp,
+        ln_w,
+        ln_b,
+        beta.contiguous(),
+        dummy if f is None else f.contiguous(),
+        G.contiguous(),
+        dummy if m_end is None else m_end.contiguous(),
+        dummy if s_coef is None else s_coef.contiguous(),
+        w1,
+        w2,
+        s1,
+        s2,
+        layout.cu_seqlens,
+        layout.tile_offsets,
+    )
+    L = layout.tile
+    tiles_per_chunk = chunk_size // L
+    every = checkpoint_every or math.isqrt(max(layout.max_chunks, 1) - 1) + 1  # ⌈√chunks⌉: ≈ one segment
+    config = LaunchConfig(
+        tile=L,
+        activation=ACTIVATIONS[memory.activation],
+        bias_kind=BIAS_KINDS.index(bias.kind),
+        p=bias.p,
+        eps=bias.eps,
+        sharpness=bias.sharpness,
+        ln_eps=memory.ln_eps,
+        residual=memory.residual,
+        tiles_per_chunk=tiles_per_chunk,
+        read_start=read_start,
+        checkpoint_every=every * tiles_per_chunk,
+        prefix=window - 1,
+        max_tiles=layout.max_tiles,
+        dot_precision=DOT_PRECISIONS[dot_precision],
+        hidden_block=(DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block) if layout.wide else 0,
+    )
+    if layout.wide:
+        y, w1f, w2f, s1f, s2f, w1a, w2a = ops.mlp_memory_wide_fwd(*tensors, *config)
+    else:
+        y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
+    if memory.residual:
+        y = y + q.float()
+    return y.to(dtype), (w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a)

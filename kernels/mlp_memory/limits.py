@@ -1,0 +1,127 @@
+"""What the MLP-memory kernels cover and how they tile a chunk: the on-chip limits that decide between the
+whole-state kernels and the wide-state ones, and :func:`supports`, which names the reason a
+configuration does not run. The limits come from ahead-of-time sm_90 compiles
+(``scripts/check_kernels_compile.py``; the shared memory of each shape is in benchmarks/RESULTS.md §9):
+an H100 has 228 KB of shared memory per SM."""
+
+from __future__ import annotations
+
+import torch
+
+from ..specs import BiasSpec, MemorySpec
+from .config import ACTIVATIONS, block
+
+MAX_TILE = 64
+# largest D·Dh per padded tile (rows) whose whole-state kernels fit an H100's shared memory; 128-row
+# tiles never fit, even at D·Dh = 16·64 (several tiles per chunk cost no more shared memory)
+MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
+# largest head dim (padded) per padded chunk tile (rows) whose wide-state kernels fit: the chunk's
+# [L, D] rows and [L, L] tiles stay on chip
+MAX_WIDE_DIM_FOR_TILE = {16: 128, 32: 128, 64: 64}
+# hidden columns per block of the wide-state kernels: 16 spills a little less than 32 but runs its
+# matmuls at the smallest MMA width, 64 spills more (benchmarks/RESULTS.md §9)
+DEFAULT_HIDDEN_BLOCK = 32
+# whether backend="auto" may pick the wide-state kernels: their in-place global-memory updates rely on
+# barriers between a program's threads, which the interpreter cannot test; turn on once the kernel
+# tests have passed on a GPU (benchmarks/RESULTS.md §9). backend="triton" runs them either way.
+WIDE_IN_AUTO = False
+
+
+def tile(chunk_size: int, state: int, prefix: int = 0) -> int | None:
+    """The tile of a chunk: the chunk itself, or its largest divisor in 8..``MAX_TILE``, whose padded
+    tile (with ``prefix`` more key rows: the Omega window's reach) fits ``state`` (padded D·Dh) on
+    chip; ``None`` if there is none."""
+    fits = [
+        t
+        for t in range(min(chunk_size, MAX_TILE), 0, -1)
+        if chunk_size % t == 0
+        and (t >= 8 or t == chunk_size)
+        and state <= MAX_STATE_FOR_TILE.get(block(t + prefix), 0)
+    ]
+    return fits[0] if fits else None
+
+
+def on_chip_state_too_large(d_in: int, d_hidden: int, chunk_size: int | None, prefix: int = 0) -> bool:
+    """Whether no tile of this chunk size (``None``: of any) keeps the state on chip (both widths padded
+    to powers of two >= 16: the padded state is what occupies the chip), so that the wide-state kernels
+    run instead."""
+    state = block(d_in) * block(d_hidden)
+    if chunk_size is None:
+        return state > max(MAX_STATE_FOR_TILE.values())
+    return chunk_size < 1 or tile(chunk_size, state, prefix) is None
+
+
+def supports_wide(d_in: int, chunk_size: int | None, hidden_block: int | None) -> str | None:
+    """``None`` when the wide-state kernels cover head dim ``d_in`` (any hidden width) at this chunk size
+    (1..64; ``None``: at some chunk size) with this hidden block size, else the reason."""
+    if hidden_block is not None and (hidden_block < 16 or hidden_block & (hidden_block - 1)):
+        return f"hidden_block {hidden_block} (the wide-state MLP kernel takes powers of two >= 16)"
+    largest = max(MAX_WIDE_DIM_FOR_TILE.values())
+    if block(d_in) > largest:
+        return (
+            f"head dim {d_in} (the wide-state MLP Triton kernel covers head dims <= {largest}: the "
+            "chunk's rows stay on chip)"
+        )
+    if chunk_size is not None and block(d_in) > MAX_WIDE_DIM_FOR_TILE[block(chunk_size)]:
+        return (
+            f"head dim {d_in} at chunk_size {chunk_size} (the wide-state MLP Triton kernel exceeds the "
+            f"GPU's shared memory; use chunk_size <= 32 or head dim <= "
+            f"{MAX_WIDE_DIM_FOR_TILE[block(chunk_size)]})"
+        )
+    return None
+
+
+def supports(
+    memory: MemorySpec,
+    bias: BiasSpec,
+    chunk_size: int | None = None,
+    window: int = 1,
+    no_wide: str | None = None,
+) -> str | None:
+    """``None`` when the kernels cover this memory, bias, chunk size and Omega window, else the reason
+    they do not. States too large for the chip run the wide-state kernels (the plain chunked form only:
+    not the Omega window, chunk sizes up to ``MAX_TILE``) unless ``no_wide`` says why they may not
+    run here (chunk-start reads, packed sequences, ``backend="auto"`` while ``WIDE_IN_AUTO`` is off)."""
+    if memory.d_in != memory.d_out:
+        return (
+            f"key width {memory.d_in} != value width {memory.d_out} (feature maps of degree > 1: the MLP "
+            "Triton kernel needs them equal)"
+        )
+    if window > 1 and bias.per_token:
+        return (
+            f"attentional bias {bias.kind} with an Omega window (per-token thresholds of the window's rows)"
+        )
+    if memory.depth != 2:
+        return f"memory depth {memory.depth} (the MLP Triton kernel covers depth 2)"
+    if memory.activation not in ACTIVATIONS:
+        return f"activation {memory.activation!r} (the MLP Triton kernel covers {list(ACTIVATIONS)})"
+    if memory.dtype != torch.float32:
+        return f"memory dtype {memory.dtype} (the MLP Triton kernel runs in float32)"
+    d_in, d_hidden = memory.d_in, memory.d_hidden
+    if not on_chip_state_too_large(d_in, d_hidden, chunk_size, window - 1):
+        return None
+    if no_wide is None and window == 1 and (chunk_size is None or chunk_size <= MAX_TILE):
+        return supports_wide(d_in, chunk_size, None)
+    if no_wide is not None:
+        note = f"; the wide-state kernels do not run {no_wide}"
+    elif window > 1:
+        note = "; the wide-state kernels have no Omega window"
+    else:
+        note = f"; the wide-state kernels cover chunk sizes up to {MAX_TILE}"
+    # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
+    state = block(d_in) * block(d_hidden)
+    largest = max(MAX_STATE_FOR_TILE.values())
+    if state > largest:
+        return (
+            f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
+            f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16{note})"
+        )
+    if chunk_size is not None and (chunk_size < 1 or tile(chunk_size, state, window - 1) is None):
+        tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
+        reach = f" and window {window} ({window - 1} more key rows per tile)" if window > 1 else ""
+        return (
+            f"chunk_size {chunk_size}{reach} with head dim {d_in} and hidden width {d_hidden} (a chunk runs "
+            f"in tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
+            f"tile fits the GPU's shared memory: {tiles}{note})"
+        )
+    return None

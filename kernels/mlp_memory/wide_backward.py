@@ -1,0 +1,378 @@
+"""The wide-state variant of the MLP-memory backward kernel (the hidden width in blocks, the state and
+its cotangents in global memory; the passes are described in
+:mod:`memnets.kernels.mlp_memory.wide_forward`)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import (
+    act,
+    act_grad,
+    act_grad2,
+    delta_backward,
+    dot,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    read_ln_backward,
+    row_block,
+)
+from .config import LaunchConfig
+from .wide_forward import key_z2, launch_wide_forward, w1_block, w2_block, wide_meta
+
+
+@triton.jit
+def _wide_backward_kernel(
+    q,
+    k,
+    v,
+    bp,
+    ln_w,
+    ln_b,
+    dy,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    w1_chunks,
+    w2_chunks,
+    s1_chunks,
+    s2_chunks,
+    dw1_anchor,
+    dw2_anchor,
+    dq,
+    dk,
+    dv,
+    dbp,
+    dln_w,
+    dln_b,
+    dbeta,
+    df,
+    dG,
+    dm_end,
+    ds_coef,
+    dw1,
+    dw2,
+    ds1,
+    ds2,
+    scratch,
+    T,
+    NC,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    L: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BHB: tl.constexpr,
+    NB: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b = (i_bh // H).to(tl.int64)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    n = D * DH
+    base = bh * n  # this program's state cotangents in dw1, dw2, ds1, ds2 (chunk end -> chunk start)
+    li = tl.arange(0, BL)
+    lmask = li < L
+    gmask = lmask[:, None] & lmask[None, :]
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    # scratch: the partial cotangent of Z1_j [BL, BHB] of each block, passed from pass 3 to pass 5
+    sw = NB * BHB
+    so = bh * BL * sw + li[:, None] * sw + tl.arange(0, BHB)[None, :]
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
+    d_gamma = tl.zeros([BD], dtype=tl.float32)
+    d_shift = tl.zeros([BD], dtype=tl.float32)
+    for i in range(NC):
+        c = NC - 1 - i
+        cc = bh * NC + c
+        cb = cc * n  # this chunk's start state in w1_chunks, ...
+        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        is_last = li == last
+        offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
+        b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
+        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
+        b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+        b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
+        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        beta_last = tl.load(beta + cc * L + last)
+        if HAS_MOM:
+            b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+            f_last = tl.load(f + cc * L + last)
+            b_m = tl.load(m_end + cc)
+            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
+        qk = dot(b_q, tl.trans(b_k), DOT)
+        qkG = qk * b_G
+
+        # pass 1: the key path
+        Z2 = key_z2(b_k, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        dd, dout, r, xk, rk = key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )
+
+        # pass 2: the reads' layer-2 inputs summed over the hidden blocks
+        a1w2 = tl.zeros([BL, BD], dtype=tl.float32)
+        a1s2 = tl.zeros([BL, BD], dtype=tl.float32)
+        aa = tl.zeros([BL, BL], dtype=tl.float32)
+        for j in range(NB):
+            o1, m1 = w1_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            Z1 = dot(b_k, W1, DOT)
+            A = act(Z1, ACT)
+            d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)
+            z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
+            if HAS_MOM:
+                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
+                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                z1 += b_f[:, None] * dot(b_q, S1, DOT)
+            a1 = act(z1, ACT)
+            a1w2 += dot(a1, W2, DOT)
+            aa += dot(a1, tl.trans(A), DOT)
+            if HAS_MOM:
+                a1s2 += dot(a1, S2, DOT)
+        if LN:
+            # Y = LN(Ẑ2) γ + b: the cotangent through the read's LayerNorm
+            z2 = b_beta[:, None] * a1w2 - dot(aa * b_G, dd, DOT)
+            if HAS_MOM:
+                z2 += b_f[:, None] * a1s2
+            b_dy, dg, db = read_ln_backward(z2, b_dy, gamma, cmask, D, ln_eps)
+            d_gamma += dg
+            d_shift += db
+        # Ẑ2's terms on whole rows: β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
+        b_dbeta = tl.sum(b_dy * a1w2, 1)
+        dP = -dot(b_dy, tl.trans(dd), DOT)
+        b_dG = dP * aa
+        dP = dP * b_G
+        d_dd = -dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ, completed over the blocks in pass 3
+        if HAS_MOM:
+            b_df = tl.sum(b_dy * a1s2, 1)
+            b_ds = tl.zeros([BL], dtype=tl.float32)
+            dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
+
+        # pass 3: per block, the reads' layer 1, the chunk-end update and δ1_j's second-order terms
+        dPq = tl.zeros([BL, BL], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
+        b_dq = tl.zeros([BL, BD], dtype=tl.float32)
+        b_dk = tl.zeros([BL, BD], dtype=tl.float32)
+        dg_last = tl.zeros([BL], dtype=tl.float32)
+        for j in range(NB):
+            o1, m1 = w1_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)  # cotangents of the chunk-end state
+            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
+            Z1 = dot(b_k, W1, DOT)
+            A = act(Z1, ACT)
+            sg = act_grad(Z1, ACT)
+            E = dot(dd, tl.trans(W2), DOT)
+            d1 = E * sg
+            qw1 = dot(b_q, W1, DOT)
+            z1 = b_beta[:, None] * qw1 - dot(qkG, d1, DOT)
+            if HAS_MOM:
+                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
+                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
+                cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
+                qs1 = dot(b_q, S1, DOT)
+                z1 += b_f[:, None] * qs1
+            a1 = act(z1, ACT)
+            # layer 2 of the reads, block j
+            da1 = b_beta[:, None] * dot(b_dy, tl.trans(W2), DOT) + dot(dP, A, DOT)
+            dA = dot(tl.trans(dP), a1, DOT)
+            gW2 = dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
+            if HAS_MOM:
+                da1 += b_f[:, None] * dot(b_dy, tl.trans(S2), DOT)
+            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
+            dz1 = da1 * act_grad(z1, ACT)
+            b_dbeta += tl.sum(dz1 * qw1, 1)
+            dPq -= dot(dz1, tl.trans(d1), DOT)
+            d_d1 = -dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
+            b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
+            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
+            if HAS_MOM:
+                b_df += tl.sum(dz1 * qs1, 1)
+                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+            # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
+            kw = dot(b_k, cW1, DOT)
+            aw = dot(A, cW2, DOT)
+            d_d1 -= g_last[:, None] * kw
+            d_dd -= g_last[:, None] * aw
+            dg_last -= tl.sum(d1 * kw, 1) + tl.sum(dd * aw, 1)
+            b_dk -= dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
+            dA -= dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
+            dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
+            b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
+            gW1 += beta_last * cW1
+            gW2 += beta_last * cW2
+            if HAS_MOM:
+                df_last = tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0)
+                b_df = tl.where(is_last, b_df + df_last, b_df)
+                ks = dot(b_k, cS1, DOT)
+                As = dot(A, cS2, DOT)
+                d_d1 -= b_s[:, None] * ks
+                d_dd -= b_s[:, None] * As
+                b_ds -= tl.sum(d1 * ks, 1) + tl.sum(dd * As, 1)
+                b_dk -= dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
+                dA -= dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
+                dm += tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0)
+                cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
+                cS2 = f_last * cW2 + b_m * cS2 + dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
+            # δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j and Z1_j (second order)
+            dE = d_d1 * sg
+            dZ1 = d_d1 * E * act_grad2(Z1, ACT)
+            d_dd += dot(dE, W2, DOT)
+            gW2 += dot(tl.trans(dE), dd, DOT)
+            if c == NC - 1:
+                gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
+                gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
+            tl.debug_barrier()  # every thread has read block j's cotangents before they are overwritten
+            tl.store(scratch + so + j * BHB, dZ1 + dA * sg)
+            tl.store(dw1 + base + o1, gW1, mask=m1)
+            tl.store(dw2 + base + o2, gW2, mask=m2)
+            if HAS_MOM:
+                tl.store(ds1 + base + o1, cS1, mask=m1)
+                tl.store(ds2 + base + o2, cS2, mask=m2)
+        b_dG += dPq * qk
+        dPq = dPq * b_G
+        b_dq += dot(dPq, b_k, DOT)
+        b_dk += dot(tl.trans(dPq), b_q, DOT)
+        b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
+        if HAS_MOM:
+            tl.store(dm_end + cc, dm)
+            tl.store(df + cc * L + li, b_df, mask=lmask)
+            tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
+
+        # pass 4 (whole rows): Δ = [LN backward of] ℓ'(R) back to R and Z2
+        dZ2, dr, dg, db, b_ddelta = delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp, D, BIAS, LN
+        )
+        if LN:
+            d_gamma += dg
+            d_shift += db
+        if BIAS == 2:
+            tl.store(dbp + row_idx, b_ddelta.to(dbp.dtype.element_ty), mask=valid)
+        if BIAS == 3:
+            tl.store(dbp + offs, b_ddelta.to(dbp.dtype.element_ty), mask=mask)
+        tl.debug_barrier()  # pass 3's writes (scratch, dW1, dW2) are read back by other threads
+
+        # pass 5: Z2 = Σ_j A_j W2_j back to W1_j, W2_j and K
+        for j in range(NB):
+            o1, m1 = w1_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            Z1 = dot(b_k, W1, DOT)
+            A = act(Z1, ACT)
+            dZ1 = tl.load(scratch + so + j * BHB) + dot(dZ2, tl.trans(W2), DOT) * act_grad(Z1, ACT)
+            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + dot(tl.trans(b_k), dZ1, DOT)
+            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + dot(tl.trans(A), dZ2, DOT)
+            b_dk += dot(dZ1, tl.trans(W1), DOT)
+            tl.debug_barrier()  # every thread has read block j before it is overwritten
+            tl.store(dw1 + base + o1, gW1, mask=m1)
+            tl.store(dw2 + base + o2, gW2, mask=m2)
+        tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
+        tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
+        if RES:
+            b_dk += dr  # M(k) = k + ...: the residual's direct path
+        tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=mask)
+        tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
+        tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
+        tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
+    if LN:
+        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
+        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+
+
+def run_wide_backward(
+    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
+    dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor, config: LaunchConfig,
+) -> list[Tensor]:  # fmt: skip
+    """The wide backward op's work (``memnets::mlp_memory_wide_bwd``): the gradients of
+    :func:`~memnets.kernels.mlp_memory.backward.run_backward`, after one forward pass that stores every
+    chunk's start state."""
+    B, T, H = q.shape[:3]
+    has_mom = s1 is not None
+    coef = (beta, f, G, m_end, s_coef)
+    _, _, (w1_chunks, w2_chunks, s1_chunks, s2_chunks) = launch_wide_forward(
+        q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, True
+    )
+
+    def like(t: Tensor | None) -> Tensor:
+        return w1.new_empty(0) if t is None else torch.empty_like(t)
+
+    def start(t: Tensor) -> Tensor:  # a working buffer, from the chunk-end cotangent to the initial one
+        return t.float().clone(memory_format=torch.contiguous_format)
+
+    dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
+    # the LayerNorm's outer parameters: one partial sum per (batch, head), reduced below
+    dln_w = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
+    dln_b = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
+    dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
+    dw1, dw2 = start(dw1_final), start(dw2_final)
+    ds1, ds2 = (start(ds1_final), start(ds2_final)) if has_mom else (w1.new_empty(0), w1.new_empty(0))
+    scalars, constants = wide_meta(q, w1, ln_w, config)
+    scratch = w1.new_empty(B * H, constants["BL"], constants["NB"] * constants["BHB"])
+    empty = w1.new_empty(0)
+    _wide_backward_kernel[(B * H,)](
+        q,
+        k,
+        v,
+        empty if bias_params is None else bias_params,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
+        dy,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        w1_chunks,
+        w2_chunks,
+        s1_chunks,
+        s2_chunks,
+        dw1_anchor,
+        dw2_anchor,
+        dq,
+        dk,
+        dv,
+        dbp,
+        dln_w,
+        dln_b,
+        dbeta,
+        df,
+        dG,
+        dm_end,
+        ds_coef,
+        dw1,
+        dw2,
+        ds1,
+        ds2,
+        scratch,
+        T,
+        beta.shape[2],
+        *scalars,
+        **constants,
+        HAS_MOM=has_mom,
+    )
+    if ln_w is not None:
+        dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
+    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2]

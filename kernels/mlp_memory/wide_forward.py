@@ -1,0 +1,340 @@
+"""The wide-state variant of the MLP-memory forward kernel, for states too large to keep on chip: the
+hidden width is tiled in blocks and the state lives in global memory.
+
+Same semantics, custom-op signature and outputs as ``memnets::mlp_memory_fwd`` / ``_bwd`` (see the
+package's docstring for the equations, the coefficients β, f, G, m_end, s_coef and the biases), with ``LaunchConfig.hidden_block`` (BHB, a power of two >= 16): the hidden width Dh is split into NB = ⌈Dh / BHB⌉
+blocks. Layer-1 columns and layer-2 rows split cleanly per block j (W1_j ``[D, BHB]``, W2_j
+``[BHB, D]``, likewise S1_j, S2_j); only these sums cross blocks::
+
+    key path   Z2 = Σ_j σ(K W1_j) W2_j                      (then R, ℓ'(R), the LayerNorm backward: Δ)
+    read       Ẑ2 = Σ_j [β Â_j W2_j + f Â_j S2_j] − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ
+    backward   the cotangents of Δ, of Q Kᵀ (through G), of q and k, and the per-token coefficient
+               gradients (β, f, G's last row, s_coef, m_end)
+
+Grid and state: still one program per (batch, head), chunks sequential inside, but the state lives in
+global memory (float32 working buffers: the final-state outputs, 4 · D · Dh · 4 bytes per program with
+momentum, 256 KB at D = 64, Dh = 256, so B · H <= ~190 programs keep it in an H100's 50 MB L2) and
+each chunk loops over the hidden blocks; only one block of each matrix, the
+chunk's ``[L, D]`` rows and ``[L, L]`` tiles are on chip at a time. A program re-reads (and in the
+backward re-writes) its state blocks; a write followed by a read of the same global buffer by the same
+program is separated by ``tl.debug_barrier()`` (the threads that write an element are not those that
+read it back), and so is a read followed by an in-place overwrite (the sm_90 PTX loads with plain
+``ld.global``, not the non-coherent ``.nc`` path, so ``bar.sync`` orders them).
+
+Forward, per chunk (``_wide_forward_kernel``):
+
+1. key pass over j: Z2 += σ(K W1_j) W2_j; then Δ (bias derivative, LayerNorm backward) on the whole
+   ``[L, D]`` row block;
+2. update pass over j: recompute Z1_j, A_j, δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j), the read's Ẑ1_j and Â_j,
+   accumulate Ẑ2's block terms and Σ_j Â_j A_jᵀ, then overwrite block j of W1, W2, S1, S2 with its
+   chunk-end value (block j's old values are not needed by any later block);
+3. finish Ẑ2 (the Δ term), the LayerNorm, store y.
+
+With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
+floats) and skips the reads. Traffic per chunk and program, with momentum: 6 D·Dh state floats read (2
+in pass 1, 4 in pass 2) and 4 D·Dh written (without momentum 4 and 2), plus the chunk's q, k, v rows;
+the whole-state kernel reads and writes the state once per call.
+
+Backward, chunks in reverse (``_wide_backward_kernel``), state cotangents (dW1, dW2, dS1, dS2) in the
+gradient outputs used as working buffers, chunk-start states from the STORE pass:
+
+1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
+2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
+   the read's LayerNorm backward, dβ, df of layer 2, dG and the cotangent of Δ from Ẑ2's Δ term;
+3. gradient pass over j: layer-1 read backward (dq, dk via dQKᵀ accumulated over j, dδ1_j), the
+   chunk-end update's terms (cotangents of δ1_j, Δ, K, A_j, β_L, f_L, G's last row, s_coef, m_end),
+   δ1_j's second-order terms (dΔ += (dδ1_j ⊙ σ'(Z1_j)) W2_j); block j's new dS1, dS2, the partial
+   dW1, dW2 (all but the Z2 path) written in place, and the partial cotangent of Z1_j
+   ``[L, BHB]`` to a scratch buffer;
+4. (whole rows) the cotangent of Δ through the LayerNorm (second order) and ℓ'' to R and Z2;
+5. finishing pass over j: dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j), dW2_j += A_jᵀ dZ2,
+   dW1_j += Kᵀ dZ1_j, dk += dZ1_j W1_jᵀ.
+
+Traffic per chunk and program, with momentum: 12 D·Dh floats of the chunk-start state read (2 in
+passes 1 and 5, 4 in passes 2 and 3), 6 D·Dh cotangent floats read and 6 D·Dh written (4 in pass 3,
+2 in pass 5), L·Dh scratch floats written and read once; plus the STORE recompute (a forward that
+writes 4 D·Dh per chunk).
+
+Not covered: everything the whole-state kernels do not cover (:func:`~.limits.supports` names
+those), packed sequences, the Omega window, chunk-start reads, chunk sizes above 64, and head dims
+beyond ``MAX_WIDE_DIM_FOR_TILE`` (the chunk's rows exceed the shared memory). Tested in the Triton
+interpreter (which runs a program's block ops one after the other, so it does not exercise the
+barriers' cross-thread ordering) and compiled ahead of time for sm_90 with
+``scripts/check_kernels_compile.py``; shared memory and spills per shape: benchmarks/RESULTS.md §9.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import act, act_grad, dot, key_delta, key_value_rows, ln_params, ln_rows, row_block
+from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
+
+
+@triton.jit
+def w1_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
+    """Offsets and mask of hidden block j of a ``[D, Dh]`` matrix (W1, S1): a ``[BD, BHB]`` tile."""
+    r = tl.arange(0, BD)
+    c = j * BHB + tl.arange(0, BHB)
+    return r[:, None] * DH + c[None, :], (r < D)[:, None] & (c < DH)[None, :]
+
+
+@triton.jit
+def w2_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
+    """Offsets and mask of hidden block j of a ``[Dh, D]`` matrix (W2, S2): a ``[BHB, BD]`` tile."""
+    r = j * BHB + tl.arange(0, BHB)
+    c = tl.arange(0, BD)
+    return r[:, None] * D + c[None, :], (r < DH)[:, None] & (c < D)[None, :]
+
+
+@triton.jit
+def key_z2(
+    b_k,
+    w1,
+    w2,
+    base,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BHB: tl.constexpr,
+    NB: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+):
+    """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base``."""
+    Z2 = tl.zeros([BL, BD], dtype=tl.float32)
+    for j in range(NB):
+        o1, m1 = w1_block(j, D, DH, BD, BHB)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+        W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+        Z2 += dot(act(dot(b_k, W1, DOT), ACT), W2, DOT)
+    return Z2
+
+
+@triton.jit
+def _wide_forward_kernel(
+    q,
+    k,
+    v,
+    bp,
+    beta,
+    f,
+    G,
+    m_end,
+    s_coef,
+    ln_w,
+    ln_b,
+    y,
+    w1,
+    w2,
+    s1,
+    s2,
+    w1_anchor,
+    w2_anchor,
+    w1_chunks,
+    w2_chunks,
+    s1_chunks,
+    s2_chunks,
+    T,
+    NC,
+    p,
+    eps,
+    sharp,
+    ln_eps,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    L: tl.constexpr,
+    BL: tl.constexpr,
+    BD: tl.constexpr,
+    BHB: tl.constexpr,
+    NB: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+    BIAS: tl.constexpr,
+    LN: tl.constexpr,
+    RES: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+    STORE: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    b = (i_bh // H).to(tl.int64)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    n = D * DH  # numbers per weight matrix
+    base = bh * n  # this program's state in w1, w2, s1, s2 (updated in place)
+    li = tl.arange(0, BL)
+    lmask = li < L
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
+    for c in range(NC):
+        cc = bh * NC + c  # index of this (batch, head, chunk)
+        offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
+        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
+        # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
+        Z2 = key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        dd, _, _, _, _ = key_delta(
+            Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )
+        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        beta_last = tl.load(beta + cc * L + last)
+        if HAS_MOM:
+            f_last = tl.load(f + cc * L + last)
+            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
+            b_m = tl.load(m_end + cc)
+        if not STORE:
+            b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
+            b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+            b_G = tl.load(
+                G + cc * L * L + li[:, None] * L + li[None, :],
+                mask=lmask[:, None] & lmask[None, :],
+                other=0.0,
+            )
+            qkG = dot(b_q, tl.trans(b_k), DOT) * b_G
+            if HAS_MOM:
+                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+        z2 = tl.zeros([BL, BD], dtype=tl.float32)  # the read's Ẑ2 without its Δ term
+        aa = tl.zeros([BL, BL], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
+        # pass 2: per hidden block, the reads' share and the chunk-end update
+        for j in range(NB):
+            o1, m1 = w1_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
+            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+            W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+            Z1 = dot(b_k, W1, DOT)
+            A = act(Z1, ACT)
+            d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)  # δ1_j
+            W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+            W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
+            if HAS_MOM:
+                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
+                S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
+                W1_new += f_last * S1
+                W2_new += f_last * S2
+                S1_new = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
+                S2_new = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
+            if STORE:
+                tl.store(w1_chunks + cc * n + o1, W1, mask=m1)
+                tl.store(w2_chunks + cc * n + o2, W2, mask=m2)
+                if HAS_MOM:
+                    tl.store(s1_chunks + cc * n + o1, S1, mask=m1)
+                    tl.store(s2_chunks + cc * n + o2, S2, mask=m2)
+            else:
+                z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
+                if HAS_MOM:
+                    z1 += b_f[:, None] * dot(b_q, S1, DOT)
+                a1 = act(z1, ACT)
+                z2 += b_beta[:, None] * dot(a1, W2, DOT)
+                if HAS_MOM:
+                    z2 += b_f[:, None] * dot(a1, S2, DOT)
+                aa += dot(a1, tl.trans(A), DOT)
+            if c == NC - 1:
+                tl.store(w1_anchor + base + o1, W1, mask=m1)
+                tl.store(w2_anchor + base + o2, W2, mask=m2)
+            tl.debug_barrier()  # every thread has read block j before it is overwritten
+            tl.store(w1 + base + o1, W1_new, mask=m1)
+            tl.store(w2 + base + o2, W2_new, mask=m2)
+            if HAS_MOM:
+                tl.store(s1 + base + o1, S1_new, mask=m1)
+                tl.store(s2 + base + o2, S2_new, mask=m2)
+        tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
+        if not STORE:
+            z2 -= dot(aa * b_G, dd, DOT)
+            if LN:
+                xq, _ = ln_rows(z2, cmask, D, ln_eps)
+                z2 = xq * gamma[None, :] + shift[None, :]
+            tl.store(y + offs, z2.to(y.dtype.element_ty), mask=mask)
+
+
+def wide_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
+    """The wide-state kernels' runtime scalars and constants: the hidden tiling instead of BH."""
+    scalars, constants = kernel_meta(q, w1, ln_w, config)
+    del constants["BH"]
+    DH = constants["DH"]
+    BHB = min(config.hidden_block, block(DH))
+    constants |= {"BHB": BHB, "NB": triton.cdiv(DH, BHB), "num_warps": WIDE_NUM_WARPS}
+    return scalars, constants
+
+
+def launch_wide_forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config: LaunchConfig, store: bool):
+    """One launch over all chunks from (w1, w2, s1, s2); returns y (empty with ``store``), (W1, W2, S1, S2
+    final, W1, W2 anchor) and, with ``store``, every chunk's start state."""
+    B, T, H = q.shape[:3]
+    beta, f, G, m_end, s_coef = coef
+    NC = beta.shape[2]
+    has_mom = s1 is not None
+
+    def new(*shape: int) -> Tensor:
+        return w1.new_empty(shape)
+
+    y = new(*q.shape) if not store else new(0)  # float32: the read's residual is added outside
+    # the state is updated in place in the final-state outputs
+    w1_final, w2_final = (
+        w1.clone(memory_format=torch.contiguous_format),
+        w2.clone(memory_format=torch.contiguous_format),
+    )
+    s1_final = s1.clone(memory_format=torch.contiguous_format) if has_mom else new(0)
+    s2_final = s2.clone(memory_format=torch.contiguous_format) if has_mom else new(0)
+    w1_anchor, w2_anchor = new(*w1.shape), new(*w2.shape)
+    w1_chunks = new(B, H, NC, *w1.shape[2:]) if store else new(0)
+    w2_chunks = new(B, H, NC, *w2.shape[2:]) if store else new(0)
+    s1_chunks = new(B, H, NC, *w1.shape[2:]) if store and has_mom else new(0)
+    s2_chunks = new(B, H, NC, *w2.shape[2:]) if store and has_mom else new(0)
+    scalars, constants = wide_meta(q, w1, ln_w, config)
+    empty = new(0)
+    _wide_forward_kernel[(B * H,)](
+        q,
+        k,
+        v,
+        empty if bp is None else bp,
+        beta,
+        f,
+        G,
+        m_end,
+        s_coef,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
+        y,
+        w1_final,
+        w2_final,
+        s1_final,
+        s2_final,
+        w1_anchor,
+        w2_anchor,
+        w1_chunks,
+        w2_chunks,
+        s1_chunks,
+        s2_chunks,
+        T,
+        NC,
+        *scalars,
+        **constants,
+        HAS_MOM=has_mom,
+        STORE=store,
+    )
+    return (
+        y,
+        (w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor),
+        (w1_chunks, w2_chunks, s1_chunks, s2_chunks),
+    )
+
+
+def run_wide_forward(
+    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
+    config: LaunchConfig,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The wide forward op's work (``memnets::mlp_memory_wide_fwd``): the outputs of
+    :func:`~memnets.kernels.mlp_memory.forward.run_forward` without the checkpoints (the backward
+    recomputes every chunk's start state in one pass). No packed sequences."""
+    if cu_seqlens is not None or tile_offsets is not None:
+        raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
+    coef = (beta, f, G, m_end, s_coef)
+    y, state, _ = launch_wide_forward(q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, False)
+    return (y, *state)

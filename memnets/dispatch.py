@@ -1,0 +1,219 @@
+"""Which implementation runs a memory op, decided in one place.
+
+Every recurrent update rule of the zoo is one :class:`MemoryOp` record (:mod:`memnets.ops` holds
+them): its token-by-token ``reference``, its ``chunked`` PyTorch form and, where one exists, its
+``triton`` kernel, all called the same way, plus ``supports`` (why the kernel does not cover a
+configuration) and ``packs`` (whether the kernel runs packed sequences in one call). A mixer builds
+one :class:`MemoryDispatch` per op at construction, with the op's static configuration, and calls
+it in ``forward``; the dispatch
+
+* checks the backend name and refuses ``backend="triton"`` for a configuration the kernel does not
+  cover (an error naming why, never a silent fallback);
+* resolves ``auto``: the kernel on a CUDA device where it covers the configuration, else ``chunked``;
+* says once in the log which path ran, and why no kernel ran where one could have;
+* runs packed sequences (``cu_seqlens``) in one kernel call where the kernel packs them, and one
+  sequence at a time (each from a fresh state) otherwise, returning the last sequence's state.
+
+Adding a backend to an op is one field of its record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "reference", "chunked", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
+
+log = logging.getLogger("memnets")
+_announced: set[str] = set()
+
+
+def log_once(message: str, *args: object) -> None:
+    """Log ``message % args`` at INFO the first time this exact text comes up (which path ran)."""
+    text = message % args
+    if text not in _announced:
+        _announced.add(text)
+        log.info(text)
+
+
+def triton_available(device: torch.device) -> bool:
+    """Whether ``auto`` may pick the Triton kernels: on CUDA devices only. Under ``TRITON_INTERPRET=1``
+    (kernel tests on CPU) they run only when asked for by name, so ``auto`` keeps meaning the same
+    path whichever test module set the variable first."""
+    if os.environ.get("MEMNETS_DISABLE_TRITON") == "1" or device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_backend(owner: str, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"{owner}: backend={backend!r} is not one of {list(BACKENDS)}")
+
+
+def _covered(**config: Any) -> str | None:
+    return None
+
+
+def _always(**config: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class MemoryOp:
+    """One update rule and its implementations.
+
+    ``reference``, ``chunked`` and ``triton`` (the kernel, which imports Triton on first use; ``None``
+    = no kernel) share one signature, ``fn(*inputs, **options) -> (y, state)``.
+    ``supports(backend=, **options)`` says why
+    the kernel does not cover a configuration (``None``: it does). ``packs(**options)``: whether the
+    kernel runs packed sequences in one call. ``kernel_options`` are read by the kernel only (the
+    PyTorch paths do not take them). ``packed_inputs``: every backend takes ``cu_seqlens`` itself."""
+
+    name: str
+    reference: Callable[..., tuple[Tensor, Any]]
+    chunked: Callable[..., tuple[Tensor, Any]]
+    triton: Callable[..., tuple[Tensor, Any]] | None = None
+    supports: Callable[..., str | None] = _covered
+    packs: Callable[..., bool] = _always
+    kernel_options: tuple[str, ...] = ()
+    packed_inputs: bool = False
+
+    def why_not(self, backend: str, options: dict[str, Any]) -> str | None:
+        """Why the kernel cannot run ``options`` for ``backend`` (``None`` if it can)."""
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            return f"this machine (Triton is not importable: {e})"
+        return self.supports(backend=backend, **options)
+
+
+class MemoryDispatch:
+    """``op`` for one mixer: ``MemoryDispatch(owner, op, arch=..., **options)`` and ``check(backend)``
+    at construction, then ``dispatch(backend, *inputs, cu_seqlens=None, **per_call)`` in ``forward``.
+    ``arch`` (the memory network, if the op has one) is passed first, ``options`` by keyword to every
+    call; ``part`` names the piece of a mixer with several memories in messages. ``optional_kernel``:
+    a part whose kernel is not what ``backend="triton"`` asks for (TNT's global memory, when the local
+    memories are): there ``triton`` runs the chunked engine where the kernel does not cover the
+    configuration, and the log says so. The backend is passed per call so a mixer's ``backend``
+    attribute may change after construction."""
+
+    def __init__(
+        self,
+        owner: str,
+        op: MemoryOp,
+        arch: Any = None,
+        part: str = "",
+        optional_kernel: bool = False,
+        **options: Any,
+    ) -> None:
+        self.owner, self.op, self.arch, self.part, self.options = owner, op, arch, part, options
+        self.optional_kernel = optional_kernel
+        self._no_kernel: dict[str, str | None] = {}
+
+    def no_kernel(self, backend: str) -> str | None:
+        """Why the kernel does not cover this configuration for ``backend`` (``None`` if it does)."""
+        if backend not in self._no_kernel:
+            if self.op.triton is None:
+                why: str | None = f"{self.op.name} (it has no Triton kernel)"
+            else:
+                config = self.options if self.arch is None else {"arch": self.arch, **self.options}
+                why = self.op.why_not(backend, config)
+            self._no_kernel[backend] = f"{self.part}: {why}" if why and self.part else why
+        return self._no_kernel[backend]
+
+    def check(self, backend: str) -> None:
+        """A known backend name, and no explicit ``triton`` for a configuration no kernel covers."""
+        check_backend(self.owner, backend)
+        if backend != "triton" or self.optional_kernel:
+            return
+        if self.op.triton is None:
+            raise ValueError(
+                f"{self.owner}: backend='triton' is not implemented; supported: ['reference', 'chunked']"
+            )
+        if (why := self.no_kernel(backend)) is not None:
+            raise ValueError(
+                f"{self.owner}: backend='triton' does not support {why}; use backend='chunked' or 'auto'"
+            )
+
+    def backend(self, requested: str, device: torch.device) -> str:
+        """The backend that runs on ``device``; logged once per (owner, path)."""
+        self.check(requested)
+        chosen = requested
+        if requested == "auto":
+            chosen = "triton" if self.no_kernel("auto") is None and triton_available(device) else "chunked"
+        elif requested == "triton" and self.optional_kernel and self.no_kernel("triton") is not None:
+            chosen = "chunked"
+        why = ""
+        if chosen == "chunked" and (
+            requested == "triton" or (requested == "auto" and triton_available(device))
+        ):
+            why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
+        if chosen == "triton" and self.op.kernel_options:
+            why = "; " + ", ".join(
+                f"{k}={self.options[k]}" for k in self.op.kernel_options if k in self.options
+            )
+        what = f"{self.owner} ({self.part})" if self.part else self.owner
+        log_once(
+            "%s: running the %s backend (asked for %s on %s%s)", what, chosen, requested, device.type, why
+        )
+        return chosen
+
+    def packs(self, requested: str, device: torch.device) -> bool:
+        """Whether packed sequences run in one call on ``device`` (else one sequence at a time)."""
+        if self.op.packed_inputs:
+            return True
+        return self.backend(requested, device) == "triton" and self.op.packs(arch=self.arch, **self.options)
+
+    def __call__(
+        self, backend: str, *inputs: Any, cu_seqlens: Tensor | None = None, **per_call: Any
+    ) -> tuple[Tensor, Any]:
+        device = next(t for t in inputs if isinstance(t, Tensor)).device
+        backend = self.backend(backend, device)
+        fn = getattr(self.op, backend)
+        options = {
+            k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
+        }
+        head = () if self.arch is None else (self.arch,)
+        if cu_seqlens is None:
+            return fn(*head, *inputs, **options, **per_call)
+        if self.op.packed_inputs:
+            return fn(*head, *inputs, **options, **per_call, cu_seqlens=cu_seqlens)
+        if backend == "triton" and self.op.packs(arch=self.arch, **self.options):
+            y, states = fn(*head, *inputs, **options, **per_call, cu_seqlens=cu_seqlens)
+            return y, states[-1]  # the last sequence's state
+        return self._one_by_one(fn, head, inputs, {**options, **per_call}, cu_seqlens)
+
+    @staticmethod
+    def _one_by_one(
+        fn: Callable[..., tuple[Tensor, Any]],
+        head: tuple,
+        inputs: tuple,
+        kwargs: dict[str, Any],
+        cu_seqlens: Tensor,
+    ) -> tuple[Tensor, Any]:
+        """Each packed sequence from a fresh state: the per-token inputs (``[1, T, ...]`` tensors)
+        sliced to its rows; the outputs joined, the last sequence's state returned."""
+        T = cu_seqlens[-1].item()
+
+        def rows(t: Any, s: int, e: int) -> Any:
+            per_token = isinstance(t, Tensor) and t.dim() >= 2 and t.shape[:2] == (1, T)
+            return t[:, s:e] if per_token else t
+
+        ys, state = [], None
+        for s, e in itertools.pairwise(cu_seqlens.tolist()):
+            piece = {k: rows(v, s, e) for k, v in kwargs.items()}
+            y, state = fn(*head, *(rows(t, s, e) for t in inputs), **piece)
+            ys.append(y)
+        return torch.cat(ys, 1), state

@@ -1,0 +1,246 @@
+"""The memory ops of the zoo, one :class:`~memnets.dispatch.MemoryOp` record each.
+
+| op | update rule | reference / chunked | kernel |
+|---|---|---|---|
+| :data:`TITANS_MEMORY` | Titans LMM (arXiv:2501.00663 §3.1, Eq. 13-15) | ``memory_reference`` / ``memory_chunked`` | MLP (depth 2) or linear (depth 1) memory kernel |
+| :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel, identity retention |
+| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window, no Muon |
+| :data:`CHUNK_READ_MEMORY` | TNT global memory (arXiv:2511.07343) | ``chunk_read_memory_reference`` / ``chunk_read_memory`` | chunk-start reads of the MLP memory kernel |
+| :data:`SHARDED_MEMORY` | TNT local memories (resets, Q-K projection) | ``sharded_memory`` | the Titans memory kernels on folded shards |
+| :data:`GATED_DELTA` | gated delta rule (arXiv:2412.06464) | ``gated_delta_rule`` | ``gated_delta_rule`` (Triton) |
+| :data:`PARARNN` | ParaRNN (arXiv:2510.21450) | ``sequential_solve`` / Newton + chunked scan | Newton + Triton scan |
+
+Every kernel imports Triton (and the kernel package) on first call, so CPU-only installs never load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from torch import Tensor
+
+from .dispatch import MemoryOp
+from .kernels.gated_delta import gated_delta_rule
+from .memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
+from .memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
+from .memory.miras import miras_chunked, miras_reference
+from .memory.omega import omega_chunked, omega_reference
+from .memory.sharded import sharded_memory
+from .newton import NewtonOptions, newton_solve, sequential_solve
+
+
+def no_wide_kernels(backend: str) -> str | None:
+    """Why the wide-state MLP kernels may not run for ``backend`` (``None``: they may)."""
+    from .memory import kernel_bridge
+
+    if backend == "auto" and not kernel_bridge.WIDE_IN_AUTO:
+        return "under backend='auto' until checked on a GPU (ask for backend='triton')"
+    return None
+
+
+def _mlp_supports(
+    arch: MemoryMLP, bias: object, chunk_size: int, window: int = 1, no_wide: str | None = None
+):
+    from .memory import kernel_bridge
+
+    return kernel_bridge.supports_mlp(arch, bias, chunk_size, window, no_wide)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Titans memory: the linear kernel (depth 1) or the MLP kernel (depth 2)
+
+
+def _titans_supports(*, backend: str, arch: MemoryMLP, chunk_size: int, **_: Any) -> str | None:
+    """The linear memory (depth 1, no LayerNorm, chunk sizes 16/32/64) or the two-layer MLP memory
+    (LayerNorm and residual on or off; tiles of a divisor of the chunk size up to 64 rows with the
+    state on chip, larger states in the wide-state kernels: head dim <= 128, chunk size <= 64, those
+    only with ``backend="triton"`` until checked on a GPU)."""
+    if arch.depth not in (1, 2):
+        return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
+    if arch.depth == 1:
+        from .memory import kernel_bridge
+
+        return kernel_bridge.supports_linear(arch, chunk_size=chunk_size)
+    return _mlp_supports(arch, None, chunk_size, no_wide=no_wide_kernels(backend))
+
+
+def _titans_packs(*, arch: MemoryMLP, chunk_size: int, bias: object = None, **_: Any) -> bool:
+    """The linear kernel always runs packed sequences in one call; the MLP kernel where the state
+    stays on chip (the wide-state kernels run no packed sequences)."""
+    return arch.depth == 1 or _mlp_supports(arch, bias, chunk_size, no_wide="packed sequences") is None
+
+
+def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "tf32x3", **options: Any):
+    if arch.depth == 1:  # the linear kernel's matmuls are tf32x3 (check_dot_precision refuses others)
+        from .memory.kernel_bridge import titans_linear_chunked
+
+        return titans_linear_chunked(arch, *inputs, **options)
+    from .memory.kernel_bridge import titans_mlp_chunked
+
+    return titans_mlp_chunked(arch, *inputs, dot_precision=dot_precision, **options)
+
+
+TITANS_MEMORY = MemoryOp(
+    "the Titans memory",
+    memory_reference,
+    memory_chunked,
+    _titans_kernel,
+    _titans_supports,
+    _titans_packs,
+    kernel_options=("dot_precision",),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Miras: identity retention without the lag token is the Titans rule without momentum
+
+
+def _miras_supports(
+    *, backend: str, arch: MemoryMLP, chunk_size: int, bias: object, retention: object, lag: bool, **_: Any
+) -> str | None:
+    if retention is not None:
+        return f"the retention map {retention!r} (the Triton kernel covers identity retention)"
+    if lag:
+        return "the lag token (the Triton kernel covers identity retention without it)"
+    if arch.depth != 2:
+        return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
+    return _mlp_supports(arch, bias, chunk_size, no_wide=no_wide_kernels(backend))
+
+
+def _miras_kernel(
+    arch: MemoryMLP,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    keep: Tensor | None,
+    state: MemoryState | None,
+    *,
+    retention: object,
+    lag: bool,
+    **options: Any,
+):
+    from .memory.kernel_bridge import titans_mlp_chunked
+
+    return titans_mlp_chunked(arch, q, k, v, lr, None, keep, state, **options)  # no momentum
+
+
+MIRAS_MEMORY = MemoryOp(
+    "the Miras memory",
+    miras_reference,
+    miras_chunked,
+    _miras_kernel,
+    _miras_supports,
+    _titans_packs,
+    kernel_options=("dot_precision",),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Omega rule (OmegaNet, Atlas): the MLP kernel's sliding-window variant
+
+
+def _omega_supports(
+    *, backend: str, arch: MemoryMLP, chunk_size: int, window: int, bias: object, muon: object, **_: Any
+) -> str | None:
+    if muon is not None:
+        return f"muon={muon!r} (Newton-Schulz steps are not in the kernel)"
+    return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))
+
+
+def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: object, **options: Any):
+    from .memory.kernel_bridge import omega_mlp_chunked
+
+    return omega_mlp_chunked(*inputs, **options)  # muon is None where the kernel runs
+
+
+OMEGA_MEMORY = MemoryOp(
+    "the Omega memory",
+    omega_reference,
+    omega_chunked,
+    _omega_kernel,
+    _omega_supports,
+    kernel_options=("dot_precision",),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# TNT: the global memory (reads at chunk starts) and the local memories (sharded, reset)
+
+
+def _chunk_read_supports(*, arch: MemoryMLP, chunk_size: int, **_: Any) -> str | None:
+    if arch.depth != 2:
+        return f"memory depth {arch.depth} (chunk-start reads exist for the 2-layer memory only)"
+    return _mlp_supports(arch, None, chunk_size, no_wide="chunk-start reads")
+
+
+def _chunk_read_kernel(*inputs: Any, **options: Any):
+    from .memory.kernel_bridge import chunk_read_mlp
+
+    return chunk_read_mlp(*inputs, **options)
+
+
+CHUNK_READ_MEMORY = MemoryOp(
+    "the chunk-start-read memory",
+    chunk_read_memory_reference,
+    chunk_read_memory,
+    _chunk_read_kernel,
+    _chunk_read_supports,
+    kernel_options=("dot_precision",),
+)
+
+
+def _sharded_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "tf32x3", **options: Any):
+    run = functools.partial(_titans_kernel, dot_precision=dot_precision)
+    return sharded_memory(arch, *inputs, run=run, **options)
+
+
+SHARDED_MEMORY = MemoryOp(
+    "the sharded memory",
+    functools.partial(sharded_memory, backend="reference"),
+    sharded_memory,
+    _sharded_kernel,
+    _titans_supports,
+    kernel_options=("dot_precision",),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gated DeltaNet / MoM and ParaRNN: every backend takes packed sequences itself
+
+GATED_DELTA = MemoryOp(
+    "the gated delta rule",
+    functools.partial(gated_delta_rule, backend="reference"),
+    functools.partial(gated_delta_rule, backend="chunked"),
+    functools.partial(gated_delta_rule, backend="triton"),
+    packed_inputs=True,
+)
+
+
+def _sequential(cell: Any, u: Tensor, h0: Tensor | None, reset: Tensor | None, **_: Any) -> Tensor:
+    return sequential_solve(cell, u, h0, reset)
+
+
+def _newton(
+    scan: str,
+    cell: Any,
+    u: Tensor,
+    h0: Tensor | None,
+    reset: Tensor | None,
+    *,
+    options: NewtonOptions,
+    stats: Any,
+) -> Tensor:
+    options = dataclasses.replace(options, scan_backend=scan)
+    return newton_solve(cell, u, h0, reset, options, stats)
+
+
+PARARNN = MemoryOp(
+    "the ParaRNN solve",
+    _sequential,
+    functools.partial(_newton, "chunked"),
+    functools.partial(_newton, "triton"),
+    packed_inputs=True,
+)
