@@ -41,14 +41,18 @@ class MQARConfig:
 
 @dataclass
 class TextConfig:
-    """Local text: ``.txt``/``.jsonl``/``.parquet`` through Hugging Face ``datasets`` (offline), or a
-    pre-tokenized ``.bin`` (uint16 or uint32 tokens, see ``dtype``). ``tokenizer: byte`` needs no
-    download; any other value is a Hugging Face tokenizer name or path."""
+    """Text (``memnets.data.text``): a folder of token shards from ``scripts/prepare_data.py``, a
+    ``.txt``/``.jsonl``/``.json``/``.parquet`` file, or a pre-tokenized ``.bin``. ``tokenizer: byte``
+    needs no download; otherwise a ``tokenizer.json`` path, ``tiktoken:ENCODING`` or a Hub model id.
+    ``dtype`` is for a ``.bin`` no ``meta.json`` describes (``auto``: what ``meta.json`` states, else
+    ``uint16``). ``val_fraction`` (> 0) is the validation tail of a single file. ``encoding_errors:
+    replace`` reads non-UTF-8 bytes as U+FFFD instead of stopping with an error."""
 
     tokenizer: str = "byte"
     text_field: str = "text"
     val_fraction: float = _range(0.0, 0.5, default=0.05)
-    dtype: Literal["uint16", "uint32"] = "uint16"
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    encoding_errors: Literal["strict", "replace"] = "strict"
 
 
 @dataclass
@@ -174,7 +178,14 @@ def validate(cfg: Config) -> None:
     if t.early_stop_accuracy is not None and not 0 < t.early_stop_accuracy <= 1:
         raise ConfigError(f"train.early_stop_accuracy={t.early_stop_accuracy} must be in (0, 1]")
     if d.kind == "text" and not d.path:
-        raise ConfigError("data.path is required when data.kind=text (a .txt/.jsonl/.parquet/.bin file)")
+        raise ConfigError(
+            "data.path is required when data.kind=text (a .txt/.jsonl/.parquet/.bin file or a prepare_data.py folder)"
+        )
+    if d.kind == "text" and d.text.val_fraction == 0:
+        raise ConfigError(
+            "data.text.val_fraction=0 leaves no validation split, so evaluation would report nothing real; "
+            "must be in (0, 0.5] (a prepare_data.py folder ignores it: it holds val.bin)"
+        )
     if d.kind == "mqar":
         if d.path is not None:
             raise ConfigError(f"data.path={d.path!r} is only used with data.kind=text (data.kind=mqar)")
