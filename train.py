@@ -6,17 +6,22 @@
     torchrun --nproc_per_node 2 train.py CONFIG           # DistributedDataParallel (gloo on CPU)
 
 Overrides are dotted ``key.sub=value`` pairs parsed as YAML values.
+
+Exit status: 0 done; 2 a config error (nothing written); 3 run.dir is in use by another run; 128 + the
+signal number when SIGTERM/SIGINT stopped the run after a checkpoint (143, 130); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from typing import NoReturn
 
 from memnets.config import load_config
+from memnets.run_dir import RunDirLocked
 from memnets.trainer import train
 from memnets.validation import ConfigError
 
@@ -40,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except RunDirLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return 1
     if result.preempted is not None:
         return 128 + result.preempted
     if int(os.environ.get("RANK", "0")) != 0:

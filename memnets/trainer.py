@@ -43,9 +43,11 @@ from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
 from .model import LM
+from .run_dir import MetricsLog, RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
 from .validation import ConfigError
 
 log = logging.getLogger("memnets")
+EVAL_GRACE_S = 10.0  # how long an evaluation may go on after a SIGINT/SIGTERM before it is abandoned
 
 
 @dataclass
@@ -77,12 +79,35 @@ def _init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
     if device_cfg == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(device_cfg)
+        device = _check_device(device_cfg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(int(os.environ.get("RANK", "0")), world, local), device
+
+
+def _check_device(name: str) -> torch.device:
+    """``train.device`` as a device this machine has, or a config error saying what it has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device={name!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"train.device={name!r} but this machine has no usable CUDA device; use auto or cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device={name!r} but this machine has {count} CUDA device(s) (cuda:0..{count - 1})"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def _setup_logging(main: bool) -> None:
@@ -184,70 +209,61 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-# ----------------------------------------------------------------------------------------------------
-# logging of metrics
-
-
-class MetricsLog:
-    """``metrics.jsonl`` always; TensorBoard and W&B when asked (imported lazily)."""
-
-    def __init__(self, run_dir: Path, cfg: Config, resume_step: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = self.wandb = None
-        if not enabled:
-            return
-        if self.path.exists():  # drop records past the checkpoint we resume from
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
-        if cfg.run.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ImportError("run.tensorboard=true needs: pip install 'memnets[tensorboard]'") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if cfg.run.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise ImportError("run.wandb=true needs: pip install 'memnets[wandb]'") from None
-            self.wandb = wandb.init(
-                project=cfg.run.wandb_project,
-                name=cfg.run.name,
-                config=to_dict(cfg),
-                dir=str(run_dir),
-                resume="allow",
-            )
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = record["step"]
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------------------------------
+# resuming
+
+# what a resumed run must share with its checkpoint: the model, the data, and the seed (the batch of a
+# step is a function of the seed and the step); data.num_workers only changes how batches are loaded
+_UNUSED_FOR_RESUME = ("data.num_workers",)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[tuple], list[tuple]]:
+    """``(blocking, other)`` lists of ``(dotted key, checkpoint value, current value)``: keys that must
+    match to resume (model, data, run.seed) and the rest (train and run settings), every difference."""
+    a, b = _flatten(saved), _flatten(now)
+    blocking, other = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key) or key in _UNUSED_FOR_RESUME or key == "run.resume":
+            continue
+        matters = key.startswith(("model.", "data.")) or key == "run.seed"
+        (blocking if matters else other).append((key, a.get(key), b.get(key)))
+    return blocking, other
+
+
+def optimizer_state_for(
+    osd: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, by_name: bool
+) -> dict[str, Any]:
+    """A saved optimizer state keyed the way this run loads it: by parameter name for FSDP's
+    ``set_optimizer_state_dict``, by index for ``Optimizer.load_state_dict``. Checkpoints keep the key
+    of the run that wrote them, so this is what lets single/DDP and FSDP runs resume each other's."""
+    names = {p: n for n, p in model.named_parameters()}
+    order = [names[p] for g in optimizer.param_groups for p in g["params"]]
+    index = {n: i for i, n in enumerate(order)}
+    keyed_by_name = any(isinstance(k, str) for g in osd["param_groups"] for k in g["params"])
+    if keyed_by_name == by_name:
+        return osd
+    key = (lambda i: order[i]) if by_name else (lambda n: index[n])
+    return {
+        "state": {key(k): v for k, v in osd["state"].items()},
+        "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in osd["param_groups"]],
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -282,8 +298,17 @@ class Trainer:
 
         self.run_dir = Path(cfg.run.dir.format(name=cfg.run.name or "run"))
         self.ckpt_dir = self.run_dir / "checkpoints"
-        resume_state = self._resume_state()
+        self.stop_signal: int | None = None
+        self.signals, self.signal_time = 0, 0.0
+        self.lock = self._lock()
+        try:
+            self._build(self._resume_state())
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self, resume_state: dict[str, Any] | None) -> None:
+        cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(cfg.run.seed)
         self.model = LM(cfg.model).to(self.device)
         if t.init_from and resume_state is None:
@@ -305,9 +330,33 @@ class Trainer:
         )
         if t.precision == "bf16" and self.device.type == "cpu":
             log.info("train.precision=bf16 on CPU: autocast to bfloat16 on CPU")
-        self.stop_signal: int | None = None
+
+    def close(self) -> None:
+        """Release the run folder (the lock); the trainer is not usable afterwards."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- setup helpers -----------------------------------------------------------------------------
+
+    def _lock(self) -> RunLock | None:
+        """Rank 0 locks ``run.dir`` for the whole run, and every rank stops if that fails."""
+        lock, error = None, None
+        if self.dist.main:
+            try:
+                lock = RunLock(self.run_dir)
+            except RunDirLocked as e:
+                error = e
+        if self.dist.world > 1:
+            flag = torch.tensor([error is not None], dtype=torch.int32, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and error is None:
+                error = RunDirLocked(f"run.dir={str(self.run_dir)!r} is in use by another run (see rank 0)")
+        if error is not None:
+            raise error
+        if self.dist.main:  # with the lock held no live process owns these
+            remove_orphaned_tmp(self.run_dir, self.ckpt_dir)
+        return lock
 
     def _resume_state(self) -> dict[str, Any] | None:
         if not list_checkpoints(self.ckpt_dir):
@@ -321,31 +370,36 @@ class Trainer:
         if found is None:
             raise RuntimeError(f"no loadable checkpoint in {self.ckpt_dir}")
         state, path = found
-        saved, now = state["config"], to_dict(self.cfg)
-        for section in ("model", "data"):
-            diff = sorted(
-                k
-                for k in set(saved[section]) | set(now[section])
-                if saved[section].get(k) != now[section].get(k)
-            )
-            if diff:
-                raise ConfigError(
-                    f"cannot resume from {path}: {section}.{diff[0]} differs from the checkpoint "
-                    f"({saved[section].get(diff[0])!r} there, {now[section].get(diff[0])!r} now)"
+        blocking, changed = config_differences(state["config"], to_dict(self.cfg))
+        if blocking:
+            raise ConfigError(
+                f"cannot resume from {path}: "
+                + "; ".join(
+                    f"{k} differs from the checkpoint ({a!r} there, {b!r} now)" for k, a, b in blocking
                 )
+                + " (the model, the data and run.seed, which fixes the batch of each step, must stay the same)"
+            )
+        if state["step"] > self.cfg.train.steps:
+            raise ConfigError(
+                f"train.steps={self.cfg.train.steps} is below the step of the checkpoint to resume from "
+                f"({state['step']}, {path}); set train.steps >= {state['step']} to continue the run"
+            )
+        for k, a, b in changed:
+            log.info("resuming with %s=%r (the checkpoint had %r)", k, b, a)
         log.info("resuming from %s (step %d)", path, state["step"])
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Optimizer, scheduler, step and RNG states (the weights are loaded before wrapping)."""
+        optim = optimizer_state_for(state["optimizer"], self.model, self.optimizer, by_name=self._fsdp)
         if self._fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
-                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+                self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True)
             )
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         rng = state["rng"]
@@ -404,7 +458,8 @@ class Trainer:
     def save(self) -> None:
         state = self._state()  # every rank joins the gather under FSDP
         if self.dist.main:
-            path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
+            t = self.cfg.train
+            path = save_checkpoint(state, self.ckpt_dir, self.step, t.keep_checkpoints, t.checkpoint_checksum)
             log.info("saved checkpoint %s", path)
         if self.dist.world > 1:
             dist.barrier()
@@ -474,8 +529,22 @@ class Trainer:
         self.step += 1
         return record
 
+    def _abandon_eval(self) -> bool:
+        """Whether to stop an evaluation: a second SIGINT/SIGTERM, or EVAL_GRACE_S since the first
+        (torchrun kills its workers 30 s after forwarding a SIGTERM). Decided together under several
+        processes, so they stop at the same batch."""
+        local = self.stop_signal is not None and (
+            self.signals > 1 or time.monotonic() - self.signal_time > EVAL_GRACE_S
+        )
+        if self.dist.world == 1:
+            return local
+        flag = torch.tensor([int(local)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float] | None:
+        """Validation metrics, or None when a signal cut the evaluation short."""
         model = self.forward_model
         model.eval()
         bs = self.cfg.train.batch_size
@@ -483,6 +552,8 @@ class Trainer:
             test = self.task.test_set()
             losses, preds = [], []
             for i in range(0, len(test.input_ids), bs):
+                if self._abandon_eval():
+                    return None
                 ids = test.input_ids[i : i + bs].to(self.device)
                 labels = test.labels[i : i + bs].to(self.device)
                 with self._autocast():
@@ -500,6 +571,8 @@ class Trainer:
             return out
         total, count = 0.0, 0
         for ids, labels in self.task.val_batches(bs, self.cfg.train.eval_batches):
+            if self._abandon_eval():
+                return None
             with self._autocast():
                 logits = model(ids.to(self.device)).float()
             total += F.cross_entropy(
@@ -512,7 +585,6 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         meta = {
             "git": _git_info(),
@@ -523,16 +595,31 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "num_params": self.model.num_params(),
         }
-        (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+        atomic_write_text(self.run_dir / "meta.json", json.dumps(meta, indent=2))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
         if self.stop_signal is None:
+            self.stop_signal, self.signal_time = signum, time.monotonic()
             log.info(
-                "received %s: finishing step %d, then saving a checkpoint",
-                signal.Signals(signum).name,
+                "received %s: finishing step %d (an evaluation in progress gets %.0f s more), then saving "
+                "a checkpoint; send it again to abandon an evaluation at once",
+                name,
                 self.step + 1,
+                EVAL_GRACE_S,
             )
-        self.stop_signal = signum
+        elif self.signals == 2:
+            log.info("received %s again: abandoning any evaluation in progress", name)
+
+    def _eval_and_log(self, metrics: MetricsLog) -> dict[str, float] | None:
+        result = self.evaluate()
+        if result is None:
+            log.info("evaluation at step %d abandoned (signal); it is not in metrics.jsonl", self.step)
+            return None
+        metrics.write({"step": self.step, **result})
+        log.info("eval step %d | %s", self.step, " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
 
     def _stop_requested(self) -> int | None:
         if self.dist.world == 1:
@@ -595,13 +682,7 @@ class Trainer:
                     )
                 done = self.step == t.steps
                 if self.step % t.eval_every == 0 or done:
-                    last_eval = self.evaluate()
-                    metrics.write({"step": self.step, **last_eval})
-                    log.info(
-                        "eval step %d | %s",
-                        self.step,
-                        " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items()),
-                    )
+                    last_eval = self._eval_and_log(metrics) or last_eval
                     acc = last_eval.get("val_accuracy")
                     if t.early_stop_accuracy is not None and acc is not None and acc >= t.early_stop_accuracy:
                         log.info(
@@ -622,9 +703,9 @@ class Trainer:
                     break
                 if done:
                     break
-            if not last_eval and preempted is None:
-                last_eval = self.evaluate()
-                metrics.write({"step": self.step, **last_eval})
+            if self.step == start_step:  # resumed at train.steps: its final evaluation is on record
+                log.info("the run is already at train.steps=%d; nothing to train", t.steps)
+                last_eval = metrics.last_eval(self.step)
             if preempted is None:
                 self._export_weights()
         finally:
@@ -645,16 +726,21 @@ class Trainer:
             model = LM(self.cfg.model)
             model.load_state_dict(full)
         if self.dist.main:
-            save_model(model, str(self.run_dir / "model.safetensors"))
+            with atomic_path(self.run_dir / "model.safetensors") as tmp:
+                save_model(model, str(tmp), metadata={"step": str(self.step)})
 
 
 def train(cfg: Config) -> TrainResult:
     """Train per ``cfg``; the ``memnets`` logger is left as it was found (a run attaches its stdout
     handler), so a notebook or test that calls this keeps its own logging."""
     saved = (list(log.handlers), log.propagate, log.level)
+    trainer = None
     try:  # Trainer() already joins the process group, and its checks can raise
-        return Trainer(cfg).run()
+        trainer = Trainer(cfg)
+        return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.close()
         log.handlers[:], log.propagate, log.level = saved
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -17,6 +17,7 @@ def test_base_inheritance_and_required_overrides():
             "train.batch_size=3",
             "train.lr=0.01",
             "data.seq_len=128",
+            "model.max_position_embeddings=128",
             "run.dir=/tmp/x",
             "run.seed=5",
         ],
