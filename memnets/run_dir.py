@@ -5,8 +5,8 @@
   run is never stale; the file records the holder's pid and host for the error of a second launch.
 * :func:`atomic_write_bytes` / :func:`atomic_write_text`: a file is written under a temporary name in
   the same folder, flushed to disk and renamed over the old one, so a reader (or the next run) sees the
-  old file or the new one, never a part. Temporary files are created with mode 0666 minus the process
-  umask, like any other file. :func:`remove_orphaned_tmp` deletes the ones a ``kill -9`` left.
+  old file or the new one, never a part. The file gets mode 0666 minus the process umask, like any
+  file ``open()`` creates (``tempfile.mkstemp`` and safetensors would leave 0600). :func:`remove_orphaned_tmp` deletes the ones a ``kill -9`` left.
 * :class:`MetricsLog`: ``metrics.jsonl`` is only ever appended to. Resuming from step ``s`` drops the
   records after ``s`` by writing the kept ones to a new file and renaming it over the old one; a torn
   line (an append cut by a crash or a full disk) is dropped with a warning.
@@ -67,6 +67,12 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """A temporary path to write that becomes ``path`` only if the ``with`` block completes: fsynced,
@@ -75,6 +81,9 @@ def atomic_path(path: Path):
     tmp = _tmp_name(path)
     try:
         yield tmp
+        # writers such as safetensors create files 0600 whatever the umask: give every file the mode
+        # an ordinary open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -91,7 +100,6 @@ def atomic_open(path: Path):
     """A binary file object that becomes ``path`` only if the ``with`` block completes (see
     :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
-        # os.open with mode 0o666 lets the kernel apply the umask (tempfile.mkstemp would force 0600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         with os.fdopen(fd, "wb") as f:
             yield f
