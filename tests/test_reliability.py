@@ -176,8 +176,7 @@ def test_rotation_never_deletes_the_checkpoint_it_just_wrote(tmp_path):
         ckpt.save_checkpoint({"step": step}, tmp_path, step, keep=1)
     names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
     assert names == ["step_0000015.pt", "step_0000030.pt"]
-    state, path = ckpt.load_latest(tmp_path)
-    assert state["step"] == 15
+    assert ckpt.load_latest(tmp_path)[0]["step"] == 15
 
 
 def test_second_launch_into_a_run_folder_is_refused(tmp_path):
@@ -258,7 +257,7 @@ def test_checksum_catches_a_checkpoint_that_loads_but_is_corrupt(tmp_path, caplo
     path.write_bytes(bytes(data))
     assert torch.load(path, weights_only=False)["step"] == 2
     with caplog.at_level(logging.WARNING, logger="memnets"):
-        state, found = ckpt.load_latest(tmp_path)
+        found = ckpt.load_latest(tmp_path)[1]
     assert found.name == "step_0000001.pt" and "checksum mismatch" in caplog.text
     ckpt.save_checkpoint({"step": 2}, tmp_path, 2, keep=5)  # rewritten without a checksum
     assert not (tmp_path / "step_0000002.pt.sha256").exists()
