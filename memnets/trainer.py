@@ -9,8 +9,11 @@ end, ``model.safetensors``.
 Checkpoints hold model, optimizer, scheduler, step, RNG states and the config. Batches are a function of
 ``(seed, step)``, so the step is the data position and a resumed run continues bitwise like an
 uninterrupted one on CPU. SIGTERM/SIGINT finish the current step, save a checkpoint and stop
-(``TrainResult.preempted``); ``run.resume=auto`` (``--resume``) continues. A step whose loss or gradient
-is not finite is skipped and counted; ``train.max_bad_steps`` in a row stop the run with an error.
+(``TrainResult.preempted``); a second signal, or ``EVAL_GRACE_S`` after the first, abandons an evaluation
+in progress. ``run.resume=auto`` (``--resume``) continues; it refuses a change of the model, the data or
+``run.seed`` and logs any other change. A step whose loss or gradient is not finite is skipped and
+counted; ``train.max_bad_steps`` in a row stop the run with an error. The run folder is locked for the
+run's lifetime and written crash-safely (see :mod:`memnets.run_dir`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,8 @@ import fnmatch
 import json
 import logging
 import math
-import os
-import platform
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,12 +37,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
+from .environment import device_name, git_info, init_distributed, setup_logging, versions
 from .model import LM
+from .resume import config_differences, optimizer_state_for
 from .run_dir import MetricsLog, RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
 from .validation import ConfigError
 
@@ -56,103 +57,6 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     preempted: int | None = None  # the signal number that stopped the run, if one did
-
-
-# ----------------------------------------------------------------------------------------------------
-# environment
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_cfg == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = _check_device(device_cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world, local), device
-
-
-def _check_device(name: str) -> torch.device:
-    """``train.device`` as a device this machine has, or a config error saying what it has."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"train.device={name!r} is not a device name; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"train.device={name!r} but this machine has no usable CUDA device; use auto or cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise ConfigError(
-                f"train.device={name!r} but this machine has {count} CUDA device(s) (cuda:0..{count - 1})"
-            )
-    elif device.type != "cpu":
-        raise ConfigError(f"train.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _setup_logging(main: bool) -> None:
-    if main and not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO if main else logging.WARNING)
-
-
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode == 0:
-            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return {"commit": None, "dirty": None}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "memnets": __version__,
-    }
-    for mod in ("triton", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -217,64 +121,14 @@ def _fmt_time(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# resuming
-
-# what a resumed run must share with its checkpoint: the model, the data, and the seed (the batch of a
-# step is a function of the seed and the step); data.num_workers only changes how batches are loaded
-_UNUSED_FOR_RESUME = ("data.num_workers",)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[tuple], list[tuple]]:
-    """``(blocking, other)`` lists of ``(dotted key, checkpoint value, current value)``: keys that must
-    match to resume (model, data, run.seed) and the rest (train and run settings), every difference."""
-    a, b = _flatten(saved), _flatten(now)
-    blocking, other = [], []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) == b.get(key) or key in _UNUSED_FOR_RESUME or key == "run.resume":
-            continue
-        matters = key.startswith(("model.", "data.")) or key == "run.seed"
-        (blocking if matters else other).append((key, a.get(key), b.get(key)))
-    return blocking, other
-
-
-def optimizer_state_for(
-    osd: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, by_name: bool
-) -> dict[str, Any]:
-    """A saved optimizer state keyed the way this run loads it: by parameter name for FSDP's
-    ``set_optimizer_state_dict``, by index for ``Optimizer.load_state_dict``. Checkpoints keep the key
-    of the run that wrote them, so this is what lets single/DDP and FSDP runs resume each other's."""
-    names = {p: n for n, p in model.named_parameters()}
-    order = [names[p] for g in optimizer.param_groups for p in g["params"]]
-    index = {n: i for i, n in enumerate(order)}
-    keyed_by_name = any(isinstance(k, str) for g in osd["param_groups"] for k in g["params"])
-    if keyed_by_name == by_name:
-        return osd
-    key = (lambda i: order[i]) if by_name else (lambda n: index[n])
-    return {
-        "state": {key(k): v for k, v in osd["state"].items()},
-        "param_groups": [{**g, "params": [key(k) for k in g["params"]]} for g in osd["param_groups"]],
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
 # the trainer
 
 
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.dist, self.device = _init_distributed(cfg.train.device)
-        _setup_logging(self.dist.main)
+        self.dist, self.device = init_distributed(cfg.train.device)
+        setup_logging(self.dist.main)
         t = cfg.train
         if t.batch_size % self.dist.world:
             raise ConfigError(
@@ -332,7 +186,7 @@ class Trainer:
             log.info("train.precision=bf16 on CPU: autocast to bfloat16 on CPU")
 
     def close(self) -> None:
-        """Release the run folder (the lock); the trainer is not usable afterwards."""
+        """Release the run folder (the lock); ``run()`` ends with this."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -587,9 +441,9 @@ class Trainer:
     def _write_run_files(self) -> None:
         save_config(self.cfg, self.run_dir / "config.yaml")
         meta = {
-            "git": _git_info(),
-            "versions": _versions(),
-            "device": _device_name(self.device),
+            "git": git_info(),
+            "versions": versions(),
+            "device": device_name(self.device),
             "world_size": self.dist.world,
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -645,7 +499,7 @@ class Trainer:
             self.micro,
             self.accum,
             self.dist.world,
-            _device_name(self.device),
+            device_name(self.device),
         )
         last_eval: dict[str, float] = {}
         preempted = None
@@ -712,6 +566,7 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
             metrics.close()
+            self.close()
         return TrainResult(self.run_dir, self.step, last_eval, preempted)
 
     def _export_weights(self) -> None:
@@ -734,13 +589,9 @@ def train(cfg: Config) -> TrainResult:
     """Train per ``cfg``; the ``memnets`` logger is left as it was found (a run attaches its stdout
     handler), so a notebook or test that calls this keeps its own logging."""
     saved = (list(log.handlers), log.propagate, log.level)
-    trainer = None
     try:  # Trainer() already joins the process group, and its checks can raise
-        trainer = Trainer(cfg)
-        return trainer.run()
+        return Trainer(cfg).run()
     finally:
-        if trainer is not None:
-            trainer.close()
         log.handlers[:], log.propagate, log.level = saved
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -182,11 +182,11 @@ def test_mixer_error_mapping_is_generic():
 def test_device_that_this_machine_lacks_is_a_config_error(monkeypatch):
     import torch
 
-    from memnets.trainer import _check_device
+    from memnets.environment import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"train\.device='cuda' but this machine has no usable CUDA device"):
-        _check_device("cuda")
+        check_device("cuda")
     with pytest.raises(ConfigError, match=r"train\.device='gpu0' is not a device name"):
-        _check_device("gpu0")
-    assert _check_device("cpu").type == "cpu"
+        check_device("gpu0")
+    assert check_device("cpu").type == "cpu"

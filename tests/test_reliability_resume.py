@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from memnets import checkpoint as ckpt
 from memnets import trainer as trainer_mod
 from memnets.config import load_config
-from memnets.trainer import optimizer_state_for, train
+from memnets.resume import optimizer_state_for
+from memnets.trainer import train
 from memnets.validation import ConfigError
 
 MQAR = str(ROOT / "configs/mqar/attention.yaml")
