@@ -195,3 +195,27 @@ def test_resume_across_single_process_and_fsdp(tmp_path):
         got = load_file(tmp_path / name / "model.safetensors")
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+
+
+@pytest.mark.slow
+def test_launcher_exits_128_plus_signal_when_preempted(tmp_path):
+    """torchrun exits 1 with a traceback when it is sent SIGTERM; `train.py --nproc-per-node` exits
+    143 after its workers saved a checkpoint."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), MQAR, *TINY_MQAR, "train.steps=100000", f"run.dir={run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "--nproc-per-node", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("step"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert ckpt.load_latest(run / "checkpoints") is not None
