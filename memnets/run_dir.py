@@ -38,6 +38,7 @@ class RunLock:
     frees it."""
 
     def __init__(self, run_dir: Path) -> None:
+        self.created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -57,10 +58,16 @@ class RunLock:
         )
         self._fd: int | None = fd
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+    def release(self, discard: bool = False) -> None:
+        """Unlock; with ``discard``, also remove the folder if this lock created it and nothing else
+        was written there (a run that failed its checks leaves no trace)."""
+        if self._fd is None:
+            return
+        if discard and self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+            self.path.unlink()
+            self.path.parent.rmdir()
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
 
 
 def _tmp_name(path: Path) -> Path:

@@ -158,7 +158,9 @@ class Trainer:
         try:
             self._build(self._resume_state())
         except BaseException:
-            self.close()
+            if self.lock is not None:
+                self.lock.release(discard=True)
+                self.lock = None
             raise
 
     def _build(self, resume_state: dict[str, Any] | None) -> None:

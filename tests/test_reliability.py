@@ -290,3 +290,10 @@ def test_full_disk_during_a_save_says_so_and_keeps_the_previous_checkpoint(tmp_p
     monkeypatch.undo()
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000001.pt"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_run_that_fails_its_checks_leaves_no_folder(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"train\.trainable pattern 'nothing\*' matches no parameter"):
+        train(_cfg(run, "train.steps=2", "train.trainable=['nothing*']"))
+    assert not run.exists()
