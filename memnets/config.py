@@ -265,6 +265,11 @@ def check_mixers(model: ModelConfig) -> None:
     """Build each mixer of ``model`` on the meta device (no memory, no compute), so a value only its
     constructor rejects is reported as a config error before a run starts."""
     for name in dict.fromkeys(model.layer_mixers()):
+        for key, value in _leaves(model.mixer_options.get(name, {})).items():
+            # an epsilon guards a division or a square root: zero or below gives inf/NaN at the first
+            # forward, and not every constructor checks it
+            if re.search(r"(^|[._])(\w+_)?eps$", key) and isinstance(value, (int, float)) and not value > 0:
+                raise ConfigError(f"model.mixer_options.{name}.{key}={value!r} must be > 0 (an epsilon)")
         try:
             with torch.device("meta"):
                 build_mixer(name, model.d_model, model.num_heads, **model.mixer_options.get(name, {}))

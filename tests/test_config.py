@@ -165,6 +165,14 @@ def test_mixer_constructor_errors_are_config_errors_with_the_dotted_key(override
         load_config(TITANS, [f"model.mixer_options.titans.{override}"])
 
 
+def test_non_positive_epsilons_of_any_mixer_are_config_errors():
+    # gated_deltanet's constructor takes norm_eps=-1 and the output is NaN at the first forward
+    with pytest.raises(ConfigError, match=r"model\.mixer_options\.gated_deltanet\.norm_eps=-1 must be > 0"):
+        load_config(
+            ROOT / "configs/mqar/gated_deltanet.yaml", ["model.mixer_options.gated_deltanet.norm_eps=-1"]
+        )
+
+
 def test_mixer_error_mapping_is_generic():
     """The option is found from the message, also for nested option groups and for defaults."""
     from memnets.config import mixer_config_error
