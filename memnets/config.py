@@ -21,6 +21,7 @@ import yaml
 
 from .model import ModelConfig
 from .registry import build_mixer, mixer_options
+from .run_dir import atomic_write_text
 from .validation import ConfigError, coerce, unknown_key
 
 
@@ -396,4 +397,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config (through a temporary file: a crash never leaves half a config)."""
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -6,7 +6,8 @@
 * :func:`atomic_write_bytes` / :func:`atomic_write_text`: a file is written under a temporary name in
   the same folder, flushed to disk and renamed over the old one, so a reader (or the next run) sees the
   old file or the new one, never a part. The file gets mode 0666 minus the process umask, like any
-  file ``open()`` creates (``tempfile.mkstemp`` and safetensors would leave 0600). :func:`remove_orphaned_tmp` deletes the ones a ``kill -9`` left.
+  file ``open()`` creates (``tempfile.mkstemp`` and safetensors would leave 0600).
+  :func:`remove_orphaned_tmp` deletes the temporary files a ``kill -9`` left.
 * :class:`MetricsLog`: ``metrics.jsonl`` is only ever appended to. Resuming from step ``s`` drops the
   records after ``s`` by writing the kept ones to a new file and renaming it over the old one; a torn
   line (an append cut by a crash or a full disk) is dropped with a warning.
