@@ -42,9 +42,10 @@ from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
 from .environment import device_name, git_info, init_distributed, setup_logging, versions
+from .metrics import MetricsLog
 from .model import LM
 from .resume import config_differences, optimizer_state_for
-from .run_dir import MetricsLog, RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
+from .run_dir import RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
 from .validation import ConfigError
 
 log = logging.getLogger("memnets")

@@ -20,7 +20,8 @@ from helpers import ROOT, TINY_MQAR, run_train
 
 from memnets import checkpoint as ckpt
 from memnets.config import load_config
-from memnets.run_dir import RunDirLocked, RunLock, parse_metrics
+from memnets.metrics import parse_metrics
+from memnets.run_dir import RunDirLocked, RunLock
 from memnets.trainer import train
 
 MQAR = str(ROOT / "configs/mqar/attention.yaml")
