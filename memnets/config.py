@@ -87,6 +87,7 @@ class TrainConfig:
     grad_clip: float = _range(0.0, default=1.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores
     device: str = "auto"
     distributed: Literal["ddp", "fsdp"] = "ddp"
     max_bad_steps: int = _range(1, default=10)

@@ -162,6 +162,8 @@ class MemoryDispatch:
             requested == "triton" or (requested == "auto" and triton_available(device))
         ):
             why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
+        if chosen != "triton" and device.type == "cuda":  # the PyTorch forms compute in float32
+            why += "; float32 matmuls" + (" as TF32" if torch.backends.cuda.matmul.allow_tf32 else "")
         if chosen == "triton" and self.op.kernel_options:
             why = "; " + ", ".join(
                 f"{k}={self.options[k]}" for k in self.op.kernel_options if k in self.options

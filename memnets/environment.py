@@ -33,7 +33,9 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
+def init_distributed(device_cfg: str, tf32: bool = True) -> tuple[Dist, torch.device]:
+    """The process group and this rank's device; on CUDA, float32 matmuls (the memory engine's
+    chunked form, float32 training) may run as TF32 on tensor cores when ``tf32`` (``train.tf32``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_cfg == "auto":
@@ -42,6 +44,7 @@ def init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
         device = check_device(device_cfg)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(int(os.environ.get("RANK", "0")), world, local), device
@@ -111,5 +114,5 @@ def versions() -> dict[str, str | None]:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

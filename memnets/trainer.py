@@ -128,7 +128,7 @@ def _fmt_time(seconds: float) -> str:
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.dist, self.device = init_distributed(cfg.train.device)
+        self.dist, self.device = init_distributed(cfg.train.device, cfg.train.tf32)
         setup_logging(self.dist.main)
         t = cfg.train
         if t.batch_size % self.dist.world:
