@@ -175,9 +175,8 @@ class MemoryDispatch:
         return chosen
 
     def packs(self, requested: str, device: torch.device) -> bool:
-        """Whether packed sequences run in one call on ``device`` (else one sequence at a time)."""
-        if self.op.packed_inputs:
-            return True
+        """Whether a kernel runs packed sequences on ``device`` in one launch (else the PyTorch forms
+        take them one sequence at a time, inside the op or here)."""
         return self.backend(requested, device) == "triton" and self.op.packs(arch=self.arch, **self.options)
 
     def __call__(
