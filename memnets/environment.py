@@ -122,7 +122,9 @@ def device_name(device: torch.device) -> str:
 def peak_memory_mb(device: torch.device) -> float:
     """This process's peak memory so far, in megabytes (10^6 bytes): the CUDA caching allocator's peak of
     allocated tensor memory on a CUDA device (what the model and its activations need; the allocator's
-    cache and the CUDA context come on top), the peak resident set size of the process on CPU."""
+    cache and the CUDA context come on top), the peak resident set size of the process on CPU. Both count
+    from the start of the process: a second run in the same process (a notebook, ``scripts/compare.py``)
+    reports at least the first one's peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e6
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
