@@ -94,10 +94,15 @@ def plot(runs: list[RunCurves], out: Path) -> None:
     except ImportError:
         raise SystemExit("plot_runs.py needs matplotlib: pip install 'memnets[plot]'") from None
     matplotlib.use("Agg")
+    # large type: the figure stays readable as a thumbnail
+    with matplotlib.rc_context({"font.size": 14, "axes.titlesize": 15, "legend.fontsize": 14}):
+        _draw(runs, out)
+
+
+def _draw(runs: list[RunCurves], out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    plt.rcParams.update({"font.size": 14, "axes.titlesize": 15, "legend.fontsize": 14})
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     # runs that share a curve (the same lr schedule) stay visible through their line styles
@@ -111,7 +116,7 @@ def plot(runs: list[RunCurves], out: Path) -> None:
             xs, ys = zip(*xy)
             # evaluations are sparse: markers show where each one is
             marker = "o" if source == "evals" else None
-            ax.plot(xs, ys, lw=2.5, marker=marker, ms=6, label=run.name, **style(i))
+            ax.plot(xs, ys, lw=2.5, marker=marker, ms=6, **style(i))
             drawn += 1
         ax.set_title(title)
         ax.set_xlabel("training tokens")
