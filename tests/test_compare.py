@@ -63,11 +63,19 @@ def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path, m
             signal.raise_signal(signal.SIGINT)
         return real_load(path, overrides)
 
+    trained = []
+
+    def counted_step(self):
+        trained.append((self.cfg.run.name, self.step + 1))
+        return real_step(self)
+
     monkeypatch.setattr(compare, "load_config", interrupted_load)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", counted_step)
     assert compare.main(args) == 128 + signal.SIGINT
     monkeypatch.setattr(compare, "load_config", real_load)
-    captured = capsys.readouterr()
-    assert "resuming from" in captured.out and "(step 1)" in captured.out
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    capsys.readouterr()
+    assert trained == [("attention", 2), ("attention", 3)]  # continued from the checkpoint of step 1
     res, rows = _results(out)
     assert rows["attention"]["status"] == "finished" and rows["attention"]["steps"] == 3
     assert rows["attention"]["tokens_per_s"] > 0 and 0 <= rows["attention"]["val_accuracy"] <= 1

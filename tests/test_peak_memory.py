@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -34,18 +35,33 @@ def test_cpu_peak_is_the_peak_resident_set_size_in_megabytes():
     assert 0.95 * before <= peak <= 1.05 * _vm_hwm_mb()
 
 
-def test_every_training_record_and_progress_line_has_the_peak(tmp_path, capsys):
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_every_training_record_and_progress_line_has_the_peak(tmp_path):
     cfg = load_config(
         str(ROOT / "configs/mqar/attention.yaml"), [*TINY_MQAR, "train.steps=3", f"run.dir={tmp_path}"]
     )
-    train(cfg)
+    # the logger's own records: a stdout handler left by an earlier test would write to its own capture
+    log, lines = logging.getLogger("memnets"), _Lines()
+    log.addHandler(lines)
+    try:
+        train(cfg)
+    finally:
+        log.removeHandler(lines)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     training = [r for r in records if "loss" in r]
     assert len(training) == 3
     peaks = [r["peak_mem_mb"] for r in training]
     assert all(p > 0 for p in peaks)
     assert peaks == sorted(peaks)  # a peak never falls within a process
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert len(lines) == 3
-    shown = [float(m.group(1)) for line in lines if (m := re.search(r"\| mem (\d+\.\d\d) GB \|", line))]
+    progress = [line for line in lines.lines if line.startswith("step ")]
+    assert len(progress) == 3
+    shown = [float(m.group(1)) for line in progress if (m := re.search(r"\| mem (\d+\.\d\d) GB \|", line))]
     assert shown == [round(p / 1e3, 2) for p in peaks]
