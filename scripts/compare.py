@@ -38,6 +38,7 @@ from typing import Any
 
 from memnets.checkpoint import checkpoint_step, list_checkpoints
 from memnets.config import Config, apply_overrides, load_config, load_yaml, to_dict
+from memnets.metrics import parse_metrics
 from memnets.registry import list_mixers
 from memnets.run_dir import atomic_write_text
 from memnets.trainer import Trainer
@@ -100,7 +101,7 @@ def _median_speed(run_dir: Path) -> float | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():  # stopped before its first log line
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(raw) for _, raw in parse_metrics(path.read_bytes())[0]]  # skips a torn line
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     return statistics.median(speeds) if speeds else None
 
