@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import kernel_budget  # noqa: E402
 from benchmarks import kernel_report as kr  # noqa: E402
 
 # the CI subset: one config per kernel family that auto runs (small and quick to compile) and one
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", default="kernel_report", help="writes OUT.json and OUT.md (default kernel_report)"
     )
+    p.add_argument("--budget", help="fail (exit 1) where the report is worse than this budget file")
+    p.add_argument("--write-budget", help="write today's figures as a budget file here")
     a = p.parse_args(argv)
     problem = kr.ck.environment_problem()
     if problem:
@@ -157,7 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.out}.json and {a.out}.md ({meta['seconds']} s)", file=sys.stderr)
     for line in failed:
         print(f"compile failed: {line}", file=sys.stderr)
-    return 1 if failed else 0
+    if a.write_budget:
+        note = (
+            f"Budgets of `python scripts/kernel_report.py{' --quick' if a.quick else ''}`: today's measured "
+            f"figures (Triton {kr.triton.__version__}, sm_{a.arch}), not targets. tests/test_kernel_report.py "
+            "fails where a change makes one worse (more spill bytes per thread, wider tensor-core operands, "
+            "fewer programs, more eager ops per chunk, a failed compile); lower them when a change improves "
+            "them (rerun with --write-budget)."
+        )
+        budget = {"note": note, "entries": kernel_budget.budget_entries(rows)}
+        Path(a.write_budget).write_text(json.dumps(budget, indent=1) + "\n")
+        print(f"wrote {a.write_budget}", file=sys.stderr)
+    problems = []
+    if a.budget:
+        problems = kernel_budget.regressions(rows, json.loads(Path(a.budget).read_text())["entries"])
+        for line in problems:
+            print(f"regression: {line}", file=sys.stderr)
+        print(f"budget {a.budget}: {len(problems)} regressions", file=sys.stderr)
+    return 1 if failed or problems else 0
 
 
 if __name__ == "__main__":
