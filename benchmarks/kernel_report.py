@@ -345,16 +345,25 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# An eager chunk step issues the same ops whatever its length (its matmuls are batched), so chunks
+# longer than COUNT_MAX_CHUNK are counted at that length: TNT's global memory (chunks of 2048 tokens
+# would mean CPU runs over 6144 tokens with 768 local chunks).
+COUNT_MAX_CHUNK = 64
+COUNT_OPTIONS = {"tnt": {"global_chunk_size": COUNT_MAX_CHUNK}}
+
+
 def count_launches(name: str, cfg: Any, attr: str, chunk: int, max_chunk: int) -> dict[str, float]:
     """ATen ops (≈ CUDA kernel launches of the eager form) per chunk of the dispatch ``attr``, forward
     and forward + backward of the whole mixer, counted on CPU at batch 1, the real widths and two
     lengths that differ by one chunk of the mixer's largest chunk size (ops outside the chunk loop
     cancel); the forward of the dispatch alone is counted where it is called, the backward is the
-    mixer's (per chunk of ``chunk``: the chunk loop's share when a mixer has several memories)."""
+    mixer's (per chunk of ``chunk``: the chunk loop's share when a mixer has several memories).
+    Chunks longer than ``COUNT_MAX_CHUNK`` are counted at that length (``COUNT_OPTIONS``)."""
     torch.manual_seed(0)
-    mixer = build_mixer(
-        name, cfg.d_model, cfg.num_heads, **{**cfg.mixer_options.get(name, {}), "backend": "chunked"}
-    )
+    options = {**cfg.mixer_options.get(name, {}), **COUNT_OPTIONS.get(name, {}), "backend": "chunked"}
+    mixer = build_mixer(name, cfg.d_model, cfg.num_heads, **options)
+    max_chunk = min(max_chunk, COUNT_MAX_CHUNK)
+    chunk = min(chunk, max_chunk)
     counts = []
     for n in (2, 3):
         T = n * max_chunk
