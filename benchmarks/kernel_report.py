@@ -282,7 +282,7 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
         copies = 1
         if version == 2 and (16 * wm > M or 8 * wn > N):
             copies = max(wm * 16 // max(M, 1), 1) * max(wn * 8 // max(N, 1), 1)
-            replicated += 1
+            replicated += inner if depth >= 2 else 1
         kind = (
             f"{'wgmma' if op.endswith('warp_group_dot') else 'mma.sync'}.{dtype}{'x3' if passes == 3 else ''}"
         )
@@ -443,28 +443,30 @@ DOT_LATENCY_S = 0.1e-6  # one matmul of a program's dependent chain: issue to us
 LAUNCH_S = {"chunked": 5e-6, "compiled": 2e-6}  # per eager op (Python + launch), per graph-replayed kernel
 COMPILED_FUSION = 3.0  # eager ops per kernel after torch.compile fuses a chunk step (a guess)
 L1_SPILL_BW = 200e9  # bytes/s per SM of local-memory traffic that stays in L1
-L2_SPILL_BW = 40e9  # bytes/s per SM once the spilled bytes outgrow L1 (L2 bandwidth / 132)
+L2_BW = 5.5e12  # bytes/s of the L2, shared by the SMs that run programs, once spills outgrow L1
 L1_BYTES = 256 * 1024  # L1 + shared memory per SM
 
 
-def step_seconds(row: dict[str, Any], num_warps: int, inner: int) -> dict[str, float]:
+def step_seconds(row: dict[str, Any], num_warps: int, inner: int, programs: int) -> dict[str, float]:
     """One program's sequential step: tensor work at the achievable rate of its instruction kinds,
-    the dependent chain of matmuls, and the spilled bytes stored and loaded once per inner iteration;
-    the step takes the largest."""
+    the dependent chain of matmuls, and the spilled bytes stored and loaded once per inner iteration
+    (in L1, or the L2's share of each of the ``min(programs, SMS)`` busy SMs); the step takes the
+    largest."""
     compute = sum(
         f / (RATES.get(k, RATES["mma.sync.tf32"]) * 1e12 / SMS)
         for k, f in row.get("tensor_flop_per_step", {}).items()
     )
     latency = row.get("dots_per_step", 0) * DOT_LATENCY_S
     footprint = (row.get("stack") or 0) * 32 * num_warps
-    bw = L1_SPILL_BW if footprint + (row.get("shared") or 0) <= L1_BYTES else L2_SPILL_BW
+    l2_share = L2_BW / max(min(programs, SMS), 1)
+    bw = L1_SPILL_BW if footprint + (row.get("shared") or 0) <= L1_BYTES else l2_share
     spill = 2 * footprint * inner / bw
     return {"compute": compute, "latency": latency, "spill": spill, "step": max(compute, latency, spill)}
 
 
 def launch_seconds(launch: Launch, row: dict[str, Any]) -> float:
     """The launch's time: its steps in order, its programs in waves of one per SM."""
-    step = step_seconds(row, launch.case.num_warps, launch.inner)["step"]
+    step = step_seconds(row, launch.case.num_warps, launch.inner, launch.programs)["step"]
     return waves(launch.programs) * launch.steps * step
 
 
@@ -525,7 +527,10 @@ def _kernel_part(
                 "inner": launch.inner,
                 "num_warps": launch.case.num_warps,
                 "step_us": {
-                    k: v * 1e6 for k, v in step_seconds(row, launch.case.num_warps, launch.inner).items()
+                    k: v * 1e6
+                    for k, v in step_seconds(
+                        row, launch.case.num_warps, launch.inner, launch.programs
+                    ).items()
                 },
                 "est_ms": seconds * 1e3,
             }

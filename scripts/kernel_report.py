@@ -44,13 +44,16 @@ The roofline model (constants in ``benchmarks/kernel_report.py``):
   - *latency*: the step's matmuls in a dependent chain, 0.1 µs each (issue to use, operands staged
     through shared memory).
   - *spills*: every spilled byte stored and loaded once per inner iteration, at 200 GB/s per SM while
-    the spill footprint (stack × threads) and shared memory fit the 256 KB L1, else at 40 GB/s per SM
-    (L2 bandwidth / 132). A lower bound: real kernels reload spilled values more than once.
+    the spill footprint (stack × threads) and shared memory fit the 256 KB L1, else at the L2's
+    5.5 TB/s shared by the busy SMs (min(programs, 132)). A lower bound on spill traffic (real kernels
+    reload spilled values more than once), but spills usually decide the estimate: the JSON's
+    ``step_us`` gives the three terms per launch, so a design without spills can be read off.
   The forward estimate is the forward launch; fwd+bwd adds the backward's forward re-run (``STORE``)
   and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
   preparation in PyTorch are not modelled (optimistic).
-* The eager chunked form (float32, TF32 off): per chunk the larger of its ops × 5 µs (Python dispatch +
-  launch, latency-bound small kernels) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9).
+* The eager chunked form (float32): per chunk the larger of its ops × 5 µs (Python dispatch + launch,
+  latency-bound small kernels) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9; with
+  TF32 allowed the matmul term shrinks, but at these chunk sizes the launch floor decides).
 * A compiled chunked path (if the dispatcher reports one): ops / 3 (fusion) × 2 µs (graph-replayed
   launches) or bf16 at 30% of peak (small batched matmuls), whichever is larger.
 
