@@ -4,19 +4,28 @@
     python train.py configs/lm/attention-tiny.yaml data.path=notes.txt train.steps=500
     python train.py CONFIG --resume                       # continue the run in run.dir
     torchrun --nproc_per_node 2 train.py CONFIG           # DistributedDataParallel (gloo on CPU)
+    python train.py CONFIG --nproc-per-node 2             # the same, with train.py's exit status
 
 Overrides are dotted ``key.sub=value`` pairs parsed as YAML values.
+
+Exit status: 0 done; 2 a config error (nothing written); 3 run.dir is in use by another run; 128 + the
+signal number when SIGTERM/SIGINT stopped the run after a checkpoint (143, 130); 1 anything else. Under
+``torchrun`` each worker exits so, but torchrun itself exits 1 when it is the one signalled; with
+``--nproc-per-node`` train.py runs torchrun's launcher itself and exits with its workers' status.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
 from typing import NoReturn
 
 from memnets.config import load_config
+from memnets.run_dir import RunDirLocked
 from memnets.trainer import train
 from memnets.validation import ConfigError
 
@@ -32,7 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in run.dir (same as run.resume=auto)"
     )
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="start this many processes on this machine (torchrun --standalone) and exit as they do",
+    )
     args = parser.parse_args(argv)
+    if args.nproc_per_node is not None:
+        if args.nproc_per_node < 1:
+            parser.error(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+        return _launch(
+            args.nproc_per_node, [args.config, *args.overrides, *(["--resume"] if args.resume else [])]
+        )
     overrides = list(args.overrides) + (["run.resume=auto"] if args.resume else [])
     try:
         cfg = load_config(args.config, overrides)
@@ -40,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except RunDirLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return 1
     if result.preempted is not None:
         return 128 + result.preempted
     if int(os.environ.get("RANK", "0")) != 0:
@@ -51,6 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     if "val_bpb" in result.metrics:
         summary += f", val_bpb {result.metrics['val_bpb']:.4f}"
     print(f"{summary} (run folder: {result.run_dir})")
+    return 0
+
+
+def _launch(nproc: int, script_args: list[str]) -> int:
+    """torchrun's launcher in this process, so that the exit status is the workers': torchrun forwards a
+    SIGTERM/SIGINT to its workers (which save and exit 128 + signal) but then ends itself with a
+    traceback and status 1."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", __file__, *script_args]
+    )
+    try:
+        run(launch)
+    except SignalException as e:
+        print(f"stopped by {signal.Signals(e.sigval).name}; the workers saved a checkpoint", file=sys.stderr)
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        print(e, file=sys.stderr)
+        # a worker's own status (2, 3, 128 + signal), or 128 + N for one killed by signal N
+        code = min(e.failures.values(), key=lambda f: f.timestamp).exitcode
+        return code if code > 0 else 128 - code
     return 0
 
 

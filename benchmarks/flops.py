@@ -14,6 +14,7 @@ registered name.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +76,8 @@ def mlp_memory_fwd(
 
 def _memory(o: dict[str, Any]) -> tuple[float, int]:
     """The memory network's expansion and depth from a mixer's ``memory`` options (their defaults)."""
-    m = o.get("memory", {})
+    m = o.get("memory") or {}
+    m = m if isinstance(m, dict) else dataclasses.asdict(m)  # a config mapping or a MemorySpec
     return m.get("expansion", 4.0), m.get("depth", 2)
 
 

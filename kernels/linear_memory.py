@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .specs import MemorySpec
+from .specs import NetSpec
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 128
@@ -522,7 +522,7 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
 torch.library.register_autograd("memnets::linear_memory_fwd", _backward, setup_context=_setup_context)
 
 
-def supports(memory: MemorySpec, chunk_size: int | None = None) -> str | None:
+def supports(memory: NetSpec, chunk_size: int | None = None) -> str | None:
     """``None`` when the kernel covers this memory (with the ℓ2 bias) and chunk size, else the reason."""
     if chunk_size is not None and chunk_size not in CHUNK_SIZES:
         return f"chunk_size {chunk_size} (the Triton kernel covers chunk sizes {list(CHUNK_SIZES)})"

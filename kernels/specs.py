@@ -19,7 +19,7 @@ BIAS_KINDS = ("l2", "lp", "huber_norm", "huber_coord")
 
 
 @dataclasses.dataclass(frozen=True)
-class MemorySpec:
+class NetSpec:
     """One head's memory network ``M(x) = [x +] [LN](σ(... σ(x W1) ...) W_depth)`` (Titans, arXiv
     2501.00663 §3.1, "deep memory"): ``depth`` layers from width ``d_in`` (the keys) through
     ``d_hidden`` to ``d_out`` (the values), activation ``σ`` between layers, an optional residual and an

@@ -4,32 +4,73 @@ renamed into place, so an interrupted write never replaces a good checkpoint. Fi
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
-import os
 import re
-import tempfile
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .run_dir import atomic_open, atomic_write_text
+
 log = logging.getLogger("memnets")
 _NAME = re.compile(r"^step_(\d{7,})\.pt$")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+class _Hashing:
+    """A write-only file wrapper that hashes what passes through (torch.save writes sequentially)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a full disk (torch.save reports a failed
+    write as a RuntimeError about stream positions, with the OSError as its context)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def atomic_save(obj: Any, path: Path, checksum: bool = False) -> None:
+    """``torch.save`` to ``path`` through a temporary file (see :mod:`memnets.run_dir`); with
+    ``checksum``, the payload's SHA-256 goes to ``path.sha256`` (written first, so a checkpoint never
+    exists without its checksum) and :func:`load_checkpoint` verifies it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sidecar = path.with_name(path.name + ".sha256")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_open(path) as f:
+            sink = _Hashing(f) if checksum else f
+            torch.save(obj, sink)
+            if checksum:
+                atomic_write_text(sidecar, sink.sha.hexdigest() + "\n")
+    except Exception as e:
+        if not _disk_full(e):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device while writing {path} ({free / 2**20:.1f} MiB free); the earlier "
+            "checkpoints are untouched. Free space (or lower train.keep_checkpoints) and resume",
+        ) from e
+    if not checksum:
+        sidecar.unlink(missing_ok=True)  # a stale checksum of an earlier file of this name
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -40,29 +81,79 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(obj: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
+def checkpoint_step(path: Path) -> int:
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a step_NNNNNNN.pt checkpoint")
+    return int(m.group(1))
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+
+
+def save_checkpoint(obj: dict[str, Any], folder: Path, step: int, keep: int, checksum: bool = False) -> Path:
+    """Save ``step_{step}.pt`` and delete all but the ``keep`` newest checkpoints up to ``step``.
+
+    Files of a higher step are not counted: they belong to a longer run this one did not resume from
+    (only when they failed to load), so counting them could delete the checkpoint just written."""
     path = Path(folder) / f"step_{step:07d}.pt"
-    atomic_save(obj, path)
-    for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
+    atomic_save(obj, path, checksum)
+    older = [p for p in list_checkpoints(folder) if checkpoint_step(p) <= step]
+    for old in older[:-keep]:
+        _remove(old)
     return path
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` on CPU, after checking the payload against ``path.sha256`` where one exists."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                sha.update(chunk)
+        want, got = sidecar.read_text().strip(), sha.hexdigest()
+        if got != want:
+            raise ValueError(f"checksum mismatch: {path} has SHA-256 {got}, {sidecar.name} says {want}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_latest(folder: Path) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads; unreadable ones (e.g. truncated by a full disk) are skipped
-    with a warning."""
+    """The newest checkpoint that loads; unreadable ones (e.g. truncated by a full disk, or failing
+    their checksum) are skipped with a warning."""
     for path in reversed(list_checkpoints(folder)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False), path
+            return load_checkpoint(path), path
         except Exception as e:  # a damaged file must not block resuming from an older one
             log.warning("skipping unreadable checkpoint %s: %s", path, e)
     return None
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from its run folder alone: ``config.yaml`` plus ``model.safetensors``
-    (or, when the run has not finished, its latest checkpoint). Returns ``(config, model)`` with the
-    model in eval mode."""
+@dataclass
+class RunWeights:
+    """The model of a run folder and where its weights came from."""
+
+    config: Any
+    model: Any
+    source: Path
+    step: int | None  # None: a model.safetensors written before the step was recorded in it
+
+
+def _safetensors_step(path: Path) -> int | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        step = (f.metadata() or {}).get("step")
+    return int(step) if step is not None else None
+
+
+def open_run(path: str | Path, device: str | torch.device = "cpu") -> RunWeights:
+    """Rebuild a trained model from its run folder alone: ``config.yaml`` plus the newest weights, which
+    are ``model.safetensors`` (written when a run finishes) unless a loadable checkpoint of a later step
+    exists (the run was extended with ``--resume`` and stopped early). The model is in eval mode."""
     from .config import load_config
     from .model import LM
 
@@ -71,14 +162,33 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     cfg = load_config(run / "config.yaml")
     model = LM(cfg.model)
-    weights = run / "model.safetensors"
-    if weights.is_file():
-        from safetensors.torch import load_model
+    final = run / "model.safetensors"
+    final_step = _safetensors_step(final) if final.is_file() else None
+    for ckpt in reversed(list_checkpoints(run / "checkpoints")):
+        if final.is_file():
+            newer = (
+                checkpoint_step(ckpt) > final_step
+                if final_step is not None
+                else ckpt.stat().st_mtime > final.stat().st_mtime
+            )
+            if not newer:
+                break
+        try:
+            state = load_checkpoint(ckpt)
+        except Exception as e:
+            log.warning("skipping unreadable checkpoint %s: %s", ckpt, e)
+            continue
+        model.load_state_dict(state["model"])
+        return RunWeights(cfg, model.to(device).eval(), ckpt, state["step"])
+    if not final.is_file():
+        raise FileNotFoundError(f"{run} has neither model.safetensors nor a loadable checkpoint")
+    from safetensors.torch import load_model
 
-        load_model(model, str(weights))
-    else:
-        found = load_latest(run / "checkpoints")
-        if found is None:
-            raise FileNotFoundError(f"{run} has neither model.safetensors nor a loadable checkpoint")
-        model.load_state_dict(found[0]["model"])
-    return cfg, model.to(device).eval()
+    load_model(model, str(final))
+    return RunWeights(cfg, model.to(device).eval(), final, final_step)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu"):
+    """``(config, model)`` of :func:`open_run`."""
+    found = open_run(path, device)
+    return found.config, found.model

@@ -10,14 +10,18 @@ run writes to ``config.yaml``."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from .model import ModelConfig
+from .registry import build_mixer, mixer_options
+from .run_dir import atomic_write_text
 from .validation import ConfigError, coerce, unknown_key
 
 
@@ -41,14 +45,18 @@ class MQARConfig:
 
 @dataclass
 class TextConfig:
-    """Local text: ``.txt``/``.jsonl``/``.parquet`` through Hugging Face ``datasets`` (offline), or a
-    pre-tokenized ``.bin`` (uint16 or uint32 tokens, see ``dtype``). ``tokenizer: byte`` needs no
-    download; any other value is a Hugging Face tokenizer name or path."""
+    """Text (``memnets.data.text``): a folder of token shards from ``scripts/prepare_data.py``, a
+    ``.txt``/``.jsonl``/``.json``/``.parquet`` file, or a pre-tokenized ``.bin``. ``tokenizer: byte``
+    needs no download; otherwise a ``tokenizer.json`` path, ``tiktoken:ENCODING`` or a Hub model id.
+    ``dtype`` is for a ``.bin`` no ``meta.json`` describes (``auto``: what ``meta.json`` states, else
+    ``uint16``). ``val_fraction`` (> 0) is the validation tail of a single file. ``encoding_errors:
+    replace`` reads non-UTF-8 bytes as U+FFFD instead of stopping with an error."""
 
     tokenizer: str = "byte"
     text_field: str = "text"
     val_fraction: float = _range(0.0, 0.5, default=0.05)
-    dtype: Literal["uint16", "uint32"] = "uint16"
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    encoding_errors: Literal["strict", "replace"] = "strict"
 
 
 @dataclass
@@ -64,7 +72,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """``batch_size`` is the global batch in sequences per optimizer step; ``micro_batch_size`` (per
-    process) splits it into gradient-accumulation steps."""
+    process) splits it into gradient-accumulation steps. ``checkpoint_checksum`` writes a SHA-256 beside
+    each checkpoint (``step_N.pt.sha256``), checked on every load; a mismatch skips the file like a
+    truncated one."""
 
     steps: int = _range(1, default=1000)
     batch_size: int = _range(1, default=32)
@@ -77,6 +87,7 @@ class TrainConfig:
     grad_clip: float = _range(0.0, default=1.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores
     device: str = "auto"
     distributed: Literal["ddp", "fsdp"] = "ddp"
     max_bad_steps: int = _range(1, default=10)
@@ -86,6 +97,7 @@ class TrainConfig:
     log_every: int = _range(1, default=10)
     checkpoint_every: int = _range(1, default=500)
     keep_checkpoints: int = _range(1, default=2)
+    checkpoint_checksum: bool = False  # a SHA-256 beside each checkpoint, verified whenever it is loaded
     init_from: str | None = None
     trainable: list[str] | None = None
 
@@ -128,7 +140,12 @@ def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
         sub = f"{path}.{key}" if path else key
         ann = hints[key]
         if dataclasses.is_dataclass(ann):
-            kwargs[key] = _from_dict(ann, value if value is not None else {}, sub)
+            if value is None:  # e.g. `train:` with every key commented out
+                raise ConfigError(
+                    f"section '{sub}' is empty; give it at least one key or remove the line "
+                    "(an empty section would replace the inherited one with the defaults)"
+                )
+            kwargs[key] = _from_dict(ann, value, sub)
             continue
         value = coerce(sub, value, ann)
         meta = fields[key].metadata
@@ -164,9 +181,30 @@ def to_dict(cfg: Any) -> Any:
 
 
 def validate(cfg: Config) -> None:
-    """Checks that span fields (the per-field ranges are checked on load)."""
+    """Checks that span fields (the per-field ranges are checked on load), including building each
+    mixer on the meta device."""
     cfg.model.validate()
-    t, d = cfg.train, cfg.data
+    check_mixers(cfg.model)
+    t, d, m = cfg.train, cfg.data, cfg.model
+    if not m.norm_eps > 0:
+        raise ConfigError(f"model.norm_eps={m.norm_eps} must be > 0")
+    if m.init_std < 0:
+        raise ConfigError(f"model.init_std={m.init_std} must be >= 0")
+    if m.max_position_embeddings and m.max_position_embeddings < d.seq_len:
+        raise ConfigError(
+            f"model.max_position_embeddings={m.max_position_embeddings} is below data.seq_len={d.seq_len}; "
+            "must be >= data.seq_len (or 0 for no learned positions)"
+        )
+    for i, beta in enumerate(t.betas):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"train.betas[{i}]={beta} must be in [0, 1) (AdamW's moment decay rates)")
+    try:
+        cfg.run.dir.format(name="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"run.dir={cfg.run.dir!r} is not a valid pattern ({type(e).__name__}: {e}); the only "
+            "placeholder allowed is {name}"
+        ) from None
     if t.micro_batch_size is not None and (t.micro_batch_size < 1 or t.batch_size % t.micro_batch_size):
         raise ConfigError(
             f"train.micro_batch_size={t.micro_batch_size} must be >= 1 and divide train.batch_size={t.batch_size}"
@@ -174,7 +212,14 @@ def validate(cfg: Config) -> None:
     if t.early_stop_accuracy is not None and not 0 < t.early_stop_accuracy <= 1:
         raise ConfigError(f"train.early_stop_accuracy={t.early_stop_accuracy} must be in (0, 1]")
     if d.kind == "text" and not d.path:
-        raise ConfigError("data.path is required when data.kind=text (a .txt/.jsonl/.parquet/.bin file)")
+        raise ConfigError(
+            "data.path is required when data.kind=text (a .txt/.jsonl/.parquet/.bin file or a prepare_data.py folder)"
+        )
+    if d.kind == "text" and d.text.val_fraction == 0:
+        raise ConfigError(
+            "data.text.val_fraction=0 leaves no validation split, so evaluation would report nothing real; "
+            "must be in (0, 0.5] (a prepare_data.py folder ignores it: it holds val.bin)"
+        )
     if d.kind == "mqar":
         if d.path is not None:
             raise ConfigError(f"data.path={d.path!r} is only used with data.kind=text (data.kind=mqar)")
@@ -194,6 +239,59 @@ def validate(cfg: Config) -> None:
             )
 
 
+def _leaves(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def mixer_config_error(model: ModelConfig, mixer: str, error: ValueError) -> ConfigError:
+    """A mixer constructor's ``ValueError`` as a config error naming the dotted option key: the
+    option whose name the message mentions (the ones the config sets first, then the constructor's
+    defaults), else the mixer's options section."""
+    text = str(error)
+    given = _leaves(model.mixer_options.get(mixer, {}))
+    candidates = {
+        **{k: ("default", None) for k in mixer_options(mixer)},
+        **{k: ("set", v) for k, v in given.items()},
+    }
+    hits = []
+    for key, (origin, value) in candidates.items():
+        m = re.search(rf"(?<![\w.]){re.escape(key.rsplit('.', 1)[-1])}(?!\w)", text)
+        if m:
+            hits.append((origin != "set", m.start(), key, origin, value))
+    section = f"model.mixer_options.{mixer}"
+    if not hits:
+        return ConfigError(
+            f"{section} (mixer '{mixer}', model.d_model={model.d_model}, model.num_heads={model.num_heads}): {text}"
+        )
+    _, _, key, origin, value = min(hits)
+    shown = f"={value!r}" if origin == "set" else " (its default)"
+    return ConfigError(f"{section}.{key}{shown} is not allowed: {text}")
+
+
+def check_mixers(model: ModelConfig) -> None:
+    """Build each mixer of ``model`` on the meta device (no memory, no compute), so a value only its
+    constructor rejects is reported as a config error before a run starts."""
+    for name in dict.fromkeys(model.layer_mixers()):
+        for key, value in _leaves(model.mixer_options.get(name, {})).items():
+            # an epsilon guards a division or a square root: zero or below gives inf/NaN at the first
+            # forward, and not every constructor checks it
+            if re.search(r"(^|[._])(\w+_)?eps$", key) and isinstance(value, (int, float)) and not value > 0:
+                raise ConfigError(f"model.mixer_options.{name}.{key}={value!r} must be > 0 (an epsilon)")
+        try:
+            with torch.device("meta"):
+                build_mixer(name, model.d_model, model.num_heads, **model.mixer_options.get(name, {}))
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise mixer_config_error(model, name, e) from None
+
+
 # ----------------------------------------------------------------------------------------------------
 # YAML loading
 
@@ -205,16 +303,45 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                    f"{seen[key]}); each key may appear once per section"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
 def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config with its `base:` chain merged in (not yet validated)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config inheritance loops: {' -> '.join(str(p) for p in (*seen, path))}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        kind = "is a directory, not a config file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {kind}: {path}")
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty (it would train on the built-in defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping at the top level")
+    _check_sections(data, Config, "", path)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -223,6 +350,23 @@ def load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for b in bases:
         merged = _merge(merged, load_yaml(path.parent / b, (*seen, path)))
     return _merge(merged, data)
+
+
+def _check_sections(data: dict[str, Any], cls: type, prefix: str, path: Path) -> None:
+    """Name the file of an empty section (a merge would otherwise drop the inherited one first)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        ann = hints.get(key)
+        if ann is None or not dataclasses.is_dataclass(ann):
+            continue
+        sub = f"{prefix}{key}"
+        if value is None:
+            raise ConfigError(
+                f"{path}: section '{sub}' is empty; give it at least one key or remove the line "
+                "(an empty section would replace the inherited one with the defaults)"
+            )
+        if isinstance(value, dict):
+            _check_sections(value, ann, f"{sub}.", path)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -265,4 +409,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config (through a temporary file: a crash never leaves half a config)."""
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import self_check
+
 Backend = Literal["auto", "reference", "chunked", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
 
@@ -160,6 +162,8 @@ class MemoryDispatch:
             requested == "triton" or (requested == "auto" and triton_available(device))
         ):
             why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
+        if chosen != "triton" and device.type == "cuda":  # the PyTorch forms compute in float32
+            why += "; float32 matmuls" + (" as TF32" if torch.backends.cuda.matmul.allow_tf32 else "")
         if chosen == "triton" and self.op.kernel_options:
             why = "; " + ", ".join(
                 f"{k}={self.options[k]}" for k in self.op.kernel_options if k in self.options
@@ -171,21 +175,20 @@ class MemoryDispatch:
         return chosen
 
     def packs(self, requested: str, device: torch.device) -> bool:
-        """Whether packed sequences run in one call on ``device`` (else one sequence at a time)."""
-        if self.op.packed_inputs:
-            return True
+        """Whether a kernel runs packed sequences on ``device`` in one launch (else the PyTorch forms
+        take them one sequence at a time, inside the op or here)."""
         return self.backend(requested, device) == "triton" and self.op.packs(arch=self.arch, **self.options)
 
     def __call__(
         self, backend: str, *inputs: Any, cu_seqlens: Tensor | None = None, **per_call: Any
     ) -> tuple[Tensor, Any]:
         device = next(t for t in inputs if isinstance(t, Tensor)).device
-        backend = self.backend(backend, device)
-        fn = getattr(self.op, backend)
-        options = {
-            k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
-        }
+        requested, backend = backend, self.backend(backend, device)
         head = () if self.arch is None else (self.arch,)
+        if backend == "triton" and requested == "auto" and not self._kernel_agrees(head, inputs, per_call):
+            backend = "chunked"
+        fn = getattr(self.op, backend)
+        options = self._options(backend)
         if cu_seqlens is None:
             return fn(*head, *inputs, **options, **per_call)
         if self.op.packed_inputs:
@@ -194,6 +197,24 @@ class MemoryDispatch:
             y, states = fn(*head, *inputs, **options, **per_call, cu_seqlens=cu_seqlens)
             return y, states[-1]  # the last sequence's state
         return self._one_by_one(fn, head, inputs, {**options, **per_call}, cu_seqlens)
+
+    def _options(self, backend: str) -> dict[str, Any]:
+        """The static options ``backend`` takes (the kernel-only ones go to the kernel alone)."""
+        return {
+            k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
+        }
+
+    def _kernel_agrees(self, head: tuple, inputs: tuple, per_call: dict[str, Any]) -> bool:
+        """The first-use self-check (:mod:`memnets.self_check`) of a kernel ``auto`` picked."""
+        return self_check.kernel_agrees(
+            f"{self.owner}: {self.op.name}",
+            self.op.triton,  # type: ignore[arg-type]
+            self.op.chunked,
+            head,
+            inputs,
+            {**self._options("triton"), **per_call},
+            {**self._options("chunked"), **per_call},
+        )
 
     @staticmethod
     def _one_by_one(

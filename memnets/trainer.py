@@ -9,8 +9,11 @@ end, ``model.safetensors``.
 Checkpoints hold model, optimizer, scheduler, step, RNG states and the config. Batches are a function of
 ``(seed, step)``, so the step is the data position and a resumed run continues bitwise like an
 uninterrupted one on CPU. SIGTERM/SIGINT finish the current step, save a checkpoint and stop
-(``TrainResult.preempted``); ``run.resume=auto`` (``--resume``) continues. A step whose loss or gradient
-is not finite is skipped and counted; ``train.max_bad_steps`` in a row stop the run with an error.
+(``TrainResult.preempted``); a second signal, or ``EVAL_GRACE_S`` after the first, abandons an evaluation
+in progress. ``run.resume=auto`` (``--resume``) continues; it refuses a change of the model, the data or
+``run.seed`` and logs any other change. A step whose loss or gradient is not finite is skipped and
+counted; ``train.max_bad_steps`` in a row stop the run with an error. The run folder is locked for the
+run's lifetime and written crash-safely (see :mod:`memnets.run_dir`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,8 @@ import fnmatch
 import json
 import logging
 import math
-import os
-import platform
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,15 +37,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
+from .environment import device_name, git_info, init_distributed, setup_logging, versions
+from .metrics import MetricsLog
 from .model import LM
+from .resume import config_differences, optimizer_state_for
+from .run_dir import RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
 from .validation import ConfigError
 
 log = logging.getLogger("memnets")
+EVAL_GRACE_S = 10.0  # how long an evaluation may go on after a SIGINT/SIGTERM before it is abandoned
 
 
 @dataclass
@@ -54,80 +58,6 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     preempted: int | None = None  # the signal number that stopped the run, if one did
-
-
-# ----------------------------------------------------------------------------------------------------
-# environment
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_cfg: str) -> tuple[Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_cfg == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world, local), device
-
-
-def _setup_logging(main: bool) -> None:
-    if main and not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO if main else logging.WARNING)
-
-
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode == 0:
-            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return {"commit": None, "dirty": None}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "memnets": __version__,
-    }
-    for mod in ("triton", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,65 +114,6 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-# ----------------------------------------------------------------------------------------------------
-# logging of metrics
-
-
-class MetricsLog:
-    """``metrics.jsonl`` always; TensorBoard and W&B when asked (imported lazily)."""
-
-    def __init__(self, run_dir: Path, cfg: Config, resume_step: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = self.wandb = None
-        if not enabled:
-            return
-        if self.path.exists():  # drop records past the checkpoint we resume from
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
-        if cfg.run.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ImportError("run.tensorboard=true needs: pip install 'memnets[tensorboard]'") from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if cfg.run.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise ImportError("run.wandb=true needs: pip install 'memnets[wandb]'") from None
-            self.wandb = wandb.init(
-                project=cfg.run.wandb_project,
-                name=cfg.run.name,
-                config=to_dict(cfg),
-                dir=str(run_dir),
-                resume="allow",
-            )
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = record["step"]
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -257,8 +128,8 @@ def _fmt_time(seconds: float) -> str:
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.dist, self.device = _init_distributed(cfg.train.device)
-        _setup_logging(self.dist.main)
+        self.dist, self.device = init_distributed(cfg.train.device, cfg.train.tf32)
+        setup_logging(self.dist.main)
         t = cfg.train
         if t.batch_size % self.dist.world:
             raise ConfigError(
@@ -282,8 +153,19 @@ class Trainer:
 
         self.run_dir = Path(cfg.run.dir.format(name=cfg.run.name or "run"))
         self.ckpt_dir = self.run_dir / "checkpoints"
-        resume_state = self._resume_state()
+        self.stop_signal: int | None = None
+        self.signals, self.signal_time = 0, 0.0
+        self.lock = self._lock()
+        try:
+            self._build(self._resume_state())
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release(discard=True)
+                self.lock = None
+            raise
 
+    def _build(self, resume_state: dict[str, Any] | None) -> None:
+        cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(cfg.run.seed)
         self.model = LM(cfg.model).to(self.device)
         if t.init_from and resume_state is None:
@@ -305,9 +187,33 @@ class Trainer:
         )
         if t.precision == "bf16" and self.device.type == "cpu":
             log.info("train.precision=bf16 on CPU: autocast to bfloat16 on CPU")
-        self.stop_signal: int | None = None
+
+    def close(self) -> None:
+        """Release the run folder (the lock); ``run()`` ends with this."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- setup helpers -----------------------------------------------------------------------------
+
+    def _lock(self) -> RunLock | None:
+        """Rank 0 locks ``run.dir`` for the whole run, and every rank stops if that fails."""
+        lock, error = None, None
+        if self.dist.main:
+            try:
+                lock = RunLock(self.run_dir)
+            except RunDirLocked as e:
+                error = e
+        if self.dist.world > 1:
+            flag = torch.tensor([error is not None], dtype=torch.int32, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and error is None:
+                error = RunDirLocked(f"run.dir={str(self.run_dir)!r} is in use by another run (see rank 0)")
+        if error is not None:
+            raise error
+        if self.dist.main:  # with the lock held no live process owns these
+            remove_orphaned_tmp(self.run_dir, self.ckpt_dir)
+        return lock
 
     def _resume_state(self) -> dict[str, Any] | None:
         if not list_checkpoints(self.ckpt_dir):
@@ -321,31 +227,36 @@ class Trainer:
         if found is None:
             raise RuntimeError(f"no loadable checkpoint in {self.ckpt_dir}")
         state, path = found
-        saved, now = state["config"], to_dict(self.cfg)
-        for section in ("model", "data"):
-            diff = sorted(
-                k
-                for k in set(saved[section]) | set(now[section])
-                if saved[section].get(k) != now[section].get(k)
-            )
-            if diff:
-                raise ConfigError(
-                    f"cannot resume from {path}: {section}.{diff[0]} differs from the checkpoint "
-                    f"({saved[section].get(diff[0])!r} there, {now[section].get(diff[0])!r} now)"
+        blocking, changed = config_differences(state["config"], to_dict(self.cfg))
+        if blocking:
+            raise ConfigError(
+                f"cannot resume from {path}: "
+                + "; ".join(
+                    f"{k} differs from the checkpoint ({a!r} there, {b!r} now)" for k, a, b in blocking
                 )
+                + " (the model, the data and run.seed, which fixes the batch of each step, must stay the same)"
+            )
+        if state["step"] > self.cfg.train.steps:
+            raise ConfigError(
+                f"train.steps={self.cfg.train.steps} is below the step of the checkpoint to resume from "
+                f"({state['step']}, {path}); set train.steps >= {state['step']} to continue the run"
+            )
+        for k, a, b in changed:
+            log.info("resuming with %s=%r (the checkpoint had %r)", k, b, a)
         log.info("resuming from %s (step %d)", path, state["step"])
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Optimizer, scheduler, step and RNG states (the weights are loaded before wrapping)."""
+        optim = optimizer_state_for(state["optimizer"], self.model, self.optimizer, by_name=self._fsdp)
         if self._fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
-                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+                self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True)
             )
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         rng = state["rng"]
@@ -404,7 +315,8 @@ class Trainer:
     def save(self) -> None:
         state = self._state()  # every rank joins the gather under FSDP
         if self.dist.main:
-            path = save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.train.keep_checkpoints)
+            t = self.cfg.train
+            path = save_checkpoint(state, self.ckpt_dir, self.step, t.keep_checkpoints, t.checkpoint_checksum)
             log.info("saved checkpoint %s", path)
         if self.dist.world > 1:
             dist.barrier()
@@ -474,8 +386,22 @@ class Trainer:
         self.step += 1
         return record
 
+    def _abandon_eval(self) -> bool:
+        """Whether to stop an evaluation: a second SIGINT/SIGTERM, or EVAL_GRACE_S since the first
+        (torchrun kills its workers 30 s after forwarding a SIGTERM). Decided together under several
+        processes, so they stop at the same batch."""
+        local = self.stop_signal is not None and (
+            self.signals > 1 or time.monotonic() - self.signal_time > EVAL_GRACE_S
+        )
+        if self.dist.world == 1:
+            return local
+        flag = torch.tensor([int(local)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float] | None:
+        """Validation metrics, or None when a signal cut the evaluation short."""
         model = self.forward_model
         model.eval()
         bs = self.cfg.train.batch_size
@@ -483,6 +409,8 @@ class Trainer:
             test = self.task.test_set()
             losses, preds = [], []
             for i in range(0, len(test.input_ids), bs):
+                if self._abandon_eval():
+                    return None
                 ids = test.input_ids[i : i + bs].to(self.device)
                 labels = test.labels[i : i + bs].to(self.device)
                 with self._autocast():
@@ -500,6 +428,8 @@ class Trainer:
             return out
         total, count = 0.0, 0
         for ids, labels in self.task.val_batches(bs, self.cfg.train.eval_batches):
+            if self._abandon_eval():
+                return None
             with self._autocast():
                 logits = model(ids.to(self.device)).float()
             total += F.cross_entropy(
@@ -512,27 +442,41 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         meta = {
-            "git": _git_info(),
-            "versions": _versions(),
-            "device": _device_name(self.device),
+            "git": git_info(),
+            "versions": versions(),
+            "device": device_name(self.device),
             "world_size": self.dist.world,
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "num_params": self.model.num_params(),
         }
-        (self.run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+        atomic_write_text(self.run_dir / "meta.json", json.dumps(meta, indent=2))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
         if self.stop_signal is None:
+            self.stop_signal, self.signal_time = signum, time.monotonic()
             log.info(
-                "received %s: finishing step %d, then saving a checkpoint",
-                signal.Signals(signum).name,
+                "received %s: finishing step %d (an evaluation in progress gets %.0f s more), then saving "
+                "a checkpoint; send it again to abandon an evaluation at once",
+                name,
                 self.step + 1,
+                EVAL_GRACE_S,
             )
-        self.stop_signal = signum
+        elif self.signals == 2:
+            log.info("received %s again: abandoning any evaluation in progress", name)
+
+    def _eval_and_log(self, metrics: MetricsLog) -> dict[str, float] | None:
+        result = self.evaluate()
+        if result is None:
+            log.info("evaluation at step %d abandoned (signal); it is not in metrics.jsonl", self.step)
+            return None
+        metrics.write({"step": self.step, **result})
+        log.info("eval step %d | %s", self.step, " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
 
     def _stop_requested(self) -> int | None:
         if self.dist.world == 1:
@@ -558,7 +502,7 @@ class Trainer:
             self.micro,
             self.accum,
             self.dist.world,
-            _device_name(self.device),
+            device_name(self.device),
         )
         last_eval: dict[str, float] = {}
         preempted = None
@@ -595,13 +539,7 @@ class Trainer:
                     )
                 done = self.step == t.steps
                 if self.step % t.eval_every == 0 or done:
-                    last_eval = self.evaluate()
-                    metrics.write({"step": self.step, **last_eval})
-                    log.info(
-                        "eval step %d | %s",
-                        self.step,
-                        " | ".join(f"{k} {v:.4f}" for k, v in last_eval.items()),
-                    )
+                    last_eval = self._eval_and_log(metrics) or last_eval
                     acc = last_eval.get("val_accuracy")
                     if t.early_stop_accuracy is not None and acc is not None and acc >= t.early_stop_accuracy:
                         log.info(
@@ -622,15 +560,16 @@ class Trainer:
                     break
                 if done:
                     break
-            if not last_eval and preempted is None:
-                last_eval = self.evaluate()
-                metrics.write({"step": self.step, **last_eval})
+            if self.step == start_step:  # resumed at train.steps: its final evaluation is on record
+                log.info("the run is already at train.steps=%d; nothing to train", t.steps)
+                last_eval = metrics.last_eval(self.step)
             if preempted is None:
                 self._export_weights()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             metrics.close()
+            self.close()
         return TrainResult(self.run_dir, self.step, last_eval, preempted)
 
     def _export_weights(self) -> None:
@@ -645,7 +584,8 @@ class Trainer:
             model = LM(self.cfg.model)
             model.load_state_dict(full)
         if self.dist.main:
-            save_model(model, str(self.run_dir / "model.safetensors"))
+            with atomic_path(self.run_dir / "model.safetensors") as tmp:
+                save_model(model, str(tmp), metadata={"step": str(self.step)})
 
 
 def train(cfg: Config) -> TrainResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -91,6 +92,8 @@ def coerce(path: str, value: Any, annotation: Any) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}={value!r} has the wrong type; expected a number")
+        if not math.isfinite(value):  # NaN would pass every range check (comparisons are False)
+            raise ConfigError(f"{path}={value!r} is not allowed; expected a finite number")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):

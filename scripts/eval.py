@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memnets.checkpoint import load_run
+from memnets.checkpoint import open_run
 from memnets.data.mqar import IGNORE, TEST_SEED_OFFSET, accuracy_by_pairs, generate_mqar
 from memnets.data.text import TextTask, build_tokenizer
 
@@ -355,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    cfg, model = load_run(args.run, args.device)
+    loaded = open_run(args.run, args.device)
+    cfg, model = loaded.config, loaded.model
+    print(f"weights: {loaded.source} (step {loaded.step if loaded.step is not None else 'not recorded'})")
     kind = cfg.data.kind
     if args.data and kind != "text":
         p.error(f"--data needs a text run; {args.run} trained on data.kind={kind!r}")
@@ -367,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_kind": kind,
         "mixers": cfg.model.layer_mixers(),
         "num_params": model.num_params(),
+        "weights": str(loaded.source),
+        "step": loaded.step,
     }
     try:
         if kind == "text":

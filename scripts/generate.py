@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from memnets.checkpoint import load_run
+from memnets.checkpoint import open_run
 from memnets.data.text import build_tokenizer
 
 
@@ -27,8 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if args.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.top_k is not None and args.top_k < 1:
+        p.error(f"--top-k must be >= 1 (or left out for no cut-off), got {args.top_k}")
+    if not args.temperature >= 0:
+        p.error(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
 
-    cfg, model = load_run(args.run, args.device)
+    loaded = open_run(args.run, args.device)
+    cfg, model = loaded.config, loaded.model
+    step = loaded.step if loaded.step is not None else "not recorded"
+    print(f"weights: {loaded.source} (step {step})", file=sys.stderr)
     if cfg.data.kind != "text":
         p.error(f"{args.run} was trained on data.kind={cfg.data.kind!r}; generate.py decodes text models")
     tok = build_tokenizer(cfg.data.text.tokenizer)

@@ -73,3 +73,24 @@ def test_no_import_cycles():
                     seen.add(dep)
                     stack.append((dep, [*path, dep]))
     assert not cycles, "\n".join(sorted(cycles))
+
+
+def test_mixers_do_not_branch_on_backends():
+    """Which implementation runs is the dispatcher's choice (memnets.dispatch): no mixer compares a
+    backend or names one in a comparison."""
+    names = {"reference", "chunked", "triton"}
+    found = []
+    for f in sorted((ROOT / "memnets" / "mixers").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            parts = [node.left, *node.comparators]
+            mentions_backend = any(
+                (isinstance(p, ast.Name) and "backend" in p.id)
+                or (isinstance(p, ast.Attribute) and "backend" in p.attr)
+                or (isinstance(p, ast.Constant) and p.value in names)
+                for p in parts
+            )
+            if mentions_backend:
+                found.append(f"{f.name}:{node.lineno}")
+    assert not found, found

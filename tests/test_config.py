@@ -17,6 +17,7 @@ def test_base_inheritance_and_required_overrides():
             "train.batch_size=3",
             "train.lr=0.01",
             "data.seq_len=128",
+            "model.max_position_embeddings=128",
             "run.dir=/tmp/x",
             "run.seed=5",
         ],
@@ -80,3 +81,120 @@ def test_resolved_config_round_trips():
 
     again = config_from_dict(to_dict(cfg))
     assert to_dict(again) == to_dict(cfg)
+
+
+def _write(folder, name, text):
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_an_empty_section_never_replaces_the_inherited_one(tmp_path):
+    # issue 25 case 3: `train:` with every key commented out used to replace the base's section with
+    # the built-in defaults (steps 1000, lr 1e-3) without a word
+    _write(tmp_path, "_base.yaml", "train:\n  steps: 1500\n  lr: 3.0e-3\n")
+    child = _write(
+        tmp_path, "child.yaml", "base: _base.yaml\nmodel: {mixer: attention}\ntrain:\n  # steps: 5\n"
+    )
+    with pytest.raises(ConfigError, match=r"child\.yaml: section 'train' is empty"):
+        load_config(child)
+    nested = _write(tmp_path, "nested.yaml", "data:\n  mqar:\n")
+    with pytest.raises(ConfigError, match=r"section 'data\.mqar' is empty"):
+        load_config(nested)
+    from memnets.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"section 'train' is empty"):
+        config_from_dict({"train": None})
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("", r"bad\.yaml: the config file is empty"),
+        ("# only a comment\n", r"bad\.yaml: the config file is empty"),
+        (
+            "train:\n  steps: 5\n  steps: 7\n",
+            r"bad\.yaml: duplicate key 'steps' at line 3 \(first at line 2\)",
+        ),
+        ("train: {lr: 0.1\n", r"bad\.yaml: not valid YAML"),
+        ("train:\n  steps: 5\n bad indent: 1\n", r"bad\.yaml: not valid YAML"),
+    ],
+)
+def test_yaml_files_that_would_silently_change_the_run(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_write(tmp_path, "bad.yaml", text))
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("train.grad_clip=.nan", r"train\.grad_clip=nan is not allowed; expected a finite number"),
+        ("train.lr=.inf", r"train\.lr=inf is not allowed; expected a finite number"),
+        ("data.mqar.power_a=.nan", r"data\.mqar\.power_a=nan"),
+        ("train.betas=[1.5,0.9]", r"train\.betas\[0\]=1\.5 must be in \[0, 1\)"),
+        ("train.betas=[0.9,.nan]", r"train\.betas\[1\]=nan is not allowed"),
+        (
+            "run.dir='{nam}'",
+            r"run\.dir='\{nam\}' is not a valid pattern .*only placeholder allowed is \{name\}",
+        ),
+        ("run.dir='runs/{'", r"run\.dir='runs/\{' is not a valid pattern"),
+        ("model.max_position_embeddings=32", r"model\.max_position_embeddings=32 is below data\.seq_len=64"),
+        ("model.norm_eps=-1e-6", r"model\.norm_eps=-1e-06 must be > 0"),
+    ],
+)
+def test_values_that_used_to_pass_or_fail_late(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(MQAR, [override])
+
+
+TITANS = ROOT / "configs/mqar/titans.yaml"
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("chunk_size=0", r"model\.mixer_options\.titans\.chunk_size=0 is not allowed: .*must be >= 1"),
+        (
+            "dot_precision=fp8",
+            r"model\.mixer_options\.titans\.dot_precision='fp8' is not allowed: .*not one of",
+        ),
+        ("lr_max=-1", r"model\.mixer_options\.titans\.lr_max=-1 is not allowed"),
+    ],
+)
+def test_mixer_constructor_errors_are_config_errors_with_the_dotted_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(TITANS, [f"model.mixer_options.titans.{override}"])
+
+
+def test_non_positive_epsilons_of_any_mixer_are_config_errors():
+    # gated_deltanet's constructor takes norm_eps=-1 and the output is NaN at the first forward
+    with pytest.raises(ConfigError, match=r"model\.mixer_options\.gated_deltanet\.norm_eps=-1 must be > 0"):
+        load_config(
+            ROOT / "configs/mqar/gated_deltanet.yaml", ["model.mixer_options.gated_deltanet.norm_eps=-1"]
+        )
+
+
+def test_mixer_error_mapping_is_generic():
+    """The option is found from the message, also for nested option groups and for defaults."""
+    from memnets.config import mixer_config_error
+    from memnets.model import ModelConfig
+
+    model = ModelConfig(mixer="titans", mixer_options={"titans": {"memory": {"depth": 0}}})
+    err = mixer_config_error(model, "titans", ValueError("titans: depth must be >= 1, got 0"))
+    assert str(err).startswith("model.mixer_options.titans.memory.depth=0 is not allowed")
+    err = mixer_config_error(model, "titans", ValueError("titans: chunk_size must divide 7"))
+    assert str(err).startswith("model.mixer_options.titans.chunk_size (its default) is not allowed")
+    err = mixer_config_error(model, "titans", ValueError("titans: head dim too large"))
+    assert str(err).startswith("model.mixer_options.titans (mixer 'titans', model.d_model=128")
+
+
+def test_device_that_this_machine_lacks_is_a_config_error(monkeypatch):
+    import torch
+
+    from memnets.environment import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"train\.device='cuda' but this machine has no usable CUDA device"):
+        check_device("cuda")
+    with pytest.raises(ConfigError, match=r"train\.device='gpu0' is not a device name"):
+        check_device("gpu0")
+    assert check_device("cpu").type == "cpu"

@@ -114,3 +114,14 @@ def test_kernel_options_reach_the_kernel_only():
     d("chunked", x)
     d("triton", x)
     assert seen == {"chunked": {"size": 4}, "triton": {"precision": "bf16", "size": 4}}
+
+
+def test_the_log_says_how_the_pytorch_forms_multiply_on_cuda(caplog, monkeypatch):
+    """On CUDA the chunked form's float32 matmuls run as TF32 unless train.tf32 is false."""
+    monkeypatch.setattr(dispatch, "_announced", set())
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    with caplog.at_level("INFO", logger=dispatch.log.name):
+        dispatch.MemoryDispatch("toy", _op()).backend("chunked", torch.device("cuda"))
+    assert (
+        "toy: running the chunked backend (asked for chunked on cuda; float32 matmuls as TF32)" in caplog.text
+    )

@@ -103,7 +103,7 @@ side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients 
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9.
 """
 
-from ..specs import BiasSpec, MemorySpec
+from ..specs import BiasSpec, NetSpec
 from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig
 from .launch import TileLayout, mlp_memory_chunked, tile_layout
 from .limits import (
@@ -128,7 +128,7 @@ __all__ = [
     "WIDE_IN_AUTO",
     "BiasSpec",
     "LaunchConfig",
-    "MemorySpec",
+    "NetSpec",
     "TileLayout",
     "mlp_memory_chunked",
     "on_chip_state_too_large",

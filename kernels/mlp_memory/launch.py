@@ -11,7 +11,7 @@ import triton
 from torch import Tensor
 
 from ..packing import chunk_layout
-from ..specs import BIAS_KINDS, BiasSpec, MemorySpec
+from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
 from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig, block
 from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile
@@ -34,7 +34,7 @@ class TileLayout:
 
 
 def tile_layout(
-    memory: MemorySpec,
+    memory: NetSpec,
     chunk_size: int,
     lengths: list[int],
     device,
@@ -78,7 +78,7 @@ def mlp_memory_chunked(
     s1: Tensor | None = None,
     s2: Tensor | None = None,
     *,
-    memory: MemorySpec,
+    memory: NetSpec,
     bias: BiasSpec,
     layout: TileLayout,
     chunk_size: int,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..specs import BiasSpec, MemorySpec
+from ..specs import BiasSpec, NetSpec
 from .config import ACTIVATIONS, block
 
 MAX_TILE = 64
@@ -72,7 +72,7 @@ def supports_wide(d_in: int, chunk_size: int | None, hidden_block: int | None) -
 
 
 def supports(
-    memory: MemorySpec,
+    memory: NetSpec,
     bias: BiasSpec,
     chunk_size: int | None = None,
     window: int = 1,

@@ -1,6 +1,6 @@
 """The model side of the memory kernels: the entry points the mixers call with memnets' own objects
 (:class:`~memnets.memory.MemoryMLP`, the attentional biases, :class:`~memnets.memory.MemoryState`),
-turned into what the kernels take (plain tensors, :class:`~memnets.kernels.specs.MemorySpec` and
+turned into what the kernels take (plain tensors, :class:`~memnets.kernels.specs.NetSpec` and
 :class:`~memnets.kernels.specs.BiasSpec`) and back.
 
 Each entry point is a drop-in for its PyTorch chunked form, same arguments, shapes and state:
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..kernels import linear_memory, mlp_memory
 from ..kernels.packing import chunk_layout, sequence_lengths
-from ..kernels.specs import BiasSpec, MemorySpec
+from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
 from .features import FeatureMemoryMLP
@@ -42,9 +42,9 @@ WIDE_IN_AUTO = mlp_memory.WIDE_IN_AUTO
 on_chip_state_too_large = mlp_memory.on_chip_state_too_large
 
 
-def _memory_spec(arch: MemoryMLP) -> MemorySpec:
+def _net_spec(arch: MemoryMLP) -> NetSpec:
     d_in, d_hidden = arch.shapes[0]
-    return MemorySpec(
+    return NetSpec(
         d_in=d_in,
         d_hidden=d_hidden,
         d_out=arch.dim,
@@ -85,7 +85,7 @@ def supports_mlp(
     spec = _bias_spec(bias)
     if spec is None:
         return f"attentional bias {bias!r} (the MLP Triton kernel covers L2Bias, LpBias and HuberBias)"
-    return mlp_memory.supports(_memory_spec(arch), spec, chunk_size, window, no_wide)
+    return mlp_memory.supports(_net_spec(arch), spec, chunk_size, window, no_wide)
 
 
 def supports_linear(arch: MemoryMLP, bias: object = None, chunk_size: int | None = None) -> str | None:
@@ -94,7 +94,7 @@ def supports_linear(arch: MemoryMLP, bias: object = None, chunk_size: int | None
     spec = _bias_spec(bias)
     if spec is None or spec.kind != "l2":
         return f"attentional bias {bias!r} (the Triton kernel covers L2Bias only)"
-    return linear_memory.supports(_memory_spec(arch), chunk_size)
+    return linear_memory.supports(_net_spec(arch), chunk_size)
 
 
 def _check_dot_precision(name: str, dot_precision: str) -> None:
@@ -173,7 +173,7 @@ def _run(
     if T == 0:
         return q.new_zeros(q.shape), MemoryState((w1, w2), None if s1 is None else (s1, s2))  # type: ignore[arg-type]
     P = window - 1
-    memory = _memory_spec(arch)
+    memory = _net_spec(arch)
     layout = mlp_memory.tile_layout(
         memory,
         chunk_size,

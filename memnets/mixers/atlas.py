@@ -24,7 +24,7 @@ nor how the window gates γ are parameterised), each an option:
   taken at the same weights, and a plain sum would apply each token's gradient c times.
 * Features: ``feature_degree`` 2, ``feature_kernel`` "poly" (or "exp" for the exponential-kernel
   approximation with learnable Taylor coefficients); see :mod:`memnets.memory.features`.
-* Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory="gated_mlp"`` is the Atlas++
+* Memory: 2-layer MLP, expansion 4, GELU, residual (Eq. 42); ``memory: {kind: gated_mlp}`` is the Atlas++
   gated memory x + W₁(σ(W₂x) ⊗ W₃x) (Eq. 43, :mod:`memnets.memory.gated`). "Layer norm at the end
   of each chunk" (App. E) is read as the LayerNorm on the memory output with per-head outer affine (as Titans/TTT);
   ``memory: {norm: false}`` gives Eq. 42 literally.
@@ -62,7 +62,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..dispatch import Backend, MemoryDispatch, check_backend
+from ..dispatch import Backend, MemoryDispatch
 from ..memory.architecture import MemorySpec
 from ..memory.bias import L2Bias
 from ..memory.dotbias import DotBias
@@ -177,7 +177,6 @@ class _OmegaMixer(GatedOutput):
             raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
         if ns_steps < 0:
             raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
-        check_backend(name, backend)
         self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
         self.chunk_size, self.backend, self.window = chunk_size, backend, window
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)

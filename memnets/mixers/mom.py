@@ -262,8 +262,8 @@ class MoM(GatedDeltaCore):
         leave the memory as it is), so both give the same outputs and final states."""
         layout = self.bucket_layout
         if layout == "auto":
-            # the kernel runs packed buckets in one launch; the PyTorch op would slice them one by one
-            layout = "packed" if self.op.backend(self.backend, q.device) == "triton" else "padded"
+            # a kernel runs packed buckets in one launch; the PyTorch op would slice them one by one
+            layout = "packed" if self.op.packs(self.backend, q.device) else "padded"
         if layout == "packed":
             return self.recur(q, k, v, g, beta, initial, d.cu_seqlens)
         P, longest = d.buckets.numel(), d.longest

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..dispatch import Backend, MemoryDispatch, check_backend
+from ..dispatch import Backend, MemoryDispatch
 from ..memory import MemorySpec, MemoryState
 from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
@@ -159,7 +159,6 @@ class TNT(GatedOutput):
         self.glob = block() if global_memory else None
         self.local = nn.ModuleList(block() for _ in self.chunk_sizes)
         check_dot_precision("tnt", dot_precision, self.local[0].memory)
-        check_backend("tnt", backend)
         self.local_ops = [
             MemoryDispatch(
                 "tnt",

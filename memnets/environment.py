@@ -1,0 +1,118 @@
+"""The process a run executes in: the distributed group (``torchrun``'s environment), the device
+(``train.device`` checked against this machine), the ``memnets`` logger, and what ``meta.json`` records
+about the machine and the code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import __version__
+from .validation import ConfigError
+
+log = logging.getLogger("memnets")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_cfg: str, tf32: bool = True) -> tuple[Dist, torch.device]:
+    """The process group and this rank's device; on CUDA, float32 matmuls (the memory engine's
+    chunked form, float32 training) may run as TF32 on tensor cores when ``tf32`` (``train.tf32``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_cfg == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = check_device(device_cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(int(os.environ.get("RANK", "0")), world, local), device
+
+
+def check_device(name: str) -> torch.device:
+    """``train.device`` as a device this machine has, or a config error saying what it has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device={name!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"train.device={name!r} but this machine has no usable CUDA device; use auto or cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device={name!r} but this machine has {count} CUDA device(s) (cuda:0..{count - 1})"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device={name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def setup_logging(main: bool) -> None:
+    if main and not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if main else logging.WARNING)
+
+
+def git_info() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode == 0:
+            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"commit": None, "dirty": None}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "memnets": __version__,
+    }
+    for mod in ("triton", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
