@@ -109,9 +109,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS
     from memnets.kernels.mlp_memory.config import block as _block
 
-    from memnets.memory.kernel_bridge import _bias_spec, _memory_spec
+    from memnets.memory.kernel_bridge import _bias_spec, _net_spec
 
-    spec = _memory_spec(d.arch)
+    spec = _net_spec(d.arch)
     D, DH = spec.d_in, spec.d_hidden
     C = d.options["chunk_size"]
     window = d.options.get("window", 1)
