@@ -23,7 +23,7 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if "eager_launches_per_chunk" in r:
             c = r["eager_launches_per_chunk"]
             out[key]["eager_ops_per_chunk_fwd"] = c["fwd_per_chunk"]
-            out[key]["eager_ops_per_chunk_fwd_bwd"] = c["mixer_fwd_per_chunk"] + c["mixer_bwd_per_chunk"]
+            out[key]["eager_ops_per_chunk_fwd_bwd"] = c["fwd_bwd_per_chunk"]
         for ln in (r.get("kernel") or {}).get("launches", []):
             out[f"{key}/{ln['kernel'].split('.')[-1]} ({ln['role']})"] = {
                 "status": ln["status"],

@@ -379,10 +379,14 @@ def count_launches(name: str, cfg: Any, attr: str, chunk: int, max_chunk: int) -
         counts.append((own.count, fwd.count, bwd.count))
     steps = max_chunk / chunk
     (o2, f2, b2), (o3, f3, b3) = counts
+    own, fwd, bwd = (o3 - o2) / steps, (f3 - f2) / steps, (b3 - b2) / steps
     return {
-        "fwd_per_chunk": (o3 - o2) / steps,
-        "mixer_fwd_per_chunk": (f3 - f2) / steps,
-        "mixer_bwd_per_chunk": (b3 - b2) / steps,
+        "fwd_per_chunk": own,
+        # the dispatch's own backward is not separable from the mixer's: its forward ops scaled by the
+        # mixer's (fwd + bwd) / fwd (exact for a mixer with one memory)
+        "fwd_bwd_per_chunk": own * (fwd + bwd) / fwd if fwd else own,
+        "mixer_fwd_per_chunk": fwd,
+        "mixer_bwd_per_chunk": bwd,
     }
 
 
@@ -575,7 +579,7 @@ def report_config(
             if backend != "triton":
                 counts = count_launches(name, cfg, attr, C or max_chunk, max_chunk)
                 row["eager_launches_per_chunk"] = counts
-                per_chunk = counts["mixer_fwd_per_chunk"] + counts["mixer_bwd_per_chunk"]
+                per_chunk = counts["fwd_bwd_per_chunk"]
                 row["auto"] = {
                     "fwd": estimate(
                         flop, chunked_seconds(backend, counts["fwd_per_chunk"], chunks, flop or 0.0)
@@ -615,11 +619,7 @@ def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
     ]
     for r in rows:
         counts = r.get("eager_launches_per_chunk")
-        ops = (
-            "-"
-            if not counts
-            else f"{counts['fwd_per_chunk']:.0f} / {counts['mixer_fwd_per_chunk'] + counts['mixer_bwd_per_chunk']:.0f}"
-        )
+        ops = "-" if not counts else f"{counts['fwd_per_chunk']:.0f} / {counts['fwd_bwd_per_chunk']:.0f}"
         kernel = r.get("kernel")
         kest = (
             "no kernel"

@@ -26,8 +26,11 @@ What is measured and what is estimated:
   sequential steps (tiles or chunks) per program, at a 4×4096 micro-batch (``--batch``, ``--seq``).
 * **Counted on CPU** (exact for the eager form): ATen ops per chunk of the chunked PyTorch form, which
   on a GPU is one kernel launch each: the mixer's forward and backward at batch 1 and two lengths one
-  chunk (of its largest chunk size) apart; ops outside the chunk loop cancel. Per chunk of a memory
-  with several chunk sizes (TNT), the mixer's counts are spread over the smaller chunks.
+  chunk (of its largest chunk size) apart; ops outside the chunk loop cancel. The forward
+  is counted inside the memory's own dispatch calls; its backward cannot be separated from the
+  mixer's, so fwd+bwd is its forward × the mixer's (fwd + bwd) / fwd (exact for one memory per mixer).
+  Chunks over 64 tokens (TNT's global memory) are counted at 64: an eager chunk step issues the same
+  ops whatever its length.
 * **Estimated** (the roofline model below): TFLOP/s and % of the H100 bf16 dense peak (989.4).
 
 The roofline model (constants in ``benchmarks/kernel_report.py``):
