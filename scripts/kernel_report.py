@@ -33,7 +33,7 @@ What is measured and what is estimated:
   ops whatever its length.
 * **Estimated** (the roofline model below): TFLOP/s and % of the H100 bf16 dense peak (989.4).
 
-The roofline model (constants in ``benchmarks/kernel_report.py``):
+The roofline model (constants and step times in ``benchmarks/kernel_roofline.py``):
 
 * Model FLOP: ``benchmarks.flops`` (``mlp_memory_fwd`` per memory, ``gated_delta_fwd``); fwd+bwd =
   ``BWD_FACTOR`` (3.5) × fwd. ParaRNN has no formula (n/a).
@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import kernel_budget  # noqa: E402
+from benchmarks import kernel_budget, kernel_roofline  # noqa: E402
 from benchmarks import kernel_report as kr  # noqa: E402
 
 # the CI subset: one config per kernel family that auto runs (small and quick to compile) and one
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         "arch": a.arch,
         "batch": a.batch,
         "seq": a.seq,
-        "sms": kr.SMS,
-        "peak_bf16": kr.PEAK_BF16,
-        "rates_tflops": kr.RATES,
+        "sms": kernel_roofline.SMS,
+        "peak_bf16": kernel_roofline.PEAK_BF16,
+        "rates_tflops": kernel_roofline.RATES,
         "seconds": round(time.perf_counter() - start, 1),
         "failed": failed,
     }
