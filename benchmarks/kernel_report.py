@@ -69,10 +69,20 @@ class Launch:
 # configs, mixers, dispatches
 
 
-def config_mixers(path: Path) -> list[tuple[str, Any]]:
-    """(mixer name, ModelConfig) of each distinct mixer of a config file."""
+def config_mixers(path: Path, chunk_size: int | None = None) -> list[tuple[str, Any]]:
+    """(mixer name, ModelConfig) of each distinct mixer of a config file; ``chunk_size`` replaces the
+    option of that name in every mixer that takes one (TNT: its local memories)."""
+    from memnets.registry import mixer_options
+
     cfg = model_config_from_dict(load_yaml(path).get("model", {}))
-    return [(name, cfg) for name in dict.fromkeys(cfg.layer_mixers())]
+    names = list(dict.fromkeys(cfg.layer_mixers()))
+    if chunk_size is not None:
+        options = dict(cfg.mixer_options)
+        for name in names:
+            if "chunk_size" in mixer_options(name):
+                options[name] = {**options.get(name, {}), "chunk_size": chunk_size}
+        cfg = dataclasses.replace(cfg, mixer_options=options)
+    return [(name, cfg) for name in names]
 
 
 def build_meta(name: str, cfg: Any, **overrides: Any) -> torch.nn.Module:
@@ -488,13 +498,19 @@ def _kernel_part(
 
 
 def report_config(
-    path: Path, B: int = 4, T: int = 4096, arch: int = 90, explicit: bool = True
+    path: Path,
+    B: int = 4,
+    T: int = 4096,
+    arch: int = 90,
+    explicit: bool = True,
+    chunk_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per memory dispatch of each distinct mixer of the config at a ``[B, T]`` micro-batch."""
+    """One row per memory dispatch of each distinct mixer of the config at a ``[B, T]`` micro-batch
+    (at ``chunk_size`` instead of the config's, see :func:`config_mixers`)."""
     from benchmarks.flops import BWD_FACTOR
 
     rows = []
-    for name, cfg in config_mixers(path):
+    for name, cfg in config_mixers(path, chunk_size):
         mixer = build_meta(name, cfg)
         found = list(dispatches(mixer))
         max_chunk = max((chunk_of(d) or 64) for _, d, _ in found) if found else 64
