@@ -18,6 +18,7 @@ would do there once allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -337,6 +338,8 @@ def _compile(case: ck.Case, arch: int, inner: int) -> dict[str, Any]:
 
 
 class _OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while active (views excepted)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
@@ -396,26 +399,19 @@ def _find(mixer: Any, attr: str) -> MemoryDispatch:
     return next(d for a, d, _ in dispatches(mixer) if a == attr)
 
 
-class _counting_calls:
-    """Counts the ops run inside one dispatch's calls (``MemoryDispatch.__call__`` patched, counting
-    for that object only)."""
+@contextlib.contextmanager
+def _counting_calls(target: MemoryDispatch, counter: _OpCounter) -> Iterator[None]:
+    """Counts the ops run inside ``target``'s calls only (``MemoryDispatch.__call__`` patched)."""
+    real = MemoryDispatch.__call__
 
-    def __init__(self, target: MemoryDispatch, counter: _OpCounter) -> None:
-        real = MemoryDispatch.__call__
+    def call(d: MemoryDispatch, *args: Any, **kwargs: Any) -> Any:
+        if d is not target:
+            return real(d, *args, **kwargs)
+        with counter:
+            return real(d, *args, **kwargs)
 
-        def call(d: MemoryDispatch, *args: Any, **kwargs: Any) -> Any:
-            if d is not target:
-                return real(d, *args, **kwargs)
-            with counter:
-                return real(d, *args, **kwargs)
-
-        self.patch = mock.patch.object(MemoryDispatch, "__call__", call)
-
-    def __enter__(self) -> None:
-        self.patch.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.patch.__exit__(*exc)
+    with mock.patch.object(MemoryDispatch, "__call__", call):
+        yield
 
 
 def chunk_of(d: MemoryDispatch) -> int | None:
