@@ -3,6 +3,7 @@
     python train.py configs/mqar/attention.yaml
     python train.py configs/lm/attention-tiny.yaml data.path=notes.txt train.steps=500
     python train.py CONFIG --resume                       # continue the run in run.dir
+    python train.py CONFIG model.d_model=64 --print-config  # the resolved config; nothing is run
     torchrun --nproc_per_node 2 train.py CONFIG           # DistributedDataParallel (gloo on CPU)
     python train.py CONFIG --nproc-per-node 2             # the same, with train.py's exit status
 
@@ -24,7 +25,9 @@ import signal
 import sys
 from typing import NoReturn
 
-from memnets.config import load_config
+import yaml
+
+from memnets.config import load_config, to_dict
 from memnets.run_dir import RunDirLocked
 from memnets.trainer import train
 from memnets.validation import ConfigError
@@ -42,11 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue the run in run.dir (same as run.resume=auto)"
     )
     parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (after base: inheritance and overrides) as YAML and exit",
+    )
+    parser.add_argument(
         "--nproc-per-node",
         type=int,
         help="start this many processes on this machine (torchrun --standalone) and exit as they do",
     )
     args = parser.parse_args(argv)
+    if args.print_config:
+        return _print_config(args.config, args.overrides)
     if args.nproc_per_node is not None:
         if args.nproc_per_node < 1:
             parser.error(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
@@ -79,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     if "val_bpb" in result.metrics:
         summary += f", val_bpb {result.metrics['val_bpb']:.4f}"
     print(f"{summary} (run folder: {result.run_dir})")
+    return 0
+
+
+def _print_config(path: str, overrides: list[str]) -> int:
+    """The config as ``train.py`` would run it, validated; no run folder, no data read."""
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 
 

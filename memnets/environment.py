@@ -1,12 +1,13 @@
 """The process a run executes in: the distributed group (``torchrun``'s environment), the device
-(``train.device`` checked against this machine), the ``memnets`` logger, and what ``meta.json`` records
-about the machine and the code."""
+(``train.device`` checked against this machine), the ``memnets`` logger, the process's peak memory, and
+what ``meta.json`` records about the machine and the code."""
 
 from __future__ import annotations
 
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -116,3 +117,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far, in megabytes (10^6 bytes): the CUDA caching allocator's peak of
+    allocated tensor memory on a CUDA device (what the model and its activations need; the allocator's
+    cache and the CUDA context come on top), the peak resident set size of the process on CPU. Both count
+    from the start of the process: a second run in the same process (a notebook, ``scripts/compare.py``)
+    reports at least the first one's peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e6
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux and in bytes on macOS
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6

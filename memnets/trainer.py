@@ -41,7 +41,7 @@ from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
-from .environment import device_name, git_info, init_distributed, setup_logging, versions
+from .environment import device_name, git_info, init_distributed, peak_memory_mb, setup_logging, versions
 from .metrics import MetricsLog
 from .model import LM
 from .resume import config_differences, optimizer_state_for
@@ -515,11 +515,12 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps or "skipped" in record:
                     now = time.time()
                     record["tokens_per_s"] = tokens_per_step * steps_in_window / max(now - window_start, 1e-9)
+                    record["peak_mem_mb"] = peak_memory_mb(self.device)
                     eta = (now - t0) / (self.step - start_step) * (t.steps - self.step)
                     metrics.write(record)
                     aux = f" | aux {record['aux_loss']:.4f}" if "aux_loss" in record else ""
                     log.info(
-                        "step %*d/%d (%5.1f%%) | loss %.4f%s | lr %.2e | gnorm %.3f | %s tok/s | eta %s",
+                        "step %*d/%d (%5.1f%%) | loss %.4f%s | lr %.2e | gnorm %.3f | %s tok/s | mem %.2f GB | eta %s",
                         len(str(t.steps)),
                         self.step,
                         t.steps,
@@ -529,6 +530,7 @@ class Trainer:
                         record["lr"],
                         record["grad_norm"],
                         f"{record['tokens_per_s']:,.0f}",
+                        record["peak_mem_mb"] / 1e3,
                         _fmt_time(eta),
                     )
                     window_start, steps_in_window = now, 0

@@ -6,7 +6,10 @@
     python scripts/eval.py runs/attention --needle-lengths 64,128,256 --out eval.json
     python scripts/eval.py runs/titans-lm --lm-eval wikitext,lambada_openai,piqa   # lm-evaluation-harness
 
-Text runs get text metrics, MQAR runs get MQAR accuracy (by default at their training pairs and length);
+Text metrics cover the whole validation split (or ``--data`` file) unless ``--max-batches`` caps them;
+the output says how many windows and batches, and whether they are the windows of the training log's
+``val_loss`` / ``val_bpb`` (``train.eval_batches`` batches of ``train.batch_size``): only then do the two
+figures agree. Text runs get text metrics, MQAR runs get MQAR accuracy (by default at their training pairs and length);
 ``--needle-lengths`` adds the needle test for either. ``--out FILE.json`` writes every result and a PNG
 beside it (``--plot`` to choose its path) with accuracy against key-value pairs and context length.
 
@@ -109,6 +112,9 @@ def text_metrics(
         "bits_per_byte": loss / math.log(2) / bytes_per_token,
         "tokens": count,
         "seq_len": seq_len,
+        "windows": n,
+        "batches": -(-n // batch_size),
+        "batch_size": batch_size,
     }
 
 
@@ -119,16 +125,62 @@ def run_text(cfg, model, args) -> dict[str, Any]:
         task = TextTask(
             dataclasses.replace(cfg.data.text, val_fraction=0.0), args.data, seq_len, cfg.run.seed
         )
-        stream, source = task.train, args.data
+        stream, source, split = task.train, args.data, "file"
     else:
         if cfg.data.text.val_fraction == 0:
             raise ValueError("the run has no validation split (data.text.val_fraction=0); pass --data FILE")
         task = TextTask(cfg.data.text, cfg.data.path, seq_len, cfg.run.seed)
-        stream, source = task.val, f"{cfg.data.path} (validation split)"
+        stream, source, split = task.val, f"{cfg.data.path} (validation split)", "validation"
     if task.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"--data {source}: tokenizer vocabulary {task.vocab_size} exceeds the model's")
     out = text_metrics(model, stream, seq_len, task.bytes_per_token, args.batch_size, args.max_batches)
-    return {"source": source, **out}
+    # the windows the training log's val_loss / val_bpb covered (Trainer.evaluate: train.eval_batches
+    # batches of train.batch_size windows from the start of the validation split)
+    t = cfg.train
+    trained = (
+        min((len(task.val) - 1) // cfg.data.seq_len, t.batch_size * t.eval_batches)
+        if split == "validation"
+        else None
+    )
+    available = (len(stream) - 1) // seq_len
+    return {
+        "source": source,
+        "split": split,
+        **out,
+        "available_windows": available,
+        "training_eval_windows": trained,
+    }
+
+
+def coverage(text: dict[str, Any], max_batches: int | None) -> str:
+    """Which windows of which split the text metrics cover."""
+    where = "file" if text["split"] == "file" else "validation split"
+    head = (
+        f"evaluated {text['windows']} windows of {text['seq_len']} tokens in {text['batches']} batches "
+        f"of {text['batch_size']}"
+    )
+    if text["windows"] == text["available_windows"]:
+        return f"{head}: all of the {where}"
+    return f"{head}: the first {text['windows']} of the {where}'s {text['available_windows']} (--max-batches {max_batches})"
+
+
+def training_log_note(cfg, text: dict[str, Any]) -> str:
+    """How this evaluation relates to the val_loss / val_bpb in the run's metrics.jsonl."""
+    t = cfg.train
+    if text["split"] == "file":
+        return "--data: the whole file, not the validation split the training log's val_loss / val_bpb use"
+    if text["seq_len"] != cfg.data.seq_len:
+        return (
+            f"windows of {text['seq_len']} tokens, the run trained and evaluated at data.seq_len="
+            f"{cfg.data.seq_len}: not comparable with the training log's val_loss / val_bpb"
+        )
+    covered = (
+        f"the training log's val_loss / val_bpb cover the first {text['training_eval_windows']} windows "
+        f"(train.eval_batches={t.eval_batches} x train.batch_size={t.batch_size})"
+    )
+    if text["windows"] == text["training_eval_windows"]:
+        return f"{covered}: the same windows, so the figures agree for the same weights"
+    return f"{covered}; this evaluation covers {text['windows']}, so the figures differ"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -380,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"text {t['source']}: loss {t['loss']:.4f} | perplexity {t['perplexity']:.2f} | "
                 f"bits/byte {t['bits_per_byte']:.4f} | {t['tokens']} tokens"
             )
+            print(f"  {coverage(t, args.max_batches)}")
+            print(f"  {training_log_note(cfg, t)}")
         else:
             results["mqar"] = run_mqar(cfg, model, args)
             q = results["mqar"]

@@ -8,7 +8,8 @@ whose recurrence is stable at length keeps these within a small factor across T;
 magnitude points at the memory's backward through the chunks.
 
     python scripts/grad_norm_vs_length.py --out benchmarks/results/grad_norm_vs_length
-    python scripts/grad_norm_vs_length.py --lengths 512 1024 --configs configs/mqar/titans.yaml
+    python scripts/grad_norm_vs_length.py --lengths 512 1024 --configs configs/mqar/titans.yaml \
+        --override model.mixer_options.titans.lr_max=0.1
 
 Writes ``grad_norms.json`` and ``grad_norms.md`` (and prints the table). CPU, float32, backend chunked.
 """
@@ -51,8 +52,8 @@ def _group(name: str) -> str:
     return "other"
 
 
-def grad_norms(config: Path, T: int, batch: int, device: str) -> dict[str, float]:
-    cfg = load_config(config, ["model.max_position_embeddings=0"])
+def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[str]) -> dict[str, float]:
+    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
     vocab = cfg.model.vocab_size or cfg.data.mqar.vocab_size  # the trainer fills it from the data
     cfg.model.vocab_size = vocab
     torch.manual_seed(0)
@@ -81,12 +82,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
     a = p.parse_args()
     rows = []
     for config in a.configs:
         for T in a.lengths:
             t0 = time.time()
-            r = grad_norms(config, T, a.batch, a.device)
+            r = grad_norms(config, T, a.batch, a.device, a.override)
             rows.append({"config": config.stem, "T": T, **r, "seconds": time.time() - t0})
             print(
                 f"{config.stem:16s} T={T:6d}  " + "  ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True

@@ -36,8 +36,9 @@ def _rows(run_dir):
 
 
 def _same(row):
-    """The part of a record that a resumed run reproduces bitwise (throughput is wall-clock)."""
-    return {k: v for k, v in row.items() if k != "tokens_per_s"}
+    """The part of a record that a resumed run reproduces bitwise (throughput is wall-clock, peak memory
+    the process's)."""
+    return {k: v for k, v in row.items() if k not in ("tokens_per_s", "peak_mem_mb")}
 
 
 def _killed_child(target, delay: float, on_open_of: str | None = None) -> None:

@@ -1,0 +1,127 @@
+"""scripts/compare.py as a resumable sweep: two mixers on tiny MQAR, stopped by SIGINT inside a run (before
+its first log line) and between runs, resumed until done, then reused without training; unfinished and
+failed runs are never drawn."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import sys
+
+import pytest
+from helpers import ROOT, TINY_MQAR
+
+from memnets import trainer as trainer_module
+
+spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts/compare.py")
+compare = importlib.util.module_from_spec(spec)
+sys.modules["compare_script"] = compare
+spec.loader.exec_module(compare)
+
+CONFIGS = [str(ROOT / "configs/mqar/attention.yaml"), str(ROOT / "configs/mqar/gated_deltanet.yaml")]
+# log only the last step, so that a run stopped at step 1 has no metrics.jsonl yet
+ARGS = [*CONFIGS, *TINY_MQAR, "train.log_every=50", "--steps", "3"]
+
+
+def _results(out):
+    res = json.loads((out / "results.json").read_text())
+    return res, {r["name"]: r for r in res["results"]}
+
+
+def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    args = [*ARGS, "--out", str(out)]
+    handler = signal.getsignal(signal.SIGINT)
+    real_step = trainer_module.Trainer.train_step
+
+    # 1. Ctrl-C during attention's first step: it saves step 1 and the whole sweep stops
+    def interrupted_step(self):
+        signal.raise_signal(signal.SIGINT)
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", interrupted_step)
+    assert compare.main(args) == 128 + signal.SIGINT
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    assert signal.getsignal(signal.SIGINT) is handler
+    captured = capsys.readouterr()
+    assert "FAILED" not in captured.err and "Traceback" not in captured.err
+    res, rows = _results(out)
+    assert res["stopped_by"] == "SIGINT" and res["failed"] == []
+    assert rows["attention"]["status"] == "unfinished" and rows["attention"]["steps"] == 1
+    assert rows["attention"]["tokens_per_s"] is None  # nothing logged yet
+    assert rows["gated_deltanet"]["status"] == "not started"
+    assert "unfinished" in captured.out and "not started" in captured.out
+    assert "still to run: attention, gated_deltanet" in captured.out
+    assert not (out / "compare.png").exists()  # nothing finished: nothing drawn
+
+    # 2. the second call resumes attention from step 1; a SIGINT while loading the next config stops it
+    real_load = compare.load_config
+
+    def interrupted_load(path, overrides):
+        if "gated_deltanet" in str(path):
+            signal.raise_signal(signal.SIGINT)
+        return real_load(path, overrides)
+
+    trained = []
+
+    def counted_step(self):
+        trained.append((self.cfg.run.name, self.step + 1))
+        return real_step(self)
+
+    monkeypatch.setattr(compare, "load_config", interrupted_load)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", counted_step)
+    assert compare.main(args) == 128 + signal.SIGINT
+    monkeypatch.setattr(compare, "load_config", real_load)
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    capsys.readouterr()
+    assert trained == [("attention", 2), ("attention", 3)]  # continued from the checkpoint of step 1
+    res, rows = _results(out)
+    assert rows["attention"]["status"] == "finished" and rows["attention"]["steps"] == 3
+    assert rows["attention"]["tokens_per_s"] > 0 and 0 <= rows["attention"]["val_accuracy"] <= 1
+    assert rows["gated_deltanet"]["status"] == "not started"
+    assert (out / "compare.png").is_file()  # attention alone, gated_deltanet named as left out
+
+    # 3. the third call trains only gated_deltanet
+    seconds = rows["attention"]["seconds"]
+    assert compare.main(args) == 0
+    captured = capsys.readouterr()
+    assert "attention: finished in an earlier call" in captured.out
+    res, rows = _results(out)
+    assert res["stopped_by"] is None
+    assert [(r["name"], r["status"], r["steps"]) for r in res["results"]] == [
+        ("attention", "finished", 3),
+        ("gated_deltanet", "finished", 3),
+    ]
+    assert rows["attention"]["seconds"] == seconds
+    assert rows["gated_deltanet"]["mixer"] == "gated_deltanet" and rows["gated_deltanet"]["params"] > 0
+    table = captured.out.split("\n\n", 1)[1]
+    assert [c.strip() for c in table.splitlines()[0].split(" | ")][:3] == ["name", "status", "steps"]
+
+    # 4. nothing is left: a fourth call builds no trainer and writes the same table
+    def no_training(*a, **k):
+        raise AssertionError("a finished sweep must not train again")
+
+    monkeypatch.setattr(compare, "Trainer", no_training)
+    assert compare.main(args) == 0
+    assert _results(out)[0]["results"] == res["results"]
+    # a new step budget is not the same config: the finished runs continue instead of being reused
+    with pytest.raises(AssertionError, match="must not train again"):
+        compare.main([*ARGS[:-1], "4", "--out", str(out)])
+
+
+def test_plot_draws_finished_runs_only_and_names_the_rest(tmp_path):
+    rows = [
+        {"name": "a", "status": "finished", "val_loss": 1.5, "tokens_per_s": 1000.0, "state_size": 64},
+        {"name": "b", "status": "unfinished", "steps": 7},
+        {"name": "c", "status": "failed", "error": "RuntimeError: out of memory"},
+        {"name": "d", "status": "not started"},
+    ]
+    assert compare.headline(rows) == ("val_loss", "validation loss (nats/token)")
+    drawn, left_out = compare.plotted(rows, "val_loss")
+    assert [r["name"] for r in drawn] == ["a"]
+    assert left_out == ["b (unfinished at step 7)", "c (failed)", "d (not started)"]
+    assert compare.plot(rows, tmp_path / "a.png") and (tmp_path / "a.png").stat().st_size > 1000
+    assert not compare.plot(rows[1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    text = [{**rows[0], "val_bpb": 2.0}]
+    assert compare.headline(text)[0] == "val_bpb"
