@@ -37,7 +37,8 @@ Backends (each row is one backend, chunk size C and pass):
 Timing: ``benchmarks.timing.bench`` (GPU: ``do_bench`` median with p20/p80 after a warm-up loop, with
 the gradients reset between calls; CPU: ``torch.utils.benchmark`` blocks, one thread unless
 ``--threads``). fwd runs under ``torch.no_grad``; fwd+bwd backpropagates random cotangents of the
-output and of the final weights and momenta (never ones, performance.md §7.3).
+output and of the final weights and momenta (never ones, performance.md §7.3). ``peak_mb`` (GPU only): ``benchmarks.timing.peak_memory_mb`` over
+one more call.
 
 Model FLOP per token and head (1 multiply-add = 2 FLOP), C = chunk size:
 
@@ -79,7 +80,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.flops import BWD_FACTOR, PEAKS, mlp_memory_fwd  # noqa: E402
-from benchmarks.timing import Budget, bench, gemm_ceiling_tflops  # noqa: E402
+from benchmarks.timing import Budget, bench, gemm_ceiling_tflops, peak_memory_mb  # noqa: E402
 from memnets.memory import MemoryMLP, engine, memory_chunked  # noqa: E402
 
 PASSES = ("fwd", "fwd+bwd")
@@ -444,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                     triton_over_compiled=ratio(t.median_ms, ms_at.get(("chunked_compiled", kind)), name),
                     triton_over_eager=ratio(t.median_ms, ms_at.get(("chunked", kind)), name),
                     compile_s=first_s if name == "chunked_compiled" else None,
+                    peak_mb=peak_memory_mb(step, device),  # one more call (None on CPU)
                 )
                 rows.append(row)
                 print(format_row(row))

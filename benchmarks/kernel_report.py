@@ -1,0 +1,610 @@
+"""What ``backend="auto"`` runs on an H100 for each LM config, and what its sm_90 compile looks like:
+the library behind ``scripts/kernel_report.py`` (its docstring holds the roofline model).
+
+For every mixer of a config (built once per distinct mixer on the meta device, at the real widths and
+head shapes) the report walks the :class:`memnets.dispatch.MemoryDispatch` objects the mixer holds,
+asks each which backend ``auto`` picks on a CUDA device and why, and then
+
+* for a Triton kernel: the launches of one layer at the micro-batch (:func:`kernel_launches`), each
+  compiled for sm_90 with ``scripts/check_kernels_compile.py``'s machinery (its ``Case`` records and
+  ``compile_case``; the compiled kernel's PTX and TTGIR are read here: :func:`tensor_cores`);
+* for the chunked PyTorch form: the kernel launches (ATen ops) per chunk, counted on CPU at small
+  shapes (:func:`count_launches`).
+
+Where ``auto`` does not pick a kernel but ``backend="triton"`` has one (the wide-state MLP kernels
+while ``WIDE_IN_AUTO`` is off), that kernel is reported too, marked ``explicit``: what the kernels
+would do there once allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+import check_kernels_compile as ck  # noqa: E402
+import triton  # noqa: E402
+
+from benchmarks.kernel_roofline import PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
+from memnets import ops as memory_ops  # noqa: E402
+from memnets.config import load_yaml, model_config_from_dict  # noqa: E402
+from memnets.dispatch import MemoryDispatch  # noqa: E402
+from memnets.registry import build_mixer  # noqa: E402
+
+CUDA = torch.device("cuda")
+MLP_OPS = {
+    memory_ops.TITANS_MEMORY.name,
+    memory_ops.MIRAS_MEMORY.name,
+    memory_ops.OMEGA_MEMORY.name,
+    memory_ops.CHUNK_READ_MEMORY.name,
+    memory_ops.SHARDED_MEMORY.name,
+}
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch of one layer: the compile case (constexprs as the launcher sets them), the
+    grid's program count and the sequential steps (tiles or chunks) each program walks."""
+
+    role: str  # "fwd", "fwd (store)", "bwd"
+    case: ck.Case
+    programs: int
+    steps: int
+    inner: int = 1  # trip count of the loops inside a step (the wide kernels' hidden blocks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# configs, mixers, dispatches
+
+
+def config_mixers(path: Path, chunk_size: int | None = None) -> list[tuple[str, Any]]:
+    """(mixer name, ModelConfig) of each distinct mixer of a config file; ``chunk_size`` replaces the
+    option of that name in every mixer that takes one (TNT: its local memories)."""
+    from memnets.registry import mixer_options
+
+    cfg = model_config_from_dict(load_yaml(path).get("model", {}))
+    names = list(dict.fromkeys(cfg.layer_mixers()))
+    if chunk_size is not None:
+        options = dict(cfg.mixer_options)
+        for name in names:
+            if "chunk_size" in mixer_options(name):
+                options[name] = {**options.get(name, {}), "chunk_size": chunk_size}
+        cfg = dataclasses.replace(cfg, mixer_options=options)
+    return [(name, cfg) for name in names]
+
+
+def build_meta(name: str, cfg: Any, **overrides: Any) -> torch.nn.Module:
+    """The mixer at its real widths, with no memory allocated."""
+    with torch.device("meta"):
+        return build_mixer(
+            name, cfg.d_model, cfg.num_heads, **{**cfg.mixer_options.get(name, {}), **overrides}
+        )
+
+
+def dispatches(mixer: torch.nn.Module) -> Iterator[tuple[str, MemoryDispatch, torch.nn.Module]]:
+    """(attribute, dispatch, the module holding it) of every memory dispatch the mixer and its
+    submodules hold (TNT's ``local_ops`` list too)."""
+    for module in mixer.modules():
+        for attr, value in vars(module).items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, MemoryDispatch):
+                    yield (f"{attr}[{i}]" if isinstance(value, (list, tuple)) else attr), item, module
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernel launches of one layer
+
+
+def _dot(d: MemoryDispatch) -> int:
+    from memnets.kernels.mlp_memory import DOT_PRECISIONS
+
+    return DOT_PRECISIONS.get(d.options.get("dot_precision", "tf32x3"), 0)
+
+
+def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
+    from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK, tile_layout
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS
+    from memnets.kernels.mlp_memory.config import block as _block
+
+    from memnets.memory.kernel_bridge import _bias_spec, _net_spec
+
+    spec = _net_spec(d.arch)
+    D, DH = spec.d_in, spec.d_hidden
+    C = d.options["chunk_size"]
+    window = d.options.get("window", 1)
+    read_start = d.op is memory_ops.CHUNK_READ_MEMORY
+    if d.op is memory_ops.SHARDED_MEMORY:  # whole shards fold into the batch (memnets.memory.sharded)
+        shard = d.options.get("shard_size") or T
+        B, T = B * -(-T // shard), min(T, shard)
+    layout = tile_layout(spec, C, [T] * B, "cpu", window=window)
+    L = layout.tile
+    bias = _bias_spec(d.options.get("bias"))
+    momentum = d.op in (memory_ops.TITANS_MEMORY, memory_ops.SHARDED_MEMORY) and bool(
+        getattr(getattr(mixer, "gates", None), "momentum", False)
+    )
+    H = d.arch.num_heads
+    branches = {
+        "ACT": ACTIVATIONS[spec.activation],
+        "BIAS": BIAS_KINDS.index(bias.kind if bias else "l2"),
+        "LN": spec.layer_norm,
+        "RES": spec.residual,
+        "HAS_MOM": momentum,
+        "DOT": _dot(d),
+        "H": H,
+    }
+    programs, steps = B * H, layout.max_tiles
+    if layout.wide:
+        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L)])[:3]
+        inner = -(-DH // DEFAULT_HIDDEN_BLOCK)
+    else:
+        fwd, store, bwd = ck._mlp_cases([(D, DH, L)])[:3]
+        branches |= {"KE": C // L, "READ_START": read_start, "P": window - 1, "BK": _block(L + window - 1)}
+        inner = 1
+
+    def at(case: ck.Case) -> ck.Case:
+        return dataclasses.replace(case, constexprs={**case.constexprs, **branches})
+
+    return [
+        Launch("fwd", at(fwd), programs, steps, inner),
+        Launch("fwd (store)", at(store), programs, steps, inner),
+        Launch("bwd", at(bwd), programs, steps, inner),
+    ]
+
+
+def _gated_delta_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
+    from memnets.kernels.gated_delta_triton import _block
+
+    K, V, C = mixer.head_dim, mixer.head_dim_v, d.options["chunk_size"]
+    H = mixer.num_heads
+    BK, BV = _block(K), min(_block(V), 64)
+    by_kernel = {}
+    for case in ck._gated_delta_cases():  # the K = 64 set: every kernel and branch once
+        if case.constexprs["K"] == 64:
+            by_kernel.setdefault((case.kernel, case.constexprs.get("STORE_H", None)), case)
+    shape = {"H": H, "K": K, "V": V, "C": C, "BK": BK, "BV": BV}
+    chunks = -(-T // C)
+
+    def at(key: tuple[str, object]) -> ck.Case:
+        case = by_kernel[key]
+        return dataclasses.replace(
+            case, constexprs={**case.constexprs, **{k: shape[k] for k in shape if k in case.constexprs}}
+        )
+
+    nv = -(-V // BV)
+    return [
+        Launch("fwd prepare", at(("_prepare_kernel", None)), B * chunks * H, 1),
+        Launch("fwd", at(("_forward_kernel", False)), B * H * nv, chunks),
+        Launch("bwd states", at(("_forward_kernel", True)), B * H * nv, chunks),
+        Launch("bwd", at(("_backward_state_kernel", None)), B * H * nv, chunks),
+        Launch("bwd local", at(("_backward_local_kernel", None)), B * chunks * H, 1),
+    ]
+
+
+def _scan_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
+    from memnets.kernels.scan_triton import channel_block
+
+    block = getattr(mixer.cell, "structure", "diag") == "block2"
+    S = mixer.cell.a.shape[-1]  # the state width (diagonal: one channel per unit; 2x2 blocks: pairs)
+    BS, BT = channel_block(S, 4), min(64, max(16, triton.next_power_of_2(T)))
+    cases = {
+        (c.constexprs["BLOCK"], c.constexprs["REVERSE"]): c
+        for c in ck._scan_cases()
+        if "*fp32" in str(c.types.values())
+    }
+
+    def at(reverse: bool) -> ck.Case:
+        case = cases[block, reverse]
+        return dataclasses.replace(case, constexprs={**case.constexprs, "BT": BT, "BS": BS})
+
+    programs = B * -(-S // BS)
+    return [
+        Launch("fwd (each Newton step)", at(False), programs, -(-T // BT)),
+        Launch("bwd", at(True), programs, -(-T // BT)),
+    ]
+
+
+def kernel_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
+    """The kernel launches of one layer's call at ``[B, T]`` (forward, and backward through autograd)."""
+    if d.op.name in MLP_OPS:
+        return _mlp_launches(mixer, d, B, T)
+    if d.op is memory_ops.GATED_DELTA:
+        return _gated_delta_launches(mixer, d, B, T)
+    if d.op is memory_ops.PARARNN:
+        return _scan_launches(mixer, d, B, T)
+    raise ValueError(
+        f"kernel_report: no launch model for op {d.op.name!r} (add one in benchmarks/kernel_report.py)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sm_90 compile of one launch
+
+_MMA_ENC = re.compile(
+    r"^#(mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d), .*?warpsPerCTA = \[(\d+), (\d+)\]"
+)
+_DOT = re.compile(r"= (tt\.dot|ttng\.warp_group_dot) .*?-> tensor<(\d+)x(\d+)xf32, #(mma\d*)>")
+_A_TYPE = re.compile(r":\s*(?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)")
+
+
+def _loop_depths(ttgir: str) -> Iterator[tuple[int, str]]:
+    """(enclosing ``scf.for`` count, line) of every line of the kernel's TTGIR: its regions are indented
+    one level deeper than the op that opens them, so a line at or left of a loop's indent (its closing
+    brace included) is outside that loop."""
+    stack: list[int] = []
+    for line in ttgir.splitlines():
+        indent = len(line) - len(line.lstrip())
+        while stack and indent <= stack[-1]:
+            stack.pop()
+        yield len(stack), line
+        if "scf.for " in line and line.rstrip().endswith("{"):
+            stack.append(indent)
+
+
+def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
+    """The tensor-core work of one compiled kernel.
+
+    From the PTX: the static count of ``mma.sync`` (Ampere-style, per warp) and ``wgmma`` (Hopper,
+    per warpgroup) instructions and their operand types. From the TTGIR: every matmul (``tt.dot`` →
+    mma.sync, ``ttng.warp_group_dot`` → wgmma) with its shape M×N×K and operand type, weighted by the
+    loops around it: a matmul in the chunk loop runs once per step, one in a loop inside it ``inner``
+    times (the wide kernels' hidden blocks); ``replicated``: mma.sync products whose rows are fewer
+    than 16 × the warps the encoding lays along them (those warps compute the same rows)."""
+    mma_ops = re.findall(r"\bmma\.sync\.aligned\.[\w.]+", ptx)
+    wgmma_ops = re.findall(r"\bwgmma\.mma_async\.sync\.aligned\.[\w.]+", ptx)
+    encodings = {
+        m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+        for m in map(_MMA_ENC.match, ttgir.splitlines())
+        if m
+    }
+    per_step: dict[str, float] = {}  # "wgmma.bf16" -> tensor FLOP per step (padded shapes, tf32x3 ×3)
+    dots = replicated = 0
+    for depth, line in _loop_depths(ttgir):
+        m = _DOT.search(line)
+        if not m:
+            continue
+        op, M, N, enc = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        a = _A_TYPE.search(line.split(" : ", 1)[-1] if " : " in line else line)
+        K = int(a.group(2)) if a else 16
+        dtype = {"f32": "tf32", "bf16": "bf16", "f16": "fp16"}.get(a.group(3) if a else "f32", "tf32")
+        passes = 3 if "tf32x3" in line else 1
+        version, wm, wn = encodings.get(enc, (2, 1, 1))
+        copies = 1
+        if version == 2 and (16 * wm > M or 8 * wn > N):
+            copies = max(wm * 16 // max(M, 1), 1) * max(wn * 8 // max(N, 1), 1)
+            replicated += inner if depth >= 2 else 1
+        kind = (
+            f"{'wgmma' if op.endswith('warp_group_dot') else 'mma.sync'}.{dtype}{'x3' if passes == 3 else ''}"
+        )
+        weight = inner if depth >= 2 else 1
+        per_step[kind] = per_step.get(kind, 0.0) + 2.0 * M * N * K * passes * copies * weight
+        dots += weight
+    return {
+        "mma_sync": len(mma_ops),
+        "wgmma": len(wgmma_ops),
+        "operand_types": sorted(
+            {op.split(".")[-2] if op.startswith("wgmma") else op.split(".")[-3] for op in mma_ops + wgmma_ops}
+        ),
+        "instructions": sorted(set(mma_ops + wgmma_ops)),
+        "dots_per_step": dots,
+        "replicated_dots": replicated,
+        "tensor_flop_per_step": per_step,
+    }
+
+
+_compiled: dict[str, dict[str, Any]] = {}
+
+
+def compile_launch(case: ck.Case, arch: int = 90, inner: int = 1) -> dict[str, Any]:
+    """``check_kernels_compile.compile_case``'s row (status, shared, registers, stack) and
+    :func:`tensor_cores` of the compiled kernel (captured from ``triton.compile``); once per case."""
+    key = repr((case, arch, inner))
+    if key not in _compiled:
+        _compiled[key] = _compile(case, arch, inner)
+    return dict(_compiled[key])
+
+
+def _compile(case: ck.Case, arch: int, inner: int) -> dict[str, Any]:
+    compiled: list[Any] = []
+    real = triton.compile
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        compiled.append(real(*args, **kwargs))
+        return compiled[-1]
+
+    with mock.patch.object(triton, "compile", capture):
+        row = ck.compile_case(case, arch)
+    if compiled and row["status"] == "ok":
+        asm = compiled[-1].asm
+        row.update(tensor_cores(asm["ptx"], asm["ttgir"], inner))
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------
+# launches of the chunked PyTorch form
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while active (views excepted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if not func.is_view:  # views launch nothing on a GPU
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+# An eager chunk step issues the same ops whatever its length (its matmuls are batched), so chunks
+# longer than COUNT_MAX_CHUNK are counted at that length: TNT's global memory (chunks of 2048 tokens
+# would mean CPU runs over 6144 tokens with 768 local chunks).
+COUNT_MAX_CHUNK = 64
+COUNT_OPTIONS = {"tnt": {"global_chunk_size": COUNT_MAX_CHUNK}}
+
+
+def count_launches(name: str, cfg: Any, attr: str, chunk: int, max_chunk: int) -> dict[str, float]:
+    """ATen ops (≈ CUDA kernel launches of the eager form) per chunk of the dispatch ``attr``, forward
+    and forward + backward of the whole mixer, counted on CPU at batch 1, the real widths and two
+    lengths that differ by one chunk of the mixer's largest chunk size (ops outside the chunk loop
+    cancel); the forward of the dispatch alone is counted where it is called, the backward is the
+    mixer's (per chunk of ``chunk``: the chunk loop's share when a mixer has several memories).
+    Chunks longer than ``COUNT_MAX_CHUNK`` are counted at that length (``COUNT_OPTIONS``)."""
+    torch.manual_seed(0)
+    options = {**cfg.mixer_options.get(name, {}), **COUNT_OPTIONS.get(name, {}), "backend": "chunked"}
+    mixer = build_mixer(name, cfg.d_model, cfg.num_heads, **options)
+    max_chunk = min(max_chunk, COUNT_MAX_CHUNK)
+    chunk = min(chunk, max_chunk)
+    counts = []
+    for n in (2, 3):
+        T = n * max_chunk
+        x = torch.randn(1, T, cfg.d_model, requires_grad=True)
+        fwd = _OpCounter()
+        own = _OpCounter()
+        target = _find(mixer, attr)
+        with _counting_calls(target, own), fwd:
+            y, _ = mixer(x)
+        bwd = _OpCounter()
+        with bwd:
+            y.float().square().mean().backward()
+        counts.append((own.count, fwd.count, bwd.count))
+    steps = max_chunk / chunk
+    (o2, f2, b2), (o3, f3, b3) = counts
+    own, fwd, bwd = (o3 - o2) / steps, (f3 - f2) / steps, (b3 - b2) / steps
+    return {
+        "fwd_per_chunk": own,
+        # the dispatch's own backward is not separable from the mixer's: its forward ops scaled by the
+        # mixer's (fwd + bwd) / fwd (exact for a mixer with one memory)
+        "fwd_bwd_per_chunk": own * (fwd + bwd) / fwd if fwd else own,
+        "mixer_fwd_per_chunk": fwd,
+        "mixer_bwd_per_chunk": bwd,
+    }
+
+
+def _find(mixer: Any, attr: str) -> MemoryDispatch:
+    return next(d for a, d, _ in dispatches(mixer) if a == attr)
+
+
+@contextlib.contextmanager
+def _counting_calls(target: MemoryDispatch, counter: _OpCounter) -> Iterator[None]:
+    """Counts the ops run inside ``target``'s calls only (``MemoryDispatch.__call__`` patched)."""
+    real = MemoryDispatch.__call__
+
+    def call(d: MemoryDispatch, *args: Any, **kwargs: Any) -> Any:
+        if d is not target:
+            return real(d, *args, **kwargs)
+        with counter:
+            return real(d, *args, **kwargs)
+
+    with mock.patch.object(MemoryDispatch, "__call__", call):
+        yield
+
+
+def chunk_of(d: MemoryDispatch) -> int | None:
+    return d.options.get("chunk_size")
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def waves(programs: int) -> int:
+    return math.ceil(programs / SMS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# estimates (the model: benchmarks.kernel_roofline)
+
+
+def launch_seconds(launch: Launch, row: dict[str, Any]) -> float:
+    """The launch's time: its steps in order, its programs in waves of one per SM."""
+    step = step_seconds(row, launch.case.num_warps, launch.inner, launch.programs)["step"]
+    return waves(launch.programs) * launch.steps * step
+
+
+def core_flop(owner: Any, d: MemoryDispatch, B: int, T: int) -> float | None:
+    """Forward model FLOP of the dispatch's op over the micro-batch (``benchmarks.flops``)."""
+    from benchmarks.flops import gated_delta_fwd, mlp_memory_fwd
+
+    C = d.options.get("chunk_size")
+    if d.op.name in MLP_OPS and d.arch is not None:
+        D, hidden = d.arch.shapes[0]
+        read_start = d.op is memory_ops.CHUNK_READ_MEMORY
+        return mlp_memory_fwd(
+            B, T, d.arch.num_heads, D, min(C, T), hidden / D, d.arch.depth, intra=not read_start
+        )
+    if d.op is memory_ops.GATED_DELTA:
+        return gated_delta_fwd(B, T, owner.num_heads, owner.head_dim, owner.head_dim_v, C)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the report
+
+
+def _kernel_part(
+    owner: Any, d: MemoryDispatch, B: int, T: int, flop: float | None, arch: int
+) -> dict[str, Any]:
+    launches, fwd_s, total_s = [], 0.0, 0.0
+    for launch in kernel_launches(owner, d, B, T):
+        row = compile_launch(launch.case, arch, launch.inner)
+        seconds = launch_seconds(launch, row) if row["status"] == "ok" else 0.0
+        total_s += seconds
+        fwd_s += seconds if launch.role.startswith("fwd") and "store" not in launch.role else 0.0
+        launches.append(
+            {
+                **row,
+                "role": launch.role,
+                "programs": launch.programs,
+                "sms": SMS,
+                "waves": waves(launch.programs),
+                "steps": launch.steps,
+                "inner": launch.inner,
+                "num_warps": launch.case.num_warps,
+                "step_us": {
+                    k: v * 1e6
+                    for k, v in step_seconds(
+                        row, launch.case.num_warps, launch.inner, launch.programs
+                    ).items()
+                },
+                "est_ms": seconds * 1e3,
+            }
+        )
+    from benchmarks.flops import BWD_FACTOR
+
+    return {
+        "launches": launches,
+        "fwd": estimate(flop, fwd_s),
+        "fwd_bwd": estimate(None if flop is None else BWD_FACTOR * flop, total_s),
+    }
+
+
+def report_config(
+    path: Path,
+    B: int = 4,
+    T: int = 4096,
+    arch: int = 90,
+    explicit: bool = True,
+    chunk_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per memory dispatch of each distinct mixer of the config at a ``[B, T]`` micro-batch
+    (at ``chunk_size`` instead of the config's, see :func:`config_mixers`)."""
+    from benchmarks.flops import BWD_FACTOR
+
+    rows = []
+    for name, cfg in config_mixers(path, chunk_size):
+        mixer = build_meta(name, cfg)
+        found = list(dispatches(mixer))
+        max_chunk = max((chunk_of(d) or 64) for _, d, _ in found) if found else 64
+        for attr, d, owner in found:
+            backend = d.backend(getattr(mixer, "backend", "auto"), CUDA)
+            C = chunk_of(d)
+            flop = core_flop(owner, d, B, T)
+            row: dict[str, Any] = {
+                "config": path.stem,
+                "mixer": name,
+                "dispatch": attr,
+                "op": d.op.name,
+                "part": d.part,
+                "chunk_size": C,
+                "auto_cuda": backend,
+                "why_no_kernel": d.no_kernel("auto"),
+                "kernel_for_triton": d.no_kernel("triton") is None and d.op.triton is not None,
+                "fwd_flop": flop,
+            }
+            chunks = ceil_div(T, C) if C else 1
+            if backend != "triton":
+                counts = count_launches(name, cfg, attr, C or max_chunk, max_chunk)
+                row["eager_launches_per_chunk"] = counts
+                per_chunk = counts["fwd_bwd_per_chunk"]
+                row["auto"] = {
+                    "fwd": estimate(
+                        flop, chunked_seconds(backend, counts["fwd_per_chunk"], chunks, flop or 0.0)
+                    ),
+                    "fwd_bwd": estimate(
+                        None if flop is None else BWD_FACTOR * flop,
+                        chunked_seconds(backend, per_chunk, chunks, BWD_FACTOR * (flop or 0.0)),
+                    ),
+                }
+            if backend == "triton" or (explicit and row["kernel_for_triton"]):
+                kernel = _kernel_part(owner, d, B, T, flop, arch)
+                row["kernel"] = {"explicit": backend != "triton", **kernel}
+                if backend == "triton":
+                    row["auto"] = {"fwd": kernel["fwd"], "fwd_bwd": kernel["fwd_bwd"]}
+            rows.append(row)
+    return rows
+
+
+def _f(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _est(e: dict[str, Any] | None) -> str:
+    if not e or e.get("tflops") is None:
+        return "n/a"
+    return f"{e['tflops']:.2f} ({e['pct_bf16']:.2f}%)"
+
+
+def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
+    """Two tables: what ``auto`` runs per memory, and every kernel launch's compile."""
+    out = [
+        f"Micro-batch {B}x{T}, H100 (132 SMs, bf16 dense peak {PEAK_BF16} TFLOP/s); estimates from the "
+        "model in scripts/kernel_report.py.",
+        "",
+        "| config | memory | C | auto on CUDA | why no kernel | eager ops/chunk fwd / fwd+bwd | est. auto fwd+bwd TFLOP/s (% bf16) | est. kernel fwd+bwd TFLOP/s (% bf16) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        counts = r.get("eager_launches_per_chunk")
+        ops = "-" if not counts else f"{counts['fwd_per_chunk']:.0f} / {counts['fwd_bwd_per_chunk']:.0f}"
+        kernel = r.get("kernel")
+        kest = (
+            "no kernel"
+            if not kernel
+            else _est(kernel["fwd_bwd"]) + (" (explicit)" if kernel["explicit"] else "")
+        )
+        why = (r["why_no_kernel"] or "-").replace("|", "/")
+        why = why if len(why) <= 90 else why[:87] + "..."
+        memory = r["mixer"] + (f" {r['part']}" if r["part"] else "")
+        out.append(
+            f"| {r['config']} | {memory} | {r['chunk_size']} | {r['auto_cuda']} | {why} | {ops} | {_est(r.get('auto', {}).get('fwd_bwd'))} | {kest} |"
+        )
+    out += [
+        "",
+        "| config | memory | launch | programs / 132 SMs | steps | tensor-core instructions (static) | dots/step (replicated) | regs | spill B/thread | smem KB | est. ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for ln in (r.get("kernel") or {}).get("launches", []):
+            memory = r["mixer"] + (f" {r['part']}" if r["part"] else "")
+            name = (
+                ln["kernel"].split(".")[-1]
+                + f" ({ln['role']})"
+                + (" explicit" if r["kernel"]["explicit"] else "")
+            )
+            if ln["status"] != "ok":
+                out.append(
+                    f"| {r['config']} | {memory} | {name} | {ln['programs']} | {ln['steps']} | {ln['status']}: {ln.get('error', '')} | | | | | |"
+                )
+                continue
+            tc = f"{ln['mma_sync']} mma.sync + {ln['wgmma']} wgmma, {'/'.join(ln['operand_types']) or 'none'}"
+            out.append(
+                f"| {r['config']} | {memory} | {name} | {ln['programs']} | {ln['steps']} | {tc} | "
+                f"{ln['dots_per_step']} ({ln['replicated_dots']}) | {ln['registers']} | {ln['stack']} | "
+                f"{ln['shared'] / 1024:.0f} | {_f(ln['est_ms'] or None, '.2f')} |"
+            )
+    return "\n".join(out) + "\n"

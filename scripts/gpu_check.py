@@ -1,0 +1,540 @@
+"""One GPU check: correctness of the kernels compiled on the GPU, one training step of every config
+family, and the kernel benchmark beside its peers, in one report. Made to finish in under 8 minutes on
+one H100/H200 (each step has a time limit; a step over it is reported as failed with the reason).
+
+    bash scripts/gpu_check.sh                     # on a GPU machine; prints the report folder
+    bash scripts/gpu_check.sh --cpu-smoke         # the same steps at tiny shapes on CPU (CI, ~1-2 min)
+    python scripts/gpu_check.py --out runs/gpu_check --steps kernels train
+
+Steps (each in its own subprocess, so a crash or an interpreter setting cannot leak into the next):
+
+* ``kernels`` (a): the kernel test files that read ``MEMNETS_KERNEL_TEST_DEVICE`` run with it set to
+  ``cuda`` and ``TRITON_INTERPRET=0`` (compiled kernels; their float32/tf32 tests, and the bfloat16
+  operand test that runs only on a GPU); the kernel test files that do not read it are listed as
+  skipped with that reason. ``--cpu-smoke``: one interpreted test of each MLP-kernel file.
+* ``train`` (b): for every config family in ``configs/lm/`` (a config's name without its size: the
+  largest config of the family; ``--cpu-smoke``: its tiny config), the model at 2 layers and the real
+  widths, ``backend: auto``, one AdamW step under bf16 autocast on 1 × ``--train-seq`` tokens (capped
+  at the config's context): the loss must be finite; the path each memory ran is read from its
+  dispatches (``MemoryDispatch.backend``).
+* ``bench`` (c): ``scripts/bench_titans_kernels.py`` at titans-760m's memory shapes (16 heads of 96,
+  hidden 384; chunk 16 and 64; eager and compiled chunked, the Triton kernel, titans-pytorch when it
+  imports), TFLOP/s, % of an 8192³ bf16 GEMM timed in the same run, peak memory; ``peers``: SDPA
+  (causal, titans-760m heads) and fla's ``chunk_gated_delta_rule`` (gated_deltanet-1.3b heads) when
+  it imports, with the same figures. ``--cpu-smoke``: tiny shapes, kernels in the interpreter, no
+  compiled chunked form.
+* Each step has a time limit (``LIMITS_S``, 7.5 minutes together on a GPU; ``--limit-scale`` stretches
+  them); a step over it is failed with that reason, and the report keeps what the others found.
+* The report (d): ``report.json`` and ``report.md`` in the folder printed at the end. Every step is
+  ``passed``, ``failed`` (with the reason and the log's tail) or ``skipped`` (with the reason: no
+  internet is needed; a missing extra is a skip). Exit code 1 if a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+KERNEL_TESTS = (
+    "test_mlp_memory.py",
+    "test_mlp_memory_wide.py",
+    "test_linear_memory.py",
+    "test_gated_delta.py",
+    "test_scan_triton.py",
+)
+SMOKE_TESTS = ("tests/test_mlp_memory.py::test_residual_memory",)
+# titans-760m's memory: 16 heads of 96, hidden 4 x 96; gated_deltanet-1.3b: 16 heads of 128
+TITANS = {"H": 16, "D": 96}
+GDN = {"H": 16, "K": 128}
+# seconds per step on a GPU machine: 7.5 minutes together (--limit-scale stretches them)
+LIMITS_S = {"kernels": 150, "train": 100, "bench": 160, "peers": 40}
+SMOKE_LIMIT_S = 300  # per step on a (possibly shared) CPU
+LIMIT_SCALE = [1.0]  # set from --limit-scale
+
+
+def limit(smoke: bool, step: str) -> float:
+    return LIMIT_SCALE[0] * (SMOKE_LIMIT_S if smoke else LIMITS_S[step])
+
+
+def _tail(text: str, n: int = 2500) -> str:
+    return text[-n:]
+
+
+def run_subprocess(cmd: list[str], env: dict[str, str], limit: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, stdout + stderr)."""
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return None, out
+    return p.returncode, p.stdout + p.stderr
+
+
+def _env(smoke: bool) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if smoke:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.update(TRITON_INTERPRET="0", MEMNETS_KERNEL_TEST_DEVICE="cuda")
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# (a) kernel tests
+
+
+def step_kernels(smoke: bool, out: Path) -> dict[str, Any]:
+    tests = ROOT / "tests"
+    present = [f for f in KERNEL_TESTS if (tests / f).exists()]
+    # a file reads the variable itself, or takes its DEVICE from test_mlp_memory (the wide-kernel tests)
+    on_gpu = [
+        f for f in present if re.search(r"MEMNETS_KERNEL_TEST_DEVICE|base\.DEVICE", (tests / f).read_text())
+    ]
+    skipped = {
+        f: "does not read MEMNETS_KERNEL_TEST_DEVICE (its kernels run only interpreted on CPU)"
+        for f in present
+        if f not in on_gpu
+    }
+    targets = list(SMOKE_TESTS) if smoke else [f"tests/{f}" for f in on_gpu]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *targets]
+    if not smoke and importlib.util.find_spec("xdist") is not None:
+        cmd += ["-n", "8"]  # kernel compiles are single-threaded: pytest-xdist spreads them over cores
+    start = time.perf_counter()
+    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "kernels"))
+    (out / "kernels.log").write_text(log)
+    summary = next(
+        (ln for ln in reversed(log.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)), ""
+    )
+    result = {
+        "command": " ".join(cmd),
+        "files_not_run": skipped,
+        "summary": summary.strip("= "),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if code is None:
+        return {
+            **result,
+            "status": "failed",
+            "reason": f"over its {limit(smoke, 'kernels')} s limit",
+            "log_tail": _tail(log),
+        }
+    if code != 0:
+        return {**result, "status": "failed", "reason": f"pytest exit code {code}", "log_tail": _tail(log)}
+    return {**result, "status": "passed"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# (b) one training step per config family
+
+
+def families(smoke: bool) -> dict[str, Path]:
+    """family (the config's distinct mixers) -> the config that stands for it: its widest (d_model,
+    then heads), or its narrowest in the smoke run."""
+    from memnets.config import load_yaml, model_config_from_dict
+
+    found: dict[str, list[tuple[tuple[int, int], Path]]] = {}
+    for path in sorted((ROOT / "configs" / "lm").glob("*.yaml")):
+        if path.stem.startswith("_"):
+            continue
+        cfg = model_config_from_dict(load_yaml(path).get("model", {}))
+        family = "+".join(dict.fromkeys(cfg.layer_mixers()))
+        found.setdefault(family, []).append(((cfg.d_model, cfg.num_heads), path))
+    pick = min if smoke else max
+    return {family: pick(sized)[1] for family, sized in sorted(found.items())}
+
+
+def train_one(path: Path, device: str, seq: int, layers: int) -> dict[str, Any]:
+    """One AdamW step of the config's model at ``layers`` layers under bf16 autocast, backend auto."""
+    import torch
+
+    from benchmarks.kernel_report import dispatches
+    from memnets.config import load_yaml, model_config_from_dict
+    from memnets.model import LM
+
+    data = load_yaml(path)
+    model_cfg = data.get("model", {})
+    model_cfg["n_layers"] = min(layers, model_cfg.get("n_layers", layers))
+    model_cfg.setdefault("vocab_size", 32000)
+    cfg = model_config_from_dict(model_cfg)
+    context = data.get("data", {}).get("seq_len", seq)
+    T = min(seq, context)
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = LM(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, cfg.vocab_size, (1, T + 1), device=dev)
+    start = time.perf_counter()
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        logits = model(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+    loss.backward()
+    opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    paths = {}
+    for i, block in enumerate(model.blocks):
+        for attr, d, _ in dispatches(block.mixer):
+            backend = getattr(block.mixer, "backend", "auto")
+            chosen = d.backend(backend, dev)
+            key = f"{block.mixer_name} {d.part or attr}"
+            why = d.no_kernel("auto") if chosen != "triton" else None
+            paths.setdefault(key, {"layers": [], "path": chosen, "why_no_kernel": why})["layers"].append(i)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    finite = bool(torch.isfinite(loss).item())
+    return {
+        "config": path.stem,
+        "layers": cfg.n_layers,
+        "tokens": T,
+        "loss": float(loss.item()),
+        "finite": finite,
+        "paths": paths or {"(no memory dispatch)": {"path": "attention / dense", "layers": []}},
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_mb": peak,
+    }
+
+
+def step_train(smoke: bool, out: Path, device: str, seq: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__)),
+        "--worker",
+        "train",
+        "--device",
+        device,
+        "--train-seq",
+        str(seq),
+        "--out",
+        str(out),
+    ]
+    if smoke:
+        cmd.append("--cpu-smoke")
+    start = time.perf_counter()
+    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "train"))
+    (out / "train.log").write_text(log)
+    rows = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else []
+    result = {"rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+    if code is None:
+        return {
+            **result,
+            "status": "failed",
+            "reason": f"over its {limit(smoke, 'train')} s limit",
+            "log_tail": _tail(log),
+        }
+    bad = [
+        r["config"] + ": " + r.get("error", f"loss {r.get('loss')}")
+        for r in rows
+        if "error" in r or not r.get("finite")
+    ]
+    if code != 0 or bad:
+        return {
+            **result,
+            "status": "failed",
+            "reason": "; ".join(bad) or f"exit code {code}",
+            "log_tail": _tail(log),
+        }
+    return {**result, "status": "passed"}
+
+
+def worker_train(a: argparse.Namespace) -> int:
+    rows = []
+    for family, path in families(a.cpu_smoke).items():
+        try:
+            rows.append({"family": family, **train_one(path, a.device, a.train_seq, 2)})
+        except Exception as e:  # one family's failure is reported, the others still run
+            rows.append({"family": family, "config": path.stem, "error": f"{type(e).__name__}: {e}"[:500]})
+        print(json.dumps(rows[-1]), flush=True)
+        Path(a.out, "train.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# (c) the kernel benchmark and its peers
+
+
+def step_bench(smoke: bool, out: Path, device: str) -> dict[str, Any]:
+    """The benchmark once per chunk size (each run with its own time limit, so a slow compile at one
+    chunk size keeps the other's rows)."""
+    script = ROOT / "scripts" / "bench_titans_kernels.py"
+    base = [sys.executable, str(script), "--device", device, "--depth", "2", "--titans-pytorch", "--fast"]
+    if smoke:  # tiny shapes, the kernel in the interpreter, no torch.compile
+        base += ["--B", "1", "--T", "32", "--H", "2", "--D", "16", "--no-compile", "--triton"]
+        chunks = [16]
+    else:  # titans-760m's memory: 16 heads of 96, hidden 384
+        base += ["--B", "1", "--T", "2048", "--H", str(TITANS["H"]), "--D", str(TITANS["D"])]
+        chunks = [16, 64]
+    start = time.perf_counter()
+    rows, notes, problems, commands, meta = [], [], [], [], None
+    for C in chunks:
+        json_out = out / f"bench_titans_kernels_c{C}.json"
+        cmd = [*base, "--chunk-sizes", str(C), "--out", str(json_out)]
+        commands.append(" ".join(cmd))
+        code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "bench") / len(chunks))
+        (out / f"bench_c{C}.log").write_text(log)
+        notes += [ln.strip() for ln in log.splitlines() if ln.startswith("note:") and ln.strip() not in notes]
+        if code is None:
+            problems.append(f"chunk {C}: over its {limit(smoke, 'bench') / len(chunks):.0f} s limit")
+        elif code != 0:
+            problems.append(f"chunk {C}: exit code {code}: {_tail(log, 600)}")
+        else:
+            bench = json.loads(json_out.read_text())
+            rows += bench["rows"]
+            meta = bench["meta"]
+    result = {"commands": commands, "notes": notes, "rows": rows, "meta": meta}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    if problems:
+        return {**result, "status": "failed", "reason": "; ".join(problems)}
+    return {**result, "status": "passed"}
+
+
+def peer_rows(device_name: str, smoke: bool) -> list[dict[str, Any]]:
+    """SDPA and fla's chunk_gated_delta_rule, forward and forward + backward, bf16 on CUDA."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.flops import BWD_FACTOR, attention_fwd, gated_delta_fwd
+    from benchmarks.timing import Budget, bench, gemm_ceiling_tflops, peak_memory_mb
+
+    device = torch.device(device_name)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    B, T = (1, 64) if smoke else (1, 4096)
+    gemm = gemm_ceiling_tflops(device, torch.bfloat16)
+    rows: list[dict[str, Any]] = []
+
+    def time_it(name: str, fn, flop: float, leaves: list) -> None:
+        for kind, backward in (("fwd", False), ("fwd+bwd", True)):
+
+            def call(backward: bool = backward) -> None:
+                if backward:
+                    y = fn()
+                    y.float().sum().backward()
+                else:
+                    with torch.no_grad():
+                        fn()
+
+            call()
+            t = bench(call, device, Budget.fast(), grad_to_none=leaves)
+            f = BWD_FACTOR * flop if backward else flop
+            tf = f / (t.median_ms / 1e3) / 1e12
+            rows.append(
+                {
+                    "backend": name,
+                    "pass": kind,
+                    "ms": t.median_ms,
+                    "tflops": tf,
+                    "pct_gemm_bf16": None if gemm is None else 100 * tf / gemm,
+                    "peak_mb": peak_memory_mb(call, device),
+                }
+            )
+
+    H, D = (2, 16) if smoke else (TITANS["H"], TITANS["D"])
+    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    time_it(
+        "sdpa",
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        attention_fwd(B, T, H, D),
+        [q, k, v],
+    )
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception as e:  # an optional peer: absent or broken installs are a skip
+        rows.append(
+            {
+                "backend": "fla chunk_gated_delta_rule",
+                "skipped": f"does not import ({type(e).__name__}: {e})"[:300],
+            }
+        )
+        return rows
+    if device.type != "cuda":
+        rows.append({"backend": "fla chunk_gated_delta_rule", "skipped": "needs a CUDA device"})
+        return rows
+    H, K = GDN["H"], GDN["K"]
+    qk = [
+        F.normalize(torch.randn(B, T, H, K, device=device), dim=-1).to(dtype).requires_grad_()
+        for _ in range(2)
+    ]
+    vv = torch.randn(B, T, H, K, device=device, dtype=dtype, requires_grad=True)
+    g = F.logsigmoid(torch.randn(B, T, H, device=device)).requires_grad_()
+    beta = torch.rand(B, T, H, device=device, dtype=dtype).requires_grad_()
+    time_it(
+        "fla chunk_gated_delta_rule",
+        lambda: chunk_gated_delta_rule(qk[0], qk[1], vv, g, beta)[0],
+        gated_delta_fwd(B, T, H, K, K, 64),
+        [*qk, vv, g, beta],
+    )
+    return rows
+
+
+def step_peers(smoke: bool, out: Path, device: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__)), "--worker", "peers", "--device", device, "--out", str(out)]
+    if smoke:
+        cmd.append("--cpu-smoke")
+    start = time.perf_counter()
+    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "peers"))
+    (out / "peers.log").write_text(log)
+    rows = json.loads((out / "peers.json").read_text()) if (out / "peers.json").exists() else []
+    result = {"rows": rows, "seconds": round(time.perf_counter() - start, 1)}
+    if code is None or code != 0:
+        why = f"over its {limit(smoke, 'peers')} s limit" if code is None else f"exit code {code}"
+        return {**result, "status": "failed", "reason": why, "log_tail": _tail(log)}
+    return {**result, "status": "passed"}
+
+
+def worker_peers(a: argparse.Namespace) -> int:
+    rows = peer_rows(a.device, a.cpu_smoke)
+    Path(a.out, "peers.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# (d) the report
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["env"]
+    lines = [
+        f"# GPU check {env['date']}",
+        "",
+        f"{env['device']}; torch {env['versions']['torch']}, triton {env['versions'].get('triton')}, "
+        f"CUDA {env['versions'].get('cuda')}, driver {report.get('driver') or '-'}; memnets {env.get('git')}; "
+        f"mode {'cpu-smoke' if report['cpu_smoke'] else 'gpu'}; {report['seconds']} s",
+        "",
+        "| step | status | detail |",
+        "|---|---|---|",
+    ]
+    for name, s in report["steps"].items():
+        detail = s.get("reason") or s.get("summary") or ""
+        lines.append(f"| {name} | {s['status']} | {detail} ({s.get('seconds', '-')} s) |")
+    train = report["steps"].get("train", {}).get("rows", [])
+    if train:
+        lines += ["", "| family | config | loss | paths (layers) | s |", "|---|---|---|---|---|"]
+        for r in train:
+            if "error" in r:
+                lines.append(f"| {r['family']} | {r['config']} | error | {r['error']} | |")
+                continue
+            paths = "; ".join(f"{k}: {v['path']}" for k, v in r["paths"].items())
+            lines.append(f"| {r['family']} | {r['config']} | {r['loss']:.3f} | {paths} | {r['seconds']} |")
+    rows = report["steps"].get("bench", {}).get("rows", []) + report["steps"].get("peers", {}).get("rows", [])
+    if rows:
+        lines += [
+            "",
+            "| backend | C | pass | ms | TFLOP/s | % GEMM | peak MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if "skipped" in r:
+                lines.append(
+                    f"| {r['backend']} | {r.get('chunk_size', '-')} | {r.get('pass') or '-'} | skipped: {r['skipped']} | | | |"
+                )
+                continue
+            lines.append(
+                f"| {r['backend']} | {r.get('chunk_size', '-')} | {r['pass']} | {_fmt(r['ms'], '.3f')} | "
+                f"{_fmt(r['tflops'], '.3f')} | {_fmt(r.get('pct_gemm_bf16'))} | {_fmt(r.get('peak_mb'), '.0f')} |"
+            )
+    skips = [
+        f"- {f}: {why}" for f, why in report["steps"].get("kernels", {}).get("files_not_run", {}).items()
+    ]
+    skips += [f"- bench: {n}" for n in report["steps"].get("bench", {}).get("notes", [])]
+    if skips:
+        lines += ["", "Skipped:", *skips]
+    return "\n".join(lines) + "\n"
+
+
+def _driver() -> str | None:
+    try:
+        p = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny shapes on CPU, kernels in Triton's interpreter"
+    )
+    p.add_argument("--out", help="report folder (default runs/gpu_check-<UTC time>)")
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=["kernels", "train", "bench", "peers"],
+        choices=["kernels", "train", "bench", "peers"],
+    )
+    p.add_argument("--device", help="default cuda (cpu with --cpu-smoke)")
+    p.add_argument(
+        "--train-seq", type=int, default=2048, help="tokens of the training step (default 2048; smoke 64)"
+    )
+    p.add_argument("--worker", choices=["train", "peers"], help=argparse.SUPPRESS)
+    p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every step's time limit")
+    a = p.parse_args(argv)
+    LIMIT_SCALE[0] = a.limit_scale
+    a.device = a.device or ("cpu" if a.cpu_smoke else "cuda")
+    if a.cpu_smoke and a.train_seq == 2048:
+        a.train_seq = 64
+    if a.worker:
+        return {"train": worker_train, "peers": worker_peers}[a.worker](a)
+    import torch
+
+    from benchmarks.env import environment
+
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device here: run on a GPU machine, or use --cpu-smoke", file=sys.stderr)
+        return 2
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(a.out or ROOT / "runs" / f"gpu_check-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    runners = {
+        "kernels": lambda: step_kernels(a.cpu_smoke, out),
+        "train": lambda: step_train(a.cpu_smoke, out, a.device, a.train_seq),
+        "bench": lambda: step_bench(a.cpu_smoke, out, a.device),
+        "peers": lambda: step_peers(a.cpu_smoke, out, a.device),
+    }
+    steps: dict[str, Any] = {}
+    for name in ("kernels", "train", "bench", "peers"):
+        if name not in a.steps:
+            steps[name] = {"status": "skipped", "reason": "not asked for (--steps)"}
+            continue
+        steps[name] = runners[name]()
+        print(
+            f"{name}: {steps[name]['status']} {steps[name].get('reason', '')} ({steps[name].get('seconds')} s)",
+            flush=True,
+        )
+    report = {
+        "env": environment(torch.device(a.device)),
+        "driver": _driver() if a.device.startswith("cuda") else None,
+        "cpu_smoke": a.cpu_smoke,
+        "seconds": round(time.perf_counter() - start, 1),
+        "steps": steps,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"report: {out}")
+    return 1 if any(s["status"] == "failed" for s in steps.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

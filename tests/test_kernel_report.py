@@ -1,0 +1,124 @@
+"""The static kernel report (scripts/kernel_report.py --quick) runs on a CPU, covers its configs, and is
+no worse than the committed budget (benchmarks/kernel_budgets.json: spill bytes, tensor-core operand
+types, programs per launch, eager ops per chunk). The script runs in a subprocess: it compiles real
+kernels, which this session may be interpreting (TRITON_INTERPRET=1)."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+from benchmarks import kernel_budget
+
+SCRIPT = ROOT / "scripts" / "kernel_report.py"
+BUDGET = ROOT / "benchmarks" / "kernel_budgets.json"
+QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m")
+
+triton = pytest.importorskip("triton")
+
+
+def _toolchain_problem() -> str | None:
+    if "nvidia" not in triton.backends.backends:
+        return "Triton has no NVIDIA backend"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
+        return "Triton's bundled ptxas is missing"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _toolchain_problem() is not None, reason=f"cannot compile for sm_90: {_toolchain_problem()}"
+)
+def test_quick_report_within_budget(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "report"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--budget", str(BUDGET)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "0 regressions" in run.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = report["rows"]
+    assert {r["config"] for r in rows} == set(QUICK)
+    for r in rows:
+        assert r["auto_cuda"] in ("triton", "chunked", "compiled"), r
+        if r["auto_cuda"] == "triton":
+            launches = r["kernel"]["launches"]
+            assert launches and all(ln["status"] == "ok" and ln["registers"] > 0 for ln in launches), r
+        else:  # a path without a kernel says why and has its ops per chunk counted
+            assert r["why_no_kernel"] and r["eager_launches_per_chunk"]["fwd_per_chunk"] > 0, r
+    # the MLP kernels' matmuls are on tensor cores, and the estimate is a positive rate below the peak
+    titans = next(r for r in rows if r["config"] == "titans-tiny")
+    assert all(ln["mma_sync"] + ln["wgmma"] > 0 for ln in titans["kernel"]["launches"])
+    assert 0 < titans["auto"]["fwd_bwd"]["pct_bf16"] < 100
+    table = out.with_suffix(".md").read_text()
+    assert all(name in table for name in QUICK) and "| config |" in table
+
+
+def _rows_from_budget() -> list[dict]:
+    """Report rows that reproduce the budget's entries exactly (the inverse of ``budget_entries``)."""
+    entries = json.loads(BUDGET.read_text())["entries"]
+    rows = []
+    for key, entry in entries.items():
+        if key.count("/") != 1:
+            continue
+        config, dispatch = key.split("/")
+        row = {
+            "config": config,
+            "dispatch": dispatch,
+            "auto_cuda": entry["auto_cuda"],
+            "kernel": {"launches": []},
+        }
+        if "eager_ops_per_chunk_fwd" in entry:
+            fwd, total = entry["eager_ops_per_chunk_fwd"], entry["eager_ops_per_chunk_fwd_bwd"]
+            row["eager_launches_per_chunk"] = {"fwd_per_chunk": fwd, "fwd_bwd_per_chunk": total}
+        for launch_key, launch in entries.items():
+            if launch_key.startswith(key + "/"):
+                name, role = launch_key[len(key) + 1 :].split(" (", 1)
+                row["kernel"]["launches"].append(
+                    {
+                        "kernel": f"module.{name}",
+                        "role": role[:-1],
+                        "status": launch["status"],
+                        "stack": launch["spill_bytes"],
+                        "operand_types": launch["operand_types"],
+                        "programs": launch["programs"],
+                    }
+                )
+        rows.append(row)
+    return rows
+
+
+def test_budget_check_catches_each_regression():
+    rows = _rows_from_budget()
+    budgets = json.loads(BUDGET.read_text())["entries"]
+    assert kernel_budget.regressions(rows, budgets) == []
+
+    def worse(change) -> list[str]:
+        bad = copy.deepcopy(rows)
+        change(bad)
+        return kernel_budget.regressions(bad, budgets)
+
+    def first_launch(rows: list[dict]) -> dict:
+        return next(r for r in rows if r["kernel"]["launches"])["kernel"]["launches"][0]
+
+    def eager(rows: list[dict]) -> dict:
+        return next(r for r in rows if "eager_launches_per_chunk" in r)["eager_launches_per_chunk"]
+
+    assert any(
+        "spill" in p for p in worse(lambda rs: first_launch(rs).update(stack=first_launch(rs)["stack"] + 8))
+    )
+    assert any("operand" in p for p in worse(lambda rs: first_launch(rs).update(operand_types=["f32"])))
+    assert any("programs" in p for p in worse(lambda rs: first_launch(rs).update(programs=1)))
+    assert any("status" in p for p in worse(lambda rs: first_launch(rs).update(status="error")))
+    assert any("eager_ops" in p for p in worse(lambda rs: eager(rs).update(fwd_bwd_per_chunk=1e6)))
+    assert any("not in the report" in p for p in worse(lambda rs: rs.pop()))
+    # better figures pass: bf16 operands, no spills, more programs
+    better = copy.deepcopy(rows)
+    first_launch(better).update(operand_types=["bf16"], stack=0, programs=10_000)
+    assert kernel_budget.regressions(better, budgets) == []
