@@ -1,4 +1,10 @@
 import logging
+import os
+
+# Kernel tests run in Triton's interpreter on CPU unless a GPU run sets TRITON_INTERPRET=0. Set it
+# before any test module imports triton: the interpreter must be chosen before triton is imported,
+# and a module collected early (e.g. the kernel report's) may import it first.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
