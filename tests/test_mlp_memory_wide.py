@@ -27,16 +27,17 @@ H, D = base.H, base.D  # hidden width 4 D = 64
 
 
 def _spy_hidden_blocks(monkeypatch) -> list[int]:
-    """Record the hidden block of every call of the wide forward op, which still runs."""
+    """Record the hidden block of every wide-state call of the forward op, which still runs."""
     calls = []
-    op = ops.mlp_memory_wide_fwd
+    op = ops.mlp_memory_fwd
     n_scalars = len(mlp_memory.LaunchConfig._fields)
 
     def spy(*args):
-        calls.append(mlp_memory.LaunchConfig(*args[-n_scalars:]).hidden_block)
+        if block := mlp_memory.LaunchConfig(*args[-n_scalars:]).hidden_block:
+            calls.append(block)
         return op(*args)
 
-    monkeypatch.setattr(ops, "mlp_memory_wide_fwd", spy)
+    monkeypatch.setattr(ops, "mlp_memory_fwd", spy)
     return calls
 
 
@@ -52,6 +53,7 @@ def _compare(
     layer_norm=False,
     split=None,
     hidden=None,
+    checkpoint_every=None,
 ):
     arch = base._arch(residual, activation, layer_norm, hidden or 4 * D)
     ref_arch = base._arch(residual, activation, layer_norm, hidden or 4 * D).double()
@@ -66,7 +68,9 @@ def _compare(
         if inputs["s1"] is not None:
             inputs["s1"], inputs["s2"] = 0.1 * rnd(1, H, D, hidden), 0.1 * rnd(1, H, hidden, D)
     ref = base._run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
-    fn = functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=hidden_block)
+    fn = functools.partial(
+        triton_mlp.titans_mlp_chunked, hidden_block=hidden_block, checkpoint_every=checkpoint_every
+    )
     with nan_allocations():
         out = base._run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
     assert ref.keys() == out.keys()
@@ -85,6 +89,13 @@ def _compare(
 )
 def test_matches_engine_momentum_decay(T, chunk_size, hidden_block):
     _compare(T, chunk_size, hidden_block)
+
+
+@pytest.mark.parametrize("T, chunk_size, every", [(100, 16, 2), (65, 8, 3), (63, 16, 1)])
+def test_checkpoint_segments(T, chunk_size, every):
+    """The backward walks checkpoint segments of ``every`` chunks in reverse (each recomputed from its
+    start state), with the last segment shorter and the sequence ending mid-chunk."""
+    _compare(T, chunk_size, checkpoint_every=every)
 
 
 @pytest.mark.parametrize("gates", ["none", "mom", "keep"])
@@ -171,10 +182,11 @@ def test_equals_whole_state_kernel_float16():
 
 @pytest.mark.parametrize("momentum", [True, False])
 def test_custom_op_opcheck(momentum):
-    """Schema, fake (meta) implementation and autograd registration of the wide custom ops."""
+    """Schema, fake (meta) implementation and autograd registration of the custom ops in wide-state mode
+    (1 chunk per checkpoint segment: both chunks are segments)."""
     tensors = (*base.op_tensors(momentum), None, None)  # not packed
-    config = base.op_config(hidden_block=32)
-    base.opcheck_ops(ops.mlp_memory_wide_fwd, ops.mlp_memory_wide_bwd, tensors, config)
+    config = base.op_config(hidden_block=32, checkpoint_every=1)
+    base.opcheck_ops(ops.mlp_memory_fwd, ops.mlp_memory_bwd, tensors, config, slice(7, None))
 
 
 def test_bad_hidden_block_raises():

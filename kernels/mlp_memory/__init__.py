@@ -74,7 +74,8 @@ Memory stays bounded at long T by checkpoint segments (``checkpoint_every`` chun
 ⌈√chunks⌉): the forward launches once per segment and keeps the state at each segment start; the
 backward walks the segments in reverse, re-running the forward from the segment's checkpoint with
 ``STORE`` (that segment's tile states only) before its backward launch. Saved per (batch, head):
-⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass.
+⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass. The wide-state
+kernels segment the same way (one launch per segment, whole chunks as tiles).
 
 Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory_fwd`` / ``_bwd``) with fake
 implementations; ``register_autograd`` ties them together.

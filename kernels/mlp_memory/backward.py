@@ -31,6 +31,8 @@ from .common import (
 )
 from .config import LaunchConfig
 from .forward import carried_rows, launch_forward, segments, whole_state_meta
+from .wide_backward import launch_wide_backward
+from .wide_forward import launch_wide_forward
 
 
 @triton.jit
@@ -333,20 +335,78 @@ def _backward_kernel(
         tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
 
 
+def launch_backward(
+    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """One backward launch over tiles c0 .. c0 + nc (in reverse) from their start states ``chunks`` (the
+    STORE recompute's) and the cotangents ``carry`` of the state after them; writes the inputs' gradients
+    into ``grads`` (dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef) and the LayerNorm's per-(batch, head)
+    partial sums into ``dln``. Returns the cotangents of the state at tile c0."""
+    has_mom = carry[2].numel() > 0
+    cu, toff = packing
+    T, H = q.shape[1:3]
+    d_init = tuple(torch.empty_like(t) for t in carry)
+    scalars, constants = whole_state_meta(q, carry[0], ln_w, config)
+    empty = q.new_empty(0)
+    dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
+    _backward_kernel[(carry[0].shape[0] * H,)](
+        q,
+        k,
+        v,
+        empty if bp is None else bp,
+        empty if ln_w is None else ln_w,
+        empty if ln_b is None else ln_b,
+        dy,
+        *coef,
+        *chunks,
+        *carry,
+        *anchor_cot,
+        dq,
+        dk,
+        dv,
+        dbp,
+        *dln,
+        dbeta,
+        df,
+        dG,
+        dm_end,
+        ds_coef,
+        *d_init,
+        empty if cu is None else cu,
+        empty if toff is None else toff,
+        T,
+        carried_rows(k, T, cu),
+        c0,
+        nc,
+        coef[0].shape[2],
+        *scalars,
+        **constants,
+        HAS_MOM=has_mom,
+        VARLEN=cu is not None,
+    )
+    return d_init
+
+
 def run_backward(
     q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
     ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
     config: LaunchConfig,
 ) -> list[Tensor]:  # fmt: skip
-    """The backward op's work (``memnets::mlp_memory_bwd``): gradients (q, k, v, bias_params, ln_w, ln_b,
-    beta, f, G, m_end, s_coef, w1, w2, s1, s2) of the forward (empty for absent inputs) from the
-    checkpoints and the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor)."""
+    """The backward ops' work (``memnets::mlp_memory_bwd`` and ``_wide_bwd``): gradients (q, k, v,
+    bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of the forward (empty for absent
+    inputs) from the checkpoints and the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor): the
+    segments in reverse, each recomputed from its checkpoint (storing every tile's start state) and
+    then walked backward."""
+    wide = bool(config.hidden_block)
+    launch_fwd, launch_bwd = (
+        (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
+    )
     B, T, H = q.shape[:3]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)
 
-    def like(t: Tensor | None, present: bool = True) -> Tensor:
-        return w1.new_empty(0) if t is None or not present else torch.empty_like(t)
+    def like(t: Tensor | None) -> Tensor:
+        return w1.new_empty(0) if t is None else torch.empty_like(t)
 
     dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
     NT, rows = beta.shape[2], config.prefix + config.tile
@@ -354,66 +414,27 @@ def run_backward(
         config.prefix
     ):  # each tile's key rows (they overlap), summed by _fold_key_rows; rows never written stay 0
         dk, dv = (w1.new_zeros(B, H, NT, rows, x.shape[3]) for x in (k, v))
-    dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
+    grads = (dq, dk, dv, dbp, like(beta), like(f), like(G), like(m_end), like(s_coef))
     # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
     dln_w, dln_b = (
         w1.new_zeros(*w1.shape[:2], q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2)
     )
     carry = (dw1_final, dw2_final, ds1_final, ds2_final)
     scratch = (torch.empty_like(w1), torch.empty_like(w2))  # the recompute's anchor, unused
-    scalars, constants = whole_state_meta(q, w1, ln_w, config)
     empty = w1.new_empty(0)
     tiles = segments(config)
     packing = (cu_seqlens, tile_offsets)
     for s in reversed(range(len(tiles))):
         c0, nc = tiles[s]
         start = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
-        _, chunks = launch_forward(
+        _, chunks = launch_fwd(
             q, k, v, bias_params, ln_w, ln_b, coef, packing, start, config, c0, nc, scratch, empty, True
         )
-        d_init = (like(w1), like(w2), like(w1, has_mom), like(w2, has_mom))
         dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
-        _backward_kernel[(w1.shape[0] * H,)](
-            q,
-            k,
-            v,
-            empty if bias_params is None else bias_params,
-            empty if ln_w is None else ln_w,
-            empty if ln_b is None else ln_b,
-            dy,
-            beta,
-            f,
-            G,
-            m_end,
-            s_coef,
-            *chunks,
-            *carry,
-            dw1_anchor,
-            dw2_anchor,
-            dq,
-            dk,
-            dv,
-            dbp,
-            *dln,
-            dbeta,
-            df,
-            dG,
-            dm_end,
-            ds_coef,
-            *d_init,
-            empty if cu_seqlens is None else cu_seqlens,
-            empty if tile_offsets is None else tile_offsets,
-            T,
-            carried_rows(k, T, cu_seqlens),
-            c0,
-            nc,
-            beta.shape[2],
-            *scalars,
-            **constants,
-            HAS_MOM=has_mom,
-            VARLEN=cu_seqlens is not None,
-        )
-        carry = d_init
+        carry = launch_bwd(
+            q, k, v, bias_params, ln_w, ln_b, dy, coef, packing, chunks, carry, (dw1_anchor, dw2_anchor),
+            grads, dln, config, c0, nc,
+        )  # fmt: skip
         if ln_w is not None:
             dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
     if ln_w is not None:
@@ -423,7 +444,7 @@ def run_backward(
             _fold_key_rows(d, x, T, config.tile, config.prefix, cu_seqlens, tile_offsets)
             for d, x in ((dk, k), (dv, v))
         )
-    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, *carry]
+    return [dq, dk, dv, dbp, dln_w, dln_b, *grads[4:], *carry]
 
 
 def _fold_key_rows(

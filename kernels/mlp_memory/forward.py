@@ -25,6 +25,7 @@ from .common import (
     store_matrices,
 )
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
+from .wide_forward import launch_wide_forward
 
 
 @triton.jit
@@ -266,9 +267,11 @@ def run_forward(
     q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
     config: LaunchConfig,
 ) -> tuple[Tensor, ...]:  # fmt: skip
-    """The forward op's work (``memnets::mlp_memory_fwd``, arguments there): every checkpoint segment in
-    turn. Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
+    """The forward ops' work (``memnets::mlp_memory_fwd`` and ``_wide_fwd``, arguments there): every
+    checkpoint segment in turn, in the whole-state or (``config.hidden_block``) the wide-state kernel.
+    Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
     start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints))."""
+    launch = launch_wide_forward if config.hidden_block else launch_forward
     coef = (beta, f, G, m_end, s_coef)
     y = w1.new_empty(q.shape)
     anchor = (torch.empty_like(w1), torch.empty_like(w2))
@@ -277,7 +280,7 @@ def run_forward(
     packing = (cu_seqlens, tile_offsets)
     for c0, nc in segments(config):
         starts.append(state)
-        state, _ = launch_forward(
+        state, _ = launch(
             q, k, v, bias_params, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, False
         )
     ckpt = [torch.stack([st[i] for st in starts]) for i in range(2)]

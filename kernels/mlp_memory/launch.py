@@ -174,10 +174,7 @@ def mlp_memory_chunked(
         dot_precision=DOT_PRECISIONS[dot_precision],
         hidden_block=(DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block) if layout.wide else 0,
     )
-    if layout.wide:
-        y, w1f, w2f, s1f, s2f, w1a, w2a = ops.mlp_memory_wide_fwd(*tensors, *config)
-    else:
-        y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
+    y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
     if memory.residual:
         y = y + q.float()
     return y.to(dtype), (w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a)

@@ -1,9 +1,9 @@
 """The MLP-memory kernels as ``torch.library`` custom ops, with fake (meta) implementations for
-``torch.compile`` and ``register_autograd`` tying each forward to its backward:
-``memnets::mlp_memory_fwd`` / ``_bwd`` (whole state on chip) and ``memnets::mlp_memory_wide_fwd`` /
-``_wide_bwd`` (hidden width in blocks). All four take the same tensors first and then the fields of
-:class:`~memnets.kernels.mlp_memory.config.LaunchConfig` as scalars; this module is the one place that
-flattens it (``*config``) and rebuilds it (``LaunchConfig(*scalars)``)."""
+``torch.compile`` and ``register_autograd`` tying the forward to its backward: ``memnets::mlp_memory_fwd``
+/ ``_bwd``, whole-state or (``LaunchConfig.hidden_block`` > 0) wide-state kernels. Both take the same
+tensors first and then the fields of :class:`~memnets.kernels.mlp_memory.config.LaunchConfig` as
+scalars; this module is the one place that flattens it (``*config``) and rebuilds it
+(``LaunchConfig(*scalars)``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from torch import Tensor
 from .backward import run_backward
 from .config import LaunchConfig, op_schema
 from .forward import run_forward, segments
-from .wide_backward import run_wide_backward
-from .wide_forward import run_wide_forward
 
 # q, k, v [B, T, H, D] (k, v lead with the Omega window's P0 carried rows); bias_params the Huber
 # threshold [B, T, H] (norm) or [B, T, H, D] (coord); ln_w, ln_b [H, D] the memory LayerNorm's scale
@@ -63,59 +61,25 @@ def mlp_memory_bwd(*inputs) -> list[Tensor]:
     return run_backward(*tensors, config)
 
 
-@torch.library.custom_op(
-    "memnets::mlp_memory_wide_fwd", mutates_args=(), schema=op_schema(_INPUTS, f"({_STATE_OUT})")
-)
-def mlp_memory_wide_fwd(*inputs) -> tuple[Tensor, ...]:
-    """:func:`mlp_memory_fwd` with the hidden width in blocks of ``hidden_block`` columns, without the
-    checkpoints."""
-    tensors, config = _split(inputs, _N_INPUTS)
-    return run_wide_forward(*tensors, config)
-
-
-@torch.library.custom_op(
-    "memnets::mlp_memory_wide_bwd", mutates_args=(), schema=op_schema(f"{_INPUTS}, {_COTANGENTS}", "Tensor[]")
-)
-def mlp_memory_wide_bwd(*inputs) -> list[Tensor]:
-    """:func:`mlp_memory_bwd` for :func:`mlp_memory_wide_fwd`."""
-    tensors, config = _split(inputs, _N_INPUTS + 7)
-    return run_wide_backward(*tensors, config)
-
-
-def _fake_outputs(q: Tensor, w1: Tensor, w2: Tensor, has_mom: bool) -> tuple[Tensor, ...]:
-    """The meta outputs both forward ops have: y, W1, W2, S1, S2 final, W1, W2 anchor."""
-    return (
-        w1.new_empty(q.shape),
-        torch.empty_like(w1),
-        torch.empty_like(w2),
-        torch.empty_like(w1) if has_mom else w1.new_empty(0),
-        torch.empty_like(w2) if has_mom else w1.new_empty(0),
-        torch.empty_like(w1),
-        torch.empty_like(w2),
-    )
-
-
 @mlp_memory_fwd.register_fake
 def _(*inputs):
+    """y, the final state, the anchor and the checkpoints (empty momenta without momentum)."""
     q, w1, w2, s1 = inputs[0], inputs[_W1], inputs[_W2], inputs[_S1]
-    has_mom = s1 is not None
     ns = len(segments(_split(inputs, _N_INPUTS)[1]))
+    mom = (w1, w2) if s1 is not None else (None, None)
+
+    def like(w: Tensor | None, *lead: int) -> Tensor:
+        return w1.new_empty(0) if w is None else w.new_empty(*lead, *w.shape)
+
     return (
-        *_fake_outputs(q, w1, w2, has_mom),
-        w1.new_empty(ns, *w1.shape),
-        w2.new_empty(ns, *w2.shape),
-        w1.new_empty(ns, *w1.shape) if has_mom else w1.new_empty(0),
-        w2.new_empty(ns, *w2.shape) if has_mom else w1.new_empty(0),
+        w1.new_empty(q.shape),
+        *(like(w) for w in (w1, w2, *mom, w1, w2)),
+        *(like(w, ns) for w in (w1, w2, *mom)),
     )
-
-
-@mlp_memory_wide_fwd.register_fake
-def _(*inputs):
-    return _fake_outputs(inputs[0], inputs[_W1], inputs[_W2], inputs[_S1] is not None)
 
 
 def _fake_grads(*inputs) -> list[Tensor]:
-    """The meta gradients of both backward ops for the forward inputs (q .. s2): empty where an input is
+    """The backward op's meta gradients for the forward inputs (q .. s2): empty where an input is
     absent."""
     w1, s1 = inputs[_W1], inputs[_S1]
     return [w1.new_empty(0) if t is None else torch.empty_like(t) for t in inputs[:_S1]] + [
@@ -124,11 +88,10 @@ def _fake_grads(*inputs) -> list[Tensor]:
 
 
 mlp_memory_bwd.register_fake(_fake_grads)
-mlp_memory_wide_bwd.register_fake(_fake_grads)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    """Save the forward's tensors (and, for the whole-state op, its checkpoints) and its config."""
+    """Save the forward's tensors, its checkpoints and its config."""
     tensors, ctx.config = _split(inputs, _N_INPUTS)
     ctx.absent = [t is None for t in tensors]
     ctx.save_for_backward(*tensors, *output[7:])
@@ -150,25 +113,16 @@ def _cotangents(tensors: tuple, outputs: tuple) -> tuple:
     )
 
 
-def _backward(op, ctx, cotangents: tuple) -> tuple:
+def _backward(ctx, *cotangents) -> tuple:
     """The forward inputs' gradients as autograd wants them: ``None`` for absent inputs, for the
     momentum coefficients' empty placeholders, for the packing and for the config."""
     saved = ctx.saved_tensors
     tensors, ckpt = saved[:_N_INPUTS], saved[_N_INPUTS:]
-    grads = op(*tensors, *ckpt, *_cotangents(tensors, cotangents[:7]), *ctx.config)
+    grads = mlp_memory_bwd(*tensors, *ckpt, *_cotangents(tensors, cotangents[:7]), *ctx.config)
     grads = [None if absent else g for g, absent in zip(grads, ctx.absent)]
     if ctx.absent[_S1]:  # no momentum: f, m_end, s_coef are empty placeholders
         grads[7] = grads[9] = grads[10] = None
     return *grads, None, None, *(None,) * len(ctx.config)  # none for cu_seqlens, tile_offsets
 
 
-torch.library.register_autograd(
-    "memnets::mlp_memory_fwd",
-    lambda ctx, *cot: _backward(mlp_memory_bwd, ctx, cot),
-    setup_context=_setup_context,
-)
-torch.library.register_autograd(
-    "memnets::mlp_memory_wide_fwd",
-    lambda ctx, *cot: _backward(mlp_memory_wide_bwd, ctx, cot),
-    setup_context=_setup_context,
-)
+torch.library.register_autograd("memnets::mlp_memory_fwd", _backward, setup_context=_setup_context)

@@ -22,7 +22,7 @@ from .common import (
     row_block,
 )
 from .config import LaunchConfig
-from .wide_forward import key_z2, launch_wide_forward, w1_block, w2_block, wide_meta
+from .wide_forward import key_z2, w1_block, w2_block, wide_meta
 
 
 @triton.jit
@@ -62,7 +62,9 @@ def _wide_backward_kernel(
     ds2,
     scratch,
     T,
+    C0,
     NC,
+    NCT,
     p,
     eps,
     sharp,
@@ -101,11 +103,12 @@ def _wide_backward_kernel(
     d_shift = tl.zeros([BD], dtype=tl.float32)
     for i in range(NC):
         c = NC - 1 - i
-        cc = bh * NC + c
-        cb = cc * n  # this chunk's start state in w1_chunks, ...
-        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        g = C0 + c  # the chunk's index in the sequence
+        cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
+        cb = (bh * NC + c) * n  # this chunk's start state in w1_chunks, ...
+        last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
         is_last = li == last
-        offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
+        offs, mask, valid, row_idx = row_block(b, g * L, h, T, H, D, L, BL, BD)
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
         b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
@@ -241,7 +244,7 @@ def _wide_backward_kernel(
             dZ1 = d_d1 * E * act_grad2(Z1, ACT)
             d_dd += dot(dE, W2, DOT)
             gW2 += dot(tl.trans(dE), dd, DOT)
-            if c == NC - 1:
+            if g == NCT - 1:
                 gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
                 gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
             tl.debug_barrier()  # every thread has read block j's cotangents before they are overwritten
@@ -302,77 +305,46 @@ def _wide_backward_kernel(
         tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
 
 
-def run_wide_backward(
-    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
-    dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor, config: LaunchConfig,
-) -> list[Tensor]:  # fmt: skip
-    """The wide backward op's work (``memnets::mlp_memory_wide_bwd``): the gradients of
-    :func:`~memnets.kernels.mlp_memory.backward.run_backward`, after one forward pass that stores every
-    chunk's start state."""
+def launch_wide_backward(
+    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """:func:`~memnets.kernels.mlp_memory.backward.launch_backward` for the wide-state kernel (a dense
+    batch; the state cotangents are updated in place in a copy of ``carry``)."""
     B, T, H = q.shape[:3]
-    has_mom = s1 is not None
-    coef = (beta, f, G, m_end, s_coef)
-    _, _, (w1_chunks, w2_chunks, s1_chunks, s2_chunks) = launch_wide_forward(
-        q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, True
-    )
-
-    def like(t: Tensor | None) -> Tensor:
-        return w1.new_empty(0) if t is None else torch.empty_like(t)
-
-    def start(t: Tensor) -> Tensor:  # a working buffer, from the chunk-end cotangent to the initial one
-        return t.float().clone(memory_format=torch.contiguous_format)
-
-    dq, dk, dv, dbp = like(q), like(k), like(v), like(bias_params)
-    # the LayerNorm's outer parameters: one partial sum per (batch, head), reduced below
-    dln_w = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
-    dln_b = w1.new_empty(B, H, q.shape[3]) if ln_w is not None else w1.new_empty(0)
-    dbeta, df, dG, dm_end, ds_coef = like(beta), like(f), like(G), like(m_end), like(s_coef)
-    dw1, dw2 = start(dw1_final), start(dw2_final)
-    ds1, ds2 = (start(ds1_final), start(ds2_final)) if has_mom else (w1.new_empty(0), w1.new_empty(0))
-    scalars, constants = wide_meta(q, w1, ln_w, config)
-    scratch = w1.new_empty(B * H, constants["BL"], constants["NB"] * constants["BHB"])
-    empty = w1.new_empty(0)
+    d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
+    scalars, constants = wide_meta(q, carry[0], ln_w, config)
+    scratch = q.new_empty(B * H, constants["BL"], constants["NB"] * constants["BHB"], dtype=torch.float32)
+    empty = q.new_empty(0)
+    dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     _wide_backward_kernel[(B * H,)](
         q,
         k,
         v,
-        empty if bias_params is None else bias_params,
+        empty if bp is None else bp,
         empty if ln_w is None else ln_w,
         empty if ln_b is None else ln_b,
         dy,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w1_chunks,
-        w2_chunks,
-        s1_chunks,
-        s2_chunks,
-        dw1_anchor,
-        dw2_anchor,
+        *coef,
+        *chunks,
+        *anchor_cot,
         dq,
         dk,
         dv,
         dbp,
-        dln_w,
-        dln_b,
+        *dln,
         dbeta,
         df,
         dG,
         dm_end,
         ds_coef,
-        dw1,
-        dw2,
-        ds1,
-        ds2,
+        *d_state,
         scratch,
         T,
-        beta.shape[2],
+        c0,
+        nc,
+        coef[0].shape[2],
         *scalars,
         **constants,
-        HAS_MOM=has_mom,
+        HAS_MOM=carry[2].numel() > 0,
     )
-    if ln_w is not None:
-        dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
-    return [dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1, dw2, ds1, ds2]
+    return d_state

@@ -1,10 +1,11 @@
 """The wide-state variant of the MLP-memory forward kernel, for states too large to keep on chip: the
 hidden width is tiled in blocks and the state lives in global memory.
 
-Same semantics, custom-op signature and outputs as ``memnets::mlp_memory_fwd`` / ``_bwd`` (see the
-package's docstring for the equations, the coefficients β, f, G, m_end, s_coef and the biases), with ``LaunchConfig.hidden_block`` (BHB, a power of two >= 16): the hidden width Dh is split into NB = ⌈Dh / BHB⌉
-blocks. Layer-1 columns and layer-2 rows split cleanly per block j (W1_j ``[D, BHB]``, W2_j
-``[BHB, D]``, likewise S1_j, S2_j); only these sums cross blocks::
+Same semantics, custom ops (``memnets::mlp_memory_fwd`` / ``_bwd``) and checkpoint segments as the
+whole-state kernels (see the package's docstring for the equations, the coefficients β, f, G, m_end,
+s_coef and the biases), with ``LaunchConfig.hidden_block`` (BHB, a power of two >= 16): the hidden width
+Dh is split into NB = ⌈Dh / BHB⌉ blocks. Layer-1 columns and layer-2 rows split cleanly per block j
+(W1_j ``[D, BHB]``, W2_j ``[BHB, D]``, likewise S1_j, S2_j); only these sums cross blocks::
 
     key path   Z2 = Σ_j σ(K W1_j) W2_j                      (then R, ℓ'(R), the LayerNorm backward: Δ)
     read       Ẑ2 = Σ_j [β Â_j W2_j + f Â_j S2_j] − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ
@@ -35,8 +36,10 @@ floats) and skips the reads. Traffic per chunk and program, with momentum: 6 D·
 in pass 1, 4 in pass 2) and 4 D·Dh written (without momentum 4 and 2), plus the chunk's q, k, v rows;
 the whole-state kernel reads and writes the state once per call.
 
-Backward, chunks in reverse (``_wide_backward_kernel``), state cotangents (dW1, dW2, dS1, dS2) in the
-gradient outputs used as working buffers, chunk-start states from the STORE pass:
+Backward, one launch per checkpoint segment (the segments in reverse, each first recomputed from its
+start state by a STORE pass that writes its chunks' start states: at most ⌈√chunks⌉ chunk states and as
+many checkpoints live at once), chunks in reverse inside (``_wide_backward_kernel``), state cotangents
+(dW1, dW2, dS1, dS2) updated in place in working copies:
 
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
 2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
@@ -141,7 +144,9 @@ def _wide_forward_kernel(
     s1_chunks,
     s2_chunks,
     T,
+    C0,
     NC,
+    NCT,
     p,
     eps,
     sharp,
@@ -174,15 +179,16 @@ def _wide_forward_kernel(
     cmask = cols < D
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     for c in range(NC):
-        cc = bh * NC + c  # index of this (batch, head, chunk)
-        offs, mask, valid, row_idx = row_block(b, c * L, h, T, H, D, L, BL, BD)
+        g = C0 + c  # the chunk's index in the sequence
+        cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
+        offs, mask, valid, row_idx = row_block(b, g * L, h, T, H, D, L, BL, BD)
         b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
         Z2 = key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
-        last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         if HAS_MOM:
@@ -221,11 +227,12 @@ def _wide_forward_kernel(
                 S1_new = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
                 S2_new = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
             if STORE:
-                tl.store(w1_chunks + cc * n + o1, W1, mask=m1)
-                tl.store(w2_chunks + cc * n + o2, W2, mask=m2)
+                sc = (bh * NC + c) * n  # this chunk's start state in w1_chunks, ...
+                tl.store(w1_chunks + sc + o1, W1, mask=m1)
+                tl.store(w2_chunks + sc + o2, W2, mask=m2)
                 if HAS_MOM:
-                    tl.store(s1_chunks + cc * n + o1, S1, mask=m1)
-                    tl.store(s2_chunks + cc * n + o2, S2, mask=m2)
+                    tl.store(s1_chunks + sc + o1, S1, mask=m1)
+                    tl.store(s2_chunks + sc + o2, S2, mask=m2)
             else:
                 z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
                 if HAS_MOM:
@@ -235,7 +242,7 @@ def _wide_forward_kernel(
                 if HAS_MOM:
                     z2 += b_f[:, None] * dot(a1, S2, DOT)
                 aa += dot(a1, tl.trans(A), DOT)
-            if c == NC - 1:
+            if g == NCT - 1:
                 tl.store(w1_anchor + base + o1, W1, mask=m1)
                 tl.store(w2_anchor + base + o2, W2, mask=m2)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
@@ -263,30 +270,23 @@ def wide_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) 
     return scalars, constants
 
 
-def launch_wide_forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config: LaunchConfig, store: bool):
-    """One launch over all chunks from (w1, w2, s1, s2); returns y (empty with ``store``), (W1, W2, S1, S2
-    final, W1, W2 anchor) and, with ``store``, every chunk's start state."""
+def launch_wide_forward(
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
+):
+    """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
+    over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``)."""
+    if packing != (None, None):
+        raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
     beta, f, G, m_end, s_coef = coef
-    NC = beta.shape[2]
-    has_mom = s1 is not None
+    w1 = state[0]
+    has_mom = state[2] is not None
 
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    y = new(*q.shape) if not store else new(0)  # float32: the read's residual is added outside
-    # the state is updated in place in the final-state outputs
-    w1_final, w2_final = (
-        w1.clone(memory_format=torch.contiguous_format),
-        w2.clone(memory_format=torch.contiguous_format),
-    )
-    s1_final = s1.clone(memory_format=torch.contiguous_format) if has_mom else new(0)
-    s2_final = s2.clone(memory_format=torch.contiguous_format) if has_mom else new(0)
-    w1_anchor, w2_anchor = new(*w1.shape), new(*w2.shape)
-    w1_chunks = new(B, H, NC, *w1.shape[2:]) if store else new(0)
-    w2_chunks = new(B, H, NC, *w2.shape[2:]) if store else new(0)
-    s1_chunks = new(B, H, NC, *w1.shape[2:]) if store and has_mom else new(0)
-    s2_chunks = new(B, H, NC, *w2.shape[2:]) if store and has_mom else new(0)
+    final = tuple(new(0) if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
+    chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = wide_meta(q, w1, ln_w, config)
     empty = new(0)
     _wide_forward_kernel[(B * H,)](
@@ -302,39 +302,16 @@ def launch_wide_forward(q, k, v, bp, ln_w, ln_b, coef, w1, w2, s1, s2, config: L
         empty if ln_w is None else ln_w,
         empty if ln_b is None else ln_b,
         y,
-        w1_final,
-        w2_final,
-        s1_final,
-        s2_final,
-        w1_anchor,
-        w2_anchor,
-        w1_chunks,
-        w2_chunks,
-        s1_chunks,
-        s2_chunks,
+        *final,
+        *anchor,
+        *chunks,
         T,
-        NC,
+        c0,
+        nc,
+        beta.shape[2],
         *scalars,
         **constants,
         HAS_MOM=has_mom,
         STORE=store,
     )
-    return (
-        y,
-        (w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor),
-        (w1_chunks, w2_chunks, s1_chunks, s2_chunks),
-    )
-
-
-def run_wide_forward(
-    q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
-    config: LaunchConfig,
-) -> tuple[Tensor, ...]:  # fmt: skip
-    """The wide forward op's work (``memnets::mlp_memory_wide_fwd``): the outputs of
-    :func:`~memnets.kernels.mlp_memory.forward.run_forward` without the checkpoints (the backward
-    recomputes every chunk's start state in one pass). No packed sequences."""
-    if cu_seqlens is not None or tile_offsets is not None:
-        raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
-    coef = (beta, f, G, m_end, s_coef)
-    y, state, _ = launch_wide_forward(q, k, v, bias_params, ln_w, ln_b, coef, w1, w2, s1, s2, config, False)
-    return (y, *state)
+    return final if has_mom else (*final[:2], None, None), chunks
