@@ -247,7 +247,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
 
-    scalars = {"T": "i32", "NC": "i32", "p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
+    scalars = {"T": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
+    scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
     types = {**scalars, **{n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}}
     full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True, "DOT": 0}
 
