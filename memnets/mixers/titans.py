@@ -10,9 +10,8 @@ Registered mixers:
 * ``titans_mac`` — memory as a context (§4.1, Eq. 21–25): per segment, retrieve h = M*_{t−1}(q) from the
   memory state before the segment, attend over [persistent ‖ h ‖ segment], write the attention output
   y into the memory, output y ⊗ M*_t(y).
-* ``titans_mag`` — memory as a gate (§4.2, Eq. 26–28): sliding-window attention with a persistent
-  prefix, combined with the LMM branch.
-* ``titans_mal`` — memory as a layer (§4.3, Eq. 29–31): LMM, then sliding-window attention.
+* ``titans_mag``, ``titans_mal`` — memory as a gate / as a layer (§4.2–4.3, Eq. 26–31): the LMM with
+  sliding-window attention, :mod:`memnets.mixers.hybrid` (which wraps any memory mixer so).
 
 Gates (per token and head; neutral names, Titans letters): ``lr = lr_max·sigmoid(W x + b)`` = θ_t,
 ``mom = sigmoid(W x + b)`` = η_t, ``keep = 1 − sigmoid(W x + b)`` = 1 − α_t. Biases start at
@@ -41,10 +40,7 @@ gate, MAG window), each documented here and an option where people differ:
   rows of y are written to memory and output. The memory is written with k, v = projections of y
   (Eq. 24, its own conv and gates) and read back per token with a projection of y as query, so token
   j sees the memory after its own write; o = y ⊙ sigmoid(RMSNorm(W_r M*(y))) (the ⊗ of Eq. 25).
-* MAG: o = W_o(RMSNorm(y_attn) ⊙ sigmoid(RMSNorm(y_mem))) (``combine="gate"``, Titans ⊗) or
-  W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``combine="sum"``, ATLAS Fig. 3); ``window`` default 64.
-* MAL: o = SW-Attn(LMM(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
-  gives the residual variant).
+* MAG, MAL: the combiner and window, :mod:`memnets.mixers.hybrid`.
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
   :mod:`memnets.kernels.linear_memory` for the linear memory (``memory={"depth": 1,
   "norm": False}``, chunk size 16/32/64) and :mod:`memnets.kernels.mlp_memory` for the
@@ -76,7 +72,6 @@ section 7 ("Titans variants against frozen memories").
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +82,7 @@ from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_r
 from ..modules import RMSNorm
 from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
-from .attention import Attention, KVCache, attention_mask
+from .attention import Attention, attention_mask
 from .memory_block import (
     GatedOutput,
     MemoryProjections,
@@ -217,175 +212,6 @@ class Titans(GatedOutput):
     def state_size(self, seq_len: int) -> int:
         per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)
         return self.num_heads * per_head + self.inputs.state_size()
-
-
-# ---------------------------------------------------------------------------------------------------
-# attention with a persistent prefix (MAG, MAL)
-
-
-class PersistentAttention(Attention):
-    """The ``attention`` mixer plus ``num_persistent`` learnable key/value pairs per head that every
-    query sees (Titans §3.3 persistent memory; position-free, so no rotary)."""
-
-    def __init__(self, d_model: int, num_heads: int, window: int | None, num_persistent: int) -> None:
-        super().__init__(d_model, num_heads, window=window)
-        self.num_persistent = num_persistent
-        if num_persistent:
-            self.persistent_k = nn.Parameter(torch.randn(num_persistent, num_heads, self.head_dim) * 0.02)
-            self.persistent_v = nn.Parameter(torch.randn(num_persistent, num_heads, self.head_dim) * 0.02)
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, S: int, cu_seqlens: Tensor | None) -> Tensor:
-        if not self.num_persistent:
-            return super()._attend(q, k, v, S, cu_seqlens)
-        B, T = q.shape[:2]
-        pk = self.persistent_k.to(k.dtype)[None].expand(B, -1, -1, -1)
-        pv = self.persistent_v.to(v.dtype)[None].expand(B, -1, -1, -1)
-        mask = attention_mask(T, S, self.window, q.device, cu_seqlens)
-        mask = torch.cat([mask.new_ones(T, self.num_persistent), mask], 1)
-        qt, kt, vt = (t.transpose(1, 2) for t in (q, torch.cat([pk, k], 1), torch.cat([pv, v], 1)))
-        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).transpose(1, 2)
-
-
-def _last_sequence_cache(cache: KVCache, cu_seqlens: Tensor) -> KVCache:
-    """The KV cache of the last packed sequence alone (what running it by itself leaves): the packed
-    cache holds the last ``kept`` keys of the whole row; keep those of the last sequence."""
-    start, end = cu_seqlens[-2:].tolist()
-    kept = cache.k.shape[1]
-    first = max(start, end - kept) - (end - kept)
-    return KVCache(cache.k[:, first:], cache.v[:, first:], end - start)
-
-
-@dataclass
-class HybridState:
-    memory: TitansState | None
-    attention: KVCache | None
-
-
-@register_mixer("titans_mag")
-class TitansMAG(nn.Module):
-    """Memory as a Gate: sliding-window attention (with persistent prefix) ∥ LMM, combined."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        window: int = 64,
-        num_persistent: int = 4,
-        combine: Literal["gate", "sum"] = "gate",
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        memory: MemorySpec = MemorySpec(),
-        momentum: bool = True,
-        forget: bool = True,
-        lr_max: float = 1.0,
-        conv_size: int = 4,
-        dot_precision: str = "tf32x3",
-    ) -> None:
-        super().__init__()
-        _check_positive("titans_mag", window=window)
-        if num_persistent < 0:
-            raise ValueError(f"titans_mag: num_persistent must be >= 0, got {num_persistent}")
-        self.combine = combine
-        self.memory = Titans(
-            d_model,
-            num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            memory=memory,
-            momentum=momentum,
-            forget=forget,
-            lr_max=lr_max,
-            conv_size=conv_size,
-            dot_precision=dot_precision,
-        )
-        self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
-        self.norm_attention = RMSNorm(d_model)
-        self.norm_memory = RMSNorm(d_model)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed("titans_mag", x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
-        y_att, att = self.attention(x, state.attention, cu_seqlens)
-        if cu_seqlens is not None:
-            att = _last_sequence_cache(att, cu_seqlens)
-        a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
-        o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
-        return self.out(o), HybridState(mem, att)
-
-    def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
-
-    def state_size(self, seq_len: int) -> int:
-        return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
-
-
-@register_mixer("titans_mal")
-class TitansMAL(nn.Module):
-    """Memory as a Layer: LMM, then sliding-window attention with a persistent prefix."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        window: int = 64,
-        num_persistent: int = 4,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        memory: MemorySpec = MemorySpec(),
-        momentum: bool = True,
-        forget: bool = True,
-        lr_max: float = 1.0,
-        conv_size: int = 4,
-        dot_precision: str = "tf32x3",
-    ) -> None:
-        super().__init__()
-        _check_positive("titans_mal", window=window)
-        if num_persistent < 0:
-            raise ValueError(f"titans_mal: num_persistent must be >= 0, got {num_persistent}")
-        self.memory = Titans(
-            d_model,
-            num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            memory=memory,
-            momentum=momentum,
-            forget=forget,
-            lr_max=lr_max,
-            conv_size=conv_size,
-            dot_precision=dot_precision,
-        )
-        self.attention = PersistentAttention(d_model, num_heads, window, num_persistent)
-
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed("titans_mal", x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y, mem = self.memory(x, state.memory, cu_seqlens)
-        o, att = self.attention(y, state.attention, cu_seqlens)
-        if cu_seqlens is not None:
-            att = _last_sequence_cache(att, cu_seqlens)
-        return o, HybridState(mem, att)
-
-    def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
-
-    def state_size(self, seq_len: int) -> int:
-        return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
 
 
 # ---------------------------------------------------------------------------------------------------
