@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .mixers.mom import pooled_load_balancing_loss
 from .modules import RMSNorm, SwiGLU
 from .registry import build_mixer, check_mixer_options
 from .validation import ConfigError
@@ -137,8 +138,15 @@ class LM(nn.Module):
 
     @property
     def aux_loss(self) -> Tensor | None:
-        """Sum of the auxiliary losses the mixers set in the last forward (``None`` when none did)."""
+        """Sum of the auxiliary losses the mixers set in the last forward (``None`` when none did),
+        plus one load-balancing loss pooled over the layers whose mixers set ``router_stats``
+        (MoM's ``aux_loss: pooled``)."""
         losses = [b.mixer.aux_loss for b in self.blocks if getattr(b.mixer, "aux_loss", None) is not None]
+        stats = [
+            b.mixer.router_stats for b in self.blocks if getattr(b.mixer, "router_stats", None) is not None
+        ]
+        if stats:
+            losses.append(pooled_load_balancing_loss(stats))
         return torch.stack(losses).sum() if losses else None
 
     def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:

@@ -10,7 +10,17 @@ from memnets.kernels.gated_delta import gated_delta_rule
 from mixer_checks import assert_all_close, forward_backward, random_state
 
 import memnets
-from memnets.mixers.mom import MoM, MoMState, dispatch, load_balancing_loss, route
+from memnets.mixers.mom import (
+    MoM,
+    MoMState,
+    RouterStats,
+    dispatch,
+    load_balancing_loss,
+    pooled_load_balancing_loss,
+    route,
+    routing_fraction,
+)
+from memnets.model import ModelConfig
 from memnets.testing import assert_close
 
 D, H = 16, 2
@@ -133,7 +143,7 @@ def test_load_balancing_loss_by_hand():
 
 
 def test_mixer_sets_aux_loss_in_training_only():
-    m = mom(aux_loss_weight=0.1)
+    m = mom(aux_loss="per_layer", aux_loss_weight=0.1)
     x = torch.randn(2, 7, D, dtype=torch.float64)
     m.train()
     m(x)
@@ -144,6 +154,67 @@ def test_mixer_sets_aux_loss_in_training_only():
     m.eval()
     m(x)
     assert m.aux_loss is None
+
+
+def test_pooled_load_balancing_loss_by_hand():
+    """Two layers of 2 and 1 tokens, M = 3, k = 1: the pooled loss is the one-layer loss of the
+    concatenated router outputs (the released code), not the sum of the per-layer losses."""
+    p1 = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
+    p2 = torch.tensor([[0.2, 0.2, 0.6]], dtype=torch.float64)
+    stats = [
+        RouterStats(routing_fraction(p.topk(1, -1).indices, 3, p.dtype), p.mean(0), p.shape[0], 0.5)
+        for p in (p1, p2)
+    ]
+    # all 3 tokens: P = [0.8, 1.1, 1.1] / 3, top-1 picks [0, 1, 2] -> f = [1, 1, 1] / 3
+    expected = 0.5 * 3 * (1 / 3) * (0.8 + 1.1 + 1.1) / 3
+    assert_close("pooled", torch.tensor(expected, dtype=torch.float64), pooled_load_balancing_loss(stats))
+    with pytest.raises(ValueError, match="aux_loss=pooled needs one aux_loss_weight"):
+        pooled_load_balancing_loss([stats[0], RouterStats(stats[1].frac, stats[1].mean_probs, 1, 0.1)])
+
+
+@pytest.mark.parametrize("mode", ["pooled", "per_layer"])
+def test_model_aux_loss_pooled_or_summed_over_layers(mode):
+    torch.manual_seed(0)
+    model = memnets.build_model(
+        ModelConfig(
+            vocab_size=11,
+            d_model=D,
+            n_layers=3,
+            num_heads=H,
+            mixer="mom",
+            mixer_options={
+                "mom": {"aux_loss": mode, "aux_loss_weight": 0.1, "backend": "chunked", "chunk_size": 8}
+            },
+        )
+    ).double()
+    ids = torch.randint(0, 11, (2, 9))
+    model.train()
+    model(ids)
+    layers = [b.mixer for b in model.blocks]
+    # recompute each layer's routing from its input: the router sees the block's normed input
+    inputs = []
+    hooks = [mx.router.register_forward_hook(lambda mod, a, out: inputs.append(out)) for mx in layers]
+    model(ids)
+    for h in hooks:
+        h.remove()
+    routed = [route(logits.reshape(18, -1), 2) for logits in inputs]
+    if mode == "per_layer":
+        expected = sum(0.1 * load_balancing_loss(p, s) for p, _, s in routed)
+    else:
+        probs = torch.cat([p for p, _, _ in routed])
+        selected = torch.cat([s for _, _, s in routed])
+        expected = 0.1 * load_balancing_loss(probs, selected)
+    assert_close(mode, expected, model.aux_loss)
+    model.aux_loss.backward()
+    assert all(mx.router.weight.grad.abs().sum() > 0 for mx in layers)
+    model.eval()
+    model(ids)
+    assert model.aux_loss is None
+
+
+def test_mom_aux_loss_option_is_checked():
+    with pytest.raises(ValueError, match="aux_loss"):
+        mom(aux_loss="sum")
 
 
 def dispatched_run(m: MoM):

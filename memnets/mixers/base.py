@@ -10,7 +10,8 @@
 * ``step(x_t [B, d_model], state) -> (y_t [B, d_model], state)`` — decode one token. Feeding a sequence
   token by token through ``step`` equals ``forward`` on the whole sequence.
 * Optional attribute ``aux_loss`` (scalar tensor) set during ``forward`` in training, added to the LM
-  loss by the trainer (e.g. MoM load balancing).
+  loss by the trainer (e.g. MoM load balancing), and optional ``router_stats`` (``mom.RouterStats``)
+  that the model pools over all layers into one load-balancing loss (MoM's ``aux_loss: pooled``).
 * Optional ``state_size(seq_len) -> int``: numbers of recurrent state per sequence (recall vs state).
 """
 

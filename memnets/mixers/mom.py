@@ -35,10 +35,17 @@ Decisions where the paper or its code leave room, or where we differ from the re
   history in the decoding state; the conv weights are shared (as released).
 * Load balancing (§4.2.6, "following Switch Transformer"; in the form of the released code): the
   Switch/Mixtral loss ``M * sum_m f_m P_m`` with ``f_m`` the fraction of token slots routed to m (sums
-  to k) and ``P_m`` the mean router probability, computed per layer (the released code pools the
-  logits of all layers first; the trainer here sums per-layer losses).
-  ``aux_loss_weight`` defaults to 0.01 as in the released configs; the paper's best ablation is 1e-3
-  (Table 6).
+  to k) and ``P_m`` the mean router probability. ``aux_loss: pooled`` (default) computes it once over
+  the router outputs of all MoM layers together, as the released code does (it concatenates every
+  layer's logits before the loss): ``f`` and ``P`` are token-weighted means over the layers, and the
+  weighted loss is ``aux_loss_weight * M * sum_m f_m P_m``, equal to ``aux_loss_weight * k`` under
+  uniform routing whatever the depth. ``aux_loss: per_layer`` computes the loss in each layer and the
+  model sums them (``n_layers`` times the pooled scale under uniform routing, and a larger gradient
+  per router). ``aux_loss_weight`` defaults to 1e-3: the paper's headline 380M results (Tables 2 and
+  7) equal the 1e-3 row of its aux-scale ablation (Table 6), which is also the best row; the released
+  configs use 0.01. Pooled with 1e-3 is our reading of what the paper trained; the pooled loss's
+  ``f`` and ``P`` are the ones the model hands over (``RouterStats``), and all MoM layers of one
+  model must share ``aux_loss_weight``.
 * ``bucket_layout``: ``packed`` hands the buckets to the op with ``cu_seqlens`` (no compute on
   padding; the layout the Triton kernel takes); ``padded`` lays them out as a right-padded
   ``[P, longest]`` batch whose padding writes nothing (``k = 0, beta = 0, g = 0``). ``auto`` takes
@@ -57,6 +64,7 @@ settings and dates: ``benchmarks/RESULTS.md`` section 7 ("MoM runs").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,12 +97,40 @@ def route(logits: Tensor, topk: int) -> tuple[Tensor, Tensor, Tensor]:
     return probs, weights / weights.sum(-1, keepdim=True), selected
 
 
+def routing_fraction(selected: Tensor, num_memories: int, dtype: torch.dtype) -> Tensor:
+    """``f_m``: the fraction of tokens ``selected [L, k]`` routed to each memory (sums to k)."""
+    return F.one_hot(selected, num_memories).to(dtype).sum(1).mean(0)
+
+
 def load_balancing_loss(probs: Tensor, selected: Tensor) -> Tensor:
     """``M * sum_m f_m P_m`` over tokens: ``probs [L, M]``, ``selected [L, k]``. Equals k when the
     routing is uniform."""
     M = probs.shape[-1]
-    frac = F.one_hot(selected, M).to(probs.dtype).sum(1).mean(0)
-    return M * (frac * probs.mean(0)).sum()
+    return M * (routing_fraction(selected, M, probs.dtype) * probs.mean(0)).sum()
+
+
+@dataclass
+class RouterStats:
+    """One layer's routing statistics for the pooled load-balancing loss."""
+
+    frac: Tensor  # [M] f_m of this layer (no gradient: top-k is not differentiated)
+    mean_probs: Tensor  # [M] P_m of this layer
+    tokens: int  # number of tokens the means are over
+    weight: float  # aux_loss_weight of the layer
+
+
+def pooled_load_balancing_loss(stats: Sequence[RouterStats]) -> Tensor:
+    """``weight * M * sum_m f_m P_m`` with ``f`` and ``P`` over the tokens of all layers together,
+    which equals the loss over the concatenated router outputs of the layers (the released code)."""
+    weights = {s.weight for s in stats}
+    if len(weights) != 1:
+        raise ValueError(
+            f"mom: aux_loss=pooled needs one aux_loss_weight for all MoM layers, got {sorted(weights)}"
+        )
+    total = sum(s.tokens for s in stats)
+    frac = sum(s.frac * (s.tokens / total) for s in stats)
+    mean_probs = sum(s.mean_probs * (s.tokens / total) for s in stats)
+    return weights.pop() * frac.numel() * (frac * mean_probs).sum()
 
 
 @dataclass
@@ -140,7 +176,8 @@ def _unflat_buckets(t: Tensor, N: int) -> Tensor:
 @register_mixer("mom")
 class MoM(GatedDeltaCore):
     """Mixture of gated-delta memories. Options: ``num_memories`` (M), ``topk`` (k), ``shared_memory``,
-    ``aux_loss_weight`` of the load-balancing loss, ``bucket_layout`` of the recurrence call, and the gated-delta options ``head_dim``,
+    ``aux_loss`` (``pooled`` over layers or ``per_layer``) and ``aux_loss_weight`` of the
+    load-balancing loss, ``bucket_layout`` of the recurrence call, and the gated-delta options ``head_dim``,
     ``expand_v``, ``conv_size``, ``chunk_size``, ``backend``, ``norm_eps``."""
 
     def __init__(
@@ -151,7 +188,8 @@ class MoM(GatedDeltaCore):
         num_memories: int = 4,
         topk: int = 2,
         shared_memory: bool = True,
-        aux_loss_weight: float = 0.01,
+        aux_loss: Literal["pooled", "per_layer"] = "pooled",
+        aux_loss_weight: float = 1e-3,
         bucket_layout: Literal["auto", "packed", "padded"] = "auto",
         head_dim: int | None = None,
         expand_v: float = 1.0,
@@ -169,16 +207,21 @@ class MoM(GatedDeltaCore):
             raise ValueError(f"mom: topk={topk} must be in [1, num_memories={num_memories}]")
         if aux_loss_weight < 0:
             raise ValueError(f"mom: aux_loss_weight must be >= 0, got {aux_loss_weight}")
+        if aux_loss not in ("pooled", "per_layer"):
+            raise ValueError(f"mom: aux_loss={aux_loss!r} is not one of ['pooled', 'per_layer']")
         if bucket_layout not in ("auto", "packed", "padded"):
             raise ValueError(
                 f"mom: bucket_layout={bucket_layout!r} is not one of ['auto', 'packed', 'padded']"
             )
         self.num_memories, self.topk, self.aux_loss_weight = num_memories, topk, aux_loss_weight
-        self.bucket_layout = bucket_layout
+        self.bucket_layout, self.aux_loss_mode = bucket_layout, aux_loss
         self.router = nn.Linear(d_model, num_memories, bias=False)
         self.memories = nn.ModuleList(self.new_write(d_model) for _ in range(num_memories))
         self.shared = self.new_write(d_model) if shared_memory else None
+        # set by each training forward: ``aux_loss`` (per_layer) or ``router_stats`` (pooled, which
+        # the model combines over the layers: ``LanguageModel.aux_loss``)
         self.aux_loss: Tensor | None = None
+        self.router_stats: RouterStats | None = None
         self.init_linears()
 
     def forward(
@@ -199,7 +242,7 @@ class MoM(GatedDeltaCore):
         q, conv_q = self.query(x, state.conv_q if state else None, cu_seqlens)
 
         probs, weights, selected = route(self.router(x).reshape(L, -1), k)
-        self.aux_loss = self.aux_loss_weight * load_balancing_loss(probs, selected) if self.training else None
+        self._set_balance_terms(probs, selected)
         if cu_seqlens is None:
             seq_ids = torch.arange(L, device=x.device) // T
         else:
@@ -221,6 +264,16 @@ class MoM(GatedDeltaCore):
             o = o + o_shared
             shared = MemoryState(conv_k, conv_v, memory)
         return o, MoMState(conv_q, routed, shared)
+
+    def _set_balance_terms(self, probs: Tensor, selected: Tensor) -> None:
+        self.aux_loss, self.router_stats = None, None
+        if not self.training:
+            return
+        if self.aux_loss_mode == "per_layer":
+            self.aux_loss = self.aux_loss_weight * load_balancing_loss(probs, selected)
+        else:
+            frac = routing_fraction(selected, self.num_memories, probs.dtype)
+            self.router_stats = RouterStats(frac, probs.mean(0), probs.shape[0], self.aux_loss_weight)
 
     def _run_routed(
         self, x: Tensor, q: Tensor, d: Dispatch, state: MoMState | None, N: int
