@@ -244,7 +244,7 @@ def test_options_and_backend_errors():
 def test_yaad_threshold_starts_above_the_typical_residual():
     """Yaad's δ starts at 2√d (norm form): with the residual LayerNorm memory ‖r‖₂ = ‖M(k) − v‖₂ is
     just above √d at init, so the old √d start put most tokens on the ℓ1 branch and 2√d puts none
-    there (RESULTS.md, issue 21). ``delta_init`` overrides it and must be positive."""
+    there (RESULTS.md section 12). ``delta_init`` overrides it and must be positive."""
     x = torch.randn(2, 24, 16, dtype=F64)
 
     def l1_share(**opts):

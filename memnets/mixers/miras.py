@@ -300,7 +300,7 @@ class Yaad(MirasMemory):
         # coordinate form. With the residual LayerNorm memory ‖r‖₂ ≈ √(d + 2) at init, just above √d, so a
         # threshold of √d put about two thirds of the inner steps on the ℓ1 branch, whose step 2δ·tanh(α r)
         # is ≈ √d times the quadratic branch's at the switch and, through α, has a steep Jacobian: the
-        # outer gradient grew by 1e5 from T = 128 to 512 (RESULTS.md, issue 21). At 2√d every typical
+        # outer gradient grew by 1e5 from T = 128 to 512 (RESULTS.md section 12). At 2√d every typical
         # token takes the quadratic step and only outliers the ℓ1 one (Huber's purpose, Miras §5.3 Eq. 26).
         if delta_init is None:
             delta_init = 2 * math.sqrt(hd) if huber == "norm" else 1.0

@@ -458,7 +458,7 @@ class TitansMAC(nn.Module):
         # memory written and read with projections of the attention output (Eq. 24-25). write_norm: an
         # RMSNorm on y before those projections and the gates, so the memory sees inputs of the scale the
         # LMM sees (its pre-normed block input): at init y has rms ~0.1, its values |v| ~0.08 against
-        # ~1 in the LMM (RESULTS.md, issue 21)
+        # ~1 in the LMM (RESULTS.md section 12)
         self.write_norm = RMSNorm(d_model) if write_norm else None
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
