@@ -241,6 +241,28 @@ def test_options_and_backend_errors():
         memnets.build_mixer("memora", d_model=16, num_heads=2, simplex_scale=0.0)
 
 
+def test_yaad_threshold_starts_above_the_typical_residual():
+    """Yaad's δ starts at 2√d (norm form): with the residual LayerNorm memory ‖r‖₂ = ‖M(k) − v‖₂ is
+    just above √d at init, so the old √d start put most tokens on the ℓ1 branch and 2√d puts none
+    there (RESULTS.md section 12). ``delta_init`` overrides it and must be positive."""
+    x = torch.randn(2, 24, 16, dtype=F64)
+
+    def l1_share(**opts):
+        torch.manual_seed(0)
+        yaad = memnets.build_mixer("yaad", d_model=16, num_heads=2, **opts).double()
+        delta = yaad.bias_params(yaad.gates(x)).transpose(1, 2)  # [B, H, T]
+        qkv = {n: t.transpose(1, 2) for n, t in yaad.inputs(x, None)[0].items()}
+        r = yaad.memory.read(yaad.memory.initial_weights(2, F64), qkv["k"]) - qkv["v"]
+        return delta, (r.norm(dim=-1) > delta).double().mean().item()
+
+    delta, share = l1_share()
+    assert abs(delta.mean().item() - 2 * 8**0.5) < 0.1  # the gate bias; its input adds a little spread
+    assert share == 0.0
+    assert l1_share(delta_init=8**0.5)[1] > 0.5
+    with pytest.raises(ValueError, match="delta_init must be > 0"):
+        memnets.build_mixer("yaad", d_model=16, num_heads=2, delta_init=0.0)
+
+
 def test_lq_floor_only_acts_below_it():
     """The literal L_q map's floor (Moneta ``norm_floor``) changes nothing while ‖A‖_q >= floor, and
     below it scales by floor^{-(q-2)}, so ‖W‖_q stays <= 1/floor."""

@@ -147,3 +147,27 @@ def test_memory_learns_under_inference_mode():
         yi, st = mixer(x)
     assert_close("inference mode", y, yi)
     assert not torch.equal(st.memory.weights[0], mixer.memory.init_weights[0].expand_as(st.memory.weights[0]))
+
+
+def test_mac_write_norm_normalises_the_memory_input():
+    """``write_norm``: the MAC memory is written from RMSNorm(y) (rms 1 whatever y's scale), and the
+    reference backend still equals the chunked one (outputs and every gradient)."""
+    torch.manual_seed(0)
+    chunked = tiny("titans_mac", write_norm=True)
+    reference = tiny("titans_mac", write_norm=True, backend="reference")
+    reference.load_state_dict(chunked.state_dict())
+    seen = []
+    chunked.write.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    x = torch.randn(1, 13, 16, dtype=F64)
+    outs = []
+    for m in (reference, chunked):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        y.sum().backward()
+        outs.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", outs[0][0], outs[1][0])
+    assert_close("dx", outs[0][1], outs[1][1])
+    for n, g in outs[0][2].items():
+        assert_close(f"d{n}", g, outs[1][2][n])
+    rms = torch.cat(seen, 1).pow(2).mean(-1).sqrt()
+    assert_close("rms", torch.ones_like(rms), rms.detach(), ratio=1e-3)  # eps 1e-6 vs mean(y²) ~ 3e-3

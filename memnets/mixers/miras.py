@@ -18,7 +18,7 @@ q and k per head; gates from low-rank projections x → R^``gate_rank`` → R^H 
 or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per-head outer LayerNorm
 affine, learnable initial weights); output RMSNorm gated by a linear layer, then the output
 projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
-softplus(·)`` (init √d for the norm switch, 1 per channel for the coordinate form).
+softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel for the coordinate form).
 
 Choices where the paper is silent or ambiguous (§5.3–5.4 leave open the gates' channel axis, the norm
 Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
@@ -283,6 +283,7 @@ class Yaad(MirasMemory):
         *,
         huber: Literal["norm", "coord"] = "norm",
         sign_sharpness: float = 10.0,
+        delta_init: float | None = None,
         head_dim: int | None = None,
         chunk_size: int = 16,
         backend: Backend = "auto",
@@ -295,9 +296,15 @@ class Yaad(MirasMemory):
         hd = head_dim or d_model // num_heads
         if huber not in ("norm", "coord"):
             raise ValueError(f"yaad: huber={huber!r} is not one of ['norm', 'coord']")
-        # softplus⁻¹ of the initial threshold: √d for the norm switch (the typical size of ‖r‖₂ with a
-        # residual memory), 1 per channel for the coordinate form
-        init = math.sqrt(hd) if huber == "norm" else 1.0
+        # initial threshold (stored through softplus⁻¹): 2√d for the norm switch, 1 per channel for the
+        # coordinate form. With the residual LayerNorm memory ‖r‖₂ ≈ √(d + 2) at init, just above √d, so a
+        # threshold of √d put about two thirds of the inner steps on the ℓ1 branch, whose step 2δ·tanh(α r)
+        # is ≈ √d times the quadratic branch's at the switch and, through α, has a steep Jacobian: the
+        # outer gradient grew by 1e5 from T = 128 to 512 (RESULTS.md section 12). At 2√d every typical
+        # token takes the quadratic step and only outliers the ℓ1 one (Huber's purpose, Miras §5.3 Eq. 26).
+        if delta_init is None:
+            delta_init = 2 * math.sqrt(hd) if huber == "norm" else 1.0
+        _check_positive("yaad", delta_init=delta_init)
         width = 1 if huber == "norm" else hd
         super().__init__(
             d_model,
@@ -312,7 +319,7 @@ class Yaad(MirasMemory):
             dot_precision=dot_precision,
             bias=HuberBias(huber, sign_sharpness),
             retention=None,
-            extra_gates={"delta": (width, math.log(math.expm1(init)))},
+            extra_gates={"delta": (width, math.log(math.expm1(delta_init)))},
         )
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:

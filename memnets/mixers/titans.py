@@ -40,6 +40,8 @@ gate, MAG window), each documented here and an option where people differ:
   rows of y are written to memory and output. The memory is written with k, v = projections of y
   (Eq. 24, its own conv and gates) and read back per token with a projection of y as query, so token
   j sees the memory after its own write; o = y ⊙ sigmoid(RMSNorm(W_r M*(y))) (the ⊗ of Eq. 25).
+  ``write_norm`` (default off) writes and gates from RMSNorm(y) instead: Eq. 24 leaves the scale of the
+  memory's input open, and y (an attention output) starts ~10x smaller than the LMM's pre-normed input.
 * MAG, MAL: the combiner and window, :mod:`memnets.mixers.hybrid`.
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
   :mod:`memnets.kernels.linear_memory` for the linear memory (``memory={"depth": 1,
@@ -252,6 +254,7 @@ class TitansMAC(nn.Module):
         conv_size: int = 4,
         rope_base: float = 10000.0,
         dot_precision: str = "tf32x3",
+        write_norm: bool = False,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -278,7 +281,11 @@ class TitansMAC(nn.Module):
             self.persistent_v = nn.Parameter(
                 torch.randn(num_persistent, num_heads, d_model // num_heads) * 0.02
             )
-        # memory written and read with projections of the attention output (Eq. 24-25)
+        # memory written and read with projections of the attention output (Eq. 24-25). write_norm: an
+        # RMSNorm on y before those projections and the gates, so the memory sees inputs of the scale the
+        # LMM sees (its pre-normed block input): at init y has rms ~0.1, its values |v| ~0.08 against
+        # ~1 in the LMM (RESULTS.md section 12)
+        self.write_norm = RMSNorm(d_model) if write_norm else None
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
         self.memory = memory.build(num_heads, head_dim)
@@ -334,8 +341,9 @@ class TitansMAC(nn.Module):
         att = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.cat(masks, 1)).transpose(1, 2)
         y = self.attention.out(att.reshape(B, L, H * Da))
         # 3. write y into the memory and read it back per token (Eq. 24-25)
-        kv, conv_y = self.write(y, st.conv_y)
-        g = self.gates(y)
+        w = y if self.write_norm is None else self.write_norm(y)
+        kv, conv_y = self.write(w, st.conv_y)
+        g = self.gates(w)
         r, mem = self.op(self.backend, kv["q"], kv["k"], kv["v"], g["lr"], g["mom"], g["keep"], st.memory)
         o = y * torch.sigmoid(self.r_norm(self.r_out(r.reshape(B, L, -1))))
         pos = st.pos + L
