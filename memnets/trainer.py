@@ -82,26 +82,38 @@ def _apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
             raise ConfigError(f"train.trainable pattern {pat!r} matches no parameter; e.g. {names[:5]}")
     for name, p in model.named_parameters():
         p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "train.trainable=%s: %s of %s parameters train (%.1f%%), the rest is frozen",
+        patterns,
+        f"{trained:,}",
+        f"{total:,}",
+        100 * trained / max(total, 1),
+    )
 
 
-def load_model_weights(model: nn.Module, path: str) -> None:
-    """Load weights from a memnets checkpoint (``.pt``) or a ``.safetensors`` file (strict)."""
+def load_model_weights(model: nn.Module, path: str) -> str:
+    """Load weights from a memnets checkpoint (``.pt``) or a ``.safetensors`` file (strict); returns
+    the file they came from (with its step when it is a checkpoint), for the log."""
     p = Path(path)
     if p.is_dir():
         found = load_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
         if found is None:
             raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint in {p / 'checkpoints'}")
-        state = found[0]["model"]
+        state, source = found[0]["model"], f"{found[1]} (step {found[0]['step']})"
     elif p.suffix == ".safetensors":
         from safetensors.torch import load_model
 
         load_model(model, str(p))
-        return
+        return str(p)
     elif p.is_file():
-        state = torch.load(p, map_location="cpu", weights_only=False)["model"]
+        saved = torch.load(p, map_location="cpu", weights_only=False)
+        state, source = saved["model"], f"{p} (step {saved.get('step')})"
     else:
         raise FileNotFoundError(f"train.init_from={path!r} does not exist")
     model.load_state_dict(state)
+    return source
 
 
 def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -169,7 +181,10 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = LM(cfg.model).to(self.device)
         if t.init_from and resume_state is None:
-            load_model_weights(self.model, t.init_from)
+            source = load_model_weights(self.model, t.init_from)
+            log.info(
+                "train.init_from: loaded all %d weight tensors from %s", len(self.model.state_dict()), source
+            )
         _apply_trainable(self.model, t.trainable)
         if resume_state is not None:
             self.model.load_state_dict(resume_state["model"])

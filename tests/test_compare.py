@@ -95,8 +95,11 @@ def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path, m
     ]
     assert rows["attention"]["seconds"] == seconds
     assert rows["gated_deltanet"]["mixer"] == "gated_deltanet" and rows["gated_deltanet"]["params"] > 0
-    table = captured.out.split("\n\n", 1)[1]
-    assert [c.strip() for c in table.splitlines()[0].split(" | ")][:3] == ["name", "status", "steps"]
+    table = (out / "results.md").read_text()
+    assert table in captured.out
+    header = [c.strip() for c in table.splitlines()[0].strip("| ").split(" | ")]
+    assert header[:3] == ["name", "status", "steps"] and "peak memory (MB)" in header
+    assert "accuracy 2 pairs" in header and (out / "curves.png").is_file()
 
     # 4. nothing is left: a fourth call builds no trainer and writes the same table
     def no_training(*a, **k):

@@ -277,7 +277,9 @@ def test_triton_backend_equals_chunked(kw, monkeypatch):
     assert_close("dx", outs[0][1], outs[1][1])
     for n, a, b in zip(names, outs[0][2:], outs[1][2:]):
         assert_close(f"d{n}", a, b)
-    assert len(calls) == (2 if kw.get("memory", {}).get("depth", 2) == 2 else 0)  # the global memory, both calls
+    assert len(calls) == (
+        2 if kw.get("memory", {}).get("depth", 2) == 2 else 0
+    )  # the global memory, both calls
 
 
 def test_option_errors():
@@ -339,6 +341,8 @@ def test_stage_two_from_a_stage_one_checkpoint(tmp_path):
     ]
     r = run_train([*stage2, "train.steps=2"])
     assert r.returncode == 0, r.stderr
+    logged = r.stdout + r.stderr  # stage 2 says what it loaded and how much of the model trains
+    assert "train.init_from: loaded all" in logged and f"{s1 / 'checkpoints'}" in logged, logged
     cfg1, cfg2 = load_config(s1 / "config.yaml"), load_config(s2 / "config.yaml")
     assert cfg1.model.mixer_options["tnt"]["chunk_size"] != cfg2.model.mixer_options["tnt"]["chunk_size"]
     assert cfg2.model.mixer_options["tnt"]["chunk_size"] == 1
@@ -346,6 +350,8 @@ def test_stage_two_from_a_stage_one_checkpoint(tmp_path):
     assert w1.keys() == w2.keys()
     trained = {n for n in w1 if ".mixer.local." in n}
     assert trained, "no local-memory parameters"
+    n_trained, n_all = sum(w1[n].numel() for n in trained), sum(w.numel() for w in w1.values())
+    assert f"{n_trained:,} of {n_all:,} parameters train" in logged, logged
     for n in w1:
         if n in trained:
             continue
