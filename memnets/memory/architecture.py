@@ -45,7 +45,9 @@ class MemorySpec:
     norm: bool = True
 
     def build(self, num_heads: int, dim: int) -> MemoryMLP:
-        return MemoryMLP(num_heads, dim, self.depth, self.expansion, self.activation, self.residual, self.norm)
+        return MemoryMLP(
+            num_heads, dim, self.depth, self.expansion, self.activation, self.residual, self.norm
+        )
 
 
 class MemoryMLP(nn.Module):
