@@ -66,7 +66,13 @@ PAPER_SIZES = {
     "memora-760m": 760,
     "atlas-340m": 340,
     "atlas-760m": 760,
+    "atlas-mag-760m": 760,
+    "atlas-mal-760m": 760,
     "omeganet-760m": 760,
+    "dla-760m": 760,  # the DeepTransformers family at ATLAS Table 2's 760M size
+    "swdt-760m": 760,
+    "deep-transformer-760m": 760,
+    "dot-760m": 760,
     "tnt-150m": 150,
     "gated_deltanet-1.3b": 1300,
     "mom-380m": 512.4,
