@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 _OPERAND_RANK = {"bf16": 0, "f16": 0, "fp16": 0, "e4m3": 0, "e5m2": 0, "tf32": 1, "f32": 2}
+_PATH_RANK = {"triton": 0, "compiled": 1, "chunked": 2}  # what auto runs on CUDA, best first
 
 
 def _worst_operand(types: list[str]) -> int:
@@ -35,9 +36,10 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) -> list[str]:
-    """Where a report is worse than the budget: a kernel that no longer compiles, more spill bytes,
-    wider tensor-core operands (bf16 → tf32 → none), fewer programs, more eager ops per chunk, or a
-    budgeted entry missing (a path that disappeared). Better figures pass (update the budget)."""
+    """Where a report is worse than the budget: ``auto`` on CUDA taking a slower path (kernel →
+    compiled chunked → eager chunked), a kernel that no longer compiles, more spill bytes, wider
+    tensor-core operands (bf16 → tf32 → none), fewer programs, more eager ops per chunk, or a budgeted
+    entry missing (a path that disappeared). Better figures pass (update the budget)."""
     got = budget_entries(rows)
     problems = []
     for key, want in budgets.items():
@@ -45,6 +47,8 @@ def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) 
         if have is None:
             problems.append(f"{key}: not in the report (budgeted: {want})")
             continue
+        if "auto_cuda" in want and _PATH_RANK[have["auto_cuda"]] > _PATH_RANK[want["auto_cuda"]]:
+            problems.append(f"{key}: auto runs {have['auto_cuda']!r} on CUDA (budget: {want['auto_cuda']!r})")
         if "status" in want and have["status"] != "ok":
             problems.append(f"{key}: compile status {have['status']!r}")
             continue

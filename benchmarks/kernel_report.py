@@ -38,9 +38,9 @@ if str(ROOT / "scripts") not in sys.path:
 import check_kernels_compile as ck  # noqa: E402
 import triton  # noqa: E402
 
+from benchmarks.config_mixers import build_meta, config_mixers, dispatches  # noqa: E402
 from benchmarks.kernel_roofline import PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
 from memnets import ops as memory_ops  # noqa: E402
-from memnets.config import load_yaml, model_config_from_dict  # noqa: E402
 from memnets.dispatch import MemoryDispatch  # noqa: E402
 from memnets.registry import build_mixer  # noqa: E402
 
@@ -68,41 +68,6 @@ class Launch:
 
 # ---------------------------------------------------------------------------------------------------
 # configs, mixers, dispatches
-
-
-def config_mixers(path: Path, chunk_size: int | None = None) -> list[tuple[str, Any]]:
-    """(mixer name, ModelConfig) of each distinct mixer of a config file; ``chunk_size`` replaces the
-    option of that name in every mixer that takes one (TNT: its local memories)."""
-    from memnets.registry import mixer_options
-
-    cfg = model_config_from_dict(load_yaml(path).get("model", {}))
-    names = list(dict.fromkeys(cfg.layer_mixers()))
-    if chunk_size is not None:
-        options = dict(cfg.mixer_options)
-        for name in names:
-            if "chunk_size" in mixer_options(name):
-                options[name] = {**options.get(name, {}), "chunk_size": chunk_size}
-        cfg = dataclasses.replace(cfg, mixer_options=options)
-    return [(name, cfg) for name in names]
-
-
-def build_meta(name: str, cfg: Any, **overrides: Any) -> torch.nn.Module:
-    """The mixer at its real widths, with no memory allocated."""
-    with torch.device("meta"):
-        return build_mixer(
-            name, cfg.d_model, cfg.num_heads, **{**cfg.mixer_options.get(name, {}), **overrides}
-        )
-
-
-def dispatches(mixer: torch.nn.Module) -> Iterator[tuple[str, MemoryDispatch, torch.nn.Module]]:
-    """(attribute, dispatch, the module holding it) of every memory dispatch the mixer and its
-    submodules hold (TNT's ``local_ops`` list too)."""
-    for module in mixer.modules():
-        for attr, value in vars(module).items():
-            items = value if isinstance(value, (list, tuple)) else [value]
-            for i, item in enumerate(items):
-                if isinstance(item, MemoryDispatch):
-                    yield (f"{attr}[{i}]" if isinstance(value, (list, tuple)) else attr), item, module
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,14 +3,19 @@
 Every recurrent update rule of the zoo is one :class:`MemoryOp` record (:mod:`memnets.ops` holds
 them): its token-by-token ``reference``, its ``chunked`` PyTorch form and, where one exists, its
 ``triton`` kernel, all called the same way, plus ``supports`` (why the kernel does not cover a
-configuration) and ``packs`` (whether the kernel runs packed sequences in one call). A mixer builds
+configuration), ``packs`` (whether the kernel runs packed sequences in one call) and ``compiles``
+(whether the chunked form's per-chunk steps can run compiled: the ``compiled`` backend,
+:mod:`memnets.compiled`). A mixer builds
 one :class:`MemoryDispatch` per op at construction, with the op's static configuration, and calls
 it in ``forward``; the dispatch
 
 * checks the backend name and refuses ``backend="triton"`` for a configuration the kernel does not
   cover (an error naming why, never a silent fallback);
-* resolves ``auto``: the kernel on a CUDA device where it covers the configuration, else ``chunked``;
-* says once in the log which path ran, and why no kernel ran where one could have;
+* resolves ``auto``: the kernel on a CUDA device where it covers the configuration; else on CUDA the
+  ``compiled`` chunked form (per-chunk steps under ``torch.compile`` with the autocast dtype's matmul
+  operands: eager float32 on a GPU leaves the tensor cores idle), else ``chunked``;
+* says once in the log which path ran, its matmul operand precision on CUDA, and why no kernel ran
+  where one could have;
 * runs packed sequences (``cu_seqlens``) in one kernel call where the kernel packs them, and one
   sequence at a time (each from a fresh state) otherwise, returning the last sequence's state.
 
@@ -29,10 +34,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from . import self_check
+from . import compiled, self_check
 
-Backend = Literal["auto", "reference", "chunked", "triton"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "triton")
+Backend = Literal["auto", "reference", "chunked", "compiled", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "chunked", "compiled", "triton")
 
 log = logging.getLogger("memnets")
 _announced: set[str] = set()
@@ -81,7 +86,9 @@ class MemoryOp:
     ``supports(backend=, **options)`` says why
     the kernel does not cover a configuration (``None``: it does). ``packs(**options)``: whether the
     kernel runs packed sequences in one call. ``kernel_options`` are read by the kernel only (the
-    PyTorch paths do not take them). ``packed_inputs``: every backend takes ``cu_seqlens`` itself."""
+    PyTorch paths do not take them). ``packed_inputs``: every backend takes ``cu_seqlens`` itself.
+    ``compiles``: ``chunked`` walks its chunks through :func:`memnets.compiled.chunk_step` functions,
+    so the ``compiled`` backend is ``chunked`` run inside :func:`memnets.compiled.compiled_steps`."""
 
     name: str
     reference: Callable[..., tuple[Tensor, Any]]
@@ -91,6 +98,7 @@ class MemoryOp:
     packs: Callable[..., bool] = _always
     kernel_options: tuple[str, ...] = ()
     packed_inputs: bool = False
+    compiles: bool = False
 
     def why_not(self, backend: str, options: dict[str, Any]) -> str | None:
         """Why the kernel cannot run ``options`` for ``backend`` (``None`` if it can)."""
@@ -136,8 +144,14 @@ class MemoryDispatch:
         return self._no_kernel[backend]
 
     def check(self, backend: str) -> None:
-        """A known backend name, and no explicit ``triton`` for a configuration no kernel covers."""
+        """A known backend name, and no explicit ``triton`` for a configuration no kernel covers (nor
+        ``compiled`` for an op whose chunked form has no per-chunk step)."""
         check_backend(self.owner, backend)
+        if backend == "compiled" and not self.op.compiles:
+            raise ValueError(
+                f"{self.owner}: backend='compiled' is not available for {self.op.name} (its chunked form "
+                "has no per-chunk step to compile); use backend='chunked', 'triton' or 'auto'"
+            )
         if backend != "triton" or self.optional_kernel:
             return
         if self.op.triton is None:
@@ -154,15 +168,21 @@ class MemoryDispatch:
         self.check(requested)
         chosen = requested
         if requested == "auto":
-            chosen = "triton" if self.no_kernel("auto") is None and triton_available(device) else "chunked"
+            chosen = (
+                "triton"
+                if self.no_kernel("auto") is None and triton_available(device)
+                else self.fallback(device)
+            )
         elif requested == "triton" and self.optional_kernel and self.no_kernel("triton") is not None:
             chosen = "chunked"
         why = ""
-        if chosen == "chunked" and (
+        if chosen in ("chunked", "compiled") and (
             requested == "triton" or (requested == "auto" and triton_available(device))
         ):
             why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
-        if chosen != "triton" and device.type == "cuda":  # the PyTorch forms compute in float32
+        if chosen == "compiled":
+            why += "; " + compiled.describe(device)
+        elif chosen != "triton" and device.type == "cuda":  # the eager PyTorch forms compute in float32
             why += "; float32 matmuls" + (" as TF32" if torch.backends.cuda.matmul.allow_tf32 else "")
         if chosen == "triton" and self.op.kernel_options:
             why = "; " + ", ".join(
@@ -173,6 +193,11 @@ class MemoryDispatch:
             "%s: running the %s backend (asked for %s on %s%s)", what, chosen, requested, device.type, why
         )
         return chosen
+
+    def fallback(self, device: torch.device) -> str:
+        """What runs where ``auto`` runs no kernel: the compiled chunked form on CUDA where the op has
+        one, else the eager chunked form (on CPU compile time outweighs what it saves)."""
+        return "compiled" if device.type == "cuda" and self.op.compiles else "chunked"
 
     def packs(self, requested: str, device: torch.device) -> bool:
         """Whether a kernel runs packed sequences on ``device`` in one launch (else the PyTorch forms
@@ -186,8 +211,21 @@ class MemoryDispatch:
         requested, backend = backend, self.backend(backend, device)
         head = () if self.arch is None else (self.arch,)
         if backend == "triton" and requested == "auto" and not self._kernel_agrees(head, inputs, per_call):
-            backend = "chunked"
-        fn = getattr(self.op, backend)
+            backend = self.fallback(device)
+        if backend == "compiled":
+            with compiled.compiled_steps(compiled.operand_dtype(device.type)):
+                return self._run(self.op.chunked, "chunked", head, inputs, cu_seqlens, per_call)
+        return self._run(getattr(self.op, backend), backend, head, inputs, cu_seqlens, per_call)
+
+    def _run(
+        self,
+        fn: Callable[..., tuple[Tensor, Any]],
+        backend: str,
+        head: tuple,
+        inputs: tuple,
+        cu_seqlens: Tensor | None,
+        per_call: dict[str, Any],
+    ) -> tuple[Tensor, Any]:
         options = self._options(backend)
         if cu_seqlens is None:
             return fn(*head, *inputs, **options, **per_call)

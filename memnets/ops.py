@@ -11,6 +11,9 @@
 | :data:`PARARNN` | ParaRNN (arXiv:2510.21450) | ``sequential_solve`` / Newton + chunked scan | Newton + Triton scan |
 
 Every kernel imports Triton (and the kernel package) on first call, so CPU-only installs never load it.
+The ops whose chunked form walks :func:`~memnets.compiled.chunk_step` functions (``compiles=True``:
+the Titans, Miras, Omega, chunk-start-read and sharded memories) also run as the ``compiled`` backend,
+what ``auto`` runs on CUDA where no kernel covers the configuration.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ TITANS_MEMORY = MemoryOp(
     _titans_supports,
     _titans_packs,
     kernel_options=("dot_precision",),
+    compiles=True,
 )
 
 
@@ -135,6 +139,7 @@ MIRAS_MEMORY = MemoryOp(
     _miras_supports,
     _titans_packs,
     kernel_options=("dot_precision",),
+    compiles=True,
 )
 
 
@@ -163,6 +168,7 @@ OMEGA_MEMORY = MemoryOp(
     _omega_kernel,
     _omega_supports,
     kernel_options=("dot_precision",),
+    compiles=True,
 )
 
 
@@ -189,6 +195,7 @@ CHUNK_READ_MEMORY = MemoryOp(
     _chunk_read_kernel,
     _chunk_read_supports,
     kernel_options=("dot_precision",),
+    compiles=True,
 )
 
 
@@ -204,6 +211,7 @@ SHARDED_MEMORY = MemoryOp(
     _sharded_kernel,
     _titans_supports,
     kernel_options=("dot_precision",),
+    compiles=True,
 )
 
 

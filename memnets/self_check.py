@@ -5,8 +5,8 @@ agreed with the chunked PyTorch form on this device: the first call per (op, sha
 device) in a process runs both on a small slice of the real inputs (the first sequence, at most
 :data:`CHECK_TOKENS` tokens, from a fresh state) forward and backward, and compares the outputs and
 the gradients of every input and of the memory network's parameters. A kernel that fails, or does not
-compile, is not used again in the process for that shape class: the call runs the chunked form, and a
-warning says why. A call that continues a recurrent state (decoding) runs the kernel only once a call
+compile, is not used again in the process for that shape class: the call runs the chunked form
+(compiled on CUDA, as where no kernel covers the configuration), and a warning says why. A call that continues a recurrent state (decoding) runs the kernel only once a call
 from a fresh state has checked it. ``MEMNETS_KERNEL_SELF_CHECK=0`` turns the check off (the kernel then runs unchecked);
 ``backend="triton"`` is never checked (asking for the kernel by name means wanting it).
 
@@ -119,7 +119,8 @@ def kernel_agrees(
         if _verdicts[key] is not None:
             log.warning(
                 "%s: the Triton kernel failed its first-use self-check on %s (%s); running the chunked "
-                "form for this shape instead (MEMNETS_KERNEL_SELF_CHECK=0 skips the check)",
+                "form (compiled on CUDA) for this shape instead (MEMNETS_KERNEL_SELF_CHECK=0 skips the "
+                "check)",
                 name,
                 key[-1],
                 _verdicts[key],

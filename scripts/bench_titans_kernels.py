@@ -7,8 +7,9 @@ Backends (each row is one backend, chunk size C and pass):
 * ``chunked``: ``memnets.memory.memory_chunked`` in eager PyTorch.
 * ``chunked_compiled``: the same under ``torch.compile`` (``--compile-backend``, default inductor;
   ``dynamic=False``; compiled afresh per chunk size and pass). ``--compile-scope chunk`` (default)
-  compiles the engine's per-chunk steps (key path, gate coefficients, dual-form read, chunk-end
-  state) and keeps the loop over chunks in Python: compile time does not grow with T.
+  is the library's ``compiled`` backend (:mod:`memnets.compiled`): the engine's per-chunk step
+  compiled, the loop over chunks in Python (compile time does not grow with T), matmul operands in
+  the inputs' dtype.
   ``--compile-scope function`` compiles all of ``memory_chunked``, which unrolls its T/C chunks
   into one graph (no per-chunk Python or launch overhead, the stronger baseline) but compiles for
   minutes once T/C reaches the hundreds. The first call (forward + backward for fwd+bwd), compile
@@ -81,13 +82,12 @@ if str(ROOT) not in sys.path:
 from benchmarks.env import configure_threads, environment, resolve_device, title  # noqa: E402
 from benchmarks.flops import BWD_FACTOR, PEAKS, mlp_memory_fwd  # noqa: E402
 from benchmarks.timing import Budget, bench, gemm_ceiling_tflops, peak_memory_mb  # noqa: E402
-from memnets.memory import MemoryMLP, engine, memory_chunked  # noqa: E402
+from memnets.compiled import compiled_steps  # noqa: E402
+from memnets.memory import MemoryMLP, memory_chunked  # noqa: E402
 
 PASSES = ("fwd", "fwd+bwd")
 DEFAULT_CHUNKS = {1: [16, 32, 64], 2: [8, 16, 32, 64, 128, 256]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# the functions memory_chunked calls once per chunk, compiled one by one with --compile-scope chunk
-ENGINE_STEPS = ("key_path", "chunk_coefficients", "dual_read", "segment_end_state")
 
 
 def flops(B: int, T: int, H: int, D: int, C: int, backward: bool, depth: int, expansion: float) -> float:
@@ -153,21 +153,18 @@ def titans_pytorch_step(B: int, T: int, H: int, D: int, C: int, dtype: torch.dty
 
 def compiled(backend: str, scope: str) -> Callable:
     """``memory_chunked`` under ``torch.compile`` (fixed shapes). ``scope="function"`` compiles the
-    whole call, which unrolls the loop over chunks; ``"chunk"`` compiles the engine's per-chunk steps
-    (``ENGINE_STEPS``, swapped into ``memnets.memory.engine`` during each call) and keeps the loop in
-    Python."""
+    whole call, which unrolls the loop over chunks; ``"chunk"`` is the library's compiled backend
+    (what ``auto`` runs on CUDA where no kernel applies, :mod:`memnets.compiled`): the engine's
+    per-chunk step compiled, the loop in Python, matmul operands in the inputs' dtype (bf16 inputs:
+    bf16 operands, float32 state)."""
     torch._dynamo.reset()  # a fresh cache per chunk size and pass: no recompile limit, honest compile_s
     if scope == "function":
         return torch.compile(memory_chunked, backend=backend, dynamic=False)
-    steps = {n: torch.compile(getattr(engine, n), backend=backend, dynamic=False) for n in ENGINE_STEPS}
 
-    def run(*args, **kwargs):
-        eager = {n: getattr(engine, n) for n in ENGINE_STEPS}
-        vars(engine).update(steps)
-        try:
-            return memory_chunked(*args, **kwargs)
-        finally:
-            vars(engine).update(eager)
+    def run(arch: MemoryMLP, q: torch.Tensor, *args, **kwargs):
+        operands = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        with compiled_steps(operands, backend):
+            return memory_chunked(arch, q, *args, **kwargs)
 
     return run
 

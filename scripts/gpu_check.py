@@ -16,7 +16,10 @@ Steps (each in its own subprocess, so a crash or an interpreter setting cannot l
   largest config of the family; ``--cpu-smoke``: its tiny config), the model at 2 layers and the real
   widths, ``backend: auto``, one AdamW step under bf16 autocast on 1 × ``--train-seq`` tokens (capped
   at the config's context): the loss must be finite; the path each memory ran is read from its
-  dispatches (``MemoryDispatch.backend``).
+  dispatches (``MemoryDispatch.backend``). Where ``auto`` runs the compiled chunked form, its steps
+  are captured with dynamo's ``aot_eager`` backend here (the same graphs under bf16 autocast on the
+  GPU, without inductor's minutes of code generation per family); ``bench`` times the inductor build
+  at titans-760m's shapes.
 * ``bench`` (c): ``scripts/bench_titans_kernels.py`` at titans-760m's memory shapes (16 heads of 96,
   hidden 384; chunk 16 and 64; eager and compiled chunked, the Triton kernel, titans-pytorch when it
   imports), TFLOP/s, % of an 8192³ bf16 GEMM timed in the same run, peak memory; ``peers``: SDPA
@@ -161,7 +164,7 @@ def train_one(path: Path, device: str, seq: int, layers: int) -> dict[str, Any]:
     """One AdamW step of the config's model at ``layers`` layers under bf16 autocast, backend auto."""
     import torch
 
-    from benchmarks.kernel_report import dispatches
+    from benchmarks.config_mixers import dispatches
     from memnets.config import load_yaml, model_config_from_dict
     from memnets.model import LM
 
@@ -223,7 +226,8 @@ def step_train(smoke: bool, out: Path, device: str, seq: int) -> dict[str, Any]:
     if smoke:
         cmd.append("--cpu-smoke")
     start = time.perf_counter()
-    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "train"))
+    env = {**_env(smoke), "MEMNETS_COMPILE_BACKEND": "aot_eager"}  # module docstring, step (b)
+    code, log = run_subprocess(cmd, env, limit(smoke, "train"))
     (out / "train.log").write_text(log)
     rows = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else []
     result = {"rows": rows, "seconds": round(time.perf_counter() - start, 1)}

@@ -257,7 +257,7 @@ def test_packed_sequences(name):
 def test_mixer_bad_options_and_backend():
     with pytest.raises(
         ValueError,
-        match=r"backend='cuda' is not allowed; choose one of \['auto', 'reference', 'chunked', 'triton'\]",
+        match=r"backend='cuda' is not allowed; choose one of \['auto', 'reference', 'chunked', 'compiled', 'triton'\]",
     ):
         _mixer("paragru", backend="cuda")(torch.randn(1, 4, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="clip"):

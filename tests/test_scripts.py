@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # --triton on CPU; must precede the kernels' import
 
@@ -25,6 +26,7 @@ TEXT = ROOT / "configs/lm/attention-tiny.yaml"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in a script look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
@@ -215,9 +217,7 @@ def _timed(rows: list[dict]) -> dict[tuple, dict]:
 def test_bench_titans_kernels_cpu_with_compile_and_plot(tmp_path):
     """Eager and compiled (per-chunk steps; aot_eager compiles in seconds, inductor in minutes) chunked
     rows per chunk size and pass with finite times and TFLOP/s, compile time apart, no % of peak on
-    CPU, the env header, a plot; the engine's own functions are back in place afterwards."""
-    engine = bench_kernels.engine
-    eager_steps = {n: getattr(engine, n) for n in bench_kernels.ENGINE_STEPS}
+    CPU, the env header, a plot."""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     args = ["--T", "16", "--D", "8", "--chunk-sizes", "8", "16", "--compile-backend", "aot_eager"]
     res = _bench_rows([*args, "--titans-pytorch", "--png", str(png)], out)
@@ -240,7 +240,6 @@ def test_bench_titans_kernels_cpu_with_compile_and_plot(tmp_path):
     assert env["device"].startswith("CPU") and env["versions"]["torch"] == torch.__version__
     assert env["versions"]["triton"] and env["date"]
     assert png.stat().st_size > 1000
-    assert all(getattr(engine, n) is f for n, f in eager_steps.items())
 
 
 def test_bench_titans_kernels_compiles_the_whole_function(tmp_path):

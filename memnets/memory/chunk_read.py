@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import MemoryState, check_inputs, initial_state, key_path, memory_reference
+from .engine import MemoryState, Weights, check_inputs, initial_state, key_path, memory_reference
 
 
 def check_read_inputs(
@@ -37,6 +38,25 @@ def check_read_inputs(
     if state is not None and state.momentum is not None:
         raise ValueError(f"{name}: the state must have no momentum (plain gradient descent)")
     check_inputs(arch, q, k, v, lr, None, None, state, chunk_size, name)
+
+
+@chunk_step
+def read_step(
+    arch: MemoryMLP,
+    bias: AttentionalBias,
+    anchor: Weights,
+    W: Weights,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+) -> tuple[Tensor, Weights]:
+    """One segment of a chunk (``[B, H, L, ...]`` slices): its reads and gradients at the chunk-start
+    weights ``anchor``, and the weights ``W`` after its update."""
+    y = arch.read(anchor, q)
+    kp = key_path(arch, anchor, k, v, bias, None)
+    # Σ_j lr_j u_j with u_j = x_jᵀ δ_j (rank one per token, never materialised)
+    return y, tuple(w - x.transpose(-1, -2) @ (lr * d) for w, x, d in zip(W, kp.xs, kp.deltas))
 
 
 def chunk_read_memory(
@@ -67,10 +87,8 @@ def chunk_read_memory(
                 anchor = W
             end = min(T, start + chunk_size - offset)
             sl = slice(start, end)
-            ys.append(arch.read(anchor, qh[:, :, sl]))
-            kp = key_path(arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None)
-            # Σ_j lr_j u_j with u_j = x_jᵀ δ_j (rank one per token, never materialised)
-            W = tuple(w - x.transpose(-1, -2) @ (lrh[:, :, sl] * d) for w, x, d in zip(W, kp.xs, kp.deltas))
+            y, W = read_step(arch, bias, anchor, W, qh[:, :, sl], kh[:, :, sl], vh[:, :, sl], lrh[:, :, sl])
+            ys.append(y)
             offset = (offset + end - start) % chunk_size
             start = end
         y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)

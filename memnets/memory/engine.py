@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log
@@ -279,6 +280,30 @@ def segment_end_state(
     return W, S
 
 
+@chunk_step
+def chunk_update(
+    arch: MemoryMLP,
+    bias: AttentionalBias,
+    anchor: Weights,
+    W: Weights,
+    S: Weights | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias_params: Tensor | None,
+    lr: Tensor,
+    log_keep: Tensor | None,
+    log_mom: Tensor | None,
+) -> tuple[Tensor, Weights, Weights | None]:
+    """One segment of :func:`memory_chunked` (``[B, H, L, ...]`` slices of one chunk): every token's
+    read and the state (W, S) after the segment, gradients taken at ``anchor``. The compiled path's
+    per-chunk step (:mod:`memnets.compiled`)."""
+    kp = key_path(arch, anchor, k, v, bias, bias_params)
+    c = chunk_coefficients(lr, log_keep, log_mom)
+    y = dual_read(arch, q, W, S, kp, c)
+    return (y, *segment_end_state(W, S, kp, c))
+
+
 def memory_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -327,6 +352,7 @@ def memory_chunked(
         bp = _bhl(bias_params, dtype)
         st = _start(arch, state, B, mom is not None, dtype)
         W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
+        per_token = (qh, kh, vh, bp, lr_, log_keep, log_mom)
         ys = []
         start = 0
         while start < T:
@@ -334,16 +360,10 @@ def memory_chunked(
                 anchor = W
             end = min(T, start + chunk_size - offset)
             sl = slice(start, end)
-            kp = key_path(
-                arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None if bp is None else bp[:, :, sl]
+            y, W, S = chunk_update(
+                arch, bias, anchor, W, S, *(None if x is None else x[:, :, sl] for x in per_token)
             )
-            c = chunk_coefficients(
-                lr_[:, :, sl],
-                None if log_keep is None else log_keep[:, :, sl],
-                None if log_mom is None else log_mom[:, :, sl],
-            )
-            ys.append(dual_read(arch, qh[:, :, sl], W, S, kp, c))
-            W, S = segment_end_state(W, S, kp, c)
+            ys.append(y)
             offset = (offset + end - start) % chunk_size
             if offset == 0 and chunk_end is not None:
                 W = chunk_end(W)

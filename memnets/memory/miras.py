@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
 from .engine import (
@@ -317,6 +318,40 @@ class _RetainedRead:
         return self.arch.read(ws, qs).reshape(B, L, H, D).permute(0, 2, 1, 3)
 
 
+@chunk_step
+def miras_step(
+    arch: MemoryMLP,
+    bias: AttentionalBias,
+    retention: Retention | None,
+    anchor: Weights,
+    A: Weights,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bp: Tensor | None,
+    lr: Tensor,
+    log_keep: Tensor | None,
+) -> tuple[Tensor, Weights]:
+    """One segment of :func:`miras_chunked` (``[B, H, L, ...]`` slices): every token's read of its
+    retained weights φ(A_t) and the accumulator A after the segment, gradients taken at ``anchor``."""
+    kp = key_path(arch, anchor, k, v, bias, bp)
+    c = chunk_coefficients(lr, log_keep, None)
+    if retention is None:
+        y = dual_read(arch, q, A, None, kp, c)
+    elif isinstance(retention, LqNormalize):
+        # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
+        norms = _TokenScales(retention)
+        args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
+        scales = checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
+        y = dual_read(arch, q, A, None, kp, c, scales)
+    else:
+        read = _RetainedRead(arch, retention)
+        args = (q, c.beta, c.G, *A, *kp.xs, *kp.deltas)
+        # the per-token weights are the big tensors: recompute them in the backward
+        y = checkpoint(read, *args, use_reentrant=False) if torch.is_grad_enabled() else read(*args)
+    return y, segment_end_state(A, None, kp, c)[0]
+
+
 def miras_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -364,29 +399,11 @@ def miras_chunked(
             length = 1 if lag and offset == 0 else chunk_size - offset
             end = min(T, start + length)
             sl = slice(start, end)
-            kp = key_path(
-                arch, anchor, kh[:, :, sl], vh[:, :, sl], bias, None if bp is None else bp[:, :, sl]
-            )  # type: ignore[arg-type]
-            c = chunk_coefficients(lr_[:, :, sl], None if log_keep is None else log_keep[:, :, sl], None)
-            if retention is None:
-                ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c))
-            elif isinstance(retention, LqNormalize):
-                # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
-                norms = _TokenScales(retention)
-                args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
-                scales = (
-                    checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
-                )
-                ys.append(dual_read(arch, qh[:, :, sl], A, None, kp, c, scales))
-            else:
-                read = _RetainedRead(arch, retention)
-                args = (qh[:, :, sl], c.beta, c.G, *A, *kp.xs, *kp.deltas)
-                if torch.is_grad_enabled():
-                    # the per-token weights are the big tensors: recompute them in the backward
-                    ys.append(checkpoint(read, *args, use_reentrant=False))
-                else:
-                    ys.append(read(*args))
-            A, _ = segment_end_state(A, None, kp, c)
+            per_token = (qh, kh, vh, bp, lr_, log_keep)
+            y, A = miras_step(
+                arch, bias, retention, anchor, A, *(None if x is None else x[:, :, sl] for x in per_token)
+            )
+            ys.append(y)
             offset = (offset + end - start) % chunk_size
             start = end
         y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)

@@ -52,14 +52,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import KeyPath, MemoryState, dual_read, initial_state, key_path, segment_end_state
+from .engine import KeyPath, MemoryState, Weights, dual_read, initial_state, key_path, segment_end_state
 from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
 
-Weights = tuple[Tensor, ...]
 Muon = Literal["token", "chunk"]
 MUON_MODES: tuple[str, ...] = ("token", "chunk")
 
@@ -400,6 +400,54 @@ def _segment_muon_chunk(
     return y, W, S, terms[-1][1]
 
 
+@chunk_step
+def omega_step(
+    arch: MemoryMLP,
+    bias: AttentionalBias,
+    anchor: Weights,
+    W: Weights,
+    S: Weights | None,
+    direc: Weights | None,
+    q: Tensor,
+    kx: Tensor,
+    vx: Tensor,
+    gam: Tensor | None,
+    lr: Tensor,
+    lk: Tensor | None,
+    lm: Tensor | None,
+    *,
+    window: int,
+    muon: Muon | None,
+    refresh: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Tensor, Weights, Weights | None, Weights | None]:
+    """One segment of :func:`omega_chunked` (``[B, H, L, ...]`` slices; ``kx``/``vx`` with the previous
+    ``window − 1`` key/value rows in front): its reads and the state (W, S, Muon direction) after it,
+    gradients taken at ``anchor``."""
+    kp = _key_path(arch, anchor, kx, vx, bias)
+    band = window_band(gam, kx.shape[2] - q.shape[2], q.shape[2], window, kx)
+    if muon is None:
+        return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm), direc)
+    if muon == "token":
+        return (*_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients), direc)
+    return _segment_muon_chunk(
+        arch,
+        q,
+        W,
+        S,
+        direc,
+        kp,
+        band,
+        lr,
+        lk,
+        lm,
+        refresh,
+        ns_steps,
+        ns_coefficients,  # type: ignore[arg-type]
+    )
+
+
 def omega_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -458,36 +506,25 @@ def omega_chunked(
                 anchor = W
             end = min(T, start + chunk_size - offset)
             sl = slice(start, end)
-            L, prefix = end - start, buf_k.shape[2]
+            L = end - start
             kx, vx = torch.cat([buf_k, kh[:, :, sl]], 2), torch.cat([buf_v, vh[:, :, sl]], 2)
-            kp = _key_path(arch, anchor, kx, vx, bias)
-            band = window_band(None if gam is None else gam[:, :, sl], prefix, L, window, kx)
-            lm = None if log_mom is None else log_mom[:, :, sl]
-            lk = None if log_keep is None else log_keep[:, :, sl]
-            q_s, lr_s = qh[:, :, sl], lr_[:, :, sl]
-            if muon is None:
-                y_s, W, S = _segment_plain(arch, q_s, W, S, kp, band, lr_s, lk, lm)
-            elif muon == "token":
-                y_s, W, S = _segment_muon_token(
-                    arch, q_s, W, S, kp, band, lr_s, lk, lm, ns_steps, ns_coefficients
-                )  # type: ignore[arg-type]
-            else:
-                refresh = (offset + L) % chunk_size == 0  # the chunk's last token refreshes the direction
-                y_s, W, S, direc = _segment_muon_chunk(
-                    arch,
-                    q_s,
-                    W,
-                    S,
-                    direc,
-                    kp,
-                    band,
-                    lr_s,
-                    lk,
-                    lm,
-                    refresh,
-                    ns_steps,
-                    ns_coefficients,  # type: ignore[arg-type]
-                )
+            y_s, W, S, direc = omega_step(
+                arch,
+                bias,
+                anchor,
+                W,
+                S,
+                direc,
+                qh[:, :, sl],
+                kx,
+                vx,
+                *(None if x is None else x[:, :, sl] for x in (gam, lr_, log_keep, log_mom)),
+                window=window,
+                muon=muon,
+                refresh=(offset + L) % chunk_size == 0,  # Muon per chunk: its last token refreshes
+                ns_steps=ns_steps,
+                ns_coefficients=ns_coefficients,
+            )
             ys.append(y_s)
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
             offset = (offset + L) % chunk_size
