@@ -1,7 +1,7 @@
 """scripts/compare.py as a resumable sweep: two mixers on tiny MQAR, stopped by SIGINT inside a run (before
-its first log line) and between runs, resumed until done, then reused without training; a real Ctrl-C (SIGINT to the process group of a
-compare.py process) stops the whole sweep and a second call resumes it; unfinished and failed runs are
-never drawn."""
+its first log line) and between runs, resumed until done, then reused without training; a real Ctrl-C
+(SIGINT to the process group of a compare.py process) stops the whole sweep and a second call resumes
+it; unfinished and failed runs are never drawn."""
 
 from __future__ import annotations
 
