@@ -150,7 +150,12 @@ class Target:
 
 
 def _vocab(cfg: Any) -> int:
-    return cfg.data.mqar.vocab_size if cfg.data.kind == "mqar" else 256
+    """The vocabulary training gives the model (the embedding and output layer are timed with it)."""
+    if cfg.data.kind == "mqar":
+        return cfg.data.mqar.vocab_size
+    from memnets.data.tokenizer import build_tokenizer
+
+    return build_tokenizer(cfg.data.text.tokenizer).vocab_size
 
 
 def resolve_targets(args: argparse.Namespace) -> list[Target]:
