@@ -15,6 +15,7 @@ Needs matplotlib (extra ``memnets[plot]``).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ def _save(plt: Any, fig: Any, ax: Any, heading: str, env_line: str, path: Path, 
     handles = ax.get_legend_handles_labels()[0]
     if handles:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(handles) - 1) // 14)
-    fig.text(0.01, 0.005, env_line + (f"\n{note}" if note else ""), fontsize=9, color="dimgray", va="bottom")
-    fig.tight_layout(rect=(0, 0.09 if note else 0.05, 1, 1))
+    lines = [env_line, *textwrap.wrap(note, 125)]
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=9, color="dimgray", va="bottom")
+    fig.tight_layout(rect=(0, 0.01 + 0.03 * len(lines), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -148,7 +150,7 @@ def _time_vs_chunk(plt: Any, rows: list[dict], color: dict, option: str, env_lin
                     lw=1.5,
                     color=color[t],
                     ls=style["ls"],
-                    label=f"{_name(t)}, T = {T} (no {option})",
+                    label=f"{_name(t)}, T = {T} (no {_option_label(option)})",
                 )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -186,9 +188,27 @@ def _chance_note(quality: list[dict]) -> str:
     stuck = [q for q in quality if q.get("left_chance") is False]
     if not stuck:
         return ""
-    which = ", ".join(f"{_name(q['target'])} chunk {q['chunk_size']}" for q in stuck[:6])
+    which = ", ".join(
+        _name(q["target"]) + (f" chunk {q['chunk_size']}" if q["chunk_size"] else "") for q in stuck[:6]
+    )
     more = f" and {len(stuck) - 6} more" if len(stuck) > 6 else ""
     return f"hollow: not yet below the context-free level, cannot be judged (train longer): {which}{more}"
+
+
+def _levels(ax: Any, quality: list[dict], chance_key: str, color: dict) -> None:
+    """The context-free level as a dashed line: one grey line when every target and length shares it
+    (the same data), else one per target and length in the target's colour."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for q in quality:
+        if q.get(chance_key) is not None:
+            groups.setdefault((q["target"], q["seq_len"]), []).append(q[chance_key])
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    dashed = {"lw": 1.5, "ls": (0, (3, 2))}
+    if len({round(m, 6) for m in means.values()}) == 1:
+        ax.axhline(next(iter(means.values())), color="dimgray", label="context-free level", **dashed)
+        return
+    for (t, T), level in means.items():
+        ax.axhline(level, color=color[t], label=f"{_name(t)}, T = {T}: context-free level", **dashed)
 
 
 def _marker_face(q: dict, c: Any) -> Any:
@@ -219,11 +239,10 @@ def _loss_vs_chunk(
                     )
             for q in sel:
                 if not q["chunk_size"]:
-                    ax.axhline(q[key], lw=1.5, label=f"{_name(t)}, T = {T} (no {option})", **style)
-            levels = [q[chance_key] for q in sel if q.get(chance_key) is not None]
-            if levels:
-                level_label = f"{_name(t)}, T = {T}: context-free level"
-                ax.axhline(sum(levels) / len(levels), color=color[t], lw=1, ls=(0, (2, 2)), label=level_label)
+                    ax.axhline(
+                        q[key], lw=1.5, label=f"{_name(t)}, T = {T} (no {_option_label(option)})", **style
+                    )
+    _levels(ax, quality, chance_key, color)
     chunks = [q["chunk_size"] for q in quality if q["chunk_size"]]
     if chunks:
         ax.set_xscale("log", base=2)
@@ -260,12 +279,11 @@ def _speed_vs_quality(plt: Any, quality: list[dict], color: dict, env_line: str,
         )
         for q, x, y in zip(sel, xs, ys):
             ax.plot(x, y, "o", ms=10, color=color[t], mfc=_marker_face(q, color[t]))
-            text = f"{q['chunk_size']}" if q["chunk_size"] else "-"
-            ax.annotate(text, (x, y), xytext=(7, 6), textcoords="offset points", fontsize=12, color=color[t])
-        levels = [q[chance_key] for q in sel if q.get(chance_key) is not None]
-        if levels:
-            level_label = f"{_name(t)}: context-free level"
-            ax.axhline(sum(levels) / len(levels), color=color[t], lw=1, ls=(0, (2, 2)), label=level_label)
+            if q["chunk_size"]:
+                ax.annotate(
+                    str(q["chunk_size"]), (x, y), xytext=(7, 6), textcoords="offset points", color=color[t]
+                )
+    _levels(ax, quality, chance_key, color)
     from matplotlib.ticker import FuncFormatter
 
     ax.xaxis.set_major_formatter(FuncFormatter(plain))
