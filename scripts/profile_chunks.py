@@ -225,6 +225,10 @@ def _train(
     per_seed = []
     for seed in seeds:
         run_dir = Path(args.out) / "runs" / f"{tag}-s{seed}"
+        if (run_dir / "checkpoints").is_dir():
+            raise FileExistsError(
+                f"{run_dir} holds an earlier profile's run; give another --out or delete it"
+            )
         cfg = load_config(path, [*user, *over, f"run.seed={seed}", f"run.dir={run_dir}"])
         cfg.run.name = run_dir.name
         per_seed.append(chunk_quality.train_one_seed(cfg))

@@ -243,6 +243,11 @@ def test_profile_chunks_trains_each_chunk_size_on_a_text_config(tmp_path, capsys
     assert header[:4] == ["target", "kind", "chunk_size", "seq_len"] and "val_loss_std" in header
     for name in ("time_vs_chunk.png", "loss_vs_chunk.png", "speed_vs_quality.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == PNG
+    # a second profile into the same folder does not train on top of the first one's runs
+    argv[argv.index("4,8")] = "4"
+    assert prof.main(argv) == 0
+    (again,) = json.loads((tmp_path / "out" / "profile.json").read_text())["quality"]
+    assert again["status"].startswith("train failed: FileExistsError") and "another --out" in again["status"]
 
 
 def test_context_free_level_and_seed_statistics():
