@@ -364,7 +364,7 @@ QUALITY = [
     ("val_bpb", "val_bpb", ">15", ".4f"),
     ("val_accuracy", "val_acc", ">13", ".3f"),
     ("train_tokens_per_s", "train_tok/s", ">15", ",.0f"),
-    ("chance_loss", "ctx-free", ">8", ".4f"),
+    ("chance_loss", "ctx-free_loss", ">13", ".4f"),
     ("left_chance", "left?", ">5", ""),
 ]
 
@@ -396,8 +396,8 @@ def _quality_cells(r: dict[str, Any]) -> list[str]:
 
 
 def format_quality(rows: list[dict[str, Any]], header: bool = True) -> str:
-    """The quality rows as a screen table; "left?" is NO where a setting has not left the context-free
-    level (its chunk size cannot be judged yet)."""
+    """The quality rows as a screen table; "ctx-free_loss" is the context-free level (nats/token) and
+    "left?" is NO where a setting is not below it yet (its chunk size cannot be judged)."""
     lines = [" ".join(format(h, w) for _, h, w, _ in QUALITY)] if header else []
     for r in rows:
         line = " ".join(format(c, w) for c, (_, _, w, _) in zip(_quality_cells(r), QUALITY))
