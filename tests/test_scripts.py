@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # --triton on CPU; must precede the kernels' import
 
@@ -25,6 +26,7 @@ TEXT = ROOT / "configs/lm/attention-tiny.yaml"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass in the script (compare.Entry) looks its module up there
     spec.loader.exec_module(module)
     return module
 
