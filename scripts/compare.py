@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import signal
 import statistics
 import sys
@@ -209,6 +210,12 @@ def run_stats(run_dir: Path) -> tuple[float | None, float | None]:
     return (statistics.median(speeds) if speeds else None), (max(peaks) if peaks else None)
 
 
+def val_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The validation figures of a run's final evaluation; bits per byte is NaN for token files without
+    a byte count (a bare ``.bin``), which the table shows as missing rather than as a number."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_") and math.isfinite(v)}
+
+
 def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
     """The run's table row and the signal that stopped it (None when it finished)."""
     run_dir = Path(cfg.run.dir)
@@ -237,7 +244,7 @@ def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
         "task": cfg.data.kind,
         "steps": result.step,
         "target_steps": cfg.train.steps,
-        **{k: v for k, v in result.metrics.items() if k.startswith("val_")},
+        **val_metrics(result.metrics),
         "params": trainer.model.num_params(),
         "state_size": trainer.model.state_size(cfg.data.seq_len),
         "seq_len": cfg.data.seq_len,

@@ -183,3 +183,12 @@ def test_ctrl_c_to_the_process_group_stops_the_whole_sweep_and_a_second_call_res
     ]
     table = (out / "results.md").read_text().splitlines()
     assert len(table) == 4 and all("| finished |" in line for line in table[2:])
+
+
+def test_a_bits_per_byte_of_nan_is_a_missing_figure():
+    got = compare.val_metrics({"val_loss": 2.5, "val_bpb": float("nan"), "loss": 2.4})
+    assert got == {"val_loss": 2.5}
+    assert (
+        compare.table([{"name": "a", "status": "finished", **got}]).splitlines()[2]
+        == "| a | finished | 2.5000 |"
+    )
