@@ -463,7 +463,7 @@ def sweep(
             missing = missing_mixers(entry.path, [*overrides, *entry.overrides])
             if missing:
                 reason = f"mixer {', '.join(missing)} is not registered in this tree (registered: {', '.join(list_mixers())})"
-                skipped.append({"config": entry.name, "reason": reason})
+                skipped.append({"name": entry.name, "config": str(entry.path), "reason": reason})
                 print(f"skipping {entry.name}: {reason}")
                 continue
             cfg = load_config(
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     wrote = write_outputs(rows, summary, args.out)
     for s in skipped:
-        print(f"skipped {s['config']}: {s['reason']}")
+        print(f"skipped {s['name']}: {s['reason']}")
     for fl in failed:
         print(f"failed {fl['config']}: {fl['error']}")
     print("wrote " + ", ".join(map(str, wrote)))
