@@ -379,8 +379,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     names = [r["name"] for r in drawn]
     with plt.rc_context({"font.size": 13}):
         fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.7 * len(drawn) + 6), 5.5))
-        for ax, key, title in ((axes[0], metric, label), (axes[1], "tokens_per_s", "training tokens/s")):
-            ax.bar(names, [r.get(key) or 0.0 for r in drawn], color="tab:blue")
+        better = "higher" if metric == "val_accuracy" else "lower"
+        bars = ((axes[0], metric, label, better), (axes[1], "tokens_per_s", "training tokens/s", "higher"))
+        for ax, key, title, direction in bars:
+            drawn_bars = ax.bar(names, [r.get(key) or 0.0 for r in drawn], color="tab:blue")
+            # the figures on the bars: close results stay readable in a thumbnail
+            ax.bar_label(drawn_bars, labels=[_cell(key, r.get(key)) for r in drawn], fontsize=11)
+            ax.margins(y=0.1)  # room for the figure above the tallest bar
+            ax.set_title(f"{title} ({direction} is better)")
             ax.set_ylabel(title)
             ax.tick_params(axis="x", rotation=60)
             ax.grid(axis="y", alpha=0.3)
