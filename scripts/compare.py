@@ -391,7 +391,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
             ax.tick_params(axis="x", rotation=60)
             ax.grid(axis="y", alpha=0.3)
         if metric == "val_accuracy":
-            axes[0].set_ylim(0, 1)
+            axes[0].set_ylim(0, 1.1)  # the figure above a bar at 1 stays inside
         _finish(fig, left_out, path)
     return True
 
