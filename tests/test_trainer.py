@@ -218,15 +218,8 @@ def test_bits_per_byte_of_a_bare_bin_with_a_bpe_tokenizer(tmp_path):
     per token its decoded tokens hold (it was NaN), close to the figure of the text it came from."""
     tokenizers = pytest.importorskip("tokenizers")
     docs = [f"note {i}: memory mixers write keys and read values, chunk by chunk." for i in range(300)]
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["</s>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(docs, trainer)
+    tok = tokenizers.ByteLevelBPETokenizer()  # GPT-2 style: decoding restores the text
+    tok.train_from_iterator(docs, vocab_size=300, special_tokens=["</s>"])
     tok.save(str(tmp_path / "tokenizer.json"))
     eos = tok.token_to_id("</s>")
     ids = [i for d in docs for i in [*tok.encode(d).ids, eos]]
