@@ -489,8 +489,15 @@ class Trainer:
         if result is None:
             log.info("evaluation at step %d abandoned (signal); it is not in metrics.jsonl", self.step)
             return None
-        metrics.write({"step": self.step, **result})
-        log.info("eval step %d | %s", self.step, " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        # the peak so far includes this evaluation's (the final one has no training record after it)
+        peak = peak_memory_mb(self.device)
+        metrics.write({"step": self.step, **result, "peak_mem_mb": peak})
+        log.info(
+            "eval step %d | %s | mem %.2f GB",
+            self.step,
+            " | ".join(f"{k} {v:.4f}" for k, v in result.items()),
+            peak / 1e3,
+        )
         return result
 
     def _stop_requested(self) -> int | None:
@@ -579,7 +586,7 @@ class Trainer:
                     break
             if self.step == start_step:  # resumed at train.steps: its final evaluation is on record
                 log.info("the run is already at train.steps=%d; nothing to train", t.steps)
-                last_eval = metrics.last_eval(self.step)
+                last_eval = {k: v for k, v in metrics.last_eval(self.step).items() if k.startswith("val_")}
             if preempted is None:
                 self._export_weights()
         finally:

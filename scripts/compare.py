@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import signal
 import statistics
 import sys
@@ -209,6 +210,12 @@ def run_stats(run_dir: Path) -> tuple[float | None, float | None]:
     return (statistics.median(speeds) if speeds else None), (max(peaks) if peaks else None)
 
 
+def val_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The validation figures of a run's final evaluation; bits per byte is NaN for token files without
+    a byte count (a bare ``.bin``), which the table shows as missing rather than as a number."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_") and math.isfinite(v)}
+
+
 def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
     """The run's table row and the signal that stopped it (None when it finished)."""
     run_dir = Path(cfg.run.dir)
@@ -237,7 +244,7 @@ def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
         "task": cfg.data.kind,
         "steps": result.step,
         "target_steps": cfg.train.steps,
-        **{k: v for k, v in result.metrics.items() if k.startswith("val_")},
+        **val_metrics(result.metrics),
         "params": trainer.model.num_params(),
         "state_size": trainer.model.state_size(cfg.data.seq_len),
         "seq_len": cfg.data.seq_len,
@@ -372,13 +379,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     names = [r["name"] for r in drawn]
     with plt.rc_context({"font.size": 13}):
         fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.7 * len(drawn) + 6), 5.5))
-        for ax, key, title in ((axes[0], metric, label), (axes[1], "tokens_per_s", "training tokens/s")):
-            ax.bar(names, [r.get(key) or 0.0 for r in drawn], color="tab:blue")
+        better = "higher" if metric == "val_accuracy" else "lower"
+        bars = ((axes[0], metric, label, better), (axes[1], "tokens_per_s", "training tokens/s", "higher"))
+        for ax, key, title, direction in bars:
+            drawn_bars = ax.bar(names, [r.get(key) or 0.0 for r in drawn], color="tab:blue")
+            # the figures on the bars: close results stay readable in a thumbnail
+            ax.bar_label(drawn_bars, labels=[_cell(key, r.get(key)) for r in drawn], fontsize=11)
+            ax.margins(y=0.1)  # room for the figure above the tallest bar
+            ax.set_title(f"{title} ({direction} is better)")
             ax.set_ylabel(title)
             ax.tick_params(axis="x", rotation=60)
             ax.grid(axis="y", alpha=0.3)
         if metric == "val_accuracy":
-            axes[0].set_ylim(0, 1)
+            axes[0].set_ylim(0, 1.1)  # the figure above a bar at 1 stays inside
         _finish(fig, left_out, path)
     return True
 
@@ -456,7 +469,7 @@ def sweep(
             missing = missing_mixers(entry.path, [*overrides, *entry.overrides])
             if missing:
                 reason = f"mixer {', '.join(missing)} is not registered in this tree (registered: {', '.join(list_mixers())})"
-                skipped.append({"config": entry.name, "reason": reason})
+                skipped.append({"name": entry.name, "config": str(entry.path), "reason": reason})
                 print(f"skipping {entry.name}: {reason}")
                 continue
             cfg = load_config(
@@ -551,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     wrote = write_outputs(rows, summary, args.out)
     for s in skipped:
-        print(f"skipped {s['config']}: {s['reason']}")
+        print(f"skipped {s['name']}: {s['reason']}")
     for fl in failed:
         print(f"failed {fl['config']}: {fl['error']}")
     print("wrote " + ", ".join(map(str, wrote)))

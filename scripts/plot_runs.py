@@ -24,6 +24,8 @@ import yaml
 
 from memnets.metrics import parse_metrics
 
+LEGEND_CHARS = 80  # characters of legend text (font size 14) across the 10-inch figure
+
 
 @dataclass
 class RunCurves:
@@ -99,6 +101,12 @@ def plot(runs: list[RunCurves], out: Path) -> None:
         _draw(runs, out)
 
 
+def legend_columns(names: list[str]) -> int:
+    """Columns of the legend above the panels: up to 4, as many as fit across the figure (long run names
+    in 4 columns ran off both edges)."""
+    return max(1, min(len(names), 4, LEGEND_CHARS // (max(map(len, names)) + 6)))
+
+
 def _draw(runs: list[RunCurves], out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
@@ -128,15 +136,16 @@ def _draw(runs: list[RunCurves], out: Path) -> None:
                 0.5, 0.5, "no records yet", transform=ax.transAxes, ha="center", va="center", color="gray"
             )
     handles = [plt.Line2D([], [], lw=3, **style(i)) for i in range(len(runs))]
+    ncol = legend_columns([r.name for r in runs])
     fig.legend(
         handles,
         [r.name for r in runs],
         loc="upper center",
-        ncol=min(len(runs), 4),
+        ncol=ncol,
         frameon=False,
         bbox_to_anchor=(0.5, 1.0),
     )
-    rows = -(-len(runs) // 4)  # legend rows above the panels
+    rows = -(-len(runs) // ncol)  # legend rows above the panels
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.05 * rows))
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,12 +1,15 @@
 """scripts/compare.py as a resumable sweep: two mixers on tiny MQAR, stopped by SIGINT inside a run (before
-its first log line) and between runs, resumed until done, then reused without training; unfinished and
-failed runs are never drawn."""
+its first log line) and between runs, resumed until done, then reused without training; a real Ctrl-C
+(SIGINT to the process group of a compare.py process) stops the whole sweep and a second call resumes
+it; unfinished and failed runs are never drawn."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -128,3 +131,64 @@ def test_plot_draws_finished_runs_only_and_names_the_rest(tmp_path):
     assert not compare.plot(rows[1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
     text = [{**rows[0], "val_bpb": 2.0}]
     assert compare.headline(text)[0] == "val_bpb"
+
+
+def test_ctrl_c_to_the_process_group_stops_the_whole_sweep_and_a_second_call_resumes(tmp_path):
+    """A real Ctrl-C: SIGINT to the sweep's process group once the first run logs a step. One signal stops
+    everything (exit 130, the run in progress checkpointed and marked unfinished, the next not started);
+    a second call finishes both at the step budget it is given."""
+    out = tmp_path / "cmp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # far more steps than the test waits for: the signal lands inside the first run
+    argv = [*CONFIGS, *TINY_MQAR, "--steps", "100000", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/compare.py"), *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job is
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step "):
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    printed = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGINT, printed + err
+    assert "Traceback" not in err and "FAILED" not in err
+    assert "=== gated_deltanet" not in printed  # the sweep did not go on to the next config
+    assert "still to run: attention, gated_deltanet" in printed
+    res, rows = _results(out)
+    assert res["stopped_by"] == "SIGINT"
+    stopped_at = rows["attention"]["steps"]
+    assert rows["attention"]["status"] == "unfinished" and 1 <= stopped_at < 100000
+    assert rows["gated_deltanet"]["status"] == "not started"
+
+    # the second call continues attention from its checkpoint and trains gated_deltanet
+    budget = stopped_at + 2
+    assert compare.main([*CONFIGS, *TINY_MQAR, "--steps", str(budget), "--out", str(out)]) == 0
+    res, rows = _results(out)
+    assert res["stopped_by"] is None
+    assert [(r["name"], r["status"], r["steps"]) for r in res["results"]] == [
+        ("attention", "finished", budget),
+        ("gated_deltanet", "finished", budget),
+    ]
+    table = (out / "results.md").read_text().splitlines()
+    assert len(table) == 4 and all("| finished |" in line for line in table[2:])
+
+
+def test_a_bits_per_byte_of_nan_is_a_missing_figure():
+    got = compare.val_metrics({"val_loss": 2.5, "val_bpb": float("nan"), "loss": 2.4})
+    assert got == {"val_loss": 2.5}
+    assert (
+        compare.table([{"name": "a", "status": "finished", **got}]).splitlines()[2]
+        == "| a | finished | 2.5000 |"
+    )

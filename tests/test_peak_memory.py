@@ -1,5 +1,5 @@
-"""Peak memory in the training log: ``peak_mem_mb`` in every training record of ``metrics.jsonl`` and
-``mem ... GB`` in every progress line."""
+"""Peak memory in the training log: ``peak_mem_mb`` in every training and evaluation record of
+``metrics.jsonl`` and ``mem ... GB`` in every progress and evaluation line."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_every_training_record_and_progress_line_has_the_peak(tmp_path):
     log, lines = logging.getLogger("memnets"), _Lines()
     log.addHandler(lines)
     try:
-        train(cfg)
+        result = train(cfg)
     finally:
         log.removeHandler(lines)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -65,3 +65,16 @@ def test_every_training_record_and_progress_line_has_the_peak(tmp_path):
     assert len(progress) == 3
     shown = [float(m.group(1)) for line in progress if (m := re.search(r"\| mem (\d+\.\d\d) GB \|", line))]
     assert shown == [round(p / 1e3, 2) for p in peaks]
+    # the final evaluation (no training record follows it) has its own figure, in its record and line
+    (evaluation,) = [r for r in records if "val_loss" in r]
+    assert evaluation["step"] == 3 and evaluation["peak_mem_mb"] >= peaks[-1]
+    (eval_line,) = [line for line in lines.lines if line.startswith("eval step 3 ")]
+    assert eval_line.endswith(f"| mem {evaluation['peak_mem_mb'] / 1e3:.2f} GB")
+    # a call at train.steps takes the final evaluation from the file: its metrics, not the memory figure
+    again = train(
+        load_config(
+            str(ROOT / "configs/mqar/attention.yaml"),
+            [*TINY_MQAR, "train.steps=3", f"run.dir={tmp_path}", "run.resume=auto"],
+        )
+    )
+    assert again.step == 3 and again.metrics == result.metrics and "peak_mem_mb" not in again.metrics

@@ -97,6 +97,14 @@ def test_labels_and_ticks():
     ]
 
 
+def test_legend_columns_fit_the_names_across_the_figure():
+    assert plot_runs.legend_columns(["a", "b"]) == 2
+    assert plot_runs.legend_columns([f"run{i}" for i in range(9)]) == 4
+    long = [f"titans-tiny-c{c}-T128-s{s}" for c in (16, 32, 64) for s in (0, 1)]
+    assert plot_runs.legend_columns(long) == 2  # 4 columns of these ran off both edges
+    assert plot_runs.legend_columns(["x" * 100]) == 1
+
+
 def test_without_matplotlib_the_error_names_the_extra(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match=r"memnets\[plot\]"):

@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,11 +121,15 @@ def test_profile_chunks_training_and_config(tmp_path):
         "data.mqar.num_test=8",
     ]
     assert prof.main([*argv, "--out", str(tmp_path / "out")]) == 0
-    rows = json.loads((tmp_path / "out" / "profile.json").read_text())["rows"]
-    assert len(rows) == (2 if chunked != "attention" else 1)
+    data = json.loads((tmp_path / "out" / "profile.json").read_text())
+    rows, quality = data["rows"], data["quality"]
+    assert len(rows) == len(quality) == (2 if chunked != "attention" else 1)
     for r in rows:
-        assert r["status"] == "ok" and r["kind"] == "config"
-        assert math.isfinite(r["val_loss"]) and 0 <= r["val_accuracy"] <= 1
+        assert r["status"] == "ok" and r["kind"] == "config" and "val_loss" not in r
+    for q in quality:
+        assert q["status"] == "ok" and q["kind"] == "config" and q["seq_len"] == 16 and q["steps"] == 2
+        assert math.isfinite(q["val_loss"]) and 0 <= q["val_accuracy"] <= 1
+        assert q["chance_loss"] == pytest.approx(math.log(16))  # uniform over the 16 values of vocab 32
     assert (tmp_path / "out" / "loss_vs_chunk.png").read_bytes()[:8] == PNG
 
 
@@ -185,3 +190,105 @@ def test_compare_rows_ratio():
     table = compare_rows([{**row, "median_ms": 2.0}], [{**row, "median_ms": 3.0}])
     assert table.splitlines()[1].split()[-1] == "1.50"
     assert str(Shape.parse("B2_T1024_H8_D64")) == "B2_T1024_H8_D64" == str(Shape.parse("2,1024,8,64"))
+
+
+def test_profile_chunks_trains_each_chunk_size_on_a_text_config(tmp_path, capsys):
+    """--train-config CONFIG key=value: the config's model on the user's corpus, every chunk size and
+    seed trained at the config's length, quality rows of their own, the notes and the trade-off plot."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"note {i}: memory mixers write keys and read values.\n" for i in range(400)))
+    prof = _script("profile_chunks")
+    argv = [
+        "--train-config",
+        str(ROOT / "configs/lm/titans-tiny.yaml"),
+        f"data.path={corpus}",
+        "model.d_model=16",
+        "model.n_layers=1",
+        "model.num_heads=2",
+        "data.seq_len=16",
+        "train.batch_size=2",
+        "train.eval_batches=1",
+        *("--chunk-sizes", "4,8", "--train-steps", "3", "--seeds", "2"),
+        *("--batch", "1", "--device", "cpu", "--fast", "--out", str(tmp_path / "out")),
+    ]
+    assert prof.main(argv) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "profile.json").read_text())
+    # timed at the one length it trains on (no --seq-lens), and no quality copied onto the timing rows
+    assert [(r["chunk_size"], r["seq_len"]) for r in data["rows"]] == [(4, 16), (8, 16)]
+    assert all(r["status"] == "ok" and "val_loss" not in r for r in data["rows"])
+    quality = data["quality"]
+    assert [(q["chunk_size"], q["seq_len"], q["steps"], q["tokens"]) for q in quality] == [
+        (4, 16, 3, 3 * 2 * 16),
+        (8, 16, 3, 3 * 2 * 16),
+    ]
+    for q in quality:
+        seed = q["seeds"][0]
+        assert q["seeds"] == [seed, seed + 1] and q["data"] == str(corpus)
+        for s in q["seeds"]:  # one run per seed, at this chunk size
+            run = tmp_path / "out" / "runs" / f"titans-tiny-c{q['chunk_size']}-T16-s{s}"
+            saved = (run / "config.yaml").read_text()
+            assert f"seed: {s}" in saved and f"chunk_size: {q['chunk_size']}" in saved
+        assert q["val_loss_std"] is not None and q["val_loss_std"] >= 0
+        # bits per byte, and the level in those units, at the corpus's bytes per token (~1: bytes and EOS)
+        assert q["val_bpb"] / q["val_loss"] == pytest.approx(q["chance_bpb"] / q["chance_loss"], rel=1e-9)
+        assert q["val_bpb"] == pytest.approx(q["val_loss"] / math.log(2), rel=0.05)
+        assert q["train_tokens_per_s"] > 0 and "val_accuracy" not in q
+        # three steps from a uniform start stay above predicting from byte frequencies
+        assert 0 < q["chance_loss"] < q["val_loss"] and q["left_chance"] is False
+    assert printed.count("NOTE: titans-tiny chunk") == 2 and "not below the context-free level" in printed
+    md = (tmp_path / "out" / "profile.md").read_text()
+    assert "Quality (mean ± standard deviation over seeds" in md and "not below the context-free" in md
+    header = (tmp_path / "out" / "quality.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["target", "kind", "chunk_size", "seq_len"] and "val_loss_std" in header
+    for name in ("time_vs_chunk.png", "loss_vs_chunk.png", "speed_vs_quality.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG
+    # a second profile into the same folder does not train on top of the first one's runs
+    argv[argv.index("4,8")] = "4"
+    assert prof.main(argv) == 0
+    (again,) = json.loads((tmp_path / "out" / "profile.json").read_text())["quality"]
+    assert again["status"].startswith("train failed: FileExistsError") and "another --out" in again["status"]
+
+
+def test_context_free_level_and_seed_statistics():
+    cq = _script("chunk_quality")
+
+    class Text:  # training tokens 0 0 0 1 (add-one: p = 2/3, 1/3); the evaluation scores labels 0, 1
+        vocab_size, train = 2, np.array([0, 0, 0, 1])
+
+        def val_batches(self, batch_size, max_batches):
+            yield torch.zeros(1, 2, dtype=torch.long), torch.tensor([[0, 1]])
+
+    assert cq.context_free_loss(Text(), 1, 1) == pytest.approx(-(math.log(2 / 3) + math.log(1 / 3)) / 2)
+    runs = [
+        {"val_loss": 2.0, "val_bpb": 3.0, "train_tokens_per_s": 100.0, "chance_loss": 2.5},
+        {"val_loss": 2.2, "val_bpb": 3.2, "train_tokens_per_s": 300.0, "chance_loss": 2.5},
+    ]
+    agg = cq.aggregate(runs)
+    assert agg["val_loss"] == pytest.approx(2.1) and agg["val_loss_std"] == pytest.approx(0.1 * math.sqrt(2))
+    assert agg["train_tokens_per_s"] == 200.0 and agg["left_chance"] is True
+    assert "val_accuracy" not in agg and cq.aggregate(runs[:1])["val_loss_std"] is None
+    # within 2% of the level has not left it
+    assert cq.aggregate([{**runs[0], "val_loss": 2.46}])["left_chance"] is False
+
+
+def test_profile_plot_ticks_are_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = _script("profile_plots")
+    assert [plots.plain(v) for v in (0.5, 16, 40, 1234, 3.4e6)] == ["0.5", "16", "40", "1.23k", "3.4M"]
+    fig, ax = plt.subplots()
+    ax.plot([16, 32, 64, 128], [21.0, 25.0, 33.0, 40.0])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plots._ticks_at(ax.xaxis, [16, 32, 64, 128])
+    plots._plain_log(ax, "y")
+    fig.canvas.draw()
+    xs = [t.get_text() for t in ax.get_xticklabels()]
+    ys = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert xs == ["16", "32", "64", "128"]
+    assert ys and all(y.replace(".", "").isdigit() for y in ys), ys  # never 2^4 or 4x10^1

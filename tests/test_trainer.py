@@ -1,9 +1,11 @@
 import json
+import math
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT, TINY_MQAR, run_train
@@ -209,3 +211,34 @@ def test_text_training_on_a_plain_file(tmp_path):
     assert out.stdout.startswith("line 1") and out.stdout.rstrip("\n") == bytes(greedy[0].tolist()).decode(
         errors="replace"
     )
+
+
+def test_bits_per_byte_of_a_bare_bin_with_a_bpe_tokenizer(tmp_path):
+    """A nanoGPT-style .bin (no meta.json) tokenized with a byte-level BPE: bits per byte from the bytes
+    per token its decoded tokens hold (it was NaN), close to the figure of the text it came from."""
+    tokenizers = pytest.importorskip("tokenizers")
+    docs = [f"note {i}: memory mixers write keys and read values, chunk by chunk." for i in range(300)]
+    tok = tokenizers.ByteLevelBPETokenizer()  # GPT-2 style: decoding restores the text
+    tok.train_from_iterator(docs, vocab_size=300, special_tokens=["</s>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    eos = tok.token_to_id("</s>")
+    ids = [i for d in docs for i in [*tok.encode(d).ids, eos]]
+    np.asarray(ids, dtype=np.uint16).tofile(tmp_path / "tokens.bin")
+    true_bpt = sum(len(d.encode()) for d in docs) / len(ids)
+    cfg = load_config(
+        ROOT / "configs/lm/attention-tiny.yaml",
+        [
+            f"data.path={tmp_path / 'tokens.bin'}",
+            f"data.text.tokenizer={tmp_path / 'tokenizer.json'}",
+            "data.seq_len=32",
+            "model.d_model=16",
+            "model.n_layers=1",
+            "train.steps=2",
+            "train.batch_size=2",
+            "train.eval_batches=2",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+    )
+    result = train(cfg)
+    bpt = result.metrics["val_loss"] / math.log(2) / result.metrics["val_bpb"]
+    assert bpt == pytest.approx(true_bpt, rel=1e-3)

@@ -14,7 +14,8 @@ A prepared folder (``scripts/prepare_data.py``) holds ``train_00000.bin``, ``tra
 A single ``.bin`` is described by a ``meta.json`` in its folder that lists it. A bare ``.bin`` (no such
 ``meta.json``, nanoGPT-style) is read with ``data.text.dtype`` (``auto``: ``uint16``) and scanned: token
 ids at or above the vocabulary, and a ``uint16`` reading whose every odd position is zero (``uint32``
-tokens), are errors naming the file.
+tokens), are errors naming the file. Its bytes per token (for bits per byte) are 1 with the byte
+tokenizer, else estimated by decoding its first tokens (the warning about the file says so).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger("memnets")
 FORMAT, VERSION = "memnets-tokens", 1
 DTYPES = ("uint16", "uint32")
 SCAN_CHUNK = 1 << 24
+BPT_SAMPLE = 1 << 20  # tokens of a bare .bin decoded to estimate its bytes per token
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -181,12 +183,29 @@ def open_bin(path: Path, tokenizer, dtype_cfg: str) -> TokenFiles:
     dtype = "uint16" if dtype_cfg == "auto" else dtype_cfg
     stream = _open(path, dtype, None)
     _scan_bin(path, stream, dtype, tokenizer.vocab_size)
-    bpt = 1.0 if tokenizer.name == "byte" else float("nan")
+    bpt, how = (1.0, "") if tokenizer.name == "byte" else _decoded_bytes_per_token(stream, tokenizer)
     note = f"nothing (bare .bin read as {dtype}; no meta.json beside it lists {path.name})"
     log.warning(
         "data.path=%s: no meta.json beside it states its dtype and tokenizer; reading it as %s%s",
         path,
         dtype,
-        "" if bpt == bpt else "; val_bpb is unknown (no bytes per token)",
+        how,
     )
     return TokenFiles([stream], None, tokenizer.vocab_size, bpt, note)
+
+
+def _decoded_bytes_per_token(stream: np.ndarray, tokenizer) -> tuple[float, str]:
+    """Bytes per token of a bare ``.bin`` (for bits per byte), estimated by decoding its first
+    ``BPT_SAMPLE`` tokens to UTF-8 text; the EOS tokens count as tokens, as in ``meta.json``. A tokenizer
+    whose decoding does not restore the text exactly (one that puts spaces between pieces) makes it
+    approximate, so the warning about the file gives the figure and says how it was found."""
+    sample = np.asarray(stream[:BPT_SAMPLE]).tolist()
+    try:
+        n_bytes = len(tokenizer.decode(sample).encode("utf-8"))
+    except Exception as e:  # a tokenizer that cannot decode these ids: bits per byte stays unknown
+        return float("nan"), f"; val_bpb is unknown (decoding the tokens failed: {type(e).__name__}: {e})"
+    bpt = n_bytes / max(len(sample), 1)
+    return bpt, (
+        f"; val_bpb uses {bpt:.3f} bytes per token, estimated by decoding the first {len(sample):,} tokens "
+        "(a meta.json from scripts/prepare_data.py states the exact figure)"
+    )
