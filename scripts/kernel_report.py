@@ -58,8 +58,9 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
 * The eager chunked form (float32): per chunk the larger of its ops × 5 µs (Python dispatch + launch,
   latency-bound small kernels) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9; with
   TF32 allowed the matmul term shrinks, but at these chunk sizes the launch floor decides).
-* A compiled chunked path (if the dispatcher reports one): ops / 3 (fusion) × 2 µs (graph-replayed
-  launches) or bf16 at 30% of peak (small batched matmuls), whichever is larger.
+* The compiled chunked path (``memnets.compiled``, what ``auto`` runs on CUDA where no kernel
+  applies): ops / 3 (fusion, a guess) × 4 µs (inductor's launches without CUDA graphs) or bf16 at 30%
+  of peak (small batched matmuls), whichever is larger.
 
 Not modelled: occupancy above one program per SM, L2 traffic of the state in the wide kernels, the
 projections and the rest of the layer. The numbers rank designs; they are not timings.
