@@ -74,6 +74,8 @@ PAPER_SIZES = {
     "swdt-760m": 760,
     "dot-760m": 760,
     "atlas-760m-paper": 760,
+    "atlas-pp-760m": 760,
+    "swla-760m": 760,
     "moneta-h-760m": 760,
     "yaad-h-760m": 760,
     "memora-h-760m": 760,
