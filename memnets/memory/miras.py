@@ -48,9 +48,10 @@ of each chunk" only and reads inside a chunk from un-normalised values; we keep 
 a chunk for Memora (O(C·|W|) per chunk, recomputed in the backward; identity retention keeps the
 engine's dual form and materialises nothing, L_q normalisation materialises only for the norms).
 :class:`ChunkEnd` gives the paper's form instead (normalise the state at chunk ends only, reads inside
-a chunk from the linear accumulation), where the chunk size is part of the model. ``lag=True`` is Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an
-exact single-token step from W_{t'}, and the rest of the chunk takes its gradients at the weights
-after it (one sequential single-token step per chunk).
+a chunk from the linear accumulation), where the chunk size is part of the model. ``lag=True`` is
+Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an exact single-token step from
+W_{t'}, and the rest of the chunk takes its gradients at the weights after it (one sequential
+single-token step per chunk).
 """
 
 from __future__ import annotations
