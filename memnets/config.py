@@ -85,6 +85,10 @@ class TrainConfig:
     weight_decay: float = _range(0.0, default=0.1)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = _range(0.0, default=1.0)
+    # PaLM's z-loss (arXiv 2204.02311 §5; ParaRNN arXiv 2510.21450 App. C.1 Table 4 trains with 1e-4): adds
+    # z_loss · mean over the predicted tokens of logsumexp(logits)², keeping the softmax normaliser near 1;
+    # 0 = off. Logged inside aux_loss.
+    z_loss: float = _range(0.0, default=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores

@@ -350,6 +350,9 @@ class Trainer:
             logits = model(ids)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         aux = self.model.aux_loss if model.training else None
+        if model.training and self.cfg.train.z_loss:
+            z = self.cfg.train.z_loss * torch.logsumexp(logits.float(), -1)[labels != IGNORE].square().mean()
+            aux = z if aux is None else aux + z
         return loss, aux
 
     def train_step(self) -> dict[str, float]:
@@ -381,7 +384,7 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step + 1, "loss": total_loss.item(), "lr": lr, "grad_norm": gnorm.item()}
-        if self.model.aux_loss is not None:
+        if self.model.aux_loss is not None or t.z_loss:
             record["aux_loss"] = total_aux.item()
         if math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"]):
             self.optimizer.step()

@@ -191,9 +191,13 @@ def tiny(name, **kw):
     return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
 
 
-@pytest.mark.parametrize("name", MIXERS)
-def test_step_equals_forward(name):
-    mixer = tiny(name)
+# each mixer with its defaults, and Moneta with the paper's chunk-end normalisation
+VARIANTS = [("moneta", {}), ("moneta", {"normalize_at": "chunk_end"}), ("yaad", {}), ("memora", {})]
+
+
+@pytest.mark.parametrize(("name", "opts"), VARIANTS)
+def test_step_equals_forward(name, opts):
+    mixer = tiny(name, **opts)
     x = torch.randn(2, 11, 16, dtype=F64)
     y, final = mixer(x)
     state, ys = None, []
@@ -209,10 +213,10 @@ def test_step_equals_forward(name):
     assert_close(f"{name} next", mixer.step(nxt, final)[0], mixer.step(nxt, state)[0])
 
 
-@pytest.mark.parametrize("name", MIXERS)
-def test_reference_backend_equals_chunked(name):
+@pytest.mark.parametrize(("name", "opts"), VARIANTS)
+def test_reference_backend_equals_chunked(name, opts):
     torch.manual_seed(0)
-    chunked, reference = tiny(name), tiny(name, backend="reference")
+    chunked, reference = tiny(name, **opts), tiny(name, backend="reference", **opts)
     reference.load_state_dict(chunked.state_dict())
     x, cot = torch.randn(1, 9, 16, dtype=F64), torch.randn(1, 9, 16, dtype=F64)
     res = []

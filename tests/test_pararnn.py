@@ -181,6 +181,35 @@ def test_nan_never_passes_silently():
         newton_solve(cell, u)
 
 
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_norm_clip_rescales_each_vector(kind):
+    """``clip_mode="norm"``: every recurrent/peephole vector the cell uses has Euclidean norm <= clip and
+    the direction of its parameter; one under the clip is used as is; the gradient flows to entries
+    beyond the clip, where the elementwise clamp (``"value"``) gives none."""
+    d, clip = 6, 0.5
+    cls = ParaGRUCell if kind == "gru" else ParaLSTMCell
+    cells = {mode: cls(d, clip=clip, clip_mode=mode).double() for mode in ("value", "norm")}
+    with torch.no_grad():
+        for cell in cells.values():
+            for p in cell.parameters():
+                p.copy_(torch.linspace(-0.8, 0.8, d, dtype=torch.float64))
+            cell.a[0] *= 0.1  # one vector under the clip: ‖·‖₂ ≈ 0.12
+    h = torch.randn(2, d, dtype=torch.float64) if kind == "gru" else torch.randn(2, 2, d, dtype=torch.float64)
+    u = torch.randn(2, 3, d, dtype=torch.float64)
+    gates = cells["norm"]._gates(h, u)
+    used = gates[:3] if kind == "gru" else gates[0]
+    params = [*cells["norm"].a] + ([] if kind == "gru" else [*cells["norm"].p])
+    for w, p in zip(used, params):
+        assert w.norm() <= clip + 1e-12
+        assert_close("direction", p / p.norm(), w / w.norm())
+    assert_close("under the clip", cells["norm"].a[0], used[0])
+    for mode, cell in cells.items():
+        (g,) = torch.autograd.grad(cell.f(h, u).sum(), cell.a)
+        beyond = cell.a[1:].abs() > clip
+        assert beyond.any()
+        assert (g[1:][beyond] == 0).all() if mode == "value" else (g[1:][beyond] != 0).all()
+
+
 # ----------------------------------------------------------------------------------------------------
 # mixers
 
@@ -198,9 +227,10 @@ def _all_grads(m, inputs, y, state, cots):
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 @pytest.mark.parametrize("T", [1, 65])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_mixer_parallel_equals_reference(name, T, with_state):
+@pytest.mark.parametrize("clip_mode", ["value", "norm"])
+def test_mixer_parallel_equals_reference(name, T, with_state, clip_mode):
     """Outputs, final state and the gradients of x, the initial state (cell and conv) and every parameter."""
-    m = _mixer(name, newton_iters=6)
+    m = _mixer(name, newton_iters=6, clip_mode=clip_mode)
     x = torch.randn(2, T, 8, dtype=torch.float64, requires_grad=True)
     inputs = [x]
     state = None
@@ -262,6 +292,8 @@ def test_mixer_bad_options_and_backend():
         _mixer("paragru", backend="cuda")(torch.randn(1, 4, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="clip"):
         _mixer("paralstm", clip=0.0)
+    with pytest.raises(ValueError, match=r"clip_mode='l2' is not allowed; choose one of \['value', 'norm'\]"):
+        _mixer("paragru", clip_mode="l2")
     with pytest.raises(ValueError, match="num_heads"):
         build_mixer("paragru", d_model=6, num_heads=4)
 

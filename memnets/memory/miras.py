@@ -46,9 +46,12 @@ and the gradient point is the only approximation. The paper applies Moneta's nor
 of each chunk" only and reads inside a chunk from un-normalised values; we keep reads exact instead
 (one rule, exact decoding at any chunk size) at the cost of materialising each token's weights inside
 a chunk for Memora (O(C·|W|) per chunk, recomputed in the backward; identity retention keeps the
-engine's dual form and materialises nothing, L_q normalisation materialises only for the norms). ``lag=True`` is Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an
-exact single-token step from W_{t'}, and the rest of the chunk takes its gradients at the weights
-after it (one sequential single-token step per chunk).
+engine's dual form and materialises nothing, L_q normalisation materialises only for the norms).
+:class:`ChunkEnd` gives the paper's form instead (normalise the state at chunk ends only, reads inside
+a chunk from the linear accumulation), where the chunk size is part of the model. ``lag=True`` is
+Memora's lag token (§5.3 Eq. 30-32): the first token of every chunk is an exact single-token step from
+W_{t'}, and the rest of the chunk takes its gradients at the weights after it (one sequential
+single-token step per chunk).
 """
 
 from __future__ import annotations
@@ -218,6 +221,38 @@ class SimplexSoftmax:
         return f"SimplexSoftmax(scale={self.scale})"
 
 
+class ChunkEnd:
+    """Apply ``retention`` to the state at chunk ends only: Miras §5.3 ("Parallelizable Training")
+    applies Moneta's q ≠ 2 normalisation "at the end of each chunk", not inside it. Inside a chunk
+    the memory is the plain linear accumulation W_t = β_t W_{t'} − Σ_{i≤t} lr_i (β_t/β_i) ∇ℓ(W_{t'}; k_i, v_i)
+    from the chunk-start weights W_{t'} (Miras Eq. 28), every token of the chunk reads that
+    accumulation (the last one included), and the state after the chunk's last token is mapped to
+    W = φ(W_t), the next chunk's start. The learnable initial weights are W_0 itself (φ is not applied
+    to them: the literal map is not idempotent).
+
+    The state is the weights themselves (no separate accumulator), so at chunk size 1 this is
+    projected online descent W_t = φ(α_t W_{t−1} − η_t ∇ℓ(W_{t−1}; k_t, v_t)) with token t reading the
+    un-normalised α_t W_{t−1} − η_t ∇ℓ(W_{t−1}) — not Eq. 24's follow-the-regularised-leader form
+    A_t = α_t A_{t−1} − η_t ∇ℓ(W_{t−1}), W_t = φ(A_t) that the plain map gives. The two forms differ at
+    every chunk size; the chunk size is part of the model here."""
+
+    def __init__(self, retention: Retention) -> None:
+        self.retention = retention
+
+    def __call__(self, acc: Tensor) -> Tensor:
+        return self.retention(acc)
+
+    def __repr__(self) -> str:
+        return f"ChunkEnd({self.retention!r})"
+
+
+def _split(retention: Retention | None) -> tuple[Retention | None, Retention | None]:
+    """(the map inside a chunk, the map applied to the state at chunk ends)."""
+    if isinstance(retention, ChunkEnd):
+        return None, retention
+    return retention, None
+
+
 def retained_weights(acc: Weights, retention: Retention | None) -> Weights:
     """W = φ(A) layer by layer (the accumulator itself without a retention map)."""
     return acc if retention is None else tuple(retention(a) for a in acc)
@@ -257,19 +292,22 @@ def miras_reference(
     lr_, keep_, bp = _bhl(lr, dtype), _bhl(keep, dtype), _bhl(bias_params, dtype)
     st = state or initial_state(arch, B, False, dtype)
     A, anchor, offset = st.weights, st.anchor, st.offset
+    inner, at_end = _split(retention)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
         for t in range(T):
             if _refresh(offset, lag):
-                anchor = retained_weights(A, retention)
+                anchor = retained_weights(A, inner)
             sl = slice(t, t + 1)
             bpt = None if bp is None else bp[:, :, sl]
             u = _inner_grad(arch, bias, anchor, kh[:, :, sl], vh[:, :, sl], bpt, create_graph)  # type: ignore[arg-type]
             kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
             A = tuple(kp * a - lr_[:, :, t, None, None] * g for a, g in zip(A, u))
-            ys.append(arch.read(retained_weights(A, retention), qh[:, :, sl]))
+            ys.append(arch.read(retained_weights(A, inner), qh[:, :, sl]))
             offset = (offset + 1) % chunk_size
+            if at_end is not None and offset == 0:
+                A = retained_weights(A, at_end)
     y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
     out = MemoryState(A, None, anchor if offset else None, offset)
     if not create_graph:
@@ -376,7 +414,8 @@ def miras_chunked(
         state: :class:`~memnets.memory.MemoryState` whose ``weights`` are the accumulator A and whose
             ``anchor`` is the current gradient point φ(A_{t'}); ``None`` = start of sequence.
         bias, bias_params: attentional bias and its per-token parameters ``[B, T, H, ...]``.
-        retention: the map φ (``None`` = identity, the engine's dual form).
+        retention: the map φ (``None`` = identity, the engine's dual form; :class:`ChunkEnd` applies
+            it to the state at chunk ends only).
         lag: Memora's lag token (module docstring).
 
     Returns ``y [B, T, H, D]`` and the state after the last token. Computes in the dtype of
@@ -392,6 +431,7 @@ def miras_chunked(
         log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
         st = state or initial_state(arch, B, False, dtype)
         A, anchor, offset = st.weights, st.anchor, st.offset
+        retention, at_end = _split(retention)
         ys, start = [], 0
         while start < T:
             if _refresh(offset, lag):
@@ -405,6 +445,8 @@ def miras_chunked(
             )
             ys.append(y)
             offset = (offset + end - start) % chunk_size
+            if at_end is not None and offset == 0:
+                A = retained_weights(A, at_end)
             start = end
         y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
     return y.transpose(1, 2).to(q.dtype), MemoryState(A, None, anchor if offset else None, offset)

@@ -45,6 +45,11 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   ‖A‖₄ ≈ 1.9 and 0.9 for the two layers at head dim 32, hidden 128) and bounds ‖W‖₄ by 1/floor at q = 4,
   and the stress test stays finite. On MQAR the floored run is identical to the unfloored one (the floor
   never acts in training). The unit map needs no floor.
+* ``normalize_at``: ``"token"`` (default) applies the map to every token's accumulator (Eq. 24, exact
+  at any chunk size); ``"chunk_end"`` is the paper's parallel form (§5.3: the normalisation is applied
+  "at the end of each chunk", reads inside a chunk see the linear accumulation), where the chunk size
+  becomes part of the model and chunk size 1 is projected online descent
+  (:class:`~memnets.memory.miras.ChunkEnd`).
 * Memora: softmax over each output unit's incoming weights (the rows of W in the paper's column
   form), every layer constrained, scale c = ``simplex_scale`` (1); the state carries the logits
   (Eq. 27 is exactly linear in them, see :mod:`memnets.memory.miras`), initialised from the learnable
@@ -82,6 +87,7 @@ from torch import Tensor, nn
 from ..dispatch import Backend, MemoryDispatch
 from ..memory import AttentionalBias, L2Bias, MemorySpec, MemoryState
 from ..memory.miras import (
+    ChunkEnd,
     HuberBias,
     LpBias,
     LqNormalize,
@@ -241,6 +247,7 @@ class Moneta(MirasMemory):
         p: float = 3.0,
         q: float = 4.0,
         normalize: Literal["paper", "unit", "none"] = "paper",
+        normalize_at: Literal["token", "chunk_end"] = "token",
         norm_floor: float = 0.1,
         eps: float = 1e-6,
         head_dim: int | None = None,
@@ -254,6 +261,13 @@ class Moneta(MirasMemory):
     ) -> None:
         if normalize not in ("paper", "unit", "none"):
             raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
+        if normalize_at not in ("token", "chunk_end"):
+            raise ValueError(f"moneta: normalize_at={normalize_at!r} is not one of ['token', 'chunk_end']")
+        if normalize == "none" and normalize_at == "chunk_end":
+            raise ValueError("moneta: normalize_at='chunk_end' needs normalize='paper' or 'unit', got 'none'")
+        retention: Retention | None = None if normalize == "none" else LqNormalize(q, normalize, norm_floor)
+        if normalize_at == "chunk_end":
+            retention = ChunkEnd(retention)
         super().__init__(
             d_model,
             num_heads,
@@ -266,7 +280,7 @@ class Moneta(MirasMemory):
             conv_size=conv_size,
             dot_precision=dot_precision,
             bias=LpBias(p, eps),
-            retention=None if normalize == "none" else LqNormalize(q, normalize, norm_floor),
+            retention=retention,
         )
 
 
