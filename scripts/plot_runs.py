@@ -70,6 +70,10 @@ def _plain(value: float, _pos: Any = None) -> str:
     return f"{value:.3g}"
 
 
+# a loss spike's gradient norm is orders of magnitude above the rest: linear axes flatten every other curve
+LOG_SCALE_KEYS = {"grad_norm"}
+
+
 def panels(runs: list[RunCurves]) -> list[tuple[str, str, str]]:
     """(record list, key, axis title) of each panel."""
     val_key, val_title = (
@@ -129,7 +133,10 @@ def _draw(runs: list[RunCurves], out: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        log = key in LOG_SCALE_KEYS and drawn
+        if log:
+            ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_tokens_label if log else _plain))
         ax.grid(alpha=0.3)
         if not drawn:
             ax.text(
