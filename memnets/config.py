@@ -91,6 +91,9 @@ class TrainConfig:
     z_loss: float = _range(0.0, default=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    # re-run each block in the backward instead of keeping its activations (LM.checkpoint_blocks): less
+    # memory for about one more forward pass per step
+    activation_checkpointing: bool = False
     tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores
     device: str = "auto"
     distributed: Literal["ddp", "fsdp"] = "ddp"

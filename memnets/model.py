@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .mixers.mom import pooled_load_balancing_loss
@@ -118,6 +119,11 @@ class LM(nn.Module):
         self._init_weights()
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # activation checkpointing per block (``train.activation_checkpointing``): the training forward
+        # keeps only each block's input and the backward re-runs the block, so one block's activations
+        # are alive at a time instead of all of them (a memory mixer's chunk loop saves its per-chunk
+        # states and reads: most of a tiny model's training memory)
+        self.checkpoint_blocks = False
 
     def _init_weights(self) -> None:
         """Normal(0, init_std) for embeddings and the standard linear layers' weights; output
@@ -180,8 +186,12 @@ class LM(nn.Module):
         x = self._embed(input_ids, positions)
         states = states if states is not None else [None] * len(self.blocks)
         new_states = []
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block, state in zip(self.blocks, states):
-            x, state = block(x, state, cu_seqlens)
+            if recompute:
+                x, state = torch.utils.checkpoint.checkpoint(block, x, state, cu_seqlens, use_reentrant=False)
+            else:
+                x, state = block(x, state, cu_seqlens)
             new_states.append(state)
         logits = self.head(self.norm(x))
         return (logits, new_states) if return_states else logits

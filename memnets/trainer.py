@@ -180,6 +180,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(cfg.run.seed)
         self.model = LM(cfg.model).to(self.device)
+        self.model.checkpoint_blocks = t.activation_checkpointing
         if t.init_from and resume_state is None:
             source = load_model_weights(self.model, t.init_from)
             log.info(
