@@ -28,6 +28,16 @@ from torch import Tensor, nn
 
 Activation = Literal["gelu", "silu", "tanh"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "silu", "tanh")
+Init = Literal["fan_in", "unit_input"]
+INITS: tuple[str, ...] = ("fan_in", "unit_input")
+
+
+def activation_rms(activation: Activation) -> float:
+    """rms of ``act(z)`` for ``z ~ N(0, 1)`` (midpoint rule on [-8, 8], error far below 1e-6)."""
+    z = torch.linspace(-8, 8, 16001, dtype=torch.float64, device="cpu")  # also under a meta device context
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    act = {"gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}[activation]
+    return math.sqrt(float((act(z).pow(2) * density).sum() * (z[1] - z[0])))
 
 
 @dataclass(frozen=True)
@@ -36,17 +46,25 @@ class MemorySpec:
     config, ``model.mixer_options.titans.memory.depth=1`` on the command line): ``depth`` weight
     matrices (1 = linear matrix memory, Titans §3.1 "L_M >= 1"), hidden width ``expansion`` x head
     dim, ``activation`` between layers, ``residual`` (``M(x) = x + ...``), ``norm`` (LayerNorm on the
-    output). See :class:`MemoryMLP`."""
+    output), ``init`` (the initial weights' scale, see :class:`MemoryMLP`). See :class:`MemoryMLP`."""
 
     depth: int = 2
     expansion: float = 4.0
     activation: Activation = "gelu"
     residual: bool = True
     norm: bool = True
+    init: Init = "fan_in"
 
     def build(self, num_heads: int, dim: int) -> MemoryMLP:
         return MemoryMLP(
-            num_heads, dim, self.depth, self.expansion, self.activation, self.residual, self.norm
+            num_heads,
+            dim,
+            self.depth,
+            self.expansion,
+            self.activation,
+            self.residual,
+            self.norm,
+            init=self.init,
         )
 
 
@@ -63,6 +81,14 @@ class MemoryMLP(nn.Module):
         residual: ``M(x) = x + ...``.
         layer_norm: LayerNorm on the last layer's output, with per-head outer scale and shift.
         init_std: std of the initial weights, as a multiple of ``d_in ** -0.5``.
+        init: ``fan_in`` (every layer std ``init_std / sqrt(d_in)``: unit-variance outputs for inputs of
+            unit-variance coordinates) or ``unit_input`` (for the mixers' l2-normalised keys and queries,
+            whose coordinates are ``d ** -0.5``: the first layer std ``init_std``, later layers
+            ``init_std · gain / sqrt(d_in)`` with ``gain = 1 / rms(act(N(0, 1)))``, so every layer's
+            pre-activations start at unit variance). Under ``fan_in`` the memory's output before its
+            LayerNorm starts at about 0.1 for unit keys, the LayerNorm's Jacobian multiplies the inner
+            loss's curvature by about 100, and the inner steps diverge along keys a text repeats
+            (RESULTS.md section 17); the update equations are the same under either.
     """
 
     def __init__(
@@ -76,8 +102,11 @@ class MemoryMLP(nn.Module):
         layer_norm: bool = True,
         init_std: float = 1.0,
         eps: float = 1e-5,
+        init: Init = "fan_in",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"MemoryMLP: init={init!r} is not one of {list(INITS)}")
         if depth < 1:
             raise ValueError(f"MemoryMLP: depth must be >= 1, got {depth}")
         if activation not in ACTIVATIONS:
@@ -89,9 +118,13 @@ class MemoryMLP(nn.Module):
         hidden = max(1, round(expansion * dim)) if depth > 1 else dim
         widths = [dim] + [hidden] * (depth - 1) + [dim]
         self.shapes = [(widths[i], widths[i + 1]) for i in range(depth)]
+        stds = [init_std / math.sqrt(din) for din, _ in self.shapes]
+        if init == "unit_input":
+            gain = 1 / activation_rms(activation)
+            stds = [init_std] + [s * gain for s in stds[1:]]
         self.init_weights = nn.ParameterList(
-            nn.Parameter(torch.randn(num_heads, din, dout) * (init_std / math.sqrt(din)))
-            for din, dout in self.shapes
+            nn.Parameter(torch.randn(num_heads, din, dout) * std)
+            for (din, dout), std in zip(self.shapes, stds)
         )
         if layer_norm:
             self.norm_weight = nn.Parameter(torch.ones(num_heads, dim))

@@ -118,6 +118,9 @@ class OmegaMemorySpec(MemorySpec):
     def build_features(self, owner: str, num_heads: int, dim: int, in_dim: int) -> FeatureMemoryMLP:
         if self.kind not in ("mlp", "gated_mlp"):
             raise ValueError(f"{owner}: memory.kind={self.kind!r} is not one of ['mlp', 'gated_mlp']")
+        if self.init != "fan_in":
+            # the feature memories draw their first layer from the feature width; not wired to `init`
+            raise ValueError(f"{owner}: memory.init={self.init!r} is not available here; allowed: ['fan_in']")
         if self.kind == "mlp":
             return FeatureMemoryMLP(
                 num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm
