@@ -55,7 +55,19 @@ from torch import Tensor
 from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import KeyPath, MemoryState, Weights, dual_read, initial_state, key_path, segment_end_state
+from .engine import (
+    KeyPath,
+    MemoryState,
+    Weights,
+    channel_units,
+    check_gates,
+    dual_layer,
+    gate_units,
+    initial_state,
+    key_path,
+    segment_end_state,
+    token_gates,
+)
 from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
@@ -134,6 +146,11 @@ def _check(
         raise ValueError(
             "omega: muon needs the momentum gate mom (pass zeros to orthogonalise raw gradients)"
         )
+    if muon is not None and lr.dim() == 4:
+        raise ValueError(
+            "omega: per-channel gates are not implemented with muon (the orthogonalised step of "
+            "ATLAS Eq. 32 mixes the columns a per-column step size would scale); use per-head gates"
+        )
     if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3] or v.dim() != 4:
         raise ValueError(
             "omega: q, k must be [B, T, H, Dk] and v [B, T, H, Dv]; got "
@@ -145,9 +162,7 @@ def _check(
             f"omega: got H={H}, Dk={Dk}, Dv={v.shape[-1]} but the memory has H={arch.num_heads}, "
             f"input width {arch.shapes[0][0]}, output width {arch.dim}"
         )
-    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"omega: {name} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+    check_gates("omega", arch, B, T, H, lr=lr, mom=mom, keep=keep)
     if win_gate is not None and tuple(win_gate.shape) != (B, T, H, window):
         raise ValueError(
             f"omega: win_gate must have shape [B, T, H, window] = {[B, T, H, window]}, got {tuple(win_gate.shape)}"
@@ -220,6 +235,7 @@ def omega_reference(
     W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
     direc = st.direction
     buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+    units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
@@ -233,20 +249,19 @@ def omega_reference(
             point = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
             loss = (weight * bias.loss(arch.read(point, buf_k), buf_v, None)).sum()
             u = torch.autograd.grad(loss, point, create_graph=create_graph)
-            a = lr_[:, :, t, None, None]
-            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
+            a, m = token_gates(lr_, t, units), token_gates(mom_, t, units)
             if muon is None:
                 if mom_ is not None:
-                    S = tuple(mom_[:, :, t, None, None] * s - a * g for s, g in zip(S, u))
+                    S = tuple(mi * s - ai * g for mi, ai, s, g in zip(m, a, S, u))
                     step = S
                 else:
-                    step = tuple(-a * g for g in u)
+                    step = tuple(-ai * g for ai, g in zip(a, u))
             else:
-                S = tuple(mom_[:, :, t, None, None] * s - g for s, g in zip(S, u))  # type: ignore[index]
+                S = tuple(mi * s - g for mi, s, g in zip(m, S, u))  # type: ignore[arg-type]
                 if muon == "token" or (offset + 1) % chunk_size == 0:
                     direc = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
-                step = tuple(a * o for o in direc)  # type: ignore[union-attr]
-            W = tuple(kp * w + s for w, s in zip(W, step))
+                step = tuple(ai * o for ai, o in zip(a, direc))  # type: ignore[arg-type]
+            W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
             ys.append(arch.read(W, qh[:, :, t : t + 1]))
             buf_k, buf_v = _tail(buf_k, window - 1), _tail(buf_v, window - 1)
             offset = (offset + 1) % chunk_size
@@ -282,16 +297,9 @@ def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: Att
 def _dual_read(
     arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
 ) -> Tensor:
-    """The engine's dual form (:func:`~memnets.memory.engine.dual_read`) per weight matrix, for the gated
-    memory."""
-    if not isinstance(arch, GatedMemoryMLP):
-        return dual_read(arch, q, W0, S0, kp, c)
-
-    def linear(i: int, h: Tensor) -> Tensor:
-        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
-        return z if S0 is None else z + c.f[..., None] * (h @ S0[i])
-
-    return _layers(arch, q, linear)
+    """The engine's dual form (:func:`~memnets.memory.engine.dual_layer`) per weight matrix, through
+    the chain MLP or the gated memory."""
+    return _layers(arch, q, lambda i, h: dual_layer(h, i, W0, S0, kp, c))
 
 
 def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
@@ -314,9 +322,13 @@ def _segment_plain(
     lr: Tensor,
     log_keep: Tensor | None,
     log_mom: Tensor | None,
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights | None]:
-    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef)."""
-    c = chunk_coefficients(lr, log_keep, log_mom)
+    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef);
+    per-channel coefficients (``units``) share Γ across their unit axis."""
+    c = chunk_coefficients(lr, log_keep, log_mom, units)
+    if units is not None and band.dim() == 4:
+        band = band[:, :, None]
     s_coef = None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :]
     c = replace(c, G=c.G @ band, s_coef=s_coef)
     y = _dual_read(arch, q, W, S, kp, c)
@@ -421,14 +433,15 @@ def omega_step(
     refresh: bool,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Weights, Weights | None, Weights | None]:
     """One segment of :func:`omega_chunked` (``[B, H, L, ...]`` slices; ``kx``/``vx`` with the previous
     ``window − 1`` key/value rows in front): its reads and the state (W, S, Muon direction) after it,
-    gradients taken at ``anchor``."""
+    gradients taken at ``anchor``; ``units``: per-channel gates (without Muon)."""
     kp = _key_path(arch, anchor, kx, vx, bias)
     band = window_band(gam, kx.shape[2] - q.shape[2], q.shape[2], window, kx)
     if muon is None:
-        return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm), direc)
+        return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm, units), direc)
     if muon == "token":
         return (*_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients), direc)
     return _segment_muon_chunk(
@@ -474,7 +487,9 @@ def omega_chunked(
             memory :class:`~memnets.memory.gated.GatedMemoryMLP`).
         q, k: ``[B, T, H, Dk]`` queries and keys (already through the feature map, if any).
         v: ``[B, T, H, Dv]`` values.
-        lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1).
+        lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1),
+            or all per channel ``[B, T, H, N]`` (one entry per output unit of each weight matrix,
+            :func:`~memnets.memory.engine.gate_units`; not with ``muon``).
         win_gate: ``[B, T, H, window]``, ``win_gate[t, j]`` weighs token t − j in token t's loss.
         state: :class:`OmegaState` to continue from; ``None`` = the learnable initial weights.
         window: c, tokens in each inner loss (1 = online rule).
@@ -499,6 +514,7 @@ def omega_chunked(
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
         direc = st.direction
         buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+        units = channel_units(arch, lr)
         ys = []
         start = 0
         while start < T:
@@ -524,6 +540,7 @@ def omega_chunked(
                 refresh=(offset + L) % chunk_size == 0,  # Muon per chunk: its last token refreshes
                 ns_steps=ns_steps,
                 ns_coefficients=ns_coefficients,
+                units=units,
             )
             ys.append(y_s)
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
