@@ -234,10 +234,25 @@ def test_omega_chunk_size_one_and_token_by_token():
         assert_close("final weights", a, b)
 
 
-def test_omega_channel_gates_refuse_muon():
-    arch, inputs, _, window = omega_channel_problem(1, 5, "mlp", True)
-    with pytest.raises(ValueError, match="per-channel gates are not implemented with muon"):
-        omega_chunked(arch, **inputs, window=window, chunk_size=4, muon="chunk")
+@pytest.mark.parametrize("T", [1, 63, 65, 100])
+@pytest.mark.parametrize("muon,memory", [("token", "mlp"), ("chunk", "mlp"), ("chunk", "gated_mlp")])
+def test_atlas_muon_chunked_equals_reference(T, muon, memory):
+    """Atlas (ATLAS Eq. 32-33) with per-channel θ_t, η_t, α_t: columns of S before Newton–Schulz,
+    of the orthogonalised step after it, of W; tolerance as for the Omega rule above."""
+    B, C = 1, 16
+    arch, inputs, feats, window = omega_channel_problem(B, T, memory, True)
+    kw = dict(window=window, chunk_size=C, muon=muon, ns_steps=3)
+    for state in (None, atlas_random_state(arch, B, window, C, True, muon, feats)):
+        ref, ref_off, ref_g = omega_run(omega_reference, arch, inputs, state, **kw)
+        out, off, g = omega_run(omega_chunked, arch, inputs, state, **kw)
+        assert ref_off == off
+        for i, (a, b) in enumerate(zip(ref, out)):
+            assert_close(f"output {i}", a, b, ratio=1e-8)
+        for n, a in ref_g.items():
+            if a is None:
+                assert g[n] is None, n
+            else:
+                assert_close(f"grad {n}", a, g[n], ratio=1e-8)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -291,9 +306,13 @@ CHANNEL_MIXERS = [
     ("yaad", {}),
     ("memora", {}),
     ("omeganet", {"window": 3, "feature_degree": 1}),
+    ("atlas", {"window": 3, "feature_degree": 1, "muon": "chunk"}),
+    ("atlas", {"window": 3, "feature_degree": 1, "muon": "token", "memory": {"kind": "gated_mlp"}}),
     ("tnt", {"chunk_size": [2, 4], "shard_size": 8, "global_chunk_size": 8}),
 ]
-IDS = [f"{n}{'-linear' if 'memory' in kw else ''}" for n, kw in CHANNEL_MIXERS]
+IDS = [
+    f"{n}-{kw.get('muon', '')}{'-' + str(kw['memory']) if 'memory' in kw else ''}" for n, kw in CHANNEL_MIXERS
+]
 
 
 def channel_mixer(name, **kw):
@@ -375,17 +394,12 @@ def test_gates_option_errors():
         ConfigError, match=r"gates='chanel' is not allowed; choose one of \['head', 'channel'\]"
     ):
         memnets.build_mixer("titans", d_model=16, num_heads=2, gates="chanel")
-    for name in ("titans", "titans_mac", "moneta", "omeganet", "tnt"):
+    for name in ("titans", "titans_mac", "moneta", "omeganet", "atlas", "tnt"):
         cls = memnets.registry.mixer_class(name)
         with pytest.raises(ValueError, match=rf"{name}: gates='diag' is not one of \['head', 'channel'\]"):
             cls(16, 2, gates="diag")
     with pytest.raises(ValueError, match=r"titans: gate_rank must be >= 1, got 0"):
         memnets.build_mixer("titans", d_model=16, num_heads=2, gates="channel", gate_rank=0)
-    with pytest.raises(
-        ValueError,
-        match=r"atlas: gates='channel' is not implemented with muon='token'.*allowed here: gates='head'",
-    ):
-        memnets.build_mixer("atlas", d_model=16, num_heads=2, gates="channel")
 
 
 @pytest.mark.parametrize("name,kw", CHANNEL_MIXERS, ids=IDS)

@@ -50,7 +50,7 @@ def test_attention_step_equals_forward(window):
 #: a channel-gated variant (``gates: channel``) of each memory family, held to the same contract
 CHANNEL_GATED = {
     f"{name}-channel": (name, {"gates": "channel", "gate_rank": 4})
-    for name in ("titans", "titans_mac", "titans_mag", "moneta", "yaad", "memora", "omeganet", "tnt")
+    for name in ("titans", "titans_mac", "titans_mag", "moneta", "yaad", "memora", "omeganet", "atlas", "tnt")
 }
 MIXERS = {name: (name, {}) for name in memnets.list_mixers()} | CHANNEL_GATED
 

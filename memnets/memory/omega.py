@@ -70,7 +70,16 @@ from .engine import (
 )
 from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
+from .rule import (
+    ChunkCoefficients,
+    as_columns,
+    as_rows,
+    chunk_coefficients,
+    safe_log,
+    segsum,
+    unit_major,
+    unit_slice,
+)
 
 Muon = Literal["token", "chunk"]
 MUON_MODES: tuple[str, ...] = ("token", "chunk")
@@ -145,11 +154,6 @@ def _check(
     if muon is not None and mom is None:
         raise ValueError(
             "omega: muon needs the momentum gate mom (pass zeros to orthogonalise raw gradients)"
-        )
-    if muon is not None and lr.dim() == 4:
-        raise ValueError(
-            "omega: per-channel gates are not implemented with muon (the orthogonalised step of "
-            "ATLAS Eq. 32 mixes the columns a per-column step size would scale); use per-head gates"
         )
     if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3] or v.dim() != 4:
         raise ValueError(
@@ -307,9 +311,17 @@ def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
     return _layers(arch, x, lambda i, h: torch.einsum("bhlx,bhlxy->bhly", h, weights[i]))
 
 
-def _read_combination(arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]]) -> Tensor:
-    """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``), without forming W_t."""
-    return _layers(arch, x, lambda i, h: sum(c[..., None] * (h @ ws[i]) for c, ws in terms))  # type: ignore[arg-type, return-value]
+def _read_combination(
+    arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]], units: tuple[int, ...] | None
+) -> Tensor:
+    """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``, or per channel
+    ``[B, H, N, L]`` scaling each matrix's columns), without forming W_t."""
+    ch = units is not None
+
+    def linear(i: int, h: Tensor) -> Tensor:
+        return sum(as_rows(unit_slice(c, units, i), ch) * (h @ ws[i]) for c, ws in terms)  # type: ignore[return-value]
+
+    return _layers(arch, x, linear)
 
 
 def _segment_plain(
@@ -324,11 +336,8 @@ def _segment_plain(
     log_mom: Tensor | None,
     units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights | None]:
-    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef);
-    per-channel coefficients (``units``) share Γ across their unit axis."""
+    """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef)."""
     c = chunk_coefficients(lr, log_keep, log_mom, units)
-    if units is not None and band.dim() == 4:
-        band = band[:, :, None]
     s_coef = None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :]
     c = replace(c, G=c.G @ band, s_coef=s_coef)
     y = _dual_read(arch, q, W, S, kp, c)
@@ -338,7 +347,7 @@ def _segment_plain(
 
 def _decays(lr: Tensor, log_keep: Tensor | None, log_mom: Tensor, band: Tensor):
     """P[t, i] = β_t/β_i, β_t, and Q[t, e]: the coefficient of u_e in m_t S_0 − S_t (momentum without
-    step size, window applied), m_t."""
+    step size, window applied), m_t; gates given unit-major (:func:`~memnets.memory.rule.unit_major`)."""
     log_keep = torch.zeros_like(lr) if log_keep is None else log_keep
     return (
         segsum(log_keep).exp(),
@@ -360,19 +369,33 @@ def _segment_muon_token(
     log_mom: Tensor,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights]:
     """Every token's momentum S_t materialised ``[B, H, L, d_in, d_out]``, orthogonalised, and summed
-    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i)."""
+    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i). Per-channel
+    gates scale columns: of S before NS (mom), of NS(S) after it (lr) and of W (keep)."""
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    PL = P * lr[..., None, :]
+    ch = units is not None
+    # Σ_e Q[t, e] x_eᵀ δ_e and Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
+    grads, steps = (
+        ("bhcte,bhei,bhec->bhtic", "bhcti,bhixc->bhtxc")
+        if ch
+        else ("bhte,bhei,bheo->bhtio", "bhti,bhixy->bhtxy")
+    )
+
+    def per_token(coef: Tensor, i: int) -> Tensor:  # [B, H, L, 1, C]: scales token t's columns
+        return as_rows(unit_slice(coef, units, i), ch)[..., None, :]
+
     S_all = tuple(
-        m[..., None, None] * s[:, :, None] - torch.einsum("bhte,bhei,bheo->bhtio", Q, x, d)
-        for s, x, d in zip(S, kp.xs, kp.deltas)
+        per_token(m, i) * s[:, :, None] - torch.einsum(grads, unit_slice(Q, units, i, 2), x, d)
+        for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
     )
     O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
-    PL = P * lr[..., None, :]
     W_all = tuple(
-        beta[..., None, None] * w[:, :, None] + torch.einsum("bhti,bhixy->bhtxy", PL, o)
-        for w, o in zip(W, O_all)
+        per_token(beta, i) * w[:, :, None] + torch.einsum(steps, unit_slice(PL, units, i, 2), o)
+        for i, (w, o) in enumerate(zip(W, O_all))
     )
     y = _read_per_token(arch, W_all, q)
     return y, tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
@@ -392,13 +415,18 @@ def _segment_muon_chunk(
     refresh: bool,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights, Weights]:
     """Tokens step along the current direction, W_t = β_t W_0 + (Σ_{i≤t} (β_t/β_i) lr_i) O; if the
-    segment ends its chunk, the last token steps along O_new = NS(S_end) instead."""
+    segment ends its chunk, the last token steps along O_new = NS(S_end) instead (per-channel gates:
+    every coefficient per column)."""
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    ch = units is not None
     S = tuple(
-        m[..., -1, None, None] * s - x.transpose(-1, -2) @ (Q[..., -1, :, None] * d)
-        for s, x, d in zip(S, kp.xs, kp.deltas)
+        as_columns(unit_slice(m, units, i)[..., -1], ch) * s
+        - x.transpose(-1, -2) @ (as_rows(unit_slice(Q, units, i, 2)[..., -1, :], ch) * d)
+        for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
     )
     D = (P @ lr[..., None])[..., 0]
     terms = [(beta, W), (D, direc)]
@@ -407,8 +435,11 @@ def _segment_muon_chunk(
         last = torch.zeros_like(D)
         last[..., -1] = lr[..., -1]
         terms = [(beta, W), (D - last, direc), (last, O_new)]
-    y = _read_combination(arch, q, terms)
-    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
+    y = _read_combination(arch, q, terms, units)
+    W = tuple(
+        sum(as_columns(unit_slice(c, units, i)[..., -1], ch) * ws[i] for c, ws in terms)  # type: ignore[misc]
+        for i in range(len(W))
+    )
     return y, W, S, terms[-1][1]
 
 
@@ -437,13 +468,18 @@ def omega_step(
 ) -> tuple[Tensor, Weights, Weights | None, Weights | None]:
     """One segment of :func:`omega_chunked` (``[B, H, L, ...]`` slices; ``kx``/``vx`` with the previous
     ``window − 1`` key/value rows in front): its reads and the state (W, S, Muon direction) after it,
-    gradients taken at ``anchor``; ``units``: per-channel gates (without Muon)."""
+    gradients taken at ``anchor``; ``units``: per-channel gates."""
     kp = _key_path(arch, anchor, kx, vx, bias)
     band = window_band(gam, kx.shape[2] - q.shape[2], q.shape[2], window, kx)
+    if units is not None and band.dim() == 4:  # per-channel coefficients share Γ across their unit axis
+        band = band[:, :, None]
     if muon is None:
         return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm, units), direc)
     if muon == "token":
-        return (*_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients), direc)
+        return (
+            *_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients, units),
+            direc,
+        )
     return _segment_muon_chunk(
         arch,
         q,
@@ -458,6 +494,7 @@ def omega_step(
         refresh,
         ns_steps,
         ns_coefficients,  # type: ignore[arg-type]
+        units,
     )
 
 
@@ -489,7 +526,8 @@ def omega_chunked(
         v: ``[B, T, H, Dv]`` values.
         lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1),
             or all per channel ``[B, T, H, N]`` (one entry per output unit of each weight matrix,
-            :func:`~memnets.memory.engine.gate_units`; not with ``muon``).
+            :func:`~memnets.memory.engine.gate_units`; with ``muon``, mom scales the momentum's
+            columns before Newton–Schulz and lr the orthogonalised step's after it).
         win_gate: ``[B, T, H, window]``, ``win_gate[t, j]`` weighs token t − j in token t's loss.
         state: :class:`OmegaState` to continue from; ``None`` = the learnable initial weights.
         window: c, tokens in each inner loss (1 = online rule).

@@ -57,6 +57,30 @@ def segsum(log_gate: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
+def unit_major(gate: Tensor | None, units: tuple[int, ...] | None) -> Tensor | None:
+    """A per-channel gate ``[B, H, L, N]`` with its unit axis in front of the token axis,
+    ``[B, H, N, L]``, so every formula over tokens runs per unit; a per-head gate as it is."""
+    return gate if units is None or gate is None else gate.transpose(-1, -2)
+
+
+def unit_slice(coef: Tensor, units: tuple[int, ...] | None, i: int, token_dims: int = 1) -> Tensor:
+    """Weight matrix ``i``'s part of a per-channel coefficient whose unit axis precedes its
+    ``token_dims`` token axes; a per-head coefficient (``units=None``) serves every matrix."""
+    return coef if units is None else coef.narrow(-1 - token_dims, sum(units[:i]), units[i])
+
+
+def as_rows(coef: Tensor, channel: bool) -> Tensor:
+    """A per-token coefficient (``[B, H, L]``, or ``[B, H, C, L]`` per channel) as a multiplier of one
+    layer's outputs ``[B, H, L, C]``."""
+    return coef.transpose(-1, -2) if channel else coef[..., None]
+
+
+def as_columns(coef: Tensor, channel: bool) -> Tensor:
+    """A coefficient of the whole segment (``[B, H]``, or ``[B, H, C]`` per channel) as a multiplier of
+    a weight matrix ``[B, H, d_in, C]``: the whole matrix per head, column by column per channel."""
+    return coef[..., None, :] if channel else coef[..., None, None]
+
+
 @dataclass
 class ChunkCoefficients:
     """Coefficients of one segment of L tokens, all ``[B, H, L]`` or ``[B, H, L, L]`` for per-head
@@ -84,29 +108,26 @@ class ChunkCoefficients:
         """The coefficients of weight matrix ``i`` (per-channel gates: its units; per-head: all)."""
         if self.units is None:
             return self
-        start, n = sum(self.units[:i]), self.units[i]
 
-        def cut(x: Tensor | None, dim: int) -> Tensor | None:
-            return None if x is None else x.narrow(dim, start, n)
+        def cut(x: Tensor | None, token_dims: int) -> Tensor | None:
+            return None if x is None else unit_slice(x, self.units, i, token_dims)
 
         return ChunkCoefficients(
-            cut(self.beta, -2),
-            cut(self.G, -3),
-            cut(self.f, -2),
-            cut(self.m_end, -1),
-            cut(self.s_coef, -2),
-            (n,),
+            cut(self.beta, 1),
+            cut(self.G, 2),
+            cut(self.f, 1),
+            cut(self.m_end, 0),
+            cut(self.s_coef, 1),
+            (self.units[i],),
         )  # type: ignore[arg-type]
 
     def rows(self, coef: Tensor) -> Tensor:
-        """A per-token coefficient (``[B, H, L]`` or ``[B, H, C, L]``) as a multiplier of one layer's
-        outputs ``[B, H, L, C]``."""
-        return coef[..., None] if self.units is None else coef.transpose(-1, -2)
+        """:func:`as_rows` for these coefficients' layout."""
+        return as_rows(coef, self.units is not None)
 
     def last(self, coef: Tensor) -> Tensor:
-        """A segment-end coefficient (``[B, H]`` or ``[B, H, C]``) as a multiplier of a weight
-        matrix ``[B, H, d_in, C]`` (per head: the whole matrix; per channel: column by column)."""
-        return coef[..., None, None] if self.units is None else coef[..., None, :]
+        """:func:`as_columns` for these coefficients' layout (segment-end coefficients)."""
+        return as_columns(coef, self.units is not None)
 
     def mix(self, scores: Tensor, deltas: Tensor) -> Tensor:
         """Σ_j G[t, j] scores[t, j] δ_j for ``scores [B, H, L, L_grad]`` (read rows against gradient
@@ -132,8 +153,7 @@ def chunk_coefficients(
     """``lr``, ``log_keep``, ``log_mom``: ``[B, H, L]`` per head, or ``[B, H, L, N]`` per channel
     with ``units`` (N = sum(units)); ``log_keep=None`` means keep = 1, ``log_mom=None`` means no
     momentum."""
-    if units is not None:  # the unit axis in front of the token axis: every formula is per unit
-        lr, log_keep, log_mom = (None if g is None else g.transpose(-1, -2) for g in (lr, log_keep, log_mom))
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     if log_keep is None:
         log_keep = torch.zeros_like(lr)
     P = segsum(log_keep).exp()  # [B, H, L, L]: β_t / β_i

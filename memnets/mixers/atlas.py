@@ -34,11 +34,12 @@ nor how the window gates γ are parameterised), each an option:
   :mod:`memnets.memory.dotbias`). The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
   ``window=1``; SWLA = the same with ``window=c``; DeepTransformer = DLA with ``forget=False`` and
   ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
-* ``gates``: ``"head"`` (default) or ``"channel"`` (OmegaNet): lr, mom and keep per output unit of
-  every weight matrix of the memory, from a rank-``gate_rank`` projection (Titans App. C's diag gates,
-  Miras §5.4's low-rank channel-wise gates; :mod:`memnets.mixers.memory_block`); no Triton kernel takes
-  them. Atlas refuses them: Newton–Schulz orthogonalises the whole momentum matrix (Eq. 32), which a
-  per-column step size would no longer leave orthogonal.
+* ``gates``: ``"head"`` (default) or ``"channel"``: lr, mom and keep per output unit of every weight
+  matrix of the memory, from a rank-``gate_rank`` projection (Titans App. C's diag gates, Miras §5.4's
+  low-rank channel-wise gates; :mod:`memnets.mixers.memory_block`); the window gates γ stay per head.
+  With Muon (Eq. 32-33) a per-column θ_t scales the momentum's columns before Newton–Schulz and a
+  per-column η_t the orthogonalised step's columns after it (so the step is O·diag(η_t), orthogonal
+  only when η_t is constant over a matrix's columns, as per head). No Triton kernel takes them.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
   previous chunk recompute those gradients there.
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (each sequence from the
@@ -229,12 +230,6 @@ class _OmegaMixer(GatedOutput):
         self.bias = L2Bias() if inner_loss == "l2" else DotBias()
         self.memory = memory.build_features(name, num_heads, head_dim, self.features.out_dim)
         width = gate_width(name, gates, gate_rank, self.memory)
-        if width > 1 and muon is not None:
-            raise ValueError(
-                f"{name}: gates='channel' is not implemented with muon={muon!r} (the orthogonalised step "
-                "of ATLAS Eq. 32 mixes the columns a per-channel step would scale); allowed here: "
-                "gates='head' (omeganet takes gates='channel')"
-            )
         self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window, width, gate_rank)
         check_dot_precision(name, dot_precision, self.memory)
         self.op = MemoryDispatch(
@@ -362,6 +357,7 @@ class Atlas(_OmegaMixer):
         ns_steps: int = 5,
         ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
         gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         if muon not in ("token", "chunk"):
             raise ValueError(f"atlas: muon={muon!r} is not one of ['token', 'chunk']")
@@ -385,4 +381,5 @@ class Atlas(_OmegaMixer):
             ns_steps,
             ns_coefficients,
             gates=gates,
+            gate_rank=gate_rank,
         )
