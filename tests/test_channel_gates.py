@@ -234,12 +234,12 @@ def test_omega_chunk_size_one_and_token_by_token():
         assert_close("final weights", a, b)
 
 
-@pytest.mark.parametrize("T", [1, 63, 65, 100])
+@pytest.mark.parametrize(("T", "C"), [(1, 16), (63, 16), (65, 16), (100, 16), (23, 1)])
 @pytest.mark.parametrize("muon,memory", [("token", "mlp"), ("chunk", "mlp"), ("chunk", "gated_mlp")])
-def test_atlas_muon_chunked_equals_reference(T, muon, memory):
+def test_atlas_muon_chunked_equals_reference(T, C, muon, memory):
     """Atlas (ATLAS Eq. 32-33) with per-channel θ_t, η_t, α_t: columns of S before Newton–Schulz,
     of the orthogonalised step after it, of W; tolerance as for the Omega rule above."""
-    B, C = 1, 16
+    B = 1
     arch, inputs, feats, window = omega_channel_problem(B, T, memory, True)
     kw = dict(window=window, chunk_size=C, muon=muon, ns_steps=3)
     for state in (None, atlas_random_state(arch, B, window, C, True, muon, feats)):
@@ -249,8 +249,8 @@ def test_atlas_muon_chunked_equals_reference(T, muon, memory):
         for i, (a, b) in enumerate(zip(ref, out)):
             assert_close(f"output {i}", a, b, ratio=1e-8)
         for n, a in ref_g.items():
-            if a is None:
-                assert g[n] is None, n
+            if a is None:  # unreached (the Muon direction at chunk size 1): no or a zero gradient
+                assert g[n] is None or (g[n] == 0).all(), n
             else:
                 assert_close(f"grad {n}", a, g[n], ratio=1e-8)
 
@@ -264,24 +264,26 @@ def tnt_inputs(arch, T):
     return q, k, v, lr
 
 
+@pytest.mark.parametrize("C", [1, 16])
 @pytest.mark.parametrize("T", [1, 63, 65, 100])
-def test_tnt_global_memory_chunked_equals_reference(T):
+def test_tnt_global_memory_chunked_equals_reference(T, C):
     a = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
     q, k, v, lr = tnt_inputs(a, T)
     w0 = tuple((w + 0.1 * torch.randn_like(w)).requires_grad_() for w in a.initial_weights(2, F64))
-    ref = chunk_read_memory_reference(a, q, k, v, lr, MemoryState(w0), chunk_size=16)
-    out = chunk_read_memory(a, q, k, v, lr, MemoryState(w0), chunk_size=16)
+    ref = chunk_read_memory_reference(a, q, k, v, lr, MemoryState(w0), chunk_size=C)
+    out = chunk_read_memory(a, q, k, v, lr, MemoryState(w0), chunk_size=C)
     params = (q, k, v, lr, *w0, *a.parameters())
     outs_ref, outs = (ref[0], *ref[1].weights), (out[0], *out[1].weights)
     tnt_compare("outputs", outs_ref, outs)
     tnt_compare("grads", tnt_grads(outs_ref, params), tnt_grads(outs, params))
 
 
+@pytest.mark.parametrize("C", [1, 8])
 @pytest.mark.parametrize("T", [1, 63, 65, 100])
-def test_tnt_local_memory_chunked_equals_reference(T):
+def test_tnt_local_memory_chunked_equals_reference(T, C):
     a = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
     q, k, v, lr = tnt_inputs(a, T)
-    opts = {"chunk_size": 8, "shard_size": 32, "projection": "l2"}
+    opts = {"chunk_size": C, "shard_size": 32, "projection": "l2"}
     ref = sharded_memory(a, q, k, v, lr, backend="reference", **opts)
     out = sharded_memory(a, q, k, v, lr, **opts)
     outs_ref, outs = [ref[0]], [out[0]]

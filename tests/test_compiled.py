@@ -71,6 +71,7 @@ MIXERS = [
     ("titans", {"gates": "channel"}),
     ("yaad", {"gates": "channel"}),
     ("omeganet", {"gates": "channel"}),
+    ("atlas", {"muon": "chunk", "gates": "channel"}),
     ("tnt", {"gates": "channel"}),
 ]
 
