@@ -29,7 +29,7 @@ from torch import Tensor
 from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log, unit_slice
 
 Weights = tuple[Tensor, ...]
 ChunkEnd = Callable[[Weights], Weights]
@@ -323,9 +323,11 @@ def segment_end_state(
 ) -> tuple[Weights, Weights | None]:
     """(W_L, S_L) after the last token of the segment."""
     cs = [c.layer(i) for i in range(len(W0))]
+    # the last read row selected once for all layers: one select in the backward, not one per layer
+    g_last = c.G[..., -1, :]
     W = tuple(
-        ci.last(ci.beta[..., -1]) * w - x.transpose(-1, -2) @ (ci.rows(ci.G[..., -1, :]) * d)
-        for ci, w, x, d in zip(cs, W0, kp.xs, kp.deltas)
+        ci.last(ci.beta[..., -1]) * w - x.transpose(-1, -2) @ (ci.rows(unit_slice(g_last, c.units, i)) * d)
+        for i, (ci, w, x, d) in enumerate(zip(cs, W0, kp.xs, kp.deltas))
     )
     if S0 is None:
         return W, None
