@@ -27,8 +27,10 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   matrices; ``"channel"`` gives them the channel-wise form of §5.4, η_t, α_t ∈ R^d, as one value per
   output unit of every weight matrix of the memory (the paper does not say which axis of which layer
   of an MLP memory a "channel" is; this choice gates each unit's incoming weights alike at every
-  layer, and is the paper's R^d for a linear memory; :mod:`memnets.mixers.memory_block`). Both keep
-  the paper's low-rank form. Yaad's δ_t is a scalar per token and head for the switch of Eq. 26
+  layer, and is the paper's R^d for a linear memory; :mod:`memnets.mixers.memory_block`). For Memora
+  an output unit's weights are one simplex (softmax over its inputs), so each simplex gets its own
+  η_t, α_t; Moneta's ℓ_q map still normalises whole matrices. Both layouts keep the paper's low-rank
+  form. Yaad's δ_t is a scalar per token and head for the switch of Eq. 26
   (which compares the scalar ‖r‖₂) under either layout; ``huber="coord"`` gives the coordinate-wise
   Huber of Eq. 14 with a channel-wise δ_t ∈ R^d (over the residual's channels).
 * Loss scale: no ½ anywhere (Titans Eq. 12 convention, absorbed by ``lr``); Yaad's ℓ1 branch is
