@@ -113,7 +113,9 @@ class MemoryDispatch:
     """``op`` for one mixer: ``MemoryDispatch(owner, op, arch=..., **options)`` and ``check(backend)``
     at construction, then ``dispatch(backend, *inputs, cu_seqlens=None, **per_call)`` in ``forward``.
     ``arch`` (the memory network, if the op has one) is passed first, ``options`` by keyword to every
-    call; ``part`` names the piece of a mixer with several memories in messages. ``optional_kernel``:
+    call; ``part`` names the piece of a mixer with several memories in messages. ``gates``: the mixer's
+    gate layout (``"head"`` or ``"channel"``, :mod:`memnets.mixers.memory_block`), seen by the op's
+    ``supports`` only (the gate tensors' shapes carry it to the calls). ``optional_kernel``:
     a part whose kernel is not what ``backend="triton"`` asks for (TNT's global memory, when the local
     memories are): there ``triton`` runs the chunked engine where the kernel does not cover the
     configuration, and the log says so. The backend is passed per call so a mixer's ``backend``
@@ -126,9 +128,11 @@ class MemoryDispatch:
         arch: Any = None,
         part: str = "",
         optional_kernel: bool = False,
+        gates: str = "head",
         **options: Any,
     ) -> None:
         self.owner, self.op, self.arch, self.part, self.options = owner, op, arch, part, options
+        self.gates = gates
         self.optional_kernel = optional_kernel
         self._no_kernel: dict[str, str | None] = {}
 
@@ -138,7 +142,9 @@ class MemoryDispatch:
             if self.op.triton is None:
                 why: str | None = f"{self.op.name} (it has no Triton kernel)"
             else:
-                config = self.options if self.arch is None else {"arch": self.arch, **self.options}
+                config = {"gates": self.gates, **self.options}
+                if self.arch is not None:
+                    config["arch"] = self.arch
                 why = self.op.why_not(backend, config)
             self._no_kernel[backend] = f"{self.part}: {why}" if why and self.part else why
         return self._no_kernel[backend]

@@ -11,6 +11,8 @@
 | :data:`PARARNN` | ParaRNN (arXiv:2510.21450) | ``sequential_solve`` / Newton + chunked scan | Newton + Triton scan |
 
 Every kernel imports Triton (and the kernel package) on first call, so CPU-only installs never load it.
+The memory kernels take one scalar gate per token and head: their ``supports`` refuse the mixers'
+``gates: channel`` (:func:`_head_gates`), which then runs the chunked form.
 The ops whose chunked form walks :func:`~memnets.compiled.chunk_step` functions (``compiles=True``:
 the Titans, Miras, Omega, chunk-start-read and sharded memories) also run as the ``compiled`` backend,
 what ``auto`` runs on CUDA where no kernel covers the configuration.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -49,6 +52,19 @@ def _mlp_supports(
     from .memory import kernel_bridge
 
     return kernel_bridge.supports_mlp(arch, bias, chunk_size, window, no_wide)
+
+
+def _head_gates(supports: Callable[..., str | None]) -> Callable[..., str | None]:
+    """``supports`` behind the check every memory kernel here shares: its gates are one scalar per token
+    and head, so the mixers' ``gates: channel`` (:mod:`memnets.mixers.memory_block`) runs in PyTorch."""
+
+    @functools.wraps(supports)
+    def check(*, gates: str = "head", **config: Any) -> str | None:
+        if gates != "head":
+            return f"gates: {gates} (per-channel gates are not in the Triton kernel)"
+        return supports(**config)
+
+    return check
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -90,7 +106,7 @@ TITANS_MEMORY = MemoryOp(
     memory_reference,
     memory_chunked,
     _titans_kernel,
-    _titans_supports,
+    _head_gates(_titans_supports),
     _titans_packs,
     kernel_options=("dot_precision",),
     compiles=True,
@@ -136,7 +152,7 @@ MIRAS_MEMORY = MemoryOp(
     miras_reference,
     miras_chunked,
     _miras_kernel,
-    _miras_supports,
+    _head_gates(_miras_supports),
     _titans_packs,
     kernel_options=("dot_precision",),
     compiles=True,
@@ -166,7 +182,7 @@ OMEGA_MEMORY = MemoryOp(
     omega_reference,
     omega_chunked,
     _omega_kernel,
-    _omega_supports,
+    _head_gates(_omega_supports),
     kernel_options=("dot_precision",),
     compiles=True,
 )
@@ -193,7 +209,7 @@ CHUNK_READ_MEMORY = MemoryOp(
     chunk_read_memory_reference,
     chunk_read_memory,
     _chunk_read_kernel,
-    _chunk_read_supports,
+    _head_gates(_chunk_read_supports),
     kernel_options=("dot_precision",),
     compiles=True,
 )
@@ -209,7 +225,7 @@ SHARDED_MEMORY = MemoryOp(
     functools.partial(sharded_memory, backend="reference"),
     sharded_memory,
     _sharded_kernel,
-    _titans_supports,
+    _head_gates(_titans_supports),
     kernel_options=("dot_precision",),
     compiles=True,
 )

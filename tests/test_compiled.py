@@ -67,6 +67,12 @@ MIXERS = [
     ("atlas", {"muon": "chunk"}),
     ("atlas", {"muon": "token"}),
     ("tnt", {}),
+    # per-channel gates (no kernel: what auto runs on CUDA), through each engine's step
+    ("titans", {"gates": "channel"}),
+    ("yaad", {"gates": "channel"}),
+    ("omeganet", {"gates": "channel"}),
+    ("atlas", {"muon": "chunk", "gates": "channel"}),
+    ("tnt", {"gates": "channel"}),
 ]
 
 

@@ -47,15 +47,24 @@ def test_attention_step_equals_forward(window):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y)
 
 
+#: a channel-gated variant (``gates: channel``) of each memory family, held to the same contract
+CHANNEL_GATED = {
+    f"{name}-channel": (name, {"gates": "channel", "gate_rank": 4})
+    for name in ("titans", "titans_mac", "titans_mag", "moneta", "yaad", "memora", "omeganet", "atlas", "tnt")
+}
+MIXERS = {name: (name, {}) for name in memnets.list_mixers()} | CHANNEL_GATED
+
+
 @pytest.mark.parametrize("lengths", [[3, 0, 4], [6, 1], [7, 0]])
-@pytest.mark.parametrize("name", memnets.list_mixers())
-def test_packed_equals_each_sequence_alone(name, lengths):
+@pytest.mark.parametrize("mixer_id", MIXERS)
+def test_packed_equals_each_sequence_alone(mixer_id, lengths):
     """Every mixer: a packed batch (empty sequences included) gives each sequence the output it gets
     alone. The recurrent mixers that return one state for a packed batch return the last sequence's
     own (what running it alone leaves; not every mixer runs an empty sequence alone); gated_deltanet and
     mom return one per sequence (as fla) and attention its cache of the whole stream."""
     torch.manual_seed(0)
-    mixer = memnets.build_mixer(name, d_model=32, num_heads=2).double()
+    name, options = MIXERS[mixer_id]
+    mixer = memnets.build_mixer(name, d_model=32, num_heads=2, **options).double()
     bounds = [0, *itertools.accumulate(lengths)]
     x = torch.randn(1, bounds[-1], 32, dtype=torch.float64)
     with torch.no_grad():

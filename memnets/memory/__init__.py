@@ -36,7 +36,8 @@ arXiv 2501.00663 §3.1-3.2; Miras, arXiv 2504.13173 §5.3; ATLAS, arXiv 2505.237
   chunk-start weights while a chunk is unfinished (``offset`` tokens into it), so feeding a sequence
   in pieces or token by token (decoding) equals one parallel call.
 
-Entry points (tensors ``[B, T, H, D]``, gates ``[B, T, H]``)::
+Entry points (tensors ``[B, T, H, D]``, gates ``[B, T, H]`` per head or ``[B, T, H, N]`` per channel,
+one entry per output unit of each weight matrix, :func:`gate_units`)::
 
     y, state = memory_chunked(arch, q, k, v, lr, mom=None, keep=None, state=None, chunk_size=16,
                               bias=L2Bias(), bias_params=None, chunk_end=None)  # parallel PyTorch
@@ -61,8 +62,10 @@ from .engine import (
     KeyPath,
     MemoryState,
     check_inputs,
+    dual_layer,
     dual_read,
     finish_chunk_then,
+    gate_units,
     initial_state,
     key_path,
     memory_chunked,
@@ -84,8 +87,10 @@ __all__ = [
     "MemoryState",
     "check_inputs",
     "chunk_coefficients",
+    "dual_layer",
     "dual_read",
     "finish_chunk_then",
+    "gate_units",
     "initial_state",
     "key_path",
     "memory_chunked",

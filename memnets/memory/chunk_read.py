@@ -21,7 +21,16 @@ from torch import Tensor
 from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import MemoryState, Weights, check_inputs, initial_state, key_path, memory_reference
+from .engine import (
+    MemoryState,
+    Weights,
+    check_inputs,
+    gate_rows,
+    gate_units,
+    initial_state,
+    key_path,
+    memory_reference,
+)
 
 
 def check_read_inputs(
@@ -51,12 +60,15 @@ def read_step(
     v: Tensor,
     lr: Tensor,
 ) -> tuple[Tensor, Weights]:
-    """One segment of a chunk (``[B, H, L, ...]`` slices): its reads and gradients at the chunk-start
-    weights ``anchor``, and the weights ``W`` after its update."""
+    """One segment of a chunk (``[B, H, L, ...]`` slices; ``lr [B, H, L]`` or per channel
+    ``[B, H, L, N]``): its reads and gradients at the chunk-start weights ``anchor``, and the weights
+    ``W`` after its update."""
     y = arch.read(anchor, q)
     kp = key_path(arch, anchor, k, v, bias, None)
-    # Σ_j lr_j u_j with u_j = x_jᵀ δ_j (rank one per token, never materialised)
-    return y, tuple(w - x.transpose(-1, -2) @ (lr * d) for w, x, d in zip(W, kp.xs, kp.deltas))
+    rates = gate_rows(lr, gate_units(arch))
+    # Σ_j lr_j u_j with u_j = x_jᵀ δ_j (rank one per token, never materialised; a per-channel lr_j
+    # scales δ_j's columns)
+    return y, tuple(w - x.transpose(-1, -2) @ (r * d) for w, x, d, r in zip(W, kp.xs, kp.deltas, rates))
 
 
 def chunk_read_memory(
@@ -70,7 +82,8 @@ def chunk_read_memory(
     chunk_size: int = 2048,
     bias: AttentionalBias | None = None,
 ) -> tuple[Tensor, MemoryState]:
-    """``q, k, v [B, T, H, D]``, ``lr [B, T, H]``; returns ``y [B, T, H, D]`` (in ``q``'s dtype) and the
+    """``q, k, v [B, T, H, D]``, ``lr [B, T, H]`` (or per channel ``[B, T, H, N]``, one entry per output
+    unit of each weight matrix, :func:`~memnets.memory.engine.gate_units`); returns ``y [B, T, H, D]`` (in ``q``'s dtype) and the
     state after the last token. Runs in ``arch``'s dtype with autocast off, like the engine."""
     check_read_inputs(arch, q, k, v, lr, state, chunk_size)
     bias = bias or L2Bias()
@@ -78,7 +91,7 @@ def chunk_read_memory(
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
-        lrh = lr.transpose(1, 2).to(dtype)[..., None]  # [B, H, T, 1]
+        lrh = lr.transpose(1, 2).to(dtype)  # [B, H, T] or [B, H, T, N]
         st = state or initial_state(arch, B, False, dtype)
         W, anchor, offset = st.weights, st.anchor, st.offset
         ys, start = [], 0

@@ -10,6 +10,12 @@ memory had at the start of its chunk, W_ref(t) = W_{t'}; momentum and retention 
 The state crosses calls exactly: :class:`MemoryState` keeps the chunk-start weights (the gradient
 point) while a chunk is unfinished, so a sequence fed in pieces, or token by token for decoding, gives
 the same outputs as one call.
+
+Gates (``lr``, ``mom``, ``keep``) are per token and head, ``[B, T, H]``, or per token, head and
+channel, ``[B, T, H, N]``: one entry per output unit of each weight matrix (N = the sum of their
+``d_out``, :func:`gate_units`), so every matrix decays and steps column by column (Titans App. C's
+diag(1 − α_t), diag(η_t), diag(θ_t), applied to each layer; Miras §5.4's channel-wise gates). Both
+layouts run through the same code (:class:`~memnets.memory.rule.ChunkCoefficients`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor
 from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log, unit_slice
 
 Weights = tuple[Tensor, ...]
 ChunkEnd = Callable[[Weights], Weights]
@@ -65,6 +71,50 @@ def initial_state(
 # input checks shared by both paths
 
 
+def gate_units(arch: MemoryMLP) -> tuple[int, ...]:
+    """The output units of each weight matrix: a per-channel gate has ``sum(gate_units(arch))``
+    entries per token and head, the first ``units[0]`` for the first matrix's columns, and so on.
+    One gate per unit gates the unit's incoming weights, so the choice is the same at every depth
+    (depth 1: Titans App. C's diag gates over the memory's output channels)."""
+    return tuple(d_out for _, d_out in arch.shapes)
+
+
+def check_gates(name: str, arch: MemoryMLP, B: int, T: int, H: int, **gates: Tensor | None) -> None:
+    """Every given gate ``[B, T, H]`` (per head) or ``[B, T, H, N]`` (per channel), all alike."""
+    units = gate_units(arch)
+    head, channel = (B, T, H), (B, T, H, sum(units))
+    given = {n: g for n, g in gates.items() if g is not None}
+    for gate, g in given.items():
+        if tuple(g.shape) not in (head, channel):
+            raise ValueError(
+                f"{name}: {gate} must have shape [B, T, H] = {list(head)}, got {tuple(g.shape)} (or "
+                f"[B, T, H, N] = {list(channel)} for per-channel gates, N = the output units {units} "
+                "of the memory's weight matrices)"
+            )
+    if len({g.dim() for g in given.values()}) > 1:
+        shapes = {n: tuple(g.shape) for n, g in given.items()}
+        raise ValueError(f"{name}: the gates must be all per head or all per channel, got {shapes}")
+
+
+def channel_units(arch: MemoryMLP, lr: Tensor) -> tuple[int, ...] | None:
+    """:func:`gate_units` when the gates are per channel (``lr [B, T, H, N]``), else ``None``."""
+    return gate_units(arch) if lr.dim() == 4 else None
+
+
+def gate_rows(g: Tensor, units: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """A gate ``[B, H, L]`` or ``[B, H, L, N]`` as one multiplier per weight matrix of that matrix's
+    per-token outputs ``[B, H, L, d_out]`` (``[B, H, L, 1]`` per head)."""
+    return (g[..., None],) * len(units) if g.dim() == 3 else g.split(units, -1)
+
+
+def token_gates(g: Tensor | None, t: int, units: tuple[int, ...]) -> tuple[Tensor | float, ...]:
+    """Token ``t``'s gate (``[B, H, T]`` or ``[B, H, T, N]``; ``None`` = 1) as one multiplier per weight
+    matrix ``[B, H, d_in, d_out]``: the whole matrix per head, column by column per channel."""
+    if g is None:
+        return (1.0,) * len(units)
+    return tuple(r[:, :, t, None] for r in gate_rows(g, units))
+
+
 def check_inputs(
     arch: MemoryMLP,
     q: Tensor,
@@ -89,9 +139,7 @@ def check_inputs(
     B, T, H, D = q.shape
     if arch.num_heads != H or arch.dim != D:
         raise ValueError(f"{name}: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={arch.dim}")
-    for gate, g in (("lr", lr), ("mom", mom), ("keep", keep)):
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"{name}: {gate} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+    check_gates(name, arch, B, T, H, lr=lr, mom=mom, keep=keep)
     if state is not None:
         if (state.momentum is None) != (mom is None):
             raise ValueError(
@@ -167,6 +215,7 @@ def memory_reference(
     bp = _bhl(bias_params, dtype)
     st = _start(arch, state, B, mom is not None, dtype)
     W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
+    units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
@@ -183,14 +232,13 @@ def memory_reference(
                 None if bp is None else bp[:, :, sl],
                 create_graph,
             )
-            a = lr_[:, :, t, None, None]  # [B, H, 1, 1]
+            a = token_gates(lr_, t, units)
             if mom_ is not None:
-                S = tuple(mom_[:, :, t, None, None] * s - a * g for s, g in zip(S, u))
+                S = tuple(m * s - ai * g for m, ai, s, g in zip(token_gates(mom_, t, units), a, S, u))
                 step = S
             else:
-                step = tuple(-a * g for g in u)
-            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
-            W = tuple(kp * w + s for w, s in zip(W, step))
+                step = tuple(-ai * g for ai, g in zip(a, u))
+            W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
             ys.append(arch.read(W, qh[:, :, sl]))
             offset = (offset + 1) % chunk_size
             if offset == 0 and chunk_end is not None:
@@ -235,6 +283,20 @@ def key_path(
     return KeyPath(xs, deltas)
 
 
+def dual_layer(
+    h: Tensor, i: int, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
+) -> Tensor:
+    """``h_t @ W^i_t`` for every read row t of a segment, W_t = β_t W_0 + f_t S_0 − Σ_j G[t,j] u_j, without
+    forming W_t: Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (TTT's dual form, arXiv 2407.04620 §2.5,
+    derived here with momentum and decay; β = 1, f = 0, G = tril(lr) gives TTT's). Per-channel gates
+    scale Δ's columns instead (:meth:`~memnets.memory.rule.ChunkCoefficients.mix`)."""
+    ci = c.layer(i)
+    z = ci.rows(ci.beta) * (h @ W0[i]) - ci.mix(h @ kp.xs[i].transpose(-1, -2), kp.deltas[i])
+    if S0 is not None:
+        z = z + ci.rows(ci.f) * (h @ S0[i])  # type: ignore[arg-type]
+    return z
+
+
 def dual_read(
     arch: MemoryMLP,
     q: Tensor,
@@ -244,16 +306,12 @@ def dual_read(
     c: ChunkCoefficients,
     scales: Weights | None = None,
 ) -> Tensor:
-    """Read every token of a segment with its own updated weights W_t = β_t W_0 + f_t S_0 − Σ_j G[t,j] u_j
-    without forming W_t: per layer Ẑ = β ⊙ (X̂ W_0) + f ⊙ (X̂ S_0) − (G ⊙ X̂ Xᵀ) Δ (TTT's dual form,
-    arXiv 2407.04620 §2.5, derived here with momentum and decay; β = 1, f = 0, G = tril(lr) gives TTT's).
+    """Read every token of a segment with its own updated weights (:func:`dual_layer` per layer).
     ``scales`` (optional, one ``[B, H, L]`` per layer) reads with s_t W_t instead (a per-token scalar
     map of the weights, e.g. Moneta's L_q normalisation)."""
     h = q
     for i in range(arch.depth):
-        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
-        if S0 is not None:
-            z = z + c.f[..., None] * (h @ S0[i])  # type: ignore[index]
+        z = dual_layer(h, i, W0, S0, kp, c)
         if scales is not None:
             z = z * scales[i][..., None]
         h = arch.act(z) if i < arch.depth - 1 else z
@@ -264,18 +322,19 @@ def segment_end_state(
     W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
 ) -> tuple[Weights, Weights | None]:
     """(W_L, S_L) after the last token of the segment."""
-    g_last = c.G[..., -1, :, None]  # [B, H, L, 1]
+    cs = [c.layer(i) for i in range(len(W0))]
+    # the last read row selected once for all layers: one select in the backward, not one per layer
+    g_last = c.G[..., -1, :]
     W = tuple(
-        c.beta[..., -1, None, None] * w - x.transpose(-1, -2) @ (g_last * d)
-        for w, x, d in zip(W0, kp.xs, kp.deltas)
+        ci.last(ci.beta[..., -1]) * w - x.transpose(-1, -2) @ (ci.rows(unit_slice(g_last, c.units, i)) * d)
+        for i, (ci, w, x, d) in enumerate(zip(cs, W0, kp.xs, kp.deltas))
     )
     if S0 is None:
         return W, None
-    W = tuple(w + c.f[..., -1, None, None] * s for w, s in zip(W, S0))  # type: ignore[index]
-    s_coef = c.s_coef[..., None]  # type: ignore[index]
+    W = tuple(w + ci.last(ci.f[..., -1]) * s for ci, w, s in zip(cs, W, S0))  # type: ignore[index]
     S = tuple(
-        c.m_end[..., None, None] * s - x.transpose(-1, -2) @ (s_coef * d)  # type: ignore[index]
-        for s, x, d in zip(S0, kp.xs, kp.deltas)
+        ci.last(ci.m_end) * s - x.transpose(-1, -2) @ (ci.rows(ci.s_coef) * d)  # type: ignore[arg-type]
+        for ci, s, x, d in zip(cs, S0, kp.xs, kp.deltas)
     )
     return W, S
 
@@ -294,12 +353,13 @@ def chunk_update(
     lr: Tensor,
     log_keep: Tensor | None,
     log_mom: Tensor | None,
+    units: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Weights, Weights | None]:
     """One segment of :func:`memory_chunked` (``[B, H, L, ...]`` slices of one chunk): every token's
-    read and the state (W, S) after the segment, gradients taken at ``anchor``. The compiled path's
-    per-chunk step (:mod:`memnets.compiled`)."""
+    read and the state (W, S) after the segment, gradients taken at ``anchor``; ``units``: per-channel
+    gates (:func:`gate_units`). The compiled path's per-chunk step (:mod:`memnets.compiled`)."""
     kp = key_path(arch, anchor, k, v, bias, bias_params)
-    c = chunk_coefficients(lr, log_keep, log_mom)
+    c = chunk_coefficients(lr, log_keep, log_mom, units)
     y = dual_read(arch, q, W, S, kp, c)
     return (y, *segment_end_state(W, S, kp, c))
 
@@ -327,7 +387,7 @@ def memory_chunked(
         lr: inner step size ``[B, T, H]`` (Titans θ_t, Miras/ATLAS/TNT η_t).
         mom: momentum coefficient ``[B, T, H]`` (Titans η_t, ATLAS θ_t); ``None`` = no momentum state.
         keep: multiplier on the old weights ``[B, T, H]`` (Titans 1 − α_t, Miras/ATLAS α_t);
-            ``None`` = 1.
+            ``None`` = 1. Gates may instead all be per channel, ``[B, T, H, N]`` (module docstring).
         state: :class:`MemoryState` to continue from; ``None`` = the learnable initial weights.
         chunk_size: tokens per chunk (gradients at the chunk-start weights).
         bias: attentional bias (default :class:`L2Bias`); ``bias_params``: its per-token
@@ -353,6 +413,7 @@ def memory_chunked(
         st = _start(arch, state, B, mom is not None, dtype)
         W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
         per_token = (qh, kh, vh, bp, lr_, log_keep, log_mom)
+        units = channel_units(arch, lr)
         ys = []
         start = 0
         while start < T:
@@ -361,7 +422,7 @@ def memory_chunked(
             end = min(T, start + chunk_size - offset)
             sl = slice(start, end)
             y, W, S = chunk_update(
-                arch, bias, anchor, W, S, *(None if x is None else x[:, :, sl] for x in per_token)
+                arch, bias, anchor, W, S, *(None if x is None else x[:, :, sl] for x in per_token), units
             )
             ys.append(y)
             offset = (offset + end - start) % chunk_size

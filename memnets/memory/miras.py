@@ -70,13 +70,16 @@ from .engine import (
     MemoryState,
     _bhl,
     _inner_grad,
+    channel_units,
     check_inputs,
     dual_read,
+    gate_units,
     initial_state,
     key_path,
     segment_end_state,
+    token_gates,
 )
-from .rule import chunk_coefficients, safe_log
+from .rule import ChunkCoefficients, chunk_coefficients, safe_log
 
 Weights = tuple[Tensor, ...]
 
@@ -293,6 +296,7 @@ def miras_reference(
     st = state or initial_state(arch, B, False, dtype)
     A, anchor, offset = st.weights, st.anchor, st.offset
     inner, at_end = _split(retention)
+    units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
@@ -302,8 +306,8 @@ def miras_reference(
             sl = slice(t, t + 1)
             bpt = None if bp is None else bp[:, :, sl]
             u = _inner_grad(arch, bias, anchor, kh[:, :, sl], vh[:, :, sl], bpt, create_graph)  # type: ignore[arg-type]
-            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
-            A = tuple(kp * a - lr_[:, :, t, None, None] * g for a, g in zip(A, u))
+            lrs, keeps = token_gates(lr_, t, units), token_gates(keep_, t, units)
+            A = tuple(kp * a - ai * g for kp, ai, a, g in zip(keeps, lrs, A, u))
             ys.append(arch.read(retained_weights(A, inner), qh[:, :, sl]))
             offset = (offset + 1) % chunk_size
             if at_end is not None and offset == 0:
@@ -315,25 +319,25 @@ def miras_reference(
     return y.transpose(1, 2).to(q.dtype), out
 
 
-def _token_accumulators(beta: Tensor, G: Tensor, A: Weights, xs: Weights, deltas: Weights) -> Weights:
+def _token_accumulators(
+    beta: Tensor, G: Tensor, units: tuple[int, ...] | None, A: Weights, xs: Weights, deltas: Weights
+) -> Weights:
     """A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of a segment, ``[B, H, L, d_in, d_out]``
-    per layer (one batched matmul per token: [B, H, L, d_in, L] @ [B, H, 1, L, d_out])."""
-    return tuple(
-        beta[..., None, None] * a[:, :, None]
-        - (G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
-        for a, x, d in zip(A, xs, deltas)
-    )
+    per layer (:meth:`~memnets.memory.rule.ChunkCoefficients.token_weights`; ``units``: per-channel
+    gates). β and G travel as tensors so the checkpointed callers below recompute from them."""
+    c = ChunkCoefficients(beta, G, None, None, None, units)
+    return tuple(c.layer(i).token_weights(a, x, d) for i, (a, x, d) in enumerate(zip(A, xs, deltas)))
 
 
 class _TokenScales:
     """Per-token scales s(A_t) of an :class:`LqNormalize` map, one ``[B, H, L]`` per layer."""
 
-    def __init__(self, retention: LqNormalize) -> None:
-        self.retention = retention
+    def __init__(self, retention: LqNormalize, units: tuple[int, ...] | None) -> None:
+        self.retention, self.units = retention, units
 
     def __call__(self, beta: Tensor, G: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         n = len(tensors) // 3
-        acc = _token_accumulators(beta, G, tensors[:n], tensors[n : 2 * n], tensors[2 * n :])
+        acc = _token_accumulators(beta, G, self.units, tensors[:n], tensors[n : 2 * n], tensors[2 * n :])
         return tuple(self.retention.scale(a) for a in acc)
 
 
@@ -341,13 +345,13 @@ class _RetainedRead:
     """Read every token of a segment with its own weights φ(A_t), A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j
     (materialised: φ is not linear, so the engine's dual form does not apply)."""
 
-    def __init__(self, arch: MemoryMLP, retention: Retention) -> None:
-        self.arch, self.retention = arch, retention
+    def __init__(self, arch: MemoryMLP, retention: Retention, units: tuple[int, ...] | None) -> None:
+        self.arch, self.retention, self.units = arch, retention, units
 
     def __call__(self, q: Tensor, beta: Tensor, G: Tensor, *tensors: Tensor) -> Tensor:
         n = self.arch.depth
         A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
-        acc = _token_accumulators(beta, G, A, xs, deltas)
+        acc = _token_accumulators(beta, G, self.units, A, xs, deltas)
         weights = retained_weights(acc, self.retention)
         # move the tokens into the batch so the memory's per-head LayerNorm still broadcasts over heads
         B, H, L, D = q.shape
@@ -369,21 +373,23 @@ def miras_step(
     bp: Tensor | None,
     lr: Tensor,
     log_keep: Tensor | None,
+    units: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Weights]:
     """One segment of :func:`miras_chunked` (``[B, H, L, ...]`` slices): every token's read of its
-    retained weights φ(A_t) and the accumulator A after the segment, gradients taken at ``anchor``."""
+    retained weights φ(A_t) and the accumulator A after the segment, gradients taken at ``anchor``;
+    ``units``: per-channel gates."""
     kp = key_path(arch, anchor, k, v, bias, bp)
-    c = chunk_coefficients(lr, log_keep, None)
+    c = chunk_coefficients(lr, log_keep, None, units)
     if retention is None:
         y = dual_read(arch, q, A, None, kp, c)
     elif isinstance(retention, LqNormalize):
         # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
-        norms = _TokenScales(retention)
+        norms = _TokenScales(retention, units)
         args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
         scales = checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
         y = dual_read(arch, q, A, None, kp, c, scales)
     else:
-        read = _RetainedRead(arch, retention)
+        read = _RetainedRead(arch, retention, units)
         args = (q, c.beta, c.G, *A, *kp.xs, *kp.deltas)
         # the per-token weights are the big tensors: recompute them in the backward
         y = checkpoint(read, *args, use_reentrant=False) if torch.is_grad_enabled() else read(*args)
@@ -410,7 +416,9 @@ def miras_chunked(
     Args:
         arch: the memory network; its learnable initial weights are the initial accumulator A_0.
         q, k, v: ``[B, T, H, D]``; lr: step size η_t ``[B, T, H]``; keep: retention α_t ``[B, T, H]``
-            (``None`` = 1). Plain gradient descent (Miras §5.3: no momentum).
+            (``None`` = 1); or both per channel ``[B, T, H, N]``, the channel-wise η_t, α_t of Miras
+            §5.4 (one entry per output unit of each weight matrix,
+            :func:`~memnets.memory.engine.gate_units`). Plain gradient descent (Miras §5.3: no momentum).
         state: :class:`~memnets.memory.MemoryState` whose ``weights`` are the accumulator A and whose
             ``anchor`` is the current gradient point φ(A_{t'}); ``None`` = start of sequence.
         bias, bias_params: attentional bias and its per-token parameters ``[B, T, H, ...]``.
@@ -432,6 +440,7 @@ def miras_chunked(
         st = state or initial_state(arch, B, False, dtype)
         A, anchor, offset = st.weights, st.anchor, st.offset
         retention, at_end = _split(retention)
+        units = channel_units(arch, lr)
         ys, start = [], 0
         while start < T:
             if _refresh(offset, lag):
@@ -441,7 +450,13 @@ def miras_chunked(
             sl = slice(start, end)
             per_token = (qh, kh, vh, bp, lr_, log_keep)
             y, A = miras_step(
-                arch, bias, retention, anchor, A, *(None if x is None else x[:, :, sl] for x in per_token)
+                arch,
+                bias,
+                retention,
+                anchor,
+                A,
+                *(None if x is None else x[:, :, sl] for x in per_token),
+                units,
             )
             ys.append(y)
             offset = (offset + end - start) % chunk_size

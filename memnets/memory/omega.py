@@ -55,10 +55,31 @@ from torch import Tensor
 from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
-from .engine import KeyPath, MemoryState, Weights, dual_read, initial_state, key_path, segment_end_state
+from .engine import (
+    KeyPath,
+    MemoryState,
+    Weights,
+    channel_units,
+    check_gates,
+    dual_layer,
+    gate_units,
+    initial_state,
+    key_path,
+    segment_end_state,
+    token_gates,
+)
 from .gated import GatedMemoryMLP, Linear, gated_key_path
 from .muon import MUON_COEFFICIENTS, newton_schulz
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log, segsum
+from .rule import (
+    ChunkCoefficients,
+    as_columns,
+    as_rows,
+    chunk_coefficients,
+    safe_log,
+    segsum,
+    unit_major,
+    unit_slice,
+)
 
 Muon = Literal["token", "chunk"]
 MUON_MODES: tuple[str, ...] = ("token", "chunk")
@@ -145,9 +166,7 @@ def _check(
             f"omega: got H={H}, Dk={Dk}, Dv={v.shape[-1]} but the memory has H={arch.num_heads}, "
             f"input width {arch.shapes[0][0]}, output width {arch.dim}"
         )
-    for name, g in (("lr", lr), ("mom", mom), ("keep", keep)):
-        if g is not None and tuple(g.shape) != (B, T, H):
-            raise ValueError(f"omega: {name} must have shape [B, T, H] = {[B, T, H]}, got {tuple(g.shape)}")
+    check_gates("omega", arch, B, T, H, lr=lr, mom=mom, keep=keep)
     if win_gate is not None and tuple(win_gate.shape) != (B, T, H, window):
         raise ValueError(
             f"omega: win_gate must have shape [B, T, H, window] = {[B, T, H, window]}, got {tuple(win_gate.shape)}"
@@ -220,6 +239,7 @@ def omega_reference(
     W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
     direc = st.direction
     buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+    units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
@@ -233,20 +253,19 @@ def omega_reference(
             point = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
             loss = (weight * bias.loss(arch.read(point, buf_k), buf_v, None)).sum()
             u = torch.autograd.grad(loss, point, create_graph=create_graph)
-            a = lr_[:, :, t, None, None]
-            kp = 1.0 if keep_ is None else keep_[:, :, t, None, None]
+            a, m = token_gates(lr_, t, units), token_gates(mom_, t, units)
             if muon is None:
                 if mom_ is not None:
-                    S = tuple(mom_[:, :, t, None, None] * s - a * g for s, g in zip(S, u))
+                    S = tuple(mi * s - ai * g for mi, ai, s, g in zip(m, a, S, u))
                     step = S
                 else:
-                    step = tuple(-a * g for g in u)
+                    step = tuple(-ai * g for ai, g in zip(a, u))
             else:
-                S = tuple(mom_[:, :, t, None, None] * s - g for s, g in zip(S, u))  # type: ignore[index]
+                S = tuple(mi * s - g for mi, s, g in zip(m, S, u))  # type: ignore[arg-type]
                 if muon == "token" or (offset + 1) % chunk_size == 0:
                     direc = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
-                step = tuple(a * o for o in direc)  # type: ignore[union-attr]
-            W = tuple(kp * w + s for w, s in zip(W, step))
+                step = tuple(ai * o for ai, o in zip(a, direc))  # type: ignore[arg-type]
+            W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
             ys.append(arch.read(W, qh[:, :, t : t + 1]))
             buf_k, buf_v = _tail(buf_k, window - 1), _tail(buf_v, window - 1)
             offset = (offset + 1) % chunk_size
@@ -282,16 +301,9 @@ def _key_path(arch: MemoryMLP, weights: Weights, k: Tensor, v: Tensor, bias: Att
 def _dual_read(
     arch: MemoryMLP, q: Tensor, W0: Weights, S0: Weights | None, kp: KeyPath, c: ChunkCoefficients
 ) -> Tensor:
-    """The engine's dual form (:func:`~memnets.memory.engine.dual_read`) per weight matrix, for the gated
-    memory."""
-    if not isinstance(arch, GatedMemoryMLP):
-        return dual_read(arch, q, W0, S0, kp, c)
-
-    def linear(i: int, h: Tensor) -> Tensor:
-        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
-        return z if S0 is None else z + c.f[..., None] * (h @ S0[i])
-
-    return _layers(arch, q, linear)
+    """The engine's dual form (:func:`~memnets.memory.engine.dual_layer`) per weight matrix, through
+    the chain MLP or the gated memory."""
+    return _layers(arch, q, lambda i, h: dual_layer(h, i, W0, S0, kp, c))
 
 
 def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
@@ -299,9 +311,17 @@ def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
     return _layers(arch, x, lambda i, h: torch.einsum("bhlx,bhlxy->bhly", h, weights[i]))
 
 
-def _read_combination(arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]]) -> Tensor:
-    """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``), without forming W_t."""
-    return _layers(arch, x, lambda i, h: sum(c[..., None] * (h @ ws[i]) for c, ws in terms))  # type: ignore[arg-type, return-value]
+def _read_combination(
+    arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]], units: tuple[int, ...] | None
+) -> Tensor:
+    """M(x_t; W_t) for W_t = Σ_terms coef[t] · W^term (coef ``[B, H, L]``, or per channel
+    ``[B, H, N, L]`` scaling each matrix's columns), without forming W_t."""
+    ch = units is not None
+
+    def linear(i: int, h: Tensor) -> Tensor:
+        return sum(as_rows(unit_slice(c, units, i), ch) * (h @ ws[i]) for c, ws in terms)  # type: ignore[return-value]
+
+    return _layers(arch, x, linear)
 
 
 def _segment_plain(
@@ -314,9 +334,10 @@ def _segment_plain(
     lr: Tensor,
     log_keep: Tensor | None,
     log_mom: Tensor | None,
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights | None]:
     """Omega rule without Muon: the engine's coefficients with G → G·Γ (and the momentum's s_coef)."""
-    c = chunk_coefficients(lr, log_keep, log_mom)
+    c = chunk_coefficients(lr, log_keep, log_mom, units)
     s_coef = None if c.s_coef is None else (c.s_coef[..., None, :] @ band)[..., 0, :]
     c = replace(c, G=c.G @ band, s_coef=s_coef)
     y = _dual_read(arch, q, W, S, kp, c)
@@ -326,7 +347,7 @@ def _segment_plain(
 
 def _decays(lr: Tensor, log_keep: Tensor | None, log_mom: Tensor, band: Tensor):
     """P[t, i] = β_t/β_i, β_t, and Q[t, e]: the coefficient of u_e in m_t S_0 − S_t (momentum without
-    step size, window applied), m_t."""
+    step size, window applied), m_t; gates given unit-major (:func:`~memnets.memory.rule.unit_major`)."""
     log_keep = torch.zeros_like(lr) if log_keep is None else log_keep
     return (
         segsum(log_keep).exp(),
@@ -348,19 +369,33 @@ def _segment_muon_token(
     log_mom: Tensor,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights]:
     """Every token's momentum S_t materialised ``[B, H, L, d_in, d_out]``, orthogonalised, and summed
-    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i)."""
+    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i). Per-channel
+    gates scale columns: of S before NS (mom), of NS(S) after it (lr) and of W (keep)."""
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    PL = P * lr[..., None, :]
+    ch = units is not None
+    # Σ_e Q[t, e] x_eᵀ δ_e and Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
+    grads, steps = (
+        ("bhcte,bhei,bhec->bhtic", "bhcti,bhixc->bhtxc")
+        if ch
+        else ("bhte,bhei,bheo->bhtio", "bhti,bhixy->bhtxy")
+    )
+
+    def per_token(coef: Tensor, i: int) -> Tensor:  # [B, H, L, 1, C]: scales token t's columns
+        return as_rows(unit_slice(coef, units, i), ch)[..., None, :]
+
     S_all = tuple(
-        m[..., None, None] * s[:, :, None] - torch.einsum("bhte,bhei,bheo->bhtio", Q, x, d)
-        for s, x, d in zip(S, kp.xs, kp.deltas)
+        per_token(m, i) * s[:, :, None] - torch.einsum(grads, unit_slice(Q, units, i, 2), x, d)
+        for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
     )
     O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
-    PL = P * lr[..., None, :]
     W_all = tuple(
-        beta[..., None, None] * w[:, :, None] + torch.einsum("bhti,bhixy->bhtxy", PL, o)
-        for w, o in zip(W, O_all)
+        per_token(beta, i) * w[:, :, None] + torch.einsum(steps, unit_slice(PL, units, i, 2), o)
+        for i, (w, o) in enumerate(zip(W, O_all))
     )
     y = _read_per_token(arch, W_all, q)
     return y, tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
@@ -380,13 +415,18 @@ def _segment_muon_chunk(
     refresh: bool,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights, Weights]:
     """Tokens step along the current direction, W_t = β_t W_0 + (Σ_{i≤t} (β_t/β_i) lr_i) O; if the
-    segment ends its chunk, the last token steps along O_new = NS(S_end) instead."""
+    segment ends its chunk, the last token steps along O_new = NS(S_end) instead (per-channel gates:
+    every coefficient per column)."""
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
+    ch = units is not None
     S = tuple(
-        m[..., -1, None, None] * s - x.transpose(-1, -2) @ (Q[..., -1, :, None] * d)
-        for s, x, d in zip(S, kp.xs, kp.deltas)
+        as_columns(unit_slice(m, units, i)[..., -1], ch) * s
+        - x.transpose(-1, -2) @ (as_rows(unit_slice(Q, units, i, 2)[..., -1, :], ch) * d)
+        for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
     )
     D = (P @ lr[..., None])[..., 0]
     terms = [(beta, W), (D, direc)]
@@ -395,8 +435,11 @@ def _segment_muon_chunk(
         last = torch.zeros_like(D)
         last[..., -1] = lr[..., -1]
         terms = [(beta, W), (D - last, direc), (last, O_new)]
-    y = _read_combination(arch, q, terms)
-    W = tuple(sum(c[..., -1, None, None] * ws[i] for c, ws in terms) for i in range(len(W)))  # type: ignore[misc]
+    y = _read_combination(arch, q, terms, units)
+    W = tuple(
+        sum(as_columns(unit_slice(c, units, i)[..., -1], ch) * ws[i] for c, ws in terms)  # type: ignore[misc]
+        for i in range(len(W))
+    )
     return y, W, S, terms[-1][1]
 
 
@@ -421,16 +464,22 @@ def omega_step(
     refresh: bool,
     ns_steps: int,
     ns_coefficients: tuple[float, float, float],
+    units: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Weights, Weights | None, Weights | None]:
     """One segment of :func:`omega_chunked` (``[B, H, L, ...]`` slices; ``kx``/``vx`` with the previous
     ``window − 1`` key/value rows in front): its reads and the state (W, S, Muon direction) after it,
-    gradients taken at ``anchor``."""
+    gradients taken at ``anchor``; ``units``: per-channel gates."""
     kp = _key_path(arch, anchor, kx, vx, bias)
     band = window_band(gam, kx.shape[2] - q.shape[2], q.shape[2], window, kx)
+    if units is not None and band.dim() == 4:  # per-channel coefficients share Γ across their unit axis
+        band = band[:, :, None]
     if muon is None:
-        return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm), direc)
+        return (*_segment_plain(arch, q, W, S, kp, band, lr, lk, lm, units), direc)
     if muon == "token":
-        return (*_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients), direc)
+        return (
+            *_segment_muon_token(arch, q, W, S, kp, band, lr, lk, lm, ns_steps, ns_coefficients, units),
+            direc,
+        )
     return _segment_muon_chunk(
         arch,
         q,
@@ -445,6 +494,7 @@ def omega_step(
         refresh,
         ns_steps,
         ns_coefficients,  # type: ignore[arg-type]
+        units,
     )
 
 
@@ -474,7 +524,10 @@ def omega_chunked(
             memory :class:`~memnets.memory.gated.GatedMemoryMLP`).
         q, k: ``[B, T, H, Dk]`` queries and keys (already through the feature map, if any).
         v: ``[B, T, H, Dv]`` values.
-        lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1).
+        lr, mom, keep: ``[B, T, H]`` gates (module docstring; ``mom``/``keep`` ``None`` = absent / 1),
+            or all per channel ``[B, T, H, N]`` (one entry per output unit of each weight matrix,
+            :func:`~memnets.memory.engine.gate_units`; with ``muon``, mom scales the momentum's
+            columns before Newton–Schulz and lr the orthogonalised step's after it).
         win_gate: ``[B, T, H, window]``, ``win_gate[t, j]`` weighs token t − j in token t's loss.
         state: :class:`OmegaState` to continue from; ``None`` = the learnable initial weights.
         window: c, tokens in each inner loss (1 = online rule).
@@ -499,6 +552,7 @@ def omega_chunked(
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
         direc = st.direction
         buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
+        units = channel_units(arch, lr)
         ys = []
         start = 0
         while start < T:
@@ -524,6 +578,7 @@ def omega_chunked(
                 refresh=(offset + L) % chunk_size == 0,  # Muon per chunk: its last token refreshes
                 ns_steps=ns_steps,
                 ns_coefficients=ns_coefficients,
+                units=units,
             )
             ys.append(y_s)
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)

@@ -20,6 +20,16 @@ Q[i, j] = m_i/m_j for i ≥ j. Since keep, mom ∈ [0, 1] these are all in [0, 1
 underflow to 0 is harmless, and G = (P @ Q) · lr is one small matmul. mom or keep exactly 0
 (log = −∞) is allowed: segment sums are built without subtracting cumulative sums, so −∞ never meets
 −∞. Gates are clamped to >= 1e-30 before the log so gradients stay finite.
+
+**Per-channel gates.** Each gate may instead be a vector over the memory's units: one entry per
+output unit of every weight matrix (``units``: the ``d_out`` of each matrix, concatenated). A weight
+``W [d_in, d_out]`` then decays and steps column by column, the row form of Titans App. C's
+``diag(1 − α_t) M_{t−1} − diag(θ_t) ∇ℓ`` (arXiv 2501.00663; column form, diag on the output side).
+Every formula above holds entrywise per unit, so the coefficients just gain a unit axis in front of
+the token axes (β ``[B, H, N, L]``, G ``[B, H, N, L, L]``, ...), and the gated gradient sum stays a
+matmul: each token's gradient is rank one, u_j = x_jᵀ δ_j, so column c of Σ_j G[t, j, c] u_j is
+Σ_j G[t, j, c] δ_j[c] x_j — a scaling of δ, never a per-token weight-sized tensor.
+:class:`ChunkCoefficients` hides the two layouts behind ``layer``/``rows``/``last``/``mix``.
 """
 
 from __future__ import annotations
@@ -47,9 +57,35 @@ def segsum(log_gate: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
+def unit_major(gate: Tensor | None, units: tuple[int, ...] | None) -> Tensor | None:
+    """A per-channel gate ``[B, H, L, N]`` with its unit axis in front of the token axis,
+    ``[B, H, N, L]``, so every formula over tokens runs per unit; a per-head gate as it is."""
+    return gate if units is None or gate is None else gate.transpose(-1, -2)
+
+
+def unit_slice(coef: Tensor, units: tuple[int, ...] | None, i: int, token_dims: int = 1) -> Tensor:
+    """Weight matrix ``i``'s part of a per-channel coefficient whose unit axis precedes its
+    ``token_dims`` token axes; a per-head coefficient (``units=None``) serves every matrix."""
+    return coef if units is None else coef.narrow(-1 - token_dims, sum(units[:i]), units[i])
+
+
+def as_rows(coef: Tensor, channel: bool) -> Tensor:
+    """A per-token coefficient (``[B, H, L]``, or ``[B, H, C, L]`` per channel) as a multiplier of one
+    layer's outputs ``[B, H, L, C]``."""
+    return coef.transpose(-1, -2) if channel else coef[..., None]
+
+
+def as_columns(coef: Tensor, channel: bool) -> Tensor:
+    """A coefficient of the whole segment (``[B, H]``, or ``[B, H, C]`` per channel) as a multiplier of
+    a weight matrix ``[B, H, d_in, C]``: the whole matrix per head, column by column per channel."""
+    return coef[..., None, :] if channel else coef[..., None, None]
+
+
 @dataclass
 class ChunkCoefficients:
-    """Coefficients of one segment of L tokens, all ``[B, H, L]`` or ``[B, H, L, L]``.
+    """Coefficients of one segment of L tokens, all ``[B, H, L]`` or ``[B, H, L, L]`` for per-head
+    gates; per-channel gates (``units`` given) put a unit axis before the token axes:
+    ``[B, H, N, L]``, ``[B, H, N, L, L]``, ``m_end [B, H, N]``.
 
     ``beta[t]`` multiplies W_0, ``f[t]`` multiplies S_0 (``None`` without momentum), ``G[t, j]``
     multiplies u_j in W_t (zero for j > t). At the segment end: ``m_end`` multiplies S_0 and
@@ -66,19 +102,68 @@ class ChunkCoefficients:
     f: Tensor | None
     m_end: Tensor | None
     s_coef: Tensor | None
+    units: tuple[int, ...] | None = None  # per-channel gates: output units of each weight matrix
+
+    def layer(self, i: int) -> ChunkCoefficients:
+        """The coefficients of weight matrix ``i`` (per-channel gates: its units; per-head: all)."""
+        if self.units is None:
+            return self
+
+        def cut(x: Tensor | None, token_dims: int) -> Tensor | None:
+            return None if x is None else unit_slice(x, self.units, i, token_dims)
+
+        return ChunkCoefficients(
+            cut(self.beta, 1),
+            cut(self.G, 2),
+            cut(self.f, 1),
+            cut(self.m_end, 0),
+            cut(self.s_coef, 1),
+            (self.units[i],),
+        )  # type: ignore[arg-type]
+
+    def rows(self, coef: Tensor) -> Tensor:
+        """:func:`as_rows` for these coefficients' layout."""
+        return as_rows(coef, self.units is not None)
+
+    def last(self, coef: Tensor) -> Tensor:
+        """:func:`as_columns` for these coefficients' layout (segment-end coefficients)."""
+        return as_columns(coef, self.units is not None)
+
+    def mix(self, scores: Tensor, deltas: Tensor) -> Tensor:
+        """Σ_j G[t, j] scores[t, j] δ_j for ``scores [B, H, L, L_grad]`` (read rows against gradient
+        inputs) and ``deltas [B, H, L_grad, C]``: per channel, column c of the sum uses G[t, j, c]."""
+        if self.units is None:
+            return (scores * self.G) @ deltas
+        return torch.einsum("bhtj,bhctj,bhjc->bhtc", scores, self.G, deltas)
+
+    def token_weights(self, W0: Tensor, x: Tensor, d: Tensor) -> Tensor:
+        """Every token's weights β_t W_0 − Σ_j G[t, j] x_jᵀ δ_j of one layer, ``[B, H, L, d_in, C]``
+        (materialised: for the nonlinear retention maps that need them)."""
+        if self.units is None:
+            return self.beta[..., None, None] * W0[:, :, None] - (
+                (self.G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
+            )
+        beta = self.beta.transpose(-1, -2)[..., None, :]  # [B, H, L, 1, C]
+        return beta * W0[:, :, None] - torch.einsum("bhctj,bhji,bhjc->bhtic", self.G, x, d)
 
 
-def chunk_coefficients(lr: Tensor, log_keep: Tensor | None, log_mom: Tensor | None) -> ChunkCoefficients:
-    """``lr``, ``log_keep``, ``log_mom``: ``[B, H, L]`` (``log_keep=None`` means keep = 1,
-    ``log_mom=None`` means no momentum)."""
+def chunk_coefficients(
+    lr: Tensor, log_keep: Tensor | None, log_mom: Tensor | None, units: tuple[int, ...] | None = None
+) -> ChunkCoefficients:
+    """``lr``, ``log_keep``, ``log_mom``: ``[B, H, L]`` per head, or ``[B, H, L, N]`` per channel
+    with ``units`` (N = sum(units)); ``log_keep=None`` means keep = 1, ``log_mom=None`` means no
+    momentum."""
+    lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     if log_keep is None:
         log_keep = torch.zeros_like(lr)
     P = segsum(log_keep).exp()  # [B, H, L, L]: β_t / β_i
     beta = log_keep.cumsum(-1).exp()
     if log_mom is None:
-        return ChunkCoefficients(beta=beta, G=P * lr[..., None, :], f=None, m_end=None, s_coef=None)
+        return ChunkCoefficients(
+            beta=beta, G=P * lr[..., None, :], f=None, m_end=None, s_coef=None, units=units
+        )
     Q = segsum(log_mom).exp()  # m_i / m_j
     m = log_mom.cumsum(-1).exp()
     G = (P @ Q) * lr[..., None, :]
     f = (P @ m[..., None])[..., 0]
-    return ChunkCoefficients(beta=beta, G=G, f=f, m_end=m[..., -1], s_coef=Q[..., -1, :] * lr)
+    return ChunkCoefficients(beta=beta, G=G, f=f, m_end=m[..., -1], s_coef=Q[..., -1, :] * lr, units=units)

@@ -34,6 +34,12 @@ nor how the window gates γ are parameterised), each an option:
   :mod:`memnets.memory.dotbias`). The DeepTransformers family falls out of the options: DLA = ``omeganet`` with ``inner_loss="dot"``,
   ``window=1``; SWLA = the same with ``window=c``; DeepTransformer = DLA with ``forget=False`` and
   ``feature_kernel="exp"``; Dot = ``omeganet`` with ``forget=False``, ``feature_kernel="exp"``.
+* ``gates``: ``"head"`` (default) or ``"channel"``: lr, mom and keep per output unit of every weight
+  matrix of the memory, from a rank-``gate_rank`` projection (Titans App. C's diag gates, Miras §5.4's
+  low-rank channel-wise gates; :mod:`memnets.mixers.memory_block`); the window gates γ stay per head.
+  With Muon (Eq. 32-33) a per-column θ_t scales the momentum's columns before Newton–Schulz and a
+  per-column η_t the orthogonalised step's columns after it (so the step is O·diag(η_t), orthogonal
+  only when η_t is constant over a matrix's columns, as per head). No Triton kernel takes them.
 * ``chunk_size`` 16 (TTT/Titans), gradients at the chunk-start weights; windows reaching into the
   previous chunk recompute those gradients there.
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (each sequence from the
@@ -72,38 +78,73 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState
 from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
-from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
+from .memory_block import (
+    GatedOutput,
+    GateLayout,
+    LowRankGates,
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    gate_width,
+)
 
 
 class OmegaGates(nn.Module):
-    """Per-token, per-head gates from one linear map of the block input, in the memory's compute dtype
-    (float32 or wider): lr = lr_max·sigmoid(·) (η_t), mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t),
-    win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}). Biases start at lr = lr_max/2, mom ≈ 0.9,
-    keep ≈ 0.99 (as the Titans mixer) and win_gate = 1/window."""
+    """Per-token gates in the memory's compute dtype (float32 or wider): lr = lr_max·sigmoid(·) (η_t),
+    mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t), win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}).
+    ``width`` 1: one scalar per head each, from one linear map of the block input; else lr, mom and
+    keep have ``width`` values per head (``gates: channel``, the memory's units) and all gates come
+    from one rank-``rank`` projection (:class:`~memnets.mixers.memory_block.LowRankGates`), the window
+    gates still one per head and offset. Biases start at lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99 (as
+    the Titans mixer) and win_gate = 1/window."""
 
     def __init__(
-        self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool, window: int
+        self,
+        d_model: int,
+        num_heads: int,
+        lr_max: float,
+        momentum: bool,
+        forget: bool,
+        window: int,
+        width: int = 1,
+        rank: int = 32,
     ) -> None:
         super().__init__()
         self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
         self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
         self.window = window if window > 1 else 0  # window 1: the single gate is fixed at 1
-        self.proj = nn.Linear(d_model, (len(self.names) + self.window) * num_heads)
         init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}
-        bias = [init[n] for n in self.names] + [-math.log(max(window - 1, 1))] * self.window
+        win_init = -math.log(max(window - 1, 1))
+        self.proj: nn.Module
+        if width > 1:
+            widths = {n: (width, init[n]) for n in self.names}
+            self.proj = LowRankGates(
+                d_model,
+                num_heads,
+                rank,
+                {**widths, **({"win_gate": (self.window, win_init)} if self.window else {})},
+            )
+            return
+        self.proj = nn.Linear(d_model, (len(self.names) + self.window) * num_heads)
+        bias = [init[n] for n in self.names] + [win_init] * self.window
         with torch.no_grad():
             self.proj.weight.normal_(std=0.1 * d_model**-0.5)
             self.proj.bias.copy_(torch.tensor(bias).repeat_interleave(num_heads))
 
     def forward(self, x: Tensor, dtype: torch.dtype) -> dict[str, Tensor | None]:
         B, T, _ = x.shape
-        raw = self.proj(x).to(torch.promote_types(dtype, torch.float32))
-        raw = torch.sigmoid(raw.view(B, T, len(self.names) + self.window, self.num_heads))
+        compute = torch.promote_types(dtype, torch.float32)
         out: dict[str, Tensor | None] = dict.fromkeys(("lr", "mom", "keep", "win_gate"))
-        out.update(zip(self.names, raw.unbind(2)))
+        if isinstance(self.proj, LowRankGates):
+            out.update({n: torch.sigmoid(g.to(compute)) for n, g in self.proj(x).items()})
+        else:
+            raw = torch.sigmoid(
+                self.proj(x).to(compute).view(B, T, len(self.names) + self.window, self.num_heads)
+            )
+            out.update(zip(self.names, raw.unbind(2)))
+            if self.window:
+                out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
         out["lr"] = self.lr_max * out["lr"]  # type: ignore[operator]
-        if self.window:
-            out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
         return out
 
 
@@ -164,6 +205,8 @@ class _OmegaMixer(GatedOutput):
         ns_steps: int,
         ns_coefficients: tuple[float, float, float],
         dot_precision: str = "tf32x3",
+        gates: str = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -185,16 +228,18 @@ class _OmegaMixer(GatedOutput):
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.features = PolynomialFeatures(head_dim, feature_degree, feature_kernel)
-        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window)
         if inner_loss not in ("l2", "dot"):
             raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
         self.bias = L2Bias() if inner_loss == "l2" else DotBias()
         self.memory = memory.build_features(name, num_heads, head_dim, self.features.out_dim)
+        width = gate_width(name, gates, gate_rank, self.memory)
+        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window, width, gate_rank)
         check_dot_precision(name, dot_precision, self.memory)
         self.op = MemoryDispatch(
             name,
             OMEGA_MEMORY,
             self.memory,
+            gates=gates,
             window=window,
             chunk_size=chunk_size,
             muon=muon,
@@ -263,6 +308,8 @@ class OmegaNet(_OmegaMixer):
         lr_max: float = 1.0,
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
+        gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__(
             "omeganet",
@@ -284,6 +331,8 @@ class OmegaNet(_OmegaMixer):
             0,
             MUON_COEFFICIENTS,
             dot_precision,
+            gates,
+            gate_rank,
         )
 
 
@@ -310,6 +359,8 @@ class Atlas(_OmegaMixer):
         muon: Literal["token", "chunk"] = "token",
         ns_steps: int = 5,
         ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+        gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         if muon not in ("token", "chunk"):
             raise ValueError(f"atlas: muon={muon!r} is not one of ['token', 'chunk']")
@@ -332,4 +383,6 @@ class Atlas(_OmegaMixer):
             muon,
             ns_steps,
             ns_coefficients,
+            gates=gates,
+            gate_rank=gate_rank,
         )

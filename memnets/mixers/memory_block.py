@@ -1,15 +1,29 @@
 """Pieces the memory mixers (``titans``, ``moneta``/``yaad``/``memora``, ``omeganet``/``atlas``,
-``tnt``) share: the q/k/v input block, running packed sequences one at a time (mixers whose pieces
-are not all per-token: MAC's segments, TNT's shards) and the kernels' matmul operand option."""
+``tnt``) share: the q/k/v input block, the low-rank gate projection and the ``gates`` option, running
+packed sequences one at a time (mixers whose pieces are not all per-token: MAC's segments, TNT's
+shards) and the kernels' matmul operand option.
+
+``gates``: ``"head"`` (default) gives every gate (step size, momentum, retention) one scalar per token
+and head; ``"channel"`` one value per token, head and unit of the memory: each output unit of every
+weight matrix of the memory network (:func:`~memnets.memory.gate_units`) gets its own step size,
+momentum and retention for its incoming weights. For the linear memory these are exactly Titans'
+channel-wise gates diag(1 − α_t), diag(η_t), diag(θ_t) (arXiv 2501.00663 App. C) and Miras'
+η_t, α_t ∈ R^d (arXiv 2504.13173 §5.4); for an MLP memory the same rule applied to each layer is the
+one choice that treats every layer alike (the papers do not say which axis a "channel" of a hidden
+layer is). Channel gates come from a low-rank projection x → R^``gate_rank`` → R^{H·N} per gate
+(Miras §5.4, following RWKV-7; rank "usually 32 or 64", default 32), squashed as the scalar gates.
+No Triton kernel takes them: ``auto`` runs the chunked PyTorch form (compiled on CUDA) and says why.
+"""
 
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..memory import MemoryMLP
+from ..memory import MemoryMLP, gate_units
 from ..modules import GatedRMSNorm, ShortConv, l2norm
 from .base import check_cu_seqlens, last_sequence_conv
 
@@ -31,6 +45,49 @@ def run_packed_one_by_one(
         y, last = mixer(x[:, s:e])
         ys.append(y)
     return torch.cat(ys, 1), last
+
+
+GateLayout = Literal["head", "channel"]
+GATE_LAYOUTS: tuple[str, ...] = ("head", "channel")
+
+
+def gate_width(owner: str, gates: str, gate_rank: int, arch: MemoryMLP) -> int:
+    """Entries per token and head of a step-size/momentum/retention gate: 1 for ``gates="head"``, the
+    memory's units for ``"channel"`` (module docstring); checks the options."""
+    if gates not in GATE_LAYOUTS:
+        raise ValueError(f"{owner}: gates={gates!r} is not one of {list(GATE_LAYOUTS)}")
+    if gate_rank < 1:
+        raise ValueError(f"{owner}: gate_rank must be >= 1, got {gate_rank}")
+    return 1 if gates == "head" else sum(gate_units(arch))
+
+
+class LowRankGates(nn.Module):
+    """Per-token gates from one low-rank projection x → R^rank → R^{H·width} per gate (Miras
+    arXiv 2504.13173 §5.4). ``gates``: name → (width, initial bias). Raw (pre-squashing) values in
+    float32, or the input's wider dtype (float64 models stay exact)."""
+
+    def __init__(self, d_model: int, num_heads: int, rank: int, gates: dict[str, tuple[int, float]]) -> None:
+        super().__init__()
+        self.num_heads, self.gates = num_heads, gates
+        total = sum(width for width, _ in gates.values()) * num_heads
+        self.down = nn.Linear(d_model, rank, bias=False)
+        self.up = nn.Linear(rank, total)
+        with torch.no_grad():
+            self.up.weight.normal_(std=0.1 * rank**-0.5)
+            self.up.bias.copy_(
+                torch.cat([torch.full((w * num_heads,), b) for w, b in gates.values()]).to(self.up.bias)
+            )
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Raw gates: ``[B, T, H]`` for width 1, else ``[B, T, H, width]``."""
+        B, T, _ = x.shape
+        raw = self.up(self.down(x)).to(torch.promote_types(x.dtype, torch.float32))
+        out, i = {}, 0
+        for name, (width, _) in self.gates.items():
+            g = raw[..., i : i + width * self.num_heads].view(B, T, self.num_heads, width)
+            out[name] = g[..., 0] if width == 1 else g
+            i += width * self.num_heads
+        return out
 
 
 class MemoryProjections(nn.Module):

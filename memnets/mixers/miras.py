@@ -23,11 +23,16 @@ softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel fo
 Choices where the paper is silent or ambiguous (§5.3–5.4 leave open the gates' channel axis, the norm
 Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 
-* Gates are per head, not channel-wise: the engine's step size and retention multiply whole
-  fast-weight matrices of the MLP memory, and the paper does not say which axis of which layer a
-  "channel" is. They keep the paper's low-rank form. Yaad's δ_t is a scalar per token and head for the
-  switch of Eq. 26 (which compares the scalar ‖r‖₂); ``huber="coord"`` gives the coordinate-wise
-  Huber of Eq. 14 with a channel-wise δ_t ∈ R^d.
+* ``gates``: ``"head"`` (default) gives η_t and α_t one scalar per head, multiplying whole fast-weight
+  matrices; ``"channel"`` gives them the channel-wise form of §5.4, η_t, α_t ∈ R^d, as one value per
+  output unit of every weight matrix of the memory (the paper does not say which axis of which layer
+  of an MLP memory a "channel" is; this choice gates each unit's incoming weights alike at every
+  layer, and is the paper's R^d for a linear memory; :mod:`memnets.mixers.memory_block`). For Memora
+  an output unit's weights are one simplex (softmax over its inputs), so each simplex gets its own
+  η_t, α_t; Moneta's ℓ_q map still normalises whole matrices. Both layouts keep the paper's low-rank
+  form. Yaad's δ_t is a scalar per token and head for the switch of Eq. 26
+  (which compares the scalar ‖r‖₂) under either layout; ``huber="coord"`` gives the coordinate-wise
+  Huber of Eq. 14 with a channel-wise δ_t ∈ R^d (over the residual's channels).
 * Loss scale: no ½ anywhere (Titans Eq. 12 convention, absorbed by ``lr``); Yaad's ℓ1 branch is
   2δ_t‖r‖₁ so that it continues ‖r‖² like 2·Huber. Smooth Sign ≈ tanh(``sign_sharpness``·x) (Remark 5;
   α unspecified, default 10) in Yaad's norm form; Moneta's |x|^p ≈ (x² + ε)^{p/2}, ε = 1e-6 (§5.4).
@@ -64,7 +69,7 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   ``triton`` (:mod:`memnets.kernels.mlp_memory`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
   :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits). Moneta's
-  L_q maps and Memora's softmax/lag token run in PyTorch; asking for
+  L_q maps, Memora's softmax/lag token and ``gates: channel`` run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 
@@ -82,7 +87,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..dispatch import Backend, MemoryDispatch
 from ..memory import AttentionalBias, L2Bias, MemorySpec, MemoryState
@@ -96,34 +101,15 @@ from ..memory.miras import (
 )
 from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, check_packed
-
-
-class LowRankGates(nn.Module):
-    """Per-token gates from one low-rank projection x → R^rank → R^{H·width} per gate (Miras §5.4)."""
-
-    def __init__(self, d_model: int, num_heads: int, rank: int, gates: dict[str, tuple[int, float]]) -> None:
-        super().__init__()
-        self.num_heads, self.gates = num_heads, gates
-        total = sum(width for width, _ in gates.values()) * num_heads
-        self.down = nn.Linear(d_model, rank, bias=False)
-        self.up = nn.Linear(rank, total)
-        with torch.no_grad():
-            self.up.weight.normal_(std=0.1 * rank**-0.5)
-            self.up.bias.copy_(
-                torch.cat([torch.full((w * num_heads,), b) for w, b in gates.values()]).to(self.up.bias)
-            )
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Raw (pre-activation) gates in float32: ``[B, T, H]`` for width 1, else ``[B, T, H, width]``."""
-        B, T, _ = x.shape
-        raw = self.up(self.down(x)).float()
-        out, i = {}, 0
-        for name, (width, _) in self.gates.items():
-            g = raw[..., i : i + width * self.num_heads].view(B, T, self.num_heads, width)
-            out[name] = g[..., 0] if width == 1 else g
-            i += width * self.num_heads
-        return out
+from .memory_block import (
+    GatedOutput,
+    GateLayout,
+    LowRankGates,
+    MemoryProjections,
+    check_dot_precision,
+    check_packed,
+    gate_width,
+)
 
 
 @dataclass
@@ -160,6 +146,7 @@ class MirasMemory(GatedOutput):
         lag: bool = False,
         extra_gates: dict[str, tuple[int, float]] | None = None,
         dot_precision: str = "tf32x3",
+        gates: str = "head",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -179,12 +166,14 @@ class MirasMemory(GatedOutput):
         )
         self.bias, self.retention, self.lag = bias, retention, lag
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
-        # lr starts at lr_max/2, keep at sigmoid(4.6) ≈ 0.99
+        self.memory = memory.build(num_heads, head_dim)
+        width = gate_width(self.name, gates, gate_rank, self.memory)
+        # lr starts at lr_max/2, keep at sigmoid(4.6) ≈ 0.99; δ keeps its own width (per head or per
+        # output channel of the residual, which is what Huber compares, not a weight's unit)
         self.gates = LowRankGates(
-            d_model, num_heads, gate_rank, {"lr": (1, 0.0), "keep": (1, 4.6), **(extra_gates or {})}
+            d_model, num_heads, gate_rank, {"lr": (width, 0.0), "keep": (width, 4.6), **(extra_gates or {})}
         )
         self.lr_max = lr_max
-        self.memory = memory.build(num_heads, head_dim)
         check_dot_precision(self.name, dot_precision, self.memory)
         self.init_output(d_model, num_heads, head_dim)
         # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
@@ -195,6 +184,7 @@ class MirasMemory(GatedOutput):
             chunk_size=chunk_size,
             bias=bias,
             retention=retention,
+            gates=gates,
             lag=lag,
             dot_precision=dot_precision,
         )
@@ -256,6 +246,7 @@ class Moneta(MirasMemory):
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
+        gates: GateLayout = "head",
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
     ) -> None:
@@ -277,6 +268,7 @@ class Moneta(MirasMemory):
             memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
+            gates=gates,
             conv_size=conv_size,
             dot_precision=dot_precision,
             bias=LpBias(p, eps),
@@ -304,6 +296,7 @@ class Yaad(MirasMemory):
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         gate_rank: int = 32,
+        gates: GateLayout = "head",
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
     ) -> None:
@@ -329,6 +322,7 @@ class Yaad(MirasMemory):
             memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
+            gates=gates,
             conv_size=conv_size,
             dot_precision=dot_precision,
             bias=HuberBias(huber, sign_sharpness),
@@ -359,6 +353,7 @@ class Memora(MirasMemory):
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 0.1,
         gate_rank: int = 32,
+        gates: GateLayout = "head",
         conv_size: int = 4,
     ) -> None:
         super().__init__(
@@ -370,6 +365,7 @@ class Memora(MirasMemory):
             memory=memory,
             lr_max=lr_max,
             gate_rank=gate_rank,
+            gates=gates,
             conv_size=conv_size,
             bias=L2Bias(),
             retention=SimplexSoftmax(simplex_scale),

@@ -14,7 +14,10 @@ Registered mixers:
   sliding-window attention, :mod:`memnets.mixers.hybrid` (which wraps any memory mixer so).
 
 Gates (per token and head; neutral names, Titans letters): ``lr = lr_max·sigmoid(W x + b)`` = θ_t,
-``mom = sigmoid(W x + b)`` = η_t, ``keep = 1 − sigmoid(W x + b)`` = 1 − α_t. Biases start at
+``mom = sigmoid(W x + b)`` = η_t, ``keep = sigmoid(W x + b)`` = 1 − α_t. ``gates: channel`` makes each
+a vector per head, one entry per output unit of every weight matrix of the memory (App. C's
+diag(θ_t), diag(η_t), diag(1 − α_t), applied to each layer), from a rank-``gate_rank`` projection
+(default 32; :mod:`memnets.mixers.memory_block`); no Triton kernel takes them. Biases start at
 lr = lr_max/2, mom ≈ 0.9, forget α ≈ 0.01 (our choice: §3.2 makes the gates functions of x_t but gives no
 parameterisation). ``lr_max = 0`` freezes the memory at
 its learned initial weights (the "frozen memory" baseline).
@@ -24,7 +27,8 @@ gate, MAG window), each documented here and an option where people differ:
 
 * Memory: ``memory`` (a :class:`~memnets.memory.MemorySpec`): depth 2, expansion 4, GELU, residual +
   LayerNorm with per-head outer affine (M(x) = x + LN(W₁ σ(W₂ x)), as the same group's Miras/ATLAS and TTT); initial weights learned
-  per head. Loss ‖M(k) − v‖² without ½ (Titans Eq. 12). Gates are scalars per head (not channel-wise).
+  per head. Loss ‖M(k) − v‖² without ½ (Titans Eq. 12). Gates are scalars per head by default
+  (``gates: channel``: App. C's channel-wise ones, see above).
 * Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
   momentum/forgetting per token, reads after the token's own write (Eq. 15).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
@@ -87,9 +91,12 @@ from ..registry import register_mixer
 from .attention import Attention, attention_mask
 from .memory_block import (
     GatedOutput,
+    GateLayout,
+    LowRankGates,
     MemoryProjections,
     check_dot_precision,
     check_packed,
+    gate_width,
     run_packed_one_by_one,
 )
 
@@ -105,31 +112,42 @@ def _check_positive(owner: str, **values: int) -> None:
 
 
 class MemoryGates(nn.Module):
-    """Per-token, per-head gates: lr = lr_max·sigmoid(·) (θ_t), mom = sigmoid(·) (η_t),
-    keep = sigmoid(·) = 1 − α_t. Computed in at least float32 (float64 models stay float64, so decoding
-    matches the parallel forward to float64 precision)."""
+    """Per-token gates: lr = lr_max·sigmoid(·) (θ_t), mom = sigmoid(·) (η_t), keep = sigmoid(·) = 1 − α_t;
+    ``width`` 1: one scalar per head from a linear map of x; else ``width`` values per head (the
+    memory's units, ``gates: channel``, App. C's diag gates) from a rank-``rank`` projection
+    (:class:`~memnets.mixers.memory_block.LowRankGates`). Computed in at least float32 (float64
+    models stay float64, so decoding matches the parallel forward to float64 precision)."""
 
-    def __init__(self, d_model: int, num_heads: int, lr_max: float, momentum: bool, forget: bool) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        lr_max: float,
+        momentum: bool,
+        forget: bool,
+        width: int = 1,
+        rank: int = 32,
+    ) -> None:
         super().__init__()
         self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
         self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
+        init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}  # lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99
+        self.proj: nn.Module
+        if width > 1:
+            self.proj = LowRankGates(d_model, num_heads, rank, {n: (width, init[n]) for n in self.names})
+            return
         self.proj = nn.Linear(d_model, len(self.names) * num_heads)
         with torch.no_grad():
             self.proj.weight.normal_(std=0.1 * d_model**-0.5)
-            init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}  # lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99
             self.proj.bias.copy_(torch.tensor([init[n] for n in self.names]).repeat_interleave(num_heads))
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
         B, T, _ = x.shape
-        raw = dict(
-            zip(
-                self.names,
-                self.proj(x)
-                .to(torch.promote_types(x.dtype, torch.float32))
-                .view(B, T, len(self.names), self.num_heads)
-                .unbind(2),
-            )
-        )
+        if isinstance(self.proj, LowRankGates):
+            raw = self.proj(x)
+        else:
+            per_head = self.proj(x).to(torch.promote_types(x.dtype, torch.float32))
+            raw = dict(zip(self.names, per_head.view(B, T, len(self.names), self.num_heads).unbind(2)))
         return {
             "lr": self.lr_max * torch.sigmoid(raw["lr"]),
             "mom": torch.sigmoid(raw["mom"]) if self.momentum else None,
@@ -137,9 +155,13 @@ class MemoryGates(nn.Module):
         }
 
 
-def titans_memory_op(owner: str, arch: MemoryMLP, backend: str, chunk_size: int, dot_precision: str):
+def titans_memory_op(
+    owner: str, arch: MemoryMLP, backend: str, chunk_size: int, dot_precision: str, gates: str
+) -> MemoryDispatch:
     """The Titans memory's dispatch for ``owner``, checked against ``backend``."""
-    op = MemoryDispatch(owner, TITANS_MEMORY, arch, chunk_size=chunk_size, dot_precision=dot_precision)
+    op = MemoryDispatch(
+        owner, TITANS_MEMORY, arch, gates=gates, chunk_size=chunk_size, dot_precision=dot_precision
+    )
     op.check(backend)
     check_dot_precision(owner, dot_precision, arch)
     return op
@@ -169,6 +191,8 @@ class Titans(GatedOutput):
         lr_max: float = 1.0,
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
+        gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -182,9 +206,10 @@ class Titans(GatedOutput):
             backend,
         )
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
-        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
         self.memory = memory.build(num_heads, head_dim)
-        self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision)
+        width = gate_width("titans", gates, gate_rank, self.memory)
+        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
+        self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision, gates)
         self.init_output(d_model, num_heads, head_dim)
 
     def forward(
@@ -255,6 +280,8 @@ class TitansMAC(nn.Module):
         rope_base: float = 10000.0,
         dot_precision: str = "tf32x3",
         write_norm: bool = False,
+        gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -287,9 +314,10 @@ class TitansMAC(nn.Module):
         # ~1 in the LMM (RESULTS.md section 12)
         self.write_norm = RMSNorm(d_model) if write_norm else None
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
-        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget)
         self.memory = memory.build(num_heads, head_dim)
-        self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision)
+        width = gate_width("titans_mac", gates, gate_rank, self.memory)
+        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
+        self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision, gates)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)
 

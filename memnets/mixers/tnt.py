@@ -17,7 +17,10 @@ into the batch, so a local memory runs S_i / C_i sequential chunk steps instead 
 Options (neutral names; TNT letters): ``chunk_size`` = C_L, an int (one local memory) or a list (one
 local memory per entry, the paper's C_L = {8, 16}); ``shard_size`` = S_L, one int for all local
 memories or one per memory; ``global_chunk_size`` = C_G; ``lr_max`` bounds the inner step η_t =
-``lr_max·sigmoid(W x + b)`` (per token and head, one gate per memory). ``global_memory=False`` and
+``lr_max·sigmoid(W x + b)`` (per token and head, one gate per memory; ``gates: channel``: per output
+unit of every weight matrix of that memory, from a rank-``gate_rank`` projection, the channel-wise
+η_t of Titans App. C / Miras §5.4, :mod:`memnets.mixers.memory_block`; no Triton kernel takes it, so
+both memories then run the chunked form). ``global_memory=False`` and
 ``qk_projection=False`` are the paper's ablations (Table 3).
 
 Choices the paper leaves open (per-memory projections, output weighting, the Q-K projection's range and
@@ -65,13 +68,23 @@ from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
 from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
-from .memory_block import GatedOutput, MemoryProjections, check_dot_precision, run_packed_one_by_one
+from .memory_block import (
+    GatedOutput,
+    GateLayout,
+    LowRankGates,
+    MemoryProjections,
+    check_dot_precision,
+    gate_width,
+    run_packed_one_by_one,
+)
 
 
 class TNTMemory(nn.Module):
     """One memory's inputs and network: q/k/v projections (own convs), step-size gate
-    lr = lr_max·sigmoid(W x + b) per head (TNT η_t; b = 0 starts at lr_max / 2), MemoryMLP. The gate
-    runs in float32 or the model's wider dtype (float64 models stay exact)."""
+    lr = lr_max·sigmoid(W x + b) (TNT η_t; b = 0 starts at lr_max / 2), MemoryMLP. The gate is one
+    scalar per head from a linear map (``gates="head"``) or one value per head and memory unit from a
+    rank-``gate_rank`` projection (``"channel"``, :mod:`memnets.mixers.memory_block`); it runs in
+    float32 or the model's wider dtype (float64 models stay exact)."""
 
     def __init__(
         self,
@@ -81,21 +94,31 @@ class TNTMemory(nn.Module):
         conv_size: int,
         lr_max: float,
         spec: MemorySpec,
+        gates: str = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__()
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.lr_max = lr_max
+        self.memory = spec.build(num_heads, head_dim)
+        width = gate_width("tnt", gates, gate_rank, self.memory)
+        self.lr_proj: nn.Module
+        if width > 1:
+            self.lr_proj = LowRankGates(d_model, num_heads, gate_rank, {"lr": (width, 0.0)})
+            return
         self.lr_proj = nn.Linear(d_model, num_heads)
         with torch.no_grad():
             self.lr_proj.weight.normal_(std=0.1 * d_model**-0.5)
             self.lr_proj.bias.zero_()
-        self.memory = spec.build(num_heads, head_dim)
 
     def forward(
         self, x: Tensor, conv: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         qkv, conv = self.inputs(x, conv)
-        raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
+        if isinstance(self.lr_proj, LowRankGates):
+            raw = self.lr_proj(x)["lr"]
+        else:
+            raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
 
 
@@ -140,6 +163,8 @@ class TNT(GatedOutput):
         lr_max: float = 1.0,
         conv_size: int = 4,
         dot_precision: str = "tf32x3",
+        gates: GateLayout = "head",
+        gate_rank: int = 32,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -154,7 +179,7 @@ class TNT(GatedOutput):
         self.qk_norm: ProjectionNorm | None = qk_norm if qk_projection else None
 
         def block() -> TNTMemory:
-            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, memory)
+            return TNTMemory(d_model, num_heads, head_dim, conv_size, lr_max, memory, gates, gate_rank)
 
         self.glob = block() if global_memory else None
         self.local = nn.ModuleList(block() for _ in self.chunk_sizes)
@@ -165,6 +190,7 @@ class TNT(GatedOutput):
                 SHARDED_MEMORY,
                 mem.memory,
                 part=f"local memory {i}",
+                gates=gates,
                 chunk_size=c,
                 shard_size=s,
                 projection=self.qk_norm,
@@ -182,6 +208,7 @@ class TNT(GatedOutput):
                 self.glob.memory,
                 part="global memory",
                 optional_kernel=True,  # backend="triton" asks for the local memories' kernels
+                gates=gates,
                 chunk_size=global_chunk_size,
                 dot_precision=dot_precision,
             )
