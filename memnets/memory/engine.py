@@ -230,9 +230,18 @@ def key_path(
     delta = arch.output_grad(zs[-1], dout)
     deltas = [delta]
     for i in range(arch.depth - 2, -1, -1):
-        delta = (delta @ weights[i + 1].transpose(-1, -2)) * arch.act_grad(zs[i])
+        delta = arch.act_backward(zs[i], delta @ weights[i + 1].transpose(-1, -2))
         deltas.insert(0, delta)
     return KeyPath(xs, deltas)
+
+
+def _row_scaled_matmul(s: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """``diag(s) (h w)`` for ``s [..., L]``, ``h [..., L, d_in]``, ``w [..., d_in, d_out]``. Autograd
+    keeps one new tensor either way, ``s ⊙ h`` (for w's gradient) or ``h w`` (for s's): scale the
+    narrower, so a widening layer (the MLP memory's first) keeps ``[L, d_in]``, not ``[L, d_out]``."""
+    if h.shape[-1] < w.shape[-1]:
+        return (s[..., None] * h) @ w
+    return s[..., None] * (h @ w)
 
 
 def dual_read(
@@ -251,9 +260,9 @@ def dual_read(
     map of the weights, e.g. Moneta's L_q normalisation)."""
     h = q
     for i in range(arch.depth):
-        z = c.beta[..., None] * (h @ W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
+        z = _row_scaled_matmul(c.beta, h, W0[i]) - ((h @ kp.xs[i].transpose(-1, -2)) * c.G) @ kp.deltas[i]
         if S0 is not None:
-            z = z + c.f[..., None] * (h @ S0[i])  # type: ignore[index]
+            z = z + _row_scaled_matmul(c.f, h, S0[i])  # type: ignore[arg-type]
         if scales is not None:
             z = z * scales[i][..., None]
         h = arch.act(z) if i < arch.depth - 1 else z
