@@ -8,7 +8,7 @@ arXiv 2501.00663 §3.1-3.2; Miras, arXiv 2504.13173 §5.3; ATLAS, arXiv 2505.237
   layer_norm)``: per-head fast weights ``W^l [B, H, d_in, d_out]`` (row form ``out = in @ W``), depth 1
   = linear matrix memory. It owns the learnable initial weights ``W_0 [H, d_in, d_out]`` (broadcast
   to the batch by :func:`initial_state`), the LayerNorm's outer scale/shift, and the hand-written
-  derivatives the chunked path needs (``act_grad``, ``output_grad``). ``read(weights, x)`` is M(x; W).
+  derivatives the chunked path needs (``act_backward``, ``output_grad``). ``read(weights, x)`` is M(x; W).
 * **Attentional bias** — any object with ``loss(pred, target, params) -> [B, H, L]`` and
   ``grad(pred, target, params) -> d loss/d pred`` (:class:`AttentionalBias`); :class:`L2Bias` is
   Titans Eq. 12, ‖M(k) − v‖². Per-token bias parameters (e.g. a Huber threshold) travel as

@@ -150,16 +150,18 @@ class MemoryMLP(nn.Module):
             return F.silu(z)
         return torch.tanh(z)
 
-    def act_grad(self, z: Tensor) -> Tensor:
-        """d act / d z, written out so the chunked engine needs no inner autograd."""
+    def act_backward(self, z: Tensor, grad: Tensor) -> Tensor:
+        """``grad ⊙ act'(z)``, the inner backward through the activation. GELU and tanh use ATen's
+        fused backward ops, whose own backward (the outer one) keeps only ``grad`` and ``z`` (tanh: its
+        output), where the derivative written out elementwise keeps every erf/exp intermediate, four
+        more ``z``-sized tensors per call, which dominated the chunked engine's saved activations. ATen's
+        SiLU backward has no derivative, so SiLU's is written out."""
         if self.activation == "gelu":
-            cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-            pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-            return cdf + z * pdf
-        if self.activation == "silu":
-            s = torch.sigmoid(z)
-            return s * (1.0 + z * (1.0 - s))
-        return 1.0 - torch.tanh(z) ** 2
+            return torch.ops.aten.gelu_backward(grad, z)
+        if self.activation == "tanh":
+            return torch.ops.aten.tanh_backward(grad, torch.tanh(z))
+        s = torch.sigmoid(z)
+        return grad * (s * (1.0 + z * (1.0 - s)))
 
     def _affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # [H, d] -> [1, H, 1, d] to broadcast over [B, H, L, d]
@@ -180,9 +182,9 @@ class MemoryMLP(nn.Module):
     def _normalize(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂, 1/σ) of a LayerNorm without affine; written out (F.layer_norm is slow on tiny CPU
         tensors, and the backward below needs the same pieces)."""
-        mu = z.mean(-1, keepdim=True)
-        rstd = torch.rsqrt((z - mu).pow(2).mean(-1, keepdim=True) + self.eps)
-        return (z - mu) * rstd, rstd
+        zc = z - z.mean(-1, keepdim=True)  # once: autograd keeps it for both uses
+        rstd = torch.rsqrt(zc.pow(2).mean(-1, keepdim=True) + self.eps)
+        return zc * rstd, rstd
 
     def output_grad(self, z: Tensor, dy: Tensor) -> Tensor:
         """Backward of :meth:`output` w.r.t. ``z`` (the residual does not depend on ``z``)."""

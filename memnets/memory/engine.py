@@ -278,9 +278,19 @@ def key_path(
     delta = arch.output_grad(zs[-1], dout)
     deltas = [delta]
     for i in range(arch.depth - 2, -1, -1):
-        delta = (delta @ weights[i + 1].transpose(-1, -2)) * arch.act_grad(zs[i])
+        delta = arch.act_backward(zs[i], delta @ weights[i + 1].transpose(-1, -2))
         deltas.insert(0, delta)
     return KeyPath(xs, deltas)
+
+
+def _scaled_matmul(c: ChunkCoefficients, s: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """``diag(s) (h w)`` for a per-token coefficient ``s`` of ``c``'s layout, ``h [..., L, d_in]``,
+    ``w [..., d_in, d_out]``. Autograd keeps one new tensor either way, ``s ⊙ h`` (for w's gradient)
+    or ``h w`` (for s's): with per-head gates scale the narrower, so a widening layer (the MLP
+    memory's first) keeps ``[L, d_in]``, not ``[L, d_out]``; per-channel gates scale the outputs."""
+    if c.units is None and h.shape[-1] < w.shape[-1]:
+        return (s[..., None] * h) @ w
+    return c.rows(s) * (h @ w)
 
 
 def dual_layer(
@@ -291,9 +301,9 @@ def dual_layer(
     derived here with momentum and decay; β = 1, f = 0, G = tril(lr) gives TTT's). Per-channel gates
     scale Δ's columns instead (:meth:`~memnets.memory.rule.ChunkCoefficients.mix`)."""
     ci = c.layer(i)
-    z = ci.rows(ci.beta) * (h @ W0[i]) - ci.mix(h @ kp.xs[i].transpose(-1, -2), kp.deltas[i])
+    z = _scaled_matmul(ci, ci.beta, h, W0[i]) - ci.mix(h @ kp.xs[i].transpose(-1, -2), kp.deltas[i])
     if S0 is not None:
-        z = z + ci.rows(ci.f) * (h @ S0[i])  # type: ignore[arg-type]
+        z = z + _scaled_matmul(ci, ci.f, h, S0[i])  # type: ignore[arg-type]
     return z
 
 

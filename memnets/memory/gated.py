@@ -68,4 +68,4 @@ def gated_key_path(
     z1 = a @ w1
     d1 = arch.output_grad(z1, bias.grad(arch.output(z1, k), v, None))
     da = d1 @ w1.transpose(-1, -2)
-    return KeyPath(xs=[k, k, a], deltas=[da * z3 * arch.act_grad(z2), da * s, d1])
+    return KeyPath(xs=[k, k, a], deltas=[arch.act_backward(z2, da * z3), da * s, d1])
