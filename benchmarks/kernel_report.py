@@ -7,7 +7,8 @@ asks each which backend ``auto`` picks on a CUDA device and why, and then
 
 * for a Triton kernel: the launches of one layer at the micro-batch (:func:`kernel_launches`), each
   compiled for sm_90 with ``scripts/check_kernels_compile.py``'s machinery (its ``Case`` records and
-  ``compile_case``; the compiled kernel's PTX and TTGIR are read here: :func:`tensor_cores`);
+  ``compile_case``; the compiled kernel's PTX and TTGIR are read by
+  :func:`benchmarks.compiled_asm.tensor_cores`);
 * for the chunked PyTorch form: the kernel launches (ATen ops) per chunk, counted on CPU at small
   shapes (:func:`count_launches`).
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +38,7 @@ if str(ROOT / "scripts") not in sys.path:
 import check_kernels_compile as ck  # noqa: E402
 import triton  # noqa: E402
 
+from benchmarks.compiled_asm import tensor_cores  # noqa: E402
 from benchmarks.config_mixers import build_meta, config_mixers, dispatches  # noqa: E402
 from benchmarks.kernel_roofline import PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
 from memnets import ops as memory_ops  # noqa: E402
@@ -45,6 +46,7 @@ from memnets.dispatch import MemoryDispatch  # noqa: E402
 from memnets.registry import build_mixer  # noqa: E402
 
 CUDA = torch.device("cuda")
+AMP_DTYPE = torch.bfloat16  # what the trainer autocasts to on a GPU with bf16 (memnets.trainer)
 MLP_OPS = {
     memory_ops.TITANS_MEMORY.name,
     memory_ops.MIRAS_MEMORY.name,
@@ -75,9 +77,13 @@ class Launch:
 
 
 def _dot(d: MemoryDispatch) -> int:
+    """The kernels' operand mode: the mixer's ``dot_precision``, ``"auto"`` resolved for the trainer's
+    default on an H100 (``train.precision: auto`` autocasts to ``AMP_DTYPE``; no flagship config sets
+    fp32)."""
     from memnets.kernels.mlp_memory import DOT_PRECISIONS
+    from memnets.memory.kernel_bridge import resolve_dot_precision
 
-    return DOT_PRECISIONS.get(d.options.get("dot_precision", "tf32x3"), 0)
+    return DOT_PRECISIONS[resolve_dot_precision(d.options.get("dot_precision", "auto"), AMP_DTYPE)]
 
 
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
@@ -197,78 +203,6 @@ def kernel_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launc
 
 # ---------------------------------------------------------------------------------------------------
 # the sm_90 compile of one launch
-
-_MMA_ENC = re.compile(
-    r"^#(mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d), .*?warpsPerCTA = \[(\d+), (\d+)\]"
-)
-_DOT = re.compile(r"= (tt\.dot|ttng\.warp_group_dot) .*?-> tensor<(\d+)x(\d+)xf32, #(mma\d*)>")
-_A_TYPE = re.compile(r":\s*(?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)")
-
-
-def _loop_depths(ttgir: str) -> Iterator[tuple[int, str]]:
-    """(enclosing ``scf.for`` count, line) of every line of the kernel's TTGIR: its regions are indented
-    one level deeper than the op that opens them, so a line at or left of a loop's indent (its closing
-    brace included) is outside that loop."""
-    stack: list[int] = []
-    for line in ttgir.splitlines():
-        indent = len(line) - len(line.lstrip())
-        while stack and indent <= stack[-1]:
-            stack.pop()
-        yield len(stack), line
-        if "scf.for " in line and line.rstrip().endswith("{"):
-            stack.append(indent)
-
-
-def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
-    """The tensor-core work of one compiled kernel.
-
-    From the PTX: the static count of ``mma.sync`` (Ampere-style, per warp) and ``wgmma`` (Hopper,
-    per warpgroup) instructions and their operand types. From the TTGIR: every matmul (``tt.dot`` →
-    mma.sync, ``ttng.warp_group_dot`` → wgmma) with its shape M×N×K and operand type, weighted by the
-    loops around it: a matmul in the chunk loop runs once per step, one in a loop inside it ``inner``
-    times (the wide kernels' hidden blocks); ``replicated``: mma.sync products whose rows are fewer
-    than 16 × the warps the encoding lays along them (those warps compute the same rows)."""
-    mma_ops = re.findall(r"\bmma\.sync\.aligned\.[\w.]+", ptx)
-    wgmma_ops = re.findall(r"\bwgmma\.mma_async\.sync\.aligned\.[\w.]+", ptx)
-    encodings = {
-        m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
-        for m in map(_MMA_ENC.match, ttgir.splitlines())
-        if m
-    }
-    per_step: dict[str, float] = {}  # "wgmma.bf16" -> tensor FLOP per step (padded shapes, tf32x3 ×3)
-    dots = replicated = 0
-    for depth, line in _loop_depths(ttgir):
-        m = _DOT.search(line)
-        if not m:
-            continue
-        op, M, N, enc = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-        a = _A_TYPE.search(line.split(" : ", 1)[-1] if " : " in line else line)
-        K = int(a.group(2)) if a else 16
-        dtype = {"f32": "tf32", "bf16": "bf16", "f16": "fp16"}.get(a.group(3) if a else "f32", "tf32")
-        passes = 3 if "tf32x3" in line else 1
-        version, wm, wn = encodings.get(enc, (2, 1, 1))
-        copies = 1
-        if version == 2 and (16 * wm > M or 8 * wn > N):
-            copies = max(wm * 16 // max(M, 1), 1) * max(wn * 8 // max(N, 1), 1)
-            replicated += inner if depth >= 2 else 1
-        kind = (
-            f"{'wgmma' if op.endswith('warp_group_dot') else 'mma.sync'}.{dtype}{'x3' if passes == 3 else ''}"
-        )
-        weight = inner if depth >= 2 else 1
-        per_step[kind] = per_step.get(kind, 0.0) + 2.0 * M * N * K * passes * copies * weight
-        dots += weight
-    return {
-        "mma_sync": len(mma_ops),
-        "wgmma": len(wgmma_ops),
-        "operand_types": sorted(
-            {op.split(".")[-2] if op.startswith("wgmma") else op.split(".")[-3] for op in mma_ops + wgmma_ops}
-        ),
-        "instructions": sorted(set(mma_ops + wgmma_ops)),
-        "dots_per_step": dots,
-        "replicated_dots": replicated,
-        "tensor_flop_per_step": per_step,
-    }
-
 
 _compiled: dict[str, dict[str, Any]] = {}
 

@@ -91,7 +91,7 @@ def _titans_packs(*, arch: MemoryMLP, chunk_size: int, bias: object = None, **_:
     return arch.depth == 1 or _mlp_supports(arch, bias, chunk_size, no_wide="packed sequences") is None
 
 
-def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "tf32x3", **options: Any):
+def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", **options: Any):
     if arch.depth == 1:  # the linear kernel's matmuls are tf32x3 (check_dot_precision refuses others)
         from .memory.kernel_bridge import titans_linear_chunked
 
@@ -215,7 +215,7 @@ CHUNK_READ_MEMORY = MemoryOp(
 )
 
 
-def _sharded_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "tf32x3", **options: Any):
+def _sharded_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", **options: Any):
     run = functools.partial(_titans_kernel, dot_precision=dot_precision)
     return sharded_memory(arch, *inputs, run=run, **options)
 

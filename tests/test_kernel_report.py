@@ -129,3 +129,36 @@ def test_budget_check_catches_each_regression():
     better = copy.deepcopy(rows)
     first_launch(better).update(operand_types=["bf16"], stack=0, programs=10_000)
     assert kernel_budget.regressions(better, budgets) == []
+
+
+def test_tensor_cores_reads_each_matmul_shape_and_operand_type():
+    """Each TTGIR matmul counts with its M×N×K and operand type: ``tt.dot`` (mma.sync) lists its types
+    after the op's attributes, ``ttng.warp_group_dot`` (wgmma) after an attribute dict that has a
+    `` : `` of its own; tf32x3 counts three products, and a product in a loop inside the chunk loop
+    counts ``inner`` times."""
+    from benchmarks.compiled_asm import tensor_cores
+
+    mma = "#ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>"
+    ttgir = "\n".join(
+        [
+            "#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1], x}>",
+            "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 1], x}>",
+            "scf.for %c = a to b step c {",
+            f"  %0 = tt.dot %a, %b, %z, inputPrecision = tf32 : tensor<16x128xbf16, {mma}> * "
+            f"tensor<128x32xbf16, {mma}> -> tensor<16x32xf32, #mma>",
+            f"  %1 = tt.dot %a, %b, %z, inputPrecision = tf32x3 : tensor<64x32xf32, {mma}> * "
+            f"tensor<32x64xf32, {mma}> -> tensor<64x64xf32, #mma>",
+            "  scf.for %h = a to b step c {",
+            "    %2 = ttng.warp_group_dot %a, %b, %z {inputPrecision = 0 : i32, isAsync = true} : "
+            f"tensor<64x16xbf16, {mma}> * !ttg.memdesc<16x16xbf16, #s, #smem> -> tensor<64x16xf32, #mma1>",
+            "  }",
+            "}",
+        ]
+    )
+    out = tensor_cores("", ttgir, inner=12)
+    assert out["tensor_flop_per_step"] == {
+        "mma.sync.bf16": 2.0 * 16 * 32 * 128 * 4,  # 16 rows over 4 warps along M: computed 4 times
+        "mma.sync.tf32x3": 2.0 * 64 * 64 * 32 * 3,
+        "wgmma.bf16": 2.0 * 64 * 16 * 16 * 12,
+    }
+    assert (out["dots_per_step"], out["replicated_dots"]) == (1 + 1 + 12, 1)

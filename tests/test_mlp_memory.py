@@ -132,6 +132,12 @@ def _run(fn, arch, inputs, chunk_size, compute_dtype, bias=None, split=None):
     return with_leaf_grads(outs, leaves)
 
 
+# float32 operands, named: the half-input tests hold the float32 state to float32 accuracy, where
+# dot_precision="auto" would round the operands to the inputs' half type (test_reduced_precision_dots
+# and test_dot_precision_auto_follows_the_inputs test that mode)
+F32_DOTS = {"dot_precision": "tf32x3"}
+
+
 def _compare(
     T,
     chunk_size,
@@ -149,7 +155,7 @@ def _compare(
     inputs = _inputs(T, dtype, gates, bias)
     ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
     with nan_allocations():
-        fn = functools.partial(triton_mlp.titans_mlp_chunked, **kernel_options)
+        fn = functools.partial(triton_mlp.titans_mlp_chunked, **{**F32_DOTS, **kernel_options})
         out = _run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
     assert ref.keys() == out.keys()
     for name in ref:
@@ -466,6 +472,32 @@ def test_reduced_precision_dots(kernel, precision, tolerance):
         )
 
 
+def test_dot_precision_auto_follows_the_inputs():
+    """``dot_precision="auto"`` (the default) runs half operands for half inputs and tf32x3 for float32
+    ones: outputs, final state and every gradient equal, bit for bit, those of naming the mode; under
+    autocast the autocast type decides, even for a float32 ``q`` (normalised outside autocast)."""
+    arch = _arch(residual=True, layer_norm=True)
+    for dtype, mode in ((torch.float16, "float16"), (torch.float32, "tf32x3")):
+        inputs = _inputs(37, dtype, "both")
+        with nan_allocations():
+            auto = _run(triton_mlp.titans_mlp_chunked, arch, inputs, 16, torch.float32)
+            named = _run(
+                functools.partial(triton_mlp.titans_mlp_chunked, dot_precision=mode),
+                arch, inputs, 16, torch.float32,
+            )  # fmt: skip
+        for name in named:
+            torch.testing.assert_close(auto[name], named[name], rtol=0, atol=0, msg=f"{name} ({mode})")
+    resolve = triton_mlp.resolve_dot_precision
+    assert [resolve("auto", t) for t in (torch.bfloat16, torch.float16, torch.float32, torch.float64)] == [
+        "bfloat16", "float16", "tf32x3", "tf32x3"
+    ]
+    assert resolve("tf32", torch.bfloat16) == "tf32"  # a named mode is kept
+    q = torch.zeros(1, 2, 1, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert triton_mlp._dot_precision("f", "auto", q) == "bfloat16"
+    assert triton_mlp._dot_precision("f", "auto", q) == "tf32x3"
+
+
 def _as_memory_call(read_fn, **options):
     """A chunk-start-read function with the engine's signature (no momentum or decay gates)."""
 
@@ -508,7 +540,8 @@ def test_chunk_start_reads_lp_bias_float16():
     bias = LpBias(p=3.0)
     ref = _run(_as_memory_call(chunk_read_memory), ref_arch, inputs, 16, torch.float64, bias)
     with nan_allocations():
-        out = _run(_as_memory_call(triton_mlp.chunk_read_mlp), arch, inputs, 16, torch.float32, bias)
+        read = _as_memory_call(triton_mlp.chunk_read_mlp, **F32_DOTS)
+        out = _run(read, arch, inputs, 16, torch.float32, bias)
     for name in ref:
         assert_close(f"{name} (lp, float16)", ref[name].to(out[name].dtype), out[name])
 
@@ -587,7 +620,8 @@ def test_omega_window_float16(gates, window, bias):
     inputs["gam"] = None
     ref = _run_omega(omega_chunked, ref_arch, inputs, window, 16, torch.float64, bias=bias)
     with nan_allocations():
-        out = _run_omega(triton_mlp.omega_mlp_chunked, arch, inputs, window, 16, torch.float32, bias=bias)
+        omega = functools.partial(triton_mlp.omega_mlp_chunked, **F32_DOTS)
+        out = _run_omega(omega, arch, inputs, window, 16, torch.float32, bias=bias)
     for name in ref:
         assert_close(f"{name} (omega, {bias}, float16)", ref[name].to(out[name].dtype), out[name])
 
@@ -998,7 +1032,7 @@ def test_mixer_dot_precision_is_checked():
     from memnets.mixers import memory_block
 
     assert tuple(triton_mlp.DOT_PRECISIONS) == memory_block.DOT_PRECISIONS
-    with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['tf32x3'"):
+    with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['auto', 'tf32x3'"):
         memnets.build_mixer("yaad", d_model=32, num_heads=2, dot_precision="bf16")
     with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory.depth 2"):
         memnets.build_mixer(

@@ -69,7 +69,10 @@ def _compare(
             inputs["s1"], inputs["s2"] = 0.1 * rnd(1, H, D, hidden), 0.1 * rnd(1, H, hidden, D)
     ref = base._run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, bias, split)
     fn = functools.partial(
-        triton_mlp.titans_mlp_chunked, hidden_block=hidden_block, checkpoint_every=checkpoint_every
+        triton_mlp.titans_mlp_chunked,
+        hidden_block=hidden_block,
+        checkpoint_every=checkpoint_every,
+        **base.F32_DOTS,
     )
     with nan_allocations():
         out = base._run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
@@ -171,8 +174,8 @@ def test_equals_whole_state_kernel_float16():
     inputs = base._inputs(23, torch.float16, "both")
     outs = []
     for fn in (
-        triton_mlp.titans_mlp_chunked,
-        functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=16),
+        functools.partial(triton_mlp.titans_mlp_chunked, **base.F32_DOTS),
+        functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=16, **base.F32_DOTS),
     ):
         with nan_allocations():
             outs.append(base._run(fn, arch, inputs, 8, torch.float32))

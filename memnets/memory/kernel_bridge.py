@@ -97,9 +97,26 @@ def supports_linear(arch: MemoryMLP, bias: object = None, chunk_size: int | None
     return linear_memory.supports(_net_spec(arch), chunk_size)
 
 
-def _check_dot_precision(name: str, dot_precision: str) -> None:
-    if dot_precision not in DOT_PRECISIONS:
-        raise ValueError(f"{name}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
+def resolve_dot_precision(dot_precision: str, dtype: torch.dtype) -> str:
+    """``dot_precision`` with ``"auto"`` resolved for matmul inputs of ``dtype``: their half type
+    ("bfloat16" / "float16": half operands, float32 state and accumulation, as fla's kernels read their
+    float32 state against half inputs), else "tf32x3" (float32 accuracy)."""
+    if dot_precision != "auto":
+        return dot_precision
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "tf32x3")
+
+
+def _dot_precision(name: str, dot_precision: str, q: Tensor) -> str:
+    """The operand mode a kernel call runs: ``dot_precision`` checked, and ``"auto"`` resolved for
+    ``q``'s dtype, or for autocast's where it is on for ``q``'s device (where the projections ran in
+    it even if ``q`` was normalised in float32)."""
+    if dot_precision != "auto" and dot_precision not in DOT_PRECISIONS:
+        raise ValueError(
+            f"{name}: dot_precision={dot_precision!r} is not one of {['auto', *DOT_PRECISIONS]}"
+        )
+    device = q.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+    return resolve_dot_precision(dot_precision, dtype)
 
 
 def _check_bias_params(name: str, bias: object, bias_params: Tensor | None, q: Tensor) -> None:
@@ -161,7 +178,7 @@ def _run(
     win_gate: Tensor | None = None,
     lengths: list[int] | None = None,
     hidden_block: int | None = None,
-    dot_precision: str = "tf32x3",
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, MemoryState]:
     """The MLP-memory kernels from a chunk boundary: layout, coefficients, launch; returns y and the
     state. With an Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows
@@ -241,7 +258,7 @@ def titans_mlp_chunked(
     bias: object = None,
     bias_params: Tensor | None = None,
     checkpoint_every: int | None = None,
-    dot_precision: str = "tf32x3",
+    dot_precision: str = "auto",
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
@@ -261,13 +278,15 @@ def titans_mlp_chunked(
     the hidden width in blocks of this many columns; ``None``: they run, with their default block,
     only where the state does not fit on chip (:func:`on_chip_state_too_large`).
 
-    ``dot_precision`` (``DOT_PRECISIONS``): the matmuls' operands. "tf32x3" (default) keeps float32
-    accuracy; "tf32", "float16" and "bfloat16" round the operands (the state included, accumulation
-    stays float32) for 3x / 6x the tensor-core rate on a GPU. Float16 is tested here against float16's
+    ``dot_precision`` (``"auto"`` or ``DOT_PRECISIONS``): the matmuls' operands. "auto" (default)
+    follows the inputs (:func:`resolve_dot_precision`): half inputs, or autocast to a half type, give
+    half operands, float32 inputs "tf32x3" (float32 accuracy); "tf32", "float16" and "bfloat16" round
+    the operands (the state included, accumulation stays float32) for 3x / 6x the tensor-core rate
+    on a GPU. Float16 is tested here against float16's
     tolerance; tf32 and bfloat16 only on a GPU (the interpreter computes tf32 in float32 and
     mishandles bfloat16 dots)."""
     name = "titans_mlp_chunked"
-    _check_dot_precision(name, dot_precision)
+    dot_precision = _dot_precision(name, dot_precision, q)
     reason = supports_mlp(arch, bias, chunk_size, no_wide=None if cu_seqlens is None else "packed sequences")
     if reason is None and hidden_block is not None:
         reason = "packed sequences in the wide-state kernels" if cu_seqlens is not None else None
@@ -322,13 +341,13 @@ def chunk_read_mlp(
     chunk_size: int = 2048,
     bias: object = None,
     checkpoint_every: int | None = None,
-    dot_precision: str = "tf32x3",
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, MemoryState]:
     """Drop-in for :func:`memnets.memory.chunk_read.chunk_read_memory` (TNT's global memory, arXiv
     2511.07343 §4.1: every token reads the weights at its chunk's start, plain gradient descent) for a depth-2 ``arch`` with an L2
     or ℓ_p bias (see :func:`supports_mlp`). A started chunk (decoding) is finished in PyTorch."""
     name = "chunk_read_mlp"
-    _check_dot_precision(name, dot_precision)
+    dot_precision = _dot_precision(name, dot_precision, q)
     reason = supports_mlp(arch, bias, chunk_size, no_wide="chunk-start reads")
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
@@ -376,7 +395,7 @@ def omega_mlp_chunked(
     chunk_size: int = 16,
     bias: object = None,
     checkpoint_every: int | None = None,
-    dot_precision: str = "tf32x3",
+    dot_precision: str = "auto",
     cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, OmegaState | list[OmegaState]]:
     """Drop-in for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet, ATLAS arXiv 2505.23735 §3.2 Eq. 9-10)
@@ -390,7 +409,7 @@ def omega_mlp_chunked(
     rows; default the initial weights and no carried rows), its window never reaching into the
     sequence before it; the state returned is then the list of the N sequences' final states."""
     name = "omega_mlp_chunked"
-    _check_dot_precision(name, dot_precision)
+    dot_precision = _dot_precision(name, dot_precision, q)
     reason = supports_mlp(arch, bias, chunk_size, window)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")

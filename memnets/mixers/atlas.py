@@ -204,7 +204,7 @@ class _OmegaMixer(GatedOutput):
         muon: Muon | None,
         ns_steps: int,
         ns_coefficients: tuple[float, float, float],
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         gates: str = "head",
         gate_rank: int = 32,
     ) -> None:
@@ -307,7 +307,7 @@ class OmegaNet(_OmegaMixer):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:

@@ -140,16 +140,18 @@ class GatedOutput(nn.Module):
 
 
 # operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a
-# test keeps equal): float32 by default; on a GPU TF32 or half operands (float32 accumulation, as fla's
-# kernels) trade accuracy for tensor-core rate
+# test keeps equal): float32, TF32 or half operands (float32 accumulation, as fla's kernels) trade
+# accuracy for tensor-core rate; "auto" (the mixers' default) follows the inputs' dtype or autocast's
 DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")
 
 
 def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None:
-    """``dot_precision`` is one of ``DOT_PRECISIONS``, and not a half mode where no kernel reads it."""
-    if dot_precision not in DOT_PRECISIONS:
-        raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {list(DOT_PRECISIONS)}")
-    if dot_precision != "tf32x3" and arch.depth != 2:
+    """``dot_precision`` is "auto" or one of ``DOT_PRECISIONS``, and not a TF32 or half mode where no
+    kernel reads it (the linear memory kernel runs tf32x3 only; "auto" leaves it so)."""
+    if dot_precision != "auto" and dot_precision not in DOT_PRECISIONS:
+        allowed = ["auto", *DOT_PRECISIONS]
+        raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {allowed}")
+    if dot_precision not in ("auto", "tf32x3") and arch.depth != 2:
         raise ValueError(
             f"{owner}: dot_precision={dot_precision!r} needs memory.depth 2 (the MLP memory kernels); the "
             f"linear memory kernel (memory.depth {arch.depth}) runs its matmuls in tf32x3 only"

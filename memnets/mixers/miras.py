@@ -145,7 +145,7 @@ class MirasMemory(GatedOutput):
         retention: Retention | None,
         lag: bool = False,
         extra_gates: dict[str, tuple[int, float]] | None = None,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         gates: str = "head",
     ) -> None:
         super().__init__()
@@ -248,7 +248,7 @@ class Moneta(MirasMemory):
         gate_rank: int = 32,
         gates: GateLayout = "head",
         conv_size: int = 4,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
     ) -> None:
         if normalize not in ("paper", "unit", "none"):
             raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
@@ -298,7 +298,7 @@ class Yaad(MirasMemory):
         gate_rank: int = 32,
         gates: GateLayout = "head",
         conv_size: int = 4,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
     ) -> None:
         hd = head_dim or d_model // num_heads
         if huber not in ("norm", "coord"):

@@ -58,10 +58,12 @@ gate, MAG window), each documented here and an option where people differ:
   ``kernel_bridge.WIDE_IN_AUTO``));
   ``auto`` picks ``triton`` on CUDA when it applies and logs which kernel ran. Asking for
   ``triton`` where neither applies raises, naming the option. ``dot_precision`` sets the MLP kernels'
-  matmul operands: ``"tf32x3"`` (default: float32, matches the engine to float32 rounding),
-  ``"tf32"``, ``"float16"`` or ``"bfloat16"`` (half operands, float32 accumulation, as fla's kernels:
-  up to 6x the tensor-core rate, at half rounding of the state in every product). It applies where
-  the MLP kernels run; the linear kernel and the PyTorch backends compute in float32.
+  matmul operands: ``"auto"`` (default) follows the inputs, so bf16 training (autocast or bf16
+  weights) runs bfloat16 operands and float32 runs ``"tf32x3"``; or explicitly ``"tf32x3"`` (float32,
+  matches the engine to float32 rounding), ``"tf32"``, ``"float16"`` or ``"bfloat16"`` (half
+  operands, float32 state and accumulation, as fla's kernels: up to 6x the tensor-core rate, at half
+  rounding of the state in every product). It applies where the MLP kernels run; the linear kernel
+  and the PyTorch backends compute in float32.
 * Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
   from the initial state, chunks restarting at its first token), and so do MAG and MAL on them (their
   attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
@@ -190,7 +192,7 @@ class Titans(GatedOutput):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
@@ -278,7 +280,7 @@ class TitansMAC(nn.Module):
         lr_max: float = 1.0,
         conv_size: int = 4,
         rope_base: float = 10000.0,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         write_norm: bool = False,
         gates: GateLayout = "head",
         gate_rank: int = 32,

@@ -162,7 +162,7 @@ class TNT(GatedOutput):
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
         conv_size: int = 4,
-        dot_precision: str = "tf32x3",
+        dot_precision: str = "auto",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
