@@ -489,7 +489,10 @@ def test_dot_precision_auto_follows_the_inputs():
             torch.testing.assert_close(auto[name], named[name], rtol=0, atol=0, msg=f"{name} ({mode})")
     resolve = triton_mlp.resolve_dot_precision
     assert [resolve("auto", t) for t in (torch.bfloat16, torch.float16, torch.float32, torch.float64)] == [
-        "bfloat16", "float16", "tf32x3", "tf32x3"
+        "bfloat16",
+        "float16",
+        "tf32x3",
+        "tf32x3",
     ]
     assert resolve("tf32", torch.bfloat16) == "tf32"  # a named mode is kept
     q = torch.zeros(1, 2, 1, 4)

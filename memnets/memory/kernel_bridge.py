@@ -111,9 +111,7 @@ def _dot_precision(name: str, dot_precision: str, q: Tensor) -> str:
     ``q``'s dtype, or for autocast's where it is on for ``q``'s device (where the projections ran in
     it even if ``q`` was normalised in float32)."""
     if dot_precision != "auto" and dot_precision not in DOT_PRECISIONS:
-        raise ValueError(
-            f"{name}: dot_precision={dot_precision!r} is not one of {['auto', *DOT_PRECISIONS]}"
-        )
+        raise ValueError(f"{name}: dot_precision={dot_precision!r} is not one of {['auto', *DOT_PRECISIONS]}")
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
     return resolve_dot_precision(dot_precision, dtype)
