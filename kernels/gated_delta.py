@@ -250,6 +250,7 @@ def gated_delta_rule(
     cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
     backend: str = "chunked",
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """Gated delta rule over a batch of sequences (see the module docstring for the recurrence).
 
@@ -265,6 +266,9 @@ def gated_delta_rule(
         cu_seqlens: [N + 1] int offsets of packed sequences in a B = 1 batch.
         chunk_size: tokens per chunk for ``chunked`` (any >= 1) and ``triton`` (power of two >= 16).
         backend: ``"reference"``, ``"chunked"`` or ``"triton"`` (CUDA, or TRITON_INTERPRET=1 on CPU).
+        dot_precision: ``triton``'s matmul operands (:mod:`memnets.kernels.precision`): ``"auto"``
+            follows the inputs (half for half inputs or under autocast, else ``"tf32x3"``); state and
+            accumulation stay float32. The PyTorch backends compute in the inputs' type.
 
     Returns:
         ``(o, final_state)``: o is [B, T, H, V] in v's dtype; final_state is [N, H, K, V] in float32
@@ -289,5 +293,5 @@ def gated_delta_rule(
     from .gated_delta_triton import triton_gated_delta_rule
 
     return triton_gated_delta_rule(
-        q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size
+        q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, dot_precision
     )

@@ -29,8 +29,9 @@ The forward and backward are ``torch.library`` custom ops (``memnets::gated_delt
 fake (meta) implementations, so ``torch.compile`` traces around them without graph breaks; the
 ``torch.autograd.Function`` ties them together. Only APIs present in Triton 3.6 are used.
 
-Performance is untuned (no GPU was available when this was written): dots run in tf32x3, the local
-backward loops over value blocks of 64 (a full 128 x 128 tile needs 416 KB of shared memory on sm_90),
+Performance is untuned (no GPU was available when this was written): the matmuls' operands follow
+``dot_precision`` (:mod:`memnets.kernels.precision`: half for half inputs or autocast, else tf32x3),
+the local backward loops over value blocks of 64 (a full 128 x 128 tile needs 416 KB of shared memory on sm_90),
 and there is no autotuning. ``scripts/check_kernels_compile.py`` compiles every kernel for sm_90.
 """
 
@@ -43,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .precision import DOT_PRECISIONS, dot, operand_dtype, resolve_dot_precision
 
 
 @triton.jit
@@ -86,6 +89,7 @@ def _prepare_kernel(
     K: tl.constexpr,
     C: tl.constexpr,
     BK: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -99,7 +103,7 @@ def _prepare_kernel(
     b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
     b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
     gam = tl.cumsum(_load_chunk_gates(g, t0, eos, i_h, H, C), 0)
-    kk = tl.dot(b_k, tl.trans(b_k), input_precision="tf32x3")
+    kk = dot(b_k, tl.trans(b_k), DOT)
     b_a = b_beta[:, None] * kk * _decay_matrix(gam, C, True)
 
     # (I + A)^-1 row by row: Tm[i] = e_i - sum_{j<i} A[i, j] Tm[j]
@@ -138,6 +142,7 @@ def _forward_kernel(
     STORE_O: tl.constexpr,
     STORE_HT: tl.constexpr,
     STORE_H: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -168,14 +173,14 @@ def _forward_kernel(
         g_last = tl.sum(b_g, 0)
         b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
 
-        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="tf32x3")
-        b_u = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
-        b_u -= tl.dot(b_w, b_s, input_precision="tf32x3")
+        b_w = dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], DOT)
+        b_u = dot(b_tm, b_v * b_beta[:, None], DOT)
+        b_u -= dot(b_w, b_s, DOT)
         if STORE_O:
             b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
-            qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * _decay_matrix(gam, C, False)
-            b_o = tl.dot(b_q * tl.exp(gam)[:, None], b_s, input_precision="tf32x3")
-            b_o += tl.dot(qk, b_u, input_precision="tf32x3")
+            qk = dot(b_q, tl.trans(b_k), DOT) * _decay_matrix(gam, C, False)
+            b_o = dot(b_q * tl.exp(gam)[:, None], b_s, DOT)
+            b_o += dot(qk, b_u, DOT)
             o_mask = ((t0 + rows) < eos)[:, None] & (vs < V)[None, :]
             tl.store(
                 o + ((t0 + rows)[:, None] * H + i_h) * V + vs[None, :],
@@ -183,7 +188,7 @@ def _forward_kernel(
                 mask=o_mask,
             )
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
-        b_s = tl.exp(g_last) * b_s + tl.dot(tl.trans(b_kd), b_u, input_precision="tf32x3")
+        b_s = tl.exp(g_last) * b_s + dot(tl.trans(b_kd), b_u, DOT)
 
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + kv_offs, b_s, mask=kv_mask)
@@ -210,6 +215,7 @@ def _backward_state_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_DHT: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -242,13 +248,13 @@ def _backward_state_kernel(
         g_last = tl.sum(b_g, 0)
         b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
 
-        b_w = tl.dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], input_precision="tf32x3")
-        qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * _decay_matrix(gam, C, False)
+        b_w = dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], DOT)
+        qk = dot(b_q, tl.trans(b_k), DOT) * _decay_matrix(gam, C, False)
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
-        b_du = scale * tl.dot(tl.trans(qk), b_do, input_precision="tf32x3")
-        b_du += tl.dot(b_kd, b_ds, input_precision="tf32x3")
-        b_ds = tl.exp(g_last) * b_ds - tl.dot(tl.trans(b_w), b_du, input_precision="tf32x3")
-        b_ds += scale * tl.dot(tl.trans(b_q * tl.exp(gam)[:, None]), b_do, input_precision="tf32x3")
+        b_du = scale * dot(tl.trans(qk), b_do, DOT)
+        b_du += dot(b_kd, b_ds, DOT)
+        b_ds = tl.exp(g_last) * b_ds - dot(tl.trans(b_w), b_du, DOT)
+        b_ds += scale * dot(tl.trans(b_q * tl.exp(gam)[:, None]), b_do, DOT)
 
     tl.store(dh0 + (i_n * H + i_h) * K * V + kv_offs, b_ds, mask=kv_mask)
 
@@ -278,6 +284,7 @@ def _backward_local_kernel(
     C: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -300,10 +307,10 @@ def _backward_local_kernel(
     e_gam = tl.exp(gam)
     d_incl = _decay_matrix(gam, C, False)
     d_strict = _decay_matrix(gam, C, True)
-    kk = tl.dot(b_k, tl.trans(b_k), input_precision="tf32x3")
-    qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3")
+    kk = dot(b_k, tl.trans(b_k), DOT)
+    qk = dot(b_q, tl.trans(b_k), DOT)
     b_kb = b_k * (b_beta * e_gam)[:, None]
-    b_w = tl.dot(b_tm, b_kb, input_precision="tf32x3")
+    b_w = dot(b_tm, b_kb, DOT)
     decay_end = tl.exp(g_last - gam)
     b_kd = b_k * decay_end[:, None]
     valid = (t0 + rows) < eos
@@ -326,21 +333,21 @@ def _backward_local_kernel(
         b_do = _load_chunk_rows(do, t0, eos, i_h, i_v * BV, H, V, C, BV)
         b_s0 = tl.load(h + kv_offs, mask=kv_mask, other=0.0)
         b_ds1 = tl.load(dh + kv_offs, mask=kv_mask, other=0.0)
-        b_ub = tl.dot(b_tm, b_v * b_beta[:, None], input_precision="tf32x3")
-        b_u = b_ub - tl.dot(b_w, b_s0, input_precision="tf32x3")
+        b_ub = dot(b_tm, b_v * b_beta[:, None], DOT)
+        b_u = b_ub - dot(b_w, b_s0, DOT)
 
         # dU from the output and from the chunk's end state
-        b_du = scale * tl.dot(tl.trans(qk * d_incl), b_do, input_precision="tf32x3")
-        b_du += tl.dot(b_kd, b_ds1, input_precision="tf32x3")
+        b_du = scale * dot(tl.trans(qk * d_incl), b_do, DOT)
+        b_du += dot(b_kd, b_ds1, DOT)
 
-        dou += tl.dot(b_do, tl.trans(b_u), input_precision="tf32x3")
-        dos0 += tl.dot(b_do, tl.trans(b_s0), input_precision="tf32x3")
-        qs0_do += tl.sum(tl.dot(b_q, b_s0, input_precision="tf32x3") * b_do, 1)
-        uds += tl.dot(b_u, tl.trans(b_ds1), input_precision="tf32x3")
+        dou += dot(b_do, tl.trans(b_u), DOT)
+        dos0 += dot(b_do, tl.trans(b_s0), DOT)
+        qs0_do += tl.sum(dot(b_q, b_s0, DOT) * b_do, 1)
+        uds += dot(b_u, tl.trans(b_ds1), DOT)
         s0_ds1 += tl.sum(tl.sum(b_s0 * b_ds1, 1), 0)
-        b_dw -= tl.dot(b_du, tl.trans(b_s0), input_precision="tf32x3")
-        b_dvb = tl.dot(tl.trans(b_tm), b_du, input_precision="tf32x3")
-        dvb_ub += tl.dot(b_dvb, tl.trans(b_ub), input_precision="tf32x3")
+        b_dw -= dot(b_du, tl.trans(b_s0), DOT)
+        b_dvb = dot(tl.trans(b_tm), b_du, DOT)
+        dvb_ub += dot(b_dvb, tl.trans(b_ub), DOT)
         dvb_v += tl.sum(b_dvb * b_v, 1)
         tv = ((t0 + rows)[:, None] * H + i_h) * V + vs[None, :]
         b_dv = b_dvb * b_beta[:, None]
@@ -348,8 +355,8 @@ def _backward_local_kernel(
 
     # O = scale (E Q S0 + (Q K^T * Dm) U)
     b_dq = scale * e_gam[:, None] * dos0
-    b_dq += scale * tl.dot(dou * d_incl, b_k, input_precision="tf32x3")
-    b_dk = scale * tl.dot(tl.trans(dou * d_incl), b_q, input_precision="tf32x3")
+    b_dq += scale * dot(dou * d_incl, b_k, DOT)
+    b_dk = scale * dot(tl.trans(dou * d_incl), b_q, DOT)
     b_dgam = scale * e_gam * qs0_do
     dd = scale * qk * dou
 
@@ -360,8 +367,8 @@ def _backward_local_kernel(
     dgam_last = tl.sum(rho, 0) + tl.exp(g_last) * s0_ds1
 
     # U = Ub - W S0, W = Tm Kb, Ub = Tm Vb, Tm = (I + A)^-1
-    b_dkb = tl.dot(tl.trans(b_tm), b_dw, input_precision="tf32x3")
-    b_da = -tl.dot(b_dkb, tl.trans(b_w), input_precision="tf32x3")
+    b_dkb = dot(tl.trans(b_tm), b_dw, DOT)
+    b_da = -dot(b_dkb, tl.trans(b_w), DOT)
     b_da -= dvb_ub
     b_da = tl.where(rows[:, None] > rows[None, :], b_da, 0.0)
     dkb_k = tl.sum(b_dkb * b_k, 1)
@@ -372,7 +379,7 @@ def _backward_local_kernel(
     # A = strict_tril(diag(beta) (K K^T) * Dm)
     b_dbeta += tl.sum(b_da * d_strict * kk, 1)
     p = b_beta[:, None] * b_da * d_strict
-    b_dk += tl.dot(p, b_k, input_precision="tf32x3") + tl.dot(tl.trans(p), b_k, input_precision="tf32x3")
+    b_dk += dot(p, b_k, DOT) + dot(tl.trans(p), b_k, DOT)
     dd += b_beta[:, None] * b_da * kk
 
     # Dm[t, s] = exp(gam_t - gam_s): gradient goes to gam_t and (negated) to gam_s
@@ -429,8 +436,10 @@ def gated_delta_fwd(
     chunk_offsets: Tensor,
     scale: float,
     chunk_size: int,
+    dot_code: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed inputs q, k [T, H, K], v [T, H, V], g, beta [T, H]; returns (o, final_state, Tm rows)."""
+    """Packed inputs q, k [T, H, K], v [T, H, V], g, beta [T, H]; returns (o, final_state, Tm rows).
+    ``dot_code``: the matmuls' operands (``DOT_PRECISIONS``)."""
     T, H, K = q.shape
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
@@ -441,18 +450,20 @@ def gated_delta_fwd(
     ht = q.new_empty(N, H, K, V, dtype=torch.float32)
     BK, BV = _block(K), min(_block(V), 64)
     if total > 0:
-        _prepare_kernel[(total, H)](k, g, beta, tm, cu_seqlens, chunk_indices, H=H, K=K, C=C, BK=BK)
+        _prepare_kernel[(total, H)](
+            k, g, beta, tm, cu_seqlens, chunk_indices, H=H, K=K, C=C, BK=BK, DOT=dot_code
+        )
     _forward_kernel[(N, H, triton.cdiv(V, BV))](
         q, k, v, g, beta, tm, initial_state, o, ht, None, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
-        USE_H0=initial_state is not None, STORE_O=True, STORE_HT=True, STORE_H=False,
+        USE_H0=initial_state is not None, STORE_O=True, STORE_HT=True, STORE_H=False, DOT=dot_code,
         num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     return o, ht, tm
 
 
 @gated_delta_fwd.register_fake
-def _(q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size):
+def _(q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size, dot_code):
     T, H, K = q.shape
     N = cu_seqlens.shape[0] - 1
     o = torch.empty_like(v)
@@ -476,6 +487,7 @@ def gated_delta_bwd(
     chunk_offsets: Tensor,
     scale: float,
     chunk_size: int,
+    dot_code: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv, dg, dbeta, d_initial_state) of the packed forward."""
     _, H, K = q.shape
@@ -490,29 +502,28 @@ def gated_delta_bwd(
     _forward_kernel[grid](
         q, k, v, g, beta, tm, initial_state, None, None, h, cu_seqlens, chunk_offsets, scale,
         H=H, K=K, V=V, C=C, BK=BK, BV=BV,
-        USE_H0=initial_state is not None, STORE_O=False, STORE_HT=False, STORE_H=True,
+        USE_H0=initial_state is not None, STORE_O=False, STORE_HT=False, STORE_H=True, DOT=dot_code,
         num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     dh = q.new_empty(total, H, K, V, dtype=torch.float32)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32)
     _backward_state_kernel[grid](
         q, k, g, beta, tm, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale,
-        H=H, K=K, V=V, C=C, BK=BK, BV=BV, USE_DHT=dht is not None, num_stages=SEQUENTIAL_STAGES,
+        H=H, K=K, V=V, C=C, BK=BK, BV=BV, USE_DHT=dht is not None, DOT=dot_code,
+        num_stages=SEQUENTIAL_STAGES,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg, dbeta = torch.empty_like(g), torch.empty_like(beta)
     if total > 0:
         _backward_local_kernel[(total, H)](
             q, k, v, g, beta, tm, h, dh, do, dq, dk, dv, dg, dbeta, cu_seqlens, chunk_indices, scale,
-            H=H, K=K, V=V, C=C, BK=BK, BV=BV, num_stages=SEQUENTIAL_STAGES,
+            H=H, K=K, V=V, C=C, BK=BK, BV=BV, DOT=dot_code, num_stages=SEQUENTIAL_STAGES,
         )  # fmt: skip
     return dq, dk, dv, dg, dbeta, dh0
 
 
 @gated_delta_bwd.register_fake
-def _(
-    q, k, v, g, beta, initial_state, tm, do, dht, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size
-):
+def _(q, k, v, g, beta, initial_state, tm, do, dht, cu_seqlens, chunk_indices, chunk_offsets, *scalars):
     N = cu_seqlens.shape[0] - 1
     dh0 = q.new_empty(N, q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
     return (
@@ -526,11 +537,11 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, scale, chunk_size = inputs
+    q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets, *scalars = inputs
     ctx.save_for_backward(
         q, k, v, g, beta, initial_state, output[2], cu_seqlens, chunk_indices, chunk_offsets
     )
-    ctx.scale, ctx.chunk_size = scale, chunk_size
+    ctx.scalars = scalars  # scale, chunk_size, dot_code
     ctx.has_h0 = initial_state is not None
 
 
@@ -539,9 +550,9 @@ def _backward(ctx, do, dht, _dtm):
     dq, dk, dv, dg, dbeta, dh0 = gated_delta_bwd(
         q, k, v, g, beta, initial_state, tm, do.contiguous(),
         None if dht is None else dht.contiguous(), cu_seqlens, chunk_indices, chunk_offsets,
-        ctx.scale, ctx.chunk_size,
+        *ctx.scalars,
     )  # fmt: skip
-    return dq, dk, dv, dg, dbeta, (dh0 if ctx.has_h0 else None), None, None, None, None, None
+    return dq, dk, dv, dg, dbeta, (dh0 if ctx.has_h0 else None), None, None, None, None, None, None
 
 
 torch.library.register_autograd("memnets::gated_delta_fwd", _backward, setup_context=_setup_context)
@@ -558,9 +569,11 @@ def triton_gated_delta_rule(
     output_final_state: bool = False,
     cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """Triton backend of :func:`memnets.kernels.gated_delta.gated_delta_rule` (arguments already checked
-    there); this adds the checks specific to the kernels."""
+    there); this adds the checks specific to the kernels. ``dot_precision``: the matmuls' operands
+    (:mod:`memnets.kernels.precision`; ``"auto"`` follows the inputs' type or autocast's)."""
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(
             f"gated_delta_rule: backend='triton' needs chunk_size a power of two >= 16, got {chunk_size}"
@@ -582,7 +595,8 @@ def triton_gated_delta_rule(
     layout = _chunk_layout(lengths, chunk_size, q.device)
     packed = [t.reshape(B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, beta)]
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    o, ht, _ = gated_delta_fwd(*packed, h0, *layout, float(scale), int(chunk_size))
+    dot_code = DOT_PRECISIONS[resolve_dot_precision(dot_precision, operand_dtype(q))]
+    o, ht, _ = gated_delta_fwd(*packed, h0, *layout, float(scale), int(chunk_size), dot_code)
     return o.reshape(B, T, H, -1), (ht if output_final_state else None)
 
 

@@ -107,7 +107,8 @@ def _gated_delta_cases() -> list[Case]:
     for K in (32, 64, 128):  # 32: small and quick to compile (the CI test's case)
         V, C = K, min(K, 64)
         BK, BV = max(16, triton.next_power_of_2(K)), min(max(16, triton.next_power_of_2(V)), 64)
-        shape = {"H": 8, "K": K, "C": C, "BK": BK}
+        # bf16 operands (DOT 3): what dot_precision="auto" runs on the bf16 inputs below
+        shape = {"H": 8, "K": K, "C": C, "BK": BK, "DOT": 3}
         ints = {"cu_seqlens": "*i32", "chunk_indices": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
         io = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "o": "*bf16", "do": "*bf16"}
         io.update({"dq": "*bf16", "dk": "*bf16", "dv": "*bf16"})
@@ -134,6 +135,9 @@ def _gated_delta_cases() -> list[Case]:
             c = {**full, "USE_DHT": dht} if dht else {**full, "dht": None, "USE_DHT": False}
             cases.append(Case(mod, "_backward_state_kernel", c, types, num_stages=seq))
         cases.append(Case(mod, "_backward_local_kernel", full, types, num_stages=seq))
+        if K == 32:  # float32 inputs run tf32x3 operands
+            f32 = {**types, **{n: "*fp32" for n in io}}
+            cases.append(Case(mod, "_backward_local_kernel", {**full, "DOT": 0}, f32, num_stages=seq))
     return cases
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from memnets.kernels.gated_delta import gated_delta_rule
 
-from memnets.testing import assert_close, nan_allocations
+from memnets.testing import RATIO, assert_close, nan_allocations
 
 
 def make_inputs(B, T, H, K, V, dtype, N=None, with_h0=True):
@@ -24,7 +24,7 @@ def make_inputs(B, T, H, K, V, dtype, N=None, with_h0=True):
     return {n: t.requires_grad_() for n, t in tensors.items() if t is not None}
 
 
-def run(inputs, backend, chunk_size=16, cu_seqlens=None, seed=1):
+def run(inputs, backend, chunk_size=16, cu_seqlens=None, seed=1, **options):
     """Forward, then backward of <o, do> + <S_T, dS> with fixed random cotangents; return all results."""
     inputs = {n: t.detach().clone().requires_grad_() for n, t in inputs.items()}
     o, S = gated_delta_rule(
@@ -38,6 +38,7 @@ def run(inputs, backend, chunk_size=16, cu_seqlens=None, seed=1):
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
         backend=backend,
+        **options,
     )
     gen = torch.Generator().manual_seed(seed)
     do = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
@@ -174,15 +175,34 @@ def test_bad_cu_seqlens_raise():
 # ---- triton backend (TRITON_INTERPRET=1 on CPU; shapes kept tiny because the interpreter is slow) ----
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "dtype,dot_precision",
+    [(torch.float32, "auto"), (torch.float16, "tf32x3"), (torch.float16, "auto")],
+    ids=str,
+)
 @pytest.mark.parametrize("chunk_size", [16, 32])
 @pytest.mark.parametrize("T", [1, 63, 65, 100])
-def test_triton_matches_reference(T, chunk_size, dtype):
+def test_triton_matches_reference(T, chunk_size, dtype, dot_precision):
+    """Float32 operands (float32 inputs, or half ones with ``tf32x3`` named) keep the float32 state to
+    float32 accuracy; ``auto`` on half inputs rounds every product's operands, the state's too, to
+    float16, so everything is held to float16's tolerance."""
     inputs = make_inputs(2, T, 1, 8, 6, dtype)
     ref = run(inputs, "reference")
     with nan_allocations():
-        out = run(inputs, "triton", chunk_size)
-    check_all(ref, out)
+        out = run(inputs, "triton", chunk_size, dot_precision=dot_precision)
+    half_operands = dtype == torch.float16 and dot_precision == "auto"
+    check_all(ref, out, RATIO[torch.float16] if half_operands else None)
+
+
+@pytest.mark.parametrize("dtype,named", [(torch.float32, "tf32x3"), (torch.float16, "float16")], ids=str)
+def test_triton_dot_precision_auto_is_the_inputs_type(dtype, named):
+    """``auto`` runs exactly the named mode of the inputs' type: outputs, state and every gradient
+    equal bit for bit (a float16 run within float16's tolerance could also be tf32x3)."""
+    inputs = make_inputs(1, 40, 1, 8, 6, dtype)
+    with nan_allocations():
+        auto, out = (run(inputs, "triton", 16, dot_precision=mode) for mode in ("auto", named))
+    for name in auto:
+        torch.testing.assert_close(auto[name], out[name], rtol=0, atol=0, msg=name)
 
 
 def test_triton_varlen_matches_reference():

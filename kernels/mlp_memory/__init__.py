@@ -104,8 +104,9 @@ side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients 
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9.
 """
 
+from ..precision import DOT_PRECISIONS
 from ..specs import BiasSpec, NetSpec
-from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig
+from .config import ACTIVATIONS, LaunchConfig
 from .launch import TileLayout, mlp_memory_chunked, tile_layout
 from .limits import (
     DEFAULT_HIDDEN_BLOCK,

@@ -12,12 +12,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..precision import dot
 from .common import (
     act,
     act_grad,
     act_grad2,
     delta_backward,
-    dot,
     key_base,
     key_delta,
     key_value_rows,

@@ -249,22 +249,6 @@ def mat_block(R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constex
 
 
 @triton.jit
-def dot(a, b, DOT: tl.constexpr):
-    """a @ b accumulated in float32, the operands as ``DOT_PRECISIONS`` says: 0 float32 (three TF32
-    products, tf32x3), 1 one TF32 product, 2 / 3 rounded to float16 / bfloat16 (as fla's kernels read
-    their float32 state against half inputs)."""
-    if DOT == 0:
-        out = tl.dot(a, b, input_precision="tf32x3")
-    elif DOT == 1:
-        out = tl.dot(a, b, input_precision="tf32")
-    elif DOT == 2:
-        out = tl.dot(a.to(tl.float16), b.to(tl.float16))
-    else:
-        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    return out
-
-
-@triton.jit
 def ln_params(ln_w, ln_b, h, cols, cmask, D: tl.constexpr, BD: tl.constexpr, LN: tl.constexpr):
     """Head h's memory LayerNorm scale γ and shift b ``[BD]`` (zeros without the LayerNorm)."""
     gamma = tl.zeros([BD], dtype=tl.float32)

@@ -13,9 +13,6 @@ from torch import Tensor
 from ..specs import BIAS_KINDS
 
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
-# operands of the kernels' matmuls (compile-time, see common.dot): float32 by default; on a GPU "tf32"
-# or the inputs' half type trade accuracy for tensor-core rate
-DOT_PRECISIONS = {"tf32x3": 0, "tf32": 1, "float16": 2, "bfloat16": 3}
 # bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
 L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "huber_norm", "huber_coord"))
 # warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
@@ -42,7 +39,7 @@ class LaunchConfig(NamedTuple):
     checkpoint_every: int  # tiles per checkpoint segment of the backward
     prefix: int  # the Omega window's key rows before each tile (window - 1)
     max_tiles: int  # tiles of the longest sequence
-    dot_precision: int  # DOT_PRECISIONS
+    dot_precision: int  # memnets.kernels.precision.DOT_PRECISIONS
     hidden_block: int  # hidden columns per block of the wide-state kernels; 0: the whole-state kernels
 
 

@@ -9,10 +9,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..precision import dot
 from .common import (
     act,
     act_grad,
-    dot,
     key_base,
     key_delta,
     key_value_rows,

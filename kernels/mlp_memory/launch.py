@@ -11,9 +11,10 @@ import triton
 from torch import Tensor
 
 from ..packing import chunk_layout
+from ..precision import DOT_PRECISIONS
 from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
-from .config import ACTIVATIONS, DOT_PRECISIONS, LaunchConfig, block
+from .config import ACTIVATIONS, LaunchConfig, block
 from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile
 
 

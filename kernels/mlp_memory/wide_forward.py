@@ -73,7 +73,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import act, act_grad, dot, key_delta, key_value_rows, ln_params, ln_rows, row_block
+from ..precision import dot
+from .common import act, act_grad, key_delta, key_value_rows, ln_params, ln_rows, row_block
 from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
 
 

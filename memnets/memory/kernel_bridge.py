@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..kernels import linear_memory, mlp_memory
 from ..kernels.packing import chunk_layout, sequence_lengths
+from ..kernels.precision import operand_dtype, resolve_dot_precision
 from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
@@ -97,24 +98,13 @@ def supports_linear(arch: MemoryMLP, bias: object = None, chunk_size: int | None
     return linear_memory.supports(_net_spec(arch), chunk_size)
 
 
-def resolve_dot_precision(dot_precision: str, dtype: torch.dtype) -> str:
-    """``dot_precision`` with ``"auto"`` resolved for matmul inputs of ``dtype``: their half type
-    ("bfloat16" / "float16": half operands, float32 state and accumulation, as fla's kernels read their
-    float32 state against half inputs), else "tf32x3" (float32 accuracy)."""
-    if dot_precision != "auto":
-        return dot_precision
-    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "tf32x3")
-
-
 def _dot_precision(name: str, dot_precision: str, q: Tensor) -> str:
-    """The operand mode a kernel call runs: ``dot_precision`` checked, and ``"auto"`` resolved for
-    ``q``'s dtype, or for autocast's where it is on for ``q``'s device (where the projections ran in
-    it even if ``q`` was normalised in float32)."""
-    if dot_precision != "auto" and dot_precision not in DOT_PRECISIONS:
-        raise ValueError(f"{name}: dot_precision={dot_precision!r} is not one of {['auto', *DOT_PRECISIONS]}")
-    device = q.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-    return resolve_dot_precision(dot_precision, dtype)
+    """The operand mode a kernel call runs: ``dot_precision`` checked, ``"auto"`` resolved for the type
+    the products run in (:func:`memnets.kernels.precision.operand_dtype`)."""
+    try:
+        return resolve_dot_precision(dot_precision, operand_dtype(q))
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def _check_bias_params(name: str, bias: object, bias_params: Tensor | None, q: Tensor) -> None:
