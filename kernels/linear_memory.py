@@ -43,7 +43,7 @@ the kernels (q, k, v loaded as 0 past its end, stores masked).
 Both passes are ``torch.library`` custom ops (``memnets::linear_memory_fwd`` / ``_bwd``) with fake
 implementations (``torch.compile`` traces around them); ``register_autograd`` ties them together.
 
-One program per (sequence, head) holds full D x D tiles (D <= 128), dots run in tf32x3, no autotuning;
+One program per (sequence, head) holds full D x D tiles (D <= 128), dots in ``dot_precision``, no autotuning;
 timings in benchmarks/RESULTS.md.
 """
 
@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .precision import DOT_PRECISIONS, dot, operand_dtype, resolve_dot_precision
 from .specs import NetSpec
 
 CHUNK_SIZES = (16, 32, 64)
@@ -122,6 +123,7 @@ def _forward_kernel(
     BD: tl.constexpr,
     HAS_MOM: tl.constexpr,
     STORE: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
     sq_offs, sq_mask = _square(D, BD)
@@ -143,29 +145,27 @@ def _forward_kernel(
         row_offs, mask = _rows(bos, c * L, h, T, H, D, L, BD)
         b_k = tl.load(k + row_offs, mask=mask, other=0.0).to(tl.float32)
         b_v = tl.load(v + row_offs, mask=mask, other=0.0).to(tl.float32)
-        delta = 2.0 * (tl.dot(b_k, W, input_precision="tf32x3") - b_v)
+        delta = 2.0 * (dot(b_k, W, DOT) - b_v)
         if not STORE:
             b_q = tl.load(q + row_offs, mask=mask, other=0.0).to(tl.float32)
             b_beta = tl.load(beta + cc * L + li)
             b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :])
-            qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3") * b_G
-            b_y = b_beta[:, None] * tl.dot(b_q, W, input_precision="tf32x3")
-            b_y -= tl.dot(qk, delta, input_precision="tf32x3")
+            qk = dot(b_q, tl.trans(b_k), DOT) * b_G
+            b_y = b_beta[:, None] * dot(b_q, W, DOT)
+            b_y -= dot(qk, delta, DOT)
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li)
-                b_y += b_f[:, None] * tl.dot(b_q, S, input_precision="tf32x3")
+                b_y += b_f[:, None] * dot(b_q, S, DOT)
             tl.store(y + row_offs, b_y.to(y.dtype.element_ty), mask=mask)
         last = tl.minimum(T - c * L, L) - 1  # the chunk's last token (the tail chunk is short)
         g_last = tl.load(G + cc * L * L + last * L + li)
         beta_last = tl.load(beta + cc * L + last)
-        W_new = beta_last * W - tl.dot(tl.trans(b_k), g_last[:, None] * delta, input_precision="tf32x3")
+        W_new = beta_last * W - dot(tl.trans(b_k), g_last[:, None] * delta, DOT)
         if HAS_MOM:
             f_last = tl.load(f + cc * L + last)
             W_new += f_last * S
             b_s = tl.load(s_coef + cc * L + li)
-            S = tl.load(m_end + cc) * S - tl.dot(
-                tl.trans(b_k), b_s[:, None] * delta, input_precision="tf32x3"
-            )
+            S = tl.load(m_end + cc) * S - dot(tl.trans(b_k), b_s[:, None] * delta, DOT)
         W = W_new
     tl.store(w_final + st * D * D + sq_offs, W, mask=sq_mask)
     if HAS_MOM:
@@ -206,6 +206,7 @@ def _backward_kernel(
     L: tl.constexpr,
     BD: tl.constexpr,
     HAS_MOM: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
     sq_offs, sq_mask = _square(D, BD)
@@ -232,23 +233,23 @@ def _backward_kernel(
         g_last = tl.load(G + cc * L * L + last * L + li)
         beta_last = tl.load(beta + cc * L + last)
 
-        delta = 2.0 * (tl.dot(b_k, W0, input_precision="tf32x3") - b_v)
-        qk = tl.dot(b_q, tl.trans(b_k), input_precision="tf32x3")
+        delta = 2.0 * (dot(b_k, W0, DOT) - b_v)
+        qk = dot(b_q, tl.trans(b_k), DOT)
         # reads: Y = β ⊙ (Q W0) [+ f ⊙ (Q S0)] − (QKᵀ ⊙ G) Δ
-        dA = -tl.dot(b_dy, tl.trans(delta), input_precision="tf32x3")
-        d_delta = -tl.dot(tl.trans(qk * b_G), b_dy, input_precision="tf32x3")
+        dA = -dot(b_dy, tl.trans(delta), DOT)
+        d_delta = -dot(tl.trans(qk * b_G), b_dy, DOT)
         dqk = dA * b_G
         b_dG = dA * qk
-        b_dq = b_beta[:, None] * tl.dot(b_dy, tl.trans(W0), input_precision="tf32x3")
-        b_dq += tl.dot(dqk, b_k, input_precision="tf32x3")
-        b_dk = tl.dot(tl.trans(dqk), b_q, input_precision="tf32x3")
-        b_dbeta = tl.sum(b_dy * tl.dot(b_q, W0, input_precision="tf32x3"), 1)
-        dW0 = tl.dot(tl.trans(b_q), b_beta[:, None] * b_dy, input_precision="tf32x3")
+        b_dq = b_beta[:, None] * dot(b_dy, tl.trans(W0), DOT)
+        b_dq += dot(dqk, b_k, DOT)
+        b_dk = dot(tl.trans(dqk), b_q, DOT)
+        b_dbeta = tl.sum(b_dy * dot(b_q, W0, DOT), 1)
+        dW0 = dot(tl.trans(b_q), b_beta[:, None] * b_dy, DOT)
         # chunk end: W_end = β_L W0 [+ f_L S0] − Kᵀ (g_last ⊙ Δ)
-        kdw = tl.dot(b_k, dW, input_precision="tf32x3")
+        kdw = dot(b_k, dW, DOT)
         d_delta -= g_last[:, None] * kdw
         dg_last = -tl.sum(delta * kdw, 1)
-        b_dk -= tl.dot(g_last[:, None] * delta, tl.trans(dW), input_precision="tf32x3")
+        b_dk -= dot(g_last[:, None] * delta, tl.trans(dW), DOT)
         dbeta_last = tl.sum(tl.sum(dW * W0, 1), 0)
         dW0 += beta_last * dW
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
@@ -259,21 +260,21 @@ def _backward_kernel(
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
             b_s = tl.load(s_coef + cc * L + li)
-            b_dq += b_f[:, None] * tl.dot(b_dy, tl.trans(S0), input_precision="tf32x3")
-            b_df = tl.sum(b_dy * tl.dot(b_q, S0, input_precision="tf32x3"), 1)
+            b_dq += b_f[:, None] * dot(b_dy, tl.trans(S0), DOT)
+            b_df = tl.sum(b_dy * dot(b_q, S0, DOT), 1)
             b_df = tl.where(is_last, b_df + tl.sum(tl.sum(dW * S0, 1), 0), b_df)
             # S_end = m_end S0 − Kᵀ (s_coef ⊙ Δ)
-            kds = tl.dot(b_k, dS, input_precision="tf32x3")
+            kds = dot(b_k, dS, DOT)
             d_delta -= b_s[:, None] * kds
             b_ds = -tl.sum(delta * kds, 1)
-            b_dk -= tl.dot(b_s[:, None] * delta, tl.trans(dS), input_precision="tf32x3")
+            b_dk -= dot(b_s[:, None] * delta, tl.trans(dS), DOT)
             tl.store(dm_end + cc, tl.sum(tl.sum(dS * S0, 1), 0))
             tl.store(df + cc * L + li, b_df)
             tl.store(ds_coef + cc * L + li, b_ds)
-            dS = f_last * dW + b_m * dS + tl.dot(tl.trans(b_q), b_f[:, None] * b_dy, input_precision="tf32x3")
+            dS = f_last * dW + b_m * dS + dot(tl.trans(b_q), b_f[:, None] * b_dy, DOT)
         # Δ = 2 (K W0 − V): the inner gradient depends on the chunk-start weights
-        b_dk += 2.0 * tl.dot(d_delta, tl.trans(W0), input_precision="tf32x3")
-        dW0 += 2.0 * tl.dot(tl.trans(b_k), d_delta, input_precision="tf32x3")
+        b_dk += 2.0 * dot(d_delta, tl.trans(W0), DOT)
+        dW0 += 2.0 * dot(tl.trans(b_k), d_delta, DOT)
         if c == NCn - 1:
             dW0 += tl.load(dw_anchor + st * D * D + sq_offs, mask=sq_mask, other=0.0)
         tl.store(dq + row_offs, b_dq.to(dq.dtype.element_ty), mask=mask)
@@ -302,6 +303,7 @@ def _forward(
     chunk_offsets: Tensor,
     L: int,
     store: bool,
+    dot_code: int,
 ) -> tuple[Tensor, ...]:
     _, H, D = q.shape
     N = w_init.shape[0]
@@ -340,6 +342,7 @@ def _forward(
         BD=_block(D),
         HAS_MOM=has_mom,
         STORE=store,
+        DOT=dot_code,
         num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return y, w_final, s_final, w_anchor, w_chunks, s_chunks
@@ -360,6 +363,7 @@ def linear_memory_fwd(
     cu_seqlens: Tensor,
     chunk_offsets: Tensor,
     chunk_size: int,
+    dot_code: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Packed ``q, k, v [T, H, D]`` holding N sequences (``cu_seqlens [N + 1]``, sequence n's chunks
     start at packed chunk ``chunk_offsets[n]``), coefficients ``[H, NC, L(, L)]`` float32 over the NC
@@ -367,13 +371,13 @@ def linear_memory_fwd(
     float32. Returns (y float32, W_final, S_final (empty without momentum), each sequence's last chunk's
     start weights (its initial weights if it is empty))."""
     coef = (beta, f, G, m_end, s_coef)
-    out = _forward(q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size, False)
+    out = _forward(q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size, False, dot_code)
     y, w_final, s_final, w_anchor, _, _ = out
     return y, w_final, s_final, w_anchor
 
 
 @linear_memory_fwd.register_fake
-def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size):
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets, chunk_size, dot_code):
     return (
         w_init.new_empty(q.shape),
         torch.empty_like(w_init),
@@ -401,6 +405,7 @@ def linear_memory_bwd(
     ds_final: Tensor,
     dw_anchor: Tensor,
     chunk_size: int,
+    dot_code: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`linear_memory_fwd`
     (empty for the momentum ones without momentum)."""
@@ -411,7 +416,7 @@ def linear_memory_bwd(
     has_mom = s_init is not None
     coef = (beta, f, G, m_end, s_coef)
     _, _, _, _, w_chunks, s_chunks = _forward(
-        q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, L, True
+        q, k, v, coef, w_init, s_init, cu_seqlens, chunk_offsets, L, True, dot_code
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta, dG = torch.empty_like(beta), torch.empty_like(G)
@@ -451,6 +456,7 @@ def linear_memory_bwd(
         L=L,
         BD=_block(D),
         HAS_MOM=has_mom,
+        DOT=dot_code,
         num_stages=1,
     )
     return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init
@@ -475,6 +481,7 @@ def _(
     ds_final,
     dw_anchor,
     chunk_size,
+    dot_code,
 ):
     ds_init = torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0)
     grads = (q, k, v, beta, f, G, m_end, s_coef, w_init)
@@ -482,10 +489,10 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    *tensors, chunk_size = inputs
+    *tensors, chunk_size, dot_code = inputs
     ctx.has_mom = tensors[9] is not None
     ctx.save_for_backward(*tensors)
-    ctx.chunk_size = chunk_size
+    ctx.chunk_size, ctx.dot_code = chunk_size, dot_code
 
 
 def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
@@ -512,11 +519,12 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
         cot(ds_final, w_init) if ctx.has_mom else w_init.new_zeros(0),
         cot(dw_anchor, w_init),
         ctx.chunk_size,
+        ctx.dot_code,
     )
     dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init = grads
     if not ctx.has_mom:
         df = dm_end = ds_coef = ds_init = None
-    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None, None, None
+    return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, None, None, None, None
 
 
 torch.library.register_autograd("memnets::linear_memory_fwd", _backward, setup_context=_setup_context)
@@ -556,6 +564,7 @@ def linear_memory_chunked(
     cu_seqlens: Tensor,
     chunk_offsets: Tensor,
     chunk_size: int,
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """The chunked update of a linear memory, forward and (through autograd) backward.
 
@@ -567,6 +576,8 @@ def linear_memory_chunked(
         w_init, s_init: each sequence's state ``[N, H, D, D]`` float32 (``s_init`` ``None`` without
             momentum).
         chunk_size: L, one of ``CHUNK_SIZES``.
+        dot_precision: the matmuls' operands (:mod:`memnets.kernels.precision`; ``"auto"``: half for
+            half ``q`` or under autocast, else ``"tf32x3"``); state and accumulation stay float32.
 
     Returns:
         ``y`` float32 ``[T, H, D]``, the final weights and momentum (``None`` without momentum), and
@@ -587,5 +598,6 @@ def linear_memory_chunked(
         cu_seqlens,
         chunk_offsets,
         chunk_size,
+        DOT_PRECISIONS[resolve_dot_precision(dot_precision, operand_dtype(q))],
     )
     return y, w_final, None if s_init is None else s_final, w_anchor

@@ -92,10 +92,10 @@ def _titans_packs(*, arch: MemoryMLP, chunk_size: int, bias: object = None, **_:
 
 
 def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", **options: Any):
-    if arch.depth == 1:  # the linear kernel's matmuls are tf32x3 (check_dot_precision refuses others)
+    if arch.depth == 1:
         from .memory.kernel_bridge import titans_linear_chunked
 
-        return titans_linear_chunked(arch, *inputs, **options)
+        return titans_linear_chunked(arch, *inputs, dot_precision=dot_precision, **options)
     from .memory.kernel_bridge import titans_mlp_chunked
 
     return titans_mlp_chunked(arch, *inputs, dot_precision=dot_precision, **options)

@@ -89,13 +89,16 @@ def _titans_cases() -> list[Case]:
     # the largest head dim the kernels claim to support at each chunk size, and a small one (quick to
     # compile: the CI test's case)
     for L, D in [(16, 32), *MAX_DIM_FOR_CHUNK.items()]:
-        shape = {"H": 8, "D": D, "L": L, "BD": max(16, triton.next_power_of_2(D))}
+        # bf16 operands (DOT 3, what dot_precision="auto" runs on bf16 inputs); the backward also with
+        # tf32x3 (DOT 0), whose float32 tiles set MAX_DIM_FOR_CHUNK's shared-memory limit
+        shape = {"H": 8, "D": D, "L": L, "BD": max(16, triton.next_power_of_2(D)), "DOT": 3}
         for mom in (True, False):
             for store in (False, True):
                 c = {**shape, "HAS_MOM": mom, "STORE": store}
                 cases.append(Case("linear_memory", "_forward_kernel", c, half, num_stages=1))
-            c = {**shape, "HAS_MOM": mom}
-            cases.append(Case("linear_memory", "_backward_kernel", c, bwd, num_stages=1))
+            for dot in (3, 0):
+                c = {**shape, "HAS_MOM": mom, "DOT": dot}
+                cases.append(Case("linear_memory", "_backward_kernel", c, bwd, num_stages=1))
     return cases
 
 

@@ -3,6 +3,7 @@ outputs, final weights/momentum/anchor and every gradient, on awkward lengths an
 and packed (cu_seqlens: each packed sequence against the engine run on it alone)."""
 
 import dataclasses
+import functools
 import itertools
 import os
 
@@ -14,7 +15,7 @@ from mixer_checks import assert_all_close, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
-from memnets.testing import assert_close, nan_allocations
+from memnets.testing import RATIO, assert_close, nan_allocations
 
 triton_linear = pytest.importorskip("memnets.memory.kernel_bridge")
 linear_memory = pytest.importorskip("memnets.kernels.linear_memory")
@@ -75,18 +76,26 @@ def _run(fn, arch, inputs, chunk_size, compute_dtype, split=None):
     return with_leaf_grads(outs, leaves)
 
 
-def _compare(T, chunk_size, gates, dtype, residual=False, split=None):
+def _ratio(dtype, dot_precision):
+    """Float32 operands (float32 inputs, or half ones with tf32x3 named) hold the float32 state to float32
+    accuracy; ``auto`` on half inputs rounds every product's operands, the state's too, to that type."""
+    return RATIO[dtype] if dtype != torch.float32 and dot_precision == "auto" else None
+
+
+def _compare(T, chunk_size, gates, dtype, residual=False, split=None, dot_precision="auto"):
     arch = _arch(residual)
     ref_arch = _arch(residual).double()
     inputs = _inputs(T, dtype, gates)
     ref = _run(memory_chunked, ref_arch, inputs, chunk_size, torch.float64, split)
+    fast = functools.partial(triton_linear.titans_linear_chunked, dot_precision=dot_precision)
     with nan_allocations():
-        out = _run(triton_linear.titans_linear_chunked, arch, inputs, chunk_size, torch.float32, split)
+        out = _run(fast, arch, inputs, chunk_size, torch.float32, split)
     assert ref.keys() == out.keys()
     for name in ref:
         # float32 results against the float64 engine, half ones against their half-rounded reference
         expected = ref[name].to(out[name].dtype)
-        assert_close(f"{name} (T={T}, chunk={chunk_size}, gates={gates}, {dtype})", expected, out[name])
+        case = f"T={T}, chunk={chunk_size}, gates={gates}, {dtype}, {dot_precision}"
+        assert_close(f"{name} ({case})", expected, out[name], _ratio(dtype, dot_precision))
 
 
 @pytest.mark.parametrize("chunk_size", [16, 32])
@@ -101,10 +110,31 @@ def test_matches_engine_gates_float32(T, chunk_size, gates):
     _compare(T, chunk_size, gates, torch.float32)
 
 
+@pytest.mark.parametrize("dot_precision", ["tf32x3", "auto"])
 @pytest.mark.parametrize("gates", ["none", "both"])
 @pytest.mark.parametrize("T,chunk_size", [(1, 16), (65, 16), (100, 32)])
-def test_matches_engine_float16(T, chunk_size, gates):
-    _compare(T, chunk_size, gates, torch.float16)
+def test_matches_engine_float16(T, chunk_size, gates, dot_precision):
+    _compare(T, chunk_size, gates, torch.float16, dot_precision=dot_precision)
+
+
+@pytest.mark.parametrize("dtype,named", [(torch.float32, "tf32x3"), (torch.float16, "float16")], ids=str)
+def test_dot_precision_auto_is_the_inputs_type(dtype, named):
+    """``auto`` runs exactly the named mode of the inputs' type, bit for bit (outputs, state, every
+    gradient): a float16 run within float16's tolerance could also be tf32x3."""
+    arch, inputs = _arch(False), _inputs(40, dtype, "both")
+    with nan_allocations():
+        auto, out = (
+            _run(
+                functools.partial(triton_linear.titans_linear_chunked, dot_precision=mode),
+                arch,
+                inputs,
+                16,
+                torch.float32,
+            )
+            for mode in ("auto", named)
+        )
+    for name in auto:
+        torch.testing.assert_close(auto[name], out[name], rtol=0, atol=0, msg=name)
 
 
 def test_residual_memory():
@@ -224,6 +254,7 @@ def test_custom_op_opcheck(momentum):
         cu,
         chunk_offsets,
         L,
+        0,  # dot_code: tf32x3
     )
     torch.library.opcheck(
         linear_memory.linear_memory_fwd,
@@ -232,7 +263,7 @@ def test_custom_op_opcheck(momentum):
     )
     square = torch.randn(N, H, D, D)
     cotangents = (torch.randn(T, H, D), square, square if momentum else torch.zeros(0), square)
-    bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]), *cotangents, L)
+    bwd_args = (*(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-2]), *cotangents, L, 0)
     torch.library.opcheck(
         linear_memory.linear_memory_bwd, bwd_args, test_utils=("test_schema", "test_faketensor")
     )
@@ -263,7 +294,7 @@ def _varlen_outputs(y: torch.Tensor, states: list[MemoryState]) -> dict[str, tor
     return outs
 
 
-def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype):
+def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype, dot_precision="auto"):
     """Outputs and every gradient with random cotangents on y and on each sequence's final state;
     ``packed``: one call with cu_seqlens, else the engine sequence by sequence."""
     leaves = {
@@ -277,7 +308,7 @@ def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype):
         cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
         state = MemoryState((w0,), None if s0 is None else (s0,))
         y, states = triton_linear.titans_linear_chunked(
-            arch, *args, state, chunk_size=chunk_size, cu_seqlens=cu
+            arch, *args, state, chunk_size=chunk_size, cu_seqlens=cu, dot_precision=dot_precision
         )
     else:
         ys, states, start = [], [], 0
@@ -294,7 +325,7 @@ def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype):
     return with_leaf_grads(_varlen_outputs(y, states), leaves)  # the offsets: constants, no gradient
 
 
-def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False):
+def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False, dot_precision="auto"):
     N, T = len(lengths), sum(lengths)
     inputs = _inputs(T, dtype, gates)
     g = torch.Generator().manual_seed(2)
@@ -303,13 +334,12 @@ def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False):
         inputs["s0"] = 0.3 * torch.randn(N, H, D, D, generator=g, dtype=torch.float64)
     ref = _run_varlen(False, _arch(residual).double(), inputs, lengths, chunk_size, torch.float64)
     with nan_allocations():
-        out = _run_varlen(True, _arch(residual), inputs, lengths, chunk_size, torch.float32)
+        out = _run_varlen(True, _arch(residual), inputs, lengths, chunk_size, torch.float32, dot_precision)
     assert ref.keys() == out.keys()
     for name in ref:
         expected = ref[name].to(out[name].dtype)
-        assert_close(
-            f"{name} (lengths={lengths}, chunk={chunk_size}, gates={gates}, {dtype})", expected, out[name]
-        )
+        case = f"lengths={lengths}, chunk={chunk_size}, gates={gates}, {dtype}, {dot_precision}"
+        assert_close(f"{name} ({case})", expected, out[name], _ratio(dtype, dot_precision))
 
 
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
@@ -322,9 +352,10 @@ def test_varlen_gates_float32(gates):
     _compare_varlen([17, 1, 40], 16, gates, torch.float32)
 
 
+@pytest.mark.parametrize("dot_precision", ["tf32x3", "auto"])
 @pytest.mark.parametrize("gates", ["none", "both"])
-def test_varlen_float16(gates):
-    _compare_varlen([1, 63, 65, 17], 16, gates, torch.float16)
+def test_varlen_float16(gates, dot_precision):
+    _compare_varlen([1, 63, 65, 17], 16, gates, torch.float16, dot_precision=dot_precision)
 
 
 def test_varlen_empty_sequences_and_residual():

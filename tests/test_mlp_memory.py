@@ -1037,9 +1037,9 @@ def test_mixer_dot_precision_is_checked():
     assert tuple(triton_mlp.DOT_PRECISIONS) == memory_block.DOT_PRECISIONS
     with pytest.raises(ValueError, match=r"yaad: dot_precision='bf16' is not one of \['auto', 'tf32x3'"):
         memnets.build_mixer("yaad", d_model=32, num_heads=2, dot_precision="bf16")
-    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory.depth 2"):
-        memnets.build_mixer(
-            "titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory={"depth": 1, "norm": False}
-        )
+    with pytest.raises(ValueError, match="titans: dot_precision='bfloat16' needs memory.depth 1 or 2"):
+        memnets.build_mixer("titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory={"depth": 3})
+    linear = {"depth": 1, "norm": False}  # the linear memory kernel reads it too
+    memnets.build_mixer("titans", d_model=32, num_heads=2, dot_precision="bfloat16", memory=linear)
     with pytest.raises(Exception, match="unknown option 'mixer_options.dot_precision' for mixer 'memora'"):
         memnets.build_mixer("memora", d_model=32, num_heads=2, dot_precision="float16")

@@ -481,6 +481,7 @@ def titans_linear_chunked(
     *,
     chunk_size: int = 16,
     cu_seqlens: Tensor | None = None,
+    dot_precision: str = "auto",
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size)`` with
     the L2 bias, for a linear ``arch`` (depth 1, no LayerNorm, residual allowed; see
@@ -492,7 +493,9 @@ def titans_linear_chunked(
     from its own state (``state`` holds ``[N, H, D, D]`` weights and momentum at a chunk boundary;
     default the learned initial weights) and its chunks restart at its first token, so the result is
     ``memory_chunked`` run on every sequence alone. The state returned is then the list of the N
-    sequences' final states (each ``[1, H, D, D]``, continuing its sequence exactly)."""
+    sequences' final states (each ``[1, H, D, D]``, continuing its sequence exactly). ``dot_precision``:
+    the matmuls' operands, as for :func:`titans_mlp_chunked`."""
+    dot_precision = _dot_precision("titans_linear_chunked", dot_precision, q)
     reason = supports_linear(arch, chunk_size=chunk_size if chunk_size in linear_memory.CHUNK_SIZES else None)
     if reason is not None:
         raise ValueError(f"titans_linear_chunked: unsupported configuration: {reason}")
@@ -509,8 +512,9 @@ def titans_linear_chunked(
                 f"offset {state.offset}"
             )
         return finish_chunk_then(
-            titans_linear_chunked, arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size
-        )
+            functools.partial(titans_linear_chunked, dot_precision=dot_precision),
+            arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
+        )  # fmt: skip
     B, T, H, D = q.shape
     N = len(lengths)
     if state is None:
@@ -546,8 +550,9 @@ def titans_linear_chunked(
                 v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)
             q, k, v = (t.reshape(B * T, H, D).contiguous() for t in (q, k.to(dtype), v))
             y, w_final, s_final, w_anchor = linear_memory.linear_memory_chunked(
-                q, k, v, c.beta, c.f, c.G, c.m_end, c.s_coef, w_init, s_init, cu, chunk_offsets, L
-            )
+                q, k, v, c.beta, c.f, c.G, c.m_end, c.s_coef, w_init, s_init, cu, chunk_offsets, L,
+                dot_precision,
+            )  # fmt: skip
             if arch.residual:
                 y = y + q.float()
             y = y.to(dtype).reshape(B, T, H, D)

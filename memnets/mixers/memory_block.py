@@ -146,13 +146,13 @@ DOT_PRECISIONS = ("tf32x3", "tf32", "float16", "bfloat16")
 
 
 def check_dot_precision(owner: str, dot_precision: str, arch: MemoryMLP) -> None:
-    """``dot_precision`` is "auto" or one of ``DOT_PRECISIONS``, and not a TF32 or half mode where no
-    kernel reads it (the linear memory kernel runs tf32x3 only; "auto" leaves it so)."""
+    """``dot_precision`` is "auto" or one of ``DOT_PRECISIONS``, and not a named mode where no kernel
+    reads it (the memory kernels cover depths 1 and 2)."""
     if dot_precision != "auto" and dot_precision not in DOT_PRECISIONS:
         allowed = ["auto", *DOT_PRECISIONS]
         raise ValueError(f"{owner}: dot_precision={dot_precision!r} is not one of {allowed}")
-    if dot_precision not in ("auto", "tf32x3") and arch.depth != 2:
+    if dot_precision not in ("auto", "tf32x3") and arch.depth > 2:
         raise ValueError(
-            f"{owner}: dot_precision={dot_precision!r} needs memory.depth 2 (the MLP memory kernels); the "
-            f"linear memory kernel (memory.depth {arch.depth}) runs its matmuls in tf32x3 only"
+            f"{owner}: dot_precision={dot_precision!r} needs memory.depth 1 or 2 (the memory kernels); "
+            f"memory.depth {arch.depth} runs the PyTorch engine"
         )

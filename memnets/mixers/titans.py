@@ -62,8 +62,8 @@ gate, MAG window), each documented here and an option where people differ:
   weights) runs bfloat16 operands and float32 runs ``"tf32x3"``; or explicitly ``"tf32x3"`` (float32,
   matches the engine to float32 rounding), ``"tf32"``, ``"float16"`` or ``"bfloat16"`` (half
   operands, float32 state and accumulation, as fla's kernels: up to 6x the tensor-core rate, at half
-  rounding of the state in every product). It applies where the MLP kernels run; the linear kernel
-  and the PyTorch backends compute in float32.
+  rounding of the state in every product). It applies where a kernel runs (the linear and the MLP
+  memory kernels); the PyTorch backends compute in the inputs' type.
 * Packed sequences (``cu_seqlens``): both Triton kernels run them in one kernel call (each sequence
   from the initial state, chunks restarting at its first token), and so do MAG and MAL on them (their
   attention masks the sequences); the other backends and MAC run them sequence by sequence. Either
