@@ -81,6 +81,7 @@ def _dot(d: MemoryDispatch) -> int:
     default on an H100 (``train.precision: auto`` autocasts to ``AMP_DTYPE``; no flagship config sets
     fp32)."""
     from memnets.kernels.mlp_memory import DOT_PRECISIONS
+
     from memnets.memory.kernel_bridge import resolve_dot_precision
 
     return DOT_PRECISIONS[resolve_dot_precision(d.options.get("dot_precision", "auto"), AMP_DTYPE)]
