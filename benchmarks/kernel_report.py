@@ -80,9 +80,7 @@ def _dot(d: MemoryDispatch) -> int:
     """The kernels' operand mode: the mixer's ``dot_precision``, ``"auto"`` resolved for the trainer's
     default on an H100 (``train.precision: auto`` autocasts to ``AMP_DTYPE``; no flagship config sets
     fp32)."""
-    from memnets.kernels.mlp_memory import DOT_PRECISIONS
-
-    from memnets.memory.kernel_bridge import resolve_dot_precision
+    from memnets.kernels.precision import DOT_PRECISIONS, resolve_dot_precision
 
     return DOT_PRECISIONS[resolve_dot_precision(d.options.get("dot_precision", "auto"), AMP_DTYPE)]
 
