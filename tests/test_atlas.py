@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from mixer_checks import check_decode_and_split, check_same_outputs_and_grads, decode
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -352,15 +353,7 @@ def tiny(name, **kw):
 def test_mixer_step_equals_forward(name, kw):
     mixer = tiny(name, **kw)
     x = torch.randn(2, 11, 16, dtype=F64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close(f"{name} decode", y, torch.stack(ys, 1))
-    y1, s = mixer(x[:, :6])
-    y2, _ = mixer(x[:, 6:], s)
-    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
+    final, state, _ = check_decode_and_split(name, mixer, x, 6)
     assert_close("next token", mixer.step(x[:, 0], final)[0], mixer.step(x[:, 0], state)[0])
 
 
@@ -371,17 +364,7 @@ def test_mixer_reference_backend_equals_chunked(name, kw):
     reference.load_state_dict(chunked.state_dict())
     x = torch.randn(1, 10, 16, dtype=F64)
     cot = torch.randn(1, 10, 16, dtype=F64)
-    res = []
-    for m in (reference, chunked):
-        xi = x.clone().requires_grad_()
-        y, _ = m(xi)
-        (y * cot).sum().backward()
-        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", res[0][0], res[1][0])
-    assert_close("dx", res[0][1], res[1][1])
-    for n, g in res[0][2].items():
-        assert g is not None and torch.count_nonzero(g) > 0, f"no gradient reaches {n}"
-        assert_close(f"d{n}", g, res[1][2][n])
+    check_same_outputs_and_grads(reference, chunked, x, cot, every_param_learns=True)
 
 
 def test_mixer_causal_and_packed():
@@ -439,8 +422,5 @@ def test_decoding_works_in_inference_mode():
     x = torch.randn(1, 9, 16, dtype=F64)
     y, _ = mixer(x)
     with torch.inference_mode():
-        state, ys = None, []
-        for t in range(x.shape[1]):
-            yt, state = mixer.step(x[:, t], state)
-            ys.append(yt)
-    assert_close("inference-mode decode", y.detach(), torch.stack(ys, 1))
+        decoded, _ = decode(mixer, x)
+    assert_close("inference-mode decode", y.detach(), decoded)

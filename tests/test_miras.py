@@ -4,6 +4,12 @@ that pin the algebra, and bf16 stability at T = 4096 with extreme gates."""
 
 import pytest
 import torch
+from mixer_checks import (
+    check_bf16_long_sequence_finite,
+    check_decode_and_split,
+    check_generate_matches_forward,
+    check_same_outputs_and_grads,
+)
 
 import memnets
 from memnets.memory import L2Bias, MemoryMLP, MemoryState, memory_chunked
@@ -199,16 +205,8 @@ VARIANTS = [("moneta", {}), ("moneta", {"normalize_at": "chunk_end"}), ("yaad", 
 def test_step_equals_forward(name, opts):
     mixer = tiny(name, **opts)
     x = torch.randn(2, 11, 16, dtype=F64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close(f"{name} decode", y, torch.stack(ys, 1))
-    y1, s = mixer(x[:, :6])
-    y2, s2 = mixer(x[:, 6:], s)
+    final, state, s2 = check_decode_and_split(name, mixer, x, 6)
     assert s2.memory.offset == final.memory.offset
-    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
     nxt = torch.randn(2, 16, dtype=F64)
     assert_close(f"{name} next", mixer.step(nxt, final)[0], mixer.step(nxt, state)[0])
 
@@ -219,16 +217,7 @@ def test_reference_backend_equals_chunked(name, opts):
     chunked, reference = tiny(name, **opts), tiny(name, backend="reference", **opts)
     reference.load_state_dict(chunked.state_dict())
     x, cot = torch.randn(1, 9, 16, dtype=F64), torch.randn(1, 9, 16, dtype=F64)
-    res = []
-    for m in (reference, chunked):
-        xi = x.clone().requires_grad_()
-        y, _ = m(xi)
-        (y * cot).sum().backward()
-        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", res[0][0], res[1][0])
-    assert_close("dx", res[0][1], res[1][1])
-    for n, g in res[0][2].items():
-        assert_close(f"d{n}", g, res[1][2][n])
+    check_same_outputs_and_grads(reference, chunked, x, cot)
 
 
 def test_options_and_backend_errors():
@@ -294,29 +283,12 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name, opts):
         mixer.gates.up.bias[:2] = 12.0  # lr = lr_max in both heads
         mixer.gates.up.bias[2:4] = extreme  # keep
         mixer.gates.up.bias[4:] = extreme.repeat_interleave(mixer.gates.up.bias[4:].numel() // 2)  # δ
-    x = torch.randn(1, 4096, 8, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, st = mixer(x)
-    assert y.dtype == torch.bfloat16
-    assert torch.isfinite(y).all()
-    assert all(torch.isfinite(w).all() for w in st.memory.weights)
-    y.float().sum().backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+    check_bf16_long_sequence_finite(mixer, 8)
 
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_lm_generate_matches_forward(name):
-    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4}
-    cfg = memnets.ModelConfig(
-        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
-    )
-    model = memnets.build_model(cfg).double().eval()
-    prompt = torch.randint(0, 32, (2, 5))
-    out = model.generate(prompt, max_new_tokens=6)
-    logits = model(out[:, :-1])
-    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
-    assert model.state_size(64) > 0
+    check_generate_matches_forward(name, {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4}, 6)
 
 
 @pytest.mark.parametrize("name", MIXERS)
