@@ -1,4 +1,5 @@
-"""Shared pieces for the trainer tests: a tiny MQAR config that trains in seconds on CPU."""
+"""Shared pieces for the tests that run scripts: a tiny MQAR config that trains in seconds on CPU, and
+what the kernel-compiling scripts need (an sm_90 toolchain, an environment that compiles)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def run_train(args: list[str], **kw) -> subprocess.CompletedProcess:
         text=True,
         **kw,
     )
+
+
+def sm90_toolchain_problem() -> str | None:
+    """Why the installed Triton cannot compile kernels for sm_90 here (``None`` when it can)."""
+    import triton
+
+    if "nvidia" not in triton.backends.backends:
+        return "Triton has no NVIDIA backend"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
+        return "Triton's bundled ptxas is missing"
+    return None
+
+
+def compiling_env() -> dict[str, str]:
+    """This environment for a script that compiles real kernels: without ``TRITON_INTERPRET`` (this
+    session may interpret them, and interpreted kernels cannot be compiled), one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
