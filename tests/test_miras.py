@@ -75,18 +75,29 @@ def test_chunked_equals_reference(rule, T, chunk_size):
     arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
     q, k, v, lr, keep = inputs(B, T, H, D)
     bias, bp, retention, lag = rules(B, T, H, D)[rule]
-    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     kw = dict(chunk_size=chunk_size, bias=bias, retention=retention, lag=lag)
+    ref, out = check_chunked_equals_reference(rule, arch, (q, k, v, lr, keep, bp), **kw)
+    assert ref.offset == out.offset == T % chunk_size
+
+
+def check_chunked_equals_reference(
+    label: str, arch: MemoryMLP, inputs: tuple, **kw
+) -> tuple[MemoryState, MemoryState]:
+    """``miras_chunked`` against ``miras_reference`` from a random state under random cotangents:
+    outputs, final weights and every gradient. Returns both final states."""
+    q = inputs[0]
+    B, T, H, D = q.shape
+    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     cot_y = torch.randn(B, T, H, D, dtype=F64)
     cot_w = tuple(torch.randn_like(w) for w in state0)
-    ref = run_with_grads(miras_reference, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    out = run_with_grads(miras_chunked, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    assert_close(f"{rule} y", ref[0], out[0])
+    ref = run_with_grads(miras_reference, arch, inputs, state0, cot_y, cot_w, **kw)
+    out = run_with_grads(miras_chunked, arch, inputs, state0, cot_y, cot_w, **kw)
+    assert_close(f"{label} y", ref[0], out[0])
     for i, (a, b) in enumerate(zip(ref[1].weights, out[1].weights)):
-        assert_close(f"{rule} final A{i}", a, b)
-    assert ref[1].offset == out[1].offset == T % chunk_size
+        assert_close(f"{label} final A{i}", a, b)
     for i, (a, b) in enumerate(zip(ref[2], out[2])):
-        assert_close(f"{rule} grad #{i}", a, b)
+        assert_close(f"{label} grad #{i}", a, b)
+    return ref[1], out[1]
 
 
 # ---------------------------------------------------------------------------------------------------
