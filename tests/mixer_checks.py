@@ -114,6 +114,14 @@ def decode(mixer: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
     return torch.stack(ys, 1), state
 
 
+def check_decode_no_grad(mixer: nn.Module, x: Tensor) -> None:
+    """Without autograd (as a server decodes), ``mixer(x)`` equals decoding ``x`` token by token."""
+    with torch.no_grad():
+        y, _ = mixer(x)
+        decoded, _ = decode(mixer, x)
+    assert_close("decode", y, decoded)
+
+
 def check_decode_and_split(label: str, mixer: nn.Module, x: Tensor, split: int) -> tuple[Any, Any, Any]:
     """The mixer contract (``memnets/mixers/base.py``): ``mixer(x)`` equals decoding ``x`` token by
     token and equals two calls split before token ``split``. Returns the final states of the whole
@@ -125,6 +133,15 @@ def check_decode_and_split(label: str, mixer: nn.Module, x: Tensor, split: int) 
     y2, s2 = mixer(x[:, split:], s)
     assert_close(f"{label} split", y, torch.cat([y1, y2], 1))
     return final, state, s2
+
+
+def check_packed_equals_separate(mixer: nn.Module, d_model: int = 16) -> None:
+    """Two float64 sequences (5 and 10 tokens) packed in one row with ``cu_seqlens`` give what each
+    gives alone."""
+    a, b = torch.randn(1, 5, d_model, dtype=torch.float64), torch.randn(1, 10, d_model, dtype=torch.float64)
+    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
+    assert_close("first", mixer(a)[0], packed[:, :5])
+    assert_close("second", mixer(b)[0], packed[:, 5:])
 
 
 def check_same_outputs_and_grads(

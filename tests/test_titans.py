@@ -7,6 +7,7 @@ from mixer_checks import (
     check_bf16_long_sequence_finite,
     check_decode_and_split,
     check_generate_matches_forward,
+    check_packed_equals_separate,
     check_same_outputs_and_grads,
 )
 
@@ -65,11 +66,7 @@ def test_causal(name):
 
 @pytest.mark.parametrize("name", ["titans", "titans_mac"])
 def test_packed_equals_separate(name):
-    mixer = tiny(name)
-    a, b = torch.randn(1, 5, 16, dtype=F64), torch.randn(1, 10, 16, dtype=F64)
-    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
-    assert_close("first", mixer(a)[0], packed[:, :5])
-    assert_close("second", mixer(b)[0], packed[:, 5:])
+    check_packed_equals_separate(tiny(name))
 
 
 def test_backend_and_option_errors():
