@@ -106,6 +106,20 @@ def bench(
     )
 
 
+def best_time(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up call, in seconds: a quick
+    look for the scripts' tables, where :func:`bench` measures with quantiles."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
     """GPU: peak allocated MiB during one ``fn()`` above the memory live before it. CPU: None."""
     if device.type != "cuda":

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package sits beside memnets, uninstalled
+    sys.path.insert(0, str(ROOT))
 
-from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures
-from memnets.memory.omega import omega_chunked
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.timing import best_time  # noqa: E402
+from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures  # noqa: E402
+from memnets.memory.omega import omega_chunked  # noqa: E402
 
 
 def bench(arch, phi, B, T, H, D, window, C, muon, device, repeats):
@@ -28,21 +34,15 @@ def bench(arch, phi, B, T, H, D, window, C, muon, device, repeats):
     v = torch.randn(B, T, H, D, device=device, requires_grad=True)
     lr, mom, keep = (torch.rand(B, T, H, device=device).requires_grad_() for _ in range(3))
     gate = torch.rand(B, T, H, window, device=device).requires_grad_() if window > 1 else None
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def run() -> None:
         y, st = omega_chunked(
             arch, q, k, v, lr * 0.1, mom if muon != "none" else None, keep, gate,
             window=window, chunk_size=C, muon=None if muon == "none" else muon,
         )  # fmt: skip
         (y.float().sum() + sum(w.sum() for w in st.memory.weights)).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    return min(times)
+
+    return best_time(run, repeats, device)
 
 
 def main() -> None:

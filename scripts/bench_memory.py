@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package sits beside memnets, uninstalled
+    sys.path.insert(0, str(ROOT))
 
-from memnets.memory import MemoryMLP, memory_chunked, memory_reference
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.timing import best_time  # noqa: E402
+from memnets.memory import MemoryMLP, memory_chunked, memory_reference  # noqa: E402
 
 
 def bench(fn, arch, B, T, H, D, C, device, repeats):
     q, k, v = (F.normalize(torch.randn(B, T, H, D, device=device), dim=-1).requires_grad_() for _ in range(3))
     gates = [torch.rand(B, T, H, device=device).requires_grad_() for _ in range(3)]
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def run() -> None:
         y, st = fn(arch, q, k, v, gates[0] * 0.1, gates[1], gates[2], chunk_size=C)
         (y.float().sum() + sum(w.sum() for w in st.weights)).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    return min(times)
+
+    return best_time(run, repeats, device)
 
 
 def main() -> None:

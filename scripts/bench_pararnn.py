@@ -14,30 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package sits beside memnets, uninstalled
+    sys.path.insert(0, str(ROOT))
 
-from memnets.mixers.pararnn import ParaGRUCell, ParaLSTMCell
-from memnets.newton import NewtonOptions, NewtonStats, newton_solve, sequential_solve
+import torch  # noqa: E402
+
+from benchmarks.timing import best_time  # noqa: E402
+from memnets.mixers.pararnn import ParaGRUCell, ParaLSTMCell  # noqa: E402
+from memnets.newton import NewtonOptions, NewtonStats, newton_solve, sequential_solve  # noqa: E402
 
 CELLS = {"paragru": ParaGRUCell, "paralstm": ParaLSTMCell}
-
-
-def best_time(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up call, in seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_one(name: str, T: int, args: argparse.Namespace, device: torch.device) -> dict:

@@ -47,21 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--progress-every", type=float, default=d.progress_every, help="seconds between progress lines"
     )
-    args = p.parse_args(argv)
-    opts = PrepareOptions(
-        inputs=args.inputs,
-        out=args.out,
-        tokenizer=args.tokenizer,
-        workers=args.workers,
-        shard_tokens=args.shard_tokens,
-        val_every=args.val_every,
-        val_tokens=args.val_tokens,
-        text_field=args.text_field,
-        encoding_errors=args.encoding_errors,
-        split=args.split,
-        dataset_config=args.dataset_config,
-        progress_every=args.progress_every,
-    )
+    opts = PrepareOptions(**vars(p.parse_args(argv)))  # each argument is the field of its name
     try:
         prepare(opts)
     except (DataError, ImportError) as e:

@@ -1,6 +1,8 @@
 """Test helpers for recurrent mixers whose states are (nested) dataclasses of tensors: run a forward and
 a backward with random cotangents on the output AND every tensor of the final state, and collect the
-outputs, final states and every gradient (input, initial state, parameters) by name."""
+outputs, final states and every gradient (input, initial state, parameters) by name. Also the checks
+that several mixer families' tests share: decoding and split calls equal one call, two backends give
+the same gradients, bf16 stays finite, ``generate`` matches the parallel forward."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import memnets
 from memnets.testing import assert_close
 
 
@@ -99,3 +102,91 @@ def assert_all_close(ref: dict[str, Tensor], out: dict[str, Tensor]) -> None:
     assert ref.keys() == out.keys(), f"different results: {sorted(ref.keys() ^ out.keys())}"
     for name in ref:
         assert_close(name, ref[name], out[name])
+
+
+def decode(mixer: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
+    """``x [B, T, d]`` fed through ``mixer.step`` token by token from no state: the outputs
+    ``[B, T, d]`` and the state after the last token."""
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        yt, state = mixer.step(x[:, t], state)
+        ys.append(yt)
+    return torch.stack(ys, 1), state
+
+
+def check_decode_no_grad(mixer: nn.Module, x: Tensor) -> None:
+    """Without autograd (as a server decodes), ``mixer(x)`` equals decoding ``x`` token by token."""
+    with torch.no_grad():
+        y, _ = mixer(x)
+        decoded, _ = decode(mixer, x)
+    assert_close("decode", y, decoded)
+
+
+def check_decode_and_split(label: str, mixer: nn.Module, x: Tensor, split: int) -> tuple[Any, Any, Any]:
+    """The mixer contract (``memnets/mixers/base.py``): ``mixer(x)`` equals decoding ``x`` token by
+    token and equals two calls split before token ``split``. Returns the final states of the whole
+    call, of the decoding and of the split calls, for the caller's own checks on them."""
+    y, final = mixer(x)
+    decoded, state = decode(mixer, x)
+    assert_close(f"{label} decode", y, decoded)
+    y1, s = mixer(x[:, :split])
+    y2, s2 = mixer(x[:, split:], s)
+    assert_close(f"{label} split", y, torch.cat([y1, y2], 1))
+    return final, state, s2
+
+
+def check_packed_equals_separate(mixer: nn.Module, d_model: int = 16) -> None:
+    """Two float64 sequences (5 and 10 tokens) packed in one row with ``cu_seqlens`` give what each
+    gives alone."""
+    a, b = torch.randn(1, 5, d_model, dtype=torch.float64), torch.randn(1, 10, d_model, dtype=torch.float64)
+    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
+    assert_close("first", mixer(a)[0], packed[:, :5])
+    assert_close("second", mixer(b)[0], packed[:, 5:])
+
+
+def check_same_outputs_and_grads(
+    reference: nn.Module, other: nn.Module, x: Tensor, cot: Tensor, every_param_learns: bool = False
+) -> None:
+    """Two mixers with the same parameters (e.g. two backends) give the same output, input gradient and
+    parameter gradients under the cotangent ``cot``; with ``every_param_learns``, no parameter's
+    gradient is missing or zero."""
+    res = []
+    for m in (reference, other):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        (y * cot).sum().backward()
+        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    assert_close("y", res[0][0], res[1][0])
+    assert_close("dx", res[0][1], res[1][1])
+    for n, g in res[0][2].items():
+        if every_param_learns:
+            assert g is not None and torch.count_nonzero(g) > 0, f"no gradient reaches {n}"
+        assert_close(f"d{n}", g, res[1][2][n])
+
+
+def check_bf16_long_sequence_finite(mixer: nn.Module, d_model: int) -> None:
+    """T = 4096 under bf16 autocast: a bf16 output, finite outputs, final memory weights and gradients
+    (input and parameters)."""
+    x = torch.randn(1, 4096, d_model, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, st = mixer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in st.memory.weights)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+def check_generate_matches_forward(name: str, opts: dict[str, Any], max_new_tokens: int) -> None:
+    """A 2-layer model of mixer ``name``: greedy ``generate`` (recurrent steps) picks the argmax of the
+    parallel forward's logits at every new token."""
+    cfg = memnets.ModelConfig(
+        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
+    )
+    model = memnets.build_model(cfg).double().eval()
+    prompt = torch.randint(0, 32, (2, 5))
+    out = model.generate(prompt, max_new_tokens=max_new_tokens)
+    logits = model(out[:, :-1])
+    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
+    assert model.state_size(64) > 0

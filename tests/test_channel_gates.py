@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mixer_checks import assert_all_close, forward_backward, state_tensors
+from test_atlas import check_omega_chunked_equals_reference as omega_chunked_equals_reference
 from test_atlas import make_problem as atlas_problem
 from test_atlas import random_state as atlas_random_state
-from test_atlas import run_with_grads as omega_run
-from test_memory_engine import compare, random_state, run_and_grad
+from test_memory_engine import compare, random_state, run_and_grad, token_by_token
+from test_miras import check_chunked_equals_reference as miras_chunked_equals_reference
 from test_miras import inputs as miras_inputs
 from test_miras import rules as miras_rules
-from test_miras import run_with_grads
 from test_tnt import compare as tnt_compare
 from test_tnt import grads_of as tnt_grads
 
@@ -92,14 +92,8 @@ def test_engine_token_by_token_equals_one_call(C):
     arch = MemoryMLP(2, 4, depth=2, expansion=2.0).double()
     q, k, v, lr, mom, keep = (t.detach() for t in channel_inputs(arch, 2, 21))
     y, st = memory_chunked(arch, q, k, v, lr, mom, keep, chunk_size=C)
-    state, ys = None, []
-    for t in range(q.shape[1]):
-        sl = slice(t, t + 1)
-        yt, state = memory_chunked(
-            arch, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], mom[:, sl], keep[:, sl], state, chunk_size=C
-        )
-        ys.append(yt)
-    assert_close("token by token", y, torch.cat(ys, 1))
+    ys, state = token_by_token(arch, q, k, v, lr, mom, keep, C)
+    assert_close("token by token", y, ys)
     for a, b in zip(st.weights, state.weights):
         assert_close("final weights", a, b)
 
@@ -151,17 +145,8 @@ def test_miras_chunked_equals_reference(rule, T):
     bias, bp, retention, lag = miras_rules(B, T, H, D)["moneta_paper" if name == "moneta" else name]
     if rule == "moneta_chunk_end":
         retention = ChunkEnd(retention)
-    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     kw = dict(chunk_size=C, bias=bias, retention=retention, lag=lag)
-    cot_y = torch.randn(B, T, H, D, dtype=F64)
-    cot_w = tuple(torch.randn_like(w) for w in state0)
-    ref = run_with_grads(miras_reference, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    out = run_with_grads(miras_chunked, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    assert_close(f"{rule} y", ref[0], out[0])
-    for i, (a, b) in enumerate(zip(ref[1].weights, out[1].weights)):
-        assert_close(f"{rule} final A{i}", a, b)
-    for i, (a, b) in enumerate(zip(ref[2], out[2])):
-        assert_close(f"{rule} grad #{i}", a, b)
+    miras_chunked_equals_reference(rule, arch, (q, k, v, lr, keep, bp), **kw)
 
 
 @pytest.mark.parametrize("rule", ["moneta", "memora"])
@@ -203,16 +188,11 @@ def test_omega_chunked_equals_reference(T, memory, momentum):
     arch, inputs, feats, window = omega_channel_problem(B, T, memory, momentum)
     kw = dict(window=window, chunk_size=C)
     for state in (None, atlas_random_state(arch, B, window, C, momentum, None, feats)):
-        ref, ref_off, ref_g = omega_run(omega_reference, arch, inputs, state, **kw)
-        out, off, g = omega_run(omega_chunked, arch, inputs, state, **kw)
+        # unreached: the initial weights, when a state replaces them
+        ref_off, off = omega_chunked_equals_reference(
+            arch, inputs, state, ratio=1e-8, unreached_may_be_zero=False, **kw
+        )
         assert ref_off == off
-        for i, (a, b) in enumerate(zip(ref, out)):
-            assert_close(f"output {i}", a, b, ratio=1e-8)
-        for n, a in ref_g.items():
-            if a is None:  # the initial weights, when a state replaces them
-                assert g[n] is None, n
-            else:
-                assert_close(f"grad {n}", a, g[n], ratio=1e-8)
 
 
 def test_omega_chunk_size_one_and_token_by_token():
@@ -243,16 +223,9 @@ def test_atlas_muon_chunked_equals_reference(T, C, muon, memory):
     arch, inputs, feats, window = omega_channel_problem(B, T, memory, True)
     kw = dict(window=window, chunk_size=C, muon=muon, ns_steps=3)
     for state in (None, atlas_random_state(arch, B, window, C, True, muon, feats)):
-        ref, ref_off, ref_g = omega_run(omega_reference, arch, inputs, state, **kw)
-        out, off, g = omega_run(omega_chunked, arch, inputs, state, **kw)
+        # unreached (the Muon direction at chunk size 1): no or a zero gradient
+        ref_off, off = omega_chunked_equals_reference(arch, inputs, state, ratio=1e-8, **kw)
         assert ref_off == off
-        for i, (a, b) in enumerate(zip(ref, out)):
-            assert_close(f"output {i}", a, b, ratio=1e-8)
-        for n, a in ref_g.items():
-            if a is None:  # unreached (the Muon direction at chunk size 1): no or a zero gradient
-                assert g[n] is None or (g[n] == 0).all(), n
-            else:
-                assert_close(f"grad {n}", a, g[n], ratio=1e-8)
 
 
 # -------------------------------------------------------------------------------------------------

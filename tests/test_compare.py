@@ -5,7 +5,6 @@ it; unfinished and failed runs are never drawn."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,14 +12,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, TINY_MQAR
+from helpers import ROOT, TINY_MQAR, load_script
 
 from memnets import trainer as trainer_module
 
-spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts/compare.py")
-compare = importlib.util.module_from_spec(spec)
-sys.modules["compare_script"] = compare
-spec.loader.exec_module(compare)
+compare = load_script("scripts/compare.py")
 
 CONFIGS = [str(ROOT / "configs/mqar/attention.yaml"), str(ROOT / "configs/mqar/gated_deltanet.yaml")]
 # log only the last step, so that a run stopped at step 1 has no metrics.jsonl yet

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 from memnets.config import TextConfig, load_config
 from memnets.data.text import TextTask
@@ -154,11 +154,7 @@ def test_loading_a_txt_peaks_near_a_few_times_its_size(tmp_path):
 
 
 def test_train_py_reports_data_errors_in_one_line(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train.py")
     (tmp_path / "c.txt").write_text("text " * 100)
     base = [str(ROOT / "configs/lm/attention-tiny.yaml"), f"run.dir={tmp_path / 'run'}"]
     cases = [

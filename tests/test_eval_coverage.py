@@ -4,39 +4,19 @@ split): on the same windows the figures agree."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
-from helpers import ROOT
+from helpers import load_script, train_tiny_text
 
-from memnets.config import load_config
-from memnets.trainer import train
-
-spec = importlib.util.spec_from_file_location("eval_script_coverage", ROOT / "scripts/eval.py")
-eval_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(eval_script)
+eval_script = load_script("scripts/eval.py")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Byte-level text run, 3 steps; its evaluation covers 2 batches of 4 windows of 32 tokens."""
     folder = tmp_path_factory.mktemp("evalcov")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(
-        "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
-    )
-    overrides = [
-        f"data.path={corpus}",
-        "data.seq_len=32",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "train.steps=3",
-        "train.batch_size=4",
-        "train.eval_batches=2",
-        f"run.dir={folder / 'run'}",
-    ]
-    train(load_config(ROOT / "configs/lm/attention-tiny.yaml", overrides))
+    train_tiny_text(folder / "run", 200, "train.steps=3", "train.eval_batches=2")
     return folder
 
 

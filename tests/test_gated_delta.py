@@ -55,15 +55,20 @@ def check_all(ref, out, ratio=None):
         assert_close(name, ref[name], out[name], ratio)
 
 
+def check_backend(inputs, backend, chunk_size, ratio=None, cu_seqlens=None, **options):
+    """``backend`` against the reference on ``inputs``: every output and gradient, with the backend's
+    fresh allocations filled with NaN (a value it forgets to write shows)."""
+    ref = run(inputs, "reference", cu_seqlens=cu_seqlens)
+    with nan_allocations():
+        out = run(inputs, backend, chunk_size, cu_seqlens, **options)
+    check_all(ref, out, ratio)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("chunk_size", [1, 16, 32])
 @pytest.mark.parametrize("T", [1, 63, 65, 100])
 def test_chunked_matches_reference(T, chunk_size, dtype):
-    inputs = make_inputs(2, T, 2, 8, 6, dtype)
-    ref = run(inputs, "reference")
-    with nan_allocations():
-        out = run(inputs, "chunked", chunk_size)
-    check_all(ref, out)
+    check_backend(make_inputs(2, T, 2, 8, 6, dtype), "chunked", chunk_size)
 
 
 def test_chunked_without_initial_state():
@@ -186,12 +191,9 @@ def test_triton_matches_reference(T, chunk_size, dtype, dot_precision):
     """Float32 operands (float32 inputs, or half ones with ``tf32x3`` named) keep the float32 state to
     float32 accuracy; ``auto`` on half inputs rounds every product's operands, the state's too, to
     float16, so everything is held to float16's tolerance."""
-    inputs = make_inputs(2, T, 1, 8, 6, dtype)
-    ref = run(inputs, "reference")
-    with nan_allocations():
-        out = run(inputs, "triton", chunk_size, dot_precision=dot_precision)
     half_operands = dtype == torch.float16 and dot_precision == "auto"
-    check_all(ref, out, RATIO[torch.float16] if half_operands else None)
+    ratio = RATIO[torch.float16] if half_operands else None
+    check_backend(make_inputs(2, T, 1, 8, 6, dtype), "triton", chunk_size, ratio, dot_precision=dot_precision)
 
 
 @pytest.mark.parametrize("dtype,named", [(torch.float32, "tf32x3"), (torch.float16, "float16")], ids=str)
@@ -207,20 +209,12 @@ def test_triton_dot_precision_auto_is_the_inputs_type(dtype, named):
 
 def test_triton_varlen_matches_reference():
     cu = torch.tensor([0, 1, 40, 40, 105, 110], dtype=torch.int32)
-    inputs = make_inputs(1, 110, 2, 8, 4, torch.float32, N=5)
-    ref = run(inputs, "reference", cu_seqlens=cu)
-    with nan_allocations():
-        out = run(inputs, "triton", 32, cu_seqlens=cu)
-    check_all(ref, out)
+    check_backend(make_inputs(1, 110, 2, 8, 4, torch.float32, N=5), "triton", 32, cu_seqlens=cu)
 
 
 def test_triton_value_blocks_and_no_initial_state():
     """V = 72 spans two value blocks of 64 in the state kernels; no initial state."""
-    inputs = make_inputs(1, 20, 1, 4, 72, torch.float32, with_h0=False)
-    ref = run(inputs, "reference")
-    with nan_allocations():
-        out = run(inputs, "triton", 16)
-    check_all(ref, out)
+    check_backend(make_inputs(1, 20, 1, 4, 72, torch.float32, with_h0=False), "triton", 16)
 
 
 def test_triton_under_torch_compile():

@@ -4,7 +4,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend runs on CPU
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, forward_backward, random_state
+from mixer_checks import assert_all_close, check_decode_and_split, forward_backward, random_state
 
 import memnets
 from memnets.mixers.gated_deltanet import GatedDeltaNet, short_conv
@@ -76,16 +76,8 @@ def test_packed_equals_separate_sequences():
 def test_decoding_equals_forward_and_split():
     mixer = gdn(chunk_size=8, backend="chunked")
     x = torch.randn(2, 13, D, dtype=torch.float64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close("decoded", y, torch.stack(ys, 1))
+    final, state, s = check_decode_and_split("gated_deltanet", mixer, x, 5)
     assert_close("decoded state", final.mem.memory, state.mem.memory)
-    y1, s = mixer(x[:, :5])
-    y2, s = mixer(x[:, 5:], s)
-    assert_close("split", y, torch.cat([y1, y2], 1))
     assert_close("split conv_q", final.conv_q, s.conv_q)
 
 

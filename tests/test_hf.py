@@ -3,7 +3,6 @@ loads (with ``import memnets.hf`` and with ``trust_remote_code``) into a model w
 memnets LM's and whose greedy ``generate`` equals ``LM.generate`` token for token; the byte tokenizer
 round-trips as a Hugging Face tokenizer. Nothing is downloaded."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,26 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import load_script, train_tiny_text
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import memnets
 from memnets.checkpoint import save_checkpoint
-from memnets.config import Config, DataConfig, TextConfig, load_config, save_config
+from memnets.config import Config, DataConfig, TextConfig, save_config
 from memnets.data.text import ByteTokenizer
 from memnets.hf import MemnetsForCausalLM, build_hf_tokenizer, export_run
 from memnets.model import ModelConfig
-from memnets.trainer import train
 
 PROMPT = "the quick brown fox"
 NEW = 8
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fake_run(folder, mixer: str, step: int = 3, **model) -> memnets.LM:
@@ -85,21 +76,8 @@ def test_export_load_logits_and_greedy_generation(mixer, tmp_path):
 def trained_run(tmp_path_factory):
     """A real 2-step training run (attention, byte text) and its export through the script."""
     folder = tmp_path_factory.mktemp("hf_trained")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(
-        "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(100))
-    )
-    overrides = [
-        f"data.path={corpus}",
-        "data.seq_len=32",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "train.steps=2",
-        "train.batch_size=4",
-        f"run.dir={folder / 'run'}",
-    ]
-    train(load_config(ROOT / "configs/lm/attention-tiny.yaml", overrides))
-    assert _script("export_hf").main([str(folder / "run"), str(folder / "hf")]) == 0
+    train_tiny_text(folder / "run", 100, "train.steps=2")
+    assert load_script("scripts/export_hf.py").main([str(folder / "run"), str(folder / "hf")]) == 0
     return folder
 
 

@@ -4,7 +4,6 @@ hf`` does), over the tiny tasks in ``tests/data/lm_eval_tasks`` (local data, not
 harness's numbers are checked against the memnets LM: log-likelihoods of the choices, whole-document
 log-likelihoods, and greedy generations (in batches of prompts of different lengths)."""
 
-import importlib.util
 import json
 import os
 
@@ -14,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 import memnets
 from memnets.checkpoint import save_checkpoint
@@ -27,10 +26,7 @@ NAMES = ("memnets_tiny_choice", "memnets_tiny_generation", "memnets_tiny_rolling
 
 
 def _eval_script():
-    spec = importlib.util.spec_from_file_location("script_eval_hf", ROOT / "scripts" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/eval.py")
 
 
 @pytest.fixture(scope="module")

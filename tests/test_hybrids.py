@@ -5,6 +5,7 @@ separate, and each DeepTransformers mixer computes its ATLAS equation, written h
 
 import pytest
 import torch
+from mixer_checks import check_decode_and_split, check_packed_equals_separate, check_same_outputs_and_grads
 
 import memnets
 from memnets.registry import mixer_options
@@ -40,15 +41,7 @@ def test_step_equals_forward(name):
     torch.manual_seed(0)
     mixer = tiny(name)
     x = torch.randn(2, 11, 16, dtype=F64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close(f"{name} decode", y, torch.stack(ys, 1))
-    y1, s = mixer(x[:, :6])
-    y2, _ = mixer(x[:, 6:], s)
-    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
+    final, state, _ = check_decode_and_split(name, mixer, x, 6)
     assert_close(f"{name} next", mixer.step(x[:, 0], final)[0], mixer.step(x[:, 0], state)[0])
 
 
@@ -59,26 +52,12 @@ def test_reference_backend_equals_chunked(name):
     reference = tiny(name, backend="reference")
     reference.load_state_dict(chunked.state_dict())
     x, cot = torch.randn(1, 10, 16, dtype=F64), torch.randn(1, 10, 16, dtype=F64)
-    res = []
-    for m in (reference, chunked):
-        xi = x.clone().requires_grad_()
-        y, _ = m(xi)
-        (y * cot).sum().backward()
-        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", res[0][0], res[1][0])
-    assert_close("dx", res[0][1], res[1][1])
-    for n, g in res[0][2].items():
-        assert g is not None and torch.count_nonzero(g) > 0, f"no gradient reaches {n}"
-        assert_close(f"d{n}", g, res[1][2][n])
+    check_same_outputs_and_grads(reference, chunked, x, cot, every_param_learns=True)
 
 
 @pytest.mark.parametrize("name", HYBRIDS)
 def test_hybrid_packed_equals_separate(name):
-    mixer = tiny(name)
-    a, b = torch.randn(1, 5, 16, dtype=F64), torch.randn(1, 10, 16, dtype=F64)
-    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
-    assert_close("first", mixer(a)[0], packed[:, :5])
-    assert_close("second", mixer(b)[0], packed[:, 5:])
+    check_packed_equals_separate(tiny(name))
 
 
 def test_hybrid_options():

@@ -5,12 +5,11 @@ kernels, which this session may be interpreting (TRITON_INTERPRET=1)."""
 
 import copy
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, compiling_env, sm90_toolchain_problem
 
 from benchmarks import kernel_budget
 
@@ -18,25 +17,16 @@ SCRIPT = ROOT / "scripts" / "kernel_report.py"
 BUDGET = ROOT / "benchmarks" / "kernel_budgets.json"
 QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m")
 
-triton = pytest.importorskip("triton")
+pytest.importorskip("triton")
 
 
-def _toolchain_problem() -> str | None:
-    if "nvidia" not in triton.backends.backends:
-        return "Triton has no NVIDIA backend"
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
-        return "Triton's bundled ptxas is missing"
-    return None
+PROBLEM = sm90_toolchain_problem()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    _toolchain_problem() is not None, reason=f"cannot compile for sm_90: {_toolchain_problem()}"
-)
+@pytest.mark.skipif(PROBLEM is not None, reason=f"cannot compile for sm_90: {PROBLEM}")
 def test_quick_report_within_budget(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
+    env = compiling_env()
     out = tmp_path / "report"
     cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--budget", str(BUDGET)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, compiling_env, sm90_toolchain_problem
 
 # the kernel test modules collected after this one interpret their kernels; Triton's own @triton.jit
 # library functions (tl.sigmoid, ...) are made when it is imported, so importing it here first without
@@ -19,26 +19,17 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SCRIPT = ROOT / "scripts" / "check_kernels_compile.py"
 
-triton = pytest.importorskip("triton")
+pytest.importorskip("triton")
 
 
-def _nvidia_toolchain() -> str | None:
-    if "nvidia" not in triton.backends.backends:
-        return "Triton has no NVIDIA backend"
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas) and not os.environ.get("TRITON_PTXAS_PATH"):
-        return "Triton's bundled ptxas is missing"
-    return None
+PROBLEM = sm90_toolchain_problem()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    _nvidia_toolchain() is not None, reason=f"cannot compile for sm_90: {_nvidia_toolchain()}"
-)
+@pytest.mark.skipif(PROBLEM is not None, reason=f"cannot compile for sm_90: {PROBLEM}")
 def test_every_kernel_compiles_for_sm90(tmp_path):
     out = tmp_path / "compile.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
+    env = compiling_env()
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--arch", "90", "--json", str(out)],
         capture_output=True,

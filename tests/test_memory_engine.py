@@ -179,6 +179,18 @@ def test_linear_memory_is_delta_rule(mom_zero):
     assert_close("final state", S, st.weights[0])
 
 
+def token_by_token(arch, q, k, v, lr, mom, keep, C: int) -> tuple[torch.Tensor, MemoryState]:
+    """``memory_chunked`` fed one token per call: the outputs ``[B, T, H, D]`` and the final state."""
+    state, ys = None, []
+    for t in range(q.shape[1]):
+        sl = slice(t, t + 1)
+        yt, state = memory_chunked(
+            arch, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], mom[:, sl], keep[:, sl], state, chunk_size=C
+        )
+        ys.append(yt)
+    return torch.cat(ys, 1), state
+
+
 @pytest.mark.parametrize("C", [1, 3, 8])
 def test_state_continuation_and_token_by_token(C):
     """A sequence split anywhere (including inside a chunk), or fed one token at a time, equals one call."""
@@ -203,14 +215,7 @@ def test_state_continuation_and_token_by_token(C):
         assert_close(f"split at {cut}", y, torch.cat([y1, y2], 1))
         for a, b in zip(st.weights, s2.weights):
             assert_close("final weights", a, b)
-    state, ys = None, []
-    for t in range(q.shape[1]):
-        sl = slice(t, t + 1)
-        yt, state = memory_chunked(
-            arch, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], mom[:, sl], keep[:, sl], state, chunk_size=C
-        )
-        ys.append(yt)
-    assert_close("token by token", y, torch.cat(ys, 1))
+    assert_close("token by token", y, token_by_token(arch, q, k, v, lr, mom, keep, C)[0])
     # the reference continues from a chunked state too
     yr, _ = memory_reference(
         arch, q[:, 11:], k[:, 11:], v[:, 11:], lr[:, 11:], mom[:, 11:], keep[:, 11:], s1, chunk_size=C

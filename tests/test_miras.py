@@ -4,6 +4,12 @@ that pin the algebra, and bf16 stability at T = 4096 with extreme gates."""
 
 import pytest
 import torch
+from mixer_checks import (
+    check_bf16_long_sequence_finite,
+    check_decode_and_split,
+    check_generate_matches_forward,
+    check_same_outputs_and_grads,
+)
 
 import memnets
 from memnets.memory import L2Bias, MemoryMLP, MemoryState, memory_chunked
@@ -69,18 +75,29 @@ def test_chunked_equals_reference(rule, T, chunk_size):
     arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
     q, k, v, lr, keep = inputs(B, T, H, D)
     bias, bp, retention, lag = rules(B, T, H, D)[rule]
-    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     kw = dict(chunk_size=chunk_size, bias=bias, retention=retention, lag=lag)
+    ref, out = check_chunked_equals_reference(rule, arch, (q, k, v, lr, keep, bp), **kw)
+    assert ref.offset == out.offset == T % chunk_size
+
+
+def check_chunked_equals_reference(
+    label: str, arch: MemoryMLP, inputs: tuple, **kw
+) -> tuple[MemoryState, MemoryState]:
+    """``miras_chunked`` against ``miras_reference`` from a random state under random cotangents:
+    outputs, final weights and every gradient. Returns both final states."""
+    q = inputs[0]
+    B, T, H, D = q.shape
+    state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     cot_y = torch.randn(B, T, H, D, dtype=F64)
     cot_w = tuple(torch.randn_like(w) for w in state0)
-    ref = run_with_grads(miras_reference, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    out = run_with_grads(miras_chunked, arch, (q, k, v, lr, keep, bp), state0, cot_y, cot_w, **kw)
-    assert_close(f"{rule} y", ref[0], out[0])
+    ref = run_with_grads(miras_reference, arch, inputs, state0, cot_y, cot_w, **kw)
+    out = run_with_grads(miras_chunked, arch, inputs, state0, cot_y, cot_w, **kw)
+    assert_close(f"{label} y", ref[0], out[0])
     for i, (a, b) in enumerate(zip(ref[1].weights, out[1].weights)):
-        assert_close(f"{rule} final A{i}", a, b)
-    assert ref[1].offset == out[1].offset == T % chunk_size
+        assert_close(f"{label} final A{i}", a, b)
     for i, (a, b) in enumerate(zip(ref[2], out[2])):
-        assert_close(f"{rule} grad #{i}", a, b)
+        assert_close(f"{label} grad #{i}", a, b)
+    return ref[1], out[1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,16 +216,8 @@ VARIANTS = [("moneta", {}), ("moneta", {"normalize_at": "chunk_end"}), ("yaad", 
 def test_step_equals_forward(name, opts):
     mixer = tiny(name, **opts)
     x = torch.randn(2, 11, 16, dtype=F64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close(f"{name} decode", y, torch.stack(ys, 1))
-    y1, s = mixer(x[:, :6])
-    y2, s2 = mixer(x[:, 6:], s)
+    final, state, s2 = check_decode_and_split(name, mixer, x, 6)
     assert s2.memory.offset == final.memory.offset
-    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
     nxt = torch.randn(2, 16, dtype=F64)
     assert_close(f"{name} next", mixer.step(nxt, final)[0], mixer.step(nxt, state)[0])
 
@@ -219,16 +228,7 @@ def test_reference_backend_equals_chunked(name, opts):
     chunked, reference = tiny(name, **opts), tiny(name, backend="reference", **opts)
     reference.load_state_dict(chunked.state_dict())
     x, cot = torch.randn(1, 9, 16, dtype=F64), torch.randn(1, 9, 16, dtype=F64)
-    res = []
-    for m in (reference, chunked):
-        xi = x.clone().requires_grad_()
-        y, _ = m(xi)
-        (y * cot).sum().backward()
-        res.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", res[0][0], res[1][0])
-    assert_close("dx", res[0][1], res[1][1])
-    for n, g in res[0][2].items():
-        assert_close(f"d{n}", g, res[1][2][n])
+    check_same_outputs_and_grads(reference, chunked, x, cot)
 
 
 def test_options_and_backend_errors():
@@ -294,29 +294,12 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite(name, opts):
         mixer.gates.up.bias[:2] = 12.0  # lr = lr_max in both heads
         mixer.gates.up.bias[2:4] = extreme  # keep
         mixer.gates.up.bias[4:] = extreme.repeat_interleave(mixer.gates.up.bias[4:].numel() // 2)  # δ
-    x = torch.randn(1, 4096, 8, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, st = mixer(x)
-    assert y.dtype == torch.bfloat16
-    assert torch.isfinite(y).all()
-    assert all(torch.isfinite(w).all() for w in st.memory.weights)
-    y.float().sum().backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+    check_bf16_long_sequence_finite(mixer, 8)
 
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_lm_generate_matches_forward(name):
-    opts = {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4}
-    cfg = memnets.ModelConfig(
-        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
-    )
-    model = memnets.build_model(cfg).double().eval()
-    prompt = torch.randint(0, 32, (2, 5))
-    out = model.generate(prompt, max_new_tokens=6)
-    logits = model(out[:, :-1])
-    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
-    assert model.state_size(64) > 0
+    check_generate_matches_forward(name, {"chunk_size": 4, "memory": {"expansion": 2.0}, "gate_rank": 4}, 6)
 
 
 @pytest.mark.parametrize("name", MIXERS)

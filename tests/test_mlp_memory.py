@@ -17,7 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, forward_backward, with_leaf_grads
+from mixer_checks import assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -930,15 +930,7 @@ def test_miras_triton_packed_equals_chunked(monkeypatch, name, options):
 
 
 def test_mixer_triton_decode_equals_forward():
-    mixer = _mlp_titans("triton")
-    x = torch.randn(1, 18, 32)
-    with torch.no_grad():
-        y, _ = mixer(x)
-        state, ys = None, []
-        for t in range(x.shape[1]):
-            yt, state = mixer.step(x[:, t], state)
-            ys.append(yt)
-    assert_close("decode", y, torch.stack(ys, 1))
+    check_decode_no_grad(_mlp_titans("triton"), torch.randn(1, 18, 32))
 
 
 def test_supports_checks_the_padded_state():

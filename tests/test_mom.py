@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from memnets.kernels.gated_delta import gated_delta_rule
-from mixer_checks import assert_all_close, forward_backward, random_state
+from mixer_checks import assert_all_close, check_decode_and_split, forward_backward, random_state
 
 import memnets
 from memnets.mixers.mom import (
@@ -323,19 +323,11 @@ def test_padded_equals_packed():
 def test_decoding_equals_forward_and_split():
     m = mom(num_memories=4, topk=2).eval()
     x = torch.randn(2, 12, D, dtype=torch.float64)
-    y, final = m(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = m.step(x[:, t], state)
-        ys.append(yt)
-    assert_close("decoded", y, torch.stack(ys, 1))
+    final, state, _ = check_decode_and_split("mom", m, x, 7)
     for name, a in [("routed", final.routed), ("shared", final.shared)]:
         b = getattr(state, name)
         for f in ("conv_k", "conv_v", "memory"):
             assert_close(f"decoded {name}.{f}", getattr(a, f), getattr(b, f))
-    y1, s = m(x[:, :7])
-    y2, _ = m(x[:, 7:], s)
-    assert_close("split", y, torch.cat([y1, y2], 1))
 
 
 def test_key_value_conv_sees_only_its_memory():

@@ -3,19 +3,15 @@ run's config), the validation panel's metric, the PNG, and the errors for folder
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
-from helpers import ROOT, TINY_MQAR
+from helpers import ROOT, TINY_MQAR, load_script, train_tiny_text
 
 from memnets.config import load_config
 from memnets.trainer import train
 
-spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "scripts/plot_runs.py")
-plot_runs = importlib.util.module_from_spec(spec)
-sys.modules["plot_runs"] = plot_runs  # its dataclass looks its module up there
-spec.loader.exec_module(plot_runs)
+plot_runs = load_script("scripts/plot_runs.py")
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +19,8 @@ def runs(tmp_path_factory):
     """A text run (4 steps, batch 4 x 32 tokens, evaluations at steps 2 and 4) and an MQAR run (3 steps,
     batch 8 x 32 tokens, one evaluation)."""
     folder = tmp_path_factory.mktemp("plot")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(
-        "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
-    )
-    text = [
-        f"data.path={corpus}",
-        "data.seq_len=32",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "train.steps=4",
-        "train.batch_size=4",
-        "train.log_every=1",
-        "train.eval_every=2",
-        "train.eval_batches=2",
-        f"run.dir={folder / 'text'}",
-    ]
-    train(load_config(ROOT / "configs/lm/attention-tiny.yaml", text))
+    text = ["train.steps=4", "train.log_every=1", "train.eval_every=2", "train.eval_batches=2"]
+    train_tiny_text(folder / "text", 200, *text)
     train(
         load_config(
             ROOT / "configs/mqar/attention.yaml", [*TINY_MQAR, "train.steps=3", f"run.dir={folder / 'mqar'}"]

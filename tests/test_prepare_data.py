@@ -1,7 +1,6 @@
 """scripts/prepare_data.py: shards and meta.json, identical output for any number of workers, a killed run
 finishes byte-identical, inputs of every kind, and train.py on the prepared folder."""
 
-import importlib.util
 import io
 import json
 import math
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 from memnets.data.errors import DataError
 from memnets.data.prepare import PrepareOptions, prepare
@@ -217,10 +216,7 @@ def test_non_utf8_input_names_the_file_or_is_replaced_when_asked(tmp_path):
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("train.py").main
 
 
 def test_train_py_reads_the_prepared_folder(reference, corpus, tmp_path, capsys):

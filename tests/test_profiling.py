@@ -5,7 +5,6 @@ hand-worked counts. Speed itself is never asserted."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sys
@@ -18,6 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from helpers import load_script  # noqa: E402
+
 from benchmarks.flops import gated_delta_fwd, mixer_flops, mlp_memory_fwd  # noqa: E402
 from benchmarks.registry import PEERS, Bench, Shape, all_benches, model_case  # noqa: E402
 from benchmarks.run import compare_rows, run_benches  # noqa: E402
@@ -26,13 +27,6 @@ from memnets import list_mixers  # noqa: E402
 from memnets.registry import mixer_options  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +44,7 @@ def _chunked_mixer() -> str | None:
 def test_profile_chunks_outputs(tmp_path, capsys):
     chunked = _chunked_mixer()
     mixers = ["attention", "not_a_mixer"] + ([chunked] if chunked else [])
-    prof = _script("profile_chunks")
+    prof = load_script("scripts/profile_chunks.py")
     argv = ["--mixers", ",".join(mixers), "--seq-lens", "16,24", "--chunk-sizes", "8,16"]
     argv += [
         "--batch",
@@ -99,7 +93,7 @@ def test_profile_chunks_training_and_config(tmp_path):
         f"base: {ROOT / 'configs/mqar/_base.yaml'}\nmodel: {{mixer: {chunked}, d_model: 16, n_layers: 1}}\n"
         "data: {seq_len: 16, mqar: {vocab_size: 32, num_kv_pairs: [2]}}\n"
     )
-    prof = _script("profile_chunks")
+    prof = load_script("scripts/profile_chunks.py")
     argv = [
         "--configs",
         str(cfg),
@@ -150,7 +144,7 @@ def test_registry_times_every_mixer():
 
 
 def test_bench_train(tmp_path):
-    bt = _script("bench_train")
+    bt = load_script("scripts/bench_train.py")
     out = tmp_path / "bt.json"
     over = ["train.device=cpu", "train.batch_size=4", "model.d_model=16", "data.mqar.num_test=8"]
     assert (
@@ -197,7 +191,7 @@ def test_profile_chunks_trains_each_chunk_size_on_a_text_config(tmp_path, capsys
     seed trained at the config's length, quality rows of their own, the notes and the trade-off plot."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"note {i}: memory mixers write keys and read values.\n" for i in range(400)))
-    prof = _script("profile_chunks")
+    prof = load_script("scripts/profile_chunks.py")
     argv = [
         "--train-config",
         str(ROOT / "configs/lm/titans-tiny.yaml"),
@@ -251,7 +245,7 @@ def test_profile_chunks_trains_each_chunk_size_on_a_text_config(tmp_path, capsys
 
 
 def test_context_free_level_and_seed_statistics():
-    cq = _script("chunk_quality")
+    cq = load_script("scripts/chunk_quality.py")
 
     class Text:  # training tokens 0 0 0 1 (add-one: p = 2/3, 1/3); the evaluation scores labels 0, 1
         vocab_size, train = 2, np.array([0, 0, 0, 1])
@@ -278,7 +272,7 @@ def test_profile_plot_ticks_are_plain_numbers():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = _script("profile_plots")
+    plots = load_script("scripts/profile_plots.py")
     assert [plots.plain(v) for v in (0.5, 16, 40, 1234, 3.4e6)] == ["0.5", "16", "40", "1.23k", "3.4M"]
     fig, ax = plt.subplots()
     ax.plot([16, 32, 64, 128], [21.0, 25.0, 33.0, 40.0])

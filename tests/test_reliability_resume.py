@@ -1,7 +1,6 @@
 """Resuming and stopping (issue 25): which weights eval/generate load, what a resume may change,
 signals during evaluation, resuming across single-process, DDP and FSDP runs. CPU, seconds."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY_MQAR, run_train
+from helpers import ROOT, TINY_MQAR, load_script, run_train
 from safetensors.torch import load_file
 
 from memnets import checkpoint as ckpt
@@ -24,13 +23,6 @@ MQAR = str(ROOT / "configs/mqar/attention.yaml")
 
 def _cfg(run_dir, *extra):
     return load_config(MQAR, [*TINY_MQAR, f"run.dir={run_dir}", *extra])
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(run_dir):
@@ -63,7 +55,7 @@ def test_eval_and_generate_use_the_newest_weights_and_say_which(tmp_path, monkey
     for k, v in found.model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     capsys.readouterr()
-    assert _script("eval").main([str(run), "--num-test", "16"]) == 0
+    assert load_script("scripts/eval.py").main([str(run), "--num-test", "16"]) == 0
     assert f"weights: {run / 'checkpoints/step_0000006.pt'} (step 6)" in capsys.readouterr().out
 
     train(_cfg(run, "train.steps=10", "train.lr=1e-2", "run.resume=auto"))  # finish: the export is newest
@@ -75,7 +67,7 @@ def test_eval_and_generate_use_the_newest_weights_and_say_which(tmp_path, monkey
 
 
 def test_generate_rejects_bad_sampling_arguments(capsys):
-    generate = _script("generate")
+    generate = load_script("scripts/generate.py")
     for args, message in [
         (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1, got -5"),
         (["--top-k", "0"], "--top-k must be >= 1"),

@@ -1,18 +1,16 @@
 """scripts/eval.py and scripts/compare.py on tiny attention runs trained for a few steps on CPU;
 scripts/bench_titans_kernels.py on tiny shapes (its Triton rows in the interpreter)."""
 
-import importlib.util
 import json
 import math
 import os
-import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # --triton on CPU; must precede the kernels' import
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_MQAR
+from helpers import ROOT, TINY_MQAR, load_script, train_tiny_text, write_corpus
 from torch import nn
 
 from memnets.config import load_config
@@ -23,22 +21,9 @@ MQAR = ROOT / "configs/mqar/attention.yaml"
 TEXT = ROOT / "configs/lm/attention-tiny.yaml"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in a script look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_script = _script("eval")
-compare_script = _script("compare")
-bench_kernels = _script("bench_titans_kernels")
-
-
-def _corpus(path):
-    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200)))
-    return path
+eval_script = load_script("scripts/eval.py")
+compare_script = load_script("scripts/compare.py")
+bench_kernels = load_script("scripts/bench_titans_kernels.py")
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +37,9 @@ def mqar_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    overrides = [
-        f"data.path={_corpus(folder / 'corpus.txt')}",
-        "data.seq_len=32",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "train.steps=3",
-        "train.batch_size=4",
-        f"run.dir={folder / 'run'}",
-    ]
-    train(load_config(TEXT, overrides))
-    return folder / "run"
+    run = tmp_path_factory.mktemp("text") / "run"
+    train_tiny_text(run, 200, "train.steps=3")
+    return run
 
 
 def _finite_fraction(x) -> bool:
@@ -93,7 +69,7 @@ def test_eval_text_metrics_and_needle(text_run, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
 
     other = tmp_path / "other.json"
-    data = _corpus(tmp_path / "other.txt")
+    data = write_corpus(tmp_path / "other.txt", 200)
     assert (
         eval_script.main([str(text_run), "--data", str(data), "--max-batches", "1", "--out", str(other)]) == 0
     )

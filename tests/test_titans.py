@@ -3,6 +3,13 @@ chunked (outputs and every parameter gradient), causality, packed sequences, bf1
 
 import pytest
 import torch
+from mixer_checks import (
+    check_bf16_long_sequence_finite,
+    check_decode_and_split,
+    check_generate_matches_forward,
+    check_packed_equals_separate,
+    check_same_outputs_and_grads,
+)
 
 import memnets
 from memnets.memory import MemorySpec
@@ -27,16 +34,8 @@ def tiny(name, **kw):
 def test_step_equals_forward(name):
     mixer = tiny(name)
     x = torch.randn(2, 19, 16, dtype=F64)
-    y, final = mixer(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = mixer.step(x[:, t], state)
-        ys.append(yt)
-    assert_close(f"{name} decode", y, torch.stack(ys, 1))
     # split inside a chunk and inside a segment, then continue
-    y1, s = mixer(x[:, :7])
-    y2, s2 = mixer(x[:, 7:], s)
-    assert_close(f"{name} split", y, torch.cat([y1, y2], 1))
+    final, state, s2 = check_decode_and_split(name, mixer, x, 7)
     # the final states agree: one more token gives the same output from either
     assert_close(f"{name} next", mixer.step(x[:, 3], final)[0], mixer.step(x[:, 3], s2)[0])
     assert_close(f"{name} next (decoded)", mixer.step(x[:, 3], final)[0], mixer.step(x[:, 3], state)[0])
@@ -50,16 +49,7 @@ def test_reference_backend_equals_chunked(name):
     reference.load_state_dict(chunked.state_dict())
     x = torch.randn(1, 13, 16, dtype=F64)
     cot = torch.randn(1, 13, 16, dtype=F64)
-    grads = []
-    for m in (reference, chunked):
-        xi = x.clone().requires_grad_()
-        y, _ = m(xi)
-        (y * cot).sum().backward()
-        grads.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}))
-    assert_close("y", grads[0][0], grads[1][0])
-    assert_close("dx", grads[0][1], grads[1][1])
-    for n, g in grads[0][2].items():
-        assert_close(f"d{n}", g, grads[1][2][n])
+    check_same_outputs_and_grads(reference, chunked, x, cot)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,11 +66,7 @@ def test_causal(name):
 
 @pytest.mark.parametrize("name", ["titans", "titans_mac"])
 def test_packed_equals_separate(name):
-    mixer = tiny(name)
-    a, b = torch.randn(1, 5, 16, dtype=F64), torch.randn(1, 10, 16, dtype=F64)
-    packed, _ = mixer(torch.cat([a, b], 1), cu_seqlens=torch.tensor([0, 5, 15]))
-    assert_close("first", mixer(a)[0], packed[:, :5])
-    assert_close("second", mixer(b)[0], packed[:, 5:])
+    check_packed_equals_separate(tiny(name))
 
 
 def test_backend_and_option_errors():
@@ -108,15 +94,7 @@ def test_bf16_autocast_long_sequence_extreme_gates_is_finite():
         mixer.gates.proj.bias[:2] = 12.0  # lr = lr_max
         mixer.gates.proj.bias[2:4] = 12.0  # mom ≈ 1
         mixer.gates.proj.bias[4:] = torch.tensor([-12.0, 12.0])  # keep ≈ 0, keep ≈ 1
-    x = torch.randn(1, 4096, 8, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, st = mixer(x)
-    assert y.dtype == torch.bfloat16
-    assert torch.isfinite(y).all()
-    assert all(torch.isfinite(w).all() for w in st.memory.weights)
-    y.float().sum().backward()
-    assert torch.isfinite(x.grad).all()
-    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+    check_bf16_long_sequence_finite(mixer, 8)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -126,15 +104,7 @@ def test_lm_generate_matches_forward(name):
         opts["segment_size"] = 8
     elif name != "titans":
         opts["window"] = 6
-    cfg = memnets.ModelConfig(
-        vocab_size=32, d_model=16, n_layers=2, num_heads=2, mixer=name, mixer_options={name: opts}
-    )
-    model = memnets.build_model(cfg).double().eval()
-    prompt = torch.randint(0, 32, (2, 5))
-    out = model.generate(prompt, max_new_tokens=8)
-    logits = model(out[:, :-1])
-    assert torch.equal(out[:, 5:], logits[:, 4:].argmax(-1))
-    assert model.state_size(64) > 0
+    check_generate_matches_forward(name, opts, 8)
 
 
 def test_memory_learns_under_inference_mode():

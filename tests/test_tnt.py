@@ -9,6 +9,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the
 import pytest
 import torch
 from helpers import ROOT, run_train
+from mixer_checks import check_decode_and_split
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, initial_state, memory_chunked
@@ -213,15 +214,7 @@ def test_reference_backend_equals_chunked(kw):
 def test_decoding_equals_forward(kw):
     m = tiny(**kw)
     x = torch.randn(2, 19, 16, dtype=F64)
-    y, final = m(x)
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        yt, state = m.step(x[:, t], state)
-        ys.append(yt)
-    assert_close("decode", y, torch.stack(ys, 1))
-    y1, s = m(x[:, :7])
-    y2, s2 = m(x[:, 7:], s)
-    assert_close("split", y, torch.cat([y1, y2], 1))
+    final, _, s2 = check_decode_and_split("tnt", m, x, 7)
     assert_close("next", m.step(x[:, 3], final)[0], m.step(x[:, 3], s2)[0])
 
 

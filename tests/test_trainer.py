@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TINY_MQAR, run_train
+from helpers import ROOT, TINY_MQAR, run_train, write_corpus
 from safetensors.torch import load_file
 
 from memnets import checkpoint as ckpt
@@ -163,8 +163,7 @@ def test_two_processes_match_one_process(tmp_path, strategy):
 
 
 def test_text_training_on_a_plain_file(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400)))
+    text = write_corpus(tmp_path / "corpus.txt", 400)
     cfg = load_config(
         ROOT / "configs/lm/attention-tiny.yaml",
         [

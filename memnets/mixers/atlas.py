@@ -78,6 +78,7 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon, OmegaState
 from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
+from .base import OneTokenStep
 from .memory_block import (
     GatedOutput,
     GateLayout,
@@ -181,7 +182,7 @@ class AtlasState:
     memory: OmegaState
 
 
-class _OmegaMixer(GatedOutput):
+class _OmegaMixer(GatedOutput, OneTokenStep):
     """The shared block of ``omeganet`` and ``atlas`` (module docstring)."""
 
     def __init__(
@@ -274,10 +275,6 @@ class _OmegaMixer(GatedOutput):
             cu_seqlens=cu_seqlens,
         )
         return self.output(y.to(x.dtype), x), AtlasState(conv, mem)
-
-    def step(self, x: Tensor, state: AtlasState | None) -> tuple[Tensor, AtlasState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         """Fast weights, momentum and the Muon direction, the window's keys and values, conv caches."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..modules import Rotary
 from ..registry import register_mixer
-from .base import check_cu_seqlens
+from .base import OneTokenStep, check_cu_seqlens
 
 log = logging.getLogger("memnets")
 _said: set[str] = set()
@@ -62,7 +62,7 @@ def attention_mask(
 
 
 @register_mixer("attention")
-class Attention(nn.Module):
+class Attention(OneTokenStep):
     """Multi-head causal attention. Options: ``window`` (sliding-window size, ``None`` = full),
     ``rope_base``, ``qk_norm`` (RMS-normalise q and k per head before RoPE), ``qkv_bias`` (biases on
     the q/k/v projection)."""
@@ -133,10 +133,6 @@ class Attention(nn.Module):
             mask = attention_mask(q.shape[1], S, self.window, q.device, cu_seqlens)
             y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
         return y.transpose(1, 2)
-
-    def step(self, x: Tensor, state: KVCache | None) -> tuple[Tensor, KVCache]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         span = seq_len if self.window is None else min(seq_len, self.window)

@@ -17,7 +17,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 
 def last_sequence_conv(conv: dict[str, torch.Tensor], cu_seqlens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -42,3 +45,12 @@ def check_cu_seqlens(owner: str, x: torch.Tensor, cu_seqlens: torch.Tensor | Non
         raise ValueError(
             f"{owner}: cu_seqlens must be 1-D, start at 0 and end at T={x.shape[1]}; got {cu_seqlens.tolist()}"
         )
+
+
+class OneTokenStep(nn.Module):
+    """``step`` as ``forward`` on a one-token sequence: for mixers whose forward already continues any
+    state, so decoding equals the parallel forward by construction (the contract above)."""
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state

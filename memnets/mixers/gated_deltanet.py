@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from ..dispatch import Backend, MemoryDispatch
 from ..modules import GatedRMSNorm, ShortConv, l2norm
 from ..ops import GATED_DELTA
 from ..registry import register_mixer
-from .base import check_cu_seqlens
+from .base import OneTokenStep, check_cu_seqlens
 
 
 @dataclass
@@ -99,7 +100,7 @@ class MemoryWrite(nn.Module):
         return k, v, b, a
 
 
-class GatedDeltaCore(nn.Module):
+class GatedDeltaCore(OneTokenStep):
     """The parts of a gated-delta layer that do not belong to one memory: query projection, the three
     short convolutions, decay parameters ``A_log``/``dt_bias``, recurrence call, gated output norm and
     output projection. ``GatedDeltaNet`` adds one ``MemoryWrite``; MoM adds several plus a router."""
@@ -214,6 +215,14 @@ class GatedDeltaCore(nn.Module):
         gate = self.g_proj(x).unflatten(-1, (self.num_heads, self.head_dim_v))
         return self.o_proj(self.o_norm(o.to(x.dtype), gate).flatten(-2))
 
+    def memory_output(self, x: Tensor, state: Any, cu_seqlens: Tensor | None) -> tuple[Tensor, Any]:
+        """The memory read-out ``o [B, T, H, dv]`` before :meth:`readout`, and the new state."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: Any = None, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Any]:
+        o, state = self.memory_output(x, state, cu_seqlens)
+        return self.readout(o, x), state
+
     def memory_state_size(self) -> int:
         return self.num_heads * self.head_dim * self.head_dim_v
 
@@ -259,12 +268,6 @@ class GatedDeltaNet(GatedDeltaCore):
         self.write = self.new_write(d_model)
         self.init_linears()
 
-    def forward(
-        self, x: Tensor, state: GatedDeltaState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, GatedDeltaState]:
-        o, state = self.memory_output(x, state, cu_seqlens)
-        return self.readout(o, x), state
-
     def memory_output(
         self, x: Tensor, state: GatedDeltaState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, GatedDeltaState]:
@@ -281,10 +284,6 @@ class GatedDeltaNet(GatedDeltaCore):
         )
         o, memory = self.recur(q, k, v, g, beta, state.mem.memory if state else None, cu_seqlens)
         return o, GatedDeltaState(conv_q, MemoryState(conv_k, conv_v, memory))
-
-    def step(self, x: Tensor, state: GatedDeltaState | None) -> tuple[Tensor, GatedDeltaState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         return self.memory_state_size() + self.conv_state_size(1)

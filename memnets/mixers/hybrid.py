@@ -36,6 +36,7 @@ from ..modules import RMSNorm
 from ..registry import register_mixer
 from .atlas import Atlas, OmegaNet
 from .attention import Attention, KVCache, attention_mask
+from .base import OneTokenStep
 from .memory_block import check_packed
 from .titans import Titans
 
@@ -78,12 +79,19 @@ class HybridState:
     attention: KVCache | None
 
 
-class _Hybrid(nn.Module):
+class _Hybrid(OneTokenStep):
     """A memory mixer (``self.memory``) beside or before sliding-window attention with a persistent
     prefix (``self.attention``)."""
 
     def __init__(
-        self, name: str, memory: nn.Module, d_model: int, num_heads: int, window: int, num_persistent: int
+        self,
+        name: str,
+        memory: nn.Module,
+        d_model: int,
+        num_heads: int,
+        *,
+        window: int = 64,
+        num_persistent: int = 4,
     ) -> None:
         super().__init__()
         if window < 1:
@@ -96,10 +104,6 @@ class _Hybrid(nn.Module):
     def _attend(self, x: Tensor, state: KVCache | None, cu_seqlens: Tensor | None) -> tuple[Tensor, KVCache]:
         y, cache = self.attention(x, state, cu_seqlens)
         return y, cache if cu_seqlens is None else _last_sequence_cache(cache, cu_seqlens)
-
-    def step(self, x: Tensor, state: HybridState | None) -> tuple[Tensor, HybridState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
@@ -119,7 +123,7 @@ class MemoryAsGate(_Hybrid):
         num_persistent: int = 4,
         combine: Literal["gate", "sum"] = "gate",
     ) -> None:
-        super().__init__(name, memory, d_model, num_heads, window, num_persistent)
+        super().__init__(name, memory, d_model, num_heads, window=window, num_persistent=num_persistent)
         self.combine = combine
         self.norm_attention = RMSNorm(d_model)
         self.norm_memory = RMSNorm(d_model)
@@ -140,18 +144,6 @@ class MemoryAsGate(_Hybrid):
 
 class MemoryAsLayer(_Hybrid):
     """Memory as a Layer (Titans §4.3, Eq. 29–31): the memory, then sliding-window attention."""
-
-    def __init__(
-        self,
-        name: str,
-        memory: nn.Module,
-        d_model: int,
-        num_heads: int,
-        *,
-        window: int = 64,
-        num_persistent: int = 4,
-    ) -> None:
-        super().__init__(name, memory, d_model, num_heads, window, num_persistent)
 
     def forward(
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None

@@ -101,6 +101,7 @@ from ..memory.miras import (
 )
 from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
+from .base import OneTokenStep
 from .memory_block import (
     GatedOutput,
     GateLayout,
@@ -124,7 +125,7 @@ def _check_positive(owner: str, **positive: float) -> None:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
 
 
-class MirasMemory(GatedOutput):
+class MirasMemory(GatedOutput, OneTokenStep):
     """The Miras block around one (bias, retention) memory; subclasses choose the pieces."""
 
     name = "miras"
@@ -214,10 +215,6 @@ class MirasMemory(GatedOutput):
             cu_seqlens=cu_seqlens,
         )
         return self.output(y, x), MirasState(conv, mem)
-
-    def step(self, x: Tensor, state: MirasState | None) -> tuple[Tensor, MirasState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.memory.numel_per_head() + self.inputs.state_size()

@@ -224,12 +224,6 @@ class MoM(GatedDeltaCore):
         self.router_stats: RouterStats | None = None
         self.init_linears()
 
-    def forward(
-        self, x: Tensor, state: MoMState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, MoMState]:
-        o, state = self.memory_output(x, state, cu_seqlens)
-        return self.readout(o, x), state
-
     def memory_output(
         self, x: Tensor, state: MoMState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MoMState]:
@@ -329,10 +323,6 @@ class MoM(GatedDeltaCore):
 
         o, final = self.recur(pad(q), pad(k), pad(v), pad(g), pad(beta), initial, None)
         return o.flatten(0, 1)[slot][None], final
-
-    def step(self, x: Tensor, state: MoMState | None) -> tuple[Tensor, MoMState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         memories = self.num_memories + (self.shared is not None)

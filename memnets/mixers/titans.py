@@ -91,6 +91,7 @@ from ..modules import RMSNorm
 from ..ops import TITANS_MEMORY
 from ..registry import register_mixer
 from .attention import Attention, attention_mask
+from .base import OneTokenStep
 from .memory_block import (
     GatedOutput,
     GateLayout,
@@ -176,7 +177,7 @@ class TitansState:
 
 
 @register_mixer("titans")
-class Titans(GatedOutput):
+class Titans(GatedOutput, OneTokenStep):
     """Titans neural long-term memory (LMM) as a token mixer. See the module docstring for the options."""
 
     def __init__(
@@ -234,10 +235,6 @@ class Titans(GatedOutput):
         )
         return self.output(y, x), TitansState(conv, mem)
 
-    def step(self, x: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
-
     def state_size(self, seq_len: int) -> int:
         per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)
         return self.num_heads * per_head + self.inputs.state_size()
@@ -261,7 +258,7 @@ class MACState:
 
 
 @register_mixer("titans_mac")
-class TitansMAC(nn.Module):
+class TitansMAC(OneTokenStep):
     """Memory as a Context: segment-wise attention over [persistent ‖ retrieved memory ‖ segment]."""
 
     def __init__(
@@ -382,10 +379,6 @@ class TitansMAC(nn.Module):
             empty = seg_k[:, :0]
             new = replace(new, segment_memory=mem, seg_k=empty, seg_v=empty, h_k=empty, h_v=empty)
         return o, new
-
-    def step(self, x: Tensor, state: MACState | None) -> tuple[Tensor, MACState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)

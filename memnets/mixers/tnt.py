@@ -68,6 +68,7 @@ from ..memory.qk_projection import ProjectionNorm
 from ..memory.sharded import ShardState
 from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
+from .base import OneTokenStep
 from .memory_block import (
     GatedOutput,
     GateLayout,
@@ -143,7 +144,7 @@ def _sizes(name: str, value: int | tuple[int, ...], n: int | None) -> tuple[int,
 
 
 @register_mixer("tnt")
-class TNT(GatedOutput):
+class TNT(GatedOutput, OneTokenStep):
     """TNT hierarchical memory: global (large chunks) + local memories (resets, Q-K projection)."""
 
     def __init__(
@@ -245,10 +246,6 @@ class TNT(GatedOutput):
             y = yl if y is None else y + yl
         out = self.output(y, x)
         return out, TNTState(new_conv, glob_state, local_states)
-
-    def step(self, x: Tensor, state: TNTState | None) -> tuple[Tensor, TNTState]:
-        y, state = self.forward(x[:, None], state)
-        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         mems = ([self.glob] if self.glob is not None else []) + list(self.local)
