@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -96,3 +97,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return device
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> None:
+    """Write a benchmark result as indented JSON, creating its folder (values JSON lacks as strings)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2, default=str))

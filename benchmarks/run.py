@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("MEMNETS_BENCH_ROOT"):
         use_tree(Path(os.environ["MEMNETS_BENCH_ROOT"]))
 
-    from .env import configure_threads, environment, resolve_device, title
+    from .env import configure_threads, environment, resolve_device, title, write_json
     from .registry import Shape, all_benches
     from .timing import Budget
 
@@ -306,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{title(env)} | dtype {str(dtype).removeprefix('torch.')}\n\n" + markdown_rows(rows)
         )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
     return 0
 
 

@@ -13,7 +13,6 @@ when a mixer has no FLOP formula.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.env import configure_threads, environment, title  # noqa: E402
+from benchmarks.env import configure_threads, environment, title, write_json  # noqa: E402
 from benchmarks.flops import model_flops, peak_tflops  # noqa: E402
 from benchmarks.run import use_tree  # noqa: E402
 
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         f"peak mem {fmt(r['peak_mem_mb'], '.0f')} MiB"
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=2, default=str))
+        write_json(args.json, r)
     return 0
 
 
