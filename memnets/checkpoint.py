@@ -192,3 +192,26 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     """``(config, model)`` of :func:`open_run`."""
     found = open_run(path, device)
     return found.config, found.model
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> str:
+    """Load weights from a memnets checkpoint (``.pt``) or a ``.safetensors`` file (strict); returns
+    the file they came from (with its step when it is a checkpoint), for the log."""
+    p = Path(path)
+    if p.is_dir():
+        found = load_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
+        if found is None:
+            raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint in {p / 'checkpoints'}")
+        state, source = found[0]["model"], f"{found[1]} (step {found[0]['step']})"
+    elif p.suffix == ".safetensors":
+        from safetensors.torch import load_model
+
+        load_model(model, str(p))
+        return str(p)
+    elif p.is_file():
+        saved = torch.load(p, map_location="cpu", weights_only=False)
+        state, source = saved["model"], f"{p} (step {saved.get('step')})"
+    else:
+        raise FileNotFoundError(f"train.init_from={path!r} does not exist")
+    model.load_state_dict(state)
+    return source

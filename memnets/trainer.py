@@ -19,7 +19,6 @@ run's lifetime and written crash-safely (see :mod:`memnets.run_dir`).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
 import math
@@ -37,13 +36,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .checkpoint import list_checkpoints, load_latest, load_model_weights, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
 from .environment import device_name, git_info, init_distributed, peak_memory_mb, setup_logging, versions
 from .metrics import MetricsLog
 from .model import LM
+from .optim import apply_trainable, build_optimizer, lr_lambda
 from .resume import config_differences, optimizer_state_for
 from .run_dir import RunDirLocked, RunLock, atomic_path, atomic_write_text, remove_orphaned_tmp
 from .validation import ConfigError
@@ -58,72 +58,6 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     preempted: int | None = None  # the signal number that stopped the run, if one did
-
-
-# ----------------------------------------------------------------------------------------------------
-# optimisation pieces
-
-
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier on ``train.lr``: linear warmup over ``warmup`` steps, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
-    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch globs)."""
-    if patterns is None:
-        return
-    names = [n for n, _ in model.named_parameters()]
-    for pat in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ConfigError(f"train.trainable pattern {pat!r} matches no parameter; e.g. {names[:5]}")
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
-    total = sum(p.numel() for p in model.parameters())
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
-        "train.trainable=%s: %s of %s parameters train (%.1f%%), the rest is frozen",
-        patterns,
-        f"{trained:,}",
-        f"{total:,}",
-        100 * trained / max(total, 1),
-    )
-
-
-def load_model_weights(model: nn.Module, path: str) -> str:
-    """Load weights from a memnets checkpoint (``.pt``) or a ``.safetensors`` file (strict); returns
-    the file they came from (with its step when it is a checkpoint), for the log."""
-    p = Path(path)
-    if p.is_dir():
-        found = load_latest(p / "checkpoints") if (p / "checkpoints").is_dir() else None
-        if found is None:
-            raise FileNotFoundError(f"train.init_from={path!r}: no checkpoint in {p / 'checkpoints'}")
-        state, source = found[0]["model"], f"{found[1]} (step {found[0]['step']})"
-    elif p.suffix == ".safetensors":
-        from safetensors.torch import load_model
-
-        load_model(model, str(p))
-        return str(p)
-    elif p.is_file():
-        saved = torch.load(p, map_location="cpu", weights_only=False)
-        state, source = saved["model"], f"{p} (step {saved.get('step')})"
-    else:
-        raise FileNotFoundError(f"train.init_from={path!r} does not exist")
-    model.load_state_dict(state)
-    return source
-
-
-def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("no trainable parameters (check train.trainable)")
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def _fmt_time(seconds: float) -> str:
@@ -186,12 +120,12 @@ class Trainer:
             log.info(
                 "train.init_from: loaded all %d weight tensors from %s", len(self.model.state_dict()), source
             )
-        _apply_trainable(self.model, t.trainable)
+        apply_trainable(self.model, t.trainable)
         if resume_state is not None:
             self.model.load_state_dict(resume_state["model"])
         # FSDP2 swaps parameters for sharded ones, so the optimizer is built on the wrapped model
         self.forward_model = self._wrap(self.model)
-        self.optimizer = _optimizer(self.model, t)
+        self.optimizer = build_optimizer(self.model, t)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, t.warmup_steps, t.steps, t.min_lr_ratio)
         )

@@ -1,0 +1,55 @@
+"""The outer optimisation of a run: the learning-rate schedule, which parameters train, the optimizer."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .validation import ConfigError
+
+log = logging.getLogger("memnets")
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier on ``train.lr``: linear warmup over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
+    """Freeze every parameter whose name matches none of ``patterns`` (fnmatch globs)."""
+    if patterns is None:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ConfigError(f"train.trainable pattern {pat!r} matches no parameter; e.g. {names[:5]}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "train.trainable=%s: %s of %s parameters train (%.1f%%), the rest is frozen",
+        patterns,
+        f"{trained:,}",
+        f"{total:,}",
+        100 * trained / max(total, 1),
+    )
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, weight decay on matrices only (not on gains and biases)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters (check train.trainable)")
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
