@@ -66,6 +66,7 @@ class Launch:
     programs: int
     steps: int
     inner: int = 1  # trip count of the loops inside a step (the wide kernels' hidden blocks)
+    states_mb: float = 0.0  # the recurrent states the backward keeps live at once (float32), all programs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK, tile_layout
     from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS
     from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.forward import backward_plan
+    from memnets.kernels.mlp_memory.launch import checkpoint_chunks
 
     from memnets.memory.kernel_bridge import _bias_spec, _net_spec
 
@@ -128,9 +131,13 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     def at(case: ck.Case) -> ck.Case:
         return dataclasses.replace(case, constexprs={**case.constexprs, **branches})
 
+    # the backward's recompute as the launcher plans it (memnets.kernels.mlp_memory.launch)
+    every, recompute = (n * (C // L) for n in checkpoint_chunks(layout.max_chunks, None, layout.wide))
+    live, walked = backward_plan(layout.max_tiles, every, recompute)
+    state_mb = (4 if momentum else 2) * D * DH * 4 / 2**20
     return [
         Launch("fwd", at(fwd), programs, steps, inner),
-        Launch("fwd (store)", at(store), programs, steps, inner),
+        Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs),
         Launch("bwd", at(bwd), programs, steps, inner),
     ]
 
@@ -158,7 +165,14 @@ def _gated_delta_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list
     return [
         Launch("fwd prepare", at(("_prepare_kernel", None)), B * chunks * H, 1),
         Launch("fwd", at(("_forward_kernel", False)), B * H * nv, chunks),
-        Launch("bwd states", at(("_forward_kernel", True)), B * H * nv, chunks),
+        Launch(
+            "bwd states",
+            at(("_forward_kernel", True)),
+            B * H * nv,
+            chunks,
+            1,
+            B * H * chunks * K * V * 4 / 2**20,
+        ),
         Launch("bwd", at(("_backward_state_kernel", None)), B * H * nv, chunks),
         Launch("bwd local", at(("_backward_local_kernel", None)), B * chunks * H, 1),
     ]
@@ -380,12 +394,14 @@ def _kernel_part(
                     ).items()
                 },
                 "est_ms": seconds * 1e3,
+                "states_mb": launch.states_mb,
             }
         )
     from benchmarks.flops import BWD_FACTOR
 
     return {
         "launches": launches,
+        "bwd_states_mb": sum(ln["states_mb"] for ln in launches),
         "fwd": estimate(flop, fwd_s),
         "fwd_bwd": estimate(None if flop is None else BWD_FACTOR * flop, total_s),
     }
@@ -463,8 +479,8 @@ def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
         f"Micro-batch {B}x{T}, H100 (132 SMs, bf16 dense peak {PEAK_BF16} TFLOP/s); estimates from the "
         "model in scripts/kernel_report.py.",
         "",
-        "| config | memory | C | auto on CUDA | why no kernel | eager ops/chunk fwd / fwd+bwd | est. auto fwd+bwd TFLOP/s (% bf16) | est. kernel fwd+bwd TFLOP/s (% bf16) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | memory | C | auto on CUDA | why no kernel | eager ops/chunk fwd / fwd+bwd | est. auto fwd+bwd TFLOP/s (% bf16) | est. kernel fwd+bwd TFLOP/s (% bf16) | kernel bwd states MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         counts = r.get("eager_launches_per_chunk")
@@ -479,7 +495,7 @@ def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
         why = why if len(why) <= 90 else why[:87] + "..."
         memory = r["mixer"] + (f" {r['part']}" if r["part"] else "")
         out.append(
-            f"| {r['config']} | {memory} | {r['chunk_size']} | {r['auto_cuda']} | {why} | {ops} | {_est(r.get('auto', {}).get('fwd_bwd'))} | {kest} |"
+            f"| {r['config']} | {memory} | {r['chunk_size']} | {r['auto_cuda']} | {why} | {ops} | {_est(r.get('auto', {}).get('fwd_bwd'))} | {kest} | {_f(kernel and kernel['bwd_states_mb'], ',.0f')} |"
         )
     out += [
         "",

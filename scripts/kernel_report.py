@@ -32,6 +32,10 @@ What is measured and what is estimated:
   mixer's, so fwd+bwd is its forward × the mixer's (fwd + bwd) / fwd (exact for one memory per mixer).
   Chunks over 64 tokens (TNT's global memory) are counted at 64: an eager chunk step issues the same
   ops whatever its length.
+* **From the launcher's checkpoint plan** (exact): *kernel bwd states MB*, the float32 recurrent
+  states the backward keeps live at once (checkpoints, inner segment starts, one segment's chunk
+  states) over all programs of the layer (``memnets.kernels.mlp_memory.launch.checkpoint_chunks``;
+  the gated delta kernel keeps every chunk's state).
 * **Estimated** (the roofline model below): TFLOP/s and % of the H100 bf16 dense peak (989.4).
 
 The roofline model (constants and step times in ``benchmarks/kernel_roofline.py``):
@@ -52,8 +56,9 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
     5.5 TB/s shared by the busy SMs (min(programs, 132)). A lower bound on spill traffic (real kernels
     reload spilled values more than once), but spills usually decide the estimate: the JSON's
     ``step_us`` gives the three terms per launch, so a design without spills can be read off.
-  The forward estimate is the forward launch; fwd+bwd adds the backward's forward re-run (``STORE``)
-  and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
+  The forward estimate is the forward launch; fwd+bwd adds the backward's forward re-run (``STORE``,
+  its steps as the launcher's checkpoint plan walks them: twice over most chunks where the wide
+  kernels recompute in three levels) and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
   preparation in PyTorch are not modelled (optimistic).
 * The eager chunked form (float32): per chunk the larger of its ops × 5 µs (Python dispatch + launch,
   latency-bound small kernels) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9; with

@@ -757,7 +757,7 @@ def op_config(**changes) -> tuple:
     config = mlp_memory.LaunchConfig(
         tile=16, activation=0, bias_kind=0, p=2.0, eps=0.0, sharpness=0.0, ln_eps=1e-5, residual=True,
         tiles_per_chunk=1, read_start=False, checkpoint_every=2, prefix=0, max_tiles=2, dot_precision=0,
-        hidden_block=0,
+        hidden_block=0, recompute_every=2,
     )  # fmt: skip
     return tuple(config._replace(**changes))
 

@@ -101,6 +101,53 @@ def test_checkpoint_segments(T, chunk_size, every):
     _compare(T, chunk_size, checkpoint_every=every)
 
 
+def _force_plan(monkeypatch, every: int, inner: int) -> None:
+    """Make the launcher checkpoint every ``every`` chunks and recompute in pieces of ``inner``: the
+    default picks three levels only at lengths too slow for the interpreter."""
+    monkeypatch.setattr(mlp_memory.launch, "checkpoint_chunks", lambda *_: (every, inner))
+
+
+@pytest.mark.parametrize("T, every, inner", [(100, 6, 3), (130, 9, 3)])
+def test_three_level_checkpoints(monkeypatch, T, every, inner):
+    """Segments recomputed in inner segments (13 chunks in segments 6, 6, 1 → inner 3 + 3, 3 + 3, 1;
+    17 in 9, 8 → 3 + 3 + 3, 3 + 3 + 2) against the engine."""
+    _force_plan(monkeypatch, every, inner)
+    _compare(T, 8, checkpoint_every=every)
+
+
+def test_three_levels_equal_two(monkeypatch):
+    """The inner segments' start states come from the same STORE passes the two-level recompute runs,
+    so everything is the same bit for bit but the LayerNorm's parameter gradients, summed over more
+    launches (5 chunks: segments 3, 2 → inner 2 + 1, 2)."""
+    arch = base._arch(True, "gelu", True, 4 * D)
+    inputs = base._inputs(40, torch.float32, "both", None)
+    fn = functools.partial(triton_mlp.titans_mlp_chunked, hidden_block=16, **base.F32_DOTS)
+    runs = []
+    for inner in (3, 2):
+        _force_plan(monkeypatch, 3, inner)
+        with nan_allocations():
+            runs.append(base._run(fn, arch, inputs, 8, torch.float32))
+    two, three = runs
+    assert two.keys() == three.keys()
+    for name in two:
+        if name in ("dln_w", "dln_b"):
+            assert_close(name, two[name], three[name])
+        else:
+            torch.testing.assert_close(three[name], two[name], rtol=0, atol=0, msg=name)
+
+
+def test_checkpoint_plan():
+    """Three levels only for the wide-state kernels and only where they keep a quarter fewer states."""
+    chunks, plan = mlp_memory.launch.checkpoint_chunks, mlp_memory.forward.backward_plan
+    assert chunks(256, None, wide=False) == (16, 16)
+    assert plan(256, 16, 16) == (32, 256)  # 16 checkpoints + 16 chunk states; every chunk recomputed once
+    assert chunks(256, None, wide=True) == (49, 7)
+    assert plan(256, 49, 7) == (19, 473)  # 6 checkpoints + 6 inner + 7 chunk states; 217 chunks twice
+    assert chunks(24, None, wide=True) == (5, 5)  # three levels would keep 8 states against 10
+    assert chunks(100, 9, wide=True) == (9, 9)  # inner 3 keeps 17 against 21
+    assert chunks(100, 16, wide=True) == (16, 4)  # 14 against 23
+
+
 @pytest.mark.parametrize("gates", ["none", "mom", "keep"])
 def test_matches_engine_gates(gates):
     _compare(33, 16, 32, gates)

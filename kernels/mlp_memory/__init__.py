@@ -75,7 +75,9 @@ Memory stays bounded at long T by checkpoint segments (``checkpoint_every`` chun
 backward walks the segments in reverse, re-running the forward from the segment's checkpoint with
 ``STORE`` (that segment's tile states only) before its backward launch. Saved per (batch, head):
 ⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass. The wide-state
-kernels segment the same way (one launch per segment, whole chunks as tiles).
+kernels segment the same way (one launch per segment, whole chunks as tiles), with a third level
+where their large states make it pay: each segment's recompute in inner segments of ⌈√every⌉ chunks,
+about 3·∛chunks states live for a second forward pass (:func:`~.launch.checkpoint_chunks`).
 
 Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory_fwd`` / ``_bwd``) with fake
 implementations; ``register_autograd`` ties them together.

@@ -30,7 +30,7 @@ from .common import (
     store_matrices,
 )
 from .config import LaunchConfig
-from .forward import carried_rows, launch_forward, segments, whole_state_meta
+from .forward import carried_rows, launch_forward, segments, spans, whole_state_meta
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
 
@@ -396,7 +396,8 @@ def run_backward(
     bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of the forward (empty for absent
     inputs) from the checkpoints and the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor): the
     segments in reverse, each recomputed from its checkpoint (storing every tile's start state) and
-    then walked backward."""
+    then walked backward, in inner segments of ``config.recompute_every`` tiles where that is
+    shorter."""
     wide = bool(config.hidden_block)
     launch_fwd, launch_bwd = (
         (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
@@ -424,19 +425,31 @@ def run_backward(
     empty = w1.new_empty(0)
     tiles = segments(config)
     packing = (cu_seqlens, tile_offsets)
+
+    def recompute(state: tuple, c0: int, nc: int) -> tuple[tuple, tuple]:
+        """STORE pass over tiles c0 .. c0 + nc: the state after them and every tile's start state."""
+        return launch_fwd(
+            q, k, v, bias_params, ln_w, ln_b, coef, packing, state, config, c0, nc, scratch, empty, True
+        )
+
     for s in reversed(range(len(tiles))):
         c0, nc = tiles[s]
-        start = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
-        _, chunks = launch_fwd(
-            q, k, v, bias_params, ln_w, ln_b, coef, packing, start, config, c0, nc, scratch, empty, True
-        )
-        dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
-        carry = launch_bwd(
-            q, k, v, bias_params, ln_w, ln_b, dy, coef, packing, chunks, carry, (dw1_anchor, dw2_anchor),
-            grads, dln, config, c0, nc,
-        )  # fmt: skip
-        if ln_w is not None:
-            dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
+        state = (ckpt_w1[s], ckpt_w2[s]) + ((ckpt_s1[s], ckpt_s2[s]) if has_mom else (None, None))
+        # a third level where recompute_every < checkpoint_every: the segment's inner segments' start
+        # states first (their tile states dropped), then each inner segment recomputed and walked back
+        inner = spans(c0, nc, config.recompute_every)
+        starts = [state]
+        for i0, ni in inner[:-1]:
+            starts.append(recompute(starts[-1], i0, ni)[0])
+        for (i0, ni), start in zip(reversed(inner), reversed(starts)):
+            chunks = recompute(start, i0, ni)[1]
+            dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
+            carry = launch_bwd(
+                q, k, v, bias_params, ln_w, ln_b, dy, coef, packing, chunks, carry, (dw1_anchor, dw2_anchor),
+                grads, dln, config, i0, ni,
+            )  # fmt: skip
+            if ln_w is not None:
+                dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]
     if ln_w is not None:
         dln_w, dln_b = dln_w.sum(0), dln_b.sum(0)
     if config.prefix:

@@ -41,6 +41,7 @@ class LaunchConfig(NamedTuple):
     max_tiles: int  # tiles of the longest sequence
     dot_precision: int  # memnets.kernels.precision.DOT_PRECISIONS
     hidden_block: int  # hidden columns per block of the wide-state kernels; 0: the whole-state kernels
+    recompute_every: int  # tiles per inner segment of the backward's recompute (checkpoint_every: none)
 
 
 _SCHEMA_TYPES = {int: "SymInt", float: "float", bool: "bool"}

@@ -193,10 +193,25 @@ def carried_rows(k: Tensor, T: int, cu: Tensor | None) -> int:
     return (k.shape[1] - T) // (1 if cu is None else cu.numel() - 1)
 
 
+def spans(first: int, n: int, every: int) -> list[tuple[int, int]]:
+    """Tiles first .. first + n in pieces of ``every`` (the last may be shorter): (first tile, tiles)."""
+    return [(c0, min(every, first + n - c0)) for c0 in range(first, first + n, every)]
+
+
 def segments(config: LaunchConfig) -> list[tuple[int, int]]:
     """(first tile, number of tiles) of each checkpoint segment of the longest sequence."""
-    every, n_tiles = config.checkpoint_every, config.max_tiles
-    return [(c0, min(every, n_tiles - c0)) for c0 in range(0, n_tiles, every)]
+    return spans(0, config.max_tiles, config.checkpoint_every)
+
+
+def backward_plan(tiles: int, every: int, inner: int) -> tuple[int, int]:
+    """What the backward's recompute costs over ``tiles`` tiles with checkpoints every ``every`` tiles,
+    each segment recomputed in inner segments of ``inner``: (states live at once at the most: the
+    checkpoints, one segment's inner start states, one inner segment's tile states; tiles the STORE
+    passes walk: every tile once, plus each segment's tiles before its last inner segment)."""
+    outer = spans(0, tiles, every)
+    live = len(outer) + max(len(spans(c0, nc, inner)) - 1 + min(inner, nc) for c0, nc in outer)
+    walked = tiles + sum(nc - spans(c0, nc, inner)[-1][1] for c0, nc in outer)
+    return live, walked
 
 
 def launch_forward(

@@ -5,7 +5,6 @@ in and out."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import triton
 from torch import Tensor
@@ -15,6 +14,7 @@ from ..precision import DOT_PRECISIONS
 from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
 from .config import ACTIVATIONS, LaunchConfig, block
+from .forward import backward_plan
 from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile
 
 
@@ -65,6 +65,40 @@ def tile_layout(
     )
 
 
+def _ceil_root(n: int, k: int) -> int:
+    """The smallest r >= 1 with r**k >= n."""
+    r = max(1, round(n ** (1 / k)))
+    while r**k < n:
+        r += 1
+    while r > 1 and (r - 1) ** k >= n:
+        r -= 1
+    return r
+
+
+def checkpoint_chunks(chunks: int, every: int | None, wide: bool) -> tuple[int, int]:
+    """Chunks per checkpoint segment and per recompute segment of the backward.
+
+    Two levels: the forward keeps a checkpoint every ``every`` chunks (default ⌈√chunks⌉) and the
+    backward recomputes one segment at a time, ⌈chunks/every⌉ + every states live, for one extra
+    forward. The wide-state kernels' states are MBs per (sequence, head), so there a third level is
+    added where it keeps at least a quarter fewer states live (:func:`~.forward.backward_plan`):
+    each segment recomputed in inner segments of ⌈√every⌉ chunks, with ``every`` = c·⌈√⌈chunks/c⌉⌉,
+    c = ⌈∛chunks⌉ by default, about 3·∛chunks states, for a second forward over all but each
+    segment's last inner segment (at titans-760m, 4 × 4096 tokens at chunk 16: 19 states of 4 D·Dh
+    floats per (sequence, head) against 32, for 473 chunks of STORE passes against 256).
+    """
+
+    chunks = max(chunks, 1)
+    two = (every or _ceil_root(chunks, 2),) * 2
+    if not wide:
+        return two
+    if every is None:
+        c = _ceil_root(chunks, 3)
+        every = c * _ceil_root(-(-chunks // c), 2)
+    three = (every, _ceil_root(every, 2))
+    return three if 4 * backward_plan(chunks, *three)[0] <= 3 * backward_plan(chunks, *two)[0] else two
+
+
 def mlp_memory_chunked(
     q: Tensor,
     k: Tensor,
@@ -110,7 +144,8 @@ def mlp_memory_chunked(
         read_start: every token reads its chunk-start weights (TNT's global memory, no momentum).
         window: the Omega rule's window c (ATLAS, arXiv 2505.23735 §3, Eq. 9): each token's inner
             gradient sums the last c tokens' (``G`` then covers P = c − 1 more key rows per tile).
-        checkpoint_every: chunks per checkpoint segment of the backward (default ⌈√chunks⌉).
+        checkpoint_every: chunks per checkpoint segment of the backward (default: see
+            :func:`checkpoint_chunks`).
         dot_precision: the matmuls' operands (``DOT_PRECISIONS``).
         hidden_block: hidden columns per block of the wide-state kernels (when ``layout.wide``).
 
@@ -157,7 +192,7 @@ def mlp_memory_chunked(
     )
     L = layout.tile
     tiles_per_chunk = chunk_size // L
-    every = checkpoint_every or math.isqrt(max(layout.max_chunks, 1) - 1) + 1  # ⌈√chunks⌉: ≈ one segment
+    every, inner = checkpoint_chunks(layout.max_chunks, checkpoint_every, layout.wide)
     config = LaunchConfig(
         tile=L,
         activation=ACTIVATIONS[memory.activation],
@@ -174,6 +209,7 @@ def mlp_memory_chunked(
         max_tiles=layout.max_tiles,
         dot_precision=DOT_PRECISIONS[dot_precision],
         hidden_block=(DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block) if layout.wide else 0,
+        recompute_every=inner * tiles_per_chunk,
     )
     y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
     if memory.residual:

@@ -36,9 +36,9 @@ floats) and skips the reads. Traffic per chunk and program, with momentum: 6 D·
 in pass 1, 4 in pass 2) and 4 D·Dh written (without momentum 4 and 2), plus the chunk's q, k, v rows;
 the whole-state kernel reads and writes the state once per call.
 
-Backward, one launch per checkpoint segment (the segments in reverse, each first recomputed from its
-start state by a STORE pass that writes its chunks' start states: at most ⌈√chunks⌉ chunk states and as
-many checkpoints live at once), chunks in reverse inside (``_wide_backward_kernel``), state cotangents
+Backward, one launch per recompute segment (the checkpoint segments in reverse, each recomputed from
+its start state by STORE passes that write its chunks' start states, in inner segments where that keeps
+fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside (``_wide_backward_kernel``), state cotangents
 (dW1, dW2, dS1, dS2) updated in place in working copies:
 
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
