@@ -38,20 +38,21 @@ Backends (each row is one backend, chunk size C and pass):
 Timing: ``benchmarks.timing.bench`` (GPU: ``do_bench`` median with p20/p80 after a warm-up loop, with
 the gradients reset between calls; CPU: ``torch.utils.benchmark`` blocks, one thread unless
 ``--threads``). fwd runs under ``torch.no_grad``; fwd+bwd backpropagates random cotangents of the
-output and of the final weights and momenta (never ones, performance.md §7.3). ``peak_mb`` (GPU only): ``benchmarks.timing.peak_memory_mb`` over
+output and of the final weights and momenta (never ones: a cotangent of ones lets errors that sum to
+zero across a row pass unseen). ``peak_mb`` (GPU only): ``benchmarks.timing.peak_memory_mb`` over
 one more call.
 
 Model FLOP per token and head (1 multiply-add = 2 FLOP), C = chunk size:
 
-* depth 1 (the linear case of performance.md §2.4, one layer with momentum)::
+* depth 1 (the linear memory, one layer with momentum)::
 
       fwd 10·D² + 4·C·D;   fwd+bwd 46·D² + 16·C·D   (counted from the kernels' products)
 
-* depth 2: performance.md §2.4 as ``benchmarks.flops.mlp_memory_fwd`` (key path forward + backward,
+* depth 2: ``benchmarks.flops.mlp_memory_fwd`` (key path forward + backward,
   read through the updated memory, the in-chunk correction 2·C·(d_in + d_out) per layer, and the
   per-chunk state update); fwd+bwd = 3.5 × fwd (``benchmarks.flops.BWD_FACTOR``, ±20%).
 
-TFLOP/s = model FLOP / time (not hardware FLOP). % of peak (performance.md §1.2, §2.6), on a GPU only
+TFLOP/s = model FLOP / time (not hardware FLOP). % of peak, on a GPU only
 ("-" in the table and null in the JSON on CPU): ``%bf16`` of the datasheet dense bf16 peak (989.4 on
 H100/H200, ``benchmarks.flops.PEAKS``), ``%gemm`` of the bf16 GEMM ceiling (an 8192³ GEMM on random
 data timed at the start of the run; ``--table-ceiling``: the 798 / 788 measured earlier, from
@@ -223,7 +224,7 @@ def ratio(ms: float, other_ms: float | None, backend: str) -> float | None:
 
 
 def target_pct(C: int) -> float | None:
-    """The issue's % of bf16 peak target for the depth-2 kernel at chunk size C (performance.md §8)."""
+    """The % of bf16 peak the depth-2 kernel is meant to reach at chunk size C (benchmarks/RESULTS.md §9)."""
     return 40.0 if C >= 256 else 15.0 if C == 64 else None
 
 
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     peaks = card(device)
     if a.table_ceiling:
         gemm = None if peaks is None else peaks["measured_bf16"]
-        gemm_source = "benchmarks.flops.PEAKS (performance.md 1.2)"
+        gemm_source = "benchmarks.flops.PEAKS"
     else:
         gemm = gemm_ceiling_tflops(device, torch.bfloat16)  # None on CPU
         gemm_source = "an 8192^3 bf16 GEMM timed in this run"
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     formula = (
         "fwd 10D^2+4CD, fwd+bwd 46D^2+16CD"
         if a.depth == 1
-        else f"performance.md 2.4 (benchmarks.flops.mlp_memory_fwd), fwd+bwd = {BWD_FACTOR} x fwd"
+        else f"benchmarks.flops.mlp_memory_fwd, fwd+bwd = {BWD_FACTOR} x fwd"
     )
     meta = dict(
         depth=a.depth,

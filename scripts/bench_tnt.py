@@ -1,6 +1,6 @@
 """Forward + backward time of the ``tnt`` mixer against ``titans`` at the same (local) chunk size.
 
-TNT's claim (arXiv 2511.07343 §5, Fig. 4/5; spec memory-models.md 5.6): with every local shard
+TNT's claim (arXiv 2511.07343 §5, Fig. 4/5): with every local shard
 restarting from the same initial state, shards run as a batch, so the sequential chain is S_L / C_L
 chunk steps instead of T / C; the global memory adds T / C_G steps with large chunks. The paper
 reports 5.1x over Titans at 32K tokens for C_L = C = 16 (JAX on TPU). This script measures the same
