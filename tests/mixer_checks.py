@@ -2,7 +2,8 @@
 a backward with random cotangents on the output AND every tensor of the final state, and collect the
 outputs, final states and every gradient (input, initial state, parameters) by name. Also the checks
 that several mixer families' tests share: decoding and split calls equal one call, two backends give
-the same gradients, bf16 stays finite, ``generate`` matches the parallel forward."""
+the same gradients, bf16 stays finite, ``generate`` matches the parallel forward; and the seeded float64
+draws the memory kernels' tests build their problems from (:class:`Draws`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,25 @@ from torch import Tensor, nn
 
 import memnets
 from memnets.testing import assert_close
+
+
+class Draws:
+    """Float64 draws from one generator seeded with ``seed`` (on ``device``), in call order."""
+
+    def __init__(self, seed: int, device: str | torch.device = "cpu") -> None:
+        self.g = torch.Generator(device=device).manual_seed(seed)
+
+    def normal(self, *shape: int) -> Tensor:
+        return torch.randn(*shape, generator=self.g, dtype=torch.float64)
+
+    def uniform(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.g, dtype=torch.float64)
+
+    def qkv(self, *shape: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries and keys l2-normalised over the last dimension (as Titans feeds its memory), values
+        standard normal."""
+        q, k, v = (self.normal(*shape) for _ in range(3))
+        return q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True), v
 
 
 def _children(state: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
+from mixer_checks import Draws, assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
@@ -29,25 +29,17 @@ def _arch(residual: bool) -> MemoryMLP:
 
 
 def _inputs(T: int, dtype: torch.dtype, gates: str, B: int = 1) -> dict[str, torch.Tensor | None]:
-    g = torch.Generator().manual_seed(T)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    def unit(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
-    qkv = [rnd(B, T, H, D) for _ in range(3)]
-    qkv[0], qkv[1] = (t / t.norm(dim=-1, keepdim=True) for t in qkv[:2])  # l2-normalised as in titans
+    draw = Draws(T)
+    q, k, v = draw.qkv(B, T, H, D)
     return {
-        "q": qkv[0].to(dtype),
-        "k": qkv[1].to(dtype),
-        "v": qkv[2].to(dtype),
-        "lr": 0.5 * unit(B, T, H),
-        "mom": 0.8 + 0.2 * unit(B, T, H) if gates in ("mom", "both") else None,
-        "keep": 0.9 + 0.1 * unit(B, T, H) if gates in ("keep", "both") else None,
-        "w0": 0.3 * rnd(B, H, D, D),
-        "s0": 0.3 * rnd(B, H, D, D) if gates in ("mom", "both") else None,
+        "q": q.to(dtype),
+        "k": k.to(dtype),
+        "v": v.to(dtype),
+        "lr": 0.5 * draw.uniform(B, T, H),
+        "mom": 0.8 + 0.2 * draw.uniform(B, T, H) if gates in ("mom", "both") else None,
+        "keep": 0.9 + 0.1 * draw.uniform(B, T, H) if gates in ("keep", "both") else None,
+        "w0": 0.3 * draw.normal(B, H, D, D),
+        "s0": 0.3 * draw.normal(B, H, D, D) if gates in ("mom", "both") else None,
     }
 
 

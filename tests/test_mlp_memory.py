@@ -17,7 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
+from mixer_checks import Draws, assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -58,26 +58,19 @@ def _arch(
 def _inputs(
     T: int, dtype: torch.dtype, gates: str, bias: object = None, B: int = 1
 ) -> dict[str, torch.Tensor | None]:
-    g = torch.Generator(device=DEVICE).manual_seed(T)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    def unit(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
+    draw = Draws(T, DEVICE)
+    rnd, unit = draw.normal, draw.uniform
     Dh = 4 * D
-    qkv = [rnd(B, T, H, D) for _ in range(3)]
-    qkv[0], qkv[1] = (t / t.norm(dim=-1, keepdim=True) for t in qkv[:2])  # l2-normalised as in titans
+    q, k, v = draw.qkv(B, T, H, D)
     bp = None
     if isinstance(bias, HuberBias):
         # thresholds around the residual's size, so both branches of the switch are taken
         shape = (B, T, H) if bias.mode == "norm" else (B, T, H, D)
         bp = (4.0 if bias.mode == "norm" else 0.6) * (0.5 + unit(*shape))
     return {
-        "q": qkv[0].to(dtype),
-        "k": qkv[1].to(dtype),
-        "v": qkv[2].to(dtype),
+        "q": q.to(dtype),
+        "k": k.to(dtype),
+        "v": v.to(dtype),
         # Small inner steps keep the test problems well conditioned: with larger ones the deep
         # memory's inner loop amplifies rounding (at lr <= 0.1, perturbing the inputs by 1e-7
         # moved the float64 engine's gradients by up to 6e-5, more than float32's 1e-5 tolerance; at

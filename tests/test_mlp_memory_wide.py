@@ -11,7 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import test_mlp_memory as base  # the whole-state kernels' tests: same problems and harness
 import torch
-from mixer_checks import assert_all_close, forward_backward
+from mixer_checks import Draws, assert_all_close, forward_backward
 from test_mlp_memory import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 import memnets
@@ -59,11 +59,7 @@ def _compare(
     ref_arch = base._arch(residual, activation, layer_norm, hidden or 4 * D).double()
     inputs = base._inputs(T, dtype, gates, bias)
     if hidden is not None:  # another hidden width than base's 4 D
-        g = torch.Generator(device=base.DEVICE).manual_seed(hidden)
-
-        def rnd(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, generator=g, dtype=torch.float64)
-
+        rnd = Draws(hidden, base.DEVICE).normal
         inputs["w1"], inputs["w2"] = rnd(1, H, D, hidden) * D**-0.5, rnd(1, H, hidden, D) * hidden**-0.5
         if inputs["s1"] is not None:
             inputs["s1"], inputs["s2"] = 0.1 * rnd(1, H, D, hidden), 0.1 * rnd(1, H, hidden, D)
