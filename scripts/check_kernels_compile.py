@@ -176,32 +176,40 @@ def default_mlp_shapes() -> list[tuple[int, int, int]]:
     return shapes
 
 
+def _mlp_branches() -> tuple[dict[str, str], dict[str, object], dict[str, object]]:
+    """The MLP-memory kernels' argument types both kernel families share (bf16 inputs and their
+    gradients), the branches of the Titans default memory (GELU, L2 bias, LayerNorm, residual,
+    momentum: every branch that costs on-chip memory) and the other branches (SiLU, per-channel Huber
+    threshold, none of the others); the callers add the operand mode (``DOT``) after their own."""
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, HUBER_COORD, L2
+
+    types = {n: "i32" for n in ("T", "C0", "NC", "NCT")} | {
+        n: "fp32" for n in ("p", "eps", "sharp", "ln_eps")
+    }
+    types |= {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
+    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+    bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
+    return types, full, bare
+
+
+def _mlp_shape(D: int, DH: int, L: int) -> dict[str, int]:
+    """The shape constexprs both MLP-memory kernel families take (8 heads)."""
+    from memnets.kernels.mlp_memory.config import block
+
+    return {"H": 8, "D": D, "DH": DH, "L": L, "BL": block(L)}
+
+
 def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, HUBER_COORD, L2, NUM_WARPS
+    from memnets.kernels.mlp_memory.config import NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
 
     fwd, bwd = "mlp_memory.forward", "mlp_memory.backward"
-    scalars = {"T": "i32", "P0": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
-    scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
-    half = {n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}
-    types = {**scalars, **half, "cu": "*i32", "toff": "*i32"}
-    # the Titans default memory (GELU, L2 bias, LayerNorm, residual, momentum): every branch that costs
-    # on-chip memory taken
-    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True}
+    types, full, bare = _mlp_branches()
+    types |= {"P0": "i32", "cu": "*i32", "toff": "*i32"}
     full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0}
 
     def shape(D: int, DH: int, L: int, BK: int | None = None) -> dict[str, int]:
-        BK = BK or _block(L)
-        return {
-            "H": 8,
-            "D": D,
-            "DH": DH,
-            "L": L,
-            "BL": _block(L),
-            "BK": BK,
-            "BD": _block(D),
-            "BH": _block(DH),
-        }
+        return {**_mlp_shape(D, DH, L), "BK": BK or _block(L), "BD": _block(D), "BH": _block(DH)}
 
     def forward(constexprs: dict[str, object], store: bool = False) -> Case:
         return Case(
@@ -219,7 +227,6 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # the other branches once, at the smallest shape: per-channel Huber threshold, SiLU, no LayerNorm,
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
-    bare = {"ACT": ACTIVATIONS["silu"], "BIAS": HUBER_COORD, "LN": False, "RES": False, "HAS_MOM": False}
     # and packed sequences, with bfloat16 operands in the matmuls
     bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3}
     cases += [forward({**shape(D, DH, L), **bare}), backward({**shape(D, DH, L), **bare})]
@@ -250,27 +257,15 @@ def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
 
 def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, HUBER_COORD, L2
     from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
 
-    scalars = {"T": "i32", "C0": "i32", "NC": "i32", "NCT": "i32"}
-    scalars |= {"p": "fp32", "eps": "fp32", "sharp": "fp32", "ln_eps": "fp32"}
-    types = {**scalars, **{n: "*bf16" for n in ("q", "k", "v", "dq", "dk", "dv")}}
-    full = {"ACT": ACTIVATIONS["gelu"], "BIAS": L2, "LN": True, "RES": True, "HAS_MOM": True, "DOT": 0}
+    types, full, bare = _mlp_branches()
+    full, bare = full | {"DOT": 0}, bare | {"DOT": 3}
 
     def shape(D: int, DH: int, L: int) -> dict[str, int]:
         BHB = min(DEFAULT_HIDDEN_BLOCK, _block(DH))
-        return {
-            "H": 8,
-            "D": D,
-            "DH": DH,
-            "L": L,
-            "BL": _block(L),
-            "BD": _block(D),
-            "BHB": BHB,
-            "NB": -(-DH // BHB),
-        }
+        return {**_mlp_shape(D, DH, L), "BD": _block(D), "BHB": BHB, "NB": -(-DH // BHB)}
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
         mod = "mlp_memory.wide_forward" if "forward" in kernel else "mlp_memory.wide_backward"
@@ -283,14 +278,6 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
         cases.append(case("_wide_backward_kernel", {**shape(D, DH, L), **full}))
     # the other branches once, at the smallest shape
     small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]))
-    bare = {
-        "ACT": ACTIVATIONS["silu"],
-        "BIAS": HUBER_COORD,
-        "LN": False,
-        "RES": False,
-        "HAS_MOM": False,
-        "DOT": 3,
-    }
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
     return cases
