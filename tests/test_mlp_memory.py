@@ -86,6 +86,24 @@ def _inputs(
     }
 
 
+def _draw_initial_states(inputs: dict, draw: Draws, N: int) -> None:
+    """Give each of N packed sequences its own initial weights (and momenta, where ``inputs`` has them)."""
+    Dh = 4 * D
+    inputs["w1"], inputs["w2"] = draw.normal(N, H, D, Dh) * D**-0.5, draw.normal(N, H, Dh, D) * Dh**-0.5
+    if inputs["s1"] is not None:
+        inputs["s1"], inputs["s2"] = 0.1 * draw.normal(N, H, D, Dh), 0.1 * draw.normal(N, H, Dh, D)
+
+
+def _each_sequence(bounds: list[int], one) -> tuple[torch.Tensor, list]:
+    """``one(n, lo, hi)`` -> (y, state) run on each packed sequence alone: the reads joined, the states."""
+    ys, states = [], []
+    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        y, state = one(n, lo, hi)
+        ys.append(y)
+        states.append(state)
+    return torch.cat(ys, 1), states
+
+
 FLOAT = ("lr", "mom", "keep", "bp", "w1", "w2", "s1", "s2")
 
 
@@ -283,15 +301,11 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
     thresholds' included). Lengths 0 and 1, ones shorter and longer than a chunk; chunk 96 runs as 2
     tiles of 48, chunk 40 as 1 tile of 40."""
     lengths = [5, 0, 37, 16, 1, 50]
-    N, T, Dh = len(lengths), sum(lengths), 4 * D
+    N, T = len(lengths), sum(lengths)
     arch = _arch(residual=True, layer_norm=layer_norm)
     ref_arch = _arch(residual=True, layer_norm=layer_norm).double()
     inputs = _inputs(T, torch.float32, "both", bias)
-    g = torch.Generator(device=DEVICE).manual_seed(3)
-    for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
-        inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-    for name, shape in (("s1", (N, H, D, Dh)), ("s2", (N, H, Dh, D))):
-        inputs[name] = 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    _draw_initial_states(inputs, Draws(3, DEVICE), N)
     bounds = [0, *itertools.accumulate(lengths)]
 
     def run(fast: bool) -> dict[str, torch.Tensor]:
@@ -307,19 +321,18 @@ def test_packed_sequences_match_engine_per_sequence(chunk_size, every, layer_nor
                 cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
             )  # fmt: skip
         else:
-            ys, states = [], []
-            for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+
+            def one(n: int, lo: int, hi: int) -> tuple[torch.Tensor, MemoryState]:
                 st = MemoryState(
                     tuple(leaves[w][n : n + 1] for w in ("w1", "w2")),
                     tuple(leaves[w][n : n + 1] for w in ("s1", "s2")),
                 )
-                yn, st = memory_chunked(
+                return memory_chunked(
                     a, *(x[:, lo:hi] for x in gates), st, chunk_size=chunk_size, bias=bias,
                     bias_params=None if bp is None else bp[:, lo:hi],
                 )  # fmt: skip
-                ys.append(yn)
-                states.append(st)
-            y = torch.cat(ys, 1)
+
+            y, states = _each_sequence(bounds, one)
         outs = {"y": y}
         for n, st in enumerate(states):
             outs.update(_state_outputs(f"seq{n}", st))
@@ -341,18 +354,14 @@ def test_packed_omega_matches_engine_per_sequence(window, chunk_size, carried, g
     reaches into the one before it; its carried rows (``carried`` of them, from its own state) lead
     it. Lengths 0 and 1, shorter and longer than a chunk; chunk 96 runs as 2 tiles of 48."""
     lengths = [5, 0, 37, 16, 1, 30]
-    N, T, Dh = len(lengths), sum(lengths), 4 * D
+    N, T = len(lengths), sum(lengths)
     arch, ref_arch = _arch(residual=True, layer_norm=True), _arch(residual=True, layer_norm=True).double()
     inputs = _inputs(T, torch.float32, gates)
-    g = torch.Generator(device=DEVICE).manual_seed(5)
-    for name, shape, scale in (("w1", (N, H, D, Dh), D**-0.5), ("w2", (N, H, Dh, D), Dh**-0.5)):
-        inputs[name] = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-    if inputs["s1"] is not None:
-        for name, shape in (("s1", (N, H, D, Dh)), ("s2", (N, H, Dh, D))):
-            inputs[name] = 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)
-    inputs["gam"] = 0.5 + 0.5 * torch.rand(1, T, H, window, generator=g, dtype=torch.float64)
+    draw = Draws(5, DEVICE)
+    _draw_initial_states(inputs, draw, N)
+    inputs["gam"] = 0.5 + 0.5 * draw.uniform(1, T, H, window)
     for name in ("wk", "wv"):
-        inputs[name] = 0.3 * torch.randn(N, carried, H, D, generator=g, dtype=torch.float64)
+        inputs[name] = 0.3 * draw.normal(N, carried, H, D)
     bounds = [0, *itertools.accumulate(lengths)]
 
     def run(fast: bool) -> dict[str, torch.Tensor]:
@@ -368,21 +377,20 @@ def test_packed_omega_matches_engine_per_sequence(window, chunk_size, carried, g
                 cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
             )  # fmt: skip
         else:
-            ys, states = [], []
-            for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+
+            def one(n: int, lo: int, hi: int) -> tuple[torch.Tensor, OmegaState]:
                 sl = slice(n, n + 1)
                 mem = MemoryState(
                     tuple(w[sl] for w in state.memory.weights),
                     None if momentum is None else tuple(s[sl] for s in momentum),
                 )
-                yn, st = omega_chunked(
+                return omega_chunked(
                     a, *(None if x is None else x[:, lo:hi] for x in args),
                     OmegaState(mem, state.window_k[sl], state.window_v[sl]),
                     window=window, chunk_size=chunk_size,
                 )  # fmt: skip
-                ys.append(yn)
-                states.append(st)
-            y = torch.cat(ys, 1)
+
+            y, states = _each_sequence(bounds, one)
         outs = {"y": y}
         for n, st in enumerate(states):
             outs.update(_state_outputs(f"seq{n}", st.memory))
