@@ -20,7 +20,7 @@ layouts run through the same code (:class:`~memnets.memory.rule.ChunkCoefficient
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -165,6 +165,43 @@ def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if x is None else x.transpose(1, 2).to(dtype)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Tokens ``span`` of a sequence that lie in one chunk: ``offset`` tokens of that chunk come before
+    them, and ``ends_chunk`` says whether the last of them completes it."""
+
+    span: slice
+    offset: int
+    ends_chunk: bool
+
+    def take(self, *xs: Tensor | None) -> tuple[Tensor | None, ...]:
+        """The segment's tokens of each ``[B, H, T, ...]`` tensor (``None`` stays ``None``)."""
+        return tuple(None if x is None else x[:, :, self.span] for x in xs)
+
+
+def segments(
+    T: int, chunk_size: int, offset: int, most: int | None = None, first_alone: bool = False
+) -> Iterator[Segment]:
+    """Tokens ``0..T-1`` cut at the chunk boundaries, the first chunk ``offset`` tokens in already: the
+    runs the chunked forms update in parallel, at most ``most`` tokens long (1: one token at a time, as
+    the references step). ``first_alone``: a chunk's first token is a run of its own (Memora's lag
+    token, :mod:`memnets.memory.miras`). The offset after the last token is ``(offset + T) % chunk_size``."""
+    start = 0
+    while start < T:
+        length = 1 if first_alone and offset == 0 else chunk_size - offset
+        end = min(T, start + (length if most is None else min(length, most)))
+        after = (offset + end - start) % chunk_size
+        yield Segment(slice(start, end), offset, after == 0)
+        offset, start = after, end
+
+
+def segment_reads(ys: list[Tensor], v: Tensor, dtype: torch.dtype) -> Tensor:
+    """The segments' reads ``[B, H, L, D]`` joined into ``y [B, T, H, D]`` in ``dtype``; ``v [B, H, T, D]``
+    (the values) gives the width when there is no token."""
+    y = torch.cat(ys, 2) if ys else v.new_zeros(*v.shape[:2], 0, v.shape[-1])
+    return y.transpose(1, 2).to(dtype)
+
+
 # -------------------------------------------------------------------------------------------------
 # token-by-token reference
 
@@ -208,7 +245,7 @@ def memory_reference(
     Shapes as in :func:`memory_chunked`."""
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, mom_, keep_ = (_bhl(g, dtype) for g in (lr, mom, keep))
@@ -219,19 +256,11 @@ def memory_reference(
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
-        for t in range(T):
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset, most=1):
+            if seg.offset == 0:
                 anchor = W
-            sl = slice(t, t + 1)
-            u = _inner_grad(
-                arch,
-                bias,
-                anchor,
-                kh[:, :, sl],
-                vh[:, :, sl],
-                None if bp is None else bp[:, :, sl],
-                create_graph,
-            )
+            t = seg.span.start
+            u = _inner_grad(arch, bias, anchor, *seg.take(kh, vh, bp), create_graph)  # type: ignore[arg-type]
             a = token_gates(lr_, t, units)
             if mom_ is not None:
                 S = tuple(m * s - ai * g for m, ai, s, g in zip(token_gates(mom_, t, units), a, S, u))
@@ -239,15 +268,12 @@ def memory_reference(
             else:
                 step = tuple(-ai * g for ai, g in zip(a, u))
             W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
-            ys.append(arch.read(W, qh[:, :, sl]))
-            offset = (offset + 1) % chunk_size
-            if offset == 0 and chunk_end is not None:
+            ys.append(arch.read(W, qh[:, :, seg.span]))
+            if seg.ends_chunk and chunk_end is not None:
                 W = chunk_end(W)
-    y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    out = MemoryState(W, S, anchor if offset else None, offset)
-    if not create_graph:
-        y, out = y.detach(), out.detach()
-    return y.transpose(1, 2).to(q.dtype), out
+    offset = (offset + T) % chunk_size
+    y, out = segment_reads(ys, vh, q.dtype), MemoryState(W, S, anchor if offset else None, offset)
+    return (y, out) if create_graph else (y.detach(), out.detach())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -412,7 +438,7 @@ def memory_chunked(
     """
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
@@ -425,22 +451,16 @@ def memory_chunked(
         per_token = (qh, kh, vh, bp, lr_, log_keep, log_mom)
         units = channel_units(arch, lr)
         ys = []
-        start = 0
-        while start < T:
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset):
+            if seg.offset == 0:
                 anchor = W
-            end = min(T, start + chunk_size - offset)
-            sl = slice(start, end)
-            y, W, S = chunk_update(
-                arch, bias, anchor, W, S, *(None if x is None else x[:, :, sl] for x in per_token), units
-            )
+            y, W, S = chunk_update(arch, bias, anchor, W, S, *seg.take(*per_token), units)
             ys.append(y)
-            offset = (offset + end - start) % chunk_size
-            if offset == 0 and chunk_end is not None:
+            if seg.ends_chunk and chunk_end is not None:
                 W = chunk_end(W)
-            start = end
-        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    return y.transpose(1, 2).to(q.dtype), MemoryState(W, S, anchor if offset else None, offset)
+        y = segment_reads(ys, vh, q.dtype)
+    offset = (offset + T) % chunk_size
+    return y, MemoryState(W, S, anchor if offset else None, offset)
 
 
 def finish_chunk_then(
