@@ -463,6 +463,19 @@ def memory_chunked(
     return y, MemoryState(W, S, anchor if offset else None, offset)
 
 
+def split_started_chunk(
+    offset: int, chunk_size: int, *xs: Tensor | None
+) -> tuple[tuple[Tensor | None, ...], tuple[Tensor | None, ...]]:
+    """Each ``[B, T, ...]`` input (``None`` stays ``None``) cut where the chunk a state is ``offset``
+    tokens into ends: the tokens that finish that chunk, and the rest (empty when there is none)."""
+
+    def cut(s: slice) -> tuple[Tensor | None, ...]:
+        return tuple(None if x is None else x[:, s] for x in xs)
+
+    n = chunk_size - offset
+    return cut(slice(None, n)), cut(slice(n, None))
+
+
 def finish_chunk_then(
     run: Callable[..., tuple[Tensor, MemoryState]],
     arch: MemoryMLP,
@@ -482,25 +495,14 @@ def finish_chunk_then(
     :func:`memory_chunked` (at most ``chunk_size - 1`` tokens, e.g. decoding), then continue from the
     boundary with ``run`` (same signature as :func:`memory_chunked`; ``bias``/``bias_params`` are
     passed on only when given)."""
-
-    def cut(x: Tensor | None, s: slice) -> Tensor | None:
-        return None if x is None else x[:, s]
-
-    n = min(q.shape[1], chunk_size - state.offset)
-    head, tail = slice(0, n), slice(n, None)
-    y0, state = memory_chunked(
-        arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head), state,
-        chunk_size=chunk_size, bias=bias, bias_params=cut(bias_params, head),
-    )  # fmt: skip
-    if n == q.shape[1]:
-        return y0, state
-    extra = (
-        {} if bias is None and bias_params is None else {"bias": bias, "bias_params": cut(bias_params, tail)}
+    (*head, bp), (*tail, bp_tail) = split_started_chunk(
+        state.offset, chunk_size, q, k, v, lr, mom, keep, bias_params
     )
-    y1, state = run(
-        arch, q[:, tail], k[:, tail], v[:, tail], lr[:, tail], cut(mom, tail), cut(keep, tail), state,
-        chunk_size=chunk_size, **extra,
-    )  # fmt: skip
+    y0, state = memory_chunked(arch, *head, state, chunk_size=chunk_size, bias=bias, bias_params=bp)  # type: ignore[arg-type]
+    if tail[0].shape[1] == 0:  # type: ignore[union-attr]
+        return y0, state
+    extra = {} if bias is None and bias_params is None else {"bias": bias, "bias_params": bp_tail}
+    y1, state = run(arch, *tail, state, chunk_size=chunk_size, **extra)
     return torch.cat([y0, y1], 1), state
 
 

@@ -34,6 +34,7 @@ from ..kernels.precision import operand_dtype, resolve_dot_precision
 from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
+from .engine import split_started_chunk
 from .features import FeatureMemoryMLP
 from .miras import HuberBias, LpBias
 from .omega import OmegaState, omega_chunked, window_band
@@ -346,18 +347,8 @@ def chunk_read_mlp(
     check_read_inputs(arch, q, k, v, lr, state, chunk_size, name)
     y0 = None
     if state is not None and state.offset > 0:
-        n = min(q.shape[1], chunk_size - state.offset)
-        y0, state = chunk_read_memory(
-            arch,
-            q[:, :n],
-            k[:, :n],
-            v[:, :n],
-            lr[:, :n],
-            state,
-            chunk_size=chunk_size,
-            bias=bias,  # type: ignore[arg-type]
-        )
-        q, k, v, lr = q[:, n:], k[:, n:], v[:, n:], lr[:, n:]
+        head, (q, k, v, lr) = split_started_chunk(state.offset, chunk_size, q, k, v, lr)  # type: ignore[assignment]
+        y0, state = chunk_read_memory(arch, *head, state, chunk_size=chunk_size, bias=bias)  # type: ignore[arg-type]
         if q.shape[1] == 0:
             return y0, state
     y, out = _run(
@@ -409,7 +400,6 @@ def omega_mlp_chunked(
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
     if state is not None and state.direction is not None:
         raise ValueError(f"{name}: the state has a Muon direction; the kernel covers the rule without Muon")
-    omega = dict(window=window, chunk_size=chunk_size, bias=bias)
     lengths = None if cu_seqlens is None else sequence_lengths(name, q, cu_seqlens)
     y0 = None
     if state is not None and state.memory.offset > 0:
@@ -417,19 +407,11 @@ def omega_mlp_chunked(
             raise ValueError(
                 f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.memory.offset}"
             )
-        n = min(T, chunk_size - state.memory.offset)
-
-        def cut(x: Tensor | None, s: slice) -> Tensor | None:
-            return None if x is None else x[:, s]
-
-        head, rest = slice(0, n), slice(n, None)
-        y0, state = omega_chunked(
-            arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head),
-            cut(win_gate, head), state, **omega,  # type: ignore[arg-type]
-        )  # fmt: skip
-        if n == T:
+        head, rest = split_started_chunk(state.memory.offset, chunk_size, q, k, v, lr, mom, keep, win_gate)
+        y0, state = omega_chunked(arch, *head, state, window=window, chunk_size=chunk_size, bias=bias)  # type: ignore[arg-type]
+        if rest[0].shape[1] == 0:  # type: ignore[union-attr]
             return y0, state
-        q, k, v, lr, mom, keep, win_gate = (cut(x, rest) for x in (q, k, v, lr, mom, keep, win_gate))  # type: ignore[assignment]
+        q, k, v, lr, mom, keep, win_gate = rest  # type: ignore[assignment]
     seq_lengths = [q.shape[1]] if lengths is None else lengths  # (after a finished chunk's head)
     bounds = list(itertools.accumulate([0, *seq_lengths]))
     N = B if lengths is None else len(lengths)
