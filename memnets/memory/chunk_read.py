@@ -31,9 +31,8 @@ from .engine import (
     initial_state,
     key_path,
     memory_reference,
-    segment_reads,
-    segments,
 )
+from .segments import segment_reads, segments
 
 
 def check_read_inputs(

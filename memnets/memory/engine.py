@@ -20,7 +20,7 @@ layouts run through the same code (:class:`~memnets.memory.rule.ChunkCoefficient
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,7 @@ from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log, unit_slice
+from .segments import segment_reads, segments, split_started_chunk
 
 Weights = tuple[Tensor, ...]
 ChunkEnd = Callable[[Weights], Weights]
@@ -160,46 +161,13 @@ def _start(
     return state
 
 
-def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype."""
-    return None if x is None else x.transpose(1, 2).to(dtype)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Tokens ``span`` of a sequence that lie in one chunk: ``offset`` tokens of that chunk come before
-    them, and ``ends_chunk`` says whether the last of them completes it."""
-
-    span: slice
-    offset: int
-    ends_chunk: bool
-
-    def take(self, *xs: Tensor | None) -> tuple[Tensor | None, ...]:
-        """The segment's tokens of each ``[B, H, T, ...]`` tensor (``None`` stays ``None``)."""
-        return tuple(None if x is None else x[:, :, self.span] for x in xs)
-
-
-def segments(
-    T: int, chunk_size: int, offset: int, most: int | None = None, first_alone: bool = False
-) -> Iterator[Segment]:
-    """Tokens ``0..T-1`` cut at the chunk boundaries, the first chunk ``offset`` tokens in already: the
-    runs the chunked forms update in parallel, at most ``most`` tokens long (1: one token at a time, as
-    the references step). ``first_alone``: a chunk's first token is a run of its own (Memora's lag
-    token, :mod:`memnets.memory.miras`). The offset after the last token is ``(offset + T) % chunk_size``."""
-    start = 0
-    while start < T:
-        length = 1 if first_alone and offset == 0 else chunk_size - offset
-        end = min(T, start + (length if most is None else min(length, most)))
-        after = (offset + end - start) % chunk_size
-        yield Segment(slice(start, end), offset, after == 0)
-        offset, start = after, end
-
-
-def segment_reads(ys: list[Tensor], v: Tensor, dtype: torch.dtype) -> Tensor:
-    """The segments' reads ``[B, H, L, D]`` joined into ``y [B, T, H, D]`` in ``dtype``; ``v [B, H, T, D]``
-    (the values) gives the width when there is no token."""
-    y = torch.cat(ys, 2) if ys else v.new_zeros(*v.shape[:2], 0, v.shape[-1])
-    return y.transpose(1, 2).to(dtype)
+def _bhl(x: Tensor | None, dtype: torch.dtype, log: bool = False) -> Tensor | None:
+    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype; ``log``: a gate as its log (the
+    chunked forms' segment sums, :mod:`memnets.memory.rule`)."""
+    if x is None:
+        return None
+    x = x.transpose(1, 2).to(dtype)
+    return safe_log(x) if log else x
 
 
 # -------------------------------------------------------------------------------------------------
@@ -443,8 +411,7 @@ def memory_chunked(
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_ = _bhl(lr, dtype)
-        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
         bp = _bhl(bias_params, dtype)
         st = _start(arch, state, B, mom is not None, dtype)
         W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
@@ -461,19 +428,6 @@ def memory_chunked(
         y = segment_reads(ys, vh, q.dtype)
     offset = (offset + T) % chunk_size
     return y, MemoryState(W, S, anchor if offset else None, offset)
-
-
-def split_started_chunk(
-    offset: int, chunk_size: int, *xs: Tensor | None
-) -> tuple[tuple[Tensor | None, ...], tuple[Tensor | None, ...]]:
-    """Each ``[B, T, ...]`` input (``None`` stays ``None``) cut where the chunk a state is ``offset``
-    tokens into ends: the tokens that finish that chunk, and the rest (empty when there is none)."""
-
-    def cut(s: slice) -> tuple[Tensor | None, ...]:
-        return tuple(None if x is None else x[:, s] for x in xs)
-
-    n = chunk_size - offset
-    return cut(slice(None, n)), cut(slice(n, None))
 
 
 def finish_chunk_then(

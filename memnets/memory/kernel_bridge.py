@@ -34,10 +34,10 @@ from ..kernels.precision import operand_dtype, resolve_dot_precision
 from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
-from .engine import split_started_chunk
 from .features import FeatureMemoryMLP
 from .miras import HuberBias, LpBias
 from .omega import OmegaState, omega_chunked, window_band
+from .segments import split_started_chunk
 
 DOT_PRECISIONS = mlp_memory.DOT_PRECISIONS
 WIDE_IN_AUTO = mlp_memory.WIDE_IN_AUTO

@@ -77,11 +77,10 @@ from .engine import (
     initial_state,
     key_path,
     segment_end_state,
-    segment_reads,
-    segments,
     token_gates,
 )
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log
+from .rule import ChunkCoefficients, chunk_coefficients
+from .segments import segment_reads, segments
 
 Weights = tuple[Tensor, ...]
 
@@ -434,7 +433,7 @@ def miras_chunked(
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, bp = _bhl(lr, dtype), _bhl(bias_params, dtype)
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        log_keep = _bhl(keep, dtype, log=True)
         st = state or initial_state(arch, B, False, dtype)
         A, anchor, offset = st.weights, st.anchor, st.offset
         retention, at_end = _split(retention)

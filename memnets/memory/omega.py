@@ -67,8 +67,6 @@ from .engine import (
     initial_state,
     key_path,
     segment_end_state,
-    segment_reads,
-    segments,
     token_gates,
 )
 from .gated import GatedMemoryMLP, Linear, gated_key_path
@@ -78,11 +76,11 @@ from .rule import (
     as_columns,
     as_rows,
     chunk_coefficients,
-    safe_log,
     segsum,
     unit_major,
     unit_slice,
 )
+from .segments import segment_reads, segments
 
 Muon = Literal["token", "chunk"]
 MUON_MODES: tuple[str, ...] = ("token", "chunk")
@@ -542,8 +540,7 @@ def omega_chunked(
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, gam = _bhl(lr, dtype), _bhl(win_gate, dtype)
-        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
         st = _start(arch, state, B, mom, muon, dtype)
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
         direc = st.direction
