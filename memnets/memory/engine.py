@@ -153,14 +153,6 @@ def check_inputs(
             raise ValueError(f"{name}: state.offset={state.offset} > 0 needs state.anchor")
 
 
-def _start(
-    arch: MemoryMLP, state: MemoryState | None, B: int, has_mom: bool, dtype: torch.dtype
-) -> MemoryState:
-    if state is None:
-        return initial_state(arch, B, has_mom, dtype)
-    return state
-
-
 def _bhl(x: Tensor | None, dtype: torch.dtype, log: bool = False) -> Tensor | None:
     """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype; ``log``: a gate as its log (the
     chunked forms' segment sums, :mod:`memnets.memory.rule`)."""
@@ -218,7 +210,7 @@ def memory_reference(
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, mom_, keep_ = (_bhl(g, dtype) for g in (lr, mom, keep))
     bp = _bhl(bias_params, dtype)
-    st = _start(arch, state, B, mom is not None, dtype)
+    st = state or initial_state(arch, B, mom is not None, dtype)
     W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
     units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
@@ -413,7 +405,7 @@ def memory_chunked(
         lr_ = _bhl(lr, dtype)
         log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
         bp = _bhl(bias_params, dtype)
-        st = _start(arch, state, B, mom is not None, dtype)
+        st = state or initial_state(arch, B, mom is not None, dtype)
         W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
         per_token = (qh, kh, vh, bp, lr_, log_keep, log_mom)
         units = channel_units(arch, lr)

@@ -195,12 +195,6 @@ def _tail(x: Tensor, n: int) -> Tensor:
     return x[:, :, max(0, x.shape[2] - n) :] if n > 0 else x[:, :, :0]
 
 
-def _start(arch, state, B, mom, muon, dtype) -> OmegaState:
-    if state is None:
-        return omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
-    return state
-
-
 # -------------------------------------------------------------------------------------------------
 # token-by-token reference
 
@@ -231,7 +225,7 @@ def omega_reference(
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, mom_, keep_, gam = (_bhl(g, dtype) for g in (lr, mom, keep, win_gate))
-    st = _start(arch, state, B, mom, muon, dtype)
+    st = state or omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
     W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
     direc = st.direction
     buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
@@ -541,7 +535,7 @@ def omega_chunked(
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, gam = _bhl(lr, dtype), _bhl(win_gate, dtype)
         log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
-        st = _start(arch, state, B, mom, muon, dtype)
+        st = state or omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
         direc = st.direction
         buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
