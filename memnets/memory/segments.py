@@ -1,6 +1,7 @@
 """The chunk grid every form of the memory shares: a sequence's tokens cut at the chunk boundaries,
 counted from the sequence start, into the runs each form updates at once (token by token for the
-references, whole segments for the chunked forms), and their reads joined back into one output.
+references, whole segments for the chunked forms), and their reads joined back into one output. TNT's
+local memories cut their sequences at the shard boundaries the same way (:mod:`memnets.memory.sharded`).
 """
 
 from __future__ import annotations
