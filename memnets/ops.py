@@ -12,7 +12,7 @@
 
 Every kernel imports Triton (and the kernel package) on first call, so CPU-only installs never load it.
 The memory kernels take one scalar gate per token and head: their ``supports`` refuse the mixers'
-``gates: channel`` (:func:`_head_gates`), which then runs the chunked form.
+``gates: channel`` (:func:`_memory_kernel_op`), which then runs the chunked form.
 The ops whose chunked form walks :func:`~memnets.compiled.chunk_step` functions (``compiles=True``:
 the Titans, Miras, Omega, chunk-start-read and sharded memories) also run as the ``compiled`` backend,
 what ``auto`` runs on CUDA where no kernel covers the configuration.
@@ -54,9 +54,18 @@ def _mlp_supports(
     return kernel_bridge.supports_mlp(arch, bias, chunk_size, window, no_wide)
 
 
-def _head_gates(supports: Callable[..., str | None]) -> Callable[..., str | None]:
-    """``supports`` behind the check every memory kernel here shares: its gates are one scalar per token
-    and head, so the mixers' ``gates: channel`` (:mod:`memnets.mixers.memory_block`) runs in PyTorch."""
+def _memory_kernel_op(
+    name: str,
+    reference: Callable[..., Any],
+    chunked: Callable[..., Any],
+    kernel: Callable[..., Any],
+    supports: Callable[..., str | None],
+    **packs: Callable[..., bool],
+) -> MemoryOp:
+    """The record of a memory whose kernels share three traits: they take the operand precision
+    (``dot_precision``), the chunked form compiles, and the gates are one scalar per token and head,
+    so ``supports`` sits behind a check that sends the mixers' ``gates: channel``
+    (:mod:`memnets.mixers.memory_block`) to PyTorch. ``packs``: :class:`MemoryOp`'s, where given."""
 
     @functools.wraps(supports)
     def check(*, gates: str = "head", **config: Any) -> str | None:
@@ -64,7 +73,9 @@ def _head_gates(supports: Callable[..., str | None]) -> Callable[..., str | None
             return f"gates: {gates} (per-channel gates are not in the Triton kernel)"
         return supports(**config)
 
-    return check
+    return MemoryOp(
+        name, reference, chunked, kernel, check, **packs, kernel_options=("dot_precision",), compiles=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,15 +112,13 @@ def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", *
     return titans_mlp_chunked(arch, *inputs, dot_precision=dot_precision, **options)
 
 
-TITANS_MEMORY = MemoryOp(
+TITANS_MEMORY = _memory_kernel_op(
     "the Titans memory",
     memory_reference,
     memory_chunked,
     _titans_kernel,
-    _head_gates(_titans_supports),
-    _titans_packs,
-    kernel_options=("dot_precision",),
-    compiles=True,
+    _titans_supports,
+    packs=_titans_packs,
 )
 
 
@@ -147,15 +156,8 @@ def _miras_kernel(
     return titans_mlp_chunked(arch, q, k, v, lr, None, keep, state, **options)  # no momentum
 
 
-MIRAS_MEMORY = MemoryOp(
-    "the Miras memory",
-    miras_reference,
-    miras_chunked,
-    _miras_kernel,
-    _head_gates(_miras_supports),
-    _titans_packs,
-    kernel_options=("dot_precision",),
-    compiles=True,
+MIRAS_MEMORY = _memory_kernel_op(
+    "the Miras memory", miras_reference, miras_chunked, _miras_kernel, _miras_supports, packs=_titans_packs
 )
 
 
@@ -177,14 +179,8 @@ def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: ob
     return omega_mlp_chunked(*inputs, **options)  # muon is None where the kernel runs
 
 
-OMEGA_MEMORY = MemoryOp(
-    "the Omega memory",
-    omega_reference,
-    omega_chunked,
-    _omega_kernel,
-    _head_gates(_omega_supports),
-    kernel_options=("dot_precision",),
-    compiles=True,
+OMEGA_MEMORY = _memory_kernel_op(
+    "the Omega memory", omega_reference, omega_chunked, _omega_kernel, _omega_supports
 )
 
 
@@ -204,14 +200,12 @@ def _chunk_read_kernel(*inputs: Any, **options: Any):
     return chunk_read_mlp(*inputs, **options)
 
 
-CHUNK_READ_MEMORY = MemoryOp(
+CHUNK_READ_MEMORY = _memory_kernel_op(
     "the chunk-start-read memory",
     chunk_read_memory_reference,
     chunk_read_memory,
     _chunk_read_kernel,
-    _head_gates(_chunk_read_supports),
-    kernel_options=("dot_precision",),
-    compiles=True,
+    _chunk_read_supports,
 )
 
 
@@ -220,14 +214,12 @@ def _sharded_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", 
     return sharded_memory(arch, *inputs, run=run, **options)
 
 
-SHARDED_MEMORY = MemoryOp(
+SHARDED_MEMORY = _memory_kernel_op(
     "the sharded memory",
     functools.partial(sharded_memory, backend="reference"),
     sharded_memory,
     _sharded_kernel,
-    _head_gates(_titans_supports),
-    kernel_options=("dot_precision",),
-    compiles=True,
+    _titans_supports,
 )
 
 

@@ -24,6 +24,7 @@ from .bias import AttentionalBias, L2Bias
 from .engine import (
     MemoryState,
     Weights,
+    _bhl,
     check_inputs,
     gate_rows,
     gate_units,
@@ -31,6 +32,7 @@ from .engine import (
     key_path,
     memory_reference,
 )
+from .segments import segment_reads, segments
 
 
 def check_read_inputs(
@@ -87,25 +89,21 @@ def chunk_read_memory(
     state after the last token. Runs in ``arch``'s dtype with autocast off, like the engine."""
     check_read_inputs(arch, q, k, v, lr, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
-        qh, kh, vh = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
-        lrh = lr.transpose(1, 2).to(dtype)  # [B, H, T] or [B, H, T, N]
+        qh, kh, vh, lrh = (_bhl(t, dtype) for t in (q, k, v, lr))  # lr: [B, H, T] or [B, H, T, N]
         st = state or initial_state(arch, B, False, dtype)
         W, anchor, offset = st.weights, st.anchor, st.offset
-        ys, start = [], 0
-        while start < T:
-            if offset == 0:
+        ys = []
+        for seg in segments(T, chunk_size, offset):
+            if seg.offset == 0:
                 anchor = W
-            end = min(T, start + chunk_size - offset)
-            sl = slice(start, end)
-            y, W = read_step(arch, bias, anchor, W, qh[:, :, sl], kh[:, :, sl], vh[:, :, sl], lrh[:, :, sl])
+            y, W = read_step(arch, bias, anchor, W, *seg.take(qh, kh, vh, lrh))
             ys.append(y)
-            offset = (offset + end - start) % chunk_size
-            start = end
-        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    return y.transpose(1, 2).to(q.dtype), MemoryState(W, None, anchor if offset else None, offset)
+        y = segment_reads(ys, vh, q.dtype)
+    offset = (offset + T) % chunk_size
+    return y, MemoryState(W, None, anchor if offset else None, offset)
 
 
 def chunk_read_memory_reference(

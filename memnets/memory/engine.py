@@ -30,6 +30,7 @@ from ..compiled import chunk_step
 from .architecture import MemoryMLP
 from .bias import AttentionalBias, L2Bias
 from .rule import ChunkCoefficients, chunk_coefficients, safe_log, unit_slice
+from .segments import segment_reads, segments, split_started_chunk
 
 Weights = tuple[Tensor, ...]
 ChunkEnd = Callable[[Weights], Weights]
@@ -152,17 +153,13 @@ def check_inputs(
             raise ValueError(f"{name}: state.offset={state.offset} > 0 needs state.anchor")
 
 
-def _start(
-    arch: MemoryMLP, state: MemoryState | None, B: int, has_mom: bool, dtype: torch.dtype
-) -> MemoryState:
-    if state is None:
-        return initial_state(arch, B, has_mom, dtype)
-    return state
-
-
-def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype."""
-    return None if x is None else x.transpose(1, 2).to(dtype)
+def _bhl(x: Tensor | None, dtype: torch.dtype, log: bool = False) -> Tensor | None:
+    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype; ``log``: a gate as its log (the
+    chunked forms' segment sums, :mod:`memnets.memory.rule`)."""
+    if x is None:
+        return None
+    x = x.transpose(1, 2).to(dtype)
+    return safe_log(x) if log else x
 
 
 # -------------------------------------------------------------------------------------------------
@@ -208,30 +205,22 @@ def memory_reference(
     Shapes as in :func:`memory_chunked`."""
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, mom_, keep_ = (_bhl(g, dtype) for g in (lr, mom, keep))
     bp = _bhl(bias_params, dtype)
-    st = _start(arch, state, B, mom is not None, dtype)
+    st = state or initial_state(arch, B, mom is not None, dtype)
     W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
     units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
-        for t in range(T):
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset, most=1):
+            if seg.offset == 0:
                 anchor = W
-            sl = slice(t, t + 1)
-            u = _inner_grad(
-                arch,
-                bias,
-                anchor,
-                kh[:, :, sl],
-                vh[:, :, sl],
-                None if bp is None else bp[:, :, sl],
-                create_graph,
-            )
+            t = seg.span.start
+            u = _inner_grad(arch, bias, anchor, *seg.take(kh, vh, bp), create_graph)  # type: ignore[arg-type]
             a = token_gates(lr_, t, units)
             if mom_ is not None:
                 S = tuple(m * s - ai * g for m, ai, s, g in zip(token_gates(mom_, t, units), a, S, u))
@@ -239,15 +228,12 @@ def memory_reference(
             else:
                 step = tuple(-ai * g for ai, g in zip(a, u))
             W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
-            ys.append(arch.read(W, qh[:, :, sl]))
-            offset = (offset + 1) % chunk_size
-            if offset == 0 and chunk_end is not None:
+            ys.append(arch.read(W, qh[:, :, seg.span]))
+            if seg.ends_chunk and chunk_end is not None:
                 W = chunk_end(W)
-    y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    out = MemoryState(W, S, anchor if offset else None, offset)
-    if not create_graph:
-        y, out = y.detach(), out.detach()
-    return y.transpose(1, 2).to(q.dtype), out
+    offset = (offset + T) % chunk_size
+    y, out = segment_reads(ys, vh, q.dtype), MemoryState(W, S, anchor if offset else None, offset)
+    return (y, out) if create_graph else (y.detach(), out.detach())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -412,35 +398,28 @@ def memory_chunked(
     """
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_ = _bhl(lr, dtype)
-        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
         bp = _bhl(bias_params, dtype)
-        st = _start(arch, state, B, mom is not None, dtype)
+        st = state or initial_state(arch, B, mom is not None, dtype)
         W, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
         per_token = (qh, kh, vh, bp, lr_, log_keep, log_mom)
         units = channel_units(arch, lr)
         ys = []
-        start = 0
-        while start < T:
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset):
+            if seg.offset == 0:
                 anchor = W
-            end = min(T, start + chunk_size - offset)
-            sl = slice(start, end)
-            y, W, S = chunk_update(
-                arch, bias, anchor, W, S, *(None if x is None else x[:, :, sl] for x in per_token), units
-            )
+            y, W, S = chunk_update(arch, bias, anchor, W, S, *seg.take(*per_token), units)
             ys.append(y)
-            offset = (offset + end - start) % chunk_size
-            if offset == 0 and chunk_end is not None:
+            if seg.ends_chunk and chunk_end is not None:
                 W = chunk_end(W)
-            start = end
-        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    return y.transpose(1, 2).to(q.dtype), MemoryState(W, S, anchor if offset else None, offset)
+        y = segment_reads(ys, vh, q.dtype)
+    offset = (offset + T) % chunk_size
+    return y, MemoryState(W, S, anchor if offset else None, offset)
 
 
 def finish_chunk_then(
@@ -462,25 +441,14 @@ def finish_chunk_then(
     :func:`memory_chunked` (at most ``chunk_size - 1`` tokens, e.g. decoding), then continue from the
     boundary with ``run`` (same signature as :func:`memory_chunked`; ``bias``/``bias_params`` are
     passed on only when given)."""
-
-    def cut(x: Tensor | None, s: slice) -> Tensor | None:
-        return None if x is None else x[:, s]
-
-    n = min(q.shape[1], chunk_size - state.offset)
-    head, tail = slice(0, n), slice(n, None)
-    y0, state = memory_chunked(
-        arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head), state,
-        chunk_size=chunk_size, bias=bias, bias_params=cut(bias_params, head),
-    )  # fmt: skip
-    if n == q.shape[1]:
-        return y0, state
-    extra = (
-        {} if bias is None and bias_params is None else {"bias": bias, "bias_params": cut(bias_params, tail)}
+    (*head, bp), (*tail, bp_tail) = split_started_chunk(
+        state.offset, chunk_size, q, k, v, lr, mom, keep, bias_params
     )
-    y1, state = run(
-        arch, q[:, tail], k[:, tail], v[:, tail], lr[:, tail], cut(mom, tail), cut(keep, tail), state,
-        chunk_size=chunk_size, **extra,
-    )  # fmt: skip
+    y0, state = memory_chunked(arch, *head, state, chunk_size=chunk_size, bias=bias, bias_params=bp)  # type: ignore[arg-type]
+    if tail[0].shape[1] == 0:  # type: ignore[union-attr]
+        return y0, state
+    extra = {} if bias is None and bias_params is None else {"bias": bias, "bias_params": bp_tail}
+    y1, state = run(arch, *tail, state, chunk_size=chunk_size, **extra)
     return torch.cat([y0, y1], 1), state
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,8 @@ from .chunk_read import check_read_inputs, chunk_read_memory
 from .features import FeatureMemoryMLP
 from .miras import HuberBias, LpBias
 from .omega import OmegaState, omega_chunked, window_band
+from .rule import ChunkCoefficients
+from .segments import split_started_chunk
 
 DOT_PRECISIONS = mlp_memory.DOT_PRECISIONS
 WIDE_IN_AUTO = mlp_memory.WIDE_IN_AUTO
@@ -196,11 +199,7 @@ def _run(
         def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NT, L]
             return _tile_gate(x.transpose(1, 2), index, log)
 
-        c = chunk_coefficients(
-            gate(lr, False),
-            None if keep is None else gate(keep, True),
-            None if mom is None else gate(mom, True),
-        )
+        c = _coefficients(gate, lr, mom, keep)
         G, s_coef = c.G, c.s_coef
         if P:
             # the Omega window: G -> G·Γ over each tile's P + L key rows (memnets.memory.omega)
@@ -224,12 +223,45 @@ def _run(
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
 
 
-def _start(arch: MemoryMLP, B: int, state: MemoryState | None, momentum: bool) -> tuple:
+def _check_boundary(name: str, lengths: list[int] | None, offset: int) -> None:
+    """Packed sequences start from chunk boundaries (a state inside a chunk is one sequence's)."""
+    if lengths is not None and offset > 0:
+        raise ValueError(
+            f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {offset}"
+        )
+
+
+def _start(
+    name: str,
+    arch: MemoryMLP,
+    q: Tensor,
+    state: MemoryState | None,
+    momentum: bool,
+    lengths: list[int] | None,
+) -> tuple:
+    """The kernels' starting (w1, w2, s1, s2): ``state``'s, else the initial weights, one row per
+    batch row of ``q`` or, packed (``lengths``), per sequence."""
+    B = q.shape[0] if lengths is None else len(lengths)
     if state is None:
         w1, w2 = (w[None].expand(B, *w.shape) for w in arch.init_weights)
         return (w1, w2, torch.zeros_like(w1), torch.zeros_like(w2)) if momentum else (w1, w2, None, None)
+    if lengths is not None and state.weights[0].shape[0] != len(lengths):
+        raise ValueError(
+            f"{name}: the state must hold one entry per packed sequence ({len(lengths)}), got "
+            f"weights of shape {tuple(state.weights[0].shape)}"
+        )
     s1, s2 = (None, None) if state.momentum is None else state.momentum
     return (*state.weights, s1, s2)
+
+
+def _coefficients(
+    gate: Callable[[Tensor, bool], Tensor], lr: Tensor, mom: Tensor | None, keep: Tensor | None
+) -> ChunkCoefficients:
+    """:func:`~memnets.memory.chunk_coefficients` of the gates laid out as a kernel's tiles
+    (``gate(x, log)``)."""
+    return chunk_coefficients(
+        gate(lr, False), None if keep is None else gate(keep, True), None if mom is None else gate(mom, True)
+    )
 
 
 def titans_mlp_chunked(
@@ -286,11 +318,8 @@ def titans_mlp_chunked(
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
     lengths = None if cu_seqlens is None else sequence_lengths(name, q, cu_seqlens)
+    _check_boundary(name, lengths, 0 if state is None else state.offset)
     if state is not None and state.offset > 0:
-        if lengths is not None:
-            raise ValueError(
-                f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.offset}"
-            )
         return finish_chunk_then(
             functools.partial(
                 titans_mlp_chunked,
@@ -301,12 +330,7 @@ def titans_mlp_chunked(
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
         )  # fmt: skip
-    start = _start(arch, q.shape[0] if lengths is None else len(lengths), state, mom is not None)
-    if lengths is not None and start[0].shape[0] != len(lengths):
-        raise ValueError(
-            f"{name}: the state must hold one entry per packed sequence ({len(lengths)}), got "
-            f"weights of shape {tuple(start[0].shape)}"
-        )
+    start = _start(name, arch, q, state, mom is not None, lengths)
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
@@ -346,22 +370,12 @@ def chunk_read_mlp(
     check_read_inputs(arch, q, k, v, lr, state, chunk_size, name)
     y0 = None
     if state is not None and state.offset > 0:
-        n = min(q.shape[1], chunk_size - state.offset)
-        y0, state = chunk_read_memory(
-            arch,
-            q[:, :n],
-            k[:, :n],
-            v[:, :n],
-            lr[:, :n],
-            state,
-            chunk_size=chunk_size,
-            bias=bias,  # type: ignore[arg-type]
-        )
-        q, k, v, lr = q[:, n:], k[:, n:], v[:, n:], lr[:, n:]
+        head, (q, k, v, lr) = split_started_chunk(state.offset, chunk_size, q, k, v, lr)  # type: ignore[assignment]
+        y0, state = chunk_read_memory(arch, *head, state, chunk_size=chunk_size, bias=bias)  # type: ignore[arg-type]
         if q.shape[1] == 0:
             return y0, state
     y, out = _run(
-        arch, q, k, v, lr, None, None, _start(arch, q.shape[0], state, False),
+        arch, q, k, v, lr, None, None, _start(name, arch, q, state, False, None),
         chunk_size=chunk_size, bias=bias, bias_params=None, read_start=True,
         checkpoint_every=checkpoint_every, dot_precision=dot_precision,
     )  # fmt: skip
@@ -409,36 +423,19 @@ def omega_mlp_chunked(
         raise ValueError(f"{name}: checkpoint_every must be >= 1 (chunks) or None, got {checkpoint_every}")
     if state is not None and state.direction is not None:
         raise ValueError(f"{name}: the state has a Muon direction; the kernel covers the rule without Muon")
-    omega = dict(window=window, chunk_size=chunk_size, bias=bias)
     lengths = None if cu_seqlens is None else sequence_lengths(name, q, cu_seqlens)
+    _check_boundary(name, lengths, 0 if state is None else state.memory.offset)
     y0 = None
     if state is not None and state.memory.offset > 0:
-        if lengths is not None:
-            raise ValueError(
-                f"{name}: with cu_seqlens the state must be at a chunk boundary, got offset {state.memory.offset}"
-            )
-        n = min(T, chunk_size - state.memory.offset)
-
-        def cut(x: Tensor | None, s: slice) -> Tensor | None:
-            return None if x is None else x[:, s]
-
-        head, rest = slice(0, n), slice(n, None)
-        y0, state = omega_chunked(
-            arch, q[:, head], k[:, head], v[:, head], lr[:, head], cut(mom, head), cut(keep, head),
-            cut(win_gate, head), state, **omega,  # type: ignore[arg-type]
-        )  # fmt: skip
-        if n == T:
+        head, rest = split_started_chunk(state.memory.offset, chunk_size, q, k, v, lr, mom, keep, win_gate)
+        y0, state = omega_chunked(arch, *head, state, window=window, chunk_size=chunk_size, bias=bias)  # type: ignore[arg-type]
+        if rest[0].shape[1] == 0:  # type: ignore[union-attr]
             return y0, state
-        q, k, v, lr, mom, keep, win_gate = (cut(x, rest) for x in (q, k, v, lr, mom, keep, win_gate))  # type: ignore[assignment]
+        q, k, v, lr, mom, keep, win_gate = rest  # type: ignore[assignment]
     seq_lengths = [q.shape[1]] if lengths is None else lengths  # (after a finished chunk's head)
     bounds = list(itertools.accumulate([0, *seq_lengths]))
     N = B if lengths is None else len(lengths)
-    start = _start(arch, N, None if state is None else state.memory, mom is not None)
-    if lengths is not None and start[0].shape[0] != len(lengths):
-        raise ValueError(
-            f"{name}: the state must hold one entry per packed sequence ({len(lengths)}), got "
-            f"weights of shape {tuple(start[0].shape)}"
-        )
+    start = _start(name, arch, q, None if state is None else state.memory, mom is not None, lengths)
     if state is None:
         kx, vx = k, v
     else:
@@ -505,12 +502,10 @@ def titans_linear_chunked(
         )
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, "titans_linear_chunked")
     lengths = sequence_lengths("titans_linear_chunked", q, cu_seqlens)
+    _check_boundary(
+        "titans_linear_chunked", None if cu_seqlens is None else lengths, 0 if state is None else state.offset
+    )
     if state is not None and state.offset > 0:
-        if cu_seqlens is not None:
-            raise ValueError(
-                f"titans_linear_chunked: with cu_seqlens the state must be at a chunk boundary, got "
-                f"offset {state.offset}"
-            )
         return finish_chunk_then(
             functools.partial(titans_linear_chunked, dot_precision=dot_precision),
             arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
@@ -540,11 +535,7 @@ def titans_linear_chunked(
             def gate(x: Tensor, log: bool) -> Tensor:  # [B, T, H] -> [H, NC, L]
                 return _tile_gate(x.reshape(B * T, H).t(), index, log)
 
-            c = chunk_coefficients(
-                gate(lr, False),
-                None if keep is None else gate(keep, True),
-                None if mom is None else gate(mom, True),
-            )
+            c = _coefficients(gate, lr, mom, keep)
             dtype = q.dtype
             if arch.residual:
                 v = v.float() - k.float()  # M(x) = x + x W: the inner target becomes v − k (float32)

@@ -79,7 +79,8 @@ from .engine import (
     segment_end_state,
     token_gates,
 )
-from .rule import ChunkCoefficients, chunk_coefficients, safe_log
+from .rule import ChunkCoefficients, chunk_coefficients
+from .segments import segment_reads, segments
 
 Weights = tuple[Tensor, ...]
 
@@ -289,7 +290,7 @@ def miras_reference(
     docstring: the ground truth for :func:`miras_chunked`. Arguments as there."""
     check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, keep_, bp = _bhl(lr, dtype), _bhl(keep, dtype), _bhl(bias_params, dtype)
@@ -300,23 +301,19 @@ def miras_reference(
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
-        for t in range(T):
-            if _refresh(offset, lag):
+        for seg in segments(T, chunk_size, offset, most=1):
+            if _refresh(seg.offset, lag):
                 anchor = retained_weights(A, inner)
-            sl = slice(t, t + 1)
-            bpt = None if bp is None else bp[:, :, sl]
-            u = _inner_grad(arch, bias, anchor, kh[:, :, sl], vh[:, :, sl], bpt, create_graph)  # type: ignore[arg-type]
+            t = seg.span.start
+            u = _inner_grad(arch, bias, anchor, *seg.take(kh, vh, bp), create_graph)  # type: ignore[arg-type]
             lrs, keeps = token_gates(lr_, t, units), token_gates(keep_, t, units)
             A = tuple(kp * a - ai * g for kp, ai, a, g in zip(keeps, lrs, A, u))
-            ys.append(arch.read(retained_weights(A, inner), qh[:, :, sl]))
-            offset = (offset + 1) % chunk_size
-            if at_end is not None and offset == 0:
+            ys.append(arch.read(retained_weights(A, inner), qh[:, :, seg.span]))
+            if at_end is not None and seg.ends_chunk:
                 A = retained_weights(A, at_end)
-    y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    out = MemoryState(A, None, anchor if offset else None, offset)
-    if not create_graph:
-        y, out = y.detach(), out.detach()
-    return y.transpose(1, 2).to(q.dtype), out
+    offset = (offset + T) % chunk_size
+    y, out = segment_reads(ys, vh, q.dtype), MemoryState(A, None, anchor if offset else None, offset)
+    return (y, out) if create_graph else (y.detach(), out.detach())
 
 
 def _token_accumulators(
@@ -431,37 +428,26 @@ def miras_chunked(
     """
     check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
     bias = bias or L2Bias()
-    B, T, H, D = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, bp = _bhl(lr, dtype), _bhl(bias_params, dtype)
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
+        log_keep = _bhl(keep, dtype, log=True)
         st = state or initial_state(arch, B, False, dtype)
         A, anchor, offset = st.weights, st.anchor, st.offset
         retention, at_end = _split(retention)
         units = channel_units(arch, lr)
-        ys, start = [], 0
-        while start < T:
-            if _refresh(offset, lag):
+        ys = []
+        for seg in segments(T, chunk_size, offset, first_alone=lag):
+            if _refresh(seg.offset, lag):
                 anchor = retained_weights(A, retention)
-            length = 1 if lag and offset == 0 else chunk_size - offset
-            end = min(T, start + length)
-            sl = slice(start, end)
-            per_token = (qh, kh, vh, bp, lr_, log_keep)
             y, A = miras_step(
-                arch,
-                bias,
-                retention,
-                anchor,
-                A,
-                *(None if x is None else x[:, :, sl] for x in per_token),
-                units,
+                arch, bias, retention, anchor, A, *seg.take(qh, kh, vh, bp, lr_, log_keep), units
             )
             ys.append(y)
-            offset = (offset + end - start) % chunk_size
-            if at_end is not None and offset == 0:
+            if at_end is not None and seg.ends_chunk:
                 A = retained_weights(A, at_end)
-            start = end
-        y = torch.cat(ys, 2) if ys else qh.new_zeros(B, H, 0, D)
-    return y.transpose(1, 2).to(q.dtype), MemoryState(A, None, anchor if offset else None, offset)
+        y = segment_reads(ys, vh, q.dtype)
+    offset = (offset + T) % chunk_size
+    return y, MemoryState(A, None, anchor if offset else None, offset)

@@ -59,6 +59,7 @@ from .engine import (
     KeyPath,
     MemoryState,
     Weights,
+    _bhl,
     channel_units,
     check_gates,
     dual_layer,
@@ -75,11 +76,11 @@ from .rule import (
     as_columns,
     as_rows,
     chunk_coefficients,
-    safe_log,
     segsum,
     unit_major,
     unit_slice,
 )
+from .segments import segment_reads, segments
 
 Muon = Literal["token", "chunk"]
 MUON_MODES: tuple[str, ...] = ("token", "chunk")
@@ -189,20 +190,9 @@ def _check(
             )
 
 
-def _bhl(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """``[B, T, H, ...] -> [B, H, T, ...]`` in the compute dtype."""
-    return None if x is None else x.transpose(1, 2).to(dtype)
-
-
 def _tail(x: Tensor, n: int) -> Tensor:
     """The last ``n`` entries along dim 2 (n may be 0)."""
     return x[:, :, max(0, x.shape[2] - n) :] if n > 0 else x[:, :, :0]
-
-
-def _start(arch, state, B, mom, muon, dtype) -> OmegaState:
-    if state is None:
-        return omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
-    return state
 
 
 # -------------------------------------------------------------------------------------------------
@@ -235,7 +225,7 @@ def omega_reference(
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
     lr_, mom_, keep_, gam = (_bhl(g, dtype) for g in (lr, mom, keep, win_gate))
-    st = _start(arch, state, B, mom, muon, dtype)
+    st = state or omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
     W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
     direc = st.direction
     buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
@@ -243,11 +233,11 @@ def omega_reference(
     create_graph = torch.is_grad_enabled()
     ys = []
     with torch.enable_grad():
-        for t in range(T):
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset, most=1):
+            if seg.offset == 0:
                 anchor = W
-            buf_k = torch.cat([buf_k, kh[:, :, t : t + 1]], 2)
-            buf_v = torch.cat([buf_v, vh[:, :, t : t + 1]], 2)
+            t = seg.span.start
+            buf_k, buf_v = (torch.cat([buf, x[:, :, seg.span]], 2) for buf, x in ((buf_k, kh), (buf_v, vh)))
             n = buf_k.shape[2]  # tokens t − n + 1 .. t, oldest first
             weight = buf_k.new_ones(B, H, n) if gam is None else gam[:, :, t, :n].flip(-1)
             point = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in anchor)
@@ -262,19 +252,17 @@ def omega_reference(
                     step = tuple(-ai * g for ai, g in zip(a, u))
             else:
                 S = tuple(mi * s - g for mi, s, g in zip(m, S, u))  # type: ignore[arg-type]
-                if muon == "token" or (offset + 1) % chunk_size == 0:
+                if muon == "token" or seg.ends_chunk:
                     direc = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S)
                 step = tuple(ai * o for ai, o in zip(a, direc))  # type: ignore[arg-type]
             W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
-            ys.append(arch.read(W, qh[:, :, t : t + 1]))
+            ys.append(arch.read(W, qh[:, :, seg.span]))
             buf_k, buf_v = _tail(buf_k, window - 1), _tail(buf_v, window - 1)
-            offset = (offset + 1) % chunk_size
-    y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
+    offset = (offset + T) % chunk_size
     mem = MemoryState(W, S, anchor if offset else None, offset)
     out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
-    if not create_graph:
-        y, out = y.detach(), out.detach()
-    return y.transpose(1, 2).to(q.dtype), out
+    y = segment_reads(ys, vh, q.dtype)
+    return (y, out) if create_graph else (y.detach(), out.detach())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -541,27 +529,22 @@ def omega_chunked(
     """
     _check(arch, q, k, v, lr, mom, keep, win_gate, state, window, chunk_size, muon)
     bias = bias or L2Bias()
-    B, T, H, _ = q.shape
+    B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, gam = _bhl(lr, dtype), _bhl(win_gate, dtype)
-        log_mom = None if mom is None else safe_log(_bhl(mom, dtype))
-        log_keep = None if keep is None else safe_log(_bhl(keep, dtype))
-        st = _start(arch, state, B, mom, muon, dtype)
+        log_mom, log_keep = (_bhl(g, dtype, log=True) for g in (mom, keep))
+        st = state or omega_initial_state(arch, B, momentum=mom is not None, muon=muon, dtype=dtype)
         W, S, anchor, offset = st.memory.weights, st.memory.momentum, st.memory.anchor, st.memory.offset
         direc = st.direction
         buf_k, buf_v = _bhl(st.window_k, dtype), _bhl(st.window_v, dtype)
         units = channel_units(arch, lr)
         ys = []
-        start = 0
-        while start < T:
-            if offset == 0:
+        for seg in segments(T, chunk_size, offset):
+            if seg.offset == 0:
                 anchor = W
-            end = min(T, start + chunk_size - offset)
-            sl = slice(start, end)
-            L = end - start
-            kx, vx = torch.cat([buf_k, kh[:, :, sl]], 2), torch.cat([buf_v, vh[:, :, sl]], 2)
+            kx, vx = (torch.cat([buf, x[:, :, seg.span]], 2) for buf, x in ((buf_k, kh), (buf_v, vh)))
             y_s, W, S, direc = omega_step(
                 arch,
                 bias,
@@ -569,22 +552,21 @@ def omega_chunked(
                 W,
                 S,
                 direc,
-                qh[:, :, sl],
+                qh[:, :, seg.span],
                 kx,
                 vx,
-                *(None if x is None else x[:, :, sl] for x in (gam, lr_, log_keep, log_mom)),
+                *seg.take(gam, lr_, log_keep, log_mom),
                 window=window,
                 muon=muon,
-                refresh=(offset + L) % chunk_size == 0,  # Muon per chunk: its last token refreshes
+                refresh=seg.ends_chunk,  # Muon per chunk: its last token refreshes
                 ns_steps=ns_steps,
                 ns_coefficients=ns_coefficients,
                 units=units,
             )
             ys.append(y_s)
             buf_k, buf_v = _tail(kx, window - 1), _tail(vx, window - 1)
-            offset = (offset + L) % chunk_size
-            start = end
-        y = torch.cat(ys, 2) if ys else vh.new_zeros(B, H, 0, vh.shape[-1])
+        y = segment_reads(ys, vh, q.dtype)
+    offset = (offset + T) % chunk_size
     mem = MemoryState(W, S, anchor if offset else None, offset)
     out = OmegaState(mem, buf_k.transpose(1, 2), buf_v.transpose(1, 2), direc if muon == "chunk" else None)
-    return y.transpose(1, 2).to(q.dtype), out
+    return y, out

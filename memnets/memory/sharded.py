@@ -27,6 +27,7 @@ from torch import Tensor
 from .architecture import MemoryMLP
 from .engine import MemoryState, memory_chunked, memory_reference
 from .qk_projection import ProjectionNorm, qk_project, qk_project_reference
+from .segments import segments
 
 
 @dataclass
@@ -45,16 +46,6 @@ class ShardState:
             None if self.memory is None else self.memory.detach(),
             None if self.gram is None else self.gram.detach(),
         )
-
-
-def shard_segments(pos: int, T: int, shard_size: int) -> list[tuple[int, int]]:
-    """Split ``[0, T)`` at shard boundaries, the call starting ``pos`` tokens into a shard."""
-    segs, t = [], 0
-    while t < T:
-        end = min(T, t + shard_size - (pos + t) % shard_size)
-        segs.append((t, end))
-        t = end
-    return segs
 
 
 def _fold(t: Tensor, start: int, end: int, n: int) -> Tensor:
@@ -116,7 +107,8 @@ def sharded_memory(
 
     # pieces of work: consecutive whole shards (which start at a boundary) merge into one piece
     pieces: list[tuple[int, int, int]] = []  # (start, end, shards folded into the batch)
-    for s, e in shard_segments(state.pos, T, shard_size):
+    for seg in segments(T, shard_size, state.pos):  # [0, T) cut at the shard boundaries
+        s, e = seg.span.start, seg.span.stop
         prev = pieces[-1] if pieces else None
         if fold and e - s == shard_size and prev and prev[1] - prev[0] == prev[2] * shard_size:
             pieces[-1] = (prev[0], e, prev[2] + 1)
