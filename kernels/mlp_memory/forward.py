@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
@@ -30,63 +31,16 @@ from .wide_forward import launch_wide_forward
 
 @triton.jit
 def _forward_kernel(
-    q,
-    k,
-    v,
-    bp,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w1_init,
-    w2_init,
-    s1_init,
-    s2_init,
-    ln_w,
-    ln_b,
-    y,
-    w1_final,
-    w2_final,
-    s1_final,
-    s2_final,
-    w1_anchor,
-    w2_anchor,
-    w1_chunks,
-    w2_chunks,
-    s1_chunks,
-    s2_chunks,
-    cu,
-    toff,
-    T,
-    P0,
-    C0,
-    NC,
-    NCT,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    L: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BH: tl.constexpr,
-    KE: tl.constexpr,
-    P: tl.constexpr,
-    BK: tl.constexpr,
-    ACT: tl.constexpr,
-    DOT: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr,
-    VARLEN: tl.constexpr,
-    STORE: tl.constexpr,
-):
+    q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    w1_init, w2_init, s1_init, s2_init,
+    y, w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor,
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every tile's start state
+    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr, STORE: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
     kb = key_base(i_bh, bos, P0, H, VARLEN)
@@ -206,7 +160,6 @@ def launch_forward(
     into ``y`` (unless ``store``) and the last chunk's start weights into ``anchor``. Returns the state
     after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
     T, H = q.shape[1:3]
-    beta, f, G, m_end, s_coef = coef
     w1, w2, s1, s2 = state
     has_mom = s1 is not None
     cu, toff = packing
@@ -214,53 +167,17 @@ def launch_forward(
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    final = (new(*w1.shape), new(*w2.shape)) + (
-        (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
-    )
+    final = tuple(new(0) if t is None else new(*t.shape) for t in state)
     N = w1.shape[0]  # programs per head: batch entries, or packed sequences
-    w1_chunks = new(N, H, nc, *w1.shape[2:]) if store else new(0)
-    w2_chunks = new(N, H, nc, *w2.shape[2:]) if store else new(0)
-    s1_chunks = new(N, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
-    s2_chunks = new(N, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
+    chunks = tuple(new(N, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = whole_state_meta(q, w1, ln_w, config)
-    empty = new(0)
-    _forward_kernel[(w1.shape[0] * H,)](
-        q,
-        k,
-        v,
-        empty if bp is None else bp,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w1,
-        w2,
-        w1 if s1 is None else s1,
-        w2 if s2 is None else s2,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        y,
-        *final,
-        *anchor,
-        w1_chunks,
-        w2_chunks,
-        s1_chunks,
-        s2_chunks,
-        empty if cu is None else cu,
-        empty if toff is None else toff,
-        T,
-        carried_rows(k, T, cu),
-        c0,
-        nc,
-        beta.shape[2],
-        *scalars,
-        **constants,
-        HAS_MOM=has_mom,
-        VARLEN=cu is not None,
-        STORE=store,
-    )
-    return final if has_mom else (*final[:2], None, None), (w1_chunks, w2_chunks, s1_chunks, s2_chunks)
+    _forward_kernel[(N * H,)](
+        q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, w1, w2, *or_empty(w1, s1), *or_empty(w2, s2),
+        y, *final, *anchor, *chunks,
+        *or_empty(new(0), cu, toff), T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars,
+        **constants, HAS_MOM=has_mom, VARLEN=cu is not None, STORE=store,
+    )  # fmt: skip
+    return final if has_mom else (*final[:2], None, None), chunks
 
 
 def run_forward(
