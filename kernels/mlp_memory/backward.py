@@ -28,10 +28,12 @@ from .common import (
     load_matrices,
     mat_block,
     read_hidden_backward,
+    read_input_backward,
     read_layer2_backward,
     read_ln_backward,
     row_block,
     sequence_bounds,
+    store_ln_grads,
     store_matrices,
 )
 from .config import LaunchConfig
@@ -140,8 +142,8 @@ def _backward_kernel(
             qw1 = dot(b_q, W1, DOT)
             qk = dot(b_q, tl.trans(b_k), DOT)
             z1 = b_beta[:, None] * qw1 - dot(qk * b_G, d1, DOT)
-            b_f = b_beta  # f with momentum (unread without)
             S1, S2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+            b_f, qs1 = b_beta, qw1  # f and Q S1 with momentum (unread without)
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
                 qs1 = dot(b_q, S1, DOT)
@@ -159,17 +161,14 @@ def _backward_kernel(
             )  # fmt: skip
             dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
-            b_dbeta += tl.sum(dz1 * qw1, 1)
             dP = -dot(dz1, tl.trans(d1), DOT)
             b_dG += dP * qk
             dP = dP * b_G
             d_d1 = -dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
-            b_dq = b_beta[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
             b_dk = dot(tl.trans(dP), b_q, DOT)
-            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
-            if HAS_MOM:
-                b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+            b_dbeta, b_df, b_dq, gW1 = read_input_backward(
+                dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, dot(dP, b_k, DOT), DOT, HAS_MOM
+            )
 
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
         d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
@@ -248,9 +247,7 @@ def _backward_kernel(
             acc2 = gK2
     store_matrices(dw1_init, dw2_init, bh * n, cW1, cW2, o1, m1, o2, m2, True)
     store_matrices(ds1_init, ds2_init, bh * n, cS1, cS2, o1, m1, o2, m2, HAS_MOM)
-    if LN:
-        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
-        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+    store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
 
 def launch_backward(

@@ -237,6 +237,21 @@ def read_hidden_backward(
 
 
 @triton.jit
+def read_input_backward(
+    dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, b_dq, DOT: tl.constexpr, HAS_MOM: tl.constexpr
+):
+    """The reads' first layer's terms β ⊙ (Q W1) [+ f ⊙ (Q S1)] (``qw1`` = Q W1, ``qs1`` = Q S1) backward
+    from dẐ1: dβ, df (with momentum) and dQ with their shares added, and W1's cotangent."""
+    b_dbeta += tl.sum(dz1 * qw1, 1)
+    b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
+    gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
+    if HAS_MOM:
+        b_df += tl.sum(dz1 * qs1, 1)
+        b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+    return b_dbeta, b_df, b_dq, gW1
+
+
+@triton.jit
 def layers_update_backward(d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, coef, C1, C2, X1, X2, DOT: tl.constexpr):
     """The chunk-end update X' = c X − Kᵀ (coef ⊙ δ1) | − Aᵀ (coef ⊙ Δ) of both layers (X1 ``[D, Dh]``,
     X2 ``[Dh, D]``: W or S) backward from the cotangents C1, C2 of X1', X2' by
@@ -320,6 +335,14 @@ def ln_params(ln_w, ln_b, h, cols, cmask, D: tl.constexpr, BD: tl.constexpr, LN:
         gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
         shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     return gamma, shift
+
+
+@triton.jit
+def store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D: tl.constexpr, LN: tl.constexpr):
+    """Store program ``bh``'s sums of the LayerNorm's scale and shift cotangents (with the LayerNorm)."""
+    if LN:
+        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
+        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
 
 
 @triton.jit

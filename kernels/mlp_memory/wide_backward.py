@@ -23,8 +23,10 @@ from .common import (
     ln_params,
     load_matrices,
     read_hidden_backward,
+    read_input_backward,
     read_layer2_backward,
     row_block,
+    store_ln_grads,
     store_matrices,
 )
 from .config import LaunchConfig
@@ -134,6 +136,7 @@ def _wide_backward_kernel(
             qw1 = dot(b_q, W1, DOT)
             z1 = b_beta[:, None] * qw1 - dot(qkG, d1, DOT)
             S1, S2 = load_matrices(s1_chunks, s2_chunks, cb, o1, m1, o2, m2, BD, BHB, HAS_MOM)
+            qs1 = qw1  # Q S1 with momentum (unread without)
             if HAS_MOM:
                 cS1, cS2 = load_matrices(ds1, ds2, base, o1, m1, o2, m2, BD, BHB, True)
                 qs1 = dot(b_q, S1, DOT)
@@ -142,14 +145,11 @@ def _wide_backward_kernel(
             # layer 2 of the reads, block j
             dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
-            b_dbeta += tl.sum(dz1 * qw1, 1)
             dPq -= dot(dz1, tl.trans(d1), DOT)
             d_d1 = -dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
-            b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
-            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
-            if HAS_MOM:
-                b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+            b_dbeta, b_df, b_dq, gW1 = read_input_backward(
+                dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, b_dq, DOT, HAS_MOM
+            )
             # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
             d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
                 d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
@@ -218,9 +218,7 @@ def _wide_backward_kernel(
         tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
         tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
-    if LN:
-        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
-        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+    store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
 
 def launch_wide_backward(
