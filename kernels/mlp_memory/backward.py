@@ -21,8 +21,6 @@ from .common import (
     act_grad2,
     delta_backward,
     key_base,
-    key_delta,
-    key_value_rows,
     layers_update_backward,
     ln_params,
     load_matrices,
@@ -31,13 +29,12 @@ from .common import (
     read_input_backward,
     read_layer2_backward,
     read_ln_backward,
-    row_block,
     sequence_bounds,
     store_ln_grads,
     store_matrices,
 )
 from .config import LaunchConfig
-from .forward import carried_rows, launch_forward, segments, whole_state_meta
+from .forward import carried_rows, key_path, launch_forward, segments, tile_rows, whole_state_meta
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
 
@@ -94,28 +91,20 @@ def _backward_kernel(
         else:
             kc = sc - g % KE
             K1, K2 = load_matrices(w1_chunks, w2_chunks, kc * n, o1, m1, o2, m2, BD, BH, True)
-        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
-        koffs += kb * H * D
-        krow += kb * H
+        offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta = tile_rows(
+            k, v, bp, b, bos, kb, g, h, Tn, P0, H, D, L, P, BL, BK, BD, BIAS
+        )
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
 
         # recompute the key path
-        Z1 = dot(b_k, K1, DOT)
-        A = act(Z1, ACT)
-        Z2 = dot(A, K2, DOT)
-        # Δ = δ2, ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at Z2
-        dd, dout, r, xk, rk = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
-        )
-        E = dot(dd, tl.trans(K2), DOT)
-        sg = act_grad(Z1, ACT)
-        d1 = E * sg  # δ1
+        Z1, A, dd, dout, r, xk, rk, E, sg, d1 = key_path(
+            b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+            D, ACT, DOT, BIAS, LN, RES,
+        )  # fmt: skip
         if READ_START:
             # reads at the chunk-start weights: Y = [LN](σ(Q K1) K2)
             z1 = dot(b_q, K1, DOT)

@@ -30,6 +30,42 @@ from .wide_forward import launch_wide_forward
 
 
 @triton.jit
+def tile_rows(
+    k, v, bp, b, bos, kb, g, h, Tn, P0, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+    BL: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr,
+):  # fmt: skip
+    """Tile g's rows: its tokens' offsets and mask, and its key rows, the tile's tokens after the P
+    before them (the Omega window's reach) in k and v, where the state's carried window (P0 rows) leads
+    the sequence's rows (from row kb): their offsets, masks, rows, and the keys, values and Huber
+    thresholds there."""
+    offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+    koffs += kb * H * D
+    krow += kb * H
+    b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+    return offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta
+
+
+@triton.jit
+def key_path(
+    b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+    D: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr,
+):  # fmt: skip
+    """The key path at the chunk-start weights K1, K2: Z1 = K K1, A = σ(Z1), Δ = δ2 (the last layer's
+    output gradient, with ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at
+    Z2 = A K2), E = Δ K2ᵀ, σ'(Z1) and δ1 = E ⊙ σ'(Z1)."""
+    Z1 = dot(b_k, K1, DOT)
+    A = act(Z1, ACT)
+    Z2 = dot(A, K2, DOT)
+    dd, dout, r, xk, rk = key_delta(
+        Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+    )
+    E = dot(dd, tl.trans(K2), DOT)
+    sg = act_grad(Z1, ACT)
+    return Z1, A, dd, dout, r, xk, rk, E, sg, E * sg
+
+
+@triton.jit
 def _forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_init, w2_init, s1_init, s2_init,
@@ -70,23 +106,15 @@ def _forward_kernel(
             store_matrices(s1_chunks, s2_chunks, sc * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
         if g == n_tiles - 1:
             store_matrices(w1_anchor, w2_anchor, bh * n, K1, K2, o1, m1, o2, m2, True)
-        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-        # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
-        # where the state's carried window (P0 rows) leads the sequence's rows
-        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
-        koffs += kb * H * D
-        krow += kb * H
+        offs, mask, _koffs, kmask, _kvalid, _krow, b_k, b_v, delta = tile_rows(
+            k, v, bp, b, bos, kb, g, h, Tn, P0, H, D, L, P, BL, BK, BD, BIAS
+        )
         lk = tl.arange(0, BK)
         lkmask = lk < P + L
-        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
-        # key path at the chunk-start weights
-        Z1 = dot(b_k, K1, DOT)
-        A = act(Z1, ACT)
-        Z2 = dot(A, K2, DOT)
-        dd, _, _, _, _ = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
-        )  # Δ = δ2, the last layer's output gradient
-        d1 = dot(dd, tl.trans(K2), DOT) * act_grad(Z1, ACT)  # δ1
+        _z1, A, dd, _dout, _r, _xk, _rk, _e, _sg, d1 = key_path(
+            b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+            D, ACT, DOT, BIAS, LN, RES,
+        )  # fmt: skip
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
             if READ_START:
