@@ -150,14 +150,14 @@ def _backward_kernel(
             )  # fmt: skip
             dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
+            b_dbeta += tl.sum(dz1 * qw1, 1)
             dP = -dot(dz1, tl.trans(d1), DOT)
             b_dG += dP * qk
             dP = dP * b_G
             d_d1 = -dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
+            b_dq = b_beta[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
             b_dk = dot(tl.trans(dP), b_q, DOT)
-            b_dbeta, b_df, b_dq, gW1 = read_input_backward(
-                dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, dot(dP, b_k, DOT), DOT, HAS_MOM
-            )
+            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
 
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
         d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(

@@ -237,18 +237,14 @@ def read_hidden_backward(
 
 
 @triton.jit
-def read_input_backward(
-    dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, b_dq, DOT: tl.constexpr, HAS_MOM: tl.constexpr
-):
-    """The reads' first layer's terms β ⊙ (Q W1) [+ f ⊙ (Q S1)] (``qw1`` = Q W1, ``qs1`` = Q S1) backward
-    from dẐ1: dβ, df (with momentum) and dQ with their shares added, and W1's cotangent."""
-    b_dbeta += tl.sum(dz1 * qw1, 1)
-    b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
+def read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """The reads' first layer's terms β ⊙ (Q W1) [+ f ⊙ (Q S1)] (``qs1`` = Q S1) backward from dẐ1:
+    W1's cotangent, and with momentum df and dQ with their shares added (dQ's β term is the caller's)."""
     gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
     if HAS_MOM:
         b_df += tl.sum(dz1 * qs1, 1)
         b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
-    return b_dbeta, b_df, b_dq, gW1
+    return gW1, b_df, b_dq
 
 
 @triton.jit

@@ -145,11 +145,11 @@ def _wide_backward_kernel(
             # layer 2 of the reads, block j
             dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
+            b_dbeta += tl.sum(dz1 * qw1, 1)
             dPq -= dot(dz1, tl.trans(d1), DOT)
             d_d1 = -dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
-            b_dbeta, b_df, b_dq, gW1 = read_input_backward(
-                dz1, b_q, qw1, qs1, W1, S1, b_beta, b_f, b_dbeta, b_df, b_dq, DOT, HAS_MOM
-            )
+            b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
+            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
             # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
             d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
                 d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
