@@ -12,7 +12,9 @@ def or_empty(empty: Tensor, *tensors: Tensor | None) -> tuple[Tensor, ...]:
     return tuple(empty if t is None else t for t in tensors)
 
 
-def coefficients(beta: Tensor, f: Tensor | None, G: Tensor, m_end: Tensor | None, s_coef: Tensor | None):
+def coefficients(
+    beta: Tensor, f: Tensor | None, G: Tensor, m_end: Tensor | None, s_coef: Tensor | None
+) -> tuple[Tensor, ...]:
     """The dual form's coefficients (β, f, G, m_end, s_coef) contiguous, the momentum ones (f, m_end,
     s_coef) empty without momentum."""
     empty = beta.new_zeros(0)
