@@ -206,8 +206,8 @@ def _backward_state_kernel(
         # gradient of this chunk's end state
         tl.store(dh + ((c_base + i_t) * H + i_h) * K * V + kv_offs, b_ds, mask=kv_mask)
         b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
-        b_k, _beta, gam, g_last, _tm, b_w = _chunk_keys(k, g, beta, tm, t0, eos, i_h, H, K, C, BK, DOT)
         b_do = _load_chunk_rows(do, t0, eos, i_h, i_v * BV, H, V, C, BV)
+        b_k, _beta, gam, g_last, _tm, b_w = _chunk_keys(k, g, beta, tm, t0, eos, i_h, H, K, C, BK, DOT)
         qk = dot(b_q, tl.trans(b_k), DOT) * _decay_matrix(gam, C, False)
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
         b_du = scale * dot(tl.trans(qk), b_do, DOT)
@@ -229,12 +229,20 @@ def _backward_local_kernel(
     ks = tl.arange(0, BK)
 
     b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
-    b_k, b_beta, gam, g_last, b_tm, b_w = _chunk_keys(k, g, beta, tm, t0, eos, i_h, H, K, C, BK, DOT)
+    b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
+    b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
+    b_g = _load_chunk_gates(g, t0, eos, i_h, H, C)
+    b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
+
+    gam = tl.cumsum(b_g, 0)
+    g_last = tl.sum(b_g, 0)
     e_gam = tl.exp(gam)
     d_incl = _decay_matrix(gam, C, False)
     d_strict = _decay_matrix(gam, C, True)
     kk = dot(b_k, tl.trans(b_k), DOT)
     qk = dot(b_q, tl.trans(b_k), DOT)
+    b_kb = b_k * (b_beta * e_gam)[:, None]
+    b_w = dot(b_tm, b_kb, DOT)
     decay_end = tl.exp(g_last - gam)
     b_kd = b_k * decay_end[:, None]
     valid = (t0 + rows) < eos
