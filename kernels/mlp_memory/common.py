@@ -6,7 +6,7 @@ the matmul at a chosen operand precision. Each is inlined into the kernels that 
 import triton
 import triton.language as tl
 
-from ..dual_form import inner, update_backward
+from ..dual_form import inner
 from ..precision import dot
 
 
@@ -250,11 +250,18 @@ def read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT: tl.cons
 @triton.jit
 def layers_update_backward(d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, coef, C1, C2, X1, X2, DOT: tl.constexpr):
     """The chunk-end update X' = c X − Kᵀ (coef ⊙ δ1) | − Aᵀ (coef ⊙ Δ) of both layers (X1 ``[D, Dh]``,
-    X2 ``[Dh, D]``: W or S) backward from the cotangents C1, C2 of X1', X2' by
-    :func:`~memnets.kernels.dual_form.update_backward`: (dδ1, dΔ, dK, dA, the two layers' shares of
-    coef's negated cotangent, and c's cotangent Σ C ⊙ X)."""
-    d_d1, b_dk, s1 = update_backward(d_d1, b_dk, b_k, d1, coef, C1, DOT)
-    d_dd, dA, s2 = update_backward(d_dd, dA, A, dd, coef, C2, DOT)
+    X2 ``[Dh, D]``: W or S) backward from the cotangents C1, C2 of X1', X2' (as
+    :func:`~memnets.kernels.dual_form.update_backward` per layer, in the order that keeps the
+    kernels' sm_90 spills lowest): (dδ1, dΔ, dK, dA, the two layers' shares of coef's negated
+    cotangent, and c's cotangent Σ C ⊙ X)."""
+    kc = dot(b_k, C1, DOT)
+    ac = dot(A, C2, DOT)
+    d_d1 -= coef[:, None] * kc
+    d_dd -= coef[:, None] * ac
+    s1 = tl.sum(d1 * kc, 1)
+    s2 = tl.sum(dd * ac, 1)
+    b_dk -= dot(coef[:, None] * d1, tl.trans(C1), DOT)
+    dA -= dot(coef[:, None] * dd, tl.trans(C2), DOT)
     return d_d1, d_dd, b_dk, dA, s1, s2, inner(C1, X1) + inner(C2, X2)
 
 
