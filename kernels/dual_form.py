@@ -15,8 +15,9 @@ def update_backward(d_delta, d_x, x, delta, coef, C, DOT: tl.constexpr):
     and Σ_m δ ⊙ (X C), the cotangent of coef negated."""
     xc = dot(x, C, DOT)
     d_delta -= coef[:, None] * xc
+    d_coef = tl.sum(delta * xc, 1)
     d_x -= dot(coef[:, None] * delta, tl.trans(C), DOT)
-    return d_delta, d_x, tl.sum(delta * xc, 1)
+    return d_delta, d_x, d_coef
 
 
 @triton.jit
