@@ -118,16 +118,9 @@ def _sequences(cu_seqlens: Tensor | None, B: int, T: int) -> list[tuple[int, int
 
 
 def naive_gated_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    scale: float,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
+    initial_state: Tensor | None = None, output_final_state: bool = False, cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Token-by-token recurrence (the reference): inputs as in :func:`gated_delta_rule`, already checked."""
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -192,17 +185,10 @@ def _chunk_forward(
 
 
 def chunk_gated_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    scale: float,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
+    initial_state: Tensor | None = None, output_final_state: bool = False, cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Chunk-parallel PyTorch form (exact): inputs as in :func:`gated_delta_rule`, already checked.
 
     Sequences are right-padded to a multiple of ``chunk_size`` with ``g = 0, beta = 0, k = 0``, which

@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .precision import DOT_PRECISIONS, dot, operand_dtype, resolve_dot_precision
+from .precision import dot, dot_code_for
 
 
 @triton.jit
@@ -78,26 +78,62 @@ def _decay_matrix(gam, C: tl.constexpr, STRICT: tl.constexpr):
 
 
 @triton.jit
-def _prepare_kernel(
-    k,
-    g,
-    beta,
-    tm,
-    cu_seqlens,
-    chunk_indices,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    C: tl.constexpr,
-    BK: tl.constexpr,
-    DOT: tl.constexpr,
-):
-    i_c = tl.program_id(0)
+def _sequence_state(
+    s0, cu_seqlens, chunk_offsets, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, USE_S0: tl.constexpr,
+):  # fmt: skip
+    """A (sequence, head, value block) program's sequence rows bos .. eos, first packed chunk, value
+    columns, the offsets and mask of its ``[K, BV]`` block of a state, and that block of its sequence's
+    state in ``s0`` ``[N, H, K, V]`` (zeros without ``USE_S0``)."""
+    i_n = tl.program_id(0)
     i_h = tl.program_id(1)
+    i_v = tl.program_id(2)
+    bos = tl.load(cu_seqlens + i_n)
+    eos = tl.load(cu_seqlens + i_n + 1)
+    c_base = tl.load(chunk_offsets + i_n)
+    ks = tl.arange(0, BK)
+    vs = i_v * BV + tl.arange(0, BV)
+    kv_mask = (ks < K)[:, None] & (vs < V)[None, :]
+    kv_offs = ks[:, None] * V + vs[None, :]
+    if USE_S0:
+        b_s = tl.load(s0 + (i_n * H + i_h) * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
+    else:
+        b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    return i_n, i_h, i_v, bos, eos, c_base, vs, kv_offs, kv_mask, b_s
+
+
+@triton.jit
+def _chunk_program(cu_seqlens, chunk_indices, C: tl.constexpr):
+    """A (packed chunk, head) program's chunk index, head, first row t0 and its sequence's end eos."""
+    i_c = tl.program_id(0)
     i_n = tl.load(chunk_indices + 2 * i_c)
     i_t = tl.load(chunk_indices + 2 * i_c + 1)
     bos = tl.load(cu_seqlens + i_n)
     eos = tl.load(cu_seqlens + i_n + 1)
-    t0 = bos + i_t * C
+    return i_c, tl.program_id(1), bos + i_t * C, eos
+
+
+@triton.jit
+def _chunk_keys(
+    k, g, beta, tm, t0, eos, i_h, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+    DOT: tl.constexpr,
+):  # fmt: skip
+    """A chunk's keys, beta, cumulative log gate gam and its total, Tm rows and W = Tm diag(beta) E K."""
+    b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
+    b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
+    b_g = _load_chunk_gates(g, t0, eos, i_h, H, C)
+    gam = tl.cumsum(b_g, 0)
+    b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
+    b_w = dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], DOT)
+    return b_k, b_beta, gam, tl.sum(b_g, 0), b_tm, b_w
+
+
+@triton.jit
+def _prepare_kernel(
+    k, g, beta, tm, cu_seqlens, chunk_indices,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    _ic, i_h, t0, eos = _chunk_program(cu_seqlens, chunk_indices, C)
     rows = tl.arange(0, C)
 
     b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
@@ -119,61 +155,21 @@ def _prepare_kernel(
 
 @triton.jit
 def _forward_kernel(
-    q,
-    k,
-    v,
-    g,
-    beta,
-    tm,
-    h0,
-    o,
-    ht,
-    h,
-    cu_seqlens,
-    chunk_offsets,
-    scale,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    C: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    USE_H0: tl.constexpr,
-    STORE_O: tl.constexpr,
-    STORE_HT: tl.constexpr,
-    STORE_H: tl.constexpr,
+    q, k, v, g, beta, tm, h0, o, ht, h, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_O: tl.constexpr, STORE_HT: tl.constexpr, STORE_H: tl.constexpr,
     DOT: tl.constexpr,
-):
-    i_n = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_v = tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_n)
-    eos = tl.load(cu_seqlens + i_n + 1)
-    c_base = tl.load(chunk_offsets + i_n)
+):  # fmt: skip
+    i_n, i_h, i_v, bos, eos, c_base, vs, kv_offs, kv_mask, b_s = _sequence_state(
+        h0, cu_seqlens, chunk_offsets, H, K, V, BK, BV, USE_H0
+    )
     rows = tl.arange(0, C)
-    ks = tl.arange(0, BK)
-    vs = i_v * BV + tl.arange(0, BV)
-    kv_mask = (ks < K)[:, None] & (vs < V)[None, :]
-    kv_offs = ks[:, None] * V + vs[None, :]
-
-    if USE_H0:
-        b_s = tl.load(h0 + (i_n * H + i_h) * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        b_s = tl.zeros([BK, BV], dtype=tl.float32)
-
     for i_t in range(0, tl.cdiv(eos - bos, C)):
         t0 = bos + i_t * C
         if STORE_H:
             tl.store(h + ((c_base + i_t) * H + i_h) * K * V + kv_offs, b_s, mask=kv_mask)
-        b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
+        b_k, b_beta, gam, g_last, b_tm, b_w = _chunk_keys(k, g, beta, tm, t0, eos, i_h, H, K, C, BK, DOT)
         b_v = _load_chunk_rows(v, t0, eos, i_h, i_v * BV, H, V, C, BV)
-        b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
-        b_g = _load_chunk_gates(g, t0, eos, i_h, H, C)
-        gam = tl.cumsum(b_g, 0)
-        g_last = tl.sum(b_g, 0)
-        b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
-
-        b_w = dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], DOT)
         b_u = dot(b_tm, b_v * b_beta[:, None], DOT)
         b_u -= dot(b_w, b_s, DOT)
         if STORE_O:
@@ -196,43 +192,13 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_state_kernel(
-    q,
-    k,
-    g,
-    beta,
-    tm,
-    do,
-    dht,
-    dh,
-    dh0,
-    cu_seqlens,
-    chunk_offsets,
-    scale,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    C: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    USE_DHT: tl.constexpr,
-    DOT: tl.constexpr,
-):
-    i_n = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_v = tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_n)
-    eos = tl.load(cu_seqlens + i_n + 1)
-    c_base = tl.load(chunk_offsets + i_n)
-    ks = tl.arange(0, BK)
-    vs = i_v * BV + tl.arange(0, BV)
-    kv_mask = (ks < K)[:, None] & (vs < V)[None, :]
-    kv_offs = ks[:, None] * V + vs[None, :]
-
-    if USE_DHT:
-        b_ds = tl.load(dht + (i_n * H + i_h) * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        b_ds = tl.zeros([BK, BV], dtype=tl.float32)
-
+    q, k, g, beta, tm, do, dht, dh, dh0, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DHT: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    i_n, i_h, i_v, bos, eos, c_base, _vs, kv_offs, kv_mask, b_ds = _sequence_state(
+        dht, cu_seqlens, chunk_offsets, H, K, V, BK, BV, USE_DHT
+    )
     n_chunks = tl.cdiv(eos - bos, C)
     for j in range(0, n_chunks):
         i_t = n_chunks - 1 - j
@@ -240,15 +206,8 @@ def _backward_state_kernel(
         # gradient of this chunk's end state
         tl.store(dh + ((c_base + i_t) * H + i_h) * K * V + kv_offs, b_ds, mask=kv_mask)
         b_q = _load_chunk_rows(q, t0, eos, i_h, 0, H, K, C, BK)
-        b_k = _load_chunk_rows(k, t0, eos, i_h, 0, H, K, C, BK)
         b_do = _load_chunk_rows(do, t0, eos, i_h, i_v * BV, H, V, C, BV)
-        b_beta = _load_chunk_gates(beta, t0, eos, i_h, H, C)
-        b_g = _load_chunk_gates(g, t0, eos, i_h, H, C)
-        gam = tl.cumsum(b_g, 0)
-        g_last = tl.sum(b_g, 0)
-        b_tm = _load_chunk_rows(tm, t0, eos, i_h, 0, H, C, C, C)
-
-        b_w = dot(b_tm, b_k * (b_beta * tl.exp(gam))[:, None], DOT)
+        b_k, _beta, gam, g_last, _tm, b_w = _chunk_keys(k, g, beta, tm, t0, eos, i_h, H, K, C, BK, DOT)
         qk = dot(b_q, tl.trans(b_k), DOT) * _decay_matrix(gam, C, False)
         b_kd = b_k * tl.exp(g_last - gam)[:, None]
         b_du = scale * dot(tl.trans(qk), b_do, DOT)
@@ -261,38 +220,11 @@ def _backward_state_kernel(
 
 @triton.jit
 def _backward_local_kernel(
-    q,
-    k,
-    v,
-    g,
-    beta,
-    tm,
-    h,
-    dh,
-    do,
-    dq,
-    dk,
-    dv,
-    dg,
-    dbeta,
-    cu_seqlens,
-    chunk_indices,
-    scale,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    C: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
+    q, k, v, g, beta, tm, h, dh, do, dq, dk, dv, dg, dbeta, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT: tl.constexpr,
-):
-    i_c = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_n = tl.load(chunk_indices + 2 * i_c)
-    i_t = tl.load(chunk_indices + 2 * i_c + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    eos = tl.load(cu_seqlens + i_n + 1)
-    t0 = bos + i_t * C
+):  # fmt: skip
+    i_c, i_h, t0, eos = _chunk_program(cu_seqlens, chunk_indices, C)
     rows = tl.arange(0, C)
     ks = tl.arange(0, BK)
 
@@ -425,19 +357,9 @@ def _chunk_layout(lengths: list[int], chunk_size: int, device: torch.device) -> 
 
 @torch.library.custom_op("memnets::gated_delta_fwd", mutates_args=())
 def gated_delta_fwd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    initial_state: Tensor | None,
-    cu_seqlens: Tensor,
-    chunk_indices: Tensor,
-    chunk_offsets: Tensor,
-    scale: float,
-    chunk_size: int,
-    dot_code: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Tensor | None,
+    cu_seqlens: Tensor, chunk_indices: Tensor, chunk_offsets: Tensor, scale: float, chunk_size: int, dot_code: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Packed inputs q, k [T, H, K], v [T, H, V], g, beta [T, H]; returns (o, final_state, Tm rows).
     ``dot_code``: the matmuls' operands (``DOT_PRECISIONS``)."""
     T, H, K = q.shape
@@ -473,22 +395,10 @@ def _(q, k, v, g, beta, initial_state, cu_seqlens, chunk_indices, chunk_offsets,
 
 @torch.library.custom_op("memnets::gated_delta_bwd", mutates_args=())
 def gated_delta_bwd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    initial_state: Tensor | None,
-    tm: Tensor,
-    do: Tensor,
-    dht: Tensor | None,
-    cu_seqlens: Tensor,
-    chunk_indices: Tensor,
-    chunk_offsets: Tensor,
-    scale: float,
-    chunk_size: int,
-    dot_code: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_state: Tensor | None, tm: Tensor,
+    do: Tensor, dht: Tensor | None, cu_seqlens: Tensor, chunk_indices: Tensor, chunk_offsets: Tensor,
+    scale: float, chunk_size: int, dot_code: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients (dq, dk, dv, dg, dbeta, d_initial_state) of the packed forward."""
     _, H, K = q.shape
     V = v.shape[-1]
@@ -559,18 +469,10 @@ torch.library.register_autograd("memnets::gated_delta_fwd", _backward, setup_con
 
 
 def triton_gated_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    scale: float,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-    dot_precision: str = "auto",
-) -> tuple[Tensor, Tensor | None]:
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float,
+    initial_state: Tensor | None = None, output_final_state: bool = False, cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64, dot_precision: str = "auto",
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Triton backend of :func:`memnets.kernels.gated_delta.gated_delta_rule` (arguments already checked
     there); this adds the checks specific to the kernels. ``dot_precision``: the matmuls' operands
     (:mod:`memnets.kernels.precision`; ``"auto"`` follows the inputs' type or autocast's)."""
@@ -595,8 +497,9 @@ def triton_gated_delta_rule(
     layout = _chunk_layout(lengths, chunk_size, q.device)
     packed = [t.reshape(B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, beta)]
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    dot_code = DOT_PRECISIONS[resolve_dot_precision(dot_precision, operand_dtype(q))]
-    o, ht, _ = gated_delta_fwd(*packed, h0, *layout, float(scale), int(chunk_size), dot_code)
+    o, ht, _ = gated_delta_fwd(
+        *packed, h0, *layout, float(scale), int(chunk_size), dot_code_for(dot_precision, q)
+    )
     return o.reshape(B, T, H, -1), (ht if output_final_state else None)
 
 

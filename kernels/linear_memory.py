@@ -54,7 +54,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .precision import DOT_PRECISIONS, dot, operand_dtype, resolve_dot_precision
+from .dual_form import inner, update_backward
+from .optional import coefficients
+from .precision import dot, dot_code_for
 from .specs import NetSpec
 
 CHUNK_SIZES = (16, 32, 64)
@@ -97,49 +99,42 @@ def _square(D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(
-    q,
-    k,
-    v,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w_init,
-    s_init,
-    y,
-    w_final,
-    s_final,
-    w_anchor,
-    w_chunks,
-    s_chunks,
-    cu_seqlens,
-    chunk_offsets,
-    NC,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    L: tl.constexpr,
-    BD: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    STORE: tl.constexpr,
-    DOT: tl.constexpr,
-):
-    h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
+def _load_state(w, s, st, D: tl.constexpr, BD: tl.constexpr, HAS_MOM: tl.constexpr):
+    """State ``st``'s ``[D, D]`` matrix in ``w`` and its momentum in ``s`` (zeros without momentum)."""
     sq_offs, sq_mask = _square(D, BD)
-    W = tl.load(w_init + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+    W = tl.load(w + st * D * D + sq_offs, mask=sq_mask, other=0.0)
     S = tl.zeros([BD, BD], dtype=tl.float32)
     if HAS_MOM:
-        S = tl.load(s_init + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+        S = tl.load(s + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+    return W, S
+
+
+@triton.jit
+def _store_state(w, s, st, W, S, D: tl.constexpr, BD: tl.constexpr, HAS_MOM: tl.constexpr):
+    """Store W at state ``st`` of ``w`` and (with momentum) S at that of ``s``."""
+    sq_offs, sq_mask = _square(D, BD)
+    tl.store(w + st * D * D + sq_offs, W, mask=sq_mask)
+    if HAS_MOM:
+        tl.store(s + st * D * D + sq_offs, S, mask=sq_mask)
+
+
+@triton.jit
+def _forward_kernel(
+    q, k, v, beta, f, G, m_end, s_coef, w_init, s_init,  # inputs, coefficients, initial state
+    y, w_final, s_final, w_anchor, w_chunks, s_chunks, cu_seqlens, chunk_offsets, NC,
+    H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BD: tl.constexpr,
+    HAS_MOM: tl.constexpr, STORE: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
+    sq_offs, sq_mask = _square(D, BD)
+    W, S = _load_state(w_init, s_init, st, D, BD, HAS_MOM)
     # an empty sequence's anchor is its initial weights (overwritten below by the last chunk's start)
     tl.store(w_anchor + st * D * D + sq_offs, W, mask=sq_mask)
     li = tl.arange(0, L)
     for c in range(NCn):
         cc = h * NC + first + c  # index of this (head, packed chunk) in the coefficients
         if STORE:
-            tl.store(w_chunks + cc * D * D + sq_offs, W, mask=sq_mask)
-            if HAS_MOM:
-                tl.store(s_chunks + cc * D * D + sq_offs, S, mask=sq_mask)
+            _store_state(w_chunks, s_chunks, cc, W, S, D, BD, HAS_MOM)
         if c == NCn - 1:
             tl.store(w_anchor + st * D * D + sq_offs, W, mask=sq_mask)
         row_offs, mask = _rows(bos, c * L, h, T, H, D, L, BD)
@@ -167,53 +162,18 @@ def _forward_kernel(
             b_s = tl.load(s_coef + cc * L + li)
             S = tl.load(m_end + cc) * S - dot(tl.trans(b_k), b_s[:, None] * delta, DOT)
         W = W_new
-    tl.store(w_final + st * D * D + sq_offs, W, mask=sq_mask)
-    if HAS_MOM:
-        tl.store(s_final + st * D * D + sq_offs, S, mask=sq_mask)
+    _store_state(w_final, s_final, st, W, S, D, BD, HAS_MOM)
 
 
 @triton.jit
 def _backward_kernel(
-    q,
-    k,
-    v,
-    dy,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w_chunks,
-    s_chunks,
-    dw_final,
-    ds_final,
-    dw_anchor,
-    dq,
-    dk,
-    dv,
-    dbeta,
-    df,
-    dG,
-    dm_end,
-    ds_coef,
-    dw_init,
-    ds_init,
-    cu_seqlens,
-    chunk_offsets,
-    NC,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    L: tl.constexpr,
-    BD: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    DOT: tl.constexpr,
-):
+    q, k, v, dy, beta, f, G, m_end, s_coef, w_chunks, s_chunks, dw_final, ds_final, dw_anchor,
+    dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, cu_seqlens, chunk_offsets, NC,
+    H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BD: tl.constexpr, HAS_MOM: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
     h, bos, T, NCn, first, st = _sequence(cu_seqlens, chunk_offsets, L)
     sq_offs, sq_mask = _square(D, BD)
-    dW = tl.load(dw_final + st * D * D + sq_offs, mask=sq_mask, other=0.0)
-    dS = tl.zeros([BD, BD], dtype=tl.float32)
-    if HAS_MOM:
-        dS = tl.load(ds_final + st * D * D + sq_offs, mask=sq_mask, other=0.0)
+    dW, dS = _load_state(dw_final, ds_final, st, D, BD, HAS_MOM)
     if NCn == 0:  # an empty sequence's anchor is its initial weights
         dW += tl.load(dw_anchor + st * D * D + sq_offs, mask=sq_mask, other=0.0)
     li = tl.arange(0, L)
@@ -246,11 +206,9 @@ def _backward_kernel(
         b_dbeta = tl.sum(b_dy * dot(b_q, W0, DOT), 1)
         dW0 = dot(tl.trans(b_q), b_beta[:, None] * b_dy, DOT)
         # chunk end: W_end = β_L W0 [+ f_L S0] − Kᵀ (g_last ⊙ Δ)
-        kdw = dot(b_k, dW, DOT)
-        d_delta -= g_last[:, None] * kdw
-        dg_last = -tl.sum(delta * kdw, 1)
-        b_dk -= dot(g_last[:, None] * delta, tl.trans(dW), DOT)
-        dbeta_last = tl.sum(tl.sum(dW * W0, 1), 0)
+        d_delta, b_dk, dg_last = update_backward(d_delta, b_dk, b_k, delta, g_last, dW, DOT)
+        dg_last = -dg_last
+        dbeta_last = inner(dW, W0)
         dW0 += beta_last * dW
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
@@ -262,15 +220,12 @@ def _backward_kernel(
             b_s = tl.load(s_coef + cc * L + li)
             b_dq += b_f[:, None] * dot(b_dy, tl.trans(S0), DOT)
             b_df = tl.sum(b_dy * dot(b_q, S0, DOT), 1)
-            b_df = tl.where(is_last, b_df + tl.sum(tl.sum(dW * S0, 1), 0), b_df)
+            b_df = tl.where(is_last, b_df + inner(dW, S0), b_df)
             # S_end = m_end S0 − Kᵀ (s_coef ⊙ Δ)
-            kds = dot(b_k, dS, DOT)
-            d_delta -= b_s[:, None] * kds
-            b_ds = -tl.sum(delta * kds, 1)
-            b_dk -= dot(b_s[:, None] * delta, tl.trans(dS), DOT)
-            tl.store(dm_end + cc, tl.sum(tl.sum(dS * S0, 1), 0))
+            d_delta, b_dk, b_ds = update_backward(d_delta, b_dk, b_k, delta, b_s, dS, DOT)
+            tl.store(dm_end + cc, inner(dS, S0))
             tl.store(df + cc * L + li, b_df)
-            tl.store(ds_coef + cc * L + li, b_ds)
+            tl.store(ds_coef + cc * L + li, -b_ds)
             dS = f_last * dW + b_m * dS + dot(tl.trans(b_q), b_f[:, None] * b_dy, DOT)
         # Δ = 2 (K W0 − V): the inner gradient depends on the chunk-start weights
         b_dk += 2.0 * dot(d_delta, tl.trans(W0), DOT)
@@ -283,9 +238,7 @@ def _backward_kernel(
         tl.store(dbeta + cc * L + li, b_dbeta)
         tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG)
         dW = dW0
-    tl.store(dw_init + st * D * D + sq_offs, dW, mask=sq_mask)
-    if HAS_MOM:
-        tl.store(ds_init + st * D * D + sq_offs, dS, mask=sq_mask)
+    _store_state(dw_init, ds_init, st, dW, dS, D, BD, HAS_MOM)
 
 
 def _block(D: int) -> int:
@@ -307,8 +260,7 @@ def _forward(
 ) -> tuple[Tensor, ...]:
     _, H, D = q.shape
     N = w_init.shape[0]
-    beta, f, G, m_end, s_coef = coef
-    NC = beta.shape[1]
+    NC = coef[0].shape[1]
     has_mom = s_init is not None
     y = w_init.new_empty(q.shape if not store else (0,))  # float32: the residual is added outside
     w_final = torch.empty_like(w_init)
@@ -317,54 +269,20 @@ def _forward(
     w_chunks = w_init.new_empty((H, NC, D, D) if store else (0,))
     s_chunks = w_init.new_empty((H, NC, D, D) if store and has_mom else (0,))
     _forward_kernel[(N, H)](
-        q,
-        k,
-        v,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w_init,
-        w_init if s_init is None else s_init,
-        y,
-        w_final,
-        s_final,
-        w_anchor,
-        w_chunks,
-        s_chunks,
-        cu_seqlens,
-        chunk_offsets,
-        NC,
-        H=H,
-        D=D,
-        L=L,
-        BD=_block(D),
-        HAS_MOM=has_mom,
-        STORE=store,
-        DOT=dot_code,
+        q, k, v, *coef, w_init, w_init if s_init is None else s_init,
+        y, w_final, s_final, w_anchor, w_chunks, s_chunks, cu_seqlens, chunk_offsets, NC,
+        H=H, D=D, L=L, BD=_block(D), HAS_MOM=has_mom, STORE=store, DOT=dot_code,
         num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
-    )
+    )  # fmt: skip
     return y, w_final, s_final, w_anchor, w_chunks, s_chunks
 
 
 @torch.library.custom_op("memnets::linear_memory_fwd", mutates_args=())
 def linear_memory_fwd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    f: Tensor,
-    G: Tensor,
-    m_end: Tensor,
-    s_coef: Tensor,
-    w_init: Tensor,
-    s_init: Tensor | None,
-    cu_seqlens: Tensor,
-    chunk_offsets: Tensor,
-    chunk_size: int,
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, f: Tensor, G: Tensor, m_end: Tensor, s_coef: Tensor,
+    w_init: Tensor, s_init: Tensor | None, cu_seqlens: Tensor, chunk_offsets: Tensor, chunk_size: int,
     dot_code: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Packed ``q, k, v [T, H, D]`` holding N sequences (``cu_seqlens [N + 1]``, sequence n's chunks
     start at packed chunk ``chunk_offsets[n]``), coefficients ``[H, NC, L(, L)]`` float32 over the NC
     packed chunks (f, m_end, s_coef empty without momentum), per-sequence states ``[N, H, D, D]``
@@ -388,25 +306,10 @@ def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offs
 
 @torch.library.custom_op("memnets::linear_memory_bwd", mutates_args=())
 def linear_memory_bwd(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    f: Tensor,
-    G: Tensor,
-    m_end: Tensor,
-    s_coef: Tensor,
-    w_init: Tensor,
-    s_init: Tensor | None,
-    cu_seqlens: Tensor,
-    chunk_offsets: Tensor,
-    dy: Tensor,
-    dw_final: Tensor,
-    ds_final: Tensor,
-    dw_anchor: Tensor,
-    chunk_size: int,
-    dot_code: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, f: Tensor, G: Tensor, m_end: Tensor, s_coef: Tensor,
+    w_init: Tensor, s_init: Tensor | None, cu_seqlens: Tensor, chunk_offsets: Tensor,
+    dy: Tensor, dw_final: Tensor, ds_final: Tensor, dw_anchor: Tensor, chunk_size: int, dot_code: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients (q, k, v, beta, f, G, m_end, s_coef, w_init, s_init) of :func:`linear_memory_fwd`
     (empty for the momentum ones without momentum)."""
     L = chunk_size
@@ -424,65 +327,15 @@ def linear_memory_bwd(
     dw_init = torch.empty_like(w_init)
     ds_init = torch.empty_like(w_init) if has_mom else w_init.new_empty(0)
     _backward_kernel[(N, H)](
-        q,
-        k,
-        v,
-        dy,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w_chunks,
-        s_chunks,
-        dw_final,
-        ds_final,
-        dw_anchor,
-        dq,
-        dk,
-        dv,
-        dbeta,
-        df,
-        dG,
-        dm_end,
-        ds_coef,
-        dw_init,
-        ds_init,
-        cu_seqlens,
-        chunk_offsets,
-        NC,
-        H=H,
-        D=D,
-        L=L,
-        BD=_block(D),
-        HAS_MOM=has_mom,
-        DOT=dot_code,
-        num_stages=1,
-    )
+        q, k, v, dy, *coef, w_chunks, s_chunks, dw_final, ds_final, dw_anchor,
+        dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init, cu_seqlens, chunk_offsets, NC,
+        H=H, D=D, L=L, BD=_block(D), HAS_MOM=has_mom, DOT=dot_code, num_stages=1,
+    )  # fmt: skip
     return dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init
 
 
 @linear_memory_bwd.register_fake
-def _(
-    q,
-    k,
-    v,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w_init,
-    s_init,
-    cu_seqlens,
-    chunk_offsets,
-    dy,
-    dw_final,
-    ds_final,
-    dw_anchor,
-    chunk_size,
-    dot_code,
-):
+def _(q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, *_):
     ds_init = torch.empty_like(w_init) if s_init is not None else w_init.new_empty(0)
     grads = (q, k, v, beta, f, G, m_end, s_coef, w_init)
     return (*(torch.empty_like(t) for t in grads), ds_init)
@@ -502,25 +355,11 @@ def _backward(ctx, dy, dw_final, ds_final, dw_anchor):
         return torch.zeros_like(like) if t is None else t.contiguous()
 
     grads = linear_memory_bwd(
-        q,
-        k,
-        v,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w_init,
-        s_init,
-        cu_seqlens,
-        chunk_offsets,
-        cot(dy, q).float(),
-        cot(dw_final, w_init),
-        cot(ds_final, w_init) if ctx.has_mom else w_init.new_zeros(0),
-        cot(dw_anchor, w_init),
-        ctx.chunk_size,
-        ctx.dot_code,
-    )
+        q, k, v, beta, f, G, m_end, s_coef, w_init, s_init, cu_seqlens, chunk_offsets,
+        cot(dy, q).float(), cot(dw_final, w_init),
+        cot(ds_final, w_init) if ctx.has_mom else w_init.new_zeros(0), cot(dw_anchor, w_init),
+        ctx.chunk_size, ctx.dot_code,
+    )  # fmt: skip
     dq, dk, dv, dbeta, df, dG, dm_end, ds_coef, dw_init, ds_init = grads
     if not ctx.has_mom:
         df = dm_end = ds_coef = ds_init = None
@@ -551,21 +390,10 @@ def supports(memory: NetSpec, chunk_size: int | None = None) -> str | None:
 
 
 def linear_memory_chunked(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    f: Tensor | None,
-    G: Tensor,
-    m_end: Tensor | None,
-    s_coef: Tensor | None,
-    w_init: Tensor,
-    s_init: Tensor | None,
-    cu_seqlens: Tensor,
-    chunk_offsets: Tensor,
-    chunk_size: int,
-    dot_precision: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, f: Tensor | None, G: Tensor, m_end: Tensor | None,
+    s_coef: Tensor | None, w_init: Tensor, s_init: Tensor | None, cu_seqlens: Tensor, chunk_offsets: Tensor,
+    chunk_size: int, dot_precision: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:  # fmt: skip
     """The chunked update of a linear memory, forward and (through autograd) backward.
 
     Args:
@@ -583,21 +411,8 @@ def linear_memory_chunked(
         ``y`` float32 ``[T, H, D]``, the final weights and momentum (``None`` without momentum), and
         each sequence's last chunk's start weights (its initial weights if it is empty).
     """
-    dummy = beta.new_zeros(0)
     y, w_final, s_final, w_anchor = linear_memory_fwd(
-        q,
-        k,
-        v,
-        beta.contiguous(),
-        dummy if f is None else f.contiguous(),
-        G.contiguous(),
-        dummy if m_end is None else m_end.contiguous(),
-        dummy if s_coef is None else s_coef.contiguous(),
-        w_init,
-        s_init,
-        cu_seqlens,
-        chunk_offsets,
-        chunk_size,
-        DOT_PRECISIONS[resolve_dot_precision(dot_precision, operand_dtype(q))],
-    )
+        q, k, v, *coefficients(beta, f, G, m_end, s_coef), w_init, s_init, cu_seqlens, chunk_offsets,
+        chunk_size, dot_code_for(dot_precision, q),
+    )  # fmt: skip
     return y, w_final, None if s_init is None else s_final, w_anchor

@@ -33,6 +33,12 @@ def operand_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def dot_code_for(dot_precision: str, x: torch.Tensor) -> int:
+    """The kernels' ``DOT`` code for ``dot_precision`` on products of ``x`` ("auto" resolved for
+    :func:`operand_dtype`)."""
+    return DOT_PRECISIONS[resolve_dot_precision(dot_precision, operand_dtype(x))]
+
+
 @triton.jit
 def dot(a, b, DOT: tl.constexpr):
     """a @ b accumulated in float32, the operands as ``DOT_PRECISIONS`` says: 0 float32 (three TF32

@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..dual_form import inner
+from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
@@ -19,91 +21,36 @@ from .common import (
     act_grad2,
     delta_backward,
     key_base,
-    key_delta,
-    key_value_rows,
+    layers_update_backward,
     ln_params,
     load_matrices,
     mat_block,
+    read_hidden_backward,
+    read_input_backward,
+    read_layer2_backward,
     read_ln_backward,
-    row_block,
     sequence_bounds,
+    store_ln_grads,
     store_matrices,
 )
 from .config import LaunchConfig
-from .forward import carried_rows, launch_forward, segments, spans, whole_state_meta
+from .forward import carried_rows, key_path, launch_forward, segments, spans, tile_rows, whole_state_meta
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
 
 
 @triton.jit
 def _backward_kernel(
-    q,
-    k,
-    v,
-    bp,
-    ln_w,
-    ln_b,
-    dy,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w1_chunks,
-    w2_chunks,
-    s1_chunks,
-    s2_chunks,
-    dw1_final,
-    dw2_final,
-    ds1_final,
-    ds2_final,
-    dw1_anchor,
-    dw2_anchor,
-    dq,
-    dk,
-    dv,
-    dbp,
-    dln_w,
-    dln_b,
-    dbeta,
-    df,
-    dG,
-    dm_end,
-    ds_coef,
-    dw1_init,
-    dw2_init,
-    ds1_init,
-    ds2_init,
-    cu,
-    toff,
-    T,
-    P0,
-    C0,
-    NC,
-    NCT,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    L: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BH: tl.constexpr,
-    KE: tl.constexpr,
-    P: tl.constexpr,
-    BK: tl.constexpr,
-    ACT: tl.constexpr,
-    DOT: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr,
-    VARLEN: tl.constexpr,
-):
+    q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state
+    dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,  # the outputs' cotangents
+    dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1_init, dw2_init, ds1_init, ds2_init,
+    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
     kb = key_base(i_bh, bos, P0, H, VARLEN)
@@ -144,28 +91,20 @@ def _backward_kernel(
         else:
             kc = sc - g % KE
             K1, K2 = load_matrices(w1_chunks, w2_chunks, kc * n, o1, m1, o2, m2, BD, BH, True)
-        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
-        koffs += kb * H * D
-        krow += kb * H
+        offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta = tile_rows(
+            k, v, bp, b, bos, kb, g, h, Tn, P0, H, D, L, P, BL, BK, BD, BIAS
+        )
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
 
         # recompute the key path
-        Z1 = dot(b_k, K1, DOT)
-        A = act(Z1, ACT)
-        Z2 = dot(A, K2, DOT)
-        # Δ = δ2, ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at Z2
-        dd, dout, r, xk, rk = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
-        )
-        E = dot(dd, tl.trans(K2), DOT)
-        sg = act_grad(Z1, ACT)
-        d1 = E * sg  # δ1
+        Z1, A, dd, dout, r, xk, rk, E, sg, d1 = key_path(
+            b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+            D, ACT, DOT, BIAS, LN, RES,
+        )  # fmt: skip
         if READ_START:
             # reads at the chunk-start weights: Y = [LN](σ(Q K1) K2)
             z1 = dot(b_q, K1, DOT)
@@ -192,40 +131,25 @@ def _backward_kernel(
             qw1 = dot(b_q, W1, DOT)
             qk = dot(b_q, tl.trans(b_k), DOT)
             z1 = b_beta[:, None] * qw1 - dot(qk * b_G, d1, DOT)
+            S1, S2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+            b_f, qs1 = b_beta, qw1  # f and Q S1 with momentum (unread without)
             if HAS_MOM:
-                S1 = tl.load(s1_chunks + sc * n + o1, mask=m1, other=0.0)
-                S2 = tl.load(s2_chunks + sc * n + o2, mask=m2, other=0.0)
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
                 qs1 = dot(b_q, S1, DOT)
                 z1 += b_f[:, None] * qs1
             a1 = act(z1, ACT)
             aa = dot(a1, tl.trans(A), DOT)
             a1w2 = dot(a1, W2, DOT)
+            a1s2 = a1w2  # Â S2 with momentum (unread without)
             if HAS_MOM:
                 a1s2 = dot(a1, S2, DOT)
-            if LN:
-                # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
-                z2 = b_beta[:, None] * a1w2 - dot(aa * b_G, dd, DOT)
-                if HAS_MOM:
-                    z2 += b_f[:, None] * a1s2
-                b_dy, dg, db = read_ln_backward(z2, b_dy, gamma, cmask, D, ln_eps)
-                d_gamma += dg
-                d_shift += db
-
             # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-            b_dbeta = tl.sum(b_dy * a1w2, 1)
-            dP = -dot(b_dy, tl.trans(dd), DOT)
-            b_dG = dP * aa
-            dP = dP * b_G
-            d_dd = -dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ
-            da1 = b_beta[:, None] * dot(b_dy, tl.trans(W2), DOT) + dot(dP, A, DOT)
-            dA = dot(tl.trans(dP), a1, DOT)
-            gW2 = dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
-            if HAS_MOM:
-                b_df = tl.sum(b_dy * a1s2, 1)
-                da1 += b_f[:, None] * dot(b_dy, tl.trans(S2), DOT)
+            b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
+                b_dy, a1w2, a1s2, aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask, ln_eps,
+                D, DOT, LN, HAS_MOM,
+            )  # fmt: skip
+            dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
-            dz1 = da1 * act_grad(z1, ACT)
             b_dbeta += tl.sum(dz1 * qw1, 1)
             dP = -dot(dz1, tl.trans(d1), DOT)
             b_dG += dP * qk
@@ -233,20 +157,13 @@ def _backward_kernel(
             d_d1 = -dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
             b_dq = b_beta[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
             b_dk = dot(tl.trans(dP), b_q, DOT)
-            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
-            if HAS_MOM:
-                b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
 
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-        kw = dot(b_k, cW1, DOT)
-        aw = dot(A, cW2, DOT)
-        d_d1 -= g_last[:, None] * kw
-        d_dd -= g_last[:, None] * aw
-        dg_last = -tl.sum(d1 * kw, 1) - tl.sum(dd * aw, 1)
-        b_dk -= dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
-        dA -= dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
-        dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
+        d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
+            d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
+        )
+        dg_last = -s1 - s2
         gW1 += beta_last * cW1
         gW2 += beta_last * cW2
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
@@ -255,17 +172,12 @@ def _backward_kernel(
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
             b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
-            b_df = tl.where(
-                is_last, b_df + tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0), b_df
+            b_df = tl.where(is_last, b_df + inner(cW1, S1) + inner(cW2, S2), b_df)
+            d_d1, d_dd, b_dk, dA, s1, s2, dm = layers_update_backward(
+                d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, b_s, cS1, cS2, S1, S2, DOT
             )
-            ks = dot(b_k, cS1, DOT)
-            As = dot(A, cS2, DOT)
-            d_d1 -= b_s[:, None] * ks
-            d_dd -= b_s[:, None] * As
-            b_ds = -tl.sum(d1 * ks, 1) - tl.sum(dd * As, 1)
-            b_dk -= dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
-            dA -= dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
-            tl.store(dm_end + cc, tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0))
+            b_ds = -s1 - s2
+            tl.store(dm_end + cc, dm)
             tl.store(df + cc * L + li, b_df, mask=lmask)
             tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
             cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
@@ -285,16 +197,10 @@ def _backward_kernel(
         dZ1 = d_d1 * E * act_grad2(Z1, ACT)
         d_dd += dot(dE, K2, DOT)
         gK2 += dot(tl.trans(dE), dd, DOT)
-        dZ2, dr, dg, db, b_ddelta = delta_backward(
-            d_dd, dd, dout, r, delta, xk, rk, gamma, kmask, cmask, p, eps, sharp, D, BIAS, LN
-        )
-        if LN:
-            d_gamma += dg
-            d_shift += db
-        if BIAS == 2:
-            tl.store(dbp + krow, b_ddelta.to(dbp.dtype.element_ty), mask=kvalid)
-        if BIAS == 3:
-            tl.store(dbp + koffs, b_ddelta.to(dbp.dtype.element_ty), mask=kmask)
+        dZ2, dr, d_gamma, d_shift = delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, koffs, kmask, krow, kvalid, cmask,
+            p, eps, sharp, D, BIAS, LN,
+        )  # fmt: skip
         dA += dot(dZ2, tl.trans(K2), DOT)
         gK2 += dot(tl.trans(A), dZ2, DOT)
         dZ1 += dA * sg
@@ -330,9 +236,7 @@ def _backward_kernel(
             acc2 = gK2
     store_matrices(dw1_init, dw2_init, bh * n, cW1, cW2, o1, m1, o2, m2, True)
     store_matrices(ds1_init, ds2_init, bh * n, cS1, cS2, o1, m1, o2, m2, HAS_MOM)
-    if LN:
-        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
-        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+    store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
 
 def launch_backward(
@@ -347,43 +251,12 @@ def launch_backward(
     T, H = q.shape[1:3]
     d_init = tuple(torch.empty_like(t) for t in carry)
     scalars, constants = whole_state_meta(q, carry[0], ln_w, config)
-    empty = q.new_empty(0)
-    dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     _backward_kernel[(carry[0].shape[0] * H,)](
-        q,
-        k,
-        v,
-        empty if bp is None else bp,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        dy,
-        *coef,
-        *chunks,
-        *carry,
-        *anchor_cot,
-        dq,
-        dk,
-        dv,
-        dbp,
-        *dln,
-        dbeta,
-        df,
-        dG,
-        dm_end,
-        ds_coef,
-        *d_init,
-        empty if cu is None else cu,
-        empty if toff is None else toff,
-        T,
-        carried_rows(k, T, cu),
-        c0,
-        nc,
-        coef[0].shape[2],
-        *scalars,
-        **constants,
-        HAS_MOM=has_mom,
-        VARLEN=cu is not None,
-    )
+        q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks, *carry, *anchor_cot,
+        *grads[:4], *dln, *grads[4:], *d_init, *or_empty(q.new_empty(0), cu, toff),
+        T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars, **constants,
+        HAS_MOM=has_mom, VARLEN=cu is not None,
+    )  # fmt: skip
     return d_init
 
 

@@ -6,6 +6,9 @@ the matmul at a chosen operand precision. Each is inlined into the kernels that 
 import triton
 import triton.language as tl
 
+from ..dual_form import inner
+from ..precision import dot
+
 
 @triton.jit
 def _tanh(x):
@@ -129,14 +132,14 @@ def key_delta(
 
 @triton.jit
 def delta_backward(
-    d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp,
-    D: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
+    d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma_sum, d_shift_sum, dbp, offs, mask, rows, valid, cmask,
+    p, eps, sharp, D: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
 ):  # fmt: skip
     """The cotangent ``d_dd`` of Δ = [LN backward of] ℓ'(R) (``dout`` = ℓ'(R), ``xk``, ``rk`` the key
     path's LayerNorm at Z2) back to R and Z2, second order (ℓ'' of the bias, the LayerNorm's Jacobian
-    at Z2), over ``mask``'s rows. Returns (dZ2, dR, dγ, db, dδ): the LayerNorm's scale and shift
-    cotangents summed over rows, dδ the Huber threshold's (``[rows]`` "norm", ``[rows, D]`` "coord",
-    zeros for the other biases)."""
+    at Z2), over ``mask``'s rows (at ``offs``; ``rows`` and ``valid`` per row). Stores the Huber
+    threshold's cotangent into ``dbp`` (per row "norm", per entry "coord"). Returns (dZ2, dR, and the
+    LayerNorm's scale and shift cotangents ``d_gamma_sum``, ``d_shift_sum`` with the rows' sums added)."""
     d_dd = tl.where(mask, d_dd, 0.0)
     d_gamma = tl.sum(d_dd * 0.0, 0)
     if LN:
@@ -172,9 +175,15 @@ def delta_backward(
     if LN:
         d_gamma += tl.sum(dr * xk, 0)
         dZ2 += ln_backward(xk, rk, dr * gamma[None, :], cmask, D)
+        d_gamma_sum += d_gamma
+        d_shift_sum += d_shift
     else:
         dZ2 = dr
-    return dZ2, dr, d_gamma, d_shift, d_delta
+    if BIAS == 2:
+        tl.store(dbp + rows, d_delta.to(dbp.dtype.element_ty), mask=valid)
+    if BIAS == 3:
+        tl.store(dbp + offs, d_delta.to(dbp.dtype.element_ty), mask=mask)
+    return dZ2, dr, d_gamma_sum, d_shift_sum
 
 
 @triton.jit
@@ -182,6 +191,78 @@ def read_ln_backward(z, dy, gamma, cmask, D: tl.constexpr, ln_eps):
     """Cotangents of a read's output Y = γ ⊙ LN(z) + b: (dz, dγ, db), dγ and db summed over rows."""
     xq, rq = ln_rows(z, cmask, D, ln_eps)
     return ln_backward(xq, rq, dy * gamma[None, :], cmask, D), tl.sum(dy * xq, 0), tl.sum(dy, 0)
+
+
+@triton.jit
+def read_layer2_backward(
+    b_dy, a1w2, a1s2, aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask, ln_eps,
+    D: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """The reads' layer 2 on whole rows, Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ and Y = [γ ⊙
+    LN(Ẑ2) + b] (``a1w2`` = Â W2, ``a1s2`` = Â S2 and ``b_f`` read only with momentum, ``aa`` = Â Aᵀ),
+    backward from dY: (dẐ2, dγ and db with the rows' shares added, dβ, df (zeros without momentum),
+    dG, dP = d(Â Aᵀ) ⊙ G, dΔ)."""
+    if LN:
+        # Y = LN(Ẑ2) γ + b: recompute Ẑ2 and take the cotangent through the LayerNorm
+        z2 = b_beta[:, None] * a1w2 - dot(aa * b_G, dd, DOT)
+        if HAS_MOM:
+            z2 += b_f[:, None] * a1s2
+        b_dy, dg, db = read_ln_backward(z2, b_dy, gamma, cmask, D, ln_eps)
+        d_gamma += dg
+        d_shift += db
+    b_dbeta = tl.sum(b_dy * a1w2, 1)
+    b_df = b_dbeta * 0.0
+    if HAS_MOM:
+        b_df = tl.sum(b_dy * a1s2, 1)
+    dP = -dot(b_dy, tl.trans(dd), DOT)
+    b_dG = dP * aa
+    dP = dP * b_G
+    d_dd = -dot(tl.trans(aa * b_G), b_dy, DOT)
+    return b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd
+
+
+@triton.jit
+def read_hidden_backward(
+    b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr
+):
+    """The reads' hidden layer Â = σ(Ẑ1) backward from dY through Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] −
+    (Â Aᵀ ⊙ G) Δ (``dP`` = d(Â Aᵀ) ⊙ G; S2 and ``b_f`` read only with momentum): (dẐ1, dA, and W2's
+    cotangent from the β term)."""
+    da1 = b_beta[:, None] * dot(b_dy, tl.trans(W2), DOT) + dot(dP, A, DOT)
+    dA = dot(tl.trans(dP), a1, DOT)
+    gW2 = dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
+    if HAS_MOM:
+        da1 += b_f[:, None] * dot(b_dy, tl.trans(S2), DOT)
+    return da1 * act_grad(z1, ACT), dA, gW2
+
+
+@triton.jit
+def read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """The reads' first layer's terms β ⊙ (Q W1) [+ f ⊙ (Q S1)] (``qs1`` = Q S1) backward from dẐ1:
+    W1's cotangent, and with momentum df and dQ with their shares added (dQ's β term is the caller's)."""
+    gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
+    if HAS_MOM:
+        b_df += tl.sum(dz1 * qs1, 1)
+        b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+    return gW1, b_df, b_dq
+
+
+@triton.jit
+def layers_update_backward(d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, coef, C1, C2, X1, X2, DOT: tl.constexpr):
+    """The chunk-end update X' = c X − Kᵀ (coef ⊙ δ1) | − Aᵀ (coef ⊙ Δ) of both layers (X1 ``[D, Dh]``,
+    X2 ``[Dh, D]``: W or S) backward from the cotangents C1, C2 of X1', X2' (as
+    :func:`~memnets.kernels.dual_form.update_backward` per layer, in the order that keeps the
+    kernels' sm_90 spills lowest): (dδ1, dΔ, dK, dA, the two layers' shares of coef's negated
+    cotangent, and c's cotangent Σ C ⊙ X)."""
+    kc = dot(b_k, C1, DOT)
+    ac = dot(A, C2, DOT)
+    d_d1 -= coef[:, None] * kc
+    d_dd -= coef[:, None] * ac
+    s1 = tl.sum(d1 * kc, 1)
+    s2 = tl.sum(dd * ac, 1)
+    b_dk -= dot(coef[:, None] * d1, tl.trans(C1), DOT)
+    dA -= dot(coef[:, None] * dd, tl.trans(C2), DOT)
+    return d_d1, d_dd, b_dk, dA, s1, s2, inner(C1, X1) + inner(C2, X2)
 
 
 @triton.jit
@@ -257,6 +338,14 @@ def ln_params(ln_w, ln_b, h, cols, cmask, D: tl.constexpr, BD: tl.constexpr, LN:
         gamma = tl.load(ln_w + h * D + cols, mask=cmask, other=0.0)
         shift = tl.load(ln_b + h * D + cols, mask=cmask, other=0.0)
     return gamma, shift
+
+
+@triton.jit
+def store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D: tl.constexpr, LN: tl.constexpr):
+    """Store program ``bh``'s sums of the LayerNorm's scale and shift cotangents (with the LayerNorm)."""
+    if LN:
+        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
+        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
 
 
 @triton.jit

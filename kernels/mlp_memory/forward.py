@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
@@ -29,64 +30,53 @@ from .wide_forward import launch_wide_forward
 
 
 @triton.jit
+def tile_rows(
+    k, v, bp, b, bos, kb, g, h, Tn, P0, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+    BL: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr,
+):  # fmt: skip
+    """Tile g's rows: its tokens' offsets and mask, and its key rows, the tile's tokens after the P
+    before them (the Omega window's reach) in k and v, where the state's carried window (P0 rows) leads
+    the sequence's rows (from row kb): their offsets, masks, rows, and the keys, values and Huber
+    thresholds there."""
+    offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+    koffs += kb * H * D
+    krow += kb * H
+    b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+    return offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta
+
+
+@triton.jit
+def key_path(
+    b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+    D: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr,
+):  # fmt: skip
+    """The key path at the chunk-start weights K1, K2: Z1 = K K1, A = σ(Z1), Δ = δ2 (the last layer's
+    output gradient, with ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at
+    Z2 = A K2), E = Δ K2ᵀ, σ'(Z1) and δ1 = E ⊙ σ'(Z1)."""
+    Z1 = dot(b_k, K1, DOT)
+    A = act(Z1, ACT)
+    Z2 = dot(A, K2, DOT)
+    dd, dout, r, xk, rk = key_delta(
+        Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+    )
+    E = dot(dd, tl.trans(K2), DOT)
+    sg = act_grad(Z1, ACT)
+    return Z1, A, dd, dout, r, xk, rk, E, sg, E * sg
+
+
+@triton.jit
 def _forward_kernel(
-    q,
-    k,
-    v,
-    bp,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w1_init,
-    w2_init,
-    s1_init,
-    s2_init,
-    ln_w,
-    ln_b,
-    y,
-    w1_final,
-    w2_final,
-    s1_final,
-    s2_final,
-    w1_anchor,
-    w2_anchor,
-    w1_chunks,
-    w2_chunks,
-    s1_chunks,
-    s2_chunks,
-    cu,
-    toff,
-    T,
-    P0,
-    C0,
-    NC,
-    NCT,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    L: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BH: tl.constexpr,
-    KE: tl.constexpr,
-    P: tl.constexpr,
-    BK: tl.constexpr,
-    ACT: tl.constexpr,
-    DOT: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr,
-    VARLEN: tl.constexpr,
-    STORE: tl.constexpr,
-):
+    q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    w1_init, w2_init, s1_init, s2_init,
+    y, w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor,
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every tile's start state
+    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr, STORE: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
     kb = key_base(i_bh, bos, P0, H, VARLEN)
@@ -116,23 +106,15 @@ def _forward_kernel(
             store_matrices(s1_chunks, s2_chunks, sc * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
         if g == n_tiles - 1:
             store_matrices(w1_anchor, w2_anchor, bh * n, K1, K2, o1, m1, o2, m2, True)
-        offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-        # key rows: the tile's tokens after the P before them (the Omega window's reach), in k and v
-        # where the state's carried window (P0 rows) leads the sequence's rows
-        koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
-        koffs += kb * H * D
-        krow += kb * H
+        offs, mask, _koffs, kmask, _kvalid, _krow, b_k, b_v, delta = tile_rows(
+            k, v, bp, b, bos, kb, g, h, Tn, P0, H, D, L, P, BL, BK, BD, BIAS
+        )
         lk = tl.arange(0, BK)
         lkmask = lk < P + L
-        b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
-        # key path at the chunk-start weights
-        Z1 = dot(b_k, K1, DOT)
-        A = act(Z1, ACT)
-        Z2 = dot(A, K2, DOT)
-        dd, _, _, _, _ = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
-        )  # Δ = δ2, the last layer's output gradient
-        d1 = dot(dd, tl.trans(K2), DOT) * act_grad(Z1, ACT)  # δ1
+        _z1, A, dd, _dout, _r, _xk, _rk, _e, _sg, d1 = key_path(
+            b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+            D, ACT, DOT, BIAS, LN, RES,
+        )  # fmt: skip
         if not STORE:
             b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
             if READ_START:
@@ -221,7 +203,6 @@ def launch_forward(
     into ``y`` (unless ``store``) and the last chunk's start weights into ``anchor``. Returns the state
     after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
     T, H = q.shape[1:3]
-    beta, f, G, m_end, s_coef = coef
     w1, w2, s1, s2 = state
     has_mom = s1 is not None
     cu, toff = packing
@@ -229,53 +210,17 @@ def launch_forward(
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    final = (new(*w1.shape), new(*w2.shape)) + (
-        (new(*w1.shape), new(*w2.shape)) if has_mom else (new(0), new(0))
-    )
+    final = tuple(new(0) if t is None else new(*t.shape) for t in state)
     N = w1.shape[0]  # programs per head: batch entries, or packed sequences
-    w1_chunks = new(N, H, nc, *w1.shape[2:]) if store else new(0)
-    w2_chunks = new(N, H, nc, *w2.shape[2:]) if store else new(0)
-    s1_chunks = new(N, H, nc, *w1.shape[2:]) if store and has_mom else new(0)
-    s2_chunks = new(N, H, nc, *w2.shape[2:]) if store and has_mom else new(0)
+    chunks = tuple(new(N, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = whole_state_meta(q, w1, ln_w, config)
-    empty = new(0)
-    _forward_kernel[(w1.shape[0] * H,)](
-        q,
-        k,
-        v,
-        empty if bp is None else bp,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        w1,
-        w2,
-        w1 if s1 is None else s1,
-        w2 if s2 is None else s2,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        y,
-        *final,
-        *anchor,
-        w1_chunks,
-        w2_chunks,
-        s1_chunks,
-        s2_chunks,
-        empty if cu is None else cu,
-        empty if toff is None else toff,
-        T,
-        carried_rows(k, T, cu),
-        c0,
-        nc,
-        beta.shape[2],
-        *scalars,
-        **constants,
-        HAS_MOM=has_mom,
-        VARLEN=cu is not None,
-        STORE=store,
-    )
-    return final if has_mom else (*final[:2], None, None), (w1_chunks, w2_chunks, s1_chunks, s2_chunks)
+    _forward_kernel[(N * H,)](
+        q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, w1, w2, *or_empty(w1, s1), *or_empty(w2, s2),
+        y, *final, *anchor, *chunks,
+        *or_empty(new(0), cu, toff), T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars,
+        **constants, HAS_MOM=has_mom, VARLEN=cu is not None, STORE=store,
+    )  # fmt: skip
+    return final if has_mom else (*final[:2], None, None), chunks
 
 
 def run_forward(

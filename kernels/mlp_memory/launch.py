@@ -9,6 +9,7 @@ import dataclasses
 import triton
 from torch import Tensor
 
+from ..optional import coefficients
 from ..packing import chunk_layout
 from ..precision import DOT_PRECISIONS
 from ..specs import BIAS_KINDS, BiasSpec, NetSpec
@@ -170,26 +171,10 @@ def mlp_memory_chunked(
     ln_w = ln_b = None
     if memory.layer_norm:
         ln_w, ln_b = ln_weight.float().contiguous(), ln_bias.float().contiguous()  # type: ignore[union-attr]
-    dummy = beta.new_zeros(0)
     tensors = (
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        bp,
-        ln_w,
-        ln_b,
-        beta.contiguous(),
-        dummy if f is None else f.contiguous(),
-        G.contiguous(),
-        dummy if m_end is None else m_end.contiguous(),
-        dummy if s_coef is None else s_coef.contiguous(),
-        w1,
-        w2,
-        s1,
-        s2,
-        layout.cu_seqlens,
-        layout.tile_offsets,
-    )
+        q.contiguous(), k.contiguous(), v.contiguous(), bp, ln_w, ln_b,
+        *coefficients(beta, f, G, m_end, s_coef), w1, w2, s1, s2, layout.cu_seqlens, layout.tile_offsets,
+    )  # fmt: skip
     L = layout.tile
     tiles_per_chunk = chunk_size // L
     every, inner = checkpoint_chunks(layout.max_chunks, checkpoint_every, layout.wide)

@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..dual_form import inner
+from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
@@ -17,73 +19,31 @@ from .common import (
     delta_backward,
     key_delta,
     key_value_rows,
+    layers_update_backward,
     ln_params,
-    read_ln_backward,
+    load_matrices,
+    read_hidden_backward,
+    read_input_backward,
+    read_layer2_backward,
     row_block,
+    store_ln_grads,
+    store_matrices,
 )
 from .config import LaunchConfig
-from .wide_forward import key_z2, w1_block, w2_block, wide_meta
+from .wide_forward import hidden_block, key_z2, wide_meta
 
 
 @triton.jit
 def _wide_backward_kernel(
-    q,
-    k,
-    v,
-    bp,
-    ln_w,
-    ln_b,
-    dy,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    w1_chunks,
-    w2_chunks,
-    s1_chunks,
-    s2_chunks,
-    dw1_anchor,
-    dw2_anchor,
-    dq,
-    dk,
-    dv,
-    dbp,
-    dln_w,
-    dln_b,
-    dbeta,
-    df,
-    dG,
-    dm_end,
-    ds_coef,
-    dw1,
-    dw2,
-    ds1,
-    ds2,
-    scratch,
-    T,
-    C0,
-    NC,
-    NCT,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    L: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BHB: tl.constexpr,
-    NB: tl.constexpr,
-    ACT: tl.constexpr,
-    DOT: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-):
+    q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks, dw1_anchor, dw2_anchor,  # start states, anchor cotangents
+    dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
+    dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
+    T, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr,
+    LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
     h = i_bh % H
@@ -116,6 +76,7 @@ def _wide_backward_kernel(
         b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
         g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
+        b_f = b_beta  # f with momentum (unread without)
         if HAS_MOM:
             b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
             f_last = tl.load(f + cc * L + last)
@@ -135,39 +96,26 @@ def _wide_backward_kernel(
         a1s2 = tl.zeros([BL, BD], dtype=tl.float32)
         aa = tl.zeros([BL, BL], dtype=tl.float32)
         for j in range(NB):
-            o1, m1 = w1_block(j, D, DH, BD, BHB)
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
             Z1 = dot(b_k, W1, DOT)
             A = act(Z1, ACT)
             d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)
             z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
             if HAS_MOM:
-                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
-                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                S1, S2 = load_matrices(s1_chunks, s2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
                 z1 += b_f[:, None] * dot(b_q, S1, DOT)
             a1 = act(z1, ACT)
             a1w2 += dot(a1, W2, DOT)
             aa += dot(a1, tl.trans(A), DOT)
             if HAS_MOM:
                 a1s2 += dot(a1, S2, DOT)
-        if LN:
-            # Y = LN(Ẑ2) γ + b: the cotangent through the read's LayerNorm
-            z2 = b_beta[:, None] * a1w2 - dot(aa * b_G, dd, DOT)
-            if HAS_MOM:
-                z2 += b_f[:, None] * a1s2
-            b_dy, dg, db = read_ln_backward(z2, b_dy, gamma, cmask, D, ln_eps)
-            d_gamma += dg
-            d_shift += db
-        # Ẑ2's terms on whole rows: β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-        b_dbeta = tl.sum(b_dy * a1w2, 1)
-        dP = -dot(b_dy, tl.trans(dd), DOT)
-        b_dG = dP * aa
-        dP = dP * b_G
-        d_dd = -dot(tl.trans(aa * b_G), b_dy, DOT)  # dΔ, completed over the blocks in pass 3
+        # Ẑ2's terms on whole rows (dΔ completed over the blocks in pass 3)
+        b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
+            b_dy, a1w2, a1s2, aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask, ln_eps,
+            D, DOT, LN, HAS_MOM,
+        )  # fmt: skip
         if HAS_MOM:
-            b_df = tl.sum(b_dy * a1s2, 1)
             b_ds = tl.zeros([BL], dtype=tl.float32)
             dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
 
@@ -177,12 +125,9 @@ def _wide_backward_kernel(
         b_dk = tl.zeros([BL, BD], dtype=tl.float32)
         dg_last = tl.zeros([BL], dtype=tl.float32)
         for j in range(NB):
-            o1, m1 = w1_block(j, D, DH, BD, BHB)
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)  # cotangents of the chunk-end state
-            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
+            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
+            cW1, cW2 = load_matrices(dw1, dw2, base, o1, m1, o2, m2, BD, BHB, True)  # of the chunk-end state
             Z1 = dot(b_k, W1, DOT)
             A = act(Z1, ACT)
             sg = act_grad(Z1, ACT)
@@ -190,53 +135,37 @@ def _wide_backward_kernel(
             d1 = E * sg
             qw1 = dot(b_q, W1, DOT)
             z1 = b_beta[:, None] * qw1 - dot(qkG, d1, DOT)
+            S1, S2 = load_matrices(s1_chunks, s2_chunks, cb, o1, m1, o2, m2, BD, BHB, HAS_MOM)
+            qs1 = qw1  # Q S1 with momentum (unread without)
             if HAS_MOM:
-                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
-                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
-                cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
-                cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
+                cS1, cS2 = load_matrices(ds1, ds2, base, o1, m1, o2, m2, BD, BHB, True)
                 qs1 = dot(b_q, S1, DOT)
                 z1 += b_f[:, None] * qs1
             a1 = act(z1, ACT)
             # layer 2 of the reads, block j
-            da1 = b_beta[:, None] * dot(b_dy, tl.trans(W2), DOT) + dot(dP, A, DOT)
-            dA = dot(tl.trans(dP), a1, DOT)
-            gW2 = dot(tl.trans(a1), b_beta[:, None] * b_dy, DOT)
-            if HAS_MOM:
-                da1 += b_f[:, None] * dot(b_dy, tl.trans(S2), DOT)
+            dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
-            dz1 = da1 * act_grad(z1, ACT)
             b_dbeta += tl.sum(dz1 * qw1, 1)
             dPq -= dot(dz1, tl.trans(d1), DOT)
             d_d1 = -dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
             b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
-            gW1 = dot(tl.trans(b_q), b_beta[:, None] * dz1, DOT)
-            if HAS_MOM:
-                b_df += tl.sum(dz1 * qs1, 1)
-                b_dq += b_f[:, None] * dot(dz1, tl.trans(S1), DOT)
+            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
             # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-            kw = dot(b_k, cW1, DOT)
-            aw = dot(A, cW2, DOT)
-            d_d1 -= g_last[:, None] * kw
-            d_dd -= g_last[:, None] * aw
-            dg_last -= tl.sum(d1 * kw, 1) + tl.sum(dd * aw, 1)
-            b_dk -= dot(g_last[:, None] * d1, tl.trans(cW1), DOT)
-            dA -= dot(g_last[:, None] * dd, tl.trans(cW2), DOT)
-            dbeta_last = tl.sum(tl.sum(cW1 * W1, 1), 0) + tl.sum(tl.sum(cW2 * W2, 1), 0)
+            d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
+                d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
+            )
+            dg_last -= s1 + s2
             b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
             gW1 += beta_last * cW1
             gW2 += beta_last * cW2
             if HAS_MOM:
-                df_last = tl.sum(tl.sum(cW1 * S1, 1), 0) + tl.sum(tl.sum(cW2 * S2, 1), 0)
+                df_last = inner(cW1, S1) + inner(cW2, S2)
                 b_df = tl.where(is_last, b_df + df_last, b_df)
-                ks = dot(b_k, cS1, DOT)
-                As = dot(A, cS2, DOT)
-                d_d1 -= b_s[:, None] * ks
-                d_dd -= b_s[:, None] * As
-                b_ds -= tl.sum(d1 * ks, 1) + tl.sum(dd * As, 1)
-                b_dk -= dot(b_s[:, None] * d1, tl.trans(cS1), DOT)
-                dA -= dot(b_s[:, None] * dd, tl.trans(cS2), DOT)
-                dm += tl.sum(tl.sum(cS1 * S1, 1), 0) + tl.sum(tl.sum(cS2 * S2, 1), 0)
+                d_d1, d_dd, b_dk, dA, s1, s2, dm_j = layers_update_backward(
+                    d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, b_s, cS1, cS2, S1, S2, DOT
+                )
+                b_ds -= s1 + s2
+                dm += dm_j
                 cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
                 cS2 = f_last * cW2 + b_m * cS2 + dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
             # δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j and Z1_j (second order)
@@ -249,11 +178,9 @@ def _wide_backward_kernel(
                 gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
             tl.debug_barrier()  # every thread has read block j's cotangents before they are overwritten
             tl.store(scratch + so + j * BHB, dZ1 + dA * sg)
-            tl.store(dw1 + base + o1, gW1, mask=m1)
-            tl.store(dw2 + base + o2, gW2, mask=m2)
+            store_matrices(dw1, dw2, base, gW1, gW2, o1, m1, o2, m2, True)
             if HAS_MOM:
-                tl.store(ds1 + base + o1, cS1, mask=m1)
-                tl.store(ds2 + base + o2, cS2, mask=m2)
+                store_matrices(ds1, ds2, base, cS1, cS2, o1, m1, o2, m2, True)
         b_dG += dPq * qk
         dPq = dPq * b_G
         b_dq += dot(dPq, b_k, DOT)
@@ -265,24 +192,16 @@ def _wide_backward_kernel(
             tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
 
         # pass 4 (whole rows): Δ = [LN backward of] ℓ'(R) back to R and Z2
-        dZ2, dr, dg, db, b_ddelta = delta_backward(
-            d_dd, dd, dout, r, delta, xk, rk, gamma, mask, cmask, p, eps, sharp, D, BIAS, LN
-        )
-        if LN:
-            d_gamma += dg
-            d_shift += db
-        if BIAS == 2:
-            tl.store(dbp + row_idx, b_ddelta.to(dbp.dtype.element_ty), mask=valid)
-        if BIAS == 3:
-            tl.store(dbp + offs, b_ddelta.to(dbp.dtype.element_ty), mask=mask)
+        dZ2, dr, d_gamma, d_shift = delta_backward(
+            d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, offs, mask, row_idx, valid, cmask,
+            p, eps, sharp, D, BIAS, LN,
+        )  # fmt: skip
         tl.debug_barrier()  # pass 3's writes (scratch, dW1, dW2) are read back by other threads
 
         # pass 5: Z2 = Σ_j A_j W2_j back to W1_j, W2_j and K
         for j in range(NB):
-            o1, m1 = w1_block(j, D, DH, BD, BHB)
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
             Z1 = dot(b_k, W1, DOT)
             A = act(Z1, ACT)
             dZ1 = tl.load(scratch + so + j * BHB) + dot(dZ2, tl.trans(W2), DOT) * act_grad(Z1, ACT)
@@ -290,8 +209,7 @@ def _wide_backward_kernel(
             gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + dot(tl.trans(A), dZ2, DOT)
             b_dk += dot(dZ1, tl.trans(W1), DOT)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
-            tl.store(dw1 + base + o1, gW1, mask=m1)
-            tl.store(dw2 + base + o2, gW2, mask=m2)
+            store_matrices(dw1, dw2, base, gW1, gW2, o1, m1, o2, m2, True)
         tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
         tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
         if RES:
@@ -300,9 +218,7 @@ def _wide_backward_kernel(
         tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
         tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
-    if LN:
-        tl.store(dln_w + bh * D + cols, d_gamma, mask=cmask)
-        tl.store(dln_b + bh * D + cols, d_shift, mask=cmask)
+    store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
 
 def launch_wide_backward(
@@ -314,37 +230,9 @@ def launch_wide_backward(
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
     scalars, constants = wide_meta(q, carry[0], ln_w, config)
     scratch = q.new_empty(B * H, constants["BL"], constants["NB"] * constants["BHB"], dtype=torch.float32)
-    empty = q.new_empty(0)
-    dq, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     _wide_backward_kernel[(B * H,)](
-        q,
-        k,
-        v,
-        empty if bp is None else bp,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        dy,
-        *coef,
-        *chunks,
-        *anchor_cot,
-        dq,
-        dk,
-        dv,
-        dbp,
-        *dln,
-        dbeta,
-        df,
-        dG,
-        dm_end,
-        ds_coef,
-        *d_state,
-        scratch,
-        T,
-        c0,
-        nc,
-        coef[0].shape[2],
-        *scalars,
-        **constants,
-        HAS_MOM=carry[2].numel() > 0,
-    )
+        q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks, *anchor_cot,
+        *grads[:4], *dln, *grads[4:], *d_state, scratch,
+        T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=carry[2].numel() > 0,
+    )  # fmt: skip
     return d_state

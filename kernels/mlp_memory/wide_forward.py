@@ -73,25 +73,30 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..optional import or_empty
 from ..precision import dot
-from .common import act, act_grad, key_delta, key_value_rows, ln_params, ln_rows, row_block
+from .common import (
+    act,
+    act_grad,
+    key_delta,
+    key_value_rows,
+    ln_params,
+    ln_rows,
+    load_matrices,
+    row_block,
+    store_matrices,
+)
 from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
 
 
 @triton.jit
-def w1_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
-    """Offsets and mask of hidden block j of a ``[D, Dh]`` matrix (W1, S1): a ``[BD, BHB]`` tile."""
+def hidden_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
+    """Offsets and masks of hidden block j of a ``[D, Dh]`` matrix (W1, S1: a ``[BD, BHB]`` tile) and
+    of a ``[Dh, D]`` matrix (W2, S2: a ``[BHB, BD]`` tile)."""
     r = tl.arange(0, BD)
     c = j * BHB + tl.arange(0, BHB)
-    return r[:, None] * DH + c[None, :], (r < D)[:, None] & (c < DH)[None, :]
-
-
-@triton.jit
-def w2_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
-    """Offsets and mask of hidden block j of a ``[Dh, D]`` matrix (W2, S2): a ``[BHB, BD]`` tile."""
-    r = j * BHB + tl.arange(0, BHB)
-    c = tl.arange(0, BD)
-    return r[:, None] * D + c[None, :], (r < DH)[:, None] & (c < D)[None, :]
+    o1, m1 = r[:, None] * DH + c[None, :], (r < D)[:, None] & (c < DH)[None, :]
+    return o1, m1, c[:, None] * D + r[None, :], (c < DH)[:, None] & (r < D)[None, :]
 
 
 @triton.jit
@@ -112,62 +117,22 @@ def key_z2(
     """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base``."""
     Z2 = tl.zeros([BL, BD], dtype=tl.float32)
     for j in range(NB):
-        o1, m1 = w1_block(j, D, DH, BD, BHB)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
-        W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+        o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+        W1, W2 = load_matrices(w1, w2, base, o1, m1, o2, m2, BD, BHB, True)
         Z2 += dot(act(dot(b_k, W1, DOT), ACT), W2, DOT)
     return Z2
 
 
 @triton.jit
 def _wide_forward_kernel(
-    q,
-    k,
-    v,
-    bp,
-    beta,
-    f,
-    G,
-    m_end,
-    s_coef,
-    ln_w,
-    ln_b,
-    y,
-    w1,
-    w2,
-    s1,
-    s2,
-    w1_anchor,
-    w2_anchor,
-    w1_chunks,
-    w2_chunks,
-    s1_chunks,
-    s2_chunks,
-    T,
-    C0,
-    NC,
-    NCT,
-    p,
-    eps,
-    sharp,
-    ln_eps,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    L: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BHB: tl.constexpr,
-    NB: tl.constexpr,
-    ACT: tl.constexpr,
-    DOT: tl.constexpr,
-    BIAS: tl.constexpr,
-    LN: tl.constexpr,
-    RES: tl.constexpr,
-    HAS_MOM: tl.constexpr,
-    STORE: tl.constexpr,
-):
+    q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
+    T, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr,
+    LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
     h = i_bh % H
@@ -211,29 +176,24 @@ def _wide_forward_kernel(
         aa = tl.zeros([BL, BL], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
         # pass 2: per hidden block, the reads' share and the chunk-end update
         for j in range(NB):
-            o1, m1 = w1_block(j, D, DH, BD, BHB)
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
-            W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            W1, W2 = load_matrices(w1, w2, base, o1, m1, o2, m2, BD, BHB, True)
             Z1 = dot(b_k, W1, DOT)
             A = act(Z1, ACT)
             d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)  # δ1_j
             W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
             W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
             if HAS_MOM:
-                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
-                S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
+                S1, S2 = load_matrices(s1, s2, base, o1, m1, o2, m2, BD, BHB, True)
                 W1_new += f_last * S1
                 W2_new += f_last * S2
                 S1_new = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
                 S2_new = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
             if STORE:
                 sc = (bh * NC + c) * n  # this chunk's start state in w1_chunks, ...
-                tl.store(w1_chunks + sc + o1, W1, mask=m1)
-                tl.store(w2_chunks + sc + o2, W2, mask=m2)
+                store_matrices(w1_chunks, w2_chunks, sc, W1, W2, o1, m1, o2, m2, True)
                 if HAS_MOM:
-                    tl.store(s1_chunks + sc + o1, S1, mask=m1)
-                    tl.store(s2_chunks + sc + o2, S2, mask=m2)
+                    store_matrices(s1_chunks, s2_chunks, sc, S1, S2, o1, m1, o2, m2, True)
             else:
                 z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
                 if HAS_MOM:
@@ -244,14 +204,11 @@ def _wide_forward_kernel(
                     z2 += b_f[:, None] * dot(a1, S2, DOT)
                 aa += dot(a1, tl.trans(A), DOT)
             if g == NCT - 1:
-                tl.store(w1_anchor + base + o1, W1, mask=m1)
-                tl.store(w2_anchor + base + o2, W2, mask=m2)
+                store_matrices(w1_anchor, w2_anchor, base, W1, W2, o1, m1, o2, m2, True)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
-            tl.store(w1 + base + o1, W1_new, mask=m1)
-            tl.store(w2 + base + o2, W2_new, mask=m2)
+            store_matrices(w1, w2, base, W1_new, W2_new, o1, m1, o2, m2, True)
             if HAS_MOM:
-                tl.store(s1 + base + o1, S1_new, mask=m1)
-                tl.store(s2 + base + o2, S2_new, mask=m2)
+                store_matrices(s1, s2, base, S1_new, S2_new, o1, m1, o2, m2, True)
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
             z2 -= dot(aa * b_G, dd, DOT)
@@ -279,7 +236,6 @@ def launch_wide_forward(
     if packing != (None, None):
         raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
-    beta, f, G, m_end, s_coef = coef
     w1 = state[0]
     has_mom = state[2] is not None
 
@@ -289,30 +245,8 @@ def launch_wide_forward(
     final = tuple(new(0) if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = wide_meta(q, w1, ln_w, config)
-    empty = new(0)
     _wide_forward_kernel[(B * H,)](
-        q,
-        k,
-        v,
-        empty if bp is None else bp,
-        beta,
-        f,
-        G,
-        m_end,
-        s_coef,
-        empty if ln_w is None else ln_w,
-        empty if ln_b is None else ln_b,
-        y,
-        *final,
-        *anchor,
-        *chunks,
-        T,
-        c0,
-        nc,
-        beta.shape[2],
-        *scalars,
-        **constants,
-        HAS_MOM=has_mom,
-        STORE=store,
-    )
+        q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks,
+        T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=has_mom, STORE=store,
+    )  # fmt: skip
     return final if has_mom else (*final[:2], None, None), chunks
