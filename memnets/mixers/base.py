@@ -17,6 +17,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,3 +57,22 @@ class OneTokenStep(nn.Module):
     def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         y, state = self.forward(x[:, None], state)
         return y[:, 0], state
+
+
+def keyword_options(init: Callable[..., None]) -> list[inspect.Parameter]:
+    """A mixer constructor's keyword options (its keyword-only parameters), annotations resolved."""
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters.values()
+    return [p.replace(annotation=hints.get(p.name, Any)) for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def show_options(init: Callable[..., None], options: list[inspect.Parameter]) -> None:
+    """Give a composed constructor ``init(self, d_model, num_heads, **options)`` the signature and
+    annotations of ``options``: configs and the registry's option checks read them there."""
+    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    model = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)
+        for n in ("d_model", "num_heads")
+    ]
+    init.__signature__ = inspect.Signature([this, *model, *options])  # type: ignore[attr-defined]
+    init.__annotations__ = {p.name: p.annotation for p in (*model, *options)} | {"return": None}

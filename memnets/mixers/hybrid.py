@@ -23,8 +23,6 @@ it does alone (one kernel call where its kernel packs them); the state returned 
 
 from __future__ import annotations
 
-import inspect
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +34,7 @@ from ..modules import RMSNorm
 from ..registry import register_mixer
 from .atlas import Atlas, OmegaNet
 from .attention import Attention, KVCache, attention_mask
-from .base import OneTokenStep
+from .base import OneTokenStep, keyword_options, show_options
 from .memory_block import check_packed
 from .titans import Titans
 
@@ -156,22 +154,16 @@ class MemoryAsLayer(_Hybrid):
         return o, HybridState(mem, att)
 
 
-def _keyword_options(init: Any) -> list[inspect.Parameter]:
-    return [p for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-
 def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> type[_Hybrid]:
     """Register ``name``: ``wrapper`` (:class:`MemoryAsGate` or :class:`MemoryAsLayer`) around the
     memory mixer class ``memory``. Its constructor takes the wrapper's options, then the memory's
     (renamed ``memory_<option>`` where the names clash), so configs and the registry's option checks
     see one flat list, and neither the wrapper nor the memory's arguments are written twice."""
-    own = _keyword_options(wrapper.__init__)
+    own = keyword_options(wrapper.__init__)
     own_names = {p.name for p in own}
     inner = {
-        (f"memory_{p.name}" if p.name in own_names else p.name): p for p in _keyword_options(memory.__init__)
+        (f"memory_{p.name}" if p.name in own_names else p.name): p for p in keyword_options(memory.__init__)
     }
-    hints = typing.get_type_hints(memory.__init__)
-    own_hints = typing.get_type_hints(wrapper.__init__)
 
     def __init__(self: _Hybrid, d_model: int, num_heads: int, **options: Any) -> None:
         memory_options = {inner[k].name: v for k, v in options.items() if k not in own_names}
@@ -179,15 +171,7 @@ def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> 
         built = memory(d_model, num_heads, **memory_options)  # first: parameters keep their init order
         wrapper.__init__(self, name, built, d_model, num_heads, **wrapper_options)
 
-    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    model = [
-        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)
-        for n in ("d_model", "num_heads")
-    ]
-    renamed = [p.replace(name=n, annotation=hints.get(p.name, Any)) for n, p in inner.items()]
-    own = [p.replace(annotation=own_hints.get(p.name, Any)) for p in own]
-    __init__.__signature__ = inspect.Signature([this, *model, *own, *renamed])  # type: ignore[attr-defined]
-    __init__.__annotations__ = {p.name: p.annotation for p in (*model, *own, *renamed)} | {"return": None}
+    show_options(__init__, [*own, *(p.replace(name=n) for n, p in inner.items())])
     doc = f"{wrapper.__doc__.split(':')[0]} around the ``{memory.__name__}`` memory mixer (module docstring)."
     cls = type(
         f"{memory.__name__}{'MAG' if wrapper is MemoryAsGate else 'MAL'}",
