@@ -78,6 +78,7 @@ from ..memory.muon import MUON_COEFFICIENTS
 from ..memory.omega import Muon
 from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
+from .base import takes_options
 from .memory_block import (
     GateLayout,
     LowRankGates,
@@ -93,37 +94,25 @@ class OmegaGates(StepGates):
     """Per-token gates in the memory's compute dtype (float32 or wider): lr = lr_max·sigmoid(·) (η_t),
     mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t) as :class:`~memnets.mixers.memory_block.StepGates`
     (``width`` > 1: ``gates: channel``), plus the window gates win_gate = sigmoid(·) ∈ [0, 1]^window
-    (γ^{(t)}) from the same projection, one per head and offset under either layout. Their biases
-    start at win_gate = 1/window."""
+    (γ^{(t)}) from the same projection (``extra``: :meth:`window_gates`), one per head and offset
+    under either layout. Their biases start at win_gate = 1/window."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        lr_max: float,
-        momentum: bool,
-        forget: bool,
-        window: int,
-        width: int = 1,
-        rank: int = 32,
-    ) -> None:
-        gated = window if window > 1 else 0  # window 1: the single gate is fixed at 1
-        win = {"win_gate": (gated, -math.log(max(window - 1, 1)))} if gated else {}
-        super().__init__(d_model, num_heads, lr_max, momentum, forget, width, rank, win)
-        self.window = gated
+    @staticmethod
+    def window_gates(window: int) -> dict[str, tuple[int, float]]:
+        """The ``extra`` gates for ``window`` (none at window 1: the single gate is fixed at 1)."""
+        return {"win_gate": (window, -math.log(window - 1))} if window > 1 else {}
 
     def forward(self, x: Tensor, dtype: torch.dtype) -> dict[str, Tensor | None]:
         B, T, _ = x.shape
+        window = self.extra.get("win_gate", (0, 0.0))[0]
         compute = torch.promote_types(dtype, torch.float32)
         out: dict[str, Tensor | None] = dict.fromkeys(("lr", "mom", "keep", "win_gate"))
         if isinstance(self.proj, LowRankGates):
             out.update({n: torch.sigmoid(g.to(compute)) for n, g in self.proj(x).items()})
         else:
-            raw = torch.sigmoid(
-                self.proj(x).to(compute).view(B, T, len(self.names) + self.window, self.num_heads)
-            )
+            raw = torch.sigmoid(self.proj(x).to(compute).view(B, T, len(self.names) + window, self.num_heads))
             out.update(zip(self.names, raw.unbind(2)))
-            if self.window:
+            if window:
                 out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
         out["lr"] = self.lr_max * out["lr"]  # type: ignore[operator]
         return out
@@ -157,30 +146,32 @@ class OmegaMemorySpec(MemorySpec):
 
 
 class _OmegaMixer(MemoryBlock):
-    """The shared block of ``omeganet`` and ``atlas`` (module docstring); ``name`` (the mixer's, which
-    errors and logs give) is set by each subclass."""
+    """The shared block of ``omeganet``, ``atlas`` and the DeepTransformers (module docstring). Its
+    keyword options are the whole family's; each mixer takes its share (``takes_options``) and sets
+    ``name`` (the mixer's, which errors and logs give)."""
 
     def __init__(
         self,
         d_model: int,
         num_heads: int,
-        head_dim: int | None,
-        chunk_size: int,
-        backend: str,
-        window: int,
-        feature_degree: int,
-        feature_kernel: FeatureKernel,
-        inner_loss: str,
-        memory: OmegaMemorySpec,
-        momentum: bool,
-        forget: bool,
-        lr_max: float,
-        conv_size: int,
-        muon: Muon | None,
-        ns_steps: int,
-        ns_coefficients: tuple[float, float, float],
+        *,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        window: int = 8,
+        feature_degree: int = 2,
+        feature_kernel: FeatureKernel = "poly",
+        inner_loss: Literal["l2", "dot"] = "l2",
+        memory: OmegaMemorySpec = OmegaMemorySpec(),
+        momentum: bool = False,
+        forget: bool = True,
+        lr_max: float = 1.0,
+        conv_size: int = 4,
+        muon: Muon | None = None,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
         dot_precision: str = "auto",
-        gates: str = "head",
+        gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
         super().__init__()
@@ -208,7 +199,8 @@ class _OmegaMixer(MemoryBlock):
         self.bias = L2Bias() if inner_loss == "l2" else DotBias()
         self.memory = memory.build_features(self.name, num_heads, head_dim, self.features.out_dim)
         width = gate_width(self.name, gates, gate_rank, self.memory)
-        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window, width, gate_rank)
+        win = OmegaGates.window_gates(window)
+        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank, win)
         check_dot_precision(self.name, dot_precision, self.memory)
         self.op = MemoryDispatch(
             self.name,
@@ -243,57 +235,18 @@ class _OmegaMixer(MemoryBlock):
 
 
 @register_mixer("omeganet")
+@takes_options(_OmegaMixer.__init__, "muon", "ns_steps", "ns_coefficients")
 class OmegaNet(_OmegaMixer):
     """OmegaNet: Omega rule + polynomial features + forget gate (ATLAS §3.2, Eq. 10)."""
 
     name = "omeganet"
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        window: int = 8,
-        feature_degree: int = 2,
-        feature_kernel: FeatureKernel = "poly",
-        inner_loss: Literal["l2", "dot"] = "l2",
-        memory: OmegaMemorySpec = OmegaMemorySpec(),
-        momentum: bool = False,
-        forget: bool = True,
-        lr_max: float = 1.0,
-        conv_size: int = 4,
-        dot_precision: str = "auto",
-        gates: GateLayout = "head",
-        gate_rank: int = 32,
-    ) -> None:
-        super().__init__(
-            d_model,
-            num_heads,
-            head_dim,
-            chunk_size,
-            backend,
-            window,
-            feature_degree,
-            feature_kernel,
-            inner_loss,
-            memory,
-            momentum,
-            forget,
-            lr_max,
-            conv_size,
-            None,
-            0,
-            MUON_COEFFICIENTS,
-            dot_precision,
-            gates,
-            gate_rank,
-        )
+    def __init__(self, d_model: int, num_heads: int, **options: Any) -> None:
+        super().__init__(d_model, num_heads, muon=None, ns_steps=0, **options)
 
 
 @register_mixer("atlas")
+@takes_options(_OmegaMixer.__init__, "momentum", "dot_precision")
 class Atlas(_OmegaMixer):
     """Atlas: Omega rule + polynomial features + Muon-orthogonalised momentum (ATLAS §5, Eq. 32–33)."""
 
@@ -304,43 +257,10 @@ class Atlas(_OmegaMixer):
         d_model: int,
         num_heads: int,
         *,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        window: int = 8,
-        feature_degree: int = 2,
-        feature_kernel: FeatureKernel = "poly",
-        inner_loss: Literal["l2", "dot"] = "l2",
-        memory: OmegaMemorySpec = OmegaMemorySpec(),
-        forget: bool = True,
         lr_max: float = 0.1,
-        conv_size: int = 4,
         muon: Literal["token", "chunk"] = "token",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        gates: GateLayout = "head",
-        gate_rank: int = 32,
+        **options: Any,
     ) -> None:
         if muon not in ("token", "chunk"):
             raise ValueError(f"atlas: muon={muon!r} is not one of ['token', 'chunk']")
-        super().__init__(
-            d_model,
-            num_heads,
-            head_dim,
-            chunk_size,
-            backend,
-            window,
-            feature_degree,
-            feature_kernel,
-            inner_loss,
-            memory,
-            True,
-            forget,
-            lr_max,
-            conv_size,
-            muon,
-            ns_steps,
-            ns_coefficients,
-            gates=gates,
-            gate_rank=gate_rank,
-        )
+        super().__init__(d_model, num_heads, momentum=True, lr_max=lr_max, muon=muon, **options)

@@ -34,7 +34,7 @@ from ..modules import RMSNorm
 from ..registry import register_mixer
 from .atlas import Atlas, OmegaNet
 from .attention import Attention, KVCache, attention_mask
-from .base import OneTokenStep, keyword_options, show_options
+from .base import OneTokenStep, keyword_options, show_options, takes_options
 from .memory_block import check_packed
 from .titans import Titans
 
@@ -107,6 +107,7 @@ class _Hybrid(OneTokenStep):
         return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
 
 
+@takes_options(_Hybrid.__init__, own_last=True)
 class MemoryAsGate(_Hybrid):
     """Memory as a Gate (Titans §4.2, Eq. 26–28): sliding-window attention ∥ memory, combined."""
 
@@ -117,11 +118,10 @@ class MemoryAsGate(_Hybrid):
         d_model: int,
         num_heads: int,
         *,
-        window: int = 64,
-        num_persistent: int = 4,
         combine: Literal["gate", "sum"] = "gate",
+        **options: Any,
     ) -> None:
-        super().__init__(name, memory, d_model, num_heads, window=window, num_persistent=num_persistent)
+        super().__init__(name, memory, d_model, num_heads, **options)
         self.combine = combine
         self.norm_attention = RMSNorm(d_model)
         self.norm_memory = RMSNorm(d_model)

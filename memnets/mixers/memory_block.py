@@ -146,7 +146,8 @@ class StepGates(nn.Module):
         super().__init__()
         self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
         self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
-        gates = {n: (width, GATE_INIT[n]) for n in self.names} | (extra or {})
+        self.extra = extra or {}
+        gates = {n: (width, GATE_INIT[n]) for n in self.names} | self.extra
         self.proj = gate_projection(d_model, num_heads, gates, rank if width > 1 else None)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:

@@ -82,7 +82,6 @@ Figures, settings and dates: ``benchmarks/RESULTS.md`` section 7 ("Miras runs").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -101,7 +100,7 @@ from ..memory.miras import (
 )
 from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .base import keyword_options, show_options
+from .base import takes_options
 from .memory_block import (
     GateLayout,
     LowRankGates,
@@ -120,7 +119,7 @@ def _check_positive(owner: str, **positive: float) -> None:
 
 class MirasMemory(MemoryBlock):
     """The Miras block around one (bias, retention) memory; subclasses choose the pieces. Its keyword
-    options are every variant's (:func:`block_options`)."""
+    options are every variant's (:func:`~memnets.mixers.base.takes_options`)."""
 
     name = "miras"
 
@@ -197,24 +196,8 @@ class MirasMemory(MemoryBlock):
         return self.num_heads * self.memory.numel_per_head() + self.inputs.state_size()
 
 
-def block_options(*not_taken: str) -> Callable[[type[MirasMemory]], type[MirasMemory]]:
-    """Class decorator for a variant whose constructor takes its own keyword options and passes the
-    block's on as ``**block``: its signature (which configs and the registry read) lists its own
-    options, then :class:`MirasMemory`'s but ``not_taken`` (left at their defaults); an own option
-    named as one of the block's (Memora's ``lr_max``, another default) takes the block's place."""
-
-    def wrap(cls: type[MirasMemory]) -> type[MirasMemory]:
-        own = {p.name: p for p in keyword_options(cls.__init__)}
-        block = [p for p in keyword_options(MirasMemory.__init__) if p.name not in not_taken]
-        block = [own.pop(p.name, p) for p in block]
-        show_options(cls.__init__, [*own.values(), *block])
-        return cls
-
-    return wrap
-
-
 @register_mixer("moneta")
-@block_options()
+@takes_options(MirasMemory.__init__)
 class Moneta(MirasMemory):
     """(p, q)-Moneta: ℓ_p attentional bias, L_q retention (Miras Eq. 24-25)."""
 
@@ -246,7 +229,7 @@ class Moneta(MirasMemory):
 
 
 @register_mixer("yaad")
-@block_options()
+@takes_options(MirasMemory.__init__)
 class Yaad(MirasMemory):
     """Yaad: Huber attentional bias with a data-dependent threshold, L2 retention (Miras Eq. 26)."""
 
@@ -283,7 +266,7 @@ class Yaad(MirasMemory):
 
 
 @register_mixer("memora")
-@block_options("dot_precision")
+@takes_options(MirasMemory.__init__, "dot_precision")
 class Memora(MirasMemory):
     """Memora: ℓ2 attentional bias, KL (softmax) retention over the simplex (Miras Eq. 27)."""
 
