@@ -103,6 +103,22 @@ class _Hybrid(OneTokenStep):
         y, cache = self.attention(x, state, cu_seqlens)
         return y, cache if cu_seqlens is None else _last_sequence_cache(cache, cu_seqlens)
 
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        """The output from the block input ``x`` and the memory's output ``y_mem``: MAG or MAL."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, HybridState]:
+        if cu_seqlens is not None:
+            check_packed(self.name, x, cu_seqlens, state)
+        state = state or HybridState(None, None)
+        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
+        o, att = self.with_attention(x, y_mem, state.attention, cu_seqlens)
+        return o, HybridState(mem, att)
+
     def state_size(self, seq_len: int) -> int:
         return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
 
@@ -127,31 +143,22 @@ class MemoryAsGate(_Hybrid):
         self.norm_memory = RMSNorm(d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
-        y_att, att = self._attend(x, state.attention, cu_seqlens)
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        y_att, att = self._attend(x, cache, cu_seqlens)
         a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
         o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
-        return self.out(o), HybridState(mem, att)
+        return self.out(o), att
 
 
 class MemoryAsLayer(_Hybrid):
     """Memory as a Layer (Titans §4.3, Eq. 29–31): the memory, then sliding-window attention."""
 
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y, mem = self.memory(x, state.memory, cu_seqlens)
-        o, att = self._attend(y, state.attention, cu_seqlens)
-        return o, HybridState(mem, att)
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        return self._attend(y_mem, cache, cu_seqlens)
 
 
 def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> type[_Hybrid]:
