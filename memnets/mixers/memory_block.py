@@ -1,5 +1,6 @@
 """Pieces the memory mixers (``titans``, ``moneta``/``yaad``/``memora``, ``omeganet``/``atlas``,
-``tnt``) share: the q/k/v input block, the low-rank gate projection and the ``gates`` option, running
+``tnt``) share: the q/k/v input block, the step-size/momentum/retention gates, their low-rank
+projection and the ``gates`` option, the forward around one memory op (:class:`MemoryBlock`), running
 packed sequences one at a time (mixers whose pieces are not all per-token: MAC's segments, TNT's
 shards) and the kernels' matmul operand option.
 
@@ -113,16 +114,6 @@ def gate_projection(
     return proj
 
 
-def split_gates(proj: nn.Module, x: Tensor, names: tuple[str, ...], num_heads: int) -> dict[str, Tensor]:
-    """Raw gates of :func:`gate_projection` with one entry per head each (``[B, T, H]``) or of a
-    :class:`LowRankGates`, in float32 or the input's wider dtype."""
-    if isinstance(proj, LowRankGates):
-        return proj(x)
-    B, T, _ = x.shape
-    per_head = proj(x).to(torch.promote_types(x.dtype, torch.float32))
-    return dict(zip(names, per_head.view(B, T, len(names), num_heads).unbind(2)))
-
-
 class StepGates(nn.Module):
     """Per-token gates of a memory's update: lr = lr_max·sigmoid(·) (step size; Titans θ_t, ATLAS η_t),
     mom = sigmoid(·) (momentum, with ``momentum``), keep = sigmoid(·) (retention 1 − α_t, with
@@ -151,7 +142,12 @@ class StepGates(nn.Module):
         self.proj = gate_projection(d_model, num_heads, gates, rank if width > 1 else None)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | None]:
-        raw = split_gates(self.proj, x, self.names, self.num_heads)
+        if isinstance(self.proj, LowRankGates):
+            raw = self.proj(x)
+        else:
+            B, T, _ = x.shape
+            per_head = self.proj(x).to(torch.promote_types(x.dtype, torch.float32))
+            raw = dict(zip(self.names, per_head.view(B, T, len(self.names), self.num_heads).unbind(2)))
         return {
             "lr": self.lr_max * torch.sigmoid(raw["lr"]),
             "mom": torch.sigmoid(raw["mom"]) if self.momentum else None,
