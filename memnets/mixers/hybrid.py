@@ -112,8 +112,7 @@ class _Hybrid(OneTokenStep):
     def forward(
         self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
+        check_packed(self.name, x, cu_seqlens, state)
         state = state or HybridState(None, None)
         y_mem, mem = self.memory(x, state.memory, cu_seqlens)
         o, att = self.with_attention(x, y_mem, state.attention, cu_seqlens)

@@ -31,9 +31,10 @@ from ..modules import GatedRMSNorm, ShortConv, l2norm
 from .base import OneTokenStep, check_cu_seqlens, last_sequence_conv
 
 
-def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
+def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor | None, state: object) -> None:
+    """Packed sequences (if any) are well formed and start from a fresh state."""
     check_cu_seqlens(owner, x, cu_seqlens)
-    if state is not None:
+    if cu_seqlens is not None and state is not None:
         raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
 
 
@@ -229,8 +230,7 @@ class MemoryBlock(GatedOutput, OneTokenStep):
     def forward(
         self, x: Tensor, state: MemoryBlockState | None = None, cu_seqlens: Tensor | None = None
     ) -> tuple[Tensor, MemoryBlockState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
+        check_packed(self.name, x, cu_seqlens, state)
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         args, options = self.memory_args(x, qkv)
         prev = None if state is None else state.memory
