@@ -63,10 +63,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..dispatch import Backend, MemoryDispatch
 from ..memory.architecture import MemorySpec
@@ -75,75 +75,44 @@ from ..memory.dotbias import DotBias
 from ..memory.features import FeatureKernel, FeatureMemoryMLP, PolynomialFeatures
 from ..memory.gated import GatedMemoryMLP
 from ..memory.muon import MUON_COEFFICIENTS
-from ..memory.omega import Muon, OmegaState
+from ..memory.omega import Muon
 from ..ops import OMEGA_MEMORY
 from ..registry import register_mixer
-from .base import OneTokenStep
+from .base import takes_options
 from .memory_block import (
-    GatedOutput,
     GateLayout,
     LowRankGates,
+    MemoryBlock,
     MemoryProjections,
+    StepGates,
     check_dot_precision,
-    check_packed,
     gate_width,
 )
 
 
-class OmegaGates(nn.Module):
+class OmegaGates(StepGates):
     """Per-token gates in the memory's compute dtype (float32 or wider): lr = lr_max·sigmoid(·) (η_t),
-    mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t), win_gate = sigmoid(·) ∈ [0, 1]^window (γ^{(t)}).
-    ``width`` 1: one scalar per head each, from one linear map of the block input; else lr, mom and
-    keep have ``width`` values per head (``gates: channel``, the memory's units) and all gates come
-    from one rank-``rank`` projection (:class:`~memnets.mixers.memory_block.LowRankGates`), the window
-    gates still one per head and offset. Biases start at lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99 (as
-    the Titans mixer) and win_gate = 1/window."""
+    mom = sigmoid(·) (θ_t), keep = sigmoid(·) (α_t) as :class:`~memnets.mixers.memory_block.StepGates`
+    (``width`` > 1: ``gates: channel``), plus the window gates win_gate = sigmoid(·) ∈ [0, 1]^window
+    (γ^{(t)}) from the same projection (``extra``: :meth:`window_gates`), one per head and offset
+    under either layout. Their biases start at win_gate = 1/window."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        lr_max: float,
-        momentum: bool,
-        forget: bool,
-        window: int,
-        width: int = 1,
-        rank: int = 32,
-    ) -> None:
-        super().__init__()
-        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
-        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
-        self.window = window if window > 1 else 0  # window 1: the single gate is fixed at 1
-        init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}
-        win_init = -math.log(max(window - 1, 1))
-        self.proj: nn.Module
-        if width > 1:
-            widths = {n: (width, init[n]) for n in self.names}
-            self.proj = LowRankGates(
-                d_model,
-                num_heads,
-                rank,
-                {**widths, **({"win_gate": (self.window, win_init)} if self.window else {})},
-            )
-            return
-        self.proj = nn.Linear(d_model, (len(self.names) + self.window) * num_heads)
-        bias = [init[n] for n in self.names] + [win_init] * self.window
-        with torch.no_grad():
-            self.proj.weight.normal_(std=0.1 * d_model**-0.5)
-            self.proj.bias.copy_(torch.tensor(bias).repeat_interleave(num_heads))
+    @staticmethod
+    def window_gates(window: int) -> dict[str, tuple[int, float]]:
+        """The ``extra`` gates for ``window`` (none at window 1: the single gate is fixed at 1)."""
+        return {"win_gate": (window, -math.log(window - 1))} if window > 1 else {}
 
     def forward(self, x: Tensor, dtype: torch.dtype) -> dict[str, Tensor | None]:
         B, T, _ = x.shape
+        window = self.extra.get("win_gate", (0, 0.0))[0]
         compute = torch.promote_types(dtype, torch.float32)
         out: dict[str, Tensor | None] = dict.fromkeys(("lr", "mom", "keep", "win_gate"))
         if isinstance(self.proj, LowRankGates):
             out.update({n: torch.sigmoid(g.to(compute)) for n, g in self.proj(x).items()})
         else:
-            raw = torch.sigmoid(
-                self.proj(x).to(compute).view(B, T, len(self.names) + self.window, self.num_heads)
-            )
+            raw = torch.sigmoid(self.proj(x).to(compute).view(B, T, len(self.names) + window, self.num_heads))
             out.update(zip(self.names, raw.unbind(2)))
-            if self.window:
+            if window:
                 out["win_gate"] = raw[:, :, len(self.names) :].transpose(2, 3)  # [B, T, H, window]
         out["lr"] = self.lr_max * out["lr"]  # type: ignore[operator]
         return out
@@ -176,116 +145,10 @@ class OmegaMemorySpec(MemorySpec):
         )
 
 
-@dataclass
-class AtlasState:
-    conv: dict[str, Tensor]
-    memory: OmegaState
-
-
-class _OmegaMixer(GatedOutput, OneTokenStep):
-    """The shared block of ``omeganet`` and ``atlas`` (module docstring)."""
-
-    def __init__(
-        self,
-        name: str,
-        d_model: int,
-        num_heads: int,
-        head_dim: int | None,
-        chunk_size: int,
-        backend: str,
-        window: int,
-        feature_degree: int,
-        feature_kernel: FeatureKernel,
-        inner_loss: str,
-        memory: OmegaMemorySpec,
-        momentum: bool,
-        forget: bool,
-        lr_max: float,
-        conv_size: int,
-        muon: Muon | None,
-        ns_steps: int,
-        ns_coefficients: tuple[float, float, float],
-        dot_precision: str = "auto",
-        gates: str = "head",
-        gate_rank: int = 32,
-    ) -> None:
-        super().__init__()
-        head_dim = head_dim or d_model // num_heads
-        for opt, value in (
-            ("chunk_size", chunk_size),
-            ("head_dim", head_dim),
-            ("conv_size", conv_size),
-            ("window", window),
-            ("feature_degree", feature_degree),
-        ):
-            if value < 1:
-                raise ValueError(f"{name}: {opt} must be >= 1, got {value}")
-        if lr_max < 0:
-            raise ValueError(f"{name}: lr_max must be >= 0, got {lr_max}")
-        if ns_steps < 0:
-            raise ValueError(f"{name}: ns_steps must be >= 0, got {ns_steps}")
-        self.name, self.num_heads, self.head_dim = name, num_heads, head_dim
-        self.chunk_size, self.backend, self.window = chunk_size, backend, window
-        self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
-        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
-        self.features = PolynomialFeatures(head_dim, feature_degree, feature_kernel)
-        if inner_loss not in ("l2", "dot"):
-            raise ValueError(f"{name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
-        self.bias = L2Bias() if inner_loss == "l2" else DotBias()
-        self.memory = memory.build_features(name, num_heads, head_dim, self.features.out_dim)
-        width = gate_width(name, gates, gate_rank, self.memory)
-        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, window, width, gate_rank)
-        check_dot_precision(name, dot_precision, self.memory)
-        self.op = MemoryDispatch(
-            name,
-            OMEGA_MEMORY,
-            self.memory,
-            gates=gates,
-            window=window,
-            chunk_size=chunk_size,
-            muon=muon,
-            ns_steps=ns_steps,
-            ns_coefficients=self.ns_coefficients,
-            bias=self.bias,
-            dot_precision=dot_precision,
-        )
-        self.op.check(backend)
-        self.init_output(d_model, num_heads, head_dim)
-
-    def forward(
-        self, x: Tensor, state: AtlasState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, AtlasState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
-        dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
-        q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
-        gates = self.gates(x, dtype)
-        prev = None if state is None else state.memory
-        y, mem = self.op(
-            self.backend,
-            q,
-            k,
-            qkv["v"],
-            gates["lr"],
-            gates["mom"],
-            gates["keep"],
-            gates["win_gate"],
-            prev,
-            cu_seqlens=cu_seqlens,
-        )
-        return self.output(y.to(x.dtype), x), AtlasState(conv, mem)
-
-    def state_size(self, seq_len: int) -> int:
-        """Fast weights, momentum and the Muon direction, the window's keys and values, conv caches."""
-        copies = 1 + self.gates.momentum + (self.muon == "chunk")
-        window = (self.window - 1) * (self.features.out_dim + self.head_dim)
-        return self.num_heads * (copies * self.memory.numel_per_head() + window) + self.inputs.state_size()
-
-
-@register_mixer("omeganet")
-class OmegaNet(_OmegaMixer):
-    """OmegaNet: Omega rule + polynomial features + forget gate (ATLAS §3.2, Eq. 10)."""
+class _OmegaMixer(MemoryBlock):
+    """The shared block of ``omeganet``, ``atlas`` and the DeepTransformers (module docstring). Its
+    keyword options are the whole family's; each mixer takes its share (``takes_options``) and sets
+    ``name`` (the mixer's, which errors and logs give)."""
 
     def __init__(
         self,
@@ -304,82 +167,100 @@ class OmegaNet(_OmegaMixer):
         forget: bool = True,
         lr_max: float = 1.0,
         conv_size: int = 4,
+        muon: Muon | None = None,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
         dot_precision: str = "auto",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
-        super().__init__(
-            "omeganet",
-            d_model,
-            num_heads,
-            head_dim,
-            chunk_size,
-            backend,
-            window,
-            feature_degree,
-            feature_kernel,
-            inner_loss,
-            memory,
-            momentum,
-            forget,
-            lr_max,
-            conv_size,
-            None,
-            0,
-            MUON_COEFFICIENTS,
-            dot_precision,
-            gates,
-            gate_rank,
+        super().__init__()
+        head_dim = head_dim or d_model // num_heads
+        for opt, value in (
+            ("chunk_size", chunk_size),
+            ("head_dim", head_dim),
+            ("conv_size", conv_size),
+            ("window", window),
+            ("feature_degree", feature_degree),
+        ):
+            if value < 1:
+                raise ValueError(f"{self.name}: {opt} must be >= 1, got {value}")
+        if lr_max < 0:
+            raise ValueError(f"{self.name}: lr_max must be >= 0, got {lr_max}")
+        if ns_steps < 0:
+            raise ValueError(f"{self.name}: ns_steps must be >= 0, got {ns_steps}")
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.chunk_size, self.backend, self.window = chunk_size, backend, window
+        self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)
+        self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
+        self.features = PolynomialFeatures(head_dim, feature_degree, feature_kernel)
+        if inner_loss not in ("l2", "dot"):
+            raise ValueError(f"{self.name}: inner_loss={inner_loss!r} is not one of ['l2', 'dot']")
+        self.bias = L2Bias() if inner_loss == "l2" else DotBias()
+        self.memory = memory.build_features(self.name, num_heads, head_dim, self.features.out_dim)
+        width = gate_width(self.name, gates, gate_rank, self.memory)
+        win = OmegaGates.window_gates(window)
+        self.gates = OmegaGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank, win)
+        check_dot_precision(self.name, dot_precision, self.memory)
+        self.op = MemoryDispatch(
+            self.name,
+            OMEGA_MEMORY,
+            self.memory,
+            gates=gates,
+            window=window,
+            chunk_size=chunk_size,
+            muon=muon,
+            ns_steps=ns_steps,
+            ns_coefficients=self.ns_coefficients,
+            bias=self.bias,
+            dot_precision=dot_precision,
         )
+        self.op.check(backend)
+        self.init_output(d_model, num_heads, head_dim)
+
+    def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
+        dtype = self.memory.init_weights[0].dtype  # φ in the memory's compute dtype
+        q, k = (self.features(qkv[n].to(dtype)) for n in ("q", "k"))
+        g = self.gates(x, dtype)
+        return [q, k, qkv["v"], g["lr"], g["mom"], g["keep"], g["win_gate"]], {}
+
+    def output(self, y: Tensor, x: Tensor) -> Tensor:
+        return super().output(y.to(x.dtype), x)  # the memory reads out in its compute dtype
+
+    def state_size(self, seq_len: int) -> int:
+        """Fast weights, momentum and the Muon direction, the window's keys and values, conv caches."""
+        copies = 1 + self.gates.momentum + (self.muon == "chunk")
+        window = (self.window - 1) * (self.features.out_dim + self.head_dim)
+        return self.num_heads * (copies * self.memory.numel_per_head() + window) + self.inputs.state_size()
+
+
+@register_mixer("omeganet")
+@takes_options(_OmegaMixer.__init__, "muon", "ns_steps", "ns_coefficients")
+class OmegaNet(_OmegaMixer):
+    """OmegaNet: Omega rule + polynomial features + forget gate (ATLAS §3.2, Eq. 10)."""
+
+    name = "omeganet"
+
+    def __init__(self, d_model: int, num_heads: int, **options: Any) -> None:
+        super().__init__(d_model, num_heads, muon=None, ns_steps=0, **options)
 
 
 @register_mixer("atlas")
+@takes_options(_OmegaMixer.__init__, "momentum", "dot_precision")
 class Atlas(_OmegaMixer):
     """Atlas: Omega rule + polynomial features + Muon-orthogonalised momentum (ATLAS §5, Eq. 32–33)."""
+
+    name = "atlas"
 
     def __init__(
         self,
         d_model: int,
         num_heads: int,
         *,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        window: int = 8,
-        feature_degree: int = 2,
-        feature_kernel: FeatureKernel = "poly",
-        inner_loss: Literal["l2", "dot"] = "l2",
-        memory: OmegaMemorySpec = OmegaMemorySpec(),
-        forget: bool = True,
         lr_max: float = 0.1,
-        conv_size: int = 4,
         muon: Literal["token", "chunk"] = "token",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-        gates: GateLayout = "head",
-        gate_rank: int = 32,
+        **options: Any,
     ) -> None:
         if muon not in ("token", "chunk"):
             raise ValueError(f"atlas: muon={muon!r} is not one of ['token', 'chunk']")
-        super().__init__(
-            "atlas",
-            d_model,
-            num_heads,
-            head_dim,
-            chunk_size,
-            backend,
-            window,
-            feature_degree,
-            feature_kernel,
-            inner_loss,
-            memory,
-            True,
-            forget,
-            lr_max,
-            conv_size,
-            muon,
-            ns_steps,
-            ns_coefficients,
-            gates=gates,
-            gate_rank=gate_rank,
-        )
+        super().__init__(d_model, num_heads, momentum=True, lr_max=lr_max, muon=muon, **options)

@@ -17,6 +17,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,3 +57,42 @@ class OneTokenStep(nn.Module):
     def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         y, state = self.forward(x[:, None], state)
         return y[:, 0], state
+
+
+def keyword_options(init: Callable[..., None]) -> list[inspect.Parameter]:
+    """A mixer constructor's keyword options (its keyword-only parameters), annotations resolved."""
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters.values()
+    return [p.replace(annotation=hints.get(p.name, Any)) for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def show_options(init: Callable[..., None], options: list[inspect.Parameter]) -> None:
+    """Give a constructor that passes ``**options`` on to another the signature and annotations that
+    list ``options`` after its positional parameters: configs and the registry's option checks read
+    them there."""
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters.values()
+    positional = [
+        p.replace(annotation=hints.get(p.name, p.empty)) for p in params if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    init.__signature__ = inspect.Signature([*positional, *options])  # type: ignore[attr-defined]
+    annotated = [p for p in (*positional, *options) if p.annotation is not p.empty]
+    init.__annotations__ = {p.name: p.annotation for p in annotated} | {"return": None}
+
+
+def takes_options(
+    base_init: Callable[..., None], *not_taken: str, own_last: bool = False
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator for a constructor that takes its own keyword options and passes the rest on as
+    ``**options`` to ``base_init``: its signature lists its own options, then (``own_last``: before)
+    ``base_init``'s keyword options but ``not_taken`` (left at their defaults); an own option named
+    as one of the base's (another default) takes the base's place. So a family of mixers writes each
+    shared option once."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        own = {p.name: p for p in keyword_options(cls.__init__)}
+        base = [own.pop(p.name, p) for p in keyword_options(base_init) if p.name not in not_taken]
+        show_options(cls.__init__, [*base, *own.values()] if own_last else [*own.values(), *base])
+        return cls
+
+    return wrap

@@ -30,142 +30,57 @@ bias and raises with the reason).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any
 
-from ..dispatch import Backend
-from ..memory.muon import MUON_COEFFICIENTS
 from ..registry import register_mixer
-from .atlas import OmegaMemorySpec, _OmegaMixer
+from .atlas import OmegaNet
+from .base import keyword_options, show_options
+
+# omeganet's options that the variants do not take: the ones each fixes (no momentum: none of
+# Eq. 19–27 has one) and the kernel operands and channel gates, left at omeganet's defaults
+_FIXED = ("inner_loss", "forget", "feature_kernel", "momentum", "dot_precision", "gates", "gate_rank")
 
 
-class _DeepTransformer(_OmegaMixer):
-    """One DeepTransformers variant: ``omeganet`` with ``inner_loss``, ``forget``, ``feature_kernel``
-    and (windowless variants) ``window`` fixed by the subclass."""
+def omega_variant(name: str, **fixed: Any) -> Callable[[type[OmegaNet]], type[OmegaNet]]:
+    """Class decorator: register the class as ``name``, ``omeganet`` with the options ``fixed``; it
+    takes omeganet's other options (same names and defaults, but those in ``_FIXED``)."""
+    fixed = {"momentum": False, **fixed}
+    taken = (*_FIXED, *fixed)
 
-    name: str
-    inner_loss: Literal["l2", "dot"]
-    forget: bool
-    feature_kernel: Literal["poly", "exp"]
+    def __init__(self: OmegaNet, d_model: int, num_heads: int, **options: Any) -> None:
+        OmegaNet.__init__(self, d_model, num_heads, **options, **fixed)
 
-    def _build(
-        self,
-        d_model: int,
-        num_heads: int,
-        head_dim: int | None,
-        chunk_size: int,
-        backend: Backend,
-        window: int,
-        feature_degree: int,
-        memory: OmegaMemorySpec,
-        lr_max: float,
-        conv_size: int,
-    ) -> None:
-        _OmegaMixer.__init__(
-            self,
-            name=self.name,
-            d_model=d_model,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            window=window,
-            feature_degree=feature_degree,
-            feature_kernel=self.feature_kernel,
-            inner_loss=self.inner_loss,
-            memory=memory,
-            momentum=False,
-            forget=self.forget,
-            lr_max=lr_max,
-            conv_size=conv_size,
-            muon=None,
-            ns_steps=0,
-            ns_coefficients=MUON_COEFFICIENTS,  # unused without Muon
-        )
+    show_options(__init__, [p for p in keyword_options(OmegaNet.__init__) if p.name not in taken])
+
+    def wrap(cls: type[OmegaNet]) -> type[OmegaNet]:
+        cls.__init__, cls.name = __init__, name  # type: ignore[method-assign]
+        return register_mixer(name)(cls)
+
+    return wrap
 
 
-class _OneToken(_DeepTransformer):
-    """The variants whose inner loss sees the current token only (c = 1)."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        feature_degree: int = 2,
-        memory: OmegaMemorySpec = OmegaMemorySpec(),
-        lr_max: float = 1.0,
-        conv_size: int = 4,
-    ) -> None:
-        self._build(
-            d_model, num_heads, head_dim, chunk_size, backend, 1, feature_degree, memory, lr_max, conv_size
-        )
-
-
-class _Windowed(_DeepTransformer):
-    """The variants whose inner loss is the gated sum over the last ``window`` tokens (Omega rule)."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        window: int = 8,
-        feature_degree: int = 2,
-        memory: OmegaMemorySpec = OmegaMemorySpec(),
-        lr_max: float = 1.0,
-        conv_size: int = 4,
-    ) -> None:
-        self._build(
-            d_model,
-            num_heads,
-            head_dim,
-            chunk_size,
-            backend,
-            window,
-            feature_degree,
-            memory,
-            lr_max,
-            conv_size,
-        )
-
-
-@register_mixer("dla")
-class DLA(_OneToken):
+@omega_variant("dla", inner_loss="dot", forget=True, feature_kernel="poly", window=1)
+class DLA(OmegaNet):
     """Deep (gated) linear attention (ATLAS Eq. 19): dot bias, forget gate, polynomial features."""
 
-    name, inner_loss, forget, feature_kernel = "dla", "dot", True, "poly"
 
-
-@register_mixer("swla")
-class SWLA(_Windowed):
+@omega_variant("swla", inner_loss="dot", forget=True, feature_kernel="poly")
+class SWLA(OmegaNet):
     """Sliding-window linear attention (ATLAS Eq. 20): DLA over the last ``window`` tokens."""
 
-    name, inner_loss, forget, feature_kernel = "swla", "dot", True, "poly"
 
-
-@register_mixer("deep_transformer")
-class DeepTransformer(_OneToken):
+@omega_variant("deep_transformer", inner_loss="dot", forget=False, feature_kernel="exp", window=1)
+class DeepTransformer(OmegaNet):
     """DeepTransformer (ATLAS Eq. 25–26): dot bias, no forgetting, exponential-kernel features."""
 
-    name, inner_loss, forget, feature_kernel = "deep_transformer", "dot", False, "exp"
 
-
-@register_mixer("swdt")
-class SWDT(_Windowed):
+@omega_variant("swdt", inner_loss="dot", forget=False, feature_kernel="exp")
+class SWDT(OmegaNet):
     """Sliding-window DeepTransformer (ATLAS §4, Table 2): DeepTransformer over ``window`` tokens."""
 
-    name, inner_loss, forget, feature_kernel = "swdt", "dot", False, "exp"
 
-
-@register_mixer("dot")
-class Dot(_Windowed):
+@omega_variant("dot", inner_loss="l2", forget=False, feature_kernel="exp")
+class Dot(OmegaNet):
     """Dot, the deep Omega Transformer (ATLAS Eq. 27–31): l2 bias over ``window`` tokens, no
     forgetting, exponential-kernel features."""
-
-    name, inner_loss, forget, feature_kernel = "dot", "l2", False, "exp"

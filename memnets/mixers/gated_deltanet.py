@@ -41,7 +41,7 @@ from ..dispatch import Backend, MemoryDispatch
 from ..modules import GatedRMSNorm, ShortConv, l2norm
 from ..ops import GATED_DELTA
 from ..registry import register_mixer
-from .base import OneTokenStep, check_cu_seqlens
+from .base import OneTokenStep, check_cu_seqlens, takes_options
 
 
 @dataclass
@@ -103,19 +103,21 @@ class MemoryWrite(nn.Module):
 class GatedDeltaCore(OneTokenStep):
     """The parts of a gated-delta layer that do not belong to one memory: query projection, the three
     short convolutions, decay parameters ``A_log``/``dt_bias``, recurrence call, gated output norm and
-    output projection. ``GatedDeltaNet`` adds one ``MemoryWrite``; MoM adds several plus a router."""
+    output projection. ``GatedDeltaNet`` adds one ``MemoryWrite``; MoM adds several plus a router.
+    Its keyword options are both mixers' (``takes_options``)."""
 
     def __init__(
         self,
         owner: str,
         d_model: int,
         num_heads: int,
-        head_dim: int | None,
-        expand_v: float,
-        conv_size: int,
-        chunk_size: int,
-        backend: str,
-        norm_eps: float,
+        *,
+        head_dim: int | None = None,
+        expand_v: float = 1.0,
+        conv_size: int = 4,
+        chunk_size: int = 64,
+        backend: Backend = "auto",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -245,26 +247,14 @@ def check_state_batch(owner: str, leading: int, expected: int) -> None:
 
 
 @register_mixer("gated_deltanet")
+@takes_options(GatedDeltaCore.__init__)
 class GatedDeltaNet(GatedDeltaCore):
     """Gated DeltaNet layer. Options: ``head_dim`` (default ``d_model // num_heads``), ``expand_v``
     (value head width = ``head_dim * expand_v``), ``conv_size``, ``chunk_size`` and ``backend`` of the
     recurrence, ``norm_eps`` of the output norm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        *,
-        head_dim: int | None = None,
-        expand_v: float = 1.0,
-        conv_size: int = 4,
-        chunk_size: int = 64,
-        backend: Backend = "auto",
-        norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__(
-            "gated_deltanet", d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, backend, norm_eps
-        )
+    def __init__(self, d_model: int, num_heads: int, **options: Any) -> None:
+        super().__init__("gated_deltanet", d_model, num_heads, **options)
         self.write = self.new_write(d_model)
         self.init_linears()
 

@@ -23,8 +23,6 @@ it does alone (one kernel call where its kernel packs them); the state returned 
 
 from __future__ import annotations
 
-import inspect
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +34,7 @@ from ..modules import RMSNorm
 from ..registry import register_mixer
 from .atlas import Atlas, OmegaNet
 from .attention import Attention, KVCache, attention_mask
-from .base import OneTokenStep
+from .base import OneTokenStep, keyword_options, show_options, takes_options
 from .memory_block import check_packed
 from .titans import Titans
 
@@ -105,10 +103,26 @@ class _Hybrid(OneTokenStep):
         y, cache = self.attention(x, state, cu_seqlens)
         return y, cache if cu_seqlens is None else _last_sequence_cache(cache, cu_seqlens)
 
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        """The output from the block input ``x`` and the memory's output ``y_mem``: MAG or MAL."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, HybridState]:
+        check_packed(self.name, x, cu_seqlens, state)
+        state = state or HybridState(None, None)
+        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
+        o, att = self.with_attention(x, y_mem, state.attention, cu_seqlens)
+        return o, HybridState(mem, att)
+
     def state_size(self, seq_len: int) -> int:
         return self.memory.state_size(seq_len) + self.attention.state_size(seq_len)
 
 
+@takes_options(_Hybrid.__init__, own_last=True)
 class MemoryAsGate(_Hybrid):
     """Memory as a Gate (Titans §4.2, Eq. 26–28): sliding-window attention ∥ memory, combined."""
 
@@ -119,45 +133,31 @@ class MemoryAsGate(_Hybrid):
         d_model: int,
         num_heads: int,
         *,
-        window: int = 64,
-        num_persistent: int = 4,
         combine: Literal["gate", "sum"] = "gate",
+        **options: Any,
     ) -> None:
-        super().__init__(name, memory, d_model, num_heads, window=window, num_persistent=num_persistent)
+        super().__init__(name, memory, d_model, num_heads, **options)
         self.combine = combine
         self.norm_attention = RMSNorm(d_model)
         self.norm_memory = RMSNorm(d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y_mem, mem = self.memory(x, state.memory, cu_seqlens)
-        y_att, att = self._attend(x, state.attention, cu_seqlens)
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        y_att, att = self._attend(x, cache, cu_seqlens)
         a, m = self.norm_attention(y_att), self.norm_memory(y_mem)
         o = a * torch.sigmoid(m) if self.combine == "gate" else a + m
-        return self.out(o), HybridState(mem, att)
+        return self.out(o), att
 
 
 class MemoryAsLayer(_Hybrid):
     """Memory as a Layer (Titans §4.3, Eq. 29–31): the memory, then sliding-window attention."""
 
-    def forward(
-        self, x: Tensor, state: HybridState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, HybridState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        state = state or HybridState(None, None)
-        y, mem = self.memory(x, state.memory, cu_seqlens)
-        o, att = self._attend(y, state.attention, cu_seqlens)
-        return o, HybridState(mem, att)
-
-
-def _keyword_options(init: Any) -> list[inspect.Parameter]:
-    return [p for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    def with_attention(
+        self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
+    ) -> tuple[Tensor, KVCache]:
+        return self._attend(y_mem, cache, cu_seqlens)
 
 
 def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> type[_Hybrid]:
@@ -165,13 +165,11 @@ def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> 
     memory mixer class ``memory``. Its constructor takes the wrapper's options, then the memory's
     (renamed ``memory_<option>`` where the names clash), so configs and the registry's option checks
     see one flat list, and neither the wrapper nor the memory's arguments are written twice."""
-    own = _keyword_options(wrapper.__init__)
+    own = keyword_options(wrapper.__init__)
     own_names = {p.name for p in own}
     inner = {
-        (f"memory_{p.name}" if p.name in own_names else p.name): p for p in _keyword_options(memory.__init__)
+        (f"memory_{p.name}" if p.name in own_names else p.name): p for p in keyword_options(memory.__init__)
     }
-    hints = typing.get_type_hints(memory.__init__)
-    own_hints = typing.get_type_hints(wrapper.__init__)
 
     def __init__(self: _Hybrid, d_model: int, num_heads: int, **options: Any) -> None:
         memory_options = {inner[k].name: v for k, v in options.items() if k not in own_names}
@@ -179,15 +177,7 @@ def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> 
         built = memory(d_model, num_heads, **memory_options)  # first: parameters keep their init order
         wrapper.__init__(self, name, built, d_model, num_heads, **wrapper_options)
 
-    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    model = [
-        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)
-        for n in ("d_model", "num_heads")
-    ]
-    renamed = [p.replace(name=n, annotation=hints.get(p.name, Any)) for n, p in inner.items()]
-    own = [p.replace(annotation=own_hints.get(p.name, Any)) for p in own]
-    __init__.__signature__ = inspect.Signature([this, *model, *own, *renamed])  # type: ignore[attr-defined]
-    __init__.__annotations__ = {p.name: p.annotation for p in (*model, *own, *renamed)} | {"return": None}
+    show_options(__init__, [*own, *(p.replace(name=n) for n, p in inner.items())])
     doc = f"{wrapper.__doc__.split(':')[0]} around the ``{memory.__name__}`` memory mixer (module docstring)."
     cls = type(
         f"{memory.__name__}{'MAG' if wrapper is MemoryAsGate else 'MAL'}",

@@ -1,5 +1,6 @@
 """Pieces the memory mixers (``titans``, ``moneta``/``yaad``/``memora``, ``omeganet``/``atlas``,
-``tnt``) share: the q/k/v input block, the low-rank gate projection and the ``gates`` option, running
+``tnt``) share: the q/k/v input block, the step-size/momentum/retention gates, their low-rank
+projection and the ``gates`` option, the forward around one memory op (:class:`MemoryBlock`), running
 packed sequences one at a time (mixers whose pieces are not all per-token: MAC's segments, TNT's
 shards) and the kernels' matmul operand option.
 
@@ -18,19 +19,22 @@ No Triton kernel takes them: ``auto`` runs the chunked PyTorch form (compiled on
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..dispatch import MemoryDispatch
 from ..memory import MemoryMLP, gate_units
 from ..modules import GatedRMSNorm, ShortConv, l2norm
-from .base import check_cu_seqlens, last_sequence_conv
+from .base import OneTokenStep, check_cu_seqlens, last_sequence_conv
 
 
-def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor, state: object) -> None:
+def check_packed(owner: str, x: Tensor, cu_seqlens: Tensor | None, state: object) -> None:
+    """Packed sequences (if any) are well formed and start from a fresh state."""
     check_cu_seqlens(owner, x, cu_seqlens)
-    if state is not None:
+    if cu_seqlens is not None and state is not None:
         raise ValueError(f"{owner}: cu_seqlens cannot be combined with a recurrent state")
 
 
@@ -90,6 +94,68 @@ class LowRankGates(nn.Module):
         return out
 
 
+# initial gate biases (the papers make the gates functions of x_t but give no parameterisation; our
+# choice): lr = lr_max/2, mom = sigmoid(2.2) ≈ 0.9, keep = sigmoid(4.6) ≈ 0.99
+GATE_INIT = {"lr": 0.0, "mom": 2.2, "keep": 4.6}
+
+
+def gate_projection(
+    d_model: int, num_heads: int, gates: dict[str, tuple[int, float]], rank: int | None
+) -> nn.Module:
+    """The projection behind named per-token gates (name → (entries per head, initial bias)): with
+    ``rank`` a :class:`LowRankGates`; without, one linear map of x laid out name by name, each
+    ``[entries, H]``, its weights drawn small so that every gate starts near its bias."""
+    if rank is not None:
+        return LowRankGates(d_model, num_heads, rank, gates)
+    proj = nn.Linear(d_model, sum(width for width, _ in gates.values()) * num_heads)
+    bias = [b for width, b in gates.values() for _ in range(width)]
+    with torch.no_grad():
+        proj.weight.normal_(std=0.1 * d_model**-0.5)
+        proj.bias.copy_(torch.tensor(bias).repeat_interleave(num_heads))
+    return proj
+
+
+class StepGates(nn.Module):
+    """Per-token gates of a memory's update: lr = lr_max·sigmoid(·) (step size; Titans θ_t, ATLAS η_t),
+    mom = sigmoid(·) (momentum, with ``momentum``), keep = sigmoid(·) (retention 1 − α_t, with
+    ``forget``). ``width`` 1: one scalar per head from a linear map of x; else ``width`` values per head
+    (the memory's units, ``gates: channel``) from a rank-``rank`` projection. Computed in at least
+    float32 (float64 models stay float64, so decoding matches the parallel forward to float64
+    precision). ``extra`` gates (name → (entries per head, initial bias)) share the projection; a
+    subclass that adds them reads them in its own ``forward``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        lr_max: float,
+        momentum: bool,
+        forget: bool,
+        width: int = 1,
+        rank: int = 32,
+        extra: dict[str, tuple[int, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
+        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
+        self.extra = extra or {}
+        gates = {n: (width, GATE_INIT[n]) for n in self.names} | self.extra
+        self.proj = gate_projection(d_model, num_heads, gates, rank if width > 1 else None)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
+        if isinstance(self.proj, LowRankGates):
+            raw = self.proj(x)
+        else:
+            B, T, _ = x.shape
+            per_head = self.proj(x).to(torch.promote_types(x.dtype, torch.float32))
+            raw = dict(zip(self.names, per_head.view(B, T, len(self.names), self.num_heads).unbind(2)))
+        return {
+            "lr": self.lr_max * torch.sigmoid(raw["lr"]),
+            "mom": torch.sigmoid(raw["mom"]) if self.momentum else None,
+            "keep": torch.sigmoid(raw["keep"]) if self.forget else None,
+        }
+
+
 class MemoryProjections(nn.Module):
     """x → per-head q, k, v (Linear → causal depthwise conv → SiLU; l2-norm on q and k)."""
 
@@ -137,6 +203,39 @@ class GatedOutput(nn.Module):
         """``y [B, T, H, D]`` (the memory's read) gated by the block input ``x [B, T, d_model]``."""
         B, T, H, D = y.shape
         return self.out(self.norm(y, self.gate(x).view(B, T, H, D)).reshape(B, T, H * D))
+
+
+@dataclass
+class MemoryBlockState:
+    """A :class:`MemoryBlock`'s state: the q/k/v short-conv histories and its memory op's state."""
+
+    conv: dict[str, Tensor]
+    memory: Any
+
+
+class MemoryBlock(GatedOutput, OneTokenStep):
+    """The forward that ``titans``, the Miras mixers and the Omega mixers share: q/k/v inputs, one
+    memory op fed by :meth:`memory_args`, gated output. Subclasses set ``name``, ``backend``,
+    ``inputs`` (:class:`MemoryProjections`) and ``op`` and call :meth:`init_output`."""
+
+    name: str
+    backend: str
+    inputs: MemoryProjections
+    op: MemoryDispatch
+
+    def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
+        """The op's inputs before the state (queries, keys, values, gates) and its extra keywords."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, state: MemoryBlockState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, MemoryBlockState]:
+        check_packed(self.name, x, cu_seqlens, state)
+        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+        args, options = self.memory_args(x, qkv)
+        prev = None if state is None else state.memory
+        y, mem = self.op(self.backend, *args, prev, cu_seqlens=cu_seqlens, **options)
+        return self.output(y, x), MemoryBlockState(conv, mem)
 
 
 # operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a

@@ -82,15 +82,14 @@ Figures, settings and dates: ``benchmarks/RESULTS.md`` section 7 ("Miras runs").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..dispatch import Backend, MemoryDispatch
-from ..memory import AttentionalBias, L2Bias, MemorySpec, MemoryState
+from ..memory import AttentionalBias, L2Bias, MemorySpec
 from ..memory.miras import (
     ChunkEnd,
     HuberBias,
@@ -101,22 +100,15 @@ from ..memory.miras import (
 )
 from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
-from .base import OneTokenStep
+from .base import takes_options
 from .memory_block import (
-    GatedOutput,
     GateLayout,
     LowRankGates,
+    MemoryBlock,
     MemoryProjections,
     check_dot_precision,
-    check_packed,
     gate_width,
 )
-
-
-@dataclass
-class MirasState:
-    conv: dict[str, Tensor]
-    memory: MemoryState
 
 
 def _check_positive(owner: str, **positive: float) -> None:
@@ -125,8 +117,9 @@ def _check_positive(owner: str, **positive: float) -> None:
             raise ValueError(f"{owner}: {name} must be > 0, got {value}")
 
 
-class MirasMemory(GatedOutput, OneTokenStep):
-    """The Miras block around one (bias, retention) memory; subclasses choose the pieces."""
+class MirasMemory(MemoryBlock):
+    """The Miras block around one (bias, retention) memory; subclasses choose the pieces. Its keyword
+    options are every variant's (:func:`~memnets.mixers.base.takes_options`)."""
 
     name = "miras"
 
@@ -134,20 +127,20 @@ class MirasMemory(GatedOutput, OneTokenStep):
         self,
         d_model: int,
         num_heads: int,
-        *,
-        head_dim: int | None,
-        chunk_size: int,
-        backend: str,
-        memory: MemorySpec,
-        lr_max: float,
-        gate_rank: int,
-        conv_size: int,
         bias: AttentionalBias,
         retention: Retention | None,
         lag: bool = False,
         extra_gates: dict[str, tuple[int, float]] | None = None,
+        *,
+        head_dim: int | None = None,
+        chunk_size: int = 16,
+        backend: Backend = "auto",
+        memory: MemorySpec = MemorySpec(),
+        lr_max: float = 1.0,
+        gate_rank: int = 32,
+        gates: GateLayout = "head",
+        conv_size: int = 4,
         dot_precision: str = "auto",
-        gates: str = "head",
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
@@ -194,33 +187,17 @@ class MirasMemory(GatedOutput, OneTokenStep):
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return None
 
-    def forward(
-        self, x: Tensor, state: MirasState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, MirasState]:
-        if cu_seqlens is not None:
-            check_packed(self.name, x, cu_seqlens, state)
-        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+    def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
-        memory = None if state is None else state.memory
-        y, mem = self.op(
-            self.backend,
-            qkv["q"],
-            qkv["k"],
-            qkv["v"],
-            lr,
-            keep,
-            memory,
-            bias_params=self.bias_params(raw),
-            cu_seqlens=cu_seqlens,
-        )
-        return self.output(y, x), MirasState(conv, mem)
+        return [qkv["q"], qkv["k"], qkv["v"], lr, keep], {"bias_params": self.bias_params(raw)}
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.memory.numel_per_head() + self.inputs.state_size()
 
 
 @register_mixer("moneta")
+@takes_options(MirasMemory.__init__)
 class Moneta(MirasMemory):
     """(p, q)-Moneta: ℓ_p attentional bias, L_q retention (Miras Eq. 24-25)."""
 
@@ -237,15 +214,7 @@ class Moneta(MirasMemory):
         normalize_at: Literal["token", "chunk_end"] = "token",
         norm_floor: float = 0.1,
         eps: float = 1e-6,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        memory: MemorySpec = MemorySpec(),
-        lr_max: float = 1.0,
-        gate_rank: int = 32,
-        gates: GateLayout = "head",
-        conv_size: int = 4,
-        dot_precision: str = "auto",
+        **block: Any,
     ) -> None:
         if normalize not in ("paper", "unit", "none"):
             raise ValueError(f"moneta: normalize={normalize!r} is not one of ['paper', 'unit', 'none']")
@@ -256,24 +225,11 @@ class Moneta(MirasMemory):
         retention: Retention | None = None if normalize == "none" else LqNormalize(q, normalize, norm_floor)
         if normalize_at == "chunk_end":
             retention = ChunkEnd(retention)
-        super().__init__(
-            d_model,
-            num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            memory=memory,
-            lr_max=lr_max,
-            gate_rank=gate_rank,
-            gates=gates,
-            conv_size=conv_size,
-            dot_precision=dot_precision,
-            bias=LpBias(p, eps),
-            retention=retention,
-        )
+        super().__init__(d_model, num_heads, LpBias(p, eps), retention, **block)
 
 
 @register_mixer("yaad")
+@takes_options(MirasMemory.__init__)
 class Yaad(MirasMemory):
     """Yaad: Huber attentional bias with a data-dependent threshold, L2 retention (Miras Eq. 26)."""
 
@@ -287,17 +243,9 @@ class Yaad(MirasMemory):
         huber: Literal["norm", "coord"] = "norm",
         sign_sharpness: float = 10.0,
         delta_init: float | None = None,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        memory: MemorySpec = MemorySpec(),
-        lr_max: float = 1.0,
-        gate_rank: int = 32,
-        gates: GateLayout = "head",
-        conv_size: int = 4,
-        dot_precision: str = "auto",
+        **block: Any,
     ) -> None:
-        hd = head_dim or d_model // num_heads
+        hd = block.get("head_dim") or d_model // num_heads
         if huber not in ("norm", "coord"):
             raise ValueError(f"yaad: huber={huber!r} is not one of ['norm', 'coord']")
         # initial threshold (stored through softplus⁻¹): 2√d for the norm switch, 1 per channel for the
@@ -310,28 +258,15 @@ class Yaad(MirasMemory):
             delta_init = 2 * math.sqrt(hd) if huber == "norm" else 1.0
         _check_positive("yaad", delta_init=delta_init)
         width = 1 if huber == "norm" else hd
-        super().__init__(
-            d_model,
-            num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            memory=memory,
-            lr_max=lr_max,
-            gate_rank=gate_rank,
-            gates=gates,
-            conv_size=conv_size,
-            dot_precision=dot_precision,
-            bias=HuberBias(huber, sign_sharpness),
-            retention=None,
-            extra_gates={"delta": (width, math.log(math.expm1(delta_init)))},
-        )
+        delta = {"delta": (width, math.log(math.expm1(delta_init)))}
+        super().__init__(d_model, num_heads, HuberBias(huber, sign_sharpness), None, False, delta, **block)
 
     def bias_params(self, raw: dict[str, Tensor]) -> Tensor | None:
         return F.softplus(raw["delta"])
 
 
 @register_mixer("memora")
+@takes_options(MirasMemory.__init__, "dot_precision")
 class Memora(MirasMemory):
     """Memora: ℓ2 attentional bias, KL (softmax) retention over the simplex (Miras Eq. 27)."""
 
@@ -344,27 +279,9 @@ class Memora(MirasMemory):
         *,
         lag_token: bool = True,
         simplex_scale: float = 1.0,
-        head_dim: int | None = None,
-        chunk_size: int = 16,
-        backend: Backend = "auto",
-        memory: MemorySpec = MemorySpec(),
         lr_max: float = 0.1,
-        gate_rank: int = 32,
-        gates: GateLayout = "head",
-        conv_size: int = 4,
+        **block: Any,
     ) -> None:
-        super().__init__(
-            d_model,
-            num_heads,
-            head_dim=head_dim,
-            chunk_size=chunk_size,
-            backend=backend,
-            memory=memory,
-            lr_max=lr_max,
-            gate_rank=gate_rank,
-            gates=gates,
-            conv_size=conv_size,
-            bias=L2Bias(),
-            retention=SimplexSoftmax(simplex_scale),
-            lag=lag_token,
-        )
+        # no kernel runs Memora (its softmax retention), so no kernel operand option
+        retention = SimplexSoftmax(simplex_scale)
+        super().__init__(d_model, num_heads, L2Bias(), retention, lag_token, lr_max=lr_max, **block)

@@ -66,14 +66,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dispatch import Backend
 from ..registry import register_mixer
+from .base import takes_options
 from .gated_deltanet import (
     GatedDeltaCore,
     MemoryState,
@@ -174,6 +174,7 @@ def _unflat_buckets(t: Tensor, N: int) -> Tensor:
 
 
 @register_mixer("mom")
+@takes_options(GatedDeltaCore.__init__)
 class MoM(GatedDeltaCore):
     """Mixture of gated-delta memories. Options: ``num_memories`` (M), ``topk`` (k), ``shared_memory``,
     ``aux_loss`` (``pooled`` over layers or ``per_layer``) and ``aux_loss_weight`` of the
@@ -191,16 +192,9 @@ class MoM(GatedDeltaCore):
         aux_loss: Literal["pooled", "per_layer"] = "pooled",
         aux_loss_weight: float = 1e-3,
         bucket_layout: Literal["auto", "packed", "padded"] = "auto",
-        head_dim: int | None = None,
-        expand_v: float = 1.0,
-        conv_size: int = 4,
-        chunk_size: int = 64,
-        backend: Backend = "auto",
-        norm_eps: float = 1e-6,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            "mom", d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, backend, norm_eps
-        )
+        super().__init__("mom", d_model, num_heads, **options)
         if num_memories < 1:
             raise ValueError(f"mom: num_memories must be >= 1, got {num_memories}")
         if not 1 <= topk <= num_memories:

@@ -80,6 +80,7 @@ section 7 ("Titans variants against frozen memories").
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,12 +94,11 @@ from ..registry import register_mixer
 from .attention import Attention, attention_mask
 from .base import OneTokenStep
 from .memory_block import (
-    GatedOutput,
     GateLayout,
-    LowRankGates,
+    MemoryBlock,
     MemoryProjections,
+    StepGates,
     check_dot_precision,
-    check_packed,
     gate_width,
     run_packed_one_by_one,
 )
@@ -111,51 +111,7 @@ def _check_positive(owner: str, **values: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the neural memory: projections, gates, memory, output norm
-
-
-class MemoryGates(nn.Module):
-    """Per-token gates: lr = lr_max·sigmoid(·) (θ_t), mom = sigmoid(·) (η_t), keep = sigmoid(·) = 1 − α_t;
-    ``width`` 1: one scalar per head from a linear map of x; else ``width`` values per head (the
-    memory's units, ``gates: channel``, App. C's diag gates) from a rank-``rank`` projection
-    (:class:`~memnets.mixers.memory_block.LowRankGates`). Computed in at least float32 (float64
-    models stay float64, so decoding matches the parallel forward to float64 precision)."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        lr_max: float,
-        momentum: bool,
-        forget: bool,
-        width: int = 1,
-        rank: int = 32,
-    ) -> None:
-        super().__init__()
-        self.num_heads, self.lr_max, self.momentum, self.forget = num_heads, lr_max, momentum, forget
-        self.names = ("lr",) + (("mom",) if momentum else ()) + (("keep",) if forget else ())
-        init = {"lr": 0.0, "mom": 2.2, "keep": 4.6}  # lr = lr_max/2, mom ≈ 0.9, keep ≈ 0.99
-        self.proj: nn.Module
-        if width > 1:
-            self.proj = LowRankGates(d_model, num_heads, rank, {n: (width, init[n]) for n in self.names})
-            return
-        self.proj = nn.Linear(d_model, len(self.names) * num_heads)
-        with torch.no_grad():
-            self.proj.weight.normal_(std=0.1 * d_model**-0.5)
-            self.proj.bias.copy_(torch.tensor([init[n] for n in self.names]).repeat_interleave(num_heads))
-
-    def forward(self, x: Tensor) -> dict[str, Tensor | None]:
-        B, T, _ = x.shape
-        if isinstance(self.proj, LowRankGates):
-            raw = self.proj(x)
-        else:
-            per_head = self.proj(x).to(torch.promote_types(x.dtype, torch.float32))
-            raw = dict(zip(self.names, per_head.view(B, T, len(self.names), self.num_heads).unbind(2)))
-        return {
-            "lr": self.lr_max * torch.sigmoid(raw["lr"]),
-            "mom": torch.sigmoid(raw["mom"]) if self.momentum else None,
-            "keep": torch.sigmoid(raw["keep"]) if self.forget else None,
-        }
+# the neural memory: projections, gates (memory_block.StepGates), memory, output norm
 
 
 def titans_memory_op(
@@ -170,15 +126,11 @@ def titans_memory_op(
     return op
 
 
-@dataclass
-class TitansState:
-    conv: dict[str, Tensor]
-    memory: MemoryState
-
-
 @register_mixer("titans")
-class Titans(GatedOutput, OneTokenStep):
+class Titans(MemoryBlock):
     """Titans neural long-term memory (LMM) as a token mixer. See the module docstring for the options."""
+
+    name = "titans"
 
     def __init__(
         self,
@@ -211,29 +163,13 @@ class Titans(GatedOutput, OneTokenStep):
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.memory = memory.build(num_heads, head_dim)
         width = gate_width("titans", gates, gate_rank, self.memory)
-        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
+        self.gates = StepGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
         self.op = titans_memory_op("titans", self.memory, backend, chunk_size, dot_precision, gates)
         self.init_output(d_model, num_heads, head_dim)
 
-    def forward(
-        self, x: Tensor, state: TitansState | None = None, cu_seqlens: Tensor | None = None
-    ) -> tuple[Tensor, TitansState]:
-        if cu_seqlens is not None:
-            check_packed("titans", x, cu_seqlens, state)
-        qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
+    def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
         g = self.gates(x)
-        y, mem = self.op(
-            self.backend,
-            qkv["q"],
-            qkv["k"],
-            qkv["v"],
-            g["lr"],
-            g["mom"],
-            g["keep"],
-            None if state is None else state.memory,
-            cu_seqlens=cu_seqlens,
-        )
-        return self.output(y, x), TitansState(conv, mem)
+        return [qkv["q"], qkv["k"], qkv["v"], g["lr"], g["mom"], g["keep"]], {}
 
     def state_size(self, seq_len: int) -> int:
         per_head = self.memory.numel_per_head() * (2 if self.gates.momentum else 1)
@@ -315,7 +251,7 @@ class TitansMAC(OneTokenStep):
         self.write = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.memory = memory.build(num_heads, head_dim)
         width = gate_width("titans_mac", gates, gate_rank, self.memory)
-        self.gates = MemoryGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
+        self.gates = StepGates(d_model, num_heads, lr_max, momentum, forget, width, gate_rank)
         self.op = titans_memory_op("titans_mac", self.memory, backend, chunk_size, dot_precision, gates)
         self.r_out = nn.Linear(inner, d_model, bias=False)
         self.r_norm = RMSNorm(d_model)

@@ -70,11 +70,13 @@ from ..ops import CHUNK_READ_MEMORY, SHARDED_MEMORY
 from ..registry import register_mixer
 from .base import OneTokenStep
 from .memory_block import (
+    GATE_INIT,
     GatedOutput,
     GateLayout,
     LowRankGates,
     MemoryProjections,
     check_dot_precision,
+    gate_projection,
     gate_width,
     run_packed_one_by_one,
 )
@@ -103,14 +105,8 @@ class TNTMemory(nn.Module):
         self.lr_max = lr_max
         self.memory = spec.build(num_heads, head_dim)
         width = gate_width("tnt", gates, gate_rank, self.memory)
-        self.lr_proj: nn.Module
-        if width > 1:
-            self.lr_proj = LowRankGates(d_model, num_heads, gate_rank, {"lr": (width, 0.0)})
-            return
-        self.lr_proj = nn.Linear(d_model, num_heads)
-        with torch.no_grad():
-            self.lr_proj.weight.normal_(std=0.1 * d_model**-0.5)
-            self.lr_proj.bias.zero_()
+        rank = gate_rank if width > 1 else None
+        self.lr_proj = gate_projection(d_model, num_heads, {"lr": (width, GATE_INIT["lr"])}, rank)
 
     def forward(
         self, x: Tensor, conv: dict[str, Tensor] | None
@@ -118,7 +114,7 @@ class TNTMemory(nn.Module):
         qkv, conv = self.inputs(x, conv)
         if isinstance(self.lr_proj, LowRankGates):
             raw = self.lr_proj(x)["lr"]
-        else:
+        else:  # not split_gates: its per-gate view would sum the bias gradient in another order
             raw = self.lr_proj(x).to(torch.promote_types(x.dtype, torch.float32))
         return qkv["q"], qkv["k"], qkv["v"], self.lr_max * torch.sigmoid(raw), conv
 
