@@ -16,7 +16,8 @@ def _worst_operand(types: list[str]) -> int:
 
 def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The budgeted figures of a report: per kernel launch its spill bytes per thread, tensor-core
-    operand types, programs and status; per chunked path its eager ops per chunk."""
+    operand types, replicated-warp products per step, programs and status; per chunked path its eager
+    ops per chunk."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = f"{r['config']}/{r['dispatch']}"
@@ -31,6 +32,7 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "spill_bytes": ln.get("stack"),
                 "operand_types": ln.get("operand_types"),
                 "programs": ln["programs"],
+                "replicated_dots": ln.get("replicated_dots", 0),
             }
     return out
 
@@ -38,7 +40,7 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) -> list[str]:
     """Where a report is worse than the budget: ``auto`` on CUDA taking a slower path (kernel →
     compiled chunked → eager chunked), a kernel that no longer compiles, more spill bytes, wider
-    tensor-core operands (bf16 → tf32 → none), fewer programs, more eager ops per chunk, or a budgeted
+    tensor-core operands (bf16 → tf32 → none), more replicated-warp products, fewer programs, more eager ops per chunk, or a budgeted
     entry missing (a path that disappeared). Better figures pass (update the budget)."""
     got = budget_entries(rows)
     problems = []
@@ -59,6 +61,11 @@ def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) 
         ):
             problems.append(
                 f"{key}: operand types {have['operand_types']} wider than budget {want['operand_types']}"
+            )
+        if "replicated_dots" in want and (have.get("replicated_dots") or 0) > want["replicated_dots"]:
+            problems.append(
+                f"{key}: {have['replicated_dots']} replicated-warp products per step > budget "
+                f"{want['replicated_dots']}"
             )
         if "programs" in want and have["programs"] < want["programs"]:
             problems.append(f"{key}: {have['programs']} programs < budget {want['programs']}")

@@ -21,6 +21,18 @@ def update_backward(d_delta, d_x, x, delta, coef, C, DOT: tl.constexpr):
 
 
 @triton.jit
+def update_backward_t(d_deltaT, d_xT, xT, deltaT, coef, C, DOT: tl.constexpr):
+    """:func:`update_backward` on transposed tiles (``xT`` ``[n, rows]``, ``deltaT`` ``[m, rows]``, and
+    the cotangents likewise), its products hidden-major: the width n or m is each product's M, the
+    rows its N (Hopper's wgmma needs M >= 64)."""
+    xcT = dot(tl.trans(C), xT, DOT)
+    d_deltaT -= coef[None, :] * xcT
+    d_coef = tl.sum(deltaT * xcT, 0)
+    d_xT -= dot(C, deltaT * coef[None, :], DOT)
+    return d_deltaT, d_xT, d_coef
+
+
+@triton.jit
 def inner(a, b):
     """Σ a ⊙ b over a ``[n, m]`` tile: the cotangent of a scalar that scales b, from a."""
     return tl.sum(tl.sum(a * b, 1), 0)

@@ -78,6 +78,7 @@ def _rows_from_budget() -> list[dict]:
                         "stack": launch["spill_bytes"],
                         "operand_types": launch["operand_types"],
                         "programs": launch["programs"],
+                        "replicated_dots": launch["replicated_dots"],
                     }
                 )
         rows.append(row)
@@ -105,6 +106,7 @@ def test_budget_check_catches_each_regression():
     )
     assert any("operand" in p for p in worse(lambda rs: first_launch(rs).update(operand_types=["f32"])))
     assert any("programs" in p for p in worse(lambda rs: first_launch(rs).update(programs=1)))
+    assert any("replicated" in p for p in worse(lambda rs: first_launch(rs).update(replicated_dots=10**6)))
     assert any("status" in p for p in worse(lambda rs: first_launch(rs).update(status="error")))
     assert any("eager_ops" in p for p in worse(lambda rs: eager(rs).update(fwd_bwd_per_chunk=1e6)))
     assert any("not in the report" in p for p in worse(lambda rs: rs.pop()))

@@ -179,10 +179,18 @@ def test_partial_hidden_block():
     _compare(20, 8, 32, hidden=48, residual=True, layer_norm=True)
 
 
+@pytest.mark.parametrize("T, chunk_size, hidden", [(65, 16, 160), (40, 8, 128)])
+def test_default_hidden_block(T, chunk_size, hidden):
+    """The default hidden block (64: one wgmma M per warpgroup) over 2-3 blocks, the last one half
+    masked at hidden width 160, with every branch the Titans memory takes."""
+    assert mlp_memory.DEFAULT_HIDDEN_BLOCK == 64
+    _compare(T, chunk_size, 64, residual=True, layer_norm=True, hidden=hidden)
+
+
 def test_too_large_state_runs_wide_kernels(monkeypatch):
     """With no hidden_block, a state beyond the whole-state kernels' shared memory at every tile of the
     chunk (16 x 80, padded 16 x 128, at chunk 37: prime, a single 64-row tile) runs the wide kernels,
-    with the default hidden block (here 3 blocks of 32, the last one half masked)."""
+    with the default hidden block (here 2 blocks of 64, the last one three-quarters masked)."""
     assert (
         triton_mlp.on_chip_state_too_large(D, 80, 37)
         and triton_mlp.supports_mlp(base._arch(True, "gelu", True, 80), chunk_size=37) is None

@@ -93,6 +93,34 @@ tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) run the wide-state k
 chunked form, chunks of at most ``MAX_TILE``), picked by :func:`tile_layout` where
 :func:`on_chip_state_too_large`, or where ``hidden_block`` is given.
 
+Tensor cores and the GPU's width (the wide-state kernels, where the flagship configs run). Every
+large product is hidden-major (:mod:`.wide_forward`): the 64-column hidden block or the head dim is
+the matmul's M, so it compiles to bf16 wgmma without warps computing the same rows. The figures below
+are the static report's roofline estimates (``scripts/kernel_report.py``; benchmarks/RESULTS.md §22),
+at titans-760m, 4 × 4096 tokens, one program per SM. The forward step is now bound by its chain of
+86 dependent matmuls per chunk (≈ 8.6 µs), not by spills; the backward by its 2.3 KB of spill per
+thread (≈ 84 µs per chunk at the L2's rate, ≈ 10 µs if it fitted L1). Ways to use more than 64 of the
+132 SMs, weighed:
+
+* *Hidden width split across programs* (P programs per (sequence, head), NB/P blocks each): each
+  program's step shrinks about P× (the 2-3× that P = 2-3 gives at 64 programs), but the key path's Z2
+  = Σ_j σ(K W1_j) W2_j and the reads' Σ_j Â_j A_jᵀ cross the split every chunk: a reduction of
+  ``[L, D]`` and ``[L, L]`` and a broadcast of Δ between programs, twice per chunk. On-chip that needs
+  a thread-block cluster's distributed shared memory, which Triton does not expose to kernels; through
+  global memory it needs the P programs co-resident (a spin barrier on a flag), which 64·P programs
+  at one per SM do not guarantee once 64·P > 132. Not built; the next step where a GPU can time the
+  barrier.
+* *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
+  products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
+  written and read again (≈ 9.7 GB per layer at titans-760m, ≈ 6 ms of HBM traffic against the
+  forward's estimated 2.2 ms). Rejected for the forward; the backward's recompute already stores
+  those states per segment, and a parallel read-backward launch over a segment's stored states is
+  the candidate there.
+* *Overlapping chunk c's reads with chunk c + 1's key path* (warp specialisation): the reads feed
+  nothing downstream, so a second warpgroup could take them and shorten the dependent chain by
+  about 40%; it adds no programs, and Triton's warp specialisation targets simple loops (one
+  producer, one MMA consumer), not a two-pass body. Not built.
+
 Packed sequences (``cu_seqlens``, B = 1, ``VARLEN``): one program per (sequence, head) walks that
 sequence's tiles, which restart at its first token (coefficients per sequence tile, gates padded per
 sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state. With

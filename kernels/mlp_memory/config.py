@@ -18,9 +18,9 @@ L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "hu
 # warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
 # benchmarks/RESULTS.md §9 for the register spills at 4 and 8)
 NUM_WARPS = 4
-# warps per program of the wide-state kernels (8 spill about as much: the chunk's [L, D] rows and
-# [L, L] tiles stay live)
-WIDE_NUM_WARPS = 4
+# warps per program of the wide-state kernels: two warpgroups, each taking half of a 64-row hidden
+# block's products; 4 spill about twice the bytes per thread (benchmarks/RESULTS.md §22)
+WIDE_NUM_WARPS = 8
 
 
 class LaunchConfig(NamedTuple):

@@ -18,9 +18,10 @@ MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 # largest head dim (padded) per padded chunk tile (rows) whose wide-state kernels fit: the chunk's
 # [L, D] rows and [L, L] tiles stay on chip
 MAX_WIDE_DIM_FOR_TILE = {16: 128, 32: 128, 64: 64}
-# hidden columns per block of the wide-state kernels: 16 spills a little less than 32 but runs its
-# matmuls at the smallest MMA width, 64 spills more (benchmarks/RESULTS.md §9)
-DEFAULT_HIDDEN_BLOCK = 32
+# hidden columns per block of the wide-state kernels: 64, the M of one Hopper warpgroup's wgmma, so
+# that the hidden-major products (the hidden block as M) run on wgmma without replicated warps
+# (16 and 32 compile to mma.sync with warps computing the same rows; benchmarks/RESULTS.md §22)
+DEFAULT_HIDDEN_BLOCK = 64
 # whether backend="auto" may pick the wide-state kernels: their in-place global-memory updates rely on
 # barriers between a program's threads, which the interpreter cannot test; turn on once the kernel
 # tests have passed on a GPU (benchmarks/RESULTS.md §9). backend="triton" runs them either way.

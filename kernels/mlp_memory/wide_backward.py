@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..dual_form import inner
+from ..dual_form import inner, update_backward_t
 from ..optional import or_empty
 from ..precision import dot
 from .common import (
@@ -19,11 +19,7 @@ from .common import (
     delta_backward,
     key_delta,
     key_value_rows,
-    layers_update_backward,
     ln_params,
-    load_matrices,
-    read_hidden_backward,
-    read_input_backward,
     read_layer2_backward,
     row_block,
     store_ln_grads,
@@ -31,6 +27,28 @@ from .common import (
 )
 from .config import LaunchConfig
 from .wide_forward import hidden_block, key_z2, wide_meta
+
+
+@triton.jit
+def layer1_reads(w1, s1, base, o1, m1, kT, qT, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """Hidden block j's layer-1 products at the chunk-start state, hidden-major: Z1ᵀ = W1ᵀ Kᵀ, Aᵀ =
+    σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else (Q W1)ᵀ again, unread)."""
+    W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+    Z1T = dot(tl.trans(W1), kT, DOT)
+    qw1T = dot(tl.trans(W1), qT, DOT)
+    qs1T = qw1T
+    if HAS_MOM:
+        qs1T = dot(tl.trans(tl.load(s1 + base + o1, mask=m1, other=0.0)), qT, DOT)
+    return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T
+
+
+@triton.jit
+def read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """The read's Ẑ1_jᵀ = (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j)ᵀ."""
+    z1T = b_beta[None, :] * qw1T - dot(d1T, qkGT, DOT)
+    if HAS_MOM:
+        z1T += b_f[None, :] * qs1T
+    return z1T
 
 
 @triton.jit
@@ -55,12 +73,15 @@ def _wide_backward_kernel(
     gmask = lmask[:, None] & lmask[None, :]
     cols = tl.arange(0, BD)
     cmask = cols < D
-    # scratch: the partial cotangent of Z1_j [BL, BHB] of each block, passed from pass 3 to pass 5
+    # scratch: the partial cotangent of Z1_j (kept as Z1_jᵀ, [BHB, BL]) of each block, passed from pass
+    # 3 to pass 5
     sw = NB * BHB
-    so = bh * BL * sw + li[:, None] * sw + tl.arange(0, BHB)[None, :]
+    so = bh * BL * sw + li[None, :] * sw + tl.arange(0, BHB)[:, None]
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     d_gamma = tl.zeros([BD], dtype=tl.float32)
     d_shift = tl.zeros([BD], dtype=tl.float32)
+    # Every product is hidden-major, as in the forward: the hidden block or the head dim is M, the
+    # chunk's rows N (names ending in T are transposed tiles: ``[BHB, BL]`` or ``[BD, BL]``).
     for i in range(NC):
         c = NC - 1 - i
         g = C0 + c  # the chunk's index in the sequence
@@ -82,136 +103,164 @@ def _wide_backward_kernel(
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
             b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
-        qk = dot(b_q, tl.trans(b_k), DOT)
+        qT = tl.trans(b_q)
+        kT = tl.trans(b_k)
+        qk = dot(b_q, kT, DOT)
         qkG = qk * b_G
+        qkGT = tl.trans(qkG)
 
         # pass 1: the key path
         Z2 = key_z2(b_k, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, dout, r, xk, rk = key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
+        ddT = tl.trans(dd)
 
         # pass 2: the reads' layer-2 inputs summed over the hidden blocks
-        a1w2 = tl.zeros([BL, BD], dtype=tl.float32)
-        a1s2 = tl.zeros([BL, BD], dtype=tl.float32)
+        a1w2T = tl.zeros([BD, BL], dtype=tl.float32)
+        a1s2T = tl.zeros([BD, BL], dtype=tl.float32)
         aa = tl.zeros([BL, BL], dtype=tl.float32)
         for j in range(NB):
             o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
-            Z1 = dot(b_k, W1, DOT)
-            A = act(Z1, ACT)
-            d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)
-            z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
+            Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
+                w1_chunks, s1_chunks, cb, o1, m1, kT, qT, ACT, DOT, HAS_MOM
+            )
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            z1T = read_z1(qw1T, qs1T, dot(W2, ddT, DOT) * sgT, qkGT, b_beta, b_f, DOT, HAS_MOM)
+            a1T = act(z1T, ACT)
+            a1w2T += dot(tl.trans(W2), a1T, DOT)
+            aa += dot(tl.trans(a1T), AT, DOT)
             if HAS_MOM:
-                S1, S2 = load_matrices(s1_chunks, s2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
-                z1 += b_f[:, None] * dot(b_q, S1, DOT)
-            a1 = act(z1, ACT)
-            a1w2 += dot(a1, W2, DOT)
-            aa += dot(a1, tl.trans(A), DOT)
-            if HAS_MOM:
-                a1s2 += dot(a1, S2, DOT)
+                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                a1s2T += dot(tl.trans(S2), a1T, DOT)
         # Ẑ2's terms on whole rows (dΔ completed over the blocks in pass 3)
         b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
-            b_dy, a1w2, a1s2, aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask, ln_eps,
-            D, DOT, LN, HAS_MOM,
+            b_dy, tl.trans(a1w2T), tl.trans(a1s2T), aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask,
+            ln_eps, D, DOT, LN, HAS_MOM,
         )  # fmt: skip
+        dyT = tl.trans(b_dy)
+        dPT = tl.trans(dP)
+        d_ddT = tl.trans(d_dd)
         if HAS_MOM:
             b_ds = tl.zeros([BL], dtype=tl.float32)
             dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
 
-        # pass 3: per block, the reads' layer 1, the chunk-end update and δ1_j's second-order terms
+        # pass 3: per block, the reads' layer 1, the chunk-end update and δ1_j's second-order terms.
+        # Layer 1's cotangents are finished and stored before layer 2's are read, and the chunk-start
+        # blocks are read again (from L2) where keeping them live would spill registers.
         dPq = tl.zeros([BL, BL], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
-        b_dq = tl.zeros([BL, BD], dtype=tl.float32)
-        b_dk = tl.zeros([BL, BD], dtype=tl.float32)
+        b_dqT = tl.zeros([BD, BL], dtype=tl.float32)
+        b_dkT = tl.zeros([BD, BL], dtype=tl.float32)
         dg_last = tl.zeros([BL], dtype=tl.float32)
+        dbeta_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
+        df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
             o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
-            cW1, cW2 = load_matrices(dw1, dw2, base, o1, m1, o2, m2, BD, BHB, True)  # of the chunk-end state
-            Z1 = dot(b_k, W1, DOT)
-            A = act(Z1, ACT)
-            sg = act_grad(Z1, ACT)
-            E = dot(dd, tl.trans(W2), DOT)
-            d1 = E * sg
-            qw1 = dot(b_q, W1, DOT)
-            z1 = b_beta[:, None] * qw1 - dot(qkG, d1, DOT)
-            S1, S2 = load_matrices(s1_chunks, s2_chunks, cb, o1, m1, o2, m2, BD, BHB, HAS_MOM)
-            qs1 = qw1  # Q S1 with momentum (unread without)
-            if HAS_MOM:
-                cS1, cS2 = load_matrices(ds1, ds2, base, o1, m1, o2, m2, BD, BHB, True)
-                qs1 = dot(b_q, S1, DOT)
-                z1 += b_f[:, None] * qs1
-            a1 = act(z1, ACT)
-            # layer 2 of the reads, block j
-            dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
-            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
-            b_dbeta += tl.sum(dz1 * qw1, 1)
-            dPq -= dot(dz1, tl.trans(d1), DOT)
-            d_d1 = -dot(tl.trans(qkG), dz1, DOT)  # dδ1_j
-            b_dq += b_beta[:, None] * dot(dz1, tl.trans(W1), DOT)
-            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
-            # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-            d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
-                d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
+            Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
+                w1_chunks, s1_chunks, cb, o1, m1, kT, qT, ACT, DOT, HAS_MOM
             )
-            dg_last -= s1 + s2
-            b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
-            gW1 += beta_last * cW1
-            gW2 += beta_last * cW2
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            ET = dot(W2, ddT, DOT)
+            d1T = ET * sgT
+            z1T = read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT, HAS_MOM)
+            a1T = act(z1T, ACT)
+            # layer 2 of the reads, block j: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
+            da1T = b_beta[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
             if HAS_MOM:
-                df_last = inner(cW1, S1) + inner(cW2, S2)
-                b_df = tl.where(is_last, b_df + df_last, b_df)
-                d_d1, d_dd, b_dk, dA, s1, s2, dm_j = layers_update_backward(
-                    d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, b_s, cS1, cS2, S1, S2, DOT
-                )
-                b_ds -= s1 + s2
-                dm += dm_j
-                cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
-                cS2 = f_last * cW2 + b_m * cS2 + dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
-            # δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j and Z1_j (second order)
-            dE = d_d1 * sg
-            dZ1 = d_d1 * E * act_grad2(Z1, ACT)
-            d_dd += dot(dE, W2, DOT)
-            gW2 += dot(tl.trans(dE), dd, DOT)
+                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                da1T += b_f[None, :] * dot(S2, dyT, DOT)
+            dz1T = da1T * act_grad(z1T, ACT)
+            dAT = dot(a1T, dP, DOT)
+            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
+            b_dbeta += tl.sum(dz1T * qw1T, 0)
+            dPq -= dot(tl.trans(dz1T), d1T, DOT)
+            d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
+            # layer 1's chunk-end update W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 −
+            # Kᵀ (s_coef ⊙ δ1), backward from their cotangents cW1, cS1
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)
+            b_dqT += b_beta[None, :] * dot(W1, dz1T, DOT)
+            dbeta_last += inner(cW1, W1)
+            d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, g_last, cW1, DOT)
+            dg_last -= s1
+            gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
+            if HAS_MOM:
+                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
+                cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
+                b_df += tl.sum(dz1T * qs1T, 0)
+                b_dqT += b_f[None, :] * dot(S1, dz1T, DOT)
+                df_last += inner(cW1, S1)
+                dm += inner(cS1, S1)
+                d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, b_s, cS1, DOT)
+                b_ds -= s1
+                cS1 = f_last * cW1 + b_m * cS1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
             if g == NCT - 1:
                 gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
-                gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
-            tl.debug_barrier()  # every thread has read block j's cotangents before they are overwritten
-            tl.store(scratch + so + j * BHB, dZ1 + dA * sg)
-            store_matrices(dw1, dw2, base, gW1, gW2, o1, m1, o2, m2, True)
+            tl.debug_barrier()  # every thread has read layer 1's block j of the cotangents
+            tl.store(dw1 + base + o1, gW1, mask=m1)
             if HAS_MOM:
-                store_matrices(ds1, ds2, base, cS1, cS2, o1, m1, o2, m2, True)
+                tl.store(ds1 + base + o1, cS1, mask=m1)
+            # layer 2's chunk-end update, likewise, and δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches
+            # Δ, W2_j and Z1_j (second order)
+            dET = d_d1T * sgT
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
+            dbeta_last += inner(cW2, W2)
+            d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
+            dg_last -= s2
+            d_ddT += dot(tl.trans(W2), dET, DOT)
+            gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
+            if HAS_MOM:
+                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
+                df_last += inner(cW2, S2)
+                dm += inner(cS2, S2)
+                d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, b_s, cS2, DOT)
+                b_ds -= s2
+                cS2 = f_last * cW2 + b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+            if g == NCT - 1:
+                gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
+            dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
+            tl.debug_barrier()  # every thread has read layer 2's block j of the cotangents
+            tl.store(scratch + so + j * BHB, dZ1T)
+            tl.store(dw2 + base + o2, gW2, mask=m2)
+            if HAS_MOM:
+                tl.store(ds2 + base + o2, cS2, mask=m2)
+        b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
         b_dG += dPq * qk
         dPq = dPq * b_G
-        b_dq += dot(dPq, b_k, DOT)
-        b_dk += dot(tl.trans(dPq), b_q, DOT)
+        b_dqT += dot(kT, tl.trans(dPq), DOT)
+        b_dkT += dot(qT, dPq, DOT)
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
+            b_df = tl.where(is_last, b_df + df_last, b_df)
             tl.store(dm_end + cc, dm)
             tl.store(df + cc * L + li, b_df, mask=lmask)
             tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
 
         # pass 4 (whole rows): Δ = [LN backward of] ℓ'(R) back to R and Z2
         dZ2, dr, d_gamma, d_shift = delta_backward(
-            d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, offs, mask, row_idx, valid, cmask,
-            p, eps, sharp, D, BIAS, LN,
+            tl.trans(d_ddT), dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, offs, mask, row_idx,
+            valid, cmask, p, eps, sharp, D, BIAS, LN,
         )  # fmt: skip
+        dZ2T = tl.trans(dZ2)
         tl.debug_barrier()  # pass 3's writes (scratch, dW1, dW2) are read back by other threads
 
         # pass 5: Z2 = Σ_j A_j W2_j back to W1_j, W2_j and K
         for j in range(NB):
             o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            W1, W2 = load_matrices(w1_chunks, w2_chunks, cb, o1, m1, o2, m2, BD, BHB, True)
-            Z1 = dot(b_k, W1, DOT)
-            A = act(Z1, ACT)
-            dZ1 = tl.load(scratch + so + j * BHB) + dot(dZ2, tl.trans(W2), DOT) * act_grad(Z1, ACT)
-            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + dot(tl.trans(b_k), dZ1, DOT)
-            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + dot(tl.trans(A), dZ2, DOT)
-            b_dk += dot(dZ1, tl.trans(W1), DOT)
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            Z1T = dot(tl.trans(W1), kT, DOT)
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            dZ1T = tl.load(scratch + so + j * BHB) + dot(W2, dZ2T, DOT) * act_grad(Z1T, ACT)
+            b_dkT += dot(W1, dZ1T, DOT)
+            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + dot(kT, tl.trans(dZ1T), DOT)
+            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + dot(act(Z1T, ACT), dZ2, DOT)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
             store_matrices(dw1, dw2, base, gW1, gW2, o1, m1, o2, m2, True)
         tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
-        tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=mask)
+        tl.store(dq + offs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=mask)
+        b_dk = tl.trans(b_dkT)
         if RES:
             b_dk += dr  # M(k) = k + ...: the residual's direct path
         tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=mask)

@@ -22,18 +22,31 @@ program is separated by ``tl.debug_barrier()`` (the threads that write an elemen
 read it back), and so is a read followed by an in-place overwrite (the sm_90 PTX loads with plain
 ``ld.global``, not the non-coherent ``.nc`` path, so ``bar.sync`` orders them).
 
+Products are hidden-major: every matmul is written so that the hidden block (BHB, 64 by default) or
+the head dim is its M and the chunk's rows its N (Z1_jᵀ = W1_jᵀ Kᵀ, δ1_jᵀ = W2_j Δᵀ ⊙ σ'(Z1_jᵀ), Ẑ2ᵀ +=
+W2_jᵀ Â_jᵀ, ...; names ending in ``T`` are such transposed ``[BHB, L]`` / ``[D, L]`` tiles, and the
+update's Kᵀ (g ⊙ δ1_j) and A_jᵀ (g ⊙ Δ) already have the widths as M). Hopper's wgmma takes M in
+multiples of 64 per warpgroup, so these compile to bf16 wgmma with no warp computing another's
+rows; the row-major form (the chunk's 16 rows as M) compiled to mma.sync with four warps on the same
+16 rows. Only the ``[L, L]`` products (Q Kᵀ, Σ_j Â_j A_jᵀ, and the backward's cotangent of Q Kᵀ) keep
+a 16-row M, with K ≤ the hidden block: a few percent of the tensor work. Two warpgroups
+(``WIDE_NUM_WARPS`` = 8) split each block's products.
+
 Forward, per chunk (``_wide_forward_kernel``):
 
 1. key pass over j: Z2 += σ(K W1_j) W2_j; then Δ (bias derivative, LayerNorm backward) on the whole
    ``[L, D]`` row block;
 2. update pass over j: recompute Z1_j, A_j, δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j), the read's Ẑ1_j and Â_j,
-   accumulate Ẑ2's block terms and Σ_j Â_j A_jᵀ, then overwrite block j of W1, W2, S1, S2 with its
-   chunk-end value (block j's old values are not needed by any later block);
+   accumulate Ẑ2's block terms and Σ_j Â_j A_jᵀ, then overwrite block j of W2, S2 and then of W1, S1
+   with its chunk-end value (block j's old values are not needed by any later block). Layer 1's block
+   is read a second time for its update (an L2 hit) instead of being kept live across layer 2's
+   work: keeping four ``[D, 64]`` float32 blocks and their updates in registers spilled 2-4 KB per
+   thread, the second read costs 2 D·Dh floats of L2 traffic per chunk;
 3. finish Ẑ2 (the Δ term), the LayerNorm, store y.
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
-floats) and skips the reads. Traffic per chunk and program, with momentum: 6 D·Dh state floats read (2
-in pass 1, 4 in pass 2) and 4 D·Dh written (without momentum 4 and 2), plus the chunk's q, k, v rows;
+floats) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
+in pass 1, 6 in pass 2) and 4 D·Dh written (without momentum 5 and 2), plus the chunk's q, k, v rows;
 the whole-state kernel reads and writes the state once per call.
 
 Backward, one launch per recompute segment (the checkpoint segments in reverse, each recomputed from
@@ -48,13 +61,15 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
    chunk-end update's terms (cotangents of δ1_j, Δ, K, A_j, β_L, f_L, G's last row, s_coef, m_end),
    δ1_j's second-order terms (dΔ += (dδ1_j ⊙ σ'(Z1_j)) W2_j); block j's new dS1, dS2, the partial
    dW1, dW2 (all but the Z2 path) written in place, and the partial cotangent of Z1_j
-   ``[L, BHB]`` to a scratch buffer;
+   ``[L, BHB]`` to a scratch buffer. Layer 1's cotangents are finished and written before layer 2's
+   are read, and the chunk-start blocks are read again for each layer's share (L2 hits) rather than
+   kept live;
 4. (whole rows) the cotangent of Δ through the LayerNorm (second order) and ℓ'' to R and Z2;
 5. finishing pass over j: dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j), dW2_j += A_jᵀ dZ2,
    dW1_j += Kᵀ dZ1_j, dk += dZ1_j W1_jᵀ.
 
-Traffic per chunk and program, with momentum: 12 D·Dh floats of the chunk-start state read (2 in
-passes 1 and 5, 4 in passes 2 and 3), 6 D·Dh cotangent floats read and 6 D·Dh written (4 in pass 3,
+Traffic per chunk and program, with momentum: 16 D·Dh floats of the chunk-start state read (2 in
+passes 1 and 5, 4 in pass 2, 8 in pass 3), 6 D·Dh cotangent floats read and 6 D·Dh written (4 in pass 3,
 2 in pass 5), L·Dh scratch floats written and read once; plus the STORE recompute (a forward that
 writes 4 D·Dh per chunk).
 
@@ -84,7 +99,6 @@ from .common import (
     ln_rows,
     load_matrices,
     row_block,
-    store_matrices,
 )
 from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
 
@@ -115,12 +129,13 @@ def key_z2(
     DOT: tl.constexpr,
 ):
     """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base``."""
-    Z2 = tl.zeros([BL, BD], dtype=tl.float32)
+    kT = tl.trans(b_k)
+    Z2T = tl.zeros([BD, BL], dtype=tl.float32)
     for j in range(NB):
         o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
         W1, W2 = load_matrices(w1, w2, base, o1, m1, o2, m2, BD, BHB, True)
-        Z2 += dot(act(dot(b_k, W1, DOT), ACT), W2, DOT)
-    return Z2
+        Z2T += dot(tl.trans(W2), act(dot(tl.trans(W1), kT, DOT), ACT), DOT)
+    return tl.trans(Z2T)
 
 
 @triton.jit
@@ -172,46 +187,71 @@ def _wide_forward_kernel(
             qkG = dot(b_q, tl.trans(b_k), DOT) * b_G
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-        z2 = tl.zeros([BL, BD], dtype=tl.float32)  # the read's Ẑ2 without its Δ term
+        kT = tl.trans(b_k)
+        ddT = tl.trans(dd)
+        if not STORE:
+            qT = tl.trans(b_q)
+            qkGT = tl.trans(qkG)
+        # hidden-major products (the hidden block or the head dim is each product's M, the chunk's
+        # rows its N): Hopper's wgmma needs M >= 64, and 16-row M tiles would replicate warps
+        z2T = tl.zeros([BD, BL], dtype=tl.float32)  # the read's Ẑ2ᵀ without its Δ term
         aa = tl.zeros([BL, BL], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
-        # pass 2: per hidden block, the reads' share and the chunk-end update
+        # pass 2: per hidden block, the reads' share and the chunk-end update. Layer 2's block is
+        # updated first; layer 1's block is then read again (from L2) rather than kept live across
+        # layer 2's work, which would spill registers.
         for j in range(NB):
             o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            W1, W2 = load_matrices(w1, w2, base, o1, m1, o2, m2, BD, BHB, True)
-            Z1 = dot(b_k, W1, DOT)
-            A = act(Z1, ACT)
-            d1 = dot(dd, tl.trans(W2), DOT) * act_grad(Z1, ACT)  # δ1_j
-            W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
-            W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
-            if HAS_MOM:
-                S1, S2 = load_matrices(s1, s2, base, o1, m1, o2, m2, BD, BHB, True)
-                W1_new += f_last * S1
-                W2_new += f_last * S2
-                S1_new = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
-                S2_new = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
+            sc = (bh * NC + c) * n  # with STORE: this chunk's start state in w1_chunks, ...
+            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+            Z1T = dot(tl.trans(W1), kT, DOT)
+            if not STORE:
+                zq = b_beta[None, :] * dot(tl.trans(W1), qT, DOT)
             if STORE:
-                sc = (bh * NC + c) * n  # this chunk's start state in w1_chunks, ...
-                store_matrices(w1_chunks, w2_chunks, sc, W1, W2, o1, m1, o2, m2, True)
-                if HAS_MOM:
-                    store_matrices(s1_chunks, s2_chunks, sc, S1, S2, o1, m1, o2, m2, True)
-            else:
-                z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(qkG, d1, DOT)
-                if HAS_MOM:
-                    z1 += b_f[:, None] * dot(b_q, S1, DOT)
-                a1 = act(z1, ACT)
-                z2 += b_beta[:, None] * dot(a1, W2, DOT)
-                if HAS_MOM:
-                    z2 += b_f[:, None] * dot(a1, S2, DOT)
-                aa += dot(a1, tl.trans(A), DOT)
+                tl.store(w1_chunks + sc + o1, W1, mask=m1)
             if g == NCT - 1:
-                store_matrices(w1_anchor, w2_anchor, base, W1, W2, o1, m1, o2, m2, True)
-            tl.debug_barrier()  # every thread has read block j before it is overwritten
-            store_matrices(w1, w2, base, W1_new, W2_new, o1, m1, o2, m2, True)
+                tl.store(w1_anchor + base + o1, W1, mask=m1)
             if HAS_MOM:
-                store_matrices(s1, s2, base, S1_new, S2_new, o1, m1, o2, m2, True)
+                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
+                if not STORE:
+                    zq += b_f[None, :] * dot(tl.trans(S1), qT, DOT)
+                if STORE:
+                    tl.store(s1_chunks + sc + o1, S1, mask=m1)
+            AT = act(Z1T, ACT)
+            W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+            d1T = dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
+            W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd, DOT)
+            if not STORE:
+                a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
+                z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
+                aa += dot(tl.trans(a1T), AT, DOT)
+            if STORE:
+                tl.store(w2_chunks + sc + o2, W2, mask=m2)
+            if g == NCT - 1:
+                tl.store(w2_anchor + base + o2, W2, mask=m2)
+            if HAS_MOM:
+                S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
+                W2_new += f_last * S2
+                S2_new = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
+                if not STORE:
+                    z2T += b_f[None, :] * dot(tl.trans(S2), a1T, DOT)
+                if STORE:
+                    tl.store(s2_chunks + sc + o2, S2, mask=m2)
+            tl.debug_barrier()  # every thread has read layer 2's block j before it is overwritten
+            tl.store(w2 + base + o2, W2_new, mask=m2)
+            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+            W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
+            if HAS_MOM:
+                tl.store(s2 + base + o2, S2_new, mask=m2)
+                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
+                W1_new += f_last * S1
+                S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
+            tl.debug_barrier()  # and layer 1's
+            tl.store(w1 + base + o1, W1_new, mask=m1)
+            if HAS_MOM:
+                tl.store(s1 + base + o1, S1_new, mask=m1)
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
-            z2 -= dot(aa * b_G, dd, DOT)
+            z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
             if LN:
                 xq, _ = ln_rows(z2, cmask, D, ln_eps)
                 z2 = xq * gamma[None, :] + shift[None, :]
