@@ -87,7 +87,7 @@ def _dot(d: MemoryDispatch) -> int:
 
 
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
-    from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK, tile_layout
+    from memnets.kernels.mlp_memory import tile_layout
     from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
@@ -121,8 +121,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     }
     programs, steps = B * H, layout.max_tiles
     if layout.wide:
-        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L)])[:3]
-        inner = -(-DH // DEFAULT_HIDDEN_BLOCK)
+        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L)], dots=(branches["DOT"],))[:3]
+        inner = fwd.constexprs["NB"]
     else:
         fwd, store, bwd = ck._mlp_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "READ_START": read_start, "P": window - 1, "BK": _block(L + window - 1)}

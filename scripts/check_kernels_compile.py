@@ -255,17 +255,20 @@ def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
-    from memnets.kernels.mlp_memory import DEFAULT_HIDDEN_BLOCK
+def _mlp_wide_cases(shapes: list[tuple[int, int, int]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
+    """The wide-state kernels at each shape, with every Titans branch, per operand mode in ``dots``
+    (bf16, what autocast runs, and tf32x3, what float32 inputs run: their hidden blocks differ), and
+    the other branches once at the smallest shape; each shape's first three cases are its forward,
+    STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.limits import default_hidden_block
 
     types, full, bare = _mlp_branches()
-    full, bare = full | {"DOT": 0}, bare | {"DOT": 3}
 
-    def shape(D: int, DH: int, L: int) -> dict[str, int]:
-        BHB = min(DEFAULT_HIDDEN_BLOCK, _block(DH))
-        return {**_mlp_shape(D, DH, L), "BD": _block(D), "BHB": BHB, "NB": -(-DH // BHB)}
+    def shape(D: int, DH: int, L: int, dot: int) -> dict[str, int]:
+        BHB = min(default_hidden_block(dot), _block(DH))
+        return {**_mlp_shape(D, DH, L), "BD": _block(D), "BHB": BHB, "NB": -(-DH // BHB), "DOT": dot}
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
         mod = "mlp_memory.wide_forward" if "forward" in kernel else "mlp_memory.wide_backward"
@@ -273,11 +276,12 @@ def _mlp_wide_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
 
     cases = []
     for D, DH, L in shapes:
-        for store in (False, True):
-            cases.append(case("_wide_forward_kernel", {**shape(D, DH, L), **full, "STORE": store}))
-        cases.append(case("_wide_backward_kernel", {**shape(D, DH, L), **full}))
+        for dot in dots:
+            for store in (False, True):
+                cases.append(case("_wide_forward_kernel", {**shape(D, DH, L, dot), **full, "STORE": store}))
+            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot), **full}))
     # the other branches once, at the smallest shape
-    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]))
+    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]), dots[0])
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
     return cases

@@ -17,7 +17,7 @@ from test_mlp_memory import _on_device  # noqa: F401  (autouse: tensors on base.
 import memnets
 from memnets.memory import MemoryMLP, memory_chunked
 from memnets.memory.miras import HuberBias, LpBias
-from memnets.testing import assert_close, nan_allocations
+from memnets.testing import RATIO, assert_close, nan_allocations
 
 triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
 mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")
@@ -54,6 +54,8 @@ def _compare(
     split=None,
     hidden=None,
     checkpoint_every=None,
+    dots=base.F32_DOTS,
+    ratio=None,
 ):
     arch = base._arch(residual, activation, layer_norm, hidden or 4 * D)
     ref_arch = base._arch(residual, activation, layer_norm, hidden or 4 * D).double()
@@ -68,7 +70,7 @@ def _compare(
         triton_mlp.titans_mlp_chunked,
         hidden_block=hidden_block,
         checkpoint_every=checkpoint_every,
-        **base.F32_DOTS,
+        **dots,
     )
     with nan_allocations():
         out = base._run(fn, arch, inputs, chunk_size, torch.float32, bias, split)
@@ -79,7 +81,10 @@ def _compare(
     )
     for name in ref:
         # float32 results against the float64 engine, half ones against their half-rounded reference
-        assert_close(f"{name} ({case})", ref[name].to(out[name].dtype), out[name])
+        if ratio is None:
+            assert_close(f"{name} ({case})", ref[name].to(out[name].dtype), out[name])
+        else:  # half operands: within that precision's tolerance of the float64 engine
+            assert_close(f"{name} ({case}, {dots})", ref[name], out[name], ratio=ratio)
 
 
 @pytest.mark.parametrize(
@@ -180,24 +185,44 @@ def test_partial_hidden_block():
 
 
 @pytest.mark.parametrize("T, chunk_size, hidden", [(65, 16, 160), (40, 8, 128)])
-def test_default_hidden_block(T, chunk_size, hidden):
-    """The default hidden block (64: one wgmma M per warpgroup) over 2-3 blocks, the last one half
-    masked at hidden width 160, with every branch the Titans memory takes."""
-    assert mlp_memory.DEFAULT_HIDDEN_BLOCK == 64
+def test_hidden_block_64(T, chunk_size, hidden):
+    """The half-operand default hidden block (64: one wgmma M per warpgroup) over 2-3 blocks, the last
+    one half masked at hidden width 160, with every branch the Titans memory takes."""
     _compare(T, chunk_size, 64, residual=True, layer_norm=True, hidden=hidden)
+
+
+def test_default_hidden_block_follows_the_operands(monkeypatch):
+    """With no hidden_block, half operands tile the hidden width in blocks of 64 (here 80: two blocks,
+    the second three-quarters masked) and stay within float16's tolerance of the float64 engine;
+    float32 operands take blocks of 32 (their float32 tiles at 64 outgrow the shared memory)."""
+    assert (mlp_memory.DEFAULT_HIDDEN_BLOCK, mlp_memory.FLOAT32_HIDDEN_BLOCK) == (64, 32)
+    calls = _spy_hidden_blocks(monkeypatch)
+    half = {"dot_precision": "float16"}
+    _compare(
+        45,
+        37,
+        None,
+        torch.float16,
+        residual=True,
+        layer_norm=True,
+        hidden=80,
+        dots=half,
+        ratio=RATIO[torch.float16],
+    )
+    assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
 
 
 def test_too_large_state_runs_wide_kernels(monkeypatch):
     """With no hidden_block, a state beyond the whole-state kernels' shared memory at every tile of the
     chunk (16 x 80, padded 16 x 128, at chunk 37: prime, a single 64-row tile) runs the wide kernels,
-    with the default hidden block (here 2 blocks of 64, the last one three-quarters masked)."""
+    with float32 operands' default hidden block (here 3 blocks of 32, the last one half masked)."""
     assert (
         triton_mlp.on_chip_state_too_large(D, 80, 37)
         and triton_mlp.supports_mlp(base._arch(True, "gelu", True, 80), chunk_size=37) is None
     )
     calls = _spy_hidden_blocks(monkeypatch)
     _compare(45, 37, None, residual=True, layer_norm=True, hidden=80)
-    assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
+    assert calls == [mlp_memory.FLOAT32_HIDDEN_BLOCK]
 
 
 def test_head_dim_beyond_wide_limit_refused():
@@ -258,7 +283,7 @@ def test_titans_mixer_head_dim_64_runs_wide_kernels(monkeypatch):
     x = torch.randn(1, 19, 64)
     with nan_allocations():
         out = forward_backward(fast, x)
-    assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
+    assert calls == [mlp_memory.FLOAT32_HIDDEN_BLOCK]
     assert_all_close(forward_backward(chunked, x), out)
 
 

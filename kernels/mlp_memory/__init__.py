@@ -140,6 +140,7 @@ from .config import ACTIVATIONS, LaunchConfig
 from .launch import TileLayout, mlp_memory_chunked, tile_layout
 from .limits import (
     DEFAULT_HIDDEN_BLOCK,
+    FLOAT32_HIDDEN_BLOCK,
     MAX_STATE_FOR_TILE,
     MAX_TILE,
     MAX_WIDE_DIM_FOR_TILE,
@@ -154,6 +155,7 @@ __all__ = [
     "ACTIVATIONS",
     "DEFAULT_HIDDEN_BLOCK",
     "DOT_PRECISIONS",
+    "FLOAT32_HIDDEN_BLOCK",
     "MAX_STATE_FOR_TILE",
     "MAX_TILE",
     "MAX_WIDE_DIM_FOR_TILE",

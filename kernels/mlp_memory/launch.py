@@ -16,7 +16,7 @@ from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
 from .config import ACTIVATIONS, LaunchConfig, block
 from .forward import backward_plan
-from .limits import DEFAULT_HIDDEN_BLOCK, on_chip_state_too_large, tile
+from .limits import default_hidden_block, on_chip_state_too_large, tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,8 @@ def mlp_memory_chunked(
         checkpoint_every: chunks per checkpoint segment of the backward (default: see
             :func:`checkpoint_chunks`).
         dot_precision: the matmuls' operands (``DOT_PRECISIONS``).
-        hidden_block: hidden columns per block of the wide-state kernels (when ``layout.wide``).
+        hidden_block: hidden columns per block of the wide-state kernels (when ``layout.wide``; default
+            :func:`~.limits.default_hidden_block` of ``dot_precision``).
 
     Returns:
         ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
@@ -193,7 +194,9 @@ def mlp_memory_chunked(
         prefix=window - 1,
         max_tiles=layout.max_tiles,
         dot_precision=DOT_PRECISIONS[dot_precision],
-        hidden_block=(DEFAULT_HIDDEN_BLOCK if hidden_block is None else hidden_block) if layout.wide else 0,
+        hidden_block=(hidden_block or default_hidden_block(DOT_PRECISIONS[dot_precision]))
+        if layout.wide
+        else 0,
         recompute_every=inner * tiles_per_chunk,
     )
     y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)

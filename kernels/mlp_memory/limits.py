@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..precision import DOT_PRECISIONS
 from ..specs import BiasSpec, NetSpec
 from .config import ACTIVATIONS, block
 
@@ -18,14 +19,27 @@ MAX_STATE_FOR_TILE = {16: 32 * 128, 32: 32 * 128, 64: 16 * 64}
 # largest head dim (padded) per padded chunk tile (rows) whose wide-state kernels fit: the chunk's
 # [L, D] rows and [L, L] tiles stay on chip
 MAX_WIDE_DIM_FOR_TILE = {16: 128, 32: 128, 64: 64}
-# hidden columns per block of the wide-state kernels: 64, the M of one Hopper warpgroup's wgmma, so
-# that the hidden-major products (the hidden block as M) run on wgmma without replicated warps
-# (16 and 32 compile to mma.sync with warps computing the same rows; benchmarks/RESULTS.md §22)
+# hidden columns per block of the wide-state kernels with half operands: 64, the M of one Hopper
+# warpgroup's wgmma, so that the hidden-major products (the hidden block as M) run on wgmma without
+# replicated warps (16 and 32 compile to mma.sync with warps computing the same rows;
+# benchmarks/RESULTS.md §22)
 DEFAULT_HIDDEN_BLOCK = 64
+# with float32 operands (tf32x3, tf32): 32, where MAX_WIDE_DIM_FOR_TILE was measured; at 64 their
+# float32 tiles outgrow the shared memory (240 KB at head dim 64, chunk 32) and spill 2-3x more
+FLOAT32_HIDDEN_BLOCK = 32
 # whether backend="auto" may pick the wide-state kernels: their in-place global-memory updates rely on
 # barriers between a program's threads, which the interpreter cannot test; turn on once the kernel
 # tests have passed on a GPU (benchmarks/RESULTS.md §9). backend="triton" runs them either way.
 WIDE_IN_AUTO = False
+
+
+def default_hidden_block(dot: int) -> int:
+    """The wide-state kernels' hidden block for operand mode ``dot`` (a ``DOT_PRECISIONS`` code)."""
+    return (
+        DEFAULT_HIDDEN_BLOCK
+        if dot in (DOT_PRECISIONS["float16"], DOT_PRECISIONS["bfloat16"])
+        else FLOAT32_HIDDEN_BLOCK
+    )
 
 
 def tile(chunk_size: int, state: int, prefix: int = 0) -> int | None:
