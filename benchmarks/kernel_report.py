@@ -67,6 +67,7 @@ class Launch:
     steps: int
     inner: int = 1  # trip count of the loops inside a step (the wide kernels' hidden blocks)
     states_mb: float = 0.0  # the recurrent states the backward keeps live at once (float32), all programs
+    state_bytes: float = 0.0  # state each program reads and writes in global memory per step
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -135,10 +136,18 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     every, recompute = (n * (C // L) for n in checkpoint_chunks(layout.max_chunks, None, layout.wide))
     live, walked = backward_plan(layout.max_tiles, every, recompute)
     state_mb = (4 if momentum else 2) * D * DH * 4 / 2**20
+    # D·Dh-float matrices each step reads and writes in global memory (the traffic counts of
+    # memnets.kernels.mlp_memory.wide_forward's docstring; the whole-state kernels keep the state on
+    # chip and move only the stored tile states), and the wide backward's scratch (2 L·Dh floats)
+    mats = (12, 16, 28) if momentum else (7, 9, 18)
+    if not layout.wide:
+        mats = (0, 4, 4) if momentum else (0, 2, 2)
+    scratch = 2 * L * DH * 4 if layout.wide else 0
+    fwd_b, store_b, bwd_b = (m * D * DH * 4 for m in mats)
     return [
-        Launch("fwd", at(fwd), programs, steps, inner),
-        Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs),
-        Launch("bwd", at(bwd), programs, steps, inner),
+        Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b),
+        Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs, store_b),
+        Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch),
     ]
 
 
@@ -344,7 +353,7 @@ def waves(programs: int) -> int:
 
 def launch_seconds(launch: Launch, row: dict[str, Any]) -> float:
     """The launch's time: its steps in order, its programs in waves of one per SM."""
-    step = step_seconds(row, launch.case.num_warps, launch.inner, launch.programs)["step"]
+    step = step_seconds(row, launch.case.num_warps, launch.inner, launch.programs, launch.state_bytes)["step"]
     return waves(launch.programs) * launch.steps * step
 
 
@@ -390,7 +399,7 @@ def _kernel_part(
                 "step_us": {
                     k: v * 1e6
                     for k, v in step_seconds(
-                        row, launch.case.num_warps, launch.inner, launch.programs
+                        row, launch.case.num_warps, launch.inner, launch.programs, launch.state_bytes
                     ).items()
                 },
                 "est_ms": seconds * 1e3,

@@ -32,11 +32,15 @@ L2_BW = 5.5e12  # bytes/s of the L2, shared by the SMs that run programs, once s
 L1_BYTES = 256 * 1024  # L1 + shared memory per SM
 
 
-def step_seconds(row: dict[str, Any], num_warps: int, inner: int, programs: int) -> dict[str, float]:
+def step_seconds(
+    row: dict[str, Any], num_warps: int, inner: int, programs: int, state_bytes: float = 0.0
+) -> dict[str, float]:
     """One program's sequential step: tensor work at the achievable rate of its instruction kinds,
-    the dependent chain of matmuls, and the spilled bytes stored and loaded once per inner iteration
-    (in L1, or the L2's share of each of the ``min(programs, SMS)`` busy SMs); the step takes the
-    largest."""
+    the dependent chain of matmuls, the spilled bytes stored and loaded once per inner iteration (in
+    L1, or the L2's share of each of the ``min(programs, SMS)`` busy SMs), and ``state_bytes``, the
+    recurrent state the step reads and writes in global memory (the wide kernels' state blocks, the
+    stored chunk states), at the L2's share; spills that outgrow L1 share that bandwidth with it. The
+    step takes the largest."""
     compute = sum(
         f / (RATES.get(k, RATES["mma.sync.tf32"]) * 1e12 / SMS)
         for k, f in row.get("tensor_flop_per_step", {}).items()
@@ -44,9 +48,18 @@ def step_seconds(row: dict[str, Any], num_warps: int, inner: int, programs: int)
     latency = row.get("dots_per_step", 0) * DOT_LATENCY_S
     footprint = (row.get("stack") or 0) * 32 * num_warps
     l2_share = L2_BW / max(min(programs, SMS), 1)
-    bw = L1_SPILL_BW if footprint + (row.get("shared") or 0) <= L1_BYTES else l2_share
-    spill = 2 * footprint * inner / bw
-    return {"compute": compute, "latency": latency, "spill": spill, "step": max(compute, latency, spill)}
+    spill_bytes = 2 * footprint * inner
+    if footprint + (row.get("shared") or 0) <= L1_BYTES:
+        spill, state = spill_bytes / L1_SPILL_BW, state_bytes / l2_share
+    else:  # spills and state traffic both go to L2
+        spill, state = spill_bytes / l2_share, (spill_bytes + state_bytes) / l2_share
+    return {
+        "compute": compute,
+        "latency": latency,
+        "spill": spill,
+        "state": state,
+        "step": max(compute, latency, spill, state),
+    }
 
 
 def chunked_seconds(backend: str, launches_per_chunk: float, chunks: int, flop: float) -> float:

@@ -54,8 +54,14 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
   - *spills*: every spilled byte stored and loaded once per inner iteration, at 200 GB/s per SM while
     the spill footprint (stack × threads) and shared memory fit the 256 KB L1, else at the L2's
     5.5 TB/s shared by the busy SMs (min(programs, 132)). A lower bound on spill traffic (real kernels
-    reload spilled values more than once), but spills usually decide the estimate: the JSON's
-    ``step_us`` gives the three terms per launch, so a design without spills can be read off.
+    reload spilled values more than once), but spills usually decide the estimate.
+  - *state*: the recurrent state the step moves through global memory at the L2's share of the busy
+    SMs (plus the spills, where they are in L2 too): the MLP-memory kernels' stored tile states, and
+    the wide kernels' state blocks, read and written once per chunk per pass (the counts of
+    ``memnets.kernels.mlp_memory.wide_forward``'s docstring: 12 / 16 / 28 D·Dh floats per chunk for
+    the forward / its STORE re-run / the backward with momentum, 7 / 9 / 18 without). The q, k, v
+    rows and the gated delta kernels' chunk states are not counted.
+  The JSON's ``step_us`` gives the four terms per launch, so a design without spills can be read off.
   The forward estimate is the forward launch; fwd+bwd adds the backward's forward re-run (``STORE``,
   its steps as the launcher's checkpoint plan walks them: twice over most chunks where the wide
   kernels recompute in three levels) and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
@@ -67,8 +73,9 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
   applies): ops / 3 (fusion, a guess) × 4 µs (inductor's launches without CUDA graphs) or bf16 at 30%
   of peak (small batched matmuls), whichever is larger.
 
-Not modelled: occupancy above one program per SM, L2 traffic of the state in the wide kernels, the
-projections and the rest of the layer. The numbers rank designs; they are not timings.
+Not modelled: occupancy above one program per SM, HBM traffic (the wide kernels' states, about 150-600
+KB per (sequence, head) at the flagships, are assumed to stay in the 50 MB L2), the projections and the
+rest of the layer. The numbers rank designs; they are not timings.
 """
 
 from __future__ import annotations

@@ -154,3 +154,17 @@ def test_tensor_cores_reads_each_matmul_shape_and_operand_type():
         "wgmma.bf16": 2.0 * 64 * 16 * 16 * 12,
     }
     assert (out["dots_per_step"], out["replicated_dots"]) == (1 + 1 + 12, 1)
+
+
+def test_state_traffic_term():
+    """The roofline's state term: the bytes a step moves through global memory at the L2's share of the
+    busy SMs, with the spills added once they outgrow L1 (they then share that bandwidth)."""
+    from benchmarks.kernel_roofline import L1_BYTES, L2_BW, step_seconds
+
+    share = L2_BW / 64
+    fits = step_seconds({"stack": 64, "shared": 0}, 4, 2, 64, state_bytes=1e6)
+    assert fits["state"] == pytest.approx(1e6 / share) and fits["step"] == fits["state"]
+    stack = L1_BYTES // (32 * 4) + 8  # a spill footprint just past L1
+    spilled = step_seconds({"stack": stack, "shared": 0}, 4, 2, 64, state_bytes=1e6)
+    assert spilled["state"] == pytest.approx((2 * stack * 128 * 2 + 1e6) / share)
+    assert step_seconds({"stack": 0}, 4, 1, 64)["state"] == 0

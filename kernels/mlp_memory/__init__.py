@@ -98,9 +98,10 @@ large product is hidden-major (:mod:`.wide_forward`): the 64-column hidden block
 the matmul's M, so it compiles to bf16 wgmma without warps computing the same rows. The figures below
 are the static report's roofline estimates (``scripts/kernel_report.py``; benchmarks/RESULTS.md §22),
 at titans-760m, 4 × 4096 tokens, one program per SM. The forward step is now bound by its chain of
-86 dependent matmuls per chunk (≈ 8.6 µs), not by spills; the backward by its 2.3 KB of spill per
-thread (≈ 84 µs per chunk at the L2's rate, ≈ 10 µs if it fitted L1). Ways to use more than 64 of the
-132 SMs, weighed:
+86 dependent matmuls per chunk (≈ 8.6 µs), not by spills; the backward by its 3.9 KB of spill per
+thread (500 KB per program, past the L1: ≈ 70 µs per chunk at the L2's share; at head dims 48-64,
+TNT's and Titans-MAC-170M's, the spills fit L1 and the backward too is bound by its matmul chain).
+Ways to use more than 64 of the 132 SMs, weighed:
 
 * *Hidden width split across programs* (P programs per (sequence, head), NB/P blocks each): each
   program's step shrinks about P× (the 2-3× that P = 2-3 gives at 64 programs), but the key path's Z2

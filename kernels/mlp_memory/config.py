@@ -18,9 +18,11 @@ L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "hu
 # warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
 # benchmarks/RESULTS.md §9 for the register spills at 4 and 8)
 NUM_WARPS = 4
-# warps per program of the wide-state kernels: two warpgroups, each taking half of a 64-row hidden
-# block's products; 4 spill about twice the bytes per thread (benchmarks/RESULTS.md §22)
-WIDE_NUM_WARPS = 8
+# warps per program of the wide-state kernels: one warpgroup. 8 (two) halve the spill bytes per thread
+# but not per program: a wgmma's A operand (the 64-row state block) sits in the registers of every
+# warpgroup that shares its rows, so the backward's local-memory traffic rises 1.2-2x
+# (benchmarks/RESULTS.md §22)
+WIDE_NUM_WARPS = 4
 
 
 class LaunchConfig(NamedTuple):

@@ -176,56 +176,62 @@ def _wide_backward_kernel(
             dPq -= dot(tl.trans(dz1T), d1T, DOT)
             d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
             # layer 1's chunk-end update W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 −
-            # Kᵀ (s_coef ⊙ δ1), backward from their cotangents cW1, cS1
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)
-            b_dqT += b_beta[None, :] * dot(W1, dz1T, DOT)
-            dbeta_last += inner(cW1, W1)
-            d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, g_last, cW1, DOT)
-            dg_last -= s1
-            gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
+            # Kᵀ (s_coef ⊙ δ1), backward from their cotangents cW1, cS1. Ordered so that at most three
+            # [D, BHB] float32 blocks are live (the chunk-start blocks are read again for it): the
+            # momentum's cotangent first, stored, then the weights'.
             if HAS_MOM:
                 S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
                 cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
-                b_df += tl.sum(dz1T * qs1T, 0)
-                b_dqT += b_f[None, :] * dot(S1, dz1T, DOT)
-                df_last += inner(cW1, S1)
                 dm += inner(cS1, S1)
                 d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, b_s, cS1, DOT)
                 b_ds -= s1
-                cS1 = f_last * cW1 + b_m * cS1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
+                b_df += tl.sum(dz1T * qs1T, 0)
+                b_dqT += b_f[None, :] * dot(S1, dz1T, DOT)
+                cS1 = b_m * cS1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
+            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)
+            if HAS_MOM:
+                df_last += inner(cW1, S1)
+                cS1 += f_last * cW1
+                tl.debug_barrier()  # every thread has read layer 1's block j of dS1
+                tl.store(ds1 + base + o1, cS1, mask=m1)
+            d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, g_last, cW1, DOT)
+            dg_last -= s1
+            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
+            dbeta_last += inner(cW1, W1)
+            b_dqT += b_beta[None, :] * dot(W1, dz1T, DOT)
+            gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
             if g == NCT - 1:
                 gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
-            tl.debug_barrier()  # every thread has read layer 1's block j of the cotangents
+            tl.debug_barrier()  # every thread has read layer 1's block j of dW1
             tl.store(dw1 + base + o1, gW1, mask=m1)
-            if HAS_MOM:
-                tl.store(ds1 + base + o1, cS1, mask=m1)
             # layer 2's chunk-end update, likewise, and δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches
             # Δ, W2_j and Z1_j (second order)
             dET = d_d1T * sgT
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
-            dbeta_last += inner(cW2, W2)
-            d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
-            dg_last -= s2
-            d_ddT += dot(tl.trans(W2), dET, DOT)
-            gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
             if HAS_MOM:
                 S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
                 cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
-                df_last += inner(cW2, S2)
                 dm += inner(cS2, S2)
                 d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, b_s, cS2, DOT)
                 b_ds -= s2
-                cS2 = f_last * cW2 + b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+                cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
+            if HAS_MOM:
+                df_last += inner(cW2, S2)
+                cS2 += f_last * cW2
+                tl.debug_barrier()  # every thread has read layer 2's block j of dS2
+                tl.store(ds2 + base + o2, cS2, mask=m2)
+            d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
+            dg_last -= s2
+            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+            dbeta_last += inner(cW2, W2)
+            d_ddT += dot(tl.trans(W2), dET, DOT)
+            gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
             if g == NCT - 1:
                 gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
             dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
-            tl.debug_barrier()  # every thread has read layer 2's block j of the cotangents
+            tl.debug_barrier()  # every thread has read layer 2's block j of dW2
             tl.store(scratch + so + j * BHB, dZ1T)
             tl.store(dw2 + base + o2, gW2, mask=m2)
-            if HAS_MOM:
-                tl.store(ds2 + base + o2, cS2, mask=m2)
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
         b_dG += dPq * qk
         dPq = dPq * b_G

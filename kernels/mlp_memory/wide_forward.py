@@ -22,15 +22,16 @@ program is separated by ``tl.debug_barrier()`` (the threads that write an elemen
 read it back), and so is a read followed by an in-place overwrite (the sm_90 PTX loads with plain
 ``ld.global``, not the non-coherent ``.nc`` path, so ``bar.sync`` orders them).
 
-Products are hidden-major: every matmul is written so that the hidden block (BHB, 64 by default) or
-the head dim is its M and the chunk's rows its N (Z1_jᵀ = W1_jᵀ Kᵀ, δ1_jᵀ = W2_j Δᵀ ⊙ σ'(Z1_jᵀ), Ẑ2ᵀ +=
+Products are hidden-major: every matmul is written so that the hidden block (BHB: 64 with half
+operands, 32 with float32 ones, :func:`~.limits.default_hidden_block`) or the head dim is its M and the chunk's rows its N (Z1_jᵀ = W1_jᵀ Kᵀ, δ1_jᵀ = W2_j Δᵀ ⊙ σ'(Z1_jᵀ), Ẑ2ᵀ +=
 W2_jᵀ Â_jᵀ, ...; names ending in ``T`` are such transposed ``[BHB, L]`` / ``[D, L]`` tiles, and the
 update's Kᵀ (g ⊙ δ1_j) and A_jᵀ (g ⊙ Δ) already have the widths as M). Hopper's wgmma takes M in
 multiples of 64 per warpgroup, so these compile to bf16 wgmma with no warp computing another's
 rows; the row-major form (the chunk's 16 rows as M) compiled to mma.sync with four warps on the same
 16 rows. Only the ``[L, L]`` products (Q Kᵀ, Σ_j Â_j A_jᵀ, and the backward's cotangent of Q Kᵀ) keep
-a 16-row M, with K ≤ the hidden block: a few percent of the tensor work. Two warpgroups
-(``WIDE_NUM_WARPS`` = 8) split each block's products.
+a 16-row M, with K ≤ the hidden block: a few percent of the tensor work. One warpgroup
+(``WIDE_NUM_WARPS`` = 4) runs them all; with half operands the state blocks are wgmma's A operand in
+registers, which a second warpgroup would hold again.
 
 Forward, per chunk (``_wide_forward_kernel``):
 
