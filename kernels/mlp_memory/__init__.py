@@ -97,30 +97,32 @@ Tensor cores and the GPU's width (the wide-state kernels, where the flagship con
 large product is hidden-major (:mod:`.wide_forward`): the 64-column hidden block or the head dim is
 the matmul's M, so it compiles to bf16 wgmma without warps computing the same rows. The figures below
 are the static report's roofline estimates (``scripts/kernel_report.py``; benchmarks/RESULTS.md §22),
-at titans-760m, 4 × 4096 tokens, one program per SM. The forward step is now bound by its chain of
-86 dependent matmuls per chunk (≈ 8.6 µs), not by spills; the backward by its 3.9 KB of spill per
-thread (500 KB per program, past the L1: ≈ 70 µs per chunk at the L2's share; at head dims 48-64,
-TNT's and Titans-MAC-170M's, the spills fit L1 and the backward too is bound by its matmul chain).
-Ways to use more than 64 of the 132 SMs, weighed:
+at titans-760m, 4 × 4096 tokens, one program per SM. A forward step is now bound by the state's
+traffic through L2 (12 D·Dh floats per chunk and program: ≈ 21 µs for the 64 programs), then by its
+chain of 86 dependent matmuls (≈ 9 µs); a backward step by that traffic (28 D·Dh floats) plus 3.6 KB
+of spill per thread (≈ 113 µs). The state's traffic is a bound of the whole GPU (all programs' bytes
+over the L2's bandwidth), so more programs do not lower it; only fewer bytes per chunk do. Ways to
+use more than 64 of the 132 SMs, weighed:
 
-* *Hidden width split across programs* (P programs per (sequence, head), NB/P blocks each): each
-  program's step shrinks about P× (the 2-3× that P = 2-3 gives at 64 programs), but the key path's Z2
-  = Σ_j σ(K W1_j) W2_j and the reads' Σ_j Â_j A_jᵀ cross the split every chunk: a reduction of
-  ``[L, D]`` and ``[L, L]`` and a broadcast of Δ between programs, twice per chunk. On-chip that needs
+* *Hidden width split across programs* (P programs per (sequence, head), NB/P blocks each): the
+  latency and compute terms shrink about P×, the state traffic not at all, unless each program's share
+  of the state then fits on chip (≤ ~200 KB of shared memory: P ≥ 3 at titans-760m with momentum, 590
+  KB per (sequence, head)), which removes the state term and the passes' re-reads. But the key path's
+  Z2 = Σ_j σ(K W1_j) W2_j and the reads' Σ_j Â_j A_jᵀ cross the split every chunk: a reduction of
+  ``[L, D]`` and ``[L, L]`` and a broadcast of Δ between programs, twice per chunk. On chip that needs
   a thread-block cluster's distributed shared memory, which Triton does not expose to kernels; through
   global memory it needs the P programs co-resident (a spin barrier on a flag), which 64·P programs
-  at one per SM do not guarantee once 64·P > 132. Not built; the next step where a GPU can time the
-  barrier.
+  at one per SM do not guarantee past 132 (P = 3 at 4 × 16 heads is 192), and which the CPU
+  interpreter, running programs one after another, cannot test. Not built.
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
-  written and read again (≈ 9.7 GB per layer at titans-760m, ≈ 6 ms of HBM traffic against the
-  forward's estimated 2.2 ms). Rejected for the forward; the backward's recompute already stores
-  those states per segment, and a parallel read-backward launch over a segment's stored states is
-  the candidate there.
+  written and read again, more traffic than the forward moves now. Rejected for the forward; the
+  backward's recompute already stores those states per segment, and a parallel read-backward launch
+  over a segment's stored states is the candidate there.
 * *Overlapping chunk c's reads with chunk c + 1's key path* (warp specialisation): the reads feed
-  nothing downstream, so a second warpgroup could take them and shorten the dependent chain by
-  about 40%; it adds no programs, and Triton's warp specialisation targets simple loops (one
-  producer, one MMA consumer), not a two-pass body. Not built.
+  nothing downstream, so a second warpgroup could take them and shorten the dependent chain by about
+  40%; it adds no programs, moves the same state, and Triton's warp specialisation targets simple
+  loops (one producer, one MMA consumer), not a two-pass body. Not built.
 
 Packed sequences (``cu_seqlens``, B = 1, ``VARLEN``): one program per (sequence, head) walks that
 sequence's tiles, which restart at its first token (coefficients per sequence tile, gates padded per
