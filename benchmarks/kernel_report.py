@@ -93,7 +93,6 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
-
     from memnets.memory.kernel_bridge import _bias_spec, _net_spec
 
     spec = _net_spec(d.arch)

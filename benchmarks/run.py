@@ -16,8 +16,6 @@ ratios (> 1: the current tree is faster).
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
 import json
 import math
 import os
@@ -40,27 +38,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def use_tree(root: Path) -> None:
-    """Make ``import memnets`` (and ``memnets.kernels``, which the package maps to ``kernels/``) load
-    from ``root`` instead of the editable install: ``--compare``'s child process, or any run with
-    ``MEMNETS_BENCH_ROOT=/other/checkout``."""
+    """Make ``import memnets`` (``memnets.kernels`` with it) load from ``root`` instead of the editable
+    install: ``--compare``'s child process, or any run with ``MEMNETS_BENCH_ROOT=/other/checkout``."""
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__name__", "").lower()]
-    kernels = root / "kernels"
-
-    class KernelsFinder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-            if fullname != "memnets.kernels" and not fullname.startswith("memnets.kernels."):
-                return None
-            base = kernels.joinpath(*fullname.split(".")[2:])
-            if base.is_dir() and (base / "__init__.py").exists():
-                return importlib.util.spec_from_file_location(
-                    fullname, base / "__init__.py", submodule_search_locations=[str(base)]
-                )
-            if base.with_suffix(".py").exists():
-                return importlib.util.spec_from_file_location(fullname, base.with_suffix(".py"))
-            return None
-
-    sys.meta_path.insert(0, KernelsFinder())
     sys.path.insert(0, str(root))
 
 

@@ -1,4 +1,4 @@
-"""Compile every Triton kernel in ``kernels/`` for a GPU target, without a GPU, and report its shared
+"""Compile every Triton kernel in ``memnets/kernels/`` for a GPU target, without a GPU, and report its shared
 memory and registers: catches kernels that stop compiling with a new Triton, or that outgrow the
 GPU's shared memory, on a machine with no GPU (CI, a laptop).
 

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _modules() -> dict[str, Path]:
-    """Module name -> file, with ``kernels/`` installed as ``memnets.kernels``."""
+    """Module name -> file of every module of the package."""
     out = {}
-    for top, name in ((ROOT / "memnets", "memnets"), (ROOT / "kernels", "memnets.kernels")):
+    for top, name in ((ROOT / "memnets", "memnets"),):
         for f in top.rglob("*.py"):
             parts = [name, *f.relative_to(top).with_suffix("").parts]
             if parts[-1] == "__init__":
@@ -94,3 +94,20 @@ def test_mixers_do_not_branch_on_backends():
             if mentions_backend:
                 found.append(f"{f.name}:{node.lineno}")
     assert not found, found
+
+
+def test_no_top_level_kernels_package():
+    """Nothing at the repository root is importable as ``kernels``: with the root on ``sys.path``
+    (``python train.py``, ``python -m pytest``) it would shadow Hugging Face's ``kernels``, which
+    ``transformers`` imports on load."""
+    assert not (ROOT / "kernels").exists() and not (ROOT / "kernels.py").exists()
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("transformers") is None:
+        return
+    run = subprocess.run(
+        [sys.executable, "-c", "import transformers.modeling_utils"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]

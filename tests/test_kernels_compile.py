@@ -1,4 +1,4 @@
-"""Every Triton kernel in kernels/ still compiles for an H100 (sm_90) with the installed Triton and fits
+"""Every Triton kernel in memnets/kernels/ still compiles for an H100 (sm_90) with the installed Triton and fits
 its shared memory: scripts/check_kernels_compile.py --quick (one case per kernel) in a subprocess, since
 this test session may interpret the kernels (TRITON_INTERPRET=1), and interpreted kernels cannot be
 compiled."""
