@@ -49,9 +49,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from memnets.kernels.gated_delta import gated_delta_rule
 from memnets.kernels.scan import linear_scan
-
 from memnets.memory import MemoryMLP, memory_chunked
 
 # fla's registry shapes (B, T, H, D) for direct comparison with its tables; CPU gets one tiny shape.

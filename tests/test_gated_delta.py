@@ -7,8 +7,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # run the Triton kernels on CPU;
 import pytest
 import torch
 import torch.nn.functional as F
-from memnets.kernels.gated_delta import gated_delta_rule
 
+from memnets.kernels.gated_delta import gated_delta_rule
 from memnets.testing import RATIO, assert_close, nan_allocations
 
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from memnets.kernels.gated_delta import gated_delta_rule
 from mixer_checks import assert_all_close, check_decode_and_split, forward_backward, random_state
 
 import memnets
+from memnets.kernels.gated_delta import gated_delta_rule
 from memnets.mixers.mom import (
     MoM,
     MoMState,

@@ -3,8 +3,8 @@ diagonal and 2x2 blocks, forward and reverse, on awkward lengths and several chu
 
 import pytest
 import torch
-from memnets.kernels.scan import linear_scan
 
+from memnets.kernels.scan import linear_scan
 from memnets.testing import assert_close
 
 

@@ -7,8 +7,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # run the Triton kernel on CPU; 
 
 import pytest
 import torch
-from memnets.kernels.scan import linear_scan
 
+from memnets.kernels.scan import linear_scan
 from memnets.testing import assert_close, nan_allocations
 
 
