@@ -52,6 +52,44 @@ def read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT: tl.constexpr, HAS_MOM: tl.c
 
 
 @triton.jit
+def momentum_cotangent(
+    s, ds, sbase, cbase, offs, mask, d_deltaT, d_xT, xT, deltaT, b_s, dm, b_ds, DOT: tl.constexpr
+):
+    """A layer's momentum block S (chunk start) and the cotangent C of its chunk-end value S' = m_end S −
+    Xᵀ (s_coef ⊙ δ), backward: (S, C, dm_end and ds_coef with the block's shares added, and the
+    update's cotangents of δ and X). The chunk-start cotangent is m_end C plus the read's share and,
+    with :func:`store_momentum_cotangent`, f_L C_W."""
+    S = tl.load(s + sbase + offs, mask=mask, other=0.0)
+    C = tl.load(ds + cbase + offs, mask=mask, other=0.0)
+    dm += inner(C, S)
+    d_deltaT, d_xT, d_coef = update_backward_t(d_deltaT, d_xT, xT, deltaT, b_s, C, DOT)
+    return S, C, dm, d_deltaT, d_xT, b_ds - d_coef
+
+
+@triton.jit
+def store_momentum_cotangent(ds, base, offs, mask, cS, cW, S, f_last, df_last):
+    """Finish a momentum block's cotangent with W' = ... + f_L S's share (f_L C_W), store it over the
+    chunk-end one, and return f_L's cotangent with ⟨C_W, S⟩ added."""
+    df_last += inner(cW, S)
+    cS += f_last * cW
+    tl.debug_barrier()  # every thread has read the block's chunk-end cotangent
+    tl.store(ds + base + offs, cS, mask=mask)
+    return df_last
+
+
+@triton.jit
+def weight_cotangent(
+    w, base, offs, mask, C, d_deltaT, d_xT, xT, deltaT, g_last, dg_last, dbeta_last, DOT: tl.constexpr
+):
+    """A layer's weight block W (chunk start, read again) and the cotangent C of its chunk-end value W' =
+    β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ), backward: (W, the update's cotangents of δ and X, and G's last
+    row and β_L's cotangents with the block's shares added)."""
+    d_deltaT, d_xT, d_coef = update_backward_t(d_deltaT, d_xT, xT, deltaT, g_last, C, DOT)
+    W = tl.load(w + base + offs, mask=mask, other=0.0)
+    return W, d_deltaT, d_xT, dg_last - d_coef, dbeta_last + inner(C, W)
+
+
+@triton.jit
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks, dw1_anchor, dw2_anchor,  # start states, anchor cotangents
@@ -180,24 +218,18 @@ def _wide_backward_kernel(
             # [D, BHB] float32 blocks are live (the chunk-start blocks are read again for it): the
             # momentum's cotangent first, stored, then the weights'.
             if HAS_MOM:
-                S1 = tl.load(s1_chunks + cb + o1, mask=m1, other=0.0)
-                cS1 = tl.load(ds1 + base + o1, mask=m1, other=0.0)
-                dm += inner(cS1, S1)
-                d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, b_s, cS1, DOT)
-                b_ds -= s1
+                S1, cS1, dm, d_d1T, b_dkT, b_ds = momentum_cotangent(
+                    s1_chunks, ds1, cb, base, o1, m1, d_d1T, b_dkT, kT, d1T, b_s, dm, b_ds, DOT
+                )
                 b_df += tl.sum(dz1T * qs1T, 0)
                 b_dqT += b_f[None, :] * dot(S1, dz1T, DOT)
                 cS1 = b_m * cS1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
             cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)
             if HAS_MOM:
-                df_last += inner(cW1, S1)
-                cS1 += f_last * cW1
-                tl.debug_barrier()  # every thread has read layer 1's block j of dS1
-                tl.store(ds1 + base + o1, cS1, mask=m1)
-            d_d1T, b_dkT, s1 = update_backward_t(d_d1T, b_dkT, kT, d1T, g_last, cW1, DOT)
-            dg_last -= s1
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            dbeta_last += inner(cW1, W1)
+                df_last = store_momentum_cotangent(ds1, base, o1, m1, cS1, cW1, S1, f_last, df_last)
+            W1, d_d1T, b_dkT, dg_last, dbeta_last = weight_cotangent(
+                w1_chunks, cb, o1, m1, cW1, d_d1T, b_dkT, kT, d1T, g_last, dg_last, dbeta_last, DOT
+            )
             b_dqT += b_beta[None, :] * dot(W1, dz1T, DOT)
             gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
             if g == NCT - 1:
@@ -208,22 +240,16 @@ def _wide_backward_kernel(
             # Δ, W2_j and Z1_j (second order)
             dET = d_d1T * sgT
             if HAS_MOM:
-                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
-                cS2 = tl.load(ds2 + base + o2, mask=m2, other=0.0)
-                dm += inner(cS2, S2)
-                d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, b_s, cS2, DOT)
-                b_ds -= s2
+                S2, cS2, dm, d_ddT, dAT, b_ds = momentum_cotangent(
+                    s2_chunks, ds2, cb, base, o2, m2, d_ddT, dAT, AT, ddT, b_s, dm, b_ds, DOT
+                )
                 cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
             cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
             if HAS_MOM:
-                df_last += inner(cW2, S2)
-                cS2 += f_last * cW2
-                tl.debug_barrier()  # every thread has read layer 2's block j of dS2
-                tl.store(ds2 + base + o2, cS2, mask=m2)
-            d_ddT, dAT, s2 = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
-            dg_last -= s2
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            dbeta_last += inner(cW2, W2)
+                df_last = store_momentum_cotangent(ds2, base, o2, m2, cS2, cW2, S2, f_last, df_last)
+            W2, d_ddT, dAT, dg_last, dbeta_last = weight_cotangent(
+                w2_chunks, cb, o2, m2, cW2, d_ddT, dAT, AT, ddT, g_last, dg_last, dbeta_last, DOT
+            )
             d_ddT += dot(tl.trans(W2), dET, DOT)
             gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
             if g == NCT - 1:

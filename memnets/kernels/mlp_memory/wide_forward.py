@@ -140,6 +140,16 @@ def key_z2(
 
 
 @triton.jit
+def store_start(X, chunks, anchor, sc, base, offs, mask, last, STORE: tl.constexpr):
+    """Block X's chunk-start value where it is kept: with ``STORE`` in the chunk states (this chunk's at
+    ``sc``), and at the sequence's ``last`` chunk in the anchor."""
+    if STORE:
+        tl.store(chunks + sc + offs, X, mask=mask)
+    if last:
+        tl.store(anchor + base + offs, X, mask=mask)
+
+
+@triton.jit
 def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
@@ -207,10 +217,7 @@ def _wide_forward_kernel(
             Z1T = dot(tl.trans(W1), kT, DOT)
             if not STORE:
                 zq = b_beta[None, :] * dot(tl.trans(W1), qT, DOT)
-            if STORE:
-                tl.store(w1_chunks + sc + o1, W1, mask=m1)
-            if g == NCT - 1:
-                tl.store(w1_anchor + base + o1, W1, mask=m1)
+            store_start(W1, w1_chunks, w1_anchor, sc, base, o1, m1, g == NCT - 1, STORE)
             if HAS_MOM:
                 S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
                 if not STORE:
@@ -225,10 +232,7 @@ def _wide_forward_kernel(
                 a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
                 z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
                 aa += dot(tl.trans(a1T), AT, DOT)
-            if STORE:
-                tl.store(w2_chunks + sc + o2, W2, mask=m2)
-            if g == NCT - 1:
-                tl.store(w2_anchor + base + o2, W2, mask=m2)
+            store_start(W2, w2_chunks, w2_anchor, sc, base, o2, m2, g == NCT - 1, STORE)
             if HAS_MOM:
                 S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
                 W2_new += f_last * S2
