@@ -134,7 +134,7 @@ Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_backward`, :mod:`.limits`
 (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point). The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
-into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9.
+into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9 (the wide-state kernels: §22).
 """
 
 from ..precision import DOT_PRECISIONS

@@ -79,7 +79,7 @@ those), packed sequences, the Omega window, chunk-start reads, chunk sizes above
 beyond ``MAX_WIDE_DIM_FOR_TILE`` (the chunk's rows exceed the shared memory). Tested in the Triton
 interpreter (which runs a program's block ops one after the other, so it does not exercise the
 barriers' cross-thread ordering) and compiled ahead of time for sm_90 with
-``scripts/check_kernels_compile.py``; shared memory and spills per shape: benchmarks/RESULTS.md §9.
+``scripts/check_kernels_compile.py``; shared memory and spills per shape: benchmarks/RESULTS.md §22.
 """
 
 from __future__ import annotations
