@@ -350,10 +350,14 @@ def waves(programs: int) -> int:
 # estimates (the model: benchmarks.kernel_roofline)
 
 
-def launch_seconds(launch: Launch, row: dict[str, Any]) -> float:
+def launch_step(launch: Launch, row: dict[str, Any]) -> dict[str, float]:
+    """The roofline terms of one step of the launch (:func:`benchmarks.kernel_roofline.step_seconds`)."""
+    return step_seconds(row, launch.case.num_warps, launch.inner, launch.programs, launch.state_bytes)
+
+
+def launch_seconds(launch: Launch, step: dict[str, float]) -> float:
     """The launch's time: its steps in order, its programs in waves of one per SM."""
-    step = step_seconds(row, launch.case.num_warps, launch.inner, launch.programs, launch.state_bytes)["step"]
-    return waves(launch.programs) * launch.steps * step
+    return waves(launch.programs) * launch.steps * step["step"]
 
 
 def core_flop(owner: Any, d: MemoryDispatch, B: int, T: int) -> float | None:
@@ -382,7 +386,8 @@ def _kernel_part(
     launches, fwd_s, total_s = [], 0.0, 0.0
     for launch in kernel_launches(owner, d, B, T):
         row = compile_launch(launch.case, arch, launch.inner)
-        seconds = launch_seconds(launch, row) if row["status"] == "ok" else 0.0
+        step = launch_step(launch, row)
+        seconds = launch_seconds(launch, step) if row["status"] == "ok" else 0.0
         total_s += seconds
         fwd_s += seconds if launch.role.startswith("fwd") and "store" not in launch.role else 0.0
         launches.append(
@@ -395,12 +400,7 @@ def _kernel_part(
                 "steps": launch.steps,
                 "inner": launch.inner,
                 "num_warps": launch.case.num_warps,
-                "step_us": {
-                    k: v * 1e6
-                    for k, v in step_seconds(
-                        row, launch.case.num_warps, launch.inner, launch.programs, launch.state_bytes
-                    ).items()
-                },
+                "step_us": {k: v * 1e6 for k, v in step.items()},
                 "est_ms": seconds * 1e3,
                 "states_mb": launch.states_mb,
             }

@@ -148,7 +148,7 @@ def _wide_backward_kernel(
         qkGT = tl.trans(qkG)
 
         # pass 1: the key path
-        Z2 = key_z2(b_k, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        Z2 = key_z2(kT, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, dout, r, xk, rk = key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )

@@ -23,9 +23,10 @@ read it back), and so is a read followed by an in-place overwrite (the sm_90 PTX
 ``ld.global``, not the non-coherent ``.nc`` path, so ``bar.sync`` orders them).
 
 Products are hidden-major: every matmul is written so that the hidden block (BHB: 64 with half
-operands, 32 with float32 ones, :func:`~.limits.default_hidden_block`) or the head dim is its M and the chunk's rows its N (Z1_jᵀ = W1_jᵀ Kᵀ, δ1_jᵀ = W2_j Δᵀ ⊙ σ'(Z1_jᵀ), Ẑ2ᵀ +=
-W2_jᵀ Â_jᵀ, ...; names ending in ``T`` are such transposed ``[BHB, L]`` / ``[D, L]`` tiles, and the
-update's Kᵀ (g ⊙ δ1_j) and A_jᵀ (g ⊙ Δ) already have the widths as M). Hopper's wgmma takes M in
+operands, 32 with float32 ones, :func:`~.limits.default_hidden_block`) or the head dim is its M
+and the chunk's rows its N (Z1_jᵀ = W1_jᵀ Kᵀ, δ1_jᵀ = W2_j Δᵀ ⊙ σ'(Z1_jᵀ), Ẑ2ᵀ += W2_jᵀ Â_jᵀ, ...;
+names ending in ``T`` are such transposed ``[BHB, L]`` / ``[D, L]`` tiles, and the update's
+Kᵀ (g ⊙ δ1_j) and A_jᵀ (g ⊙ Δ) already have the widths as M). Hopper's wgmma takes M in
 multiples of 64 per warpgroup, so these compile to bf16 wgmma with no warp computing another's
 rows; the row-major form (the chunk's 16 rows as M) compiled to mma.sync with four warps on the same
 16 rows. Only the ``[L, L]`` products (Q Kᵀ, Σ_j Â_j A_jᵀ, and the backward's cotangent of Q Kᵀ) keep
@@ -116,7 +117,7 @@ def hidden_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl
 
 @triton.jit
 def key_z2(
-    b_k,
+    kT,
     w1,
     w2,
     base,
@@ -129,8 +130,7 @@ def key_z2(
     ACT: tl.constexpr,
     DOT: tl.constexpr,
 ):
-    """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base``."""
-    kT = tl.trans(b_k)
+    """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base`` (``kT``: Kᵀ)."""
     Z2T = tl.zeros([BD, BL], dtype=tl.float32)
     for j in range(NB):
         o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
@@ -175,8 +175,9 @@ def _wide_forward_kernel(
         cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
         offs, mask, valid, row_idx = row_block(b, g * L, h, T, H, D, L, BL, BD)
         b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
+        kT = tl.trans(b_k)
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
-        Z2 = key_z2(b_k, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        Z2 = key_z2(kT, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = key_delta(
             Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
@@ -198,7 +199,6 @@ def _wide_forward_kernel(
             qkG = dot(b_q, tl.trans(b_k), DOT) * b_G
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-        kT = tl.trans(b_k)
         ddT = tl.trans(dd)
         if not STORE:
             qT = tl.trans(b_q)
