@@ -46,7 +46,8 @@ class MemorySpec:
     config, ``model.mixer_options.titans.memory.depth=1`` on the command line): ``depth`` weight
     matrices (1 = linear matrix memory, Titans §3.1 "L_M >= 1"), hidden width ``expansion`` x head
     dim, ``activation`` between layers, ``residual`` (``M(x) = x + ...``), ``norm`` (LayerNorm on the
-    output), ``init`` (the initial weights' scale, see :class:`MemoryMLP`). See :class:`MemoryMLP`."""
+    output), ``init`` (the initial weights' scale), ``norm_scale`` (the LayerNorm scale's initial
+    value). See :class:`MemoryMLP`."""
 
     depth: int = 2
     expansion: float = 4.0
@@ -54,6 +55,7 @@ class MemorySpec:
     residual: bool = True
     norm: bool = True
     init: Init = "fan_in"
+    norm_scale: float = 1.0
 
     def build(self, num_heads: int, dim: int) -> MemoryMLP:
         return MemoryMLP(
@@ -65,6 +67,7 @@ class MemorySpec:
             self.residual,
             self.norm,
             init=self.init,
+            norm_scale=self.norm_scale,
         )
 
 
@@ -89,6 +92,10 @@ class MemoryMLP(nn.Module):
             LayerNorm starts at about 0.1 for unit keys, the LayerNorm's Jacobian multiplies the inner
             loss's curvature by about 100, and the inner steps diverge along keys a text repeats
             (RESULTS.md section 17); the update equations are the same under either.
+        norm_scale: initial value of the LayerNorm's outer scale γ (every channel). The memory's
+            output γ ⊙ LN(z) then has norm ≈ ``norm_scale · sqrt(dim)`` at initialisation, against the
+            unit-norm keys and the values' scale; see RESULTS.md section 24 for what 1 (LayerNorm's
+            usual start) does to the inner loop's stability and the outer gradient at length.
     """
 
     def __init__(
@@ -103,10 +110,13 @@ class MemoryMLP(nn.Module):
         init_std: float = 1.0,
         eps: float = 1e-5,
         init: Init = "fan_in",
+        norm_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"MemoryMLP: init={init!r} is not one of {list(INITS)}")
+        if norm_scale <= 0:
+            raise ValueError(f"MemoryMLP: norm_scale must be > 0, got {norm_scale}")
         if depth < 1:
             raise ValueError(f"MemoryMLP: depth must be >= 1, got {depth}")
         if activation not in ACTIVATIONS:
@@ -127,7 +137,7 @@ class MemoryMLP(nn.Module):
             for (din, dout), std in zip(self.shapes, stds)
         )
         if layer_norm:
-            self.norm_weight = nn.Parameter(torch.ones(num_heads, dim))
+            self.norm_weight = nn.Parameter(torch.full((num_heads, dim), float(norm_scale)))
             self.norm_bias = nn.Parameter(torch.zeros(num_heads, dim))
 
     def extra_repr(self) -> str:

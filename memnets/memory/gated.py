@@ -41,8 +41,11 @@ class GatedMemoryMLP(FeatureMemoryMLP):
         residual: bool = True,
         layer_norm: bool = True,
         init_std: float = 1.0,
+        norm_scale: float = 1.0,
     ) -> None:
-        super().__init__(num_heads, dim, in_dim, 2, expansion, activation, residual, layer_norm, init_std)
+        super().__init__(
+            num_heads, dim, in_dim, 2, expansion, activation, residual, layer_norm, init_std, norm_scale
+        )
         hidden = self.shapes[0][1]
         w3 = nn.Parameter(torch.randn(num_heads, in_dim, hidden) * (init_std / math.sqrt(in_dim)))
         w2, w1 = self.init_weights

@@ -134,15 +134,17 @@ class OmegaMemorySpec(MemorySpec):
             raise ValueError(f"{owner}: memory.init={self.init!r} is not available here; allowed: ['fan_in']")
         if self.kind == "mlp":
             return FeatureMemoryMLP(
-                num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm
-            )
+                num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm,
+                norm_scale=self.norm_scale,
+            )  # fmt: skip
         if self.depth != 2:
             raise ValueError(
                 f"{owner}: memory.kind='gated_mlp' has depth 2 (Eq. 43), got memory.depth={self.depth}"
             )
         return GatedMemoryMLP(
-            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm
-        )
+            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm,
+            norm_scale=self.norm_scale,
+        )  # fmt: skip
 
 
 class _OmegaMixer(MemoryBlock):
