@@ -10,6 +10,7 @@ magnitude points at the memory's backward through the chunks.
     python scripts/grad_norm_vs_length.py --out benchmarks/results/grad_norm_vs_length
     python scripts/grad_norm_vs_length.py --lengths 512 1024 --configs configs/mqar/titans.yaml \
         --override model.mixer_options.titans.lr_max=0.1
+    python scripts/grad_norm_vs_length.py --memory norm_scale=0.1   # every family's memory option
 
 Writes ``grad_norms.json`` and ``grad_norms.md`` (and prints the table). CPU, float32, backend chunked.
 """
@@ -52,6 +53,13 @@ def _group(name: str) -> str:
     return "other"
 
 
+def memory_overrides(config: Path, options: list[str]) -> list[str]:
+    """``KEY=VALUE`` memory options as overrides of ``config``'s own mixer (``model.mixer_options.<mixer>
+    .memory.KEY``), so one option reaches every family."""
+    mixer = load_config(config).model.mixer
+    return [f"model.mixer_options.{mixer}.memory.{o}" for o in options]
+
+
 def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[str]) -> dict[str, float]:
     cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
     vocab = cfg.model.vocab_size or cfg.data.mqar.vocab_size  # the trainer fills it from the data
@@ -83,12 +91,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
+    p.add_argument(
+        "--memory", nargs="*", default=[], help="KEY=VALUE memory options for every config's mixer"
+    )
     a = p.parse_args()
     rows = []
     for config in a.configs:
         for T in a.lengths:
             t0 = time.time()
-            r = grad_norms(config, T, a.batch, a.device, a.override)
+            r = grad_norms(config, T, a.batch, a.device, a.override + memory_overrides(config, a.memory))
             rows.append({"config": config.stem, "T": T, **r, "seconds": time.time() - t0})
             print(
                 f"{config.stem:16s} T={T:6d}  " + "  ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from memnets.memory import (
     L2Bias,
     MemoryMLP,
+    MemorySpec,
     MemoryState,
     initial_state,
     memory_chunked,
@@ -15,6 +16,8 @@ from memnets.memory import (
     memory_reference,
 )
 from memnets.memory.rule import chunk_coefficients, safe_log
+from memnets.mixers.atlas import OmegaMemorySpec
+from memnets.registry import build_mixer
 from memnets.testing import assert_close
 
 F64 = torch.float64
@@ -294,3 +297,23 @@ def test_unit_input_init_gives_unit_preactivations(activation):
 def test_memory_init_is_validated():
     with pytest.raises(ValueError, match="init='xavier' is not one of"):
         MemoryMLP(2, 4, init="xavier")
+
+
+def test_norm_scale_sets_the_memory_output_scale():
+    """``norm_scale`` starts the LayerNorm's outer scale γ there, so the memory's output before the
+    residual has norm norm_scale·√d for any weights (the LayerNorm normalises each row to √d; the
+    shift starts at 0; its ε = 1e-5 shrinks the norm by about ε / (2 var z), below 1e-3 relative here).
+    It reaches every MLP memory through ``MemorySpec`` and the mixers' options."""
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(1, 2, 5, 8, dtype=F64), dim=-1)
+    for scale in (1.0, 0.1):
+        arch = MemorySpec(residual=False, norm_scale=scale).build(2, 8).double()
+        out = arch.read(arch.initial_weights(1), x)
+        want = torch.full((1, 2, 5), scale * 8**0.5, dtype=F64)
+        torch.testing.assert_close(out.norm(dim=-1), want, atol=0, rtol=1e-3)
+    feature = OmegaMemorySpec(norm_scale=0.1).build_features("omeganet", 2, 8, 44)
+    assert torch.all(feature.norm_weight == 0.1)
+    mixer = build_mixer("yaad", 16, 2, memory={"norm_scale": 0.1})
+    assert torch.all(mixer.memory.norm_weight == 0.1)
+    with pytest.raises(ValueError, match="norm_scale must be > 0, got 0"):
+        MemoryMLP(2, 4, norm_scale=0.0)

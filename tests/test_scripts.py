@@ -301,3 +301,17 @@ def test_bench_titans_kernels_targets_verdicts():
     ]
     got = [g["met"] for g in bench_kernels.targets(rows)]
     assert got == [True, False, True, False, True, False, False]
+
+
+def test_grad_norm_script_sets_a_memory_option_for_every_family():
+    """``grad_norm_vs_length.py --memory KEY=VALUE`` overrides each config's own mixer's memory (one
+    option for a table over families), and the measure is a finite norm per parameter group."""
+    script = load_script("scripts/grad_norm_vs_length.py")
+    mac = ROOT / "configs/mqar/titans-mac.yaml"
+    assert script.memory_overrides(mac, ["norm_scale=0.1"]) == [
+        "model.mixer_options.titans_mac.memory.norm_scale=0.1"
+    ]
+    titans = ROOT / "configs/mqar/titans.yaml"
+    norms = script.grad_norms(titans, 16, 1, "cpu", script.memory_overrides(titans, ["norm_scale=0.1"]))
+    assert {"total", "embedding", "k/v projections", "other", "loss"} <= set(norms)
+    assert all(math.isfinite(v) and v > 0 for v in norms.values())

@@ -120,9 +120,8 @@ class FeatureMemoryMLP(MemoryMLP):
         init_std: float = 1.0,
         norm_scale: float = 1.0,
     ) -> None:
-        super().__init__(
-            num_heads, dim, depth, expansion, activation, residual, layer_norm, init_std, norm_scale
-        )
+        arch = (depth, expansion, activation, residual, layer_norm, init_std)
+        super().__init__(num_heads, dim, *arch, norm_scale=norm_scale)
         if in_dim < dim:
             raise ValueError(f"FeatureMemoryMLP: in_dim={in_dim} must be >= dim={dim} (φ(x) starts with x)")
         self.in_dim = in_dim
