@@ -415,6 +415,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def memory_overrides(path: str | Path, options: list[str]) -> list[str]:
+    """``KEY=VALUE`` memory options (``norm_scale=0.1``) as overrides of the config's own mixer,
+    ``model.mixer_options.<mixer>.memory.KEY=VALUE``: one option for a sweep over families."""
+    mixer = load_config(path).model.mixer
+    return [f"model.mixer_options.{mixer}.memory.{o}" for o in options]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config (through a temporary file: a crash never leaves half a config)."""
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from memnets import LM
-from memnets.config import load_config
+from memnets.config import load_config, memory_overrides
 
 FAMILIES = (
     "titans",
@@ -51,13 +51,6 @@ def _group(name: str) -> str:
     if any(f".proj.{p}." in name or name.endswith(f"proj.{p}.weight") for p in ("k", "v")):
         return "k/v projections"
     return "other"
-
-
-def memory_overrides(config: Path, options: list[str]) -> list[str]:
-    """``KEY=VALUE`` memory options as overrides of ``config``'s own mixer (``model.mixer_options.<mixer>
-    .memory.KEY``), so one option reaches every family."""
-    mixer = load_config(config).model.mixer
-    return [f"model.mixer_options.{mixer}.memory.{o}" for o in options]
 
 
 def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[str]) -> dict[str, float]:

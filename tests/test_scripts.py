@@ -13,7 +13,7 @@ import torch
 from helpers import ROOT, TINY_MQAR, load_script, train_tiny_text, write_corpus
 from torch import nn
 
-from memnets.config import load_config
+from memnets.config import load_config, memory_overrides
 from memnets.memory import MemoryMLP
 from memnets.trainer import train
 
@@ -308,10 +308,22 @@ def test_grad_norm_script_sets_a_memory_option_for_every_family():
     option for a table over families), and the measure is a finite norm per parameter group."""
     script = load_script("scripts/grad_norm_vs_length.py")
     mac = ROOT / "configs/mqar/titans-mac.yaml"
-    assert script.memory_overrides(mac, ["norm_scale=0.1"]) == [
+    assert memory_overrides(mac, ["norm_scale=0.1"]) == [
         "model.mixer_options.titans_mac.memory.norm_scale=0.1"
     ]
     titans = ROOT / "configs/mqar/titans.yaml"
-    norms = script.grad_norms(titans, 16, 1, "cpu", script.memory_overrides(titans, ["norm_scale=0.1"]))
+    norms = script.grad_norms(titans, 16, 1, "cpu", memory_overrides(titans, ["norm_scale=0.1"]))
     assert {"total", "embedding", "k/v projections", "other", "loss"} <= set(norms)
     assert all(math.isfinite(v) and v > 0 for v in norms.values())
+
+
+def test_memory_sensitivity_script_measures_the_initial_weights_effect():
+    """``memory_sensitivity.py``: a finite ‖Δ logits_t‖ / ε at every looked-at position for a memory
+    family (the perturbation reaches the outputs through the memory), ``None`` for a mixer without
+    learnable initial memory weights."""
+    script = load_script("scripts/memory_sensitivity.py")
+    assert script.positions(300) == [16, 64, 256]
+    titans = ROOT / "configs/mqar/titans.yaml"
+    out = script.sensitivity(titans, 64, memory_overrides(titans, ["norm_scale=0.1"]))
+    assert list(out) == [16, 64] and all(math.isfinite(v) and v > 0 for v in out.values())
+    assert script.sensitivity(ROOT / "configs/mqar/gated_deltanet.yaml", 64, []) is None
