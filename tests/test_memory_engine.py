@@ -317,3 +317,16 @@ def test_norm_scale_sets_the_memory_output_scale():
     assert torch.all(mixer.memory.norm_weight == 0.1)
     with pytest.raises(ValueError, match="norm_scale must be > 0, got 0"):
         MemoryMLP(2, 4, norm_scale=0.0)
+
+
+def test_read_with_every_tokens_own_weights():
+    """``read`` with per-token weights ``[B, H, L, d_in, d_out]`` (a retention map's W_t) is every token
+    read alone with its weights, in float64 to round-off."""
+    torch.manual_seed(0)
+    arch = MemoryMLP(2, 4, expansion=2.0).double()
+    x = torch.randn(3, 2, 5, 4, dtype=F64)
+    weights = tuple(torch.randn(3, 2, 5, *shape, dtype=F64) for shape in arch.shapes)
+    alone = torch.cat(
+        [arch.read(tuple(w[:, :, t] for w in weights), x[:, :, t : t + 1]) for t in range(5)], 2
+    )
+    assert_close("per-token read", alone, arch.read(weights, x))

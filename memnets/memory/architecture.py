@@ -206,13 +206,15 @@ class MemoryMLP(nn.Module):
         return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
 
     def read(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """``M(x; W)`` with fixed weights ``W`` (``[B, H, d_in, d_out]`` per layer), ``x [B, H, L, dim]``."""
-        h = x
+        """``M(x; W)`` with fixed weights ``W`` (``[B, H, d_in, d_out]`` per layer), ``x [B, H, L, dim]``;
+        or with every token's own weights ``[B, H, L, d_in, d_out]`` (a retention map's W_t)."""
+        per_token = weights[0].dim() == x.dim() + 1
+        h = x[..., None, :] if per_token else x  # a row per token: [B, H, L, 1, d_in] @ W_t
         for i, w in enumerate(weights):
             h = h @ w
             if i < self.depth - 1:
                 h = self.act(h)
-        return self.output(h, x)
+        return self.output(h[..., 0, :] if per_token else h, x)
 
     def initial_weights(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
         """``W_0`` broadcast to ``[batch, H, d_in, d_out]`` (a view: gradients reach the parameters)."""

@@ -349,12 +349,7 @@ class _RetainedRead:
         n = self.arch.depth
         A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
         acc = _token_accumulators(beta, G, self.units, A, xs, deltas)
-        weights = retained_weights(acc, self.retention)
-        # move the tokens into the batch so the memory's per-head LayerNorm still broadcasts over heads
-        B, H, L, D = q.shape
-        qs = q.permute(0, 2, 1, 3).reshape(B * L, H, 1, D)
-        ws = tuple(w.permute(0, 2, 1, 3, 4).reshape(B * L, H, *w.shape[-2:]) for w in weights)
-        return self.arch.read(ws, qs).reshape(B, L, H, D).permute(0, 2, 1, 3)
+        return self.arch.read(retained_weights(acc, self.retention), q)
 
 
 @chunk_step
