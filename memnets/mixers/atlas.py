@@ -86,6 +86,7 @@ from .memory_block import (
     MemoryProjections,
     StepGates,
     check_dot_precision,
+    check_grad_horizon,
     gate_width,
 )
 
@@ -173,6 +174,7 @@ class _OmegaMixer(MemoryBlock):
         ns_steps: int = 5,
         ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
         dot_precision: str = "auto",
+        grad_horizon: int | None = None,
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
@@ -191,6 +193,8 @@ class _OmegaMixer(MemoryBlock):
             raise ValueError(f"{self.name}: lr_max must be >= 0, got {lr_max}")
         if ns_steps < 0:
             raise ValueError(f"{self.name}: ns_steps must be >= 0, got {ns_steps}")
+        check_grad_horizon(self.name, grad_horizon, chunk_size)
+        self.grad_horizon = grad_horizon
         self.num_heads, self.head_dim = num_heads, head_dim
         self.chunk_size, self.backend, self.window = chunk_size, backend, window
         self.muon, self.ns_steps, self.ns_coefficients = muon, ns_steps, tuple(ns_coefficients)

@@ -213,15 +213,35 @@ class MemoryBlockState:
     memory: Any
 
 
+def check_grad_horizon(owner: str, grad_horizon: int | None, chunk_size: int) -> None:
+    """``grad_horizon`` is ``None`` or a positive multiple of ``chunk_size`` (pieces start at chunk
+    boundaries, so the forward is the same with or without it)."""
+    if grad_horizon is not None and (grad_horizon < 1 or grad_horizon % chunk_size):
+        raise ValueError(
+            f"{owner}: grad_horizon={grad_horizon} must be None or a positive multiple of "
+            f"chunk_size={chunk_size}"
+        )
+
+
 class MemoryBlock(GatedOutput, OneTokenStep):
     """The forward that ``titans``, the Miras mixers and the Omega mixers share: q/k/v inputs, one
     memory op fed by :meth:`memory_args`, gated output. Subclasses set ``name``, ``backend``,
-    ``inputs`` (:class:`MemoryProjections`) and ``op`` and call :meth:`init_output`."""
+    ``inputs`` (:class:`MemoryProjections`) and ``op`` and call :meth:`init_output`.
+
+    ``grad_horizon`` (the mixers' option, tokens, a multiple of the chunk size; default ``None``):
+    under autograd a longer sequence runs through the memory op in pieces of that many tokens, each
+    starting from the previous piece's final state *detached*, so the outer gradient follows the
+    memory's recurrence back at most that far (truncated backpropagation through time; Transformer-XL,
+    arXiv 1901.02860 §3.2, stops gradients into its cached segment the same way). The forward, the
+    state and decoding are unchanged. Why a deep memory may need it: its inner loop amplifies a change
+    of its state by orders of magnitude over thousands of tokens, so the exact gradient at T = 4096
+    can be 1e6-1e29 times the one at T = 512 (benchmarks/RESULTS.md section 24)."""
 
     name: str
     backend: str
     inputs: MemoryProjections
     op: MemoryDispatch
+    grad_horizon: int | None = None
 
     def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
         """The op's inputs before the state (queries, keys, values, gates) and its extra keywords."""
@@ -234,8 +254,39 @@ class MemoryBlock(GatedOutput, OneTokenStep):
         qkv, conv = self.inputs(x, None if state is None else state.conv, cu_seqlens)
         args, options = self.memory_args(x, qkv)
         prev = None if state is None else state.memory
-        y, mem = self.op(self.backend, *args, prev, cu_seqlens=cu_seqlens, **options)
+        horizon = self.grad_horizon
+        if horizon is None or x.shape[1] <= horizon or not torch.is_grad_enabled():
+            y, mem = self.op(self.backend, *args, prev, cu_seqlens=cu_seqlens, **options)
+        elif cu_seqlens is not None:
+            raise ValueError(
+                f"{self.name}: grad_horizon={horizon} does not apply to packed sequences (cu_seqlens)"
+            )
+        else:
+            y, mem = self._truncated(args, options, prev, horizon)
         return self.output(y, x), MemoryBlockState(conv, mem)
+
+    def _truncated(
+        self, args: list[Tensor | None], options: dict[str, Any], prev: Any, horizon: int
+    ) -> tuple[Tensor, Any]:
+        """The memory op over pieces of ``horizon`` tokens, each from the previous one's state detached
+        (the per-token inputs, ``[B, T, ...]``, are sliced; everything else is passed as it is)."""
+        B, T = args[0].shape[:2]  # type: ignore[union-attr]
+
+        def piece(t: Any, span: slice) -> Any:
+            return t[:, span] if isinstance(t, Tensor) and t.shape[:2] == (B, T) else t
+
+        ys, mem = [], prev
+        for start in range(0, T, horizon):
+            span = slice(start, start + horizon)
+            start_state = mem.detach() if start and mem is not None else mem
+            y, mem = self.op(
+                self.backend,
+                *(piece(a, span) for a in args),
+                start_state,
+                **{k: piece(v, span) for k, v in options.items()},
+            )
+            ys.append(y)
+        return torch.cat(ys, 1), mem
 
 
 # operands of the MLP memory kernels' matmuls (memnets.memory.kernel_bridge.DOT_PRECISIONS, which a

@@ -107,6 +107,7 @@ from .memory_block import (
     MemoryBlock,
     MemoryProjections,
     check_dot_precision,
+    check_grad_horizon,
     gate_width,
 )
 
@@ -141,9 +142,12 @@ class MirasMemory(MemoryBlock):
         gates: GateLayout = "head",
         conv_size: int = 4,
         dot_precision: str = "auto",
+        grad_horizon: int | None = None,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
+        check_grad_horizon(self.name, grad_horizon, chunk_size)
+        self.grad_horizon = grad_horizon
         _check_positive(
             self.name,
             chunk_size=chunk_size,

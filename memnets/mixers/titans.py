@@ -99,6 +99,7 @@ from .memory_block import (
     MemoryProjections,
     StepGates,
     check_dot_precision,
+    check_grad_horizon,
     gate_width,
     run_packed_one_by_one,
 )
@@ -148,12 +149,15 @@ class Titans(MemoryBlock):
         dot_precision: str = "auto",
         gates: GateLayout = "head",
         gate_rank: int = 32,
+        grad_horizon: int | None = None,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
         _check_positive("titans", chunk_size=chunk_size, head_dim=head_dim, conv_size=conv_size)
         if lr_max < 0:
             raise ValueError(f"titans: lr_max must be >= 0, got {lr_max}")
+        check_grad_horizon("titans", grad_horizon, chunk_size)
+        self.grad_horizon = grad_horizon
         self.num_heads, self.head_dim, self.chunk_size, self.backend = (
             num_heads,
             head_dim,
