@@ -66,3 +66,10 @@ def test_grad_horizon_is_checked_and_not_for_packed_sequences():
         mixer(x, cu_seqlens=torch.tensor([0, 5, 10]))
     with torch.no_grad():  # no autograd: one call, nothing to truncate
         assert torch.isfinite(mixer(x)[0]).all()
+    # the MAG/MAL hybrids pass it to their memory mixer
+    assert (
+        memnets.build_mixer(
+            "titans_mag", d_model=16, num_heads=2, chunk_size=4, grad_horizon=8
+        ).memory.grad_horizon
+        == 8
+    )

@@ -31,11 +31,11 @@ gate, MAG window), each documented here and an option where people differ:
   (``gates: channel``: App. C's channel-wise ones, see above).
 * Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
   momentum/forgetting per token, reads after the token's own write (Eq. 15).
-* ``grad_horizon`` (LMM, the Miras and Omega mixers; tokens, a multiple of ``chunk_size``; default
-  none): the outer gradient follows the memory's recurrence back at most that far (truncated
-  backpropagation, :class:`~memnets.mixers.memory_block.MemoryBlock`); the forward is unchanged. At
-  T = 4096 the exact gradient of these memories is 1e6 times and more the one at T = 512
-  (benchmarks/RESULTS.md section 24).
+* ``grad_horizon`` (LMM and MAG/MAL, the Miras and Omega mixers, not MAC; tokens, a multiple of
+  ``chunk_size``; default none): the outer gradient follows the memory's recurrence back at most
+  that far (truncated backpropagation, :class:`~memnets.mixers.memory_block.MemoryBlock`); the
+  forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
+  one at T = 512 (benchmarks/RESULTS.md section 24).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
 * Persistent memory (§3.3): ``num_persistent`` learnable key/value pairs per head prepended to every
   attention window and visible to every query; they are position-free (no RoPE). They are not written
