@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..dispatch import MemoryDispatch
+from ..dispatch import MemoryDispatch, log_once
 from ..memory import MemoryMLP, gate_units
 from ..modules import GatedRMSNorm, ShortConv, l2norm
 from .base import OneTokenStep, check_cu_seqlens, last_sequence_conv
@@ -271,6 +271,9 @@ class MemoryBlock(GatedOutput, OneTokenStep):
         """The memory op over pieces of ``horizon`` tokens, each from the previous one's state detached
         (the per-token inputs, ``[B, T, ...]``, are sliced; everything else is passed as it is)."""
         B, T = args[0].shape[:2]  # type: ignore[union-attr]
+        log_once(
+            "%s: the outer gradient stops every %d tokens of the memory (grad_horizon)", self.name, horizon
+        )
 
         def piece(t: Any, span: slice) -> Any:
             return t[:, span] if isinstance(t, Tensor) and t.shape[:2] == (B, T) else t
