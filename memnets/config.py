@@ -415,6 +415,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+# the memory families of ``configs/mqar`` that the length studies sweep (scripts/grad_norm_vs_length.py,
+# scripts/memory_sensitivity.py), Gated DeltaNet and MoM as the reference recurrences
+MQAR_MEMORY_FAMILIES = (
+    "titans",
+    "titans-mac",
+    "titans-mag",
+    "titans-mal",
+    "moneta",
+    "yaad",
+    "memora",
+    "omeganet",
+    "atlas",
+    "tnt",
+    "gated_deltanet",
+    "mom",
+)
+
+
 def memory_overrides(path: str | Path, options: list[str]) -> list[str]:
     """``KEY=VALUE`` memory options (``norm_scale=0.1``) as overrides of the config's own mixer,
     ``model.mixer_options.<mixer>.memory.KEY=VALUE``: one option for a sweep over families."""

@@ -27,22 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from memnets import LM
-from memnets.config import load_config, memory_overrides
-
-FAMILIES = (
-    "titans",
-    "titans-mac",
-    "titans-mag",
-    "titans-mal",
-    "moneta",
-    "yaad",
-    "memora",
-    "omeganet",
-    "atlas",
-    "tnt",
-    "gated_deltanet",
-    "mom",
-)
+from memnets.config import MQAR_MEMORY_FAMILIES, load_config, memory_overrides
 
 
 def _group(name: str) -> str:
@@ -77,7 +62,10 @@ def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--configs", nargs="*", type=Path, default=[Path(f"configs/mqar/{f}.yaml") for f in FAMILIES]
+        "--configs",
+        nargs="*",
+        type=Path,
+        default=[Path(f"configs/mqar/{f}.yaml") for f in MQAR_MEMORY_FAMILIES],
     )
     p.add_argument("--lengths", nargs="*", type=int, default=[512, 1024, 4096, 16384])
     p.add_argument("--batch", type=int, default=1)
@@ -90,9 +78,10 @@ def main() -> None:
     a = p.parse_args()
     rows = []
     for config in a.configs:
+        overrides = a.override + memory_overrides(config, a.memory)
         for T in a.lengths:
             t0 = time.time()
-            r = grad_norms(config, T, a.batch, a.device, a.override + memory_overrides(config, a.memory))
+            r = grad_norms(config, T, a.batch, a.device, overrides)
             rows.append({"config": config.stem, "T": T, **r, "seconds": time.time() - t0})
             print(
                 f"{config.stem:16s} T={T:6d}  " + "  ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True

@@ -31,20 +31,8 @@ from pathlib import Path
 import torch
 
 from memnets import LM
-from memnets.config import load_config, memory_overrides
+from memnets.config import MQAR_MEMORY_FAMILIES, load_config, memory_overrides
 
-FAMILIES = (
-    "titans",
-    "titans-mac",
-    "titans-mag",
-    "titans-mal",
-    "moneta",
-    "yaad",
-    "memora",
-    "omeganet",
-    "atlas",
-    "tnt",
-)
 EPS = 1e-8
 SATURATED = 1e6  # above this the finite difference has left the linear regime
 
@@ -79,7 +67,10 @@ def sensitivity(config: Path, length: int, overrides: list[str]) -> dict[int, fl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--configs", nargs="*", type=Path, default=[Path(f"configs/mqar/{f}.yaml") for f in FAMILIES]
+        "--configs",
+        nargs="*",
+        type=Path,
+        default=[Path(f"configs/mqar/{f}.yaml") for f in MQAR_MEMORY_FAMILIES],
     )
     p.add_argument("--length", type=int, default=16384)
     p.add_argument("--out", type=Path, default=None)

@@ -44,8 +44,8 @@ class GatedMemoryMLP(FeatureMemoryMLP):
         norm_scale: float = 1.0,
     ) -> None:
         super().__init__(
-            num_heads, dim, in_dim, 2, expansion, activation, residual, layer_norm, init_std, norm_scale
-        )
+            num_heads, dim, in_dim, 2, expansion, activation, residual, layer_norm, init_std, norm_scale=norm_scale
+        )  # fmt: skip
         hidden = self.shapes[0][1]
         w3 = nn.Parameter(torch.randn(num_heads, in_dim, hidden) * (init_std / math.sqrt(in_dim)))
         w2, w1 = self.init_weights
