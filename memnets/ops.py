@@ -179,8 +179,14 @@ def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: ob
     return omega_mlp_chunked(*inputs, **options)  # muon is None where the kernel runs
 
 
+def _omega_packs(*, arch: MemoryMLP, chunk_size: int, window: int, bias: object = None, **_: Any) -> bool:
+    """Packed sequences in one kernel call where the state stays on chip (the wide-state kernels, which
+    also take the polynomial features' wider keys, run none)."""
+    return _mlp_supports(arch, bias, chunk_size, window, no_wide="packed sequences") is None
+
+
 OMEGA_MEMORY = _memory_kernel_op(
-    "the Omega memory", omega_reference, omega_chunked, _omega_kernel, _omega_supports
+    "the Omega memory", omega_reference, omega_chunked, _omega_kernel, _omega_supports, packs=_omega_packs
 )
 
 

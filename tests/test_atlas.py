@@ -383,8 +383,11 @@ def test_mixer_causal_and_packed():
 def test_mixer_options_and_errors():
     with pytest.raises(ValueError, match="backend='triton' does not support muon='token'"):
         memnets.build_mixer("atlas", d_model=16, num_heads=2, backend="triton")
-    with pytest.raises(ValueError, match="backend='triton' does not support key width 44 != value width 8"):
-        memnets.build_mixer("omeganet", d_model=16, num_heads=2, backend="triton")  # degree-2 features
+    # degree-2 features (keys 44 wide, values 8) run in the wide-state kernels, which take no packed
+    # sequences (tests/test_mlp_memory_wide_keys.py)
+    wide = memnets.build_mixer("omeganet", d_model=16, num_heads=2, backend="triton")
+    assert wide.op.no_kernel("triton") is None
+    assert "key width 44 != value width 8" in wide.op.no_kernel("auto")
     with pytest.raises(ValueError, match="window must be >= 1"):
         memnets.build_mixer("omeganet", d_model=16, num_heads=2, window=0)
     with pytest.raises(Exception, match="feature_kernel"):

@@ -559,9 +559,9 @@ def _run_omega(fn, arch, inputs, window, chunk_size, compute_dtype, split=None, 
         if t is not None
     }
     momentum = (leaves["s1"], leaves["s2"]) if "s1" in leaves else None
-    q = leaves["q"]
-    empty = q.new_zeros(q.shape[0], 0, *q.shape[2:]).to(compute_dtype)
-    state = OmegaState(MemoryState((leaves["w1"], leaves["w2"]), momentum), empty, empty)
+    q, v = leaves["q"], leaves["v"]
+    empty_k, empty_v = (x.new_zeros(x.shape[0], 0, *x.shape[2:]).to(compute_dtype) for x in (q, v))
+    state = OmegaState(MemoryState((leaves["w1"], leaves["w2"]), momentum), empty_k, empty_v)
     args = [leaves[n] for n in ("q", "k", "v", "lr")] + [leaves.get(n) for n in ("mom", "keep", "gam")]
     T = q.shape[1]
     cuts = [0, T] if split is None else [0, split, T]

@@ -132,14 +132,18 @@ def check_inputs(
     wrappers); errors start with ``name``."""
     if chunk_size < 1:
         raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
-    if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
+    d_key = arch.shapes[0][0]  # the values' width, or wider: feature maps of q and k (FeatureMemoryMLP)
+    if q.dim() != 4 or q.shape != k.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
-            f"{name}: q, k, v must share the shape [B, T, H, D]; got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
+            f"{name}: q, k, v must share the shape [B, T, H, D] (q, k [B, T, H, Dk] for keys wider than "
+            f"values); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, T, H, D = q.shape
-    if arch.num_heads != H or arch.dim != D:
-        raise ValueError(f"{name}: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={arch.dim}")
+    if arch.num_heads != H or d_key != D or arch.dim != v.shape[-1]:
+        raise ValueError(
+            f"{name}: q has H={H}, D={D} but the memory has H={arch.num_heads}, D={d_key}"
+            + ("" if d_key == arch.dim else f" (values: {v.shape[-1]} against the memory's {arch.dim})")
+        )
     check_gates(name, arch, B, T, H, lr=lr, mom=mom, keep=keep)
     if state is not None:
         if (state.momentum is None) != (mom is None):

@@ -223,6 +223,25 @@ def _run(
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
 
 
+def _wide_reason(
+    arch: MemoryMLP,
+    bias: object,
+    chunk_size: int,
+    window: int,
+    cu_seqlens: Tensor | None,
+    hidden_block: int | None,
+) -> str | None:
+    """Why the kernels do not run this call (``None`` if they do): :func:`supports_mlp`, packed sequences
+    where the wide-state kernels would run (they take none), and a ``hidden_block`` that asks for them."""
+    reason = supports_mlp(
+        arch, bias, chunk_size, window, no_wide=None if cu_seqlens is None else "packed sequences"
+    )
+    if reason is None and hidden_block is not None:
+        reason = "packed sequences in the wide-state kernels" if cu_seqlens is not None else None
+        reason = reason or mlp_memory.supports_wide(arch.dim, chunk_size, hidden_block, window - 1)
+    return reason
+
+
 def _check_boundary(name: str, lengths: list[int] | None, offset: int) -> None:
     """Packed sequences start from chunk boundaries (a state inside a chunk is one sequence's)."""
     if lengths is not None and offset > 0:
@@ -307,10 +326,7 @@ def titans_mlp_chunked(
     mishandles bfloat16 dots)."""
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
-    reason = supports_mlp(arch, bias, chunk_size, no_wide=None if cu_seqlens is None else "packed sequences")
-    if reason is None and hidden_block is not None:
-        reason = "packed sequences in the wide-state kernels" if cu_seqlens is not None else None
-        reason = reason or mlp_memory.supports_wide(arch.shapes[0][0], chunk_size, hidden_block)
+    reason = _wide_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
@@ -399,12 +415,15 @@ def omega_mlp_chunked(
     checkpoint_every: int | None = None,
     dot_precision: str = "auto",
     cu_seqlens: Tensor | None = None,
+    hidden_block: int | None = None,
 ) -> tuple[Tensor, OmegaState | list[OmegaState]]:
     """Drop-in for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet, ATLAS arXiv 2505.23735 §3.2 Eq. 9-10)
-    for a depth-2 chain MLP memory with equal key and value widths (see :func:`supports_mlp` with
-    ``window``): each tile's key path runs over its tokens and the ``window − 1`` before them (the
-    carried window's rows first) and G becomes G·Γ with the band Γ of the window gates. A started
-    chunk (decoding) is finished in PyTorch.
+    for a depth-2 chain MLP memory (see :func:`supports_mlp` with ``window``), its keys as wide as the
+    values or wider (:class:`~memnets.memory.features.FeatureMemoryMLP`: q and k the polynomial features
+    ``[B, T, H, Dk]``, which only the wide-state kernels take): each tile's key path runs over its
+    tokens and the ``window − 1`` before them (the carried window's rows first) and G becomes G·Γ with
+    the band Γ of the window gates. A started chunk (decoding) is finished in PyTorch.
+    ``hidden_block`` and ``dot_precision`` as in :func:`titans_mlp_chunked`.
 
     ``cu_seqlens`` packs N sequences (B = 1) as in :func:`titans_mlp_chunked`: each runs from its own
     state (``state`` at a chunk boundary with ``[N, ...]`` weights and ``[N, P0, H, D]`` carried window
@@ -412,7 +431,7 @@ def omega_mlp_chunked(
     sequence before it; the state returned is then the list of the N sequences' final states."""
     name = "omega_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
-    reason = supports_mlp(arch, bias, chunk_size, window)
+    reason = _wide_reason(arch, bias, chunk_size, window, cu_seqlens, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
@@ -451,7 +470,7 @@ def omega_mlp_chunked(
     y, mem = _run(
         arch, q, kx, vx, lr, mom, keep, start, chunk_size=chunk_size, bias=bias, bias_params=None,
         read_start=False, checkpoint_every=checkpoint_every, window=window, win_gate=win_gate,
-        lengths=lengths, dot_precision=dot_precision,
+        lengths=lengths, hidden_block=hidden_block, dot_precision=dot_precision,
     )  # fmt: skip
     y = y if y0 is None else torch.cat([y0, y], 1)
     P0 = (kx.shape[1] - bounds[-1]) // len(seq_lengths)

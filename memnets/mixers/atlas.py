@@ -47,10 +47,11 @@ nor how the window gates γ are parameterised), each an option:
   returned is the last sequence's. Backends: ``reference`` (token loop),
   ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
   (:func:`~memnets.memory.kernel_bridge.omega_mlp_chunked`) for OmegaNet without Muon on the
-  2-layer chain memory with the l2 inner loss and keys as wide as values (``feature_degree=1``: the
-  polynomial features widen the keys, e.g. 560 at head dim 32, beyond a state kept on chip), within
-  its chunk/state limits; ``auto`` picks it on CUDA where it applies, ``triton`` elsewhere raises
-  with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``, wider features).
+  2-layer chain memory with the l2 inner loss, within its chunk/state limits; the polynomial
+  features' wider keys (560 at head dim 32, 2,144 at 64) run in its wide-state kernels, which read
+  W1 in blocks of the key width and take no packed sequences (those then run one by one). ``auto``
+  picks a kernel on CUDA where it applies (the wide-state ones once ``WIDE_IN_AUTO`` is on), ``triton``
+  elsewhere raises with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``).
   ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
 MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,

@@ -85,13 +85,14 @@ implementations; ``register_autograd`` ties them together.
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
 other than 2, other biases (KL, the dot loss of DLA), retention maps and chunk-end maps (Moneta's ℓ_q
 normalisation, Memora's softmax retention: both act on each token's weights, which the dual form
-never forms), Muon (Atlas: Newton–Schulz of each chunk's momentum), the gated memory (Atlas++), keys
-wider than values (polynomial features of degree > 1, OmegaNet's default), the Huber bias with an
-Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of :mod:`.limits`. States that fit no
-tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) run the wide-state kernels
-(:mod:`.wide_forward`, :mod:`.wide_backward`: state in global memory, hidden width in blocks, the plain
-chunked form, chunks of at most ``MAX_TILE``), picked by :func:`tile_layout` where
-:func:`on_chip_state_too_large`, or where ``hidden_block`` is given.
+never forms), Muon (Atlas: Newton–Schulz of each chunk's momentum), the gated memory (Atlas++), the
+Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
+:mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
+wider than values (polynomial features of degree > 1, OmegaNet's and Atlas' default: q and k
+``[B, T, H, Dk]``, the residual adding their first D columns) run the wide-state kernels
+(:mod:`.wide_forward`, :mod:`.wide_backward`: state in global memory, hidden width and key width in
+blocks, chunks of at most ``MAX_TILE`` rows with the Omega window's, no packed sequences), picked by
+:func:`tile_layout` where :func:`~.limits.runs_wide`, or where ``hidden_block`` is given.
 
 Tensor cores and the GPU's width (the wide-state kernels, where the flagship configs run). Every
 large product is hidden-major (:mod:`.wide_forward`): the 64-column hidden block or the head dim is

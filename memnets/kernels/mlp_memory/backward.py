@@ -291,7 +291,7 @@ def run_backward(
     grads = (dq, dk, dv, dbp, like(beta), like(f), like(G), like(m_end), like(s_coef))
     # the LayerNorm's outer parameters: one partial sum per (batch, head) and segment, reduced below
     dln_w, dln_b = (
-        w1.new_zeros(*w1.shape[:2], q.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2)
+        w1.new_zeros(*w1.shape[:2], v.shape[3]) if ln_w is not None else w1.new_empty(0) for _ in range(2)
     )
     carry = (dw1_final, dw2_final, ds1_final, ds2_final)
     scratch = (torch.empty_like(w1), torch.empty_like(w2))  # the recompute's anchor, unused
@@ -330,6 +330,13 @@ def run_backward(
             _fold_key_rows(d, x, T, config.tile, config.prefix, cu_seqlens, tile_offsets)
             for d, x in ((dk, k), (dv, v))
         )
+    D = v.shape[3]
+    if config.residual and k.shape[3] != D:
+        # M(φ(k)) = k + ...: the residual's direct path to the keys' first D columns (φ(x) starts with
+        # x), which the kernel leaves out when the keys are wider: its cotangent is that of v, negated
+        dk = dk.float()
+        dk[..., :D] -= dv.float()
+        dk = dk.to(k.dtype)
     return [dq, dk, dv, dbp, dln_w, dln_b, *grads[4:], *carry]
 
 

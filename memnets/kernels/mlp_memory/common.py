@@ -349,17 +349,32 @@ def store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D: tl.conste
 
 
 @triton.jit
-def key_value_rows(k, v, bp, offs, mask, rows, valid, BK: tl.constexpr, BIAS: tl.constexpr):
-    """A tile's keys and values (float32) at ``offs`` and its Huber thresholds δ: ``[BK]`` per token
-    ("norm", at ``rows``), ``[BK, BD]`` per channel ("coord"), zeros for the other biases."""
-    b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
+def value_rows(v, bp, offs, mask, rows, valid, BK: tl.constexpr, BIAS: tl.constexpr):
+    """A tile's values (float32) at ``offs`` and its Huber thresholds δ: ``[BK]`` per token ("norm", at
+    ``rows``), ``[BK, BD]`` per channel ("coord", at ``offs``), zeros for the other biases."""
     b_v = tl.load(v + offs, mask=mask, other=0.0).to(tl.float32)
     delta = tl.zeros([BK], dtype=tl.float32)
     if BIAS == 2:
         delta = tl.load(bp + rows, mask=valid, other=0.0).to(tl.float32)
     if BIAS == 3:
         delta = tl.load(bp + offs, mask=mask, other=0.0).to(tl.float32)
-    return b_k, b_v, delta
+    return b_v, delta
+
+
+@triton.jit
+def col_block(rows, valid, c0, W: tl.constexpr, n: tl.constexpr, BC: tl.constexpr):
+    """Offsets and mask of columns c0 .. c0 + BC (those below ``n``) of the rows ``rows`` (row indices,
+    ``valid`` per row) of a tensor whose rows are ``W`` wide."""
+    cols = c0 + tl.arange(0, BC)
+    return rows[:, None] * W + cols[None, :], valid[:, None] & (cols < n)[None, :]
+
+
+@triton.jit
+def key_cols_t(x, rows, valid, i, DI: tl.constexpr, KB: tl.constexpr):
+    """Key block i of the rows ``rows`` of x ``[.., DI]`` (q or k): columns i·KB .. i·KB + KB, float32,
+    transposed (``[KB, rows]``: the key width as the hidden-major products' K dimension)."""
+    offs, mask = col_block(rows, valid, i * KB, DI, DI, KB)
+    return tl.trans(tl.load(x + offs, mask=mask, other=0.0).to(tl.float32))
 
 
 @triton.jit

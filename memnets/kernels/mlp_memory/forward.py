@@ -16,7 +16,6 @@ from .common import (
     act_grad,
     key_base,
     key_delta,
-    key_value_rows,
     ln_params,
     ln_rows,
     load_matrices,
@@ -24,6 +23,7 @@ from .common import (
     row_block,
     sequence_bounds,
     store_matrices,
+    value_rows,
 )
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
 from .wide_forward import launch_wide_forward
@@ -42,7 +42,8 @@ def tile_rows(
     koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
     koffs += kb * H * D
     krow += kb * H
-    b_k, b_v, delta = key_value_rows(k, v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+    b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
+    b_v, delta = value_rows(v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
     return offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta
 
 
@@ -233,7 +234,7 @@ def run_forward(
     start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints))."""
     launch = launch_wide_forward if config.hidden_block else launch_forward
     coef = (beta, f, G, m_end, s_coef)
-    y = w1.new_empty(q.shape)
+    y = w1.new_empty(*q.shape[:3], w2.shape[-1])  # the values' width
     anchor = (torch.empty_like(w1), torch.empty_like(w2))
     state = (w1, w2, s1, s2)
     starts = []

@@ -16,7 +16,7 @@ from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
 from .config import ACTIVATIONS, LaunchConfig, block
 from .forward import backward_plan
-from .limits import default_hidden_block, on_chip_state_too_large, tile
+from .limits import default_hidden_block, runs_wide, tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,10 @@ def tile_layout(
     covers: the largest tile that keeps the state on chip (with the Omega window's ``window − 1`` more
     key rows), else (or with ``hidden_block``) whole chunks in the wide-state kernels."""
     P = window - 1
-    wide = hidden_block is not None or on_chip_state_too_large(memory.d_in, memory.d_hidden, chunk_size, P)
+    wide = hidden_block is not None or runs_wide(memory, chunk_size, P)
     # the wide-state kernels walk whole chunks of <= MAX_TILE tokens (supports() checked)
     L = chunk_size if wide else tile(chunk_size, block(memory.d_in) * block(memory.d_hidden), P)
-    assert L is not None and not (wide and (P or packed))
+    assert L is not None and not (wide and packed)
     cu, offsets, index = chunk_layout(lengths, L, device)  # tiles of L tokens
     return TileLayout(
         L,
@@ -131,12 +131,14 @@ def mlp_memory_chunked(
     backward.
 
     Args:
-        q, k, v: ``[B, T, H, D]``; with an Omega window of c tokens, ``k`` and ``v`` lead with the P0
-            carried rows of the call before (``[B, P0 + T, H, D]``; packed: before each sequence's rows).
+        q, k, v: ``[B, T, H, D]``, or q, k ``[B, T, H, Dk]`` with keys wider than values (feature maps
+            φ(x) that start with x: the wide-state kernels); with an Omega window of c tokens, ``k`` and
+            ``v`` lead with the P0 carried rows of the call before (``[B, P0 + T, H, ...]``; packed:
+            before each sequence's rows).
         beta, f, G, m_end, s_coef: the per-tile coefficients of the dual form at ``layout.tile``
             (``[B, H, NT, L]``, ``G [B, H, NT, L, P + L]``, ``m_end [B, H, NT]``, ``s_coef
             [B, H, NT, P + L]``; f, m_end, s_coef ``None`` without momentum), float32.
-        w1, w2, s1, s2: the state at the first token, ``[N, H, D, Dh]`` / ``[N, H, Dh, D]`` (N: batch
+        w1, w2, s1, s2: the state at the first token, ``[N, H, Dk, Dh]`` / ``[N, H, Dh, D]`` (N: batch
             entries or packed sequences; momenta ``None`` without momentum).
         memory, bias: the memory network and its attentional bias; ``bias_params`` the Huber
             threshold (``[B, T, H]`` "norm", ``[B, T, H, D]`` "coord"); ``ln_weight, ln_bias [H, D]``
@@ -200,6 +202,6 @@ def mlp_memory_chunked(
         recompute_every=inner * tiles_per_chunk,
     )
     y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
-    if memory.residual:
-        y = y + q.float()
+    if memory.residual:  # M(φ(q)) = q + ...: φ(x) starts with x (memnets.memory.features)
+        y = y + q[..., : memory.d_out].float()
     return y.to(dtype), (w1f, w2f), None if s1 is None else (s1f, s2f), (w1a, w2a)

@@ -66,22 +66,43 @@ def on_chip_state_too_large(d_in: int, d_hidden: int, chunk_size: int | None, pr
     return chunk_size < 1 or tile(chunk_size, state, prefix) is None
 
 
-def supports_wide(d_in: int, chunk_size: int | None, hidden_block: int | None) -> str | None:
-    """``None`` when the wide-state kernels cover head dim ``d_in`` (any hidden width) at this chunk size
-    (1..64; ``None``: at some chunk size) with this hidden block size, else the reason."""
+def runs_wide(memory: NetSpec, chunk_size: int | None, prefix: int = 0) -> bool:
+    """Whether this memory runs the wide-state kernels: keys wider than values (polynomial features),
+    which only they take, or a state no tile of the chunk keeps on chip."""
+    return memory.d_in != memory.d_out or on_chip_state_too_large(
+        memory.d_in, memory.d_hidden, chunk_size, prefix
+    )
+
+
+def supports_wide(
+    d_out: int, chunk_size: int | None, hidden_block: int | None, prefix: int = 0
+) -> str | None:
+    """``None`` when the wide-state kernels cover value width (head dim) ``d_out`` (any key and hidden
+    width) at this chunk size (``None``: at some chunk size) with ``prefix`` more key rows per chunk
+    (the Omega window's) and this hidden block size, else the reason. Their chunk's ``[P + L, D]`` rows
+    stay on chip: chunks of up to ``MAX_TILE`` rows with the window's."""
     if hidden_block is not None and (hidden_block < 16 or hidden_block & (hidden_block - 1)):
         return f"hidden_block {hidden_block} (the wide-state MLP kernel takes powers of two >= 16)"
     largest = max(MAX_WIDE_DIM_FOR_TILE.values())
-    if block(d_in) > largest:
+    if block(d_out) > largest:
         return (
-            f"head dim {d_in} (the wide-state MLP Triton kernel covers head dims <= {largest}: the "
+            f"head dim {d_out} (the wide-state MLP Triton kernel covers head dims <= {largest}: the "
             "chunk's rows stay on chip)"
         )
-    if chunk_size is not None and block(d_in) > MAX_WIDE_DIM_FOR_TILE[block(chunk_size)]:
+    if chunk_size is None:
+        return None
+    rows = block(chunk_size + prefix)
+    reach = f" with {prefix} more key rows (the Omega window's)" if prefix else ""
+    if chunk_size < 1 or rows not in MAX_WIDE_DIM_FOR_TILE:
         return (
-            f"head dim {d_in} at chunk_size {chunk_size} (the wide-state MLP Triton kernel exceeds the "
-            f"GPU's shared memory; use chunk_size <= 32 or head dim <= "
-            f"{MAX_WIDE_DIM_FOR_TILE[block(chunk_size)]})"
+            f"chunk_size {chunk_size}{reach} (the wide-state MLP Triton kernel takes chunks of up to "
+            f"{MAX_TILE} rows)"
+        )
+    if block(d_out) > MAX_WIDE_DIM_FOR_TILE[rows]:
+        return (
+            f"head dim {d_out} at chunk_size {chunk_size}{reach} (the wide-state MLP Triton kernel "
+            f"exceeds the GPU's shared memory; use chunk_size <= 32 or head dim <= "
+            f"{MAX_WIDE_DIM_FOR_TILE[rows]})"
         )
     return None
 
@@ -94,14 +115,9 @@ def supports(
     no_wide: str | None = None,
 ) -> str | None:
     """``None`` when the kernels cover this memory, bias, chunk size and Omega window, else the reason
-    they do not. States too large for the chip run the wide-state kernels (the plain chunked form only:
-    not the Omega window, chunk sizes up to ``MAX_TILE``) unless ``no_wide`` says why they may not
-    run here (chunk-start reads, packed sequences, ``backend="auto"`` while ``WIDE_IN_AUTO`` is off)."""
-    if memory.d_in != memory.d_out:
-        return (
-            f"key width {memory.d_in} != value width {memory.d_out} (feature maps of degree > 1: the MLP "
-            "Triton kernel needs them equal)"
-        )
+    they do not. Keys wider than values and states too large for the chip run the wide-state kernels
+    (chunk sizes up to ``MAX_TILE`` with the window's rows) unless ``no_wide`` says why they may not run
+    here (chunk-start reads, packed sequences, ``backend="auto"`` while ``WIDE_IN_AUTO`` is off)."""
     if window > 1 and bias.per_token:
         return (
             f"attentional bias {bias.kind} with an Omega window (per-token thresholds of the window's rows)"
@@ -112,17 +128,17 @@ def supports(
         return f"activation {memory.activation!r} (the MLP Triton kernel covers {list(ACTIVATIONS)})"
     if memory.dtype != torch.float32:
         return f"memory dtype {memory.dtype} (the MLP Triton kernel runs in float32)"
-    d_in, d_hidden = memory.d_in, memory.d_hidden
-    if not on_chip_state_too_large(d_in, d_hidden, chunk_size, window - 1):
+    d_in, d_hidden, P = memory.d_in, memory.d_hidden, window - 1
+    if not runs_wide(memory, chunk_size, P):
         return None
-    if no_wide is None and window == 1 and (chunk_size is None or chunk_size <= MAX_TILE):
-        return supports_wide(d_in, chunk_size, None)
-    if no_wide is not None:
-        note = f"; the wide-state kernels do not run {no_wide}"
-    elif window > 1:
-        note = "; the wide-state kernels have no Omega window"
-    else:
-        note = f"; the wide-state kernels cover chunk sizes up to {MAX_TILE}"
+    if no_wide is None:
+        return supports_wide(memory.d_out, chunk_size, None, P)
+    note = f"; the wide-state kernels do not run {no_wide}"
+    if d_in != memory.d_out:
+        return (
+            f"key width {d_in} != value width {memory.d_out} (feature maps of degree > 1: only the "
+            f"wide-state MLP Triton kernels take wider keys{note})"
+        )
     # (D = 8, hidden 128 at chunk 64 passed an unpadded check and needs 232 KB in the backward)
     state = block(d_in) * block(d_hidden)
     largest = max(MAX_STATE_FOR_TILE.values())
@@ -131,12 +147,10 @@ def supports(
             f"head dim {d_in} with hidden width {d_hidden} (the MLP Triton kernel keeps the whole state "
             f"on chip and covers head dim x hidden <= {largest}, both padded to powers of two >= 16{note})"
         )
-    if chunk_size is not None and (chunk_size < 1 or tile(chunk_size, state, window - 1) is None):
-        tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
-        reach = f" and window {window} ({window - 1} more key rows per tile)" if window > 1 else ""
-        return (
-            f"chunk_size {chunk_size}{reach} with head dim {d_in} and hidden width {d_hidden} (a chunk runs "
-            f"in tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
-            f"tile fits the GPU's shared memory: {tiles}{note})"
-        )
-    return None
+    tiles = ", ".join(f"{t} rows: D x hidden <= {s}" for t, s in MAX_STATE_FOR_TILE.items())
+    reach = f" and window {window} ({window - 1} more key rows per tile)" if window > 1 else ""
+    return (
+        f"chunk_size {chunk_size}{reach} with head dim {d_in} and hidden width {d_hidden} (a chunk runs "
+        f"in tiles of a divisor of it in 8..{MAX_TILE} (or the whole chunk if shorter) whose padded "
+        f"tile fits the GPU's shared memory: {tiles}{note})"
+    )

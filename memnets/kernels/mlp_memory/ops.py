@@ -14,11 +14,11 @@ from .backward import run_backward
 from .config import LaunchConfig, op_schema
 from .forward import run_forward, segments
 
-# q, k, v [B, T, H, D] (k, v lead with the Omega window's P0 carried rows); bias_params the Huber
-# threshold [B, T, H] (norm) or [B, T, H, D] (coord); ln_w, ln_b [H, D] the memory LayerNorm's scale
-# and shift; the coefficients of tiles of L tokens [B, H, NT, L(, P + L)] float32 (f, m_end, s_coef
-# empty without momentum); the state w1, s1 [B, H, D, Dh], w2, s2 [B, H, Dh, D] float32; packed
-# sequences' cu_seqlens and first tiles [N + 1]
+# q, k [B, T, H, Dk], v [B, T, H, D] (Dk > D: feature keys, wide-state kernels only; k, v lead with
+# the Omega window's P0 carried rows); bias_params the Huber threshold [B, T, H] (norm) or [B, T, H, D]
+# (coord); ln_w, ln_b [H, D] the memory LayerNorm's scale and shift; the coefficients of tiles of L
+# tokens [B, H, NT, L(, P + L)] float32 (f, m_end, s_coef empty without momentum); the state w1, s1
+# [B, H, Dk, Dh], w2, s2 [B, H, Dh, D] float32; packed sequences' cu_seqlens and first tiles [N + 1]
 _INPUTS = (
     "Tensor q, Tensor k, Tensor v, Tensor? bias_params, Tensor? ln_w, Tensor? ln_b, Tensor beta, "
     "Tensor f, Tensor G, Tensor m_end, Tensor s_coef, Tensor w1, Tensor w2, Tensor? s1, Tensor? s2, "
@@ -72,7 +72,7 @@ def _(*inputs):
         return w1.new_empty(0) if w is None else w.new_empty(*lead, *w.shape)
 
     return (
-        w1.new_empty(q.shape),
+        w1.new_empty(*q.shape[:3], w2.shape[-1]),
         *(like(w) for w in (w1, w2, *mom, w1, w2)),
         *(like(w, ns) for w in (w1, w2, *mom)),
     )
@@ -101,7 +101,7 @@ def _cotangents(tensors: tuple, outputs: tuple) -> tuple:
     """The backward op's cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor): zeros for unused
     outputs, empty momenta without momentum."""
     q, w1, w2, s1 = tensors[0], tensors[_W1], tensors[_W2], tensors[_S1]
-    likes = (w1.new_empty(q.shape), w1, w2, w1, w2, w1, w2)
+    likes = (w1.new_empty(*q.shape[:3], w2.shape[-1]), w1, w2, w1, w2, w1, w2)
     has_mom = s1 is not None
     return tuple(
         w1.new_zeros(0)

@@ -16,29 +16,39 @@ from .common import (
     act,
     act_grad,
     act_grad2,
+    col_block,
     delta_backward,
+    key_cols_t,
     key_delta,
-    key_value_rows,
     ln_params,
     read_layer2_backward,
-    row_block,
     store_ln_grads,
-    store_matrices,
 )
 from .config import LaunchConfig
-from .wide_forward import hidden_block, key_z2, wide_meta
+from .wide_forward import chunk_rows, key_z2, layer1_t, query_keys, w1_block, w2_block, wide_meta
 
 
 @triton.jit
-def layer1_reads(w1, s1, base, o1, m1, kT, qT, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
-    """Hidden block j's layer-1 products at the chunk-start state, hidden-major: Z1ᵀ = W1ᵀ Kᵀ, Aᵀ =
-    σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else (Q W1)ᵀ again, unread)."""
-    W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
-    Z1T = dot(tl.trans(W1), kT, DOT)
-    qw1T = dot(tl.trans(W1), qT, DOT)
-    qs1T = qw1T
-    if HAS_MOM:
-        qs1T = dot(tl.trans(tl.load(s1 + base + o1, mask=m1, other=0.0)), qT, DOT)
+def layer1_reads(
+    w1, s1, base1, j, k, q, krow, kvalid, qrow, qvalid,
+    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
+    BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """Hidden block j's layer-1 products at the chunk-start state, hidden-major, over the key blocks: Z1ᵀ =
+    W1ᵀ Kᵀ, Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else (Q W1)ᵀ again, unread)."""
+    Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
+    qw1T = tl.zeros([BHB, BL], dtype=tl.float32)
+    qs1T = tl.zeros([BHB, BL], dtype=tl.float32)
+    for i in range(NI):
+        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+        qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+        Z1T += dot(tl.trans(W1), key_cols_t(k, krow, kvalid, i, DI, KB), DOT)
+        qw1T += dot(tl.trans(W1), qT, DOT)
+        if HAS_MOM:
+            qs1T += dot(tl.trans(tl.load(s1 + base1 + o1, mask=m1, other=0.0)), qT, DOT)
+    if not HAS_MOM:
+        qs1T = qw1T
     return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T
 
 
@@ -90,86 +100,126 @@ def weight_cotangent(
 
 
 @triton.jit
+def layer1_update_coefficients(
+    k, krow, kvalid, w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j,
+    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
+    BK: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """Layer 1's chunk-end update W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 − Kᵀ (s_coef
+    ⊙ δ1), hidden block j, backward from the chunk-end cotangents C_W, C_S (read, not yet overwritten):
+    the terms summed over the key blocks, (K C_W)ᵀ and (K C_S)ᵀ ``[BHB, BK]`` (the caller forms the
+    cotangents of δ1_j, g_last and s_coef from them), ⟨C_W, W1⟩ (β_L's), ⟨C_S, S1⟩ (m_end's) and ⟨C_W,
+    S1⟩ (f_L's)."""
+    kcT = tl.zeros([BHB, BK], dtype=tl.float32)
+    ksT = tl.zeros([BHB, BK], dtype=tl.float32)
+    dbeta_last = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
+    dm = dbeta_last
+    df_last = dbeta_last
+    for i in range(NI):
+        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+        cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
+        kcT += dot(tl.trans(cW1), kT, DOT)
+        dbeta_last += inner(cW1, tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0))
+        if HAS_MOM:
+            S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
+            cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
+            ksT += dot(tl.trans(cS1), kT, DOT)
+            dm += inner(cS1, S1)
+            df_last += inner(cW1, S1)
+    return kcT, ksT, dbeta_last, dm, df_last
+
+
+@triton.jit
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks, dw1_anchor, dw2_anchor,  # start states, anchor cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
     dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
-    T, C0, NC, NCT, p, eps, sharp, ln_eps,
-    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
-    BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr,
-    LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
+    NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
+    BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
-    n = D * DH
-    base = bh * n  # this program's state cotangents in dw1, dw2, ds1, ds2 (chunk end -> chunk start)
+    n1 = DI * DH
+    n2 = DH * D
+    base1 = bh * n1  # this program's state cotangents in dw1, ds1 and dw2, ds2 (chunk end -> start)
+    base2 = bh * n2
     li = tl.arange(0, BL)
     lmask = li < L
-    gmask = lmask[:, None] & lmask[None, :]
+    lk = tl.arange(0, BK)
+    lkmask = lk < P + L
+    gmask = lmask[:, None] & lkmask[None, :]
     cols = tl.arange(0, BD)
     cmask = cols < D
-    # scratch: the partial cotangent of Z1_j (kept as Z1_jᵀ, [BHB, BL]) of each block, passed from pass
-    # 3 to pass 5
+    # scratch, per hidden block j (``[BHB, BK]`` tiles, transposed): the reads' dẐ1_j, δ1_j and the
+    # cotangent of Z1_j, passed from pass 3 to pass 5
     sw = NB * BHB
-    so = bh * BL * sw + li[None, :] * sw + tl.arange(0, BHB)[:, None]
+    so = bh * 3 * BK * sw + lk[None, :] * sw + tl.arange(0, BHB)[:, None]  # [BHB, BK] tiles
+    sq = bh * 3 * BK * sw + li[None, :] * sw + tl.arange(0, BHB)[:, None]  # [BHB, BL] tiles (dẐ1_j)
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     d_gamma = tl.zeros([BD], dtype=tl.float32)
     d_shift = tl.zeros([BD], dtype=tl.float32)
-    # Every product is hidden-major, as in the forward: the hidden block or the head dim is M, the
-    # chunk's rows N (names ending in T are transposed tiles: ``[BHB, BL]`` or ``[BD, BL]``).
-    for i in range(NC):
-        c = NC - 1 - i
+    # Every product is hidden-major, as in the forward: the hidden block, a key block or the head dim is
+    # M, the chunk's rows N (names ending in T are transposed tiles: ``[BHB, rows]``, ``[KB, rows]``
+    # or ``[BD, rows]``).
+    for ic in range(NC):
+        c = NC - 1 - ic
         g = C0 + c  # the chunk's index in the sequence
         cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
-        cb = (bh * NC + c) * n  # this chunk's start state in w1_chunks, ...
+        cb1 = (bh * NC + c) * n1  # this chunk's start state in w1_chunks, s1_chunks
+        cb2 = (bh * NC + c) * n2  # and in w2_chunks, s2_chunks
         last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
         is_last = li == last
-        offs, mask, valid, row_idx = row_block(b, g * L, h, T, H, D, L, BL, BD)
-        b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
+        offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
+            k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
+        )
         b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-        b_G = tl.load(G + cc * L * L + li[:, None] * L + li[None, :], mask=gmask, other=0.0)
-        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         b_f = b_beta  # f with momentum (unread without)
         if HAS_MOM:
             b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
-            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
-        qT = tl.trans(b_q)
-        kT = tl.trans(b_k)
-        qk = dot(b_q, kT, DOT)
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
         qkG = qk * b_G
         qkGT = tl.trans(qkG)
 
         # pass 1: the key path
-        Z2 = key_z2(kT, w1_chunks, w2_chunks, cb, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        Z2 = key_z2(
+            k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
+        )
         dd, dout, r, xk, rk = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+            Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
         ddT = tl.trans(dd)
 
         # pass 2: the reads' layer-2 inputs summed over the hidden blocks
         a1w2T = tl.zeros([BD, BL], dtype=tl.float32)
         a1s2T = tl.zeros([BD, BL], dtype=tl.float32)
-        aa = tl.zeros([BL, BL], dtype=tl.float32)
+        aa = tl.zeros([BL, BK], dtype=tl.float32)
         for j in range(NB):
-            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
             Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
-                w1_chunks, s1_chunks, cb, o1, m1, kT, qT, ACT, DOT, HAS_MOM
-            )
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+                w1_chunks, s1_chunks, cb1, j, k, q, krow, kvalid, qrow, qvalid,
+                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM,
+            )  # fmt: skip
+            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
             z1T = read_z1(qw1T, qs1T, dot(W2, ddT, DOT) * sgT, qkGT, b_beta, b_f, DOT, HAS_MOM)
             a1T = act(z1T, ACT)
             a1w2T += dot(tl.trans(W2), a1T, DOT)
             aa += dot(tl.trans(a1T), AT, DOT)
             if HAS_MOM:
-                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
+                S2 = tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0)
                 a1s2T += dot(tl.trans(S2), a1T, DOT)
         # Ẑ2's terms on whole rows (dΔ completed over the blocks in pass 3)
         b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
@@ -180,24 +230,24 @@ def _wide_backward_kernel(
         dPT = tl.trans(dP)
         d_ddT = tl.trans(d_dd)
         if HAS_MOM:
-            b_ds = tl.zeros([BL], dtype=tl.float32)
+            b_ds = tl.zeros([BK], dtype=tl.float32)
             dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
 
-        # pass 3: per block, the reads' layer 1, the chunk-end update and δ1_j's second-order terms.
-        # Layer 1's cotangents are finished and stored before layer 2's are read, and the chunk-start
-        # blocks are read again (from L2) where keeping them live would spill registers.
-        dPq = tl.zeros([BL, BL], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
-        b_dqT = tl.zeros([BD, BL], dtype=tl.float32)
-        b_dkT = tl.zeros([BD, BL], dtype=tl.float32)
-        dg_last = tl.zeros([BL], dtype=tl.float32)
+        # pass 3: per hidden block, the reads' layer 1, the cotangents of δ1_j (from the reads and from
+        # layer 1's chunk-end update, summed over the key blocks), layer 2's chunk-end update and δ1_j's
+        # second-order terms; layer 1's own cotangents wait for pass 5, where the key blocks are the
+        # outer loop (dq and dk sum over the hidden blocks)
+        dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
+        dg_last = tl.zeros([BK], dtype=tl.float32)
         dbeta_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
-            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
             Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
-                w1_chunks, s1_chunks, cb, o1, m1, kT, qT, ACT, DOT, HAS_MOM
-            )
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
+                w1_chunks, s1_chunks, cb1, j, k, q, krow, kvalid, qrow, qvalid,
+                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM,
+            )  # fmt: skip
+            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
             ET = dot(W2, ddT, DOT)
             d1T = ET * sgT
             z1T = read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT, HAS_MOM)
@@ -205,100 +255,128 @@ def _wide_backward_kernel(
             # layer 2 of the reads, block j: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
             da1T = b_beta[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
             if HAS_MOM:
-                S2 = tl.load(s2_chunks + cb + o2, mask=m2, other=0.0)
-                da1T += b_f[None, :] * dot(S2, dyT, DOT)
+                da1T += b_f[None, :] * dot(tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0), dyT, DOT)
             dz1T = da1T * act_grad(z1T, ACT)
             dAT = dot(a1T, dP, DOT)
             # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
             b_dbeta += tl.sum(dz1T * qw1T, 0)
+            if HAS_MOM:
+                b_df += tl.sum(dz1T * qs1T, 0)
             dPq -= dot(tl.trans(dz1T), d1T, DOT)
             d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
-            # layer 1's chunk-end update W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 −
-            # Kᵀ (s_coef ⊙ δ1), backward from their cotangents cW1, cS1. Ordered so that at most three
-            # [D, BHB] float32 blocks are live (the chunk-start blocks are read again for it): the
-            # momentum's cotangent first, stored, then the weights'.
+            # layer 1's chunk-end update: its terms in δ1_j and the coefficients
+            kcT, ksT, dbl, dml, dfl = layer1_update_coefficients(
+                k, krow, kvalid, w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j,
+                DI, DH, KB, BHB, NI, BK, DOT, HAS_MOM,
+            )  # fmt: skip
+            d_d1T -= g_last[None, :] * kcT
+            dg_last -= tl.sum(d1T * kcT, 0)
+            dbeta_last += dbl
             if HAS_MOM:
-                S1, cS1, dm, d_d1T, b_dkT, b_ds = momentum_cotangent(
-                    s1_chunks, ds1, cb, base, o1, m1, d_d1T, b_dkT, kT, d1T, b_s, dm, b_ds, DOT
-                )
-                b_df += tl.sum(dz1T * qs1T, 0)
-                b_dqT += b_f[None, :] * dot(S1, dz1T, DOT)
-                cS1 = b_m * cS1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
-            cW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0)
-            if HAS_MOM:
-                df_last = store_momentum_cotangent(ds1, base, o1, m1, cS1, cW1, S1, f_last, df_last)
-            W1, d_d1T, b_dkT, dg_last, dbeta_last = weight_cotangent(
-                w1_chunks, cb, o1, m1, cW1, d_d1T, b_dkT, kT, d1T, g_last, dg_last, dbeta_last, DOT
-            )
-            b_dqT += b_beta[None, :] * dot(W1, dz1T, DOT)
-            gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
-            if g == NCT - 1:
-                gW1 += tl.load(dw1_anchor + base + o1, mask=m1, other=0.0)
-            tl.debug_barrier()  # every thread has read layer 1's block j of dW1
-            tl.store(dw1 + base + o1, gW1, mask=m1)
-            # layer 2's chunk-end update, likewise, and δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches
-            # Δ, W2_j and Z1_j (second order)
+                d_d1T -= b_s[None, :] * ksT
+                b_ds -= tl.sum(d1T * ksT, 0)
+                dm += dml
+                df_last += dfl
+            # layer 2's chunk-end update, and δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j
+            # and Z1_j (second order)
             dET = d_d1T * sgT
             if HAS_MOM:
                 S2, cS2, dm, d_ddT, dAT, b_ds = momentum_cotangent(
-                    s2_chunks, ds2, cb, base, o2, m2, d_ddT, dAT, AT, ddT, b_s, dm, b_ds, DOT
+                    s2_chunks, ds2, cb2, base2, o2, m2, d_ddT, dAT, AT, ddT, b_s, dm, b_ds, DOT
                 )
                 cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
-            cW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0)
+            cW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
             if HAS_MOM:
-                df_last = store_momentum_cotangent(ds2, base, o2, m2, cS2, cW2, S2, f_last, df_last)
+                df_last = store_momentum_cotangent(ds2, base2, o2, m2, cS2, cW2, S2, f_last, df_last)
             W2, d_ddT, dAT, dg_last, dbeta_last = weight_cotangent(
-                w2_chunks, cb, o2, m2, cW2, d_ddT, dAT, AT, ddT, g_last, dg_last, dbeta_last, DOT
+                w2_chunks, cb2, o2, m2, cW2, d_ddT, dAT, AT, ddT, g_last, dg_last, dbeta_last, DOT
             )
             d_ddT += dot(tl.trans(W2), dET, DOT)
             gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
             if g == NCT - 1:
-                gW2 += tl.load(dw2_anchor + base + o2, mask=m2, other=0.0)
+                gW2 += tl.load(dw2_anchor + base2 + o2, mask=m2, other=0.0)
             dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
             tl.debug_barrier()  # every thread has read layer 2's block j of dW2
-            tl.store(scratch + so + j * BHB, dZ1T)
-            tl.store(dw2 + base + o2, gW2, mask=m2)
+            tl.store(scratch + sq + j * BHB, dz1T)
+            tl.store(scratch + so + BK * sw + j * BHB, d1T)
+            tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
+            tl.store(dw2 + base2 + o2, gW2, mask=m2)
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
         b_dG += dPq * qk
         dPq = dPq * b_G
-        b_dqT += dot(kT, tl.trans(dPq), DOT)
-        b_dkT += dot(qT, dPq, DOT)
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
             b_df = tl.where(is_last, b_df + df_last, b_df)
             tl.store(dm_end + cc, dm)
             tl.store(df + cc * L + li, b_df, mask=lmask)
-            tl.store(ds_coef + cc * L + li, b_ds, mask=lmask)
+            tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
 
         # pass 4 (whole rows): Δ = [LN backward of] ℓ'(R) back to R and Z2
         dZ2, dr, d_gamma, d_shift = delta_backward(
-            tl.trans(d_ddT), dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, offs, mask, row_idx,
-            valid, cmask, p, eps, sharp, D, BIAS, LN,
+            tl.trans(d_ddT), dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, koffs, kmask, krow,
+            kvalid, cmask, p, eps, sharp, D, BIAS, LN,
         )  # fmt: skip
         dZ2T = tl.trans(dZ2)
-        tl.debug_barrier()  # pass 3's writes (scratch, dW1, dW2) are read back by other threads
+        tl.debug_barrier()  # pass 3's writes (scratch, dW2) are read back by other threads
 
-        # pass 5: Z2 = Σ_j A_j W2_j back to W1_j, W2_j and K
+        # pass 5: Z2 = Σ_j A_j W2_j back to W2_j and Z1_j, then per key block i layer 1's cotangents
+        # (the reads', the chunk-end update's and the key path's) and the block's dq and dk
         for j in range(NB):
-            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            W1 = tl.load(w1_chunks + cb + o1, mask=m1, other=0.0)
-            Z1T = dot(tl.trans(W1), kT, DOT)
-            W2 = tl.load(w2_chunks + cb + o2, mask=m2, other=0.0)
-            dZ1T = tl.load(scratch + so + j * BHB) + dot(W2, dZ2T, DOT) * act_grad(Z1T, ACT)
-            b_dkT += dot(W1, dZ1T, DOT)
-            gW1 = tl.load(dw1 + base + o1, mask=m1, other=0.0) + dot(kT, tl.trans(dZ1T), DOT)
-            gW2 = tl.load(dw2 + base + o2, mask=m2, other=0.0) + dot(act(Z1T, ACT), dZ2, DOT)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
+            Z1T = layer1_t(w1_chunks, cb1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
+            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
+            dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB) + dot(W2, dZ2T, DOT) * act_grad(Z1T, ACT)
+            gW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0) + dot(act(Z1T, ACT), dZ2, DOT)
             tl.debug_barrier()  # every thread has read block j before it is overwritten
-            store_matrices(dw1, dw2, base, gW1, gW2, o1, m1, o2, m2, True)
-        tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
-        tl.store(dq + offs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=mask)
-        b_dk = tl.trans(b_dkT)
-        if RES:
-            b_dk += dr  # M(k) = k + ...: the residual's direct path
-        tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=mask)
-        tl.store(dv + offs, (-dr).to(dv.dtype.element_ty), mask=mask)
+            tl.store(dw2 + base2 + o2, gW2, mask=m2)
+            tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
+        tl.debug_barrier()  # the finished cotangents of Z1_j are read back by other threads
+        for i in range(NI):
+            kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+            b_dkT = dot(qT, dPq, DOT)
+            b_dqT = dot(kT, tl.trans(dPq), DOT)
+            for j in range(NB):
+                o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+                dz1T = tl.load(scratch + sq + j * BHB)
+                d1T = tl.load(scratch + so + BK * sw + j * BHB)
+                dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB)
+                W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
+                cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
+                b_dkT += dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
+                b_dqT += dot(W1, b_beta[None, :] * dz1T, DOT)
+                gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
+                gW1 += dot(kT, tl.trans(dZ1T), DOT)
+                if g == NCT - 1:
+                    gW1 += tl.load(dw1_anchor + base1 + o1, mask=m1, other=0.0)
+                if HAS_MOM:
+                    S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
+                    cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
+                    b_dkT -= dot(cS1, d1T * b_s[None, :], DOT)
+                    b_dqT += dot(S1, b_f[None, :] * dz1T, DOT)
+                    cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
+                tl.debug_barrier()  # every thread has read block (i, j) of dW1 (and dS1)
+                tl.store(dw1 + base1 + o1, gW1, mask=m1)
+                if HAS_MOM:
+                    tl.store(ds1 + base1 + o1, cS1, mask=m1)
+            qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
+            tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
+            b_dk = tl.trans(b_dkT)
+            if RES and DI == D:
+                b_dk += dr  # M(k) = k + ...: the residual's direct path (wider keys: the caller's)
+            if P == 0:
+                doffs, dmask = col_block(krow, kvalid, i * KB, DI, DI, KB)
+            else:  # key rows overlap the previous chunk's: one block per chunk, summed by the caller
+                doffs, dmask = col_block(cc * (P + L) + lk, kvalid, i * KB, DI, DI, KB)
+            tl.store(dk + doffs, b_dk.to(dk.dtype.element_ty), mask=dmask)
+        if P == 0:
+            tl.store(dv + koffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
+        else:
+            voffs, vmask = col_block(cc * (P + L) + lk, kvalid, 0, D, D, BD)
+            tl.store(dv + voffs, (-dr).to(dv.dtype.element_ty), mask=vmask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
-        tl.store(dG + cc * L * L + li[:, None] * L + li[None, :], b_dG, mask=gmask)
+        tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
+        tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
     store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
 
@@ -309,11 +387,11 @@ def launch_wide_backward(
     batch; the state cotangents are updated in place in a copy of ``carry``)."""
     B, T, H = q.shape[:3]
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
-    scalars, constants = wide_meta(q, carry[0], ln_w, config)
-    scratch = q.new_empty(B * H, constants["BL"], constants["NB"] * constants["BHB"], dtype=torch.float32)
+    scalars, constants = wide_meta(q, carry[0], carry[1], ln_w, config)
+    scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
     _wide_backward_kernel[(B * H,)](
         q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks, *anchor_cot,
         *grads[:4], *dln, *grads[4:], *d_state, scratch,
-        T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=carry[2].numel() > 0,
+        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=carry[2].numel() > 0,
     )  # fmt: skip
     return d_state

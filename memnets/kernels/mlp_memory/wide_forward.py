@@ -3,14 +3,26 @@ hidden width is tiled in blocks and the state lives in global memory.
 
 Same semantics, custom ops (``memnets::mlp_memory_fwd`` / ``_bwd``) and checkpoint segments as the
 whole-state kernels (see the package's docstring for the equations, the coefficients β, f, G, m_end,
-s_coef and the biases), with ``LaunchConfig.hidden_block`` (BHB, a power of two >= 16): the hidden width
-Dh is split into NB = ⌈Dh / BHB⌉ blocks. Layer-1 columns and layer-2 rows split cleanly per block j
-(W1_j ``[D, BHB]``, W2_j ``[BHB, D]``, likewise S1_j, S2_j); only these sums cross blocks::
+s_coef, the biases and the Omega window), with ``LaunchConfig.hidden_block`` (BHB, a power of two >= 16):
+the hidden width Dh is split into NB = ⌈Dh / BHB⌉ blocks. Layer-1 columns and layer-2 rows split
+cleanly per block j (W1_j ``[Dk, BHB]``, W2_j ``[BHB, D]``, likewise S1_j, S2_j); only these sums cross
+blocks::
 
     key path   Z2 = Σ_j σ(K W1_j) W2_j                      (then R, ℓ'(R), the LayerNorm backward: Δ)
     read       Ẑ2 = Σ_j [β Â_j W2_j + f Â_j S2_j] − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ
     backward   the cotangents of Δ, of Q Kᵀ (through G), of q and k, and the per-token coefficient
                gradients (β, f, G's last row, s_coef, m_end)
+
+Keys wider than values (OmegaNet's and Atlas' polynomial features, ATLAS arXiv 2505.23735 §3.1: q and k
+are φ(x), Dk = 560 at head dim 32, 2,144 at 64, against values of D) only run here: W1's rows are read in
+key blocks of KB columns of the keys (:func:`key_block`: 64, or the whole key when it is as wide as the
+values), so every product that reads W1 sums over them, Z1_j = Σ_i K_i W1_ij, and the update writes
+each block (i, j) as W1_ij' = β_L W1_ij − K_iᵀ (g ⊙ δ1_j); the keys' blocks are read from global memory
+(L1/L2) where a product needs them rather than kept live. The residual M(φ(k)) = k + … adds the keys'
+first D columns (φ(x) starts with x). With the Omega window each chunk's key path runs over its L
+tokens and the P = c − 1 before it (BK rows: the chunk's, with the carried rows of the call before
+leading k and v), G is ``[L, P + L]`` and the backward writes each chunk's key-row gradients apart
+for the caller to sum (the rows overlap), as in the whole-state kernels.
 
 Grid and state: still one program per (batch, head), chunks sequential inside, but the state lives in
 global memory (float32 working buffers: the final-state outputs, 4 · D · Dh · 4 bytes per program with
@@ -76,8 +88,8 @@ passes 1 and 5, 4 in pass 2, 8 in pass 3), 6 D·Dh cotangent floats read and 6 D
 writes 4 D·Dh per chunk).
 
 Not covered: everything the whole-state kernels do not cover (:func:`~.limits.supports` names
-those), packed sequences, the Omega window, chunk-start reads, chunk sizes above 64, and head dims
-beyond ``MAX_WIDE_DIM_FOR_TILE`` (the chunk's rows exceed the shared memory). Tested in the Triton
+those), packed sequences, chunk-start reads, chunks of more than 64 rows with the window's, and head
+dims (value widths) beyond ``MAX_WIDE_DIM_FOR_TILE`` (the chunk's rows exceed the shared memory). Tested in the Triton
 interpreter (which runs a program's block ops one after the other, so it does not exercise the
 barriers' cross-thread ordering) and compiled ahead of time for sm_90 with
 ``scripts/check_kernels_compile.py``; shared memory and spills per shape: benchmarks/RESULTS.md §22.
@@ -95,48 +107,102 @@ from ..precision import dot
 from .common import (
     act,
     act_grad,
+    col_block,
+    key_cols_t,
     key_delta,
-    key_value_rows,
     ln_params,
     ln_rows,
-    load_matrices,
     row_block,
+    value_rows,
 )
 from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
 
 
 @triton.jit
-def hidden_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
-    """Offsets and masks of hidden block j of a ``[D, Dh]`` matrix (W1, S1: a ``[BD, BHB]`` tile) and
-    of a ``[Dh, D]`` matrix (W2, S2: a ``[BHB, BD]`` tile)."""
-    r = tl.arange(0, BD)
+def w1_block(i, j, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr):
+    """Offsets and mask of block (i, j) of a ``[DI, Dh]`` matrix (W1, S1 and their cotangents): key rows
+    i·KB .. i·KB + KB, hidden columns j·BHB .. j·BHB + BHB (a ``[KB, BHB]`` tile)."""
+    r = i * KB + tl.arange(0, KB)
     c = j * BHB + tl.arange(0, BHB)
-    o1, m1 = r[:, None] * DH + c[None, :], (r < D)[:, None] & (c < DH)[None, :]
-    return o1, m1, c[:, None] * D + r[None, :], (c < DH)[:, None] & (r < D)[None, :]
+    return r[:, None] * DH + c[None, :], (r < DI)[:, None] & (c < DH)[None, :]
+
+
+@triton.jit
+def w2_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
+    """Offsets and mask of hidden block j of a ``[Dh, D]`` matrix (W2, S2 and their cotangents: a
+    ``[BHB, BD]`` tile)."""
+    r = j * BHB + tl.arange(0, BHB)
+    c = tl.arange(0, BD)
+    return r[:, None] * D + c[None, :], (r < DH)[:, None] & (c < D)[None, :]
+
+
+@triton.jit
+def layer1_t(
+    w1, base1, j, x, rows, valid,
+    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
+    BR: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """(X W1_j)ᵀ = Σ_i W1_ijᵀ X_iᵀ ``[BHB, BR]`` for the rows ``rows`` of x (q or k) at the state stored
+    from ``base1`` (hidden-major: the hidden block is M, the key blocks the reduction)."""
+    out = tl.zeros([BHB, BR], dtype=tl.float32)
+    for i in range(NI):
+        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+        out += dot(tl.trans(W1), key_cols_t(x, rows, valid, i, DI, KB), DOT)
+    return out
 
 
 @triton.jit
 def key_z2(
-    kT,
-    w1,
-    w2,
-    base,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    BL: tl.constexpr,
-    BD: tl.constexpr,
-    BHB: tl.constexpr,
-    NB: tl.constexpr,
-    ACT: tl.constexpr,
+    k, krow, kvalid, w1, w2, base1, base2,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+    KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr,
-):
-    """Z2 = Σ_j σ(K W1_j) W2_j at the state stored from ``base`` (``kT``: Kᵀ)."""
-    Z2T = tl.zeros([BD, BL], dtype=tl.float32)
+):  # fmt: skip
+    """Z2 = Σ_j σ(K W1_j) W2_j ``[BK, BD]`` of the key rows ``krow`` at the state stored from ``base1``,
+    ``base2``."""
+    Z2T = tl.zeros([BD, BK], dtype=tl.float32)
     for j in range(NB):
-        o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-        W1, W2 = load_matrices(w1, w2, base, o1, m1, o2, m2, BD, BHB, True)
-        Z2T += dot(tl.trans(W2), act(dot(tl.trans(W1), kT, DOT), ACT), DOT)
+        Z1T = layer1_t(w1, base1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
+        Z2T += dot(tl.trans(W2), act(Z1T, ACT), DOT)
     return tl.trans(Z2T)
+
+
+@triton.jit
+def query_keys(
+    q, k, qrow, qvalid, krow, kvalid,
+    DI: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
+):  # fmt: skip
+    """Q Kᵀ ``[BL, BK]`` of the query rows ``qrow`` and the key rows ``krow``, summed over key blocks."""
+    qk = tl.zeros([BL, BK], dtype=tl.float32)
+    for i in range(NI):
+        qk += dot(
+            tl.trans(key_cols_t(q, qrow, qvalid, i, DI, KB)), key_cols_t(k, krow, kvalid, i, DI, KB), DOT
+        )
+    return qk
+
+
+@triton.jit
+def chunk_rows(
+    k, v, bp, b, g, h, T, P0,
+    H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, L: tl.constexpr, P: tl.constexpr, BL: tl.constexpr,
+    BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr, RES: tl.constexpr,
+):  # fmt: skip
+    """Chunk g's rows: its tokens' offsets and mask in ``[B, T, H, D]`` tensors (y, dy), their row indices
+    and validity (the queries' rows in q ``[B, T, H, DI]``); its key rows, the chunk's tokens after the P
+    before them (the Omega window's reach; k and v lead with P0 carried rows): their offsets and mask in
+    v, row indices and validity, the values, Huber thresholds and the residual's keys K[:, :D] (zeros
+    without the residual)."""
+    offs, mask, qvalid, qrow = row_block(b, g * L, h, T, H, D, L, BL, BD)
+    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
+    b_v, delta = value_rows(v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+    b_kr = tl.zeros([BK, BD], dtype=tl.float32)
+    if RES:
+        roffs, rmask = col_block(krow, kvalid, 0, DI, D, BD)
+        b_kr = tl.load(k + roffs, mask=rmask, other=0.0).to(tl.float32)
+    return offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr
 
 
 @triton.jit
@@ -154,106 +220,117 @@ def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
-    T, C0, NC, NCT, p, eps, sharp, ln_eps,
-    H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
-    BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr,
-    LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
+    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
+    NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
+    BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
     h = i_bh % H
     bh = i_bh.to(tl.int64)
-    n = D * DH  # numbers per weight matrix
-    base = bh * n  # this program's state in w1, w2, s1, s2 (updated in place)
+    n1 = DI * DH  # numbers per layer-1 matrix
+    n2 = DH * D  # per layer-2 matrix
+    base1 = bh * n1  # this program's state in w1, s1 and in w2, s2 (updated in place)
+    base2 = bh * n2
     li = tl.arange(0, BL)
     lmask = li < L
+    lk = tl.arange(0, BK)
+    lkmask = lk < P + L
     cols = tl.arange(0, BD)
     cmask = cols < D
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     for c in range(NC):
         g = C0 + c  # the chunk's index in the sequence
         cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
-        offs, mask, valid, row_idx = row_block(b, g * L, h, T, H, D, L, BL, BD)
-        b_k, b_v, delta = key_value_rows(k, v, bp, offs, mask, row_idx, valid, BL, BIAS)
-        kT = tl.trans(b_k)
+        offs, mask, qvalid, qrow, _koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
+            k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
+        )
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
-        Z2 = key_z2(kT, w1, w2, base, D, DH, BL, BD, BHB, NB, ACT, DOT)
+        Z2 = key_z2(k, krow, kvalid, w1, w2, base1, base2, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = key_delta(
-            Z2, b_k, b_v, delta, gamma, shift, mask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+            Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
         last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
-        g_last = tl.load(G + cc * L * L + last * L + li, mask=lmask, other=0.0)
+        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
         if HAS_MOM:
             f_last = tl.load(f + cc * L + last)
-            b_s = tl.load(s_coef + cc * L + li, mask=lmask, other=0.0)
+            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
             b_m = tl.load(m_end + cc)
         if not STORE:
-            b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
             b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
             b_G = tl.load(
-                G + cc * L * L + li[:, None] * L + li[None, :],
-                mask=lmask[:, None] & lmask[None, :],
+                G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
+                mask=lmask[:, None] & lkmask[None, :],
                 other=0.0,
             )
-            qkG = dot(b_q, tl.trans(b_k), DOT) * b_G
+            qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
             if HAS_MOM:
                 b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
         ddT = tl.trans(dd)
-        if not STORE:
-            qT = tl.trans(b_q)
-            qkGT = tl.trans(qkG)
         # hidden-major products (the hidden block or the head dim is each product's M, the chunk's
         # rows its N): Hopper's wgmma needs M >= 64, and 16-row M tiles would replicate warps
         z2T = tl.zeros([BD, BL], dtype=tl.float32)  # the read's Ẑ2ᵀ without its Δ term
-        aa = tl.zeros([BL, BL], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
+        aa = tl.zeros([BL, BK], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
+        sc1 = (bh * NC + c) * n1  # with STORE: this chunk's start state in w1_chunks, s1_chunks
+        sc2 = (bh * NC + c) * n2  # and in w2_chunks, s2_chunks
         # pass 2: per hidden block, the reads' share and the chunk-end update. Layer 2's block is
-        # updated first; layer 1's block is then read again (from L2) rather than kept live across
+        # updated first; layer 1's blocks are then read again (from L2) rather than kept live across
         # layer 2's work, which would spill registers.
         for j in range(NB):
-            o1, m1, o2, m2 = hidden_block(j, D, DH, BD, BHB)
-            sc = (bh * NC + c) * n  # with STORE: this chunk's start state in w1_chunks, ...
-            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
-            Z1T = dot(tl.trans(W1), kT, DOT)
-            if not STORE:
-                zq = b_beta[None, :] * dot(tl.trans(W1), qT, DOT)
-            store_start(W1, w1_chunks, w1_anchor, sc, base, o1, m1, g == NCT - 1, STORE)
-            if HAS_MOM:
-                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
+            Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
+            zq = tl.zeros([BHB, BL], dtype=tl.float32)  # (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)])ᵀ
+            for i in range(NI):
+                o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+                W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+                Z1T += dot(tl.trans(W1), key_cols_t(k, krow, kvalid, i, DI, KB), DOT)
                 if not STORE:
-                    zq += b_f[None, :] * dot(tl.trans(S1), qT, DOT)
-                if STORE:
-                    tl.store(s1_chunks + sc + o1, S1, mask=m1)
+                    qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+                    zq += dot(tl.trans(W1), qT * b_beta[None, :], DOT)
+                store_start(W1, w1_chunks, w1_anchor, sc1, base1, o1, m1, g == NCT - 1, STORE)
+                if HAS_MOM:
+                    S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
+                    if not STORE:
+                        zq += dot(tl.trans(S1), qT * b_f[None, :], DOT)
+                    if STORE:
+                        tl.store(s1_chunks + sc1 + o1, S1, mask=m1)
+            o2, m2 = w2_block(j, D, DH, BD, BHB)
             AT = act(Z1T, ACT)
-            W2 = tl.load(w2 + base + o2, mask=m2, other=0.0)
+            W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
             d1T = dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
             W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd, DOT)
             if not STORE:
                 a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
                 z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
                 aa += dot(tl.trans(a1T), AT, DOT)
-            store_start(W2, w2_chunks, w2_anchor, sc, base, o2, m2, g == NCT - 1, STORE)
+            store_start(W2, w2_chunks, w2_anchor, sc2, base2, o2, m2, g == NCT - 1, STORE)
             if HAS_MOM:
-                S2 = tl.load(s2 + base + o2, mask=m2, other=0.0)
+                S2 = tl.load(s2 + base2 + o2, mask=m2, other=0.0)
                 W2_new += f_last * S2
                 S2_new = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
                 if not STORE:
                     z2T += b_f[None, :] * dot(tl.trans(S2), a1T, DOT)
                 if STORE:
-                    tl.store(s2_chunks + sc + o2, S2, mask=m2)
+                    tl.store(s2_chunks + sc2 + o2, S2, mask=m2)
             tl.debug_barrier()  # every thread has read layer 2's block j before it is overwritten
-            tl.store(w2 + base + o2, W2_new, mask=m2)
-            W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
-            W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
+            tl.store(w2 + base2 + o2, W2_new, mask=m2)
             if HAS_MOM:
-                tl.store(s2 + base + o2, S2_new, mask=m2)
-                S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
-                W1_new += f_last * S1
-                S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
-            tl.debug_barrier()  # and layer 1's
-            tl.store(w1 + base + o1, W1_new, mask=m1)
-            if HAS_MOM:
-                tl.store(s1 + base + o1, S1_new, mask=m1)
+                tl.store(s2 + base2 + o2, S2_new, mask=m2)
+            for i in range(NI):
+                o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+                kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+                W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+                W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
+                if HAS_MOM:
+                    S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
+                    W1_new += f_last * S1
+                    S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
+                tl.debug_barrier()  # and layer 1's block (i, j)
+                tl.store(w1 + base1 + o1, W1_new, mask=m1)
+                if HAS_MOM:
+                    tl.store(s1 + base1 + o1, S1_new, mask=m1)
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
             z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
@@ -263,25 +340,49 @@ def _wide_forward_kernel(
             tl.store(y + offs, z2.to(y.dtype.element_ty), mask=mask)
 
 
-def wide_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
-    """The wide-state kernels' runtime scalars and constants: the hidden tiling instead of BH."""
+def wide_meta(
+    q: Tensor, w1: Tensor, w2: Tensor, ln_w: Tensor | None, config: LaunchConfig
+) -> tuple[tuple, dict]:
+    """The wide-state kernels' runtime scalars and constants: the value width D (``w2``'s), the key width
+    DI (``q``'s and ``w1``'s rows) in blocks of KB, the hidden width in blocks of BHB, and the Omega
+    window's P more key rows per chunk (BK of them padded)."""
     scalars, constants = kernel_meta(q, w1, ln_w, config)
     del constants["BH"]
-    DH = constants["DH"]
+    D, DI, DH = w2.shape[-1], q.shape[3], constants["DH"]
     BHB = min(config.hidden_block, block(DH))
-    constants |= {"BHB": BHB, "NB": triton.cdiv(DH, BHB), "num_warps": WIDE_NUM_WARPS}
+    KB = key_block(DI, D)
+    constants |= {
+        "D": D,
+        "BD": block(D),
+        "DI": DI,
+        "KB": KB,
+        "NI": triton.cdiv(DI, KB),
+        "BHB": BHB,
+        "NB": triton.cdiv(DH, BHB),
+        "P": config.prefix,
+        "BK": block(config.prefix + config.tile),
+        "num_warps": WIDE_NUM_WARPS,
+    }
     return scalars, constants
+
+
+def key_block(d_in: int, d_out: int) -> int:
+    """The key width's block in the wide-state kernels: the whole (padded) key when keys are as wide as
+    values (the Titans memories: one block, as many columns as the value rows), else 64 columns (the
+    feature maps' 560-2,144-wide keys: a ``[64, BHB]`` block of W1 at a time)."""
+    return min(block(d_in), max(block(d_out), 64))
 
 
 def launch_wide_forward(
     q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
 ):
     """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
-    over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``)."""
+    over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``; with
+    the Omega window k and v lead with the carried rows)."""
     if packing != (None, None):
         raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
-    w1 = state[0]
+    w1, w2 = state[:2]
     has_mom = state[2] is not None
 
     def new(*shape: int) -> Tensor:
@@ -289,9 +390,9 @@ def launch_wide_forward(
 
     final = tuple(new(0) if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
-    scalars, constants = wide_meta(q, w1, ln_w, config)
+    scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](
         q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks,
-        T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=has_mom, STORE=store,
+        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=has_mom, STORE=store,
     )  # fmt: skip
     return final if has_mom else (*final[:2], None, None), chunks
