@@ -5,6 +5,7 @@ each compiled launch."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -16,18 +17,24 @@ _DOT = re.compile(r"= (tt\.dot|ttng\.warp_group_dot) .*?-> tensor<(\d+)x(\d+)xf3
 _A_TYPE = re.compile(r":\s*(?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)")
 
 
-def _loop_depths(ttgir: str) -> Iterator[tuple[int, str]]:
-    """(enclosing ``scf.for`` count, line) of every line of the kernel's TTGIR: its regions are indented
-    one level deeper than the op that opens them, so a line at or left of a loop's indent (its closing
-    brace included) is outside that loop."""
-    stack: list[int] = []
+_TRIPS = re.compile(r"scf\.for %\S+ = %c0_i32 to %c(\d+)_i32 step %c1_i32")
+
+
+def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, int, str]]:
+    """(enclosing ``scf.for`` count, runs per step, line) of every line of the kernel's TTGIR: its
+    regions are indented one level deeper than the op that opens them, so a line at or left of a
+    loop's indent (its closing brace included) is outside that loop. Runs per step: the product of the
+    trip counts of the loops inside the outermost (the chunk loop), read from their constant bounds
+    (the wide kernels' hidden and key blocks), ``inner`` for a loop whose bound is not a constant."""
+    stack: list[tuple[int, int]] = []  # (indent, trip count) of the enclosing loops
     for line in ttgir.splitlines():
         indent = len(line) - len(line.lstrip())
-        while stack and indent <= stack[-1]:
+        while stack and indent <= stack[-1][0]:
             stack.pop()
-        yield len(stack), line
+        yield len(stack), math.prod(trips for _, trips in stack[1:]), line
         if "scf.for " in line and line.rstrip().endswith("{"):
-            stack.append(indent)
+            m = _TRIPS.search(line)
+            stack.append((indent, int(m.group(1)) if m else inner))
 
 
 def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
@@ -36,8 +43,9 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
     From the PTX: the static count of ``mma.sync`` (Ampere-style, per warp) and ``wgmma`` (Hopper,
     per warpgroup) instructions and their operand types. From the TTGIR: every matmul (``tt.dot`` →
     mma.sync, ``ttng.warp_group_dot`` → wgmma) with its shape M×N×K and operand type, weighted by the
-    loops around it: a matmul in the chunk loop runs once per step, one in a loop inside it ``inner``
-    times (the wide kernels' hidden blocks); ``replicated``: mma.sync products whose rows are fewer
+    loops around it: a matmul in the chunk loop runs once per step, one in loops inside it as often as
+    their trip counts multiply (:func:`_loop_weights`: the wide kernels' hidden and key blocks;
+    ``inner`` where a bound is not a constant); ``replicated``: mma.sync products whose rows are fewer
     than 16 × the warps the encoding lays along them (those warps compute the same rows)."""
     mma_ops = re.findall(r"\bmma\.sync\.aligned\.[\w.]+", ptx)
     wgmma_ops = re.findall(r"\bwgmma\.mma_async\.sync\.aligned\.[\w.]+", ptx)
@@ -48,7 +56,7 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
     }
     per_step: dict[str, float] = {}  # "wgmma.bf16" -> tensor FLOP per step (padded shapes, tf32x3 ×3)
     dots = replicated = 0
-    for depth, line in _loop_depths(ttgir):
+    for _, weight, line in _loop_weights(ttgir, inner):
         m = _DOT.search(line)
         if not m:
             continue
@@ -61,11 +69,10 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
         copies = 1
         if version == 2 and (16 * wm > M or 8 * wn > N):
             copies = max(wm * 16 // max(M, 1), 1) * max(wn * 8 // max(N, 1), 1)
-            replicated += inner if depth >= 2 else 1
+            replicated += weight
         kind = (
             f"{'wgmma' if op.endswith('warp_group_dot') else 'mma.sync'}.{dtype}{'x3' if passes == 3 else ''}"
         )
-        weight = inner if depth >= 2 else 1
         per_step[kind] = per_step.get(kind, 0.0) + 2.0 * M * N * K * passes * copies * weight
         dots += weight
     return {

@@ -96,7 +96,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.memory.kernel_bridge import _bias_spec, _net_spec
 
     spec = _net_spec(d.arch)
-    D, DH = spec.d_in, spec.d_hidden
+    D, DI, DH = spec.d_out, spec.d_in, spec.d_hidden  # DI > D: feature keys
     C = d.options["chunk_size"]
     window = d.options.get("window", 1)
     read_start = d.op is memory_ops.CHUNK_READ_MEMORY
@@ -106,9 +106,11 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     layout = tile_layout(spec, C, [T] * B, "cpu", window=window)
     L = layout.tile
     bias = _bias_spec(d.options.get("bias"))
-    momentum = d.op in (memory_ops.TITANS_MEMORY, memory_ops.SHARDED_MEMORY) and bool(
-        getattr(getattr(mixer, "gates", None), "momentum", False)
-    )
+    momentum = d.op in (
+        memory_ops.TITANS_MEMORY,
+        memory_ops.SHARDED_MEMORY,
+        memory_ops.OMEGA_MEMORY,
+    ) and bool(getattr(getattr(mixer, "gates", None), "momentum", False))
     H = d.arch.num_heads
     branches = {
         "ACT": ACTIVATIONS[spec.activation],
@@ -121,8 +123,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     }
     programs, steps = B * H, layout.max_tiles
     if layout.wide:
-        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L)], dots=(branches["DOT"],))[:3]
-        inner = fwd.constexprs["NB"]
+        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L, DI, window - 1)], dots=(branches["DOT"],))[:3]
+        inner = fwd.constexprs["NB"] * fwd.constexprs["NI"]
     else:
         fwd, store, bwd = ck._mlp_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "READ_START": read_start, "P": window - 1, "BK": _block(L + window - 1)}
@@ -134,15 +136,17 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     # the backward's recompute as the launcher plans it (memnets.kernels.mlp_memory.launch)
     every, recompute = (n * (C // L) for n in checkpoint_chunks(layout.max_chunks, None, layout.wide))
     live, walked = backward_plan(layout.max_tiles, every, recompute)
-    state_mb = (4 if momentum else 2) * D * DH * 4 / 2**20
-    # D·Dh-float matrices each step reads and writes in global memory (the traffic counts of
-    # memnets.kernels.mlp_memory.wide_forward's docstring; the whole-state kernels keep the state on
-    # chip and move only the stored tile states), and the wide backward's scratch (2 L·Dh floats)
-    mats = (12, 16, 28) if momentum else (7, 9, 18)
+    state_mb = (2 if momentum else 1) * (DI + D) * DH * 4 / 2**20
+    # (layer-1, layer-2) matrices (Dk·Dh and Dh·D floats) each step reads and writes in global memory
+    # (the traffic counts of memnets.kernels.mlp_memory.wide_forward's docstring; the whole-state
+    # kernels keep the state on chip and move only the stored tile states), and the wide backward's
+    # scratch: three [BK, Dh] float tiles written, one rewritten, and read once per key block
+    mats = ((7, 5), (9, 7), (16, 14)) if momentum else ((4, 3), (5, 4), (9, 9))
     if not layout.wide:
-        mats = (0, 4, 4) if momentum else (0, 2, 2)
-    scratch = 2 * L * DH * 4 if layout.wide else 0
-    fwd_b, store_b, bwd_b = (m * D * DH * 4 for m in mats)
+        mats = ((0, 0), (2, 2), (2, 2)) if momentum else ((0, 0), (1, 1), (1, 1))
+    BK = _block(L + window - 1)
+    scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
+    fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
     return [
         Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b),
         Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs, store_b),

@@ -255,33 +255,49 @@ def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _mlp_wide_cases(shapes: list[tuple[int, int, int]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
-    """The wide-state kernels at each shape, with every Titans branch, per operand mode in ``dots``
-    (bf16, what autocast runs, and tf32x3, what float32 inputs run: their hidden blocks differ), and
-    the other branches once at the smallest shape; each shape's first three cases are its forward,
-    STORE forward and backward at ``dots[0]``."""
+def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
+    """The wide-state kernels at each shape (D, hidden, chunk[, key width, window rows]), with every Titans
+    branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
+    run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
+    first three cases are its forward, STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.limits import default_hidden_block
+    from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types, full, bare = _mlp_branches()
+    types |= {"P0": "i32"}
 
-    def shape(D: int, DH: int, L: int, dot: int) -> dict[str, int]:
+    def shape(D: int, DH: int, L: int, dot: int, DI: int | None = None, P: int = 0) -> dict[str, int]:
         BHB = min(default_hidden_block(dot), _block(DH))
-        return {**_mlp_shape(D, DH, L), "BD": _block(D), "BHB": BHB, "NB": -(-DH // BHB), "DOT": dot}
+        DI = DI or D
+        KB = key_block(DI, D)
+        return {
+            **_mlp_shape(D, DH, L),
+            **{"BD": _block(D), "DI": DI, "KB": KB, "NI": -(-DI // KB), "P": P, "BK": _block(P + L)},
+            **{"BHB": BHB, "NB": -(-DH // BHB), "DOT": dot},
+        }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
         mod = "mlp_memory.wide_forward" if "forward" in kernel else "mlp_memory.wide_backward"
         return Case(mod, kernel, constexprs, types, num_warps=NUM_WARPS, num_stages=1)
 
     cases = []
-    for D, DH, L in shapes:
+    for D, DH, L, *keys in shapes:  # keys: the key width and the Omega window's rows, where given
         for dot in dots:
             for store in (False, True):
-                cases.append(case("_wide_forward_kernel", {**shape(D, DH, L, dot), **full, "STORE": store}))
-            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot), **full}))
+                c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store}
+                cases.append(case("_wide_forward_kernel", c))
+            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
+    # keys wider than values and the Omega window: OmegaNet/Atlas at 760M (degree-2 features of 64-dim
+    # heads, 2,144 wide; hidden 64; window 8 at chunk 16) and on MQAR (560 wide, window 4 at chunk 8)
+    for D, DI, DH, L, P in ((64, 2144, 64, 16, 7), (32, 560, 32, 8, 3)):
+        for store in (False, True):
+            c = {**shape(D, DH, L, dots[0], DI, P), **full, "STORE": store}
+            cases.append(case("_wide_forward_kernel", c))
+        cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dots[0], DI, P), **full}))
     # the other branches once, at the smallest shape
-    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2]), dots[0])
+    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2])[:3], dots[0])
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
     return cases

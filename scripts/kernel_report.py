@@ -93,12 +93,13 @@ if str(ROOT) not in sys.path:
 from benchmarks import kernel_budget, kernel_roofline  # noqa: E402
 from benchmarks import kernel_report as kr  # noqa: E402
 
-# the CI subset: one config per kernel family that auto runs (small and quick to compile) and one
-# flagship on the chunked path (its launch counts)
-QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m")
-# the quick report's configs whose explicit kernels it compiles too: titans-760m's wide-state kernels,
-# so that their budgets (spills, replicated-warp products) hold in CI
-QUICK_EXPLICIT = ("titans-760m",)
+# the CI subset: one config per kernel family that auto runs (small and quick to compile) and two
+# flagships on the chunked path (their launch counts)
+QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m", "omeganet-760m")
+# the quick report's configs whose explicit kernels it compiles too: the wide-state kernels at
+# titans-760m and with OmegaNet's 2,144-wide feature keys and window, so that their budgets (spills,
+# replicated-warp products) hold in CI
+QUICK_EXPLICIT = ("titans-760m", "omeganet-760m")
 FLAGSHIPS = (
     "titans-760m",
     "titans-mac-760m",
