@@ -141,7 +141,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     # (the traffic counts of memnets.kernels.mlp_memory.wide_forward's docstring; the whole-state
     # kernels keep the state on chip and move only the stored tile states), and the wide backward's
     # scratch: three [BK, Dh] float tiles written, one rewritten, and read once per key block
-    mats = ((7, 5), (9, 7), (16, 14)) if momentum else ((4, 3), (5, 4), (9, 9))
+    mats = ((7, 5), (9, 7), (14, 14)) if momentum else ((4, 3), (5, 4), (8, 9))
     if not layout.wide:
         mats = ((0, 0), (2, 2), (2, 2)) if momentum else ((0, 0), (1, 1), (1, 1))
     BK = _block(L + window - 1)

@@ -29,30 +29,6 @@ from .wide_forward import chunk_rows, key_z2, layer1_t, query_keys, w1_block, w2
 
 
 @triton.jit
-def layer1_reads(
-    w1, s1, base1, j, k, q, krow, kvalid, qrow, qvalid,
-    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
-    BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
-):  # fmt: skip
-    """Hidden block j's layer-1 products at the chunk-start state, hidden-major, over the key blocks: Z1ᵀ =
-    W1ᵀ Kᵀ, Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else (Q W1)ᵀ again, unread)."""
-    Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
-    qw1T = tl.zeros([BHB, BL], dtype=tl.float32)
-    qs1T = tl.zeros([BHB, BL], dtype=tl.float32)
-    for i in range(NI):
-        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
-        qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
-        Z1T += dot(tl.trans(W1), key_cols_t(k, krow, kvalid, i, DI, KB), DOT)
-        qw1T += dot(tl.trans(W1), qT, DOT)
-        if HAS_MOM:
-            qs1T += dot(tl.trans(tl.load(s1 + base1 + o1, mask=m1, other=0.0)), qT, DOT)
-    if not HAS_MOM:
-        qs1T = qw1T
-    return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T
-
-
-@triton.jit
 def read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
     """The read's Ẑ1_jᵀ = (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j)ᵀ."""
     z1T = b_beta[None, :] * qw1T - dot(d1T, qkGT, DOT)
@@ -100,16 +76,24 @@ def weight_cotangent(
 
 
 @triton.jit
-def layer1_update_coefficients(
-    k, krow, kvalid, w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j,
+def layer1_reads(
+    w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
     DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
-    BK: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+    BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+    UPDATE: tl.constexpr,
 ):  # fmt: skip
-    """Layer 1's chunk-end update W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 − Kᵀ (s_coef
-    ⊙ δ1), hidden block j, backward from the chunk-end cotangents C_W, C_S (read, not yet overwritten):
-    the terms summed over the key blocks, (K C_W)ᵀ and (K C_S)ᵀ ``[BHB, BK]`` (the caller forms the
-    cotangents of δ1_j, g_last and s_coef from them), ⟨C_W, W1⟩ (β_L's), ⟨C_S, S1⟩ (m_end's) and ⟨C_W,
-    S1⟩ (f_L's)."""
+    """Hidden block j's layer-1 products at the chunk-start state (from ``cb1``), hidden-major, summed
+    over the key blocks: Z1ᵀ = W1ᵀ Kᵀ, Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else
+    (Q W1)ᵀ again, unread). With ``UPDATE``, in the same loop, the terms of layer 1's chunk-end update
+    W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 − Kᵀ (s_coef ⊙ δ1) that sum over the key
+    blocks, from the chunk-end cotangents C_W, C_S (at ``base1`` of dw1, ds1; read, not yet
+    overwritten): (K C_W)ᵀ and (K C_S)ᵀ ``[BHB, BK]`` (the caller forms the cotangents of δ1_j, g_last
+    and s_coef from them), ⟨C_W, W1⟩ (β_L's cotangent), ⟨C_S, S1⟩ (m_end's) and ⟨C_W, S1⟩ (f_L's);
+    zeros without. One loop rather than two: a second pass over W1 and S1 cost more spill at the
+    Titans shapes (benchmarks/RESULTS.md §25)."""
+    Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
+    qw1T = tl.zeros([BHB, BL], dtype=tl.float32)
+    qs1T = tl.zeros([BHB, BL], dtype=tl.float32)
     kcT = tl.zeros([BHB, BK], dtype=tl.float32)
     ksT = tl.zeros([BHB, BK], dtype=tl.float32)
     dbeta_last = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
@@ -117,17 +101,26 @@ def layer1_update_coefficients(
     df_last = dbeta_last
     for i in range(NI):
         o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        W1 = tl.load(w1 + cb1 + o1, mask=m1, other=0.0)
+        qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
         kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-        cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
-        kcT += dot(tl.trans(cW1), kT, DOT)
-        dbeta_last += inner(cW1, tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0))
+        Z1T += dot(tl.trans(W1), kT, DOT)
+        qw1T += dot(tl.trans(W1), qT, DOT)
+        if UPDATE:
+            cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
+            kcT += dot(tl.trans(cW1), kT, DOT)
+            dbeta_last += inner(cW1, W1)
         if HAS_MOM:
-            S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
-            cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
-            ksT += dot(tl.trans(cS1), kT, DOT)
-            dm += inner(cS1, S1)
-            df_last += inner(cW1, S1)
-    return kcT, ksT, dbeta_last, dm, df_last
+            S1 = tl.load(s1 + cb1 + o1, mask=m1, other=0.0)
+            qs1T += dot(tl.trans(S1), qT, DOT)
+            if UPDATE:
+                cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
+                ksT += dot(tl.trans(cS1), kT, DOT)
+                dm += inner(cS1, S1)
+                df_last += inner(cW1, S1)
+    if not HAS_MOM:
+        qs1T = qw1T
+    return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T, kcT, ksT, dbeta_last, dm, df_last
 
 
 @triton.jit
@@ -209,9 +202,9 @@ def _wide_backward_kernel(
         aa = tl.zeros([BL, BK], dtype=tl.float32)
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
-                w1_chunks, s1_chunks, cb1, j, k, q, krow, kvalid, qrow, qvalid,
-                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM,
+            Z1T, AT, sgT, qw1T, qs1T, _, _, _, _, _ = layer1_reads(
+                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
+                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False,
             )  # fmt: skip
             W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
             z1T = read_z1(qw1T, qs1T, dot(W2, ddT, DOT) * sgT, qkGT, b_beta, b_f, DOT, HAS_MOM)
@@ -243,9 +236,9 @@ def _wide_backward_kernel(
         df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T, AT, sgT, qw1T, qs1T = layer1_reads(
-                w1_chunks, s1_chunks, cb1, j, k, q, krow, kvalid, qrow, qvalid,
-                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM,
+            Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl = layer1_reads(
+                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
+                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, True,
             )  # fmt: skip
             W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
             ET = dot(W2, ddT, DOT)
@@ -264,11 +257,7 @@ def _wide_backward_kernel(
                 b_df += tl.sum(dz1T * qs1T, 0)
             dPq -= dot(tl.trans(dz1T), d1T, DOT)
             d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
-            # layer 1's chunk-end update: its terms in δ1_j and the coefficients
-            kcT, ksT, dbl, dml, dfl = layer1_update_coefficients(
-                k, krow, kvalid, w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j,
-                DI, DH, KB, BHB, NI, BK, DOT, HAS_MOM,
-            )  # fmt: skip
+            # layer 1's chunk-end update: its terms in δ1_j and the coefficients (from layer1_reads)
             d_d1T -= g_last[None, :] * kcT
             dg_last -= tl.sum(d1T * kcT, 0)
             dbeta_last += dbl

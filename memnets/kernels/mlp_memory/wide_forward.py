@@ -71,21 +71,23 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
 2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
    the read's LayerNorm backward, dβ, df of layer 2, dG and the cotangent of Δ from Ẑ2's Δ term;
-3. gradient pass over j: layer-1 read backward (dq, dk via dQKᵀ accumulated over j, dδ1_j), the
-   chunk-end update's terms (cotangents of δ1_j, Δ, K, A_j, β_L, f_L, G's last row, s_coef, m_end),
-   δ1_j's second-order terms (dΔ += (dδ1_j ⊙ σ'(Z1_j)) W2_j); block j's new dS1, dS2, the partial
-   dW1, dW2 (all but the Z2 path) written in place, and the partial cotangent of Z1_j
-   ``[L, BHB]`` to a scratch buffer. Layer 1's cotangents are finished and written before layer 2's
-   are read, and the chunk-start blocks are read again for each layer's share (L2 hits) rather than
-   kept live;
+3. gradient pass over j: the reads' layer-1 backward (dẐ1_j, dQKᵀ accumulated over j, dδ1_j), the
+   terms of layer 1's chunk-end update that sum over key blocks (its share of dδ1_j and of the
+   coefficients β_L, f_L, G's last row, s_coef, m_end: one loop over the key blocks with the layer-1
+   products), layer 2's chunk-end update backward (block j's new dS2, the partial dW2 written in
+   place), δ1_j's second-order terms (dΔ += (dδ1_j ⊙ σ'(Z1_j)) W2_j); dẐ1_j, δ1_j and the partial
+   cotangent of Z1_j go to scratch (``[BHB, BK]`` tiles);
 4. (whole rows) the cotangent of Δ through the LayerNorm (second order) and ℓ'' to R and Z2;
-5. finishing pass over j: dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j), dW2_j += A_jᵀ dZ2,
-   dW1_j += Kᵀ dZ1_j, dk += dZ1_j W1_jᵀ.
+5. finishing passes: over j, dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j) and dW2_j += A_jᵀ dZ2; then over
+   the key blocks i (outer) and j: layer 1's cotangents dW1_ij (the reads', the update's, Kᵀ dZ1_j)
+   and dS1_ij written in place, and block i's dq and dk, which sum over j.
 
-Traffic per chunk and program, with momentum: 16 D·Dh floats of the chunk-start state read (2 in
-passes 1 and 5, 4 in pass 2, 8 in pass 3), 6 D·Dh cotangent floats read and 6 D·Dh written (4 in pass 3,
-2 in pass 5), L·Dh scratch floats written and read once; plus the STORE recompute (a forward that
-writes 4 D·Dh per chunk).
+Traffic per chunk and program, with momentum, in layer-1 (Dk·Dh) and layer-2 (Dh·D) matrices: 8 and 8
+of the chunk-start state read (pass 1 one each, pass 2 two each, pass 3 two and four, pass 5 three
+and one), 4 and 3 cotangent matrices read, 2 and 3 written (28 D·Dh floats when Dk = D, as before the
+key blocks; 17 without momentum); ``[BK, Dh]`` scratch tiles: three written and one rewritten, read
+once per key block; plus the STORE recompute (a forward that writes the 4 chunk-start matrices). The
+keys' and queries' blocks are read again by each pass that needs them (L1/L2).
 
 Not covered: everything the whole-state kernels do not cover (:func:`~.limits.supports` names
 those), packed sequences, chunk-start reads, chunks of more than 64 rows with the window's, and head
