@@ -849,11 +849,17 @@ def test_mixer_triton_backend_equals_chunked(name):
         assert_all_close(forward_backward(chunked, x), forward_backward(fast, x))
 
 
-@pytest.mark.parametrize("options", [{}, {"momentum": True, "window": 3, "chunk_size": 8}])
+OMEGA_OPTIONS = {"momentum": True, "window": 3, "chunk_size": 8}
+
+
+@pytest.mark.parametrize(
+    "options", [{}, OMEGA_OPTIONS, {"feature_degree": 2}, {"feature_degree": 2, **OMEGA_OPTIONS}]
+)
 def test_omeganet_triton_backend_equals_chunked(options):
-    """OmegaNet without features (feature_degree 1) on backend='triton' (the Omega variant of the
-    kernel) equals backend='chunked': output, final state (the carried window rows included) and every
-    gradient (window gates included), and decoding token by token equals the forward."""
+    """OmegaNet on backend='triton' (the Omega variant of the kernel; with its default degree-2
+    features, 152-wide keys at head dim 16, the wide-state kernels) equals backend='chunked': output,
+    final state (the carried window rows included) and every gradient (window gates included), and
+    decoding token by token equals the forward."""
     kw = {"d_model": 32, "num_heads": 2, "feature_degree": 1, "lr_max": 0.05, **options}
     chunked, fast = twin_mixers("omeganet", **kw)
     x = torch.randn(1, 21, 32)

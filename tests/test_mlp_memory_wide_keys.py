@@ -160,26 +160,6 @@ def test_limits_name_the_reason():
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("options", [{}, {"momentum": True, "window": 3, "chunk_size": 8}])
-def test_omeganet_features_triton_equals_chunked(options):
-    """OmegaNet with its default degree-2 features (head dim 16: 152-wide keys) on backend='triton'
-    (the wide-state kernels) equals backend='chunked': output, final state and every gradient, and
-    decoding token by token equals the forward."""
-    kw = {"d_model": 32, "num_heads": 2, "lr_max": 0.05, **options}
-    chunked, fast = base.twin_mixers("omeganet", **kw)
-    assert fast.memory.shapes[0][0] == DK
-    x = torch.randn(1, 19, 32)
-    with nan_allocations():
-        out = forward_backward(fast, x)
-    assert_all_close(forward_backward(chunked, x), out)
-    with torch.no_grad():
-        state, ys = None, []
-        for t in range(x.shape[1]):
-            yt, state = fast.step(x[:, t], state)
-            ys.append(yt)
-    assert_close("decode", out["y"], torch.stack(ys, 1))
-
-
 def test_omeganet_features_packed_run_one_by_one():
     """Packed sequences with feature keys on backend='triton': the wide-state kernels take none, so the
     dispatch runs the sequences one by one (each through the kernels) and equals backend='chunked'."""
