@@ -100,6 +100,14 @@ def test_feature_keys_match_engine(T, window, chunk_size, gates, split):
     _compare_omega(_arch(), _inputs(T, torch.float32, gates, window), window, chunk_size, split)
 
 
+def test_window_one_gate():
+    """At window 1 a window gate still scales each token's inner gradient (Eq. 9 with c = 1): the
+    kernel path folds it into lr and equals the engine, which applies it to the gradient."""
+    inputs = _inputs(21, torch.float32, "both", 1)
+    inputs["gam"] = 0.3 + 0.7 * torch.rand(1, 21, H, 1, dtype=torch.float64, device=base.DEVICE)
+    _compare_omega(_arch(), inputs, 1, 8)
+
+
 def test_feature_keys_without_residual_or_norm():
     """ATLAS Eq. 42 literally (no LayerNorm) and without the residual: the kernel's plain branches."""
     arch = _arch(48, residual=False, layer_norm=False)  # hidden 48: the second block half masked

@@ -179,7 +179,8 @@ def _run(
     B, T, H, _ = q.shape
     w1, w2, s1, s2 = state
     if T == 0:
-        return q.new_zeros(q.shape), MemoryState((w1, w2), None if s1 is None else (s1, s2))  # type: ignore[arg-type]
+        y = q.new_zeros(*q.shape[:3], v.shape[3])
+        return y, MemoryState((w1, w2), None if s1 is None else (s1, s2))  # type: ignore[arg-type]
     P = window - 1
     memory = _net_spec(arch)
     layout = mlp_memory.tile_layout(
@@ -451,6 +452,8 @@ def omega_mlp_chunked(
         if rest[0].shape[1] == 0:  # type: ignore[union-attr]
             return y0, state
         q, k, v, lr, mom, keep, win_gate = rest  # type: ignore[assignment]
+    if window == 1 and win_gate is not None:  # the one gate scales each token's gradient, as lr does
+        lr, win_gate = lr * win_gate[..., 0].to(lr.dtype), None
     seq_lengths = [q.shape[1]] if lengths is None else lengths  # (after a finished chunk's head)
     bounds = list(itertools.accumulate([0, *seq_lengths]))
     N = B if lengths is None else len(lengths)
