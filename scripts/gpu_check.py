@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
 KERNEL_TESTS = (
     "test_mlp_memory.py",
     "test_mlp_memory_wide.py",
+    "test_mlp_memory_wide_keys.py",
     "test_linear_memory.py",
     "test_gated_delta.py",
     "test_scan_triton.py",

@@ -18,7 +18,7 @@ from mixer_checks import Draws, assert_all_close, forward_backward
 from test_mlp_memory import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 from memnets.memory import memory_chunked
-from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures
+from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
 from memnets.memory.omega import omega_chunked
 from memnets.testing import RATIO, assert_close, nan_allocations
 
@@ -26,8 +26,7 @@ triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
 mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")
 
 H, D = base.H, base.D  # values 16 wide
-FEATURES = PolynomialFeatures(D, 2)  # keys 16 + 136 = 152 wide: key blocks of 64, 64 and 24 columns
-DK = FEATURES.out_dim
+DK = feature_dim(D, 2)  # degree-2 features: keys 16 + 136 = 152 wide, key blocks of 64, 64 and 24
 
 
 def _arch(hidden: int = 32, residual: bool = True, layer_norm: bool = True) -> FeatureMemoryMLP:
@@ -44,8 +43,9 @@ def _inputs(T: int, dtype: torch.dtype, gates: str, window: int, hidden: int = 3
     """base's problem with q and k through the degree-2 features (of l2-normalised vectors, as the
     mixers feed them: ‖φ(x)‖² = 2) and initial weights of the feature width."""
     inputs = base._inputs(T, torch.float64, gates)
+    features = PolynomialFeatures(D, 2).double()  # made on the test's device (base's fixture)
     for n in ("q", "k"):
-        inputs[n] = FEATURES.double()(torch.nn.functional.normalize(inputs[n], dim=-1)).to(dtype)
+        inputs[n] = features(torch.nn.functional.normalize(inputs[n], dim=-1)).to(dtype)
     inputs["v"] = inputs["v"].to(dtype)
     rnd = Draws(T + 1, base.DEVICE).normal
     inputs["w1"], inputs["w2"] = rnd(1, H, DK, hidden) * DK**-0.5, rnd(1, H, hidden, D) * hidden**-0.5
