@@ -20,8 +20,8 @@ _A_TYPE = re.compile(r":\s*(?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)")
 _TRIPS = re.compile(r"scf\.for %\S+ = %c0_i32 to %c(\d+)_i32 step %c1_i32")
 
 
-def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, int, str]]:
-    """(enclosing ``scf.for`` count, runs per step, line) of every line of the kernel's TTGIR: its
+def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, str]]:
+    """(runs per step, line) of every line of the kernel's TTGIR: its
     regions are indented one level deeper than the op that opens them, so a line at or left of a
     loop's indent (its closing brace included) is outside that loop. Runs per step: the product of the
     trip counts of the loops inside the outermost (the chunk loop), read from their constant bounds
@@ -31,7 +31,7 @@ def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, int, str]]:
         indent = len(line) - len(line.lstrip())
         while stack and indent <= stack[-1][0]:
             stack.pop()
-        yield len(stack), math.prod(trips for _, trips in stack[1:]), line
+        yield math.prod(trips for _, trips in stack[1:]), line
         if "scf.for " in line and line.rstrip().endswith("{"):
             m = _TRIPS.search(line)
             stack.append((indent, int(m.group(1)) if m else inner))
@@ -56,7 +56,7 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
     }
     per_step: dict[str, float] = {}  # "wgmma.bf16" -> tensor FLOP per step (padded shapes, tf32x3 ×3)
     dots = replicated = 0
-    for _, weight, line in _loop_weights(ttgir, inner):
+    for weight, line in _loop_weights(ttgir, inner):
         m = _DOT.search(line)
         if not m:
             continue

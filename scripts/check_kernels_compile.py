@@ -244,15 +244,18 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     return cases
 
 
-def default_mlp_wide_shapes() -> list[tuple[int, int, int]]:
-    """(D, hidden, chunk) of the wide-state MLP-memory cases: a small one with several hidden blocks (the
-    CI test's case), Titans at head dim 64 (hidden 256) at every chunk tile, and for every padded chunk
-    tile the largest head dim ``mlp_memory.supports_wide`` admits there (hidden 4 D)."""
+def default_mlp_wide_shapes() -> list[tuple[int, ...]]:
+    """(D, hidden, chunk[, key width, window rows]) of the wide-state MLP-memory cases: a small one with
+    several hidden blocks (the CI test's case), Titans at head dim 64 (hidden 256) at every chunk tile,
+    for every padded chunk tile the largest head dim ``mlp_memory.supports_wide`` admits there (hidden
+    4 D), and keys wider than values with the Omega window: OmegaNet/Atlas at 760M (degree-2 features of
+    64-dim heads, 2,144 wide; hidden 64; window 8 at chunk 16) and on MQAR (560 wide, window 4 at
+    chunk 8)."""
     from memnets.kernels.mlp_memory import MAX_WIDE_DIM_FOR_TILE
 
-    shapes = [(16, 128, 16), *((64, 256, L) for L in (16, 32, 64))]
+    shapes: list[tuple[int, ...]] = [(16, 128, 16), *((64, 256, L) for L in (16, 32, 64))]
     shapes += [(D, 4 * D, L) for L, D in MAX_WIDE_DIM_FOR_TILE.items() if (D, 4 * D, L) not in shapes]
-    return shapes
+    return [*shapes, (64, 64, 16, 2144, 7), (32, 32, 8, 560, 3)]
 
 
 def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
@@ -289,15 +292,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
                 c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store}
                 cases.append(case("_wide_forward_kernel", c))
             cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
-    # keys wider than values and the Omega window: OmegaNet/Atlas at 760M (degree-2 features of 64-dim
-    # heads, 2,144 wide; hidden 64; window 8 at chunk 16) and on MQAR (560 wide, window 4 at chunk 8)
-    for D, DI, DH, L, P in ((64, 2144, 64, 16, 7), (32, 560, 32, 8, 3)):
-        for store in (False, True):
-            c = {**shape(D, DH, L, dots[0], DI, P), **full, "STORE": store}
-            cases.append(case("_wide_forward_kernel", c))
-        cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dots[0], DI, P), **full}))
-    # the other branches once, at the smallest shape
-    small = shape(*min(shapes, key=lambda s: s[0] * s[1] * s[2])[:3], dots[0])
+    # the other branches once, at the smallest shape with keys as wide as values where there is one
+    small = shape(*min(shapes, key=lambda s: (len(s) > 3, s[0] * s[1] * s[2]))[:3], dots[0])
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
     return cases

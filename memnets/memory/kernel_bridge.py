@@ -224,7 +224,7 @@ def _run(
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
 
 
-def _wide_reason(
+def _call_reason(
     arch: MemoryMLP,
     bias: object,
     chunk_size: int,
@@ -327,7 +327,7 @@ def titans_mlp_chunked(
     mishandles bfloat16 dots)."""
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
-    reason = _wide_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
+    reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
@@ -432,7 +432,7 @@ def omega_mlp_chunked(
     sequence before it; the state returned is then the list of the N sequences' final states."""
     name = "omega_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
-    reason = _wide_reason(arch, bias, chunk_size, window, cu_seqlens, hidden_block)
+    reason = _call_reason(arch, bias, chunk_size, window, cu_seqlens, hidden_block)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
