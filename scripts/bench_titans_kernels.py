@@ -219,8 +219,8 @@ def pct(tflops: float, peak: float | None) -> float | None:
     return None if peak is None else 100 * tflops / peak
 
 
-def ratio(ms: float, other_ms: float | None, backend: str) -> float | None:
-    return None if other_ms is None or backend != "triton" else ms / other_ms
+def ratio(ms: float, other_ms: float | None) -> float | None:
+    return None if other_ms is None else ms / other_ms
 
 
 def target_pct(C: int) -> float | None:
@@ -344,15 +344,16 @@ def main(argv: list[str] | None = None) -> None:
         arch = MemoryMLP(a.H, a.D, depth=2, expansion=a.expansion, layer_norm=not a.no_layer_norm).to(device)
 
     # backend name -> fn(arch, q, k, v, lr, mom, keep, chunk_size=C), None where build_step makes it.
-    # The Triton kernel comes last so its rows can give the time ratios to the chunked forms.
-    backends: dict[str, Callable | None] = {"chunked": memory_chunked}
-    if not a.no_compile:
-        backends["chunked_compiled"] = None
+    # Timed in the order kernel, eager, titans-pytorch, compiled (slowest to build last: a time limit
+    # around the run then cuts the compile, not the kernel's rows); the kernel's ratios to the chunked
+    # forms are filled in once every backend at that C has run.
+    backends: dict[str, Callable | None] = {}
+    peers: dict[str, Callable | None] = {"chunked": memory_chunked}
     if a.titans_pytorch:
         try:
             import titans_pytorch  # noqa: F401
 
-            backends["titans_pytorch"] = None
+            peers["titans_pytorch"] = None
         except ImportError as e:
             print(f"note: titans-pytorch is not installed ({e}); its rows are skipped")
 
@@ -379,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
             supports = kernel_bridge.supports_mlp
     else:
         print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
+    backends.update(peers)
+    if not a.no_compile:
+        backends["chunked_compiled"] = None
 
     env = environment(device)
     peaks = card(device)
@@ -439,13 +443,17 @@ def main(argv: list[str] | None = None) -> None:
                     pct_peak_bf16=pct(tf, peak_bf16),
                     pct_gemm_bf16=pct(tf, gemm),
                     pct_peak_tf32=pct(tf, peak_tf32),
-                    # Triton time over the chunked forms' at this C and pass (they ran first)
-                    triton_over_compiled=ratio(t.median_ms, ms_at.get(("chunked_compiled", kind)), name),
-                    triton_over_eager=ratio(t.median_ms, ms_at.get(("chunked", kind)), name),
+                    triton_over_compiled=None,  # filled in below, once the chunked forms ran
+                    triton_over_eager=None,
                     compile_s=first_s if name == "chunked_compiled" else None,
                     peak_mb=peak_memory_mb(step, device),  # one more call (None on CPU)
                 )
                 rows.append(row)
+                print(format_row(row))
+        for row in rows:  # the Triton time over the chunked forms' at this C and pass
+            if row["backend"] == "triton" and row["chunk_size"] == C and "ms" in row:
+                row["triton_over_compiled"] = ratio(row["ms"], ms_at.get(("chunked_compiled", row["pass"])))
+                row["triton_over_eager"] = ratio(row["ms"], ms_at.get(("chunked", row["pass"])))
                 print(format_row(row))
 
     formula = (

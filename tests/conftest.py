@@ -20,6 +20,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def kernel_device():
+    """Tensors and modules a kernel test makes live on ``mixer_checks.KERNEL_DEVICE`` (a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("kernel_device")``)."""
+    from mixer_checks import KERNEL_DEVICE
+
+    with KERNEL_DEVICE:
+        yield KERNEL_DEVICE
+
+
 @pytest.fixture(autouse=True)
 def _memnets_logger():
     """Start every test with the ``memnets`` logger at its defaults: a training run in a module-scoped

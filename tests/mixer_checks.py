@@ -8,6 +8,7 @@ draws the memory kernels' tests build their problems from (:class:`Draws`)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,17 @@ from torch import Tensor, nn
 import memnets
 from memnets.testing import assert_close
 
+# Where the kernel tests run: cpu (Triton's interpreter) unless a GPU run sets
+# MEMNETS_KERNEL_TEST_DEVICE=cuda and TRITON_INTERPRET=0 (scripts/gpu_check.py, step kernels).
+KERNEL_DEVICE = torch.device(os.environ.get("MEMNETS_KERNEL_TEST_DEVICE", "cpu"))
+
 
 class Draws:
-    """Float64 draws from one generator seeded with ``seed`` (on ``device``), in call order."""
+    """Float64 draws from one generator seeded with ``seed`` (on ``device``, by default the default
+    device: a kernel test's ``kernel_device``), in call order."""
 
-    def __init__(self, seed: int, device: str | torch.device = "cpu") -> None:
-        self.g = torch.Generator(device=device).manual_seed(seed)
+    def __init__(self, seed: int, device: str | torch.device | None = None) -> None:
+        self.g = torch.Generator(device=device or torch.get_default_device()).manual_seed(seed)
 
     def normal(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.g, dtype=torch.float64)
@@ -92,7 +98,7 @@ def forward_backward(
     mixer.zero_grad(set_to_none=True)
     y, new_state = run(x, state, cu_seqlens)
     outs = {"y": y, **state_tensors(new_state)}
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in outs.values())
     loss.backward()
     result = {name: t.detach() for name, t in outs.items()}

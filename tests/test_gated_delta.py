@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from memnets.kernels.gated_delta import gated_delta_rule
 from memnets.testing import RATIO, assert_close, nan_allocations
 
+# on MEMNETS_KERNEL_TEST_DEVICE (cpu: the interpreter; scripts/gpu_check.py runs them compiled on cuda)
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 
 def make_inputs(B, T, H, K, V, dtype, N=None, with_h0=True):
     """Leaf tensors: unit-norm keys (as the mixers feed them), log gates <= 0, beta in [0, 1]."""
@@ -40,9 +43,9 @@ def run(inputs, backend, chunk_size=16, cu_seqlens=None, seed=1, **options):
         backend=backend,
         **options,
     )
-    gen = torch.Generator().manual_seed(seed)
-    do = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
-    dS = torch.randn(S.shape, generator=gen, dtype=torch.float64).to(S.dtype)
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same cotangents on every device
+    do = torch.randn(o.shape, generator=gen, dtype=torch.float64, device="cpu").to(o)
+    dS = torch.randn(S.shape, generator=gen, dtype=torch.float64, device="cpu").to(S)
     ((o * do).sum() + (S * dS).sum()).backward()
     out = {"o": o.detach(), "final_state": S.detach()}
     out.update({f"d{n}": t.grad for n, t in inputs.items()})

@@ -17,6 +17,9 @@ import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked
 from memnets.testing import RATIO, assert_close, nan_allocations
 
+# on MEMNETS_KERNEL_TEST_DEVICE (cpu: the interpreter; scripts/gpu_check.py runs them compiled on cuda)
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 triton_linear = pytest.importorskip("memnets.memory.kernel_bridge")
 linear_memory = pytest.importorskip("memnets.kernels.linear_memory")
 
@@ -312,7 +315,7 @@ def _run_varlen(packed: bool, arch, inputs, lengths, chunk_size, compute_dtype, 
 def _compare_varlen(lengths, chunk_size, gates, dtype, residual=False, dot_precision="auto"):
     N, T = len(lengths), sum(lengths)
     inputs = _inputs(T, dtype, gates)
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(2)
     inputs["w0"] = 0.3 * torch.randn(N, H, D, D, generator=g, dtype=torch.float64)
     if inputs["s0"] is not None:
         inputs["s0"] = 0.3 * torch.randn(N, H, D, D, generator=g, dtype=torch.float64)

@@ -17,7 +17,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import Draws, assert_all_close, check_decode_no_grad, forward_backward, with_leaf_grads
+from mixer_checks import (
+    KERNEL_DEVICE,
+    Draws,
+    assert_all_close,
+    check_decode_no_grad,
+    forward_backward,
+    with_leaf_grads,
+)
 
 import memnets
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
@@ -31,14 +38,8 @@ mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")
 ops = pytest.importorskip("memnets.kernels.mlp_memory.ops")
 
 H, D = 2, 16
-DEVICE = torch.device(os.environ.get("MEMNETS_KERNEL_TEST_DEVICE", "cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _on_device():
-    """Tensors and modules made in a test live on ``DEVICE``."""
-    with DEVICE:
-        yield
+DEVICE = KERNEL_DEVICE
+pytestmark = pytest.mark.usefixtures("kernel_device")
 
 
 def _arch(

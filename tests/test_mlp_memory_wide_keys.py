@@ -15,12 +15,13 @@ import pytest
 import test_mlp_memory as base  # the whole-state kernels' tests: same harness
 import torch
 from mixer_checks import Draws, assert_all_close, forward_backward
-from test_mlp_memory import _on_device  # noqa: F401  (autouse: tensors on base.DEVICE)
 
 from memnets.memory import memory_chunked
 from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
 from memnets.memory.omega import omega_chunked
 from memnets.testing import RATIO, assert_close, nan_allocations
+
+pytestmark = pytest.mark.usefixtures("kernel_device")  # tensors on base.DEVICE
 
 triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
 mlp_memory = pytest.importorskip("memnets.kernels.mlp_memory")

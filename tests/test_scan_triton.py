@@ -11,6 +11,9 @@ import torch
 from memnets.kernels.scan import linear_scan
 from memnets.testing import assert_close, nan_allocations
 
+# on MEMNETS_KERNEL_TEST_DEVICE (cpu: the interpreter; scripts/gpu_check.py runs them compiled on cuda)
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 
 def make_inputs(B, T, block, dtype, with_h0, n=5):
     state = (B, T, 2, n) if block else (B, T, n)
