@@ -68,6 +68,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -182,6 +183,28 @@ def build_step(
     return memory_step(fn, arch, a.B, a.T, C, dtype, device, backward)
 
 
+def device_split(step: Callable, device: torch.device) -> dict[str, float | None]:
+    """One more call under ``torch.profiler`` on CUDA: the device time of all its kernels and of the
+    memory's own Triton kernels (names ``_..._kernel``), in ms, beside the call's timed ms: what is
+    the kernel, what is PyTorch around it, what is the host's gap."""
+    if device.type != "cuda":
+        return {"device_ms": None, "memory_kernels_ms": None}
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize(device)
+    except RuntimeError as e:  # a profiler that cannot start (no CUPTI) costs the split, not the row
+        return {"device_ms": None, "memory_kernels_ms": None, "profiler_error": str(e)[:200]}
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    total = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    own = sum(e.time_range.elapsed_us() for e in kernels if re.fullmatch(r"_\w+_kernel", e.name)) / 1e3
+    return {"device_ms": total, "memory_kernels_ms": own}
+
+
 def first_call_s(step: Callable, device: torch.device) -> float:
     """Seconds of the first call: compiling (forward and, on its first backward, the backward graph),
     autotuning and allocating, all kept out of the timed calls."""
@@ -204,6 +227,11 @@ def format_row(r: dict) -> str:
         f"{r['p80_ms']:>9.3f} {r['tflops']:>9.4f} {fmt(r['pct_peak_bf16'], '.2f'):>6} {fmt(r['pct_gemm_bf16'], '.2f'):>6} "
         f"{fmt(r['pct_peak_tf32'], '.2f'):>6} {fmt(r['triton_over_compiled'], '.2f'):>7} "
         f"{fmt(r['triton_over_eager'], '.2f'):>7} {fmt(r['compile_s'], '.1f'):>9}"
+        + (
+            f"  device {fmt(r['device_ms'], '.3f')} ms, memory kernels {fmt(r['memory_kernels_ms'], '.3f')} ms"
+            if r.get("device_ms") is not None
+            else ""
+        )
     )
 
 
@@ -403,6 +431,41 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"peaks TFLOP/s: bf16 {fmt(peak_bf16, '.1f')}, gemm {fmt(gemm, '.1f')}, tf32 {fmt(peak_tf32, '.1f')}"
     )
+    formula = (
+        "fwd 10D^2+4CD, fwd+bwd 46D^2+16CD"
+        if a.depth == 1
+        else f"benchmarks.flops.mlp_memory_fwd, fwd+bwd = {BWD_FACTOR} x fwd"
+    )
+    meta = dict(
+        depth=a.depth,
+        expansion=a.expansion if a.depth == 2 else None,
+        layer_norm=arch.layer_norm,
+        residual=arch.residual,
+        B=a.B,
+        T=a.T,
+        H=a.H,
+        D=a.D,
+        dtype=str(dtype),
+        dot_precision=a.dot_precision if a.depth == 2 else None,
+        num_warps=num_warps if "triton" in backends and a.depth == 2 else None,
+        chunk_sizes=chunk_sizes,
+        backends=list(backends),
+        budget="fast" if a.fast else "default",
+        compile_backend=None if a.no_compile else a.compile_backend,
+        compile_scope=None if a.no_compile else a.compile_scope,
+        triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
+        flop_formula=formula,
+        peak_bf16_tflops=peak_bf16,
+        gemm_bf16_tflops=gemm,
+        gemm_bf16_source=gemm_source if gemm is not None else None,
+        peak_tf32_tflops=peak_tf32,
+    )
+
+    def save(rows: list[dict], goals: list[dict]) -> None:
+        """The JSON so far: written after every row, so a run cut by a time limit keeps what it timed."""
+        with open(a.out, "w") as f:
+            json.dump(dict(env=env, meta=meta, rows=rows, targets=goals), f, indent=1)
+
     print(HEADER)
     rows: list[dict] = []
     for C in chunk_sizes:
@@ -448,7 +511,10 @@ def main(argv: list[str] | None = None) -> None:
                     compile_s=first_s if name == "chunked_compiled" else None,
                     peak_mb=peak_memory_mb(step, device),  # one more call (None on CPU)
                 )
+                if name == "triton":
+                    row.update(device_split(step, device))
                 rows.append(row)
+                save(rows, [])
                 print(format_row(row))
         for row in rows:  # the Triton time over the chunked forms' at this C and pass
             if row["backend"] == "triton" and row["chunk_size"] == C and "ms" in row:
@@ -456,35 +522,6 @@ def main(argv: list[str] | None = None) -> None:
                 row["triton_over_eager"] = ratio(row["ms"], ms_at.get(("chunked", row["pass"])))
                 print(format_row(row))
 
-    formula = (
-        "fwd 10D^2+4CD, fwd+bwd 46D^2+16CD"
-        if a.depth == 1
-        else f"benchmarks.flops.mlp_memory_fwd, fwd+bwd = {BWD_FACTOR} x fwd"
-    )
-    meta = dict(
-        depth=a.depth,
-        expansion=a.expansion if a.depth == 2 else None,
-        layer_norm=arch.layer_norm,
-        residual=arch.residual,
-        B=a.B,
-        T=a.T,
-        H=a.H,
-        D=a.D,
-        dtype=str(dtype),
-        dot_precision=a.dot_precision if a.depth == 2 else None,
-        num_warps=num_warps if "triton" in backends and a.depth == 2 else None,
-        chunk_sizes=chunk_sizes,
-        backends=list(backends),
-        budget="fast" if a.fast else "default",
-        compile_backend=None if a.no_compile else a.compile_backend,
-        compile_scope=None if a.no_compile else a.compile_scope,
-        triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
-        flop_formula=formula,
-        peak_bf16_tflops=peak_bf16,
-        gemm_bf16_tflops=gemm,
-        gemm_bf16_source=gemm_source if gemm is not None else None,
-        peak_tf32_tflops=peak_tf32,
-    )
     goals = targets(rows) if a.depth == 2 else []
     if goals:
         print(
@@ -493,8 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in goals:
             verdict = {True: "met", False: "NOT met", None: "n/a"}[g["met"]]
             print(f"  C={g['chunk_size']:<4} {g['pass'] or '':>7}  {verdict:>7}: {g['why']}")
-    with open(a.out, "w") as f:
-        json.dump(dict(env=env, meta=meta, rows=rows, targets=goals), f, indent=1)
+    save(rows, goals)
     print(f"wrote {a.out}")
     if a.png:
         plot(

@@ -60,3 +60,19 @@ def pytest_report_header(config) -> list[str]:
             "TRITON_INTERPRET=1 will fail (triton#9171); install 'numpy<2.4' beside Triton 3.6"
         ]
     return []
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``MEMNETS_KERNEL_TESTS=quick`` (the GPU check's default): of each kernel test file's parametrized
+    tests keep the first and the last case, so every test runs in its smallest and its largest setting
+    while the compiles (most of a GPU run's time) halve; unparametrized tests all run."""
+    if os.environ.get("MEMNETS_KERNEL_TESTS", "all") != "quick":
+        return
+    cases: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        if "kernel_device" in getattr(item, "fixturenames", ()):
+            cases.setdefault((item.path.name, item.originalname), []).append(item)
+    drop = {id(c) for group in cases.values() for c in group[1:-1]}
+    if drop:
+        config.hook.pytest_deselected(items=[i for i in items if id(i) in drop])
+        items[:] = [i for i in items if id(i) not in drop]

@@ -155,14 +155,17 @@ def test_final_state_optional_and_default_scale():
     ],
 )
 def test_bad_arguments_raise(change, message):
+    q = torch.randn(2, 5, 2, 4)
     args = dict(
-        q=torch.randn(2, 5, 2, 4),
+        q=q,
         k=torch.randn(2, 5, 2, 4),
         v=torch.randn(2, 5, 2, 4),
         g=torch.randn(2, 5, 2),
         beta=torch.rand(2, 5, 2),
     )
-    args.update(change)
+    # the changed tensors were made at collection, on the CPU: on the test's device, so the check named
+    # fires and not the device check before it
+    args.update({n: t.to(q.device) if isinstance(t, torch.Tensor) else t for n, t in change.items()})
     with pytest.raises((ValueError, TypeError), match=message):
         gated_delta_rule(**args)
 
