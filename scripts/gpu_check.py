@@ -55,6 +55,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,8 +370,9 @@ def step_bench(smoke: bool, out: Path, device: str) -> dict[str, Any]:
     return {**result, "status": "passed"}
 
 
-def peer_rows(device_name: str, smoke: bool) -> list[dict[str, Any]]:
-    """SDPA and fla's chunk_gated_delta_rule, forward and forward + backward, bf16 on CUDA."""
+def peer_rows(device_name: str, smoke: bool, save: Callable[[list], None]) -> list[dict[str, Any]]:
+    """SDPA and fla's chunk_gated_delta_rule, forward and forward + backward, bf16 on CUDA; ``save``
+    gets the rows after each one (fla's first call autotunes for a while: a time limit keeps SDPA's)."""
     import torch
     import torch.nn.functional as F
 
@@ -408,6 +410,7 @@ def peer_rows(device_name: str, smoke: bool) -> list[dict[str, Any]]:
                     "peak_mb": peak_memory_mb(call, device),
                 }
             )
+            save(rows)
 
     H, D = (2, 16) if smoke else (TITANS["H"], TITANS["D"])
     q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -463,8 +466,10 @@ def step_peers(smoke: bool, out: Path, device: str) -> dict[str, Any]:
 
 
 def worker_peers(a: argparse.Namespace) -> int:
-    rows = peer_rows(a.device, a.cpu_smoke)
-    Path(a.out, "peers.json").write_text(json.dumps(rows, indent=1))
+    def save(rows: list) -> None:
+        Path(a.out, "peers.json").write_text(json.dumps(rows, indent=1))
+
+    save(peer_rows(a.device, a.cpu_smoke, save))
     return 0
 
 
