@@ -1,7 +1,8 @@
-"""What the sm_90 compile made of a kernel, read from its PTX and TTGIR text: the tensor-core
-instructions, their operand types, and every matmul's shape and loop depth. Plain text processing (no
-Triton import), so tests can feed it lines in-process; ``benchmarks/kernel_report.py`` applies it to
-each compiled launch."""
+"""What the sm_90 compile made of a kernel, read from its PTX, TTGIR and SASS text: the tensor-core
+instructions, their operand types, every matmul's shape and loop depth, and the instructions one step
+issues per warp by kind (the latency-bound floor's inputs). Plain text processing (no Triton import),
+so tests can feed it lines in-process; ``benchmarks/kernel_report.py`` applies it to each compiled
+launch."""
 
 from __future__ import annotations
 
@@ -35,6 +36,57 @@ def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, str]]:
         if "scf.for " in line and line.rstrip().endswith("{"):
             m = _TRIPS.search(line)
             stack.append((indent, int(m.group(1)) if m else inner))
+
+
+def _ttgir_loops(ttgir: str, inner: int) -> list[tuple[int, int]]:
+    """(nesting depth, trip count) of every ``scf.for`` of the TTGIR in source order; ``inner`` where a
+    bound is not a constant."""
+    loops, stack = [], []  # stack: indents of the enclosing loops
+    for line in ttgir.splitlines():
+        indent = len(line) - len(line.lstrip())
+        while stack and indent <= stack[-1]:
+            stack.pop()
+        if "scf.for " in line and line.rstrip().endswith("{"):
+            m = _TRIPS.search(line)
+            loops.append((len(stack), int(m.group(1)) if m else inner))
+            stack.append(indent)
+    return loops
+
+
+_SASS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_HEX = re.compile(r"0x([0-9a-f]+)")
+# per-warp instruction kinds of the latency floor (benchmarks.kernel_roofline.LATENCY_CYCLES)
+SASS_KINDS = {"LDG": "global_loads", "LDL": "local_loads", "LDS": "shared_loads", "BAR": "barriers"}
+
+
+def sass_per_step(sass: str, ttgir: str, inner: int) -> dict[str, float] | None:
+    """The instructions one step (one chunk) issues per warp, by kind: ``instructions`` in all and
+    ``global_loads`` (LDG), ``local_loads`` (LDL: spilled registers read back), ``shared_loads``
+    (LDS, LDSM) and ``barriers`` (BAR). The SASS's loops are its backward branches; they are matched,
+    in address order, to the TTGIR's ``scf.for`` loops in source order, whose trip counts weight them
+    (the outermost loops walk the chunks: once per step, as is code outside them). None when
+    the two loop nests do not match (a loop the compiler unrolled or split)."""
+    rows = [(int(a, 16), op, rest) for a, op, rest in _SASS.findall(sass)]
+    ins = [(a, op) for a, op, _ in rows]
+    branches = [
+        (int(m.group(1), 16), a) for a, op, rest in rows if op == "BRA" for m in [_HEX.search(rest)] if m
+    ]
+    sass_loops = sorted((target, a) for target, a in branches if target < a)
+    loops = _ttgir_loops(ttgir, inner)
+    depth = [sum(s0 <= s < e <= e0 and (s0, e0) != (s, e) for s0, e0 in sass_loops) for s, e in sass_loops]
+    if not ins or [d for d, _ in loops] != depth:
+        return None
+    counts = dict.fromkeys(["instructions", *SASS_KINDS.values()], 0.0)
+    for addr, op in ins:
+        enclosing = [(d, trips) for (s, e), (d, trips) in zip(sass_loops, loops) if s <= addr <= e]
+        # once per step outside the loops inside the chunk loop, as _loop_weights counts (a kernel
+        # without a chunk loop is one step; a chunk loop's prologue is counted once per chunk, a bound)
+        weight = math.prod(trips for d, trips in enclosing if d > 0)
+        counts["instructions"] += weight
+        kind = SASS_KINDS.get(op[:3])
+        if kind:
+            counts[kind] += weight
+    return counts
 
 
 def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:

@@ -16,8 +16,9 @@ def _worst_operand(types: list[str]) -> int:
 
 def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The budgeted figures of a report: per kernel launch its spill bytes per thread, tensor-core
-    operand types, replicated-warp products per step, programs and status; per chunked path its eager
-    ops per chunk."""
+    operand types, replicated-warp products per step, programs, status and the model's exposed latency
+    per step (µs, from the SASS: more instructions, loads or barriers per step raise it); per chunked
+    path its eager ops per chunk."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = f"{r['config']}/{r['dispatch']}"
@@ -33,6 +34,7 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "operand_types": ln.get("operand_types"),
                 "programs": ln["programs"],
                 "replicated_dots": ln.get("replicated_dots", 0),
+                "exposed_us": round(ln.get("step_us", {}).get("exposed", 0.0), 2),
             }
     return out
 
@@ -40,7 +42,8 @@ def budget_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) -> list[str]:
     """Where a report is worse than the budget: ``auto`` on CUDA taking a slower path (kernel →
     compiled chunked → eager chunked), a kernel that no longer compiles, more spill bytes, wider
-    tensor-core operands (bf16 → tf32 → none), more replicated-warp products, fewer programs, more eager ops per chunk, or a budgeted
+    tensor-core operands (bf16 → tf32 → none), more replicated-warp products, more exposed latency per
+    step, fewer programs, more eager ops per chunk, or a budgeted
     entry missing (a path that disappeared). Better figures pass (update the budget)."""
     got = budget_entries(rows)
     problems = []
@@ -66,6 +69,10 @@ def regressions(rows: list[dict[str, Any]], budgets: dict[str, dict[str, Any]]) 
             problems.append(
                 f"{key}: {have['replicated_dots']} replicated-warp products per step > budget "
                 f"{want['replicated_dots']}"
+            )
+        if "exposed_us" in want and have["exposed_us"] > want["exposed_us"]:
+            problems.append(
+                f"{key}: exposed latency {have['exposed_us']} µs per step > budget {want['exposed_us']}"
             )
         if "programs" in want and have["programs"] < want["programs"]:
             problems.append(f"{key}: {have['programs']} programs < budget {want['programs']}")

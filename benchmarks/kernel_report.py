@@ -38,7 +38,7 @@ if str(ROOT / "scripts") not in sys.path:
 import check_kernels_compile as ck  # noqa: E402
 import triton  # noqa: E402
 
-from benchmarks.compiled_asm import tensor_cores  # noqa: E402
+from benchmarks.compiled_asm import sass_per_step, tensor_cores  # noqa: E402
 from benchmarks.config_mixers import build_meta, config_mixers, dispatches  # noqa: E402
 from benchmarks.kernel_roofline import PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
 from memnets import ops as memory_ops  # noqa: E402
@@ -254,6 +254,8 @@ def _compile(case: ck.Case, arch: int, inner: int) -> dict[str, Any]:
     if compiled and row["status"] == "ok":
         asm = compiled[-1].asm
         row.update(tensor_cores(asm["ptx"], asm["ttgir"], inner))
+        sass = ck.cuobjdump(asm["cubin"], "-sass")
+        row["sass_per_step"] = sass_per_step(sass, asm["ttgir"], inner) if sass else None
     return row
 
 
@@ -475,6 +477,12 @@ def report_config(
     return rows
 
 
+def bound_by(step_us: dict[str, float]) -> str:
+    """The roofline term that sets a launch's step (its largest)."""
+    terms = {k: v for k, v in step_us.items() if k != "step"}
+    return max(terms, key=terms.get) if terms else "-"
+
+
 def _f(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -511,8 +519,8 @@ def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
         )
     out += [
         "",
-        "| config | memory | launch | programs / 132 SMs | steps | tensor-core instructions (static) | dots/step (replicated) | regs | spill B/thread | smem KB | est. ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | memory | launch | programs / 132 SMs | steps | tensor-core instructions (static) | dots/step (replicated) | regs | spill B/thread | smem KB | est. ms | bound by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for ln in (r.get("kernel") or {}).get("launches", []):
@@ -524,13 +532,13 @@ def markdown(rows: list[dict[str, Any]], B: int, T: int) -> str:
             )
             if ln["status"] != "ok":
                 out.append(
-                    f"| {r['config']} | {memory} | {name} | {ln['programs']} | {ln['steps']} | {ln['status']}: {ln.get('error', '')} | | | | | |"
+                    f"| {r['config']} | {memory} | {name} | {ln['programs']} | {ln['steps']} | {ln['status']}: {ln.get('error', '')} | | | | | | |"
                 )
                 continue
             tc = f"{ln['mma_sync']} mma.sync + {ln['wgmma']} wgmma, {'/'.join(ln['operand_types']) or 'none'}"
             out.append(
                 f"| {r['config']} | {memory} | {name} | {ln['programs']} | {ln['steps']} | {tc} | "
                 f"{ln['dots_per_step']} ({ln['replicated_dots']}) | {ln['registers']} | {ln['stack']} | "
-                f"{ln['shared'] / 1024:.0f} | {_f(ln['est_ms'] or None, '.2f')} |"
+                f"{ln['shared'] / 1024:.0f} | {_f(ln['est_ms'] or None, '.2f')} | {bound_by(ln['step_us'])} |"
             )
     return "\n".join(out) + "\n"

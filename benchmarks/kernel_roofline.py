@@ -1,7 +1,14 @@
 """The roofline model of the static kernel report (``scripts/kernel_report.py``, whose docstring
 writes it out): achievable rates per instruction kind, the latency and spill floors of a kernel's
 sequential step, and the launch floor of the eager chunked form. Estimates that rank designs, not
-timings."""
+timings.
+
+The exposed-latency floor was added after the first GPU run (benchmarks/RESULTS.md §26), where the
+titans-760m forward took 30× the model's time: one program of 4 warps per SM leaves one warp per
+scheduler, so nearly every load's and barrier's latency is waited out in turn. Its cycles per
+instruction kind are round figures of published Hopper microbenchmarks (Luo et al., "Benchmarking and
+Dissecting the Nvidia Hopper GPU Architecture", arXiv:2402.13499; L1 and shared memory ≈ 30 cycles,
+L2 ≈ 260), not measured here; a barrier's 20 cycles is a guess."""
 
 from __future__ import annotations
 
@@ -30,6 +37,18 @@ COMPILED_FUSION = 3.0  # eager ops per kernel after torch.compile fuses a chunk 
 L1_SPILL_BW = 200e9  # bytes/s per SM of local-memory traffic that stays in L1
 L2_BW = 5.5e12  # bytes/s of the L2, shared by the SMs that run programs, once spills outgrow L1
 L1_BYTES = 256 * 1024  # L1 + shared memory per SM
+CLOCK_HZ = 1.755e9  # H100 SXM clock under load
+# cycles a warp waits per instruction of each kind when no other warp on its scheduler hides them
+# (compiled_asm.sass_per_step counts them): a global load from L2, a local load from L1 (or from L2
+# once the spills outgrow L1), a shared-memory load, a barrier; every instruction issues in >= 1 cycle
+LATENCY_CYCLES = {
+    "instructions": 1,
+    "global_loads": 260,
+    "local_loads": 33,
+    "shared_loads": 30,
+    "barriers": 20,
+}
+L2_LATENCY_CYCLES = 260
 
 
 def step_seconds(
@@ -37,7 +56,8 @@ def step_seconds(
 ) -> dict[str, float]:
     """One program's sequential step: tensor work at the achievable rate of its instruction kinds,
     the dependent chain of matmuls, the spilled bytes stored and loaded once per inner iteration (in
-    L1, or the L2's share of each of the ``min(programs, SMS)`` busy SMs), and ``state_bytes``, the
+    L1, or the L2's share of each of the ``min(programs, SMS)`` busy SMs), the exposed latency of its
+    instructions (:func:`exposed_seconds`), and ``state_bytes``, the
     recurrent state the step reads and writes in global memory (the wide kernels' state blocks, the
     stored chunk states), at the L2's share; spills that outgrow L1 share that bandwidth with it. The
     step takes the largest."""
@@ -49,7 +69,9 @@ def step_seconds(
     footprint = (row.get("stack") or 0) * 32 * num_warps
     l2_share = L2_BW / max(min(programs, SMS), 1)
     spill_bytes = 2 * footprint * inner
-    if footprint + (row.get("shared") or 0) <= L1_BYTES:
+    in_l1 = footprint + (row.get("shared") or 0) <= L1_BYTES
+    exposed = exposed_seconds(row.get("sass_per_step"), num_warps, in_l1)
+    if in_l1:
         spill, state = spill_bytes / L1_SPILL_BW, state_bytes / l2_share
     else:  # spills and state traffic both go to L2
         spill, state = spill_bytes / l2_share, (spill_bytes + state_bytes) / l2_share
@@ -58,8 +80,22 @@ def step_seconds(
         "latency": latency,
         "spill": spill,
         "state": state,
-        "step": max(compute, latency, spill, state),
+        "exposed": exposed,
+        "step": max(compute, latency, spill, state, exposed),
     }
+
+
+def exposed_seconds(counts: dict[str, float] | None, num_warps: int, spills_in_l1: bool) -> float:
+    """The latency floor of one step: each instruction kind's per-warp count times its latency
+    (``LATENCY_CYCLES``; local loads at the L2's when the spills outgrow L1), summed (a scheduler with
+    one warp waits them out in turn), divided by the warps each scheduler can switch between (a
+    program's warps over the SM's 4 schedulers); 0 without the SASS's counts."""
+    if not counts:
+        return 0.0
+    cycles = sum(LATENCY_CYCLES[k] * counts.get(k, 0.0) for k in LATENCY_CYCLES)
+    if not spills_in_l1:
+        cycles += (L2_LATENCY_CYCLES - LATENCY_CYCLES["local_loads"]) * counts.get("local_loads", 0.0)
+    return cycles / CLOCK_HZ / max(1, num_warps // 4)
 
 
 def chunked_seconds(backend: str, launches_per_chunk: float, chunks: int, flop: float) -> float:

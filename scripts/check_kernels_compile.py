@@ -329,15 +329,22 @@ def launched_kernels() -> list[str]:
     return names
 
 
-def _resources(cubin: bytes) -> tuple[int | None, int | None]:
-    """(registers per thread, stack bytes) from ``cuobjdump --dump-resource-usage``."""
+def cuobjdump(cubin: bytes, *flags: str) -> str | None:
+    """``cuobjdump FLAGS`` of a cubin with the tool Triton ships, or None where it has none."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
-        return None, None
+        return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([tool, *flags, f.name], capture_output=True, text=True).stdout
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers per thread, stack bytes) from ``cuobjdump --dump-resource-usage``."""
+    out = cuobjdump(cubin, "--dump-resource-usage")
+    if out is None:
+        return None, None
     fields = dict(tok.split(":", 1) for tok in out.split() if tok.startswith(("REG:", "STACK:")))
     reg, stack = fields.get("REG"), fields.get("STACK")
     return (int(reg) if reg else None), (int(stack) if stack else None)

@@ -61,7 +61,13 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
     ``memnets.kernels.mlp_memory.wide_forward``'s docstring: 12 / 16 / 28 D·Dh floats per chunk for
     the forward / its STORE re-run / the backward with momentum, 7 / 9 / 18 without). The q, k, v
     rows and the gated delta kernels' chunk states are not counted.
-  The JSON's ``step_us`` gives the four terms per launch, so a design without spills can be read off.
+  - *exposed*: the step's latency when nothing hides it, from the SASS (``cuobjdump -sass``): the
+    instructions one step issues per warp, its loops weighted by the TTGIR's trip counts
+    (``benchmarks.compiled_asm.sass_per_step``), each at ≥ 1 cycle, plus per global load 260 cycles
+    (L2), per local load 33 (L1; 260 when the spills outgrow it), per shared load 30, per barrier 20, at
+    1.755 GHz, divided by the warps each of the SM's 4 schedulers holds (1 at 4 warps). The term the
+    first GPU run called for (RESULTS §26: the titans-760m forward took 30× the other terms' estimate).
+  The JSON's ``step_us`` gives the five terms per launch, so a design without spills can be read off.
   The forward estimate is the forward launch; fwd+bwd adds the backward's forward re-run (``STORE``,
   its steps as the launcher's checkpoint plan walks them: twice over most chunks where the wide
   kernels recompute in three levels) and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Budgets of `python scripts/kernel_report.py{' --quick' if a.quick else ''}`: today's measured "
             f"figures (Triton {kr.triton.__version__}, sm_{a.arch}), not targets. tests/test_kernel_report.py "
             "fails where a change makes one worse (more spill bytes per thread, wider tensor-core operands, "
-            "more replicated-warp products, fewer programs, more eager ops per chunk, a failed compile); lower them when a change improves "
+            "more replicated-warp products, more exposed latency per step, fewer programs, more eager ops per chunk, "
+            "a failed compile); lower them when a change improves "
             "them (rerun with --write-budget)."
         )
         budget = {"note": note, "entries": kernel_budget.budget_entries(rows)}

@@ -79,6 +79,7 @@ def _rows_from_budget() -> list[dict]:
                         "operand_types": launch["operand_types"],
                         "programs": launch["programs"],
                         "replicated_dots": launch["replicated_dots"],
+                        "step_us": {"exposed": launch["exposed_us"]},
                     }
                 )
         rows.append(row)
@@ -108,6 +109,7 @@ def test_budget_check_catches_each_regression():
     assert any("programs" in p for p in worse(lambda rs: first_launch(rs).update(programs=1)))
     assert any("replicated" in p for p in worse(lambda rs: first_launch(rs).update(replicated_dots=10**6)))
     assert any("status" in p for p in worse(lambda rs: first_launch(rs).update(status="error")))
+    assert any("exposed" in p for p in worse(lambda rs: first_launch(rs).update(step_us={"exposed": 1e6})))
     assert any("eager_ops" in p for p in worse(lambda rs: eager(rs).update(fwd_bwd_per_chunk=1e6)))
     assert any("not in the report" in p for p in worse(lambda rs: rs.pop()))
 
@@ -168,3 +170,72 @@ def test_state_traffic_term():
     spilled = step_seconds({"stack": stack, "shared": 0}, 4, 2, 64, state_bytes=1e6)
     assert spilled["state"] == pytest.approx((2 * stack * 128 * 2 + 1e6) / share)
     assert step_seconds({"stack": 0}, 4, 1, 64)["state"] == 0
+
+
+def _sass(lines: list[tuple[int, str]]) -> str:
+    """cuobjdump -sass lines: ``/*addr*/  OP ... ;``."""
+    return "\n".join(f"        /*{a:04x}*/                   {op} ;   /* 0x0 */" for a, op in lines)
+
+
+def test_sass_per_step_weights_loops_by_the_ttgir_trip_counts():
+    """An instruction counts once per step in the chunk loop and trip-count times in a loop inside it;
+    code outside the chunk loop once (a loop-less kernel is one step); a SASS loop nest unlike the
+    TTGIR's gives None."""
+    from benchmarks.compiled_asm import sass_per_step
+
+    ttgir = "\n".join(
+        [
+            "scf.for %c = %c0_i32 to %NC step %c1_i32 : i32 {",
+            "  scf.for %j = %c0_i32 to %c6_i32 step %c1_i32 : i32 {",
+            "  }",
+            "  scf.for %j = %c0_i32 to %c3_i32 step %c1_i32 : i32 {",
+            "  }",
+            "}",
+        ]
+    )
+    sass = _sass(
+        [
+            (0x00, "LDG.E.128 R0, desc[UR4][R2.64]"),  # before the chunk loop
+            (0x10, "BAR.SYNC.DEFER_BLOCKING 0x0"),  # chunk loop starts
+            (0x20, "LDL R4, [R1]"),  # first inner loop: x6
+            (0x30, "@P0 BRA 0x20"),
+            (0x40, "LDS R5, [R6]"),  # second inner loop: x3
+            (0x50, "LDG.E R7, desc[UR4][R8.64]"),
+            (0x60, "@!P1 BRA 0x40"),
+            (0x70, "BRA 0x10"),  # chunk loop ends
+            (0x80, "EXIT"),
+        ]
+    )
+    counts = sass_per_step(sass, ttgir, inner=99)
+    assert counts == {
+        "instructions": 1 + 1 + 2 * 6 + 3 * 3 + 1 + 1,
+        "global_loads": 1 + 3,
+        "local_loads": 6,
+        "shared_loads": 3,
+        "barriers": 1,
+    }
+    one_loop = "\n".join(["scf.for %c = %c0_i32 to %NC step %c1_i32 : i32 {", "}"])
+    assert sass_per_step(sass, one_loop, inner=99) is None
+
+
+def test_exposed_latency_term():
+    """The exposed-latency floor: per-warp counts × cycles, local loads at the L2's latency once the
+    spills outgrow L1, divided by the warps per scheduler; it sets the step when it is the largest."""
+    from benchmarks.kernel_roofline import CLOCK_HZ, L1_BYTES, L2_LATENCY_CYCLES, LATENCY_CYCLES, step_seconds
+
+    counts = {
+        "instructions": 1000.0,
+        "global_loads": 10.0,
+        "local_loads": 20.0,
+        "shared_loads": 5.0,
+        "barriers": 4.0,
+    }
+    cycles = sum(LATENCY_CYCLES[k] * v for k, v in counts.items())
+    row = {"stack": 0, "shared": 0, "sass_per_step": counts}
+    fits = step_seconds(row, 4, 1, 64)
+    assert fits["exposed"] == pytest.approx(cycles / CLOCK_HZ) and fits["step"] == fits["exposed"]
+    assert step_seconds(row, 8, 1, 64)["exposed"] == pytest.approx(cycles / CLOCK_HZ / 2)
+    big = {**row, "stack": L1_BYTES // (32 * 4) + 8}
+    extra = (L2_LATENCY_CYCLES - LATENCY_CYCLES["local_loads"]) * 20
+    assert step_seconds(big, 4, 1, 64)["exposed"] == pytest.approx((cycles + extra) / CLOCK_HZ)
+    assert step_seconds({"stack": 0}, 4, 1, 64)["exposed"] == 0
