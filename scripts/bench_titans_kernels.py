@@ -353,9 +353,15 @@ def main(argv: list[str] | None = None) -> None:
         help="depth 2: the MLP kernel's matmul operands (tf32x3: float32; the others trade accuracy for rate)",
     )
     p.add_argument(
-        "--num-warps", type=int, help="depth 2: warps per kernel program (default: the kernels' NUM_WARPS, 4)"
+        "--num-warps",
+        type=int,
+        help="depth 2: warps per kernel program (default: the kernels' own: NUM_WARPS, 4, for the whole-state "
+        "kernels; config.wide_num_warps, 8 at head dims 65-128, else 4, for the wide-state ones)",
     )
     p.add_argument("--titans-pytorch", action="store_true", help="also time titans-pytorch's NeuralMemory")
+    p.add_argument(
+        "--kernel-only", action="store_true", help="time only the Triton kernel (layout comparisons)"
+    )
     p.add_argument(
         "--table-ceiling", action="store_true", help="%%gemm of the GEMM ceiling in PEAKS, not one timed now"
     )
@@ -396,21 +402,22 @@ def main(argv: list[str] | None = None) -> None:
             backends["triton"] = kernel_bridge.titans_linear_chunked
             supports = kernel_bridge.supports_linear
         else:
+            from memnets.kernels.mlp_memory import config as mlp_config
             from memnets.kernels.mlp_memory import forward as mlp_forward
-            from memnets.kernels.mlp_memory import wide_forward as mlp_wide
 
             if a.num_warps is not None:  # read at each launch: both kernel families
-                mlp_forward.NUM_WARPS = mlp_wide.WIDE_NUM_WARPS = a.num_warps
-            num_warps = mlp_forward.NUM_WARPS
+                mlp_forward.NUM_WARPS = mlp_config.WIDE_NUM_WARPS = a.num_warps
+            num_warps = a.num_warps
             backends["triton"] = functools.partial(
                 kernel_bridge.titans_mlp_chunked, dot_precision=a.dot_precision
             )
             supports = kernel_bridge.supports_mlp
     else:
         print("note: no CUDA device, the Triton kernel is not timed (--triton runs it in the interpreter)")
-    backends.update(peers)
-    if not a.no_compile:
-        backends["chunked_compiled"] = None
+    if not a.kernel_only:
+        backends.update(peers)
+        if not a.no_compile:
+            backends["chunked_compiled"] = None
 
     env = environment(device)
     peaks = card(device)
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         D=a.D,
         dtype=str(dtype),
         dot_precision=a.dot_precision if a.depth == 2 else None,
-        num_warps=num_warps if "triton" in backends and a.depth == 2 else None,
+        num_warps=num_warps if "triton" in backends and a.depth == 2 else None,  # None: the kernels' own
         chunk_sizes=chunk_sizes,
         backends=list(backends),
         budget="fast" if a.fast else "default",

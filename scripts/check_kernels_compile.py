@@ -263,8 +263,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
     first three cases are its forward, STORE forward and backward at ``dots[0]``."""
-    from memnets.kernels.mlp_memory.config import WIDE_NUM_WARPS as NUM_WARPS
     from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.config import wide_num_warps
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
@@ -282,8 +282,9 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
-        mod = "mlp_memory.wide_forward" if "forward" in kernel else "mlp_memory.wide_backward"
-        return Case(mod, kernel, constexprs, types, num_warps=NUM_WARPS, num_stages=1)
+        mod = "mlp_memory.wide_backward" if "backward" in kernel else "mlp_memory.wide_forward"
+        warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
+        return Case(mod, kernel, constexprs, types, num_warps=warps, num_stages=1)
 
     cases = []
     for D, DH, L, *keys in shapes:  # keys: the key width and the Omega window's rows, where given

@@ -22,7 +22,9 @@ the next):
   its own time limit; the Triton kernel first (with its kernels' own device time beside the call's),
   then eager chunked, titans-pytorch when it imports, and the compiled chunked form last (inductor's
   build is timed as ``compile_s``); TFLOP/s, % of an 8192³ bf16 GEMM timed in the same run, peak
-  memory. Rows are kept as they finish: a time limit loses only the rows it cut.
+  memory; then the kernel alone at chunk 16 in its previous layout (4 warps per wide-state program,
+  against the 8 it now runs: the static report's exposed-latency term chose them, this row checks it).
+  Rows are kept as they finish: a time limit loses only the rows it cut.
 * ``peers`` (c): SDPA (causal, titans-760m heads) and fla's ``chunk_gated_delta_rule``
   (gated_deltanet-1.3b heads) when it imports, with the same figures.
 * ``train`` (d): for every config family in ``configs/lm/`` (a config's name without its size: the
@@ -34,7 +36,7 @@ the next):
   peak memory. Where ``auto`` runs the compiled chunked form, its steps are captured with dynamo's
   ``aot_eager`` backend here (the same graphs under bf16 autocast on the GPU, without inductor's
   minutes of code generation per family); ``bench`` times the inductor build at titans-760m's shapes.
-* Each step has a time limit (``LIMITS_S``, 8.5 minutes together on a GPU; ``--limit-scale`` stretches
+* Each step has a time limit (``LIMITS_S``, 9 minutes together on a GPU; ``--limit-scale`` stretches
   them); a step over it is failed with that reason, and the report keeps what the others found.
 * The report: ``report.json`` and ``report.md`` in the folder printed at the end. Every step is
   ``passed``, ``failed`` (with the reason and the log's tail) or ``skipped`` (with the reason: no
@@ -75,8 +77,8 @@ SMOKE_TESTS = ("tests/test_mlp_memory.py::test_residual_memory",)
 # titans-760m's memory: 16 heads of 96, hidden 4 x 96; gated_deltanet-1.3b: 16 heads of 128
 TITANS = {"H": 16, "D": 96}
 GDN = {"H": 16, "K": 128}
-# seconds per step on a GPU machine: 8.5 minutes together (--limit-scale stretches them)
-LIMITS_S = {"kernels": 180, "bench": 180, "peers": 30, "train": 120}
+# seconds per step on a GPU machine: 9 minutes together (--limit-scale stretches them)
+LIMITS_S = {"kernels": 170, "bench": 210, "peers": 30, "train": 120}
 TRAIN_WORKERS = 4
 # run in this order: the measurements the issues ask for first, so a short lease still gets them
 STEPS = ("kernels", "bench", "peers", "train")
@@ -336,33 +338,42 @@ def worker_train(a: argparse.Namespace) -> int:
 
 
 def step_bench(smoke: bool, out: Path, device: str) -> dict[str, Any]:
-    """The benchmark once per chunk size (each run with its own time limit, so a slow compile at one
-    chunk size keeps the other's rows)."""
+    """The benchmark once per chunk size, then the kernel alone in its previous layout (one warpgroup
+    per wide-state program: ``memnets.kernels.mlp_memory.config.wide_num_warps`` says why two), each
+    run with its share of the step's limit (a slow compile in one keeps the others' rows)."""
     script = ROOT / "scripts" / "bench_titans_kernels.py"
     base = [sys.executable, str(script), "--device", device, "--depth", "2", "--titans-pytorch", "--fast"]
     if smoke:  # tiny shapes, the kernel in the interpreter, no torch.compile
         base += ["--B", "1", "--T", "32", "--H", "2", "--D", "16", "--no-compile", "--triton"]
-        chunks = [16]
+        runs = [("c16", ["--chunk-sizes", "16"], 1.0)]
     else:  # titans-760m's memory (16 heads of 96, hidden 384) at the static report's micro-batch, 4 x 4096
         base += ["--B", "4", "--T", "4096", "--H", str(TITANS["H"]), "--D", str(TITANS["D"])]
-        chunks = [16, 64]
+        runs = [
+            ("c16", ["--chunk-sizes", "16"], 0.45),
+            ("c64", ["--chunk-sizes", "64"], 0.3),
+            ("c16_4warps", ["--chunk-sizes", "16", "--kernel-only", "--num-warps", "4"], 0.25),
+        ]
     start = time.perf_counter()
     rows, notes, problems, commands, meta = [], [], [], [], None
-    for C in chunks:
-        json_out = out / f"bench_titans_kernels_c{C}.json"
-        cmd = [*base, "--chunk-sizes", str(C), "--out", str(json_out)]
+    for label, args, share in runs:
+        json_out = out / f"bench_titans_kernels_{label}.json"
+        cmd = [*base, *args, "--out", str(json_out)]
         commands.append(" ".join(cmd))
-        code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "bench") / len(chunks))
-        (out / f"bench_c{C}.log").write_text(log)
+        seconds = share * limit(smoke, "bench")
+        code, log = run_subprocess(cmd, _env(smoke), seconds)
+        (out / f"bench_{label}.log").write_text(log)
         notes += [ln.strip() for ln in log.splitlines() if ln.startswith("note:") and ln.strip() not in notes]
         if code is None:
-            problems.append(f"chunk {C}: over its {limit(smoke, 'bench') / len(chunks):.0f} s limit")
+            problems.append(f"{label}: over its {seconds:.0f} s limit")
         elif code != 0:
-            problems.append(f"chunk {C}: exit code {code}: {_tail(log, 600)}")
+            problems.append(f"{label}: exit code {code}: {_tail(log, 600)}")
         if json_out.exists():  # written after every row: a cut run keeps the rows it timed
             bench = json.loads(json_out.read_text())
-            rows += bench["rows"]
-            meta = bench["meta"]
+            warps = bench["meta"].get("num_warps")
+            rows += [
+                {**r, "backend": f"{r['backend']} ({warps} warps)"} if warps else r for r in bench["rows"]
+            ]
+            meta = meta or bench["meta"]
     result = {"commands": commands, "notes": notes, "rows": rows, "meta": meta}
     result["seconds"] = round(time.perf_counter() - start, 1)
     if problems:

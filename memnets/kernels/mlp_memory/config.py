@@ -18,11 +18,21 @@ L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "hu
 # warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
 # benchmarks/RESULTS.md §9 for the register spills at 4 and 8)
 NUM_WARPS = 4
-# warps per program of the wide-state kernels: one warpgroup. 8 (two) halve the spill bytes per thread
-# but not per program: a wgmma's A operand (the 64-row state block) sits in the registers of every
-# warpgroup that shares its rows, so the backward's local-memory traffic rises 1.2-2x
-# (benchmarks/RESULTS.md §22)
-WIDE_NUM_WARPS = 4
+# warps per program of the wide-state kernels where set (the benchmark's --num-warps); None: wide_num_warps
+WIDE_NUM_WARPS: int | None = None
+
+
+def wide_num_warps(block_d: int) -> int:
+    """Warps per program of a wide-state kernel. One program per (sequence, head) runs alone on its SM,
+    so with one warpgroup each scheduler holds one warp and waits out every load and barrier in turn
+    (the first GPU run, benchmarks/RESULTS.md §26). At a padded head dim of 128 (titans-760m,
+    yaad-760m) two warpgroups halve each warp's instructions, loads and spills and give each scheduler
+    a second warp: the static report's exposed latency per chunk falls 3.6x forward and backward
+    (§27). At 64 and below the second warpgroup would repeat the other's rows in the chunk-row
+    products (replicated-warp mma.sync) and spill more in the backward: one warpgroup."""
+    if WIDE_NUM_WARPS is not None:
+        return WIDE_NUM_WARPS
+    return 8 if block_d >= 128 else 4
 
 
 class LaunchConfig(NamedTuple):

@@ -42,9 +42,9 @@ Kᵀ (g ⊙ δ1_j) and A_jᵀ (g ⊙ Δ) already have the widths as M). Hopper's
 multiples of 64 per warpgroup, so these compile to bf16 wgmma with no warp computing another's
 rows; the row-major form (the chunk's 16 rows as M) compiled to mma.sync with four warps on the same
 16 rows. Only the ``[L, L]`` products (Q Kᵀ, Σ_j Â_j A_jᵀ, and the backward's cotangent of Q Kᵀ) keep
-a 16-row M, with K ≤ the hidden block: a few percent of the tensor work. One warpgroup
-(``WIDE_NUM_WARPS`` = 4) runs them all; with half operands the state blocks are wgmma's A operand in
-registers, which a second warpgroup would hold again.
+a 16-row M, with K ≤ the hidden block: a few percent of the tensor work. One warpgroup runs them,
+two at padded head dims of 128 (``config.wide_num_warps`` says why); with half operands the state
+blocks are wgmma's A operand in registers, which both warpgroups then hold.
 
 Forward, per chunk (``_wide_forward_kernel``):
 
@@ -117,7 +117,7 @@ from .common import (
     row_block,
     value_rows,
 )
-from .config import WIDE_NUM_WARPS, LaunchConfig, block, kernel_meta
+from .config import LaunchConfig, block, kernel_meta, wide_num_warps
 
 
 @triton.jit
@@ -346,8 +346,8 @@ def wide_meta(
     q: Tensor, w1: Tensor, w2: Tensor, ln_w: Tensor | None, config: LaunchConfig
 ) -> tuple[tuple, dict]:
     """The wide-state kernels' runtime scalars and constants: the value width D (``w2``'s), the key width
-    DI (``q``'s and ``w1``'s rows) in blocks of KB, the hidden width in blocks of BHB, and the Omega
-    window's P more key rows per chunk (BK of them padded)."""
+    DI (``q``'s and ``w1``'s rows) in blocks of KB, the hidden width in blocks of BHB, the Omega
+    window's P more key rows per chunk (BK of them padded), and the warps (``config.wide_num_warps``)."""
     scalars, constants = kernel_meta(q, w1, ln_w, config)
     del constants["BH"]
     D, DI, DH = w2.shape[-1], q.shape[3], constants["DH"]
@@ -363,7 +363,7 @@ def wide_meta(
         "NB": triton.cdiv(DH, BHB),
         "P": config.prefix,
         "BK": block(config.prefix + config.tile),
-        "num_warps": WIDE_NUM_WARPS,
+        "num_warps": wide_num_warps(block(D)),
     }
     return scalars, constants
 
