@@ -29,6 +29,13 @@ batched bf16 matmuls. On other devices the default mode (compile time matters mo
 dynamo backend: the CPU tests use ``aot_eager``, which captures the same graphs forward and backward
 and runs them without generating code (an inductor compile of the steps takes minutes on a CPU).
 
+Recomputed steps (:func:`recomputed_steps`, the trainer's ``train.memory_recompute``): under autograd a
+step keeps only its inputs (the chunk-start state and views of the sequence's inputs) and runs again in
+the backward (``torch.utils.checkpoint``, non-reentrant), so a layer holds one state per chunk instead
+of every chunk's intermediates: 1.4× fewer saved bytes per token for Titans at the 760M widths, 2.3×
+for Atlas with Muon (10.4 → 4.4 MB per token and layer; benchmarks/RESULTS.md §28). The price is one
+more forward of every step.
+
 Recompiles: dynamo caches per step function (code object); each cache entry is guarded on the input
 shapes and dtypes, the grad mode, the autocast state and the static Python arguments (bias kind,
 window, Muon mode, flags). The memory network is passed as a module argument whose parameters are
@@ -47,6 +54,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
+import torch.utils.checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +62,7 @@ RECOMPILE_LIMIT = 64
 # (matmul operand dtype, dynamo backend or None for MEMNETS_COMPILE_BACKEND) inside compiled_steps
 _active: ContextVar[tuple[torch.dtype, str | None] | None] = ContextVar("memnets_compiled", default=None)
 _compiled: dict[tuple[Callable[..., Any], str, str, str | None], Callable[..., Any]] = {}
+_recompute: ContextVar[bool] = ContextVar("memnets_recompute_steps", default=False)
 
 
 def compile_mode(device_type: str) -> str:
@@ -92,6 +101,17 @@ def compiled_steps(dtype: torch.dtype, backend: str | None = None) -> Iterator[N
         _active.reset(token)
 
 
+@contextlib.contextmanager
+def recomputed_steps(enabled: bool = True) -> Iterator[None]:
+    """Inside (where ``enabled``): every :func:`chunk_step` run under autograd is recomputed in the
+    backward instead of keeping its intermediates (module docstring)."""
+    token = _recompute.set(enabled)
+    try:
+        yield
+    finally:
+        _recompute.reset(token)
+
+
 def _device_type(args: tuple, kwargs: dict[str, Any]) -> str:
     for a in (*args, *kwargs.values()):
         for t in a if isinstance(a, tuple) else (a,):
@@ -111,6 +131,21 @@ def _compiled_step(fn: Callable[..., Any], device_type: str, backend: str | None
     return _compiled[key]
 
 
+@functools.cache
+def _recomputing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run through ``torch.utils.checkpoint`` (one wrapper per step function, so compiled
+    wrappers are cached as the steps are)."""
+
+    @functools.wraps(fn)
+    def checkpointed(*args: Any, **kwargs: Any) -> Any:
+        # the steps draw no random numbers: no RNG state to save and restore per chunk
+        return torch.utils.checkpoint.checkpoint(
+            fn, *args, use_reentrant=False, preserve_rng_state=False, **kwargs
+        )
+
+    return checkpointed
+
+
 def chunk_step(fn: F) -> F:
     """Mark ``fn`` as the per-chunk step of a chunked engine: eager, except inside
     :func:`compiled_steps`, where it runs compiled under autocast (module docstring). Inside an
@@ -119,12 +154,17 @@ def chunk_step(fn: F) -> F:
     @functools.wraps(fn)
     def step(*args: Any, **kwargs: Any) -> Any:
         active = _active.get()
+        recompute = _recompute.get() and torch.is_grad_enabled()
         if active is None or torch.compiler.is_compiling():
-            return fn(*args, **kwargs)
+            return _recomputing(fn)(*args, **kwargs) if recompute else fn(*args, **kwargs)
         dtype, backend = active
         device_type = _device_type(args, kwargs)
+        # recomputed and compiled: the checkpoint is compiled with the step (dynamo traces it, the
+        # partitioner recomputes the forward in the compiled backward); a compiled step checkpointed
+        # from outside would be recomputed by another graph than the one whose backward runs
+        target = _recomputing(fn) if recompute else fn
         with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-            return _compiled_step(fn, device_type, backend)(*args, **kwargs)
+            return _compiled_step(target, device_type, backend)(*args, **kwargs)
 
     step.eager = fn  # type: ignore[attr-defined]
     return step  # type: ignore[return-value]

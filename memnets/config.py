@@ -94,6 +94,11 @@ class TrainConfig:
     # re-run each block in the backward instead of keeping its activations (LM.checkpoint_blocks): less
     # memory for about one more forward pass per step
     activation_checkpointing: bool = False
+    # re-run each memory chunk step in the backward, keeping only its chunk-start state
+    # (memnets.compiled.recomputed_steps): the deep memories' saved tensors fall 1.1-2.3x at the 760M
+    # widths (Atlas most) for one more forward of the memories per step; the chunked and compiled
+    # paths (the kernels checkpoint on their own)
+    memory_recompute: bool = False
     tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores
     device: str = "auto"
     distributed: Literal["ddp", "fsdp"] = "ddp"

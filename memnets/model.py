@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from .compiled import recomputed_steps
 from .mixers.mom import pooled_load_balancing_loss
 from .modules import RMSNorm, SwiGLU
 from .registry import build_mixer, check_mixer_options
@@ -100,6 +102,13 @@ class Block(nn.Module):
         return x, state
 
 
+def _run_block(block: nn.Module, x: Tensor, state: Any, cu_seqlens: Tensor | None, recompute_chunks: bool):
+    """One block's forward, its memories' chunk steps recomputed in the backward where asked (also
+    inside a block checkpoint's re-run, which happens outside the model's forward)."""
+    with recomputed_steps(recompute_chunks):
+        return block(x, state, cu_seqlens)
+
+
 class LM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -124,6 +133,9 @@ class LM(nn.Module):
         # are alive at a time instead of all of them (a memory mixer's chunk loop saves its per-chunk
         # states and reads: most of a tiny model's training memory)
         self.checkpoint_blocks = False
+        # the memories' chunk steps recomputed in the backward (``train.memory_recompute``,
+        # memnets.compiled.recomputed_steps): one state per chunk kept instead of its intermediates
+        self.recompute_memory_chunks = False
 
     def _init_weights(self) -> None:
         """Normal(0, init_std) for embeddings and the standard linear layers' weights; output
@@ -186,12 +198,15 @@ class LM(nn.Module):
         x = self._embed(input_ids, positions)
         states = states if states is not None else [None] * len(self.blocks)
         new_states = []
-        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
+        training = self.training and torch.is_grad_enabled()
+        run = functools.partial(_run_block, recompute_chunks=training and self.recompute_memory_chunks)
         for block, state in zip(self.blocks, states):
-            if recompute:
-                x, state = torch.utils.checkpoint.checkpoint(block, x, state, cu_seqlens, use_reentrant=False)
+            if training and self.checkpoint_blocks:  # the block's re-run recomputes its chunks too
+                x, state = torch.utils.checkpoint.checkpoint(
+                    run, block, x, state, cu_seqlens, use_reentrant=False
+                )
             else:
-                x, state = block(x, state, cu_seqlens)
+                x, state = run(block, x, state, cu_seqlens)
             new_states.append(state)
         logits = self.head(self.norm(x))
         return (logits, new_states) if return_states else logits

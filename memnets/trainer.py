@@ -115,6 +115,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = LM(cfg.model).to(self.device)
         self.model.checkpoint_blocks = t.activation_checkpointing
+        self.model.recompute_memory_chunks = t.memory_recompute
         if t.init_from and resume_state is None:
             source = load_model_weights(self.model, t.init_from)
             log.info(

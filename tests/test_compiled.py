@@ -104,15 +104,21 @@ def _memory(dtype):
     return arch, tuple(t.to(dtype) for t in (q, k, v, 0.5 * lr, 0.9 * mom, 1 - 0.1 * keep))
 
 
-def test_compiled_state_and_gradients_equal_chunked():
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recomputed"])
+def test_compiled_state_and_gradients_equal_chunked(recompute):
     """The engine's step captured: outputs, the final state and the gradients of every input and of
-    the initial weights, continuing from a state that stopped mid-chunk (decoding's hand-over)."""
+    the initial weights, continuing from a state that stopped mid-chunk (decoding's hand-over); also
+    with every step recomputed in the backward (``recomputed_steps``: the checkpoint compiled with the
+    step) against the plain eager engine."""
     arch, inputs = _memory(torch.float32)
     results = []
     for run_compiled in (False, True):
         xs = [t.clone().requires_grad_() for t in inputs]
         arch.zero_grad(set_to_none=True)
-        with compiled.compiled_steps(torch.float32) if run_compiled else contextlib.nullcontext():
+        with (
+            compiled.recomputed_steps(recompute and run_compiled),
+            compiled.compiled_steps(torch.float32) if run_compiled else contextlib.nullcontext(),
+        ):
             y1, s1 = memory_chunked(arch, *(t[:, :20] for t in xs), chunk_size=16)
             y2, s2 = memory_chunked(arch, *(t[:, 20:] for t in xs), state=s1, chunk_size=16)
         y = torch.cat([y1, y2], 1)

@@ -127,17 +127,31 @@ def test_auto_backend_logs_why_no_kernel_ran(monkeypatch, caplog):
         dispatch.MemoryDispatch("mixer", dispatch.MemoryOp("an op", run, run)).check("triton")
 
 
-@pytest.mark.parametrize("mixer", ["attention", "titans", "mom", "paragru"])
-def test_checkpointed_blocks_give_the_same_loss_and_gradients(mixer):
-    """train.activation_checkpointing re-runs each block in the backward: the loss (with the mixers'
-    auxiliary losses, which the re-run sets again) and every gradient equal the plain forward's; the
-    re-run repeats the same float64 operations in the same order, so they match to round-off."""
+@pytest.mark.parametrize(
+    "mixer,chunks",
+    [
+        ("attention", False),
+        ("titans", False),
+        ("mom", False),
+        ("paragru", False),
+        ("titans", True),
+        ("omeganet", True),
+        ("atlas", True),
+        ("yaad", True),
+    ],
+)
+def test_checkpointed_blocks_give_the_same_loss_and_gradients(mixer, chunks):
+    """train.activation_checkpointing re-runs each block in the backward, train.memory_recompute each
+    memory chunk step (alone and inside a block's re-run): the loss (with the mixers' auxiliary losses,
+    which the re-run sets again) and every gradient equal the plain forward's; the re-run repeats the
+    same float64 operations in the same order, so they match to round-off."""
     torch.manual_seed(0)
     model = tiny(mixer=mixer).double().train()
     ids = torch.randint(0, 64, (2, 21))
     grads, losses = [], []
-    for recompute in (False, True):
-        model.checkpoint_blocks = recompute
+    settings = [(False, False), (True, False)] + ([(False, True), (True, True)] if chunks else [])
+    for blocks, steps in settings:
+        model.checkpoint_blocks, model.recompute_memory_chunks = blocks, steps
         model.zero_grad()
         logits = model(ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
@@ -146,7 +160,34 @@ def test_checkpointed_blocks_give_the_same_loss_and_gradients(mixer):
         loss.backward()
         losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
-    assert grads[1].keys() == grads[0].keys() and len(grads[0]) == len(list(model.parameters()))
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-10, atol=1e-12, msg=name)
+    assert len(grads[0]) == len(list(model.parameters()))
+    for loss, grad in zip(losses[1:], grads[1:]):
+        torch.testing.assert_close(loss, losses[0], rtol=1e-12, atol=0)
+        assert grad.keys() == grads[0].keys()
+        for name in grads[0]:
+            torch.testing.assert_close(grad[name], grads[0][name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_recomputed_memory_chunks_keep_fewer_tensors():
+    """With train.memory_recompute the chunk steps of two Titans layers over 8 chunks save nothing for
+    the backward: the storages a saved-tensor hook sees (the checkpoint's own hooks take over inside
+    the steps; the chunk-start states the checkpoints hold are not counted here, benchmarks/RESULTS.md
+    §28 counts them) shrink to what the rest of the model saves."""
+    torch.manual_seed(0)
+    model = tiny(mixer="titans").train()
+    ids = torch.randint(0, 64, (1, 128))
+
+    def saved_bytes(recompute: bool) -> int:
+        model.recompute_memory_chunks = recompute
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids).sum()
+        return sum(storages.values())
+
+    plain, recomputed = saved_bytes(False), saved_bytes(True)
+    assert recomputed < 0.5 * plain, (recomputed, plain)  # 0.37 when written
