@@ -148,8 +148,9 @@ def _recomputing(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def chunk_step(fn: F) -> F:
     """Mark ``fn`` as the per-chunk step of a chunked engine: eager, except inside
-    :func:`compiled_steps`, where it runs compiled under autocast (module docstring). Inside an
-    outer ``torch.compile`` (``train.compile``) it is traced inline like any function."""
+    :func:`compiled_steps`, where it runs compiled under autocast (module docstring); inside
+    :func:`recomputed_steps` and under autograd, through ``torch.utils.checkpoint`` either way. Inside
+    an outer ``torch.compile`` (``train.compile``) it is traced inline like any function."""
 
     @functools.wraps(fn)
     def step(*args: Any, **kwargs: Any) -> Any:
