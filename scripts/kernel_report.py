@@ -72,8 +72,8 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
   its steps as the launcher's checkpoint plan walks them: twice over most chunks where the wide
   kernels recompute in three levels) and the backward launch. Element-wise work (LayerNorm, activations, gates) and the coefficient
   preparation in PyTorch are not modelled (optimistic).
-* The eager chunked form (float32): per chunk the larger of its ops × 5 µs (Python dispatch + launch,
-  latency-bound small kernels) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9; with
+* The eager chunked form (float32): per chunk the larger of its ops × 20 µs (Python dispatch + launch
+  of latency-bound small kernels, measured on an H200: RESULTS §26) and its matmul FLOP at 70% of the float32 CUDA-core peak (66.9; with
   TF32 allowed the matmul term shrinks, but at these chunk sizes the launch floor decides).
 * The compiled chunked path (``memnets.compiled``, what ``auto`` runs on CUDA where no kernel
   applies): ops / 3 (fusion, a guess) × 4 µs (inductor's launches without CUDA graphs) or bf16 at 30%
