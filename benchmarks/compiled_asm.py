@@ -21,36 +21,36 @@ _A_TYPE = re.compile(r":\s*(?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)")
 _TRIPS = re.compile(r"scf\.for %\S+ = %c0_i32 to %c(\d+)_i32 step %c1_i32")
 
 
-def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, str]]:
-    """(runs per step, line) of every line of the kernel's TTGIR: its
-    regions are indented one level deeper than the op that opens them, so a line at or left of a
-    loop's indent (its closing brace included) is outside that loop. Runs per step: the product of the
-    trip counts of the loops inside the outermost (the chunk loop), read from their constant bounds
-    (the wide kernels' hidden and key blocks), ``inner`` for a loop whose bound is not a constant."""
+def _loop_nest(ttgir: str, inner: int) -> Iterator[tuple[list[int], int | None, str]]:
+    """(trip counts of the ``scf.for`` loops around the line, outermost first; the trip count of the loop
+    the line opens, or None; line) of every line of the kernel's TTGIR: its regions are indented one
+    level deeper than the op that opens them, so a line at or left of a loop's indent (its closing
+    brace included) is outside that loop. Trip counts are read from constant bounds (the wide
+    kernels' hidden and key blocks), ``inner`` where a bound is not a constant."""
     stack: list[tuple[int, int]] = []  # (indent, trip count) of the enclosing loops
     for line in ttgir.splitlines():
         indent = len(line) - len(line.lstrip())
         while stack and indent <= stack[-1][0]:
             stack.pop()
-        yield math.prod(trips for _, trips in stack[1:]), line
+        opens = None
         if "scf.for " in line and line.rstrip().endswith("{"):
             m = _TRIPS.search(line)
-            stack.append((indent, int(m.group(1)) if m else inner))
+            opens = int(m.group(1)) if m else inner
+        yield [trips for _, trips in stack], opens, line
+        if opens is not None:
+            stack.append((indent, opens))
+
+
+def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, str]]:
+    """(runs per step, line) of every line of the TTGIR: the product of the trip counts of the loops
+    around it inside the outermost (the chunk loop)."""
+    for enclosing, _, line in _loop_nest(ttgir, inner):
+        yield math.prod(enclosing[1:]), line
 
 
 def _ttgir_loops(ttgir: str, inner: int) -> list[tuple[int, int]]:
-    """(nesting depth, trip count) of every ``scf.for`` of the TTGIR in source order; ``inner`` where a
-    bound is not a constant."""
-    loops, stack = [], []  # stack: indents of the enclosing loops
-    for line in ttgir.splitlines():
-        indent = len(line) - len(line.lstrip())
-        while stack and indent <= stack[-1]:
-            stack.pop()
-        if "scf.for " in line and line.rstrip().endswith("{"):
-            m = _TRIPS.search(line)
-            loops.append((len(stack), int(m.group(1)) if m else inner))
-            stack.append(indent)
-    return loops
+    """(nesting depth, trip count) of every ``scf.for`` of the TTGIR in source order."""
+    return [(len(enclosing), opens) for enclosing, opens, _ in _loop_nest(ttgir, inner) if opens is not None]
 
 
 _SASS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -67,17 +67,16 @@ def sass_per_step(sass: str, ttgir: str, inner: int) -> dict[str, float] | None:
     (the outermost loops walk the chunks: once per step, as is code outside them). None when
     the two loop nests do not match (a loop the compiler unrolled or split)."""
     rows = [(int(a, 16), op, rest) for a, op, rest in _SASS.findall(sass)]
-    ins = [(a, op) for a, op, _ in rows]
     branches = [
         (int(m.group(1), 16), a) for a, op, rest in rows if op == "BRA" for m in [_HEX.search(rest)] if m
     ]
     sass_loops = sorted((target, a) for target, a in branches if target < a)
     loops = _ttgir_loops(ttgir, inner)
     depth = [sum(s0 <= s < e <= e0 and (s0, e0) != (s, e) for s0, e0 in sass_loops) for s, e in sass_loops]
-    if not ins or [d for d, _ in loops] != depth:
+    if not rows or [d for d, _ in loops] != depth:
         return None
     counts = dict.fromkeys(["instructions", *SASS_KINDS.values()], 0.0)
-    for addr, op in ins:
+    for addr, op, _ in rows:
         enclosing = [(d, trips) for (s, e), (d, trips) in zip(sass_loops, loops) if s <= addr <= e]
         # once per step outside the loops inside the chunk loop, as _loop_weights counts (a kernel
         # without a chunk loop is one step; a chunk loop's prologue is counted once per chunk, a bound)

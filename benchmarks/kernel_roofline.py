@@ -40,17 +40,17 @@ L1_SPILL_BW = 200e9  # bytes/s per SM of local-memory traffic that stays in L1
 L2_BW = 5.5e12  # bytes/s of the L2, shared by the SMs that run programs, once spills outgrow L1
 L1_BYTES = 256 * 1024  # L1 + shared memory per SM
 CLOCK_HZ = 1.755e9  # H100 SXM clock under load
+L2_LATENCY_CYCLES = 260
 # cycles a warp waits per instruction of each kind when no other warp on its scheduler hides them
 # (compiled_asm.sass_per_step counts them): a global load from L2, a local load from L1 (or from L2
 # once the spills outgrow L1), a shared-memory load, a barrier; every instruction issues in >= 1 cycle
 LATENCY_CYCLES = {
     "instructions": 1,
-    "global_loads": 260,
+    "global_loads": L2_LATENCY_CYCLES,
     "local_loads": 33,
     "shared_loads": 30,
     "barriers": 20,
 }
-L2_LATENCY_CYCLES = 260
 
 
 def step_seconds(

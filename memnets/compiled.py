@@ -154,16 +154,15 @@ def chunk_step(fn: F) -> F:
 
     @functools.wraps(fn)
     def step(*args: Any, **kwargs: Any) -> Any:
-        active = _active.get()
-        recompute = _recompute.get() and torch.is_grad_enabled()
-        if active is None or torch.compiler.is_compiling():
-            return _recomputing(fn)(*args, **kwargs) if recompute else fn(*args, **kwargs)
-        dtype, backend = active
-        device_type = _device_type(args, kwargs)
         # recomputed and compiled: the checkpoint is compiled with the step (dynamo traces it, the
         # partitioner recomputes the forward in the compiled backward); a compiled step checkpointed
         # from outside would be recomputed by another graph than the one whose backward runs
-        target = _recomputing(fn) if recompute else fn
+        target = _recomputing(fn) if _recompute.get() and torch.is_grad_enabled() else fn
+        active = _active.get()
+        if active is None or torch.compiler.is_compiling():
+            return target(*args, **kwargs)
+        dtype, backend = active
+        device_type = _device_type(args, kwargs)
         with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
             return _compiled_step(target, device_type, backend)(*args, **kwargs)
 

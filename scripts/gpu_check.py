@@ -94,25 +94,36 @@ def _tail(text: str, n: int = 2500) -> str:
     return text[-n:]
 
 
-def run_subprocess(cmd: list[str], env: dict[str, str], limit: float) -> tuple[int | None, str]:
-    """(exit code or None on timeout, stdout + stderr). The command runs in its own process group, killed
-    whole at the limit: pytest-xdist's workers would otherwise go on compiling beside the next step."""
-    with subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as p:
+def run_parallel(
+    cmds: list[list[str]], env: dict[str, str], limit: float, logs: list[Path]
+) -> list[int | None]:
+    """Run ``cmds`` at once, each in its own process group with its output in its log file; each one's
+    exit code, or None for those still running at the shared time limit, killed with their whole
+    group (pytest-xdist's workers would otherwise go on compiling beside the next step)."""
+    procs = []
+    for cmd, log in zip(cmds, logs):
+        with log.open("w") as f:
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+    deadline = time.monotonic() + limit
+    codes: list[int | None] = []
+    for p in procs:
         try:
-            out, _ = p.communicate(timeout=limit)
+            codes.append(p.wait(timeout=max(0.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
-            out, _ = p.communicate()
-            return None, out
-    return p.returncode, out
+            p.wait()
+            codes.append(None)
+    return codes
+
+
+def run_subprocess(cmd: list[str], env: dict[str, str], limit: float, log: Path) -> tuple[int | None, str]:
+    """:func:`run_parallel` of one command: (exit code or None on timeout, its output, also in ``log``)."""
+    code = run_parallel([cmd], env, limit, [log])[0]
+    return code, log.read_text()
 
 
 def _env(smoke: bool) -> dict[str, str]:
@@ -152,8 +163,7 @@ def step_kernels(smoke: bool, out: Path, every_case: bool = False) -> dict[str, 
     if not smoke and not every_case:
         env["MEMNETS_KERNEL_TESTS"] = "quick"  # tests/conftest.py: each test's first and last case
     start = time.perf_counter()
-    code, log = run_subprocess(cmd, env, limit(smoke, "kernels"))
-    (out / "kernels.log").write_text(log)
+    code, log = run_subprocess(cmd, env, limit(smoke, "kernels"), out / "kernels.log")
     summary = next(
         (ln for ln in reversed(log.splitlines()) if re.search(r"\d+ (passed|failed|error)", ln)), ""
     )
@@ -259,31 +269,6 @@ def train_one(path: Path, device: str, seq: int, layers: int, heads: int | None 
     }
 
 
-def run_parallel(
-    cmds: list[list[str]], env: dict[str, str], limit: float, logs: list[Path]
-) -> list[int | None]:
-    """Run ``cmds`` at once, each in its own process group with its output in its log file; each one's
-    exit code, or None for those still running at the shared time limit (killed whole)."""
-    procs = []
-    for cmd, log in zip(cmds, logs):
-        with log.open("w") as f:
-            procs.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
-    deadline = time.monotonic() + limit
-    codes: list[int | None] = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            codes.append(None)
-    return codes
-
-
 def step_train(smoke: bool, out: Path, device: str, seq: int) -> dict[str, Any]:
     """The families in ``TRAIN_WORKERS`` processes at once (a family's first step is mostly compiling, on
     the CPU; the GPU has room for several 2-layer models)."""
@@ -360,8 +345,7 @@ def step_bench(smoke: bool, out: Path, device: str) -> dict[str, Any]:
         cmd = [*base, *args, "--out", str(json_out)]
         commands.append(" ".join(cmd))
         seconds = share * limit(smoke, "bench")
-        code, log = run_subprocess(cmd, _env(smoke), seconds)
-        (out / f"bench_{label}.log").write_text(log)
+        code, log = run_subprocess(cmd, _env(smoke), seconds, out / f"bench_{label}.log")
         notes += [ln.strip() for ln in log.splitlines() if ln.startswith("note:") and ln.strip() not in notes]
         if code is None:
             problems.append(f"{label}: over its {seconds:.0f} s limit")
@@ -466,8 +450,7 @@ def step_peers(smoke: bool, out: Path, device: str) -> dict[str, Any]:
     if smoke:
         cmd.append("--cpu-smoke")
     start = time.perf_counter()
-    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "peers"))
-    (out / "peers.log").write_text(log)
+    code, log = run_subprocess(cmd, _env(smoke), limit(smoke, "peers"), out / "peers.log")
     rows = json.loads((out / "peers.json").read_text()) if (out / "peers.json").exists() else []
     result = {"rows": rows, "seconds": round(time.perf_counter() - start, 1)}
     if code is None or code != 0:
