@@ -51,6 +51,12 @@ gate, MAG window), each documented here and an option where people differ:
   j sees the memory after its own write; o = y ⊙ sigmoid(RMSNorm(W_r M*(y))) (the ⊗ of Eq. 25).
   ``write_norm`` (default off) writes and gates from RMSNorm(y) instead: Eq. 24 leaves the scale of the
   memory's input open, and y (an attention output) starts ~10x smaller than the LMM's pre-normed input.
+  ``write_input``: ``"attention"`` (default) writes y as Eq. 24 states; ``"residual"`` writes x + y, the
+  attention sub-layer's output with its residual (what the next layer of a Transformer block sees; the
+  read-back gate of Eq. 25 still multiplies y). At initialisation attention averages its window, so the
+  y of one segment's tokens are alike and so are the keys written from them: mean |cos| between one
+  sequence's write keys 0.58-0.69 against 0.17 for the LMM's, whose keys come from x
+  (benchmarks/RESULTS.md section 29).
 * MAG, MAL: the combiner and window, :mod:`memnets.mixers.hybrid`.
 * Backends: ``chunked`` (the engine), ``reference`` (token loop) and ``triton``:
   :mod:`memnets.kernels.linear_memory` for the linear memory (``memory={"depth": 1,
@@ -224,6 +230,7 @@ class TitansMAC(OneTokenStep):
         rope_base: float = 10000.0,
         dot_precision: str = "auto",
         write_norm: bool = False,
+        write_input: str = "attention",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
@@ -237,6 +244,9 @@ class TitansMAC(OneTokenStep):
             )
         if num_persistent < 0:
             raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
+        if write_input not in ("attention", "residual"):
+            raise ValueError(f"titans_mac: write_input must be 'attention' or 'residual', got {write_input!r}")
+        self.write_residual = write_input == "residual"
         self.num_heads, self.head_dim = num_heads, head_dim
         self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
         self.num_persistent = num_persistent
@@ -313,7 +323,8 @@ class TitansMAC(OneTokenStep):
         att = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.cat(masks, 1)).transpose(1, 2)
         y = self.attention.out(att.reshape(B, L, H * Da))
         # 3. write y into the memory and read it back per token (Eq. 24-25)
-        w = y if self.write_norm is None else self.write_norm(y)
+        w = x + y if self.write_residual else y
+        w = w if self.write_norm is None else self.write_norm(w)
         kv, conv_y = self.write(w, st.conv_y)
         g = self.gates(w)
         r, mem = self.op(self.backend, kv["q"], kv["k"], kv["v"], g["lr"], g["mom"], g["keep"], st.memory)
