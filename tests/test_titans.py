@@ -119,15 +119,20 @@ def test_memory_learns_under_inference_mode():
     assert not torch.equal(st.memory.weights[0], mixer.memory.init_weights[0].expand_as(st.memory.weights[0]))
 
 
-def test_mac_write_norm_normalises_the_memory_input():
-    """``write_norm``: the MAC memory is written from RMSNorm(y) (rms 1 whatever y's scale), and the
-    reference backend still equals the chunked one (outputs and every gradient)."""
+@pytest.mark.parametrize("write_norm", [False, True])
+@pytest.mark.parametrize("write_input", ["attention", "residual"])
+def test_mac_write_input(write_norm, write_input):
+    """The MAC memory's input: y (Eq. 24) or x + y (``write_input="residual"``), through RMSNorm with
+    ``write_norm`` (rms 1 whatever y's scale); the reference backend still equals the chunked one
+    (outputs and every gradient)."""
     torch.manual_seed(0)
-    chunked = tiny("titans_mac", write_norm=True)
-    reference = tiny("titans_mac", write_norm=True, backend="reference")
+    opts = {"write_norm": write_norm, "write_input": write_input}
+    chunked = tiny("titans_mac", **opts)
+    reference = tiny("titans_mac", backend="reference", **opts)
     reference.load_state_dict(chunked.state_dict())
-    seen = []
+    seen, ys = [], []
     chunked.write.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    chunked.attention.out.register_forward_hook(lambda mod, args, out: ys.append(out))
     x = torch.randn(1, 13, 16, dtype=F64)
     outs = []
     for m in (reference, chunked):
@@ -139,5 +144,15 @@ def test_mac_write_norm_normalises_the_memory_input():
     assert_close("dx", outs[0][1], outs[1][1])
     for n, g in outs[0][2].items():
         assert_close(f"d{n}", g, outs[1][2][n])
-    rms = torch.cat(seen, 1).pow(2).mean(-1).sqrt()
-    assert_close("rms", torch.ones_like(rms), rms.detach(), ratio=1e-3)  # eps 1e-6 vs mean(y²) ~ 3e-3
+    written, attended = torch.cat(seen, 1).detach(), torch.cat(ys, 1).detach()
+    expected = attended + x if write_input == "residual" else attended
+    if write_norm:
+        expected = chunked.write_norm(expected).detach()
+        rms = written.pow(2).mean(-1).sqrt()
+        assert_close("rms", torch.ones_like(rms), rms, ratio=1e-3)  # eps 1e-6 vs mean(w²) >= 3e-3
+    assert_close("memory input", expected, written)
+
+
+def test_mac_write_input_is_checked():
+    with pytest.raises(ValueError, match="write_input must be 'attention' or 'residual', got 'x'"):
+        tiny("titans_mac", write_input="x")
