@@ -245,7 +245,9 @@ class TitansMAC(OneTokenStep):
         if num_persistent < 0:
             raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
         if write_input not in ("attention", "residual"):
-            raise ValueError(f"titans_mac: write_input must be 'attention' or 'residual', got {write_input!r}")
+            raise ValueError(
+                f"titans_mac: write_input must be 'attention' or 'residual', got {write_input!r}"
+            )
         self.write_residual = write_input == "residual"
         self.num_heads, self.head_dim = num_heads, head_dim
         self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
