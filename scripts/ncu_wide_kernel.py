@@ -63,7 +63,8 @@ def call(arch: MemoryMLP, xs: list[torch.Tensor], a: argparse.Namespace) -> None
         torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> float:
+    """Runs the workload; returns the measured call's time in ms."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--B", type=int, default=4)
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         f"ncu_wide_kernel: {what}, B={a.B} T={a.T} H={a.H} D={a.D} hidden={int(a.D * a.expansion)} C={a.C} "
         f"{a.dtype} on {device}: {ms:.2f} ms for the measured call"
     )
+    return ms
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ TEXT = ROOT / "configs/lm/attention-tiny.yaml"
 eval_script = load_script("scripts/eval.py")
 compare_script = load_script("scripts/compare.py")
 bench_kernels = load_script("scripts/bench_titans_kernels.py")
+ncu_workload = load_script("scripts/ncu_wide_kernel.py")
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +279,30 @@ def test_bench_titans_kernels_triton_in_the_interpreter(tmp_path):
         (67, None, False),
     ]
     assert res["meta"]["triton_interpret"]
+
+
+def test_ncu_workload_runs_the_wide_kernels(capsys, monkeypatch):
+    """scripts/ncu_wide_kernel.py (the Nsight Compute workload) at a tiny shape in the interpreter: the
+    forward it measures runs the wide-state kernel (hidden block given) and says what it timed."""
+    from memnets.kernels.mlp_memory import wide_forward
+
+    launched = []
+    monkeypatch.setattr(wide_forward, "wide_meta", _spy(wide_forward.wide_meta, launched))
+    ms = ncu_workload.main(
+        ["--device", "cpu", "--B", "1", "--T", "24", "--H", "1", "--D", "16", "--C", "8", "--dtype", "fp32",
+         "--hidden-block", "16"]
+    )  # fmt: skip
+    assert math.isfinite(ms) and ms > 0
+    assert launched, "the workload did not run the wide-state kernels"
+    assert "forward, B=1 T=24 H=1 D=16 hidden=64 C=8 fp32 on cpu" in capsys.readouterr().out
+
+
+def _spy(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def test_bench_titans_kernels_targets_verdicts():
