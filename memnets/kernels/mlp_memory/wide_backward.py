@@ -189,7 +189,7 @@ def _wide_backward_kernel(
 
         # pass 1: the key path
         Z2 = key_z2(
-            k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
+            k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, 0, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
         )
         dd, dout, r, xk, rk = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES

@@ -156,15 +156,15 @@ def layer1_t(
 
 @triton.jit
 def key_z2(
-    k, krow, kvalid, w1, w2, base1, base2,
+    k, krow, kvalid, w1, w2, base1, base2, j0,
     D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
     KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr,
 ):  # fmt: skip
     """Z2 = Σ_j σ(K W1_j) W2_j ``[BK, BD]`` of the key rows ``krow`` at the state stored from ``base1``,
-    ``base2``."""
+    ``base2``, summed over the NB hidden blocks from ``j0`` (all of them, or one program's share)."""
     Z2T = tl.zeros([BD, BK], dtype=tl.float32)
-    for j in range(NB):
+    for j in range(j0, j0 + NB):
         Z1T = layer1_t(w1, base1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
         o2, m2 = w2_block(j, D, DH, BD, BHB)
         W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
@@ -218,6 +218,75 @@ def store_start(X, chunks, anchor, sc, base, offs, mask, last, STORE: tl.constex
 
 
 @triton.jit
+def update_block(
+    j, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, sc1, sc2, is_last,
+    dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
+    BHB: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BL: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
+):  # fmt: skip
+    """Forward pass 2 for hidden block j (:func:`_wide_forward_kernel`): the reads' shares (Ẑ2ᵀ without
+    its Δ term, Σ Â_j A_jᵀ; returned with ``z2T``, ``aa`` added) and the block's chunk-end update,
+    written in place. Layer 2's block is updated first; layer 1's blocks are then read again (from
+    L2) rather than kept live across layer 2's work, which would spill registers. ``b_f``, ``f_last``,
+    ``b_s``, ``b_m`` are read only with ``HAS_MOM``, ``b_beta``, ``b_f``, ``qkGT`` only without
+    ``STORE``."""
+    Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
+    zq = tl.zeros([BHB, BL], dtype=tl.float32)  # (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)])ᵀ
+    for i in range(NI):
+        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+        Z1T += dot(tl.trans(W1), key_cols_t(k, krow, kvalid, i, DI, KB), DOT)
+        if not STORE:
+            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+            zq += dot(tl.trans(W1), qT * b_beta[None, :], DOT)
+        store_start(W1, w1_chunks, w1_anchor, sc1, base1, o1, m1, is_last, STORE)
+        if HAS_MOM:
+            S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
+            if not STORE:
+                zq += dot(tl.trans(S1), qT * b_f[None, :], DOT)
+            if STORE:
+                tl.store(s1_chunks + sc1 + o1, S1, mask=m1)
+    o2, m2 = w2_block(j, D, DH, BD, BHB)
+    AT = act(Z1T, ACT)
+    W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
+    d1T = dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
+    W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd, DOT)
+    if not STORE:
+        a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
+        z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
+        aa += dot(tl.trans(a1T), AT, DOT)
+    store_start(W2, w2_chunks, w2_anchor, sc2, base2, o2, m2, is_last, STORE)
+    if HAS_MOM:
+        S2 = tl.load(s2 + base2 + o2, mask=m2, other=0.0)
+        W2_new += f_last * S2
+        S2_new = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
+        if not STORE:
+            z2T += b_f[None, :] * dot(tl.trans(S2), a1T, DOT)
+        if STORE:
+            tl.store(s2_chunks + sc2 + o2, S2, mask=m2)
+    tl.debug_barrier()  # every thread has read layer 2's block j before it is overwritten
+    tl.store(w2 + base2 + o2, W2_new, mask=m2)
+    if HAS_MOM:
+        tl.store(s2 + base2 + o2, S2_new, mask=m2)
+    for i in range(NI):
+        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+        kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+        W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
+        if HAS_MOM:
+            S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
+            W1_new += f_last * S1
+            S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
+        tl.debug_barrier()  # and layer 1's block (i, j)
+        tl.store(w1 + base1 + o1, W1_new, mask=m1)
+        if HAS_MOM:
+            tl.store(s1 + base1 + o1, S1_new, mask=m1)
+    return z2T, aa
+
+
+@triton.jit
 def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
@@ -250,17 +319,21 @@ def _wide_forward_kernel(
             k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
         )
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
-        Z2 = key_z2(k, krow, kvalid, w1, w2, base1, base2, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT)
+        Z2 = key_z2(k, krow, kvalid, w1, w2, base1, base2, 0, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT)
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
         last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
         beta_last = tl.load(beta + cc * L + last)
+        f_last, b_s, b_m = beta_last, g_last, beta_last  # unread without momentum
         if HAS_MOM:
             f_last = tl.load(f + cc * L + last)
             b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
             b_m = tl.load(m_end + cc)
+        b_beta = tl.zeros([BL], dtype=tl.float32)  # the reads' operands, unread with STORE
+        b_f = b_beta
+        qkGT = tl.zeros([BK, BL], dtype=tl.float32)
         if not STORE:
             b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
             b_G = tl.load(
@@ -278,61 +351,14 @@ def _wide_forward_kernel(
         aa = tl.zeros([BL, BK], dtype=tl.float32)  # Σ_j Â_j A_jᵀ
         sc1 = (bh * NC + c) * n1  # with STORE: this chunk's start state in w1_chunks, s1_chunks
         sc2 = (bh * NC + c) * n2  # and in w2_chunks, s2_chunks
-        # pass 2: per hidden block, the reads' share and the chunk-end update. Layer 2's block is
-        # updated first; layer 1's blocks are then read again (from L2) rather than kept live across
-        # layer 2's work, which would spill registers.
+        # pass 2: per hidden block, the reads' share and the chunk-end update
         for j in range(NB):
-            Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
-            zq = tl.zeros([BHB, BL], dtype=tl.float32)  # (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)])ᵀ
-            for i in range(NI):
-                o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-                W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
-                Z1T += dot(tl.trans(W1), key_cols_t(k, krow, kvalid, i, DI, KB), DOT)
-                if not STORE:
-                    qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
-                    zq += dot(tl.trans(W1), qT * b_beta[None, :], DOT)
-                store_start(W1, w1_chunks, w1_anchor, sc1, base1, o1, m1, g == NCT - 1, STORE)
-                if HAS_MOM:
-                    S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
-                    if not STORE:
-                        zq += dot(tl.trans(S1), qT * b_f[None, :], DOT)
-                    if STORE:
-                        tl.store(s1_chunks + sc1 + o1, S1, mask=m1)
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            AT = act(Z1T, ACT)
-            W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
-            d1T = dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
-            W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd, DOT)
-            if not STORE:
-                a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
-                z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
-                aa += dot(tl.trans(a1T), AT, DOT)
-            store_start(W2, w2_chunks, w2_anchor, sc2, base2, o2, m2, g == NCT - 1, STORE)
-            if HAS_MOM:
-                S2 = tl.load(s2 + base2 + o2, mask=m2, other=0.0)
-                W2_new += f_last * S2
-                S2_new = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
-                if not STORE:
-                    z2T += b_f[None, :] * dot(tl.trans(S2), a1T, DOT)
-                if STORE:
-                    tl.store(s2_chunks + sc2 + o2, S2, mask=m2)
-            tl.debug_barrier()  # every thread has read layer 2's block j before it is overwritten
-            tl.store(w2 + base2 + o2, W2_new, mask=m2)
-            if HAS_MOM:
-                tl.store(s2 + base2 + o2, S2_new, mask=m2)
-            for i in range(NI):
-                o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-                kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-                W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
-                W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
-                if HAS_MOM:
-                    S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
-                    W1_new += f_last * S1
-                    S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
-                tl.debug_barrier()  # and layer 1's block (i, j)
-                tl.store(w1 + base1 + o1, W1_new, mask=m1)
-                if HAS_MOM:
-                    tl.store(s1 + base1 + o1, S1_new, mask=m1)
+            z2T, aa = update_block(
+                j, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
+                w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, sc1, sc2, g == NCT - 1,
+                dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
+                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, STORE,
+            )  # fmt: skip
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
             z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
