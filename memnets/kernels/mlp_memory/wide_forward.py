@@ -218,6 +218,55 @@ def store_start(X, chunks, anchor, sc, base, offs, mask, last, STORE: tl.constex
 
 
 @triton.jit
+def chunk_coefficients(
+    beta, f, G, m_end, s_coef, cc, last,
+    L: tl.constexpr, P: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, HAS_MOM: tl.constexpr,
+    READS: tl.constexpr,
+):  # fmt: skip
+    """Chunk ``cc``'s coefficients (index of the (batch, head, chunk) in them) with ``last`` its last
+    token (the tail chunk is short): the update's G[last, :], β_last and with momentum f_last,
+    s_coef, m_end; with ``READS`` the reads' β, f and G ``[BL, BK]``. What is not read is returned
+    as a placeholder (zeros or another coefficient) so that every caller passes the same arguments."""
+    li = tl.arange(0, BL)
+    lmask = li < L
+    lk = tl.arange(0, BK)
+    lkmask = lk < P + L
+    g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
+    beta_last = tl.load(beta + cc * L + last)
+    f_last, b_s, b_m = beta_last, g_last, beta_last
+    if HAS_MOM:
+        f_last = tl.load(f + cc * L + last)
+        b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        b_m = tl.load(m_end + cc)
+    b_beta = tl.zeros([BL], dtype=tl.float32)
+    b_f = b_beta
+    b_G = tl.zeros([BL, BK], dtype=tl.float32)
+    if READS:
+        b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
+        b_G = tl.load(
+            G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
+            mask=lmask[:, None] & lkmask[None, :],
+            other=0.0,
+        )
+        if HAS_MOM:
+            b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+    return g_last, beta_last, f_last, b_s, b_m, b_beta, b_f, b_G
+
+
+@triton.jit
+def finish_read(
+    y, offs, mask, z2T, aa, ddT, b_G, gamma, shift, cmask, ln_eps,
+    D: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr,
+):  # fmt: skip
+    """Forward step 3: Ẑ2 = (the blocks' terms) − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ, the LayerNorm, y stored."""
+    z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
+    if LN:
+        xq, _ = ln_rows(z2, cmask, D, ln_eps)
+        z2 = xq * gamma[None, :] + shift[None, :]
+    tl.store(y + offs, z2.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def update_block(
     j, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
     w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, sc1, sc2, is_last,
@@ -305,10 +354,6 @@ def _wide_forward_kernel(
     n2 = DH * D  # per layer-2 matrix
     base1 = bh * n1  # this program's state in w1, s1 and in w2, s2 (updated in place)
     base2 = bh * n2
-    li = tl.arange(0, BL)
-    lmask = li < L
-    lk = tl.arange(0, BK)
-    lkmask = lk < P + L
     cols = tl.arange(0, BD)
     cmask = cols < D
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
@@ -323,27 +368,12 @@ def _wide_forward_kernel(
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
-        last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
-        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
-        beta_last = tl.load(beta + cc * L + last)
-        f_last, b_s, b_m = beta_last, g_last, beta_last  # unread without momentum
-        if HAS_MOM:
-            f_last = tl.load(f + cc * L + last)
-            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
-            b_m = tl.load(m_end + cc)
-        b_beta = tl.zeros([BL], dtype=tl.float32)  # the reads' operands, unread with STORE
-        b_f = b_beta
-        qkGT = tl.zeros([BK, BL], dtype=tl.float32)
+        g_last, beta_last, f_last, b_s, b_m, b_beta, b_f, b_G = chunk_coefficients(
+            beta, f, G, m_end, s_coef, cc, tl.minimum(T - g * L, L) - 1, L, P, BL, BK, HAS_MOM, not STORE
+        )
+        qkGT = tl.zeros([BK, BL], dtype=tl.float32)  # the reads' operand, unread with STORE
         if not STORE:
-            b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-            b_G = tl.load(
-                G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
-                mask=lmask[:, None] & lkmask[None, :],
-                other=0.0,
-            )
             qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
-            if HAS_MOM:
-                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
         ddT = tl.trans(dd)
         # hidden-major products (the hidden block or the head dim is each product's M, the chunk's
         # rows its N): Hopper's wgmma needs M >= 64, and 16-row M tiles would replicate warps
@@ -361,11 +391,7 @@ def _wide_forward_kernel(
             )  # fmt: skip
         tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
         if not STORE:
-            z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
-            if LN:
-                xq, _ = ln_rows(z2, cmask, D, ln_eps)
-                z2 = xq * gamma[None, :] + shift[None, :]
-            tl.store(y + offs, z2.to(y.dtype.element_ty), mask=mask)
+            finish_read(y, offs, mask, z2T, aa, ddT, b_G, gamma, shift, cmask, ln_eps, D, DOT, LN)
 
 
 def wide_meta(
