@@ -14,7 +14,10 @@ mixer (``titans``, ``atlas``, ``omeganet``: same names, defaults and meaning) pl
   W_o(RMSNorm(y_attn) + RMSNorm(y_mem)) (``"sum"``, ATLAS Fig. 3).
 
 MAL: o = SW-Attn(Memory(x)), no extra residual between them (a hybrid stack ``[titans, attention]``
-gives the residual variant). A memory option whose name is one of the wrapper's is renamed with the
+gives the residual variant with a norm and an MLP between). MAL only, ``residual`` (default off):
+o = y + SW-Attn(y) with y = Memory(x), the attention layer of Eq. 31 with its own residual, as every
+layer of the paper's backbone has; the memory's reads then reach the output whatever the window's
+attention does with them (MQAR: benchmarks/RESULTS.md section 29). A memory option whose name is one of the wrapper's is renamed with the
 prefix ``memory_``: the Omega rule's window of ``atlas_mag`` is ``memory_window``.
 
 Packed sequences (``cu_seqlens``): the attention masks the sequences and the memory mixer runs them as
@@ -151,13 +154,28 @@ class MemoryAsGate(_Hybrid):
         return self.out(o), att
 
 
+@takes_options(_Hybrid.__init__, own_last=True)
 class MemoryAsLayer(_Hybrid):
     """Memory as a Layer (Titans §4.3, Eq. 29–31): the memory, then sliding-window attention."""
+
+    def __init__(
+        self,
+        name: str,
+        memory: nn.Module,
+        d_model: int,
+        num_heads: int,
+        *,
+        residual: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(name, memory, d_model, num_heads, **options)
+        self.residual = residual
 
     def with_attention(
         self, x: Tensor, y_mem: Tensor, cache: KVCache | None, cu_seqlens: Tensor | None
     ) -> tuple[Tensor, KVCache]:
-        return self._attend(y_mem, cache, cu_seqlens)
+        o, att = self._attend(y_mem, cache, cu_seqlens)
+        return (y_mem + o if self.residual else o), att
 
 
 def hybrid_mixer(name: str, wrapper: type[_Hybrid], memory: type[nn.Module]) -> type[_Hybrid]:
