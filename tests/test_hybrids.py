@@ -64,13 +64,26 @@ def test_hybrid_options():
     """The wrapper's options come first, then the memory mixer's; a clash is renamed memory_<name>."""
     assert list(mixer_options("atlas_mag"))[:4] == ["window", "num_persistent", "combine", "head_dim"]
     assert "memory_window" in mixer_options("omeganet_mal") and "combine" not in mixer_options("omeganet_mal")
-    assert list(mixer_options("titans_mal"))[2:] == list(mixer_options("titans"))
+    assert list(mixer_options("titans_mal"))[:3] == ["window", "num_persistent", "residual"]
+    assert list(mixer_options("titans_mal"))[3:] == list(mixer_options("titans"))
     m = memnets.build_mixer("atlas_mag", d_model=16, num_heads=2, window=7, memory_window=2, combine="sum")
     assert (m.attention.window, m.memory.window, m.memory.muon, m.combine) == (7, 2, "token", "sum")
     with pytest.raises(ValueError, match="atlas_mal: num_persistent must be >= 0, got -1"):
         memnets.build_mixer("atlas_mal", d_model=16, num_heads=2, num_persistent=-1)
     with pytest.raises(memnets.validation.ConfigError, match="unknown option"):
         memnets.build_mixer("titans_mag", d_model=16, num_heads=2, memory_window=3)
+
+
+def test_mal_residual():
+    """MAL's ``residual``: o = y + SW-Attn(y) with y the memory's output (the same weights without it
+    give SW-Attn(y)); decoding still equals the parallel forward."""
+    torch.manual_seed(0)
+    plain, res = tiny("omeganet_mal"), tiny("omeganet_mal", residual=True)
+    res.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 11, 16, dtype=F64)
+    y_mem, _ = plain.memory(x)
+    assert_close("o", plain(x)[0] + y_mem, res(x)[0])
+    check_decode_and_split("omeganet_mal", res, x, 6)
 
 
 EQUATIONS = {  # name: (inner loss, forgetting) of ATLAS Eq. 19, 20, 25, 27
