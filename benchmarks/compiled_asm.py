@@ -41,11 +41,12 @@ def _loop_nest(ttgir: str, inner: int) -> Iterator[tuple[list[int], int | None, 
             stack.append((indent, opens))
 
 
-def _loop_weights(ttgir: str, inner: int) -> Iterator[tuple[int, str]]:
+def _loop_weights(ttgir: str, inner: int, step_loop: bool = True) -> Iterator[tuple[int, str]]:
     """(runs per step, line) of every line of the TTGIR: the product of the trip counts of the loops
-    around it inside the outermost (the chunk loop)."""
+    around it inside the outermost (the chunk loop), or of all of them where the kernel has no step
+    loop (``step_loop=False``: one step per launch or per program)."""
     for enclosing, _, line in _loop_nest(ttgir, inner):
-        yield math.prod(enclosing[1:]), line
+        yield math.prod(enclosing[1 if step_loop else 0 :]), line
 
 
 def _ttgir_loops(ttgir: str, inner: int) -> list[tuple[int, int]]:
@@ -59,13 +60,14 @@ _HEX = re.compile(r"0x([0-9a-f]+)")
 SASS_KINDS = {"LDG": "global_loads", "LDL": "local_loads", "LDS": "shared_loads", "BAR": "barriers"}
 
 
-def sass_per_step(sass: str, ttgir: str, inner: int) -> dict[str, float] | None:
+def sass_per_step(sass: str, ttgir: str, inner: int, step_loop: bool = True) -> dict[str, float] | None:
     """The instructions one step (one chunk) issues per warp, by kind: ``instructions`` in all and
     ``global_loads`` (LDG), ``local_loads`` (LDL: spilled registers read back), ``shared_loads``
     (LDS, LDSM) and ``barriers`` (BAR). The SASS's loops are its backward branches; they are matched,
     in address order, to the TTGIR's ``scf.for`` loops in source order, whose trip counts weight them
-    (the outermost loops walk the chunks: once per step, as is code outside them). None when
-    the two loop nests do not match (a loop the compiler unrolled or split)."""
+    (the outermost loops walk the chunks: once per step, as is code outside them; without a
+    ``step_loop`` every loop is inside the step). None when the two loop nests do not match (a loop
+    the compiler unrolled or split)."""
     rows = [(int(a, 16), op, rest) for a, op, rest in _SASS.findall(sass)]
     branches = [
         (int(m.group(1), 16), a) for a, op, rest in rows if op == "BRA" for m in [_HEX.search(rest)] if m
@@ -80,7 +82,7 @@ def sass_per_step(sass: str, ttgir: str, inner: int) -> dict[str, float] | None:
         enclosing = [(d, trips) for (s, e), (d, trips) in zip(sass_loops, loops) if s <= addr <= e]
         # once per step outside the loops inside the chunk loop, as _loop_weights counts (a kernel
         # without a chunk loop is one step; a chunk loop's prologue is counted once per chunk, a bound)
-        weight = math.prod(trips for d, trips in enclosing if d > 0)
+        weight = math.prod(trips for d, trips in enclosing if d > 0 or not step_loop)
         counts["instructions"] += weight
         kind = SASS_KINDS.get(op[:3])
         if kind:
@@ -88,7 +90,7 @@ def sass_per_step(sass: str, ttgir: str, inner: int) -> dict[str, float] | None:
     return counts
 
 
-def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
+def tensor_cores(ptx: str, ttgir: str, inner: int, step_loop: bool = True) -> dict[str, Any]:
     """The tensor-core work of one compiled kernel.
 
     From the PTX: the static count of ``mma.sync`` (Ampere-style, per warp) and ``wgmma`` (Hopper,
@@ -96,7 +98,7 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
     mma.sync, ``ttng.warp_group_dot`` → wgmma) with its shape M×N×K and operand type, weighted by the
     loops around it: a matmul in the chunk loop runs once per step, one in loops inside it as often as
     their trip counts multiply (:func:`_loop_weights`: the wide kernels' hidden and key blocks;
-    ``inner`` where a bound is not a constant); ``replicated``: mma.sync products whose rows are fewer
+    ``inner`` where a bound is not a constant; every loop where there is no ``step_loop``); ``replicated``: mma.sync products whose rows are fewer
     than 16 × the warps the encoding lays along them (those warps compute the same rows)."""
     mma_ops = re.findall(r"\bmma\.sync\.aligned\.[\w.]+", ptx)
     wgmma_ops = re.findall(r"\bwgmma\.mma_async\.sync\.aligned\.[\w.]+", ptx)
@@ -107,7 +109,7 @@ def tensor_cores(ptx: str, ttgir: str, inner: int) -> dict[str, Any]:
     }
     per_step: dict[str, float] = {}  # "wgmma.bf16" -> tensor FLOP per step (padded shapes, tf32x3 ×3)
     dots = replicated = 0
-    for weight, line in _loop_weights(ttgir, inner):
+    for weight, line in _loop_weights(ttgir, inner, step_loop):
         m = _DOT.search(line)
         if not m:
             continue

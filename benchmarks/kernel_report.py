@@ -40,7 +40,7 @@ import triton  # noqa: E402
 
 from benchmarks.compiled_asm import sass_per_step, tensor_cores  # noqa: E402
 from benchmarks.config_mixers import build_meta, config_mixers, dispatches  # noqa: E402
-from benchmarks.kernel_roofline import PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
+from benchmarks.kernel_roofline import LAUNCH_S, PEAK_BF16, SMS, chunked_seconds, estimate, step_seconds  # noqa: E402
 from memnets import ops as memory_ops  # noqa: E402
 from memnets.dispatch import MemoryDispatch  # noqa: E402
 from memnets.registry import build_mixer  # noqa: E402
@@ -68,6 +68,8 @@ class Launch:
     inner: int = 1  # trip count of the loops inside a step (the wide kernels' hidden blocks)
     states_mb: float = 0.0  # the recurrent states the backward keeps live at once (float32), all programs
     state_bytes: float = 0.0  # state each program reads and writes in global memory per step
+    launches: int = 1  # kernel launches the steps are spread over (one per chunk: the split forward)
+    step_loop: bool = True  # the kernel loops over its steps (else each launch or program is one step)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def _dot(d: MemoryDispatch) -> int:
 
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     from memnets.kernels.mlp_memory import tile_layout
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS, wide_split
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
@@ -122,16 +124,22 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         "H": H,
     }
     programs, steps = B * H, layout.max_tiles
+    split = 1
     if layout.wide:
-        fwd, store, bwd = ck._mlp_wide_cases([(D, DH, L, DI, window - 1)], dots=(branches["DOT"],))[:3]
-        inner = fwd.constexprs["NB"] * fwd.constexprs["NI"]
+        fwd, store, bwd, split_fwd, reads = ck._mlp_wide_cases(
+            [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],)
+        )[:5]
+        NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
+        inner = NB * NI
+        split = wide_split(programs, NB, SMS)
     else:
         fwd, store, bwd = ck._mlp_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "READ_START": read_start, "P": window - 1, "BK": _block(L + window - 1)}
         inner = 1
 
-    def at(case: ck.Case) -> ck.Case:
-        return dataclasses.replace(case, constexprs={**case.constexprs, **branches})
+    def at(case: ck.Case) -> ck.Case:  # the config's branches, where the kernel takes them
+        ours = {k: v for k, v in branches.items() if k in case.constexprs}
+        return dataclasses.replace(case, constexprs={**case.constexprs, **ours})
 
     # the backward's recompute as the launcher plans it (memnets.kernels.mlp_memory.launch)
     every, recompute = (n * (C // L) for n in checkpoint_chunks(layout.max_chunks, None, layout.wide))
@@ -147,8 +155,29 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     BK = _block(L + window - 1)
     scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
+    forward = [Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b)]
+    if split > 1:  # memnets.kernels.mlp_memory.wide_split: a launch per chunk, then the reads
+        BD, BL = _block(D), _block(L)
+        shares = ((split + 1) * BK * BD + BD * BL + BL * BK) * 4  # Z2 shares read and written, read shares
+        sizes = {"SPLIT": split, "SP2": triton.next_power_of_2(split), "NBJ": NB // split}
+        case = dataclasses.replace(split_fwd, constexprs={**split_fwd.constexprs, **sizes})
+        reads = dataclasses.replace(reads, constexprs={**reads.constexprs, "SPLIT": split})
+        forward = [
+            Launch(
+                "fwd (split)",
+                at(case),
+                programs * split,
+                steps,
+                inner // split,
+                0.0,
+                fwd_b / split + shares,
+                steps,
+                step_loop=False,
+            ),
+            Launch("fwd (reads)", at(reads), programs * steps, 1, step_loop=False),
+        ]
     return [
-        Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b),
+        *forward,
         Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs, store_b),
         Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch),
     ]
@@ -232,16 +261,17 @@ def kernel_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launc
 _compiled: dict[str, dict[str, Any]] = {}
 
 
-def compile_launch(case: ck.Case, arch: int = 90, inner: int = 1) -> dict[str, Any]:
+def compile_launch(case: ck.Case, arch: int = 90, inner: int = 1, step_loop: bool = True) -> dict[str, Any]:
     """``check_kernels_compile.compile_case``'s row (status, shared, registers, stack) and
-    :func:`tensor_cores` of the compiled kernel (captured from ``triton.compile``); once per case."""
-    key = repr((case, arch, inner))
+    :func:`tensor_cores` of the compiled kernel (captured from ``triton.compile``); once per case.
+    ``step_loop``: the kernel's outermost loops walk its steps (else a program is one step)."""
+    key = repr((case, arch, inner, step_loop))
     if key not in _compiled:
-        _compiled[key] = _compile(case, arch, inner)
+        _compiled[key] = _compile(case, arch, inner, step_loop)
     return dict(_compiled[key])
 
 
-def _compile(case: ck.Case, arch: int, inner: int) -> dict[str, Any]:
+def _compile(case: ck.Case, arch: int, inner: int, step_loop: bool) -> dict[str, Any]:
     compiled: list[Any] = []
     real = triton.compile
 
@@ -253,9 +283,9 @@ def _compile(case: ck.Case, arch: int, inner: int) -> dict[str, Any]:
         row = ck.compile_case(case, arch)
     if compiled and row["status"] == "ok":
         asm = compiled[-1].asm
-        row.update(tensor_cores(asm["ptx"], asm["ttgir"], inner))
+        row.update(tensor_cores(asm["ptx"], asm["ttgir"], inner, step_loop))
         sass = ck.cuobjdump(asm["cubin"], "-sass")
-        row["sass_per_step"] = sass_per_step(sass, asm["ttgir"], inner) if sass else None
+        row["sass_per_step"] = sass_per_step(sass, asm["ttgir"], inner, step_loop) if sass else None
     return row
 
 
@@ -362,8 +392,11 @@ def launch_step(launch: Launch, row: dict[str, Any]) -> dict[str, float]:
 
 
 def launch_seconds(launch: Launch, step: dict[str, float]) -> float:
-    """The launch's time: its steps in order, its programs in waves of one per SM."""
-    return waves(launch.programs) * launch.steps * step["step"]
+    """The launch's time: its steps in order, its programs in waves of one per SM; where the steps are
+    spread over several launches, each at least the host's cost of a Triton launch."""
+    per_launch = waves(launch.programs) * launch.steps / launch.launches * step["step"]
+    floor = LAUNCH_S["triton"] if launch.launches > 1 else 0.0
+    return launch.launches * max(per_launch, floor)
 
 
 def core_flop(owner: Any, d: MemoryDispatch, B: int, T: int) -> float | None:
@@ -391,7 +424,7 @@ def _kernel_part(
 ) -> dict[str, Any]:
     launches, fwd_s, total_s = [], 0.0, 0.0
     for launch in kernel_launches(owner, d, B, T):
-        row = compile_launch(launch.case, arch, launch.inner)
+        row = compile_launch(launch.case, arch, launch.inner, launch.step_loop)
         step = launch_step(launch, row)
         seconds = launch_seconds(launch, step) if row["status"] == "ok" else 0.0
         total_s += seconds

@@ -33,8 +33,10 @@ DOT_LATENCY_S = 0.1e-6  # one matmul of a program's dependent chain: issue to us
 # per eager op (Python dispatch + launch): measured on the lent H200 (RESULTS §26: the titans-760m
 # memory's eager chunked forward, 64 chunks of 126 ops, 164 ms, launch-bound: 20 µs per op, not the 5
 # assumed before); per kernel of a compiled step, launched by inductor's wrapper without CUDA graphs
-# (memnets.compiled says why), its guards and Python call spread over its kernels: not measured
-LAUNCH_S = {"chunked": 20e-6, "compiled": 4e-6}
+# (memnets.compiled says why), its guards and Python call spread over its kernels: not measured; and
+# the host's cost of one Triton launch from Python (binding ~40 arguments; the split wide forward
+# launches once per chunk): assumed, not measured (scripts/ncu_wide_kernel.py times a forward call)
+LAUNCH_S = {"chunked": 20e-6, "compiled": 4e-6, "triton": 10e-6}
 COMPILED_FUSION = 3.0  # eager ops per kernel after torch.compile fuses a chunk step (a guess)
 L1_SPILL_BW = 200e9  # bytes/s per SM of local-memory traffic that stays in L1
 L2_BW = 5.5e12  # bytes/s of the L2, shared by the SMs that run programs, once spills outgrow L1

@@ -51,6 +51,7 @@ MODULES = (
     "mlp_memory.backward",
     "mlp_memory.wide_forward",
     "mlp_memory.wide_backward",
+    "mlp_memory.wide_split",
 )
 # opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -264,12 +265,12 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
     first three cases are its forward, STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.config import wide_num_warps
+    from memnets.kernels.mlp_memory.config import wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types, full, bare = _mlp_branches()
-    types |= {"P0": "i32"}
+    types |= {"P0": "i32", "c": "i32"}
 
     def shape(D: int, DH: int, L: int, dot: int, DI: int | None = None, P: int = 0) -> dict[str, int]:
         BHB = min(default_hidden_block(dot), _block(DH))
@@ -282,9 +283,20 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
-        mod = "mlp_memory.wide_backward" if "backward" in kernel else "mlp_memory.wide_forward"
+        mod = next(m for m in ("backward", "split", "forward") if m in kernel)
         warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
-        return Case(mod, kernel, constexprs, types, num_warps=warps, num_stages=1)
+        return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
+
+    def split(constexprs: dict[str, object], first: bool = False) -> Case:
+        """The split forward at the programs per head of a 4 x 16-head micro-batch (the flagships')."""
+        nb = int(constexprs["NB"])  # type: ignore[call-overload]
+        n = wide_split(64, nb)
+        sizes = {"SPLIT": n, "SP2": triton.next_power_of_2(n), "NBJ": nb // n, "FIRST": first}
+        return case("_wide_split_kernel", {**constexprs, **sizes})
+
+    def reads(constexprs: dict[str, object]) -> Case:
+        keep = ("H", "D", "L", "BL", "BD", "P", "BK", "DOT", "LN")
+        return case("_wide_split_read_kernel", {**{k: constexprs[k] for k in keep}, "SPLIT": 2})
 
     cases = []
     for D, DH, L, *keys in shapes:  # keys: the key width and the Omega window's rows, where given
@@ -293,10 +305,13 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
                 c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store}
                 cases.append(case("_wide_forward_kernel", c))
             cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
+            cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
+        cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
     # the other branches once, at the smallest shape with keys as wide as values where there is one
     small = shape(*min(shapes, key=lambda s: (len(s) > 3, s[0] * s[1] * s[2]))[:3], dots[0])
     cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False}))
     cases.append(case("_wide_backward_kernel", {**small, **bare}))
+    cases += [split({**small, **bare}), split({**small, **full}, first=True)]
     return cases
 
 

@@ -193,19 +193,18 @@ def test_sass_per_step_weights_loops_by_the_ttgir_trip_counts():
             "}",
         ]
     )
-    sass = _sass(
-        [
-            (0x00, "LDG.E.128 R0, desc[UR4][R2.64]"),  # before the chunk loop
-            (0x10, "BAR.SYNC.DEFER_BLOCKING 0x0"),  # chunk loop starts
-            (0x20, "LDL R4, [R1]"),  # first inner loop: x6
-            (0x30, "@P0 BRA 0x20"),
-            (0x40, "LDS R5, [R6]"),  # second inner loop: x3
-            (0x50, "LDG.E R7, desc[UR4][R8.64]"),
-            (0x60, "@!P1 BRA 0x40"),
-            (0x70, "BRA 0x10"),  # chunk loop ends
-            (0x80, "EXIT"),
-        ]
-    )
+    lines = [
+        (0x00, "LDG.E.128 R0, desc[UR4][R2.64]"),  # before the chunk loop
+        (0x10, "BAR.SYNC.DEFER_BLOCKING 0x0"),  # chunk loop starts
+        (0x20, "LDL R4, [R1]"),  # first inner loop: x6
+        (0x30, "@P0 BRA 0x20"),
+        (0x40, "LDS R5, [R6]"),  # second inner loop: x3
+        (0x50, "LDG.E R7, desc[UR4][R8.64]"),
+        (0x60, "@!P1 BRA 0x40"),
+        (0x70, "BRA 0x10"),  # chunk loop ends
+        (0x80, "EXIT"),
+    ]
+    sass = _sass(lines)
     counts = sass_per_step(sass, ttgir, inner=99)
     assert counts == {
         "instructions": 1 + 1 + 2 * 6 + 3 * 3 + 1 + 1,
@@ -216,6 +215,18 @@ def test_sass_per_step_weights_loops_by_the_ttgir_trip_counts():
     }
     one_loop = "\n".join(["scf.for %c = %c0_i32 to %NC step %c1_i32 : i32 {", "}"])
     assert sass_per_step(sass, one_loop, inner=99) is None
+    # a kernel that is one step per program (the split wide forward: a launch per chunk) has no chunk
+    # loop: with step_loop=False its outermost loops run their trip counts per step
+    flat = "\n".join(ttgir.splitlines()[1:-1])
+    inner_sass = _sass([row for row in lines if 0x20 <= row[0] < 0x70])
+    assert sass_per_step(inner_sass, flat, inner=99, step_loop=False) == {
+        "instructions": 2 * 6 + 3 * 3,
+        "global_loads": 3,
+        "local_loads": 6,
+        "shared_loads": 3,
+        "barriers": 0,
+    }
+    assert sass_per_step(inner_sass, flat, inner=99)["instructions"] == 2 + 3  # as if a chunk loop
 
 
 def test_exposed_latency_term():

@@ -150,6 +150,36 @@ def test_checkpoint_plan():
     assert chunks(100, 16, wide=True) == (16, 4)  # 14 against 23
 
 
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("T, chunk_size", [(1, 16), (63, 16), (100, 32)])
+def test_programs_per_head(monkeypatch, split, T, chunk_size):
+    """The forward's reads with the 4 hidden blocks over 1 program per (sequence, head) (the kernel the
+    backward's recompute runs) or 2; the other tests here run the default, one block per program
+    (:func:`~memnets.kernels.mlp_memory.config.wide_split`, checked below)."""
+    monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", split)
+    _compare(T, chunk_size, residual=True, layer_norm=True, checkpoint_every=3)
+
+
+def test_split_default(monkeypatch):
+    """Programs per (sequence, head): the divisor of the hidden blocks with the fewest block-steps on
+    the busiest SM (waves x blocks per program), fewer programs on a tie; here (2 heads, 4 blocks, no
+    GPU: counted against 132 SMs) one block per program, in every launch."""
+    rule = mlp_memory.config.wide_split
+    cases = [(64, 6), (64, 4), (48, 3), (200, 6), (2, 4), (132, 6), (66, 6)]
+    assert [rule(*c) for c in cases] == [2, 2, 3, 3, 4, 1, 2]
+    split_module = mlp_memory.wide_split
+    seen = []
+    launch = split_module.launch_wide_split_forward
+    monkeypatch.setattr(
+        split_module, "launch_wide_split_forward", lambda *a: seen.append(a[-1]) or launch(*a)
+    )
+    _compare(40, 8, checkpoint_every=2)
+    assert seen == [4, 4, 4]  # 5 chunks in checkpoint segments of 2, 2, 1
+    monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", 3)
+    with pytest.raises(ValueError, match="WIDE_SPLIT=3 must divide the 4 hidden blocks"):
+        _compare(40, 8)
+
+
 @pytest.mark.parametrize("gates", ["none", "mom", "keep"])
 def test_matches_engine_gates(gates):
     _compare(33, 16, 32, gates)

@@ -56,7 +56,7 @@ coefficient matrix becomes G·Γ ``[L, P + L]`` with the band Γ[n, e] = win_gat
 from autograd), s_coef likewise s_coefᵀ Γ. Key rows overlap between tiles: the backward writes their
 gradients per tile and sums them (``backward._fold_key_rows``).
 
-Kernels (grid: one program per (batch, head), tiles sequential inside; all math in float32, half
+Kernels (grid: one program per (batch, head), tiles sequential inside, except the split wide forward; all math in float32, half
 inputs upcast on load, matmul operands as ``dot_precision`` says, float32 by default):
 
 1. ``_forward_kernel``: carries (W1, W2, S1, S2) over tiles C0 .. C0 + NC, writes y, the state after
@@ -108,13 +108,19 @@ use more than 64 of the 132 SMs, weighed:
 * *Hidden width split across programs* (P programs per (sequence, head), NB/P blocks each): the
   latency and compute terms shrink about P×, the state traffic not at all, unless each program's share
   of the state then fits on chip (≤ ~200 KB of shared memory: P ≥ 3 at titans-760m with momentum, 590
-  KB per (sequence, head)), which removes the state term and the passes' re-reads. But the key path's
-  Z2 = Σ_j σ(K W1_j) W2_j and the reads' Σ_j Â_j A_jᵀ cross the split every chunk: a reduction of
-  ``[L, D]`` and ``[L, L]`` and a broadcast of Δ between programs, twice per chunk. On chip that needs
-  a thread-block cluster's distributed shared memory, which Triton does not expose to kernels; through
-  global memory it needs the P programs co-resident (a spin barrier on a flag), which 64·P programs
-  at one per SM do not guarantee past 132 (P = 3 at 4 × 16 heads is 192), and which the CPU
-  interpreter, running programs one after another, cannot test. Not built.
+  KB per (sequence, head)), which removes the state term and the passes' re-reads. The key path's
+  Z2 = Σ_j σ(K W1_j) W2_j and the reads' Σ_j Â_j A_jᵀ cross the split every chunk. Inside one launch
+  that needs a thread-block cluster's distributed shared memory, which Triton does not expose to
+  kernels, or the P programs co-resident behind a spin barrier, which 64·P programs at one per SM do
+  not guarantee past 132 and which the CPU interpreter, running programs one after another, cannot
+  test. **Built for the forward as one launch per chunk** (:mod:`.wide_split`): the shares cross
+  between launches through global memory, and each launch's program also computes its share of the
+  next chunk's Z2, so one launch per chunk suffices; the reads' sums are finished by one parallel
+  launch at the end. P comes from :func:`~.config.wide_split` (2 at titans-760m's 4 × 16 heads: 128
+  programs, one wave). Static estimate at titans-760m: the forward 13.0 → 7.4 ms (benchmarks/RESULTS.md
+  §29), at an assumed 10 µs of host time per Triton launch. The backward's recompute and the backward
+  still run one program per (sequence, head): splitting the backward the same way needs three
+  launches per chunk (its passes 2 → 3 and 4 → 5 cross the blocks on whole rows).
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
   written and read again, more traffic than the forward moves now. Rejected for the forward; the
@@ -132,7 +138,7 @@ the Omega window, each sequence's carried window rows lead its own rows in k and
 rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
-:mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_backward`, :mod:`.limits`
+:mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`
 (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point). The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9 (the wide-state kernels: §22).

@@ -20,6 +20,10 @@ L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "hu
 NUM_WARPS = 4
 # warps per program of the wide-state kernels where set (the benchmark's --num-warps); None: wide_num_warps
 WIDE_NUM_WARPS: int | None = None
+# programs per (sequence, head) of the wide-state forward where set; None: wide_split
+WIDE_SPLIT: int | None = None
+# the GPU the programs are counted against where there is none to ask (the interpreter): an H100's SMs
+TARGET_SMS = 132
 
 
 def wide_num_warps(block_d: int) -> int:
@@ -33,6 +37,22 @@ def wide_num_warps(block_d: int) -> int:
     if WIDE_NUM_WARPS is not None:
         return WIDE_NUM_WARPS
     return 8 if block_d >= 128 else 4
+
+
+def wide_split(programs: int, blocks: int, sms: int = TARGET_SMS) -> int:
+    """Programs per (sequence, head) of the wide-state forward (:mod:`.wide_split`), given ``programs``
+    (sequences x heads), the hidden ``blocks`` and the GPU's ``sms``: the divisor n of ``blocks`` with
+    the fewest block-steps per chunk on the busiest SM, ⌈programs·n / sms⌉ waves of blocks / n blocks
+    each (a wide-state program fills its SM's registers: one per SM), the smaller n on a tie (each
+    program repeats the chunk's Δ and key rows). At titans-760m's 4 × 16 heads and 6 blocks that is
+    2 (128 programs, 3 blocks each, against 6 for one program per head; 3 would be 192 programs in two
+    waves). 1 runs the one-program kernel. ``WIDE_SPLIT`` overrides it (it must divide ``blocks``)."""
+    if WIDE_SPLIT is not None:
+        if WIDE_SPLIT < 1 or blocks % WIDE_SPLIT:
+            raise ValueError(f"WIDE_SPLIT={WIDE_SPLIT} must divide the {blocks} hidden blocks")
+        return WIDE_SPLIT
+    splits = [n for n in range(1, blocks + 1) if blocks % n == 0]
+    return min(splits, key=lambda n: (-(-programs * n // sms) * (blocks // n), n))
 
 
 class LaunchConfig(NamedTuple):

@@ -26,7 +26,7 @@ from .common import (
     value_rows,
 )
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
-from .wide_forward import launch_wide_forward
+from .wide_split import launch_wide
 
 
 @triton.jit
@@ -232,7 +232,7 @@ def run_forward(
     checkpoint segment in turn, in the whole-state or (``config.hidden_block``) the wide-state kernel.
     Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
     start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints))."""
-    launch = launch_wide_forward if config.hidden_block else launch_forward
+    launch = launch_wide if config.hidden_block else launch_forward
     coef = (beta, f, G, m_end, s_coef)
     y = w1.new_empty(*q.shape[:3], w2.shape[-1])  # the values' width
     anchor = (torch.empty_like(w1), torch.empty_like(w2))

@@ -24,7 +24,9 @@ tokens and the P = c − 1 before it (BK rows: the chunk's, with the carried row
 leading k and v), G is ``[L, P + L]`` and the backward writes each chunk's key-row gradients apart
 for the caller to sum (the rows overlap), as in the whole-state kernels.
 
-Grid and state: still one program per (batch, head), chunks sequential inside, but the state lives in
+Grid and state: one program per (batch, head), chunks sequential inside (the forward's reads run
+split across programs instead where :func:`~.config.wide_split` says so, :mod:`.wide_split`; this
+kernel then serves the backward's recompute), and the state lives in
 global memory (float32 working buffers: the final-state outputs, 4 · D · Dh · 4 bytes per program with
 momentum, 256 KB at D = 64, Dh = 256, so B · H <= ~190 programs keep it in an H100's 50 MB L2) and
 each chunk loops over the hidden blocks; only one block of each matrix, the
@@ -164,7 +166,8 @@ def key_z2(
     """Z2 = Σ_j σ(K W1_j) W2_j ``[BK, BD]`` of the key rows ``krow`` at the state stored from ``base1``,
     ``base2``, summed over the NB hidden blocks from ``j0`` (all of them, or one program's share)."""
     Z2T = tl.zeros([BD, BK], dtype=tl.float32)
-    for j in range(j0, j0 + NB):
+    for jj in range(NB):  # a constant trip count: the static report reads it from the TTGIR
+        j = j0 + jj
         Z1T = layer1_t(w1, base1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
         o2, m2 = w2_block(j, D, DH, BD, BHB)
         W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
@@ -218,17 +221,13 @@ def store_start(X, chunks, anchor, sc, base, offs, mask, last, STORE: tl.constex
 
 
 @triton.jit
-def chunk_coefficients(
+def update_coefficients(
     beta, f, G, m_end, s_coef, cc, last,
-    L: tl.constexpr, P: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, HAS_MOM: tl.constexpr,
-    READS: tl.constexpr,
+    L: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, HAS_MOM: tl.constexpr,
 ):  # fmt: skip
-    """Chunk ``cc``'s coefficients (index of the (batch, head, chunk) in them) with ``last`` its last
-    token (the tail chunk is short): the update's G[last, :], β_last and with momentum f_last,
-    s_coef, m_end; with ``READS`` the reads' β, f and G ``[BL, BK]``. What is not read is returned
-    as a placeholder (zeros or another coefficient) so that every caller passes the same arguments."""
-    li = tl.arange(0, BL)
-    lmask = li < L
+    """The chunk-end update's coefficients of chunk ``cc`` (the index of the (batch, head, chunk) in
+    them), ``last`` its last token (the tail chunk is short): G[last, :], β_last and, with momentum,
+    f_last, s_coef and m_end (else placeholders, unread)."""
     lk = tl.arange(0, BK)
     lkmask = lk < P + L
     g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
@@ -238,19 +237,35 @@ def chunk_coefficients(
         f_last = tl.load(f + cc * L + last)
         b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
         b_m = tl.load(m_end + cc)
-    b_beta = tl.zeros([BL], dtype=tl.float32)
+    return g_last, beta_last, f_last, b_s, b_m
+
+
+@triton.jit
+def read_coefficients(
+    beta,
+    f,
+    G,
+    cc,
+    L: tl.constexpr,
+    P: tl.constexpr,
+    BL: tl.constexpr,
+    BK: tl.constexpr,
+    HAS_MOM: tl.constexpr,
+):
+    """The reads' coefficients of chunk ``cc``: β, f (β again without momentum, unread) and G ``[BL, BK]``."""
+    li = tl.arange(0, BL)
+    lmask = li < L
+    lk = tl.arange(0, BK)
+    b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
     b_f = b_beta
-    b_G = tl.zeros([BL, BK], dtype=tl.float32)
-    if READS:
-        b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-        b_G = tl.load(
-            G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
-            mask=lmask[:, None] & lkmask[None, :],
-            other=0.0,
-        )
-        if HAS_MOM:
-            b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-    return g_last, beta_last, f_last, b_s, b_m, b_beta, b_f, b_G
+    if HAS_MOM:
+        b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+    b_G = tl.load(
+        G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :],
+        mask=lmask[:, None] & (lk < P + L)[None, :],
+        other=0.0,
+    )
+    return b_beta, b_f, b_G
 
 
 @triton.jit
@@ -368,11 +383,15 @@ def _wide_forward_kernel(
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
-        g_last, beta_last, f_last, b_s, b_m, b_beta, b_f, b_G = chunk_coefficients(
-            beta, f, G, m_end, s_coef, cc, tl.minimum(T - g * L, L) - 1, L, P, BL, BK, HAS_MOM, not STORE
+        g_last, beta_last, f_last, b_s, b_m = update_coefficients(
+            beta, f, G, m_end, s_coef, cc, tl.minimum(T - g * L, L) - 1, L, P, BK, HAS_MOM
         )
-        qkGT = tl.zeros([BK, BL], dtype=tl.float32)  # the reads' operand, unread with STORE
+        b_beta = tl.zeros([BL], dtype=tl.float32)  # the reads' operands, unread with STORE
+        b_f = b_beta
+        b_G = tl.zeros([BL, BK], dtype=tl.float32)
+        qkGT = tl.zeros([BK, BL], dtype=tl.float32)
         if not STORE:
+            b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, P, BL, BK, HAS_MOM)
             qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
         ddT = tl.trans(dd)
         # hidden-major products (the hidden block or the head dim is each product's M, the chunk's
