@@ -17,8 +17,10 @@ MAL: o = SW-Attn(Memory(x)), no extra residual between them (a hybrid stack ``[t
 gives the residual variant with a norm and an MLP between). MAL only, ``residual`` (default off):
 o = y + SW-Attn(y) with y = Memory(x), the attention layer of Eq. 31 with its own residual, as every
 layer of the paper's backbone has; the memory's reads then reach the output whatever the window's
-attention does with them (MQAR: benchmarks/RESULTS.md section 29). A memory option whose name is one of the wrapper's is renamed with the
-prefix ``memory_``: the Omega rule's window of ``atlas_mag`` is ``memory_window``.
+attention does with them (MQAR: benchmarks/RESULTS.md section 29).
+
+A memory option whose name is one of the wrapper's is renamed with the prefix ``memory_``: the Omega
+rule's window of ``atlas_mag`` is ``memory_window``.
 
 Packed sequences (``cu_seqlens``): the attention masks the sequences and the memory mixer runs them as
 it does alone (one kernel call where its kernel packs them); the state returned is the last sequence's.
