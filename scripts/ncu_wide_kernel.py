@@ -83,15 +83,22 @@ def main(argv: list[str] | None = None) -> float:
         help="the wide kernels' hidden block (default: theirs, where the state is too large)",
     )
     p.add_argument("--num-warps", type=int, help="override config.wide_num_warps (default: the kernels' own)")
+    p.add_argument(
+        "--split",
+        type=int,
+        help="programs per (sequence, head) of the forward (config.WIDE_SPLIT; default config.wide_split's "
+        "choice, 1: one program each)",
+    )
     p.add_argument("--backward", action="store_true", help="measure forward and backward, not the forward")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("ncu_wide_kernel: off CUDA the kernels need TRITON_INTERPRET=1")
-    if a.num_warps is not None:
-        from memnets.kernels.mlp_memory import config
+    from memnets.kernels.mlp_memory import config
 
+    if a.num_warps is not None:
         config.WIDE_NUM_WARPS = a.num_warps
+    config.WIDE_SPLIT = a.split
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     arch = MemoryMLP(a.H, a.D, depth=2, expansion=a.expansion).to(device)
     xs = inputs(a.B, a.T, a.H, a.D, dtype, device, a.backward)
@@ -112,9 +119,10 @@ def main(argv: list[str] | None = None) -> float:
         call(arch, xs, a)
         ms = 1e3 * (time.perf_counter() - t0)
     what = "forward + backward" if a.backward else "forward"
+    split = "default" if a.split is None else a.split
     print(
         f"ncu_wide_kernel: {what}, B={a.B} T={a.T} H={a.H} D={a.D} hidden={int(a.D * a.expansion)} C={a.C} "
-        f"{a.dtype} on {device}: {ms:.2f} ms for the measured call"
+        f"{a.dtype} split={split} on {device}: {ms:.2f} ms for the measured call"
     )
     return ms
 

@@ -284,17 +284,19 @@ def test_bench_titans_kernels_triton_in_the_interpreter(tmp_path):
 def test_ncu_workload_runs_the_wide_kernels(capsys, monkeypatch):
     """scripts/ncu_wide_kernel.py (the Nsight Compute workload) at a tiny shape in the interpreter: the
     forward it measures runs the wide-state kernel (hidden block given) and says what it timed."""
-    from memnets.kernels.mlp_memory import wide_forward
+    from memnets.kernels.mlp_memory import config, wide_forward, wide_split
 
     launched = []
-    monkeypatch.setattr(wide_forward, "wide_meta", _spy(wide_forward.wide_meta, launched))
+    for module in (wide_forward, wide_split):  # the one-program and the split forward's launchers
+        monkeypatch.setattr(module, "wide_meta", _spy(module.wide_meta, launched))
+    monkeypatch.setattr(config, "WIDE_SPLIT", None)  # the script sets it
     ms = ncu_workload.main(
         ["--device", "cpu", "--B", "1", "--T", "24", "--H", "1", "--D", "16", "--C", "8", "--dtype", "fp32",
          "--hidden-block", "16"]
     )  # fmt: skip
     assert math.isfinite(ms) and ms > 0
     assert launched, "the workload did not run the wide-state kernels"
-    assert "forward, B=1 T=24 H=1 D=16 hidden=64 C=8 fp32 on cpu" in capsys.readouterr().out
+    assert "forward, B=1 T=24 H=1 D=16 hidden=64 C=8 fp32 split=default on cpu" in capsys.readouterr().out
 
 
 def _spy(fn, calls):
