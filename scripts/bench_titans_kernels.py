@@ -523,11 +523,14 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 save(rows, [])
                 print(format_row(row))
-        for row in rows:  # the Triton time over the chunked forms' at this C and pass
+        # the Triton time over the chunked forms' at this C and pass; its rows were printed when timed
+        # (so that a time limit keeps them) and again here only where a ratio was filled in
+        for row in rows:
             if row["backend"] == "triton" and row["chunk_size"] == C and "ms" in row:
                 row["triton_over_compiled"] = ratio(row["ms"], ms_at.get(("chunked_compiled", row["pass"])))
                 row["triton_over_eager"] = ratio(row["ms"], ms_at.get(("chunked", row["pass"])))
-                print(format_row(row))
+                if row["triton_over_compiled"] is not None or row["triton_over_eager"] is not None:
+                    print(f"{format_row(row)}   (with its ratios)")
 
     goals = targets(rows) if a.depth == 2 else []
     if goals:
