@@ -446,6 +446,12 @@ def key_block(d_in: int, d_out: int) -> int:
     return min(block(d_in), max(block(d_out), 64))
 
 
+def working_state(state: tuple) -> tuple[Tensor, ...]:
+    """Copies of the state (w1, w2, s1, s2) that a launch updates in place (empty where None)."""
+    empty = state[0].new_empty(0)
+    return tuple(empty if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
+
+
 def launch_wide_forward(
     q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
 ):
@@ -461,7 +467,7 @@ def launch_wide_forward(
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    final = tuple(new(0) if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
+    final = working_state(state)
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](

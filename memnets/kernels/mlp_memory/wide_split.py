@@ -46,6 +46,7 @@ from .wide_forward import (
     update_block,
     update_coefficients,
     wide_meta,
+    working_state,
 )
 
 
@@ -191,7 +192,7 @@ def launch_wide_split_forward(
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
-    final = tuple(new(0) if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
+    final = working_state(state)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     BK, BD, BL = constants["BK"], constants["BD"], constants["BL"]
     shares = (new(2, B * H, split, BK, BD), new(B * H, nc, BK, BD))  # Z2 shares by parity, each chunk's Δ
