@@ -82,10 +82,11 @@ gate, MAG window), each documented here and an option where people differ:
 
 MQAR (``configs/mqar/titans*.yaml``): every variant ends ahead of the same model with ``lr_max=0`` (frozen
 memory, same parameters); the committed ``titans.yaml`` solves the task while its frozen twin stays near
-chance. MAC learns slowest: its memory is written from attention outputs and read back through
-attention. With 16-token windows/segments attention alone covered most queries and the frozen models
-were level or ahead, hence the 8-token configs. Figures, settings and dates: ``benchmarks/RESULTS.md``
-section 7 ("Titans variants against frozen memories").
+chance. MAC writing the attention output alone (Eq. 24 literally) learns slowest; ``titans-mac.yaml``
+writes x + y (``write_input: residual``) and solves it too, as does MAL with ``residual``
+(``titans-mal.yaml``). With 16-token windows/segments attention alone covered most queries and the
+frozen models were level or ahead, hence the 8-token configs. Figures, settings and dates:
+``benchmarks/RESULTS.md`` sections 7 ("Titans variants against frozen memories") and 29.
 """
 
 from __future__ import annotations
