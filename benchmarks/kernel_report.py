@@ -91,7 +91,7 @@ def _dot(d: MemoryDispatch) -> int:
 
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     from memnets.kernels.mlp_memory import tile_layout
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS, wide_split
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS, split_constants, wide_split
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
@@ -159,8 +159,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     if split > 1:  # memnets.kernels.mlp_memory.wide_split: a launch per chunk, then the reads
         BD, BL = _block(D), _block(L)
         shares = ((split + 1) * BK * BD + BD * BL + BL * BK) * 4  # Z2 shares read and written, read shares
-        sizes = {"SPLIT": split, "SP2": triton.next_power_of_2(split), "NBJ": NB // split}
-        case = dataclasses.replace(split_fwd, constexprs={**split_fwd.constexprs, **sizes})
+        case = dataclasses.replace(
+            split_fwd, constexprs={**split_fwd.constexprs, **split_constants(split, NB)}
+        )
         reads = dataclasses.replace(reads, constexprs={**reads.constexprs, "SPLIT": split})
         forward = [
             Launch(

@@ -263,9 +263,10 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     """The wide-state kernels at each shape (D, hidden, chunk[, key width, window rows]), with every Titans
     branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
-    first three cases are its forward, STORE forward and backward at ``dots[0]``."""
+    first four cases are its forward, STORE forward, backward and split forward at ``dots[0]``, and
+    with one operand mode the fifth its split forward's reads."""
     from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.config import wide_num_warps, wide_split
+    from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
@@ -290,9 +291,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     def split(constexprs: dict[str, object], first: bool = False) -> Case:
         """The split forward at the programs per head of a 4 x 16-head micro-batch (the flagships')."""
         nb = int(constexprs["NB"])  # type: ignore[call-overload]
-        n = wide_split(64, nb)
-        sizes = {"SPLIT": n, "SP2": triton.next_power_of_2(n), "NBJ": nb // n, "FIRST": first}
-        return case("_wide_split_kernel", {**constexprs, **sizes})
+        sizes = split_constants(wide_split(64, nb), nb)
+        return case("_wide_split_kernel", {**constexprs, **sizes, "FIRST": first})
 
     def reads(constexprs: dict[str, object]) -> Case:
         keep = ("H", "D", "L", "BL", "BD", "P", "BK", "DOT", "LN")

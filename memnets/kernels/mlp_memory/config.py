@@ -55,6 +55,12 @@ def wide_split(programs: int, blocks: int, sms: int = TARGET_SMS) -> int:
     return min(splits, key=lambda n: (-(-programs * n // sms) * (blocks // n), n))
 
 
+def split_constants(split: int, blocks: int) -> dict[str, int]:
+    """The split forward kernel's sizes (:mod:`.wide_split`): ``SPLIT`` programs per (sequence, head),
+    ``SP2`` the power of two their shares are loaded in, ``NBJ`` hidden blocks per program."""
+    return {"SPLIT": split, "SP2": triton.next_power_of_2(split), "NBJ": blocks // split}
+
+
 class LaunchConfig(NamedTuple):
     """Everything but the tensors that a launch of the MLP-memory kernels needs."""
 

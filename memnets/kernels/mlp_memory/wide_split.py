@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..optional import or_empty
 from .common import key_delta, ln_params, row_block
-from .config import TARGET_SMS, LaunchConfig, wide_split
+from .config import TARGET_SMS, LaunchConfig, split_constants, wide_split
 from .wide_forward import (
     chunk_rows,
     finish_read,
@@ -180,20 +180,19 @@ def _wide_split_read_kernel(
     finish_read(y, offs, mask, z2T, aa, tl.trans(dd), b_G, gamma, shift, cmask, ln_eps, D, DOT, LN)
 
 
-def launch_wide_split_forward(
-    q, k, v, bp, ln_w, ln_b, coef, state, config: LaunchConfig, c0, nc, anchor, y, split: int
-):
+def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split: int):
     """:func:`~.wide_forward.launch_wide_forward` without ``STORE``, ``split`` programs per (sequence,
-    head): chunks c0 .. c0 + nc, the state updated in place in a copy of ``state``."""
+    head): chunks c0 .. c0 + nc, the state updated in place in a copy of ``state``; ``meta`` is
+    :func:`~.wide_forward.wide_meta`'s."""
     B, T, H = q.shape[:3]
-    w1, w2 = state[:2]
+    w1 = state[0]
     has_mom = state[2] is not None
 
     def new(*shape: int) -> Tensor:
         return w1.new_empty(shape)
 
     final = working_state(state)
-    scalars, constants = wide_meta(q, w1, w2, ln_w, config)
+    scalars, constants = meta
     BK, BD, BL = constants["BK"], constants["BD"], constants["BL"]
     shares = (new(2, B * H, split, BK, BD), new(B * H, nc, BK, BD))  # Z2 shares by parity, each chunk's Δ
     reads = (new(B * H, nc, split, BD, BL), new(B * H, nc, split, BL, BK))
@@ -202,8 +201,7 @@ def launch_wide_split_forward(
         _wide_split_kernel[(B * H, split)](
             q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads,
             T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **constants,
-            HAS_MOM=has_mom, SPLIT=split, SP2=triton.next_power_of_2(split), NBJ=constants["NB"] // split,
-            FIRST=c < 0,
+            HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0,
         )  # fmt: skip
     _wide_split_read_kernel[(B * H, nc)](
         ln_w, ln_b, coef[0], coef[2], y, *shares[1:], *reads, T, c0, nc, coef[0].shape[2], scalars[3],
@@ -219,13 +217,17 @@ def launch_wide(
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
     results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
     is more than one, else (and for the backward's recompute, ``store``) one program each."""
+    if store or packing != (None, None):
+        return launch_wide_forward(
+            q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
+        )
     B, _, H = q.shape[:3]
-    blocks = wide_meta(q, state[0], state[1], ln_w, config)[1]["NB"]
+    meta = wide_meta(q, state[0], state[1], ln_w, config)
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else TARGET_SMS
-    split = 1 if store or packing != (None, None) else wide_split(B * H, blocks, sms)
+    split = wide_split(B * H, meta[1]["NB"], sms)
     if split == 1:
         return launch_wide_forward(
             q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
         )
-    final = launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, config, c0, nc, anchor, y, split)
+    final = launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split)
     return final, tuple(state[0].new_empty(0) for _ in state)
