@@ -100,16 +100,23 @@ def flops(B: int, T: int, H: int, D: int, C: int, backward: bool, depth: int, ex
     return BWD_FACTOR * fwd if backward else fwd
 
 
-def memory_step(fn: Callable, arch: MemoryMLP, B: int, T: int, C: int, dtype: torch.dtype, device, backward):
-    """One call of ``fn`` (memory_chunked or a drop-in kernel) as a closure, and the leaf tensors whose
-    gradients the timer resets between calls."""
+def memory_inputs(
+    B: int, T: int, H: int, D: int, dtype: torch.dtype, device, grad: bool
+) -> list[torch.Tensor]:
+    """q, k, v (unit rows, ``dtype``) and the gates lr, mom, keep (float32) in the ranges the mixers
+    produce, ``[B, T, H(, D)]``, seeded, as leaves that take gradients with ``grad``."""
     torch.manual_seed(0)
-    H, D = arch.num_heads, arch.dim
     q, k, v = (F.normalize(torch.randn(B, T, H, D, device=device), dim=-1).to(dtype) for _ in range(3))
     lr = 0.1 * torch.rand(B, T, H, device=device)
     mom = 0.8 + 0.2 * torch.rand(B, T, H, device=device)
     keep = 0.9 + 0.1 * torch.rand(B, T, H, device=device)
-    inputs = [t.requires_grad_(backward) for t in (q, k, v, lr, mom, keep)]
+    return [t.requires_grad_(grad) for t in (q, k, v, lr, mom, keep)]
+
+
+def memory_step(fn: Callable, arch: MemoryMLP, B: int, T: int, C: int, dtype: torch.dtype, device, backward):
+    """One call of ``fn`` (memory_chunked or a drop-in kernel) as a closure, and the leaf tensors whose
+    gradients the timer resets between calls."""
+    inputs = memory_inputs(B, T, arch.num_heads, arch.dim, dtype, device, backward)
     if not backward:
 
         def forward() -> None:

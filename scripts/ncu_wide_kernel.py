@@ -35,23 +35,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "scripts"):  # memnets beside this script, uninstalled; the benchmark's inputs
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-from memnets.memory import MemoryMLP
-from memnets.memory.kernel_bridge import titans_mlp_chunked
+from bench_titans_kernels import memory_inputs  # noqa: E402
 
-
-def inputs(B: int, T: int, H: int, D: int, dtype: torch.dtype, device: torch.device, grad: bool):
-    """Unit q, k, v and gates in the ranges the mixers produce (the bench's, ``bench_titans_kernels``)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (F.normalize(torch.randn(B, T, H, D, generator=g), dim=-1) for _ in range(3))
-    lr = 0.1 * torch.rand(B, T, H, generator=g)
-    mom = 0.8 + 0.2 * torch.rand(B, T, H, generator=g)
-    keep = 0.9 + 0.1 * torch.rand(B, T, H, generator=g)
-    out = [t.to(device, dtype) for t in (q, k, v)] + [t.to(device) for t in (lr, mom, keep)]
-    return [t.requires_grad_(grad) for t in out]
+from memnets.memory import MemoryMLP  # noqa: E402
+from memnets.memory.kernel_bridge import titans_mlp_chunked  # noqa: E402
 
 
 def call(arch: MemoryMLP, xs: list[torch.Tensor], a: argparse.Namespace) -> None:
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> float:
     config.WIDE_SPLIT = a.split
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     arch = MemoryMLP(a.H, a.D, depth=2, expansion=a.expansion).to(device)
-    xs = inputs(a.B, a.T, a.H, a.D, dtype, device, a.backward)
+    xs = memory_inputs(a.B, a.T, a.H, a.D, dtype, device, a.backward)
     cuda = device.type == "cuda"
 
     call(arch, xs, a)  # compiles every kernel the measured call launches, outside the profiled range
