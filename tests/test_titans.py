@@ -154,5 +154,7 @@ def test_mac_write_input(write_norm, write_input):
 
 
 def test_mac_write_input_is_checked():
-    with pytest.raises(ValueError, match="write_input must be 'attention' or 'residual', got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"write_input='x' is not allowed; choose one of \['attention', 'residual'\]"
+    ):
         tiny("titans_mac", write_input="x")

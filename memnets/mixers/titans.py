@@ -92,7 +92,7 @@ frozen models were level or ahead, hence the 8-token configs. Figures, settings 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -231,7 +231,7 @@ class TitansMAC(OneTokenStep):
         rope_base: float = 10000.0,
         dot_precision: str = "auto",
         write_norm: bool = False,
-        write_input: str = "attention",
+        write_input: Literal["attention", "residual"] = "attention",
         gates: GateLayout = "head",
         gate_rank: int = 32,
     ) -> None:
@@ -245,10 +245,6 @@ class TitansMAC(OneTokenStep):
             )
         if num_persistent < 0:
             raise ValueError(f"titans_mac: num_persistent must be >= 0, got {num_persistent}")
-        if write_input not in ("attention", "residual"):
-            raise ValueError(
-                f"titans_mac: write_input must be 'attention' or 'residual', got {write_input!r}"
-            )
         self.write_residual = write_input == "residual"
         self.num_heads, self.head_dim = num_heads, head_dim
         self.segment_size, self.chunk_size, self.backend = segment_size, chunk_size, backend
