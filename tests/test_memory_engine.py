@@ -319,6 +319,31 @@ def test_norm_scale_sets_the_memory_output_scale():
         MemoryMLP(2, 4, norm_scale=0.0)
 
 
+def test_init_std_scales_the_initial_weights():
+    """``memory.init_std`` multiplies every layer's initial draw (the same draw under the same seed),
+    through ``MemorySpec``, the feature memories and the mixers' options; it must be positive."""
+    for build in (
+        lambda spec: spec.build(2, 8),
+        lambda spec: OmegaMemorySpec(**vars(spec)).build_features("omeganet", 2, 8, 44),
+        lambda spec: OmegaMemorySpec(**vars(spec), kind="gated_mlp").build_features("atlas", 2, 8, 44),
+    ):
+        torch.manual_seed(0)
+        base = build(MemorySpec())
+        torch.manual_seed(0)
+        wide = build(MemorySpec(init_std=8.0))
+        for a, b in zip(base.init_weights, wide.init_weights, strict=True):
+            torch.testing.assert_close(b, 8.0 * a, atol=0, rtol=1e-6)
+    torch.manual_seed(0)
+    plain = build_mixer("memora", 16, 2)
+    torch.manual_seed(0)
+    scaled = build_mixer("memora", 16, 2, memory={"init_std": 8.0})
+    torch.testing.assert_close(
+        scaled.memory.init_weights[0], 8.0 * plain.memory.init_weights[0], atol=0, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="init_std must be > 0, got 0"):
+        MemorySpec(init_std=0.0).build(2, 4)
+
+
 def test_read_with_every_tokens_own_weights():
     """``read`` with per-token weights ``[B, H, L, d_in, d_out]`` (a retention map's W_t) is every token
     read alone with its weights, in float64 to round-off."""

@@ -46,8 +46,8 @@ class MemorySpec:
     config, ``model.mixer_options.titans.memory.depth=1`` on the command line): ``depth`` weight
     matrices (1 = linear matrix memory, Titans §3.1 "L_M >= 1"), hidden width ``expansion`` x head
     dim, ``activation`` between layers, ``residual`` (``M(x) = x + ...``), ``norm`` (LayerNorm on the
-    output), ``init`` (the initial weights' scale), ``norm_scale`` (the LayerNorm scale's initial
-    value). See :class:`MemoryMLP`."""
+    output), ``init`` (the initial weights' scale), ``init_std`` (its multiplier), ``norm_scale`` (the
+    LayerNorm scale's initial value). See :class:`MemoryMLP`."""
 
     depth: int = 2
     expansion: float = 4.0
@@ -55,6 +55,7 @@ class MemorySpec:
     residual: bool = True
     norm: bool = True
     init: Init = "fan_in"
+    init_std: float = 1.0
     norm_scale: float = 1.0
 
     def build(self, num_heads: int, dim: int) -> MemoryMLP:
@@ -66,6 +67,7 @@ class MemorySpec:
             self.activation,
             self.residual,
             self.norm,
+            init_std=self.init_std,
             init=self.init,
             norm_scale=self.norm_scale,
         )
@@ -117,6 +119,8 @@ class MemoryMLP(nn.Module):
             raise ValueError(f"MemoryMLP: init={init!r} is not one of {list(INITS)}")
         if norm_scale <= 0:
             raise ValueError(f"MemoryMLP: norm_scale must be > 0, got {norm_scale}")
+        if init_std <= 0:
+            raise ValueError(f"MemoryMLP: init_std must be > 0, got {init_std}")
         if depth < 1:
             raise ValueError(f"MemoryMLP: depth must be >= 1, got {depth}")
         if activation not in ACTIVATIONS:

@@ -57,7 +57,8 @@ nor how the window gates γ are parameterised), each an option:
 MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,
 ``lr_max`` 0.1) starts much more slowly but learns too, still rising when the run ends. Figures and the
 cost of an Atlas step on CPU: ``benchmarks/RESULTS.md`` section 7 ("ATLAS runs").
-Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested.
+Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested. OmegaNet learns MQAR
+much faster with ``momentum=True`` than without (``benchmarks/RESULTS.md`` section 32).
 """
 
 from __future__ import annotations
@@ -137,14 +138,14 @@ class OmegaMemorySpec(MemorySpec):
         if self.kind == "mlp":
             return FeatureMemoryMLP(
                 num_heads, dim, in_dim, self.depth, self.expansion, self.activation, self.residual, self.norm,
-                norm_scale=self.norm_scale,
+                self.init_std, norm_scale=self.norm_scale,
             )  # fmt: skip
         if self.depth != 2:
             raise ValueError(
                 f"{owner}: memory.kind='gated_mlp' has depth 2 (Eq. 43), got memory.depth={self.depth}"
             )
         return GatedMemoryMLP(
-            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm,
+            num_heads, dim, in_dim, self.expansion, self.activation, self.residual, self.norm, self.init_std,
             norm_scale=self.norm_scale,
         )  # fmt: skip
 
