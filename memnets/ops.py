@@ -123,7 +123,7 @@ TITANS_MEMORY = _memory_kernel_op(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Miras: identity retention without the lag token is the Titans rule without momentum
+# Miras: identity retention without the lag token is the Titans rule (with or without momentum)
 
 
 def _miras_supports(
@@ -144,6 +144,7 @@ def _miras_kernel(
     k: Tensor,
     v: Tensor,
     lr: Tensor,
+    mom: Tensor | None,
     keep: Tensor | None,
     state: MemoryState | None,
     *,
@@ -153,7 +154,7 @@ def _miras_kernel(
 ):
     from .memory.kernel_bridge import titans_mlp_chunked
 
-    return titans_mlp_chunked(arch, q, k, v, lr, None, keep, state, **options)  # no momentum
+    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, **options)
 
 
 MIRAS_MEMORY = _memory_kernel_op(

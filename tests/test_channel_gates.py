@@ -149,6 +149,18 @@ def test_miras_chunked_equals_reference(rule, T):
     miras_chunked_equals_reference(rule, arch, (q, k, v, lr, keep, bp), **kw)
 
 
+@pytest.mark.parametrize("rule", ["moneta", "yaad", "memora"])
+def test_miras_momentum_chunked_equals_reference(rule):
+    """Per-channel step size, momentum and retention on the Miras accumulator."""
+    B, H, D, C, T = 1, 2, 3, 16, 65
+    arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
+    _, _, _, lr, mom, keep = (t.detach() for t in channel_inputs(arch, B, T, momentum=True))
+    q, k, v, _, _ = miras_inputs(B, T, H, D)
+    bias, bp, retention, lag = miras_rules(B, T, H, D)["moneta_paper" if rule == "moneta" else rule]
+    kw = dict(chunk_size=C, bias=bias, retention=retention, lag=lag)
+    miras_chunked_equals_reference(rule, arch, (q, k, v, lr, keep, bp), mom, **kw)
+
+
 @pytest.mark.parametrize("rule", ["moneta", "memora"])
 def test_miras_chunk_size_one_equals_reference(rule):
     B, H, D, T = 1, 2, 3, 11
@@ -157,8 +169,8 @@ def test_miras_chunk_size_one_equals_reference(rule):
     q, k, v, _, _ = miras_inputs(B, T, H, D)
     bias, bp, retention, lag = miras_rules(B, T, H, D)[rule]
     kw = dict(chunk_size=1, bias=bias, retention=retention, lag=lag, bias_params=bp)
-    y1, s1 = miras_reference(arch, q, k, v, lr, keep, **kw)
-    y2, s2 = miras_chunked(arch, q, k, v, lr, keep, **kw)
+    y1, s1 = miras_reference(arch, q, k, v, lr, None, keep, **kw)
+    y2, s2 = miras_chunked(arch, q, k, v, lr, None, keep, **kw)
     assert_close("y", y1, y2)
     for a, b in zip(s1.weights, s2.weights):
         assert_close("state", a, b)

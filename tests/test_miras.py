@@ -14,6 +14,7 @@ from mixer_checks import (
 import memnets
 from memnets.memory import L2Bias, MemoryMLP, MemoryState, memory_chunked
 from memnets.memory.miras import (
+    ChunkEnd,
     HuberBias,
     KLBias,
     LpBias,
@@ -53,17 +54,23 @@ def inputs(B, T, H, D, seed=0):
     return q, k, v, lr, keep
 
 
-def run_with_grads(fn, arch, tensors, state0, cot_y, cot_w, **kw):
+def run_with_grads(fn, arch, tensors, state0, cot_y, cot_w, momentum=None, **kw):
     """Outputs, final state and the gradients of a random functional of both w.r.t. every input,
-    every parameter of ``arch`` and the initial state."""
+    every parameter of ``arch`` and the initial state. ``momentum``: (the ``mom`` gate, the initial
+    momentum S_0, the cotangent of the final S) for the rule with momentum."""
     leaves = [t.clone().requires_grad_() if t is not None else None for t in tensors]
     init = tuple(w.clone().requires_grad_() for w in state0)
     q, k, v, lr, keep, bp = leaves
-    y, st = fn(arch, q, k, v, lr, keep, MemoryState(init), bias_params=bp, **kw)
+    mom, S0, cot_s = momentum or (None, None, ())
+    if momentum is not None:
+        mom, S0 = mom.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in S0)
+    y, st = fn(arch, q, k, v, lr, mom, keep, MemoryState(init, S0), bias_params=bp, **kw)
     loss = (y * cot_y).sum() + sum((w * c).sum() for w, c in zip(st.weights, cot_w))
+    loss = loss + sum((s * c).sum() for s, c in zip(st.momentum or (), cot_s))
     # the given initial state replaces the learnable W_0 (its gradient is checked by the mixer tests)
     params = [p for n, p in arch.named_parameters() if not n.startswith("init_weights")]
-    wrt = [t for t in leaves if t is not None] + list(init) + params
+    extra = [mom, *S0] if momentum is not None else []
+    wrt = [t for t in leaves if t is not None] + extra + list(init) + params
     return y, st, torch.autograd.grad(loss, wrt)
 
 
@@ -80,21 +87,47 @@ def test_chunked_equals_reference(rule, T, chunk_size):
     assert ref.offset == out.offset == T % chunk_size
 
 
+@pytest.mark.parametrize("rule", ["moneta", "moneta_paper", "moneta_chunk_end", "yaad", "memora"])
+@pytest.mark.parametrize(("T", "chunk_size"), [(1, 4), (13, 5), (37, 8)])
+def test_momentum_chunked_equals_reference(rule, T, chunk_size):
+    """With momentum (``mom``, Titans Eq. 13-14 on the accumulator): chunked == reference, final S
+    included, and the gradients of ``mom`` and S_0."""
+    B, H, D = 2, 2, 3
+    torch.manual_seed(2)
+    arch = MemoryMLP(H, D, depth=2, expansion=2.0).double()
+    q, k, v, lr, keep = inputs(B, T, H, D, seed=4)
+    mom = 0.5 + 0.5 * torch.rand(B, T, H, dtype=F64)
+    name = rule.removesuffix("_chunk_end")
+    bias, bp, retention, lag = rules(B, T, H, D)[name]
+    if rule == "moneta_chunk_end":
+        retention = ChunkEnd(retention)
+    kw = dict(chunk_size=chunk_size, bias=bias, retention=retention, lag=lag)
+    # half the step sizes: momentum adds up steps, and the random-data inner dynamics amplify round-off
+    check_chunked_equals_reference(rule, arch, (q, k, v, 0.5 * lr, keep, bp), mom, **kw)
+
+
 def check_chunked_equals_reference(
-    label: str, arch: MemoryMLP, inputs: tuple, **kw
+    label: str, arch: MemoryMLP, inputs: tuple, mom: torch.Tensor | None = None, **kw
 ) -> tuple[MemoryState, MemoryState]:
     """``miras_chunked`` against ``miras_reference`` from a random state under random cotangents:
-    outputs, final weights and every gradient. Returns both final states."""
+    outputs, final weights (and momentum, with the ``mom`` gate) and every gradient. Returns both
+    final states."""
     q = inputs[0]
     B, T, H, D = q.shape
     state0 = tuple(0.5 * torch.randn(B, *w.shape, dtype=F64) for w in arch.init_weights)
     cot_y = torch.randn(B, T, H, D, dtype=F64)
     cot_w = tuple(torch.randn_like(w) for w in state0)
+    if mom is not None:
+        S0 = tuple(0.1 * torch.randn_like(w) for w in state0)
+        kw["momentum"] = (mom, S0, tuple(torch.randn_like(w) for w in state0))
     ref = run_with_grads(miras_reference, arch, inputs, state0, cot_y, cot_w, **kw)
     out = run_with_grads(miras_chunked, arch, inputs, state0, cot_y, cot_w, **kw)
     assert_close(f"{label} y", ref[0], out[0])
     for i, (a, b) in enumerate(zip(ref[1].weights, out[1].weights)):
         assert_close(f"{label} final A{i}", a, b)
+    assert (ref[1].momentum is None) == (out[1].momentum is None) == (mom is None)
+    for i, (a, b) in enumerate(zip(ref[1].momentum or (), out[1].momentum or ())):
+        assert_close(f"{label} final S{i}", a, b)
     for i, (a, b) in enumerate(zip(ref[2], out[2])):
         assert_close(f"{label} grad #{i}", a, b)
     return ref[1], out[1]
@@ -104,33 +137,47 @@ def check_chunked_equals_reference(
 # chunk size 1 == the paper's online rules, written out for a linear memory (row form: M(k) = k W)
 
 
-def online(rule, A0, W0, q, k, v, lr, keep, delta=None):
+def online(rule, A0, W0, q, k, v, lr, keep, delta=None, mom=None):
     """Miras Eq. 24-27 token by token for one linear memory per (batch, head), from the accumulator
-    A0 (Moneta) or the weights W0; returns the reads y_t = M(q_t; W_t) and the last W."""
-    W, A, ys = W0, A0, []
+    A0 (Moneta) or the weights W0; returns the reads y_t = M(q_t; W_t) and the last W. With ``mom``
+    each model's step −η_t ∇ goes through momentum first, S_t = mom_t S_{t−1} − η_t ∇ (Titans Eq. 14,
+    from S_0 = 0); Memora then steps its logits (log W up to a per-output constant)."""
+    W, A, S, ys = W0, A0, 0.0, []
     for t in range(q.shape[1]):
         kt, vt, qt = k[:, t, :, None, :], v[:, t, :, None, :], q[:, t, :, None, :]  # [B, H, 1, D]
         a, et = keep[:, t, :, None, None], lr[:, t, :, None, None]
         r = kt @ W - vt
         if rule == "moneta":  # Eq. 24-25: A_t = α A − η p (Sign(r) ⊙ |r|^{p−1}) kᵀ, W = A/‖A‖_4^2
-            A = a * A - et * kt.transpose(-1, -2) @ (3 * torch.sign(r) * r.abs().pow(2))
-            W = A / A.pow(4).sum((-2, -1), keepdim=True).pow(0.5)
+            grad = kt.transpose(-1, -2) @ (3 * torch.sign(r) * r.abs().pow(2))
         elif rule == "yaad":  # Eq. 26 with ℓ2 = ‖r‖², ℓ1 = 2‖r‖₁ (smooth Sign = tanh(10 x))
             d = delta[:, t, :, None, None]
             small = r.norm(dim=-1, keepdim=True) <= d
-            err = torch.where(small, 2 * r, 2 * d * torch.tanh(10 * r))
-            W = a * W - et * kt.transpose(-1, -2) @ err
+            grad = kt.transpose(-1, -2) @ torch.where(small, 2 * r, 2 * d * torch.tanh(10 * r))
         else:  # memora, Eq. 27: W_t = Softmax(α log W_{t−1} − η ∇‖r‖²), softmax over each output's inputs
-            W = torch.softmax(a * torch.log(W) - et * kt.transpose(-1, -2) @ (2 * r), dim=-2)
+            grad = kt.transpose(-1, -2) @ (2 * r)
+        if mom is None:
+            step = -et * grad
+        else:
+            S = step = mom[:, t, :, None, None] * S - et * grad
+        if rule == "moneta":
+            A = a * A + step
+            W = A / A.pow(4).sum((-2, -1), keepdim=True).pow(0.5)
+        elif rule == "yaad":
+            W = a * W + step
+        else:
+            W = torch.softmax(a * torch.log(W) + step, dim=-2)
         ys.append(qt @ W)
     return torch.cat(ys, 2).transpose(1, 2), W
 
 
+@pytest.mark.parametrize("momentum", [False, True])
 @pytest.mark.parametrize("rule", ["moneta", "yaad", "memora"])
-def test_chunk_size_one_is_the_online_rule(rule):
+def test_chunk_size_one_is_the_online_rule(rule, momentum):
     B, T, H, D = 2, 17, 2, 4
     arch = MemoryMLP(H, D, depth=1, residual=False, layer_norm=False).double()
     q, k, v, lr, keep = inputs(B, T, H, D, seed=3)
+    mom = 0.5 + 0.5 * torch.rand(B, T, H, dtype=F64) if momentum else None
+    S0 = (torch.zeros(B, H, D, D, dtype=F64),) if momentum else None
     A0 = torch.randn(B, H, D, D, dtype=F64)
     delta = 0.2 + torch.rand(B, T, H, dtype=F64)
     if rule == "moneta":
@@ -140,11 +187,12 @@ def test_chunk_size_one_is_the_online_rule(rule):
     else:
         pieces = dict(retention=SimplexSoftmax())
     retention = pieces.get("retention")
-    y_ref, W_ref = online(rule, A0, retained_weights((A0,), retention)[0], q, k, v, lr, keep, delta)
+    W0 = retained_weights((A0,), retention)[0]
+    y_ref, W_ref = online(rule, A0, W0, q, k, v, lr, keep, delta, mom)
     sizes = [(1, False), (1, True), (2, True)] if rule == "memora" else [(1, False)]
     for chunk_size, lag in sizes:  # Memora: the lag token makes chunk size 2 exact too
         y, st = miras_chunked(
-            arch, q, k, v, lr, keep, MemoryState((A0,)), chunk_size=chunk_size, lag=lag, **pieces
+            arch, q, k, v, lr, mom, keep, MemoryState((A0,), S0), chunk_size=chunk_size, lag=lag, **pieces
         )
         assert_close(f"{rule} C={chunk_size} y", y_ref, y, ratio=1e-8)
         assert_close(
@@ -170,7 +218,7 @@ def test_limits_reduce_to_the_l2_memory():
         "moneta p=2, L2": dict(bias=LpBias(2.0)),
         "moneta p=2, q=2": dict(bias=LpBias(2.0), retention=LqNormalize(2.0, "paper")),
     }.items():
-        y, st = miras_chunked(arch, q, k, v, lr, keep, chunk_size=4, **kw)
+        y, st = miras_chunked(arch, q, k, v, lr, None, keep, chunk_size=4, **kw)
         assert_close(f"{name} y", y_l2, y)
         for a, b in zip(st_l2.weights, st.weights):
             assert_close(f"{name} W", a, b)
@@ -208,8 +256,15 @@ def tiny(name, **kw):
     return memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
 
 
-# each mixer with its defaults, and Moneta with the paper's chunk-end normalisation
-VARIANTS = [("moneta", {}), ("moneta", {"normalize_at": "chunk_end"}), ("yaad", {}), ("memora", {})]
+# each mixer with its defaults, Moneta with the paper's chunk-end normalisation, and momentum
+VARIANTS = [
+    ("moneta", {}),
+    ("moneta", {"normalize_at": "chunk_end"}),
+    ("yaad", {}),
+    ("memora", {}),
+    ("moneta", {"momentum": True}),
+    ("memora", {"momentum": True}),
+]
 
 
 @pytest.mark.parametrize(("name", "opts"), VARIANTS)

@@ -972,11 +972,17 @@ def test_mixer_triton_unsupported_config_raises():
     "name,options",
     # sign_sharpness 1: tanh(10 R) on the memory's LayerNorm outputs leaves the float32 engine itself
     # 3e-5 off its float64 run (see test_layer_norm_with_bias)
-    [("yaad", {"sign_sharpness": 1.0}), ("yaad", {"huber": "coord"}), ("moneta", {"normalize": "none"})],
+    [
+        ("yaad", {"sign_sharpness": 1.0}),
+        ("yaad", {"huber": "coord"}),
+        ("moneta", {"normalize": "none"}),
+        ("yaad", {"huber": "coord", "momentum": True}),
+    ],
 )
 def test_miras_mixer_triton_backend_equals_chunked(name, options):
-    """Yaad and Moneta with identity retention run in the kernel: equal to backend='chunked' (output,
-    final state, input and every parameter gradient, the Huber threshold's gate included)."""
+    """Yaad and Moneta with identity retention run in the kernel (with momentum too: the Titans rule):
+    equal to backend='chunked' (output, final state, input and every parameter gradient, the Huber
+    threshold's and the momentum's gates included)."""
     chunked, fast = twin_mixers(name, d_model=32, num_heads=2, chunk_size=8, lr_max=0.02, **options)
     x = torch.randn(1, 19, 32)
     with nan_allocations():

@@ -45,19 +45,19 @@ def test_one_chunk_is_the_linear_accumulation_then_the_map():
     q, k, v, lr, keep = inputs(B, C, H, D, seed=7)
     lq = LqNormalize(4.0, "paper")
     common = dict(chunk_size=C, bias=LpBias(3.0))
-    y_lin, st_lin = miras_chunked(arch, q, k, v, lr, keep, **common)
-    y, st = miras_chunked(arch, q, k, v, lr, keep, retention=ChunkEnd(lq), **common)
+    y_lin, st_lin = miras_chunked(arch, q, k, v, lr, None, keep, **common)
+    y, st = miras_chunked(arch, q, k, v, lr, None, keep, retention=ChunkEnd(lq), **common)
     assert_close("reads", y_lin, y)
     for a, b in zip(st_lin.weights, st.weights):
         assert_close("state", lq(a), b)
     _, part = miras_chunked(
-        arch, q[:, :5], k[:, :5], v[:, :5], lr[:, :5], keep[:, :5], retention=ChunkEnd(lq), **common
+        arch, q[:, :5], k[:, :5], v[:, :5], lr[:, :5], None, keep[:, :5], retention=ChunkEnd(lq), **common
     )
-    _, part_lin = miras_chunked(arch, q[:, :5], k[:, :5], v[:, :5], lr[:, :5], keep[:, :5], **common)
+    _, part_lin = miras_chunked(arch, q[:, :5], k[:, :5], v[:, :5], lr[:, :5], None, keep[:, :5], **common)
     for a, b in zip(part_lin.weights, part.weights):
         assert_close("partial chunk", a, b)
     # the per-token map gives a different model on the same inputs
-    y_token, _ = miras_chunked(arch, q, k, v, lr, keep, retention=lq, **common)
+    y_token, _ = miras_chunked(arch, q, k, v, lr, None, keep, retention=lq, **common)
     assert (y_token - y).abs().max() > 1e-3
 
 
@@ -74,6 +74,7 @@ def test_chunk_size_one_is_projected_online_descent():
         k,
         v,
         lr,
+        None,
         keep,
         MemoryState((W,)),
         chunk_size=1,

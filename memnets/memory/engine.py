@@ -188,6 +188,28 @@ def _inner_grad(
     return torch.autograd.grad(loss, anchor, create_graph=create_graph)
 
 
+def token_update(
+    W: Weights,
+    S: Weights | None,
+    u: Weights,
+    t: int,
+    units: tuple[int, ...],
+    lr: Tensor,
+    mom: Tensor | None,
+    keep: Tensor | None,
+) -> tuple[Weights, Weights | None]:
+    """Token ``t``'s step of the rule (:mod:`~memnets.memory.rule`) from its gradient ``u``:
+    S_t = mom_t S_{t−1} − lr_t u_t, W_t = keep_t W_{t−1} + S_t; without momentum (``mom`` and ``S``
+    ``None``) W_t = keep_t W_{t−1} − lr_t u_t. Gates ``[B, H, T]`` or ``[B, H, T, N]`` (``units``)."""
+    a = token_gates(lr, t, units)
+    if mom is not None:
+        S = tuple(m * s - ai * g for m, ai, s, g in zip(token_gates(mom, t, units), a, S, u))  # type: ignore[arg-type]
+        step = S
+    else:
+        step = tuple(-ai * g for ai, g in zip(a, u))
+    return tuple(kp * w + s for kp, w, s in zip(token_gates(keep, t, units), W, step)), S
+
+
 def memory_reference(
     arch: MemoryMLP,
     q: Tensor,
@@ -223,15 +245,8 @@ def memory_reference(
         for seg in segments(T, chunk_size, offset, most=1):
             if seg.offset == 0:
                 anchor = W
-            t = seg.span.start
             u = _inner_grad(arch, bias, anchor, *seg.take(kh, vh, bp), create_graph)  # type: ignore[arg-type]
-            a = token_gates(lr_, t, units)
-            if mom_ is not None:
-                S = tuple(m * s - ai * g for m, ai, s, g in zip(token_gates(mom_, t, units), a, S, u))
-                step = S
-            else:
-                step = tuple(-ai * g for ai, g in zip(a, u))
-            W = tuple(kp * w + s for kp, w, s in zip(token_gates(keep_, t, units), W, step))
+            W, S = token_update(W, S, u, seg.span.start, units, lr_, mom_, keep_)
             ys.append(arch.read(W, qh[:, :, seg.span]))
             if seg.ends_chunk and chunk_end is not None:
                 W = chunk_end(W)

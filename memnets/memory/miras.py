@@ -77,7 +77,7 @@ from .engine import (
     initial_state,
     key_path,
     segment_end_state,
-    token_gates,
+    token_update,
 )
 from .rule import ChunkCoefficients, chunk_coefficients
 from .segments import segment_reads, segments
@@ -277,6 +277,7 @@ def miras_reference(
     k: Tensor,
     v: Tensor,
     lr: Tensor,
+    mom: Tensor | None = None,
     keep: Tensor | None = None,
     state: MemoryState | None = None,
     *,
@@ -288,14 +289,14 @@ def miras_reference(
 ) -> tuple[Tensor, MemoryState]:
     """Token-by-token loop (autograd inner gradient) with the chunked semantics of the module
     docstring: the ground truth for :func:`miras_chunked`. Arguments as there."""
-    check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
-    lr_, keep_, bp = _bhl(lr, dtype), _bhl(keep, dtype), _bhl(bias_params, dtype)
-    st = state or initial_state(arch, B, False, dtype)
-    A, anchor, offset = st.weights, st.anchor, st.offset
+    lr_, mom_, keep_, bp = (_bhl(t, dtype) for t in (lr, mom, keep, bias_params))
+    st = state or initial_state(arch, B, mom is not None, dtype)
+    A, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
     inner, at_end = _split(retention)
     units = gate_units(arch)
     create_graph = torch.is_grad_enabled()
@@ -304,52 +305,61 @@ def miras_reference(
         for seg in segments(T, chunk_size, offset, most=1):
             if _refresh(seg.offset, lag):
                 anchor = retained_weights(A, inner)
-            t = seg.span.start
             u = _inner_grad(arch, bias, anchor, *seg.take(kh, vh, bp), create_graph)  # type: ignore[arg-type]
-            lrs, keeps = token_gates(lr_, t, units), token_gates(keep_, t, units)
-            A = tuple(kp * a - ai * g for kp, ai, a, g in zip(keeps, lrs, A, u))
+            A, S = token_update(A, S, u, seg.span.start, units, lr_, mom_, keep_)
             ys.append(arch.read(retained_weights(A, inner), qh[:, :, seg.span]))
             if at_end is not None and seg.ends_chunk:
                 A = retained_weights(A, at_end)
     offset = (offset + T) % chunk_size
-    y, out = segment_reads(ys, vh, q.dtype), MemoryState(A, None, anchor if offset else None, offset)
+    y, out = segment_reads(ys, vh, q.dtype), MemoryState(A, S, anchor if offset else None, offset)
     return (y, out) if create_graph else (y.detach(), out.detach())
 
 
-def _token_accumulators(
-    beta: Tensor, G: Tensor, units: tuple[int, ...] | None, A: Weights, xs: Weights, deltas: Weights
-) -> Weights:
-    """A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of a segment, ``[B, H, L, d_in, d_out]``
-    per layer (:meth:`~memnets.memory.rule.ChunkCoefficients.token_weights`; ``units``: per-channel
-    gates). β and G travel as tensors so the checkpointed callers below recompute from them."""
-    c = ChunkCoefficients(beta, G, None, None, None, units)
-    return tuple(c.layer(i).token_weights(a, x, d) for i, (a, x, d) in enumerate(zip(A, xs, deltas)))
+class _TokenAccumulators:
+    """A_t = β_t A_0 + f_t S_0 − Σ_j G[t, j] x_jᵀ δ_j for every token of a segment,
+    ``[B, H, L, d_in, d_out]`` per layer (:meth:`~memnets.memory.rule.ChunkCoefficients.token_weights`;
+    ``units``: per-channel gates). Called with flat tensors (β, G, f, then per layer A_0, S_0 with
+    momentum, the key path's x and δ) so that the checkpointed callers below recompute from them."""
+
+    def __init__(self, depth: int, momentum: bool, units: tuple[int, ...] | None) -> None:
+        self.depth, self.momentum, self.units = depth, momentum, units
+
+    def accumulators(self, beta: Tensor, G: Tensor, f: Tensor | None, *tensors: Tensor) -> Weights:
+        n = self.depth
+        A, rest = tensors[:n], tensors[n:]
+        S: tuple[Tensor | None, ...] = rest[:n] if self.momentum else (None,) * n
+        xs, deltas = rest[-2 * n : -n], rest[-n:]
+        c = ChunkCoefficients(beta, G, f, None, None, self.units)
+        return tuple(
+            c.layer(i).token_weights(a, x, d, s) for i, (a, s, x, d) in enumerate(zip(A, S, xs, deltas))
+        )
 
 
-class _TokenScales:
+class _TokenScales(_TokenAccumulators):
     """Per-token scales s(A_t) of an :class:`LqNormalize` map, one ``[B, H, L]`` per layer."""
 
-    def __init__(self, retention: LqNormalize, units: tuple[int, ...] | None) -> None:
-        self.retention, self.units = retention, units
+    def __init__(
+        self, retention: LqNormalize, depth: int, momentum: bool, units: tuple[int, ...] | None
+    ) -> None:
+        super().__init__(depth, momentum, units)
+        self.retention = retention
 
-    def __call__(self, beta: Tensor, G: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-        n = len(tensors) // 3
-        acc = _token_accumulators(beta, G, self.units, tensors[:n], tensors[n : 2 * n], tensors[2 * n :])
-        return tuple(self.retention.scale(a) for a in acc)
+    def __call__(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.retention.scale(a) for a in self.accumulators(*tensors))
 
 
-class _RetainedRead:
-    """Read every token of a segment with its own weights φ(A_t), A_t = β_t A_0 − Σ_j G[t, j] x_jᵀ δ_j
-    (materialised: φ is not linear, so the engine's dual form does not apply)."""
+class _RetainedRead(_TokenAccumulators):
+    """Read every token of a segment with its own weights φ(A_t) (materialised: φ is not linear, so the
+    engine's dual form does not apply)."""
 
-    def __init__(self, arch: MemoryMLP, retention: Retention, units: tuple[int, ...] | None) -> None:
-        self.arch, self.retention, self.units = arch, retention, units
+    def __init__(
+        self, arch: MemoryMLP, retention: Retention, momentum: bool, units: tuple[int, ...] | None
+    ) -> None:
+        super().__init__(arch.depth, momentum, units)
+        self.arch, self.retention = arch, retention
 
-    def __call__(self, q: Tensor, beta: Tensor, G: Tensor, *tensors: Tensor) -> Tensor:
-        n = self.arch.depth
-        A, xs, deltas = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
-        acc = _token_accumulators(beta, G, self.units, A, xs, deltas)
-        return self.arch.read(retained_weights(acc, self.retention), q)
+    def __call__(self, q: Tensor, *tensors: Tensor) -> Tensor:
+        return self.arch.read(retained_weights(self.accumulators(*tensors), self.retention), q)
 
 
 @chunk_step
@@ -359,33 +369,37 @@ def miras_step(
     retention: Retention | None,
     anchor: Weights,
     A: Weights,
+    S: Weights | None,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     bp: Tensor | None,
     lr: Tensor,
     log_keep: Tensor | None,
+    log_mom: Tensor | None,
     units: tuple[int, ...] | None = None,
-) -> tuple[Tensor, Weights]:
+) -> tuple[Tensor, Weights, Weights | None]:
     """One segment of :func:`miras_chunked` (``[B, H, L, ...]`` slices): every token's read of its
-    retained weights φ(A_t) and the accumulator A after the segment, gradients taken at ``anchor``;
-    ``units``: per-channel gates."""
+    retained weights φ(A_t) and the accumulator A (and momentum S) after the segment, gradients taken
+    at ``anchor``; ``units``: per-channel gates."""
     kp = key_path(arch, anchor, k, v, bias, bp)
-    c = chunk_coefficients(lr, log_keep, None, units)
+    c = chunk_coefficients(lr, log_keep, log_mom, units)
+    momentum = S is not None
+    per_token = (c.beta, c.G, c.f, *A, *(S or ()), *kp.xs, *kp.deltas)
     if retention is None:
-        y = dual_read(arch, q, A, None, kp, c)
+        y = dual_read(arch, q, A, S, kp, c)
     elif isinstance(retention, LqNormalize):
         # a scalar map: the dual form reads s_t A_t; only the norms need each token's A_t
-        norms = _TokenScales(retention, units)
-        args = (c.beta, c.G, *A, *kp.xs, *kp.deltas)
-        scales = checkpoint(norms, *args, use_reentrant=False) if torch.is_grad_enabled() else norms(*args)
-        y = dual_read(arch, q, A, None, kp, c, scales)
+        norms = _TokenScales(retention, arch.depth, momentum, units)
+        grad = torch.is_grad_enabled()
+        scales = checkpoint(norms, *per_token, use_reentrant=False) if grad else norms(*per_token)
+        y = dual_read(arch, q, A, S, kp, c, scales)
     else:
-        read = _RetainedRead(arch, retention, units)
-        args = (q, c.beta, c.G, *A, *kp.xs, *kp.deltas)
+        read = _RetainedRead(arch, retention, momentum, units)
         # the per-token weights are the big tensors: recompute them in the backward
-        y = checkpoint(read, *args, use_reentrant=False) if torch.is_grad_enabled() else read(*args)
-    return y, segment_end_state(A, None, kp, c)[0]
+        grad = torch.is_grad_enabled()
+        y = checkpoint(read, q, *per_token, use_reentrant=False) if grad else read(q, *per_token)
+    return (y, *segment_end_state(A, S, kp, c))
 
 
 def miras_chunked(
@@ -394,6 +408,7 @@ def miras_chunked(
     k: Tensor,
     v: Tensor,
     lr: Tensor,
+    mom: Tensor | None = None,
     keep: Tensor | None = None,
     state: MemoryState | None = None,
     *,
@@ -410,9 +425,14 @@ def miras_chunked(
         q, k, v: ``[B, T, H, D]``; lr: step size η_t ``[B, T, H]``; keep: retention α_t ``[B, T, H]``
             (``None`` = 1); or both per channel ``[B, T, H, N]``, the channel-wise η_t, α_t of Miras
             §5.4 (one entry per output unit of each weight matrix,
-            :func:`~memnets.memory.engine.gate_units`). Plain gradient descent (Miras §5.3: no momentum).
-        state: :class:`~memnets.memory.MemoryState` whose ``weights`` are the accumulator A and whose
-            ``anchor`` is the current gradient point φ(A_{t'}); ``None`` = start of sequence.
+            :func:`~memnets.memory.engine.gate_units`).
+        mom: momentum coefficient ``[B, T, H]`` (or per channel), ``None`` = plain gradient descent as
+            in Miras §5.3; given, the accumulator takes momentum steps, S_t = mom_t S_{t−1} − lr_t u_t,
+            A_t = keep_t A_{t−1} + S_t (Titans Eq. 13-14; "GD with momentum" is one of Miras §3's
+            memory learning algorithms).
+        state: :class:`~memnets.memory.MemoryState` whose ``weights`` are the accumulator A, whose
+            ``momentum`` is S (with ``mom``) and whose ``anchor`` is the current gradient point
+            φ(A_{t'}); ``None`` = start of sequence.
         bias, bias_params: attentional bias and its per-token parameters ``[B, T, H, ...]``.
         retention: the map φ (``None`` = identity, the engine's dual form; :class:`ChunkEnd` applies
             it to the state at chunk ends only).
@@ -421,28 +441,28 @@ def miras_chunked(
     Returns ``y [B, T, H, D]`` and the state after the last token. Computes in the dtype of
     ``arch``'s parameters with autocast off, like the engine.
     """
-    check_inputs(arch, q, k, v, lr, None, keep, state, chunk_size)
+    check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size)
     bias = bias or L2Bias()
     B, T = q.shape[:2]
     dtype = arch.init_weights[0].dtype
     with torch.autocast(q.device.type, enabled=False):
         qh, kh, vh = (_bhl(t, dtype) for t in (q, k, v))
         lr_, bp = _bhl(lr, dtype), _bhl(bias_params, dtype)
-        log_keep = _bhl(keep, dtype, log=True)
-        st = state or initial_state(arch, B, False, dtype)
-        A, anchor, offset = st.weights, st.anchor, st.offset
+        log_keep, log_mom = (_bhl(g, dtype, log=True) for g in (keep, mom))
+        st = state or initial_state(arch, B, mom is not None, dtype)
+        A, S, anchor, offset = st.weights, st.momentum, st.anchor, st.offset
         retention, at_end = _split(retention)
         units = channel_units(arch, lr)
         ys = []
         for seg in segments(T, chunk_size, offset, first_alone=lag):
             if _refresh(seg.offset, lag):
                 anchor = retained_weights(A, retention)
-            y, A = miras_step(
-                arch, bias, retention, anchor, A, *seg.take(qh, kh, vh, bp, lr_, log_keep), units
+            y, A, S = miras_step(
+                arch, bias, retention, anchor, A, S, *seg.take(qh, kh, vh, bp, lr_, log_keep, log_mom), units
             )
             ys.append(y)
             if at_end is not None and seg.ends_chunk:
                 A = retained_weights(A, at_end)
         y = segment_reads(ys, vh, q.dtype)
     offset = (offset + T) % chunk_size
-    return y, MemoryState(A, None, anchor if offset else None, offset)
+    return y, MemoryState(A, S, anchor if offset else None, offset)

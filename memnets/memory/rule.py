@@ -136,15 +136,18 @@ class ChunkCoefficients:
             return (scores * self.G) @ deltas
         return torch.einsum("bhtj,bhctj,bhjc->bhtc", scores, self.G, deltas)
 
-    def token_weights(self, W0: Tensor, x: Tensor, d: Tensor) -> Tensor:
-        """Every token's weights β_t W_0 − Σ_j G[t, j] x_jᵀ δ_j of one layer, ``[B, H, L, d_in, C]``
-        (materialised: for the nonlinear retention maps that need them)."""
+    def token_weights(self, W0: Tensor, x: Tensor, d: Tensor, S0: Tensor | None = None) -> Tensor:
+        """Every token's weights β_t W_0 + f_t S_0 − Σ_j G[t, j] x_jᵀ δ_j of one layer,
+        ``[B, H, L, d_in, C]`` (materialised: for the nonlinear retention maps that need them; ``S0``
+        only with momentum)."""
         if self.units is None:
-            return self.beta[..., None, None] * W0[:, :, None] - (
+            W = self.beta[..., None, None] * W0[:, :, None] - (
                 (self.G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
             )
+            return W if S0 is None else W + self.f[..., None, None] * S0[:, :, None]  # type: ignore[index]
         beta = self.beta.transpose(-1, -2)[..., None, :]  # [B, H, L, 1, C]
-        return beta * W0[:, :, None] - torch.einsum("bhctj,bhji,bhjc->bhtic", self.G, x, d)
+        W = beta * W0[:, :, None] - torch.einsum("bhctj,bhji,bhjc->bhtic", self.G, x, d)
+        return W if S0 is None else W + self.f.transpose(-1, -2)[..., None, :] * S0[:, :, None]  # type: ignore[union-attr]
 
 
 def chunk_coefficients(

@@ -102,6 +102,7 @@ from ..ops import MIRAS_MEMORY
 from ..registry import register_mixer
 from .base import takes_options
 from .memory_block import (
+    GATE_INIT,
     GateLayout,
     LowRankGates,
     MemoryBlock,
@@ -138,6 +139,7 @@ class MirasMemory(MemoryBlock):
         backend: Backend = "auto",
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
+        momentum: bool = False,
         gate_rank: int = 32,
         gates: GateLayout = "head",
         conv_size: int = 4,
@@ -166,12 +168,13 @@ class MirasMemory(MemoryBlock):
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.memory = memory.build(num_heads, head_dim)
         width = gate_width(self.name, gates, gate_rank, self.memory)
-        # lr starts at lr_max/2, keep at sigmoid(4.6) ≈ 0.99; δ keeps its own width (per head or per
-        # output channel of the residual, which is what Huber compares, not a weight's unit)
-        self.gates = LowRankGates(
-            d_model, num_heads, gate_rank, {"lr": (width, 0.0), "keep": (width, 4.6), **(extra_gates or {})}
-        )
-        self.lr_max = lr_max
+        # lr starts at lr_max/2, mom at sigmoid(2.2) ≈ 0.9, keep at sigmoid(4.6) ≈ 0.99 (GATE_INIT, as
+        # Titans); δ keeps its own width (per head or per output channel of the residual, which is
+        # what Huber compares, not a weight's unit)
+        names = ("lr", "mom", "keep") if momentum else ("lr", "keep")
+        step_gates = {n: (width, GATE_INIT[n]) for n in names}
+        self.gates = LowRankGates(d_model, num_heads, gate_rank, step_gates | (extra_gates or {}))
+        self.lr_max, self.momentum = lr_max, momentum
         check_dot_precision(self.name, dot_precision, self.memory)
         self.init_output(d_model, num_heads, head_dim)
         # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
@@ -194,10 +197,12 @@ class MirasMemory(MemoryBlock):
     def memory_args(self, x: Tensor, qkv: dict[str, Tensor]) -> tuple[list[Tensor | None], dict[str, Any]]:
         raw = self.gates(x)
         lr, keep = self.lr_max * torch.sigmoid(raw["lr"]), torch.sigmoid(raw["keep"])
-        return [qkv["q"], qkv["k"], qkv["v"], lr, keep], {"bias_params": self.bias_params(raw)}
+        mom = torch.sigmoid(raw["mom"]) if self.momentum else None
+        return [qkv["q"], qkv["k"], qkv["v"], lr, mom, keep], {"bias_params": self.bias_params(raw)}
 
     def state_size(self, seq_len: int) -> int:
-        return self.num_heads * self.memory.numel_per_head() + self.inputs.state_size()
+        copies = 2 if self.momentum else 1  # the accumulator, and the momentum with ``momentum``
+        return self.num_heads * self.memory.numel_per_head() * copies + self.inputs.state_size()
 
 
 @register_mixer("moneta")
