@@ -354,3 +354,24 @@ def test_memory_sensitivity_script_measures_the_initial_weights_effect():
     out = script.sensitivity(titans, 64, memory_overrides(titans, ["norm_scale=0.1"]))
     assert list(out) == [16, 64] and all(math.isfinite(v) and v > 0 for v in out.values())
     assert script.sensitivity(ROOT / "configs/mqar/gated_deltanet.yaml", 64, []) is None
+
+
+def test_memory_writes_script_measures_the_read_weights():
+    """``memory_writes.py`` with the step size at 0: only retention acts, W_T = β W_0 per sequence and
+    head, so move = 1 − β and size = β (Titans); Moneta's literal L_q map (q = 4) reads φ(β A_0) =
+    φ(A_0)/β, so size − move = 1 there, which holds only if the script applies the map. Mixers
+    without one weight set per layer give no rows."""
+    script = load_script("scripts/memory_writes.py")
+    titans = script.memory_writes(
+        ROOT / "configs/mqar/titans.yaml", 2, ["model.mixer_options.titans.lr_max=0.0", "data.seq_len=16"]
+    )
+    assert len(titans) == 4 and all(r["move"] > 1e-3 for r in titans)  # two layers x two matrices
+    for r in titans:
+        assert abs(r["move"] + r["size"] - 1) < 1e-5
+    moneta = script.memory_writes(
+        ROOT / "configs/mqar/moneta.yaml", 2, ["model.mixer_options.moneta.lr_max=1e-30", "data.seq_len=16"]
+    )
+    assert len(moneta) == 4
+    for r in moneta:
+        assert r["size"] > 1 and abs(r["size"] - r["move"] - 1) < 1e-4
+    assert script.memory_writes(ROOT / "configs/mqar/gated_deltanet.yaml", 2, ["data.seq_len=16"]) == []

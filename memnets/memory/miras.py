@@ -19,7 +19,9 @@ each reduces to ``L2Bias`` in its quadratic limit:
 
 **Retention maps** (the retention gate beyond the scalar ``keep``): every Miras model here keeps an
 accumulator ``A`` that the engine's linear rule updates, A_t = keep_t A_{t−1} − lr_t ∇ℓ(W_ref), and
-reads and differentiates the weights W = φ(A) (the FTRL / mirror-descent view, Miras §3 Prop. 3.2):
+reads and differentiates the weights W = φ(A) (the FTRL / mirror-descent view, Miras §3 Prop. 3.2);
+with momentum (``mom``) the step goes through S_t = mom_t S_{t−1} − lr_t ∇ℓ(W_ref) first and
+A_t = keep_t A_{t−1} + S_t (the engine's rule, :mod:`~memnets.memory.rule`):
 
 * ``None`` — φ = identity: plain L2 retention / weight decay (Yaad, Eq. 26; Titans' forget gate).
 * :class:`LqNormalize` — Moneta (Eq. 24), W = s(A)·A with one scalar per weight matrix and head

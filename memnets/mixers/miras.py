@@ -8,7 +8,7 @@ Registered mixers (update rules Miras §5.3, Eq. 24–27; neutral names: ``lr`` 
     yaad:    W_t = keep_t W_{t−1} − lr_t ∇[‖r‖² if ‖r‖₂ ≤ δ_t else 2δ_t‖r‖₁](W_ref)            (Eq. 26)
     memora:  W_t = Softmax(keep_t log W_{t−1} − lr_t ∇‖r‖²(W_ref))                          (Eq. 27)
 
-all plain gradient descent (no momentum), W_ref = the weights at the start of the token's chunk
+all plain gradient descent (no momentum) by default, W_ref = the weights at the start of the token's chunk
 (``chunk_size``; 1 = exact online), and token t reads y_t = M(q_t; W_t) after its own write. The
 biases and retention maps live in :mod:`memnets.memory.miras`; its docstring explains the chunked
 semantics, Memora's lag token and the ℓ_p/Huber smoothing.
@@ -19,6 +19,14 @@ or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per
 affine, learnable initial weights); output RMSNorm gated by a linear layer, then the output
 projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
 softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel for the coordinate form).
+
+``momentum`` (default off, the paper's plain descent) puts the step through momentum first, the
+Titans rule (arXiv 2501.00663 Eq. 13-14) on the accumulator: S_t = mom_t S_{t−1} − lr_t ∇ℓ(W_ref),
+A_t = keep_t A_{t−1} + S_t, then W_t = φ(A_t) as above (Memora: A the logits), with ``mom`` =
+sigmoid(·) starting at ≈ 0.9. Miras §3 lists "GD with momentum" among the memory learning
+algorithms its framework composes (Titans is that choice with the ℓ2 bias and L2 retention); §5
+builds its three models with plain GD. With identity retention (Yaad; Moneta ``normalize="none"``)
+the rule is exactly Titans' and runs in the same kernel.
 
 Choices where the paper is silent or ambiguous (§5.3–5.4 leave open the gates' channel axis, the norm
 Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
