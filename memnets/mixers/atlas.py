@@ -57,7 +57,8 @@ nor how the window gates γ are parameterised), each an option:
 MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,
 ``lr_max`` 0.1) starts much more slowly but learns too, still rising when the run ends. Figures and the
 cost of an Atlas step on CPU: ``benchmarks/RESULTS.md`` section 7 ("ATLAS runs").
-Whether a larger ``lr_max`` or ``muon="token"`` closes the gap was not tested. OmegaNet learns MQAR
+A larger ``lr_max`` (1, 4) learns faster but stays far behind OmegaNet at 500 steps, and
+``muon="token"`` was too slow to measure on CPU (``benchmarks/RESULTS.md`` section 34). OmegaNet learns MQAR
 much faster with ``momentum=True`` than without (``benchmarks/RESULTS.md`` section 32).
 """
 

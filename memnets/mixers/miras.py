@@ -82,9 +82,12 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 
 MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
-more slowly on the same budget (for Moneta a likely cause, not tested, is the ℓ_3 bias's gradient
-3·r·|r|, small for small residuals), and for Moneta the literal map is ahead at every evaluation.
-Figures, settings and dates: ``benchmarks/RESULTS.md`` section 7 ("Miras runs").
+more slowly on the same budget. For Moneta the cause is the literal map, not the ℓ_3 bias: with
+‖W‖₄ = 1/‖A‖₄ the writes that grow the accumulator shrink the weights (one random sequence at
+initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns. For
+Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows, and larger steps
+blow up the outer gradients. ``momentum`` helps neither. Figures, settings and dates:
+``benchmarks/RESULTS.md`` sections 7 ("Miras runs") and 34 (``scripts/memory_writes.py``).
 """
 
 from __future__ import annotations
