@@ -84,7 +84,7 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
 more slowly on the same budget. For Moneta the cause is the literal map, not the ℓ_3 bias: with
 ‖W‖₄ = 1/‖A‖₄ the writes that grow the accumulator shrink the weights (one random sequence at
-initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns. For
+initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns far faster. For
 Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows, and larger steps
 blow up the outer gradients. ``momentum`` helps neither. Figures, settings and dates:
 ``benchmarks/RESULTS.md`` sections 7 ("Miras runs") and 34 (``scripts/memory_writes.py``).
