@@ -4,10 +4,8 @@ the training throughput, and whether the runs left the context-free level.
 
 The run trains at its config's ``data.seq_len``, and that is the length its quality row carries: a
 quality figure is never copied onto the timing rows of other lengths. The context-free level is the
-validation loss of the best model that ignores the context, i.e. predicts from token frequencies alone:
-for text, the cross-entropy of the evaluated tokens under the training split's unigram distribution
-(add-one smoothed, from up to ``UNIGRAM_TOKENS`` training tokens); for MQAR, ``ln(vocab_size / 2)``,
-uniform over the values an answer can take (memnets.data.mqar). A setting whose loss is still within
+validation loss of the best model that ignores the context (memnets.data.baseline: the training split's
+unigram distribution for text, uniform over the possible answers for MQAR). A setting whose loss is still within
 ``CHANCE_MARGIN`` of that level has learned nothing about the context yet, so its chunk size cannot be
 judged: the row says so (``left_chance`` false) and the table and plots mark it.
 """
@@ -22,27 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memnets.config import Config
+from memnets.data.baseline import context_free_loss
 from memnets.data.mqar import MQARTask
 from memnets.metrics import parse_metrics
 
-UNIGRAM_TOKENS = 1 << 24
 CHANCE_MARGIN = 0.02  # a loss above (1 - CHANCE_MARGIN) x the context-free level has not left it
 METRICS = ("val_loss", "val_bpb", "val_accuracy", "train_tokens_per_s")
-
-
-def context_free_loss(task: Any, batch_size: int, eval_batches: int) -> float:
-    """The validation loss (nats/token) of predicting from token frequencies alone, on the tokens the
-    trainer's evaluation scores (see the module docstring)."""
-    if isinstance(task, MQARTask):
-        return math.log(task.vocab_size // 2)
-    train = np.asarray(task.train[: min(len(task.train), UNIGRAM_TOKENS)], dtype=np.int64)
-    counts = np.bincount(train, minlength=task.vocab_size).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    labels = [lab.numpy().ravel() for _, lab in task.val_batches(batch_size, eval_batches)]
-    return float(-logp[np.concatenate(labels)].mean())
 
 
 def training_throughput(run_dir: Path) -> float | None:

@@ -2,7 +2,7 @@
 
     python scripts/compare.py configs/mqar/attention.yaml configs/mqar/titans.yaml --steps 500 --out cmp/
     python scripts/compare.py configs/mqar/_base.yaml --mixers attention,titans,gated_deltanet --out cmp/
-    python scripts/compare.py --preset cpu data.path=corpus.txt --out lb-cpu/   # every tiny text family
+    python scripts/compare.py --preset cpu data.path=data/tinyshakespeare.txt --out lb/   # every tiny text family
     python scripts/compare.py --preset gpu --out zoo/                           # the zoology MQAR grid
     python scripts/compare.py --preset gpu configs/mqar/titans.yaml configs/mqar/attention.yaml --out zoo/
 
@@ -33,7 +33,8 @@ Table (``OUT/results.md``, ``.csv``, ``.json``; the Markdown one is also printed
 steps, mixer, parameters, recurrent state per sequence at ``data.seq_len`` (``LM.state_size``: numbers,
 and their fp32 size; the KV cache for attention), the median training throughput in tokens/s, the run's
 peak memory (MB: CUDA allocator peak on GPU, peak RSS on CPU, reset at the start of each run), the final
-validation loss (nats/token), bits per byte (text), MQAR accuracy overall and per number of pairs, and
+validation loss (nats/token), bits per byte (text: beside it the unigram level of the same evaluation
+tokens, memnets.data.baseline, and the difference to the sweep's attention run when it has one), MQAR accuracy overall and per number of pairs, and
 the wall time (summed over calls). PNGs (finished runs only; each names the runs it leaves out):
 ``compare.png`` (headline metric and throughput bars, up to 30 runs), ``curves.png`` (training and
 validation loss, lr and gradient norm against tokens, up to 20 runs: ``scripts/plot_runs.py`` draws any
@@ -61,6 +62,8 @@ import plot_runs
 
 from memnets.checkpoint import checkpoint_step, list_checkpoints
 from memnets.config import Config, apply_overrides, load_config, load_yaml, to_dict
+from memnets.data import TextTask, build_task
+from memnets.data.baseline import context_free_loss
 from memnets.metrics import parse_metrics
 from memnets.registry import list_mixers
 from memnets.run_dir import atomic_write_text
@@ -96,6 +99,8 @@ HEAD = {
     "peak_mem_mb": "peak memory (MB)",
     "val_loss": "val loss (nats/token)",
     "val_bpb": "bits per byte",
+    "bpb_vs_attention": "bits per byte vs attention",
+    "unigram_bpb": "unigram bits per byte",
     "val_accuracy": "MQAR accuracy",
 }
 TAIL = {"seconds": "wall time (s)"}
@@ -216,6 +221,26 @@ def val_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("val_") and math.isfinite(v)}
 
 
+def unigram_bpb(cfg: Config, task: TextTask | None = None) -> dict[str, float]:
+    """``{"unigram_bpb": ...}``: the bits per byte of predicting the run's evaluation tokens from the
+    training split's token frequencies (memnets.data.baseline), the level a text model must beat; empty
+    for MQAR or where bits per byte are unknown."""
+    if cfg.data.kind != "text":
+        return {}
+    task = task or build_task(cfg.data, cfg.run.seed)  # type: ignore[assignment]
+    bpb = task.bits_per_byte(context_free_loss(task, cfg.train.batch_size, cfg.train.eval_batches))
+    return {"unigram_bpb": bpb} if math.isfinite(bpb) else {}
+
+
+def against_attention(rows: list[dict[str, Any]]) -> None:
+    """Give every finished text row its bits per byte relative to the sweep's first finished attention
+    run (``bpb_vs_attention``, e.g. 0.05 = 5% more bits per byte), when the sweep has one."""
+    done = [r for r in rows if r["status"] == "finished" and r.get("val_bpb") is not None]
+    ref = next((r["val_bpb"] for r in done if r.get("mixer") == "attention"), None)
+    for r in done if ref else []:
+        r["bpb_vs_attention"] = r["val_bpb"] / ref - 1.0
+
+
 def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
     """The run's table row and the signal that stopped it (None when it finished)."""
     run_dir = Path(cfg.run.dir)
@@ -224,6 +249,8 @@ def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
     earlier = _earlier(run_dir)
     if earlier is not None and earlier["status"] == "finished" and earlier["config"] == wanted:
         print(f"=== {entry.name}: finished in an earlier call with the same config; its results are reused")
+        if "unigram_bpb" not in earlier["row"]:  # a row written before the column existed
+            return {**earlier["row"], **unigram_bpb(cfg)}, None
         return earlier["row"], None
     print(f"=== {entry.name}: {entry.path} {' '.join(entry.overrides)}".rstrip())
     reset_peak_memory()
@@ -245,6 +272,7 @@ def train_one(cfg: Config, entry: Entry) -> tuple[dict[str, Any], int | None]:
         "steps": result.step,
         "target_steps": cfg.train.steps,
         **val_metrics(result.metrics),
+        **unigram_bpb(cfg, trainer.task),  # type: ignore[arg-type]
         "params": trainer.model.num_params(),
         "state_size": trainer.model.state_size(cfg.data.seq_len),
         "seq_len": cfg.data.seq_len,
@@ -298,6 +326,8 @@ def _cell(key: str, value: Any) -> str:
         return f"{_si(value)} ({_si(4 * value)}B)"
     if key in ("params", "tokens_per_s"):
         return _si(value)
+    if key == "bpb_vs_attention":
+        return f"{value:+.1%}"
     if key in ("peak_mem_mb", "seconds"):
         return f"{value:,.0f}"
     if isinstance(value, float):
@@ -554,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, h in handlers.items():
             signal.signal(s, h)
 
+    against_attention(rows)
     failed = [{"config": r["config"], "error": r["error"]} for r in rows if r["status"] == "failed"]
     summary = {
         "overrides": overrides,

@@ -6,15 +6,18 @@ it; unfinished and failed runs are never drawn."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, TINY_MQAR, load_script
+from helpers import ROOT, TINY_MQAR, load_script, write_corpus
 
 from memnets import trainer as trainer_module
+from memnets.data import build_task
+from memnets.data.baseline import context_free_loss
 
 compare = load_script("scripts/compare.py")
 
@@ -188,3 +191,38 @@ def test_a_bits_per_byte_of_nan_is_a_missing_figure():
         compare.table([{"name": "a", "status": "finished", **got}]).splitlines()[2]
         == "| a | finished | 2.5000 |"
     )
+
+
+def test_text_rows_carry_the_unigram_level_and_the_difference_to_attention(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt", 300)
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.num_heads=2", "data.seq_len=32"]
+    configs = [
+        str(ROOT / "configs/lm/attention-tiny.yaml"),
+        str(ROOT / "configs/lm/gated_deltanet-tiny.yaml"),
+    ]
+    out = tmp_path / "lb"
+    args = [*configs, "--preset", "cpu", f"data.path={corpus}", *tiny, "--steps", "2", "--out", str(out)]
+    assert compare.main(args) == 0
+    _, rows = _results(out)
+    att, gdn = rows["attention-tiny"], rows["gated_deltanet-tiny"]
+    # the level is the unigram cross-entropy of the evaluated bytes, in bits per byte
+    cfg = compare.load_config(configs[0], [*compare.CPU_BUDGET, f"data.path={corpus}", *tiny])
+    task = build_task(cfg.data, cfg.run.seed)
+    level = task.bits_per_byte(context_free_loss(task, cfg.train.batch_size, cfg.train.eval_batches))
+    assert level == pytest.approx(
+        context_free_loss(task, 8, 4) / math.log(2), rel=1e-3
+    )  # 1 byte per token but EOS
+    assert att["unigram_bpb"] == pytest.approx(level) and gdn["unigram_bpb"] == pytest.approx(level)
+    assert att["bpb_vs_attention"] == 0.0
+    assert gdn["bpb_vs_attention"] == pytest.approx(gdn["val_bpb"] / att["val_bpb"] - 1.0)
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "unigram bits per byte" in header and "bits per byte vs attention" in header
+
+
+def test_no_attention_run_no_relative_column():
+    rows = [{"name": "a", "status": "finished", "mixer": "titans", "val_bpb": 3.0}]
+    compare.against_attention(rows)
+    assert "bpb_vs_attention" not in rows[0]
+    rows.append({"name": "b", "status": "finished", "mixer": "attention", "val_bpb": 2.0})
+    compare.against_attention(rows)
+    assert rows[0]["bpb_vs_attention"] == pytest.approx(0.5) and "+50.0%" in compare.table(rows)
