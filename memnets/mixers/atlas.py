@@ -54,12 +54,12 @@ nor how the window gates γ are parameterised), each an option:
   elsewhere raises with the reason (Atlas's Muon, the gated memory, ``inner_loss="dot"``).
   ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
-MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall; Atlas (orthogonalised steps,
-``lr_max`` 0.1) starts much more slowly but learns too, still rising when the run ends. Figures and the
-cost of an Atlas step on CPU: ``benchmarks/RESULTS.md`` section 7 ("ATLAS runs").
-A larger ``lr_max`` (1, 4) learns faster but stays far behind OmegaNet at 500 steps, and
-``muon="token"`` was too slow to measure on CPU (``benchmarks/RESULTS.md`` section 34). OmegaNet learns MQAR
-much faster with ``momentum=True`` than without (``benchmarks/RESULTS.md`` section 32).
+MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall, much faster with ``momentum=True``
+than without (``benchmarks/RESULTS.md`` section 32). Atlas at the mixer's ``lr_max`` 0.1 learns slowly
+(0.09 at 1500 steps, section 7): each orthogonalised step has singular values near 1 whatever the
+gradient, so a small cap on η_t leaves the memory close to its initial weights. The MQAR config sets
+``lr_max`` 4 and learns recall (section 35); ``muon="token"`` was too slow to measure on CPU (section 34).
+The mixer's default stays 0.1 until a text run shows what a larger cap does there.
 """
 
 from __future__ import annotations
