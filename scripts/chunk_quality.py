@@ -5,9 +5,9 @@ the training throughput, and whether the runs left the context-free level.
 The run trains at its config's ``data.seq_len``, and that is the length its quality row carries: a
 quality figure is never copied onto the timing rows of other lengths. The context-free level is the
 validation loss of the best model that ignores the context (memnets.data.baseline: the training split's
-unigram distribution for text, uniform over the possible answers for MQAR). A setting whose loss is still within
-``CHANCE_MARGIN`` of that level has learned nothing about the context yet, so its chunk size cannot be
-judged: the row says so (``left_chance`` false) and the table and plots mark it.
+unigram distribution for text, uniform over the possible answers for MQAR). A setting whose loss is
+still within ``CHANCE_MARGIN`` of that level has learned nothing about the context yet, so its chunk size
+cannot be judged: the row says so (``left_chance`` false) and the table and plots mark it.
 """
 
 from __future__ import annotations

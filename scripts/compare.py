@@ -2,7 +2,7 @@
 
     python scripts/compare.py configs/mqar/attention.yaml configs/mqar/titans.yaml --steps 500 --out cmp/
     python scripts/compare.py configs/mqar/_base.yaml --mixers attention,titans,gated_deltanet --out cmp/
-    python scripts/compare.py --preset cpu data.path=data/tinyshakespeare.txt --out lb/   # every tiny text family
+    python scripts/compare.py --preset cpu data.path=data/tinyshakespeare.txt --out lb/  # tiny text configs
     python scripts/compare.py --preset gpu --out zoo/                           # the zoology MQAR grid
     python scripts/compare.py --preset gpu configs/mqar/titans.yaml configs/mqar/attention.yaml --out zoo/
 
@@ -34,8 +34,8 @@ steps, mixer, parameters, recurrent state per sequence at ``data.seq_len`` (``LM
 and their fp32 size; the KV cache for attention), the median training throughput in tokens/s, the run's
 peak memory (MB: CUDA allocator peak on GPU, peak RSS on CPU, reset at the start of each run), the final
 validation loss (nats/token), bits per byte (text: beside it the unigram level of the same evaluation
-tokens, memnets.data.baseline, and the difference to the sweep's attention run when it has one), MQAR accuracy overall and per number of pairs, and
-the wall time (summed over calls). PNGs (finished runs only; each names the runs it leaves out):
+tokens, memnets.data.baseline, and the difference to the sweep's attention run when it has one), MQAR
+accuracy overall and per number of pairs, and the wall time (summed over calls). PNGs (finished runs only; each names the runs it leaves out):
 ``compare.png`` (headline metric and throughput bars, up to 30 runs), ``curves.png`` (training and
 validation loss, lr and gradient norm against tokens, up to 20 runs: ``scripts/plot_runs.py`` draws any
 subset) and, for MQAR, ``zoology.png`` (accuracy against state size, one panel per sequence length).

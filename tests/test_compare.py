@@ -208,10 +208,9 @@ def test_text_rows_carry_the_unigram_level_and_the_difference_to_attention(tmp_p
     # the level is the unigram cross-entropy of the evaluated bytes, in bits per byte
     cfg = compare.load_config(configs[0], [*compare.CPU_BUDGET, f"data.path={corpus}", *tiny])
     task = build_task(cfg.data, cfg.run.seed)
-    level = task.bits_per_byte(context_free_loss(task, cfg.train.batch_size, cfg.train.eval_batches))
-    assert level == pytest.approx(
-        context_free_loss(task, 8, 4) / math.log(2), rel=1e-3
-    )  # 1 byte per token but EOS
+    loss = context_free_loss(task, cfg.train.batch_size, cfg.train.eval_batches)
+    level = task.bits_per_byte(loss)
+    assert level == pytest.approx(loss / math.log(2), rel=1e-3)  # a byte per token, but for the EOS
     assert att["unigram_bpb"] == pytest.approx(level) and gdn["unigram_bpb"] == pytest.approx(level)
     assert att["bpb_vs_attention"] == 0.0
     assert gdn["bpb_vs_attention"] == pytest.approx(gdn["val_bpb"] / att["val_bpb"] - 1.0)
