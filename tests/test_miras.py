@@ -2,6 +2,8 @@
 gradient), chunk size 1 == the paper's online rules written out here, decoding == forward, the limits
 that pin the algebra, and bf16 stability at T = 4096 with extreme gates."""
 
+import functools
+
 import pytest
 import torch
 from mixer_checks import (
@@ -233,6 +235,16 @@ def test_memora_rows_stay_on_the_simplex():
         for w in retained_weights(state.memory.weights, mixer.retention):
             assert (w >= 0).all()
             assert_close("column sums", torch.ones_like(w.sum(-2)), w.sum(-2))
+
+
+def test_memora_memory_has_no_layer_norm_unless_asked():
+    """Memora's default memory drops the output LayerNorm (``SimplexMemorySpec``); other memory keys keep
+    that default, and ``norm: true`` restores Miras §5.3's x + LN(...)."""
+    build = functools.partial(memnets.build_mixer, "memora", d_model=16, num_heads=2)
+    assert not build().memory.layer_norm
+    assert not build(memory={"expansion": 2.0}).memory.layer_norm
+    assert build(memory={"norm": True}).memory.layer_norm
+    assert memnets.build_mixer("moneta", d_model=16, num_heads=2).memory.layer_norm
 
 
 def test_moneta_paper_map_is_scale_inverse():

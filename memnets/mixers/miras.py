@@ -16,7 +16,7 @@ semantics, Memora's lag token and the ℓ_p/Huber smoothing.
 Block (§5.4, Fig. 2): q/k/v projections → depthwise causal conv (``conv_size`` 4) → SiLU, l2-norm of
 q and k per head; gates from low-rank projections x → R^``gate_rank`` → R^H (RWKV-7 style, rank "32
 or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per-head outer LayerNorm
-affine, learnable initial weights); output RMSNorm gated by a linear layer, then the output
+affine, learnable initial weights; Memora without the LayerNorm by default, below); output RMSNorm gated by a linear layer, then the output
 projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
 softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel for the coordinate form).
 
@@ -69,7 +69,15 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   initial weights. ``lag_token`` (default on) is the paper's lag token. ``lr_max`` defaults to 0.1
   for Memora (1.0 for Moneta and Yaad): at 1.0 the logit steps saturate the softmax, the first outer
   gradients on MQAR (embedding and key projection) are far larger and MQAR accuracy stays at chance;
-  at 0.1 it rises above chance (RESULTS.md section 7, "Miras runs").
+  at 0.1 it rises above chance (RESULTS.md section 7, "Miras runs"). Memora's memory has no output
+  LayerNorm by default (``memory: {norm: false}``, :class:`SimplexMemorySpec`; ``norm: true`` is
+  §5.3's x + LN(W₁ σ(W₂ x))): each output unit is a convex combination of its inputs (times c), so
+  the simplex already bounds the output's scale, and at initialisation the near-uniform softmax rows
+  make every unit compute almost the same average, a pre-LayerNorm spread across channels of about
+  10⁻⁵, far below the LayerNorm's √ε ≈ 3·10⁻³. The LayerNorm then scales its input by about 1/√ε
+  (≈ 300) and its backward the inner gradients alike: on text the outer gradient norm ran at 44
+  (median) to 623, the clip at 1.0 acting on every step, and Memora stayed near the unigram level;
+  without it the norm stays near 1 and Memora trains like the other families (RESULTS.md section 36).
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (Yaad, Moneta with
   ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
   returned is the last sequence's.
@@ -85,14 +93,17 @@ MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta an
 more slowly on the same budget. For Moneta the cause is the literal map, not the ℓ_3 bias: with
 ‖W‖₄ = 1/‖A‖₄ the writes that grow the accumulator shrink the weights (one random sequence at
 initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns far faster. For
-Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows, and larger steps
-blow up the outer gradients. ``momentum`` helps neither. Figures, settings and dates:
-``benchmarks/RESULTS.md`` sections 7 ("Miras runs") and 34 (``scripts/memory_writes.py``).
+Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows; with the LayerNorm
+larger steps blew up the outer gradients, and without it (the default) they no longer do but recall
+still does not start (``lr_max`` 1, ``simplex_scale`` 4 or 8). ``momentum`` helps neither. Figures,
+settings and dates: ``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34
+(``scripts/memory_writes.py``) and 36.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -285,6 +296,18 @@ class Yaad(MirasMemory):
         return F.softplus(raw["delta"])
 
 
+@dataclass(frozen=True)
+class SimplexMemorySpec(MemorySpec):
+    """Memora's ``memory`` option: :class:`~memnets.memory.MemorySpec` with the output LayerNorm off by
+    default (``norm: false``; ``norm: true`` gives Miras §5.3's x + LN(W₁ σ(W₂ x))). On the simplex
+    every output unit is a convex combination of its inputs, and the near-uniform softmax rows of the
+    initial weights make the units alike: the pre-LayerNorm output spreads across channels by far less
+    than the LayerNorm's √ε, which then divides the inner gradients by that spread instead of by a unit
+    scale (module docstring, "Memora")."""
+
+    norm: bool = False
+
+
 @register_mixer("memora")
 @takes_options(MirasMemory.__init__, "dot_precision")
 class Memora(MirasMemory):
@@ -300,8 +323,11 @@ class Memora(MirasMemory):
         lag_token: bool = True,
         simplex_scale: float = 1.0,
         lr_max: float = 0.1,
+        memory: SimplexMemorySpec = SimplexMemorySpec(),
         **block: Any,
     ) -> None:
         # no kernel runs Memora (its softmax retention), so no kernel operand option
         retention = SimplexSoftmax(simplex_scale)
-        super().__init__(d_model, num_heads, L2Bias(), retention, lag_token, lr_max=lr_max, **block)
+        super().__init__(
+            d_model, num_heads, L2Bias(), retention, lag_token, lr_max=lr_max, memory=memory, **block
+        )
