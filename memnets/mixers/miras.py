@@ -16,9 +16,10 @@ semantics, Memora's lag token and the ℓ_p/Huber smoothing.
 Block (§5.4, Fig. 2): q/k/v projections → depthwise causal conv (``conv_size`` 4) → SiLU, l2-norm of
 q and k per head; gates from low-rank projections x → R^``gate_rank`` → R^H (RWKV-7 style, rank "32
 or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per-head outer LayerNorm
-affine, learnable initial weights; Memora without the LayerNorm by default, below); output RMSNorm gated by a linear layer, then the output
-projection. ``lr = lr_max·sigmoid(·)``, ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
-softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel for the coordinate form).
+affine, learnable initial weights; Memora without the LayerNorm by default, below); output RMSNorm
+gated by a linear layer, then the output projection. ``lr = lr_max·sigmoid(·)``, ``keep =
+sigmoid(·)`` (init ≈ 0.99), ``delta = softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1
+per channel for the coordinate form).
 
 ``momentum`` (default off, the paper's plain descent) puts the step through momentum first, the
 Titans rule (arXiv 2501.00663 Eq. 13-14) on the accumulator: S_t = mom_t S_{t−1} − lr_t ∇ℓ(W_ref),
@@ -76,7 +77,7 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   make every unit compute almost the same average, a pre-LayerNorm spread across channels of about
   10⁻⁵, far below the LayerNorm's √ε ≈ 3·10⁻³. The LayerNorm then scales its input by about 1/√ε
   (≈ 300) and its backward the inner gradients alike: on text the outer gradient norm ran at 44
-  (median) to 623, the clip at 1.0 acting on every step, and Memora stayed near the unigram level;
+  (median) to 623, the clip at 1.0 acting on most steps, and Memora stayed near the unigram level;
   without it the norm stays near 1 and Memora trains like the other families (RESULTS.md section 36).
 * Packed sequences (``cu_seqlens``) run in one kernel call on ``triton`` (Yaad, Moneta with
   ``normalize="none"``; each sequence from a fresh state), else sequence by sequence; the state
@@ -302,8 +303,8 @@ class SimplexMemorySpec(MemorySpec):
     default (``norm: false``; ``norm: true`` gives Miras §5.3's x + LN(W₁ σ(W₂ x))). On the simplex
     every output unit is a convex combination of its inputs, and the near-uniform softmax rows of the
     initial weights make the units alike: the pre-LayerNorm output spreads across channels by far less
-    than the LayerNorm's √ε, which then divides the inner gradients by that spread instead of by a unit
-    scale (module docstring, "Memora")."""
+    than the LayerNorm's √ε, so the LayerNorm divides by √ε instead of by the spread and scales the
+    output and the inner gradients by about 1/√ε (module docstring, "Memora")."""
 
     norm: bool = False
 
