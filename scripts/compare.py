@@ -35,10 +35,11 @@ and their fp32 size; the KV cache for attention), the median training throughput
 peak memory (MB: CUDA allocator peak on GPU, peak RSS on CPU, reset at the start of each run), the final
 validation loss (nats/token), bits per byte (text: beside it the unigram level of the same evaluation
 tokens, memnets.data.baseline, and the difference to the sweep's attention run when it has one), MQAR
-accuracy overall and per number of pairs, and the wall time (summed over calls). PNGs (finished runs only; each names the runs it leaves out):
-``compare.png`` (headline metric and throughput bars, up to 30 runs), ``curves.png`` (training and
-validation loss, lr and gradient norm against tokens, up to 20 runs: ``scripts/plot_runs.py`` draws any
-subset) and, for MQAR, ``zoology.png`` (accuracy against state size, one panel per sequence length).
+accuracy overall and per number of pairs, and the wall time (summed over calls). PNGs (finished runs
+only; each names the runs it leaves out): ``compare.png`` (headline metric and throughput bars, up to 30
+runs), ``curves.png`` (training and validation loss, lr and gradient norm against tokens, up to 20 runs:
+``scripts/plot_runs.py`` draws any subset) and, for MQAR, ``zoology.png`` (accuracy against state size,
+one panel per sequence length).
 """
 
 from __future__ import annotations

@@ -300,11 +300,8 @@ class Yaad(MirasMemory):
 @dataclass(frozen=True)
 class SimplexMemorySpec(MemorySpec):
     """Memora's ``memory`` option: :class:`~memnets.memory.MemorySpec` with the output LayerNorm off by
-    default (``norm: false``; ``norm: true`` gives Miras §5.3's x + LN(W₁ σ(W₂ x))). On the simplex
-    every output unit is a convex combination of its inputs, and the near-uniform softmax rows of the
-    initial weights make the units alike: the pre-LayerNorm output spreads across channels by far less
-    than the LayerNorm's √ε, so the LayerNorm divides by √ε instead of by the spread and scales the
-    output and the inner gradients by about 1/√ε (module docstring, "Memora")."""
+    default (``norm: true`` gives Miras §5.3's x + LN(W₁ σ(W₂ x))); why, in the module docstring's
+    "Memora" item."""
 
     norm: bool = False
 
