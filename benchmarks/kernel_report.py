@@ -184,6 +184,37 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     ]
 
 
+def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
+    """Atlas with Muon once per chunk (:mod:`memnets.kernels.mlp_memory.muon_launch`): the forward, the
+    backward's STORE recompute and the backward, one program per (sequence, head), chunks in order."""
+    from memnets.kernels.mlp_memory.launch import checkpoint_chunks
+    from memnets.memory.kernel_bridge import _net_spec
+
+    spec = _net_spec(d.arch)
+    D, DI, DH = spec.d_out, spec.d_in, spec.d_hidden
+    C, P = d.options["chunk_size"], d.options.get("window", 1) - 1
+    steps = d.options.get("ns_steps", 5)
+    fwd, store, bwd = ck._muon_cases([(D, DH, C, DI, P)], dots=(_dot(d),))
+    cases = [
+        dataclasses.replace(c, constexprs={**c.constexprs, "H": d.arch.num_heads, "STEPS": steps})
+        for c in (fwd, store, bwd)
+    ]
+    programs, chunks = B * d.arch.num_heads, ceil_div(T, C)
+    every = checkpoint_chunks(chunks, None, False)[0]
+    # (layer-1, layer-2) matrices (Dk·Dh and Dh·D floats) read and written per chunk in global memory,
+    # counted from the kernels' passes: the forward 15 and 7 (5 of layer 1's for NS's Gram matrices),
+    # its STORE 3 and 3 more, the backward 38 + 5·steps and 10 (x_k and dx_k per NS step)
+    mats = ((10 + steps, 7), (13 + steps, 10), (38 + 5 * steps, 10))
+    fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
+    NI = fwd.constexprs["NI"]
+    live = (-(-chunks // every) + every) * 3 * (DI + D) * DH * 4 / 2**20  # checkpoints + one segment
+    return [
+        Launch("fwd", cases[0], programs, chunks, NI, state_bytes=fwd_b),
+        Launch("fwd (store)", cases[1], programs, chunks, NI, live * programs, store_b),
+        Launch("bwd", cases[2], programs, chunks, NI, state_bytes=bwd_b),
+    ]
+
+
 def _gated_delta_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     from memnets.kernels.gated_delta_triton import _block
 
@@ -245,6 +276,8 @@ def _scan_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch
 
 def kernel_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     """The kernel launches of one layer's call at ``[B, T]`` (forward, and backward through autograd)."""
+    if d.op is memory_ops.OMEGA_MEMORY and d.options.get("muon") == "chunk":
+        return _muon_launches(mixer, d, B, T)
     if d.op.name in MLP_OPS:
         return _mlp_launches(mixer, d, B, T)
     if d.op is memory_ops.GATED_DELTA:

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | :data:`TITANS_MEMORY` | Titans LMM (arXiv:2501.00663 §3.1, Eq. 13-15) | ``memory_reference`` / ``memory_chunked`` | MLP (depth 2) or linear (depth 1) memory kernel |
 | :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel, identity retention |
-| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window, no Muon |
+| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon per chunk (§5) in its own kernel |
 | :data:`CHUNK_READ_MEMORY` | TNT global memory (arXiv:2511.07343) | ``chunk_read_memory_reference`` / ``chunk_read_memory`` | chunk-start reads of the MLP memory kernel |
 | :data:`SHARDED_MEMORY` | TNT local memories (resets, Q-K projection) | ``sharded_memory`` | the Titans memory kernels on folded shards |
 | :data:`GATED_DELTA` | gated delta rule (arXiv:2412.06464) | ``gated_delta_rule`` | ``gated_delta_rule`` (Triton) |
@@ -169,21 +169,31 @@ MIRAS_MEMORY = _memory_kernel_op(
 def _omega_supports(
     *, backend: str, arch: MemoryMLP, chunk_size: int, window: int, bias: object, muon: object, **_: Any
 ) -> str | None:
+    if muon == "chunk":  # the Muon kernel is a wide-state kernel: under auto once checked on a GPU
+        from .memory.muon_kernel import supports_muon
+
+        return supports_muon(arch, bias, chunk_size, window) or no_wide_kernels(backend)
     if muon is not None:
-        return f"muon={muon!r} (Newton-Schulz steps are not in the kernel)"
+        return f"muon={muon!r} (per-token Newton-Schulz is not in the kernel; muon='chunk' is)"
     return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))
 
 
 def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: object, **options: Any):
+    if muon == "chunk":
+        from .memory.muon_kernel import omega_muon_chunked
+
+        return omega_muon_chunked(*inputs, ns_steps=ns_steps, ns_coefficients=ns_coefficients, **options)
     from .memory.kernel_bridge import omega_mlp_chunked
 
-    return omega_mlp_chunked(*inputs, **options)  # muon is None where the kernel runs
+    return omega_mlp_chunked(*inputs, **options)  # muon is None where this kernel runs
 
 
-def _omega_packs(*, arch: MemoryMLP, chunk_size: int, window: int, bias: object = None, **_: Any) -> bool:
+def _omega_packs(
+    *, arch: MemoryMLP, chunk_size: int, window: int, bias: object = None, muon: object = None, **_: Any
+) -> bool:
     """Packed sequences in one kernel call where the state stays on chip (the wide-state kernels, which
-    also take the polynomial features' wider keys, run none)."""
-    return _mlp_supports(arch, bias, chunk_size, window, no_wide="packed sequences") is None
+    also take the polynomial features' wider keys, and the Muon kernel run none)."""
+    return muon is None and _mlp_supports(arch, bias, chunk_size, window, no_wide="packed sequences") is None
 
 
 OMEGA_MEMORY = _memory_kernel_op(

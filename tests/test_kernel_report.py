@@ -15,7 +15,7 @@ from benchmarks import kernel_budget
 
 SCRIPT = ROOT / "scripts" / "kernel_report.py"
 BUDGET = ROOT / "benchmarks" / "kernel_budgets.json"
-QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m", "omeganet-760m")
+QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m", "omeganet-760m", "atlas-760m")
 
 pytest.importorskip("triton")
 

@@ -48,12 +48,16 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         (("forward._forward_kernel", "backward._backward_kernel"), "D=16 DH=64 L=16"),
         (("wide_forward._wide_forward_kernel", "wide_backward._wide_backward_kernel"), "D=16 DH=128 L=16"),
         (("wide_split._wide_split_kernel", "wide_split._wide_split_read_kernel"), "D=16 L=16"),
+        (
+            ("muon_forward._muon_forward_kernel", "muon_backward._muon_backward_kernel"),
+            "D=16 DH=16 L=8 DI=152",
+        ),
     ):
         names = {f"mlp_memory.{name}" for name in names}
         modules = tuple(name.rsplit(".", 1)[0] + "." for name in names)
         rows = [row for row in report["rows"] if row["kernel"].startswith(modules)]
         assert {row["kernel"] for row in rows} == names
         assert all(set(shape.split()) <= set(row["constexprs"].split()) for row in rows), rows
-    assert len(kernels) == 13, sorted(kernels)
+    assert len(kernels) == 15, sorted(kernels)
     for row in report["rows"]:
         assert row["status"] == "ok" and 0 <= row["shared"] <= 227 * 1024, row

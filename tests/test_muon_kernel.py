@@ -20,8 +20,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import Draws, with_leaf_grads
+from mixer_checks import Draws, check_decode_and_split, check_same_outputs_and_grads, with_leaf_grads
 
+import memnets
 from memnets.memory import MemoryState
 from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
 from memnets.memory.muon import MUON_COEFFICIENTS, newton_schulz
@@ -127,7 +128,7 @@ def _compare(arch, inputs, window, chunk_size, split, ns_steps, checkpoint_every
 
 @pytest.mark.parametrize(
     "T,window,chunk_size,split,hidden",
-    [(1, 4, 8, None, 32), (40, 4, 16, None, 32), (63, 3, 8, 20, 64), (65, 1, 16, None, 32)],
+    [(1, 4, 8, None, 32), (40, 8, 16, None, 32), (63, 3, 8, 20, 64), (65, 1, 16, None, 32)],
 )
 def test_kernel_matches_engine_one_step(T, window, chunk_size, split, hidden):
     """One Newton–Schulz step: every term of the kernel's forward and backward at float32's ratio."""
@@ -190,3 +191,20 @@ def test_newton_schulz_right_factor(R, C):
     (g32,) = torch.autograd.grad(ref32, X32, dN)
     assert_close("NS(X)", ref, out, ratio=RATIO[torch.float32] + 4 * rel_err(ref, ref32))
     assert_close("dX", g, dx, ratio=RATIO[torch.float32] + 4 * rel_err(g, g32))
+
+
+def test_atlas_mixer_runs_the_kernel():
+    """``atlas`` with ``muon: chunk`` and ``backend: triton`` runs the kernel and equals ``chunked`` (output,
+    input and parameter gradients); decoding token by token (started chunks in PyTorch, a chunk's first
+    token in the kernel) and split calls equal one call. One Newton–Schulz step keeps float32's ratio
+    (module docstring)."""
+    kw = {"muon": "chunk", "chunk_size": 8, "window": 3, "memory": {"expansion": 1.0}, "ns_steps": 1}
+    torch.manual_seed(0)
+    kernel = memnets.build_mixer("atlas", d_model=32, num_heads=2, backend="triton", **kw)
+    chunked = memnets.build_mixer("atlas", d_model=32, num_heads=2, backend="chunked", **kw)
+    chunked.load_state_dict(kernel.state_dict())
+    assert kernel.op.no_kernel("triton") is None
+    x, cot = torch.randn(1, 21, 32), torch.randn(1, 21, 32)
+    with nan_allocations():
+        check_same_outputs_and_grads(chunked, kernel, x, cot, every_param_learns=True)
+        check_decode_and_split("atlas (triton)", kernel, x[:, :13], 5)

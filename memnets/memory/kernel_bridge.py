@@ -13,6 +13,8 @@ Each entry point is a drop-in for its PyTorch chunked form, same arguments, shap
   arXiv 2511.07343 §4.1);
 * :func:`titans_linear_chunked` for ``memory_chunked`` with a linear memory and the ℓ2 bias.
 
+Atlas with Muon once per chunk has its own entry, :func:`memnets.memory.muon_kernel.omega_muon_chunked`.
+
 :func:`supports_mlp` and :func:`supports_linear` name the reason a configuration does not run (``None``
 when it does). Here live what needs the model's helpers: input checks, finishing a started chunk in
 PyTorch, the per-tile coefficients of the gates (:func:`memnets.memory.chunk_coefficients`, the Omega

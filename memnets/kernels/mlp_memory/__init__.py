@@ -85,7 +85,7 @@ implementations; ``register_autograd`` ties them together.
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
 other than 2, other biases (KL, the dot loss of DLA), retention maps and chunk-end maps (Moneta's ℓ_q
 normalisation, Memora's softmax retention: both act on each token's weights, which the dual form
-never forms), Muon (Atlas: Newton–Schulz of each chunk's momentum), the gated memory (Atlas++), the
+never forms), per-token Muon (Atlas's ``muon="token"``; ``muon="chunk"`` has its own kernels, below), the gated memory (Atlas++), the
 Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
 wider than values (polynomial features of degree > 1, OmegaNet's and Atlas' default: q and k
@@ -136,6 +136,11 @@ sequence's tiles, which restart at its first token (coefficients per sequence ti
 sequence, :mod:`memnets.kernels.packing`); every sequence has its own initial and final state. With
 the Omega window, each sequence's carried window rows lead its own rows in k and v (sequence n's key
 rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
+
+Atlas with Muon once per chunk (ATLAS arXiv 2505.23735 §5 Eq. 32–33, ``muon="chunk"``) runs its own
+wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`, entry :mod:`.muon_launch`): no G term
+(a token's gradient reaches the weights only through the chunk-end momentum), a third state matrix per
+layer (the direction O), and Newton–Schulz of each chunk-end momentum on chip (:mod:`.newton_schulz`).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`

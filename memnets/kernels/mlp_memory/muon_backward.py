@@ -4,16 +4,18 @@ start state (W, S, O) and the cotangents (dW, dS, dO) of its end state, updated 
 its start state. Per chunk:
 
 1. recompute (pass A over the key blocks, then whole rows): the key path (Z1, A, Δ, δ1), the momentum
-   S' = m S − Xᵀ (s ⊙ δ) and its NS factors F (pass B: S1' from its key blocks, its Gram matrix), the
-   reads' Q W1, Q O1, Q N1 = (Q S1') F1 and their hidden and output layers;
+   S' = m S − Xᵀ (s ⊙ δ) (pass B: ‖S1'‖²) and its NS, layer 1's iterated on x_k in a scratch buffer
+   (x_0 = S1'/‖S1'‖, then two passes per step: x_kᵀ x_k, and x_{k+1} = x_k M_k written), the reads'
+   Q W1, Q O1, Q N1 and their hidden and output layers;
 2. the reads backward from dy: dẐ2 (through the LayerNorm), the coefficients' shares (β, d, l per
    token), the cotangents of W2, O2, N2 and of Ẑ1;
 3. layer 2's state: dN2 = l_last dW2' + r dO2' + (the reads'), through NS (:func:`ns_factor_backward`)
    to dS2'; dS2 = m dS2', dO2 = d_last dW2' + (1 − r) dO2' + (the reads'), and the momentum's cotangents
    of A and Δ (its update's −Aᵀ (s ⊙ Δ));
-4. layer 1's state, two passes over the key blocks: B1 sums dF1 = Σ_i S1'_iᵀ dN1_i (and the update
-   coefficients' cotangents, and writes dq); B2 forms dS1'_i with NS's share, writes dS1, dO1 and the
-   reads' and the update's share of dW1, and sums K dS1' (the cotangent of δ1, with s) and the momentum
+4. layer 1's state: B1 writes dN1 into a scratch buffer (and sums the update coefficients' cotangents
+   and writes dq); NS's steps in reverse, two passes each (dM_k = x_kᵀ dx, then dx ← dx M_k + x_k 2
+   sym(dG_k) in place: :mod:`.newton_schulz`); B2 forms dS1'_i from dx_0, writes dS1, dO1 and the reads'
+   and the update's share of dW1, and sums K dS1' (the cotangent of δ1, with s) and the momentum
    update's share of dk;
 5. the key path backward (second order, as :mod:`.wide_backward`): δ1 = (Δ W2ᵀ) ⊙ σ'(Z1) and Δ =
    [LN backward of] 2R back to Z2, A, Z1, W2, dv (and the residual's keys, summed by the caller);

@@ -7,7 +7,7 @@ W (W1 ``[Dk, Dh]``, W2 ``[Dh, D]``), momentum S and orthogonalised direction O o
                over the chunk's rows and the P = c − 1 before them (the Omega window, as the plain
                wide-state kernels: :mod:`.wide_forward`)
     momentum   S1' = m_end S1 − Kᵀ (s ⊙ δ1),  S2' = m_end S2 − Aᵀ (s ⊙ Δ)       (no step size: Eq. 32)
-    Muon       N = NS(S') per matrix (:mod:`.newton_schulz`: from the Gram matrix S'ᵀS', on chip)
+    Muon       N = NS(S') per matrix (:mod:`.newton_schulz`: layer 2's on chip, layer 1's as S1' F)
     reads      W_t = β_t W + d_t O + l_t N,  y_t = [LN](σ(Q_t W1_t) W2_t)        (every token its own W_t)
     chunk end  W' = W_{last},  O' = N if the chunk is complete (a refresh) else O
 
@@ -23,9 +23,14 @@ Dh × Dh and D × D stay on chip), head dims up to 64, the L2 bias, per-head gat
 one program per (sequence, head), the state in global memory (float32 working copies, updated in
 place; barriers as in :mod:`.wide_forward`). Per chunk: pass 1 the key path's Z2 and Δ; pass 2 over the
 key blocks, Z1 and the reads' β and d terms at W1 and O1; then δ1, the layer-2 momentum and its NS; pass 3
-over the key blocks, S1' written with its Gram matrix and the reads' Q S1'; pass 4 over the key blocks,
-N1 = S1' F1 and the new W1 and O1; then layer 2's reads and update, y. With ``STORE`` (the backward's
-recompute) every chunk's start state (W, S, O) is written and the reads are skipped.
+over the key blocks, S1' written with its squared norm and the reads' Q S1'; one pass per Newton–Schulz
+step for the Gram matrix of S1' F_k (the factor F on chip); pass 4 over the key blocks, N1 = S1' F and
+the new W1 and O1; then layer 2's reads and update, y. With ``STORE`` (the backward's recompute) every
+chunk's start state (W, S, O) is written and the reads are skipped.
+
+Cost: layer 1's Newton–Schulz reads the ``[Dk, Dh]`` momentum once per step and runs two ``[Dk, Dh] ×
+[Dh, Dh]``-sized products per step, 2.5× the FLOP of the rest of a chunk at Atlas's 760M widths
+(Dk = 2,144, Dh = 64, chunk 16); the static report's figures are in benchmarks/RESULTS.md §37.
 """
 
 from __future__ import annotations
