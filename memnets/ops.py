@@ -169,10 +169,15 @@ MIRAS_MEMORY = _memory_kernel_op(
 def _omega_supports(
     *, backend: str, arch: MemoryMLP, chunk_size: int, window: int, bias: object, muon: object, **_: Any
 ) -> str | None:
-    if muon == "chunk":  # the Muon kernel is a wide-state kernel: under auto once checked on a GPU
+    if muon == "chunk":
         from .memory.muon_kernel import supports_muon
 
-        return supports_muon(arch, bias, chunk_size, window) or no_wide_kernels(backend)
+        if backend == "auto":  # until a GPU run shows otherwise, auto keeps the faster path
+            return (
+                "muon='chunk' under backend='auto' (the Muon kernel is estimated slower than the compiled "
+                "engine, benchmarks/RESULTS.md §37; ask for backend='triton')"
+            )
+        return supports_muon(arch, bias, chunk_size, window)
     if muon is not None:
         return f"muon={muon!r} (per-token Newton-Schulz is not in the kernel; muon='chunk' is)"
     return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))

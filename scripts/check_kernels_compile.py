@@ -330,6 +330,7 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
     cases are its forward, STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import ACTIVATIONS, wide_num_warps
     from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.muon_launch import ns_dot
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types = {n: "i32" for n in ("T", "P0", "C0", "NC", "NCT")}
@@ -343,6 +344,7 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
                 **{"BD": _block(D), "DI": DI, "KB": KB, "NI": -(-DI // KB), "BHB": _block(DH), "P": P},
                 **{"BK": _block(P + L), "ACT": ACTIVATIONS["gelu"], "DOT": dot, "LN": True, "RES": True},
                 "STEPS": 5,
+                "NSD": ns_dot(dot),
             }
             warps = wide_num_warps(_block(D))
             for store in (False, True):

@@ -143,6 +143,23 @@ def test_kernel_matches_engine_five_steps(T, window, chunk_size, split):
     _compare(arch, _inputs(T, window, 32), window, chunk_size, split, ns_steps=5)
 
 
+def test_kernel_half_operands_one_step():
+    """float16 operands (the interpreter's stand-in for bfloat16, whose interpreted tl.dot is wrong:
+    Triton #11584) everywhere but Newton–Schulz (``muon_launch.ns_dot``): float16's ratio against the
+    float64 engine with one Newton–Schulz step. With five, the quintic amplifies the operands' rounding
+    of the momentum itself (8e-3 measured): benchmarks/RESULTS.md §37."""
+    arch = _arch(32)
+    inputs, ref_fn = _inputs(40, 3, 32), functools.partial(omega_chunked, muon="chunk", ns_steps=1)
+    arch64 = FeatureMemoryMLP(H, D, DK, 2, 2.0, "gelu", True, True)
+    arch64.load_state_dict(arch.state_dict())
+    ref = _run(ref_fn, arch64.double(), inputs, 3, 8, torch.float64, None)
+    kernel = functools.partial(muon_kernel.omega_muon_chunked, ns_steps=1, dot_precision="float16")
+    with nan_allocations():
+        out = _run(kernel, arch, inputs, 3, 8, torch.float32, None)
+    for name in ref:
+        assert_close(f"{name} (float16 operands)", ref[name], out[name], ratio=RATIO[torch.float16])
+
+
 def test_kernel_without_layer_norm_residual_or_keep():
     arch = _arch(32, residual=False, layer_norm=False)
     _compare(arch, _inputs(33, 4, 32, keep=False), 4, 8, None, ns_steps=1)

@@ -68,7 +68,7 @@ def _muon_backward_kernel(
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr,
-    RES: tl.constexpr, STEPS: tl.constexpr,
+    RES: tl.constexpr, STEPS: tl.constexpr, NSD: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -127,7 +127,7 @@ def _muon_backward_kernel(
         d1T = wdT * gZ1  # δ1ᵀ
         d1s = tl.trans(d1T * b_s[None, :])  # s ⊙ δ1
         S2n = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
-        N2 = ns_tile(S2n, na, nb, nc, ns_eps, STEPS, BD, DOT)
+        N2 = ns_tile(S2n, na, nb, nc, ns_eps, STEPS, BD, NSD)
         sq = tl.sum(tl.zeros([BHB], dtype=tl.float32), 0)
         for i in range(NI):  # pass B: ‖S1'‖²
             o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
@@ -149,11 +149,11 @@ def _muon_backward_kernel(
             for i in range(NI):
                 o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
                 x = tl.load(xptr + o1_, mask=m1, other=0.0)
-                G1 += dot(tl.trans(x), x, DOT)
-            M1 = ns_poly(G1, na, nb, nc, BHB, DOT)
+                G1 += dot(tl.trans(x), x, NSD)
+            M1 = ns_poly(G1, na, nb, nc, BHB, NSD)
             for i in range(NI):
                 o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
-                x = dot(tl.load(xptr + o1_, mask=m1, other=0.0), M1, DOT)
+                x = dot(tl.load(xptr + o1_, mask=m1, other=0.0), M1, NSD)
                 tl.store(xptr + n1 + o1_, x, mask=m1)
                 if k_ == STEPS - 1:
                     qn1T += dot(tl.trans(x), key_cols_t(q, qrow, qvalid, i, DI, KB), DOT)
@@ -192,7 +192,7 @@ def _muon_backward_kernel(
         g_dL = inner(dW2n, O2)
         g_lL = inner(dW2n, N2)
         dN2 = l_last * dW2n + refresh * dO2n + gN2
-        dS2t = dS2n + ns_tile_backward(S2n, dN2, na, nb, nc, ns_eps, STEPS, BD, DOT)
+        dS2t = dS2n + ns_tile_backward(S2n, dN2, na, nb, nc, ns_eps, STEPS, BD, NSD)
         g_m = inner(dS2t, S2)
         adS2 = dot(tl.trans(AT), dS2t, DOT)  # A dS2' [BK, BD]
         d_dd = -b_s[:, None] * adS2
@@ -228,16 +228,16 @@ def _muon_backward_kernel(
             for i in range(NI):
                 o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
                 x = tl.load(xptr + o1_, mask=m1, other=0.0)
-                G1 += dot(tl.trans(x), x, DOT)
-                dM1 += dot(tl.trans(x), tl.load(dxs + bh * n1 + o1_, mask=m1, other=0.0), DOT)
-            dG1 = nb * dM1 + nc * (dot(dM1, G1, DOT) + dot(G1, dM1, DOT))
+                G1 += dot(tl.trans(x), x, NSD)
+                dM1 += dot(tl.trans(x), tl.load(dxs + bh * n1 + o1_, mask=m1, other=0.0), NSD)
+            dG1 = nb * dM1 + nc * (dot(dM1, G1, NSD) + dot(G1, dM1, NSD))
             dG1 = dG1 + tl.trans(dG1)
-            M1 = ns_poly(G1, na, nb, nc, BHB, DOT)
+            M1 = ns_poly(G1, na, nb, nc, BHB, NSD)
             tl.debug_barrier()
             for i in range(NI):
                 o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
                 x = tl.load(xptr + o1_, mask=m1, other=0.0)
-                dx = dot(tl.load(dxs + bh * n1 + o1_, mask=m1, other=0.0), M1, DOT) + dot(x, dG1, DOT)
+                dx = dot(tl.load(dxs + bh * n1 + o1_, mask=m1, other=0.0), M1, NSD) + dot(x, dG1, NSD)
                 ip += tl.sum(tl.sum(dx * x, 1), 0)
                 tl.debug_barrier()
                 tl.store(dxs + bh * n1 + o1_, dx, mask=m1)

@@ -73,7 +73,7 @@ def _muon_forward_kernel(
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr,
-    RES: tl.constexpr, STEPS: tl.constexpr, STORE: tl.constexpr,
+    RES: tl.constexpr, STEPS: tl.constexpr, NSD: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -128,7 +128,7 @@ def _muon_forward_kernel(
         S2 = tl.load(s2 + base2 + o2_, mask=m2, other=0.0)
         d1s = tl.trans(dot(W2, tl.trans(dd), DOT) * act_grad(Z1T, ACT) * b_s[None, :])  # s ⊙ δ1 [BK, BHB]
         S2n = b_m * S2 - dot(AT * b_s[None, :], dd, DOT)
-        N2 = ns_tile(S2n, na, nb, nc, ns_eps, STEPS, BD, DOT)
+        N2 = ns_tile(S2n, na, nb, nc, ns_eps, STEPS, BD, NSD)
         # pass 3: S1' = m S1 − Kᵀ (s ⊙ δ1) in place, its squared norm and (Q S1')ᵀ
         sq = tl.sum(tl.zeros([BHB], dtype=tl.float32), 0)
         zs = tl.zeros([BHB, BL], dtype=tl.float32)
@@ -149,13 +149,13 @@ def _muon_forward_kernel(
             G1 = tl.zeros([BHB, BHB], dtype=tl.float32)
             for i in range(NI):
                 o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
-                x = dot(tl.load(s1 + base1 + o1_, mask=m1, other=0.0), F1, DOT)
-                G1 += dot(tl.trans(x), x, DOT)
-            F1 = dot(F1, ns_poly(G1, na, nb, nc, BHB, DOT), DOT)
+                x = dot(tl.load(s1 + base1 + o1_, mask=m1, other=0.0), F1, NSD)
+                G1 += dot(tl.trans(x), x, NSD)
+            F1 = dot(F1, ns_poly(G1, na, nb, nc, BHB, NSD), NSD)
         # pass 4: N1 = S1' F1, W1' = β W1 + d O1 + l N1, O1' = N1 on a refresh
         for i in range(NI):
             o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
-            N1 = dot(tl.load(s1 + base1 + o1_, mask=m1, other=0.0), F1, DOT)
+            N1 = dot(tl.load(s1 + base1 + o1_, mask=m1, other=0.0), F1, NSD)
             W1 = tl.load(w1 + base1 + o1_, mask=m1, other=0.0)
             O1 = tl.load(o1 + base1 + o1_, mask=m1, other=0.0)
             tl.debug_barrier()
@@ -167,7 +167,7 @@ def _muon_forward_kernel(
             tl.store(s2_chunks + sc2 + o2_, S2, mask=m2)
             tl.store(o2_chunks + sc2 + o2_, O2, mask=m2)
         else:
-            a1T = act(zq + dot(tl.trans(F1), zs, DOT) * b_l[None, :], ACT)
+            a1T = act(zq + dot(tl.trans(F1), zs, NSD) * b_l[None, :], ACT)
             z2T = b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
             z2T += b_d[None, :] * dot(tl.trans(O2), a1T, DOT) + b_l[None, :] * dot(tl.trans(N2), a1T, DOT)
             z2 = tl.trans(z2T)

@@ -43,13 +43,25 @@ def muon_supports(memory: NetSpec, chunk_size: int | None, prefix: int = 0) -> s
     return supports_wide(memory.d_out, chunk_size, None, prefix)
 
 
+def ns_dot(dot: int) -> int:
+    """The operand mode of the Newton–Schulz products: float32 (tf32x3) unless ``dot`` asks for one TF32
+    product. Muon's quintic amplifies operand rounding in the momentum's small singular directions
+    (slope a⁵ ≈ 490 at 0). In the interpreter with every product in float16, the directions O of a
+    40-token test (benchmarks/RESULTS.md §37) were 3% off the float64 engine in relative RMS; with
+    Newton–Schulz in float32 and the rest in float16, under 0.5% (bfloat16 rounds 8× coarser than
+    float16, TF32 as float16). The kernels' half operand modes therefore stop short of Newton–Schulz, so
+    that a Muon memory's backends agree, at three TF32 products per Newton–Schulz product."""
+    return dot if dot == DOT_PRECISIONS["tf32"] else DOT_PRECISIONS["tf32x3"]
+
+
 def _constants(q: Tensor, w1: Tensor, w2: Tensor, memory: NetSpec, L: int, P: int, dot: int, steps: int):
     D, DI, DH = w2.shape[-1], q.shape[3], w1.shape[-1]
     KB = key_block(DI, D)
     return dict(
         H=q.shape[2], D=D, DI=DI, DH=DH, L=L, BL=block(L), BD=block(D), KB=KB, NI=triton.cdiv(DI, KB),
         BHB=block(DH), P=P, BK=block(P + L), ACT=ACTIVATIONS[memory.activation], DOT=dot,
-        LN=memory.layer_norm, RES=memory.residual, STEPS=steps, num_warps=wide_num_warps(block(D)),
+        LN=memory.layer_norm, RES=memory.residual, STEPS=steps, NSD=ns_dot(dot),
+        num_warps=wide_num_warps(block(D)),
         num_stages=1,
     )  # fmt: skip
 
