@@ -3,8 +3,12 @@ and with Muon every token, for a few windows and chunk sizes. Prints a table and
 
     python scripts/bench_atlas.py --out bench_atlas.json               # CPU, tiny
     python scripts/bench_atlas.py --device cuda --T 4096 --heads 16 --dim 64 --degree 2
+    python scripts/bench_atlas.py --device cuda --T 4096 --heads 16 --dim 64 --windows 8 --chunks 16 \
+        --muon chunk chunk-triton      # atlas-760m's memory: the engine against the Muon kernel
 
-The ``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's
+``chunk-triton`` runs Muon once per chunk in its Triton kernel
+(:func:`memnets.memory.muon_kernel.omega_muon_chunked`; on CPU only under ``TRITON_INTERPRET=1``, far
+too slow to time). The ``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's
 momentum is materialised and orthogonalised, C·|W| numbers per chunk and head.
 """
 
@@ -27,6 +31,12 @@ from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures  # noqa
 from memnets.memory.omega import omega_chunked  # noqa: E402
 
 
+def omega_muon_chunked(*args, **kwargs):  # the kernel entry, imported on use: it needs Triton
+    from memnets.memory.muon_kernel import omega_muon_chunked as kernel
+
+    return kernel(*args, **kwargs)
+
+
 def bench(arch, phi, B, T, H, D, window, C, muon, device, repeats):
     with torch.no_grad():
         q, k = (phi(F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)) for _ in range(2))
@@ -36,10 +46,13 @@ def bench(arch, phi, B, T, H, D, window, C, muon, device, repeats):
     gate = torch.rand(B, T, H, window, device=device).requires_grad_() if window > 1 else None
 
     def run() -> None:
-        y, st = omega_chunked(
-            arch, q, k, v, lr * 0.1, mom if muon != "none" else None, keep, gate,
-            window=window, chunk_size=C, muon=None if muon == "none" else muon,
-        )  # fmt: skip
+        if muon == "chunk-triton":
+            y, st = omega_muon_chunked(arch, q, k, v, lr * 0.1, mom, keep, gate, window=window, chunk_size=C)
+        else:
+            y, st = omega_chunked(
+                arch, q, k, v, lr * 0.1, mom if muon != "none" else None, keep, gate,
+                window=window, chunk_size=C, muon=None if muon == "none" else muon,
+            )  # fmt: skip
         (y.float().sum() + sum(w.sum() for w in st.memory.weights)).backward()
 
     return best_time(run, repeats, device)
