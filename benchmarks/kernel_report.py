@@ -187,6 +187,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
 def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     """Atlas with Muon once per chunk (:mod:`memnets.kernels.mlp_memory.muon_launch`): the forward, the
     backward's STORE recompute and the backward, one program per (sequence, head), chunks in order."""
+    from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
     from memnets.memory.kernel_bridge import _net_spec
 
@@ -200,17 +201,17 @@ def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch
         for c in (fwd, store, bwd)
     ]
     programs, chunks = B * d.arch.num_heads, ceil_div(T, C)
-    every = checkpoint_chunks(chunks, None, False)[0]
+    live, walked = backward_plan(chunks, *checkpoint_chunks(chunks, None, True))
     # (layer-1, layer-2) matrices (Dk·Dh and Dh·D floats) read and written per chunk in global memory,
     # counted from the kernels' passes: the forward 15 and 7 (5 of layer 1's for NS's Gram matrices),
     # its STORE 3 and 3 more, the backward 38 + 5·steps and 10 (x_k and dx_k per NS step)
     mats = ((10 + steps, 7), (13 + steps, 10), (38 + 5 * steps, 10))
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
     NI = fwd.constexprs["NI"]
-    live = (-(-chunks // every) + every) * 3 * (DI + D) * DH * 4 / 2**20  # checkpoints + one segment
+    states_mb = live * 3 * (DI + D) * DH * 4 / 2**20  # W, S, O per live state
     return [
         Launch("fwd", cases[0], programs, chunks, NI, state_bytes=fwd_b),
-        Launch("fwd (store)", cases[1], programs, chunks, NI, live * programs, store_b),
+        Launch("fwd (store)", cases[1], programs, walked, NI, states_mb * programs, store_b),
         Launch("bwd", cases[2], programs, chunks, NI, state_bytes=bwd_b),
     ]
 

@@ -328,9 +328,9 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
     """The Muon-per-chunk kernels (:mod:`memnets.kernels.mlp_memory.muon_launch`) at each shape with
     Atlas's branches (GELU, LayerNorm, residual), per operand mode in ``dots``; each shape's first three
     cases are its forward, STORE forward and backward at ``dots[0]``."""
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, wide_num_warps
+    from memnets.kernels.mlp_memory.config import ACTIVATIONS
     from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.muon_launch import ns_dot
+    from memnets.kernels.mlp_memory.muon_launch import MUON_NUM_WARPS, ns_dot
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types = {n: "i32" for n in ("T", "P0", "C0", "NC", "NCT")}
@@ -346,7 +346,7 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
                 "STEPS": 5,
                 "NSD": ns_dot(dot),
             }
-            warps = wide_num_warps(_block(D))
+            warps = MUON_NUM_WARPS
             for store in (False, True):
                 kernel = {**c, "STORE": store}
                 cases.append(Case("mlp_memory.muon_forward", "_muon_forward_kernel", kernel, types, warps, 1))

@@ -160,6 +160,16 @@ def test_kernel_half_operands_one_step():
         assert_close(f"{name} (float16 operands)", ref[name], out[name], ratio=RATIO[torch.float16])
 
 
+def test_kernel_three_checkpoint_levels(monkeypatch):
+    """Checkpoints every 4 chunks, each segment recomputed in inner segments of 2 (the plan long
+    sequences get, :func:`~memnets.kernels.mlp_memory.launch.checkpoint_chunks`), over 13 chunks."""
+    from memnets.kernels.mlp_memory import muon_launch
+
+    monkeypatch.setattr(muon_launch, "checkpoint_chunks", lambda chunks, every, wide: (4, 2))
+    arch = _arch(32)
+    _compare(arch, _inputs(100, 3, 32), 3, 8, None, ns_steps=1)
+
+
 def test_kernel_without_layer_norm_residual_or_keep():
     arch = _arch(32, residual=False, layer_norm=False)
     _compare(arch, _inputs(33, 4, 32, keep=False), 4, 8, None, ns_steps=1)

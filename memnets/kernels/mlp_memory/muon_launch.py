@@ -1,12 +1,11 @@
 """The entry of the Muon-per-chunk kernels (:mod:`.muon_forward`, :mod:`.muon_backward`): what they cover
 (:func:`muon_supports`) and the launch with its autograd (:func:`muon_memory_chunked`), plain tensors in
-and out. Checkpoint segments bound the backward's memory as in the other kernels: the forward keeps
-the state (W, S, O) at every ``every``-th chunk, the backward recomputes one segment at a time with
-``STORE`` (its chunks' start states) and walks it in reverse."""
+and out. Checkpoint segments bound the backward's memory as in the wide-state kernels
+(:func:`~.launch.checkpoint_chunks`): the forward keeps the state (W, S, O) at every segment's start;
+the backward walks the segments in reverse, recomputes each one's inner segment starts (where there
+are several), then each inner segment's chunk start states (``STORE``) and walks it in reverse."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -14,7 +13,9 @@ from torch import Tensor
 
 from ..precision import DOT_PRECISIONS
 from ..specs import NetSpec
-from .config import ACTIVATIONS, block, wide_num_warps
+from .config import ACTIVATIONS, block
+from .forward import spans
+from .launch import checkpoint_chunks
 from .limits import MAX_TILE, supports_wide
 from .muon_backward import _muon_backward_kernel
 from .muon_forward import _muon_forward_kernel
@@ -22,6 +23,10 @@ from .wide_forward import key_block
 
 # the Gram matrices of NS (Dh × Dh for layer 1, D × D for layer 2) stay on chip in one tile
 MAX_MUON_WIDTH = 64
+# warps per program: two warpgroups split the N of the [64, 64]-wide Newton–Schulz and key-block products
+# (no replicated warps); in the static report at atlas-760m they cut the exposed latency per chunk 1.4×
+# forward and 2.3× backward against one warpgroup, for more spill (benchmarks/RESULTS.md §37)
+MUON_NUM_WARPS = 8
 
 
 def muon_supports(memory: NetSpec, chunk_size: int | None, prefix: int = 0) -> str | None:
@@ -61,7 +66,7 @@ def _constants(q: Tensor, w1: Tensor, w2: Tensor, memory: NetSpec, L: int, P: in
         H=q.shape[2], D=D, DI=DI, DH=DH, L=L, BL=block(L), BD=block(D), KB=KB, NI=triton.cdiv(DI, KB),
         BHB=block(DH), P=P, BK=block(P + L), ACT=ACTIVATIONS[memory.activation], DOT=dot,
         LN=memory.layer_norm, RES=memory.residual, STEPS=steps, NSD=ns_dot(dot),
-        num_warps=wide_num_warps(block(D)),
+        num_warps=MUON_NUM_WARPS,
         num_stages=1,
     )  # fmt: skip
 
@@ -69,7 +74,7 @@ def _constants(q: Tensor, w1: Tensor, w2: Tensor, memory: NetSpec, L: int, P: in
 class _MuonMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, w1, w2, s1, s2, o1, o2, meta):
-        memory, L, P, every, dot, steps, ns = meta
+        memory, L, P, (every, _), dot, steps, ns = meta
         B, T, H = q.shape[:3]
         NCT = beta.shape[2]
         consts = _constants(q, w1, w2, memory, L, P, dot, steps)
@@ -94,7 +99,7 @@ class _MuonMemory(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *d_state):
-        memory, L, P, every, dot, steps, ns = ctx.meta
+        memory, L, P, (every, inner), dot, steps, ns = ctx.meta
         q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, *ckpts = ctx.saved_tensors
         B, T, H = q.shape[:3]
         NCT = beta.shape[2]
@@ -118,22 +123,30 @@ class _MuonMemory(torch.autograd.Function):
         dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
         xs = q.new_empty(B * H, steps + 1, *ckpts[0].shape[-2:], dtype=torch.float32)
         dxs = q.new_empty(B * H, *ckpts[0].shape[-2:], dtype=torch.float32)
-        starts = list(range(0, NCT, every))
-        for n in reversed(range(len(starts))):
-            c0 = starts[n]
-            nc = min(every, NCT - c0)
-            state = [c[n].clone() for c in ckpts]
-            chunks = [q.new_empty(B, H, nc, *s.shape[2:], dtype=torch.float32) for s in state]
-            scratch = (torch.empty_like(state[0]), torch.empty_like(state[1]))
-            _muon_forward_kernel[(B * H,)](
-                q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef, empty, *state, *scratch, *chunks,
-                T, k.shape[1] - T, c0, nc, NCT, memory.ln_eps, *ns, STORE=True, **consts,
-            )  # fmt: skip
-            _muon_backward_kernel[(B * H,)](
-                q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef, dy, *chunks, xs, dxs, *dstate, *danchor,
-                dq, dk, dv, dbeta, ddc, dlc, dm, ds, dln[0], dln[1],
-                T, k.shape[1] - T, c0, nc, NCT, memory.ln_eps, *ns, **consts,
-            )  # fmt: skip
+        inputs = (q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef)
+        y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
+        scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
+        for n, (s0, ns0) in reversed(list(enumerate(spans(0, NCT, every)))):
+            # the segment's inner checkpoints (the last inner segment's start is its STORE pass's)
+            state, starts = [c[n].clone() for c in ckpts], []
+            for c0, nc in spans(s0, ns0, inner):
+                starts.append([t.clone() for t in state])
+                if c0 + nc < s0 + ns0:
+                    _muon_forward_kernel[(B * H,)](
+                        *inputs, y_scratch, *state, *scratch, *(empty,) * 6,
+                        T, k.shape[1] - T, c0, nc, NCT, memory.ln_eps, *ns, STORE=False, **consts,
+                    )  # fmt: skip
+            for (c0, nc), state in reversed(list(zip(spans(s0, ns0, inner), starts))):
+                chunks = [q.new_empty(B, H, nc, *t.shape[2:], dtype=torch.float32) for t in state]
+                _muon_forward_kernel[(B * H,)](
+                    *inputs, empty, *state, *scratch, *chunks,
+                    T, k.shape[1] - T, c0, nc, NCT, memory.ln_eps, *ns, STORE=True, **consts,
+                )  # fmt: skip
+                _muon_backward_kernel[(B * H,)](
+                    q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef, dy, *chunks, xs, dxs, *dstate, *danchor,
+                    dq, dk, dv, dbeta, ddc, dlc, dm, ds, dln[0], dln[1],
+                    T, k.shape[1] - T, c0, nc, NCT, memory.ln_eps, *ns, **consts,
+                )  # fmt: skip
         if memory.residual:  # M(φ(k)) = k + …: R = K[:, :D] + … − V
             dk[..., :D] -= dv
         dk_, dv_ = (_fold(x, k.shape[1], T, L, P) for x in (dk, dv))
@@ -202,7 +215,8 @@ def muon_memory_chunked(
             its LayerNorm's scale and shift.
         window: the Omega window c (P = c − 1 more key rows per chunk).
         ns_steps, ns_coefficients, ns_eps: Newton–Schulz (:func:`memnets.memory.muon.newton_schulz`).
-        checkpoint_every: chunks per checkpoint segment of the backward (default ⌈√chunks⌉).
+        checkpoint_every: chunks per checkpoint segment of the backward (default: as the wide-state
+            kernels', :func:`~.launch.checkpoint_chunks`).
         dot_precision: the matmuls' operands (``DOT_PRECISIONS``).
 
     Returns:
@@ -218,9 +232,9 @@ def muon_memory_chunked(
     reason = muon_supports(memory, chunk_size, window - 1)
     if reason is not None:
         raise ValueError(f"muon_memory_chunked: unsupported configuration: {reason}")
-    every = checkpoint_every or max(1, math.isqrt(beta.shape[2] - 1) + 1)
+    segments = checkpoint_chunks(beta.shape[2], checkpoint_every, wide=True)
     meta = (
-        memory, chunk_size, window - 1, every, DOT_PRECISIONS[dot_precision], ns_steps,
+        memory, chunk_size, window - 1, segments, DOT_PRECISIONS[dot_precision], ns_steps,
         (*ns_coefficients, ns_eps),
     )  # fmt: skip
     ln_w = ln_b = None
