@@ -129,12 +129,19 @@ TITANS_MEMORY = _memory_kernel_op(
 def _miras_supports(
     *, backend: str, arch: MemoryMLP, chunk_size: int, bias: object, retention: object, lag: bool, **_: Any
 ) -> str | None:
-    if retention is not None:
-        return f"the retention map {retention!r} (the Triton kernel covers identity retention)"
+    from .memory.miras import ChunkEnd, LqNormalize
+
+    chunk_end = isinstance(retention, ChunkEnd) and isinstance(retention.retention, LqNormalize)
+    if retention is not None and not chunk_end:
+        return f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's chunk-end map)"
     if lag:
         return "the lag token (the Triton kernel covers identity retention without it)"
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
+    if chunk_end:  # Moneta's normalize_at="chunk_end" (Miras §5.3's parallel form): whole-state kernels
+        from .memory.kernel_bridge import supports_end_map
+
+        return supports_end_map(arch, bias, chunk_size, retention)
     return _mlp_supports(arch, bias, chunk_size, no_wide=no_wide_kernels(backend))
 
 
@@ -154,7 +161,8 @@ def _miras_kernel(
 ):
     from .memory.kernel_bridge import titans_mlp_chunked
 
-    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, **options)
+    end_map = None if retention is None else retention.retention  # type: ignore[attr-defined]
+    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, end_map=end_map, **options)
 
 
 MIRAS_MEMORY = _memory_kernel_op(

@@ -7,6 +7,7 @@ draws the memory kernels' tests build their problems from (:class:`Draws`)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 import memnets
-from memnets.testing import assert_close
+from memnets.testing import RATIO, assert_close, rel_err
 
 # Where the kernel tests run: cpu (Triton's interpreter) unless a GPU run sets
 # MEMNETS_KERNEL_TEST_DEVICE=cuda and TRITON_INTERPRET=0 (scripts/gpu_check.py, step kernels).
@@ -188,6 +189,29 @@ def check_same_outputs_and_grads(
         if every_param_learns:
             assert g is not None and torch.count_nonzero(g) > 0, f"no gradient reaches {n}"
         assert_close(f"d{n}", g, res[1][2][n])
+
+
+def _outputs_and_grads(mixer: nn.Module, x: Tensor, cot: Tensor) -> dict[str, Tensor]:
+    """Output, input gradient and parameter gradients of ``mixer`` at ``x`` (cast to its dtype)."""
+    xi = x.to(next(mixer.parameters()).dtype).clone().requires_grad_()
+    y, _ = mixer(xi)
+    (y * cot.to(y.dtype)).sum().backward()
+    return {"y": y.detach(), "dx": xi.grad, **{f"d{n}": p.grad for n, p in mixer.named_parameters()}}
+
+
+def check_against_float64(
+    reference: nn.Module, other: nn.Module, x: Tensor, cot: Tensor, factor: float
+) -> None:
+    """``other`` (float32, e.g. a kernel backend) against ``reference`` (its PyTorch twin) run in float64:
+    output, input and parameter gradients within float32's ratio plus ``factor`` times the float32
+    ``reference``'s own distance to float64 (for problems whose gradients amplify round-off, where two
+    float32 paths need not agree to float32's ratio); every parameter learns."""
+    ref = _outputs_and_grads(copy.deepcopy(reference).double(), x, cot)
+    own = _outputs_and_grads(reference, x, cot)
+    out = _outputs_and_grads(other, x, cot)
+    for n in ref:
+        assert out[n] is not None and torch.count_nonzero(out[n]) > 0, f"no gradient reaches {n}"
+        assert_close(n, ref[n], out[n], ratio=RATIO[torch.float32] + factor * rel_err(ref[n], own[n]))
 
 
 def check_bf16_long_sequence_finite(mixer: nn.Module, d_model: int) -> None:

@@ -12,7 +12,6 @@ itself misses float64 by up to ~1e-5; the kernel must stay within 5× of the flo
 distance to float64 (measured: 0.9–2.7×: the forward's right-factor form of layer 1's iteration rounds
 differently), plus float32's ratio."""
 
-import copy
 import functools
 import itertools
 import os
@@ -21,7 +20,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
-from mixer_checks import Draws, check_decode_and_split, check_same_outputs_and_grads, with_leaf_grads
+from mixer_checks import (
+    Draws,
+    check_against_float64,
+    check_decode_and_split,
+    check_same_outputs_and_grads,
+    with_leaf_grads,
+)
 
 import memnets
 from memnets.memory import MemoryState
@@ -238,14 +243,6 @@ def test_atlas_mixer_runs_the_kernel():
         check_decode_and_split("atlas (triton)", kernel, x[:, :13], 5)
 
 
-def _mixer_grads(mixer, x, cot):
-    """Output, input gradient and parameter gradients of ``mixer`` at ``x`` (cast to its dtype)."""
-    xi = x.to(next(mixer.parameters()).dtype).clone().requires_grad_()
-    y, _ = mixer(xi)
-    (y * cot.to(y.dtype)).sum().backward()
-    return {"y": y.detach(), "dx": xi.grad, **{f"d{n}": p.grad for n, p in mixer.named_parameters()}}
-
-
 @pytest.mark.parametrize("name", ["atlas_mag", "atlas_mal"])
 def test_atlas_hybrids_run_the_kernel(name):
     """Atlas (MAG) and (MAL) run their memory through the same dispatch: ``backend: triton`` against
@@ -260,11 +257,5 @@ def test_atlas_hybrids_run_the_kernel(name):
     chunked = memnets.build_mixer(name, d_model=32, num_heads=2, backend="chunked", **kw)
     chunked.load_state_dict(kernel.state_dict())
     x, cot = torch.randn(1, 19, 32), torch.randn(1, 19, 32)
-    ref = _mixer_grads(copy.deepcopy(chunked).double(), x, cot)
-    eng32 = _mixer_grads(chunked, x, cot)
     with nan_allocations():
-        out = _mixer_grads(kernel, x, cot)
-    for n in ref:
-        assert out[n] is not None and torch.count_nonzero(out[n]) > 0, f"no gradient reaches {n}"
-        ratio = RATIO[torch.float32] + 10 * rel_err(ref[n], eng32[n])
-        assert_close(f"{name} {n}", ref[n], out[n], ratio=ratio)
+        check_against_float64(chunked, kernel, x, cot, factor=10)

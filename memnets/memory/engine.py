@@ -455,15 +455,17 @@ def finish_chunk_then(
     chunk_size: int,
     bias: AttentionalBias | None = None,
     bias_params: Tensor | None = None,
+    head: Callable[..., tuple[Tensor, MemoryState]] | None = None,
 ) -> tuple[Tensor, MemoryState]:
-    """For kernels that start at chunk boundaries: finish the chunk ``state`` is in with
-    :func:`memory_chunked` (at most ``chunk_size - 1`` tokens, e.g. decoding), then continue from the
-    boundary with ``run`` (same signature as :func:`memory_chunked`; ``bias``/``bias_params`` are
-    passed on only when given)."""
-    (*head, bp), (*tail, bp_tail) = split_started_chunk(
+    """For kernels that start at chunk boundaries: finish the chunk ``state`` is in with ``head``
+    (default :func:`memory_chunked`; at most ``chunk_size - 1`` tokens, e.g. decoding), then continue
+    from the boundary with ``run`` (same signature as :func:`memory_chunked`; ``bias``/``bias_params``
+    are passed on only when given)."""
+    (*first, bp), (*tail, bp_tail) = split_started_chunk(
         state.offset, chunk_size, q, k, v, lr, mom, keep, bias_params
     )
-    y0, state = memory_chunked(arch, *head, state, chunk_size=chunk_size, bias=bias, bias_params=bp)  # type: ignore[arg-type]
+    finish = head or memory_chunked
+    y0, state = finish(arch, *first, state, chunk_size=chunk_size, bias=bias, bias_params=bp)  # type: ignore[arg-type]
     if tail[0].shape[1] == 0:  # type: ignore[union-attr]
         return y0, state
     extra = {} if bias is None and bias_params is None else {"bias": bias, "bias_params": bp_tail}

@@ -38,7 +38,7 @@ from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
 from .features import FeatureMemoryMLP
-from .miras import HuberBias, LpBias
+from .miras import ChunkEnd, HuberBias, LpBias, LqNormalize, miras_chunked
 from .omega import OmegaState, omega_chunked, window_band
 from .rule import ChunkCoefficients
 from .segments import split_started_chunk
@@ -172,6 +172,7 @@ def _run(
     lengths: list[int] | None = None,
     hidden_block: int | None = None,
     dot_precision: str = "auto",
+    end_map: LqNormalize | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """The MLP-memory kernels from a chunk boundary: layout, coefficients, launch; returns y and the
     state. With an Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows
@@ -220,10 +221,32 @@ def _run(
             bias_params=bias_params, ln_weight=getattr(arch, "norm_weight", None),
             ln_bias=getattr(arch, "norm_bias", None), read_start=read_start, window=window,
             checkpoint_every=checkpoint_every, dot_precision=dot_precision, hidden_block=hidden_block,
+            **_end_map_options(end_map),
         )  # fmt: skip
     offset = T % chunk_size
     keep_anchor = offset or lengths  # packed: the caller picks each sequence's
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
+
+
+def _end_map_options(end_map: LqNormalize | None) -> dict[str, object]:
+    """The launch options of Moneta's chunk-end map (none without one)."""
+    if end_map is None:
+        return {}
+    return {"end_map": end_map.map, "end_q": float(end_map.q), "end_floor": float(end_map.floor)}
+
+
+def supports_end_map(
+    arch: MemoryMLP, bias: object, chunk_size: int, retention: object, no_wide: str | None = None
+) -> str | None:
+    """``None`` when the MLP kernels cover the chunk-end ``retention`` (Moneta's ``normalize_at=
+    "chunk_end"``: :class:`~memnets.memory.miras.ChunkEnd` of :class:`~memnets.memory.miras.LqNormalize`,
+    Miras §5.3's parallel form), else the reason: the whole-state kernels apply it, the wide-state ones
+    do not."""
+    if not (isinstance(retention, ChunkEnd) and isinstance(retention.retention, LqNormalize)):
+        return f"the retention map {retention!r} (the Triton kernel covers identity retention and ChunkEnd(LqNormalize))"
+    return supports_mlp(
+        arch, bias, chunk_size, no_wide=no_wide or "the chunk-end map (whole-state kernels only)"
+    )
 
 
 def _call_reason(
@@ -303,6 +326,7 @@ def titans_mlp_chunked(
     dot_precision: str = "auto",
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
+    end_map: LqNormalize | None = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports_mlp`). Same shapes and
@@ -326,10 +350,18 @@ def titans_mlp_chunked(
     the operands (the state included, accumulation stays float32) for 3x / 6x the tensor-core rate
     on a GPU. Float16 is tested here against float16's
     tolerance; tf32 and bfloat16 only on a GPU (the interpreter computes tf32 in float32 and
-    mishandles bfloat16 dots)."""
+    mishandles bfloat16 dots).
+
+    ``end_map``: Moneta's ℓ_q map applied to the weights at every complete chunk's end (the drop-in is
+    then for ``miras_chunked(..., retention=ChunkEnd(end_map))``, Miras §5.3's parallel form), in the
+    whole-state kernels."""
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
+    if reason is None and end_map is not None:
+        reason = supports_end_map(
+            arch, bias, chunk_size, ChunkEnd(end_map), "hidden_block" if hidden_block else None
+        )
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
@@ -345,16 +377,18 @@ def titans_mlp_chunked(
                 checkpoint_every=checkpoint_every,
                 hidden_block=hidden_block,
                 dot_precision=dot_precision,
+                end_map=end_map,
             ),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
+            head=None if end_map is None else functools.partial(miras_chunked, retention=ChunkEnd(end_map)),
         )  # fmt: skip
     start = _start(name, arch, q, state, mom is not None, lengths)
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
         checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
-        dot_precision=dot_precision,
+        dot_precision=dot_precision, end_map=end_map,
     )  # fmt: skip
     if lengths is None:
         return y, out

@@ -34,6 +34,7 @@ from .common import (
     store_matrices,
 )
 from .config import LaunchConfig
+from .end_map import ends_chunk, lq_map_backward
 from .forward import carried_rows, key_path, launch_forward, segments, spans, tile_rows, whole_state_meta
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
@@ -45,11 +46,11 @@ def _backward_kernel(
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state
     dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,  # the outputs' cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1_init, dw2_init, ds1_init, ds2_init,
-    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
     BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr, VARLEN: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr, END_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
@@ -159,6 +160,19 @@ def _backward_kernel(
             b_dk = dot(tl.trans(dP), b_q, DOT)
             gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
 
+        if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
+            if ends_chunk(g, Tn, L, KE):
+                # the cotangent of the mapped chunk-end weights back through the map, at the weights
+                # before it (the update below, recomputed)
+                W1_end = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+                W2_end = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
+                if HAS_MOM:
+                    M1, M2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+                    f_end = tl.load(f + cc * L + last)
+                    W1_end += f_end * M1
+                    W2_end += f_end * M2
+                cW1 = lq_map_backward(W1_end, cW1, end_q, end_floor, END_MAP)
+                cW2 = lq_map_backward(W2_end, cW2, end_q, end_floor, END_MAP)
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
         d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
             d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT

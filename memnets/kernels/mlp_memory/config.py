@@ -13,6 +13,9 @@ from torch import Tensor
 from ..specs import BIAS_KINDS
 
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
+# maps of the weights at every complete chunk's end (Miras arXiv 2504.13173 §5.3, Moneta's parallel form):
+# none, W·max(‖W‖_q, floor)^{−(q−2)} (Eq. 24's scale) and W/‖W‖_q
+END_MAPS = {"none": 0, "paper": 1, "unit": 2}
 # bias kinds (compile-time): 0 L2, 1 ℓ_p, 2 Huber "norm" (δ per token), 3 Huber "coord" (δ per channel)
 L2, LP, HUBER_NORM, HUBER_COORD = (BIAS_KINDS.index(k) for k in ("l2", "lp", "huber_norm", "huber_coord"))
 # warps per program of the whole-state kernels (the benchmark's --num-warps sets it; see
@@ -80,6 +83,9 @@ class LaunchConfig(NamedTuple):
     dot_precision: int  # memnets.kernels.precision.DOT_PRECISIONS
     hidden_block: int  # hidden columns per block of the wide-state kernels; 0: the whole-state kernels
     recompute_every: int  # tiles per inner segment of the backward's recompute (checkpoint_every: none)
+    end_map: int = 0  # END_MAPS: the chunk-end map of the weights (Moneta's normalize_at="chunk_end")
+    end_q: float = 2.0  # its ℓ_q exponent
+    end_floor: float = 0.0  # the clamp on Σ|W|^q: max(floor^q, 1e-30) ("paper"), 1e-30 ("unit")
 
 
 _SCHEMA_TYPES = {int: "SymInt", float: "float", bool: "bool"}

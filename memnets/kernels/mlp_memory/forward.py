@@ -26,6 +26,7 @@ from .common import (
     value_rows,
 )
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
+from .end_map import ends_chunk, lq_scale
 from .wide_split import launch_wide
 
 
@@ -72,11 +73,11 @@ def _forward_kernel(
     w1_init, w2_init, s1_init, s2_init,
     y, w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor,
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every tile's start state
-    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
     BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr, VARLEN: tl.constexpr, STORE: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr, STORE: tl.constexpr, END_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
@@ -154,6 +155,10 @@ def _forward_kernel(
             S2 = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
         W1 = W1_new
         W2 = W2_new
+        if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
+            if ends_chunk(g, Tn, L, KE):
+                W1 = W1 * lq_scale(W1, end_q, end_floor, END_MAP)
+                W2 = W2 * lq_scale(W2, end_q, end_floor, END_MAP)
     store_matrices(w1_final, w2_final, bh * n, W1, W2, o1, m1, o2, m2, True)
     store_matrices(s1_final, s2_final, bh * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
 
@@ -161,7 +166,9 @@ def _forward_kernel(
 def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
     """Runtime scalars and compile-time constants of the whole-state forward and backward kernels."""
     scalars, constants = kernel_meta(q, w1, ln_w, config)
+    scalars = (*scalars, config.end_q, config.end_floor)
     constants |= dict(
+        END_MAP=config.end_map,
         KE=config.tiles_per_chunk,
         P=config.prefix,
         BK=block(config.prefix + config.tile),

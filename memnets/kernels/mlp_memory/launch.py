@@ -14,7 +14,7 @@ from ..packing import chunk_layout
 from ..precision import DOT_PRECISIONS
 from ..specs import BIAS_KINDS, BiasSpec, NetSpec
 from . import ops
-from .config import ACTIVATIONS, LaunchConfig, block
+from .config import ACTIVATIONS, END_MAPS, LaunchConfig, block
 from .forward import backward_plan
 from .limits import default_hidden_block, runs_wide, tile
 
@@ -126,6 +126,9 @@ def mlp_memory_chunked(
     checkpoint_every: int | None = None,
     dot_precision: str = "tf32x3",
     hidden_block: int | None = None,
+    end_map: str = "none",
+    end_q: float = 2.0,
+    end_floor: float = 0.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor]]:
     """The chunked update of a depth-2 MLP memory from a chunk boundary, forward and (through autograd)
     backward.
@@ -152,6 +155,9 @@ def mlp_memory_chunked(
         dot_precision: the matmuls' operands (``DOT_PRECISIONS``).
         hidden_block: hidden columns per block of the wide-state kernels (when ``layout.wide``; default
             :func:`~.limits.default_hidden_block` of ``dot_precision``).
+        end_map, end_q, end_floor: Moneta's ℓ_q map of the weights at every complete chunk's end
+            (:mod:`.end_map`; ``END_MAPS``: "none", "paper" or "unit", as
+            :class:`memnets.memory.miras.LqNormalize` with ``q``, ``floor``); whole-state kernels only.
 
     Returns:
         ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
@@ -179,6 +185,9 @@ def mlp_memory_chunked(
         *coefficients(beta, f, G, m_end, s_coef), w1, w2, s1, s2, layout.cu_seqlens, layout.tile_offsets,
     )  # fmt: skip
     L = layout.tile
+    if end_map != "none" and layout.wide:
+        raise ValueError("mlp_memory_chunked: the chunk-end map runs in the whole-state kernels only")
+    clamp = max(end_floor**end_q, 1e-30) if end_map == "paper" else 1e-30
     tiles_per_chunk = chunk_size // L
     every, inner = checkpoint_chunks(layout.max_chunks, checkpoint_every, layout.wide)
     config = LaunchConfig(
@@ -200,6 +209,9 @@ def mlp_memory_chunked(
         if layout.wide
         else 0,
         recompute_every=inner * tiles_per_chunk,
+        end_map=END_MAPS[end_map],
+        end_q=end_q,
+        end_floor=clamp,
     )
     y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
     if memory.residual:  # M(φ(q)) = q + ...: φ(x) starts with x (memnets.memory.features)
