@@ -30,7 +30,7 @@ from mixer_checks import (
 
 import memnets
 from memnets.memory import MemoryState
-from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
+from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures
 from memnets.memory.muon import MUON_COEFFICIENTS, newton_schulz
 from memnets.memory.omega import OmegaState, omega_chunked
 from memnets.testing import RATIO, assert_close, nan_allocations, rel_err
@@ -40,22 +40,11 @@ pytestmark = pytest.mark.usefixtures("kernel_device")
 triton = pytest.importorskip("triton")
 muon_kernel = pytest.importorskip("memnets.memory.muon_kernel")
 import triton.language as tl  # noqa: E402
+from test_mlp_memory_wide_keys import DK, D, H, _arch  # noqa: E402  (H 2, D 16, DK 152: key blocks 64, 64, 24)
 
 from memnets.kernels.mlp_memory.newton_schulz import ns_tile, ns_tile_backward  # noqa: E402
 
-H, D = 2, 16
-DK = feature_dim(D, 2)  # 152: key blocks of 64, 64 and 24
 F32 = {"dot_precision": "tf32x3"}
-
-
-def _arch(hidden: int, residual: bool = True, layer_norm: bool = True) -> FeatureMemoryMLP:
-    torch.manual_seed(0)
-    arch = FeatureMemoryMLP(H, D, DK, 2, hidden / D, "gelu", residual, layer_norm)
-    if layer_norm:  # away from the identity affine, so its gradients are tested
-        with torch.no_grad():
-            arch.norm_weight.copy_(1 + 0.3 * torch.randn(H, D))
-            arch.norm_bias.copy_(0.2 * torch.randn(H, D))
-    return arch
 
 
 def _inputs(T: int, window: int, hidden: int, keep: bool = True) -> dict:
