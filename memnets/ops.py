@@ -3,7 +3,7 @@
 | op | update rule | reference / chunked | kernel |
 |---|---|---|---|
 | :data:`TITANS_MEMORY` | Titans LMM (arXiv:2501.00663 §3.1, Eq. 13-15) | ``memory_reference`` / ``memory_chunked`` | MLP (depth 2) or linear (depth 1) memory kernel |
-| :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel, identity retention |
+| :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel: identity retention, Moneta's ℓ_q maps (whole-state) |
 | :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon per chunk (§5) in its own kernel |
 | :data:`CHUNK_READ_MEMORY` | TNT global memory (arXiv:2511.07343) | ``chunk_read_memory_reference`` / ``chunk_read_memory`` | chunk-start reads of the MLP memory kernel |
 | :data:`SHARDED_MEMORY` | TNT local memories (resets, Q-K projection) | ``sharded_memory`` | the Titans memory kernels on folded shards |
@@ -131,14 +131,14 @@ def _miras_supports(
 ) -> str | None:
     from .memory.miras import ChunkEnd, LqNormalize
 
-    chunk_end = isinstance(retention, ChunkEnd) and isinstance(retention.retention, LqNormalize)
-    if retention is not None and not chunk_end:
-        return f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's chunk-end map)"
+    lq_map = isinstance(retention.retention if isinstance(retention, ChunkEnd) else retention, LqNormalize)
+    if retention is not None and not lq_map:
+        return f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's ℓ_q map)"
     if lag:
         return "the lag token (the Triton kernel covers identity retention without it)"
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    if chunk_end:  # Moneta's normalize_at="chunk_end" (Miras §5.3's parallel form): whole-state kernels
+    if lq_map:  # Moneta's ℓ_q map, per token or at chunk ends (§5.3's parallel form): whole-state kernels
         from .memory.kernel_bridge import supports_end_map
 
         return supports_end_map(arch, bias, chunk_size, retention)
@@ -160,9 +160,14 @@ def _miras_kernel(
     **options: Any,
 ):
     from .memory.kernel_bridge import titans_mlp_chunked
+    from .memory.miras import ChunkEnd
 
-    end_map = None if retention is None else retention.retention  # type: ignore[attr-defined]
-    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, end_map=end_map, **options)
+    maps = {}  # Moneta's ℓ_q map at chunk ends or on every token
+    if isinstance(retention, ChunkEnd):
+        maps["end_map"] = retention.retention
+    elif retention is not None:
+        maps["token_map"] = retention
+    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, **maps, **options)
 
 
 MIRAS_MEMORY = _memory_kernel_op(

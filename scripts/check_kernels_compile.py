@@ -209,7 +209,7 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     fwd, bwd = "mlp_memory.forward", "mlp_memory.backward"
     types, full, bare = _mlp_branches()
     types |= {"P0": "i32", "cu": "*i32", "toff": "*i32", "end_q": "fp32", "end_floor": "fp32"}
-    full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0, "END_MAP": 0}
+    full |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": False, "DOT": 0, "END_MAP": 0, "TOKEN_MAP": 0}
 
     def shape(D: int, DH: int, L: int, BK: int | None = None) -> dict[str, int]:
         return {**_mlp_shape(D, DH, L), "BK": BK or _block(L), "BD": _block(D), "BH": _block(DH)}
@@ -231,11 +231,13 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     # residual or momentum
     D, DH, L = min(shapes, key=lambda s: s[0] * s[1] * s[2])
     # and packed sequences, with bfloat16 operands in the matmuls
-    bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3, "END_MAP": 0}
+    bare |= {"KE": 1, "READ_START": False, "P": 0, "VARLEN": True, "DOT": 3, "END_MAP": 0, "TOKEN_MAP": 0}
     cases += [forward({**shape(D, DH, L), **bare}), backward({**shape(D, DH, L), **bare})]
-    # Moneta's chunk-end map (the ℓ_3 bias, the paper map), at the smallest shape
-    moneta = {**shape(D, DH, L), **full, "BIAS": LP, "END_MAP": 1}
-    cases += [forward(moneta), backward(moneta)]
+    # Moneta's ℓ_q map (the ℓ_3 bias, the paper map) on every token and at chunk ends, at the smallest
+    # shape
+    for maps in ({"TOKEN_MAP": 1}, {"END_MAP": 1}):
+        moneta = {**shape(D, DH, L), **full, "BIAS": LP, **maps}
+        cases += [forward(moneta), backward(moneta)]
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))

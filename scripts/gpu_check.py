@@ -70,7 +70,7 @@ KERNEL_TESTS = (
     "test_mlp_memory_wide.py",
     "test_mlp_memory_wide_keys.py",
     "test_muon_kernel.py",
-    "test_moneta_chunk_end_kernel.py",
+    "test_moneta_kernel.py",
     "test_linear_memory.py",
     "test_gated_delta.py",
     "test_scan_triton.py",

@@ -299,9 +299,16 @@ def test_reference_backend_equals_chunked(name, opts):
 
 
 def test_options_and_backend_errors():
-    for name in ("moneta", "memora"):  # their retention maps run in PyTorch only
-        with pytest.raises(ValueError, match="backend='triton' does not support the retention map"):
-            memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton")
+    # Memora's softmax retention runs in PyTorch only; Moneta's ℓ_q map in the whole-state kernels
+    # (tests/test_moneta_kernel.py), not the wide-state ones
+    with pytest.raises(ValueError, match="backend='triton' does not support the retention map"):
+        memnets.build_mixer("memora", d_model=16, num_heads=2, backend="triton")
+    assert (
+        memnets.build_mixer("moneta", d_model=16, num_heads=2, backend="triton").op.no_kernel("triton")
+        is None
+    )
+    with pytest.raises(ValueError, match="the wide-state kernels do not run Moneta's ℓ_q map"):
+        memnets.build_mixer("moneta", d_model=1024, num_heads=16, backend="triton")
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
         memnets.build_mixer("yaad", d_model=16, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="q must be >= 2"):

@@ -103,5 +103,5 @@ def test_mixer_options():
         tiny("moneta", normalize_at="sometimes")
     with pytest.raises(ValueError, match="normalize_at='chunk_end' needs normalize='paper' or 'unit'"):
         tiny("moneta", normalize_at="chunk_end", normalize="none")
-    # the whole-state MLP kernels apply the map (tests/test_moneta_chunk_end_kernel.py)
+    # the whole-state MLP kernels apply the map (tests/test_moneta_kernel.py)
     assert tiny("moneta", normalize_at="chunk_end", backend="triton").op.no_kernel("triton") is None

@@ -173,6 +173,7 @@ def _run(
     hidden_block: int | None = None,
     dot_precision: str = "auto",
     end_map: LqNormalize | None = None,
+    token_map: LqNormalize | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """The MLP-memory kernels from a chunk boundary: layout, coefficients, launch; returns y and the
     state. With an Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows
@@ -221,31 +222,41 @@ def _run(
             bias_params=bias_params, ln_weight=getattr(arch, "norm_weight", None),
             ln_bias=getattr(arch, "norm_bias", None), read_start=read_start, window=window,
             checkpoint_every=checkpoint_every, dot_precision=dot_precision, hidden_block=hidden_block,
-            **_end_map_options(end_map),
+            **_end_map_options(end_map, token_map),
         )  # fmt: skip
     offset = T % chunk_size
     keep_anchor = offset or lengths  # packed: the caller picks each sequence's
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
 
 
-def _end_map_options(end_map: LqNormalize | None) -> dict[str, object]:
-    """The launch options of Moneta's chunk-end map (none without one)."""
-    if end_map is None:
+def _end_map_options(end_map: LqNormalize | None, token_map: LqNormalize | None = None) -> dict[str, object]:
+    """The launch options of Moneta's map at chunk ends or on every token (none without one)."""
+    lq = end_map or token_map
+    if lq is None:
         return {}
-    return {"end_map": end_map.map, "end_q": float(end_map.q), "end_floor": float(end_map.floor)}
+    where = "end_map" if end_map is not None else "token_map"
+    return {where: lq.map, "end_q": float(lq.q), "end_floor": float(lq.floor)}
+
+
+def _retention(end_map: LqNormalize | None, token_map: LqNormalize | None) -> object:
+    """The PyTorch engine's retention for the kernels' map options."""
+    return ChunkEnd(end_map) if end_map is not None else token_map
 
 
 def supports_end_map(
     arch: MemoryMLP, bias: object, chunk_size: int, retention: object, no_wide: str | None = None
 ) -> str | None:
-    """``None`` when the MLP kernels cover the chunk-end ``retention`` (Moneta's ``normalize_at=
-    "chunk_end"``: :class:`~memnets.memory.miras.ChunkEnd` of :class:`~memnets.memory.miras.LqNormalize`,
-    Miras §5.3's parallel form), else the reason: the whole-state kernels apply it, the wide-state ones
-    do not."""
-    if not (isinstance(retention, ChunkEnd) and isinstance(retention.retention, LqNormalize)):
-        return f"the retention map {retention!r} (the Triton kernel covers identity retention and ChunkEnd(LqNormalize))"
+    """``None`` when the MLP kernels cover Moneta's ``retention``, else the reason: the ℓ_q map
+    (:class:`~memnets.memory.miras.LqNormalize`) on every token's accumulator (the default, Miras Eq. 24)
+    or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it, ``normalize_at="chunk_end"``,
+    Miras §5.3's parallel form). The whole-state kernels apply them, the wide-state ones do not."""
+    lq = retention.retention if isinstance(retention, ChunkEnd) else retention
+    if not isinstance(lq, LqNormalize):
+        return (
+            f"the retention map {retention!r} (the Triton kernel covers identity retention and LqNormalize)"
+        )
     return supports_mlp(
-        arch, bias, chunk_size, no_wide=no_wide or "the chunk-end map (whole-state kernels only)"
+        arch, bias, chunk_size, no_wide=no_wide or "Moneta's ℓ_q map (whole-state kernels only)"
     )
 
 
@@ -327,6 +338,7 @@ def titans_mlp_chunked(
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
     end_map: LqNormalize | None = None,
+    token_map: LqNormalize | None = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports_mlp`). Same shapes and
@@ -354,14 +366,16 @@ def titans_mlp_chunked(
 
     ``end_map``: Moneta's ℓ_q map applied to the weights at every complete chunk's end (the drop-in is
     then for ``miras_chunked(..., retention=ChunkEnd(end_map))``, Miras §5.3's parallel form), in the
-    whole-state kernels."""
+    whole-state kernels. ``token_map``: the map on every token's accumulator instead (Moneta's default,
+    Miras Eq. 24: a drop-in for ``miras_chunked(..., retention=token_map)``), in the whole-state kernels.
+    """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
-    if reason is None and end_map is not None:
-        reason = supports_end_map(
-            arch, bias, chunk_size, ChunkEnd(end_map), "hidden_block" if hidden_block else None
-        )
+    lq = end_map or token_map
+    if reason is None and lq is not None:
+        retention = _retention(end_map, token_map)
+        reason = supports_end_map(arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
@@ -378,17 +392,18 @@ def titans_mlp_chunked(
                 hidden_block=hidden_block,
                 dot_precision=dot_precision,
                 end_map=end_map,
+                token_map=token_map,
             ),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
-            head=None if end_map is None else functools.partial(miras_chunked, retention=ChunkEnd(end_map)),
+            head=None if lq is None else functools.partial(miras_chunked, retention=_retention(end_map, token_map)),
         )  # fmt: skip
     start = _start(name, arch, q, state, mom is not None, lengths)
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
         checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
-        dot_precision=dot_precision, end_map=end_map,
+        dot_precision=dot_precision, end_map=end_map, token_map=token_map,
     )  # fmt: skip
     if lengths is None:
         return y, out

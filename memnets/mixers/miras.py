@@ -85,10 +85,10 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
   ``triton`` (:mod:`memnets.kernels.mlp_memory`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
-  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits), and Moneta with
-  ``normalize_at="chunk_end"`` where the state fits the whole-state kernels (the map at chunk ends:
-  :mod:`memnets.kernels.mlp_memory.end_map`). Moneta's per-token L_q maps, Memora's softmax/lag
-  token and ``gates: channel`` run in PyTorch; asking for
+  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits), and Moneta's L_q
+  maps (per token and at chunk ends) where the state fits the whole-state kernels
+  (:mod:`memnets.kernels.mlp_memory.end_map`; not at the 340M/760M head dims, whose states need the
+  wide-state kernels). Memora's softmax/lag token and ``gates: channel`` run in PyTorch; asking for
   ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
   ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
 

@@ -83,10 +83,9 @@ Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
-other than 2, other biases (KL, the dot loss of DLA), per-token retention maps (Moneta's ℓ_q
-normalisation, Memora's softmax retention: both act on each token's weights, which the dual form
-never forms; Moneta's map at chunk ends only, Miras §5.3's parallel form, runs in the whole-state
-kernels: :mod:`.end_map`), per-token Muon (Atlas's ``muon="token"``; ``muon="chunk"`` has its own
+other than 2, other biases (KL, the dot loss of DLA), Memora's softmax retention (it acts on each
+token's weights entrywise, which the dual form never forms; Moneta's ℓ_q map, a scalar per matrix,
+runs in the whole-state kernels per token and at chunk ends: :mod:`.end_map`), per-token Muon (Atlas's ``muon="token"``; ``muon="chunk"`` has its own
 kernels, below), the gated memory (Atlas++), the
 Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys

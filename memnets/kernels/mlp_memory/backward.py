@@ -34,7 +34,15 @@ from .common import (
     store_matrices,
 )
 from .config import LaunchConfig
-from .end_map import ends_chunk, lq_map_backward
+from .end_map import (
+    ends_chunk,
+    lq_map_backward,
+    lq_scale,
+    lq_scale_grad,
+    row_of,
+    token_accumulators,
+    token_scales,
+)
 from .forward import carried_rows, key_path, launch_forward, segments, spans, tile_rows, whole_state_meta
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
@@ -50,7 +58,7 @@ def _backward_kernel(
     H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
     BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
-    READ_START: tl.constexpr, VARLEN: tl.constexpr, END_MAP: tl.constexpr,
+    READ_START: tl.constexpr, VARLEN: tl.constexpr, END_MAP: tl.constexpr, TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
@@ -92,6 +100,11 @@ def _backward_kernel(
         else:
             kc = sc - g % KE
             K1, K2 = load_matrices(w1_chunks, w2_chunks, kc * n, o1, m1, o2, m2, BD, BH, True)
+        KA1 = K1  # the chunk-start accumulators (Moneta: the key path reads their mapped weights)
+        KA2 = K2
+        if TOKEN_MAP != 0:
+            K1 = KA1 * lq_scale(KA1, end_q, end_floor, TOKEN_MAP)
+            K2 = KA2 * lq_scale(KA2, end_q, end_floor, TOKEN_MAP)
         offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta = tile_rows(
             k, v, bp, b, bos, kb, g, h, Tn, P0, H, D, L, P, BL, BK, BD, BIAS
         )
@@ -128,16 +141,28 @@ def _backward_kernel(
             gW2 = tl.zeros([BH, BD], dtype=tl.float32)
         else:
             b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
+            S1, S2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
+            b_f = b_beta  # f with momentum (unread without)
+            if HAS_MOM:
+                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+            # each layer's read coefficients: with Moneta's per-token map, token t reads s(A_t) A_t, so
+            # its row of the dual form is scaled by s_t (per layer): β, f and G's row times s_t
+            bb1, bf1, bG1, bb2, bf2, bG2 = b_beta, b_f, b_G, b_beta, b_f, b_G
+            if TOKEN_MAP != 0:
+                s1, s2 = token_scales(
+                    li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, end_q, end_floor,
+                    L, BL, DOT, HAS_MOM, TOKEN_MAP,
+                )  # fmt: skip
+                bb1, bf1, bG1 = s1 * b_beta, s1 * b_f, s1[:, None] * b_G
+                bb2, bf2, bG2 = s2 * b_beta, s2 * b_f, s2[:, None] * b_G
             # recompute the query path
             qw1 = dot(b_q, W1, DOT)
             qk = dot(b_q, tl.trans(b_k), DOT)
-            z1 = b_beta[:, None] * qw1 - dot(qk * b_G, d1, DOT)
-            S1, S2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
-            b_f, qs1 = b_beta, qw1  # f and Q S1 with momentum (unread without)
+            z1 = bb1[:, None] * qw1 - dot(qk * bG1, d1, DOT)
+            qs1 = qw1  # Q S1 with momentum (unread without)
             if HAS_MOM:
-                b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
                 qs1 = dot(b_q, S1, DOT)
-                z1 += b_f[:, None] * qs1
+                z1 += bf1[:, None] * qs1
             a1 = act(z1, ACT)
             aa = dot(a1, tl.trans(A), DOT)
             a1w2 = dot(a1, W2, DOT)
@@ -145,20 +170,57 @@ def _backward_kernel(
             if HAS_MOM:
                 a1s2 = dot(a1, S2, DOT)
             # layer 2 of the reads: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-            b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
-                b_dy, a1w2, a1s2, aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask, ln_eps,
+            b_dy, d_gamma, d_shift, dbeta2, df2, dG2, dP, d_dd = read_layer2_backward(
+                b_dy, a1w2, a1s2, aa, bG2, dd, bb2, bf2, gamma, d_gamma, d_shift, cmask, ln_eps,
                 D, DOT, LN, HAS_MOM,
             )  # fmt: skip
-            dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, b_beta, b_f, ACT, DOT, HAS_MOM)
+            dz1, dA, gW2 = read_hidden_backward(b_dy, dP, A, a1, z1, W2, S2, bb2, bf2, ACT, DOT, HAS_MOM)
             # layer 1 of the reads: Ẑ1 = β ⊙ (Q W1) [+ f ⊙ (Q S1)] − (Q Kᵀ ⊙ G) δ1
-            b_dbeta += tl.sum(dz1 * qw1, 1)
+            dbeta1 = tl.sum(dz1 * qw1, 1)
             dP = -dot(dz1, tl.trans(d1), DOT)
-            b_dG += dP * qk
-            dP = dP * b_G
-            d_d1 = -dot(tl.trans(qk * b_G), dz1, DOT)  # dδ1
-            b_dq = b_beta[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
+            dG1 = dP * qk
+            dP = dP * bG1
+            d_d1 = -dot(tl.trans(qk * bG1), dz1, DOT)  # dδ1
+            b_dq = bb1[:, None] * dot(dz1, tl.trans(W1), DOT) + dot(dP, b_k, DOT)
             b_dk = dot(tl.trans(dP), b_q, DOT)
-            gW1, b_df, b_dq = read_input_backward(dz1, b_q, qs1, S1, b_beta, b_f, b_df, b_dq, DOT, HAS_MOM)
+            gW1, df1, b_dq = read_input_backward(
+                dz1, b_q, qs1, S1, bb1, bf1, dbeta1 * 0.0, b_dq, DOT, HAS_MOM
+            )
+            gS1 = dot(tl.trans(b_q), bf1[:, None] * dz1, DOT)  # the reads' share of S's cotangent
+            gS2 = dot(tl.trans(a1), bf2[:, None] * b_dy, DOT)
+            if TOKEN_MAP != 0:
+                ds1 = b_beta * dbeta1 + b_f * df1 + tl.sum(b_G * dG1, 1)
+                ds2 = b_beta * dbeta2 + b_f * df2 + tl.sum(b_G * dG2, 1)
+                b_dbeta = s1 * dbeta1 + s2 * dbeta2
+                b_df = s1 * df1 + s2 * df2
+                b_dG = s1[:, None] * dG1 + s2[:, None] * dG2
+                # the scales' own cotangents, through every token's accumulator A_t
+                for t in range(L):
+                    at = li == t
+                    A1t, A2t, beta_t, f_t, g_t = token_accumulators(
+                        t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT, HAS_MOM
+                    )
+                    C1 = lq_scale_grad(A1t, row_of(ds1, at), end_q, end_floor, TOKEN_MAP)
+                    C2 = lq_scale_grad(A2t, row_of(ds2, at), end_q, end_floor, TOKEN_MAP)
+                    gW1 += beta_t * C1
+                    gW2 += beta_t * C2
+                    kc1 = dot(b_k, C1, DOT)
+                    ac2 = dot(A, C2, DOT)
+                    d_d1 -= g_t[:, None] * kc1
+                    d_dd -= g_t[:, None] * ac2
+                    b_dk -= g_t[:, None] * dot(d1, tl.trans(C1), DOT)
+                    dA -= g_t[:, None] * dot(dd, tl.trans(C2), DOT)
+                    dg_row = -(tl.sum(kc1 * d1, 1) + tl.sum(ac2 * dd, 1))
+                    b_dG = tl.where(at[:, None], b_dG + dg_row[None, :], b_dG)
+                    b_dbeta = tl.where(at, b_dbeta + inner(C1, W1) + inner(C2, W2), b_dbeta)
+                    if HAS_MOM:
+                        gS1 += f_t * C1
+                        gS2 += f_t * C2
+                        b_df = tl.where(at, b_df + inner(C1, S1) + inner(C2, S2), b_df)
+            else:
+                b_dbeta = dbeta1 + dbeta2
+                b_df = df1 + df2
+                b_dG = dG1 + dG2
 
         if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
             if ends_chunk(g, Tn, L, KE):
@@ -194,13 +256,16 @@ def _backward_kernel(
             tl.store(dm_end + cc, dm)
             tl.store(df + cc * L + li, b_df, mask=lmask)
             tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
-            cS1 = f_last * cW1 + b_m * cS1 + dot(tl.trans(b_q), b_f[:, None] * dz1, DOT)
-            cS2 = f_last * cW2 + b_m * cS2 + dot(tl.trans(a1), b_f[:, None] * b_dy, DOT)
+            cS1 = f_last * cW1 + b_m * cS1 + gS1
+            cS2 = f_last * cW2 + b_m * cS2 + gS2
 
         # key path backward (second order): δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A K2 − V), A = σ(K K1)
-        if KE == 1:
+        if KE == 1 and TOKEN_MAP == 0:  # the key path reads the tile-start weights themselves
             gK1 = gW1
             gK2 = gW2
+        elif KE == 1:
+            gK1 = tl.zeros([BD, BH], dtype=tl.float32)
+            gK2 = tl.zeros([BH, BD], dtype=tl.float32)
         else:
             gK1 = acc1
             gK2 = acc2
@@ -235,7 +300,10 @@ def _backward_kernel(
             tl.store(dv + toffs, (-dr).to(dv.dtype.element_ty), mask=kmask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
         tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
-        if KE == 1:
+        if TOKEN_MAP != 0 and g % KE == 0:  # K = s(A) A of the chunk-start accumulator
+            gK1 = lq_map_backward(KA1, gK1, end_q, end_floor, TOKEN_MAP)
+            gK2 = lq_map_backward(KA2, gK2, end_q, end_floor, TOKEN_MAP)
+        if KE == 1 and TOKEN_MAP == 0:
             cW1 = gK1
             cW2 = gK2
         elif g % KE == 0:

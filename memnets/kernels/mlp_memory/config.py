@@ -84,7 +84,8 @@ class LaunchConfig(NamedTuple):
     hidden_block: int  # hidden columns per block of the wide-state kernels; 0: the whole-state kernels
     recompute_every: int  # tiles per inner segment of the backward's recompute (checkpoint_every: none)
     end_map: int = 0  # END_MAPS: the chunk-end map of the weights (Moneta's normalize_at="chunk_end")
-    end_q: float = 2.0  # its ℓ_q exponent
+    token_map: int = 0  # END_MAPS: the same map on every token's accumulator (Moneta's default, Eq. 24)
+    end_q: float = 2.0  # the maps' ℓ_q exponent
     end_floor: float = 0.0  # the clamp on Σ|W|^q: max(floor^q, 1e-30) ("paper"), 1e-30 ("unit")
 
 

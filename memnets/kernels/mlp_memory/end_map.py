@@ -1,7 +1,16 @@
-"""Moneta's ℓ_q map of the weights at every complete chunk's end, inside the whole-state kernels: the
-parallel form of Miras arXiv 2504.13173 §5.3 ("Parallelizable Training": the normalisation is applied
-at the end of each chunk; :class:`memnets.memory.miras.ChunkEnd` of
-:class:`~memnets.memory.miras.LqNormalize`). Each weight matrix W (per head) becomes s(W)·W with
+"""Moneta's ℓ_q map (Miras arXiv 2504.13173 Eq. 24, :class:`memnets.memory.miras.LqNormalize`) inside the
+whole-state kernels, in its two forms:
+
+* ``TOKEN_MAP`` (the default, ``normalize_at="token"``): every token reads s(A_t)·A_t of its own
+  accumulator A_t (the dual form's weights, which this kernel otherwise never forms: each tile forms
+  every token's A_t once, L products per layer, for its norm: :func:`token_scales`), and the key path
+  takes its gradients at the chunk start's s(A)·A. A scale per row of the dual form: each layer's β,
+  f and G rows times s_t. The backward takes the scales' cotangents through every A_t again.
+* ``END_MAP`` (``normalize_at="chunk_end"``, §5.3's parallel form, "Parallelizable Training": the
+  normalisation is applied at the end of each chunk; :class:`~memnets.memory.miras.ChunkEnd`): the
+  weights are the plain accumulation inside a chunk and are mapped after every complete chunk.
+
+Each weight matrix W (per head) maps to s(W)·W with
 
     P = Σ |W|^q,   s = max(P, c)^(−e),   "paper" (Eq. 24): e = (q − 2)/q, c = max(floor^q, 1e-30)
                                           "unit":          e = 1/q,       c = 1e-30
@@ -14,6 +23,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ..precision import dot
 
 
 @triton.jit
@@ -50,3 +61,52 @@ def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
     s = tl.exp(-e * tl.log(tl.maximum(power, clamp)))
     coef = tl.where(power > clamp, e * q * s / power, 0.0) * tl.sum(tl.sum(C * W, 1), 0)
     return s * C - coef * W * _abs_pow(W2, 0.5 * q - 1.0)
+
+
+@triton.jit
+def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
+    """ds · ∂s/∂W: the cotangent of W from the cotangent ``ds`` of its scale s(W)."""
+    W2 = W * W
+    power = tl.sum(tl.sum(_abs_pow(W2, 0.5 * q), 1), 0)
+    e = _exponent(q, MAP)
+    s = tl.exp(-e * tl.log(tl.maximum(power, clamp)))
+    return -tl.where(power > clamp, ds * e * q * s / power, 0.0) * W * _abs_pow(W2, 0.5 * q - 1.0)
+
+
+@triton.jit
+def row_of(x, at):
+    """Row ``at`` (a ``[BL]`` one-hot mask) of a ``[BL]`` vector (a scalar) or a ``[BL, BK]`` tile (a
+    ``[BK]`` vector)."""
+    return tl.sum(tl.where(at, x, 0.0), 0)
+
+
+@triton.jit
+def token_accumulators(t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT: tl.constexpr,
+                       HAS_MOM: tl.constexpr):  # fmt: skip
+    """Token t's accumulators of a tile (the dual form's weights, Moneta's A_t): A1_t = β_t W1 [+ f_t S1]
+    − Kᵀ (G[t, :] ⊙ δ1), A2_t likewise with A and Δ; and β_t, f_t, G[t, :]."""
+    at = li == t
+    beta_t = row_of(b_beta, at)
+    f_t = row_of(b_f, at)
+    g_t = row_of(b_G, at[:, None])
+    A1 = beta_t * W1 - dot(tl.trans(b_k), g_t[:, None] * d1, DOT)
+    A2 = beta_t * W2 - dot(tl.trans(A), g_t[:, None] * dd, DOT)
+    if HAS_MOM:
+        A1 += f_t * S1
+        A2 += f_t * S2
+    return A1, A2, beta_t, f_t, g_t
+
+
+@triton.jit
+def token_scales(li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, q, clamp, L: tl.constexpr,
+                 BL: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr, MAP: tl.constexpr):  # fmt: skip
+    """s(A1_t), s(A2_t) ``[BL]`` for every token t of a tile (Moneta's per-token map, Miras Eq. 24)."""
+    s1 = tl.zeros([BL], dtype=tl.float32)
+    s2 = tl.zeros([BL], dtype=tl.float32)
+    for t in range(L):
+        A1, A2, _b, _f, _g = token_accumulators(
+            t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT, HAS_MOM
+        )
+        s1 = tl.where(li == t, lq_scale(A1, q, clamp, MAP), s1)
+        s2 = tl.where(li == t, lq_scale(A2, q, clamp, MAP), s2)
+    return s1, s2

@@ -26,7 +26,7 @@ from .common import (
     value_rows,
 )
 from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
-from .end_map import ends_chunk, lq_scale
+from .end_map import ends_chunk, lq_scale, token_scales
 from .wide_split import launch_wide
 
 
@@ -78,6 +78,7 @@ def _forward_kernel(
     BH: tl.constexpr, KE: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
     DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
     READ_START: tl.constexpr, VARLEN: tl.constexpr, STORE: tl.constexpr, END_MAP: tl.constexpr,
+    TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b, bos, Tn, t_first, n_tiles, crow = sequence_bounds(i_bh, cu, toff, T, NCT, H, VARLEN)
@@ -102,6 +103,9 @@ def _forward_kernel(
         if g % KE == 0:
             K1 = W1
             K2 = W2
+            if TOKEN_MAP != 0:  # Moneta per token: the gradient at the chunk start's mapped weights
+                K1 = W1 * lq_scale(W1, end_q, end_floor, TOKEN_MAP)
+                K2 = W2 * lq_scale(W2, end_q, end_floor, TOKEN_MAP)
         if STORE:
             sc = bh * NC + c
             store_matrices(w1_chunks, w2_chunks, sc * n, W1, W2, o1, m1, o2, m2, True)
@@ -129,13 +133,22 @@ def _forward_kernel(
                     other=0.0,
                 )
                 z1 = b_beta[:, None] * dot(b_q, W1, DOT) - dot(dot(b_q, tl.trans(b_k), DOT) * b_G, d1, DOT)
+                b_f = b_beta
                 if HAS_MOM:
                     b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
                     z1 += b_f[:, None] * dot(b_q, S1, DOT)
+                if TOKEN_MAP != 0:  # every token reads its own accumulator's scale: W_t = s(A_t) A_t
+                    s1, s2 = token_scales(
+                        li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, end_q, end_floor,
+                        L, BL, DOT, HAS_MOM, TOKEN_MAP,
+                    )  # fmt: skip
+                    z1 = s1[:, None] * z1
                 a1 = act(z1, ACT)
                 b_y = b_beta[:, None] * dot(a1, W2, DOT) - dot(dot(a1, tl.trans(A), DOT) * b_G, dd, DOT)
                 if HAS_MOM:
                     b_y += b_f[:, None] * dot(a1, S2, DOT)
+                if TOKEN_MAP != 0:
+                    b_y = s2[:, None] * b_y
             if LN:
                 xq, _ = ln_rows(b_y, cmask, D, ln_eps)
                 b_y = xq * gamma[None, :] + shift[None, :]
@@ -169,6 +182,7 @@ def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchC
     scalars = (*scalars, config.end_q, config.end_floor)
     constants |= dict(
         END_MAP=config.end_map,
+        TOKEN_MAP=config.token_map,
         KE=config.tiles_per_chunk,
         P=config.prefix,
         BK=block(config.prefix + config.tile),

@@ -127,6 +127,7 @@ def mlp_memory_chunked(
     dot_precision: str = "tf32x3",
     hidden_block: int | None = None,
     end_map: str = "none",
+    token_map: str = "none",
     end_q: float = 2.0,
     end_floor: float = 0.0,
 ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor]]:
@@ -158,6 +159,9 @@ def mlp_memory_chunked(
         end_map, end_q, end_floor: Moneta's ℓ_q map of the weights at every complete chunk's end
             (:mod:`.end_map`; ``END_MAPS``: "none", "paper" or "unit", as
             :class:`memnets.memory.miras.LqNormalize` with ``q``, ``floor``); whole-state kernels only.
+        token_map: the same map on every token's accumulator (Moneta's default: each token reads
+            s(A_t)·A_t, gradients at the chunk start's s(A)·A; :mod:`.end_map`); whole-state kernels
+            only, not with ``end_map``.
 
     Returns:
         ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
@@ -185,9 +189,11 @@ def mlp_memory_chunked(
         *coefficients(beta, f, G, m_end, s_coef), w1, w2, s1, s2, layout.cu_seqlens, layout.tile_offsets,
     )  # fmt: skip
     L = layout.tile
-    if end_map != "none" and layout.wide:
-        raise ValueError("mlp_memory_chunked: the chunk-end map runs in the whole-state kernels only")
-    clamp = max(end_floor**end_q, 1e-30) if end_map == "paper" else 1e-30
+    if (end_map != "none" or token_map != "none") and layout.wide:
+        raise ValueError("mlp_memory_chunked: the ℓ_q maps run in the whole-state kernels only")
+    if end_map != "none" and token_map != "none":
+        raise ValueError("mlp_memory_chunked: end_map and token_map exclude each other")
+    clamp = max(end_floor**end_q, 1e-30) if "paper" in (end_map, token_map) else 1e-30
     tiles_per_chunk = chunk_size // L
     every, inner = checkpoint_chunks(layout.max_chunks, checkpoint_every, layout.wide)
     config = LaunchConfig(
@@ -210,6 +216,7 @@ def mlp_memory_chunked(
         else 0,
         recompute_every=inner * tiles_per_chunk,
         end_map=END_MAPS[end_map],
+        token_map=END_MAPS[token_map],
         end_q=end_q,
         end_floor=clamp,
     )

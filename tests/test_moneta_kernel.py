@@ -1,0 +1,114 @@
+"""Moneta's ℓ_q map in the whole-state MLP-memory kernels, on every token's accumulator (the default,
+Miras arXiv 2504.13173 Eq. 24: ``miras_chunked(..., retention=LqNormalize)``) and at chunk ends only
+(``normalize_at="chunk_end"``, §5.3's parallel form: ``retention=ChunkEnd(LqNormalize)``) == the engine
+in float64: outputs, final weights, momenta and anchor, every gradient (random cotangents on all of
+them), on lengths around the chunk boundaries, both maps, with and without momentum, chunks of two
+tiles, a second call from inside a chunk (finished in PyTorch), packed sequences; and the mixer with
+``backend: triton``.
+
+Tolerance: float32's ratio plus twice the float32 engine's own distance to float64. With the ℓ_3 bias
+and the map, these problems amplify round-off: the float32 engine misses float64 by up to 4e-5 in the
+gradients at T = 63, the kernel by 0.3-1.5x that."""
+
+import functools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import test_mlp_memory as base  # the whole-state kernels' tests: same harness
+import torch
+from mixer_checks import check_against_float64, check_decode_and_split
+
+import memnets
+from memnets.memory.miras import ChunkEnd, LpBias, LqNormalize, miras_chunked
+from memnets.testing import RATIO, assert_close, nan_allocations, rel_err
+
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
+triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
+
+
+def _maps(form: str, lq: LqNormalize) -> tuple[object, dict]:
+    """The engine's retention and the kernel's option for Moneta's map ``form``."""
+    if form == "chunk_end":
+        return ChunkEnd(lq), {"end_map": lq}
+    return lq, {"token_map": lq}
+
+
+def _compare(T, chunk_size, form, map_="paper", gates="both", split=None, layer_norm=True):
+    lq, bias = LqNormalize(4.0, map_, 0.1), LpBias(3.0)
+    retention, option = _maps(form, lq)
+    arch = base._arch(True, "gelu", layer_norm)
+    ref_arch = base._arch(True, "gelu", layer_norm).double()
+    inputs = base._inputs(T, torch.float32, gates)
+    engine = functools.partial(miras_chunked, retention=retention)
+    ref = base._run(engine, ref_arch, inputs, chunk_size, torch.float64, bias, split)
+    eng32 = base._run(engine, arch, inputs, chunk_size, torch.float32, bias, split)
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, **option, **base.F32_DOTS)
+    with nan_allocations():
+        out = base._run(kernel, arch, inputs, chunk_size, torch.float32, bias, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        case = f"{form}, T={T}, chunk={chunk_size}, {map_}, gates={gates}, split={split}, ln={layer_norm}"
+        ratio = RATIO[torch.float32] + 2 * rel_err(ref[name], eng32[name])
+        assert_close(f"{name} ({case})", ref[name], out[name], ratio=ratio)
+
+
+FORMS = ["token", "chunk_end"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("T,map_", [(1, "paper"), (16, "unit"), (63, "paper"), (65, "unit"), (100, "paper")])
+def test_kernel_matches_engine(T, map_, form):
+    _compare(T, 16, form, map_)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_kernel_without_momentum_or_layer_norm(form):
+    _compare(40, 8, form, gates="keep", layer_norm=False)
+    _compare(33, 16, form, gates="none")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_kernel_chunk_of_two_tiles_and_a_split_call(form):
+    """Chunks of 128 run as two 64-row tiles (the key path at the chunk start's mapped weights; the
+    chunk-end map after the second); the second call starts inside a chunk."""
+    _compare(150, 128, form, split=20)
+    _compare(45, 16, form, "unit", split=21)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_kernel_packed_sequences(form):
+    """Three sequences in one launch: each from its own state, mapping its own chunks."""
+    lq, bias = LqNormalize(4.0, "paper", 0.1), LpBias(3.0)
+    retention, option = _maps(form, lq)
+    lengths = [20, 33, 16]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    arch = base._arch(True, "gelu", True)
+    inputs = base._inputs(sum(lengths), torch.float32, "both")
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, **option, **base.F32_DOTS)
+    engine = functools.partial(miras_chunked, retention=retention)
+    args = [inputs[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
+    with nan_allocations():
+        packed, _ = kernel(arch, *args, chunk_size=16, bias=bias, cu_seqlens=cu)
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        y, _ = engine(arch, *(x[:, lo:hi] for x in args), chunk_size=16, bias=bias)
+        assert_close(f"sequence {lo}:{hi}", y, packed[:, lo:hi])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_moneta_mixer_runs_the_kernel(form):
+    """``moneta`` with ``backend: triton`` (its default options but the chunk size, and with ``normalize_at:
+    chunk_end``) against ``chunked`` in float64 (output, input and parameter gradients; the module's
+    tolerance); decoding and split calls == one call."""
+    kw = {"normalize_at": form, "chunk_size": 8, "memory": {"expansion": 2.0}}
+    torch.manual_seed(0)
+    kernel = memnets.build_mixer("moneta", d_model=32, num_heads=2, backend="triton", **kw)
+    chunked = memnets.build_mixer("moneta", d_model=32, num_heads=2, backend="chunked", **kw)
+    chunked.load_state_dict(kernel.state_dict())
+    assert kernel.op.no_kernel("triton") is None
+    x, cot = torch.randn(1, 21, 32), torch.randn(1, 21, 32)
+    with nan_allocations():
+        check_against_float64(chunked, kernel, x, cot, factor=2)
+        check_decode_and_split("moneta (triton)", kernel, x[:, :13], 5)
