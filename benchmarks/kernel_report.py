@@ -89,6 +89,19 @@ def _dot(d: MemoryDispatch) -> int:
     return DOT_PRECISIONS[resolve_dot_precision(d.options.get("dot_precision", "auto"), AMP_DTYPE)]
 
 
+def _lq_map_branch(retention: object) -> dict[str, int]:
+    """The whole-state kernels' Moneta branch for a Miras dispatch's retention (per token or at chunk
+    ends, :mod:`memnets.kernels.mlp_memory.end_map`), none otherwise."""
+    from memnets.kernels.mlp_memory.config import END_MAPS
+    from memnets.memory.miras import ChunkEnd, LqNormalize
+
+    if isinstance(retention, LqNormalize):
+        return {"TOKEN_MAP": END_MAPS[retention.map]}
+    if isinstance(retention, ChunkEnd) and isinstance(retention.retention, LqNormalize):
+        return {"END_MAP": END_MAPS[retention.retention.map]}
+    return {}
+
+
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     from memnets.kernels.mlp_memory import tile_layout
     from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS, split_constants, wide_split
@@ -115,6 +128,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     ) and bool(getattr(getattr(mixer, "gates", None), "momentum", False))
     H = d.arch.num_heads
     branches = {
+        **_lq_map_branch(d.options.get("retention")),
         "ACT": ACTIVATIONS[spec.activation],
         "BIAS": BIAS_KINDS.index(bias.kind if bias else "l2"),
         "LN": spec.layer_norm,
