@@ -335,7 +335,7 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
     cases are its forward, STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import ACTIVATIONS
     from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.muon_launch import MUON_NUM_WARPS, ns_dot
+    from memnets.kernels.mlp_memory.muon_ops import MUON_NUM_WARPS, ns_dot
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types = {n: "i32" for n in ("T", "P0", "C0", "NC", "NCT")}

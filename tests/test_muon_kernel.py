@@ -140,7 +140,7 @@ def test_kernel_matches_engine_five_steps(T, window, chunk_size, split):
 
 def test_kernel_half_operands_one_step():
     """float16 operands (the interpreter's stand-in for bfloat16, whose interpreted tl.dot is wrong:
-    Triton #11584) everywhere but Newton–Schulz (``muon_launch.ns_dot``): float16's ratio against the
+    Triton #11584) everywhere but Newton–Schulz (``muon_ops.ns_dot``): float16's ratio against the
     float64 engine with one Newton–Schulz step. With five, the quintic amplifies the operands' rounding
     of the momentum itself (8e-3 measured): benchmarks/RESULTS.md §37."""
     arch = _arch(32)
@@ -248,3 +248,36 @@ def test_atlas_hybrids_run_the_kernel(name):
     x, cot = torch.randn(1, 19, 32), torch.randn(1, 19, 32)
     with nan_allocations():
         check_against_float64(chunked, kernel, x, cot, factor=10)
+
+
+def test_custom_ops_opcheck():
+    """``memnets::muon_memory_fwd`` / ``_bwd``: schema, fake implementations (torch.compile) and the
+    autograd registration (``torch.library.opcheck``)."""
+    from memnets.kernels.mlp_memory import muon_ops
+
+    B, T, L, P, hidden = 1, 12, 8, 2, 16
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g)
+
+    NC = -(-T // L)
+    q, k, v = rnd(B, T, H, DK), rnd(B, P + T, H, DK), rnd(B, P + T, H, D)
+    coefs = (torch.rand(B, H, NC, L, generator=g) for _ in range(3))
+    m_end, s_coef = torch.rand(B, H, NC, generator=g), torch.rand(B, H, NC, P + L, generator=g)
+    state = [0.1 * rnd(B, H, DK, hidden), 0.1 * rnd(B, H, hidden, D)] * 3
+    ln = (1 + 0.1 * rnd(H, D), 0.1 * rnd(H, D))
+    config = tuple(muon_ops.MuonConfig(L, P, 1, 1, 0, 1, *MUON_COEFFICIENTS, 1e-7, 0, True, 1e-5))
+    tensors = (q, k, v, *ln, *coefs, m_end, s_coef, *state)
+    torch.library.opcheck(
+        muon_ops.muon_memory_fwd,
+        (*tensors, *config),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+    ckpts = muon_ops.muon_memory_fwd(*tensors, *config)[9:]
+    cot = (rnd(B, T, H, D), *(torch.randn_like(t) for t in state), *(torch.randn_like(t) for t in state[:2]))
+    torch.library.opcheck(
+        muon_ops.muon_memory_bwd,
+        (*tensors, *ckpts, *cot, *config),
+        test_utils=("test_schema", "test_faketensor"),
+    )

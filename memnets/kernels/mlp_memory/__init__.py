@@ -139,7 +139,7 @@ the Omega window, each sequence's carried window rows lead its own rows in k and
 rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
 
 Atlas with Muon once per chunk (ATLAS arXiv 2505.23735 §5 Eq. 32–33, ``muon="chunk"``) runs its own
-wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`, entry :mod:`.muon_launch`): no G term
+wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`; entry :mod:`.muon_launch`, custom ops :mod:`.muon_ops`): no G term
 (a token's gradient reaches the weights only through the chunk-end momentum), a third state matrix per
 layer (the direction O), and Newton–Schulz of each chunk-end momentum on chip (:mod:`.newton_schulz`).
 

@@ -92,10 +92,10 @@ class LaunchConfig(NamedTuple):
 _SCHEMA_TYPES = {int: "SymInt", float: "float", bool: "bool"}
 
 
-def op_schema(tensors: str, returns: str) -> str:
-    """The schema of a custom op taking ``tensors`` (schema text) and then :class:`LaunchConfig`'s
-    fields as scalars."""
-    scalars = ", ".join(f"{_SCHEMA_TYPES[t]} {n}" for n, t in get_type_hints(LaunchConfig).items())
+def op_schema(tensors: str, returns: str, config: type = LaunchConfig) -> str:
+    """The schema of a custom op taking ``tensors`` (schema text) and then the fields of ``config`` (a
+    NamedTuple: :class:`LaunchConfig` by default) as scalars."""
+    scalars = ", ".join(f"{_SCHEMA_TYPES[t]} {n}" for n, t in get_type_hints(config).items())
     return f"({tensors}, {scalars}) -> {returns}"
 
 

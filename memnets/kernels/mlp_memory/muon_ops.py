@@ -1,0 +1,242 @@
+"""The Muon-per-chunk kernels (:mod:`.muon_forward`, :mod:`.muon_backward`) as ``torch.library`` custom
+ops with fake implementations and ``register_autograd``, as the other MLP-memory kernels
+(:mod:`.ops`): ``memnets::muon_memory_fwd`` / ``_bwd``. Both take the tensors first and then the fields
+of :class:`MuonConfig` as scalars.
+
+Checkpoint segments bound the backward's memory as in the wide-state kernels
+(:func:`~.launch.checkpoint_chunks`): the forward keeps the state (W, S, O) at every segment's start;
+the backward walks the segments in reverse, recomputes each one's inner segment starts (where there
+are several), then each inner segment's chunk start states (``STORE``) and walks it in reverse."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+from torch import Tensor
+
+from .config import block, op_schema
+from .forward import spans
+from .muon_backward import _muon_backward_kernel
+from .muon_forward import _muon_forward_kernel
+from .wide_forward import key_block
+
+# warps per program: two warpgroups split the N of the [64, 64]-wide Newton–Schulz and key-block products
+# (no replicated warps); in the static report at atlas-760m they cut the exposed latency per chunk 1.4×
+# forward and 2.3× backward against one warpgroup, for more spill (benchmarks/RESULTS.md §37)
+MUON_NUM_WARPS = 8
+
+
+class MuonConfig(NamedTuple):
+    """Everything but the tensors that a launch of the Muon kernels needs."""
+
+    chunk: int  # tokens per chunk (L)
+    prefix: int  # the Omega window's key rows before each chunk (P = window − 1)
+    every: int  # chunks per checkpoint segment
+    inner: int  # chunks per inner segment of the backward's recompute
+    dot_precision: int  # memnets.kernels.precision.DOT_PRECISIONS (the Newton–Schulz products: ns_dot)
+    ns_steps: int
+    na: float  # Newton–Schulz's (a, b, c)
+    nb: float
+    nc: float
+    ns_eps: float
+    activation: int  # ACTIVATIONS
+    residual: bool  # M(k) = k[:, :D] + … on the key path
+    ln_eps: float
+
+
+def ns_dot(dot: int) -> int:
+    """The operand mode of the Newton–Schulz products: float32 (tf32x3, code 0) unless ``dot`` asks for
+    one TF32 product (code 1). Muon's quintic amplifies operand rounding in the momentum's small singular
+    directions (slope a⁵ ≈ 490 at 0). In the interpreter with every product in float16, the directions O
+    of a 40-token test (benchmarks/RESULTS.md §37) were 3% off the float64 engine in relative RMS; with
+    Newton–Schulz in float32 and the rest in float16, under 0.5% (bfloat16 rounds 8× coarser than
+    float16, TF32 as float16). The kernels' half operand modes therefore stop short of Newton–Schulz, so
+    that a Muon memory's backends agree, at three TF32 products per Newton–Schulz product."""
+    return 1 if dot == 1 else 0
+
+
+def _constants(q: Tensor, w1: Tensor, w2: Tensor, ln_w: Tensor | None, c: MuonConfig) -> dict:
+    D, DI, DH = w2.shape[-1], q.shape[3], w1.shape[-1]
+    KB = key_block(DI, D)
+    return dict(
+        H=q.shape[2], D=D, DI=DI, DH=DH, L=c.chunk, BL=block(c.chunk), BD=block(D), KB=KB,
+        NI=triton.cdiv(DI, KB), BHB=block(DH), P=c.prefix, BK=block(c.prefix + c.chunk), ACT=c.activation,
+        DOT=c.dot_precision, LN=ln_w is not None, RES=c.residual, STEPS=c.ns_steps, NSD=ns_dot(c.dot_precision),
+        num_warps=MUON_NUM_WARPS, num_stages=1,
+    )  # fmt: skip
+
+
+def _scalars(c: MuonConfig) -> tuple:
+    return (c.ln_eps, c.na, c.nb, c.nc, c.ns_eps)
+
+
+def run_forward(q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, w1, w2, s1, s2, o1, o2, c: MuonConfig):
+    """(y float32, the final W1, W2, S1, S2, O1, O2, the last chunk's start W1, W2, and the state at
+    every checkpoint segment's start ``[NS, B, H, ...]``)."""
+    B, T, H = q.shape[:3]
+    NCT = beta.shape[2]
+    consts = _constants(q, w1, w2, ln_w, c)
+    state = [t.float().clone(memory_format=torch.contiguous_format) for t in (w1, w2, s1, s2, o1, o2)]
+    y = w1.new_empty(B, T, H, w2.shape[-1])
+    anchor = (w1.new_empty(w1.shape), w2.new_empty(w2.shape))
+    empty = w1.new_empty(0)
+    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
+    ckpts = []
+    for c0, nc in spans(0, NCT, c.every):
+        ckpts.append([t.clone() for t in state])
+        _muon_forward_kernel[(B * H,)](
+            q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef, y, *state, *anchor, *(empty,) * 6,
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
+        )  # fmt: skip
+    return (y, *state, *anchor, *(torch.stack(s) for s in zip(*ckpts)))
+
+
+def run_backward(
+    q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, w1, w2, s1, s2, o1, o2, *rest, c: MuonConfig
+) -> list[Tensor]:  # fmt: skip
+    """Gradients of :func:`run_forward`'s inputs from its checkpoints (``rest[:6]``) and the cotangents
+    (``rest[6:]``: y, the six final state tensors, the two anchors)."""
+    ckpts, (dy, *d_state) = rest[:6], rest[6:]
+    B, T, H = q.shape[:3]
+    NCT, D, L, P = beta.shape[2], v.shape[-1], c.chunk, c.prefix
+    consts = _constants(q, w1, w2, ln_w, c)
+    dstate = [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:6]]
+    danchor = [d.float().contiguous() for d in d_state[6:]]
+    dy = dy.float().contiguous()
+    empty = q.new_empty(0, dtype=torch.float32)
+    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
+    dq = q.new_zeros(q.shape, dtype=torch.float32)
+    dk = q.new_zeros(B, H, NCT, P + L, q.shape[3], dtype=torch.float32)
+    dv = q.new_zeros(B, H, NCT, P + L, D, dtype=torch.float32)
+    dbeta, ddc, dlc = (torch.empty_like(beta) for _ in range(3))
+    dm, ds = torch.empty_like(m_end), torch.empty_like(s_coef)
+    dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
+    xs = q.new_empty(B * H, c.ns_steps + 1, *w1.shape[-2:], dtype=torch.float32)
+    dxs = q.new_empty(B * H, *w1.shape[-2:], dtype=torch.float32)
+    inputs = (q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef)
+    y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
+    scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
+    for n, (s0, ns0) in reversed(list(enumerate(spans(0, NCT, c.every)))):
+        # the segment's inner checkpoints (the last inner segment's start is its STORE pass's)
+        state, starts = [t[n].clone() for t in ckpts], []
+        for c0, nc in spans(s0, ns0, c.inner):
+            starts.append([t.clone() for t in state])
+            if c0 + nc < s0 + ns0:
+                _muon_forward_kernel[(B * H,)](
+                    *inputs, y_scratch, *state, *scratch, *(empty,) * 6,
+                    T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
+                )  # fmt: skip
+        for (c0, nc), state in reversed(list(zip(spans(s0, ns0, c.inner), starts))):
+            chunks = [q.new_empty(B, H, nc, *t.shape[2:], dtype=torch.float32) for t in state]
+            _muon_forward_kernel[(B * H,)](
+                *inputs, empty, *state, *scratch, *chunks,
+                T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=True, **consts,
+            )  # fmt: skip
+            _muon_backward_kernel[(B * H,)](
+                *inputs, dy, *chunks, xs, dxs, *dstate, *danchor,
+                dq, dk, dv, dbeta, ddc, dlc, dm, ds, dln[0], dln[1],
+                T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
+            )  # fmt: skip
+    if c.residual:  # M(φ(k)) = k + …: R = K[:, :D] + … − V
+        dk[..., :D] -= dv
+    dk_, dv_ = (_fold(x, k.shape[1], T, L, P) for x in (dk, dv))
+    dln_w, dln_b = empty, q.new_empty(0, dtype=torch.float32)  # distinct: outputs may not alias
+    if ln_w is not None:
+        dln_w, dln_b = (x.view(B, H, D).sum(0) for x in dln)
+    return [dq.to(q.dtype), dk_.to(k.dtype), dv_.to(v.dtype), dln_w, dln_b, dbeta, ddc, dlc, dm, ds, *dstate]
+
+
+def _fold(x: Tensor, rows: int, T: int, L: int, P: int) -> Tensor:
+    """Sum the per-chunk key-row gradients ``[B, H, NCT, P + L, W]`` into ``[B, rows, H, W]`` (row g·L + e
+    of the carried-and-sequence rows for chunk g's row e; the window's rows overlap)."""
+    B, H, NCT, R, W = x.shape
+    P0 = rows - T
+    idx = P0 + torch.arange(NCT, device=x.device)[:, None] * L - P + torch.arange(R, device=x.device)[None, :]
+    valid = (idx >= 0) & (idx < rows)
+    out = x.new_zeros(B, H, rows, W)
+    out.index_add_(2, idx[valid], x[:, :, valid])
+    return out.transpose(1, 2).contiguous()
+
+
+# q [B, T, H, Dk], k [B, P0 + T, H, Dk], v [B, P0 + T, H, D]; ln_w, ln_b [H, D]; the coefficients of
+# chunks of L tokens float32 (beta, dc, lc [B, H, NC, L], m_end [B, H, NC], s_coef [B, H, NC, P + L]);
+# the state w1, s1, o1 [B, H, Dk, Dh], w2, s2, o2 [B, H, Dh, D] float32
+_INPUTS = (
+    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor dc, Tensor lc, "
+    "Tensor m_end, Tensor s_coef, Tensor w1, Tensor w2, Tensor s1, Tensor s2, Tensor o1, Tensor o2"
+)
+_N_INPUTS = _INPUTS.count("Tensor")
+_CHECKPOINTS = ", ".join(f"Tensor ckpt_{n}" for n in ("w1", "w2", "s1", "s2", "o1", "o2"))
+_COTANGENTS = ", ".join(f"Tensor d{n}" for n in ("y", "w1", "w2", "s1", "s2", "o1", "o2", "a1", "a2"))
+_OUTPUTS = "(" + ", ".join(["Tensor"] * 15) + ")"  # y, the six final state tensors, two anchors, checkpoints
+
+
+def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, MuonConfig]:
+    return inputs[:n_tensors], MuonConfig(*inputs[n_tensors:])
+
+
+@torch.library.custom_op(
+    "memnets::muon_memory_fwd", mutates_args=(), schema=op_schema(_INPUTS, _OUTPUTS, MuonConfig)
+)
+def muon_memory_fwd(*inputs) -> tuple[Tensor, ...]:
+    """:func:`run_forward` as an op."""
+    tensors, config = _split(inputs, _N_INPUTS)
+    return run_forward(*tensors, config)
+
+
+@torch.library.custom_op(
+    "memnets::muon_memory_bwd",
+    mutates_args=(),
+    schema=op_schema(f"{_INPUTS}, {_CHECKPOINTS}, {_COTANGENTS}", "Tensor[]", MuonConfig),
+)
+def muon_memory_bwd(*inputs) -> list[Tensor]:
+    """:func:`run_backward` as an op: the gradients of the forward's 16 inputs (empty for absent
+    LayerNorm parameters)."""
+    tensors, config = _split(inputs, _N_INPUTS + 6 + 9)
+    return run_backward(*tensors, c=config)
+
+
+@muon_memory_fwd.register_fake
+def _(*inputs):
+    tensors, config = _split(inputs, _N_INPUTS)
+    q, v, beta, state = tensors[0], tensors[2], tensors[5], tensors[10:]
+    ns = len(spans(0, beta.shape[2], config.every))
+    y = state[0].new_empty(*q.shape[:3], v.shape[-1])
+    return (
+        y, *(torch.empty_like(t) for t in state), *(torch.empty_like(t) for t in state[:2]),
+        *(t.new_empty(ns, *t.shape) for t in state),
+    )  # fmt: skip
+
+
+@muon_memory_bwd.register_fake
+def _(*inputs):
+    q = inputs[0]
+    return [
+        q.new_empty(0, dtype=torch.float32) if t is None else torch.empty_like(t) for t in inputs[:_N_INPUTS]
+    ]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    tensors, ctx.config = _split(inputs, _N_INPUTS)
+    ctx.has_ln = tensors[3] is not None
+    ctx.save_for_backward(*tensors, *output[9:])
+
+
+def _backward(ctx, *cotangents) -> tuple:
+    saved = ctx.saved_tensors
+    tensors, ckpts = saved[:_N_INPUTS], saved[_N_INPUTS:]
+    likes = (
+        tensors[0].new_empty(*tensors[0].shape[:3], tensors[2].shape[-1]),
+        *tensors[10:],
+        *tensors[10:12],
+    )
+    cots = [torch.zeros_like(like) if c is None else c.contiguous() for c, like in zip(cotangents[:9], likes)]
+    grads = muon_memory_bwd(*tensors, *ckpts, *cots, *ctx.config)
+    if not ctx.has_ln:
+        grads[3] = grads[4] = None
+    return *grads, *(None,) * len(ctx.config)
+
+
+torch.library.register_autograd("memnets::muon_memory_fwd", _backward, setup_context=_setup_context)
