@@ -53,17 +53,6 @@ def lq_scale(W, q, clamp, MAP: tl.constexpr):
 
 
 @triton.jit
-def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
-    """The cotangent of W from the cotangent C of s(W)·W."""
-    W2 = W * W
-    power = tl.sum(tl.sum(_abs_pow(W2, 0.5 * q), 1), 0)
-    e = _exponent(q, MAP)
-    s = tl.exp(-e * tl.log(tl.maximum(power, clamp)))
-    coef = tl.where(power > clamp, e * q * s / power, 0.0) * tl.sum(tl.sum(C * W, 1), 0)
-    return s * C - coef * W * _abs_pow(W2, 0.5 * q - 1.0)
-
-
-@triton.jit
 def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
     """ds · ∂s/∂W: the cotangent of W from the cotangent ``ds`` of its scale s(W)."""
     W2 = W * W
@@ -71,6 +60,12 @@ def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
     e = _exponent(q, MAP)
     s = tl.exp(-e * tl.log(tl.maximum(power, clamp)))
     return -tl.where(power > clamp, ds * e * q * s / power, 0.0) * W * _abs_pow(W2, 0.5 * q - 1.0)
+
+
+@triton.jit
+def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
+    """The cotangent of W from the cotangent C of s(W)·W: s C plus ⟨C, W⟩ ∂s/∂W."""
+    return lq_scale(W, q, clamp, MAP) * C + lq_scale_grad(W, tl.sum(tl.sum(C * W, 1), 0), q, clamp, MAP)
 
 
 @triton.jit
