@@ -85,9 +85,9 @@ implementations; ``register_autograd`` ties them together.
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
 other than 2, other biases (KL, the dot loss of DLA), Memora's softmax retention (it acts on each
 token's weights entrywise, which the dual form never forms; Moneta's ℓ_q map, a scalar per matrix,
-runs in the whole-state kernels per token and at chunk ends: :mod:`.end_map`), per-token Muon (Atlas's ``muon="token"``; ``muon="chunk"`` has its own
-kernels, below), the gated memory (Atlas++), the
-Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
+runs in the whole-state kernels per token and at chunk ends: :mod:`.end_map`), per-token Muon
+(Atlas's ``muon="token"``; ``muon="chunk"`` has its own kernels, below), the gated memory (Atlas++),
+the Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
 wider than values (polynomial features of degree > 1, OmegaNet's and Atlas' default: q and k
 ``[B, T, H, Dk]``, the residual adding their first D columns) run the wide-state kernels
@@ -139,13 +139,16 @@ the Omega window, each sequence's carried window rows lead its own rows in k and
 rows start at cu[n] + n·P0), so no window reaches into the sequence before it.
 
 Atlas with Muon once per chunk (ATLAS arXiv 2505.23735 §5 Eq. 32–33, ``muon="chunk"``) runs its own
-wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`; entry :mod:`.muon_launch`, custom ops :mod:`.muon_ops`): no G term
-(a token's gradient reaches the weights only through the chunk-end momentum), a third state matrix per
-layer (the direction O), and Newton–Schulz of each chunk-end momentum on chip (:mod:`.newton_schulz`).
+wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`; entry :mod:`.muon_launch`, custom
+ops :mod:`.muon_ops`): no G term (a token's gradient reaches the weights only through the chunk-end
+momentum), a third state matrix per layer (the direction O), and Newton–Schulz of each chunk-end
+momentum on chip (:mod:`.newton_schulz`).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`
-(tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point). The model
+(tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
+:mod:`.end_map` (Moneta's ℓ_q maps), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
+:mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`. The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9 (the wide-state kernels: §22).
 """
