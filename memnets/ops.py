@@ -129,20 +129,16 @@ TITANS_MEMORY = _memory_kernel_op(
 def _miras_supports(
     *, backend: str, arch: MemoryMLP, chunk_size: int, bias: object, retention: object, lag: bool, **_: Any
 ) -> str | None:
-    from .memory.miras import ChunkEnd, LqNormalize
+    from .memory.kernel_bridge import retention_reason, supports_retention
 
-    lq_map = isinstance(retention.retention if isinstance(retention, ChunkEnd) else retention, LqNormalize)
-    if retention is not None and not lq_map:
-        return f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's ℓ_q map)"
+    if (why := retention_reason(retention)) is not None:  # Memora's softmax
+        return why
     if lag:
         return "the lag token (the Triton kernel covers identity retention without it)"
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    if lq_map:  # Moneta's ℓ_q map, per token or at chunk ends (§5.3's parallel form): whole-state kernels
-        from .memory.kernel_bridge import supports_end_map
-
-        return supports_end_map(arch, bias, chunk_size, retention)
-    return _mlp_supports(arch, bias, chunk_size, no_wide=no_wide_kernels(backend))
+    no_wide = None if retention is not None else no_wide_kernels(backend)  # Moneta's map: whole-state only
+    return supports_retention(arch, bias, chunk_size, retention, no_wide)
 
 
 def _miras_kernel(
@@ -160,14 +156,8 @@ def _miras_kernel(
     **options: Any,
 ):
     from .memory.kernel_bridge import titans_mlp_chunked
-    from .memory.miras import ChunkEnd
 
-    maps = {}  # Moneta's ℓ_q map at chunk ends or on every token
-    if isinstance(retention, ChunkEnd):
-        maps["end_map"] = retention.retention
-    elif retention is not None:
-        maps["token_map"] = retention
-    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, **maps, **options)
+    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, retention=retention, **options)
 
 
 MIRAS_MEMORY = _memory_kernel_op(

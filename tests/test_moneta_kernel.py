@@ -29,23 +29,21 @@ pytestmark = pytest.mark.usefixtures("kernel_device")
 triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
 
 
-def _maps(form: str, lq: LqNormalize) -> tuple[object, dict]:
-    """The engine's retention and the kernel's option for Moneta's map ``form``."""
-    if form == "chunk_end":
-        return ChunkEnd(lq), {"end_map": lq}
-    return lq, {"token_map": lq}
+def _retention(form: str, lq: LqNormalize) -> object:
+    """Moneta's retention for the map ``form`` (the engine and the kernel take the same object)."""
+    return ChunkEnd(lq) if form == "chunk_end" else lq
 
 
 def _compare(T, chunk_size, form, map_="paper", gates="both", split=None, layer_norm=True):
     lq, bias = LqNormalize(4.0, map_, 0.1), LpBias(3.0)
-    retention, option = _maps(form, lq)
+    retention = _retention(form, lq)
     arch = base._arch(True, "gelu", layer_norm)
     ref_arch = base._arch(True, "gelu", layer_norm).double()
     inputs = base._inputs(T, torch.float32, gates)
     engine = functools.partial(miras_chunked, retention=retention)
     ref = base._run(engine, ref_arch, inputs, chunk_size, torch.float64, bias, split)
     eng32 = base._run(engine, arch, inputs, chunk_size, torch.float32, bias, split)
-    kernel = functools.partial(triton_mlp.titans_mlp_chunked, **option, **base.F32_DOTS)
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, retention=retention, **base.F32_DOTS)
     with nan_allocations():
         out = base._run(kernel, arch, inputs, chunk_size, torch.float32, bias, split)
     assert ref.keys() == out.keys()
@@ -82,12 +80,12 @@ def test_kernel_chunk_of_two_tiles_and_a_split_call(form):
 def test_kernel_packed_sequences(form):
     """Three sequences in one launch: each from its own state, mapping its own chunks."""
     lq, bias = LqNormalize(4.0, "paper", 0.1), LpBias(3.0)
-    retention, option = _maps(form, lq)
+    retention = _retention(form, lq)
     lengths = [20, 33, 16]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     arch = base._arch(True, "gelu", True)
     inputs = base._inputs(sum(lengths), torch.float32, "both")
-    kernel = functools.partial(triton_mlp.titans_mlp_chunked, **option, **base.F32_DOTS)
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, retention=retention, **base.F32_DOTS)
     engine = functools.partial(miras_chunked, retention=retention)
     args = [inputs[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
     with nan_allocations():

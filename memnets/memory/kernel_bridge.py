@@ -130,6 +130,18 @@ def _tile_gate(x: Tensor, index: Tensor, log: bool) -> Tensor:
     return F.pad(x, (0, 1))[..., index]
 
 
+def tile_band(win_gate: Tensor | None, index: Tensor, prefix: int, window: int, like: Tensor) -> Tensor:
+    """The Omega window's band Γ (:func:`~memnets.memory.omega.window_band`) of every tile of
+    :func:`memnets.kernels.packing.chunk_layout`'s ``index [NT, L]``: ``[B, H, NT, L, prefix + L]`` from
+    the window gates ``[B, T, H, window]`` (padding slots' gates 0), ``[L, prefix + L]`` without them."""
+    NT, L = index.shape
+    if win_gate is None:
+        return window_band(None, prefix, L, window, like)
+    B, _, H, _ = win_gate.shape
+    gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, 1))[:, :, index].reshape(B, H * NT, L, window)
+    return window_band(gam, prefix, L, window, like).reshape(B, H, NT, L, prefix + L)
+
+
 def _sequence_states(
     weights: tuple[Tensor, ...],
     momentum: tuple[Tensor, ...] | None,
@@ -172,15 +184,14 @@ def _run(
     lengths: list[int] | None = None,
     hidden_block: int | None = None,
     dot_precision: str = "auto",
-    end_map: LqNormalize | None = None,
-    token_map: LqNormalize | None = None,
+    retention: object = None,
 ) -> tuple[Tensor, MemoryState]:
     """The MLP-memory kernels from a chunk boundary: layout, coefficients, launch; returns y and the
     state. With an Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows
     (``[B, P0 + T, H, D]``). With ``lengths`` (packed sequences, B = 1) every sequence's tiles start at
     its first token and the state holds one entry per sequence (the returned offset and anchor are
     then per sequence only in :func:`titans_mlp_chunked`'s list)."""
-    B, T, H, _ = q.shape
+    T = q.shape[1]
     w1, w2, s1, s2 = state
     if T == 0:
         y = q.new_zeros(*q.shape[:3], v.shape[3])
@@ -196,8 +207,7 @@ def _run(
         window=window,
         hidden_block=hidden_block,
     )
-    L, index = layout.tile, layout.index
-    NT = index.shape[0]  # tiles per coefficient row
+    index = layout.index
 
     with torch.autocast(q.device.type, enabled=False):
 
@@ -208,12 +218,7 @@ def _run(
         G, s_coef = c.G, c.s_coef
         if P:
             # the Omega window: G -> G·Γ over each tile's P + L key rows (memnets.memory.omega)
-            gam = None
-            if win_gate is not None:
-                gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, 1))[:, :, index]
-                gam = gam.reshape(B, H * NT, L, window)
-            band = window_band(gam, P, L, window, G)
-            band = band if gam is None else band.reshape(B, H, NT, L, P + L)
+            band = tile_band(win_gate, index, P, window, G)
             G = G @ band
             s_coef = None if s_coef is None else (s_coef[..., None, :] @ band)[..., 0, :]
         y, weights, momentum, anchor = mlp_memory.mlp_memory_chunked(
@@ -222,41 +227,48 @@ def _run(
             bias_params=bias_params, ln_weight=getattr(arch, "norm_weight", None),
             ln_bias=getattr(arch, "norm_bias", None), read_start=read_start, window=window,
             checkpoint_every=checkpoint_every, dot_precision=dot_precision, hidden_block=hidden_block,
-            **_end_map_options(end_map, token_map),
+            **_retention_options(retention),
         )  # fmt: skip
     offset = T % chunk_size
     keep_anchor = offset or lengths  # packed: the caller picks each sequence's
     return y, MemoryState(weights, momentum, anchor if keep_anchor else None, offset)
 
 
-def _end_map_options(end_map: LqNormalize | None, token_map: LqNormalize | None = None) -> dict[str, object]:
-    """The launch options of Moneta's map at chunk ends or on every token (none without one)."""
-    lq = end_map or token_map
+def _lq_map(retention: object) -> tuple[str, LqNormalize | None]:
+    """Where Moneta's ℓ_q map of ``retention`` applies ("end_map": at chunk ends, ``ChunkEnd``; "token_map":
+    on every token's accumulator) and the map (``None`` for any other retention)."""
+    if isinstance(retention, ChunkEnd):
+        return "end_map", retention.retention if isinstance(retention.retention, LqNormalize) else None
+    return "token_map", retention if isinstance(retention, LqNormalize) else None
+
+
+def _retention_options(retention: object) -> dict[str, object]:
+    """The launch options of Moneta's map (none for identity retention)."""
+    where, lq = _lq_map(retention)
     if lq is None:
         return {}
-    where = "end_map" if end_map is not None else "token_map"
     return {where: lq.map, "end_q": float(lq.q), "end_floor": float(lq.floor)}
 
 
-def _retention(end_map: LqNormalize | None, token_map: LqNormalize | None) -> object:
-    """The PyTorch engine's retention for the kernels' map options."""
-    return ChunkEnd(end_map) if end_map is not None else token_map
-
-
-def supports_end_map(
+def supports_retention(
     arch: MemoryMLP, bias: object, chunk_size: int, retention: object, no_wide: str | None = None
 ) -> str | None:
-    """``None`` when the MLP kernels cover Moneta's ``retention``, else the reason: the ℓ_q map
+    """``None`` when the MLP kernels cover the memory with ``retention``, else the reason. Beyond identity
+    retention (``None``: :func:`supports_mlp`) they apply Moneta's ℓ_q map
     (:class:`~memnets.memory.miras.LqNormalize`) on every token's accumulator (the default, Miras Eq. 24)
     or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it, ``normalize_at="chunk_end"``,
-    Miras §5.3's parallel form). The whole-state kernels apply them, the wide-state ones do not."""
-    lq = retention.retention if isinstance(retention, ChunkEnd) else retention
-    if not isinstance(lq, LqNormalize):
-        return (
-            f"the retention map {retention!r} (the Triton kernel covers identity retention and LqNormalize)"
-        )
-    return supports_mlp(
-        arch, bias, chunk_size, no_wide=no_wide or "Moneta's ℓ_q map (whole-state kernels only)"
+    Miras §5.3's parallel form), in the whole-state kernels (the wide-state ones do not)."""
+    if retention is not None:
+        no_wide = no_wide or "Moneta's ℓ_q map (whole-state kernels only)"
+    return retention_reason(retention) or supports_mlp(arch, bias, chunk_size, no_wide=no_wide)
+
+
+def retention_reason(retention: object) -> str | None:
+    """Why the MLP kernels do not apply ``retention`` (``None``: identity retention or Moneta's ℓ_q map)."""
+    if retention is None or _lq_map(retention)[1] is not None:
+        return None
+    return (
+        f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's ℓ_q map)"
     )
 
 
@@ -337,8 +349,7 @@ def titans_mlp_chunked(
     dot_precision: str = "auto",
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
-    end_map: LqNormalize | None = None,
-    token_map: LqNormalize | None = None,
+    retention: object = None,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports_mlp`). Same shapes and
@@ -364,18 +375,17 @@ def titans_mlp_chunked(
     tolerance; tf32 and bfloat16 only on a GPU (the interpreter computes tf32 in float32 and
     mishandles bfloat16 dots).
 
-    ``end_map``: Moneta's ℓ_q map applied to the weights at every complete chunk's end (the drop-in is
-    then for ``miras_chunked(..., retention=ChunkEnd(end_map))``, Miras §5.3's parallel form), in the
-    whole-state kernels. ``token_map``: the map on every token's accumulator instead (Moneta's default,
-    Miras Eq. 24: a drop-in for ``miras_chunked(..., retention=token_map)``), in the whole-state kernels.
+    ``retention``: Moneta's ℓ_q map as ``miras_chunked`` takes it (:func:`supports_retention`: on every
+    token's accumulator, Miras Eq. 24, or at chunk ends, §5.3's parallel form); the drop-in is then for
+    ``miras_chunked(..., retention=retention)``, in the whole-state kernels.
     """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
-    lq = end_map or token_map
-    if reason is None and lq is not None:
-        retention = _retention(end_map, token_map)
-        reason = supports_end_map(arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None)
+    if reason is None and retention is not None:
+        reason = supports_retention(
+            arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None
+        )
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)
@@ -391,19 +401,18 @@ def titans_mlp_chunked(
                 checkpoint_every=checkpoint_every,
                 hidden_block=hidden_block,
                 dot_precision=dot_precision,
-                end_map=end_map,
-                token_map=token_map,
+                retention=retention,
             ),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
-            head=None if lq is None else functools.partial(miras_chunked, retention=_retention(end_map, token_map)),
+            head=None if retention is None else functools.partial(miras_chunked, retention=retention),
         )  # fmt: skip
     start = _start(name, arch, q, state, mom is not None, lengths)
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
         checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
-        dot_precision=dot_precision, end_map=end_map, token_map=token_map,
+        dot_precision=dot_precision, retention=retention,
     )  # fmt: skip
     if lengths is None:
         return y, out

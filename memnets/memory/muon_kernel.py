@@ -14,9 +14,9 @@ from ..kernels.mlp_memory.muon_launch import muon_memory_chunked, muon_supports
 from ..kernels.packing import chunk_layout
 from . import MemoryMLP, MemoryState, check_inputs
 from .features import FeatureMemoryMLP
-from .kernel_bridge import _bias_spec, _dot_precision, _net_spec, _tile_gate
+from .kernel_bridge import _bias_spec, _dot_precision, _net_spec, _tile_gate, tile_band
 from .muon import MUON_COEFFICIENTS
-from .omega import OmegaState, omega_chunked, omega_initial_state, window_band
+from .omega import OmegaState, omega_chunked, omega_initial_state
 from .rule import segsum
 from .segments import split_started_chunk
 
@@ -79,7 +79,7 @@ def omega_muon_chunked(
     if mom is None:
         raise ValueError(f"{name}: muon needs the momentum gate mom")
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
-    B, T, H, _ = q.shape
+    B, T = q.shape[:2]
     y0 = None
     if state is not None and state.memory.offset > 0:
         head, rest = split_started_chunk(state.memory.offset, chunk_size, q, k, v, lr, mom, keep, win_gate)
@@ -98,18 +98,13 @@ def omega_muon_chunked(
     kx, vx = (torch.cat([w.float(), x.float()], 1) for w, x in ((st.window_k, k), (st.window_v, v)))
     with torch.autocast(q.device.type, enabled=False):
         _, _, index = chunk_layout([T], L, q.device)
-        NC = index.shape[0]
 
         def gate(x: Tensor | None, log: bool) -> Tensor:  # [B, T, H] -> [B, H, NC, L]
             x = torch.ones_like(lr) if x is None else x
             return _tile_gate(x.transpose(1, 2), index, log)
 
-        gam = None  # the window's gates (at window 1 the one gate scales each token's gradient)
-        if win_gate is not None:
-            gam = F.pad(win_gate.float().transpose(1, 2), (0, 0, 0, 1))[:, :, index]
-            gam = gam.reshape(B, H * NC, L, window)
-        band = window_band(gam, P, L, window, q.float())
-        band = band if gam is None else band.reshape(B, H, NC, L, P + L)
+        # the window's band (at window 1 the one gate scales each token's gradient)
+        band = tile_band(win_gate, index, P, window, q.float())
         coefs = muon_coefficients(gate(lr, False), gate(keep, True), gate(mom, True), gate(None, False), band)
         (w1, w2), (s1, s2), (o1, o2) = st.memory.weights, st.memory.momentum, st.direction
         ws = [x.expand(B, *x.shape[-3:]) if x.dim() == 3 else x for x in (w1, w2, s1, s2, o1, o2)]
