@@ -225,14 +225,10 @@ def _backward_kernel(
         if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
             if ends_chunk(g, Tn, L, KE):
                 # the cotangent of the mapped chunk-end weights back through the map, at the weights
-                # before it (the update below, recomputed)
-                W1_end = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
-                W2_end = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
-                if HAS_MOM:
-                    M1, M2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
-                    f_end = tl.load(f + cc * L + last)
-                    W1_end += f_end * M1
-                    W2_end += f_end * M2
+                # before it: the last token's accumulators (the update below, recomputed)
+                W1_end, W2_end, _b, _f, _g = token_accumulators(
+                    last, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT, HAS_MOM
+                )
                 cW1 = lq_map_backward(W1_end, cW1, end_q, end_floor, END_MAP)
                 cW2 = lq_map_backward(W2_end, cW2, end_q, end_floor, END_MAP)
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
