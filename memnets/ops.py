@@ -131,14 +131,13 @@ def _miras_supports(
 ) -> str | None:
     from .memory.kernel_bridge import retention_reason, supports_retention
 
-    if (why := retention_reason(retention)) is not None:  # Memora's softmax
+    if (why := retention_reason(retention)) is not None:
         return why
-    if lag:
-        return "the lag token (the Triton kernel covers identity retention without it)"
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    no_wide = None if retention is not None else no_wide_kernels(backend)  # Moneta's map: whole-state only
-    return supports_retention(arch, bias, chunk_size, retention, no_wide)
+    # Moneta's map and Memora's softmax: whole-state kernels only
+    no_wide = None if retention is not None else no_wide_kernels(backend)
+    return supports_retention(arch, bias, chunk_size, retention, no_wide, lag)
 
 
 def _miras_kernel(
@@ -157,7 +156,7 @@ def _miras_kernel(
 ):
     from .memory.kernel_bridge import titans_mlp_chunked
 
-    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, retention=retention, **options)
+    return titans_mlp_chunked(arch, q, k, v, lr, mom, keep, state, retention=retention, lag=lag, **options)
 
 
 MIRAS_MEMORY = _memory_kernel_op(

@@ -52,6 +52,8 @@ MODULES = (
     "mlp_memory.wide_forward",
     "mlp_memory.wide_backward",
     "mlp_memory.wide_split",
+    "mlp_memory.simplex",
+    "mlp_memory.simplex_backward",
     "mlp_memory.muon_forward",
     "mlp_memory.muon_backward",
 )
@@ -238,6 +240,9 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     for maps in ({"TOKEN_MAP": 1}, {"END_MAP": 1}):
         moneta = {**shape(D, DH, L), **full, "BIAS": LP, **maps}
         cases += [forward(moneta), backward(moneta)]
+    # Memora's softmax retention at the largest state of 16-row tiles at the Titans expansion (the
+    # mixer's tiny and MQAR heads: D 32, hidden 128)
+    cases += _simplex_cases([max((s for s in shapes if s[2] == 16 and s[1] == 4 * s[0]), key=lambda s: s[0])])
     # chunks of several tiles (key path at the chunk-start weights: one more state-sized tile in the
     # backward) and TNT's chunk-start reads, at the largest state of 64-row tiles
     D, DH, L = max((s for s in shapes if s[2] == 64), key=lambda s: s[0] * s[1], default=(D, DH, L))
@@ -249,6 +254,37 @@ def _mlp_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     D, DH, L = max((s for s in shapes if s[2] == 32), key=lambda s: s[0] * s[1], default=(D, DH, 16))
     c = {**shape(D, DH, 16, BK=32), **full, "P": 7}
     cases += [forward(c), backward(c)]
+    return cases
+
+
+def _simplex_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
+    """Memora's softmax retention (:mod:`memnets.kernels.mlp_memory.simplex`) at each (D, hidden, tile):
+    its default memory (GELU, L2 bias, residual, no LayerNorm or momentum) with the lag token: the
+    forward, its STORE recompute and the backward; then, at the last shape, every branch that costs
+    on-chip memory (LayerNorm, momentum) with chunks of two tiles (the backward recomputes the lag
+    token's weights from the chunk's first tile)."""
+    from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.simplex import SIMPLEX_NUM_WARPS
+
+    types, full, _bare = _mlp_branches()
+    types |= {"cu": "*i32", "toff": "*i32", "scale": "fp32"}
+    memora = {**full, "LN": False, "HAS_MOM": False, "KE": 1, "VARLEN": False, "DOT": 0, "LAG": True}
+
+    def case(module: str, kernel: str, constexprs: dict[str, object]) -> Case:
+        return Case(module, kernel, constexprs, types, num_warps=SIMPLEX_NUM_WARPS, num_stages=1)
+
+    def three(constexprs: dict[str, object]) -> list[Case]:
+        fwd = ("mlp_memory.simplex", "_simplex_forward_kernel")
+        return [
+            case(*fwd, {**constexprs, "STORE": False}),
+            case(*fwd, {**constexprs, "STORE": True}),
+            case("mlp_memory.simplex_backward", "_simplex_backward_kernel", constexprs),
+        ]
+
+    cases = []
+    for D, DH, L in shapes:
+        cases += three({**_mlp_shape(D, DH, L), "BD": _block(D), "BH": _block(DH), **memora})
+    cases += three({**cases[-1].constexprs, **full, "KE": 2})[::2]
     return cases
 
 

@@ -71,6 +71,7 @@ KERNEL_TESTS = (
     "test_mlp_memory_wide_keys.py",
     "test_muon_kernel.py",
     "test_moneta_kernel.py",
+    "test_memora_kernel.py",
     "test_linear_memory.py",
     "test_gated_delta.py",
     "test_scan_triton.py",

@@ -6,7 +6,8 @@ turned into what the kernels take (plain tensors, :class:`~memnets.kernels.specs
 Each entry point is a drop-in for its PyTorch chunked form, same arguments, shapes and state:
 
 * :func:`titans_mlp_chunked` for :func:`memnets.memory.memory_chunked` with a depth-2 MLP memory
-  (Titans arXiv 2501.00663 §3.1-3.2; Moneta and Yaad, Miras arXiv 2504.13173 §5.3);
+  (Titans arXiv 2501.00663 §3.1-3.2; Moneta and Yaad, Miras arXiv 2504.13173 §5.3), and for
+  :func:`memnets.memory.miras.miras_chunked` with Moneta's ℓ_q map or Memora's softmax retention;
 * :func:`omega_mlp_chunked` for :func:`memnets.memory.omega.omega_chunked` without Muon (OmegaNet,
   ATLAS arXiv 2505.23735 §3.2-3.3);
 * :func:`chunk_read_mlp` for :func:`memnets.memory.chunk_read.chunk_read_memory` (TNT's global memory,
@@ -38,7 +39,7 @@ from ..kernels.specs import BiasSpec, NetSpec
 from . import L2Bias, MemoryMLP, MemoryState, check_inputs, chunk_coefficients, finish_chunk_then, safe_log
 from .chunk_read import check_read_inputs, chunk_read_memory
 from .features import FeatureMemoryMLP
-from .miras import ChunkEnd, HuberBias, LpBias, LqNormalize, miras_chunked
+from .miras import ChunkEnd, HuberBias, LpBias, LqNormalize, SimplexSoftmax, miras_chunked
 from .omega import OmegaState, omega_chunked, window_band
 from .rule import ChunkCoefficients
 from .segments import split_started_chunk
@@ -185,6 +186,7 @@ def _run(
     hidden_block: int | None = None,
     dot_precision: str = "auto",
     retention: object = None,
+    lag: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """The MLP-memory kernels from a chunk boundary: layout, coefficients, launch; returns y and the
     state. With an Omega ``window`` > 1, ``k`` and ``v`` lead with the carried window's rows
@@ -227,7 +229,7 @@ def _run(
             bias_params=bias_params, ln_weight=getattr(arch, "norm_weight", None),
             ln_bias=getattr(arch, "norm_bias", None), read_start=read_start, window=window,
             checkpoint_every=checkpoint_every, dot_precision=dot_precision, hidden_block=hidden_block,
-            **_retention_options(retention),
+            **_retention_options(retention), lag=lag,
         )  # fmt: skip
     offset = T % chunk_size
     keep_anchor = offset or lengths  # packed: the caller picks each sequence's
@@ -243,7 +245,9 @@ def _lq_map(retention: object) -> tuple[str, LqNormalize | None]:
 
 
 def _retention_options(retention: object) -> dict[str, object]:
-    """The launch options of Moneta's map (none for identity retention)."""
+    """The launch options of Moneta's map or Memora's softmax (none for identity retention)."""
+    if isinstance(retention, SimplexSoftmax):
+        return {"simplex_scale": float(retention.scale)}
     where, lq = _lq_map(retention)
     if lq is None:
         return {}
@@ -251,24 +255,39 @@ def _retention_options(retention: object) -> dict[str, object]:
 
 
 def supports_retention(
-    arch: MemoryMLP, bias: object, chunk_size: int, retention: object, no_wide: str | None = None
+    arch: MemoryMLP,
+    bias: object,
+    chunk_size: int,
+    retention: object,
+    no_wide: str | None = None,
+    lag: bool = False,
 ) -> str | None:
-    """``None`` when the MLP kernels cover the memory with ``retention``, else the reason. Beyond identity
-    retention (``None``: :func:`supports_mlp`) they apply Moneta's ℓ_q map
-    (:class:`~memnets.memory.miras.LqNormalize`) on every token's accumulator (the default, Miras Eq. 24)
-    or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it, ``normalize_at="chunk_end"``,
-    Miras §5.3's parallel form), in the whole-state kernels (the wide-state ones do not)."""
+    """``None`` when the MLP kernels cover the memory with ``retention`` (and Memora's ``lag`` token),
+    else the reason. Beyond identity retention (``None``: :func:`supports_mlp`) they apply Moneta's ℓ_q
+    map (:class:`~memnets.memory.miras.LqNormalize`) on every token's accumulator (the default, Miras
+    Eq. 24) or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it,
+    ``normalize_at="chunk_end"``, Miras §5.3's parallel form), and Memora's softmax
+    (:class:`~memnets.memory.miras.SimplexSoftmax`, Eq. 27, with or without the lag token), in the
+    whole-state kernels (the wide-state ones do not)."""
+    if lag and not isinstance(retention, SimplexSoftmax):
+        return "the lag token without Memora's softmax retention (the Triton kernel has it with the softmax)"
     if retention is not None:
-        no_wide = no_wide or "Moneta's ℓ_q map (whole-state kernels only)"
+        no_wide = no_wide or f"{_retention_name(retention)} (whole-state kernels only)"
     return retention_reason(retention) or supports_mlp(arch, bias, chunk_size, no_wide=no_wide)
 
 
+def _retention_name(retention: object) -> str:
+    return "Memora's softmax retention" if isinstance(retention, SimplexSoftmax) else "Moneta's ℓ_q map"
+
+
 def retention_reason(retention: object) -> str | None:
-    """Why the MLP kernels do not apply ``retention`` (``None``: identity retention or Moneta's ℓ_q map)."""
-    if retention is None or _lq_map(retention)[1] is not None:
+    """Why the MLP kernels do not apply ``retention`` (``None``: identity retention, Moneta's ℓ_q map or
+    Memora's softmax)."""
+    if retention is None or isinstance(retention, SimplexSoftmax) or _lq_map(retention)[1] is not None:
         return None
     return (
-        f"the retention map {retention!r} (the Triton kernel covers identity retention and Moneta's ℓ_q map)"
+        f"the retention map {retention!r} (the Triton kernel covers identity retention, Moneta's ℓ_q map "
+        "and Memora's softmax)"
     )
 
 
@@ -350,6 +369,7 @@ def titans_mlp_chunked(
     cu_seqlens: Tensor | None = None,
     hidden_block: int | None = None,
     retention: object = None,
+    lag: bool = False,
 ) -> tuple[Tensor, MemoryState | list[MemoryState]]:
     """Drop-in for ``memory_chunked(arch, q, k, v, lr, mom, keep, state, chunk_size=chunk_size,
     bias=bias, bias_params=bias_params)`` for a depth-2 ``arch`` (see :func:`supports_mlp`). Same shapes and
@@ -375,16 +395,17 @@ def titans_mlp_chunked(
     tolerance; tf32 and bfloat16 only on a GPU (the interpreter computes tf32 in float32 and
     mishandles bfloat16 dots).
 
-    ``retention``: Moneta's ℓ_q map as ``miras_chunked`` takes it (:func:`supports_retention`: on every
-    token's accumulator, Miras Eq. 24, or at chunk ends, §5.3's parallel form); the drop-in is then for
-    ``miras_chunked(..., retention=retention)``, in the whole-state kernels.
+    ``retention``, ``lag``: Moneta's ℓ_q map (on every token's accumulator, Miras Eq. 24, or at chunk
+    ends, §5.3's parallel form) or Memora's softmax with or without its lag token (Eq. 27, §5.3), as
+    ``miras_chunked`` takes them (:func:`supports_retention`); the drop-in is then for
+    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels.
     """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
-    if reason is None and retention is not None:
+    if reason is None and (retention is not None or lag):
         reason = supports_retention(
-            arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None
+            arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None, lag
         )
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
@@ -402,17 +423,18 @@ def titans_mlp_chunked(
                 hidden_block=hidden_block,
                 dot_precision=dot_precision,
                 retention=retention,
+                lag=lag,
             ),
             arch, q, k, v, lr, mom, keep, state,
             chunk_size=chunk_size, bias=bias, bias_params=bias_params,
-            head=None if retention is None else functools.partial(miras_chunked, retention=retention),
+            head=None if retention is None else functools.partial(miras_chunked, retention=retention, lag=lag),
         )  # fmt: skip
     start = _start(name, arch, q, state, mom is not None, lengths)
     y, out = _run(
         arch, q, k, v, lr, mom, keep, start,
         chunk_size=chunk_size, bias=bias, bias_params=bias_params, read_start=False,
         checkpoint_every=checkpoint_every, lengths=lengths, hidden_block=hidden_block,
-        dot_precision=dot_precision, retention=retention,
+        dot_precision=dot_precision, retention=retention, lag=lag,
     )  # fmt: skip
     if lengths is None:
         return y, out

@@ -85,12 +85,13 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 * Backends: ``chunked`` (:func:`~memnets.memory.miras.miras_chunked`), ``reference`` (token loop) and
   ``triton`` (:mod:`memnets.kernels.mlp_memory`) where the retention is the identity: Yaad
   (both Huber forms) and Moneta with ``normalize="none"``, on a depth-2 memory (head_dim <= 128; see
-  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits), and Moneta's L_q
-  maps (per token and at chunk ends) where the state fits the whole-state kernels
-  (:mod:`memnets.kernels.mlp_memory.end_map`; not at the 340M/760M head dims, whose states need the
-  wide-state kernels). Memora's softmax/lag token and ``gates: channel`` run in PyTorch; asking for
-  ``triton`` there raises, naming the reason; ``auto`` picks ``triton`` on CUDA where it applies.
-  ``dot_precision`` (Moneta, Yaad) sets the kernel's matmul operands as for ``titans``.
+  :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits); Moneta's L_q
+  maps (per token and at chunk ends, :mod:`memnets.kernels.mlp_memory.end_map`) and Memora's softmax
+  with its lag token (:mod:`memnets.kernels.mlp_memory.simplex`) where the state fits the whole-state
+  kernels (not at the 340M/760M head dims, whose states need the wide-state kernels). ``gates:
+  channel`` runs in PyTorch; asking for ``triton`` where no kernel applies raises, naming the reason;
+  ``auto`` picks ``triton`` on CUDA where it applies. ``dot_precision`` sets the kernel's matmul
+  operands as for ``titans``.
 
 MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
 more slowly on the same budget. For Moneta the cause is the literal map, not the ℓ_3 bias: with
@@ -202,7 +203,6 @@ class MirasMemory(MemoryBlock):
         self.lr_max, self.momentum = lr_max, momentum
         check_dot_precision(self.name, dot_precision, self.memory)
         self.init_output(d_model, num_heads, head_dim)
-        # the kernel covers identity retention without the lag token (Yaad; Moneta normalize="none")
         self.op = MemoryDispatch(
             self.name,
             MIRAS_MEMORY,
@@ -309,7 +309,7 @@ class SimplexMemorySpec(MemorySpec):
 
 
 @register_mixer("memora")
-@takes_options(MirasMemory.__init__, "dot_precision")
+@takes_options(MirasMemory.__init__)
 class Memora(MirasMemory):
     """Memora: ℓ2 attentional bias, KL (softmax) retention over the simplex (Miras Eq. 27)."""
 
@@ -326,7 +326,6 @@ class Memora(MirasMemory):
         memory: SimplexMemorySpec = SimplexMemorySpec(),
         **block: Any,
     ) -> None:
-        # no kernel runs Memora (its softmax retention), so no kernel operand option
         retention = SimplexSoftmax(simplex_scale)
         super().__init__(
             d_model, num_heads, L2Bias(), retention, lag_token, lr_max=lr_max, memory=memory, **block

@@ -83,9 +83,10 @@ Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
-other than 2, other biases (KL, the dot loss of DLA), Memora's softmax retention (it acts on each
-token's weights entrywise, which the dual form never forms; Moneta's ℓ_q map, a scalar per matrix,
-runs in the whole-state kernels per token and at chunk ends: :mod:`.end_map`), per-token Muon
+other than 2, other biases (KL, the dot loss of DLA), the retention maps in the wide-state kernels
+(Moneta's ℓ_q map, a scalar per matrix, runs in the whole-state kernels per token and at chunk ends:
+:mod:`.end_map`; Memora's softmax, which acts on each token's weights entrywise, in its own
+whole-state kernels that form every token's weights: :mod:`.simplex`), per-token Muon
 (Atlas's ``muon="token"``; ``muon="chunk"`` has its own kernels, below), the gated memory (Atlas++),
 the Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
@@ -147,7 +148,8 @@ momentum on chip (:mod:`.newton_schulz`).
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`
 (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
-:mod:`.end_map` (Moneta's ℓ_q maps), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
+:mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
+and :mod:`.simplex_backward` (Memora's softmax retention and lag token), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
 :mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`. The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9 (the wide-state kernels: §22).

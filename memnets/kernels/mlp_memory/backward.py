@@ -12,16 +12,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..dual_form import inner
 from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
     act_grad,
-    act_grad2,
-    delta_backward,
     key_base,
-    layers_update_backward,
+    key_path,
+    key_path_backward,
     ln_params,
     load_matrices,
     mat_block,
@@ -32,18 +30,15 @@ from .common import (
     sequence_bounds,
     store_ln_grads,
     store_matrices,
+    tile_end_backward,
+    tile_rows,
 )
-from .config import LaunchConfig
-from .end_map import (
-    ends_chunk,
-    lq_map_backward,
-    lq_scale,
-    lq_scale_grad,
-    row_of,
-    token_accumulators,
-    token_scales,
-)
-from .forward import carried_rows, key_path, launch_forward, segments, spans, tile_rows, whole_state_meta
+from .config import LaunchConfig, whole_state_meta
+from .end_map import ends_chunk, lq_map_backward, lq_scale, lq_scale_grad, token_scales
+from .forward import carried_rows, launch_forward, segments, spans
+from .simplex import launch_simplex_forward
+from .simplex_backward import launch_simplex_backward
+from .token_state import row_of, token_accumulators, token_accumulators_backward
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
 
@@ -139,6 +134,7 @@ def _backward_kernel(
             b_dG = tl.zeros([BL, BK], dtype=tl.float32)
             gW1 = tl.zeros([BD, BH], dtype=tl.float32)
             gW2 = tl.zeros([BH, BD], dtype=tl.float32)
+            S1, S2, gS1, gS2, b_df = W1, W2, gW1, gW2, b_dbeta  # unread: chunk-start reads take no momentum
         else:
             b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
             S1, S2 = load_matrices(s1_chunks, s2_chunks, sc * n, o1, m1, o2, m2, BD, BH, HAS_MOM)
@@ -202,21 +198,10 @@ def _backward_kernel(
                     )
                     C1 = lq_scale_grad(A1t, row_of(ds1, at), end_q, end_floor, TOKEN_MAP)
                     C2 = lq_scale_grad(A2t, row_of(ds2, at), end_q, end_floor, TOKEN_MAP)
-                    gW1 += beta_t * C1
-                    gW2 += beta_t * C2
-                    kc1 = dot(b_k, C1, DOT)
-                    ac2 = dot(A, C2, DOT)
-                    d_d1 -= g_t[:, None] * kc1
-                    d_dd -= g_t[:, None] * ac2
-                    b_dk -= g_t[:, None] * dot(d1, tl.trans(C1), DOT)
-                    dA -= g_t[:, None] * dot(dd, tl.trans(C2), DOT)
-                    dg_row = -(tl.sum(kc1 * d1, 1) + tl.sum(ac2 * dd, 1))
-                    b_dG = tl.where(at[:, None], b_dG + dg_row[None, :], b_dG)
-                    b_dbeta = tl.where(at, b_dbeta + inner(C1, W1) + inner(C2, W2), b_dbeta)
-                    if HAS_MOM:
-                        gS1 += f_t * C1
-                        gS2 += f_t * C2
-                        b_df = tl.where(at, b_df + inner(C1, S1) + inner(C2, S2), b_df)
+                    gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG = token_accumulators_backward(
+                        at, C1, C2, beta_t, f_t, g_t, W1, W2, S1, S2, b_k, A, d1, dd,
+                        gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG, DOT, HAS_MOM,
+                    )  # fmt: skip
             else:
                 b_dbeta = dbeta1 + dbeta2
                 b_df = df1 + df2
@@ -232,28 +217,11 @@ def _backward_kernel(
                 cW1 = lq_map_backward(W1_end, cW1, end_q, end_floor, END_MAP)
                 cW2 = lq_map_backward(W2_end, cW2, end_q, end_floor, END_MAP)
         # chunk end: W' = β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ),  S' = m_end S − Xᵀ (s_coef ⊙ δ)
-        d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
-            d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
-        )
-        dg_last = -s1 - s2
-        gW1 += beta_last * cW1
-        gW2 += beta_last * cW2
-        b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
-        b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
-        if HAS_MOM:
-            f_last = tl.load(f + cc * L + last)
-            b_m = tl.load(m_end + cc)
-            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
-            b_df = tl.where(is_last, b_df + inner(cW1, S1) + inner(cW2, S2), b_df)
-            d_d1, d_dd, b_dk, dA, s1, s2, dm = layers_update_backward(
-                d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, b_s, cS1, cS2, S1, S2, DOT
-            )
-            b_ds = -s1 - s2
-            tl.store(dm_end + cc, dm)
-            tl.store(df + cc * L + li, b_df, mask=lmask)
-            tl.store(ds_coef + cc * (P + L) + lk, b_ds, mask=lkmask)
-            cS1 = f_last * cW1 + b_m * cS1 + gS1
-            cS2 = f_last * cW2 + b_m * cS2 + gS2
+        d_d1, d_dd, b_dk, dA, gW1, gW2, b_dbeta, b_df, b_dG, cS1, cS2 = tile_end_backward(
+            f, m_end, s_coef, df, dm_end, ds_coef, cc, li, lmask, lk, lkmask, is_last, last, g_last, beta_last,
+            b_k, A, d1, dd, W1, W2, S1, S2, cW1, cW2, cS1, cS2, gW1, gW2, gS1, gS2,
+            d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG, L, P, DOT, HAS_MOM,
+        )  # fmt: skip
 
         # key path backward (second order): δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(A K2 − V), A = σ(K K1)
         if KE == 1 and TOKEN_MAP == 0:  # the key path reads the tile-start weights themselves
@@ -268,19 +236,10 @@ def _backward_kernel(
         if READ_START:
             gK1 += rK1
             gK2 += rK2
-        dE = d_d1 * sg
-        dZ1 = d_d1 * E * act_grad2(Z1, ACT)
-        d_dd += dot(dE, K2, DOT)
-        gK2 += dot(tl.trans(dE), dd, DOT)
-        dZ2, dr, d_gamma, d_shift = delta_backward(
-            d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, koffs, kmask, krow, kvalid, cmask,
-            p, eps, sharp, D, BIAS, LN,
+        gK1, gK2, b_dk, dr, d_gamma, d_shift = key_path_backward(
+            d_d1, d_dd, dA, b_dk, gK1, gK2, Z1, E, sg, A, dd, dout, r, xk, rk, delta, b_k, K1, K2, gamma,
+            d_gamma, d_shift, dbp, koffs, kmask, krow, kvalid, cmask, p, eps, sharp, D, ACT, DOT, BIAS, LN,
         )  # fmt: skip
-        dA += dot(dZ2, tl.trans(K2), DOT)
-        gK2 += dot(tl.trans(A), dZ2, DOT)
-        dZ1 += dA * sg
-        b_dk += dot(dZ1, tl.trans(K1), DOT)
-        gK1 += dot(tl.trans(b_k), dZ1, DOT)
         if g == n_tiles - 1:
             gK1 += tl.load(dw1_anchor + bh * n + o1, mask=m1, other=0.0)
             gK2 += tl.load(dw2_anchor + bh * n + o2, mask=m2, other=0.0)
@@ -353,6 +312,8 @@ def run_backward(
     launch_fwd, launch_bwd = (
         (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
     )
+    if config.simplex_scale:
+        launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward
     B, T, H = q.shape[:3]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)

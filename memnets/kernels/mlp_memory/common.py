@@ -187,6 +187,32 @@ def delta_backward(
 
 
 @triton.jit
+def key_path_backward(
+    d_d1, d_dd, dA, b_dk, gK1, gK2, Z1, E, sg, A, dd, dout, r, xk, rk, delta, b_k, K1, K2, gamma,
+    d_gamma, d_shift, dbp, offs, mask, rows, valid, cmask, p, eps, sharp,
+    D: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
+):  # fmt: skip
+    """The key path (second order: δ1 = (Δ K2ᵀ) ⊙ σ'(Z1), Δ = ℓ'(σ(K K1) K2 − V)) backward from the
+    cotangents of its rows' δ1, Δ and A = σ(Z1) over ``mask``'s rows (:func:`delta_backward`'s
+    arguments): the weights' cotangents ``gK1``, ``gK2`` and the keys' ``b_dk`` with the rows' shares
+    added, dR, and the LayerNorm's sums."""
+    dE = d_d1 * sg
+    dZ1 = d_d1 * E * act_grad2(Z1, ACT)
+    d_dd += dot(dE, K2, DOT)
+    gK2 += dot(tl.trans(dE), dd, DOT)
+    dZ2, dr, d_gamma, d_shift = delta_backward(
+        d_dd, dd, dout, r, delta, xk, rk, gamma, d_gamma, d_shift, dbp, offs, mask, rows, valid, cmask,
+        p, eps, sharp, D, BIAS, LN,
+    )  # fmt: skip
+    dA += dot(dZ2, tl.trans(K2), DOT)
+    gK2 += dot(tl.trans(A), dZ2, DOT)
+    dZ1 += dA * sg
+    b_dk += dot(dZ1, tl.trans(K1), DOT)
+    gK1 += dot(tl.trans(b_k), dZ1, DOT)
+    return gK1, gK2, b_dk, dr, d_gamma, d_shift
+
+
+@triton.jit
 def read_ln_backward(z, dy, gamma, cmask, D: tl.constexpr, ln_eps):
     """Cotangents of a read's output Y = γ ⊙ LN(z) + b: (dz, dγ, db), dγ and db summed over rows."""
     xq, rq = ln_rows(z, cmask, D, ln_eps)
@@ -263,6 +289,62 @@ def layers_update_backward(d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, coef, C1, C2, X
     b_dk -= dot(coef[:, None] * d1, tl.trans(C1), DOT)
     dA -= dot(coef[:, None] * dd, tl.trans(C2), DOT)
     return d_d1, d_dd, b_dk, dA, s1, s2, inner(C1, X1) + inner(C2, X2)
+
+
+@triton.jit
+def tile_end_state(
+    beta, f, G, m_end, s_coef, cc, last, lk, lkmask, b_k, A, d1, dd, W1, W2, S1, S2,
+    L: tl.constexpr, P: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """The state after tile ``cc`` (its last token ``last``; ``lk``: its P + L key rows):
+    W' = β_L W [+ f_L S] − Xᵀ (G[L, :]ᵀ ⊙ δ) per layer, S' = m_end S − Xᵀ (s_coef ⊙ δ) with momentum."""
+    g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
+    beta_last = tl.load(beta + cc * L + last)
+    W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
+    W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
+    if HAS_MOM:
+        f_last = tl.load(f + cc * L + last)
+        W1_new += f_last * S1
+        W2_new += f_last * S2
+        b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        b_m = tl.load(m_end + cc)
+        S1 = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
+        S2 = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
+    return W1_new, W2_new, S1, S2
+
+
+@triton.jit
+def tile_end_backward(
+    f, m_end, s_coef, df, dm_end, ds_coef, cc, li, lmask, lk, lkmask, is_last, last, g_last, beta_last,
+    b_k, A, d1, dd, W1, W2, S1, S2, cW1, cW2, cS1, cS2, gW1, gW2, gS1, gS2,
+    d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG,
+    L: tl.constexpr, P: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """:func:`tile_end_state` backward from the cotangents cW, cS of the state after the tile: the
+    rows' and coefficients' shares added (with momentum df, dm_end and ds_coef stored), the tile-start
+    weights' cotangent gW (the reads' shares given) and the tile-start momenta's, cS (with momentum)."""
+    d_d1, d_dd, b_dk, dA, s1, s2, dbeta_last = layers_update_backward(
+        d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, g_last, cW1, cW2, W1, W2, DOT
+    )
+    dg_last = -s1 - s2
+    gW1 += beta_last * cW1
+    gW2 += beta_last * cW2
+    b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
+    b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
+    if HAS_MOM:
+        f_last = tl.load(f + cc * L + last)
+        b_m = tl.load(m_end + cc)
+        b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        b_df = tl.where(is_last, b_df + inner(cW1, S1) + inner(cW2, S2), b_df)
+        d_d1, d_dd, b_dk, dA, s1, s2, dm = layers_update_backward(
+            d_d1, d_dd, b_dk, dA, b_k, A, d1, dd, b_s, cS1, cS2, S1, S2, DOT
+        )
+        tl.store(dm_end + cc, dm)
+        tl.store(df + cc * L + li, b_df, mask=lmask)
+        tl.store(ds_coef + cc * (P + L) + lk, -s1 - s2, mask=lkmask)
+        cS1 = f_last * cW1 + b_m * cS1 + gS1
+        cS2 = f_last * cW2 + b_m * cS2 + gS2
+    return d_d1, d_dd, b_dk, dA, gW1, gW2, b_dbeta, b_df, b_dG, cS1, cS2
 
 
 @triton.jit
@@ -395,3 +477,40 @@ def store_matrices(p1, p2, base, X1, X2, o1, m1, o2, m2, PRESENT: tl.constexpr):
     if PRESENT:
         tl.store(p1 + base + o1, X1, mask=m1)
         tl.store(p2 + base + o2, X2, mask=m2)
+
+
+@triton.jit
+def tile_rows(
+    k, v, bp, b, bos, kb, g, h, Tn, P0, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+    BL: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr,
+):  # fmt: skip
+    """Tile g's rows: its tokens' offsets and mask, and its key rows, the tile's tokens after the P
+    before them (the Omega window's reach) in k and v, where the state's carried window (P0 rows) leads
+    the sequence's rows (from row kb): their offsets, masks, rows, and the keys, values and Huber
+    thresholds there."""
+    offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
+    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
+    koffs += kb * H * D
+    krow += kb * H
+    b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
+    b_v, delta = value_rows(v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
+    return offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta
+
+
+@triton.jit
+def key_path(
+    b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+    D: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr,
+):  # fmt: skip
+    """The key path at the chunk-start weights K1, K2: Z1 = K K1, A = σ(Z1), Δ = δ2 (the last layer's
+    output gradient, with ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at
+    Z2 = A K2), E = Δ K2ᵀ, σ'(Z1) and δ1 = E ⊙ σ'(Z1)."""
+    Z1 = dot(b_k, K1, DOT)
+    A = act(Z1, ACT)
+    Z2 = dot(A, K2, DOT)
+    dd, dout, r, xk, rk = key_delta(
+        Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+    )
+    E = dot(dd, tl.trans(K2), DOT)
+    sg = act_grad(Z1, ACT)
+    return Z1, A, dd, dout, r, xk, rk, E, sg, E * sg

@@ -87,6 +87,8 @@ class LaunchConfig(NamedTuple):
     token_map: int = 0  # END_MAPS: the same map on every token's accumulator (Moneta's default, Eq. 24)
     end_q: float = 2.0  # the maps' ℓ_q exponent
     end_floor: float = 0.0  # the clamp on Σ|W|^q: max(floor^q, 1e-30) ("paper"), 1e-30 ("unit")
+    simplex_scale: float = 0.0  # Memora's W = c·Softmax(A) on every token (c > 0; 0: none; .simplex)
+    lag: bool = False  # Memora's lag token: the chunk's first token alone, the rest after it (.simplex)
 
 
 _SCHEMA_TYPES = {int: "SymInt", float: "float", bool: "bool"}
@@ -124,3 +126,19 @@ def kernel_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig
         num_stages=1,  # the chunk loop is a sequential recurrence: multi-buffering only costs shared memory
     )
     return (config.p, config.eps, config.sharpness, config.ln_eps), constants
+
+
+def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
+    """Runtime scalars and compile-time constants of the whole-state forward and backward kernels."""
+    scalars, constants = kernel_meta(q, w1, ln_w, config)
+    scalars = (*scalars, config.end_q, config.end_floor)
+    constants |= dict(
+        END_MAP=config.end_map,
+        TOKEN_MAP=config.token_map,
+        KE=config.tiles_per_chunk,
+        P=config.prefix,
+        BK=block(config.prefix + config.tile),
+        READ_START=config.read_start,
+        num_warps=NUM_WARPS,
+    )
+    return scalars, constants

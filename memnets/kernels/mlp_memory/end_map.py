@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..precision import dot
+from .token_state import token_accumulators
 
 
 @triton.jit
@@ -66,30 +66,6 @@ def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
 def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
     """The cotangent of W from the cotangent C of s(W)·W: s C plus ⟨C, W⟩ ∂s/∂W."""
     return lq_scale(W, q, clamp, MAP) * C + lq_scale_grad(W, tl.sum(tl.sum(C * W, 1), 0), q, clamp, MAP)
-
-
-@triton.jit
-def row_of(x, at):
-    """Row ``at`` (a ``[BL]`` one-hot mask) of a ``[BL]`` vector (a scalar) or a ``[BL, BK]`` tile (a
-    ``[BK]`` vector)."""
-    return tl.sum(tl.where(at, x, 0.0), 0)
-
-
-@triton.jit
-def token_accumulators(t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT: tl.constexpr,
-                       HAS_MOM: tl.constexpr):  # fmt: skip
-    """Token t's accumulators of a tile (the dual form's weights, Moneta's A_t): A1_t = β_t W1 [+ f_t S1]
-    − Kᵀ (G[t, :] ⊙ δ1), A2_t likewise with A and Δ; and β_t, f_t, G[t, :]."""
-    at = li == t
-    beta_t = row_of(b_beta, at)
-    f_t = row_of(b_f, at)
-    g_t = row_of(b_G, at[:, None])
-    A1 = beta_t * W1 - dot(tl.trans(b_k), g_t[:, None] * d1, DOT)
-    A2 = beta_t * W2 - dot(tl.trans(A), g_t[:, None] * dd, DOT)
-    if HAS_MOM:
-        A1 += f_t * S1
-        A2 += f_t * S2
-    return A1, A2, beta_t, f_t, g_t
 
 
 @triton.jit

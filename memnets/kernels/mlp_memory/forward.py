@@ -13,58 +13,21 @@ from ..optional import or_empty
 from ..precision import dot
 from .common import (
     act,
-    act_grad,
     key_base,
-    key_delta,
+    key_path,
     ln_params,
     ln_rows,
     load_matrices,
     mat_block,
-    row_block,
     sequence_bounds,
     store_matrices,
-    value_rows,
+    tile_end_state,
+    tile_rows,
 )
-from .config import NUM_WARPS, LaunchConfig, block, kernel_meta
+from .config import LaunchConfig, whole_state_meta
 from .end_map import ends_chunk, lq_scale, token_scales
+from .simplex import launch_simplex_forward
 from .wide_split import launch_wide
-
-
-@triton.jit
-def tile_rows(
-    k, v, bp, b, bos, kb, g, h, Tn, P0, H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
-    BL: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr,
-):  # fmt: skip
-    """Tile g's rows: its tokens' offsets and mask, and its key rows, the tile's tokens after the P
-    before them (the Omega window's reach) in k and v, where the state's carried window (P0 rows) leads
-    the sequence's rows (from row kb): their offsets, masks, rows, and the keys, values and Huber
-    thresholds there."""
-    offs, mask, _, _ = row_block(b, bos + g * L, h, bos + Tn, H, D, L, BL, BD)
-    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + Tn, H, D, P + L, BK, BD)
-    koffs += kb * H * D
-    krow += kb * H
-    b_k = tl.load(k + koffs, mask=kmask, other=0.0).to(tl.float32)
-    b_v, delta = value_rows(v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
-    return offs, mask, koffs, kmask, kvalid, krow, b_k, b_v, delta
-
-
-@triton.jit
-def key_path(
-    b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
-    D: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr,
-):  # fmt: skip
-    """The key path at the chunk-start weights K1, K2: Z1 = K K1, A = σ(Z1), Δ = δ2 (the last layer's
-    output gradient, with ℓ'(R) before the LayerNorm backward, R, and the LayerNorm's x̂ and 1/σ at
-    Z2 = A K2), E = Δ K2ᵀ, σ'(Z1) and δ1 = E ⊙ σ'(Z1)."""
-    Z1 = dot(b_k, K1, DOT)
-    A = act(Z1, ACT)
-    Z2 = dot(A, K2, DOT)
-    dd, dout, r, xk, rk = key_delta(
-        Z2, b_k, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
-    )
-    E = dot(dd, tl.trans(K2), DOT)
-    sg = act_grad(Z1, ACT)
-    return Z1, A, dd, dout, r, xk, rk, E, sg, E * sg
 
 
 @triton.jit
@@ -154,42 +117,15 @@ def _forward_kernel(
                 b_y = xq * gamma[None, :] + shift[None, :]
             tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
         last = tl.minimum(Tn - g * L, L) - 1  # the tile's last token (the tail tile is short)
-        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
-        beta_last = tl.load(beta + cc * L + last)
-        W1_new = beta_last * W1 - dot(tl.trans(b_k), g_last[:, None] * d1, DOT)
-        W2_new = beta_last * W2 - dot(tl.trans(A), g_last[:, None] * dd, DOT)
-        if HAS_MOM:
-            f_last = tl.load(f + cc * L + last)
-            W1_new += f_last * S1
-            W2_new += f_last * S2
-            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
-            b_m = tl.load(m_end + cc)
-            S1 = b_m * S1 - dot(tl.trans(b_k), b_s[:, None] * d1, DOT)
-            S2 = b_m * S2 - dot(tl.trans(A), b_s[:, None] * dd, DOT)
-        W1 = W1_new
-        W2 = W2_new
+        W1, W2, S1, S2 = tile_end_state(
+            beta, f, G, m_end, s_coef, cc, last, lk, lkmask, b_k, A, d1, dd, W1, W2, S1, S2, L, P, DOT, HAS_MOM
+        )  # fmt: skip
         if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
             if ends_chunk(g, Tn, L, KE):
                 W1 = W1 * lq_scale(W1, end_q, end_floor, END_MAP)
                 W2 = W2 * lq_scale(W2, end_q, end_floor, END_MAP)
     store_matrices(w1_final, w2_final, bh * n, W1, W2, o1, m1, o2, m2, True)
     store_matrices(s1_final, s2_final, bh * n, S1, S2, o1, m1, o2, m2, HAS_MOM)
-
-
-def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchConfig) -> tuple[tuple, dict]:
-    """Runtime scalars and compile-time constants of the whole-state forward and backward kernels."""
-    scalars, constants = kernel_meta(q, w1, ln_w, config)
-    scalars = (*scalars, config.end_q, config.end_floor)
-    constants |= dict(
-        END_MAP=config.end_map,
-        TOKEN_MAP=config.token_map,
-        KE=config.tiles_per_chunk,
-        P=config.prefix,
-        BK=block(config.prefix + config.tile),
-        READ_START=config.read_start,
-        num_warps=NUM_WARPS,
-    )
-    return scalars, constants
 
 
 def carried_rows(k: Tensor, T: int, cu: Tensor | None) -> int:
@@ -254,6 +190,8 @@ def run_forward(
     Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
     start, and the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints))."""
     launch = launch_wide if config.hidden_block else launch_forward
+    if config.simplex_scale:
+        launch = launch_simplex_forward
     coef = (beta, f, G, m_end, s_coef)
     y = w1.new_empty(*q.shape[:3], w2.shape[-1])  # the values' width
     anchor = (torch.empty_like(w1), torch.empty_like(w2))

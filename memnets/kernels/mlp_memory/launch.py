@@ -130,6 +130,8 @@ def mlp_memory_chunked(
     token_map: str = "none",
     end_q: float = 2.0,
     end_floor: float = 0.0,
+    simplex_scale: float = 0.0,
+    lag: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, tuple[Tensor, Tensor]]:
     """The chunked update of a depth-2 MLP memory from a chunk boundary, forward and (through autograd)
     backward.
@@ -162,6 +164,11 @@ def mlp_memory_chunked(
         token_map: the same map on every token's accumulator (Moneta's default: each token reads
             s(A_t)·A_t, gradients at the chunk start's s(A)·A; :mod:`.end_map`); whole-state kernels
             only, not with ``end_map``.
+        simplex_scale, lag: Memora's softmax retention W = c·Softmax(A) over each weight matrix's input
+            axis on every token's accumulator (c = ``simplex_scale`` > 0; Miras Eq. 27) and its lag
+            token (§5.3 Eq. 30-32: each chunk's first token takes its gradient at the chunk start,
+            the rest at the weights after it; only with the softmax) (:mod:`.simplex`); whole-state
+            kernels only, no Omega window, chunk-start reads or ℓ_q maps.
 
     Returns:
         ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
@@ -193,6 +200,18 @@ def mlp_memory_chunked(
         raise ValueError("mlp_memory_chunked: the ℓ_q maps run in the whole-state kernels only")
     if end_map != "none" and token_map != "none":
         raise ValueError("mlp_memory_chunked: end_map and token_map exclude each other")
+    if simplex_scale < 0 or (lag and not simplex_scale):
+        raise ValueError(
+            f"mlp_memory_chunked: simplex_scale must be > 0 (0: no softmax retention) and lag needs it, got "
+            f"simplex_scale={simplex_scale}, lag={lag}"
+        )
+    if simplex_scale and (
+        layout.wide or window > 1 or read_start or end_map != "none" or token_map != "none"
+    ):
+        raise ValueError(
+            "mlp_memory_chunked: the softmax retention runs in the whole-state kernels without an Omega "
+            "window, chunk-start reads or ℓ_q maps"
+        )
     clamp = max(end_floor**end_q, 1e-30) if "paper" in (end_map, token_map) else 1e-30
     tiles_per_chunk = chunk_size // L
     every, inner = checkpoint_chunks(layout.max_chunks, checkpoint_every, layout.wide)
@@ -219,6 +238,8 @@ def mlp_memory_chunked(
         token_map=END_MAPS[token_map],
         end_q=end_q,
         end_floor=clamp,
+        simplex_scale=simplex_scale,
+        lag=lag,
     )
     y, w1f, w2f, s1f, s2f, w1a, w2a, *_ = ops.mlp_memory_fwd(*tensors, *config)
     if memory.residual:  # M(φ(q)) = q + ...: φ(x) starts with x (memnets.memory.features)

@@ -1,0 +1,125 @@
+"""Memora's softmax retention in the whole-state MLP-memory kernels (Miras arXiv 2504.13173 Eq. 27:
+``miras_chunked(..., retention=SimplexSoftmax, lag=...)``, :mod:`memnets.kernels.mlp_memory.simplex`) ==
+the engine in float64: outputs, final logits, momenta and anchor, every gradient (random cotangents on
+all of them), on lengths around the chunk boundaries, with and without the lag token (§5.3 Eq. 30-32),
+with and without momentum and the memory's LayerNorm, chunks of two tiles, a second call from inside a
+chunk (finished in PyTorch), packed sequences; and the ``memora`` mixer with ``backend: triton``.
+
+The initial logits have a standard deviation of 2 (the harness draws 1/√d): with near-uniform softmax
+rows every output unit averages its inputs alike, so the outputs differ across channels by about 1e-5
+of their size and the LayerNorm divides that spread out, amplifying float32 rounding to 1e-5 in the
+float32 engine itself (the reason Memora's memory has no LayerNorm by default, memnets.mixers.miras).
+Tolerance: float32's ratio plus twice the float32 engine's own distance to float64, as for Moneta.
+"""
+
+import functools
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import test_mlp_memory as base  # the whole-state kernels' tests: same harness
+import torch
+from mixer_checks import check_against_float64, check_decode_and_split
+
+import memnets
+from memnets.memory.miras import LqNormalize, SimplexSoftmax, miras_chunked
+from memnets.testing import RATIO, assert_close, nan_allocations, rel_err
+
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
+triton_mlp = pytest.importorskip("memnets.memory.kernel_bridge")
+
+LOGIT_STD = 2.0
+
+
+def _inputs(T: int, gates: str) -> dict:
+    inputs = base._inputs(T, torch.float32, gates)
+    for name, width in (("w1", base.D), ("w2", 4 * base.D)):
+        inputs[name] = inputs[name] * LOGIT_STD * width**0.5
+    return inputs
+
+
+def _compare(T, chunk_size, lag, gates="both", split=None, layer_norm=False, scale=1.0):
+    retention = SimplexSoftmax(scale)
+    arch = base._arch(True, "gelu", layer_norm)
+    ref_arch = base._arch(True, "gelu", layer_norm).double()
+    inputs = _inputs(T, gates)
+    engine = functools.partial(miras_chunked, retention=retention, lag=lag)
+    ref = base._run(engine, ref_arch, inputs, chunk_size, torch.float64, None, split)
+    eng32 = base._run(engine, arch, inputs, chunk_size, torch.float32, None, split)
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, retention=retention, lag=lag, **base.F32_DOTS)
+    with nan_allocations():
+        out = base._run(kernel, arch, inputs, chunk_size, torch.float32, None, split)
+    assert ref.keys() == out.keys()
+    for name in ref:
+        case = f"T={T}, chunk={chunk_size}, lag={lag}, gates={gates}, split={split}, ln={layer_norm}"
+        ratio = RATIO[torch.float32] + 2 * rel_err(ref[name], eng32[name])
+        assert_close(f"{name} ({case})", ref[name], out[name], ratio=ratio)
+
+
+@pytest.mark.parametrize("lag", [True, False])
+@pytest.mark.parametrize("T", [1, 16, 63, 65, 100])
+def test_kernel_matches_engine(T, lag):
+    _compare(T, 16, lag)
+
+
+@pytest.mark.parametrize("lag", [True, False])
+def test_kernel_without_momentum_with_layer_norm_and_a_scale(lag):
+    _compare(40, 8, lag, gates="keep", layer_norm=True)
+    _compare(33, 16, lag, gates="none", scale=3.0)
+
+
+@pytest.mark.parametrize("lag", [True, False])
+def test_kernel_chunk_of_two_tiles_and_a_split_call(lag):
+    """Chunks of 128 run as two 64-row tiles (the second tile's key path at the weights after the
+    chunk's lag token, recomputed in the backward from the first tile's rows); the second call starts
+    inside a chunk, right after a lag token (split 17) and later (split 21)."""
+    _compare(150, 128, lag)
+    _compare(45, 16, lag, split=17)
+    _compare(45, 16, lag, gates="keep", split=21)
+
+
+def test_kernel_packed_sequences():
+    """Three sequences in one launch: each from its own state, with its own lag tokens."""
+    retention = SimplexSoftmax()
+    lengths = [20, 33, 16]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    arch = base._arch(True, "gelu", False)
+    inputs = _inputs(sum(lengths), "both")
+    kernel = functools.partial(triton_mlp.titans_mlp_chunked, retention=retention, lag=True, **base.F32_DOTS)
+    engine = functools.partial(miras_chunked, retention=retention, lag=True)
+    args = [inputs[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
+    with nan_allocations():
+        packed, _ = kernel(arch, *args, chunk_size=16, cu_seqlens=cu)
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        y, _ = engine(arch, *(x[:, lo:hi] for x in args), chunk_size=16)
+        assert_close(f"sequence {lo}:{hi}", y, packed[:, lo:hi])
+
+
+def test_memora_mixer_runs_the_kernel():
+    """``memora`` with ``backend: triton`` (its default options but the chunk size and expansion, and
+    momentum) against ``chunked`` in float64 (output, input and parameter gradients; the module's
+    tolerance); decoding and split calls == one call."""
+    kw = {"chunk_size": 8, "memory": {"expansion": 2.0}, "momentum": True}
+    torch.manual_seed(0)
+    kernel = memnets.build_mixer("memora", d_model=32, num_heads=2, backend="triton", **kw)
+    chunked = memnets.build_mixer("memora", d_model=32, num_heads=2, backend="chunked", **kw)
+    chunked.load_state_dict(kernel.state_dict())
+    assert kernel.op.no_kernel("triton") is None
+    x, cot = torch.randn(1, 21, 32), torch.randn(1, 21, 32)
+    with nan_allocations():
+        check_against_float64(chunked, kernel, x, cot, factor=2)
+        check_decode_and_split("memora (triton)", kernel, x[:, :13], 5)
+
+
+def test_refusals_name_the_reason():
+    """The lag token only with the softmax; the softmax only where the state fits on chip."""
+    arch = base._arch(True, "gelu", False)
+    why = triton_mlp.supports_retention(arch, None, 16, LqNormalize(), lag=True)
+    assert why is not None and "lag token" in why
+    wide = base._arch(True, "gelu", False, hidden=1024)
+    why = triton_mlp.supports_retention(wide, None, 16, SimplexSoftmax(), lag=True)
+    assert why is not None and "Memora's softmax retention" in why and "whole-state" in why
+    with pytest.raises(ValueError, match="memora: backend=.triton. does not support .*softmax retention"):
+        memnets.build_mixer("memora", d_model=256, num_heads=2, backend="triton")
