@@ -91,7 +91,8 @@ def _dot(d: MemoryDispatch) -> int:
 
 def _lq_map_branch(retention: object) -> dict[str, int]:
     """The whole-state kernels' Moneta branch for a Miras dispatch's retention (per token or at chunk
-    ends, :mod:`memnets.kernels.mlp_memory.end_map`), none otherwise."""
+    ends, :mod:`memnets.kernels.mlp_memory.end_map`), none otherwise (Memora's softmax has its own
+    kernels, :func:`_mlp_launches`)."""
     from memnets.kernels.mlp_memory.config import END_MAPS
     from memnets.memory.miras import ChunkEnd, LqNormalize
 
@@ -109,6 +110,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
     from memnets.memory.kernel_bridge import _bias_spec, _net_spec
+    from memnets.memory.miras import SimplexSoftmax
 
     spec = _net_spec(d.arch)
     D, DI, DH = spec.d_out, spec.d_in, spec.d_hidden  # DI > D: feature keys
@@ -146,6 +148,10 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
         split = wide_split(programs, NB, SMS)
+    elif isinstance(d.options.get("retention"), SimplexSoftmax):  # memnets.kernels.mlp_memory.simplex
+        fwd, store, bwd = ck._simplex_cases([(D, DH, L)])[:3]
+        branches |= {"KE": C // L, "LAG": bool(d.options.get("lag"))}
+        inner = 1
     else:
         fwd, store, bwd = ck._mlp_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "READ_START": read_start, "P": window - 1, "BK": _block(L + window - 1)}

@@ -101,7 +101,15 @@ from benchmarks import kernel_report as kr  # noqa: E402
 
 # the CI subset: one config per kernel family that auto runs (small and quick to compile) and two
 # flagships on the chunked path (their launch counts)
-QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m", "omeganet-760m", "atlas-760m")
+QUICK = (
+    "titans-tiny",
+    "memora-tiny",
+    "gated_deltanet-tiny",
+    "paragru-tiny",
+    "titans-760m",
+    "omeganet-760m",
+    "atlas-760m",
+)
 # the quick report's configs whose explicit kernels it compiles too: the wide-state kernels at
 # titans-760m and with OmegaNet's 2,144-wide feature keys and window, and the Muon kernels at Atlas's,
 # so that their budgets (spills, replicated-warp products) hold in CI
