@@ -15,7 +15,15 @@ from benchmarks import kernel_budget
 
 SCRIPT = ROOT / "scripts" / "kernel_report.py"
 BUDGET = ROOT / "benchmarks" / "kernel_budgets.json"
-QUICK = ("titans-tiny", "gated_deltanet-tiny", "paragru-tiny", "titans-760m", "omeganet-760m", "atlas-760m")
+QUICK = (
+    "titans-tiny",
+    "memora-tiny",
+    "gated_deltanet-tiny",
+    "paragru-tiny",
+    "titans-760m",
+    "omeganet-760m",
+    "atlas-760m",
+)
 
 pytest.importorskip("triton")
 
