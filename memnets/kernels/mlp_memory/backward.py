@@ -34,7 +34,7 @@ from .common import (
     tile_rows,
 )
 from .config import LaunchConfig, whole_state_meta
-from .end_map import ends_chunk, lq_map_backward, lq_scale, lq_scale_grad, token_scales
+from .end_map import ends_chunk, lq_map_backward, lq_scale, lq_scale_grad
 from .forward import carried_rows, launch_forward, segments, spans
 from .simplex import launch_simplex_forward
 from .simplex_backward import launch_simplex_backward
@@ -47,6 +47,7 @@ from .wide_forward import launch_wide_forward
 def _backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state
+    tok_s1, tok_s2,  # Moneta per token: every token's scales (the forward's)
     dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,  # the outputs' cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1_init, dw2_init, ds1_init, ds2_init,
     cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
@@ -145,10 +146,8 @@ def _backward_kernel(
             # its row of the dual form is scaled by s_t (per layer): β, f and G's row times s_t
             bb1, bf1, bG1, bb2, bf2, bG2 = b_beta, b_f, b_G, b_beta, b_f, b_G
             if TOKEN_MAP != 0:
-                s1, s2 = token_scales(
-                    li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, end_q, end_floor,
-                    L, BL, DOT, HAS_MOM, TOKEN_MAP,
-                )  # fmt: skip
+                s1 = tl.load(tok_s1 + cc * L + li, mask=lmask, other=0.0)
+                s2 = tl.load(tok_s2 + cc * L + li, mask=lmask, other=0.0)
                 bb1, bf1, bG1 = s1 * b_beta, s1 * b_f, s1[:, None] * b_G
                 bb2, bf2, bG2 = s2 * b_beta, s2 * b_f, s2[:, None] * b_G
             # recompute the query path
@@ -277,7 +276,8 @@ def _backward_kernel(
 
 
 def launch_backward(
-    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc
+    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc,
+    scales=(),
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """One backward launch over tiles c0 .. c0 + nc (in reverse) from their start states ``chunks`` (the
     STORE recompute's) and the cotangents ``carry`` of the state after them; writes the inputs' gradients
@@ -289,7 +289,8 @@ def launch_backward(
     d_init = tuple(torch.empty_like(t) for t in carry)
     scalars, constants = whole_state_meta(q, carry[0], ln_w, config)
     _backward_kernel[(carry[0].shape[0] * H,)](
-        q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks, *carry, *anchor_cot,
+        q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks,
+        *(scales or (q.new_empty(0), q.new_empty(0))), *carry, *anchor_cot,
         *grads[:4], *dln, *grads[4:], *d_init, *or_empty(q.new_empty(0), cu, toff),
         T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars, **constants,
         HAS_MOM=has_mom, VARLEN=cu is not None,
@@ -299,7 +300,7 @@ def launch_backward(
 
 def run_backward(
     q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
-    ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
+    ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, tok_s1, tok_s2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
     config: LaunchConfig,
 ) -> list[Tensor]:  # fmt: skip
     """The backward ops' work (``memnets::mlp_memory_bwd`` and ``_wide_bwd``): gradients (q, k, v,
@@ -314,6 +315,7 @@ def run_backward(
     )
     if config.simplex_scale:
         launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward
+    extra = {"scales": (tok_s1, tok_s2)} if config.token_map else {}  # Moneta's, from the forward
     B, T, H = q.shape[:3]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)
@@ -358,7 +360,7 @@ def run_backward(
             dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
             carry = launch_bwd(
                 q, k, v, bias_params, ln_w, ln_b, dy, coef, packing, chunks, carry, (dw1_anchor, dw2_anchor),
-                grads, dln, config, i0, ni,
+                grads, dln, config, i0, ni, **extra,
             )  # fmt: skip
             if ln_w is not None:
                 dln_w, dln_b = dln_w + dln[0], dln_b + dln[1]

@@ -5,7 +5,9 @@ whole-state kernels, in its two forms:
   accumulator A_t (the dual form's weights, which this kernel otherwise never forms: each tile forms
   every token's A_t once, L products per layer, for its norm: :func:`token_scales`), and the key path
   takes its gradients at the chunk start's s(A)·A. A scale per row of the dual form: each layer's β,
-  f and G rows times s_t. The backward takes the scales' cotangents through every A_t again.
+  f and G rows times s_t. The forward keeps the scales (``[B, H, NT, L]`` per layer, the custom op's
+  outputs), so the backward reads them and forms every A_t once more only to take the scales'
+  cotangents through it.
 * ``END_MAP`` (``normalize_at="chunk_end"``, §5.3's parallel form, "Parallelizable Training": the
   normalisation is applied at the end of each chunk; :class:`~memnets.memory.miras.ChunkEnd`): the
   weights are the plain accumulation inside a chunk and are mapped after every complete chunk.

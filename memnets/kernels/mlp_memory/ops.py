@@ -25,11 +25,12 @@ _INPUTS = (
     "Tensor? cu_seqlens, Tensor? tile_offsets"
 )
 _N_INPUTS = _INPUTS.count("Tensor")
-_W1, _W2, _S1 = 11, 12, 13  # positions of the state in the inputs
+_BETA, _W1, _W2, _S1 = 6, 11, 12, 13  # positions of β and the state in the inputs
 # the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor)
 _COTANGENTS = "Tensor dy, Tensor dw1_final, Tensor dw2_final, Tensor ds1_final, Tensor ds2_final, "
 _COTANGENTS += "Tensor dw1_anchor, Tensor dw2_anchor"
-_CHECKPOINTS = "Tensor ckpt_w1, Tensor ckpt_w2, Tensor ckpt_s1, Tensor ckpt_s2"
+# the backward's checkpoints, and Moneta's per-token scales [B, H, NT, L] (empty without its map)
+_CHECKPOINTS = "Tensor ckpt_w1, Tensor ckpt_w2, Tensor ckpt_s1, Tensor ckpt_s2, Tensor tok_s1, Tensor tok_s2"
 _STATE_OUT = "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor"  # y, final state, anchor
 
 
@@ -40,11 +41,11 @@ def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, LaunchConfig]:
 @torch.library.custom_op(
     "memnets::mlp_memory_fwd",
     mutates_args=(),
-    schema=op_schema(_INPUTS, f"({_STATE_OUT}, Tensor, Tensor, Tensor, Tensor)"),
+    schema=op_schema(_INPUTS, f"({_STATE_OUT}, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"),
 )
 def mlp_memory_fwd(*inputs) -> tuple[Tensor, ...]:
     """(y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's start,
-    and the state at every checkpoint segment's start ``[NS, B, H, ...]``)."""
+    the state at every checkpoint segment's start ``[NS, B, H, ...]`` and Moneta's per-token scales)."""
     tensors, config = _split(inputs, _N_INPUTS)
     return run_forward(*tensors, config)
 
@@ -57,15 +58,18 @@ def mlp_memory_fwd(*inputs) -> tuple[Tensor, ...]:
 def mlp_memory_bwd(*inputs) -> list[Tensor]:
     """Gradients (q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2) of
     :func:`mlp_memory_fwd` (empty for absent inputs)."""
-    tensors, config = _split(inputs, _N_INPUTS + 4 + 7)
+    tensors, config = _split(inputs, _N_INPUTS + 6 + 7)
     return run_backward(*tensors, config)
 
 
 @mlp_memory_fwd.register_fake
 def _(*inputs):
-    """y, the final state, the anchor and the checkpoints (empty momenta without momentum)."""
+    """y, the final state, the anchor, the checkpoints (empty momenta without momentum) and the per-token
+    scales (empty without Moneta's map)."""
     q, w1, w2, s1 = inputs[0], inputs[_W1], inputs[_W2], inputs[_S1]
-    ns = len(segments(_split(inputs, _N_INPUTS)[1]))
+    config = _split(inputs, _N_INPUTS)[1]
+    ns = len(segments(config))
+    beta = inputs[_BETA]
     mom = (w1, w2) if s1 is not None else (None, None)
 
     def like(w: Tensor | None, *lead: int) -> Tensor:
@@ -75,6 +79,7 @@ def _(*inputs):
         w1.new_empty(*q.shape[:3], w2.shape[-1]),
         *(like(w) for w in (w1, w2, *mom, w1, w2)),
         *(like(w, ns) for w in (w1, w2, *mom)),
+        *(torch.empty_like(beta) if config.token_map else beta.new_empty(0) for _ in range(2)),
     )
 
 
