@@ -90,9 +90,9 @@ def _titans_supports(*, backend: str, arch: MemoryMLP, chunk_size: int, **_: Any
     if arch.depth not in (1, 2):
         return f"memory depth {arch.depth} (the Triton kernels cover memory depths 1 and 2)"
     if arch.depth == 1:
-        from .memory import kernel_bridge
+        from .memory import linear_kernel
 
-        return kernel_bridge.supports_linear(arch, chunk_size=chunk_size)
+        return linear_kernel.supports_linear(arch, chunk_size=chunk_size)
     return _mlp_supports(arch, None, chunk_size, no_wide=no_wide_kernels(backend))
 
 
@@ -104,7 +104,7 @@ def _titans_packs(*, arch: MemoryMLP, chunk_size: int, bias: object = None, **_:
 
 def _titans_kernel(arch: MemoryMLP, *inputs: Any, dot_precision: str = "auto", **options: Any):
     if arch.depth == 1:
-        from .memory.kernel_bridge import titans_linear_chunked
+        from .memory.linear_kernel import titans_linear_chunked
 
         return titans_linear_chunked(arch, *inputs, dot_precision=dot_precision, **options)
     from .memory.kernel_bridge import titans_mlp_chunked

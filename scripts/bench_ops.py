@@ -101,7 +101,7 @@ def titans_fn(
 ) -> Callable[..., torch.Tensor]:
     """The linear Titans memory as f(q, k, v, lr, mom, keep) -> y."""
     if name == "triton":
-        from memnets.memory.kernel_bridge import titans_linear_chunked
+        from memnets.memory.linear_kernel import titans_linear_chunked
 
         cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=arch.init_weights[0].device)
         return lambda *x: titans_linear_chunked(arch, *x, chunk_size=chunk_size, cu_seqlens=cu_t)[0]

@@ -403,11 +403,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 "--triton off CUDA needs TRITON_INTERPRET=1 (the kernels run in Triton's interpreter)"
             )
-        from memnets.memory import kernel_bridge
+        from memnets.memory import kernel_bridge, linear_kernel
 
         if a.depth == 1:
-            backends["triton"] = kernel_bridge.titans_linear_chunked
-            supports = kernel_bridge.supports_linear
+            backends["triton"] = linear_kernel.titans_linear_chunked
+            supports = linear_kernel.supports_linear
         else:
             from memnets.kernels.mlp_memory import config as mlp_config
             from memnets.kernels.mlp_memory import forward as mlp_forward

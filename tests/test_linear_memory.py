@@ -20,7 +20,7 @@ from memnets.testing import RATIO, assert_close, nan_allocations
 # on MEMNETS_KERNEL_TEST_DEVICE (cpu: the interpreter; scripts/gpu_check.py runs them compiled on cuda)
 pytestmark = pytest.mark.usefixtures("kernel_device")
 
-triton_linear = pytest.importorskip("memnets.memory.kernel_bridge")
+triton_linear = pytest.importorskip("memnets.memory.linear_kernel")
 linear_memory = pytest.importorskip("memnets.kernels.linear_memory")
 
 H, D = 2, 16

@@ -14,8 +14,8 @@ chunk-start weights W0 and momentum S0 ``[D, D]`` (row form, ``M(x) = x W``)::
 u_j = k_jᵀ Δ_j is token j's inner gradient, so the chunk is linear attention with a two-state carry
 (W, S) (the dual form of TTT, arXiv 2407.04620 §2.5, with Titans' momentum and decay, §3.1 Eq. 13-14).
 The coefficients β, f, G, m_end, s_coef are those of :func:`memnets.memory.chunk_coefficients`
-(segment sums of log-gates, all in [0, 1]); the caller (``memnets.memory.kernel_bridge``) computes them are computed in PyTorch on the
-gates gathered into whole chunks per sequence (padding past a sequence's end: lr = 0, keep = mom = 1,
+(segment sums of log-gates, all in [0, 1]); the caller (``memnets.memory.linear_kernel``) computes them
+in PyTorch on the gates gathered into whole chunks per sequence (padding past a sequence's end: lr = 0, keep = mom = 1,
 so m_end and s_coef are those of the last real token; the kernels take β, f and G's row at the tail
 chunk's last real token) and autograd takes their gradients back to lr, mom and keep. The kernels take
 and return gradients w.r.t. the coefficients.
