@@ -45,9 +45,8 @@ from .config import LaunchConfig, whole_state_meta
 from .token_state import row_of, token_accumulators
 
 # warps per program: the token loop's work is elementwise on state-sized tiles (each token's two
-# accumulators, their softmaxes and cotangents), so more threads hold fewer of their registers; at
-# D = 32, hidden 128 (the tiny and MQAR heads) the sm_90 compile spills 1.5 KB per thread forward and
-# 8.4 KB backward at 4 warps, 0.6 and 5.4 KB at 8 (benchmarks/RESULTS.md §39)
+# accumulators, their softmaxes and cotangents), so more threads hold fewer of their registers: the
+# sm_90 compiles spill less at 8 than at 4, forward and backward (benchmarks/RESULTS.md §39)
 SIMPLEX_NUM_WARPS = 8
 
 
