@@ -142,3 +142,18 @@ def whole_state_meta(q: Tensor, w1: Tensor, ln_w: Tensor | None, config: LaunchC
         num_warps=NUM_WARPS,
     )
     return scalars, constants
+
+
+def state_buffers(
+    state: tuple, store: bool, nc: int, H: int
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """A whole-state forward launch's outputs for ``state`` (w1, w2, s1, s2; the momenta ``None`` without
+    momentum): the state after its tiles (empty where absent) and, with ``store``, every tile's start
+    state ``[N, H, nc, ...]`` (else empty)."""
+    w1 = state[0]
+    final = tuple(w1.new_empty(0) if t is None else w1.new_empty(t.shape) for t in state)
+    chunks = tuple(
+        w1.new_empty(w1.shape[0], H, nc, *t.shape[2:]) if store and t is not None else w1.new_empty(0)
+        for t in state
+    )
+    return final, chunks

@@ -24,7 +24,7 @@ from .common import (
     tile_end_state,
     tile_rows,
 )
-from .config import LaunchConfig, whole_state_meta
+from .config import LaunchConfig, state_buffers, whole_state_meta
 from .end_map import ends_chunk, lq_scale, token_scales
 from .simplex import launch_simplex_forward
 from .wide_split import launch_wide
@@ -168,13 +168,9 @@ def launch_forward(
     w1, w2, s1, s2 = state
     has_mom = s1 is not None
     cu, toff = packing
-
-    def new(*shape: int) -> Tensor:
-        return w1.new_empty(shape)
-
-    final = tuple(new(0) if t is None else new(*t.shape) for t in state)
+    new = w1.new_empty
+    final, chunks = state_buffers(state, store, nc, H)
     N = w1.shape[0]  # programs per head: batch entries, or packed sequences
-    chunks = tuple(new(N, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     scalars, constants = whole_state_meta(q, w1, ln_w, config)
     _forward_kernel[(N * H,)](
         q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, w1, w2, *or_empty(w1, s1), *or_empty(w2, s2),
