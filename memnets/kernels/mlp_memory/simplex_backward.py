@@ -93,29 +93,25 @@ def _simplex_backward_kernel(
             k, v, bp, b, bos, kb, g, h, Tn, 0, H, D, L, 0, BL, BL, BD, BIAS
         )
         b_beta, b_f, b_G = coefficient_rows(beta, f, G, cc, li, lmask, L, HAS_MOM)
-        # the key path at K: all rows without the lag token; with it, the lag token's (row 0 of the
-        # chunk's first tile, the rows of that tile: this one or loaded)
+        # the key path at K: of this tile's rows without the lag token; with it, of the chunk's first
+        # tile's (row 0 is the lag token's; loaded where that tile is an earlier one, whose key path
+        # then serves only the lag token's weights)
+        b_k0, b_v0, delta0, kmask0 = b_k, b_v, delta, kmask
+        b_beta0, b_f0, b_G0 = b_beta, b_f, b_G
+        if LAG and KE != 1:
+            g0 = g - g % KE
+            _o, _m, _ko, kmask0, _kv, _kr, b_k0, b_v0, delta0 = tile_rows(
+                k, v, bp, b, bos, kb, g0, h, Tn, 0, H, D, L, 0, BL, BL, BD, BIAS
+            )
+            b_beta0, b_f0, b_G0 = coefficient_rows(beta, f, G, cc - g % KE, li, lmask, L, HAS_MOM)
         Z1, A, dd, dout, r, xk, rk, E, sg, d1 = key_path(
-            b_k, b_v, delta, K1, K2, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, ACT, DOT, BIAS, LN, RES
+            b_k0, b_v0, delta0, K1, K2, gamma, shift, kmask0, cmask, p, eps, sharp, ln_eps,
+            D, ACT, DOT, BIAS, LN, RES,
         )  # fmt: skip
         if LAG:
-            b_k0 = b_k
             A0 = A
             d10 = d1
             dd0 = dd
-            b_beta0 = b_beta
-            b_f0 = b_f
-            b_G0 = b_G
-            if KE != 1:  # the chunk's first tile's rows and coefficients
-                g0 = g - g % KE
-                _o, _m, _ko, kmask0, _kv, _kr, b_k0, b_v0, delta0 = tile_rows(
-                    k, v, bp, b, bos, kb, g0, h, Tn, 0, H, D, L, 0, BL, BL, BD, BIAS
-                )
-                b_beta0, b_f0, b_G0 = coefficient_rows(beta, f, G, cc - g % KE, li, lmask, L, HAS_MOM)
-                _z, A0, dd0, _do, _r, _x, _rk, _e, _s, d10 = key_path(
-                    b_k0, b_v0, delta0, K1, K2, gamma, shift, kmask0, cmask, p, eps, sharp, ln_eps,
-                    D, ACT, DOT, BIAS, LN, RES,
-                )  # fmt: skip
             KL1, KL2, beta0, f0, g0_row = lag_weights(
                 li, KA1, KA2, KS1, KS2, b_k0, A0, d10, dd0, b_beta0, b_f0, b_G0, m1, m2, scale, DOT, HAS_MOM
             )  # fmt: skip
@@ -208,13 +204,11 @@ def _simplex_backward_kernel(
             if first:
                 Cl1 = simplex_backward(KL1, gK1, scale)
                 Cl2 = simplex_backward(KL2, gK2, scale)
-                gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG = token_accumulators_backward(
+                # (after the update's backward: the lag token's momentum share goes to cS directly)
+                gW1, gW2, cS1, cS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG = token_accumulators_backward(
                     lag_row, Cl1, Cl2, beta0, f0, g0_row, KA1, KA2, KS1, KS2, b_k, A0, d10, dd0,
-                    gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG, DOT, HAS_MOM,
+                    gW1, gW2, cS1, cS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG, DOT, HAS_MOM,
                 )  # fmt: skip
-                if HAS_MOM:  # the lag token's momentum share joins the tile-start momentum's cotangent
-                    cS1 += f0 * Cl1
-                    cS2 += f0 * Cl2
                 lag = lag_row[:, None]
                 gK1 = tl.where(at_start, aK1, 0.0)
                 gK2 = tl.where(at_start, aK2, 0.0)
