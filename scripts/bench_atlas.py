@@ -78,13 +78,16 @@ def main() -> None:
     p.add_argument("--expansion", type=float, default=1.0)
     p.add_argument("--windows", type=int, nargs="+", default=[1, 4])
     p.add_argument("--chunks", type=int, nargs="+", default=[8, 32])
+    modes = ["none", "chunk", "token"]
     p.add_argument(
         "--muon",
         nargs="+",
-        default=["none", "chunk", "token"],
-        choices=["none", "chunk", "token", "none-compiled", "chunk-compiled", "token-compiled", "chunk-triton"],
+        default=modes,
+        choices=[*modes, *(f"{m}-compiled" for m in modes), "chunk-triton"],
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="q, k, v and compiled operands")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="q, k, v; compiled operands"
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="bench_atlas.json")
     a = p.parse_args()
