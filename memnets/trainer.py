@@ -26,6 +26,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,7 +337,11 @@ class Trainer:
                 self.bad_steps,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped step still advances the schedule (its position is the step count); PyTorch
+            # warns about that when no optimizer step has run yet, as if the calls were out of order
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.step += 1
         return record
 

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -132,6 +133,27 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
         train(cfg)
     records = read_metrics(tmp_path)
     assert [r.get("skipped", 0) for r in records] == [0, 0, 1, 1, 1]
+
+
+def test_skipped_first_step_keeps_the_schedule_without_a_warning(tmp_path, monkeypatch):
+    """A non-finite first step is skipped, the schedule still advances one step, and PyTorch's
+    "lr_scheduler.step() before optimizer.step()" warning (true but expected here) is not shown."""
+    from memnets import trainer as trainer_mod
+
+    cfg = load_config(MQAR, [*TINY_MQAR, "train.steps=3", f"run.dir={tmp_path}"])
+    real = trainer_mod.Trainer._loss
+
+    def nan_first(self, model, ids, labels):
+        loss, aux = real(self, model, ids, labels)
+        return loss * float("nan") if self.step == 0 else loss, aux
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_loss", nan_first)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"Detected call of `lr_scheduler")
+        train(cfg)
+    records = [r for r in read_metrics(tmp_path) if "loss" in r]  # the training steps' records
+    assert [r.get("skipped", 0) for r in records] == [1, 0, 0]
+    assert records[1]["lr"] > records[0]["lr"]  # the warm-up moved on past the skipped step
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
