@@ -441,6 +441,8 @@ MQAR_MEMORY_FAMILIES = (
 def memory_overrides(path: str | Path, options: list[str]) -> list[str]:
     """``KEY=VALUE`` memory options (``norm_scale=0.1``) as overrides of the config's own mixer,
     ``model.mixer_options.<mixer>.memory.KEY=VALUE``: one option for a sweep over families."""
+    if not options:  # nothing to name: the config need not load on its own (a text config's data.path)
+        return []
     mixer = load_config(path).model.mixer
     return [f"model.mixer_options.{mixer}.memory.{o}" for o in options]
 

@@ -344,6 +344,17 @@ def test_grad_norm_script_sets_a_memory_option_for_every_family():
     assert all(math.isfinite(v) and v > 0 for v in norms.values())
 
 
+def test_grad_norm_script_runs_a_text_config_given_its_data_path():
+    """An LM config needs ``data.path`` to load; given among the overrides (with no ``--memory``
+    option, which would load the config on its own), the script measures it."""
+    script = load_script("scripts/grad_norm_vs_length.py")
+    moneta = ROOT / "configs/lm/moneta-tiny.yaml"
+    assert memory_overrides(moneta, []) == []
+    corpus = [f"data.path={ROOT / 'data/tinyshakespeare.txt'}", "model.n_layers=1", "model.d_model=32"]
+    norms = script.grad_norms(moneta, 16, 1, "cpu", corpus)
+    assert math.isfinite(norms["total"]) and norms["total"] > 0
+
+
 def test_memory_sensitivity_script_measures_the_initial_weights_effect():
     """``memory_sensitivity.py``: a finite ‖Δ logits_t‖ / ε at every looked-at position for a memory
     family (the perturbation reaches the outputs through the memory), ``None`` for a mixer without
