@@ -35,7 +35,8 @@ gate, MAG window), each documented here and an option where people differ:
   ``chunk_size``; default none): the outer gradient follows the memory's recurrence back at most
   that far (truncated backpropagation, :class:`~memnets.mixers.memory_block.MemoryBlock`); the
   forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
-  one at T = 512 (benchmarks/RESULTS.md section 24).
+  one at T = 512 (benchmarks/RESULTS.md section 24); the 4K-context LM configs of Titans (LMM,
+  MAG, MAL), Yaad and Moneta set 512 (section 42).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
 * Persistent memory (§3.3): ``num_persistent`` learnable key/value pairs per head prepended to every
   attention window and visible to every query; they are position-free (no RoPE). They are not written
