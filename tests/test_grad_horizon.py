@@ -55,6 +55,39 @@ def test_forward_and_state_unchanged_gradient_cut_at_the_horizon(name):
     assert torch.all(grads[1][:, : last - CONV + 1] == 0)
 
 
+def test_mac_cuts_at_segment_ends():
+    """Titans-MAC (its own segment loop): T = 37, segments of 4, a horizon of 12 tokens. Outputs and the
+    final memory equal the untruncated run's; the last token's gradient is the same inside its segment
+    and exactly 0 beyond the retrieval conv's reach (the memory, its segment-start copy and the write
+    conv's window of attention outputs are detached at token 36); without the cut it is not."""
+
+    def mac(**opts: object) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return memnets.build_mixer(
+            "titans_mac", d_model=16, num_heads=2, chunk_size=4, segment_size=4, backend="chunked", **opts
+        ).double()
+
+    full, cut = mac(), mac(grad_horizon=12)
+    x = torch.randn(2, 37, 16, dtype=F64, requires_grad=True)
+    grads, outs = [], []
+    for mixer in (full, cut):
+        y, state = mixer(x)
+        (gx,) = torch.autograd.grad(y[:, -1].pow(2).sum(), x)
+        grads.append(gx)
+        outs.append((y.detach(), state.memory.weights))
+    assert_close("y", outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert_close("final weights", a, b)
+    last = 36
+    assert_close("gradient inside the last segment", grads[0][:, last:], grads[1][:, last:])
+    assert grads[0][:, : last - CONV + 1].abs().max() > 0
+    assert torch.all(grads[1][:, : last - CONV + 1] == 0)
+    with pytest.raises(
+        ValueError, match="grad_horizon=6 must be None or a positive multiple of segment_size=4"
+    ):
+        mac(grad_horizon=6)
+
+
 def test_grad_horizon_is_checked_and_not_for_packed_sequences():
     with pytest.raises(
         ValueError, match="grad_horizon=6 must be None or a positive multiple of chunk_size=4"

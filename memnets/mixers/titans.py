@@ -31,10 +31,11 @@ gate, MAG window), each documented here and an option where people differ:
   (``gates: channel``: App. C's channel-wise ones, see above).
 * Chunking: one chunk size b = ``chunk_size`` (default 16); gradients at the chunk-start weights,
   momentum/forgetting per token, reads after the token's own write (Eq. 15).
-* ``grad_horizon`` (LMM and MAG/MAL, the Miras and Omega mixers, not MAC; tokens, a multiple of
-  ``chunk_size``; default none): the outer gradient follows the memory's recurrence back at most
-  that far (truncated backpropagation, :class:`~memnets.mixers.memory_block.MemoryBlock`); the
-  forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
+* ``grad_horizon`` (LMM and MAG/MAL, the Miras and Omega mixers: tokens, a multiple of ``chunk_size``;
+  MAC: a multiple of ``segment_size``; default none): the outer gradient follows the memory's
+  recurrence back at most that far (truncated backpropagation,
+  :class:`~memnets.mixers.memory_block.MemoryBlock`; MAC cuts at segment ends, also detaching its
+  write conv's window of attention outputs, which read the memory); the forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
   one at T = 512 (benchmarks/RESULTS.md section 24); the 4K-context LM configs of Titans (LMM,
   MAG, MAL), Yaad and Moneta set 512 (section 42).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
@@ -99,7 +100,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dispatch import Backend, MemoryDispatch
+from ..dispatch import Backend, MemoryDispatch, log_once
 from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_read
 from ..modules import RMSNorm
 from ..ops import TITANS_MEMORY
@@ -235,10 +236,17 @@ class TitansMAC(OneTokenStep):
         write_input: Literal["attention", "residual"] = "attention",
         gates: GateLayout = "head",
         gate_rank: int = 32,
+        grad_horizon: int | None = None,
     ) -> None:
         super().__init__()
         head_dim = head_dim or d_model // num_heads
         _check_positive("titans_mac", segment_size=segment_size, chunk_size=chunk_size, head_dim=head_dim)
+        if grad_horizon is not None and (grad_horizon < 1 or grad_horizon % segment_size):
+            raise ValueError(
+                f"titans_mac: grad_horizon={grad_horizon} must be None or a positive multiple of "
+                f"segment_size={segment_size}"
+            )
+        self.grad_horizon = grad_horizon
         if segment_size % chunk_size:
             raise ValueError(
                 f"titans_mac: segment_size={segment_size} must be a multiple of chunk_size={chunk_size} "
@@ -289,12 +297,25 @@ class TitansMAC(OneTokenStep):
             return run_packed_one_by_one(self, x, cu_seqlens, state)  # type: ignore[return-value]
         st = state or self._initial_state(x)
         outs, start, T = [], 0, x.shape[1]
+        horizon = self.grad_horizon if torch.is_grad_enabled() else None
         while start < T:
             end = min(T, start + self.segment_size - st.pos % self.segment_size)
             o, st = self._segment_piece(x[:, start:end], st)
             outs.append(o)
             start = end
+            if horizon is not None and start < T and st.pos % horizon == 0:
+                st = self._cut(st, horizon)
         return torch.cat(outs, 1) if outs else x, st
+
+    def _cut(self, st: MACState, horizon: int) -> MACState:
+        """``grad_horizon``: the state with what carries the memory's history detached, the memory, its
+        segment-start copy and the write conv's window of attention outputs (which read that memory);
+        the retrieval conv's window of inputs stays (it reaches ``conv_size`` − 1 tokens back)."""
+        log_once("titans_mac: the outer gradient stops every %d tokens of the memory (grad_horizon)", horizon)
+        conv_y = {k: v.detach() for k, v in st.conv_y.items()}
+        return replace(
+            st, memory=st.memory.detach(), segment_memory=st.segment_memory.detach(), conv_y=conv_y
+        )
 
     def _segment_piece(self, x: Tensor, st: MACState) -> tuple[Tensor, MACState]:
         """Tokens that all lie in one segment, continuing from ``st``."""
