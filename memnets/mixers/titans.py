@@ -37,7 +37,7 @@ gate, MAG window), each documented here and an option where people differ:
   :class:`~memnets.mixers.memory_block.MemoryBlock`; MAC cuts at segment ends, also detaching its
   write conv's window of attention outputs, which read the memory); the forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
   one at T = 512 (benchmarks/RESULTS.md section 24); the 4K-context LM configs of Titans (LMM,
-  MAG, MAL), Yaad and Moneta set 512 (section 42).
+  MAC, MAG, MAL), Yaad and Moneta set 512 (section 42).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
 * Persistent memory (§3.3): ``num_persistent`` learnable key/value pairs per head prepended to every
   attention window and visible to every query; they are position-free (no RoPE). They are not written
