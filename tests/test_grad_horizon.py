@@ -4,6 +4,9 @@ the gradient must stop exactly at the horizon's piece boundaries and be untouche
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
@@ -32,22 +35,19 @@ def _final_weights(state: object) -> tuple[torch.Tensor, ...]:
     return getattr(memory, "memory", memory).weights
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_forward_and_state_unchanged_gradient_cut_at_the_horizon(name):
-    """T = 37 with a horizon of 12 tokens (pieces 0-11, 12-23, 24-35, 36): outputs and final state equal
-    the untruncated run's; the gradient of the last token's output w.r.t. the input is the untruncated
-    one inside the last piece and exactly 0 more than the conv's reach before it (float64)."""
-    opts = FAMILIES[name]
-    full, cut = _mixer(name, **opts), _mixer(name, grad_horizon=12, **opts)
+def _assert_cut(full: torch.nn.Module, cut: torch.nn.Module, weights_of: Callable[[Any], tuple]) -> None:
+    """T = 37, ``cut`` with a horizon of 12 tokens (pieces 0-11, 12-23, 24-35, 36): outputs and final
+    weights equal ``full``'s; the last token's gradient w.r.t. the input is ``full``'s inside the last
+    piece and exactly 0 more than the conv's reach before it, where ``full``'s is not (float64)."""
     x = torch.randn(2, 37, 16, dtype=F64, requires_grad=True)
     grads, outs = [], []
     for mixer in (full, cut):
         y, state = mixer(x)
         (gx,) = torch.autograd.grad(y[:, -1].pow(2).sum(), x)
         grads.append(gx)
-        outs.append((y.detach(), state))
+        outs.append((y.detach(), weights_of(state)))
     assert_close("y", outs[0][0], outs[1][0])
-    for a, b in zip(_final_weights(outs[0][1]), _final_weights(outs[1][1])):
+    for a, b in zip(outs[0][1], outs[1][1]):
         assert_close("final weights", a, b)
     last = 36  # the last piece's first token
     assert_close("gradient inside the last piece", grads[0][:, last:], grads[1][:, last:])
@@ -55,11 +55,15 @@ def test_forward_and_state_unchanged_gradient_cut_at_the_horizon(name):
     assert torch.all(grads[1][:, : last - CONV + 1] == 0)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_and_state_unchanged_gradient_cut_at_the_horizon(name):
+    opts = FAMILIES[name]
+    _assert_cut(_mixer(name, **opts), _mixer(name, grad_horizon=12, **opts), _final_weights)
+
+
 def test_mac_cuts_at_segment_ends():
-    """Titans-MAC (its own segment loop): T = 37, segments of 4, a horizon of 12 tokens. Outputs and the
-    final memory equal the untruncated run's; the last token's gradient is the same inside its segment
-    and exactly 0 beyond the retrieval conv's reach (the memory, its segment-start copy and the write
-    conv's window of attention outputs are detached at token 36); without the cut it is not."""
+    """Titans-MAC (its own segment loop), segments of 4: the cut of :func:`_assert_cut` at token 36
+    detaches the memory, its segment-start copy and the write conv's window of attention outputs."""
 
     def mac(**opts: object) -> torch.nn.Module:
         torch.manual_seed(0)
@@ -67,21 +71,7 @@ def test_mac_cuts_at_segment_ends():
             "titans_mac", d_model=16, num_heads=2, chunk_size=4, segment_size=4, backend="chunked", **opts
         ).double()
 
-    full, cut = mac(), mac(grad_horizon=12)
-    x = torch.randn(2, 37, 16, dtype=F64, requires_grad=True)
-    grads, outs = [], []
-    for mixer in (full, cut):
-        y, state = mixer(x)
-        (gx,) = torch.autograd.grad(y[:, -1].pow(2).sum(), x)
-        grads.append(gx)
-        outs.append((y.detach(), state.memory.weights))
-    assert_close("y", outs[0][0], outs[1][0])
-    for a, b in zip(outs[0][1], outs[1][1]):
-        assert_close("final weights", a, b)
-    last = 36
-    assert_close("gradient inside the last segment", grads[0][:, last:], grads[1][:, last:])
-    assert grads[0][:, : last - CONV + 1].abs().max() > 0
-    assert torch.all(grads[1][:, : last - CONV + 1] == 0)
+    _assert_cut(mac(), mac(grad_horizon=12), lambda state: state.memory.weights)
     with pytest.raises(
         ValueError, match="grad_horizon=6 must be None or a positive multiple of segment_size=4"
     ):
