@@ -11,8 +11,9 @@ and with Muon every token, for a few windows and chunk sizes. Prints a table and
 too slow to time); ``chunk-compiled`` and ``token-compiled`` run the engine's per-chunk steps under
 ``torch.compile`` with ``--dtype`` matmul operands (:mod:`memnets.compiled`, what ``backend: auto`` runs
 on CUDA where no kernel applies; the first call compiles and is not timed). ``--dtype bfloat16`` gives
-q, k, v in bf16, so the kernel's operands follow them as in training under bf16 autocast. The ``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's
-momentum is materialised and orthogonalised, C·|W| numbers per chunk and head.
+q, k, v in bf16, so the kernel's operands follow them as in training under bf16 autocast. The
+``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's momentum is
+materialised and orthogonalised, C·|W| numbers per chunk and head.
 """
 
 from __future__ import annotations
@@ -94,13 +95,13 @@ def main() -> None:
     device = torch.device(a.device)
     phi = PolynomialFeatures(a.dim, a.degree).to(device)
     arch = FeatureMemoryMLP(a.heads, a.dim, phi.out_dim, depth=2, expansion=a.expansion).to(device)
+    dtype = getattr(torch, a.dtype)
     rows = []
     print(f"features {phi.out_dim}, memory shapes {arch.shapes}")
     print(f"{'window':>6} {'C':>4} {'muon':>14} {'ms (fwd+bwd)':>13} {'tok/s':>10}")
     for window in a.windows:
         for C in a.chunks:
             for muon in a.muon:
-                dtype = getattr(torch, a.dtype)
                 s = bench(arch, phi, a.B, a.T, a.heads, a.dim, window, C, muon, device, dtype, a.repeats)
                 row = {
                     "window": window,

@@ -213,14 +213,21 @@ class MemoryBlockState:
     memory: Any
 
 
-def check_grad_horizon(owner: str, grad_horizon: int | None, chunk_size: int) -> None:
-    """``grad_horizon`` is ``None`` or a positive multiple of ``chunk_size`` (pieces start at chunk
-    boundaries, so the forward is the same with or without it)."""
-    if grad_horizon is not None and (grad_horizon < 1 or grad_horizon % chunk_size):
+def check_grad_horizon(
+    owner: str, grad_horizon: int | None, unit: int, unit_name: str = "chunk_size"
+) -> None:
+    """``grad_horizon`` is ``None`` or a positive multiple of ``unit`` (the option ``unit_name``: the
+    chunk size, or MAC's segment size), so pieces start where the memory's steps do and the forward is
+    the same with or without it."""
+    if grad_horizon is not None and (grad_horizon < 1 or grad_horizon % unit):
         raise ValueError(
-            f"{owner}: grad_horizon={grad_horizon} must be None or a positive multiple of "
-            f"chunk_size={chunk_size}"
+            f"{owner}: grad_horizon={grad_horizon} must be None or a positive multiple of {unit_name}={unit}"
         )
+
+
+def announce_horizon(owner: str, horizon: int) -> None:
+    """Say once in the log that ``owner`` cuts the outer gradient every ``horizon`` tokens."""
+    log_once("%s: the outer gradient stops every %d tokens of the memory (grad_horizon)", owner, horizon)
 
 
 class MemoryBlock(GatedOutput, OneTokenStep):
@@ -271,9 +278,7 @@ class MemoryBlock(GatedOutput, OneTokenStep):
         """The memory op over pieces of ``horizon`` tokens, each from the previous one's state detached
         (the per-token inputs, ``[B, T, ...]``, are sliced; everything else is passed as it is)."""
         B, T = args[0].shape[:2]  # type: ignore[union-attr]
-        log_once(
-            "%s: the outer gradient stops every %d tokens of the memory (grad_horizon)", self.name, horizon
-        )
+        announce_horizon(self.name, horizon)
 
         def piece(t: Any, span: slice) -> Any:
             return t[:, span] if isinstance(t, Tensor) and t.shape[:2] == (B, T) else t

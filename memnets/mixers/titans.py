@@ -35,9 +35,10 @@ gate, MAG window), each documented here and an option where people differ:
   MAC: a multiple of ``segment_size``; default none): the outer gradient follows the memory's
   recurrence back at most that far (truncated backpropagation,
   :class:`~memnets.mixers.memory_block.MemoryBlock`; MAC cuts at segment ends, also detaching its
-  write conv's window of attention outputs, which read the memory); the forward is unchanged. At T = 4096 the exact gradient of these memories is 1e6 times and more the
-  one at T = 512 (benchmarks/RESULTS.md section 24); the 4K-context LM configs of Titans (LMM,
-  MAC, MAG, MAL), Yaad and Moneta set 512 (section 42).
+  write conv's window of attention outputs, which read the memory); the forward is unchanged. At
+  T = 4096 the exact gradient of these memories is 1e6 times and more the one at T = 512
+  (benchmarks/RESULTS.md section 24); the 4K-context LM configs of Titans (LMM, MAC, MAG, MAL), Yaad
+  and Moneta set 512 (section 42).
 * Conv order: Linear → causal depthwise conv → SiLU → l2-norm (q, k), as ATLAS Fig. 3.
 * Persistent memory (§3.3): ``num_persistent`` learnable key/value pairs per head prepended to every
   attention window and visible to every query; they are position-free (no RoPE). They are not written
@@ -100,7 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dispatch import Backend, MemoryDispatch, log_once
+from ..dispatch import Backend, MemoryDispatch
 from ..memory import MemoryMLP, MemorySpec, MemoryState, initial_state, memory_read
 from ..modules import RMSNorm
 from ..ops import TITANS_MEMORY
@@ -112,6 +113,7 @@ from .memory_block import (
     MemoryBlock,
     MemoryProjections,
     StepGates,
+    announce_horizon,
     check_dot_precision,
     check_grad_horizon,
     gate_width,
@@ -241,11 +243,7 @@ class TitansMAC(OneTokenStep):
         super().__init__()
         head_dim = head_dim or d_model // num_heads
         _check_positive("titans_mac", segment_size=segment_size, chunk_size=chunk_size, head_dim=head_dim)
-        if grad_horizon is not None and (grad_horizon < 1 or grad_horizon % segment_size):
-            raise ValueError(
-                f"titans_mac: grad_horizon={grad_horizon} must be None or a positive multiple of "
-                f"segment_size={segment_size}"
-            )
+        check_grad_horizon("titans_mac", grad_horizon, segment_size, "segment_size")
         self.grad_horizon = grad_horizon
         if segment_size % chunk_size:
             raise ValueError(
@@ -311,7 +309,7 @@ class TitansMAC(OneTokenStep):
         """``grad_horizon``: the state with what carries the memory's history detached, the memory, its
         segment-start copy and the write conv's window of attention outputs (which read that memory);
         the retrieval conv's window of inputs stays (it reaches ``conv_size`` − 1 tokens back)."""
-        log_once("titans_mac: the outer gradient stops every %d tokens of the memory (grad_horizon)", horizon)
+        announce_horizon("titans_mac", horizon)
         conv_y = {k: v.detach() for k, v in st.conv_y.items()}
         return replace(
             st, memory=st.memory.detach(), segment_memory=st.segment_memory.detach(), conv_y=conv_y
