@@ -396,23 +396,11 @@ def test_inner_recall_script_stores_pairs_and_shows_monetas_collapse():
     < 1% while the same ℓ3 rule without the map keeps it (RESULTS §43)."""
     script = load_script("scripts/inner_recall.py")
     rules = script._rules(1.0)
+    shape = {"dim": 32, "expansion": 4.0, "pairs": 4, "distractors": 0, "chunk": 16, "norm_scale": 1.0}
 
     def run(name: str, lr: float) -> tuple[float, float, float]:
         """(mean recall, smallest and largest output size) over four seeds."""
-        out = [
-            script.recall(
-                rules[name],
-                lr,
-                dim=32,
-                expansion=4.0,
-                pairs=4,
-                distractors=0,
-                chunk=16,
-                norm_scale=1.0,
-                seed=s,
-            )
-            for s in range(4)
-        ]
+        out = [script.recall(rules[name], lr, seed=s, **shape) for s in range(4)]
         sizes = [b for _, b in out]
         return sum(a for a, _ in out) / 4, min(sizes), max(sizes)
 
