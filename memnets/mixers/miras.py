@@ -96,12 +96,17 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
 MQAR (``configs/mqar/{moneta,yaad,memora}.yaml``): Yaad learns recall; Moneta and Memora learn it far
 more slowly on the same budget. For Moneta the cause is the literal map, not the ℓ_3 bias: with
 ‖W‖₄ = 1/‖A‖₄ the writes that grow the accumulator shrink the weights (one random sequence at
-initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns far faster. For
-Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows; with the LayerNorm
-larger steps blew up the outer gradients, and without it (the default) they no longer do but recall
-still does not start (``lr_max`` 1, ``simplex_scale`` 4 or 8). ``momentum`` helps neither. Figures,
-settings and dates: ``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34
-(``scripts/memory_writes.py``) and 36.
+initialisation leaves 3% of their norm), while the same block with ``normalize="none"`` learns far faster.
+Under the output LayerNorm the inner gradient then grows as 1/‖W‖ ∝ ‖A‖, so every write is the same
+fraction of the accumulator whatever its size: the map stores pairs only for steps of about 1e-3 to
+3e-3 and above them erases the memory's output within a sequence (``scripts/inner_recall.py``), which
+is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 0.22 / 0.17 on two
+seeds, still far behind Yaad). The mixer's default stays 1: on the tiny text budget 0.004 is 6.6% worse. For Memora the logit
+steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows; with the LayerNorm larger steps blew
+up the outer gradients, and without it (the default) they no longer do but recall still does not start
+(``lr_max`` 1, ``simplex_scale`` 4 or 8): one pass of Eq. 27 stores no pairs at any step size or
+``simplex_scale`` tried. ``momentum`` helps neither. Figures, settings and dates:
+``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34 (``scripts/memory_writes.py``), 36 and 43.
 """
 
 from __future__ import annotations
