@@ -86,12 +86,12 @@ def recall(
             arch, k, k, v, gate(lr), gate(MOM) if momentum else None, gate(KEEP), chunk_size=chunk,
             bias_params=gate(2 * dim**0.5) if delta else None, **rule,
         )  # fmt: skip
-        at_read = rule.get("retention")
-        # a chunk-end map has already been applied to the state (reads see the state itself)
-        weights = retained_weights(state.weights, None if isinstance(at_read, ChunkEnd) else at_read)
+        # the map every read applies: none for a chunk-end map, which acts on the state itself (and
+        # not on the initial weights, miras.ChunkEnd)
+        at_read = None if isinstance(rule.get("retention"), ChunkEnd) else rule.get("retention")
         keys = k[:, :pairs].transpose(1, 2)
-        y = arch.read(weights, keys)[0, 0]
-        y0 = arch.read(retained_weights(arch.initial_weights(1), rule.get("retention")), keys)[0, 0]
+        y = arch.read(retained_weights(state.weights, at_read), keys)[0, 0]
+        y0 = arch.read(retained_weights(arch.initial_weights(1), at_read), keys)[0, 0]
     nearest = torch.cdist(y, v[0, :pairs, 0]).argmin(-1)
     size = (y - keys[0, 0]).norm(dim=-1).mean() / (y0 - keys[0, 0]).norm(dim=-1).mean()
     return (nearest == torch.arange(pairs)).double().mean().item(), size.item()
