@@ -104,8 +104,8 @@ is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 
 seeds, still far behind Yaad). The mixer's default stays 1: on the tiny text budget 0.004 is 6.6%
 worse. For Memora the logit steps at ``lr_max`` 0.1 barely move the near-uniform softmax rows; with the
 LayerNorm larger steps blew up the outer gradients, and without it (the default) they no longer do but
-recall still does not start (``lr_max`` 1, ``simplex_scale`` 4 or 8): one pass of Eq. 27 stores no pairs at any step size or
-``simplex_scale`` tried. ``momentum`` helps neither. Figures, settings and dates:
+recall still does not start (``lr_max`` 1, ``simplex_scale`` 4 or 8): one pass of Eq. 27 stores no
+pairs at any step size or ``simplex_scale`` tried. ``momentum`` helps neither. Figures, settings and dates:
 ``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34 (``scripts/memory_writes.py``), 36 and 43.
 """
 
