@@ -44,6 +44,7 @@ from memnets.memory.miras import (
     LqNormalize,
     SimplexSoftmax,
     miras_chunked,
+    read_map,
     retained_weights,
 )
 
@@ -86,9 +87,7 @@ def recall(
             arch, k, k, v, gate(lr), gate(MOM) if momentum else None, gate(KEEP), chunk_size=chunk,
             bias_params=gate(2 * dim**0.5) if delta else None, **rule,
         )  # fmt: skip
-        # the map every read applies: none for a chunk-end map, which acts on the state itself (and
-        # not on the initial weights, miras.ChunkEnd)
-        at_read = None if isinstance(rule.get("retention"), ChunkEnd) else rule.get("retention")
+        at_read = read_map(rule.get("retention"))
         keys = k[:, :pairs].transpose(1, 2)
         y = arch.read(retained_weights(state.weights, at_read), keys)[0, 0]
         y0 = arch.read(retained_weights(arch.initial_weights(1), at_read), keys)[0, 0]

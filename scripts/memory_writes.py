@@ -28,7 +28,7 @@ import torch
 from memnets import LM
 from memnets.config import MQAR_MEMORY_FAMILIES, load_config
 from memnets.memory import MemoryState
-from memnets.memory.miras import retained_weights
+from memnets.memory.miras import read_map, retained_weights
 
 
 def _weights(mixer: torch.nn.Module, state: Any) -> tuple[torch.Tensor, ...] | None:
@@ -37,7 +37,7 @@ def _weights(mixer: torch.nn.Module, state: Any) -> tuple[torch.Tensor, ...] | N
     mem = getattr(mem, "memory", mem)  # the Omega rule's state wraps the engine's
     if not isinstance(mem, MemoryState):
         return None
-    return retained_weights(mem.weights, getattr(mixer, "retention", None))
+    return retained_weights(mem.weights, read_map(getattr(mixer, "retention", None)))
 
 
 def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[str, Any]]:
@@ -62,7 +62,9 @@ def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[s
         W_T = _weights(mixer, state)
         if W_T is None:
             continue
-        W_0 = retained_weights(mixer.memory.initial_weights(batch), getattr(mixer, "retention", None))
+        W_0 = retained_weights(
+            mixer.memory.initial_weights(batch), read_map(getattr(mixer, "retention", None))
+        )
         for i, (a, b) in enumerate(zip(W_0, W_T)):
             n0 = a.flatten(2).norm(dim=-1)  # per sequence and head
             rows.append(

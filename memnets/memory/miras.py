@@ -259,6 +259,12 @@ def _split(retention: Retention | None) -> tuple[Retention | None, Retention | N
     return retention, None
 
 
+def read_map(retention: Retention | None) -> Retention | None:
+    """The map a read applies to the state: ``retention`` itself, none for :class:`ChunkEnd` (its map
+    acts on the state at chunk ends, and never on the initial weights)."""
+    return _split(retention)[0]
+
+
 def retained_weights(acc: Weights, retention: Retention | None) -> Weights:
     """W = φ(A) layer by layer (the accumulator itself without a retention map)."""
     return acc if retention is None else tuple(retention(a) for a in acc)
