@@ -77,6 +77,7 @@ from .rule import (
     as_rows,
     chunk_coefficients,
     segsum,
+    token_sums,
     unit_major,
     unit_slice,
 )
@@ -366,18 +367,14 @@ def _segment_muon_token(
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
     PL = P * lr[..., None, :]
     ch = units is not None
-    # Σ_e Q[t, e] x_eᵀ δ_e and Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
-    grads, steps = (
-        ("bhcte,bhei,bhec->bhtic", "bhcti,bhixc->bhtxc")
-        if ch
-        else ("bhte,bhei,bheo->bhtio", "bhti,bhixy->bhtxy")
-    )
+    # Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
+    steps = "bhcti,bhixc->bhtxc" if ch else "bhti,bhixy->bhtxy"
 
     def per_token(coef: Tensor, i: int) -> Tensor:  # [B, H, L, 1, C]: scales token t's columns
         return as_rows(unit_slice(coef, units, i), ch)[..., None, :]
 
     S_all = tuple(
-        per_token(m, i) * s[:, :, None] - torch.einsum(grads, unit_slice(Q, units, i, 2), x, d)
+        per_token(m, i) * s[:, :, None] - token_sums(unit_slice(Q, units, i, 2), x, d, ch)
         for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
     )
     O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)

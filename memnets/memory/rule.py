@@ -81,6 +81,18 @@ def as_columns(coef: Tensor, channel: bool) -> Tensor:
     return coef[..., None, :] if channel else coef[..., None, None]
 
 
+def token_sums(coef: Tensor, x: Tensor, d: Tensor, channel: bool) -> Tensor:
+    """Every token's Σ_j coef[t, j] x_jᵀ d_j, ``[B, H, L, d_in, C]``, from ``coef [B, H, L, L_j]`` (per
+    channel ``[B, H, C, L, L_j]``: column c of the sum uses coef[c, t, j]), ``x [B, H, L_j, d_in]`` and
+    ``d [B, H, L_j, C]``. Written as two products, not one three-operand ``einsum``: per channel torch
+    contracts that one through a ``[B, H, C, L, L_j, d_in]`` intermediate, 10-70x slower on a CPU
+    (benchmarks/RESULTS.md §44)."""
+    if not channel:
+        return (coef[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
+    scaled = coef * d.transpose(-1, -2)[..., None, :]  # [B, H, C, L, L_j]: coef[c, t, j] d_j[c]
+    return (scaled @ x[:, :, None]).permute(0, 1, 3, 4, 2)
+
+
 @dataclass
 class ChunkCoefficients:
     """Coefficients of one segment of L tokens, all ``[B, H, L]`` or ``[B, H, L, L]`` for per-head
@@ -140,14 +152,9 @@ class ChunkCoefficients:
         """Every token's weights β_t W_0 + f_t S_0 − Σ_j G[t, j] x_jᵀ δ_j of one layer,
         ``[B, H, L, d_in, C]`` (materialised: for the nonlinear retention maps that need them; ``S0``
         only with momentum)."""
-        if self.units is None:
-            W = self.beta[..., None, None] * W0[:, :, None] - (
-                (self.G[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
-            )
-            return W if S0 is None else W + self.f[..., None, None] * S0[:, :, None]  # type: ignore[index]
-        beta = self.beta.transpose(-1, -2)[..., None, :]  # [B, H, L, 1, C]
-        W = beta * W0[:, :, None] - torch.einsum("bhctj,bhji,bhjc->bhtic", self.G, x, d)
-        return W if S0 is None else W + self.f.transpose(-1, -2)[..., None, :] * S0[:, :, None]  # type: ignore[union-attr]
+        channel = self.units is not None
+        W = self.rows(self.beta)[..., None, :] * W0[:, :, None] - token_sums(self.G, x, d, channel)
+        return W if S0 is None else W + self.rows(self.f)[..., None, :] * S0[:, :, None]  # type: ignore[arg-type]
 
 
 def chunk_coefficients(
