@@ -4,6 +4,7 @@
     python -m benchmarks.run --names titans,sdpa --shapes B2_T4096_H8_D64 --modes fwdbwd
     python -m benchmarks.run --kinds mixer --fast --json out.json
     python -m benchmarks.run --compare main                    # same table for main, speed ratio
+    python -m benchmarks.run --kinds mixer --names moneta --option gates=channel   # a mixer option
 
 Per row: median ms with p20/p80, tokens/s, model TFLOP/s (benchmarks/flops.py; "n/a" without a
 formula) and % of the dtype's datasheet peak on a known GPU (pct_peak) and of an 8192³ GEMM measured at
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -210,6 +212,17 @@ def _strip_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
+def _options(items: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` items as mixer options, each value read as YAML (``4``, ``true``, ``channel``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option {item!r}: expected KEY=VALUE, e.g. gates=channel")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -221,6 +234,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--chunk-size", type=int, default=None, help="chunk_size for every entry that takes one")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a mixer option (YAML value) for every entry that takes it, e.g. gates=channel; repeatable",
+    )
     p.add_argument("--fast", action="store_true", help="tiny shapes and few repetitions (smoke test)")
     p.add_argument("--json", default=None, help="write rows and the environment header here")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown here")
@@ -261,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if not benches:
         print(f"no benchmark matches --names {args.names} --kinds {args.kinds}", file=sys.stderr)
         return 2
-    overrides = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
+    overrides = _options(args.option) | ({} if args.chunk_size is None else {"chunk_size": args.chunk_size})
     env = environment(device)
     print(f"# {title(env)} | dtype {str(dtype).removeprefix('torch.')}", flush=True)
     rows = run_benches(

@@ -21,7 +21,7 @@ from helpers import load_script  # noqa: E402
 
 from benchmarks.flops import gated_delta_fwd, mixer_flops, mlp_memory_fwd  # noqa: E402
 from benchmarks.registry import PEERS, Bench, Shape, all_benches, model_case  # noqa: E402
-from benchmarks.run import compare_rows, run_benches  # noqa: E402
+from benchmarks.run import _options, compare_rows, run_benches  # noqa: E402
 from benchmarks.timing import Budget  # noqa: E402
 from memnets import list_mixers  # noqa: E402
 from memnets.registry import mixer_options  # noqa: E402
@@ -141,6 +141,27 @@ def test_registry_times_every_mixer():
         else:  # peers that are not installed (or need CUDA) say so instead of failing
             assert r["status"] == "ok" or r["status"].startswith("skipped:"), r
     assert {r["name"] for r in rows} == {b.name for b in benches}
+
+
+def test_bench_run_option_reaches_the_mixers_that_take_it():
+    """``--option KEY=VALUE``: YAML values, a malformed item refused; an entry that takes the option is
+    built with it (a bad value fails that entry's row), one that does not take it is built as before."""
+    assert _options(["gates=channel", "lr_max=0.5", "momentum=true"]) == {
+        "gates": "channel",
+        "lr_max": 0.5,
+        "momentum": True,
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _options(["gates"])
+    benches = [b for b in all_benches() if b.name in ("mixer:moneta", "mixer:attention")]
+    shape, cpu = [Shape(1, 16, 2, 8)], torch.device("cpu")
+    rows = run_benches(benches, shape, cpu, torch.float32, ("fwd",), Budget.fast(), {"gates": "bogus"})
+    status = {r["name"]: r["status"] for r in rows}
+    assert status["mixer:moneta"].startswith("failed:") and "bogus" in status["mixer:moneta"]
+    assert status["mixer:attention"] == "ok"
+    moneta = [b for b in benches if b.name == "mixer:moneta"]
+    rows = run_benches(moneta, shape, cpu, torch.float32, ("fwd",), Budget.fast(), {"gates": "channel"})
+    assert rows[0]["status"] == "ok"
 
 
 def test_bench_train(tmp_path):
