@@ -22,8 +22,10 @@ Rules (the papers' update rules through :mod:`memnets.memory.miras`, per-token c
     python scripts/inner_recall.py
     python scripts/inner_recall.py --dim 64 --pairs 4 16 --rules moneta titans --out results/recall
 
-Prints a table per number of pairs (mean over ``--seeds``); ``--out`` writes ``inner_recall.json`` and
-``.md``. CPU, float64.
+Prints a table per number of pairs (mean over ``--seeds``), each cell recall / the output's size
+‖M(k) − k‖ / how far the writes moved it, ‖M(k) − M₀(k)‖ (both against the initial output's size: a
+memory whose writes leave its reads where the initial weights put them has stored nothing, whatever its
+recall); ``--out`` writes ``inner_recall.json`` and ``.md``. CPU, float64.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ def _rules(simplex_scale: float) -> dict[str, dict[str, Any]]:
 def recall(
     rule: dict[str, Any], lr: float, *, dim: int, expansion: float, pairs: int, distractors: int, chunk: int,
     norm_scale: float, seed: int,
-) -> tuple[float, float]:  # fmt: skip
+) -> tuple[float, float, float]:  # fmt: skip
     """(the share of the ``pairs`` stored keys whose read is nearest to their own value, the size of the
-    memory's output beside the residual, ‖M(k) − k‖, relative to the initial weights')."""
+    memory's output beside the residual, ‖M(k) − k‖, relative to the initial weights', and how far the
+    writes moved that output, ‖M(k) − M₀(k)‖, relative to the same initial size)."""
     rule = dict(rule)
     momentum, norm, delta = rule.pop("momentum", False), rule.pop("norm", True), rule.pop("delta", False)
     torch.manual_seed(seed)
@@ -92,8 +95,9 @@ def recall(
         y = arch.read(retained_weights(state.weights, at_read), keys)[0, 0]
         y0 = arch.read(retained_weights(arch.initial_weights(1), at_read), keys)[0, 0]
     nearest = torch.cdist(y, v[0, :pairs, 0]).argmin(-1)
-    size = (y - keys[0, 0]).norm(dim=-1).mean() / (y0 - keys[0, 0]).norm(dim=-1).mean()
-    return (nearest == torch.arange(pairs)).double().mean().item(), size.item()
+    initial = (y0 - keys[0, 0]).norm(dim=-1).mean()
+    size, change = (y - keys[0, 0]).norm(dim=-1).mean() / initial, (y - y0).norm(dim=-1).mean() / initial
+    return (nearest == torch.arange(pairs)).double().mean().item(), size.item(), change.item()
 
 
 def main() -> None:
@@ -119,7 +123,8 @@ def main() -> None:
     for n in a.pairs:
         lines = [
             f"recall of {n} pairs after {a.distractors} more writes (dim {a.dim}, chunk {a.chunk}, "
-            f"{a.seeds} seeds; chance {1 / n:.2f}) / the memory's output size against its initial one, per step size lr",
+            f"{a.seeds} seeds; chance {1 / n:.2f}) / the memory's output size / how far the writes moved it, "
+            "both against its initial size, per step size lr",
             "| rule | " + " | ".join(f"{lr:g}" for lr in a.lrs) + " |",
             "|---|" + "---:|" * len(a.lrs),
         ]
@@ -134,9 +139,11 @@ def main() -> None:
                     )
                     for s in range(a.seeds)
                 ]  # fmt: skip
-                acc, size = (sum(r[i] for r in runs) / a.seeds for i in (0, 1))
-                cells.append(f"{acc:.2f} / {size:.2g}")
-                rows.append({"rule": name, "pairs": n, "lr": lr, "recall": acc, "output_size": size})
+                acc, size, change = (sum(r[i] for r in runs) / a.seeds for i in range(3))
+                cells.append(f"{acc:.2f} / {size:.2g} / {change:.2g}")
+                rows.append(
+                    {"rule": name, "pairs": n, "lr": lr, "recall": acc, "output_size": size, "change": change}
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
         tables.append("\n".join(lines))

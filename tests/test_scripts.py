@@ -389,25 +389,28 @@ def test_memory_writes_script_measures_the_read_weights():
 
 
 def test_inner_recall_script_stores_pairs_and_shows_monetas_collapse():
-    """``inner_recall.py``: with no step the output keeps its initial size (retention only rescales
-    the weights, which the LayerNorm undoes) and recall is at chance; a step inside the window stores
-    4 pairs in one pass (Titans, Yaad, Moneta: 0.81 / 1.0 / 0.94 measured over these seeds, chance
-    0.25); at the mixer's initial step 0.5 Moneta's literal map (Miras Eq. 24) shrinks its output to
-    < 1% while the same ℓ3 rule without the map keeps it (RESULTS §43)."""
+    """``inner_recall.py``: with no step the output keeps its initial size and value (retention only
+    rescales the weights, which the LayerNorm undoes) and recall is at chance; a step inside the window
+    moves the output by more than half its size and stores 4 pairs in one pass (Titans, Yaad, Moneta:
+    0.81 / 1.0 / 0.94 measured over these seeds, chance 0.25); at the mixer's initial step 0.5
+    Moneta's literal map (Miras Eq. 24) shrinks its output to < 1% while the same ℓ3 rule without the
+    map keeps it (RESULTS §43-44)."""
     script = load_script("scripts/inner_recall.py")
     rules = script._rules(1.0)
     shape = {"dim": 32, "expansion": 4.0, "pairs": 4, "distractors": 0, "chunk": 16, "norm_scale": 1.0}
 
-    def run(name: str, lr: float) -> tuple[float, float, float]:
-        """(mean recall, smallest and largest output size) over four seeds."""
+    def run(name: str, lr: float) -> tuple[float, float, float, float]:
+        """(mean recall, smallest and largest output size, smallest change) over four seeds."""
         out = [script.recall(rules[name], lr, seed=s, **shape) for s in range(4)]
-        sizes = [b for _, b in out]
-        return sum(a for a, _ in out) / 4, min(sizes), max(sizes)
+        sizes = [b for _, b, _ in out]
+        return sum(a for a, _, _ in out) / 4, min(sizes), max(sizes), min(c for _, _, c in out)
 
     for name in rules:
-        acc, low, high = run(name, 0.0)
+        acc, low, high, _ = run(name, 0.0)
         assert acc <= 0.5 and 0.99 < low <= high < 1.01, name
+        assert max(script.recall(rules[name], 0.0, seed=s, **shape)[2] for s in range(4)) < 0.01, name
     for name in ("titans", "yaad", "moneta"):
-        assert run(name, 0.01)[0] >= 0.75, name
+        acc, _, _, change = run(name, 0.01)
+        assert acc >= 0.75 and change > 0.5, name
     assert run("moneta", 0.5)[2] < 0.01
     assert run("moneta-none", 0.5)[1] > 0.99

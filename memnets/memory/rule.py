@@ -84,9 +84,9 @@ def as_columns(coef: Tensor, channel: bool) -> Tensor:
 def token_sums(coef: Tensor, x: Tensor, d: Tensor, channel: bool) -> Tensor:
     """Every token's Σ_j coef[t, j] x_jᵀ d_j, ``[B, H, L, d_in, C]``, from ``coef [B, H, L, L_j]`` (per
     channel ``[B, H, C, L, L_j]``: column c of the sum uses coef[c, t, j]), ``x [B, H, L_j, d_in]`` and
-    ``d [B, H, L_j, C]``. Written as two products, not one three-operand ``einsum``: per channel torch
-    contracts that one through a ``[B, H, C, L, L_j, d_in]`` intermediate, 10-70x slower on a CPU
-    (benchmarks/RESULTS.md §44)."""
+    ``d [B, H, L_j, C]``. Written as two products, not one three-operand ``einsum``: per channel,
+    torch's own contraction of that einsum (large elementwise products and copies) was many times
+    slower (benchmarks/RESULTS.md §44)."""
     if not channel:
         return (coef[..., None] * x[:, :, None]).transpose(-1, -2) @ d[:, :, None]
     scaled = coef * d.transpose(-1, -2)[..., None, :]  # [B, H, C, L, L_j]: coef[c, t, j] d_j[c]
