@@ -200,18 +200,23 @@ def _outputs_and_grads(mixer: nn.Module, x: Tensor, cot: Tensor) -> dict[str, Te
 
 
 def check_against_float64(
-    reference: nn.Module, other: nn.Module, x: Tensor, cot: Tensor, factor: float
+    reference: nn.Module, other: nn.Module, x: Tensor, cot: Tensor, factor: float, per_call: bool = False
 ) -> None:
     """``other`` (float32, e.g. a kernel backend) against ``reference`` (its PyTorch twin) run in float64:
     output, input and parameter gradients within float32's ratio plus ``factor`` times the float32
     ``reference``'s own distance to float64 (for problems whose gradients amplify round-off, where two
-    float32 paths need not agree to float32's ratio); every parameter learns."""
+    float32 paths need not agree to float32's ratio); every parameter learns. ``per_call``: that distance
+    is the largest over the call's output and gradients, not each tensor's own: where every gradient
+    passes through the same ill-conditioned step, one float32 path can round a tensor luckily that the
+    other does not, and the per-tensor distance then understates the problem's round-off."""
     ref = _outputs_and_grads(copy.deepcopy(reference).double(), x, cot)
     own = _outputs_and_grads(reference, x, cot)
     out = _outputs_and_grads(other, x, cot)
+    largest = max(rel_err(ref[n], own[n]) for n in ref)
     for n in ref:
         assert out[n] is not None and torch.count_nonzero(out[n]) > 0, f"no gradient reaches {n}"
-        assert_close(n, ref[n], out[n], ratio=RATIO[torch.float32] + factor * rel_err(ref[n], own[n]))
+        scale = largest if per_call else rel_err(ref[n], own[n])
+        assert_close(n, ref[n], out[n], ratio=RATIO[torch.float32] + factor * scale)
 
 
 def check_bf16_long_sequence_finite(mixer: nn.Module, d_model: int) -> None:
