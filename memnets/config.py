@@ -100,6 +100,9 @@ class TrainConfig:
     # paths (the kernels checkpoint on their own)
     memory_recompute: bool = False
     tf32: bool = True  # on CUDA, float32 matmuls may use TF32 tensor cores
+    # on CPU (Linux, glibc): "reuse" keeps freed blocks up to 1 GiB in malloc's heap instead of
+    # page-faulting fresh memory for every large tensor (memnets.environment.reuse_cpu_memory)
+    cpu_allocator: Literal["reuse", "default"] = "reuse"
     device: str = "auto"
     distributed: Literal["ddp", "fsdp"] = "ddp"
     max_bad_steps: int = _range(1, default=10)

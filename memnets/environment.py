@@ -4,6 +4,7 @@ what ``meta.json`` records about the machine and the code."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
@@ -49,6 +50,31 @@ def init_distributed(device_cfg: str, tf32: bool = True) -> tuple[Dist, torch.de
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(int(os.environ.get("RANK", "0")), world, local), device
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+REUSE_LIMIT = 1 << 30
+
+
+def reuse_cpu_memory(limit: int = REUSE_LIMIT) -> str:
+    """Let glibc's malloc keep freed blocks of up to ``limit`` bytes for reuse (``train.cpu_allocator:
+    reuse``). By default glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh
+    pages from the kernel and unmaps them on free, so a tensor of that size made in every chunk step (the
+    per-token accumulators of Moneta, Memora and per-token Muon at batch 64) page-faults and zero-fills
+    its memory anew each time (benchmarks/RESULTS.md section 45). Raising the mmap and trim thresholds
+    keeps such blocks in the heap, as PyTorch's CUDA caching allocator does on the GPU; the price is that
+    the process's resident memory stays at its peak. Returns what was done, for the log."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return f"train.cpu_allocator=reuse does nothing here (it tunes glibc's malloc; this is {platform.system()})"
+    libc = ctypes.CDLL(None)
+    done = [libc.mallopt(opt, ctypes.c_int(limit)) for opt in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)]
+    if not all(done):
+        return f"train.cpu_allocator=reuse: glibc refused mallopt({limit}) ({done}); its defaults stay"
+    return (
+        f"train.cpu_allocator=reuse: glibc malloc keeps freed blocks up to {limit >> 20} MiB for reuse "
+        "(mmap and trim thresholds; 'default' keeps glibc's)"
+    )
 
 
 def check_device(name: str) -> torch.device:

@@ -41,7 +41,15 @@ from .checkpoint import list_checkpoints, load_latest, load_model_weights, save_
 from .config import Config, save_config, to_dict
 from .data import build_task
 from .data.mqar import IGNORE, MQARTask, accuracy_by_pairs
-from .environment import device_name, git_info, init_distributed, peak_memory_mb, setup_logging, versions
+from .environment import (
+    device_name,
+    git_info,
+    init_distributed,
+    peak_memory_mb,
+    reuse_cpu_memory,
+    setup_logging,
+    versions,
+)
 from .metrics import MetricsLog
 from .model import LM
 from .optim import apply_trainable, build_optimizer, lr_lambda
@@ -78,6 +86,8 @@ class Trainer:
         self.dist, self.device = init_distributed(cfg.train.device, cfg.train.tf32)
         setup_logging(self.dist.main)
         t = cfg.train
+        if self.device.type == "cpu" and t.cpu_allocator == "reuse":
+            log.info(reuse_cpu_memory())
         if t.batch_size % self.dist.world:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} must be divisible by the number of processes ({self.dist.world})"
