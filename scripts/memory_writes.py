@@ -31,13 +31,18 @@ from memnets.memory import MemoryState
 from memnets.memory.miras import read_map, retained_weights
 
 
+def _read_weights(mixer: torch.nn.Module, acc: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The weights ``mixer``'s memory reads with from the state ``acc`` (its retention map applied)."""
+    return retained_weights(acc, read_map(getattr(mixer, "retention", None)))
+
+
 def _weights(mixer: torch.nn.Module, state: Any) -> tuple[torch.Tensor, ...] | None:
     """The weights ``mixer``'s memory reads with after the sequence (``None``: not one weight set)."""
     mem = getattr(state, "memory", None)
     mem = getattr(mem, "memory", mem)  # the Omega rule's state wraps the engine's
     if not isinstance(mem, MemoryState):
         return None
-    return retained_weights(mem.weights, read_map(getattr(mixer, "retention", None)))
+    return _read_weights(mixer, mem.weights)
 
 
 def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[str, Any]]:
@@ -62,9 +67,7 @@ def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[s
         W_T = _weights(mixer, state)
         if W_T is None:
             continue
-        W_0 = retained_weights(
-            mixer.memory.initial_weights(batch), read_map(getattr(mixer, "retention", None))
-        )
+        W_0 = _read_weights(mixer, mixer.memory.initial_weights(batch))
         for i, (a, b) in enumerate(zip(W_0, W_T)):
             n0 = a.flatten(2).norm(dim=-1)  # per sequence and head
             rows.append(
