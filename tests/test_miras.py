@@ -340,6 +340,23 @@ def test_yaad_threshold_starts_above_the_typical_residual():
         memnets.build_mixer("yaad", d_model=16, num_heads=2, delta_init=0.0)
 
 
+@pytest.mark.parametrize("name", ["moneta", "yaad", "memora"])
+def test_lr_init_sets_the_starting_step_apart_from_the_cap(name):
+    """``lr = lr_max·sigmoid(·)`` starts at lr_max/2, or at ``lr_init`` when given (inside (0, lr_max))."""
+    x = torch.randn(2, 24, 16, dtype=F64)
+
+    def start(**opts):
+        torch.manual_seed(0)
+        mixer = memnets.build_mixer(name, d_model=16, num_heads=2, **opts).double()
+        return (mixer.lr_max * torch.sigmoid(mixer.gates(x)["lr"])).mean().item()
+
+    assert start(lr_max=0.4) == pytest.approx(0.2, rel=0.05)  # the gate's input adds a little spread
+    assert start(lr_max=0.4, lr_init=0.01) == pytest.approx(0.01, rel=0.05)
+    for bad in (0.0, 0.4, 1.0):
+        with pytest.raises(ValueError, match=rf"{name}: lr_init must be in \(0, lr_max=0.4\), got {bad}"):
+            memnets.build_mixer(name, d_model=16, num_heads=2, lr_max=0.4, lr_init=bad)
+
+
 def test_lq_floor_only_acts_below_it():
     """The literal L_q map's floor (Moneta ``norm_floor``) changes nothing while ‖A‖_q >= floor, and
     below it scales by floor^{-(q-2)}, so ‖W‖_q stays <= 1/floor."""

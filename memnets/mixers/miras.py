@@ -17,9 +17,9 @@ Block (§5.4, Fig. 2): q/k/v projections → depthwise causal conv (``conv_size`
 q and k per head; gates from low-rank projections x → R^``gate_rank`` → R^H (RWKV-7 style, rank "32
 or 64"); memory M(x) = x + LN(W₁ σ(W₂ x)) (2 layers, expansion 4, GELU, per-head outer LayerNorm
 affine, learnable initial weights; Memora without the LayerNorm by default, below); output RMSNorm
-gated by a linear layer, then the output projection. ``lr = lr_max·sigmoid(·)``, ``keep =
-sigmoid(·)`` (init ≈ 0.99), ``delta = softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1
-per channel for the coordinate form).
+gated by a linear layer, then the output projection. ``lr = lr_max·sigmoid(·)`` (init ``lr_max``/2, or
+``lr_init``: the cap and the starting step set apart), ``keep = sigmoid(·)`` (init ≈ 0.99), ``delta =
+softplus(·)`` (init ``delta_init``: 2√d for the norm switch, 1 per channel for the coordinate form).
 
 ``momentum`` (default off, the paper's plain descent) puts the step through momentum first, the
 Titans rule (arXiv 2501.00663 Eq. 13-14) on the accumulator: S_t = mom_t S_{t−1} − lr_t ∇ℓ(W_ref),
@@ -173,6 +173,7 @@ class MirasMemory(MemoryBlock):
         backend: Backend = "auto",
         memory: MemorySpec = MemorySpec(),
         lr_max: float = 1.0,
+        lr_init: float | None = None,
         momentum: bool = False,
         gate_rank: int = 32,
         gates: GateLayout = "head",
@@ -202,11 +203,16 @@ class MirasMemory(MemoryBlock):
         self.inputs = MemoryProjections(d_model, num_heads, head_dim, conv_size)
         self.memory = memory.build(num_heads, head_dim)
         width = gate_width(self.name, gates, gate_rank, self.memory)
-        # lr starts at lr_max/2, mom at sigmoid(2.2) ≈ 0.9, keep at sigmoid(4.6) ≈ 0.99 (GATE_INIT, as
-        # Titans); δ keeps its own width (per head or per output channel of the residual, which is
-        # what Huber compares, not a weight's unit)
+        # lr starts at lr_max/2 (or lr_init), mom at sigmoid(2.2) ≈ 0.9, keep at sigmoid(4.6) ≈ 0.99
+        # (GATE_INIT, as Titans); δ keeps its own width (per head or per output channel of the residual,
+        # which is what Huber compares, not a weight's unit)
         names = ("lr", "mom", "keep") if momentum else ("lr", "keep")
-        step_gates = {n: (width, GATE_INIT[n]) for n in names}
+        init = dict(GATE_INIT)
+        if lr_init is not None:
+            if not 0 < lr_init < lr_max:
+                raise ValueError(f"{self.name}: lr_init must be in (0, lr_max={lr_max}), got {lr_init}")
+            init["lr"] = math.log(lr_init / (lr_max - lr_init))  # sigmoid⁻¹(lr_init / lr_max)
+        step_gates = {n: (width, init[n]) for n in names}
         self.gates = LowRankGates(d_model, num_heads, gate_rank, step_gates | (extra_gates or {}))
         self.lr_max, self.momentum = lr_max, momentum
         check_dot_precision(self.name, dot_precision, self.memory)
