@@ -38,6 +38,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_train(config: str, overrides: list[str], warmup: int, steps: int) -> dict:
     from memnets.config import load_config
+    from memnets.environment import peak_memory_mb
     from memnets.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -79,7 +80,8 @@ def bench_train(config: str, overrides: list[str], warmup: int, steps: int) -> d
         "model_tflops_per_step": None if flops is None else flops[1] / 1e12,
         "achieved_tflops": achieved,
         "mfu_pct": None if achieved is None or peak is None else 100 * achieved / peak,
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        # the CUDA allocator's peak after warm-up; on CPU the process's peak resident set size
+        "peak_mem_mb": peak_memory_mb(device),
     }
 
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.config}: {r['params'] / 1e6:.2f}M params, batch {r['batch_size']} x T {r['seq_len']} | "
         f"step {1e3 * r['step_s_median']:.1f} ms (median of {r['steps']}) | {r['tokens_per_s']:,.0f} tokens/s | "
         f"{fmt(r['achieved_tflops'], '.2f')} TFLOP/s | MFU {fmt(r['mfu_pct'], '.1f')}% | "
-        f"peak mem {fmt(r['peak_mem_mb'], '.0f')} MiB"
+        f"peak mem {fmt(r['peak_mem_mb'], '.0f')} MB"
     )
     if args.json:
         write_json(args.json, r)
