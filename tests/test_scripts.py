@@ -414,3 +414,36 @@ def test_inner_recall_script_stores_pairs_and_shows_monetas_collapse():
         assert acc >= 0.75 and change > 0.5, name
     assert run("moneta", 0.5)[2] < 0.01
     assert run("moneta-none", 0.5)[1] > 0.99
+
+
+def test_grad_noise_scale_script(mqar_run):
+    """``grad_noise_scale.py``: the unbiased estimates on gradients with a known mean and spread; the
+    per-sequence gradients average to the trainer's batch gradient; a run's checkpoint is measured."""
+    script = load_script("scripts/grad_noise_scale.py")
+    s = 0.3
+    rows = torch.tensor([[1 + s, 0.0], [1 - s, 0.0], [1.0, s], [1.0, -s]])  # mean (1, 0), spread s² each
+    r = script.noise_scale(rows)
+    trace = 4 * s**2 / 3
+    assert r["trace"] == pytest.approx(trace) and r["G2"] == pytest.approx(1 - trace / 4)
+    assert r["B_simple"] == pytest.approx(trace / (1 - trace / 4))
+    assert script.noise_scale(torch.ones(3, 5))["B_simple"] == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        script.noise_scale(torch.ones(1, 5))
+
+    cfg = load_config(MQAR, [*TINY_MQAR, "model.max_position_embeddings=64"])
+    from memnets import LM
+    from memnets.data import MQARTask
+
+    task = MQARTask(cfg.data.mqar, cfg.data.seq_len, 0)
+    cfg.model.vocab_size = task.vocab_size
+    torch.manual_seed(0)
+    model = LM(cfg.model)
+    x, y = task.train_batch(0, 3)
+    per = script.per_sequence_grads(model, x, y)
+    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    batch = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+    # float32: one sequence and a batch of three sum in different orders (4e-8 apart, gradients up to 0.6)
+    torch.testing.assert_close(per.mean(0), batch, rtol=1e-5, atol=1e-6)
+
+    measured = script.measure(MQAR, mqar_run, 4, [*TINY_MQAR, "model.max_position_embeddings=64"])
+    assert measured["step"] == 3 and measured["trace"] > 0
