@@ -100,16 +100,19 @@ initialisation leaves 3% of their norm), while the same block with ``normalize="
 Under the output LayerNorm the inner gradient then grows as 1/‖W‖ ∝ ‖A‖, so every write is the same
 fraction of the accumulator whatever its size: the map stores pairs only for steps of about 1e-3 to
 3e-3 and above them erases the memory's output within a sequence (``scripts/inner_recall.py``), which
-is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 0.22 / 0.17 on two
-seeds at 2000 steps, 0.32 at 3000, still far behind Yaad). Inside that window one pass of writes moves
-the memory's reads as far as Titans' do, so why the outer loop learns Moneta more slowly is still open;
-per-channel gates, other caps and outer learning rates were slower. The mixer's default stays 1: on the
-tiny text budget 0.004 is 6.6% worse. For Memora the logit steps at ``lr_max`` 0.1 barely move the
+is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 0.32 at batch 32 and
+3000 steps; at batch 64, the other families', 0.86 / 0.16 on two seeds in 1500 steps). Inside that window
+one pass of writes moves the memory's reads as far as Titans' do, and the outer gradient is no noisier
+than Titans' (``scripts/grad_noise_scale.py``), so why Moneta learns more slowly, and so differently
+across seeds, is still open; per-channel gates, other caps (also with ``lr_init`` keeping the start)
+and outer learning rates were slower. The mixer's default stays 1: on the tiny text budget 0.004 is
+6.6% worse. For Memora the logit steps at ``lr_max`` 0.1 barely move the
 near-uniform softmax rows (nor the reads: 0.3% of their size in one pass); with the LayerNorm larger
 steps blew up the outer gradients, and without it (the default) they no longer do but recall still does
 not start (``lr_max`` 1, ``simplex_scale`` 4 or 8): one pass of Eq. 27 stores no pairs at any step size
 or ``simplex_scale`` tried. ``momentum`` helps neither. Figures, settings and dates:
-``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34 (``scripts/memory_writes.py``), 36, 43 and 44.
+``benchmarks/RESULTS.md`` sections 7 ("Miras runs"), 34 (``scripts/memory_writes.py``), 36, 43, 44
+and 45.
 """
 
 from __future__ import annotations
