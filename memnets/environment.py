@@ -60,9 +60,9 @@ REUSE_LIMIT = 1 << 30
 def reuse_cpu_memory(limit: int = REUSE_LIMIT) -> str:
     """Let glibc's malloc keep freed blocks of up to ``limit`` bytes for reuse (``train.cpu_allocator:
     reuse``). By default glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh
-    pages from the kernel and unmaps them on free, so a tensor of that size made in every chunk step (the
-    per-token accumulators of Moneta, Memora and per-token Muon at batch 64) page-faults and zero-fills
-    its memory anew each time (benchmarks/RESULTS.md section 45). Raising the mmap and trim thresholds
+    pages from the kernel and unmaps them on free, so a tensor of that size made in every chunk step
+    (Moneta's per-token accumulators at batch 64) page-faults and zero-fills its memory anew each time
+    (benchmarks/RESULTS.md section 45). Raising the mmap and trim thresholds
     keeps such blocks in the heap, as PyTorch's CUDA caching allocator does on the GPU; the price is that
     the process's resident memory stays at its peak. Returns what was done, for the log."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

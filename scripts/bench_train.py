@@ -80,7 +80,8 @@ def bench_train(config: str, overrides: list[str], warmup: int, steps: int) -> d
         "model_tflops_per_step": None if flops is None else flops[1] / 1e12,
         "achieved_tflops": achieved,
         "mfu_pct": None if achieved is None or peak is None else 100 * achieved / peak,
-        # the CUDA allocator's peak after warm-up; on CPU the process's peak resident set size
+        # in 10^6 bytes, as the trainer logs it: the CUDA allocator's peak after warm-up, on CPU the
+        # process's peak resident set size
         "peak_mem_mb": peak_memory_mb(device),
     }
 

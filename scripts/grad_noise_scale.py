@@ -72,7 +72,7 @@ def measure(config: Path, run: Path | None, sequences: int, overrides: list[str]
     model = LM(cfg.model)
     step = 0
     if run is not None:
-        found = (load_checkpoint(run), run) if run.is_file() else load_latest(run / "checkpoints")
+        found = (load_checkpoint(run),) if run.is_file() else load_latest(run / "checkpoints")
         if found is None:
             raise SystemExit(f"--run {run}: no checkpoint that loads in {run / 'checkpoints'}")
         state = found[0]
@@ -80,7 +80,7 @@ def measure(config: Path, run: Path | None, sequences: int, overrides: list[str]
         step = state["step"]
     inputs, labels = task.train_batch(step, sequences)
     out = noise_scale(per_sequence_grads(model, inputs, labels))
-    return {"step": step, **out}
+    return {"step": step, **out, "G": out["G2"] ** 0.5 if out["G2"] > 0 else float("nan")}
 
 
 def main() -> None:
@@ -103,13 +103,14 @@ def main() -> None:
         rows.append(
             {"config": config.stem, "run": None if a.run is None else str(a.run), "N": a.sequences, **r}
         )
-        print(f"{config.stem}: step {r['step']}  ‖G‖ {r['G2'] ** 0.5 if r['G2'] > 0 else float('nan'):.3g}  "
-              f"tr(Σ)^½ {r['trace'] ** 0.5:.3g}  B_simple {r['B_simple']:.3g}", flush=True)  # fmt: skip
+        print(f"{config.stem}: step {r['step']}  ‖G‖ {r['G']:.3g}  tr(Σ)^½ {r['trace'] ** 0.5:.3g}  "
+              f"B_simple {r['B_simple']:.3g}", flush=True)  # fmt: skip
     lines = ["| config | model | ‖G‖ | tr(Σ)^½ | B_simple |", "|---|---|---:|---:|---:|"]
     for r in rows:
-        g = r["G2"] ** 0.5 if r["G2"] > 0 else float("nan")
         model = "initialisation" if r["run"] is None else f"{r['run']} (step {r['step']})"
-        lines.append(f"| {r['config']} | {model} | {g:.3g} | {r['trace'] ** 0.5:.3g} | {r['B_simple']:.3g} |")
+        lines.append(
+            f"| {r['config']} | {model} | {r['G']:.3g} | {r['trace'] ** 0.5:.3g} | {r['B_simple']:.3g} |"
+        )
     table = "\n".join(lines)
     print(f"\nsimple noise scale, {a.sequences} sequences each\n" + table)
     if a.out:
