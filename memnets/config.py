@@ -83,6 +83,9 @@ class TrainConfig:
     min_lr_ratio: float = _range(0.0, 1.0, default=0.1)
     warmup_steps: int = _range(0, default=100)
     weight_decay: float = _range(0.0, default=0.1)
+    # parameters (fnmatch globs on their names) kept out of weight decay besides the gains and biases,
+    # e.g. a memory's learned initial state "*.memory.init_weights.*"
+    no_decay: list[str] | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = _range(0.0, default=1.0)
     # PaLM's z-loss (arXiv 2204.02311 §5; ParaRNN arXiv 2510.21450 App. C.1 Table 4 trains with 1e-4): adds

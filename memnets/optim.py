@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,16 +24,22 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _matcher(model: nn.Module, key: str, patterns: list[str]) -> Callable[[str], bool]:
+    """Whether a parameter name matches one of ``patterns`` (fnmatch globs); each must match something."""
+    names = [n for n, _ in model.named_parameters()]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ConfigError(f"{key} pattern {pat!r} matches no parameter; e.g. {names[:5]}")
+    return lambda name: any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
 def apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
     """Freeze every parameter whose name matches none of ``patterns`` (fnmatch globs)."""
     if patterns is None:
         return
-    names = [n for n, _ in model.named_parameters()]
-    for pat in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ConfigError(f"train.trainable pattern {pat!r} matches no parameter; e.g. {names[:5]}")
+    matches = _matcher(model, "train.trainable", patterns)
     for name, p in model.named_parameters():
-        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+        p.requires_grad_(matches(name))
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
@@ -45,11 +52,15 @@ def apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, weight decay on matrices only (not on gains and biases)."""
+    """AdamW over the trainable parameters, weight decay on matrices only (not on gains and biases) and
+    not on those ``train.no_decay`` names."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters (check train.trainable)")
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
+    excluded = _matcher(model, "train.no_decay", cfg.no_decay or [])
+    decay = [p for n, p in params if p.dim() >= 2 and not excluded(n)]
+    no_decay = [p for n, p in params if p.dim() < 2 or excluded(n)]
+    if cfg.no_decay:
+        log.info("train.no_decay=%s: %d parameter tensors without weight decay", cfg.no_decay, len(no_decay))
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))

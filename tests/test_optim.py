@@ -1,0 +1,47 @@
+"""Which parameters the outer AdamW decays: matrices, not gains and biases, not ``train.no_decay``'s."""
+
+import pytest
+import torch
+from torch import nn
+
+from memnets.config import TrainConfig
+from memnets.optim import build_optimizer
+from memnets.validation import ConfigError
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 4)
+        self.init_weights = nn.ParameterList([nn.Parameter(torch.ones(2, 3, 3))])
+
+
+def _after_one_zero_gradient_step(**train) -> dict[str, torch.Tensor]:
+    """Each parameter after one AdamW step on a zero gradient: only decoupled weight decay moves it."""
+    torch.manual_seed(0)
+    model = _Block()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, TrainConfig(lr=0.5, weight_decay=0.2, **train))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return {n: p.detach() / start[n].where(start[n] != 0, 1) for n, p in model.named_parameters()}
+
+
+def test_matrices_decay_and_gains_and_biases_do_not():
+    ratio = _after_one_zero_gradient_step()
+    shrink = torch.tensor(1 - 0.5 * 0.2)  # AdamW multiplies a decayed parameter by 1 - lr · weight_decay
+    torch.testing.assert_close(ratio["proj.weight"], shrink.expand(4, 3))
+    torch.testing.assert_close(ratio["init_weights.0"], shrink.expand(2, 3, 3))
+    torch.testing.assert_close(ratio["proj.bias"], torch.ones(4))
+
+
+def test_no_decay_patterns_leave_those_matrices_alone():
+    ratio = _after_one_zero_gradient_step(no_decay=["*init_weights.*"])
+    torch.testing.assert_close(ratio["init_weights.0"], torch.ones(2, 3, 3))
+    torch.testing.assert_close(ratio["proj.weight"], torch.tensor(0.9).expand(4, 3))
+
+
+def test_a_no_decay_pattern_that_matches_nothing_is_an_error():
+    with pytest.raises(ConfigError, match=r"train\.no_decay pattern 'memory\.\*' matches no parameter"):
+        build_optimizer(_Block(), TrainConfig(no_decay=["memory.*"]))
