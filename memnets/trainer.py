@@ -258,7 +258,11 @@ class Trainer:
                 self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         else:
-            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+            model_sd = self.model.state_dict()
+            # by parameter name, as FSDP's: a resume may then regroup it (resume.optimizer_state_for)
+            optim_sd = optimizer_state_for(
+                self.optimizer.state_dict(), self.model, self.optimizer, by_name=True
+            )
         return {
             "model": model_sd,
             "optimizer": optim_sd,

@@ -6,6 +6,7 @@ from torch import nn
 
 from memnets.config import TrainConfig
 from memnets.optim import build_optimizer
+from memnets.registry import build_mixer
 from memnets.validation import ConfigError
 
 
@@ -45,3 +46,15 @@ def test_no_decay_patterns_leave_those_matrices_alone():
 def test_a_no_decay_pattern_that_matches_nothing_is_an_error():
     with pytest.raises(ConfigError, match=r"train\.no_decay pattern 'memory\.\*' matches no parameter"):
         build_optimizer(_Block(), TrainConfig(no_decay=["memory.*"]))
+
+
+@pytest.mark.parametrize(
+    ("mixer", "kept"),
+    [("titans", {"memory.norm_weight", "memory.norm_bias"}), ("paragru", {"bias"})],
+)
+def test_gains_and_biases_stored_as_matrices_do_not_decay(mixer, kept):
+    model = build_mixer(mixer, 32, 2)
+    opt = build_optimizer(model, TrainConfig())
+    undecayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2 and id(p) in undecayed}
+    assert matrices == kept

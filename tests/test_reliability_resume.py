@@ -156,7 +156,30 @@ def test_optimizer_state_converts_between_index_and_name_keys():
     assert (
         back["param_groups"] == by_index["param_groups"] and back["state"].keys() == by_index["state"].keys()
     )
-    assert optimizer_state_for(by_index, model, opt, by_name=False) is by_index
+    same = optimizer_state_for(by_index, model, opt, by_name=False)
+    assert (
+        same["param_groups"] == by_index["param_groups"] and same["state"].keys() == by_index["state"].keys()
+    )
+
+
+def test_a_state_saved_by_name_follows_its_parameters_into_other_groups():
+    """A resume that moves a parameter out of weight decay (train.no_decay) keeps its AdamW moments."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    saved = torch.optim.AdamW([{"params": [model[0].weight, model[1].weight]}, {"params": [model[0].bias]}])
+    model(torch.randn(2, 3)).sum().backward()
+    saved.step()
+    by_name = optimizer_state_for(saved.state_dict(), model, saved, by_name=True)
+    now = torch.optim.AdamW(
+        [{"params": [model[0].weight]}, {"params": [model[1].weight, model[0].bias]}], weight_decay=0.3
+    )
+    loaded = optimizer_state_for(by_name, model, now, by_name=False)
+    now.load_state_dict(loaded)
+    torch.testing.assert_close(now.state[model[1].weight]["exp_avg"], saved.state[model[1].weight]["exp_avg"])
+    torch.testing.assert_close(now.state[model[0].bias]["exp_avg"], saved.state[model[0].bias]["exp_avg"])
+    with pytest.raises(
+        ValueError, match=r"optimizer groups hold \[2, 1\] parameters where this run's hold \[1, 2\]"
+    ):
+        optimizer_state_for(saved.state_dict(), model, now, by_name=False)
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
