@@ -23,8 +23,6 @@ Writes ``noise_scale.json`` and ``noise_scale.md`` with ``--out`` (and prints th
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -35,6 +33,7 @@ from memnets.checkpoint import load_checkpoint, load_latest
 from memnets.config import load_config
 from memnets.data import MQARTask
 from memnets.data.mqar import IGNORE
+from memnets.reports import config_parser, report
 
 
 def noise_scale(grads: torch.Tensor) -> dict[str, float]:
@@ -84,8 +83,7 @@ def measure(config: Path, run: Path | None, sequences: int, overrides: list[str]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", type=Path, required=True)
+    p = config_parser(__doc__, every_family=False)
     p.add_argument(
         "--run",
         type=Path,
@@ -93,8 +91,6 @@ def main() -> None:
         help="a run folder (its latest checkpoint's model) or one checkpoint file",
     )
     p.add_argument("--sequences", type=int, default=64, help="per-sequence gradients (N)")
-    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
-    p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -111,12 +107,7 @@ def main() -> None:
         lines.append(
             f"| {r['config']} | {model} | {r['G']:.3g} | {r['trace'] ** 0.5:.3g} | {r['B_simple']:.3g} |"
         )
-    table = "\n".join(lines)
-    print(f"\nsimple noise scale, {a.sequences} sequences each\n" + table)
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "noise_scale.json").write_text(json.dumps(rows, indent=1))
-        (a.out / "noise_scale.md").write_text(table + "\n")
+    report(a.out, "noise_scale", f"simple noise scale, {a.sequences} sequences each", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ Writes ``grad_norms.json`` and ``grad_norms.md`` (and prints the table). CPU, fl
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -27,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from memnets import LM
-from memnets.config import MQAR_MEMORY_FAMILIES, load_config, memory_overrides
+from memnets.config import load_config, memory_overrides
+from memnets.reports import config_parser, report
 
 
 def _group(name: str) -> str:
@@ -60,18 +59,10 @@ def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[st
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--configs",
-        nargs="*",
-        type=Path,
-        default=[Path(f"configs/mqar/{f}.yaml") for f in MQAR_MEMORY_FAMILIES],
-    )
+    p = config_parser(__doc__)
     p.add_argument("--lengths", nargs="*", type=int, default=[512, 1024, 4096, 16384])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
     p.add_argument(
         "--memory", nargs="*", default=[], help="KEY=VALUE memory options for every config's mixer"
     )
@@ -98,12 +89,8 @@ def main() -> None:
             + " | ".join(f"{t:.3g}" for t in totals)
             + f" | {max(totals) / min(totals):.3g} |"
         )
-    table = "\n".join(lines)
-    print("\ntotal gradient norm at initialisation (seed 0, one random batch, mean token loss)\n" + table)
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "grad_norms.json").write_text(json.dumps({"groups": keys, "rows": rows}, indent=1))
-        (a.out / "grad_norms.md").write_text(table + "\n")
+    title = "total gradient norm at initialisation (seed 0, one random batch, mean token loss)"
+    report(a.out, "grad_norms", title, "\n".join(lines), {"groups": keys, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ Writes ``memory_sensitivity.json`` and ``.md`` with ``--out``. CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -31,7 +29,8 @@ from pathlib import Path
 import torch
 
 from memnets import LM
-from memnets.config import MQAR_MEMORY_FAMILIES, load_config, memory_overrides
+from memnets.config import load_config, memory_overrides
+from memnets.reports import config_parser, report
 
 EPS = 1e-8
 SATURATED = 1e6  # above this the finite difference has left the linear regime
@@ -65,16 +64,8 @@ def sensitivity(config: Path, length: int, overrides: list[str]) -> dict[int, fl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--configs",
-        nargs="*",
-        type=Path,
-        default=[Path(f"configs/mqar/{f}.yaml") for f in MQAR_MEMORY_FAMILIES],
-    )
+    p = config_parser(__doc__)
     p.add_argument("--length", type=int, default=16384)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
     p.add_argument(
         "--memory", nargs="*", default=[], help="KEY=VALUE memory options for every config's mixer"
     )
@@ -95,17 +86,10 @@ def main() -> None:
         cells = [(">" if v > SATURATED else "") + f"{v:.3g}" for v in r.values()]
         lines.append(f"| {config.stem} | " + " | ".join(cells) + f" | {r[ts[-1]] / r[ts[0]]:.3g} |")
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
     settings = " ".join(a.override + a.memory) or "as shipped"
-    print(
-        f"\n‖Δ logits_t‖ / ε for a move of ε along a random direction of the initial memory weights ({settings})"
-    )
-    print(table)
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        meta = {"length": a.length, "eps": EPS, "override": a.override, "memory": a.memory}
-        (a.out / "memory_sensitivity.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-        (a.out / "memory_sensitivity.md").write_text(table + "\n")
+    title = f"‖Δ logits_t‖ / ε for a move of ε along a random direction of the initial memory weights ({settings})"
+    meta = {"length": a.length, "eps": EPS, "override": a.override, "memory": a.memory}
+    report(a.out, "memory_sensitivity", title, "\n".join(lines), {**meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,17 +18,16 @@ Writes ``memory_writes.json`` and ``.md`` with ``--out``. CPU, float32, backend 
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from memnets import LM
-from memnets.config import MQAR_MEMORY_FAMILIES, load_config
+from memnets.config import load_config
 from memnets.memory import MemoryState
 from memnets.memory.miras import read_map, retained_weights
+from memnets.reports import config_parser, report
 
 
 def _read_weights(mixer: torch.nn.Module, acc: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -83,16 +82,8 @@ def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--configs",
-        nargs="*",
-        type=Path,
-        default=[Path(f"configs/mqar/{f}.yaml") for f in MQAR_MEMORY_FAMILIES],
-    )
+    p = config_parser(__doc__)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--override", nargs="*", default=[], help="dotted config overrides for every config")
     a = p.parse_args()
     rows = []
     for config in a.configs:
@@ -101,12 +92,8 @@ def main() -> None:
     lines += [
         f"| {r['config']} | {r['memory']} | {r['matrix']} | {r['move']:.3g} | {r['size']:.3g} |" for r in rows
     ]
-    table = "\n".join(lines)
-    print("one sequence's writes at initialisation (seed 0, random tokens)\n" + table)
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "memory_writes.json").write_text(json.dumps(rows, indent=1))
-        (a.out / "memory_writes.md").write_text(table + "\n")
+    title = "one sequence's writes at initialisation (seed 0, random tokens)"
+    report(a.out, "memory_writes", title, "\n".join(lines), rows)
 
 
 if __name__ == "__main__":
