@@ -83,8 +83,8 @@ class TrainConfig:
     min_lr_ratio: float = _range(0.0, 1.0, default=0.1)
     warmup_steps: int = _range(0, default=100)
     weight_decay: float = _range(0.0, default=0.1)
-    # parameters (fnmatch globs on their names) kept out of weight decay besides the gains and biases,
-    # e.g. a memory's learned initial state "*.memory.init_weights.*"
+    # parameters (fnmatch globs on their names) kept out of weight decay besides the vectors (gains and
+    # biases), e.g. the deep memories' per-head LayerNorms "*.memory.norm_*" (memnets.optim.build_optimizer)
     no_decay: list[str] | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = _range(0.0, default=1.0)

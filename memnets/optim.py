@@ -51,25 +51,18 @@ def apply_trainable(model: nn.Module, patterns: list[str] | None) -> None:
     )
 
 
-def _declared_no_decay(model: nn.Module) -> set[str]:
-    """Parameters that their modules list in ``no_weight_decay`` (names of the module's own parameters):
-    gains and biases stored as matrices, such as a per-head LayerNorm's."""
-    return {
-        f"{prefix}.{name}" if prefix else name
-        for prefix, module in model.named_modules()
-        for name in getattr(module, "no_weight_decay", ())
-    }
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, weight decay on matrices only: not on gains and biases (vectors,
-    or matrices their module lists in ``no_weight_decay``) and not on those ``train.no_decay`` names."""
+    """AdamW over the trainable parameters with weight decay on every tensor of two or more dimensions
+    except those ``train.no_decay`` names: not on vectors (the norms' gains, the biases), but on the deep
+    memories' per-head LayerNorm gains and biases ``[heads, dim]`` and ParaRNN's gate bias ``[3, d_h]``,
+    which the shipped configs were tuned with (exempting them slowed Titans' MQAR learning,
+    benchmarks/RESULTS.md §46)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters (check train.trainable)")
-    matches, declared = _matcher(model, "train.no_decay", cfg.no_decay or []), _declared_no_decay(model)
-    decay = [p for n, p in params if p.dim() >= 2 and n not in declared and not matches(n)]
-    no_decay = [p for n, p in params if p.dim() < 2 or n in declared or matches(n)]
+    matches = _matcher(model, "train.no_decay", cfg.no_decay or [])
+    decay = [p for n, p in params if p.dim() >= 2 and not matches(n)]
+    no_decay = [p for n, p in params if p.dim() < 2 or matches(n)]
     if cfg.no_decay:
         log.info("train.no_decay=%s: %d parameter tensors without weight decay", cfg.no_decay, len(no_decay))
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -56,8 +56,7 @@ def optimizer_state_for(
         if saved_sizes != sizes:
             raise ConfigError(
                 f"the checkpoint's optimizer groups hold {saved_sizes} parameters where this run's hold {sizes} "
-                "(with and without weight decay): which parameters decay changed (train.no_decay, or a "
-                "module's no_weight_decay), and this checkpoint keys its optimizer state by position, so it "
+                "(with and without weight decay): which parameters decay changed (train.no_decay), and this checkpoint keys its optimizer state by position, so it "
                 "cannot be matched; resume with the setting it was written with, or start from its weights "
                 "with train.init_from"
             )

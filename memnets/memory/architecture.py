@@ -100,10 +100,6 @@ class MemoryMLP(nn.Module):
             usual start) does to the inner loop's stability and the outer gradient at length.
     """
 
-    # the per-head LayerNorm's gain and bias are (heads, dim) matrices, but gains and biases: no weight decay
-    # (memnets.optim.build_optimizer)
-    no_weight_decay = ("norm_weight", "norm_bias")
-
     def __init__(
         self,
         num_heads: int,

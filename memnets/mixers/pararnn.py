@@ -180,7 +180,6 @@ class ParaRNNState:
 class _ParaRNN(nn.Module):
     name = ""
     cell_class: type[Cell] = Cell
-    no_weight_decay = ("bias",)  # the gates' (3, d_h) bias is a bias, not a matrix (memnets.optim)
 
     def __init__(
         self,
