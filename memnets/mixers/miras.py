@@ -101,7 +101,9 @@ Under the output LayerNorm the inner gradient then grows as 1/‖W‖ ∝ ‖A�
 fraction of the accumulator whatever its size: the map stores pairs only for steps of about 1e-3 to
 3e-3 and above them erases the memory's output within a sequence (``scripts/inner_recall.py``), which
 is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 0.32 at batch 32 and
-3000 steps; at batch 64, the other families', 0.86 / 0.16 on two seeds in 1500 steps). Inside that window
+3000 steps; at batch 64, the other families', 0.86 / 0.16 on two seeds in 1500 steps, and 0.94 / 0.47
+with the accumulator's initial value and the LayerNorm out of weight decay, as that config sets: decay
+that shrinks A_0 grows W_0 = A_0/‖A_0‖₄²). Inside that window
 one pass of writes moves the memory's reads as far as Titans' do, and the outer gradient is no noisier
 than Titans' (``scripts/grad_noise_scale.py``), so why Moneta learns more slowly, and so differently
 across seeds, is still open; per-channel gates, other caps (also with ``lr_init`` keeping the start)
