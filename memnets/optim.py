@@ -64,6 +64,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     decay = [p for n, p in params if p.dim() >= 2 and not matches(n)]
     no_decay = [p for n, p in params if p.dim() < 2 or matches(n)]
     if cfg.no_decay:
-        log.info("train.no_decay=%s: %d parameter tensors without weight decay", cfg.no_decay, len(no_decay))
+        exempt = sum(p.dim() >= 2 and matches(n) for n, p in params)
+        log.info("train.no_decay=%s: %d matrices kept out of weight decay", cfg.no_decay, exempt)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))

@@ -55,10 +55,10 @@ def optimizer_state_for(
         saved_sizes, sizes = [len(g["params"]) for g in osd["param_groups"]], [len(g) for g in groups]
         if saved_sizes != sizes:
             raise ConfigError(
-                f"the checkpoint's optimizer groups hold {saved_sizes} parameters where this run's hold {sizes} "
-                "(with and without weight decay): which parameters decay changed (train.no_decay), and this checkpoint keys its optimizer state by position, so it "
-                "cannot be matched; resume with the setting it was written with, or start from its weights "
-                "with train.init_from"
+                f"the checkpoint's optimizer groups hold {saved_sizes} parameters where this run's hold "
+                f"{sizes} (with and without weight decay): which parameters decay changed (train.no_decay), "
+                "and this checkpoint keys its optimizer state by position, so it cannot be matched; resume "
+                "with the setting it was written with, or start from its weights with train.init_from"
             )
         osd = {
             "state": {order[i]: v for i, v in osd["state"].items()},
@@ -74,12 +74,12 @@ def optimizer_state_for(
         log.info(
             "resuming with %d parameters in another optimizer group than saved: %s", len(moved), moved[:5]
         )
-    dropped = sorted(set(osd["state"]) - set(order))
+    dropped = set(osd["state"]) - set(order)
     if dropped:
         log.info(
             "resuming without the optimizer state of %d parameters that do not train now: %s",
             len(dropped),
-            dropped[:5],
+            sorted(dropped)[:5],
         )
     key = (lambda n: n) if by_name else {n: i for i, n in enumerate(order)}.__getitem__
     return {
