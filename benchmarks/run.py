@@ -8,9 +8,9 @@
 
 Per row: median ms with p20/p80, tokens/s, model TFLOP/s (benchmarks/flops.py; "n/a" without a
 formula) and % of the dtype's datasheet peak on a known GPU (pct_peak) and of an 8192³ GEMM measured at
-the start of the run (pct_gemm), memory (GPU: peak MiB allocated during
-the call; CPU: MiB saved for backward). ``--compare REF`` checks REF out in a temporary git worktree,
-runs this same harness against that tree's memnets in a subprocess, and prints ref/current time
+the start of the run (pct_gemm), memory in megabytes of 10^6 bytes, as the trainer logs it (GPU: peak
+allocated during the call; CPU: saved for backward). ``--compare REF`` checks REF out in a temporary git
+worktree, runs this same harness against that tree's memnets in a subprocess, and prints ref/current time
 ratios (> 1: the current tree is faster).
 """
 

@@ -121,7 +121,8 @@ def best_time(fn: Callable[[], None], repeat: int, device: torch.device) -> floa
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
-    """GPU: peak allocated MiB during one ``fn()`` above the memory live before it. CPU: None."""
+    """GPU: peak allocated megabytes (10^6 bytes, as the trainer's ``peak_mem_mb``) during one ``fn()``
+    above the memory live before it. CPU: None."""
     if device.type != "cuda":
         return None
     _sync(device)
@@ -129,11 +130,11 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
     base = torch.cuda.memory_allocated(device)
     fn()
     _sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - base) / 1e6
 
 
 def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> float:
-    """MiB of tensors that autograd keeps for the backward pass of ``forward()``, deduplicated by
+    """Megabytes (10^6 bytes) of tensors that autograd keeps for the backward pass of ``forward()``, deduplicated by
     storage; tensors sharing storage with ``exclude`` (the parameters and inputs) are not counted."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, int] = {}
@@ -147,7 +148,7 @@ def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
     del out
-    return sum(seen.values()) / 2**20
+    return sum(seen.values()) / 1e6
 
 
 def gemm_ceiling_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192) -> float | None:

@@ -12,7 +12,7 @@ on the present device and backend, and (when asked) the quality each chunk size 
 Speed, for every (target, T, chunk size): fwd (inference, no_grad) and fwd+bwd time as median
 [p20, p80] (``triton.testing.do_bench`` on GPU, ``torch.utils.benchmark`` on CPU; see
 benchmarks/timing.py), tokens/s, model TFLOP/s and % of the datasheet peak on GPU (benchmarks/flops.py;
-"n/a" where a mixer has no formula), memory (GPU: peak MiB during fwd+bwd; CPU: MiB saved for
+"n/a" where a mixer has no formula), memory (GPU: peak MB (10^6 bytes) during fwd+bwd; CPU: MB saved for
 backward). A target is a registered mixer (timed alone with d_model = heads·head_dim) or a whole config
 (its LM; the chunk size is set on every layer mixer that takes one). Mixers without a ``chunk_size``
 option are timed once per length.
@@ -350,8 +350,8 @@ HEADER = [
     "f+b_tok/s",
     "TFLOP/s",
     "%peak",
-    "peakMiB",
-    "savedMiB",
+    "peakMB",
+    "savedMB",
 ]
 # quality: (key, header, width, format); a metric's standard deviation over seeds follows it as "± s"
 QUALITY = [
