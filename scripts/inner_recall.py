@@ -69,7 +69,7 @@ def _rules(simplex_scale: float) -> dict[str, dict[str, Any]]:
 
 def recall(
     rule: dict[str, Any], lr: float, *, dim: int, expansion: float, pairs: int, distractors: int, chunk: int,
-    norm_scale: float, seed: int,
+    norm_scale: float, seed: int, init_std: float = 1.0,
 ) -> tuple[float, float, float]:  # fmt: skip
     """(the share of the ``pairs`` stored keys whose read is nearest to their own value, the size of the
     memory's output beside the residual, ‖M(k) − k‖, relative to the initial weights', and how far the
@@ -77,7 +77,8 @@ def recall(
     rule = dict(rule)
     momentum, norm, delta = rule.pop("momentum", False), rule.pop("norm", True), rule.pop("delta", False)
     torch.manual_seed(seed)
-    arch = MemoryMLP(1, dim, expansion=expansion, layer_norm=norm, norm_scale=norm_scale).double()
+    arch = MemoryMLP(1, dim, expansion=expansion, layer_norm=norm, norm_scale=norm_scale, init_std=init_std)
+    arch = arch.double()
     T = pairs + distractors
     k = F.normalize(F.silu(torch.randn(1, T, 1, dim, dtype=torch.float64)), dim=-1)
     v = F.silu(torch.randn(1, T, 1, dim, dtype=torch.float64))
@@ -111,6 +112,12 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--norm-scale", type=float, default=1.0, help="the memory LayerNorm's initial γ")
     p.add_argument("--simplex-scale", type=float, default=1.0, help="Memora's c")
+    p.add_argument(
+        "--init-std",
+        type=float,
+        default=1.0,
+        help="the initial weights' scale multiplier (memory: {init_std})",
+    )
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
@@ -135,7 +142,7 @@ def main() -> None:
                 runs = [
                     recall(
                         rules[name], lr, dim=a.dim, expansion=a.expansion, pairs=n, distractors=a.distractors,
-                        chunk=a.chunk, norm_scale=a.norm_scale, seed=s,
+                        chunk=a.chunk, norm_scale=a.norm_scale, init_std=a.init_std, seed=s,
                     )
                     for s in range(a.seeds)
                 ]  # fmt: skip
