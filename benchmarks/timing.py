@@ -134,8 +134,9 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
 
 
 def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> float:
-    """Megabytes (10^6 bytes) of tensors that autograd keeps for the backward pass of ``forward()``, deduplicated by
-    storage; tensors sharing storage with ``exclude`` (the parameters and inputs) are not counted."""
+    """Megabytes (10^6 bytes) of tensors that autograd keeps for the backward pass of ``forward()``,
+    deduplicated by storage; tensors sharing storage with ``exclude`` (the parameters and inputs) are not
+    counted."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, int] = {}
 

@@ -61,10 +61,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if not params:
         raise ConfigError("no trainable parameters (check train.trainable)")
     matches = _matcher(model, "train.no_decay", cfg.no_decay or [])
-    decay = [p for n, p in params if p.dim() >= 2 and not matches(n)]
-    no_decay = [p for n, p in params if p.dim() < 2 or matches(n)]
+    decays = {n: p.dim() >= 2 and not matches(n) for n, p in params}
+    decay = [p for n, p in params if decays[n]]
+    no_decay = [p for n, p in params if not decays[n]]
     if cfg.no_decay:
-        exempt = sum(p.dim() >= 2 and matches(n) for n, p in params)
+        exempt = sum(p.dim() >= 2 and not decays[n] for n, p in params)
         log.info("train.no_decay=%s: %d matrices kept out of weight decay", cfg.no_decay, exempt)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
