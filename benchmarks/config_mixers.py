@@ -12,17 +12,20 @@ from typing import Any
 
 import torch
 
-from memnets.config import load_yaml, model_config_from_dict
+from memnets.config import apply_overrides, load_yaml, model_config_from_dict
 from memnets.dispatch import MemoryDispatch
 from memnets.registry import build_mixer
 
 
-def config_mixers(path: Path, chunk_size: int | None = None) -> list[tuple[str, Any]]:
-    """(mixer name, ModelConfig) of each distinct mixer of a config file; ``chunk_size`` replaces the
-    option of that name in every mixer that takes one (TNT: its local memories)."""
+def config_mixers(
+    path: Path, chunk_size: int | None = None, overrides: list[str] | None = None
+) -> list[tuple[str, Any]]:
+    """(mixer name, ModelConfig) of each distinct mixer of a config file, after ``overrides``
+    (``KEY=VALUE``, as train.py's); ``chunk_size`` replaces the option of that name in every mixer that
+    takes one (TNT: its local memories)."""
     from memnets.registry import mixer_options
 
-    cfg = model_config_from_dict(load_yaml(path).get("model", {}))
+    cfg = model_config_from_dict(apply_overrides(load_yaml(path), overrides or []).get("model", {}))
     names = list(dict.fromkeys(cfg.layer_mixers()))
     if chunk_size is not None:
         options = dict(cfg.mixer_options)

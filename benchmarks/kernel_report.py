@@ -147,7 +147,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         )[:5]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
-        split = wide_split(programs, NB, SMS)
+        # Moneta's chunk-end map runs in one program per (sequence, head) (.wide_split)
+        split = 1 if branches.get("END_MAP") else wide_split(programs, NB, SMS)
     elif isinstance(d.options.get("retention"), SimplexSoftmax):  # memnets.kernels.mlp_memory.simplex
         fwd, store, bwd = ck._simplex_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "LAG": bool(d.options.get("lag"))}
@@ -172,6 +173,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     mats = ((7, 5), (9, 7), (14, 14)) if momentum else ((4, 3), (5, 4), (8, 9))
     if not layout.wide:
         mats = ((0, 0), (2, 2), (2, 2)) if momentum else ((0, 0), (1, 1), (1, 1))
+    elif branches.get("END_MAP"):  # the map's passes: W read twice and written (the backward: W and C
+        # read twice, C written; end_map_state, end_map_cotangent)
+        mats = tuple((m1 + extra, m2 + extra) for (m1, m2), extra in zip(mats, (3, 3, 5)))
     BK = _block(L + window - 1)
     scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
@@ -516,13 +520,14 @@ def report_config(
     arch: int = 90,
     explicit: bool = True,
     chunk_size: int | None = None,
+    overrides: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per memory dispatch of each distinct mixer of the config at a ``[B, T]`` micro-batch
-    (at ``chunk_size`` instead of the config's, see :func:`config_mixers`)."""
+    """One row per memory dispatch of each distinct mixer of the config (after ``overrides``) at a
+    ``[B, T]`` micro-batch (at ``chunk_size`` instead of the config's, see :func:`config_mixers`)."""
     from benchmarks.flops import BWD_FACTOR
 
     rows = []
-    for name, cfg in config_mixers(path, chunk_size):
+    for name, cfg in config_mixers(path, chunk_size, overrides):
         mixer = build_meta(name, cfg)
         found = list(dispatches(mixer))
         max_chunk = max((chunk_of(d) or 64) for _, d, _ in found) if found else 64

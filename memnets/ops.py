@@ -135,9 +135,8 @@ def _miras_supports(
         return why
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    # Moneta's map and Memora's softmax: whole-state kernels only
-    no_wide = None if retention is not None else no_wide_kernels(backend)
-    return supports_retention(arch, bias, chunk_size, retention, no_wide, lag)
+    # Moneta's per-token map and Memora's softmax: whole-state kernels only (supports_retention)
+    return supports_retention(arch, bias, chunk_size, retention, no_wide_kernels(backend), lag)
 
 
 def _miras_kernel(

@@ -8,6 +8,7 @@ estimate. Writes JSON and a markdown table.
     python scripts/kernel_report.py --configs titans-760m tnt-150m --out report   # report.json, report.md
     python scripts/kernel_report.py --no-explicit              # only what auto runs
     python scripts/kernel_report.py --flagships --chunk-size 64   # every memory at chunk 64
+    python scripts/kernel_report.py --configs moneta-760m --set model.mixer_options.moneta.normalize_at=chunk_end
 
 What is measured and what is estimated:
 
@@ -159,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=4096, help="tokens per sequence (default 4096)")
     p.add_argument("--arch", type=int, default=90, help="compute capability of the compile (default 90)")
     p.add_argument("--chunk-size", type=int, help="every memory at this chunk size instead of the config's")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, as train.py's arguments (repeatable), e.g. "
+        "model.mixer_options.moneta.normalize_at=chunk_end",
+    )
     p.add_argument("--no-explicit", action="store_true", help="leave out kernels auto does not pick")
     p.add_argument(
         "--out", default="kernel_report", help="writes OUT.json and OUT.md (default kernel_report)"
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in config_paths(a.configs, a.quick, a.flagships):
         t0 = time.perf_counter()
         explicit = not a.no_explicit and (not a.quick or path.stem in QUICK_EXPLICIT)
-        got = kr.report_config(path, a.batch, a.seq, a.arch, explicit, a.chunk_size)
+        got = kr.report_config(path, a.batch, a.seq, a.arch, explicit, a.chunk_size, a.set)
         rows += got
         paths = ", ".join(f"{r['dispatch']}: {r['auto_cuda']}" for r in got) or "no memory dispatch"
         print(f"{path.stem}: {paths} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": a.batch,
         "seq": a.seq,
         "chunk_size": a.chunk_size,
+        "overrides": a.set,
         "sms": kernel_roofline.SMS,
         "peak_bf16": kernel_roofline.PEAK_BF16,
         "rates_tflops": kernel_roofline.RATES,

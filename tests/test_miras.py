@@ -299,9 +299,9 @@ def test_reference_backend_equals_chunked(name, opts):
 
 
 def test_options_and_backend_errors():
-    # Moneta's ℓ_q map and Memora's softmax run in the whole-state kernels (tests/test_moneta_kernel.py,
-    # tests/test_memora_kernel.py), not the wide-state ones
-    for name, why in (("moneta", "Moneta's ℓ_q map"), ("memora", "Memora's softmax retention")):
+    # Moneta's per-token ℓ_q map and Memora's softmax run in the whole-state kernels
+    # (tests/test_moneta_kernel.py, tests/test_memora_kernel.py), not the wide-state ones
+    for name, why in (("moneta", "Moneta's per-token ℓ_q map"), ("memora", "Memora's softmax retention")):
         assert (
             memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton").op.no_kernel("triton")
             is None

@@ -258,16 +258,20 @@ def supports_retention(
     Eq. 24) or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it,
     ``normalize_at="chunk_end"``, Miras §5.3's parallel form), and Memora's softmax
     (:class:`~memnets.memory.miras.SimplexSoftmax`, Eq. 27, with or without the lag token), in the
-    whole-state kernels (the wide-state ones do not)."""
+    whole-state kernels; the wide-state ones apply only the chunk-end map."""
     if lag and not isinstance(retention, SimplexSoftmax):
         return "the lag token without Memora's softmax retention (the Triton kernel has it with the softmax)"
-    if retention is not None:
-        no_wide = no_wide or f"{_retention_name(retention)} (whole-state kernels only)"
+    no_wide = _whole_state_only(retention) or no_wide
     return retention_reason(retention) or supports_mlp(arch, bias, chunk_size, no_wide=no_wide)
 
 
-def _retention_name(retention: object) -> str:
-    return "Memora's softmax retention" if isinstance(retention, SimplexSoftmax) else "Moneta's ℓ_q map"
+def _whole_state_only(retention: object) -> str | None:
+    """Why ``retention`` keeps to the whole-state kernels (``None``: the wide-state ones take it too)."""
+    if isinstance(retention, SimplexSoftmax):
+        return "Memora's softmax retention (whole-state kernels only)"
+    if isinstance(retention, LqNormalize):
+        return "Moneta's per-token ℓ_q map (whole-state kernels only)"
+    return None
 
 
 def retention_reason(retention: object) -> str | None:
@@ -388,15 +392,16 @@ def titans_mlp_chunked(
     ``retention``, ``lag``: Moneta's ℓ_q map (on every token's accumulator, Miras Eq. 24, or at chunk
     ends, §5.3's parallel form) or Memora's softmax with or without its lag token (Eq. 27, §5.3), as
     ``miras_chunked`` takes them (:func:`supports_retention`); the drop-in is then for
-    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels.
+    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels (the chunk-end map
+    in the wide-state ones too).
     """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
     if reason is None and (retention is not None or lag):
-        reason = supports_retention(
-            arch, bias, chunk_size, retention, "hidden_block" if hidden_block else None, lag
-        )
+        reason = supports_retention(arch, bias, chunk_size, retention, None, lag)
+        if reason is None and hidden_block:
+            reason = _whole_state_only(retention)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)

@@ -88,7 +88,9 @@ Moneta applies to an MLP, Yaad's δ shape, Memora's softmax axis and scale):
   :mod:`memnets.kernels.mlp_memory` for the chunk sizes and shared-memory limits); Moneta's L_q
   maps (per token and at chunk ends, :mod:`memnets.kernels.mlp_memory.end_map`) and Memora's softmax
   with its lag token (:mod:`memnets.kernels.mlp_memory.simplex`) where the state fits the whole-state
-  kernels (not at the 340M/760M head dims, whose states need the wide-state kernels). ``gates:
+  kernels; at the 340M/760M head dims, whose states need the wide-state kernels, only the chunk-end
+  map (``normalize_at: chunk_end``) has a kernel, under ``triton`` (``auto`` keeps the wide-state
+  kernels for after a GPU check). ``gates:
   channel`` runs in PyTorch; asking for ``triton`` where no kernel applies raises, naming the reason;
   ``auto`` picks ``triton`` on CUDA where it applies. ``dot_precision`` sets the kernel's matmul
   operands as for ``titans``.

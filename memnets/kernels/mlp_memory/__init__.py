@@ -83,10 +83,11 @@ Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
-other than 2, other biases (KL, the dot loss of DLA), the retention maps in the wide-state kernels
-(Moneta's ℓ_q map, a scalar per matrix, runs in the whole-state kernels per token and at chunk ends:
-:mod:`.end_map`; Memora's softmax, which acts on each token's weights entrywise, in its own
-whole-state kernels that form every token's weights: :mod:`.simplex`), per-token Muon
+other than 2, other biases (KL, the dot loss of DLA), the per-token retention maps in the wide-state
+kernels (Moneta's ℓ_q map, a scalar per matrix, runs in the whole-state kernels per token and at chunk
+ends, and in the wide-state ones at chunk ends only: :mod:`.end_map`; Memora's softmax, which acts on
+each token's weights entrywise, in its own whole-state kernels that form every token's weights:
+:mod:`.simplex`), per-token Muon
 (Atlas's ``muon="token"``; ``muon="chunk"`` has its own kernels, below), the gated memory (Atlas++),
 the Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys

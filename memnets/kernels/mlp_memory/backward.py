@@ -356,7 +356,9 @@ def run_backward(
         for i0, ni in inner[:-1]:
             starts.append(recompute(starts[-1], i0, ni)[0])
         for (i0, ni), start in zip(reversed(inner), reversed(starts)):
-            chunks = recompute(start, i0, ni)[1]
+            end, chunks = recompute(start, i0, ni)
+            if wide and config.end_map:  # the chunk-end map's VJP takes the last chunk's end weights
+                extra = {"end": end[:2]}
             dln = (like(dln_w), like(dln_b)) if ln_w is not None else (empty, empty)
             carry = launch_bwd(
                 q, k, v, bias_params, ln_w, ln_b, dy, coef, packing, chunks, carry, (dw1_anchor, dw2_anchor),

@@ -10,7 +10,10 @@ whole-state kernels, in its two forms:
   cotangents through it.
 * ``END_MAP`` (``normalize_at="chunk_end"``, §5.3's parallel form, "Parallelizable Training": the
   normalisation is applied at the end of each chunk; :class:`~memnets.memory.miras.ChunkEnd`): the
-  weights are the plain accumulation inside a chunk and are mapped after every complete chunk.
+  weights are the plain accumulation inside a chunk and are mapped after every complete chunk. The
+  wide-state kernels run this form too (:func:`~.wide_forward.end_map_state`,
+  :func:`~.wide_backward.end_map_cotangent`: a pass over the state's blocks for P, or for ⟨C, W⟩, before
+  the pass that rewrites them).
 
 Each weight matrix W (per head) maps to s(W)·W with
 
@@ -48,20 +51,40 @@ def _exponent(q, MAP: tl.constexpr):
 
 
 @triton.jit
-def lq_scale(W, q, clamp, MAP: tl.constexpr):
-    """s(W) of a ``[R, C]`` tile (zero padding adds nothing)."""
-    power = tl.sum(tl.sum(_abs_pow(W * W, 0.5 * q), 1), 0)
+def lq_power(W, q):
+    """P = Σ |W|^q of a tile (zero padding adds nothing)."""
+    return tl.sum(tl.sum(_abs_pow(W * W, 0.5 * q), 1), 0)
+
+
+@triton.jit
+def lq_scale_of(power, q, clamp, MAP: tl.constexpr):
+    """s = max(P, c)^(−e) from a matrix's power sum P."""
     return tl.exp(-_exponent(q, MAP) * tl.log(tl.maximum(power, clamp)))
+
+
+@triton.jit
+def lq_grad_coef(power, ds, q, clamp, MAP: tl.constexpr):
+    """The scalar of ds · ∂s/∂W = coef · W |W|^(q−2) (:func:`lq_grad_dir`): −[P > c] ds e q s / P."""
+    s = lq_scale_of(power, q, clamp, MAP)
+    return -tl.where(power > clamp, ds * _exponent(q, MAP) * q * s / power, 0.0)
+
+
+@triton.jit
+def lq_grad_dir(W, q):
+    """W |W|^(q−2), the direction of ∂s/∂W."""
+    return W * _abs_pow(W * W, 0.5 * q - 1.0)
+
+
+@triton.jit
+def lq_scale(W, q, clamp, MAP: tl.constexpr):
+    """s(W) of a ``[R, C]`` tile."""
+    return lq_scale_of(lq_power(W, q), q, clamp, MAP)
 
 
 @triton.jit
 def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
     """ds · ∂s/∂W: the cotangent of W from the cotangent ``ds`` of its scale s(W)."""
-    W2 = W * W
-    power = tl.sum(tl.sum(_abs_pow(W2, 0.5 * q), 1), 0)
-    e = _exponent(q, MAP)
-    s = tl.exp(-e * tl.log(tl.maximum(power, clamp)))
-    return -tl.where(power > clamp, ds * e * q * s / power, 0.0) * W * _abs_pow(W2, 0.5 * q - 1.0)
+    return lq_grad_coef(lq_power(W, q), ds, q, clamp, MAP) * lq_grad_dir(W, q)
 
 
 @triton.jit

@@ -160,7 +160,8 @@ def mlp_memory_chunked(
             :func:`~.limits.default_hidden_block` of ``dot_precision``).
         end_map, end_q, end_floor: Moneta's ℓ_q map of the weights at every complete chunk's end
             (:mod:`.end_map`; ``END_MAPS``: "none", "paper" or "unit", as
-            :class:`memnets.memory.miras.LqNormalize` with ``q``, ``floor``); whole-state kernels only.
+            :class:`memnets.memory.miras.LqNormalize` with ``q``, ``floor``); whole-state and
+            wide-state kernels.
         token_map: the same map on every token's accumulator (Moneta's default: each token reads
             s(A_t)·A_t, gradients at the chunk start's s(A)·A; :mod:`.end_map`); whole-state kernels
             only, not with ``end_map``.
@@ -196,8 +197,8 @@ def mlp_memory_chunked(
         *coefficients(beta, f, G, m_end, s_coef), w1, w2, s1, s2, layout.cu_seqlens, layout.tile_offsets,
     )  # fmt: skip
     L = layout.tile
-    if (end_map != "none" or token_map != "none") and layout.wide:
-        raise ValueError("mlp_memory_chunked: the ℓ_q maps run in the whole-state kernels only")
+    if token_map != "none" and layout.wide:
+        raise ValueError("mlp_memory_chunked: the per-token ℓ_q map runs in the whole-state kernels only")
     if end_map != "none" and token_map != "none":
         raise ValueError("mlp_memory_chunked: end_map and token_map exclude each other")
     if simplex_scale < 0 or (lag and not simplex_scale):

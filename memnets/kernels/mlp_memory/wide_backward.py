@@ -25,6 +25,7 @@ from .common import (
     store_ln_grads,
 )
 from .config import LaunchConfig
+from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_forward import chunk_rows, key_z2, layer1_t, query_keys, w1_block, w2_block, wide_meta
 
 
@@ -124,16 +125,66 @@ def layer1_reads(
 
 
 @triton.jit
+def _mapped_block(chunks, nb, c, NC, end, base, offs, mask):
+    """A block of the next chunk's start state: from the segment's chunk states (``nb``: that chunk's)
+    while chunk c is not the segment's last, else from ``end``, the state after the segment."""
+    nxt = c + 1 + tl.zeros_like(offs)  # a tensor comparison: a bool mask in the interpreter too
+    inside = tl.load(chunks + nb + offs, mask=mask & (nxt < NC), other=0.0)
+    return inside + tl.load(end + base + offs, mask=mask & (nxt >= NC), other=0.0)
+
+
+@triton.jit
+def end_map_cotangent(
+    dw1, dw2, base1, base2, w1_chunks, w2_chunks, nb1, nb2, c, NC, w1_end, w2_end, powers, pc, end_q, end_floor,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
+    BHB: tl.constexpr, NB: tl.constexpr, BD: tl.constexpr, MAP: tl.constexpr,
+):  # fmt: skip
+    """The chunk-end cotangents C of Moneta's mapped weights s(W)·W (dW1, dW2 from ``base1``, ``base2``,
+    rewritten in place) back through the map (:mod:`.end_map`): s C + coef · W |W|^(q−2) with coef from
+    ⟨C, W⟩ (a pass over the blocks before the one that rewrites them), at the weights before the map,
+    W = s(W)·W / s: the next chunk's start state (:func:`_mapped_block`) over the scale of the power
+    sums ``powers[pc]``, ``powers[pc + 1]`` that the STORE recompute kept."""
+    p1 = tl.load(powers + pc)
+    p2 = tl.load(powers + pc + 1)
+    s1 = lq_scale_of(p1, end_q, end_floor, MAP)
+    s2 = lq_scale_of(p2, end_q, end_floor, MAP)
+    ip1 = tl.sum(tl.zeros([BD], dtype=tl.float32), 0)
+    ip2 = ip1
+    for j in range(NB):
+        for i in range(NI):
+            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+            W1 = _mapped_block(w1_chunks, nb1, c, NC, w1_end, base1, o1, m1) / s1
+            ip1 += inner(tl.load(dw1 + base1 + o1, mask=m1, other=0.0), W1)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        W2 = _mapped_block(w2_chunks, nb2, c, NC, w2_end, base2, o2, m2) / s2
+        ip2 += inner(tl.load(dw2 + base2 + o2, mask=m2, other=0.0), W2)
+    k1 = lq_grad_coef(p1, ip1, end_q, end_floor, MAP)
+    k2 = lq_grad_coef(p2, ip2, end_q, end_floor, MAP)
+    for j in range(NB):  # each thread rewrites the elements it loads: no barrier between
+        for i in range(NI):
+            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+            W1 = _mapped_block(w1_chunks, nb1, c, NC, w1_end, base1, o1, m1) / s1
+            C1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
+            tl.store(dw1 + base1 + o1, s1 * C1 + k1 * lq_grad_dir(W1, end_q), mask=m1)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        W2 = _mapped_block(w2_chunks, nb2, c, NC, w2_end, base2, o2, m2) / s2
+        C2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
+        tl.store(dw2 + base2 + o2, s2 * C2 + k2 * lq_grad_dir(W2, end_q), mask=m2)
+
+
+@triton.jit
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
-    w1_chunks, w2_chunks, s1_chunks, s2_chunks, dw1_anchor, dw2_anchor,  # start states, anchor cotangents
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states
+    powers, w1_end, w2_end,  # with END_MAP: the chunk-end map's power sums, the weights after the chunks
+    dw1_anchor, dw2_anchor,  # the anchor's cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
     dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
-    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
-    BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
+    BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, END_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -169,6 +220,13 @@ def _wide_backward_kernel(
         cb2 = (bh * NC + c) * n2  # and in w2_chunks, s2_chunks
         last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
         is_last = li == last
+        if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
+            if (g + 1) * L <= T:  # a complete chunk: its end cotangents are the mapped weights'
+                end_map_cotangent(
+                    dw1, dw2, base1, base2, w1_chunks, w2_chunks, cb1 + n1, cb2 + n2, c, NC, w1_end, w2_end,
+                    powers, (bh * NC + c) * 2, end_q, end_floor, D, DI, DH, KB, NI, BHB, NB, BD, END_MAP,
+                )  # fmt: skip
+                tl.debug_barrier()  # pass 3 reads the rewritten cotangents in other threads
         offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
             k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
         )
@@ -370,17 +428,24 @@ def _wide_backward_kernel(
 
 
 def launch_wide_backward(
-    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc
+    q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc,
+    end=(),
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """:func:`~memnets.kernels.mlp_memory.backward.launch_backward` for the wide-state kernel (a dense
-    batch; the state cotangents are updated in place in a copy of ``carry``)."""
+    batch; the state cotangents are updated in place in a copy of ``carry``). ``chunks``: the STORE
+    recompute's start states and power sums (:func:`~.wide_forward.launch_wide_forward`); with Moneta's
+    chunk-end map ``end`` holds the weights (W1, W2) after the chunks, the same recompute's state."""
     B, T, H = q.shape[:3]
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
     scalars, constants = wide_meta(q, carry[0], carry[1], ln_w, config)
     scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
+    if config.end_map and len(end) != 2:
+        raise ValueError("mlp_memory_wide_bwd: the chunk-end map needs the weights after the chunks (end)")
+    empty = q.new_empty(0)
     _wide_backward_kernel[(B * H,)](
-        q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks, *anchor_cot,
+        q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)), *anchor_cot,
         *grads[:4], *dln, *grads[4:], *d_state, scratch,
-        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=carry[2].numel() > 0,
+        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
+        HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map,
     )  # fmt: skip
     return d_state

@@ -58,7 +58,10 @@ Forward, per chunk (``_wide_forward_kernel``):
    is read a second time for its update (an L2 hit) instead of being kept live across layer 2's
    work: keeping four ``[D, 64]`` float32 blocks and their updates in registers spilled 2-4 KB per
    thread, the second read costs 2 D·Dh floats of L2 traffic per chunk;
-3. finish Ẑ2 (the Δ term), the LayerNorm, store y.
+3. finish Ẑ2 (the Δ term), the LayerNorm, store y;
+4. with Moneta's chunk-end map (``END_MAP``, :mod:`.end_map`) after a complete chunk: the power sums
+   Σ|W|^q of W1 and W2 over their blocks, then each block rescaled in place to s(W)·W
+   (:func:`end_map_state`; 2 D·Dh floats more read per matrix and one written).
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
 floats) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
@@ -70,6 +73,9 @@ its start state by STORE passes that write its chunks' start states, in inner se
 fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside (``_wide_backward_kernel``), state cotangents
 (dW1, dW2, dS1, dS2) updated in place in working copies:
 
+0. with the chunk-end map, after a complete chunk: its end cotangents dW1, dW2 back through the map,
+   in place (:func:`~.wide_backward.end_map_cotangent`, at the weights before the map: the next
+   chunk's start state over the scale of the power sums the STORE pass kept);
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
 2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
    the read's LayerNorm backward, dβ, df of layer 2, dG and the cotangent of Δ from Ẑ2's Δ term;
@@ -120,6 +126,7 @@ from .common import (
     value_rows,
 )
 from .config import LaunchConfig, block, kernel_meta, wide_num_warps
+from .end_map import lq_power, lq_scale_of
 
 
 @triton.jit
@@ -351,15 +358,48 @@ def update_block(
 
 
 @triton.jit
+def end_map_state(
+    w1, w2, base1, base2, powers, pc, end_q, end_floor,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
+    BHB: tl.constexpr, NB: tl.constexpr, BD: tl.constexpr, MAP: tl.constexpr, STORE: tl.constexpr,
+):  # fmt: skip
+    """Moneta's chunk-end map (:mod:`.end_map`) of the state's weights: W1 and W2 (blocks from ``base1``,
+    ``base2``) become s(W)·W in place, one pass over the blocks for each power sum P = Σ|W|^q and one
+    to rescale them; with ``STORE`` the two sums go to ``powers[pc]``, ``powers[pc + 1]`` (the backward
+    takes the map's VJP at W = s(W)·W / s, the next chunk's start state over its scale)."""
+    p1 = tl.sum(tl.zeros([BD], dtype=tl.float32), 0)
+    p2 = p1
+    for j in range(NB):
+        for i in range(NI):
+            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+            p1 += lq_power(tl.load(w1 + base1 + o1, mask=m1, other=0.0), end_q)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        p2 += lq_power(tl.load(w2 + base2 + o2, mask=m2, other=0.0), end_q)
+    s1 = lq_scale_of(p1, end_q, end_floor, MAP)
+    s2 = lq_scale_of(p2, end_q, end_floor, MAP)
+    for j in range(NB):  # each thread rescales the elements it loads: no barrier between
+        for i in range(NI):
+            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
+            tl.store(w1 + base1 + o1, s1 * tl.load(w1 + base1 + o1, mask=m1, other=0.0), mask=m1)
+        o2, m2 = w2_block(j, D, DH, BD, BHB)
+        tl.store(w2 + base2 + o2, s2 * tl.load(w2 + base2 + o2, mask=m2, other=0.0), mask=m2)
+    if STORE:
+        tl.store(powers + pc, p1)
+        tl.store(powers + pc + 1, p2)
+
+
+@triton.jit
 def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
-    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
+    powers,  # with STORE and END_MAP: each chunk's power sums of the chunk-end map
+    T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
+    END_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -408,9 +448,16 @@ def _wide_forward_kernel(
                 dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
                 D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, STORE,
             )  # fmt: skip
-        tl.debug_barrier()  # the next chunk's pass 1 reads the updated blocks
+        tl.debug_barrier()  # the next chunk's pass 1 (or the map) reads the updated blocks
         if not STORE:
             finish_read(y, offs, mask, z2T, aa, ddT, b_G, gamma, shift, cmask, ln_eps, D, DOT, LN)
+        if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
+            if (g + 1) * L <= T:  # a complete chunk
+                end_map_state(
+                    w1, w2, base1, base2, powers, (bh * NC + c) * 2, end_q, end_floor,
+                    D, DI, DH, KB, NI, BHB, NB, BD, END_MAP, STORE,
+                )  # fmt: skip
+                tl.debug_barrier()  # the next chunk's pass 1 reads the mapped blocks
 
 
 def wide_meta(
@@ -457,7 +504,9 @@ def launch_wide_forward(
 ):
     """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
     over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``; with
-    the Omega window k and v lead with the carried rows)."""
+    the Omega window k and v lead with the carried rows). With ``store`` the chunks' start states come
+    with a fifth tensor: the chunk-end map's power sums ``[B, H, nc, 2]`` (``config.end_map``; else
+    empty)."""
     if packing != (None, None):
         raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
@@ -469,9 +518,11 @@ def launch_wide_forward(
 
     final = working_state(state)
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
+    powers = new(B, H, nc, 2) if store and config.end_map else new(0)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](
-        q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks,
-        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, **constants, HAS_MOM=has_mom, STORE=store,
+        q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks, powers,
+        T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
+        HAS_MOM=has_mom, STORE=store, END_MAP=config.end_map,
     )  # fmt: skip
-    return final if has_mom else (*final[:2], None, None), chunks
+    return final if has_mom else (*final[:2], None, None), (*chunks, powers)

@@ -216,8 +216,9 @@ def launch_wide(
 ):
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
     results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
-    is more than one, else (and for the backward's recompute, ``store``) one program each."""
-    if store or packing != (None, None):
+    is more than one, else (and for the backward's recompute, ``store``, and with Moneta's chunk-end map)
+    one program each."""
+    if store or packing != (None, None) or config.end_map:  # the split reads have no chunk-end map
         return launch_wide_forward(
             q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
         )
