@@ -250,3 +250,20 @@ def test_exposed_latency_term():
     extra = (L2_LATENCY_CYCLES - LATENCY_CYCLES["local_loads"]) * 20
     assert step_seconds(big, 4, 1, 64)["exposed"] == pytest.approx((cycles + extra) / CLOCK_HZ)
     assert step_seconds({"stack": 0}, 4, 1, 64)["exposed"] == 0
+
+
+def test_config_overrides_reach_the_mixers():
+    """``--set KEY=VALUE`` (``config_mixers``' overrides): the report builds the mixer with the overridden
+    option, here Moneta's chunk-end map at 760M, whose memory then asks for no more than the wide-state
+    kernels with ``backend: triton``."""
+    from benchmarks.config_mixers import build_meta, config_mixers, dispatches
+
+    path = ROOT / "configs" / "lm" / "moneta-760m.yaml"
+    key = "model.mixer_options.moneta.normalize_at"
+    ((name, cfg),) = config_mixers(path, overrides=[f"{key}=chunk_end"])
+    assert cfg.mixer_options["moneta"]["normalize_at"] == "chunk_end"
+    assert config_mixers(path)[0][1].mixer_options["moneta"].get("normalize_at") is None
+    ((_, dispatch, _),) = dispatches(build_meta(name, cfg))
+    assert dispatch.no_kernel("triton") is None
+    ((_, default, _),) = dispatches(build_meta(name, config_mixers(path)[0][1]))
+    assert "per-token ℓ_q map" in default.no_kernel("triton")
