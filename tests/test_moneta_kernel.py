@@ -87,9 +87,10 @@ def test_kernel_chunk_of_two_tiles_and_a_split_call(form):
 @pytest.mark.parametrize("T,chunk_size,gates", [(64, 16, "both"), (29, 8, "keep")])
 def test_wide_kernel_chunk_end(T, chunk_size, gates):
     """The chunk-end map in the wide-state kernels (hidden width 64 in four blocks of 16): mapped after
-    every complete chunk in the forward (T = 64: the final state too; T = 29: a tail chunk left unmapped), the map's VJP at the chunk's end
-    weights in the backward, in checkpoint segments of two chunks (a segment's last chunk takes its end
-    weights from the recompute's final state, the others from the next chunk's start)."""
+    every complete chunk in the forward (T = 64: the final state too; T = 29: a tail chunk left
+    unmapped), the map's VJP at the chunk's end weights in the backward, in checkpoint segments of two
+    chunks (a segment's last chunk takes its end weights from the recompute's final state, the others
+    from the next chunk's start)."""
     _compare(T, chunk_size, "chunk_end", gates=gates, hidden_block=16, checkpoint_every=2)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..dual_form import inner
 from .token_state import token_accumulators
 
 
@@ -89,8 +90,10 @@ def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
 
 @triton.jit
 def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
-    """The cotangent of W from the cotangent C of s(W)·W: s C plus ⟨C, W⟩ ∂s/∂W."""
-    return lq_scale(W, q, clamp, MAP) * C + lq_scale_grad(W, tl.sum(tl.sum(C * W, 1), 0), q, clamp, MAP)
+    """The cotangent of W from the cotangent C of s(W)·W: s C plus ⟨C, W⟩ ∂s/∂W (one power sum for both)."""
+    power = lq_power(W, q)
+    coef = lq_grad_coef(power, inner(C, W), q, clamp, MAP)
+    return lq_scale_of(power, q, clamp, MAP) * C + coef * lq_grad_dir(W, q)
 
 
 @triton.jit
