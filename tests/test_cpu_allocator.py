@@ -19,14 +19,14 @@ glibc = pytest.mark.skipif(
 )
 
 # One training-like loop in a fresh process (the setting is process-wide): a 64 MB tensor and a
-# product of it, made and freed four times; prints the minor page faults of each round.
+# product of it, made and freed eight times; prints the minor page faults of each round.
 _ROUNDS = """
 import resource, sys, torch
 from memnets.environment import reuse_cpu_memory
 if sys.argv[1] == "reuse":
     print(reuse_cpu_memory(), file=sys.stderr)
 n = 16 << 20
-for _ in range(4):
+for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(n)
     y = x * 2
@@ -46,9 +46,14 @@ def _faults(mode: str) -> list[int]:
 def test_reuse_stops_repeated_large_tensors_page_faulting():
     default, reuse = _faults("default"), _faults("reuse")
     # glibc's default maps fresh pages for every 64 MB block (16,384 faults of 4 KiB pages each, fewer
-    # with transparent huge pages); kept in the heap, the last rounds reuse resident pages
-    assert default[-1] > 0
-    assert reuse[-1] <= default[-1] // 10, (default, reuse)
+    # with transparent huge pages); kept in the heap, the rounds after the first reuse resident pages.
+    # The median of rounds 2-8: with reuse, glibc still grows or moves its heap in one or two of them
+    # now and then (measured: one extra 64-128 MB round in about half the runs, at any round)
+    def median(rounds: list[int]) -> int:
+        return sorted(rounds[1:])[len(rounds[1:]) // 2]
+
+    assert median(default) > 0, default
+    assert median(reuse) <= median(default) // 10, (default, reuse)
 
 
 @glibc
