@@ -109,12 +109,12 @@ def _force_plan(monkeypatch, every: int, inner: int) -> None:
     monkeypatch.setattr(mlp_memory.launch, "checkpoint_chunks", lambda *_: (every, inner))
 
 
-@pytest.mark.parametrize("T, every, inner", [(100, 6, 3), (130, 9, 3)])
-def test_three_level_checkpoints(monkeypatch, T, every, inner):
-    """Segments recomputed in inner segments (13 chunks in segments 6, 6, 1 → inner 3 + 3, 3 + 3, 1;
-    17 in 9, 8 → 3 + 3 + 3, 3 + 3 + 2) against the engine."""
-    _force_plan(monkeypatch, every, inner)
-    _compare(T, 8, checkpoint_every=every)
+def test_three_level_checkpoints(monkeypatch):
+    """Segments recomputed in inner segments against the engine: 13 chunks (the last one started) in
+    segments 5, 5, 3 → inner 2 + 2 + 1, 2 + 2 + 1, 2 + 1 (a shorter last inner segment in every segment,
+    a shorter last segment)."""
+    _force_plan(monkeypatch, 5, 2)
+    _compare(100, 8, checkpoint_every=5)
 
 
 def test_three_levels_equal_two(monkeypatch):
