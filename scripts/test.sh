@@ -7,4 +7,4 @@ bash scripts/setup.sh
 "$PY" -m ruff check .
 # One pytest-xdist worker per core (MEMNETS_TEST_WORKERS=N to choose, 0 for one process): the tests are
 # single-threaded (tests/conftest.py), so two cores run the suite in about half the time.
-"$PY" -m pytest -q -p no:cacheprovider --durations=15 -n "${MEMNETS_TEST_WORKERS:-auto}" --dist worksteal "$@"
+"$PY" -m pytest -q -p no:cacheprovider --durations=15 -p no:benchmark -n "${MEMNETS_TEST_WORKERS:-auto}" --dist worksteal "$@"
