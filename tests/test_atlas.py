@@ -11,11 +11,12 @@ import torch
 from mixer_checks import check_decode_and_split, check_same_outputs_and_grads, decode
 
 import memnets
+import memnets.memory.omega as omega_module
 from memnets.memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from memnets.memory.dotbias import DotBias
 from memnets.memory.features import FeatureMemoryMLP, PolynomialFeatures, feature_dim
 from memnets.memory.gated import GatedMemoryMLP
-from memnets.memory.muon import newton_schulz
+from memnets.memory.muon import newton_schulz, newton_schulz_in_basis
 from memnets.memory.omega import OmegaState, omega_chunked, omega_reference, window_band
 from memnets.testing import assert_close
 
@@ -63,6 +64,22 @@ def test_newton_schulz_matches_float64_and_is_near_orthogonal(shape):
     polar = newton_schulz(x.double(), 30, (1.5, -0.5, 0.0))
     assert_close("cubic NS -> polar factor", u @ vh, polar, ratio=1e-9)
     assert_close("NS is odd", -out, newton_schulz(-x, 5, coefficients))
+
+
+def test_newton_schulz_in_a_basis_equals_newton_schulz():
+    """NS(U c) = U NS_U(c): the iteration on coordinates through Uᵀ U (tall U c, a batch of c per U),
+    and NS(0) = 0 with finite gradients there too."""
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(2, 1, 30, 9, generator=g, dtype=F64)
+    c = torch.randn(2, 4, 9, 5, generator=g, dtype=F64)
+    for coefficients in ((3.4445, -4.7750, 2.0315), (1.5, -0.5, 0.0)):
+        want = newton_schulz(U @ c, 5, coefficients)
+        got = U @ newton_schulz_in_basis(U.mT @ U, c, 5, coefficients)
+        assert_close(f"NS in a basis, {coefficients}", want, got, ratio=1e-12)
+    zero = torch.zeros_like(c, requires_grad=True)
+    out = newton_schulz_in_basis(U.mT @ U, zero)
+    out.sum().backward()
+    assert (out == 0).all() and torch.isfinite(zero.grad).all()
 
 
 def test_newton_schulz_zero_is_finite():
@@ -228,6 +245,34 @@ def test_gated_memory_chunked_equals_reference(muon):
     kw = dict(window=window, chunk_size=chunk_size, muon=muon, ns_steps=3)
     for state in (None, random_state(arch, B, window, chunk_size, True, muon, feats)):
         check_omega_chunked_equals_reference(arch, inputs, state, **kw)
+
+
+def count_basis_calls(monkeypatch) -> list[int]:
+    """Count the chunked engine's Newton–Schulz runs on coordinates (per-token Muon on a wide key path)."""
+    calls: list[int] = []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return newton_schulz_in_basis(*args, **kw)
+
+    monkeypatch.setattr(omega_module, "newton_schulz_in_basis", counted)
+    return calls
+
+
+@pytest.mark.parametrize("memory", ["mlp", "gated_mlp"])
+def test_token_muon_on_a_wide_key_path_equals_reference(monkeypatch, memory):
+    """Per-token Muon where the first layer's input (27 degree-2 features of 6 dims) is wider than the
+    basis of its momenta (12 hidden columns + 5 gradient rows): Newton–Schulz runs on coordinates
+    (:func:`memnets.memory.omega._token_layer`); same checks as above, last chunk partial."""
+    calls = count_basis_calls(monkeypatch)
+    B, H, d, window, chunk_size, T = 2, 2, 6, 2, 4, 13
+    arch, inputs, feats = make_problem(B, T, H, d, 2, window, True, True, memory=memory)
+    assert arch.initial_weights(1, F64)[0].shape[-2:] == (27, 12)
+    kw = dict(window=window, chunk_size=chunk_size, muon="token", ns_steps=3)
+    for state in (None, random_state(arch, B, window, chunk_size, True, "token", feats)):
+        ref_off, off = check_omega_chunked_equals_reference(arch, inputs, state, **kw)
+        assert ref_off == off
+    assert calls
 
 
 def test_split_and_token_by_token_equal_one_call():

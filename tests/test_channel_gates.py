@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from mixer_checks import assert_all_close, forward_backward, state_tensors
 from test_atlas import check_omega_chunked_equals_reference as omega_chunked_equals_reference
+from test_atlas import count_basis_calls
 from test_atlas import make_problem as atlas_problem
 from test_atlas import random_state as atlas_random_state
 from test_memory_engine import compare, random_state, run_and_grad, token_by_token
@@ -180,9 +181,9 @@ def test_miras_chunk_size_one_equals_reference(rule):
 # the Omega rule (OmegaNet; without Muon)
 
 
-def omega_channel_problem(B, T, memory, momentum, seed=0):
-    H, d, window = 2, 3, 4
-    arch, inputs, feats = atlas_problem(B, T, H, d, 1, window, momentum, True, seed=seed, memory=memory)
+def omega_channel_problem(B, T, memory, momentum, seed=0, d=3, degree=1):
+    H, window = 2, 4
+    arch, inputs, feats = atlas_problem(B, T, H, d, degree, window, momentum, True, seed=seed, memory=memory)
     g = torch.Generator().manual_seed(seed + 1)
     N = sum(gate_units(arch))
     inputs["lr"] = 0.1 * torch.rand(B, T, H, N, generator=g, dtype=F64)
@@ -238,6 +239,19 @@ def test_atlas_muon_chunked_equals_reference(T, C, muon, memory):
         # unreached (the Muon direction at chunk size 1): no or a zero gradient
         ref_off, off = omega_chunked_equals_reference(arch, inputs, state, ratio=1e-8, **kw)
         assert ref_off == off
+
+
+def test_atlas_token_muon_on_a_wide_key_path_equals_reference(monkeypatch):
+    """Per-token Muon on coordinates (27 degree-2 features against 12 hidden columns + 11 gradient rows)
+    with per-channel gates: the momentum's columns scaled inside the coordinates, the steps' after."""
+    calls = count_basis_calls(monkeypatch)
+    B, T, C = 1, 23, 8
+    arch, inputs, feats, window = omega_channel_problem(B, T, "mlp", True, d=6, degree=2)
+    kw = dict(window=window, chunk_size=C, muon="token", ns_steps=3)
+    for state in (None, atlas_random_state(arch, B, window, C, True, "token", feats)):
+        ref_off, off = omega_chunked_equals_reference(arch, inputs, state, ratio=1e-8, **kw)
+        assert ref_off == off
+    assert calls
 
 
 # -------------------------------------------------------------------------------------------------

@@ -34,9 +34,14 @@ here:
 * Muon: the step size lr sits outside Newton–Schulz (Eq. 32; a scale inside NS would be normalised
   away) and NS is odd, so the sign convention S = mom·S − u, W += lr·NS(S) equals Eq. 32's. NS is
   applied to each weight matrix of the memory separately.
-* ``muon="token"`` materialises every token's momentum inside a chunk (NS is non-linear, so the dual
-  form does not apply): memory C·|W| per chunk and head, compute ≈ 5 NS steps per token and matrix,
-  ≈100× the rest of the update at d = 64, d_h = 256 (our FLOP count, :mod:`memnets.memory.muon`).
+* ``muon="token"`` orthogonalises every token's momentum inside a chunk (NS is non-linear, so the dual
+  form does not apply; the paper's parallel form, §5.1 Eq. 39-41, computes all S_t of a chunk, then
+  NS(S_t) for each). A token's momentum S_t = m_t S_0 − Σ_j Q[t, j] x_jᵀ δ_j lies in the span of the
+  momentum at the chunk start and the chunk's gradient rows, so where a weight matrix's input is wider
+  than that span (Atlas's polynomial features: 2,144 inputs against 64 + 23 columns at 760M) NS runs on
+  each token's coordinates in it, an exact rewriting with C·(d_out + rows)·d_out numbers per chunk
+  instead of C·|W| (:func:`_token_layer`); otherwise every S_t is materialised. Either way it is
+  several times the rest of the update (benchmarks/RESULTS.md §49).
 * ``muon="chunk"`` refreshes the orthogonalised direction once per chunk, from the momentum at the
   chunk's last token; the other tokens keep stepping along the previous direction (zero before the
   first refresh). It is causal, decodes exactly, costs one NS per chunk and matrix (C× fewer than
@@ -46,6 +51,7 @@ here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -70,14 +76,13 @@ from .engine import (
     token_gates,
 )
 from .gated import GatedMemoryMLP, Linear, gated_key_path
-from .muon import MUON_COEFFICIENTS, newton_schulz
+from .muon import MUON_COEFFICIENTS, newton_schulz, newton_schulz_in_basis
 from .rule import (
     ChunkCoefficients,
     as_columns,
     as_rows,
     chunk_coefficients,
     segsum,
-    token_sums,
     unit_major,
     unit_slice,
 )
@@ -360,30 +365,77 @@ def _segment_muon_token(
     ns_coefficients: tuple[float, float, float],
     units: tuple[int, ...] | None,
 ) -> tuple[Tensor, Weights, Weights]:
-    """Every token's momentum S_t materialised ``[B, H, L, d_in, d_out]``, orthogonalised, and summed
-    with decay into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i). Per-channel
-    gates scale columns: of S before NS (mom), of NS(S) after it (lr) and of W (keep)."""
+    """Every token's momentum S_t = m_t S_0 − Σ_j Q[t, j] x_jᵀ δ_j, orthogonalised, and summed with decay
+    into per-token weights W_t = β_t W_0 + Σ_{i≤t} (β_t/β_i) lr_i NS(S_i) (:func:`_token_layer`, one per
+    weight matrix). Per-channel gates scale columns: of S before NS (mom), of NS(S) after it (lr) and of
+    W (keep)."""
     lr, log_keep, log_mom = (unit_major(g, units) for g in (lr, log_keep, log_mom))  # type: ignore[assignment]
     P, beta, Q, m = _decays(lr, log_keep, log_mom, band)
     PL = P * lr[..., None, :]
-    ch = units is not None
-    # Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
-    steps = "bhcti,bhixc->bhtxc" if ch else "bhti,bhixy->bhtxy"
+    layers = []
+    for i, (w, s, x, d) in enumerate(zip(W, S, kp.xs, kp.deltas)):
+        gates = (unit_slice(m, units, i), unit_slice(beta, units, i))
+        gates += (unit_slice(Q, units, i, 2), unit_slice(PL, units, i, 2))
+        layers.append(_token_layer(w, s, x, d, *gates, units is not None, ns_steps, ns_coefficients))
+    y = _layers(arch, q, lambda i, h: layers[i][0](h))
+    return y, tuple(t[1] for t in layers), tuple(t[2] for t in layers)
 
-    def per_token(coef: Tensor, i: int) -> Tensor:  # [B, H, L, 1, C]: scales token t's columns
-        return as_rows(unit_slice(coef, units, i), ch)[..., None, :]
 
-    S_all = tuple(
-        per_token(m, i) * s[:, :, None] - token_sums(unit_slice(Q, units, i, 2), x, d, ch)
-        for i, (s, x, d) in enumerate(zip(S, kp.xs, kp.deltas))
-    )
-    O_all = tuple(newton_schulz(s, ns_steps, ns_coefficients) for s in S_all)
-    W_all = tuple(
-        per_token(beta, i) * w[:, :, None] + torch.einsum(steps, unit_slice(PL, units, i, 2), o)
-        for i, (w, o) in enumerate(zip(W, O_all))
-    )
-    y = _read_per_token(arch, W_all, q)
-    return y, tuple(w[:, :, -1] for w in W_all), tuple(s[:, :, -1] for s in S_all)
+def in_basis(d_in: int, rank: int) -> bool:
+    """Whether per-token Muon runs on coordinates (:func:`_token_layer`): where the weight matrix's
+    input width exceeds the rank of its momenta's basis."""
+    return d_in > rank
+
+
+def _token_layer(
+    w: Tensor,
+    s: Tensor,
+    x: Tensor,
+    d: Tensor,
+    m: Tensor,
+    beta: Tensor,
+    Q: Tensor,
+    PL: Tensor,
+    ch: bool,
+    ns_steps: int,
+    ns_coefficients: tuple[float, float, float],
+) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
+    """One weight matrix ``w [B, H, d_in, d_out]`` under per-token Muon (momentum ``s``, the gradient rows'
+    inputs ``x [B, H, L_j, d_in]`` and output cotangents ``d [B, H, L_j, d_out]``; coefficients as
+    :func:`_segment_muon_token`'s, this matrix's columns only): its per-token read h_t ↦ h_t W_t and the
+    segment's last W_t and S_t.
+
+    Each S_t = U C_t lies in the column space of U = [S_0 | xᵀ] (``[d_in, r]``, r = d_out + L_j), with
+    C_t = [diag(m_t); −(Q[t, j] d_j)_j]. When d_in > r (a wide key path, such as Atlas's polynomial
+    features) Newton–Schulz runs on the r × d_out coordinates C_t through Uᵀ U
+    (:func:`~memnets.memory.muon.newton_schulz_in_basis`) and the reads take h_t U, so nothing of size
+    L · d_in · d_out is formed; otherwise every S_t is materialised and orthogonalised as it is."""
+    d_in, d_out = s.shape[-2:]
+    rows = Q.shape[-1]
+    cols = as_rows(m, ch)
+    cols = cols.expand(*cols.shape[:-1], d_out)  # m_t per column
+    if ch:  # E[t, j, c] = Q[c, t, j] d_j[c]
+        E = (Q * d.transpose(-1, -2)[..., None, :]).permute(0, 1, 3, 4, 2)
+        sums = "bhcti,bhirc->bhtrc"
+    else:
+        E = Q[..., None] * d[:, :, None]
+        sums = "bhti,bhiry->bhtry"
+    if not in_basis(d_in, d_out + rows):
+        S_all = cols[..., None, :] * s[:, :, None] - x.transpose(-1, -2)[:, :, None] @ E
+        W_all = as_rows(beta, ch)[..., None, :] * w[:, :, None] + torch.einsum(
+            sums, PL, newton_schulz(S_all, ns_steps, ns_coefficients)
+        )
+        return lambda h: torch.einsum("bhlx,bhlxy->bhly", h, W_all), W_all[:, :, -1], S_all[:, :, -1]
+    U = torch.cat([s, x.transpose(-1, -2)], -1)
+    C = torch.cat([torch.diag_embed(cols), -E], -2)  # [B, H, L, r, d_out]
+    N = newton_schulz_in_basis((U.transpose(-1, -2) @ U)[:, :, None], C, ns_steps, ns_coefficients)
+    Z = torch.einsum(sums, PL, N)  # W_t = β_t W_0 + U Z_t
+
+    def read(h: Tensor) -> Tensor:
+        return as_rows(beta, ch) * (h @ w) + ((h @ U)[..., None, :] @ Z)[..., 0, :]
+
+    end = as_columns(beta[..., -1], ch) * w + U @ Z[:, :, -1]
+    return read, end, U @ C[:, :, -1]
 
 
 def _segment_muon_chunk(
