@@ -13,7 +13,8 @@ too slow to time); ``chunk-compiled`` and ``token-compiled`` run the engine's pe
 on CUDA where no kernel applies; the first call compiles and is not timed). ``--dtype bfloat16`` gives
 q, k, v in bf16, so the kernel's operands follow them as in training under bf16 autocast. The
 ``muon=token`` rows show the price of per-token Newton–Schulz (ATLAS Eq. 40): every token's momentum is
-materialised and orthogonalised, C·|W| numbers per chunk and head.
+orthogonalised, on its coordinates in the span of the chunk's momenta where the key path is wider than
+that span (:func:`memnets.memory.omega._token_layer`), else materialised.
 """
 
 from __future__ import annotations
