@@ -9,16 +9,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from memnets.environment import reuse_cpu_memory
-
 # The tests use small tensors, where one thread is as fast as two and never oversubscribes the
 # 2-core CI machine (subprocess tests also run with OMP_NUM_THREADS=1).
 torch.set_num_threads(1)
-
-# Keep freed blocks in glibc's heap (the trainer's default train.cpu_allocator: reuse): the kernel tests
-# under the interpreter allocate and free tensors of tens of MB at every step, and glibc's default maps
-# and zero-fills fresh pages for each (without this, 12 of the suite's 46 CPU minutes were system time).
-reuse_cpu_memory()
 
 
 @pytest.fixture(autouse=True)
