@@ -83,6 +83,7 @@ from .rule import (
     as_rows,
     chunk_coefficients,
     segsum,
+    token_sums,
     unit_major,
     unit_slice,
 )
@@ -300,11 +301,6 @@ def _dual_read(
     return _layers(arch, q, lambda i, h: dual_layer(h, i, W0, S0, kp, c))
 
 
-def _read_per_token(arch: MemoryMLP, weights: Weights, x: Tensor) -> Tensor:
-    """M(x_t; W_t) with one weight set per token: ``weights[i] [B, H, L, d_in, d_out]``, ``x [B, H, L, d]``."""
-    return _layers(arch, x, lambda i, h: torch.einsum("bhlx,bhlxy->bhly", h, weights[i]))
-
-
 def _read_combination(
     arch: MemoryMLP, x: Tensor, terms: list[tuple[Tensor, Weights]], units: tuple[int, ...] | None
 ) -> Tensor:
@@ -414,18 +410,16 @@ def _token_layer(
     rows = Q.shape[-1]
     cols = as_rows(m, ch)
     cols = cols.expand(*cols.shape[:-1], d_out)  # m_t per column
-    if ch:  # E[t, j, c] = Q[c, t, j] d_j[c]
-        E = (Q * d.transpose(-1, -2)[..., None, :]).permute(0, 1, 3, 4, 2)
-        sums = "bhcti,bhirc->bhtrc"
-    else:
-        E = Q[..., None] * d[:, :, None]
-        sums = "bhti,bhiry->bhtry"
+    # Σ_i PL[t, i] O_i, per column c when the coefficients are per channel
+    sums = "bhcti,bhirc->bhtrc" if ch else "bhti,bhiry->bhtry"
     if not in_basis(d_in, d_out + rows):
-        S_all = cols[..., None, :] * s[:, :, None] - x.transpose(-1, -2)[:, :, None] @ E
+        S_all = cols[..., None, :] * s[:, :, None] - token_sums(Q, x, d, ch)
         W_all = as_rows(beta, ch)[..., None, :] * w[:, :, None] + torch.einsum(
             sums, PL, newton_schulz(S_all, ns_steps, ns_coefficients)
         )
         return lambda h: torch.einsum("bhlx,bhlxy->bhly", h, W_all), W_all[:, :, -1], S_all[:, :, -1]
+    # E[t, j] = Q[t, j] d_j (per channel E[t, j, c] = Q[c, t, j] d_j[c]): S_t = cols_t ⊙ S_0 − xᵀ E[t]
+    E = (Q * d.transpose(-1, -2)[..., None, :]).permute(0, 1, 3, 4, 2) if ch else Q[..., None] * d[:, :, None]
     U = torch.cat([s, x.transpose(-1, -2)], -1)
     C = torch.cat([torch.diag_embed(cols), -E], -2)  # [B, H, L, r, d_out]
     N = newton_schulz_in_basis((U.transpose(-1, -2) @ U)[:, :, None], C, ns_steps, ns_coefficients)
