@@ -4,7 +4,7 @@
 |---|---|---|---|
 | :data:`TITANS_MEMORY` | Titans LMM (arXiv:2501.00663 §3.1, Eq. 13-15) | ``memory_reference`` / ``memory_chunked`` | MLP (depth 2) or linear (depth 1) memory kernel |
 | :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel: identity retention, Moneta's ℓ_q maps (whole-state) |
-| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon per chunk (§5) in its own kernel |
+| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon (§5) per chunk and per token (forward only) in their own kernels |
 | :data:`CHUNK_READ_MEMORY` | TNT global memory (arXiv:2511.07343) | ``chunk_read_memory_reference`` / ``chunk_read_memory`` | chunk-start reads of the MLP memory kernel |
 | :data:`SHARDED_MEMORY` | TNT local memories (resets, Q-K projection) | ``sharded_memory`` | the Titans memory kernels on folded shards |
 | :data:`GATED_DELTA` | gated delta rule (arXiv:2412.06464) | ``gated_delta_rule`` | ``gated_delta_rule`` (Triton) |
@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .dispatch import MemoryOp
+from .dispatch import MemoryOp, log_once
 from .kernels.gated_delta import gated_delta_rule
 from .memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from .memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
@@ -170,28 +170,37 @@ MIRAS_MEMORY = _memory_kernel_op(
 def _omega_supports(
     *, backend: str, arch: MemoryMLP, chunk_size: int, window: int, bias: object, muon: object, **_: Any
 ) -> str | None:
-    if muon == "chunk":
+    if muon in ("chunk", "token"):
         from .memory.muon_kernel import supports_muon
 
-        if backend == "auto":  # until a GPU run shows otherwise, auto keeps the faster path
+        if backend == "auto":  # until a GPU run shows otherwise, auto keeps the compiled engine
             return (
-                "muon='chunk' under backend='auto' (the Muon kernel is estimated slower than the compiled "
-                "engine, benchmarks/RESULTS.md §37; ask for backend='triton')"
+                f"muon={muon!r} under backend='auto' (the Muon kernels are unmeasured on a GPU and the per-chunk "
+                "one is estimated slower than the compiled engine, benchmarks/RESULTS.md §37; the per-token "
+                "one has a forward only; ask for backend='triton')"
             )
         return supports_muon(arch, bias, chunk_size, window)
     if muon is not None:
-        return f"muon={muon!r} (per-token Newton-Schulz is not in the kernel; muon='chunk' is)"
+        return f"muon={muon!r} (not one of the kernels' 'chunk', 'token')"
     return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))
 
 
 def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: object, **options: Any):
-    if muon == "chunk":
-        from .memory.muon_kernel import omega_muon_chunked
+    if muon is not None:
+        from .memory.muon_kernel import needs_grad, omega_muon_chunked
 
-        return omega_muon_chunked(*inputs, ns_steps=ns_steps, ns_coefficients=ns_coefficients, **options)
+        muon_options = {"muon": muon, "ns_steps": ns_steps, "ns_coefficients": ns_coefficients}
+        if muon == "token" and needs_grad(*inputs):
+            log_once(
+                "the Omega memory: muon='token' runs the chunked engine where a gradient is needed (its "
+                "kernel has a forward only; backend='auto' runs the compiled engine on CUDA)"
+            )
+            options.pop("dot_precision", None)
+            return omega_chunked(*inputs, **muon_options, **options)
+        return omega_muon_chunked(*inputs, **muon_options, **options)
     from .memory.kernel_bridge import omega_mlp_chunked
 
-    return omega_mlp_chunked(*inputs, **options)  # muon is None where this kernel runs
+    return omega_mlp_chunked(*inputs, **options)
 
 
 def _omega_packs(

@@ -426,8 +426,10 @@ def test_mixer_causal_and_packed():
 
 
 def test_mixer_options_and_errors():
-    with pytest.raises(ValueError, match="backend='triton' does not support muon='token'"):
-        memnets.build_mixer("atlas", d_model=16, num_heads=2, backend="triton")
+    # per-token Muon (the default) has a forward kernel (tests/test_token_muon_kernel.py), off under auto
+    atlas = memnets.build_mixer("atlas", d_model=16, num_heads=2, backend="triton")
+    assert atlas.op.no_kernel("triton") is None
+    assert "muon='token' under backend='auto'" in atlas.op.no_kernel("auto")
     # degree-2 features (keys 44 wide, values 8) run in the wide-state kernels, which take no packed
     # sequences (tests/test_mlp_memory_wide_keys.py)
     wide = memnets.build_mixer("omeganet", d_model=16, num_heads=2, backend="triton")

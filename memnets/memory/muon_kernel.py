@@ -1,8 +1,9 @@
-"""The model side of the Muon-per-chunk kernel (Atlas, ATLAS arXiv 2505.23735 §5 Eq. 32–33 with
-``muon="chunk"``, :mod:`memnets.kernels.mlp_memory.muon_forward`): :func:`omega_muon_chunked`, a drop-in
-for :func:`memnets.memory.omega.omega_chunked` with ``muon="chunk"``, and the per-chunk coefficients the
-kernel takes (:func:`muon_coefficients`), computed here so that autograd carries their gradients to the
-gates."""
+"""The model side of the Muon kernels (Atlas, ATLAS arXiv 2505.23735 §5 Eq. 32–33):
+:func:`omega_muon_chunked`, a drop-in for :func:`memnets.memory.omega.omega_chunked` with ``muon="chunk"``
+(:mod:`memnets.kernels.mlp_memory.muon_forward`, forward and backward) or ``muon="token"`` (Eq. 40,
+:mod:`memnets.kernels.mlp_memory.token_muon_forward`: a forward only, for calls that need no gradient),
+and the per-chunk coefficients the kernels take (:func:`muon_coefficients`,
+:func:`token_muon_coefficients`), computed here so that autograd carries their gradients to the gates."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels.mlp_memory.muon_launch import muon_memory_chunked, muon_supports
+from ..kernels.mlp_memory.muon_launch import muon_memory_chunked, muon_supports, token_muon_memory_forward
 from ..kernels.packing import chunk_layout
 from . import MemoryMLP, MemoryState, check_inputs
 from .features import FeatureMemoryMLP
 from .kernel_bridge import _bias_spec, _dot_precision, _net_spec, _tile_gate, tile_band
 from .muon import MUON_COEFFICIENTS
-from .omega import OmegaState, omega_chunked, omega_initial_state
+from .omega import Muon, OmegaState, omega_chunked, omega_initial_state
 from .rule import segsum
 from .segments import split_started_chunk
 
@@ -49,6 +50,26 @@ def muon_coefficients(
     return beta, D - last, last, log_mom.sum(-1).exp(), s
 
 
+def token_muon_coefficients(
+    lr: Tensor, log_keep: Tensor, log_mom: Tensor, valid: Tensor, band: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The per-token Muon kernel's coefficients of chunks of L tokens (gates as :func:`muon_coefficients`'
+    take them): β_t = Π_{i≤t} keep_i, keep_t, lr_t, m_t = Π_{i≤t} mom_i ``[..., L]`` and
+    Q ``[..., L, P + L]``, the coefficient of key row e's gradient in m_t S − S_t (the momentum's decays
+    m_t/m_i over the chunk's valid tokens i, times the window's band), as
+    :func:`memnets.memory.omega._decays`."""
+    Q = (segsum(log_mom).exp() * valid[..., None, :]) @ band
+    return log_keep.cumsum(-1).exp(), log_keep.exp(), lr, log_mom.cumsum(-1).exp(), Q
+
+
+def needs_grad(arch: MemoryMLP, *xs: object) -> bool:
+    """Whether autograd is on and an input (tensors among ``xs``, the tensors of an :class:`OmegaState`)
+    or a parameter of ``arch`` requires a gradient."""
+    xs = tuple(t for x in xs for t in (_state_tensors(x) if isinstance(x, OmegaState) else (x,)))
+    tensors = [x for x in xs if isinstance(x, Tensor)] + list(arch.parameters())
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def omega_muon_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -63,37 +84,47 @@ def omega_muon_chunked(
     window: int = 1,
     chunk_size: int = 16,
     bias: object = None,
+    muon: Muon = "chunk",
     ns_steps: int = 5,
     ns_coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
     checkpoint_every: int | None = None,
     dot_precision: str = "auto",
 ) -> tuple[Tensor, OmegaState]:
-    """Drop-in for :func:`memnets.memory.omega.omega_chunked` with ``muon="chunk"`` on a depth-2 chain MLP
-    memory (:func:`supports_muon`), dense batches: the kernel from the first chunk boundary, a started
-    chunk (decoding) finished in PyTorch first."""
+    """Drop-in for :func:`memnets.memory.omega.omega_chunked` with ``muon`` on a depth-2 chain MLP memory
+    (:func:`supports_muon`), dense batches: the kernel from the first chunk boundary, a started chunk
+    (decoding) finished in PyTorch first. ``muon="token"`` has a forward kernel only: called where a
+    gradient is needed (autograd on and an input or ``arch``'s parameter requiring one), it raises."""
     name = "omega_muon_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = supports_muon(arch, bias, chunk_size, window)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
+    if muon not in ("chunk", "token"):
+        raise ValueError(f"{name}: muon={muon!r} is not one of ['chunk', 'token']")
     if mom is None:
         raise ValueError(f"{name}: muon needs the momentum gate mom")
+    if muon == "token" and needs_grad(arch, q, k, v, lr, mom, keep, win_gate, state):
+        raise ValueError(
+            f"{name}: muon='token' has a forward kernel only (no backward yet); call it under "
+            "torch.no_grad() or use omega_chunked"
+        )
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
     B, T = q.shape[:2]
     y0 = None
     if state is not None and state.memory.offset > 0:
         head, rest = split_started_chunk(state.memory.offset, chunk_size, q, k, v, lr, mom, keep, win_gate)
         y0, state = omega_chunked(
-            arch, *head, state, window=window, chunk_size=chunk_size, bias=bias, muon="chunk",  # type: ignore[arg-type]
+            arch, *head, state, window=window, chunk_size=chunk_size, bias=bias, muon=muon,  # type: ignore[arg-type]
             ns_steps=ns_steps, ns_coefficients=ns_coefficients,
         )  # fmt: skip
         if rest[0].shape[1] == 0:  # type: ignore[union-attr]
             return y0, state
         q, k, v, lr, mom, keep, win_gate = rest  # type: ignore[assignment]
         T = q.shape[1]
-    st = state or omega_initial_state(arch, B, momentum=True, muon="chunk")
-    if st.direction is None or st.memory.momentum is None:
-        raise ValueError(f"{name}: the state must carry the momentum and the Muon direction")
+    st = state or omega_initial_state(arch, B, momentum=True, muon=muon)
+    if st.memory.momentum is None or (st.direction is None) != (muon == "token"):
+        want = "the momentum" + (" and the Muon direction" if muon == "chunk" else " and no direction")
+        raise ValueError(f"{name}: with muon={muon!r} the state must carry {want}")
     L, P = chunk_size, window - 1
     kx, vx = (torch.cat([w.float(), x.float()], 1) for w, x in ((st.window_k, k), (st.window_v, v)))
     with torch.autocast(q.device.type, enabled=False):
@@ -105,18 +136,32 @@ def omega_muon_chunked(
 
         # the window's band (at window 1 the one gate scales each token's gradient)
         band = tile_band(win_gate, index, P, window, q.float())
-        coefs = muon_coefficients(gate(lr, False), gate(keep, True), gate(mom, True), gate(None, False), band)
-        (w1, w2), (s1, s2), (o1, o2) = st.memory.weights, st.memory.momentum, st.direction
-        ws = [x.expand(B, *x.shape[-3:]) if x.dim() == 3 else x for x in (w1, w2, s1, s2, o1, o2)]
-        y, W, S, direction, anchor = muon_memory_chunked(
-            q, kx, vx, *coefs, *ws, memory=_net_spec(arch), chunk_size=L, window=window,
-            ln_weight=getattr(arch, "norm_weight", None), ln_bias=getattr(arch, "norm_bias", None),
-            ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), checkpoint_every=checkpoint_every,
+        gates = (gate(lr, False), gate(keep, True), gate(mom, True), gate(None, False), band)
+        memory = st.memory.weights + st.memory.momentum + (st.direction or ())
+        ws = [x.expand(B, *x.shape[-3:]) if x.dim() == 3 else x for x in memory]
+        options = dict(
+            memory=_net_spec(arch), chunk_size=L, window=window, ln_weight=getattr(arch, "norm_weight", None),
+            ln_bias=getattr(arch, "norm_bias", None), ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients),
             dot_precision=dot_precision,
         )  # fmt: skip
+        direction = None
+        if muon == "chunk":
+            y, W, S, direction, anchor = muon_memory_chunked(
+                q, kx, vx, *muon_coefficients(*gates), *ws, checkpoint_every=checkpoint_every, **options
+            )
+        else:
+            y, W, S, anchor = token_muon_memory_forward(
+                q, kx, vx, *token_muon_coefficients(*gates), *ws, **options
+            )
     offset = T % chunk_size
     mem = MemoryState(W, S, anchor if offset else None, offset)
     rows = kx.shape[1]
     tail_k, tail_v = (x[:, max(0, rows - P) :] for x in (kx, vx))
     y = y if y0 is None else torch.cat([y0, y], 1)
     return y, OmegaState(mem, tail_k, tail_v, direction)
+
+
+def _state_tensors(state: OmegaState) -> list[Tensor]:
+    mem = state.memory
+    groups = (mem.weights, mem.momentum or (), mem.anchor or (), state.direction or ())
+    return [t for g in groups for t in g] + [state.window_k, state.window_v]

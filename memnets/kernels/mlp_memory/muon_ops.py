@@ -1,7 +1,9 @@
-"""The Muon-per-chunk kernels (:mod:`.muon_forward`, :mod:`.muon_backward`) as ``torch.library`` custom
-ops with fake implementations and ``register_autograd``, as the other MLP-memory kernels
-(:mod:`.ops`): ``memnets::muon_memory_fwd`` / ``_bwd``. Both take the tensors first and then the fields
-of :class:`MuonConfig` as scalars.
+"""The Muon kernels (per chunk: :mod:`.muon_forward`, :mod:`.muon_backward`; per token:
+:mod:`.token_muon_forward`) as ``torch.library`` custom ops with fake implementations, as the other
+MLP-memory kernels (:mod:`.ops`): ``memnets::muon_memory_fwd`` / ``_bwd`` (with ``register_autograd``)
+and ``memnets::token_muon_memory_fwd`` (a forward only: no autograd is registered, so the bridge calls it
+only where no gradient is needed). Each takes the tensors first and then the fields of
+:class:`MuonConfig` as scalars.
 
 Checkpoint segments bound the backward's memory as in the wide-state kernels
 (:func:`~.launch.checkpoint_chunks`): the forward keeps the state (W, S, O) at every segment's start;
@@ -20,6 +22,7 @@ from .config import block, op_schema
 from .forward import spans
 from .muon_backward import _muon_backward_kernel
 from .muon_forward import _muon_forward_kernel
+from .token_muon_forward import _token_muon_forward_kernel
 from .wide_forward import key_block
 
 # warps per program: two warpgroups split the N of the [64, 64]-wide Newton–Schulz and key-block products
@@ -240,3 +243,49 @@ def _backward(ctx, *cotangents) -> tuple:
 
 
 torch.library.register_autograd("memnets::muon_memory_fwd", _backward, setup_context=_setup_context)
+
+
+def run_token_forward(q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, s2, c: MuonConfig):
+    """(y float32, the final W1, W2, S1, S2 and the last chunk's start W1, W2) of the per-token kernel:
+    one launch over every chunk (``c.every`` and ``c.inner`` unused: no backward)."""
+    B, T, H = q.shape[:3]
+    NCT = beta.shape[2]
+    consts = _constants(q, w1, w2, ln_w, c)
+    state = [t.float().clone(memory_format=torch.contiguous_format) for t in (w1, w2, s1, s2)]
+    y = w1.new_empty(B, T, H, w2.shape[-1])
+    anchor = (w1.new_empty(w1.shape), w2.new_empty(w2.shape))
+    empty = w1.new_empty(0)
+    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
+    _token_muon_forward_kernel[(B * H,)](
+        q, k, v, lnw, lnb, beta, keep, lr, mom, qm, y, *state, *anchor,
+        T, k.shape[1] - T, 0, NCT, NCT, *_scalars(c), **consts,
+    )  # fmt: skip
+    return (y, *state, *anchor)
+
+
+# the per-token kernel: coefficients beta, keep, lr, mom [B, H, NC, L] and qm [B, H, NC, L, P + L] float32;
+# the state w1, s1 [B, H, Dk, Dh], w2, s2 [B, H, Dh, D] float32
+_TOKEN_INPUTS = (
+    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor keep, Tensor lr, "
+    "Tensor mom, Tensor qm, Tensor w1, Tensor w2, Tensor s1, Tensor s2"
+)
+
+
+@torch.library.custom_op(
+    "memnets::token_muon_memory_fwd",
+    mutates_args=(),
+    schema=op_schema(_TOKEN_INPUTS, "(" + ", ".join(["Tensor"] * 7) + ")", MuonConfig),
+)
+def token_muon_memory_fwd(*inputs) -> tuple[Tensor, ...]:
+    """:func:`run_token_forward` as an op."""
+    tensors, config = _split(inputs, _TOKEN_INPUTS.count("Tensor"))
+    return run_token_forward(*tensors, config)
+
+
+@token_muon_memory_fwd.register_fake
+def _(*inputs):
+    q, v, w1, w2 = inputs[0], inputs[2], inputs[10], inputs[11]
+    return (
+        w1.new_empty(*q.shape[:3], v.shape[-1]), *(torch.empty_like(t) for t in inputs[10:14]),
+        torch.empty_like(w1), torch.empty_like(w2),
+    )  # fmt: skip
