@@ -4,7 +4,7 @@
 |---|---|---|---|
 | :data:`TITANS_MEMORY` | Titans LMM (arXiv:2501.00663 §3.1, Eq. 13-15) | ``memory_reference`` / ``memory_chunked`` | MLP (depth 2) or linear (depth 1) memory kernel |
 | :data:`MIRAS_MEMORY` | Miras (arXiv:2504.13173 §5, Eq. 24-27) | ``miras_reference`` / ``miras_chunked`` | the MLP memory kernel: identity retention, Moneta's ℓ_q maps (whole-state) |
-| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon (§5) per chunk and per token (forward only) in their own kernels |
+| :data:`OMEGA_MEMORY` | Omega rule (ATLAS, arXiv:2505.23735 §3; OmegaNet Eq. 10) | ``omega_reference`` / ``omega_chunked`` | the MLP memory kernel's Omega window; Muon (§5) per chunk and per token in their own kernels |
 | :data:`CHUNK_READ_MEMORY` | TNT global memory (arXiv:2511.07343) | ``chunk_read_memory_reference`` / ``chunk_read_memory`` | chunk-start reads of the MLP memory kernel |
 | :data:`SHARDED_MEMORY` | TNT local memories (resets, Q-K projection) | ``sharded_memory`` | the Titans memory kernels on folded shards |
 | :data:`GATED_DELTA` | gated delta rule (arXiv:2412.06464) | ``gated_delta_rule`` | ``gated_delta_rule`` (Triton) |
@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .dispatch import MemoryOp, log_once
+from .dispatch import MemoryOp
 from .kernels.gated_delta import gated_delta_rule
 from .memory import MemoryMLP, MemoryState, memory_chunked, memory_reference
 from .memory.chunk_read import chunk_read_memory, chunk_read_memory_reference
@@ -176,8 +176,8 @@ def _omega_supports(
         if backend == "auto":  # until a GPU run shows otherwise, auto keeps the compiled engine
             return (
                 f"muon={muon!r} under backend='auto' (the Muon kernels are unmeasured on a GPU and the per-chunk "
-                "one is estimated slower than the compiled engine, benchmarks/RESULTS.md §37; the per-token "
-                "one has a forward only; ask for backend='triton')"
+                "one is estimated slower than the compiled engine, benchmarks/RESULTS.md §37; ask for "
+                "backend='triton')"
             )
         return supports_muon(arch, bias, chunk_size, window)
     if muon is not None:
@@ -187,17 +187,11 @@ def _omega_supports(
 
 def _omega_kernel(*inputs: Any, muon: object, ns_steps: int, ns_coefficients: object, **options: Any):
     if muon is not None:
-        from .memory.muon_kernel import needs_grad, omega_muon_chunked
+        from .memory.muon_kernel import omega_muon_chunked
 
-        muon_options = {"muon": muon, "ns_steps": ns_steps, "ns_coefficients": ns_coefficients}
-        if muon == "token" and needs_grad(*inputs):
-            log_once(
-                "the Omega memory: muon='token' runs the chunked engine where a gradient is needed (its "
-                "kernel has a forward only; backend='auto' runs the compiled engine on CUDA)"
-            )
-            options.pop("dot_precision", None)
-            return omega_chunked(*inputs, **muon_options, **options)
-        return omega_muon_chunked(*inputs, **muon_options, **options)
+        return omega_muon_chunked(
+            *inputs, muon=muon, ns_steps=ns_steps, ns_coefficients=ns_coefficients, **options
+        )
     from .memory.kernel_bridge import omega_mlp_chunked
 
     return omega_mlp_chunked(*inputs, **options)

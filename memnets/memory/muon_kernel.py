@@ -1,8 +1,7 @@
 """The model side of the Muon kernels (Atlas, ATLAS arXiv 2505.23735 §5 Eq. 32–33):
 :func:`omega_muon_chunked`, a drop-in for :func:`memnets.memory.omega.omega_chunked` with ``muon="chunk"``
-(:mod:`memnets.kernels.mlp_memory.muon_forward`, forward and backward) or ``muon="token"`` (Eq. 40,
-:mod:`memnets.kernels.mlp_memory.token_muon_forward`: a forward only, for calls that need no gradient),
-and the per-chunk coefficients the kernels take (:func:`muon_coefficients`,
+(:mod:`memnets.kernels.mlp_memory.muon_forward`) or ``muon="token"`` (Eq. 40,
+:mod:`memnets.kernels.mlp_memory.token_muon_forward`), forward and backward, and the per-chunk coefficients the kernels take (:func:`muon_coefficients`,
 :func:`token_muon_coefficients`), computed here so that autograd carries their gradients to the gates."""
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels.mlp_memory.muon_launch import muon_memory_chunked, muon_supports, token_muon_memory_forward
+from ..kernels.mlp_memory.muon_launch import muon_memory_chunked, muon_supports, token_muon_memory_chunked
 from ..kernels.packing import chunk_layout
 from . import MemoryMLP, MemoryState, check_inputs
 from .features import FeatureMemoryMLP
@@ -62,14 +61,6 @@ def token_muon_coefficients(
     return log_keep.cumsum(-1).exp(), log_keep.exp(), lr, log_mom.cumsum(-1).exp(), Q
 
 
-def needs_grad(arch: MemoryMLP, *xs: object) -> bool:
-    """Whether autograd is on and an input (tensors among ``xs``, the tensors of an :class:`OmegaState`)
-    or a parameter of ``arch`` requires a gradient."""
-    xs = tuple(t for x in xs for t in (_state_tensors(x) if isinstance(x, OmegaState) else (x,)))
-    tensors = [x for x in xs if isinstance(x, Tensor)] + list(arch.parameters())
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def omega_muon_chunked(
     arch: MemoryMLP,
     q: Tensor,
@@ -92,8 +83,7 @@ def omega_muon_chunked(
 ) -> tuple[Tensor, OmegaState]:
     """Drop-in for :func:`memnets.memory.omega.omega_chunked` with ``muon`` on a depth-2 chain MLP memory
     (:func:`supports_muon`), dense batches: the kernel from the first chunk boundary, a started chunk
-    (decoding) finished in PyTorch first. ``muon="token"`` has a forward kernel only: called where a
-    gradient is needed (autograd on and an input or ``arch``'s parameter requiring one), it raises."""
+    (decoding) finished in PyTorch first."""
     name = "omega_muon_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = supports_muon(arch, bias, chunk_size, window)
@@ -103,11 +93,6 @@ def omega_muon_chunked(
         raise ValueError(f"{name}: muon={muon!r} is not one of ['chunk', 'token']")
     if mom is None:
         raise ValueError(f"{name}: muon needs the momentum gate mom")
-    if muon == "token" and needs_grad(arch, q, k, v, lr, mom, keep, win_gate, state):
-        raise ValueError(
-            f"{name}: muon='token' has a forward kernel only (no backward yet); call it under "
-            "torch.no_grad() or use omega_chunked"
-        )
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)
     B, T = q.shape[:2]
     y0 = None
@@ -150,8 +135,8 @@ def omega_muon_chunked(
                 q, kx, vx, *muon_coefficients(*gates), *ws, checkpoint_every=checkpoint_every, **options
             )
         else:
-            y, W, S, anchor = token_muon_memory_forward(
-                q, kx, vx, *token_muon_coefficients(*gates), *ws, **options
+            y, W, S, anchor = token_muon_memory_chunked(
+                q, kx, vx, *token_muon_coefficients(*gates), *ws, checkpoint_every=checkpoint_every, **options
             )
     offset = T % chunk_size
     mem = MemoryState(W, S, anchor if offset else None, offset)
@@ -159,9 +144,3 @@ def omega_muon_chunked(
     tail_k, tail_v = (x[:, max(0, rows - P) :] for x in (kx, vx))
     y = y if y0 is None else torch.cat([y0, y], 1)
     return y, OmegaState(mem, tail_k, tail_v, direction)
-
-
-def _state_tensors(state: OmegaState) -> list[Tensor]:
-    mem = state.memory
-    groups = (mem.weights, mem.momentum or (), mem.anchor or (), state.direction or ())
-    return [t for g in groups for t in g] + [state.window_k, state.window_v]

@@ -50,7 +50,7 @@ from .wide_forward import chunk_rows, key_z2, w1_block, w2_block
 
 
 @triton.jit
-def _rows_block(x, cc, c0, R: tl.constexpr, W: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def chunk_key_rows(x, cc, c0, R: tl.constexpr, W: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     """Offsets and mask of columns c0 .. c0 + BC of the R rows of chunk ``cc`` in a ``[.., R, W]`` tensor."""
     r = tl.arange(0, BR)
     c = c0 + tl.arange(0, BC)
@@ -259,7 +259,7 @@ def _muon_backward_kernel(
             dS1t = dS1n + s1_scale * dx0 - (s1_scale * s1_scale * ip) * S1n
             g_m += inner(dS1t, S1)
             kdS1 += dot(tl.trans(kT), dS1t, DOT)
-            kptr, kmask1 = _rows_block(dk, cc, i * KB, P + L, DI, BK, KB)
+            kptr, kmask1 = chunk_key_rows(dk, cc, i * KB, P + L, DI, BK, KB)
             tl.store(kptr, -dot(d1s, tl.trans(dS1t), DOT), mask=kmask1)
             new_dW1 = beta_last * dW1n + dot(qT * b_beta[None, :], tl.trans(dz1T), DOT)
             new_dO1 = d_last * dW1n + (1.0 - refresh) * dO1n + dot(qT * b_d[None, :], tl.trans(dz1T), DOT)
@@ -279,7 +279,7 @@ def _muon_backward_kernel(
         )  # fmt: skip
         dAT += dot(W2, tl.trans(dZ2), DOT)
         dZ1T += dAT * gZ1
-        vptr, vmask = _rows_block(dv, cc, 0, P + L, D, BK, BD)
+        vptr, vmask = chunk_key_rows(dv, cc, 0, P + L, D, BK, BD)
         tl.store(vptr, -dr, mask=vmask)
         new_dW2 = beta_last * dW2n + gW2 + dot(eT, dd, DOT) + dot(AT, dZ2, DOT)
         if is_last:  # the anchor is the last chunk's start weights
@@ -299,7 +299,7 @@ def _muon_backward_kernel(
             cur += dot(kT, dZ1, DOT)
             if is_last:
                 cur += tl.load(dw1a + base1 + o1_, mask=m1, other=0.0)
-            kptr, kmask1 = _rows_block(dk, cc, i * KB, P + L, DI, BK, KB)
+            kptr, kmask1 = chunk_key_rows(dk, cc, i * KB, P + L, DI, BK, KB)
             dki = tl.load(kptr, mask=kmask1, other=0.0) + dot(dZ1, tl.trans(W1), DOT)
             tl.debug_barrier()
             tl.store(dw1 + base1 + o1_, cur, mask=m1)

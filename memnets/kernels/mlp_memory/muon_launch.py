@@ -1,6 +1,6 @@
 """The entry of the Muon kernels (per chunk: :mod:`.muon_forward`, :mod:`.muon_backward`; per token:
-:mod:`.token_muon_forward`, a forward only): what they cover (:func:`muon_supports`) and the launches
-(:func:`muon_memory_chunked`, :func:`token_muon_memory_forward`, through the custom ops of
+:mod:`.token_muon_forward`, :mod:`.token_muon_backward`): what they cover (:func:`muon_supports`) and
+the launches (:func:`muon_memory_chunked`, :func:`token_muon_memory_chunked`, through the custom ops of
 :mod:`.muon_ops`, which hold the checkpoint plan and the autograd), plain tensors in and out."""
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def muon_memory_chunked(
     return y.to(q.dtype), (W1, W2), (S1, S2), (O1, O2), (A1, A2)
 
 
-def token_muon_memory_forward(
+def token_muon_memory_chunked(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -140,10 +140,11 @@ def token_muon_memory_forward(
     ns_steps: int = 5,
     ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
     ns_eps: float = 1e-7,
+    checkpoint_every: int | None = None,
     dot_precision: str = "tf32x3",
 ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """The Omega rule with Muon on every token on a depth-2 MLP memory, from a chunk boundary of a dense
-    batch, forward only (no autograd).
+    batch, forward and (through autograd) backward.
 
     Args:
         q, k, v: as :func:`muon_memory_chunked`'s.
@@ -152,8 +153,8 @@ def token_muon_memory_forward(
             lr = 0); qm ``[B, H, NC, L, P + L]`` the momentum's coefficients Q[t, j] of the key rows
             (:func:`memnets.memory.muon_kernel.token_muon_coefficients`); float32.
         w1, w2, s1, s2: the weights and momentum at the first token (``[B, H, Dk, Dh]`` / ``[B, H, Dh, D]``).
-        memory, window, ln_weight, ln_bias, ns_steps, ns_coefficients, ns_eps, dot_precision: as
-            :func:`muon_memory_chunked`'s.
+        memory, window, ln_weight, ln_bias, ns_steps, ns_coefficients, ns_eps, checkpoint_every,
+            dot_precision: as :func:`muon_memory_chunked`'s.
 
     Returns:
         ``y`` in q's dtype (with the residual's ``+ q[..., :D]``), the final (W1, W2), (S1, S2) and the last
@@ -161,24 +162,24 @@ def token_muon_memory_forward(
 
     Example::
 
-        y, W, S, anchor = token_muon_memory_forward(
+        y, W, S, anchor = token_muon_memory_chunked(
             q, k, v, *token_muon_coefficients(...), w1, w2, s1, s2, memory=memory, chunk_size=16,
         )
     """
     reason = muon_supports(memory, chunk_size, window - 1)
     if reason is not None:
-        raise ValueError(f"token_muon_memory_forward: unsupported configuration: {reason}")
-    NC = beta.shape[2]
+        raise ValueError(f"token_muon_memory_chunked: unsupported configuration: {reason}")
     config = MuonConfig(
-        chunk_size, window - 1, NC, NC, DOT_PRECISIONS[dot_precision], ns_steps, *ns_coefficients, ns_eps,
-        ACTIVATIONS[memory.activation], memory.residual, memory.ln_eps,
+        chunk_size, window - 1, *checkpoint_chunks(beta.shape[2], checkpoint_every, wide=True),
+        DOT_PRECISIONS[dot_precision], ns_steps, *ns_coefficients, ns_eps, ACTIVATIONS[memory.activation],
+        memory.residual, memory.ln_eps,
     )  # fmt: skip
     ln_w = ln_b = None
     if memory.layer_norm:
         ln_w, ln_b = ln_weight.float().contiguous(), ln_bias.float().contiguous()  # type: ignore[union-attr]
     coefs = (x.float().contiguous() for x in (beta, keep, lr, mom, qm))
     state = (t.float().contiguous() for t in (w1, w2, s1, s2))
-    y, W1, W2, S1, S2, A1, A2 = token_muon_memory_fwd(
+    y, W1, W2, S1, S2, A1, A2, *_ = token_muon_memory_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), ln_w, ln_b, *coefs, *state, *config
     )
     if memory.residual:

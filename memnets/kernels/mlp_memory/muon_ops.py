@@ -1,8 +1,7 @@
 """The Muon kernels (per chunk: :mod:`.muon_forward`, :mod:`.muon_backward`; per token:
 :mod:`.token_muon_forward`) as ``torch.library`` custom ops with fake implementations, as the other
 MLP-memory kernels (:mod:`.ops`): ``memnets::muon_memory_fwd`` / ``_bwd`` (with ``register_autograd``)
-and ``memnets::token_muon_memory_fwd`` (a forward only: no autograd is registered, so the bridge calls it
-only where no gradient is needed). Each takes the tensors first and then the fields of
+and ``memnets::token_muon_memory_fwd`` / ``_bwd``. Each takes the tensors first and then the fields of
 :class:`MuonConfig` as scalars.
 
 Checkpoint segments bound the backward's memory as in the wide-state kernels
@@ -22,6 +21,7 @@ from .config import block, op_schema
 from .forward import spans
 from .muon_backward import _muon_backward_kernel
 from .muon_forward import _muon_forward_kernel
+from .token_muon_backward import _token_muon_backward_kernel
 from .token_muon_forward import _token_muon_forward_kernel
 from .wide_forward import key_block
 
@@ -121,34 +121,53 @@ def run_backward(
     inputs = (q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef)
     y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
     scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
+
+    def forward(state: list[Tensor], c0: int, nc: int, chunks: list[Tensor] | None) -> None:
+        _muon_forward_kernel[(B * H,)](
+            *inputs, empty if chunks else y_scratch, *state, *scratch, *(chunks or (empty,) * 6),
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=chunks is not None, **consts,
+        )  # fmt: skip
+
+    def backward(c0: int, nc: int, chunks: list[Tensor]) -> None:
+        _muon_backward_kernel[(B * H,)](
+            *inputs, dy, *chunks, xs, dxs, *dstate, *danchor,
+            dq, dk, dv, dbeta, ddc, dlc, dm, ds, dln[0], dln[1],
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
+        )  # fmt: skip
+
+    walk_segments(ckpts, NCT, c, forward, backward)
+    return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, ddc, dlc, dm, ds, *dstate]
+
+
+def walk_segments(ckpts, NCT: int, c: MuonConfig, forward, backward) -> None:
+    """The backward's walk over checkpoint segments in reverse: each segment's inner checkpoints from its
+    stored start (``forward(state, c0, nc, None)`` advances ``state`` in place), then each inner segment in
+    reverse, its chunks' start states stored (``forward(state, c0, nc, chunks)``) and walked back
+    (``backward(c0, nc, chunks)``)."""
     for n, (s0, ns0) in reversed(list(enumerate(spans(0, NCT, c.every)))):
-        # the segment's inner checkpoints (the last inner segment's start is its STORE pass's)
         state, starts = [t[n].clone() for t in ckpts], []
         for c0, nc in spans(s0, ns0, c.inner):
             starts.append([t.clone() for t in state])
-            if c0 + nc < s0 + ns0:
-                _muon_forward_kernel[(B * H,)](
-                    *inputs, y_scratch, *state, *scratch, *(empty,) * 6,
-                    T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
-                )  # fmt: skip
+            if c0 + nc < s0 + ns0:  # the last inner segment's start is its STORE pass's
+                forward(state, c0, nc, None)
         for (c0, nc), state in reversed(list(zip(spans(s0, ns0, c.inner), starts))):
-            chunks = [q.new_empty(B, H, nc, *t.shape[2:], dtype=torch.float32) for t in state]
-            _muon_forward_kernel[(B * H,)](
-                *inputs, empty, *state, *scratch, *chunks,
-                T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=True, **consts,
-            )  # fmt: skip
-            _muon_backward_kernel[(B * H,)](
-                *inputs, dy, *chunks, xs, dxs, *dstate, *danchor,
-                dq, dk, dv, dbeta, ddc, dlc, dm, ds, dln[0], dln[1],
-                T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
-            )  # fmt: skip
+            chunks = [t.new_empty(t.shape[0], t.shape[1], nc, *t.shape[2:]) for t in state]
+            forward(state, c0, nc, chunks)
+            backward(c0, nc, chunks)
+
+
+def _input_grads(q, k, v, ln_w, dq, dk, dv, dln, c: MuonConfig) -> list[Tensor]:
+    """dq, dk, dv (the per-chunk key rows folded) and the LayerNorm's (empty without it) in the inputs'
+    dtypes."""
+    B, T, H = q.shape[:3]
+    D = v.shape[-1]
     if c.residual:  # M(φ(k)) = k + …: R = K[:, :D] + … − V
         dk[..., :D] -= dv
-    dk_, dv_ = (_fold(x, k.shape[1], T, L, P) for x in (dk, dv))
-    dln_w, dln_b = empty, q.new_empty(0, dtype=torch.float32)  # distinct: outputs may not alias
+    dk_, dv_ = (_fold(x, k.shape[1], T, c.chunk, c.prefix) for x in (dk, dv))
+    dln_w, dln_b = q.new_empty(0, dtype=torch.float32), q.new_empty(0, dtype=torch.float32)  # no aliasing
     if ln_w is not None:
         dln_w, dln_b = (x.view(B, H, D).sum(0) for x in dln)
-    return [dq.to(q.dtype), dk_.to(k.dtype), dv_.to(v.dtype), dln_w, dln_b, dbeta, ddc, dlc, dm, ds, *dstate]
+    return [dq.to(q.dtype), dk_.to(k.dtype), dv_.to(v.dtype), dln_w, dln_b]
 
 
 def _fold(x: Tensor, rows: int, T: int, L: int, P: int) -> Tensor:
@@ -246,8 +265,8 @@ torch.library.register_autograd("memnets::muon_memory_fwd", _backward, setup_con
 
 
 def run_token_forward(q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, s2, c: MuonConfig):
-    """(y float32, the final W1, W2, S1, S2 and the last chunk's start W1, W2) of the per-token kernel:
-    one launch over every chunk (``c.every`` and ``c.inner`` unused: no backward)."""
+    """(y float32, the final W1, W2, S1, S2, the last chunk's start W1, W2, and the state at every
+    checkpoint segment's start ``[NS, B, H, ...]``) of the per-token kernel."""
     B, T, H = q.shape[:3]
     NCT = beta.shape[2]
     consts = _constants(q, w1, w2, ln_w, c)
@@ -256,11 +275,57 @@ def run_token_forward(q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, 
     anchor = (w1.new_empty(w1.shape), w2.new_empty(w2.shape))
     empty = w1.new_empty(0)
     lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
-    _token_muon_forward_kernel[(B * H,)](
-        q, k, v, lnw, lnb, beta, keep, lr, mom, qm, y, *state, *anchor,
-        T, k.shape[1] - T, 0, NCT, NCT, *_scalars(c), **consts,
-    )  # fmt: skip
-    return (y, *state, *anchor)
+    ckpts = []
+    for c0, nc in spans(0, NCT, c.every):
+        ckpts.append([t.clone() for t in state])
+        _token_muon_forward_kernel[(B * H,)](
+            q, k, v, lnw, lnb, beta, keep, lr, mom, qm, y, *state, *anchor, *(empty,) * 4,
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
+        )  # fmt: skip
+    return (y, *state, *anchor, *(torch.stack(s) for s in zip(*ckpts)))
+
+
+def run_token_backward(
+    q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, s2, *rest, c: MuonConfig
+) -> list[Tensor]:  # fmt: skip
+    """Gradients of :func:`run_token_forward`'s inputs from its checkpoints (``rest[:4]``) and the
+    cotangents (``rest[4:]``: y, the four final state tensors, the two anchors)."""
+    ckpts, (dy, *d_state) = rest[:4], rest[4:]
+    B, T, H = q.shape[:3]
+    NCT, D, L, P = beta.shape[2], v.shape[-1], c.chunk, c.prefix
+    consts = _constants(q, w1, w2, ln_w, c)
+    dstate = [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:4]]
+    danchor = [d.float().contiguous() for d in d_state[4:]]
+    dy = dy.float().contiguous()
+    empty = q.new_empty(0, dtype=torch.float32)
+    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
+    dq = q.new_zeros(q.shape, dtype=torch.float32)
+    dk = q.new_zeros(B, H, NCT, P + L, q.shape[3], dtype=torch.float32)
+    dv = q.new_zeros(B, H, NCT, P + L, D, dtype=torch.float32)
+    dbeta, dkeep, dlr, dmom = (torch.empty_like(beta) for _ in range(4))
+    dqm = torch.empty_like(qm)
+    dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
+    BHB, BK, BD = consts["BHB"], consts["BK"], consts["BD"]
+    scr = q.new_empty(B * H, L, 2, BHB * BHB + BK * BHB + BHB * BD, dtype=torch.float32)
+    inputs = (q, k, v, lnw, lnb, beta, keep, lr, mom, qm)
+    y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
+    scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
+
+    def forward(state: list[Tensor], c0: int, nc: int, chunks: list[Tensor] | None) -> None:
+        _token_muon_forward_kernel[(B * H,)](
+            *inputs, empty if chunks else y_scratch, *state, *scratch, *(chunks or (empty,) * 4),
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=chunks is not None, **consts,
+        )  # fmt: skip
+
+    def backward(c0: int, nc: int, chunks: list[Tensor]) -> None:
+        _token_muon_backward_kernel[(B * H,)](
+            *inputs, dy, *chunks, scr, *dstate, *danchor,
+            dq, dk, dv, dbeta, dkeep, dlr, dmom, dqm, dln[0], dln[1],
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
+        )  # fmt: skip
+
+    walk_segments(ckpts, NCT, c, forward, backward)
+    return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, dkeep, dlr, dmom, dqm, *dstate]
 
 
 # the per-token kernel: coefficients beta, keep, lr, mom [B, H, NC, L] and qm [B, H, NC, L, P + L] float32;
@@ -271,21 +336,76 @@ _TOKEN_INPUTS = (
 )
 
 
+_TOKEN_N_INPUTS = _TOKEN_INPUTS.count("Tensor")
+_TOKEN_CHECKPOINTS = ", ".join(f"Tensor ckpt_{n}" for n in ("w1", "w2", "s1", "s2"))
+_TOKEN_COTANGENTS = ", ".join(f"Tensor d{n}" for n in ("y", "w1", "w2", "s1", "s2", "a1", "a2"))
+
+
 @torch.library.custom_op(
     "memnets::token_muon_memory_fwd",
     mutates_args=(),
-    schema=op_schema(_TOKEN_INPUTS, "(" + ", ".join(["Tensor"] * 7) + ")", MuonConfig),
+    schema=op_schema(_TOKEN_INPUTS, "(" + ", ".join(["Tensor"] * 11) + ")", MuonConfig),
 )
 def token_muon_memory_fwd(*inputs) -> tuple[Tensor, ...]:
     """:func:`run_token_forward` as an op."""
-    tensors, config = _split(inputs, _TOKEN_INPUTS.count("Tensor"))
+    tensors, config = _split(inputs, _TOKEN_N_INPUTS)
     return run_token_forward(*tensors, config)
+
+
+@torch.library.custom_op(
+    "memnets::token_muon_memory_bwd",
+    mutates_args=(),
+    schema=op_schema(f"{_TOKEN_INPUTS}, {_TOKEN_CHECKPOINTS}, {_TOKEN_COTANGENTS}", "Tensor[]", MuonConfig),
+)
+def token_muon_memory_bwd(*inputs) -> list[Tensor]:
+    """:func:`run_token_backward` as an op: the gradients of the forward's 14 inputs (empty for absent
+    LayerNorm parameters)."""
+    tensors, config = _split(inputs, _TOKEN_N_INPUTS + 4 + 7)
+    return run_token_backward(*tensors, c=config)
 
 
 @token_muon_memory_fwd.register_fake
 def _(*inputs):
-    q, v, w1, w2 = inputs[0], inputs[2], inputs[10], inputs[11]
+    tensors, config = _split(inputs, _TOKEN_N_INPUTS)
+    q, v, beta, state = tensors[0], tensors[2], tensors[5], tensors[10:]
+    ns = len(spans(0, beta.shape[2], config.every))
+    y = state[0].new_empty(*q.shape[:3], v.shape[-1])
     return (
-        w1.new_empty(*q.shape[:3], v.shape[-1]), *(torch.empty_like(t) for t in inputs[10:14]),
-        torch.empty_like(w1), torch.empty_like(w2),
+        y, *(torch.empty_like(t) for t in state), *(torch.empty_like(t) for t in state[:2]),
+        *(t.new_empty(ns, *t.shape) for t in state),
     )  # fmt: skip
+
+
+@token_muon_memory_bwd.register_fake
+def _(*inputs):
+    q = inputs[0]
+    return [
+        q.new_empty(0, dtype=torch.float32) if t is None else torch.empty_like(t)
+        for t in inputs[:_TOKEN_N_INPUTS]
+    ]
+
+
+def _token_setup_context(ctx, inputs, output) -> None:
+    tensors, ctx.config = _split(inputs, _TOKEN_N_INPUTS)
+    ctx.has_ln = tensors[3] is not None
+    ctx.save_for_backward(*tensors, *output[7:])
+
+
+def _token_backward(ctx, *cotangents) -> tuple:
+    saved = ctx.saved_tensors
+    tensors, ckpts = saved[:_TOKEN_N_INPUTS], saved[_TOKEN_N_INPUTS:]
+    likes = (
+        tensors[0].new_empty(*tensors[0].shape[:3], tensors[2].shape[-1]),
+        *tensors[10:],
+        *tensors[10:12],
+    )
+    cots = [torch.zeros_like(like) if c is None else c.contiguous() for c, like in zip(cotangents[:7], likes)]
+    grads = token_muon_memory_bwd(*tensors, *ckpts, *cots, *ctx.config)
+    if not ctx.has_ln:
+        grads[3] = grads[4] = None
+    return *grads, *(None,) * len(ctx.config)
+
+
+torch.library.register_autograd(
+    "memnets::token_muon_memory_fwd", _token_backward, setup_context=_token_setup_context
+)
