@@ -45,6 +45,7 @@ def _faults(mode: str) -> list[int]:
 @glibc
 def test_reuse_stops_repeated_large_tensors_page_faulting():
     default, reuse = _faults("default"), _faults("reuse")
+
     # glibc's default maps fresh pages for every 64 MB block (16,384 faults of 4 KiB pages each, fewer
     # with transparent huge pages); kept in the heap, the rounds after the first reuse resident pages.
     # The median of rounds 2-8: with reuse, glibc still grows or moves its heap in one or two of them
