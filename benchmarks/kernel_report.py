@@ -209,8 +209,10 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
 
 
 def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
-    """Atlas with Muon once per chunk (:mod:`memnets.kernels.mlp_memory.muon_launch`): the forward, the
-    backward's STORE recompute and the backward, one program per (sequence, head), chunks in order."""
+    """Atlas with Muon once per chunk or on every token (:mod:`memnets.kernels.mlp_memory.muon_launch`):
+    the forward, the backward's STORE recompute and the backward, one program per (sequence, head),
+    chunks in order."""
+    from memnets.kernels.mlp_memory.config import block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
     from memnets.memory.kernel_bridge import _net_spec
@@ -219,7 +221,8 @@ def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch
     D, DI, DH = spec.d_out, spec.d_in, spec.d_hidden
     C, P = d.options["chunk_size"], d.options.get("window", 1) - 1
     steps = d.options.get("ns_steps", 5)
-    fwd, store, bwd = ck._muon_cases([(D, DH, C, DI, P)], dots=(_dot(d),))
+    token = d.options["muon"] == "token"
+    fwd, store, bwd = ck._muon_cases([(D, DH, C, DI, P)], dots=(_dot(d),), token=token)
     cases = [
         dataclasses.replace(c, constexprs={**c.constexprs, "H": d.arch.num_heads, "STEPS": steps})
         for c in (fwd, store, bwd)
@@ -227,12 +230,18 @@ def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch
     programs, chunks = B * d.arch.num_heads, ceil_div(T, C)
     live, walked = backward_plan(chunks, *checkpoint_chunks(chunks, None, True))
     # (layer-1, layer-2) matrices (Dk·Dh and Dh·D floats) read and written per chunk in global memory,
-    # counted from the kernels' passes: the forward 15 and 7 (5 of layer 1's for NS's Gram matrices),
-    # its STORE 3 and 3 more, the backward 38 + 5·steps and 10 (x_k and dx_k per NS step)
-    mats = ((10 + steps, 7), (13 + steps, 10), (38 + 5 * steps, 10))
+    # counted from the kernels' passes. Per chunk: the forward 15 and 7 (5 of layer 1's for NS's Gram
+    # matrices), its STORE 3 and 3 more, the backward 38 + 5·steps and 10 (x_k and dx_k per NS step);
+    # per token: the forward 6 and 4 (the Gram pass, the end update), its STORE 4 and 2 more, the backward
+    # 12 and 7, and the scratch of every token's N_t, Z_t (written once, read 1.5 times: 5 tiles of
+    # (Dh + P + L)·Dh + Dh·D floats per token, padded)
+    mats = ((6, 4), (10, 6), (12, 7)) if token else ((10 + steps, 7), (13 + steps, 10), (38 + 5 * steps, 10))
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
+    if token:
+        bh, bk, bd = block(DH), block(P + C), block(D)
+        bwd_b += 5 * C * (bh * bh + bk * bh + bh * bd) * 4
     NI = fwd.constexprs["NI"]
-    states_mb = live * 3 * (DI + D) * DH * 4 / 2**20  # W, S, O per live state
+    states_mb = live * (2 if token else 3) * (DI + D) * DH * 4 / 2**20  # W, S (, O) per live state
     return [
         Launch("fwd", cases[0], programs, chunks, NI, state_bytes=fwd_b),
         Launch("fwd (store)", cases[1], programs, walked, NI, states_mb * programs, store_b),
@@ -301,7 +310,7 @@ def _scan_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch
 
 def kernel_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     """The kernel launches of one layer's call at ``[B, T]`` (forward, and backward through autograd)."""
-    if d.op is memory_ops.OMEGA_MEMORY and d.options.get("muon") == "chunk":
+    if d.op is memory_ops.OMEGA_MEMORY and d.options.get("muon") in ("chunk", "token"):
         return _muon_launches(mixer, d, B, T)
     if d.op.name in MLP_OPS:
         return _mlp_launches(mixer, d, B, T)

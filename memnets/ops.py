@@ -179,7 +179,7 @@ def _omega_supports(
                 "one is estimated slower than the compiled engine, benchmarks/RESULTS.md §37; ask for "
                 "backend='triton')"
             )
-        return supports_muon(arch, bias, chunk_size, window)
+        return supports_muon(arch, bias, chunk_size, window, muon)
     if muon is not None:
         return f"muon={muon!r} (not one of the kernels' 'chunk', 'token')"
     return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))

@@ -56,6 +56,8 @@ MODULES = (
     "mlp_memory.simplex_backward",
     "mlp_memory.muon_forward",
     "mlp_memory.muon_backward",
+    "mlp_memory.token_muon_forward",
+    "mlp_memory.token_muon_backward",
 )
 # opt-in dynamic shared memory per block (CUDA programming guide, compute capabilities table)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -364,16 +366,18 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
 
 
 def default_muon_shapes() -> list[tuple[int, int, int, int, int]]:
-    """(D, hidden, chunk, key width, window rows) of the Muon-per-chunk kernels: a small one (the CI
+    """(D, hidden, chunk, key width, window rows) of the Muon kernels: a small one (the CI
     test's case: degree-2 features of 16-dim heads, 152 wide), Atlas on MQAR (560 wide, window 4 at chunk
     8) and Atlas at 340M/760M (2,144 wide, hidden 64, window 8 at chunk 16)."""
     return [(16, 16, 8, 152, 2), (32, 32, 8, 560, 3), (64, 64, 16, 2144, 7)]
 
 
-def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
-    """The Muon-per-chunk kernels (:mod:`memnets.kernels.mlp_memory.muon_launch`) at each shape with
-    Atlas's branches (GELU, LayerNorm, residual), per operand mode in ``dots``; each shape's first three
-    cases are its forward, STORE forward and backward at ``dots[0]``."""
+def _muon_cases(
+    shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, ...] = (3, 0), token: bool = False
+) -> list[Case]:
+    """The Muon kernels (:mod:`memnets.kernels.mlp_memory.muon_launch`: once per chunk, or with ``token``
+    on every token) at each shape with Atlas's branches (GELU, LayerNorm, residual), per operand mode in
+    ``dots``; each shape's first three cases are its forward, STORE forward and backward at ``dots[0]``."""
     from memnets.kernels.mlp_memory.config import ACTIVATIONS
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.muon_ops import MUON_NUM_WARPS, ns_dot
@@ -392,18 +396,20 @@ def _muon_cases(shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, .
                 "STEPS": 5,
                 "NSD": ns_dot(dot),
             }
-            warps = MUON_NUM_WARPS
+            warps, name = MUON_NUM_WARPS, "token_muon" if token else "muon"
             for store in (False, True):
                 kernel = {**c, "STORE": store}
-                cases.append(Case("mlp_memory.muon_forward", "_muon_forward_kernel", kernel, types, warps, 1))
-            cases.append(Case("mlp_memory.muon_backward", "_muon_backward_kernel", c, types, warps, 1))
+                cases.append(
+                    Case(f"mlp_memory.{name}_forward", f"_{name}_forward_kernel", kernel, types, warps, 1)
+                )
+            cases.append(Case(f"mlp_memory.{name}_backward", f"_{name}_backward_kernel", c, types, warps, 1))
     return cases
 
 
 def all_cases(mlp_shapes: list[tuple[int, int, int]] | None = None) -> list[Case]:
     mlp = _mlp_cases(default_mlp_shapes() if mlp_shapes is None else mlp_shapes)
     wide = _mlp_wide_cases(default_mlp_wide_shapes() if mlp_shapes is None else mlp_shapes)
-    muon = _muon_cases(default_muon_shapes())
+    muon = _muon_cases(default_muon_shapes()) + _muon_cases(default_muon_shapes(), token=True)
     return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp + wide + muon
 
 

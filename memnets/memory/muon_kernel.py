@@ -21,14 +21,17 @@ from .rule import segsum
 from .segments import split_started_chunk
 
 
-def supports_muon(arch: MemoryMLP, bias: object, chunk_size: int, window: int) -> str | None:
-    """``None`` when the Muon kernel covers this memory, bias, chunk size and window, else the reason."""
+def supports_muon(
+    arch: MemoryMLP, bias: object, chunk_size: int, window: int, muon: Muon = "chunk"
+) -> str | None:
+    """``None`` when the Muon kernel of ``muon`` covers this memory, bias, chunk size and window, else the
+    reason."""
     if type(arch) not in (MemoryMLP, FeatureMemoryMLP):
         return f"memory {type(arch).__name__} (the Muon kernel covers the chain MLP memory)"
     spec = _bias_spec(bias)
     if spec is None or spec.kind != "l2":
         return f"attentional bias {bias!r} (the Muon kernel covers L2Bias)"
-    return muon_supports(_net_spec(arch), chunk_size, window - 1)
+    return muon_supports(_net_spec(arch), chunk_size, window - 1, token=muon == "token")
 
 
 def muon_coefficients(
@@ -86,11 +89,11 @@ def omega_muon_chunked(
     (decoding) finished in PyTorch first."""
     name = "omega_muon_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
-    reason = supports_muon(arch, bias, chunk_size, window)
-    if reason is not None:
-        raise ValueError(f"{name}: unsupported configuration: {reason}")
     if muon not in ("chunk", "token"):
         raise ValueError(f"{name}: muon={muon!r} is not one of ['chunk', 'token']")
+    reason = supports_muon(arch, bias, chunk_size, window, muon)
+    if reason is not None:
+        raise ValueError(f"{name}: unsupported configuration: {reason}")
     if mom is None:
         raise ValueError(f"{name}: muon needs the momentum gate mom")
     check_inputs(arch, q, k, v, lr, mom, keep, None if state is None else state.memory, chunk_size, name)

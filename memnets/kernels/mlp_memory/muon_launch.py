@@ -17,11 +17,16 @@ from .muon_ops import MuonConfig, muon_memory_fwd, token_muon_memory_fwd
 
 # the Gram matrices of NS (Dh × Dh for layer 1, D × D for layer 2) stay on chip in one tile
 MAX_MUON_WIDTH = 64
+# the per-token backward keeps about twenty [Dh, Dh]-sized tiles in shared memory: 100 KB on sm_90 at
+# hidden width 32, 311 KB (over the 227 KB limit) at 64 (benchmarks/RESULTS.md §50)
+MAX_TOKEN_MUON_HIDDEN = 32
 
 
-def muon_supports(memory: NetSpec, chunk_size: int | None, prefix: int = 0) -> str | None:
-    """``None`` when the Muon-per-chunk kernels cover this memory at this chunk size with ``prefix``
-    more key rows per chunk (the Omega window's), else the reason."""
+def muon_supports(
+    memory: NetSpec, chunk_size: int | None, prefix: int = 0, token: bool = False
+) -> str | None:
+    """``None`` when the Muon kernels (once per chunk, or with ``token`` on every token) cover this memory
+    at this chunk size with ``prefix`` more key rows per chunk (the Omega window's), else the reason."""
     if memory.depth != 2:
         return f"memory depth {memory.depth} (the Muon kernel covers the 2-layer memory)"
     if memory.activation not in ACTIVATIONS:
@@ -32,6 +37,11 @@ def muon_supports(memory: NetSpec, chunk_size: int | None, prefix: int = 0) -> s
         return (
             f"hidden width {memory.d_hidden} and head dim {memory.d_out} (the Muon kernel keeps the Newton-"
             f"Schulz Gram matrices on chip: both <= {MAX_MUON_WIDTH})"
+        )
+    if token and block(memory.d_hidden) > MAX_TOKEN_MUON_HIDDEN:
+        return (
+            f"muon='token' at hidden width {memory.d_hidden} (the per-token backward's shared memory on sm_90 "
+            f"exceeds 227 KB past hidden width {MAX_TOKEN_MUON_HIDDEN})"
         )
     if chunk_size is not None and chunk_size + prefix > MAX_TILE:
         return f"chunk_size {chunk_size} with {prefix} window rows (the Muon kernel takes <= {MAX_TILE} rows)"
@@ -166,7 +176,7 @@ def token_muon_memory_chunked(
             q, k, v, *token_muon_coefficients(...), w1, w2, s1, s2, memory=memory, chunk_size=16,
         )
     """
-    reason = muon_supports(memory, chunk_size, window - 1)
+    reason = muon_supports(memory, chunk_size, window - 1, token=True)
     if reason is not None:
         raise ValueError(f"token_muon_memory_chunked: unsupported configuration: {reason}")
     config = MuonConfig(

@@ -197,7 +197,7 @@ def _token_muon_forward_kernel(
             Zk = keep_t * Zk + lr_t * xk
             Z2 = keep_t * Z2 + lr_t * N2
             at = li == t
-            _, z2 = token_read(at, beta_t, qw1, qs1, qk, Zs, Zk, Z2, W2, ACT)
+            _z1, z2 = token_read(at, beta_t, qw1, qs1, qk, Zs, Zk, Z2, W2, ACT)
             out = tl.where(at[:, None], z2[None, :], out)
         if STORE:
             sc2 = (bh * NC + c) * DH * D
