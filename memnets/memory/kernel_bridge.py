@@ -14,7 +14,7 @@ Each entry point is a drop-in for its PyTorch chunked form, same arguments, shap
   arXiv 2511.07343 §4.1);
 
 The linear memory (depth 1) has its own entry, :func:`memnets.memory.linear_kernel.titans_linear_chunked`,
-and so has Atlas with Muon once per chunk, :func:`memnets.memory.muon_kernel.omega_muon_chunked`.
+and so has Atlas with Muon once per chunk or per token, :func:`memnets.memory.muon_kernel.omega_muon_chunked`.
 
 :func:`supports_mlp` names the reason a configuration does not run (``None`` when it does). Here live what needs the model's helpers: input checks, finishing a started chunk in
 PyTorch, the per-tile coefficients of the gates (:func:`memnets.memory.chunk_coefficients`, the Omega

@@ -47,14 +47,16 @@ nor how the window gates γ are parameterised), each an option:
   returned is the last sequence's. Backends: ``reference`` (token loop),
   ``chunked`` and ``triton``: the deep-memory kernel's Omega variant
   (:func:`~memnets.memory.kernel_bridge.omega_mlp_chunked`) for OmegaNet without Muon on the
-  2-layer chain memory with the l2 inner loss, within its chunk/state limits, and for Atlas with
-  ``muon="chunk"`` the Muon kernel (:func:`~memnets.memory.muon_kernel.omega_muon_chunked`: hidden width
-  and head dim <= 64, as in the configs; slower than the compiled engine in the static model,
-  benchmarks/RESULTS.md §37); the polynomial
+  2-layer chain memory with the l2 inner loss, within its chunk/state limits, and for Atlas the Muon
+  kernels (:func:`~memnets.memory.muon_kernel.omega_muon_chunked`): ``muon="chunk"`` at hidden width and
+  head dim <= 64, as in the configs (slower than the compiled engine in the static model,
+  benchmarks/RESULTS.md §37), ``muon="token"`` at hidden width <= 32 (the MQAR and tiny configs; §50);
+  the polynomial
   features' wider keys (560 at head dim 32, 2,144 at 64) run in its wide-state kernels, which read
   W1 in blocks of the key width and take no packed sequences (those then run one by one). ``auto``
   picks a kernel on CUDA where it applies (the wide-state ones once ``WIDE_IN_AUTO`` is on), ``triton``
-  elsewhere raises with the reason (per-token Muon, the gated memory, ``inner_loss="dot"``).
+  elsewhere raises with the reason (per-token Muon at hidden width 64, the gated memory,
+  ``inner_loss="dot"``).
   ``dot_precision`` (OmegaNet) sets the kernel's matmul operands as for ``titans``.
 
 MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall, much faster with ``momentum=True``
