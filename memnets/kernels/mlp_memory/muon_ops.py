@@ -182,88 +182,6 @@ def _fold(x: Tensor, rows: int, T: int, L: int, P: int) -> Tensor:
     return out.transpose(1, 2).contiguous()
 
 
-# q [B, T, H, Dk], k [B, P0 + T, H, Dk], v [B, P0 + T, H, D]; ln_w, ln_b [H, D]; the coefficients of
-# chunks of L tokens float32 (beta, dc, lc [B, H, NC, L], m_end [B, H, NC], s_coef [B, H, NC, P + L]);
-# the state w1, s1, o1 [B, H, Dk, Dh], w2, s2, o2 [B, H, Dh, D] float32
-_INPUTS = (
-    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor dc, Tensor lc, "
-    "Tensor m_end, Tensor s_coef, Tensor w1, Tensor w2, Tensor s1, Tensor s2, Tensor o1, Tensor o2"
-)
-_N_INPUTS = _INPUTS.count("Tensor")
-_CHECKPOINTS = ", ".join(f"Tensor ckpt_{n}" for n in ("w1", "w2", "s1", "s2", "o1", "o2"))
-_COTANGENTS = ", ".join(f"Tensor d{n}" for n in ("y", "w1", "w2", "s1", "s2", "o1", "o2", "a1", "a2"))
-_OUTPUTS = "(" + ", ".join(["Tensor"] * 15) + ")"  # y, the six final state tensors, two anchors, checkpoints
-
-
-def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, MuonConfig]:
-    return inputs[:n_tensors], MuonConfig(*inputs[n_tensors:])
-
-
-@torch.library.custom_op(
-    "memnets::muon_memory_fwd", mutates_args=(), schema=op_schema(_INPUTS, _OUTPUTS, MuonConfig)
-)
-def muon_memory_fwd(*inputs) -> tuple[Tensor, ...]:
-    """:func:`run_forward` as an op."""
-    tensors, config = _split(inputs, _N_INPUTS)
-    return run_forward(*tensors, config)
-
-
-@torch.library.custom_op(
-    "memnets::muon_memory_bwd",
-    mutates_args=(),
-    schema=op_schema(f"{_INPUTS}, {_CHECKPOINTS}, {_COTANGENTS}", "Tensor[]", MuonConfig),
-)
-def muon_memory_bwd(*inputs) -> list[Tensor]:
-    """:func:`run_backward` as an op: the gradients of the forward's 16 inputs (empty for absent
-    LayerNorm parameters)."""
-    tensors, config = _split(inputs, _N_INPUTS + 6 + 9)
-    return run_backward(*tensors, c=config)
-
-
-@muon_memory_fwd.register_fake
-def _(*inputs):
-    tensors, config = _split(inputs, _N_INPUTS)
-    q, v, beta, state = tensors[0], tensors[2], tensors[5], tensors[10:]
-    ns = len(spans(0, beta.shape[2], config.every))
-    y = state[0].new_empty(*q.shape[:3], v.shape[-1])
-    return (
-        y, *(torch.empty_like(t) for t in state), *(torch.empty_like(t) for t in state[:2]),
-        *(t.new_empty(ns, *t.shape) for t in state),
-    )  # fmt: skip
-
-
-@muon_memory_bwd.register_fake
-def _(*inputs):
-    q = inputs[0]
-    return [
-        q.new_empty(0, dtype=torch.float32) if t is None else torch.empty_like(t) for t in inputs[:_N_INPUTS]
-    ]
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    tensors, ctx.config = _split(inputs, _N_INPUTS)
-    ctx.has_ln = tensors[3] is not None
-    ctx.save_for_backward(*tensors, *output[9:])
-
-
-def _backward(ctx, *cotangents) -> tuple:
-    saved = ctx.saved_tensors
-    tensors, ckpts = saved[:_N_INPUTS], saved[_N_INPUTS:]
-    likes = (
-        tensors[0].new_empty(*tensors[0].shape[:3], tensors[2].shape[-1]),
-        *tensors[10:],
-        *tensors[10:12],
-    )
-    cots = [torch.zeros_like(like) if c is None else c.contiguous() for c, like in zip(cotangents[:9], likes)]
-    grads = muon_memory_bwd(*tensors, *ckpts, *cots, *ctx.config)
-    if not ctx.has_ln:
-        grads[3] = grads[4] = None
-    return *grads, *(None,) * len(ctx.config)
-
-
-torch.library.register_autograd("memnets::muon_memory_fwd", _backward, setup_context=_setup_context)
-
-
 def run_token_forward(q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, s2, c: MuonConfig):
     """(y float32, the final W1, W2, S1, S2, the last chunk's start W1, W2, and the state at every
     checkpoint segment's start ``[NS, B, H, ...]``) of the per-token kernel."""
@@ -328,84 +246,99 @@ def run_token_backward(
     return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, dkeep, dlr, dmom, dqm, *dstate]
 
 
-# the per-token kernel: coefficients beta, keep, lr, mom [B, H, NC, L] and qm [B, H, NC, L, P + L] float32;
-# the state w1, s1 [B, H, Dk, Dh], w2, s2 [B, H, Dh, D] float32
-_TOKEN_INPUTS = (
-    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor keep, Tensor lr, "
-    "Tensor mom, Tensor qm, Tensor w1, Tensor w2, Tensor s1, Tensor s2"
-)
+def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, MuonConfig]:
+    return inputs[:n_tensors], MuonConfig(*inputs[n_tensors:])
 
 
-_TOKEN_N_INPUTS = _TOKEN_INPUTS.count("Tensor")
-_TOKEN_CHECKPOINTS = ", ".join(f"Tensor ckpt_{n}" for n in ("w1", "w2", "s1", "s2"))
-_TOKEN_COTANGENTS = ", ".join(f"Tensor d{n}" for n in ("y", "w1", "w2", "s1", "s2", "a1", "a2"))
+def _register(name: str, inputs: str, state: tuple[str, ...], forward, backward):
+    """The pair of custom ops ``memnets::{name}_fwd`` / ``_bwd`` over ``forward`` (returns y, the final
+    ``state`` tensors, the two anchors and the checkpoints of ``state``) and ``backward`` (the gradients of
+    the ``inputs``), their fake implementations and the autograd registration. The state tensors are the
+    last inputs; the inputs' 4th and 5th are the optional LayerNorm parameters."""
+    n_in, n = inputs.count("Tensor"), len(state)
+    first = n_in - n  # the state's first input
+    checkpoints = ", ".join(f"Tensor ckpt_{s}" for s in state)
+    cotangents = ", ".join(f"Tensor d{s}" for s in ("y", *state, "a1", "a2"))
+    outputs = "(" + ", ".join(["Tensor"] * (3 + 2 * n)) + ")"
 
+    def fwd_impl(*args) -> tuple[Tensor, ...]:
+        tensors, config = _split(args, n_in)
+        return forward(*tensors, config)
 
-@torch.library.custom_op(
-    "memnets::token_muon_memory_fwd",
-    mutates_args=(),
-    schema=op_schema(_TOKEN_INPUTS, "(" + ", ".join(["Tensor"] * 11) + ")", MuonConfig),
-)
-def token_muon_memory_fwd(*inputs) -> tuple[Tensor, ...]:
-    """:func:`run_token_forward` as an op."""
-    tensors, config = _split(inputs, _TOKEN_N_INPUTS)
-    return run_token_forward(*tensors, config)
+    def bwd_impl(*args) -> list[Tensor]:
+        tensors, config = _split(args, n_in + n + n + 3)
+        return backward(*tensors, c=config)
 
-
-@torch.library.custom_op(
-    "memnets::token_muon_memory_bwd",
-    mutates_args=(),
-    schema=op_schema(f"{_TOKEN_INPUTS}, {_TOKEN_CHECKPOINTS}, {_TOKEN_COTANGENTS}", "Tensor[]", MuonConfig),
-)
-def token_muon_memory_bwd(*inputs) -> list[Tensor]:
-    """:func:`run_token_backward` as an op: the gradients of the forward's 14 inputs (empty for absent
-    LayerNorm parameters)."""
-    tensors, config = _split(inputs, _TOKEN_N_INPUTS + 4 + 7)
-    return run_token_backward(*tensors, c=config)
-
-
-@token_muon_memory_fwd.register_fake
-def _(*inputs):
-    tensors, config = _split(inputs, _TOKEN_N_INPUTS)
-    q, v, beta, state = tensors[0], tensors[2], tensors[5], tensors[10:]
-    ns = len(spans(0, beta.shape[2], config.every))
-    y = state[0].new_empty(*q.shape[:3], v.shape[-1])
-    return (
-        y, *(torch.empty_like(t) for t in state), *(torch.empty_like(t) for t in state[:2]),
-        *(t.new_empty(ns, *t.shape) for t in state),
-    )  # fmt: skip
-
-
-@token_muon_memory_bwd.register_fake
-def _(*inputs):
-    q = inputs[0]
-    return [
-        q.new_empty(0, dtype=torch.float32) if t is None else torch.empty_like(t)
-        for t in inputs[:_TOKEN_N_INPUTS]
-    ]
-
-
-def _token_setup_context(ctx, inputs, output) -> None:
-    tensors, ctx.config = _split(inputs, _TOKEN_N_INPUTS)
-    ctx.has_ln = tensors[3] is not None
-    ctx.save_for_backward(*tensors, *output[7:])
-
-
-def _token_backward(ctx, *cotangents) -> tuple:
-    saved = ctx.saved_tensors
-    tensors, ckpts = saved[:_TOKEN_N_INPUTS], saved[_TOKEN_N_INPUTS:]
-    likes = (
-        tensors[0].new_empty(*tensors[0].shape[:3], tensors[2].shape[-1]),
-        *tensors[10:],
-        *tensors[10:12],
+    fwd_op = torch.library.custom_op(
+        f"memnets::{name}_fwd", fwd_impl, mutates_args=(), schema=op_schema(inputs, outputs, MuonConfig)
     )
-    cots = [torch.zeros_like(like) if c is None else c.contiguous() for c, like in zip(cotangents[:7], likes)]
-    grads = token_muon_memory_bwd(*tensors, *ckpts, *cots, *ctx.config)
-    if not ctx.has_ln:
-        grads[3] = grads[4] = None
-    return *grads, *(None,) * len(ctx.config)
+    bwd_op = torch.library.custom_op(
+        f"memnets::{name}_bwd",
+        bwd_impl,
+        mutates_args=(),
+        schema=op_schema(f"{inputs}, {checkpoints}, {cotangents}", "Tensor[]", MuonConfig),
+    )
+
+    @fwd_op.register_fake
+    def _(*args):
+        tensors, config = _split(args, n_in)
+        q, v, beta, st = tensors[0], tensors[2], tensors[5], tensors[first:]
+        ns = len(spans(0, beta.shape[2], config.every))
+        y = st[0].new_empty(*q.shape[:3], v.shape[-1])
+        return (
+            y, *(torch.empty_like(t) for t in st), *(torch.empty_like(t) for t in st[:2]),
+            *(t.new_empty(ns, *t.shape) for t in st),
+        )  # fmt: skip
+
+    @bwd_op.register_fake
+    def _(*args):
+        q = args[0]
+        return [
+            q.new_empty(0, dtype=torch.float32) if t is None else torch.empty_like(t) for t in args[:n_in]
+        ]
+
+    def setup_context(ctx, inputs, output) -> None:
+        tensors, ctx.config = _split(inputs, n_in)
+        ctx.has_ln = tensors[3] is not None
+        ctx.save_for_backward(*tensors, *output[3 + n :])
+
+    def grads(ctx, *cots) -> tuple:
+        saved = ctx.saved_tensors
+        tensors, ckpts = saved[:n_in], saved[n_in:]
+        likes = (
+            tensors[0].new_empty(*tensors[0].shape[:3], tensors[2].shape[-1]),
+            *tensors[first:],
+            *tensors[first : first + 2],
+        )
+        cots = [
+            torch.zeros_like(like) if c is None else c.contiguous() for c, like in zip(cots[: n + 3], likes)
+        ]
+        out = bwd_op(*tensors, *ckpts, *cots, *ctx.config)
+        if not ctx.has_ln:
+            out[3] = out[4] = None
+        return *out, *(None,) * len(ctx.config)
+
+    torch.library.register_autograd(f"memnets::{name}_fwd", grads, setup_context=setup_context)
+    return fwd_op, bwd_op
 
 
-torch.library.register_autograd(
-    "memnets::token_muon_memory_fwd", _token_backward, setup_context=_token_setup_context
+# q [B, T, H, Dk], k [B, P0 + T, H, Dk], v [B, P0 + T, H, D]; ln_w, ln_b [H, D]; the state float32: w1, s1(,
+# o1) [B, H, Dk, Dh], w2, s2(, o2) [B, H, Dh, D]. The coefficients of chunks of L tokens, float32: per chunk
+# beta, dc, lc [B, H, NC, L], m_end [B, H, NC], s_coef [B, H, NC, P + L]; per token beta, keep, lr, mom
+# [B, H, NC, L], qm [B, H, NC, L, P + L]
+muon_memory_fwd, muon_memory_bwd = _register(
+    "muon_memory",
+    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor dc, Tensor lc, "
+    "Tensor m_end, Tensor s_coef, Tensor w1, Tensor w2, Tensor s1, Tensor s2, Tensor o1, Tensor o2",
+    ("w1", "w2", "s1", "s2", "o1", "o2"),
+    run_forward,
+    run_backward,
+)
+token_muon_memory_fwd, token_muon_memory_bwd = _register(
+    "token_muon_memory",
+    "Tensor q, Tensor k, Tensor v, Tensor? ln_w, Tensor? ln_b, Tensor beta, Tensor keep, Tensor lr, "
+    "Tensor mom, Tensor qm, Tensor w1, Tensor w2, Tensor s1, Tensor s2",
+    ("w1", "w2", "s1", "s2"),
+    run_token_forward,
+    run_token_backward,
 )
