@@ -101,18 +101,11 @@ def run_backward(
 ) -> list[Tensor]:  # fmt: skip
     """Gradients of :func:`run_forward`'s inputs from its checkpoints (``rest[:6]``) and the cotangents
     (``rest[6:]``: y, the six final state tensors, the two anchors)."""
-    ckpts, (dy, *d_state) = rest[:6], rest[6:]
+    ckpts = rest[:6]
     B, T, H = q.shape[:3]
-    NCT, D, L, P = beta.shape[2], v.shape[-1], c.chunk, c.prefix
+    NCT, D = beta.shape[2], v.shape[-1]
     consts = _constants(q, w1, w2, ln_w, c)
-    dstate = [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:6]]
-    danchor = [d.float().contiguous() for d in d_state[6:]]
-    dy = dy.float().contiguous()
-    empty = q.new_empty(0, dtype=torch.float32)
-    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
-    dq = q.new_zeros(q.shape, dtype=torch.float32)
-    dk = q.new_zeros(B, H, NCT, P + L, q.shape[3], dtype=torch.float32)
-    dv = q.new_zeros(B, H, NCT, P + L, D, dtype=torch.float32)
+    dy, dstate, danchor, empty, lnw, lnb, dq, dk, dv = _backward_buffers(q, v, ln_w, ln_b, NCT, rest[6:], c)
     dbeta, ddc, dlc = (torch.empty_like(beta) for _ in range(3))
     dm, ds = torch.empty_like(m_end), torch.empty_like(s_coef)
     dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
@@ -137,6 +130,26 @@ def run_backward(
 
     walk_segments(ckpts, NCT, c, forward, backward)
     return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, ddc, dlc, dm, ds, *dstate]
+
+
+def _backward_buffers(q, v, ln_w, ln_b, NCT: int, cotangents: tuple, c: MuonConfig) -> tuple:
+    """What both backwards start from: dy, the state's cotangents (copies, updated in place) and the
+    anchors', an empty tensor, the LayerNorm parameters (empty where absent), and zeroed dq and the
+    per-chunk key rows' dk, dv ``[B, H, NCT, P + L, ·]``, float32."""
+    dy, *d_state = cotangents
+    B, _, H = q.shape[:3]
+    rows = c.prefix + c.chunk
+    empty = q.new_empty(0, dtype=torch.float32)
+    return (
+        dy.float().contiguous(),
+        [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:-2]],
+        [d.float().contiguous() for d in d_state[-2:]],
+        empty,
+        *(empty if t is None else t for t in (ln_w, ln_b)),
+        q.new_zeros(q.shape, dtype=torch.float32),
+        q.new_zeros(B, H, NCT, rows, q.shape[3], dtype=torch.float32),
+        q.new_zeros(B, H, NCT, rows, v.shape[-1], dtype=torch.float32),
+    )
 
 
 def walk_segments(ckpts, NCT: int, c: MuonConfig, forward, backward) -> None:
@@ -208,18 +221,11 @@ def run_token_backward(
 ) -> list[Tensor]:  # fmt: skip
     """Gradients of :func:`run_token_forward`'s inputs from its checkpoints (``rest[:4]``) and the
     cotangents (``rest[4:]``: y, the four final state tensors, the two anchors)."""
-    ckpts, (dy, *d_state) = rest[:4], rest[4:]
+    ckpts = rest[:4]
     B, T, H = q.shape[:3]
-    NCT, D, L, P = beta.shape[2], v.shape[-1], c.chunk, c.prefix
+    NCT, D, L = beta.shape[2], v.shape[-1], c.chunk
     consts = _constants(q, w1, w2, ln_w, c)
-    dstate = [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:4]]
-    danchor = [d.float().contiguous() for d in d_state[4:]]
-    dy = dy.float().contiguous()
-    empty = q.new_empty(0, dtype=torch.float32)
-    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
-    dq = q.new_zeros(q.shape, dtype=torch.float32)
-    dk = q.new_zeros(B, H, NCT, P + L, q.shape[3], dtype=torch.float32)
-    dv = q.new_zeros(B, H, NCT, P + L, D, dtype=torch.float32)
+    dy, dstate, danchor, empty, lnw, lnb, dq, dk, dv = _backward_buffers(q, v, ln_w, ln_b, NCT, rest[4:], c)
     dbeta, dkeep, dlr, dmom = (torch.empty_like(beta) for _ in range(4))
     dqm = torch.empty_like(qm)
     dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
