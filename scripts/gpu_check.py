@@ -70,6 +70,7 @@ KERNEL_TESTS = (
     "test_mlp_memory_wide.py",
     "test_mlp_memory_wide_keys.py",
     "test_muon_kernel.py",
+    "test_token_muon_kernel.py",
     "test_moneta_kernel.py",
     "test_memora_kernel.py",
     "test_linear_memory.py",
