@@ -128,7 +128,7 @@ def test_kernel_without_layer_norm_residual_or_keep():
 
 
 def test_hidden_width_past_the_backward_shared_memory_is_refused():
-    """Hidden width 64 (Atlas at 340M/760M) would need 311 KB of shared memory for the backward on sm_90
+    """Hidden width 64 (Atlas at 340M/760M) would need 308 KiB of shared memory for the backward on sm_90
     (``scripts/check_kernels_compile.py``): the per-token kernel refuses it, naming why; the per-chunk one
     takes it."""
     assert "per-token backward's shared memory" in muon_kernel.supports_muon(_arch(64), None, 8, 3, "token")

@@ -17,8 +17,8 @@ from .muon_ops import MuonConfig, muon_memory_fwd, token_muon_memory_fwd
 
 # the Gram matrices of NS (Dh × Dh for layer 1, D × D for layer 2) stay on chip in one tile
 MAX_MUON_WIDTH = 64
-# the per-token backward keeps about twenty [Dh, Dh]-sized tiles in shared memory: 100 KB on sm_90 at
-# hidden width 32, 311 KB (over the 227 KB limit) at 64 (benchmarks/RESULTS.md §50)
+# the per-token backward keeps about twenty [Dh, Dh]-sized tiles in shared memory: 98 KiB on sm_90 at
+# hidden width 32, 308 KiB (over the 227 KiB limit) at 64 (benchmarks/RESULTS.md §50)
 MAX_TOKEN_MUON_HIDDEN = 32
 
 
@@ -41,7 +41,7 @@ def muon_supports(
     if token and block(memory.d_hidden) > MAX_TOKEN_MUON_HIDDEN:
         return (
             f"muon='token' at hidden width {memory.d_hidden} (the per-token backward's shared memory on sm_90 "
-            f"exceeds 227 KB past hidden width {MAX_TOKEN_MUON_HIDDEN})"
+            f"exceeds 227 KiB past hidden width {MAX_TOKEN_MUON_HIDDEN})"
         )
     if chunk_size is not None and chunk_size + prefix > MAX_TILE:
         return f"chunk_size {chunk_size} with {prefix} window rows (the Muon kernel takes <= {MAX_TILE} rows)"
