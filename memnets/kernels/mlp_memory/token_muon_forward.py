@@ -19,12 +19,12 @@ E_t[j] = Q[t, j] δ1_j, and every Newton–Schulz iterate of U C_t is U times an
 through the Gram matrix Uᵀ U (:func:`ns_in_basis`). So one pass over W1 and S1's key blocks per chunk
 forms that Gram matrix, K W1 and the queries' Q W1, Q S1 and Q Kᵀ; the tokens then run on chip, each
 its Newton–Schulz on ``[Dh + P + L, Dh]`` coordinates and on layer 2's ``[Dh, D]`` momentum, with
-Z1_t = U (coordinates) and Z2_t accumulated token by token; a second pass writes W1 + U Z1_L and
-S1_L = U C_L. Nothing of size Dk × Dh is formed per token: at Atlas's 760M widths (Dk = 2,144) a token's
-Newton–Schulz costs (Dh + P + L)² Dh + … instead of 2 Dk Dh² per step.
+Z1_t (coordinates in U) and Z2_t accumulated token by token; a second pass writes W1 + U Z1_L and
+S1_L = U C_L. Nothing of size Dk × Dh is formed per token: with degree-2 features (Dk = 560 at head dim
+32) a token's Newton–Schulz costs (Dh + P + L)² Dh + … instead of 2 Dk Dh² per step.
 
-Scope: as the Muon-per-chunk kernel's (:func:`.muon_launch.muon_supports`: hidden width and head dim
-≤ 64, per-head gates, the L2 bias, dense batches). Grid: one program per (sequence, head), the state in
+Scope (:func:`.muon_launch.muon_supports` with ``token``): hidden width ≤ 32 (the backward's shared
+memory, benchmarks/RESULTS.md §50), head dim ≤ 64, per-head gates, the L2 bias, dense batches. Grid: one program per (sequence, head), the state in
 global memory (float32 working copies, updated in place, barriers as in :mod:`.wide_forward`). With
 ``STORE`` (the backward's recompute, :mod:`.token_muon_backward`) every chunk's start state (W, S) is
 written and the reads are not.
