@@ -13,9 +13,10 @@ engine misses them by 2e-6 when it materialises every token's momentum and by 5e
 1's coordinates (the form the kernel uses, whose Gram matrix squares the basis's conditioning). The
 kernel's outputs, momenta and the gradients of q, the gates and the momenta stay at or below that
 engine's distance; the gradients that pass through the key path's second-order backward (k, v, W1,
-W2, the LayerNorm) reach 4-16× it (3e-5 to 9e-5 at T = 24-47; what in the kernel loses that factor is
-not found, benchmarks/RESULTS.md §50). So the five-step case holds the kernel within 25× the engine's
-distance; the formulas are the ones the four-step cases check tightly."""
+W2, the LayerNorm) reach 4-16× it (3e-5 to 9e-5 at T = 24-47). Computed in float64 (a scratch run of
+the interpreter, benchmarks/RESULTS.md §50) the kernel matches the float64 engine within 6.3e-7 at five
+steps, so this is rounding, not a formula: the five-step case holds the kernel within 25× the float32
+engine's distance, and the formulas are the ones the four-step cases check tightly."""
 
 import functools
 import itertools
