@@ -52,6 +52,13 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
             ("muon_forward._muon_forward_kernel", "muon_backward._muon_backward_kernel"),
             "D=16 DH=16 L=8 DI=152",
         ),
+        (
+            (
+                "token_muon_forward._token_muon_forward_kernel",
+                "token_muon_backward._token_muon_backward_kernel",
+            ),
+            "D=16 DH=16 L=8 DI=152",
+        ),
         # Memora's softmax retention at the mixer's tiny and MQAR heads
         (
             ("simplex._simplex_forward_kernel", "simplex_backward._simplex_backward_kernel"),
@@ -63,6 +70,6 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         rows = [row for row in report["rows"] if row["kernel"].startswith(modules)]
         assert {row["kernel"] for row in rows} == names
         assert all(set(shape.split()) <= set(row["constexprs"].split()) for row in rows), rows
-    assert len(kernels) == 17, sorted(kernels)
+    assert len(kernels) == 19, sorted(kernels)
     for row in report["rows"]:
         assert row["status"] == "ok" and 0 <= row["shared"] <= 227 * 1024, row
