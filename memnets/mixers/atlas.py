@@ -63,8 +63,8 @@ MQAR (``configs/mqar/{omeganet,atlas}.yaml``): OmegaNet learns recall, much fast
 than without (``benchmarks/RESULTS.md`` section 32). Atlas at the mixer's ``lr_max`` 0.1 learns slowly
 (0.09 at 1500 steps, section 7): each orthogonalised step has singular values near 1 whatever the
 gradient, so a small cap on η_t leaves the memory close to its initial weights. The MQAR config sets
-``lr_max`` 4 and learns recall (section 35); with ``muon="token"`` one seed reached 0.945 by step 1250, where
-the per-chunk schedule had passed 0.98 (section 50; the run is unfinished).
+``lr_max`` 4 and learns recall (section 35); with ``muon="token"`` one seed reached 0.960 by step 1500, where
+the per-chunk schedule had 0.986 at 1000 (section 50; the second seed is not run).
 The mixer's default stays 0.1 until a text run shows what a larger cap does there.
 """
 
