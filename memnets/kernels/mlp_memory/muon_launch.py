@@ -106,26 +106,41 @@ def muon_memory_chunked(
             q, k, v, *muon_coefficients(...), w1, w2, s1, s2, o1, o2, memory=memory, chunk_size=16,
         )
     """
-    reason = muon_supports(memory, chunk_size, window - 1)
+    y, W1, W2, S1, S2, O1, O2, A1, A2 = _launch(
+        muon_memory_fwd, "muon_memory_chunked", q, k, v, (beta, dc, lc, m_end, s_coef), (w1, w2, s1, s2, o1, o2),
+        memory, chunk_size, window, ln_weight, ln_bias, ns_steps, ns_coefficients, ns_eps, checkpoint_every,
+        dot_precision,
+    )  # fmt: skip
+    return y, (W1, W2), (S1, S2), (O1, O2), (A1, A2)
+
+
+def _launch(
+    op, name: str, q: Tensor, k: Tensor, v: Tensor, coefs: tuple, state: tuple, memory: NetSpec,
+    chunk_size: int, window: int, ln_weight: Tensor | None, ln_bias: Tensor | None, ns_steps: int,
+    ns_coefficients: tuple[float, float, float], ns_eps: float, checkpoint_every: int | None,
+    dot_precision: str,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Either Muon op (``op``: the per-chunk one, or with 4 state tensors the per-token one) after the
+    scope check: y in q's dtype with the residual, the final state and the anchors."""
+    token = len(state) == 4
+    reason = muon_supports(memory, chunk_size, window - 1, token=token)
     if reason is not None:
-        raise ValueError(f"muon_memory_chunked: unsupported configuration: {reason}")
+        raise ValueError(f"{name}: unsupported configuration: {reason}")
     config = MuonConfig(
-        chunk_size, window - 1, *checkpoint_chunks(beta.shape[2], checkpoint_every, wide=True),
+        chunk_size, window - 1, *checkpoint_chunks(coefs[0].shape[2], checkpoint_every, wide=True),
         DOT_PRECISIONS[dot_precision], ns_steps, *ns_coefficients, ns_eps, ACTIVATIONS[memory.activation],
         memory.residual, memory.ln_eps,
     )  # fmt: skip
     ln_w = ln_b = None
     if memory.layer_norm:
         ln_w, ln_b = ln_weight.float().contiguous(), ln_bias.float().contiguous()  # type: ignore[union-attr]
-    coefs = (x.float().contiguous() for x in (beta, dc, lc, m_end, s_coef))
-    state = (t.float().contiguous() for t in (w1, w2, s1, s2, o1, o2))
-    y, *rest = muon_memory_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), ln_w, ln_b, *coefs, *state, *config
-    )
+    y, *rest = op(
+        q.contiguous(), k.contiguous(), v.contiguous(), ln_w, ln_b, *(x.float().contiguous() for x in coefs),
+        *(t.float().contiguous() for t in state), *config,
+    )  # fmt: skip
     if memory.residual:
         y = y + q[..., : memory.d_out].float()
-    W1, W2, S1, S2, O1, O2, A1, A2 = rest[:8]
-    return y.to(q.dtype), (W1, W2), (S1, S2), (O1, O2), (A1, A2)
+    return (y.to(q.dtype), *rest[: len(state) + 2])
 
 
 def token_muon_memory_chunked(
@@ -176,22 +191,9 @@ def token_muon_memory_chunked(
             q, k, v, *token_muon_coefficients(...), w1, w2, s1, s2, memory=memory, chunk_size=16,
         )
     """
-    reason = muon_supports(memory, chunk_size, window - 1, token=True)
-    if reason is not None:
-        raise ValueError(f"token_muon_memory_chunked: unsupported configuration: {reason}")
-    config = MuonConfig(
-        chunk_size, window - 1, *checkpoint_chunks(beta.shape[2], checkpoint_every, wide=True),
-        DOT_PRECISIONS[dot_precision], ns_steps, *ns_coefficients, ns_eps, ACTIVATIONS[memory.activation],
-        memory.residual, memory.ln_eps,
+    y, W1, W2, S1, S2, A1, A2 = _launch(
+        token_muon_memory_fwd, "token_muon_memory_chunked", q, k, v, (beta, keep, lr, mom, qm), (w1, w2, s1, s2),
+        memory, chunk_size, window, ln_weight, ln_bias, ns_steps, ns_coefficients, ns_eps, checkpoint_every,
+        dot_precision,
     )  # fmt: skip
-    ln_w = ln_b = None
-    if memory.layer_norm:
-        ln_w, ln_b = ln_weight.float().contiguous(), ln_bias.float().contiguous()  # type: ignore[union-attr]
-    coefs = (x.float().contiguous() for x in (beta, keep, lr, mom, qm))
-    state = (t.float().contiguous() for t in (w1, w2, s1, s2))
-    y, W1, W2, S1, S2, A1, A2, *_ = token_muon_memory_fwd(
-        q.contiguous(), k.contiguous(), v.contiguous(), ln_w, ln_b, *coefs, *state, *config
-    )
-    if memory.residual:
-        y = y + q[..., : memory.d_out].float()
-    return y.to(q.dtype), (W1, W2), (S1, S2), (A1, A2)
+    return y, (W1, W2), (S1, S2), (A1, A2)

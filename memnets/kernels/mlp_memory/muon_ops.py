@@ -1,7 +1,7 @@
 """The Muon kernels (per chunk: :mod:`.muon_forward`, :mod:`.muon_backward`; per token:
-:mod:`.token_muon_forward`) as ``torch.library`` custom ops with fake implementations, as the other
-MLP-memory kernels (:mod:`.ops`): ``memnets::muon_memory_fwd`` / ``_bwd`` (with ``register_autograd``)
-and ``memnets::token_muon_memory_fwd`` / ``_bwd``. Each takes the tensors first and then the fields of
+:mod:`.token_muon_forward`, :mod:`.token_muon_backward`) as ``torch.library`` custom ops with fake
+implementations and ``register_autograd``, as the other MLP-memory kernels (:mod:`.ops`):
+``memnets::muon_memory_fwd`` / ``_bwd`` and ``memnets::token_muon_memory_fwd`` / ``_bwd``. Each takes the tensors first and then the fields of
 :class:`MuonConfig` as scalars.
 
 Checkpoint segments bound the backward's memory as in the wide-state kernels
@@ -75,25 +75,58 @@ def _scalars(c: MuonConfig) -> tuple:
     return (c.ln_eps, c.na, c.nb, c.nc, c.ns_eps)
 
 
-def run_forward(q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, w1, w2, s1, s2, o1, o2, c: MuonConfig):
-    """(y float32, the final W1, W2, S1, S2, O1, O2, the last chunk's start W1, W2, and the state at
-    every checkpoint segment's start ``[NS, B, H, ...]``)."""
+def _launcher(kernel, inputs: tuple, y: Tensor, anchor: tuple, c: MuonConfig, consts: dict, NCT: int):
+    """``launch(state, c0, nc, chunks=None)``: ``kernel`` over chunks c0 .. c0 + nc from ``state``
+    (updated in place), its reads into ``y`` and the last chunk's start weights into ``anchor``; with
+    ``chunks`` the STORE pass (every chunk's start state into them, no reads)."""
+    q, k = inputs[:2]
     B, T, H = q.shape[:3]
-    NCT = beta.shape[2]
-    consts = _constants(q, w1, w2, ln_w, c)
-    state = [t.float().clone(memory_format=torch.contiguous_format) for t in (w1, w2, s1, s2, o1, o2)]
-    y = w1.new_empty(B, T, H, w2.shape[-1])
+    empty = q.new_empty(0, dtype=torch.float32)
+
+    def launch(state: list[Tensor], c0: int, nc: int, chunks: list[Tensor] | None = None) -> None:
+        kernel[(B * H,)](
+            *inputs, empty if chunks else y, *state, *anchor, *(chunks or (empty,) * len(state)),
+            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=chunks is not None, **consts,
+        )  # fmt: skip
+
+    return launch
+
+
+def _ln_or_empty(q: Tensor, ln_w: Tensor | None, ln_b: Tensor | None) -> tuple[Tensor, Tensor]:
+    empty = q.new_empty(0, dtype=torch.float32)
+    return tuple(empty if t is None else t for t in (ln_w, ln_b))  # type: ignore[return-value]
+
+
+def _run_forward(kernel, q, k, v, ln_w, ln_b, coefs: tuple, state: tuple, c: MuonConfig) -> tuple:
+    """(y float32, the final state, the last chunk's start W1, W2, and the state at every checkpoint
+    segment's start ``[NS, B, H, ...]``) of ``kernel`` from ``state`` (W1, W2, ...)."""
+    w1, w2 = state[:2]
+    NCT = coefs[0].shape[2]
+    state = [t.float().clone(memory_format=torch.contiguous_format) for t in state]
+    y = w1.new_empty(*q.shape[:3], w2.shape[-1])
     anchor = (w1.new_empty(w1.shape), w2.new_empty(w2.shape))
-    empty = w1.new_empty(0)
-    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
+    consts = _constants(q, w1, w2, ln_w, c)
+    launch = _launcher(kernel, (q, k, v, *_ln_or_empty(q, ln_w, ln_b), *coefs), y, anchor, c, consts, NCT)
     ckpts = []
     for c0, nc in spans(0, NCT, c.every):
         ckpts.append([t.clone() for t in state])
-        _muon_forward_kernel[(B * H,)](
-            q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef, y, *state, *anchor, *(empty,) * 6,
-            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
-        )  # fmt: skip
+        launch(state, c0, nc)
     return (y, *state, *anchor, *(torch.stack(s) for s in zip(*ckpts)))
+
+
+def _recompute(kernel, inputs: tuple, ckpts: tuple, c: MuonConfig, consts: dict, NCT: int):
+    """The backward's recompute: :func:`_launcher` with the reads and anchors into scratch."""
+    q, v = inputs[0], inputs[2]
+    y_scratch = q.new_empty(*q.shape[:3], v.shape[-1], dtype=torch.float32)
+    anchors = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))
+    return _launcher(kernel, inputs, y_scratch, anchors, c, consts, NCT)
+
+
+def run_forward(q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, w1, w2, s1, s2, o1, o2, c: MuonConfig):
+    """(y float32, the final W1, W2, S1, S2, O1, O2, the last chunk's start W1, W2, and the state at
+    every checkpoint segment's start ``[NS, B, H, ...]``)."""
+    coefs, state = (beta, dc, lc, m_end, s_coef), (w1, w2, s1, s2, o1, o2)
+    return _run_forward(_muon_forward_kernel, q, k, v, ln_w, ln_b, coefs, state, c)
 
 
 def run_backward(
@@ -105,21 +138,13 @@ def run_backward(
     B, T, H = q.shape[:3]
     NCT, D = beta.shape[2], v.shape[-1]
     consts = _constants(q, w1, w2, ln_w, c)
-    dy, dstate, danchor, empty, lnw, lnb, dq, dk, dv = _backward_buffers(q, v, ln_w, ln_b, NCT, rest[6:], c)
+    dy, dstate, danchor, dq, dk, dv = _backward_buffers(q, v, NCT, rest[6:], c)
     dbeta, ddc, dlc = (torch.empty_like(beta) for _ in range(3))
     dm, ds = torch.empty_like(m_end), torch.empty_like(s_coef)
     dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
     xs = q.new_empty(B * H, c.ns_steps + 1, *w1.shape[-2:], dtype=torch.float32)
     dxs = q.new_empty(B * H, *w1.shape[-2:], dtype=torch.float32)
-    inputs = (q, k, v, lnw, lnb, beta, dc, lc, m_end, s_coef)
-    y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
-    scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
-
-    def forward(state: list[Tensor], c0: int, nc: int, chunks: list[Tensor] | None) -> None:
-        _muon_forward_kernel[(B * H,)](
-            *inputs, empty if chunks else y_scratch, *state, *scratch, *(chunks or (empty,) * 6),
-            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=chunks is not None, **consts,
-        )  # fmt: skip
+    inputs = (q, k, v, *_ln_or_empty(q, ln_w, ln_b), beta, dc, lc, m_end, s_coef)
 
     def backward(c0: int, nc: int, chunks: list[Tensor]) -> None:
         _muon_backward_kernel[(B * H,)](
@@ -128,24 +153,20 @@ def run_backward(
             T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
         )  # fmt: skip
 
-    walk_segments(ckpts, NCT, c, forward, backward)
+    walk_segments(ckpts, NCT, c, _recompute(_muon_forward_kernel, inputs, ckpts, c, consts, NCT), backward)
     return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, ddc, dlc, dm, ds, *dstate]
 
 
-def _backward_buffers(q, v, ln_w, ln_b, NCT: int, cotangents: tuple, c: MuonConfig) -> tuple:
+def _backward_buffers(q, v, NCT: int, cotangents: tuple, c: MuonConfig) -> tuple:
     """What both backwards start from: dy, the state's cotangents (copies, updated in place) and the
-    anchors', an empty tensor, the LayerNorm parameters (empty where absent), and zeroed dq and the
-    per-chunk key rows' dk, dv ``[B, H, NCT, P + L, ·]``, float32."""
+    anchors', and zeroed dq and the per-chunk key rows' dk, dv ``[B, H, NCT, P + L, ·]``, float32."""
     dy, *d_state = cotangents
     B, _, H = q.shape[:3]
     rows = c.prefix + c.chunk
-    empty = q.new_empty(0, dtype=torch.float32)
     return (
         dy.float().contiguous(),
         [d.float().clone(memory_format=torch.contiguous_format) for d in d_state[:-2]],
         [d.float().contiguous() for d in d_state[-2:]],
-        empty,
-        *(empty if t is None else t for t in (ln_w, ln_b)),
         q.new_zeros(q.shape, dtype=torch.float32),
         q.new_zeros(B, H, NCT, rows, q.shape[3], dtype=torch.float32),
         q.new_zeros(B, H, NCT, rows, v.shape[-1], dtype=torch.float32),
@@ -198,22 +219,8 @@ def _fold(x: Tensor, rows: int, T: int, L: int, P: int) -> Tensor:
 def run_token_forward(q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, w1, w2, s1, s2, c: MuonConfig):
     """(y float32, the final W1, W2, S1, S2, the last chunk's start W1, W2, and the state at every
     checkpoint segment's start ``[NS, B, H, ...]``) of the per-token kernel."""
-    B, T, H = q.shape[:3]
-    NCT = beta.shape[2]
-    consts = _constants(q, w1, w2, ln_w, c)
-    state = [t.float().clone(memory_format=torch.contiguous_format) for t in (w1, w2, s1, s2)]
-    y = w1.new_empty(B, T, H, w2.shape[-1])
-    anchor = (w1.new_empty(w1.shape), w2.new_empty(w2.shape))
-    empty = w1.new_empty(0)
-    lnw, lnb = (empty if t is None else t for t in (ln_w, ln_b))
-    ckpts = []
-    for c0, nc in spans(0, NCT, c.every):
-        ckpts.append([t.clone() for t in state])
-        _token_muon_forward_kernel[(B * H,)](
-            q, k, v, lnw, lnb, beta, keep, lr, mom, qm, y, *state, *anchor, *(empty,) * 4,
-            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=False, **consts,
-        )  # fmt: skip
-    return (y, *state, *anchor, *(torch.stack(s) for s in zip(*ckpts)))
+    coefs, state = (beta, keep, lr, mom, qm), (w1, w2, s1, s2)
+    return _run_forward(_token_muon_forward_kernel, q, k, v, ln_w, ln_b, coefs, state, c)
 
 
 def run_token_backward(
@@ -225,21 +232,13 @@ def run_token_backward(
     B, T, H = q.shape[:3]
     NCT, D, L = beta.shape[2], v.shape[-1], c.chunk
     consts = _constants(q, w1, w2, ln_w, c)
-    dy, dstate, danchor, empty, lnw, lnb, dq, dk, dv = _backward_buffers(q, v, ln_w, ln_b, NCT, rest[4:], c)
+    dy, dstate, danchor, dq, dk, dv = _backward_buffers(q, v, NCT, rest[4:], c)
     dbeta, dkeep, dlr, dmom = (torch.empty_like(beta) for _ in range(4))
     dqm = torch.empty_like(qm)
     dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
     BHB, BK, BD = consts["BHB"], consts["BK"], consts["BD"]
     scr = q.new_empty(B * H, L, 2, BHB * BHB + BK * BHB + BHB * BD, dtype=torch.float32)
-    inputs = (q, k, v, lnw, lnb, beta, keep, lr, mom, qm)
-    y_scratch = q.new_empty(*q.shape[:3], D, dtype=torch.float32)  # the inner checkpoints' pass
-    scratch = (torch.empty_like(ckpts[0][0]), torch.empty_like(ckpts[1][0]))  # their anchors
-
-    def forward(state: list[Tensor], c0: int, nc: int, chunks: list[Tensor] | None) -> None:
-        _token_muon_forward_kernel[(B * H,)](
-            *inputs, empty if chunks else y_scratch, *state, *scratch, *(chunks or (empty,) * 4),
-            T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), STORE=chunks is not None, **consts,
-        )  # fmt: skip
+    inputs = (q, k, v, *_ln_or_empty(q, ln_w, ln_b), beta, keep, lr, mom, qm)
 
     def backward(c0: int, nc: int, chunks: list[Tensor]) -> None:
         _token_muon_backward_kernel[(B * H,)](
@@ -248,6 +247,7 @@ def run_token_backward(
             T, k.shape[1] - T, c0, nc, NCT, *_scalars(c), **consts,
         )  # fmt: skip
 
+    forward = _recompute(_token_muon_forward_kernel, inputs, ckpts, c, consts, NCT)
     walk_segments(ckpts, NCT, c, forward, backward)
     return [*_input_grads(q, k, v, ln_w, dq, dk, dv, dln, c), dbeta, dkeep, dlr, dmom, dqm, *dstate]
 
