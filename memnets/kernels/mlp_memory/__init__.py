@@ -87,8 +87,7 @@ other than 2, other biases (KL, the dot loss of DLA), the per-token retention ma
 kernels (Moneta's ℓ_q map, a scalar per matrix, runs in the whole-state kernels per token and at chunk
 ends, and in the wide-state ones at chunk ends only: :mod:`.end_map`; Memora's softmax, which acts on
 each token's weights entrywise, in its own whole-state kernels that form every token's weights:
-:mod:`.simplex`), per-token Muon
-(Atlas's ``muon="token"``; ``muon="chunk"`` has its own kernels, below), the gated memory (Atlas++),
+:mod:`.simplex`), Atlas's Muon (its own kernels, below), the gated memory (Atlas++),
 the Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
 wider than values (polynomial features of degree > 1, OmegaNet's and Atlas' default: q and k
@@ -144,14 +143,19 @@ Atlas with Muon once per chunk (ATLAS arXiv 2505.23735 §5 Eq. 32–33, ``muon="
 wide-state kernels (:mod:`.muon_forward`, :mod:`.muon_backward`; entry :mod:`.muon_launch`, custom
 ops :mod:`.muon_ops`): no G term (a token's gradient reaches the weights only through the chunk-end
 momentum), a third state matrix per layer (the direction O), and Newton–Schulz of each chunk-end
-momentum on chip (:mod:`.newton_schulz`).
+momentum on chip (:mod:`.newton_schulz`). Muon on every token (Eq. 40, ``muon="token"``, the mixer's
+default) has a pair of its own (:mod:`.token_muon_forward`, :mod:`.token_muon_backward`): each token's
+Newton–Schulz runs in a token loop on chip, layer 1's on coordinates in the span of the chunk-start
+momentum and the chunk's keys; hidden widths up to ``muon_launch.MAX_TOKEN_MUON_HIDDEN`` (wider, the
+backward outgrows sm_90's shared memory and the launcher refuses it).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`
 (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
 :mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
 and :mod:`.simplex_backward` (Memora's softmax retention and lag token), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
-:mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`. The model
+:mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`, :mod:`.token_muon_forward`,
+:mod:`.token_muon_backward`. The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results
 into memory states. Shared memory, register spills and timings: benchmarks/RESULTS.md §9 (the wide-state kernels: §22).
 """
