@@ -168,7 +168,15 @@ MIRAS_MEMORY = _memory_kernel_op(
 
 
 def _omega_supports(
-    *, backend: str, arch: MemoryMLP, chunk_size: int, window: int, bias: object, muon: object, **_: Any
+    *,
+    backend: str,
+    arch: MemoryMLP,
+    chunk_size: int,
+    window: int,
+    bias: object,
+    muon: object,
+    dot_precision: str = "auto",
+    **_: Any,
 ) -> str | None:
     if muon in ("chunk", "token"):
         from .memory.muon_kernel import supports_muon
@@ -179,7 +187,7 @@ def _omega_supports(
                 "one is estimated slower than the compiled engine, benchmarks/RESULTS.md §37; ask for "
                 "backend='triton')"
             )
-        return supports_muon(arch, bias, chunk_size, window, muon)
+        return supports_muon(arch, bias, chunk_size, window, muon, dot_precision)
     if muon is not None:
         return f"muon={muon!r} (not one of the kernels' 'chunk', 'token')"
     return _mlp_supports(arch, bias, chunk_size, window, no_wide_kernels(backend))

@@ -372,16 +372,6 @@ def default_muon_shapes() -> list[tuple[int, int, int, int, int]]:
     return [(16, 16, 8, 152, 2), (32, 32, 8, 560, 3), (64, 64, 16, 2144, 7)]
 
 
-def token_muon_shapes() -> list[tuple[int, int, int, int, int]]:
-    """:func:`default_muon_shapes` that the per-token Muon kernels admit (hidden width at most
-    ``muon_launch.MAX_TOKEN_MUON_HIDDEN``: at Atlas 340M/760M's hidden 64 their backward needs more
-    shared memory than sm_90 has, and the launcher refuses it with that reason)."""
-    from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.muon_launch import MAX_TOKEN_MUON_HIDDEN
-
-    return [s for s in default_muon_shapes() if _block(s[1]) <= MAX_TOKEN_MUON_HIDDEN]
-
-
 def _muon_cases(
     shapes: list[tuple[int, int, int, int, int]], dots: tuple[int, ...] = (3, 0), token: bool = False
 ) -> list[Case]:
@@ -419,7 +409,7 @@ def _muon_cases(
 def all_cases(mlp_shapes: list[tuple[int, int, int]] | None = None) -> list[Case]:
     mlp = _mlp_cases(default_mlp_shapes() if mlp_shapes is None else mlp_shapes)
     wide = _mlp_wide_cases(default_mlp_wide_shapes() if mlp_shapes is None else mlp_shapes)
-    muon = _muon_cases(default_muon_shapes()) + _muon_cases(token_muon_shapes(), token=True)
+    muon = _muon_cases(default_muon_shapes()) + _muon_cases(default_muon_shapes(), token=True)
     return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp + wide + muon
 
 

@@ -106,7 +106,7 @@ def _compare(arch, inputs, window, chunk_size, split, ns_steps, checkpoint_every
     "T,window,chunk_size,split,hidden,ns_steps,checkpoint_every",
     [
         (1, 4, 8, None, 32, 4, None),
-        (40, 3, 8, None, 32, 2, 2),
+        (40, 3, 8, None, 64, 2, 2),
         (63, 3, 8, 20, 16, 1, 2),
         (65, 1, 16, None, 32, 2, None),
         (100, 2, 16, 37, 32, 1, None),
@@ -129,12 +129,15 @@ def test_kernel_without_layer_norm_residual_or_keep():
 
 
 def test_hidden_width_past_the_backward_shared_memory_is_refused():
-    """Hidden width 64 (Atlas at 340M/760M) would need 308 KiB of shared memory for the backward on sm_90
-    (``scripts/check_kernels_compile.py``): the per-token kernel refuses it, naming why; the per-chunk one
-    takes it."""
-    assert "per-token backward's shared memory" in muon_kernel.supports_muon(_arch(64), None, 8, 3, "token")
-    assert muon_kernel.supports_muon(_arch(64), None, 8, 3, "chunk") is None
-    assert muon_kernel.supports_muon(_arch(32), None, 8, 3, "token") is None
+    """At hidden width 64 (Atlas at 340M/760M) the backward fits sm_90's shared memory with half, TF32x3
+    and "auto" operands but not with one TF32 product (252 KiB, ``scripts/check_kernels_compile.py``):
+    the per-token kernel refuses that mode there, naming why; the per-chunk one takes it."""
+    why = muon_kernel.supports_muon(_arch(64), None, 8, 3, "token", "tf32")
+    assert "per-token backward's shared memory" in why and "dot_precision='tf32'" in why
+    assert muon_kernel.supports_muon(_arch(64), None, 8, 3, "chunk", "tf32") is None
+    for dot_precision in ("auto", "tf32x3", "bfloat16", "float16"):
+        assert muon_kernel.supports_muon(_arch(64), None, 8, 3, "token", dot_precision) is None
+    assert muon_kernel.supports_muon(_arch(32), None, 8, 3, "token", "tf32") is None
 
 
 def test_atlas_mixer_runs_the_kernel():

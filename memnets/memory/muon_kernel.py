@@ -22,16 +22,21 @@ from .segments import split_started_chunk
 
 
 def supports_muon(
-    arch: MemoryMLP, bias: object, chunk_size: int, window: int, muon: Muon = "chunk"
+    arch: MemoryMLP,
+    bias: object,
+    chunk_size: int,
+    window: int,
+    muon: Muon = "chunk",
+    dot_precision: str = "auto",
 ) -> str | None:
-    """``None`` when the Muon kernel of ``muon`` covers this memory, bias, chunk size and window, else the
-    reason."""
+    """``None`` when the Muon kernel of ``muon`` covers this memory, bias, chunk size, window and matmul
+    operands (``dot_precision``), else the reason."""
     if type(arch) not in (MemoryMLP, FeatureMemoryMLP):
         return f"memory {type(arch).__name__} (the Muon kernel covers the chain MLP memory)"
     spec = _bias_spec(bias)
     if spec is None or spec.kind != "l2":
         return f"attentional bias {bias!r} (the Muon kernel covers L2Bias)"
-    return muon_supports(_net_spec(arch), chunk_size, window - 1, token=muon == "token")
+    return muon_supports(_net_spec(arch), chunk_size, window - 1, muon == "token", dot_precision)
 
 
 def muon_coefficients(

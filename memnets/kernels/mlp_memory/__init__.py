@@ -146,8 +146,8 @@ momentum), a third state matrix per layer (the direction O), and Newton–Schulz
 momentum on chip (:mod:`.newton_schulz`). Muon on every token (Eq. 40, ``muon="token"``, the mixer's
 default) has a pair of its own (:mod:`.token_muon_forward`, :mod:`.token_muon_backward`): each token's
 Newton–Schulz runs in a token loop on chip, layer 1's on coordinates in the span of the chunk-start
-momentum and the chunk's keys; hidden widths up to ``muon_launch.MAX_TOKEN_MUON_HIDDEN`` (wider, the
-backward outgrows sm_90's shared memory and the launcher refuses it).
+momentum and the chunk's keys; hidden widths up to 64 as the per-chunk kernels (32 with one TF32
+product per matmul, whose backward outgrows sm_90's shared memory past that).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`

@@ -17,16 +17,18 @@ from .muon_ops import MuonConfig, muon_memory_fwd, token_muon_memory_fwd
 
 # the Gram matrices of NS (Dh × Dh for layer 1, D × D for layer 2) stay on chip in one tile
 MAX_MUON_WIDTH = 64
-# the per-token backward keeps about twenty [Dh, Dh]-sized tiles in shared memory: 98 KiB on sm_90 at
-# hidden width 32, 308 KiB (over the 227 KiB limit) at 64 (benchmarks/RESULTS.md §50)
-MAX_TOKEN_MUON_HIDDEN = 32
+# with one TF32 product per matmul the per-token backward at hidden width 64 needs 252 KiB of shared
+# memory on sm_90 (over its 227 KiB; 140 KiB with half operands, 168 KiB with TF32x3: benchmarks/RESULTS.md
+# §51), so that mode stops at 32
+MAX_TOKEN_MUON_HIDDEN_TF32 = 32
 
 
 def muon_supports(
-    memory: NetSpec, chunk_size: int | None, prefix: int = 0, token: bool = False
+    memory: NetSpec, chunk_size: int | None, prefix: int = 0, token: bool = False, dot_precision: str = "auto"
 ) -> str | None:
     """``None`` when the Muon kernels (once per chunk, or with ``token`` on every token) cover this memory
-    at this chunk size with ``prefix`` more key rows per chunk (the Omega window's), else the reason."""
+    at this chunk size with ``prefix`` more key rows per chunk (the Omega window's) and matmul operands
+    ``dot_precision`` (``DOT_PRECISIONS`` or "auto"), else the reason."""
     if memory.depth != 2:
         return f"memory depth {memory.depth} (the Muon kernel covers the 2-layer memory)"
     if memory.activation not in ACTIVATIONS:
@@ -38,10 +40,11 @@ def muon_supports(
             f"hidden width {memory.d_hidden} and head dim {memory.d_out} (the Muon kernel keeps the Newton-"
             f"Schulz Gram matrices on chip: both <= {MAX_MUON_WIDTH})"
         )
-    if token and block(memory.d_hidden) > MAX_TOKEN_MUON_HIDDEN:
+    if token and dot_precision == "tf32" and block(memory.d_hidden) > MAX_TOKEN_MUON_HIDDEN_TF32:
         return (
-            f"muon='token' at hidden width {memory.d_hidden} (the per-token backward's shared memory on sm_90 "
-            f"exceeds 227 KiB past hidden width {MAX_TOKEN_MUON_HIDDEN})"
+            f"muon='token' with dot_precision='tf32' at hidden width {memory.d_hidden} (the per-token "
+            f"backward's shared memory on sm_90 exceeds 227 KiB past hidden width {MAX_TOKEN_MUON_HIDDEN_TF32} "
+            "with TF32 operands; 'tf32x3', the half types and 'auto' fit)"
         )
     if chunk_size is not None and chunk_size + prefix > MAX_TILE:
         return f"chunk_size {chunk_size} with {prefix} window rows (the Muon kernel takes <= {MAX_TILE} rows)"
@@ -123,7 +126,7 @@ def _launch(
     """Either Muon op (``op``: the per-chunk one, or with 4 state tensors the per-token one) after the
     scope check: y in q's dtype with the residual, the final state and the anchors."""
     token = len(state) == 4
-    reason = muon_supports(memory, chunk_size, window - 1, token=token)
+    reason = muon_supports(memory, chunk_size, window - 1, token=token, dot_precision=dot_precision)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     config = MuonConfig(

@@ -237,7 +237,9 @@ def run_token_backward(
     dqm = torch.empty_like(qm)
     dln = q.new_zeros(2, B * H, D, dtype=torch.float32)
     BHB, BK, BD = consts["BHB"], consts["BK"], consts["BD"]
-    scr = q.new_empty(B * H, L, 2, BHB * BHB + BK * BHB + BHB * BD, dtype=torch.float32)
+    # per program: every token's N_t and Z_t, then the Newton–Schulz iterates of one token's layer 1
+    per_token, iterate = BHB * BHB + BK * BHB + BHB * BD, BHB * BHB + BK * BHB
+    scr = q.new_empty(B * H, L * 2 * per_token + c.ns_steps * iterate, dtype=torch.float32)
     inputs = (q, k, v, *_ln_or_empty(q, ln_w, ln_b), beta, keep, lr, mom, qm)
 
     def backward(c0: int, nc: int, chunks: list[Tensor]) -> None:

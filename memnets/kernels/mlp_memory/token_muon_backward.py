@@ -5,7 +5,7 @@ of its start state. Per chunk:
 
 1. recompute: the pass over the key blocks (:func:`.token_muon_forward.chunk_products`), the key path,
    and the tokens forward, each token's orthogonalised momenta N_t and sums Z_t written to a scratch
-   buffer (``[B·H, L, 2, ·]``: the backward walks them in reverse), its layer-1 pre-activation and
+   buffer (``[L, 2, ·]`` per program: the backward walks them in reverse), its layer-1 pre-activation and
    output kept on chip; the reads' LayerNorm backward on the whole chunk;
 2. the end state's cotangents over the key blocks: S1ᵀ dW1' and K dW1' (those of Z1_L's coordinates),
    K dS1' (that of E_L) and the coefficients' ⟨dW1', W1⟩, ⟨dS1', S1⟩;
@@ -16,11 +16,19 @@ of its start state. Per chunk:
    and Q[t];
 4. the end update's share (W' = β W + U Z_L, S' = m S − Kᵀ E_L and layer 2's) and the key path backward
    (second order, as :mod:`.muon_backward`): Δ, δ1 and A back to Z2, Z1, W2 and dv;
-5. one pass over the key blocks writing dW1 (β dW1', Qᵀ d(Q W1), Kᵀ dZ1, the anchor's), dS1 (m dS1',
-   dW1' Zsᵀ, Qᵀ d(Q S1) and the Gram blocks' S1 (dGss + dGssᵀ) + Kᵀ dGskᵀ), dk and dq.
+5. two passes over the key blocks: one writing dk and dq, then one writing dW1 (β dW1', Qᵀ d(Q W1),
+   Kᵀ dZ1, the anchor's) and dS1 (m dS1', dW1' Zsᵀ, Qᵀ d(Q S1) and the Gram blocks' S1 (dGss + dGssᵀ)
+   + Kᵀ dGskᵀ) in place.
 
-Each token's Newton–Schulz backward recomputes its iterates from the start (``STEPS (STEPS + 1) / 2``
-forward steps), as :func:`.newton_schulz.ns_tile_backward` does, rather than keeping them. Key rows overlap
+Shared memory is what bounds the hidden width: Triton keeps a product's operands in shared memory from
+where they are made to their last product, so operands held across a loop add up (a TF32x3 operand
+twice: its high and low parts). Hence layer 1's Newton–Schulz backward keeps its iterates in the scratch
+(one forward sweep, then each reverse step loads its iterate) rather than on chip or recomputed, each
+reverse step finishes dx before the Gram blocks' terms, and step 5 is two loops, not one: at
+(D, Dh, L, Dk, P) = (64, 64, 16, 2144, 7), Atlas at 340M/760M, the backward's shared memory fell from
+308 to 140 KiB with bfloat16 operands and from 352 to 168 KiB with TF32x3 (sm_90 has 227); with plain TF32
+operands it stays above (252 KiB), so that mode is refused past hidden width 32. Layer 2's Newton–Schulz
+backward (:func:`.newton_schulz.ns_tile_backward`) still recomputes its iterates from the start. Key rows overlap
 between chunks (the Omega window), so dk and dv are written per chunk ``[B, H, NCT, P + L, ...]`` for the
 caller to fold. The coefficient gradients are per token; the LayerNorm's are summed per program.
 """
@@ -58,35 +66,57 @@ def _ns_basis_step(xs, xk, Gss, Gsk, Gkk, na, nb, nc, BC: tl.constexpr, DOT: tl.
 
 
 @triton.jit
-def ns_in_basis_backward(Xs, Xk, dxs, dxk, Gss, Gsk, Gkk, dGss, dGsk, dGkk, na, nb, nc, eps,
-                         STEPS: tl.constexpr, BC: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
+def _iterate_ptrs(xp, k, BHB: tl.constexpr, BK: tl.constexpr):
+    """Pointers of Newton–Schulz iterate k's coordinates x_k = [xs; xk] in a program's iterate scratch
+    (``[STEPS, BHB·BHB + BK·BHB]``)."""
+    h = tl.arange(0, BHB)
+    kr = tl.arange(0, BK)
+    base = xp + k * (BHB * BHB + BK * BHB)
+    return base + h[:, None] * BHB + h[None, :], base + BHB * BHB + kr[:, None] * BHB + h[None, :]
+
+
+@triton.jit
+def ns_in_basis_backward(Xs, Xk, dxs, dxk, Gss, Gsk, Gkk, dGss, dGsk, dGkk, xp, na, nb, nc, eps,
+                         STEPS: tl.constexpr, BHB: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):  # fmt: skip
     """The cotangents of the coordinates X = [Xs; Xk] and of the Gram blocks (added to dGss, dGsk,
     dGkk) from those of :func:`.token_muon_forward.ns_in_basis`'s result. Each step x_{k+1} = x_k M_k,
     M_k = a I + b G_k + c G_k², G_k = x_kᵀ G x_k gives dx_k = dx_{k+1} M_k + (G x_k)(dG_k + dG_kᵀ) and
     d(Uᵀ U) += x_k dG_k x_kᵀ (with dM_k = x_kᵀ dx_{k+1}, dG_k = b dM_k + c (dM_k G_k + G_k dM_k)); the
     scale s = (⟨X, G X⟩ + eps²)^(−1/2) gives dX = s dx_0 − s³ ⟨dx_0, X⟩ G X and d(Uᵀ U) += −s³/2 ⟨dx_0,
-    X⟩ X Xᵀ. As blocks: Gsk stands for both off-diagonal blocks, so it takes x_s (P + Pᵀ) x_kᵀ."""
+    X⟩ X Xᵀ. As blocks: Gsk stands for both off-diagonal blocks, so it takes x_s (P + Pᵀ) x_kᵀ.
+    The iterates x_0 .. x_{STEPS−1} are kept in the scratch at ``xp`` by one forward sweep and loaded
+    where each reverse step uses them (rather than recomputed per step, or held on chip across the
+    steps: held, their shared-memory operand copies outgrew sm_90 at hidden width 64)."""
     ys0 = dot(Gss, Xs, DOT) + dot(Gsk, Xk, DOT)
     yk0 = dot(tl.trans(Gsk), Xs, DOT) + dot(Gkk, Xk, DOT)
     raw = tl.sum(tl.sum(Xs * ys0, 1), 0) + tl.sum(tl.sum(Xk * yk0, 1), 0)
     s = ns_scale(tl.maximum(raw, 0.0), eps)
+    xs = Xs * s
+    xk = Xk * s
+    tl.debug_barrier()  # the previous token's reverse steps have read the scratch
+    for k in range(STEPS):
+        ps, pk = _iterate_ptrs(xp, k, BHB, BK)
+        tl.store(ps, xs)
+        tl.store(pk, xk)
+        if k < STEPS - 1:
+            xs, xk = _ns_basis_step(xs, xk, Gss, Gsk, Gkk, na, nb, nc, BHB, DOT)
+    tl.debug_barrier()  # every thread's iterates are in the scratch
     for kk in range(STEPS):
-        xs = Xs * s
-        xk = Xk * s
-        for _ in range(STEPS - 1 - kk):
-            xs, xk = _ns_basis_step(xs, xk, Gss, Gsk, Gkk, na, nb, nc, BC, DOT)
+        ps, pk = _iterate_ptrs(xp, STEPS - 1 - kk, BHB, BK)
+        xs = tl.load(ps)
+        xk = tl.load(pk)
         ys = dot(Gss, xs, DOT) + dot(Gsk, xk, DOT)
         yk = dot(tl.trans(Gsk), xs, DOT) + dot(Gkk, xk, DOT)
         Gk = dot(tl.trans(xs), ys, DOT) + dot(tl.trans(xk), yk, DOT)
+        M = ns_poly(Gk, na, nb, nc, BHB, DOT)
         dM = dot(tl.trans(xs), dxs, DOT) + dot(tl.trans(xk), dxk, DOT)
         dG = nb * dM + nc * (dot(dM, Gk, DOT) + dot(Gk, dM, DOT))
         Pk = dG + tl.trans(dG)
+        dxs = dot(dxs, M, DOT) + dot(ys, Pk, DOT)
+        dxk = dot(dxk, M, DOT) + dot(yk, Pk, DOT)
         dGss += dot(xs, dot(dG, tl.trans(xs), DOT), DOT)
         dGsk += dot(xs, dot(Pk, tl.trans(xk), DOT), DOT)
         dGkk += dot(xk, dot(dG, tl.trans(xk), DOT), DOT)
-        M = ns_poly(Gk, na, nb, nc, BC, DOT)
-        dxs = dot(dxs, M, DOT) + dot(ys, Pk, DOT)
-        dxk = dot(dxk, M, DOT) + dot(yk, Pk, DOT)
     ip = (tl.sum(tl.sum(dxs * Xs, 1), 0) + tl.sum(tl.sum(dxk * Xk, 1), 0)) * (raw > 0.0).to(tl.float32)
     c3 = s * s * s * ip
     dGss -= 0.5 * c3 * dot(Xs, tl.trans(Xs), DOT)
@@ -112,7 +142,7 @@ def _tiles(scr, base, BHB: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
 def _token_muon_backward_kernel(
     q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, dy,
     w1c, w2c, s1c, s2c,  # the segment's chunk-start states [B, H, NC, ...]
-    scr,  # scratch: every token's N_t and Z_t [B·H, L, 2, NT]
+    scr,  # scratch per program: every token's N_t and Z_t [L, 2, NT], then STEPS iterates [NX]
     dw1, dw2, ds1, ds2, dw1a, dw2a,  # the state's cotangents (in place), the anchor's
     dq, dk, dv, dbeta, dkeep, dlr, dmom, dqm, dln_w, dln_b,  # gradients
     T, P0, C0, NC, NCT, ln_eps, na, nb, nc, ns_eps,
@@ -130,6 +160,8 @@ def _token_muon_backward_kernel(
     base1 = bh * n1
     base2 = bh * n2
     NT = BHB * BHB + BK * BHB + BHB * BD
+    NX = BHB * BHB + BK * BHB  # one Newton–Schulz iterate's coordinates
+    sb = bh * (L * 2 * NT + STEPS * NX)  # this program's scratch: N_t, Z_t per token, then the iterates
     cols = tl.arange(0, BD)
     cmask = cols < D
     li = tl.arange(0, BL)
@@ -177,7 +209,7 @@ def _token_muon_backward_kernel(
             z1, z2 = token_read(at, beta_t, qw1, qs1, qk, Zs, Zk, Z2, W2, ACT)
             z1T = tl.where(at[None, :], z1[:, None], z1T)
             out = tl.where(at[:, None], z2[None, :], out)
-            ps, pk, p2 = _tiles(scr, (bh * L + t) * 2 * NT, BHB, BK, BD)
+            ps, pk, p2 = _tiles(scr, sb + t * 2 * NT, BHB, BK, BD)
             tl.store(ps, xs)
             tl.store(pk, xk1)
             tl.store(p2, N2)
@@ -230,7 +262,7 @@ def _token_muon_backward_kernel(
             t = L - 1 - tr
             m_t, keep_t, lr_t, beta_t, q_t = token_coefficients(beta, keep, lr, mom, qm, cc * L + t, lk, L, P)
             at = li == t
-            ps, pk, p2 = _tiles(scr, (bh * L + t) * 2 * NT, BHB, BK, BD)
+            ps, pk, p2 = _tiles(scr, sb + t * 2 * NT, BHB, BK, BD)
             Zs = tl.load(ps + NT)
             Zk = tl.load(pk + NT)
             Z2 = tl.load(p2 + NT)
@@ -253,7 +285,7 @@ def _token_muon_backward_kernel(
             Nk = tl.load(pk)
             N2 = tl.load(p2)
             gl = inner(dZs, Ns) + inner(dZk, Nk) + inner(dZ2, N2)
-            pps, ppk, pp2 = _tiles(scr, (bh * L + tl.maximum(t - 1, 0)) * 2 * NT + NT, BHB, BK, BD)
+            pps, ppk, pp2 = _tiles(scr, sb + tl.maximum(t - 1, 0) * 2 * NT + NT, BHB, BK, BD)
             first = t == 0
             gk = inner(dZs, tl.load(pps)) + inner(dZk, tl.load(ppk)) + inner(dZ2, tl.load(pp2))
             gk = tl.where(first, 0.0, gk)
@@ -276,7 +308,7 @@ def _token_muon_backward_kernel(
             d1 = tl.trans(d1T)
             dXs, dXk, dGss, dGsk, dGkk = ns_in_basis_backward(
                 m_t * eye(BHB), -(d1 * q_t[:, None]), dNs, dNk, Gss, Gsk, Gkk, dGss, dGsk, dGkk,
-                na, nb, nc, ns_eps, STEPS, BHB, NSD,
+                scr + sb + L * 2 * NT, na, nb, nc, ns_eps, STEPS, BHB, BK, NSD,
             )  # fmt: skip
             gm += inner(dXs, eye(BHB))
             gq -= tl.sum(dXk * d1, 1)
@@ -319,8 +351,9 @@ def _token_muon_backward_kernel(
         tl.debug_barrier()
         tl.store(dw2 + base2 + o2_, new_dW2, mask=m2)
         tl.store(ds2 + base2 + o2_, m_e * dS2n + dS2s, mask=m2)
-        # 5. the pass over the key blocks: dW1, dS1, dk, dq
-        pls, plk, _ = _tiles(scr, ((bh * L + L - 1) * 2 + 1) * NT, BHB, BK, BD)
+        # 5. the passes over the key blocks: dk and dq, then dW1 and dS1 in place (two loops, not one:
+        # one loop's loop-invariant operands, held in shared memory, outgrew sm_90 at hidden width 64)
+        pls, plk, _ = _tiles(scr, sb + (L * 2 - 1) * NT, BHB, BK, BD)
         Zs_e = tl.load(pls)
         Zk_e = tl.load(plk)
         dqw1T = dz1T * b_beta[None, :]
@@ -336,11 +369,6 @@ def _token_muon_backward_kernel(
             S1 = tl.load(s1c + sc1 + o1_, mask=m1, other=0.0)
             dW1n = tl.load(dw1 + base1 + o1_, mask=m1, other=0.0)
             dS1n = tl.load(ds1 + base1 + o1_, mask=m1, other=0.0)
-            new_dW1 = beta_e * dW1n + dot(qT, tl.trans(dqw1T), DOT) + dot(kT, dZ1, DOT)
-            if is_last:
-                new_dW1 += tl.load(dw1a + base1 + o1_, mask=m1, other=0.0)
-            new_dS1 = m_e * dS1n + dot(dW1n, tl.trans(Zs_e), DOT) + dot(qT, tl.trans(dqs1T), DOT)
-            new_dS1 += dot(S1, dGss_sym, DOT) + dot(kT, tl.trans(dGsk), DOT)
             dki = dot(tl.trans(dqk), tl.trans(qT), DOT) + dot(Zk_e, tl.trans(dW1n), DOT)
             dki += dot(tl.trans(dGsk), tl.trans(S1), DOT) + dot(dGkk_sym, tl.trans(kT), DOT)
             dki += dot(dZ1, tl.trans(W1), DOT) - dot(E_e, tl.trans(dS1n), DOT)
@@ -350,6 +378,18 @@ def _token_muon_backward_kernel(
             dqi += dot(dqk, tl.trans(kT), DOT)
             qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
             tl.store(dq + qoffs, dqi, mask=qmask)
+        for i in range(NI):
+            o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
+            kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+            S1 = tl.load(s1c + sc1 + o1_, mask=m1, other=0.0)
+            dW1n = tl.load(dw1 + base1 + o1_, mask=m1, other=0.0)
+            dS1n = tl.load(ds1 + base1 + o1_, mask=m1, other=0.0)
+            new_dW1 = beta_e * dW1n + dot(qT, tl.trans(dqw1T), DOT) + dot(kT, dZ1, DOT)
+            if is_last:
+                new_dW1 += tl.load(dw1a + base1 + o1_, mask=m1, other=0.0)
+            new_dS1 = m_e * dS1n + dot(dW1n, tl.trans(Zs_e), DOT) + dot(qT, tl.trans(dqs1T), DOT)
+            new_dS1 += dot(S1, dGss_sym, DOT) + dot(kT, tl.trans(dGsk), DOT)
             tl.debug_barrier()  # every thread has read block i of the cotangents before they are overwritten
             tl.store(dw1 + base1 + o1_, new_dW1, mask=m1)
             tl.store(ds1 + base1 + o1_, new_dS1, mask=m1)

@@ -23,8 +23,9 @@ Z1_t (coordinates in U) and Z2_t accumulated token by token; a second pass write
 S1_L = U C_L. Nothing of size Dk × Dh is formed per token: with degree-2 features (Dk = 560 at head dim
 32) a token's Newton–Schulz costs (Dh + P + L)² Dh + … instead of 2 Dk Dh² per step.
 
-Scope (:func:`.muon_launch.muon_supports` with ``token``): hidden width ≤ 32 (the backward's shared
-memory, benchmarks/RESULTS.md §50), head dim ≤ 64, per-head gates, the L2 bias, dense batches. Grid: one program per (sequence, head), the state in
+Scope (:func:`.muon_launch.muon_supports` with ``token``): hidden width and head dim ≤ 64 (hidden ≤ 32
+with one TF32 product per matmul: the backward's shared memory, :mod:`.token_muon_backward`), per-head
+gates, the L2 bias, dense batches. Grid: one program per (sequence, head), the state in
 global memory (float32 working copies, updated in place, barriers as in :mod:`.wide_forward`). With
 ``STORE`` (the backward's recompute, :mod:`.token_muon_backward`) every chunk's start state (W, S) is
 written and the reads are not.
