@@ -50,7 +50,7 @@ nor how the window gates γ are parameterised), each an option:
   2-layer chain memory with the l2 inner loss, within its chunk/state limits, and for Atlas the Muon
   kernels (:func:`~memnets.memory.muon_kernel.omega_muon_chunked`): ``muon="chunk"`` at hidden width and
   head dim <= 64, as in the configs (slower than the compiled engine in the static model,
-  benchmarks/RESULTS.md §37), ``muon="token"`` at hidden width <= 32 (the MQAR and tiny configs; §50);
+  benchmarks/RESULTS.md §37), ``muon="token"`` likewise (§50-51; hidden width <= 32 with ``dot_precision="tf32"``);
   the polynomial
   features' wider keys (560 at head dim 32, 2,144 at 64) run in its wide-state kernels, which read
   W1 in blocks of the key width and take no packed sequences (those then run one by one). ``auto``
