@@ -139,6 +139,21 @@ def _tiles(scr, base, BHB: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _key_block(i, q, k, qrow, qvalid, krow, kvalid, s1c, dw1, ds1, sc1, base1,
+               DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr):  # fmt: skip
+    """Key block i of the final passes (step 5): its offsets and mask in the layer-1 matrices, the keys'
+    and queries' columns ``[BK, KB]``ᵀ, and its tiles of the start momentum S1 and of the end state's
+    cotangents dW1', dS1'."""
+    o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
+    kT = key_cols_t(k, krow, kvalid, i, DI, KB)
+    qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+    S1 = tl.load(s1c + sc1 + o1_, mask=m1, other=0.0)
+    dW1n = tl.load(dw1 + base1 + o1_, mask=m1, other=0.0)
+    dS1n = tl.load(ds1 + base1 + o1_, mask=m1, other=0.0)
+    return o1_, m1, kT, qT, S1, dW1n, dS1n
+
+
+@triton.jit
 def _token_muon_backward_kernel(
     q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, dy,
     w1c, w2c, s1c, s2c,  # the segment's chunk-start states [B, H, NC, ...]
@@ -362,13 +377,10 @@ def _token_muon_backward_kernel(
         dGkk_sym = dGkk + tl.trans(dGkk)
         E_e = d1 * q_e[:, None]
         for i in range(NI):
-            o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
-            kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+            o1_, m1, kT, qT, S1, dW1n, dS1n = _key_block(
+                i, q, k, qrow, qvalid, krow, kvalid, s1c, dw1, ds1, sc1, base1, DI, DH, KB, BHB
+            )
             W1 = tl.load(w1c + sc1 + o1_, mask=m1, other=0.0)
-            S1 = tl.load(s1c + sc1 + o1_, mask=m1, other=0.0)
-            dW1n = tl.load(dw1 + base1 + o1_, mask=m1, other=0.0)
-            dS1n = tl.load(ds1 + base1 + o1_, mask=m1, other=0.0)
             dki = dot(tl.trans(dqk), tl.trans(qT), DOT) + dot(Zk_e, tl.trans(dW1n), DOT)
             dki += dot(tl.trans(dGsk), tl.trans(S1), DOT) + dot(dGkk_sym, tl.trans(kT), DOT)
             dki += dot(dZ1, tl.trans(W1), DOT) - dot(E_e, tl.trans(dS1n), DOT)
@@ -379,12 +391,9 @@ def _token_muon_backward_kernel(
             qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
             tl.store(dq + qoffs, dqi, mask=qmask)
         for i in range(NI):
-            o1_, m1 = w1_block(i, 0, DI, DH, KB, BHB)
-            kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
-            S1 = tl.load(s1c + sc1 + o1_, mask=m1, other=0.0)
-            dW1n = tl.load(dw1 + base1 + o1_, mask=m1, other=0.0)
-            dS1n = tl.load(ds1 + base1 + o1_, mask=m1, other=0.0)
+            o1_, m1, kT, qT, S1, dW1n, dS1n = _key_block(
+                i, q, k, qrow, qvalid, krow, kvalid, s1c, dw1, ds1, sc1, base1, DI, DH, KB, BHB
+            )
             new_dW1 = beta_e * dW1n + dot(qT, tl.trans(dqw1T), DOT) + dot(kT, dZ1, DOT)
             if is_last:
                 new_dW1 += tl.load(dw1a + base1 + o1_, mask=m1, other=0.0)
