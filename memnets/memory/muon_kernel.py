@@ -96,7 +96,7 @@ def omega_muon_chunked(
     dot_precision = _dot_precision(name, dot_precision, q)
     if muon not in ("chunk", "token"):
         raise ValueError(f"{name}: muon={muon!r} is not one of ['chunk', 'token']")
-    reason = supports_muon(arch, bias, chunk_size, window, muon)
+    reason = supports_muon(arch, bias, chunk_size, window, muon, dot_precision)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     if mom is None:

@@ -66,13 +66,12 @@ def _ns_basis_step(xs, xk, Gss, Gsk, Gkk, na, nb, nc, BC: tl.constexpr, DOT: tl.
 
 
 @triton.jit
-def _iterate_ptrs(xp, k, BHB: tl.constexpr, BK: tl.constexpr):
-    """Pointers of Newton–Schulz iterate k's coordinates x_k = [xs; xk] in a program's iterate scratch
-    (``[STEPS, BHB·BHB + BK·BHB]``)."""
+def _coordinates(p, BHB: tl.constexpr, BK: tl.constexpr):
+    """Pointers of layer-1 coordinates [xs; xk] stored from ``p``: ``[BHB, BHB]`` (S1's), then
+    ``[BK, BHB]`` (the key rows')."""
     h = tl.arange(0, BHB)
     kr = tl.arange(0, BK)
-    base = xp + k * (BHB * BHB + BK * BHB)
-    return base + h[:, None] * BHB + h[None, :], base + BHB * BHB + kr[:, None] * BHB + h[None, :]
+    return p + h[:, None] * BHB + h[None, :], p + BHB * BHB + kr[:, None] * BHB + h[None, :]
 
 
 @triton.jit
@@ -95,14 +94,14 @@ def ns_in_basis_backward(Xs, Xk, dxs, dxk, Gss, Gsk, Gkk, dGss, dGsk, dGkk, xp, 
     xk = Xk * s
     tl.debug_barrier()  # the previous token's reverse steps have read the scratch
     for k in range(STEPS):
-        ps, pk = _iterate_ptrs(xp, k, BHB, BK)
+        ps, pk = _coordinates(xp + k * (BHB * BHB + BK * BHB), BHB, BK)
         tl.store(ps, xs)
         tl.store(pk, xk)
         if k < STEPS - 1:
             xs, xk = _ns_basis_step(xs, xk, Gss, Gsk, Gkk, na, nb, nc, BHB, DOT)
     tl.debug_barrier()  # every thread's iterates are in the scratch
     for kk in range(STEPS):
-        ps, pk = _iterate_ptrs(xp, STEPS - 1 - kk, BHB, BK)
+        ps, pk = _coordinates(xp + (STEPS - 1 - kk) * (BHB * BHB + BK * BHB), BHB, BK)
         xs = tl.load(ps)
         xk = tl.load(pk)
         ys = dot(Gss, xs, DOT) + dot(Gsk, xk, DOT)
@@ -129,11 +128,9 @@ def ns_in_basis_backward(Xs, Xk, dxs, dxk, Gss, Gsk, Gkk, dGss, dGsk, dGkk, xp, 
 def _tiles(scr, base, BHB: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
     """Pointers of one token's three tiles in the scratch buffer from ``base``: ``[BHB, BHB]`` (S1's
     coordinates), ``[BK, BHB]`` (the key rows'), ``[BHB, BD]`` (layer 2)."""
+    ps, pk = _coordinates(scr + base, BHB, BK)
     h = tl.arange(0, BHB)
-    kr = tl.arange(0, BK)
     d = tl.arange(0, BD)
-    ps = scr + base + h[:, None] * BHB + h[None, :]
-    pk = scr + base + BHB * BHB + kr[:, None] * BHB + h[None, :]
     p2 = scr + base + BHB * BHB + BK * BHB + h[:, None] * BD + d[None, :]
     return ps, pk, p2
 
