@@ -90,8 +90,8 @@ def _dot(d: MemoryDispatch) -> int:
 
 
 def _lq_map_branch(retention: object) -> dict[str, int]:
-    """The whole-state kernels' Moneta branch for a Miras dispatch's retention (per token or at chunk
-    ends, :mod:`memnets.kernels.mlp_memory.end_map`), none otherwise (Memora's softmax has its own
+    """The MLP kernels' Moneta branch for a Miras dispatch's retention (per token or at chunk ends,
+    :mod:`memnets.kernels.mlp_memory.end_map`), none otherwise (Memora's softmax has its own
     kernels, :func:`_mlp_launches`)."""
     from memnets.kernels.mlp_memory.config import END_MAPS
     from memnets.memory.miras import ChunkEnd, LqNormalize
@@ -147,8 +147,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         )[:5]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
-        # Moneta's chunk-end map runs in one program per (sequence, head) (.wide_split)
-        split = 1 if branches.get("END_MAP") else wide_split(programs, NB, SMS)
+        # Moneta's maps run in one program per (sequence, head) (.wide_split)
+        split = 1 if branches.get("END_MAP") or branches.get("TOKEN_MAP") else wide_split(programs, NB, SMS)
     elif isinstance(d.options.get("retention"), SimplexSoftmax):  # memnets.kernels.mlp_memory.simplex
         fwd, store, bwd = ck._simplex_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "LAG": bool(d.options.get("lag"))}
@@ -176,6 +176,10 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     elif branches.get("END_MAP"):  # the map's passes: W read twice and written (the backward: W and C
         # read twice, C written; end_map_state, end_map_cotangent)
         mats = tuple((m1 + extra, m2 + extra) for (m1, m2), extra in zip(mats, (3, 3, 5)))
+    elif branches.get("TOKEN_MAP"):  # the per-token map's passes (wide_forward, wide_backward): the
+        # chunk-start power sums, every token's accumulators block by block, the backward's pass 3a
+        extra = ((4, 3), (1, 1), (4, 3)) if momentum else ((2, 2), (1, 1), (2, 2))
+        mats = tuple((m1 + e1, m2 + e2) for (m1, m2), (e1, e2) in zip(mats, extra))
     BK = _block(L + window - 1)
     scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)

@@ -135,7 +135,7 @@ def _miras_supports(
         return why
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    # Moneta's per-token map and Memora's softmax: whole-state kernels only (supports_retention)
+    # Memora's softmax: whole-state kernels only (supports_retention)
     return supports_retention(arch, bias, chunk_size, retention, no_wide_kernels(backend), lag)
 
 

@@ -347,21 +347,30 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     for D, DH, L, *keys in shapes:  # keys: the key width and the Omega window's rows, where given
         for dot in dots:
             for store in (False, True):
-                c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store, "END_MAP": 0}
+                c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 0}
                 cases.append(case("_wide_forward_kernel", c))
-            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full, "END_MAP": 0}))
+            maps = {"END_MAP": 0, "TOKEN_MAP": 0}
+            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full, **maps}))
             cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
         cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
     # the other branches once, at the smallest shape with keys as wide as values where there is one;
-    # Moneta's chunk-end map ("paper") at the largest such shape
+    # Moneta's chunk-end map and per-token map ("paper") at the largest such shape
     small = shape(*min(shapes, key=lambda s: (len(s) > 3, s[0] * s[1] * s[2]))[:3], dots[0])
-    cases.append(case("_wide_forward_kernel", {**small, **bare, "STORE": False, "END_MAP": 0}))
-    cases.append(case("_wide_backward_kernel", {**small, **bare, "END_MAP": 0}))
+    cases.append(
+        case("_wide_forward_kernel", {**small, **bare, "STORE": False, "END_MAP": 0, "TOKEN_MAP": 0})
+    )
+    cases.append(case("_wide_backward_kernel", {**small, **bare, "END_MAP": 0, "TOKEN_MAP": 0}))
     cases += [split({**small, **bare}), split({**small, **full}, first=True)]
     large = shape(*max(shapes, key=lambda s: (len(s) == 3, s[0] * s[1] * s[2]))[:3], dots[0])
     for store in (False, True):
-        cases.append(case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 1}))
-    cases.append(case("_wide_backward_kernel", {**large, **full, "END_MAP": 1}))
+        cases.append(
+            case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 1, "TOKEN_MAP": 0})
+        )
+        cases.append(
+            case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 1})
+        )
+    cases.append(case("_wide_backward_kernel", {**large, **full, "END_MAP": 1, "TOKEN_MAP": 0}))
+    cases.append(case("_wide_backward_kernel", {**large, **full, "END_MAP": 0, "TOKEN_MAP": 1}))
     return cases
 
 

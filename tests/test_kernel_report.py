@@ -254,16 +254,18 @@ def test_exposed_latency_term():
 
 def test_config_overrides_reach_the_mixers():
     """``--set KEY=VALUE`` (``config_mixers``' overrides): the report builds the mixer with the overridden
-    option, here Moneta's chunk-end map at 760M, whose memory then asks for no more than the wide-state
-    kernels with ``backend: triton``."""
+    option, here Moneta's chunk-end map at 760M (the config keeps the per-token default); both forms
+    run the wide-state kernels with ``backend: triton``."""
     from benchmarks.config_mixers import build_meta, config_mixers, dispatches
+    from memnets.memory.miras import ChunkEnd, LqNormalize
 
     path = ROOT / "configs" / "lm" / "moneta-760m.yaml"
     key = "model.mixer_options.moneta.normalize_at"
     ((name, cfg),) = config_mixers(path, overrides=[f"{key}=chunk_end"])
     assert cfg.mixer_options["moneta"]["normalize_at"] == "chunk_end"
     assert config_mixers(path)[0][1].mixer_options["moneta"].get("normalize_at") is None
-    ((_, dispatch, _),) = dispatches(build_meta(name, cfg))
-    assert dispatch.no_kernel("triton") is None
-    ((_, default, _),) = dispatches(build_meta(name, config_mixers(path)[0][1]))
-    assert "per-token ℓ_q map" in default.no_kernel("triton")
+    for options, form in ((cfg, ChunkEnd), (config_mixers(path)[0][1], LqNormalize)):
+        mixer = build_meta(name, options)
+        assert type(mixer.retention) is form
+        ((_, dispatch, _),) = dispatches(mixer)
+        assert dispatch.no_kernel("triton") is None

@@ -35,10 +35,20 @@ def _retention(form: str, lq: LqNormalize) -> object:
 
 
 def _compare(
-    T, chunk_size, form, map_="paper", gates="both", split=None, layer_norm=True, per_call=0, **wide
+    T,
+    chunk_size,
+    form,
+    map_="paper",
+    gates="both",
+    split=None,
+    layer_norm=True,
+    per_call=0,
+    grads=True,
+    **wide,
 ):
     """Kernel == float64 engine within float32's ratio plus twice the float32 engine's own distance on
-    each tensor, or with ``per_call`` that many times its largest distance over the call."""
+    each tensor, or with ``per_call`` that many times its largest distance over the call (``grads=False``:
+    outputs and final state only, under ``torch.no_grad``)."""
     lq, bias = LqNormalize(4.0, map_, 0.1), LpBias(3.0)
     retention = _retention(form, lq)
     arch = base._arch(True, "gelu", layer_norm)
@@ -104,19 +114,17 @@ def test_wide_kernel_chunk_end_unit_map():
     _compare(63, 16, "chunk_end", "unit", per_call=3, hidden_block=16, checkpoint_every=2)
 
 
-def test_wide_kernel_refuses_the_per_token_map():
-    lq = LqNormalize(4.0, "paper", 0.1)
-    inputs = base._inputs(16, torch.float32, "both")
-    args = [inputs[n] for n in ("q", "k", "v", "lr", "mom", "keep")]
-    with pytest.raises(ValueError, match="per-token ℓ_q map"):
-        triton_mlp.titans_mlp_chunked(
-            base._arch(True, "gelu", True),
-            *args,
-            chunk_size=16,
-            bias=LpBias(3.0),
-            retention=lq,
-            hidden_block=16,
-        )
+@pytest.mark.parametrize(
+    "T,chunk_size,gates,map_,split",
+    [(64, 16, "both", "paper", None), (29, 8, "keep", "unit", None), (45, 16, "both", "paper", 21)],
+)
+def test_wide_kernel_per_token(T, chunk_size, gates, map_, split):
+    """The per-token map in the wide-state kernels (hidden width 64 in four blocks of 16): forward, every
+    token's power sums formed block by block, the key path at the chunk start's mapped weights (whose
+    anchor the state returns), the reads scaled per token; backward, the scales' cotangents through
+    every token's accumulators and the key path's through the chunk-start map. Checkpoint segments of
+    two chunks, a tail chunk (T = 29), and a second call from inside a chunk (finished in PyTorch)."""
+    _compare(T, chunk_size, "token", map_, gates=gates, split=split, hidden_block=16, checkpoint_every=2)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -163,20 +171,18 @@ def test_moneta_mixer_runs_the_kernel(form):
         check_decode_and_split("moneta (triton)", kernel, x[:, :13], 5)
 
 
-def test_moneta_mixer_wide_state_chunk_end(monkeypatch):
-    """``moneta`` at head dim 64 (hidden 128: beyond the whole-state kernels) with ``normalize_at:
-    chunk_end``: ``backend: triton`` runs the wide-state kernels and equals ``chunked`` in float64
-    (output, input and parameter gradients) within float32's ratio plus twice the float32 engine's own
-    distance; the per-token map (the default) names why it keeps to the engine there."""
+@pytest.mark.parametrize("form", FORMS)
+def test_moneta_mixer_wide_state(form, monkeypatch):
+    """``moneta`` at head dim 64 (hidden 128: beyond the whole-state kernels) with either map:
+    ``backend: triton`` runs the wide-state kernels and equals ``chunked`` in float64 (output, input and
+    parameter gradients) within float32's ratio plus twice the float32 engine's own distance."""
     import test_mlp_memory_wide as wide
 
     calls = wide._spy_hidden_blocks(monkeypatch)
-    kw = {"normalize_at": "chunk_end", "chunk_size": 16, "memory": {"expansion": 2.0}}
+    kw = {"normalize_at": form, "chunk_size": 16, "memory": {"expansion": 2.0}}
     chunked, kernel = base.twin_mixers("moneta", d_model=64, num_heads=1, **kw)
     assert kernel.op.no_kernel("triton") is None
     x, cot = torch.randn(1, 35, 64), torch.randn(1, 35, 64)
     with nan_allocations():
         check_against_float64(chunked, kernel, x, cot, factor=2)
     assert calls and all(b > 0 for b in calls)
-    per_token = memnets.build_mixer("moneta", d_model=64, num_heads=1, backend="chunked", chunk_size=16)
-    assert "per-token ℓ_q map" in per_token.op.no_kernel("triton")

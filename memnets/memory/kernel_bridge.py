@@ -258,7 +258,7 @@ def supports_retention(
     Eq. 24) or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it,
     ``normalize_at="chunk_end"``, Miras §5.3's parallel form), and Memora's softmax
     (:class:`~memnets.memory.miras.SimplexSoftmax`, Eq. 27, with or without the lag token), in the
-    whole-state kernels; the wide-state ones apply only the chunk-end map."""
+    whole-state kernels; the wide-state ones apply both ℓ_q maps."""
     if lag and not isinstance(retention, SimplexSoftmax):
         return "the lag token without Memora's softmax retention (the Triton kernel has it with the softmax)"
     no_wide = _whole_state_only(retention) or no_wide
@@ -269,8 +269,6 @@ def _whole_state_only(retention: object) -> str | None:
     """Why ``retention`` keeps to the whole-state kernels (``None``: the wide-state ones take it too)."""
     if isinstance(retention, SimplexSoftmax):
         return "Memora's softmax retention (whole-state kernels only)"
-    if isinstance(retention, LqNormalize):
-        return "Moneta's per-token ℓ_q map (whole-state kernels only)"
     return None
 
 
@@ -392,8 +390,8 @@ def titans_mlp_chunked(
     ``retention``, ``lag``: Moneta's ℓ_q map (on every token's accumulator, Miras Eq. 24, or at chunk
     ends, §5.3's parallel form) or Memora's softmax with or without its lag token (Eq. 27, §5.3), as
     ``miras_chunked`` takes them (:func:`supports_retention`); the drop-in is then for
-    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels (the chunk-end map
-    in the wide-state ones too).
+    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels (the ℓ_q maps in
+    the wide-state ones too).
     """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)

@@ -83,11 +83,10 @@ Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory
 implementations; ``register_autograd`` ties them together.
 
 Not covered (``supports`` names the reason; the mixers then fall back to the PyTorch engine): depth
-other than 2, other biases (KL, the dot loss of DLA), the per-token retention maps in the wide-state
-kernels (Moneta's ℓ_q map, a scalar per matrix, runs in the whole-state kernels per token and at chunk
-ends, and in the wide-state ones at chunk ends only: :mod:`.end_map`; Memora's softmax, which acts on
-each token's weights entrywise, in its own whole-state kernels that form every token's weights:
-:mod:`.simplex`), Atlas's Muon (its own kernels, below), the gated memory (Atlas++),
+other than 2, other biases (KL, the dot loss of DLA), Memora's softmax in the wide-state kernels (it acts
+on each token's weights entrywise; its own whole-state kernels form every token's weights: :mod:`.simplex`;
+Moneta's ℓ_q map, a scalar per matrix, runs per token and at chunk ends in both layouts: :mod:`.end_map`,
+:mod:`.wide_maps`), Atlas's Muon (its own kernels, below), the gated memory (Atlas++),
 the Huber bias with an Omega window, float64 memories, and states D·Dh beyond the shared-memory limits of
 :mod:`.limits`. States that fit no tile of the chunk (D = 64, Dh = 256: Titans at head dim 64) and keys
 wider than values (polynomial features of degree > 1, OmegaNet's and Atlas' default: q and k
@@ -150,8 +149,9 @@ momentum and the chunk's keys; hidden widths up to 64 as the per-chunk kernels (
 product per matmul, whose backward outgrows sm_90's shared memory past that).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
-:mod:`.forward`, :mod:`.backward`, :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.limits`
-(tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
+:mod:`.forward`, :mod:`.backward`, :mod:`.wide_blocks` (the wide-state block layout and shared products),
+:mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.wide_maps` (Moneta's maps there),
+:mod:`.limits` (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
 :mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
 and :mod:`.simplex_backward` (Memora's softmax retention and lag token), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
 :mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`, :mod:`.token_muon_forward`,

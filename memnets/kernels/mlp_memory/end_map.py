@@ -11,8 +11,8 @@ whole-state kernels, in its two forms:
 * ``END_MAP`` (``normalize_at="chunk_end"``, §5.3's parallel form, "Parallelizable Training": the
   normalisation is applied at the end of each chunk; :class:`~memnets.memory.miras.ChunkEnd`): the
   weights are the plain accumulation inside a chunk and are mapped after every complete chunk. The
-  wide-state kernels run this form too (:func:`~.wide_forward.end_map_state`,
-  :func:`~.wide_backward.end_map_cotangent`: a pass over the state's blocks for P, or for ⟨C, W⟩, before
+  wide-state kernels run this form too (:func:`~.wide_maps.end_map_state`,
+  :func:`~.wide_maps.end_map_cotangent`: a pass over the state's blocks for P, or for ⟨C, W⟩, before
   the pass that rewrites them).
 
 Each weight matrix W (per head) maps to s(W)·W with

@@ -163,8 +163,8 @@ def mlp_memory_chunked(
             :class:`memnets.memory.miras.LqNormalize` with ``q``, ``floor``); whole-state and
             wide-state kernels.
         token_map: the same map on every token's accumulator (Moneta's default: each token reads
-            s(A_t)·A_t, gradients at the chunk start's s(A)·A; :mod:`.end_map`); whole-state kernels
-            only, not with ``end_map``.
+            s(A_t)·A_t, gradients at the chunk start's s(A)·A; :mod:`.end_map`); whole-state and
+            wide-state kernels, not with ``end_map``.
         simplex_scale, lag: Memora's softmax retention W = c·Softmax(A) over each weight matrix's input
             axis on every token's accumulator (c = ``simplex_scale`` > 0; Miras Eq. 27) and its lag
             token (§5.3 Eq. 30-32: each chunk's first token takes its gradient at the chunk start,
@@ -197,8 +197,6 @@ def mlp_memory_chunked(
         *coefficients(beta, f, G, m_end, s_coef), w1, w2, s1, s2, layout.cu_seqlens, layout.tile_offsets,
     )  # fmt: skip
     L = layout.tile
-    if token_map != "none" and layout.wide:
-        raise ValueError("mlp_memory_chunked: the per-token ℓ_q map runs in the whole-state kernels only")
     if end_map != "none" and token_map != "none":
         raise ValueError("mlp_memory_chunked: end_map and token_map exclude each other")
     if simplex_scale < 0 or (lag and not simplex_scale):

@@ -46,7 +46,7 @@ from .common import (
 )
 from .muon_forward import muon_coefficients_of
 from .newton_schulz import ns_poly, ns_scale, ns_tile, ns_tile_backward
-from .wide_forward import chunk_rows, key_z2, w1_block, w2_block
+from .wide_blocks import chunk_rows, key_z2, w1_block, w2_block
 
 
 @triton.jit
@@ -103,7 +103,7 @@ def _muon_backward_kernel(
             beta, dc, lc, m_end, s_coef, cc, last, L, P, BL, BK
         )
         # 1. recompute: the key path, the momentum and its NS factors, the reads
-        Z2 = key_z2(k, krow, kvalid, w1c, w2c, sc1, sc2, 0, D, DI, DH, BK, BD, KB, NI, BHB, 1, ACT, DOT)
+        Z2 = key_z2(k, krow, kvalid, w1c, w2c, sc1, sc2, 0, 1.0, D, DI, DH, BK, BD, KB, NI, BHB, 1, ACT, DOT)
         dd, dout, r, xk, rk = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, 2.0, 0.0, 0.0, ln_eps, D, 0, LN, RES
         )

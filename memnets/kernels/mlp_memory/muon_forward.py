@@ -41,7 +41,7 @@ import triton.language as tl
 from ..precision import dot
 from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile
-from .wide_forward import chunk_rows, key_z2, w1_block, w2_block
+from .wide_blocks import chunk_rows, key_z2, w1_block, w2_block
 
 
 @triton.jit
@@ -99,7 +99,9 @@ def _muon_forward_kernel(
             k, v, k, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, 0, RES
         )
         # pass 1: Z2 at the chunk-start weights, Δ on whole rows
-        Z2 = key_z2(k, krow, kvalid, w1, w2, base1, base2, 0, D, DI, DH, BK, BD, KB, NI, BHB, 1, ACT, DOT)
+        Z2 = key_z2(
+            k, krow, kvalid, w1, w2, base1, base2, 0, 1.0, D, DI, DH, BK, BD, KB, NI, BHB, 1, ACT, DOT
+        )
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, 2.0, 0.0, 0.0, ln_eps, D, 0, LN, RES
         )

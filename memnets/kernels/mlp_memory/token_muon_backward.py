@@ -53,7 +53,7 @@ from .common import (
 from .muon_backward import chunk_key_rows
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile_backward
 from .token_muon_forward import chunk_products, key_path_t, token_coefficients, token_directions, token_read
-from .wide_forward import chunk_rows, w1_block, w2_block
+from .wide_blocks import chunk_rows, w1_block, w2_block
 
 
 @triton.jit

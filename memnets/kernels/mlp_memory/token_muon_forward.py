@@ -39,7 +39,7 @@ import triton.language as tl
 from ..precision import dot
 from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile
-from .wide_forward import chunk_rows, w1_block, w2_block
+from .wide_blocks import chunk_rows, w1_block, w2_block
 
 
 @triton.jit

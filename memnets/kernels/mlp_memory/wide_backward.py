@@ -26,7 +26,9 @@ from .common import (
 )
 from .config import LaunchConfig
 from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
-from .wide_forward import chunk_rows, key_z2, layer1_t, query_keys, w1_block, w2_block, wide_meta
+from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
+from .wide_forward import wide_meta
+from .wide_maps import end_map_cotangent, token_layer1_backward, token_layer2_backward
 
 
 @triton.jit
@@ -78,13 +80,14 @@ def weight_cotangent(
 
 @triton.jit
 def layer1_reads(
-    w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
+    w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
     DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
     BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
     UPDATE: tl.constexpr,
 ):  # fmt: skip
     """Hidden block j's layer-1 products at the chunk-start state (from ``cb1``), hidden-major, summed
-    over the key blocks: Z1ᵀ = W1ᵀ Kᵀ, Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else
+    over the key blocks: Z1ᵀ = ``ks1`` W1ᵀ Kᵀ (the key path's scale: Moneta's per-token map's s(W1),
+    else 1), Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else
     (Q W1)ᵀ again, unread). With ``UPDATE``, in the same loop, the terms of layer 1's chunk-end update
     W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 − Kᵀ (s_coef ⊙ δ1) that sum over the key
     blocks, from the chunk-end cotangents C_W, C_S (at ``base1`` of dw1, ds1; read, not yet
@@ -121,62 +124,47 @@ def layer1_reads(
                 df_last += inner(cW1, S1)
     if not HAS_MOM:
         qs1T = qw1T
+    Z1T = ks1 * Z1T
     return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T, kcT, ksT, dbeta_last, dm, df_last
 
 
 @triton.jit
-def _mapped_block(chunks, nb, c, NC, end, base, offs, mask):
-    """A block of the next chunk's start state: from the segment's chunk states (``nb``: that chunk's)
-    while chunk c is not the segment's last, else from ``end``, the state after the segment."""
-    nxt = c + 1 + tl.zeros_like(offs)  # a tensor comparison: a bool mask in the interpreter too
-    inside = tl.load(chunks + nb + offs, mask=mask & (nxt < NC), other=0.0)
-    return inside + tl.load(end + base + offs, mask=mask & (nxt >= NC), other=0.0)
-
-
-@triton.jit
-def end_map_cotangent(
-    dw1, dw2, base1, base2, w1_chunks, w2_chunks, nb1, nb2, c, NC, w1_end, w2_end, powers, pc, end_q, end_floor,
-    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
-    BHB: tl.constexpr, NB: tl.constexpr, BD: tl.constexpr, MAP: tl.constexpr,
+def read_block(
+    w1, s1, w2, s2, dw1, ds1, cb1, cb2, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1, ks2,
+    ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr,
+    NI: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
+    DOT: tl.constexpr, HAS_MOM: tl.constexpr, UPDATE: tl.constexpr,
 ):  # fmt: skip
-    """The chunk-end cotangents C of Moneta's mapped weights s(W)·W (dW1, dW2 from ``base1``, ``base2``,
-    rewritten in place) back through the map (:mod:`.end_map`): s C + coef · W |W|^(q−2) with coef from
-    ⟨C, W⟩ (a pass over the blocks before the one that rewrites them), at the weights before the map,
-    W = s(W)·W / s: the next chunk's start state (:func:`_mapped_block`) over the scale of the power
-    sums ``powers[pc]``, ``powers[pc + 1]`` that the STORE recompute kept."""
-    p1 = tl.load(powers + pc)
-    p2 = tl.load(powers + pc + 1)
-    s1 = lq_scale_of(p1, end_q, end_floor, MAP)
-    s2 = lq_scale_of(p2, end_q, end_floor, MAP)
-    ip1 = tl.sum(tl.zeros([BD], dtype=tl.float32), 0)
-    ip2 = ip1
-    for j in range(NB):
-        for i in range(NI):
-            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-            W1 = _mapped_block(w1_chunks, nb1, c, NC, w1_end, base1, o1, m1) / s1
-            ip1 += inner(tl.load(dw1 + base1 + o1, mask=m1, other=0.0), W1)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        W2 = _mapped_block(w2_chunks, nb2, c, NC, w2_end, base2, o2, m2) / s2
-        ip2 += inner(tl.load(dw2 + base2 + o2, mask=m2, other=0.0), W2)
-    k1 = lq_grad_coef(p1, ip1, end_q, end_floor, MAP)
-    k2 = lq_grad_coef(p2, ip2, end_q, end_floor, MAP)
-    for j in range(NB):  # each thread rewrites the elements it loads: no barrier between
-        for i in range(NI):
-            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-            W1 = _mapped_block(w1_chunks, nb1, c, NC, w1_end, base1, o1, m1) / s1
-            C1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
-            tl.store(dw1 + base1 + o1, s1 * C1 + k1 * lq_grad_dir(W1, end_q), mask=m1)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        W2 = _mapped_block(w2_chunks, nb2, c, NC, w2_end, base2, o2, m2) / s2
-        C2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
-        tl.store(dw2 + base2 + o2, s2 * C2 + k2 * lq_grad_dir(W2, end_q), mask=m2)
+    """Hidden block j of the reads, recomputed and taken back to Ẑ1_j: :func:`layer1_reads` (its results
+    first), then W2_j, E_jᵀ = ``ks2`` (W2_j Δᵀ), δ1_jᵀ = E_jᵀ ⊙ σ'(Z1_jᵀ), the read's Ẑ1_jᵀ and Â_jᵀ with
+    layer 1's coefficients (``bb1``, ``bf1``, ``qkGT`` = (Q Kᵀ ⊙ G)ᵀ), and dẐ1_jᵀ from dẐ2 through
+    layer 2's (``bb2``, ``bf2``, ``dPT`` = (d(Â Aᵀ) ⊙ G)ᵀ): Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G)
+    Δ. The coefficients are Moneta's per-token map's scaled ones (s_t β_t, each layer its own), else
+    β, f and G."""
+    o2, m2 = w2_block(j, D, DH, BD, BHB)
+    Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl = layer1_reads(
+        w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
+        DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, UPDATE,
+    )  # fmt: skip
+    W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
+    ET = ks2 * dot(W2, ddT, DOT)
+    d1T = ET * sgT
+    z1T = read_z1(qw1T, qs1T, d1T, qkGT, bb1, bf1, DOT, HAS_MOM)
+    a1T = act(z1T, ACT)
+    da1T = bb2[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
+    if HAS_MOM:
+        da1T += bf2[None, :] * dot(tl.load(s2 + cb2 + o2, mask=m2, other=0.0), dyT, DOT)
+    dz1T = da1T * act_grad(z1T, ACT)
+    return Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T
 
 
 @triton.jit
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states
-    powers, w1_end, w2_end,  # with END_MAP: the chunk-end map's power sums, the weights after the chunks
+    powers, w1_end, w2_end,  # with an ℓ_q map: the STORE recompute's power sums; END_MAP: the end weights
+    tok_p1, tok_p2,  # with TOKEN_MAP: every token's power sums P1_t, P2_t (from the forward)
     dw1_anchor, dw2_anchor,  # the anchor's cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
     dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
@@ -185,6 +173,7 @@ def _wide_backward_kernel(
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, END_MAP: tl.constexpr,
+    TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -241,14 +230,32 @@ def _wide_backward_kernel(
             f_last = tl.load(f + cc * L + last)
             b_m = tl.load(m_end + cc)
             b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        # each layer's read coefficients and the key path's scales: Moneta's per-token map scales row t
+        # of layer l's dual form by s(Al_t) and takes the key path at the chunk start's s(W)·W
+        ks1 = 1.0  # constants the compiler folds without the map
+        ks2 = 1.0
+        bb1, bf1, bG1 = b_beta, b_f, b_G
+        bb2, bf2, bG2 = b_beta, b_f, b_G
+        if TOKEN_MAP != 0:
+            pk1 = tl.load(powers + (bh * NC + c) * 2)
+            pk2 = tl.load(powers + (bh * NC + c) * 2 + 1)
+            ks1 = lq_scale_of(pk1, end_q, end_floor, TOKEN_MAP)
+            ks2 = lq_scale_of(pk2, end_q, end_floor, TOKEN_MAP)
+            p1t = tl.load(tok_p1 + cc * L + li, mask=lmask, other=0.0)
+            p2t = tl.load(tok_p2 + cc * L + li, mask=lmask, other=0.0)
+            s1t = lq_scale_of(p1t, end_q, end_floor, TOKEN_MAP)
+            s2t = lq_scale_of(p2t, end_q, end_floor, TOKEN_MAP)
+            bb1, bf1, bG1 = s1t * b_beta, s1t * b_f, s1t[:, None] * b_G
+            bb2, bf2, bG2 = s2t * b_beta, s2t * b_f, s2t[:, None] * b_G
         qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
-        qkG = qk * b_G
+        qkG = qk * bG1
         qkGT = tl.trans(qkG)
 
         # pass 1: the key path
-        Z2 = key_z2(
-            k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, 0, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
-        )
+        Z2 = ks2 * key_z2(
+            k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, 0, ks1,
+            D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT,
+        )  # fmt: skip
         dd, dout, r, xk, rk = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
@@ -261,11 +268,11 @@ def _wide_backward_kernel(
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
             Z1T, AT, sgT, qw1T, qs1T, _, _, _, _, _ = layer1_reads(
-                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
+                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
                 DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False,
             )  # fmt: skip
             W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
-            z1T = read_z1(qw1T, qs1T, dot(W2, ddT, DOT) * sgT, qkGT, b_beta, b_f, DOT, HAS_MOM)
+            z1T = read_z1(qw1T, qs1T, ks2 * dot(W2, ddT, DOT) * sgT, qkGT, bb1, bf1, DOT, HAS_MOM)
             a1T = act(z1T, ACT)
             a1w2T += dot(tl.trans(W2), a1T, DOT)
             aa += dot(tl.trans(a1T), AT, DOT)
@@ -274,7 +281,7 @@ def _wide_backward_kernel(
                 a1s2T += dot(tl.trans(S2), a1T, DOT)
         # Ẑ2's terms on whole rows (dΔ completed over the blocks in pass 3)
         b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
-            b_dy, tl.trans(a1w2T), tl.trans(a1s2T), aa, b_G, dd, b_beta, b_f, gamma, d_gamma, d_shift, cmask,
+            b_dy, tl.trans(a1w2T), tl.trans(a1s2T), aa, bG2, dd, bb2, bf2, gamma, d_gamma, d_shift, cmask,
             ln_eps, D, DOT, LN, HAS_MOM,
         )  # fmt: skip
         dyT = tl.trans(b_dy)
@@ -283,37 +290,56 @@ def _wide_backward_kernel(
         if HAS_MOM:
             b_ds = tl.zeros([BK], dtype=tl.float32)
             dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
+        dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
+        if TOKEN_MAP != 0:
+            # pass 3a: the reads' layer-1 coefficient cotangents, over the blocks, for the scales'
+            # cotangents ds_t = β_t dβ̃_t + f_t df̃_t + Σ_s G[t, s] dG̃[t, s] (β̃ = s_t β, ...)
+            ds2t = b_beta * b_dbeta + b_f * b_df + tl.sum(b_G * b_dG, 1)
+            db1 = tl.zeros([BL], dtype=tl.float32)
+            df1 = tl.zeros([BL], dtype=tl.float32)
+            for j in range(NB):
+                _, _, _, qw1T, qs1T, _, _, _, _, _, _, _, d1T, _, dz1T = read_block(
+                    w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
+                    krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
+                    D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, False,
+                )  # fmt: skip
+                db1 += tl.sum(dz1T * qw1T, 0)
+                if HAS_MOM:
+                    df1 += tl.sum(dz1T * qs1T, 0)
+                dPq -= dot(tl.trans(dz1T), d1T, DOT)
+            ds1t = b_beta * db1 + b_f * df1 + tl.sum(b_G * dPq * qk, 1)
+            coef1 = lq_grad_coef(p1t, ds1t, end_q, end_floor, TOKEN_MAP)
+            coef2 = lq_grad_coef(p2t, ds2t, end_q, end_floor, TOKEN_MAP)
+            # the coefficients' true cotangents: each layer's scaled share (the scales' own terms are
+            # added per block in pass 3)
+            b_dbeta = s1t * db1 + s2t * b_dbeta
+            b_df = s1t * df1 + s2t * b_df
+            b_dG = s1t[:, None] * (dPq * qk) + s2t[:, None] * b_dG
+            dks2 = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)  # the key path's scales' cotangents
+            dks1 = dks2
 
         # pass 3: per hidden block, the reads' layer 1, the cotangents of δ1_j (from the reads and from
         # layer 1's chunk-end update, summed over the key blocks), layer 2's chunk-end update and δ1_j's
         # second-order terms; layer 1's own cotangents wait for pass 5, where the key blocks are the
         # outer loop (dq and dk sum over the hidden blocks)
-        dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
         dg_last = tl.zeros([BK], dtype=tl.float32)
         dbeta_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl = layer1_reads(
-                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid,
-                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, True,
+            Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T = read_block(
+                w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
+                krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
+                D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, True,
             )  # fmt: skip
-            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
-            ET = dot(W2, ddT, DOT)
-            d1T = ET * sgT
-            z1T = read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT, HAS_MOM)
-            a1T = act(z1T, ACT)
-            # layer 2 of the reads, block j: Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G) Δ
-            da1T = b_beta[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
-            if HAS_MOM:
-                da1T += b_f[None, :] * dot(tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0), dyT, DOT)
-            dz1T = da1T * act_grad(z1T, ACT)
             dAT = dot(a1T, dP, DOT)
-            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j
-            b_dbeta += tl.sum(dz1T * qw1T, 0)
-            if HAS_MOM:
-                b_df += tl.sum(dz1T * qs1T, 0)
-            dPq -= dot(tl.trans(dz1T), d1T, DOT)
+            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j (with the
+            # map, its coefficients' cotangents are pass 3a's)
+            if TOKEN_MAP == 0:
+                b_dbeta += tl.sum(dz1T * qw1T, 0)
+                if HAS_MOM:
+                    b_df += tl.sum(dz1T * qs1T, 0)
+                dPq -= dot(tl.trans(dz1T), d1T, DOT)
             d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
             # layer 1's chunk-end update: its terms in δ1_j and the coefficients (from layer1_reads)
             d_d1T -= g_last[None, :] * kcT
@@ -324,6 +350,32 @@ def _wide_backward_kernel(
                 b_ds -= tl.sum(d1T * ksT, 0)
                 dm += dml
                 df_last += dfl
+            W2tok = tl.zeros([BHB, BD], dtype=tl.float32)  # the per-token map's shares of dW2_j, dS2_j
+            S2tok = W2tok
+            if TOKEN_MAP != 0:  # every token's accumulators of block j, back from their scales
+                S2 = W2
+                if HAS_MOM:
+                    S2 = tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0)
+                W2tok, S2tok, dd2, dA2, dG2, db2, df2 = token_layer2_backward(
+                    W2, S2, AT, dd, ddT, coef2, b_beta, b_f, b_G, end_q, L, BL, BD, BHB, BK, DOT, HAS_MOM
+                )
+                d_ddT += dd2
+                dAT += dA2
+                b_dG += dG2
+                b_dbeta += db2
+                b_df += df2
+                for i in range(NI):
+                    o1, m1, W1, S1 = layer1_block(w1_chunks, s1_chunks, cb1, i, j, DI, DH, KB, BHB, HAS_MOM)
+                    dd1, dG1, db1, df1, _, _, _ = token_layer1_backward(
+                        W1, S1, key_cols_t(k, krow, kvalid, i, DI, KB), d1T, coef1, b_beta, b_f, b_G, end_q,
+                        L, BL, KB, BHB, BK, DOT, HAS_MOM, False,
+                    )  # fmt: skip
+                    d_d1T += dd1
+                    b_dG += dG1
+                    b_dbeta += db1
+                    b_df += df1
+                    if g == NCT - 1:  # the anchor is s(W1)·W1: its cotangent's share of s's
+                        dks1 += inner(tl.load(dw1_anchor + base1 + o1, mask=m1, other=0.0), W1)
             # layer 2's chunk-end update, and δ1_j = (Δ W2_jᵀ) ⊙ σ'(Z1_j): its cotangent reaches Δ, W2_j
             # and Z1_j (second order)
             dET = d_d1T * sgT
@@ -331,17 +383,22 @@ def _wide_backward_kernel(
                 S2, cS2, dm, d_ddT, dAT, b_ds = momentum_cotangent(
                     s2_chunks, ds2, cb2, base2, o2, m2, d_ddT, dAT, AT, ddT, b_s, dm, b_ds, DOT
                 )
-                cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+                cS2 = b_m * cS2 + dot(a1T, bf2[:, None] * b_dy, DOT) + S2tok
             cW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
             if HAS_MOM:
                 df_last = store_momentum_cotangent(ds2, base2, o2, m2, cS2, cW2, S2, f_last, df_last)
             W2, d_ddT, dAT, dg_last, dbeta_last = weight_cotangent(
                 w2_chunks, cb2, o2, m2, cW2, d_ddT, dAT, AT, ddT, g_last, dg_last, dbeta_last, DOT
             )
-            d_ddT += dot(tl.trans(W2), dET, DOT)
-            gW2 = beta_last * cW2 + dot(a1T, b_beta[:, None] * b_dy, DOT) + dot(dET, dd, DOT)
+            d_ddT += ks2 * dot(tl.trans(W2), dET, DOT)
+            gW2 = beta_last * cW2 + dot(a1T, bb2[:, None] * b_dy, DOT) + ks2 * dot(dET, dd, DOT) + W2tok
             if g == NCT - 1:
-                gW2 += tl.load(dw2_anchor + base2 + o2, mask=m2, other=0.0)
+                anchor2 = tl.load(dw2_anchor + base2 + o2, mask=m2, other=0.0)
+                gW2 += ks2 * anchor2
+                if TOKEN_MAP != 0:
+                    dks2 += inner(anchor2, W2)
+            if TOKEN_MAP != 0:  # E_j = s(W2) Δ W2_jᵀ: its share of the scale's cotangent, ⟨dE, E⟩ / s
+                dks2 += inner(dET, ET) / ks2
             dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
             tl.debug_barrier()  # every thread has read layer 2's block j of dW2
             tl.store(scratch + sq + j * BHB, dz1T)
@@ -349,8 +406,9 @@ def _wide_backward_kernel(
             tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
             tl.store(dw2 + base2 + o2, gW2, mask=m2)
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
-        b_dG += dPq * qk
-        dPq = dPq * b_G
+        if TOKEN_MAP == 0:
+            b_dG += dPq * qk
+        dPq = dPq * bG1
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
             b_df = tl.where(is_last, b_df + df_last, b_df)
@@ -364,19 +422,30 @@ def _wide_backward_kernel(
             kvalid, cmask, p, eps, sharp, D, BIAS, LN,
         )  # fmt: skip
         dZ2T = tl.trans(dZ2)
+        coefk2 = 0.0
+        if TOKEN_MAP != 0:  # Z2 = s(W2) A W2: the scale's cotangent complete, ⟨dZ2, Z2⟩ / s added
+            coefk2 = lq_grad_coef(pk2, dks2 + inner(dZ2, Z2) / ks2, end_q, end_floor, TOKEN_MAP)
         tl.debug_barrier()  # pass 3's writes (scratch, dW2) are read back by other threads
 
         # pass 5: Z2 = Σ_j A_j W2_j back to W2_j and Z1_j, then per key block i layer 1's cotangents
         # (the reads', the chunk-end update's and the key path's) and the block's dq and dk
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T = layer1_t(w1_chunks, cb1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
+            Z1T = ks1 * layer1_t(w1_chunks, cb1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
             W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
-            dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB) + dot(W2, dZ2T, DOT) * act_grad(Z1T, ACT)
-            gW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0) + dot(act(Z1T, ACT), dZ2, DOT)
+            dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB) + ks2 * dot(W2, dZ2T, DOT) * act_grad(
+                Z1T, ACT
+            )
+            gW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0) + ks2 * dot(act(Z1T, ACT), dZ2, DOT)
+            if TOKEN_MAP != 0:  # the key path's W2 is s(W2)·W2: the scale's share
+                gW2 += coefk2 * lq_grad_dir(W2, end_q)
+                dks1 += inner(dZ1T, Z1T) / ks1
             tl.debug_barrier()  # every thread has read block j before it is overwritten
             tl.store(dw2 + base2 + o2, gW2, mask=m2)
             tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
+        coefk1 = 0.0
+        if TOKEN_MAP != 0:
+            coefk1 = lq_grad_coef(pk1, dks1, end_q, end_floor, TOKEN_MAP)
         tl.debug_barrier()  # the finished cotangents of Z1_j are read back by other threads
         for i in range(NI):
             kT = key_cols_t(k, krow, kvalid, i, DI, KB)
@@ -390,18 +459,43 @@ def _wide_backward_kernel(
                 dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB)
                 W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
                 cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
-                b_dkT += dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
-                b_dqT += dot(W1, b_beta[None, :] * dz1T, DOT)
-                gW1 = beta_last * cW1 + dot(qT, tl.trans(b_beta[None, :] * dz1T), DOT)
-                gW1 += dot(kT, tl.trans(dZ1T), DOT)
+                b_dkT += ks1 * dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
+                b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
+                gW1 = beta_last * cW1 + dot(qT, tl.trans(bb1[None, :] * dz1T), DOT)
+                gW1 += ks1 * dot(kT, tl.trans(dZ1T), DOT)
                 if g == NCT - 1:
-                    gW1 += tl.load(dw1_anchor + base1 + o1, mask=m1, other=0.0)
+                    gW1 += ks1 * tl.load(dw1_anchor + base1 + o1, mask=m1, other=0.0)
+                S1 = W1
                 if HAS_MOM:
                     S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
                     cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                     b_dkT -= dot(cS1, d1T * b_s[None, :], DOT)
-                    b_dqT += dot(S1, b_f[None, :] * dz1T, DOT)
-                    cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(b_f[None, :] * dz1T), DOT)
+                    b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)
+                    cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(bf1[None, :] * dz1T), DOT)
+                if TOKEN_MAP != 0:  # the key path's s(W1)·W1, and every token's accumulators
+                    _, _, _, _, gW1t, gS1t, dkTt = token_layer1_backward(
+                        W1,
+                        S1,
+                        kT,
+                        d1T,
+                        coef1,
+                        b_beta,
+                        b_f,
+                        b_G,
+                        end_q,
+                        L,
+                        BL,
+                        KB,
+                        BHB,
+                        BK,
+                        DOT,
+                        HAS_MOM,
+                        True,
+                    )
+                    gW1 += coefk1 * lq_grad_dir(W1, end_q) + gW1t
+                    b_dkT += dkTt
+                    if HAS_MOM:
+                        cS1 += gS1t
                 tl.debug_barrier()  # every thread has read block (i, j) of dW1 (and dS1)
                 tl.store(dw1 + base1 + o1, gW1, mask=m1)
                 if HAS_MOM:
@@ -429,23 +523,26 @@ def _wide_backward_kernel(
 
 def launch_wide_backward(
     q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc,
-    end=(),
+    end=(), scales=(),
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """:func:`~memnets.kernels.mlp_memory.backward.launch_backward` for the wide-state kernel (a dense
     batch; the state cotangents are updated in place in a copy of ``carry``). ``chunks``: the STORE
     recompute's start states and power sums (:func:`~.wide_forward.launch_wide_forward`); with Moneta's
-    chunk-end map ``end`` holds the weights (W1, W2) after the chunks, the same recompute's state."""
+    chunk-end map ``end`` holds the weights (W1, W2) after the chunks, the same recompute's state; with
+    its per-token map ``scales`` holds every token's power sums P1_t, P2_t (the forward's)."""
     B, T, H = q.shape[:3]
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
     scalars, constants = wide_meta(q, carry[0], carry[1], ln_w, config)
     scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
     if config.end_map and len(end) != 2:
         raise ValueError("mlp_memory_wide_bwd: the chunk-end map needs the weights after the chunks (end)")
+    if config.token_map and len(scales) != 2:
+        raise ValueError("mlp_memory_wide_bwd: the per-token map needs every token's power sums (scales)")
     empty = q.new_empty(0)
     _wide_backward_kernel[(B * H,)](
-        q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)), *anchor_cot,
-        *grads[:4], *dln, *grads[4:], *d_state, scratch,
+        q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)),
+        *(scales or (empty, empty)), *anchor_cot, *grads[:4], *dln, *grads[4:], *d_state, scratch,
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
-        HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map,
+        HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
     )  # fmt: skip
     return d_state

@@ -61,7 +61,17 @@ Forward, per chunk (``_wide_forward_kernel``):
 3. finish Ẑ2 (the Δ term), the LayerNorm, store y;
 4. with Moneta's chunk-end map (``END_MAP``, :mod:`.end_map`) after a complete chunk: the power sums
    Σ|W|^q of W1 and W2 over their blocks, then each block rescaled in place to s(W)·W
-   (:func:`end_map_state`; 2 D·Dh floats more read per matrix and one written).
+   (:func:`~.wide_maps.end_map_state`; 2 D·Dh floats more read per matrix and one written).
+
+With Moneta's per-token map (``TOKEN_MAP``, Miras arXiv 2504.13173 Eq. 24: token t reads s(A_t)·A_t of its own
+accumulator, the key path takes its gradients at the chunk start's s(A)·A; the state holds the accumulators A)
+two passes come first: pass 0 sums Σ|W|^q of the chunk-start W1, W2 over their blocks
+(:func:`~.wide_maps.power_sums`) for the key path's scales, which multiply layer 1's Z1 and layer 2's Z2 and
+δ1; after pass 1, pass 1b forms every token's accumulators A1_t, A2_t block by block for their power sums
+(:func:`~.wide_maps.token_powers`: L products per block and layer, each block read once), whose scales
+multiply row t of layer 1's dual form in pass 2 and of Ẑ2 in step 3. The power sums are kept for the backward
+(every token's by the forward, where the whole-state kernel keeps the scales; each chunk-start's by the STORE
+recompute).
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
 floats) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
@@ -74,7 +84,7 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
 (dW1, dW2, dS1, dS2) updated in place in working copies:
 
 0. with the chunk-end map, after a complete chunk: its end cotangents dW1, dW2 back through the map,
-   in place (:func:`~.wide_backward.end_map_cotangent`, at the weights before the map: the next
+   in place (:func:`~.wide_maps.end_map_cotangent`, at the weights before the map: the next
    chunk's start state over the scale of the power sums the STORE pass kept);
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
 2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
@@ -89,6 +99,17 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
 5. finishing passes: over j, dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j) and dW2_j += A_jᵀ dZ2; then over
    the key blocks i (outer) and j: layer 1's cotangents dW1_ij (the reads', the update's, Kᵀ dZ1_j)
    and dS1_ij written in place, and block i's dq and dk, which sum over j.
+
+With the per-token map the reads take each layer's coefficients scaled per token (β̃ = s_t β, f̃, G̃'s
+rows), the key path the chunk start's scales (from the power sums the STORE pass kept), and three
+things are added: pass 3a, before pass 3, recomputes the reads' layer 1 over the blocks for the
+scales' cotangents ds_t = β_t dβ̃_t + f_t df̃_t + Σ_s G[t, s] dG̃[t, s] (ds1_t sums over the blocks,
+and pass 3's second-order terms need its consequences); pass 3 then forms every token's accumulators
+of block j again and takes C_t = (ds_t ∂s/∂A_t) back through them to δ1_j, Δ, A_j, β, f, G and W2_j,
+S2_j (:func:`~.wide_maps.token_layer2_backward`, :func:`~.wide_maps.token_layer1_backward`),
+and pass 5's layer-1 blocks their shares of W1, S1 and the keys; the key path's scales take the
+cotangents ⟨dZ2, Z2⟩ + Σ_j ⟨dE_j, E_j⟩ (E = Δ W2ᵀ) and ⟨dZ1, Z1⟩ (and the anchor's), whose
+s'(W)-terms pass 5 adds to dW2_j and dW1_ij.
 
 Traffic per chunk and program, with momentum, in layer-1 (Dk·Dh) and layer-2 (Dh·D) matrices: 8 and 8
 of the chunk-start state read (pass 1 one each, pass 2 two each, pass 3 two and four, pass 5 three
@@ -117,114 +138,26 @@ from ..precision import dot
 from .common import (
     act,
     act_grad,
-    col_block,
     key_cols_t,
     key_delta,
     ln_params,
     ln_rows,
-    row_block,
-    value_rows,
 )
 from .config import LaunchConfig, block, kernel_meta, wide_num_warps
-from .end_map import lq_power, lq_scale_of
+from .end_map import lq_scale_of
+from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
+from .wide_maps import end_map_state, power_sums, token_powers
 
 
 @triton.jit
-def w1_block(i, j, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr):
-    """Offsets and mask of block (i, j) of a ``[DI, Dh]`` matrix (W1, S1 and their cotangents): key rows
-    i·KB .. i·KB + KB, hidden columns j·BHB .. j·BHB + BHB (a ``[KB, BHB]`` tile)."""
-    r = i * KB + tl.arange(0, KB)
-    c = j * BHB + tl.arange(0, BHB)
-    return r[:, None] * DH + c[None, :], (r < DI)[:, None] & (c < DH)[None, :]
-
-
-@triton.jit
-def w2_block(j, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr):
-    """Offsets and mask of hidden block j of a ``[Dh, D]`` matrix (W2, S2 and their cotangents: a
-    ``[BHB, BD]`` tile)."""
-    r = j * BHB + tl.arange(0, BHB)
-    c = tl.arange(0, BD)
-    return r[:, None] * D + c[None, :], (r < DH)[:, None] & (c < D)[None, :]
-
-
-@triton.jit
-def layer1_t(
-    w1, base1, j, x, rows, valid,
-    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
-    BR: tl.constexpr, DOT: tl.constexpr,
-):  # fmt: skip
-    """(X W1_j)ᵀ = Σ_i W1_ijᵀ X_iᵀ ``[BHB, BR]`` for the rows ``rows`` of x (q or k) at the state stored
-    from ``base1`` (hidden-major: the hidden block is M, the key blocks the reduction)."""
-    out = tl.zeros([BHB, BR], dtype=tl.float32)
-    for i in range(NI):
-        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
-        out += dot(tl.trans(W1), key_cols_t(x, rows, valid, i, DI, KB), DOT)
-    return out
-
-
-@triton.jit
-def key_z2(
-    k, krow, kvalid, w1, w2, base1, base2, j0,
-    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
-    KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr,
-):  # fmt: skip
-    """Z2 = Σ_j σ(K W1_j) W2_j ``[BK, BD]`` of the key rows ``krow`` at the state stored from ``base1``,
-    ``base2``, summed over the NB hidden blocks from ``j0`` (all of them, or one program's share)."""
-    Z2T = tl.zeros([BD, BK], dtype=tl.float32)
-    for jj in range(NB):  # a constant trip count: the static report reads it from the TTGIR
-        j = j0 + jj
-        Z1T = layer1_t(w1, base1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
-        Z2T += dot(tl.trans(W2), act(Z1T, ACT), DOT)
-    return tl.trans(Z2T)
-
-
-@triton.jit
-def query_keys(
-    q, k, qrow, qvalid, krow, kvalid,
-    DI: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
-):  # fmt: skip
-    """Q Kᵀ ``[BL, BK]`` of the query rows ``qrow`` and the key rows ``krow``, summed over key blocks."""
-    qk = tl.zeros([BL, BK], dtype=tl.float32)
-    for i in range(NI):
-        qk += dot(
-            tl.trans(key_cols_t(q, qrow, qvalid, i, DI, KB)), key_cols_t(k, krow, kvalid, i, DI, KB), DOT
-        )
-    return qk
-
-
-@triton.jit
-def chunk_rows(
-    k, v, bp, b, g, h, T, P0,
-    H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, L: tl.constexpr, P: tl.constexpr, BL: tl.constexpr,
-    BK: tl.constexpr, BD: tl.constexpr, BIAS: tl.constexpr, RES: tl.constexpr,
-):  # fmt: skip
-    """Chunk g's rows: its tokens' offsets and mask in ``[B, T, H, D]`` tensors (y, dy), their row indices
-    and validity (the queries' rows in q ``[B, T, H, DI]``); its key rows, the chunk's tokens after the P
-    before them (the Omega window's reach; k and v lead with P0 carried rows): their offsets and mask in
-    v, row indices and validity, the values, Huber thresholds and the residual's keys K[:, :D] (zeros
-    without the residual)."""
-    offs, mask, qvalid, qrow = row_block(b, g * L, h, T, H, D, L, BL, BD)
-    koffs, kmask, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
-    b_v, delta = value_rows(v, bp, koffs, kmask, krow, kvalid, BK, BIAS)
-    b_kr = tl.zeros([BK, BD], dtype=tl.float32)
-    if RES:
-        roffs, rmask = col_block(krow, kvalid, 0, DI, D, BD)
-        b_kr = tl.load(k + roffs, mask=rmask, other=0.0).to(tl.float32)
-    return offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr
-
-
-@triton.jit
-def store_start(X, chunks, anchor, sc, base, offs, mask, last, STORE: tl.constexpr):
+def store_start(X, chunks, anchor, sc, base, offs, mask, last, a_scale, STORE: tl.constexpr):
     """Block X's chunk-start value where it is kept: with ``STORE`` in the chunk states (this chunk's at
-    ``sc``), and at the sequence's ``last`` chunk in the anchor."""
+    ``sc``), and at the sequence's ``last`` chunk in the anchor, times ``a_scale`` (the weights the key
+    path took: Moneta's per-token map's s(W)·W, else W)."""
     if STORE:
         tl.store(chunks + sc + offs, X, mask=mask)
     if last:
-        tl.store(anchor + base + offs, X, mask=mask)
+        tl.store(anchor + base + offs, a_scale * X, mask=mask)
 
 
 @triton.jit
@@ -277,11 +210,14 @@ def read_coefficients(
 
 @triton.jit
 def finish_read(
-    y, offs, mask, z2T, aa, ddT, b_G, gamma, shift, cmask, ln_eps,
-    D: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr,
+    y, offs, mask, z2T, aa, ddT, b_G, b_s2, gamma, shift, cmask, ln_eps,
+    D: tl.constexpr, DOT: tl.constexpr, LN: tl.constexpr, TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
-    """Forward step 3: Ẑ2 = (the blocks' terms) − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ, the LayerNorm, y stored."""
+    """Forward step 3: Ẑ2 = (the blocks' terms) − ((Σ_j Â_j A_jᵀ) ⊙ G) Δ (row t times s(A2_t) with
+    Moneta's per-token map), the LayerNorm, y stored."""
     z2 = tl.trans(z2T - dot(ddT, tl.trans(aa * b_G), DOT))
+    if TOKEN_MAP != 0:
+        z2 = b_s2[:, None] * z2
     if LN:
         xq, _ = ln_rows(z2, cmask, D, ln_eps)
         z2 = xq * gamma[None, :] + shift[None, :]
@@ -292,17 +228,19 @@ def finish_read(
 def update_block(
     j, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
     w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, sc1, sc2, is_last,
-    dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
+    dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m, ks1, ks2, b_s1,
     D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
     BHB: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BL: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
+    DOT: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr, TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     """Forward pass 2 for hidden block j (:func:`_wide_forward_kernel`): the reads' shares (Ẑ2ᵀ without
     its Δ term, Σ Â_j A_jᵀ; returned with ``z2T``, ``aa`` added) and the block's chunk-end update,
     written in place. Layer 2's block is updated first; layer 1's blocks are then read again (from
     L2) rather than kept live across layer 2's work, which would spill registers. ``b_f``, ``f_last``,
     ``b_s``, ``b_m`` are read only with ``HAS_MOM``, ``b_beta``, ``b_f``, ``qkGT`` only without
-    ``STORE``."""
+    ``STORE``. With Moneta's per-token map (``TOKEN_MAP``) the key path runs at the chunk start's
+    s(W1)·W1, s(W2)·W2 (scales ``ks1``, ``ks2``) and the read of token t at s(A1_t)·A1_t (row t of
+    layer 1's dual form times ``b_s1[t]``; layer 2's scale is :func:`finish_read`'s)."""
     Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
     zq = tl.zeros([BHB, BL], dtype=tl.float32)  # (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)])ᵀ
     for i in range(NI):
@@ -312,7 +250,7 @@ def update_block(
         if not STORE:
             qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
             zq += dot(tl.trans(W1), qT * b_beta[None, :], DOT)
-        store_start(W1, w1_chunks, w1_anchor, sc1, base1, o1, m1, is_last, STORE)
+        store_start(W1, w1_chunks, w1_anchor, sc1, base1, o1, m1, is_last, ks1, STORE)
         if HAS_MOM:
             S1 = tl.load(s1 + base1 + o1, mask=m1, other=0.0)
             if not STORE:
@@ -320,15 +258,22 @@ def update_block(
             if STORE:
                 tl.store(s1_chunks + sc1 + o1, S1, mask=m1)
     o2, m2 = w2_block(j, D, DH, BD, BHB)
+    if TOKEN_MAP != 0:
+        Z1T = ks1 * Z1T
     AT = act(Z1T, ACT)
     W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
     d1T = dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
+    if TOKEN_MAP != 0:
+        d1T = ks2 * d1T
     W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd, DOT)
     if not STORE:
-        a1T = act(zq - dot(d1T, qkGT, DOT), ACT)
+        z1T = zq - dot(d1T, qkGT, DOT)
+        if TOKEN_MAP != 0:
+            z1T = b_s1[None, :] * z1T
+        a1T = act(z1T, ACT)
         z2T += b_beta[None, :] * dot(tl.trans(W2), a1T, DOT)
         aa += dot(tl.trans(a1T), AT, DOT)
-    store_start(W2, w2_chunks, w2_anchor, sc2, base2, o2, m2, is_last, STORE)
+    store_start(W2, w2_chunks, w2_anchor, sc2, base2, o2, m2, is_last, ks2, STORE)
     if HAS_MOM:
         S2 = tl.load(s2 + base2 + o2, mask=m2, other=0.0)
         W2_new += f_last * S2
@@ -358,48 +303,18 @@ def update_block(
 
 
 @triton.jit
-def end_map_state(
-    w1, w2, base1, base2, powers, pc, end_q, end_floor,
-    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr,
-    BHB: tl.constexpr, NB: tl.constexpr, BD: tl.constexpr, MAP: tl.constexpr, STORE: tl.constexpr,
-):  # fmt: skip
-    """Moneta's chunk-end map (:mod:`.end_map`) of the state's weights: W1 and W2 (blocks from ``base1``,
-    ``base2``) become s(W)·W in place, one pass over the blocks for each power sum P = Σ|W|^q and one
-    to rescale them; with ``STORE`` the two sums go to ``powers[pc]``, ``powers[pc + 1]`` (the backward
-    takes the map's VJP at W = s(W)·W / s, the next chunk's start state over its scale)."""
-    p1 = tl.sum(tl.zeros([BD], dtype=tl.float32), 0)
-    p2 = p1
-    for j in range(NB):
-        for i in range(NI):
-            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-            p1 += lq_power(tl.load(w1 + base1 + o1, mask=m1, other=0.0), end_q)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        p2 += lq_power(tl.load(w2 + base2 + o2, mask=m2, other=0.0), end_q)
-    s1 = lq_scale_of(p1, end_q, end_floor, MAP)
-    s2 = lq_scale_of(p2, end_q, end_floor, MAP)
-    for j in range(NB):  # each thread rescales the elements it loads: no barrier between
-        for i in range(NI):
-            o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-            tl.store(w1 + base1 + o1, s1 * tl.load(w1 + base1 + o1, mask=m1, other=0.0), mask=m1)
-        o2, m2 = w2_block(j, D, DH, BD, BHB)
-        tl.store(w2 + base2 + o2, s2 * tl.load(w2 + base2 + o2, mask=m2, other=0.0), mask=m2)
-    if STORE:
-        tl.store(powers + pc, p1)
-        tl.store(powers + pc + 1, p2)
-
-
-@triton.jit
 def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
-    powers,  # with STORE and END_MAP: each chunk's power sums of the chunk-end map
+    powers,  # with STORE and an ℓ_q map: every chunk's power sums (END_MAP: at its end; TOKEN_MAP: start)
+    tok_p1, tok_p2,  # with TOKEN_MAP, without STORE: every token's power sums P1_t, P2_t, for the backward
     T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, STORE: tl.constexpr,
-    END_MAP: tl.constexpr,
+    END_MAP: tl.constexpr, TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -418,8 +333,19 @@ def _wide_forward_kernel(
         offs, mask, qvalid, qrow, _koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
             k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
         )
+        ks1 = 1.0  # the key path's scales of W1, W2 (a constant the compiler folds without the map)
+        ks2 = 1.0
+        if TOKEN_MAP != 0:  # Moneta per token: the gradients at the chunk start's s(W)·W (pass 0)
+            p1, p2 = power_sums(w1, w2, base1, base2, end_q, D, DI, DH, KB, NI, BHB, NB, BD)
+            ks1 = lq_scale_of(p1, end_q, end_floor, TOKEN_MAP)
+            ks2 = lq_scale_of(p2, end_q, end_floor, TOKEN_MAP)
+            if STORE:  # the backward's scales of the key path and their cotangents' coefficients
+                tl.store(powers + (bh * NC + c) * 2, p1)
+                tl.store(powers + (bh * NC + c) * 2 + 1, p2)
         # pass 1: the key path's Z2 at the chunk-start weights, then Δ on whole rows
-        Z2 = key_z2(k, krow, kvalid, w1, w2, base1, base2, 0, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT)
+        Z2 = ks2 * key_z2(
+            k, krow, kvalid, w1, w2, base1, base2, 0, ks1, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
+        )
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
@@ -434,6 +360,19 @@ def _wide_forward_kernel(
             b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, P, BL, BK, HAS_MOM)
             qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
         ddT = tl.trans(dd)
+        b_s1 = tl.zeros([BL], dtype=tl.float32)  # every token's read scales (Moneta per token)
+        b_s2 = b_s1
+        if TOKEN_MAP != 0:  # noqa: SIM102 (a compile-time branch)
+            if not STORE:  # pass 1b: every token's power sums over the blocks (the backward reads them)
+                p1t, p2t = token_powers(
+                    k, krow, kvalid, w1, w2, s1, s2, base1, base2, dd, ddT, b_beta, b_f, b_G, ks1, ks2,
+                    end_q, D, DI, DH, KB, NI, BHB, NB, BD, BK, L, BL, ACT, DOT, HAS_MOM,
+                )  # fmt: skip
+                b_s1 = lq_scale_of(p1t, end_q, end_floor, TOKEN_MAP)
+                b_s2 = lq_scale_of(p2t, end_q, end_floor, TOKEN_MAP)
+                li = tl.arange(0, BL)
+                tl.store(tok_p1 + cc * L + li, p1t, mask=li < L)
+                tl.store(tok_p2 + cc * L + li, p2t, mask=li < L)
         # hidden-major products (the hidden block or the head dim is each product's M, the chunk's
         # rows its N): Hopper's wgmma needs M >= 64, and 16-row M tiles would replicate warps
         z2T = tl.zeros([BD, BL], dtype=tl.float32)  # the read's Ẑ2ᵀ without its Δ term
@@ -445,12 +384,14 @@ def _wide_forward_kernel(
             z2T, aa = update_block(
                 j, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
                 w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, sc1, sc2, g == NCT - 1,
-                dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
-                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, STORE,
+                dd, ddT, qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m, ks1, ks2, b_s1,
+                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, STORE, TOKEN_MAP,
             )  # fmt: skip
         tl.debug_barrier()  # the next chunk's pass 1 (or the map) reads the updated blocks
         if not STORE:
-            finish_read(y, offs, mask, z2T, aa, ddT, b_G, gamma, shift, cmask, ln_eps, D, DOT, LN)
+            finish_read(
+                y, offs, mask, z2T, aa, ddT, b_G, b_s2, gamma, shift, cmask, ln_eps, D, DOT, LN, TOKEN_MAP
+            )
         if END_MAP != 0:  # noqa: SIM102 (a compile-time branch: compiled out without the map)
             if (g + 1) * L <= T:  # a complete chunk
                 end_map_state(
@@ -500,13 +441,15 @@ def working_state(state: tuple) -> tuple[Tensor, ...]:
 
 
 def launch_wide_forward(
-    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, scales=()
 ):
     """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
     over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``; with
-    the Omega window k and v lead with the carried rows). With ``store`` the chunks' start states come
-    with a fifth tensor: the chunk-end map's power sums ``[B, H, nc, 2]`` (``config.end_map``; else
-    empty)."""
+    the Omega window k and v lead with the carried rows; with Moneta's per-token map every token's two
+    power sums P1_t, P2_t go to ``scales``, ``[B, H, NT, L]`` each: the backward needs P_t itself, as
+    the scales' derivative is one where P_t > the floor and zero where it is clamped). With ``store``
+    the chunks' start states come with a fifth tensor: the ℓ_q map's power sums ``[B, H, nc, 2]``
+    (``config.end_map``: at each chunk's end, ``config.token_map``: at its start; else empty)."""
     if packing != (None, None):
         raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
@@ -518,11 +461,12 @@ def launch_wide_forward(
 
     final = working_state(state)
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
-    powers = new(B, H, nc, 2) if store and config.end_map else new(0)
+    powers = new(B, H, nc, 2) if store and (config.end_map or config.token_map) else new(0)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](
         q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks, powers,
+        *(scales or (new(0), new(0))),
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
-        HAS_MOM=has_mom, STORE=store, END_MAP=config.end_map,
+        HAS_MOM=has_mom, STORE=store, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
     )  # fmt: skip
     return final if has_mom else (*final[:2], None, None), (*chunks, powers)

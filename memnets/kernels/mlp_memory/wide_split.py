@@ -36,12 +36,10 @@ from torch import Tensor
 from ..optional import or_empty
 from .common import key_delta, ln_params, row_block
 from .config import TARGET_SMS, LaunchConfig, split_constants, wide_split
+from .wide_blocks import chunk_rows, key_z2, query_keys
 from .wide_forward import (
-    chunk_rows,
     finish_read,
-    key_z2,
     launch_wide_forward,
-    query_keys,
     read_coefficients,
     update_block,
     update_coefficients,
@@ -60,7 +58,9 @@ def _key_share(
     """Program s's share of chunk g's key-path Z2 (its NBJ blocks from ``j0``), stored in slot ``slot``
     of ``z2_parts [2, B·H, SPLIT, BK, BD]``."""
     _, _, kvalid, krow = row_block(b, P0 + g * L - P, h, P0 + T, H, D, P + L, BK, BD)
-    share = key_z2(k, krow, kvalid, w1, w2, base1, base2, j0, D, DI, DH, BK, BD, KB, NI, BHB, NBJ, ACT, DOT)
+    share = key_z2(
+        k, krow, kvalid, w1, w2, base1, base2, j0, 1.0, D, DI, DH, BK, BD, KB, NI, BHB, NBJ, ACT, DOT
+    )
     bh = (b * H + h).to(tl.int64)
     at = ((slot * tl.num_programs(0) + bh) * SPLIT + s) * BK * BD
     rows = tl.arange(0, BK)
@@ -133,8 +133,8 @@ def _wide_split_kernel(
             z2T, aa = update_block(
                 j0 + jj, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
                 w1, w2, s1, s2, base1, base2, 0, 0, g == NCT - 1,
-                dd, tl.trans(dd), qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m,
-                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, False,
+                dd, tl.trans(dd), qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m, 1.0, 1.0, b_beta,
+                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, False, 0,
             )  # fmt: skip
         share = (chunk * SPLIT + s).to(tl.int64)
         li = tl.arange(0, BL)
@@ -177,7 +177,7 @@ def _wide_split_read_kernel(
     _, _, b_G = read_coefficients(beta, beta, G, bh * NCT + g, L, P, BL, BK, False)
     cmask = cols < D
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
-    finish_read(y, offs, mask, z2T, aa, tl.trans(dd), b_G, gamma, shift, cmask, ln_eps, D, DOT, LN)
+    finish_read(y, offs, mask, z2T, aa, tl.trans(dd), b_G, b_G, gamma, shift, cmask, ln_eps, D, DOT, LN, 0)
 
 
 def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split: int):
@@ -212,15 +212,15 @@ def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc
 
 
 def launch_wide(
-    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, scales=()
 ):
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
     results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
-    is more than one, else (and for the backward's recompute, ``store``, and with Moneta's chunk-end map)
-    one program each."""
-    if store or packing != (None, None) or config.end_map:  # the split reads have no chunk-end map
+    is more than one, else (and for the backward's recompute, ``store``, and with Moneta's ℓ_q maps) one
+    program each."""
+    if store or packing != (None, None) or config.end_map or config.token_map:  # the split: no ℓ_q maps
         return launch_wide_forward(
-            q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
+            q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store, scales
         )
     B, _, H = q.shape[:3]
     meta = wide_meta(q, state[0], state[1], ln_w, config)
