@@ -67,7 +67,8 @@ def lq_scale_of(power, q, clamp, MAP: tl.constexpr):
 def lq_grad_coef(power, ds, q, clamp, MAP: tl.constexpr):
     """The scalar of ds · ∂s/∂W = coef · W |W|^(q−2) (:func:`lq_grad_dir`): −[P > c] ds e q s / P."""
     s = lq_scale_of(power, q, clamp, MAP)
-    return -tl.where(power > clamp, ds * _exponent(q, MAP) * q * s / power, 0.0)
+    # the same P where the branch is taken; the floor keeps the other branch finite (a tail token's P = 0)
+    return -tl.where(power > clamp, ds * _exponent(q, MAP) * q * s / tl.maximum(power, clamp), 0.0)
 
 
 @triton.jit
