@@ -105,11 +105,11 @@ fraction of the accumulator whatever its size: the map stores pairs only for ste
 is why ``configs/mqar/moneta.yaml`` caps ``lr_max`` at 0.004 (accuracy 0.03 → 0.32 at batch 32 and
 3000 steps; at batch 64, the other families', 0.86 / 0.16 on two seeds in 1500 steps, and 0.94 / 0.47
 with the accumulator's initial value and the LayerNorm out of weight decay, as that config sets: decay
-that shrinks A_0 grows W_0 = A_0/‖A_0‖₄²; 0.9862 / 0.7927 at the config's 3000 steps). Inside that window
-one pass of writes moves the memory's reads as far as Titans' do, and the outer gradient is no noisier
-than Titans' (``scripts/grad_noise_scale.py``), so why Moneta learns more slowly, and so differently
-across seeds, is still open; per-channel gates, other caps (also with ``lr_init`` keeping the start)
-and outer learning rates were slower. The mixer's default stays 1: on the tiny text budget 0.004 is
+that shrinks A_0 grows W_0 = A_0/‖A_0‖₄²; 0.9862 / 0.7927 at 3000 steps and chunk 16). At chunk 8 both
+seeds pass 0.95 by step 1250 (0.9958 / 0.9910), which is what the config trains with: at chunk 16 the
+queries right after the four pairs share their chunk, whose inner gradients are all taken at the chunk
+start's weights, and seed 1 missed those queries most. Per-channel gates, other caps (also with
+``lr_init`` keeping the start) and outer learning rates were slower. The mixer's default stays 1: on the tiny text budget 0.004 is
 6.6% worse. For Memora the logit steps at ``lr_max`` 0.1 barely move the
 near-uniform softmax rows (nor the reads: 0.3% of their size in one pass); with the LayerNorm larger
 steps blew up the outer gradients, and without it (the default) they no longer do but recall still does
