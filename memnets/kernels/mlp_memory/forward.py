@@ -189,8 +189,9 @@ def run_forward(
     checkpoint segment in turn, in the whole-state or (``config.hidden_block``) the wide-state kernel.
     Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
     start, the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints) and, with
-    Moneta's per-token map, every token's scales of both layers ``[B, H, NT, L]`` (else empty): the
-    backward reads them instead of forming every token's accumulators a second time)."""
+    Moneta's per-token map, every token's scales of both layers ``[B, H, NT, L]``, or in the wide-state
+    kernels the power sums they come from (else empty): the backward reads them instead of forming every
+    token's accumulators a second time for their norms)."""
     launch = launch_wide if config.hidden_block else launch_forward
     if config.simplex_scale:
         launch = launch_simplex_forward

@@ -29,7 +29,8 @@ _BETA, _W1, _W2, _S1 = 6, 11, 12, 13  # positions of β and the state in the inp
 # the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor)
 _COTANGENTS = "Tensor dy, Tensor dw1_final, Tensor dw2_final, Tensor ds1_final, Tensor ds2_final, "
 _COTANGENTS += "Tensor dw1_anchor, Tensor dw2_anchor"
-# the backward's checkpoints, and Moneta's per-token scales [B, H, NT, L] (empty without its map)
+# the backward's checkpoints, and Moneta's per-token scales [B, H, NT, L] (the wide-state kernels keep
+# the power sums they come from; empty without its map)
 _CHECKPOINTS = "Tensor ckpt_w1, Tensor ckpt_w2, Tensor ckpt_s1, Tensor ckpt_s2, Tensor tok_s1, Tensor tok_s2"
 _STATE_OUT = "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor"  # y, final state, anchor
 
@@ -45,7 +46,8 @@ def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, LaunchConfig]:
 )
 def mlp_memory_fwd(*inputs) -> tuple[Tensor, ...]:
     """(y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's start,
-    the state at every checkpoint segment's start ``[NS, B, H, ...]`` and Moneta's per-token scales)."""
+    the state at every checkpoint segment's start ``[NS, B, H, ...]`` and Moneta's per-token scales, or
+    in the wide-state kernels their power sums)."""
     tensors, config = _split(inputs, _N_INPUTS)
     return run_forward(*tensors, config)
 

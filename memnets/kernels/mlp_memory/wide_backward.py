@@ -474,24 +474,8 @@ def _wide_backward_kernel(
                     cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(bf1[None, :] * dz1T), DOT)
                 if TOKEN_MAP != 0:  # the key path's s(W1)·W1, and every token's accumulators
                     _, _, _, _, gW1t, gS1t, dkTt = token_layer1_backward(
-                        W1,
-                        S1,
-                        kT,
-                        d1T,
-                        coef1,
-                        b_beta,
-                        b_f,
-                        b_G,
-                        end_q,
-                        L,
-                        BL,
-                        KB,
-                        BHB,
-                        BK,
-                        DOT,
-                        HAS_MOM,
-                        True,
-                    )
+                        W1, S1, kT, d1T, coef1, b_beta, b_f, b_G, end_q, L, BL, KB, BHB, BK, DOT, HAS_MOM, True,
+                    )  # fmt: skip
                     gW1 += coefk1 * lq_grad_dir(W1, end_q) + gW1t
                     b_dkT += dkTt
                     if HAS_MOM:
