@@ -54,6 +54,7 @@ MODULES = (
     "mlp_memory.wide_split",
     "mlp_memory.simplex",
     "mlp_memory.simplex_backward",
+    "mlp_memory.wide_simplex",
     "mlp_memory.muon_forward",
     "mlp_memory.muon_backward",
     "mlp_memory.token_muon_forward",
@@ -290,6 +291,36 @@ def _simplex_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     return cases
 
 
+def _wide_simplex_cases() -> list[Case]:
+    """Memora's softmax retention in the wide-state forward (:mod:`memnets.kernels.mlp_memory.wide_simplex`)
+    at a small shape (head dim 16, hidden 64 in two blocks: the CI test's case) and at memora-340m's and
+    memora-760m's memories (head dim 64 / 96, hidden 4 D, chunk 16): its default memory (GELU, L2 bias,
+    residual, the lag token; no LayerNorm or momentum) per operand mode (bf16 and tf32x3: their hidden
+    blocks differ), then every branch that costs on-chip memory (LayerNorm, momentum) at the larger one."""
+    from memnets.kernels.mlp_memory.config import block as _block
+    from memnets.kernels.mlp_memory.limits import default_hidden_block
+    from memnets.kernels.mlp_memory.simplex import SIMPLEX_NUM_WARPS
+
+    types, full, _bare = _mlp_branches()
+    types |= {"scale": "fp32"}
+    cases = []
+    for D, dots in ((16, (0,)), (64, (3, 0)), (96, (3, 0))):
+        for dot in dots:
+            BHB = min(default_hidden_block(dot), _block(4 * D))
+            c = {**_mlp_shape(D, 4 * D, 16), "BD": _block(D), "DI": D, "KB": _block(D), "BK": 16, "DOT": dot}
+            c |= {"BHB": BHB, "NB": -(-4 * D // BHB), **full, "LN": False, "HAS_MOM": False, "LAG": True}
+            cases.append(
+                Case(
+                    "mlp_memory.wide_simplex", "_wide_simplex_forward_kernel", c, types, SIMPLEX_NUM_WARPS, 1
+                )
+            )
+    c = {**cases[-2].constexprs, **full}
+    cases.append(
+        Case("mlp_memory.wide_simplex", "_wide_simplex_forward_kernel", c, types, SIMPLEX_NUM_WARPS, 1)
+    )
+    return cases
+
+
 def default_mlp_wide_shapes() -> list[tuple[int, ...]]:
     """(D, hidden, chunk[, key width, window rows]) of the wide-state MLP-memory cases: a small one with
     several hidden blocks (the CI test's case), Titans at head dim 64 (hidden 256) at every chunk tile,
@@ -418,6 +449,7 @@ def _muon_cases(
 def all_cases(mlp_shapes: list[tuple[int, int, int]] | None = None) -> list[Case]:
     mlp = _mlp_cases(default_mlp_shapes() if mlp_shapes is None else mlp_shapes)
     wide = _mlp_wide_cases(default_mlp_wide_shapes() if mlp_shapes is None else mlp_shapes)
+    wide += _wide_simplex_cases()
     muon = _muon_cases(default_muon_shapes()) + _muon_cases(default_muon_shapes(), token=True)
     return _gated_delta_cases() + _scan_cases() + _titans_cases() + mlp + wide + muon
 

@@ -314,6 +314,8 @@ def run_backward(
         (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
     )
     if config.simplex_scale:
+        if wide:  # mlp_memory_chunked refuses such calls with gradients: this is for direct op calls
+            raise NotImplementedError("mlp_memory_bwd: Memora's softmax retention has no wide-state backward")
         launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward
     extra = {"scales": (tok_s1, tok_s2)} if config.token_map else {}  # Moneta's, from the forward
     B, T, H = q.shape[:3]

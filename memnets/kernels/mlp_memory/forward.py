@@ -27,6 +27,7 @@ from .common import (
 from .config import LaunchConfig, state_buffers, whole_state_meta
 from .end_map import ends_chunk, lq_scale, token_scales
 from .simplex import launch_simplex_forward
+from .wide_simplex import launch_wide_simplex_forward
 from .wide_split import launch_wide
 
 
@@ -194,7 +195,7 @@ def run_forward(
     token's accumulators a second time for their norms)."""
     launch = launch_wide if config.hidden_block else launch_forward
     if config.simplex_scale:
-        launch = launch_simplex_forward
+        launch = launch_wide_simplex_forward if config.hidden_block else launch_simplex_forward
     coef = (beta, f, G, m_end, s_coef)
     y = w1.new_empty(*q.shape[:3], w2.shape[-1])  # the values' width
     anchor = (torch.empty_like(w1), torch.empty_like(w2))

@@ -1,0 +1,312 @@
+"""Memora's softmax retention (Miras arXiv 2504.13173 Eq. 27; the lag token, §5.3 Eq. 30-32) in the
+wide-state kernels: the forward, for states too large for the whole-state kernel of :mod:`.simplex`
+(memora-340m/760m: head dim 64 / 96, hidden width 256 / 384), in the block layout of
+:mod:`.wide_forward` (the hidden width in NB blocks of BHB, the state in global memory).
+
+The state holds the logits A and every weight matrix is read as W = c·Softmax(A) over its input axis,
+the same semantics as :mod:`.simplex` (the key path's gradients at the chunk start's weights, or after
+the lag token at the weights after it; token t reads with its own accumulator A_t). In the blocks:
+
+* layer 1's softmax runs over the key axis, inside each hidden column: block-local;
+* layer 2's runs over the hidden axis, across the blocks. The key path's c·Softmax(A2) takes one pass
+  over the blocks first for each column's maximum m and sum s (an online softmax: the running maximum
+  rescales the running sum, as flash attention does); then each block is c·exp(A2_j − m) / s;
+* token t's read y_t = σ(q_t W1_t) W2_t carries its own running maximum, sum and numerator per output
+  column ``[BL, BD]`` through the blocks, so the reads need no pass of their own: y_t = c·num_t / s_t
+  after the last block.
+
+Per chunk (one program per (sequence, head), chunks in order):
+
+0. the column statistics of layer 2's chunk-start logits (a pass over the blocks of A2);
+1. the key path: Z2 = Σ_j σ(K K1_j) K2_j with K = c·Softmax(A), then Δ on whole rows;
+   with the lag token: 1a. the statistics of token 0's layer-2 accumulator
+   A2_0 = β_0 A2 [+ f_0 S2] − A_jᵀ (G[0, :] ⊙ Δ), 1b. the second key path at the weights after it,
+   c·Softmax(A_0), for the chunk's other rows (its Δ' on whole rows). Row 0 of the chunk keeps the first
+   key path's rows (the lag token's gradient at the chunk start), rows 1.. take the second's;
+2. per block j: the key path's rows of the block again (layer 1's activations A_j and δ1_j), every
+   token's accumulators A1_t, A2_t of the block, their softmaxes and the read's share (L products per
+   block and layer, the rest elementwise on block-sized tiles), the anchor's block on the sequence's
+   last chunk, and then the block's chunk-end update written in place;
+3. y = c·num / s per token, the LayerNorm, y stored.
+
+Each pass recomputes the key path's layer-1 rows of a block from its logits (one ``[BHB, L]`` product)
+rather than keeping them in global scratch; with the lag token passes 1a, 1b and 2 also re-form token
+0's accumulators. The forward only: training takes the compiled engine until the backward exists
+(:func:`memnets.memory.kernel_bridge.titans_mlp_chunked` routes calls that need no gradient here).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..optional import or_empty
+from ..precision import dot
+from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
+from .config import LaunchConfig
+from .simplex import SIMPLEX_NUM_WARPS, simplex
+from .token_state import row_of
+from .wide_blocks import chunk_rows, w1_block, w2_block
+from .wide_forward import read_coefficients, update_coefficients, wide_meta, working_state
+
+
+@triton.jit
+def online_softmax(a, mask, w, m, s, n):
+    """Softmax over axis 0 of a matrix in blocks, online: the running column maximum m, sum s = Σ exp(a − m)
+    and numerator n = Σ w_row exp(a_row − m) ``[BD]`` of the blocks so far, updated with block ``a``
+    (the entries outside ``mask`` left out; ``w`` a ``[rows]`` weight vector); a new maximum rescales
+    the sums, as flash attention's."""
+    x = tl.where(mask, a, float("-inf"))
+    top = tl.maximum(m, tl.max(x, 0))
+    safe = tl.where(top == float("-inf"), 0.0, top)  # an empty column so far: nothing to rescale
+    rescale = tl.exp(m - safe)
+    e = tl.where(mask, tl.exp(x - safe[None, :]), 0.0)
+    return top, s * rescale + tl.sum(e, 0), n * rescale + tl.sum(w[:, None] * e, 0)
+
+
+@triton.jit
+def column_stats(a, mask, m, s, BHB: tl.constexpr):
+    """:func:`online_softmax`'s maximum and sum alone (block ``a`` of ``BHB`` rows)."""
+    top, total, _ = online_softmax(a, mask, tl.zeros([BHB], dtype=tl.float32), m, s, s)
+    return top, total
+
+
+@triton.jit
+def soft_block(a, mask, m, s, scale):
+    """Block ``a`` of scale·Softmax over axis 0 of a matrix in blocks, from its columns' statistics."""
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    e = tl.where(mask, tl.exp(a - safe[None, :]), 0.0)
+    return scale * e / tl.where(s > 0, s, 1.0)[None, :]
+
+
+@triton.jit
+def z2_share(K1, K2, kT, ACT: tl.constexpr, DOT: tl.constexpr):
+    """Block j's share of the key path's Z2ᵀ ``[BD, BK]``: (σ(K K1_j) K2_j)ᵀ at the weights K1_j, K2_j."""
+    return dot(tl.trans(K2), act(dot(tl.trans(K1), kT, DOT), ACT), DOT)
+
+
+@triton.jit
+def key_block_rows(W1, W2, kT, ddT, m2, s2, mk1, mk2, scale, ACT: tl.constexpr, DOT: tl.constexpr):
+    """Block j's share of the key path at the weights c·Softmax of the logits ``W1``, ``W2`` (layer 2's
+    column statistics ``m2``, ``s2``): K1_j, K2_j, Z1_jᵀ, A_jᵀ = σ(Z1_jᵀ) ``[BHB, BK]`` and δ1_jᵀ =
+    (K2_j Δᵀ) ⊙ σ'(Z1_jᵀ) (zeros where ``ddT`` is)."""
+    K1 = simplex(W1, mk1, scale)
+    K2 = soft_block(W2, mk2, m2, s2, scale)
+    Z1T = dot(tl.trans(K1), kT, DOT)
+    d1T = dot(K2, ddT, DOT) * act_grad(Z1T, ACT)
+    return K1, K2, act(Z1T, ACT), d1T
+
+
+@triton.jit
+def token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta_t, f_t, g_t, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """Block j of token t's accumulators: A1_t = β_t W1 [+ f_t S1] − K_iᵀ (G[t, :] ⊙ δ1_j) ``[KB, BHB]``
+    and A2_t = β_t W2 [+ f_t S2] − A_jᵀ (G[t, :] ⊙ Δ) ``[BHB, BD]``."""
+    A1 = beta_t * W1 - dot(kT, tl.trans(d1T * g_t[None, :]), DOT)
+    A2 = beta_t * W2 - dot(AT * g_t[None, :], dd, DOT)
+    if HAS_MOM:
+        A1 += f_t * S1
+        A2 += f_t * S2
+    return A1, A2
+
+
+@triton.jit
+def load_block(w1, w2, s1, s2, base1, base2, j,
+               D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr,
+               BD: tl.constexpr, HAS_MOM: tl.constexpr):  # fmt: skip
+    """Hidden block j of the state (W1 and S1 ``[KB, BHB]``, W2 and S2 ``[BHB, BD]``; the momenta are the
+    weights again without momentum, unread), with its offsets and masks."""
+    o1, mk1 = w1_block(0, j, DI, DH, KB, BHB)
+    o2, mk2 = w2_block(j, D, DH, BD, BHB)
+    W1 = tl.load(w1 + base1 + o1, mask=mk1, other=0.0)
+    W2 = tl.load(w2 + base2 + o2, mask=mk2, other=0.0)
+    S1 = W1
+    S2 = W2
+    if HAS_MOM:
+        S1 = tl.load(s1 + base1 + o1, mask=mk1, other=0.0)
+        S2 = tl.load(s2 + base2 + o2, mask=mk2, other=0.0)
+    return o1, mk1, o2, mk2, W1, W2, S1, S2
+
+
+@triton.jit
+def start_stats(w2, base2, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, BHB: tl.constexpr,
+                NB: tl.constexpr):  # fmt: skip
+    """Pass 0: the column statistics (maximum, sum) of layer 2's logits over the blocks."""
+    m = tl.full([BD], float("-inf"), tl.float32)
+    s = tl.zeros([BD], dtype=tl.float32)
+    for j in range(NB):
+        o2, mk2 = w2_block(j, D, DH, BD, BHB)
+        m, s = column_stats(tl.load(w2 + base2 + o2, mask=mk2, other=0.0), mk2, m, s, BHB)
+    return m, s
+
+
+@triton.jit
+def lag_block(W1, W2, S1, S2, kT, dd, ddT, m2, s2, mk1, mk2, scale, beta0, f0, g0,
+              ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr):  # fmt: skip
+    """Block j of the key path's rows at the chunk start (A_jᵀ, δ1_jᵀ, and K1_j, K2_j) and of the lag
+    token's accumulators (A1_0, A2_0)."""
+    K1, K2, AT, d1T = key_block_rows(W1, W2, kT, ddT, m2, s2, mk1, mk2, scale, ACT, DOT)
+    A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
+    return K1, K2, AT, d1T, A1, A2
+
+
+@triton.jit
+def _wide_simplex_forward_kernel(
+    q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
+    y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state (logits, momenta), updated in place
+    T, C0, NC, NCT, p, eps, sharp, ln_eps, scale,
+    H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr,
+    BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
+    RES: tl.constexpr, HAS_MOM: tl.constexpr, LAG: tl.constexpr,
+):  # fmt: skip
+    i_bh = tl.program_id(0)
+    b = (i_bh // H).to(tl.int64)
+    h = i_bh % H
+    bh = i_bh.to(tl.int64)
+    base1 = bh * DI * DH  # this program's state in w1, s1 and in w2, s2 (updated in place)
+    base2 = bh * DH * D
+    cols = tl.arange(0, BD)
+    cmask = cols < D
+    li = tl.arange(0, BL)
+    first_col = (tl.arange(0, BK) == 0)[None, :]  # the lag token's column of the [BHB, BK] tiles
+    gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
+    for c in range(NC):
+        g = C0 + c  # the chunk's index in the sequence
+        cc = bh * NCT + g  # index of this (batch, head, chunk) in the coefficients
+        offs, mask, _qvalid, _qrow, _koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
+            k, v, bp, b, g, h, T, 0, H, D, DI, L, 0, BL, BK, BD, BIAS, RES
+        )
+        kT = key_cols_t(k, krow, kvalid, 0, DI, KB)
+        last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
+        # pass 0 and 1: the key path at the chunk start's weights
+        top2, sum2 = start_stats(w2, base2, D, DH, BD, BHB, NB)
+        Z2T = tl.zeros([BD, BK], dtype=tl.float32)
+        for j in range(NB):
+            _o1, mk1, _o2, mk2, W1, W2, _s1, _s2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB, BHB,
+                                                           BD, False)  # fmt: skip
+            Z2T += z2_share(simplex(W1, mk1, scale), soft_block(W2, mk2, top2, sum2, scale), kT, ACT, DOT)
+        dd, _, _, _, _ = key_delta(
+            tl.trans(Z2T), b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+            D, BIAS, LN, RES,
+        )  # fmt: skip
+        ddT = tl.trans(dd)
+        b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, 0, BL, BK, HAS_MOM)
+        beta0 = row_of(b_beta, li == 0)
+        f0 = row_of(b_f, li == 0)
+        g0 = row_of(b_G, (li == 0)[:, None])
+        dd_lag = dd  # the second key path's Δ (rows 1..), with the lag token
+        ml = top2  # and its layer-2 column statistics
+        sl = sum2
+        if LAG:
+            # pass 1a: the statistics of the lag token's layer-2 accumulator over the blocks
+            ml = tl.full([BD], float("-inf"), tl.float32)
+            sl = tl.zeros([BD], dtype=tl.float32)
+            for j in range(NB):
+                _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
+                                                              BHB, BD, HAS_MOM)  # fmt: skip
+                _k1, _k2, _at, _d1, _a1, A2 = lag_block(W1, W2, S1, S2, kT, dd, ddT, top2, sum2, mk1, mk2, scale,
+                                                       beta0, f0, g0, ACT, DOT, HAS_MOM)  # fmt: skip
+                ml, sl = column_stats(A2, mk2, ml, sl, BHB)
+            # pass 1b: the second key path, at the weights after the lag token
+            Z2T = tl.zeros([BD, BK], dtype=tl.float32)
+            for j in range(NB):
+                _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
+                                                              BHB, BD, HAS_MOM)  # fmt: skip
+                _k1, _k2, _at, _d1, A1, A2 = lag_block(W1, W2, S1, S2, kT, dd, ddT, top2, sum2, mk1, mk2, scale,
+                                                      beta0, f0, g0, ACT, DOT, HAS_MOM)  # fmt: skip
+                Z2T += z2_share(simplex(A1, mk1, scale), soft_block(A2, mk2, ml, sl, scale), kT, ACT, DOT)
+            dd_lag, _, _, _, _ = key_delta(
+                tl.trans(Z2T), b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
+                D, BIAS, LN, RES,
+            )  # fmt: skip
+        # the rows the update and the reads take: row 0 from the first key path, the rest from the second
+        dd_mix = tl.where((tl.arange(0, BK) == 0)[:, None], dd, dd_lag)
+        ddT_lag = tl.trans(dd_lag)
+        g_last, beta_last, f_last, b_s, b_m = update_coefficients(beta, f, G, m_end, s_coef, cc, last, L, 0, BK,
+                                                                  HAS_MOM)  # fmt: skip
+        b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
+        top = tl.full([BL, BD], float("-inf"), tl.float32)  # every token's running column maximum,
+        total = tl.zeros([BL, BD], dtype=tl.float32)  # sum and numerator of its layer-2 read
+        num = tl.zeros([BL, BD], dtype=tl.float32)
+        # pass 2: per block, the reads' shares and the chunk-end update
+        for j in range(NB):
+            o1, mk1, o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB, BHB, BD,
+                                                          HAS_MOM)  # fmt: skip
+            K1, K2, AT, d1T = key_block_rows(W1, W2, kT, ddT, top2, sum2, mk1, mk2, scale, ACT, DOT)
+            if LAG:  # rows 1.. at the weights after the lag token (row 0 keeps the chunk start's)
+                A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
+                L1 = simplex(A1, mk1, scale)
+                L2 = soft_block(A2, mk2, ml, sl, scale)
+                Z1T = dot(tl.trans(L1), kT, DOT)
+                AT = tl.where(first_col, AT, act(Z1T, ACT))
+                d1T = tl.where(first_col, d1T, dot(L2, ddT_lag, DOT) * act_grad(Z1T, ACT))
+                ends_on_lag = (g == NCT - 1) & (last == 0)  # then the anchor is the chunk start's weights
+                K1 = tl.where(ends_on_lag, K1, L1)
+                K2 = tl.where(ends_on_lag, K2, L2)
+            if g == NCT - 1:
+                tl.store(w1_anchor + base1 + o1, K1, mask=mk1)
+                tl.store(w2_anchor + base2 + o2, K2, mask=mk2)
+            for t in range(L):
+                at = li == t
+                A1t, A2t = token_block(W1, W2, S1, S2, kT, AT, d1T, dd_mix, row_of(b_beta, at), row_of(b_f, at),
+                                       row_of(b_G, at[:, None]), DOT, HAS_MOM)  # fmt: skip
+                h_t = act(tl.sum(row_of(b_q, at[:, None])[:, None] * simplex(A1t, mk1, scale), 0), ACT)
+                m_t, s_t, n_t = online_softmax(
+                    A2t,
+                    mk2,
+                    h_t,
+                    row_of(top, at[:, None]),
+                    row_of(total, at[:, None]),
+                    row_of(num, at[:, None]),
+                )
+                top = tl.where(at[:, None], m_t[None, :], top)
+                total = tl.where(at[:, None], s_t[None, :], total)
+                num = tl.where(at[:, None], n_t[None, :], num)
+            W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd_mix, DOT)
+            W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
+            if HAS_MOM:
+                W2_new += f_last * S2
+                W1_new += f_last * S1
+                S2_new = b_m * S2 - dot(AT * b_s[None, :], dd_mix, DOT)
+                S1_new = b_m * S1 - dot(kT, tl.trans(d1T * b_s[None, :]), DOT)
+            tl.debug_barrier()  # every thread has read block j before it is overwritten
+            tl.store(w1 + base1 + o1, W1_new, mask=mk1)
+            tl.store(w2 + base2 + o2, W2_new, mask=mk2)
+            if HAS_MOM:
+                tl.store(s1 + base1 + o1, S1_new, mask=mk1)
+                tl.store(s2 + base2 + o2, S2_new, mask=mk2)
+        tl.debug_barrier()  # the next chunk's passes read the updated blocks
+        b_y = scale * num / tl.where(total > 0, total, 1.0)
+        if LN:
+            xq, _ = ln_rows(b_y, cmask, D, ln_eps)
+            b_y = xq * gamma[None, :] + shift[None, :]
+        tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
+
+
+def launch_wide_simplex_forward(
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
+):
+    """:func:`~.wide_forward.launch_wide_forward` for Memora's softmax retention (same arguments and
+    results; no ``store``: the backward does not exist yet)."""
+    if store or packing != (None, None):
+        raise ValueError(
+            "mlp_memory_wide_fwd: Memora's softmax retention in the wide-state kernels runs forward only "
+            "and on a dense batch (no backward recompute, no cu_seqlens)"
+        )
+    B, T, H = q.shape[:3]
+    w1, w2 = state[:2]
+    has_mom = state[2] is not None
+    final = working_state(state)
+    scalars, constants = wide_meta(q, w1, w2, ln_w, config)
+    if constants["NI"] != 1 or constants["P"]:
+        raise ValueError(
+            "mlp_memory_wide_fwd: Memora's softmax takes keys as wide as the values and no window"
+        )
+    for name in ("NI", "P"):
+        del constants[name]
+    _wide_simplex_forward_kernel[(B * H,)](
+        q, k, v, *or_empty(w1.new_empty(0), bp, ln_w, ln_b), *coef, y, *final, *anchor,
+        T, c0, nc, coef[0].shape[2], *scalars, config.simplex_scale, **constants | {"num_warps": SIMPLEX_NUM_WARPS},
+        HAS_MOM=has_mom, LAG=config.lag,
+    )  # fmt: skip
+    return final if has_mom else (*final[:2], None, None), ()
