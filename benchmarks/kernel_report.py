@@ -141,7 +141,12 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     }
     programs, steps = B * H, layout.max_tiles
     split = 1
-    if layout.wide:
+    simplex = isinstance(d.options.get("retention"), SimplexSoftmax)
+    if layout.wide and simplex:  # memnets.kernels.mlp_memory.wide_simplex: one program per (sequence, head)
+        fwd, store, bwd = ck._wide_simplex_cases([(D, DH, L, (branches["DOT"],))], extra=False)
+        branches |= {"LAG": bool(d.options.get("lag"))}
+        inner = fwd.constexprs["NB"]
+    elif layout.wide:
         fwd, store, bwd, split_fwd, reads = ck._mlp_wide_cases(
             [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],)
         )[:5]
@@ -149,7 +154,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         inner = NB * NI
         # Moneta's maps run in one program per (sequence, head) (.wide_split)
         split = 1 if branches.get("END_MAP") or branches.get("TOKEN_MAP") else wide_split(programs, NB, SMS)
-    elif isinstance(d.options.get("retention"), SimplexSoftmax):  # memnets.kernels.mlp_memory.simplex
+    elif simplex:  # memnets.kernels.mlp_memory.simplex
         fwd, store, bwd = ck._simplex_cases([(D, DH, L)])[:3]
         branches |= {"KE": C // L, "LAG": bool(d.options.get("lag"))}
         inner = 1
@@ -180,8 +185,16 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         # chunk-start power sums, every token's accumulators block by block, the backward's pass 3a
         extra = ((4, 3), (1, 1), (4, 3)) if momentum else ((2, 2), (1, 1), (2, 2))
         mats = tuple((m1 + e1, m2 + e2) for (m1, m2), (e1, e2) in zip(mats, extra))
+    if layout.wide and simplex:  # (wide_simplex, wide_simplex_backward: the passes in their docstrings)
+        # forward: pass 0 W2, passes 1, 1a, 1b W1 and W2 (1a, 1b: S too), pass 2 read and written (and S);
+        # the STORE pass writes the chunk states too; the backward: passes 0-1b, R0, R1 (the state's
+        # and its cotangents' blocks, read and rewritten), each key path's two passes (the second
+        # rewrites the cotangents)
+        mats = ((9, 10), (11, 12), (27, 28)) if momentum else ((5, 6), (6, 7), (15, 16))
     BK = _block(L + window - 1)
     scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
+    if layout.wide and simplex:  # two [BK, Dh] tiles written, read four times, row 0 rewritten
+        scratch = 2 * 6 * BK * DH * 4
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
     forward = [Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b)]
     if split > 1:  # memnets.kernels.mlp_memory.wide_split: a launch per chunk, then the reads

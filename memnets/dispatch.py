@@ -134,22 +134,20 @@ class MemoryDispatch:
         self.owner, self.op, self.arch, self.part, self.options = owner, op, arch, part, options
         self.gates = gates
         self.optional_kernel = optional_kernel
-        self._no_kernel: dict[tuple[str, bool], str | None] = {}
+        self._no_kernel: dict[str, str | None] = {}
 
-    def no_kernel(self, backend: str, training: bool = True) -> str | None:
-        """Why the kernel does not cover this configuration for ``backend`` (``None`` if it does); with
-        ``training=False``, for calls that record no gradients (some kernels run forward only)."""
-        key = (backend, training)
-        if key not in self._no_kernel:
+    def no_kernel(self, backend: str) -> str | None:
+        """Why the kernel does not cover this configuration for ``backend`` (``None`` if it does)."""
+        if backend not in self._no_kernel:
             if self.op.triton is None:
                 why: str | None = f"{self.op.name} (it has no Triton kernel)"
             else:
-                config = {"gates": self.gates, **self.options, "training": training}
+                config = {"gates": self.gates, **self.options}
                 if self.arch is not None:
                     config["arch"] = self.arch
                 why = self.op.why_not(backend, config)
-            self._no_kernel[key] = f"{self.part}: {why}" if why and self.part else why
-        return self._no_kernel[key]
+            self._no_kernel[backend] = f"{self.part}: {why}" if why and self.part else why
+        return self._no_kernel[backend]
 
     def check(self, backend: str) -> None:
         """A known backend name, and no explicit ``triton`` for a configuration no kernel covers (nor
@@ -171,15 +169,14 @@ class MemoryDispatch:
                 f"{self.owner}: backend='triton' does not support {why}; use backend='chunked' or 'auto'"
             )
 
-    def backend(self, requested: str, device: torch.device, training: bool = True) -> str:
-        """The backend that runs on ``device``; logged once per (owner, path). ``training=False``: for a
-        call that records no gradients, where ``auto`` also takes the forward-only kernels."""
+    def backend(self, requested: str, device: torch.device) -> str:
+        """The backend that runs on ``device``; logged once per (owner, path)."""
         self.check(requested)
         chosen = requested
         if requested == "auto":
             chosen = (
                 "triton"
-                if self.no_kernel("auto", training) is None and triton_available(device)
+                if self.no_kernel("auto") is None and triton_available(device)
                 else self.fallback(device)
             )
         elif requested == "triton" and self.optional_kernel and self.no_kernel("triton") is not None:
@@ -188,7 +185,7 @@ class MemoryDispatch:
         if chosen in ("chunked", "compiled") and (
             requested == "triton" or (requested == "auto" and triton_available(device))
         ):
-            why = f"; the Triton kernels do not cover {self.no_kernel(requested, training)}"
+            why = f"; the Triton kernels do not cover {self.no_kernel(requested)}"
         if chosen == "compiled":
             why += "; " + compiled.describe(device)
         elif chosen != "triton" and device.type == "cuda":  # the eager PyTorch forms compute in float32
@@ -197,8 +194,6 @@ class MemoryDispatch:
             why = "; " + ", ".join(
                 f"{k}={self.options[k]}" for k in self.op.kernel_options if k in self.options
             )
-        if chosen == "triton" and self.no_kernel(requested, True) is not None:
-            why += f"; without gradients only: with them it does not cover {self.no_kernel(requested, True)}"
         what = f"{self.owner} ({self.part})" if self.part else self.owner
         log_once(
             "%s: running the %s backend (asked for %s on %s%s)", what, chosen, requested, device.type, why
@@ -219,14 +214,9 @@ class MemoryDispatch:
         self, backend: str, *inputs: Any, cu_seqlens: Tensor | None = None, **per_call: Any
     ) -> tuple[Tensor, Any]:
         device = next(t for t in inputs if isinstance(t, Tensor)).device
-        training = torch.is_grad_enabled()
-        requested, backend = backend, self.backend(backend, device, training)
+        requested, backend = backend, self.backend(backend, device)
         head = () if self.arch is None else (self.arch,)
-        if (
-            backend == "triton"
-            and requested == "auto"
-            and not self._kernel_agrees(head, inputs, per_call, training)
-        ):
+        if backend == "triton" and requested == "auto" and not self._kernel_agrees(head, inputs, per_call):
             backend = self.fallback(device)
         if backend == "compiled":
             with compiled.compiled_steps(compiled.operand_dtype(device.type)):
@@ -258,9 +248,8 @@ class MemoryDispatch:
             k: v for k, v in self.options.items() if backend == "triton" or k not in self.op.kernel_options
         }
 
-    def _kernel_agrees(self, head: tuple, inputs: tuple, per_call: dict[str, Any], training: bool) -> bool:
-        """The first-use self-check (:mod:`memnets.self_check`) of a kernel ``auto`` picked (without
-        ``training``: its forward)."""
+    def _kernel_agrees(self, head: tuple, inputs: tuple, per_call: dict[str, Any]) -> bool:
+        """The first-use self-check (:mod:`memnets.self_check`) of a kernel ``auto`` picked."""
         return self_check.kernel_agrees(
             f"{self.owner}: {self.op.name}",
             self.op.triton,  # type: ignore[arg-type]
@@ -269,7 +258,6 @@ class MemoryDispatch:
             inputs,
             {**self._options("triton"), **per_call},
             {**self._options("chunked"), **per_call},
-            training,
         )
 
     @staticmethod

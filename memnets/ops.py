@@ -127,15 +127,7 @@ TITANS_MEMORY = _memory_kernel_op(
 
 
 def _miras_supports(
-    *,
-    backend: str,
-    arch: MemoryMLP,
-    chunk_size: int,
-    bias: object,
-    retention: object,
-    lag: bool,
-    training: bool = True,
-    **_: Any,
+    *, backend: str, arch: MemoryMLP, chunk_size: int, bias: object, retention: object, lag: bool, **_: Any
 ) -> str | None:
     from .memory.kernel_bridge import retention_reason, supports_retention
 
@@ -143,8 +135,7 @@ def _miras_supports(
         return why
     if arch.depth != 2:
         return f"memory depth {arch.depth} (the Triton kernel covers memory depth 2)"
-    # Memora's softmax: whole-state kernels only with gradients (supports_retention)
-    return supports_retention(arch, bias, chunk_size, retention, no_wide_kernels(backend), lag, training)
+    return supports_retention(arch, bias, chunk_size, retention, no_wide_kernels(backend), lag)
 
 
 def _miras_kernel(

@@ -30,9 +30,7 @@ log = logging.getLogger("memnets")
 CHECK_TOKENS = 64
 TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
-_verdicts: dict[
-    tuple, str | None
-] = {}  # (op, shape class, dtype, device, training) -> None (agreed) or why not
+_verdicts: dict[tuple, str | None] = {}  # (op, shape class, dtype, device) -> None (agreed) or why not
 
 
 def enabled() -> bool:
@@ -62,18 +60,11 @@ def _rel_err(ref: Tensor, out: Tensor) -> float:
 
 
 def _disagreement(
-    kernel: Callable,
-    chunked: Callable,
-    head: tuple,
-    inputs: tuple,
-    kernel_kw: dict,
-    chunked_kw: dict,
-    training: bool = True,
+    kernel: Callable, chunked: Callable, head: tuple, inputs: tuple, kernel_kw: dict, chunked_kw: dict
 ) -> str | None:
-    """Why the kernel's forward and backward (without ``training``: its forward, for the calls that record
-    no gradients) differ from the chunked form's (``None``: they agree)."""
+    """Why the kernel's forward and backward differ from the chunked form's (``None``: they agree)."""
     n = CHECK_TOKENS
-    with torch.inference_mode(False), torch.set_grad_enabled(training):
+    with torch.inference_mode(False), torch.enable_grad():
         xs = [_slice(t, n) for t in inputs]
         kw_k = {k: _slice(v, n) for k, v in kernel_kw.items()}
         kw_c = {k: kw_k.get(k, _slice(v, n)) for k, v in chunked_kw.items()}
@@ -81,11 +72,9 @@ def _disagreement(
         leaves += [p for m in head for p in m.parameters() if p.requires_grad]
         y_ref, _ = chunked(*head, *xs, **kw_c)
         y_out, _ = kernel(*head, *xs, **kw_k)
-        g_ref = g_out = ()
-        if training:
-            cot = torch.randn_like(y_ref)
-            g_ref = torch.autograd.grad(y_ref, leaves, cot, allow_unused=True)
-            g_out = torch.autograd.grad(y_out, leaves, cot, allow_unused=True)
+        cot = torch.randn_like(y_ref)
+        g_ref = torch.autograd.grad(y_ref, leaves, cot, allow_unused=True)
+        g_out = torch.autograd.grad(y_out, leaves, cot, allow_unused=True)
     half = any(t.dtype in (torch.float16, torch.bfloat16) for t in leaves) or any(
         v in ("tf32", "float16", "bfloat16") for v in kernel_kw.values() if isinstance(v, str)
     )
@@ -111,20 +100,18 @@ def kernel_agrees(
     inputs: tuple,
     kernel_kw: dict[str, Any],
     chunked_kw: dict[str, Any],
-    training: bool = True,
 ) -> bool:
-    """Whether ``kernel`` may run this call: checked once per shape class (cached for the process), and
-    per ``training`` (a call that records gradients needs the backward checked too)."""
+    """Whether ``kernel`` may run this call: checked once per shape class (cached for the process)."""
     if not enabled():
         return True
-    key = (*_shape_class(name, head, inputs, kernel_kw), training)
+    key = _shape_class(name, head, inputs, kernel_kw)
     if any(dataclasses.is_dataclass(t) for t in inputs):
         # a call continuing a recurrent state cannot be checked on its own: it runs the kernel only
         # once a call from a fresh state has checked it
         return key in _verdicts and _verdicts[key] is None
     if key not in _verdicts:
         try:
-            _verdicts[key] = _disagreement(kernel, chunked, head, inputs, kernel_kw, chunked_kw, training)
+            _verdicts[key] = _disagreement(kernel, chunked, head, inputs, kernel_kw, chunked_kw)
         except Exception as e:  # a kernel that does not compile or launch here falls back too
             _verdicts[key] = (
                 f"it failed to run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -135,7 +122,7 @@ def kernel_agrees(
                 "form (compiled on CUDA) for this shape instead (MEMNETS_KERNEL_SELF_CHECK=0 skips the "
                 "check)",
                 name,
-                key[-2],
+                key[-1],
                 _verdicts[key],
             )
     return _verdicts[key] is None

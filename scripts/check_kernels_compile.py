@@ -55,6 +55,7 @@ MODULES = (
     "mlp_memory.simplex",
     "mlp_memory.simplex_backward",
     "mlp_memory.wide_simplex",
+    "mlp_memory.wide_simplex_backward",
     "mlp_memory.muon_forward",
     "mlp_memory.muon_backward",
     "mlp_memory.token_muon_forward",
@@ -291,33 +292,50 @@ def _simplex_cases(shapes: list[tuple[int, int, int]]) -> list[Case]:
     return cases
 
 
-def _wide_simplex_cases() -> list[Case]:
-    """Memora's softmax retention in the wide-state forward (:mod:`memnets.kernels.mlp_memory.wide_simplex`)
-    at a small shape (head dim 16, hidden 64 in two blocks: the CI test's case) and at memora-340m's and
-    memora-760m's memories (head dim 64 / 96, hidden 4 D, chunk 16): its default memory (GELU, L2 bias,
-    residual, the lag token; no LayerNorm or momentum) per operand mode (bf16 and tf32x3: their hidden
-    blocks differ), then every branch that costs on-chip memory (LayerNorm, momentum) at the larger one."""
+def _wide_simplex_cases(
+    shapes: list[tuple[int, int, int, tuple[int, ...]]] | None = None, extra: bool = True
+) -> list[Case]:
+    """Memora's softmax retention in the wide-state kernels (:mod:`memnets.kernels.mlp_memory.wide_simplex`,
+    :mod:`~memnets.kernels.mlp_memory.wide_simplex_backward`) at a small shape (head dim 16, hidden 64 in
+    two blocks: the CI test's case) and at memora-340m's and memora-760m's memories (head dim 64 / 96,
+    hidden 4 D, chunk 16): its default memory (GELU, L2 bias, residual, the lag token; no LayerNorm or
+    momentum) per operand mode (bf16 and tf32x3: their hidden blocks differ), the forward, its STORE
+    recompute and the backward; then (``extra``) every branch that costs on-chip memory (LayerNorm,
+    momentum) at the larger one. ``shapes``: (D, hidden, chunk, operand modes) instead."""
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.simplex import SIMPLEX_NUM_WARPS
 
     types, full, _bare = _mlp_branches()
     types |= {"scale": "fp32"}
+
+    def three(c: dict[str, object]) -> list[Case]:
+        fwd = ("mlp_memory.wide_simplex", "_wide_simplex_forward_kernel")
+        bwd = ("mlp_memory.wide_simplex_backward", "_wide_simplex_backward_kernel")
+        return [
+            Case(*fwd, {**c, "STORE": False}, types, SIMPLEX_NUM_WARPS, 1),
+            Case(*fwd, {**c, "STORE": True}, types, SIMPLEX_NUM_WARPS, 1),
+            Case(*bwd, c, types, SIMPLEX_NUM_WARPS, 1),
+        ]
+
     cases = []
-    for D, dots in ((16, (0,)), (64, (3, 0)), (96, (3, 0))):
+    for D, DH, L, dots in shapes or [(16, 64, 16, (0,)), (64, 256, 16, (3, 0)), (96, 384, 16, (3, 0))]:
         for dot in dots:
-            BHB = min(default_hidden_block(dot), _block(4 * D))
-            c = {**_mlp_shape(D, 4 * D, 16), "BD": _block(D), "DI": D, "KB": _block(D), "BK": 16, "DOT": dot}
-            c |= {"BHB": BHB, "NB": -(-4 * D // BHB), **full, "LN": False, "HAS_MOM": False, "LAG": True}
-            cases.append(
-                Case(
-                    "mlp_memory.wide_simplex", "_wide_simplex_forward_kernel", c, types, SIMPLEX_NUM_WARPS, 1
-                )
-            )
-    c = {**cases[-2].constexprs, **full}
-    cases.append(
-        Case("mlp_memory.wide_simplex", "_wide_simplex_forward_kernel", c, types, SIMPLEX_NUM_WARPS, 1)
-    )
+            BHB = min(default_hidden_block(dot), _block(DH))
+            c = {
+                **_mlp_shape(D, DH, L),
+                "BD": _block(D),
+                "DI": D,
+                "KB": _block(D),
+                "BK": _block(L),
+                "DOT": dot,
+            }
+            c |= {"BHB": BHB, "NB": -(-DH // BHB), **full, "LN": False, "HAS_MOM": False, "LAG": True}
+            cases += three(c)
+    if not extra:
+        return cases
+    larger = {k: v for k, v in cases[-6].constexprs.items() if k != "STORE"}
+    cases += three({**larger, **full})[::2] + three({**larger, **full, "LAG": False})[2:]
     return cases
 
 

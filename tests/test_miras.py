@@ -299,19 +299,12 @@ def test_reference_backend_equals_chunked(name, opts):
 
 
 def test_options_and_backend_errors():
-    # Memora's softmax runs in the whole-state kernels (tests/test_memora_kernel.py), not the wide-state
-    # ones; Moneta's per-token ℓ_q map in both (tests/test_moneta_kernel.py)
+    # Memora's softmax and Moneta's per-token ℓ_q map run in the whole-state and the wide-state kernels
+    # (tests/test_memora_kernel.py, tests/test_moneta_kernel.py)
     for name in ("moneta", "memora"):
-        assert (
-            memnets.build_mixer(name, d_model=16, num_heads=2, backend="triton").op.no_kernel("triton")
-            is None
-        )
-    assert (
-        memnets.build_mixer("moneta", d_model=1024, num_heads=16, backend="triton").op.no_kernel("triton")
-        is None
-    )
-    with pytest.raises(ValueError, match="the wide-state kernels do not run Memora's softmax retention"):
-        memnets.build_mixer("memora", d_model=1024, num_heads=16, backend="triton")
+        for d_model, heads in ((16, 2), (1024, 16)):
+            mixer = memnets.build_mixer(name, d_model=d_model, num_heads=heads, backend="triton")
+            assert mixer.op.no_kernel("triton") is None
     with pytest.raises(ValueError, match="backend='triton' does not support memory depth 3"):
         memnets.build_mixer("yaad", d_model=16, num_heads=2, memory={"depth": 3}, backend="triton")
     with pytest.raises(ValueError, match="q must be >= 2"):

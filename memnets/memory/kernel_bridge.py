@@ -251,7 +251,6 @@ def supports_retention(
     retention: object,
     no_wide: str | None = None,
     lag: bool = False,
-    training: bool = True,
 ) -> str | None:
     """``None`` when the MLP kernels cover the memory with ``retention`` (and Memora's ``lag`` token),
     else the reason. Beyond identity retention (``None``: :func:`supports_mlp`) they apply Moneta's ℓ_q
@@ -259,32 +258,10 @@ def supports_retention(
     Eq. 24) or at chunk ends only (:class:`~memnets.memory.miras.ChunkEnd` of it,
     ``normalize_at="chunk_end"``, Miras §5.3's parallel form), and Memora's softmax
     (:class:`~memnets.memory.miras.SimplexSoftmax`, Eq. 27, with or without the lag token), in the
-    whole-state kernels; the wide-state ones apply both ℓ_q maps, and Memora's softmax forward only
-    (``training=False``: calls that record no gradients)."""
+    whole-state and the wide-state kernels."""
     if lag and not isinstance(retention, SimplexSoftmax):
         return "the lag token without Memora's softmax retention (the Triton kernel has it with the softmax)"
-    no_wide = (_whole_state_only(retention) if training else None) or no_wide
     return retention_reason(retention) or supports_mlp(arch, bias, chunk_size, no_wide=no_wide)
-
-
-def _whole_state_only(retention: object) -> str | None:
-    """Why ``retention`` keeps to the whole-state kernels where gradients are recorded (``None``: the
-    wide-state ones take it too)."""
-    if isinstance(retention, SimplexSoftmax):
-        return "Memora's softmax retention with gradients (they run it forward only)"
-    return None
-
-
-def _tracks_grad(arch: MemoryMLP, *inputs: object) -> bool:
-    """Whether autograd records a call on these inputs (tensors, a MemoryState) and ``arch``'s
-    parameters: the forward-only kernels (Memora's wide-state softmax) run only where it does not."""
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [t for t in inputs if isinstance(t, Tensor)]
-    for st in inputs:
-        if isinstance(st, MemoryState):
-            tensors += [t for part in (st.weights, st.momentum or (), st.anchor or ()) for t in part]
-    return any(t.requires_grad for t in (*tensors, *arch.parameters()))
 
 
 def retention_reason(retention: object) -> str | None:
@@ -405,18 +382,13 @@ def titans_mlp_chunked(
     ``retention``, ``lag``: Moneta's ℓ_q map (on every token's accumulator, Miras Eq. 24, or at chunk
     ends, §5.3's parallel form) or Memora's softmax with or without its lag token (Eq. 27, §5.3), as
     ``miras_chunked`` takes them (:func:`supports_retention`); the drop-in is then for
-    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state kernels (the ℓ_q maps in
-    the wide-state ones too, and Memora's softmax there for calls that record no gradients: its
-    wide-state kernel has no backward yet).
+    ``miras_chunked(..., retention=retention, lag=lag)``, in the whole-state and the wide-state kernels.
     """
     name = "titans_mlp_chunked"
     dot_precision = _dot_precision(name, dot_precision, q)
     reason = _call_reason(arch, bias, chunk_size, 1, cu_seqlens, hidden_block)
     if reason is None and (retention is not None or lag):
-        training = _tracks_grad(arch, q, k, v, lr, mom, keep, state)
-        reason = supports_retention(arch, bias, chunk_size, retention, None, lag, training)
-        if reason is None and hidden_block and training:
-            reason = _whole_state_only(retention)
+        reason = supports_retention(arch, bias, chunk_size, retention, None, lag)
     if reason is not None:
         raise ValueError(f"{name}: unsupported configuration: {reason}")
     check_inputs(arch, q, k, v, lr, mom, keep, state, chunk_size, name)

@@ -153,8 +153,8 @@ Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton
 :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.wide_maps` (Moneta's maps there),
 :mod:`.limits` (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
 :mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
-and :mod:`.simplex_backward` (Memora's softmax retention and lag token; :mod:`.wide_simplex` its wide-state
-forward, without a backward yet), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
+and :mod:`.simplex_backward` (Memora's softmax retention and lag token; :mod:`.wide_simplex` and
+:mod:`.wide_simplex_backward` in the wide-state layout), and the Muon kernels' :mod:`.muon_forward`, :mod:`.muon_backward`,
 :mod:`.newton_schulz`, :mod:`.muon_ops`, :mod:`.muon_launch`, :mod:`.token_muon_forward`,
 :mod:`.token_muon_backward`. The model
 side (``memnets.memory.kernel_bridge``) builds the descriptors and coefficients and wraps the results

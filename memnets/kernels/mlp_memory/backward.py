@@ -41,6 +41,8 @@ from .simplex_backward import launch_simplex_backward
 from .token_state import row_of, token_accumulators, token_accumulators_backward
 from .wide_backward import launch_wide_backward
 from .wide_forward import launch_wide_forward
+from .wide_simplex import launch_wide_simplex_forward
+from .wide_simplex_backward import launch_wide_simplex_backward
 
 
 @triton.jit
@@ -314,9 +316,9 @@ def run_backward(
         (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
     )
     if config.simplex_scale:
-        if wide:  # mlp_memory_chunked refuses such calls with gradients: this is for direct op calls
-            raise NotImplementedError("mlp_memory_bwd: Memora's softmax retention has no wide-state backward")
         launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward
+        if wide:
+            launch_fwd, launch_bwd = launch_wide_simplex_forward, launch_wide_simplex_backward
     extra = {"scales": (tok_s1, tok_s2)} if config.token_map else {}  # Moneta's, from the forward
     B, T, H = q.shape[:3]
     has_mom = s1 is not None

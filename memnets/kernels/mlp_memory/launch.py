@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 import triton
 from torch import Tensor
 
@@ -170,8 +169,7 @@ def mlp_memory_chunked(
             axis on every token's accumulator (c = ``simplex_scale`` > 0; Miras Eq. 27) and its lag
             token (§5.3 Eq. 30-32: each chunk's first token takes its gradient at the chunk start,
             the rest at the weights after it; only with the softmax) (:mod:`.simplex`); no Omega
-            window, chunk-start reads or ℓ_q maps. The wide-state kernels run it forward only
-            (:mod:`.wide_simplex`: no input may require a gradient).
+            window, chunk-start reads or ℓ_q maps (:mod:`.wide_simplex` in the wide-state kernels).
 
     Returns:
         ``y`` in ``q``'s dtype (with the residual ``+ q`` when ``memory.residual``), the final weights
@@ -209,16 +207,6 @@ def mlp_memory_chunked(
     if simplex_scale and (window > 1 or read_start or end_map != "none" or token_map != "none"):
         raise ValueError(
             "mlp_memory_chunked: the softmax retention runs without an Omega window, chunk-start reads or ℓ_q maps"
-        )
-    if (
-        simplex_scale
-        and layout.wide
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in tensors if t is not None)
-    ):
-        raise ValueError(
-            "mlp_memory_chunked: the softmax retention runs in the wide-state kernels forward only (no input may "
-            "require a gradient: call it under torch.no_grad())"
         )
     clamp = max(end_floor**end_q, 1e-30) if "paper" in (end_map, token_map) else 1e-30
     tiles_per_chunk = chunk_size // L

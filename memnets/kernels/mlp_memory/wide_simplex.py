@@ -31,8 +31,11 @@ Per chunk (one program per (sequence, head), chunks in order):
 
 Each pass recomputes the key path's layer-1 rows of a block from its logits (one ``[BHB, L]`` product)
 rather than keeping them in global scratch; with the lag token passes 1a, 1b and 2 also re-form token
-0's accumulators. The forward only: training takes the compiled engine until the backward exists
-(:func:`memnets.memory.kernel_bridge.titans_mlp_chunked` routes calls that need no gradient here).
+0's accumulators. With ``STORE`` (the backward's recompute, :mod:`.wide_simplex_backward`) pass 2 writes
+each block's chunk-start logits and momenta and skips the reads.
+
+Not covered: what the wide-state kernels do not cover (packed sequences, keys wider than the values, the
+Omega window), and Moneta's maps with it (other retention).
 """
 
 from __future__ import annotations
@@ -140,24 +143,115 @@ def start_stats(w2, base2, D: tl.constexpr, DH: tl.constexpr, BD: tl.constexpr, 
 
 
 @triton.jit
-def lag_block(W1, W2, S1, S2, kT, dd, ddT, m2, s2, mk1, mk2, scale, beta0, f0, g0,
-              ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr):  # fmt: skip
-    """Block j of the key path's rows at the chunk start (A_jᵀ, δ1_jᵀ, and K1_j, K2_j) and of the lag
-    token's accumulators (A1_0, A2_0)."""
-    K1, K2, AT, d1T = key_block_rows(W1, W2, kT, ddT, m2, s2, mk1, mk2, scale, ACT, DOT)
-    A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
-    return K1, K2, AT, d1T, A1, A2
+def key_paths(
+    k, kT, krow, kvalid, w1, w2, s1, s2, base1, base2, b_kr, b_v, delta, kmask, cmask, gamma, shift,
+    p, eps, sharp, ln_eps, scale, beta0, f0, g0,
+    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr,
+    BD: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr,
+    LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, LAG: tl.constexpr,
+):  # fmt: skip
+    """Passes 0 and 1 of a chunk from its start state at ``base1``, ``base2``: layer 2's column statistics,
+    the key path (Z2, then Δ and what the bias and the LayerNorm's backward need); with ``LAG`` the same
+    for the second key path at the weights after the lag token (token 0's accumulators β_0, f_0, G[0, :]),
+    whose layer-2 statistics take pass 1a (without it, the first path's values again)."""
+    top2, sum2 = start_stats(w2, base2, D, DH, BD, BHB, NB)
+    Z2T = tl.zeros([BD, BK], dtype=tl.float32)
+    for j in range(NB):
+        _o1, mk1, _o2, mk2, W1, W2, _s1, _s2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB, BHB,
+                                                       BD, False)  # fmt: skip
+        Z2T += z2_share(simplex(W1, mk1, scale), soft_block(W2, mk2, top2, sum2, scale), kT, ACT, DOT)
+    Z2 = tl.trans(Z2T)
+    dd, dout, r, xk, rk = key_delta(
+        Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+    )
+    ddT = tl.trans(dd)
+    ml, sl, Z2l, ddl, doutl, rl, xkl, rkl = top2, sum2, Z2, dd, dout, r, xk, rk
+    if LAG:
+        # pass 1a: the statistics of the lag token's layer-2 accumulator over the blocks
+        ml = tl.full([BD], float("-inf"), tl.float32)
+        sl = tl.zeros([BD], dtype=tl.float32)
+        for j in range(NB):
+            _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
+                                                          BHB, BD, HAS_MOM)  # fmt: skip
+            _k1, _k2, AT, d1T = key_block_rows(W1, W2, kT, ddT, top2, sum2, mk1, mk2, scale, ACT, DOT)
+            _a1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
+            ml, sl = column_stats(A2, mk2, ml, sl, BHB)
+        # pass 1b: the second key path, at the weights after the lag token
+        Z2T = tl.zeros([BD, BK], dtype=tl.float32)
+        for j in range(NB):
+            _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
+                                                          BHB, BD, HAS_MOM)  # fmt: skip
+            _k1, _k2, AT, d1T = key_block_rows(W1, W2, kT, ddT, top2, sum2, mk1, mk2, scale, ACT, DOT)
+            A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
+            Z2T += z2_share(simplex(A1, mk1, scale), soft_block(A2, mk2, ml, sl, scale), kT, ACT, DOT)
+        Z2l = tl.trans(Z2T)
+        ddl, doutl, rl, xkl, rkl = key_delta(
+            Z2l, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
+        )
+    return top2, sum2, Z2, dd, dout, r, xk, rk, ml, sl, Z2l, ddl, doutl, rl, xkl, rkl
+
+
+@triton.jit
+def block_rows(
+    W1, W2, S1, S2, kT, dd, ddT, ddlT, top2, sum2, ml, sl, mk1, mk2, scale, beta0, f0, g0,
+    ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr, LAG: tl.constexpr,
+):  # fmt: skip
+    """Block j's key-path rows from its chunk-start logits and momenta: the first path's weights K1_j, K2_j,
+    Z1_jᵀ and E_jᵀ = K2_j Δᵀ ``[BHB, BK]`` (δ1_j = E_j ⊙ σ'(Z1_j)); the second path's (with ``LAG``: at the
+    weights after the lag token; else the first's again); and the rows the update and the reads take,
+    A_jᵀ and δ1_jᵀ: column 0 (the lag token) from the first path, the others from the second."""
+    K1 = simplex(W1, mk1, scale)
+    K2 = soft_block(W2, mk2, top2, sum2, scale)
+    Z1T = dot(tl.trans(K1), kT, DOT)
+    ET = dot(K2, ddT, DOT)
+    AT = act(Z1T, ACT)
+    d1T = ET * act_grad(Z1T, ACT)
+    L1, L2, Z1lT, ElT = K1, K2, Z1T, ET
+    if LAG:
+        A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
+        L1 = simplex(A1, mk1, scale)
+        L2 = soft_block(A2, mk2, ml, sl, scale)
+        Z1lT = dot(tl.trans(L1), kT, DOT)
+        ElT = dot(L2, ddlT, DOT)
+        first = (tl.arange(0, AT.shape[1]) == 0)[None, :]
+        AT = tl.where(first, AT, act(Z1lT, ACT))
+        d1T = tl.where(first, d1T, ElT * act_grad(Z1lT, ACT))
+    return K1, K2, Z1T, ET, L1, L2, Z1lT, ElT, AT, d1T
+
+
+@triton.jit
+def read_block(
+    W1, W2, S1, S2, kT, AT, d1T, dd, b_beta, b_f, b_G, b_q, top, total, num, mk1, mk2, scale,
+    L: tl.constexpr, BL: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
+):  # fmt: skip
+    """Block j's share of every token's read: token t's accumulators of the block, layer 1's softmax
+    (block-local) and σ(q_t W1_t) of the block's hidden units, and its layer-2 running column maximum,
+    sum and numerator (``top``, ``total``, ``num`` ``[BL, BD]``) carried through the block."""
+    li = tl.arange(0, BL)
+    for t in range(L):
+        at = li == t
+        A1t, A2t = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, row_of(b_beta, at), row_of(b_f, at),
+                               row_of(b_G, at[:, None]), DOT, HAS_MOM)  # fmt: skip
+        h_t = act(tl.sum(row_of(b_q, at[:, None])[:, None] * simplex(A1t, mk1, scale), 0), ACT)
+        m_t, s_t, n_t = online_softmax(
+            A2t, mk2, h_t, row_of(top, at[:, None]), row_of(total, at[:, None]), row_of(num, at[:, None])
+        )
+        top = tl.where(at[:, None], m_t[None, :], top)
+        total = tl.where(at[:, None], s_t[None, :], total)
+        num = tl.where(at[:, None], n_t[None, :], num)
+    return top, total, num
 
 
 @triton.jit
 def _wide_simplex_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state (logits, momenta), updated in place
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
     T, C0, NC, NCT, p, eps, sharp, ln_eps, scale,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NB: tl.constexpr,
     BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, BIAS: tl.constexpr, LN: tl.constexpr,
-    RES: tl.constexpr, HAS_MOM: tl.constexpr, LAG: tl.constexpr,
+    RES: tl.constexpr, HAS_MOM: tl.constexpr, LAG: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -168,7 +262,6 @@ def _wide_simplex_forward_kernel(
     cols = tl.arange(0, BD)
     cmask = cols < D
     li = tl.arange(0, BL)
-    first_col = (tl.arange(0, BK) == 0)[None, :]  # the lag token's column of the [BHB, BK] tiles
     gamma, shift = ln_params(ln_w, ln_b, h, cols, cmask, D, BD, LN)
     for c in range(NC):
         g = C0 + c  # the chunk's index in the sequence
@@ -178,50 +271,19 @@ def _wide_simplex_forward_kernel(
         )
         kT = key_cols_t(k, krow, kvalid, 0, DI, KB)
         last = tl.minimum(T - g * L, L) - 1  # the chunk's last token (the tail chunk is short)
-        # pass 0 and 1: the key path at the chunk start's weights
-        top2, sum2 = start_stats(w2, base2, D, DH, BD, BHB, NB)
-        Z2T = tl.zeros([BD, BK], dtype=tl.float32)
-        for j in range(NB):
-            _o1, mk1, _o2, mk2, W1, W2, _s1, _s2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB, BHB,
-                                                           BD, False)  # fmt: skip
-            Z2T += z2_share(simplex(W1, mk1, scale), soft_block(W2, mk2, top2, sum2, scale), kT, ACT, DOT)
-        dd, _, _, _, _ = key_delta(
-            tl.trans(Z2T), b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
-            D, BIAS, LN, RES,
-        )  # fmt: skip
-        ddT = tl.trans(dd)
         b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, 0, BL, BK, HAS_MOM)
         beta0 = row_of(b_beta, li == 0)
         f0 = row_of(b_f, li == 0)
         g0 = row_of(b_G, (li == 0)[:, None])
-        dd_lag = dd  # the second key path's Δ (rows 1..), with the lag token
-        ml = top2  # and its layer-2 column statistics
-        sl = sum2
-        if LAG:
-            # pass 1a: the statistics of the lag token's layer-2 accumulator over the blocks
-            ml = tl.full([BD], float("-inf"), tl.float32)
-            sl = tl.zeros([BD], dtype=tl.float32)
-            for j in range(NB):
-                _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
-                                                              BHB, BD, HAS_MOM)  # fmt: skip
-                _k1, _k2, _at, _d1, _a1, A2 = lag_block(W1, W2, S1, S2, kT, dd, ddT, top2, sum2, mk1, mk2, scale,
-                                                       beta0, f0, g0, ACT, DOT, HAS_MOM)  # fmt: skip
-                ml, sl = column_stats(A2, mk2, ml, sl, BHB)
-            # pass 1b: the second key path, at the weights after the lag token
-            Z2T = tl.zeros([BD, BK], dtype=tl.float32)
-            for j in range(NB):
-                _o1, mk1, _o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB,
-                                                              BHB, BD, HAS_MOM)  # fmt: skip
-                _k1, _k2, _at, _d1, A1, A2 = lag_block(W1, W2, S1, S2, kT, dd, ddT, top2, sum2, mk1, mk2, scale,
-                                                      beta0, f0, g0, ACT, DOT, HAS_MOM)  # fmt: skip
-                Z2T += z2_share(simplex(A1, mk1, scale), soft_block(A2, mk2, ml, sl, scale), kT, ACT, DOT)
-            dd_lag, _, _, _, _ = key_delta(
-                tl.trans(Z2T), b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps,
-                D, BIAS, LN, RES,
-            )  # fmt: skip
+        top2, sum2, _z2, dd, _o, _r, _x, _rk, ml, sl, _z2l, ddl, _ol, _rl, _xl, _rkl = key_paths(
+            k, kT, krow, kvalid, w1, w2, s1, s2, base1, base2, b_kr, b_v, delta, kmask, cmask, gamma, shift,
+            p, eps, sharp, ln_eps, scale, beta0, f0, g0,
+            D, DI, DH, KB, BHB, NB, BD, BK, ACT, DOT, BIAS, LN, RES, HAS_MOM, LAG,
+        )  # fmt: skip
+        ddT = tl.trans(dd)
+        ddlT = tl.trans(ddl)
         # the rows the update and the reads take: row 0 from the first key path, the rest from the second
-        dd_mix = tl.where((tl.arange(0, BK) == 0)[:, None], dd, dd_lag)
-        ddT_lag = tl.trans(dd_lag)
+        dd_mix = tl.where((tl.arange(0, BK) == 0)[:, None], dd, ddl)
         g_last, beta_last, f_last, b_s, b_m = update_coefficients(beta, f, G, m_end, s_coef, cc, last, L, 0, BK,
                                                                   HAS_MOM)  # fmt: skip
         b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
@@ -232,36 +294,27 @@ def _wide_simplex_forward_kernel(
         for j in range(NB):
             o1, mk1, o2, mk2, W1, W2, S1, S2 = load_block(w1, w2, s1, s2, base1, base2, j, D, DI, DH, KB, BHB, BD,
                                                           HAS_MOM)  # fmt: skip
-            K1, K2, AT, d1T = key_block_rows(W1, W2, kT, ddT, top2, sum2, mk1, mk2, scale, ACT, DOT)
-            if LAG:  # rows 1.. at the weights after the lag token (row 0 keeps the chunk start's)
-                A1, A2 = token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta0, f0, g0, DOT, HAS_MOM)
-                L1 = simplex(A1, mk1, scale)
-                L2 = soft_block(A2, mk2, ml, sl, scale)
-                Z1T = dot(tl.trans(L1), kT, DOT)
-                AT = tl.where(first_col, AT, act(Z1T, ACT))
-                d1T = tl.where(first_col, d1T, dot(L2, ddT_lag, DOT) * act_grad(Z1T, ACT))
-                ends_on_lag = (g == NCT - 1) & (last == 0)  # then the anchor is the chunk start's weights
-                K1 = tl.where(ends_on_lag, K1, L1)
-                K2 = tl.where(ends_on_lag, K2, L2)
-            if g == NCT - 1:
-                tl.store(w1_anchor + base1 + o1, K1, mask=mk1)
-                tl.store(w2_anchor + base2 + o2, K2, mask=mk2)
-            for t in range(L):
-                at = li == t
-                A1t, A2t = token_block(W1, W2, S1, S2, kT, AT, d1T, dd_mix, row_of(b_beta, at), row_of(b_f, at),
-                                       row_of(b_G, at[:, None]), DOT, HAS_MOM)  # fmt: skip
-                h_t = act(tl.sum(row_of(b_q, at[:, None])[:, None] * simplex(A1t, mk1, scale), 0), ACT)
-                m_t, s_t, n_t = online_softmax(
-                    A2t,
-                    mk2,
-                    h_t,
-                    row_of(top, at[:, None]),
-                    row_of(total, at[:, None]),
-                    row_of(num, at[:, None]),
-                )
-                top = tl.where(at[:, None], m_t[None, :], top)
-                total = tl.where(at[:, None], s_t[None, :], total)
-                num = tl.where(at[:, None], n_t[None, :], num)
+            K1, K2, _z1, _e, L1, L2, _z1l, _el, AT, d1T = block_rows(
+                W1, W2, S1, S2, kT, dd, ddT, ddlT, top2, sum2, ml, sl, mk1, mk2, scale, beta0, f0, g0,
+                ACT, DOT, HAS_MOM, LAG,
+            )  # fmt: skip
+            if g == NCT - 1:  # the anchor: the weights after the lag token, or the chunk start's where
+                ends_on_lag = LAG & (last == 0)  # the sequence ends on a lag token (and without it)
+                tl.store(w1_anchor + base1 + o1, tl.where(ends_on_lag | (not LAG), K1, L1), mask=mk1)
+                tl.store(w2_anchor + base2 + o2, tl.where(ends_on_lag | (not LAG), K2, L2), mask=mk2)
+            if STORE:
+                sc1 = (bh * NC + c) * DI * DH
+                sc2 = (bh * NC + c) * DH * D
+                tl.store(w1_chunks + sc1 + o1, W1, mask=mk1)
+                tl.store(w2_chunks + sc2 + o2, W2, mask=mk2)
+                if HAS_MOM:
+                    tl.store(s1_chunks + sc1 + o1, S1, mask=mk1)
+                    tl.store(s2_chunks + sc2 + o2, S2, mask=mk2)
+            else:
+                top, total, num = read_block(
+                    W1, W2, S1, S2, kT, AT, d1T, dd_mix, b_beta, b_f, b_G, b_q, top, total, num, mk1, mk2, scale,
+                    L, BL, ACT, DOT, HAS_MOM,
+                )  # fmt: skip
             W2_new = beta_last * W2 - dot(AT * g_last[None, :], dd_mix, DOT)
             W1_new = beta_last * W1 - dot(kT, tl.trans(d1T * g_last[None, :]), DOT)
             if HAS_MOM:
@@ -276,37 +329,42 @@ def _wide_simplex_forward_kernel(
                 tl.store(s1 + base1 + o1, S1_new, mask=mk1)
                 tl.store(s2 + base2 + o2, S2_new, mask=mk2)
         tl.debug_barrier()  # the next chunk's passes read the updated blocks
-        b_y = scale * num / tl.where(total > 0, total, 1.0)
-        if LN:
-            xq, _ = ln_rows(b_y, cmask, D, ln_eps)
-            b_y = xq * gamma[None, :] + shift[None, :]
-        tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
+        if not STORE:
+            b_y = scale * num / tl.where(total > 0, total, 1.0)
+            if LN:
+                xq, _ = ln_rows(b_y, cmask, D, ln_eps)
+                b_y = xq * gamma[None, :] + shift[None, :]
+            tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=mask)
 
 
 def launch_wide_simplex_forward(
     q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store
 ):
-    """:func:`~.wide_forward.launch_wide_forward` for Memora's softmax retention (same arguments and
-    results; no ``store``: the backward does not exist yet)."""
-    if store or packing != (None, None):
-        raise ValueError(
-            "mlp_memory_wide_fwd: Memora's softmax retention in the wide-state kernels runs forward only "
-            "and on a dense batch (no backward recompute, no cu_seqlens)"
-        )
+    """:func:`~.wide_forward.launch_wide_forward` for Memora's softmax retention (same arguments; with
+    ``store`` the chunks' start states come as four tensors, the logits and momenta)."""
+    if packing != (None, None):
+        raise ValueError("mlp_memory_wide_fwd: the wide-state kernels take no packed sequences (cu_seqlens)")
     B, T, H = q.shape[:3]
     w1, w2 = state[:2]
     has_mom = state[2] is not None
     final = working_state(state)
+    chunks = tuple(w1.new_empty(B, H, nc, *t.shape[2:]) if store and t is not None else w1.new_empty(0)
+                   for t in state)  # fmt: skip
+    scalars, constants = simplex_wide_meta(q, w1, w2, ln_w, config)
+    _wide_simplex_forward_kernel[(B * H,)](
+        q, k, v, *or_empty(w1.new_empty(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks,
+        T, c0, nc, coef[0].shape[2], *scalars, config.simplex_scale, **constants,
+        HAS_MOM=has_mom, LAG=config.lag, STORE=store,
+    )  # fmt: skip
+    return final if has_mom else (*final[:2], None, None), chunks
+
+
+def simplex_wide_meta(q, w1, w2, ln_w, config: LaunchConfig) -> tuple[tuple, dict]:
+    """:func:`~.wide_forward.wide_meta` for these kernels: keys as wide as the values (one key block), no
+    window, the whole-state softmax kernels' warps."""
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     if constants["NI"] != 1 or constants["P"]:
-        raise ValueError(
-            "mlp_memory_wide_fwd: Memora's softmax takes keys as wide as the values and no window"
-        )
+        raise ValueError("mlp_memory_wide: Memora's softmax takes keys as wide as the values and no window")
     for name in ("NI", "P"):
         del constants[name]
-    _wide_simplex_forward_kernel[(B * H,)](
-        q, k, v, *or_empty(w1.new_empty(0), bp, ln_w, ln_b), *coef, y, *final, *anchor,
-        T, c0, nc, coef[0].shape[2], *scalars, config.simplex_scale, **constants | {"num_warps": SIMPLEX_NUM_WARPS},
-        HAS_MOM=has_mom, LAG=config.lag,
-    )  # fmt: skip
-    return final if has_mom else (*final[:2], None, None), ()
+    return scalars, constants | {"num_warps": SIMPLEX_NUM_WARPS}
