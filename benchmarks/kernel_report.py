@@ -192,7 +192,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         # rewrites the cotangents)
         mats = ((9, 10), (11, 12), (27, 28)) if momentum else ((5, 6), (6, 7), (15, 16))
     BK = _block(L + window - 1)
-    scratch = (5 + 3 * fwd.constexprs["NI"]) * BK * DH * 4 if layout.wide else 0
+    scratch = (5 + 3 * fwd.constexprs.get("NI", 1)) * BK * DH * 4 if layout.wide else 0
     if layout.wide and simplex:  # two [BK, Dh] tiles written, read four times, row 0 rewritten
         scratch = 2 * 6 * BK * DH * 4
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)

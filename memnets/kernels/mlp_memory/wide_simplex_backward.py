@@ -11,9 +11,9 @@ R1. per block j: the chunk-end update's backward from the chunk-end cotangents, 
     column Σ_h W2_t ⊙ dW2_t = y_t ⊙ dy_t, the read itself) and its accumulator A_t to the block's
     chunk-start logits and momenta, the key path's rows of the block (δ1_j, A_j: to scratch) and the
     whole-row sums (Δ, K, G, β, f, q);
-KP. each key path backward (:func:`path_blocks_backward`): a pass over the blocks for dΔ's share
-    (dE_j K2_j), the LayerNorm and bias backward on whole rows (:func:`~.common.delta_backward`), and a pass
-    for the rest, ending in Softmax's backward of the path's weights. Layer 2's softmax crosses the blocks,
+KP. each key path backward: a pass over the blocks for dΔ's share (dE_j K2_j) and the LayerNorm and bias
+    backward on whole rows (:func:`path_rows_backward`), then a pass for the rest (:func:`path_block`),
+    ending in Softmax's backward of the path's weights. Layer 2's softmax crosses the blocks,
     but its per-column sum Σ_h K2 ⊙ gK2 is known before the second pass without a pass of its own:
     gK2 = dEᵀ Δ + Aᵀ dZ2 (+ the anchor's), so Σ_h K2 ⊙ gK2 = Σ_s Δ ⊙ (dE K2) + Σ_s dZ2 ⊙ Z2, both whole-row
     sums the first pass and the rows' backward give.
