@@ -43,12 +43,10 @@ def _compare(
     split=None,
     layer_norm=True,
     per_call=0,
-    grads=True,
     **wide,
 ):
     """Kernel == float64 engine within float32's ratio plus twice the float32 engine's own distance on
-    each tensor, or with ``per_call`` that many times its largest distance over the call (``grads=False``:
-    outputs and final state only, under ``torch.no_grad``)."""
+    each tensor, or with ``per_call`` that many times its largest distance over the call."""
     lq, bias = LqNormalize(4.0, map_, 0.1), LpBias(3.0)
     retention = _retention(form, lq)
     arch = base._arch(True, "gelu", layer_norm)
