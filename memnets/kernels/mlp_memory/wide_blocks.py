@@ -47,6 +47,27 @@ def layer1_block(
 
 
 @triton.jit
+def token_layer1(W1, S1, kT, d1T, beta_t, f_t, g_t, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """Block (i, j) of token t's layer-1 accumulator, the dual form's weights A1_t = β_t W1 [+ f_t S1] −
+    K_iᵀ (G[t, :] ⊙ δ1_j) ``[KB, BHB]`` (the per-token retention maps read it: Moneta's ℓ_q map, Memora's
+    softmax); ``kT`` the key block transposed, ``d1T`` δ1_jᵀ."""
+    A1 = beta_t * W1 - dot(kT, tl.trans(d1T * g_t[None, :]), DOT)
+    if HAS_MOM:
+        A1 += f_t * S1
+    return A1
+
+
+@triton.jit
+def token_layer2(W2, S2, AT, dd, beta_t, f_t, g_t, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
+    """Block j of token t's layer-2 accumulator A2_t = β_t W2 [+ f_t S2] − A_jᵀ (G[t, :] ⊙ Δ) ``[BHB, BD]``
+    (``AT`` the key path's activations A_jᵀ)."""
+    A2 = beta_t * W2 - dot(AT * g_t[None, :], dd, DOT)
+    if HAS_MOM:
+        A2 += f_t * S2
+    return A2
+
+
+@triton.jit
 def layer1_t(
     w1, base1, j, x, rows, valid,
     DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,

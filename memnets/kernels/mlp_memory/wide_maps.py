@@ -21,7 +21,7 @@ from ..precision import dot
 from .common import act, act_grad, key_cols_t
 from .end_map import lq_grad_coef, lq_grad_dir, lq_power, lq_scale_of
 from .token_state import row_of
-from .wide_blocks import layer1_block, layer1_t, w1_block, w2_block
+from .wide_blocks import layer1_block, layer1_t, token_layer1, token_layer2, w1_block, w2_block
 
 
 @triton.jit
@@ -68,18 +68,16 @@ def token_powers(
         d1T = ks2 * dot(W2, ddT, DOT) * act_grad(Z1T, ACT)  # δ1_jᵀ
         for t in range(L):
             at = li == t
-            A2 = row_of(b_beta, at) * W2 - dot(AT * row_of(b_G, at[:, None])[None, :], dd, DOT)
-            if HAS_MOM:
-                A2 += row_of(b_f, at) * S2
+            A2 = token_layer2(W2, S2, AT, dd, row_of(b_beta, at), row_of(b_f, at), row_of(b_G, at[:, None]), DOT,
+                              HAS_MOM)  # fmt: skip
             p2 = tl.where(at, p2 + lq_power(A2, end_q), p2)
         for i in range(NI):
             _, _, W1, S1 = layer1_block(w1, s1, base1, i, j, DI, DH, KB, BHB, HAS_MOM)
             kT = key_cols_t(k, krow, kvalid, i, DI, KB)
             for t in range(L):
                 at = li == t
-                A1 = row_of(b_beta, at) * W1 - dot(kT, tl.trans(d1T * row_of(b_G, at[:, None])[None, :]), DOT)
-                if HAS_MOM:
-                    A1 += row_of(b_f, at) * S1
+                A1 = token_layer1(W1, S1, kT, d1T, row_of(b_beta, at), row_of(b_f, at), row_of(b_G, at[:, None]),
+                                  DOT, HAS_MOM)  # fmt: skip
                 p1 = tl.where(at, p1 + lq_power(A1, end_q), p1)
     return p1, p2
 
@@ -181,9 +179,7 @@ def token_layer1_backward(
         f_t = row_of(b_f, at)
         g_t = row_of(b_G, at[:, None])
         gd1T = d1T * g_t[None, :]
-        A1 = beta_t * W1 - dot(kT, tl.trans(gd1T), DOT)
-        if HAS_MOM:
-            A1 += f_t * S1
+        A1 = token_layer1(W1, S1, kT, d1T, beta_t, f_t, g_t, DOT, HAS_MOM)
         C1 = row_of(coef1, at) * lq_grad_dir(A1, end_q)
         if STATE:
             gW1 += beta_t * C1
@@ -222,9 +218,7 @@ def token_layer2_backward(
         beta_t = row_of(b_beta, at)
         f_t = row_of(b_f, at)
         g_t = row_of(b_G, at[:, None])
-        A2 = beta_t * W2 - dot(AT * g_t[None, :], dd, DOT)
-        if HAS_MOM:
-            A2 += f_t * S2
+        A2 = token_layer2(W2, S2, AT, dd, beta_t, f_t, g_t, DOT, HAS_MOM)
         C2 = row_of(coef2, at) * lq_grad_dir(A2, end_q)
         gW2 += beta_t * C2
         gS2 += f_t * C2

@@ -49,7 +49,7 @@ from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
 from .config import LaunchConfig
 from .simplex import SIMPLEX_NUM_WARPS, simplex
 from .token_state import row_of
-from .wide_blocks import chunk_rows, w1_block, w2_block
+from .wide_blocks import chunk_rows, token_layer1, token_layer2, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients, wide_meta, working_state
 
 
@@ -104,12 +104,10 @@ def key_block_rows(W1, W2, kT, ddT, m2, s2, mk1, mk2, scale, ACT: tl.constexpr, 
 def token_block(W1, W2, S1, S2, kT, AT, d1T, dd, beta_t, f_t, g_t, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
     """Block j of token t's accumulators: A1_t = β_t W1 [+ f_t S1] − K_iᵀ (G[t, :] ⊙ δ1_j) ``[KB, BHB]``
     and A2_t = β_t W2 [+ f_t S2] − A_jᵀ (G[t, :] ⊙ Δ) ``[BHB, BD]``."""
-    A1 = beta_t * W1 - dot(kT, tl.trans(d1T * g_t[None, :]), DOT)
-    A2 = beta_t * W2 - dot(AT * g_t[None, :], dd, DOT)
-    if HAS_MOM:
-        A1 += f_t * S1
-        A2 += f_t * S2
-    return A1, A2
+    return (
+        token_layer1(W1, S1, kT, d1T, beta_t, f_t, g_t, DOT, HAS_MOM),
+        token_layer2(W2, S2, AT, dd, beta_t, f_t, g_t, DOT, HAS_MOM),
+    )
 
 
 @triton.jit
