@@ -34,7 +34,7 @@ from .common import (
     tile_rows,
 )
 from .config import LaunchConfig, whole_state_meta
-from .end_map import ends_chunk, lq_map_backward, lq_scale, lq_scale_grad
+from .end_map import ends_chunk, lq_grad_coef, lq_grad_dir, lq_map_backward, lq_scale, lq_scale_of
 from .forward import carried_rows, launch_forward, segments, spans
 from .simplex import launch_simplex_forward
 from .simplex_backward import launch_simplex_backward
@@ -49,7 +49,7 @@ from .wide_simplex_backward import launch_wide_simplex_backward
 def _backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state
-    tok_s1, tok_s2,  # Moneta per token: every token's scales (the forward's)
+    tok_p1, tok_p2,  # Moneta per token: every token's power sums (the forward's)
     dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,  # the outputs' cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef, dw1_init, dw2_init, ds1_init, ds2_init,
     cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
@@ -148,8 +148,10 @@ def _backward_kernel(
             # its row of the dual form is scaled by s_t (per layer): β, f and G's row times s_t
             bb1, bf1, bG1, bb2, bf2, bG2 = b_beta, b_f, b_G, b_beta, b_f, b_G
             if TOKEN_MAP != 0:
-                s1 = tl.load(tok_s1 + cc * L + li, mask=lmask, other=0.0)
-                s2 = tl.load(tok_s2 + cc * L + li, mask=lmask, other=0.0)
+                p1 = tl.load(tok_p1 + cc * L + li, mask=lmask, other=0.0)
+                p2 = tl.load(tok_p2 + cc * L + li, mask=lmask, other=0.0)
+                s1 = lq_scale_of(p1, end_q, end_floor, TOKEN_MAP)
+                s2 = lq_scale_of(p2, end_q, end_floor, TOKEN_MAP)
                 bb1, bf1, bG1 = s1 * b_beta, s1 * b_f, s1[:, None] * b_G
                 bb2, bf2, bG2 = s2 * b_beta, s2 * b_f, s2[:, None] * b_G
             # recompute the query path
@@ -197,8 +199,11 @@ def _backward_kernel(
                     A1t, A2t, beta_t, f_t, g_t = token_accumulators(
                         t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT, HAS_MOM
                     )
-                    C1 = lq_scale_grad(A1t, row_of(ds1, at), end_q, end_floor, TOKEN_MAP)
-                    C2 = lq_scale_grad(A2t, row_of(ds2, at), end_q, end_floor, TOKEN_MAP)
+                    # ds_t ∂s/∂A_t from the forward's power sum P_t (no reduction over A_t again)
+                    C1 = lq_grad_coef(row_of(p1, at), row_of(ds1, at), end_q, end_floor, TOKEN_MAP)
+                    C2 = lq_grad_coef(row_of(p2, at), row_of(ds2, at), end_q, end_floor, TOKEN_MAP)
+                    C1 = C1 * lq_grad_dir(A1t, end_q)
+                    C2 = C2 * lq_grad_dir(A2t, end_q)
                     gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG = token_accumulators_backward(
                         at, C1, C2, beta_t, f_t, g_t, W1, W2, S1, S2, b_k, A, d1, dd,
                         gW1, gW2, gS1, gS2, d_d1, d_dd, b_dk, dA, b_dbeta, b_df, b_dG, DOT, HAS_MOM,
@@ -279,7 +284,7 @@ def _backward_kernel(
 
 def launch_backward(
     q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc,
-    scales=(),
+    token_powers=(),
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """One backward launch over tiles c0 .. c0 + nc (in reverse) from their start states ``chunks`` (the
     STORE recompute's) and the cotangents ``carry`` of the state after them; writes the inputs' gradients
@@ -292,7 +297,7 @@ def launch_backward(
     scalars, constants = whole_state_meta(q, carry[0], ln_w, config)
     _backward_kernel[(carry[0].shape[0] * H,)](
         q, k, v, *or_empty(q.new_empty(0), bp, ln_w, ln_b), dy, *coef, *chunks,
-        *(scales or (q.new_empty(0), q.new_empty(0))), *carry, *anchor_cot,
+        *(token_powers or (q.new_empty(0), q.new_empty(0))), *carry, *anchor_cot,
         *grads[:4], *dln, *grads[4:], *d_init, *or_empty(q.new_empty(0), cu, toff),
         T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars, **constants,
         HAS_MOM=has_mom, VARLEN=cu is not None,
@@ -302,7 +307,7 @@ def launch_backward(
 
 def run_backward(
     q, k, v, bias_params, ln_w, ln_b, beta, f, G, m_end, s_coef, w1, w2, s1, s2, cu_seqlens, tile_offsets,
-    ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, tok_s1, tok_s2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
+    ckpt_w1, ckpt_w2, ckpt_s1, ckpt_s2, tok_p1, tok_p2, dy, dw1_final, dw2_final, ds1_final, ds2_final, dw1_anchor, dw2_anchor,
     config: LaunchConfig,
 ) -> list[Tensor]:  # fmt: skip
     """The backward ops' work (``memnets::mlp_memory_bwd`` and ``_wide_bwd``): gradients (q, k, v,
@@ -319,7 +324,7 @@ def run_backward(
         launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward
         if wide:
             launch_fwd, launch_bwd = launch_wide_simplex_forward, launch_wide_simplex_backward
-    extra = {"scales": (tok_s1, tok_s2)} if config.token_map else {}  # Moneta's, from the forward
+    extra = {"token_powers": (tok_p1, tok_p2)} if config.token_map else {}  # Moneta's, from the forward
     B, T, H = q.shape[:3]
     has_mom = s1 is not None
     coef = (beta, f, G, m_end, s_coef)

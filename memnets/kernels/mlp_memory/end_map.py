@@ -3,10 +3,11 @@ whole-state kernels, in its two forms:
 
 * ``TOKEN_MAP`` (the default, ``normalize_at="token"``): every token reads s(A_t)·A_t of its own
   accumulator A_t (the dual form's weights, which this kernel otherwise never forms: each tile forms
-  every token's A_t once, L products per layer, for its norm: :func:`token_scales`), and the key path
+  every token's A_t once, L products per layer, for its norm: :func:`token_power_sums`), and the key path
   takes its gradients at the chunk start's s(A)·A. A scale per row of the dual form: each layer's β,
-  f and G rows times s_t. The forward keeps the scales (``[B, H, NT, L]`` per layer, the custom op's
-  outputs), so the backward reads them and forms every A_t once more only to take the scales'
+  f and G rows times s_t. The forward keeps every token's power sums P_t (``[B, H, NT, L]`` per layer,
+  the custom op's outputs: the scales are s(P_t), and ∂s/∂A_t needs P_t itself, zero where it is clamped
+  at the floor), so the backward reads them and forms every A_t once more only to take the scales'
   cotangents through it.
 * ``END_MAP`` (``normalize_at="chunk_end"``, §5.3's parallel form, "Parallelizable Training": the
   normalisation is applied at the end of each chunk; :class:`~memnets.memory.miras.ChunkEnd`): the
@@ -84,12 +85,6 @@ def lq_scale(W, q, clamp, MAP: tl.constexpr):
 
 
 @triton.jit
-def lq_scale_grad(W, ds, q, clamp, MAP: tl.constexpr):
-    """ds · ∂s/∂W: the cotangent of W from the cotangent ``ds`` of its scale s(W)."""
-    return lq_grad_coef(lq_power(W, q), ds, q, clamp, MAP) * lq_grad_dir(W, q)
-
-
-@triton.jit
 def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
     """The cotangent of W from the cotangent C of s(W)·W: s C plus ⟨C, W⟩ ∂s/∂W (one power sum for both)."""
     power = lq_power(W, q)
@@ -98,15 +93,17 @@ def lq_map_backward(W, C, q, clamp, MAP: tl.constexpr):
 
 
 @triton.jit
-def token_scales(li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, q, clamp, L: tl.constexpr,
-                 BL: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr, MAP: tl.constexpr):  # fmt: skip
-    """s(A1_t), s(A2_t) ``[BL]`` for every token t of a tile (Moneta's per-token map, Miras Eq. 24)."""
-    s1 = tl.zeros([BL], dtype=tl.float32)
-    s2 = tl.zeros([BL], dtype=tl.float32)
+def token_power_sums(li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, q, L: tl.constexpr,
+                     BL: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr):  # fmt: skip
+    """The power sums P1_t = Σ |A1_t|^q, P2_t = Σ |A2_t|^q ``[BL]`` of every token t's accumulators in a
+    tile (Moneta's per-token map, Miras Eq. 24: its reads' scales s(P_t), and the backward's
+    ∂s/∂A_t, which needs P_t itself: zero where P_t is clamped at the floor)."""
+    p1 = tl.zeros([BL], dtype=tl.float32)
+    p2 = tl.zeros([BL], dtype=tl.float32)
     for t in range(L):
         A1, A2, _b, _f, _g = token_accumulators(
             t, li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, DOT, HAS_MOM
         )
-        s1 = tl.where(li == t, lq_scale(A1, q, clamp, MAP), s1)
-        s2 = tl.where(li == t, lq_scale(A2, q, clamp, MAP), s2)
-    return s1, s2
+        p1 = tl.where(li == t, lq_power(A1, q), p1)
+        p2 = tl.where(li == t, lq_power(A2, q), p2)
+    return p1, p2

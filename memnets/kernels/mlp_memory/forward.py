@@ -25,7 +25,7 @@ from .common import (
     tile_rows,
 )
 from .config import LaunchConfig, state_buffers, whole_state_meta
-from .end_map import ends_chunk, lq_scale, token_scales
+from .end_map import ends_chunk, lq_scale, lq_scale_of, token_power_sums
 from .simplex import launch_simplex_forward
 from .wide_simplex import launch_wide_simplex_forward
 from .wide_split import launch_wide
@@ -36,7 +36,7 @@ def _forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_init, w2_init, s1_init, s2_init,
     y, w1_final, w2_final, s1_final, s2_final, w1_anchor, w2_anchor,
-    tok_s1, tok_s2,  # Moneta per token (without STORE): every token's scales, for the backward
+    tok_p1, tok_p2,  # Moneta per token (without STORE): every token's power sums, for the backward
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every tile's start state
     cu, toff, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DH: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
@@ -103,12 +103,13 @@ def _forward_kernel(
                     b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
                     z1 += b_f[:, None] * dot(b_q, S1, DOT)
                 if TOKEN_MAP != 0:  # every token reads its own accumulator's scale: W_t = s(A_t) A_t
-                    s1, s2 = token_scales(
-                        li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, end_q, end_floor,
-                        L, BL, DOT, HAS_MOM, TOKEN_MAP,
-                    )  # fmt: skip
-                    tl.store(tok_s1 + cc * L + li, s1, mask=lmask)
-                    tl.store(tok_s2 + cc * L + li, s2, mask=lmask)
+                    p1, p2 = token_power_sums(
+                        li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, end_q, L, BL, DOT, HAS_MOM
+                    )
+                    tl.store(tok_p1 + cc * L + li, p1, mask=lmask)
+                    tl.store(tok_p2 + cc * L + li, p2, mask=lmask)
+                    s1 = lq_scale_of(p1, end_q, end_floor, TOKEN_MAP)
+                    s2 = lq_scale_of(p2, end_q, end_floor, TOKEN_MAP)
                     z1 = s1[:, None] * z1
                 a1 = act(z1, ACT)
                 b_y = b_beta[:, None] * dot(a1, W2, DOT) - dot(dot(a1, tl.trans(A), DOT) * b_G, dd, DOT)
@@ -159,11 +160,26 @@ def backward_plan(tiles: int, every: int, inner: int) -> tuple[int, int]:
 
 
 def launch_forward(
-    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, scales=()
+    q,
+    k,
+    v,
+    bp,
+    ln_w,
+    ln_b,
+    coef,
+    packing,
+    state,
+    config: LaunchConfig,
+    c0,
+    nc,
+    anchor,
+    y,
+    store,
+    token_powers=(),
 ):
     """One launch over tiles c0 .. c0 + nc from ``state`` (w1, w2, s1, s2) at tile c0; writes the reads
     into ``y`` (unless ``store``), the last chunk's start weights into ``anchor`` and, with Moneta's
-    per-token map, every token's two scales into ``scales`` (``[B, H, NT, L]`` each). Returns the state
+    per-token map, every token's two power sums into ``token_powers`` (``[B, H, NT, L]`` each). Returns the state
     after the tiles and, with ``store``, every tile's start state ``[B, H, nc, ...]``."""
     T, H = q.shape[1:3]
     w1, w2, s1, s2 = state
@@ -175,7 +191,7 @@ def launch_forward(
     scalars, constants = whole_state_meta(q, w1, ln_w, config)
     _forward_kernel[(N * H,)](
         q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, w1, w2, *or_empty(w1, s1), *or_empty(w2, s2),
-        y, *final, *anchor, *(scales or (new(0), new(0))), *chunks,
+        y, *final, *anchor, *(token_powers or (new(0), new(0))), *chunks,
         *or_empty(new(0), cu, toff), T, carried_rows(k, T, cu), c0, nc, coef[0].shape[2], *scalars,
         **constants, HAS_MOM=has_mom, VARLEN=cu is not None, STORE=store,
     )  # fmt: skip
@@ -190,9 +206,8 @@ def run_forward(
     checkpoint segment in turn, in the whole-state or (``config.hidden_block``) the wide-state kernel.
     Returns (y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's
     start, the state at every segment start ``[NS, B, H, ...]`` (the backward's checkpoints) and, with
-    Moneta's per-token map, every token's scales of both layers ``[B, H, NT, L]``, or in the wide-state
-    kernels the power sums they come from (else empty): the backward reads them instead of forming every
-    token's accumulators a second time for their norms)."""
+    Moneta's per-token map, every token's power sums of both layers ``[B, H, NT, L]`` (else empty): the
+    backward reads them instead of forming every token's accumulators a second time for their norms)."""
     launch = launch_wide if config.hidden_block else launch_forward
     if config.simplex_scale:
         launch = launch_wide_simplex_forward if config.hidden_block else launch_simplex_forward
@@ -202,8 +217,8 @@ def run_forward(
     state = (w1, w2, s1, s2)
     starts = []
     packing = (cu_seqlens, tile_offsets)
-    scales = tuple(torch.empty_like(beta) if config.token_map else beta.new_empty(0) for _ in range(2))
-    extra = {"scales": scales} if config.token_map else {}
+    powers = tuple(torch.empty_like(beta) if config.token_map else beta.new_empty(0) for _ in range(2))
+    extra = {"token_powers": powers} if config.token_map else {}
     for c0, nc in segments(config):
         starts.append(state)
         state, _ = launch(
@@ -213,4 +228,4 @@ def run_forward(
     ckpt += [torch.stack([st[i] for st in starts]) if s1 is not None else w1.new_empty(0) for i in (2, 3)]
     w1f, w2f, s1f, s2f = state
     s1f, s2f = (w1.new_empty(0) if s is None else s for s in (s1f, s2f))  # distinct: outputs may not alias
-    return (y, w1f, w2f, s1f, s2f, *anchor, *ckpt, *scales)
+    return (y, w1f, w2f, s1f, s2f, *anchor, *ckpt, *powers)

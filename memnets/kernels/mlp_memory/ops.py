@@ -29,9 +29,9 @@ _BETA, _W1, _W2, _S1 = 6, 11, 12, 13  # positions of β and the state in the inp
 # the cotangents of (y, W1, W2, S1, S2 final, W1, W2 anchor)
 _COTANGENTS = "Tensor dy, Tensor dw1_final, Tensor dw2_final, Tensor ds1_final, Tensor ds2_final, "
 _COTANGENTS += "Tensor dw1_anchor, Tensor dw2_anchor"
-# the backward's checkpoints, and Moneta's per-token scales [B, H, NT, L] (the wide-state kernels keep
-# the power sums they come from; empty without its map)
-_CHECKPOINTS = "Tensor ckpt_w1, Tensor ckpt_w2, Tensor ckpt_s1, Tensor ckpt_s2, Tensor tok_s1, Tensor tok_s2"
+# the backward's checkpoints, and Moneta's per-token power sums P1_t, P2_t [B, H, NT, L] (empty without its
+# map)
+_CHECKPOINTS = "Tensor ckpt_w1, Tensor ckpt_w2, Tensor ckpt_s1, Tensor ckpt_s2, Tensor tok_p1, Tensor tok_p2"
 _STATE_OUT = "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor"  # y, final state, anchor
 
 
@@ -46,8 +46,8 @@ def _split(inputs: tuple, n_tensors: int) -> tuple[tuple, LaunchConfig]:
 )
 def mlp_memory_fwd(*inputs) -> tuple[Tensor, ...]:
     """(y float32, W1, W2, S1, S2 final (S empty without momentum), W1, W2 at the last chunk's start,
-    the state at every checkpoint segment's start ``[NS, B, H, ...]`` and Moneta's per-token scales, or
-    in the wide-state kernels their power sums)."""
+    the state at every checkpoint segment's start ``[NS, B, H, ...]`` and Moneta's per-token power
+    sums)."""
     tensors, config = _split(inputs, _N_INPUTS)
     return run_forward(*tensors, config)
 
@@ -67,7 +67,7 @@ def mlp_memory_bwd(*inputs) -> list[Tensor]:
 @mlp_memory_fwd.register_fake
 def _(*inputs):
     """y, the final state, the anchor, the checkpoints (empty momenta without momentum) and the per-token
-    scales (empty without Moneta's map)."""
+    power sums (empty without Moneta's map)."""
     q, w1, w2, s1 = inputs[0], inputs[_W1], inputs[_W2], inputs[_S1]
     config = _split(inputs, _N_INPUTS)[1]
     ns = len(segments(config))

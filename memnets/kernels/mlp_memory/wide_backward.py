@@ -507,25 +507,27 @@ def _wide_backward_kernel(
 
 def launch_wide_backward(
     q, k, v, bp, ln_w, ln_b, dy, coef, packing, chunks, carry, anchor_cot, grads, dln, config: LaunchConfig, c0, nc,
-    end=(), scales=(),
+    end=(), token_powers=(),
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """:func:`~memnets.kernels.mlp_memory.backward.launch_backward` for the wide-state kernel (a dense
     batch; the state cotangents are updated in place in a copy of ``carry``). ``chunks``: the STORE
     recompute's start states and power sums (:func:`~.wide_forward.launch_wide_forward`); with Moneta's
     chunk-end map ``end`` holds the weights (W1, W2) after the chunks, the same recompute's state; with
-    its per-token map ``scales`` holds every token's power sums P1_t, P2_t (the forward's)."""
+    its per-token map ``token_powers`` holds every token's power sums P1_t, P2_t (the forward's)."""
     B, T, H = q.shape[:3]
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
     scalars, constants = wide_meta(q, carry[0], carry[1], ln_w, config)
     scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
     if config.end_map and len(end) != 2:
         raise ValueError("mlp_memory_wide_bwd: the chunk-end map needs the weights after the chunks (end)")
-    if config.token_map and len(scales) != 2:
-        raise ValueError("mlp_memory_wide_bwd: the per-token map needs every token's power sums (scales)")
+    if config.token_map and len(token_powers) != 2:
+        raise ValueError(
+            "mlp_memory_wide_bwd: the per-token map needs every token's power sums (token_powers)"
+        )
     empty = q.new_empty(0)
     _wide_backward_kernel[(B * H,)](
         q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)),
-        *(scales or (empty, empty)), *anchor_cot, *grads[:4], *dln, *grads[4:], *d_state, scratch,
+        *(token_powers or (empty, empty)), *anchor_cot, *grads[:4], *dln, *grads[4:], *d_state, scratch,
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
         HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
     )  # fmt: skip

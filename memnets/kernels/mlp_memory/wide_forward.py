@@ -70,7 +70,7 @@ two passes come first: pass 0 sums Σ|W|^q of the chunk-start W1, W2 over their 
 δ1; after pass 1, pass 1b forms every token's accumulators A1_t, A2_t block by block for their power sums
 (:func:`~.wide_maps.token_powers`: L products per block and layer, each block read once), whose scales
 multiply row t of layer 1's dual form in pass 2 and of Ẑ2 in step 3. The power sums are kept for the backward
-(every token's by the forward, where the whole-state kernel keeps the scales; each chunk-start's by the STORE
+(every token's by the forward, as the whole-state kernel does; each chunk-start's by the STORE
 recompute).
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
@@ -441,12 +441,27 @@ def working_state(state: tuple) -> tuple[Tensor, ...]:
 
 
 def launch_wide_forward(
-    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, scales=()
+    q,
+    k,
+    v,
+    bp,
+    ln_w,
+    ln_b,
+    coef,
+    packing,
+    state,
+    config: LaunchConfig,
+    c0,
+    nc,
+    anchor,
+    y,
+    store,
+    token_powers=(),
 ):
     """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
     over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``; with
     the Omega window k and v lead with the carried rows; with Moneta's per-token map every token's two
-    power sums P1_t, P2_t go to ``scales``, ``[B, H, NT, L]`` each: the backward needs P_t itself, as
+    power sums P1_t, P2_t go to ``token_powers``, ``[B, H, NT, L]`` each: the backward needs P_t itself, as
     the scales' derivative is one where P_t > the floor and zero where it is clamped). With ``store``
     the chunks' start states come with a fifth tensor: the ℓ_q map's power sums ``[B, H, nc, 2]``
     (``config.end_map``: at each chunk's end, ``config.token_map``: at its start; else empty)."""
@@ -465,7 +480,7 @@ def launch_wide_forward(
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](
         q, k, v, *or_empty(new(0), bp, ln_w, ln_b), *coef, y, *final, *anchor, *chunks, powers,
-        *(scales or (new(0), new(0))),
+        *(token_powers or (new(0), new(0))),
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
         HAS_MOM=has_mom, STORE=store, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
     )  # fmt: skip

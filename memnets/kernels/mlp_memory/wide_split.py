@@ -212,7 +212,22 @@ def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc
 
 
 def launch_wide(
-    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, scales=()
+    q,
+    k,
+    v,
+    bp,
+    ln_w,
+    ln_b,
+    coef,
+    packing,
+    state,
+    config: LaunchConfig,
+    c0,
+    nc,
+    anchor,
+    y,
+    store,
+    token_powers=(),
 ):
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
     results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
@@ -220,7 +235,7 @@ def launch_wide(
     program each."""
     if store or packing != (None, None) or config.end_map or config.token_map:  # the split: no ℓ_q maps
         return launch_wide_forward(
-            q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store, scales
+            q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store, token_powers
         )
     B, _, H = q.shape[:3]
     meta = wide_meta(q, state[0], state[1], ln_w, config)
