@@ -160,23 +160,8 @@ def backward_plan(tiles: int, every: int, inner: int) -> tuple[int, int]:
 
 
 def launch_forward(
-    q,
-    k,
-    v,
-    bp,
-    ln_w,
-    ln_b,
-    coef,
-    packing,
-    state,
-    config: LaunchConfig,
-    c0,
-    nc,
-    anchor,
-    y,
-    store,
-    token_powers=(),
-):
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, token_powers=()
+):  # fmt: skip
     """One launch over tiles c0 .. c0 + nc from ``state`` (w1, w2, s1, s2) at tile c0; writes the reads
     into ``y`` (unless ``store``), the last chunk's start weights into ``anchor`` and, with Moneta's
     per-token map, every token's two power sums into ``token_powers`` (``[B, H, NT, L]`` each). Returns the state

@@ -68,6 +68,23 @@ def token_layer2(W2, S2, AT, dd, beta_t, f_t, g_t, DOT: tl.constexpr, HAS_MOM: t
 
 
 @triton.jit
+def token_layer1_shares(C1, kT, d1T, g_t, DOT: tl.constexpr):
+    """:func:`token_layer1` backward from a cotangent C1 ``[KB, BHB]`` of A1_t: the shares of δ1_jᵀ
+    ``[BHB, BK]`` (−G[t, s] (K_i C1)ᵀ), of the key block Kᵀ ``[KB, BK]`` (−C1 (δ1_j ⊙ G[t, :])ᵀ) and of
+    G[t, :] ``[BK]`` (the state's, β_t's and f_t's are the caller's: β_t C1, ⟨C1, W1⟩, ...)."""
+    kc1T = dot(tl.trans(C1), kT, DOT)  # (K_i C1)ᵀ
+    return -g_t[None, :] * kc1T, -dot(C1, d1T * g_t[None, :], DOT), -tl.sum(kc1T * d1T, 0)
+
+
+@triton.jit
+def token_layer2_shares(C2, AT, ddT, g_t, DOT: tl.constexpr):
+    """:func:`token_layer2` backward from a cotangent C2 ``[BHB, BD]`` of A2_t: the shares of Δᵀ ``[BD, BK]``
+    (−G[t, s] (A_j C2)ᵀ), of A_jᵀ ``[BHB, BK]`` (−G[t, s] C2 Δᵀ) and of G[t, :] ``[BK]``."""
+    ac2T = dot(tl.trans(C2), AT, DOT)  # (A_j C2)ᵀ
+    return -g_t[None, :] * ac2T, -g_t[None, :] * dot(C2, ddT, DOT), -tl.sum(ac2T * ddT, 0)
+
+
+@triton.jit
 def layer1_t(
     w1, base1, j, x, rows, valid,
     DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,

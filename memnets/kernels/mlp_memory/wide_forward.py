@@ -441,23 +441,8 @@ def working_state(state: tuple) -> tuple[Tensor, ...]:
 
 
 def launch_wide_forward(
-    q,
-    k,
-    v,
-    bp,
-    ln_w,
-    ln_b,
-    coef,
-    packing,
-    state,
-    config: LaunchConfig,
-    c0,
-    nc,
-    anchor,
-    y,
-    store,
-    token_powers=(),
-):
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, token_powers=()
+):  # fmt: skip
     """:func:`~memnets.kernels.mlp_memory.forward.launch_forward` for the wide-state kernel (one launch
     over chunks c0 .. c0 + nc of a dense batch, the state updated in place in a copy of ``state``; with
     the Omega window k and v lead with the carried rows; with Moneta's per-token map every token's two

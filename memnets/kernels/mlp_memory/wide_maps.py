@@ -21,7 +21,16 @@ from ..precision import dot
 from .common import act, act_grad, key_cols_t
 from .end_map import lq_grad_coef, lq_grad_dir, lq_power, lq_scale_of
 from .token_state import row_of
-from .wide_blocks import layer1_block, layer1_t, token_layer1, token_layer2, w1_block, w2_block
+from .wide_blocks import (
+    layer1_block,
+    layer1_t,
+    token_layer1,
+    token_layer1_shares,
+    token_layer2,
+    token_layer2_shares,
+    w1_block,
+    w2_block,
+)
 
 
 @triton.jit
@@ -178,17 +187,17 @@ def token_layer1_backward(
         beta_t = row_of(b_beta, at)
         f_t = row_of(b_f, at)
         g_t = row_of(b_G, at[:, None])
-        gd1T = d1T * g_t[None, :]
         A1 = token_layer1(W1, S1, kT, d1T, beta_t, f_t, g_t, DOT, HAS_MOM)
         C1 = row_of(coef1, at) * lq_grad_dir(A1, end_q)
+        # each pass uses its own shares (the compiler drops the other's product)
+        d1_share, k_share, g_share = token_layer1_shares(C1, kT, d1T, g_t, DOT)
         if STATE:
             gW1 += beta_t * C1
             gS1 += f_t * C1
-            dkT -= dot(C1, gd1T, DOT)
+            dkT += k_share
         else:
-            kc1T = dot(tl.trans(C1), kT, DOT)  # (K_i C1_t)ᵀ
-            d_d1T -= g_t[None, :] * kc1T
-            dG = tl.where(at[:, None], dG - tl.sum(kc1T * d1T, 0)[None, :], dG)
+            d_d1T += d1_share
+            dG = tl.where(at[:, None], dG + g_share[None, :], dG)
             dbeta = tl.where(at, dbeta + inner(C1, W1), dbeta)
             if HAS_MOM:
                 df = tl.where(at, df + inner(C1, S1), df)
@@ -222,10 +231,10 @@ def token_layer2_backward(
         C2 = row_of(coef2, at) * lq_grad_dir(A2, end_q)
         gW2 += beta_t * C2
         gS2 += f_t * C2
-        ac2T = dot(tl.trans(C2), AT, DOT)  # (A_j C2_t)ᵀ
-        d_ddT -= g_t[None, :] * ac2T
-        dAT -= g_t[None, :] * dot(C2, ddT, DOT)
-        dG = tl.where(at[:, None], dG - tl.sum(ac2T * ddT, 0)[None, :], dG)
+        dd_share, a_share, g_share = token_layer2_shares(C2, AT, ddT, g_t, DOT)
+        d_ddT += dd_share
+        dAT += a_share
+        dG = tl.where(at[:, None], dG + g_share[None, :], dG)
         dbeta = tl.where(at, dbeta + inner(C2, W2), dbeta)
         if HAS_MOM:
             df = tl.where(at, df + inner(C2, S2), df)

@@ -46,7 +46,7 @@ from .common import (
 from .config import LaunchConfig
 from .simplex import simplex, simplex_backward
 from .token_state import row_of
-from .wide_blocks import chunk_rows
+from .wide_blocks import chunk_rows, token_layer1_shares, token_layer2_shares
 from .wide_forward import read_coefficients, update_coefficients
 from .wide_simplex import (
     block_rows,
@@ -60,19 +60,14 @@ from .wide_simplex import (
 
 
 @triton.jit
-def accumulator_backward(C1, C2, g, X1, X2, kT, AT, d1T, dd, ddT, DOT: tl.constexpr):
+def accumulator_backward(C1, C2, g, X1, X2, kT, AT, d1T, ddT, DOT: tl.constexpr):
     """Block j of an accumulator X1' = b X1 [+ f S1] − Kᵀ (g ⊙ δ1_j), X2' = b X2 [+ f S2] − A_jᵀ (g ⊙ Δ)
     (a token's, the lag token's, the chunk-end update's) backward from the cotangents C1 ``[KB, BHB]``, C2
     ``[BHB, BD]`` of X1', X2': the shares of δ1_jᵀ and A_jᵀ ``[BHB, BK]``, of Δᵀ and Kᵀ ``[BD, BK]`` (sums
     over the blocks), of g ``[BK]``, and ⟨C1, X1⟩ + ⟨C2, X2⟩ (b's)."""
-    kc1T = dot(tl.trans(C1), kT, DOT)  # (K C1)ᵀ
-    ac2T = dot(tl.trans(C2), AT, DOT)  # (A_j C2)ᵀ
-    d_d1T = -g[None, :] * kc1T
-    d_ddT = -g[None, :] * ac2T
-    dAT = -g[None, :] * dot(C2, ddT, DOT)
-    dkT = -dot(C1, d1T * g[None, :], DOT)
-    dg = -(tl.sum(kc1T * d1T, 0) + tl.sum(ac2T * ddT, 0))
-    return d_d1T, d_ddT, dAT, dkT, dg, inner(C1, X1) + inner(C2, X2)
+    d_d1T, dkT, dg1 = token_layer1_shares(C1, kT, d1T, g, DOT)
+    d_ddT, dAT, dg2 = token_layer2_shares(C2, AT, ddT, g, DOT)
+    return d_d1T, d_ddT, dAT, dkT, dg1 + dg2, inner(C1, X1) + inner(C2, X2)
 
 
 @triton.jit
@@ -268,7 +263,7 @@ def _wide_simplex_backward_kernel(
             _o1, _m1, _o2, _m2, cW1, cW2, cS1, cS2 = load_block(dw1, dw2, ds1, ds2, base1, base2, j,
                                                               D, DI, DH, KB, BHB, BD, HAS_MOM)  # fmt: skip
             # the chunk-end update W' = β_L W [+ f_L S] − ..., S' = m S − ... (coefficients G[last, :], s)
-            d_d1T, e2, dAT, e4, dgl, dbl = accumulator_backward(cW1, cW2, g_last, W1, W2, kT, AT, d1T, dd_mix,
+            d_d1T, e2, dAT, e4, dgl, dbl = accumulator_backward(cW1, cW2, g_last, W1, W2, kT, AT, d1T,
                                                                 ddT_mix, DOT)  # fmt: skip
             d_ddT += e2
             dkT += e4
@@ -280,7 +275,7 @@ def _wide_simplex_backward_kernel(
             gS2 = gW2
             if HAS_MOM:
                 b_df = tl.where(is_last, b_df + inner(cW1, S1) + inner(cW2, S2), b_df)
-                e1, e2, e3, e4, dgs, dms = accumulator_backward(cS1, cS2, b_s, S1, S2, kT, AT, d1T, dd_mix, ddT_mix,
+                e1, e2, e3, e4, dgs, dms = accumulator_backward(cS1, cS2, b_s, S1, S2, kT, AT, d1T, ddT_mix,
                                                                 DOT)  # fmt: skip
                 d_d1T += e1
                 d_ddT += e2
@@ -309,7 +304,7 @@ def _wide_simplex_backward_kernel(
                     act(z, ACT)[:, None] * dy_t[None, :]
                     - (row_of(y_pre, at[:, None]) * dy_t / scale)[None, :]
                 )
-                e1, e2, e3, e4, dgt, dbt = accumulator_backward(C1, C2, g_t, W1, W2, kT, AT, d1T, dd_mix, ddT_mix,
+                e1, e2, e3, e4, dgt, dbt = accumulator_backward(C1, C2, g_t, W1, W2, kT, AT, d1T, ddT_mix,
                                                                 DOT)  # fmt: skip
                 d_d1T += e1
                 d_ddT += e2
@@ -352,9 +347,7 @@ def _wide_simplex_backward_kernel(
                 dkT += dk_j
                 AT1 = act(Z1T, ACT)
                 d1T1 = ET * act_grad(Z1T, ACT)
-                e1, e2, e3, e4, dg0, db0 = accumulator_backward(
-                    CL1, CL2, g0, W1, W2, kT, AT1, d1T1, dd, ddT, DOT
-                )
+                e1, e2, e3, e4, dg0, db0 = accumulator_backward(CL1, CL2, g0, W1, W2, kT, AT1, d1T1, ddT, DOT)
                 d_ddT += e2
                 dkT += e4
                 b_dG = tl.where((li == 0)[:, None], b_dG + dg0[None, :], b_dG)

@@ -212,23 +212,8 @@ def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc
 
 
 def launch_wide(
-    q,
-    k,
-    v,
-    bp,
-    ln_w,
-    ln_b,
-    coef,
-    packing,
-    state,
-    config: LaunchConfig,
-    c0,
-    nc,
-    anchor,
-    y,
-    store,
-    token_powers=(),
-):
+    q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, token_powers=()
+):  # fmt: skip
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
     results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
     is more than one, else (and for the backward's recompute, ``store``, and with Moneta's ℓ_q maps) one
