@@ -419,6 +419,45 @@ def test_inner_recall_script_stores_pairs_and_shows_monetas_collapse():
     assert sharp != script.recall(rules["memora"], 1.0, seed=0, **shape)
 
 
+def test_state_sensitivity_script_measures_the_recurrences_growth():
+    """``state_sensitivity.py``: with writes switched off (``lr_max`` 1e-12) and no momentum Titans'
+    recurrence is W_t = keep_t W_{t-1}, so a displacement's gain over a piece lies between the smallest and the largest
+    (sequence, head) product of keep over it (about 0.99^64 ≈ 0.53, not 1: the rescaling between pieces is
+    right); Moneta's MQAR config at its initialisation grows a displacement about 12x per 64 tokens by
+    T = 512 and with the memory LayerNorm's scale at 0.1 it does not (RESULTS §54); a mixer without a
+    memory block is named, not measured."""
+    script = load_script("scripts/state_sensitivity.py")
+    titans, frozen = (
+        ROOT / "configs/mqar/titans.yaml",
+        [
+            "model.mixer_options.titans.lr_max=1e-12",
+            "model.mixer_options.titans.momentum=false",
+        ],
+    )
+    rows = script.sensitivity(titans, 256, 64, 2, frozen)
+    cfg = load_config(titans, ["model.max_position_embeddings=0", *frozen])
+    cfg.model.vocab_size = cfg.data.mqar.vocab_size
+    torch.manual_seed(0)
+    from memnets import LM
+
+    model = LM(cfg.model).double()
+    block = script.first_memory_block(model)
+    tokens = torch.randint(0, cfg.model.vocab_size, (2, 256))
+    with torch.no_grad():
+        keep = script.memory_inputs(model, block, tokens)[0][-1]  # [B, T, H]
+    for r in rows[1:]:
+        prod = keep[:, r["t"] - 64 : r["t"]].prod(1)
+        assert prod.min() * (1 - 1e-6) <= r["gain"] <= prod.max() * (1 + 1e-6), r
+        assert r["gain"] < 0.6
+    assert math.isnan(rows[0]["gain"]) and [r["t"] for r in rows] == [64, 128, 192, 256]
+
+    moneta = ROOT / "configs/mqar/moneta.yaml"
+    assert script.sensitivity(moneta, 512, 64, 2, [])[-1]["gain"] > 5
+    damped = script.sensitivity(moneta, 512, 64, 2, memory_overrides(moneta, ["norm_scale=0.1"]))
+    assert max(r["gain"] for r in damped[1:]) < 1
+    assert "no MemoryBlock" in script.sensitivity(ROOT / "configs/mqar/gated_deltanet.yaml", 64, 64, 2, [])
+
+
 def test_grad_noise_scale_script(mqar_run):
     """``grad_noise_scale.py``: the unbiased estimates on gradients with a known mean and spread; the
     per-sequence gradients average to the trainer's batch gradient; a run's checkpoint is measured."""
