@@ -14,12 +14,16 @@ message; one that fails to load or train is reported as ``failed`` and the rest 
 
 Presets (the configs given, or every family when none is):
 
-- ``--preset cpu``: the tiny text configs (``configs/lm/*-tiny.yaml`` but TNT's stage 2, which needs
-  stage 1) on ``data.path``, at a budget of a few minutes per model on a laptop CPU: 150 steps of
-  8 x 128 tokens, evaluations every 50 steps.
+- ``--preset cpu``: the tiny text configs (``configs/lm/*-tiny.yaml``) on ``data.path``, at a budget of
+  a few minutes per model on a laptop CPU: 150 steps of 8 x 128 tokens, evaluations every 50 steps.
 - ``--preset gpu``: the zoology grid on MQAR (arXiv:2312.04927, §3 and Fig. 2) for every
   ``configs/mqar`` family: T in {64, 128, 256, 512} x d_model in {64, 128, 256}, trained on a mixture
   of 4 .. T/8 key-value pairs (up to 64, vocabulary 8192) and scored per number of pairs; run NAME-T{T}-d{d}.
+
+A config that starts from another config's run (``train.init_from: runs/STEM``, as TNT's stage 2 starts
+from stage 1) starts from this sweep's run of that config when the sweep has one, and trains after it
+for the same share of the sweep's steps as its own config has of the other's (TNT's stage 2: 100 of
+2000, so 8 of the CPU preset's 150), its warmup and evaluations scaled alike.
 
 The sweep is resumable: a second call with the same ``OUT`` finishes only what is missing. A run that
 finished with the same resolved config is taken from its ``OUT/runs/NAME/compare.json`` without training;
@@ -62,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # plot_runs.py, beside
 import plot_runs
 
 from memnets.checkpoint import checkpoint_step, list_checkpoints
-from memnets.config import Config, apply_overrides, load_config, load_yaml, to_dict
+from memnets.config import Config, TrainConfig, apply_overrides, load_config, load_yaml, to_dict
 from memnets.data import TextTask, build_task
 from memnets.data.baseline import context_free_loss
 from memnets.metrics import parse_metrics
@@ -147,7 +151,7 @@ def zoo_pairs(seq_len: int) -> list[int]:
 def preset_configs(preset: str) -> list[Path]:
     if preset == "cpu":
         found = (ROOT / "configs/lm").glob("*-tiny.yaml")
-        return sorted(p for p in found if not p.name.startswith("_") and p.stem != "tnt-stage2-tiny")
+        return sorted(p for p in found if not p.name.startswith("_"))
     return sorted(p for p in (ROOT / "configs/mqar").glob("*.yaml") if not p.name.startswith("_"))
 
 
@@ -176,6 +180,45 @@ def entries(paths: list[Path], mixers: list[str], preset: str | None) -> list[En
         for T in ZOO_SEQ_LENS
         for d in ZOO_D_MODELS
     ]
+
+
+def chain_stages(runs: list[Entry], overrides: list[str], out: Path) -> list[Entry]:
+    """``runs`` with every run whose config starts from another run's config in the sweep
+    (``train.init_from`` naming that config's default run folder, ``runs/STEM``) pointed at the sweep's
+    run of it, placed after it, and given the same share of that run's steps as its own config has of
+    the other config's (its warmup, evaluations and checkpoints scaled to its steps)."""
+
+    def own(e: Entry) -> dict[str, Any]:  # the config's train section as written (bases resolved)
+        return {
+            **to_dict(TrainConfig()),
+            **(apply_overrides(load_yaml(e.path), e.overrides).get("train") or {}),
+        }
+
+    by_stem = {e.path.stem: e for e in runs}
+    firsts: dict[str, Entry] = {}
+    chained: list[Entry] = []
+    for e in runs:
+        train = own(e)
+        first = by_stem.get(Path(train["init_from"]).name) if train["init_from"] else None
+        if first is None or first is e:
+            chained.append(e)
+            continue
+        swept = load_config(first.path, [*overrides, *first.overrides]).train.steps
+        steps = max(1, round(swept * train["steps"] / own(first)["steps"]))
+        stage = [
+            f"train.init_from={out / 'runs' / first.name}",
+            f"train.steps={steps}",
+            f"train.warmup_steps={round(steps * train['warmup_steps'] / train['steps'])}",
+            f"train.eval_every={steps}",
+            f"train.checkpoint_every={steps}",
+        ]
+        firsts[e.name] = first
+        chained.append(Entry(e.name, e.path, [*e.overrides, *stage], e.family))
+    ordered = [e for e in chained if e.name not in firsts]
+    for e in chained:  # each stage right after the run it starts from
+        if e.name in firsts:
+            ordered.insert([o.name for o in ordered].index(firsts[e.name].name) + 1, e)
+    return ordered
 
 
 def missing_mixers(path: Path, overrides: list[str]) -> list[str]:
@@ -573,8 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.steps={args.steps}")
     overrides.append("run.resume=auto")  # a second call continues the sweep
     try:
-        runs = entries(paths, mixers, args.preset)
-    except ValueError as e:
+        runs = chain_stages(entries(paths, mixers, args.preset), overrides, args.out)
+    except (ValueError, ConfigError) as e:
         p.error(str(e))
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -225,3 +225,41 @@ def test_no_attention_run_no_relative_column():
     rows.append({"name": "b", "status": "finished", "mixer": "attention", "val_bpb": 2.0})
     compare.against_attention(rows)
     assert rows[0]["bpb_vs_attention"] == pytest.approx(0.5) and "+50.0%" in compare.table(rows)
+
+
+def test_a_second_stage_starts_from_the_sweeps_first_stage(tmp_path):
+    """TNT's stage 2 (``train.init_from: runs/tnt-stage1-tiny``) in a sweep with stage 1 trains after it,
+    from this sweep's stage-1 run, for stage 2's share of the sweep's steps (100 of 2000: 1 of 20 here),
+    and changes only what it trains (the local memories): every other weight is stage 1's."""
+    from memnets.checkpoint import list_checkpoints, load_checkpoint
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 300)
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.num_heads=2", "data.seq_len=64"]
+    stage1, stage2 = (str(ROOT / f"configs/lm/tnt-stage{i}-tiny.yaml") for i in (1, 2))
+    out = tmp_path / "lb"
+    args = [
+        stage2,
+        stage1,
+        "--preset",
+        "cpu",
+        f"data.path={corpus}",
+        *tiny,
+        "--steps",
+        "20",
+        "--out",
+        str(out),
+    ]
+    assert compare.main(args) == 0
+    res, rows = _results(out)
+    assert [r["name"] for r in res["results"]] == ["tnt-stage1-tiny", "tnt-stage2-tiny"]
+    assert rows["tnt-stage1-tiny"]["steps"] == 20 and rows["tnt-stage2-tiny"]["steps"] == 1
+    assert all(r["status"] == "finished" and math.isfinite(r["val_bpb"]) for r in rows.values())
+
+    def weights(name: str) -> dict:
+        return load_checkpoint(list_checkpoints(out / "runs" / name / "checkpoints")[-1])["model"]
+
+    first, second = weights("tnt-stage1-tiny"), weights("tnt-stage2-tiny")
+    local = [k for k in first if ".mixer.local." in k]
+    assert local and first.keys() == second.keys()
+    assert all(first[k].equal(second[k]) for k in first if k not in local)
+    assert any(not first[k].equal(second[k]) for k in local)
