@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - start, 1),
         "failed": failed,
     }
+    # --out names the files' stem, whose folder may not exist yet
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{a.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     Path(f"{a.out}.md").write_text(table)
     print(f"wrote {a.out}.json and {a.out}.md ({meta['seconds']} s)", file=sys.stderr)
