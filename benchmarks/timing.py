@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -136,7 +137,9 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
 def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> float:
     """Megabytes (10^6 bytes) of tensors that autograd keeps for the backward pass of ``forward()``,
     deduplicated by storage; tensors sharing storage with ``exclude`` (the parameters and inputs) are not
-    counted."""
+    counted. Inside ``torch.utils.checkpoint.checkpoint`` (``train.memory_recompute``'s chunk steps) the
+    region's own saved tensors are the checkpoint's business (recomputed, not kept), but the inputs it
+    holds for the re-run are kept: those are counted (they reach no saved-tensor hook)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, int] = {}
 
@@ -146,8 +149,20 @@ def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
+    checkpoint = torch.utils.checkpoint.checkpoint
+
+    def holding(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        for t in torch.utils._pytree.tree_leaves((args, kwargs)):
+            if isinstance(t, torch.Tensor):
+                pack(t)
+        return checkpoint(fn, *args, **kwargs)
+
+    torch.utils.checkpoint.checkpoint = holding
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+    finally:
+        torch.utils.checkpoint.checkpoint = checkpoint
     del out
     return sum(seen.values()) / 1e6
 

@@ -1,6 +1,7 @@
 """scripts/eval.py and scripts/compare.py on tiny attention runs trained for a few steps on CPU;
 scripts/bench_titans_kernels.py on tiny shapes (its Triton rows in the interpreter)."""
 
+import itertools
 import json
 import math
 import os
@@ -489,3 +490,53 @@ def test_grad_noise_scale_script(mqar_run):
 
     measured = script.measure(MQAR, mqar_run, 4, [*TINY_MQAR, "model.max_position_embeddings=64"])
     assert measured["step"] == 3 and measured["trace"] > 0
+
+
+def test_saved_for_backward_counts_what_a_checkpoint_holds():
+    """``benchmarks.timing.saved_for_backward_mb``: a checkpointed region keeps its input (counted) and
+    nothing of its own (recomputed); the same ops outside a checkpoint keep what they save."""
+    import torch.utils.checkpoint
+
+    from benchmarks.timing import saved_for_backward_mb
+
+    x = torch.randn(250_000, requires_grad=True)  # 1 MB, a parameter-like input: excluded
+
+    def plain() -> torch.Tensor:
+        y = x * 2.0  # a 1 MB non-leaf
+        return (y.sin() * y.cos()).sum()  # sin and cos save y; the product saves both outputs
+
+    def checkpointed() -> torch.Tensor:
+        y = x * 2.0
+        return torch.utils.checkpoint.checkpoint(lambda a: (a.sin() * a.cos()).sum(), y, use_reentrant=False)
+
+    assert saved_for_backward_mb(plain, exclude=[x]) == pytest.approx(3.0)
+    assert saved_for_backward_mb(checkpointed, exclude=[x]) == pytest.approx(1.0)  # y, held for the re-run
+    assert torch.utils.checkpoint.checkpoint.__name__ == "checkpoint"  # restored
+
+
+def test_memory_plan_script_orders_the_settings_and_picks_the_first_that_fits():
+    """``memory_plan.py`` on a tiny config: per-token figures from one and two layers at two lengths
+    (recomputed chunk steps keep less than the plain engine), the estimates fall along the settings
+    (checkpointing, recompute, smaller micro-batches), and the plan is the first that fits."""
+    script = load_script("scripts/memory_plan.py")
+    config = ROOT / "configs/lm/titans-tiny.yaml"
+    over = ["data.path=data/tinyshakespeare.txt", "model.d_model=64", "model.n_layers=3", "data.seq_len=256"]
+    over += ["train.micro_batch_size=4", "train.activation_checkpointing=false"]
+    roomy = script.plan(config, over, gpu_gb=100.0, margin=0.9, lengths=(32, 64))
+    titans = roomy["mb_per_token"]["titans"]
+    assert 0 < titans["layer_recomputed"] < titans["layer"] and titans["outside"] > 0
+    gb = [s["gb"] for s in roomy["settings"]]
+    assert all(a >= b for a, b in itertools.pairwise(gb)) and gb[0] > gb[1] > gb[-1]
+    assert [s["micro_batch_size"] for s in roomy["settings"]] == [4, 4, 4, 2, 1]
+    assert roomy["plan"] == roomy["settings"][0]  # 100 GB hold everything as configured
+    # the plan is the first setting under margin x the GPU's memory
+    between = (gb[1] + gb[2]) / 2 / 0.9
+    tight = script.plan(config, over, gpu_gb=between, margin=0.9, lengths=(32, 64))
+    assert tight["plan"] == tight["settings"][2]
+    assert script.plan(config, over, gpu_gb=1e-6, margin=0.9, lengths=(32, 64))["plan"] is None
+    # the estimate: 16 B per parameter, then the activations of micro-batch x length tokens
+    params, tokens = roomy["params"], 4 * 256
+    plain = 3 * titans["layer"] + titans["outside"]
+    assert gb[0] == pytest.approx((16 * params + plain * 1e6 * tokens) / 1e9)
+    kept = titans["layer"] + 3 * 64 * 4 / 1e6 + titans["outside"]
+    assert gb[1] == pytest.approx((16 * params + kept * 1e6 * tokens) / 1e9)
