@@ -147,7 +147,10 @@ def saved_for_backward_mb(forward: Callable[[], object], exclude: Iterable[torch
         storage = t.untyped_storage()
         if storage.data_ptr() not in skip:
             seen[storage.data_ptr()] = storage.nbytes()
-        return t
+        # a detached alias keeps the storage (so no address is reused while counting) without a
+        # reference to t's grad_fn: t itself, saved by its own grad_fn (an output), would make a
+        # cycle through C++ that no garbage collection frees, and every call would leak its graph
+        return t.detach()
 
     checkpoint = torch.utils.checkpoint.checkpoint
 

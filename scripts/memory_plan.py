@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.timing import saved_for_backward_mb  # noqa: E402
 from memnets import LM  # noqa: E402
-from memnets.config import load_config  # noqa: E402
+from memnets.config import apply_overrides, config_from_dict, load_config, load_yaml  # noqa: E402
 from memnets.data import build_task  # noqa: E402
 from memnets.reports import report  # noqa: E402
 
@@ -51,7 +51,12 @@ from memnets.reports import report  # noqa: E402
 def saved_mb(config: Path, overrides: list[str], mixer: str, layers: int, T: int, recompute: bool) -> float:
     """MB autograd keeps for the backward of one sequence of ``T`` tokens through ``layers`` layers of
     ``mixer`` with the config's widths and options (the loss included; parameters excluded)."""
-    cfg = load_config(config, [*overrides, f"model.mixer={mixer}", f"model.n_layers={layers}"])
+    data = apply_overrides(
+        load_yaml(config), [*overrides, f"model.mixer={mixer}", f"model.n_layers={layers}"]
+    )
+    options = data["model"].get("mixer_options") or {}
+    data["model"]["mixer_options"] = {k: v for k, v in options.items() if k == mixer}  # a hybrid's others
+    cfg = config_from_dict(data)
     torch.manual_seed(0)
     model = LM(cfg.model)
     model.recompute_memory_chunks = recompute

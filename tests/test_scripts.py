@@ -1,10 +1,12 @@
 """scripts/eval.py and scripts/compare.py on tiny attention runs trained for a few steps on CPU;
 scripts/bench_titans_kernels.py on tiny shapes (its Triton rows in the interpreter)."""
 
+import gc
 import itertools
 import json
 import math
 import os
+import weakref
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # --triton on CPU; must precede the kernels' import
 
@@ -512,6 +514,18 @@ def test_saved_for_backward_counts_what_a_checkpoint_holds():
     assert saved_for_backward_mb(plain, exclude=[x]) == pytest.approx(3.0)
     assert saved_for_backward_mb(checkpointed, exclude=[x]) == pytest.approx(1.0)  # y, held for the re-run
     assert torch.utils.checkpoint.checkpoint.__name__ == "checkpoint"  # restored
+    # nothing of the counted graph outlives the call (a pack hook returning its own output's tensor
+    # made a cycle through C++ that leaked every call's graph)
+    kept = []
+
+    def tracked() -> torch.Tensor:
+        z = (x * 2.0).exp()  # exp saves its own output, z
+        kept.append(weakref.ref(z))
+        return z.sum()
+
+    assert saved_for_backward_mb(tracked, exclude=[x]) == pytest.approx(1.0)
+    gc.collect()
+    assert kept[0]() is None
 
 
 def test_memory_plan_script_orders_the_settings_and_picks_the_first_that_fits():
