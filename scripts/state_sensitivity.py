@@ -12,6 +12,11 @@ direction settles on the most amplified one, so the product of the gains over a 
 the largest growth over it, which is also the transposed product's, the backward's). Float64 keeps
 the finite differences clean.
 
+``memory_sensitivity.py`` measures the same growth end to end (the logits' response to a change of the
+initial memory weights, every memory of the model, MAC's and TNT's too), which saturates once the
+perturbed run leaves the linear regime (about 1e6); rescaling per piece does not, gives the rate per
+token range, and shows the state beside it.
+
 A gain below 1 per piece is a contracting recurrence (retention forgets faster than the writes
 amplify); above 1, a change of the state, and with it the gradient through the state, grows
 geometrically over the tokens. Beside each gain, the state's root-mean-square per weight matrix, which
