@@ -98,6 +98,10 @@ def peak_gb(
 def plan(
     config: Path, overrides: list[str], gpu_gb: float, margin: float, lengths: tuple[int, int]
 ) -> dict[str, Any]:
+    raw = apply_overrides(load_yaml(config), overrides)
+    text, model = raw.get("data") or {}, raw.get("model") or {}
+    if text.get("kind") == "text" and not text.get("path") and model.get("vocab_size"):
+        overrides = [*overrides, "data.path=unread"]  # with the vocabulary given, the plan reads no data
     cfg = load_config(config, overrides)
     if cfg.model.vocab_size is None:  # the trainer takes it from the data; so does the plan
         overrides = [*overrides, f"model.vocab_size={build_task(cfg.data, cfg.run.seed).vocab_size}"]

@@ -548,6 +548,9 @@ def test_memory_plan_script_orders_the_settings_and_picks_the_first_that_fits():
     tight = script.plan(config, over, gpu_gb=between, margin=0.9, lengths=(32, 64))
     assert tight["plan"] == tight["settings"][2]
     assert script.plan(config, over, gpu_gb=1e-6, margin=0.9, lengths=(32, 64))["plan"] is None
+    # a text config with its vocabulary given needs no corpus (the 760M configs: data.path on the command line)
+    unread = ["model.vocab_size=300", *over[1:]]
+    assert script.plan(config, unread, gpu_gb=100.0, margin=0.9, lengths=(32, 64))["params"] > 0
     # the estimate: 16 B per parameter, then the activations of micro-batch x length tokens
     params, tokens = roomy["params"], 4 * 256
     plain = 3 * titans["layer"] + titans["outside"]
