@@ -127,6 +127,13 @@ class Trainer:
         self.model = LM(cfg.model).to(self.device)
         self.model.checkpoint_blocks = t.activation_checkpointing
         self.model.recompute_memory_chunks = t.memory_recompute
+        if t.activation_checkpointing:
+            log.info("train.activation_checkpointing: each block keeps its input and re-runs in the backward")
+        if t.memory_recompute:
+            log.info(
+                "train.memory_recompute: the chunked and compiled memory engines keep each chunk's start state "
+                "and re-run its step in the backward (the Triton kernels keep their own checkpoints)"
+            )
         if t.init_from and resume_state is None:
             source = load_model_weights(self.model, t.init_from)
             log.info(

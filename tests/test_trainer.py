@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import signal
 import subprocess
@@ -263,3 +264,28 @@ def test_bits_per_byte_of_a_bare_bin_with_a_bpe_tokenizer(tmp_path):
     result = train(cfg)
     bpt = result.metrics["val_loss"] / math.log(2) / result.metrics["val_bpb"]
     assert bpt == pytest.approx(true_bpt, rel=1e-3)
+
+
+def test_memory_saving_settings_are_logged(tmp_path):
+    """``train.activation_checkpointing`` and ``train.memory_recompute`` each say what they do in the log
+    (the large LM configs turn them on), and neither line appears when they are off."""
+    titans = str(ROOT / "configs/mqar/titans.yaml")
+    on = ["train.activation_checkpointing=true", "train.memory_recompute=true"]
+
+    def logged(overrides: list[str], run_dir) -> str:
+        lines: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+        log = logging.getLogger("memnets")
+        log.addHandler(handler)
+        try:
+            train(load_config(titans, [*TINY_MQAR, "train.steps=1", *overrides, f"run.dir={run_dir}"]))
+        finally:
+            log.removeHandler(handler)
+        return "\n".join(lines)
+
+    text = logged(on, tmp_path / "on")
+    assert "train.activation_checkpointing: each block" in text
+    assert "train.memory_recompute: the chunked and compiled memory engines" in text
+    text = logged([], tmp_path / "off")
+    assert "train.activation_checkpointing" not in text and "train.memory_recompute" not in text
