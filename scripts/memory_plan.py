@@ -48,20 +48,25 @@ from memnets.data import build_task  # noqa: E402
 from memnets.reports import report  # noqa: E402
 
 
-def saved_mb(config: Path, overrides: list[str], mixer: str, layers: int, T: int, recompute: bool) -> float:
-    """MB autograd keeps for the backward of one sequence of ``T`` tokens through ``layers`` layers of
-    ``mixer`` with the config's widths and options (the loss included; parameters excluded)."""
+def layers_model(config: Path, overrides: list[str], mixer: str, layers: int) -> LM:
+    """The config's model with ``layers`` layers of ``mixer`` (a hybrid's other mixers' options dropped)."""
     data = apply_overrides(
         load_yaml(config), [*overrides, f"model.mixer={mixer}", f"model.n_layers={layers}"]
     )
     options = data["model"].get("mixer_options") or {}
-    data["model"]["mixer_options"] = {k: v for k, v in options.items() if k == mixer}  # a hybrid's others
-    cfg = config_from_dict(data)
+    data["model"]["mixer_options"] = {k: v for k, v in options.items() if k == mixer}
     torch.manual_seed(0)
-    model = LM(cfg.model)
+    return LM(config_from_dict(data).model).train()
+
+
+def saved_mb(model: LM, T: int, recompute: bool) -> float:
+    """MB autograd keeps for the backward of one sequence of ``T`` tokens through ``model`` (the loss
+    included; parameters excluded)."""
     model.recompute_memory_chunks = recompute
-    model.train()
-    tokens = torch.randint(0, cfg.model.vocab_size, (1, T + 1))
+    # the same tokens for every model and mode at a length: what some memories save depends on the data
+    tokens = torch.randint(
+        0, model.embed.num_embeddings, (1, T + 1), generator=torch.Generator().manual_seed(0)
+    )
 
     def forward() -> torch.Tensor:
         logits = model(tokens[:, :-1])
@@ -71,16 +76,21 @@ def saved_mb(config: Path, overrides: list[str], mixer: str, layers: int, T: int
 
 
 def per_token(config: Path, overrides: list[str], mixer: str, lengths: tuple[int, int]) -> dict[str, float]:
-    """MB per token and layer of ``mixer`` (plain and with the chunk steps recomputed) and MB per token
-    outside the layers, from one and two layers at two lengths."""
+    """MB per token and layer of ``mixer`` (plain and with the chunk steps recomputed), MB per token
+    outside the layers, and the parameters of one layer and outside them, from one and two layers at
+    two lengths."""
     T1, T2 = lengths
+    models = {n: layers_model(config, overrides, mixer, n) for n in (1, 2)}
     out: dict[str, float] = {}
     for recompute in (False, True):
-        s = {(n, T): saved_mb(config, overrides, mixer, n, T, recompute) for n in (1, 2) for T in lengths}
+        s = {(n, T): saved_mb(models[n], T, recompute) for n in (1, 2) for T in lengths}
         layer = ((s[2, T2] - s[1, T2]) - (s[2, T1] - s[1, T1])) / (T2 - T1)
         out["layer_recomputed" if recompute else "layer"] = layer
         if not recompute:
             out["outside"] = (s[1, T2] - s[1, T1]) / (T2 - T1) - layer
+    params = {n: model.num_params() for n, model in models.items()}
+    out["layer_params"] = params[2] - params[1]
+    out["outside_params"] = params[1] - out["layer_params"]
     return out
 
 
@@ -109,7 +119,8 @@ def plan(
     m, t = cfg.model, cfg.train
     mixers = m.layer_mixers()
     counts = {name: per_token(config, overrides, name, lengths) for name in dict.fromkeys(mixers)}
-    params = LM(m).num_params()
+    # the whole model's parameters from the one- and two-layer ones (the 760M configs' would be 3 GB)
+    params = int(counts[mixers[0]]["outside_params"] + sum(counts[n]["layer_params"] for n in mixers))
     micro = t.micro_batch_size or t.batch_size
     outside = max(c["outside"] for c in counts.values())
 
