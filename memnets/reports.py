@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import MQAR_MEMORY_FAMILIES
+import torch
+
+from .config import MQAR_MEMORY_FAMILIES, Config, load_config
+from .model import LM
 
 
 def config_parser(description: str | None, every_family: bool = True) -> argparse.ArgumentParser:
@@ -31,3 +34,12 @@ def report(out: Path | None, name: str, title: str, table: str, data: Any) -> No
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(data, indent=1))
         (out / f"{name}.md").write_text(table + "\n")
+
+
+def initial_model(config: Path, overrides: list[str]) -> tuple[Config, LM]:
+    """A config's model at its seed-0 initialisation, for any sequence length (no learned positions),
+    with the MQAR task's vocabulary where the config leaves it to the data (as the trainer fills it)."""
+    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
+    cfg.model.vocab_size = cfg.model.vocab_size or cfg.data.mqar.vocab_size
+    torch.manual_seed(0)
+    return cfg, LM(cfg.model)

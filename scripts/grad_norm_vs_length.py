@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from memnets import LM
-from memnets.config import load_config, memory_overrides
-from memnets.reports import config_parser, report
+from memnets.config import memory_overrides
+from memnets.reports import config_parser, initial_model, report
 
 
 def _group(name: str) -> str:
@@ -38,12 +37,9 @@ def _group(name: str) -> str:
 
 
 def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[str]) -> dict[str, float]:
-    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
-    vocab = cfg.model.vocab_size or cfg.data.mqar.vocab_size  # the trainer fills it from the data
-    cfg.model.vocab_size = vocab
-    torch.manual_seed(0)
-    model = LM(cfg.model).to(device)
-    tokens = torch.randint(0, vocab, (batch, T + 1), device=device)
+    cfg, model = initial_model(config, overrides)
+    model = model.to(device)
+    tokens = torch.randint(0, cfg.model.vocab_size, (batch, T + 1), device=device)
     logits = model(tokens[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
     loss.backward()

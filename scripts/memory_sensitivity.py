@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from memnets import LM
-from memnets.config import load_config, memory_overrides
-from memnets.reports import config_parser, report
+from memnets.config import memory_overrides
+from memnets.reports import config_parser, initial_model, report
 
 EPS = 1e-8
 SATURATED = 1e6  # above this the finite difference has left the linear regime
@@ -44,10 +43,8 @@ def positions(length: int) -> list[int]:
 @torch.no_grad()
 def sensitivity(config: Path, length: int, overrides: list[str]) -> dict[int, float] | None:
     """``{t: ‖Δ logits_t‖ / ε}`` (mean over the 16 positions ending at t); ``None`` without memory weights."""
-    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
-    cfg.model.vocab_size = cfg.model.vocab_size or cfg.data.mqar.vocab_size
-    torch.manual_seed(0)
-    model = LM(cfg.model).double()
+    cfg, model = initial_model(config, overrides)
+    model = model.double()
     weights = [p for n, p in model.named_parameters() if "init_weights" in n]
     if not weights:
         return None

@@ -23,11 +23,9 @@ from typing import Any
 
 import torch
 
-from memnets import LM
-from memnets.config import load_config
 from memnets.memory import MemoryState
 from memnets.memory.miras import read_map, retained_weights
-from memnets.reports import config_parser, report
+from memnets.reports import config_parser, initial_model, report
 
 
 def _read_weights(mixer: torch.nn.Module, acc: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -45,18 +43,14 @@ def _weights(mixer: torch.nn.Module, state: Any) -> tuple[torch.Tensor, ...] | N
 
 
 def memory_writes(config: Path, batch: int, overrides: list[str]) -> list[dict[str, Any]]:
-    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
-    vocab = cfg.model.vocab_size or cfg.data.mqar.vocab_size  # the trainer fills it from the data
-    cfg.model.vocab_size = vocab
-    torch.manual_seed(0)
-    model = LM(cfg.model)
+    cfg, model = initial_model(config, overrides)
     finals: list[tuple[str, torch.nn.Module, Any]] = []
     hooks = [
         m.register_forward_hook(lambda mod, _, out, name=name: finals.append((name, mod, out[1])))
         for name, m in model.named_modules()
         if hasattr(m, "memory") and hasattr(m, "op")
     ]
-    tokens = torch.randint(0, vocab, (batch, cfg.data.seq_len))
+    tokens = torch.randint(0, cfg.model.vocab_size, (batch, cfg.data.seq_len))
     with torch.no_grad():
         model(tokens)
     for h in hooks:

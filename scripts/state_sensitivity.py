@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 from memnets import LM
-from memnets.config import load_config, memory_overrides
+from memnets.config import memory_overrides
 from memnets.mixers.memory_block import MemoryBlock
-from memnets.reports import config_parser, report
+from memnets.reports import config_parser, initial_model, report
 from memnets.validation import ConfigError
 
 
@@ -114,10 +114,8 @@ def sensitivity(
 ) -> list[dict[str, Any]] | str:
     """Per piece: its last token, the displacement's gain over it and the state's RMS per weight matrix;
     or why the config has no memory block to measure."""
-    cfg = load_config(config, ["model.max_position_embeddings=0", *overrides])
-    cfg.model.vocab_size = cfg.model.vocab_size or cfg.data.mqar.vocab_size
-    torch.manual_seed(0)
-    model = LM(cfg.model).double()
+    cfg, model = initial_model(config, overrides)
+    model = model.double()
     block = first_memory_block(model)
     if block is None:
         return f"mixer {cfg.model.mixer!r} has no MemoryBlock (its own segment loop or a linear state)"

@@ -438,12 +438,10 @@ def test_state_sensitivity_script_measures_the_recurrences_growth():
         ],
     )
     rows = script.sensitivity(titans, 256, 64, 2, frozen)
-    cfg = load_config(titans, ["model.max_position_embeddings=0", *frozen])
-    cfg.model.vocab_size = cfg.data.mqar.vocab_size
-    torch.manual_seed(0)
-    from memnets import LM
+    from memnets.reports import initial_model
 
-    model = LM(cfg.model).double()
+    cfg, model = initial_model(titans, frozen)
+    model = model.double()
     block = script.first_memory_block(model)
     tokens = torch.randint(0, cfg.model.vocab_size, (2, 256))
     with torch.no_grad():
