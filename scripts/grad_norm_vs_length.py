@@ -7,10 +7,19 @@ norms of the embedding, the memories' k/v projections, and everything else, for 
 whose recurrence is stable at length keeps these within a small factor across T; growth by orders of
 magnitude points at the memory's backward through the chunks.
 
+A second table says where along the sequence the gradient enters: the RMS over positions of the
+loss sum's gradient at the embedding's output (the mean's gradient times the token count, so a
+position's figure does not depend on T), for the first 8 positions, positions 8-63, 64-511 and the
+rest (512 is the LM configs' ``grad_horizon``). A norm that *falls* with T while the later stretches'
+RMS stays put comes from a fixed stretch of positions diluted by the mean as 1/T. ``--loss-from N``
+takes the loss over positions N on only, so the earlier positions' gradients come from later tokens'
+losses alone (through the mixers).
+
     python scripts/grad_norm_vs_length.py --out benchmarks/results/grad_norm_vs_length
     python scripts/grad_norm_vs_length.py --lengths 512 1024 --configs configs/mqar/titans.yaml \
         --override model.mixer_options.titans.lr_max=0.1
     python scripts/grad_norm_vs_length.py --memory norm_scale=0.1   # every family's memory option
+    python scripts/grad_norm_vs_length.py --configs configs/mqar/titans.yaml --lengths 512 --loss-from 64
 
 Writes ``grad_norms.json`` and ``grad_norms.md`` (and prints the table). CPU, float32, backend chunked.
 """
@@ -36,12 +45,33 @@ def _group(name: str) -> str:
     return "other"
 
 
-def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[str]) -> dict[str, float]:
+# Where along the sequence the gradient enters: stretches of positions [a, b).
+POSITIONS = {
+    "input grad 0-7": (0, 8),
+    "input grad 8-63": (8, 64),
+    "input grad 64-511": (64, 512),
+    "input grad 512-": (512, None),
+}
+
+
+def grad_norms(
+    config: Path, T: int, batch: int, device: str, overrides: list[str], loss_from: int = 0
+) -> dict[str, float]:
+    """The norms of one batch's gradient at initialisation (the module's docstring), the loss taken over
+    positions ``loss_from`` .. T − 1 (the earlier positions' gradients then come from later losses only)."""
     cfg, model = initial_model(config, overrides)
     model = model.to(device)
     tokens = torch.randint(0, cfg.model.vocab_size, (batch, T + 1), device=device)
+    embedded: list[torch.Tensor] = []
+
+    def keep(_module: torch.nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        embedded.append(out)
+
+    hook = model.embed.register_forward_hook(keep)
     logits = model(tokens[:, :-1])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    hook.remove()
+    loss = F.cross_entropy(logits[:, loss_from:].flatten(0, 1).float(), tokens[:, 1 + loss_from :].flatten())
     loss.backward()
     sums: dict[str, float] = {"total": 0.0}
     for n, p in model.named_parameters():
@@ -51,6 +81,10 @@ def grad_norms(config: Path, T: int, batch: int, device: str, overrides: list[st
             sums[_group(n)] = sums.get(_group(n), 0.0) + g
     out = {k: math.sqrt(v) for k, v in sums.items()}
     out["loss"] = loss.item()
+    per_position = (embedded[0].grad.double() * batch * (T - loss_from)).pow(2).sum(-1).mean(0)
+    for name, (a, b) in POSITIONS.items():
+        if a < T:
+            out[name] = per_position[a:b].mean().sqrt().item()
     return out
 
 
@@ -60,6 +94,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--loss-from", type=int, default=0, help="the loss over positions from this one on (default 0: all)"
+    )
+    p.add_argument(
         "--memory", nargs="*", default=[], help="KEY=VALUE memory options for every config's mixer"
     )
     a = p.parse_args()
@@ -68,7 +105,7 @@ def main() -> None:
         overrides = a.override + memory_overrides(config, a.memory)
         for T in a.lengths:
             t0 = time.time()
-            r = grad_norms(config, T, a.batch, a.device, overrides)
+            r = grad_norms(config, T, a.batch, a.device, overrides, a.loss_from)
             rows.append({"config": config.stem, "T": T, **r, "seconds": time.time() - t0})
             print(
                 f"{config.stem:16s} T={T:6d}  " + "  ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True
@@ -85,7 +122,23 @@ def main() -> None:
             + " | ".join(f"{t:.3g}" for t in totals)
             + f" | {max(totals) / min(totals):.3g} |"
         )
-    title = "total gradient norm at initialisation (seed 0, one random batch, mean token loss)"
+    lines += [
+        "",
+        "| config | positions | " + " | ".join(f"T = {T}" for T in a.lengths) + " |",
+        "|---|---|" + "---:|" * len(a.lengths),
+    ]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        for name in POSITIONS:
+            figures = [r.get(name) for r in rows if r["config"] == config]
+            lines.append(
+                f"| {config} | {name.removeprefix('input grad ')} | "
+                + " | ".join("-" if f is None else f"{f:.3g}" for f in figures)
+                + " |"
+            )
+    title = (
+        "total gradient norm at initialisation (seed 0, one random batch, mean token loss); then the RMS "
+        "over positions of the loss sum's gradient at the embedding's output"
+    )
     report(a.out, "grad_norms", title, "\n".join(lines), {"groups": keys, "rows": rows})
 
 

@@ -345,6 +345,11 @@ def test_grad_norm_script_sets_a_memory_option_for_every_family():
     norms = script.grad_norms(titans, 16, 1, "cpu", memory_overrides(titans, ["norm_scale=0.1"]))
     assert {"total", "embedding", "k/v projections", "other", "loss"} <= set(norms)
     assert all(math.isfinite(v) and v > 0 for v in norms.values())
+    # Where the gradient enters: the stretches inside T = 16 only.
+    assert {"input grad 0-7", "input grad 8-63"} <= set(norms) and "input grad 64-511" not in norms
+    # with the loss over positions 8 on, the first 8 positions' gradients come from later losses only
+    later = script.grad_norms(titans, 16, 1, "cpu", memory_overrides(titans, ["norm_scale=0.1"]), loss_from=8)
+    assert math.isfinite(later["loss"]) and later["input grad 0-7"] > 0
 
 
 def test_grad_norm_script_runs_a_text_config_given_its_data_path():
