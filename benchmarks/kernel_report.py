@@ -109,6 +109,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
+    from memnets.kernels.mlp_memory.wide_reads import splits_reads
     from memnets.memory.kernel_bridge import _bias_spec, _net_spec
     from memnets.memory.miras import SimplexSoftmax
 
@@ -147,9 +148,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         branches |= {"LAG": bool(d.options.get("lag"))}
         inner = fwd.constexprs["NB"]
     elif layout.wide:
-        fwd, store, bwd, split_fwd, reads = ck._mlp_wide_cases(
+        fwd, store, bwd, split_fwd, read_bwd, reads = ck._mlp_wide_cases(
             [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],)
-        )[:5]
+        )[:6]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
         # Moneta's maps run in one program per (sequence, head) (.wide_split)
@@ -176,6 +177,14 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     # kernels keep the state on chip and move only the stored tile states), and the wide backward's
     # scratch: three [BK, Dh] float tiles written, one rewritten, and read once per key block
     mats = ((7, 5), (9, 7), (14, 14)) if momentum else ((4, 3), (5, 4), (8, 9))
+    # the backward's reads in their own launch where it takes them (memnets.kernels.mlp_memory.wide_reads):
+    # the recurrence no longer reads the state for them (pass 2, pass 3's reads), the
+    # reads' launch reads it four times (layer 1's W: key path, pass 2, pass 3, dq) and three (W2)
+    split_reads = layout.wide and not simplex and splits_reads(branches.get("TOKEN_MAP", 0), DI, D)
+    branches["SPLIT_READS"] = split_reads
+    read_mats = (7, 5) if momentum else (4, 3)
+    if split_reads:
+        mats = (*mats[:2], (12, 11) if momentum else (7, 8))
     if not layout.wide:
         mats = ((0, 0), (2, 2), (2, 2)) if momentum else ((0, 0), (1, 1), (1, 1))
     elif branches.get("END_MAP"):  # the map's passes: W read twice and written (the backward: W and C
@@ -193,6 +202,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         mats = ((9, 10), (11, 12), (27, 28)) if momentum else ((5, 6), (6, 7), (15, 16))
     BK = _block(L + window - 1)
     scratch = (5 + 3 * fwd.constexprs.get("NI", 1)) * BK * DH * 4 if layout.wide else 0
+    if split_reads:  # scratch without dẐ1 (two tiles written, one rewritten, two read per key block),
+        # and the reads' four tiles per block (three read in pass 3, dẐ1 per key block in pass 5)
+        scratch = (6 + 3 * fwd.constexprs.get("NI", 1)) * BK * DH * 4
     if layout.wide and simplex:  # two [BK, Dh] tiles written, read four times, row 0 rewritten
         scratch = 2 * 6 * BK * DH * 4
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
@@ -218,10 +230,30 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
             ),
             Launch("fwd (reads)", at(reads), programs * steps, 1, step_loop=False),
         ]
+    backward = [Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch)]
+    if split_reads:  # one launch per recompute segment, a program per (sequence, head, chunk)
+        BD, BL = _block(D), _block(L)
+        terms = (4 * BK * DH + 2 * BK * BD + BL * BK) * 4  # the read terms each program writes
+        segments = -(-steps // recompute)
+        read_b = (read_mats[0] * DI + read_mats[1] * D) * DH * 4 + terms
+        backward.insert(
+            0,
+            Launch(
+                "bwd (reads)",
+                at(read_bwd),
+                programs * min(recompute, steps),
+                segments,
+                inner,
+                0.0,
+                read_b,
+                segments,
+                step_loop=False,
+            ),
+        )
     return [
         *forward,
         Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs, store_b),
-        Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch),
+        *backward,
     ]
 
 

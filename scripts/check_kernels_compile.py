@@ -52,6 +52,7 @@ MODULES = (
     "mlp_memory.wide_forward",
     "mlp_memory.wide_backward",
     "mlp_memory.wide_split",
+    "mlp_memory.wide_reads",
     "mlp_memory.simplex",
     "mlp_memory.simplex_backward",
     "mlp_memory.wide_simplex",
@@ -357,8 +358,9 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     """The wide-state kernels at each shape (D, hidden, chunk[, key width, window rows]), with every Titans
     branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
-    first four cases are its forward, STORE forward, backward and split forward at ``dots[0]``, and
-    with one operand mode the fifth its split forward's reads."""
+    first five cases are its forward, STORE forward, backward, split forward and the backward's reads
+    (:mod:`memnets.kernels.mlp_memory.wide_reads`) at ``dots[0]``, and with one operand mode the
+    sixth its split forward's reads."""
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
@@ -378,7 +380,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
-        mod = next(m for m in ("backward", "split", "forward") if m in kernel)
+        mod = next(m for m in ("read_backward", "backward", "split", "forward") if m in kernel)
+        mod = "reads" if mod == "read_backward" else mod
         warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
         return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
 
@@ -398,9 +401,11 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             for store in (False, True):
                 c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 0}
                 cases.append(case("_wide_forward_kernel", c))
-            maps = {"END_MAP": 0, "TOKEN_MAP": 0}
-            cases.append(case("_wide_backward_kernel", {**shape(D, DH, L, dot, *keys), **full, **maps}))
+            wide = shape(D, DH, L, dot, *keys)
+            maps = {"END_MAP": 0, "TOKEN_MAP": 0, "SPLIT_READS": wide["DI"] == D}  # wide_reads.splits_reads
+            cases.append(case("_wide_backward_kernel", {**wide, **full, **maps}))
             cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
+            cases.append(case("_wide_read_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
         cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
     # the other branches once, at the smallest shape with keys as wide as values where there is one;
     # Moneta's chunk-end map and per-token map ("paper") at the largest such shape
@@ -408,7 +413,10 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     cases.append(
         case("_wide_forward_kernel", {**small, **bare, "STORE": False, "END_MAP": 0, "TOKEN_MAP": 0})
     )
-    cases.append(case("_wide_backward_kernel", {**small, **bare, "END_MAP": 0, "TOKEN_MAP": 0}))
+    cases.append(
+        case("_wide_backward_kernel", {**small, **bare, "END_MAP": 0, "TOKEN_MAP": 0, "SPLIT_READS": True})
+    )
+    cases.append(case("_wide_read_backward_kernel", {**small, **bare}))
     cases += [split({**small, **bare}), split({**small, **full}, first=True)]
     large = shape(*max(shapes, key=lambda s: (len(s) == 3, s[0] * s[1] * s[2]))[:3], dots[0])
     for store in (False, True):
@@ -418,8 +426,9 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         cases.append(
             case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 1})
         )
-    cases.append(case("_wide_backward_kernel", {**large, **full, "END_MAP": 1, "TOKEN_MAP": 0}))
-    cases.append(case("_wide_backward_kernel", {**large, **full, "END_MAP": 0, "TOKEN_MAP": 1}))
+    for end_map, token_map in ((1, 0), (0, 1)):
+        maps = {"END_MAP": end_map, "TOKEN_MAP": token_map, "SPLIT_READS": not token_map}
+        cases.append(case("_wide_backward_kernel", {**large, **full, **maps}))
     return cases
 
 

@@ -48,6 +48,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         (("forward._forward_kernel", "backward._backward_kernel"), "D=16 DH=64 L=16"),
         (("wide_forward._wide_forward_kernel", "wide_backward._wide_backward_kernel"), "D=16 DH=128 L=16"),
         (("wide_split._wide_split_kernel", "wide_split._wide_split_read_kernel"), "D=16 L=16"),
+        (("wide_reads._wide_read_backward_kernel",), "D=16 DH=128 L=16"),
         (
             ("muon_forward._muon_forward_kernel", "muon_backward._muon_backward_kernel"),
             "D=16 DH=16 L=8 DI=152",
@@ -77,6 +78,6 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
         rows = [row for row in report["rows"] if row["kernel"].startswith(modules)]
         assert {row["kernel"] for row in rows} == names
         assert all(set(shape.split()) <= set(row["constexprs"].split()) for row in rows), rows
-    assert len(kernels) == 21, sorted(kernels)
+    assert len(kernels) == 22, sorted(kernels)
     for row in report["rows"]:
         assert row["status"] == "ok" and 0 <= row["shared"] <= 227 * 1024, row

@@ -56,8 +56,9 @@ coefficient matrix becomes G·Γ ``[L, P + L]`` with the band Γ[n, e] = win_gat
 from autograd), s_coef likewise s_coefᵀ Γ. Key rows overlap between tiles: the backward writes their
 gradients per tile and sums them (``backward._fold_key_rows``).
 
-Kernels (grid: one program per (batch, head), tiles sequential inside, except the split wide forward; all math in float32, half
-inputs upcast on load, matmul operands as ``dot_precision`` says, float32 by default):
+Kernels (grid: one program per (batch, head), tiles sequential inside, except the split wide forward
+and the wide backward's reads; all math in float32, half inputs upcast on load, matmul operands as
+``dot_precision`` says, float32 by default):
 
 1. ``_forward_kernel``: carries (W1, W2, S1, S2) over tiles C0 .. C0 + NC, writes y, the state after
    them and the last chunk's start weights (the engine's ``anchor`` when T is not a multiple of the
@@ -124,9 +125,12 @@ use more than 64 of the 132 SMs, weighed:
   launches per chunk (its passes 2 → 3 and 4 → 5 cross the blocks on whole rows).
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
-  written and read again, more traffic than the forward moves now. Rejected for the forward; the
-  backward's recompute already stores those states per segment, and a parallel read-backward launch
-  over a segment's stored states is the candidate there.
+  written and read again, more traffic than the forward moves now. Rejected for the forward. **Built
+  for the backward** (:mod:`.wide_reads`), whose recompute stores those states per segment anyway:
+  one launch per recompute segment takes the reads' backward of all its chunks (B·H·chunks programs)
+  and leaves the sequential kernel the update's backward, its chain of dependent products about
+  halved (benchmarks/RESULTS.md §55); not with Moneta's per-token map, whose scales' cotangents
+  need the reads inside the recurrence.
 * *Overlapping chunk c's reads with chunk c + 1's key path* (warp specialisation): the reads feed
   nothing downstream, so a second warpgroup could take them and shorten the dependent chain by about
   40%; it adds no programs, moves the same state, and Triton's warp specialisation targets simple
@@ -150,7 +154,8 @@ product per matmul, whose backward outgrows sm_90's shared memory past that).
 
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_blocks` (the wide-state block layout and shared products),
-:mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.wide_maps` (Moneta's maps there),
+:mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.wide_reads` (the backward's reads, apart from
+the recurrence), :mod:`.wide_maps` (Moneta's maps there),
 :mod:`.limits` (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
 :mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
 and :mod:`.simplex_backward` (Memora's softmax retention and lag token; :mod:`.wide_simplex` and

@@ -21,7 +21,6 @@ from .common import (
     key_cols_t,
     key_delta,
     ln_params,
-    read_layer2_backward,
     store_ln_grads,
 )
 from .config import LaunchConfig
@@ -29,15 +28,14 @@ from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
 from .wide_forward import wide_meta
 from .wide_maps import end_map_cotangent, token_layer1_backward, token_layer2_backward
-
-
-@triton.jit
-def read_z1(qw1T, qs1T, d1T, qkGT, b_beta, b_f, DOT: tl.constexpr, HAS_MOM: tl.constexpr):
-    """The read's Ẑ1_jᵀ = (β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j)ᵀ."""
-    z1T = b_beta[None, :] * qw1T - dot(d1T, qkGT, DOT)
-    if HAS_MOM:
-        z1T += b_f[None, :] * qs1T
-    return z1T
+from .wide_reads import (
+    launch_wide_read_backward,
+    layer1_reads,
+    read_block,
+    read_layer2,
+    read_tiles,
+    splits_reads,
+)
 
 
 @triton.jit
@@ -79,87 +77,6 @@ def weight_cotangent(
 
 
 @triton.jit
-def layer1_reads(
-    w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-    DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
-    BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
-    UPDATE: tl.constexpr,
-):  # fmt: skip
-    """Hidden block j's layer-1 products at the chunk-start state (from ``cb1``), hidden-major, summed
-    over the key blocks: Z1ᵀ = ``ks1`` W1ᵀ Kᵀ (the key path's scale: Moneta's per-token map's s(W1),
-    else 1), Aᵀ = σ(Z1ᵀ), σ'(Z1ᵀ), (Q W1)ᵀ and with momentum (Q S1)ᵀ (else
-    (Q W1)ᵀ again, unread). With ``UPDATE``, in the same loop, the terms of layer 1's chunk-end update
-    W1' = β_L W1 [+ f_L S1] − Kᵀ (g_last ⊙ δ1), S1' = m_end S1 − Kᵀ (s_coef ⊙ δ1) that sum over the key
-    blocks, from the chunk-end cotangents C_W, C_S (at ``base1`` of dw1, ds1; read, not yet
-    overwritten): (K C_W)ᵀ and (K C_S)ᵀ ``[BHB, BK]`` (the caller forms the cotangents of δ1_j, g_last
-    and s_coef from them), ⟨C_W, W1⟩ (β_L's cotangent), ⟨C_S, S1⟩ (m_end's) and ⟨C_W, S1⟩ (f_L's);
-    zeros without. One loop rather than two: a second pass over W1 and S1 cost more spill at the
-    Titans shapes (benchmarks/RESULTS.md §25)."""
-    Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
-    qw1T = tl.zeros([BHB, BL], dtype=tl.float32)
-    qs1T = tl.zeros([BHB, BL], dtype=tl.float32)
-    kcT = tl.zeros([BHB, BK], dtype=tl.float32)
-    ksT = tl.zeros([BHB, BK], dtype=tl.float32)
-    dbeta_last = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
-    dm = dbeta_last
-    df_last = dbeta_last
-    for i in range(NI):
-        o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-        W1 = tl.load(w1 + cb1 + o1, mask=m1, other=0.0)
-        qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
-        kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-        Z1T += dot(tl.trans(W1), kT, DOT)
-        qw1T += dot(tl.trans(W1), qT, DOT)
-        if UPDATE:
-            cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
-            kcT += dot(tl.trans(cW1), kT, DOT)
-            dbeta_last += inner(cW1, W1)
-        if HAS_MOM:
-            S1 = tl.load(s1 + cb1 + o1, mask=m1, other=0.0)
-            qs1T += dot(tl.trans(S1), qT, DOT)
-            if UPDATE:
-                cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
-                ksT += dot(tl.trans(cS1), kT, DOT)
-                dm += inner(cS1, S1)
-                df_last += inner(cW1, S1)
-    if not HAS_MOM:
-        qs1T = qw1T
-    Z1T = ks1 * Z1T
-    return Z1T, act(Z1T, ACT), act_grad(Z1T, ACT), qw1T, qs1T, kcT, ksT, dbeta_last, dm, df_last
-
-
-@triton.jit
-def read_block(
-    w1, s1, w2, s2, dw1, ds1, cb1, cb2, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1, ks2,
-    ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
-    D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr,
-    NI: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr,
-    DOT: tl.constexpr, HAS_MOM: tl.constexpr, UPDATE: tl.constexpr,
-):  # fmt: skip
-    """Hidden block j of the reads, recomputed and taken back to Ẑ1_j: :func:`layer1_reads` (its results
-    first), then W2_j, E_jᵀ = ``ks2`` (W2_j Δᵀ), δ1_jᵀ = E_jᵀ ⊙ σ'(Z1_jᵀ), the read's Ẑ1_jᵀ and Â_jᵀ with
-    layer 1's coefficients (``bb1``, ``bf1``, ``qkGT`` = (Q Kᵀ ⊙ G)ᵀ), and dẐ1_jᵀ from dẐ2 through
-    layer 2's (``bb2``, ``bf2``, ``dPT`` = (d(Â Aᵀ) ⊙ G)ᵀ): Ẑ2 = β ⊙ (Â W2) [+ f ⊙ (Â S2)] − (Â Aᵀ ⊙ G)
-    Δ. The coefficients are Moneta's per-token map's scaled ones (s_t β_t, each layer its own), else
-    β, f and G."""
-    o2, m2 = w2_block(j, D, DH, BD, BHB)
-    Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl = layer1_reads(
-        w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-        DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, UPDATE,
-    )  # fmt: skip
-    W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
-    ET = ks2 * dot(W2, ddT, DOT)
-    d1T = ET * sgT
-    z1T = read_z1(qw1T, qs1T, d1T, qkGT, bb1, bf1, DOT, HAS_MOM)
-    a1T = act(z1T, ACT)
-    da1T = bb2[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
-    if HAS_MOM:
-        da1T += bf2[None, :] * dot(tl.load(s2 + cb2 + o2, mask=m2, other=0.0), dyT, DOT)
-    dz1T = da1T * act_grad(z1T, ACT)
-    return Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T
-
-
-@triton.jit
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states
@@ -168,12 +85,13 @@ def _wide_backward_kernel(
     dw1_anchor, dw2_anchor,  # the anchor's cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
     dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
+    rd_blocks, rd_rows,  # with SPLIT_READS: the reads' terms (wide_reads.ReadTerms)
     T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, END_MAP: tl.constexpr,
-    TOKEN_MAP: tl.constexpr,
+    TOKEN_MAP: tl.constexpr, SPLIT_READS: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -219,7 +137,6 @@ def _wide_backward_kernel(
         offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
             k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
         )
-        b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
         b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
         g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
@@ -247,10 +164,6 @@ def _wide_backward_kernel(
             s2t = lq_scale_of(p2t, end_q, end_floor, TOKEN_MAP)
             bb1, bf1, bG1 = s1t * b_beta, s1t * b_f, s1t[:, None] * b_G
             bb2, bf2, bG2 = s2t * b_beta, s2t * b_f, s2t[:, None] * b_G
-        qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
-        qkG = qk * bG1
-        qkGT = tl.trans(qkG)
-
         # pass 1: the key path
         Z2 = ks2 * key_z2(
             k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, 0, ks1,
@@ -261,36 +174,35 @@ def _wide_backward_kernel(
         )
         ddT = tl.trans(dd)
 
-        # pass 2: the reads' layer-2 inputs summed over the hidden blocks
-        a1w2T = tl.zeros([BD, BL], dtype=tl.float32)
-        a1s2T = tl.zeros([BD, BL], dtype=tl.float32)
-        aa = tl.zeros([BL, BK], dtype=tl.float32)
-        for j in range(NB):
-            o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T, AT, sgT, qw1T, qs1T, _, _, _, _, _ = layer1_reads(
-                w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-                DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False,
+        ch = bh * NC + c  # this chunk in the read terms
+        rb = ch * (2 * BK * BD + BL * BK)
+        tq, tk = read_tiles(rd_blocks, ch, BK, BL, BHB, NB)
+        slot = BK * NB * BHB
+        if SPLIT_READS:
+            # the reads' terms from wide_reads (passes 2 and 3's reads, all chunks of the segment at
+            # once): here their share of dΔ; dY after the read's LayerNorm, the cotangent of Q Kᵀ ⊙ G
+            # and the reads' dβ, df, dG are loaded where they are used (fewer tiles live in pass 3)
+            d_dd = tl.load(rd_rows + rb + BK * BD + lk[:, None] * BD + cols[None, :])
+            b_dy = tl.load(rd_rows + rb + li[:, None] * BD + cols[None, :])
+        else:
+            b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+            qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
+            qkG = qk * bG1
+            qkGT = tl.trans(qkG)
+            # pass 2: the reads' layer-2 inputs summed over the hidden blocks, then Ẑ2's terms on whole
+            # rows (dΔ completed over the blocks in pass 3)
+            b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2(
+                w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, k, q, krow, kvalid,
+                qrow, qvalid, ks1, ks2, dd, ddT, qkGT, bb1, bf1, bb2, bf2, bG2, b_dy, gamma, d_gamma, d_shift,
+                cmask, ln_eps, D, DI, DH, KB, BHB, NI, NB, BD, BL, BK, ACT, DOT, LN, HAS_MOM,
             )  # fmt: skip
-            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
-            z1T = read_z1(qw1T, qs1T, ks2 * dot(W2, ddT, DOT) * sgT, qkGT, bb1, bf1, DOT, HAS_MOM)
-            a1T = act(z1T, ACT)
-            a1w2T += dot(tl.trans(W2), a1T, DOT)
-            aa += dot(tl.trans(a1T), AT, DOT)
-            if HAS_MOM:
-                S2 = tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0)
-                a1s2T += dot(tl.trans(S2), a1T, DOT)
-        # Ẑ2's terms on whole rows (dΔ completed over the blocks in pass 3)
-        b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2_backward(
-            b_dy, tl.trans(a1w2T), tl.trans(a1s2T), aa, bG2, dd, bb2, bf2, gamma, d_gamma, d_shift, cmask,
-            ln_eps, D, DOT, LN, HAS_MOM,
-        )  # fmt: skip
-        dyT = tl.trans(b_dy)
-        dPT = tl.trans(dP)
+            dyT = tl.trans(b_dy)
+            dPT = tl.trans(dP)
+            dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
         d_ddT = tl.trans(d_dd)
         if HAS_MOM:
             b_ds = tl.zeros([BK], dtype=tl.float32)
             dm = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
-        dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
         if TOKEN_MAP != 0:
             # pass 3a: the reads' layer-1 coefficient cotangents, over the blocks, for the scales'
             # cotangents ds_t = β_t dβ̃_t + f_t df̃_t + Σ_s G[t, s] dG̃[t, s] (β̃ = s_t β, ...)
@@ -327,20 +239,32 @@ def _wide_backward_kernel(
         df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T = read_block(
-                w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
-                krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
-                D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, True,
-            )  # fmt: skip
-            dAT = dot(a1T, dP, DOT)
-            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j (with the
-            # map, its coefficients' cotangents are pass 3a's)
-            if TOKEN_MAP == 0:
-                b_dbeta += tl.sum(dz1T * qw1T, 0)
-                if HAS_MOM:
-                    b_df += tl.sum(dz1T * qs1T, 0)
-                dPq -= dot(tl.trans(dz1T), d1T, DOT)
-            d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
+            if SPLIT_READS:  # the key path's block j, and the reads' terms of it from wide_reads
+                Z1T, AT, sgT, _, _, kcT, ksT, dbl, dml, dfl = layer1_reads(
+                    w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
+                    DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, True, False,
+                )  # fmt: skip
+                W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
+                ET = dot(W2, ddT, DOT)
+                d1T = ET * sgT
+                a1T = tl.load(rd_blocks + tq + slot + j * BHB)
+                d_d1T = tl.load(rd_blocks + tk + 2 * slot + j * BHB)  # dδ1_jᵀ, the reads' share
+                dAT = tl.load(rd_blocks + tk + 3 * slot + j * BHB)
+            else:  # the reads of block j recomputed
+                Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T = read_block(
+                    w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
+                    krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
+                    D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, True,
+                )  # fmt: skip
+                dAT = dot(a1T, dP, DOT)
+                # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j (with the
+                # map, its coefficients' cotangents are pass 3a's)
+                if TOKEN_MAP == 0:
+                    b_dbeta += tl.sum(dz1T * qw1T, 0)
+                    if HAS_MOM:
+                        b_df += tl.sum(dz1T * qs1T, 0)
+                    dPq -= dot(tl.trans(dz1T), d1T, DOT)
+                d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
             # layer 1's chunk-end update: its terms in δ1_j and the coefficients (from layer1_reads)
             d_d1T -= g_last[None, :] * kcT
             dg_last -= tl.sum(d1T * kcT, 0)
@@ -401,14 +325,22 @@ def _wide_backward_kernel(
                 dks2 += inner(dET, ET) / ks2
             dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
             tl.debug_barrier()  # every thread has read layer 2's block j of dW2
-            tl.store(scratch + sq + j * BHB, dz1T)
+            if not SPLIT_READS:  # (else the reads' dẐ1_j is in the read terms)
+                tl.store(scratch + sq + j * BHB, dz1T)
             tl.store(scratch + so + BK * sw + j * BHB, d1T)
             tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
             tl.store(dw2 + base2 + o2, gW2, mask=m2)
+        gofs = cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :]
+        if SPLIT_READS:  # the reads' dβ, df, dG (wide_reads' stores)
+            b_dbeta = tl.load(dbeta + cc * L + li, mask=lmask, other=0.0)
+            b_dG = tl.load(dG + gofs, mask=gmask, other=0.0)
+            if HAS_MOM:
+                b_df = tl.load(df + cc * L + li, mask=lmask, other=0.0)
+        else:
+            if TOKEN_MAP == 0:
+                b_dG += dPq * qk
+            dPq = dPq * bG1
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
-        if TOKEN_MAP == 0:
-            b_dG += dPq * qk
-        dPq = dPq * bG1
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
             b_df = tl.where(is_last, b_df + df_last, b_df)
@@ -447,20 +379,26 @@ def _wide_backward_kernel(
         if TOKEN_MAP != 0:
             coefk1 = lq_grad_coef(pk1, dks1, end_q, end_floor, TOKEN_MAP)
         tl.debug_barrier()  # the finished cotangents of Z1_j are read back by other threads
+        if SPLIT_READS:  # the reads' cotangent of Q Kᵀ ⊙ G (wide_reads')
+            dPq = tl.load(rd_rows + rb + 2 * BK * BD + li[:, None] * BK + lk[None, :])
         for i in range(NI):
             kT = key_cols_t(k, krow, kvalid, i, DI, KB)
             qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
             b_dkT = dot(qT, dPq, DOT)
-            b_dqT = dot(kT, tl.trans(dPq), DOT)
+            b_dqT = dot(kT, tl.trans(dPq), DOT)  # (dq: wide_reads' without the per-token map)
             for j in range(NB):
                 o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-                dz1T = tl.load(scratch + sq + j * BHB)
+                if SPLIT_READS:  # noqa: SIM108 (a compile-time branch: one load compiled)
+                    dz1T = tl.load(rd_blocks + tq + j * BHB)
+                else:
+                    dz1T = tl.load(scratch + sq + j * BHB)
                 d1T = tl.load(scratch + so + BK * sw + j * BHB)
                 dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB)
                 W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
                 cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
                 b_dkT += ks1 * dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
-                b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
+                if not SPLIT_READS:
+                    b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
                 gW1 = beta_last * cW1 + dot(qT, tl.trans(bb1[None, :] * dz1T), DOT)
                 gW1 += ks1 * dot(kT, tl.trans(dZ1T), DOT)
                 if g == NCT - 1:
@@ -470,7 +408,8 @@ def _wide_backward_kernel(
                     S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
                     cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                     b_dkT -= dot(cS1, d1T * b_s[None, :], DOT)
-                    b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)
+                    if not SPLIT_READS:
+                        b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)
                     cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(bf1[None, :] * dz1T), DOT)
                 if TOKEN_MAP != 0:  # the key path's s(W1)·W1, and every token's accumulators
                     _, _, _, _, gW1t, gS1t, dkTt = token_layer1_backward(
@@ -484,8 +423,9 @@ def _wide_backward_kernel(
                 tl.store(dw1 + base1 + o1, gW1, mask=m1)
                 if HAS_MOM:
                     tl.store(ds1 + base1 + o1, cS1, mask=m1)
-            qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
-            tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
+            if not SPLIT_READS:
+                qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
+                tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
             b_dk = tl.trans(b_dkT)
             if RES and DI == D:
                 b_dk += dr  # M(k) = k + ...: the residual's direct path (wider keys: the caller's)
@@ -500,7 +440,7 @@ def _wide_backward_kernel(
             voffs, vmask = col_block(cc * (P + L) + lk, kvalid, 0, D, D, BD)
             tl.store(dv + voffs, (-dr).to(dv.dtype.element_ty), mask=vmask)
         tl.store(dbeta + cc * L + li, b_dbeta, mask=lmask)
-        tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
+        tl.store(dG + gofs, b_dG, mask=gmask)
         tl.debug_barrier()  # the previous chunk's pass 3 reads these cotangents and rewrites scratch
     store_ln_grads(dln_w, dln_b, bh, cols, cmask, d_gamma, d_shift, D, LN)
 
@@ -525,10 +465,23 @@ def launch_wide_backward(
             "mlp_memory_wide_bwd: the per-token map needs every token's power sums (token_powers)"
         )
     empty = q.new_empty(0)
+    reads = (empty, empty, empty)
+    split_reads = splits_reads(config.token_map, constants["DI"], constants["D"])
+    if split_reads:  # the reads' backward first, all the segment's chunks at once
+        reads = launch_wide_read_backward(
+            q, k, v, bp, ln_w, ln_b, dy, coef, chunks[:4], grads, (scalars, constants), c0, nc
+        )
     _wide_backward_kernel[(B * H,)](
         q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)),
         *(token_powers or (empty, empty)), *anchor_cot, *grads[:4], *dln, *grads[4:], *d_state, scratch,
+        *reads[:2],
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
         HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
+        SPLIT_READS=split_reads,
     )  # fmt: skip
+    if ln_w is not None and split_reads:  # the read LayerNorm's dγ, db of every chunk
+        D = constants["D"]
+        parts = reads[2].sum(1)[:, :, :D].reshape(B, H, 2, D)
+        dln[0].add_(parts[:, :, 0])
+        dln[1].add_(parts[:, :, 1])
     return d_state

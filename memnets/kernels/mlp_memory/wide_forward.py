@@ -81,15 +81,19 @@ the whole-state kernel reads and writes the state once per call.
 Backward, one launch per recompute segment (the checkpoint segments in reverse, each recomputed from
 its start state by STORE passes that write its chunks' start states, in inner segments where that keeps
 fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside (``_wide_backward_kernel``), state cotangents
-(dW1, dW2, dS1, dS2) updated in place in working copies:
+(dW1, dW2, dS1, dS2) updated in place in working copies. Before it, one launch per recompute segment
+takes the reads' part of passes 2, 3 and 5 for all the segment's chunks at once, a program per
+(sequence, head, chunk) (:mod:`.wide_reads`: they never read a state cotangent), and the recurrence
+loads their results; with Moneta's per-token map the recurrence takes them itself, as listed here:
 
 0. with the chunk-end map, after a complete chunk: its end cotangents dW1, dW2 back through the map,
    in place (:func:`~.wide_maps.end_map_cotangent`, at the weights before the map: the next
    chunk's start state over the scale of the power sums the STORE pass kept);
 1. key pass (as forward 1): Z2 → Δ, ℓ'(R), the LayerNorm statistics;
-2. read pass over j: Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ; then (whole rows)
-   the read's LayerNorm backward, dβ, df of layer 2, dG and the cotangent of Δ from Ẑ2's Δ term;
-3. gradient pass over j: the reads' layer-1 backward (dẐ1_j, dQKᵀ accumulated over j, dδ1_j), the
+2. read pass over j (:mod:`.wide_reads`): Â_j from the recomputed δ1_j; accumulate Â W2, Â S2 and Â Aᵀ;
+   then (whole rows) the read's LayerNorm backward, dβ, df of layer 2, dG and the cotangent of Δ from
+   Ẑ2's Δ term;
+3. gradient pass over j: the reads' layer-1 backward (dẐ1_j, dQKᵀ accumulated over j, dδ1_j: .wide_reads), the
    terms of layer 1's chunk-end update that sum over key blocks (its share of dδ1_j and of the
    coefficients β_L, f_L, G's last row, s_coef, m_end: one loop over the key blocks with the layer-1
    products), layer 2's chunk-end update backward (block j's new dS2, the partial dW2 written in
@@ -98,7 +102,7 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
 4. (whole rows) the cotangent of Δ through the LayerNorm (second order) and ℓ'' to R and Z2;
 5. finishing passes: over j, dZ1_j = scratch_j + (dZ2 W2_jᵀ) ⊙ σ'(Z1_j) and dW2_j += A_jᵀ dZ2; then over
    the key blocks i (outer) and j: layer 1's cotangents dW1_ij (the reads', the update's, Kᵀ dZ1_j)
-   and dS1_ij written in place, and block i's dq and dk, which sum over j.
+   and dS1_ij written in place, and block i's dq (.wide_reads) and dk, which sum over j.
 
 With the per-token map the reads take each layer's coefficients scaled per token (β̃ = s_t β, f̃, G̃'s
 rows), the key path the chunk start's scales (from the power sums the STORE pass kept), and three
