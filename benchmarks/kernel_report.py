@@ -209,6 +209,8 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         scratch = 2 * 6 * BK * DH * 4
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
     forward = [Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b)]
+    states = live * state_mb * programs
+    recompute_launch = Launch("fwd (store)", at(store), programs, walked, inner, states, store_b)
     if split > 1:  # memnets.kernels.mlp_memory.wide_split: a launch per chunk, then the reads
         BD, BL = _block(D), _block(L)
         shares = ((split + 1) * BK * BD + BD * BL + BL * BK) * 4  # Z2 shares read and written, read shares
@@ -230,6 +232,20 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
             ),
             Launch("fwd (reads)", at(reads), programs * steps, 1, step_loop=False),
         ]
+        # the backward's recompute split alike, without the reads (STORE): Z2's shares only
+        store_case = dataclasses.replace(case, constexprs={**case.constexprs, "STORE": True})
+        z2_shares = (split + 1) * BK * BD * 4
+        recompute_launch = Launch(
+            "fwd (store, split)",
+            at(store_case),
+            programs * split,
+            walked,
+            inner // split,
+            states,
+            store_b / split + z2_shares,
+            walked,
+            step_loop=False,
+        )
     backward = [Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch)]
     if split_reads:  # one launch per recompute segment, a program per (sequence, head, chunk)
         BD, BL = _block(D), _block(L)
@@ -250,11 +266,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
                 step_loop=False,
             ),
         )
-    return [
-        *forward,
-        Launch("fwd (store)", at(store), programs, walked, inner, live * state_mb * programs, store_b),
-        *backward,
-    ]
+    return [*forward, recompute_launch, *backward]
 
 
 def _muon_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:

@@ -360,7 +360,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
     first five cases are its forward, STORE forward, backward, split forward and the backward's reads
     (:mod:`memnets.kernels.mlp_memory.wide_reads`) at ``dots[0]``, and with one operand mode the
-    sixth its split forward's reads."""
+    sixth its split forward's reads and the seventh its split STORE forward (the backward's
+    recompute)."""
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
@@ -385,11 +386,12 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
         return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
 
-    def split(constexprs: dict[str, object], first: bool = False) -> Case:
-        """The split forward at the programs per head of a 4 x 16-head micro-batch (the flagships')."""
+    def split(constexprs: dict[str, object], first: bool = False, store: bool = False) -> Case:
+        """The split forward at the programs per head of a 4 x 16-head micro-batch (the flagships'); with
+        ``store`` the backward's recompute."""
         nb = int(constexprs["NB"])  # type: ignore[call-overload]
         sizes = split_constants(wide_split(64, nb), nb)
-        return case("_wide_split_kernel", {**constexprs, **sizes, "FIRST": first})
+        return case("_wide_split_kernel", {**constexprs, **sizes, "FIRST": first, "STORE": store})
 
     def reads(constexprs: dict[str, object]) -> Case:
         keep = ("H", "D", "L", "BL", "BD", "P", "BK", "DOT", "LN")
@@ -407,6 +409,7 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
             cases.append(case("_wide_read_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
         cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
+        cases.append(split({**shape(D, DH, L, dots[0], *keys), **full}, store=True))
     # the other branches once, at the smallest shape with keys as wide as values where there is one;
     # Moneta's chunk-end map and per-token map ("paper") at the largest such shape
     small = shape(*min(shapes, key=lambda s: (len(s) > 3, s[0] * s[1] * s[2]))[:3], dots[0])

@@ -120,9 +120,10 @@ use more than 64 of the 132 SMs, weighed:
   next chunk's Z2, so one launch per chunk suffices; the reads' sums are finished by one parallel
   launch at the end. P comes from :func:`~.config.wide_split` (2 at titans-760m's 4 × 16 heads: 128
   programs, one wave). Static estimate at titans-760m: the forward 13.0 → 7.4 ms (benchmarks/RESULTS.md
-  §30), at an assumed 10 µs of host time per Triton launch. The backward's recompute and the backward
-  still run one program per (sequence, head): splitting the backward the same way needs three
-  launches per chunk (its passes 2 → 3 and 4 → 5 cross the blocks on whole rows).
+  §30), at an assumed 10 µs of host time per Triton launch. The backward's recompute (``STORE``) runs
+  the same launches without the reads (benchmarks/RESULTS.md §55). The backward's recurrence still runs
+  one program per (sequence, head): splitting it the same way needs three launches per chunk (its
+  passes 2 → 3 and 4 → 5 cross the blocks on whole rows).
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
   written and read again, more traffic than the forward moves now. Rejected for the forward. **Built

@@ -40,9 +40,9 @@ from .simplex import launch_simplex_forward
 from .simplex_backward import launch_simplex_backward
 from .token_state import row_of, token_accumulators, token_accumulators_backward
 from .wide_backward import launch_wide_backward
-from .wide_forward import launch_wide_forward
 from .wide_simplex import launch_wide_simplex_forward
 from .wide_simplex_backward import launch_wide_simplex_backward
+from .wide_split import launch_wide
 
 
 @triton.jit
@@ -318,7 +318,7 @@ def run_backward(
     shorter."""
     wide = bool(config.hidden_block)
     launch_fwd, launch_bwd = (
-        (launch_wide_forward, launch_wide_backward) if wide else (launch_forward, launch_backward)
+        (launch_wide, launch_wide_backward) if wide else (launch_forward, launch_backward)
     )
     if config.simplex_scale:
         launch_fwd, launch_bwd = launch_simplex_forward, launch_simplex_backward

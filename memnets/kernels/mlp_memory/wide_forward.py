@@ -25,8 +25,8 @@ leading k and v), G is ``[L, P + L]`` and the backward writes each chunk's key-r
 for the caller to sum (the rows overlap), as in the whole-state kernels.
 
 Grid and state: one program per (batch, head), chunks sequential inside (the forward's reads run
-split across programs instead where :func:`~.config.wide_split` says so, :mod:`.wide_split`; this
-kernel then serves the backward's recompute), and the state lives in
+split across programs instead where :func:`~.config.wide_split` says so, :mod:`.wide_split`, the
+backward's recompute too; this kernel then serves Moneta's ℓ_q maps), and the state lives in
 global memory (float32 working buffers: the final-state outputs, 4 · D · Dh · 4 bytes per program with
 momentum, 256 KB at D = 64, Dh = 256, so B · H <= ~190 programs keep it in an H100's 50 MB L2) and
 each chunk loops over the hidden blocks; only one block of each matrix, the

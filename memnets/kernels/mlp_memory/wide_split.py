@@ -22,8 +22,9 @@ all chunks are finished by one launch over (sequence, head, chunk) at the end (t
 downstream): the shares summed, Ẑ2's Δ term, the LayerNorm, y.
 
 The first launch of a call only writes chunk c0's shares. Programs: B·H·SPLIT per launch
-(:func:`~.config.wide_split`); launches: chunks + 2 per call. Used for the forward's reads, not for
-the backward's recompute (``STORE``), which runs :func:`~.wide_forward._wide_forward_kernel`.
+(:func:`~.config.wide_split`); launches: chunks + 2 per call. The backward's recompute (``STORE``)
+runs the same launches without the reads: each program writes its blocks' chunk-start values
+(:func:`~.wide_forward.update_block`) instead of the reads' shares, and no read launch follows.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ def _wide_split_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, each program's blocks updated in place
     z2_parts, dd_chunks, z2r_parts, aa_parts,  # the shares (see the module's docstring)
+    w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # with STORE: every chunk's start state
     T, P0, C0, c, NC, NCT, p, eps, sharp, ln_eps,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr,
-    SPLIT: tl.constexpr, SP2: tl.constexpr, NBJ: tl.constexpr, FIRST: tl.constexpr,
+    SPLIT: tl.constexpr, SP2: tl.constexpr, NBJ: tl.constexpr, FIRST: tl.constexpr, STORE: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     s = tl.program_id(1)
@@ -117,29 +119,34 @@ def _wide_split_kernel(
         dd, _, _, _, _ = key_delta(
             Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
         )
-        chunk = bh * NC + c  # this (sequence, head, chunk) in the call's shares
-        if s == 0:
-            tl.store(dd_chunks + chunk * BK * BD + part, dd)
+        chunk = bh * NC + c  # this (sequence, head, chunk) in the call's shares and chunk states
+        if not STORE:  # noqa: SIM102 (a compile-time branch around a runtime one)
+            if s == 0:
+                tl.store(dd_chunks + chunk * BK * BD + part, dd)
         cc = bh * NCT + g
         g_last, beta_last, f_last, b_s, b_m = update_coefficients(
             beta, f, G, m_end, s_coef, cc, tl.minimum(T - g * L, L) - 1, L, P, BK, HAS_MOM
         )
         b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, P, BL, BK, HAS_MOM)
-        qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
+        if STORE:  # no reads: the chunk's start state is kept instead
+            qkGT = tl.zeros([BK, BL], dtype=tl.float32)
+        else:
+            qkGT = tl.trans(query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT) * b_G)
         # 2. pass 2 over this program's blocks
         z2T = tl.zeros([BD, BL], dtype=tl.float32)
         aa = tl.zeros([BL, BK], dtype=tl.float32)
         for jj in range(NBJ):
             z2T, aa = update_block(
                 j0 + jj, z2T, aa, q, k, qrow, qvalid, krow, kvalid, w1, w2, s1, s2, w1_anchor, w2_anchor,
-                w1, w2, s1, s2, base1, base2, 0, 0, g == NCT - 1,
-                dd, tl.trans(dd), qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m, 1.0, 1.0, b_beta,
-                D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, False, 0,
+                w1_chunks, w2_chunks, s1_chunks, s2_chunks, base1, base2, chunk * DI * DH, chunk * DH * D,
+                g == NCT - 1, dd, tl.trans(dd), qkGT, b_beta, b_f, beta_last, f_last, g_last, b_s, b_m, 1.0, 1.0,
+                b_beta, D, DI, DH, KB, NI, BHB, BD, BK, BL, ACT, DOT, HAS_MOM, STORE, 0,
             )  # fmt: skip
         share = (chunk * SPLIT + s).to(tl.int64)
         li = tl.arange(0, BL)
-        tl.store(z2r_parts + share * BD * BL + cols[:, None] * BL + li[None, :], z2T)
-        tl.store(aa_parts + share * BL * BK + li[:, None] * BK + rows[None, :], aa)
+        if not STORE:
+            tl.store(z2r_parts + share * BD * BL + cols[:, None] * BL + li[None, :], z2T)
+            tl.store(aa_parts + share * BL * BK + li[:, None] * BK + rows[None, :], aa)
         # 3. this program's share of the next chunk's Z2, at its updated blocks
         if c + 1 < NC:
             tl.debug_barrier()  # the blocks just written are read back
@@ -180,10 +187,14 @@ def _wide_split_read_kernel(
     finish_read(y, offs, mask, z2T, aa, tl.trans(dd), b_G, b_G, gamma, shift, cmask, ln_eps, D, DOT, LN, 0)
 
 
-def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split: int):
-    """:func:`~.wide_forward.launch_wide_forward` without ``STORE``, ``split`` programs per (sequence,
-    head): chunks c0 .. c0 + nc, the state updated in place in a copy of ``state``; ``meta`` is
-    :func:`~.wide_forward.wide_meta`'s."""
+def launch_wide_split_forward(
+    q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split: int, store: bool = False
+) -> tuple[tuple, tuple]:  # fmt: skip
+    """:func:`~.wide_forward.launch_wide_forward` with ``split`` programs per (sequence, head): chunks
+    c0 .. c0 + nc, the state updated in place in a copy of ``state``; ``meta`` is
+    :func:`~.wide_forward.wide_meta`'s. Returns the state after the chunks and, with ``store`` (the
+    backward's recompute: no reads, no y), every chunk's start state (w1, w2, s1, s2 and an empty
+    fifth: no ℓ_q map runs here), else empties."""
     B, T, H = q.shape[:3]
     w1 = state[0]
     has_mom = state[2] is not None
@@ -194,31 +205,34 @@ def launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc
     final = working_state(state)
     scalars, constants = meta
     BK, BD, BL = constants["BK"], constants["BD"], constants["BL"]
-    shares = (new(2, B * H, split, BK, BD), new(B * H, nc, BK, BD))  # Z2 shares by parity, each chunk's Δ
-    reads = (new(B * H, nc, split, BD, BL), new(B * H, nc, split, BL, BK))
+    # Z2 shares by parity; without store each chunk's Δ and the reads' shares
+    shares = (new(2, B * H, split, BK, BD), new(B * H, nc, BK, BD) if not store else new(0))
+    reads = tuple(new(B * H, nc, split, *shape) if not store else new(0) for shape in ((BD, BL), (BL, BK)))
+    chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
         _wide_split_kernel[(B * H, split)](
-            q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads,
+            q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads, *chunks,
             T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **constants,
-            HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0,
+            HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0, STORE=store,
         )  # fmt: skip
-    _wide_split_read_kernel[(B * H, nc)](
-        ln_w, ln_b, coef[0], coef[2], y, *shares[1:], *reads, T, c0, nc, coef[0].shape[2], scalars[3],
-        H=H, D=constants["D"], L=constants["L"], BL=BL, BD=BD, P=constants["P"], BK=BK,
-        DOT=constants["DOT"], LN=constants["LN"], SPLIT=split, num_warps=constants["num_warps"],
-    )  # fmt: skip
-    return final if has_mom else (*final[:2], None, None)
+    if not store:
+        _wide_split_read_kernel[(B * H, nc)](
+            ln_w, ln_b, coef[0], coef[2], y, *shares[1:], *reads, T, c0, nc, coef[0].shape[2], scalars[3],
+            H=H, D=constants["D"], L=constants["L"], BL=BL, BD=BD, P=constants["P"], BK=BK,
+            DOT=constants["DOT"], LN=constants["LN"], SPLIT=split, num_warps=constants["num_warps"],
+        )  # fmt: skip
+    return final if has_mom else (*final[:2], None, None), (*chunks, new(0))
 
 
 def launch_wide(
     q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, token_powers=()
 ):  # fmt: skip
     """The wide-state forward launch (:func:`~.wide_forward.launch_wide_forward`'s arguments and
-    results): the reads split over :func:`~.config.wide_split` programs per (sequence, head) where that
-    is more than one, else (and for the backward's recompute, ``store``, and with Moneta's ℓ_q maps) one
-    program each."""
-    if store or packing != (None, None) or config.end_map or config.token_map:  # the split: no ℓ_q maps
+    results): the hidden blocks split over :func:`~.config.wide_split` programs per (sequence, head)
+    where that is more than one (the forward and the backward's recompute, ``store``), else (and with
+    Moneta's ℓ_q maps) one program each."""
+    if packing != (None, None) or config.end_map or config.token_map:  # the split: no ℓ_q maps
         return launch_wide_forward(
             q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store, token_powers
         )
@@ -230,5 +244,7 @@ def launch_wide(
         return launch_wide_forward(
             q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
         )
-    final = launch_wide_split_forward(q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split)
-    return final, tuple(state[0].new_empty(0) for _ in state)
+    final, chunks = launch_wide_split_forward(
+        q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split, store=store
+    )
+    return final, chunks if store else tuple(state[0].new_empty(0) for _ in state)
