@@ -25,7 +25,8 @@ What is measured and what is estimated:
   and the *replicated* mma.sync products (rows fewer than 16 × the warps laid along them: those warps
   compute the same rows).
 * **From the launcher's arithmetic** (exact): programs per launch (vs the 132 SMs of an H100), waves,
-  sequential steps (tiles or chunks) per program, at a 4×4096 micro-batch (``--batch``, ``--seq``).
+  sequential steps (tiles or chunks) per program, at a 4×4096 micro-batch (``--batch``, ``--seq``);
+  one model per kernel family in ``benchmarks/kernel_launches.py``.
 * **Counted on CPU** (exact for the eager form): ATen ops per chunk of the chunked PyTorch form, which
   on a GPU is one kernel launch each: the mixer's forward and backward at batch 1 and two lengths one
   chunk (of its largest chunk size) apart; ops outside the chunk loop cancel. The forward

@@ -180,8 +180,8 @@ def _wide_backward_kernel(
         slot = BK * NB * BHB
         if SPLIT_READS:
             # the reads' terms from wide_reads (passes 2 and 3's reads, all chunks of the segment at
-            # once): here their share of dΔ; dY after the read's LayerNorm, the cotangent of Q Kᵀ ⊙ G
-            # and the reads' dβ, df, dG are loaded where they are used (fewer tiles live in pass 3)
+            # once): here their share of dΔ and dY after the read's LayerNorm; the cotangent of Q Kᵀ ⊙ G
+            # and the reads' dβ, df, dG where they are used (fewer tiles live through pass 3)
             d_dd = tl.load(rd_rows + rb + BK * BD + lk[:, None] * BD + cols[None, :])
             b_dy = tl.load(rd_rows + rb + li[:, None] * BD + cols[None, :])
         else:
