@@ -242,7 +242,9 @@ class MemoryBlock(GatedOutput, OneTokenStep):
     arXiv 1901.02860 §3.2, stops gradients into its cached segment the same way). The forward, the
     state and decoding are unchanged. Why a deep memory may need it: its inner loop amplifies a change
     of its state by orders of magnitude over thousands of tokens, so the exact gradient at T = 4096
-    can be 1e6-1e29 times the one at T = 512 (benchmarks/RESULTS.md section 24)."""
+    can be 1e6-1e29 times the one at T = 512 (benchmarks/RESULTS.md section 24). Each layer cuts its
+    own recurrence: the next layer's short convolution still reaches 3 tokens back across a cut, so in
+    a stack a gradient can cross at most one cut per layer (section 55 measured what that adds)."""
 
     name: str
     backend: str
