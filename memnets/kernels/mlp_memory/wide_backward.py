@@ -26,7 +26,7 @@ from .common import (
 from .config import LaunchConfig
 from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
-from .wide_forward import wide_meta
+from .wide_forward import read_coefficients, update_coefficients, wide_meta
 from .wide_maps import end_map_cotangent, token_layer1_backward, token_layer2_backward
 from .wide_reads import (
     launch_wide_read_backward,
@@ -137,16 +137,10 @@ def _wide_backward_kernel(
         offs, mask, qvalid, qrow, koffs, kmask, kvalid, krow, b_v, delta, b_kr = chunk_rows(
             k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
         )
-        b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-        b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
-        g_last = tl.load(G + cc * L * (P + L) + last * (P + L) + lk, mask=lkmask, other=0.0)
-        beta_last = tl.load(beta + cc * L + last)
-        b_f = b_beta  # f with momentum (unread without)
-        if HAS_MOM:
-            b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
-            f_last = tl.load(f + cc * L + last)
-            b_m = tl.load(m_end + cc)
-            b_s = tl.load(s_coef + cc * (P + L) + lk, mask=lkmask, other=0.0)
+        b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, P, BL, BK, HAS_MOM)
+        g_last, beta_last, f_last, b_s, b_m = update_coefficients(
+            beta, f, G, m_end, s_coef, cc, last, L, P, BK, HAS_MOM
+        )
         # each layer's read coefficients and the key path's scales: Moneta's per-token map scales row t
         # of layer l's dual form by s(Al_t) and takes the key path at the chunk start's s(W)·W
         ks1 = 1.0  # constants the compiler folds without the map
@@ -385,7 +379,8 @@ def _wide_backward_kernel(
             kT = key_cols_t(k, krow, kvalid, i, DI, KB)
             qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
             b_dkT = dot(qT, dPq, DOT)
-            b_dqT = dot(kT, tl.trans(dPq), DOT)  # (dq: wide_reads' without the per-token map)
+            if not SPLIT_READS:  # (else dq is wide_reads')
+                b_dqT = dot(kT, tl.trans(dPq), DOT)
             for j in range(NB):
                 o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
                 if SPLIT_READS:  # noqa: SIM108 (a compile-time branch: one load compiled)

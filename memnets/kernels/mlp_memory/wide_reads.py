@@ -36,6 +36,7 @@ from ..dual_form import inner
 from ..precision import dot
 from .common import act, act_grad, col_block, key_cols_t, key_delta, ln_params, read_layer2_backward
 from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
+from .wide_forward import read_coefficients
 
 
 @triton.jit
@@ -217,11 +218,7 @@ def _wide_read_backward_kernel(
         k, v, bp, b, g, h, T, P0, H, D, DI, L, P, BL, BK, BD, BIAS, RES
     )
     b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + cc * L + li, mask=lmask, other=0.0)
-    b_G = tl.load(G + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], mask=gmask, other=0.0)
-    b_f = b_beta  # f with momentum (unread without)
-    if HAS_MOM:
-        b_f = tl.load(f + cc * L + li, mask=lmask, other=0.0)
+    b_beta, b_f, b_G = read_coefficients(beta, f, G, cc, L, P, BL, BK, HAS_MOM)
     qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
     qkG = qk * b_G
     qkGT = tl.trans(qkG)
