@@ -117,9 +117,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         branches |= {"LAG": bool(d.options.get("lag"))}
         inner = fwd.constexprs["NB"]
     elif layout.wide:
-        fwd, store, bwd, split_fwd, read_bwd, reads = ck._mlp_wide_cases(
+        fwd, store, bwd, split_fwd, read_bwd, reads, _, *sums = ck._mlp_wide_cases(
             [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],)
-        )[:6]
+        )[:8]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
         # Moneta's maps run in one program per (sequence, head) (.wide_split)
@@ -148,12 +148,18 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     mats = ((7, 5), (9, 7), (14, 14)) if momentum else ((4, 3), (5, 4), (8, 9))
     # the backward's reads in their own launch where it takes them (memnets.kernels.mlp_memory.wide_reads):
     # the recurrence no longer reads the state for them (pass 2, pass 3's reads), the
-    # reads' launch reads it four times (layer 1's W: key path, pass 2, pass 3, dq) and three (W2)
-    split_reads = layout.wide and not simplex and splits_reads(branches.get("TOKEN_MAP", 0), DI, D)
-    branches["SPLIT_READS"] = split_reads
+    # reads' launch reads it four times (layer 1's W: key path, pass 2, pass 3, dq) and three (W2);
+    # the split recurrence (.wide_split_backward) reads layer 1's W, C_W, C_S in pass 3 and W (twice),
+    # S, C_W, C_S in pass 5, writing C_W, C_S; layer 2's C_W, S, C_S, W in pass 3 and W, C_W in pass
+    # 5, writing C_S, C_W (pass 3) and C_W (pass 5)
+    split_reads = (
+        layout.wide
+        and not simplex
+        and splits_reads(branches.get("TOKEN_MAP", 0), DI, D, branches.get("END_MAP", 0))
+    )
     read_mats = (7, 5) if momentum else (4, 3)
     if split_reads:
-        mats = (*mats[:2], (12, 11) if momentum else (7, 8))
+        mats = (*mats[:2], (10, 9) if momentum else (6, 6))
     if not layout.wide:
         mats = ((0, 0), (2, 2), (2, 2)) if momentum else ((0, 0), (1, 1), (1, 1))
     elif branches.get("END_MAP"):  # the map's passes: W read twice and written (the backward: W and C
@@ -215,18 +221,38 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
             walked,
             step_loop=False,
         )
+    if layout.wide and not simplex and not split_reads and "SPLIT" in bwd.constexprs:
+        # keys as wide as values with an ℓ_q map: the one-program kernel, reads inline
+        kept = {k: v for k, v in bwd.constexprs.items() if k not in ("SPLIT", "SP2", "NBJ", "FIRST")}
+        kernel = {"END_MAP": 0, "TOKEN_MAP": 0}
+        bwd = ck.Case(
+            "mlp_memory.wide_backward",
+            "_wide_backward_kernel",
+            {**kept, **kernel},
+            bwd.types,
+            bwd.num_warps,
+            bwd.num_stages,
+        )
     backward = [Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch)]
-    if split_reads:  # one launch per recompute segment, a program per (sequence, head, chunk)
+    if split_reads:  # memnets.kernels.mlp_memory.wide_reads, then .wide_split_backward
         BD, BL = _block(D), _block(L)
-        terms = (4 * BK * DH + 2 * BK * BD + BL * BK) * 4  # the read terms each program writes
+        terms = (4 * BK * DH + 3 * BK * BD + BL * BK) * 4  # the read terms each program writes
         segments = -(-steps // recompute)
+        per_segment = programs * min(recompute, steps)
         read_b = (read_mats[0] * DI + read_mats[1] * D) * DH * 4 + terms
-        backward.insert(
-            0,
+        # the recurrence, a launch per chunk: its blocks' share of the state and scratch traffic, and
+        # the shares: dΔ's read (all programs') and written, Z2 read twice, the reads' dY and dΔ, dk's
+        # share written
+        split_b = wide_split(programs, NB, SMS)
+        shares = ((split_b + 5) * BK * BD + BL * BD + DI * BK) * 4
+        case = dataclasses.replace(bwd, constexprs={**bwd.constexprs, **split_constants(split_b, NB)})
+        sums_case = dataclasses.replace(sums[0], constexprs={**sums[0].constexprs, "SPLIT": split_b})
+        sums_b = (split_b * (DI * BK + 2 * BK) + 2 * L * BK + BL * BK) * 4  # the shares, dG, dPq
+        backward = [
             Launch(
                 "bwd (reads)",
                 at(read_bwd),
-                programs * min(recompute, steps),
+                per_segment,
                 segments,
                 inner,
                 0.0,
@@ -234,7 +260,21 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
                 segments,
                 step_loop=False,
             ),
-        )
+            Launch(
+                "bwd (split)",
+                at(case),
+                programs * split_b,
+                steps,
+                inner // split_b,
+                0.0,
+                (bwd_b + scratch) / split_b + shares,
+                steps + segments,
+                step_loop=False,
+            ),
+            Launch(
+                "bwd (sums)", at(sums_case), per_segment, segments, 1, 0.0, sums_b, segments, step_loop=False
+            ),
+        ]
     return [*forward, recompute_launch, *backward]
 
 

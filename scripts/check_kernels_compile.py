@@ -53,6 +53,7 @@ MODULES = (
     "mlp_memory.wide_backward",
     "mlp_memory.wide_split",
     "mlp_memory.wide_reads",
+    "mlp_memory.wide_split_backward",
     "mlp_memory.simplex",
     "mlp_memory.simplex_backward",
     "mlp_memory.wide_simplex",
@@ -358,17 +359,19 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     """The wide-state kernels at each shape (D, hidden, chunk[, key width, window rows]), with every Titans
     branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
-    first five cases are its forward, STORE forward, backward, split forward and the backward's reads
+    first five cases are its forward, STORE forward, backward (the split recurrence,
+    :mod:`memnets.kernels.mlp_memory.wide_split_backward`, with keys as wide as values, else the
+    one-program kernel), split forward and the backward's reads
     (:mod:`memnets.kernels.mlp_memory.wide_reads`) at ``dots[0]``, and with one operand mode the
-    sixth its split forward's reads and the seventh its split STORE forward (the backward's
-    recompute)."""
+    sixth its split forward's reads, the seventh its split STORE forward (the backward's
+    recompute) and, with keys as wide as values, the eighth the split backward's sums."""
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
 
     types, full, bare = _mlp_branches()
-    types |= {"P0": "i32", "c": "i32", "end_q": "fp32", "end_floor": "fp32"}
+    types |= {"P0": "i32", "c": "i32", "n": "i32", "end_q": "fp32", "end_floor": "fp32"}
 
     def shape(D: int, DH: int, L: int, dot: int, DI: int | None = None, P: int = 0) -> dict[str, int]:
         BHB = min(default_hidden_block(dot), _block(DH))
@@ -381,17 +384,33 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         }
 
     def case(kernel: str, constexprs: dict[str, object]) -> Case:
-        mod = next(m for m in ("read_backward", "backward", "split", "forward") if m in kernel)
+        mod = next(
+            m for m in ("split_backward", "read_backward", "backward", "split", "forward") if m in kernel
+        )
         mod = "reads" if mod == "read_backward" else mod
         warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
         return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
 
-    def split(constexprs: dict[str, object], first: bool = False, store: bool = False) -> Case:
-        """The split forward at the programs per head of a 4 x 16-head micro-batch (the flagships'); with
-        ``store`` the backward's recompute."""
+    def sizes(constexprs: dict[str, object]) -> dict[str, int]:
+        """The split kernels' sizes at the programs per head of a 4 x 16-head micro-batch (the flagships')."""
         nb = int(constexprs["NB"])  # type: ignore[call-overload]
-        sizes = split_constants(wide_split(64, nb), nb)
-        return case("_wide_split_kernel", {**constexprs, **sizes, "FIRST": first, "STORE": store})
+        return split_constants(wide_split(64, nb), nb)
+
+    def split(constexprs: dict[str, object], first: bool = False, store: bool = False) -> Case:
+        """The split forward; with ``store`` the backward's recompute."""
+        return case("_wide_split_kernel", {**constexprs, **sizes(constexprs), "FIRST": first, "STORE": store})
+
+    def backward(constexprs: dict[str, object], first: bool = False) -> Case:
+        """The backward's recurrence: split where the reads leave it (keys as wide as values, no ℓ_q map:
+        wide_reads.splits_reads), else one program per (sequence, head)."""
+        if constexprs["DI"] != constexprs["D"]:
+            return case("_wide_backward_kernel", {**constexprs, "END_MAP": 0, "TOKEN_MAP": 0})
+        return case("_wide_split_backward_kernel", {**constexprs, **sizes(constexprs), "FIRST": first})
+
+    def sums(constexprs: dict[str, object]) -> Case:
+        keep = ("H", "DI", "L", "BL", "P", "BK", "BD", "KB", "NI", "DOT", "HAS_MOM")
+        kept = {k: constexprs[k] for k in keep}
+        return case("_wide_split_backward_sums_kernel", {**kept, "SPLIT": sizes(constexprs)["SPLIT"]})
 
     def reads(constexprs: dict[str, object]) -> Case:
         keep = ("H", "D", "L", "BL", "BD", "P", "BK", "DOT", "LN")
@@ -403,22 +422,20 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             for store in (False, True):
                 c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 0}
                 cases.append(case("_wide_forward_kernel", c))
-            wide = shape(D, DH, L, dot, *keys)
-            maps = {"END_MAP": 0, "TOKEN_MAP": 0, "SPLIT_READS": wide["DI"] == D}  # wide_reads.splits_reads
-            cases.append(case("_wide_backward_kernel", {**wide, **full, **maps}))
+            cases.append(backward({**shape(D, DH, L, dot, *keys), **full}))
             cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
             cases.append(case("_wide_read_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
         cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
         cases.append(split({**shape(D, DH, L, dots[0], *keys), **full}, store=True))
+        if shape(D, DH, L, dots[0], *keys)["DI"] == D:
+            cases.append(sums({**shape(D, DH, L, dots[0], *keys), **full}))
     # the other branches once, at the smallest shape with keys as wide as values where there is one;
     # Moneta's chunk-end map and per-token map ("paper") at the largest such shape
     small = shape(*min(shapes, key=lambda s: (len(s) > 3, s[0] * s[1] * s[2]))[:3], dots[0])
     cases.append(
         case("_wide_forward_kernel", {**small, **bare, "STORE": False, "END_MAP": 0, "TOKEN_MAP": 0})
     )
-    cases.append(
-        case("_wide_backward_kernel", {**small, **bare, "END_MAP": 0, "TOKEN_MAP": 0, "SPLIT_READS": True})
-    )
+    cases += [backward({**small, **bare}), backward({**small, **full}, first=True)]
     cases.append(case("_wide_read_backward_kernel", {**small, **bare}))
     cases += [split({**small, **bare}), split({**small, **full}, first=True)]
     large = shape(*max(shapes, key=lambda s: (len(s) == 3, s[0] * s[1] * s[2]))[:3], dots[0])
@@ -430,7 +447,7 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 1})
         )
     for end_map, token_map in ((1, 0), (0, 1)):
-        maps = {"END_MAP": end_map, "TOKEN_MAP": token_map, "SPLIT_READS": not token_map}
+        maps = {"END_MAP": end_map, "TOKEN_MAP": token_map}
         cases.append(case("_wide_backward_kernel", {**large, **full, **maps}))
     return cases
 

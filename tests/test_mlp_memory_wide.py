@@ -153,8 +153,8 @@ def test_checkpoint_plan():
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("T, chunk_size", [(1, 16), (63, 16), (100, 32)])
 def test_programs_per_head(monkeypatch, split, T, chunk_size):
-    """The forward and the backward's recompute with the 4 hidden blocks over 1 program per (sequence,
-    head) or 2; the other tests here run the default, one block per program
+    """The forward, the backward's recompute and its recurrence with the 4 hidden blocks over 1 program
+    per (sequence, head) or 2; the other tests here run the default, one block per program
     (:func:`~memnets.kernels.mlp_memory.config.wide_split`, checked below)."""
     monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", split)
     _compare(T, chunk_size, residual=True, layer_norm=True, checkpoint_every=3)
@@ -164,7 +164,7 @@ def test_split_default(monkeypatch):
     """Programs per (sequence, head): the divisor of the hidden blocks with the fewest block-steps on
     the busiest SM (waves x blocks per program), fewer programs on a tie; here (2 heads, 4 blocks, no
     GPU: counted against 132 SMs) one block per program, in every launch, the backward's recompute's
-    too."""
+    too, and the backward's recurrence."""
     rule = mlp_memory.config.wide_split
     cases = [(64, 6), (64, 4), (48, 3), (200, 6), (2, 4), (132, 6), (66, 6)]
     assert [rule(*c) for c in cases] == [2, 2, 3, 3, 4, 1, 2]
@@ -176,10 +176,17 @@ def test_split_default(monkeypatch):
         "launch_wide_split_forward",
         lambda *a, store=False: seen.append((a[-1], store)) or launch(*a, store=store),
     )
+    backward_module = mlp_memory.wide_backward
+    recurrence = backward_module.launch_wide_split_backward
+    monkeypatch.setattr(
+        backward_module,
+        "launch_wide_split_backward",
+        lambda *a: seen.append((a[-1], "backward")) or recurrence(*a),
+    )
     _compare(40, 8, checkpoint_every=2)
-    # 5 chunks in checkpoint segments of 2, 2, 1: the forward's three launches, then the backward's
-    # recompute of each segment (STORE), split alike
-    assert seen == [(4, False)] * 3 + [(4, True)] * 3
+    # 5 chunks in checkpoint segments of 2, 2, 1: the forward's three launches, then per segment (the
+    # last first) the backward's recompute (STORE) and its recurrence, split alike
+    assert seen == [(4, False)] * 3 + [(4, True), (4, "backward")] * 3
     monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", 3)
     with pytest.raises(ValueError, match="WIDE_SPLIT=3 must divide the 4 hidden blocks"):
         _compare(40, 8)

@@ -121,9 +121,13 @@ use more than 64 of the 132 SMs, weighed:
   launch at the end. P comes from :func:`~.config.wide_split` (2 at titans-760m's 4 × 16 heads: 128
   programs, one wave). Static estimate at titans-760m: the forward 13.0 → 7.4 ms (benchmarks/RESULTS.md
   §30), at an assumed 10 µs of host time per Triton launch. The backward's recompute (``STORE``) runs
-  the same launches without the reads (benchmarks/RESULTS.md §55). The backward's recurrence still runs
-  one program per (sequence, head): splitting it the same way needs three launches per chunk (its
-  passes 2 → 3 and 4 → 5 cross the blocks on whole rows).
+  the same launches without the reads (benchmarks/RESULTS.md §55). **The backward's recurrence
+  too**, once its reads left it (next item): :mod:`.wide_split_backward`, one launch per chunk, whose
+  programs finish chunk c (dΔ's shares summed, the key LayerNorm's backward on whole rows, then their
+  blocks' layer-1 cotangents) and run chunk c − 1's per-block pass, leaving their shares of dΔ for the
+  next launch; Z2 comes from the reads' launch, which computes it anyway. Static estimate at
+  titans-760m: the recurrence 58.7 → 28.3 ms (benchmarks/RESULTS.md §56). Not with keys wider than
+  values or Moneta's maps, whose backward keeps the reads inline (one program per (sequence, head)).
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk
   written and read again, more traffic than the forward moves now. Rejected for the forward. **Built
@@ -156,7 +160,7 @@ product per matmul, whose backward outgrows sm_90's shared memory past that).
 Modules: :mod:`.config` (launch configuration), :mod:`.common` (shared ``@triton.jit`` pieces),
 :mod:`.forward`, :mod:`.backward`, :mod:`.wide_blocks` (the wide-state block layout and shared products),
 :mod:`.wide_forward`, :mod:`.wide_split`, :mod:`.wide_backward`, :mod:`.wide_reads` (the backward's reads, apart from
-the recurrence), :mod:`.wide_maps` (Moneta's maps there),
+the recurrence), :mod:`.wide_split_backward` (the recurrence split over programs), :mod:`.wide_maps` (Moneta's maps there),
 :mod:`.limits` (tiles, ``supports``), :mod:`.ops` (custom ops, autograd), :mod:`.launch` (the entry point),
 :mod:`.token_state` (every token's accumulator), :mod:`.end_map` (Moneta's ℓ_q maps), :mod:`.simplex`
 and :mod:`.simplex_backward` (Memora's softmax retention and lag token; :mod:`.wide_simplex` and

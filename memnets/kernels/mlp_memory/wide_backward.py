@@ -1,6 +1,9 @@
 """The wide-state variant of the MLP-memory backward kernel (the hidden width in blocks, the state and
 its cotangents in global memory; the passes are described in
-:mod:`memnets.kernels.mlp_memory.wide_forward`)."""
+:mod:`memnets.kernels.mlp_memory.wide_forward`): one program per (sequence, head) with the reads in the
+recurrence, where they cannot leave it (keys wider than values, Moneta's ℓ_q maps:
+:func:`.wide_reads.splits_reads`); elsewhere :func:`launch_wide_backward` runs the reads' launch
+(:mod:`.wide_reads`) and the split recurrence (:mod:`.wide_split_backward`)."""
 
 from __future__ import annotations
 
@@ -23,19 +26,13 @@ from .common import (
     ln_params,
     store_ln_grads,
 )
-from .config import LaunchConfig
+from .config import TARGET_SMS, LaunchConfig, wide_split
 from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients, wide_meta
 from .wide_maps import end_map_cotangent, token_layer1_backward, token_layer2_backward
-from .wide_reads import (
-    launch_wide_read_backward,
-    layer1_reads,
-    read_block,
-    read_layer2,
-    read_tiles,
-    splits_reads,
-)
+from .wide_reads import launch_wide_read_backward, read_block, read_layer2, splits_reads
+from .wide_split_backward import launch_wide_split_backward
 
 
 @triton.jit
@@ -85,13 +82,12 @@ def _wide_backward_kernel(
     dw1_anchor, dw2_anchor,  # the anchor's cotangents
     dq, dk, dv, dbp, dln_w, dln_b, dbeta, df, dG, dm_end, ds_coef,
     dw1, dw2, ds1, ds2, scratch,  # dw1 .. ds2: the state's cotangents, updated in place
-    rd_blocks, rd_rows,  # with SPLIT_READS: the reads' terms (wide_reads.ReadTerms)
     T, P0, C0, NC, NCT, p, eps, sharp, ln_eps, end_q, end_floor,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, NI: tl.constexpr, BHB: tl.constexpr,
     NB: tl.constexpr, P: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     BIAS: tl.constexpr, LN: tl.constexpr, RES: tl.constexpr, HAS_MOM: tl.constexpr, END_MAP: tl.constexpr,
-    TOKEN_MAP: tl.constexpr, SPLIT_READS: tl.constexpr,
+    TOKEN_MAP: tl.constexpr,
 ):  # fmt: skip
     i_bh = tl.program_id(0)
     b = (i_bh // H).to(tl.int64)
@@ -168,31 +164,20 @@ def _wide_backward_kernel(
         )
         ddT = tl.trans(dd)
 
-        ch = bh * NC + c  # this chunk in the read terms
-        rb = ch * (2 * BK * BD + BL * BK)
-        tq, tk = read_tiles(rd_blocks, ch, BK, BL, BHB, NB)
-        slot = BK * NB * BHB
-        if SPLIT_READS:
-            # the reads' terms from wide_reads (passes 2 and 3's reads, all chunks of the segment at
-            # once): here their share of dΔ and dY after the read's LayerNorm; the cotangent of Q Kᵀ ⊙ G
-            # and the reads' dβ, df, dG where they are used (fewer tiles live through pass 3)
-            d_dd = tl.load(rd_rows + rb + BK * BD + lk[:, None] * BD + cols[None, :])
-            b_dy = tl.load(rd_rows + rb + li[:, None] * BD + cols[None, :])
-        else:
-            b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-            qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
-            qkG = qk * bG1
-            qkGT = tl.trans(qkG)
-            # pass 2: the reads' layer-2 inputs summed over the hidden blocks, then Ẑ2's terms on whole
-            # rows (dΔ completed over the blocks in pass 3)
-            b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2(
-                w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, k, q, krow, kvalid,
-                qrow, qvalid, ks1, ks2, dd, ddT, qkGT, bb1, bf1, bb2, bf2, bG2, b_dy, gamma, d_gamma, d_shift,
-                cmask, ln_eps, D, DI, DH, KB, BHB, NI, NB, BD, BL, BK, ACT, DOT, LN, HAS_MOM,
-            )  # fmt: skip
-            dyT = tl.trans(b_dy)
-            dPT = tl.trans(dP)
-            dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
+        b_dy = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        qk = query_keys(q, k, qrow, qvalid, krow, kvalid, DI, KB, NI, BL, BK, DOT)
+        qkG = qk * bG1
+        qkGT = tl.trans(qkG)
+        # pass 2: the reads' layer-2 inputs summed over the hidden blocks, then Ẑ2's terms on whole
+        # rows (dΔ completed over the blocks in pass 3)
+        b_dy, d_gamma, d_shift, b_dbeta, b_df, b_dG, dP, d_dd = read_layer2(
+            w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, k, q, krow, kvalid,
+            qrow, qvalid, ks1, ks2, dd, ddT, qkGT, bb1, bf1, bb2, bf2, bG2, b_dy, gamma, d_gamma, d_shift,
+            cmask, ln_eps, D, DI, DH, KB, BHB, NI, NB, BD, BL, BK, ACT, DOT, LN, HAS_MOM,
+        )  # fmt: skip
+        dyT = tl.trans(b_dy)
+        dPT = tl.trans(dP)
+        dPq = tl.zeros([BL, BK], dtype=tl.float32)  # cotangent of Q Kᵀ ⊙ G, summed over the blocks
         d_ddT = tl.trans(d_dd)
         if HAS_MOM:
             b_ds = tl.zeros([BK], dtype=tl.float32)
@@ -233,32 +218,20 @@ def _wide_backward_kernel(
         df_last = tl.sum(tl.zeros([BL], dtype=tl.float32), 0)
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
-            if SPLIT_READS:  # the key path's block j, and the reads' terms of it from wide_reads
-                Z1T, AT, sgT, _, _, kcT, ksT, dbl, dml, dfl = layer1_reads(
-                    w1_chunks, s1_chunks, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-                    DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, True, False,
-                )  # fmt: skip
-                W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
-                ET = dot(W2, ddT, DOT)
-                d1T = ET * sgT
-                a1T = tl.load(rd_blocks + tq + slot + j * BHB)
-                d_d1T = tl.load(rd_blocks + tk + 2 * slot + j * BHB)  # dδ1_jᵀ, the reads' share
-                dAT = tl.load(rd_blocks + tk + 3 * slot + j * BHB)
-            else:  # the reads of block j recomputed
-                Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T = read_block(
-                    w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
-                    krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
-                    D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, True,
-                )  # fmt: skip
-                dAT = dot(a1T, dP, DOT)
-                # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j (with the
-                # map, its coefficients' cotangents are pass 3a's)
-                if TOKEN_MAP == 0:
-                    b_dbeta += tl.sum(dz1T * qw1T, 0)
-                    if HAS_MOM:
-                        b_df += tl.sum(dz1T * qs1T, 0)
-                    dPq -= dot(tl.trans(dz1T), d1T, DOT)
-                d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
+            Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T = read_block(
+                w1_chunks, s1_chunks, w2_chunks, s2_chunks, dw1, ds1, cb1, cb2, base1, j, k, q,
+                krow, kvalid, qrow, qvalid, ks1, ks2, ddT, dyT, dPT, qkGT, bb1, bf1, bb2, bf2,
+                D, DI, DH, KB, BHB, NI, BD, BL, BK, ACT, DOT, HAS_MOM, True,
+            )  # fmt: skip
+            dAT = dot(a1T, dP, DOT)
+            # layer 1 of the reads: Ẑ1_j = β ⊙ (Q W1_j) [+ f ⊙ (Q S1_j)] − (Q Kᵀ ⊙ G) δ1_j (with the
+            # map, its coefficients' cotangents are pass 3a's)
+            if TOKEN_MAP == 0:
+                b_dbeta += tl.sum(dz1T * qw1T, 0)
+                if HAS_MOM:
+                    b_df += tl.sum(dz1T * qs1T, 0)
+                dPq -= dot(tl.trans(dz1T), d1T, DOT)
+            d_d1T = -dot(dz1T, qkG, DOT)  # dδ1_jᵀ
             # layer 1's chunk-end update: its terms in δ1_j and the coefficients (from layer1_reads)
             d_d1T -= g_last[None, :] * kcT
             dg_last -= tl.sum(d1T * kcT, 0)
@@ -319,21 +292,14 @@ def _wide_backward_kernel(
                 dks2 += inner(dET, ET) / ks2
             dZ1T = d_d1T * ET * act_grad2(Z1T, ACT) + dAT * sgT
             tl.debug_barrier()  # every thread has read layer 2's block j of dW2
-            if not SPLIT_READS:  # (else the reads' dẐ1_j is in the read terms)
-                tl.store(scratch + sq + j * BHB, dz1T)
+            tl.store(scratch + sq + j * BHB, dz1T)
             tl.store(scratch + so + BK * sw + j * BHB, d1T)
             tl.store(scratch + so + 2 * BK * sw + j * BHB, dZ1T)
             tl.store(dw2 + base2 + o2, gW2, mask=m2)
         gofs = cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :]
-        if SPLIT_READS:  # the reads' dβ, df, dG (wide_reads' stores)
-            b_dbeta = tl.load(dbeta + cc * L + li, mask=lmask, other=0.0)
-            b_dG = tl.load(dG + gofs, mask=gmask, other=0.0)
-            if HAS_MOM:
-                b_df = tl.load(df + cc * L + li, mask=lmask, other=0.0)
-        else:
-            if TOKEN_MAP == 0:
-                b_dG += dPq * qk
-            dPq = dPq * bG1
+        if TOKEN_MAP == 0:
+            b_dG += dPq * qk
+        dPq = dPq * bG1
         b_dbeta = tl.where(is_last, b_dbeta + dbeta_last, b_dbeta)
         b_dG = tl.where(is_last[:, None], b_dG + dg_last[None, :], b_dG)
         if HAS_MOM:
@@ -373,27 +339,20 @@ def _wide_backward_kernel(
         if TOKEN_MAP != 0:
             coefk1 = lq_grad_coef(pk1, dks1, end_q, end_floor, TOKEN_MAP)
         tl.debug_barrier()  # the finished cotangents of Z1_j are read back by other threads
-        if SPLIT_READS:  # the reads' cotangent of Q Kᵀ ⊙ G (wide_reads')
-            dPq = tl.load(rd_rows + rb + 2 * BK * BD + li[:, None] * BK + lk[None, :])
         for i in range(NI):
             kT = key_cols_t(k, krow, kvalid, i, DI, KB)
             qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
             b_dkT = dot(qT, dPq, DOT)
-            if not SPLIT_READS:  # (else dq is wide_reads')
-                b_dqT = dot(kT, tl.trans(dPq), DOT)
+            b_dqT = dot(kT, tl.trans(dPq), DOT)
             for j in range(NB):
                 o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-                if SPLIT_READS:  # noqa: SIM108 (a compile-time branch: one load compiled)
-                    dz1T = tl.load(rd_blocks + tq + j * BHB)
-                else:
-                    dz1T = tl.load(scratch + sq + j * BHB)
+                dz1T = tl.load(scratch + sq + j * BHB)
                 d1T = tl.load(scratch + so + BK * sw + j * BHB)
                 dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB)
                 W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
                 cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
                 b_dkT += ks1 * dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
-                if not SPLIT_READS:
-                    b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
+                b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
                 gW1 = beta_last * cW1 + dot(qT, tl.trans(bb1[None, :] * dz1T), DOT)
                 gW1 += ks1 * dot(kT, tl.trans(dZ1T), DOT)
                 if g == NCT - 1:
@@ -403,8 +362,7 @@ def _wide_backward_kernel(
                     S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
                     cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                     b_dkT -= dot(cS1, d1T * b_s[None, :], DOT)
-                    if not SPLIT_READS:
-                        b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)
+                    b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)
                     cS1 = b_m * cS1 + f_last * cW1 + dot(qT, tl.trans(bf1[None, :] * dz1T), DOT)
                 if TOKEN_MAP != 0:  # the key path's s(W1)·W1, and every token's accumulators
                     _, _, _, _, gW1t, gS1t, dkTt = token_layer1_backward(
@@ -418,9 +376,8 @@ def _wide_backward_kernel(
                 tl.store(dw1 + base1 + o1, gW1, mask=m1)
                 if HAS_MOM:
                     tl.store(ds1 + base1 + o1, cS1, mask=m1)
-            if not SPLIT_READS:
-                qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
-                tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
+            qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
+            tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
             b_dk = tl.trans(b_dkT)
             if RES and DI == D:
                 b_dk += dr  # M(k) = k + ...: the residual's direct path (wider keys: the caller's)
@@ -452,7 +409,6 @@ def launch_wide_backward(
     B, T, H = q.shape[:3]
     d_state = tuple(t.float().clone(memory_format=torch.contiguous_format) for t in carry)
     scalars, constants = wide_meta(q, carry[0], carry[1], ln_w, config)
-    scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
     if config.end_map and len(end) != 2:
         raise ValueError("mlp_memory_wide_bwd: the chunk-end map needs the weights after the chunks (end)")
     if config.token_map and len(token_powers) != 2:
@@ -460,23 +416,27 @@ def launch_wide_backward(
             "mlp_memory_wide_bwd: the per-token map needs every token's power sums (token_powers)"
         )
     empty = q.new_empty(0)
-    reads = (empty, empty, empty)
-    split_reads = splits_reads(config.token_map, constants["DI"], constants["D"])
-    if split_reads:  # the reads' backward first, all the segment's chunks at once
-        reads = launch_wide_read_backward(
-            q, k, v, bp, ln_w, ln_b, dy, coef, chunks[:4], grads, (scalars, constants), c0, nc
+    if splits_reads(config.token_map, constants["DI"], constants["D"], config.end_map):
+        # the reads' backward first, all the segment's chunks at once, then the recurrence split over
+        # the hidden blocks as the forward is
+        meta = (scalars, constants)
+        reads = launch_wide_read_backward(q, k, v, bp, ln_w, ln_b, dy, coef, chunks[:4], grads, meta, c0, nc)
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else TARGET_SMS
+        split = wide_split(B * H, constants["NB"], sms)
+        key_ln = launch_wide_split_backward(
+            q, k, v, bp, ln_w, ln_b, coef, chunks[:4], reads, anchor_cot, grads, d_state, meta, c0, nc, split
         )
+        if key_ln is not None:  # the key path's and the reads' LayerNorm dγ, db of every chunk
+            D = constants["D"]
+            parts = key_ln + reads.ln_parts.sum(1)[:, :D].reshape(B, H, 2, D)
+            dln[0].copy_(parts[:, :, 0])
+            dln[1].copy_(parts[:, :, 1])
+        return d_state
+    scratch = q.new_empty(B * H, 3, constants["BK"], constants["NB"] * constants["BHB"], dtype=torch.float32)
     _wide_backward_kernel[(B * H,)](
         q, k, v, *or_empty(empty, bp, ln_w, ln_b), dy, *coef, *chunks, *(end or (empty, empty)),
         *(token_powers or (empty, empty)), *anchor_cot, *grads[:4], *dln, *grads[4:], *d_state, scratch,
-        *reads[:2],
         T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars, config.end_q, config.end_floor, **constants,
         HAS_MOM=carry[2].numel() > 0, END_MAP=config.end_map, TOKEN_MAP=config.token_map,
-        SPLIT_READS=split_reads,
     )  # fmt: skip
-    if ln_w is not None and split_reads:  # the read LayerNorm's dγ, db of every chunk
-        D = constants["D"]
-        parts = reads[2].sum(1)[:, :, :D].reshape(B, H, 2, D)
-        dln[0].add_(parts[:, :, 0])
-        dln[1].add_(parts[:, :, 1])
     return d_state

@@ -84,7 +84,9 @@ fewer states live: :func:`~.launch.checkpoint_chunks`), chunks in reverse inside
 (dW1, dW2, dS1, dS2) updated in place in working copies. Before it, one launch per recompute segment
 takes the reads' part of passes 2, 3 and 5 for all the segment's chunks at once, a program per
 (sequence, head, chunk) (:mod:`.wide_reads`: they never read a state cotangent), and the recurrence
-loads their results; with Moneta's per-token map the recurrence takes them itself, as listed here:
+loads their results, split over programs by hidden blocks as the forward is (:mod:`.wide_split_backward`:
+passes 1 and 4 on whole rows in every program, 3 and 5 on its own blocks); with keys wider than values
+and Moneta's maps the recurrence takes the reads itself, one program per (sequence, head), as listed here:
 
 0. with the chunk-end map, after a complete chunk: its end cotangents dW1, dW2 back through the map,
    in place (:func:`~.wide_maps.end_map_cotangent`, at the weights before the map: the next

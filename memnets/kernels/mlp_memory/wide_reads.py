@@ -5,19 +5,21 @@ read terms: Ẑ1 and Ẑ2 back to dẐ1, Â, the coefficients β, f, G and the c
 read only the chunk's start state, the inputs and dy, never the state's cotangents. One program per
 (sequence, head, chunk) takes them here for every chunk of a recompute segment at once
 (``_wide_read_backward_kernel``, from the start states the STORE recompute kept), so the sequential
-kernel (:mod:`.wide_backward`) walks only the chunk-end update's backward, the key path's second-order
-terms and the state's cotangents: at titans-760m's shapes 26 of a hidden block's 44 products leave the
+kernel (:mod:`.wide_split_backward`) walks only the chunk-end update's backward, the key path's
+second-order terms and the state's cotangents: at titans-760m's shapes 26 of a hidden block's 44 products leave the
 chain of dependent steps, and the programs in flight grow from B·H to B·H·(chunks per segment). The
 kernel writes dq and the coefficients' read terms in place, and keeps per chunk what the recurrence
 adds (``ReadTerms``): per hidden block j the tiles dẐ1_jᵀ and Â_jᵀ ``[BHB, L]`` (the reads' terms of
 dW1_j, dS1_j and dW2_j, dS2_j are their low-rank products with q and dY, formed in the recurrence) and
 the reads' shares of dδ1_jᵀ and dA_jᵀ ``[BHB, BK]``; dY after the read's LayerNorm ``[L, D]``, the
-reads' share of dΔ ``[BK, D]``, and the read LayerNorm's dγ, db. About 4·BK·Dh + 2·BK·D floats per
-chunk (115 KB at titans-760m), for one recompute segment's chunks at a time.
+reads' share of dΔ ``[BK, D]``, the key path's Z2 ``[BK, D]`` (the recurrence's Δ, a sum over the
+hidden blocks that its programs hold in parts), and the read LayerNorm's dγ, db. About 4·BK·Dh + 3·BK·D
+floats per chunk (124 KB at titans-760m), for one recompute segment's chunks at a time.
 
 Where it runs (:func:`splits_reads`): keys as wide as values (the Titans, Miras and TNT memories), not
-with Moneta's per-token map. That map's reads carry every token's scale, whose cotangents the
-recurrence needs before its update terms (pass 3a). With keys wider than values (OmegaNet's and
+with Moneta's maps. The per-token map's reads carry every token's scale, whose cotangents the
+recurrence needs before its update terms (pass 3a); the chunk-end map's cotangent needs the whole
+state's ℓ_q norm, which the split recurrence's programs hold in parts. With keys wider than values (OmegaNet's and
 Atlas' polynomial features, 34 key blocks at omeganet-760m) this launch would re-run the key path and
 every layer-1 product over all key blocks, more than the recurrence saves (the static report at
 omeganet-760m: 158 ms of backward became 129 + 44 ms, benchmarks/RESULTS.md §55).
@@ -227,6 +229,8 @@ def _wide_read_backward_kernel(
     Z2 = key_z2(
         k, krow, kvalid, w1_chunks, w2_chunks, cb1, cb2, 0, 1.0, D, DI, DH, BK, BD, KB, NI, BHB, NB, ACT, DOT
     )
+    rb = ch * (3 * BK * BD + BL * BK)  # this chunk's rows in ReadTerms.rows; Z2 last (the recurrence's Δ)
+    tl.store(rows + rb + 2 * BK * BD + BL * BK + lk[:, None] * BD + cols[None, :], Z2)
     dd, _dout, _r, _xk, _rk = key_delta(
         Z2, b_kr, b_v, delta, gamma, shift, kmask, cmask, p, eps, sharp, ln_eps, D, BIAS, LN, RES
     )
@@ -264,7 +268,6 @@ def _wide_read_backward_kernel(
     tl.store(dG + cc * L * (P + L) + li[:, None] * (P + L) + lk[None, :], b_dG, mask=gmask)
     if HAS_MOM:
         tl.store(df + cc * L + li, b_df, mask=lmask)
-    rb = ch * (2 * BK * BD + BL * BK)
     tl.store(rows + rb + li[:, None] * BD + cols[None, :], b_dy)
     tl.store(rows + rb + BK * BD + lk[:, None] * BD + cols[None, :], d_dd)
     tl.store(rows + rb + 2 * BK * BD + li[:, None] * BK + lk[None, :], dPq)
@@ -284,18 +287,21 @@ def _wide_read_backward_kernel(
         tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
 
 
-def splits_reads(token_map: int, key_width: int, value_width: int) -> bool:
-    """Whether the wide backward takes its reads in :func:`launch_wide_read_backward`, given the
-    per-token map's kind (``LaunchConfig.token_map``, 0 without) and the widths (the module's docstring
-    says where and why)."""
-    return not token_map and key_width == value_width
+def splits_reads(token_map: int, key_width: int, value_width: int, end_map: int = 0) -> bool:
+    """Whether the wide backward takes its reads in :func:`launch_wide_read_backward` (and its recurrence
+    in :mod:`.wide_split_backward`), given the per-token map's kind (``LaunchConfig.token_map``, 0
+    without), the widths and the chunk-end map's kind (``LaunchConfig.end_map``: its ℓ_q norm sums over
+    the whole state, which the split recurrence's programs hold in parts) (the module's docstring says
+    where and why)."""
+    return not token_map and not end_map and key_width == value_width
 
 
 class ReadTerms(NamedTuple):
     """What :func:`launch_wide_read_backward` keeps per chunk of a segment for the recurrence (float32):
     ``blocks`` ``[B·H, chunks, 4, BK, NB·BHB]`` (dẐ1ᵀ, Âᵀ, the reads' dδ1ᵀ, dAᵀ per hidden block),
-    ``rows`` ``[B·H, chunks, 2·BK·BD + BL·BK]`` (dY after the read's LayerNorm ``[BL, BD]`` and the reads'
-    dΔ ``[BK, BD]`` at BK·BD floats each, then the cotangent of Q Kᵀ ⊙ G ``[BL, BK]``: dk's read term) and
+    ``rows`` ``[B·H, chunks, 3·BK·BD + BL·BK]`` (dY after the read's LayerNorm ``[BL, BD]`` and the reads'
+    dΔ ``[BK, BD]`` at BK·BD floats each, the cotangent of Q Kᵀ ⊙ G ``[BL, BK]``: dk's read term, then the
+    key path's Z2 ``[BK, BD]`` at the chunk-start state) and
     ``ln_parts`` ``[B·H, chunks, 2, BD]`` (the read LayerNorm's dγ, db per chunk)."""
 
     blocks: Tensor
@@ -319,7 +325,7 @@ def launch_wide_read_backward(
 
     BL = constants["BL"]
     terms = ReadTerms(
-        new(B * H, nc, 4, BK, NB * BHB), new(B * H, nc, 2 * BK * BD + BL * BK), new(B * H, nc, 2, BD)
+        new(B * H, nc, 4, BK, NB * BHB), new(B * H, nc, 3 * BK * BD + BL * BK), new(B * H, nc, 2, BD)
     )
     empty = q.new_empty(0)
     dq, _, _, _, dbeta, df, dG = grads[:7]
