@@ -388,7 +388,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             m for m in ("split_backward", "read_backward", "backward", "split", "forward") if m in kernel
         )
         mod = "reads" if mod == "read_backward" else mod
-        warps = wide_num_warps(int(constexprs["BD"]))  # type: ignore[call-overload]
+        split = kernel in ("_wide_split_kernel", "_wide_split_backward_kernel")
+        warps = wide_num_warps(int(constexprs["BD"]), split)  # type: ignore[call-overload]
         return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
 
     def sizes(constexprs: dict[str, object]) -> dict[str, int]:

@@ -29,17 +29,21 @@ WIDE_SPLIT: int | None = None
 TARGET_SMS = 132
 
 
-def wide_num_warps(block_d: int) -> int:
-    """Warps per program of a wide-state kernel. One program per (sequence, head) runs alone on its SM,
-    so with one warpgroup each scheduler holds one warp and waits out every load and barrier in turn
-    (the first GPU run, benchmarks/RESULTS.md §26). At a padded head dim of 128 (titans-760m,
-    yaad-760m) two warpgroups halve each warp's instructions, loads and spills and give each scheduler
-    a second warp: the static report's exposed latency per chunk falls 3.6x forward and backward
-    (§27). At 64 and below the second warpgroup would repeat the other's rows in the chunk-row
-    products (replicated-warp mma.sync) and spill more in the backward: one warpgroup."""
+def wide_num_warps(block_d: int, split: bool = False) -> int:
+    """Warps per program of a wide-state kernel (``split``: the kernels whose programs hold part of the
+    hidden blocks, :mod:`.wide_split` and :mod:`.wide_split_backward`). One program per (sequence, head)
+    runs alone on its SM, so with one warpgroup each scheduler holds one warp and waits out every load
+    and barrier in turn (the first GPU run, benchmarks/RESULTS.md §26). At a padded head dim of 128
+    (titans-760m, yaad-760m) two warpgroups halve each warp's instructions, loads and spills and give
+    each scheduler a second warp: the static report's exposed latency per chunk falls 3.6x forward and
+    backward (§27). At 64 and below the one-program kernels' second warpgroup would repeat the other's
+    rows in the chunk-row products (replicated-warp mma.sync) and spill more in the backward: one
+    warpgroup. The split kernels take two there too: their replicated products stay as few, their spill
+    falls, and the exposed latency per chunk about halves (§56: tnt-150m's local memory and
+    titans-mac-170m)."""
     if WIDE_NUM_WARPS is not None:
         return WIDE_NUM_WARPS
-    return 8 if block_d >= 128 else 4
+    return 8 if block_d >= 128 or split else 4
 
 
 def wide_split(programs: int, blocks: int, sms: int = TARGET_SMS) -> int:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..optional import or_empty
 from .common import key_delta, ln_params, row_block
-from .config import TARGET_SMS, LaunchConfig, split_constants, wide_split
+from .config import TARGET_SMS, LaunchConfig, split_constants, wide_num_warps, wide_split
 from .wide_blocks import chunk_rows, key_z2, query_keys
 from .wide_forward import (
     finish_read,
@@ -210,10 +210,11 @@ def launch_wide_split_forward(
     reads = tuple(new(B * H, nc, split, *shape) if not store else new(0) for shape in ((BD, BL), (BL, BK)))
     chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
+    warps = {**constants, "num_warps": wide_num_warps(BD, split=True)}
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
         _wide_split_kernel[(B * H, split)](
             q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads, *chunks,
-            T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **constants,
+            T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **warps,
             HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0, STORE=store,
         )  # fmt: skip
     if not store:

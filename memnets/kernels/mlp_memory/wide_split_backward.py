@@ -48,7 +48,7 @@ from .common import (
     ln_params,
     row_block,
 )
-from .config import split_constants
+from .config import split_constants, wide_num_warps
 from .wide_blocks import chunk_rows, layer1_t, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients
 from .wide_reads import ReadTerms, read_tiles
@@ -462,11 +462,12 @@ def launch_wide_split_backward(
     bp, ln_w, ln_b = (empty if t is None else t for t in (bp, ln_w, ln_b))
     _, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     sizes = split_constants(split, NB)
+    warps = {**constants, "num_warps": wide_num_warps(BD, split=True)}
     for n in range(-1, nc):  # n = -1: pass 3 of the last chunk
         _wide_split_backward_kernel[(B * H, split)](
             q, k, v, bp, ln_w, ln_b, *coef, *chunks, *anchor_cot, dv, dbp, *d_state, scratch,
             reads.blocks, reads.rows, *shares, key_ln, T, k.shape[1] - T, c0, max(n, 0), nc,
-            coef[0].shape[2], *scalars, **constants, HAS_MOM=has_mom, **sizes, FIRST=n < 0,
+            coef[0].shape[2], *scalars, **warps, HAS_MOM=has_mom, **sizes, FIRST=n < 0,
         )  # fmt: skip
     _wide_split_backward_sums_kernel[(B * H, nc)](
         q, dk, dbeta, df, dG, dm_end, ds_coef, shares[1], shares[2], reads.rows, T, k.shape[1] - T, c0, nc,
