@@ -126,7 +126,7 @@ use more than 64 of the 132 SMs, weighed:
   programs finish chunk c (dΔ's shares summed, the key LayerNorm's backward on whole rows, then their
   blocks' layer-1 cotangents) and run chunk c − 1's per-block pass, leaving their shares of dΔ for the
   next launch; Z2 comes from the reads' launch, which computes it anyway. Static estimate at
-  titans-760m: the recurrence 58.7 → 28.3 ms (benchmarks/RESULTS.md §56). Not with keys wider than
+  titans-760m: the recurrence 58.7 → 15.2 ms (benchmarks/RESULTS.md §56). Not with keys wider than
   values or Moneta's maps, whose backward keeps the reads inline (one program per (sequence, head)).
 * *Reads in a separate, fully parallel launch* (B·H·chunks programs): the reads are 6 of the 14
   products of a forward block, but they need every chunk's start state: 4 D·Dh floats per chunk

@@ -171,19 +171,22 @@ def update_backward(
             d_d1T -= b_s[None, :] * ksT
         dET = d_d1T * sgT
         # layer 2's chunk-end update, W2' = β_L W2 [+ f_L S2] − Aᵀ (g_last ⊙ Δ), S2' = m_end S2 − Aᵀ (s_coef
-        # ⊙ Δ), backward from its cotangents C_W, C_S; one layer-2 block loaded at a time where it can
-        # be (S2 only for its inner products, W2 last), the momentum's stored before W2 is loaded
-        cW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
+        # ⊙ Δ), backward from its cotangents C_W, C_S. At most two layer-2 blocks live at once: S2 and
+        # C_W are loaded twice (once per product that needs them), the momentum's cotangent stored
+        # before C_W is loaded for good and W2 last (titans-760m: spill 912 -> 736 B, under L1 beside
+        # the shared memory; benchmarks/RESULTS.md §56)
         if HAS_MOM:
-            S2 = tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0)
-            df_last += inner(cW2, S2)
             cS2 = tl.load(ds2 + base2 + o2, mask=m2, other=0.0)
-            dm += inner(cS2, S2)
+            dm += inner(cS2, tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0))
             d_ddT, dAT, d_coef = update_backward_t(d_ddT, dAT, AT, ddT, b_s, cS2, DOT)
             b_ds -= d_coef
-            cS2 = b_m * cS2 + f_last * cW2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+            cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
+            cS2 += f_last * tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
             tl.debug_barrier()  # every thread has read block j of dS2
             tl.store(ds2 + base2 + o2, cS2, mask=m2)
+        cW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
+        if HAS_MOM:
+            df_last += inner(cW2, tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0))
         d_ddT, dAT, d_coef = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
         dg_last -= d_coef
         W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
