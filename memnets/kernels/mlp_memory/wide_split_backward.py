@@ -113,7 +113,7 @@ def key_layer1_t(
 
 @triton.jit
 def update_backward(
-    k, q, v, bp, gamma, shift, beta, f, G, m_end, s_coef, w1_chunks, w2_chunks, s1_chunks, s2_chunks,
+    k, v, bp, gamma, shift, beta, f, G, m_end, s_coef, w1_chunks, w2_chunks, s1_chunks, s2_chunks,
     dw2_anchor, dw1, dw2, ds1, ds2, scratch, rd_blocks, rd_rows, dd_parts, sums,
     b, h, bh, s, c, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
     H: tl.constexpr, D: tl.constexpr, DI: tl.constexpr, DH: tl.constexpr, L: tl.constexpr,
@@ -124,10 +124,10 @@ def update_backward(
 ):  # fmt: skip
     """Pass 3 of chunk C0 + c on program s's hidden blocks: per block j the key path's layer 1 and the
     chunk-end cotangents' products with the keys (:func:`key_layer1_t`), the reads' tiles, layer 2's
-    chunk-end update backward (dW2_j, dS2_j rewritten to the chunk-start values but for pass 5's key-path
-    term) and δ1_j's second-order terms; the cotangents of δ1_j and Z1_j go to ``scratch`` for pass 5, the block's share
-    of dΔ to ``dd_parts`` (the chunk's parity slot) and its shares of G's and β's last row, f_L, s_coef
-    and m_end to ``sums``."""
+    chunk-end update backward (dW2_j, dS2_j rewritten to the chunk-start values but for pass 5's
+    key-path term) and δ1_j's second-order terms. The cotangents of δ1_j and Z1_j go to ``scratch`` for
+    pass 5, the blocks' share of dΔ to ``dd_parts`` (the chunk's parity slot), their shares of G's and
+    β's last row, f_L, s_coef and m_end to ``sums``."""
     g, cc, ch, base1, base2, cb1, cb2 = chunk_index(bh, c, C0, NC, NCT, D, DI, DH)
     _qv, _qr, _ko, _km, kvalid, krow, _dl, dd, _do, _r, _xk, _rk = chunk_delta(
         k, v, bp, gamma, shift, rd_rows, b, g, h, ch, T, P0, p, eps, sharp, ln_eps,
@@ -170,8 +170,8 @@ def update_backward(
         if HAS_MOM:
             d_d1T -= b_s[None, :] * ksT
         dET = d_d1T * sgT
-        # layer 2's chunk-end update, W2' = β_L W2 [+ f_L S2] − Aᵀ (g_last ⊙ Δ), S2' = m_end S2 − Aᵀ (s_coef
-        # ⊙ Δ), backward from its cotangents C_W, C_S. At most two layer-2 blocks live at once: S2 and
+        # layer 2's chunk-end update, W2' = β_L W2 [+ f_L S2] − Aᵀ (g_last ⊙ Δ),
+        # S2' = m_end S2 − Aᵀ (s_coef ⊙ Δ), backward from its cotangents C_W, C_S. At most two layer-2 blocks live at once: S2 and
         # C_W are loaded twice (once per product that needs them), the momentum's cotangent stored
         # before C_W is loaded for good and W2 last (titans-760m: spill 912 -> 736 B, under L1 beside
         # the shared memory; benchmarks/RESULTS.md §56)
@@ -324,7 +324,7 @@ def key_backward(
             b_dkT,
             mask=(kb < DI)[:, None],
         )
-    at = (ch * SPLIT + s) * (2 * BK + 8) + 2 * BK + 4  # (update_backward's are 2·BK + 3 before)
+    at = (ch * SPLIT + s) * (2 * BK + 8) + 2 * BK + 4  # (the layout: launch_wide_split_backward)
     tl.store(sums + at, dbeta_last)
     if HAS_MOM:
         tl.store(sums + at + 1, df_last)
@@ -367,7 +367,7 @@ def _wide_split_backward_kernel(
         tl.debug_barrier()  # pass 3 reads the cotangents pass 5 wrote in other threads
     if c >= 0:
         update_backward(
-            k, q, v, bp, gamma, shift, beta, f, G, m_end, s_coef, w1_chunks, w2_chunks, s1_chunks, s2_chunks,
+            k, v, bp, gamma, shift, beta, f, G, m_end, s_coef, w1_chunks, w2_chunks, s1_chunks, s2_chunks,
             dw2_anchor, dw1, dw2, ds1, ds2, scratch, rd_blocks, rd_rows, dd_parts, sums,
             b, h, bh, s, c, T, P0, C0, NC, NCT, p, eps, sharp, ln_eps,
             H, D, DI, DH, L, BL, BD, KB, NI, BHB, NB, P, BK, ACT, DOT, BIAS, LN, RES, HAS_MOM, SPLIT, NBJ,
@@ -459,6 +459,8 @@ def launch_wide_split_backward(
 
     has_mom = chunks[2].numel() > 0
     scratch = new(B * H, 2, BK, NB * BHB)
+    # dΔ's shares by chunk parity; per chunk and program the update terms' shares (G's last row, s_coef,
+    # then β_L, f_L, m_end from pass 3 and, at 2·BK + 4, from pass 5) and dk's share
     shares = (new(2, B * H, split, BK, BD), new(B * H, nc, split, 2 * BK + 8), new(B * H, nc, split, DI, BK))
     key_ln = new(B * H, nc, 2, BD)
     empty = q.new_empty(0)
