@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, get_type_hints
 
+import torch
 import triton
 from torch import Tensor
 
@@ -60,6 +61,17 @@ def wide_split(programs: int, blocks: int, sms: int = TARGET_SMS) -> int:
         return WIDE_SPLIT
     splits = [n for n in range(1, blocks + 1) if blocks % n == 0]
     return min(splits, key=lambda n: (-(-programs * n // sms) * (blocks // n), n))
+
+
+def device_split(device: torch.device, programs: int, blocks: int) -> int:
+    """:func:`wide_split` against the SMs of ``device`` (a CUDA device's own; else ``TARGET_SMS``): the
+    split forward's and the split backward's programs per (sequence, head), the same for both."""
+    sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else TARGET_SMS
+    )
+    return wide_split(programs, blocks, sms)
 
 
 def split_constants(split: int, blocks: int) -> dict[str, int]:

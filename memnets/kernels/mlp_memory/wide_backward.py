@@ -26,7 +26,7 @@ from .common import (
     ln_params,
     store_ln_grads,
 )
-from .config import TARGET_SMS, LaunchConfig, wide_split
+from .config import LaunchConfig, device_split
 from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients, wide_meta
@@ -421,8 +421,7 @@ def launch_wide_backward(
         # the hidden blocks as the forward is
         meta = (scalars, constants)
         reads = launch_wide_read_backward(q, k, v, bp, ln_w, ln_b, dy, coef, chunks[:4], grads, meta, c0, nc)
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else TARGET_SMS
-        split = wide_split(B * H, constants["NB"], sms)
+        split = device_split(q.device, B * H, constants["NB"])
         key_ln = launch_wide_split_backward(
             q, k, v, bp, ln_w, ln_b, coef, chunks[:4], reads, anchor_cot, grads, d_state, meta, c0, nc, split
         )

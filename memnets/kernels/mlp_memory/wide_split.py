@@ -29,14 +29,13 @@ runs the same launches without the reads: each program writes its blocks' chunk-
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ..optional import or_empty
 from .common import key_delta, ln_params, row_block
-from .config import TARGET_SMS, LaunchConfig, split_constants, wide_num_warps, wide_split
+from .config import LaunchConfig, device_split, split_constants, wide_num_warps
 from .wide_blocks import chunk_rows, key_z2, query_keys
 from .wide_forward import (
     finish_read,
@@ -239,13 +238,11 @@ def launch_wide(
         )
     B, _, H = q.shape[:3]
     meta = wide_meta(q, state[0], state[1], ln_w, config)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else TARGET_SMS
-    split = wide_split(B * H, meta[1]["NB"], sms)
+    split = device_split(q.device, B * H, meta[1]["NB"])
     if split == 1:
         return launch_wide_forward(
             q, k, v, bp, ln_w, ln_b, coef, packing, state, config, c0, nc, anchor, y, store
         )
-    final, chunks = launch_wide_split_forward(
+    return launch_wide_split_forward(
         q, k, v, bp, ln_w, ln_b, coef, state, meta, c0, nc, anchor, y, split, store=store
     )
-    return final, chunks if store else tuple(state[0].new_empty(0) for _ in state)
