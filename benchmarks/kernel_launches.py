@@ -117,8 +117,9 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         branches |= {"LAG": bool(d.options.get("lag"))}
         inner = fwd.constexprs["NB"]
     elif layout.wide:
+        maps = {"END_MAP": branches.get("END_MAP", 0), "TOKEN_MAP": branches.get("TOKEN_MAP", 0)}
         fwd, store, bwd, split_fwd, read_bwd, reads, _, *sums = ck._mlp_wide_cases(
-            [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],)
+            [(D, DH, L, DI, window - 1)], dots=(branches["DOT"],), maps=maps
         )[:8]
         NB, NI = fwd.constexprs["NB"], fwd.constexprs["NI"]
         inner = NB * NI
@@ -221,18 +222,6 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
             walked,
             step_loop=False,
         )
-    if layout.wide and not simplex and not split_reads and "SPLIT" in bwd.constexprs:
-        # keys as wide as values with an ℓ_q map: the one-program kernel, reads inline
-        kept = {k: v for k, v in bwd.constexprs.items() if k not in ("SPLIT", "SP2", "NBJ", "FIRST")}
-        kernel = {"END_MAP": 0, "TOKEN_MAP": 0}
-        bwd = ck.Case(
-            "mlp_memory.wide_backward",
-            "_wide_backward_kernel",
-            {**kept, **kernel},
-            bwd.types,
-            bwd.num_warps,
-            bwd.num_stages,
-        )
     backward = [Launch("bwd", at(bwd), programs, steps, inner, state_bytes=bwd_b + scratch)]
     if split_reads:  # memnets.kernels.mlp_memory.wide_reads, then .wide_split_backward
         BD, BL = _block(D), _block(L)
@@ -243,11 +232,10 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         # the recurrence, a launch per chunk: its blocks' share of the state and scratch traffic, and
         # the shares: dΔ's read (all programs') and written, Z2 read twice, the reads' dY and dΔ, dk's
         # share written
-        split_b = wide_split(programs, NB, SMS)
-        shares = ((split_b + 5) * BK * BD + BL * BD + DI * BK) * 4
-        case = dataclasses.replace(bwd, constexprs={**bwd.constexprs, **split_constants(split_b, NB)})
-        sums_case = dataclasses.replace(sums[0], constexprs={**sums[0].constexprs, "SPLIT": split_b})
-        sums_b = (split_b * (DI * BK + 2 * BK) + 2 * L * BK + BL * BK) * 4  # the shares, dG, dPq
+        shares = ((split + 5) * BK * BD + BL * BD + DI * BK) * 4
+        case = dataclasses.replace(bwd, constexprs={**bwd.constexprs, **split_constants(split, NB)})
+        sums_case = dataclasses.replace(sums[0], constexprs={**sums[0].constexprs, "SPLIT": split})
+        sums_b = (split * (DI * BK + 2 * BK) + 2 * L * BK + BL * BK) * 4  # the shares, dG, dPq
         backward = [
             Launch(
                 "bwd (reads)",
@@ -263,11 +251,11 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
             Launch(
                 "bwd (split)",
                 at(case),
-                programs * split_b,
+                programs * split,
                 steps,
-                inner // split_b,
+                inner // split,
                 0.0,
-                (bwd_b + scratch) / split_b + shares,
+                (bwd_b + scratch) / split + shares,
                 steps + segments,
                 step_loop=False,
             ),

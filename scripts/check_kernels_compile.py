@@ -355,7 +355,9 @@ def default_mlp_wide_shapes() -> list[tuple[int, ...]]:
     return [*shapes, (64, 64, 16, 2144, 7), (32, 32, 8, 560, 3)]
 
 
-def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0)) -> list[Case]:
+def _mlp_wide_cases(
+    shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0), maps: dict[str, int] | None = None
+) -> list[Case]:
     """The wide-state kernels at each shape (D, hidden, chunk[, key width, window rows]), with every Titans
     branch, per operand mode in ``dots`` (bf16, what autocast runs, and tf32x3, what float32 inputs
     run: their hidden blocks differ), and the other branches once at the smallest shape; each shape's
@@ -364,11 +366,15 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     one-program kernel), split forward and the backward's reads
     (:mod:`memnets.kernels.mlp_memory.wide_reads`) at ``dots[0]``, and with one operand mode the
     sixth its split forward's reads, the seventh its split STORE forward (the backward's
-    recompute) and, with keys as wide as values, the eighth the split backward's sums."""
+    recompute) and, where the backward splits, the eighth the split backward's sums. ``maps``: Moneta's
+    maps (``END_MAP``, ``TOKEN_MAP``) the shapes' backward takes (none by default)."""
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
+    from memnets.kernels.mlp_memory.wide_reads import splits_reads
+
+    maps = maps or {"END_MAP": 0, "TOKEN_MAP": 0}
 
     types, full, bare = _mlp_branches()
     types |= {"P0": "i32", "c": "i32", "n": "i32", "end_q": "fp32", "end_floor": "fp32"}
@@ -401,11 +407,16 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
         """The split forward; with ``store`` the backward's recompute."""
         return case("_wide_split_kernel", {**constexprs, **sizes(constexprs), "FIRST": first, "STORE": store})
 
-    def backward(constexprs: dict[str, object], first: bool = False) -> Case:
-        """The backward's recurrence: split where the reads leave it (keys as wide as values, no ℓ_q map:
-        wide_reads.splits_reads), else one program per (sequence, head)."""
-        if constexprs["DI"] != constexprs["D"]:
-            return case("_wide_backward_kernel", {**constexprs, "END_MAP": 0, "TOKEN_MAP": 0})
+    def splits(constexprs: dict[str, object], maps: dict[str, int]) -> bool:
+        """Whether the backward at these sizes and maps splits (wide_reads.splits_reads)."""
+        DI, D = int(constexprs["DI"]), int(constexprs["D"])  # type: ignore[call-overload]
+        return splits_reads(maps["TOKEN_MAP"], DI, D, maps["END_MAP"])
+
+    def backward(constexprs: dict[str, object], maps: dict[str, int], first: bool = False) -> Case:
+        """The backward's recurrence: split where the reads leave it, else one program per (sequence,
+        head) with ``maps``."""
+        if not splits(constexprs, maps):
+            return case("_wide_backward_kernel", {**constexprs, **maps})
         return case("_wide_split_backward_kernel", {**constexprs, **sizes(constexprs), "FIRST": first})
 
     def sums(constexprs: dict[str, object]) -> Case:
@@ -423,12 +434,12 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             for store in (False, True):
                 c = {**shape(D, DH, L, dot, *keys), **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 0}
                 cases.append(case("_wide_forward_kernel", c))
-            cases.append(backward({**shape(D, DH, L, dot, *keys), **full}))
+            cases.append(backward({**shape(D, DH, L, dot, *keys), **full}, maps))
             cases.append(split({**shape(D, DH, L, dot, *keys), **full}))
             cases.append(case("_wide_read_backward_kernel", {**shape(D, DH, L, dot, *keys), **full}))
         cases.append(reads({**shape(D, DH, L, dots[0], *keys), **full}))
         cases.append(split({**shape(D, DH, L, dots[0], *keys), **full}, store=True))
-        if shape(D, DH, L, dots[0], *keys)["DI"] == D:
+        if splits(shape(D, DH, L, dots[0], *keys), maps):
             cases.append(sums({**shape(D, DH, L, dots[0], *keys), **full}))
     # the other branches once, at the smallest shape with keys as wide as values where there is one;
     # Moneta's chunk-end map and per-token map ("paper") at the largest such shape
@@ -436,7 +447,8 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
     cases.append(
         case("_wide_forward_kernel", {**small, **bare, "STORE": False, "END_MAP": 0, "TOKEN_MAP": 0})
     )
-    cases += [backward({**small, **bare}), backward({**small, **full}, first=True)]
+    none = {"END_MAP": 0, "TOKEN_MAP": 0}
+    cases += [backward({**small, **bare}, none), backward({**small, **full}, none, first=True)]
     cases.append(case("_wide_read_backward_kernel", {**small, **bare}))
     cases += [split({**small, **bare}), split({**small, **full}, first=True)]
     large = shape(*max(shapes, key=lambda s: (len(s) == 3, s[0] * s[1] * s[2]))[:3], dots[0])
@@ -448,8 +460,7 @@ def _mlp_wide_cases(shapes: list[tuple[int, ...]], dots: tuple[int, ...] = (3, 0
             case("_wide_forward_kernel", {**large, **full, "STORE": store, "END_MAP": 0, "TOKEN_MAP": 1})
         )
     for end_map, token_map in ((1, 0), (0, 1)):
-        maps = {"END_MAP": end_map, "TOKEN_MAP": token_map}
-        cases.append(case("_wide_backward_kernel", {**large, **full, **maps}))
+        cases.append(backward({**large, **full}, {"END_MAP": end_map, "TOKEN_MAP": token_map}))
     return cases
 
 
