@@ -55,7 +55,7 @@ def layer1_reads(
     w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
     DI: tl.constexpr, DH: tl.constexpr, KB: tl.constexpr, BHB: tl.constexpr, NI: tl.constexpr,
     BL: tl.constexpr, BK: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr, HAS_MOM: tl.constexpr,
-    UPDATE: tl.constexpr, QUERIES: tl.constexpr,
+    UPDATE: tl.constexpr,
 ):  # fmt: skip
     """Hidden block j's layer-1 products at the chunk-start state (from ``cb1``), hidden-major, summed
     over the key blocks: Z1ᵀ = ``ks1`` W1ᵀ Kᵀ (the key path's scale: Moneta's per-token map's s(W1),
@@ -65,8 +65,7 @@ def layer1_reads(
     blocks, from the chunk-end cotangents C_W, C_S (at ``base1`` of dw1, ds1; read, not yet
     overwritten): (K C_W)ᵀ and (K C_S)ᵀ ``[BHB, BK]`` (the caller forms the cotangents of δ1_j, g_last
     and s_coef from them), ⟨C_W, W1⟩ (β_L's cotangent), ⟨C_S, S1⟩ (m_end's) and ⟨C_W, S1⟩ (f_L's);
-    zeros without. Without ``QUERIES`` (the reads taken by :func:`_wide_read_backward_kernel`) the
-    query products are left out (zeros). One loop rather than two: a second pass over W1 and S1 cost
+    zeros without. One loop rather than two: a second pass over W1 and S1 cost
     more spill at the Titans shapes (benchmarks/RESULTS.md §25)."""
     Z1T = tl.zeros([BHB, BK], dtype=tl.float32)
     qw1T = tl.zeros([BHB, BL], dtype=tl.float32)
@@ -81,17 +80,15 @@ def layer1_reads(
         W1 = tl.load(w1 + cb1 + o1, mask=m1, other=0.0)
         kT = key_cols_t(k, krow, kvalid, i, DI, KB)
         Z1T += dot(tl.trans(W1), kT, DOT)
-        if QUERIES:
-            qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
-            qw1T += dot(tl.trans(W1), qT, DOT)
+        qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
+        qw1T += dot(tl.trans(W1), qT, DOT)
         if UPDATE:
             cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
             kcT += dot(tl.trans(cW1), kT, DOT)
             dbeta_last += inner(cW1, W1)
         if HAS_MOM:
             S1 = tl.load(s1 + cb1 + o1, mask=m1, other=0.0)
-            if QUERIES:
-                qs1T += dot(tl.trans(S1), qT, DOT)
+            qs1T += dot(tl.trans(S1), qT, DOT)
             if UPDATE:
                 cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                 ksT += dot(tl.trans(cS1), kT, DOT)
@@ -120,7 +117,7 @@ def read_block(
     o2, m2 = w2_block(j, D, DH, BD, BHB)
     Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl = layer1_reads(
         w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-        DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, UPDATE, True,
+        DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, UPDATE,
     )  # fmt: skip
     W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
     ET = ks2 * dot(W2, ddT, DOT)
@@ -153,7 +150,7 @@ def read_layer2(
         o2, m2 = w2_block(j, D, DH, BD, BHB)
         _, AT, sgT, qw1T, qs1T, _, _, _, _, _ = layer1_reads(
             w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
-            DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False, True,
+            DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False,
         )  # fmt: skip
         W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
         z1T = read_z1(qw1T, qs1T, ks2 * dot(W2, ddT, DOT) * sgT, qkGT, bb1, bf1, DOT, HAS_MOM)

@@ -145,7 +145,9 @@ def update_backward(
     sw = NB * BHB
     slot = BK * sw
     hb = tl.arange(0, BHB)[:, None]
-    # this chunk's read tiles and this program's scratch as scalar bases, the tiles' offsets int32
+    # this chunk's read tiles and this program's scratch as scalar bases, the tiles' offsets int32; pass
+    # 5 keeps read_tiles' offsets (this form in both passes, or read_tiles' in both, measured 59.28 and
+    # 59.31 µs of exposed latency per step at titans-760m against 59.25 with the two)
     blocks = rd_blocks + ch * 4 * slot
     tq = li[None, :] * sw + hb  # [BHB, BL] tiles
     tk = lk[None, :] * sw + hb  # [BHB, BK] tiles (the scratch's too)
@@ -171,10 +173,10 @@ def update_backward(
             d_d1T -= b_s[None, :] * ksT
         dET = d_d1T * sgT
         # layer 2's chunk-end update, W2' = β_L W2 [+ f_L S2] − Aᵀ (g_last ⊙ Δ),
-        # S2' = m_end S2 − Aᵀ (s_coef ⊙ Δ), backward from its cotangents C_W, C_S. At most two layer-2 blocks live at once: S2 and
-        # C_W are loaded twice (once per product that needs them), the momentum's cotangent stored
-        # before C_W is loaded for good and W2 last (titans-760m: spill 912 -> 736 B, under L1 beside
-        # the shared memory; benchmarks/RESULTS.md §56)
+        # S2' = m_end S2 − Aᵀ (s_coef ⊙ Δ), backward from its cotangents C_W, C_S. At most two layer-2
+        # blocks live at once: S2 and C_W are loaded twice (once per product that needs them), the
+        # momentum's cotangent stored before C_W is loaded for good and W2 last (titans-760m: spill
+        # 912 -> 736 B, under L1 beside the shared memory; benchmarks/RESULTS.md §56)
         if HAS_MOM:
             cS2 = tl.load(ds2 + base2 + o2, mask=m2, other=0.0)
             dm += inner(cS2, tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0))
