@@ -6,6 +6,7 @@ launch."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -60,22 +61,43 @@ _HEX = re.compile(r"0x([0-9a-f]+)")
 SASS_KINDS = {"LDG": "global_loads", "LDL": "local_loads", "LDS": "shared_loads", "BAR": "barriers"}
 
 
+def _kept_loops(loops: list[tuple[int, int]], depth: list[int]) -> list[tuple[int, int]] | None:
+    """The TTGIR's loops ((depth, trip count), source order) that the SASS's loops (their depths, in
+    address order) are: all of them where the depths agree; where the SASS has fewer, the compiler
+    unrolled some innermost loops completely (their copies are straight-line code, which the count
+    weights by the loops still around it, as it runs), so every way of dropping that many innermost
+    loops that leaves the SASS's depths is tried, and kept where they all leave the same loops (e.g.
+    any of several sibling loops with one trip count). None where none or several differ."""
+    if [d for d, _ in loops] == depth:
+        return loops
+    if len(depth) > len(loops):
+        return None
+    innermost = [i for i, (d, _) in enumerate(loops) if i + 1 == len(loops) or loops[i + 1][0] <= d]
+    left = {
+        tuple(loop for i, loop in enumerate(loops) if i not in dropped)
+        for dropped in itertools.combinations(innermost, len(loops) - len(depth))
+    }
+    matching = [kept for kept in left if [d for d, _ in kept] == depth]
+    return list(matching[0]) if len(matching) == 1 else None
+
+
 def sass_per_step(sass: str, ttgir: str, inner: int, step_loop: bool = True) -> dict[str, float] | None:
     """The instructions one step (one chunk) issues per warp, by kind: ``instructions`` in all and
     ``global_loads`` (LDG), ``local_loads`` (LDL: spilled registers read back), ``shared_loads``
     (LDS, LDSM) and ``barriers`` (BAR). The SASS's loops are its backward branches; they are matched,
     in address order, to the TTGIR's ``scf.for`` loops in source order, whose trip counts weight them
     (the outermost loops walk the chunks: once per step, as is code outside them; without a
-    ``step_loop`` every loop is inside the step). None when the two loop nests do not match (a loop
-    the compiler unrolled or split)."""
+    ``step_loop`` every loop is inside the step). Innermost loops the compiler unrolled completely are
+    matched as :func:`_kept_loops` says. None when the two loop nests do not match otherwise (a loop
+    split, or an unrolled one that cannot be told apart)."""
     rows = [(int(a, 16), op, rest) for a, op, rest in _SASS.findall(sass)]
     branches = [
         (int(m.group(1), 16), a) for a, op, rest in rows if op == "BRA" for m in [_HEX.search(rest)] if m
     ]
     sass_loops = sorted((target, a) for target, a in branches if target < a)
-    loops = _ttgir_loops(ttgir, inner)
     depth = [sum(s0 <= s < e <= e0 and (s0, e0) != (s, e) for s0, e0 in sass_loops) for s, e in sass_loops]
-    if not rows or [d for d, _ in loops] != depth:
+    loops = _kept_loops(_ttgir_loops(ttgir, inner), depth)
+    if not rows or loops is None:
         return None
     counts = dict.fromkeys(["instructions", *SASS_KINDS.values()], 0.0)
     for addr, op, _ in rows:

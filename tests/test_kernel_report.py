@@ -229,6 +229,35 @@ def test_sass_per_step_weights_loops_by_the_ttgir_trip_counts():
     assert sass_per_step(inner_sass, flat, inner=99)["instructions"] == 2 + 3  # as if a chunk loop
 
 
+def test_sass_per_step_unrolled_inner_loop():
+    """An innermost loop the compiler unrolled completely (its copies straight-line code in the SASS):
+    matched where every sibling it could be has the same trip count, its copies counted once each;
+    None where the siblings' trip counts differ (which one was unrolled cannot be told)."""
+    from benchmarks.compiled_asm import sass_per_step
+
+    def nest(*trips: int) -> str:
+        inner = [f"  scf.for %j = %c0_i32 to %c{t}_i32 step %c1_i32 : i32 {{\n  }}" for t in trips]
+        return "\n".join(["scf.for %c = %c0_i32 to %NC step %c1_i32 : i32 {", *inner, "}"])
+
+    lines = [
+        (0x00, "BAR.SYNC.DEFER_BLOCKING 0x0"),  # chunk loop starts
+        (0x10, "LDL R4, [R1]"),  # the loop the SASS kept: x6
+        (0x20, "@P0 BRA 0x10"),
+        (0x30, "LDG.E R7, desc[UR4][R8.64]"),  # the other, unrolled: its 6 copies
+        *[(0x40 + 0x10 * i, "LDG.E R7, desc[UR4][R8.64]") for i in range(5)],
+        (0xA0, "BRA 0x0"),  # chunk loop ends
+    ]
+    counts = sass_per_step(_sass(lines), nest(6, 6), inner=99)
+    assert counts == {
+        "instructions": 1 + 2 * 6 + 6 + 1,
+        "global_loads": 6,
+        "local_loads": 6,
+        "shared_loads": 0,
+        "barriers": 1,
+    }
+    assert sass_per_step(_sass(lines), nest(6, 3), inner=99) is None
+
+
 def test_exposed_latency_term():
     """The exposed-latency floor: per-warp counts × cycles, local loads at the L2's latency once the
     spills outgrow L1, divided by the warps per scheduler; it sets the step when it is the largest."""
