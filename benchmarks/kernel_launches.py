@@ -43,7 +43,7 @@ class Launch:
     programs: int
     steps: int
     inner: int = 1  # trip count of the loops inside a step (the wide kernels' hidden blocks)
-    states_mb: float = 0.0  # the recurrent states the backward keeps live at once (float32), all programs
+    states_mb: float = 0.0  # the recurrent states the backward keeps live at once, all programs
     state_bytes: float = 0.0  # state each program reads and writes in global memory per step
     launches: int = 1  # kernel launches the steps are spread over (one per chunk: the split forward)
     step_loop: bool = True  # the kernel loops over its steps (else each launch or program is one step)
@@ -74,7 +74,13 @@ def _lq_map_branch(retention: object) -> dict[str, int]:
 
 def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]:
     from memnets.kernels.mlp_memory import tile_layout
-    from memnets.kernels.mlp_memory.config import ACTIVATIONS, BIAS_KINDS, split_constants, wide_split
+    from memnets.kernels.mlp_memory.config import (
+        ACTIVATIONS,
+        BIAS_KINDS,
+        chunk_state_dtype,
+        split_constants,
+        wide_split,
+    )
     from memnets.kernels.mlp_memory.config import block as _block
     from memnets.kernels.mlp_memory.forward import backward_plan
     from memnets.kernels.mlp_memory.launch import checkpoint_chunks
@@ -142,6 +148,11 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     every, recompute = (n * (C // L) for n in checkpoint_chunks(layout.max_chunks, None, layout.wide))
     live, walked = backward_plan(layout.max_tiles, every, recompute)
     state_mb = (2 if momentum else 1) * (DI + D) * DH * 4 / 2**20
+    # the wide kernels keep the recompute's chunk-start states at the products' half type
+    # (memnets.kernels.mlp_memory.config.chunk_state_dtype): ``kept`` floats' worth per stored float
+    kept = 1.0
+    if layout.wide and not simplex:
+        kept = chunk_state_dtype(branches["DOT"]).itemsize / 4
     # (layer-1, layer-2) matrices (Dk·Dh and Dh·D floats) each step reads and writes in global memory
     # (the traffic counts of memnets.kernels.mlp_memory.wide_forward's docstring; the whole-state
     # kernels keep the state on chip and move only the stored tile states), and the wide backward's
@@ -184,8 +195,19 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
     if layout.wide and simplex:  # two [BK, Dh] tiles written, read four times, row 0 rewritten
         scratch = 2 * 6 * BK * DH * 4
     fwd_b, store_b, bwd_b = ((m1 * DI + m2 * D) * DH * 4 for m1, m2 in mats)
+    # the recompute's writes of the chunk-start states (W, and S with momentum, per layer), and the
+    # split recurrence's reads of them (with momentum layer 1's W three times and S, layer 2's S and W
+    # twice; without, W three times and twice), at their kept type
+    n_states = 2 if momentum else 1
+    store_b -= (1 - kept) * n_states * (DI + D) * DH * 4
+    chunk_reads = (4, 3) if momentum else (3, 2)
+    if split_reads:
+        bwd_b -= (1 - kept) * (chunk_reads[0] * DI + chunk_reads[1] * D) * DH * 4
     forward = [Launch("fwd", at(fwd), programs, steps, inner, state_bytes=fwd_b)]
-    states = live * state_mb * programs
+    # the live states: the checkpoints and inner segment starts in float32, one inner segment's chunk
+    # states at their kept type
+    stored = min(recompute, steps)
+    states = (live - stored + kept * stored) * state_mb * programs
     recompute_launch = Launch("fwd (store)", at(store), programs, walked, inner, states, store_b)
     if split > 1:  # memnets.kernels.mlp_memory.wide_split: a launch per chunk, then the reads
         BD, BL = _block(D), _block(L)
@@ -228,7 +250,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         terms = (4 * BK * DH + 3 * BK * BD + BL * BK) * 4  # the read terms each program writes
         segments = -(-steps // recompute)
         per_segment = programs * min(recompute, steps)
-        read_b = (read_mats[0] * DI + read_mats[1] * D) * DH * 4 + terms
+        read_b = kept * (read_mats[0] * DI + read_mats[1] * D) * DH * 4 + terms  # the chunk states
         # the recurrence, a launch per chunk: its blocks' share of the state and scratch traffic, and
         # the shares: dΔ's read (all programs') and written, Z2 read twice, the reads' dY and dΔ, dk's
         # share written

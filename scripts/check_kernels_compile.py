@@ -368,8 +368,15 @@ def _mlp_wide_cases(
     sixth its split forward's reads, the seventh its split STORE forward (the backward's
     recompute) and, where the backward splits, the eighth the split backward's sums. ``maps``: Moneta's
     maps (``END_MAP``, ``TOKEN_MAP``) the shapes' backward takes (none by default)."""
+    import torch
+
     from memnets.kernels.mlp_memory.config import block as _block
-    from memnets.kernels.mlp_memory.config import split_constants, wide_num_warps, wide_split
+    from memnets.kernels.mlp_memory.config import (
+        chunk_state_dtype,
+        split_constants,
+        wide_num_warps,
+        wide_split,
+    )
     from memnets.kernels.mlp_memory.limits import default_hidden_block
     from memnets.kernels.mlp_memory.wide_forward import key_block
     from memnets.kernels.mlp_memory.wide_reads import splits_reads
@@ -396,7 +403,14 @@ def _mlp_wide_cases(
         mod = "reads" if mod == "read_backward" else mod
         split = kernel in ("_wide_split_kernel", "_wide_split_backward_kernel")
         warps = wide_num_warps(int(constexprs["BD"]), split)  # type: ignore[call-overload]
-        return Case(f"mlp_memory.wide_{mod}", kernel, constexprs, types, num_warps=warps, num_stages=1)
+        # the chunk-start states in the type the launchers keep them in for this operand mode
+        kept = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[
+            chunk_state_dtype(int(constexprs["DOT"]))  # type: ignore[call-overload]
+        ]
+        states = {f"{n}_chunks": kept for n in ("w1", "w2", "s1", "s2")}
+        return Case(
+            f"mlp_memory.wide_{mod}", kernel, constexprs, {**types, **states}, num_warps=warps, num_stages=1
+        )
 
     def sizes(constexprs: dict[str, object]) -> dict[str, int]:
         """The split kernels' sizes at the programs per head of a 4 x 16-head micro-batch (the flagships')."""

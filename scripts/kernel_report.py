@@ -34,9 +34,9 @@ What is measured and what is estimated:
   mixer's, so fwd+bwd is its forward × the mixer's (fwd + bwd) / fwd (exact for one memory per mixer).
   Chunks over 64 tokens (TNT's global memory) are counted at 64: an eager chunk step issues the same
   ops whatever its length.
-* **From the launcher's checkpoint plan** (exact): *kernel bwd states MB*, the float32 recurrent
-  states the backward keeps live at once (checkpoints, inner segment starts, one segment's chunk
-  states) over all programs of the layer (``memnets.kernels.mlp_memory.launch.checkpoint_chunks``;
+* **From the launcher's checkpoint plan** (exact): *kernel bwd states MB*, the recurrent states the
+  backward keeps live at once (checkpoints and inner segment starts in float32, one segment's chunk
+  states, which the wide kernels keep at the products' half type) over all programs of the layer (``memnets.kernels.mlp_memory.launch.checkpoint_chunks``;
   the gated delta kernel keeps every chunk's state).
 * **Estimated** (the roofline model below): TFLOP/s and % of the H100 bf16 dense peak (989.4).
 
@@ -61,8 +61,10 @@ The roofline model (constants and step times in ``benchmarks/kernel_roofline.py`
     SMs (plus the spills, where they are in L2 too): the MLP-memory kernels' stored tile states, and
     the wide kernels' state blocks, read and written once per chunk per pass (the counts of
     ``memnets.kernels.mlp_memory.wide_forward``'s docstring: 12 / 16 / 28 D·Dh floats per chunk for
-    the forward / its STORE re-run / the backward with momentum, 7 / 9 / 18 without). The q, k, v
-    rows and the gated delta kernels' chunk states are not counted.
+    the forward / its STORE re-run / the backward with momentum, 7 / 9 / 18 without; the chunk-start
+    states the STORE re-run writes and the split backward and its reads' launch read at their
+    kept type, half with bf16 operands; the one-program backward's reads of them counted as float32,
+    a bound). The q, k, v rows and the gated delta kernels' chunk states are not counted.
   - *exposed*: the step's latency when nothing hides it, from the SASS (``cuobjdump -sass``): the
     instructions one step issues per warp, its loops weighted by the TTGIR's trip counts
     (``benchmarks.compiled_asm.sass_per_step``), each at ≥ 1 cycle, plus per global load 260 cycles

@@ -255,6 +255,44 @@ def test_default_hidden_block_follows_the_operands(monkeypatch):
     assert calls == [mlp_memory.DEFAULT_HIDDEN_BLOCK]
 
 
+@pytest.mark.parametrize("split", [1, 2])
+def test_half_operands_keep_half_chunk_states(monkeypatch, split):
+    """With half operands the backward's recompute keeps every chunk's start state in that half type
+    (:func:`~memnets.kernels.mlp_memory.config.chunk_state_dtype`: the products read them rounded so
+    anyway), and every output and gradient stays within float16's tolerance of the float64 engine:
+    momentum and gates, residual + LayerNorm, 4 chunks in checkpoint segments of 3 and 1, the hidden
+    blocks over 1 and 2 programs per (sequence, head)."""
+    config = mlp_memory.config
+    assert [config.chunk_state_dtype(config.DOT_PRECISIONS[m]) for m in config.DOT_PRECISIONS] == [
+        torch.float32,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    ]
+    monkeypatch.setattr(config, "WIDE_SPLIT", split)
+    backward_module = mlp_memory.wide_backward
+    recurrence = backward_module.launch_wide_split_backward
+    seen = []
+    monkeypatch.setattr(
+        backward_module,
+        "launch_wide_split_backward",
+        lambda *a: seen.append({t.dtype for t in a[7] if t.numel()}) or recurrence(*a),
+    )
+    _compare(
+        63,
+        16,
+        64,
+        torch.float16,
+        residual=True,
+        layer_norm=True,
+        hidden=128,
+        checkpoint_every=3,
+        dots={"dot_precision": "float16"},
+        ratio=RATIO[torch.float16],
+    )
+    assert seen == [{torch.float16}] * 2
+
+
 def test_too_large_state_runs_wide_kernels(monkeypatch):
     """With no hidden_block, a state beyond the whole-state kernels' shared memory at every tile of the
     chunk (16 x 80, padded 16 x 128, at chunk 37: prime, a single 64-row tile) runs the wide kernels,

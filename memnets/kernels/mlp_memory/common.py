@@ -404,6 +404,14 @@ def sequence_bounds(i_bh, cu, toff, T, NCT, H: tl.constexpr, VARLEN: tl.constexp
 
 
 @triton.jit
+def load_f32(ptrs, mask):
+    """A masked block as float32 (0 where masked): the wide-state kernels read their state through it,
+    as the backward's chunk-start states may be kept at the products' half precision
+    (:func:`~.config.chunk_state_dtype`)."""
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def mat_block(R: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     """Offsets and mask of an ``[R, C]`` matrix in a ``[BR, BC]`` tile."""
     r = tl.arange(0, BR)

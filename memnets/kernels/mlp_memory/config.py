@@ -11,6 +11,7 @@ import torch
 import triton
 from torch import Tensor
 
+from ..precision import DOT_PRECISIONS
 from ..specs import BIAS_KINDS
 
 ACTIVATIONS = {"gelu": 0, "silu": 1, "tanh": 2}
@@ -72,6 +73,17 @@ def device_split(device: torch.device, programs: int, blocks: int) -> int:
         else TARGET_SMS
     )
     return wide_split(programs, blocks, sms)
+
+
+def chunk_state_dtype(dot_precision: int) -> torch.dtype:
+    """The type the wide-state backward's recompute (``STORE``) keeps every chunk's start state in: the
+    products' half type where they run in one (``dot_precision``, a ``DOT_PRECISIONS`` code), else
+    float32. Every product reads those states rounded to that type anyway; the rest of what reads them
+    (the update's inner products with the cotangents, ⟨C_W, W⟩, ⟨C_S, S⟩, and Moneta's maps) takes values
+    rounded once, well within the half products' own error. It halves what the recompute writes and the
+    backward reads back every chunk, and the memory a segment's chunk states hold."""
+    halves = {DOT_PRECISIONS["float16"]: torch.float16, DOT_PRECISIONS["bfloat16"]: torch.bfloat16}
+    return halves.get(dot_precision, torch.float32)
 
 
 def split_constants(split: int, blocks: int) -> dict[str, int]:

@@ -24,6 +24,7 @@ from .common import (
     key_cols_t,
     key_delta,
     ln_params,
+    load_f32,
     store_ln_grads,
 )
 from .config import LaunchConfig, device_split
@@ -43,7 +44,7 @@ def momentum_cotangent(
     Xᵀ (s_coef ⊙ δ), backward: (S, C, dm_end and ds_coef with the block's shares added, and the
     update's cotangents of δ and X). The chunk-start cotangent is m_end C plus the read's share and,
     with :func:`store_momentum_cotangent`, f_L C_W."""
-    S = tl.load(s + sbase + offs, mask=mask, other=0.0)
+    S = load_f32(s + sbase + offs, mask)
     C = tl.load(ds + cbase + offs, mask=mask, other=0.0)
     dm += inner(C, S)
     d_deltaT, d_xT, d_coef = update_backward_t(d_deltaT, d_xT, xT, deltaT, b_s, C, DOT)
@@ -69,7 +70,7 @@ def weight_cotangent(
     β_L W [+ f_L S] − Xᵀ (g_last ⊙ δ), backward: (W, the update's cotangents of δ and X, and G's last
     row and β_L's cotangents with the block's shares added)."""
     d_deltaT, d_xT, d_coef = update_backward_t(d_deltaT, d_xT, xT, deltaT, g_last, C, DOT)
-    W = tl.load(w + base + offs, mask=mask, other=0.0)
+    W = load_f32(w + base + offs, mask)
     return W, d_deltaT, d_xT, dg_last - d_coef, dbeta_last + inner(C, W)
 
 
@@ -246,7 +247,7 @@ def _wide_backward_kernel(
             if TOKEN_MAP != 0:  # every token's accumulators of block j, back from their scales
                 S2 = W2
                 if HAS_MOM:
-                    S2 = tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0)
+                    S2 = load_f32(s2_chunks + cb2 + o2, m2)
                 W2tok, S2tok, dd2, dA2, dG2, db2, df2 = token_layer2_backward(
                     W2, S2, AT, dd, ddT, coef2, b_beta, b_f, b_G, end_q, L, BL, BD, BHB, BK, DOT, HAS_MOM
                 )
@@ -324,7 +325,7 @@ def _wide_backward_kernel(
         for j in range(NB):
             o2, m2 = w2_block(j, D, DH, BD, BHB)
             Z1T = ks1 * layer1_t(w1_chunks, cb1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
-            W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
+            W2 = load_f32(w2_chunks + cb2 + o2, m2)
             dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB) + ks2 * dot(W2, dZ2T, DOT) * act_grad(
                 Z1T, ACT
             )
@@ -349,7 +350,7 @@ def _wide_backward_kernel(
                 dz1T = tl.load(scratch + sq + j * BHB)
                 d1T = tl.load(scratch + so + BK * sw + j * BHB)
                 dZ1T = tl.load(scratch + so + 2 * BK * sw + j * BHB)
-                W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
+                W1 = load_f32(w1_chunks + cb1 + o1, m1)
                 cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
                 b_dkT += ks1 * dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
                 b_dqT += dot(W1, bb1[None, :] * dz1T, DOT)
@@ -359,7 +360,7 @@ def _wide_backward_kernel(
                     gW1 += ks1 * tl.load(dw1_anchor + base1 + o1, mask=m1, other=0.0)
                 S1 = W1
                 if HAS_MOM:
-                    S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
+                    S1 = load_f32(s1_chunks + cb1 + o1, m1)
                     cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                     b_dkT -= dot(cS1, d1T * b_s[None, :], DOT)
                     b_dqT += dot(S1, bf1[None, :] * dz1T, DOT)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ..precision import dot
-from .common import act, col_block, key_cols_t, row_block, value_rows
+from .common import act, col_block, key_cols_t, load_f32, row_block, value_rows
 
 
 @triton.jit
@@ -39,10 +39,10 @@ def layer1_block(
     """Block (i, j) of layer 1's weights and momentum at ``base`` (W1 again without momentum, unread),
     with its offsets and mask."""
     o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-    W1 = tl.load(w1 + base + o1, mask=m1, other=0.0)
+    W1 = load_f32(w1 + base + o1, m1)
     S1 = W1
     if HAS_MOM:
-        S1 = tl.load(s1 + base + o1, mask=m1, other=0.0)
+        S1 = load_f32(s1 + base + o1, m1)
     return o1, m1, W1, S1
 
 
@@ -95,7 +95,7 @@ def layer1_t(
     out = tl.zeros([BHB, BR], dtype=tl.float32)
     for i in range(NI):
         o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-        W1 = tl.load(w1 + base1 + o1, mask=m1, other=0.0)
+        W1 = load_f32(w1 + base1 + o1, m1)
         out += dot(tl.trans(W1), key_cols_t(x, rows, valid, i, DI, KB), DOT)
     return out
 
@@ -115,7 +115,7 @@ def key_z2(
         j = j0 + jj
         Z1T = ks1 * layer1_t(w1, base1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
         o2, m2 = w2_block(j, D, DH, BD, BHB)
-        W2 = tl.load(w2 + base2 + o2, mask=m2, other=0.0)
+        W2 = load_f32(w2 + base2 + o2, m2)
         Z2T += dot(tl.trans(W2), act(Z1T, ACT), DOT)
     return tl.trans(Z2T)
 

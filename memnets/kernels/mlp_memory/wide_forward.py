@@ -74,7 +74,8 @@ multiply row t of layer 1's dual form in pass 2 and of Ẑ2 in step 3. The power
 recompute).
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
-floats) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
+floats, at the products' half type where they run in one: :func:`~.config.chunk_state_dtype`; the
+backward loads them back as float32, :func:`~.common.load_f32`) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
 in pass 1, 6 in pass 2) and 4 D·Dh written (without momentum 5 and 2), plus the chunk's q, k, v rows;
 the whole-state kernel reads and writes the state once per call.
 
@@ -149,7 +150,7 @@ from .common import (
     ln_params,
     ln_rows,
 )
-from .config import LaunchConfig, block, kernel_meta, wide_num_warps
+from .config import LaunchConfig, block, chunk_state_dtype, kernel_meta, wide_num_warps
 from .end_map import lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
 from .wide_maps import end_map_state, power_sums, token_powers
@@ -466,7 +467,10 @@ def launch_wide_forward(
         return w1.new_empty(shape)
 
     final = working_state(state)
-    chunks = tuple(new(B, H, nc, *t.shape[2:]) if store and t is not None else new(0) for t in state)
+    half = chunk_state_dtype(config.dot_precision)
+    chunks = tuple(
+        w1.new_empty(B, H, nc, *t.shape[2:], dtype=half) if store and t is not None else new(0) for t in state
+    )
     powers = new(B, H, nc, 2) if store and (config.end_map or config.token_map) else new(0)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](

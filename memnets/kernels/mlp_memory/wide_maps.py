@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..dual_form import inner
 from ..precision import dot
-from .common import act, act_grad, key_cols_t
+from .common import act, act_grad, key_cols_t, load_f32
 from .end_map import lq_grad_coef, lq_grad_dir, lq_power, lq_scale_of
 from .token_state import row_of
 from .wide_blocks import (
@@ -120,7 +120,7 @@ def _mapped_block(chunks, nb, c, NC, end, base, offs, mask):
     """A block of the next chunk's start state: from the segment's chunk states (``nb``: that chunk's)
     while chunk c is not the segment's last, else from ``end``, the state after the segment."""
     nxt = c + 1 + tl.zeros_like(offs)  # a tensor comparison: a bool mask in the interpreter too
-    inside = tl.load(chunks + nb + offs, mask=mask & (nxt < NC), other=0.0)
+    inside = load_f32(chunks + nb + offs, mask & (nxt < NC))
     return inside + tl.load(end + base + offs, mask=mask & (nxt >= NC), other=0.0)
 
 

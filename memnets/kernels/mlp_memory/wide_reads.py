@@ -36,7 +36,16 @@ from torch import Tensor
 
 from ..dual_form import inner
 from ..precision import dot
-from .common import act, act_grad, col_block, key_cols_t, key_delta, ln_params, read_layer2_backward
+from .common import (
+    act,
+    act_grad,
+    col_block,
+    key_cols_t,
+    key_delta,
+    ln_params,
+    load_f32,
+    read_layer2_backward,
+)
 from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
 from .wide_forward import read_coefficients
 
@@ -77,7 +86,7 @@ def layer1_reads(
     df_last = dbeta_last
     for i in range(NI):
         o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
-        W1 = tl.load(w1 + cb1 + o1, mask=m1, other=0.0)
+        W1 = load_f32(w1 + cb1 + o1, m1)
         kT = key_cols_t(k, krow, kvalid, i, DI, KB)
         Z1T += dot(tl.trans(W1), kT, DOT)
         qT = key_cols_t(q, qrow, qvalid, i, DI, KB)
@@ -87,7 +96,7 @@ def layer1_reads(
             kcT += dot(tl.trans(cW1), kT, DOT)
             dbeta_last += inner(cW1, W1)
         if HAS_MOM:
-            S1 = tl.load(s1 + cb1 + o1, mask=m1, other=0.0)
+            S1 = load_f32(s1 + cb1 + o1, m1)
             qs1T += dot(tl.trans(S1), qT, DOT)
             if UPDATE:
                 cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
@@ -119,14 +128,14 @@ def read_block(
         w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
         DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, UPDATE,
     )  # fmt: skip
-    W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
+    W2 = load_f32(w2 + cb2 + o2, m2)
     ET = ks2 * dot(W2, ddT, DOT)
     d1T = ET * sgT
     z1T = read_z1(qw1T, qs1T, d1T, qkGT, bb1, bf1, DOT, HAS_MOM)
     a1T = act(z1T, ACT)
     da1T = bb2[None, :] * dot(W2, dyT, DOT) + dot(AT, dPT, DOT)
     if HAS_MOM:
-        da1T += bf2[None, :] * dot(tl.load(s2 + cb2 + o2, mask=m2, other=0.0), dyT, DOT)
+        da1T += bf2[None, :] * dot(load_f32(s2 + cb2 + o2, m2), dyT, DOT)
     dz1T = da1T * act_grad(z1T, ACT)
     return Z1T, AT, sgT, qw1T, qs1T, kcT, ksT, dbl, dml, dfl, W2, ET, d1T, a1T, dz1T
 
@@ -152,13 +161,13 @@ def read_layer2(
             w1, s1, dw1, ds1, cb1, base1, j, k, q, krow, kvalid, qrow, qvalid, ks1,
             DI, DH, KB, BHB, NI, BL, BK, ACT, DOT, HAS_MOM, False,
         )  # fmt: skip
-        W2 = tl.load(w2 + cb2 + o2, mask=m2, other=0.0)
+        W2 = load_f32(w2 + cb2 + o2, m2)
         z1T = read_z1(qw1T, qs1T, ks2 * dot(W2, ddT, DOT) * sgT, qkGT, bb1, bf1, DOT, HAS_MOM)
         a1T = act(z1T, ACT)
         a1w2T += dot(tl.trans(W2), a1T, DOT)
         aa += dot(tl.trans(a1T), AT, DOT)
         if HAS_MOM:
-            S2 = tl.load(s2 + cb2 + o2, mask=m2, other=0.0)
+            S2 = load_f32(s2 + cb2 + o2, m2)
             a1s2T += dot(tl.trans(S2), a1T, DOT)
     return read_layer2_backward(
         b_dy, tl.trans(a1w2T), tl.trans(a1s2T), aa, bG2, dd, bb2, bf2, gamma, d_gamma, d_shift, cmask,
@@ -277,9 +286,9 @@ def _wide_read_backward_kernel(
         for j in range(NB):
             o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
             dz1T = tl.load(blocks + tq + j * BHB)
-            b_dqT += dot(tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0), b_beta[None, :] * dz1T, DOT)
+            b_dqT += dot(load_f32(w1_chunks + cb1 + o1, m1), b_beta[None, :] * dz1T, DOT)
             if HAS_MOM:
-                b_dqT += dot(tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0), b_f[None, :] * dz1T, DOT)
+                b_dqT += dot(load_f32(s1_chunks + cb1 + o1, m1), b_f[None, :] * dz1T, DOT)
         qoffs, qmask = col_block(qrow, qvalid, i * KB, DI, DI, KB)
         tl.store(dq + qoffs, tl.trans(b_dqT).to(dq.dtype.element_ty), mask=qmask)
 

@@ -46,6 +46,7 @@ from .common import (
     key_cols_t,
     key_delta,
     ln_params,
+    load_f32,
     row_block,
 )
 from .config import split_constants, wide_num_warps
@@ -104,7 +105,7 @@ def key_layer1_t(
     for i in range(NI):
         o1, m1 = w1_block(i, j, DI, DH, KB, BHB)
         kT = key_cols_t(k, krow, kvalid, i, DI, KB)
-        Z1T += dot(tl.trans(tl.load(w1 + cb1 + o1, mask=m1, other=0.0)), kT, DOT)
+        Z1T += dot(tl.trans(load_f32(w1 + cb1 + o1, m1)), kT, DOT)
         kcT += dot(tl.trans(tl.load(dw1 + base1 + o1, mask=m1, other=0.0)), kT, DOT)
         if HAS_MOM:
             ksT += dot(tl.trans(tl.load(ds1 + base1 + o1, mask=m1, other=0.0)), kT, DOT)
@@ -179,7 +180,7 @@ def update_backward(
         # 912 -> 736 B, under L1 beside the shared memory; benchmarks/RESULTS.md §56)
         if HAS_MOM:
             cS2 = tl.load(ds2 + base2 + o2, mask=m2, other=0.0)
-            dm += inner(cS2, tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0))
+            dm += inner(cS2, load_f32(s2_chunks + cb2 + o2, m2))
             d_ddT, dAT, d_coef = update_backward_t(d_ddT, dAT, AT, ddT, b_s, cS2, DOT)
             b_ds -= d_coef
             cS2 = b_m * cS2 + dot(a1T, b_f[:, None] * b_dy, DOT)
@@ -188,10 +189,10 @@ def update_backward(
             tl.store(ds2 + base2 + o2, cS2, mask=m2)
         cW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0)
         if HAS_MOM:
-            df_last += inner(cW2, tl.load(s2_chunks + cb2 + o2, mask=m2, other=0.0))
+            df_last += inner(cW2, load_f32(s2_chunks + cb2 + o2, m2))
         d_ddT, dAT, d_coef = update_backward_t(d_ddT, dAT, AT, ddT, g_last, cW2, DOT)
         dg_last -= d_coef
-        W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
+        W2 = load_f32(w2_chunks + cb2 + o2, m2)
         dbeta_last += inner(cW2, W2)
         d_ddT += dot(tl.trans(W2), dET, DOT)
         ET = dot(W2, ddT, DOT)  # δ1_jᵀ = (W2_j Δᵀ) ⊙ σ'(Z1_jᵀ)
@@ -278,7 +279,7 @@ def key_backward(
         j = s * NBJ + jj
         o2, m2 = w2_block(j, D, DH, BD, BHB)
         Z1T = layer1_t(w1_chunks, cb1, j, k, krow, kvalid, DI, DH, KB, BHB, NI, BK, DOT)
-        W2 = tl.load(w2_chunks + cb2 + o2, mask=m2, other=0.0)
+        W2 = load_f32(w2_chunks + cb2 + o2, m2)
         dZ1T = tl.load(scratch + so + BK * sw + j * BHB) + dot(W2, dZ2T, DOT) * act_grad(Z1T, ACT)
         gW2 = tl.load(dw2 + base2 + o2, mask=m2, other=0.0) + dot(act(Z1T, ACT), dZ2, DOT)
         tl.debug_barrier()  # every thread has read block j before it is overwritten
@@ -298,12 +299,12 @@ def key_backward(
             dz1T = tl.load(rd_blocks + tq + j * BHB)
             d1T = tl.load(scratch + so + j * BHB)
             dZ1T = tl.load(scratch + so + BK * sw + j * BHB)
-            W1 = tl.load(w1_chunks + cb1 + o1, mask=m1, other=0.0)
+            W1 = load_f32(w1_chunks + cb1 + o1, m1)
             cW1 = tl.load(dw1 + base1 + o1, mask=m1, other=0.0)
             b_dkT += dot(W1, dZ1T, DOT) - dot(cW1, d1T * g_last[None, :], DOT)
             dbeta_last += inner(cW1, W1)  # layer 1's update terms of β_L, m_end, f_L (key_layer1_t)
             if HAS_MOM:  # the momentum block first and stored: fewer blocks live at once
-                S1 = tl.load(s1_chunks + cb1 + o1, mask=m1, other=0.0)
+                S1 = load_f32(s1_chunks + cb1 + o1, m1)
                 df_last += inner(cW1, S1)
                 cS1 = tl.load(ds1 + base1 + o1, mask=m1, other=0.0)
                 dm += inner(cS1, S1)
