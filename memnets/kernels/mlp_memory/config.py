@@ -33,7 +33,8 @@ TARGET_SMS = 132
 
 def wide_num_warps(block_d: int, split: bool = False) -> int:
     """Warps per program of a wide-state kernel (``split``: the kernels whose programs hold part of the
-    hidden blocks, :mod:`.wide_split` and :mod:`.wide_split_backward`). One program per (sequence, head)
+    hidden blocks, :mod:`.wide_split` and :mod:`.wide_split_backward`, and the backward's reads launch,
+    :mod:`.wide_reads`, a program per chunk). One program per (sequence, head)
     runs alone on its SM, so with one warpgroup each scheduler holds one warp and waits out every load
     and barrier in turn (the first GPU run, benchmarks/RESULTS.md §26). At a padded head dim of 128
     (titans-760m, yaad-760m) two warpgroups halve each warp's instructions, loads and spills and give
@@ -42,7 +43,7 @@ def wide_num_warps(block_d: int, split: bool = False) -> int:
     rows in the chunk-row products (replicated-warp mma.sync) and spill more in the backward: one
     warpgroup. The split kernels take two there too: their replicated products stay as few, their spill
     falls, and the exposed latency per chunk about halves (§56: tnt-150m's local memory and
-    titans-mac-170m)."""
+    titans-mac-170m). So does the reads launch's: 2.6x less at those two (§57)."""
     if WIDE_NUM_WARPS is not None:
         return WIDE_NUM_WARPS
     return 8 if block_d >= 128 or split else 4
