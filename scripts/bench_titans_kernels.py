@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         "--num-warps",
         type=int,
         help="depth 2: warps per kernel program (default: the kernels' own: NUM_WARPS, 4, for the whole-state "
-        "kernels; config.wide_num_warps, 8 at head dims 65-128, else 4, for the wide-state ones)",
+        "kernels; config.wide_num_warps for the wide-state ones: 8 for the split kernels and the backward's "
+        "reads launch, and at head dims 65-128, else 4)",
     )
     p.add_argument("--titans-pytorch", action="store_true", help="also time titans-pytorch's NeuralMemory")
     p.add_argument(
