@@ -56,8 +56,9 @@ TFLOP/s = model FLOP / time (not hardware FLOP). % of peak, on a GPU only
 ("-" in the table and null in the JSON on CPU): ``%bf16`` of the datasheet dense bf16 peak (989.4 on
 H100/H200, ``benchmarks.flops.PEAKS``), ``%gemm`` of the bf16 GEMM ceiling (an 8192³ GEMM on random
 data timed at the start of the run; ``--table-ceiling``: the 798 / 788 measured earlier, from
-``PEAKS``), and ``%tf32`` of the datasheet TF32 peak: the kernels compute in float32 with tf32x3 dots
-(three TF32 MMAs per product), so a third of that peak is their ceiling.
+``PEAKS``), and ``%tf32`` of the datasheet TF32 peak: with ``--dot-precision tf32x3`` (three TF32 MMAs
+per product, what float32 inputs run) a third of that peak is the kernels' ceiling. The default,
+``auto``, runs what the mixers run: bf16 operands on bf16 inputs (the static kernel report's case).
 Issue targets: ≥ 15% of bf16 peak at C = 64 and ≥ 40% at C ≥ 256, faster than compiled chunked
 PyTorch at every chunk size.
 """
@@ -73,6 +74,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -190,10 +192,12 @@ def build_step(
     return memory_step(fn, arch, a.B, a.T, C, dtype, device, backward)
 
 
-def device_split(step: Callable, device: torch.device) -> dict[str, float | None]:
+def device_split(step: Callable, device: torch.device) -> dict[str, Any]:
     """One more call under ``torch.profiler`` on CUDA: the device time of all its kernels and of the
     memory's own Triton kernels (names ``_..._kernel``), in ms, beside the call's timed ms: what is
-    the kernel, what is PyTorch around it, what is the host's gap."""
+    the kernel, what is PyTorch around it, what is the host's gap; and per own kernel name its ms and
+    launches (``kernels``: what ``benchmarks.kernel_calibration`` sets beside the static report's
+    estimates)."""
     if device.type != "cuda":
         return {"device_ms": None, "memory_kernels_ms": None}
     from torch.autograd import DeviceType
@@ -208,8 +212,14 @@ def device_split(step: Callable, device: torch.device) -> dict[str, float | None
         return {"device_ms": None, "memory_kernels_ms": None, "profiler_error": str(e)[:200]}
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     total = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
-    own = sum(e.time_range.elapsed_us() for e in kernels if re.fullmatch(r"_\w+_kernel", e.name)) / 1e3
-    return {"device_ms": total, "memory_kernels_ms": own}
+    by_name: dict[str, dict[str, float]] = {}
+    for e in kernels:
+        if re.fullmatch(r"_\w+_kernel", e.name):
+            entry = by_name.setdefault(e.name, {"ms": 0.0, "launches": 0})
+            entry["ms"] += e.time_range.elapsed_us() / 1e3
+            entry["launches"] += 1
+    own = sum(entry["ms"] for entry in by_name.values())
+    return {"device_ms": total, "memory_kernels_ms": own, "kernels": by_name}
 
 
 def first_call_s(step: Callable, device: torch.device) -> float:
@@ -355,9 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--triton", action="store_true", help="time the kernels off CUDA too (TRITON_INTERPRET=1)")
     p.add_argument(
         "--dot-precision",
-        default="tf32x3",
-        choices=("tf32x3", "tf32", "float16", "bfloat16"),
-        help="depth 2: the MLP kernel's matmul operands (tf32x3: float32; the others trade accuracy for rate)",
+        default="auto",
+        choices=("auto", "tf32x3", "tf32", "float16", "bfloat16"),
+        help="depth 2: the MLP kernel's matmul operands (auto, the mixers' default: the inputs' half type, "
+        "else tf32x3, float32 accurate; the others trade accuracy for rate)",
     )
     p.add_argument(
         "--num-warps",

@@ -19,8 +19,9 @@ the next):
   step's time limit cut the run. ``--cpu-smoke``: one interpreted test.
 * ``bench`` (b): ``scripts/bench_titans_kernels.py`` at titans-760m's memory shapes (16 heads of 96,
   hidden 384) and the static kernel report's micro-batch, 4 × 4096 tokens; chunk 16 and 64, each with
-  its own time limit; the Triton kernel first (with its kernels' own device time beside the call's),
-  then eager chunked, titans-pytorch when it imports, and the compiled chunked form last (inductor's
+  its own time limit; the Triton kernel first, its operands as the mixers run them (bf16), with its
+  kernels' own device time beside the call's and, per kernel, beside the static report's estimate
+  (``benchmarks.kernel_calibration``); then eager chunked, titans-pytorch when it imports, and the compiled chunked form last (inductor's
   build is timed as ``compile_s``); TFLOP/s, % of an 8192³ bf16 GEMM timed in the same run, peak
   memory; then the kernel alone at chunk 16 in its previous layout (4 warps per wide-state program,
   against the 8 it now runs: the static report's exposed-latency term chose them, this row checks it).
@@ -526,6 +527,13 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r['tflops'], '.3f')} | {_fmt(r.get('pct_gemm_bf16'))} | {_fmt(r.get('peak_mb'), '.0f')} | "
                 f"{_fmt(r.get('device_ms'), '.3f')} ({_fmt(r.get('memory_kernels_ms'), '.3f')}) |"
             )
+    flagships = ROOT / "benchmarks" / "results" / "kernel_report_flagships" / "report.json"
+    if rows and flagships.exists():  # the static model's per-kernel estimates beside the measured kernels
+        from benchmarks.kernel_calibration import bench_calibration
+
+        static = json.loads(flagships.read_text())
+        bench = report["steps"].get("bench", {})
+        lines += bench_calibration(bench, static, "titans-760m", TITANS["H"], TITANS["D"])
     skips = [
         f"- {f}: {why}" for f, why in report["steps"].get("kernels", {}).get("files_not_run", {}).items()
     ]
