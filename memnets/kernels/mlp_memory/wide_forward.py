@@ -75,9 +75,10 @@ recompute).
 
 With ``STORE`` (the backward's recompute) pass 2 also writes each block's chunk-start value (4 D·Dh
 floats, at the products' half type where they run in one: :func:`~.config.chunk_state_dtype`; the
-backward loads them back as float32, :func:`~.common.load_f32`) and skips the reads. Traffic per chunk and program, with momentum: 8 D·Dh state floats read (2
-in pass 1, 6 in pass 2) and 4 D·Dh written (without momentum 5 and 2), plus the chunk's q, k, v rows;
-the whole-state kernel reads and writes the state once per call.
+backward loads them back as float32, :func:`~.common.load_f32`) and skips the reads. Traffic per
+chunk and program, with momentum: 8 D·Dh state floats read (2 in pass 1, 6 in pass 2) and 4 D·Dh
+written (without momentum 5 and 2), plus the chunk's q, k, v rows; the whole-state kernel reads and
+writes the state once per call.
 
 Backward, one launch per recompute segment (the checkpoint segments in reverse, each recomputed from
 its start state by STORE passes that write its chunks' start states, in inner segments where that keeps
@@ -447,6 +448,20 @@ def working_state(state: tuple) -> tuple[Tensor, ...]:
     return tuple(empty if t is None else t.clone(memory_format=torch.contiguous_format) for t in state)
 
 
+def chunk_states(state: tuple, store: bool, nc: int, dot_precision: int) -> tuple[Tensor, ...]:
+    """With ``store`` (the backward's recompute), the buffers of every chunk's start state
+    ``[B, H, nc, ...]`` for ``state`` (w1, w2, s1, s2; empty where a momentum is None) in
+    :func:`~.config.chunk_state_dtype` of the operand mode ``dot_precision``; else empties."""
+    w1 = state[0]
+    kept = chunk_state_dtype(dot_precision)
+    return tuple(
+        w1.new_empty(*w1.shape[:2], nc, *t.shape[2:], dtype=kept)
+        if store and t is not None
+        else w1.new_empty(0)
+        for t in state
+    )
+
+
 def launch_wide_forward(
     q, k, v, bp, ln_w, ln_b, coef, packing, state, config: LaunchConfig, c0, nc, anchor, y, store, token_powers=()
 ):  # fmt: skip
@@ -467,10 +482,7 @@ def launch_wide_forward(
         return w1.new_empty(shape)
 
     final = working_state(state)
-    half = chunk_state_dtype(config.dot_precision)
-    chunks = tuple(
-        w1.new_empty(B, H, nc, *t.shape[2:], dtype=half) if store and t is not None else new(0) for t in state
-    )
+    chunks = chunk_states(state, store, nc, config.dot_precision)
     powers = new(B, H, nc, 2) if store and (config.end_map or config.token_map) else new(0)
     scalars, constants = wide_meta(q, w1, w2, ln_w, config)
     _wide_forward_kernel[(B * H,)](

@@ -35,9 +35,10 @@ from torch import Tensor
 
 from ..optional import or_empty
 from .common import key_delta, ln_params, row_block
-from .config import LaunchConfig, chunk_state_dtype, device_split, split_constants, wide_num_warps
+from .config import LaunchConfig, device_split, split_constants, wide_num_warps
 from .wide_blocks import chunk_rows, key_z2, query_keys
 from .wide_forward import (
+    chunk_states,
     finish_read,
     launch_wide_forward,
     read_coefficients,
@@ -207,10 +208,7 @@ def launch_wide_split_forward(
     # Z2 shares by parity; without store each chunk's Δ and the reads' shares
     shares = (new(2, B * H, split, BK, BD), new(B * H, nc, BK, BD) if not store else new(0))
     reads = tuple(new(B * H, nc, split, *shape) if not store else new(0) for shape in ((BD, BL), (BL, BK)))
-    half = chunk_state_dtype(constants["DOT"])
-    chunks = tuple(
-        w1.new_empty(B, H, nc, *t.shape[2:], dtype=half) if store and t is not None else new(0) for t in state
-    )
+    chunks = chunk_states(state, store, nc, constants["DOT"])
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
     warps = {**constants, "num_warps": wide_num_warps(BD, split=True)}
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
