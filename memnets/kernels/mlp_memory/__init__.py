@@ -78,7 +78,9 @@ backward walks the segments in reverse, re-running the forward from the segment'
 ⌈T/C⌉/every + every·KE states instead of one per tile, for one extra forward pass. The wide-state
 kernels segment the same way (one launch per segment, whole chunks as tiles), with a third level
 where their large states make it pay: each segment's recompute in inner segments of ⌈√every⌉ chunks,
-about 3·∛chunks states live for a second forward pass (:func:`~.launch.checkpoint_chunks`).
+about 3·∛chunks states live for a second forward pass (:func:`~.launch.checkpoint_chunks`). Their
+recompute keeps the chunk states at the products' half type where they run in one
+(:func:`~.config.chunk_state_dtype`; the checkpoints stay float32).
 
 Both passes are ``torch.library`` custom ops (:mod:`.ops`: ``memnets::mlp_memory_fwd`` / ``_bwd``) with fake
 implementations; ``register_autograd`` ties them together.
@@ -136,6 +138,13 @@ use more than 64 of the 132 SMs, weighed:
   and leaves the sequential kernel the update's backward, its chain of dependent products about
   halved (benchmarks/RESULTS.md §55); not with Moneta's per-token map, whose scales' cotangents
   need the reads inside the recurrence.
+* *Fewer bytes per chunk*: the chunk-start states that the backward's recompute writes and the
+  backward reads back, kept at the products' half type (every product reads them so rounded anyway).
+  **Built** (:func:`~.config.chunk_state_dtype`, :func:`~.common.load_f32`). Static estimate at
+  titans-760m: the backward 39.1 → 32.6 ms, the live chunk states 684 → 558 MB
+  (benchmarks/RESULTS.md §57). Two checkpoint levels instead of three would walk 256 chunks of
+  recompute instead of 473 (about −5.9 ms) for 16 float32 checkpoints per layer instead of 6. Weighed
+  there, not built.
 * *Overlapping chunk c's reads with chunk c + 1's key path* (warp specialisation): the reads feed
   nothing downstream, so a second warpgroup could take them and shorten the dependent chain by about
   40%; it adds no programs, moves the same state, and Triton's warp specialisation targets simple
