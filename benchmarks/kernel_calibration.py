@@ -82,9 +82,10 @@ def bench_calibration(
     bench: dict[str, Any], report: dict[str, Any], config: str, heads: int, dim: int
 ) -> list[str]:
     """Markdown lines for the GPU check: per pass of the benchmark's Triton rows at ``config``'s chunk
-    size (its kernels' own layout, not the other-warps rows), the report's estimates for ``config``
-    beside the measured kernels, where the benchmark ran the report's micro-batch and ``config``'s
-    memory (``heads`` of ``dim``); none otherwise (the CPU smoke run, other shapes)."""
+    size and in the report's layout (the kernels' own warps, or the ``wide_num_warps`` the report was
+    made at: the GPU check labels those rows "triton (N warps)"), the report's estimates for
+    ``config`` beside the measured kernels, where the benchmark ran the report's micro-batch and
+    ``config``'s memory (``heads`` of ``dim``); none otherwise (the CPU smoke run, other shapes)."""
     meta, shape = bench.get("meta") or {}, report.get("meta") or {}
     if (meta.get("B"), meta.get("T"), meta.get("H"), meta.get("D")) != (
         shape.get("batch"),
@@ -96,14 +97,16 @@ def bench_calibration(
     chunk = next(
         (r.get("chunk_size") for r in report["rows"] if r["config"] == config and r.get("kernel")), None
     )
+    warps = shape.get("wide_num_warps")
+    backend = "triton" if warps is None else f"triton ({warps} warps)"
     lines: list[str] = []
     for row in bench.get("rows", []):
-        if row.get("backend") != "triton" or row.get("chunk_size") != chunk or not row.get("kernels"):
+        if row.get("backend") != backend or row.get("chunk_size") != chunk or not row.get("kernels"):
             continue
         rows = calibration_rows(estimated_ms(report, config, row["pass"]), row["kernels"])
         title = (
             f"Static estimates (Triton {shape.get('triton')}, sm_{shape.get('arch')}) against the measured "
-            f"kernels: {config}'s memory, C = {chunk}, {row['pass']}"
+            f"kernels: {config}'s memory, C = {chunk}, {row['pass']}, {backend}"
         )
         lines += ["", *calibration_markdown(rows, title)]
     return lines

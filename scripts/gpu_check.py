@@ -527,13 +527,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r['tflops'], '.3f')} | {_fmt(r.get('pct_gemm_bf16'))} | {_fmt(r.get('peak_mb'), '.0f')} | "
                 f"{_fmt(r.get('device_ms'), '.3f')} ({_fmt(r.get('memory_kernels_ms'), '.3f')}) |"
             )
-    flagships = ROOT / "benchmarks" / "results" / "kernel_report_flagships" / "report.json"
-    if rows and flagships.exists():  # the static model's per-kernel estimates beside the measured kernels
-        from benchmarks.kernel_calibration import bench_calibration
+    # the static model's per-kernel estimates beside the measured kernels, in the kernels' own layout and
+    # at 4 warps (the report's two files: RESULTS.md §57)
+    for name in ("kernel_report_flagships", "kernel_report_titans_4warps"):
+        path = ROOT / "benchmarks" / "results" / name / "report.json"
+        if rows and path.exists():
+            from benchmarks.kernel_calibration import bench_calibration
 
-        static = json.loads(flagships.read_text())
-        bench = report["steps"].get("bench", {})
-        lines += bench_calibration(bench, static, "titans-760m", TITANS["H"], TITANS["D"])
+            static = json.loads(path.read_text())
+            bench = report["steps"].get("bench", {})
+            lines += bench_calibration(bench, static, "titans-760m", TITANS["H"], TITANS["D"])
     skips = [
         f"- {f}: {why}" for f, why in report["steps"].get("kernels", {}).get("files_not_run", {}).items()
     ]

@@ -9,6 +9,7 @@ estimate. Writes JSON and a markdown table.
     python scripts/kernel_report.py --no-explicit              # only what auto runs
     python scripts/kernel_report.py --flagships --chunk-size 64   # every memory at chunk 64
     python scripts/kernel_report.py --configs moneta-760m --set model.mixer_options.moneta.normalize_at=chunk_end
+    python scripts/kernel_report.py --configs titans-760m --wide-num-warps 4   # the wide kernels at 4 warps
 
 What is measured and what is estimated:
 
@@ -171,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key, as train.py's arguments (repeatable), e.g. "
         "model.mixer_options.moneta.normalize_at=chunk_end",
     )
+    p.add_argument(
+        "--wide-num-warps",
+        type=int,
+        help="warps of every wide-state kernel program instead of config.wide_num_warps' choice "
+        "(what the GPU check's 4-warp benchmark row runs)",
+    )
     p.add_argument("--no-explicit", action="store_true", help="leave out kernels auto does not pick")
     p.add_argument(
         "--out", default="kernel_report", help="writes OUT.json and OUT.md (default kernel_report)"
@@ -182,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"cannot compile: {problem}", file=sys.stderr)
         return 2
+    if a.wide_num_warps is not None:
+        from memnets.kernels.mlp_memory import config as mlp_config
+
+        mlp_config.WIDE_NUM_WARPS = a.wide_num_warps
     start = time.perf_counter()
     rows = []
     for path in config_paths(a.configs, a.quick, a.flagships):
@@ -206,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq": a.seq,
         "chunk_size": a.chunk_size,
         "overrides": a.set,
+        "wide_num_warps": a.wide_num_warps,
         "sms": kernel_roofline.SMS,
         "peak_bf16": kernel_roofline.PEAK_BF16,
         "rates_tflops": kernel_roofline.RATES,

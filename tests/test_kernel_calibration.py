@@ -78,6 +78,13 @@ def test_bench_calibration_only_at_the_reports_shapes():
     assert "| _split_kernel | 19.00 | 38.00 | 512 | 2.00 |" in lines
     smoke = {**bench, "meta": {"B": 1, "T": 32, "H": 2, "D": 16}}
     assert bench_calibration(smoke, REPORT, "titans-760m", 16, 96) == []
+    # a report made at 4 warps (kernel_report.py --wide-num-warps 4) takes the 4-warp rows
+    four = {**REPORT, "meta": {**REPORT["meta"], "wide_num_warps": 4}}
+    lines = bench_calibration(bench, four, "titans-760m", 16, 96)
+    assert [line for line in lines if line.startswith("Static")] == [
+        "Static estimates (Triton 3.9.0, sm_90) against the measured kernels: titans-760m's memory, "
+        "C = 16, fwd+bwd, triton (4 warps)"
+    ]
 
 
 def test_committed_flagship_report_has_every_titans_kernel():
