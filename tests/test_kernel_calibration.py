@@ -94,3 +94,23 @@ def test_committed_flagship_report_has_every_titans_kernel():
     assert set(estimated_ms(report, "titans-760m", "fwd")) < set(both)
     assert {"_wide_split_kernel", "_wide_read_backward_kernel", "_wide_split_backward_kernel"} <= set(both)
     assert all(ms > 0 for ms in both.values())
+
+
+def test_gpu_check_report_prints_the_calibration(tmp_path):
+    """The GPU check's markdown (``benchmarks.gpu_report``) sets the committed reports' estimates beside
+    a benchmark at titans-760m's shapes: one table per Triton row, the default warps against the
+    flagship report and the 4-warp row against the 4-warp one."""
+    from benchmarks.gpu_report import markdown
+
+    kernels = {"_wide_split_kernel": {"ms": 30.0, "launches": 729}}
+    rows = [
+        {"backend": b, "chunk_size": 16, "pass": "fwd+bwd", "ms": 60.0, "tflops": 8.0, "kernels": kernels}
+        for b in ("triton", "triton (4 warps)")
+    ]
+    env = {"date": "today", "device": "H100", "versions": {"torch": "x"}}
+    bench = {"status": "passed", "rows": rows, "meta": {"B": 4, "T": 4096, "H": 16, "D": 96}}
+    report = {"env": env, "cpu_smoke": False, "seconds": 1, "steps": {"bench": bench}}
+    text = markdown(report, ROOT, {"H": 16, "D": 96})
+    tables = [line for line in text.splitlines() if line.startswith("Static estimates")]
+    assert [t.rsplit(", ", 1)[-1] for t in tables] == ["triton", "triton (4 warps)"]
+    assert "| _wide_split_kernel |" in text
