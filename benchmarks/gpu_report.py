@@ -48,7 +48,8 @@ def markdown(report: dict[str, Any], root: Path, titans: dict[str, int]) -> str:
                 continue
             paths = "; ".join(f"{k}: {v['path']}" for k, v in r["paths"].items())
             lines.append(f"| {r['family']} | {r['config']} | {r['loss']:.3f} | {paths} | {r['seconds']} |")
-    rows = report["steps"].get("bench", {}).get("rows", []) + report["steps"].get("peers", {}).get("rows", [])
+    bench = report["steps"].get("bench", {})
+    rows = bench.get("rows", []) + report["steps"].get("peers", {}).get("rows", [])
     if rows:
         lines += [
             "",
@@ -72,12 +73,11 @@ def markdown(report: dict[str, Any], root: Path, titans: dict[str, int]) -> str:
         path = root / "benchmarks" / "results" / name / "report.json"
         if rows and path.exists():
             static = json.loads(path.read_text())
-            bench = report["steps"].get("bench", {})
             lines += bench_calibration(bench, static, "titans-760m", titans["H"], titans["D"])
     skips = [
         f"- {f}: {why}" for f, why in report["steps"].get("kernels", {}).get("files_not_run", {}).items()
     ]
-    skips += [f"- bench: {n}" for n in report["steps"].get("bench", {}).get("notes", [])]
+    skips += [f"- bench: {n}" for n in bench.get("notes", [])]
     if skips:
         lines += ["", "Skipped:", *skips]
     return "\n".join(lines) + "\n"

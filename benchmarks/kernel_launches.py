@@ -249,7 +249,7 @@ def _mlp_launches(mixer: Any, d: MemoryDispatch, B: int, T: int) -> list[Launch]
         BD, BL = _block(D), _block(L)
         terms = (4 * BK * DH + 3 * BK * BD + BL * BK) * 4  # the read terms each program writes
         segments = -(-steps // recompute)
-        per_segment = programs * min(recompute, steps)
+        per_segment = programs * stored  # a recompute segment's chunks, one program each
         read_b = kept * (read_mats[0] * DI + read_mats[1] * D) * DH * 4 + terms  # the chunk states
         # the recurrence, a launch per chunk: its blocks' share of the state and scratch traffic, and
         # the shares: dΔ's read (all programs') and written, Z2 read twice, the reads' dY and dΔ, dk's
