@@ -401,9 +401,7 @@ def _mlp_wide_cases(
             m for m in ("split_backward", "read_backward", "backward", "split", "forward") if m in kernel
         )
         mod = "reads" if mod == "read_backward" else mod
-        # the split kernels and the backward's reads launch: two warpgroups at every head dim
-        split = kernel in ("_wide_split_kernel", "_wide_split_backward_kernel", "_wide_read_backward_kernel")
-        warps = wide_num_warps(int(constexprs["BD"]), split)  # type: ignore[call-overload]
+        warps = wide_num_warps(int(constexprs["BD"]), kernel)  # type: ignore[call-overload]
         # the chunk-start states in the type the launchers keep them in for this operand mode
         kept = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[
             chunk_state_dtype(int(constexprs["DOT"]))  # type: ignore[call-overload]

@@ -31,22 +31,29 @@ WIDE_SPLIT: int | None = None
 TARGET_SMS = 132
 
 
-def wide_num_warps(block_d: int, split: bool = False) -> int:
-    """Warps per program of a wide-state kernel (``split``: the kernels whose programs hold part of the
-    hidden blocks, :mod:`.wide_split` and :mod:`.wide_split_backward`, and the backward's reads launch,
-    :mod:`.wide_reads`, a program per chunk). One program per (sequence, head)
-    runs alone on its SM, so with one warpgroup each scheduler holds one warp and waits out every load
-    and barrier in turn (the first GPU run, benchmarks/RESULTS.md §26). At a padded head dim of 128
-    (titans-760m, yaad-760m) two warpgroups halve each warp's instructions, loads and spills and give
-    each scheduler a second warp: the static report's exposed latency per chunk falls 3.6x forward and
-    backward (§27). At 64 and below the one-program kernels' second warpgroup would repeat the other's
-    rows in the chunk-row products (replicated-warp mma.sync) and spill more in the backward: one
-    warpgroup. The split kernels take two there too: their replicated products stay as few, their spill
-    falls, and the exposed latency per chunk about halves (§56: tnt-150m's local memory and
-    titans-mac-170m). So does the reads launch's: 2.6x less at those two (§57)."""
+# the wide-state kernels with several programs per (sequence, head): the split recurrences
+# (:mod:`.wide_split`, :mod:`.wide_split_backward`) and the backward's reads, a program per chunk
+# (:mod:`.wide_reads`); :func:`wide_num_warps` gives them two warpgroups at every head dim
+SHARED_HEAD_KERNELS = frozenset(
+    {"_wide_split_kernel", "_wide_split_backward_kernel", "_wide_read_backward_kernel"}
+)
+
+
+def wide_num_warps(block_d: int, kernel: str) -> int:
+    """Warps per program of the wide-state ``kernel`` (its name) at padded head dim ``block_d``. One
+    program per (sequence, head) runs alone on its SM, so with one warpgroup each scheduler holds one
+    warp and waits out every load and barrier in turn (the first GPU run, benchmarks/RESULTS.md §26).
+    At a padded head dim of 128 (titans-760m, yaad-760m) two warpgroups halve each warp's instructions,
+    loads and spills and give each scheduler a second warp: the static report's exposed latency per
+    chunk falls 3.6x forward and backward (§27). At 64 and below the one-program kernels' second
+    warpgroup would repeat the other's rows in the chunk-row products (replicated-warp mma.sync) and
+    spill more in the backward: one warpgroup. The :data:`SHARED_HEAD_KERNELS` take two there too:
+    the split kernels' replicated products stay as few, their spill falls, and the exposed latency per
+    chunk about halves (§56: tnt-150m's local memory and titans-mac-170m); the reads launch's falls
+    2.6x at those two (§57)."""
     if WIDE_NUM_WARPS is not None:
         return WIDE_NUM_WARPS
-    return 8 if block_d >= 128 or split else 4
+    return 8 if block_d >= 128 or kernel in SHARED_HEAD_KERNELS else 4
 
 
 def wide_split(programs: int, blocks: int, sms: int = TARGET_SMS) -> int:

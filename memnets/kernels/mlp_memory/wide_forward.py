@@ -430,7 +430,8 @@ def wide_meta(
         "NB": triton.cdiv(DH, BHB),
         "P": config.prefix,
         "BK": block(config.prefix + config.tile),
-        "num_warps": wide_num_warps(block(D)),
+        # every one-program kernel's (not config.SHARED_HEAD_KERNELS): the forward's warps
+        "num_warps": wide_num_warps(block(D), "_wide_forward_kernel"),
     }
     return scalars, constants
 

@@ -339,6 +339,6 @@ def launch_wide_read_backward(
     _wide_read_backward_kernel[(B * H, nc)](
         q, k, v, *(empty if t is None else t for t in (bp, ln_w, ln_b)), dy, *coef[:3], *chunks,
         dq, dbeta, df, dG, *terms, T, k.shape[1] - T, c0, nc, coef[0].shape[2], *scalars,
-        HAS_MOM=chunks[2].numel() > 0, **{**constants, "num_warps": wide_num_warps(BD, split=True)},
+        HAS_MOM=chunks[2].numel() > 0, **{**constants, "num_warps": wide_num_warps(BD, "_wide_read_backward_kernel")},
     )  # fmt: skip
     return terms

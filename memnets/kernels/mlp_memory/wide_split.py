@@ -210,7 +210,7 @@ def launch_wide_split_forward(
     reads = tuple(new(B * H, nc, split, *shape) if not store else new(0) for shape in ((BD, BL), (BL, BK)))
     chunks = chunk_states(state, store, nc, constants["DOT"])
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
-    warps = {**constants, "num_warps": wide_num_warps(BD, split=True)}
+    warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_kernel")}
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
         _wide_split_kernel[(B * H, split)](
             q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads, *chunks,

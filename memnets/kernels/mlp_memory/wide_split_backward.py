@@ -470,7 +470,7 @@ def launch_wide_split_backward(
     bp, ln_w, ln_b = (empty if t is None else t for t in (bp, ln_w, ln_b))
     _, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     sizes = split_constants(split, NB)
-    warps = {**constants, "num_warps": wide_num_warps(BD, split=True)}
+    warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_backward_kernel")}
     for n in range(-1, nc):  # n = -1: pass 3 of the last chunk
         _wide_split_backward_kernel[(B * H, split)](
             q, k, v, bp, ln_w, ln_b, *coef, *chunks, *anchor_cot, dv, dbp, *d_state, scratch,
