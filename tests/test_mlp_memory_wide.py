@@ -58,6 +58,7 @@ def _compare(
     dots=base.F32_DOTS,
     ratio=None,
 ):
+    D = base.D  # the harness's head dim at call time (a test may set another)
     arch = base._arch(residual, activation, layer_norm, hidden or 4 * D)
     ref_arch = base._arch(residual, activation, layer_norm, hidden or 4 * D).double()
     inputs = base._inputs(T, dtype, gates, bias)
@@ -158,6 +159,18 @@ def test_programs_per_head(monkeypatch, split, T, chunk_size):
     (:func:`~memnets.kernels.mlp_memory.config.wide_split`, checked below)."""
     monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", split)
     _compare(T, chunk_size, residual=True, layer_norm=True, checkpoint_every=3)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("bias", [None, HuberBias(mode="coord")])
+def test_head_dim_not_a_power_of_two(monkeypatch, split, bias):
+    """Head dim 12 (padded to 16 columns, as titans-760m's 96 to 128 and titans-mac-170m's 48 to 64)
+    with the residual and LayerNorm (hidden width 48), whose dγ, db come back per padded column and are cut to the head
+    dim (that cut once took the wrong axis: every LayerNorm backward at such head dims failed), over
+    1 and 3 programs per (sequence, head) of the 3 hidden blocks."""
+    monkeypatch.setattr(base, "D", 12)  # the harness's problem size (read at call time)
+    monkeypatch.setattr(mlp_memory.config, "WIDE_SPLIT", split)
+    _compare(37, 8, 16, bias=bias, residual=True, layer_norm=True, checkpoint_every=2)
 
 
 def test_split_default(monkeypatch):

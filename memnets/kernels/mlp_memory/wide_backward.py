@@ -428,7 +428,7 @@ def launch_wide_backward(
         )
         if key_ln is not None:  # the key path's and the reads' LayerNorm dγ, db of every chunk
             D = constants["D"]
-            parts = key_ln + reads.ln_parts.sum(1)[:, :D].reshape(B, H, 2, D)
+            parts = key_ln + reads.ln_parts.sum(1)[:, :, :D].reshape(B, H, 2, D)
             dln[0].copy_(parts[:, :, 0])
             dln[1].copy_(parts[:, :, 1])
         return d_state
