@@ -35,7 +35,10 @@ DOT_LATENCY_S = 0.1e-6  # one matmul of a program's dependent chain: issue to us
 # assumed before); per kernel of a compiled step, launched by inductor's wrapper without CUDA graphs
 # (memnets.compiled says why), its guards and Python call spread over its kernels: not measured; and
 # the host's cost of one Triton launch from Python (binding ~40 arguments; the split wide forward
-# launches once per chunk): assumed, not measured (scripts/ncu_wide_kernel.py times a forward call)
+# launches once per chunk): measured without a GPU on a 2-core box (scripts/bench_host_launches.py,
+# RESULTS §58), 45-90 µs through kernel[grid], about 9 µs through memnets.kernels.relaunch, which the
+# per-chunk launches take (a quarter of the wide kernels' launches still bind: per segment, per variant);
+# on a GPU host not measured, 10 µs kept
 LAUNCH_S = {"chunked": 20e-6, "compiled": 4e-6, "triton": 10e-6}
 COMPILED_FUSION = 3.0  # eager ops per kernel after torch.compile fuses a chunk step (a guess)
 L1_SPILL_BW = 200e9  # bytes/s per SM of local-memory traffic that stays in L1

@@ -310,6 +310,35 @@ def _spy(fn, calls):
     return wrapped
 
 
+def test_bench_host_launches_without_a_gpu(tmp_path):
+    """Triton's launch path at titans-760m's memory (7 chunks here), with no GPU: Relaunch changes which
+    launches take Triton's binding, not which run; one compiled variant per constexpr set (FIRST and
+    STORE for the split forward), whatever the chunk and segment indices. A subprocess: the kernels
+    must be Triton's JIT functions, not this process's interpreter's."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "host.json"
+    args = ["--T", "100", "--D", "96", "--C", "16", "--split", "2", "--repeats", "1", "--out", str(out)]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    script = str(ROOT / "scripts/bench_host_launches.py")
+    subprocess.run([sys.executable, script, *args], env=env, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    rows = {(r["pass"], r["relaunch"]): r for r in report["rows"]}
+    for p in ("fwd", "fwd+bwd"):
+        on, off = rows[p, True], rows[p, False]
+        assert on["per_kernel"] == off["per_kernel"] and on["launches"] == off["launches"]
+        assert off["triton_path"] == off["launches"] and on["triton_path"] < on["launches"]
+    assert rows["fwd", True]["per_kernel"] == {"_wide_split_kernel": 10, "_wide_split_read_kernel": 3}
+    assert report["meta"]["compiles"] == {
+        "_wide_split_kernel": 4,
+        "_wide_split_read_kernel": 1,
+        "_wide_read_backward_kernel": 1,
+        "_wide_split_backward_kernel": 2,
+        "_wide_split_backward_sums_kernel": 1,
+    }
+
+
 def test_bench_titans_kernels_targets_verdicts():
     """The issue's targets on GPU-like rows: >= 15% of bf16 peak at C = 64, >= 40% at C >= 256, faster
     than compiled chunked PyTorch at every chunk size."""

@@ -122,7 +122,11 @@ use more than 64 of the 132 SMs, weighed:
   next chunk's Z2, so one launch per chunk suffices; the reads' sums are finished by one parallel
   launch at the end. P comes from :func:`~.config.wide_split` (2 at titans-760m's 4 × 16 heads: 128
   programs, one wave). Static estimate at titans-760m: the forward 13.0 → 7.4 ms (benchmarks/RESULTS.md
-  §30), at an assumed 10 µs of host time per Triton launch. The backward's recompute (``STORE``) runs
+  §30), at an assumed 10 µs of host time per Triton launch. Measured without a GPU (§58), a launch
+  through ``kernel[grid]`` costs the host 45-90 µs with these kernels' 40-odd arguments, as much as
+  the chunk step it launches; the per-chunk launches therefore go through
+  :class:`~memnets.kernels.relaunch.Relaunch` (about 9 µs), and the segment and chunk indices are not
+  specialised on (``config.SEGMENT_INTS``), so one compiled variant serves them all. The backward's recompute (``STORE``) runs
   the same launches without the reads (benchmarks/RESULTS.md §55). **The backward's recurrence
   too**, once its reads left it (next item): :mod:`.wide_split_backward`, one launch per chunk, whose
   programs finish chunk c (dΔ's shares summed, the key LayerNorm's backward on whole rows, then their

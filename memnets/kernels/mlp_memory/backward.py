@@ -33,7 +33,7 @@ from .common import (
     tile_end_backward,
     tile_rows,
 )
-from .config import LaunchConfig, whole_state_meta
+from .config import SEGMENT_INTS, LaunchConfig, whole_state_meta
 from .end_map import ends_chunk, lq_grad_coef, lq_grad_dir, lq_map_backward, lq_scale, lq_scale_of
 from .forward import carried_rows, launch_forward, segments, spans
 from .simplex import launch_simplex_forward
@@ -45,7 +45,7 @@ from .wide_simplex_backward import launch_wide_simplex_backward
 from .wide_split import launch_wide
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state

@@ -27,6 +27,11 @@ NUM_WARPS = 4
 WIDE_NUM_WARPS: int | None = None
 # programs per (sequence, head) of the wide-state forward where set; None: wide_split
 WIDE_SPLIT: int | None = None
+# int arguments that change from one launch to the next over the same tensors (the checkpoint segment's
+# first chunk C0 and its chunks NC; the split kernels add the chunk): Triton would compile one more variant
+# for each value that is 1 or a multiple of 16: 30 variants of the wide kernels at titans-760m's shapes
+# fwd+bwd instead of 9 (scripts/bench_host_launches.py counts them), each compiled for seconds
+SEGMENT_INTS = ("C0", "NC")
 # the GPU the programs are counted against where there is none to ask (the interpreter): an H100's SMs
 TARGET_SMS = 132
 

@@ -24,14 +24,14 @@ from .common import (
     tile_end_state,
     tile_rows,
 )
-from .config import LaunchConfig, state_buffers, whole_state_meta
+from .config import SEGMENT_INTS, LaunchConfig, state_buffers, whole_state_meta
 from .end_map import ends_chunk, lq_scale, lq_scale_of, token_power_sums
 from .simplex import launch_simplex_forward
 from .wide_simplex import launch_wide_simplex_forward
 from .wide_split import launch_wide
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_init, w2_init, s1_init, s2_init,

@@ -44,6 +44,7 @@ from .common import (
     ln_params,
     read_ln_backward,
 )
+from .config import SEGMENT_INTS
 from .muon_forward import muon_coefficients_of
 from .newton_schulz import ns_poly, ns_scale, ns_tile, ns_tile_backward
 from .wide_blocks import chunk_rows, key_z2, w1_block, w2_block
@@ -57,7 +58,7 @@ def chunk_key_rows(x, cc, c0, R: tl.constexpr, W: tl.constexpr, BR: tl.constexpr
     return x + (cc * R + r[:, None]) * W + c[None, :], (r < R)[:, None] & (c < W)[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _muon_backward_kernel(
     q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef, dy,
     w1c, w2c, s1c, s2c, o1c, o2c,  # the segment's chunk-start states [B, H, NC, ...]

@@ -40,6 +40,7 @@ import triton.language as tl
 
 from ..precision import dot
 from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
+from .config import SEGMENT_INTS
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile
 from .wide_blocks import chunk_rows, key_z2, w1_block, w2_block
 
@@ -64,7 +65,7 @@ def muon_coefficients_of(beta, dc, lc, m_end, s_coef, cc, last, L: tl.constexpr,
     return b_beta, b_d, b_l, beta_last, d_last, l_last, b_m, b_s
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _muon_forward_kernel(
     q, k, v, ln_w, ln_b, beta, dc, lc, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, o1, o2, w1_anchor, w2_anchor,  # w1 .. o2: the state, updated in place

@@ -41,7 +41,7 @@ from .common import (
     tile_end_state,
     tile_rows,
 )
-from .config import LaunchConfig, state_buffers, whole_state_meta
+from .config import SEGMENT_INTS, LaunchConfig, state_buffers, whole_state_meta
 from .token_state import row_of, token_accumulators
 
 # warps per program: the token loop's work is elementwise on state-sized tiles (each token's two
@@ -112,7 +112,7 @@ def lag_weights(li, W1, W2, S1, S2, b_k, A, d1, dd, b_beta, b_f, b_G, m1, m2, sc
     return simplex(Al1, m1, scale), simplex(Al2, m2, scale), beta0, f0, g0
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _simplex_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_init, w2_init, s1_init, s2_init,

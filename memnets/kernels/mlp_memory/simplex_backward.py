@@ -30,12 +30,12 @@ from .common import (
     tile_end_backward,
     tile_rows,
 )
-from .config import LaunchConfig
+from .config import SEGMENT_INTS, LaunchConfig
 from .simplex import coefficient_rows, lag_weights, simplex, simplex_backward, simplex_meta, simplex_reads
 from .token_state import row_of, token_accumulators, token_accumulators_backward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _simplex_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # every tile's start state

@@ -50,6 +50,7 @@ from .common import (
     ln_params,
     read_ln_backward,
 )
+from .config import SEGMENT_INTS
 from .muon_backward import chunk_key_rows
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile_backward
 from .token_muon_forward import chunk_products, key_path_t, token_coefficients, token_directions, token_read
@@ -150,7 +151,7 @@ def _key_block(i, q, k, qrow, qvalid, krow, kvalid, s1c, dw1, ds1, sc1, base1,
     return o1_, m1, kT, qT, S1, dW1n, dS1n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _token_muon_backward_kernel(
     q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm, dy,
     w1c, w2c, s1c, s2c,  # the segment's chunk-start states [B, H, NC, ...]

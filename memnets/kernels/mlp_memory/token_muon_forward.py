@@ -38,6 +38,7 @@ import triton.language as tl
 
 from ..precision import dot
 from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
+from .config import SEGMENT_INTS
 from .newton_schulz import eye, ns_poly, ns_scale, ns_tile
 from .wide_blocks import chunk_rows, w1_block, w2_block
 
@@ -137,7 +138,7 @@ def key_path_t(Z1T, W2, b_kr, b_v, delta, gamma, shift, kmask, cmask, ln_eps, D:
     return AT, dd, dout, r, xk, rk, wdT, wdT * act_grad(Z1T, ACT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _token_muon_forward_kernel(
     q, k, v, ln_w, ln_b, beta, keep, lr, mom, qm,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place

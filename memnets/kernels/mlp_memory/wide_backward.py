@@ -27,7 +27,7 @@ from .common import (
     load_f32,
     store_ln_grads,
 )
-from .config import LaunchConfig, device_split
+from .config import SEGMENT_INTS, LaunchConfig, device_split
 from .end_map import lq_grad_coef, lq_grad_dir, lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, layer1_block, layer1_t, query_keys, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients, wide_meta
@@ -74,7 +74,7 @@ def weight_cotangent(
     return W, d_deltaT, d_xT, dg_last - d_coef, dbeta_last + inner(C, W)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states

@@ -151,7 +151,7 @@ from .common import (
     ln_params,
     ln_rows,
 )
-from .config import LaunchConfig, block, chunk_state_dtype, kernel_meta, wide_num_warps
+from .config import SEGMENT_INTS, LaunchConfig, block, chunk_state_dtype, kernel_meta, wide_num_warps
 from .end_map import lq_scale_of
 from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
 from .wide_maps import end_map_state, power_sums, token_powers
@@ -310,7 +310,7 @@ def update_block(
     return z2T, aa
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, updated in place

@@ -46,7 +46,7 @@ from .common import (
     load_f32,
     read_layer2_backward,
 )
-from .config import wide_num_warps
+from .config import SEGMENT_INTS, wide_num_warps
 from .wide_blocks import chunk_rows, key_z2, query_keys, w1_block, w2_block
 from .wide_forward import read_coefficients
 
@@ -187,7 +187,7 @@ def read_tiles(blocks, ch, BK: tl.constexpr, BL: tl.constexpr, BHB: tl.constexpr
     return base + tl.arange(0, BL)[None, :] * sw + hb, base + tl.arange(0, BK)[None, :] * sw + hb
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_read_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states (the STORE recompute's)

@@ -46,7 +46,7 @@ import triton.language as tl
 from ..optional import or_empty
 from ..precision import dot
 from .common import act, act_grad, key_cols_t, key_delta, ln_params, ln_rows
-from .config import LaunchConfig
+from .config import SEGMENT_INTS, LaunchConfig
 from .simplex import SIMPLEX_NUM_WARPS, simplex
 from .token_state import row_of
 from .wide_blocks import chunk_rows, token_layer1, token_layer2, w1_block, w2_block
@@ -240,7 +240,7 @@ def read_block(
     return top, total, num
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_simplex_forward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     y, w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state (logits, momenta), updated in place

@@ -43,7 +43,7 @@ from .common import (
     read_ln_backward,
     store_ln_grads,
 )
-from .config import LaunchConfig
+from .config import SEGMENT_INTS, LaunchConfig
 from .simplex import simplex, simplex_backward
 from .token_state import row_of
 from .wide_blocks import chunk_rows, token_layer1_shares, token_layer2_shares
@@ -160,7 +160,7 @@ def path_block(
     return o1, mk1, o2, mk2, W1, W2, S1, S2, Z1T, ET, s_d1T, s_dAT, dk_j, C1, C2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_simplex_backward_kernel(
     q, k, v, bp, ln_w, ln_b, dy, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states (logits, momenta)

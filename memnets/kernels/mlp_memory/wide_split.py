@@ -34,8 +34,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ..optional import or_empty
+from ..relaunch import Relaunch
 from .common import key_delta, ln_params, row_block
-from .config import LaunchConfig, device_split, split_constants, wide_num_warps
+from .config import SEGMENT_INTS, LaunchConfig, device_split, split_constants, wide_num_warps
 from .wide_blocks import chunk_rows, key_z2, query_keys
 from .wide_forward import (
     chunk_states,
@@ -69,7 +70,7 @@ def _key_share(
     tl.store(z2_parts + at + rows[:, None] * BD + cols[None, :], share)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=(*SEGMENT_INTS, "c"))
 def _wide_split_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1, w2, s1, s2, w1_anchor, w2_anchor,  # w1 .. s2: the state, each program's blocks updated in place
@@ -156,7 +157,7 @@ def _wide_split_kernel(
             )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_split_read_kernel(
     ln_w, ln_b, beta, G, y, dd_chunks, z2r_parts, aa_parts, T, C0, NC, NCT, ln_eps,
     H: tl.constexpr, D: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
@@ -211,8 +212,9 @@ def launch_wide_split_forward(
     chunks = chunk_states(state, store, nc, constants["DOT"])
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
     warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_kernel")}
+    launch = Relaunch(_wide_split_kernel, (B * H, split))  # one launch per chunk: Triton's binding once
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
-        _wide_split_kernel[(B * H, split)](
+        launch(
             q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads, *chunks,
             T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **warps,
             HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0, STORE=store,

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..dual_form import inner, update_backward_t
 from ..precision import dot
+from ..relaunch import Relaunch
 from .common import (
     act,
     act_grad,
@@ -49,7 +50,7 @@ from .common import (
     load_f32,
     row_block,
 )
-from .config import split_constants, wide_num_warps
+from .config import SEGMENT_INTS, split_constants, wide_num_warps
 from .wide_blocks import chunk_rows, layer1_t, w1_block, w2_block
 from .wide_forward import read_coefficients, update_coefficients
 from .wide_reads import ReadTerms, read_tiles
@@ -334,7 +335,7 @@ def key_backward(
         tl.store(sums + at + 2, dm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=(*SEGMENT_INTS, "n"))
 def _wide_split_backward_kernel(
     q, k, v, bp, ln_w, ln_b, beta, f, G, m_end, s_coef,  # inputs, coefficients
     w1_chunks, w2_chunks, s1_chunks, s2_chunks,  # the chunks' start states
@@ -377,7 +378,7 @@ def _wide_split_backward_kernel(
         )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_INTS)
 def _wide_split_backward_sums_kernel(
     q, dk, dbeta, df, dG, dm_end, ds_coef, sums, dk_parts, rd_rows, T, P0, C0, NC, NCT,
     H: tl.constexpr, DI: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, P: tl.constexpr,
@@ -471,8 +472,9 @@ def launch_wide_split_backward(
     _, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     sizes = split_constants(split, NB)
     warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_backward_kernel")}
+    launch = Relaunch(_wide_split_backward_kernel, (B * H, split))  # per chunk: Triton's binding once
     for n in range(-1, nc):  # n = -1: pass 3 of the last chunk
-        _wide_split_backward_kernel[(B * H, split)](
+        launch(
             q, k, v, bp, ln_w, ln_b, *coef, *chunks, *anchor_cot, dv, dbp, *d_state, scratch,
             reads.blocks, reads.rows, *shares, key_ln, T, k.shape[1] - T, c0, max(n, 0), nc,
             coef[0].shape[2], *scalars, **warps, HAS_MOM=has_mom, **sizes, FIRST=n < 0,

@@ -1,0 +1,226 @@
+"""Host time of the Titans memory kernels' launches: how long the Python side takes per call (forward,
+forward + backward) at titans-760m's memory shapes, and how much of it is Triton's per-launch binding,
+with :class:`memnets.kernels.relaunch.Relaunch` on (what the kernels run) and off (every launch through
+``kernel[grid]``), in one run. Prints a table and writes JSON.
+
+Without a GPU (the default off CUDA) Triton's driver is replaced by one that names an sm_90 device and
+compiled kernels by ones that do nothing: Triton's binding, specialisation, cache lookup and launch
+metadata run as on a GPU, the kernels do not, and nothing is compiled (the table counts the variants
+Triton would compile). The tensors are on the CPU, so the PyTorch work around the kernels computes
+for real (one sequence and head keep it small; its cost per launch on a GPU is similar). On CUDA the
+kernels run: ``host_ms`` is the time until the call returns (launches queued), ``total_ms`` until the
+GPU is done; host-bound when the two are close.
+
+    python scripts/bench_host_launches.py --out host_launches.json            # no GPU
+    python scripts/bench_host_launches.py --device cuda --B 4 --H 16          # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "scripts"):  # memnets beside this script, uninstalled; the benchmark's inputs
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from bench_titans_kernels import memory_step  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import CompiledKernel  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from memnets.kernels import relaunch  # noqa: E402
+from memnets.kernels.mlp_memory import config as mlp_config  # noqa: E402
+from memnets.memory import MemoryMLP  # noqa: E402
+from memnets.memory.kernel_bridge import titans_mlp_chunked  # noqa: E402
+
+
+class _Driver:
+    """An sm_90 device that is never launched on."""
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return GPUTarget("cuda", 90, 32)
+
+
+class _NoLaunch(CompiledKernel):
+    """A compiled kernel with no binary, whose launcher does nothing."""
+
+    def __init__(self, name: str) -> None:  # not CompiledKernel's own, which loads a binary
+        self.src, self.module, self.name, self.metadata = None, None, name, None
+        self.function, self.packed_metadata = None, None
+
+    def _init_handles(self) -> None:
+        pass
+
+    def run(self, *args) -> None:
+        pass
+
+
+class Counts:
+    """Launches per kernel, those through Triton's path (``kernel[grid]``), and compiles (no GPU)."""
+
+    def __init__(self, compiles: Counter) -> None:
+        self.launches, self.triton, self.compiles = Counter(), Counter(), compiles
+        self.seconds = 0.0  # in the launches (Relaunch's calls, the other kernel[grid] calls)
+        self.inside = threading.local()  # in a Relaunch call: its Triton-path launch is not another
+
+
+@contextlib.contextmanager
+def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
+    jit_run, relaunch_call, do_compile = JITFunction.run, relaunch.Relaunch.__call__, JITFunction._do_compile
+    active = driver._active
+
+    def run(self, *args, **kwargs):
+        counts.triton[self.__name__] += 1
+        if getattr(counts.inside, "on", False):
+            return jit_run(self, *args, **kwargs)
+        counts.launches[self.__name__] += 1
+        start = time.perf_counter()
+        try:
+            return jit_run(self, *args, **kwargs)
+        finally:
+            counts.seconds += time.perf_counter() - start
+
+    def call(self, *args, **kwargs):
+        counts.launches[self.kernel.__name__] += 1
+        counts.inside.on = True
+        start = time.perf_counter()
+        try:
+            if use_relaunch:
+                return relaunch_call(self, *args, **kwargs)
+            return self.kernel[self.grid](*args, **kwargs)
+        finally:
+            counts.seconds += time.perf_counter() - start
+            counts.inside.on = False
+
+    def compile_(self, key, signature, device, constexprs, options, attrs, warmup):
+        counts.compiles[self.__name__] += 1
+        kernel = self.device_caches[device][0][key] = _NoLaunch(self.__name__)
+        return kernel
+
+    JITFunction.run, relaunch.Relaunch.__call__ = run, call
+    if fake:
+        driver.set_active(_Driver())
+        JITFunction._do_compile = compile_
+    try:
+        yield
+    finally:
+        JITFunction.run, relaunch.Relaunch.__call__, JITFunction._do_compile = (
+            jit_run,
+            relaunch_call,
+            do_compile,
+        )
+        driver._active = active
+
+
+def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
+    step()  # compiles, then the counted calls
+    counts.launches.clear()
+    counts.triton.clear()
+    counts.seconds = 0.0
+    host = total = 0.0
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        host += time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        total += time.perf_counter() - start
+    launches = sum(counts.launches.values()) / repeats
+    return {
+        "host_ms": 1e3 * host / repeats,
+        "total_ms": 1e3 * total / repeats if device.type == "cuda" else None,
+        "launches": launches,
+        "triton_path": sum(counts.triton.values()) / repeats,
+        "launch_ms": 1e3 * counts.seconds / repeats,
+        "launch_us": 1e6 * counts.seconds / repeats / launches,
+        "per_kernel": {k: v // repeats for k, v in counts.launches.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else no GPU), cpu, cuda")
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--H", type=int, default=1)
+    p.add_argument("--T", type=int, default=4096)
+    p.add_argument("--D", type=int, default=96, help="head dim (titans-760m's)")
+    p.add_argument("--expansion", type=float, default=4.0)
+    p.add_argument("--C", type=int, default=16, help="chunk size")
+    p.add_argument(
+        "--split",
+        type=int,
+        default=2,
+        help="programs per (sequence, head): titans-760m's on an H100 by default",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="bench_host_launches.json")
+    a = p.parse_args(argv)
+    name = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
+    device = torch.device("cpu" if name == "auto" else name)
+    fake = device.type != "cuda"
+    if fake and os.environ.get("TRITON_INTERPRET") == "1":
+        p.error("runs Triton's launch path: unset TRITON_INTERPRET")
+    mlp_config.WIDE_SPLIT = a.split
+    torch.manual_seed(0)
+    arch = MemoryMLP(a.H, a.D, expansion=a.expansion, residual=True, layer_norm=True).to(device)
+    rows, compiles = [], Counter()  # variants compiled over the whole run (Triton's cache is shared)
+    for backward in (False, True):
+        for use_relaunch in (True, False):
+            counts = Counts(compiles)
+            with counting(counts, fake, use_relaunch):
+                step, _ = memory_step(
+                    titans_mlp_chunked, arch, a.B, a.T, a.C, torch.bfloat16, device, backward
+                )
+                row = measure(step, device, a.repeats, counts)
+            rows.append({"pass": "fwd+bwd" if backward else "fwd", "relaunch": use_relaunch, **row})
+    meta = {
+        "device": torch.cuda.get_device_name(device)
+        if not fake
+        else "none (Triton's launch path, no kernels)",
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "shape": {k: getattr(a, k) for k in ("B", "H", "T", "D", "expansion", "C", "split")},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"host time per call, {meta['device']}, {meta['shape']}")
+    print(
+        "| pass | Relaunch | host ms | of which launching | total ms | launches | via kernel[grid] | µs / launch |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        total = "-" if r["total_ms"] is None else f"{r['total_ms']:.1f}"
+        print(
+            f"| {r['pass']} | {'on' if r['relaunch'] else 'off'} | {r['host_ms']:.1f} | {r['launch_ms']:.1f} | "
+            f"{total} | {r['launches']:.0f} | {r['triton_path']:.0f} | {r['launch_us']:.1f} |"
+        )
+    if fake:
+        print("variants compiled per kernel (fwd and fwd+bwd):", dict(compiles))
+    meta["compiles"] = dict(compiles) if fake else None
+    Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {a.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

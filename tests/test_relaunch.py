@@ -1,0 +1,104 @@
+"""memnets.kernels.relaunch: repeated launches reach Triton's launcher with exactly the arguments
+Triton's own launch passes, and go back through Triton's path whenever the specialisation could
+differ. No GPU here, so Triton's driver is replaced by one that names an sm_90 device, and the
+compiled kernel by one that records what its launcher receives; the binding, specialisation and
+cache lookup that run are Triton's own. (Under the interpreter, which the kernel tests use, every
+launch takes Triton's path: those tests cover the results.)"""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import CompiledKernel  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from memnets.kernels.relaunch import Relaunch  # noqa: E402
+
+
+def _kernel(x, y, n, c, BLOCK: triton.language.constexpr):  # the source only: never compiled here
+    pass
+
+
+class _Driver:
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 7
+
+    def get_current_target(self) -> GPUTarget:
+        return GPUTarget("cuda", 90, 32)
+
+
+class _Compiled(CompiledKernel):
+    """A compiled kernel that records its launcher's arguments instead of launching."""
+
+    def __init__(self, calls: list) -> None:  # not CompiledKernel's own, which loads a binary
+        self.calls, self.function, self.packed_metadata = calls, "function", "metadata"
+        self.src, self.module, self.name, self.metadata = None, None, "_kernel", None
+
+    def _init_handles(self) -> None:
+        pass
+
+    def run(self, *args) -> None:
+        self.calls.append(args)
+
+
+def _plain(calls: list) -> list:
+    """The launcher's arguments with the launch metadata (a fresh lazy dict per launch) as its dict."""
+    return [(*call[:6], call[6] and call[6].get(), *call[7:]) for call in calls]
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """``_kernel`` as a JIT function (``c`` unspecialised) on the fake driver; ``.calls`` records what
+    the launcher got, ``.jit`` counts launches through Triton's path, ``.compiles`` its compiles."""
+    monkeypatch.setattr(driver, "_active", _Driver())
+    fn = JITFunction(_kernel, do_not_specialize=["c"])
+    fn.calls, fn.jit, fn.compiles = [], [], []
+
+    def compile_(key, signature, device, constexprs, options, attrs, warmup):
+        fn.compiles.append(key)
+        compiled = fn.device_caches[device][0][key] = _Compiled(fn.calls)
+        return compiled
+
+    run = fn.run
+    monkeypatch.setattr(fn, "_do_compile", compile_)
+    monkeypatch.setattr(fn, "run", lambda *a, **k: fn.jit.append(1) or run(*a, **k))
+    return fn
+
+
+def test_repeated_launches_pass_what_triton_passes(kernel):
+    x, y = torch.zeros(64), torch.zeros(64)
+    launch = Relaunch(kernel, (4, 2))
+    for c in range(20):  # 0, 1 and 16 would each be a variant of their own if c were specialised
+        launch(x, y, 3, c, BLOCK=64, num_warps=8)
+    assert len(kernel.jit) == 1 and len(kernel.compiles) == 1
+    direct = list(kernel.calls)
+    kernel.calls.clear()
+    for c in range(20):  # Triton's own launches, for comparison
+        kernel[(4, 2)](x, y, 3, c, BLOCK=64, num_warps=8)
+    assert len(kernel.compiles) == 1
+    assert _plain(direct) == _plain(kernel.calls)
+    assert [call[-2] for call in direct] == list(range(20))  # c reaches the launcher, BLOCK after it
+    assert direct[0][:4] == (4, 2, 1, 7)  # the grid (padded to 3-D) and the current stream
+
+
+def test_anything_else_goes_back_through_triton(kernel):
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    launch = Relaunch(kernel, (4,))
+    launch(x, y, 3, 0, BLOCK=64)
+    launch(x, y, 3, 1, BLOCK=64)
+    assert len(kernel.jit) == 1
+    launch(x, z, 3, 2, BLOCK=64)  # another tensor (its alignment could differ)
+    assert len(kernel.jit) == 2
+    launch(x, z, 16, 3, BLOCK=64)  # a specialised int: 16 is a variant of its own
+    assert len(kernel.jit) == 3 and len(kernel.compiles) == 2
+    launch(x, z, 16, 4, BLOCK=32)  # another constexpr: another variant, launched by Triton
+    launch(x, z, 16, 5, BLOCK=32)
+    assert len(kernel.jit) == 4 and len(kernel.compiles) == 3
+    launch(x, z, 16, 6, BLOCK=64)  # the first keywords again: their variant's last arguments
+    launch(x, z, 16, 7, BLOCK=64)
+    assert len(kernel.jit) == 4 and [call[-2] for call in kernel.calls] == list(range(8))
