@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import timeit
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,8 @@ from memnets.kernels import relaunch  # noqa: E402
 from memnets.kernels.mlp_memory import config as mlp_config  # noqa: E402
 from memnets.memory import MemoryMLP  # noqa: E402
 from memnets.memory.kernel_bridge import titans_mlp_chunked  # noqa: E402
+
+JIT_RUN, RELAUNCH_CALL = JITFunction.run, relaunch.Relaunch.__call__  # before counting() wraps them
 
 
 class _Driver:
@@ -80,6 +83,8 @@ class Counts:
     def __init__(self, compiles: Counter) -> None:
         self.launches, self.triton, self.compiles = Counter(), Counter(), compiles
         self.seconds = 0.0  # in the launches (Relaunch's calls, the other kernel[grid] calls)
+        self.direct, self.direct_seconds = 0, 0.0  # the Relaunch calls that took no kernel[grid]
+        self.sample: tuple | None = None  # a Relaunch that launched directly, and its arguments
         self.inside = threading.local()  # in a Relaunch call: its Triton-path launch is not another
 
 
@@ -99,16 +104,22 @@ def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
         finally:
             counts.seconds += time.perf_counter() - start
 
-    def call(self, *args, **kwargs):
+    def call(self, *args):
         counts.launches[self.kernel.__name__] += 1
         counts.inside.on = True
+        before = counts.triton.total()
         start = time.perf_counter()
         try:
             if use_relaunch:
-                return relaunch_call(self, *args, **kwargs)
-            return self.kernel[self.grid](*args, **kwargs)
+                return relaunch_call(self, *args)
+            return self.kernel[self.grid](*args, **self.kwargs)
         finally:
-            counts.seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            counts.seconds += seconds
+            if counts.triton.total() == before:
+                counts.direct += 1
+                counts.direct_seconds += seconds
+                counts.sample = (self, args)
             counts.inside.on = False
 
     def compile_(self, key, signature, device, constexprs, options, attrs, warmup):
@@ -135,7 +146,7 @@ def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
     step()  # compiles, then the counted calls
     counts.launches.clear()
     counts.triton.clear()
-    counts.seconds = 0.0
+    counts.seconds, counts.direct, counts.direct_seconds = 0.0, 0, 0.0
     host = total = 0.0
     for _ in range(repeats):
         if device.type == "cuda":
@@ -147,14 +158,38 @@ def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
             torch.cuda.synchronize(device)
         total += time.perf_counter() - start
     launches = sum(counts.launches.values()) / repeats
+    triton = sum(counts.triton.values())
     return {
         "host_ms": 1e3 * host / repeats,
         "total_ms": 1e3 * total / repeats if device.type == "cuda" else None,
         "launches": launches,
-        "triton_path": sum(counts.triton.values()) / repeats,
+        "triton_path": triton / repeats,
         "launch_ms": 1e3 * counts.seconds / repeats,
         "launch_us": 1e6 * counts.seconds / repeats / launches,
+        # per launch through kernel[grid] and per direct one
+        "triton_us": 1e6 * (counts.seconds - counts.direct_seconds) / max(triton, 1),
+        "direct_us": 1e6 * counts.direct_seconds / counts.direct if counts.direct else None,
         "per_kernel": {k: v // repeats for k, v in counts.launches.items()},
+    }
+
+
+def isolated(sample: tuple, number: int = 200) -> dict[str, float]:
+    """µs per launch of one of the split kernels' launches alone (``timeit``, Triton's and Relaunch's own
+    functions, not the counting wrappers): Relaunch's direct call, its argument check, and the same
+    launch through ``kernel[grid]``. On CUDA the launches run (fewer than the launch queue holds)."""
+    launch, args = sample
+
+    def per_launch(fn) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return 1e6 * timeit.timeit(fn, number=number) / number
+
+    return {
+        "direct": per_launch(lambda: RELAUNCH_CALL(launch, *args)),
+        "check": per_launch(lambda: launch._same(args)),
+        "kernel_grid": per_launch(
+            lambda: JIT_RUN(launch.kernel, *args, grid=launch.grid, warmup=False, **launch.kwargs)
+        ),
     }
 
 
@@ -184,7 +219,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mlp_config.WIDE_SPLIT = a.split
     torch.manual_seed(0)
     arch = MemoryMLP(a.H, a.D, expansion=a.expansion, residual=True, layer_norm=True).to(device)
-    rows, compiles = [], Counter()  # variants compiled over the whole run (Triton's cache is shared)
+    rows, compiles, single = (
+        [],
+        Counter(),
+        {},
+    )  # variants compiled over the whole run (Triton's cache is shared)
     for backward in (False, True):
         for use_relaunch in (True, False):
             counts = Counts(compiles)
@@ -193,6 +232,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     titans_mlp_chunked, arch, a.B, a.T, a.C, torch.bfloat16, device, backward
                 )
                 row = measure(step, device, a.repeats, counts)
+                if counts.sample is not None and not single:
+                    single = isolated(counts.sample)
             rows.append({"pass": "fwd+bwd" if backward else "fwd", "relaunch": use_relaunch, **row})
     meta = {
         "device": torch.cuda.get_device_name(device)
@@ -205,18 +246,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     print(f"host time per call, {meta['device']}, {meta['shape']}")
     print(
-        "| pass | Relaunch | host ms | of which launching | total ms | launches | via kernel[grid] | µs / launch |"
+        "| pass | Relaunch | host ms | of which launching | total ms | launches | via kernel[grid] | µs each "
+        "| µs direct |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         total = "-" if r["total_ms"] is None else f"{r['total_ms']:.1f}"
         print(
             f"| {r['pass']} | {'on' if r['relaunch'] else 'off'} | {r['host_ms']:.1f} | {r['launch_ms']:.1f} | "
-            f"{total} | {r['launches']:.0f} | {r['triton_path']:.0f} | {r['launch_us']:.1f} |"
+            f"{total} | {r['launches']:.0f} | {r['triton_path']:.0f} | {r['triton_us']:.1f} | "
+            f"{'-' if r['direct_us'] is None else format(r['direct_us'], '.1f')} |"
         )
     if fake:
         print("variants compiled per kernel (fwd and fwd+bwd):", dict(compiles))
     meta["compiles"] = dict(compiles) if fake else None
+    meta["one_launch_us"] = single
+    if single:
+        print(
+            f"one split-kernel launch alone: {single['direct']:.1f} µs direct (of which the argument check "
+            f"{single['check']:.1f}), {single['kernel_grid']:.1f} µs through kernel[grid]"
+        )
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {a.out}")
     return rows

@@ -72,9 +72,9 @@ def kernel(monkeypatch):
 
 def test_repeated_launches_pass_what_triton_passes(kernel):
     x, y = torch.zeros(64), torch.zeros(64)
-    launch = Relaunch(kernel, (4, 2))
+    launch = Relaunch(kernel, (4, 2), BLOCK=64, num_warps=8)
     for c in range(20):  # 0, 1 and 16 would each be a variant of their own if c were specialised
-        launch(x, y, 3, c, BLOCK=64, num_warps=8)
+        launch(x, y, 3, c)
     assert len(kernel.jit) == 1 and len(kernel.compiles) == 1
     direct = list(kernel.calls)
     kernel.calls.clear()
@@ -88,17 +88,16 @@ def test_repeated_launches_pass_what_triton_passes(kernel):
 
 def test_anything_else_goes_back_through_triton(kernel):
     x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
-    launch = Relaunch(kernel, (4,))
-    launch(x, y, 3, 0, BLOCK=64)
-    launch(x, y, 3, 1, BLOCK=64)
+    launch = Relaunch(kernel, (4,), BLOCK=64)
+    launch(x, y, 3, 0)
+    launch(x, y, 3, 1)
     assert len(kernel.jit) == 1
-    launch(x, z, 3, 2, BLOCK=64)  # another tensor (its alignment could differ)
-    assert len(kernel.jit) == 2
-    launch(x, z, 16, 3, BLOCK=64)  # a specialised int: 16 is a variant of its own
+    launch(x, z, 3, 2)  # another tensor (its alignment could differ)
+    assert len(kernel.jit) == 2 and len(kernel.compiles) == 1
+    launch(x, z, 16, 3)  # a specialised int: 16 is a variant of its own
     assert len(kernel.jit) == 3 and len(kernel.compiles) == 2
-    launch(x, z, 16, 4, BLOCK=32)  # another constexpr: another variant, launched by Triton
-    launch(x, z, 16, 5, BLOCK=32)
-    assert len(kernel.jit) == 4 and len(kernel.compiles) == 3
-    launch(x, z, 16, 6, BLOCK=64)  # the first keywords again: their variant's last arguments
-    launch(x, z, 16, 7, BLOCK=64)
-    assert len(kernel.jit) == 4 and [call[-2] for call in kernel.calls] == list(range(8))
+    launch(x, z, 16, 4)  # the arguments of the last launch through Triton, but c
+    launch(x, z, 16.0, 5)  # a float where an int was: Triton's path
+    assert len(kernel.jit) == 4
+    launch(x, z, 16, 6)
+    assert len(kernel.jit) == 5 and [call[-2] for call in kernel.calls] == list(range(7))

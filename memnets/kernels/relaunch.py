@@ -7,15 +7,15 @@ one launch per chunk pays hundreds of times per layer (benchmarks/RESULTS.md §5
 pays it once per compiled variant: it launches the compiled kernel directly while the arguments are
 those of that variant's first launch, except ints the kernel does not specialise on
 (``do_not_specialize``, e.g. the chunk index). Any other change (another tensor, another value of a
-specialised int, constexpr or launch option) goes through Triton's own path again, so a launch never
+specialised int) goes through Triton's own path again, so a launch never
 runs a variant compiled for other arguments. Under the interpreter there is no compiled kernel, and
 every launch goes through Triton's path.
 
 Example::
 
-    launch = Relaunch(_kernel, (B * H, split))
-    for c in range(chunks):  # c: in the kernel's do_not_specialize
-        launch(x, y, c, BLOCK=64, num_warps=8)
+    first, later = (Relaunch(_kernel, (B * H, split), BLOCK=64, FIRST=f, num_warps=8) for f in (True, False))
+    for c in range(-1, chunks):  # c: in the kernel's do_not_specialize
+        (first if c < 0 else later)(x, y, max(c, 0))
 """
 
 from __future__ import annotations
@@ -28,35 +28,36 @@ from triton.compiler import CompiledKernel
 
 
 class Relaunch:
-    """Launches of ``kernel`` (a ``@triton.jit`` function) over ``grid``; call it as the kernel's
-    ``kernel[grid]``, with the kernel's leading parameters positional and the rest (constexprs) and
-    the launch options (``num_warps``, ...) as keywords."""
+    """Launches of ``kernel`` (a ``@triton.jit`` function) over ``grid`` with the keywords ``kwargs``
+    (its trailing parameters, the constexprs, and the launch options such as ``num_warps``): one
+    compiled variant. Call it with the leading parameters, positional."""
 
-    def __init__(self, kernel: Any, grid: tuple[int, ...]) -> None:
+    def __init__(self, kernel: Any, grid: tuple[int, ...], **kwargs: Any) -> None:
         # three dimensions: the compiled kernel's launcher reads all three (Triton's path pads them)
-        self.kernel, self.grid = kernel, (*grid, 1, 1)[:3]
+        self.kernel, self.grid, self.kwargs = kernel, (*grid, 1, 1)[:3], kwargs
         params = getattr(kernel, "params", [])  # none under the interpreter
         self.names = [p.name for p in params]
         self.free = {i for i, p in enumerate(params) if p.do_not_specialize}
-        # per keyword set (constexprs and options, which pick the variant): the first launch's
-        # positional arguments, the compiled kernel's launcher and the keywords in parameter order
-        self.variants: dict[tuple, tuple[tuple, Any, list]] = {}
+        # after a launch through Triton: its positional arguments, the compiled kernel's launcher and
+        # the keywords' values in parameter order
+        self.first: tuple = ()
+        self.runner: Any = None
+        self.tail: list = []
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        key = tuple(kwargs.items())
-        variant = self.variants.get(key)
-        if variant is not None and self._same(variant[0], args):
-            variant[1](*args, *variant[2])
+    def __call__(self, *args: Any) -> None:
+        if self.runner is not None and self._same(args):
+            self.runner(*args, *self.tail)
             return
-        compiled = self.kernel[self.grid](*args, **kwargs)
+        compiled = self.kernel[self.grid](*args, **self.kwargs)
         rest = self.names[len(args) :]
-        if isinstance(compiled, CompiledKernel) and all(n in kwargs for n in rest):
+        if isinstance(compiled, CompiledKernel) and all(n in self.kwargs for n in rest):
             # what Triton's own launch passes: every parameter's value in order, constexprs included
-            self.variants[key] = (args, compiled[self.grid], [kwargs[n] for n in rest])
+            self.first, self.runner, self.tail = args, compiled[self.grid], [self.kwargs[n] for n in rest]
 
-    def _same(self, first: tuple, args: tuple) -> bool:
-        """Whether ``args`` specialise as ``first`` did: the same tensors (by identity) and equal
-        scalars of the same type, but for the unspecialised ints, which may take any value."""
+    def _same(self, args: tuple) -> bool:
+        """Whether ``args`` specialise as the first launch's did: the same tensors (by identity) and
+        equal scalars of the same type, but for the unspecialised ints, which may take any value."""
+        first = self.first
         if len(args) != len(first):
             return False
         # the identity test in C over all of them (most are), Python only for those that differ

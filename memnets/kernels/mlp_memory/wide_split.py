@@ -211,13 +211,14 @@ def launch_wide_split_forward(
     reads = tuple(new(B * H, nc, split, *shape) if not store else new(0) for shape in ((BD, BL), (BL, BK)))
     chunks = chunk_states(state, store, nc, constants["DOT"])
     bp, ln_w, ln_b = or_empty(new(0), bp, ln_w, ln_b)
-    warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_kernel")}
-    launch = Relaunch(_wide_split_kernel, (B * H, split))  # one launch per chunk: Triton's binding once
+    kw = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_kernel"), "HAS_MOM": has_mom}
+    kw |= {**split_constants(split, constants["NB"]), "STORE": store}
+    # one launch per chunk: Triton's binding once per variant
+    first, later = (Relaunch(_wide_split_kernel, (B * H, split), **kw, FIRST=f) for f in (True, False))
     for c in range(-1, nc):  # c = -1: chunk c0's first shares
-        launch(
+        (first if c < 0 else later)(
             q, k, v, bp, ln_w, ln_b, *coef, *final, *anchor, *shares, *reads, *chunks,
-            T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars, **warps,
-            HAS_MOM=has_mom, **split_constants(split, constants["NB"]), FIRST=c < 0, STORE=store,
+            T, k.shape[1] - T, c0, max(c, 0), nc, coef[0].shape[2], *scalars,
         )  # fmt: skip
     if not store:
         _wide_split_read_kernel[(B * H, nc)](

@@ -471,13 +471,16 @@ def launch_wide_split_backward(
     bp, ln_w, ln_b = (empty if t is None else t for t in (bp, ln_w, ln_b))
     _, dk, dv, dbp, dbeta, df, dG, dm_end, ds_coef = grads
     sizes = split_constants(split, NB)
-    warps = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_backward_kernel")}
-    launch = Relaunch(_wide_split_backward_kernel, (B * H, split))  # per chunk: Triton's binding once
+    kw = {**constants, "num_warps": wide_num_warps(BD, "_wide_split_backward_kernel"), "HAS_MOM": has_mom}
+    # one launch per chunk: Triton's binding once per variant
+    first, later = (
+        Relaunch(_wide_split_backward_kernel, (B * H, split), **kw, **sizes, FIRST=f) for f in (True, False)
+    )
     for n in range(-1, nc):  # n = -1: pass 3 of the last chunk
-        launch(
+        (first if n < 0 else later)(
             q, k, v, bp, ln_w, ln_b, *coef, *chunks, *anchor_cot, dv, dbp, *d_state, scratch,
             reads.blocks, reads.rows, *shares, key_ln, T, k.shape[1] - T, c0, max(n, 0), nc,
-            coef[0].shape[2], *scalars, **warps, HAS_MOM=has_mom, **sizes, FIRST=n < 0,
+            coef[0].shape[2], *scalars,
         )  # fmt: skip
     _wide_split_backward_sums_kernel[(B * H, nc)](
         q, dk, dbeta, df, dG, dm_end, ds_coef, shares[1], shares[2], reads.rows, T, k.shape[1] - T, c0, nc,
