@@ -159,7 +159,7 @@ def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
         total += time.perf_counter() - start
     launches = sum(counts.launches.values()) / repeats
     triton = sum(counts.triton.values())
-    return {
+    row = {
         "host_ms": 1e3 * host / repeats,
         "total_ms": 1e3 * total / repeats if device.type == "cuda" else None,
         "launches": launches,
@@ -170,6 +170,16 @@ def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
         "triton_us": 1e6 * (counts.seconds - counts.direct_seconds) / max(triton, 1),
         "direct_us": 1e6 * counts.direct_seconds / counts.direct if counts.direct else None,
         "per_kernel": {k: v // repeats for k, v in counts.launches.items()},
+    }
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    # PyTorch's work around the kernels: ATen ops called from Python (not from inside another ATen op)
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    outer = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return {
+        **row,
+        "aten_ops": len(outer),
+        "aten_ops_by_name": dict(Counter(e.name for e in outer).most_common(8)),
     }
 
 
@@ -247,15 +257,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"host time per call, {meta['device']}, {meta['shape']}")
     print(
         "| pass | Relaunch | host ms | of which launching | total ms | launches | via kernel[grid] | µs each "
-        "| µs direct |"
+        "| µs direct | ATen ops |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         total = "-" if r["total_ms"] is None else f"{r['total_ms']:.1f}"
         print(
             f"| {r['pass']} | {'on' if r['relaunch'] else 'off'} | {r['host_ms']:.1f} | {r['launch_ms']:.1f} | "
             f"{total} | {r['launches']:.0f} | {r['triton_path']:.0f} | {r['triton_us']:.1f} | "
-            f"{'-' if r['direct_us'] is None else format(r['direct_us'], '.1f')} |"
+            f"{'-' if r['direct_us'] is None else format(r['direct_us'], '.1f')} | {r['aten_ops']} |"
         )
     if fake:
         print("variants compiled per kernel (fwd and fwd+bwd):", dict(compiles))

@@ -7,9 +7,9 @@ one launch per chunk pays hundreds of times per layer (benchmarks/RESULTS.md §5
 pays it once per compiled variant: it launches the compiled kernel directly while the arguments are
 those of that variant's first launch, except ints the kernel does not specialise on
 (``do_not_specialize``, e.g. the chunk index). Any other change (another tensor, another value of a
-specialised int) goes through Triton's own path again, so a launch never
-runs a variant compiled for other arguments. Under the interpreter there is no compiled kernel, and
-every launch goes through Triton's path.
+specialised int) goes through Triton's own path again, so a launch never runs a variant compiled for
+other arguments. The keywords are fixed per object: one object per compiled variant. Under the
+interpreter there is no compiled kernel, and every launch goes through Triton's path.
 
 Example::
 
