@@ -37,44 +37,15 @@ for path in (ROOT, ROOT / "scripts"):  # memnets beside this script, uninstalled
         sys.path.insert(0, str(path))
 
 from bench_titans_kernels import memory_step  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import CompiledKernel  # noqa: E402
-from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from benchmarks.no_gpu_launch import no_gpu  # noqa: E402
 from memnets.kernels import relaunch  # noqa: E402
 from memnets.kernels.mlp_memory import config as mlp_config  # noqa: E402
 from memnets.memory import MemoryMLP  # noqa: E402
 from memnets.memory.kernel_bridge import titans_mlp_chunked  # noqa: E402
 
 JIT_RUN, RELAUNCH_CALL = JITFunction.run, relaunch.Relaunch.__call__  # before counting() wraps them
-
-
-class _Driver:
-    """An sm_90 device that is never launched on."""
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int | None = None) -> int:
-        return 0
-
-    def get_current_target(self) -> GPUTarget:
-        return GPUTarget("cuda", 90, 32)
-
-
-class _NoLaunch(CompiledKernel):
-    """A compiled kernel with no binary, whose launcher does nothing."""
-
-    def __init__(self, name: str) -> None:  # not CompiledKernel's own, which loads a binary
-        self.src, self.module, self.name, self.metadata = None, None, name, None
-        self.function, self.packed_metadata = None, None
-
-    def _init_handles(self) -> None:
-        pass
-
-    def run(self, *args) -> None:
-        pass
 
 
 class Counts:
@@ -90,8 +61,7 @@ class Counts:
 
 @contextlib.contextmanager
 def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
-    jit_run, relaunch_call, do_compile = JITFunction.run, relaunch.Relaunch.__call__, JITFunction._do_compile
-    active = driver._active
+    jit_run, relaunch_call = JITFunction.run, relaunch.Relaunch.__call__
 
     def run(self, *args, **kwargs):
         counts.triton[self.__name__] += 1
@@ -122,24 +92,16 @@ def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
                 counts.sample = (self, args)
             counts.inside.on = False
 
-    def compile_(self, key, signature, device, constexprs, options, attrs, warmup):
-        counts.compiles[self.__name__] += 1
-        kernel = self.device_caches[device][0][key] = _NoLaunch(self.__name__)
-        return kernel
-
     JITFunction.run, relaunch.Relaunch.__call__ = run, call
-    if fake:
-        driver.set_active(_Driver())
-        JITFunction._do_compile = compile_
     try:
-        yield
+        with (
+            no_gpu(on_compile=lambda fn: counts.compiles.update([fn.__name__]))
+            if fake
+            else contextlib.nullcontext()
+        ):
+            yield
     finally:
-        JITFunction.run, relaunch.Relaunch.__call__, JITFunction._do_compile = (
-            jit_run,
-            relaunch_call,
-            do_compile,
-        )
-        driver._active = active
+        JITFunction.run, relaunch.Relaunch.__call__ = jit_run, relaunch_call
 
 
 def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:

@@ -1,49 +1,22 @@
 """memnets.kernels.relaunch: repeated launches reach Triton's launcher with exactly the arguments
 Triton's own launch passes, and go back through Triton's path whenever the specialisation could
-differ. No GPU here, so Triton's driver is replaced by one that names an sm_90 device, and the
-compiled kernel by one that records what its launcher receives; the binding, specialisation and
-cache lookup that run are Triton's own. (Under the interpreter, which the kernel tests use, every
+differ. No GPU here (:mod:`benchmarks.no_gpu_launch`): Triton's driver names an sm_90 device, and
+the compiled kernel records what its launcher receives; the binding, specialisation and cache lookup
+that run are Triton's own. (Under the interpreter, which the kernel tests use, every
 launch takes Triton's path: those tests cover the results.)"""
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import CompiledKernel  # noqa: E402
-from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from benchmarks.no_gpu_launch import no_gpu  # noqa: E402
 from memnets.kernels.relaunch import Relaunch  # noqa: E402
 
 
 def _kernel(x, y, n, c, BLOCK: triton.language.constexpr):  # the source only: never compiled here
     pass
-
-
-class _Driver:
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int | None = None) -> int:
-        return 7
-
-    def get_current_target(self) -> GPUTarget:
-        return GPUTarget("cuda", 90, 32)
-
-
-class _Compiled(CompiledKernel):
-    """A compiled kernel that records its launcher's arguments instead of launching."""
-
-    def __init__(self, calls: list) -> None:  # not CompiledKernel's own, which loads a binary
-        self.calls, self.function, self.packed_metadata = calls, "function", "metadata"
-        self.src, self.module, self.name, self.metadata = None, None, "_kernel", None
-
-    def _init_handles(self) -> None:
-        pass
-
-    def run(self, *args) -> None:
-        self.calls.append(args)
 
 
 def _plain(calls: list) -> list:
@@ -53,21 +26,15 @@ def _plain(calls: list) -> list:
 
 @pytest.fixture
 def kernel(monkeypatch):
-    """``_kernel`` as a JIT function (``c`` unspecialised) on the fake driver; ``.calls`` records what
-    the launcher got, ``.jit`` counts launches through Triton's path, ``.compiles`` its compiles."""
-    monkeypatch.setattr(driver, "_active", _Driver())
+    """``_kernel`` as a JIT function (``c`` unspecialised) on an sm_90 device that runs nothing
+    (stream 7); ``.calls`` records what the launcher got, ``.jit`` counts launches through Triton's
+    path, ``.compiles`` its compiles."""
     fn = JITFunction(_kernel, do_not_specialize=["c"])
     fn.calls, fn.jit, fn.compiles = [], [], []
-
-    def compile_(key, signature, device, constexprs, options, attrs, warmup):
-        fn.compiles.append(key)
-        compiled = fn.device_caches[device][0][key] = _Compiled(fn.calls)
-        return compiled
-
     run = fn.run
-    monkeypatch.setattr(fn, "_do_compile", compile_)
     monkeypatch.setattr(fn, "run", lambda *a, **k: fn.jit.append(1) or run(*a, **k))
-    return fn
+    with no_gpu(fn.calls, on_compile=fn.compiles.append, stream=7):
+        yield fn
 
 
 def test_repeated_launches_pass_what_triton_passes(kernel):
