@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import triton
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "scripts"):  # memnets beside this script, uninstalled; the benchmark's inputs
@@ -61,16 +62,14 @@ class Counts:
 
 @contextlib.contextmanager
 def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
-    jit_run, relaunch_call = JITFunction.run, relaunch.Relaunch.__call__
-
     def run(self, *args, **kwargs):
         counts.triton[self.__name__] += 1
         if getattr(counts.inside, "on", False):
-            return jit_run(self, *args, **kwargs)
+            return JIT_RUN(self, *args, **kwargs)
         counts.launches[self.__name__] += 1
         start = time.perf_counter()
         try:
-            return jit_run(self, *args, **kwargs)
+            return JIT_RUN(self, *args, **kwargs)
         finally:
             counts.seconds += time.perf_counter() - start
 
@@ -81,7 +80,7 @@ def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
         start = time.perf_counter()
         try:
             if use_relaunch:
-                return relaunch_call(self, *args)
+                return RELAUNCH_CALL(self, *args)
             return self.kernel[self.grid](*args, **self.kwargs)
         finally:
             seconds = time.perf_counter() - start
@@ -101,7 +100,7 @@ def counting(counts: Counts, fake: bool, use_relaunch: bool) -> Iterator[None]:
         ):
             yield
     finally:
-        JITFunction.run, relaunch.Relaunch.__call__ = jit_run, relaunch_call
+        JITFunction.run, relaunch.Relaunch.__call__ = JIT_RUN, RELAUNCH_CALL
 
 
 def measure(step, device: torch.device, repeats: int, counts: Counts) -> dict:
@@ -191,11 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mlp_config.WIDE_SPLIT = a.split
     torch.manual_seed(0)
     arch = MemoryMLP(a.H, a.D, expansion=a.expansion, residual=True, layer_norm=True).to(device)
-    rows, compiles, single = (
-        [],
-        Counter(),
-        {},
-    )  # variants compiled over the whole run (Triton's cache is shared)
+    rows: list[dict] = []
+    compiles: Counter = Counter()  # variants compiled over the whole run (Triton's cache is shared)
+    single: dict[str, float] = {}  # one launch timed alone
     for backward in (False, True):
         for use_relaunch in (True, False):
             counts = Counts(compiles)
@@ -212,7 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not fake
         else "none (Triton's launch path, no kernels)",
         "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
+        "triton": triton.__version__,
         "shape": {k: getattr(a, k) for k in ("B", "H", "T", "D", "expansion", "C", "split")},
         "date": time.strftime("%Y-%m-%d"),
     }

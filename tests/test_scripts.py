@@ -6,6 +6,8 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 import weakref
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # --triton on CPU; must precede the kernels' import
@@ -315,9 +317,6 @@ def test_bench_host_launches_without_a_gpu(tmp_path):
     launches take Triton's binding, not which run; one compiled variant per constexpr set (FIRST and
     STORE for the split forward), whatever the chunk and segment indices. A subprocess: the kernels
     must be Triton's JIT functions, not this process's interpreter's."""
-    import subprocess
-    import sys
-
     out = tmp_path / "host.json"
     args = ["--T", "100", "--D", "96", "--C", "16", "--split", "2", "--repeats", "1", "--out", str(out)]
     env = {**os.environ, "TRITON_INTERPRET": "0"}
